@@ -1,0 +1,8 @@
+"""Messages, states, errors and framing shared by stixctl and stixd.
+
+Nothing here imports anything of ours or anything heavy: the thin client imports it on every
+command, so import time is part of every command's latency.
+"""
+
+PROTOCOL_VERSION = 1
+"""Bumped whenever a message changes shape. Client and daemon must agree exactly."""

@@ -1,0 +1,303 @@
+"""Every request, stream event and reply on the stixctl ↔ stixd socket.
+
+A connection carries: the client's `Hello` → the daemon's `HelloOk` (or an `ErrorReply`) →
+one request → any number of stream events (`Progress`, `LogChunk`, `JobSubmitted`) → exactly
+one final reply. Closing the connection cancels the request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from proto.task import Task
+
+
+class Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+# -- handshake -------------------------------------------------------------------------------
+
+
+class Hello(Msg, tag="hello"):
+    protocol: int
+    client: str = "stixctl"
+
+
+class HelloOk(Msg, tag="hello_ok"):
+    protocol: int
+    daemon_pid: int
+    version: str
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+class ConfigLayer(msgspec.Struct, frozen=True):
+    """A config file the client read (project `.stix.yaml`, `--config`), validated by the daemon."""
+
+    source: str
+    values: dict[str, Any]
+
+
+class Launch(Msg, tag="launch"):
+    task: Task
+    cluster: str | None = None
+    detach: bool = False
+    down: bool = False
+    idle_minutes: float | None = None
+    no_setup: bool = False
+    config: list[ConfigLayer] = []
+
+
+class Exec(Msg, tag="exec"):
+    cluster: str
+    task: Task
+    detach: bool = False
+
+
+class Status(Msg, tag="status"):
+    clusters: list[str] = []
+    refresh: bool = False
+    all: bool = False
+
+
+class Queue(Msg, tag="queue"):
+    clusters: list[str] = []
+    all: bool = False
+    skip_finished: bool = False
+
+
+class Logs(Msg, tag="logs"):
+    cluster: str
+    job_id: int | None = None
+    follow: bool = True
+    tail: int | None = None
+    status_only: bool = False
+
+
+class Cancel(Msg, tag="cancel"):
+    cluster: str
+    job_ids: list[int] = []
+    all: bool = False
+
+
+class Stop(Msg, tag="stop"):
+    clusters: list[str] = []
+    all: bool = False
+
+
+class Start(Msg, tag="start"):
+    clusters: list[str]
+    idle_minutes: float | None = None
+    down: bool = False
+
+
+class Down(Msg, tag="down"):
+    clusters: list[str] = []
+    all: bool = False
+    purge: bool = False
+
+
+class Autostop(Msg, tag="autostop"):
+    clusters: list[str] = []
+    all: bool = False
+    idle_minutes: float | None = None
+    down: bool = False
+    cancel: bool = False
+
+
+class CostReportReq(Msg, tag="cost_report"):
+    all: bool = False
+    days: int = 30
+
+
+class Check(Msg, tag="check"):
+    infras: list[str] = []
+
+
+class Events(Msg, tag="events"):
+    name: str
+    kind: str = "cluster"
+    limit: int = 200
+
+
+class DaemonStatus(Msg, tag="daemon_status"):
+    pass
+
+
+class Shutdown(Msg, tag="shutdown"):
+    pass
+
+
+Request = (
+    Launch
+    | Exec
+    | Status
+    | Queue
+    | Logs
+    | Cancel
+    | Stop
+    | Start
+    | Down
+    | Autostop
+    | CostReportReq
+    | Check
+    | Events
+    | DaemonStatus
+    | Shutdown
+)
+
+# -- stream events ---------------------------------------------------------------------------
+
+
+class Progress(Msg, tag="progress"):
+    message: str
+
+
+class LogChunk(Msg, tag="log"):
+    data: str
+
+
+class JobSubmitted(Msg, tag="job_submitted"):
+    cluster: str
+    job_id: int
+
+
+# -- records inside replies ------------------------------------------------------------------
+
+
+class ClusterRecord(msgspec.Struct, frozen=True):
+    name: str
+    status: str
+    infra: str
+    num_nodes: int
+    resources: str
+    launched_at: float
+    updated_at: float
+    autostop_idle_minutes: float | None = None
+    autostop_down: bool = False
+    autostop_at: float | None = None
+    hourly_price: float = 0.0
+    head_ip: str | None = None
+    last_error: str | None = None
+
+
+class JobRecord(msgspec.Struct, frozen=True):
+    cluster: str
+    job_id: int
+    name: str | None
+    status: str
+    submitted_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    resources: str = ""
+
+
+class EventRecord(msgspec.Struct, frozen=True):
+    at: float
+    kind: str
+    id: str
+    event: str
+    from_state: str | None
+    to_state: str | None
+    why: str
+
+
+class CostRow(msgspec.Struct, frozen=True):
+    name: str
+    status: str
+    infra: str
+    num_nodes: int
+    resources: str
+    launched_at: float
+    duration_seconds: float
+    hourly_price: float
+    cost: float
+
+
+class InfraCheck(msgspec.Struct, frozen=True):
+    infra: str
+    enabled: bool
+    reason: str
+
+
+# -- final replies ---------------------------------------------------------------------------
+
+
+class OkReply(Msg, tag="ok"):
+    message: str = ""
+
+
+class ErrorReply(Msg, tag="error"):
+    code: str
+    message: str
+
+
+class ClusterList(Msg, tag="clusters"):
+    clusters: list[ClusterRecord]
+
+
+class JobList(Msg, tag="jobs"):
+    jobs: list[JobRecord]
+
+
+class LaunchResult(Msg, tag="launched"):
+    cluster: str
+    job_id: int | None = None
+    job_status: str | None = None
+
+
+class LogsEnd(Msg, tag="logs_end"):
+    cluster: str
+    job_id: int
+    status: str
+
+
+class Cancelled(Msg, tag="cancelled"):
+    job_ids: list[int]
+
+
+class CostReport(Msg, tag="cost_report_reply"):
+    rows: list[CostRow]
+    total: float
+
+
+class CheckReply(Msg, tag="check_reply"):
+    infras: list[InfraCheck]
+
+
+class EventList(Msg, tag="event_list"):
+    events: list[EventRecord]
+
+
+class DaemonInfo(Msg, tag="daemon_info"):
+    pid: int
+    version: str
+    protocol: int
+    home: str
+    started_at: float
+    actors: dict[str, int]
+
+
+Reply = (
+    OkReply
+    | ErrorReply
+    | ClusterList
+    | JobList
+    | LaunchResult
+    | LogsEnd
+    | Cancelled
+    | CostReport
+    | CheckReply
+    | EventList
+    | DaemonInfo
+)
+StreamEvent = Progress | LogChunk | JobSubmitted
+ServerMessage = HelloOk | Reply | StreamEvent
+ClientMessage = Hello | Request
+
+FINAL_REPLIES = Reply.__args__  # type: ignore[attr-defined]

@@ -1,0 +1,49 @@
+"""State names, spelled as SkyPilot spells them so users and scripts keep working."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ClusterStatus(enum.StrEnum):
+    INIT = "INIT"
+    UP = "UP"
+    AUTOSTOPPING = "AUTOSTOPPING"
+    STOPPED = "STOPPED"
+    # SkyPilot drops the row of a terminated cluster; stix keeps it as history.
+    TERMINATED = "TERMINATED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is ClusterStatus.TERMINATED
+
+
+class JobStatus(enum.StrEnum):
+    INIT = "INIT"
+    PENDING = "PENDING"
+    SETTING_UP = "SETTING_UP"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    FAILED_SETUP = "FAILED_SETUP"
+    FAILED_DRIVER = "FAILED_DRIVER"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_JOB
+
+    @property
+    def is_failure(self) -> bool:
+        return self in _TERMINAL_JOB and self is not JobStatus.SUCCEEDED
+
+
+_TERMINAL_JOB = frozenset(
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.FAILED_SETUP,
+        JobStatus.FAILED_DRIVER,
+        JobStatus.CANCELLED,
+    }
+)

@@ -1,0 +1,5 @@
+import sys
+
+from stixctl.main import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""Talking to stixd: connect (starting it if needed), handshake, one request, its stream."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from proto import PROTOCOL_VERSION
+from proto import messages as m
+from proto.errors import DaemonUnavailable, ProtocolError, error_from_code
+from proto.framing import decode, encode, recv_frame
+from proto.paths import socket_path
+
+_decoder = msgspec.msgpack.Decoder(m.ServerMessage)
+START_TIMEOUT = 40.0
+
+
+def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def start_daemon(home: Path) -> None:
+    """Run `stixd` (which detaches a foreground copy and returns once it answers)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "stixd", "--home", str(home)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise DaemonUnavailable(
+            f"could not start stixd: {detail or f'exit code {proc.returncode}'}"
+        )
+
+
+def open_connection(home: Path, autostart: bool = True) -> socket.socket:
+    path = socket_path(home)
+    try:
+        return _connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if not autostart:
+            raise DaemonUnavailable(f"stixd is not running (no daemon on {path})") from None
+    start_daemon(home)
+    try:
+        return _connect(path)
+    except OSError as exc:
+        raise DaemonUnavailable(f"stixd started but its socket {path} refused: {exc}") from None
+
+
+def _receive(sock: socket.socket) -> Any:
+    try:
+        body = recv_frame(sock)
+    except (ProtocolError, OSError):
+        body = None
+    if body is None:
+        raise DaemonUnavailable(
+            "the connection to stixd was lost (did it stop or crash?); clusters and jobs keep "
+            "running on their nodes — check them with `stixctl status` and `stixctl queue`"
+        )
+    return decode(body, _decoder)
+
+
+def call(
+    home: Path,
+    request: Any,
+    on_event: Callable[[Any], None] | None = None,
+    *,
+    autostart: bool = True,
+) -> Any:
+    """Send `request`; pass stream events to `on_event`; return the final reply or raise."""
+    sock = open_connection(home, autostart)
+    with sock:
+        try:
+            sock.sendall(encode(m.Hello(protocol=PROTOCOL_VERSION)))
+            hello = _receive(sock)
+            if isinstance(hello, m.ErrorReply):
+                raise error_from_code(hello.code, hello.message)
+            sock.sendall(encode(request))
+        except (BrokenPipeError, ConnectionResetError):
+            raise DaemonUnavailable("stixd closed the connection during the handshake") from None
+        while True:
+            msg = _receive(sock)
+            if isinstance(msg, m.ErrorReply):
+                raise error_from_code(msg.code, msg.message)
+            if isinstance(msg, m.FINAL_REPLIES):
+                return msg
+            if on_event is not None:
+                on_event(msg)
+
+
+def wait_gone(home: Path, timeout: float = 30.0) -> bool:
+    path = socket_path(home)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _connect(path).close()
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False

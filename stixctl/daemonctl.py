@@ -1,0 +1,74 @@
+"""`stixctl daemon start|stop|status|logs|install`."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from proto import messages as m
+from proto.errors import DaemonUnavailable
+from stixctl.client import call, start_daemon, wait_gone
+
+
+def run(home: Path, a: argparse.Namespace) -> int:
+    if a.action == "start":
+        start_daemon(home)
+        info = call(home, m.DaemonStatus(), autostart=False)
+        print(f"stixd {info.version} is running (pid {info.pid}, home {info.home})")
+        return 0
+    if a.action == "stop":
+        try:
+            call(home, m.Shutdown(), autostart=False)
+        except DaemonUnavailable:
+            print("stixd is not running")
+            return 0
+        if not wait_gone(home):
+            print("stixd did not stop within 30s", file=sys.stderr)
+            return 1
+        print("stixd stopped (clusters and jobs keep running on their nodes)")
+        return 0
+    if a.action == "status":
+        try:
+            info = call(home, m.DaemonStatus(), autostart=False)
+        except DaemonUnavailable as exc:
+            print(exc.message)
+            return 1
+        if a.json:
+            import msgspec
+
+            print(msgspec.json.encode(info).decode())
+            return 0
+        actors = ", ".join(f"{n} {k}" for k, n in sorted(info.actors.items())) or "none"
+        print(
+            f"stixd {info.version} (protocol {info.protocol}) running, pid {info.pid}, "
+            f"up {int(time.time() - info.started_at)}s, home {info.home}, actors: {actors}"
+        )
+        return 0
+    if a.action == "logs":
+        return _logs(home / "stixd.log", a.tail, a.follow)
+    cmd = [sys.executable, "-m", "stixd", "--home", str(home), "install"]
+    if a.print:
+        cmd.append("--print")
+    return subprocess.call(cmd)
+
+
+def _logs(path: Path, tail: int, follow: bool) -> int:
+    if not path.exists():
+        print(f"no daemon log yet at {path}")
+        return 1
+    with path.open("rb") as f:
+        lines = f.read().splitlines()[-tail:] if tail else []
+        for line in lines:
+            sys.stdout.write(line.decode(errors="replace") + "\n")
+        sys.stdout.flush()
+        while follow:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
+    return 0

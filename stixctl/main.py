@@ -1,0 +1,433 @@
+"""`stixctl`: the thin client. Stdlib, msgspec and proto only; every command is one request."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from proto import messages as m
+from proto.errors import InvalidConfig, InvalidRequest, JobFailed, StixError
+from proto.paths import stix_home
+
+# `sky logs --status` exit codes, kept so scripts written for SkyPilot keep working.
+EXIT_FOR_STATUS = {"SUCCEEDED": 0, "CANCELLED": 103}
+EXIT_FAILED, EXIT_NOT_FINISHED = 100, 101
+
+
+def _status_exit(state: str) -> int:
+    if state in EXIT_FOR_STATUS:
+        return EXIT_FOR_STATUS[state]
+    return EXIT_FAILED if state.startswith("FAILED") else EXIT_NOT_FINISHED
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _on_event(event: Any) -> None:
+    if isinstance(event, m.LogChunk):
+        sys.stdout.write(event.data)
+        sys.stdout.flush()
+    elif isinstance(event, m.Progress):
+        _err(f"⚙ {event.message}")
+    elif isinstance(event, m.JobSubmitted):
+        _err(f"⚙ Job submitted on {event.cluster}, ID: {event.job_id}")
+
+
+def _json(value: Any) -> None:
+    import msgspec
+
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+# -- task arguments --------------------------------------------------------------------------
+
+
+def _env_pairs(pairs: list[str], env_file: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if env_file:
+        try:
+            lines = Path(env_file).read_text().splitlines()
+        except OSError as exc:
+            raise InvalidRequest(f"--env-file {env_file}: {exc.strerror}") from None
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                k, _, v = line.partition("=")
+                out[k.strip()] = v.strip().strip("'\"")
+    for pair in pairs:
+        if "=" in pair:
+            k, _, v = pair.partition("=")
+            out[k] = v
+        elif pair in os.environ:
+            out[pair] = os.environ[pair]
+        else:
+            raise InvalidRequest(
+                f"--env {pair}: no value given and {pair} is not set in this shell"
+            )
+    return out
+
+
+def _load_task(entrypoint: list[str], args: argparse.Namespace) -> Any:
+    from proto import task as t
+
+    if not entrypoint:
+        raise InvalidRequest("give a task YAML file or a shell command to run")
+    first = entrypoint[0]
+    if len(entrypoint) == 1 and (first.endswith((".yaml", ".yml")) or os.path.isfile(first)):
+        task = t.load_task_file(first)
+    else:
+        task = t.task_from_command(" ".join(entrypoint))
+    overrides = _env_pairs(args.env or [], getattr(args, "env_file", None))
+    if overrides:
+        task = t.apply_env_overrides(task, overrides)
+    if getattr(args, "num_nodes", None):
+        import msgspec
+
+        task = msgspec.structs.replace(task, num_nodes=args.num_nodes)
+    if getattr(args, "name", None):
+        import msgspec
+
+        task = msgspec.structs.replace(task, name=args.name)
+    return task
+
+
+def _config_layers(extra: list[str]) -> list[m.ConfigLayer]:
+    """Project `.stix.yaml` and `--config` files, parsed here and validated by the daemon."""
+    import yaml
+
+    layers = []
+    paths = [Path(".stix.yaml")] if Path(".stix.yaml").exists() else []
+    for item in extra:
+        path = Path(item)
+        if not path.exists():
+            raise InvalidConfig(
+                f"{item}: config file given with --config does not exist; check the path"
+            )
+        paths.append(path)
+    for path in paths:
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise InvalidConfig(f"{path}: invalid YAML{where}") from None
+        if not isinstance(values, dict):
+            raise InvalidConfig(f"{path}: a config file must be a mapping")
+        layers.append(m.ConfigLayer(source=str(path), values=values))
+    return layers
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_launch(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    task = _load_task(a.entrypoint, a)
+    req = m.Launch(
+        task=task,
+        cluster=a.cluster,
+        detach=a.detach_run,
+        down=a.down,
+        idle_minutes=a.idle_minutes_to_autostop,
+        no_setup=a.no_setup,
+        config=_config_layers(a.config or []),
+    )
+    return _finish_run(call(home, req, _on_event), a)
+
+
+def cmd_exec(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    task = _load_task(a.entrypoint, a)
+    req = m.Exec(cluster=a.cluster, task=task, detach=a.detach_run)
+    return _finish_run(call(home, req, _on_event), a)
+
+
+def _finish_run(reply: m.LaunchResult, a: argparse.Namespace) -> int:
+    if a.json:
+        _json(reply)
+    if a.detach_run or reply.job_id is None:
+        if not a.json:
+            _err(
+                f"⚙ Job {reply.job_id} on {reply.cluster} runs detached; follow it with "
+                f"`stixctl logs {reply.cluster} {reply.job_id}`"
+            )
+        return 0
+    state = reply.job_status or "UNKNOWN"
+    if not a.json:
+        _err(f"✓ Job {reply.job_id} on {reply.cluster} finished: {state}")
+    code = _status_exit(state)
+    if code and not a.json:
+        _err(str(JobFailed(f"job {reply.job_id} ended {state}")))
+    return code
+
+
+def cmd_status(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import render
+    from stixctl.client import call
+
+    reply = call(home, m.Status(clusters=a.clusters, refresh=a.refresh, all=a.all), _on_event)
+    if a.json:
+        _json(reply.clusters)
+    else:
+        print(render.clusters(reply.clusters))
+    return 0
+
+
+def cmd_queue(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import render
+    from stixctl.client import call
+
+    reply = call(home, m.Queue(clusters=a.clusters, all=a.all, skip_finished=a.skip_finished))
+    if a.json:
+        _json(reply.jobs)
+    else:
+        print(render.jobs(reply.jobs))
+    return 0
+
+
+def cmd_logs(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    req = m.Logs(
+        cluster=a.cluster, job_id=a.job_id, follow=a.follow, tail=a.tail, status_only=a.status
+    )
+    reply = call(home, req, _on_event)
+    if a.status:
+        print(f"Job {reply.job_id}: {reply.status}")
+        return _status_exit(reply.status)
+    return 0
+
+
+def cmd_cancel(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    reply = call(home, m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all), _on_event)
+    if a.json:
+        _json(reply)
+    elif reply.job_ids:
+        print(f"Cancelled job(s) {', '.join(map(str, reply.job_ids))} on {a.cluster}.")
+    else:
+        print("No running job to cancel.")
+    return 0
+
+
+def _simple(home: Path, req: Any) -> int:
+    from stixctl.client import call
+
+    call(home, req, _on_event)
+    return 0
+
+
+def cmd_stop(home: Path, a: argparse.Namespace) -> int:
+    return _simple(home, m.Stop(clusters=a.clusters, all=a.all))
+
+
+def cmd_start(home: Path, a: argparse.Namespace) -> int:
+    return _simple(
+        home, m.Start(clusters=a.clusters, idle_minutes=a.idle_minutes_to_autostop, down=a.down)
+    )
+
+
+def cmd_down(home: Path, a: argparse.Namespace) -> int:
+    return _simple(home, m.Down(clusters=a.clusters, all=a.all, purge=a.purge))
+
+
+def cmd_autostop(home: Path, a: argparse.Namespace) -> int:
+    req = m.Autostop(
+        clusters=a.clusters,
+        all=a.all,
+        idle_minutes=a.idle_minutes,
+        down=a.down,
+        cancel=a.cancel,
+    )
+    return _simple(home, req)
+
+
+def cmd_cost_report(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import render
+    from stixctl.client import call
+
+    reply = call(home, m.CostReportReq(all=a.all, days=a.days))
+    if a.json:
+        _json(reply)
+    else:
+        print(render.costs(reply))
+    return 0
+
+
+def cmd_check(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import render
+    from stixctl.client import call
+
+    reply = call(home, m.Check(infras=a.infras))
+    if a.json:
+        _json(reply.infras)
+    else:
+        print(render.checks(reply))
+    return 0
+
+
+def cmd_events(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import render
+    from stixctl.client import call
+
+    reply = call(home, m.Events(name=a.name, kind=a.kind, limit=a.limit))
+    if a.json:
+        _json(reply.events)
+    else:
+        print(render.events(reply.events))
+    return 0
+
+
+def cmd_daemon(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import daemonctl
+
+    return daemonctl.run(home, a)
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _task_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", action="append", metavar="K[=V]", help="set an env var (repeatable)")
+    p.add_argument("--env-file", help="read env vars from a dotenv file")
+    p.add_argument("--num-nodes", type=int, help="override num_nodes")
+    p.add_argument("-n", "--name", help="task name")
+    p.add_argument(
+        "-d", "--detach-run", action="store_true", help="return once the job is submitted"
+    )
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stixctl", description="Run tasks on the cheapest infra.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("launch", help="provision a cluster (or reuse it) and run a task")
+    s.add_argument("entrypoint", nargs="*", help="task YAML file or a shell command")
+    s.add_argument("-c", "--cluster", help="cluster name")
+    s.add_argument("--down", action="store_true", help="tear down when idle (after autostop)")
+    s.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="N")
+    s.add_argument("--no-setup", action="store_true", help="skip the setup step")
+    s.add_argument("--config", action="append", metavar="FILE", help="extra config file")
+    _task_flags(s)
+    s.set_defaults(fn=cmd_launch)
+
+    s = sub.add_parser("exec", help="run a task on an existing cluster (no setup)")
+    s.add_argument("cluster")
+    s.add_argument("entrypoint", nargs="*", help="task YAML file or a shell command")
+    _task_flags(s)
+    s.set_defaults(fn=cmd_exec)
+
+    s = sub.add_parser("status", help="list clusters (from the store; --refresh asks the infra)")
+    s.add_argument("clusters", nargs="*")
+    s.add_argument("-r", "--refresh", action="store_true")
+    s.add_argument("-a", "--all", action="store_true", help="include terminated clusters")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("queue", help="list the jobs of clusters")
+    s.add_argument("clusters", nargs="*")
+    s.add_argument("-s", "--skip-finished", action="store_true")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_queue)
+
+    s = sub.add_parser("logs", help="print or follow a job's logs")
+    s.add_argument("cluster")
+    s.add_argument("job_id", nargs="?", type=int)
+    s.add_argument("--follow", dest="follow", action="store_true", default=True)
+    s.add_argument("--no-follow", dest="follow", action="store_false")
+    s.add_argument("--status", action="store_true", help="print the job's status; exit by it")
+    s.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    s.set_defaults(fn=cmd_logs)
+
+    s = sub.add_parser("cancel", help="cancel jobs")
+    s.add_argument("cluster")
+    s.add_argument("job_ids", nargs="*", type=int)
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("-y", "--yes", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_cancel)
+
+    for name, fn, text in (
+        ("stop", cmd_stop, "stop clusters (keep their disks)"),
+        ("down", cmd_down, "tear clusters down"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("clusters", nargs="*")
+        s.add_argument("-a", "--all", action="store_true")
+        s.add_argument("-y", "--yes", action="store_true")
+        if name == "down":
+            s.add_argument("-p", "--purge", action="store_true")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("start", help="start stopped clusters")
+    s.add_argument("clusters", nargs="+")
+    s.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="N")
+    s.add_argument("--down", action="store_true")
+    s.add_argument("-y", "--yes", action="store_true")
+    s.set_defaults(fn=cmd_start)
+
+    s = sub.add_parser("autostop", help="stop (or --down) clusters after N idle minutes")
+    s.add_argument("clusters", nargs="*")
+    s.add_argument("-i", "--idle-minutes", type=float, metavar="N")
+    s.add_argument("--down", action="store_true")
+    s.add_argument("--cancel", action="store_true")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("-y", "--yes", action="store_true")
+    s.set_defaults(fn=cmd_autostop)
+
+    s = sub.add_parser("cost-report", help="estimated cost of clusters")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("--days", type=int, default=30)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_cost_report)
+
+    s = sub.add_parser("check", help="which infras are enabled")
+    s.add_argument("infras", nargs="*")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("events", help="the history of a cluster (or --kind job ID)")
+    s.add_argument("name")
+    s.add_argument("--kind", default="cluster", choices=["cluster", "job"])
+    s.add_argument("--limit", type=int, default=200)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_events)
+
+    s = sub.add_parser("daemon", help="start, stop, inspect or install stixd")
+    s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
+    s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
+    s.add_argument("-f", "--follow", action="store_true", help="logs: keep printing")
+    s.add_argument("--print", action="store_true", help="install: print the unit only")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_daemon)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    home = stix_home()
+    try:
+        return int(args.fn(home, args))
+    except StixError as exc:
+        _err(f"stixctl: {exc.message}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("stixctl: interrupted (the cluster and its jobs keep running)")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Tables and times for the terminal, in SkyPilot's layout."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from proto import messages as m
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    if not ts:
+        return "-"
+    delta = (now or time.time()) - ts
+    if delta < 60:
+        return "just now" if delta < 5 else f"{int(delta)} secs ago"
+    if delta < 3600:
+        return f"{int(delta // 60)} mins ago"
+    if delta < 86400:
+        return f"{int(delta // 3600)} hrs ago"
+    return f"{int(delta // 86400)} days ago"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    return f"{s // 3600}h {(s % 3600) // 60}m"
+
+
+def autostop(c: m.ClusterRecord, now: float) -> str:
+    if c.autostop_idle_minutes is None:
+        return "-"
+    text = f"{c.autostop_idle_minutes:g}m"
+    if c.autostop_down:
+        text += " (down)"
+    if c.status == "UP":
+        if c.autostop_at is None:
+            text += ", busy"
+        else:
+            text += f", fires in {duration(max(c.autostop_at - now, 0))}"
+    return text
+
+
+def clusters(records: Sequence[m.ClusterRecord]) -> str:
+    if not records:
+        return "No existing clusters."
+    now = time.time()
+    rows = [
+        [
+            c.name,
+            c.infra,
+            c.resources,
+            c.status,
+            autostop(c, now),
+            ago(c.launched_at, now),
+        ]
+        for c in records
+    ]
+    return "Clusters\n" + table(
+        ["NAME", "INFRA", "RESOURCES", "STATUS", "AUTOSTOP", "LAUNCHED"], rows
+    )
+
+
+def jobs(records: Sequence[m.JobRecord]) -> str:
+    if not records:
+        return "No jobs."
+    now = time.time()
+    out: list[str] = []
+    by_cluster: dict[str, list[m.JobRecord]] = {}
+    for j in records:
+        by_cluster.setdefault(j.cluster, []).append(j)
+    for cluster, items in by_cluster.items():
+        rows = []
+        for j in items:
+            end = j.ended_at or (now if j.started_at else None)
+            dur = (end - j.started_at) if (j.started_at and end) else None
+            rows.append(
+                [
+                    str(j.job_id),
+                    j.name or "-",
+                    ago(j.submitted_at, now),
+                    ago(j.started_at, now),
+                    duration(dur),
+                    j.resources,
+                    j.status,
+                ]
+            )
+        out.append(f"Job queue of cluster {cluster}")
+        out.append(
+            table(["ID", "NAME", "SUBMITTED", "STARTED", "DURATION", "RESOURCES", "STATUS"], rows)
+        )
+    return "\n".join(out)
+
+
+def events(records: Sequence[m.EventRecord]) -> str:
+    rows = []
+    for e in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+        change = f"{e.from_state or '-'} -> {e.to_state}" if e.to_state else ""
+        rows.append([when, e.id, e.event, change, e.why])
+    return table(["TIME", "ACTOR", "EVENT", "STATE", "WHY"], rows)
+
+
+def costs(report: m.CostReport) -> str:
+    if not report.rows:
+        return "No clusters in the report."
+    rows = [
+        [
+            r.name,
+            r.infra,
+            r.resources,
+            r.status,
+            duration(r.duration_seconds),
+            f"${r.hourly_price:.2f}",
+            f"${r.cost:.2f}",
+        ]
+        for r in report.rows
+    ]
+    body = table(["NAME", "INFRA", "RESOURCES", "STATUS", "DURATION", "$/HR", "COST"], rows)
+    return f"{body}\nTotal: ${report.total:.2f}"
+
+
+def checks(reply: m.CheckReply) -> str:
+    rows = [[c.infra, "enabled" if c.enabled else "disabled", c.reason] for c in reply.infras]
+    return table(["INFRA", "STATUS", "DETAIL"], rows)

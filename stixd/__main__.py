@@ -1,0 +1,5 @@
+import sys
+
+from stixd.main import main
+
+sys.exit(main())

@@ -1,0 +1,23 @@
+"""Actor kinds and how to build each one from its stored row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from stixd.runtime.actor import Actor
+from stixd.store.db import Row
+
+if TYPE_CHECKING:
+    from stixd.app import App
+
+
+def factory_for(app: App, kind: str) -> Callable[[Row], Actor]:
+    from stixd.actors.cluster import ClusterActor
+    from stixd.actors.job import JobActor
+
+    kinds: dict[str, Callable[[Row], Actor]] = {
+        ClusterActor.kind: lambda row: ClusterActor(row, app),
+        JobActor.kind: lambda row: JobActor(row, app),
+    }
+    return kinds[kind]

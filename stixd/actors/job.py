@@ -1,0 +1,240 @@
+"""A job on a cluster: submitted to every node's agent, watched until it ends.
+
+The agents run the job and are the truth about it; this actor submits (idempotently, by job
+id), follows each rank with long polls, folds the ranks into one state, and stops the other
+ranks of a gang when one fails.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from proto.states import JobStatus
+from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
+from stixd.providers.base import NodeInfo
+from stixd.runtime.actor import Actor
+from stixd.runtime.machine import Machine
+
+if TYPE_CHECKING:
+    from stixd.app import App
+
+
+class JobEvent(enum.Enum):
+    SUBMITTED = "submitted"
+    SETUP_STARTED = "setup_started"
+    RUN_STARTED = "run_started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    FAILED_SETUP = "failed_setup"
+    FAILED_DRIVER = "failed_driver"
+    CANCELLED = "cancelled"
+
+
+J, E = JobStatus, JobEvent
+_ENDINGS = {
+    E.SUCCEEDED: J.SUCCEEDED,
+    E.FAILED: J.FAILED,
+    E.FAILED_SETUP: J.FAILED_SETUP,
+    E.FAILED_DRIVER: J.FAILED_DRIVER,
+    E.CANCELLED: J.CANCELLED,
+}
+# A job may be observed late, so it can skip forward (PENDING straight to SUCCEEDED), but it
+# never moves back, and nothing leaves a terminal state.
+JOB_TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
+    (J.INIT, E.SUBMITTED): J.PENDING,
+    (J.INIT, E.SETUP_STARTED): J.SETTING_UP,
+    (J.INIT, E.RUN_STARTED): J.RUNNING,
+    (J.PENDING, E.SETUP_STARTED): J.SETTING_UP,
+    (J.PENDING, E.RUN_STARTED): J.RUNNING,
+    (J.SETTING_UP, E.RUN_STARTED): J.RUNNING,
+    **{(s, e): end for s in (J.INIT, J.PENDING, J.SETTING_UP) for e, end in _ENDINGS.items()},
+    **{(J.RUNNING, e): end for e, end in _ENDINGS.items() if e is not E.FAILED_SETUP},
+}
+
+_EVENT_FOR_STATE = {
+    J.PENDING: E.SUBMITTED,
+    J.SETTING_UP: E.SETUP_STARTED,
+    J.RUNNING: E.RUN_STARTED,
+    **{end: e for e, end in _ENDINGS.items()},
+}
+_FAILURES = (J.FAILED_SETUP, J.FAILED, J.FAILED_DRIVER)
+SUBMIT_ATTEMPTS = 30
+WAIT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    rank: int
+    job: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Submit:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ClusterGone:
+    """The cluster under this job stopped or vanished; the job ends with `event`."""
+
+    event: JobEvent
+    why: str
+
+
+def fold(ranks: dict[int, JobStatus]) -> JobStatus:
+    """One state for a gang from the state of each rank."""
+    states = [ranks[r] for r in sorted(ranks)]
+    for s in states:
+        if s in _FAILURES:
+            return s
+    if J.CANCELLED in states:
+        return J.CANCELLED
+    if all(s is J.SUCCEEDED for s in states):
+        return J.SUCCEEDED
+    if any(s in (J.INIT, J.PENDING) for s in states):
+        return J.PENDING
+    if J.SETTING_UP in states:
+        return J.SETTING_UP
+    return J.RUNNING
+
+
+class JobActor(Actor):
+    kind = "job"
+    machine = Machine("job", JOB_TRANSITIONS)
+    state_type = JobStatus
+
+    def __init__(self, row: Any, app: App) -> None:
+        super().__init__(row, app.store, app.log)
+        self.app = app
+        self.nodes = [NodeInfo.from_dict(n) for n in row.spec["nodes"]]
+        self.ranks: dict[int, JobStatus] = {n.rank: J.INIT for n in self.nodes}
+        self.rank_jobs: dict[int, dict[str, Any]] = {}
+
+    @staticmethod
+    def is_terminal(state: Any) -> bool:
+        return JobStatus(state).is_terminal
+
+    def client(self, node: NodeInfo) -> AgentClient:
+        return self.app.provider(self.row.spec["provider"]).connector(node)
+
+    async def reconcile(self) -> None:
+        if self.state is J.INIT:
+            self.tell(Submit(attempt=1))
+        else:
+            self._watch_all()
+
+    def _watch_all(self) -> None:
+        for node in self.nodes:
+            self.start_soon(self._watch, node)
+
+    async def handle(self, message: Any) -> None:
+        if isinstance(message, Submit):
+            await self._submit(message.attempt)
+        elif isinstance(message, Observed):
+            await self._observed(message)
+        elif isinstance(message, ClusterGone) and not self.row.terminal:
+            await self.transition(message.event, message.why, ended_at=time.time())
+
+    async def _submit(self, attempt: int) -> None:
+        if self.state is not J.INIT:
+            return
+        payload = self.row.spec["submit"]
+        try:
+            for node in self.nodes:
+                await self.client(node).call(
+                    "submit", deadline=15, **payload, node_rank=node.rank, workdir=node.workdir
+                )
+        except (AgentUnreachable, AgentError) as exc:
+            if attempt >= SUBMIT_ATTEMPTS:
+                await self.transition(
+                    E.FAILED_DRIVER, f"could not submit to the agents: {exc}", ended_at=time.time()
+                )
+                return
+            self.log.warning("submit_retry", attempt=attempt, error=str(exc))
+            self.after("submit", min(0.2 * attempt, 2.0), Submit(attempt + 1))
+            return
+        await self.transition(E.SUBMITTED, "submitted to every node")
+        self._watch_all()
+
+    async def _watch(self, node: NodeInfo) -> None:
+        known = "INIT"
+        failures = 0
+        client = self.client(node)
+        while True:
+            try:
+                reply = await client.call(
+                    "wait",
+                    deadline=WAIT_SECONDS + 10,
+                    job_id=self.row.spec["job_id"],
+                    state=known,
+                    timeout=WAIT_SECONDS,
+                )
+            except AgentUnreachable as exc:
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    self.log.warning("agent_unreachable", rank=node.rank, error=str(exc))
+                await anyio.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            except AgentError as exc:
+                self.log.warning("agent_error", rank=node.rank, error=str(exc))
+                await anyio.sleep(1.0)
+                continue
+            failures = 0
+            job = reply["job"]
+            if job["state"] != known:
+                known = job["state"]
+                self.tell(Observed(node.rank, job))
+            if JobStatus(known).is_terminal:
+                return
+
+    async def _observed(self, message: Observed) -> None:
+        self.ranks[message.rank] = JobStatus(message.job["state"])
+        self.rank_jobs[message.rank] = message.job
+        if self.row.terminal:
+            return
+        folded = fold(self.ranks)
+        if folded.is_terminal and not all(s.is_terminal for s in self.ranks.values()):
+            await self._stop_other_ranks(folded)
+        if folded is self.state:
+            return
+        event = _EVENT_FOR_STATE[folded]
+        if not self.machine.allows(self.state, event):
+            return  # a rank lagging behind the others: the gang state does not move back
+        await self.transition(event, self._why(folded), **self._times())
+
+    def _why(self, state: JobStatus) -> str:
+        if state in _FAILURES:
+            bad = [r for r, s in sorted(self.ranks.items()) if s is state]
+            code = self.rank_jobs.get(bad[0], {}).get("exit_code") if bad else None
+            return f"rank {bad[0] if bad else '?'} ended {state.value} (exit code {code})"
+        return f"ranks: {', '.join(f'{r}={s.value}' for r, s in sorted(self.ranks.items()))}"
+
+    def _times(self) -> dict[str, Any]:
+        jobs = list(self.rank_jobs.values())
+        started = [j["started_at"] for j in jobs if j.get("started_at")]
+        ended = [j["ended_at"] for j in jobs if j.get("ended_at")]
+        codes = [j["exit_code"] for j in jobs if j.get("exit_code") not in (None, 0)]
+        out: dict[str, Any] = {}
+        if started:
+            out["started_at"] = min(started)
+        if fold(self.ranks).is_terminal:
+            out["ended_at"] = max(ended) if ended else time.time()
+            out["exit_code"] = codes[0] if codes else 0
+        return out
+
+    async def _stop_other_ranks(self, folded: JobStatus) -> None:
+        """A gang lives and dies together: one failed rank ends the others."""
+        for node in self.nodes:
+            if not self.ranks.get(node.rank, J.INIT).is_terminal:
+                try:
+                    await self.client(node).call(
+                        "cancel", deadline=10, job_ids=[self.row.spec["job_id"]], all=False
+                    )
+                except (AgentUnreachable, AgentError) as exc:
+                    self.log.warning("gang_cancel_failed", rank=node.rank, error=str(exc))
+        self.log.info("gang_stopped", reason=folded.value)

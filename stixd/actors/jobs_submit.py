@@ -1,0 +1,75 @@
+"""Turning a task into a job row: everything the agents need, fixed at creation.
+
+The submit payload is stored with the job, so a submission replayed after a crash is the same
+submission (the agents deduplicate by job id).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING
+
+from proto.task import Task, resolved_envs
+from stixd.store.db import Row, RowExists
+
+if TYPE_CHECKING:
+    from stixd.actors.cluster import ClusterActor
+
+
+def task_id(cluster: str, job_id: int) -> str:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")
+    return f"sky-{stamp}_{cluster}_{job_id}"
+
+
+def job_row_id(cluster: str, uid: str, job_id: int) -> str:
+    return f"{cluster}/{uid}/{job_id}"
+
+
+async def create_job(cluster: ClusterActor, job_id: int, task: Task, *, with_setup: bool) -> Row:
+    """Insert the job row (idempotent by id) and start its actor."""
+    uid = cluster.row.data["uid"]
+    nodes = cluster.nodes[: task.num_nodes]
+    submit = {
+        "job_id": job_id,
+        "name": task.name,
+        "setup": task.setup if with_setup else None,
+        "run": task.run,
+        "envs": resolved_envs(task),
+        "num_gpus": 0.0,
+        "task_id": task_id(cluster.id, job_id),
+        "node_ips": [n.ip for n in nodes],
+        "num_nodes": task.num_nodes,
+        "cluster_info": {
+            "cluster_name": cluster.id,
+            "cloud": "local",
+            "region": "local",
+            "zone": None,
+        },
+    }
+    row = Row(
+        kind="job",
+        id=job_row_id(cluster.id, uid, job_id),
+        parent=uid,
+        state="INIT",
+        version=0,
+        spec={
+            "cluster": cluster.id,
+            "uid": uid,
+            "job_id": job_id,
+            "name": task.name,
+            "provider": cluster.row.spec.get("provider", "local"),
+            "resources": f"{task.num_nodes}x local",
+            "nodes": [n.to_dict() for n in nodes],
+            "submit": submit,
+        },
+        data={"submitted_at": None},
+    )
+    try:
+        row = await cluster.store.insert(row, "created", f"job {job_id} on {cluster.id}")
+    except RowExists:
+        existing = await cluster.store.get("job", row.id)
+        assert existing is not None
+        row = existing
+    if not row.terminal:
+        cluster.app.spawn(row)
+    return row

@@ -1,0 +1,56 @@
+"""What a task asks to have on its nodes (workdir, local file mounts), checked and synced."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from proto import messages as m
+from proto.errors import InvalidTask
+from proto.task import Task
+from stixd.providers.base import Mount, NodeInfo
+from stixd.runtime.mailbox import Envelope
+
+WORKDIR_DEST = "~/sky_workdir"
+
+
+def validate_mounts(task: Task) -> None:
+    """Refuse, before any infra is touched, what cannot be placed on the nodes."""
+    if isinstance(task.workdir, dict):
+        raise InvalidTask("workdir: a git workdir ({url, ref}) is not supported in this build yet")
+    if isinstance(task.workdir, str) and not os.path.isdir(task.workdir):
+        raise InvalidTask(f"workdir: {task.workdir} is not a directory on this machine")
+    for dest, src in task.file_mounts.items():
+        if not isinstance(src, str) or "://" in src:
+            raise InvalidTask(
+                f"file_mounts.{dest}: bucket and storage mounts are not supported on the local "
+                "infra yet; use a local path"
+            )
+        if not os.path.exists(src):
+            raise InvalidTask(f"file_mounts.{dest}: {src} does not exist on this machine")
+
+
+def task_mounts(task: Task, file_mounts: bool) -> list[Mount]:
+    mounts: list[Mount] = []
+    if isinstance(task.workdir, str):
+        mounts.append(Mount(source=task.workdir, dest=WORKDIR_DEST))
+    if file_mounts:
+        mounts += [Mount(source=src, dest=dest) for dest, src in task.file_mounts.items()]
+    return mounts
+
+
+async def sync_task_files(
+    provider: Any, nodes: list[NodeInfo], task: Task, env: Envelope, *, file_mounts: bool
+) -> int:
+    mounts = task_mounts(task, file_mounts)
+    if not mounts:
+        return 0
+    copied = 0
+    for node in nodes[: max(task.num_nodes, 1)]:
+        copied += await provider.sync(node, mounts)
+    env.progress(
+        m.Progress(
+            f"Synced {len(mounts)} path(s) to {len(nodes)} node(s): {copied} file(s) changed."
+        )
+    )
+    return copied

@@ -1,0 +1,149 @@
+"""The runner: a process forked from the agent per job, leading its own process group.
+
+It runs the job's setup then run with ``/bin/bash -c``, appends their output to the job's log and
+records each state itself, so a job keeps running and its result is recorded while the agent is
+down. Forking (instead of starting a new interpreter) keeps submit-to-RUNNING latency to a few ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .procs import close_inherited_fds, start_token
+from .spec import JobSpec, job_environment
+from .states import JobState
+from .store import JobStore
+
+# Signals the agent handles in Python. They are blocked across fork() so that none reaches the
+# child before it has dropped the agent's handlers (which would wake the agent's event loop).
+_HANDLED_SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
+)
+_RUNNER_BUG_EXIT = 70
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerContext:
+    node_dir: Path
+    db_path: Path
+    logs_dir: Path
+    notify_fd: int
+    """Write end of the agent's wake-up pipe; the runner writes a byte after each state change."""
+
+
+def log_path(logs_dir: Path, job_id: int) -> Path:
+    return logs_dir / f"{job_id}.log"
+
+
+def fork_runner(spec: JobSpec, ctx: RunnerContext) -> int:
+    """Fork a runner for ``spec`` and return its pid. The caller must hold no SQLite connection."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _runner_main(spec, ctx, previous)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return pid
+
+
+def _runner_main(spec: JobSpec, ctx: RunnerContext, sigmask: set[signal.Signals]) -> None:
+    """Never returns: the runner ends with os._exit and never touches the agent's event loop."""
+    code = _RUNNER_BUG_EXIT
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in _HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        os.setsid()
+        signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+        _detach_from_agent(ctx, spec.job_id)
+        code = _run_job(spec, ctx)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def _detach_from_agent(ctx: RunnerContext, job_id: int) -> None:
+    """Drop the agent's sockets, lock and files; point stdio at /dev/null and the job's log."""
+    logging.root.handlers.clear()
+    logging.disable(logging.CRITICAL)
+    close_inherited_fds(keep={ctx.notify_fd})
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    log_fd = os.open(
+        str(log_path(ctx.logs_dir, job_id)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+    )
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(devnull)
+    os.close(log_fd)
+
+
+def _notify(ctx: RunnerContext) -> None:
+    # OSError: the agent that forked us is gone or busy; its successor polls the database.
+    with contextlib.suppress(OSError):
+        os.write(ctx.notify_fd, b"\0")
+
+
+def _run_stage(script: str, env: dict[str, str], cwd: Path) -> int:
+    proc = subprocess.Popen(
+        ["/bin/bash", "-c", script], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL
+    )
+    returncode = proc.wait()
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _workdir(spec: JobSpec, ctx: RunnerContext) -> Path:
+    if spec.workdir is None:
+        return ctx.node_dir
+    path = Path(os.path.expanduser(spec.workdir))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
+    me = os.getpid()
+    store = JobStore(ctx.db_path)
+    job_id = spec.job_id
+
+    def move(target: JobState, **fields: object) -> bool:
+        moved = store.transition(job_id, target, runner_pid=me, **fields)
+        if moved:
+            _notify(ctx)
+        return moved
+
+    claim = {"pid": me, "pid_start": start_token(me)}
+    try:
+        cwd = _workdir(spec, ctx)
+    except OSError as exc:
+        print(f"stix-agent: cannot use workdir {spec.workdir!r}: {exc}", file=sys.stderr)
+        move(JobState.FAILED_DRIVER, ended_at=time.time(), **claim)
+        return 0
+
+    if spec.setup is not None:
+        if not move(JobState.SETTING_UP, **claim):
+            return 0  # cancelled, or another runner claimed the job first
+        code = _run_stage(spec.setup, job_environment(spec, os.environ, setup=True), cwd)
+        if code != 0:
+            move(JobState.FAILED_SETUP, exit_code=code, ended_at=time.time())
+            return 0
+    if spec.run is None:
+        move(JobState.SUCCEEDED, exit_code=0, ended_at=time.time(), **claim)
+        return 0
+    if not move(JobState.RUNNING, started_at=time.time(), **claim):
+        return 0
+    code = _run_stage(spec.run, job_environment(spec, os.environ, setup=False), cwd)
+    final = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+    move(final, exit_code=code, ended_at=time.time())
+    return 0

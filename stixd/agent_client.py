@@ -1,0 +1,61 @@
+"""The daemon's side of the agent's JSON-lines protocol, over any byte-stream transport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+MAX_LINE = 16 * 1024 * 1024
+
+
+class AgentUnreachable(Exception):
+    """The node's agent did not answer: the node may be stopped, gone or partitioned."""
+
+
+class AgentError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Opener = Callable[[], Awaitable[ByteStream]]
+
+
+class AgentClient:
+    """One request per connection: cheap on a Unix socket, and nothing to resynchronise."""
+
+    def __init__(self, open_stream: Opener, name: str) -> None:
+        self._open = open_stream
+        self.name = name
+
+    async def call(self, op: str, *, deadline: float = 10.0, **fields: Any) -> dict[str, Any]:
+        line = json.dumps({"op": op, **fields}).encode() + b"\n"
+        try:
+            with anyio.fail_after(deadline):
+                stream = await self._open()
+                async with stream:
+                    await stream.send(line)
+                    reader = BufferedByteReceiveStream(stream)
+                    raw = await reader.receive_until(b"\n", MAX_LINE)
+        except TimeoutError:
+            raise AgentUnreachable(
+                f"agent {self.name} did not answer {op!r} in {deadline:g}s"
+            ) from None
+        except (OSError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError) as exc:
+            raise AgentUnreachable(f"agent {self.name} is unreachable: {exc}") from None
+        reply: dict[str, Any] = json.loads(raw)
+        if not reply.get("ok"):
+            raise AgentError(str(reply.get("code", "error")), str(reply.get("error", reply)))
+        return reply
+
+
+def unix_agent(path: str) -> AgentClient:
+    async def open_stream() -> ByteStream:
+        return await anyio.connect_unix(path)
+
+    return AgentClient(open_stream, path)

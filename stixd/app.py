@@ -1,0 +1,45 @@
+"""The app context: built once at daemon start and handed down; tests build their own."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from stixd.providers.base import Provider
+from stixd.runtime.supervisor import Supervisor
+from stixd.runtime.watch import RowWatch
+from stixd.store.db import Row, Store
+
+if TYPE_CHECKING:
+    from stixd.config import Config
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class App:
+    home: Path
+    config: Config
+    store: Store
+    watch: RowWatch
+    supervisor: Supervisor
+    providers: dict[str, Provider]
+    agent_pyz: Path
+    agent_build: str
+    log: structlog.stdlib.BoundLogger
+    started_at: float = field(default_factory=time.time)
+    shutdown: anyio.Event = field(default_factory=anyio.Event)
+
+    def provider(self, name: str) -> Provider:
+        return self.providers[name]
+
+    def spawn(self, row: Row) -> None:
+        """Start (or find) the actor for a stored row."""
+        from stixd.actors import factory_for  # actors import app; resolve at call time
+
+        self.supervisor.spawn(row, factory_for(self, row.kind))

@@ -1,0 +1,356 @@
+"""Layered configuration: the schema, and a loader that merges and checks every layer.
+
+Layers, lowest to highest priority: the packaged default file, the user file
+(``<stix home>/config.yaml``), the project file (``.stix.yaml`` in the client's working
+directory), each ``--config FILE``, layers a client sent already parsed, and finally
+``STIX__SECTION__KEY=value`` environment variables. Mappings merge key by key; scalars and
+lists replace. Each layer is validated on its own before merging, so an error names the file
+(or variable) the mistake is in, and the key path inside it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import msgspec.inspect as mi
+import yaml
+
+__all__ = [
+    "ENV_PREFIX",
+    "AutostopConfig",
+    "Config",
+    "ConfigError",
+    "DaemonConfig",
+    "LocalConfig",
+    "RestartIntensity",
+    "config_to_dict",
+    "default_config_path",
+    "load_config",
+]
+
+ENV_PREFIX = "STIX__"
+USER_FILE_NAME = "config.yaml"
+PROJECT_FILE_NAME = ".stix.yaml"
+
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class RestartIntensity(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """More than ``max_restarts`` crashes within ``within_seconds`` marks an actor failed."""
+
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    within_seconds: PositiveFloat = 60.0
+
+
+class AutostopConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    grace_minutes: NonNegativeFloat = 10.0
+    default_idle_minutes: NonNegativeFloat | None = None
+
+
+class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    restart_intensity: RestartIntensity = msgspec.field(default_factory=RestartIntensity)
+    log_level: LogLevel = "info"
+    request_timeout_seconds: PositiveFloat = 3600.0
+
+
+class LocalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    max_nodes: Annotated[int, msgspec.Meta(ge=1)] = 16
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The effective configuration. ``Config()`` equals the documented default file."""
+
+    autostop: AutostopConfig = msgspec.field(default_factory=AutostopConfig)
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    local: LocalConfig = msgspec.field(default_factory=LocalConfig)
+    # None: every enabled infra may be used.
+    allowed_clouds: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] | None = None
+
+
+class ConfigError(ValueError):
+    """A configuration layer is unreadable or invalid.
+
+    ``source`` names the layer (a file as the user would write it, ``environment variable
+    STIX__...``, or the name a client gave its layer); ``key_path`` is the dotted key inside
+    it, or None when the whole layer is at fault.
+    """
+
+    def __init__(self, source: str, key_path: str | None, problem: str) -> None:
+        self.source = source
+        self.key_path = key_path
+        self.problem = problem
+        where = f"{source}: {key_path}" if key_path else source
+        super().__init__(f"{where}: {problem}")
+
+
+def default_config_path() -> Path:
+    """The documented default config: the packaged copy if installed from a wheel, else the
+    repository's ``config/default.yaml`` (source checkouts and editable installs)."""
+    packaged = files("stixd") / "_data" / "default.yaml"
+    if isinstance(packaged, Path) and packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[1] / "config" / "default.yaml"
+
+
+def load_config(
+    home: Path,
+    *,
+    cwd: Path | None = None,
+    extra_files: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
+    overrides: Sequence[tuple[str, Mapping[str, Any]]] = (),
+) -> Config:
+    """Merge every configuration layer into one validated :class:`Config`.
+
+    ``home`` is the stix home holding the user file. ``cwd`` is where the project file is
+    looked for (no project layer when None). ``extra_files`` are ``--config`` files, which
+    must exist. ``env`` defaults to ``os.environ``; pass ``{}`` for no environment layer.
+    Raises :class:`ConfigError` naming the layer and key at fault.
+    """
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+
+    default_path = default_config_path()
+    default_layer = _read_layer(default_path, _display_path(default_path))
+    if default_layer is None:
+        raise ConfigError(
+            str(default_path), None, "stix's default config file is missing; reinstall stix"
+        )
+    layers.append((_display_path(default_path), default_layer))
+
+    user_path = home / USER_FILE_NAME
+    user_layer = _read_layer(user_path, _display_path(user_path))
+    if user_layer is not None:
+        layers.append((_display_path(user_path), user_layer))
+
+    if cwd is not None:
+        project_path = cwd / PROJECT_FILE_NAME
+        project_source = _display_path(project_path, cwd=cwd)
+        project_layer = _read_layer(project_path, project_source)
+        if project_layer is not None:
+            layers.append((project_source, project_layer))
+
+    for extra in extra_files:
+        extra_layer = _read_layer(extra, str(extra))
+        if extra_layer is None:
+            raise ConfigError(
+                str(extra), None, "config file given with --config does not exist; check the path"
+            )
+        layers.append((str(extra), extra_layer))
+
+    for source, data in overrides:
+        if not isinstance(data, Mapping):
+            raise ConfigError(source, None, _expected_mapping(Config, data))
+        layers.append((source, data))
+
+    layers.extend(_env_layers(os.environ if env is None else env))
+
+    merged: dict[str, Any] = {}
+    for source, data in layers:
+        _check_layer(data, Config, source, ())
+        merged = _deep_merge(merged, data)
+    try:
+        return msgspec.convert(merged, Config)
+    except msgspec.ValidationError as exc:  # every layer passed, so this is a stix bug
+        raise ConfigError("merged configuration", None, f"{exc}; please report this") from exc
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain builtins (dicts, lists, numbers, strings, None) for printing or JSON/YAML."""
+    # Through JSON so tuples come back as lists, which YAML and JSON printers both accept.
+    result: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(cfg))
+    return result
+
+
+# --- reading layers -----------------------------------------------------------------------
+
+
+def _display_path(path: Path, *, cwd: Path | None = None) -> str:
+    """A path as the user would type it: relative to ``cwd`` when inside it, else ``~/...``."""
+    if cwd is not None and path.is_relative_to(cwd):
+        return str(path.relative_to(cwd))
+    try:
+        user_home = Path.home()
+    except RuntimeError:  # no HOME and no passwd entry: show the path as it is
+        return str(path)
+    if path.is_relative_to(user_home):
+        return "~/" + str(path.relative_to(user_home))
+    return str(path)
+
+
+def _read_layer(path: Path, source: str) -> dict[str, Any] | None:
+    """The mapping in a YAML file; None if the file does not exist; {} if it is empty."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, None, f"not UTF-8 text ({exc.reason}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read it: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, None, f"invalid YAML{where}: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, None, f"invalid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, None, _expected_mapping(Config, data))
+    return data
+
+
+def _env_layers(env: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One layer per ``STIX__A__B=value`` variable, in name order; values are read as YAML."""
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        source = f"environment variable {name}"
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if not all(parts):
+            raise ConfigError(
+                source,
+                None,
+                "malformed name; write it as STIX__SECTION__KEY, e.g. "
+                "STIX__AUTOSTOP__GRACE_MINUTES",
+            )
+        try:
+            value: Any = yaml.safe_load(env[name])
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                source, ".".join(parts), f"value {env[name]!r} is not valid YAML; quote it"
+            ) from exc
+        for part in reversed(parts):
+            value = {part: value}
+        yield source, value
+
+
+def _deep_merge(lower: Mapping[str, Any], upper: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(lower)
+    for key, value in upper.items():
+        below = merged.get(key)
+        if isinstance(below, Mapping) and isinstance(value, Mapping):
+            merged[key] = _deep_merge(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- validating one layer -----------------------------------------------------------------
+
+
+def _check_layer(
+    data: Mapping[Any, Any], cls: type[msgspec.Struct], source: str, path: tuple[str, ...]
+) -> None:
+    """Validate a partial layer against ``cls``: every key optional, every value checked."""
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        key_path = (*path, key)
+        field = fields.get(key) if isinstance(raw_key, str) else None
+        if field is None:
+            raise ConfigError(
+                source, ".".join(key_path), f"unknown key ({_suggest(key, cls, path)})"
+            )
+        info = mi.type_info(field.type)
+        if isinstance(info, mi.StructType):
+            if not isinstance(value, Mapping):
+                raise ConfigError(source, ".".join(key_path), _expected_mapping(info.cls, value))
+            _check_layer(value, info.cls, source, key_path)
+            continue
+        try:
+            msgspec.convert(value, field.type)
+        except msgspec.ValidationError as exc:
+            problem = f"expected {_describe(info)}, got {_show(value)}"
+            raise ConfigError(source, ".".join(key_path), problem) from exc
+
+
+def _suggest(key: str, cls: type[msgspec.Struct], path: tuple[str, ...]) -> str:
+    names = [f.name for f in msgspec.structs.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    # Right name, wrong section: look for it anywhere else in the schema.
+    here = ".".join(path)
+    elsewhere = {
+        p.rpartition(".")[2]: p for p in _key_paths(Config, ()) if p.rpartition(".")[0] != here
+    }
+    close = difflib.get_close_matches(key, list(elsewhere), n=1)
+    if close:
+        return f"did you mean '{elsewhere[close[0]]}'?"
+    return "known keys here: " + ", ".join(names)
+
+
+def _key_paths(cls: type[msgspec.Struct], path: tuple[str, ...]) -> Iterator[str]:
+    for field in msgspec.structs.fields(cls):
+        info = mi.type_info(field.type)
+        yield ".".join((*path, field.name))
+        if isinstance(info, mi.StructType):
+            yield from _key_paths(info.cls, (*path, field.name))
+
+
+def _expected_mapping(cls: type[msgspec.Struct], value: object) -> str:
+    keys = ", ".join(f.name for f in msgspec.structs.fields(cls))
+    return f"expected a mapping with keys {keys}, got {_show(value)}"
+
+
+def _describe(info: mi.Type) -> str:
+    """A type as a user reads it: 'a number >= 0 or null'."""
+    if isinstance(info, mi.UnionType):
+        return " or ".join(_describe(t) for t in info.types)
+    if isinstance(info, mi.NoneType):
+        return "null"
+    if isinstance(info, mi.BoolType):
+        return "true or false"
+    if isinstance(info, mi.IntType):
+        return "an integer" + _bounds(info)
+    if isinstance(info, mi.FloatType):
+        return "a number" + _bounds(info)
+    if isinstance(info, mi.StrType):
+        return "a string"
+    if isinstance(info, mi.LiteralType):
+        return "one of " + ", ".join(repr(v) for v in info.values)
+    if isinstance(info, mi.ListType | mi.VarTupleType):
+        items = {mi.StrType: "strings", mi.IntType: "integers", mi.FloatType: "numbers"}
+        of = items.get(type(info.item_type), f"items that are each {_describe(info.item_type)}")
+        non_empty = "non-empty " if info.min_length else ""
+        return f"a {non_empty}list of {of}"
+    if isinstance(info, mi.StructType):
+        return "a mapping"
+    return str(info)
+
+
+def _bounds(info: mi.IntType | mi.FloatType) -> str:
+    parts = [
+        f"{op} {_number(bound)}"
+        for op, bound in ((">=", info.ge), (">", info.gt), ("<=", info.le), ("<", info.lt))
+        if bound is not None
+    ]
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _show(value: object) -> str:
+    """A value as it would look in YAML, short enough for a one-line message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

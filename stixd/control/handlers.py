@@ -1,0 +1,326 @@
+"""One function per request: read the store, or hand the request to the actor that owns it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from proto import messages as m
+from proto.errors import (
+    ClusterNotFound,
+    InternalError,
+    InvalidConfig,
+    InvalidRequest,
+    InvalidTask,
+    error_from_code,
+)
+from proto.task import missing_envs
+from stixd.actors.syncing import validate_mounts
+from stixd.app import VERSION, App
+from stixd.config import ConfigError, load_config
+from stixd.control.logs import find_job, stream_job_logs
+from stixd.planner.local_fit import check_fits_local
+from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.store.db import Row, RowExists
+
+Emit = Callable[[Any], Awaitable[None]]
+KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "ssh", "lambda", "runpod", "nebius")
+
+
+async def ask_cluster(
+    app: App, name: str, payload: Any, emit: Emit, *, create: bool = False
+) -> Any:
+    """Send a request to the cluster's actor and relay its progress until the final reply."""
+    row = await app.store.get("cluster", name)
+    if row is None:
+        if not create:
+            raise ClusterNotFound(f"cluster {name!r} does not exist")
+        try:
+            row = await app.store.insert(
+                Row(kind="cluster", id=name, state="TERMINATED", terminal=True, version=0),
+                "created",
+            )
+        except RowExists:
+            row = await app.store.get("cluster", name)
+            assert row is not None
+    child = app.supervisor.get("cluster", name)
+    if child is None:
+        app.spawn(row)
+        child = app.supervisor.get("cluster", name)
+    if child is None or child.failed:
+        raise InternalError(child.failed if child else f"cluster {name!r} has no actor")
+    send, receive = reply_channel()
+    app.supervisor.tell("cluster", name, Envelope(payload=payload, reply=send))
+    async with receive:
+        async for item in receive:
+            if isinstance(item, m.ErrorReply):
+                raise error_from_code(item.code, item.message)
+            if isinstance(item, m.FINAL_REPLIES):
+                return item
+            await emit(item)
+    raise InternalError(f"cluster {name!r} stopped before answering")
+
+
+def _check_task(task: Any) -> None:
+    missing = missing_envs(task)
+    if missing:
+        raise InvalidTask(
+            f"envs.{missing[0]}: required but not set; pass it with --env {missing[0]}=VALUE"
+        )
+    check_fits_local(task)
+    validate_mounts(task)
+
+
+async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
+    try:
+        load_config(
+            app.home, env={}, overrides=[(layer.source, layer.values) for layer in req.config]
+        )
+    except ConfigError as exc:
+        raise InvalidConfig(str(exc)) from None
+    _check_task(req.task)
+    name = req.cluster or f"stix-{secrets.token_hex(2)}"
+    result: m.LaunchResult = await ask_cluster(app, name, req, emit, create=True)
+    return await _follow_unless_detached(app, result, req.detach, emit)
+
+
+async def exec_(app: App, req: m.Exec, emit: Emit) -> Any:
+    _check_task(req.task)
+    result: m.LaunchResult = await ask_cluster(app, req.cluster, req, emit)
+    return await _follow_unless_detached(app, result, req.detach, emit)
+
+
+async def _follow_unless_detached(
+    app: App, result: m.LaunchResult, detach: bool, emit: Emit
+) -> m.LaunchResult:
+    if detach or result.job_id is None:
+        return result
+    job = await find_job(app, result.cluster, result.job_id)
+    state = await stream_job_logs(app, job, emit, follow=True)
+    return m.LaunchResult(cluster=result.cluster, job_id=result.job_id, job_status=state)
+
+
+def cluster_record(row: Row) -> m.ClusterRecord:
+    data, spec = row.data, row.spec
+    autostop = data.get("autostop") or {}
+    idle_since = data.get("idle_since")
+    minutes = autostop.get("idle_minutes")
+    nodes = data.get("nodes") or []
+    return m.ClusterRecord(
+        name=row.id,
+        status=row.state,
+        infra=spec.get("provider", "local"),
+        num_nodes=int(spec.get("num_nodes", 1)),
+        resources=spec.get("resources", ""),
+        launched_at=float(data.get("launched_at") or row.created_at),
+        updated_at=row.updated_at,
+        autostop_idle_minutes=minutes,
+        autostop_down=bool(autostop.get("down")),
+        autostop_at=(idle_since + minutes * 60) if (idle_since and minutes is not None) else None,
+        hourly_price=0.0,
+        head_ip=nodes[0]["ip"] if nodes else None,
+        last_error=data.get("last_error"),
+    )
+
+
+async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
+    rows = await app.store.rows("cluster", include_terminal=req.all)
+    if req.clusters:
+        wanted = set(req.clusters)
+        rows = [r for r in rows if r.id in wanted]
+    if req.refresh:
+        for row in rows:
+            if not row.terminal:
+                await ask_cluster(app, row.id, req, emit)
+        rows = [r for r in [await app.store.get("cluster", r.id) for r in rows] if r is not None]
+        if not req.all:
+            rows = [r for r in rows if not r.terminal]
+    return m.ClusterList(clusters=[cluster_record(r) for r in rows])
+
+
+def job_record(row: Row) -> m.JobRecord:
+    return m.JobRecord(
+        cluster=row.spec["cluster"],
+        job_id=int(row.spec["job_id"]),
+        name=row.spec.get("name"),
+        status=row.state,
+        submitted_at=row.created_at,
+        started_at=row.data.get("started_at"),
+        ended_at=row.data.get("ended_at"),
+        exit_code=row.data.get("exit_code"),
+        resources=row.spec.get("resources", ""),
+    )
+
+
+async def queue(app: App, req: m.Queue, emit: Emit) -> m.JobList:
+    if req.clusters:
+        clusters = []
+        for name in req.clusters:
+            row = await app.store.get("cluster", name)
+            if row is None or row.terminal:
+                raise ClusterNotFound(f"cluster {name!r} does not exist")
+            clusters.append(row)
+    else:
+        clusters = await app.store.rows("cluster", include_terminal=False)
+    jobs: list[m.JobRecord] = []
+    for crow in clusters:
+        uid = crow.data.get("uid")
+        if not uid:
+            continue
+        for jrow in sorted(
+            await app.store.rows("job", parent=uid), key=lambda j: -int(j.spec["job_id"])
+        ):
+            if req.skip_finished and jrow.terminal:
+                continue
+            jobs.append(job_record(jrow))
+    return m.JobList(jobs=jobs)
+
+
+async def logs(app: App, req: m.Logs, emit: Emit) -> m.LogsEnd:
+    job = await find_job(app, req.cluster, req.job_id)
+    job_id = int(job.spec["job_id"])
+    if req.status_only:
+        return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=job.state)
+    state = await stream_job_logs(app, job, emit, follow=req.follow, tail=req.tail)
+    return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=state)
+
+
+async def _each_cluster(app: App, names: list[str], all_: bool, req: Any, emit: Emit) -> m.OkReply:
+    if all_:
+        names = [r.id for r in await app.store.rows("cluster", include_terminal=False)]
+    if not names:
+        raise InvalidRequest("name at least one cluster, or pass --all")
+    messages = []
+    for name in names:
+        reply = await ask_cluster(app, name, req, emit)
+        if reply.message:
+            await emit(m.Progress(reply.message))
+            messages.append(reply.message)
+    return m.OkReply("\n".join(messages))
+
+
+async def cancel(app: App, req: m.Cancel, emit: Emit) -> Any:
+    if not req.all and not req.job_ids:
+        raise InvalidRequest("name the job ids to cancel, or pass --all")
+    return await ask_cluster(app, req.cluster, req, emit)
+
+
+async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostReport:
+    now = time.time()
+    rows_out = []
+    for row in await app.store.rows("cluster"):
+        launched = float(row.data.get("launched_at") or 0.0)
+        if not launched or (not req.all and launched < now - req.days * 86400):
+            continue
+        active = float(row.data.get("active_seconds") or 0.0)
+        if row.data.get("up_since"):
+            active += now - float(row.data["up_since"])
+        rec = cluster_record(row)
+        cost = active / 3600 * rec.hourly_price * rec.num_nodes
+        rows_out.append(
+            m.CostRow(
+                name=row.id,
+                status=row.state,
+                infra=rec.infra,
+                num_nodes=rec.num_nodes,
+                resources=rec.resources,
+                launched_at=launched,
+                duration_seconds=active,
+                hourly_price=rec.hourly_price,
+                cost=cost,
+            )
+        )
+    return m.CostReport(rows=rows_out, total=sum(r.cost for r in rows_out))
+
+
+async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
+    allowed = app.config.allowed_clouds
+    out = []
+    for name, provider in app.providers.items():
+        result = await provider.check()
+        enabled = result.enabled and (allowed is None or name in allowed)
+        reason = result.reason if enabled or allowed is None else "left out by allowed_clouds"
+        out.append(m.InfraCheck(infra=name, enabled=enabled, reason=reason))
+    for name in KNOWN_INFRAS:
+        out.append(
+            m.InfraCheck(infra=name, enabled=False, reason="not supported in this build yet")
+        )
+    if req.infras:
+        wanted = {i.lower() for i in req.infras}
+        unknown = wanted - {c.infra for c in out}
+        if unknown:
+            raise InvalidRequest(
+                f"unknown infra {sorted(unknown)[0]!r}; known: {', '.join(c.infra for c in out)}"
+            )
+        out = [c for c in out if c.infra in wanted]
+    return m.CheckReply(infras=out)
+
+
+async def events(app: App, req: m.Events, emit: Emit) -> m.EventList:
+    rows = await app.store.events(req.kind, req.name, req.limit)
+    if not rows:
+        raise ClusterNotFound(f"no history for {req.kind} {req.name!r}")
+    return m.EventList(
+        events=[
+            m.EventRecord(
+                at=e.at,
+                kind=e.kind,
+                id=e.id,
+                event=e.event,
+                from_state=e.from_state,
+                to_state=e.to_state,
+                why=e.why,
+            )
+            for e in rows
+        ]
+    )
+
+
+async def daemon_status(app: App, req: m.DaemonStatus, emit: Emit) -> m.DaemonInfo:
+    from proto import PROTOCOL_VERSION
+
+    return m.DaemonInfo(
+        pid=os.getpid(),
+        version=VERSION,
+        protocol=PROTOCOL_VERSION,
+        home=str(app.home),
+        started_at=app.started_at,
+        actors=app.supervisor.counts(),
+    )
+
+
+async def shutdown(app: App, req: m.Shutdown, emit: Emit) -> m.OkReply:
+    return m.OkReply("stixd is shutting down")  # the server stops once this is sent
+
+
+async def dispatch(app: App, req: Any, emit: Emit) -> Any:
+    if isinstance(req, m.Launch):
+        return await launch(app, req, emit)
+    if isinstance(req, m.Exec):
+        return await exec_(app, req, emit)
+    if isinstance(req, m.Status):
+        return await status(app, req, emit)
+    if isinstance(req, m.Queue):
+        return await queue(app, req, emit)
+    if isinstance(req, m.Logs):
+        return await logs(app, req, emit)
+    if isinstance(req, m.Cancel):
+        return await cancel(app, req, emit)
+    if isinstance(req, m.Stop | m.Down | m.Autostop):
+        return await _each_cluster(app, req.clusters, req.all, req, emit)
+    if isinstance(req, m.Start):
+        return await _each_cluster(app, req.clusters, False, req, emit)
+    if isinstance(req, m.CostReportReq):
+        return await cost_report(app, req, emit)
+    if isinstance(req, m.Check):
+        return await check(app, req, emit)
+    if isinstance(req, m.Events):
+        return await events(app, req, emit)
+    if isinstance(req, m.DaemonStatus):
+        return await daemon_status(app, req, emit)
+    if isinstance(req, m.Shutdown):
+        return await shutdown(app, req, emit)
+    raise InvalidRequest(f"unknown request {type(req).__name__}")

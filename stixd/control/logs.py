@@ -1,0 +1,117 @@
+"""Reading a job's logs from the agents: follow with long polls, or print what is there."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from proto import messages as m
+from proto.errors import ClusterNotFound, JobNotFound
+from proto.states import JobStatus
+from stixd.actors.jobs_submit import job_row_id
+from stixd.agent_client import AgentError, AgentUnreachable
+from stixd.app import App
+from stixd.providers.base import NodeInfo
+from stixd.store.db import Row
+
+Emit = Callable[[Any], Awaitable[None]]
+POLL_WAIT = 10.0
+CHUNK = 1 << 20
+SETTLE_SECONDS = 30.0
+
+
+async def find_job(app: App, cluster: str, job_id: int | None) -> Row:
+    crow = await app.store.get("cluster", cluster)
+    if crow is None or not crow.data.get("uid"):
+        raise ClusterNotFound(f"cluster {cluster!r} does not exist")
+    uid = crow.data["uid"]
+    if job_id is None:
+        jobs = await app.store.rows("job", parent=uid)
+        if not jobs:
+            raise JobNotFound(f"cluster {cluster!r} has no jobs yet")
+        return max(jobs, key=lambda j: int(j.spec["job_id"]))
+    row = await app.store.get("job", job_row_id(cluster, uid, job_id))
+    if row is None:
+        raise JobNotFound(f"cluster {cluster!r} has no job {job_id}")
+    return row
+
+
+def _prefixer(node: NodeInfo, num_nodes: int) -> Callable[[str], str]:
+    if num_nodes <= 1:
+        return lambda text: text
+    label = "head" if node.rank == 0 else f"worker{node.rank}"
+    prefix = f"({label}, rank={node.rank}) "
+
+    def add(text: str) -> str:
+        lines = text.splitlines(keepends=True)
+        return "".join(prefix + line for line in lines)
+
+    return add
+
+
+async def stream_job_logs(
+    app: App, job: Row, emit: Emit, *, follow: bool, tail: int | None = None
+) -> str:
+    """Send the job's log to `emit`; with `follow`, until the job ends. Returns its state."""
+    nodes = [NodeInfo.from_dict(n) for n in job.spec["nodes"]]
+    provider = app.provider(job.spec["provider"])
+    job_id = int(job.spec["job_id"])
+
+    async def job_over() -> bool:
+        row = await app.store.get("job", job.id)
+        return row is None or row.terminal
+
+    async def one_rank(node: NodeInfo) -> None:
+        client = provider.connector(node)
+        prefix = _prefixer(node, len(nodes))
+        offset = 0
+        backlog: list[str] | None = [] if tail is not None else None
+        while True:
+            catching_up = backlog is not None
+            try:
+                reply = await client.call(
+                    "tail",
+                    deadline=POLL_WAIT + 10,
+                    job_id=job_id,
+                    offset=offset,
+                    wait=POLL_WAIT if follow and not catching_up else 0.0,
+                    max_bytes=CHUNK,
+                )
+            except AgentUnreachable:
+                if not follow or await job_over():
+                    await emit(
+                        m.Progress(f"node {node.rank} is unreachable; its log is not available")
+                    )
+                    return
+                await anyio.sleep(1.0)
+                continue
+            except AgentError as exc:
+                if exc.code == "no_such_job" and follow and not await job_over():
+                    await anyio.sleep(0.1)
+                    continue
+                return
+            data: str = reply["data"]
+            offset = int(reply["offset"])
+            if backlog is not None:
+                backlog.append(data)
+                if data and not reply["eof"]:
+                    continue
+                lines = "".join(backlog).splitlines(keepends=True)
+                data = "".join(lines[-tail:]) if tail else ""
+                backlog = None
+            if data:
+                await emit(m.LogChunk(prefix(data)))
+            if reply["eof"] or (not follow and not data):
+                return
+
+    async with anyio.create_task_group() as tg:
+        for node in nodes:
+            tg.start_soon(one_rank, node)
+    if follow:
+        with anyio.move_on_after(SETTLE_SECONDS):
+            row = await app.watch.wait_for("job", job.id, lambda r: r is None or r.terminal)
+            return row.state if row else JobStatus.FAILED_DRIVER.value
+    row = await app.store.get("job", job.id)
+    return row.state if row else job.state

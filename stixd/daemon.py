@@ -1,0 +1,70 @@
+"""The daemon's life: build the app, respawn every live actor, serve the socket, stop cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+
+from proto.paths import socket_path
+from stixd.agent_bundle import build_agent_zipapp, build_id
+from stixd.app import App
+from stixd.config import Config
+from stixd.control.handlers import dispatch
+from stixd.control.server import ControlServer
+from stixd.logs import make_logger
+from stixd.providers.local import LocalProvider
+from stixd.runtime.supervisor import RestartPolicy, Supervisor
+from stixd.runtime.watch import RowWatch
+from stixd.store.db import open_store
+
+
+async def _signals(app: App) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+        async for signum in received:
+            app.log.info("signal", signal=signal.Signals(signum).name)
+            app.shutdown.set()
+            return
+
+
+async def serve(home: Path, config: Config) -> None:
+    log, log_stream = make_logger(home / "stixd.log", config.daemon.log_level)
+    sock = socket_path(home)
+    try:
+        pyz = await anyio.to_thread.run_sync(build_agent_zipapp, home / "agent")
+        async with open_store(home / "state.db") as store:
+            watch = RowWatch(store)
+            async with anyio.create_task_group() as tg:
+                intensity = config.daemon.restart_intensity
+                supervisor = Supervisor(
+                    tg,
+                    store,
+                    log,
+                    RestartPolicy(intensity.max_restarts, intensity.within_seconds),
+                )
+                app = App(
+                    home=home,
+                    config=config,
+                    store=store,
+                    watch=watch,
+                    supervisor=supervisor,
+                    providers={"local": LocalProvider(home)},
+                    agent_pyz=pyz,
+                    agent_build=build_id(),
+                    log=log,
+                )
+                rows = await store.live_rows()
+                for row in rows:
+                    app.spawn(row)
+                await tg.start(ControlServer(app, sock, dispatch).serve)
+                log.info("ready", pid=os.getpid(), actors=len(rows), home=str(home))
+                tg.start_soon(_signals, app)
+                await app.shutdown.wait()
+                log.info("shutting_down")
+                tg.cancel_scope.cancel()
+    finally:
+        sock.unlink(missing_ok=True)
+        log.info("stopped")
+        log_stream.close()

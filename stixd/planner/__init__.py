@@ -1,0 +1,1 @@
+"""Placement: which infra can run a task. Pure functions, no network I/O."""

@@ -1,0 +1,106 @@
+"""What every provider offers the actors: one small, idempotent interface.
+
+Actors reach infrastructure only through this protocol. Errors say whether to retry and what
+to block, so a launcher can fail over to the next choice.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from proto.errors import ProvisionError
+from stixd.agent_client import AgentClient
+
+
+class NodeStatus(enum.StrEnum):
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    rank: int
+    ip: str
+    status: NodeStatus
+    agent_address: str
+    workdir: str
+    home: str
+    pid: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "ip": self.ip,
+            "status": self.status.value,
+            "agent_address": self.agent_address,
+            "workdir": self.workdir,
+            "home": self.home,
+            "pid": self.pid,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> NodeInfo:
+        return cls(
+            rank=raw["rank"],
+            ip=raw["ip"],
+            status=NodeStatus(raw["status"]),
+            agent_address=raw["agent_address"],
+            workdir=raw["workdir"],
+            home=raw["home"],
+            pid=raw.get("pid"),
+        )
+
+
+@dataclass(frozen=True)
+class ProvisionRequest:
+    cluster: str
+    num_nodes: int
+    agent_pyz: Path
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    enabled: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A local path to place on every node at `dest` (as the node resolves it)."""
+
+    source: str
+    dest: str
+
+
+class CapacityError(ProvisionError):
+    """No capacity or quota for this choice: block it and try the next one."""
+
+    def __init__(self, message: str, block: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.block = block or {}
+
+
+class Provider(Protocol):
+    name: str
+
+    async def check(self) -> CheckResult: ...
+
+    async def launch(self, req: ProvisionRequest) -> list[NodeInfo]: ...
+
+    async def query(self, cluster: str) -> list[NodeInfo]: ...
+
+    async def stop(self, cluster: str) -> None: ...
+
+    async def start(self, req: ProvisionRequest) -> list[NodeInfo]: ...
+
+    async def terminate(self, cluster: str) -> None: ...
+
+    async def open_ports(self, cluster: str, ports: list[int]) -> None: ...
+
+    async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int: ...
+
+    def connector(self, node: NodeInfo) -> AgentClient: ...

@@ -1,0 +1,154 @@
+"""Owns every actor: spawns them in one task group, restarts crashed ones within an intensity.
+
+Restart strategy (written down, as OTP does): one-for-one, transient — an actor that returns
+normally is not restarted; one that raises is restarted from its stored row, unless it crashed
+more than `max_restarts` times within `within_seconds`, in which case it is marked failed with
+the reason (an event on its history) and requests to it get that reason back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from proto.messages import ErrorReply
+from stixd.runtime.actor import Actor, Stop, error_reply
+from stixd.runtime.mailbox import Envelope, Mailbox
+from stixd.store.db import Row, Store
+
+Factory = Callable[[Row], Actor]
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int = 5
+    within_seconds: float = 60.0
+    reconcile_concurrency: int = 32
+
+
+@dataclass
+class Child:
+    kind: str
+    id: str
+    mailbox: Mailbox = field(default_factory=Mailbox)
+    actor: Actor | None = None
+    crashes: deque[float] = field(default_factory=deque)
+    failed: str | None = None
+    finished: anyio.Event = field(default_factory=anyio.Event)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups: what a person needs to read."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class Supervisor:
+    def __init__(
+        self,
+        tg: TaskGroup,
+        store: Store,
+        log: structlog.stdlib.BoundLogger,
+        policy: RestartPolicy,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tg = tg
+        self._store = store
+        self._log = log
+        self._policy = policy
+        self._clock = clock
+        self.children: dict[tuple[str, str], Child] = {}
+        self.reconcile_gate = anyio.CapacityLimiter(policy.reconcile_concurrency)
+
+    def get(self, kind: str, id_: str) -> Child | None:
+        return self.children.get((kind, id_))
+
+    def spawn(self, row: Row, factory: Factory) -> Child:
+        key = (row.kind, row.id)
+        existing = self.children.get(key)
+        if existing is not None and existing.failed is None:
+            return existing
+        child = Child(kind=row.kind, id=row.id)
+        self.children[key] = child
+        self._tg.start_soon(self._supervise, child, row, factory)
+        return child
+
+    def tell(self, kind: str, id_: str, message: Any) -> bool:
+        child = self.children.get((kind, id_))
+        if child is None or child.failed is not None:
+            return False
+        child.mailbox.put(message)
+        return True
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for kind, _ in self.children:
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+    async def stop_all(self) -> None:
+        for child in list(self.children.values()):
+            child.mailbox.put(Stop())
+
+    async def _supervise(self, child: Child, row: Row, factory: Factory) -> None:
+        log = self._log.bind(kind=child.kind, id=child.id)
+        current: Row | None = row
+        try:
+            while current is not None:
+                actor = factory(current)
+                child.actor = actor
+                try:
+                    await actor.run(child.mailbox, self.reconcile_gate)
+                    return
+                except Exception as exc:
+                    cause = root_cause(exc)
+                    reason = f"{type(cause).__name__}: {cause}"
+                    log.exception("actor_crashed", reason=reason)
+                    if self._too_many(child):
+                        child.failed = (
+                            f"{child.kind} {child.id} crashed {len(child.crashes)} times in "
+                            f"{self._policy.within_seconds:g}s and was stopped; last error: "
+                            f"{reason}"
+                        )
+                        await self._store.record(child.kind, child.id, "failed", child.failed)
+                        self._drain(child, ErrorReply(code="internal", message=child.failed))
+                        return
+                    await self._store.record(child.kind, child.id, "restarted", reason)
+                    current = await self._store.get(child.kind, child.id)
+        finally:
+            child.actor = None
+            if child.failed is None and self.children.get((child.kind, child.id)) is child:
+                del self.children[(child.kind, child.id)]
+                self._drain(child, None)
+            child.finished.set()
+
+    def _too_many(self, child: Child) -> bool:
+        now = self._clock()
+        child.crashes.append(now)
+        while child.crashes and child.crashes[0] < now - self._policy.within_seconds:
+            child.crashes.popleft()
+        return len(child.crashes) > self._policy.max_restarts
+
+    @staticmethod
+    def _drain(child: Child, reply: ErrorReply | None) -> None:
+        """Answer requests left in the mailbox of an actor that will not read them."""
+        while True:
+            try:
+                message = child.mailbox.receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            if isinstance(message, Envelope):
+                message.answer(
+                    reply
+                    or error_reply(
+                        RuntimeError(f"{child.kind} {child.id} finished before handling this")
+                    )
+                )

@@ -1,0 +1,35 @@
+"""Wait until a stored row satisfies a condition, woken by the store's writes (no polling)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+
+from stixd.store.db import Row, Store
+
+
+class RowWatch:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiters: dict[tuple[str, str], list[anyio.Event]] = {}
+        store.on_write(self._written)
+
+    def _written(self, row: Row) -> None:
+        for event in self._waiters.pop((row.kind, row.id), []):
+            event.set()
+
+    async def wait_for(
+        self, kind: str, id_: str, predicate: Callable[[Row | None], bool]
+    ) -> Row | None:
+        """Return the row once `predicate(row)` holds; cancel with a scope for a deadline."""
+        while True:
+            event = anyio.Event()
+            self._waiters.setdefault((kind, id_), []).append(event)
+            row = await self._store.get(kind, id_)
+            if predicate(row):
+                waiters = self._waiters.get((kind, id_), [])
+                if event in waiters:
+                    waiters.remove(event)
+                return row
+            await event.wait()

@@ -1,0 +1,277 @@
+"""The daemon's store: one row per actor with a version column, and an append-only event log.
+
+Rows are written with conditional updates (`WHERE version = ?`), so a writer that read an old
+row learns it instead of overwriting a newer decision. The state change and its event are
+written in one transaction; nothing here ever waits on the network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+MIGRATIONS: list[str] = [
+    # 1: actors and their history
+    """
+    CREATE TABLE actors (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        parent TEXT,
+        state TEXT NOT NULL,
+        terminal INTEGER NOT NULL DEFAULT 0,
+        spec TEXT NOT NULL DEFAULT '{}',
+        data TEXT NOT NULL DEFAULT '{}',
+        version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE INDEX actors_live ON actors (terminal, kind);
+    CREATE INDEX actors_parent ON actors (kind, parent);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT,
+        why TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_actor ON events (kind, id, seq);
+    """,
+]
+
+
+class StaleWrite(Exception):
+    """The row changed since it was read: the writer must reload and decide again."""
+
+
+class RowExists(Exception):
+    pass
+
+
+@dataclass
+class Row:
+    kind: str
+    id: str
+    state: str
+    version: int
+    parent: str | None = None
+    terminal: bool = False
+    spec: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    at: float
+    kind: str
+    id: str
+    event: str
+    from_state: str | None
+    to_state: str | None
+    why: str
+
+
+_COLUMNS = "kind, id, parent, state, terminal, spec, data, version, created_at, updated_at"
+
+
+def _row(r: aiosqlite.Row | tuple[Any, ...]) -> Row:
+    return Row(
+        kind=r[0],
+        id=r[1],
+        parent=r[2],
+        state=r[3],
+        terminal=bool(r[4]),
+        spec=json.loads(r[5]),
+        data=json.loads(r[6]),
+        version=r[7],
+        created_at=r[8],
+        updated_at=r[9],
+    )
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+        self._listeners: list[Callable[[Row], None]] = []
+
+    def on_write(self, listener: Callable[[Row], None]) -> None:
+        """Called after every committed write with the row as written."""
+        self._listeners.append(listener)
+
+    def _notify(self, row: Row) -> None:
+        for listener in self._listeners:
+            listener(row)
+
+    async def insert(self, row: Row, event: str, why: str = "") -> Row:
+        now = self._clock()
+        row.created_at = row.updated_at = now
+        row.version = 1
+        try:
+            await self._db.execute(
+                f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    row.kind,
+                    row.id,
+                    row.parent,
+                    row.state,
+                    int(row.terminal),
+                    json.dumps(row.spec),
+                    json.dumps(row.data),
+                    row.version,
+                    now,
+                    now,
+                ),
+            )
+        except aiosqlite.IntegrityError:
+            await self._db.rollback()
+            raise RowExists(f"{row.kind} {row.id} already exists") from None
+        await self._append(row.kind, row.id, event, None, row.state, why, now)
+        await self._db.commit()
+        self._notify(row)
+        return row
+
+    async def update(
+        self,
+        row: Row,
+        *,
+        event: str,
+        state: str | None = None,
+        terminal: bool | None = None,
+        spec: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        why: str = "",
+        record_event: bool = True,
+    ) -> Row:
+        """Write a new state/spec/data for `row` if nobody wrote it since `row.version`."""
+        now = self._clock()
+        new = Row(
+            kind=row.kind,
+            id=row.id,
+            parent=row.parent,
+            state=state if state is not None else row.state,
+            terminal=terminal if terminal is not None else row.terminal,
+            spec=spec if spec is not None else row.spec,
+            data=data if data is not None else row.data,
+            version=row.version + 1,
+            created_at=row.created_at,
+            updated_at=now,
+        )
+        cur = await self._db.execute(
+            "UPDATE actors SET state=?, terminal=?, spec=?, data=?, version=?, updated_at=? "
+            "WHERE kind=? AND id=? AND version=?",
+            (
+                new.state,
+                int(new.terminal),
+                json.dumps(new.spec),
+                json.dumps(new.data),
+                new.version,
+                now,
+                row.kind,
+                row.id,
+                row.version,
+            ),
+        )
+        if cur.rowcount != 1:
+            await self._db.rollback()
+            raise StaleWrite(f"{row.kind} {row.id} changed since version {row.version}")
+        if record_event:
+            await self._append(row.kind, row.id, event, row.state, new.state, why, now)
+        await self._db.commit()
+        self._notify(new)
+        return new
+
+    async def _append(
+        self,
+        kind: str,
+        id_: str,
+        event: str,
+        from_state: str | None,
+        to_state: str | None,
+        why: str,
+        at: float,
+    ) -> None:
+        await self._db.execute(
+            "INSERT INTO events (at, kind, id, event, from_state, to_state, why) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (at, kind, id_, event, from_state, to_state, why),
+        )
+
+    async def record(self, kind: str, id_: str, event: str, why: str = "") -> None:
+        """An event that changes no state (a decision, a warning, a supervisor restart)."""
+        await self._append(kind, id_, event, None, None, why, self._clock())
+        await self._db.commit()
+
+    async def get(self, kind: str, id_: str) -> Row | None:
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM actors WHERE kind=? AND id=?", (kind, id_)
+        ) as cur:
+            r = await cur.fetchone()
+        return _row(r) if r else None
+
+    async def rows(
+        self, kind: str, *, parent: str | None = None, include_terminal: bool = True
+    ) -> list[Row]:
+        sql = f"SELECT {_COLUMNS} FROM actors WHERE kind=?"
+        args: list[Any] = [kind]
+        if parent is not None:
+            sql += " AND parent=?"
+            args.append(parent)
+        if not include_terminal:
+            sql += " AND terminal=0"
+        sql += " ORDER BY created_at, id"
+        async with self._db.execute(sql, args) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def live_rows(self) -> list[Row]:
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM actors WHERE terminal=0 ORDER BY kind, created_at"
+        ) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def events(self, kind: str, id_prefix: str, limit: int = 200) -> list[Event]:
+        """History of one actor (`id_prefix` exact) or of its children (`prefix/…`)."""
+        async with self._db.execute(
+            "SELECT seq, at, kind, id, event, from_state, to_state, why FROM events "
+            "WHERE (kind=? AND id=?) OR id LIKE ? ORDER BY seq DESC LIMIT ?",
+            (kind, id_prefix, id_prefix.replace("%", r"\%") + "/%", limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Event(*r) for r in reversed(rows)]
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    current = int(row[0]) if row else 0
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"the store was written by a newer stix (schema {current}, this one knows "
+            f"{len(MIGRATIONS)}): upgrade stix"
+        )
+    for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+@asynccontextmanager
+async def open_store(path: Path) -> AsyncIterator[Store]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with aiosqlite.connect(path, isolation_level="DEFERRED") as db:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await _migrate(db)
+        yield Store(db)
