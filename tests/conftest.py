@@ -1,0 +1,177 @@
+"""Fixtures that run the real thing: a stix home, a real stixd, real stixctl processes.
+
+Every process a test starts (daemon, agents, their jobs) is found by the test's home path in
+its command line and killed at teardown, with its process group, so nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_everything_under(home: Path) -> None:
+    for _ in range(3):
+        pids = processes_mentioning(str(home))
+        if not pids:
+            return
+        for pid in pids:
+            for kill in (lambda p: os.killpg(os.getpgid(p), signal.SIGKILL),
+                         lambda p: os.kill(p, signal.SIGKILL)):
+                try:
+                    kill(pid)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        time.sleep(0.1)
+
+
+class Stix:
+    """A stix home with helpers to run stixctl in it and read its state."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "STIX_HOME": str(home), "STIX__AUTOSTOP__GRACE_MINUTES": "10"}
+        self.env.pop("STIX_CATALOG_DIR", None)
+
+    def run(self, *args: str, timeout: float = 60, check: bool = False, cwd: Path | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "stixctl", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd or self.home,
+            input=input,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"stixctl {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+            )
+        return proc
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stixctl", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.home,
+        )
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json", check=True).stdout)
+
+    def clusters(self) -> dict[str, dict[str, Any]]:
+        return {c["name"]: c for c in self.json("status")}
+
+    def jobs(self, cluster: str) -> dict[int, dict[str, Any]]:
+        return {j["job_id"]: j for j in self.json("queue", cluster)}
+
+    def job_status(self, cluster: str, job_id: int) -> str | None:
+        job = self.jobs(cluster).get(job_id)
+        return job["status"] if job else None
+
+    def daemon_pid(self) -> int | None:
+        try:
+            text = (self.home / "stixd.lock").read_text().strip()
+        except OSError:
+            return None
+        pid = int(text) if text.isdigit() else None
+        return pid if pid and pid_alive(pid) else None
+
+    def kill_daemon(self) -> None:
+        pid = self.daemon_pid()
+        assert pid, "no daemon to kill"
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), timeout=10)
+
+    def agents(self, cluster: str) -> list[int]:
+        return [
+            p for p in processes_mentioning(f"--cluster {cluster} ")
+            if str(self.home) in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            and "serve" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+        ]
+
+    def node_dir(self, cluster: str, rank: int = 0) -> Path:
+        return self.home / "clusters" / cluster / f"node-{rank}"
+
+
+@pytest.fixture
+def stix() -> Iterator[Stix]:
+    home = Path(tempfile.mkdtemp(prefix="stx", dir="/tmp"))
+    s = Stix(home)
+    try:
+        yield s
+    finally:
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "stixctl", "daemon", "stop"],
+                env=s.env, capture_output=True, timeout=30,
+            )
+        except subprocess.TimeoutExpired:
+            pass
+        kill_everything_under(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def task_file(tmp_path: Path) -> Callable[[str], Path]:
+    counter = iter(range(1000))
+
+    def write(text: str) -> Path:
+        path = tmp_path / f"task{next(counter)}.yaml"
+        path.write_text(text)
+        return path
+
+    return write
