@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -104,13 +105,27 @@ def call(
                 on_event(msg)
 
 
-def wait_gone(home: Path, timeout: float = 30.0) -> bool:
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited; only its parent has not collected it yet
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def wait_gone(home: Path, pid: int, timeout: float = 30.0) -> bool:
+    """True once the daemon process `pid` has exited and its socket no longer answers."""
     path = socket_path(home)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            _connect(path).close()
-        except OSError:
-            return True
+        if not _running(pid):
+            try:
+                _connect(path).close()
+            except OSError:
+                return True
         time.sleep(0.05)
     return False

@@ -21,11 +21,12 @@ def run(home: Path, a: argparse.Namespace) -> int:
         return 0
     if a.action == "stop":
         try:
+            pid = call(home, m.DaemonStatus(), autostart=False).pid
             call(home, m.Shutdown(), autostart=False)
         except DaemonUnavailable:
             print("stixd is not running")
             return 0
-        if not wait_gone(home):
+        if not wait_gone(home, pid):
             print("stixd did not stop within 30s", file=sys.stderr)
             return 1
         print("stixd stopped (clusters and jobs keep running on their nodes)")

@@ -6,6 +6,7 @@ its command line and killed at teardown, with its process group, so nothing outl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,18 +59,34 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def kill_everything_under(home: Path) -> None:
     for _ in range(3):
         pids = processes_mentioning(str(home))
         if not pids:
             return
         for pid in pids:
-            for kill in (lambda p: os.killpg(os.getpgid(p), signal.SIGKILL),
-                         lambda p: os.kill(p, signal.SIGKILL)):
-                try:
+            for kill in (
+                lambda p: os.killpg(os.getpgid(p), signal.SIGKILL),
+                lambda p: os.kill(p, signal.SIGKILL),
+            ):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     kill(pid)
-                except (ProcessLookupError, PermissionError):
-                    pass
         time.sleep(0.1)
 
 
@@ -81,8 +98,14 @@ class Stix:
         self.env = {**os.environ, "STIX_HOME": str(home), "STIX__AUTOSTOP__GRACE_MINUTES": "10"}
         self.env.pop("STIX_CATALOG_DIR", None)
 
-    def run(self, *args: str, timeout: float = 60, check: bool = False, cwd: Path | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *args: str,
+        timeout: float = 60,
+        check: bool = False,
+        cwd: Path | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "stixctl", *args],
             env=self.env,
@@ -137,11 +160,14 @@ class Stix:
         wait_until(lambda: not pid_alive(pid), timeout=10)
 
     def agents(self, cluster: str) -> list[int]:
-        return [
-            p for p in processes_mentioning(f"--cluster {cluster} ")
-            if str(self.home) in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
-            and "serve" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+        """Agent processes of the cluster; a job's runner is forked from its agent (same command
+        line), so processes whose parent is one of them are runners, not agents."""
+        found = [
+            p
+            for p in processes_mentioning(f"--cluster {cluster} ")
+            if pid_alive(p) and f"{self.home}/" in _cmdline(p) and " serve " in _cmdline(p)
         ]
+        return [p for p in found if _ppid(p) not in found]
 
     def node_dir(self, cluster: str, rank: int = 0) -> Path:
         return self.home / "clusters" / cluster / f"node-{rank}"
@@ -154,13 +180,13 @@ def stix() -> Iterator[Stix]:
     try:
         yield s
     finally:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(
                 [sys.executable, "-m", "stixctl", "daemon", "stop"],
-                env=s.env, capture_output=True, timeout=30,
+                env=s.env,
+                capture_output=True,
+                timeout=30,
             )
-        except subprocess.TimeoutExpired:
-            pass
         kill_everything_under(home)
         shutil.rmtree(home, ignore_errors=True)
 
