@@ -174,6 +174,11 @@ class Stix:
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiosqlite and the daemon run on asyncio
+
+
+@pytest.fixture
 def stix() -> Iterator[Stix]:
     home = Path(tempfile.mkdtemp(prefix="stx", dir="/tmp"))
     s = Stix(home)

@@ -128,6 +128,7 @@ class Supervisor:
             if child.failed is None and self.children.get((child.kind, child.id)) is child:
                 del self.children[(child.kind, child.id)]
                 self._drain(child, None)
+            child.mailbox.close()
             child.finished.set()
 
     def _too_many(self, child: Child) -> bool:

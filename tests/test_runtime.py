@@ -1,0 +1,164 @@
+"""The actor runtime on a real SQLite file: versioned writes, restarts, intensity, timers."""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from stixd.runtime.actor import Actor
+from stixd.runtime.machine import Machine
+from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.runtime.supervisor import RestartPolicy, Supervisor
+from stixd.runtime.watch import RowWatch
+from stixd.store.db import MIGRATIONS, Row, RowExists, StaleWrite, open_store
+
+pytestmark = pytest.mark.anyio
+LOG: Any = structlog.wrap_logger(structlog.ReturnLogger())
+
+
+class S(enum.Enum):
+    IDLE = "IDLE"
+    BUSY = "BUSY"
+    DONE = "DONE"
+
+
+class Ev(enum.Enum):
+    WORK = "work"
+    FINISH = "finish"
+
+
+class Counter(Actor):
+    """A test actor: counts messages, crashes on request, finishes on 'finish'."""
+
+    kind = "counter"
+    machine = Machine("counter", {(S.IDLE, Ev.WORK): S.BUSY, (S.BUSY, Ev.FINISH): S.DONE})
+    state_type = S
+    reconciles = 0
+
+    @staticmethod
+    def is_terminal(state: Any) -> bool:
+        return state is S.DONE
+
+    async def reconcile(self) -> None:
+        type(self).reconciles += 1
+
+    async def handle(self, message: Any) -> None:
+        payload = message.payload if isinstance(message, Envelope) else message
+        if payload == "crash":
+            raise RuntimeError("asked to crash")
+        if payload == "work":
+            await self.transition(Ev.WORK, "told to")
+        elif payload == "finish":
+            await self.transition(Ev.FINISH, "told to")
+        elif payload == "later":
+            self.after("t", 0.05, "work")
+        if isinstance(message, Envelope):
+            message.answer(self.row.state)
+
+
+async def test_conditional_writes_refuse_a_stale_version(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "s.db") as store:
+        row = await store.insert(Row(kind="k", id="a", state="IDLE", version=0), "created")
+        newer = await store.update(row, event="work", state="BUSY")
+        assert newer.version == row.version + 1
+        with pytest.raises(StaleWrite):
+            await store.update(row, event="other", state="DONE")
+        with pytest.raises(RowExists):
+            await store.insert(Row(kind="k", id="a", state="IDLE", version=0), "created")
+        events = await store.events("k", "a")
+        assert [(e.event, e.from_state, e.to_state) for e in events] == [
+            ("created", None, "IDLE"),
+            ("work", "IDLE", "BUSY"),
+        ]
+    # reopening runs no migration twice and keeps everything
+    async with open_store(tmp_path / "s.db") as store:
+        got = await store.get("k", "a")
+        assert got is not None and got.state == "BUSY" and got.version == 2
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(RuntimeError, match="newer stix"):
+        async with open_store(tmp_path / "s.db"):
+            pass
+
+
+async def _ask(sup: Supervisor, id_: str, payload: Any) -> Any:
+    send, receive = reply_channel()
+    assert sup.tell("counter", id_, Envelope(payload=payload, reply=send))
+    async with receive:
+        async for item in receive:
+            return item
+    return None
+
+
+async def test_crashed_actor_restarts_from_its_row_and_keeps_its_mailbox(tmp_path: Path) -> None:
+    Counter.reconciles = 0
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        sup = Supervisor(tg, store, LOG, RestartPolicy(max_restarts=3, within_seconds=60))
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+        sup.spawn(row, lambda r: Counter(r, store, LOG))
+        reply = await _ask(sup, "c", "crash")
+        assert reply.code == "internal" and "asked to crash" in reply.message
+        assert await _ask(sup, "c", "work") == "BUSY"  # the successor read the mailbox
+        assert Counter.reconciles == 2  # every (re)start reconciles first
+        history = [e.event for e in await store.events("counter", "c")]
+        assert history == ["created", "restarted", "work"]
+        assert await _ask(sup, "c", "finish") == "DONE"
+        with anyio.fail_after(5):
+            while sup.get("counter", "c") is not None:
+                await anyio.sleep(0.01)  # a finished actor leaves the supervisor
+        tg.cancel_scope.cancel()
+
+
+async def test_too_many_crashes_mark_the_actor_failed_with_the_reason(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        sup = Supervisor(tg, store, LOG, RestartPolicy(max_restarts=2, within_seconds=60))
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+        child = sup.spawn(row, lambda r: Counter(r, store, LOG))
+        for _ in range(3):
+            await _ask(sup, "c", "crash")
+        with anyio.fail_after(5):
+            await child.finished.wait()
+        assert child.failed and "crashed 3 times" in child.failed
+        assert "asked to crash" in child.failed
+        assert not sup.tell("counter", "c", "work")
+        events = await store.events("counter", "c")
+        assert events[-1].event == "failed" and "asked to crash" in events[-1].why
+        tg.cancel_scope.cancel()
+
+
+async def test_timers_and_row_watch(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        watch = RowWatch(store)
+        sup = Supervisor(tg, store, LOG, RestartPolicy())
+        row = await store.insert(Row(kind="counter", id="t", state="IDLE", version=0), "created")
+        sup.spawn(row, lambda r: Counter(r, store, LOG))
+        sup.tell("counter", "t", "later")
+        with anyio.fail_after(5):
+            got = await watch.wait_for(
+                "counter", "t", lambda r: r is not None and r.state == "BUSY"
+            )
+        assert got is not None and got.version == 2
+        tg.cancel_scope.cancel()
+
+
+async def test_an_undeclared_transition_is_a_bug(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "s.db") as store:
+        row = await store.insert(Row(kind="counter", id="x", state="IDLE", version=0), "created")
+        actor = Counter(row, store, LOG)
+        from stixd.runtime.machine import TransitionError
+
+        with pytest.raises(TransitionError, match="FINISH is not allowed in state IDLE"):
+            await actor.transition(Ev.FINISH)
+        assert (await store.get("counter", "x")).state == "IDLE"  # type: ignore[union-attr]

@@ -1,0 +1,114 @@
+"""Every (state, event) pair of every actor kind: allowed exactly where the design says."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from proto.states import ClusterStatus as C
+from proto.states import JobStatus as J
+from stixd.actors.cluster import ClusterActor, ClusterEvent
+from stixd.actors.job import JobActor, JobEvent, fold
+from stixd.runtime.machine import TransitionError
+
+E = ClusterEvent
+CLUSTER_EXPECTED = {
+    # a new incarnation of a name, or a launch retried while provisioning
+    (C.TERMINATED, E.LAUNCH): C.INIT,
+    (C.INIT, E.LAUNCH): C.INIT,
+    (C.STOPPED, E.LAUNCH): C.INIT,
+    (C.STOPPED, E.START): C.INIT,
+    # provisioning ends
+    (C.INIT, E.PROVISIONED): C.UP,
+    (C.INIT, E.PROVISION_FAILED): C.INIT,
+    # user stop / down, from every live state
+    (C.INIT, E.STOPPED): C.STOPPED,
+    (C.UP, E.STOPPED): C.STOPPED,
+    (C.AUTOSTOPPING, E.STOPPED): C.STOPPED,
+    (C.INIT, E.TERMINATED): C.TERMINATED,
+    (C.UP, E.TERMINATED): C.TERMINATED,
+    (C.AUTOSTOPPING, E.TERMINATED): C.TERMINATED,
+    (C.STOPPED, E.TERMINATED): C.TERMINATED,
+    # autostop
+    (C.UP, E.AUTOSTOP): C.AUTOSTOPPING,
+    # reconcile: what the provider reports wins over what the store says
+    (C.INIT, E.FOUND_UP): C.UP,
+    (C.AUTOSTOPPING, E.FOUND_UP): C.UP,
+    (C.STOPPED, E.FOUND_UP): C.UP,
+    (C.INIT, E.FOUND_STOPPED): C.STOPPED,
+    (C.UP, E.FOUND_STOPPED): C.STOPPED,
+    (C.AUTOSTOPPING, E.FOUND_STOPPED): C.STOPPED,
+    (C.INIT, E.FOUND_GONE): C.TERMINATED,
+    (C.UP, E.FOUND_GONE): C.TERMINATED,
+    (C.AUTOSTOPPING, E.FOUND_GONE): C.TERMINATED,
+    (C.STOPPED, E.FOUND_GONE): C.TERMINATED,
+    (C.UP, E.FOUND_DEGRADED): C.INIT,
+    (C.AUTOSTOPPING, E.FOUND_DEGRADED): C.INIT,
+    (C.STOPPED, E.FOUND_DEGRADED): C.INIT,
+}
+
+JE = JobEvent
+_ENDS = {
+    JE.SUCCEEDED: J.SUCCEEDED,
+    JE.FAILED: J.FAILED,
+    JE.FAILED_SETUP: J.FAILED_SETUP,
+    JE.FAILED_DRIVER: J.FAILED_DRIVER,
+    JE.CANCELLED: J.CANCELLED,
+}
+JOB_EXPECTED = {
+    (J.INIT, JE.SUBMITTED): J.PENDING,
+    (J.INIT, JE.SETUP_STARTED): J.SETTING_UP,
+    (J.INIT, JE.RUN_STARTED): J.RUNNING,
+    (J.PENDING, JE.SETUP_STARTED): J.SETTING_UP,
+    (J.PENDING, JE.RUN_STARTED): J.RUNNING,
+    (J.SETTING_UP, JE.RUN_STARTED): J.RUNNING,
+}
+for state in (J.INIT, J.PENDING, J.SETTING_UP, J.RUNNING):
+    for event, end in _ENDS.items():
+        if state is J.RUNNING and event is JE.FAILED_SETUP:
+            continue  # setup is over once the run has started
+        JOB_EXPECTED[(state, event)] = end
+
+
+@pytest.mark.parametrize(
+    ("machine", "states", "events", "expected"),
+    [
+        (ClusterActor.machine, C, ClusterEvent, CLUSTER_EXPECTED),
+        (JobActor.machine, J, JobEvent, JOB_EXPECTED),
+    ],
+    ids=["cluster", "job"],
+)
+def test_every_state_event_pair(machine, states, events, expected) -> None:
+    for state, event in itertools.product(states, events):
+        if (state, event) in expected:
+            assert machine.next(state, event) is expected[(state, event)], (state, event)
+        else:
+            with pytest.raises(TransitionError):
+                machine.next(state, event)
+    assert machine.table == expected
+
+
+def test_terminal_states_have_no_way_out_except_a_new_cluster() -> None:
+    for (state, event), _ in JobActor.machine.table.items():
+        assert not state.is_terminal, (state, event)
+    leaving_terminated = [e for (s, e) in ClusterActor.machine.table if s is C.TERMINATED]
+    assert leaving_terminated == [E.LAUNCH]
+
+
+@pytest.mark.parametrize(
+    ("ranks", "folded"),
+    [
+        ({0: J.RUNNING, 1: J.RUNNING}, J.RUNNING),
+        ({0: J.RUNNING, 1: J.PENDING}, J.PENDING),
+        ({0: J.SETTING_UP, 1: J.RUNNING}, J.SETTING_UP),
+        ({0: J.SUCCEEDED, 1: J.RUNNING}, J.RUNNING),
+        ({0: J.SUCCEEDED, 1: J.SUCCEEDED}, J.SUCCEEDED),
+        ({0: J.RUNNING, 1: J.FAILED}, J.FAILED),
+        ({0: J.CANCELLED, 1: J.FAILED}, J.FAILED),
+        ({0: J.FAILED_SETUP, 1: J.SETTING_UP}, J.FAILED_SETUP),
+        ({0: J.CANCELLED, 1: J.RUNNING}, J.CANCELLED),
+    ],
+)
+def test_a_gang_folds_into_one_state(ranks, folded) -> None:
+    assert fold(ranks) is folded
