@@ -21,12 +21,12 @@ class Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=T
 # -- handshake -------------------------------------------------------------------------------
 
 
-class Hello(Msg, tag="hello"):
+class Hello(Msg, tag="hello", frozen=True):
     protocol: int
     client: str = "stixctl"
 
 
-class HelloOk(Msg, tag="hello_ok"):
+class HelloOk(Msg, tag="hello_ok", frozen=True):
     protocol: int
     daemon_pid: int
     version: str
@@ -42,7 +42,7 @@ class ConfigLayer(msgspec.Struct, frozen=True):
     values: dict[str, Any]
 
 
-class Launch(Msg, tag="launch"):
+class Launch(Msg, tag="launch", frozen=True):
     task: Task
     cluster: str | None = None
     detach: bool = False
@@ -52,25 +52,25 @@ class Launch(Msg, tag="launch"):
     config: list[ConfigLayer] = []
 
 
-class Exec(Msg, tag="exec"):
+class Exec(Msg, tag="exec", frozen=True):
     cluster: str
     task: Task
     detach: bool = False
 
 
-class Status(Msg, tag="status"):
+class Status(Msg, tag="status", frozen=True):
     clusters: list[str] = []
     refresh: bool = False
     all: bool = False
 
 
-class Queue(Msg, tag="queue"):
+class Queue(Msg, tag="queue", frozen=True):
     clusters: list[str] = []
     all: bool = False
     skip_finished: bool = False
 
 
-class Logs(Msg, tag="logs"):
+class Logs(Msg, tag="logs", frozen=True):
     cluster: str
     job_id: int | None = None
     follow: bool = True
@@ -78,30 +78,30 @@ class Logs(Msg, tag="logs"):
     status_only: bool = False
 
 
-class Cancel(Msg, tag="cancel"):
+class Cancel(Msg, tag="cancel", frozen=True):
     cluster: str
     job_ids: list[int] = []
     all: bool = False
 
 
-class Stop(Msg, tag="stop"):
+class Stop(Msg, tag="stop", frozen=True):
     clusters: list[str] = []
     all: bool = False
 
 
-class Start(Msg, tag="start"):
+class Start(Msg, tag="start", frozen=True):
     clusters: list[str]
     idle_minutes: float | None = None
     down: bool = False
 
 
-class Down(Msg, tag="down"):
+class Down(Msg, tag="down", frozen=True):
     clusters: list[str] = []
     all: bool = False
     purge: bool = False
 
 
-class Autostop(Msg, tag="autostop"):
+class Autostop(Msg, tag="autostop", frozen=True):
     clusters: list[str] = []
     all: bool = False
     idle_minutes: float | None = None
@@ -109,26 +109,26 @@ class Autostop(Msg, tag="autostop"):
     cancel: bool = False
 
 
-class CostReportReq(Msg, tag="cost_report"):
+class CostReportReq(Msg, tag="cost_report", frozen=True):
     all: bool = False
     days: int = 30
 
 
-class Check(Msg, tag="check"):
+class Check(Msg, tag="check", frozen=True):
     infras: list[str] = []
 
 
-class Events(Msg, tag="events"):
+class Events(Msg, tag="events", frozen=True):
     name: str
     kind: str = "cluster"
     limit: int = 200
 
 
-class DaemonStatus(Msg, tag="daemon_status"):
+class DaemonStatus(Msg, tag="daemon_status", frozen=True):
     pass
 
 
-class Shutdown(Msg, tag="shutdown"):
+class Shutdown(Msg, tag="shutdown", frozen=True):
     pass
 
 
@@ -153,15 +153,15 @@ Request = (
 # -- stream events ---------------------------------------------------------------------------
 
 
-class Progress(Msg, tag="progress"):
+class Progress(Msg, tag="progress", frozen=True):
     message: str
 
 
-class LogChunk(Msg, tag="log"):
+class LogChunk(Msg, tag="log", frozen=True):
     data: str
 
 
-class JobSubmitted(Msg, tag="job_submitted"):
+class JobSubmitted(Msg, tag="job_submitted", frozen=True):
     cluster: str
     job_id: int
 
@@ -228,53 +228,53 @@ class InfraCheck(msgspec.Struct, frozen=True):
 # -- final replies ---------------------------------------------------------------------------
 
 
-class OkReply(Msg, tag="ok"):
+class OkReply(Msg, tag="ok", frozen=True):
     message: str = ""
 
 
-class ErrorReply(Msg, tag="error"):
+class ErrorReply(Msg, tag="error", frozen=True):
     code: str
     message: str
 
 
-class ClusterList(Msg, tag="clusters"):
+class ClusterList(Msg, tag="clusters", frozen=True):
     clusters: list[ClusterRecord]
 
 
-class JobList(Msg, tag="jobs"):
+class JobList(Msg, tag="jobs", frozen=True):
     jobs: list[JobRecord]
 
 
-class LaunchResult(Msg, tag="launched"):
+class LaunchResult(Msg, tag="launched", frozen=True):
     cluster: str
     job_id: int | None = None
     job_status: str | None = None
 
 
-class LogsEnd(Msg, tag="logs_end"):
+class LogsEnd(Msg, tag="logs_end", frozen=True):
     cluster: str
     job_id: int
     status: str
 
 
-class Cancelled(Msg, tag="cancelled"):
+class Cancelled(Msg, tag="cancelled", frozen=True):
     job_ids: list[int]
 
 
-class CostReport(Msg, tag="cost_report_reply"):
+class CostReport(Msg, tag="cost_report_reply", frozen=True):
     rows: list[CostRow]
     total: float
 
 
-class CheckReply(Msg, tag="check_reply"):
+class CheckReply(Msg, tag="check_reply", frozen=True):
     infras: list[InfraCheck]
 
 
-class EventList(Msg, tag="event_list"):
+class EventList(Msg, tag="event_list", frozen=True):
     events: list[EventRecord]
 
 
-class DaemonInfo(Msg, tag="daemon_info"):
+class DaemonInfo(Msg, tag="daemon_info", frozen=True):
     pid: int
     version: str
     protocol: int
@@ -300,4 +300,4 @@ StreamEvent = Progress | LogChunk | JobSubmitted
 ServerMessage = HelloOk | Reply | StreamEvent
 ClientMessage = Hello | Request
 
-FINAL_REPLIES = Reply.__args__  # type: ignore[attr-defined]
+FINAL_REPLIES: tuple[type, ...] = Reply.__args__

@@ -419,7 +419,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if argv and argv[0] in sub.choices:
-        args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+        args: argparse.Namespace = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
         args.command = argv[0]
         return args
     return parser.parse_args(argv)

@@ -23,7 +23,7 @@ from stixd.actors.jobs_submit import create_job
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.planner.local_fit import check_fits_local
-from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -107,7 +107,7 @@ class ClusterActor(Actor):
         return False  # a terminated cluster's actor stays to take the next launch of its name
 
     @property
-    def provider(self) -> Any:
+    def provider(self) -> Provider:
         return self.app.provider(self.row.spec.get("provider", "local"))
 
     @property

@@ -40,12 +40,13 @@ class JobManager:
 
     def submit(self, spec: JobSpec) -> JobRow:
         """Queue a job; submitting an id that exists returns the existing job unchanged."""
-        if self.store.insert_job(spec, time.time()):
+        created = self.store.insert_job(spec, time.time())
+        row = self.store.job(spec.job_id)  # as submitted: a new job is PENDING in the reply
+        assert row is not None
+        if created:
             log.info("job_submitted job_id=%d num_gpus=%s", spec.job_id, spec.num_gpus)
             self.schedule()
             self.changed.fire()
-        row = self.store.job(spec.job_id)
-        assert row is not None
         return row
 
     def schedule(self) -> None:
@@ -102,7 +103,7 @@ class JobManager:
         for row in self.store.active_jobs():
             if row.pid is None or is_same_process(row.pid, row.pid_start):
                 continue
-            # The runner records its result before it exits; re-read in case it just did.
+            # Conditional: a runner that recorded its result just before exiting keeps it.
             if self.store.transition(row.job_id, JobState.FAILED_DRIVER, ended_at=time.time()):
                 log.warning("job_failed_driver job_id=%d runner_pid=%d", row.job_id, row.pid)
                 self._terminate(row.pid, row.pid_start)
@@ -161,16 +162,6 @@ class JobManager:
 
     def job(self, job_id: int) -> JobRow | None:
         return self.store.job(job_id)
-
-    async def wait_for_change(self, job_id: int, state: JobState, within: float) -> JobRow | None:
-        """The job once its state is not ``state``, or as it is after ``within`` seconds."""
-        deadline = time.monotonic() + within
-        while True:
-            row = self.store.job(job_id)
-            remaining = deadline - time.monotonic()
-            if row is None or row.state != state or remaining <= 0:
-                return row
-            await self.changed.wait(min(POLL_S, remaining))
 
     def active_count(self) -> int:
         return len(self.store.active_jobs())

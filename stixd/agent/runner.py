@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from .procs import close_inherited_fds, start_token
 from .spec import JobSpec, job_environment
@@ -25,9 +26,7 @@ from .store import JobStore
 
 # Signals the agent handles in Python. They are blocked across fork() so that none reaches the
 # child before it has dropped the agent's handlers (which would wake the agent's event loop).
-_HANDLED_SIGNALS = frozenset(
-    {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
-)
+_HANDLED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
 _RUNNER_BUG_EXIT = 70
 
 
@@ -56,7 +55,7 @@ def fork_runner(spec: JobSpec, ctx: RunnerContext) -> int:
     return pid
 
 
-def _runner_main(spec: JobSpec, ctx: RunnerContext, sigmask: set[signal.Signals]) -> None:
+def _runner_main(spec: JobSpec, ctx: RunnerContext, sigmask: set[int | signal.Signals]) -> NoReturn:
     """Never returns: the runner ends with os._exit and never touches the agent's event loop."""
     code = _RUNNER_BUG_EXIT
     try:

@@ -17,7 +17,7 @@ import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL
 from .idle import Autostop, autostop_due, idle_since, load_autostop, save_autostop, stop_node
@@ -116,6 +116,7 @@ class AgentServer:
         self._notify_fd = notify_fd
         self._stopping = False
         self._outcome: asyncio.Future[Exit] | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._ops: dict[str, Callable[[Request], Awaitable[Answer]]] = {
             "hello": self._hello,
             "submit": self._submit,
@@ -140,10 +141,11 @@ class AgentServer:
         server = await asyncio.start_unix_server(
             self._serve_connection, sock=self._listener, limit=MAX_LINE + 1
         )
-        self._refresh()  # jobs left pending by a previous agent start now
+        self.jobs.schedule()  # jobs left pending by a previous agent start now
         ticker = asyncio.ensure_future(self._tick_forever())
         try:
-            await asyncio.wait({self._outcome, ticker}, return_when=asyncio.FIRST_COMPLETED)
+            either: list[asyncio.Future[Any]] = [self._outcome, ticker]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if self._outcome.done():
                 return self._outcome.result()
             log.error("agent_crashed: the periodic loop failed", exc_info=ticker.exception())
@@ -154,6 +156,18 @@ class AgentServer:
             ticker.cancel()
             loop.remove_reader(self._notify_fd)
             self.jobs.kill_cancelled_now()
+            await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        """End every connection's task by itself (hanging up, waking its long-poll).
+
+        A connection task must not end cancelled: asyncio (3.11) then logs a spurious error.
+        """
+        for writer in self._connections.values():
+            writer.close()
+        self.jobs.changed.fire()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=2.0)
 
     def _finish(self, outcome: Exit) -> None:
         self._stopping = True
@@ -163,11 +177,15 @@ class AgentServer:
 
     async def _tick_forever(self) -> None:
         while not self._stopping:
-            self._refresh()
-            self._check_autostop()
+            try:
+                self.jobs.refresh()
+                self._check_autostop()
+            except sqlite3.OperationalError:  # e.g. locked past the busy timeout: transient
+                log.exception("tick_failed (retried on the next tick)")
             await asyncio.sleep(TICK_S)
 
     def _refresh(self) -> None:
+        """Take in runners' news at once (on SIGCHLD or a runner's wake-up byte)."""
         if self._stopping:
             return
         try:
@@ -204,8 +222,11 @@ class AgentServer:
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
         try:
-            while True:
+            while not self._stopping:
                 try:
                     line = await reader.readline()
                 except ValueError:
@@ -225,6 +246,7 @@ class AgentServer:
             log.debug("client_went_away")
         finally:
             writer.close()
+            del self._connections[task]
 
     async def _answer(self, line: bytes) -> Answer:
         op = None
@@ -284,10 +306,15 @@ class AgentServer:
         job_id = get_int(request, "job_id")
         state = get_state(request, "state")
         timeout = _bounded(request, "timeout", 0.0, 0.0, MAX_WAIT_S)
-        row = await self.jobs.wait_for_change(job_id, state, timeout)
-        if row is None:
-            raise RequestError("no_such_job", f"job {job_id} does not exist on this node")
-        return Answer(ok(job=row.to_wire()))
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.jobs.job(job_id)
+            if row is None:
+                raise RequestError("no_such_job", f"job {job_id} does not exist on this node")
+            remaining = deadline - time.monotonic()
+            if row.state != state or remaining <= 0:
+                return Answer(ok(job=row.to_wire()))
+            await self._until_change(remaining)
 
     async def _cancel(self, request: Request) -> Answer:
         job_ids = get_optional_ints(request, "job_ids")
@@ -315,7 +342,7 @@ class AgentServer:
             remaining = deadline - time.monotonic()
             if chunk.data or finished or remaining <= 0:
                 break
-            await self.jobs.changed.wait(min(POLL_S, remaining))
+            await self._until_change(remaining)
         return Answer(
             ok(
                 data=chunk.data.decode("utf-8", errors="replace"),
@@ -324,6 +351,12 @@ class AgentServer:
                 eof=finished and chunk.next_offset >= chunk.file_size,
             )
         )
+
+    async def _until_change(self, remaining: float) -> None:
+        """Pause a long-poll until a job changes or the next poll, whichever is sooner."""
+        await self.jobs.changed.wait(min(POLL_S, remaining))
+        if self._stopping:
+            raise RequestError("stopping", "the agent is shutting down; retry after restart")
 
     async def _autostop(self, request: Request) -> Answer:
         idle_minutes = get_optional_float(request, "idle_minutes")

@@ -162,8 +162,8 @@ class JobStore:
         return JobSpec.from_json(found[0])
 
     def last_ended_at(self) -> float | None:
-        found = self._conn.execute("SELECT MAX(ended_at) FROM jobs").fetchone()
-        return found[0]
+        (latest,) = self._conn.execute("SELECT MAX(ended_at) FROM jobs").fetchone()
+        return None if latest is None else float(latest)
 
     def meta(self, key: str) -> str | None:
         found = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

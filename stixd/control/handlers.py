@@ -50,8 +50,10 @@ async def ask_cluster(
     if child is None:
         app.spawn(row)
         child = app.supervisor.get("cluster", name)
-    if child is None or child.failed:
-        raise InternalError(child.failed if child else f"cluster {name!r} has no actor")
+    if child is None:
+        raise InternalError(f"cluster {name!r} has no actor")
+    if child.failed:
+        raise InternalError(child.failed)
     send, receive = reply_channel()
     app.supervisor.tell("cluster", name, Envelope(payload=payload, reply=send))
     async with receive:

@@ -250,7 +250,7 @@ class Store:
             (kind, id_prefix, id_prefix.replace("%", r"\%") + "/%", limit),
         ) as cur:
             rows = await cur.fetchall()
-        return [Event(*r) for r in reversed(rows)]
+        return [Event(*r) for r in reversed(list(rows))]
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
