@@ -6,9 +6,7 @@ substitution, accelerator parsing, service specs, pipelines) grows here, in one 
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +66,14 @@ class Task(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 _TASK_KEYS = list(Task.__struct_fields__)
 _RESOURCE_KEYS = list(Resources.__struct_fields__)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 def _explain(exc: msgspec.ValidationError, source: str) -> InvalidTask:
     """Turn msgspec's message into `source: key.path: what was wrong (did you mean ...)`."""
+    import difflib
+    import re
+
     text = str(exc)
     where = ""
     if " - at `$" in text:
@@ -106,8 +107,10 @@ def task_from_dict(raw: object, source: str = "task") -> Task:
         raise _explain(exc, source) from None
     if task.num_nodes < 1:
         raise InvalidTask(f"{source}: num_nodes: expected an integer >= 1, got {task.num_nodes}")
+    import re
+
     for name in task.envs:
-        if not _ENV_NAME.match(name):
+        if not re.match(_ENV_NAME, name):
             raise InvalidTask(f"{source}: envs.{name}: not a valid environment variable name")
     return task
 

@@ -1,5 +1,3 @@
-import sys
+from stixctl.entry import run
 
-from stixctl.main import main
-
-sys.exit(main())
+run()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,8 @@ def _connect(path: Path) -> socket.socket:
 
 def start_daemon(home: Path) -> None:
     """Run `stixd` (which detaches a foreground copy and returns once it answers)."""
+    import subprocess
+
     proc = subprocess.run(
         [sys.executable, "-m", "stixd", "--home", str(home)],
         stdin=subprocess.DEVNULL,

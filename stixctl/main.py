@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -307,11 +308,7 @@ def _task_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stixctl", description="Run tasks on the cheapest infra.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("launch", help="provision a cluster (or reuse it) and run a task")
+def _launch_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("entrypoint", nargs="*", help="task YAML file or a shell command")
     s.add_argument("-c", "--cluster", help="cluster name")
     s.add_argument("--down", action="store_true", help="tear down when idle (after autostop)")
@@ -321,27 +318,31 @@ def build_parser() -> argparse.ArgumentParser:
     _task_flags(s)
     s.set_defaults(fn=cmd_launch)
 
-    s = sub.add_parser("exec", help="run a task on an existing cluster (no setup)")
+
+def _exec_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("cluster")
     s.add_argument("entrypoint", nargs="*", help="task YAML file or a shell command")
     _task_flags(s)
     s.set_defaults(fn=cmd_exec)
 
-    s = sub.add_parser("status", help="list clusters (from the store; --refresh asks the infra)")
+
+def _status_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("clusters", nargs="*")
     s.add_argument("-r", "--refresh", action="store_true")
     s.add_argument("-a", "--all", action="store_true", help="include terminated clusters")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)
 
-    s = sub.add_parser("queue", help="list the jobs of clusters")
+
+def _queue_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("clusters", nargs="*")
     s.add_argument("-s", "--skip-finished", action="store_true")
     s.add_argument("-a", "--all", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_queue)
 
-    s = sub.add_parser("logs", help="print or follow a job's logs")
+
+def _logs_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("cluster")
     s.add_argument("job_id", nargs="?", type=int)
     s.add_argument("--follow", dest="follow", action="store_true", default=True)
@@ -350,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     s.set_defaults(fn=cmd_logs)
 
-    s = sub.add_parser("cancel", help="cancel jobs")
+
+def _cancel_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("cluster")
     s.add_argument("job_ids", nargs="*", type=int)
     s.add_argument("-a", "--all", action="store_true")
@@ -358,26 +360,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_cancel)
 
-    for name, fn, text in (
-        ("stop", cmd_stop, "stop clusters (keep their disks)"),
-        ("down", cmd_down, "tear clusters down"),
-    ):
-        s = sub.add_parser(name, help=text)
-        s.add_argument("clusters", nargs="*")
-        s.add_argument("-a", "--all", action="store_true")
-        s.add_argument("-y", "--yes", action="store_true")
-        if name == "down":
-            s.add_argument("-p", "--purge", action="store_true")
-        s.set_defaults(fn=fn)
 
-    s = sub.add_parser("start", help="start stopped clusters")
+def _stop_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("clusters", nargs="*")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("-y", "--yes", action="store_true")
+    s.set_defaults(fn=cmd_stop)
+
+
+def _down_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("clusters", nargs="*")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("-y", "--yes", action="store_true")
+    s.add_argument("-p", "--purge", action="store_true")
+    s.set_defaults(fn=cmd_down)
+
+
+def _start_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("clusters", nargs="+")
     s.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="N")
     s.add_argument("--down", action="store_true")
     s.add_argument("-y", "--yes", action="store_true")
     s.set_defaults(fn=cmd_start)
 
-    s = sub.add_parser("autostop", help="stop (or --down) clusters after N idle minutes")
+
+def _autostop_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("clusters", nargs="*")
     s.add_argument("-i", "--idle-minutes", type=float, metavar="N")
     s.add_argument("--down", action="store_true")
@@ -386,43 +393,74 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-y", "--yes", action="store_true")
     s.set_defaults(fn=cmd_autostop)
 
-    s = sub.add_parser("cost-report", help="estimated cost of clusters")
+
+def _cost_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("-a", "--all", action="store_true")
     s.add_argument("--days", type=int, default=30)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_cost_report)
 
-    s = sub.add_parser("check", help="which infras are enabled")
+
+def _check_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("infras", nargs="*")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_check)
 
-    s = sub.add_parser("events", help="the history of a cluster (or --kind job ID)")
+
+def _events_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("name")
     s.add_argument("--kind", default="cluster", choices=["cluster", "job"])
     s.add_argument("--limit", type=int, default=200)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_events)
 
-    s = sub.add_parser("daemon", help="start, stop, inspect or install stixd")
+
+def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
     s.add_argument("-f", "--follow", action="store_true", help="logs: keep printing")
     s.add_argument("--print", action="store_true", help="install: print the unit only")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_daemon)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "launch": ("provision a cluster (or reuse it) and run a task", _launch_args),
+    "exec": ("run a task on an existing cluster (no setup)", _exec_args),
+    "status": ("list clusters (from the store; --refresh asks the infra)", _status_args),
+    "queue": ("list the jobs of clusters", _queue_args),
+    "logs": ("print or follow a job's logs", _logs_args),
+    "cancel": ("cancel jobs", _cancel_args),
+    "stop": ("stop clusters (keep their disks)", _stop_args),
+    "start": ("start stopped clusters", _start_args),
+    "down": ("tear clusters down", _down_args),
+    "autostop": ("stop (or --down) clusters after N idle minutes", _autostop_args),
+    "cost-report": ("estimated cost of clusters", _cost_args),
+    "check": ("which infras are enabled", _check_args),
+    "events": ("the history of a cluster (or --kind job ID)", _events_args),
+    "daemon": ("start, stop, inspect or install stixd", _daemon_args),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stixctl", description="Run tasks on the cheapest infra.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (text, add_args) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=text))
     return p
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """Options may come before or after the task (`exec c1 -d 'cmd'`, `exec c1 'cmd' -d`)."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if argv and argv[0] in sub.choices:
-        args: argparse.Namespace = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+    if argv and argv[0] in COMMANDS:
+        # only the command being run is built: the whole parser costs more than the request
+        text, add_args = COMMANDS[argv[0]]
+        sub = argparse.ArgumentParser(prog=f"stixctl {argv[0]}", description=text)
+        add_args(sub)
+        args: argparse.Namespace = sub.parse_intermixed_args(argv[1:])
         args.command = argv[0]
         return args
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,12 +92,16 @@ def test_exec_on_missing_or_stopped_cluster_is_a_clear_error(stix: Stix) -> None
     stix.run("launch", "-c", "s", "-y", "true", check=True)
     stix.run("stop", "s", "-y", check=True)
     stopped = stix.run("exec", "s", "echo x")
-    assert stopped.returncode == 4 and "STOPPED" in stopped.stderr and "stixctl start s" in stopped.stderr
+    assert (
+        stopped.returncode == 4
+        and "STOPPED" in stopped.stderr
+        and "stixctl start s" in stopped.stderr
+    )
 
 
 def test_num_nodes_starts_one_agent_per_rank(stix: Stix, task_file) -> None:
     path = task_file(
-        "num_nodes: 3\nrun: |\n  echo \"rank=$SKYPILOT_NODE_RANK ips=$(echo $SKYPILOT_NODE_IPS)\"\n"
+        'num_nodes: 3\nrun: |\n  echo "rank=$SKYPILOT_NODE_RANK ips=$(echo $SKYPILOT_NODE_IPS)"\n'
     )
     proc = stix.run("launch", "-c", "multi", "-y", str(path), check=True)
     for rank in range(3):
@@ -112,8 +116,7 @@ def test_num_nodes_starts_one_agent_per_rank(stix: Stix, task_file) -> None:
 
 def test_one_failed_rank_fails_the_gang_and_stops_the_others(stix: Stix, task_file) -> None:
     path = task_file(
-        "num_nodes: 2\nrun: |\n"
-        "  if [ $SKYPILOT_NODE_RANK = 1 ]; then exit 7; fi\n  sleep 60\n"
+        "num_nodes: 2\nrun: |\n  if [ $SKYPILOT_NODE_RANK = 1 ]; then exit 7; fi\n  sleep 60\n"
     )
     proc = stix.run("launch", "-c", "gang", "-y", str(path), timeout=40)
     assert proc.returncode == 100
@@ -121,7 +124,9 @@ def test_one_failed_rank_fails_the_gang_and_stops_the_others(stix: Stix, task_fi
     assert job["status"] == "FAILED" and job["exit_code"] == 7
 
 
-def test_workdir_and_file_mounts_resync_only_changed_files(stix: Stix, tmp_path: Path, task_file) -> None:
+def test_workdir_and_file_mounts_resync_only_changed_files(
+    stix: Stix, tmp_path: Path, task_file
+) -> None:
     work = tmp_path / "work"
     (work / "pkg").mkdir(parents=True)
     (work / "a.txt").write_text("alpha")
@@ -234,7 +239,9 @@ def test_bad_task_files_get_one_clear_sentence(stix: Stix, task_file) -> None:
     assert "resoures: unknown key (did you mean 'resources'?)" in typo.stderr
     syntax = stix.run("launch", "-c", "t", str(task_file("run: [unclosed\n")))
     assert syntax.returncode == 2 and "line" in syntax.stderr and "column" in syntax.stderr
-    cloud = stix.run("launch", "-c", "t", str(task_file("resources:\n  infra: aws\nrun: echo ok\n")))
+    cloud = stix.run(
+        "launch", "-c", "t", str(task_file("resources:\n  infra: aws\nrun: echo ok\n"))
+    )
     assert cloud.returncode == 2 and "'aws' is not available" in cloud.stderr
     gpus = stix.run("launch", "-c", "t", str(task_file("resources:\n  accelerators: A100:8\n")))
     assert gpus.returncode == 2 and "no accelerators" in gpus.stderr
@@ -270,13 +277,13 @@ def test_two_clients_at_once(stix: Stix) -> None:
 
 def test_many_concurrent_submissions_each_run_exactly_once(stix: Stix) -> None:
     stix.run("launch", "-c", "burst", "-y", "true", check=True)
-    procs = [
-        stix.popen("exec", "burst", "-d", f"echo {i} >> ~/ran.txt") for i in range(30)
-    ]
+    procs = [stix.popen("exec", "burst", "-d", f"echo {i} >> ~/ran.txt") for i in range(30)]
     for p in procs:
         p.communicate(timeout=60)
         assert p.returncode == 0
-    wait_until(lambda: sum(1 for j in stix.jobs("burst").values() if j["status"] == "SUCCEEDED") == 31)
+    wait_until(
+        lambda: sum(1 for j in stix.jobs("burst").values() if j["status"] == "SUCCEEDED") == 31
+    )
     ran = (stix.node_dir("burst") / "ran.txt").read_text().split()
     assert sorted(map(int, ran)) == list(range(30))
     assert sorted(stix.jobs("burst")) == list(range(1, 32))

@@ -1,0 +1,89 @@
+"""Shared pieces of the benchmarks: a throw-away stix home, timing, and cleanup.
+
+Every figure is printed as a ratio against a baseline measured in the same run, because these
+machines are noisy; no benchmark asserts on time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+
+def wall(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
+def sample(fn: Callable[[], float], n: int) -> list[float]:
+    return [fn() for _ in range(n)]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def p99(xs: list[float]) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:.1f} ms"
+
+
+class Home:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.env = {**os.environ, "STIX_HOME": str(path)}
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stixctl", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def ctl_cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "stixctl", *args]
+
+
+def _kill_under(path: Path) -> None:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd:
+            for kill in (
+                lambda p: os.killpg(os.getpgid(p), signal.SIGKILL),
+                lambda p: os.kill(p, 9),
+            ):
+                with suppress(ProcessLookupError, PermissionError):
+                    kill(int(entry))
+
+
+@contextmanager
+def stix_home() -> Iterator[Home]:
+    path = Path(tempfile.mkdtemp(prefix="stxb", dir="/tmp"))
+    home = Home(path)
+    try:
+        yield home
+    finally:
+        home.ctl("daemon", "stop", check=False)
+        _kill_under(path)
+        shutil.rmtree(path, ignore_errors=True)
