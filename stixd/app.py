@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -34,6 +35,17 @@ class App:
     log: structlog.stdlib.BoundLogger
     started_at: float = field(default_factory=time.time)
     shutdown: anyio.Event = field(default_factory=anyio.Event)
+
+    def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
+        """The daemon's config with a client's layers (project file, --config) merged in.
+
+        Raises `ConfigError` naming the file and key of a bad layer.
+        """
+        if not layers:
+            return self.config
+        from stixd.config import load_config
+
+        return load_config(self.home, overrides=[(str(src), values) for src, values in layers])
 
     def provider(self, name: str) -> Provider:
         return self.providers[name]

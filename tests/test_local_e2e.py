@@ -293,3 +293,27 @@ def test_launch_json_reports_the_job(stix: Stix) -> None:
     out = stix.run("launch", "-c", "js", "-y", "--json", textwrap.dedent("echo x"), check=True)
     reply = json.loads(out.stdout.strip().splitlines()[-1])
     assert reply["cluster"] == "js" and reply["job_id"] == 1 and reply["job_status"] == "SUCCEEDED"
+
+
+def test_project_config_file_applies_and_a_bad_key_names_the_file(
+    stix: Stix, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / ".stix.yaml").write_text("autostop:\n  default_idle_minutes: 30\n")
+    stix.run("launch", "-c", "cfg", "-y", "true", cwd=project, check=True)
+    assert stix.clusters()["cfg"]["autostop_idle_minutes"] == 30
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("autostop:\n  grace_minuts: 3\n")
+    bad = stix.run("launch", "-c", "cfg2", "--config", str(extra), "-y", "true", cwd=project)
+    assert bad.returncode == 2
+    assert "extra.yaml: autostop.grace_minuts: unknown key (did you mean 'grace_minutes'?)" in (
+        bad.stderr
+    )
+    assert "cfg2" not in stix.clusters()
+
+
+def test_launch_down_alone_tears_down_once_the_job_is_done(stix: Stix) -> None:
+    stix.run("launch", "-c", "once", "-y", "--down", "echo bye", check=True)
+    wait_until(lambda: "once" not in stix.clusters(), timeout=30)
+    assert not stix.node_dir("once").exists()

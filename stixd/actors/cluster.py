@@ -30,6 +30,7 @@ from stixd.runtime.mailbox import Envelope
 
 if TYPE_CHECKING:
     from stixd.app import App
+    from stixd.config import Config
 
 
 class ClusterEvent(enum.Enum):
@@ -105,6 +106,9 @@ class ClusterActor(Actor):
 
     def done(self) -> bool:
         return False  # a terminated cluster's actor stays to take the next launch of its name
+
+    def _config(self) -> Config:
+        return self.app.config_for(self.row.data.get("config_layers") or [])
 
     @property
     def provider(self) -> Provider:
@@ -230,6 +234,7 @@ class ClusterActor(Actor):
         self.row = await self.store.update(self.row, event="save", spec=spec, record_event=False)
         job_id = int({**self.row.data, **data}.get("next_job_id", 1))
         data["next_job_id"] = job_id + 1
+        data["config_layers"] = [[layer.source, layer.values] for layer in req.config]
         data["pending_launch"] = {"request": msgspec.to_builtins(req), "job_id": job_id}
         await self.transition(E.LAUNCH, f"launch {req.task.num_nodes} node(s) on local", **data)
         return job_id
@@ -267,11 +272,13 @@ class ClusterActor(Actor):
         try:
             nodes = await self.provider.launch(request)
         except ProvisionError as exc:
-            await self.transition(E.PROVISION_FAILED, exc.message, last_error=exc.message)
+            await self.transition(
+                E.PROVISION_FAILED, exc.message, last_error=exc.message, pending_launch=None
+            )
             raise
         if len([n for n in nodes if n.status is NodeStatus.RUNNING]) < num_nodes:
             why = f"only {len(nodes)} of {num_nodes} nodes came up"
-            await self.transition(E.PROVISION_FAILED, why, last_error=why)
+            await self.transition(E.PROVISION_FAILED, why, last_error=why, pending_launch=None)
             raise ProvisionError(why)
         await self._ensure_agents_current(nodes)
         await self.save(nodes=[n.to_dict() for n in nodes])
@@ -410,12 +417,12 @@ class ClusterActor(Actor):
         self, idle_minutes: float | None, down: bool, nodes: list[NodeInfo] | None = None
     ) -> None:
         if idle_minutes is None:
-            idle_minutes = self.app.config.autostop.default_idle_minutes
+            idle_minutes = self._config().autostop.default_idle_minutes
             if idle_minutes is None and not down:
                 await self._push_autostop(nodes)
                 return
             if idle_minutes is None:
-                idle_minutes = 5.0  # --down alone: SkyPilot's default idle time
+                idle_minutes = 0.0  # --down alone: torn down as soon as its jobs are done
         setting = {"idle_minutes": float(idle_minutes), "down": down} if idle_minutes >= 0 else None
         await self.save(autostop=setting, idle_since=None)
         await self._push_autostop(nodes)
@@ -438,7 +445,7 @@ class ClusterActor(Actor):
     async def _push_autostop(self, nodes: list[NodeInfo] | None = None) -> None:
         """The agents keep the setting too: their dead-man's switch needs no daemon."""
         setting = self.row.data.get("autostop")
-        grace = self.app.config.autostop.grace_minutes
+        grace = self._config().autostop.grace_minutes
         for node in nodes if nodes is not None else self.nodes:
             try:
                 await self.provider.connector(node).call(

@@ -20,7 +20,7 @@ from proto.errors import (
 from proto.task import missing_envs
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
-from stixd.config import ConfigError, load_config
+from stixd.config import ConfigError
 from stixd.control.logs import find_job, stream_job_logs
 from stixd.planner.local_fit import check_fits_local
 from stixd.runtime.mailbox import Envelope, reply_channel
@@ -78,9 +78,7 @@ def _check_task(task: Any) -> None:
 
 async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
     try:
-        load_config(
-            app.home, env={}, overrides=[(layer.source, layer.values) for layer in req.config]
-        )
+        app.config_for([(layer.source, layer.values) for layer in req.config])
     except ConfigError as exc:
         raise InvalidConfig(str(exc)) from None
     _check_task(req.task)
