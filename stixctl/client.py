@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +65,49 @@ def open_connection(home: Path, autostart: bool = True) -> socket.socket:
         raise DaemonUnavailable(f"stixd started but its socket {path} refused: {exc}") from None
 
 
+LOST = (
+    "the connection to stixd was lost (did it stop or crash?); clusters and jobs keep "
+    "running on their nodes — check them with `stixctl status` and `stixctl queue`"
+)
+
+
+def interpret(body: bytes | None) -> Any:
+    """Decode one frame from the daemon; an error reply becomes its exception."""
+    if body is None:
+        raise DaemonUnavailable(LOST)
+    msg = decode(body, _decoder)
+    if isinstance(msg, m.ErrorReply):
+        raise error_from_code(msg.code, msg.message)
+    return msg
+
+
+def is_final(msg: Any) -> bool:
+    return isinstance(msg, m.FINAL_REPLIES)
+
+
 def _receive(sock: socket.socket) -> Any:
     try:
         body = recv_frame(sock)
     except (ProtocolError, OSError):
         body = None
-    if body is None:
-        raise DaemonUnavailable(
-            "the connection to stixd was lost (did it stop or crash?); clusters and jobs keep "
-            "running on their nodes — check them with `stixctl status` and `stixctl queue`"
-        )
-    return decode(body, _decoder)
+    return interpret(body)
+
+
+def stream(home: Path, request: Any, *, autostart: bool = True) -> Iterator[Any]:
+    """Send `request` and yield what comes back: stream events, then the final reply."""
+    sock = open_connection(home, autostart)
+    with sock:
+        try:
+            sock.sendall(encode(m.Hello(protocol=PROTOCOL_VERSION)))
+            _receive(sock)
+            sock.sendall(encode(request))
+        except (BrokenPipeError, ConnectionResetError):
+            raise DaemonUnavailable("stixd closed the connection during the handshake") from None
+        while True:
+            msg = _receive(sock)
+            yield msg
+            if is_final(msg):
+                return
 
 
 def call(
@@ -86,24 +118,12 @@ def call(
     autostart: bool = True,
 ) -> Any:
     """Send `request`; pass stream events to `on_event`; return the final reply or raise."""
-    sock = open_connection(home, autostart)
-    with sock:
-        try:
-            sock.sendall(encode(m.Hello(protocol=PROTOCOL_VERSION)))
-            hello = _receive(sock)
-            if isinstance(hello, m.ErrorReply):
-                raise error_from_code(hello.code, hello.message)
-            sock.sendall(encode(request))
-        except (BrokenPipeError, ConnectionResetError):
-            raise DaemonUnavailable("stixd closed the connection during the handshake") from None
-        while True:
-            msg = _receive(sock)
-            if isinstance(msg, m.ErrorReply):
-                raise error_from_code(msg.code, msg.message)
-            if isinstance(msg, m.FINAL_REPLIES):
-                return msg
-            if on_event is not None:
-                on_event(msg)
+    for msg in stream(home, request, autostart=autostart):
+        if is_final(msg):
+            return msg
+        if on_event is not None:
+            on_event(msg)
+    raise DaemonUnavailable(LOST)
 
 
 def _running(pid: int) -> bool:

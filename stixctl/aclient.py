@@ -1,0 +1,63 @@
+"""The asynchronous flavour of the client: the same frames over asyncio streams (stdlib)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from proto import PROTOCOL_VERSION
+from proto import messages as m
+from proto.errors import DaemonUnavailable, ProtocolError
+from proto.framing import HEADER, body_length, encode
+from proto.paths import socket_path
+from stixctl.client import LOST, interpret, is_final, start_daemon
+
+
+async def _open(home: Path, autostart: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    path = str(socket_path(home))
+    try:
+        return await asyncio.open_unix_connection(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if not autostart:
+            raise DaemonUnavailable(f"stixd is not running (no daemon on {path})") from None
+    await asyncio.to_thread(start_daemon, home)
+    return await asyncio.open_unix_connection(path)
+
+
+async def _receive(reader: asyncio.StreamReader) -> Any:
+    try:
+        header = await reader.readexactly(HEADER.size)
+        body: bytes | None = await reader.readexactly(body_length(header))
+    except (asyncio.IncompleteReadError, ProtocolError, OSError):
+        body = None
+    return interpret(body)
+
+
+async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncIterator[Any]:
+    """Yield the daemon's stream events for `request`, then its final reply."""
+    reader, writer = await _open(home, autostart)
+    try:
+        writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION)))
+        await writer.drain()
+        await _receive(reader)
+        writer.write(encode(request))
+        await writer.drain()
+        while True:
+            msg = await _receive(reader)
+            yield msg
+            if is_final(msg):
+                return
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def acall(home: Path, request: Any, *, autostart: bool = True) -> Any:
+    async for msg in astream(home, request, autostart=autostart):
+        if is_final(msg):
+            return msg
+    raise DaemonUnavailable(LOST)
