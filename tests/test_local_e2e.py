@@ -317,3 +317,16 @@ def test_launch_down_alone_tears_down_once_the_job_is_done(stix: Stix) -> None:
     stix.run("launch", "-c", "once", "-y", "--down", "echo bye", check=True)
     wait_until(lambda: "once" not in stix.clusters(), timeout=30)
     assert not stix.node_dir("once").exists()
+
+
+def test_the_readme_examples_run(stix: Stix) -> None:
+    from tests.conftest import REPO
+
+    hello = stix.run("launch", "-c", "ex", "-y", "examples/hello.yaml", cwd=REPO, check=True)
+    assert "hello from stix, node rank 0 of 1" in hello.stdout
+    train = stix.run(
+        "launch", "-c", "ex", "-y", "examples/train.yaml", "--env", "STEPS=2", cwd=REPO, check=True
+    )
+    assert "step 2/2" in train.stdout and "done with lr=0.001" in train.stdout
+    multi = stix.run("launch", "-c", "exm", "-y", "examples/multinode.yaml", cwd=REPO, check=True)
+    assert "(worker2, rank=2) rank 2 of 3" in multi.stdout
