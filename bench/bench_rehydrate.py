@@ -15,26 +15,7 @@ from pathlib import Path
 
 import anyio
 
-from bench.common import stix_home
-from stixd.store.db import Row, open_store
-
-
-async def _seed(home: Path, n: int) -> None:
-    async with open_store(home / "state.db") as store:
-        for i in range(n):
-            name = f"c{i:05d}"
-            (home / "clusters" / name / "node-0").mkdir(parents=True)
-            await store.insert(
-                Row(
-                    kind="cluster",
-                    id=name,
-                    state="STOPPED",
-                    version=0,
-                    spec={"provider": "local", "num_nodes": 1, "resources": "1x local"},
-                    data={"uid": f"u{i}", "next_job_id": 1, "launched_at": 1.0, "nodes": []},
-                ),
-                "created",
-            )
+from bench.common import seed_stopped_clusters, stix_home
 
 
 def _rss_mb(pid: int) -> float:
@@ -75,7 +56,7 @@ def main() -> None:
         base_rss = _rss_mb(base_pid)
         empty.ctl("daemon", "stop")
     with stix_home() as home:
-        anyio.run(_seed, home.path, args.actors)
+        anyio.run(seed_stopped_clusters, home.path, args.actors)
         ready, pid = _start_and_time(home.path, home.env)
         rss_ready = _rss_mb(pid)
         peak = rss_ready

@@ -12,28 +12,9 @@ import sys
 
 import anyio
 
-from bench.common import median, ms, sample, stix_home, wall
-from stixd.store.db import Row, open_store
+from bench.common import median, ms, sample, seed_stopped_clusters, stix_home, wall
 
 CLUSTERS = 100
-
-
-async def _seed(home_path, n: int) -> None:
-    async with open_store(home_path / "state.db") as store:
-        for i in range(n):
-            name = f"c{i:03d}"
-            (home_path / "clusters" / name / "node-0").mkdir(parents=True)
-            await store.insert(
-                Row(
-                    kind="cluster",
-                    id=name,
-                    state="STOPPED",
-                    version=0,
-                    spec={"provider": "local", "num_nodes": 1, "resources": "1x local"},
-                    data={"uid": f"u{i}", "next_job_id": 1, "launched_at": 1.0, "nodes": []},
-                ),
-                "created",
-            )
 
 
 def main() -> None:
@@ -41,7 +22,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30)
     args = p.parse_args()
     with stix_home() as home:
-        anyio.run(_seed, home.path, CLUSTERS)
+        anyio.run(seed_stopped_clusters, home.path, CLUSTERS)
         home.ctl("daemon", "start")
         out = home.ctl("status").stdout
         assert out.count("STOPPED") == CLUSTERS, out[:500]

@@ -87,3 +87,25 @@ def stix_home() -> Iterator[Home]:
         home.ctl("daemon", "stop", check=False)
         _kill_under(path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+async def seed_stopped_clusters(home: Path, n: int) -> None:
+    """Put `n` STOPPED local clusters in the store, each with its (agent-less) node directory,
+    so every actor's reconcile at boot really looks at the infra and keeps the row live."""
+    from stixd.store.db import Row, open_store
+
+    async with open_store(home / "state.db") as store:
+        for i in range(n):
+            name = f"c{i:05d}"
+            (home / "clusters" / name / "node-0").mkdir(parents=True)
+            await store.insert(
+                Row(
+                    kind="cluster",
+                    id=name,
+                    state="STOPPED",
+                    version=0,
+                    spec={"provider": "local", "num_nodes": 1, "resources": "1x local"},
+                    data={"uid": f"u{i}", "next_job_id": 1, "launched_at": 1.0, "nodes": []},
+                ),
+                "created",
+            )
