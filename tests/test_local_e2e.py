@@ -330,3 +330,20 @@ def test_the_readme_examples_run(stix: Stix) -> None:
     assert "step 2/2" in train.stdout and "done with lr=0.001" in train.stdout
     multi = stix.run("launch", "-c", "exm", "-y", "examples/multinode.yaml", cwd=REPO, check=True)
     assert "(worker2, rank=2) rank 2 of 3" in multi.stdout
+
+
+def test_secrets_reach_the_job_but_no_log_event_or_listing(stix: Stix, task_file) -> None:
+    secret = "s3cr3t-value-7781"
+    path = task_file("secrets:\n  TOKEN: " + secret + '\nrun: |\n  echo "token length ${#TOKEN}"\n')
+    out = stix.run("launch", "-c", "sec", "-y", str(path), check=True)
+    assert f"token length {len(secret)}" in out.stdout
+    shown = "".join(
+        [
+            out.stderr,
+            stix.run("status", "--json", check=True).stdout,
+            stix.run("queue", "sec", "--json", check=True).stdout,
+            stix.run("events", "sec", "--json", check=True).stdout,
+            (stix.home / "stixd.log").read_text(),
+        ]
+    )
+    assert secret not in shown
