@@ -4,7 +4,8 @@ import json
 import os
 import time
 
-config = json.load(open(os.path.expanduser("~/config/params.json")))
+with open(os.path.expanduser("~/config/params.json")) as f:
+    config = json.load(f)
 steps = int(os.environ.get("STEPS", config["steps"]))
 for step in range(1, steps + 1):
     time.sleep(0.1)
