@@ -124,6 +124,21 @@ class Events(Msg, tag="events", frozen=True):
     limit: int = 200
 
 
+class ShowGpus(Msg, tag="show_gpus", frozen=True):
+    name: str | None = None
+    count: float | None = None
+    infra: str | None = None
+    all: bool = False
+
+
+class CatalogUpdate(Msg, tag="catalog_update", frozen=True):
+    clouds: list[str] = []
+
+
+class CatalogStatus(Msg, tag="catalog_status", frozen=True):
+    pass
+
+
 class DaemonStatus(Msg, tag="daemon_status", frozen=True):
     pass
 
@@ -146,6 +161,9 @@ Request = (
     | CostReportReq
     | Check
     | Events
+    | ShowGpus
+    | CatalogUpdate
+    | CatalogStatus
     | DaemonStatus
     | Shutdown
 )
@@ -274,6 +292,14 @@ class EventList(Msg, tag="event_list", frozen=True):
     events: list[EventRecord]
 
 
+class Table(Msg, tag="table", frozen=True):
+    """A report the daemon rendered (`text`) with its rows as plain data for --json."""
+
+    text: str
+    rows: list[dict[str, Any]]
+    ok: bool = True
+
+
 class DaemonInfo(Msg, tag="daemon_info", frozen=True):
     pid: int
     version: str
@@ -294,6 +320,7 @@ Reply = (
     | CostReport
     | CheckReply
     | EventList
+    | Table
     | DaemonInfo
 )
 StreamEvent = Progress | LogChunk | JobSubmitted

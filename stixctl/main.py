@@ -287,6 +287,38 @@ def cmd_events(home: Path, a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(reply: m.Table, as_json: bool) -> int:
+    if as_json:
+        _json(reply.rows)
+    else:
+        print(reply.text)
+    return 0 if reply.ok else 1
+
+
+def cmd_show_gpus(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    name, count = a.accelerator, None
+    if name and ":" in name:
+        name, _, raw = name.partition(":")
+        try:
+            count = float(raw)
+        except ValueError:
+            raise InvalidRequest(f"{a.accelerator}: the count after ':' must be a number") from None
+    req = m.ShowGpus(name=name, count=count, infra=a.infra, all=a.all)
+    return _print_table(call(home, req, _on_event), a.json)
+
+
+def cmd_catalog(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    if a.action == "update":
+        req: Any = m.CatalogUpdate(clouds=a.clouds)
+    else:
+        req = m.CatalogStatus()
+    return _print_table(call(home, req, _on_event), a.json)
+
+
 def cmd_daemon(home: Path, a: argparse.Namespace) -> int:
     from stixctl import daemonctl
 
@@ -415,6 +447,23 @@ def _events_args(s: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_events)
 
 
+def _show_gpus_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("accelerator", nargs="?", metavar="NAME[:COUNT]")
+    s.add_argument("--infra", metavar="CLOUD[/REGION]")
+    s.add_argument(
+        "-a", "--all", action="store_true", help="every accelerator, not just common ones"
+    )
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_show_gpus)
+
+
+def _catalog_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("action", choices=["update", "status"])
+    s.add_argument("clouds", nargs="*", help="update: only these clouds")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_catalog)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -438,6 +487,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "cost-report": ("estimated cost of clusters", _cost_args),
     "check": ("which infras are enabled", _check_args),
     "events": ("the history of a cluster (or --kind job ID)", _events_args),
+    "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
+    "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
 }
 

@@ -18,6 +18,7 @@ from stixd.store.db import Row, Store
 
 if TYPE_CHECKING:
     from stixd.config import Config
+    from stixd.planner.catalog import Catalog
 
 VERSION = "0.1.0"
 
@@ -33,6 +34,7 @@ class App:
     agent_pyz: Path
     agent_build: str
     log: structlog.stdlib.BoundLogger
+    catalog: Catalog | None = None  # opened on first use (stixd.control.catalog_cmds)
     started_at: float = field(default_factory=time.time)
     shutdown: anyio.Event = field(default_factory=anyio.Event)
 

@@ -21,6 +21,7 @@ from proto.task import missing_envs
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
+from stixd.control import catalog_cmds
 from stixd.control.logs import find_job, stream_job_logs
 from stixd.planner.local_fit import check_fits_local
 from stixd.runtime.mailbox import Envelope, reply_channel
@@ -319,6 +320,12 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await check(app, req, emit)
     if isinstance(req, m.Events):
         return await events(app, req, emit)
+    if isinstance(req, m.ShowGpus):
+        return await catalog_cmds.show_gpus_cmd(app, req, emit)
+    if isinstance(req, m.CatalogUpdate):
+        return await catalog_cmds.catalog_update(app, req, emit)
+    if isinstance(req, m.CatalogStatus):
+        return await catalog_cmds.catalog_status(app, req, emit)
     if isinstance(req, m.DaemonStatus):
         return await daemon_status(app, req, emit)
     if isinstance(req, m.Shutdown):

@@ -1,0 +1,101 @@
+"""show-gpus and the catalog commands: planner reads in a worker thread, fetches on demand."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+
+from proto import messages as m
+from proto.errors import InvalidRequest
+from stixd.app import App
+from stixd.catalog_fetch import DEFAULT_BASE_URL, update
+from stixd.planner.catalog import (
+    Catalog,
+    CatalogError,
+    CatalogMissing,
+    open_catalog,
+    render_show_gpus,
+    show_gpus,
+)
+
+Emit = Callable[[Any], Awaitable[None]]
+URL_ENV = "STIX_CATALOG_URL"  # a mirror of the public catalog (…/catalogs, holding v8/<cloud>/)
+
+
+def _base_url() -> str:
+    return os.environ.get(URL_ENV) or DEFAULT_BASE_URL
+
+
+def catalog_of(app: App) -> Catalog:
+    """The daemon's catalog, opened once; `catalog update` replaces it."""
+    if app.catalog is None:
+        try:
+            app.catalog = open_catalog(app.home, os.environ)
+        except CatalogError as exc:
+            raise InvalidRequest(str(exc)) from None
+    return app.catalog
+
+
+async def _fetch(app: App, clouds: list[str] | None, emit: Emit) -> None:
+    await emit(
+        m.Progress(f"Fetching the {', '.join(clouds) if clouds else 'default'} catalog(s)...")
+    )
+    try:
+        report = await update(app.home, clouds, base_url=_base_url())
+    except CatalogError as exc:
+        raise InvalidRequest(str(exc)) from None
+    app.catalog = None
+    if not report.ok:
+        failed = [r for r in report.results if not r.ok]
+        raise InvalidRequest(
+            f"the catalog is missing and could not be fetched ({failed[0].file}: "
+            f"{failed[0].message}); set STIX_CATALOG_DIR or retry `stixctl catalog update`"
+        )
+
+
+async def show_gpus_cmd(app: App, req: m.ShowGpus, emit: Emit) -> m.Table:
+    if not catalog_of(app).clouds():
+        await _fetch(app, None, emit)
+    for _ in range(3):  # each round may fetch one missing cloud's catalog
+        query = functools.partial(
+            show_gpus, catalog_of(app), req.name, req.count, req.infra, req.all
+        )
+        try:
+            rows = await anyio.to_thread.run_sync(query)
+        except CatalogMissing as exc:
+            await _fetch(app, [exc.cloud], emit)
+            continue
+        except CatalogError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return m.Table(text=render_show_gpus(rows), rows=[msgspec.to_builtins(r) for r in rows])
+    raise InvalidRequest("the catalog kept changing while it was read; try again")
+
+
+async def catalog_update(app: App, req: m.CatalogUpdate, emit: Emit) -> m.Table:
+    try:
+        report = await update(app.home, req.clouds or None, base_url=_base_url())
+    except CatalogError as exc:
+        raise InvalidRequest(str(exc)) from None
+    app.catalog = None
+    rows = [msgspec.to_builtins(r) for r in report.results]
+    return m.Table(text=report.render(), rows=rows, ok=report.ok)
+
+
+async def catalog_status(app: App, req: m.CatalogStatus, emit: Emit) -> m.Table:
+    catalog = catalog_of(app)
+    rows: list[dict[str, Any]] = []
+    lines = []
+    for cloud in catalog.clouds():
+        age = catalog.age(cloud)
+        rows.append({"cloud": cloud, "age_seconds": age})
+        lines.append(f"{cloud:14s} {'-' if age is None else f'{age / 3600:.1f} hours old'}")
+    problems = catalog.problems()
+    if not rows:
+        lines.append("No catalog yet: run `stixctl catalog update` or set STIX_CATALOG_DIR.")
+    lines += [f"! {p}" for p in problems]
+    return m.Table(text="\n".join(lines), rows=rows, ok=not problems)
