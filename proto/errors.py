@@ -30,6 +30,29 @@ class InvalidTask(InvalidRequest):
     code = "invalid_task"
 
 
+class TaskFieldError(InvalidTask):
+    """A bad task with the key it is about: `source: key.path: problem (did you mean 'x'?)`.
+
+    `path` is dotted with list indices as numbers (`resources.any_of.1.cpus`); empty when the
+    problem is the whole document. On the wire it travels as a plain `InvalidTask`.
+    """
+
+    def __init__(
+        self, path: str, problem: str, *, suggestion: str | None = None, source: str = "task"
+    ) -> None:
+        self.path = path
+        self.problem = problem
+        self.suggestion = suggestion
+        self.source = source
+        where = f"{source}: {path}: " if path else f"{source}: "
+        hint = f" (did you mean '{suggestion}'?)" if suggestion else ""
+        super().__init__(f"{where}{problem}{hint}")
+
+    def at(self, source: str) -> TaskFieldError:
+        """The same problem, told against a file (or `command line`, …)."""
+        return TaskFieldError(self.path, self.problem, suggestion=self.suggestion, source=source)
+
+
 class InvalidConfig(InvalidRequest):
     code = "invalid_config"
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from proto import messages as m
 from proto.errors import InvalidTask
-from proto.task import Task
+from proto.task import Task, launch_problems
 from stixd.providers.base import Mount, NodeInfo
 from stixd.runtime.mailbox import Envelope
 
@@ -15,19 +14,22 @@ WORKDIR_DEST = "~/sky_workdir"
 
 
 def validate_mounts(task: Task) -> None:
-    """Refuse, before any infra is touched, what cannot be placed on the nodes."""
+    """Refuse, before any infra is touched, what cannot be placed on the nodes.
+
+    The first refusals are `launch_problems` (worded as `stixctl validate` warns); the rest are
+    what this build cannot place yet.
+    """
+    problems = launch_problems(task)
+    if problems:
+        raise InvalidTask(problems[0])
     if isinstance(task.workdir, dict):
         raise InvalidTask("workdir: a git workdir ({url, ref}) is not supported in this build yet")
-    if isinstance(task.workdir, str) and not os.path.isdir(task.workdir):
-        raise InvalidTask(f"workdir: {task.workdir} is not a directory on this machine")
     for dest, src in task.file_mounts.items():
         if not isinstance(src, str) or "://" in src:
             raise InvalidTask(
                 f"file_mounts.{dest}: bucket and storage mounts are not supported on the local "
                 "infra yet; use a local path"
             )
-        if not os.path.exists(src):
-            raise InvalidTask(f"file_mounts.{dest}: {src} does not exist on this machine")
 
 
 def task_mounts(task: Task, file_mounts: bool) -> list[Mount]:
@@ -35,7 +37,7 @@ def task_mounts(task: Task, file_mounts: bool) -> list[Mount]:
     if isinstance(task.workdir, str):
         mounts.append(Mount(source=task.workdir, dest=WORKDIR_DEST))
     if file_mounts:
-        mounts += [Mount(source=src, dest=dest) for dest, src in task.file_mounts.items()]
+        mounts += [Mount(source=src, dest=dest) for dest, src in task.copy_mounts().items()]
     return mounts
 
 

@@ -1,0 +1,160 @@
+"""The SkyPilot task language as a typed model: tasks, pipelines, and their validation.
+
+    task = load_task_file("train.yaml", env_overrides={"STEPS": "2"})
+    dag = load_dag_file("pipeline.yaml")
+    task = apply_overrides(task, ResourceOverrides(gpus="A100:8", infra="aws"))
+    text = to_yaml(task)
+
+Modules: `model` (the shapes: Task, Resources, Storage, Service, …), `resources`, `storage`,
+`service` (their rules and effective values), `parsing` (views of fields written in several
+shapes), `envs`, `load` (YAML → model, validation), `explain` (msgspec errors as sentences),
+`overrides` (command-line resource flags), `problems` (what stops a launch from here), `dump`
+(back to YAML), `dag`. Every problem is one `proto.errors.TaskFieldError` sentence naming the
+key path.
+
+Only `model` is imported with this package: `proto.messages` carries a Task, so every `stixctl`
+command imports it, and nothing here is byte-compiled ahead of time. The other names load on
+first use (PEP 562 `__getattr__` below).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from proto.task.model import (
+    AcceleratorArgs,
+    AutostopConfig,
+    ReadinessProbe,
+    ReplicaPolicy,
+    Resources,
+    Service,
+    Storage,
+    Task,
+)
+
+if TYPE_CHECKING:
+    from proto.task.dag import Dag
+    from proto.task.dump import to_dict, to_yaml
+    from proto.task.envs import (
+        apply_env_overrides,
+        apply_secret_overrides,
+        missing_envs,
+        missing_secrets,
+        redacted,
+        resolved_envs,
+    )
+    from proto.task.load import (
+        check_task,
+        from_yaml,
+        load_dag_file,
+        load_task_file,
+        read_documents,
+        resolve_paths,
+        task_from_dict,
+        validated,
+    )
+    from proto.task.overrides import ResourceOverrides, apply_overrides
+    from proto.task.parsing import (
+        Accelerator,
+        AcceleratorChoice,
+        Amount,
+        Autostop,
+        JobRecovery,
+        Placement,
+    )
+    from proto.task.problems import launch_problems, task_notes
+    from proto.task.service import Probe, Scaling
+    from proto.task.storage import GitWorkdir
+
+_LAZY = {
+    "Dag": "dag",
+    "to_dict": "dump",
+    "to_yaml": "dump",
+    "apply_env_overrides": "envs",
+    "apply_secret_overrides": "envs",
+    "missing_envs": "envs",
+    "missing_secrets": "envs",
+    "redacted": "envs",
+    "resolved_envs": "envs",
+    "check_task": "load",
+    "from_yaml": "load",
+    "load_dag_file": "load",
+    "load_task_file": "load",
+    "read_documents": "load",
+    "resolve_paths": "load",
+    "task_from_dict": "load",
+    "validated": "load",
+    "ResourceOverrides": "overrides",
+    "apply_overrides": "overrides",
+    "Accelerator": "parsing",
+    "AcceleratorChoice": "parsing",
+    "Amount": "parsing",
+    "Autostop": "parsing",
+    "JobRecovery": "parsing",
+    "Placement": "parsing",
+    "launch_problems": "problems",
+    "task_notes": "problems",
+    "Probe": "service",
+    "Scaling": "service",
+    "GitWorkdir": "storage",
+}
+
+__all__ = [
+    "Accelerator",
+    "AcceleratorArgs",
+    "AcceleratorChoice",
+    "Amount",
+    "Autostop",
+    "AutostopConfig",
+    "Dag",
+    "GitWorkdir",
+    "JobRecovery",
+    "Placement",
+    "Probe",
+    "ReadinessProbe",
+    "ReplicaPolicy",
+    "ResourceOverrides",
+    "Resources",
+    "Scaling",
+    "Service",
+    "Storage",
+    "Task",
+    "apply_env_overrides",
+    "apply_overrides",
+    "apply_secret_overrides",
+    "check_task",
+    "from_yaml",
+    "launch_problems",
+    "load_dag_file",
+    "load_task_file",
+    "missing_envs",
+    "missing_secrets",
+    "read_documents",
+    "redacted",
+    "resolve_paths",
+    "resolved_envs",
+    "task_from_command",
+    "task_from_dict",
+    "task_notes",
+    "to_dict",
+    "to_yaml",
+    "validated",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'proto.task' has no attribute {name!r}")
+    value = getattr(import_module(f"proto.task.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+def task_from_command(command: str, name: str | None = None) -> Task:
+    return Task(name=name, run=command)

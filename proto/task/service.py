@@ -1,0 +1,221 @@
+"""`service:` (SkyServe) and `pool:` (worker pools): their rules and the values in effect.
+
+The shapes are in `proto.task.model`; `Service.probe()`/`scaling()` come here for SkyServe's
+defaults (probe GET `/`, 1200 s initial delay, 15 s timeout, 300/1200 s scaling delays).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from proto.task._fields import check_int, check_positive, choice, describe, fail, join
+from proto.task.model import ReadinessProbe, ReplicaPolicy, Service
+
+LB_POLICIES = ("least_load", "round_robin", "instance_aware_least_load")
+SPOT_PLACERS = ("dynamic_fallback",)
+POOL_KEYS = (
+    "workers",
+    "min_workers",
+    "max_workers",
+    "queue_length_threshold",
+    "upscale_delay_seconds",
+    "downscale_delay_seconds",
+)
+TLS_KEYS = ("keyfile", "certfile")
+LOAD_BALANCER_KEYS = ("stream_timeout_seconds",)
+DEFAULT_INITIAL_DELAY_SECONDS = 1200
+DEFAULT_PROBE_TIMEOUT_SECONDS = 15
+DEFAULT_UPSCALE_DELAY_SECONDS = 300
+DEFAULT_DOWNSCALE_DELAY_SECONDS = 1200
+
+Number = int | float
+
+
+class Probe(msgspec.Struct, frozen=True):
+    """The readiness probe in effect: GET `/` unless the service says otherwise."""
+
+    path: str = "/"
+    initial_delay_seconds: float = DEFAULT_INITIAL_DELAY_SECONDS
+    timeout_seconds: float = DEFAULT_PROBE_TIMEOUT_SECONDS
+    post_data: dict[str, Any] | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return "GET" if self.post_data is None else "POST"
+
+
+class Scaling(msgspec.Struct, frozen=True):
+    """Replica counts and autoscaling knobs in effect (`replicas: N` = fixed at N)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_qps_per_replica: Number | dict[str, Number] | None = None
+    upscale_delay_seconds: float = DEFAULT_UPSCALE_DELAY_SECONDS
+    downscale_delay_seconds: float = DEFAULT_DOWNSCALE_DELAY_SECONDS
+    num_overprovision: int | None = None
+    dynamic_ondemand_fallback: bool = False
+    base_ondemand_fallback_replicas: int = 0
+    spot_placer: str | None = None
+
+    @property
+    def autoscales(self) -> bool:
+        return self.target_qps_per_replica is not None and self.max_replicas > self.min_replicas
+
+
+def effective_probe(service: Service) -> Probe:
+    probe = service.readiness_probe
+    if probe is None:
+        return Probe()
+    if isinstance(probe, str):
+        return Probe(path=probe)
+    post = probe.post_data
+    if isinstance(post, str):
+        post = _json_body(post, "service.readiness_probe.post_data")
+    delay = probe.initial_delay_seconds
+    timeout = probe.timeout_seconds
+    return Probe(
+        path=probe.path,
+        initial_delay_seconds=float(DEFAULT_INITIAL_DELAY_SECONDS if delay is None else delay),
+        timeout_seconds=float(DEFAULT_PROBE_TIMEOUT_SECONDS if timeout is None else timeout),
+        post_data=post,
+        headers=dict(probe.headers or {}),
+    )
+
+
+def effective_scaling(service: Service) -> Scaling:
+    policy = service.replica_policy
+    if policy is None:
+        count = 1 if service.replicas is None else service.replicas
+        return Scaling(min_replicas=count, max_replicas=count)
+    up, down = policy.upscale_delay_seconds, policy.downscale_delay_seconds
+    return Scaling(
+        min_replicas=policy.min_replicas,
+        max_replicas=policy.min_replicas if policy.max_replicas is None else policy.max_replicas,
+        target_qps_per_replica=policy.target_qps_per_replica,
+        upscale_delay_seconds=float(DEFAULT_UPSCALE_DELAY_SECONDS if up is None else up),
+        downscale_delay_seconds=float(DEFAULT_DOWNSCALE_DELAY_SECONDS if down is None else down),
+        num_overprovision=policy.num_overprovision,
+        dynamic_ondemand_fallback=bool(policy.dynamic_ondemand_fallback),
+        base_ondemand_fallback_replicas=policy.base_ondemand_fallback_replicas or 0,
+        spot_placer=None if policy.spot_placer is None else policy.spot_placer.lower(),
+    )
+
+
+def _json_body(text: str, path: str) -> dict[str, Any]:
+    import json
+
+    try:
+        body = json.loads(text)
+    except ValueError:
+        fail(path, "expected a JSON object (as a string) or a map")
+    if not isinstance(body, dict):
+        fail(path, f"expected a JSON object, got {describe(body)}")
+    return body
+
+
+def _check_probe(probe: str | ReadinessProbe, path: str) -> None:
+    probe_path = probe if isinstance(probe, str) else probe.path
+    where = path if isinstance(probe, str) else join(path, "path")
+    if not probe_path.startswith("/"):
+        fail(where, f"expected a URL path starting with '/', got {probe_path!r}")
+    if isinstance(probe, str):
+        return
+    for key in ("initial_delay_seconds", "endpoint_probe_interval_seconds"):
+        value = getattr(probe, key)
+        if value is not None:
+            check_positive(float(value), join(path, key), zero_ok=True)
+    for key in ("timeout_seconds", "consecutive_failure_threshold_timeout"):
+        value = getattr(probe, key)
+        if value is not None:
+            check_positive(float(value), join(path, key))
+    if isinstance(probe.post_data, str):
+        _json_body(probe.post_data, join(path, "post_data"))
+
+
+def _check_policy(policy: ReplicaPolicy, path: str) -> None:
+    check_int(policy.min_replicas, join(path, "min_replicas"), 0)
+    for key in ("max_replicas", "num_overprovision", "base_ondemand_fallback_replicas"):
+        value = getattr(policy, key)
+        if value is not None:
+            check_int(value, join(path, key), 0)
+    if policy.max_replicas is not None and policy.max_replicas < policy.min_replicas:
+        fail(
+            join(path, "max_replicas"),
+            f"expected at least min_replicas ({policy.min_replicas}), got {policy.max_replicas}",
+        )
+    qps = policy.target_qps_per_replica
+    where = join(path, "target_qps_per_replica")
+    if isinstance(qps, dict):
+        for name, value in qps.items():
+            check_positive(float(value), join(where, name), zero_ok=True)
+    elif qps is not None:
+        check_positive(float(qps), where, zero_ok=True)
+    for key in ("upscale_delay_seconds", "downscale_delay_seconds"):
+        value = getattr(policy, key)
+        if value is not None:
+            check_positive(float(value), join(path, key), zero_ok=True)
+    if policy.spot_placer is not None:
+        choice(policy.spot_placer, SPOT_PLACERS, join(path, "spot_placer"), "spot placer")
+
+
+def _check_open_map(
+    raw: dict[str, Any], path: str, required: tuple[str, ...], numbers: tuple[str, ...]
+) -> None:
+    for key in required:
+        if key not in raw:
+            fail(join(path, key), "required key is missing")
+        if not isinstance(raw[key], str):
+            fail(join(path, key), f"expected a string, got {describe(raw[key])}")
+    for key in numbers:
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            fail(join(path, key), f"expected a number, got {describe(value)}")
+
+
+def check_service(service: Service, path: str = "service") -> None:
+    if service.replicas is not None and service.replica_policy is not None:
+        fail(
+            join(path, "replicas"),
+            "use either replicas (a fixed count) or replica_policy, not both",
+        )
+    if service.readiness_probe is not None:
+        _check_probe(service.readiness_probe, join(path, "readiness_probe"))
+    if service.replicas is not None:
+        check_int(service.replicas, join(path, "replicas"), 0)
+    if service.replica_policy is not None:
+        _check_policy(service.replica_policy, join(path, "replica_policy"))
+    if service.load_balancing_policy is not None:
+        choice(
+            service.load_balancing_policy,
+            LB_POLICIES,
+            join(path, "load_balancing_policy"),
+            "load balancing policy",
+        )
+    if service.ports is not None:
+        check_int(service.ports, join(path, "ports"), 1, 65535)
+    if service.tls is not None:
+        _check_open_map(service.tls, join(path, "tls"), TLS_KEYS, ())
+    if service.load_balancer is not None:
+        _check_open_map(service.load_balancer, join(path, "load_balancer"), (), LOAD_BALANCER_KEYS)
+
+
+def check_pool(pool: dict[str, Any], path: str = "pool") -> None:
+    minimums = {"queue_length_threshold": 1}
+    for key in POOL_KEYS:
+        value = pool.get(key)
+        if value is None:
+            continue
+        if key.endswith("_seconds"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                fail(join(path, key), f"expected a number of seconds, got {describe(value)}")
+            check_positive(float(value), join(path, key), zero_ok=True)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(join(path, key), f"expected an integer, got {describe(value)}")
+        check_int(value, join(path, key), minimums.get(key, 0))
+    low, high = pool.get("min_workers"), pool.get("max_workers")
+    if isinstance(low, int) and isinstance(high, int) and high < low:
+        fail(join(path, "max_workers"), f"expected at least min_workers ({low}), got {high}")

@@ -1,0 +1,155 @@
+"""`file_mounts`, `workdir` and top-level `volumes`: their rules (shapes: `proto.task.model`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from proto.task._fields import choice, describe, fail, join
+from proto.task.model import Storage
+
+MODES = ("mount", "copy", "mount_cached")
+STORES = ("s3", "gcs", "azure", "r2", "ibm", "oci", "nebius", "coreweave", "volume", "hf")
+BUCKET_SCHEMES = ("s3://", "gs://", "r2://", "cos://", "oci://", "nebius://", "cw://", "hf://")
+AZURE_HOST = ".blob.core.windows.net"
+GIT_WORKDIR_KEYS = ("url", "ref")
+VOLUME_KEYS = ("name", "sub_path", "size", "labels", "type", "infra", "use_existing", "config")
+
+
+class GitWorkdir(msgspec.Struct, frozen=True):
+    url: str
+    ref: str | None = None
+
+
+def is_bucket_url(text: str) -> bool:
+    return "://" in text
+
+
+def _check_url(url: str, path: str) -> None:
+    lowered = url.lower()
+    if lowered.startswith(BUCKET_SCHEMES):
+        if not url.split("://", 1)[1].strip("/"):
+            fail(path, f"expected a bucket name after the scheme, got {url!r}")
+        return
+    if lowered.startswith("https://") and AZURE_HOST in lowered.split("/")[2]:
+        return
+    scheme = url.split("://", 1)[0] + "://"
+    fail(
+        path,
+        f"unsupported bucket URL {url!r}; expected {', '.join(BUCKET_SCHEMES)} "
+        f"or https://<account>{AZURE_HOST}/<container> (got scheme {scheme!r})",
+    )
+
+
+def _check_local(text: str, path: str) -> None:
+    if not text.strip():
+        fail(path, "expected a local path or a bucket URL, got an empty string")
+
+
+def check_source(text: str, path: str) -> None:
+    """A mount source: a local path (checked for existence only at launch) or a bucket URL."""
+    if is_bucket_url(text):
+        _check_url(text, path)
+    else:
+        _check_local(text, path)
+
+
+def check_file_mounts(mounts: dict[str, str | Storage], path: str = "file_mounts") -> None:
+    for dest, src in mounts.items():
+        where = join(path, dest)
+        if not dest.strip():
+            fail(path, "expected a destination path as each key, got an empty string")
+        if is_bucket_url(dest):
+            fail(where, "a destination must be a path on the node, not a bucket URL")
+        if isinstance(src, str):
+            check_source(src, where)
+            if src.endswith("/") and len(src) > 1 and not is_bucket_url(src):
+                fail(where, f"paths cannot end with '/' (write {src.rstrip('/')!r})")
+        else:
+            check_storage(src, where)
+
+
+def check_storage(storage: Storage, path: str) -> None:
+    if storage.name is None and storage.source is None:
+        fail(path, "a storage mount needs a name (bucket name), a source, or both")
+    if isinstance(storage.source, list):
+        if not storage.source:
+            fail(
+                join(path, "source"),
+                "expected a path, a list of paths or a bucket URL, got an empty list",
+            )
+        for i, item in enumerate(storage.source):
+            if is_bucket_url(item):
+                fail(join(join(path, "source"), i), "a list source holds local paths only")
+            _check_local(item, join(join(path, "source"), i))
+    elif storage.source is not None:
+        check_source(storage.source, join(path, "source"))
+    if storage.mode is not None:
+        choice(storage.mode, MODES, join(path, "mode"), "mode", upper=True)
+    if storage.store is not None:
+        choice(storage.store, STORES, join(path, "store"), "store")
+
+
+def null_storage_names(raw_mounts: Any, path: str = "file_mounts") -> None:
+    """`name:` left empty is an error SkyPilot makes too; the model cannot tell it from absent."""
+    if not isinstance(raw_mounts, dict):
+        return
+    for dest, src in raw_mounts.items():
+        if isinstance(src, dict):
+            for key, what in (("name", "a bucket name"), ("source", "a path or a bucket URL")):
+                if key in src and src[key] is None:
+                    fail(
+                        join(join(path, dest), key),
+                        f"expected {what}, got null (fill it in or remove the key)",
+                    )
+
+
+def git_workdir(raw: dict[str, Any], path: str = "workdir") -> GitWorkdir:
+    url = raw.get("url")
+    if not isinstance(url, str) or not url.strip():
+        if "url" not in raw:
+            fail(join(path, "url"), "required key is missing (the git repository URL)")
+        fail(join(path, "url"), f"expected a git repository URL, got {describe(url)}")
+    ref = raw.get("ref")
+    if ref is not None and not isinstance(ref, str):
+        fail(join(path, "ref"), f"expected a branch, tag or commit, got {describe(ref)}")
+    return GitWorkdir(url, ref)
+
+
+def check_workdir(workdir: str | dict[str, Any], path: str = "workdir") -> None:
+    if isinstance(workdir, str):
+        _check_local(workdir, path)
+    else:
+        git_workdir(workdir, path)
+
+
+def check_volumes(volumes: dict[str, str | dict[str, Any]], path: str = "volumes") -> None:
+    for mount, spec in volumes.items():
+        where = join(path, mount)
+        if not mount.strip():
+            fail(path, "expected a mount path as each key, got an empty string")
+        if isinstance(spec, str):
+            if not spec.strip():
+                fail(where, "expected a volume name, got an empty string")
+            continue
+        for key in ("name", "sub_path", "type", "infra"):
+            if key in spec and not isinstance(spec[key], str):
+                fail(join(where, key), f"expected a string, got {describe(spec[key])}")
+        if "size" in spec and (
+            isinstance(spec["size"], bool) or not isinstance(spec["size"], str | int)
+        ):
+            fail(
+                join(where, "size"),
+                f"expected a size like '10Gi' or 100, got {describe(spec['size'])}",
+            )
+        labels = spec.get("labels")
+        if labels is not None and not (
+            isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+        ):
+            fail(join(where, "labels"), "expected a map of strings")
+        if "name" not in spec and "size" not in spec:
+            fail(
+                where,
+                "expected a volume name, or a map with name (existing volume) or size (new one)",
+            )
