@@ -10,22 +10,16 @@ The YAML -> `TaskRequest` adapter here is a small test-local stand-in for the ta
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
+from proto.task import from_yaml
+from stixd.planner import from_task
 from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
-from stixd.planner.request import (
-    ResourceRequest,
-    TaskRequest,
-    parse_accelerators,
-    parse_amount,
-)
+from stixd.planner.request import TaskRequest
 from tests.optimizer_support import index
 from tests.test_catalog import REPO
 
@@ -59,65 +53,9 @@ NO_FIT = {
 }
 
 
-def _infra(text: str) -> tuple[str | None, str | None, str | None]:
-    parts = [None if p in ("", "*") else p for p in text.split("/")]
-    cloud = parts[0].lower() if parts[0] else None
-    cloud = "kubernetes" if cloud == "k8s" else cloud
-    return cloud, parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
-
-
-def _ports(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    return (str(value),) if isinstance(value, int | str) else tuple(str(p) for p in value)
-
-
-def resource_request(cfg: Mapping[str, Any]) -> ResourceRequest:
-    cloud, region, zone = cfg.get("cloud"), cfg.get("region"), cfg.get("zone")
-    if cfg.get("infra"):
-        cloud, region, zone = _infra(str(cfg["infra"]))
-    accelerators, ordered = parse_accelerators(cfg.get("accelerators", cfg.get("gpus")))
-    image = cfg.get("image_id")
-    return ResourceRequest(
-        cloud=str(cloud).lower() if cloud else None,
-        region=region,
-        zone=zone,
-        instance_type=cfg.get("instance_type"),
-        cpus=parse_amount(cfg["cpus"], "cpus") if cfg.get("cpus") is not None else None,
-        memory_gib=parse_amount(cfg["memory"], "memory") if cfg.get("memory") is not None else None,
-        accelerators=accelerators,
-        accelerators_ordered=ordered,
-        use_spot=cfg.get("use_spot"),
-        disk_size_gb=float(cfg["disk_size"]) if cfg.get("disk_size") else None,
-        disk_tier=cfg.get("disk_tier"),
-        network_tier=cfg.get("network_tier"),
-        image_id=dict(image) if isinstance(image, dict) else image,
-        ports=_ports(cfg.get("ports")),
-        labels=dict(cfg.get("labels") or {}),
-    )
-
-
-def task_request(doc: Mapping[str, Any]) -> TaskRequest:
-    resources = dict(doc.get("resources") or {})
-    any_of, ordered = resources.pop("any_of", None), resources.pop("ordered", None)
-    if any_of or ordered:
-        alternatives = tuple(resource_request({**resources, **e}) for e in any_of or ordered)
-        mode = "any_of" if any_of else "ordered"
-    else:
-        alternatives, mode = (resource_request(resources),), "single"
-    return TaskRequest(
-        name=doc.get("name"),
-        num_nodes=int(doc.get("num_nodes") or 1),
-        alternatives=alternatives,
-        mode=mode,
-    )
-
-
 def task_requests(path: Path) -> list[TaskRequest]:
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    if len(docs) > 1 and set(docs[0]) <= {"name"}:  # a pipeline: the first doc names it
-        docs = docs[1:]
-    return [task_request(d) for d in docs]
+    """The real path: the task model's loader, then the planner's adapter."""
+    return from_task.task_requests(from_yaml(path.read_text(), str(path)))
 
 
 @pytest.mark.skipif(not FILES, reason=f"no compat corpus at {CORPUS}")
