@@ -124,6 +124,14 @@ class Events(Msg, tag="events", frozen=True):
     limit: int = 200
 
 
+class PlanRequest(Msg, tag="plan", frozen=True):
+    """`launch --dryrun`: plan these tasks (a pipeline when several), launch nothing."""
+
+    tasks: list[Task]
+    all_clouds: bool = False
+    minimize: str = "cost"
+
+
 class ShowGpus(Msg, tag="show_gpus", frozen=True):
     name: str | None = None
     count: float | None = None
@@ -161,6 +169,7 @@ Request = (
     | CostReportReq
     | Check
     | Events
+    | PlanRequest
     | ShowGpus
     | CatalogUpdate
     | CatalogStatus
@@ -300,6 +309,12 @@ class Table(Msg, tag="table", frozen=True):
     ok: bool = True
 
 
+class PlanReply(Msg, tag="plan_reply", frozen=True):
+    text: str
+    json: str
+    no_fit_reason: str | None = None
+
+
 class DaemonInfo(Msg, tag="daemon_info", frozen=True):
     pid: int
     version: str
@@ -321,6 +336,7 @@ Reply = (
     | CheckReply
     | EventList
     | Table
+    | PlanReply
     | DaemonInfo
 )
 StreamEvent = Progress | LogChunk | JobSubmitted

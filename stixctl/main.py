@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +11,12 @@ from typing import Any
 from proto import messages as m
 from proto.errors import InvalidConfig, InvalidRequest, JobFailed, StixError
 from proto.paths import stix_home
+from stixctl import taskargs, validate
 
 # `sky logs --status` exit codes, kept so scripts written for SkyPilot keep working.
 EXIT_FOR_STATUS = {"SUCCEEDED": 0, "CANCELLED": 103}
 EXIT_FAILED, EXIT_NOT_FINISHED = 100, 101
+EXIT_NO_FIT = 5  # as ProvisionError: no infra can run the task
 
 
 def _status_exit(state: str) -> int:
@@ -46,55 +47,6 @@ def _json(value: Any) -> None:
 
 
 # -- task arguments --------------------------------------------------------------------------
-
-
-def _env_pairs(pairs: list[str], env_file: str | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if env_file:
-        try:
-            lines = Path(env_file).read_text().splitlines()
-        except OSError as exc:
-            raise InvalidRequest(f"--env-file {env_file}: {exc.strerror}") from None
-        for line in lines:
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                k, _, v = line.partition("=")
-                out[k.strip()] = v.strip().strip("'\"")
-    for pair in pairs:
-        if "=" in pair:
-            k, _, v = pair.partition("=")
-            out[k] = v
-        elif pair in os.environ:
-            out[pair] = os.environ[pair]
-        else:
-            raise InvalidRequest(
-                f"--env {pair}: no value given and {pair} is not set in this shell"
-            )
-    return out
-
-
-def _load_task(entrypoint: list[str], args: argparse.Namespace) -> Any:
-    from proto import task as t
-
-    if not entrypoint:
-        raise InvalidRequest("give a task YAML file or a shell command to run")
-    first = entrypoint[0]
-    if len(entrypoint) == 1 and (first.endswith((".yaml", ".yml")) or os.path.isfile(first)):
-        task = t.load_task_file(first)
-    else:
-        task = t.task_from_command(" ".join(entrypoint))
-    overrides = _env_pairs(args.env or [], getattr(args, "env_file", None))
-    if overrides:
-        task = t.apply_env_overrides(task, overrides)
-    if getattr(args, "num_nodes", None):
-        import msgspec
-
-        task = msgspec.structs.replace(task, num_nodes=args.num_nodes)
-    if getattr(args, "name", None):
-        import msgspec
-
-        task = msgspec.structs.replace(task, name=args.name)
-    return task
 
 
 def _config_layers(extra: list[str]) -> list[m.ConfigLayer]:
@@ -129,7 +81,9 @@ def _config_layers(extra: list[str]) -> list[m.ConfigLayer]:
 def cmd_launch(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
-    task = _load_task(a.entrypoint, a)
+    if a.dryrun:
+        return cmd_dryrun(home, a)
+    task = taskargs.load(a.entrypoint, a)
     req = m.Launch(
         task=task,
         cluster=a.cluster,
@@ -142,10 +96,26 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
     return _finish_run(call(home, req, _on_event), a)
 
 
+def cmd_dryrun(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    dag = taskargs.load(a.entrypoint, a, pipeline=True)
+    req = m.PlanRequest(tasks=list(dag.tasks), all_clouds=a.all_clouds, minimize=a.minimize)
+    reply = call(home, req, _on_event)
+    if a.json:
+        sys.stdout.write(reply.json + "\n")
+    else:
+        print(reply.text)
+    if reply.no_fit_reason:
+        _err(f"stixctl: nothing fits: {reply.no_fit_reason}")
+        return EXIT_NO_FIT
+    return 0
+
+
 def cmd_exec(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
-    task = _load_task(a.entrypoint, a)
+    task = taskargs.load(a.entrypoint, a)
     req = m.Exec(cluster=a.cluster, task=task, detach=a.detach_run)
     return _finish_run(call(home, req, _on_event), a)
 
@@ -329,10 +299,7 @@ def cmd_daemon(home: Path, a: argparse.Namespace) -> int:
 
 
 def _task_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", action="append", metavar="K[=V]", help="set an env var (repeatable)")
-    p.add_argument("--env-file", help="read env vars from a dotenv file")
-    p.add_argument("--num-nodes", type=int, help="override num_nodes")
-    p.add_argument("-n", "--name", help="task name")
+    taskargs.add_task_flags(p)
     p.add_argument(
         "-d", "--detach-run", action="store_true", help="return once the job is submitted"
     )
@@ -347,6 +314,11 @@ def _launch_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="N")
     s.add_argument("--no-setup", action="store_true", help="skip the setup step")
     s.add_argument("--config", action="append", metavar="FILE", help="extra config file")
+    s.add_argument("--dryrun", action="store_true", help="print the plan; launch nothing")
+    s.add_argument(
+        "--all-clouds", action="store_true", help="dryrun: plan over every cloud in the catalog"
+    )
+    s.add_argument("--minimize", choices=["cost", "time"], default="cost")
     _task_flags(s)
     s.set_defaults(fn=cmd_launch)
 
@@ -489,6 +461,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "events": ("the history of a cluster (or --kind job ID)", _events_args),
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),
+    "validate": ("check task files on this machine (no daemon needed)", validate.add_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
 }
 

@@ -9,13 +9,13 @@ machine, an env or secret left null — is a warning, worded exactly as launch w
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import msgspec
 
-from proto.errors import InvalidRequest, InvalidTask
+from proto.errors import InvalidTask
+from stixctl.taskargs import pairs
 
 EXIT_INVALID = 2
 
@@ -26,21 +26,6 @@ class FileReport(msgspec.Struct):
     errors: list[str]
     warnings: list[str]
     tasks: int
-
-
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if sep:
-            out[name] = value
-        elif item in os.environ:
-            out[item] = os.environ[item]
-        else:
-            raise InvalidRequest(
-                f"{flag} {item}: no value given and {item} is not set in this shell"
-            )
-    return out
 
 
 def judge(path: str, env: dict[str, str], secrets: dict[str, str]) -> FileReport:
@@ -64,8 +49,8 @@ def judge(path: str, env: dict[str, str], secrets: dict[str, str]) -> FileReport
 
 def cmd_validate(home: Path, args: argparse.Namespace) -> int:
     del home  # validation never needs the daemon
-    env = _pairs(args.env or [], "--env")
-    secrets = _pairs(args.secret or [], "--secret")
+    env = pairs(args.env or [], "--env")
+    secrets = pairs(args.secret or [], "--secret")
     reports = [judge(f, env, secrets) for f in args.files]
     if args.json:
         sys.stdout.write(msgspec.json.encode(reports).decode() + "\n")

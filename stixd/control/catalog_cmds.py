@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -24,6 +24,7 @@ from stixd.planner.catalog import (
 )
 
 Emit = Callable[[Any], Awaitable[None]]
+T = TypeVar("T")
 URL_ENV = "STIX_CATALOG_URL"  # a mirror of the public catalog (…/catalogs, holding v8/<cloud>/)
 
 
@@ -58,22 +59,26 @@ async def _fetch(app: App, clouds: list[str] | None, emit: Emit) -> None:
         )
 
 
-async def show_gpus_cmd(app: App, req: m.ShowGpus, emit: Emit) -> m.Table:
+async def with_catalog(app: App, emit: Emit, query: Callable[[Catalog], T]) -> T:
+    """Run `query` on the catalog in a worker thread, fetching what is missing on the way."""
     if not catalog_of(app).clouds():
         await _fetch(app, None, emit)
     for _ in range(3):  # each round may fetch one missing cloud's catalog
-        query = functools.partial(
-            show_gpus, catalog_of(app), req.name, req.count, req.infra, req.all
-        )
+        catalog = catalog_of(app)
         try:
-            rows = await anyio.to_thread.run_sync(query)
+            return await anyio.to_thread.run_sync(functools.partial(query, catalog))
         except CatalogMissing as exc:
             await _fetch(app, [exc.cloud], emit)
-            continue
         except CatalogError as exc:
             raise InvalidRequest(str(exc)) from None
-        return m.Table(text=render_show_gpus(rows), rows=[msgspec.to_builtins(r) for r in rows])
     raise InvalidRequest("the catalog kept changing while it was read; try again")
+
+
+async def show_gpus_cmd(app: App, req: m.ShowGpus, emit: Emit) -> m.Table:
+    rows = await with_catalog(
+        app, emit, lambda c: show_gpus(c, req.name, req.count, req.infra, req.all)
+    )
+    return m.Table(text=render_show_gpus(rows), rows=[msgspec.to_builtins(r) for r in rows])
 
 
 async def catalog_update(app: App, req: m.CatalogUpdate, emit: Emit) -> m.Table:

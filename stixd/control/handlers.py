@@ -14,14 +14,12 @@ from proto.errors import (
     InternalError,
     InvalidConfig,
     InvalidRequest,
-    InvalidTask,
     error_from_code,
 )
-from proto.task import missing_envs
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
-from stixd.control import catalog_cmds
+from stixd.control import catalog_cmds, plan_cmds
 from stixd.control.logs import find_job, stream_job_logs
 from stixd.planner.local_fit import check_fits_local
 from stixd.runtime.mailbox import Envelope, reply_channel
@@ -68,13 +66,9 @@ async def ask_cluster(
 
 
 def _check_task(task: Any) -> None:
-    missing = missing_envs(task)
-    if missing:
-        raise InvalidTask(
-            f"envs.{missing[0]}: required but not set; pass it with --env {missing[0]}=VALUE"
-        )
+    """Refuse what cannot launch, in the words `stixctl validate` warns with."""
+    validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
     check_fits_local(task)
-    validate_mounts(task)
 
 
 async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
@@ -320,6 +314,8 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await check(app, req, emit)
     if isinstance(req, m.Events):
         return await events(app, req, emit)
+    if isinstance(req, m.PlanRequest):
+        return await plan_cmds.plan_cmd(app, req, emit)
     if isinstance(req, m.ShowGpus):
         return await catalog_cmds.show_gpus_cmd(app, req, emit)
     if isinstance(req, m.CatalogUpdate):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from proto.task import Dag, Resources, Task
 from stixd.planner.request import (
     Accelerator,
@@ -57,6 +59,7 @@ def _inputs(task: Task) -> DataSize | None:
 def task_request(task: Task) -> TaskRequest:
     res = task.resources or Resources()
     candidates = res.candidates()
+    mode: Literal["single", "any_of", "ordered"]
     if res.any_of:
         mode = "any_of"
     elif res.ordered:

@@ -1,0 +1,136 @@
+"""Task arguments shared by launch, exec and validate: the task file or command, --env,
+--env-file, --secret and SkyPilot's resource-override flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from proto.errors import InvalidRequest
+
+
+def pairs(items: list[str], flag: str) -> dict[str, str]:
+    """`NAME=VALUE` pairs; a bare `NAME` takes its value from this shell, as SkyPilot does."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if sep:
+            out[name] = value
+        elif item in os.environ:
+            out[item] = os.environ[item]
+        else:
+            raise InvalidRequest(
+                f"{flag} {item}: no value given and {item} is not set in this shell"
+            )
+    return out
+
+
+def env_file_pairs(path: str) -> dict[str, str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise InvalidRequest(f"--env-file {path}: {exc.strerror}") from None
+    out: dict[str, str] = {}
+    for line in lines:
+        line = line.strip().removeprefix("export ").strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, _, v = line.partition("=")
+            out[k.strip()] = v.strip().strip("'\"")
+    return out
+
+
+def add_task_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", action="append", metavar="K[=V]", help="set an env var (repeatable)")
+    p.add_argument("--env-file", help="read env vars from a dotenv file")
+    p.add_argument("--secret", action="append", metavar="K[=V]", help="set a secret (repeatable)")
+    p.add_argument("-n", "--name", help="task name")
+    r = p.add_argument_group("resource overrides (merged with the file as SkyPilot does)")
+    r.add_argument("--gpus", metavar="NAME[:N]", help="accelerators, e.g. A100:8")
+    r.add_argument("--cpus", metavar="N[+]")
+    r.add_argument("--memory", metavar="GB[+]")
+    r.add_argument("--infra", metavar="CLOUD[/REGION[/ZONE]]")
+    r.add_argument("--cloud")
+    r.add_argument("--region")
+    r.add_argument("--zone")
+    r.add_argument("--use-spot", dest="use_spot", action="store_true", default=None)
+    r.add_argument("--no-use-spot", dest="use_spot", action="store_false")
+    r.add_argument("--instance-type", "-t")
+    r.add_argument("--num-nodes", type=int)
+    r.add_argument("--disk-size", metavar="GB")
+    r.add_argument("--disk-tier", choices=["low", "medium", "high", "ultra", "best", "none"])
+    r.add_argument("--network-tier", choices=["standard", "best", "none"])
+    r.add_argument("--image-id")
+    r.add_argument("--ports", action="append", metavar="PORT[-PORT]")
+
+
+_OVERRIDES = (
+    "gpus",
+    "cpus",
+    "memory",
+    "infra",
+    "cloud",
+    "region",
+    "zone",
+    "use_spot",
+    "instance_type",
+    "num_nodes",
+    "disk_size",
+    "disk_tier",
+    "network_tier",
+    "image_id",
+    "ports",
+)
+
+
+def _overrides(args: argparse.Namespace) -> Any:
+    given = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k, None) is not None}
+    if not given:
+        return None
+    from proto.task import ResourceOverrides
+
+    if "ports" in given:
+        given["ports"] = [int(p) if p.isdigit() else p for p in given["ports"]]
+    return ResourceOverrides(**given)
+
+
+def is_task_file(entrypoint: list[str]) -> bool:
+    first = entrypoint[0] if entrypoint else ""
+    return len(entrypoint) == 1 and (first.endswith((".yaml", ".yml")) or os.path.isfile(first))
+
+
+def load(entrypoint: list[str], args: argparse.Namespace, *, pipeline: bool = False) -> Any:
+    """The task (or, with `pipeline`, the Dag) the command line describes, overrides applied."""
+    import msgspec
+
+    from proto import task as t
+
+    if not entrypoint:
+        raise InvalidRequest("give a task YAML file or a shell command to run")
+    envs = env_file_pairs(args.env_file) if getattr(args, "env_file", None) else {}
+    envs.update(pairs(args.env or [], "--env"))
+    secrets = pairs(getattr(args, "secret", None) or [], "--secret")
+    kwargs = {"env_overrides": envs or None, "secret_overrides": secrets or None}
+    if is_task_file(entrypoint):
+        loaded = (t.load_dag_file if pipeline else t.load_task_file)(entrypoint[0], **kwargs)
+    else:
+        loaded = t.task_from_command(" ".join(entrypoint))
+        if envs:
+            loaded = t.apply_env_overrides(loaded, envs)
+        if secrets:
+            loaded = t.apply_secret_overrides(loaded, secrets)
+        if pipeline:
+            loaded = t.Dag(tasks=[loaded])
+    overrides = _overrides(args)
+
+    def adjust(task: Any) -> Any:
+        if overrides is not None:
+            task = t.apply_overrides(task, overrides)
+        if getattr(args, "name", None):
+            task = msgspec.structs.replace(task, name=args.name)
+        return task
+
+    if isinstance(loaded, t.Dag):
+        return msgspec.structs.replace(loaded, tasks=[adjust(x) for x in loaded.tasks])
+    return adjust(loaded)

@@ -1,0 +1,73 @@
+"""`launch --dryrun`: the optimizer's plan for a task or a pipeline, as a table or JSON."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+from proto import messages as m
+from proto.errors import InvalidRequest
+from stixd.app import App
+from stixd.control.catalog_cmds import with_catalog
+from stixd.planner.catalog import Catalog, Offer
+from stixd.planner.from_task import task_request
+from stixd.planner.local_fit import machine_memory_gb
+from stixd.planner.offers import OfferIndex
+from stixd.planner.optimizer import plan, plan_pipeline
+from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
+from stixd.planner.request import TaskRequest
+
+Emit = Callable[[Any], Awaitable[None]]
+
+
+def local_offer() -> Offer:
+    """This machine as the planner sees the local infra: its CPUs and memory, $0, no GPUs."""
+    return Offer(
+        cloud="local",
+        instance_type="local",
+        accelerator=None,
+        accelerator_count=0.0,
+        vcpus=float(os.cpu_count() or 1),
+        memory_gib=round(machine_memory_gb(), 1),
+        price=0.0,
+        spot_price=None,
+        region="local",
+    )
+
+
+def _enabled(app: App, all_clouds: bool, catalog_clouds: Sequence[str]) -> list[str]:
+    allowed = app.config.allowed_clouds
+    names = list(catalog_clouds) if all_clouds else ["local"]
+    return [n for n in names if allowed is None or n in allowed]
+
+
+def _plan(
+    app: App, requests: list[TaskRequest], req: m.PlanRequest, catalog: Catalog
+) -> m.PlanReply:
+    enabled = _enabled(app, req.all_clouds, catalog.clouds() if req.all_clouds else ())
+    extra = {} if req.all_clouds else {"local": [local_offer()]}
+    index = OfferIndex(catalog)
+    minimize: Literal["cost", "time"] = "time" if req.minimize == "time" else "cost"
+    if len(requests) == 1:
+        p = plan(requests[0], index, enabled_clouds=enabled, minimize=minimize, extra_offers=extra)
+        return m.PlanReply(
+            text=render_plan(p), json=plan_json(p).decode(), no_fit_reason=p.no_fit_reason
+        )
+    pp = plan_pipeline(
+        requests, index, enabled_clouds=enabled, minimize=minimize, extra_offers=extra
+    )
+    return m.PlanReply(
+        text=render_pipeline(pp), json=plan_json(pp).decode(), no_fit_reason=pp.no_fit_reason
+    )
+
+
+async def plan_cmd(app: App, req: m.PlanRequest, emit: Emit) -> m.PlanReply:
+    if not req.tasks:
+        raise InvalidRequest("the file holds no task to plan")
+    requests = [task_request(t) for t in req.tasks]
+    if not req.all_clouds:
+        from stixd.control.catalog_cmds import catalog_of
+
+        return _plan(app, requests, req, catalog_of(app))
+    return await with_catalog(app, emit, lambda catalog: _plan(app, requests, req, catalog))
