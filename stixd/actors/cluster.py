@@ -22,7 +22,7 @@ from stixd.actors.job import ClusterGone, JobEvent
 from stixd.actors.jobs_submit import create_job
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
-from stixd.planner.local_fit import check_fits_local
+from stixd.planner.local_fit import check_fits_local, local_offer
 from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
@@ -230,6 +230,7 @@ class ClusterActor(Actor):
             "provider": "local",
             "num_nodes": req.task.num_nodes,
             "resources": f"{req.task.num_nodes}x local",
+            "hourly_price": local_offer().price,  # per node, as the planner prices it
         }
         self.row = await self.store.update(self.row, event="save", spec=spec, record_event=False)
         job_id = int({**self.row.data, **data}.get("next_job_id", 1))

@@ -115,7 +115,7 @@ def cluster_record(row: Row) -> m.ClusterRecord:
         autostop_idle_minutes=minutes,
         autostop_down=bool(autostop.get("down")),
         autostop_at=(idle_since + minutes * 60) if (idle_since and minutes is not None) else None,
-        hourly_price=0.0,
+        hourly_price=float(spec.get("hourly_price", 0.0)),
         head_ip=nodes[0]["ip"] if nodes else None,
         last_error=data.get("last_error"),
     )

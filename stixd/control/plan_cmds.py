@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
@@ -10,30 +9,15 @@ from proto import messages as m
 from proto.errors import InvalidRequest
 from stixd.app import App
 from stixd.control.catalog_cmds import with_catalog
-from stixd.planner.catalog import Catalog, Offer
+from stixd.planner.catalog import Catalog
 from stixd.planner.from_task import task_request
-from stixd.planner.local_fit import machine_memory_gb
+from stixd.planner.local_fit import local_offer
 from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
 
 Emit = Callable[[Any], Awaitable[None]]
-
-
-def local_offer() -> Offer:
-    """This machine as the planner sees the local infra: its CPUs and memory, $0, no GPUs."""
-    return Offer(
-        cloud="local",
-        instance_type="local",
-        accelerator=None,
-        accelerator_count=0.0,
-        vcpus=float(os.cpu_count() or 1),
-        memory_gib=round(machine_memory_gb(), 1),
-        price=0.0,
-        spot_price=None,
-        region="local",
-    )
 
 
 def _enabled(app: App, all_clouds: bool, catalog_clouds: Sequence[str]) -> list[str]:

@@ -6,6 +6,7 @@ import os
 
 from proto.errors import InvalidTask
 from proto.task import Resources, Task
+from stixd.planner.catalog import Offer
 
 LOCAL_NAMES = {"local"}
 
@@ -56,3 +57,18 @@ def check_fits_local(task: Task) -> None:
             first = first or exc
     if first is not None:
         raise first
+
+
+def local_offer() -> Offer:
+    """This machine as the planner sees the local infra: its CPUs and memory, $0, no GPUs."""
+    return Offer(
+        cloud="local",
+        instance_type="local",
+        accelerator=None,
+        accelerator_count=0.0,
+        vcpus=float(os.cpu_count() or 1),
+        memory_gib=round(machine_memory_gb(), 1),
+        price=0.0,
+        spot_price=None,
+        region="local",
+    )
