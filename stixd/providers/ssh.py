@@ -1,0 +1,338 @@
+"""The ``ssh`` provider: clusters on machines the user already has, listed in node pools.
+
+A launch takes free hosts of the named pool (``resources["pool"]``), records them in the
+allocation file before touching any host, then puts an agent on each in parallel over the one
+``SshConnection`` the provider keeps per host. Nothing is created or destroyed at a cloud: stop
+shuts the agents down, terminate also removes what stix left in the remote home and releases
+the hosts for the next cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from proto.errors import ProvisionError
+from stixd.agent_bundle import build_id
+from stixd.agent_client import AgentClient, AgentUnreachable
+from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.bootstrap import BootstrapError, ensure_agent
+from stixd.providers.ssh_pools import POOLS_FILE, Allocations, HeldHost, PoolHost, SshPool
+from stixd.providers.ssh_sync import Method
+from stixd.providers.ssh_sync import sync as sync_mounts
+from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, quote
+
+HELLO_DEADLINE_S = 5.0
+STOP_WITHIN_S = 10.0
+WORKDIR = "sky_workdir"
+
+_PROBE = """\
+printf 'home=%s\\n' "$HOME"
+if command -v python3 >/dev/null 2>&1; then
+  python3 - <<'PY'
+import glob, os, socket, sys
+print("python=%d.%d.%d" % sys.version_info[:3])
+live = []
+for path in sorted(glob.glob(os.path.expanduser("~/.stix/nodes/*/agent.sock"))):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(1)
+    try:
+        s.connect(path)
+        live.append(os.path.basename(os.path.dirname(path)))
+    except OSError:
+        pass
+    finally:
+        s.close()
+print("agents=" + ",".join(live))
+PY
+else
+  echo python=
+fi
+df -Pk "$HOME" | awk 'NR==2 {print "free_kb=" $4}'
+"""
+
+
+class SshLaunchError(ProvisionError):
+    """Some hosts of a launch could not get an agent; ``retryable`` if all may recover."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclasses.dataclass(frozen=True)
+class HostReport:
+    host: str
+    reachable: bool
+    python: str | None = None
+    free_bytes: int | None = None
+    agents: tuple[str, ...] = ()
+    """Nodes (``<cluster>-<rank>``) whose agent answers on this host."""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.python is not None and self.error is None
+
+
+class SshProvider:
+    name = "ssh"
+
+    def __init__(
+        self,
+        home: Path,
+        pools: dict[str, SshPool],
+        settings: SshSettings | None = None,
+        *,
+        known_hosts: str | None = None,
+    ) -> None:
+        self.home = home
+        self.pools = pools
+        self.settings = settings or SshSettings()
+        self.known_hosts = known_hosts
+        self.allocations = Allocations(home)
+        self.last_error: dict[str, dict[int, str]] = {}
+        """Per cluster, per rank: why the last query or terminate could not reach that host."""
+        self._conns: dict[str, SshConnection] = {}
+
+    # -- hosts and connections -----------------------------------------------------------
+
+    def _pool(self, name: Any) -> SshPool:
+        if not isinstance(name, str) or not name:
+            raise ProvisionError("the ssh provider needs a pool: launch with --infra ssh/POOL")
+        pool = self.pools.get(name)
+        if pool is None:
+            known = ", ".join(sorted(self.pools)) or "none"
+            raise ProvisionError(f"no ssh pool {name} in {POOLS_FILE} (pools: {known})")
+        if pool.jump_host or pool.proxy_command:
+            raise ProvisionError(
+                f"ssh pool {name}: jump_host and proxy_command are not supported yet; "
+                "make the hosts reachable directly"
+            )
+        return pool
+
+    def _host(self, key: str) -> PoolHost:
+        for pool in self.pools.values():
+            for host in pool.hosts:
+                if host.key == key:
+                    return host
+        raise ProvisionError(f"host {key} is in {self.allocations.path} but in no ssh pool")
+
+    def _host_by_ip(self, ip: str) -> PoolHost:
+        for pool in self.pools.values():
+            for host in pool.hosts:
+                if host.ip == ip:
+                    return host
+        raise ProvisionError(f"no ssh pool lists a host {ip}")
+
+    def connection(self, host: PoolHost) -> SshConnection:
+        conn = self._conns.get(host.key)
+        if conn is None:
+            conn = SshConnection(host.target(self.known_hosts), self.settings)
+            self._conns[host.key] = conn
+        return conn
+
+    def _held(self, cluster: str) -> list[tuple[int, PoolHost, HeldHost]]:
+        holding = self.allocations.read().get(cluster)
+        if holding is None:
+            return []
+        return [(rank, self._host(h.host), h) for rank, h in enumerate(holding.hosts)]
+
+    async def aclose(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            await conn.close()
+
+    # -- Provider ------------------------------------------------------------------------
+
+    async def check(self) -> CheckResult:
+        if not self.pools:
+            return CheckResult(False, f"no SSH node pools: list your machines in {POOLS_FILE}")
+        pools = ", ".join(f"{p.name} ({len(p.hosts)} hosts)" for p in self.pools.values())
+        return CheckResult(True, f"SSH node pools: {pools}")
+
+    async def probe_pool(self, pool: str) -> list[HostReport]:
+        """Each host of ``pool`` on a fresh connection: one bad host never hides the others."""
+        hosts = self._pool(pool).hosts
+        reports: list[HostReport | None] = [None] * len(hosts)
+
+        async def one(i: int, host: PoolHost) -> None:
+            reports[i] = await self._probe_host(host)
+
+        async with anyio.create_task_group() as tg:
+            for i, host in enumerate(hosts):
+                tg.start_soon(one, i, host)
+        return [r for r in reports if r is not None]
+
+    async def _probe_host(self, host: PoolHost) -> HostReport:
+        conn = SshConnection(host.target(self.known_hosts), self.settings)
+        try:
+            status, out, err = await conn.run(_PROBE, timeout=self.settings.connect_timeout + 20)
+        except SshError as exc:
+            return HostReport(host.key, reachable=False, error=str(exc))
+        finally:
+            await conn.close()
+        facts = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        python = facts.get("python") or None
+        free_kb = facts.get("free_kb", "")
+        error = None
+        if python is None:
+            error = f"host {host.key}: python3 is not installed; stix needs it on every node"
+        elif status != 0:
+            error = f"host {host.key}: the probe failed: {err.strip()[-200:]}"
+        return HostReport(
+            host.key,
+            reachable=True,
+            python=python,
+            free_bytes=int(free_kb) * 1024 if free_kb.isdigit() else None,
+            agents=tuple(a for a in facts.get("agents", "").split(",") if a),
+            error=error,
+        )
+
+    async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
+        """Idempotent: a cluster holding hosts gets the same ones, in the same rank order."""
+        pool = self._pool(req.resources.get("pool"))
+        hosts = await anyio.to_thread.run_sync(
+            self.allocations.take, req.cluster, pool, req.num_nodes
+        )
+        build = _build_of(req.agent_pyz)
+        num_gpus = float(req.resources.get("num_gpus") or 0.0)
+        nodes: dict[int, NodeInfo] = {}
+        errors: dict[int, SshError | BootstrapError] = {}
+
+        async def one(rank: int, host: PoolHost) -> None:
+            conn = self.connection(host)
+            try:
+                ep = await ensure_agent(
+                    conn,
+                    cluster=req.cluster,
+                    rank=rank,
+                    node_ip=host.ip,
+                    pyz=req.agent_pyz,
+                    build=build,
+                    num_gpus=num_gpus,
+                )
+                workdir = f"{ep.home}/{WORKDIR}"
+                await conn.run(f"mkdir -p {quote(workdir)}", timeout=30)
+            except (SshError, BootstrapError) as exc:
+                errors[rank] = exc
+                return
+            await anyio.to_thread.run_sync(
+                self.allocations.record, req.cluster, rank, ep.home, ep.socket_path
+            )
+            nodes[rank] = NodeInfo(
+                rank=rank,
+                ip=host.ip,
+                status=NodeStatus.RUNNING,
+                agent_address=ep.socket_path,
+                workdir=workdir,
+                home=ep.home,
+                pid=ep.pid,
+            )
+
+        async with anyio.create_task_group() as tg:
+            for rank, host in enumerate(hosts):
+                tg.start_soon(one, rank, host)
+        if errors:
+            detail = "; ".join(f"rank {r}: {errors[r]}" for r in sorted(errors))
+            raise SshLaunchError(
+                f"{req.cluster} on ssh pool {pool.name}: {detail}",
+                retryable=all(e.retryable for e in errors.values()),
+            )
+        return [nodes[r] for r in sorted(nodes)]
+
+    async def start(self, req: ProvisionRequest) -> list[NodeInfo]:
+        return await self.launch(req)
+
+    async def query(self, cluster: str) -> list[NodeInfo]:
+        """RUNNING where the agent answers; STOPPED otherwise, with the reason in last_error
+        for hosts that could not be reached at all."""
+        held = await anyio.to_thread.run_sync(self._held, cluster)
+        nodes: dict[int, NodeInfo] = {}
+        errors: dict[int, str] = {}
+
+        async def one(rank: int, host: PoolHost, h: HeldHost) -> None:
+            home = h.home or "~"
+            stopped = NodeInfo(
+                rank, host.ip, NodeStatus.STOPPED, h.socket or "", f"{home}/{WORKDIR}", home
+            )
+            nodes[rank] = stopped
+            conn = self.connection(host)
+            try:
+                await conn.connection()
+            except SshError as exc:
+                errors[rank] = str(exc)
+                return
+            if h.socket is None:
+                return
+            try:
+                hello = await conn.agent_client(h.socket).call("hello", deadline=HELLO_DEADLINE_S)
+            except AgentUnreachable:
+                return
+            pid = hello.get("pid")
+            nodes[rank] = dataclasses.replace(
+                stopped, status=NodeStatus.RUNNING, pid=pid if isinstance(pid, int) else None
+            )
+
+        async with anyio.create_task_group() as tg:
+            for rank, host, h in held:
+                tg.start_soon(one, rank, host, h)
+        self.last_error[cluster] = errors
+        return [nodes[r] for r in sorted(nodes)]
+
+    async def stop(self, cluster: str) -> None:
+        for node in await self.query(cluster):
+            if node.status is NodeStatus.RUNNING:
+                with contextlib.suppress(AgentUnreachable):
+                    await self.connector(node).call("shutdown", deadline=15, kill_jobs=True)
+        # the agent replies before it exits: wait until none answers
+        with anyio.move_on_after(STOP_WITHIN_S):
+            while any(n.status is NodeStatus.RUNNING for n in await self.query(cluster)):
+                await anyio.sleep(0.1)
+
+    async def terminate(self, cluster: str) -> None:
+        """Stop, clean each reachable host, release every host (unreachable ones are named in
+        last_error: stix may have left files there)."""
+        await self.stop(cluster)
+        held = await anyio.to_thread.run_sync(self._held, cluster)
+        errors: dict[int, str] = {}
+
+        async def clean(rank: int, host: PoolHost, h: HeldHost) -> None:
+            if h.home is None:
+                return
+            paths = [f"{h.home}/.stix/nodes/{cluster}-{rank}", f"{h.home}/{WORKDIR}"]
+            if h.socket and not h.socket.startswith(paths[0] + "/"):
+                paths.append(h.socket)
+            try:
+                await self.connection(host).run(f"rm -rf -- {quote(*paths)}", timeout=60)
+            except SshError as exc:
+                errors[rank] = str(exc)
+
+        async with anyio.create_task_group() as tg:
+            for rank, host, h in held:
+                tg.start_soon(clean, rank, host, h)
+        self.last_error[cluster] = errors
+        await anyio.to_thread.run_sync(self.allocations.release, cluster)
+
+    async def open_ports(self, cluster: str, ports: list[int]) -> None:
+        """Pool hosts are on the user's own network: nothing stands between them and a port."""
+
+    async def sync(self, node: NodeInfo, mounts: list[Mount], method: Method = "auto") -> int:
+        host = self._host_by_ip(node.ip)
+        return await sync_mounts(self.connection(host), host, node, mounts, method)
+
+    def connector(self, node: NodeInfo) -> AgentClient:
+        conn = self.connection(self._host_by_ip(node.ip))
+        return conn.agent_client(node.agent_address, f"rank {node.rank}@{conn.host}")
+
+
+def _build_of(pyz: Path) -> str:
+    """The build a zipapp carries in its name (``stix-agent-<build>.pyz``)."""
+    prefix, suffix = "stix-agent-", ".pyz"
+    if pyz.name.startswith(prefix) and pyz.name.endswith(suffix):
+        return pyz.name[len(prefix) : -len(suffix)]
+    return build_id()

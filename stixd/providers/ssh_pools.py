@@ -1,0 +1,294 @@
+"""SSH node pools: ``<stix home>/ssh_node_pools.yaml`` in SkyPilot's form, as typed values.
+
+A pool names machines the user already has::
+
+    gpus:
+      user: ubuntu
+      identity_file: ~/.ssh/id_ed25519
+      hosts:
+        - 10.0.0.11
+        - ip: 10.0.0.12
+          port: 2222
+
+Each host inherits the pool's ``user``, ``identity_file``, ``password`` and ``port`` unless it
+says otherwise. Every error is one sentence naming the file, the pool and the key at fault.
+
+``Allocations`` records which cluster holds which host (``<stix home>/ssh_allocations.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from proto.errors import ProvisionError
+from stixd.providers.base import CapacityError
+from stixd.providers.ssh_transport import SshTarget
+
+POOLS_FILE = "ssh_node_pools.yaml"
+_POOL_KEYS = ("user", "identity_file", "password", "port", "hosts", "proxy_command", "jump_host")
+_HOST_KEYS = ("ip", "user", "identity_file", "port", "password")
+
+Fail = Callable[[str, str], "PoolError"]
+"""Makes the error for (key, problem) at one place in the file."""
+
+
+class PoolError(ValueError):
+    """The pools file is unreadable or invalid; the message says where and what."""
+
+
+class PoolHost(msgspec.Struct, frozen=True, kw_only=True):
+    ip: str
+    port: int
+    user: str
+    identity_file: str | None = None
+    password: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The host's identity in allocations: one machine is taken by one cluster at a time."""
+        return f"{self.ip}:{self.port}"
+
+    def target(self, known_hosts: str | None = None) -> SshTarget:
+        return SshTarget(
+            host=self.ip,
+            port=self.port,
+            user=self.user,
+            identity_file=self.identity_file,
+            password=self.password,
+            known_hosts=known_hosts,
+        )
+
+    def __repr__(self) -> str:  # the password never reaches a log line
+        return f"PoolHost({self.user}@{self.key})"
+
+
+class SshPool(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    hosts: tuple[PoolHost, ...]
+    proxy_command: str | None = None
+    jump_host: str | None = None
+
+
+def load_pools(home: Path) -> dict[str, SshPool]:
+    """The pools of ``home``; no file means no pools."""
+    path = home / POOLS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PoolError(f"{POOLS_FILE}: cannot read it ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PoolError(f"{POOLS_FILE}: not valid YAML{where}") from None
+    return parse_pools(data)
+
+
+def parse_pools(data: Any, source: str = POOLS_FILE) -> dict[str, SshPool]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PoolError(f"{source}: expected a mapping of pool name to pool")
+    pools: dict[str, SshPool] = {}
+    for name, raw in data.items():
+        if not isinstance(name, str) or not name:
+            raise PoolError(f"{source}: pool names must be non-empty strings, not {name!r}")
+        pools[name] = _pool(source, name, raw)
+    return pools
+
+
+def _pool(source: str, name: str, raw: Any) -> SshPool:
+    def fail(key: str, problem: str) -> PoolError:
+        return PoolError(f"{source}: pool {name}: {key}: {problem}")
+
+    if not isinstance(raw, dict):
+        raise PoolError(f"{source}: pool {name}: expected a mapping with hosts")
+    for key in raw:
+        if key not in _POOL_KEYS:
+            raise fail(str(key), f"unknown key (expected one of {', '.join(_POOL_KEYS)})")
+    defaults = {
+        "user": _opt_str(raw, "user", fail),
+        "identity_file": _opt_str(raw, "identity_file", fail),
+        "password": _opt_str(raw, "password", fail),
+        "port": _port(raw.get("port", 22), "port", fail),
+    }
+    hosts_raw = raw.get("hosts")
+    if hosts_raw is None:
+        raise fail("hosts", "missing")
+    if not isinstance(hosts_raw, list) or not hosts_raw:
+        raise fail("hosts", "expected a non-empty list of addresses or host mappings")
+    hosts = tuple(_host(i, h, defaults, fail) for i, h in enumerate(hosts_raw))
+    seen: dict[str, int] = {}
+    for i, host in enumerate(hosts):
+        if host.key in seen:
+            raise fail(f"hosts.{i}", f"{host.key} is listed twice (also hosts.{seen[host.key]})")
+        seen[host.key] = i
+    return SshPool(
+        name=name,
+        hosts=hosts,
+        proxy_command=_opt_str(raw, "proxy_command", fail),
+        jump_host=_opt_str(raw, "jump_host", fail),
+    )
+
+
+def _host(index: int, raw: Any, defaults: dict[str, Any], fail: Fail) -> PoolHost:
+    at = f"hosts.{index}"
+    if isinstance(raw, str):
+        raw = {"ip": raw}
+    if not isinstance(raw, dict):
+        raise fail(at, "expected an address or a mapping with ip")
+    for key in raw:
+        if key not in _HOST_KEYS:
+            raise fail(f"{at}.{key}", f"unknown key (expected one of {', '.join(_HOST_KEYS)})")
+
+    def host_fail(key: str, problem: str) -> PoolError:
+        return fail(f"{at}.{key}", problem)
+
+    ip = raw.get("ip")
+    if ip is None:
+        raise host_fail("ip", "missing")
+    if not isinstance(ip, str) or not ip.strip():
+        raise host_fail("ip", "expected a host name or address")
+    user = _opt_str(raw, "user", host_fail) or defaults["user"] or getpass.getuser()
+    identity = _opt_str(raw, "identity_file", host_fail) or defaults["identity_file"]
+    password = _opt_str(raw, "password", host_fail) or defaults["password"]
+    port = _port(raw["port"], "port", host_fail) if "port" in raw else defaults["port"]
+    return PoolHost(
+        ip=ip.strip(),
+        port=port,
+        user=user,
+        identity_file=os.path.expanduser(identity) if identity else None,
+        password=password,
+    )
+
+
+def _opt_str(raw: dict[str, Any], key: str, fail: Fail) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise fail(key, "expected a non-empty string")
+    return value
+
+
+def _port(value: Any, key: str, fail: Fail) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise fail(key, f"expected a port number from 1 to 65535, not {value!r}")
+    return value
+
+
+# -- allocations ---------------------------------------------------------------------------
+
+ALLOCATIONS_FILE = "ssh_allocations.json"
+
+
+class HeldHost(msgspec.Struct, kw_only=True):
+    host: str
+    """``PoolHost.key`` of the machine."""
+    home: str | None = None
+    socket: str | None = None
+    """Where its agent listens, once an agent was started there."""
+
+
+class Holding(msgspec.Struct, kw_only=True):
+    pool: str
+    hosts: list[HeldHost]
+    """In rank order: rank 0 is the head."""
+
+
+class Allocations:
+    """Which cluster holds which pool hosts, in ``<home>/ssh_allocations.json``.
+
+    Every change is a read-modify-write under an ``flock`` on a side file, written to a temp
+    name and renamed, so two daemons (or two launches) never hand one host to two clusters and
+    a crash never leaves half a file. The methods block: call them from a worker thread.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / ALLOCATIONS_FILE
+        self._lock_path = home / (ALLOCATIONS_FILE + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Holding]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = self._read()
+            before = msgspec.json.encode(data)
+            yield data
+            after = msgspec.json.encode(data)
+            if after != before:
+                partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.part")
+                partial.write_bytes(msgspec.json.format(after))
+                os.replace(partial, self.path)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _read(self) -> dict[str, Holding]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            return msgspec.json.decode(raw, type=dict[str, Holding])
+        except msgspec.DecodeError as exc:
+            raise PoolError(f"{ALLOCATIONS_FILE}: unreadable ({exc}); fix or remove it") from None
+
+    def read(self) -> dict[str, Holding]:
+        with self._locked() as data:
+            return data
+
+    def take(self, cluster: str, pool: SshPool, count: int) -> list[PoolHost]:
+        """``count`` hosts of ``pool`` for ``cluster``: the ones it holds first, in rank order."""
+        by_key = {h.key: h for h in pool.hosts}
+        with self._locked() as data:
+            holding = data.get(cluster)
+            if holding is not None and holding.pool != pool.name:
+                raise ProvisionError(
+                    f"cluster {cluster} holds hosts of ssh pool {holding.pool}, not {pool.name}; "
+                    "terminate it first"
+                )
+            held = holding.hosts if holding is not None else []
+            missing = [h.host for h in held if h.host not in by_key]
+            if missing:
+                raise ProvisionError(
+                    f"cluster {cluster} holds {', '.join(missing)}, which ssh pool {pool.name} "
+                    f"no longer lists; put them back in {POOLS_FILE} or terminate the cluster"
+                )
+            busy = {h.host for other in data.values() for h in other.hosts}
+            free = [h for h in pool.hosts if h.key not in busy]
+            need = count - len(held)
+            if need > len(free):
+                raise CapacityError(
+                    f"ssh pool {pool.name}: {cluster} needs {need} more host(s), but only "
+                    f"{len(free)} of its {len(pool.hosts)} are free",
+                    block={"cloud": "ssh", "region": pool.name},
+                )
+            if need > 0:
+                held = held + [HeldHost(host=h.key) for h in free[:need]]
+                data[cluster] = Holding(pool=pool.name, hosts=held)
+            return [by_key[h.host] for h in held[:count]]
+
+    def record(self, cluster: str, rank: int, home: str, socket: str) -> None:
+        with self._locked() as data:
+            holding = data.get(cluster)
+            if holding is not None and rank < len(holding.hosts):
+                holding.hosts[rank].home = home
+                holding.hosts[rank].socket = socket
+
+    def release(self, cluster: str) -> None:
+        with self._locked() as data:
+            data.pop(cluster, None)

@@ -1,0 +1,267 @@
+"""Put local files on an SSH node: rsync when both sides have it, else incremental SFTP.
+
+Both paths send only what changed (size and mtime), delete what is gone from the source, and
+skip what the source's ``.gitignore`` / ``.skyignore`` exclude. The SFTP path reads those two
+files at the top of the source only, with ``fnmatch`` patterns (no negations).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import anyio
+import asyncssh
+
+from stixd.providers.base import Mount, NodeInfo
+from stixd.providers.ssh_pools import PoolHost
+from stixd.providers.ssh_transport import SshConnection, SshError, SshTimeout, quote
+
+Method = Literal["auto", "rsync", "sftp"]
+IGNORE_FILES = (".gitignore", ".skyignore")
+SYNC_TIMEOUT_S = 600.0
+_TRANSFERRED = re.compile(r"Number of (?:regular )?files transferred: ([\d,.]+)")
+
+
+def resolve_dest(node: NodeInfo, dest: str) -> str:
+    """``~/x`` lands in the node's home, ``/x`` where it says, relative paths in the workdir."""
+    if dest == "~" or dest.startswith("~/"):
+        return node.home.rstrip("/") + dest[1:]
+    if dest.startswith("/"):
+        return dest
+    return f"{node.workdir.rstrip('/')}/{dest}"
+
+
+async def sync(
+    conn: SshConnection,
+    host: PoolHost,
+    node: NodeInfo,
+    mounts: list[Mount],
+    method: Method = "auto",
+) -> int:
+    """Make each mount's destination a copy of its source; the number of files transferred."""
+    if method == "auto":
+        method = "rsync" if await _rsync_usable(conn, host) else "sftp"
+    copied = 0
+    for mount in mounts:
+        src = Path(os.path.expanduser(mount.source))
+        if not src.exists():
+            raise FileNotFoundError(f"{mount.source} does not exist")
+        dest = resolve_dest(node, mount.dest)
+        parent = dest.rstrip("/").rsplit("/", 1)[0] or "/"
+        made = await conn.run(f"mkdir -p {quote(parent)}", timeout=30)
+        if made.exit_status != 0:
+            raise SshError(conn.host, f"cannot create {parent}: {made.stderr.strip()[-200:]}")
+        if method == "rsync":
+            copied += await _rsync(host, src, dest)
+        else:
+            copied += await _sftp(conn, src, dest)
+    return copied
+
+
+async def _rsync_usable(conn: SshConnection, host: PoolHost) -> bool:
+    if shutil.which("rsync") is None or not host.identity_file:
+        return False  # a password cannot be handed to ssh without a helper such as sshpass
+    result = await conn.run("command -v rsync", timeout=30)
+    return result.exit_status == 0
+
+
+def rsync_argv(host: PoolHost, src: Path, dest: str) -> list[str]:
+    assert host.identity_file is not None
+    ssh = quote(
+        "ssh",
+        "-i",
+        host.identity_file,
+        "-p",
+        str(host.port),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
+    )
+    filters = [f"--filter=:- {name}" for name in IGNORE_FILES]
+    source = f"{src}/" if src.is_dir() else str(src)
+    target = f"{dest.rstrip('/')}/" if src.is_dir() else dest
+    return [
+        "rsync",
+        "-a",
+        "--delete",
+        "--stats",
+        *filters,
+        "-e",
+        ssh,
+        source,
+        f"{host.user}@{host.ip}:{target}",
+    ]
+
+
+async def _rsync(host: PoolHost, src: Path, dest: str) -> int:
+    argv = rsync_argv(host, src, dest)
+    try:
+        with anyio.fail_after(SYNC_TIMEOUT_S):
+            done = await anyio.run_process(argv, check=False)
+    except TimeoutError:
+        raise SshTimeout(host.key, f"rsync of {src} took over {SYNC_TIMEOUT_S:g} s") from None
+    out = done.stdout.decode(errors="replace")
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip()[-300:]
+        raise SshError(host.key, f"rsync of {src} to {dest} failed ({done.returncode}): {err}")
+    found = _TRANSFERRED.search(out)
+    return int(re.sub(r"[,.]", "", found.group(1))) if found else 0
+
+
+# -- SFTP --------------------------------------------------------------------------------
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    patterns: list[str] = []
+    for name in IGNORE_FILES:
+        try:
+            lines = (root / name).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        patterns += [
+            line.strip().rstrip("/")
+            for line in lines
+            if line.strip() and not line.startswith(("#", "!"))
+        ]
+    return patterns
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        anchored = pattern.lstrip("/")
+        if pattern.startswith("/") or "/" in anchored:
+            if fnmatch.fnmatch(rel, anchored) or rel.startswith(anchored + "/"):
+                return True
+        elif fnmatch.fnmatch(name, pattern) or any(
+            fnmatch.fnmatch(part, pattern) for part in rel.split("/")[:-1]
+        ):
+            return True
+    return False
+
+
+class _Entry(NamedTuple):
+    kind: str
+    """``f`` file, ``d`` directory, ``l`` symlink (as ``find -printf %y`` says)."""
+    size: int
+    mtime: int
+    link: str = ""
+
+
+def local_tree(src: Path) -> dict[str, _Entry]:
+    """Relative path → entry of everything under ``src`` that is not ignored."""
+    patterns = _ignore_patterns(src)
+    tree: dict[str, _Entry] = {}
+    for root, dirs, files in os.walk(src):
+        base = Path(root)
+        for name in sorted(dirs + files):
+            path = base / name
+            rel = path.relative_to(src).as_posix()
+            if _ignored(rel, patterns):
+                if name in dirs:
+                    dirs.remove(name)
+                continue
+            st = path.lstat()
+            if path.is_symlink():
+                tree[rel] = _Entry("l", 0, 0, os.readlink(path))
+                if name in dirs:
+                    dirs.remove(name)
+            elif name in dirs:
+                tree[rel] = _Entry("d", 0, 0)
+            else:
+                tree[rel] = _Entry("f", st.st_size, int(st.st_mtime))
+    return tree
+
+
+async def remote_tree(conn: SshConnection, dest: str) -> dict[str, _Entry] | None:
+    """The same listing of ``dest`` on the host; None when it is not a directory."""
+    command = (
+        f"test -d {quote(dest)} || exit 3; "
+        f"find {quote(dest)} -mindepth 1 -printf '%y\\t%s\\t%T@\\t%l\\t%P\\0'"
+    )
+    result = await conn.run(command, timeout=120)
+    if result.exit_status == 3:
+        return None
+    if result.exit_status != 0:
+        raise SshError(conn.host, f"cannot list {dest}: {result.stderr.strip()[-200:]}")
+    tree: dict[str, _Entry] = {}
+    for record in result.stdout.split("\0"):
+        if not record:
+            continue
+        kind, size, mtime, link, rel = record.split("\t", 4)
+        tree[rel] = _Entry(kind, int(size), int(float(mtime)), link)
+    return tree
+
+
+def _same(a: _Entry, b: _Entry) -> bool:
+    if a.kind != b.kind:
+        return False
+    if a.kind == "f":
+        return a.size == b.size and a.mtime == b.mtime
+    return a.link == b.link
+
+
+def _stale(here: _Entry | None, there: _Entry) -> bool:
+    """Whether the remote entry must go (a directory kept as a directory stays)."""
+    if here is None:
+        return True
+    if here.kind == "d" and there.kind == "d":
+        return False
+    return not _same(here, there)
+
+
+async def _sftp(conn: SshConnection, src: Path, dest: str) -> int:
+    try:
+        ssh = await conn.connection()
+        async with ssh.start_sftp_client() as sftp:
+            if not src.is_dir():
+                st = src.stat()
+                try:
+                    attrs = await sftp.stat(dest)
+                    if attrs.size == st.st_size and attrs.mtime == int(st.st_mtime):
+                        return 0
+                except asyncssh.SFTPNoSuchFile:
+                    pass
+                await sftp.put(str(src), dest, preserve=True)
+                return 1
+            ours = local_tree(src)
+            theirs = await remote_tree(conn, dest)
+            if theirs is None:
+                await conn.run(f"rm -f {quote(dest)}", timeout=30)
+                await sftp.makedirs(dest, exist_ok=True)
+                theirs = {}
+            gone = {rel for rel, there in theirs.items() if _stale(ours.get(rel), there)}
+            if gone:
+                paths = [f"{dest}/{rel}" for rel in sorted(gone)]
+                await conn.run(f"rm -rf -- {quote(*paths)}", timeout=120)
+            copied = 0
+            for rel, entry in ours.items():  # os.walk order: a directory before its contents
+                there = theirs.get(rel)
+                if there is not None and rel not in gone:
+                    continue
+                target = f"{dest}/{rel}"
+                if entry.kind == "d":
+                    await sftp.makedirs(target, exist_ok=True)
+                elif entry.kind == "l":
+                    await sftp.symlink(entry.link, target)
+                    copied += 1
+                else:
+                    await sftp.put(str(src / rel), target, preserve=True)
+                    copied += 1
+            return copied
+    except asyncssh.SFTPError as exc:
+        raise SshError(conn.host, f"cannot copy {src} to {dest}: {exc.reason}") from None
+    except (asyncssh.Error, BrokenPipeError, ConnectionResetError) as exc:
+        raise SshError(conn.host, f"the SSH connection broke while copying {src}: {exc}") from None
