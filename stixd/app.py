@@ -35,6 +35,7 @@ class App:
     agent_build: str
     log: structlog.stdlib.BoundLogger
     catalog: Catalog | None = None  # opened on first use (stixd.control.catalog_cmds)
+    pools_stamp: int | None = -1  # mtime of ssh_node_pools.yaml when last read; -1 = never
     started_at: float = field(default_factory=time.time)
     shutdown: anyio.Event = field(default_factory=anyio.Event)
 
@@ -48,6 +49,27 @@ class App:
         from stixd.config import load_config
 
         return load_config(self.home, overrides=[(str(src), values) for src, values in layers])
+
+    def ssh_pool_sizes(self) -> dict[str, int]:
+        """Hosts per SSH pool, re-reading ssh_node_pools.yaml when it changed since last time.
+
+        A broken file is the user's error to see (InvalidConfig naming the file and key).
+        """
+        from proto.errors import InvalidConfig
+        from stixd.providers.ssh_pools import PoolError, load_pools
+
+        ssh = self.providers.get("ssh")
+        if ssh is None:
+            return {}
+        path = self.home / "ssh_node_pools.yaml"
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        if stamp != self.pools_stamp:
+            try:
+                ssh.pools = load_pools(self.home)  # type: ignore[attr-defined]
+            except PoolError as exc:
+                raise InvalidConfig(str(exc)) from None
+            self.pools_stamp = stamp
+        return {name: len(pool.hosts) for name, pool in ssh.pools.items()}  # type: ignore[attr-defined]
 
     def provider(self, name: str) -> Provider:
         return self.providers[name]

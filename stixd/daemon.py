@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 
+from proto.errors import InvalidConfig
 from proto.paths import socket_path
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.app import App
@@ -16,6 +17,7 @@ from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
 from stixd.providers.local import LocalProvider
+from stixd.providers.ssh import SshProvider
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import open_store
@@ -50,11 +52,15 @@ async def serve(home: Path, config: Config) -> None:
                     store=store,
                     watch=watch,
                     supervisor=supervisor,
-                    providers={"local": LocalProvider(home)},
+                    providers={"local": LocalProvider(home), "ssh": SshProvider(home, {})},
                     agent_pyz=pyz,
                     agent_build=build_id(),
                     log=log,
                 )
+                try:
+                    app.ssh_pool_sizes()  # read ssh_node_pools.yaml before reconciling
+                except InvalidConfig as exc:
+                    log.error("ssh_pools_invalid", error=exc.message)
                 rows = await store.live_rows()
                 for row in rows:
                     app.spawn(row)
@@ -64,6 +70,8 @@ async def serve(home: Path, config: Config) -> None:
                 await app.shutdown.wait()
                 log.info("shutting_down")
                 tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await app.providers["ssh"].aclose()  # type: ignore[attr-defined]
     finally:
         sock.unlink(missing_ok=True)
         log.info("stopped")

@@ -19,10 +19,11 @@ from proto import messages as m
 from proto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, JobNotFound, ProvisionError
 from proto.states import ClusterStatus
 from stixd.actors.job import ClusterGone, JobEvent
-from stixd.actors.jobs_submit import create_job
+from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.planner.local_fit import check_fits_local, local_offer
+from stixd.planner.target import choose_target
 from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
@@ -188,9 +189,15 @@ class ClusterActor(Actor):
     # -- launch / exec -------------------------------------------------------------------
 
     async def _launch(self, req: m.Launch, env: Envelope) -> m.LaunchResult:
-        check_fits_local(req.task)
         validate_mounts(req.task)
+        provider, pool = choose_target(req.task, self.app.ssh_pool_sizes())
         if self.state is C.UP:
+            here = (self.row.spec.get("provider", "local"), self.row.spec.get("pool"))
+            if here != (provider, pool):
+                raise InvalidRequest(
+                    f"cluster {self.id!r} runs on {infra_label(*here)} but the task asks for "
+                    f"{infra_label(provider, pool)}; launch it on a new cluster name"
+                )
             have = int(self.row.spec.get("num_nodes", 1))
             if req.task.num_nodes > have:
                 raise InvalidRequest(
@@ -208,10 +215,10 @@ class ClusterActor(Actor):
             return m.LaunchResult(cluster=self.id, job_id=job_id, job_status="INIT")
         if self.state in (C.AUTOSTOPPING,):
             raise ClusterNotUp(f"cluster {self.id!r} is stopping; retry when it is STOPPED")
-        job_id = await self._begin_launch(req)
+        job_id = await self._begin_launch(req, provider, pool)
         return await self._finish_launch(req, job_id, env)
 
-    async def _begin_launch(self, req: m.Launch) -> int:
+    async def _begin_launch(self, req: m.Launch, provider: str, pool: str | None) -> int:
         """Write the intent (state INIT + the request) before touching any infra."""
         data: dict[str, Any] = {}
         if self.state is C.TERMINATED:
@@ -227,17 +234,19 @@ class ClusterActor(Actor):
             }
         spec = {
             **self.row.spec,
-            "provider": "local",
+            "provider": provider,
+            "pool": pool,
             "num_nodes": req.task.num_nodes,
-            "resources": f"{req.task.num_nodes}x local",
-            "hourly_price": local_offer().price,  # per node, as the planner prices it
+            "resources": f"{req.task.num_nodes}x {infra_label(provider, pool)}",
+            "hourly_price": local_offer().price,  # per node: local and SSH hosts cost $0
         }
         self.row = await self.store.update(self.row, event="save", spec=spec, record_event=False)
         job_id = int({**self.row.data, **data}.get("next_job_id", 1))
         data["next_job_id"] = job_id + 1
         data["config_layers"] = [[layer.source, layer.values] for layer in req.config]
         data["pending_launch"] = {"request": msgspec.to_builtins(req), "job_id": job_id}
-        await self.transition(E.LAUNCH, f"launch {req.task.num_nodes} node(s) on local", **data)
+        where = infra_label(provider, pool)
+        await self.transition(E.LAUNCH, f"launch {req.task.num_nodes} node(s) on {where}", **data)
         return job_id
 
     async def _resume_launch(self) -> None:
@@ -268,8 +277,11 @@ class ClusterActor(Actor):
         return m.LaunchResult(cluster=self.id, job_id=job_id, job_status="INIT")
 
     async def _provision(self, num_nodes: int, env: Envelope) -> list[NodeInfo]:
-        env.progress(m.Progress(f"Provisioning {num_nodes} local node(s) for {self.id}..."))
-        request = ProvisionRequest(self.id, num_nodes, self.app.agent_pyz)
+        where = infra_label(self.row.spec.get("provider", "local"), self.row.spec.get("pool"))
+        env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {self.id}..."))
+        request = ProvisionRequest(
+            self.id, num_nodes, self.app.agent_pyz, resources={"pool": self.row.spec.get("pool")}
+        )
         try:
             nodes = await self.provider.launch(request)
         except ProvisionError as exc:
@@ -296,7 +308,8 @@ class ClusterActor(Actor):
                 f"cluster {self.id!r} is {self.state.value}; "
                 f"start it with `stixctl start {self.id}`"
             )
-        check_fits_local(req.task)
+        if self.row.spec.get("provider", "local") == "local":
+            check_fits_local(req.task)
         have = int(self.row.spec.get("num_nodes", 1))
         if req.task.num_nodes > have:
             raise InvalidRequest(

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor
 
 
+def infra_label(provider: str, pool: str | None) -> str:
+    """How a cluster's infra is shown: `local`, `ssh/POOL`."""
+    return f"{provider}/{pool}" if pool else provider
+
+
 def task_id(cluster: str, job_id: int) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")
     return f"sky-{stamp}_{cluster}_{job_id}"
@@ -28,6 +33,7 @@ def job_row_id(cluster: str, uid: str, job_id: int) -> str:
 async def create_job(cluster: ClusterActor, job_id: int, task: Task, *, with_setup: bool) -> Row:
     """Insert the job row (idempotent by id) and start its actor."""
     uid = cluster.row.data["uid"]
+    provider = cluster.row.spec.get("provider", "local")
     nodes = cluster.nodes[: task.num_nodes]
     submit = {
         "job_id": job_id,
@@ -41,8 +47,8 @@ async def create_job(cluster: ClusterActor, job_id: int, task: Task, *, with_set
         "num_nodes": task.num_nodes,
         "cluster_info": {
             "cluster_name": cluster.id,
-            "cloud": "local",
-            "region": "local",
+            "cloud": provider,
+            "region": cluster.row.spec.get("pool") or provider,
             "zone": None,
         },
     }
@@ -57,8 +63,8 @@ async def create_job(cluster: ClusterActor, job_id: int, task: Task, *, with_set
             "uid": uid,
             "job_id": job_id,
             "name": task.name,
-            "provider": cluster.row.spec.get("provider", "local"),
-            "resources": f"{task.num_nodes}x local",
+            "provider": provider,
+            "resources": f"{task.num_nodes}x {infra_label(provider, cluster.row.spec.get('pool'))}",
             "nodes": [n.to_dict() for n in nodes],
             "submit": submit,
         },

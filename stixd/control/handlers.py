@@ -16,17 +16,18 @@ from proto.errors import (
     InvalidRequest,
     error_from_code,
 )
+from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
 from stixd.control import catalog_cmds, plan_cmds
 from stixd.control.logs import find_job, stream_job_logs
-from stixd.planner.local_fit import check_fits_local
+from stixd.planner.target import choose_target
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 
 Emit = Callable[[Any], Awaitable[None]]
-KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "ssh", "lambda", "runpod", "nebius")
+KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius")
 
 
 async def ask_cluster(
@@ -65,10 +66,10 @@ async def ask_cluster(
     raise InternalError(f"cluster {name!r} stopped before answering")
 
 
-def _check_task(task: Any) -> None:
+def _check_task(app: App, task: Any) -> None:
     """Refuse what cannot launch, in the words `stixctl validate` warns with."""
     validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
-    check_fits_local(task)
+    choose_target(task, app.ssh_pool_sizes())
 
 
 async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
@@ -76,14 +77,14 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
         app.config_for([(layer.source, layer.values) for layer in req.config])
     except ConfigError as exc:
         raise InvalidConfig(str(exc)) from None
-    _check_task(req.task)
+    _check_task(app, req.task)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
     result: m.LaunchResult = await ask_cluster(app, name, req, emit, create=True)
     return await _follow_unless_detached(app, result, req.detach, emit)
 
 
 async def exec_(app: App, req: m.Exec, emit: Emit) -> Any:
-    _check_task(req.task)
+    validate_mounts(req.task)  # the cluster checks the fit against its own infra
     result: m.LaunchResult = await ask_cluster(app, req.cluster, req, emit)
     return await _follow_unless_detached(app, result, req.detach, emit)
 
@@ -107,7 +108,7 @@ def cluster_record(row: Row) -> m.ClusterRecord:
     return m.ClusterRecord(
         name=row.id,
         status=row.state,
-        infra=spec.get("provider", "local"),
+        infra=infra_label(spec.get("provider", "local"), spec.get("pool")),
         num_nodes=int(spec.get("num_nodes", 1)),
         resources=spec.get("resources", ""),
         launched_at=float(data.get("launched_at") or row.created_at),

@@ -22,8 +22,8 @@ def _check_one(r: Resources) -> None:
     cloud = r.placement().cloud
     if cloud is not None and cloud not in LOCAL_NAMES:
         raise InvalidTask(
-            f"resources.infra: '{cloud}' is not available in this build; only 'local' is "
-            "(see `stixctl check`)"
+            f"resources.infra: '{cloud}' is not available in this build; only 'local' and "
+            "'ssh/POOL' are (see `stixctl check`)"
         )
     if r.accelerators:
         raise InvalidTask(

@@ -1,0 +1,57 @@
+"""`launch --infra ssh/POOL` end to end: stixctl → stixd → agents on real sshd hosts."""
+
+from __future__ import annotations
+
+from tests.conftest import Stix, wait_until
+from tests.sshbed import SshBed, bed_fixture
+
+hosts = bed_fixture(3, scope="module")
+
+
+def _pool(stix: Stix, bed: SshBed) -> None:
+    ips = "".join(f"    - {h.ip}\n" for h in bed.hosts)
+    (stix.home / "ssh_node_pools.yaml").write_text(
+        f"bed:\n  user: root\n  identity_file: {bed.key}\n  hosts:\n{ips}"
+    )
+
+
+def test_three_node_job_on_an_ssh_pool(stix: Stix, hosts: SshBed, task_file) -> None:
+    _pool(stix, hosts)
+    path = task_file(
+        "num_nodes: 3\n"
+        "resources:\n  infra: ssh/bed\n"
+        "setup: echo setup-on-$(hostname)\n"
+        "run: |\n"
+        '  echo "rank=$SKYPILOT_NODE_RANK host=$(hostname) '
+        'head=$(echo "$SKYPILOT_NODE_IPS" | head -n1) n=$SKYPILOT_NUM_NODES"\n'
+    )
+    out = stix.run("launch", "-c", "pool", "-y", str(path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    head_ip = hosts.hosts[0].ip
+    for rank, host in enumerate(hosts.hosts):
+        assert f"rank={rank} host={host.name} head={head_ip} n=3" in out.stdout
+    cluster = stix.clusters()["pool"]
+    assert cluster["status"] == "UP" and cluster["infra"] == "ssh/bed"
+    assert cluster["head_ip"] == head_ip
+    # exec reuses the agents over the same connections; a task that exceeds the pool is refused
+    again = stix.run("exec", "pool", "echo again-$SKYPILOT_NODE_RANK", check=True)
+    assert "again-0" in again.stdout
+    other = stix.run("launch", "-c", "other", "--infra", "ssh/bed", "echo x")
+    assert other.returncode != 0 and "free" in other.stderr  # all 3 hosts are taken
+    stix.run("down", "pool", "-y", check=True, timeout=60)
+    wait_until(lambda: "pool" not in stix.clusters())
+    # the hosts went back to the pool: a new cluster can take one
+    back = stix.run("launch", "-c", "other", "--infra", "ssh/bed", "-y", "hostname", timeout=60)
+    assert back.returncode == 0 and hosts.hosts[0].name in back.stdout
+    stix.run("down", "other", "-y", check=True, timeout=60)
+
+
+def test_ssh_infra_errors_name_the_pool(stix: Stix, hosts: SshBed) -> None:
+    _pool(stix, hosts)
+    missing = stix.run("launch", "-c", "x", "--infra", "ssh/nope", "echo x")
+    assert missing.returncode == 2 and "no ssh pool 'nope' (pools: bed)" in missing.stderr
+    big = stix.run("launch", "-c", "x", "--infra", "ssh/bed", "--num-nodes", "4", "echo x")
+    assert big.returncode == 2 and "has 3 host(s)" in big.stderr
+    (stix.home / "ssh_node_pools.yaml").write_text("bed:\n  hosts: []\n")
+    broken = stix.run("launch", "-c", "x", "--infra", "ssh/bed", "echo x")
+    assert broken.returncode == 2 and "ssh_node_pools.yaml: pool bed: hosts" in broken.stderr
