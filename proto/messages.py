@@ -132,6 +132,13 @@ class PlanRequest(Msg, tag="plan", frozen=True):
     minimize: str = "cost"
 
 
+class SshPools(Msg, tag="ssh_pools", frozen=True):
+    """`ssh up|down|status [POOL]`: probe an SSH node pool's hosts (down: free them first)."""
+
+    action: str
+    pool: str | None = None
+
+
 class ShowGpus(Msg, tag="show_gpus", frozen=True):
     name: str | None = None
     count: float | None = None
@@ -170,6 +177,7 @@ Request = (
     | Check
     | Events
     | PlanRequest
+    | SshPools
     | ShowGpus
     | CatalogUpdate
     | CatalogStatus

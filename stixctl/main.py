@@ -289,6 +289,12 @@ def cmd_catalog(home: Path, a: argparse.Namespace) -> int:
     return _print_table(call(home, req, _on_event), a.json)
 
 
+def cmd_ssh(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    return _print_table(call(home, m.SshPools(action=a.action, pool=a.pool), _on_event), a.json)
+
+
 def cmd_daemon(home: Path, a: argparse.Namespace) -> int:
     from stixctl import daemonctl
 
@@ -436,6 +442,13 @@ def _catalog_args(s: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_catalog)
 
 
+def _ssh_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("pool", nargs="?", help="one pool of ssh_node_pools.yaml (default: all)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_ssh)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -461,6 +474,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "events": ("the history of a cluster (or --kind job ID)", _events_args),
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),
+    "ssh": ("SSH node pools: up (check), status, down (free every host)", _ssh_args),
     "validate": ("check task files on this machine (no daemon needed)", validate.add_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
 }

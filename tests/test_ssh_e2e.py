@@ -55,3 +55,36 @@ def test_ssh_infra_errors_name_the_pool(stix: Stix, hosts: SshBed) -> None:
     (stix.home / "ssh_node_pools.yaml").write_text("bed:\n  hosts: []\n")
     broken = stix.run("launch", "-c", "x", "--infra", "ssh/bed", "echo x")
     assert broken.returncode == 2 and "ssh_node_pools.yaml: pool bed: hosts" in broken.stderr
+
+
+def test_ssh_up_status_down_report_per_host(stix: Stix, hosts: SshBed) -> None:
+    _pool(stix, hosts)
+    up = stix.run("ssh", "up", "bed", timeout=60)
+    assert up.returncode == 0, up.stderr
+    assert "Pool bed: 3/3 host(s) ready" in up.stdout
+    stix.run("launch", "-c", "held", "--infra", "ssh/bed", "-y", "true", check=True, timeout=60)
+    rows = stix.json("ssh", "status")
+    assert [r["cluster"] for r in rows].count("held") == 1
+    assert all(r["ok"] and r["python"] for r in rows)
+    down = stix.run("ssh", "down", "bed", timeout=60)
+    assert down.returncode == 0 and "Terminating held" in down.stderr
+    assert "held" not in stix.clusters()
+    assert all(r["cluster"] is None for r in stix.json("ssh", "status"))
+    unknown = stix.run("ssh", "status", "nope")
+    assert unknown.returncode == 2 and "no ssh pool 'nope'" in unknown.stderr
+
+
+def test_ssh_up_names_the_host_that_is_down(stix: Stix, hosts: SshBed) -> None:
+    from tests.sshbed import start_sshd
+
+    _pool(stix, hosts)
+    broken = hosts.hosts[2]
+    broken.kill_sshd_listener()
+    try:
+        up = stix.run("ssh", "up", "bed", timeout=60)
+        assert up.returncode == 1
+        assert "Pool bed: 2/3 host(s) ready" in up.stdout
+        [line] = [ln for ln in up.stdout.splitlines() if broken.ip in ln]
+        assert "connection refused" in line
+    finally:
+        start_sshd(broken)

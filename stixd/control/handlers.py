@@ -20,7 +20,7 @@ from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
-from stixd.control import catalog_cmds, plan_cmds
+from stixd.control import catalog_cmds, plan_cmds, ssh_cmds
 from stixd.control.logs import find_job, stream_job_logs
 from stixd.planner.target import choose_target
 from stixd.runtime.mailbox import Envelope, reply_channel
@@ -317,6 +317,12 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await events(app, req, emit)
     if isinstance(req, m.PlanRequest):
         return await plan_cmds.plan_cmd(app, req, emit)
+    if isinstance(req, m.SshPools):
+
+        async def down(cluster: str) -> Any:
+            return await ask_cluster(app, cluster, m.Down(clusters=[cluster]), emit)
+
+        return await ssh_cmds.ssh_pools_cmd(app, req, emit, down)
     if isinstance(req, m.ShowGpus):
         return await catalog_cmds.show_gpus_cmd(app, req, emit)
     if isinstance(req, m.CatalogUpdate):
