@@ -76,6 +76,7 @@ class Logs(Msg, tag="logs", frozen=True):
     follow: bool = True
     tail: int | None = None
     status_only: bool = False
+    node: int | None = None
 
 
 class Cancel(Msg, tag="cancel", frozen=True):

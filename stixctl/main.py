@@ -167,7 +167,12 @@ def cmd_logs(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
     req = m.Logs(
-        cluster=a.cluster, job_id=a.job_id, follow=a.follow, tail=a.tail, status_only=a.status
+        cluster=a.cluster,
+        job_id=a.job_id,
+        follow=a.follow,
+        tail=a.tail,
+        status_only=a.status,
+        node=a.node,
     )
     reply = call(home, req, _on_event)
     if a.status:
@@ -359,6 +364,7 @@ def _logs_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-follow", dest="follow", action="store_false")
     s.add_argument("--status", action="store_true", help="print the job's status; exit by it")
     s.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    s.add_argument("--node", type=int, metavar="RANK", help="only this node's log")
     s.set_defaults(fn=cmd_logs)
 
 

@@ -108,6 +108,10 @@ def test_num_nodes_starts_one_agent_per_rank(stix: Stix, task_file) -> None:
         assert f"rank={rank} ips=127.0.0.1 127.0.0.1 127.0.0.1" in proc.stdout
     assert "(worker2, rank=2)" in proc.stdout
     assert len(stix.agents("multi")) == 3
+    one = stix.run("logs", "multi", "1", "--node", "2", "--no-follow", check=True).stdout
+    assert one.strip() == "(worker2, rank=2) rank=2 ips=127.0.0.1 127.0.0.1 127.0.0.1"
+    bad = stix.run("logs", "multi", "1", "--node", "7", "--no-follow")
+    assert bad.returncode == 2 and "there is no node 7" in bad.stderr
     assert stix.clusters()["multi"]["num_nodes"] == 3
     # re-launch on the UP cluster reuses it: no new agents
     stix.run("launch", "-c", "multi", "-y", str(path), check=True)

@@ -180,7 +180,7 @@ async def logs(app: App, req: m.Logs, emit: Emit) -> m.LogsEnd:
     job_id = int(job.spec["job_id"])
     if req.status_only:
         return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=job.state)
-    state = await stream_job_logs(app, job, emit, follow=req.follow, tail=req.tail)
+    state = await stream_job_logs(app, job, emit, follow=req.follow, tail=req.tail, node=req.node)
     return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=state)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from proto import messages as m
-from proto.errors import ClusterNotFound, JobNotFound
+from proto.errors import ClusterNotFound, InvalidRequest, JobNotFound
 from proto.states import JobStatus
 from stixd.actors.jobs_submit import job_row_id
 from stixd.agent_client import AgentError, AgentUnreachable
@@ -52,10 +52,22 @@ def _prefixer(node: NodeInfo, num_nodes: int) -> Callable[[str], str]:
 
 
 async def stream_job_logs(
-    app: App, job: Row, emit: Emit, *, follow: bool, tail: int | None = None
+    app: App,
+    job: Row,
+    emit: Emit,
+    *,
+    follow: bool,
+    tail: int | None = None,
+    node: int | None = None,
 ) -> str:
-    """Send the job's log to `emit`; with `follow`, until the job ends. Returns its state."""
+    """Send the job's log to `emit` (every rank's, or one `node`'s); with `follow`, until the
+    job ends. Returns its state."""
     nodes = [NodeInfo.from_dict(n) for n in job.spec["nodes"]]
+    if node is not None and node not in {n.rank for n in nodes}:
+        raise InvalidRequest(
+            f"job {job.spec['job_id']} runs on ranks 0..{len(nodes) - 1}; "
+            f"there is no node {node}"
+        )
     provider = app.provider(job.spec["provider"])
     job_id = int(job.spec["job_id"])
 
@@ -65,7 +77,7 @@ async def stream_job_logs(
 
     async def one_rank(node: NodeInfo) -> None:
         client = provider.connector(node)
-        prefix = _prefixer(node, len(nodes))
+        prefix = _prefixer(node, len(job.spec["nodes"]))
         offset = 0
         backlog: list[str] | None = [] if tail is not None else None
         while True:
@@ -107,8 +119,9 @@ async def stream_job_logs(
                 return
 
     async with anyio.create_task_group() as tg:
-        for node in nodes:
-            tg.start_soon(one_rank, node)
+        for info in nodes:
+            if node is None or info.rank == node:
+                tg.start_soon(one_rank, info)
     if follow:
         with anyio.move_on_after(SETTLE_SECONDS):
             row = await app.watch.wait_for("job", job.id, lambda r: r is None or r.terminal)
