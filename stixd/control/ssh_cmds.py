@@ -66,5 +66,6 @@ async def ssh_pools_cmd(
                     "error": r.error,
                 }
             )
-    ok = all(row["ok"] for row in rows) or req.action == "status"
+    # only `up` is a readiness check; status and down report hosts without judging them
+    ok = req.action != "up" or all(row["ok"] for row in rows)
     return m.Table(text="\n".join(lines), rows=rows, ok=ok)
