@@ -351,3 +351,41 @@ def test_secrets_reach_the_job_but_no_log_event_or_listing(stix: Stix, task_file
         ]
     )
     assert secret not in shown
+
+
+def test_a_gang_runs_only_after_every_node_has_set_up(stix: Stix, task_file, tmp_path) -> None:
+    order = tmp_path / "order.txt"
+    path = task_file(
+        "num_nodes: 3\n"
+        "setup: |\n"
+        "  if [ $SKYPILOT_SETUP_NODE_RANK = 2 ]; then sleep 1.5; fi\n"
+        f"  echo setup-done-$SKYPILOT_SETUP_NODE_RANK >> {order}\n"
+        "run: |\n"
+        f"  echo run-$SKYPILOT_NODE_RANK >> {order}\n"
+    )
+    stix.run("launch", "-c", "gang2", "-y", str(path), check=True, timeout=60)
+    lines = order.read_text().split()
+    assert sorted(lines) == sorted(
+        [f"setup-done-{r}" for r in range(3)] + [f"run-{r}" for r in range(3)]
+    )
+    last_setup = max(i for i, line in enumerate(lines) if line.startswith("setup-done"))
+    first_run = min(i for i, line in enumerate(lines) if line.startswith("run"))
+    assert last_setup < first_run, lines  # rank 2's slow setup held every rank's run back
+
+
+def test_a_setup_failure_on_one_node_stops_the_gang_before_run(
+    stix: Stix, task_file, tmp_path
+) -> None:
+    ran = tmp_path / "ran.txt"
+    path = task_file(
+        "num_nodes: 3\n"
+        "setup: |\n"
+        "  if [ $SKYPILOT_SETUP_NODE_RANK = 1 ]; then exit 9; fi\n"
+        f"run: echo run-$SKYPILOT_NODE_RANK >> {ran}\n"
+    )
+    proc = stix.run("launch", "-c", "gang3", "-y", str(path), timeout=60)
+    assert proc.returncode == 100
+    job = stix.jobs("gang3")[1]
+    assert job["status"] == "FAILED_SETUP" and job["exit_code"] == 9
+    assert not ran.exists()  # no node started `run`
+    assert len(stix.agents("gang3")) == 3  # the nodes stay up for the next job

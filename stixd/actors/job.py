@@ -78,6 +78,10 @@ class Submit:
     attempt: int
 
 
+class ReleaseGang:
+    """Timer message: retry releasing a gang whose release did not reach every node."""
+
+
 @dataclass(frozen=True)
 class ClusterGone:
     """The cluster under this job stopped or vanished; the job ends with `event`."""
@@ -114,6 +118,8 @@ class JobActor(Actor):
         self.nodes = [NodeInfo.from_dict(n) for n in row.spec["nodes"]]
         self.ranks: dict[int, JobStatus] = {n.rank: J.INIT for n in self.nodes}
         self.rank_jobs: dict[int, dict[str, Any]] = {}
+        self.set_up: set[int] = set()  # ranks waiting at the gang gate after their setup
+        self.released = False
 
     @staticmethod
     def is_terminal(state: Any) -> bool:
@@ -137,6 +143,8 @@ class JobActor(Actor):
             await self._submit(message.attempt)
         elif isinstance(message, Observed):
             await self._observed(message)
+        elif isinstance(message, ReleaseGang) and not self.row.terminal:
+            await self._release_gang_when_set_up()
         elif isinstance(message, ClusterGone) and not self.row.terminal:
             await self.transition(message.event, message.why, ended_at=time.time())
 
@@ -163,6 +171,7 @@ class JobActor(Actor):
 
     async def _watch(self, node: NodeInfo) -> None:
         known = "INIT"
+        known_ready = False
         failures = 0
         client = self.client(node)
         while True:
@@ -172,6 +181,7 @@ class JobActor(Actor):
                     deadline=WAIT_SECONDS + 10,
                     job_id=self.row.spec["job_id"],
                     state=known,
+                    setup_done=known_ready,
                     timeout=WAIT_SECONDS,
                 )
             except AgentUnreachable as exc:
@@ -186,8 +196,9 @@ class JobActor(Actor):
                 continue
             failures = 0
             job = reply["job"]
-            if job["state"] != known:
-                known = job["state"]
+            ready = bool(job.get("setup_done"))
+            if job["state"] != known or ready != known_ready:
+                known, known_ready = job["state"], ready
                 self.tell(Observed(node.rank, job))
             if JobStatus(known).is_terminal:
                 return
@@ -195,8 +206,11 @@ class JobActor(Actor):
     async def _observed(self, message: Observed) -> None:
         self.ranks[message.rank] = JobStatus(message.job["state"])
         self.rank_jobs[message.rank] = message.job
+        if message.job.get("setup_done"):
+            self.set_up.add(message.rank)
         if self.row.terminal:
             return
+        await self._release_gang_when_set_up()
         folded = fold(self.ranks)
         if folded.is_terminal and not all(s.is_terminal for s in self.ranks.values()):
             await self._stop_other_ranks(folded)
@@ -226,6 +240,22 @@ class JobActor(Actor):
             out["ended_at"] = max(ended) if ended else time.time()
             out["exit_code"] = codes[0] if codes else 0
         return out
+
+    async def _release_gang_when_set_up(self) -> None:
+        """Every node has run its setup: let them all start `run` together (idempotent)."""
+        if self.released or not self.row.spec["submit"].get("gang"):
+            return
+        if self.set_up != {n.rank for n in self.nodes}:
+            return
+        for node in self.nodes:
+            try:
+                await self.client(node).call("release", deadline=10, job_id=self.row.spec["job_id"])
+            except (AgentUnreachable, AgentError) as exc:
+                self.log.warning("gang_release_failed", rank=node.rank, error=str(exc))
+                self.after("release", 1.0, ReleaseGang())
+                return
+        self.released = True
+        self.log.info("gang_released", ranks=len(self.nodes))
 
     async def _stop_other_ranks(self, folded: JobStatus) -> None:
         """A gang lives and dies together: one failed rank ends the others."""

@@ -45,6 +45,8 @@ async def create_job(cluster: ClusterActor, job_id: int, task: Task, *, with_set
         "task_id": task_id(cluster.id, job_id),
         "node_ips": [n.ip for n in nodes],
         "num_nodes": task.num_nodes,
+        # a gang with a setup step: every node sets up, then all start `run` together
+        "gang": task.num_nodes > 1 and with_setup and task.setup is not None,
         "cluster_info": {
             "cluster_name": cluster.id,
             "cloud": provider,

@@ -156,4 +156,5 @@ def parse_submit(request: Request, *, default_rank: int, default_ip: str, cluste
         node_ips=node_ips,
         num_nodes=get_int(request, "num_nodes", len(node_ips)),
         cluster_info=cluster_info,
+        gang=get_bool(request, "gang", False),
     )

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
+from . import gate
 from .procs import close_inherited_fds, start_token
 from .spec import JobSpec, job_environment
 from .states import JobState
@@ -37,6 +38,9 @@ class RunnerContext:
     logs_dir: Path
     notify_fd: int
     """Write end of the agent's wake-up pipe; the runner writes a byte after each state change."""
+
+
+GATE_POLL_S = 0.02
 
 
 def log_path(logs_dir: Path, job_id: int) -> Path:
@@ -111,6 +115,18 @@ def _workdir(spec: JobSpec, ctx: RunnerContext) -> Path:
     return path
 
 
+def _wait_at_gate(spec: JobSpec, ctx: RunnerContext, store: JobStore) -> bool:
+    """After setup, wait for the daemon to release the whole gang; False if the job ended."""
+    gate.mark_ready(ctx.node_dir, spec.job_id)
+    _notify(ctx)
+    while not gate.released(ctx.node_dir, spec.job_id):
+        row = store.job(spec.job_id)
+        if row is None or row.state.terminal:
+            return False
+        time.sleep(GATE_POLL_S)
+    return True
+
+
 def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
     me = os.getpid()
     store = JobStore(ctx.db_path)
@@ -137,6 +153,8 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
         if code != 0:
             move(JobState.FAILED_SETUP, exit_code=code, ended_at=time.time())
             return 0
+        if spec.gang and not _wait_at_gate(spec, ctx, store):
+            return 0  # the job ended (cancelled) while its gang was still setting up
     if spec.run is None:
         move(JobState.SUCCEEDED, exit_code=0, ended_at=time.time(), **claim)
         return 0

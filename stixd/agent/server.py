@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import PROTOCOL
+from . import PROTOCOL, gate
 from .idle import Autostop, autostop_due, idle_since, load_autostop, save_autostop, stop_node
 from .jobs import POLL_S, JobManager
 from .logs import read_log
@@ -40,6 +40,7 @@ from .protocol import (
     parse_submit,
 )
 from .runner import log_path
+from .store import JobRow
 
 if TYPE_CHECKING:
     from .protocol import Reply, Request
@@ -122,6 +123,7 @@ class AgentServer:
             "submit": self._submit,
             "jobs": self._jobs,
             "wait": self._wait,
+            "release": self._release,
             "cancel": self._cancel,
             "tail": self._tail,
             "autostop": self._autostop,
@@ -296,15 +298,28 @@ class AgentServer:
             default_ip=self.identity.node_ip,
             cluster=self.identity.cluster,
         )
-        return Answer(ok(job=self.jobs.submit(spec).to_wire()))
+        return Answer(ok(job=self._wire(self.jobs.submit(spec))))
+
+    def _wire(self, row: JobRow) -> dict[str, Any]:
+        """A job record, plus whether it waits at its gang's gate after setup."""
+        return {**row.to_wire(), "setup_done": gate.is_ready(self.identity.node_dir, row.job_id)}
 
     async def _jobs(self, request: Request) -> Answer:
         rows = self.jobs.store.jobs(get_optional_ints(request, "job_ids"))
-        return Answer(ok(jobs=[row.to_wire() for row in rows]))
+        return Answer(ok(jobs=[self._wire(row) for row in rows]))
+
+    async def _release(self, request: Request) -> Answer:
+        """Let a gang job's runner go on from setup to run (idempotent)."""
+        job_id = get_int(request, "job_id")
+        if self.jobs.job(job_id) is None:
+            raise RequestError("no_such_job", f"job {job_id} does not exist on this node")
+        gate.release(self.identity.node_dir, job_id)
+        return Answer(ok())
 
     async def _wait(self, request: Request) -> Answer:
         job_id = get_int(request, "job_id")
         state = get_state(request, "state")
+        known_ready = get_bool(request, "setup_done", False)
         timeout = _bounded(request, "timeout", 0.0, 0.0, MAX_WAIT_S)
         deadline = time.monotonic() + timeout
         while True:
@@ -312,8 +327,9 @@ class AgentServer:
             if row is None:
                 raise RequestError("no_such_job", f"job {job_id} does not exist on this node")
             remaining = deadline - time.monotonic()
-            if row.state != state or remaining <= 0:
-                return Answer(ok(job=row.to_wire()))
+            wire = self._wire(row)
+            if row.state != state or wire["setup_done"] != known_ready or remaining <= 0:
+                return Answer(ok(job=wire))
             await self._until_change(remaining)
 
     async def _cancel(self, request: Request) -> Answer:

@@ -23,6 +23,8 @@ class JobSpec:
     node_ips: list[str]
     num_nodes: int
     cluster_info: dict[str, Any]
+    gang: bool = False
+    """Wait after setup until the daemon releases every node of the job together."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

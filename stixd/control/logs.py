@@ -65,8 +65,7 @@ async def stream_job_logs(
     nodes = [NodeInfo.from_dict(n) for n in job.spec["nodes"]]
     if node is not None and node not in {n.rank for n in nodes}:
         raise InvalidRequest(
-            f"job {job.spec['job_id']} runs on ranks 0..{len(nodes) - 1}; "
-            f"there is no node {node}"
+            f"job {job.spec['job_id']} runs on ranks 0..{len(nodes) - 1}; there is no node {node}"
         )
     provider = app.provider(job.spec["provider"])
     job_id = int(job.spec["job_id"])
