@@ -140,6 +140,14 @@ class SshPools(Msg, tag="ssh_pools", frozen=True):
     pool: str | None = None
 
 
+class NodeShell(Msg, tag="node_shell", frozen=True):
+    """`stixctl ssh CLUSTER`: how to open a shell (or run `command`) on one of its nodes."""
+
+    cluster: str
+    node: int = 0
+    command: str | None = None
+
+
 class ShowGpus(Msg, tag="show_gpus", frozen=True):
     name: str | None = None
     count: float | None = None
@@ -179,6 +187,7 @@ Request = (
     | Events
     | PlanRequest
     | SshPools
+    | NodeShell
     | ShowGpus
     | CatalogUpdate
     | CatalogStatus
@@ -318,6 +327,14 @@ class Table(Msg, tag="table", frozen=True):
     ok: bool = True
 
 
+class ShellCommand(Msg, tag="shell_command", frozen=True):
+    """A command the client runs itself (exec), with the working directory and env to add."""
+
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str] = {}
+
+
 class PlanReply(Msg, tag="plan_reply", frozen=True):
     text: str
     json: str
@@ -346,6 +363,7 @@ Reply = (
     | EventList
     | Table
     | PlanReply
+    | ShellCommand
     | DaemonInfo
 )
 StreamEvent = Progress | LogChunk | JobSubmitted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -294,10 +295,23 @@ def cmd_catalog(home: Path, a: argparse.Namespace) -> int:
     return _print_table(call(home, req, _on_event), a.json)
 
 
+POOL_ACTIONS = ("up", "down", "status")
+
+
 def cmd_ssh(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
-    return _print_table(call(home, m.SshPools(action=a.action, pool=a.pool), _on_event), a.json)
+    if a.target in POOL_ACTIONS:
+        if len(a.rest) > 1:
+            raise InvalidRequest(f"ssh {a.target} takes at most one pool name")
+        req = m.SshPools(action=a.target, pool=a.rest[0] if a.rest else None)
+        return _print_table(call(home, req, _on_event), a.json)
+    command = " ".join(a.rest) or None
+    shell = call(home, m.NodeShell(cluster=a.target, node=a.node, command=command))
+    if shell.cwd:
+        os.chdir(shell.cwd)
+    sys.stdout.flush()
+    os.execvpe(shell.argv[0], shell.argv, {**os.environ, **shell.env})
 
 
 def cmd_daemon(home: Path, a: argparse.Namespace) -> int:
@@ -449,8 +463,13 @@ def _catalog_args(s: argparse.ArgumentParser) -> None:
 
 
 def _ssh_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("action", choices=["up", "down", "status"])
-    s.add_argument("pool", nargs="?", help="one pool of ssh_node_pools.yaml (default: all)")
+    s.add_argument(
+        "target", metavar="up|down|status|CLUSTER", help="a pool action, or a cluster to enter"
+    )
+    s.add_argument(
+        "rest", nargs="*", metavar="POOL|COMMAND", help="the pool; or a command to run on the node"
+    )
+    s.add_argument("--node", type=int, default=0, metavar="RANK", help="CLUSTER: which node")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_ssh)
 
@@ -480,7 +499,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "events": ("the history of a cluster (or --kind job ID)", _events_args),
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),
-    "ssh": ("SSH node pools: up (check), status, down (free every host)", _ssh_args),
+    "ssh": ("SSH pools (up|status|down [POOL]) or a shell on a cluster's node", _ssh_args),
     "validate": ("check task files on this machine (no daemon needed)", validate.add_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
 }

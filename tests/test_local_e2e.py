@@ -389,3 +389,14 @@ def test_a_setup_failure_on_one_node_stops_the_gang_before_run(
     assert job["status"] == "FAILED_SETUP" and job["exit_code"] == 9
     assert not ran.exists()  # no node started `run`
     assert len(stix.agents("gang3")) == 3  # the nodes stay up for the next job
+
+
+def test_ssh_into_a_local_node_runs_in_its_sandbox(stix: Stix) -> None:
+    stix.run("launch", "-c", "sh", "-y", "--num-nodes", "2", "true", check=True)
+    out = stix.run("ssh", "sh", "--node", "1", "echo $HOME; pwd", check=True).stdout.split()
+    assert out == [str(stix.node_dir("sh", 1)), str(stix.node_dir("sh", 1) / "sky_workdir")]
+    none = stix.run("ssh", "sh", "--node", "5", "true")
+    assert none.returncode == 2 and "there is no node 5" in none.stderr
+    stix.run("stop", "sh", "-y", check=True)
+    stopped = stix.run("ssh", "sh", "true")
+    assert stopped.returncode == 4 and "stixctl start sh" in stopped.stderr

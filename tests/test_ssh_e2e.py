@@ -88,3 +88,11 @@ def test_ssh_up_names_the_host_that_is_down(stix: Stix, hosts: SshBed) -> None:
         assert "connection refused" in line
     finally:
         start_sshd(broken)
+
+
+def test_ssh_into_a_pool_node(stix: Stix, hosts: SshBed) -> None:
+    _pool(stix, hosts)
+    stix.run("launch", "-c", "in", "--infra", "ssh/bed", "-y", "true", check=True, timeout=60)
+    out = stix.run("ssh", "in", "hostname", check=True, timeout=30)
+    assert out.stdout.strip() == hosts.hosts[0].name
+    stix.run("down", "in", "-y", check=True, timeout=60)

@@ -317,6 +317,8 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await events(app, req, emit)
     if isinstance(req, m.PlanRequest):
         return await plan_cmds.plan_cmd(app, req, emit)
+    if isinstance(req, m.NodeShell):
+        return await ssh_cmds.node_shell(app, req)
     if isinstance(req, m.SshPools):
 
         async def down(cluster: str) -> Any:

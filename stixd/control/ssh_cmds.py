@@ -6,11 +6,31 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proto import messages as m
-from proto.errors import InvalidRequest
+from proto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest
 from stixd.app import App
+from stixd.providers.base import NodeInfo
 from stixd.providers.ssh import HostReport, SshProvider
 
 Emit = Callable[[Any], Awaitable[None]]
+
+
+async def node_shell(app: App, req: m.NodeShell) -> m.ShellCommand:
+    row = await app.store.get("cluster", req.cluster)
+    if row is None or row.terminal:
+        raise ClusterNotFound(f"cluster {req.cluster!r} does not exist")
+    if row.state != "UP":
+        raise ClusterNotUp(
+            f"cluster {req.cluster!r} is {row.state}; start it with `stixctl start {req.cluster}`"
+        )
+    nodes = [NodeInfo.from_dict(n) for n in row.data.get("nodes") or []]
+    by_rank = {n.rank: n for n in nodes}
+    if req.node not in by_rank:
+        raise InvalidRequest(
+            f"cluster {req.cluster!r} has nodes 0..{len(nodes) - 1}; there is no node {req.node}"
+        )
+    provider: Any = app.provider(row.spec.get("provider", "local"))
+    argv, cwd, env = provider.shell_command(by_rank[req.node], req.command)
+    return m.ShellCommand(argv=argv, cwd=cwd, env=env)
 
 
 def _gib(n: int | None) -> str:

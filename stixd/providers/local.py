@@ -172,6 +172,14 @@ class LocalProvider:
             f"the agent of {req.cluster} node {rank} did not come up in 15s; its output: {out}"
         )
 
+    def shell_command(
+        self, node: NodeInfo, command: str | None
+    ) -> tuple[list[str], str | None, dict[str, str]]:
+        """What `stixctl ssh CLUSTER` runs: a shell in the node's sandbox, HOME set to it."""
+        shell = os.environ.get("SHELL") or "/bin/bash"
+        argv = [shell, "-l"] if command is None else ["/bin/bash", "-c", command]
+        return argv, node.workdir, {"HOME": node.home}
+
     async def stop(self, cluster: str) -> None:
         for node in await self.query(cluster):
             if node.status is NodeStatus.RUNNING:

@@ -129,6 +129,34 @@ class SshProvider:
                     return host
         raise ProvisionError(f"no ssh pool lists a host {ip}")
 
+    def shell_command(
+        self, node: NodeInfo, command: str | None
+    ) -> tuple[list[str], str | None, dict[str, str]]:
+        """What `stixctl ssh CLUSTER` runs on this machine: the ssh client into the node."""
+        host = self._host_by_ip(node.ip)
+        if host.identity_file is None:
+            raise ProvisionError(
+                f"host {host.ip} logs in with a password; `stixctl ssh` needs an identity_file"
+            )
+        remote = command if command is not None else "cd ~/sky_workdir 2>/dev/null; exec $SHELL -l"
+        argv = [
+            "ssh",
+            "-t" if command is None else "-T",
+            "-i",
+            host.identity_file,
+            "-p",
+            str(host.port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            f"{host.user}@{host.ip}",
+            remote,
+        ]
+        return argv, None, {}
+
     def connection(self, host: PoolHost) -> SshConnection:
         conn = self._conns.get(host.key)
         if conn is None:
