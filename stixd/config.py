@@ -59,6 +59,8 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     restart_intensity: RestartIntensity = msgspec.field(default_factory=RestartIntensity)
     log_level: LogLevel = "info"
     request_timeout_seconds: PositiveFloat = 3600.0
+    health_check_seconds: PositiveFloat = 10.0
+    node_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
 
 class LocalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -218,6 +218,7 @@ def test_events_show_the_cluster_history(stix: Stix) -> None:
 
 
 def test_status_answers_from_the_store_and_refresh_sees_reality(stix: Stix) -> None:
+    stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "3600"  # only --refresh may look
     stix.run("launch", "-c", "r", "-y", "true", check=True)
     for pid in stix.agents("r"):
         os.kill(pid, 9)

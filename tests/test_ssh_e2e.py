@@ -96,3 +96,45 @@ def test_ssh_into_a_pool_node(stix: Stix, hosts: SshBed) -> None:
     out = stix.run("ssh", "in", "hostname", check=True, timeout=30)
     assert out.stdout.strip() == hosts.hosts[0].name
     stix.run("down", "in", "-y", check=True, timeout=60)
+
+
+def test_a_host_that_stops_answering_turns_the_cluster_init_and_fails_the_job(
+    stix: Stix, hosts: SshBed
+) -> None:
+    stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
+    stix.env["STIX__DAEMON__NODE_GRACE_SECONDS"] = "4"
+    _pool(stix, hosts)
+    stix.run(
+        "launch",
+        "-c",
+        "flt",
+        "--infra",
+        "ssh/bed",
+        "--num-nodes",
+        "2",
+        "-y",
+        "true",
+        check=True,
+        timeout=60,
+    )
+    stix.run("exec", "flt", "-d", "--num-nodes", "2", "sleep 120", check=True)
+    wait_until(lambda: stix.job_status("flt", 2) == "RUNNING", timeout=30)
+    lost = hosts.hosts[1]
+    lost.link_down()
+    try:
+
+        def init_naming_the_node() -> bool:
+            c = {r["name"]: r for r in stix.json("status", "--refresh")}["flt"]
+            return c["status"] == "INIT" and lost.ip in (c["last_error"] or "")
+
+        wait_until(init_naming_the_node, timeout=30, interval=0.5)
+        wait_until(lambda: stix.job_status("flt", 2) == "FAILED_DRIVER", timeout=60, interval=0.5)
+        why = [e["why"] for e in stix.json("events", "flt") if e["to_state"] == "FAILED_DRIVER"]
+        assert why and "unreachable" in why[-1]
+    finally:
+        lost.link_up()
+    wait_until(
+        lambda: stix.clusters()["flt"]["status"] == "UP", timeout=45, interval=0.5
+    )  # the partition healed: the health check sees every node again
+    assert stix.clusters()["flt"]["last_error"] is None
+    stix.run("down", "flt", "-y", check=True, timeout=60)

@@ -283,7 +283,7 @@ async def test_an_unreachable_host_is_reported_while_the_others_are_fine(
         assert [n.status for n in await fresh.query("part")] == [
             NodeStatus.RUNNING,
             NodeStatus.RUNNING,
-            NodeStatus.STOPPED,
+            NodeStatus.UNREACHABLE,  # the host did not answer: not the same as stopped
         ]
         assert fresh.last_error["part"] == {2: reports[2].error}
     finally:

@@ -88,6 +88,13 @@ class Resume:
     """Finish a launch that a daemon restart interrupted."""
 
 
+class HealthTick:
+    """Timer message: query the provider for the truth about every node."""
+
+
+RECONCILE = "reconcile at start"
+
+
 def autostop_period(idle_minutes: float) -> float:
     return min(max(idle_minutes * 60 / 10, 0.25), 15.0)
 
@@ -127,14 +134,20 @@ class ClusterActor(Actor):
         if self.state is C.INIT and self.row.data.get("pending_launch"):
             self.tell(Resume())
             return
-        await self._observe("reconcile at start")
+        await self._observe(RECONCILE)
 
     async def _observe(self, why: str) -> None:
+        before = self.state
         nodes = await self.provider.query(self.id)
         expected = int(self.row.spec.get("num_nodes", 1))
         running = [n for n in nodes if n.status is NodeStatus.RUNNING]
+        unreachable = [n for n in nodes if n.status is NodeStatus.UNREACHABLE]
+        down = [n for n in nodes if n.status is not NodeStatus.RUNNING]
+        problem = self._node_problems(down) if running or unreachable else None
         if not nodes:
             event = E.FOUND_GONE
+        elif unreachable:
+            event = E.FOUND_DEGRADED  # a host that does not answer is not a stopped one
         elif len(running) >= expected:
             event = E.FOUND_UP
         elif not running:
@@ -143,20 +156,49 @@ class ClusterActor(Actor):
             event = E.FOUND_DEGRADED
         if self.machine.allows(self.state, event):
             detail = f"{why}: {len(running)}/{expected} nodes running"
+            if problem:
+                detail += f"; {problem}"
             await self.transition(
-                event, detail, **self._accounting(self.machine.next(self.state, event))
+                event,
+                detail,
+                last_error=problem,
+                **self._accounting(self.machine.next(self.state, event)),
             )
+        elif problem != self.row.data.get("last_error") and (problem or event is E.FOUND_UP):
+            await self.save(last_error=problem)
         if self.state in (C.STOPPED, C.TERMINATED):
             await self._end_jobs(JobEvent.FAILED_DRIVER, f"cluster found {self.state.value}")
-        if self.state is C.UP:
+        if self.state is C.UP and (before is not C.UP or why == RECONCILE):
             await self._ensure_agents_current(self.nodes)
             self._schedule_autostop()
+        self._schedule_health()
+
+    def _node_problems(self, down: list[NodeInfo]) -> str | None:
+        """One sentence per node that is not running, for status and events."""
+        if not down:
+            return None
+        reasons = getattr(self.provider, "last_error", {}).get(self.id, {})
+
+        def say(n: NodeInfo) -> str:
+            if n.status is NodeStatus.UNREACHABLE:
+                return f"node {n.rank} ({n.ip}) is unreachable: {reasons.get(n.rank, 'no answer')}"
+            return f"node {n.rank} ({n.ip}) does not answer (its agent is not running)"
+
+        return "; ".join(say(n) for n in down)
+
+    def _schedule_health(self) -> None:
+        """Look at every node of a live cluster now and then (a host may die unseen)."""
+        if self.state in (C.UP, C.INIT) and not self.row.data.get("pending_launch"):
+            self.after("health", self.app.config.daemon.health_check_seconds, HealthTick())
 
     # -- messages ------------------------------------------------------------------------
 
     async def handle(self, message: Any) -> None:
         if isinstance(message, AutostopTick):
             await self._autostop_tick()
+        elif isinstance(message, HealthTick):
+            if self.state in (C.UP, C.INIT) and not self.row.data.get("pending_launch"):
+                await self._observe("health check")
         elif isinstance(message, Resume):
             await self._resume_launch()
         elif isinstance(message, Envelope):
@@ -273,6 +315,7 @@ class ClusterActor(Actor):
             last_error=None,
         )
         self._schedule_autostop()
+        self._schedule_health()
         env.progress(m.JobSubmitted(self.id, job_id))
         return m.LaunchResult(cluster=self.id, job_id=job_id, job_status="INIT")
 
@@ -381,6 +424,7 @@ class ClusterActor(Actor):
         await self._apply_autostop_request(req.idle_minutes, req.down, nodes)
         await self.transition(E.PROVISIONED, "started", up_since=time.time(), last_error=None)
         self._schedule_autostop()
+        self._schedule_health()
         return m.OkReply(f"cluster {self.id} is UP")
 
     async def _down(self, env: Envelope) -> m.OkReply:

@@ -173,6 +173,8 @@ class JobActor(Actor):
         known = "INIT"
         known_ready = False
         failures = 0
+        lost_since: float | None = None
+        grace = self.app.config.daemon.node_grace_seconds
         client = self.client(node)
         while True:
             try:
@@ -186,15 +188,20 @@ class JobActor(Actor):
                 )
             except AgentUnreachable as exc:
                 failures += 1
+                lost_since = lost_since or time.monotonic()
                 if failures in (1, 10) or failures % 100 == 0:
                     self.log.warning("agent_unreachable", rank=node.rank, error=str(exc))
+                if time.monotonic() - lost_since >= grace:
+                    why = f"node {node.rank} ({node.ip}) unreachable for {grace:g}s: {exc}"
+                    self.tell(ClusterGone(E.FAILED_DRIVER, why))
+                    return
                 await anyio.sleep(min(0.1 * 2**failures, 5.0))
                 continue
             except AgentError as exc:
                 self.log.warning("agent_error", rank=node.rank, error=str(exc))
                 await anyio.sleep(1.0)
                 continue
-            failures = 0
+            failures, lost_since = 0, None  # back within the grace period: re-attached
             job = reply["job"]
             ready = bool(job.get("setup_done"))
             if job["state"] != known or ready != known_ready:

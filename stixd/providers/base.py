@@ -18,6 +18,9 @@ from stixd.agent_client import AgentClient
 class NodeStatus(enum.StrEnum):
     RUNNING = "RUNNING"
     STOPPED = "STOPPED"
+    UNREACHABLE = "UNREACHABLE"
+    """The machine did not answer at all (a host down or partitioned), as opposed to one
+    that answers without an agent (stopped)."""
 
 
 @dataclass(frozen=True)

@@ -277,8 +277,8 @@ class SshProvider:
         return await self.launch(req)
 
     async def query(self, cluster: str) -> list[NodeInfo]:
-        """RUNNING where the agent answers; STOPPED otherwise, with the reason in last_error
-        for hosts that could not be reached at all."""
+        """RUNNING where the agent answers, STOPPED where the host answers without one, and
+        UNREACHABLE (the reason in last_error) where the host could not be reached at all."""
         held = await anyio.to_thread.run_sync(self._held, cluster)
         nodes: dict[int, NodeInfo] = {}
         errors: dict[int, str] = {}
@@ -294,6 +294,7 @@ class SshProvider:
                 await conn.connection()
             except SshError as exc:
                 errors[rank] = str(exc)
+                nodes[rank] = dataclasses.replace(stopped, status=NodeStatus.UNREACHABLE)
                 return
             if h.socket is None:
                 return
