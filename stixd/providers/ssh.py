@@ -22,7 +22,7 @@ from stixd.agent_client import AgentClient, AgentUnreachable
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.bootstrap import BootstrapError, ensure_agent
 from stixd.providers.ssh_pools import POOLS_FILE, Allocations, HeldHost, PoolHost, SshPool
-from stixd.providers.ssh_sync import Method
+from stixd.providers.ssh_sync import Method, ssh_client_args
 from stixd.providers.ssh_sync import sync as sync_mounts
 from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, quote
 
@@ -139,22 +139,8 @@ class SshProvider:
                 f"host {host.ip} logs in with a password; `stixctl ssh` needs an identity_file"
             )
         remote = command if command is not None else "cd ~/sky_workdir 2>/dev/null; exec $SHELL -l"
-        argv = [
-            "ssh",
-            "-t" if command is None else "-T",
-            "-i",
-            host.identity_file,
-            "-p",
-            str(host.port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            f"{host.user}@{host.ip}",
-            remote,
-        ]
+        tty = "-t" if command is None else "-T"
+        argv = ["ssh", tty, *ssh_client_args(host), f"{host.user}@{host.ip}", remote]
         return argv, None, {}
 
     def connection(self, host: PoolHost) -> SshConnection:

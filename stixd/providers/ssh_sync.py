@@ -70,10 +70,10 @@ async def _rsync_usable(conn: SshConnection, host: PoolHost) -> bool:
     return result.exit_status == 0
 
 
-def rsync_argv(host: PoolHost, src: Path, dest: str) -> list[str]:
+def ssh_client_args(host: PoolHost) -> list[str]:
+    """Options for the OpenSSH client to log in to a pool host with its key (rsync, shells)."""
     assert host.identity_file is not None
-    ssh = quote(
-        "ssh",
+    return [
         "-i",
         host.identity_file,
         "-p",
@@ -83,12 +83,13 @@ def rsync_argv(host: PoolHost, src: Path, dest: str) -> list[str]:
         "-o",
         "UserKnownHostsFile=/dev/null",
         "-o",
-        "BatchMode=yes",
-        "-o",
         "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=10",
-    )
+    ]
+
+
+def rsync_argv(host: PoolHost, src: Path, dest: str) -> list[str]:
+    no_prompts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    ssh = quote("ssh", *ssh_client_args(host), *no_prompts)
     filters = [f"--filter=:- {name}" for name in IGNORE_FILES]
     source = f"{src}/" if src.is_dir() else str(src)
     target = f"{dest.rstrip('/')}/" if src.is_dir() else dest
