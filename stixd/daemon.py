@@ -52,7 +52,7 @@ async def serve(home: Path, config: Config) -> None:
                     store=store,
                     watch=watch,
                     supervisor=supervisor,
-                    providers={"local": LocalProvider(home), "ssh": SshProvider(home, {})},
+                    providers={"local": LocalProvider(home), "ssh": SshProvider(home, {}, log=log)},
                     agent_pyz=pyz,
                     agent_build=build_id(),
                     log=log,

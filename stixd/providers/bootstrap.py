@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ class AgentEndpoint:
     started: bool
     """True when this call started the agent (False: it was already running)."""
     upgraded: bool
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds spent in each phase of this call: ``probe``, ``upload``, ``start``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +232,15 @@ async def ensure_agent(
         raise BootstrapError(
             conn.host, f"cluster name {cluster!r} is not usable in a path", retryable=False
         )
+    phases: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        phases[phase] = round(now - clock, 4)
+        clock = now
+
     facts = await probe(conn)
     where = _layout(facts, cluster, rank, build, remote_base)
     client = conn.agent_client(where.socket_path, f"{cluster}-{rank}@{conn.host}")
@@ -246,13 +258,16 @@ async def ensure_agent(
             pid=int(hello["pid"]),
             started=started,
             upgraded=upgraded,
+            phases=phases,
         )
 
     hello = await _hello(client)
+    lap("probe")
     if hello is not None and hello.get("build") == build:
         return endpoint(hello, started=False, upgraded=False)
 
     await _upload_if_missing(conn, pyz, where.pyz)
+    lap("upload")
     if hello is not None:
         old = hello.get("build")
         try:
@@ -264,6 +279,7 @@ async def ensure_agent(
                 retryable=False,
             ) from None
         new = await _answer_within(client, build, start_within)
+        lap("start")
         if new is None:
             raise BootstrapError(
                 conn.host,
@@ -275,6 +291,7 @@ async def ensure_agent(
 
     await _start(conn, facts, where, cluster=cluster, rank=rank, node_ip=node_ip, num_gpus=num_gpus)
     started = await _answer_within(client, build, start_within)
+    lap("start")
     if started is None:
         raise BootstrapError(
             conn.host,

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
 from proto.errors import ProvisionError
 from stixd.agent_bundle import build_id
@@ -89,8 +91,10 @@ class SshProvider:
         settings: SshSettings | None = None,
         *,
         known_hosts: str | None = None,
+        log: structlog.stdlib.BoundLogger | None = None,
     ) -> None:
         self.home = home
+        self.log = (log or structlog.get_logger()).bind(provider="ssh")
         self.pools = pools
         self.settings = settings or SshSettings()
         self.known_hosts = known_hosts
@@ -220,7 +224,10 @@ class SshProvider:
 
         async def one(rank: int, host: PoolHost) -> None:
             conn = self.connection(host)
+            began = time.monotonic()
             try:
+                await conn.connection()
+                connected = time.monotonic()
                 ep = await ensure_agent(
                     conn,
                     cluster=req.cluster,
@@ -235,6 +242,16 @@ class SshProvider:
             except (SshError, BootstrapError) as exc:
                 errors[rank] = exc
                 return
+            self.log.info(
+                "ssh_node_ready",
+                cluster=req.cluster,
+                rank=rank,
+                host=conn.host,
+                connect_s=round(connected - began, 4),
+                **{f"{phase}_s": s for phase, s in ep.phases.items()},
+                total_s=round(time.monotonic() - began, 4),
+                started=ep.started,
+            )
             await anyio.to_thread.run_sync(
                 self.allocations.record, req.cluster, rank, ep.home, ep.socket_path
             )
