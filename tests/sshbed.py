@@ -42,10 +42,14 @@ SSH_PORT = 22
 LOCK_DIR = Path("/run")
 SSHD = "/usr/sbin/sshd"
 UP_WITHIN_S = 10.0
+INNER_PORT = 2222
+"""Each sshd also listens on the host's own loopback at this port: an address only a jump
+through that host can reach (the daemon's 127.0.0.1 is another namespace's loopback)."""
 
 _SSHD_CONFIG = """\
 Port {port}
 ListenAddress {ip}
+ListenAddress 127.0.0.1:{inner_port}
 HostKey {dir}/ssh_host_ed25519_key
 PidFile {dir}/sshd.pid
 AuthorizedKeysFile {dir}/authorized_keys
@@ -148,6 +152,26 @@ class Host:
             os.kill(pid, signal.SIGTERM)
         _wait_for(lambda: not _port_open(self.ip, self.port), 5.0, f"{self.name} sshd to stop")
 
+    def sshd_pids(self) -> list[int]:
+        """The listener and every session of this host's sshd (agents and jobs are not sshd)."""
+        return [pid for pid in self.pids() if _comm(pid) == "sshd"]
+
+    def kill_sshd(self) -> None:
+        """Kill -9 the whole sshd (listener and sessions): every connection to the host breaks,
+        the processes it started and detached keep running. `start_sshd` brings it back."""
+        for pid in self.sshd_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not self.sshd_pids(), 5.0, f"{self.name} sshd processes to exit")
+        _wait_for(lambda: not _port_open(self.ip, self.port), 5.0, f"{self.name} sshd to stop")
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
 
 def _port_open(ip: str, port: int) -> bool:
     try:
@@ -204,7 +228,9 @@ def _make_host(bed: SshBed, host: Host) -> None:
     host.exec("ip", "link", "set", "lo", "up")
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "ssh_host_ed25519_key"))
     shutil.copyfile(bed.key.with_suffix(".pub"), d / "authorized_keys")
-    (d / "sshd_config").write_text(_SSHD_CONFIG.format(port=host.port, ip=host.ip, dir=d))
+    (d / "sshd_config").write_text(
+        _SSHD_CONFIG.format(port=host.port, ip=host.ip, dir=d, inner_port=INNER_PORT)
+    )
     start_sshd(host)
 
 

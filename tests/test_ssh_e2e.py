@@ -138,3 +138,45 @@ def test_a_host_that_stops_answering_turns_the_cluster_init_and_fails_the_job(
     )  # the partition healed: the health check sees every node again
     assert stix.clusters()["flt"]["last_error"] is None
     stix.run("down", "flt", "-y", check=True, timeout=60)
+
+
+def test_hosts_behind_a_jump_host_or_a_proxy_command(
+    stix: Stix, hosts: SshBed, task_file, tmp_path
+) -> None:
+    from tests.sshbed import INNER_PORT
+
+    # 127.0.0.1:INNER_PORT is each host's own loopback: only a hop through that host reaches it
+    jump, proxied = hosts.hosts[1], hosts.hosts[2]
+    hop = (
+        f"ssh -i {hosts.key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        f"-o BatchMode=yes -W %h:%p root@{proxied.ip}"
+    )
+    (stix.home / "ssh_node_pools.yaml").write_text(
+        "hidden:\n"
+        "  user: root\n"
+        f"  identity_file: {hosts.key}\n"
+        f"  jump_host: root@{jump.ip}\n"
+        "  hosts:\n"
+        f"    - {{ip: 127.0.0.1, port: {INNER_PORT}}}\n"
+        f"    - {{ip: 127.0.0.1, port: {INNER_PORT}, proxy_command: '{hop}'}}\n"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.txt").write_text("through-the-bastion\n")
+    path = task_file(
+        "num_nodes: 2\n"
+        "resources:\n  infra: ssh/hidden\n"
+        f"workdir: {work}\n"
+        'run: echo "rank=$SKYPILOT_NODE_RANK host=$(hostname) data=$(cat data.txt)"\n'
+    )
+    out = stix.run("launch", "-c", "hid", "-y", str(path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"rank=0 host={jump.name} data=through-the-bastion" in out.stdout
+    assert f"rank=1 host={proxied.name} data=through-the-bastion" in out.stdout
+    # the OpenSSH client takes the same routes
+    head = stix.run("ssh", "hid", "hostname", check=True, timeout=30)
+    assert head.stdout.strip() == jump.name
+    other = stix.run("ssh", "hid", "--node", "1", "hostname", check=True, timeout=30)
+    assert other.stdout.strip() == proxied.name
+    stix.run("down", "hid", "-y", check=True, timeout=60)
+    assert not (jump.home / "sky_workdir").exists()

@@ -40,7 +40,9 @@ def test_pool_file_in_skypilot_form_becomes_typed_hosts(tmp_path: Path) -> None:
         "      port: 2222\n"
         "      user: admin\n"
         "      password: hunter2\n"
-        "  jump_host: bastion.example.com\n"
+        "    - ip: 10.0.0.3\n"
+        "      jump_host: null\n"
+        "  jump_host: ops@bastion.example.com:2200\n"
         "cpus:\n"
         "  user: root\n"
         "  port: 2200\n"
@@ -52,8 +54,17 @@ def test_pool_file_in_skypilot_form_becomes_typed_hosts(tmp_path: Path) -> None:
     assert [(h.ip, h.port, h.user, h.identity_file, h.password) for h in gpus.hosts] == [
         ("10.0.0.1", 22, "ubuntu", key, None),
         ("10.0.0.2", 2222, "admin", key, "hunter2"),
+        ("10.0.0.3", 22, "ubuntu", key, None),
     ]
-    assert gpus.jump_host == "bastion.example.com" and gpus.proxy_command is None
+    assert [str(h.jump) for h in gpus.hosts] == ["ops@bastion.example.com:2200"] * 2 + ["None"]
+    assert gpus.hosts[0].key == "10.0.0.1:22 via ops@bastion.example.com:2200"
+    assert gpus.hosts[2].key == "10.0.0.3:22"
+    target = gpus.hosts[0].target()
+    assert target.jump is not None and (target.jump.host, target.jump.port) == (
+        "bastion.example.com",
+        2200,
+    )
+    assert target.jump.identity_file == key and target.jump.user == "ops"
     assert [h.key for h in pools["cpus"].hosts] == ["a.example.com:2200"]
     assert "hunter2" not in repr(gpus)
     assert load_pools(tmp_path / "nowhere") == {}
@@ -86,12 +97,27 @@ def test_pool_file_in_skypilot_form_becomes_typed_hosts(tmp_path: Path) -> None:
         (
             {"gpus": {"hosts": ["a"], "users": "u"}},
             "ssh_node_pools.yaml: pool gpus: users: unknown key (expected one of user, "
-            "identity_file, password, port, hosts, proxy_command, jump_host)",
+            "identity_file, password, port, hosts, jump_host, proxy_command)",
         ),
         (
             {"gpus": {"hosts": [{"ip": "a", "key": "k"}]}},
             "ssh_node_pools.yaml: pool gpus: hosts.0.key: unknown key "
-            "(expected one of ip, user, identity_file, port, password)",
+            "(expected one of ip, user, identity_file, port, password, jump_host, "
+            "proxy_command)",
+        ),
+        (
+            {"gpus": {"hosts": ["a"], "jump_host": "b", "proxy_command": "nc %h %p"}},
+            "ssh_node_pools.yaml: pool gpus: jump_host: "
+            "give either jump_host or proxy_command, not both",
+        ),
+        (
+            {"gpus": {"hosts": [{"ip": "a", "jump_host": "u@b:x"}]}},
+            "ssh_node_pools.yaml: pool gpus: hosts.0.jump_host: "
+            "the port of 'u@b:x' is not a number",
+        ),
+        (
+            {"gpus": {"hosts": ["a"], "jump_host": "@b"}},
+            "ssh_node_pools.yaml: pool gpus: jump_host: expected [user@]host[:port], not '@b'",
         ),
         (
             {"gpus": {"identity_file": 3, "hosts": ["a"]}},
@@ -312,3 +338,18 @@ def make_tree(src: Path) -> Path:
 
 def files_under(root: Path) -> list[str]:
     return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+
+
+def test_a_proxy_command_expands_openssh_tokens_and_reaches_the_openssh_client() -> None:
+    from stixd.providers.ssh_sync import ssh_client_args
+
+    pools = parse_pools(
+        {"p": {"user": "u", "identity_file": "/k", "hosts": [{"ip": "h", "port": 2}],
+               "proxy_command": "nc -X 5 %h %p # %r 100%%"}}
+    )  # fmt: skip
+    [host] = pools["p"].hosts
+    assert host.target().expanded_proxy_command() == "nc -X 5 h 2 # u 100%"
+    args = ssh_client_args(host)
+    assert args[args.index("-o", args.index("LogLevel=ERROR")) + 1] == (
+        "ProxyCommand=nc -X 5 %h %p # %r 100%%"
+    )

@@ -217,3 +217,32 @@ async def test_a_killed_sshd_spares_the_open_session_and_refuses_new_ones(
             f"host {host.ip}: connection refused on port 22 (is sshd running?)"
         )
         await open_conn.close()  # sessions end before the bed goes, as on a real host
+
+
+async def test_hosts_behind_one_jump_host_share_its_connection_and_a_dead_jump_is_named(
+    hosts: SshBed,
+) -> None:
+    from tests.sshbed import INNER_PORT
+
+    bastion = hosts.hosts[0]
+    jump = SshConnection(target(hosts, bastion), FAST)
+    behind = SshTarget("127.0.0.1", INNER_PORT, "root", str(hosts.key), jump=target(hosts, bastion))
+    first = SshConnection(behind, FAST, via=jump)
+    second = SshConnection(behind, FAST, via=jump)
+    try:
+        for conn in (first, second):
+            assert (await conn.run("hostname")).stdout.strip() == bastion.name
+        assert jump.connects == 1
+        assert bastion.established_ssh_connections() == 1  # both tunnels ride the one connection
+        await first.close()
+        await second.close()
+        bastion.link_down()
+        try:
+            lone = SshConnection(behind, FAST)  # a private jump connection, closed with it
+            with pytest.raises(SshUnreachable, match=rf"jump host {bastion.ip} is unusable"):
+                await lone.run("true", timeout=10)
+            await lone.close()
+        finally:
+            bastion.link_up()
+    finally:
+        await jump.close()

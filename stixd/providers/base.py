@@ -32,6 +32,9 @@ class NodeInfo:
     workdir: str
     home: str
     pid: int | None = None
+    address: str = ""
+    """How the provider reaches the node when ``ip`` alone does not say (the ssh provider: the
+    pool host's key, which includes its jump host); empty means ``ip``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +45,7 @@ class NodeInfo:
             "workdir": self.workdir,
             "home": self.home,
             "pid": self.pid,
+            "address": self.address,
         }
 
     @classmethod
@@ -54,6 +58,7 @@ class NodeInfo:
             workdir=raw["workdir"],
             home=raw["home"],
             pid=raw.get("pid"),
+            address=raw.get("address", ""),
         )
 
 

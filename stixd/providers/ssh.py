@@ -112,11 +112,6 @@ class SshProvider:
         if pool is None:
             known = ", ".join(sorted(self.pools)) or "none"
             raise ProvisionError(f"no ssh pool {name} in {POOLS_FILE} (pools: {known})")
-        if pool.jump_host or pool.proxy_command:
-            raise ProvisionError(
-                f"ssh pool {name}: jump_host and proxy_command are not supported yet; "
-                "make the hosts reachable directly"
-            )
         return pool
 
     def _host(self, key: str) -> PoolHost:
@@ -126,18 +121,20 @@ class SshProvider:
                     return host
         raise ProvisionError(f"host {key} is in {self.allocations.path} but in no ssh pool")
 
-    def _host_by_ip(self, ip: str) -> PoolHost:
-        for pool in self.pools.values():
+    def _host_of(self, node: NodeInfo) -> PoolHost:
+        if node.address:
+            return self._host(node.address)
+        for pool in self.pools.values():  # a node recorded before nodes carried an address
             for host in pool.hosts:
-                if host.ip == ip:
+                if host.ip == node.ip:
                     return host
-        raise ProvisionError(f"no ssh pool lists a host {ip}")
+        raise ProvisionError(f"no ssh pool lists a host {node.ip}")
 
     def shell_command(
         self, node: NodeInfo, command: str | None
     ) -> tuple[list[str], str | None, dict[str, str]]:
         """What `stixctl ssh CLUSTER` runs on this machine: the ssh client into the node."""
-        host = self._host_by_ip(node.ip)
+        host = self._host_of(node)
         if host.identity_file is None:
             raise ProvisionError(
                 f"host {host.ip} logs in with a password; `stixctl ssh` needs an identity_file"
@@ -148,9 +145,17 @@ class SshProvider:
         return argv, None, {}
 
     def connection(self, host: PoolHost) -> SshConnection:
+        """The one connection to ``host``; hosts behind one jump host share the tunnel to it."""
         conn = self._conns.get(host.key)
         if conn is None:
-            conn = SshConnection(host.target(self.known_hosts), self.settings)
+            target = host.target(self.known_hosts)
+            via = None
+            if target.jump is not None:
+                jump_key = f"jump {host.jump}"
+                via = self._conns.get(jump_key)
+                if via is None:
+                    via = self._conns[jump_key] = SshConnection(target.jump, self.settings)
+            conn = SshConnection(target, self.settings, via=via)
             self._conns[host.key] = conn
         return conn
 
@@ -263,6 +268,7 @@ class SshProvider:
                 workdir=workdir,
                 home=ep.home,
                 pid=ep.pid,
+                address=host.key,
             )
 
         async with anyio.create_task_group() as tg:
@@ -289,7 +295,13 @@ class SshProvider:
         async def one(rank: int, host: PoolHost, h: HeldHost) -> None:
             home = h.home or "~"
             stopped = NodeInfo(
-                rank, host.ip, NodeStatus.STOPPED, h.socket or "", f"{home}/{WORKDIR}", home
+                rank,
+                host.ip,
+                NodeStatus.STOPPED,
+                h.socket or "",
+                f"{home}/{WORKDIR}",
+                home,
+                address=host.key,
             )
             nodes[rank] = stopped
             conn = self.connection(host)
@@ -354,11 +366,11 @@ class SshProvider:
         """Pool hosts are on the user's own network: nothing stands between them and a port."""
 
     async def sync(self, node: NodeInfo, mounts: list[Mount], method: Method = "auto") -> int:
-        host = self._host_by_ip(node.ip)
+        host = self._host_of(node)
         return await sync_mounts(self.connection(host), host, node, mounts, method)
 
     def connector(self, node: NodeInfo) -> AgentClient:
-        conn = self.connection(self._host_by_ip(node.ip))
+        conn = self.connection(self._host_of(node))
         return conn.agent_client(node.agent_address, f"rank {node.rank}@{conn.host}")
 
 

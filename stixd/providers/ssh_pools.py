@@ -10,8 +10,11 @@ A pool names machines the user already has::
         - ip: 10.0.0.12
           port: 2222
 
-Each host inherits the pool's ``user``, ``identity_file``, ``password`` and ``port`` unless it
-says otherwise. Every error is one sentence naming the file, the pool and the key at fault.
+Each host inherits the pool's ``user``, ``identity_file``, ``password``, ``port``, and
+``jump_host`` or ``proxy_command``, unless it says otherwise. Hosts that are only reachable
+through a bastion name it either as ``jump_host: [user@]host[:port]`` (logged in to with the
+host's own key) or as an OpenSSH ``proxy_command`` (``%h``, ``%p``, ``%r`` and ``%%`` are
+expanded). Every error is one sentence naming the file, the pool and the key at fault.
 
 ``Allocations`` records which cluster holds which host (``<stix home>/ssh_allocations.json``).
 """
@@ -34,8 +37,9 @@ from stixd.providers.base import CapacityError
 from stixd.providers.ssh_transport import SshTarget
 
 POOLS_FILE = "ssh_node_pools.yaml"
-_POOL_KEYS = ("user", "identity_file", "password", "port", "hosts", "proxy_command", "jump_host")
-_HOST_KEYS = ("ip", "user", "identity_file", "port", "password")
+_ROUTE_KEYS = ("jump_host", "proxy_command")
+_POOL_KEYS = ("user", "identity_file", "password", "port", "hosts", *_ROUTE_KEYS)
+_HOST_KEYS = ("ip", "user", "identity_file", "port", "password", *_ROUTE_KEYS)
 
 Fail = Callable[[str, str], "PoolError"]
 """Makes the error for (key, problem) at one place in the file."""
@@ -45,19 +49,44 @@ class PoolError(ValueError):
     """The pools file is unreadable or invalid; the message says where and what."""
 
 
+class JumpHost(msgspec.Struct, frozen=True, kw_only=True):
+    host: str
+    port: int = 22
+    user: str
+
+    def __str__(self) -> str:
+        port = "" if self.port == 22 else f":{self.port}"
+        return f"{self.user}@{self.host}{port}"
+
+
 class PoolHost(msgspec.Struct, frozen=True, kw_only=True):
     ip: str
     port: int
     user: str
     identity_file: str | None = None
     password: str | None = None
+    jump: JumpHost | None = None
+    proxy_command: str | None = None
 
     @property
     def key(self) -> str:
-        """The host's identity in allocations: one machine is taken by one cluster at a time."""
-        return f"{self.ip}:{self.port}"
+        """The host's identity in allocations: one machine is taken by one cluster at a time.
+
+        Behind a bastion an address names a machine only together with the route to it."""
+        via = self.jump or self.proxy_command
+        return f"{self.ip}:{self.port}" + (f" via {via}" if via else "")
 
     def target(self, known_hosts: str | None = None) -> SshTarget:
+        jump = None
+        if self.jump is not None:
+            jump = SshTarget(
+                host=self.jump.host,
+                port=self.jump.port,
+                user=self.jump.user,
+                identity_file=self.identity_file,
+                password=self.password,
+                known_hosts=known_hosts,
+            )
         return SshTarget(
             host=self.ip,
             port=self.port,
@@ -65,6 +94,8 @@ class PoolHost(msgspec.Struct, frozen=True, kw_only=True):
             identity_file=self.identity_file,
             password=self.password,
             known_hosts=known_hosts,
+            jump=jump,
+            proxy_command=self.proxy_command,
         )
 
     def __repr__(self) -> str:  # the password never reaches a log line
@@ -74,8 +105,6 @@ class PoolHost(msgspec.Struct, frozen=True, kw_only=True):
 class SshPool(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     hosts: tuple[PoolHost, ...]
-    proxy_command: str | None = None
-    jump_host: str | None = None
 
 
 def load_pools(home: Path) -> dict[str, SshPool]:
@@ -123,6 +152,7 @@ def _pool(source: str, name: str, raw: Any) -> SshPool:
         "identity_file": _opt_str(raw, "identity_file", fail),
         "password": _opt_str(raw, "password", fail),
         "port": _port(raw.get("port", 22), "port", fail),
+        **_route(raw, fail),
     }
     hosts_raw = raw.get("hosts")
     if hosts_raw is None:
@@ -135,12 +165,36 @@ def _pool(source: str, name: str, raw: Any) -> SshPool:
         if host.key in seen:
             raise fail(f"hosts.{i}", f"{host.key} is listed twice (also hosts.{seen[host.key]})")
         seen[host.key] = i
-    return SshPool(
-        name=name,
-        hosts=hosts,
-        proxy_command=_opt_str(raw, "proxy_command", fail),
-        jump_host=_opt_str(raw, "jump_host", fail),
-    )
+    return SshPool(name=name, hosts=hosts)
+
+
+def _route(raw: dict[str, Any], fail: Fail) -> dict[str, Any]:
+    """How a host is reached: directly, through a jump host, or through a proxy command."""
+    jump_text = _opt_str(raw, "jump_host", fail)
+    proxy = _opt_str(raw, "proxy_command", fail)
+    if jump_text and proxy:
+        raise fail("jump_host", "give either jump_host or proxy_command, not both")
+    route: dict[str, Any] = {}
+    if "jump_host" in raw:
+        route["jump"] = _jump(jump_text, fail) if jump_text else None
+        route["proxy_command"] = None
+    if "proxy_command" in raw:
+        route["proxy_command"] = proxy
+        route["jump"] = None
+    return route
+
+
+def _jump(text: str, fail: Fail) -> JumpHost:
+    user, at, rest = text.rpartition("@")
+    host, colon, port_text = rest.partition(":")
+    if not host or (at and not user) or any(c.isspace() for c in text):
+        raise fail("jump_host", f"expected [user@]host[:port], not {text!r}")
+    port = 22
+    if colon:
+        if not port_text.isdigit():
+            raise fail("jump_host", f"the port of {text!r} is not a number")
+        port = _port(int(port_text), "jump_host", fail)
+    return JumpHost(host=host, port=port, user=user or getpass.getuser())
 
 
 def _host(index: int, raw: Any, defaults: dict[str, Any], fail: Fail) -> PoolHost:
@@ -165,12 +219,15 @@ def _host(index: int, raw: Any, defaults: dict[str, Any], fail: Fail) -> PoolHos
     identity = _opt_str(raw, "identity_file", host_fail) or defaults["identity_file"]
     password = _opt_str(raw, "password", host_fail) or defaults["password"]
     port = _port(raw["port"], "port", host_fail) if "port" in raw else defaults["port"]
+    route = {"jump": defaults.get("jump"), "proxy_command": defaults.get("proxy_command")}
+    route.update(_route(raw, host_fail))
     return PoolHost(
         ip=ip.strip(),
         port=port,
         user=user,
         identity_file=os.path.expanduser(identity) if identity else None,
         password=password,
+        **route,
     )
 
 

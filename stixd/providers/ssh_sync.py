@@ -71,19 +71,30 @@ async def _rsync_usable(conn: SshConnection, host: PoolHost) -> bool:
 
 
 def ssh_client_args(host: PoolHost) -> list[str]:
-    """Options for the OpenSSH client to log in to a pool host with its key (rsync, shells)."""
+    """Options for the OpenSSH client to log in to a pool host with its key (rsync, shells),
+    through the host's jump host or proxy command if it has one."""
     assert host.identity_file is not None
+    trust = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    route: list[str] = []
+    if host.jump is not None:
+        # ProxyJump would log in to the bastion with the default keys, not this one
+        hop = quote(
+            "ssh", "-i", host.identity_file, "-p", str(host.jump.port), *trust,
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+            "-W", "%h:%p", f"{host.jump.user}@{host.jump.host}",
+        )  # fmt: skip
+        route = ["-o", f"ProxyCommand={hop}"]
+    elif host.proxy_command is not None:
+        route = ["-o", f"ProxyCommand={host.proxy_command}"]
     return [
         "-i",
         host.identity_file,
         "-p",
         str(host.port),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
+        *trust,
         "-o",
         "LogLevel=ERROR",
+        *route,
     ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import re
 import secrets
 import shlex
 import socket
@@ -84,6 +85,16 @@ class SshTarget:
     password: str | None = dataclasses.field(default=None, repr=False)
     known_hosts: str | None = None
     """An OpenSSH known_hosts file to verify the host key against; None accepts any key."""
+    jump: SshTarget | None = None
+    """A bastion the connection is tunnelled through (OpenSSH's ProxyJump)."""
+    proxy_command: str | None = None
+    """An OpenSSH ProxyCommand whose stdin/stdout carry the connection (``%h %p %r`` expanded)."""
+
+    def expanded_proxy_command(self) -> str | None:
+        if self.proxy_command is None:
+            return None
+        tokens = {"h": self.host, "p": str(self.port), "r": self.user, "%": "%"}
+        return re.sub(r"%([hpr%])", lambda m: tokens[m.group(1)], self.proxy_command)
 
     def credential(self) -> str:
         if self.identity_file:
@@ -128,9 +139,19 @@ class SshConnection:
         self,
         target: SshTarget,
         settings: SshSettings | None = None,
+        *,
+        via: SshConnection | None = None,
     ) -> None:
+        """``via`` is the connection to ``target.jump`` to tunnel through; several hosts behind
+        one bastion share it. Without it, a target with a jump host gets a private one."""
         self.target = target
         self.settings = settings or SshSettings()
+        self._owns_via = via is None and target.jump is not None
+        self.via = (
+            via
+            if via is not None or target.jump is None
+            else SshConnection(target.jump, self.settings)
+        )
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lost_reason: str | None = None
         self._connect_lock = anyio.Lock()
@@ -202,6 +223,15 @@ class SshConnection:
             options["password"] = t.password
             if not t.identity_file:
                 options["client_keys"] = None
+        if self.via is not None:
+            try:
+                options["tunnel"] = await self.via.connection()
+            except SshError as exc:
+                raise SshUnreachable(
+                    self.host, f"the jump host {self.via.host} is unusable: {exc.problem}"
+                ) from None
+        elif t.proxy_command is not None:
+            options["proxy_command"] = t.expanded_proxy_command()
         try:
             conn, _ = await asyncssh.create_connection(
                 lambda: _Watch(self._on_lost), t.host, **options
@@ -333,6 +363,8 @@ class SshConnection:
             conn.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await conn.wait_closed()
+        if self.via is not None and self._owns_via:
+            await self.via.close()
 
 
 class SshChannelStream(ByteStream):
