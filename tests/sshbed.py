@@ -43,6 +43,8 @@ LOCK_DIR = Path("/run")
 SSHD = "/usr/sbin/sshd"
 UP_WITHIN_S = 10.0
 INNER_PORT = 2222
+USER, USER_ID = "stixu", 41500
+"""An unprivileged login every host has besides root (its home: ``Host.dir/homes/USER``)."""
 """Each sshd also listens on the host's own loopback at this port: an address only a jump
 through that host can reach (the daemon's 127.0.0.1 is another namespace's loopback)."""
 
@@ -228,10 +230,32 @@ def _make_host(bed: SshBed, host: Host) -> None:
     host.exec("ip", "link", "set", "lo", "up")
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "ssh_host_ed25519_key"))
     shutil.copyfile(bed.key.with_suffix(".pub"), d / "authorized_keys")
+    _add_login_user(d)
     (d / "sshd_config").write_text(
         _SSHD_CONFIG.format(port=host.port, ip=host.ip, dir=d, inner_port=INNER_PORT)
     )
     start_sshd(host)
+
+
+def _add_login_user(d: Path) -> None:
+    """Files that give the host a second, unprivileged login (``USER``, home ``/home/USER``),
+    mounted over /etc/passwd, /etc/group, /etc/shadow and /home in the host's own mount
+    namespace only: the machine's real user database is never touched."""
+    etc = d / "etc"
+    etc.mkdir()
+    for name, line in (
+        ("passwd", f"{USER}:x:{USER_ID}:{USER_ID}::/home/{USER}:/bin/sh"),
+        ("group", f"{USER}:x:{USER_ID}:"),
+        ("shadow", f"{USER}:*:19000:0:99999:7:::"),
+    ):
+        text = Path("/etc", name).read_text()
+        (etc / name).write_text(text.rstrip("\n") + "\n" + line + "\n")
+    (etc / "shadow").chmod(0o640)
+    home = d / "homes" / USER
+    home.mkdir(parents=True)
+    os.chown(home, USER_ID, USER_ID)
+    for up in (d, d.parent):  # the user's sshd reads authorized_keys under the bed directory
+        up.chmod(0o755)
 
 
 def start_sshd(host: Host) -> None:
@@ -250,8 +274,12 @@ def start_sshd(host: Host) -> None:
             "mount -t overlay overlay "
             f"-o lowerdir=/usr/bin,upperdir={upper},workdir={work} /usr/bin"
         )
+    users = "; ".join(
+        f"mount --bind {d}/etc/{name} /etc/{name}" for name in ("passwd", "group", "shadow")
+    )
     script = (
         f"set -e; hostname {host.name}; mount --bind {d}/home /root; {hide}\n"
+        f"{users}; mount --bind {d}/homes /home\n"
         f"exec {SSHD} -f {d}/sshd_config -E {d}/sshd.log"
     )
     host.exec("unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", script)

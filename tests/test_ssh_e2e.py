@@ -180,3 +180,36 @@ def test_hosts_behind_a_jump_host_or_a_proxy_command(
     assert other.stdout.strip() == proxied.name
     stix.run("down", "hid", "-y", check=True, timeout=60)
     assert not (jump.home / "sky_workdir").exists()
+
+
+def test_hosts_log_in_as_different_users_root_or_not(
+    stix: Stix, hosts: SshBed, task_file, tmp_path
+) -> None:
+    from tests.sshbed import USER
+
+    root_host, user_host = hosts.hosts[0], hosts.hosts[1]
+    (stix.home / "ssh_node_pools.yaml").write_text(
+        "mixed:\n"
+        "  user: root\n"
+        f"  identity_file: {hosts.key}\n"
+        f"  hosts: [{root_host.ip}, {{ip: {user_host.ip}, user: {USER}}}]\n"
+    )
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "data.txt").write_text("synced\n")
+    path = task_file(
+        "num_nodes: 2\n"
+        "resources:\n  infra: ssh/mixed\n"
+        f"workdir: {work}\n"
+        "run: |\n"
+        '  echo "rank=$SKYPILOT_NODE_RANK user=$(id -un) home=$HOME pwd=$(pwd) $(cat data.txt)"\n'
+    )
+    out = stix.run("launch", "-c", "mix", "-y", str(path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "rank=0 user=root home=/root pwd=/root/sky_workdir synced" in out.stdout
+    assert f"rank=1 user={USER} home=/home/{USER} pwd=/home/{USER}/sky_workdir synced" in out.stdout
+    user_home = user_host.dir / "homes" / USER
+    assert (user_home / "sky_workdir" / "data.txt").stat().st_uid != 0
+    stix.run("down", "mix", "-y", check=True, timeout=60)
+    assert not (user_home / "sky_workdir").exists()
+    assert not list((user_home / ".stix" / "nodes").glob("mix-*"))
