@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from proto import messages as m
 from proto.errors import InvalidTask
 from proto.task import Task, launch_problems
@@ -47,12 +49,25 @@ async def sync_task_files(
     mounts = task_mounts(task, file_mounts)
     if not mounts:
         return 0
-    copied = 0
-    for node in nodes[: max(task.num_nodes, 1)]:
-        copied += await provider.sync(node, mounts)
+    targets = nodes[: max(task.num_nodes, 1)]
+    copied: dict[int, int] = {}
+    failed: dict[int, Exception] = {}
+
+    async def one(node: NodeInfo) -> None:
+        try:
+            copied[node.rank] = await provider.sync(node, mounts)
+        except Exception as exc:  # re-raised below: one node's failure must not hide another's
+            failed[node.rank] = exc
+
+    async with anyio.create_task_group() as tg:  # every node at once: a big tree costs one copy
+        for node in targets:
+            tg.start_soon(one, node)
+    if failed:
+        raise failed[min(failed)]
+    total = sum(copied.values())
     env.progress(
         m.Progress(
-            f"Synced {len(mounts)} path(s) to {len(nodes)} node(s): {copied} file(s) changed."
+            f"Synced {len(mounts)} path(s) to {len(targets)} node(s): {total} file(s) changed."
         )
     )
-    return copied
+    return total
