@@ -1,0 +1,162 @@
+"""EC2 errors as stix errors that carry their next step: retry, or block what they name.
+
+What to block follows what the error is about: a zone out of capacity blocks that zone (for
+that instance type and market), a quota blocks the region, an unknown instance type blocks the
+type everywhere, refused credentials block the whole cloud. Throttling and AWS's own 5xx
+(other than capacity, which EC2 also sends as a 5xx) are worth retrying as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+from proto.errors import ProvisionError
+from stixd.providers.base import CapacityError
+
+ZONE_CAPACITY = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientReservedInstanceCapacity",
+        "InsufficientCapacity",
+        "InsufficientFreeAddressesInSubnet",
+        "Unsupported",
+        "SpotMaxPriceTooLow",
+        "InsufficientSpotCapacity",
+    }
+)
+REGION_QUOTA = frozenset(
+    {
+        "InstanceLimitExceeded",
+        "VcpuLimitExceeded",
+        "MaxSpotInstanceCountExceeded",
+        "SpotInstanceLimitExceeded",
+        "InsufficientAddressCapacity",
+        "AddressLimitExceeded",
+        "OptInRequired",
+    }
+)
+TYPE_UNKNOWN = frozenset({"InvalidInstanceType"})
+AUTH = frozenset(
+    {
+        "AuthFailure",
+        "UnauthorizedOperation",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "RequestExpired",
+        "Blocked",
+        "AccessDenied",
+    }
+)
+TRANSIENT = frozenset(
+    {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+        "RequestTimeout",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """What a call was about, so an error can name what to block."""
+
+    region: str
+    zone: str | None = None
+    instance_type: str | None = None
+    use_spot: bool | None = None
+
+    def block(self, scope: str) -> dict[str, str]:
+        out = {"cloud": "aws"}
+        if scope in ("zone", "region"):
+            out["region"] = self.region
+        if scope == "zone" and self.zone:
+            out["zone"] = self.zone
+        if scope in ("zone", "region", "type") and self.instance_type:
+            out["instance_type"] = self.instance_type
+        if scope in ("zone", "region") and self.use_spot is not None:
+            out["use_spot"] = "true" if self.use_spot else "false"
+        return out
+
+
+class AwsCapacityError(CapacityError):
+    """No capacity or no quota for this choice: block ``block`` and try the next choice."""
+
+    retryable = False
+
+    def __init__(self, code: str, message: str, block: dict[str, str]) -> None:
+        super().__init__(message, block)
+        self.aws_code = code
+
+
+class AwsAuthError(ProvisionError):
+    """AWS refused the credentials (or this operation): the whole cloud is blocked."""
+
+    retryable = False
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.aws_code = code
+        self.block = {"cloud": "aws"}
+
+
+class AwsTransientError(ProvisionError):
+    """Throttled, or AWS had a passing problem: the same call may work a little later."""
+
+    retryable = True
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.aws_code = code
+
+
+class AwsRequestError(ProvisionError):
+    """AWS refused the request itself (a bad image, a bad parameter): retrying won't help."""
+
+    retryable = False
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.aws_code = code
+
+
+def error_code(exc: ClientError) -> str:
+    err: dict[str, Any] = exc.response.get("Error", {})
+    return str(err.get("Code") or "Unknown")
+
+
+def classify(exc: ClientError | BotoCoreError, operation: str, where: Where) -> ProvisionError:
+    """The stix error for a failed EC2 call, naming the call and what it was about."""
+    if isinstance(exc, BotoCoreError):  # no answer at all: endpoint down, DNS, timeout
+        return AwsTransientError(
+            type(exc).__name__, f"AWS {operation} in {where.region} got no answer: {exc}"
+        )
+    code = error_code(exc)
+    text = str(exc.response.get("Error", {}).get("Message") or code)
+    about = f"{where.instance_type} " if where.instance_type else ""
+    place = where.zone or where.region
+    if code in ZONE_CAPACITY:
+        message = f"AWS has no {about}capacity in {place} ({code}: {text})"
+        return AwsCapacityError(code, message, where.block("zone"))
+    if code in REGION_QUOTA:
+        message = f"AWS quota reached for {about}in {where.region} ({code}: {text})"
+        return AwsCapacityError(code, message, where.block("region"))
+    if code in TYPE_UNKNOWN or (
+        code == "InvalidParameterValue" and "instance type" in text.lower()
+    ):
+        message = f"AWS does not offer {about.strip() or 'this instance type'} ({code}: {text})"
+        return AwsCapacityError(code, message, where.block("type"))
+    if code in AUTH:
+        return AwsAuthError(code, f"AWS refused {operation} in {where.region}: {code}: {text}")
+    if code in TRANSIENT:
+        return AwsTransientError(code, f"AWS {operation} in {where.region}: {code}: {text}")
+    return AwsRequestError(code, f"AWS {operation} in {where.region} failed: {code}: {text}")

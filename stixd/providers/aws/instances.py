@@ -1,0 +1,274 @@
+"""A cluster's EC2 instances: found by their tags, made with a client token, waited on, stopped.
+
+Tags are the truth: ``stix-cluster`` and ``stix-user`` say whose an instance is, and
+``stix-node-rank`` which node it is. A rank is tagged right after the instances are made; one
+found without it (a crash in between) gets a free rank when next launched, in launch order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Any
+
+import anyio
+
+from proto.errors import ProvisionError
+from stixd.providers.aws.client import Ec2Clients
+from stixd.providers.aws.errors import Where
+
+TAG_CLUSTER = "stix-cluster"
+TAG_RANK = "stix-node-rank"
+TAG_USER = "stix-user"
+ALIVE = ["pending", "running", "stopping", "stopped"]
+CANONICAL = "099720109477"  # Ubuntu's images
+DEFAULT_IMAGE_NAMES = {
+    "x86_64": "ubuntu/images/hvm-ssd*/ubuntu-*-amd64-server-*",
+    "arm64": "ubuntu/images/hvm-ssd*/ubuntu-*-arm64-server-*",
+}
+DEFAULT_DISK_GB = 256
+WAIT_BACKOFF_MAX_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    id: str
+    rank: int | None
+    state: str
+    zone: str
+    instance_type: str
+    private_ip: str | None
+    public_ip: str | None
+    spot: bool
+    launch_index: int
+    launched_at: float
+
+    @property
+    def address(self) -> str | None:
+        """Where this machine reaches it: the public address if it has one."""
+        return self.public_ip or self.private_ip
+
+
+def parse(raw: dict[str, Any]) -> Instance:
+    tags = {t["Key"]: t["Value"] for t in raw.get("Tags") or []}
+    rank_tag = tags.get(TAG_RANK, "")
+    launched = raw.get("LaunchTime")
+    return Instance(
+        id=raw["InstanceId"],
+        rank=int(rank_tag) if rank_tag.isdigit() else None,
+        state=raw["State"]["Name"],
+        zone=raw.get("Placement", {}).get("AvailabilityZone", ""),
+        instance_type=raw.get("InstanceType", ""),
+        private_ip=raw.get("PrivateIpAddress"),
+        public_ip=raw.get("PublicIpAddress"),
+        spot=raw.get("InstanceLifecycle") == "spot",
+        launch_index=int(raw.get("AmiLaunchIndex", 0)),
+        launched_at=float(launched.timestamp()) if launched is not None else 0.0,
+    )
+
+
+def tags(cluster: str, user: str, rank: int | None = None) -> list[dict[str, str]]:
+    out = [{"Key": TAG_CLUSTER, "Value": cluster}, {"Key": TAG_USER, "Value": user}]
+    if rank is not None:
+        out += [
+            {"Key": TAG_RANK, "Value": str(rank)},
+            {"Key": "Name", "Value": f"{cluster}-{rank}"},
+        ]
+    return out
+
+
+def client_token(cluster: str, launch_id: str, zone: str, ranks: list[int]) -> str:
+    """The same for a retry of the same launch step: EC2 then returns the first try's instances."""
+    key = f"{cluster}/{launch_id}/{zone}/{','.join(map(str, ranks))}"
+    return "stix-" + hashlib.sha256(key.encode()).hexdigest()[:48]
+
+
+def _flatten(found: dict[str, Any]) -> list[Instance]:
+    return [parse(i) for r in found.get("Reservations") or [] for i in r.get("Instances") or []]
+
+
+async def find(ec2: Ec2Clients, region: str, cluster: str, user: str) -> list[Instance]:
+    """The cluster's instances that are not terminated, by rank (unranked last)."""
+    found = await ec2.call(
+        Where(region),
+        "describe_instances",
+        Filters=[
+            {"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]},
+            {"Name": f"tag:{TAG_USER}", "Values": [user]},
+            {"Name": "instance-state-name", "Values": ALIVE},
+        ],
+    )
+    return sorted(_flatten(found), key=_order)
+
+
+def _order(i: Instance) -> tuple[int, float, int, str]:
+    return (i.rank if i.rank is not None else 1 << 30, i.launched_at, i.launch_index, i.id)
+
+
+async def by_ids(ec2: Ec2Clients, region: str, ids: list[str]) -> list[Instance]:
+    """The instances with these ids that EC2 lists already (a new one may not be listed yet)."""
+    try:
+        found = await ec2.call(Where(region), "describe_instances", InstanceIds=ids)
+    except ProvisionError as exc:
+        if getattr(exc, "aws_code", "") == "InvalidInstanceID.NotFound":
+            return []
+        raise
+    return sorted(_flatten(found), key=_order)
+
+
+async def resolve_image(
+    ec2: Ec2Clients, region: str, image_id: Any, arch: str = "x86_64"
+) -> tuple[str, str]:
+    """(AMI id, root device name) from the task's ``image_id`` or, without one, Ubuntu's newest."""
+    if isinstance(image_id, dict):
+        image_id = image_id.get(region)
+        if image_id is None:
+            raise ProvisionError(f"image_id names no image for AWS region {region}")
+    where = Where(region)
+    if image_id:
+        if not str(image_id).startswith("ami-"):
+            raise ProvisionError(f"image_id {image_id!r} is not an AMI id (ami-...)")
+        try:
+            found = await ec2.call(where, "describe_images", ImageIds=[str(image_id)])
+        except ProvisionError as exc:
+            if getattr(exc, "aws_code", "").startswith("InvalidAMIID"):
+                raise ProvisionError(f"AWS region {region} has no image {image_id}") from None
+            raise
+        images = found.get("Images") or []
+        if not images:
+            raise ProvisionError(f"AWS region {region} has no image {image_id}")
+    else:
+        found = await ec2.call(
+            where,
+            "describe_images",
+            Owners=[CANONICAL],
+            Filters=[
+                {"Name": "name", "Values": [DEFAULT_IMAGE_NAMES.get(arch, arch)]},
+                {"Name": "state", "Values": ["available"]},
+            ],
+        )
+        images = sorted(found.get("Images") or [], key=lambda i: i.get("CreationDate", ""))[-1:]
+        if not images:
+            raise ProvisionError(
+                f"no Ubuntu image for {arch} in AWS region {region}; name one with image_id"
+            )
+    image = images[-1]
+    return str(image["ImageId"]), str(image.get("RootDeviceName") or "/dev/sda1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    image: str
+    root_device: str
+    instance_type: str
+    subnet: str
+    group: str
+    key_name: str
+    disk_gb: int
+    spot: bool
+    disk_type: str = "gp3"
+
+
+async def run(
+    ec2: Ec2Clients,
+    where: Where,
+    spec: RunSpec,
+    *,
+    count: int,
+    tag_list: list[dict[str, str]],
+    token: str,
+) -> list[Instance]:
+    params: dict[str, Any] = {
+        "ImageId": spec.image,
+        "InstanceType": spec.instance_type,
+        "MinCount": count,
+        "MaxCount": count,
+        "KeyName": spec.key_name,
+        "ClientToken": token,
+        "NetworkInterfaces": [
+            {
+                "DeviceIndex": 0,
+                "SubnetId": spec.subnet,
+                "Groups": [spec.group],
+                "AssociatePublicIpAddress": True,
+                "DeleteOnTermination": True,
+            }
+        ],
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": spec.root_device,
+                "Ebs": {
+                    "VolumeSize": spec.disk_gb,
+                    "VolumeType": spec.disk_type,
+                    "DeleteOnTermination": True,
+                },
+            }
+        ],
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tag_list},
+            {"ResourceType": "volume", "Tags": tag_list},
+        ],
+    }
+    if spec.spot:
+        params["InstanceMarketOptions"] = {
+            "MarketType": "spot",
+            "SpotOptions": {
+                "SpotInstanceType": "one-time",
+                "InstanceInterruptionBehavior": "terminate",
+            },
+        }
+    made = await ec2.call(where, "run_instances", **params)
+    return sorted((parse(i) for i in made.get("Instances") or []), key=_order)
+
+
+async def tag_ranks(
+    ec2: Ec2Clients, region: str, cluster: str, user: str, pairs: list[tuple[Instance, int]]
+) -> None:
+    for inst, rank in pairs:
+        await ec2.call(
+            Where(region), "create_tags", Resources=[inst.id], Tags=tags(cluster, user, rank)
+        )
+
+
+async def wait_for(
+    ec2: Ec2Clients, region: str, ids: list[str], state: str, within: float
+) -> list[Instance]:
+    """Poll until every instance of ``ids`` is in ``state``, with a pause growing to 5 s.
+
+    An id EC2 does not list yet is waited for, not taken as gone: new instances appear late.
+    """
+    deadline = time.monotonic() + within
+    pause = 0.2
+    while True:
+        found = await by_ids(ec2, region, ids)
+        states = {i.id: i.state for i in found}
+        if all(states.get(i) == state for i in ids):
+            return found
+        bad = [i for i in found if i.state in ("terminated", "shutting-down") and state != i.state]
+        if bad and state != "terminated":
+            raise ProvisionError(
+                f"AWS instance {bad[0].id} went {bad[0].state} while stix waited for {state}"
+            )
+        if time.monotonic() > deadline:
+            late = {i: states.get(i, "not listed yet") for i in ids if states.get(i) != state}
+            raise ProvisionError(
+                f"AWS instances did not become {state} within {within:g} s: {late}"
+            )
+        await anyio.sleep(pause)
+        pause = min(pause * 2, WAIT_BACKOFF_MAX_S)
+
+
+async def stop(ec2: Ec2Clients, region: str, ids: list[str]) -> None:
+    if ids:
+        await ec2.call(Where(region), "stop_instances", InstanceIds=ids)
+
+
+async def start(ec2: Ec2Clients, region: str, ids: list[str]) -> None:
+    if ids:
+        await ec2.call(Where(region), "start_instances", InstanceIds=ids)
+
+
+async def terminate(ec2: Ec2Clients, region: str, ids: list[str]) -> None:
+    if ids:
+        await ec2.call(Where(region), "terminate_instances", InstanceIds=ids)

@@ -1,0 +1,444 @@
+"""The ``aws`` provider: clusters of EC2 instances, each node given an agent over SSH.
+
+A launch looks the cluster's instances up by tag before it creates anything, so a retry (after
+a crash, a timeout, a lost answer) finds what the first try made; it then makes what is missing
+in the first zone that has capacity (one ``run_instances`` for all nodes: one placement, all or
+nothing), tags ranks, waits until they run, and bootstraps the agents with the SSH provider's
+code. Capacity and quota errors carry what to block, for the launcher's failover.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from proto.errors import ProvisionError
+from stixd.agent_client import AgentClient, AgentUnreachable
+from stixd.providers.aws import instances
+from stixd.providers.aws.client import Ec2Clients
+from stixd.providers.aws.credentials import CredentialsMissing, resolve
+from stixd.providers.aws.errors import AwsCapacityError, Where
+from stixd.providers.aws.instances import Instance, RunSpec
+from stixd.providers.aws.keys import ensure_key_pair, ensure_local_key
+from stixd.providers.aws.network import (
+    default_vpc,
+    delete_group,
+    ensure_group,
+    find_group,
+    open_group_ports,
+    pick_zones,
+    subnet_for,
+    zones,
+)
+from stixd.providers.aws.records import Records
+from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.bootstrap import BootstrapError
+from stixd.providers.ssh_nodes import (
+    TEST_HOSTS_ENV,
+    WORKDIR,
+    bootstrap_node,
+    build_of,
+    pool_host,
+    testing_hosts,
+    wait_for_ssh,
+)
+from stixd.providers.ssh_sync import sync as sync_mounts
+from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, SshTarget
+
+DEFAULT_INSTANCE_TYPE = "m6i.large"
+DEFAULT_SSH_USER = "ubuntu"
+BOOT_WITHIN_S = 600.0
+STOP_WITHIN_S = 600.0
+LISTING_DELAY_S = 300.0
+"""How long after a create an instance may still be missing from tag look-ups."""
+HELLO_DEADLINE_S = 5.0
+
+
+class AwsProvider:
+    name = "aws"
+
+    def __init__(
+        self,
+        home: Path,
+        env: Mapping[str, str] | None = None,
+        settings: SshSettings | None = None,
+        *,
+        log: structlog.stdlib.BoundLogger | None = None,
+        ssh_user: str = DEFAULT_SSH_USER,
+        boot_within: float = BOOT_WITHIN_S,
+    ) -> None:
+        self.home = home
+        self.env = dict(os.environ if env is None else env)
+        self.log = (log or structlog.get_logger()).bind(provider="aws")
+        self.settings = settings or SshSettings()
+        self.records = Records(home)
+        self.user = getpass.getuser()
+        self.ssh_user = ssh_user
+        self.boot_within = boot_within
+        self.last_error: dict[str, dict[int, str]] = {}
+        """Per cluster, per rank: why the last query could not reach that node."""
+        self._ec2: Ec2Clients | None = None
+        self._conns: dict[str, SshConnection] = {}
+        self._targets: dict[str, SshTarget] = {}
+        self._created: dict[str, tuple[list[str], float]] = {}
+
+    # -- clients and connections ---------------------------------------------------------
+
+    def ec2(self) -> Ec2Clients:
+        if self._ec2 is None:
+            self._ec2 = Ec2Clients(resolve(self.env), self.log)
+        return self._ec2
+
+    def _connection(self, target: SshTarget) -> SshConnection:
+        key = f"{target.user}@{target.host}:{target.port}"
+        conn = self._conns.get(key)
+        if conn is None:
+            conn = SshConnection(target, self.settings)
+            self._conns[key] = conn
+        return conn
+
+    def _target(self, rank: int, inst: Instance) -> tuple[SshTarget, str]:
+        """Where to SSH to the node, and the address other nodes reach it at."""
+        hosts = testing_hosts(self.env)
+        if hosts is not None:  # testing only: see stixd/providers/ssh_nodes.py
+            if rank >= len(hosts):
+                raise ProvisionError(f"{TEST_HOSTS_ENV} lists {len(hosts)} host(s); no node {rank}")
+            return hosts[rank], hosts[rank].host
+        if inst.address is None:
+            raise ProvisionError(f"AWS instance {inst.id} has no IP address")
+        key, _ = ensure_local_key(self.home)
+        target = SshTarget(host=inst.address, user=self.ssh_user, identity_file=str(key))
+        return target, inst.private_ip or inst.address
+
+    def _node_target(self, node: NodeInfo) -> SshTarget:
+        target = self._targets.get(node.ip)
+        if target is None:
+            rec = self.records.node_by_ip(node.ip)
+            if rec is None:
+                raise ProvisionError(f"no AWS node with address {node.ip} is known")
+            target = SshTarget(
+                host=rec["host"], port=int(rec["port"]), user=rec["user"], identity_file=rec["key"]
+            )
+            self._targets[node.ip] = target
+        return target
+
+    async def aclose(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            await conn.close()
+        if self._ec2 is not None:
+            await self._ec2.aclose()
+
+    # -- Provider ------------------------------------------------------------------------
+
+    async def check(self) -> CheckResult:
+        try:
+            ec2 = self.ec2()
+        except CredentialsMissing as exc:
+            return CheckResult(False, exc.message)
+        creds = ec2.creds
+        try:
+            with anyio.fail_after(30):
+                await ec2.call(Where(creds.region), "describe_availability_zones")
+        except ProvisionError as exc:
+            return CheckResult(False, f"credentials from {creds.source} do not work: {exc.message}")
+        except TimeoutError:
+            return CheckResult(False, f"AWS did not answer within 30 s (region {creds.region})")
+        endpoint = f", endpoint {creds.endpoint_url}" if creds.endpoint_url else ""
+        return CheckResult(
+            True, f"credentials from {creds.source}; region {creds.region}{endpoint}"
+        )
+
+    async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
+        """Idempotent: the cluster's instances are looked up by tag before any is made."""
+        r, ec2 = req.resources, self.ec2()
+        region = str(r.get("region") or ec2.creds.region)
+        self.records.update(req.cluster, region=region)  # before anything exists to be found
+        found = (await instances.find(ec2, region, req.cluster, self.user))[: req.num_nodes]
+        stopping = [i.id for i in found if i.state == "stopping"]
+        if stopping:
+            await instances.wait_for(ec2, region, stopping, "stopped", STOP_WITHIN_S)
+        await instances.start(
+            ec2, region, [i.id for i in found if i.state in ("stopped", "stopping")]
+        )
+        missing = req.num_nodes - len(found)
+        if missing > 0:
+            try:
+                found += await self._create(req, region, found, missing)
+            except ProvisionError:
+                if not found:
+                    await self._abandon(req.cluster, region)
+                raise
+        ranked = await self._rank(req.cluster, region, found, req.num_nodes)
+        ids = [i.id for _, i in ranked]
+        running = {
+            i.id: i for i in await instances.wait_for(ec2, region, ids, "running", self.boot_within)
+        }
+        return await self._bootstrap(req, [(rank, running[i.id]) for rank, i in ranked])
+
+    async def _create(
+        self, req: ProvisionRequest, region: str, found: list[Instance], count: int
+    ) -> list[Instance]:
+        r, ec2 = req.resources, self.ec2()
+        itype = str(r.get("instance_type") or DEFAULT_INSTANCE_TYPE)
+        spot = bool(r.get("use_spot"))
+        base_tags = instances.tags(req.cluster, self.user)
+        _, public_key = ensure_local_key(self.home)
+        key_name = await ensure_key_pair(ec2, region, public_key, base_tags[1:])
+        vpc = await default_vpc(ec2, region)
+        self.records.update(req.cluster, vpc=vpc)
+        ports = [int(p) for p in r.get("ports") or []]
+        group = await ensure_group(ec2, region, vpc, req.cluster, ports, base_tags)
+        image, root = await instances.resolve_image(ec2, region, r.get("image_id"))
+        disk = int(r.get("disk_size") or instances.DEFAULT_DISK_GB)
+        wanted = [found[0].zone] if found else [str(z) for z in r.get("zones") or []]
+        failures: list[str] = []
+        last: AwsCapacityError | None = None
+        for zone in pick_zones(await zones(ec2, region), wanted, region):
+            where = Where(region, zone.name, itype, spot)
+            subnet = await subnet_for(ec2, region, vpc, zone)
+            spec = RunSpec(image, root, itype, subnet, group, key_name, disk, spot)
+            token = instances.client_token(
+                req.cluster, str(r.get("launch_id") or ""), zone.name, [len(found), count]
+            )
+            try:
+                made = await instances.run(
+                    ec2, where, spec, count=count, tag_list=base_tags, token=token
+                )
+            except AwsCapacityError as exc:
+                self.log.warning("aws_no_capacity", zone=zone.name, code=exc.aws_code)
+                if "zone" not in exc.block:
+                    raise  # a quota or an unknown type: no other zone of the region helps
+                failures.append(f"{zone.name}: {exc.aws_code}")
+                last = exc
+                continue
+            self.log.info(
+                "aws_created", cluster=req.cluster, zone=zone.name, ids=[i.id for i in made]
+            )
+            self._created[req.cluster] = ([i.id for i in made], time.monotonic())
+            return made
+        assert last is not None
+        raise AwsCapacityError(
+            last.aws_code,
+            f"no zone of AWS {region} could take {count}x {itype}: {'; '.join(failures)}",
+            Where(region, None, itype, spot).block("region"),
+        )
+
+    async def _abandon(self, cluster: str, region: str) -> None:
+        """After a failed first launch: remove what it made (its group), unless an instance of
+        it exists after all (then the next launch or down will find and use it)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                if await instances.find(self.ec2(), region, cluster, self.user):
+                    return
+                vpc = (self.records.get(cluster) or {}).get("vpc")
+                if vpc:
+                    await delete_group(self.ec2(), region, str(vpc), cluster)
+                self.records.drop(cluster)
+            except ProvisionError as exc:
+                self.log.warning("aws_abandon_failed", cluster=cluster, error=exc.message)
+
+    async def _rank(
+        self, cluster: str, region: str, found: list[Instance], n: int
+    ) -> list[tuple[int, Instance]]:
+        taken = {i.rank for i in found if i.rank is not None and i.rank < n}
+        free = iter(sorted(set(range(n)) - taken))
+        ranked, new = [], []
+        for inst in found:
+            if inst.rank is not None and inst.rank < n:
+                ranked.append((inst.rank, inst))
+            else:
+                pair = (next(free), inst)
+                ranked.append(pair)
+                new.append(pair)
+        await instances.tag_ranks(self.ec2(), region, cluster, self.user, [(i, r) for r, i in new])
+        return sorted(ranked, key=lambda p: p[0])
+
+    async def _bootstrap(
+        self, req: ProvisionRequest, ranked: list[tuple[int, Instance]]
+    ) -> list[NodeInfo]:
+        build = build_of(req.agent_pyz)
+        num_gpus = float(req.resources.get("num_gpus") or 0.0)
+        nodes: dict[int, NodeInfo] = {}
+        errors: dict[int, SshError | BootstrapError] = {}
+
+        async def one(rank: int, inst: Instance) -> None:
+            target, node_ip = self._target(rank, inst)
+            conn = self._connection(target)
+            try:
+                await wait_for_ssh(conn, self.boot_within)
+                node = await bootstrap_node(
+                    conn,
+                    cluster=req.cluster,
+                    rank=rank,
+                    node_ip=node_ip,
+                    pyz=req.agent_pyz,
+                    build=build,
+                    num_gpus=num_gpus,
+                    log=self.log,
+                )
+            except (SshError, BootstrapError) as exc:
+                errors[rank] = exc
+                return
+            self._targets[node_ip] = target
+            self.records.set_node(
+                req.cluster,
+                rank,
+                ip=node_ip,
+                host=target.host,
+                port=target.port,
+                user=target.user,
+                key=target.identity_file,
+                socket=node.agent_address,
+                home=node.home,
+                instance=inst.id,
+            )
+            nodes[rank] = node
+
+        async with anyio.create_task_group() as tg:
+            for rank, inst in ranked:
+                tg.start_soon(one, rank, inst)
+        if errors:
+            detail = "; ".join(f"rank {r}: {errors[r]}" for r in sorted(errors))
+            raise ProvisionError(f"{req.cluster} on AWS: the agent could not start: {detail}")
+        return [nodes[r] for r in sorted(nodes)]
+
+    async def start(self, req: ProvisionRequest) -> list[NodeInfo]:
+        return await self.launch(req)
+
+    async def _alive(self, cluster: str) -> tuple[str, list[Instance]] | None:
+        """(region, instances) of the cluster; instances made moments ago count even when the
+        tag look-up does not list them yet."""
+        entry = self.records.get(cluster)
+        if entry is None or not entry.get("region"):
+            return None
+        region, ec2 = str(entry["region"]), self.ec2()
+        found = await instances.find(ec2, region, cluster, self.user)
+        recent = self._created.get(cluster)
+        if recent and time.monotonic() - recent[1] < LISTING_DELAY_S:
+            listed = {i.id for i in found}
+            unlisted = [i for i in recent[0] if i not in listed]
+            if unlisted:
+                extra = await instances.by_ids(ec2, region, unlisted)
+                found += [i for i in extra if i.state in instances.ALIVE]
+        return region, found
+
+    async def query(self, cluster: str) -> list[NodeInfo]:
+        alive = await self._alive(cluster)
+        if alive is None:
+            return []
+        _, found = alive
+        records = (self.records.get(cluster) or {}).get("nodes") or {}
+        nodes: dict[int, NodeInfo] = {}
+        errors: dict[int, str] = {}
+
+        async def one(inst: Instance) -> None:
+            rank = inst.rank if inst.rank is not None else -1
+            rec = records.get(str(rank)) or {}
+            home = rec.get("home") or "~"
+            node = NodeInfo(
+                rank,
+                rec.get("ip") or inst.private_ip or "",
+                NodeStatus.STOPPED,
+                rec.get("socket") or "",
+                f"{home}/{WORKDIR}",
+                home,
+            )
+            nodes[rank] = node
+            if inst.state != "running":
+                if inst.state == "pending":
+                    errors[rank] = f"instance {inst.id} is still pending"
+                    nodes[rank] = _with(node, NodeStatus.UNREACHABLE)
+                return
+            if not rec.get("socket"):
+                return
+            try:
+                hello = await self.connector(node).call("hello", deadline=HELLO_DEADLINE_S)
+            except AgentUnreachable as exc:
+                if isinstance(exc.__cause__, SshError) or "host" in str(exc):
+                    errors[rank] = str(exc)
+                    nodes[rank] = _with(node, NodeStatus.UNREACHABLE)
+                return
+            pid = hello.get("pid")
+            nodes[rank] = _with(node, NodeStatus.RUNNING, pid if isinstance(pid, int) else None)
+
+        async with anyio.create_task_group() as tg:
+            for inst in found:
+                if inst.rank is not None:
+                    tg.start_soon(one, inst)
+        self.last_error[cluster] = errors
+        return [nodes[r] for r in sorted(nodes)]
+
+    async def _close_conns(self, cluster: str) -> None:
+        for rec in ((self.records.get(cluster) or {}).get("nodes") or {}).values():
+            conn = self._conns.pop(f"{rec.get('user')}@{rec.get('host')}:{rec.get('port')}", None)
+            self._targets.pop(rec.get("ip", ""), None)
+            if conn is not None:
+                await conn.close()
+
+    async def stop(self, cluster: str) -> None:
+        alive = await self._alive(cluster)
+        if alive is None:
+            return
+        region, found = alive
+        spot = [i.id for i in found if i.spot]
+        if spot:
+            raise ProvisionError(
+                f"cluster {cluster} runs on spot instances, which AWS cannot stop; "
+                f"use `stixctl down {cluster}`"
+            )
+        await self._close_conns(cluster)
+        ids = [i.id for i in found if i.state != "stopped"]
+        await instances.stop(self.ec2(), region, ids)
+        await instances.wait_for(self.ec2(), region, ids, "stopped", STOP_WITHIN_S)
+
+    async def terminate(self, cluster: str) -> None:
+        """Terminate every instance of the cluster, then its security group, then the record."""
+        alive = await self._alive(cluster)
+        if alive is None:
+            return
+        region, found = alive
+        await self._close_conns(cluster)
+        ids = [i.id for i in found]
+        await instances.terminate(self.ec2(), region, ids)
+        await instances.wait_for(self.ec2(), region, ids, "terminated", STOP_WITHIN_S)
+        vpc = (self.records.get(cluster) or {}).get("vpc")
+        if vpc:
+            await delete_group(self.ec2(), region, str(vpc), cluster)
+        self._created.pop(cluster, None)
+        self.records.drop(cluster)
+
+    async def open_ports(self, cluster: str, ports: list[int]) -> None:
+        entry = self.records.get(cluster) or {}
+        region, vpc = entry.get("region"), entry.get("vpc")
+        if not region or not vpc:
+            raise ProvisionError(f"cluster {cluster} has no AWS network yet")
+        group = await find_group(self.ec2(), str(region), str(vpc), cluster)
+        if group is None:
+            raise ProvisionError(f"cluster {cluster} has no security group in {region}")
+        await open_group_ports(self.ec2(), str(region), group, ports)
+
+    async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
+        target = self._node_target(node)
+        return await sync_mounts(self._connection(target), pool_host(target), node, mounts)
+
+    def connector(self, node: NodeInfo) -> AgentClient:
+        conn = self._connection(self._node_target(node))
+        return conn.agent_client(node.agent_address, f"rank {node.rank}@{conn.host}")
+
+
+def _with(node: NodeInfo, status: NodeStatus, pid: int | None = None) -> NodeInfo:
+    return NodeInfo(node.rank, node.ip, status, node.agent_address, node.workdir, node.home, pid)
+
+
+def resources_of(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``ProvisionRequest.resources`` this provider reads."""
+    keys = ("region", "zones", "instance_type", "use_spot", "image_id", "disk_size", "ports")
+    return {k: raw[k] for k in keys if k in raw}

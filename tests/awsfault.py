@@ -1,0 +1,103 @@
+"""A fault-injecting proxy in front of a moto server, for the EC2 errors moto cannot produce.
+
+Run as ``python -m tests.awsfault PORT UPSTREAM_URL`` (the test bed starts it). EC2 speaks the
+query protocol, so every request is a form (``Action=RunInstances&InstanceType=...``). A rule
+matching the ``Action`` and, optionally, exact form values answers with an AWS-style error;
+anything else is forwarded to moto unchanged and its answer relayed.
+
+Rules are set over HTTP by the test:
+``POST /_fault {"action", "code", "status", "times", "match", "message"}`` (``times`` -1 means
+forever), ``GET /_fault`` returns the rules left and the ``Action``s seen, ``DELETE /_fault``
+clears both.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+from xml.sax.saxutils import escape
+
+import aiohttp
+from aiohttp import web
+
+ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+    "<RequestID>{request_id}</RequestID></Response>"
+)
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+def make_app(upstream: str) -> web.Application:
+    rules: list[dict[str, Any]] = []
+    seen: list[str] = []
+    app = web.Application()
+
+    async def client(app: web.Application) -> Any:
+        app["session"] = aiohttp.ClientSession()
+        yield
+        await app["session"].close()
+
+    app.cleanup_ctx.append(client)
+
+    async def set_rule(req: web.Request) -> web.Response:
+        rule = await req.json()
+        rule.setdefault("status", 400)
+        rule.setdefault("times", -1)
+        rule.setdefault("match", {})
+        rule.setdefault("message", f"injected {rule['code']}")
+        rules.append(rule)
+        return web.json_response(rule)
+
+    async def get_rules(req: web.Request) -> web.Response:
+        return web.json_response({"rules": rules, "seen": seen})
+
+    async def clear(req: web.Request) -> web.Response:
+        rules.clear()
+        seen.clear()
+        return web.json_response({})
+
+    async def forward(req: web.Request) -> web.StreamResponse:
+        body = await req.read()
+        form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
+        action = form.get("Action")
+        if action:
+            seen.append(action)
+        for rule in rules:
+            if rule["action"] != action or rule["times"] == 0:
+                continue
+            if any(form.get(k) != v for k, v in rule["match"].items()):
+                continue
+            if rule["times"] > 0:
+                rule["times"] -= 1
+            text = ERROR_XML.format(
+                code=escape(rule["code"]),
+                message=escape(rule["message"]),
+                request_id=uuid.uuid4(),
+            )
+            return web.Response(status=rule["status"], content_type="text/xml", text=text)
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in _HOP_HEADERS}
+        session: aiohttp.ClientSession = req.app["session"]
+        async with session.request(
+            req.method, upstream + req.path_qs, data=body, headers=headers
+        ) as answer:
+            data = await answer.read()
+            out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS}
+            return web.Response(status=answer.status, body=data, headers=out)
+
+    app.router.add_post("/_fault", set_rule)
+    app.router.add_get("/_fault", get_rules)
+    app.router.add_delete("/_fault", clear)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+def main() -> None:
+    port, upstream = int(sys.argv[1]), sys.argv[2].rstrip("/")
+    web.run_app(make_app(upstream), host="127.0.0.1", port=port, print=None)
+
+
+if __name__ == "__main__":
+    main()

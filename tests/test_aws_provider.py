@@ -1,0 +1,208 @@
+"""The aws provider against a real moto server (and real sshd hosts standing in for instances).
+
+moto cannot fail a launch for lack of capacity or quota, so those errors come from the fault
+proxy of tests/awsfault.py, which answers chosen EC2 actions the way EC2 does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stixd.agent_bundle import build_agent_zipapp
+from stixd.providers.aws import AwsProvider
+from stixd.providers.aws.errors import AwsAuthError, AwsCapacityError
+from stixd.providers.aws.instances import TAG_RANK, TAG_USER
+from stixd.providers.base import NodeStatus, ProvisionRequest
+from tests.awsbed import AwsBed, aws_fixtures
+from tests.sshbed import SshBed, bed_fixture
+
+pytestmark = pytest.mark.anyio
+hosts = bed_fixture(2, scope="module")
+aws_server, aws = aws_fixtures()
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_agent_zipapp(tmp_path_factory.mktemp("agent"))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+def _env(aws: AwsBed, bed: SshBed | None = None) -> dict[str, str]:
+    env = {**aws.env, "HOME": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent/config"}
+    if bed is not None:
+        env["STIX_TEST_SSH_HOSTS"] = ",".join(f"root@{h.ip}:22" for h in bed.hosts)
+        env["STIX_TEST_SSH_KEY"] = str(bed.key)
+    return env
+
+
+def _request(cluster: str, pyz: Path, n: int, aws: AwsBed, **resources: object) -> ProvisionRequest:
+    res = {"region": "us-east-1", "instance_type": "t3.micro", "image_id": aws.an_image()}
+    return ProvisionRequest(cluster, n, pyz, resources={**res, **resources})
+
+
+async def test_check_names_where_credentials_come_from_and_what_is_missing(aws: AwsBed) -> None:
+    provider = AwsProvider(Path("/nonexistent"), _env(aws))
+    ok = await provider.check()
+    assert ok.enabled and "environment variables" in ok.reason and aws.url in ok.reason
+    aws.fault("DescribeAvailabilityZones", "AuthFailure", status=401, message="bad keys")
+    refused = await provider.check()
+    assert not refused.enabled and "AuthFailure: bad keys" in refused.reason
+    await provider.aclose()
+    bare = {"HOME": "/nonexistent", "PATH": "/usr/bin"}
+    missing = await AwsProvider(Path("/nonexistent"), bare).check()
+    assert not missing.enabled
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in missing.reason
+    assert "/nonexistent/.aws/credentials" in missing.reason
+
+
+async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
+    aws: AwsBed, home: Path, pyz: Path
+) -> None:
+    """EC2 sends capacity errors as a 500: botocore's own retries would take 10 s."""
+    aws.fault(
+        "RunInstances",
+        "InsufficientInstanceCapacity",
+        status=500,
+        match={"InstanceType": "p3.2xlarge"},
+    )
+    provider = AwsProvider(home, _env(aws))
+    began = time.monotonic()
+    with pytest.raises(AwsCapacityError) as caught:
+        await provider.launch(
+            _request("cap", pyz, 1, aws, instance_type="p3.2xlarge", zones=["us-east-1a"])
+        )
+    assert time.monotonic() - began < 5
+    assert aws.seen().count("RunInstances") == 1
+    assert caught.value.block == {
+        "cloud": "aws",
+        "region": "us-east-1",
+        "instance_type": "p3.2xlarge",
+        "use_spot": "false",
+    }  # every zone asked for failed: the region is blocked for this type
+    assert "us-east-1a: InsufficientInstanceCapacity" in caught.value.message
+    assert aws.live_instances("cap") == []
+    groups = aws.ec2("describe_security_groups")["SecurityGroups"]
+    assert [g["GroupName"] for g in groups if g["GroupName"].startswith("stix-")] == []
+    await provider.aclose()
+
+
+async def test_quota_blocks_the_region_and_bad_keys_block_the_cloud(
+    aws: AwsBed, home: Path, pyz: Path
+) -> None:
+    aws.fault("RunInstances", "VcpuLimitExceeded", times=1)
+    provider = AwsProvider(home, _env(aws))
+    with pytest.raises(AwsCapacityError) as quota:
+        await provider.launch(_request("q", pyz, 1, aws))
+    assert quota.value.block["region"] == "us-east-1" and "zone" not in quota.value.block
+    assert aws.seen().count("RunInstances") == 1  # no other zone is tried for a quota
+    aws.fault("DescribeInstances", "AuthFailure", status=401)
+    with pytest.raises(AwsAuthError) as auth:
+        await provider.launch(_request("q", pyz, 1, aws))
+    assert auth.value.block == {"cloud": "aws"}
+    await provider.aclose()
+
+
+async def test_capacity_in_one_zone_moves_the_launch_to_the_next(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    first_subnet = aws.ec2(
+        "describe_subnets", Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]}]
+    )["Subnets"][0]["SubnetId"]
+    aws.fault(
+        "RunInstances",
+        "InsufficientInstanceCapacity",
+        status=500,
+        match={"NetworkInterface.1.SubnetId": first_subnet},
+    )
+    provider = AwsProvider(home, _env(aws, hosts))
+    nodes = await provider.launch(_request("zb", pyz, 1, aws, zones=["us-east-1a", "us-east-1b"]))
+    assert [n.status for n in nodes] == [NodeStatus.RUNNING]
+    [inst] = aws.live_instances("zb")
+    assert inst["Placement"]["AvailabilityZone"] == "us-east-1b"
+    assert aws.seen().count("RunInstances") == 2
+    await provider.terminate("zb")
+    await provider.aclose()
+
+
+async def test_launch_is_idempotent_by_tags_and_down_leaves_nothing(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    provider = AwsProvider(home, _env(aws, hosts))
+    req = _request("idem", pyz, 2, aws, ports=[8080], disk_size=64)
+    nodes = await provider.launch(req)
+    assert [(n.rank, n.ip, n.status) for n in nodes] == [
+        (0, hosts.hosts[0].ip, NodeStatus.RUNNING),
+        (1, hosts.hosts[1].ip, NodeStatus.RUNNING),
+    ]
+    made = aws.live_instances("idem")
+    assert len(made) == 2
+    ranks = sorted({t["Key"]: t["Value"] for t in i["Tags"]}[TAG_RANK] for i in made)
+    assert ranks == ["0", "1"]
+    assert all(any(t["Key"] == TAG_USER for t in i["Tags"]) for i in made)
+    volumes = aws.ec2("describe_volumes")["Volumes"]
+    assert sorted(v["Size"] for v in volumes) == [64, 64]
+    [group] = aws.ec2(
+        "describe_security_groups", Filters=[{"Name": "group-name", "Values": ["stix-idem"]}]
+    )["SecurityGroups"]
+    assert {p["FromPort"] for p in group["IpPermissions"]} == {22, 8080}
+
+    # a retry (a new provider: the daemon restarted) finds the first try's instances
+    again = AwsProvider(home, _env(aws, hosts))
+    found = await again.launch(req)
+    assert [(n.rank, n.ip, n.agent_address) for n in found] == [
+        (n.rank, n.ip, n.agent_address) for n in nodes
+    ]
+    assert aws.seen().count("RunInstances") == 1
+    assert sorted(i["InstanceId"] for i in aws.live_instances("idem")) == sorted(
+        i["InstanceId"] for i in made
+    )
+    assert [n.status for n in await again.query("idem")] == [NodeStatus.RUNNING] * 2
+
+    await again.stop("idem")
+    assert {i["State"]["Name"] for i in aws.live_instances("idem")} == {"stopped"}
+    assert [n.status for n in await again.query("idem")] == [NodeStatus.STOPPED] * 2
+    restarted = await again.start(req)
+    assert [n.status for n in restarted] == [NodeStatus.RUNNING] * 2
+    assert aws.seen().count("RunInstances") == 1
+
+    await again.terminate("idem")
+    assert aws.live_instances("idem") == []
+    assert (
+        aws.ec2(
+            "describe_security_groups", Filters=[{"Name": "group-name", "Values": ["stix-idem"]}]
+        )["SecurityGroups"]
+        == []
+    )
+    assert await again.query("idem") == []
+    await provider.aclose()
+    await again.aclose()
+
+
+async def test_a_crash_between_create_and_rank_tags_is_repaired_not_duplicated(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    """Instances made but never tagged with a rank (the daemon died in between) are found by
+    their cluster tag and given ranks; none is made twice."""
+    aws.fault("CreateTags", "InternalError", status=500, times=4)  # every attempt of one call
+    provider = AwsProvider(home, _env(aws, hosts))
+    req = _request("crash", pyz, 2, aws)
+    with pytest.raises(Exception, match="InternalError"):
+        await provider.launch(req)
+    assert len(aws.live_instances("crash")) == 2
+    retry = AwsProvider(home, _env(aws, hosts))
+    nodes = await retry.launch(req)
+    await retry.aclose()
+    assert [n.rank for n in nodes] == [0, 1]
+    assert aws.seen().count("RunInstances") == 1
+    assert len(aws.live_instances("crash")) == 2
+    await provider.terminate("crash")
+    assert aws.live_instances("crash") == []
+    await provider.aclose()
