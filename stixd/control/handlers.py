@@ -11,65 +11,34 @@ from typing import Any
 from proto import messages as m
 from proto.errors import (
     ClusterNotFound,
-    InternalError,
     InvalidConfig,
     InvalidRequest,
-    error_from_code,
 )
+from stixd.actors.asks import ask_cluster
+from stixd.actors.joblogs import find_job, stream_job_logs
 from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
 from stixd.control import catalog_cmds, plan_cmds, ssh_cmds
-from stixd.control.logs import find_job, stream_job_logs
-from stixd.planner.target import choose_target
-from stixd.runtime.mailbox import Envelope, reply_channel
-from stixd.store.db import Row, RowExists
+from stixd.planner.target import choose_target, cloud_spec
+from stixd.store.db import Row
 
 Emit = Callable[[Any], Awaitable[None]]
 KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius")
 
 
-async def ask_cluster(
-    app: App, name: str, payload: Any, emit: Emit, *, create: bool = False
-) -> Any:
-    """Send a request to the cluster's actor and relay its progress until the final reply."""
-    row = await app.store.get("cluster", name)
-    if row is None:
-        if not create:
-            raise ClusterNotFound(f"cluster {name!r} does not exist")
-        try:
-            row = await app.store.insert(
-                Row(kind="cluster", id=name, state="TERMINATED", terminal=True, version=0),
-                "created",
-            )
-        except RowExists:
-            row = await app.store.get("cluster", name)
-            assert row is not None
-    child = app.supervisor.get("cluster", name)
-    if child is None:
-        app.spawn(row)
-        child = app.supervisor.get("cluster", name)
-    if child is None:
-        raise InternalError(f"cluster {name!r} has no actor")
-    if child.failed:
-        raise InternalError(child.failed)
-    send, receive = reply_channel()
-    app.supervisor.tell("cluster", name, Envelope(payload=payload, reply=send))
-    async with receive:
-        async for item in receive:
-            if isinstance(item, m.ErrorReply):
-                raise error_from_code(item.code, item.message)
-            if isinstance(item, m.FINAL_REPLIES):
-                return item
-            await emit(item)
-    raise InternalError(f"cluster {name!r} stopped before answering")
-
-
 def _check_task(app: App, task: Any) -> None:
     """Refuse what cannot launch, in the words `stixctl validate` warns with."""
     validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
-    choose_target(task, app.ssh_pool_sizes())
+    choose_target(task, app.ssh_pool_sizes(), app.clouds())
+
+
+async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:
+    """A launch on a cloud needs its catalog (fetched when missing) and an instance that fits."""
+    cloud, _ = choose_target(task, app.ssh_pool_sizes(), app.clouds())
+    if cloud in app.clouds():
+        await catalog_cmds.with_catalog(app, emit, lambda c: cloud_spec(task, cloud, c))
 
 
 async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
@@ -78,6 +47,7 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
     except ConfigError as exc:
         raise InvalidConfig(str(exc)) from None
     _check_task(app, req.task)
+    await _check_cloud_plan(app, req.task, emit)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
     result: m.LaunchResult = await ask_cluster(app, name, req, emit, create=True)
     return await _follow_unless_detached(app, result, req.detach, emit)
@@ -241,6 +211,8 @@ async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
         reason = result.reason if enabled or allowed is None else "left out by allowed_clouds"
         out.append(m.InfraCheck(infra=name, enabled=enabled, reason=reason))
     for name in KNOWN_INFRAS:
+        if name in app.providers:
+            continue
         out.append(
             m.InfraCheck(infra=name, enabled=False, reason="not supported in this build yet")
         )

@@ -1,9 +1,12 @@
-"""Reading a job's logs from the agents: follow with long polls, or print what is there."""
+"""Reading a job's logs from the agents: follow with long polls, or print what is there.
+
+Shared by the `logs` request and the managed-job actor, which keeps a copy of its runs' logs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -12,9 +15,11 @@ from proto.errors import ClusterNotFound, InvalidRequest, JobNotFound
 from proto.states import JobStatus
 from stixd.actors.jobs_submit import job_row_id
 from stixd.agent_client import AgentError, AgentUnreachable
-from stixd.app import App
 from stixd.providers.base import NodeInfo
 from stixd.store.db import Row
+
+if TYPE_CHECKING:
+    from stixd.app import App
 
 Emit = Callable[[Any], Awaitable[None]]
 POLL_WAIT = 10.0
