@@ -74,6 +74,23 @@ class App:
     def provider(self, name: str) -> Provider:
         return self.providers[name]
 
+    def clouds(self) -> tuple[str, ...]:
+        """The clouds with a provider here that `allowed_clouds` lets launches use."""
+        from stixd.planner.target import CLOUDS
+
+        allowed = self.config.allowed_clouds
+        return tuple(c for c in CLOUDS if c in self.providers and (allowed is None or c in allowed))
+
+    def planner_catalog(self) -> Catalog:
+        """The catalog, opened on first use (a client request fetches what is missing)."""
+        if self.catalog is None:
+            import os
+
+            from stixd.planner.catalog import open_catalog
+
+            self.catalog = open_catalog(self.home, os.environ)
+        return self.catalog
+
     def spawn(self, row: Row) -> None:
         """Start (or find) the actor for a stored row."""
         from stixd.actors import factory_for  # actors import app; resolve at call time

@@ -16,6 +16,7 @@ from stixd.config import Config
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
+from stixd.providers.aws import AwsProvider
 from stixd.providers.local import LocalProvider
 from stixd.providers.ssh import SshProvider
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
@@ -52,7 +53,11 @@ async def serve(home: Path, config: Config) -> None:
                     store=store,
                     watch=watch,
                     supervisor=supervisor,
-                    providers={"local": LocalProvider(home), "ssh": SshProvider(home, {}, log=log)},
+                    providers={
+                        "local": LocalProvider(home),
+                        "ssh": SshProvider(home, {}, log=log),
+                        "aws": AwsProvider(home, log=log),
+                    },
                     agent_pyz=pyz,
                     agent_build=build_id(),
                     log=log,
@@ -72,6 +77,7 @@ async def serve(home: Path, config: Config) -> None:
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await app.providers["ssh"].aclose()  # type: ignore[attr-defined]
+                await app.providers["aws"].aclose()  # type: ignore[attr-defined]
     finally:
         sock.unlink(missing_ok=True)
         log.info("stopped")

@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
 from proto import messages as m
@@ -23,7 +24,7 @@ from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.planner.local_fit import check_fits_local, local_offer
-from stixd.planner.target import choose_target
+from stixd.planner.target import choose_target, cloud_spec
 from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
@@ -232,7 +233,7 @@ class ClusterActor(Actor):
 
     async def _launch(self, req: m.Launch, env: Envelope) -> m.LaunchResult:
         validate_mounts(req.task)
-        provider, pool = choose_target(req.task, self.app.ssh_pool_sizes())
+        provider, pool = choose_target(req.task, self.app.ssh_pool_sizes(), self.app.clouds())
         if self.state is C.UP:
             here = (self.row.spec.get("provider", "local"), self.row.spec.get("pool"))
             if here != (provider, pool):
@@ -281,7 +282,11 @@ class ClusterActor(Actor):
             "num_nodes": req.task.num_nodes,
             "resources": f"{req.task.num_nodes}x {infra_label(provider, pool)}",
             "hourly_price": local_offer().price,  # per node: local and SSH hosts cost $0
+            "placement": None,
         }
+        if provider in self.app.clouds():  # the optimizer's first choice on that cloud
+            catalog = self.app.planner_catalog()
+            spec.update(await anyio.to_thread.run_sync(cloud_spec, req.task, provider, catalog))
         self.row = await self.store.update(self.row, event="save", spec=spec, record_event=False)
         job_id = int({**self.row.data, **data}.get("next_job_id", 1))
         data["next_job_id"] = job_id + 1
@@ -323,7 +328,14 @@ class ClusterActor(Actor):
         where = infra_label(self.row.spec.get("provider", "local"), self.row.spec.get("pool"))
         env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {self.id}..."))
         request = ProvisionRequest(
-            self.id, num_nodes, self.app.agent_pyz, resources={"pool": self.row.spec.get("pool")}
+            self.id,
+            num_nodes,
+            self.app.agent_pyz,
+            resources={
+                "pool": self.row.spec.get("pool"),
+                **(self.row.spec.get("placement") or {}),
+                "launch_id": self.row.data.get("uid"),
+            },
         )
         try:
             nodes = await self.provider.launch(request)

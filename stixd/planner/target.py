@@ -1,18 +1,37 @@
-"""Which provider a launch goes to: an SSH node pool named by `infra: ssh/POOL`, else local."""
+"""Which provider a launch goes to: an SSH node pool named by `infra: ssh/POOL`, a cloud named
+by `infra: aws[/REGION[/ZONE]]`, else local (or, when the task does not fit this machine, the
+cheapest enabled cloud); and, for a cloud, the optimizer's first choice there."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from proto.errors import InvalidTask
 from proto.task import Task
+from stixd.planner.catalog import Catalog, CatalogError
+from stixd.planner.from_task import task_request
 from stixd.planner.local_fit import check_fits_local
+from stixd.planner.optimizer import plan
+
+CLOUDS = ("aws",)
+"""Clouds with a provider in this build, planned from the catalog."""
+MAX_PORTS = 1000
 
 
-def choose_target(task: Task, ssh_pools: Mapping[str, int]) -> tuple[str, str | None]:
-    """(provider, pool) for the task; `ssh_pools` maps each pool to its number of hosts."""
+def choose_target(
+    task: Task, ssh_pools: Mapping[str, int], clouds: Collection[str] = ()
+) -> tuple[str, str | None]:
+    """(provider, pool) for the task; `ssh_pools` maps each pool to its number of hosts and
+    `clouds` are the enabled clouds. For a cloud the "pool" is the region the task names."""
     for candidate in task.resources_or_default().candidates():
         place = candidate.placement()
+        if place.cloud in CLOUDS:
+            if place.cloud not in clouds:
+                raise InvalidTask(
+                    f"resources.infra: '{place.cloud}' is not enabled (see `stixctl check`)"
+                )
+            return place.cloud, place.region
         if place.cloud != "ssh":
             continue
         pools = ", ".join(sorted(ssh_pools)) or "none defined in ssh_node_pools.yaml"
@@ -27,5 +46,44 @@ def choose_target(task: Task, ssh_pools: Mapping[str, int]) -> tuple[str, str | 
                 f"the task asks for {task.num_nodes}"
             )
         return "ssh", place.region
-    check_fits_local(task)
+    try:
+        check_fits_local(task)
+    except InvalidTask:
+        named = {c.placement().cloud for c in task.resources_or_default().candidates()}
+        enabled = [c for c in CLOUDS if c in clouds]
+        if named == {None} and enabled:
+            return enabled[0], None  # cheapest is the only one yet
+        raise
     return "local", None
+
+
+def cloud_spec(task: Task, cloud: str, catalog: Catalog) -> dict[str, Any]:
+    """The optimizer's first choice for ``task`` on ``cloud``, as the cluster records it:
+    ``placement`` (what the provider needs), ``hourly_price`` (per node), ``resources``."""
+    try:
+        best = plan(task_request(task), catalog, enabled_clouds=[cloud])
+    except CatalogError as exc:
+        raise InvalidTask(f"no {cloud} catalog to plan with: {exc}") from None
+    if not best.candidates:
+        raise InvalidTask(f"no {cloud} instance fits the task: {best.no_fit_reason}")
+    choice = best.candidates[0]
+    res = task.resources_or_default().candidates()[choice.alternative]
+    ports = sorted({p for lo, hi in res.port_ranges() for p in range(lo, hi + 1)})
+    if len(ports) > MAX_PORTS:
+        raise InvalidTask(f"resources.ports: {len(ports)} ports; at most {MAX_PORTS} can be opened")
+    disk = res.disk_size_gb()
+    placement = {
+        "region": choice.region,
+        "zones": [choice.zone] if choice.zone else list(choice.zones),
+        "instance_type": choice.instance_type,
+        "use_spot": choice.use_spot,
+        "image_id": res.image_id,
+        "disk_size": int(disk) if disk else None,
+        "ports": ports,
+    }
+    spot = " spot" if choice.use_spot else ""
+    return {
+        "placement": placement,
+        "hourly_price": choice.hourly_price,
+        "resources": f"{task.num_nodes}x {cloud}/{choice.region} {choice.instance_type}{spot}",
+    }
