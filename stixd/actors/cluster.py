@@ -340,6 +340,8 @@ class ClusterActor(Actor):
         try:
             nodes = await self.provider.launch(request)
         except ProvisionError as exc:
+            if not self.row.data.get("nodes"):
+                await self._release_failed_launch(exc)
             await self.transition(
                 E.PROVISION_FAILED, exc.message, last_error=exc.message, pending_launch=None
             )
@@ -352,6 +354,14 @@ class ClusterActor(Actor):
         await self.save(nodes=[n.to_dict() for n in nodes])
         env.progress(m.Progress(f"{num_nodes} node(s) up; agents ready."))
         return nodes
+
+    async def _release_failed_launch(self, exc: ProvisionError) -> None:
+        """A first launch that failed gives back what it took (pool hosts, half-made nodes):
+        otherwise a cluster that never came up holds them until someone runs `down`."""
+        try:
+            await self.provider.terminate(self.id)
+        except (ProvisionError, OSError) as cleanup:
+            self.log.warning("failed_launch_cleanup", error=str(cleanup), cause=exc.message)
 
     async def _exec(self, req: m.Exec, env: Envelope) -> m.LaunchResult:
         if self.state is C.TERMINATED:

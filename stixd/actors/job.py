@@ -177,14 +177,18 @@ class JobActor(Actor):
         grace = self.app.config.daemon.node_grace_seconds
         client = self.client(node)
         while True:
+            poll, deadline = WAIT_SECONDS, WAIT_SECONDS + 10
+            if lost_since is not None:  # no reconnect backoff or long poll stretches the grace
+                poll = 0.0
+                deadline = min(deadline, max(grace - (time.monotonic() - lost_since), 1.0))
             try:
                 reply = await client.call(
                     "wait",
-                    deadline=WAIT_SECONDS + 10,
+                    deadline=deadline,
                     job_id=self.row.spec["job_id"],
                     state=known,
                     setup_done=known_ready,
-                    timeout=WAIT_SECONDS,
+                    timeout=poll,
                 )
             except AgentUnreachable as exc:
                 failures += 1
@@ -195,7 +199,8 @@ class JobActor(Actor):
                     why = f"node {node.rank} ({node.ip}) unreachable for {grace:g}s: {exc}"
                     self.tell(ClusterGone(E.FAILED_DRIVER, why))
                     return
-                await anyio.sleep(min(0.1 * 2**failures, 5.0))
+                left = grace - (time.monotonic() - lost_since)
+                await anyio.sleep(max(min(0.1 * 2**failures, 5.0, left), 0.0))
                 continue
             except AgentError as exc:
                 self.log.warning("agent_error", rank=node.rank, error=str(exc))
