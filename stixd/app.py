@@ -75,11 +75,27 @@ class App:
         return self.providers[name]
 
     def clouds(self) -> tuple[str, ...]:
-        """The clouds with a provider here that `allowed_clouds` lets launches use."""
+        """The clouds launches can use: a provider here, allowed, with credentials."""
+        problems = self.cloud_problems()
+        return tuple(c for c in self._cloud_names() if c not in problems)
+
+    def _cloud_names(self) -> list[str]:
         from stixd.planner.target import CLOUDS
 
+        return [c for c in CLOUDS if c in self.providers]
+
+    def cloud_problems(self) -> dict[str, str]:
+        """Why each cloud with a provider here cannot be used, without any network call."""
         allowed = self.config.allowed_clouds
-        return tuple(c for c in CLOUDS if c in self.providers and (allowed is None or c in allowed))
+        problems = {}
+        for name in self._cloud_names():
+            probe = getattr(self.providers[name], "credentials_problem", None)
+            problem = probe() if probe is not None else None
+            if allowed is not None and name not in allowed:
+                problem = "left out by allowed_clouds"
+            if problem:
+                problems[name] = problem
+        return problems
 
     def planner_catalog(self) -> Catalog:
         """The catalog, opened on first use (a client request fetches what is missing)."""

@@ -31,7 +31,7 @@ KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius
 def _check_task(app: App, task: Any) -> None:
     """Refuse what cannot launch, in the words `stixctl validate` warns with."""
     validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
-    choose_target(task, app.ssh_pool_sizes(), app.clouds())
+    choose_target(task, app.ssh_pool_sizes(), app.clouds(), app.cloud_problems())
 
 
 async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:

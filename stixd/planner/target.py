@@ -20,16 +20,22 @@ MAX_PORTS = 1000
 
 
 def choose_target(
-    task: Task, ssh_pools: Mapping[str, int], clouds: Collection[str] = ()
+    task: Task,
+    ssh_pools: Mapping[str, int],
+    clouds: Collection[str] = (),
+    unavailable: Mapping[str, str] | None = None,
 ) -> tuple[str, str | None]:
-    """(provider, pool) for the task; `ssh_pools` maps each pool to its number of hosts and
-    `clouds` are the enabled clouds. For a cloud the "pool" is the region the task names."""
+    """(provider, pool) for the task; `ssh_pools` maps each pool to its number of hosts,
+    `clouds` are the usable clouds and `unavailable` says why another cloud is not. For a
+    cloud the "pool" is the region the task names."""
     for candidate in task.resources_or_default().candidates():
         place = candidate.placement()
         if place.cloud in CLOUDS:
             if place.cloud not in clouds:
+                why = (unavailable or {}).get(place.cloud, "it is not enabled")
                 raise InvalidTask(
-                    f"resources.infra: '{place.cloud}' is not enabled (see `stixctl check`)"
+                    f"resources.infra: '{place.cloud}' is not available: {why} "
+                    "(see `stixctl check`)"
                 )
             return place.cloud, place.region
         if place.cloud != "ssh":

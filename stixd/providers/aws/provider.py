@@ -96,6 +96,14 @@ class AwsProvider:
             self._ec2 = Ec2Clients(resolve(self.env), self.log)
         return self._ec2
 
+    def credentials_problem(self) -> str | None:
+        """What is missing for AWS to be usable, read locally (no network): None if nothing."""
+        try:
+            resolve(self.env)
+        except CredentialsMissing as exc:
+            return exc.message
+        return None
+
     def _connection(self, target: SshTarget) -> SshConnection:
         key = f"{target.user}@{target.host}:{target.port}"
         conn = self._conns.get(key)

@@ -1,0 +1,93 @@
+"""`launch --infra aws` end to end: stixctl → stixd → EC2 on a real moto server → agents on
+real sshd hosts (the testing-only STIX_TEST_SSH_HOSTS mapping stands them in for instances)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.awsbed import AwsBed, aws_fixtures
+from tests.conftest import REPO, Stix
+from tests.sshbed import SshBed, bed_fixture
+
+hosts = bed_fixture(2, scope="module")
+aws_server, aws = aws_fixtures()
+CATALOGS = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
+
+
+def _use(stix: Stix, aws: AwsBed, bed: SshBed) -> None:
+    stix.env.update(aws.env)
+    stix.env.update(
+        {
+            "STIX_CATALOG_DIR": str(CATALOGS),
+            "STIX_TEST_SSH_HOSTS": ",".join(f"root@{h.ip}:22" for h in bed.hosts),
+            "STIX_TEST_SSH_KEY": str(bed.key),
+            "AWS_SHARED_CREDENTIALS_FILE": str(stix.home / "no-aws-credentials"),
+            "AWS_CONFIG_FILE": str(stix.home / "no-aws-config"),
+        }
+    )
+
+
+def _stix_groups(aws: AwsBed) -> list[str]:
+    groups = aws.ec2("describe_security_groups")["SecurityGroups"]
+    return [g["GroupName"] for g in groups if g["GroupName"].startswith("stix-")]
+
+
+def test_two_node_job_on_aws_then_down_terminates_everything(
+    stix: Stix, aws: AwsBed, hosts: SshBed, task_file
+) -> None:
+    _use(stix, aws, hosts)
+    path = task_file(
+        "num_nodes: 2\n"
+        "resources:\n  infra: aws/us-east-1\n  ports: 8080\n"
+        "setup: echo setup-on-$(hostname)\n"
+        "run: |\n"
+        '  echo "rank=$SKYPILOT_NODE_RANK host=$(hostname) n=$SKYPILOT_NUM_NODES"\n'
+    )
+    out = stix.run("launch", "-c", "c", "-y", str(path), timeout=180)
+    assert out.returncode == 0, out.stderr + (stix.home / "stixd.log").read_text()[-3000:]
+    for rank, host in enumerate(hosts.hosts):
+        assert f"rank={rank} host={host.name} n=2" in out.stdout
+    cluster = stix.clusters()["c"]
+    assert cluster["status"] == "UP" and cluster["infra"] == "aws/us-east-1"
+    assert cluster["resources"].startswith("2x aws/us-east-1 ")
+    assert cluster["hourly_price"] > 0  # the catalog's on-demand price of the instance type
+    made = aws.live_instances("c")
+    assert len(made) == 2 and {i["State"]["Name"] for i in made} == {"running"}
+    assert {i["Placement"]["AvailabilityZone"][:9] for i in made} == {"us-east-1"}
+    assert len({i["Placement"]["AvailabilityZone"] for i in made}) == 1  # one placement
+    assert _stix_groups(aws) == ["stix-c"]
+
+    again = stix.run("exec", "c", "echo again-$SKYPILOT_NODE_RANK", check=True, timeout=60)
+    assert "again-0" in again.stdout
+    refreshed = stix.json("status", "--refresh")
+    assert [c["status"] for c in refreshed if c["name"] == "c"] == ["UP"]
+
+    stix.run("down", "c", "-y", check=True, timeout=120)
+    assert "c" not in stix.clusters()
+    assert aws.live_instances("c") == []
+    assert {i["State"]["Name"] for i in aws.instances("c")} == {"terminated"}
+    assert _stix_groups(aws) == []
+    # the key pair is the stix home's, kept for the next cluster
+    keys = aws.ec2("describe_key_pairs")["KeyPairs"]
+    assert [k["KeyName"][:5] for k in keys] == ["stix-"]
+
+
+def test_check_reports_aws_and_what_is_missing(stix: Stix, aws: AwsBed, hosts: SshBed) -> None:
+    _use(stix, aws, hosts)
+    rows = {r["infra"]: r for r in json.loads(stix.run("check", "--json", check=True).stdout)}
+    assert rows["aws"]["enabled"], rows["aws"]
+    assert "environment variables" in rows["aws"]["reason"]
+    stix.run("daemon", "stop", check=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        del stix.env[name]
+    rows = {r["infra"]: r for r in json.loads(stix.run("check", "--json", check=True).stdout)}
+    assert not rows["aws"]["enabled"]
+    assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in rows["aws"]["reason"]
+    assert str(stix.home / "no-aws-credentials") in rows["aws"]["reason"]
+    refused = stix.run("launch", "-c", "x", "--infra", "aws", "-y", "echo x", timeout=60)
+    assert (
+        refused.returncode == 2 and "'aws' is not available: no AWS credentials" in refused.stderr
+    )
+    assert aws.seen().count("RunInstances") == 0
