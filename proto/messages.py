@@ -50,6 +50,8 @@ class Launch(Msg, tag="launch", frozen=True):
     idle_minutes: float | None = None
     no_setup: bool = False
     config: list[ConfigLayer] = []
+    task_id: str | None = None
+    """SKYPILOT_TASK_ID for the job; a managed job keeps one across its recoveries."""
 
 
 class Exec(Msg, tag="exec", frozen=True):
@@ -171,8 +173,40 @@ class Shutdown(Msg, tag="shutdown", frozen=True):
     pass
 
 
+class JobsLaunch(Msg, tag="jobs_launch", frozen=True):
+    """A managed job: one task, or a pipeline run task by task, each on its own cluster."""
+
+    tasks: list[Task]
+    name: str | None = None
+    detach: bool = False
+    config: list[ConfigLayer] = []
+
+
+class JobsQueue(Msg, tag="jobs_queue", frozen=True):
+    all: bool = False
+    """Also the jobs that ended (by default only those still in progress and the last day's)."""
+
+
+class JobsCancel(Msg, tag="jobs_cancel", frozen=True):
+    job_ids: list[int] = []
+    name: str | None = None
+    all: bool = False
+
+
+class JobsLogs(Msg, tag="jobs_logs", frozen=True):
+    job_id: int | None = None
+    """None: the most recent managed job."""
+    name: str | None = None
+    follow: bool = True
+    controller: bool = False
+
+
 Request = (
-    Launch
+    JobsLaunch
+    | JobsQueue
+    | JobsCancel
+    | JobsLogs
+    | Launch
     | Exec
     | Status
     | Queue
@@ -286,6 +320,36 @@ class ClusterList(Msg, tag="clusters", frozen=True):
     clusters: list[ClusterRecord]
 
 
+class ManagedJobRecord(msgspec.Struct, frozen=True):
+    job_id: int
+    name: str
+    status: str
+    submitted_at: float
+    resources: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+    job_duration: float = 0.0
+    """Seconds the task ran (RUNNING), summed over recoveries and restarts."""
+    recoveries: int = 0
+    restarts: int = 0
+    """Reruns after the task's own code failed (max_restarts_on_errors)."""
+    failure_reason: str | None = None
+    cluster: str | None = None
+    task: int = 0
+    tasks: int = 1
+    recovery_reasons: list[str] = []
+
+
+class ManagedJobList(Msg, tag="managed_jobs", frozen=True):
+    jobs: list[ManagedJobRecord]
+
+
+class ManagedLaunched(Msg, tag="managed_launched", frozen=True):
+    job_id: int
+    name: str
+    status: str
+
+
 class JobList(Msg, tag="jobs", frozen=True):
     jobs: list[JobRecord]
 
@@ -352,6 +416,8 @@ class DaemonInfo(Msg, tag="daemon_info", frozen=True):
 
 Reply = (
     OkReply
+    | ManagedJobList
+    | ManagedLaunched
     | ErrorReply
     | ClusterList
     | JobList

@@ -47,3 +47,37 @@ _TERMINAL_JOB = frozenset(
         JobStatus.CANCELLED,
     }
 )
+
+
+class ManagedJobStatus(enum.StrEnum):
+    """A managed job: launched, watched, recovered and torn down by the daemon itself."""
+
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    RECOVERING = "RECOVERING"
+    CANCELLING = "CANCELLING"
+    SUCCEEDED = "SUCCEEDED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+    FAILED_SETUP = "FAILED_SETUP"
+    FAILED_PRECHECKS = "FAILED_PRECHECKS"
+    FAILED_NO_RESOURCE = "FAILED_NO_RESOURCE"
+    FAILED_CONTROLLER = "FAILED_CONTROLLER"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_MANAGED
+
+
+_TERMINAL_MANAGED = frozenset(
+    {
+        ManagedJobStatus.SUCCEEDED,
+        ManagedJobStatus.CANCELLED,
+        ManagedJobStatus.FAILED,
+        ManagedJobStatus.FAILED_SETUP,
+        ManagedJobStatus.FAILED_PRECHECKS,
+        ManagedJobStatus.FAILED_NO_RESOURCE,
+        ManagedJobStatus.FAILED_CONTROLLER,
+    }
+)

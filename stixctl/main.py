@@ -474,6 +474,12 @@ def _ssh_args(s: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_ssh)
 
 
+def _jobs_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import jobs
+
+    jobs.add_args(s)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -485,6 +491,7 @@ def _daemon_args(s: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "launch": ("provision a cluster (or reuse it) and run a task", _launch_args),
+    "jobs": ("managed jobs: launch, queue, cancel, logs", _jobs_args),
     "exec": ("run a task on an existing cluster (no setup)", _exec_args),
     "status": ("list clusters (from the store; --refresh asks the infra)", _status_args),
     "queue": ("list the jobs of clusters", _queue_args),
@@ -515,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """Options may come before or after the task (`exec c1 -d 'cmd'`, `exec c1 'cmd' -d`)."""
+    if argv and argv[0] == "jobs":
+        from stixctl import jobs
+
+        return jobs.parse(argv[1:])
     if argv and argv[0] in COMMANDS:
         # only the command being run is built: the whole parser costs more than the request
         text, add_args = COMMANDS[argv[0]]

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 def factory_for(app: App, kind: str) -> Callable[[Row], Actor]:
     from stixd.actors.cluster import ClusterActor
     from stixd.actors.job import JobActor
+    from stixd.actors.managed_job import ManagedJobActor
 
     kinds: dict[str, Callable[[Row], Actor]] = {
         ClusterActor.kind: lambda row: ClusterActor(row, app),
         JobActor.kind: lambda row: JobActor(row, app),
+        ManagedJobActor.kind: lambda row: ManagedJobActor(row, app),
     }
     return kinds[kind]

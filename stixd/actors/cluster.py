@@ -253,7 +253,9 @@ class ClusterActor(Actor):
             await sync_task_files(self.provider, self.nodes, req.task, env, file_mounts=True)
             await self._apply_autostop_request(req.idle_minutes, req.down)
             job_id = await self._allocate_job_id()
-            await create_job(self, job_id, req.task, with_setup=not req.no_setup)
+            await create_job(
+                self, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id
+            )
             env.progress(m.JobSubmitted(self.id, job_id))
             return m.LaunchResult(cluster=self.id, job_id=job_id, job_status="INIT")
         if self.state in (C.AUTOSTOPPING,):
@@ -311,7 +313,7 @@ class ClusterActor(Actor):
         nodes = await self._provision(req.task.num_nodes, env)
         await sync_task_files(self.provider, nodes, req.task, env, file_mounts=True)
         await self._apply_autostop_request(req.idle_minutes, req.down, nodes)
-        await create_job(self, job_id, req.task, with_setup=not req.no_setup)
+        await create_job(self, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id)
         await self.transition(
             E.PROVISIONED,
             f"{len(nodes)} node(s) up",

@@ -21,7 +21,7 @@ def infra_label(provider: str, pool: str | None) -> str:
     return f"{provider}/{pool}" if pool else provider
 
 
-def task_id(cluster: str, job_id: int) -> str:
+def make_task_id(cluster: str, job_id: int) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")
     return f"sky-{stamp}_{cluster}_{job_id}"
 
@@ -30,7 +30,14 @@ def job_row_id(cluster: str, uid: str, job_id: int) -> str:
     return f"{cluster}/{uid}/{job_id}"
 
 
-async def create_job(cluster: ClusterActor, job_id: int, task: Task, *, with_setup: bool) -> Row:
+async def create_job(
+    cluster: ClusterActor,
+    job_id: int,
+    task: Task,
+    *,
+    with_setup: bool,
+    task_id: str | None = None,
+) -> Row:
     """Insert the job row (idempotent by id) and start its actor."""
     uid = cluster.row.data["uid"]
     provider = cluster.row.spec.get("provider", "local")
@@ -42,7 +49,7 @@ async def create_job(cluster: ClusterActor, job_id: int, task: Task, *, with_set
         "run": task.run,
         "envs": resolved_envs(task),
         "num_gpus": 0.0,
-        "task_id": task_id(cluster.id, job_id),
+        "task_id": task_id or make_task_id(cluster.id, job_id),
         "node_ips": [n.ip for n in nodes],
         "num_nodes": task.num_nodes,
         # a gang with a setup step: every node sets up, then all start `run` together

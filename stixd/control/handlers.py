@@ -20,7 +20,7 @@ from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
-from stixd.control import catalog_cmds, plan_cmds, ssh_cmds
+from stixd.control import catalog_cmds, jobs_cmds, plan_cmds, ssh_cmds
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 
@@ -247,6 +247,20 @@ async def events(app: App, req: m.Events, emit: Emit) -> m.EventList:
     )
 
 
+async def _jobs(app: App, req: Any, emit: Emit) -> Any:
+    if isinstance(req, m.JobsLaunch):
+        try:
+            app.config_for([(layer.source, layer.values) for layer in req.config])
+        except ConfigError as exc:
+            raise InvalidConfig(str(exc)) from None
+        return await jobs_cmds.jobs_launch(app, req, emit, lambda task: _check_task(app, task))
+    if isinstance(req, m.JobsQueue):
+        return await jobs_cmds.jobs_queue(app, req)
+    if isinstance(req, m.JobsCancel):
+        return await jobs_cmds.jobs_cancel(app, req)
+    return await jobs_cmds.jobs_logs(app, req, emit)
+
+
 async def daemon_status(app: App, req: m.DaemonStatus, emit: Emit) -> m.DaemonInfo:
     from proto import PROTOCOL_VERSION
 
@@ -265,6 +279,8 @@ async def shutdown(app: App, req: m.Shutdown, emit: Emit) -> m.OkReply:
 
 
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
+    if isinstance(req, m.JobsLaunch | m.JobsQueue | m.JobsCancel | m.JobsLogs):
+        return await _jobs(app, req, emit)
     if isinstance(req, m.Launch):
         return await launch(app, req, emit)
     if isinstance(req, m.Exec):

@@ -1,0 +1,179 @@
+"""`stixctl jobs launch|queue|cancel|logs`: managed jobs, with SkyPilot's names and flags."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from proto import messages as m
+from proto.errors import InvalidRequest, JobFailed
+from stixctl import taskargs
+
+Fn = Callable[[Path, argparse.Namespace], int]
+
+
+def _launch(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+    from stixctl.main import _config_layers, _err, _json, _on_event, _status_exit
+
+    dag = taskargs.load(a.entrypoint, a, pipeline=True)
+    req = m.JobsLaunch(
+        tasks=list(dag.tasks),
+        name=a.name or getattr(dag, "name", None),
+        detach=a.detach_run,
+        config=_config_layers(a.config or []),
+    )
+    reply: m.ManagedLaunched = call(home, req, _on_event)
+    if a.json:
+        _json(reply)
+    if a.detach_run:
+        if not a.json:
+            _err(
+                f"⚙ Managed job {reply.job_id} ({reply.name}) submitted; follow it with "
+                f"`stixctl jobs logs {reply.job_id}`"
+            )
+        return 0
+    code = _status_exit(reply.status)
+    if not a.json:
+        _err(f"✓ Managed job {reply.job_id} finished: {reply.status}")
+        if code:
+            _err(str(JobFailed(f"managed job {reply.job_id} ended {reply.status}")))
+    return code
+
+
+def _queue(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+    from stixctl.main import _json
+
+    reply: m.ManagedJobList = call(home, m.JobsQueue(all=a.all))
+    if a.json:
+        _json(reply.jobs)
+    else:
+        print(render(reply.jobs))
+    return 0
+
+
+def _cancel(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+    from stixctl.main import _json
+
+    if not (a.job_ids or a.name or a.all):
+        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
+    reply: m.Table = call(home, m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all))
+    if a.json:
+        _json(reply.rows)
+    else:
+        print(reply.text)
+    return 0
+
+
+def _logs(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+    from stixctl.main import _on_event
+
+    req = m.JobsLogs(job_id=a.job_id, name=a.name, follow=a.follow, controller=a.controller)
+    reply: m.LogsEnd = call(home, req, _on_event)
+    if a.status:
+        print(f"Managed job {reply.job_id}: {reply.status}")
+    return 0
+
+
+def render(records: Sequence[m.ManagedJobRecord]) -> str:
+    from stixctl.render import ago, duration, table
+
+    if not records:
+        return "No managed jobs."
+    now = time.time()
+    rows = []
+    for j in records:
+        total = (j.ended_at or now) - j.submitted_at
+        task = f" ({j.task + 1}/{j.tasks})" if j.tasks > 1 else ""
+        rows.append(
+            [
+                str(j.job_id),
+                j.name + task,
+                j.resources,
+                ago(j.submitted_at, now),
+                duration(total),
+                duration(j.job_duration),
+                str(j.recoveries),
+                j.status,
+                j.failure_reason or "-",
+            ]
+        )
+    headers = [
+        "ID",
+        "NAME",
+        "RESOURCES",
+        "SUBMITTED",
+        "TOT. DURATION",
+        "JOB DURATION",
+        "#RECOVERIES",
+        "STATUS",
+        "FAILURE",
+    ]
+    return "Managed jobs\n" + table(headers, rows)
+
+
+def _launch_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("entrypoint", nargs="*", help="task YAML file (or pipeline) or a command")
+    s.add_argument("--config", action="append", metavar="FILE", help="extra config file")
+    taskargs.add_task_flags(s)
+    s.add_argument("-d", "--detach-run", action="store_true", help="return once submitted")
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    s.add_argument("--json", action="store_true")
+
+
+def _queue_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-a", "--all", action="store_true", help="every job that ever ran")
+    s.add_argument("--json", action="store_true")
+
+
+def _cancel_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("job_ids", nargs="*", type=int)
+    s.add_argument("-n", "--name")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("-y", "--yes", action="store_true")
+    s.add_argument("--json", action="store_true")
+
+
+def _logs_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("job_id", nargs="?", type=int, help="default: the most recent job")
+    s.add_argument("-n", "--name")
+    s.add_argument("--follow", dest="follow", action="store_true", default=True)
+    s.add_argument("--no-follow", dest="follow", action="store_false")
+    s.add_argument("--controller", action="store_true", help="the controller's decisions")
+    s.add_argument("--status", action="store_true", help="print the job's status at the end")
+
+
+ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Fn]] = {
+    "launch": ("run a task as a managed job (recovered)", _launch_args, _launch),
+    "queue": ("list managed jobs", _queue_args, _queue),
+    "cancel": ("cancel managed jobs", _cancel_args, _cancel),
+    "logs": ("a managed job's output (or --controller: its decisions)", _logs_args, _logs),
+}  # fmt: skip
+
+
+def add_args(s: argparse.ArgumentParser) -> None:
+    """For `stixctl --help` and `stixctl jobs --help`: every action with its flags."""
+    sub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, (text, add, fn) in ACTIONS.items():
+        p = sub.add_parser(name, help=text)
+        add(p)
+        p.set_defaults(fn=fn)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """`jobs ACTION …` with options before or after the task, as for `launch`."""
+    if argv and argv[0] in ACTIONS:
+        text, add, fn = ACTIONS[argv[0]]
+        p = argparse.ArgumentParser(prog=f"stixctl jobs {argv[0]}", description=text)
+        add(p)
+        args = p.parse_intermixed_args(argv[1:])
+        args.fn, args.command, args.action = fn, "jobs", argv[0]
+        return args
+    p = argparse.ArgumentParser(prog="stixctl jobs", description="managed jobs")
+    add_args(p)
+    return p.parse_args(argv)

@@ -1,0 +1,223 @@
+"""`stixctl jobs …`: managed jobs, each an actor the daemon drives to the end by itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from proto import messages as m
+from proto.errors import InternalError, InvalidRequest, JobNotFound, error_from_code
+from proto.states import ManagedJobStatus
+from stixd.actors.managed_job import cluster_name, logs_dir
+from stixd.app import App
+from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.store.db import Row, RowExists
+
+Emit = Callable[[Any], Awaitable[None]]
+KIND = "managed_job"
+RECENT_ENDED = 50
+"""`jobs queue` without --all: every live job and this many of the most recent ended ones."""
+FOLLOW_POLL_S = 0.5
+
+
+async def jobs_launch(
+    app: App, req: m.JobsLaunch, emit: Emit, check: Callable[[Any], None]
+) -> m.ManagedLaunched:
+    if not req.tasks:
+        raise InvalidRequest("jobs launch needs a task")
+    for task in req.tasks:
+        check(task)  # refused now, in validate's words, rather than FAILED_PRECHECKS later
+    name = req.name or req.tasks[0].name or "job"
+    now = time.time()
+    spec = {
+        "name": name,
+        "tasks": [msgspec.to_builtins(t) for t in req.tasks],
+        "config": [msgspec.to_builtins(c) for c in req.config],
+        "submitted_at": now,
+        "resources": _resources(req.tasks[0]),
+    }
+    rows = await app.store.rows(KIND)
+    job_id = max((int(r.id) for r in rows), default=0) + 1
+    while True:  # the insert is the allocation: two launches at once get different ids
+        row = Row(kind=KIND, id=str(job_id), state="PENDING", version=0, spec=spec)
+        try:
+            row = await app.store.insert(row, "submitted", f"managed job {name}")
+            break
+        except RowExists:
+            job_id += 1
+    app.spawn(row)
+    await emit(m.Progress(f"Managed job {job_id} ({name}) submitted; cluster {row_cluster(row)}."))
+    if req.detach:
+        return m.ManagedLaunched(job_id=job_id, name=name, status=row.state)
+    state = await _follow_runs(app, row, emit)
+    return m.ManagedLaunched(job_id=job_id, name=name, status=state)
+
+
+def _resources(task: Any) -> str:
+    res = task.resources_or_default()
+    parts = [f"{task.num_nodes}x"]
+    if res.infra:
+        parts.append(str(res.infra))
+    if res.accelerators:
+        parts.append(str(res.accelerators))
+    if res.cpus:
+        parts.append(f"cpus={res.cpus}")
+    if res.use_spot:
+        parts.append("[spot]")
+    return " ".join(parts)
+
+
+def row_cluster(row: Row) -> str:
+    return cluster_name(row.spec["name"], int(row.id))
+
+
+def record(row: Row) -> m.ManagedJobRecord:
+    data = row.data
+    duration = float(data.get("job_duration", 0.0))
+    if row.state == ManagedJobStatus.RUNNING and data.get("run_started_at"):
+        duration += time.time() - float(data["run_started_at"])
+    return m.ManagedJobRecord(
+        job_id=int(row.id),
+        name=row.spec["name"],
+        status=row.state,
+        submitted_at=float(row.spec.get("submitted_at", row.created_at)),
+        resources=row.spec.get("resources", ""),
+        started_at=data.get("started_at"),
+        ended_at=data.get("ended_at"),
+        job_duration=round(duration, 3),
+        recoveries=int(data.get("recoveries", 0)),
+        restarts=int(data.get("restarts", 0)),
+        failure_reason=data.get("failure_reason"),
+        cluster=None if row.terminal else row_cluster(row),
+        task=int(data.get("task", 0)),
+        tasks=len(row.spec.get("tasks", [])) or 1,
+        recovery_reasons=list(data.get("recovery_reasons", [])),
+    )
+
+
+async def jobs_queue(app: App, req: m.JobsQueue) -> m.ManagedJobList:
+    rows = sorted(await app.store.rows(KIND), key=lambda r: int(r.id), reverse=True)
+    if not req.all:
+        ended = [r for r in rows if r.terminal][:RECENT_ENDED]
+        keep = {r.id for r in ended}
+        rows = [r for r in rows if not r.terminal or r.id in keep]
+    return m.ManagedJobList(jobs=[record(r) for r in rows])
+
+
+async def _select(app: App, ids: list[int], name: str | None, all_: bool) -> list[Row]:
+    rows = await app.store.rows(KIND)
+    if all_:
+        return [r for r in rows if not r.terminal]
+    if name is not None:
+        named = [r for r in rows if r.spec["name"] == name]
+        if not named:
+            raise JobNotFound(f"no managed job named {name!r}")
+        return [r for r in named if not r.terminal] or named[-1:]
+    if not ids:
+        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
+    by_id = {int(r.id): r for r in rows}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise JobNotFound(f"no managed job {missing[0]}")
+    return [by_id[i] for i in ids]
+
+
+async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
+    rows = await _select(app, req.job_ids, req.name, req.all)
+    lines: list[str] = []
+    result: list[dict[str, Any]] = []
+    for row in rows:
+        if row.terminal:
+            text = f"managed job {row.id} already ended {row.state}"
+        else:
+            reply = await _ask(app, row, m.JobsCancel(job_ids=[int(row.id)]))
+            text = reply.message
+        lines.append(text)
+        result.append({"job_id": int(row.id), "message": text})
+    if not rows:
+        lines.append("No managed job to cancel.")
+    return m.Table(text="\n".join(lines), rows=result)
+
+
+async def _ask(app: App, row: Row, payload: Any) -> Any:
+    child = app.supervisor.get(KIND, row.id)
+    if child is None:
+        app.spawn(row)
+    send, receive = reply_channel()
+    if not app.supervisor.tell(KIND, row.id, Envelope(payload=payload, reply=send)):
+        raise InternalError(f"managed job {row.id} has no actor")
+    async with receive:
+        async for item in receive:
+            if isinstance(item, m.ErrorReply):
+                raise error_from_code(item.code, item.message)
+            if isinstance(item, m.FINAL_REPLIES):
+                return item
+    raise InternalError(f"managed job {row.id} stopped before answering")
+
+
+async def jobs_logs(app: App, req: m.JobsLogs, emit: Emit) -> m.LogsEnd:
+    if req.job_id is not None:
+        row = await app.store.get(KIND, str(req.job_id))
+        if row is None:
+            raise JobNotFound(f"no managed job {req.job_id}")
+    else:
+        rows = await app.store.rows(KIND)
+        if req.name is not None:
+            rows = [r for r in rows if r.spec["name"] == req.name]
+        if not rows:
+            what = f" named {req.name!r}" if req.name else ""
+            raise JobNotFound(f"no managed job{what} yet")
+        row = max(rows, key=lambda r: int(r.id))
+    state = await _follow_files(app, row, emit, req.follow, controller=req.controller)
+    return m.LogsEnd(cluster=row_cluster(row), job_id=int(row.id), status=state)
+
+
+async def _follow_runs(app: App, row: Row, emit: Emit) -> str:
+    return await _follow_files(app, row, emit, True, controller=False)
+
+
+def _files(d: Path, controller: bool) -> list[Path]:
+    if controller:
+        return [d / "controller.log"]
+    runs = [p for p in d.glob("run-*.log") if p.stem[4:].isdigit()]
+    return sorted(runs, key=lambda p: int(p.stem[4:]))
+
+
+async def _follow_files(app: App, row: Row, emit: Emit, follow: bool, *, controller: bool) -> str:
+    """Send the job's log files (each run's output, or the controller's decisions) and, with
+    `follow`, what they gain until the job ends. The files outlive the job's clusters."""
+    d = logs_dir(app.home, int(row.id))
+    offsets: dict[Path, int] = {}
+    many = not controller
+
+    async def drain() -> None:
+        for path in _files(d, controller):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            at = offsets.get(path)
+            if at is None:
+                at = 0
+                if many and len(offsets) > 0:
+                    await emit(m.Progress(f"{path.stem}: the task runs again"))
+            if size > at:
+                with path.open("rb") as f:
+                    f.seek(at)
+                    data = f.read(size - at)
+                await emit(m.LogChunk(data.decode(errors="replace")))
+            offsets[path] = size
+
+    while True:
+        current = await app.store.get(KIND, row.id)
+        over = current is None or current.terminal
+        await drain()
+        if over or not follow:
+            return current.state if current else row.state
+        with anyio.move_on_after(FOLLOW_POLL_S):
+            await app.watch.wait_for(KIND, row.id, lambda r: r is None or r.terminal)

@@ -1,0 +1,203 @@
+"""Managed jobs on the local provider: real daemon, real agents, real processes killed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stix, processes_mentioning, wait_until
+
+
+def managed(stix: Stix, job_id: int) -> dict[str, Any]:
+    return {j["job_id"]: j for j in stix.json("jobs", "queue", "--all")}[job_id]
+
+
+def kill_node(stix: Stix, cluster: str, rank: int = 0) -> int:
+    """A preemption on the local infra: every process of the node (agent, runners, the job)."""
+    pids = processes_mentioning(f"--node-dir {stix.node_dir(cluster, rank)} ")
+    for pid in pids:
+        for kill in (
+            lambda p: os.killpg(os.getpgid(p), signal.SIGKILL),
+            lambda p: os.kill(p, signal.SIGKILL),
+        ):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid)
+    return len(pids)
+
+
+def fast_health(stix: Stix) -> None:
+    stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
+
+
+def test_a_managed_job_runs_to_success_and_its_logs_outlive_its_cluster(stix: Stix) -> None:
+    out = stix.run("jobs", "launch", "-n", "hello", "-y", "echo hi-from-$SKYPILOT_TASK_ID")
+    assert out.returncode == 0, out.stderr
+    assert "hi-from-sky-managed-" in out.stdout and "_hello_1-0" in out.stdout
+    job = managed(stix, 1)
+    assert job["status"] == "SUCCEEDED" and job["recoveries"] == 0
+    assert job["name"] == "hello" and job["cluster"] is None
+    wait_until(lambda: stix.clusters().get("hello-1") is None)  # torn down at the end
+    logs = stix.run("jobs", "logs", "1", "--no-follow", check=True)
+    assert "hi-from-sky-managed-" in logs.stdout
+    controller = stix.run("jobs", "logs", "1", "--controller", "--no-follow", check=True)
+    assert "STARTING: launching cluster hello-1" in controller.stdout
+    assert "SUCCEEDED: the task succeeded" in controller.stdout
+    text = stix.run("jobs", "queue", check=True).stdout
+    assert "hello" in text and "SUCCEEDED" in text
+
+
+def test_a_killed_node_is_recovered_and_the_task_resumes_from_its_checkpoint(
+    stix: Stix, tmp_path: Path, task_file: Any
+) -> None:
+    fast_health(stix)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    path = task_file(
+        "name: train\n"
+        "run: |\n"
+        f"  n=$(cat {ck}/step 2>/dev/null || echo 0)\n"
+        f'  echo "start=$n task=$SKYPILOT_TASK_ID" >> {ck}/history\n'
+        "  while [ $n -lt 8 ]; do\n"
+        f"    n=$((n+1)); echo $n > {ck}/step; echo step $n; sleep 0.4\n"
+        "  done\n"
+    )
+    stix.run("jobs", "launch", "-d", "-y", str(path), check=True)
+    wait_until(lambda: (ck / "step").exists() and int((ck / "step").read_text()) >= 2, timeout=30)
+    assert kill_node(stix, "train-1") > 0
+    wait_until(lambda: managed(stix, 1)["recoveries"] == 1, timeout=20, interval=0.2)
+    job = wait_until(
+        lambda: (j := managed(stix, 1))["status"] in ("SUCCEEDED", "FAILED") and j,
+        timeout=60,
+        interval=0.3,
+    )
+    assert job["status"] == "SUCCEEDED", stix.run("jobs", "logs", "1", "--controller").stdout
+    assert job["recoveries"] == 1 and "cluster lost" not in (job["failure_reason"] or "")
+    assert job["recovery_reasons"] and "cluster found STOPPED" in job["recovery_reasons"][0]
+    starts = (ck / "history").read_text().splitlines()
+    assert len(starts) == 2 and starts[0].startswith("start=0 ")
+    first_task, second_task = (line.split("task=")[1] for line in starts)
+    assert first_task == second_task  # the same SKYPILOT_TASK_ID: user code can resume
+    assert int(starts[1].split()[0].split("=")[1]) >= 2  # resumed from its checkpoint
+    assert (ck / "step").read_text().strip() == "8"
+    logs = stix.run("jobs", "logs", "1", "--no-follow", check=True).stdout
+    assert "step 8" in logs and "step 1" in logs
+    wait_until(lambda: stix.clusters().get("train-1") is None)
+
+
+def test_max_restarts_on_errors_reruns_a_failing_task(stix: Stix, task_file: Any) -> None:
+    path = task_file(
+        "name: flaky\n"
+        "resources:\n  job_recovery:\n    max_restarts_on_errors: 2\n"
+        "run: echo attempt; exit 3\n"
+    )
+    out = stix.run("jobs", "launch", "-y", str(path), timeout=90)
+    assert out.returncode == 100, out.stderr  # SkyPilot's exit code for a failed job
+    job = managed(stix, 1)
+    assert job["status"] == "FAILED" and job["restarts"] == 2 and job["recoveries"] == 0
+    assert "exit code 3" in job["failure_reason"]
+    assert out.stdout.count("attempt") == 3
+
+
+def test_cancel_a_running_managed_job_tears_its_cluster_down(stix: Stix) -> None:
+    stix.run("jobs", "launch", "-n", "long", "-d", "-y", "sleep 300", check=True)
+    wait_until(lambda: managed(stix, 1)["status"] == "RUNNING", timeout=30, interval=0.2)
+    out = stix.run("jobs", "cancel", "1", check=True)
+    assert "cancelling" in out.stdout
+    wait_until(lambda: managed(stix, 1)["status"] == "CANCELLED", timeout=30, interval=0.2)
+    wait_until(lambda: stix.clusters().get("long-1") is None)
+    assert not processes_mentioning("sleep 300")
+    again = stix.run("jobs", "cancel", "-n", "long", check=True)
+    assert "already ended CANCELLED" in again.stdout
+    missing = stix.run("jobs", "cancel", "7")
+    assert missing.returncode == 3 and "no managed job 7" in missing.stderr
+
+
+def test_a_task_that_cannot_run_anywhere_is_refused_before_anything_starts(
+    stix: Stix, task_file: Any
+) -> None:
+    path = task_file("resources:\n  accelerators: H100:8\n  infra: local\nrun: echo x\n")
+    out = stix.run("jobs", "launch", "-y", str(path))
+    assert out.returncode != 0 and "H100" in out.stderr
+    assert stix.json("jobs", "queue", "--all") == []
+
+
+def test_a_pipeline_runs_task_by_task_and_a_failure_fails_the_rest(
+    stix: Stix, tmp_path: Path, task_file: Any
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = task_file(
+        "name: pipe\n"
+        "---\n"
+        f"name: prep\nrun: echo prep-ran; touch {marks}/prep\n"
+        "---\n"
+        f"name: train\nrun: echo train-ran; touch {marks}/train; exit 7\n"
+        "---\n"
+        f"name: eval\nrun: touch {marks}/eval\n"
+    )
+    out = stix.run("jobs", "launch", "-y", str(path), timeout=90)
+    assert out.returncode == 100, out.stderr
+    assert "prep-ran" in out.stdout and "train-ran" in out.stdout
+    job = managed(stix, 1)
+    assert job["name"] == "pipe" and job["status"] == "FAILED" and job["tasks"] == 3
+    assert job["task"] == 1 and "exit code 7" in job["failure_reason"]
+    assert sorted(p.name for p in marks.iterdir()) == ["prep", "train"]  # eval never ran
+    wait_until(lambda: stix.clusters().get("pipe-1") is None)
+
+
+def test_cancel_while_starting_stops_the_setup_and_leaves_no_cluster(
+    stix: Stix, task_file: Any
+) -> None:
+    path = task_file("name: slow\nsetup: sleep 300\nrun: echo never\n")
+    stix.run("jobs", "launch", "-d", "-y", str(path), check=True)
+    wait_until(lambda: processes_mentioning("sleep 300"), timeout=30)
+    assert managed(stix, 1)["status"] == "STARTING"  # setup is part of starting, as in SkyPilot
+    stix.run("jobs", "cancel", "--all", check=True)
+    wait_until(lambda: managed(stix, 1)["status"] == "CANCELLED", timeout=30, interval=0.2)
+    wait_until(lambda: stix.clusters().get("slow-1") is None)
+    wait_until(lambda: not processes_mentioning("sleep 300"), timeout=10)
+    assert "never" not in stix.run("jobs", "logs", "1", "--no-follow", check=True).stdout
+
+
+@pytest.mark.parametrize("phase", ["STARTING", "RUNNING", "RECOVERING"])
+def test_kill9_of_the_daemon_resumes_the_managed_job_without_running_it_twice(
+    stix: Stix, tmp_path: Path, task_file: Any, phase: str
+) -> None:
+    fast_health(stix)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    path = task_file(
+        "name: tough\n"
+        f"setup: echo setup >> {ck}/setups; sleep 1\n"
+        "run: |\n"
+        f'  echo "run $SKYPILOT_TASK_ID" >> {ck}/runs\n'
+        f"  for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done\n"
+    )
+    stix.run("jobs", "launch", "-d", "-y", str(path), check=True)
+    if phase == "STARTING":
+        wait_until(lambda: (ck / "setups").exists(), timeout=30)
+    else:
+        wait_until(lambda: (ck / "runs").exists(), timeout=30)
+    if phase == "RECOVERING":
+        assert kill_node(stix, "tough-1") > 0
+        wait_until(lambda: managed(stix, 1)["status"] == "RECOVERING", timeout=20, interval=0.05)
+    stix.kill_daemon()
+    stix.run("daemon", "start", check=True)
+    job = wait_until(
+        lambda: (j := managed(stix, 1))["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and j,
+        timeout=90,
+        interval=0.3,
+    )
+    assert job["status"] == "SUCCEEDED", stix.run("jobs", "logs", "1", "--controller").stdout
+    runs = (ck / "runs").read_text().splitlines()
+    assert len(runs) == (2 if phase == "RECOVERING" else 1)  # never a second run at once
+    assert len(set(runs)) == 1
+    assert job["recoveries"] == (1 if phase == "RECOVERING" else 0)
+    assert "tick 6" in stix.run("jobs", "logs", "1", "--no-follow", check=True).stdout
+    wait_until(lambda: stix.clusters().get("tough-1") is None)
+    assert not stix.agents("tough-1")
