@@ -8,8 +8,10 @@ import pytest
 
 from proto.states import ClusterStatus as C
 from proto.states import JobStatus as J
+from proto.states import ManagedJobStatus as M
 from stixd.actors.cluster import ClusterActor, ClusterEvent
 from stixd.actors.job import JobActor, JobEvent, fold
+from stixd.actors.managed_job import ManagedJobActor, MEvent
 from stixd.runtime.machine import TransitionError
 
 E = ClusterEvent
@@ -70,14 +72,44 @@ for state in (J.INIT, J.PENDING, J.SETTING_UP, J.RUNNING):
             continue  # setup is over once the run has started
         JOB_EXPECTED[(state, event)] = end
 
+ME = MEvent
+MANAGED_EXPECTED = {
+    (M.PENDING, ME.START): M.STARTING,
+    # the task cannot run anywhere: refused before any cluster exists, or when a launch says so
+    (M.PENDING, ME.FAILED_PRECHECKS): M.FAILED_PRECHECKS,
+    (M.STARTING, ME.FAILED_PRECHECKS): M.FAILED_PRECHECKS,
+    # the run passed its setup (setup counts as starting, as in SkyPilot)
+    (M.STARTING, ME.UP): M.RUNNING,
+    (M.RECOVERING, ME.UP): M.RUNNING,
+    # launches exhausted
+    (M.STARTING, ME.NO_RESOURCE): M.FAILED_NO_RESOURCE,
+    (M.RECOVERING, ME.NO_RESOURCE): M.FAILED_NO_RESOURCE,
+    # cancel from every live state, then the cluster is torn down
+    **{(s, ME.CANCEL): M.CANCELLING for s in (M.PENDING, M.STARTING, M.RUNNING, M.RECOVERING)},
+    (M.CANCELLING, ME.CANCELLED): M.CANCELLED,
+    # the daemon itself gave up on the job
+    **{
+        (s, ME.CONTROLLER_FAILED): M.FAILED_CONTROLLER
+        for s in (M.PENDING, M.STARTING, M.RUNNING, M.RECOVERING, M.CANCELLING)
+    },
+}
+for state in (M.STARTING, M.RUNNING, M.RECOVERING):  # a cluster in play: a run may end anytime
+    MANAGED_EXPECTED[(state, ME.LOST)] = M.RECOVERING
+    MANAGED_EXPECTED[(state, ME.RESTART)] = M.RECOVERING
+    MANAGED_EXPECTED[(state, ME.NEXT_TASK)] = M.STARTING
+    MANAGED_EXPECTED[(state, ME.SUCCEEDED)] = M.SUCCEEDED
+    MANAGED_EXPECTED[(state, ME.FAILED)] = M.FAILED
+    MANAGED_EXPECTED[(state, ME.FAILED_SETUP)] = M.FAILED_SETUP
+
 
 @pytest.mark.parametrize(
     ("machine", "states", "events", "expected"),
     [
         (ClusterActor.machine, C, ClusterEvent, CLUSTER_EXPECTED),
         (JobActor.machine, J, JobEvent, JOB_EXPECTED),
+        (ManagedJobActor.machine, M, MEvent, MANAGED_EXPECTED),
     ],
-    ids=["cluster", "job"],
+    ids=["cluster", "job", "managed_job"],
 )
 def test_every_state_event_pair(machine, states, events, expected) -> None:
     for state, event in itertools.product(states, events):
@@ -90,8 +122,9 @@ def test_every_state_event_pair(machine, states, events, expected) -> None:
 
 
 def test_terminal_states_have_no_way_out_except_a_new_cluster() -> None:
-    for (state, event), _ in JobActor.machine.table.items():
-        assert not state.is_terminal, (state, event)
+    for machine in (JobActor.machine, ManagedJobActor.machine):
+        for (state, event), _ in machine.table.items():
+            assert not state.is_terminal, (state, event)
     leaving_terminated = [e for (s, e) in ClusterActor.machine.table if s is C.TERMINATED]
     assert leaving_terminated == [E.LAUNCH]
 
