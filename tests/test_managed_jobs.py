@@ -201,3 +201,29 @@ def test_kill9_of_the_daemon_resumes_the_managed_job_without_running_it_twice(
     assert "tick 6" in stix.run("jobs", "logs", "1", "--no-follow", check=True).stdout
     wait_until(lambda: stix.clusters().get("tough-1") is None)
     assert not stix.agents("tough-1")
+
+
+def test_a_job_the_controller_cannot_handle_ends_failed_controller(stix: Stix) -> None:
+    """A stored job the daemon keeps crashing on (here: a task from no known format) is not
+    left looking alive: after the restart intensity it is FAILED_CONTROLLER, with the reason."""
+    import json
+    import sqlite3
+    import time
+
+    stix.run("jobs", "launch", "-n", "ok", "-y", "true", check=True)  # makes the store
+    stix.run("daemon", "stop", check=True)
+    spec = {"name": "odd", "tasks": [{"no_such_key": 1}], "config": [], "submitted_at": 1.0}
+    with sqlite3.connect(stix.home / "state.db") as db:
+        db.execute(
+            "INSERT INTO actors (kind, id, parent, state, terminal, spec, data, version, "
+            "created_at, updated_at) VALUES ('managed_job', '2', NULL, 'STARTING', 0, ?, '{}', "
+            "1, ?, ?)",
+            (json.dumps(spec), time.time(), time.time()),
+        )
+    stix.env["STIX__DAEMON__RESTART_INTENSITY__MAX_RESTARTS"] = "2"
+    stix.run("daemon", "start", check=True)
+    job = wait_until(
+        lambda: (j := managed(stix, 2))["status"] == "FAILED_CONTROLLER" and j, timeout=30
+    )
+    assert "crashed 3 times" in job["failure_reason"]
+    assert managed(stix, 1)["status"] == "SUCCEEDED"  # the others are untouched

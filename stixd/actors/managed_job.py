@@ -191,6 +191,14 @@ class ManagedJobActor(Actor):
     async def reconcile(self) -> None:
         self.tell(Advance())
 
+    async def given_up(self, reason: str) -> None:
+        """The controller itself keeps failing on this job: end it, and its cluster."""
+        self.row = await self.store.get(self.kind, self.id) or self.row
+        if self.row.terminal or not self.machine.allows(self.state, E.CONTROLLER_FAILED):
+            return
+        await self.step(E.CONTROLLER_FAILED, reason, failure_reason=reason, ended_at=time.time())
+        await self._down_cluster()
+
     async def handle(self, message: Any) -> None:
         if isinstance(message, Envelope):
             message.answer(await self._request(message.payload))

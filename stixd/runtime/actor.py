@@ -86,6 +86,9 @@ class Actor(abc.ABC):
     @abc.abstractmethod
     async def handle(self, message: Any) -> None: ...
 
+    async def given_up(self, reason: str) -> None:  # noqa: B027 - optional hook
+        """The supervisor stopped restarting this actor: record it where users look."""
+
     def done(self) -> bool:
         """An actor whose work is over leaves the supervisor; by default at a terminal state."""
         return self.row.terminal

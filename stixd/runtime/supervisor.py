@@ -23,6 +23,9 @@ from stixd.runtime.actor import Actor, Stop, error_reply
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
 
+GIVEN_UP_WITHIN_S = 120.0
+"""Bound on an actor's last words (`Actor.given_up`), e.g. tearing down what it launched."""
+
 Factory = Callable[[Row], Actor]
 
 
@@ -119,6 +122,11 @@ class Supervisor:
                             f"{reason}"
                         )
                         await self._store.record(child.kind, child.id, "failed", child.failed)
+                        try:
+                            with anyio.fail_after(GIVEN_UP_WITHIN_S):
+                                await actor.given_up(child.failed)
+                        except Exception as hook_exc:
+                            log.exception("given_up_failed", reason=str(hook_exc))
                         self._drain(child, ErrorReply(code="internal", message=child.failed))
                         return
                     await self._store.record(child.kind, child.id, "restarted", reason)
