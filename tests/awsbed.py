@@ -30,6 +30,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 UP_WITHIN_S = 20.0
 REGION = "us-east-1"
+EMPTY_LISTING = (
+    '<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+    "<requestId>00000000-0000-0000-0000-000000000000</requestId><reservationSet/>"
+    "</DescribeInstancesResponse>"
+)
 
 
 def _free_port() -> int:
@@ -110,6 +115,15 @@ class AwsBed:
     def fault(self, action: str, code: str, **rule: Any) -> None:
         """From now on, answer ``action`` (where ``match`` holds) with the AWS error ``code``."""
         _http("POST", f"{self.url}/_fault", {"action": action, "code": code, **rule})
+
+    def hide_from_listings(self, cluster: str) -> None:
+        """From now on, tag look-ups of ``cluster`` list nothing (EC2's listing delay)."""
+        self.fault(
+            "DescribeInstances",
+            "",
+            match={"Filter.1.Name": "tag:stix-cluster", "Filter.1.Value.1": cluster},
+            body=EMPTY_LISTING,
+        )
 
     def seen(self) -> list[str]:
         """The EC2 ``Action``s that reached the proxy since the last reset."""

@@ -7,8 +7,9 @@ anything else is forwarded to moto unchanged and its answer relayed.
 
 Rules are set over HTTP by the test:
 ``POST /_fault {"action", "code", "status", "times", "match", "message"}`` (``times`` -1 means
-forever), ``GET /_fault`` returns the rules left and the ``Action``s seen, ``DELETE /_fault``
-clears both.
+forever; a rule with a ``body`` instead of a ``code`` answers that body, by default with 200),
+``GET /_fault`` returns the rules left and the ``Action``s seen, ``DELETE /_fault`` clears
+both.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def make_app(upstream: str) -> web.Application:
 
     async def set_rule(req: web.Request) -> web.Response:
         rule = await req.json()
-        rule.setdefault("status", 400)
+        rule.setdefault("status", 200 if "body" in rule else 400)
+        rule.setdefault("code", "")
         rule.setdefault("times", -1)
         rule.setdefault("match", {})
         rule.setdefault("message", f"injected {rule['code']}")
@@ -72,6 +74,10 @@ def make_app(upstream: str) -> web.Application:
                 continue
             if rule["times"] > 0:
                 rule["times"] -= 1
+            if "body" in rule:  # a canned answer, e.g. an empty listing
+                return web.Response(
+                    status=rule["status"], content_type="text/xml", text=rule["body"]
+                )
             text = ERROR_XML.format(
                 code=escape(rule["code"]),
                 message=escape(rule["message"]),

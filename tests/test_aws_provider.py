@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from proto.errors import ProvisionError
 from stixd.agent_bundle import build_agent_zipapp
-from stixd.providers.aws import AwsProvider
+from stixd.providers.aws import AwsProvider, instances
 from stixd.providers.aws.errors import AwsAuthError, AwsCapacityError
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
 from stixd.providers.base import NodeStatus, ProvisionRequest
@@ -205,4 +206,50 @@ async def test_a_crash_between_create_and_rank_tags_is_repaired_not_duplicated(
     assert len(aws.live_instances("crash")) == 2
     await provider.terminate("crash")
     assert aws.live_instances("crash") == []
+    await provider.aclose()
+
+
+async def test_a_cluster_is_not_taken_for_gone_while_ec2_does_not_list_it_yet(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    """EC2 lists new instances late; a record deleted then is a leaked instance later."""
+    provider = AwsProvider(home, _env(aws, hosts))
+    await provider.launch(_request("late", pyz, 1, aws))
+    aws.hide_from_listings("late")
+    assert await instances.find(provider.ec2(), "us-east-1", "late", provider.user) == []
+    assert [n.status for n in await provider.query("late")] == [NodeStatus.RUNNING]
+    restarted = AwsProvider(home, _env(aws, hosts))  # the daemon restarted meanwhile
+    assert [n.status for n in await restarted.query("late")] == [NodeStatus.RUNNING]
+    await restarted.terminate("late")  # down still finds the instance it made
+    await restarted.aclose()
+    assert aws.live_instances("late") == []
+    await provider.aclose()
+
+
+async def test_spot_launch_and_a_spot_price_error_blocks_the_spot_zone(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    aws.fault(
+        "RunInstances",
+        "SpotMaxPriceTooLow",
+        match={"InstanceMarketOptions.MarketType": "spot"},
+        times=1,
+    )
+    provider = AwsProvider(home, _env(aws, hosts))
+    req = _request("spot", pyz, 1, aws, use_spot=True, zones=["us-east-1a", "us-east-1c"])
+    nodes = await provider.launch(req)
+    assert [n.status for n in nodes] == [NodeStatus.RUNNING]
+    [inst] = aws.live_instances("spot")
+    assert inst["InstanceLifecycle"] == "spot"
+    assert inst["Placement"]["AvailabilityZone"] == "us-east-1c"
+    with pytest.raises(ProvisionError, match="spot instances, which AWS cannot stop"):
+        await provider.stop("spot")
+    await provider.terminate("spot")
+    aws.fault(
+        "RunInstances", "SpotMaxPriceTooLow", match={"InstanceMarketOptions.MarketType": "spot"}
+    )
+    with pytest.raises(AwsCapacityError) as caught:
+        await provider.launch(_request("spot2", pyz, 1, aws, use_spot=True, zones=["us-east-1a"]))
+    assert caught.value.block["use_spot"] == "true"
+    assert aws.live_instances() == []
     await provider.aclose()

@@ -87,7 +87,6 @@ class AwsProvider:
         self._ec2: Ec2Clients | None = None
         self._conns: dict[str, SshConnection] = {}
         self._targets: dict[str, SshTarget] = {}
-        self._created: dict[str, tuple[list[str], float]] = {}
 
     # -- clients and connections ---------------------------------------------------------
 
@@ -230,7 +229,7 @@ class AwsProvider:
             self.log.info(
                 "aws_created", cluster=req.cluster, zone=zone.name, ids=[i.id for i in made]
             )
-            self._created[req.cluster] = ([i.id for i in made], time.monotonic())
+            self.records.update(req.cluster, created=[i.id for i in made], created_at=time.time())
             return made
         assert last is not None
         raise AwsCapacityError(
@@ -329,10 +328,9 @@ class AwsProvider:
             return None
         region, ec2 = str(entry["region"]), self.ec2()
         found = await instances.find(ec2, region, cluster, self.user)
-        recent = self._created.get(cluster)
-        if recent and time.monotonic() - recent[1] < LISTING_DELAY_S:
+        if time.time() - float(entry.get("created_at") or 0) < LISTING_DELAY_S:
             listed = {i.id for i in found}
-            unlisted = [i for i in recent[0] if i not in listed]
+            unlisted = [i for i in entry.get("created") or [] if i not in listed]
             if unlisted:
                 extra = await instances.by_ids(ec2, region, unlisted)
                 found += [i for i in extra if i.state in instances.ALIVE]
@@ -420,7 +418,6 @@ class AwsProvider:
         vpc = (self.records.get(cluster) or {}).get("vpc")
         if vpc:
             await delete_group(self.ec2(), region, str(vpc), cluster)
-        self._created.pop(cluster, None)
         self.records.drop(cluster)
 
     async def open_ports(self, cluster: str, ports: list[int]) -> None:
