@@ -4,5 +4,5 @@ Nothing here imports anything of ours or anything heavy: the thin client imports
 command, so import time is part of every command's latency.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped whenever a message changes shape. Client and daemon must agree exactly."""
