@@ -361,6 +361,10 @@ class SshProvider:
                 tg.start_soon(clean, rank, host, h)
         self.last_error[cluster] = errors
         await anyio.to_thread.run_sync(self.allocations.release, cluster)
+        for _, host, _ in held:  # the hosts went back to the pool: no idle connection to them
+            conn = self._conns.pop(host.key, None)
+            if conn is not None:
+                await conn.close()
 
     async def open_ports(self, cluster: str, ports: list[int]) -> None:
         """Pool hosts are on the user's own network: nothing stands between them and a port."""
