@@ -152,11 +152,13 @@ def test_exec_resyncs_a_changed_workdir_to_every_node_and_only_what_changed(
 # -- sshd killed mid-job ----------------------------------------------------------------
 
 
-def _sshd_killed_mid_job(pool: Stix, hosts: SshBed, grace: float, cluster: str) -> Host:
+def _sshd_killed_mid_job(
+    pool: Stix, hosts: SshBed, grace: float, cluster: str, ticks: int = 30
+) -> Host:
     pool.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
     pool.env["STIX__DAEMON__NODE_GRACE_SECONDS"] = f"{grace:g}"
     _launch(pool, cluster, 2)
-    job = "for i in $(seq 1 30); do echo tick-$i; sleep 0.25; done"
+    job = f"for i in $(seq 1 {ticks}); do echo tick-$i; sleep 0.25; done"
     pool.run("exec", cluster, "-d", "--num-nodes", "2", job, check=True)
     wait_until(lambda: pool.job_status(cluster, 2) == "RUNNING", timeout=30)
     lost = hosts.hosts[1]
@@ -185,13 +187,22 @@ def test_sshd_back_within_the_grace_period_reattaches_the_job(pool: Stix, hosts:
 def test_sshd_gone_past_the_grace_period_fails_the_job_naming_the_node(
     pool: Stix, hosts: SshBed
 ) -> None:
-    lost = _sshd_killed_mid_job(pool, hosts, grace=3, cluster="sg")
+    lost = _sshd_killed_mid_job(pool, hosts, grace=3, cluster="sg", ticks=400)
     # at the end of the grace period, not stretched by the reconnect backoff
     wait_until(lambda: pool.job_status("sg", 2) == "FAILED_DRIVER", timeout=3 + 3, interval=0.25)
     why = [e["why"] for e in pool.json("events", "sg") if e["to_state"] == "FAILED_DRIVER"]
     assert why and "unreachable" in why[-1] and lost.ip in why[-1], why
+    head = hosts.hosts[0]
+    # a gang fails together: the rank that still answers is stopped at once ...
+    wait_until(lambda: not [c for c in _commands(head) if "tick-$i" in c], timeout=15)
+    assert [c for c in _commands(lost) if "tick-$i" in c]  # ... the lost one ran on unseen
     start_sshd(lost)
     wait_until(lambda: _status(pool, "sg")["status"] == "UP", timeout=30, interval=0.5)
+    # ... and is stopped when its host is back: the node's truth matches the record again
+    wait_until(lambda: not _running(hosts, "tick-$i"), timeout=15)
+    assert pool.job_status("sg", 2) == "FAILED_DRIVER"
+    stopped = [e["why"] for e in pool.json("events", "sg") if e["event"] == "ended_jobs_stopped"]
+    assert stopped == ["node 1: job(s) 2 ended while it was away"], stopped
 
 
 # -- the daemon killed mid-job ----------------------------------------------------------

@@ -18,9 +18,9 @@ import msgspec
 
 from proto import messages as m
 from proto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, JobNotFound, ProvisionError
-from proto.states import ClusterStatus
+from proto.states import ClusterStatus, JobStatus
 from stixd.actors.job import ClusterGone, JobEvent
-from stixd.actors.jobs_submit import create_job, infra_label
+from stixd.actors.jobs_submit import create_job, infra_label, job_row_id
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.planner.local_fit import check_fits_local, local_offer
@@ -171,6 +171,7 @@ class ClusterActor(Actor):
             await self._end_jobs(JobEvent.FAILED_DRIVER, f"cluster found {self.state.value}")
         if self.state is C.UP and (before is not C.UP or why == RECONCILE):
             await self._ensure_agents_current(self.nodes)
+            await self._stop_jobs_ended_meanwhile(self.nodes)
             self._schedule_autostop()
         self._schedule_health()
 
@@ -413,6 +414,39 @@ class ClusterActor(Actor):
                     )
             except (AgentUnreachable, AgentError) as exc:
                 self.log.warning("agent_check_failed", rank=node.rank, error=str(exc))
+
+    async def _stop_jobs_ended_meanwhile(self, nodes: list[NodeInfo]) -> None:
+        """A node back from an outage may still run a job the daemon ended while it was away
+        (FAILED_DRIVER after the grace): stop it, so the node's truth matches the record."""
+        uid = self.row.data.get("uid")
+        if not uid:
+            return
+        for node in nodes:
+            client = self.provider.connector(node)
+            try:
+                listed = await client.call("jobs", deadline=5)
+                live = [
+                    int(j["job_id"])
+                    for j in listed.get("jobs", [])
+                    if not JobStatus(j["state"]).is_terminal
+                ]
+                ended = []
+                for job_id in live:
+                    row = await self.store.get("job", job_row_id(self.id, uid, job_id))
+                    if row is not None and row.terminal:
+                        ended.append(job_id)
+                if not ended:
+                    continue
+                await client.call("cancel", deadline=10, job_ids=ended, all=False)
+            except (AgentUnreachable, AgentError) as exc:
+                self.log.warning("ended_jobs_check_failed", rank=node.rank, error=str(exc))
+                continue
+            await self.store.record(
+                self.kind,
+                self.id,
+                "ended_jobs_stopped",
+                f"node {node.rank}: job(s) {', '.join(map(str, ended))} ended while it was away",
+            )
 
     # -- stop / start / down -------------------------------------------------------------
 

@@ -88,6 +88,8 @@ class ClusterGone:
 
     event: JobEvent
     why: str
+    lost_rank: int | None = None
+    """Set when one node stopped answering: the other ranks are still up and must be stopped."""
 
 
 def fold(ranks: dict[int, JobStatus]) -> JobStatus:
@@ -147,6 +149,9 @@ class JobActor(Actor):
             await self._release_gang_when_set_up()
         elif isinstance(message, ClusterGone) and not self.row.terminal:
             await self.transition(message.event, message.why, ended_at=time.time())
+            if message.lost_rank is not None:
+                self.ranks[message.lost_rank] = J.FAILED_DRIVER  # nothing to ask it to stop
+                await self._stop_other_ranks(J.FAILED_DRIVER)
 
     async def _submit(self, attempt: int) -> None:
         if self.state is not J.INIT:
@@ -197,7 +202,7 @@ class JobActor(Actor):
                     self.log.warning("agent_unreachable", rank=node.rank, error=str(exc))
                 if time.monotonic() - lost_since >= grace:
                     why = f"node {node.rank} ({node.ip}) unreachable for {grace:g}s: {exc}"
-                    self.tell(ClusterGone(E.FAILED_DRIVER, why))
+                    self.tell(ClusterGone(E.FAILED_DRIVER, why, lost_rank=node.rank))
                     return
                 left = grace - (time.monotonic() - lost_since)
                 await anyio.sleep(max(min(0.1 * 2**failures, 5.0, left), 0.0))
