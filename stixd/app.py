@@ -19,6 +19,7 @@ from stixd.store.db import Row, Store
 if TYPE_CHECKING:
     from stixd.config import Config
     from stixd.planner.catalog import Catalog
+    from stixd.planner.request import Blocked
 
 VERSION = "0.1.0"
 
@@ -37,6 +38,8 @@ class App:
     catalog: Catalog | None = None  # opened on first use (stixd.control.catalog_cmds)
     pools_stamp: int | None = -1  # mtime of ssh_node_pools.yaml when last read; -1 = never
     started_at: float = field(default_factory=time.time)
+    blocks: list[tuple[Blocked, float]] = field(default_factory=list)
+    """Launch failures to avoid until a time (quota errors), for every cluster's next plan."""
     shutdown: anyio.Event = field(default_factory=anyio.Event)
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
@@ -96,6 +99,15 @@ class App:
             if problem:
                 problems[name] = problem
         return problems
+
+    def remember_block(self, blocked: Blocked, seconds: float) -> None:
+        if seconds > 0:
+            self.blocks.append((blocked, time.time() + seconds))
+
+    def remembered_blocks(self) -> list[Blocked]:
+        now = time.time()
+        self.blocks = [(b, until) for b, until in self.blocks if until > now]
+        return [b for b, _ in self.blocks]
 
     def planner_catalog(self) -> Catalog:
         """The catalog, opened on first use (a client request fetches what is missing)."""

@@ -125,9 +125,10 @@ class AwsBed:
             body=EMPTY_LISTING,
         )
 
-    def seen(self) -> list[str]:
-        """The EC2 ``Action``s that reached the proxy since the last reset."""
-        return list(_http("GET", f"{self.url}/_fault")["seen"])
+    def seen(self, region: str | None = None) -> list[str]:
+        """The EC2 ``Action``s that reached the proxy since the last reset (in ``region``)."""
+        got = _http("GET", f"{self.url}/_fault")
+        return [a for a, r in zip(got["seen"], got["regions"], strict=True) if region in (None, r)]
 
     def ec2(self, operation: str, region: str = REGION, **params: Any) -> Any:
         """One EC2 call straight to moto (not through the proxy), for the test's own checks."""

@@ -6,14 +6,16 @@ matching the ``Action`` and, optionally, exact form values answers with an AWS-s
 anything else is forwarded to moto unchanged and its answer relayed.
 
 Rules are set over HTTP by the test:
-``POST /_fault {"action", "code", "status", "times", "match", "message"}`` (``times`` -1 means
-forever; a rule with a ``body`` instead of a ``code`` answers that body, by default with 200),
-``GET /_fault`` returns the rules left and the ``Action``s seen, ``DELETE /_fault`` clears
-both.
+``POST /_fault {"action", "code", "status", "times", "match", "region", "message"}``
+(``times`` -1 means forever; ``region`` matches the request's SigV4 scope; a rule with a
+``body`` instead of a ``code`` answers that body, by default with 200), ``GET /_fault``
+returns the rules left and the ``Action``s seen (with their regions), ``DELETE /_fault``
+clears all.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from typing import Any
@@ -28,12 +30,14 @@ ERROR_XML = (
     "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
     "<RequestID>{request_id}</RequestID></Response>"
 )
+_REGION = re.compile(r"Credential=[^/]+/\d+/([a-z0-9-]+)/")  # SigV4's credential scope
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 
 def make_app(upstream: str) -> web.Application:
     rules: list[dict[str, Any]] = []
     seen: list[str] = []
+    regions: list[str] = []
     app = web.Application()
 
     async def client(app: web.Application) -> Any:
@@ -54,21 +58,27 @@ def make_app(upstream: str) -> web.Application:
         return web.json_response(rule)
 
     async def get_rules(req: web.Request) -> web.Response:
-        return web.json_response({"rules": rules, "seen": seen})
+        return web.json_response({"rules": rules, "seen": seen, "regions": regions})
 
     async def clear(req: web.Request) -> web.Response:
         rules.clear()
         seen.clear()
+        regions.clear()
         return web.json_response({})
 
     async def forward(req: web.Request) -> web.StreamResponse:
         body = await req.read()
         form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
         action = form.get("Action")
+        scope = _REGION.search(req.headers.get("Authorization", ""))
+        region = scope.group(1) if scope else ""
         if action:
             seen.append(action)
+            regions.append(region)
         for rule in rules:
             if rule["action"] != action or rule["times"] == 0:
+                continue
+            if rule.get("region") not in (None, region):
                 continue
             if any(form.get(k) != v for k, v in rule["match"].items()):
                 continue

@@ -8,6 +8,7 @@ after restart instead of leaving a half-made cluster or a job that never ran.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import secrets
 import time
@@ -24,13 +25,20 @@ from stixd.actors.jobs_submit import create_job, infra_label, job_row_id
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.planner.local_fit import check_fits_local, local_offer
-from stixd.planner.target import choose_target, cloud_spec
-from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
+from stixd.planner.target import (
+    MAX_FAILOVERS,
+    NoChoiceLeft,
+    blocked_from,
+    choose_target,
+    cloud_spec,
+)
+from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
 
 if TYPE_CHECKING:
+    from proto.task import Task
     from stixd.app import App
     from stixd.config import Config
 
@@ -289,7 +297,10 @@ class ClusterActor(Actor):
         }
         if provider in self.app.clouds():  # the optimizer's first choice on that cloud
             catalog = self.app.planner_catalog()
-            spec.update(await anyio.to_thread.run_sync(cloud_spec, req.task, provider, catalog))
+            blocks = self.app.remembered_blocks()
+            spec.update(
+                await anyio.to_thread.run_sync(cloud_spec, req.task, provider, catalog, blocks)
+            )
         self.row = await self.store.update(self.row, event="save", spec=spec, record_event=False)
         job_id = int({**self.row.data, **data}.get("next_job_id", 1))
         data["next_job_id"] = job_id + 1
@@ -311,7 +322,7 @@ class ClusterActor(Actor):
             self.log.warning("resume_failed", error=exc.message)
 
     async def _finish_launch(self, req: m.Launch, job_id: int, env: Envelope) -> m.LaunchResult:
-        nodes = await self._provision(req.task.num_nodes, env)
+        nodes = await self._provision(req.task.num_nodes, env, req.task)
         await sync_task_files(self.provider, nodes, req.task, env, file_mounts=True)
         await self._apply_autostop_request(req.idle_minutes, req.down, nodes)
         await create_job(self, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id)
@@ -327,7 +338,9 @@ class ClusterActor(Actor):
         env.progress(m.JobSubmitted(self.id, job_id))
         return m.LaunchResult(cluster=self.id, job_id=job_id, job_status="INIT")
 
-    async def _provision(self, num_nodes: int, env: Envelope) -> list[NodeInfo]:
+    async def _provision(
+        self, num_nodes: int, env: Envelope, task: Task | None = None
+    ) -> list[NodeInfo]:
         where = infra_label(self.row.spec.get("provider", "local"), self.row.spec.get("pool"))
         env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {self.id}..."))
         request = ProvisionRequest(
@@ -341,7 +354,7 @@ class ClusterActor(Actor):
             },
         )
         try:
-            nodes = await self.provider.launch(request)
+            nodes = await self._launch_with_failover(request, task, env)
         except ProvisionError as exc:
             if not self.row.data.get("nodes"):
                 await self._release_failed_launch(exc)
@@ -357,6 +370,38 @@ class ClusterActor(Actor):
         await self.save(nodes=[n.to_dict() for n in nodes])
         env.progress(m.Progress(f"{num_nodes} node(s) up; agents ready."))
         return nodes
+
+    async def _launch_with_failover(
+        self, request: ProvisionRequest, task: Task | None, env: Envelope
+    ) -> list[NodeInfo]:
+        """Launch; on a capacity or quota error on a cloud, block what it names and take the
+        optimizer's next choice there (the provider tries a region's zones itself)."""
+        cloud = self.row.spec.get("provider", "local")
+        failed: list[str] = []
+        blocks = self.app.remembered_blocks()
+        while True:
+            try:
+                return await self.provider.launch(request)
+            except CapacityError as exc:
+                if task is None or cloud not in self.app.clouds() or len(failed) >= MAX_FAILOVERS:
+                    raise
+                failed.append(f"{self.row.spec.get('resources', cloud)}: {exc.message}")
+                blocked = blocked_from(exc.block, getattr(exc, "aws_code", "") or exc.message)
+                blocks.append(blocked)
+                self.app.remember_block(blocked, float(getattr(exc, "remember_s", 0.0)))
+                await self.store.record(self.kind, self.id, "failover", failed[-1])
+                catalog = self.app.planner_catalog()
+                try:
+                    spec = await anyio.to_thread.run_sync(cloud_spec, task, cloud, catalog, blocks)
+                except NoChoiceLeft:
+                    tried = "; ".join(failed)
+                    raise NoChoiceLeft(f"every choice on {cloud} failed: {tried}") from None
+                env.progress(m.Progress(f"{failed[-1]}; trying {spec['resources']} next."))
+                self.row = await self.store.update(
+                    self.row, event="save", spec={**self.row.spec, **spec}, record_event=False
+                )
+                placement = spec["placement"]
+                request = dataclasses.replace(request, resources={**request.resources, **placement})
 
     async def _release_failed_launch(self, exc: ProvisionError) -> None:
         """A first launch that failed gives back what it took (pool hosts, half-made nodes):

@@ -4,19 +4,26 @@ cheapest enabled cloud); and, for a cloud, the optimizer's first choice there.""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from proto.errors import InvalidTask
+from proto.errors import InvalidTask, ProvisionError
 from proto.task import Task
 from stixd.planner.catalog import Catalog, CatalogError
 from stixd.planner.from_task import task_request
 from stixd.planner.local_fit import check_fits_local
 from stixd.planner.optimizer import plan
+from stixd.planner.request import Blocked
 
 CLOUDS = ("aws",)
 """Clouds with a provider in this build, planned from the catalog."""
 MAX_PORTS = 1000
+MAX_FAILOVERS = 16
+"""Launch choices a cluster tries after the first before it gives up."""
+
+
+class NoChoiceLeft(ProvisionError):
+    """Every launch choice is blocked by what failed before (capacity, quota, credentials)."""
 
 
 def choose_target(
@@ -63,15 +70,34 @@ def choose_target(
     return "local", None
 
 
-def cloud_spec(task: Task, cloud: str, catalog: Catalog) -> dict[str, Any]:
-    """The optimizer's first choice for ``task`` on ``cloud``, as the cluster records it:
-    ``placement`` (what the provider needs), ``hourly_price`` (per node), ``resources``."""
+def blocked_from(block: Mapping[str, str], reason: str) -> Blocked:
+    """A provider's block (``CapacityError.block``) as the planner's ``Blocked``."""
+    spot = block.get("use_spot")
+    return Blocked(
+        cloud=block.get("cloud"),
+        region=block.get("region"),
+        zone=block.get("zone"),
+        instance_type=block.get("instance_type"),
+        use_spot=None if spot is None else spot == "true",
+        reason=reason,
+    )
+
+
+def cloud_spec(
+    task: Task, cloud: str, catalog: Catalog, blocked: Sequence[Blocked] = ()
+) -> dict[str, Any]:
+    """The optimizer's first choice for ``task`` on ``cloud`` leaving out ``blocked``, as the
+    cluster records it: ``placement`` (what the provider needs), ``hourly_price`` (per node),
+    ``resources``. ``NoChoiceLeft`` when blocks removed every choice."""
     try:
-        best = plan(task_request(task), catalog, enabled_clouds=[cloud])
+        best = plan(task_request(task), catalog, enabled_clouds=[cloud], blocked=blocked)
     except CatalogError as exc:
         raise InvalidTask(f"no {cloud} catalog to plan with: {exc}") from None
     if not best.candidates:
-        raise InvalidTask(f"no {cloud} instance fits the task: {best.no_fit_reason}")
+        reason = best.no_fit_reason or "nothing fits"
+        if blocked and "blocked" in reason:
+            raise NoChoiceLeft(reason)
+        raise InvalidTask(f"no {cloud} instance fits the task: {reason}")
     choice = best.candidates[0]
     res = task.resources_or_default().candidates()[choice.alternative]
     ports = sorted({p for lo, hi in res.port_ranges() for p in range(lo, hi + 1)})

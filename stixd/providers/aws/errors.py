@@ -88,14 +88,22 @@ class Where:
         return out
 
 
+QUOTA_MEMORY_S = 1800.0
+"""How long a quota error keeps its region out of new plans (quotas rarely change sooner)."""
+
+
 class AwsCapacityError(CapacityError):
-    """No capacity or no quota for this choice: block ``block`` and try the next choice."""
+    """No capacity or no quota for this choice: block ``block`` and try the next choice.
+
+    ``remember_s``: how long later launches should avoid it too (quotas; capacity comes back).
+    """
 
     retryable = False
 
     def __init__(self, code: str, message: str, block: dict[str, str]) -> None:
         super().__init__(message, block)
         self.aws_code = code
+        self.remember_s = QUOTA_MEMORY_S if code in REGION_QUOTA else 0.0
 
 
 class AwsAuthError(ProvisionError):

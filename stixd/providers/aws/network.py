@@ -14,7 +14,7 @@ import anyio
 
 from proto.errors import ProvisionError
 from stixd.providers.aws.client import Ec2Clients
-from stixd.providers.aws.errors import Where
+from stixd.providers.aws.errors import AwsCapacityError, Where
 
 SSH_PORT = 22
 SG_DELETE_WITHIN_S = 180.0
@@ -46,8 +46,10 @@ def pick_zones(known: list[Zone], wanted: list[str], region: str) -> list[Zone]:
     picked = [by_key[w] for w in wanted if w in by_key]
     if not picked:
         names = ", ".join(z.name for z in known) or "none"
-        raise ProvisionError(
-            f"AWS region {region} has no zone {', '.join(wanted)} (its zones: {names})"
+        raise AwsCapacityError(
+            "NoSuchZone",
+            f"AWS region {region} has no zone {', '.join(wanted)} (its zones: {names})",
+            Where(region).block("region"),
         )
     return picked
 
