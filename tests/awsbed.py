@@ -125,6 +125,17 @@ class AwsBed:
             body=EMPTY_LISTING,
         )
 
+    def hold(self, action: str, **rule: Any) -> None:
+        """Keep the next ``action`` request in the proxy until ``let_go`` (then it is done)."""
+        self.fault(action, "", hold=True, times=1, **rule)
+
+    def held(self) -> dict[str, int]:
+        got = _http("GET", f"{self.url}/_fault")
+        return {"waiting": got["waiting"], "forwarded": got["forwarded"]}
+
+    def let_go(self) -> None:
+        _http("POST", f"{self.url}/_fault/release")
+
     def seen(self, region: str | None = None) -> list[str]:
         """The EC2 ``Action``s that reached the proxy since the last reset (in ``region``)."""
         got = _http("GET", f"{self.url}/_fault")

@@ -8,13 +8,15 @@ anything else is forwarded to moto unchanged and its answer relayed.
 Rules are set over HTTP by the test:
 ``POST /_fault {"action", "code", "status", "times", "match", "region", "message"}``
 (``times`` -1 means forever; ``region`` matches the request's SigV4 scope; a rule with a
-``body`` instead of a ``code`` answers that body, by default with 200), ``GET /_fault``
-returns the rules left and the ``Action``s seen (with their regions), ``DELETE /_fault``
-clears all.
+``body`` instead of a ``code`` answers that body, by default with 200; one with ``hold``
+keeps the request until ``POST /_fault/release``, then forwards it even if its client has
+gone), ``GET /_fault`` returns the rules left, the ``Action``s seen (with their regions) and
+the held requests ``waiting`` / ``forwarded``, ``DELETE /_fault`` clears all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 import uuid
@@ -51,20 +53,55 @@ def make_app(upstream: str) -> web.Application:
         rule = await req.json()
         rule.setdefault("status", 200 if "body" in rule else 400)
         rule.setdefault("code", "")
+        rule.setdefault("hold", False)
         rule.setdefault("times", -1)
         rule.setdefault("match", {})
         rule.setdefault("message", f"injected {rule['code']}")
         rules.append(rule)
         return web.json_response(rule)
 
+    held = {"waiting": 0, "forwarded": 0}
+    release = [asyncio.Event()]
+
     async def get_rules(req: web.Request) -> web.Response:
-        return web.json_response({"rules": rules, "seen": seen, "regions": regions})
+        return web.json_response({"rules": rules, "seen": seen, "regions": regions, **held})
+
+    async def let_go(req: web.Request) -> web.Response:
+        release[0].set()
+        return web.json_response(held)
 
     async def clear(req: web.Request) -> web.Response:
         rules.clear()
         seen.clear()
         regions.clear()
+        release[0].set()
+        release[0] = asyncio.Event()
+        held.update(waiting=0, forwarded=0)
         return web.json_response({})
+
+    async def relay(req: web.Request, body: bytes) -> web.Response:
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in _HOP_HEADERS}
+        session: aiohttp.ClientSession = req.app["session"]
+        async with session.request(
+            req.method, upstream + req.path_qs, data=body, headers=headers
+        ) as answer:
+            data = await answer.read()
+            out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS}
+            return web.Response(status=answer.status, body=data, headers=out)
+
+    async def hold(req: web.Request, body: bytes) -> web.Response:
+        """Keep the request until the test lets go, then do it even if its client is gone
+        (as EC2 finishes a request whose caller died)."""
+        gate = release[0]
+        held["waiting"] += 1
+        await gate.wait()
+
+        async def finish() -> web.Response:
+            answer = await relay(req, body)
+            held["forwarded"] += 1
+            return answer
+
+        return await asyncio.shield(asyncio.ensure_future(finish()))
 
     async def forward(req: web.Request) -> web.StreamResponse:
         body = await req.read()
@@ -84,6 +121,8 @@ def make_app(upstream: str) -> web.Application:
                 continue
             if rule["times"] > 0:
                 rule["times"] -= 1
+            if rule.get("hold"):
+                return await hold(req, body)
             if "body" in rule:  # a canned answer, e.g. an empty listing
                 return web.Response(
                     status=rule["status"], content_type="text/xml", text=rule["body"]
@@ -94,16 +133,10 @@ def make_app(upstream: str) -> web.Application:
                 request_id=uuid.uuid4(),
             )
             return web.Response(status=rule["status"], content_type="text/xml", text=text)
-        headers = {k: v for k, v in req.headers.items() if k.lower() not in _HOP_HEADERS}
-        session: aiohttp.ClientSession = req.app["session"]
-        async with session.request(
-            req.method, upstream + req.path_qs, data=body, headers=headers
-        ) as answer:
-            data = await answer.read()
-            out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS}
-            return web.Response(status=answer.status, body=data, headers=out)
+        return await relay(req, body)
 
     app.router.add_post("/_fault", set_rule)
+    app.router.add_post("/_fault/release", let_go)
     app.router.add_get("/_fault", get_rules)
     app.router.add_delete("/_fault", clear)
     app.router.add_route("*", "/{tail:.*}", forward)
