@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from tests.awsbed import AwsBed, aws_fixtures
-from tests.conftest import REPO, Stix
+from tests.conftest import REPO, Stix, wait_until
 from tests.sshbed import SshBed, bed_fixture
 
 hosts = bed_fixture(2, scope="module")
@@ -64,8 +64,13 @@ def test_two_node_job_on_aws_then_down_terminates_everything(
     refreshed = stix.json("status", "--refresh")
     assert [c["status"] for c in refreshed if c["name"] == "c"] == ["UP"]
 
+    shell = stix.run("ssh", "c", "--node", "1", "hostname", check=True, timeout=60)
+    assert shell.stdout.strip() == hosts.hosts[1].name
+
     stix.run("down", "c", "-y", check=True, timeout=120)
     assert "c" not in stix.clusters()
+    [cost] = [r for r in stix.json("cost-report")["rows"] if r["name"] == "c"]
+    assert cost["hourly_price"] == cluster["hourly_price"] and cost["cost"] > 0
     assert aws.live_instances("c") == []
     assert {i["State"]["Name"] for i in aws.instances("c")} == {"terminated"}
     assert _stix_groups(aws) == []
@@ -91,3 +96,21 @@ def test_check_reports_aws_and_what_is_missing(stix: Stix, aws: AwsBed, hosts: S
         refused.returncode == 2 and "'aws' is not available: no AWS credentials" in refused.stderr
     )
     assert aws.seen().count("RunInstances") == 0
+
+
+def test_autostop_on_aws_stops_the_instances_and_with_down_terminates_them(
+    stix: Stix, aws: AwsBed, hosts: SshBed
+) -> None:
+    _use(stix, aws, hosts)
+    infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
+    stix.run("launch", "-c", "idle", "-i", "0", *infra, "echo ok", check=True, timeout=120)
+    wait_until(lambda: stix.clusters()["idle"]["status"] == "STOPPED", timeout=60)
+    assert {i["State"]["Name"] for i in aws.live_instances("idle")} == {"stopped"}
+    assert [c["status"] for c in stix.json("status", "--refresh")] == ["STOPPED"]
+    stix.run("down", "idle", "-y", check=True, timeout=120)
+    assert aws.live_instances("idle") == []
+
+    stix.run("launch", "-c", "gone", "-i", "0", "--down", *infra, "echo ok", check=True)
+    wait_until(lambda: "gone" not in stix.clusters(), timeout=60)
+    assert aws.live_instances("gone") == []
+    assert _stix_groups(aws) == []

@@ -49,6 +49,7 @@ from stixd.providers.ssh_nodes import (
     testing_hosts,
     wait_for_ssh,
 )
+from stixd.providers.ssh_sync import ssh_client_args
 from stixd.providers.ssh_sync import sync as sync_mounts
 from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, SshTarget
 
@@ -433,6 +434,16 @@ class AwsProvider:
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
         target = self._node_target(node)
         return await sync_mounts(self._connection(target), pool_host(target), node, mounts)
+
+    def shell_command(
+        self, node: NodeInfo, command: str | None
+    ) -> tuple[list[str], str | None, dict[str, str]]:
+        """What `stixctl ssh CLUSTER` runs on this machine: the ssh client into the node."""
+        target = self._node_target(node)
+        remote = command if command is not None else "cd ~/sky_workdir 2>/dev/null; exec $SHELL -l"
+        tty = "-t" if command is None else "-T"
+        args = ssh_client_args(pool_host(target))
+        return ["ssh", tty, *args, f"{target.user}@{target.host}", remote], None, {}
 
     def connector(self, node: NodeInfo) -> AgentClient:
         conn = self._connection(self._node_target(node))
