@@ -114,3 +114,24 @@ def test_autostop_on_aws_stops_the_instances_and_with_down_terminates_them(
     wait_until(lambda: "gone" not in stix.clusters(), timeout=60)
     assert aws.live_instances("gone") == []
     assert _stix_groups(aws) == []
+
+
+def test_instances_terminated_outside_stix_show_in_status_refresh(
+    stix: Stix, aws: AwsBed, hosts: SshBed
+) -> None:
+    """One node's instance gone (a spot interruption, the console): the cluster is INIT and
+    says which instance and why; all of them gone: the cluster is gone."""
+    _use(stix, aws, hosts)
+    infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
+    stix.run("launch", "-c", "ext", "--num-nodes", "2", *infra, "true", check=True, timeout=120)
+    by_rank = {
+        {t["Key"]: t["Value"] for t in i["Tags"]}["stix-node-rank"]: i["InstanceId"]
+        for i in aws.live_instances("ext")
+    }
+    aws.ec2("terminate_instances", InstanceIds=[by_rank["1"]])
+    [row] = [c for c in stix.json("status", "--refresh") if c["name"] == "ext"]
+    assert row["status"] == "INIT"
+    assert f"node 1 ({hosts.hosts[1].ip}) is unreachable" in row["last_error"]
+    assert f"instance {by_rank['1']} is terminated" in row["last_error"]
+    aws.ec2("terminate_instances", InstanceIds=[by_rank["0"]])
+    assert "ext" not in {c["name"] for c in stix.json("status", "--refresh")}

@@ -43,6 +43,8 @@ class Instance:
     spot: bool
     launch_index: int
     launched_at: float
+    reason: str = ""
+    """Why it is in its state, when EC2 says (``Server.SpotInstanceTermination: ...``)."""
 
     @property
     def address(self) -> str | None:
@@ -65,6 +67,7 @@ def parse(raw: dict[str, Any]) -> Instance:
         spot=raw.get("InstanceLifecycle") == "spot",
         launch_index=int(raw.get("AmiLaunchIndex", 0)),
         launched_at=float(launched.timestamp()) if launched is not None else 0.0,
+        reason=str((raw.get("StateReason") or {}).get("Message") or ""),
     )
 
 

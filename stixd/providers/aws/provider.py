@@ -367,11 +367,14 @@ class AwsProvider:
             if not rec.get("socket"):
                 return
             try:
+                await self._connection(self._node_target(node)).connection()
+            except SshError as exc:  # the machine does not answer: not the same as no agent
+                errors[rank] = str(exc)
+                nodes[rank] = _with(node, NodeStatus.UNREACHABLE)
+                return
+            try:
                 hello = await self.connector(node).call("hello", deadline=HELLO_DEADLINE_S)
-            except AgentUnreachable as exc:
-                if isinstance(exc.__cause__, SshError) or "host" in str(exc):
-                    errors[rank] = str(exc)
-                    nodes[rank] = _with(node, NodeStatus.UNREACHABLE)
+            except AgentUnreachable:
                 return
             pid = hello.get("pid")
             nodes[rank] = _with(node, NodeStatus.RUNNING, pid if isinstance(pid, int) else None)
@@ -380,8 +383,33 @@ class AwsProvider:
             for inst in found:
                 if inst.rank is not None:
                     tg.start_soon(one, inst)
+        if nodes:  # some are alive: say what became of the others (a spot interruption, ...)
+            for rank_text, rec in records.items():
+                rank = int(rank_text)
+                if rank not in nodes:
+                    errors[rank] = await self._fate(cluster, rank, rec)
+                    nodes[rank] = NodeInfo(
+                        rank,
+                        rec.get("ip", ""),
+                        NodeStatus.UNREACHABLE,
+                        rec.get("socket") or "",
+                        f"{rec.get('home') or '~'}/{WORKDIR}",
+                        rec.get("home") or "~",
+                    )
         self.last_error[cluster] = errors
         return [nodes[r] for r in sorted(nodes)]
+
+    async def _fate(self, cluster: str, rank: int, rec: dict[str, Any]) -> str:
+        """Why node ``rank``'s instance is no longer alive, as EC2 tells it."""
+        entry = self.records.get(cluster) or {}
+        instance = rec.get("instance")
+        if not instance or not entry.get("region"):
+            return "its instance is gone"
+        gone = await instances.by_ids(self.ec2(), str(entry["region"]), [str(instance)])
+        if not gone:
+            return f"instance {instance} is gone"
+        reason = f" ({gone[0].reason})" if gone[0].reason else ""
+        return f"instance {instance} is {gone[0].state}{reason}"
 
     async def _close_conns(self, cluster: str) -> None:
         for rec in ((self.records.get(cluster) or {}).get("nodes") or {}).values():
