@@ -20,7 +20,7 @@ import anyio
 import structlog
 
 from proto.errors import ProvisionError
-from stixd.agent_client import AgentClient, AgentUnreachable
+from stixd.agent_client import AgentClient
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.credentials import CredentialsMissing, resolve
@@ -37,29 +37,16 @@ from stixd.providers.aws.network import (
     subnet_for,
     zones,
 )
+from stixd.providers.aws.nodes import DEFAULT_SSH_USER, AwsNodes, record_node
 from stixd.providers.aws.records import Records
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
-from stixd.providers.bootstrap import BootstrapError
-from stixd.providers.ssh_nodes import (
-    TEST_HOSTS_ENV,
-    WORKDIR,
-    bootstrap_node,
-    build_of,
-    pool_host,
-    testing_hosts,
-    wait_for_ssh,
-)
-from stixd.providers.ssh_sync import ssh_client_args
-from stixd.providers.ssh_sync import sync as sync_mounts
-from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, SshTarget
+from stixd.providers.ssh_transport import SshSettings
 
 DEFAULT_INSTANCE_TYPE = "m6i.large"
-DEFAULT_SSH_USER = "ubuntu"
 BOOT_WITHIN_S = 600.0
 STOP_WITHIN_S = 600.0
 LISTING_DELAY_S = 300.0
 """How long after a create an instance may still be missing from tag look-ups."""
-HELLO_DEADLINE_S = 5.0
 
 
 class AwsProvider:
@@ -78,16 +65,21 @@ class AwsProvider:
         self.home = home
         self.env = dict(os.environ if env is None else env)
         self.log = (log or structlog.get_logger()).bind(provider="aws")
-        self.settings = settings or SshSettings()
         self.records = Records(home)
         self.user = getpass.getuser()
-        self.ssh_user = ssh_user
         self.boot_within = boot_within
+        self.nodes = AwsNodes(
+            home,
+            self.env,
+            self.records,
+            settings or SshSettings(),
+            self.log,
+            ssh_user=ssh_user,
+            boot_within=boot_within,
+        )
         self.last_error: dict[str, dict[int, str]] = {}
         """Per cluster, per rank: why the last query could not reach that node."""
         self._ec2: Ec2Clients | None = None
-        self._conns: dict[str, SshConnection] = {}
-        self._targets: dict[str, SshTarget] = {}
 
     # -- clients and connections ---------------------------------------------------------
 
@@ -104,43 +96,8 @@ class AwsProvider:
             return exc.message
         return None
 
-    def _connection(self, target: SshTarget) -> SshConnection:
-        key = f"{target.user}@{target.host}:{target.port}"
-        conn = self._conns.get(key)
-        if conn is None:
-            conn = SshConnection(target, self.settings)
-            self._conns[key] = conn
-        return conn
-
-    def _target(self, rank: int, inst: Instance) -> tuple[SshTarget, str]:
-        """Where to SSH to the node, and the address other nodes reach it at."""
-        hosts = testing_hosts(self.env)
-        if hosts is not None:  # testing only: see stixd/providers/ssh_nodes.py
-            if rank >= len(hosts):
-                raise ProvisionError(f"{TEST_HOSTS_ENV} lists {len(hosts)} host(s); no node {rank}")
-            return hosts[rank], hosts[rank].host
-        if inst.address is None:
-            raise ProvisionError(f"AWS instance {inst.id} has no IP address")
-        key, _ = ensure_local_key(self.home)
-        target = SshTarget(host=inst.address, user=self.ssh_user, identity_file=str(key))
-        return target, inst.private_ip or inst.address
-
-    def _node_target(self, node: NodeInfo) -> SshTarget:
-        target = self._targets.get(node.ip)
-        if target is None:
-            rec = self.records.node_by_ip(node.ip)
-            if rec is None:
-                raise ProvisionError(f"no AWS node with address {node.ip} is known")
-            target = SshTarget(
-                host=rec["host"], port=int(rec["port"]), user=rec["user"], identity_file=rec["key"]
-            )
-            self._targets[node.ip] = target
-        return target
-
     async def aclose(self) -> None:
-        conns, self._conns = list(self._conns.values()), {}
-        for conn in conns:
-            await conn.close()
+        await self.nodes.aclose()
         if self._ec2 is not None:
             await self._ec2.aclose()
 
@@ -189,7 +146,7 @@ class AwsProvider:
         running = {
             i.id: i for i in await instances.wait_for(ec2, region, ids, "running", self.boot_within)
         }
-        return await self._bootstrap(req, [(rank, running[i.id]) for rank, i in ranked])
+        return await self.nodes.bootstrap(req, [(rank, running[i.id]) for rank, i in ranked])
 
     async def _create(
         self, req: ProvisionRequest, region: str, found: list[Instance], count: int
@@ -269,55 +226,6 @@ class AwsProvider:
         await instances.tag_ranks(self.ec2(), region, cluster, self.user, [(i, r) for r, i in new])
         return sorted(ranked, key=lambda p: p[0])
 
-    async def _bootstrap(
-        self, req: ProvisionRequest, ranked: list[tuple[int, Instance]]
-    ) -> list[NodeInfo]:
-        build = build_of(req.agent_pyz)
-        num_gpus = float(req.resources.get("num_gpus") or 0.0)
-        nodes: dict[int, NodeInfo] = {}
-        errors: dict[int, SshError | BootstrapError] = {}
-
-        async def one(rank: int, inst: Instance) -> None:
-            target, node_ip = self._target(rank, inst)
-            conn = self._connection(target)
-            try:
-                await wait_for_ssh(conn, self.boot_within)
-                node = await bootstrap_node(
-                    conn,
-                    cluster=req.cluster,
-                    rank=rank,
-                    node_ip=node_ip,
-                    pyz=req.agent_pyz,
-                    build=build,
-                    num_gpus=num_gpus,
-                    log=self.log,
-                )
-            except (SshError, BootstrapError) as exc:
-                errors[rank] = exc
-                return
-            self._targets[node_ip] = target
-            self.records.set_node(
-                req.cluster,
-                rank,
-                ip=node_ip,
-                host=target.host,
-                port=target.port,
-                user=target.user,
-                key=target.identity_file,
-                socket=node.agent_address,
-                home=node.home,
-                instance=inst.id,
-            )
-            nodes[rank] = node
-
-        async with anyio.create_task_group() as tg:
-            for rank, inst in ranked:
-                tg.start_soon(one, rank, inst)
-        if errors:
-            detail = "; ".join(f"rank {r}: {errors[r]}" for r in sorted(errors))
-            raise ProvisionError(f"{req.cluster} on AWS: the agent could not start: {detail}")
-        return [nodes[r] for r in sorted(nodes)]
-
     async def start(self, req: ProvisionRequest) -> list[NodeInfo]:
         return await self.launch(req)
 
@@ -346,61 +254,26 @@ class AwsProvider:
         nodes: dict[int, NodeInfo] = {}
         errors: dict[int, str] = {}
 
-        async def one(inst: Instance) -> None:
-            rank = inst.rank if inst.rank is not None else -1
-            rec = records.get(str(rank)) or {}
-            home = rec.get("home") or "~"
-            node = NodeInfo(
-                rank,
-                rec.get("ip") or inst.private_ip or "",
-                NodeStatus.STOPPED,
-                rec.get("socket") or "",
-                f"{home}/{WORKDIR}",
-                home,
-            )
-            nodes[rank] = node
-            if inst.state != "running":
-                if inst.state == "pending":
-                    errors[rank] = f"instance {inst.id} is still pending"
-                    nodes[rank] = _with(node, NodeStatus.UNREACHABLE)
-                return
-            if not rec.get("socket"):
-                return
-            try:
-                await self._connection(self._node_target(node)).connection()
-            except SshError as exc:  # the machine does not answer: not the same as no agent
-                errors[rank] = str(exc)
-                nodes[rank] = _with(node, NodeStatus.UNREACHABLE)
-                return
-            try:
-                hello = await self.connector(node).call("hello", deadline=HELLO_DEADLINE_S)
-            except AgentUnreachable:
-                return
-            pid = hello.get("pid")
-            nodes[rank] = _with(node, NodeStatus.RUNNING, pid if isinstance(pid, int) else None)
+        async def one(inst: Instance, rank: int) -> None:
+            nodes[rank], error = await self.nodes.probe(inst, records.get(str(rank)) or {})
+            if error:
+                errors[rank] = error
 
         async with anyio.create_task_group() as tg:
             for inst in found:
                 if inst.rank is not None:
-                    tg.start_soon(one, inst)
+                    tg.start_soon(one, inst, inst.rank)
         if nodes:  # some are alive: say what became of the others (a spot interruption, ...)
             for rank_text, rec in records.items():
                 rank = int(rank_text)
                 if rank not in nodes:
-                    errors[rank] = await self._fate(cluster, rank, rec)
-                    nodes[rank] = NodeInfo(
-                        rank,
-                        rec.get("ip", ""),
-                        NodeStatus.UNREACHABLE,
-                        rec.get("socket") or "",
-                        f"{rec.get('home') or '~'}/{WORKDIR}",
-                        rec.get("home") or "~",
-                    )
+                    errors[rank] = await self._fate(cluster, rec)
+                    nodes[rank] = record_node(rank, rec, "", NodeStatus.UNREACHABLE)
         self.last_error[cluster] = errors
         return [nodes[r] for r in sorted(nodes)]
 
-    async def _fate(self, cluster: str, rank: int, rec: dict[str, Any]) -> str:
-        """Why node ``rank``'s instance is no longer alive, as EC2 tells it."""
+    async def _fate(self, cluster: str, rec: dict[str, Any]) -> str:
+        """Why a node's instance is no longer alive, as EC2 tells it."""
         entry = self.records.get(cluster) or {}
         instance = rec.get("instance")
         if not instance or not entry.get("region"):
@@ -410,13 +283,6 @@ class AwsProvider:
             return f"instance {instance} is gone"
         reason = f" ({gone[0].reason})" if gone[0].reason else ""
         return f"instance {instance} is {gone[0].state}{reason}"
-
-    async def _close_conns(self, cluster: str) -> None:
-        for rec in ((self.records.get(cluster) or {}).get("nodes") or {}).values():
-            conn = self._conns.pop(f"{rec.get('user')}@{rec.get('host')}:{rec.get('port')}", None)
-            self._targets.pop(rec.get("ip", ""), None)
-            if conn is not None:
-                await conn.close()
 
     async def stop(self, cluster: str) -> None:
         alive = await self._alive(cluster)
@@ -429,7 +295,7 @@ class AwsProvider:
                 f"cluster {cluster} runs on spot instances, which AWS cannot stop; "
                 f"use `stixctl down {cluster}`"
             )
-        await self._close_conns(cluster)
+        await self.nodes.forget(cluster)
         ids = [i.id for i in found if i.state != "stopped"]
         await instances.stop(self.ec2(), region, ids)
         await instances.wait_for(self.ec2(), region, ids, "stopped", STOP_WITHIN_S)
@@ -440,7 +306,7 @@ class AwsProvider:
         if alive is None:
             return
         region, found = alive
-        await self._close_conns(cluster)
+        await self.nodes.forget(cluster)
         ids = [i.id for i in found]
         await instances.terminate(self.ec2(), region, ids)
         await instances.wait_for(self.ec2(), region, ids, "terminated", STOP_WITHIN_S)
@@ -460,29 +326,13 @@ class AwsProvider:
         await open_group_ports(self.ec2(), str(region), group, ports)
 
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
-        target = self._node_target(node)
-        return await sync_mounts(self._connection(target), pool_host(target), node, mounts)
+        return await self.nodes.sync(node, mounts)
 
     def shell_command(
         self, node: NodeInfo, command: str | None
     ) -> tuple[list[str], str | None, dict[str, str]]:
         """What `stixctl ssh CLUSTER` runs on this machine: the ssh client into the node."""
-        target = self._node_target(node)
-        remote = command if command is not None else "cd ~/sky_workdir 2>/dev/null; exec $SHELL -l"
-        tty = "-t" if command is None else "-T"
-        args = ssh_client_args(pool_host(target))
-        return ["ssh", tty, *args, f"{target.user}@{target.host}", remote], None, {}
+        return self.nodes.shell_command(node, command)
 
     def connector(self, node: NodeInfo) -> AgentClient:
-        conn = self._connection(self._node_target(node))
-        return conn.agent_client(node.agent_address, f"rank {node.rank}@{conn.host}")
-
-
-def _with(node: NodeInfo, status: NodeStatus, pid: int | None = None) -> NodeInfo:
-    return NodeInfo(node.rank, node.ip, status, node.agent_address, node.workdir, node.home, pid)
-
-
-def resources_of(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of ``ProvisionRequest.resources`` this provider reads."""
-    keys = ("region", "zones", "instance_type", "use_spot", "image_id", "disk_size", "ports")
-    return {k: raw[k] for k in keys if k in raw}
+        return self.nodes.connector(node)
