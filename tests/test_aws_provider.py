@@ -253,3 +253,43 @@ async def test_spot_launch_and_a_spot_price_error_blocks_the_spot_zone(
     assert caught.value.block["use_spot"] == "true"
     assert aws.live_instances() == []
     await provider.aclose()
+
+
+async def test_leaks_are_stix_instances_and_groups_that_no_live_cluster_owns(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    provider = AwsProvider(home, _env(aws, hosts))
+    await provider.launch(_request("real", pyz, 1, aws))
+    await provider.launch(_request("ghost", pyz, 1, aws))  # its record is lost: not live
+    someone_else = aws.ec2(
+        "run_instances",
+        ImageId=aws.an_image(),
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [
+                    {"Key": "stix-cluster", "Value": "theirs"},
+                    {"Key": TAG_USER, "Value": "someone-else"},
+                ],
+            }
+        ],
+    )["Instances"][0]["InstanceId"]
+    regions = ["us-east-1", "us-west-2"]
+    assert await provider.leaks(regions, live={"real"}) == []  # too young to judge
+    leaks = await provider.leaks(regions, live={"real"}, young_s=0)
+    assert [(x.kind, x.cluster, x.region, x.instance_type) for x in leaks] == [
+        ("instance", "ghost", "us-east-1", "t3.micro")
+    ]
+    assert leaks[0].age_s is not None and leaks[0].age_s >= 0
+    await provider.clean_leaks(leaks)
+    assert aws.live_instances("ghost") == []
+    left = await provider.leaks(regions, live={"real"}, young_s=0)
+    assert [(x.kind, x.cluster) for x in left] == [("security-group", "ghost")]
+    await provider.clean_leaks(left)
+    assert await provider.leaks(regions, live={"real"}, young_s=0) == []
+    assert len(aws.live_instances("real")) == 1
+    assert [i["InstanceId"] for i in aws.live_instances("theirs")] == [someone_else]
+    await provider.terminate("real")
+    await provider.aclose()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from stixd.providers.aws.credentials import CredentialsMissing, resolve
 from stixd.providers.aws.errors import AwsCapacityError, Where
 from stixd.providers.aws.instances import Instance, RunSpec
 from stixd.providers.aws.keys import ensure_key_pair, ensure_local_key
+from stixd.providers.aws.leaks import YOUNG_S, Leak, clean_leaks, find_leaks
 from stixd.providers.aws.network import (
     default_vpc,
     delete_group,
@@ -314,6 +315,19 @@ class AwsProvider:
         if vpc:
             await delete_group(self.ec2(), region, str(vpc), cluster)
         self.records.drop(cluster)
+
+    async def leaks(
+        self, regions: Sequence[str], live: Collection[str], young_s: float = YOUNG_S
+    ) -> list[Leak]:
+        """This user's stix instances and groups in ``regions`` that no cluster of ``live``
+        owns (the daemon's non-terminated AWS clusters); instances younger than ``young_s``
+        are left out (their launch may still be writing its record)."""
+        return await find_leaks(self.ec2(), self.user, regions, live, young_s=young_s)
+
+    async def clean_leaks(self, leaks: Sequence[Leak]) -> None:
+        await clean_leaks(self.ec2(), leaks)
+        for cluster in {leak.cluster for leak in leaks}:
+            self.records.drop(cluster)
 
     async def open_ports(self, cluster: str, ports: list[int]) -> None:
         entry = self.records.get(cluster) or {}
