@@ -214,9 +214,12 @@ def test_sshd_gone_past_the_grace_period_fails_the_job_naming_the_node(
 @pytest.mark.xfail(
     strict=True,
     reason="SshConnection.connection() sleeps out its reconnect backoff (up to backoff_max, 30 s) "
-    "inside SshProvider.query, with the cluster actor waiting on it: status --refresh hangs",
+    "inside SshProvider.query/terminate, with the cluster actor waiting on it: status --refresh "
+    "and down hang while a host is down",
 )
-def test_status_refresh_answers_promptly_during_an_outage(stix: Stix, hosts: SshBed) -> None:
+def test_status_refresh_and_down_answer_promptly_during_an_outage(
+    stix: Stix, hosts: SshBed
+) -> None:
     stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
     stix.env["STIX__DAEMON__NODE_GRACE_SECONDS"] = "120"
     _pool(stix, hosts)
@@ -229,9 +232,10 @@ def test_status_refresh_answers_promptly_during_an_outage(stix: Stix, hosts: Ssh
             refresh = stix.run("status", "--refresh", "--json", check=True, timeout=5)
             c = {r["name"]: r for r in json.loads(refresh.stdout)}["out"]
             assert c["status"] == "INIT" and lost.ip in (c["last_error"] or ""), c
+        stix.run("down", "out", "-y", check=True, timeout=10)
+        assert all(r["cluster"] is None for r in stix.json("ssh", "status"))
     finally:
-        start_sshd(lost)
-        # no `down`: it would wait out the same backoff; the bed's teardown ends the agents
+        start_sshd(lost)  # no `down` here: it would wait out the backoff; the bed ends the agents
 
 
 # -- the daemon killed mid-job ----------------------------------------------------------
