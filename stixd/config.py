@@ -24,6 +24,7 @@ import yaml
 __all__ = [
     "ENV_PREFIX",
     "AutostopConfig",
+    "AwsConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",
@@ -67,12 +68,21 @@ class LocalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     max_nodes: Annotated[int, msgspec.Meta(ge=1)] = 16
 
 
+class AwsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    vpc_name: str | None = None
+    ssh_user: Annotated[str, msgspec.Meta(min_length=1)] = "ubuntu"
+    leak_check_minutes: PositiveFloat = 10.0
+    leak_min_age_minutes: NonNegativeFloat = 10.0
+    terminate_leaks: bool = False
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The effective configuration. ``Config()`` equals the documented default file."""
 
     autostop: AutostopConfig = msgspec.field(default_factory=AutostopConfig)
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     local: LocalConfig = msgspec.field(default_factory=LocalConfig)
+    aws: AwsConfig = msgspec.field(default_factory=AwsConfig)
     # None: every enabled infra may be used.
     allowed_clouds: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] | None = None
 

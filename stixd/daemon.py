@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -16,6 +18,7 @@ from stixd.config import Config
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
+from stixd.planner.catalog import CatalogError
 from stixd.providers.aws import AwsProvider
 from stixd.providers.local import LocalProvider
 from stixd.providers.ssh import SshProvider
@@ -30,6 +33,33 @@ async def _signals(app: App) -> None:
             app.log.info("signal", signal=signal.Signals(signum).name)
             app.shutdown.set()
             return
+
+
+async def _watch_aws_leaks(app: App) -> None:
+    """The AWS leak reconciler: stix instances that no live cluster record owns."""
+    from stixd.providers.aws.leaks import watch_leaks
+
+    async def live() -> set[str]:
+        rows = await app.store.rows("cluster", include_terminal=False)
+        return {r.id for r in rows if r.spec.get("provider") == "aws"}
+
+    def regions() -> list[str]:
+        aws: Any = app.providers["aws"]
+        known = set(aws.regions())
+        with contextlib.suppress(CatalogError):
+            known |= {o.region for o in app.planner_catalog().offers("aws")}
+        return sorted(known)
+
+    cfg = app.config.aws
+    await watch_leaks(
+        app.providers["aws"],  # type: ignore[arg-type]
+        live,
+        regions,
+        every_s=cfg.leak_check_minutes * 60,
+        min_age_s=cfg.leak_min_age_minutes * 60,
+        terminate=cfg.terminate_leaks,
+        log=app.log,
+    )
 
 
 async def serve(home: Path, config: Config) -> None:
@@ -56,7 +86,12 @@ async def serve(home: Path, config: Config) -> None:
                     providers={
                         "local": LocalProvider(home),
                         "ssh": SshProvider(home, {}, log=log),
-                        "aws": AwsProvider(home, log=log),
+                        "aws": AwsProvider(
+                            home,
+                            log=log,
+                            ssh_user=config.aws.ssh_user,
+                            vpc_name=config.aws.vpc_name,
+                        ),
                     },
                     agent_pyz=pyz,
                     agent_build=build_id(),
@@ -72,6 +107,7 @@ async def serve(home: Path, config: Config) -> None:
                 await tg.start(ControlServer(app, sock, dispatch).serve)
                 log.info("ready", pid=os.getpid(), actors=len(rows), home=str(home))
                 tg.start_soon(_signals, app)
+                tg.start_soon(_watch_aws_leaks, app)
                 await app.shutdown.wait()
                 log.info("shutting_down")
                 tg.cancel_scope.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from getpass import getuser
 from pathlib import Path
 
 from tests.awsbed import AwsBed, aws_fixtures
@@ -135,3 +136,32 @@ def test_instances_terminated_outside_stix_show_in_status_refresh(
     assert f"instance {by_rank['1']} is terminated" in row["last_error"]
     aws.ec2("terminate_instances", InstanceIds=[by_rank["0"]])
     assert "ext" not in {c["name"] for c in stix.json("status", "--refresh")}
+
+
+def test_the_daemon_finds_and_terminates_leaks_but_never_a_live_cluster(
+    stix: Stix, aws: AwsBed, hosts: SshBed
+) -> None:
+    _use(stix, aws, hosts)
+    stix.env.update(
+        {
+            "STIX__AWS__LEAK_CHECK_MINUTES": "0.01",
+            "STIX__AWS__LEAK_MIN_AGE_MINUTES": "0",
+            "STIX__AWS__TERMINATE_LEAKS": "true",
+        }
+    )
+    infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
+    stix.run("launch", "-c", "keep", *infra, "true", check=True, timeout=120)
+    tags = [{"Key": "stix-cluster", "Value": "ghost"}, {"Key": "stix-user", "Value": getuser()}]
+    ghost = aws.ec2(
+        "run_instances",
+        ImageId=aws.an_image(),
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"][0]["InstanceId"]
+    wait_until(lambda: aws.live_instances("ghost") == [], timeout=30)
+    log = (stix.home / "stixd.log").read_text()
+    assert "aws_leak" in log and ghost in log and "aws_leaks_terminated" in log
+    assert len(aws.live_instances("keep")) == 1
+    assert stix.clusters()["keep"]["status"] == "UP"
+    stix.run("down", "keep", "-y", check=True, timeout=120)

@@ -293,3 +293,28 @@ async def test_leaks_are_stix_instances_and_groups_that_no_live_cluster_owns(
     assert [i["InstanceId"] for i in aws.live_instances("theirs")] == [someone_else]
     await provider.terminate("real")
     await provider.aclose()
+
+
+async def test_a_named_vpc_is_used_and_a_region_without_it_is_skipped(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    tags = [{"ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": "stixnet"}]}]
+    vpc = aws.ec2("create_vpc", CidrBlock="10.50.0.0/16", TagSpecifications=tags)["Vpc"]["VpcId"]
+    subnet = aws.ec2(
+        "create_subnet", VpcId=vpc, CidrBlock="10.50.1.0/24", AvailabilityZone="us-east-1c"
+    )["Subnet"]["SubnetId"]
+    provider = AwsProvider(home, _env(aws, hosts), vpc_name="stixnet")
+    await provider.launch(_request("named", pyz, 1, aws, zones=["us-east-1b", "us-east-1c"]))
+    [inst] = aws.live_instances("named")
+    assert (inst["VpcId"], inst["SubnetId"]) == (vpc, subnet)  # us-east-1b has no subnet there
+    [group] = aws.ec2(
+        "describe_security_groups", Filters=[{"Name": "group-name", "Values": ["stix-named"]}]
+    )["SecurityGroups"]
+    assert group["VpcId"] == vpc
+    with pytest.raises(AwsCapacityError) as caught:
+        await provider.launch(_request("west", pyz, 1, aws, region="us-west-2"))
+    assert caught.value.block == {"cloud": "aws", "region": "us-west-2"}
+    assert "no VPC named stixnet" in caught.value.message
+    await provider.terminate("named")
+    assert aws.live_instances() == []
+    await provider.aclose()

@@ -54,16 +54,23 @@ def pick_zones(known: list[Zone], wanted: list[str], region: str) -> list[Zone]:
     return picked
 
 
-async def default_vpc(ec2: Ec2Clients, region: str) -> str:
-    found = await ec2.call(
-        Where(region), "describe_vpcs", Filters=[{"Name": "is-default", "Values": ["true"]}]
-    )
-    vpcs = found.get("Vpcs") or []
-    if not vpcs:
-        raise ProvisionError(
+async def find_vpc(ec2: Ec2Clients, region: str, name: str | None) -> str:
+    """The VPC named ``name`` (its Name tag), or the region's default VPC when ``name`` is None.
+
+    A region without it is skipped like a region without capacity (the launch moves on)."""
+    if name:
+        wanted = {"Name": "tag:Name", "Values": [name]}
+        missing = f"AWS region {region} has no VPC named {name} (aws.vpc_name)"
+    else:
+        wanted = {"Name": "is-default", "Values": ["true"]}
+        missing = (
             f"AWS region {region} has no default VPC; create one "
-            "(`aws ec2 create-default-vpc`) or choose another region"
+            "(`aws ec2 create-default-vpc`) or set aws.vpc_name"
         )
+    found = await ec2.call(Where(region), "describe_vpcs", Filters=[wanted])
+    vpcs = sorted(found.get("Vpcs") or [], key=lambda v: str(v["VpcId"]))
+    if not vpcs:
+        raise AwsCapacityError("VpcNotFound", missing, Where(region).block("region"))
     return str(vpcs[0]["VpcId"])
 
 
@@ -81,7 +88,11 @@ async def subnet_for(ec2: Ec2Clients, region: str, vpc: str, zone: Zone) -> str:
         key=lambda s: (not s.get("DefaultForAz"), -int(s.get("AvailableIpAddressCount", 0))),
     )
     if not subnets:
-        raise ProvisionError(f"the default VPC {vpc} has no subnet in {zone.name}")
+        raise AwsCapacityError(
+            "SubnetNotFound",
+            f"VPC {vpc} has no subnet in {zone.name}",
+            Where(region, zone.name).block("zone"),
+        )
     return str(subnets[0]["SubnetId"])
 
 

@@ -29,10 +29,10 @@ from stixd.providers.aws.instances import Instance, RunSpec
 from stixd.providers.aws.keys import ensure_key_pair, ensure_local_key
 from stixd.providers.aws.leaks import YOUNG_S, Leak, clean_leaks, find_leaks
 from stixd.providers.aws.network import (
-    default_vpc,
     delete_group,
     ensure_group,
     find_group,
+    find_vpc,
     open_group_ports,
     pick_zones,
     subnet_for,
@@ -61,6 +61,7 @@ class AwsProvider:
         *,
         log: structlog.stdlib.BoundLogger | None = None,
         ssh_user: str = DEFAULT_SSH_USER,
+        vpc_name: str | None = None,
         boot_within: float = BOOT_WITHIN_S,
     ) -> None:
         self.home = home
@@ -69,6 +70,7 @@ class AwsProvider:
         self.records = Records(home)
         self.user = getpass.getuser()
         self.boot_within = boot_within
+        self.vpc_name = vpc_name
         self.nodes = AwsNodes(
             home,
             self.env,
@@ -158,7 +160,7 @@ class AwsProvider:
         base_tags = instances.tags(req.cluster, self.user)
         _, public_key = ensure_local_key(self.home)
         key_name = await ensure_key_pair(ec2, region, public_key, base_tags[1:])
-        vpc = await default_vpc(ec2, region)
+        vpc = await find_vpc(ec2, region, self.vpc_name)
         self.records.update(req.cluster, vpc=vpc)
         ports = [int(p) for p in r.get("ports") or []]
         group = await ensure_group(ec2, region, vpc, req.cluster, ports, base_tags)
@@ -169,12 +171,12 @@ class AwsProvider:
         last: AwsCapacityError | None = None
         for zone in pick_zones(await zones(ec2, region), wanted, region):
             where = Where(region, zone.name, itype, spot)
-            subnet = await subnet_for(ec2, region, vpc, zone)
-            spec = RunSpec(image, root, itype, subnet, group, key_name, disk, spot)
             token = instances.client_token(
                 req.cluster, str(r.get("launch_id") or ""), zone.name, [len(found), count]
             )
             try:
+                subnet = await subnet_for(ec2, region, vpc, zone)
+                spec = RunSpec(image, root, itype, subnet, group, key_name, disk, spot)
                 made = await instances.run(
                     ec2, where, spec, count=count, tag_list=base_tags, token=token
                 )
@@ -315,6 +317,14 @@ class AwsProvider:
         if vpc:
             await delete_group(self.ec2(), region, str(vpc), cluster)
         self.records.drop(cluster)
+
+    def regions(self) -> list[str]:
+        """The regions stix knows of here: the default one and those of recorded clusters."""
+        found = {str(e["region"]) for e in self.records.read().values() if e.get("region")}
+        problem = self.credentials_problem()
+        if problem is None:
+            found.add(self.ec2().creds.region)
+        return sorted(found)
 
     async def leaks(
         self, regions: Sequence[str], live: Collection[str], young_s: float = YOUNG_S
