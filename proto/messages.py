@@ -58,6 +58,8 @@ class Exec(Msg, tag="exec", frozen=True):
     cluster: str
     task: Task
     detach: bool = False
+    task_id: str | None = None
+    """As for `Launch` (a managed job running on a pool worker)."""
 
 
 class Status(Msg, tag="status", frozen=True):
@@ -174,12 +176,32 @@ class Shutdown(Msg, tag="shutdown", frozen=True):
 
 
 class JobsLaunch(Msg, tag="jobs_launch", frozen=True):
-    """A managed job: one task, or a pipeline run task by task, each on its own cluster."""
+    """A managed job: one task, or a pipeline run task by task, each on its own cluster; with
+    `pool`, `num_jobs` jobs run on the pool's idle workers instead (no provisioning)."""
 
     tasks: list[Task]
     name: str | None = None
     detach: bool = False
     config: list[ConfigLayer] = []
+    pool: str | None = None
+    num_jobs: int = 1
+
+
+class PoolApply(Msg, tag="pool_apply", frozen=True):
+    """Create a pool of `task.pool.workers` workers, or resize it to that many."""
+
+    name: str
+    task: Task
+    config: list[ConfigLayer] = []
+
+
+class PoolStatusReq(Msg, tag="pool_status", frozen=True):
+    names: list[str] = []
+
+
+class PoolDown(Msg, tag="pool_down", frozen=True):
+    names: list[str] = []
+    all: bool = False
 
 
 class JobsQueue(Msg, tag="jobs_queue", frozen=True):
@@ -203,6 +225,9 @@ class JobsLogs(Msg, tag="jobs_logs", frozen=True):
 
 Request = (
     JobsLaunch
+    | PoolApply
+    | PoolStatusReq
+    | PoolDown
     | JobsQueue
     | JobsCancel
     | JobsLogs
@@ -338,6 +363,9 @@ class ManagedJobRecord(msgspec.Struct, frozen=True):
     task: int = 0
     tasks: int = 1
     recovery_reasons: list[str] = []
+    pool: str | None = None
+    task_statuses: list[str] = []
+    """Per task of a pipeline: what became of it (later tasks of a failed one: CANCELLED)."""
 
 
 class ManagedJobList(Msg, tag="managed_jobs", frozen=True):
@@ -348,6 +376,8 @@ class ManagedLaunched(Msg, tag="managed_launched", frozen=True):
     job_id: int
     name: str
     status: str
+    job_ids: list[int] = []
+    """Every job submitted (`--num-jobs N` on a pool); `job_id` is the first."""
 
 
 class JobList(Msg, tag="jobs", frozen=True):

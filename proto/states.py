@@ -81,3 +81,18 @@ _TERMINAL_MANAGED = frozenset(
         ManagedJobStatus.FAILED_CONTROLLER,
     }
 )
+
+
+class PoolStatus(enum.StrEnum):
+    """A pool of long-lived workers that managed jobs run on (`jobs pool apply`)."""
+
+    PROVISIONING = "PROVISIONING"
+    READY = "READY"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    FAILED = "FAILED"
+    """A worker could not be made (its launch or its setup failed); `apply` again retries."""
+    DOWN = "DOWN"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is PoolStatus.DOWN

@@ -24,14 +24,17 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
         name=a.name or getattr(dag, "name", None),
         detach=a.detach_run,
         config=_config_layers(a.config or []),
+        pool=a.pool,
+        num_jobs=a.num_jobs,
     )
     reply: m.ManagedLaunched = call(home, req, _on_event)
     if a.json:
         _json(reply)
-    if a.detach_run:
+    if a.detach_run or len(reply.job_ids) > 1:
         if not a.json:
+            ids = ", ".join(map(str, reply.job_ids or [reply.job_id]))
             _err(
-                f"⚙ Managed job {reply.job_id} ({reply.name}) submitted; follow it with "
+                f"⚙ Managed job(s) {ids} ({reply.name}) submitted; follow one with "
                 f"`stixctl jobs logs {reply.job_id}`"
             )
         return 0
@@ -48,10 +51,11 @@ def _queue(home: Path, a: argparse.Namespace) -> int:
     from stixctl.main import _json
 
     reply: m.ManagedJobList = call(home, m.JobsQueue(all=a.all))
+    jobs = [j for j in reply.jobs if not (a.skip_finished and j.ended_at)]
     if a.json:
-        _json(reply.jobs)
+        _json(jobs)
     else:
-        print(render(reply.jobs))
+        print(render(jobs))
     return 0
 
 
@@ -80,6 +84,34 @@ def _logs(home: Path, a: argparse.Namespace) -> int:
     return 0
 
 
+def _pool(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+    from stixctl.main import _config_layers, _json
+
+    if a.pool_action == "apply":
+        if not a.entrypoint:
+            raise InvalidRequest("jobs pool apply needs a pool YAML file")
+        task = taskargs.load(a.entrypoint, a)
+        name = a.pool_name or task.name
+        if not name:
+            raise InvalidRequest("name the pool with -p NAME (or `name:` in the file)")
+        req: object = m.PoolApply(name=name, task=task, config=_config_layers(a.config or []))
+        reply = call(home, req)
+        print(reply.message)
+        return 0
+    if a.pool_action == "status":
+        names = [*a.names, *([a.pool_name] if a.pool_name else [])]
+        table: m.Table = call(home, m.PoolStatusReq(names=names))
+    else:
+        names = [*a.names, *([a.pool_name] if a.pool_name else [])]
+        table = call(home, m.PoolDown(names=names, all=a.all))
+    if a.json:
+        _json(table.rows)
+    else:
+        print(table.text)
+    return 0
+
+
 def render(records: Sequence[m.ManagedJobRecord]) -> str:
     from stixctl.render import ago, duration, table
 
@@ -90,10 +122,11 @@ def render(records: Sequence[m.ManagedJobRecord]) -> str:
     for j in records:
         total = (j.ended_at or now) - j.submitted_at
         task = f" ({j.task + 1}/{j.tasks})" if j.tasks > 1 else ""
+        where = f" @{j.pool}" if j.pool else ""
         rows.append(
             [
                 str(j.job_id),
-                j.name + task,
+                j.name + task + where,
                 j.resources,
                 ago(j.submitted_at, now),
                 duration(total),
@@ -123,11 +156,14 @@ def _launch_args(s: argparse.ArgumentParser) -> None:
     taskargs.add_task_flags(s)
     s.add_argument("-d", "--detach-run", action="store_true", help="return once submitted")
     s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    s.add_argument("-p", "--pool", help="run on the idle workers of this pool")
+    s.add_argument("--num-jobs", type=int, default=1, help="with --pool: this many jobs")
     s.add_argument("--json", action="store_true")
 
 
 def _queue_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("-a", "--all", action="store_true", help="every job that ever ran")
+    s.add_argument("-s", "--skip-finished", action="store_true")
     s.add_argument("--json", action="store_true")
 
 
@@ -148,11 +184,23 @@ def _logs_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--status", action="store_true", help="print the job's status at the end")
 
 
+def _pool_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("pool_action", choices=["apply", "status", "down"])
+    s.add_argument("names", nargs="*", help="apply: the pool YAML; status/down: pool names")
+    s.add_argument("-p", "--pool", dest="pool_name", help="the pool's name")
+    s.add_argument("-a", "--all", action="store_true", help="down: every pool")
+    s.add_argument("--config", action="append", metavar="FILE", help="extra config file")
+    s.add_argument("-y", "--yes", action="store_true")
+    s.add_argument("--json", action="store_true")
+    taskargs.add_task_flags(s)
+
+
 ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Fn]] = {
     "launch": ("run a task as a managed job (recovered)", _launch_args, _launch),
     "queue": ("list managed jobs", _queue_args, _queue),
     "cancel": ("cancel managed jobs", _cancel_args, _cancel),
     "logs": ("a managed job's output (or --controller: its decisions)", _logs_args, _logs),
+    "pool": ("worker pools: apply -p NAME FILE | status [NAME] | down NAME", _pool_args, _pool),
 }  # fmt: skip
 
 
@@ -173,6 +221,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         add(p)
         args = p.parse_intermixed_args(argv[1:])
         args.fn, args.command, args.action = fn, "jobs", argv[0]
+        if argv[0] == "pool":  # apply takes the YAML as its one positional
+            args.entrypoint = args.names if args.pool_action == "apply" else []
+            if args.pool_action == "apply":
+                args.names = []
         return args
     p = argparse.ArgumentParser(prog="stixctl jobs", description="managed jobs")
     add_args(p)

@@ -227,3 +227,49 @@ def test_a_job_the_controller_cannot_handle_ends_failed_controller(stix: Stix) -
     )
     assert "crashed 3 times" in job["failure_reason"]
     assert managed(stix, 1)["status"] == "SUCCEEDED"  # the others are untouched
+
+
+def test_a_pool_of_two_workers_takes_five_jobs_two_at_a_time(
+    stix: Stix, tmp_path: Path, task_file: Any
+) -> None:
+    log = tmp_path / "log"
+    log.mkdir()
+    pool = task_file(f"pool:\n  workers: 2\nsetup: echo set-up >> {log}/setups\n")
+    out = stix.run("jobs", "pool", "apply", "-p", "gpus", str(pool), check=True, timeout=60)
+    assert "2 worker(s)" in out.stdout
+    wait_until(lambda: stix.json("jobs", "pool", "status")[0]["status"] == "READY", timeout=60)
+    assert len((log / "setups").read_text().splitlines()) == 2  # once per worker
+    job = task_file(
+        "name: shard\n"
+        "run: |\n"
+        f'  echo "start $SKYPILOT_JOB_RANK/$SKYPILOT_NUM_JOBS $(date +%s.%N)" >> {log}/events\n'
+        "  sleep 1\n"
+        f'  echo "end $SKYPILOT_JOB_RANK $(date +%s.%N)" >> {log}/events\n'
+    )
+    launched = stix.json("jobs", "launch", "--pool", "gpus", "--num-jobs", "5", "-y", str(job))
+    assert launched["job_ids"] == [1, 2, 3, 4, 5]
+    rows = wait_until(
+        lambda: (
+            (q := stix.json("jobs", "queue")) and all(j["status"] == "SUCCEEDED" for j in q) and q
+        ),
+        timeout=90,
+        interval=0.3,
+    )
+    assert {j["pool"] for j in rows} == {"gpus"}
+    assert all(j["started_at"] and j["ended_at"] for j in rows)
+    events = [line.split() for line in (log / "events").read_text().splitlines()]
+    assert sorted(e[1] for e in events if e[0] == "start") == [f"{r}/5" for r in range(5)]
+    # never more than two at once: replay the starts and ends in time order
+    running = peak = 0
+    for kind, *_rest in sorted(events, key=lambda e: float(e[-1])):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2
+    status = stix.json("jobs", "pool", "status", "gpus")[0]
+    assert status["ready"] == 2 and all(w["job_id"] is None for w in status["workers"])
+    assert len((log / "setups").read_text().splitlines()) == 2  # jobs ran no setup
+    unknown = stix.run("jobs", "launch", "--pool", "nope", "-y", "true")
+    assert unknown.returncode == 2 and "no pool 'nope' (pools: gpus)" in unknown.stderr
+    stix.run("jobs", "pool", "down", "gpus", check=True)
+    wait_until(lambda: stix.json("jobs", "pool", "status") == [], timeout=60)
+    wait_until(lambda: not {"gpus-0", "gpus-1"} & set(stix.clusters()), timeout=60)

@@ -15,11 +15,13 @@ if TYPE_CHECKING:
 def factory_for(app: App, kind: str) -> Callable[[Row], Actor]:
     from stixd.actors.cluster import ClusterActor
     from stixd.actors.job import JobActor
+    from stixd.actors.job_pool import JobPoolActor
     from stixd.actors.managed_job import ManagedJobActor
 
     kinds: dict[str, Callable[[Row], Actor]] = {
         ClusterActor.kind: lambda row: ClusterActor(row, app),
         JobActor.kind: lambda row: JobActor(row, app),
         ManagedJobActor.kind: lambda row: ManagedJobActor(row, app),
+        JobPoolActor.kind: lambda row: JobPoolActor(row, app),
     }
     return kinds[kind]

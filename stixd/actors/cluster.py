@@ -431,7 +431,7 @@ class ClusterActor(Actor):
         if req.task.workdir:
             await sync_task_files(self.provider, self.nodes, req.task, env, file_mounts=False)
         job_id = await self._allocate_job_id()
-        await create_job(self, job_id, req.task, with_setup=False)
+        await create_job(self, job_id, req.task, with_setup=False, task_id=req.task_id)
         env.progress(m.JobSubmitted(self.id, job_id))
         return m.LaunchResult(cluster=self.id, job_id=job_id, job_status="INIT")
 

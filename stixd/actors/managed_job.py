@@ -27,6 +27,7 @@ from proto.states import ManagedJobStatus as S
 from proto.task import Task
 from proto.task.parsing import JobRecovery
 from stixd.actors.asks import ask_cluster
+from stixd.actors.job_pool import Acquire, Release, WorkerReady
 from stixd.actors.joblogs import stream_job_logs
 from stixd.actors.jobs_submit import job_row_id
 from stixd.runtime.actor import Actor
@@ -130,9 +131,12 @@ def cluster_name(name: str, job_id: int) -> str:
     return f"{base}-{job_id}"
 
 
-def managed_task_id(submitted_at: float, name: str, job_id: int, task: int) -> str:
-    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(submitted_at))
-    return f"sky-managed-{stamp}_{name}_{job_id}-{task}"
+def managed_task_id(spec: dict[str, Any], job_id: int, index: int, task: Task) -> str:
+    """SkyPilot's ``sky-managed-<time>_<job-name>[_<task-name>]_<job-id>-<task-idx>``: the same
+    for every run of the task, so its code can find its own checkpoints after a recovery."""
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(float(spec["submitted_at"])))
+    task_name = f"_{task.name}" if len(spec["tasks"]) > 1 and task.name else ""
+    return f"sky-managed-{stamp}_{spec['name']}{task_name}_{job_id}-{index}"
 
 
 def logs_dir(home: Path, job_id: int) -> Path:
@@ -168,8 +172,34 @@ class ManagedJobActor(Actor):
         return int(self.row.data.get("task", 0))
 
     @property
+    def pool(self) -> str | None:
+        pool = self.row.spec.get("pool")
+        return str(pool) if pool else None
+
+    @property
     def cluster(self) -> str:
+        """The cluster the task runs on: the job's own, or the pool worker it holds."""
+        if self.pool:
+            return str(self.row.data.get("worker") or "")
         return cluster_name(self.row.spec["name"], self.job_id)
+
+    def _task_id(self) -> str:
+        index = self.task_index
+        return managed_task_id(self.row.spec, self.job_id, index, self.tasks[index])
+
+    def _task(self) -> Task:
+        """The current task, with the ids SkyPilot gives a managed task's run."""
+        spec = self.row.spec
+        tasks = self.tasks
+        ids = [managed_task_id(spec, self.job_id, i, t) for i, t in enumerate(tasks)]
+        task = tasks[self.task_index]
+        envs = dict(task.envs or {})
+        if len(tasks) > 1:
+            envs["SKYPILOT_TASK_IDS"] = "\n".join(ids)
+        if self.pool:
+            envs["SKYPILOT_JOB_RANK"] = str(spec.get("job_rank", 0))
+            envs["SKYPILOT_NUM_JOBS"] = str(spec.get("num_jobs", 1))
+        return msgspec.structs.replace(task, envs=envs)
 
     def _dir(self) -> Path:
         return logs_dir(self.app.home, self.job_id)
@@ -183,6 +213,8 @@ class ManagedJobActor(Actor):
             f.write(f"{stamp} {text}\n")
 
     async def step(self, event: MEvent, why: str, **data: Any) -> None:
+        if self.machine.next(self.state, event).is_terminal:
+            data.setdefault("ended_at", time.time())
         await self.transition(event, why, **data)
         self.note(f"{self.state.value}: {why}")
 
@@ -216,6 +248,8 @@ class ManagedJobActor(Actor):
             await self._ended(message)
         elif isinstance(message, TornDown):
             await self._torn_down(message)
+        elif isinstance(message, WorkerReady):
+            await self._worker_ready(message)
 
     async def _request(self, req: Any) -> Any:
         if isinstance(req, m.JobsCancel):
@@ -223,14 +257,17 @@ class ManagedJobActor(Actor):
                 return m.OkReply(f"managed job {self.job_id} already ended {self.state.value}")
             if self.state is not S.CANCELLING:
                 self._stop_phase()
+                held, run = self.cluster, self._run_id()
                 await self.step(E.CANCEL, "cancel requested", job_duration=self._ran_seconds())
-                self._run(self._teardown, E.CANCELLED)
+                self._run(self._teardown, E.CANCELLED, held, run)
             return m.OkReply(f"managed job {self.job_id} is cancelling")
         raise InvalidRequest(f"managed job actor cannot handle {type(req).__name__}")
 
     async def _advance(self) -> None:
         state = self.state
-        if state is S.PENDING:
+        if self.pool and state in (S.PENDING, S.RECOVERING) and not self.cluster:
+            await self._ask_pool(Acquire(self.job_id))  # WorkerReady comes now or later
+        elif state is S.PENDING:
             await self.step(
                 E.START,
                 f"launching cluster {self.cluster}",
@@ -243,7 +280,39 @@ class ManagedJobActor(Actor):
         elif state in _ACTIVE:
             self._run(self._watch)
         elif state is S.CANCELLING:
-            self._run(self._teardown, E.CANCELLED)
+            self._run(self._teardown, E.CANCELLED, self.cluster, self._run_id())
+
+    async def _ask_pool(self, message: Any) -> None:
+        pool = self.pool
+        assert pool is not None
+        if self.app.supervisor.tell("job_pool", pool, message):
+            return
+        row = await self.app.store.get("job_pool", pool)
+        if row is None:
+            if isinstance(message, Acquire):
+                why = f"pool {pool} does not exist"
+                await self.step(E.FAILED_PRECHECKS, why, failure_reason=why, ended_at=time.time())
+            return
+        self.app.spawn(row)
+        self.app.supervisor.tell("job_pool", pool, message)
+
+    async def _worker_ready(self, msg: WorkerReady) -> None:
+        if msg.pool != self.pool or self.state not in (S.PENDING, S.RECOVERING):
+            return
+        if self.cluster and self.cluster != msg.worker:
+            return
+        if self.state is S.PENDING:
+            await self.step(
+                E.START,
+                f"runs on worker {msg.worker} of pool {msg.pool}",
+                worker=msg.worker,
+                attempt_at=time.time(),
+                cluster_job_id=None,
+            )
+        elif not self.cluster:
+            await self.save(worker=msg.worker, attempt_at=time.time())
+            self.note(f"  runs again on worker {msg.worker} of pool {msg.pool}")
+        self._run(self._bring_up)
 
     # -- phases --------------------------------------------------------------------------
 
@@ -274,33 +343,42 @@ class ManagedJobActor(Actor):
         if adopted is not None:
             self.tell(adopted)
             return
-        task = self.tasks[self.task_index]
+        task = self._task()
         spec = self.row.spec
-        req = m.Launch(
-            task=task,
-            cluster=self.cluster,
-            detach=True,
-            config=[msgspec.convert(c, m.ConfigLayer) for c in spec.get("config", [])],
-            task_id=managed_task_id(
-                spec["submitted_at"], spec["name"], self.job_id, self.task_index
-            ),
-        )
+        task_id = self._task_id()
+        req: m.Launch | m.Exec
+        if self.pool:
+            req = m.Exec(cluster=self.cluster, task=task, detach=True, task_id=task_id)
+        else:
+            req = m.Launch(
+                task=task,
+                cluster=self.cluster,
+                detach=True,
+                config=[msgspec.convert(c, m.ConfigLayer) for c in spec.get("config", [])],
+                task_id=task_id,
+            )
         failures = 0
         while True:
             try:
                 result: m.LaunchResult = await ask_cluster(
-                    self.app, self.cluster, req, self._emit, create=True
+                    self.app, self.cluster, req, self._emit, create=not self.pool
                 )
             except (InvalidTask, InvalidConfig, InvalidRequest) as exc:
                 self.tell(LaunchFailed(exc.message, precheck=True))
                 return
-            except ProvisionError as exc:
+            except StixError as exc:
+                if not self.pool and not isinstance(exc, ProvisionError):
+                    raise
+                if self.pool:  # the worker is not usable: the pool relaunches it
+                    why = f"worker {self.cluster}: {exc.message}"
+                    self.tell(Ended(JobStatus.FAILED_DRIVER, why))
+                    return
                 failures += 1
                 self.note(f"  launch attempt {failures} failed: {exc.message}")
                 if failures >= LAUNCH_ATTEMPTS:
                     self.tell(LaunchFailed(exc.message, precheck=False))
                     return
-                await self._down_cluster()
+                await self._let_go(self.cluster, None, broken=False)
                 await anyio.sleep(RETRY_BASE_SECONDS * 2 ** (failures - 1))
                 continue
             break
@@ -320,8 +398,11 @@ class ManagedJobActor(Actor):
                 return None
         uid = row.data.get("uid")
         since = float(self.row.data.get("attempt_at") or 0.0)
-        jobs = [
-            j for j in await self.app.store.rows("job", parent=uid) if j.created_at >= since - 1.0
+        ours = self._task_id()
+        jobs = [  # a pool worker also runs other jobs: only this attempt's run of this task
+            j
+            for j in await self.app.store.rows("job", parent=uid)
+            if j.created_at >= since and (j.spec.get("submit") or {}).get("task_id") == ours
         ]
         if not jobs:
             return None
@@ -377,20 +458,40 @@ class ManagedJobActor(Actor):
         if row is not None and row.state == JobStatus.RUNNING:
             self.tell(Running())
 
-    async def _teardown(self, then: MEvent | None) -> None:
+    async def _teardown(self, then: MEvent | None, held: str, run: int | None = None) -> None:
         with anyio.CancelScope(shield=True):
-            await self._down_cluster()
+            await self._let_go(held, run, broken=False)
         if then is not None:
             self.tell(TornDown(then))
 
-    async def _down_cluster(self) -> None:
-        row = await self.app.store.get("cluster", self.cluster)
+    async def _let_go(self, held: str, run: int | None, *, broken: bool) -> None:
+        """Give up the cluster a run used: tear down the job's own, or stop the run on a pool
+        worker and hand the worker back (to be relaunched first if it was lost)."""
+        if not held:
+            return
+        row = await self.app.store.get("cluster", held)
+        if self.pool:
+            if run is not None and row is not None and row.state == "UP" and not broken:
+                try:
+                    cancel = m.Cancel(cluster=held, job_ids=[run])
+                    await ask_cluster(self.app, held, cancel, self._emit)
+                except StixError as exc:
+                    self.note(f"  could not stop the run on {held}: {exc.message}")
+            await self._ask_pool(Release(self.job_id, broken=broken))
+            return
         if row is None or row.terminal:
             return
         try:
-            await ask_cluster(self.app, self.cluster, m.Down(clusters=[self.cluster]), self._emit)
+            await ask_cluster(self.app, held, m.Down(clusters=[held]), self._emit)
         except StixError as exc:
-            self.note(f"  could not tear down {self.cluster}: {exc.message}")
+            self.note(f"  could not tear down {held}: {exc.message}")
+
+    async def _down_cluster(self) -> None:
+        await self._let_go(self.cluster, self._run_id(), broken=False)
+
+    def _run_id(self) -> int | None:
+        run = self.row.data.get("cluster_job_id")
+        return int(run) if run is not None else None
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -416,11 +517,11 @@ class ManagedJobActor(Actor):
             await self.step(
                 E.FAILED_PRECHECKS, msg.why, failure_reason=msg.why, ended_at=time.time()
             )
-            self._run(self._teardown, None)
+            self._run(self._teardown, None, self.cluster, self._run_id())
             return
         reason = f"no resources after {LAUNCH_ATTEMPTS} launch attempts: {msg.why}"
         await self.step(E.NO_RESOURCE, reason, failure_reason=reason, ended_at=time.time())
-        self._run(self._teardown, None)
+        self._run(self._teardown, None, self.cluster, self._run_id())
 
     async def _ended(self, msg: Ended) -> None:
         if self.state not in _ACTIVE:
@@ -430,6 +531,7 @@ class ManagedJobActor(Actor):
         if state is JobStatus.SUCCEEDED:
             if self.task_index + 1 < len(self.row.spec["tasks"]):
                 why = f"task {self.task_index} succeeded; the next runs on a new cluster"
+                held, run = self.cluster, self._run_id()
                 await self.step(
                     E.NEXT_TASK,
                     why,
@@ -437,11 +539,12 @@ class ManagedJobActor(Actor):
                     job_duration=ran,
                     attempt_at=time.time(),
                     cluster_job_id=None,
+                    worker=None,
                 )
-                self._run(self._teardown_then_bring_up)
+                self._run(self._teardown_then_bring_up, held, run, False)
                 return
             await self.step(E.SUCCEEDED, "the task succeeded", job_duration=ran)
-            self._run(self._teardown, None)
+            self._run(self._teardown, None, self.cluster, self._run_id())
             return
         if state is JobStatus.FAILED_DRIVER:
             await self._recover(msg.why, ran)
@@ -456,6 +559,7 @@ class ManagedJobActor(Actor):
             limit = self._max_restarts()
             if restarts < limit:
                 why = f"the task failed ({msg.why}); restart {restarts + 1} of {limit}"
+                held, run = self.cluster, self._run_id()
                 await self.step(
                     E.RESTART,
                     why,
@@ -463,23 +567,25 @@ class ManagedJobActor(Actor):
                     job_duration=ran,
                     attempt_at=time.time(),
                     cluster_job_id=None,
+                    worker=None,
                 )
-                self._run(self._teardown_then_bring_up)
+                self._run(self._teardown_then_bring_up, held, run, False)
                 return
             reason = f"the task failed: {msg.why}"
             await self.step(E.FAILED, reason, failure_reason=reason, job_duration=ran)
-            self._run(self._teardown, None)
+            self._run(self._teardown, None, self.cluster, self._run_id())
             return
         if state is JobStatus.FAILED_SETUP:
             reason = f"setup failed: {msg.why}"
             await self.step(E.FAILED_SETUP, reason, failure_reason=reason, job_duration=ran)
-            self._run(self._teardown, None)
+            self._run(self._teardown, None, self.cluster, self._run_id())
             return
         # the run was cancelled under us (its cluster torn down or the job cancelled directly)
         await self._recover(f"the run ended {state.value}: {msg.why}", ran)
 
     async def _recover(self, why: str, ran: float) -> None:
         reasons = [*self.row.data.get("recovery_reasons", []), why]
+        held, run = self.cluster, self._run_id()
         await self.step(
             E.LOST,
             f"cluster lost ({why}); recovering by {self._strategy()}",
@@ -488,13 +594,17 @@ class ManagedJobActor(Actor):
             job_duration=ran,
             attempt_at=time.time(),
             cluster_job_id=None,
+            worker=None,
         )
-        self._run(self._teardown_then_bring_up)
+        self._run(self._teardown_then_bring_up, held, run, True)
 
-    async def _teardown_then_bring_up(self) -> None:
+    async def _teardown_then_bring_up(self, held: str, run: int | None, broken: bool) -> None:
         with anyio.CancelScope(shield=True):
-            await self._down_cluster()
-        await self._bring_up()
+            await self._let_go(held, run, broken=broken)
+        if self.pool:
+            self.tell(Advance())  # asks the pool for a worker again
+        else:
+            await self._bring_up()
 
     async def _torn_down(self, msg: TornDown) -> None:
         if self.machine.allows(self.state, msg.then):

@@ -247,6 +247,17 @@ async def events(app: App, req: m.Events, emit: Emit) -> m.EventList:
     )
 
 
+JOBS_REQUESTS = (
+    m.JobsLaunch,
+    m.JobsQueue,
+    m.JobsCancel,
+    m.JobsLogs,
+    m.PoolApply,
+    m.PoolStatusReq,
+    m.PoolDown,
+)
+
+
 async def _jobs(app: App, req: Any, emit: Emit) -> Any:
     if isinstance(req, m.JobsLaunch):
         try:
@@ -258,6 +269,12 @@ async def _jobs(app: App, req: Any, emit: Emit) -> Any:
         return await jobs_cmds.jobs_queue(app, req)
     if isinstance(req, m.JobsCancel):
         return await jobs_cmds.jobs_cancel(app, req)
+    if isinstance(req, m.PoolApply):
+        return await jobs_cmds.pool_apply(app, req, lambda task: _check_task(app, task))
+    if isinstance(req, m.PoolStatusReq):
+        return await jobs_cmds.pool_status(app, req)
+    if isinstance(req, m.PoolDown):
+        return await jobs_cmds.pool_down(app, req)
     return await jobs_cmds.jobs_logs(app, req, emit)
 
 
@@ -279,7 +296,7 @@ async def shutdown(app: App, req: m.Shutdown, emit: Emit) -> m.OkReply:
 
 
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
-    if isinstance(req, m.JobsLaunch | m.JobsQueue | m.JobsCancel | m.JobsLogs):
+    if isinstance(req, JOBS_REQUESTS):
         return await _jobs(app, req, emit)
     if isinstance(req, m.Launch):
         return await launch(app, req, emit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from stixd.store.db import Row, RowExists
 
 Emit = Callable[[Any], Awaitable[None]]
 KIND = "managed_job"
+POOL = "job_pool"
 RECENT_ENDED = 50
 """`jobs queue` without --all: every live job and this many of the most recent ended ones."""
 FOLLOW_POLL_S = 0.5
@@ -30,32 +32,66 @@ async def jobs_launch(
 ) -> m.ManagedLaunched:
     if not req.tasks:
         raise InvalidRequest("jobs launch needs a task")
-    for task in req.tasks:
-        check(task)  # refused now, in validate's words, rather than FAILED_PRECHECKS later
+    if req.num_jobs < 1:
+        raise InvalidRequest(f"--num-jobs must be at least 1, not {req.num_jobs}")
+    if req.num_jobs > 1 and req.pool is None:
+        raise InvalidRequest("--num-jobs runs several jobs on a pool: give --pool NAME too")
+    if req.pool is not None:
+        await _existing_pool(app, req.pool)
+    else:
+        for task in req.tasks:
+            check(task)  # refused now, in validate's words, rather than FAILED_PRECHECKS later
     name = req.name or req.tasks[0].name or "job"
     now = time.time()
-    spec = {
+    spec: dict[str, Any] = {
         "name": name,
         "tasks": [msgspec.to_builtins(t) for t in req.tasks],
         "config": [msgspec.to_builtins(c) for c in req.config],
         "submitted_at": now,
-        "resources": _resources(req.tasks[0]),
+        "resources": f"pool {req.pool}" if req.pool else _resources(req.tasks[0]),
+        "pool": req.pool,
+        "num_jobs": req.num_jobs,
     }
     rows = await app.store.rows(KIND)
     job_id = max((int(r.id) for r in rows), default=0) + 1
-    while True:  # the insert is the allocation: two launches at once get different ids
-        row = Row(kind=KIND, id=str(job_id), state="PENDING", version=0, spec=spec)
-        try:
-            row = await app.store.insert(row, "submitted", f"managed job {name}")
-            break
-        except RowExists:
-            job_id += 1
-    app.spawn(row)
-    await emit(m.Progress(f"Managed job {job_id} ({name}) submitted; cluster {row_cluster(row)}."))
-    if req.detach:
-        return m.ManagedLaunched(job_id=job_id, name=name, status=row.state)
-    state = await _follow_runs(app, row, emit)
-    return m.ManagedLaunched(job_id=job_id, name=name, status=state)
+    made: list[Row] = []
+    for rank in range(req.num_jobs):
+        while True:  # the insert is the allocation: two launches at once get different ids
+            row = Row(
+                kind=KIND, id=str(job_id), state="PENDING", version=0,
+                spec={**spec, "job_rank": rank},
+            )  # fmt: skip
+            try:
+                made.append(await app.store.insert(row, "submitted", f"managed job {name}"))
+                break
+            except RowExists:
+                job_id += 1
+        job_id += 1
+    for row in made:
+        app.spawn(row)
+    first = made[0]
+    where = f"pool {req.pool}" if req.pool else f"cluster {row_cluster(first)}"
+    ids = [int(r.id) for r in made]
+    await emit(m.Progress(f"Managed job(s) {_ids(ids)} ({name}) submitted; {where}."))
+    if req.detach or len(made) > 1:
+        return m.ManagedLaunched(job_id=ids[0], name=name, status=first.state, job_ids=ids)
+    state = await _follow_runs(app, first, emit)
+    return m.ManagedLaunched(job_id=ids[0], name=name, status=state, job_ids=ids)
+
+
+def _ids(ids: list[int]) -> str:
+    return str(ids[0]) if len(ids) == 1 else f"{ids[0]}-{ids[-1]}"
+
+
+async def _existing_pool(app: App, name: str) -> Row:
+    row = await app.store.get(POOL, name)
+    if row is None or row.terminal:
+        pools = [r.id for r in await app.store.rows(POOL, include_terminal=False)]
+        known = ", ".join(sorted(pools)) or "none"
+        raise InvalidRequest(
+            f"no pool {name!r} (pools: {known}); create it with `stixctl jobs pool apply`"
+        )
+    return row
 
 
 def _resources(task: Any) -> str:
@@ -76,6 +112,14 @@ def row_cluster(row: Row) -> str:
     return cluster_name(row.spec["name"], int(row.id))
 
 
+def _task_statuses(row: Row) -> list[str]:
+    """What became of each task of a pipeline: done, this one, and the rest."""
+    n, k = len(row.spec.get("tasks", [])) or 1, int(row.data.get("task", 0))
+    failed = row.terminal and row.state != ManagedJobStatus.SUCCEEDED
+    rest = "CANCELLED" if failed else "PENDING"
+    return ["SUCCEEDED"] * k + [row.state] + [rest] * (n - k - 1)
+
+
 def record(row: Row) -> m.ManagedJobRecord:
     data = row.data
     duration = float(data.get("job_duration", 0.0))
@@ -93,10 +137,16 @@ def record(row: Row) -> m.ManagedJobRecord:
         recoveries=int(data.get("recoveries", 0)),
         restarts=int(data.get("restarts", 0)),
         failure_reason=data.get("failure_reason"),
-        cluster=None if row.terminal else row_cluster(row),
+        cluster=None
+        if row.terminal
+        else (data.get("worker") or None)
+        if row.spec.get("pool")
+        else row_cluster(row),
         task=int(data.get("task", 0)),
         tasks=len(row.spec.get("tasks", [])) or 1,
         recovery_reasons=list(data.get("recovery_reasons", [])),
+        pool=row.spec.get("pool"),
+        task_statuses=_task_statuses(row),
     )
 
 
@@ -145,19 +195,24 @@ async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
 
 
 async def _ask(app: App, row: Row, payload: Any) -> Any:
-    child = app.supervisor.get(KIND, row.id)
+    """Hand a request to the row's actor (started if needed) and wait for its answer."""
+    what = "pool" if row.kind == POOL else "managed job"
+    child = app.supervisor.get(row.kind, row.id)
     if child is None:
         app.spawn(row)
+        child = app.supervisor.get(row.kind, row.id)
+    if child is not None and child.failed:
+        raise InternalError(child.failed)
     send, receive = reply_channel()
-    if not app.supervisor.tell(KIND, row.id, Envelope(payload=payload, reply=send)):
-        raise InternalError(f"managed job {row.id} has no actor")
+    if not app.supervisor.tell(row.kind, row.id, Envelope(payload=payload, reply=send)):
+        raise InternalError(f"{what} {row.id} has no actor")
     async with receive:
         async for item in receive:
             if isinstance(item, m.ErrorReply):
                 raise error_from_code(item.code, item.message)
             if isinstance(item, m.FINAL_REPLIES):
                 return item
-    raise InternalError(f"managed job {row.id} stopped before answering")
+    raise InternalError(f"{what} {row.id} stopped before answering")
 
 
 async def jobs_logs(app: App, req: m.JobsLogs, emit: Emit) -> m.LogsEnd:
@@ -221,3 +276,98 @@ async def _follow_files(app: App, row: Row, emit: Emit, follow: bool, *, control
             return current.state if current else row.state
         with anyio.move_on_after(FOLLOW_POLL_S):
             await app.watch.wait_for(KIND, row.id, lambda r: r is None or r.terminal)
+
+
+# -- pools ---------------------------------------------------------------------------------
+
+
+async def _ask_pool(app: App, name: str, payload: Any, *, create: bool = False) -> Any:
+    row = await app.store.get(POOL, name)
+    if row is None:
+        if not create:
+            raise JobNotFound(f"no pool {name!r}")
+        try:
+            row = await app.store.insert(
+                Row(kind=POOL, id=name, state="DOWN", terminal=True, version=0), "created"
+            )
+        except RowExists:
+            row = await app.store.get(POOL, name)
+            assert row is not None
+    return await _ask(app, row, payload)
+
+
+async def pool_apply(app: App, req: m.PoolApply, check: Callable[[Any], None]) -> m.OkReply:
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,40}", req.name):
+        raise InvalidRequest(
+            f"pool name {req.name!r}: use lowercase letters, digits and '-', starting with a letter"
+        )
+    if req.task.pool is None:
+        raise InvalidRequest("a pool file needs a `pool:` section (e.g. `pool: {workers: 2}`)")
+    check(req.task)
+    reply: m.OkReply = await _ask_pool(app, req.name, req, create=True)
+    return reply
+
+
+async def pool_status(app: App, req: m.PoolStatusReq) -> m.Table:
+    rows = await app.store.rows(POOL, include_terminal=False)
+    if req.names:
+        wanted = set(req.names)
+        missing = wanted - {r.id for r in rows}
+        if missing:
+            raise JobNotFound(f"no pool {sorted(missing)[0]!r}")
+        rows = [r for r in rows if r.id in wanted]
+    jobs = [j for j in await app.store.rows(KIND, include_terminal=False) if j.spec.get("pool")]
+    out: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for row in rows:
+        claims = {w: int(j) for w, j in (row.data.get("claims") or {}).items()}
+        workers = []
+        for i in range(int(row.spec.get("workers", 0))):
+            name = f"{row.id}-{i}"
+            crow = await app.store.get("cluster", name)
+            workers.append(
+                {
+                    "worker": name,
+                    "status": crow.state if crow is not None else "-",
+                    "job_id": claims.get(name),
+                }
+            )
+        ready = sum(1 for w in workers if w["status"] == "UP")
+        queued = [int(j.id) for j in jobs if j.spec["pool"] == row.id and j.state == "PENDING"]
+        failed = row.data.get("failed") or {}
+        out.append(
+            {
+                "pool": row.id,
+                "status": row.state,
+                "workers": workers,
+                "ready": ready,
+                "queued_jobs": queued,
+                "failed": failed,
+            }
+        )
+        lines.append(
+            f"Pool {row.id}: {row.state}, {ready}/{len(workers)} worker(s) up, "
+            f"{len(claims)} busy, {len(queued)} job(s) waiting"
+        )
+        for w in workers:
+            job = f"job {w['job_id']}" if w["job_id"] is not None else "idle"
+            lines.append(f"  {w['worker']:<24} {w['status']:<12} {job}")
+        for worker, why in sorted(failed.items()):
+            lines.append(f"  {worker}: {why}")
+    if not rows:
+        lines.append("No pools.")
+    return m.Table(text="\n".join(lines), rows=out)
+
+
+async def pool_down(app: App, req: m.PoolDown) -> m.Table:
+    if req.all:
+        names = [r.id for r in await app.store.rows(POOL, include_terminal=False)]
+    elif req.names:
+        names = req.names
+    else:
+        raise InvalidRequest("name the pools to tear down, or --all")
+    lines = []
+    for name in names:
+        reply = await _ask_pool(app, name, req)
+        lines.append(reply.message)
+    return m.Table(text="\n".join(lines) or "No pools.", rows=[{"pool": n} for n in names])

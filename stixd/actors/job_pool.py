@@ -1,0 +1,339 @@
+"""A job pool: long-lived worker clusters that managed jobs run on without provisioning.
+
+The pool launches its workers (each runs the pool's setup once), then hands idle workers to
+managed jobs one at a time. The actor is the one place that decides who gets a worker, so two
+jobs never share one: a claim is written to the pool's row before the job hears of it, jobs
+that find every worker busy wait in a persisted queue, and a released worker goes to the
+longest-waiting job. A worker whose cluster was lost is relaunched before it is handed out again.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from proto import messages as m
+from proto.errors import InvalidRequest, StixError
+from proto.states import JobStatus
+from proto.states import PoolStatus as P
+from proto.task import Task
+from stixd.actors.asks import ask_cluster
+from stixd.actors.jobs_submit import job_row_id
+from stixd.runtime.actor import Actor
+from stixd.runtime.machine import Machine
+from stixd.runtime.mailbox import Envelope
+
+if TYPE_CHECKING:
+    from stixd.app import App
+
+MANAGED = "managed_job"
+
+
+class PoolEvent(enum.Enum):
+    APPLY = "apply"
+    WORKERS_READY = "workers_ready"
+    WORKER_FAILED = "worker_failed"
+    DOWN = "down"
+    GONE = "gone"
+
+
+E = PoolEvent
+POOL_TRANSITIONS: dict[tuple[P, PoolEvent], P] = {
+    (P.DOWN, E.APPLY): P.PROVISIONING,
+    (P.PROVISIONING, E.APPLY): P.PROVISIONING,
+    (P.READY, E.APPLY): P.PROVISIONING,
+    (P.FAILED, E.APPLY): P.PROVISIONING,
+    (P.PROVISIONING, E.WORKERS_READY): P.READY,
+    (P.READY, E.WORKERS_READY): P.READY,
+    (P.PROVISIONING, E.WORKER_FAILED): P.FAILED,
+    (P.READY, E.WORKER_FAILED): P.FAILED,
+    **{(s, E.DOWN): P.SHUTTING_DOWN for s in (P.PROVISIONING, P.READY, P.FAILED)},
+    (P.SHUTTING_DOWN, E.GONE): P.DOWN,
+}
+
+
+# -- messages from managed jobs ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acquire:
+    """A managed job wants a worker; it hears back by `WorkerReady` (now or once one frees)."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Release:
+    job_id: int
+    broken: bool = False
+    """The job lost the worker's cluster: relaunch it before anyone else gets it."""
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """Told to a managed job: this worker cluster is yours until you release it."""
+
+    pool: str
+    worker: str
+
+
+class Advance:
+    """Do the work of the current state (at start and after a decision)."""
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    failed: dict[str, str]
+    """Worker → why it could not be made."""
+
+
+class Gone:
+    """Every worker is torn down."""
+
+
+def worker_name(pool: str, index: int) -> str:
+    return f"{pool}-{index}"
+
+
+class JobPoolActor(Actor):
+    kind = "job_pool"
+    machine = Machine("job_pool", POOL_TRANSITIONS)
+    state_type = P
+
+    def __init__(self, row: Any, app: App) -> None:
+        super().__init__(row, app.store, app.log)
+        self.app = app
+
+    @staticmethod
+    def is_terminal(state: Any) -> bool:
+        return P(state).is_terminal
+
+    def done(self) -> bool:
+        return False  # a pool that is down keeps its actor for the next apply of its name
+
+    @property
+    def size(self) -> int:
+        return int(self.row.spec.get("workers", 0))
+
+    @property
+    def workers(self) -> list[str]:
+        return [worker_name(self.id, i) for i in range(self.size)]
+
+    @property
+    def claims(self) -> dict[str, int]:
+        return {w: int(j) for w, j in (self.row.data.get("claims") or {}).items()}
+
+    @property
+    def waiting(self) -> list[int]:
+        return [int(j) for j in self.row.data.get("waiting") or []]
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        if self.row.terminal:
+            return
+        await self._forget_ended_jobs()
+        self.tell(Advance())
+
+    async def handle(self, message: Any) -> None:
+        if isinstance(message, Envelope):
+            message.answer(await self._request(message))
+        elif isinstance(message, Advance):
+            await self._advance()
+        elif isinstance(message, Provisioned):
+            await self._provisioned(message)
+        elif isinstance(message, Gone):
+            if self.state is P.SHUTTING_DOWN:
+                await self.transition(E.GONE, "every worker torn down", claims={}, waiting=[])
+        elif isinstance(message, Acquire):
+            await self._acquire(message.job_id)
+        elif isinstance(message, Release):
+            await self._release(message)
+
+    async def _request(self, env: Envelope) -> Any:
+        req = env.payload
+        if isinstance(req, m.PoolApply):
+            return await self._apply(req)
+        if isinstance(req, m.PoolDown):
+            if self.row.terminal:
+                return m.OkReply(f"pool {self.id} is already down")
+            if self.state is not P.SHUTTING_DOWN:
+                await self.transition(E.DOWN, "down requested")
+                self.start_soon(self._tear_down)
+            return m.OkReply(f"pool {self.id} is shutting down")
+        raise InvalidRequest(f"pool actor cannot handle {type(req).__name__}")
+
+    async def _apply(self, req: m.PoolApply) -> m.OkReply:
+        workers = int((req.task.pool or {}).get("workers", 0) or 0)
+        if self.state is P.SHUTTING_DOWN:
+            raise InvalidRequest(f"pool {self.id} is shutting down; apply it again once DOWN")
+        task = msgspec.structs.replace(req.task, pool=None)
+        spec = {
+            "workers": workers,
+            "task": msgspec.to_builtins(task),
+            "config": [msgspec.to_builtins(c) for c in req.config],
+        }
+        self.row = await self.store.update(self.row, event="save", spec=spec, record_event=False)
+        await self.transition(E.APPLY, f"{workers} worker(s)", failed={})
+        self.tell(Advance())
+        return m.OkReply(f"pool {self.id}: {workers} worker(s) being prepared")
+
+    async def _advance(self) -> None:
+        if self.state is P.PROVISIONING:
+            self.start_soon(self._provision)
+        elif self.state is P.SHUTTING_DOWN:
+            self.start_soon(self._tear_down)
+        elif self.state is P.READY:
+            await self._hand_out()
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _launch_request(self, worker: str) -> m.Launch:
+        spec = self.row.spec
+        return m.Launch(
+            task=msgspec.convert(spec["task"], Task),
+            cluster=worker,
+            detach=True,
+            config=[msgspec.convert(c, m.ConfigLayer) for c in spec.get("config", [])],
+        )
+
+    async def _emit(self, event: Any) -> None:
+        """Progress of worker launches goes to the daemon log, not to a client."""
+
+    async def _worker_up(self, worker: str) -> str | None:
+        """Make ``worker`` UP with the pool's setup done; None, or why it could not be."""
+        row = await self.app.store.get("cluster", worker)
+        try:
+            if row is None or row.state != "UP":
+                if row is not None and not row.terminal:
+                    await ask_cluster(self.app, worker, m.Down(clusters=[worker]), self._emit)
+                result = await ask_cluster(
+                    self.app, worker, self._launch_request(worker), self._emit, create=True
+                )
+                crow = await self.app.store.get("cluster", worker)
+                assert crow is not None and result.job_id is not None
+                setup = await self.app.watch.wait_for(
+                    "job",
+                    job_row_id(worker, crow.data["uid"], result.job_id),
+                    lambda r: r is None or r.terminal,
+                )
+                if setup is None or setup.state != JobStatus.SUCCEEDED:
+                    state = setup.state if setup else "gone"
+                    return f"its setup ended {state}"
+        except StixError as exc:
+            return exc.message
+        return None
+
+    async def _provision(self) -> None:
+        failed: dict[str, str] = {}
+
+        async def one(worker: str) -> None:
+            problem = await self._worker_up(worker)
+            if problem:
+                failed[worker] = problem
+
+        async with anyio.create_task_group() as tg:
+            for worker in self.workers:
+                if worker not in self.claims:
+                    tg.start_soon(one, worker)
+            for extra in await self._extra_workers():
+                tg.start_soon(self._down_worker, extra)
+        self.tell(Provisioned(failed))
+
+    async def _extra_workers(self) -> list[str]:
+        """Workers of a larger earlier size that no job holds (a pool that was shrunk)."""
+        prefix = f"{self.id}-"
+        names = [
+            r.id
+            for r in await self.app.store.rows("cluster", include_terminal=False)
+            if r.id.startswith(prefix) and r.id[len(prefix) :].isdigit()
+        ]
+        return [n for n in names if n not in self.workers and n not in self.claims]
+
+    async def _down_worker(self, worker: str) -> None:
+        row = await self.app.store.get("cluster", worker)
+        if row is not None and not row.terminal:
+            try:
+                await ask_cluster(self.app, worker, m.Down(clusters=[worker]), self._emit)
+            except StixError as exc:
+                self.log.warning("worker_down_failed", worker=worker, error=exc.message)
+
+    async def _provisioned(self, msg: Provisioned) -> None:
+        if self.state is not P.PROVISIONING:
+            return
+        if msg.failed:
+            why = "; ".join(f"{w}: {p}" for w, p in sorted(msg.failed.items()))
+            await self.transition(E.WORKER_FAILED, why, failed=msg.failed)
+            return
+        await self.transition(E.WORKERS_READY, f"{self.size} worker(s) ready", failed={})
+        await self._hand_out()
+
+    async def _tear_down(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for worker in {*self.workers, *await self._extra_workers(), *self.claims}:
+                tg.start_soon(self._down_worker, worker)
+        self.tell(Gone())
+
+    # -- handing out workers -------------------------------------------------------------
+
+    async def _acquire(self, job_id: int) -> None:
+        for worker, holder in self.claims.items():
+            if holder == job_id:  # asked again after a restart: it already has one
+                self._tell_job(job_id, worker)
+                return
+        if job_id not in self.waiting:
+            await self.save(waiting=[*self.waiting, job_id])
+        await self._hand_out()
+
+    async def _release(self, msg: Release) -> None:
+        claims = {w: j for w, j in self.claims.items() if j != msg.job_id}
+        waiting = [j for j in self.waiting if j != msg.job_id]
+        broken = [w for w, j in self.claims.items() if j == msg.job_id and msg.broken]
+        await self.save(claims=claims, waiting=waiting)
+        if broken:
+            await self.transition(E.APPLY, f"relaunching {', '.join(broken)}: its cluster was lost")
+            self.tell(Advance())
+            return
+        await self._hand_out()
+
+    async def _hand_out(self) -> None:
+        """Give idle workers to waiting jobs, longest waiting first."""
+        if self.state is not P.READY:
+            return
+        await self._forget_ended_jobs()
+        claims, waiting = self.claims, self.waiting
+        idle = [w for w in self.workers if w not in claims]
+        given: list[tuple[int, str]] = []
+        while idle and waiting:
+            job_id, worker = waiting.pop(0), idle.pop(0)
+            claims[worker] = job_id
+            given.append((job_id, worker))
+        if not given:
+            return
+        await self.save(claims=claims, waiting=waiting)  # written before any job hears of it
+        for job_id, worker in given:
+            self._tell_job(job_id, worker)
+
+    def _tell_job(self, job_id: int, worker: str) -> None:
+        if not self.app.supervisor.tell(MANAGED, str(job_id), WorkerReady(self.id, worker)):
+            self.log.warning("job_not_running", job_id=job_id, worker=worker)
+
+    async def _forget_ended_jobs(self) -> None:
+        """Claims and places in the queue of jobs that ended (or vanished) are void."""
+        ids = {*self.claims.values(), *self.waiting}
+        if not ids:
+            return
+        ended = set()
+        for job_id in ids:
+            row = await self.app.store.get(MANAGED, str(job_id))
+            if row is None or row.terminal:
+                ended.add(job_id)
+        if ended:
+            await self.save(
+                claims={w: j for w, j in self.claims.items() if j not in ended},
+                waiting=[j for j in self.waiting if j not in ended],
+            )
