@@ -9,8 +9,10 @@ import pytest
 from proto.states import ClusterStatus as C
 from proto.states import JobStatus as J
 from proto.states import ManagedJobStatus as M
+from proto.states import PoolStatus as P
 from stixd.actors.cluster import ClusterActor, ClusterEvent
 from stixd.actors.job import JobActor, JobEvent, fold
+from stixd.actors.job_pool import JobPoolActor, PoolEvent
 from stixd.actors.managed_job import ManagedJobActor, MEvent
 from stixd.runtime.machine import TransitionError
 
@@ -101,6 +103,23 @@ for state in (M.STARTING, M.RUNNING, M.RECOVERING):  # a cluster in play: a run 
     MANAGED_EXPECTED[(state, ME.FAILED)] = M.FAILED
     MANAGED_EXPECTED[(state, ME.FAILED_SETUP)] = M.FAILED_SETUP
 
+PE = PoolEvent
+POOL_EXPECTED = {
+    # apply creates, resizes, retries a failed pool, or relaunches a lost worker
+    (P.DOWN, PE.APPLY): P.PROVISIONING,
+    (P.PROVISIONING, PE.APPLY): P.PROVISIONING,
+    (P.READY, PE.APPLY): P.PROVISIONING,
+    (P.FAILED, PE.APPLY): P.PROVISIONING,
+    (P.PROVISIONING, PE.WORKERS_READY): P.READY,
+    (P.READY, PE.WORKERS_READY): P.READY,
+    (P.PROVISIONING, PE.WORKER_FAILED): P.FAILED,
+    (P.READY, PE.WORKER_FAILED): P.FAILED,
+    (P.PROVISIONING, PE.DOWN): P.SHUTTING_DOWN,
+    (P.READY, PE.DOWN): P.SHUTTING_DOWN,
+    (P.FAILED, PE.DOWN): P.SHUTTING_DOWN,
+    (P.SHUTTING_DOWN, PE.GONE): P.DOWN,
+}
+
 
 @pytest.mark.parametrize(
     ("machine", "states", "events", "expected"),
@@ -108,8 +127,9 @@ for state in (M.STARTING, M.RUNNING, M.RECOVERING):  # a cluster in play: a run 
         (ClusterActor.machine, C, ClusterEvent, CLUSTER_EXPECTED),
         (JobActor.machine, J, JobEvent, JOB_EXPECTED),
         (ManagedJobActor.machine, M, MEvent, MANAGED_EXPECTED),
+        (JobPoolActor.machine, P, PoolEvent, POOL_EXPECTED),
     ],
-    ids=["cluster", "job", "managed_job"],
+    ids=["cluster", "job", "managed_job", "job_pool"],
 )
 def test_every_state_event_pair(machine, states, events, expected) -> None:
     for state, event in itertools.product(states, events):
