@@ -241,21 +241,29 @@ def test_status_refresh_and_down_answer_promptly_during_an_outage(
 # -- the daemon killed mid-job ----------------------------------------------------------
 
 
-def test_daemon_kill9_mid_job_on_ssh_hosts_loses_no_line(pool: Stix, hosts: SshBed) -> None:
-    _launch(pool, "dk", 2)
-    job = "for i in $(seq 1 24); do echo line-$i; sleep 0.25; done"
-    pool.run("exec", "dk", "-d", "--num-nodes", "2", job, check=True)
-    wait_until(lambda: pool.job_status("dk", 2) == "RUNNING", timeout=30)
+@pytest.mark.parametrize("phase", ["SETTING_UP", "RUNNING"])
+def test_daemon_kill9_mid_job_on_ssh_hosts_loses_no_line(
+    pool: Stix, hosts: SshBed, task_file, phase: str
+) -> None:
+    cluster = f"dk{phase[0].lower()}"
+    path = task_file(
+        "num_nodes: 2\n"
+        "resources:\n  infra: ssh/bed\n"
+        "setup: |\n  echo setup-start\n  sleep 2\n  echo setup-end\n"
+        "run: |\n  for i in $(seq 1 16); do echo line-$i; sleep 0.25; done\n"
+    )
+    pool.run("launch", "-c", cluster, "-d", "-y", str(path), check=True, timeout=90)
+    wait_until(lambda: pool.job_status(cluster, 1) == phase, timeout=30)
     pool.kill_daemon()
-    # the job goes on without the daemon on both hosts
-    assert len(_running(hosts, "line-$i")) >= 2
-    wait_until(lambda: pool.job_status("dk", 2) == "SUCCEEDED", timeout=40, interval=0.5)
-    assert pool.clusters()["dk"]["status"] == "UP"
-    assert sorted(pool.jobs("dk")) == [1, 2]
-    lines = pool.run("logs", "dk", "2", "--no-follow", check=True, timeout=30).stdout.splitlines()
+    # the job goes on without the daemon on both hosts (a gang in setup waits for its release)
+    assert len(_running(hosts, "setup-start" if phase == "SETTING_UP" else "line-$i")) >= 2
+    wait_until(lambda: pool.job_status(cluster, 1) == "SUCCEEDED", timeout=40, interval=0.5)
+    assert pool.clusters()[cluster]["status"] == "UP"
+    assert list(pool.jobs(cluster)) == [1]
+    out = pool.run("logs", cluster, "1", "--no-follow", check=True, timeout=30).stdout
     for label in ("(head, rank=0)", "(worker1, rank=1)"):
-        mine = [ln.removeprefix(f"{label} ") for ln in lines if ln.startswith(label)]
-        assert mine == [f"line-{i}" for i in range(1, 25)], (label, lines)
+        mine = [ln.removeprefix(f"{label} ") for ln in out.splitlines() if ln.startswith(label)]
+        assert mine == ["setup-start", "setup-end"] + [f"line-{i}" for i in range(1, 17)], out
 
 
 # -- bad hosts ---------------------------------------------------------------------------
