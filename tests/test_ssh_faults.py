@@ -1,8 +1,9 @@
 """Faults on SSH node pools, through stixctl and a real stixd on real namespace sshd hosts.
 
 One module-scoped bed of 3 hosts serves every test but the missing-python3 one, which has a
-small bed of its own. Every test uses its own cluster names and downs them (and restores any
-sshd it killed) in ``finally``, so a failure in one never leaks into the next.
+small bed of its own. Every test uses its own cluster names, restores any sshd it killed and
+downs its clusters in ``finally``, so a failure in one never leaks into the next (the one test
+that cannot down promptly leaves its agents to the bed's teardown).
 """
 
 from __future__ import annotations
