@@ -273,3 +273,45 @@ def test_a_pool_of_two_workers_takes_five_jobs_two_at_a_time(
     stix.run("jobs", "pool", "down", "gpus", check=True)
     wait_until(lambda: stix.json("jobs", "pool", "status") == [], timeout=60)
     wait_until(lambda: not {"gpus-0", "gpus-1"} & set(stix.clusters()), timeout=60)
+
+
+def test_cancel_while_recovering_and_while_pending_for_a_worker(
+    stix: Stix, tmp_path: Path, task_file: Any
+) -> None:
+    fast_health(stix)
+    # RECOVERING: the relaunch's setup holds it there
+    mark = tmp_path / "relaunched"
+    path = task_file(
+        "name: rec\n"
+        f"setup: if [ -e {mark}.first ]; then touch {mark}; sleep 300; fi; touch {mark}.first\n"
+        "run: sleep 300\n"
+    )
+    stix.run("jobs", "launch", "-d", "-y", str(path), check=True)
+    wait_until(lambda: managed(stix, 1)["status"] == "RUNNING", timeout=30, interval=0.2)
+    assert kill_node(stix, "rec-1") > 0
+    wait_until(mark.exists, timeout=30)
+    assert managed(stix, 1)["status"] == "RECOVERING"
+    stix.run("jobs", "cancel", "1", check=True)
+    wait_until(lambda: managed(stix, 1)["status"] == "CANCELLED", timeout=30, interval=0.2)
+    wait_until(lambda: stix.clusters().get("rec-1") is None)
+    wait_until(lambda: not processes_mentioning("sleep 300"), timeout=10)
+    # PENDING: the pool's one worker is busy, the second job waits for it
+    pool = task_file("pool:\n  workers: 1\n")
+    stix.run("jobs", "pool", "apply", "-p", "one", str(pool), check=True)
+    wait_until(lambda: stix.json("jobs", "pool", "status")[0]["status"] == "READY", timeout=60)
+    stix.run("jobs", "launch", "--pool", "one", "-d", "-y", "sleep 300", check=True)
+    stix.run("jobs", "launch", "--pool", "one", "-d", "-y", "echo second", check=True)
+    wait_until(lambda: managed(stix, 2)["status"] == "RUNNING", timeout=30, interval=0.2)
+    assert managed(stix, 3)["status"] == "PENDING"
+    assert stix.json("jobs", "pool", "status")[0]["queued_jobs"] == [3]
+    stix.run("jobs", "cancel", "3", check=True)
+    wait_until(lambda: managed(stix, 3)["status"] == "CANCELLED", timeout=30, interval=0.2)
+    stix.run("jobs", "cancel", "2", check=True)
+    wait_until(lambda: managed(stix, 2)["status"] == "CANCELLED", timeout=30, interval=0.2)
+    status = wait_until(
+        lambda: (s := stix.json("jobs", "pool", "status")[0])["workers"][0]["job_id"] is None and s,
+        timeout=30,
+    )
+    assert status["queued_jobs"] == [] and status["workers"][0]["status"] == "UP"
+    wait_until(lambda: not processes_mentioning("sleep 300"), timeout=10)
+    stix.run("jobs", "pool", "down", "one", check=True)

@@ -467,10 +467,8 @@ class ManagedJobActor(Actor):
     async def _let_go(self, held: str, run: int | None, *, broken: bool) -> None:
         """Give up the cluster a run used: tear down the job's own, or stop the run on a pool
         worker and hand the worker back (to be relaunched first if it was lost)."""
-        if not held:
-            return
-        row = await self.app.store.get("cluster", held)
-        if self.pool:
+        if self.pool:  # also a job still waiting for a worker: its place in the queue goes
+            row = await self.app.store.get("cluster", held) if held else None
             if run is not None and row is not None and row.state == "UP" and not broken:
                 try:
                     cancel = m.Cancel(cluster=held, job_ids=[run])
@@ -479,6 +477,7 @@ class ManagedJobActor(Actor):
                     self.note(f"  could not stop the run on {held}: {exc.message}")
             await self._ask_pool(Release(self.job_id, broken=broken))
             return
+        row = await self.app.store.get("cluster", held) if held else None
         if row is None or row.terminal:
             return
         try:
