@@ -68,6 +68,17 @@ def test_two_node_job_on_aws_then_down_terminates_everything(
     shell = stix.run("ssh", "c", "--node", "1", "hostname", check=True, timeout=60)
     assert shell.stdout.strip() == hosts.hosts[1].name
 
+    stix.run("stop", "c", "-y", check=True, timeout=120)
+    assert {i["State"]["Name"] for i in aws.live_instances("c")} == {"stopped"}
+    assert stix.clusters()["c"]["status"] == "STOPPED"
+    stix.run("start", "c", "-y", check=True, timeout=120)
+    assert {i["State"]["Name"] for i in aws.live_instances("c")} == {"running"}
+    assert sorted(i["InstanceId"] for i in aws.live_instances("c")) == sorted(
+        i["InstanceId"] for i in made
+    )  # the same instances, started again
+    back = stix.run("exec", "c", "--num-nodes", "2", "echo back-$SKYPILOT_NODE_RANK", timeout=60)
+    assert back.returncode == 0 and "back-1" in back.stdout, back.stderr
+
     stix.run("down", "c", "-y", check=True, timeout=120)
     assert "c" not in stix.clusters()
     [cost] = [r for r in stix.json("cost-report")["rows"] if r["name"] == "c"]

@@ -154,6 +154,9 @@ async def test_launch_is_idempotent_by_tags_and_down_leaves_nothing(
         "describe_security_groups", Filters=[{"Name": "group-name", "Values": ["stix-idem"]}]
     )["SecurityGroups"]
     assert {p["FromPort"] for p in group["IpPermissions"]} == {22, 8080}
+    await provider.open_ports("idem", [8080, 9000])
+    [group] = aws.ec2("describe_security_groups", GroupIds=[group["GroupId"]])["SecurityGroups"]
+    assert sorted(p["FromPort"] for p in group["IpPermissions"]) == [22, 8080, 9000]
 
     # a retry (a new provider: the daemon restarted) finds the first try's instances
     again = AwsProvider(home, _env(aws, hosts))
@@ -317,4 +320,21 @@ async def test_a_named_vpc_is_used_and_a_region_without_it_is_skipped(
     assert "no VPC named stixnet" in caught.value.message
     await provider.terminate("named")
     assert aws.live_instances() == []
+    await provider.aclose()
+
+
+async def test_disk_tier_picks_the_root_volume_type(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    provider = AwsProvider(home, _env(aws, hosts))
+    """moto drops Iops from run_instances' block devices (so io2 cannot launch there): the
+    tiers are checked on the volume type moto records."""
+    await provider.launch(_request("slow", pyz, 1, aws, disk_size=100, disk_tier="low"))
+    [volume] = aws.ec2("describe_volumes")["Volumes"]
+    assert (volume["Size"], volume["VolumeType"]) == (100, "standard")
+    await provider.terminate("slow")
+    with pytest.raises(ProvisionError, match="disk_tier 'fastest' is not one of"):
+        await provider.launch(_request("bad", pyz, 1, aws, disk_tier="fastest"))
+    assert aws.seen().count("RunInstances") == 1
+    assert "CreateSecurityGroup" not in aws.seen()[aws.seen().index("TerminateInstances") :]
     await provider.aclose()

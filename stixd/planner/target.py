@@ -111,6 +111,7 @@ def cloud_spec(
         "use_spot": choice.use_spot,
         "image_id": res.image_id,
         "disk_size": int(disk) if disk else None,
+        "disk_tier": res.disk_tier,
         "ports": ports,
     }
     spot = " spot" if choice.use_spot else ""

@@ -170,7 +170,23 @@ class RunSpec:
     key_name: str
     disk_gb: int
     spot: bool
-    disk_type: str = "gp3"
+    disk_tier: str | None = None
+
+
+DISK_TIERS: dict[str, dict[str, Any]] = {
+    "low": {"VolumeType": "standard"},
+    "medium": {"VolumeType": "gp3"},
+    "high": {"VolumeType": "gp3", "Iops": 7000, "Throughput": 500},
+    "ultra": {"VolumeType": "io2", "Iops": 20000},
+}
+"""EBS settings per ``disk_tier`` (as SkyPilot maps them); ``best`` is ``ultra``."""
+
+
+def disk_settings(tier: str | None) -> dict[str, Any]:
+    name = "ultra" if tier == "best" else (tier or "medium")
+    if name not in DISK_TIERS:
+        raise ProvisionError(f"disk_tier {tier!r} is not one of {', '.join(DISK_TIERS)}, best")
+    return dict(DISK_TIERS[name])
 
 
 async def run(
@@ -203,8 +219,8 @@ async def run(
                 "DeviceName": spec.root_device,
                 "Ebs": {
                     "VolumeSize": spec.disk_gb,
-                    "VolumeType": spec.disk_type,
                     "DeleteOnTermination": True,
+                    **disk_settings(spec.disk_tier),
                 },
             }
         ],

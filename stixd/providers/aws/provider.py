@@ -157,6 +157,7 @@ class AwsProvider:
         r, ec2 = req.resources, self.ec2()
         itype = str(r.get("instance_type") or DEFAULT_INSTANCE_TYPE)
         spot = bool(r.get("use_spot"))
+        instances.disk_settings(r.get("disk_tier"))  # a bad tier fails before anything is made
         base_tags = instances.tags(req.cluster, self.user)
         _, public_key = ensure_local_key(self.home)
         key_name = await ensure_key_pair(ec2, region, public_key, base_tags[1:])
@@ -176,7 +177,9 @@ class AwsProvider:
             )
             try:
                 subnet = await subnet_for(ec2, region, vpc, zone)
-                spec = RunSpec(image, root, itype, subnet, group, key_name, disk, spot)
+                spec = RunSpec(
+                    image, root, itype, subnet, group, key_name, disk, spot, r.get("disk_tier")
+                )
                 made = await instances.run(
                     ec2, where, spec, count=count, tag_list=base_tags, token=token
                 )
