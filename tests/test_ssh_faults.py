@@ -212,12 +212,6 @@ def test_sshd_gone_past_the_grace_period_fails_the_job_naming_the_node(
     assert stopped == ["node 1: job(s) 2 ended while it was away"], stopped
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SshConnection.connection() sleeps out its reconnect backoff (up to backoff_max, 30 s) "
-    "inside SshProvider.query/terminate, with the cluster actor waiting on it: status --refresh "
-    "and down hang while a host is down",
-)
 def test_status_refresh_and_down_answer_promptly_during_an_outage(
     stix: Stix, hosts: SshBed
 ) -> None:
@@ -319,14 +313,7 @@ def test_a_changed_identity_file_in_the_pool_takes_effect_without_a_restart(
             stix.run("down", name, "-y", timeout=60)
 
 
-_KEY_MISMATCH = pytest.mark.xfail(
-    strict=True,
-    reason="SshConnection._connect lets asyncssh's key loading errors (here ValueError: Public "
-    "key mismatch) escape as they are: the cluster actor crashes with an internal error",
-)
-
-
-@pytest.mark.parametrize("problem", ["missing", pytest.param("stale-pub", marks=_KEY_MISMATCH)])
+@pytest.mark.parametrize("problem", ["missing", "stale-pub"])
 def test_an_unusable_identity_file_is_a_clear_error_naming_the_host(
     stix: Stix, hosts: SshBed, tmp_path: Path, problem: str
 ) -> None:

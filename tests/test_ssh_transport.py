@@ -118,18 +118,24 @@ async def test_agent_stream_to_a_socket_nobody_listens_on_is_agent_unreachable(
 
 
 async def test_failed_connects_are_spaced_by_an_exponential_backoff(hosts: SshBed) -> None:
-    settings = SshSettings(connect_timeout=3.0, backoff_initial=0.2, backoff_max=0.4)
+    """After a failure no new attempt is made before the backoff is over; calls meanwhile fail
+    at once (saying when the next try is) instead of waiting for it."""
+    settings = SshSettings(connect_timeout=3.0, backoff_initial=0.3, backoff_max=0.6)
     conn = SshConnection(SshTarget(hosts.host(1).ip, 2222, "root", str(hosts.key)), settings)
-    took = []
-    for _ in range(4):
-        started = time.monotonic()
-        with pytest.raises(SshUnreachable, match="connection refused on port 2222"):
-            await conn.run("true", timeout=10)
-        took.append(time.monotonic() - started)
-    await conn.close()
-    assert took[0] < 0.2  # the first try is immediate, then 0.2 s, 0.4 s, capped at 0.4 s
-    assert 0.2 <= took[1] < 0.4 <= took[2] < 0.8
-    assert 0.4 <= took[3] < 0.8
+    refused = "connection refused on port 2222"
+    try:
+        for attempt, backoff in enumerate((0.3, 0.6, 0.6), start=1):
+            with pytest.raises(SshUnreachable, match=refused):
+                await conn.run("true", timeout=10)
+            assert conn.failed_connects == attempt
+            started = time.monotonic()
+            with pytest.raises(SshUnreachable, match=rf"{refused} \(next try in 0\.\d s\)"):
+                await conn.run("true", timeout=10)
+            assert time.monotonic() - started < 0.1  # no waiting for the backoff
+            assert conn.failed_connects == attempt  # ... and no attempt during it
+            await anyio.sleep(backoff)
+    finally:
+        await conn.close()
 
 
 async def test_a_wrong_key_is_a_clear_authentication_error(

@@ -102,6 +102,8 @@ class SshProvider:
         self.last_error: dict[str, dict[int, str]] = {}
         """Per cluster, per rank: why the last query or terminate could not reach that host."""
         self._conns: dict[str, SshConnection] = {}
+        self._stale: list[SshConnection] = []
+        """Connections made with credentials the pool file no longer gives; closed soon."""
 
     # -- hosts and connections -----------------------------------------------------------
 
@@ -146,9 +148,12 @@ class SshProvider:
 
     def connection(self, host: PoolHost) -> SshConnection:
         """The one connection to ``host``; hosts behind one jump host share the tunnel to it."""
+        target = host.target(self.known_hosts)
         conn = self._conns.get(host.key)
+        if conn is not None and conn.target != target:  # the pool file changed its login
+            self._stale.append(self._conns.pop(host.key))
+            conn = None
         if conn is None:
-            target = host.target(self.known_hosts)
             via = None
             if target.jump is not None:
                 jump_key = f"jump {host.jump}"
@@ -168,6 +173,12 @@ class SshProvider:
     async def aclose(self) -> None:
         conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
+            await conn.close()
+        await self._close_stale()
+
+    async def _close_stale(self) -> None:
+        stale, self._stale = self._stale, []
+        for conn in stale:
             await conn.close()
 
     # -- Provider ------------------------------------------------------------------------
@@ -218,6 +229,7 @@ class SshProvider:
 
     async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
         """Idempotent: a cluster holding hosts gets the same ones, in the same rank order."""
+        await self._close_stale()
         pool = self._pool(req.resources.get("pool"))
         hosts = await anyio.to_thread.run_sync(
             self.allocations.take, req.cluster, pool, req.num_nodes
@@ -288,6 +300,7 @@ class SshProvider:
     async def query(self, cluster: str) -> list[NodeInfo]:
         """RUNNING where the agent answers, STOPPED where the host answers without one, and
         UNREACHABLE (the reason in last_error) where the host could not be reached at all."""
+        await self._close_stale()
         held = await anyio.to_thread.run_sync(self._held, cluster)
         nodes: dict[int, NodeInfo] = {}
         errors: dict[int, str] = {}

@@ -162,6 +162,8 @@ class SshConnection:
         self._closed = False
         self.connects = 0
         """Connections made so far (1 while the first one lives)."""
+        self.failed_connects = 0
+        """Connection attempts that failed (calls refused during a backoff are not attempts)."""
 
     @property
     def host(self) -> str:
@@ -188,12 +190,16 @@ class SshConnection:
                 return conn
             self._conn = None
             wait = self._retry_at - time.monotonic()
-            if wait > 0 and self._last_error is not None:
-                await anyio.sleep(wait)  # the caller's own deadline bounds this
+            err = self._last_error
+            if wait > 0 and err is not None:
+                # no new attempt before the backoff is over, and no caller waits for it either:
+                # a status refresh or a `down` during an outage answers at once
+                raise type(err)(err.host, f"{err.problem} (next try in {wait:.1f} s)")
             try:
                 conn = await self._connect()
             except SshError as exc:
                 self._failures += 1
+                self.failed_connects += 1
                 delay = self.settings.backoff_initial * 2 ** (self._failures - 1)
                 self._retry_at = time.monotonic() + min(delay, self.settings.backoff_max)
                 self._last_error = exc
@@ -244,7 +250,8 @@ class SshConnection:
             raise SshHostKeyError(
                 self.host, f"its host key is not trusted by {t.known_hosts} ({exc.reason})"
             ) from None
-        except (asyncssh.KeyImportError, FileNotFoundError, PermissionError) as exc:
+        except (asyncssh.KeyImportError, FileNotFoundError, PermissionError, ValueError) as exc:
+            # ValueError: e.g. "Public key mismatch", a private key beside someone else's .pub
             raise SshAuthError(self.host, f"cannot read the {t.credential()}: {exc}") from None
         except TimeoutError:
             raise SshUnreachable(self.host, f"no answer within {s.connect_timeout:g} s") from None
