@@ -223,6 +223,15 @@ class JobsLogs(Msg, tag="jobs_logs", frozen=True):
     controller: bool = False
 
 
+class FakePreempt(Msg, tag="fake_preempt", frozen=True):
+    """TESTS AND BENCHMARKS ONLY: make nodes of the `fake` provider vanish, as a spot
+    preemption does; refused unless the daemon enabled that provider."""
+
+    clusters: list[str] = []
+    count: int = 0
+    """Also preempt this many running fake clusters picked at random."""
+
+
 Request = (
     JobsLaunch
     | PoolApply
@@ -252,6 +261,7 @@ Request = (
     | CatalogStatus
     | DaemonStatus
     | Shutdown
+    | FakePreempt
 )
 
 # -- stream events ---------------------------------------------------------------------------

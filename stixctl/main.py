@@ -480,6 +480,12 @@ def _jobs_args(s: argparse.ArgumentParser) -> None:
     jobs.add_args(s)
 
 
+def _fake_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import fake
+
+    fake.add_args(s)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -509,6 +515,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "ssh": ("SSH pools (up|status|down [POOL]) or a shell on a cluster's node", _ssh_args),
     "validate": ("check task files on this machine (no daemon needed)", validate.add_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
+    "fake": ("TESTS ONLY: preempt nodes of the fake provider", _fake_args),
 }
 
 

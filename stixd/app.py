@@ -38,6 +38,8 @@ class App:
     catalog: Catalog | None = None  # opened on first use (stixd.control.catalog_cmds)
     pools_stamp: int | None = -1  # mtime of ssh_node_pools.yaml when last read; -1 = never
     started_at: float = field(default_factory=time.time)
+    catalog_dirs: list[Path] = field(default_factory=list)
+    """Generated catalogs the planner reads besides the fetched ones (the fake provider's)."""
     blocks: list[tuple[Blocked, float]] = field(default_factory=list)
     """Launch failures to avoid until a time (quota errors), for every cluster's next plan."""
     shutdown: anyio.Event = field(default_factory=anyio.Event)
@@ -116,7 +118,7 @@ class App:
 
             from stixd.planner.catalog import open_catalog
 
-            self.catalog = open_catalog(self.home, os.environ)
+            self.catalog = open_catalog(self.home, os.environ, self.catalog_dirs)
         return self.catalog
 
     def spawn(self, row: Row) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DaemonConfig",
+    "FakeConfig",
     "LocalConfig",
     "RestartIntensity",
     "config_to_dict",
@@ -76,6 +77,16 @@ class AwsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     terminate_leaks: bool = False
 
 
+class FakeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The ``fake`` provider: in-memory nodes for tests and benchmarks, never real work."""
+
+    enabled: bool = False
+    regions: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("fake-1", "fake-2", "fake-3")
+    launch_seconds: NonNegativeFloat = 0.0
+    no_capacity_regions: tuple[str, ...] = ()
+    run_seconds: NonNegativeFloat = 3600.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The effective configuration. ``Config()`` equals the documented default file."""
 
@@ -83,6 +94,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     local: LocalConfig = msgspec.field(default_factory=LocalConfig)
     aws: AwsConfig = msgspec.field(default_factory=AwsConfig)
+    fake: FakeConfig = msgspec.field(default_factory=FakeConfig)
     # None: every enabled infra may be used.
     allowed_clouds: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] | None = None
 

@@ -19,6 +19,7 @@ from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
 from stixd.planner.catalog import CatalogError
+from stixd.providers import fake
 from stixd.providers.aws import AwsProvider
 from stixd.providers.local import LocalProvider
 from stixd.providers.ssh import SshProvider
@@ -97,6 +98,9 @@ async def serve(home: Path, config: Config) -> None:
                     agent_build=build_id(),
                     log=log,
                 )
+                if config.fake.enabled:  # tests and benchmarks only
+                    app.providers["fake"] = fake.from_config(home, config.fake, build_id())
+                    app.catalog_dirs.append(fake.catalog_root(home))
                 try:
                     app.ssh_pool_sizes()  # read ssh_node_pools.yaml before reconciling
                 except InvalidConfig as exc:

@@ -210,7 +210,8 @@ def test_unknown_key_without_a_near_miss_lists_the_known_keys(user_home: Path) -
     with pytest.raises(ConfigError) as err:
         load_config(user_home, env={}, overrides=[("client", {"zzz": 1})])
     assert str(err.value) == (
-        "client: zzz: unknown key (known keys here: autostop, daemon, local, aws, allowed_clouds)"
+        "client: zzz: unknown key "
+        "(known keys here: autostop, daemon, local, aws, fake, allowed_clouds)"
     )
 
 

@@ -42,6 +42,7 @@ CLOUDS: tuple[str, ...] = (
     "coreweave",
     "slurm",
     "local",
+    "fake",
 )
 """Infra names accepted in `infra`/`cloud` (SkyPilot's clouds plus stix's `local`)."""
 

@@ -36,7 +36,7 @@ def catalog_of(app: App) -> Catalog:
     """The daemon's catalog, opened once; `catalog update` replaces it."""
     if app.catalog is None:
         try:
-            app.catalog = open_catalog(app.home, os.environ)
+            app.catalog = open_catalog(app.home, os.environ, app.catalog_dirs)
         except CatalogError as exc:
             raise InvalidRequest(str(exc)) from None
     return app.catalog

@@ -20,7 +20,7 @@ from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
-from stixd.control import catalog_cmds, jobs_cmds, plan_cmds, ssh_cmds
+from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, plan_cmds, ssh_cmds
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 
@@ -340,4 +340,6 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await daemon_status(app, req, emit)
     if isinstance(req, m.Shutdown):
         return await shutdown(app, req, emit)
+    if isinstance(req, m.FakePreempt):
+        return await fake_cmds.fake_preempt(app, req, emit)
     raise InvalidRequest(f"unknown request {type(req).__name__}")

@@ -15,8 +15,10 @@ from stixd.planner.local_fit import check_fits_local
 from stixd.planner.optimizer import plan
 from stixd.planner.request import Blocked
 
-CLOUDS = ("aws",)
+CLOUDS = ("aws", "fake")
 """Clouds with a provider in this build, planned from the catalog."""
+NAMED_ONLY = ("fake",)
+"""Clouds a launch goes to only when its task names them (``fake``: tests and benchmarks)."""
 MAX_PORTS = 1000
 MAX_FAILOVERS = 16
 """Launch choices a cluster tries after the first before it gives up."""
@@ -63,7 +65,7 @@ def choose_target(
         check_fits_local(task)
     except InvalidTask:
         named = {c.placement().cloud for c in task.resources_or_default().candidates()}
-        enabled = [c for c in CLOUDS if c in clouds]
+        enabled = [c for c in CLOUDS if c in clouds and c not in NAMED_ONLY]
         if named == {None} and enabled:
             return enabled[0], None  # cheapest is the only one yet
         raise

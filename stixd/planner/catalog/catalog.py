@@ -56,13 +56,15 @@ class CatalogSources(msgspec.Struct, frozen=True, kw_only=True):
     index_dir: Path
     override_dir: Path | None = None
     stale_after_days: float = DEFAULT_STALE_DAYS
+    extra_dirs: tuple[Path, ...] = ()
+    """Generated catalogs (the ``fake`` provider's), looked in last."""
 
     def dirs(self) -> list[Path]:
         roots = [self.override_dir] if self.override_dir is not None else []
-        return [*roots, self.cache_dir]
+        return [*roots, self.cache_dir, *self.extra_dirs]
 
 
-def open_catalog(home: Path, env: Mapping[str, str]) -> Catalog:
+def open_catalog(home: Path, env: Mapping[str, str], extra_dirs: Sequence[Path] = ()) -> Catalog:
     """The catalog of a stix home; honours ``STIX_CATALOG_DIR``, ``STIX_CATALOG_STALE_DAYS``."""
     stale_text = env.get(ENV_STALE_DAYS)
     stale = DEFAULT_STALE_DAYS
@@ -80,6 +82,7 @@ def open_catalog(home: Path, env: Mapping[str, str]) -> Catalog:
             index_dir=cache_dir(home) / "index" / SCHEMA,
             override_dir=Path(override).expanduser() if override else None,
             stale_after_days=stale,
+            extra_dirs=tuple(extra_dirs),
         )
     )
 

@@ -1,0 +1,230 @@
+"""The FAKE provider: in-memory nodes, for tests and benchmarks only, never real work.
+
+A launch makes ``FakeNode``s (stixd/providers/fake_agent.py) after a configurable latency, in
+the region its placement names; a region listed as having no capacity fails with a
+``CapacityError`` that blocks it, so the launcher fails over as on a real cloud. ``preempt``
+makes nodes vanish: ``query`` reports them gone and their agents stop answering, as after a
+spot preemption. The planner sees the regions through a generated catalog file (one instance
+type, priced in region order), so a fake launch takes the same planning path as a cloud one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from stixd.agent_client import AgentClient
+from stixd.providers.base import (
+    CapacityError,
+    CheckResult,
+    Mount,
+    NodeInfo,
+    NodeStatus,
+    ProvisionRequest,
+)
+from stixd.providers.fake_agent import Clock, FakeAgentClient, FakeNode
+
+if TYPE_CHECKING:
+    from stixd.config import FakeConfig
+
+NAME = "fake"
+INSTANCE_TYPE = "fake-node"
+VCPUS = 64
+MEMORY_GIB = 256
+BASE_PRICE = 0.01
+"""Per node and hour in the first region; each later region costs this much more."""
+_CSV_HEADER = (
+    "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,SpotPrice,"
+    "Region,AvailabilityZone\n"
+)
+
+
+def catalog_csv(regions: Iterable[str]) -> str:
+    """The fake cloud's catalog (SkyPilot's flat vms.csv layout): dearer region by region, so
+    the optimizer's order is the configured order."""
+    rows = [
+        f"{INSTANCE_TYPE},,,{VCPUS},{MEMORY_GIB},{BASE_PRICE * (i + 1):.4f},"
+        f"{BASE_PRICE * (i + 1) / 2:.4f},{region},\n"
+        for i, region in enumerate(regions)
+    ]
+    return _CSV_HEADER + "".join(rows)
+
+
+def write_catalog(catalog_root: Path, regions: Iterable[str]) -> Path:
+    """Place the catalog where the planner's catalog finds it (``<root>/v8/fake/vms.csv``);
+    rewritten only when it changed, so its index stays valid."""
+    path = catalog_root / "v8" / NAME / "vms.csv"
+    text = catalog_csv(regions)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+class FakeProvider:
+    name = NAME
+
+    def __init__(
+        self,
+        regions: Iterable[str],
+        *,
+        build: str,
+        launch_seconds: float = 0.0,
+        no_capacity_regions: Iterable[str] = (),
+        run_seconds: float = 3600.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.regions = tuple(regions)
+        self.launch_seconds = launch_seconds
+        self.no_capacity = set(no_capacity_regions)
+        """Regions whose launches fail for lack of capacity (tests may change it)."""
+        self.run_seconds = run_seconds
+        self._build = build
+        self._clock = clock
+        self._clusters: dict[str, list[FakeNode]] = {}
+        self._by_address: dict[str, FakeNode] = {}
+        self._serial = 0
+        self.launches: dict[str, int] = {}
+        """Launch calls per region that made nodes (for tests and the benchmark)."""
+
+    # -- what tests and the benchmark see ------------------------------------------------
+
+    def region_of(self, cluster: str) -> str | None:
+        nodes = self._clusters.get(cluster)
+        return nodes[0].region if nodes else None
+
+    def clusters(self) -> list[str]:
+        return sorted(self._clusters)
+
+    def preempt(self, clusters: Iterable[str] = (), count: int = 0) -> list[str]:
+        """Make the nodes of `clusters` (or of `count` running clusters picked at random)
+        vanish, as a spot preemption does; returns the clusters hit."""
+        names = [c for c in clusters if c in self._clusters]
+        if count > 0:
+            running = [c for c, nodes in self._clusters.items() if nodes[0].running]
+            names += random.sample(running, min(count, len(running)))
+        for name in dict.fromkeys(names):
+            self._forget(name)
+        return list(dict.fromkeys(names))
+
+    # -- Provider ------------------------------------------------------------------------
+
+    async def check(self) -> CheckResult:
+        return CheckResult(
+            True,
+            f"in-memory fake nodes for tests and benchmarks; regions {', '.join(self.regions)}",
+        )
+
+    async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
+        """Idempotent: the nodes of a cluster that exists are returned (started if stopped)."""
+        region = str(req.resources.get("region") or self.regions[0])
+        if region not in self.regions:
+            raise CapacityError(
+                f"fake region {region} does not exist (regions: {', '.join(self.regions)})",
+                block={"cloud": NAME, "region": region},
+            )
+        nodes = self._clusters.get(req.cluster)
+        if nodes and nodes[0].region == region and len(nodes) >= req.num_nodes:
+            return await self.start(req)
+        if nodes:  # another region or size: what was there goes first, as on a cloud
+            self._forget(req.cluster)
+        if self.launch_seconds:
+            await anyio.sleep(self.launch_seconds)
+        if region in self.no_capacity:
+            raise CapacityError(
+                f"fake region {region} has no capacity (InsufficientInstanceCapacity)",
+                block={"cloud": NAME, "region": region},
+            )
+        self._serial += 1
+        now = self._clock()
+        made = []
+        for rank in range(req.num_nodes):
+            address = f"fake://{region}/{req.cluster}/{self._serial}/{rank}"
+            node = FakeNode(
+                cluster=req.cluster,
+                rank=rank,
+                region=region,
+                address=address,
+                build=self._build,
+                clock=self._clock,
+                booted_at=now,
+            )
+            self._by_address[address] = node
+            made.append(node)
+        self._clusters[req.cluster] = made
+        self.launches[region] = self.launches.get(region, 0) + 1
+        return [self._info(n) for n in made]
+
+    async def query(self, cluster: str) -> list[NodeInfo]:
+        return [self._info(n) for n in self._clusters.get(cluster, [])]
+
+    async def stop(self, cluster: str) -> None:
+        for node in self._clusters.get(cluster, []):
+            node.cancel(None)
+            node.running = False
+            node.changed()
+
+    async def start(self, req: ProvisionRequest) -> list[NodeInfo]:
+        nodes = self._clusters.get(req.cluster, [])
+        if not nodes:
+            return await self.launch(req)
+        for node in nodes:
+            if not node.running:
+                node.running = True
+                node.booted_at = self._clock()
+                node.changed()
+        return [self._info(n) for n in nodes]
+
+    async def terminate(self, cluster: str) -> None:
+        self._forget(cluster)
+
+    async def open_ports(self, cluster: str, ports: list[int]) -> None:
+        """Fake nodes have no network: nothing to open."""
+
+    async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
+        return 0  # nothing runs there, so nothing needs the files
+
+    def connector(self, node: NodeInfo) -> AgentClient:
+        return FakeAgentClient(node.agent_address, self._by_address.get, self.run_seconds)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _forget(self, cluster: str) -> None:
+        for node in self._clusters.pop(cluster, []):
+            self._by_address.pop(node.address, None)
+            node.running = False
+            node.changed()  # long polls wake, find the node gone, and say so
+
+    def _info(self, node: FakeNode) -> NodeInfo:
+        return NodeInfo(
+            rank=node.rank,
+            ip=f"{node.region}.{node.cluster}.{node.rank}",
+            status=NodeStatus.RUNNING if node.running else NodeStatus.STOPPED,
+            agent_address=node.address,
+            workdir="~/sky_workdir",
+            home="~",
+        )
+
+
+def catalog_root(home: Path) -> Path:
+    """Where the fake cloud's generated catalog lives (apart from the fetched ones)."""
+    return home / "fake" / "catalog"
+
+
+def from_config(home: Path, cfg: FakeConfig, build: str) -> FakeProvider:
+    """The provider as configured (``fake:``), its catalog written for the planner."""
+    write_catalog(catalog_root(home), cfg.regions)
+    return FakeProvider(
+        cfg.regions,
+        build=build,
+        launch_seconds=cfg.launch_seconds,
+        no_capacity_regions=cfg.no_capacity_regions,
+        run_seconds=cfg.run_seconds,
+    )

@@ -1,0 +1,126 @@
+"""The fake provider (for tests and benchmarks) behaves as a cloud provider does: idempotent
+launches in the region asked for, capacity errors that name the region to block, preemptions
+that make nodes vanish, and agents that answer until then."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+import yaml
+
+from proto.task import Task
+from proto.task.load import task_from_dict
+from stixd.agent_client import AgentUnreachable
+from stixd.planner.catalog import open_catalog
+from stixd.planner.target import blocked_from, choose_target, cloud_spec
+from stixd.providers.base import CapacityError, NodeStatus, ProvisionRequest
+from stixd.providers.fake import FakeProvider, write_catalog
+
+pytestmark = pytest.mark.anyio
+REGIONS = ("fake-1", "fake-2", "fake-3")
+
+
+def load_text(text: str) -> Task:
+    return task_from_dict(yaml.safe_load(text))
+
+
+def provider(**kw: object) -> FakeProvider:
+    return FakeProvider(REGIONS, build="b1", **kw)  # type: ignore[arg-type]
+
+
+def request(cluster: str, region: str, nodes: int = 1) -> ProvisionRequest:
+    return ProvisionRequest(cluster, nodes, Path("/nonexistent.pyz"), {"region": region})
+
+
+async def test_launch_makes_nodes_in_the_region_asked_for_and_is_idempotent() -> None:
+    p = provider()
+    first = await p.launch(request("c1", "fake-2", nodes=2))
+    assert [n.rank for n in first] == [0, 1]
+    assert all(n.status is NodeStatus.RUNNING for n in first)
+    assert p.region_of("c1") == "fake-2"
+    again = await p.launch(request("c1", "fake-2", nodes=2))
+    assert [n.agent_address for n in again] == [n.agent_address for n in first]
+    assert p.launches == {"fake-2": 1}
+    hello = await p.connector(first[1]).call("hello")
+    assert hello["cluster"] == "c1" and hello["rank"] == 1 and hello["build"] == "b1"
+
+
+async def test_a_region_without_capacity_fails_naming_the_region_to_block() -> None:
+    p = provider(no_capacity_regions=["fake-1"])
+    with pytest.raises(CapacityError) as err:
+        await p.launch(request("c1", "fake-1"))
+    assert err.value.block == {"cloud": "fake", "region": "fake-1"}
+    assert await p.query("c1") == []
+    assert (await p.launch(request("c1", "fake-2")))[0].status is NodeStatus.RUNNING
+
+
+async def test_a_preempted_cluster_is_gone_and_its_agents_stop_answering() -> None:
+    p = provider()
+    nodes = await p.launch(request("c1", "fake-1"))
+    await p.launch(request("c2", "fake-1"))
+    client = p.connector(nodes[0])
+    await client.call("submit", job_id=1, run="x", envs={})
+    assert p.preempt(["c1"]) == ["c1"]
+    assert await p.query("c1") == []
+    with pytest.raises(AgentUnreachable):
+        await client.call("jobs")
+    assert len(await p.query("c2")) == 1
+    assert p.preempt(count=5) == ["c2"]  # only what runs
+    assert p.clusters() == []
+
+
+async def test_a_long_poll_on_a_preempted_node_ends_at_once() -> None:
+    p = provider()
+    nodes = await p.launch(request("c1", "fake-1"))
+    client = p.connector(nodes[0])
+    await client.call("submit", job_id=1, run="x", envs={})
+    async with anyio.create_task_group() as tg:
+        outcome: list[str] = []
+
+        async def wait() -> None:
+            try:
+                await client.call("wait", deadline=30, job_id=1, state="RUNNING", timeout=20)
+                outcome.append("answered")
+            except AgentUnreachable:
+                outcome.append("unreachable")
+
+        tg.start_soon(wait)
+        await anyio.wait_all_tasks_blocked()
+        p.preempt(["c1"])
+    assert outcome == ["unreachable"]
+
+
+async def test_stop_and_start_keep_the_nodes_and_launch_elsewhere_replaces_them() -> None:
+    p = provider()
+    await p.launch(request("c1", "fake-1"))
+    await p.stop("c1")
+    assert [n.status for n in await p.query("c1")] == [NodeStatus.STOPPED]
+    await p.start(request("c1", "fake-1"))
+    assert [n.status for n in await p.query("c1")] == [NodeStatus.RUNNING]
+    await p.launch(request("c1", "fake-3"))
+    assert p.region_of("c1") == "fake-3"
+    await p.terminate("c1")
+    assert await p.query("c1") == []
+
+
+def test_the_planner_orders_the_fake_regions_as_configured_and_skips_blocked_ones(
+    tmp_path: Path,
+) -> None:
+    write_catalog(tmp_path / "fakecat", REGIONS)
+    catalog = open_catalog(tmp_path, {}, [tmp_path / "fakecat"])
+    task = load_text("resources:\n  infra: fake\nrun: x\n")
+    assert cloud_spec(task, "fake", catalog)["placement"]["region"] == "fake-1"
+    block = blocked_from({"cloud": "fake", "region": "fake-1"}, "preempted")
+    assert cloud_spec(task, "fake", catalog, [block])["placement"]["region"] == "fake-2"
+
+
+def test_the_fake_cloud_is_never_chosen_for_a_task_that_does_not_name_it() -> None:
+    big = load_text("resources:\n  cpus: 512\nrun: x\n")
+    with pytest.raises(Exception, match="cpus"):
+        choose_target(big, {}, ("fake",))
+    named = load_text("resources:\n  infra: fake/fake-2\nrun: x\n")
+    assert choose_target(named, {}, ("fake",)) == ("fake", "fake-2")
+    with pytest.raises(Exception, match="not available"):
+        choose_target(named, {}, ())
