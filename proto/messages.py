@@ -52,6 +52,11 @@ class Launch(Msg, tag="launch", frozen=True):
     config: list[ConfigLayer] = []
     task_id: str | None = None
     """SKYPILOT_TASK_ID for the job; a managed job keeps one across its recoveries."""
+    avoid_regions: list[str] = []
+    """A managed job's recovery by EAGER_NEXT_REGION: the regions its cluster was lost in,
+    left out of the plan unless no other region is left."""
+    prefer_region: str | None = None
+    """A managed job's recovery by FAILOVER: the region to try first."""
 
 
 class Exec(Msg, tag="exec", frozen=True):
@@ -376,6 +381,10 @@ class ManagedJobRecord(msgspec.Struct, frozen=True):
     pool: str | None = None
     task_statuses: list[str] = []
     """Per task of a pipeline: what became of it (later tasks of a failed one: CANCELLED)."""
+    infra: str | None = None
+    """Where the latest run went (`fake/fake-2`, `aws/us-east-1`, `local`)."""
+    run_infras: list[str] = []
+    """Where each run went, oldest first (the last 20): recoveries move it by the strategy."""
 
 
 class ManagedJobList(Msg, tag="managed_jobs", frozen=True):

@@ -128,6 +128,7 @@ def render(records: Sequence[m.ManagedJobRecord]) -> str:
                 str(j.job_id),
                 j.name + task + where,
                 j.resources,
+                j.infra or "-",
                 ago(j.submitted_at, now),
                 duration(total),
                 duration(j.job_duration),
@@ -140,6 +141,7 @@ def render(records: Sequence[m.ManagedJobRecord]) -> str:
         "ID",
         "NAME",
         "RESOURCES",
+        "INFRA",
         "SUBMITTED",
         "TOT. DURATION",
         "JOB DURATION",
@@ -147,7 +149,24 @@ def render(records: Sequence[m.ManagedJobRecord]) -> str:
         "STATUS",
         "FAILURE",
     ]
-    return "Managed jobs\n" + table(headers, rows)
+    return "Managed jobs\n" + table(headers, rows) + _recoveries(records)
+
+
+MAX_RECOVERY_LINES = 10
+
+
+def _recoveries(records: Sequence[m.ManagedJobRecord]) -> str:
+    """Why each recovery of the listed jobs happened, and where each run went."""
+    recovered = [j for j in records if j.recoveries]
+    lines = []
+    for j in recovered[:MAX_RECOVERY_LINES]:
+        runs = " -> ".join(j.run_infras) or "-"
+        lines.append(f"  {j.job_id}: runs on {runs}")
+        lines += [f"     recovery {i + 1}: {why}" for i, why in enumerate(j.recovery_reasons)]
+    if len(recovered) > MAX_RECOVERY_LINES:
+        more = len(recovered) - MAX_RECOVERY_LINES
+        lines.append(f"  ... and {more} more recovered job(s) (see --json)")
+    return "\nRecoveries\n" + "\n".join(lines) if lines else ""
 
 
 def _launch_args(s: argparse.ArgumentParser) -> None:

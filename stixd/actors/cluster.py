@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from stixd.planner.local_fit import check_fits_local, local_offer
 from stixd.planner.target import (
     MAX_FAILOVERS,
     NoChoiceLeft,
+    avoid_regions,
     blocked_from,
     choose_target,
     cloud_spec,
@@ -294,13 +296,17 @@ class ClusterActor(Actor):
             "resources": f"{req.task.num_nodes}x {infra_label(provider, pool)}",
             "hourly_price": local_offer().price,  # per node: local and SSH hosts cost $0
             "placement": None,
+            "avoid_regions": list(req.avoid_regions),
         }
         if provider in self.app.clouds():  # the optimizer's first choice on that cloud
             catalog = self.app.planner_catalog()
             blocks = self.app.remembered_blocks()
-            spec.update(
-                await anyio.to_thread.run_sync(cloud_spec, req.task, provider, catalog, blocks)
+            plan = functools.partial(
+                cloud_spec,
+                avoid=self._avoided(provider, req.avoid_regions),
+                prefer_region=req.prefer_region,
             )
+            spec.update(await anyio.to_thread.run_sync(plan, req.task, provider, catalog, blocks))
         self.row = await self.store.update(self.row, event="save", spec=spec, record_event=False)
         job_id = int({**self.row.data, **data}.get("next_job_id", 1))
         data["next_job_id"] = job_id + 1
@@ -391,8 +397,10 @@ class ClusterActor(Actor):
                 self.app.remember_block(blocked, float(getattr(exc, "remember_s", 0.0)))
                 await self.store.record(self.kind, self.id, "failover", failed[-1])
                 catalog = self.app.planner_catalog()
+                avoid = self._avoided(cloud, self.row.spec.get("avoid_regions") or [])
+                plan = functools.partial(cloud_spec, avoid=avoid)
                 try:
-                    spec = await anyio.to_thread.run_sync(cloud_spec, task, cloud, catalog, blocks)
+                    spec = await anyio.to_thread.run_sync(plan, task, cloud, catalog, blocks)
                 except NoChoiceLeft:
                     tried = "; ".join(failed)
                     raise NoChoiceLeft(f"every choice on {cloud} failed: {tried}") from None
@@ -402,6 +410,10 @@ class ClusterActor(Actor):
                 )
                 placement = spec["placement"]
                 request = dataclasses.replace(request, resources={**request.resources, **placement})
+
+    @staticmethod
+    def _avoided(cloud: str, regions: list[str]) -> list[Any]:
+        return avoid_regions(cloud, regions, "a managed job was lost there (EAGER_NEXT_REGION)")
 
     async def _release_failed_launch(self, exc: ProvisionError) -> None:
         """A first launch that failed gives back what it took (pool hosts, half-made nodes):

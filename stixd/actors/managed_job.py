@@ -30,6 +30,7 @@ from stixd.actors.asks import ask_cluster
 from stixd.actors.job_pool import Acquire, Release, WorkerReady
 from stixd.actors.joblogs import stream_job_logs
 from stixd.actors.jobs_submit import job_row_id
+from stixd.actors.recovery import relaunch_hints, run_place
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -350,12 +351,16 @@ class ManagedJobActor(Actor):
         if self.pool:
             req = m.Exec(cluster=self.cluster, task=task, detach=True, task_id=task_id)
         else:
+            lost = self.row.data.get("lost_region") if self.state is S.RECOVERING else None
+            avoid, prefer = relaunch_hints(self._strategy(), lost)
             req = m.Launch(
                 task=task,
                 cluster=self.cluster,
                 detach=True,
                 config=[msgspec.convert(c, m.ConfigLayer) for c in spec.get("config", [])],
                 task_id=task_id,
+                avoid_regions=avoid,
+                prefer_region=prefer,
             )
         failures = 0
         while True:
@@ -498,8 +503,17 @@ class ManagedJobActor(Actor):
         if self.state not in (S.STARTING, S.RECOVERING):
             return
         run = int(self.row.data.get("run", 0)) + 1
-        await self.save(cluster_uid=msg.uid, cluster_job_id=msg.job_id, run=run)
-        self.note(f"  task {self.task_index} submitted to {self.cluster} as its job {msg.job_id}")
+        row = await self.app.store.get("cluster", self.cluster)
+        infra, region = run_place(row.spec if row is not None else {})
+        await self.save(
+            cluster_uid=msg.uid,
+            cluster_job_id=msg.job_id,
+            run=run,
+            region=region,
+            run_infras=[*self.row.data.get("run_infras", []), infra][-20:],
+        )
+        where = f"{self.cluster} ({infra})"
+        self.note(f"  task {self.task_index} submitted to {where} as its job {msg.job_id}")
         self._run(self._watch)
 
     async def _running(self) -> None:
@@ -535,6 +549,7 @@ class ManagedJobActor(Actor):
                     E.NEXT_TASK,
                     why,
                     task=self.task_index + 1,
+                    lost_region=None,
                     job_duration=ran,
                     attempt_at=time.time(),
                     cluster_job_id=None,
@@ -563,6 +578,7 @@ class ManagedJobActor(Actor):
                     E.RESTART,
                     why,
                     restarts=restarts + 1,
+                    lost_region=None,
                     job_duration=ran,
                     attempt_at=time.time(),
                     cluster_job_id=None,
@@ -583,11 +599,15 @@ class ManagedJobActor(Actor):
         await self._recover(f"the run ended {state.value}: {msg.why}", ran)
 
     async def _recover(self, why: str, ran: float) -> None:
+        infras = self.row.data.get("run_infras") or []
+        if infras:
+            why = f"{why} (on {infras[-1]})"
         reasons = [*self.row.data.get("recovery_reasons", []), why]
         held, run = self.cluster, self._run_id()
         await self.step(
             E.LOST,
             f"cluster lost ({why}); recovering by {self._strategy()}",
+            lost_region=self.row.data.get("region"),
             recoveries=int(self.row.data.get("recoveries", 0)) + 1,
             recovery_reasons=reasons[-20:],
             job_duration=ran,

@@ -147,6 +147,8 @@ def record(row: Row) -> m.ManagedJobRecord:
         recovery_reasons=list(data.get("recovery_reasons", [])),
         pool=row.spec.get("pool"),
         task_statuses=_task_statuses(row),
+        infra=(data.get("run_infras") or [None])[-1],
+        run_infras=list(data.get("run_infras", [])),
     )
 
 

@@ -85,14 +85,31 @@ def blocked_from(block: Mapping[str, str], reason: str) -> Blocked:
     )
 
 
+def avoid_regions(cloud: str, regions: Sequence[str], why: str) -> list[Blocked]:
+    """Soft blocks for ``cloud_spec``'s ``avoid`` (a managed job's lost regions)."""
+    return [Blocked(cloud=cloud, region=r, reason=why) for r in regions]
+
+
 def cloud_spec(
-    task: Task, cloud: str, catalog: Catalog, blocked: Sequence[Blocked] = ()
+    task: Task,
+    cloud: str,
+    catalog: Catalog,
+    blocked: Sequence[Blocked] = (),
+    *,
+    avoid: Sequence[Blocked] = (),
+    prefer_region: str | None = None,
 ) -> dict[str, Any]:
     """The optimizer's first choice for ``task`` on ``cloud`` leaving out ``blocked``, as the
     cluster records it: ``placement`` (what the provider needs), ``hourly_price`` (per node),
-    ``resources``. ``NoChoiceLeft`` when blocks removed every choice."""
+    ``resources``. ``NoChoiceLeft`` when blocks removed every choice.
+
+    ``avoid`` are soft blocks (a managed job's EAGER_NEXT_REGION: the region it was lost in):
+    left out too, unless nothing else is left. ``prefer_region`` (FAILOVER: the same region
+    first) takes the best choice there over a cheaper one elsewhere."""
     try:
-        best = plan(task_request(task), catalog, enabled_clouds=[cloud], blocked=blocked)
+        best = plan(task_request(task), catalog, enabled_clouds=[cloud], blocked=[*blocked, *avoid])
+        if avoid and not best.candidates:
+            best = plan(task_request(task), catalog, enabled_clouds=[cloud], blocked=blocked)
     except CatalogError as exc:
         raise InvalidTask(f"no {cloud} catalog to plan with: {exc}") from None
     if not best.candidates:
@@ -100,7 +117,8 @@ def cloud_spec(
         if blocked and "blocked" in reason:
             raise NoChoiceLeft(reason)
         raise InvalidTask(f"no {cloud} instance fits the task: {reason}")
-    choice = best.candidates[0]
+    there = [c for c in best.candidates if prefer_region and c.region == prefer_region]
+    choice = (there or best.candidates)[0]
     res = task.resources_or_default().candidates()[choice.alternative]
     ports = sorted({p for lo, hi in res.port_ranges() for p in range(lo, hi + 1)})
     if len(ports) > MAX_PORTS:
