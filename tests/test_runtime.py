@@ -85,6 +85,37 @@ async def test_conditional_writes_refuse_a_stale_version(tmp_path: Path) -> None
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+async def test_a_refused_write_never_undoes_a_concurrent_one(tmp_path: Path) -> None:
+    """Writers share one connection: a duplicate insert or a stale update rolls back only
+    itself, even when other actors' writes are in flight at the same moment."""
+    async with open_store(tmp_path / "s.db") as store:
+        stale = await store.insert(Row(kind="k", id="s", state="A", version=0), "created")
+        await store.update(stale, event="moved", state="B")
+        refused: list[str] = []
+
+        async def insert(i: int) -> None:
+            try:
+                await store.insert(Row(kind="k", id=str(i % 25), state="A", version=0), "c")
+            except RowExists:
+                refused.append("dup")
+
+        async def update_stale() -> None:
+            try:
+                await store.update(stale, event="late", state="C")
+            except StaleWrite:
+                refused.append("stale")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(insert, i)
+                if i % 5 == 0:
+                    tg.start_soon(update_stale)
+        assert refused.count("dup") == 25 and refused.count("stale") == 10
+        assert sorted(int(r.id) for r in await store.rows("k") if r.id != "s") == list(range(25))
+        got = await store.get("k", "s")
+        assert got is not None and got.state == "B"
+
+
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")

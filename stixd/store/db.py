@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import anyio
 
 MIGRATIONS: list[str] = [
     # 1: actors and their history
@@ -107,6 +108,10 @@ class Store:
         self._db = db
         self._clock = clock
         self._listeners: list[Callable[[Row], None]] = []
+        self._writing = anyio.Lock()
+        """One write transaction at a time on the shared connection: a rollback (a duplicate
+        insert, a stale update) must undo only its own statements, never those of another
+        actor's write that is between its execute and its commit."""
 
     def on_write(self, listener: Callable[[Row], None]) -> None:
         """Called after every committed write with the row as written."""
@@ -120,27 +125,28 @@ class Store:
         now = self._clock()
         row.created_at = row.updated_at = now
         row.version = 1
-        try:
-            await self._db.execute(
-                f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    row.kind,
-                    row.id,
-                    row.parent,
-                    row.state,
-                    int(row.terminal),
-                    json.dumps(row.spec),
-                    json.dumps(row.data),
-                    row.version,
-                    now,
-                    now,
-                ),
-            )
-        except aiosqlite.IntegrityError:
-            await self._db.rollback()
-            raise RowExists(f"{row.kind} {row.id} already exists") from None
-        await self._append(row.kind, row.id, event, None, row.state, why, now)
-        await self._db.commit()
+        values = (
+            row.kind,
+            row.id,
+            row.parent,
+            row.state,
+            int(row.terminal),
+            json.dumps(row.spec),
+            json.dumps(row.data),
+            row.version,
+            now,
+            now,
+        )
+        async with self._writing:
+            try:
+                await self._db.execute(
+                    f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
+                )
+            except aiosqlite.IntegrityError:
+                await self._db.rollback()
+                raise RowExists(f"{row.kind} {row.id} already exists") from None
+            await self._append(row.kind, row.id, event, None, row.state, why, now)
+            await self._db.commit()
         self._notify(row)
         return row
 
@@ -170,27 +176,29 @@ class Store:
             created_at=row.created_at,
             updated_at=now,
         )
-        cur = await self._db.execute(
-            "UPDATE actors SET state=?, terminal=?, spec=?, data=?, version=?, updated_at=? "
-            "WHERE kind=? AND id=? AND version=?",
-            (
-                new.state,
-                int(new.terminal),
-                json.dumps(new.spec),
-                json.dumps(new.data),
-                new.version,
-                now,
-                row.kind,
-                row.id,
-                row.version,
-            ),
+        values = (
+            new.state,
+            int(new.terminal),
+            json.dumps(new.spec),
+            json.dumps(new.data),
+            new.version,
+            now,
+            row.kind,
+            row.id,
+            row.version,
         )
-        if cur.rowcount != 1:
-            await self._db.rollback()
-            raise StaleWrite(f"{row.kind} {row.id} changed since version {row.version}")
-        if record_event:
-            await self._append(row.kind, row.id, event, row.state, new.state, why, now)
-        await self._db.commit()
+        async with self._writing:
+            cur = await self._db.execute(
+                "UPDATE actors SET state=?, terminal=?, spec=?, data=?, version=?, updated_at=? "
+                "WHERE kind=? AND id=? AND version=?",
+                values,
+            )
+            if cur.rowcount != 1:
+                await self._db.rollback()
+                raise StaleWrite(f"{row.kind} {row.id} changed since version {row.version}")
+            if record_event:
+                await self._append(row.kind, row.id, event, row.state, new.state, why, now)
+            await self._db.commit()
         self._notify(new)
         return new
 
@@ -212,8 +220,9 @@ class Store:
 
     async def record(self, kind: str, id_: str, event: str, why: str = "") -> None:
         """An event that changes no state (a decision, a warning, a supervisor restart)."""
-        await self._append(kind, id_, event, None, None, why, self._clock())
-        await self._db.commit()
+        async with self._writing:
+            await self._append(kind, id_, event, None, None, why, self._clock())
+            await self._db.commit()
 
     async def get(self, kind: str, id_: str) -> Row | None:
         async with self._db.execute(
