@@ -32,6 +32,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+PROFILE_ENV = "STIX_PROFILE"
+"""A file to write a cProfile of the daemon to when it stops (benchmarks and debugging)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     home = Path(args.home).expanduser().resolve() if args.home else stix_home()
@@ -134,7 +138,17 @@ def _run_foreground(home: Path) -> int:
     except ConfigError as exc:
         print(f"stixd: {exc}", file=sys.stderr)
         return 2
-    anyio.run(serve, home, config)
+    profile = os.environ.get(PROFILE_ENV)
+    if not profile:
+        anyio.run(serve, home, config)
+        return 0
+    import cProfile  # for benchmarks: where the daemon's CPU goes, written at exit
+
+    with cProfile.Profile() as prof:
+        try:
+            anyio.run(serve, home, config)
+        finally:
+            prof.dump_stats(profile)
     return 0
 
 

@@ -153,6 +153,8 @@ class ManagedJobActor(Actor):
         super().__init__(row, app.store, app.log)
         self.app = app
         self._phase: anyio.CancelScope | None = None
+        self._own_cluster = cluster_name(row.spec["name"], int(row.id))
+        self._log_dir_made = False
 
     @staticmethod
     def is_terminal(state: Any) -> bool:
@@ -182,7 +184,7 @@ class ManagedJobActor(Actor):
         """The cluster the task runs on: the job's own, or the pool worker it holds."""
         if self.pool:
             return str(self.row.data.get("worker") or "")
-        return cluster_name(self.row.spec["name"], self.job_id)
+        return self._own_cluster
 
     def _task_id(self) -> str:
         index = self.task_index
@@ -208,7 +210,9 @@ class ManagedJobActor(Actor):
     def note(self, text: str) -> None:
         """A line of the controller log (`jobs logs --controller`)."""
         d = self._dir()
-        d.mkdir(parents=True, exist_ok=True)
+        if not self._log_dir_made:
+            d.mkdir(parents=True, exist_ok=True)
+            self._log_dir_made = True
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with (d / "controller.log").open("a") as f:
             f.write(f"{stamp} {text}\n")

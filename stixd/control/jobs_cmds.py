@@ -52,21 +52,17 @@ async def jobs_launch(
         "pool": req.pool,
         "num_jobs": req.num_jobs,
     }
-    rows = await app.store.rows(KIND)
-    job_id = max((int(r.id) for r in rows), default=0) + 1
     made: list[Row] = []
     for rank in range(req.num_jobs):
-        while True:  # the insert is the allocation: two launches at once get different ids
-            row = Row(
+
+        def numbered(job_id: int, rank: int = rank) -> Row:
+            return Row(
                 kind=KIND, id=str(job_id), state="PENDING", version=0,
                 spec={**spec, "job_rank": rank},
             )  # fmt: skip
-            try:
-                made.append(await app.store.insert(row, "submitted", f"managed job {name}"))
-                break
-            except RowExists:
-                job_id += 1
-        job_id += 1
+
+        # the insert is the allocation: two launches at once get different ids
+        made.append(await app.store.insert_next(KIND, numbered, "submitted", f"managed job {name}"))
     for row in made:
         app.spawn(row)
     first = made[0]

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiosqlite
 import anyio
+import msgspec
 
 MIGRATIONS: list[str] = [
     # 1: actors and their history
@@ -88,6 +89,11 @@ class Event:
 _COLUMNS = "kind, id, parent, state, terminal, spec, data, version, created_at, updated_at"
 
 
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+"""The JSON columns, read several times faster than by ``json.loads`` (listing 1,000 managed
+jobs decodes 2,000 of them)."""
+
+
 def _row(r: aiosqlite.Row | tuple[Any, ...]) -> Row:
     return Row(
         kind=r[0],
@@ -95,8 +101,8 @@ def _row(r: aiosqlite.Row | tuple[Any, ...]) -> Row:
         parent=r[2],
         state=r[3],
         terminal=bool(r[4]),
-        spec=json.loads(r[5]),
-        data=json.loads(r[6]),
+        spec=_decode(r[5]),
+        data=_decode(r[6]),
         version=r[7],
         created_at=r[8],
         updated_at=r[9],
@@ -138,17 +144,52 @@ class Store:
             now,
         )
         async with self._writing:
-            try:
-                await self._db.execute(
-                    f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
-                )
-            except aiosqlite.IntegrityError:
-                await self._db.rollback()
-                raise RowExists(f"{row.kind} {row.id} already exists") from None
-            await self._append(row.kind, row.id, event, None, row.state, why, now)
-            await self._db.commit()
+            await self._insert(row, values, event, why, now)
         self._notify(row)
         return row
+
+    async def insert_next(
+        self, kind: str, make: Callable[[int], Row], event: str, why: str = ""
+    ) -> Row:
+        """Insert ``make(n)`` with ``n`` the next numeric id of `kind` (one past the largest),
+        allocated inside the write so concurrent callers never collide and never retry."""
+        async with self._writing:
+            async with self._db.execute(
+                "SELECT MAX(CAST(id AS INTEGER)) FROM actors WHERE kind=?", (kind,)
+            ) as cur:
+                r = await cur.fetchone()
+            row = make((int(r[0]) if r and r[0] is not None else 0) + 1)
+            now = self._clock()
+            row.created_at = row.updated_at = now
+            row.version = 1
+            values = (
+                row.kind,
+                row.id,
+                row.parent,
+                row.state,
+                int(row.terminal),
+                json.dumps(row.spec),
+                json.dumps(row.data),
+                row.version,
+                now,
+                now,
+            )
+            await self._insert(row, values, event, why, now)
+        self._notify(row)
+        return row
+
+    async def _insert(
+        self, row: Row, values: tuple[Any, ...], event: str, why: str, now: float
+    ) -> None:
+        try:
+            await self._db.execute(
+                f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
+            )
+        except aiosqlite.IntegrityError:
+            await self._db.rollback()
+            raise RowExists(f"{row.kind} {row.id} already exists") from None
+        await self._append(row.kind, row.id, event, None, row.state, why, now)
+        await self._db.commit()
 
     async def update(
         self,
