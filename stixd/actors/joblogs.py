@@ -101,7 +101,8 @@ async def stream_job_logs(
                         m.Progress(f"node {node.rank} is unreachable; its log is not available")
                     )
                     return
-                await anyio.sleep(1.0)
+                with anyio.move_on_after(1.0):  # the node may be back, or the job end, first
+                    await app.watch.wait_for("job", job.id, lambda r: r is None or r.terminal)
                 continue
             except AgentError as exc:
                 if exc.code == "no_such_job" and follow and not await job_over():
