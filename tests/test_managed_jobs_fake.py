@@ -122,3 +122,14 @@ def test_preempt_is_refused_without_the_fake_provider(stix: Stix) -> None:
     assert out.returncode != 0 and "fake provider is not enabled" in out.stderr
     out = stix.run("launch", "-y", "--infra", "fake", "echo hi")
     assert out.returncode != 0 and "'fake' is not available" in out.stderr
+
+
+def test_the_fake_infra_is_planned_only_for_a_task_that_names_it(stix: Stix) -> None:
+    fake_daemon(stix)
+    plain = stix.run("launch", "--dryrun", "--all-clouds", "-y", "echo hi")
+    assert "fake" not in plain.stdout.lower()
+    named = stix.run("launch", "--dryrun", "--all-clouds", "--infra", "fake", "-y", "echo hi")
+    assert named.returncode == 0 and "fake-1" in named.stdout, named.stderr
+    launched = stix.run("launch", "-c", "plain", "-y", "--cpus", "1", "echo hi", check=True)
+    assert "fake" not in launched.stdout
+    assert stix.clusters()["plain"]["infra"] == "local"

@@ -16,20 +16,26 @@ from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
+from stixd.planner.target import NAMED_ONLY
 
 Emit = Callable[[Any], Awaitable[None]]
 
 
-def _enabled(app: App, all_clouds: bool, catalog_clouds: Sequence[str]) -> list[str]:
+def _enabled(
+    app: App, all_clouds: bool, catalog_clouds: Sequence[str], named: Sequence[str] = ()
+) -> list[str]:
+    """The clouds to plan on; one a task must name (the fake provider's) only when named."""
     allowed = app.config.allowed_clouds
     names = list(catalog_clouds) if all_clouds else ["local"]
+    names = [n for n in names if n not in NAMED_ONLY or n in named]
     return [n for n in names if allowed is None or n in allowed]
 
 
 def _plan(
     app: App, requests: list[TaskRequest], req: m.PlanRequest, catalog: Catalog
 ) -> m.PlanReply:
-    enabled = _enabled(app, req.all_clouds, catalog.clouds() if req.all_clouds else ())
+    named = [(a.cloud or "").lower() for r in requests for a in r.alternatives]
+    enabled = _enabled(app, req.all_clouds, catalog.clouds() if req.all_clouds else (), named)
     extra = {} if req.all_clouds else {"local": [local_offer()]}
     index = OfferIndex(catalog)
     minimize: Literal["cost", "time"] = "time" if req.minimize == "time" else "cost"
