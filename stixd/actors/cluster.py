@@ -27,6 +27,7 @@ from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.planner.local_fit import check_fits_local, local_offer
 from stixd.planner.target import (
+    CLOUDS,
     MAX_FAILOVERS,
     NoChoiceLeft,
     avoid_regions,
@@ -298,7 +299,7 @@ class ClusterActor(Actor):
             "placement": None,
             "avoid_regions": list(req.avoid_regions),
         }
-        if provider in self.app.clouds():  # the optimizer's first choice on that cloud
+        if provider in CLOUDS:  # usable, as choose_target said: the optimizer's first choice
             catalog = self.app.planner_catalog()
             blocks = self.app.remembered_blocks()
             plan = functools.partial(

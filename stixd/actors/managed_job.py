@@ -153,7 +153,8 @@ class ManagedJobActor(Actor):
         super().__init__(row, app.store, app.log)
         self.app = app
         self._phase: anyio.CancelScope | None = None
-        self._own_cluster = cluster_name(row.spec["name"], int(row.id))
+        own = row.spec.get("cluster") or cluster_name(row.spec["name"], int(row.id))
+        self._own_cluster = str(own)
         self._log_dir_made = False
 
     @staticmethod

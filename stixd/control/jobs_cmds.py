@@ -58,7 +58,7 @@ async def jobs_launch(
         def numbered(job_id: int, rank: int = rank) -> Row:
             return Row(
                 kind=KIND, id=str(job_id), state="PENDING", version=0,
-                spec={**spec, "job_rank": rank},
+                spec={**spec, "job_rank": rank, "cluster": cluster_name(name, job_id)},
             )  # fmt: skip
 
         # the insert is the allocation: two launches at once get different ids
@@ -105,7 +105,8 @@ def _resources(task: Any) -> str:
 
 
 def row_cluster(row: Row) -> str:
-    return cluster_name(row.spec["name"], int(row.id))
+    """The job's own cluster, stored at submission (jobs queue lists a thousand of them)."""
+    return str(row.spec.get("cluster") or cluster_name(row.spec["name"], int(row.id)))
 
 
 def _task_statuses(row: Row) -> list[str]:
