@@ -59,6 +59,7 @@ def test_eager_next_region_moves_a_preempted_job_to_the_next_region(
     assert "Recoveries" in text and "fake/fake-1 -> fake/fake-2 -> fake/fake-1" in text
     controller = stix.run("jobs", "logs", "1", "--controller", "--no-follow", check=True).stdout
     assert "recovering by EAGER_NEXT_REGION" in controller
+    assert "relaunching outside fake-1 unless nothing else is left" in controller
 
 
 def test_failover_relaunches_a_preempted_job_in_the_same_region(
@@ -73,6 +74,7 @@ def test_failover_relaunches_a_preempted_job_in_the_same_region(
     assert job["run_infras"] == ["fake/fake-1", "fake/fake-1"]
     controller = stix.run("jobs", "logs", "1", "--controller", "--no-follow", check=True).stdout
     assert "recovering by FAILOVER" in controller
+    assert "relaunching in fake-1 first" in controller
 
 
 def test_a_region_without_capacity_is_skipped_at_launch_and_in_recovery(

@@ -358,6 +358,10 @@ class ManagedJobActor(Actor):
         else:
             lost = self.row.data.get("lost_region") if self.state is S.RECOVERING else None
             avoid, prefer = relaunch_hints(self._strategy(), lost)
+            if avoid:
+                self.note(f"  relaunching outside {', '.join(avoid)} unless nothing else is left")
+            elif prefer:
+                self.note(f"  relaunching in {prefer} first")
             req = m.Launch(
                 task=task,
                 cluster=self.cluster,
