@@ -176,3 +176,56 @@ def test_the_daemon_finds_and_terminates_leaks_but_never_a_live_cluster(
     assert len(aws.live_instances("keep")) == 1
     assert stix.clusters()["keep"]["status"] == "UP"
     stix.run("down", "keep", "-y", check=True, timeout=120)
+
+
+def _ghost(aws: AwsBed, cluster: str = "ghost", itype: str = "m6i.large") -> str:
+    """An instance with stix's tags for this user that no cluster record owns (a leak)."""
+    tags = [{"Key": "stix-cluster", "Value": cluster}, {"Key": "stix-user", "Value": getuser()}]
+    return str(
+        aws.ec2(
+            "run_instances",
+            ImageId=aws.an_image(),
+            InstanceType=itype,
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )["Instances"][0]["InstanceId"]
+    )
+
+
+def test_stixctl_leaks_lists_and_terminates_leaks_which_status_mentions_meanwhile(
+    stix: Stix, aws: AwsBed, hosts: SshBed
+) -> None:
+    _use(stix, aws, hosts)
+    stix.env["STIX__AWS__LEAK_MIN_AGE_MINUTES"] = "0"  # the reconciler itself stays 10 min away
+    infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
+    stix.run("launch", "-c", "keep", *infra, "true", check=True, timeout=120)
+    assert "leak" not in stix.run("status", check=True).stdout  # no scan yet, nothing to say
+    ghost = _ghost(aws)
+
+    [leak] = stix.json("leaks")["leaks"]
+    assert (leak["id"], leak["region"], leak["cluster"], leak["kind"]) == (
+        ghost,
+        "us-east-1",
+        "ghost",
+        "instance",
+    )
+    assert leak["instance_type"] == "m6i.large" and leak["age_seconds"] >= 0
+    assert leak["hourly_price"] == stix.clusters()["keep"]["hourly_price"]  # the catalog's price
+    table = stix.run("leaks", check=True).stdout
+    assert ghost in table and "ghost" in table and "$" in table
+
+    status = stix.run("status", check=True).stdout
+    assert f"1 leaked instance(s) no cluster owns ({ghost})" in status
+    assert [c["name"] for c in stix.json("status")] == ["keep"]  # --json keeps its list shape
+
+    declined = stix.run("leaks", "--terminate", input="n\n", check=True)
+    assert ghost in declined.stdout and "Nothing terminated" in declined.stderr
+    assert len(aws.live_instances("ghost")) == 1
+    done = stix.run("leaks", "--terminate", "-y", check=True, timeout=120)
+    assert f"Terminated 1: {ghost}" in done.stdout
+    assert aws.live_instances("ghost") == []
+    assert len(aws.live_instances("keep")) == 1 and stix.clusters()["keep"]["status"] == "UP"
+    assert "leak" not in stix.run("status", check=True).stdout
+    assert stix.run("leaks", check=True).stdout.strip() == "No leaked instances."
+    stix.run("down", "keep", "-y", check=True, timeout=120)
