@@ -125,6 +125,22 @@ class AwsBed:
             body=EMPTY_LISTING,
         )
 
+    def interrupt_spot(self, instance: str, stop: bool = False) -> None:
+        """Terminate (or stop) ``instance`` as a spot interruption would: EC2 then gives
+        ``Server.SpotInstanceTermination`` (``...Shutdown``) as its state reason, which moto
+        cannot, so the proxy puts it into every answer that says why an instance went."""
+        code = "Server.SpotInstanceShutdown" if stop else "Server.SpotInstanceTermination"
+        text = f"{code}: Spot instance {'stop' if stop else 'termination'}"
+        self.fault(
+            "DescribeInstances",
+            "",
+            rewrite=[
+                ["Client.UserInitiatedShutdown: User initiated shutdown", text],
+                ["Client.UserInitiatedShutdown", code],
+            ],
+        )
+        self.ec2("stop_instances" if stop else "terminate_instances", InstanceIds=[instance])
+
     def hold(self, action: str, **rule: Any) -> None:
         """Keep the next ``action`` request in the proxy until ``let_go`` (then it is done)."""
         self.fault(action, "", hold=True, times=1, **rule)

@@ -3,14 +3,18 @@ real sshd hosts (the testing-only STIX_TEST_SSH_HOSTS mapping stands them in for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 from getpass import getuser
 from pathlib import Path
 
 from tests.awsbed import AwsBed, aws_fixtures
-from tests.conftest import REPO, Stix, wait_until
-from tests.sshbed import SshBed, bed_fixture
+from tests.conftest import REPO, Stix, processes_mentioning, wait_until
+from tests.sshbed import Host, SshBed, bed_fixture
+from tests.test_managed_jobs import managed
 
 hosts = bed_fixture(2, scope="module")
 aws_server, aws = aws_fixtures()
@@ -229,3 +233,56 @@ def test_stixctl_leaks_lists_and_terminates_leaks_which_status_mentions_meanwhil
     assert "leak" not in stix.run("status", check=True).stdout
     assert stix.run("leaks", check=True).stdout.strip() == "No leaked instances."
     stix.run("down", "keep", "-y", check=True, timeout=120)
+
+
+def _machine_gone(host: Host, cluster: str, rank: int = 0) -> None:
+    """What the end of an instance does to the node: its agent, its jobs and its disk are gone
+    (the sshd host that stands in for the instance stays, for the next instance)."""
+    on_host = set(host.pids())
+    for pid in processes_mentioning(f"/.stix/nodes/{cluster}-{rank} "):
+        if pid in on_host:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(host.home / ".stix" / "nodes" / f"{cluster}-{rank}", ignore_errors=True)
+
+
+def test_a_preempted_spot_instance_ends_its_run_at_once_and_the_managed_job_recovers(
+    stix: Stix, aws: AwsBed, hosts: SshBed, task_file, tmp_path: Path
+) -> None:
+    """EC2 takes a spot instance back: the health check (1 s here) sees it terminated with
+    EC2's reason, records the preemption, ends the run FAILED_DRIVER at once (not after the
+    60 s node grace), and the managed job comes back RUNNING on a new spot instance."""
+    _use(stix, aws, hosts)
+    stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
+    marks = tmp_path / "runs"
+    marks.mkdir()
+    path = task_file(
+        "name: sp\n"
+        "resources:\n  infra: aws/us-east-1\n  instance_type: m6i.large\n  use_spot: true\n"
+        "run: |\n"
+        f"  echo run > {marks}/$(date +%s%N)\n"
+        f"  [ $(ls {marks} | wc -l) -ge 2 ] || sleep 600\n"
+    )
+    stix.run("jobs", "launch", "-d", "-y", str(path), check=True, timeout=120)
+    wait_until(lambda: managed(stix, 1)["status"] == "RUNNING" and any(marks.iterdir()), 120)
+    [first] = aws.live_instances("sp-1")
+    assert first["InstanceLifecycle"] == "spot"
+
+    aws.interrupt_spot(first["InstanceId"])
+    _machine_gone(hosts.hosts[0], "sp-1")
+    job = wait_until(lambda: (j := managed(stix, 1))["recoveries"] == 1 and j, timeout=40)
+    [reason] = job["recovery_reasons"]
+    assert f"preempted: spot instance {first['InstanceId']} is terminated" in reason
+    assert "Server.SpotInstanceTermination" in reason
+    events = stix.json("events", "sp-1")
+    [preempted] = [e for e in events if e["event"] == "node_preempted"]
+    assert first["InstanceId"] in preempted["why"] and "Server.Spot" in preempted["why"]
+
+    done = wait_until(lambda: (j := managed(stix, 1))["status"] == "SUCCEEDED" and j, 120)
+    assert done["recoveries"] == 1 and len(list(marks.iterdir())) == 2
+    wait_until(lambda: aws.live_instances("sp-1") == [], timeout=60)
+    [second] = [i for i in aws.instances("sp-1") if i["InstanceId"] != first["InstanceId"]]
+    assert second["InstanceLifecycle"] == "spot"
+    assert _stix_groups(aws) == []

@@ -40,7 +40,14 @@ from stixd.providers.aws.network import (
 )
 from stixd.providers.aws.nodes import DEFAULT_SSH_USER, AwsNodes, record_node
 from stixd.providers.aws.records import Records
-from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.base import (
+    CheckResult,
+    Mount,
+    NodeInfo,
+    NodeLoss,
+    NodeStatus,
+    ProvisionRequest,
+)
 from stixd.providers.ssh_transport import SshSettings
 
 DEFAULT_INSTANCE_TYPE = "m6i.large"
@@ -82,6 +89,8 @@ class AwsProvider:
         )
         self.last_error: dict[str, dict[int, str]] = {}
         """Per cluster, per rank: why the last query could not reach that node."""
+        self.lost: dict[str, list[NodeLoss]] = {}
+        """Per cluster: the nodes the last query found without a running instance."""
         self._ec2: Ec2Clients | None = None
 
     # -- clients and connections ---------------------------------------------------------
@@ -252,10 +261,14 @@ class AwsProvider:
         return region, found
 
     async def query(self, cluster: str) -> list[NodeInfo]:
+        """The nodes as they are now. A node whose instance EC2 no longer runs (stopped or
+        terminated, by a spot interruption or from outside stix) is named in ``lost_nodes``,
+        with EC2's reason; while others are alive it is listed UNREACHABLE."""
         alive = await self._alive(cluster)
         if alive is None:
+            self.lost.pop(cluster, None)
             return []
-        _, found = alive
+        region, found = alive
         records = (self.records.get(cluster) or {}).get("nodes") or {}
         nodes: dict[int, NodeInfo] = {}
         errors: dict[int, str] = {}
@@ -269,26 +282,36 @@ class AwsProvider:
             for inst in found:
                 if inst.rank is not None:
                     tg.start_soon(one, inst, inst.rank)
-        if nodes:  # some are alive: say what became of the others (a spot interruption, ...)
-            for rank_text, rec in records.items():
-                rank = int(rank_text)
-                if rank not in nodes:
-                    errors[rank] = await self._fate(cluster, rec)
+        by_rank = {i.rank: i for i in found if i.rank is not None}
+        lost: list[NodeLoss] = []
+        for rank_text, rec in sorted(records.items(), key=lambda kv: int(kv[0])):
+            rank = int(rank_text)
+            mine = by_rank.get(rank)
+            if mine is not None and mine.state in ("stopped", "stopping"):
+                lost.append(_loss(rank, mine.id, mine))
+            elif mine is None:
+                loss = await self._fate(region, rank, rec)
+                lost.append(loss)
+                if nodes:  # some are alive: say what became of this one
+                    errors[rank] = loss.why
                     nodes[rank] = record_node(rank, rec, "", NodeStatus.UNREACHABLE)
         self.last_error[cluster] = errors
+        self.lost[cluster] = lost
         return [nodes[r] for r in sorted(nodes)]
 
-    async def _fate(self, cluster: str, rec: dict[str, Any]) -> str:
+    def lost_nodes(self, cluster: str) -> list[NodeLoss]:
+        """The nodes the last ``query`` found without a running instance, and why."""
+        return list(self.lost.get(cluster, []))
+
+    async def _fate(self, region: str, rank: int, rec: dict[str, Any]) -> NodeLoss:
         """Why a node's instance is no longer alive, as EC2 tells it."""
-        entry = self.records.get(cluster) or {}
         instance = rec.get("instance")
-        if not instance or not entry.get("region"):
-            return "its instance is gone"
-        gone = await instances.by_ids(self.ec2(), str(entry["region"]), [str(instance)])
+        if not instance:
+            return NodeLoss(rank, f"node {rank}'s instance is gone", preempted=False)
+        gone = await instances.by_ids(self.ec2(), region, [str(instance)])
         if not gone:
-            return f"instance {instance} is gone"
-        reason = f" ({gone[0].reason})" if gone[0].reason else ""
-        return f"instance {instance} is {gone[0].state}{reason}"
+            return NodeLoss(rank, f"instance {instance} is gone", preempted=False)
+        return _loss(rank, str(instance), gone[0])
 
     async def stop(self, cluster: str) -> None:
         alive = await self._alive(cluster)
@@ -363,3 +386,15 @@ class AwsProvider:
 
     def connector(self, node: NodeInfo) -> AgentClient:
         return self.nodes.connector(node)
+
+
+SPOT_REASONS = ("Server.SpotInstanceTermination", "Server.SpotInstanceShutdown")
+
+
+def _loss(rank: int, instance: str, inst: Instance) -> NodeLoss:
+    """The loss of node ``rank`` whose instance EC2 lists in a state other than running."""
+    reason = f" ({inst.reason})" if inst.reason else ""
+    kind = "spot instance" if inst.spot else "instance"
+    text = f"{kind} {instance} is {inst.state}{reason}"
+    preempted = inst.reason.startswith(SPOT_REASONS)
+    return NodeLoss(rank, f"preempted: {text}" if preempted else text, preempted=preempted)
