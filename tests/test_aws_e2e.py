@@ -286,3 +286,37 @@ def test_a_preempted_spot_instance_ends_its_run_at_once_and_the_managed_job_reco
     [second] = [i for i in aws.instances("sp-1") if i["InstanceId"] != first["InstanceId"]]
     assert second["InstanceLifecycle"] == "spot"
     assert _stix_groups(aws) == []
+
+
+def test_a_resize_made_outside_stix_shows_in_status_events_and_cost_report(
+    stix: Stix, aws: AwsBed, hosts: SshBed
+) -> None:
+    """Stopped from the console, given another instance type and a bigger disk, started again:
+    `status --refresh` follows each step and prices the cluster at the new type from then on."""
+    _use(stix, aws, hosts)
+    infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
+    stix.run("launch", "-c", "rs", *infra, "true", check=True, timeout=120)
+    before = stix.clusters()["rs"]
+    assert before["resources"] == "1x aws/us-east-1 m6i.large"
+    [inst] = aws.live_instances("rs")
+    iid = inst["InstanceId"]
+    [volume] = [b["Ebs"]["VolumeId"] for b in inst["BlockDeviceMappings"]]
+
+    aws.ec2("stop_instances", InstanceIds=[iid])
+    [row] = [c for c in stix.json("status", "--refresh") if c["name"] == "rs"]
+    assert row["status"] == "STOPPED" and f"instance {iid} is stopped" in row["last_error"]
+    aws.ec2("modify_instance_attribute", InstanceId=iid, InstanceType={"Value": "m6i.xlarge"})
+    aws.ec2("modify_volume", VolumeId=volume, Size=300)
+    aws.ec2("start_instances", InstanceIds=[iid])
+    [row] = [c for c in stix.json("status", "--refresh") if c["name"] == "rs"]
+    assert row["status"] == "UP"
+    assert row["resources"] == "1x aws/us-east-1 m6i.xlarge, disk 300 GB"
+    assert row["hourly_price"] > 1.5 * before["hourly_price"]  # the catalog's xlarge price
+    changes = [e["why"] for e in stix.json("events", "rs") if e["event"] == "machine_changed"]
+    assert "node 0: instance type m6i.large -> m6i.xlarge (seen)" in changes
+    assert "node 0: disk 256 -> 300 GB (seen)" in changes
+    [cost] = [r for r in stix.json("cost-report")["rows"] if r["name"] == "rs"]
+    assert cost["resources"] == row["resources"] and cost["hourly_price"] == row["hourly_price"]
+    # the time before the resize stays at the old price: less than all of it at the new one
+    assert 0 < cost["cost"] < cost["duration_seconds"] / 3600 * row["hourly_price"]
+    stix.run("down", "rs", "-y", check=True, timeout=120)

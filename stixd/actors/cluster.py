@@ -22,9 +22,12 @@ from proto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, JobNotFo
 from proto.states import ClusterStatus, JobStatus
 from stixd.actors.job import ClusterGone, JobEvent
 from stixd.actors.jobs_submit import create_job, infra_label, job_row_id
+from stixd.actors.machines import compare
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
+from stixd.planner.catalog import CatalogError
 from stixd.planner.local_fit import check_fits_local, local_offer
+from stixd.planner.pricing import Prices, price_table
 from stixd.planner.target import (
     MAX_FAILOVERS,
     NoChoiceLeft,
@@ -40,6 +43,7 @@ from stixd.providers.base import (
     Provider,
     ProvisionRequest,
     ReportsLostNodes,
+    ReportsMachines,
 )
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
@@ -157,6 +161,7 @@ class ClusterActor(Actor):
         before = self.state
         nodes = await self.provider.query(self.id)
         losses = self._losses()
+        await self._note_machines()
         expected = int(self.row.spec.get("num_nodes", 1))
         running = [n for n in nodes if n.status is NodeStatus.RUNNING]
         unreachable = [n for n in nodes if n.status is NodeStatus.UNREACHABLE]
@@ -199,6 +204,30 @@ class ClusterActor(Actor):
             await self._stop_jobs_ended_meanwhile(self.nodes)
             self._schedule_autostop()
         self._schedule_health()
+
+    async def _note_machines(self) -> None:
+        """Record what the machines are now; a resize made outside stix changes the cluster's
+        resources and price (from now on) and is recorded as an event."""
+        if not isinstance(self.provider, ReportsMachines):
+            return
+        data = self.row.data
+        active = float(data.get("active_seconds") or 0.0)
+        if data.get("up_since"):
+            active += time.time() - float(data["up_since"])
+        cloud = str(self.row.spec.get("provider"))
+
+        def prices() -> Prices:
+            try:
+                return price_table(self.app.planner_catalog(), cloud)
+            except CatalogError:
+                return {}
+
+        seen = compare(self.row.spec, data, self.provider.machines(self.id), prices, active)
+        if seen is None:
+            return
+        for change in seen.changes:
+            await self.store.record(self.kind, self.id, "machine_changed", f"{change} (seen)")
+        await self.save(spec=seen.spec, **seen.data)
 
     def _losses(self) -> list[NodeLoss]:
         """Nodes of a live cluster whose machines the cloud took away (a spot preemption, a
@@ -323,13 +352,16 @@ class ClusterActor(Actor):
 
     async def _begin_launch(self, req: m.Launch, provider: str, pool: str | None) -> int:
         """Write the intent (state INIT + the request) before touching any infra."""
-        data: dict[str, Any] = {}
+        data: dict[str, Any] = {"machines": None}  # the plan is the new baseline
         if self.state is C.TERMINATED:
             data = {
+                **data,
                 "uid": secrets.token_hex(4),
                 "next_job_id": 1,
                 "launched_at": time.time(),
                 "active_seconds": 0.0,
+                "cost_accrued": 0.0,
+                "priced_seconds": 0.0,
                 "nodes": [],
                 "autostop": None,
                 "idle_since": None,

@@ -190,7 +190,10 @@ async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostRepor
         if row.data.get("up_since"):
             active += now - float(row.data["up_since"])
         rec = cluster_record(row)
-        cost = active / 3600 * rec.hourly_price * rec.num_nodes
+        # a price changed by a resize outside stix holds from then on; before it, the old one
+        priced = float(row.data.get("priced_seconds") or 0.0)
+        cost = float(row.data.get("cost_accrued") or 0.0)
+        cost += max(active - priced, 0.0) / 3600 * rec.hourly_price * rec.num_nodes
         rows_out.append(
             m.CostRow(
                 name=row.id,

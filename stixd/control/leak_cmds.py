@@ -19,6 +19,7 @@ from proto import messages as m
 from proto.errors import ProvisionError
 from stixd.app import App
 from stixd.planner.catalog import CatalogError
+from stixd.planner.pricing import Prices, hourly_price, price_table
 from stixd.providers.aws.leaks import Leak
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -38,30 +39,10 @@ def _regions(app: App) -> list[str]:
     return sorted(known)
 
 
-def _prices(app: App) -> dict[tuple[str, str], tuple[float | None, float | None]]:
-    """(region, instance type) → (on-demand, spot) $/hour, the cheapest zone's; {} without a
-    catalog (a leak is still reported, unpriced)."""
-    out: dict[tuple[str, str], tuple[float | None, float | None]] = {}
-    try:
-        offers = app.planner_catalog().offers(INFRA)
-    except CatalogError:
-        return out
-    for o in offers:
-        key = (o.region, o.instance_type)
-        price, spot = out.get(key, (None, None))
-        out[key] = (_least(price, o.price), _least(spot, o.spot_price))
-    return out
-
-
-def _least(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _record(leak: Leak, prices: dict[tuple[str, str], tuple[float | None, float | None]]) -> Any:
+def _record(leak: Leak, prices: Prices) -> m.LeakRecord:
     price = None
     if leak.instance_type:
-        on_demand, spot = prices.get((leak.region, leak.instance_type), (None, None))
-        price = spot if leak.spot and spot is not None else on_demand
+        price = hourly_price(prices, leak.region, leak.instance_type, leak.spot)
     return m.LeakRecord(
         infra=INFRA,
         kind=leak.kind,
@@ -95,7 +76,10 @@ async def scan(app: App, *, terminate: bool, only: Collection[str] = ()) -> m.Le
         found: list[Leak] = await provider.leaks(
             _regions(app), await _live_clusters(app), cfg.leak_min_age_minutes * 60
         )
-        prices = _prices(app)
+        try:
+            prices = price_table(app.planner_catalog(), INFRA)
+        except CatalogError:
+            prices = {}
         records = [_record(leak, prices) for leak in found]
         for leak in found:
             app.log.warning("aws_leak", **_fields(leak))

@@ -105,6 +105,28 @@ class ReportsLostNodes(Protocol):
     def lost_nodes(self, cluster: str) -> list[NodeLoss]: ...
 
 
+@dataclass(frozen=True)
+class Machine:
+    """What a node's machine is now, as its cloud lists it (changed outside stix or not)."""
+
+    rank: int
+    instance_type: str
+    spot: bool
+    region: str
+    address: str | None = None
+    """Where this machine reaches it."""
+    disk_gb: int | None = None
+
+
+@runtime_checkable
+class ReportsMachines(Protocol):
+    """A provider that can tell, after ``query``, what each live node's machine is: the
+    cluster records it, so a resize or new address made outside stix shows in status and
+    cost-report."""
+
+    def machines(self, cluster: str) -> list[Machine]: ...
+
+
 class CapacityError(ProvisionError):
     """No capacity or quota for this choice: block it and try the next one."""
 

@@ -167,6 +167,23 @@ class AwsNodes:
         pid = hello.get("pid")
         return _with(node, NodeStatus.RUNNING, pid if isinstance(pid, int) else None), None
 
+    async def readdress(self, cluster: str, inst: Instance) -> None:
+        """Follow a running node's instance to a new address (a stop and start outside stix
+        gives it a new public IP): the records and the connection move there."""
+        rec = ((self.records.get(cluster) or {}).get("nodes") or {}).get(str(inst.rank))
+        if not rec or inst.rank is None or inst.state != "running" or inst.address is None:
+            return
+        if testing_hosts(self.env) is not None or rec.get("host") == inst.address:
+            return
+        old = f"{rec.get('user')}@{rec.get('host')}:{rec.get('port')}"
+        self.log.info("aws_node_moved", cluster=cluster, rank=inst.rank, host=inst.address)
+        node_ip = inst.private_ip or inst.address
+        self.records.set_node(cluster, inst.rank, host=inst.address, ip=node_ip)
+        self._targets.pop(str(rec.get("ip") or ""), None)
+        conn = self._conns.pop(old, None)
+        if conn is not None:
+            await conn.close()
+
     async def forget(self, cluster: str) -> None:
         """Close the connections to the cluster's nodes (they are stopping or going away)."""
         for rec in ((self.records.get(cluster) or {}).get("nodes") or {}).values():

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog
@@ -38,14 +37,15 @@ from stixd.providers.aws.network import (
     subnet_for,
     zones,
 )
-from stixd.providers.aws.nodes import DEFAULT_SSH_USER, AwsNodes, record_node
+from stixd.providers.aws.nodes import DEFAULT_SSH_USER, AwsNodes
+from stixd.providers.aws.observe import observe
 from stixd.providers.aws.records import Records
 from stixd.providers.base import (
     CheckResult,
+    Machine,
     Mount,
     NodeInfo,
     NodeLoss,
-    NodeStatus,
     ProvisionRequest,
 )
 from stixd.providers.ssh_transport import SshSettings
@@ -91,6 +91,8 @@ class AwsProvider:
         """Per cluster, per rank: why the last query could not reach that node."""
         self.lost: dict[str, list[NodeLoss]] = {}
         """Per cluster: the nodes the last query found without a running instance."""
+        self.seen: dict[str, list[Machine]] = {}
+        """Per cluster: its live machines as the last query found them."""
         self._ec2: Ec2Clients | None = None
 
     # -- clients and connections ---------------------------------------------------------
@@ -263,55 +265,27 @@ class AwsProvider:
     async def query(self, cluster: str) -> list[NodeInfo]:
         """The nodes as they are now. A node whose instance EC2 no longer runs (stopped or
         terminated, by a spot interruption or from outside stix) is named in ``lost_nodes``,
-        with EC2's reason; while others are alive it is listed UNREACHABLE."""
+        with EC2's reason; while others are alive it is listed UNREACHABLE. What each live
+        machine is now (type, disk, address) is in ``machines``."""
         alive = await self._alive(cluster)
         if alive is None:
             self.lost.pop(cluster, None)
+            self.seen.pop(cluster, None)
             return []
         region, found = alive
-        records = (self.records.get(cluster) or {}).get("nodes") or {}
-        nodes: dict[int, NodeInfo] = {}
-        errors: dict[int, str] = {}
-
-        async def one(inst: Instance, rank: int) -> None:
-            nodes[rank], error = await self.nodes.probe(inst, records.get(str(rank)) or {})
-            if error:
-                errors[rank] = error
-
-        async with anyio.create_task_group() as tg:
-            for inst in found:
-                if inst.rank is not None:
-                    tg.start_soon(one, inst, inst.rank)
-        by_rank = {i.rank: i for i in found if i.rank is not None}
-        lost: list[NodeLoss] = []
-        for rank_text, rec in sorted(records.items(), key=lambda kv: int(kv[0])):
-            rank = int(rank_text)
-            mine = by_rank.get(rank)
-            if mine is not None and mine.state in ("stopped", "stopping"):
-                lost.append(_loss(rank, mine.id, mine))
-            elif mine is None:
-                loss = await self._fate(region, rank, rec)
-                lost.append(loss)
-                if nodes:  # some are alive: say what became of this one
-                    errors[rank] = loss.why
-                    nodes[rank] = record_node(rank, rec, "", NodeStatus.UNREACHABLE)
-        self.last_error[cluster] = errors
-        self.lost[cluster] = lost
-        return [nodes[r] for r in sorted(nodes)]
+        seen = await observe(self.ec2(), self.nodes, cluster, region, found)
+        self.last_error[cluster] = seen.errors
+        self.lost[cluster] = seen.lost
+        self.seen[cluster] = seen.machines
+        return seen.nodes
 
     def lost_nodes(self, cluster: str) -> list[NodeLoss]:
         """The nodes the last ``query`` found without a running instance, and why."""
         return list(self.lost.get(cluster, []))
 
-    async def _fate(self, region: str, rank: int, rec: dict[str, Any]) -> NodeLoss:
-        """Why a node's instance is no longer alive, as EC2 tells it."""
-        instance = rec.get("instance")
-        if not instance:
-            return NodeLoss(rank, f"node {rank}'s instance is gone", preempted=False)
-        gone = await instances.by_ids(self.ec2(), region, [str(instance)])
-        if not gone:
-            return NodeLoss(rank, f"instance {instance} is gone", preempted=False)
-        return _loss(rank, str(instance), gone[0])
+    def machines(self, cluster: str) -> list[Machine]:
+        """The live nodes' machines as the last ``query`` found them."""
+        return list(self.seen.get(cluster, []))
 
     async def stop(self, cluster: str) -> None:
         alive = await self._alive(cluster)
@@ -386,15 +360,3 @@ class AwsProvider:
 
     def connector(self, node: NodeInfo) -> AgentClient:
         return self.nodes.connector(node)
-
-
-SPOT_REASONS = ("Server.SpotInstanceTermination", "Server.SpotInstanceShutdown")
-
-
-def _loss(rank: int, instance: str, inst: Instance) -> NodeLoss:
-    """The loss of node ``rank`` whose instance EC2 lists in a state other than running."""
-    reason = f" ({inst.reason})" if inst.reason else ""
-    kind = "spot instance" if inst.spot else "instance"
-    text = f"{kind} {instance} is {inst.state}{reason}"
-    preempted = inst.reason.startswith(SPOT_REASONS)
-    return NodeLoss(rank, f"preempted: {text}" if preempted else text, preempted=preempted)
