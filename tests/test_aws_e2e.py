@@ -320,3 +320,22 @@ def test_a_resize_made_outside_stix_shows_in_status_events_and_cost_report(
     # the time before the resize stays at the old price: less than all of it at the new one
     assert 0 < cost["cost"] < cost["duration_seconds"] / 3600 * row["hourly_price"]
     stix.run("down", "rs", "-y", check=True, timeout=120)
+
+
+def test_the_agent_stops_its_machine_when_autostop_is_due_and_the_daemon_is_gone(
+    stix: Stix, aws: AwsBed, hosts: SshBed, tmp_path: Path
+) -> None:
+    """The dead-man's switch on a cloud node: with no daemon to stop the instance, the agent
+    runs the machine's own shutdown (here a stand-in that says where it ran)."""
+    _use(stix, aws, hosts)
+    marker = tmp_path / "self-stopped"
+    stix.env["STIX_TEST_SELF_STOP_COMMAND"] = f"hostname > {marker}"
+    stix.env["STIX__AUTOSTOP__GRACE_MINUTES"] = "0"
+    infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
+    stix.run("launch", "-c", "dm", "-i", "0.1", *infra, "true", check=True, timeout=120)
+    stix.run("daemon", "stop", check=True)
+    wait_until(marker.exists, timeout=30)
+    assert marker.read_text().strip() == hosts.hosts[0].name
+    assert {i["State"]["Name"] for i in aws.live_instances("dm")} == {"running"}  # not the daemon
+    stix.run("down", "dm", "-y", check=True, timeout=120)
+    assert aws.live_instances("dm") == []
