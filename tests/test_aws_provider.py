@@ -64,6 +64,43 @@ async def test_check_names_where_credentials_come_from_and_what_is_missing(aws: 
     assert "/nonexistent/.aws/credentials" in missing.reason
 
 
+async def test_check_reads_profiles_of_the_shared_files_and_says_what_a_profile_lacks(
+    aws: AwsBed, tmp_path: Path
+) -> None:
+    creds, conf = tmp_path / "credentials", tmp_path / "config"
+    creds.write_text(
+        "[default]\naws_access_key_id = half\n\n"
+        "[work]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    conf.write_text(
+        f"[profile work]\nregion = us-west-2\nendpoint_url = {aws.url}\n\n"
+        "[profile sso]\nsso_start_url = https://example.invalid/start\n"
+    )
+    base = {
+        "HOME": str(tmp_path),
+        "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+        "AWS_CONFIG_FILE": str(conf),
+    }
+
+    async def check(**env: str) -> tuple[bool, str]:
+        provider = AwsProvider(tmp_path, {**base, **env})
+        try:
+            result = await provider.check()
+        finally:
+            await provider.aclose()
+        return result.enabled, result.reason
+
+    enabled, reason = await check(AWS_PROFILE="work")
+    assert enabled, reason
+    assert f"profile work in {creds}" in reason and "us-west-2" in reason and aws.url in reason
+    half = f"AWS profile 'default' in {creds} has no aws_secret_access_key"
+    assert await check() == (False, half)
+    enabled, reason = await check(AWS_PROFILE="sso")
+    assert not enabled and "gets its keys through sso_start_url" in reason
+    enabled, reason = await check(AWS_PROFILE="ghost")
+    assert not enabled and f"'ghost' (from AWS_PROFILE) is in neither {creds} nor {conf}" in reason
+
+
 async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
     aws: AwsBed, home: Path, pyz: Path
 ) -> None:
