@@ -339,3 +339,21 @@ def test_the_agent_stops_its_machine_when_autostop_is_due_and_the_daemon_is_gone
     assert {i["State"]["Name"] for i in aws.live_instances("dm")} == {"running"}  # not the daemon
     stix.run("down", "dm", "-y", check=True, timeout=120)
     assert aws.live_instances("dm") == []
+
+
+def test_a_spot_interruption_notice_ends_the_running_job_before_the_instance_goes(
+    stix: Stix, aws: AwsBed, hosts: SshBed
+) -> None:
+    _use(stix, aws, hosts)
+    infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "--use-spot", "-y"]
+    stix.run("launch", "-c", "sn", "-d", *infra, "sleep 300", check=True, timeout=120)
+    wait_until(lambda: stix.job_status("sn", 1) == "RUNNING", timeout=30)
+    [inst] = aws.live_instances("sn")
+    aws.spot_notice(inst["InstanceId"])
+    stix.run("status", "--refresh", check=True)
+    wait_until(lambda: stix.job_status("sn", 1) == "FAILED_DRIVER", timeout=20)  # grace: 60 s
+    [notice] = [e for e in stix.json("events", "sn") if e["event"] == "node_preempted"]
+    assert f"spot instance {inst['InstanceId']} has an interruption notice" in notice["why"]
+    assert "marked-for-termination" in notice["why"]
+    stix.run("down", "sn", "-y", check=True, timeout=120)
+    assert aws.live_instances("sn") == []

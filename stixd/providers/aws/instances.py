@@ -83,6 +83,28 @@ def _root_volume(raw: dict[str, Any]) -> str | None:
     return None
 
 
+INTERRUPTION_CODES = ("marked-for-termination", "marked-for-stop", "marked-for-hibernation")
+"""Spot request status codes of an interruption notice: EC2 takes the instance back soon."""
+
+
+async def interruption_notices(ec2: Ec2Clients, region: str, ids: list[str]) -> dict[str, str]:
+    """Spot instance id → its interruption notice (``code: message``), for those that have one."""
+    if not ids:
+        return {}
+    found = await ec2.call(
+        Where(region),
+        "describe_spot_instance_requests",
+        Filters=[{"Name": "instance-id", "Values": ids}],
+    )
+    out = {}
+    for request in found.get("SpotInstanceRequests") or []:
+        status = request.get("Status") or {}
+        if status.get("Code") in INTERRUPTION_CODES and request.get("InstanceId") in ids:
+            message = f": {status['Message']}" if status.get("Message") else ""
+            out[str(request["InstanceId"])] = f"{status['Code']}{message}"
+    return out
+
+
 async def disk_sizes(ec2: Ec2Clients, region: str, insts: list[Instance]) -> dict[str, int]:
     """Instance id → its root volume's size in GB (what it is now, resized or not)."""
     by_volume = {i.root_volume: i.id for i in insts if i.root_volume}

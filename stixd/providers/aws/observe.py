@@ -1,5 +1,6 @@
-"""What a cluster's instances are now: each node probed, each lost one named with EC2's reason,
-each live machine's type, disk and address as EC2 lists them.
+"""What a cluster's instances are now: each node probed, each lost one named with EC2's reason
+(a spot instance with an interruption notice counts as lost: EC2 takes it back within two
+minutes), each live machine's type, disk and address as EC2 lists them.
 
 Read only (``query`` reconciles passively): the cluster actor decides what to do with it.
 """
@@ -11,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from proto.errors import ProvisionError
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.instances import Instance
@@ -33,6 +35,7 @@ async def observe(
     ec2: Ec2Clients, nodes_side: AwsNodes, cluster: str, region: str, found: list[Instance]
 ) -> Observation:
     """``found``: the cluster's live instances, against its nodes as last brought up."""
+    log = nodes_side.log
     nodes: dict[int, NodeInfo] = {}
     errors: dict[int, str] = {}
     by_rank = {i.rank: i for i in found if i.rank is not None}
@@ -47,12 +50,21 @@ async def observe(
             errors[rank] = error
 
     disks: dict[str, int] = {}
+    notices: dict[str, str] = {}
 
     async def sizes() -> None:
         disks.update(await instances.disk_sizes(ec2, region, ranked))
 
+    async def notified() -> None:
+        spot = [i.id for i in ranked if i.spot and i.state == "running"]
+        try:
+            notices.update(await instances.interruption_notices(ec2, region, spot))
+        except ProvisionError as exc:  # no notices then: the termination itself is seen later
+            log.warning("aws_spot_notices_unread", error=exc.message)
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(sizes)
+        tg.start_soon(notified)
         for rank, inst in by_rank.items():
             tg.start_soon(one, inst, rank)
     lost: list[NodeLoss] = []
@@ -61,6 +73,9 @@ async def observe(
         mine = by_rank.get(rank)
         if mine is not None and mine.state in ("stopped", "stopping"):
             lost.append(loss_of(rank, mine.id, mine))
+        elif mine is not None and mine.id in notices:
+            text = f"spot instance {mine.id} has an interruption notice ({notices[mine.id]})"
+            lost.append(NodeLoss(rank, f"preempted: {text}", preempted=True))
         elif mine is None:
             loss = await _fate(ec2, region, rank, rec)
             lost.append(loss)
