@@ -11,13 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from proto.errors import ProvisionError
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.aws import AwsProvider, instances
 from stixd.providers.aws.errors import AwsAuthError, AwsCapacityError
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
-from stixd.providers.base import NodeStatus, ProvisionRequest
+from stixd.providers.aws.nodes import AwsNodes
+from stixd.providers.aws.records import Records
+from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.ssh_transport import SshSettings
 from tests.awsbed import AwsBed, aws_fixtures
 from tests.sshbed import SshBed, bed_fixture
 
@@ -375,3 +379,37 @@ async def test_disk_tier_picks_the_root_volume_type(
     assert aws.seen().count("RunInstances") == 1
     assert "CreateSecurityGroup" not in aws.seen()[aws.seen().index("TerminateInstances") :]
     await provider.aclose()
+
+
+async def test_a_node_whose_public_address_changed_is_reached_at_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """A stop and start from the console gives an instance a new public IP: the next look
+    moves the node's SSH target there (its address inside the VPC stays)."""
+    records = Records(tmp_path)
+    rec = {"ip": "172.31.0.5", "host": "3.3.3.3", "port": 22, "user": "ubuntu", "key": "k"}
+    records.set_node("mv", 0, **rec, socket="/s", home="/home/ubuntu", instance="i-1")
+    node = NodeInfo(0, "172.31.0.5", NodeStatus.RUNNING, "/s", "/w", "/home/ubuntu")
+    moved = instances.Instance(
+        "i-1", 0, "running", "us-east-1a", "m6i.large", "172.31.0.5", "4.4.4.4", False, 0, 0.0
+    )
+
+    def side(env: dict[str, str]) -> AwsNodes:
+        return AwsNodes(
+            tmp_path,
+            env,
+            records,
+            SshSettings(),
+            structlog.get_logger(),
+            ssh_user="ubuntu",
+            boot_within=1.0,
+        )
+
+    testing = side({"STIX_TEST_SSH_HOSTS": "root@10.0.0.1:22"})
+    await testing.readdress("mv", moved)  # test hosts stand in for instances: never moved
+    assert testing.node_target(node).host == "3.3.3.3"
+    real = side({})
+    assert real.node_target(node).host == "3.3.3.3"
+    await real.readdress("mv", moved)
+    assert real.node_target(node).host == "4.4.4.4"
+    assert (records.get("mv") or {})["nodes"]["0"]["host"] == "4.4.4.4"
