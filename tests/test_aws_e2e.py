@@ -313,8 +313,8 @@ def test_a_resize_made_outside_stix_shows_in_status_events_and_cost_report(
     assert row["resources"] == "1x aws/us-east-1 m6i.xlarge, disk 300 GB"
     assert row["hourly_price"] > 1.5 * before["hourly_price"]  # the catalog's xlarge price
     changes = [e["why"] for e in stix.json("events", "rs") if e["event"] == "machine_changed"]
-    assert "node 0: instance type m6i.large -> m6i.xlarge (seen)" in changes
-    assert "node 0: disk 256 -> 300 GB (seen)" in changes
+    assert "node 0: instance type m6i.large -> m6i.xlarge (made outside stix)" in changes
+    assert "node 0: disk 256 -> 300 GB (made outside stix)" in changes
     [cost] = [r for r in stix.json("cost-report")["rows"] if r["name"] == "rs"]
     assert cost["resources"] == row["resources"] and cost["hourly_price"] == row["hourly_price"]
     # the time before the resize stays at the old price: less than all of it at the new one

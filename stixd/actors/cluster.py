@@ -226,7 +226,9 @@ class ClusterActor(Actor):
         if seen is None:
             return
         for change in seen.changes:
-            await self.store.record(self.kind, self.id, "machine_changed", f"{change} (seen)")
+            await self.store.record(
+                self.kind, self.id, "machine_changed", f"{change} (made outside stix)"
+            )
         await self.save(spec=seen.spec, **seen.data)
 
     def _losses(self) -> list[NodeLoss]:

@@ -8,6 +8,7 @@ Read only (``query`` reconciles passively): the cluster actor decides what to do
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from typing import Any
 
 import anyio
@@ -32,9 +33,15 @@ class Observation:
 
 
 async def observe(
-    ec2: Ec2Clients, nodes_side: AwsNodes, cluster: str, region: str, found: list[Instance]
+    ec2: Ec2Clients,
+    nodes_side: AwsNodes,
+    cluster: str,
+    region: str,
+    found: list[Instance],
+    new: Collection[str] = (),
 ) -> Observation:
-    """``found``: the cluster's live instances, against its nodes as last brought up."""
+    """``found``: the cluster's live instances, against its nodes as last brought up;
+    ``new``: instances made so recently that EC2 may not list them yet (never taken for lost)."""
     log = nodes_side.log
     nodes: dict[int, NodeInfo] = {}
     errors: dict[int, str] = {}
@@ -77,10 +84,13 @@ async def observe(
             text = f"spot instance {mine.id} has an interruption notice ({notices[mine.id]})"
             lost.append(NodeLoss(rank, f"preempted: {text}", preempted=True))
         elif mine is None:
-            loss = await _fate(ec2, region, rank, rec)
-            lost.append(loss)
+            loss = await _fate(ec2, region, rank, rec, new)
+            if loss is not None:
+                lost.append(loss)
             if nodes:  # some are alive: say what became of this one
-                errors[rank] = loss.why
+                errors[rank] = (
+                    loss.why if loss else f"instance {rec.get('instance')} not listed yet"
+                )
                 nodes[rank] = record_node(rank, rec, "", NodeStatus.UNREACHABLE)
     machines = [
         Machine(r, i.instance_type, i.spot, region, i.address, disks.get(i.id))
@@ -89,13 +99,17 @@ async def observe(
     return Observation([nodes[r] for r in sorted(nodes)], errors, lost, machines)
 
 
-async def _fate(ec2: Ec2Clients, region: str, rank: int, rec: dict[str, Any]) -> NodeLoss:
-    """Why a node's instance is no longer alive, as EC2 tells it."""
+async def _fate(
+    ec2: Ec2Clients, region: str, rank: int, rec: dict[str, Any], new: Collection[str]
+) -> NodeLoss | None:
+    """Why a node's instance is no longer alive, as EC2 tells it (None: too new to say)."""
     instance = rec.get("instance")
     if not instance:
         return NodeLoss(rank, f"node {rank}'s instance is gone", preempted=False)
     gone = await instances.by_ids(ec2, region, [str(instance)])
     if not gone:
+        if instance in new:
+            return None
         return NodeLoss(rank, f"instance {instance} is gone", preempted=False)
     return loss_of(rank, str(instance), gone[0])
 

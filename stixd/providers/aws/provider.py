@@ -273,11 +273,18 @@ class AwsProvider:
             self.seen.pop(cluster, None)
             return []
         region, found = alive
-        seen = await observe(self.ec2(), self.nodes, cluster, region, found)
+        seen = await observe(self.ec2(), self.nodes, cluster, region, found, self._new(cluster))
         self.last_error[cluster] = seen.errors
         self.lost[cluster] = seen.lost
         self.seen[cluster] = seen.machines
         return seen.nodes
+
+    def _new(self, cluster: str) -> list[str]:
+        """The cluster's instances made so recently that EC2 may not list them yet."""
+        entry = self.records.get(cluster) or {}
+        if time.time() - float(entry.get("created_at") or 0) >= LISTING_DELAY_S:
+            return []
+        return [str(i) for i in entry.get("created") or []]
 
     def lost_nodes(self, cluster: str) -> list[NodeLoss]:
         """The nodes the last ``query`` found without a running instance, and why."""
