@@ -60,7 +60,10 @@ async def observe(
     notices: dict[str, str] = {}
 
     async def sizes() -> None:
-        disks.update(await instances.disk_sizes(ec2, region, ranked))
+        try:
+            disks.update(await instances.disk_sizes(ec2, region, ranked))
+        except ProvisionError as exc:  # the disks stay as last seen
+            log.warning("aws_disks_unread", error=exc.message)
 
     async def notified() -> None:
         spot = [i.id for i in ranked if i.spot and i.state == "running"]
