@@ -136,10 +136,13 @@ def test_instances_terminated_outside_stix_show_in_status_refresh(
     stix: Stix, aws: AwsBed, hosts: SshBed
 ) -> None:
     """One node's instance gone (a spot interruption, the console): the cluster is INIT and
-    says which instance and why; all of them gone: the cluster is gone."""
+    says which instance and why, and its running job ends at once; all of them gone: the
+    cluster is gone."""
     _use(stix, aws, hosts)
     infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
-    stix.run("launch", "-c", "ext", "--num-nodes", "2", *infra, "true", check=True, timeout=120)
+    two = ["--num-nodes", "2", "-d"]
+    stix.run("launch", "-c", "ext", *two, *infra, "sleep 300", check=True, timeout=120)
+    wait_until(lambda: stix.job_status("ext", 1) == "RUNNING", timeout=30)
     by_rank = {
         {t["Key"]: t["Value"] for t in i["Tags"]}["stix-node-rank"]: i["InstanceId"]
         for i in aws.live_instances("ext")
@@ -149,6 +152,9 @@ def test_instances_terminated_outside_stix_show_in_status_refresh(
     assert row["status"] == "INIT"
     assert f"node 1 ({hosts.hosts[1].ip}) is unreachable" in row["last_error"]
     assert f"instance {by_rank['1']} is terminated" in row["last_error"]
+    wait_until(lambda: stix.job_status("ext", 1) == "FAILED_DRIVER", timeout=20)  # grace: 60 s
+    [lost] = [e["why"] for e in stix.json("events", "ext") if e["event"] == "node_lost"]
+    assert lost.startswith(f"node 1 instance {by_rank['1']} is terminated")
     aws.ec2("terminate_instances", InstanceIds=[by_rank["0"]])
     assert "ext" not in {c["name"] for c in stix.json("status", "--refresh")}
 
