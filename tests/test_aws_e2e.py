@@ -338,7 +338,8 @@ def test_the_agent_stops_its_machine_when_autostop_is_due_and_the_daemon_is_gone
     stix.env["STIX_TEST_SELF_STOP_COMMAND"] = f"hostname > {marker}"
     stix.env["STIX__AUTOSTOP__GRACE_MINUTES"] = "0"
     infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
-    stix.run("launch", "-c", "dm", "-i", "0.1", *infra, "true", check=True, timeout=120)
+    # 9 s idle: the daemon, which would stop the instance itself, is gone well before
+    stix.run("launch", "-c", "dm", "-i", "0.15", *infra, "true", check=True, timeout=120)
     stix.run("daemon", "stop", check=True)
     wait_until(marker.exists, timeout=30)
     assert marker.read_text().strip() == hosts.hosts[0].name
