@@ -343,7 +343,9 @@ def test_the_agent_stops_its_machine_when_autostop_is_due_and_the_daemon_is_gone
     stix.run("daemon", "stop", check=True)
     wait_until(marker.exists, timeout=30)
     assert marker.read_text().strip() == hosts.hosts[0].name
-    assert {i["State"]["Name"] for i in aws.live_instances("dm")} == {"running"}  # not the daemon
+    states = {i["State"]["Name"] for i in aws.live_instances("dm")}
+    log = (stix.home / "stixd.log").read_text()
+    assert states == {"running"}, f"the daemon acted: {states}\n{log[-3000:]}"
     stix.run("down", "dm", "-y", check=True, timeout=120)
     assert aws.live_instances("dm") == []
 
