@@ -341,8 +341,9 @@ def test_the_agent_stops_its_machine_when_autostop_is_due_and_the_daemon_is_gone
     # 9 s idle: the daemon, which would stop the instance itself, is gone well before
     stix.run("launch", "-c", "dm", "-i", "0.15", *infra, "true", check=True, timeout=120)
     stix.run("daemon", "stop", check=True)
-    wait_until(marker.exists, timeout=30)
-    assert marker.read_text().strip() == hosts.hosts[0].name
+    # the shell makes the file before `hostname` writes to it: wait for the name itself
+    ran_on = wait_until(lambda: marker.exists() and marker.read_text().strip(), timeout=30)
+    assert ran_on == hosts.hosts[0].name
     states = {i["State"]["Name"] for i in aws.live_instances("dm")}
     log = (stix.home / "stixd.log").read_text()
     assert states == {"running"}, f"the daemon acted: {states}\n{log[-3000:]}"
