@@ -11,13 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from proto.errors import ProvisionError
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.aws import AwsProvider, instances
 from stixd.providers.aws.errors import AwsAuthError, AwsCapacityError
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
-from stixd.providers.base import NodeStatus, ProvisionRequest
+from stixd.providers.aws.nodes import AwsNodes
+from stixd.providers.aws.records import Records
+from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.ssh_transport import SshSettings
 from tests.awsbed import AwsBed, aws_fixtures
 from tests.sshbed import SshBed, bed_fixture
 
@@ -62,6 +66,43 @@ async def test_check_names_where_credentials_come_from_and_what_is_missing(aws: 
     assert not missing.enabled
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in missing.reason
     assert "/nonexistent/.aws/credentials" in missing.reason
+
+
+async def test_check_reads_profiles_of_the_shared_files_and_says_what_a_profile_lacks(
+    aws: AwsBed, tmp_path: Path
+) -> None:
+    creds, conf = tmp_path / "credentials", tmp_path / "config"
+    creds.write_text(
+        "[default]\naws_access_key_id = half\n\n"
+        "[work]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    conf.write_text(
+        f"[profile work]\nregion = us-west-2\nendpoint_url = {aws.url}\n\n"
+        "[profile sso]\nsso_start_url = https://example.invalid/start\n"
+    )
+    base = {
+        "HOME": str(tmp_path),
+        "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+        "AWS_CONFIG_FILE": str(conf),
+    }
+
+    async def check(**env: str) -> tuple[bool, str]:
+        provider = AwsProvider(tmp_path, {**base, **env})
+        try:
+            result = await provider.check()
+        finally:
+            await provider.aclose()
+        return result.enabled, result.reason
+
+    enabled, reason = await check(AWS_PROFILE="work")
+    assert enabled, reason
+    assert f"profile work in {creds}" in reason and "us-west-2" in reason and aws.url in reason
+    half = f"AWS profile 'default' in {creds} has no aws_secret_access_key"
+    assert await check() == (False, half)
+    enabled, reason = await check(AWS_PROFILE="sso")
+    assert not enabled and "gets its keys through sso_start_url" in reason
+    enabled, reason = await check(AWS_PROFILE="ghost")
+    assert not enabled and f"'ghost' (from AWS_PROFILE) is in neither {creds} nor {conf}" in reason
 
 
 async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
@@ -338,3 +379,37 @@ async def test_disk_tier_picks_the_root_volume_type(
     assert aws.seen().count("RunInstances") == 1
     assert "CreateSecurityGroup" not in aws.seen()[aws.seen().index("TerminateInstances") :]
     await provider.aclose()
+
+
+async def test_a_node_whose_public_address_changed_is_reached_at_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """A stop and start from the console gives an instance a new public IP: the next look
+    moves the node's SSH target there (its address inside the VPC stays)."""
+    records = Records(tmp_path)
+    rec = {"ip": "172.31.0.5", "host": "3.3.3.3", "port": 22, "user": "ubuntu", "key": "k"}
+    records.set_node("mv", 0, **rec, socket="/s", home="/home/ubuntu", instance="i-1")
+    node = NodeInfo(0, "172.31.0.5", NodeStatus.RUNNING, "/s", "/w", "/home/ubuntu")
+    moved = instances.Instance(
+        "i-1", 0, "running", "us-east-1a", "m6i.large", "172.31.0.5", "4.4.4.4", False, 0, 0.0
+    )
+
+    def side(env: dict[str, str]) -> AwsNodes:
+        return AwsNodes(
+            tmp_path,
+            env,
+            records,
+            SshSettings(),
+            structlog.get_logger(),
+            ssh_user="ubuntu",
+            boot_within=1.0,
+        )
+
+    testing = side({"STIX_TEST_SSH_HOSTS": "root@10.0.0.1:22"})
+    await testing.readdress("mv", moved)  # test hosts stand in for instances: never moved
+    assert testing.node_target(node).host == "3.3.3.3"
+    real = side({})
+    assert real.node_target(node).host == "3.3.3.3"
+    await real.readdress("mv", moved)
+    assert real.node_target(node).host == "4.4.4.4"
+    assert (records.get("mv") or {})["nodes"]["0"]["host"] == "4.4.4.4"

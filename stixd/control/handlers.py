@@ -20,7 +20,7 @@ from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
-from stixd.control import catalog_cmds, jobs_cmds, plan_cmds, ssh_cmds
+from stixd.control import catalog_cmds, jobs_cmds, leak_cmds, plan_cmds, ssh_cmds
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 
@@ -104,7 +104,12 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
         rows = [r for r in [await app.store.get("cluster", r.id) for r in rows] if r is not None]
         if not req.all:
             rows = [r for r in rows if not r.terminal]
-    return m.ClusterList(clusters=[cluster_record(r) for r in rows])
+    report = app.leak_report
+    return m.ClusterList(
+        clusters=[cluster_record(r) for r in rows],
+        leaks=report.leaks if report else [],
+        leaks_scanned_at=report.scanned_at if report else None,
+    )
 
 
 def job_record(row: Row) -> m.JobRecord:
@@ -185,7 +190,10 @@ async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostRepor
         if row.data.get("up_since"):
             active += now - float(row.data["up_since"])
         rec = cluster_record(row)
-        cost = active / 3600 * rec.hourly_price * rec.num_nodes
+        # a price changed by a resize outside stix holds from then on; before it, the old one
+        priced = float(row.data.get("priced_seconds") or 0.0)
+        cost = float(row.data.get("cost_accrued") or 0.0)
+        cost += max(active - priced, 0.0) / 3600 * rec.hourly_price * rec.num_nodes
         rows_out.append(
             m.CostRow(
                 name=row.id,
@@ -320,6 +328,8 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await check(app, req, emit)
     if isinstance(req, m.Events):
         return await events(app, req, emit)
+    if isinstance(req, m.Leaks):
+        return await leak_cmds.leaks_cmd(app, req, emit)
     if isinstance(req, m.PlanRequest):
         return await plan_cmds.plan_cmd(app, req, emit)
     if isinstance(req, m.NodeShell):
