@@ -266,12 +266,12 @@ def test_a_preempted_spot_instance_ends_its_run_at_once_and_the_managed_job_reco
     marks.mkdir()
     path = task_file(
         "name: sp\n"
-        "resources:\n  infra: aws/us-east-1\n  instance_type: m6i.large\n  use_spot: true\n"
         "run: |\n"
         f"  echo run > {marks}/$(date +%s%N)\n"
         f"  [ $(ls {marks} | wc -l) -ge 2 ] || sleep 600\n"
     )
-    stix.run("jobs", "launch", "-d", "-y", str(path), check=True, timeout=120)
+    spot = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "--use-spot"]
+    stix.run("jobs", "launch", "-d", "-y", *spot, str(path), check=True, timeout=120)
     wait_until(lambda: managed(stix, 1)["status"] == "RUNNING" and any(marks.iterdir()), 120)
     [first] = aws.live_instances("sp-1")
     assert first["InstanceLifecycle"] == "spot"
