@@ -6,6 +6,7 @@ proxy of tests/awsfault.py, which answers chosen EC2 actions the way EC2 does.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from proto.errors import ProvisionError
 from stixd.agent_bundle import build_agent_zipapp
+from stixd.logs import make_logger
 from stixd.providers.aws import AwsProvider, instances
 from stixd.providers.aws.errors import AwsAuthError, AwsCapacityError
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
@@ -62,6 +64,32 @@ async def test_check_names_where_credentials_come_from_and_what_is_missing(aws: 
     assert not missing.enabled
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in missing.reason
     assert "/nonexistent/.aws/credentials" in missing.reason
+
+
+async def test_at_debug_level_every_ec2_request_is_logged_with_its_duration(
+    aws: AwsBed, home: Path
+) -> None:
+    """What bench/bench_aws.py splits a launch with; at the default level nothing is logged."""
+    for level in ("debug", "info"):
+        path = home / f"{level}.log"
+        log, stream = make_logger(path, level)
+        provider = AwsProvider(home, _env(aws), log=log)
+        before = time.time()
+        assert (await provider.check()).enabled
+        aws.fault("DescribeAvailabilityZones", "AuthFailure", status=401, times=1)
+        assert not (await provider.check()).enabled
+        await provider.aclose()
+        stream.close()
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        calls = [r for r in lines if r["event"] == "aws_call"]
+        made = [r for r in lines if r["event"] == "aws_client_made"]
+        if level == "info":
+            assert calls == [] and made == []
+            continue
+        assert [c["operation"] for c in calls] == ["describe_availability_zones"] * 2
+        assert all(c["region"] == "us-east-1" and c["attempt"] == 1 for c in calls)
+        assert all(before <= c["began"] <= time.time() and c["s"] > 0 for c in calls)
+        assert len(made) == 1 and made[0]["s"] > 0
 
 
 async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
