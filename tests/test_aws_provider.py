@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from proto.errors import ProvisionError
@@ -90,6 +91,41 @@ async def test_at_debug_level_every_ec2_request_is_logged_with_its_duration(
         assert all(c["region"] == "us-east-1" and c["attempt"] == 1 for c in calls)
         assert all(before <= c["began"] <= time.time() and c["s"] > 0 for c in calls)
         assert len(made) == 1 and made[0]["s"] > 0
+
+
+async def test_clusters_queried_at_once_share_one_describe_call_and_get_their_own_nodes(
+    aws: AwsBed, home: Path
+) -> None:
+    """A daemon restart or `status --refresh` asks about every cluster at the same time."""
+    provider = AwsProvider(home, _env(aws))
+    image = aws.an_image()
+    made: dict[str, list[str]] = {}
+    for name, n in (("q0", 2), ("q1", 1), ("q2", 3)):
+        tags = [{"Key": "stix-cluster", "Value": name}, {"Key": TAG_USER, "Value": provider.user}]
+        spec = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
+        run = aws.ec2("run_instances", ImageId=image, MinCount=n, MaxCount=n, **spec)
+        made[name] = [i["InstanceId"] for i in run["Instances"]]
+        for rank, iid in enumerate(made[name]):
+            aws.ec2("create_tags", Resources=[iid], Tags=[{"Key": TAG_RANK, "Value": str(rank)}])
+    names = [*made, "q3-empty"]
+    for name in names:
+        provider.records.update(name, region="us-east-1")
+    before = aws.seen().count("DescribeInstances")
+    got: dict[str, list[int]] = {}
+
+    async def query(name: str) -> None:
+        got[name] = [n.rank for n in await provider.query(name)]
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(query, name)
+    assert aws.seen().count("DescribeInstances") - before == 1
+    assert got == {"q0": [0, 1], "q1": [0], "q2": [0, 1, 2], "q3-empty": []}
+    aws.ec2("terminate_instances", InstanceIds=made["q1"])  # one after another: a call each
+    assert await provider.query("q1") == []
+    assert [n.rank for n in await provider.query("q0")] == [0, 1]
+    assert aws.seen().count("DescribeInstances") - before == 3
+    await provider.aclose()
 
 
 async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
