@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -126,6 +127,57 @@ async def test_clusters_queried_at_once_share_one_describe_call_and_get_their_ow
     assert [n.rank for n in await provider.query("q0")] == [0, 1]
     assert aws.seen().count("DescribeInstances") - before == 3
     await provider.aclose()
+
+
+async def test_a_look_up_waits_for_the_next_call_and_survives_its_makers_cancellation(
+    aws: AwsBed, home: Path
+) -> None:
+    """While one call is in flight, later look-ups go together in the next; when the look-up
+    that was to make that call is cancelled, the others still get their answer."""
+    provider = AwsProvider(home, _env(aws))
+    image = aws.an_image()
+    for name in ("la", "lb", "lc"):
+        tags = [{"Key": "stix-cluster", "Value": name}, {"Key": TAG_USER, "Value": provider.user}]
+        spec = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
+        [inst] = aws.ec2("run_instances", ImageId=image, MinCount=1, MaxCount=1, **spec)[
+            "Instances"
+        ]
+        aws.ec2(
+            "create_tags", Resources=[inst["InstanceId"]], Tags=[{"Key": TAG_RANK, "Value": "0"}]
+        )
+    listing = provider.listing()
+    got: dict[str, list[str]] = {}
+
+    async def find(name: str) -> None:
+        got[name] = [i.id for i in await listing.find("us-east-1", name)]
+
+    aws.hold("DescribeInstances")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(find, "la")
+        await _until(lambda: aws.held()["waiting"] == 1)
+        doomed = anyio.CancelScope()
+        tg.start_soon(_cancellable, doomed, find, "lb")
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(find, "lc")
+        await anyio.wait_all_tasks_blocked()
+        doomed.cancel()
+        await anyio.wait_all_tasks_blocked()
+        aws.let_go()
+    assert "lb" not in got
+    assert len(got["la"]) == 1 and len(got["lc"]) == 1 and got["la"] != got["lc"]
+    assert aws.seen().count("DescribeInstances") == 2  # la's, then lc's asked again alone
+    await provider.aclose()
+
+
+async def _cancellable(scope: anyio.CancelScope, fn: Any, *args: Any) -> None:
+    with scope:
+        await fn(*args)
+
+
+async def _until(check: Any, within: float = 10.0) -> None:
+    with anyio.fail_after(within):
+        while not check():
+            await anyio.sleep(0.02)
 
 
 async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
