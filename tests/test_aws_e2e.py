@@ -367,3 +367,22 @@ def test_a_spot_interruption_notice_ends_the_running_job_before_the_instance_goe
     assert "marked-for-termination" in notice["why"]
     stix.run("down", "sn", "-y", check=True, timeout=120)
     assert aws.live_instances("sn") == []
+
+
+def test_status_refresh_asks_ec2_about_all_clusters_together(
+    stix: Stix, aws: AwsBed, hosts: SshBed
+) -> None:
+    """One call per cluster, one after another, would cost N round trips to EC2: the actors
+    look at the same time and their look-ups share calls (one in flight, the rest the next)."""
+    _use(stix, aws, hosts)
+    stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "3600"  # no look-ups but the refresh's
+    infra = ["--infra", "aws/us-east-1", "--instance-type", "m6i.large", "-y"]
+    names = ["r0", "r1", "r2", "r3"]
+    for name in names:
+        stix.run("launch", "-c", name, "-d", *infra, "true", check=True, timeout=120)
+    before = aws.seen().count("DescribeInstances")
+    rows = stix.json("status", "--refresh")
+    assert sorted(r["name"] for r in rows if r["status"] == "UP") == names
+    assert aws.seen().count("DescribeInstances") - before <= 2
+    for name in names:
+        stix.run("down", name, "-y", check=True, timeout=120)

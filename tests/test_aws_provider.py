@@ -6,15 +6,19 @@ proxy of tests/awsfault.py, which answers chosen EC2 actions the way EC2 does.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 import structlog
 
 from proto.errors import ProvisionError
 from stixd.agent_bundle import build_agent_zipapp
+from stixd.logs import make_logger
 from stixd.providers.aws import AwsProvider, instances
 from stixd.providers.aws.errors import AwsAuthError, AwsCapacityError
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
@@ -103,6 +107,118 @@ async def test_check_reads_profiles_of_the_shared_files_and_says_what_a_profile_
     assert not enabled and "gets its keys through sso_start_url" in reason
     enabled, reason = await check(AWS_PROFILE="ghost")
     assert not enabled and f"'ghost' (from AWS_PROFILE) is in neither {creds} nor {conf}" in reason
+
+
+async def test_at_debug_level_every_ec2_request_is_logged_with_its_duration(
+    aws: AwsBed, home: Path
+) -> None:
+    """What bench/bench_aws.py splits a launch with; at the default level nothing is logged."""
+    for level in ("debug", "info"):
+        path = home / f"{level}.log"
+        log, stream = make_logger(path, level)
+        provider = AwsProvider(home, _env(aws), log=log)
+        before = time.time()
+        assert (await provider.check()).enabled
+        aws.fault("DescribeAvailabilityZones", "AuthFailure", status=401, times=1)
+        assert not (await provider.check()).enabled
+        await provider.aclose()
+        stream.close()
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        calls = [r for r in lines if r["event"] == "aws_call"]
+        made = [r for r in lines if r["event"] == "aws_client_made"]
+        if level == "info":
+            assert calls == [] and made == []
+            continue
+        assert [c["operation"] for c in calls] == ["describe_availability_zones"] * 2
+        assert all(c["region"] == "us-east-1" and c["attempt"] == 1 for c in calls)
+        assert all(before <= c["began"] <= time.time() and c["s"] > 0 for c in calls)
+        assert len(made) == 1 and made[0]["s"] > 0
+
+
+async def test_clusters_queried_at_once_share_one_describe_call_and_get_their_own_nodes(
+    aws: AwsBed, home: Path
+) -> None:
+    """A daemon restart or `status --refresh` asks about every cluster at the same time."""
+    provider = AwsProvider(home, _env(aws))
+    image = aws.an_image()
+    made: dict[str, list[str]] = {}
+    for name, n in (("q0", 2), ("q1", 1), ("q2", 3)):
+        tags = [{"Key": "stix-cluster", "Value": name}, {"Key": TAG_USER, "Value": provider.user}]
+        spec = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
+        run = aws.ec2("run_instances", ImageId=image, MinCount=n, MaxCount=n, **spec)
+        made[name] = [i["InstanceId"] for i in run["Instances"]]
+        for rank, iid in enumerate(made[name]):
+            aws.ec2("create_tags", Resources=[iid], Tags=[{"Key": TAG_RANK, "Value": str(rank)}])
+    names = [*made, "q3-empty"]
+    for name in names:
+        provider.records.update(name, region="us-east-1")
+    before = aws.seen().count("DescribeInstances")
+    got: dict[str, list[int]] = {}
+
+    async def query(name: str) -> None:
+        got[name] = [n.rank for n in await provider.query(name)]
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(query, name)
+    assert aws.seen().count("DescribeInstances") - before == 1
+    assert got == {"q0": [0, 1], "q1": [0], "q2": [0, 1, 2], "q3-empty": []}
+    aws.ec2("terminate_instances", InstanceIds=made["q1"])  # one after another: a call each
+    assert await provider.query("q1") == []
+    assert [n.rank for n in await provider.query("q0")] == [0, 1]
+    assert aws.seen().count("DescribeInstances") - before == 3
+    await provider.aclose()
+
+
+async def test_a_look_up_waits_for_the_next_call_and_survives_its_makers_cancellation(
+    aws: AwsBed, home: Path
+) -> None:
+    """While one call is in flight, later look-ups go together in the next; when the look-up
+    that was to make that call is cancelled, the others still get their answer."""
+    provider = AwsProvider(home, _env(aws))
+    image = aws.an_image()
+    for name in ("la", "lb", "lc"):
+        tags = [{"Key": "stix-cluster", "Value": name}, {"Key": TAG_USER, "Value": provider.user}]
+        spec = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
+        [inst] = aws.ec2("run_instances", ImageId=image, MinCount=1, MaxCount=1, **spec)[
+            "Instances"
+        ]
+        aws.ec2(
+            "create_tags", Resources=[inst["InstanceId"]], Tags=[{"Key": TAG_RANK, "Value": "0"}]
+        )
+    listing = provider.listing()
+    got: dict[str, list[str]] = {}
+
+    async def find(name: str) -> None:
+        got[name] = [i.id for i in await listing.find("us-east-1", name)]
+
+    aws.hold("DescribeInstances")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(find, "la")
+        await _until(lambda: aws.held()["waiting"] == 1)
+        doomed = anyio.CancelScope()
+        tg.start_soon(_cancellable, doomed, find, "lb")
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(find, "lc")
+        await anyio.wait_all_tasks_blocked()
+        doomed.cancel()
+        await anyio.wait_all_tasks_blocked()
+        aws.let_go()
+    assert "lb" not in got
+    assert len(got["la"]) == 1 and len(got["lc"]) == 1 and got["la"] != got["lc"]
+    assert aws.seen().count("DescribeInstances") == 2  # la's, then lc's asked again alone
+    await provider.aclose()
+
+
+async def _cancellable(scope: anyio.CancelScope, fn: Any, *args: Any) -> None:
+    with scope:
+        await fn(*args)
+
+
+async def _until(check: Any, within: float = 10.0) -> None:
+    with anyio.fail_after(within):
+        while not check():
+            await anyio.sleep(0.02)
 
 
 async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(

@@ -154,10 +154,10 @@ async def find(ec2: Ec2Clients, region: str, cluster: str, user: str) -> list[In
             {"Name": "instance-state-name", "Values": ALIVE},
         ],
     )
-    return sorted(_flatten(found), key=_order)
+    return sorted(_flatten(found), key=order)
 
 
-def _order(i: Instance) -> tuple[int, float, int, str]:
+def order(i: Instance) -> tuple[int, float, int, str]:
     return (i.rank if i.rank is not None else 1 << 30, i.launched_at, i.launch_index, i.id)
 
 
@@ -169,7 +169,7 @@ async def by_ids(ec2: Ec2Clients, region: str, ids: list[str]) -> list[Instance]
         if getattr(exc, "aws_code", "") == "InvalidInstanceID.NotFound":
             return []
         raise
-    return sorted(_flatten(found), key=_order)
+    return sorted(_flatten(found), key=order)
 
 
 async def resolve_image(
@@ -290,7 +290,7 @@ async def run(
             },
         }
     made = await ec2.call(where, "run_instances", **params)
-    return sorted((parse(i) for i in made.get("Instances") or []), key=_order)
+    return sorted((parse(i) for i in made.get("Instances") or []), key=order)
 
 
 async def tag_ranks(

@@ -27,6 +27,7 @@ from stixd.providers.aws.errors import AwsCapacityError, Where
 from stixd.providers.aws.instances import Instance, RunSpec
 from stixd.providers.aws.keys import ensure_key_pair, ensure_local_key
 from stixd.providers.aws.leaks import YOUNG_S, Leak, clean_leaks, find_leaks
+from stixd.providers.aws.listing import ClusterListing
 from stixd.providers.aws.network import (
     delete_group,
     ensure_group,
@@ -94,6 +95,7 @@ class AwsProvider:
         self.seen: dict[str, list[Machine]] = {}
         """Per cluster: its live machines as the last query found them."""
         self._ec2: Ec2Clients | None = None
+        self._listing: ClusterListing | None = None
 
     # -- clients and connections ---------------------------------------------------------
 
@@ -101,6 +103,13 @@ class AwsProvider:
         if self._ec2 is None:
             self._ec2 = Ec2Clients(resolve(self.env), self.log)
         return self._ec2
+
+    def listing(self) -> ClusterListing:
+        """Where clusters are looked up when nothing is being made: concurrent look-ups of
+        several clusters share one EC2 call."""
+        if self._listing is None:
+            self._listing = ClusterListing(self.ec2(), self.user)
+        return self._listing
 
     def credentials_problem(self) -> str | None:
         """What is missing for AWS to be usable, read locally (no network): None if nothing."""
@@ -253,7 +262,7 @@ class AwsProvider:
         if entry is None or not entry.get("region"):
             return None
         region, ec2 = str(entry["region"]), self.ec2()
-        found = await instances.find(ec2, region, cluster, self.user)
+        found = await self.listing().find(region, cluster)
         if time.time() - float(entry.get("created_at") or 0) < LISTING_DELAY_S:
             listed = {i.id for i in found}
             unlisted = [i for i in entry.get("created") or [] if i not in listed]
