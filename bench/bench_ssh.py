@@ -94,7 +94,11 @@ def _events(home: Home, cluster: str) -> list[dict[str, Any]]:
 
 
 def _at(events: list[dict[str, Any]], kind: str, to_state: str) -> float:
-    return next(e["at"] for e in events if e["kind"] == kind and e["to_state"] == to_state)
+    found = [e["at"] for e in events if e["kind"] == kind and e["to_state"] == to_state]
+    if not found:
+        seen = [(e["kind"], e["from_state"], e["to_state"], e["why"]) for e in events]
+        raise SystemExit(f"no {kind} event to {to_state} among {seen}")
+    return found[0]
 
 
 def _node_ready(home: Home, cluster: str) -> list[dict[str, Any]]:

@@ -128,6 +128,14 @@ class Check(Msg, tag="check", frozen=True):
     infras: list[str] = []
 
 
+class Leaks(Msg, tag="leaks", frozen=True):
+    """Look for leaked cloud instances now (and terminate them with ``terminate``)."""
+
+    terminate: bool = False
+    ids: list[str] = []
+    """With ``terminate``: only these of the leaks found (the ones a user confirmed)."""
+
+
 class Events(Msg, tag="events", frozen=True):
     name: str
     kind: str = "cluster"
@@ -258,6 +266,7 @@ Request = (
     | CostReportReq
     | Check
     | Events
+    | Leaks
     | PlanRequest
     | SshPools
     | NodeShell
@@ -338,6 +347,24 @@ class CostRow(msgspec.Struct, frozen=True):
     cost: float
 
 
+class LeakRecord(msgspec.Struct, frozen=True):
+    """A cloud resource carrying stix's tags for this user that no live cluster owns."""
+
+    infra: str
+    kind: str
+    """``instance`` or ``security-group``."""
+    id: str
+    region: str
+    cluster: str
+    """Its ``stix-cluster`` tag."""
+    age_seconds: float | None = None
+    instance_type: str | None = None
+    state: str | None = None
+    spot: bool = False
+    hourly_price: float | None = None
+    """From the catalog; None when the catalog does not price it."""
+
+
 class InfraCheck(msgspec.Struct, frozen=True):
     infra: str
     enabled: bool
@@ -358,6 +385,19 @@ class ErrorReply(Msg, tag="error", frozen=True):
 
 class ClusterList(Msg, tag="clusters", frozen=True):
     clusters: list[ClusterRecord]
+    leaks: list[LeakRecord] = []
+    """What the daemon's last leak scan found (shown under the table, not in --json)."""
+    leaks_scanned_at: float | None = None
+
+
+class LeakList(Msg, tag="leak_list", frozen=True):
+    leaks: list[LeakRecord]
+    """What the scan found (before any was terminated)."""
+    terminated: list[str] = []
+    """Ids terminated or deleted by this request."""
+    skipped: list[str] = []
+    """Infras not looked at, each with why (``aws: no AWS credentials ...``)."""
+    scanned_at: float = 0.0
 
 
 class ManagedJobRecord(msgspec.Struct, frozen=True):
@@ -475,6 +515,7 @@ Reply = (
     | Cancelled
     | CostReport
     | CheckReply
+    | LeakList
     | EventList
     | Table
     | PlanReply

@@ -149,6 +149,10 @@ def cmd_status(home: Path, a: argparse.Namespace) -> int:
         _json(reply.clusters)
     else:
         print(render.clusters(reply.clusters))
+        if reply.leaks:
+            from stixctl.leaks import status_hint
+
+            print(status_hint(reply.leaks, reply.leaks_scanned_at))
     return 0
 
 
@@ -474,6 +478,12 @@ def _ssh_args(s: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_ssh)
 
 
+def _leaks_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import leaks
+
+    leaks.add_args(s)
+
+
 def _jobs_args(s: argparse.ArgumentParser) -> None:
     from stixctl import jobs
 
@@ -509,6 +519,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "autostop": ("stop (or --down) clusters after N idle minutes", _autostop_args),
     "cost-report": ("estimated cost of clusters", _cost_args),
     "check": ("which infras are enabled", _check_args),
+    "leaks": ("cloud instances of stix's that no cluster owns (--terminate them)", _leaks_args),
     "events": ("the history of a cluster (or --kind job ID)", _events_args),
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),

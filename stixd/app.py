@@ -17,6 +17,7 @@ from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, Store
 
 if TYPE_CHECKING:
+    from proto import messages as m
     from stixd.config import Config
     from stixd.planner.catalog import Catalog
     from stixd.planner.request import Blocked
@@ -43,6 +44,9 @@ class App:
     blocks: list[tuple[Blocked, float]] = field(default_factory=list)
     """Launch failures to avoid until a time (quota errors), for every cluster's next plan."""
     shutdown: anyio.Event = field(default_factory=anyio.Event)
+    leak_report: m.LeakList | None = None
+    """The last leak scan's findings (stixd.control.leak_cmds), for `status` to mention."""
+    leak_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
         """The daemon's config with a client's layers (project file, --config) merged in.

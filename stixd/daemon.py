@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -15,10 +13,10 @@ from proto.paths import socket_path
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.app import App
 from stixd.config import Config
+from stixd.control import leak_cmds
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
-from stixd.planner.catalog import CatalogError
 from stixd.providers import fake
 from stixd.providers.aws import AwsProvider
 from stixd.providers.local import LocalProvider
@@ -34,33 +32,6 @@ async def _signals(app: App) -> None:
             app.log.info("signal", signal=signal.Signals(signum).name)
             app.shutdown.set()
             return
-
-
-async def _watch_aws_leaks(app: App) -> None:
-    """The AWS leak reconciler: stix instances that no live cluster record owns."""
-    from stixd.providers.aws.leaks import watch_leaks
-
-    async def live() -> set[str]:
-        rows = await app.store.rows("cluster", include_terminal=False)
-        return {r.id for r in rows if r.spec.get("provider") == "aws"}
-
-    def regions() -> list[str]:
-        aws: Any = app.providers["aws"]
-        known = set(aws.regions())
-        with contextlib.suppress(CatalogError):
-            known |= {o.region for o in app.planner_catalog().offers("aws")}
-        return sorted(known)
-
-    cfg = app.config.aws
-    await watch_leaks(
-        app.providers["aws"],  # type: ignore[arg-type]
-        live,
-        regions,
-        every_s=cfg.leak_check_minutes * 60,
-        min_age_s=cfg.leak_min_age_minutes * 60,
-        terminate=cfg.terminate_leaks,
-        log=app.log,
-    )
 
 
 async def serve(home: Path, config: Config) -> None:
@@ -111,7 +82,7 @@ async def serve(home: Path, config: Config) -> None:
                 await tg.start(ControlServer(app, sock, dispatch).serve)
                 log.info("ready", pid=os.getpid(), actors=len(rows), home=str(home))
                 tg.start_soon(_signals, app)
-                tg.start_soon(_watch_aws_leaks, app)
+                tg.start_soon(leak_cmds.watch, app)
                 await app.shutdown.wait()
                 log.info("shutting_down")
                 tg.cancel_scope.cancel()

@@ -36,6 +36,16 @@ EMPTY_LISTING = (
     "</DescribeInstancesResponse>"
 )
 
+SPOT_NOTICE = (
+    '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+    "<requestId>00000000-0000-0000-0000-000000000000</requestId><spotInstanceRequestSet><item>"
+    "<spotInstanceRequestId>sir-stixtest</spotInstanceRequestId><state>active</state>"
+    "<status><code>marked-for-termination</code><updateTime>2026-01-01T00:00:00.000Z</updateTime>"
+    "<message>Spot Instance is marked for termination</message></status>"
+    "<instanceId>{instance}</instanceId></item></spotInstanceRequestSet>"
+    "</DescribeSpotInstanceRequestsResponse>"
+)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -124,6 +134,27 @@ class AwsBed:
             match={"Filter.1.Name": "tag:stix-cluster", "Filter.1.Value.1": cluster},
             body=EMPTY_LISTING,
         )
+
+    def interrupt_spot(self, instance: str, stop: bool = False) -> None:
+        """Terminate (or stop) ``instance`` as a spot interruption would: EC2 then gives
+        ``Server.SpotInstanceTermination`` (``...Shutdown``) as its state reason, which moto
+        cannot, so the proxy puts it into every answer that says why an instance went."""
+        code = "Server.SpotInstanceShutdown" if stop else "Server.SpotInstanceTermination"
+        text = f"{code}: Spot instance {'stop' if stop else 'termination'}"
+        self.fault(
+            "DescribeInstances",
+            "",
+            rewrite=[
+                ["Client.UserInitiatedShutdown: User initiated shutdown", text],
+                ["Client.UserInitiatedShutdown", code],
+            ],
+        )
+        self.ec2("stop_instances" if stop else "terminate_instances", InstanceIds=[instance])
+
+    def spot_notice(self, instance: str) -> None:
+        """From now on EC2 says ``instance`` is marked for termination (a spot interruption
+        notice, two minutes ahead), which moto cannot: its spot request list is empty."""
+        self.fault("DescribeSpotInstanceRequests", "", body=SPOT_NOTICE.format(instance=instance))
 
     def hold(self, action: str, **rule: Any) -> None:
         """Keep the next ``action`` request in the proxy until ``let_go`` (then it is done)."""

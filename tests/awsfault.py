@@ -10,8 +10,10 @@ Rules are set over HTTP by the test:
 (``times`` -1 means forever; ``region`` matches the request's SigV4 scope; a rule with a
 ``body`` instead of a ``code`` answers that body, by default with 200; one with ``hold``
 keeps the request until ``POST /_fault/release``, then forwards it even if its client has
-gone), ``GET /_fault`` returns the rules left, the ``Action``s seen (with their regions) and
-the held requests ``waiting`` / ``forwarded``, ``DELETE /_fault`` clears all.
+gone; one with ``rewrite`` ``[[old, new], ...]`` forwards it and replaces text in moto's answer,
+for states moto never reports, such as a spot interruption's reason), ``GET /_fault``
+returns the rules left, the ``Action``s seen (with their regions) and the held requests
+``waiting`` / ``forwarded``, ``DELETE /_fault`` clears all.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def make_app(upstream: str) -> web.Application:
 
     async def set_rule(req: web.Request) -> web.Response:
         rule = await req.json()
-        rule.setdefault("status", 200 if "body" in rule else 400)
+        rule.setdefault("status", 200 if "body" in rule or "rewrite" in rule else 400)
         rule.setdefault("code", "")
         rule.setdefault("hold", False)
         rule.setdefault("times", -1)
@@ -103,6 +105,12 @@ def make_app(upstream: str) -> web.Application:
 
         return await asyncio.shield(asyncio.ensure_future(finish()))
 
+    async def rewritten(answer: web.Response, pairs: list[list[str]]) -> web.Response:
+        text = bytes(answer.body or b"").decode()
+        for old, new in pairs:
+            text = text.replace(old, new)
+        return web.Response(status=answer.status, content_type="text/xml", text=text)
+
     async def forward(req: web.Request) -> web.StreamResponse:
         body = await req.read()
         form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
@@ -123,6 +131,8 @@ def make_app(upstream: str) -> web.Application:
                 rule["times"] -= 1
             if rule.get("hold"):
                 return await hold(req, body)
+            if "rewrite" in rule:
+                return await rewritten(await relay(req, body), rule["rewrite"])
             if "body" in rule:  # a canned answer, e.g. an empty listing
                 return web.Response(
                     status=rule["status"], content_type="text/xml", text=rule["body"]

@@ -6,18 +6,26 @@ proxy of tests/awsfault.py, which answers chosen EC2 actions the way EC2 does.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+import structlog
 
 from proto.errors import ProvisionError
 from stixd.agent_bundle import build_agent_zipapp
+from stixd.logs import make_logger
 from stixd.providers.aws import AwsProvider, instances
 from stixd.providers.aws.errors import AwsAuthError, AwsCapacityError
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
-from stixd.providers.base import NodeStatus, ProvisionRequest
+from stixd.providers.aws.nodes import AwsNodes
+from stixd.providers.aws.records import Records
+from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.ssh_transport import SshSettings
 from tests.awsbed import AwsBed, aws_fixtures
 from tests.sshbed import SshBed, bed_fixture
 
@@ -62,6 +70,155 @@ async def test_check_names_where_credentials_come_from_and_what_is_missing(aws: 
     assert not missing.enabled
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in missing.reason
     assert "/nonexistent/.aws/credentials" in missing.reason
+
+
+async def test_check_reads_profiles_of_the_shared_files_and_says_what_a_profile_lacks(
+    aws: AwsBed, tmp_path: Path
+) -> None:
+    creds, conf = tmp_path / "credentials", tmp_path / "config"
+    creds.write_text(
+        "[default]\naws_access_key_id = half\n\n"
+        "[work]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    conf.write_text(
+        f"[profile work]\nregion = us-west-2\nendpoint_url = {aws.url}\n\n"
+        "[profile sso]\nsso_start_url = https://example.invalid/start\n"
+    )
+    base = {
+        "HOME": str(tmp_path),
+        "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+        "AWS_CONFIG_FILE": str(conf),
+    }
+
+    async def check(**env: str) -> tuple[bool, str]:
+        provider = AwsProvider(tmp_path, {**base, **env})
+        try:
+            result = await provider.check()
+        finally:
+            await provider.aclose()
+        return result.enabled, result.reason
+
+    enabled, reason = await check(AWS_PROFILE="work")
+    assert enabled, reason
+    assert f"profile work in {creds}" in reason and "us-west-2" in reason and aws.url in reason
+    half = f"AWS profile 'default' in {creds} has no aws_secret_access_key"
+    assert await check() == (False, half)
+    enabled, reason = await check(AWS_PROFILE="sso")
+    assert not enabled and "gets its keys through sso_start_url" in reason
+    enabled, reason = await check(AWS_PROFILE="ghost")
+    assert not enabled and f"'ghost' (from AWS_PROFILE) is in neither {creds} nor {conf}" in reason
+
+
+async def test_at_debug_level_every_ec2_request_is_logged_with_its_duration(
+    aws: AwsBed, home: Path
+) -> None:
+    """What bench/bench_aws.py splits a launch with; at the default level nothing is logged."""
+    for level in ("debug", "info"):
+        path = home / f"{level}.log"
+        log, stream = make_logger(path, level)
+        provider = AwsProvider(home, _env(aws), log=log)
+        before = time.time()
+        assert (await provider.check()).enabled
+        aws.fault("DescribeAvailabilityZones", "AuthFailure", status=401, times=1)
+        assert not (await provider.check()).enabled
+        await provider.aclose()
+        stream.close()
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        calls = [r for r in lines if r["event"] == "aws_call"]
+        made = [r for r in lines if r["event"] == "aws_client_made"]
+        if level == "info":
+            assert calls == [] and made == []
+            continue
+        assert [c["operation"] for c in calls] == ["describe_availability_zones"] * 2
+        assert all(c["region"] == "us-east-1" and c["attempt"] == 1 for c in calls)
+        assert all(before <= c["began"] <= time.time() and c["s"] > 0 for c in calls)
+        assert len(made) == 1 and made[0]["s"] > 0
+
+
+async def test_clusters_queried_at_once_share_one_describe_call_and_get_their_own_nodes(
+    aws: AwsBed, home: Path
+) -> None:
+    """A daemon restart or `status --refresh` asks about every cluster at the same time."""
+    provider = AwsProvider(home, _env(aws))
+    image = aws.an_image()
+    made: dict[str, list[str]] = {}
+    for name, n in (("q0", 2), ("q1", 1), ("q2", 3)):
+        tags = [{"Key": "stix-cluster", "Value": name}, {"Key": TAG_USER, "Value": provider.user}]
+        spec = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
+        run = aws.ec2("run_instances", ImageId=image, MinCount=n, MaxCount=n, **spec)
+        made[name] = [i["InstanceId"] for i in run["Instances"]]
+        for rank, iid in enumerate(made[name]):
+            aws.ec2("create_tags", Resources=[iid], Tags=[{"Key": TAG_RANK, "Value": str(rank)}])
+    names = [*made, "q3-empty"]
+    for name in names:
+        provider.records.update(name, region="us-east-1")
+    before = aws.seen().count("DescribeInstances")
+    got: dict[str, list[int]] = {}
+
+    async def query(name: str) -> None:
+        got[name] = [n.rank for n in await provider.query(name)]
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(query, name)
+    assert aws.seen().count("DescribeInstances") - before == 1
+    assert got == {"q0": [0, 1], "q1": [0], "q2": [0, 1, 2], "q3-empty": []}
+    aws.ec2("terminate_instances", InstanceIds=made["q1"])  # one after another: a call each
+    assert await provider.query("q1") == []
+    assert [n.rank for n in await provider.query("q0")] == [0, 1]
+    assert aws.seen().count("DescribeInstances") - before == 3
+    await provider.aclose()
+
+
+async def test_a_look_up_waits_for_the_next_call_and_survives_its_makers_cancellation(
+    aws: AwsBed, home: Path
+) -> None:
+    """While one call is in flight, later look-ups go together in the next; when the look-up
+    that was to make that call is cancelled, the others still get their answer."""
+    provider = AwsProvider(home, _env(aws))
+    image = aws.an_image()
+    for name in ("la", "lb", "lc"):
+        tags = [{"Key": "stix-cluster", "Value": name}, {"Key": TAG_USER, "Value": provider.user}]
+        spec = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
+        [inst] = aws.ec2("run_instances", ImageId=image, MinCount=1, MaxCount=1, **spec)[
+            "Instances"
+        ]
+        aws.ec2(
+            "create_tags", Resources=[inst["InstanceId"]], Tags=[{"Key": TAG_RANK, "Value": "0"}]
+        )
+    listing = provider.listing()
+    got: dict[str, list[str]] = {}
+
+    async def find(name: str) -> None:
+        got[name] = [i.id for i in await listing.find("us-east-1", name)]
+
+    aws.hold("DescribeInstances")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(find, "la")
+        await _until(lambda: aws.held()["waiting"] == 1)
+        doomed = anyio.CancelScope()
+        tg.start_soon(_cancellable, doomed, find, "lb")
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(find, "lc")
+        await anyio.wait_all_tasks_blocked()
+        doomed.cancel()
+        await anyio.wait_all_tasks_blocked()
+        aws.let_go()
+    assert "lb" not in got
+    assert len(got["la"]) == 1 and len(got["lc"]) == 1 and got["la"] != got["lc"]
+    assert aws.seen().count("DescribeInstances") == 2  # la's, then lc's asked again alone
+    await provider.aclose()
+
+
+async def _cancellable(scope: anyio.CancelScope, fn: Any, *args: Any) -> None:
+    with scope:
+        await fn(*args)
+
+
+async def _until(check: Any, within: float = 10.0) -> None:
+    with anyio.fail_after(within):
+        while not check():
+            await anyio.sleep(0.02)
 
 
 async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
@@ -338,3 +495,37 @@ async def test_disk_tier_picks_the_root_volume_type(
     assert aws.seen().count("RunInstances") == 1
     assert "CreateSecurityGroup" not in aws.seen()[aws.seen().index("TerminateInstances") :]
     await provider.aclose()
+
+
+async def test_a_node_whose_public_address_changed_is_reached_at_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """A stop and start from the console gives an instance a new public IP: the next look
+    moves the node's SSH target there (its address inside the VPC stays)."""
+    records = Records(tmp_path)
+    rec = {"ip": "172.31.0.5", "host": "3.3.3.3", "port": 22, "user": "ubuntu", "key": "k"}
+    records.set_node("mv", 0, **rec, socket="/s", home="/home/ubuntu", instance="i-1")
+    node = NodeInfo(0, "172.31.0.5", NodeStatus.RUNNING, "/s", "/w", "/home/ubuntu")
+    moved = instances.Instance(
+        "i-1", 0, "running", "us-east-1a", "m6i.large", "172.31.0.5", "4.4.4.4", False, 0, 0.0
+    )
+
+    def side(env: dict[str, str]) -> AwsNodes:
+        return AwsNodes(
+            tmp_path,
+            env,
+            records,
+            SshSettings(),
+            structlog.get_logger(),
+            ssh_user="ubuntu",
+            boot_within=1.0,
+        )
+
+    testing = side({"STIX_TEST_SSH_HOSTS": "root@10.0.0.1:22"})
+    await testing.readdress("mv", moved)  # test hosts stand in for instances: never moved
+    assert testing.node_target(node).host == "3.3.3.3"
+    real = side({})
+    assert real.node_target(node).host == "3.3.3.3"
+    await real.readdress("mv", moved)
+    assert real.node_target(node).host == "4.4.4.4"
+    assert (records.get("mv") or {})["nodes"]["0"]["host"] == "4.4.4.4"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -118,24 +119,40 @@ async def test_agent_stream_to_a_socket_nobody_listens_on_is_agent_unreachable(
 
 
 async def test_failed_connects_are_spaced_by_an_exponential_backoff(hosts: SshBed) -> None:
-    """After a failure no new attempt is made before the backoff is over; calls meanwhile fail
-    at once (saying when the next try is) instead of waiting for it."""
-    settings = SshSettings(connect_timeout=3.0, backoff_initial=0.3, backoff_max=0.6)
-    conn = SshConnection(SshTarget(hosts.host(1).ip, 2222, "root", str(hosts.key)), settings)
-    refused = "connection refused on port 2222"
+    """After a failure no new attempt is made before the backoff is over; a call meanwhile
+    fails at once (saying when the next try is) when the backoff is longer than a caller
+    should wait for, and waits it out when it is short."""
+    refused = r"connection refused on port 2222 \(is sshd running\?\)"
+    target = SshTarget(hosts.host(1).ip, 2222, "root", str(hosts.key))
+    settings = SshSettings(
+        connect_timeout=3.0, backoff_initial=0.3, backoff_max=0.6, backoff_wait_max=0.0
+    )
+    conn = SshConnection(target, settings)
     try:
         for attempt, backoff in enumerate((0.3, 0.6, 0.6), start=1):
             with pytest.raises(SshUnreachable, match=refused):
                 await conn.run("true", timeout=10)
             assert conn.failed_connects == attempt
             started = time.monotonic()
-            with pytest.raises(SshUnreachable, match=rf"{refused} \(next try in 0\.\d s\)"):
+            with pytest.raises(SshUnreachable, match=rf"{refused} \(next try in 0\.\d s\)$"):
                 await conn.run("true", timeout=10)
             assert time.monotonic() - started < 0.1  # no waiting for the backoff
             assert conn.failed_connects == attempt  # ... and no attempt during it
             await anyio.sleep(backoff)
     finally:
         await conn.close()
+
+    patient = SshConnection(target, dataclasses.replace(settings, backoff_wait_max=1.0))
+    try:
+        with pytest.raises(SshUnreachable, match=f"{refused}$"):
+            await patient.run("true", timeout=10)
+        started = time.monotonic()
+        with pytest.raises(SshUnreachable, match=f"{refused}$"):  # a new attempt, after 0.3 s
+            await patient.run("true", timeout=10)
+        assert time.monotonic() - started >= 0.25
+        assert patient.failed_connects == 2
+    finally:
+        await patient.close()
 
 
 async def test_a_wrong_key_is_a_clear_authentication_error(

@@ -23,9 +23,12 @@ from proto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, JobNotFo
 from proto.states import ClusterStatus, JobStatus
 from stixd.actors.job import ClusterGone, JobEvent
 from stixd.actors.jobs_submit import create_job, infra_label, job_row_id
+from stixd.actors.machines import compare
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.agent_client import AgentError, AgentUnreachable
+from stixd.planner.catalog import CatalogError
 from stixd.planner.local_fit import check_fits_local, local_offer
+from stixd.planner.pricing import Prices, price_table
 from stixd.planner.target import (
     CLOUDS,
     MAX_FAILOVERS,
@@ -35,7 +38,16 @@ from stixd.planner.target import (
     choose_target,
     cloud_spec,
 )
-from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, Provider, ProvisionRequest
+from stixd.providers.base import (
+    CapacityError,
+    NodeInfo,
+    NodeLoss,
+    NodeStatus,
+    Provider,
+    ProvisionRequest,
+    ReportsLostNodes,
+    ReportsMachines,
+)
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -151,6 +163,8 @@ class ClusterActor(Actor):
     async def _observe(self, why: str) -> None:
         before = self.state
         nodes = await self.provider.query(self.id)
+        losses = self._losses()
+        await self._note_machines()
         expected = int(self.row.spec.get("num_nodes", 1))
         running = [n for n in nodes if n.status is NodeStatus.RUNNING]
         unreachable = [n for n in nodes if n.status is NodeStatus.UNREACHABLE]
@@ -166,25 +180,91 @@ class ClusterActor(Actor):
             event = E.FOUND_STOPPED
         else:
             event = E.FOUND_DEGRADED
+        lost = "; ".join(f"node {x.rank} {x.why}" for x in losses)
         if self.machine.allows(self.state, event):
             detail = f"{why}: {len(running)}/{expected} nodes running"
-            if problem:
-                detail += f"; {problem}"
+            if problem or lost:
+                detail += f"; {problem or lost}"
             await self.transition(
                 event,
                 detail,
-                last_error=problem,
+                last_error=problem or lost or None,
                 **self._accounting(self.machine.next(self.state, event)),
             )
         elif problem != self.row.data.get("last_error") and (problem or event is E.FOUND_UP):
             await self.save(last_error=problem)
+        if losses:
+            await self._lost(losses)
+        elif self.row.data.get("losses"):
+            await self.save(losses=None)
         if self.state in (C.STOPPED, C.TERMINATED):
-            await self._end_jobs(JobEvent.FAILED_DRIVER, f"cluster found {self.state.value}")
+            why_ended = lost or f"cluster found {self.state.value}"
+            await self._end_jobs(JobEvent.FAILED_DRIVER, why_ended)
+        if self.state is C.TERMINATED and before is not C.TERMINATED and losses:
+            await self._release_remains()
         if self.state is C.UP and (before is not C.UP or why == RECONCILE):
             await self._ensure_agents_current(self.nodes)
             await self._stop_jobs_ended_meanwhile(self.nodes)
             self._schedule_autostop()
         self._schedule_health()
+
+    async def _note_machines(self) -> None:
+        """Record what the machines are now; a resize made outside stix changes the cluster's
+        resources and price (from now on) and is recorded as an event."""
+        if not isinstance(self.provider, ReportsMachines):
+            return
+        data = self.row.data
+        active = float(data.get("active_seconds") or 0.0)
+        if data.get("up_since"):
+            active += time.time() - float(data["up_since"])
+        cloud = str(self.row.spec.get("provider"))
+
+        def prices() -> Prices:
+            try:
+                return price_table(self.app.planner_catalog(), cloud)
+            except CatalogError:
+                return {}
+
+        seen = compare(self.row.spec, data, self.provider.machines(self.id), prices, active)
+        if seen is None:
+            return
+        for change in seen.changes:
+            await self.store.record(
+                self.kind, self.id, "machine_changed", f"{change} (made outside stix)"
+            )
+        await self.save(spec=seen.spec, **seen.data)
+
+    def _losses(self) -> list[NodeLoss]:
+        """Nodes of a live cluster whose machines the cloud took away (a spot preemption, a
+        stop or termination from outside stix), as the provider's last query found them."""
+        if not isinstance(self.provider, ReportsLostNodes) or self.state not in (C.UP, C.INIT):
+            return []
+        return self.provider.lost_nodes(self.id)
+
+    async def _lost(self, losses: list[NodeLoss]) -> None:
+        """Record each new loss as an event, and end the cluster's jobs now: the machine is not
+        coming back, so waiting out the node grace would only delay a managed job's recovery."""
+        seen = set(self.row.data.get("losses") or [])
+        for loss in losses:
+            if loss.why not in seen:
+                event = "node_preempted" if loss.preempted else "node_lost"
+                await self.store.record(self.kind, self.id, event, f"node {loss.rank} {loss.why}")
+        if seen != {x.why for x in losses}:
+            await self.save(losses=[x.why for x in losses])
+        why = "; ".join(f"node {x.rank} {x.why}" for x in losses)
+        all_lost = len(losses) >= int(self.row.spec.get("num_nodes", 1))
+        # with some nodes left, the job's other ranks are stopped (a gang dies together)
+        await self._end_jobs(
+            JobEvent.FAILED_DRIVER, why, lost_rank=None if all_lost else losses[0].rank
+        )
+
+    async def _release_remains(self) -> None:
+        """Every machine of the cluster is gone: delete what the provider made around them (an
+        AWS security group), so it is not left behind as a leak."""
+        try:
+            await self.provider.terminate(self.id)
+        except ProvisionError as exc:
+            self.log.warning("release_remains_failed", error=exc.message)
 
     def _node_problems(self, down: list[NodeInfo]) -> str | None:
         """One sentence per node that is not running, for status and events."""
@@ -277,13 +357,16 @@ class ClusterActor(Actor):
 
     async def _begin_launch(self, req: m.Launch, provider: str, pool: str | None) -> int:
         """Write the intent (state INIT + the request) before touching any infra."""
-        data: dict[str, Any] = {}
+        data: dict[str, Any] = {"machines": None}  # the plan is the new baseline
         if self.state is C.TERMINATED:
             data = {
+                **data,
                 "uid": secrets.token_hex(4),
                 "next_job_id": 1,
                 "launched_at": time.time(),
                 "active_seconds": 0.0,
+                "cost_accrued": 0.0,
+                "priced_seconds": 0.0,
                 "nodes": [],
                 "autostop": None,
                 "idle_since": None,
@@ -553,14 +636,15 @@ class ClusterActor(Actor):
         self.cancel_timer("autostop")
         return m.OkReply(f"cluster {self.id} terminated")
 
-    async def _end_jobs(self, event: JobEvent, why: str) -> None:
+    async def _end_jobs(self, event: JobEvent, why: str, lost_rank: int | None = None) -> None:
         uid = self.row.data.get("uid")
         if not uid:
             return
+        gone = ClusterGone(event, why, lost_rank=lost_rank)
         for job in await self.store.rows("job", parent=uid, include_terminal=False):
-            if not self.app.supervisor.tell("job", job.id, ClusterGone(event, why)):
+            if not self.app.supervisor.tell("job", job.id, gone):
                 self.app.spawn(job)
-                self.app.supervisor.tell("job", job.id, ClusterGone(event, why))
+                self.app.supervisor.tell("job", job.id, gone)
 
     # -- cancel --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from .store import JobStore
 SELF_STOPPED_FILE = "self_stopped.json"
 _AUTOSTOP_KEY = "autostop"
 _SET_AT_KEY = "autostop_set_at"
+_SELF_STOP_KEY = "self_stop_command"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,3 +78,25 @@ def stop_node(node_dir: Path, autostop: Autostop, now: float, idle_for: float) -
     tmp = node_dir / (SELF_STOPPED_FILE + ".tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, node_dir / SELF_STOPPED_FILE)
+
+
+def load_self_stop(store: JobStore) -> str | None:
+    """The command that stops the machine itself (a cloud VM's ``shutdown``), if any."""
+    raw = store.meta(_SELF_STOP_KEY)
+    return str(json.loads(raw)) if raw and json.loads(raw) else None
+
+
+def save_self_stop(store: JobStore, command: str | None) -> None:
+    store.set_meta(_SELF_STOP_KEY, json.dumps(command))
+
+
+def stop_machine(command: str) -> int:
+    """Start ``command`` (in its own session: it outlives this agent) to stop the machine."""
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return proc.pid

@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL, gate
-from .idle import Autostop, autostop_due, idle_since, load_autostop, save_autostop, stop_node
+from .idle import (
+    Autostop,
+    autostop_due,
+    idle_since,
+    load_autostop,
+    load_self_stop,
+    save_autostop,
+    save_self_stop,
+    stop_machine,
+    stop_node,
+)
 from .jobs import POLL_S, JobManager
 from .logs import read_log
 from .protocol import (
@@ -34,6 +44,7 @@ from .protocol import (
     get_int,
     get_optional_float,
     get_optional_ints,
+    get_optional_str,
     get_state,
     get_str,
     ok,
@@ -127,6 +138,7 @@ class AgentServer:
             "cancel": self._cancel,
             "tail": self._tail,
             "autostop": self._autostop,
+            "self_stop": self._self_stop,
             "upgrade": self._upgrade,
             "shutdown": self._shutdown,
         }
@@ -215,8 +227,13 @@ class AgentServer:
         assert autostop is not None and since is not None
         log.warning("autostop_stopping_node idle_for=%.1f down=%s", now - since, autostop.down)
         self._stopping = True  # from here on no request is served, so no job can slip in
+        command = load_self_stop(store)
         store.close()
         stop_node(self.identity.node_dir, autostop, now, now - since)
+        if command:  # a cloud VM: the machine itself stops, so it stops costing
+            log.warning(
+                "autostop_stopping_machine command=%s pid=%d", command, stop_machine(command)
+            )
         self._finish(Exit())
 
     # -- connections ---------------------------------------------------------------------
@@ -385,6 +402,13 @@ class AgentServer:
         save_autostop(self.jobs.store, autostop, time.time())
         log.info("autostop_set setting=%s", autostop)
         return Answer(ok(autostop=autostop.to_wire() if autostop else None))
+
+    async def _self_stop(self, request: Request) -> Answer:
+        """Set (or clear, with no ``command``) how autostop stops this machine itself."""
+        command = get_optional_str(request, "command")
+        save_self_stop(self.jobs.store, command)
+        log.info("self_stop_set command=%s", command)
+        return Answer(ok(command=command))
 
     async def _upgrade(self, request: Request) -> Answer:
         pyz = _runnable_zipapp(get_str(request, "pyz"))

@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+
 from proto import messages as m
 from proto.errors import (
     ClusterNotFound,
@@ -20,11 +22,12 @@ from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
-from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, plan_cmds, ssh_cmds
+from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cmds, ssh_cmds
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 
 Emit = Callable[[Any], Awaitable[None]]
+REFRESH_AT_ONCE = 32
 KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius")
 
 
@@ -92,19 +95,50 @@ def cluster_record(row: Row) -> m.ClusterRecord:
     )
 
 
+async def _refresh(app: App, names: list[str], req: m.Status, emit: Emit) -> None:
+    """Every cluster's actor looks at its infra, up to ``REFRESH_AT_ONCE`` at the same time
+    (one after another, N clusters on a cloud cost N round trips; at once, the aws provider
+    asks EC2 about all of a region's in one call); the first error, in the given order, is
+    raised once all are done."""
+    limiter = anyio.CapacityLimiter(REFRESH_AT_ONCE)
+    one_frame_at_a_time = anyio.Lock()
+    errors: dict[str, Exception] = {}
+
+    async def relay(item: Any) -> None:
+        async with one_frame_at_a_time:
+            await emit(item)
+
+    async def ask(name: str) -> None:
+        async with limiter:
+            try:
+                await ask_cluster(app, name, req, relay)
+            except Exception as exc:  # raised below, after the others are done
+                errors[name] = exc
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(ask, name)
+    for name in names:
+        if name in errors:
+            raise errors[name]
+
+
 async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     rows = await app.store.rows("cluster", include_terminal=req.all)
     if req.clusters:
         wanted = set(req.clusters)
         rows = [r for r in rows if r.id in wanted]
     if req.refresh:
-        for row in rows:
-            if not row.terminal:
-                await ask_cluster(app, row.id, req, emit)
+        await _refresh(app, [r.id for r in rows if not r.terminal], req, emit)
         rows = [r for r in [await app.store.get("cluster", r.id) for r in rows] if r is not None]
         if not req.all:
             rows = [r for r in rows if not r.terminal]
-    return m.ClusterList(clusters=[cluster_record(r) for r in rows])
+    report = app.leak_report
+    return m.ClusterList(
+        clusters=[cluster_record(r) for r in rows],
+        leaks=report.leaks if report else [],
+        leaks_scanned_at=report.scanned_at if report else None,
+    )
 
 
 def job_record(row: Row) -> m.JobRecord:
@@ -185,7 +219,10 @@ async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostRepor
         if row.data.get("up_since"):
             active += now - float(row.data["up_since"])
         rec = cluster_record(row)
-        cost = active / 3600 * rec.hourly_price * rec.num_nodes
+        # a price changed by a resize outside stix holds from then on; before it, the old one
+        priced = float(row.data.get("priced_seconds") or 0.0)
+        cost = float(row.data.get("cost_accrued") or 0.0)
+        cost += max(active - priced, 0.0) / 3600 * rec.hourly_price * rec.num_nodes
         rows_out.append(
             m.CostRow(
                 name=row.id,
@@ -320,6 +357,8 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await check(app, req, emit)
     if isinstance(req, m.Events):
         return await events(app, req, emit)
+    if isinstance(req, m.Leaks):
+        return await leak_cmds.leaks_cmd(app, req, emit)
     if isinstance(req, m.PlanRequest):
         return await plan_cmds.plan_cmd(app, req, emit)
     if isinstance(req, m.NodeShell):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from proto.errors import ProvisionError
 from stixd.agent_client import AgentClient
@@ -82,6 +82,49 @@ class Mount:
 
     source: str
     dest: str
+
+
+@dataclass(frozen=True)
+class NodeLoss:
+    """A node whose machine went away under a live cluster, as the cloud tells it."""
+
+    rank: int
+    why: str
+    """One sentence naming the machine and the cloud's reason."""
+    preempted: bool
+    """The cloud took it back (a spot interruption), rather than someone stopping it."""
+
+
+@runtime_checkable
+class ReportsLostNodes(Protocol):
+    """A provider that can tell, after ``query``, which nodes' machines the cloud took away.
+
+    The cluster actor ends their jobs at once (no grace: the machine will not come back) and
+    records each loss, so a managed job recovers without waiting for a timeout."""
+
+    def lost_nodes(self, cluster: str) -> list[NodeLoss]: ...
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a node's machine is now, as its cloud lists it (changed outside stix or not)."""
+
+    rank: int
+    instance_type: str
+    spot: bool
+    region: str
+    address: str | None = None
+    """Where this machine reaches it."""
+    disk_gb: int | None = None
+
+
+@runtime_checkable
+class ReportsMachines(Protocol):
+    """A provider that can tell, after ``query``, what each live node's machine is: the
+    cluster records it, so a resize or new address made outside stix shows in status and
+    cost-report."""
+
+    def machines(self, cluster: str) -> list[Machine]: ...
 
 
 class CapacityError(ProvisionError):

@@ -117,6 +117,9 @@ class SshSettings:
     keepalive_count_max: int = 3
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    backoff_wait_max: float = 2.0
+    """A call waits out a reconnect backoff this short; during a longer one it fails at once,
+    saying when the next try is (a status refresh or a `down` in an outage must not hang)."""
 
     @property
     def dead_after(self) -> float:
@@ -191,10 +194,10 @@ class SshConnection:
             self._conn = None
             wait = self._retry_at - time.monotonic()
             err = self._last_error
-            if wait > 0 and err is not None:
-                # no new attempt before the backoff is over, and no caller waits for it either:
-                # a status refresh or a `down` during an outage answers at once
-                raise type(err)(err.host, f"{err.problem} (next try in {wait:.1f} s)")
+            if wait > 0 and err is not None:  # no new attempt before the backoff is over
+                if wait > self.settings.backoff_wait_max:
+                    raise type(err)(err.host, f"{err.problem} (next try in {wait:.1f} s)")
+                await anyio.sleep(wait)
             try:
                 conn = await self._connect()
             except SshError as exc:

@@ -5,12 +5,17 @@ with a 5xx, which botocore would retry four times over ten seconds before stix c
 to the next zone. ``call`` retries only what is worth retrying (throttling, AWS's passing
 problems, no answer), a bounded number of times with a growing pause, and turns every other
 failure into a classified stix error at once.
+
+At log level ``debug`` every request is an ``aws_call`` line (operation, region, attempt, when
+it began, how long it took) and every client made an ``aws_client_made`` line: the benchmarks
+split a launch into time inside EC2 calls and the daemon's own time with them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import time
 from typing import Any
 
 import anyio
@@ -55,6 +60,7 @@ class Ec2Clients:
         async with self._lock:
             found = self._clients.get(region)
             if found is None:
+                began = time.perf_counter()
                 c = self.creds
                 found = await self._stack.enter_async_context(
                     self._session.create_client(
@@ -68,6 +74,9 @@ class Ec2Clients:
                     )
                 )
                 self._clients[region] = found
+                self.log.debug(
+                    "aws_client_made", region=region, s=round(time.perf_counter() - began, 6)
+                )
             return found
 
     async def call(self, where: Where, operation: str, **params: Any) -> dict[str, Any]:
@@ -77,11 +86,21 @@ class Ec2Clients:
         delay = BACKOFF_INITIAL_S
         for attempt in range(1, ATTEMPTS + 1):
             self.calls += 1
+            began, t0 = time.time(), time.perf_counter()
             try:
                 result: dict[str, Any] = await method(**params)
                 return result
             except (ClientError, BotoCoreError) as exc:
                 error = classify(exc, operation, where)
+            finally:
+                self.log.debug(
+                    "aws_call",
+                    operation=operation,
+                    region=where.region,
+                    attempt=attempt,
+                    began=began,
+                    s=round(time.perf_counter() - t0, 6),
+                )
             if not isinstance(error, AwsTransientError) or attempt == ATTEMPTS:
                 raise error
             pause = min(delay, BACKOFF_MAX_S) * (0.5 + random.random() / 2)

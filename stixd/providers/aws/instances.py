@@ -45,6 +45,8 @@ class Instance:
     launched_at: float
     reason: str = ""
     """Why it is in its state, when EC2 says (``Server.SpotInstanceTermination: ...``)."""
+    root_volume: str | None = None
+    """The EBS volume of its root device, where EC2 lists it."""
 
     @property
     def address(self) -> str | None:
@@ -68,7 +70,57 @@ def parse(raw: dict[str, Any]) -> Instance:
         launch_index=int(raw.get("AmiLaunchIndex", 0)),
         launched_at=float(launched.timestamp()) if launched is not None else 0.0,
         reason=str((raw.get("StateReason") or {}).get("Message") or ""),
+        root_volume=_root_volume(raw),
     )
+
+
+def _root_volume(raw: dict[str, Any]) -> str | None:
+    root = raw.get("RootDeviceName")
+    for mapping in raw.get("BlockDeviceMappings") or []:
+        if mapping.get("DeviceName") == root or root is None:
+            volume = (mapping.get("Ebs") or {}).get("VolumeId")
+            return str(volume) if volume else None
+    return None
+
+
+INTERRUPTION_CODES = ("marked-for-termination", "marked-for-stop", "marked-for-hibernation")
+"""Spot request status codes of an interruption notice: EC2 takes the instance back soon."""
+
+
+async def interruption_notices(ec2: Ec2Clients, region: str, ids: list[str]) -> dict[str, str]:
+    """Spot instance id → its interruption notice (``code: message``), for those that have one."""
+    if not ids:
+        return {}
+    found = await ec2.call(
+        Where(region),
+        "describe_spot_instance_requests",
+        Filters=[{"Name": "instance-id", "Values": ids}],
+    )
+    out = {}
+    for request in found.get("SpotInstanceRequests") or []:
+        status = request.get("Status") or {}
+        if status.get("Code") in INTERRUPTION_CODES and request.get("InstanceId") in ids:
+            message = f": {status['Message']}" if status.get("Message") else ""
+            out[str(request["InstanceId"])] = f"{status['Code']}{message}"
+    return out
+
+
+async def disk_sizes(ec2: Ec2Clients, region: str, insts: list[Instance]) -> dict[str, int]:
+    """Instance id → its root volume's size in GB (what it is now, resized or not)."""
+    by_volume = {i.root_volume: i.id for i in insts if i.root_volume}
+    if not by_volume:
+        return {}
+    try:
+        found = await ec2.call(Where(region), "describe_volumes", VolumeIds=sorted(by_volume))
+    except ProvisionError as exc:
+        if getattr(exc, "aws_code", "").startswith("InvalidVolume"):
+            return {}  # a volume went with its instance meanwhile
+        raise
+    return {
+        by_volume[v["VolumeId"]]: int(v["Size"])
+        for v in found.get("Volumes") or []
+        if v.get("VolumeId") in by_volume and v.get("Size") is not None
+    }
 
 
 def tags(cluster: str, user: str, rank: int | None = None) -> list[dict[str, str]]:
@@ -102,10 +154,10 @@ async def find(ec2: Ec2Clients, region: str, cluster: str, user: str) -> list[In
             {"Name": "instance-state-name", "Values": ALIVE},
         ],
     )
-    return sorted(_flatten(found), key=_order)
+    return sorted(_flatten(found), key=order)
 
 
-def _order(i: Instance) -> tuple[int, float, int, str]:
+def order(i: Instance) -> tuple[int, float, int, str]:
     return (i.rank if i.rank is not None else 1 << 30, i.launched_at, i.launch_index, i.id)
 
 
@@ -117,7 +169,7 @@ async def by_ids(ec2: Ec2Clients, region: str, ids: list[str]) -> list[Instance]
         if getattr(exc, "aws_code", "") == "InvalidInstanceID.NotFound":
             return []
         raise
-    return sorted(_flatten(found), key=_order)
+    return sorted(_flatten(found), key=order)
 
 
 async def resolve_image(
@@ -238,7 +290,7 @@ async def run(
             },
         }
     made = await ec2.call(where, "run_instances", **params)
-    return sorted((parse(i) for i in made.get("Instances") or []), key=_order)
+    return sorted((parse(i) for i in made.get("Instances") or []), key=order)
 
 
 async def tag_ranks(

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, Protocol
+from collections.abc import Collection, Sequence
 
-import anyio
-import structlog
-
-from proto.errors import ProvisionError
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.errors import Where
@@ -36,6 +31,7 @@ class Leak:
     instance_type: str | None = None
     state: str | None = None
     vpc: str | None = None
+    spot: bool = False
 
 
 async def find_leaks(
@@ -68,7 +64,16 @@ async def find_leaks(
                 if cluster in live or (age is not None and age < young_s):
                     continue
                 found.append(
-                    Leak("instance", inst.id, region, cluster, age, inst.instance_type, inst.state)
+                    Leak(
+                        "instance",
+                        inst.id,
+                        region,
+                        cluster,
+                        age,
+                        inst.instance_type,
+                        inst.state,
+                        spot=inst.spot,
+                    )
                 )
         groups = await ec2.call(
             Where(region),
@@ -103,49 +108,3 @@ async def clean_leaks(ec2: Ec2Clients, leaks: Sequence[Leak]) -> None:
     for leak in leaks:
         if leak.kind == "security-group" and leak.vpc:
             await delete_group(ec2, leak.region, leak.vpc, leak.cluster)
-
-
-class LeakSource(Protocol):
-    async def leaks(
-        self, regions: Sequence[str], live: Collection[str], young_s: float = ...
-    ) -> list[Leak]: ...
-
-    async def clean_leaks(self, leaks: Sequence[Leak]) -> None: ...
-
-    def credentials_problem(self) -> str | None: ...
-
-
-async def watch_leaks(
-    provider: LeakSource,
-    live: Callable[[], Awaitable[Collection[str]]],
-    regions: Callable[[], Sequence[str]],
-    *,
-    every_s: float,
-    min_age_s: float,
-    terminate: bool,
-    log: structlog.stdlib.BoundLogger,
-) -> None:
-    """The leak reconciler: every ``every_s``, log each leak (and terminate it if asked).
-
-    ``live`` gives the clusters the daemon has a live record of, ``regions`` where to look.
-    Runs until cancelled; an AWS error is logged and the next round tries again.
-    """
-    while True:
-        await anyio.sleep(every_s)
-        if provider.credentials_problem() is not None:
-            continue
-        try:
-            found = await provider.leaks(regions(), await live(), min_age_s)
-            for leak in found:
-                log.warning("aws_leak", **_fields(leak))
-            if found and terminate:
-                await provider.clean_leaks(found)
-                log.warning("aws_leaks_terminated", count=len(found))
-        except ProvisionError as exc:
-            log.warning("aws_leak_check_failed", error=exc.message)
-
-
-def _fields(leak: Leak) -> dict[str, Any]:
-    out = dataclasses.asdict(leak)
-    out["leak_id"] = out.pop("id")
-    return out

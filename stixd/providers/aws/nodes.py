@@ -16,7 +16,7 @@ import anyio
 import structlog
 
 from proto.errors import ProvisionError
-from stixd.agent_client import AgentClient, AgentUnreachable
+from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.aws.instances import Instance
 from stixd.providers.aws.keys import ensure_local_key
 from stixd.providers.aws.records import Records
@@ -37,6 +37,12 @@ from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, 
 
 DEFAULT_SSH_USER = "ubuntu"
 HELLO_DEADLINE_S = 5.0
+SELF_STOP_COMMAND = "sudo -n shutdown -h now || shutdown -h now"
+"""What a node's agent runs when autostop is due and the daemon is not there to do it: the
+instance stops (and stops costing). The daemon's own autostop goes through EC2 instead."""
+TEST_SELF_STOP_ENV = "STIX_TEST_SELF_STOP_COMMAND"
+"""Testing only, with STIX_TEST_SSH_HOSTS: what the agents run instead (never a shutdown of
+the machine the tests run on); unset, they run nothing."""
 
 
 class AwsNodes:
@@ -122,6 +128,7 @@ class AwsNodes:
                 errors[rank] = exc
                 return
             self._targets[node_ip] = target
+            await self._arm_self_stop(node, rank)
             self.records.set_node(
                 req.cluster,
                 rank,
@@ -143,6 +150,21 @@ class AwsNodes:
             detail = "; ".join(f"rank {r}: {errors[r]}" for r in sorted(errors))
             raise ProvisionError(f"{req.cluster} on AWS: the agent could not start: {detail}")
         return [nodes[r] for r in sorted(nodes)]
+
+    def self_stop_command(self) -> str | None:
+        if testing_hosts(self.env) is not None:
+            return self.env.get(TEST_SELF_STOP_ENV) or None
+        return SELF_STOP_COMMAND
+
+    async def _arm_self_stop(self, node: NodeInfo, rank: int) -> None:
+        """Tell the node's agent how to stop its machine when autostop is due (the dead-man's
+        switch); an agent that cannot take it yet is logged, the daemon's autostop remains."""
+        try:
+            await self.connector(node).call(
+                "self_stop", deadline=HELLO_DEADLINE_S, command=self.self_stop_command()
+            )
+        except (AgentUnreachable, AgentError) as exc:
+            self.log.warning("aws_self_stop_not_set", rank=rank, error=str(exc))
 
     async def probe(self, inst: Instance, rec: Mapping[str, Any]) -> tuple[NodeInfo, str | None]:
         """The node of a live instance as it is now, and why it cannot be reached (if so).
@@ -166,6 +188,23 @@ class AwsNodes:
             return node, None
         pid = hello.get("pid")
         return _with(node, NodeStatus.RUNNING, pid if isinstance(pid, int) else None), None
+
+    async def readdress(self, cluster: str, inst: Instance) -> None:
+        """Follow a running node's instance to a new address (a stop and start outside stix
+        gives it a new public IP): the records and the connection move there."""
+        rec = ((self.records.get(cluster) or {}).get("nodes") or {}).get(str(inst.rank))
+        if not rec or inst.rank is None or inst.state != "running" or inst.address is None:
+            return
+        if testing_hosts(self.env) is not None or rec.get("host") == inst.address:
+            return
+        old = f"{rec.get('user')}@{rec.get('host')}:{rec.get('port')}"
+        self.log.info("aws_node_moved", cluster=cluster, rank=inst.rank, host=inst.address)
+        node_ip = inst.private_ip or inst.address
+        self.records.set_node(cluster, inst.rank, host=inst.address, ip=node_ip)
+        self._targets.pop(str(rec.get("ip") or ""), None)
+        conn = self._conns.pop(old, None)
+        if conn is not None:
+            await conn.close()
 
     async def forget(self, cluster: str) -> None:
         """Close the connections to the cluster's nodes (they are stopping or going away)."""

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog
@@ -28,6 +27,7 @@ from stixd.providers.aws.errors import AwsCapacityError, Where
 from stixd.providers.aws.instances import Instance, RunSpec
 from stixd.providers.aws.keys import ensure_key_pair, ensure_local_key
 from stixd.providers.aws.leaks import YOUNG_S, Leak, clean_leaks, find_leaks
+from stixd.providers.aws.listing import ClusterListing
 from stixd.providers.aws.network import (
     delete_group,
     ensure_group,
@@ -38,9 +38,17 @@ from stixd.providers.aws.network import (
     subnet_for,
     zones,
 )
-from stixd.providers.aws.nodes import DEFAULT_SSH_USER, AwsNodes, record_node
+from stixd.providers.aws.nodes import DEFAULT_SSH_USER, AwsNodes
+from stixd.providers.aws.observe import observe
 from stixd.providers.aws.records import Records
-from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.base import (
+    CheckResult,
+    Machine,
+    Mount,
+    NodeInfo,
+    NodeLoss,
+    ProvisionRequest,
+)
 from stixd.providers.ssh_transport import SshSettings
 
 DEFAULT_INSTANCE_TYPE = "m6i.large"
@@ -82,7 +90,12 @@ class AwsProvider:
         )
         self.last_error: dict[str, dict[int, str]] = {}
         """Per cluster, per rank: why the last query could not reach that node."""
+        self.lost: dict[str, list[NodeLoss]] = {}
+        """Per cluster: the nodes the last query found without a running instance."""
+        self.seen: dict[str, list[Machine]] = {}
+        """Per cluster: its live machines as the last query found them."""
         self._ec2: Ec2Clients | None = None
+        self._listing: ClusterListing | None = None
 
     # -- clients and connections ---------------------------------------------------------
 
@@ -90,6 +103,13 @@ class AwsProvider:
         if self._ec2 is None:
             self._ec2 = Ec2Clients(resolve(self.env), self.log)
         return self._ec2
+
+    def listing(self) -> ClusterListing:
+        """Where clusters are looked up when nothing is being made: concurrent look-ups of
+        several clusters share one EC2 call."""
+        if self._listing is None:
+            self._listing = ClusterListing(self.ec2(), self.user)
+        return self._listing
 
     def credentials_problem(self) -> str | None:
         """What is missing for AWS to be usable, read locally (no network): None if nothing."""
@@ -242,7 +262,7 @@ class AwsProvider:
         if entry is None or not entry.get("region"):
             return None
         region, ec2 = str(entry["region"]), self.ec2()
-        found = await instances.find(ec2, region, cluster, self.user)
+        found = await self.listing().find(region, cluster)
         if time.time() - float(entry.get("created_at") or 0) < LISTING_DELAY_S:
             listed = {i.id for i in found}
             unlisted = [i for i in entry.get("created") or [] if i not in listed]
@@ -252,43 +272,36 @@ class AwsProvider:
         return region, found
 
     async def query(self, cluster: str) -> list[NodeInfo]:
+        """The nodes as they are now. A node whose instance EC2 no longer runs (stopped or
+        terminated, by a spot interruption or from outside stix) is named in ``lost_nodes``,
+        with EC2's reason; while others are alive it is listed UNREACHABLE. What each live
+        machine is now (type, disk, address) is in ``machines``."""
         alive = await self._alive(cluster)
         if alive is None:
+            self.lost.pop(cluster, None)
+            self.seen.pop(cluster, None)
             return []
-        _, found = alive
-        records = (self.records.get(cluster) or {}).get("nodes") or {}
-        nodes: dict[int, NodeInfo] = {}
-        errors: dict[int, str] = {}
+        region, found = alive
+        seen = await observe(self.ec2(), self.nodes, cluster, region, found, self._new(cluster))
+        self.last_error[cluster] = seen.errors
+        self.lost[cluster] = seen.lost
+        self.seen[cluster] = seen.machines
+        return seen.nodes
 
-        async def one(inst: Instance, rank: int) -> None:
-            nodes[rank], error = await self.nodes.probe(inst, records.get(str(rank)) or {})
-            if error:
-                errors[rank] = error
-
-        async with anyio.create_task_group() as tg:
-            for inst in found:
-                if inst.rank is not None:
-                    tg.start_soon(one, inst, inst.rank)
-        if nodes:  # some are alive: say what became of the others (a spot interruption, ...)
-            for rank_text, rec in records.items():
-                rank = int(rank_text)
-                if rank not in nodes:
-                    errors[rank] = await self._fate(cluster, rec)
-                    nodes[rank] = record_node(rank, rec, "", NodeStatus.UNREACHABLE)
-        self.last_error[cluster] = errors
-        return [nodes[r] for r in sorted(nodes)]
-
-    async def _fate(self, cluster: str, rec: dict[str, Any]) -> str:
-        """Why a node's instance is no longer alive, as EC2 tells it."""
+    def _new(self, cluster: str) -> list[str]:
+        """The cluster's instances made so recently that EC2 may not list them yet."""
         entry = self.records.get(cluster) or {}
-        instance = rec.get("instance")
-        if not instance or not entry.get("region"):
-            return "its instance is gone"
-        gone = await instances.by_ids(self.ec2(), str(entry["region"]), [str(instance)])
-        if not gone:
-            return f"instance {instance} is gone"
-        reason = f" ({gone[0].reason})" if gone[0].reason else ""
-        return f"instance {instance} is {gone[0].state}{reason}"
+        if time.time() - float(entry.get("created_at") or 0) >= LISTING_DELAY_S:
+            return []
+        return [str(i) for i in entry.get("created") or []]
+
+    def lost_nodes(self, cluster: str) -> list[NodeLoss]:
+        """The nodes the last ``query`` found without a running instance, and why."""
+        return list(self.lost.get(cluster, []))
+
+    def machines(self, cluster: str) -> list[Machine]:
+        """The live nodes' machines as the last ``query`` found them."""
+        return list(self.seen.get(cluster, []))
 
     async def stop(self, cluster: str) -> None:
         alive = await self._alive(cluster)
