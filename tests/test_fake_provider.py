@@ -15,7 +15,7 @@ from proto.task.load import task_from_dict
 from stixd.agent_client import AgentUnreachable
 from stixd.planner.catalog import open_catalog
 from stixd.planner.target import avoid_regions, blocked_from, choose_target, cloud_spec
-from stixd.providers.base import CapacityError, NodeStatus, ProvisionRequest
+from stixd.providers.base import CapacityError, NodeStatus, ProvisionRequest, ReportsLostNodes
 from stixd.providers.fake import FakeProvider, write_catalog
 
 pytestmark = pytest.mark.anyio
@@ -64,11 +64,17 @@ async def test_a_preempted_cluster_is_gone_and_its_agents_stop_answering() -> No
     await client.call("submit", job_id=1, run="x", envs={})
     assert p.preempt(["c1"]) == ["c1"]
     assert await p.query("c1") == []
+    assert [(x.rank, x.preempted) for x in p.lost_nodes("c1")] == [(0, True)]
+    assert "preempted in fake-1" in p.lost_nodes("c1")[0].why
+    assert isinstance(p, ReportsLostNodes)
     with pytest.raises(AgentUnreachable):
         await client.call("jobs")
     assert len(await p.query("c2")) == 1
     assert p.preempt(count=5) == ["c2"]  # only what runs
     assert p.clusters() == []
+    await p.launch(request("c1", "fake-2"))  # a new launch has lost nothing
+    await p.terminate("c2")
+    assert p.lost_nodes("c1") == [] and p.lost_nodes("c2") == []
 
 
 async def test_a_long_poll_on_a_preempted_node_ends_at_once() -> None:

@@ -51,7 +51,9 @@ def test_eager_next_region_moves_a_preempted_job_to_the_next_region(
     assert "preempted eager-1 in fake-1" in out.stdout
     job = wait_until(lambda: running_on(stix, 1, "fake/fake-2", 1), timeout=30, interval=0.1)
     assert job["run_infras"] == ["fake/fake-1", "fake/fake-2"]
+    assert "preempted in fake-1" in job["recovery_reasons"][0]
     assert "on fake/fake-1" in job["recovery_reasons"][0]
+    assert any(e["event"] == "node_preempted" for e in stix.json("events", "eager-1"))
     # preempted again in fake-2: fake-1 is a region left to go to, so it goes back there
     stix.run("fake", "preempt", "eager-1", check=True)
     job = wait_until(lambda: running_on(stix, 1, "fake/fake-1", 2), timeout=30, interval=0.1)

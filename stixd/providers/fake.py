@@ -24,6 +24,7 @@ from stixd.providers.base import (
     CheckResult,
     Mount,
     NodeInfo,
+    NodeLoss,
     NodeStatus,
     ProvisionRequest,
 )
@@ -91,6 +92,7 @@ class FakeProvider:
         self._clusters: dict[str, list[FakeNode]] = {}
         self._by_address: dict[str, FakeNode] = {}
         self._serial = 0
+        self._lost: dict[str, list[NodeLoss]] = {}
         self.launches: dict[str, int] = {}
         """Launch calls per region that made nodes (for tests and the benchmark)."""
 
@@ -111,8 +113,18 @@ class FakeProvider:
             running = [c for c, nodes in self._clusters.items() if nodes[0].running]
             names += random.sample(running, min(count, len(running)))
         for name in dict.fromkeys(names):
+            nodes = self._clusters.get(name, [])
+            self._lost[name] = [
+                NodeLoss(n.rank, f"preempted in {n.region} (a fake spot preemption)", True)
+                for n in nodes
+            ]
             self._forget(name)
         return list(dict.fromkeys(names))
+
+    def lost_nodes(self, cluster: str) -> list[NodeLoss]:
+        """The nodes a preemption took from `cluster` (ReportsLostNodes), until it is
+        launched again or terminated."""
+        return list(self._lost.get(cluster, []))
 
     # -- Provider ------------------------------------------------------------------------
 
@@ -143,6 +155,7 @@ class FakeProvider:
                 block={"cloud": NAME, "region": region},
             )
         self._serial += 1
+        self._lost.pop(req.cluster, None)
         now = self._clock()
         made = []
         for rank in range(req.num_nodes):
@@ -184,6 +197,7 @@ class FakeProvider:
 
     async def terminate(self, cluster: str) -> None:
         self._forget(cluster)
+        self._lost.pop(cluster, None)
 
     async def open_ports(self, cluster: str, ports: list[int]) -> None:
         """Fake nodes have no network: nothing to open."""
