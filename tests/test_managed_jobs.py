@@ -12,6 +12,10 @@ import pytest
 
 from tests.conftest import Stix, processes_mentioning, wait_until
 
+LONG = f"sleep 300.{os.getpid()}"
+"""A command that outlives the test unless stopped, and that no concurrent test run shares (the
+checks for leftovers look at every process of the machine)."""
+
 
 def managed(stix: Stix, job_id: int) -> dict[str, Any]:
     return {j["job_id"]: j for j in stix.json("jobs", "queue", "--all")}[job_id]
@@ -104,13 +108,13 @@ def test_max_restarts_on_errors_reruns_a_failing_task(stix: Stix, task_file: Any
 
 
 def test_cancel_a_running_managed_job_tears_its_cluster_down(stix: Stix) -> None:
-    stix.run("jobs", "launch", "-n", "long", "-d", "-y", "sleep 300", check=True)
+    stix.run("jobs", "launch", "-n", "long", "-d", "-y", LONG, check=True)
     wait_until(lambda: managed(stix, 1)["status"] == "RUNNING", timeout=30, interval=0.2)
     out = stix.run("jobs", "cancel", "1", check=True)
     assert "cancelling" in out.stdout
     wait_until(lambda: managed(stix, 1)["status"] == "CANCELLED", timeout=30, interval=0.2)
     wait_until(lambda: stix.clusters().get("long-1") is None)
-    assert not processes_mentioning("sleep 300")
+    assert not processes_mentioning(LONG)
     again = stix.run("jobs", "cancel", "-n", "long", check=True)
     assert "already ended CANCELLED" in again.stdout
     missing = stix.run("jobs", "cancel", "7")
@@ -153,14 +157,14 @@ def test_a_pipeline_runs_task_by_task_and_a_failure_fails_the_rest(
 def test_cancel_while_starting_stops_the_setup_and_leaves_no_cluster(
     stix: Stix, task_file: Any
 ) -> None:
-    path = task_file("name: slow\nsetup: sleep 300\nrun: echo never\n")
+    path = task_file(f"name: slow\nsetup: {LONG}\nrun: echo never\n")
     stix.run("jobs", "launch", "-d", "-y", str(path), check=True)
-    wait_until(lambda: processes_mentioning("sleep 300"), timeout=30)
+    wait_until(lambda: processes_mentioning(LONG), timeout=30)
     assert managed(stix, 1)["status"] == "STARTING"  # setup is part of starting, as in SkyPilot
     stix.run("jobs", "cancel", "--all", check=True)
     wait_until(lambda: managed(stix, 1)["status"] == "CANCELLED", timeout=30, interval=0.2)
     wait_until(lambda: stix.clusters().get("slow-1") is None)
-    wait_until(lambda: not processes_mentioning("sleep 300"), timeout=10)
+    wait_until(lambda: not processes_mentioning(LONG), timeout=10)
     assert "never" not in stix.run("jobs", "logs", "1", "--no-follow", check=True).stdout
 
 
@@ -283,8 +287,8 @@ def test_cancel_while_recovering_and_while_pending_for_a_worker(
     mark = tmp_path / "relaunched"
     path = task_file(
         "name: rec\n"
-        f"setup: if [ -e {mark}.first ]; then touch {mark}; sleep 300; fi; touch {mark}.first\n"
-        "run: sleep 300\n"
+        f"setup: if [ -e {mark}.first ]; then touch {mark}; {LONG}; fi; touch {mark}.first\n"
+        f"run: {LONG}\n"
     )
     stix.run("jobs", "launch", "-d", "-y", str(path), check=True)
     wait_until(lambda: managed(stix, 1)["status"] == "RUNNING", timeout=30, interval=0.2)
@@ -294,12 +298,12 @@ def test_cancel_while_recovering_and_while_pending_for_a_worker(
     stix.run("jobs", "cancel", "1", check=True)
     wait_until(lambda: managed(stix, 1)["status"] == "CANCELLED", timeout=30, interval=0.2)
     wait_until(lambda: stix.clusters().get("rec-1") is None)
-    wait_until(lambda: not processes_mentioning("sleep 300"), timeout=10)
+    wait_until(lambda: not processes_mentioning(LONG), timeout=10)
     # PENDING: the pool's one worker is busy, the second job waits for it
     pool = task_file("pool:\n  workers: 1\n")
     stix.run("jobs", "pool", "apply", "-p", "one", str(pool), check=True)
     wait_until(lambda: stix.json("jobs", "pool", "status")[0]["status"] == "READY", timeout=60)
-    stix.run("jobs", "launch", "--pool", "one", "-d", "-y", "sleep 300", check=True)
+    stix.run("jobs", "launch", "--pool", "one", "-d", "-y", LONG, check=True)
     stix.run("jobs", "launch", "--pool", "one", "-d", "-y", "echo second", check=True)
     wait_until(lambda: managed(stix, 2)["status"] == "RUNNING", timeout=30, interval=0.2)
     assert managed(stix, 3)["status"] == "PENDING"
@@ -313,5 +317,5 @@ def test_cancel_while_recovering_and_while_pending_for_a_worker(
         timeout=30,
     )
     assert status["queued_jobs"] == [] and status["workers"][0]["status"] == "UP"
-    wait_until(lambda: not processes_mentioning("sleep 300"), timeout=10)
+    wait_until(lambda: not processes_mentioning(LONG), timeout=10)
     stix.run("jobs", "pool", "down", "one", check=True)
