@@ -116,6 +116,27 @@ async def test_a_refused_write_never_undoes_a_concurrent_one(tmp_path: Path) -> 
         assert got is not None and got.state == "B"
 
 
+async def test_a_write_cancelled_midway_is_whole_or_absent_and_spares_the_others(
+    tmp_path: Path,
+) -> None:
+    """Writers cancelled at every point of their write (deadlines spread over the time a write
+    takes) leave each row with its event or not at all, and never a half-write that the next
+    writer's commit would complete."""
+    async with open_store(tmp_path / "s.db") as store:
+
+        async def insert(kind: str, i: int, deadline: float | None) -> None:
+            with anyio.move_on_after(deadline):
+                await store.insert(Row(kind=kind, id=str(i), state="A", version=0), "created")
+
+        for i in range(150):  # one at a time: each deadline falls at its own point of a write
+            await insert("cut", i, i * 0.00003)
+            await insert("kept", i, None)
+        kept = await store.rows("kept")
+        assert sorted(int(r.id) for r in kept) == list(range(150))
+        for row in await store.rows("cut"):
+            assert [e.event for e in await store.events("cut", row.id, 10)] == ["created"]
+
+
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")

@@ -127,7 +127,37 @@ class Store:
         for listener in self._listeners:
             listener(row)
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """One write transaction at a time, and shielded once it holds the connection: a
+        caller cancelled between its statements and its commit would otherwise leave them
+        for the next writer's commit (or rollback)."""
+        async with self._writing:
+            with anyio.CancelScope(shield=True):
+                yield
+
     async def insert(self, row: Row, event: str, why: str = "") -> Row:
+        async with self._transaction():
+            await self._insert(row, event, why)
+        self._notify(row)
+        return row
+
+    async def insert_next(
+        self, kind: str, make: Callable[[int], Row], event: str, why: str = ""
+    ) -> Row:
+        """Insert ``make(n)`` with ``n`` the next numeric id of `kind` (one past the largest),
+        allocated inside the write so concurrent callers never collide and never retry."""
+        async with self._transaction():
+            async with self._db.execute(
+                "SELECT MAX(CAST(id AS INTEGER)) FROM actors WHERE kind=?", (kind,)
+            ) as cur:
+                r = await cur.fetchone()
+            row = make((int(r[0]) if r and r[0] is not None else 0) + 1)
+            await self._insert(row, event, why)
+        self._notify(row)
+        return row
+
+    async def _insert(self, row: Row, event: str, why: str) -> None:
         now = self._clock()
         row.created_at = row.updated_at = now
         row.version = 1
@@ -143,44 +173,6 @@ class Store:
             now,
             now,
         )
-        async with self._writing:
-            await self._insert(row, values, event, why, now)
-        self._notify(row)
-        return row
-
-    async def insert_next(
-        self, kind: str, make: Callable[[int], Row], event: str, why: str = ""
-    ) -> Row:
-        """Insert ``make(n)`` with ``n`` the next numeric id of `kind` (one past the largest),
-        allocated inside the write so concurrent callers never collide and never retry."""
-        async with self._writing:
-            async with self._db.execute(
-                "SELECT MAX(CAST(id AS INTEGER)) FROM actors WHERE kind=?", (kind,)
-            ) as cur:
-                r = await cur.fetchone()
-            row = make((int(r[0]) if r and r[0] is not None else 0) + 1)
-            now = self._clock()
-            row.created_at = row.updated_at = now
-            row.version = 1
-            values = (
-                row.kind,
-                row.id,
-                row.parent,
-                row.state,
-                int(row.terminal),
-                json.dumps(row.spec),
-                json.dumps(row.data),
-                row.version,
-                now,
-                now,
-            )
-            await self._insert(row, values, event, why, now)
-        self._notify(row)
-        return row
-
-    async def _insert(
-        self, row: Row, values: tuple[Any, ...], event: str, why: str, now: float
-    ) -> None:
         try:
             await self._db.execute(
                 f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
@@ -228,7 +220,7 @@ class Store:
             row.id,
             row.version,
         )
-        async with self._writing:
+        async with self._transaction():
             cur = await self._db.execute(
                 "UPDATE actors SET state=?, terminal=?, spec=?, data=?, version=?, updated_at=? "
                 "WHERE kind=? AND id=? AND version=?",
@@ -261,7 +253,7 @@ class Store:
 
     async def record(self, kind: str, id_: str, event: str, why: str = "") -> None:
         """An event that changes no state (a decision, a warning, a supervisor restart)."""
-        async with self._writing:
+        async with self._transaction():
             await self._append(kind, id_, event, None, None, why, self._clock())
             await self._db.commit()
 
