@@ -110,6 +110,9 @@ def test_max_restarts_on_errors_reruns_a_failing_task(stix: Stix, task_file: Any
 def test_cancel_a_running_managed_job_tears_its_cluster_down(stix: Stix) -> None:
     stix.run("jobs", "launch", "-n", "long", "-d", "-y", LONG, check=True)
     wait_until(lambda: managed(stix, 1)["status"] == "RUNNING", timeout=30, interval=0.2)
+    assert managed(stix, 1)["cluster"] == "long-1"
+    [row] = [r for r in stix.run("jobs", "queue", check=True).stdout.splitlines() if " long " in r]
+    assert " long-1 " in row and " local " in row and "RUNNING" in row
     out = stix.run("jobs", "cancel", "1", check=True)
     assert "cancelling" in out.stdout
     wait_until(lambda: managed(stix, 1)["status"] == "CANCELLED", timeout=30, interval=0.2)
