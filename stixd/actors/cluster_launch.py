@@ -1,0 +1,267 @@
+"""Bringing a cluster up: the launch written as intent first, provisioning with failover across
+the optimizer's choices, and `exec` of a task on a cluster already UP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from proto import messages as m
+from proto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, ProvisionError
+from stixd.actors.cluster_autostop import apply_autostop_request, schedule_autostop
+from stixd.actors.cluster_observe import ensure_agents_current, schedule_health
+from stixd.actors.cluster_states import C, E
+from stixd.actors.jobs_submit import create_job, infra_label
+from stixd.actors.syncing import sync_task_files, validate_mounts
+from stixd.planner.local_fit import check_fits_local, local_offer
+from stixd.planner.target import (
+    CLOUDS,
+    MAX_FAILOVERS,
+    NoChoiceLeft,
+    avoid_regions,
+    blocked_from,
+    choose_target,
+    cloud_spec,
+)
+from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, ProvisionRequest
+from stixd.runtime.mailbox import Envelope
+
+if TYPE_CHECKING:
+    from proto.task import Task
+    from stixd.actors.cluster import ClusterActor
+
+
+# -- launch / exec -------------------------------------------------------------------
+
+
+async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.LaunchResult:
+    validate_mounts(req.task)
+    provider, pool = choose_target(req.task, cluster.app.ssh_pool_sizes(), cluster.app.clouds())
+    if cluster.state is C.UP:
+        here = (cluster.row.spec.get("provider", "local"), cluster.row.spec.get("pool"))
+        if here != (provider, pool):
+            raise InvalidRequest(
+                f"cluster {cluster.id!r} runs on {infra_label(*here)} but the task asks for "
+                f"{infra_label(provider, pool)}; launch it on a new cluster name"
+            )
+        have = int(cluster.row.spec.get("num_nodes", 1))
+        if req.task.num_nodes > have:
+            raise InvalidRequest(
+                f"cluster {cluster.id!r} has {have} node(s) but the task asks for "
+                f"{req.task.num_nodes}; launch it on a new cluster name"
+            )
+        env.progress(m.Progress(f"Cluster {cluster.id} is UP; syncing files and running the task."))
+        await sync_task_files(cluster.provider, cluster.nodes, req.task, env, file_mounts=True)
+        await apply_autostop_request(cluster, req.idle_minutes, req.down)
+        job_id = await allocate_job_id(cluster)
+        await create_job(
+            cluster, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id
+        )
+        env.progress(m.JobSubmitted(cluster.id, job_id))
+        return m.LaunchResult(cluster=cluster.id, job_id=job_id, job_status="INIT")
+    if cluster.state in (C.AUTOSTOPPING,):
+        raise ClusterNotUp(f"cluster {cluster.id!r} is stopping; retry when it is STOPPED")
+    job_id = await begin_launch(cluster, req, provider, pool)
+    return await finish_launch(cluster, req, job_id, env)
+
+
+async def begin_launch(
+    cluster: ClusterActor, req: m.Launch, provider: str, pool: str | None
+) -> int:
+    """Write the intent (state INIT + the request) before touching any infra."""
+    data: dict[str, Any] = {"machines": None}  # the plan is the new baseline
+    if cluster.state is C.TERMINATED:
+        data = {
+            **data,
+            "uid": secrets.token_hex(4),
+            "next_job_id": 1,
+            "launched_at": time.time(),
+            "active_seconds": 0.0,
+            "cost_accrued": 0.0,
+            "priced_seconds": 0.0,
+            "nodes": [],
+            "autostop": None,
+            "idle_since": None,
+            "last_error": None,
+        }
+    spec = {
+        **cluster.row.spec,
+        "provider": provider,
+        "pool": pool,
+        "num_nodes": req.task.num_nodes,
+        "resources": f"{req.task.num_nodes}x {infra_label(provider, pool)}",
+        "hourly_price": local_offer().price,  # per node: local and SSH hosts cost $0
+        "placement": None,
+        "avoid_regions": list(req.avoid_regions),
+    }
+    if provider in CLOUDS:  # usable, as choose_target said: the optimizer's first choice
+        catalog = cluster.app.planner_catalog()
+        blocks = cluster.app.remembered_blocks()
+        plan = functools.partial(
+            cloud_spec,
+            avoid=avoided(provider, req.avoid_regions),
+            prefer_region=req.prefer_region,
+        )
+        spec.update(await anyio.to_thread.run_sync(plan, req.task, provider, catalog, blocks))
+    cluster.row = await cluster.store.update(
+        cluster.row, event="save", spec=spec, record_event=False
+    )
+    job_id = int({**cluster.row.data, **data}.get("next_job_id", 1))
+    data["next_job_id"] = job_id + 1
+    data["config_layers"] = [[layer.source, layer.values] for layer in req.config]
+    data["pending_launch"] = {"request": msgspec.to_builtins(req), "job_id": job_id}
+    where = infra_label(provider, pool)
+    await cluster.transition(E.LAUNCH, f"launch {req.task.num_nodes} node(s) on {where}", **data)
+    return job_id
+
+
+async def resume_launch(cluster: ClusterActor) -> None:
+    pending = cluster.row.data.get("pending_launch")
+    if cluster.state is not C.INIT or not pending:
+        return
+    req = msgspec.convert(pending["request"], m.Launch)
+    cluster.log.info("resume_launch", job_id=pending["job_id"])
+    try:
+        await finish_launch(cluster, req, int(pending["job_id"]), Envelope(payload=req))
+    except ProvisionError as exc:
+        cluster.log.warning("resume_failed", error=exc.message)
+
+
+async def finish_launch(
+    cluster: ClusterActor, req: m.Launch, job_id: int, env: Envelope
+) -> m.LaunchResult:
+    nodes = await provision(cluster, req.task.num_nodes, env, req.task)
+    await sync_task_files(cluster.provider, nodes, req.task, env, file_mounts=True)
+    await apply_autostop_request(cluster, req.idle_minutes, req.down, nodes)
+    await create_job(cluster, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id)
+    await cluster.transition(
+        E.PROVISIONED,
+        f"{len(nodes)} node(s) up",
+        pending_launch=None,
+        up_since=time.time(),
+        last_error=None,
+    )
+    schedule_autostop(cluster)
+    schedule_health(cluster)
+    env.progress(m.JobSubmitted(cluster.id, job_id))
+    return m.LaunchResult(cluster=cluster.id, job_id=job_id, job_status="INIT")
+
+
+async def provision(
+    cluster: ClusterActor, num_nodes: int, env: Envelope, task: Task | None = None
+) -> list[NodeInfo]:
+    where = infra_label(cluster.row.spec.get("provider", "local"), cluster.row.spec.get("pool"))
+    env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {cluster.id}..."))
+    request = ProvisionRequest(
+        cluster.id,
+        num_nodes,
+        cluster.app.agent_pyz,
+        resources={
+            "pool": cluster.row.spec.get("pool"),
+            **(cluster.row.spec.get("placement") or {}),
+            "launch_id": cluster.row.data.get("uid"),
+        },
+    )
+    try:
+        nodes = await launch_with_failover(cluster, request, task, env)
+    except ProvisionError as exc:
+        if not cluster.row.data.get("nodes"):
+            await release_failed_launch(cluster, exc)
+        await cluster.transition(
+            E.PROVISION_FAILED, exc.message, last_error=exc.message, pending_launch=None
+        )
+        raise
+    if len([n for n in nodes if n.status is NodeStatus.RUNNING]) < num_nodes:
+        why = f"only {len(nodes)} of {num_nodes} nodes came up"
+        await cluster.transition(E.PROVISION_FAILED, why, last_error=why, pending_launch=None)
+        raise ProvisionError(why)
+    await ensure_agents_current(cluster, nodes)
+    await cluster.save(nodes=[n.to_dict() for n in nodes])
+    env.progress(m.Progress(f"{num_nodes} node(s) up; agents ready."))
+    return nodes
+
+
+async def launch_with_failover(
+    cluster: ClusterActor, request: ProvisionRequest, task: Task | None, env: Envelope
+) -> list[NodeInfo]:
+    """Launch; on a capacity or quota error on a cloud, block what it names and take the
+    optimizer's next choice there (the provider tries a region's zones itself)."""
+    cloud = cluster.row.spec.get("provider", "local")
+    failed: list[str] = []
+    blocks = cluster.app.remembered_blocks()
+    while True:
+        try:
+            return await cluster.provider.launch(request)
+        except CapacityError as exc:
+            if task is None or cloud not in cluster.app.clouds() or len(failed) >= MAX_FAILOVERS:
+                raise
+            failed.append(f"{cluster.row.spec.get('resources', cloud)}: {exc.message}")
+            blocked = blocked_from(exc.block, getattr(exc, "aws_code", "") or exc.message)
+            blocks.append(blocked)
+            cluster.app.remember_block(blocked, float(getattr(exc, "remember_s", 0.0)))
+            await cluster.store.record(cluster.kind, cluster.id, "failover", failed[-1])
+            catalog = cluster.app.planner_catalog()
+            avoid = avoided(cloud, cluster.row.spec.get("avoid_regions") or [])
+            plan = functools.partial(cloud_spec, avoid=avoid)
+            try:
+                spec = await anyio.to_thread.run_sync(plan, task, cloud, catalog, blocks)
+            except NoChoiceLeft:
+                tried = "; ".join(failed)
+                raise NoChoiceLeft(f"every choice on {cloud} failed: {tried}") from None
+            env.progress(m.Progress(f"{failed[-1]}; trying {spec['resources']} next."))
+            cluster.row = await cluster.store.update(
+                cluster.row, event="save", spec={**cluster.row.spec, **spec}, record_event=False
+            )
+            placement = spec["placement"]
+            request = dataclasses.replace(request, resources={**request.resources, **placement})
+
+
+def avoided(cloud: str, regions: list[str]) -> list[Any]:
+    return avoid_regions(cloud, regions, "a managed job was lost there (EAGER_NEXT_REGION)")
+
+
+async def release_failed_launch(cluster: ClusterActor, exc: ProvisionError) -> None:
+    """A first launch that failed gives back what it took (pool hosts, half-made nodes):
+    otherwise a cluster that never came up holds them until someone runs `down`."""
+    try:
+        await cluster.provider.terminate(cluster.id)
+    except (ProvisionError, OSError) as cleanup:
+        cluster.log.warning("failed_launch_cleanup", error=str(cleanup), cause=exc.message)
+
+
+async def exec_task(cluster: ClusterActor, req: m.Exec, env: Envelope) -> m.LaunchResult:
+    if cluster.state is C.TERMINATED:
+        raise ClusterNotFound(
+            f"cluster {cluster.id!r} does not exist; create it with `stixctl launch`"
+        )
+    if cluster.state is not C.UP:
+        raise ClusterNotUp(
+            f"cluster {cluster.id!r} is {cluster.state.value}; "
+            f"start it with `stixctl start {cluster.id}`"
+        )
+    if cluster.row.spec.get("provider", "local") == "local":
+        check_fits_local(req.task)
+    have = int(cluster.row.spec.get("num_nodes", 1))
+    if req.task.num_nodes > have:
+        raise InvalidRequest(
+            f"cluster {cluster.id!r} has {have} node(s) but the task asks for {req.task.num_nodes}"
+        )
+    if req.task.workdir:
+        await sync_task_files(cluster.provider, cluster.nodes, req.task, env, file_mounts=False)
+    job_id = await allocate_job_id(cluster)
+    await create_job(cluster, job_id, req.task, with_setup=False, task_id=req.task_id)
+    env.progress(m.JobSubmitted(cluster.id, job_id))
+    return m.LaunchResult(cluster=cluster.id, job_id=job_id, job_status="INIT")
+
+
+async def allocate_job_id(cluster: ClusterActor) -> int:
+    job_id = int(cluster.row.data.get("next_job_id", 1))
+    await cluster.save(next_job_id=job_id + 1)
+    return job_id

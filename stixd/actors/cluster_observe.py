@@ -1,0 +1,220 @@
+"""Watching a cluster: what the provider and the agents say, lost nodes, agents kept current.
+
+`ClusterActor` calls `observe` at reconcile, on every health tick and on a status refresh.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from proto.errors import ProvisionError
+from proto.states import JobStatus
+from stixd.actors.cluster_autostop import schedule_autostop
+from stixd.actors.cluster_states import C, E
+from stixd.actors.job import JobEvent
+from stixd.actors.jobs_submit import job_row_id
+from stixd.actors.machines import compare
+from stixd.agent_client import AgentError, AgentUnreachable
+from stixd.planner.catalog import CatalogError
+from stixd.planner.pricing import Prices, price_table
+from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus, ReportsLostNodes, ReportsMachines
+
+if TYPE_CHECKING:
+    from stixd.actors.cluster import ClusterActor
+
+
+class HealthTick:
+    """Timer message: query the provider for the truth about every node."""
+
+
+RECONCILE = "reconcile at start"
+
+
+async def observe(cluster: ClusterActor, why: str) -> None:
+    before = cluster.state
+    nodes = await cluster.provider.query(cluster.id)
+    losses = find_losses(cluster)
+    await note_machines(cluster)
+    expected = int(cluster.row.spec.get("num_nodes", 1))
+    running = [n for n in nodes if n.status is NodeStatus.RUNNING]
+    unreachable = [n for n in nodes if n.status is NodeStatus.UNREACHABLE]
+    down = [n for n in nodes if n.status is not NodeStatus.RUNNING]
+    problem = node_problems(cluster, down) if running or unreachable else None
+    if not nodes:
+        event = E.FOUND_GONE
+    elif unreachable:
+        event = E.FOUND_DEGRADED  # a host that does not answer is not a stopped one
+    elif len(running) >= expected:
+        event = E.FOUND_UP
+    elif not running:
+        event = E.FOUND_STOPPED
+    else:
+        event = E.FOUND_DEGRADED
+    lost = "; ".join(f"node {x.rank} {x.why}" for x in losses)
+    if cluster.machine.allows(cluster.state, event):
+        detail = f"{why}: {len(running)}/{expected} nodes running"
+        if problem or lost:
+            detail += f"; {problem or lost}"
+        await cluster.transition(
+            event,
+            detail,
+            last_error=problem or lost or None,
+            **cluster._accounting(cluster.machine.next(cluster.state, event)),
+        )
+    elif problem != cluster.row.data.get("last_error") and (problem or event is E.FOUND_UP):
+        await cluster.save(last_error=problem)
+    if losses:
+        await on_lost_nodes(cluster, losses)
+    elif cluster.row.data.get("losses"):
+        await cluster.save(losses=None)
+    if cluster.state in (C.STOPPED, C.TERMINATED):
+        why_ended = lost or f"cluster found {cluster.state.value}"
+        await cluster._end_jobs(JobEvent.FAILED_DRIVER, why_ended)
+    if cluster.state is C.TERMINATED and before is not C.TERMINATED and losses:
+        await release_remains(cluster)
+    if cluster.state is C.UP and (before is not C.UP or why == RECONCILE):
+        await ensure_agents_current(cluster, cluster.nodes)
+        await stop_jobs_ended_meanwhile(cluster, cluster.nodes)
+        schedule_autostop(cluster)
+    schedule_health(cluster)
+
+
+async def note_machines(cluster: ClusterActor) -> None:
+    """Record what the machines are now; a resize made outside stix changes the cluster's
+    resources and price (from now on) and is recorded as an event."""
+    if not isinstance(cluster.provider, ReportsMachines):
+        return
+    data = cluster.row.data
+    active = float(data.get("active_seconds") or 0.0)
+    if data.get("up_since"):
+        active += time.time() - float(data["up_since"])
+    cloud = str(cluster.row.spec.get("provider"))
+
+    def prices() -> Prices:
+        try:
+            return price_table(cluster.app.planner_catalog(), cloud)
+        except CatalogError:
+            return {}
+
+    seen = compare(cluster.row.spec, data, cluster.provider.machines(cluster.id), prices, active)
+    if seen is None:
+        return
+    for change in seen.changes:
+        await cluster.store.record(
+            cluster.kind, cluster.id, "machine_changed", f"{change} (made outside stix)"
+        )
+    await cluster.save(spec=seen.spec, **seen.data)
+
+
+def find_losses(cluster: ClusterActor) -> list[NodeLoss]:
+    """Nodes of a live cluster whose machines the cloud took away (a spot preemption, a
+    stop or termination from outside stix), as the provider's last query found them."""
+    if not isinstance(cluster.provider, ReportsLostNodes) or cluster.state not in (C.UP, C.INIT):
+        return []
+    return cluster.provider.lost_nodes(cluster.id)
+
+
+async def on_lost_nodes(cluster: ClusterActor, losses: list[NodeLoss]) -> None:
+    """Record each new loss as an event, and end the cluster's jobs now: the machine is not
+    coming back, so waiting out the node grace would only delay a managed job's recovery."""
+    seen = set(cluster.row.data.get("losses") or [])
+    for loss in losses:
+        if loss.why not in seen:
+            event = "node_preempted" if loss.preempted else "node_lost"
+            await cluster.store.record(
+                cluster.kind, cluster.id, event, f"node {loss.rank} {loss.why}"
+            )
+    if seen != {x.why for x in losses}:
+        await cluster.save(losses=[x.why for x in losses])
+    why = "; ".join(f"node {x.rank} {x.why}" for x in losses)
+    all_lost = len(losses) >= int(cluster.row.spec.get("num_nodes", 1))
+    # with some nodes left, the job's other ranks are stopped (a gang dies together)
+    await cluster._end_jobs(
+        JobEvent.FAILED_DRIVER, why, lost_rank=None if all_lost else losses[0].rank
+    )
+
+
+async def release_remains(cluster: ClusterActor) -> None:
+    """Every machine of the cluster is gone: delete what the provider made around them (an
+    AWS security group), so it is not left behind as a leak."""
+    try:
+        await cluster.provider.terminate(cluster.id)
+    except ProvisionError as exc:
+        cluster.log.warning("release_remains_failed", error=exc.message)
+
+
+def node_problems(cluster: ClusterActor, down: list[NodeInfo]) -> str | None:
+    """One sentence per node that is not running, for status and events."""
+    if not down:
+        return None
+    reasons = getattr(cluster.provider, "last_error", {}).get(cluster.id, {})
+
+    def say(n: NodeInfo) -> str:
+        if n.status is NodeStatus.UNREACHABLE:
+            return f"node {n.rank} ({n.ip}) is unreachable: {reasons.get(n.rank, 'no answer')}"
+        return f"node {n.rank} ({n.ip}) does not answer (its agent is not running)"
+
+    return "; ".join(say(n) for n in down)
+
+
+def schedule_health(cluster: ClusterActor) -> None:
+    """Look at every node of a live cluster now and then (a host may die unseen)."""
+    if cluster.state in (C.UP, C.INIT) and not cluster.row.data.get("pending_launch"):
+        cluster.after("health", cluster.app.config.daemon.health_check_seconds, HealthTick())
+
+
+# -- agents --------------------------------------------------------------------------
+
+
+async def ensure_agents_current(cluster: ClusterActor, nodes: list[NodeInfo]) -> None:
+    """Upgrade agents of another build in place: same process, running jobs untouched."""
+    for node in nodes:
+        client = cluster.provider.connector(node)
+        try:
+            hello = await client.call("hello", deadline=5)
+            if hello.get("build") != cluster.app.agent_build:
+                cluster.log.info("agent_upgrade", rank=node.rank, old=hello.get("build"))
+                await client.call("upgrade", deadline=5, pyz=str(cluster.app.agent_pyz))
+                await cluster.store.record(
+                    cluster.kind,
+                    cluster.id,
+                    "agent_upgraded",
+                    f"node {node.rank}: {hello.get('build')} -> {cluster.app.agent_build}",
+                )
+        except (AgentUnreachable, AgentError) as exc:
+            cluster.log.warning("agent_check_failed", rank=node.rank, error=str(exc))
+
+
+async def stop_jobs_ended_meanwhile(cluster: ClusterActor, nodes: list[NodeInfo]) -> None:
+    """A node back from an outage may still run a job the daemon ended while it was away
+    (FAILED_DRIVER after the grace): stop it, so the node's truth matches the record."""
+    uid = cluster.row.data.get("uid")
+    if not uid:
+        return
+    for node in nodes:
+        client = cluster.provider.connector(node)
+        try:
+            listed = await client.call("jobs", deadline=5)
+            live = [
+                int(j["job_id"])
+                for j in listed.get("jobs", [])
+                if not JobStatus(j["state"]).is_terminal
+            ]
+            ended = []
+            for job_id in live:
+                row = await cluster.store.get("job", job_row_id(cluster.id, uid, job_id))
+                if row is not None and row.terminal:
+                    ended.append(job_id)
+            if not ended:
+                continue
+            await client.call("cancel", deadline=10, job_ids=ended, all=False)
+        except (AgentUnreachable, AgentError) as exc:
+            cluster.log.warning("ended_jobs_check_failed", rank=node.rank, error=str(exc))
+            continue
+        await cluster.store.record(
+            cluster.kind,
+            cluster.id,
+            "ended_jobs_stopped",
+            f"node {node.rank}: job(s) {', '.join(map(str, ended))} ended while it was away",
+        )

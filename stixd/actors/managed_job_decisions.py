@@ -1,0 +1,154 @@
+"""What a managed job decides when a phase tells it something: the run is up or running,
+the launch failed, the run ended (next task, restart, recover, or an end state), the
+cluster is torn down."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from proto.states import JobStatus
+from proto.states import ManagedJobStatus as S
+from stixd.actors.managed_job_events import ACTIVE, E, Ended, LaunchFailed, TornDown, Up
+from stixd.actors.managed_job_phases import (
+    LAUNCH_ATTEMPTS,
+    teardown,
+    teardown_then_bring_up,
+    watch,
+)
+from stixd.actors.recovery import run_place
+
+if TYPE_CHECKING:
+    from stixd.actors.managed_job import ManagedJobActor
+
+
+# -- decisions -----------------------------------------------------------------------
+
+
+async def on_up(managed: ManagedJobActor, msg: Up) -> None:
+    if managed.state not in (S.STARTING, S.RECOVERING):
+        return
+    run = int(managed.row.data.get("run", 0)) + 1
+    row = await managed.app.store.get("cluster", managed.cluster)
+    infra, region = run_place(row.spec if row is not None else {})
+    await managed.save(
+        cluster_uid=msg.uid,
+        cluster_job_id=msg.job_id,
+        run=run,
+        region=region,
+        run_infras=[*managed.row.data.get("run_infras", []), infra][-20:],
+    )
+    where = f"{managed.cluster} ({infra})"
+    managed.note(f"  task {managed.task_index} submitted to {where} as its job {msg.job_id}")
+    managed._run(watch, managed)
+
+
+async def on_running(managed: ManagedJobActor) -> None:
+    if managed.state not in (S.STARTING, S.RECOVERING):
+        return
+    extra: dict[str, Any] = {"run_started_at": time.time()}
+    if not managed.row.data.get("started_at"):
+        extra["started_at"] = time.time()
+    why = f"task {managed.task_index} runs on {managed.cluster}"
+    await managed.step(E.UP, why, **extra)
+
+
+async def on_launch_failed(managed: ManagedJobActor, msg: LaunchFailed) -> None:
+    if msg.precheck:
+        await managed.step(
+            E.FAILED_PRECHECKS, msg.why, failure_reason=msg.why, ended_at=time.time()
+        )
+        managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+        return
+    reason = f"no resources after {LAUNCH_ATTEMPTS} launch attempts: {msg.why}"
+    await managed.step(E.NO_RESOURCE, reason, failure_reason=reason, ended_at=time.time())
+    managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+
+
+async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
+    if managed.state not in ACTIVE:
+        return
+    ran = managed._ran_seconds()
+    state = msg.state
+    if state is JobStatus.SUCCEEDED:
+        if managed.task_index + 1 < len(managed.row.spec["tasks"]):
+            why = f"task {managed.task_index} succeeded; the next runs on a new cluster"
+            held, run = managed.cluster, managed._run_id()
+            await managed.step(
+                E.NEXT_TASK,
+                why,
+                task=managed.task_index + 1,
+                lost_region=None,
+                job_duration=ran,
+                attempt_at=time.time(),
+                cluster_job_id=None,
+                worker=None,
+            )
+            managed._run(teardown_then_bring_up, managed, held, run, False)
+            return
+        await managed.step(E.SUCCEEDED, "the task succeeded", job_duration=ran)
+        managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+        return
+    if state is JobStatus.FAILED_DRIVER:
+        await recover(managed, msg.why, ran)
+        return
+    rec = managed._recovery()
+    recover_on = rec.recover_on_exit_codes if rec else ()
+    if state is JobStatus.FAILED and msg.exit_code in recover_on:
+        await recover(managed, f"the task exited {msg.exit_code} (recover_on_exit_codes)", ran)
+        return
+    if state is JobStatus.FAILED:
+        restarts = int(managed.row.data.get("restarts", 0))
+        limit = managed._max_restarts()
+        if restarts < limit:
+            why = f"the task failed ({msg.why}); restart {restarts + 1} of {limit}"
+            held, run = managed.cluster, managed._run_id()
+            await managed.step(
+                E.RESTART,
+                why,
+                restarts=restarts + 1,
+                lost_region=None,
+                job_duration=ran,
+                attempt_at=time.time(),
+                cluster_job_id=None,
+                worker=None,
+            )
+            managed._run(teardown_then_bring_up, managed, held, run, False)
+            return
+        reason = f"the task failed: {msg.why}"
+        await managed.step(E.FAILED, reason, failure_reason=reason, job_duration=ran)
+        managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+        return
+    if state is JobStatus.FAILED_SETUP:
+        reason = f"setup failed: {msg.why}"
+        await managed.step(E.FAILED_SETUP, reason, failure_reason=reason, job_duration=ran)
+        managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+        return
+    # the run was cancelled under us (its cluster torn down or the job cancelled directly)
+    await recover(managed, f"the run ended {state.value}: {msg.why}", ran)
+
+
+async def recover(managed: ManagedJobActor, why: str, ran: float) -> None:
+    infras = managed.row.data.get("run_infras") or []
+    if infras:
+        why = f"{why} (on {infras[-1]})"
+    reasons = [*managed.row.data.get("recovery_reasons", []), why]
+    held, run = managed.cluster, managed._run_id()
+    await managed.step(
+        E.LOST,
+        f"cluster lost ({why}); recovering by {managed._strategy()}",
+        lost_region=managed.row.data.get("region"),
+        recoveries=int(managed.row.data.get("recoveries", 0)) + 1,
+        recovery_reasons=reasons[-20:],
+        job_duration=ran,
+        attempt_at=time.time(),
+        cluster_job_id=None,
+        worker=None,
+    )
+    managed._run(teardown_then_bring_up, managed, held, run, True)
+
+
+async def on_torn_down(managed: ManagedJobActor, msg: TornDown) -> None:
+    if managed.machine.allows(managed.state, msg.then):
+        extra = {"ended_at": time.time(), "job_duration": managed._ran_seconds()}
+        await managed.step(msg.then, "cluster torn down", **extra)

@@ -1,0 +1,218 @@
+"""The phases a managed job runs in its helper task: bring a cluster up and submit (adopting
+the run a launch already made), watch the run and copy its log, give the cluster up.
+
+Each phase ends by telling the actor what happened (`Up`, `Ended`, `LaunchFailed`, ...).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from proto import messages as m
+from proto.errors import InvalidConfig, InvalidRequest, InvalidTask, ProvisionError, StixError
+from proto.states import JobStatus
+from proto.states import ManagedJobStatus as S
+from stixd.actors.asks import ask_cluster
+from stixd.actors.job_pool import Release
+from stixd.actors.joblogs import stream_job_logs
+from stixd.actors.jobs_submit import job_row_id
+from stixd.actors.managed_job_events import (
+    Advance,
+    Ended,
+    LaunchFailed,
+    MEvent,
+    Running,
+    TornDown,
+    Up,
+)
+from stixd.actors.recovery import relaunch_hints
+
+if TYPE_CHECKING:
+    from stixd.actors.managed_job import ManagedJobActor
+
+LAUNCH_ATTEMPTS = 3
+"""Launches tried per start or recovery before the job is FAILED_NO_RESOURCE."""
+RETRY_BASE_SECONDS = 1.0
+
+
+async def bring_up(managed: ManagedJobActor) -> None:
+    """Adopt the run a previous launch made (daemon restarted mid-launch), else launch."""
+    adopted = await adopt(managed)
+    if adopted is not None:
+        managed.tell(adopted)
+        return
+    task = managed._task()
+    spec = managed.row.spec
+    task_id = managed._task_id()
+    req: m.Launch | m.Exec
+    if managed.pool:
+        req = m.Exec(cluster=managed.cluster, task=task, detach=True, task_id=task_id)
+    else:
+        lost = managed.row.data.get("lost_region") if managed.state is S.RECOVERING else None
+        avoid, prefer = relaunch_hints(managed._strategy(), lost)
+        if avoid:
+            managed.note(f"  relaunching outside {', '.join(avoid)} unless nothing else is left")
+        elif prefer:
+            managed.note(f"  relaunching in {prefer} first")
+        req = m.Launch(
+            task=task,
+            cluster=managed.cluster,
+            detach=True,
+            config=[msgspec.convert(c, m.ConfigLayer) for c in spec.get("config", [])],
+            task_id=task_id,
+            avoid_regions=avoid,
+            prefer_region=prefer,
+        )
+    failures = 0
+    while True:
+        try:
+            result: m.LaunchResult = await ask_cluster(
+                managed.app, managed.cluster, req, managed._emit, create=not managed.pool
+            )
+        except (InvalidTask, InvalidConfig, InvalidRequest) as exc:
+            managed.tell(LaunchFailed(exc.message, precheck=True))
+            return
+        except StixError as exc:
+            if not managed.pool and not isinstance(exc, ProvisionError):
+                raise
+            if managed.pool:  # the worker is not usable: the pool relaunches it
+                why = f"worker {managed.cluster}: {exc.message}"
+                managed.tell(Ended(JobStatus.FAILED_DRIVER, why))
+                return
+            failures += 1
+            managed.note(f"  launch attempt {failures} failed: {exc.message}")
+            if failures >= LAUNCH_ATTEMPTS:
+                managed.tell(LaunchFailed(exc.message, precheck=False))
+                return
+            await let_go(managed, managed.cluster, None, broken=False)
+            await anyio.sleep(RETRY_BASE_SECONDS * 2 ** (failures - 1))
+            continue
+        break
+    row = await managed.app.store.get("cluster", managed.cluster)
+    assert result.job_id is not None and row is not None
+    managed.tell(Up(uid=row.data["uid"], job_id=result.job_id))
+
+
+async def adopt(managed: ManagedJobActor) -> Up | None:
+    row = await managed.app.store.get("cluster", managed.cluster)
+    if row is None or row.terminal:
+        return None
+    if row.data.get("pending_launch"):  # the cluster actor finishes it after a restart
+        row = await managed.app.watch.wait_for(
+            "cluster", managed.cluster, lambda r: r is None or not r.data.get("pending_launch")
+        )
+        if row is None or row.terminal:
+            return None
+    uid = row.data.get("uid")
+    since = float(managed.row.data.get("attempt_at") or 0.0)
+    ours = managed._task_id()
+    jobs = [  # a pool worker also runs other jobs: only this attempt's run of this task
+        j
+        for j in await managed.app.store.rows("job", parent=uid)
+        if j.created_at >= since and (j.spec.get("submit") or {}).get("task_id") == ours
+    ]
+    if not jobs:
+        return None
+    first = min(jobs, key=lambda j: int(j.spec["job_id"]))
+    return Up(uid=str(uid), job_id=int(first.spec["job_id"]))
+
+
+async def watch(managed: ManagedJobActor) -> None:
+    """Follow the run to its end, copying its log into the job's own directory."""
+    data = managed.row.data
+    row_id = job_row_id(managed.cluster, data["cluster_uid"], int(data["cluster_job_id"]))
+    job = await managed.app.store.get("job", row_id)
+    if job is None:
+        managed.tell(Ended(JobStatus.FAILED_DRIVER, "the run's record is gone"))
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tell_when_running, managed, row_id)
+        await copy_logs(managed, job, int(data.get("run", 1)))
+        done = await managed.app.watch.wait_for("job", row_id, lambda r: r is None or r.terminal)
+        tg.cancel_scope.cancel()
+    if done is None:
+        managed.tell(Ended(JobStatus.FAILED_DRIVER, "the run's record is gone"))
+        return
+    events = await managed.app.store.events("job", row_id, 1)
+    why = events[-1].why if events else done.state
+    code = done.data.get("exit_code")
+    managed.tell(Ended(JobStatus(done.state), why, code if isinstance(code, int) else None))
+
+
+async def copy_logs(managed: ManagedJobActor, job: Any, run: int) -> None:
+    path = managed._dir() / f"run-{run}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # after a daemon restart the run is followed again from its start: skip what is copied
+    have = path.stat().st_size if path.exists() else 0
+    seen = 0
+    with path.open("ab") as out:
+
+        async def copy(event: Any) -> None:
+            nonlocal seen
+            if not isinstance(event, m.LogChunk):
+                return
+            chunk = event.data.encode()
+            fresh = chunk[max(have - seen, 0) :]
+            seen += len(chunk)
+            if fresh:
+                out.write(fresh)
+                out.flush()
+
+        await stream_job_logs(managed.app, job, copy, follow=True)
+
+
+async def tell_when_running(managed: ManagedJobActor, row_id: str) -> None:
+    row = await managed.app.watch.wait_for(
+        "job", row_id, lambda r: r is None or r.terminal or r.state == JobStatus.RUNNING
+    )
+    if row is not None and row.state == JobStatus.RUNNING:
+        managed.tell(Running())
+
+
+async def teardown(
+    managed: ManagedJobActor, then: MEvent | None, held: str, run: int | None = None
+) -> None:
+    with anyio.CancelScope(shield=True):
+        await let_go(managed, held, run, broken=False)
+    if then is not None:
+        managed.tell(TornDown(then))
+
+
+async def let_go(managed: ManagedJobActor, held: str, run: int | None, *, broken: bool) -> None:
+    """Give up the cluster a run used: tear down the job's own, or stop the run on a pool
+    worker and hand the worker back (to be relaunched first if it was lost)."""
+    if managed.pool:  # also a job still waiting for a worker: its place in the queue goes
+        row = await managed.app.store.get("cluster", held) if held else None
+        if run is not None and row is not None and row.state == "UP" and not broken:
+            try:
+                cancel = m.Cancel(cluster=held, job_ids=[run])
+                await ask_cluster(managed.app, held, cancel, managed._emit)
+            except StixError as exc:
+                managed.note(f"  could not stop the run on {held}: {exc.message}")
+        await managed._ask_pool(Release(managed.job_id, broken=broken))
+        return
+    row = await managed.app.store.get("cluster", held) if held else None
+    if row is None or row.terminal:
+        return
+    try:
+        await ask_cluster(managed.app, held, m.Down(clusters=[held]), managed._emit)
+    except StixError as exc:
+        managed.note(f"  could not tear down {held}: {exc.message}")
+
+
+async def down_cluster(managed: ManagedJobActor) -> None:
+    await let_go(managed, managed.cluster, managed._run_id(), broken=False)
+
+
+async def teardown_then_bring_up(
+    managed: ManagedJobActor, held: str, run: int | None, broken: bool
+) -> None:
+    with anyio.CancelScope(shield=True):
+        await let_go(managed, held, run, broken=broken)
+    if managed.pool:
+        managed.tell(Advance())  # asks the pool for a worker again
+    else:
+        await bring_up(managed)
