@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from proto.states import JobStatus
 from proto.states import ManagedJobStatus as S
-from stixd.actors.managed_job_events import ACTIVE, E, Ended, LaunchFailed, TornDown, Up
+from stixd.actors.managed_job_events import ACTIVE, E, Ended, LaunchFailed, MEvent, TornDown, Up
 from stixd.actors.managed_job_phases import (
     LAUNCH_ATTEMPTS,
     teardown,
@@ -73,18 +73,8 @@ async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
     if state is JobStatus.SUCCEEDED:
         if managed.task_index + 1 < len(managed.row.spec["tasks"]):
             why = f"task {managed.task_index} succeeded; the next runs on a new cluster"
-            held, run = managed.cluster, managed._run_id()
-            await managed.step(
-                E.NEXT_TASK,
-                why,
-                task=managed.task_index + 1,
-                lost_region=None,
-                job_duration=ran,
-                attempt_at=time.time(),
-                cluster_job_id=None,
-                worker=None,
-            )
-            managed._run(teardown_then_bring_up, managed, held, run, False)
+            next_task = managed.task_index + 1
+            await run_again(managed, E.NEXT_TASK, why, ran, task=next_task, lost_region=None)
             return
         await managed.step(E.SUCCEEDED, "the task succeeded", job_duration=ran)
         managed._run(teardown, managed, None, managed.cluster, managed._run_id())
@@ -102,18 +92,7 @@ async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
         limit = managed._max_restarts()
         if restarts < limit:
             why = f"the task failed ({msg.why}); restart {restarts + 1} of {limit}"
-            held, run = managed.cluster, managed._run_id()
-            await managed.step(
-                E.RESTART,
-                why,
-                restarts=restarts + 1,
-                lost_region=None,
-                job_duration=ran,
-                attempt_at=time.time(),
-                cluster_job_id=None,
-                worker=None,
-            )
-            managed._run(teardown_then_bring_up, managed, held, run, False)
+            await run_again(managed, E.RESTART, why, ran, restarts=restarts + 1, lost_region=None)
             return
         reason = f"the task failed: {msg.why}"
         await managed.step(E.FAILED, reason, failure_reason=reason, job_duration=ran)
@@ -133,19 +112,40 @@ async def recover(managed: ManagedJobActor, why: str, ran: float) -> None:
     if infras:
         why = f"{why} (on {infras[-1]})"
     reasons = [*managed.row.data.get("recovery_reasons", []), why]
-    held, run = managed.cluster, managed._run_id()
-    await managed.step(
+    await run_again(
+        managed,
         E.LOST,
         f"cluster lost ({why}); recovering by {managed._strategy()}",
+        ran,
+        broken=True,
         lost_region=managed.row.data.get("region"),
         recoveries=int(managed.row.data.get("recoveries", 0)) + 1,
         recovery_reasons=reasons[-20:],
+    )
+
+
+async def run_again(
+    managed: ManagedJobActor,
+    event: MEvent,
+    why: str,
+    ran: float,
+    *,
+    broken: bool = False,
+    **data: Any,
+) -> None:
+    """Record a fresh attempt (the next task of a pipeline, a restart, a recovery), then give
+    up the cluster the last run used and bring the task up again."""
+    held, run = managed.cluster, managed._run_id()
+    await managed.step(
+        event,
+        why,
         job_duration=ran,
         attempt_at=time.time(),
         cluster_job_id=None,
         worker=None,
+        **data,
     )
-    managed._run(teardown_then_bring_up, managed, held, run, True)
+    managed._run(teardown_then_bring_up, managed, held, run, broken)
 
 
 async def on_torn_down(managed: ManagedJobActor, msg: TornDown) -> None:
