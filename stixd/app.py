@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from proto import messages as m
     from stixd.config import Config
     from stixd.planner.catalog import Catalog
+    from stixd.planner.pricing import Prices
     from stixd.planner.request import Blocked
 
 VERSION = "0.1.0"
@@ -124,6 +125,17 @@ class App:
 
             self.catalog = open_catalog(self.home, os.environ, self.catalog_dirs)
         return self.catalog
+
+    def prices(self, cloud: str) -> Prices:
+        """The catalog's $/hour per (region, instance type) of ``cloud``; empty without a
+        readable catalog (a price is then unknown, not an error)."""
+        from stixd.planner.catalog import CatalogError
+        from stixd.planner.pricing import price_table
+
+        try:
+            return price_table(self.planner_catalog(), cloud)
+        except CatalogError:
+            return {}
 
     def spawn(self, row: Row) -> None:
         """Start (or find) the actor for a stored row."""

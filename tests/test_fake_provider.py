@@ -14,7 +14,7 @@ from proto.task import Task
 from proto.task.load import task_from_dict
 from stixd.agent_client import AgentUnreachable
 from stixd.planner.catalog import open_catalog
-from stixd.planner.target import avoid_regions, blocked_from, choose_target, cloud_spec
+from stixd.planner.target import blocked_from, choose_target, cloud_spec
 from stixd.providers.base import CapacityError, NodeStatus, ProvisionRequest, ReportsLostNodes
 from stixd.providers.fake import FakeProvider, write_catalog
 
@@ -138,10 +138,10 @@ def test_a_soft_block_is_used_only_when_nothing_else_is_left_and_a_preference_wi
     write_catalog(tmp_path / "fakecat", REGIONS)
     catalog = open_catalog(tmp_path, {}, [tmp_path / "fakecat"])
     task = load_text("resources:\n  infra: fake\nrun: x\n")
-    lost = avoid_regions("fake", ["fake-1"], "lost there")
-    assert cloud_spec(task, "fake", catalog, avoid=lost)["placement"]["region"] == "fake-2"
+    lost = ["fake-1"]
+    assert cloud_spec(task, "fake", catalog, avoid_regions=lost)["placement"]["region"] == "fake-2"
     full = [blocked_from({"cloud": "fake", "region": r}, "no capacity") for r in REGIONS[1:]]
-    spec = cloud_spec(task, "fake", catalog, full, avoid=lost)
+    spec = cloud_spec(task, "fake", catalog, full, avoid_regions=lost)
     assert spec["placement"]["region"] == "fake-1"  # the lost region, as the last resort
     spec = cloud_spec(task, "fake", catalog, prefer_region="fake-3")
     assert spec["placement"]["region"] == "fake-3" and spec["hourly_price"] == 0.03

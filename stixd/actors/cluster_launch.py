@@ -25,7 +25,6 @@ from stixd.planner.target import (
     CLOUDS,
     MAX_FAILOVERS,
     NoChoiceLeft,
-    avoid_regions,
     blocked_from,
     choose_target,
     cloud_spec,
@@ -106,7 +105,7 @@ async def begin_launch(
         blocks = cluster.app.remembered_blocks()
         plan = functools.partial(
             cloud_spec,
-            avoid=avoided(provider, req.avoid_regions),
+            avoid_regions=req.avoid_regions,
             prefer_region=req.prefer_region,
         )
         spec.update(await anyio.to_thread.run_sync(plan, req.task, provider, catalog, blocks))
@@ -208,8 +207,8 @@ async def launch_with_failover(
             cluster.app.remember_block(blocked, float(getattr(exc, "remember_s", 0.0)))
             await cluster.store.record(cluster.kind, cluster.id, "failover", failed[-1])
             catalog = cluster.app.planner_catalog()
-            avoid = avoided(cloud, cluster.row.spec.get("avoid_regions") or [])
-            plan = functools.partial(cloud_spec, avoid=avoid)
+            avoid = cluster.row.spec.get("avoid_regions") or []
+            plan = functools.partial(cloud_spec, avoid_regions=avoid)
             try:
                 spec = await anyio.to_thread.run_sync(plan, task, cloud, catalog, blocks)
             except NoChoiceLeft:
@@ -221,10 +220,6 @@ async def launch_with_failover(
             )
             placement = spec["placement"]
             request = dataclasses.replace(request, resources={**request.resources, **placement})
-
-
-def avoided(cloud: str, regions: list[str]) -> list[Any]:
-    return avoid_regions(cloud, regions, "a managed job was lost there (EAGER_NEXT_REGION)")
 
 
 async def release_failed_launch(cluster: ClusterActor, exc: ProvisionError) -> None:

@@ -16,8 +16,6 @@ from stixd.actors.job import JobEvent
 from stixd.actors.jobs_submit import job_row_id
 from stixd.actors.machines import compare
 from stixd.agent_client import AgentError, AgentUnreachable
-from stixd.planner.catalog import CatalogError
-from stixd.planner.pricing import Prices, price_table
 from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus, ReportsLostNodes, ReportsMachines
 
 if TYPE_CHECKING:
@@ -90,14 +88,8 @@ async def note_machines(cluster: ClusterActor) -> None:
     if data.get("up_since"):
         active += time.time() - float(data["up_since"])
     cloud = str(cluster.row.spec.get("provider"))
-
-    def prices() -> Prices:
-        try:
-            return price_table(cluster.app.planner_catalog(), cloud)
-        except CatalogError:
-            return {}
-
-    seen = compare(cluster.row.spec, data, cluster.provider.machines(cluster.id), prices, active)
+    machines = cluster.provider.machines(cluster.id)
+    seen = compare(cluster.row.spec, data, machines, lambda: cluster.app.prices(cloud), active)
     if seen is None:
         return
     for change in seen.changes:

@@ -48,6 +48,7 @@ from stixd.actors.managed_job_events import (
 )
 from stixd.actors.managed_job_events import MEvent as MEvent  # where callers find it
 from stixd.actors.managed_job_phases import bring_up, down_cluster, teardown, watch
+from stixd.actors.recovery import EAGER_NEXT_REGION
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -296,7 +297,7 @@ class ManagedJobActor(Actor):
 
     def _strategy(self) -> str:
         rec = self._recovery()
-        return rec.strategy if rec else "EAGER_NEXT_REGION"
+        return rec.strategy if rec else EAGER_NEXT_REGION
 
     def _max_restarts(self) -> int:
         rec = self._recovery()

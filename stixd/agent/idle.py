@@ -83,7 +83,8 @@ def stop_node(node_dir: Path, autostop: Autostop, now: float, idle_for: float) -
 def load_self_stop(store: JobStore) -> str | None:
     """The command that stops the machine itself (a cloud VM's ``shutdown``), if any."""
     raw = store.meta(_SELF_STOP_KEY)
-    return str(json.loads(raw)) if raw and json.loads(raw) else None
+    command = json.loads(raw) if raw else None
+    return str(command) if command else None
 
 
 def save_self_stop(store: JobStore, command: str | None) -> None:

@@ -18,7 +18,6 @@ from stixd.planner.catalog import (
     Catalog,
     CatalogError,
     CatalogMissing,
-    open_catalog,
     render_show_gpus,
     show_gpus,
 )
@@ -34,12 +33,10 @@ def _base_url() -> str:
 
 def catalog_of(app: App) -> Catalog:
     """The daemon's catalog, opened once; `catalog update` replaces it."""
-    if app.catalog is None:
-        try:
-            app.catalog = open_catalog(app.home, os.environ, app.catalog_dirs)
-        except CatalogError as exc:
-            raise InvalidRequest(str(exc)) from None
-    return app.catalog
+    try:
+        return app.planner_catalog()
+    except CatalogError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 async def _fetch(app: App, clouds: list[str] | None, emit: Emit) -> None:

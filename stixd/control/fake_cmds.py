@@ -21,7 +21,7 @@ def _fake(app: App) -> FakeProvider:
     if not isinstance(provider, FakeProvider):
         raise InvalidRequest(
             "the fake provider is not enabled in this daemon (it is for tests and benchmarks "
-            "only: start the daemon with fake.enabled: true or STIX__FAKE__ENABLED=1)"
+            "only: start the daemon with fake.enabled: true or STIX__FAKE__ENABLED=true)"
         )
     return provider
 

@@ -19,7 +19,7 @@ from proto import messages as m
 from proto.errors import ProvisionError
 from stixd.app import App
 from stixd.planner.catalog import CatalogError
-from stixd.planner.pricing import Prices, hourly_price, price_table
+from stixd.planner.pricing import Prices, hourly_price
 from stixd.providers.aws.leaks import Leak
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -76,10 +76,7 @@ async def scan(app: App, *, terminate: bool, only: Collection[str] = ()) -> m.Le
         found: list[Leak] = await provider.leaks(
             _regions(app), await _live_clusters(app), cfg.leak_min_age_minutes * 60
         )
-        try:
-            prices = price_table(app.planner_catalog(), INFRA)
-        except CatalogError:
-            prices = {}
+        prices = app.prices(INFRA)
         records = [_record(leak, prices) for leak in found]
         for leak in found:
             app.log.warning("aws_leak", **_fields(leak))

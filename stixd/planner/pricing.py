@@ -6,20 +6,17 @@ catalog does not say which zone an existing machine's price came from.
 
 from __future__ import annotations
 
-from stixd.planner.catalog import Catalog, CatalogError
+from stixd.planner.catalog import Catalog
 
 Prices = dict[tuple[str, str], tuple[float | None, float | None]]
 """(region, instance type) → (on-demand, spot) $/hour."""
 
 
 def price_table(catalog: Catalog, cloud: str) -> Prices:
-    """Every instance type's price per region; {} without a readable catalog for ``cloud``."""
+    """Every instance type's price per region (``CatalogError`` without a readable catalog
+    for ``cloud``)."""
     out: Prices = {}
-    try:
-        offers = catalog.offers(cloud)
-    except CatalogError:
-        return out
-    for o in offers:
+    for o in catalog.offers(cloud):
         key = (o.region, o.instance_type)
         price, spot = out.get(key, (None, None))
         out[key] = (_least(price, o.price), _least(spot, o.spot_price))

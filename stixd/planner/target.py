@@ -85,27 +85,24 @@ def blocked_from(block: Mapping[str, str], reason: str) -> Blocked:
     )
 
 
-def avoid_regions(cloud: str, regions: Sequence[str], why: str) -> list[Blocked]:
-    """Soft blocks for ``cloud_spec``'s ``avoid`` (a managed job's lost regions)."""
-    return [Blocked(cloud=cloud, region=r, reason=why) for r in regions]
-
-
 def cloud_spec(
     task: Task,
     cloud: str,
     catalog: Catalog,
     blocked: Sequence[Blocked] = (),
     *,
-    avoid: Sequence[Blocked] = (),
+    avoid_regions: Sequence[str] = (),
     prefer_region: str | None = None,
 ) -> dict[str, Any]:
     """The optimizer's first choice for ``task`` on ``cloud`` leaving out ``blocked``, as the
     cluster records it: ``placement`` (what the provider needs), ``hourly_price`` (per node),
     ``resources``. ``NoChoiceLeft`` when blocks removed every choice.
 
-    ``avoid`` are soft blocks (a managed job's EAGER_NEXT_REGION: the region it was lost in):
-    left out too, unless nothing else is left. ``prefer_region`` (FAILOVER: the same region
-    first) takes the best choice there over a cheaper one elsewhere."""
+    ``avoid_regions`` are soft blocks (a managed job's EAGER_NEXT_REGION: the regions it was
+    lost in): left out too, unless nothing else is left. ``prefer_region`` (FAILOVER: the same
+    region first) takes the best choice there over a cheaper one elsewhere."""
+    why = "a managed job was lost there (EAGER_NEXT_REGION)"
+    avoid = [Blocked(cloud=cloud, region=r, reason=why) for r in avoid_regions]
     try:
         best = plan(task_request(task), catalog, enabled_clouds=[cloud], blocked=[*blocked, *avoid])
         if avoid and not best.candidates:

@@ -47,6 +47,8 @@ class Instance:
     """Why it is in its state, when EC2 says (``Server.SpotInstanceTermination: ...``)."""
     root_volume: str | None = None
     """The EBS volume of its root device, where EC2 lists it."""
+    cluster: str = ""
+    """Its ``stix-cluster`` tag."""
 
     @property
     def address(self) -> str | None:
@@ -71,6 +73,7 @@ def parse(raw: dict[str, Any]) -> Instance:
         launched_at=float(launched.timestamp()) if launched is not None else 0.0,
         reason=str((raw.get("StateReason") or {}).get("Message") or ""),
         root_volume=_root_volume(raw),
+        cluster=tags.get(TAG_CLUSTER, ""),
     )
 
 
@@ -139,22 +142,34 @@ def client_token(cluster: str, launch_id: str, zone: str, ranks: list[int]) -> s
     return "stix-" + hashlib.sha256(key.encode()).hexdigest()[:48]
 
 
-def _flatten(found: dict[str, Any]) -> list[Instance]:
+def flatten(found: dict[str, Any]) -> list[Instance]:
+    """The instances of a ``describe_instances`` answer."""
     return [parse(i) for r in found.get("Reservations") or [] for i in r.get("Instances") or []]
 
 
 async def find(ec2: Ec2Clients, region: str, cluster: str, user: str) -> list[Instance]:
     """The cluster's instances that are not terminated, by rank (unranked last)."""
+    return (await find_clusters(ec2, region, [cluster], user))[cluster]
+
+
+async def find_clusters(
+    ec2: Ec2Clients, region: str, clusters: list[str], user: str
+) -> dict[str, list[Instance]]:
+    """Each cluster's instances that are not terminated, by rank, in one call."""
     found = await ec2.call(
         Where(region),
         "describe_instances",
         Filters=[
-            {"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]},
+            {"Name": f"tag:{TAG_CLUSTER}", "Values": clusters},
             {"Name": f"tag:{TAG_USER}", "Values": [user]},
             {"Name": "instance-state-name", "Values": ALIVE},
         ],
     )
-    return sorted(_flatten(found), key=order)
+    out: dict[str, list[Instance]] = {c: [] for c in clusters}
+    for inst in sorted(flatten(found), key=order):
+        if inst.cluster in out:
+            out[inst.cluster].append(inst)
+    return out
 
 
 def order(i: Instance) -> tuple[int, float, int, str]:
@@ -169,7 +184,7 @@ async def by_ids(ec2: Ec2Clients, region: str, ids: list[str]) -> list[Instance]
         if getattr(exc, "aws_code", "") == "InvalidInstanceID.NotFound":
             return []
         raise
-    return sorted(_flatten(found), key=order)
+    return sorted(flatten(found), key=order)
 
 
 async def resolve_image(

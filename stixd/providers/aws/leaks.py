@@ -54,27 +54,23 @@ async def find_leaks(
             ],
         )
         owners: set[str] = set()
-        for reservation in listed.get("Reservations") or []:
-            for raw in reservation.get("Instances") or []:
-                tags = {t["Key"]: t["Value"] for t in raw.get("Tags") or []}
-                cluster = tags.get(instances.TAG_CLUSTER, "")
-                owners.add(cluster)
-                inst = instances.parse(raw)
-                age = now - inst.launched_at if inst.launched_at else None
-                if cluster in live or (age is not None and age < young_s):
-                    continue
-                found.append(
-                    Leak(
-                        "instance",
-                        inst.id,
-                        region,
-                        cluster,
-                        age,
-                        inst.instance_type,
-                        inst.state,
-                        spot=inst.spot,
-                    )
+        for inst in instances.flatten(listed):
+            owners.add(inst.cluster)
+            age = now - inst.launched_at if inst.launched_at else None
+            if inst.cluster in live or (age is not None and age < young_s):
+                continue
+            found.append(
+                Leak(
+                    "instance",
+                    inst.id,
+                    region,
+                    inst.cluster,
+                    age,
+                    inst.instance_type,
+                    inst.state,
+                    spot=inst.spot,
                 )
+            )
         groups = await ec2.call(
             Where(region),
             "describe_security_groups",

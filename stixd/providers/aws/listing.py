@@ -20,7 +20,6 @@ import anyio.lowlevel
 
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
-from stixd.providers.aws.errors import Where
 from stixd.providers.aws.instances import Instance
 
 MAX_CLUSTERS_PER_CALL = 200
@@ -69,29 +68,12 @@ class ClusterListing:
                 if self._next.get(region) is call:
                     del self._next[region]
                 try:
-                    call.found = await self._describe(region, sorted(call.clusters))
+                    call.found = await instances.find_clusters(
+                        self.ec2, region, sorted(call.clusters), self.user
+                    )
                 except Exception as exc:  # every look-up of the call gets the error
                     call.error = exc
         finally:
             if self._next.get(region) is call:
                 del self._next[region]
             call.done.set()
-
-    async def _describe(self, region: str, clusters: list[str]) -> dict[str, list[Instance]]:
-        answer = await self.ec2.call(
-            Where(region),
-            "describe_instances",
-            Filters=[
-                {"Name": f"tag:{instances.TAG_CLUSTER}", "Values": clusters},
-                {"Name": f"tag:{instances.TAG_USER}", "Values": [self.user]},
-                {"Name": "instance-state-name", "Values": instances.ALIVE},
-            ],
-        )
-        found: dict[str, list[Instance]] = {}
-        for reservation in answer.get("Reservations") or []:
-            for raw in reservation.get("Instances") or []:
-                tags = {t["Key"]: t["Value"] for t in raw.get("Tags") or []}
-                found.setdefault(tags.get(instances.TAG_CLUSTER, ""), []).append(
-                    instances.parse(raw)
-                )
-        return {c: sorted(found.get(c, []), key=instances.order) for c in clusters}
