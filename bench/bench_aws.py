@@ -52,7 +52,6 @@ import asyncio
 import getpass
 import json
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -63,13 +62,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import Home, stix_home
+from bench.common import Home, cpu_seconds, event_at, status_mb, stix_home
 from tests.awsbed import REGION, AwsBed
 from tests.sshbed import SshBed, hosts_down, hosts_up, leftovers
 
 CATALOGS = Path(os.environ.get("STIX_CATALOG_DIR") or Path(__file__).parents[2] / "shared/catalogs")
 INFRA = ["--infra", f"aws/{REGION}", "--instance-type", "m6i.large", "-y"]
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- plumbing ----------------------------------------------------------------------------
@@ -89,14 +87,6 @@ def _log(home: Home, event: str) -> list[dict[str, Any]]:
     return out
 
 
-def _events(home: Home, cluster: str) -> list[dict[str, Any]]:
-    return json.loads(home.ctl("events", cluster, "--json", "--limit", "1000").stdout)
-
-
-def _at(events: list[dict[str, Any]], kind: str, to_state: str) -> float:
-    return next(e["at"] for e in events if e["kind"] == kind and e["to_state"] == to_state)
-
-
 def _union(spans: list[tuple[float, float]], lo: float, hi: float) -> float:
     """Seconds of [lo, hi] covered by at least one span."""
     total, end = 0.0, lo
@@ -106,25 +96,6 @@ def _union(spans: list[tuple[float, float]], lo: float, hi: float) -> float:
             total += b - a
             end = b
     return total
-
-
-def _daemon_pid(home: Home) -> int:
-    found = re.search(r"pid (\d+)", home.ctl("daemon", "status").stdout)
-    if not found:
-        raise SystemExit("cannot find the daemon's pid")
-    return int(found.group(1))
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    raise SystemExit(f"no {key} for pid {pid}")
 
 
 def _run(home: Home, *args: str, timeout: float = 300) -> tuple[float, float]:
@@ -155,8 +126,8 @@ def _client(url: str) -> Any:
 
 
 def _split(home: Home, cluster: str, t0: float, client_s: float) -> dict[str, Any]:
-    ev = _events(home, cluster)
-    up, running = _at(ev, "cluster", "UP"), _at(ev, "job", "PENDING")
+    ev = home.events(cluster)
+    up, running = event_at(ev, "cluster", "UP"), event_at(ev, "job", "PENDING")
     calls = [c for c in _log(home, "aws_call") if t0 <= c["began"] <= up]
     spans = [(c["began"], c["began"] + c["s"]) for c in calls]
     ready = [r for r in _log(home, "ssh_node_ready") if r.get("cluster") == cluster]
@@ -175,7 +146,7 @@ def _split(home: Home, cluster: str, t0: float, client_s: float) -> dict[str, An
         "rest": (up - t0) - aws_s - ssh_s,
         "calls": len(calls),
         "ops": _by_operation(calls),
-        "before_init": _at(ev, "cluster", "INIT") - t0,
+        "before_init": event_at(ev, "cluster", "INIT") - t0,
         "first_call": min(a for a, _ in spans) - t0,
         "after_agents": up - ssh_to,
         "client_made": sum(made),
@@ -218,9 +189,9 @@ async def _raw_calls(url: str, cluster: str, n: int) -> float:
 
 
 def _burst(home: Home, aws: AwsBed, moto_pid: int, n: int) -> dict[str, Any]:
-    pid = _daemon_pid(home)
-    rss_before = _status_kb(pid, "VmRSS")
-    cpu0, moto0, seen0 = _cpu(pid), _cpu(moto_pid), len(aws.seen())
+    pid = home.daemon_pid()
+    rss_before_mb = status_mb(pid)
+    cpu0, moto0, seen0 = cpu_seconds(pid), cpu_seconds(moto_pid), len(aws.seen())
     names = [f"b{i:02d}" for i in range(n)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=n) as pool:
@@ -230,7 +201,7 @@ def _burst(home: Home, aws: AwsBed, moto_pid: int, n: int) -> dict[str, Any]:
             )
         )
     wall = time.perf_counter() - t0
-    cpu, moto_cpu = _cpu(pid) - cpu0, _cpu(moto_pid) - moto0
+    cpu, moto_cpu = cpu_seconds(pid) - cpu0, cpu_seconds(moto_pid) - moto0
     rows = json.loads(home.ctl("status", "--json").stdout)
     up = sum(1 for r in rows if r["name"] in names and r["status"] == "UP")
     return {
@@ -238,8 +209,8 @@ def _burst(home: Home, aws: AwsBed, moto_pid: int, n: int) -> dict[str, Any]:
         "wall": wall,
         "cpu": cpu,
         "moto_cpu": moto_cpu,
-        "hwm_mb": _status_kb(pid, "VmHWM") / 1024,
-        "rss_before_mb": rss_before / 1024,
+        "hwm_mb": status_mb(pid, "VmHWM"),
+        "rss_before_mb": rss_before_mb,
         "up": up,
         "requests": len(aws.seen()) - seen0,
         "names": names,

@@ -22,33 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Home, median, stix_home, wall
+from bench.common import Home, cpu_seconds, median, status_mb, stix_home, wall
 
 SKYPILOT = {
     "running jobs per controller": "2,000 (MAX_TOTAL_RUNNING_JOBS)",
     "launches at once": "8 per controller process of ~400 MB (LAUNCHES_PER_WORKER, JOB_MEMORY_MB)",
     "launches at most": "512 (MAX_CONTROLLERS = 512 // LAUNCHES_PER_WORKER)",
 }
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _rss_mb(pid: int, key: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _task() -> Any:
@@ -101,19 +87,12 @@ async def _until(
         await asyncio.sleep(every)
 
 
-def _daemon_pid(home: Home) -> int:
-    out = home.ctl("daemon", "status", "--json")
-    import json
-
-    return int(json.loads(out.stdout)["pid"])
-
-
 async def _scenario(home: Home, args: argparse.Namespace) -> dict[str, Any]:
     from proto import messages as m
     from stixctl.aclient import acall
 
-    pid = _daemon_pid(home)
-    cpu0, out = _cpu_seconds(pid), {}
+    pid = home.daemon_pid()
+    cpu0, out = cpu_seconds(pid), {}
     t0 = time.perf_counter()
     submit = asyncio.create_task(_submit(home.path, args.jobs, args.concurrency))
 
@@ -125,14 +104,14 @@ async def _scenario(home: Home, args: argparse.Namespace) -> dict[str, Any]:
     await submit
     out["to_running_s"] = time.perf_counter() - t0
     out["launching_peak"] = most
-    out["cpu_s"] = _cpu_seconds(pid) - cpu0
-    out["rss_mb"] = _rss_mb(pid)
-    out["hwm_mb"] = _rss_mb(pid, "VmHWM")
-    idle0 = _cpu_seconds(pid)
+    out["cpu_s"] = cpu_seconds(pid) - cpu0
+    out["rss_mb"] = status_mb(pid)
+    out["hwm_mb"] = status_mb(pid, "VmHWM")
+    idle0 = cpu_seconds(pid)
     await asyncio.sleep(args.idle)
-    out["idle_cpu_pct"] = 100 * (_cpu_seconds(pid) - idle0) / args.idle
+    out["idle_cpu_pct"] = 100 * (cpu_seconds(pid) - idle0) / args.idle
 
-    cpu1 = _cpu_seconds(pid)
+    cpu1 = cpu_seconds(pid)
     t1 = time.perf_counter()
     await acall(home.path, m.FakePreempt(count=args.preempt), autostart=False)
 
@@ -141,7 +120,7 @@ async def _scenario(home: Home, args: argparse.Namespace) -> dict[str, Any]:
 
     _, out["recovering_peak"], answers = await _until(home.path, recovered, args.timeout)
     out["recover_s"] = time.perf_counter() - t1
-    out["recover_cpu_s"] = _cpu_seconds(pid) - cpu1
+    out["recover_cpu_s"] = cpu_seconds(pid) - cpu1
     out["queue_in_daemon_s"] = median(answers)
     return out
 

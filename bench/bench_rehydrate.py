@@ -15,14 +15,7 @@ from pathlib import Path
 
 import anyio
 
-from bench.common import seed_stopped_clusters, stix_home
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from bench.common import seed_stopped_clusters, status_mb, stix_home
 
 
 def _start_and_time(home: Path, env: dict[str, str]) -> tuple[float, int]:
@@ -53,16 +46,16 @@ def main() -> None:
     args = p.parse_args()
     with stix_home() as empty:
         base_t, base_pid = _start_and_time(empty.path, empty.env)
-        base_rss = _rss_mb(base_pid)
+        base_rss = status_mb(base_pid)
         empty.ctl("daemon", "stop")
     with stix_home() as home:
         anyio.run(seed_stopped_clusters, home.path, args.actors)
         ready, pid = _start_and_time(home.path, home.env)
-        rss_ready = _rss_mb(pid)
+        rss_ready = status_mb(pid)
         peak = rss_ready
         deadline = time.monotonic() + args.settle
         while time.monotonic() < deadline:
-            peak = max(peak, _rss_mb(pid))
+            peak = max(peak, status_mb(pid))
             time.sleep(0.1)
         info = home.ctl("daemon", "status").stdout.strip()
         home.ctl("daemon", "stop")

@@ -39,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import Home, median, p99, stix_home
+from bench.common import Home, event_at, median, p99, stix_home
 from tests.sshbed import SshBed, hosts_down, hosts_up, leftovers
 
 POOL = "bed"
@@ -87,18 +87,6 @@ def _check_all(results: list, what: str) -> None:
     bad = [r for r in results if r[3] != 0]
     if bad:
         raise SystemExit(f"{len(bad)} of {len(results)} {what} failed")
-
-
-def _events(home: Home, cluster: str) -> list[dict[str, Any]]:
-    return json.loads(home.ctl("events", cluster, "--json", "--limit", "1000").stdout)
-
-
-def _at(events: list[dict[str, Any]], kind: str, to_state: str) -> float:
-    found = [e["at"] for e in events if e["kind"] == kind and e["to_state"] == to_state]
-    if not found:
-        seen = [(e["kind"], e["from_state"], e["to_state"], e["why"]) for e in events]
-        raise SystemExit(f"no {kind} event to {to_state} among {seen}")
-    return found[0]
 
 
 def _node_ready(home: Home, cluster: str) -> list[dict[str, Any]]:
@@ -176,21 +164,21 @@ class LaunchFigures:
 def _launch(home: Home, cluster: str, task: Path) -> LaunchFigures:
     t0, _ = _launch_streaming(home, cluster, task)
     _wait_jobs(home, cluster, 1)
-    ev = _events(home, cluster)
+    ev = home.events(cluster)
     nodes = _node_ready(home, cluster)
     if len(nodes) != 3:
         raise SystemExit(f"{cluster}: {len(nodes)} ssh_node_ready log lines, want 3")
     slow = max(nodes, key=lambda n: n["end"])
     phases = {k: slow.get(f"{k}_s", 0.0) for k in ("connect", "probe", "upload", "start")}
-    setting_up, running = _at(ev, "job", "SETTING_UP"), _at(ev, "job", "RUNNING")
-    up = _at(ev, "cluster", "UP")
+    setting_up, running = event_at(ev, "job", "SETTING_UP"), event_at(ev, "job", "RUNNING")
+    up = event_at(ev, "cluster", "UP")
     return LaunchFigures(
         up=up - t0,
         running=running - t0,
         **phases,
         agent_other=slow["total_s"] - sum(phases.values()),
         setup=running - setting_up,
-        before=_at(ev, "cluster", "INIT") - t0,
+        before=event_at(ev, "cluster", "INIT") - t0,
         after_agents=up - slow["end"],
         submit=setting_up - up,
     )

@@ -6,7 +6,9 @@ machines are noisy; no benchmark asserts on time.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -17,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 
 def wall(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> float:
@@ -58,6 +61,45 @@ class Home:
 
     def ctl_cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "stixctl", *args]
+
+    def daemon_pid(self) -> int:
+        found = re.search(r"pid (\d+)", self.ctl("daemon", "status").stdout)
+        if not found:
+            raise SystemExit("cannot find the daemon's pid")
+        return int(found.group(1))
+
+    def events(self, cluster: str) -> list[dict[str, Any]]:
+        """The cluster's history and its jobs' (``stixctl events --json``)."""
+        events: list[dict[str, Any]] = json.loads(
+            self.ctl("events", cluster, "--json", "--limit", "1000").stdout
+        )
+        return events
+
+
+def event_at(events: list[dict[str, Any]], kind: str, to_state: str) -> float:
+    """When the first ``kind`` (cluster, job) event into ``to_state`` happened."""
+    found = [e["at"] for e in events if e["kind"] == kind and e["to_state"] == to_state]
+    if not found:
+        seen = [(e["kind"], e["from_state"], e["to_state"], e["why"]) for e in events]
+        raise SystemExit(f"no {kind} event to {to_state} among {seen}")
+    return float(found[0])
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def status_mb(pid: int, key: str = "VmRSS") -> float:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM) in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no {key} for pid {pid}")
 
 
 def _kill_under(path: Path) -> None:
