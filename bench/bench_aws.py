@@ -267,7 +267,7 @@ async def _paginate(url: str, user: str) -> tuple[float, int]:
 
 async def _timed(what: Any) -> tuple[float, Any]:
     """(seconds, result) of an awaitable; the result is the error if it failed."""
-    from proto.errors import ProvisionError
+    from stixproto.errors import ProvisionError
 
     t0 = time.perf_counter()
     try:

@@ -38,14 +38,14 @@ SKYPILOT = {
 
 
 def _task() -> Any:
-    from proto.task.load import task_from_dict
+    from stixproto.task.load import task_from_dict
 
     return task_from_dict({"name": "bench", "resources": {"infra": "fake"}, "run": "train"})
 
 
 async def _submit(home: Path, n: int, concurrency: int) -> None:
-    from proto import messages as m
     from stixctl.aclient import acall
+    from stixproto import messages as m
 
     task = _task()
     gate = asyncio.Semaphore(concurrency)
@@ -58,8 +58,8 @@ async def _submit(home: Path, n: int, concurrency: int) -> None:
 
 
 async def _queue(home: Path) -> list[Any]:
-    from proto import messages as m
     from stixctl.aclient import acall
+    from stixproto import messages as m
 
     reply = await acall(home, m.JobsQueue(all=True), autostart=False)
     return list(reply.jobs)
@@ -88,8 +88,8 @@ async def _until(
 
 
 async def _scenario(home: Home, args: argparse.Namespace) -> dict[str, Any]:
-    from proto import messages as m
     from stixctl.aclient import acall
+    from stixproto import messages as m
 
     pid = home.daemon_pid()
     cpu0, out = cpu_seconds(pid), {}

@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from bench.common import median
-from proto.task import from_yaml
-from proto.task.load import documents_to
+from stixproto.task import from_yaml
+from stixproto.task.load import documents_to
 
 REPO = Path(__file__).resolve().parents[1]
 

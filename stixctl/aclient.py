@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from proto import PROTOCOL_VERSION
-from proto import messages as m
-from proto.errors import DaemonUnavailable, ProtocolError
-from proto.framing import HEADER, body_length, encode
-from proto.paths import socket_path
 from stixctl.client import LOST, interpret, is_final, start_daemon
+from stixproto import PROTOCOL_VERSION
+from stixproto import messages as m
+from stixproto.errors import DaemonUnavailable, ProtocolError
+from stixproto.framing import HEADER, body_length, encode
+from stixproto.paths import socket_path
 
 
 async def _open(home: Path, autostart: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -12,11 +12,11 @@ from typing import Any
 
 import msgspec
 
-from proto import PROTOCOL_VERSION
-from proto import messages as m
-from proto.errors import DaemonUnavailable, ProtocolError, error_from_code
-from proto.framing import decode, encode, recv_frame
-from proto.paths import socket_path
+from stixproto import PROTOCOL_VERSION
+from stixproto import messages as m
+from stixproto.errors import DaemonUnavailable, ProtocolError, error_from_code
+from stixproto.framing import decode, encode, recv_frame
+from stixproto.paths import socket_path
 
 _decoder = msgspec.msgpack.Decoder(m.ServerMessage)
 START_TIMEOUT = 40.0

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from proto import messages as m
-from proto.errors import DaemonUnavailable
 from stixctl.client import call, start_daemon, wait_gone
+from stixproto import messages as m
+from stixproto.errors import DaemonUnavailable
 
 
 def run(home: Path, a: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from proto import messages as m
+from stixproto import messages as m
 
 
 def _preempt(home: Path, a: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from proto import messages as m
-from proto.errors import InvalidRequest, JobFailed
 from stixctl import taskargs
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest, JobFailed
 
 Fn = Callable[[Path, argparse.Namespace], int]
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from proto import messages as m
-from proto.errors import InvalidRequest
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest
 
 
 def add_args(s: argparse.ArgumentParser) -> None:

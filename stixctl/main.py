@@ -1,4 +1,4 @@
-"""`stixctl`: the thin client. Stdlib, msgspec and proto only; every command is one request."""
+"""`stixctl`: the thin client. Stdlib, msgspec and stixproto only; every command is one request."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proto import messages as m
-from proto.errors import InvalidConfig, InvalidRequest, JobFailed, StixError
-from proto.paths import stix_home
 from stixctl import taskargs, validate
+from stixproto import messages as m
+from stixproto.errors import InvalidConfig, InvalidRequest, JobFailed, StixError
+from stixproto.paths import stix_home
 
 # `sky logs --status` exit codes, kept so scripts written for SkyPilot keep working.
 EXIT_FOR_STATUS = {"SUCCEEDED": 0, "CANCELLED": 103}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from proto import messages as m
+from stixproto import messages as m
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from proto import messages as m
-from proto.paths import stix_home
-from proto.task import Resources, Task, load_task_file
 from stixctl.aclient import acall, astream
 from stixctl.client import call, stream
+from stixproto import messages as m
+from stixproto.paths import stix_home
+from stixproto.task import Resources, Task, load_task_file
 
 __all__ = [
     "AsyncClient",

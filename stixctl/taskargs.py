@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from proto.errors import InvalidRequest
+from stixproto.errors import InvalidRequest
 
 
 def pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -88,7 +88,7 @@ def _overrides(args: argparse.Namespace) -> Any:
     given = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k, None) is not None}
     if not given:
         return None
-    from proto.task import ResourceOverrides
+    from stixproto.task import ResourceOverrides
 
     if "ports" in given:
         given["ports"] = [int(p) if p.isdigit() else p for p in given["ports"]]
@@ -104,7 +104,7 @@ def load(entrypoint: list[str], args: argparse.Namespace, *, pipeline: bool = Fa
     """The task (or, with `pipeline`, the Dag) the command line describes, overrides applied."""
     import msgspec
 
-    from proto import task as t
+    from stixproto import task as t
 
     if not entrypoint:
         raise InvalidRequest("give a task YAML file or a shell command to run")

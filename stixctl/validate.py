@@ -3,7 +3,7 @@
 A file is valid when it parses and follows every rule of the task language (exit 0 when all
 are, 2 otherwise). What only stops a launch from here — a local path that is not on this
 machine, an env or secret left null — is a warning, worded exactly as launch words its refusal
-(`proto.task.launch_problems` is the one source of those sentences).
+(`stixproto.task.launch_problems` is the one source of those sentences).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import msgspec
 
-from proto.errors import InvalidTask
 from stixctl.taskargs import pairs
+from stixproto.errors import InvalidTask
 
 EXIT_INVALID = 2
 
@@ -31,7 +31,7 @@ class FileReport(msgspec.Struct):
 def judge(path: str, env: dict[str, str], secrets: dict[str, str]) -> FileReport:
     """The verdict on one file: errors make it invalid; warnings are what launch would refuse."""
     # deferred: `stixctl` builds every command's arguments, and only this one reads tasks
-    from proto.task import launch_problems, load_dag_file, task_notes
+    from stixproto.task import launch_problems, load_dag_file, task_notes
 
     try:
         dag = load_dag_file(path, env_overrides=env or None, secret_overrides=secrets or None)

@@ -17,11 +17,11 @@ from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, Store
 
 if TYPE_CHECKING:
-    from proto import messages as m
     from stixd.config import Config
     from stixd.planner.catalog import Catalog
     from stixd.planner.pricing import Prices
     from stixd.planner.request import Blocked
+    from stixproto import messages as m
 
 VERSION = "0.1.0"
 
@@ -65,8 +65,8 @@ class App:
 
         A broken file is the user's error to see (InvalidConfig naming the file and key).
         """
-        from proto.errors import InvalidConfig
         from stixd.providers.ssh_pools import PoolError, load_pools
+        from stixproto.errors import InvalidConfig
 
         ssh = self.providers.get("ssh")
         if ssh is None:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import anyio
 
-from proto.errors import InvalidConfig
-from proto.paths import socket_path
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.app import App
 from stixd.config import Config
@@ -24,6 +22,8 @@ from stixd.providers.ssh import SshProvider
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import open_store
+from stixproto.errors import InvalidConfig
+from stixproto.paths import socket_path
 
 
 async def _signals(app: App) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import anyio
 
-from proto.paths import socket_path, stix_home
+from stixproto.paths import socket_path, stix_home
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -16,7 +16,6 @@ import anyio
 import pytest
 import structlog
 
-from proto.errors import ProvisionError
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.logs import make_logger
 from stixd.providers.aws import AwsProvider, instances
@@ -26,6 +25,7 @@ from stixd.providers.aws.nodes import AwsNodes
 from stixd.providers.aws.records import Records
 from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.ssh_transport import SshSettings
+from stixproto.errors import ProvisionError
 from tests.awsbed import AwsBed, aws_fixtures
 from tests.sshbed import SshBed, bed_fixture
 

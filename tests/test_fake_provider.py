@@ -10,13 +10,13 @@ import anyio
 import pytest
 import yaml
 
-from proto.task import Task
-from proto.task.load import task_from_dict
 from stixd.agent_client import AgentUnreachable
 from stixd.planner.catalog import open_catalog
 from stixd.planner.target import blocked_from, choose_target, cloud_spec
 from stixd.providers.base import CapacityError, NodeStatus, ProvisionRequest, ReportsLostNodes
 from stixd.providers.fake import FakeProvider, write_catalog
+from stixproto.task import Task
+from stixproto.task.load import task_from_dict
 
 pytestmark = pytest.mark.anyio
 REGIONS = ("fake-1", "fake-2", "fake-3")

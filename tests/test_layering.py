@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = {"proto", "stixd", "stixctl"}
+OURS = {"stixproto", "stixd", "stixctl"}
 STDLIB = set(sys.stdlib_module_names)
 
 
@@ -39,7 +39,7 @@ def _bad(package: str, allowed) -> list[str]:
 
 
 def test_proto_imports_nothing_of_ours_but_itself() -> None:
-    assert _bad("proto", lambda n: n.split(".")[0] not in OURS - {"proto"}) == []
+    assert _bad("stixproto", lambda n: n.split(".")[0] not in OURS - {"stixproto"}) == []
 
 
 def test_the_client_never_imports_the_daemon() -> None:
@@ -87,7 +87,7 @@ def test_ruff_is_clean() -> None:
 def test_mypy_is_clean() -> None:
     pytest.importorskip("mypy")
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "proto", "stixd", "stixctl"],
+        [sys.executable, "-m", "mypy", "stixproto", "stixd", "stixctl"],
         cwd=REPO,
         capture_output=True,
         text=True,

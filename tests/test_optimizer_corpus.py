@@ -1,7 +1,7 @@
 """Every SkyPilot YAML of the compat corpus plans on every cloud with a catalog, or says why not.
 
 The YAML -> `TaskRequest` adapter here is a small test-local stand-in for the task model's own
-(``proto``), which will replace it: it reads ``resources`` (``infra``/``cloud``/``region``/
+(``stixproto``), which will replace it: it reads ``resources`` (``infra``/``cloud``/``region``/
 ``zone``, ``cpus``, ``memory``, ``accelerators`` in every form, ``instance_type``,
 ``use_spot``, ``disk_*``, ``network_tier``, ``image_id``, ``ports``, ``any_of``/``ordered``),
 ``num_nodes`` and, for multi-document files, the pipeline's tasks.
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from proto.task import from_yaml
 from stixd.planner import from_task
 from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
+from stixproto.task import from_yaml
 from tests.optimizer_support import index
 from tests.test_catalog import REPO
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proto.task import Resources, Task
 from stixctl.sdk import AsyncClient, Client
+from stixproto.task import Resources, Task
 from tests.conftest import Stix, wait_until
 
 

@@ -2,7 +2,7 @@
 
 The corpus lives in `$STIX_SHARED/compat/skypilot-yamls` (default: `../shared` beside the
 repository). Round trip: `to_yaml(from_yaml(text))` loads to what the file loads to after the
-normalisations documented in `proto.task.dump` — computed here independently: envs substituted
+normalisations documented in `stixproto.task.dump` — computed here independently: envs substituted
 the way SkyPilot does it (JSON text and its regular expression), env/secret values as strings,
 `num_nodes: 1` left out.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proto.task import Dag, Task, from_yaml, to_dict, to_yaml
 from stixctl.validate import judge
+from stixproto.task import Dag, Task, from_yaml, to_dict, to_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STIX_SHARED", REPO.parent / "shared"))

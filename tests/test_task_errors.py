@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from proto.errors import InvalidTask, TaskFieldError
-from proto.task import load_dag_file, load_task_file
+from stixproto.errors import InvalidTask, TaskFieldError
+from stixproto.task import load_dag_file, load_task_file
 
 BAD = Path(__file__).parent / "bad_tasks"
 

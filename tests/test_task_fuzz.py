@@ -13,9 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proto.errors import InvalidTask
-from proto.task import Dag, Resources, Task, from_yaml, task_from_dict, to_yaml
-from proto.task.model import ReadinessProbe, ReplicaPolicy, Service, Storage
+from stixproto.errors import InvalidTask
+from stixproto.task import Dag, Resources, Task, from_yaml, task_from_dict, to_yaml
+from stixproto.task.model import ReadinessProbe, ReplicaPolicy, Service, Storage
 
 REAL_KEYS = sorted(
     {

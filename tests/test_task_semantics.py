@@ -12,10 +12,11 @@ import msgspec
 import pytest
 import yaml
 
-from proto import accelerators
-from proto import messages as m
-from proto.errors import InvalidTask
-from proto.task import (
+from stixctl.validate import add_args
+from stixproto import accelerators
+from stixproto import messages as m
+from stixproto.errors import InvalidTask
+from stixproto.task import (
     Accelerator,
     Amount,
     Autostop,
@@ -37,7 +38,6 @@ from proto.task import (
     to_dict,
     to_yaml,
 )
-from stixctl.validate import add_args
 
 
 def task(text: str, **kw: Any) -> Task:

@@ -6,15 +6,15 @@ import itertools
 
 import pytest
 
-from proto.states import ClusterStatus as C
-from proto.states import JobStatus as J
-from proto.states import ManagedJobStatus as M
-from proto.states import PoolStatus as P
 from stixd.actors.cluster import ClusterActor, ClusterEvent
 from stixd.actors.job import JobActor, JobEvent, fold
 from stixd.actors.job_pool import JobPoolActor, PoolEvent
 from stixd.actors.managed_job import ManagedJobActor, MEvent
 from stixd.runtime.machine import TransitionError
+from stixproto.states import ClusterStatus as C
+from stixproto.states import JobStatus as J
+from stixproto.states import ManagedJobStatus as M
+from stixproto.states import PoolStatus as P
 
 E = ClusterEvent
 CLUSTER_EXPECTED = {

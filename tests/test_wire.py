@@ -10,9 +10,9 @@ import sys
 import msgspec
 import pytest
 
-from proto import PROTOCOL_VERSION
-from proto import messages as m
-from proto.framing import MAX_FRAME, decode, encode, recv_frame
+from stixproto import PROTOCOL_VERSION
+from stixproto import messages as m
+from stixproto.framing import MAX_FRAME, decode, encode, recv_frame
 from tests.conftest import Stix
 
 _decoder = msgspec.msgpack.Decoder(m.ServerMessage)
@@ -103,9 +103,9 @@ def test_version_skew_is_one_clear_sentence(daemon: Stix) -> None:
     assert "\n" not in reply.message
     # and through the real client: the message, an exit code, no traceback
     code = (
-        "import sys, proto, stixctl.main as cli\n"
-        f"proto.PROTOCOL_VERSION = {PROTOCOL_VERSION + 1}\n"
-        "import stixctl.client as c; c.PROTOCOL_VERSION = proto.PROTOCOL_VERSION\n"
+        "import sys, stixproto, stixctl.main as cli\n"
+        f"stixproto.PROTOCOL_VERSION = {PROTOCOL_VERSION + 1}\n"
+        "import stixctl.client as c; c.PROTOCOL_VERSION = stixproto.PROTOCOL_VERSION\n"
         "sys.exit(cli.main(['status']))\n"
     )
     proc = subprocess.run(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from proto import messages as m
-from proto.errors import ClusterNotFound, InternalError, error_from_code
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
+from stixproto import messages as m
+from stixproto.errors import ClusterNotFound, InternalError, error_from_code
 
 if TYPE_CHECKING:
     from stixd.app import App

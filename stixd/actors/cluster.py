@@ -16,9 +16,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from proto import messages as m
-from proto.errors import ClusterNotFound, InvalidRequest, JobNotFound
-from proto.states import ClusterStatus
 from stixd.actors.cluster_autostop import (
     AutostopTick,
     apply_autostop_request,
@@ -36,6 +33,9 @@ from stixd.providers.base import NodeInfo, Provider
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
+from stixproto import messages as m
+from stixproto.errors import ClusterNotFound, InvalidRequest, JobNotFound
+from stixproto.states import ClusterStatus
 
 if TYPE_CHECKING:
     from stixd.app import App

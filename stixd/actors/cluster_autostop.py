@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from proto import messages as m
 from stixd.actors.cluster_states import C, E
 from stixd.actors.job import JobEvent
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
+from stixproto import messages as m
 
 if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from proto import messages as m
-from proto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, ProvisionError
 from stixd.actors.cluster_autostop import apply_autostop_request, schedule_autostop
 from stixd.actors.cluster_observe import ensure_agents_current, schedule_health
 from stixd.actors.cluster_states import C, E
@@ -31,10 +29,12 @@ from stixd.planner.target import (
 )
 from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.runtime.mailbox import Envelope
+from stixproto import messages as m
+from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, ProvisionError
 
 if TYPE_CHECKING:
-    from proto.task import Task
     from stixd.actors.cluster import ClusterActor
+    from stixproto.task import Task
 
 
 # -- launch / exec -------------------------------------------------------------------

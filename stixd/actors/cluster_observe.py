@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from proto.errors import ProvisionError
-from proto.states import JobStatus
 from stixd.actors.cluster_autostop import schedule_autostop
 from stixd.actors.cluster_states import C, E
 from stixd.actors.job import JobEvent
@@ -17,6 +15,8 @@ from stixd.actors.jobs_submit import job_row_id
 from stixd.actors.machines import compare
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus, ReportsLostNodes, ReportsMachines
+from stixproto.errors import ProvisionError
+from stixproto.states import JobStatus
 
 if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor

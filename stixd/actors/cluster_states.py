@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from proto.states import ClusterStatus
+from stixproto.states import ClusterStatus
 
 
 class ClusterEvent(enum.Enum):

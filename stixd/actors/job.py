@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from proto.states import JobStatus
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
+from stixproto.states import JobStatus
 
 if TYPE_CHECKING:
     from stixd.app import App

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from proto import messages as m
-from proto.errors import InvalidRequest, StixError
-from proto.states import JobStatus
-from proto.states import PoolStatus as P
-from proto.task import Task
 from stixd.actors.asks import ask_cluster
 from stixd.actors.jobs_submit import job_row_id
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest, StixError
+from stixproto.states import JobStatus
+from stixproto.states import PoolStatus as P
+from stixproto.task import Task
 
 if TYPE_CHECKING:
     from stixd.app import App

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from proto import messages as m
-from proto.errors import ClusterNotFound, InvalidRequest, JobNotFound
-from proto.states import JobStatus
 from stixd.actors.jobs_submit import job_row_id
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
 from stixd.store.db import Row
+from stixproto import messages as m
+from stixproto.errors import ClusterNotFound, InvalidRequest, JobNotFound
+from stixproto.states import JobStatus
 
 if TYPE_CHECKING:
     from stixd.app import App

@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING
 
-from proto.task import Task, resolved_envs
 from stixd.store.db import Row, RowExists
+from stixproto.task import Task, resolved_envs
 
 if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor

@@ -22,11 +22,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from proto import messages as m
-from proto.errors import InvalidRequest
-from proto.states import ManagedJobStatus as S
-from proto.task import Task
-from proto.task.parsing import JobRecovery
 from stixd.actors.job_pool import Acquire, WorkerReady
 from stixd.actors.managed_job_decisions import (
     on_ended,
@@ -52,6 +47,11 @@ from stixd.actors.recovery import EAGER_NEXT_REGION
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest
+from stixproto.states import ManagedJobStatus as S
+from stixproto.task import Task
+from stixproto.task.parsing import JobRecovery
 
 if TYPE_CHECKING:
     from stixd.app import App

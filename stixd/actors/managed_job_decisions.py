@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from proto.states import JobStatus
-from proto.states import ManagedJobStatus as S
 from stixd.actors.managed_job_events import ACTIVE, E, Ended, LaunchFailed, MEvent, TornDown, Up
 from stixd.actors.managed_job_phases import (
     LAUNCH_ATTEMPTS,
@@ -17,6 +15,8 @@ from stixd.actors.managed_job_phases import (
     watch,
 )
 from stixd.actors.recovery import run_place
+from stixproto.states import JobStatus
+from stixproto.states import ManagedJobStatus as S
 
 if TYPE_CHECKING:
     from stixd.actors.managed_job import ManagedJobActor

@@ -6,8 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from proto.states import JobStatus
-from proto.states import ManagedJobStatus as S
+from stixproto.states import JobStatus
+from stixproto.states import ManagedJobStatus as S
 
 
 class MEvent(enum.Enum):

@@ -11,10 +11,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from proto import messages as m
-from proto.errors import InvalidConfig, InvalidRequest, InvalidTask, ProvisionError, StixError
-from proto.states import JobStatus
-from proto.states import ManagedJobStatus as S
 from stixd.actors.asks import ask_cluster
 from stixd.actors.job_pool import Release
 from stixd.actors.joblogs import stream_job_logs
@@ -29,6 +25,10 @@ from stixd.actors.managed_job_events import (
     Up,
 )
 from stixd.actors.recovery import relaunch_hints
+from stixproto import messages as m
+from stixproto.errors import InvalidConfig, InvalidRequest, InvalidTask, ProvisionError, StixError
+from stixproto.states import JobStatus
+from stixproto.states import ManagedJobStatus as S
 
 if TYPE_CHECKING:
     from stixd.actors.managed_job import ManagedJobActor

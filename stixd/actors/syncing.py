@@ -6,11 +6,11 @@ from typing import Any
 
 import anyio
 
-from proto import messages as m
-from proto.errors import InvalidTask
-from proto.task import Task, launch_problems
 from stixd.providers.base import Mount, NodeInfo
 from stixd.runtime.mailbox import Envelope
+from stixproto import messages as m
+from stixproto.errors import InvalidTask
+from stixproto.task import Task, launch_problems
 
 WORKDIR_DEST = "~/sky_workdir"
 

@@ -10,8 +10,6 @@ from typing import Any, TypeVar
 import anyio
 import msgspec
 
-from proto import messages as m
-from proto.errors import InvalidRequest
 from stixd.app import App
 from stixd.catalog_fetch import DEFAULT_BASE_URL, update
 from stixd.planner.catalog import (
@@ -21,6 +19,8 @@ from stixd.planner.catalog import (
     render_show_gpus,
     show_gpus,
 )
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest
 
 Emit = Callable[[Any], Awaitable[None]]
 T = TypeVar("T")

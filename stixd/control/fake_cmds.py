@@ -7,11 +7,11 @@ from typing import Any
 
 import anyio
 
-from proto import messages as m
-from proto.errors import InvalidRequest, StixError
 from stixd.actors.asks import ask_cluster
 from stixd.app import App
 from stixd.providers.fake import FakeProvider
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest, StixError
 
 Emit = Callable[[Any], Awaitable[None]]
 

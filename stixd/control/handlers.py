@@ -10,12 +10,6 @@ from typing import Any
 
 import anyio
 
-from proto import messages as m
-from proto.errors import (
-    ClusterNotFound,
-    InvalidConfig,
-    InvalidRequest,
-)
 from stixd.actors.asks import ask_cluster
 from stixd.actors.joblogs import find_job, stream_job_logs
 from stixd.actors.jobs_submit import infra_label
@@ -25,6 +19,12 @@ from stixd.config import ConfigError
 from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cmds, ssh_cmds
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
+from stixproto import messages as m
+from stixproto.errors import (
+    ClusterNotFound,
+    InvalidConfig,
+    InvalidRequest,
+)
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
@@ -316,7 +316,7 @@ async def _jobs(app: App, req: Any, emit: Emit) -> Any:
 
 
 async def daemon_status(app: App, req: m.DaemonStatus, emit: Emit) -> m.DaemonInfo:
-    from proto import PROTOCOL_VERSION
+    from stixproto import PROTOCOL_VERSION
 
     return m.DaemonInfo(
         pid=os.getpid(),

@@ -11,13 +11,13 @@ from typing import Any
 import anyio
 import msgspec
 
-from proto import messages as m
-from proto.errors import InternalError, InvalidRequest, JobNotFound, error_from_code
-from proto.states import ManagedJobStatus
 from stixd.actors.managed_job import cluster_name, logs_dir
 from stixd.app import App
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
+from stixproto import messages as m
+from stixproto.errors import InternalError, InvalidRequest, JobNotFound, error_from_code
+from stixproto.states import ManagedJobStatus
 
 Emit = Callable[[Any], Awaitable[None]]
 KIND = "managed_job"

@@ -15,12 +15,12 @@ from typing import Any
 
 import anyio
 
-from proto import messages as m
-from proto.errors import ProvisionError
 from stixd.app import App
 from stixd.planner.catalog import CatalogError
 from stixd.planner.pricing import Prices, hourly_price
 from stixd.providers.aws.leaks import Leak
+from stixproto import messages as m
+from stixproto.errors import ProvisionError
 
 Emit = Callable[[Any], Awaitable[None]]
 INFRA = "aws"

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
-from proto import messages as m
-from proto.errors import InvalidRequest
 from stixd.app import App
 from stixd.control.catalog_cmds import with_catalog
 from stixd.planner.catalog import Catalog
@@ -17,6 +15,8 @@ from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
 from stixd.planner.target import NAMED_ONLY
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest
 
 Emit = Callable[[Any], Awaitable[None]]
 

@@ -19,12 +19,12 @@ import msgspec
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from proto import PROTOCOL_VERSION
-from proto import messages as m
-from proto.errors import PermissionDenied, ProtocolError, StixError, VersionMismatch
-from proto.framing import HEADER, body_length, decode, encode, peek_protocol
 from stixd.app import VERSION, App
 from stixd.runtime.actor import error_reply
+from stixproto import PROTOCOL_VERSION
+from stixproto import messages as m
+from stixproto.errors import PermissionDenied, ProtocolError, StixError, VersionMismatch
+from stixproto.framing import HEADER, body_length, decode, encode, peek_protocol
 
 HELLO_TIMEOUT = 10.0
 _request_decoder = msgspec.msgpack.Decoder(m.Request)

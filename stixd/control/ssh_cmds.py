@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proto import messages as m
-from proto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest
 from stixd.app import App
 from stixd.providers.base import NodeInfo
 from stixd.providers.ssh import HostReport, SshProvider
+from stixproto import messages as m
+from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest
 
 Emit = Callable[[Any], Awaitable[None]]
 

@@ -1,10 +1,9 @@
-"""The task model (proto.task) turned into the planner's own request types."""
+"""The task model (stixproto.task) turned into the planner's own request types."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from proto.task import Dag, Resources, Task
 from stixd.planner.request import (
     Accelerator,
     Amount,
@@ -12,6 +11,7 @@ from stixd.planner.request import (
     ResourceRequest,
     TaskRequest,
 )
+from stixproto.task import Dag, Resources, Task
 
 _STORE_CLOUD = {"s3": "aws", "gs": "gcp", "r2": "cloudflare", "oci": "oci", "nebius": "nebius"}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from proto.errors import InvalidTask
-from proto.task import Resources, Task
 from stixd.planner.catalog import Offer
+from stixproto.errors import InvalidTask
+from stixproto.task import Resources, Task
 
 LOCAL_NAMES = {"local"}
 

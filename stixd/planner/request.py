@@ -1,6 +1,6 @@
 """The planner's own input: what a task asks for, normalised, with no YAML in sight.
 
-The task model (``proto``) turns a task file into these; the planner never reads YAML. A
+The task model (``stixproto``) turns a task file into these; the planner never reads YAML. A
 `TaskRequest` is one task: how many nodes, a few `ResourceRequest` alternatives and how to choose
 among them (`single`, `any_of` = cheapest of the set, `ordered` = first that can be satisfied).
 A `ResourceRequest` is one alternative; its own accelerator list may hold alternatives too (a

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from proto.errors import InvalidTask, ProvisionError
-from proto.task import Task
 from stixd.planner.catalog import Catalog, CatalogError
 from stixd.planner.from_task import task_request
 from stixd.planner.local_fit import check_fits_local
 from stixd.planner.optimizer import plan
 from stixd.planner.request import Blocked
+from stixproto.errors import InvalidTask, ProvisionError
+from stixproto.task import Task
 
 CLOUDS = ("aws", "fake")
 """Clouds with a provider in this build, planned from the catalog."""

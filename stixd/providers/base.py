@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from proto.errors import ProvisionError
 from stixd.agent_client import AgentClient
+from stixproto.errors import ProvisionError
 
 
 class NodeStatus(enum.StrEnum):

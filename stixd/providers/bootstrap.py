@@ -18,10 +18,10 @@ from typing import Any
 
 import anyio
 
-from proto.errors import ProvisionError
 from stixd.agent_bundle import zipapp_name
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.ssh_transport import SshConnection, quote
+from stixproto.errors import ProvisionError
 
 MIN_PYTHON = (3, 7)
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes (107 and a NUL) on Linux

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import anyio
 
-from proto.errors import ProvisionError
 from stixd.agent_client import AgentClient, AgentUnreachable, unix_agent
 from stixd.providers.base import (
     CheckResult,
@@ -25,6 +24,7 @@ from stixd.providers.base import (
     ProvisionRequest,
 )
 from stixd.providers.filesync import sync_path
+from stixproto.errors import ProvisionError
 
 LOCAL_IP = "127.0.0.1"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS

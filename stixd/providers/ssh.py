@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import structlog
 
-from proto.errors import ProvisionError
 from stixd.agent_bundle import build_id
 from stixd.agent_client import AgentClient, AgentUnreachable
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
@@ -27,6 +26,7 @@ from stixd.providers.ssh_pools import POOLS_FILE, Allocations, HeldHost, PoolHos
 from stixd.providers.ssh_sync import Method, ssh_client_args
 from stixd.providers.ssh_sync import sync as sync_mounts
 from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, quote
+from stixproto.errors import ProvisionError
 
 HELLO_DEADLINE_S = 5.0
 STOP_WITHIN_S = 10.0

@@ -17,12 +17,12 @@ from pathlib import Path
 import anyio
 import structlog
 
-from proto.errors import ProvisionError
 from stixd.agent_bundle import build_id
 from stixd.providers.base import NodeInfo, NodeStatus
 from stixd.providers.bootstrap import ensure_agent
 from stixd.providers.ssh_pools import PoolHost
 from stixd.providers.ssh_transport import SshAuthError, SshConnection, SshError, SshTarget, quote
+from stixproto.errors import ProvisionError
 
 WORKDIR = "sky_workdir"
 TEST_HOSTS_ENV = "STIX_TEST_SSH_HOSTS"

@@ -32,9 +32,9 @@ from typing import Any
 import msgspec
 import yaml
 
-from proto.errors import ProvisionError
 from stixd.providers.base import CapacityError
 from stixd.providers.ssh_transport import SshTarget
+from stixproto.errors import ProvisionError
 
 POOLS_FILE = "ssh_node_pools.yaml"
 _ROUTE_KEYS = ("jump_host", "proxy_command")

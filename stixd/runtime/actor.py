@@ -15,11 +15,11 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from proto.errors import InternalError, StixError
-from proto.messages import ErrorReply
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
+from stixproto.errors import InternalError, StixError
+from stixproto.messages import ErrorReply
 
 
 class Stop:

@@ -18,10 +18,10 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from proto.messages import ErrorReply
 from stixd.runtime.actor import Actor, Stop, error_reply
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
+from stixproto.messages import ErrorReply
 
 GIVEN_UP_WITHIN_S = 120.0
 """Bound on an actor's last words (`Actor.given_up`), e.g. tearing down what it launched."""

@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
-from proto.errors import ProvisionError
+from stixproto.errors import ProvisionError
 
 DEFAULT_REGION = "us-east-1"
 _INDIRECT = ("role_arn", "sso_start_url", "sso_session", "credential_process", "web_identity")

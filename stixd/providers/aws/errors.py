@@ -13,8 +13,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from proto.errors import ProvisionError
 from stixd.providers.base import CapacityError
+from stixproto.errors import ProvisionError
 
 ZONE_CAPACITY = frozenset(
     {

@@ -14,9 +14,9 @@ from typing import Any
 
 import anyio
 
-from proto.errors import ProvisionError
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.errors import Where
+from stixproto.errors import ProvisionError
 
 TAG_CLUSTER = "stix-cluster"
 TAG_RANK = "stix-node-rank"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import asyncssh
 
-from proto.errors import ProvisionError
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.errors import Where
+from stixproto.errors import ProvisionError
 
 KEY_FILE = "keys/stix-aws-ed25519"
 

@@ -12,9 +12,9 @@ import time
 
 import anyio
 
-from proto.errors import ProvisionError
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.errors import AwsCapacityError, Where
+from stixproto.errors import ProvisionError
 
 SSH_PORT = 22
 SG_DELETE_WITHIN_S = 180.0

@@ -15,7 +15,6 @@ from typing import Any
 import anyio
 import structlog
 
-from proto.errors import ProvisionError
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.aws.instances import Instance
 from stixd.providers.aws.keys import ensure_local_key
@@ -34,6 +33,7 @@ from stixd.providers.ssh_nodes import (
 from stixd.providers.ssh_sync import ssh_client_args
 from stixd.providers.ssh_sync import sync as sync_mounts
 from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, SshTarget
+from stixproto.errors import ProvisionError
 
 DEFAULT_SSH_USER = "ubuntu"
 HELLO_DEADLINE_S = 5.0

@@ -13,12 +13,12 @@ from typing import Any
 
 import anyio
 
-from proto.errors import ProvisionError
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.instances import Instance
 from stixd.providers.aws.nodes import AwsNodes, record_node
 from stixd.providers.base import Machine, NodeInfo, NodeLoss, NodeStatus
+from stixproto.errors import ProvisionError
 
 SPOT_REASONS = ("Server.SpotInstanceTermination", "Server.SpotInstanceShutdown")
 

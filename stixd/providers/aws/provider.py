@@ -18,7 +18,6 @@ from pathlib import Path
 import anyio
 import structlog
 
-from proto.errors import ProvisionError
 from stixd.agent_client import AgentClient
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
@@ -50,6 +49,7 @@ from stixd.providers.base import (
     ProvisionRequest,
 )
 from stixd.providers.ssh_transport import SshSettings
+from stixproto.errors import ProvisionError
 
 DEFAULT_INSTANCE_TYPE = "m6i.large"
 BOOT_WITHIN_S = 600.0

@@ -19,10 +19,10 @@ from typing import Any
 
 import msgspec
 
-from proto.errors import TaskFieldError
-from proto.task import parsing as p
-from proto.task.model import Resources, Task
-from proto.task.resources import PLACEMENT_KEYS, check_resources
+from stixproto.errors import TaskFieldError
+from stixproto.task import parsing as p
+from stixproto.task.model import Resources, Task
+from stixproto.task.resources import PLACEMENT_KEYS, check_resources
 
 SOURCE = "command line"
 _FLAGS = {

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from proto.errors import TaskFieldError
-from proto.task._fields import describe, near
+from stixproto.errors import TaskFieldError
+from stixproto.task._fields import describe, near
 
 _TYPE_WORDS = {
     "int": "an integer",
@@ -102,7 +102,7 @@ def _unknown_key(
     known = _known_keys(cls) if cls is not None else []
     hint = near(key, known)
     if not path and cls is not None and cls.__name__ == "Task":
-        from proto.task.model import Resources
+        from stixproto.task.model import Resources
 
         if key in Resources.__struct_fields__:
             hint = f"resources.{key}"

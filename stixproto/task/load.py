@@ -15,15 +15,20 @@ from typing import Any
 
 import msgspec
 
-from proto.errors import InvalidTask, TaskFieldError
-from proto.task import subst
-from proto.task._fields import check_int_sizes, check_positive, describe, fail, join, near
-from proto.task.dag import HEADER_KEYS, JOB_GROUP_KEYS, Dag
-from proto.task.explain import explain
-from proto.task.model import Storage, Task
-from proto.task.resources import check_resources
-from proto.task.service import check_pool, check_service
-from proto.task.storage import check_file_mounts, check_volumes, check_workdir, null_storage_names
+from stixproto.errors import InvalidTask, TaskFieldError
+from stixproto.task import subst
+from stixproto.task._fields import check_int_sizes, check_positive, describe, fail, join, near
+from stixproto.task.dag import HEADER_KEYS, JOB_GROUP_KEYS, Dag
+from stixproto.task.explain import explain
+from stixproto.task.model import Storage, Task
+from stixproto.task.resources import check_resources
+from stixproto.task.service import check_pool, check_service
+from stixproto.task.storage import (
+    check_file_mounts,
+    check_volumes,
+    check_workdir,
+    null_storage_names,
+)
 
 Overrides = Mapping[str, str] | None
 ENV_NAME_RULE = "letters, digits and _, not starting with a digit"

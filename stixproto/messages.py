@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from proto.task import Task
+from stixproto.task import Task
 
 
 class Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):

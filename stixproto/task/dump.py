@@ -25,8 +25,8 @@ from typing import Any
 
 import msgspec
 
-from proto.task.dag import Dag
-from proto.task.model import Task
+from stixproto.task.dag import Dag
+from stixproto.task.model import Task
 
 
 def to_dict(obj: Task | Dag) -> Any:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from proto.task.model import Scalar, Task
+from stixproto.task.model import Scalar, Task
 
 REDACTED = "<redacted>"
 
@@ -34,7 +34,7 @@ def _override(task: Task, overrides: Mapping[str, str], *, secrets: bool) -> Tas
     merged = {**current, **{k: str(v) for k, v in overrides.items()}}
     task = msgspec.structs.replace(task, **{"secrets" if secrets else "envs": merged})
     if unset:
-        from proto.task.load import resubstitute
+        from stixproto.task.load import resubstitute
 
         task = resubstitute(task, unset)
     return task

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from proto.errors import TaskFieldError
+from stixproto.errors import TaskFieldError
 
 
 def join(path: str, key: str | int) -> str:

@@ -1,4 +1,4 @@
-"""`file_mounts`, `workdir` and top-level `volumes`: their rules (shapes: `proto.task.model`)."""
+"""`file_mounts`, `workdir`, top-level `volumes`: their rules (shapes: `stixproto.task.model`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from proto.task._fields import choice, describe, fail, join
-from proto.task.model import Storage
+from stixproto.task._fields import choice, describe, fail, join
+from stixproto.task.model import Storage
 
 MODES = ("mount", "copy", "mount_cached")
 STORES = ("s3", "gcs", "azure", "r2", "ibm", "oci", "nebius", "coreweave", "volume", "hf")

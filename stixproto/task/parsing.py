@@ -12,10 +12,19 @@ from typing import Any
 
 import msgspec
 
-from proto import accelerators as accel
-from proto.errors import TaskFieldError
-from proto.task._fields import check_int, check_positive, choice, describe, fail, join, near, whole
-from proto.task._fields import number as plain_number
+from stixproto import accelerators as accel
+from stixproto.errors import TaskFieldError
+from stixproto.task._fields import (
+    check_int,
+    check_positive,
+    choice,
+    describe,
+    fail,
+    join,
+    near,
+    whole,
+)
+from stixproto.task._fields import number as plain_number
 
 CLOUDS: tuple[str, ...] = (
     "aws",
@@ -303,7 +312,7 @@ def parse_minutes(value: int | str, path: str) -> int:
 
 
 def parse_autostop(value: Any, path: str) -> Autostop:
-    from proto.task.model import AutostopConfig
+    from stixproto.task.model import AutostopConfig
 
     if isinstance(value, bool):
         return Autostop(enabled=value)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 
-from proto.task import service as svc
-from proto.task import storage
-from proto.task._fields import join, unknown_keys
-from proto.task.envs import missing_envs, missing_secrets
-from proto.task.model import Task
+from stixproto.task import service as svc
+from stixproto.task import storage
+from stixproto.task._fields import join, unknown_keys
+from stixproto.task.envs import missing_envs, missing_secrets
+from stixproto.task.model import Task
 
 RECOVERY_KEYS = ("strategy", "max_restarts_on_errors", "recover_on_exit_codes", "min_nodes")
 

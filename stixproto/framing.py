@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from proto.errors import ProtocolError
+from stixproto.errors import ProtocolError
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 8 * 1024 * 1024

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from proto.task.model import Task
+from stixproto.task.model import Task
 
 HEADER_KEYS = ("name", "execution", "primary_tasks", "placement")
 JOB_GROUP_KEYS = ("execution", "primary_tasks", "placement")

@@ -1,6 +1,6 @@
 """The shapes of a task file: `Task` and the structs inside it, holding what the user wrote.
 
-Only the shapes live here, because `proto.messages` (and so every `stixctl` command) imports
+Only the shapes live here, because `stixproto.messages` (and so every `stixctl` command) imports
 them and the client's start-up is measured: the rules and parsed views are in `resources`,
 `service`, `storage` and `parsing`, imported when first used. Fields keep the user's shape
 (`accelerators: {L4, A10G}` stays a map); methods give the normalised views.
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from proto.task.dag import Dag
-    from proto.task.parsing import AcceleratorChoice, Amount, Autostop, JobRecovery, Placement
-    from proto.task.service import Probe, Scaling
-    from proto.task.storage import GitWorkdir
+    from stixproto.task.dag import Dag
+    from stixproto.task.parsing import AcceleratorChoice, Amount, Autostop, JobRecovery, Placement
+    from stixproto.task.service import Probe, Scaling
+    from stixproto.task.storage import GitWorkdir
 
 Scalar = str | int | float | bool
 Number = int | float
@@ -78,7 +78,7 @@ class Resources(_Shape):
 
     def placement(self) -> Placement:
         """Cloud/region/zone from `infra` or the older keys (None = any)."""
-        from proto.task import parsing
+        from stixproto.task import parsing
 
         if self.infra is not None:
             return parsing.parse_infra(self.infra, "infra")
@@ -87,27 +87,27 @@ class Resources(_Shape):
 
     def accelerator_choice(self) -> AcceleratorChoice | None:
         """The accelerator candidates, canonical names, and whether they are ordered."""
-        from proto.task import parsing
+        from stixproto.task import parsing
 
         if self.accelerators is None:
             return None
         return parsing.parse_accelerators(self.accelerators, "accelerators")
 
     def cpus_amount(self) -> Amount | None:
-        from proto.task import parsing
+        from stixproto.task import parsing
 
         return None if self.cpus is None else parsing.parse_amount(self.cpus, "cpus", memory=False)
 
     def memory_amount(self) -> Amount | None:
         """Memory in GB."""
-        from proto.task import parsing
+        from stixproto.task import parsing
 
         if self.memory is None:
             return None
         return parsing.parse_amount(self.memory, "memory", memory=True)
 
     def disk_size_gb(self) -> float | None:
-        from proto.task import parsing
+        from stixproto.task import parsing
 
         if self.disk_size is None:
             return None
@@ -115,18 +115,18 @@ class Resources(_Shape):
 
     def port_ranges(self) -> list[tuple[int, int]]:
         """Ports as inclusive (start, end) ranges; a single port is (p, p)."""
-        from proto.task import parsing
+        from stixproto.task import parsing
 
         return parsing.parse_ports(self.ports, "ports")
 
     def autostop_spec(self) -> Autostop | None:
-        from proto.task import parsing
+        from stixproto.task import parsing
 
         return None if self.autostop is None else parsing.parse_autostop(self.autostop, "autostop")
 
     def recovery(self) -> JobRecovery | None:
         """`job_recovery` (or its old name `spot_recovery`) with defaults filled in."""
-        from proto.task import parsing
+        from stixproto.task import parsing
 
         value = self.job_recovery if self.job_recovery is not None else self.spot_recovery
         return None if value is None else parsing.parse_job_recovery(value, "job_recovery")
@@ -138,7 +138,7 @@ class Resources(_Shape):
 
     def candidates(self) -> list[Resources]:
         """Each any_of/ordered entry merged over the base keys; [self] without alternatives."""
-        from proto.task.resources import merged_candidates
+        from stixproto.task.resources import merged_candidates
 
         return merged_candidates(self)
 
@@ -208,13 +208,13 @@ class Service(_Shape):
 
     def probe(self) -> Probe:
         """The probe in effect: GET `/` unless written otherwise, SkyServe's defaults filled."""
-        from proto.task.service import effective_probe
+        from stixproto.task.service import effective_probe
 
         return effective_probe(self)
 
     def scaling(self) -> Scaling:
         """Replica counts and autoscaling in effect (`replicas: N` is fixed at N)."""
-        from proto.task.service import effective_scaling
+        from stixproto.task.service import effective_scaling
 
         return effective_scaling(self)
 
@@ -249,7 +249,7 @@ class Task(_Shape):
     metadata: dict[str, Any] | None = msgspec.field(default=None, name="_metadata")
 
     def git_workdir(self) -> GitWorkdir | None:
-        from proto.task.storage import git_workdir
+        from stixproto.task.storage import git_workdir
 
         return git_workdir(self.workdir) if isinstance(self.workdir, dict) else None
 
@@ -267,7 +267,7 @@ class Task(_Shape):
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> Task:
         """A task from a YAML file path or from YAML text (a pipeline is an error here)."""
-        from proto.task.load import from_yaml, load_task_file, looks_like_path, pipeline_error
+        from stixproto.task.load import from_yaml, load_task_file, looks_like_path, pipeline_error
 
         if isinstance(path_or_text, Path) or looks_like_path(path_or_text):
             return load_task_file(path_or_text)
@@ -278,7 +278,7 @@ class Task(_Shape):
 
     def __rshift__(self, other: Task | Dag) -> Dag:
         """`a >> b`: a pipeline that runs `a`, then `b` (or every task of the dag `b`)."""
-        from proto.task.dag import Dag
+        from stixproto.task.dag import Dag
 
         if isinstance(other, Dag):
             return other.__rrshift__(self)

@@ -9,10 +9,10 @@ Modules: `model` (the shapes: Task, Resources, Storage, Service, …), `resource
 `service` (their rules and effective values), `parsing` (views of fields written in several
 shapes), `envs`, `load` (YAML → model, validation), `explain` (msgspec errors as sentences),
 `overrides` (command-line resource flags), `problems` (what stops a launch from here), `dump`
-(back to YAML), `dag`. Every problem is one `proto.errors.TaskFieldError` sentence naming the
+(back to YAML), `dag`. Every problem is one `stixproto.errors.TaskFieldError` sentence naming the
 key path.
 
-Only `model` is imported with this package: `proto.messages` carries a Task, so every `stixctl`
+Only `model` is imported with this package: `stixproto.messages` carries a Task, so every `stixctl`
 command imports it, and nothing here is byte-compiled ahead of time. The other names load on
 first use (PEP 562 `__getattr__` below).
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from proto.task.model import (
+from stixproto.task.model import (
     AcceleratorArgs,
     AutostopConfig,
     ReadinessProbe,
@@ -34,9 +34,9 @@ from proto.task.model import (
 )
 
 if TYPE_CHECKING:
-    from proto.task.dag import Dag
-    from proto.task.dump import to_dict, to_yaml
-    from proto.task.envs import (
+    from stixproto.task.dag import Dag
+    from stixproto.task.dump import to_dict, to_yaml
+    from stixproto.task.envs import (
         apply_env_overrides,
         apply_secret_overrides,
         missing_envs,
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         redacted,
         resolved_envs,
     )
-    from proto.task.load import (
+    from stixproto.task.load import (
         check_task,
         from_yaml,
         load_dag_file,
@@ -54,8 +54,8 @@ if TYPE_CHECKING:
         task_from_dict,
         validated,
     )
-    from proto.task.overrides import ResourceOverrides, apply_overrides
-    from proto.task.parsing import (
+    from stixproto.task.overrides import ResourceOverrides, apply_overrides
+    from stixproto.task.parsing import (
         Accelerator,
         AcceleratorChoice,
         Amount,
@@ -63,9 +63,9 @@ if TYPE_CHECKING:
         JobRecovery,
         Placement,
     )
-    from proto.task.problems import launch_problems, task_notes
-    from proto.task.service import Probe, Scaling
-    from proto.task.storage import GitWorkdir
+    from stixproto.task.problems import launch_problems, task_notes
+    from stixproto.task.service import Probe, Scaling
+    from stixproto.task.storage import GitWorkdir
 
 _LAZY = {
     "Dag": "dag",
@@ -146,8 +146,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'proto.task' has no attribute {name!r}")
-    value = getattr(import_module(f"proto.task.{module}"), name)
+        raise AttributeError(f"module 'stixproto.task' has no attribute {name!r}")
+    value = getattr(import_module(f"stixproto.task.{module}"), name)
     globals()[name] = value
     return value
 

@@ -1,6 +1,6 @@
 """`service:` (SkyServe) and `pool:` (worker pools): their rules and the values in effect.
 
-The shapes are in `proto.task.model`; `Service.probe()`/`scaling()` come here for SkyServe's
+The shapes are in `stixproto.task.model`; `Service.probe()`/`scaling()` come here for SkyServe's
 defaults (probe GET `/`, 1200 s initial delay, 15 s timeout, 300/1200 s scaling delays).
 """
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
-from proto.task._fields import check_int, check_positive, choice, describe, fail, join
-from proto.task.model import ReadinessProbe, ReplicaPolicy, Service
+from stixproto.task._fields import check_int, check_positive, choice, describe, fail, join
+from stixproto.task.model import ReadinessProbe, ReplicaPolicy, Service
 
 LB_POLICIES = ("least_load", "round_robin", "instance_aware_least_load")
 SPOT_PLACERS = ("dynamic_fallback",)

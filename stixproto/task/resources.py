@@ -1,7 +1,7 @@
 """The rules of `resources:` beyond its YAML types, and how alternatives merge.
 
 `any_of`/`ordered` entries are partial `Resources`: `merged_candidates` lays each over the base
-keys (what `Resources.candidates()` returns). The shapes are in `proto.task.model`.
+keys (what `Resources.candidates()` returns). The shapes are in `stixproto.task.model`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 
 import msgspec
 
-from proto.task import parsing as p
-from proto.task._fields import check_int, check_positive, choice, describe, fail, join
-from proto.task.model import Resources
+from stixproto.task import parsing as p
+from stixproto.task._fields import check_int, check_positive, choice, describe, fail, join
+from stixproto.task.model import Resources
 
 DISK_TIERS = ("low", "medium", "high", "ultra", "best")
 NETWORK_TIERS = ("standard", "best")
