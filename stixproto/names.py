@@ -26,7 +26,6 @@ raw socket request with the same sentence as the CLI prints.
 from __future__ import annotations
 
 import re
-import shlex
 
 from stixproto.errors import InvalidRequest
 
@@ -83,4 +82,6 @@ def check_reference(name: str, kind: str = "cluster") -> str:
 def command(*argv: object) -> str:
     """A ``stixctl`` command line to print as a hint, every argument shell-quoted, so a hint
     that carries a name can be pasted into a shell and does only what it says."""
+    import shlex  # only hints need it; every command imports this module
+
     return shlex.join(["stixctl", *map(str, argv)])
