@@ -9,6 +9,7 @@ from pathlib import Path
 
 from stixctl import taskargs
 from stixproto import messages as m
+from stixproto import names
 from stixproto.errors import InvalidRequest, JobFailed
 
 Fn = Callable[[Path, argparse.Namespace], int]
@@ -35,7 +36,7 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
             ids = ", ".join(map(str, reply.job_ids or [reply.job_id]))
             _err(
                 f"⚙ Managed job(s) {ids} ({reply.name}) submitted; follow one with "
-                f"`stixctl jobs logs {reply.job_id}`"
+                f"`{names.command('jobs', 'logs', reply.job_id)}`"
             )
         return 0
     code = _status_exit(reply.status)

@@ -11,6 +11,7 @@ from typing import Any
 
 from stixctl import taskargs, validate
 from stixproto import messages as m
+from stixproto import names
 from stixproto.errors import InvalidConfig, InvalidRequest, JobFailed, StixError
 from stixproto.paths import stix_home
 
@@ -128,7 +129,7 @@ def _finish_run(reply: m.LaunchResult, a: argparse.Namespace) -> int:
         if not a.json:
             _err(
                 f"⚙ Job {reply.job_id} on {reply.cluster} runs detached; follow it with "
-                f"`stixctl logs {reply.cluster} {reply.job_id}`"
+                f"`{names.command('logs', reply.cluster, reply.job_id)}`"
             )
         return 0
     state = reply.job_status or "UNKNOWN"

@@ -30,6 +30,7 @@ from stixd.planner.target import (
 from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
+from stixproto import names
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, ProvisionError
 
 if TYPE_CHECKING:
@@ -125,7 +126,12 @@ async def resume_launch(cluster: ClusterActor) -> None:
     pending = cluster.row.data.get("pending_launch")
     if cluster.state is not C.INIT or not pending:
         return
-    req = msgspec.convert(pending["request"], m.Launch)
+    try:
+        req = msgspec.convert(pending["request"], m.Launch)
+    except InvalidRequest as exc:  # a name an earlier version took; `down` still removes it
+        cluster.log.warning("resume_refused", error=exc.message)
+        await cluster.save(pending_launch=None, last_error=exc.message)
+        return
     cluster.log.info("resume_launch", job_id=pending["job_id"])
     try:
         await finish_launch(cluster, req, int(pending["job_id"]), Envelope(payload=req))
@@ -239,7 +245,7 @@ async def exec_task(cluster: ClusterActor, req: m.Exec, env: Envelope) -> m.Laun
     if cluster.state is not C.UP:
         raise ClusterNotUp(
             f"cluster {cluster.id!r} is {cluster.state.value}; "
-            f"start it with `stixctl start {cluster.id}`"
+            f"start it with `{names.command('start', cluster.id)}`"
         )
     if cluster.row.spec.get("provider", "local") == "local":
         check_fits_local(req.task)

@@ -49,6 +49,7 @@ from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
+from stixproto.paths import child_path
 from stixproto.states import ManagedJobStatus as S
 from stixproto.task import Task
 from stixproto.task.parsing import JobRecovery
@@ -76,7 +77,7 @@ def managed_task_id(spec: dict[str, Any], job_id: int, index: int, task: Task) -
 
 
 def logs_dir(home: Path, job_id: int) -> Path:
-    return home / LOGS_DIR / str(job_id)
+    return child_path(home / LOGS_DIR, str(job_id))
 
 
 class ManagedJobActor(Actor):

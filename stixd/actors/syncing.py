@@ -9,8 +9,9 @@ import anyio
 from stixd.providers.base import Mount, NodeInfo
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
+from stixproto import names
 from stixproto.errors import InvalidTask
-from stixproto.task import Task, launch_problems
+from stixproto.task import Storage, Task, launch_problems
 
 WORKDIR_DEST = "~/sky_workdir"
 
@@ -27,6 +28,12 @@ def validate_mounts(task: Task) -> None:
     if isinstance(task.workdir, dict):
         raise InvalidTask("workdir: a git workdir ({url, ref}) is not supported in this build yet")
     for dest, src in task.file_mounts.items():
+        bucket = src.name if isinstance(src, Storage) else None
+        if bucket is not None and not names.is_valid(bucket, "storage"):
+            raise InvalidTask(
+                f"file_mounts.{dest}.name: storage name {names.shown(bucket)} is not valid: "
+                f"{names.rule('storage')}"
+            )
         if not isinstance(src, str) or "://" in src:
             raise InvalidTask(
                 f"file_mounts.{dest}: bucket and storage mounts are not supported on the local "

@@ -16,6 +16,7 @@ from stixd.app import App
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
+from stixproto import names
 from stixproto.errors import InternalError, InvalidRequest, JobNotFound, error_from_code
 from stixproto.states import ManagedJobStatus
 
@@ -42,6 +43,11 @@ async def jobs_launch(
         for task in req.tasks:
             check(task)  # refused now, in validate's words, rather than FAILED_PRECHECKS later
     name = req.name or req.tasks[0].name or "job"
+    if not names.is_valid(name, "managed job"):  # req.name was checked as the request decoded
+        raise InvalidRequest(
+            f"the task's name {names.shown(name)} cannot name a managed job "
+            f"({names.rule('managed job')}); give the job one with -n NAME"
+        )
     now = time.time()
     spec: dict[str, Any] = {
         "name": name,

@@ -9,6 +9,7 @@ from stixd.app import App
 from stixd.providers.base import NodeInfo
 from stixd.providers.ssh import HostReport, SshProvider
 from stixproto import messages as m
+from stixproto import names
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -20,7 +21,8 @@ async def node_shell(app: App, req: m.NodeShell) -> m.ShellCommand:
         raise ClusterNotFound(f"cluster {req.cluster!r} does not exist")
     if row.state != "UP":
         raise ClusterNotUp(
-            f"cluster {req.cluster!r} is {row.state}; start it with `stixctl start {req.cluster}`"
+            f"cluster {req.cluster!r} is {row.state}; "
+            f"start it with `{names.command('start', req.cluster)}`"
         )
     nodes = [NodeInfo.from_dict(n) for n in row.data.get("nodes") or []]
     by_rank = {n.rank: n for n in nodes}

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anyio
@@ -22,12 +21,12 @@ from stixd.agent_bundle import zipapp_name
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.ssh_transport import SshConnection, quote
 from stixproto.errors import ProvisionError
+from stixproto.paths import PathOutsideParent, child_path
 
 MIN_PYTHON = (3, 7)
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes (107 and a NUL) on Linux
 START_WITHIN_S = 15.0
 HELLO_DEADLINE_S = 5.0
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Detaches the agent from the SSH session: a double fork leaves it owned by init, in its own
 # session, with no descriptor of the session's, so the channel closes and no hang-up reaches it.
@@ -132,13 +131,19 @@ async def probe(conn: SshConnection) -> RemoteFacts:
     return RemoteFacts(home, int(facts.get("uid", "0")), executable or "python3", version)
 
 
+def remote_node_dir(base: str, cluster: str, rank: int) -> str:
+    """``<base>/nodes/<cluster>-<rank>`` on the host; `PathOutsideParent` for a name that would
+    leave ``<base>/nodes`` (stix runs ``rm -rf`` on this directory at ``down``)."""
+    return str(child_path(PurePosixPath(base) / "nodes", f"{cluster}-{rank}"))
+
+
 def _layout(
     facts: RemoteFacts, cluster: str, rank: int, build: str, remote_base: str | None
 ) -> _Layout:
     base = (remote_base or f"{facts.home}/.stix").rstrip("/")
     if base.startswith("~"):
         base = facts.home + base[1:]
-    node_dir = f"{base}/nodes/{cluster}-{rank}"
+    node_dir = remote_node_dir(base, cluster, rank)
     socket_path = f"{node_dir}/agent.sock"
     if len(socket_path.encode()) > MAX_SOCKET_PATH:
         digest = hashlib.sha1(node_dir.encode()).hexdigest()[:20]
@@ -228,10 +233,12 @@ async def ensure_agent(
     Raises ``BootstrapError`` for what is wrong on the host, and the transport's ``SshError``
     when the host cannot be reached at all.
     """
-    if not _NAME.match(cluster):
+    try:
+        remote_node_dir("", cluster, rank)
+    except PathOutsideParent:
         raise BootstrapError(
             conn.host, f"cluster name {cluster!r} is not usable in a path", retryable=False
-        )
+        ) from None
     phases: dict[str, float] = {}
     clock = time.monotonic()
 

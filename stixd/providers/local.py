@@ -1,6 +1,7 @@
 """The embedded default: nodes are sandboxes (a directory + an agent process) on this machine.
 
-Each node lives in `<home>/clusters/<cluster>/node-<rank>`, which is also the HOME of its jobs.
+Each node lives in `<home>/clusters/<cluster>/node-<rank>`, which is also the HOME of its jobs;
+both are made by `child_path`, so no name reaches outside `<home>/clusters`.
 Its agent names the cluster and rank in its command line, so `ps` tells which is which.
 """
 
@@ -25,6 +26,7 @@ from stixd.providers.base import (
 )
 from stixd.providers.filesync import sync_path
 from stixproto.errors import ProvisionError
+from stixproto.paths import PathOutsideParent, child_path, path_under
 
 LOCAL_IP = "127.0.0.1"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
@@ -54,10 +56,13 @@ class LocalProvider:
     # -- layout --------------------------------------------------------------------------
 
     def cluster_dir(self, cluster: str) -> Path:
-        return self.root / cluster
+        """Raises `PathOutsideParent` for a name that would leave ``root`` (``..``, ``/x``,
+        300 characters), which only an earlier version could have taken: such a cluster has
+        no sandbox stix can see, so it is found gone and nothing outside ``root`` is touched."""
+        return child_path(self.root, cluster)
 
     def node_dir(self, cluster: str, rank: int) -> Path:
-        return self.cluster_dir(cluster) / f"node-{rank}"
+        return child_path(self.cluster_dir(cluster), f"node-{rank}")
 
     def socket_path(self, node_dir: Path) -> str:
         path = node_dir / "agent.sock"
@@ -81,7 +86,7 @@ class LocalProvider:
     def _ranks(self, cluster: str) -> list[int]:
         try:
             names = os.listdir(self.cluster_dir(cluster))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, PathOutsideParent):
             return []
         return sorted(int(n[5:]) for n in names if n.startswith("node-") and n[5:].isdigit())
 
@@ -192,9 +197,12 @@ class LocalProvider:
 
     async def terminate(self, cluster: str) -> None:
         await self.stop(cluster)
-        await anyio.to_thread.run_sync(
-            lambda: shutil.rmtree(self.cluster_dir(cluster), ignore_errors=True)
-        )
+        try:
+            sandbox = self.cluster_dir(cluster)
+        except PathOutsideParent:
+            return  # never made by stix under root: nothing of stix's to delete
+        # rmtree refuses a symlink (ignored here), so a link planted there is not followed out
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(sandbox, ignore_errors=True))
 
     async def open_ports(self, cluster: str, ports: list[int]) -> None:
         """Local nodes share this machine's network: every port is already reachable."""
@@ -208,9 +216,10 @@ class LocalProvider:
 
     @staticmethod
     def resolve_dest(node: NodeInfo, dest: str) -> Path:
-        """`~/x` and `/x` land in the node's sandbox home; relative paths in its workdir."""
+        """`~/x` and `/x` land in the node's sandbox home; relative paths in its workdir. The
+        sync replaces what is there, so a `..` that climbs out of the sandbox is refused."""
         if dest.startswith("~"):
-            return Path(node.home) / dest[1:].lstrip("/")
+            return path_under(Path(node.home), dest[1:])
         if dest.startswith("/"):
-            return Path(node.home) / dest.lstrip("/")
-        return Path(node.workdir) / dest
+            return path_under(Path(node.home), dest)
+        return path_under(Path(node.workdir), dest)

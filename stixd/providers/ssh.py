@@ -21,12 +21,13 @@ import structlog
 from stixd.agent_bundle import build_id
 from stixd.agent_client import AgentClient, AgentUnreachable
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
-from stixd.providers.bootstrap import BootstrapError, ensure_agent
+from stixd.providers.bootstrap import BootstrapError, ensure_agent, remote_node_dir
 from stixd.providers.ssh_pools import POOLS_FILE, Allocations, HeldHost, PoolHost, SshPool
 from stixd.providers.ssh_sync import Method, ssh_client_args
 from stixd.providers.ssh_sync import sync as sync_mounts
 from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, quote
 from stixproto.errors import ProvisionError
+from stixproto.paths import PathOutsideParent
 
 HELLO_DEADLINE_S = 5.0
 STOP_WITHIN_S = 10.0
@@ -361,9 +362,15 @@ class SshProvider:
         async def clean(rank: int, host: PoolHost, h: HeldHost) -> None:
             if h.home is None:
                 return
-            paths = [f"{h.home}/.stix/nodes/{cluster}-{rank}", f"{h.home}/{WORKDIR}"]
-            if h.socket and not h.socket.startswith(paths[0] + "/"):
-                paths.append(h.socket)
+            paths = [f"{h.home}/{WORKDIR}"]
+            try:
+                node_dir = remote_node_dir(f"{h.home}/.stix", cluster, rank)
+            except PathOutsideParent:
+                node_dir = None  # a name an earlier version took: nothing of it is deleted
+            if node_dir is not None:
+                paths.append(node_dir)
+                if h.socket and not h.socket.startswith(node_dir + "/"):
+                    paths.append(h.socket)
             try:
                 await self.connection(host).run(f"rm -rf -- {quote(*paths)}", timeout=60)
             except SshError as exc:

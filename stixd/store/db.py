@@ -285,11 +285,16 @@ class Store:
             return [_row(r) for r in await cur.fetchall()]
 
     async def events(self, kind: str, id_prefix: str, limit: int = 200) -> list[Event]:
-        """History of one actor (`id_prefix` exact) or of its children (`prefix/…`)."""
+        """History of one actor (`id_prefix` exact) or of its children (`prefix/…`).
+
+        The children are matched by comparing the id's first characters, never by LIKE: a
+        name's `_` or `%` would match any character there (`a_b` finding `axb`'s jobs), and
+        LIKE ignores case."""
+        children = id_prefix + "/"
         async with self._db.execute(
             "SELECT seq, at, kind, id, event, from_state, to_state, why FROM events "
-            "WHERE (kind=? AND id=?) OR id LIKE ? ORDER BY seq DESC LIMIT ?",
-            (kind, id_prefix, id_prefix.replace("%", r"\%") + "/%", limit),
+            "WHERE (kind=? AND id=?) OR substr(id, 1, ?)=? ORDER BY seq DESC LIMIT ?",
+            (kind, id_prefix, len(children), children, limit),
         ) as cur:
             rows = await cur.fetchall()
         return [Event(*r) for r in reversed(list(rows))]

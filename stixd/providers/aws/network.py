@@ -109,7 +109,11 @@ async def find_group(ec2: Ec2Clients, region: str, vpc: str, cluster: str) -> st
             {"Name": "group-name", "Values": [group_name(cluster)]},
         ],
     )
-    groups = found.get("SecurityGroups") or []
+    # EC2 reads `*` and `?` in a filter value as wildcards: only the exact name is the cluster's
+    # (an earlier version took any cluster name, `*` among them)
+    groups = [
+        g for g in found.get("SecurityGroups") or [] if g.get("GroupName") == group_name(cluster)
+    ]
     return str(groups[0]["GroupId"]) if groups else None
 
 

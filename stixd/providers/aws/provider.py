@@ -49,6 +49,7 @@ from stixd.providers.base import (
     ProvisionRequest,
 )
 from stixd.providers.ssh_transport import SshSettings
+from stixproto import names
 from stixproto.errors import ProvisionError
 
 DEFAULT_INSTANCE_TYPE = "m6i.large"
@@ -312,7 +313,7 @@ class AwsProvider:
         if spot:
             raise ProvisionError(
                 f"cluster {cluster} runs on spot instances, which AWS cannot stop; "
-                f"use `stixctl down {cluster}`"
+                f"use `{names.command('down', cluster)}`"
             )
         await self.nodes.forget(cluster)
         ids = [i.id for i in found if i.state != "stopped"]
