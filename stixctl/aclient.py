@@ -41,7 +41,8 @@ async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncI
     reader, writer = await _open(home, autostart)
     try:
         writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION)))
-        await writer.drain()
+        with contextlib.suppress(ConnectionError):  # refused: its reason is read next
+            await writer.drain()
         await _receive(reader)
         writer.write(encode(request))
         await writer.drain()

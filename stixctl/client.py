@@ -102,6 +102,7 @@ def stream(home: Path, request: Any, *, autostart: bool = True) -> Iterator[Any]
             _receive(sock)
             sock.sendall(encode(request))
         except (BrokenPipeError, ConnectionResetError):
+            _receive(sock)  # raises the daemon's reason when it sent one (e.g. too busy)
             raise DaemonUnavailable("stixd closed the connection during the handshake") from None
         while True:
             msg = _receive(sock)
