@@ -175,3 +175,21 @@ def test_a_flood_of_bad_clients_is_logged_in_a_few_lines(daemon: Stix) -> None:
     bad = [e for e in lines if e["event"] == "bad_client"]
     assert 1 <= len(bad) <= 20, len(bad)
     assert len(lines) < 40
+
+
+def test_a_client_that_never_reads_is_dropped_and_others_are_served(stix: Stix) -> None:
+    stix.env["STIX__DAEMON__CLIENT_STALL_SECONDS"] = "1"
+    run = "head -c 4000000 /dev/zero | tr '\\0' x; echo; sleep 600"
+    stix.run("launch", "-c", "big", "-y", "-d", "--", run, check=True)
+    pid = stix.daemon_pid()
+    log = stix.home / "stixd.log"
+    with _connect(stix) as greedy:
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        _hello(greedy)
+        greedy.sendall(encode(m.Logs(cluster="big", job_id=1, follow=True)))
+        # we read nothing: the daemon's sends stall, and it gives up on us alone
+        wait_until(lambda: "client_stalled" in log.read_text(), timeout=60)
+        _same_daemon_serving(stix, pid)
+        greedy.settimeout(30)
+        while greedy.recv(1 << 20):
+            pass  # what was in flight, then EOF: the daemon closed its end
