@@ -33,17 +33,27 @@ def _connect(path: Path) -> socket.socket:
 
 
 def start_daemon(home: Path) -> None:
-    """Run `stixd` (which detaches a foreground copy and returns once it answers)."""
+    """Run `stixd` (which detaches a foreground copy and returns once it answers).
+
+    Safe to call from many clients at once: `stixd` serializes starts, and one that finds the
+    daemon running succeeds. `-P` keeps the caller's working directory off the daemon's
+    sys.path, so a project's own `stixd/` or `stixproto/` package cannot shadow stix's.
+    """
     import subprocess
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "stixd", "--home", str(home)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-P", "-m", "stixd", "--home", str(home)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DaemonUnavailable(
+            f"stixd did not start within {START_TIMEOUT:g}s; see {home / 'stixd.out'}"
+        ) from None
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()
         raise DaemonUnavailable(
