@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import sys
@@ -61,6 +63,36 @@ def start_daemon(home: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _start_turn(home: Path) -> Iterator[None]:
+    """This client's turn to start the daemon: clients that find none queue here, so one
+    starts it and the others find it running (and no Python is spawned per waiting client)."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (home / "stixctl.start.lock").open("a+") as lock:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DaemonUnavailable(
+                        f"another stixctl has been starting stixd for {START_TIMEOUT:g}s; "
+                        f"see {home / 'stixd.out'}"
+                    ) from None
+                time.sleep(0.01)
+        yield  # closing the file releases the lock
+
+
+def ensure_started(home: Path) -> None:
+    """Start the daemon unless one answers; safe from any number of clients at once."""
+    with _start_turn(home):
+        try:
+            _connect(socket_path(home)).close()
+        except (FileNotFoundError, ConnectionRefusedError):
+            start_daemon(home)
+
+
 def open_connection(home: Path, autostart: bool = True) -> socket.socket:
     path = socket_path(home)
     try:
@@ -68,7 +100,7 @@ def open_connection(home: Path, autostart: bool = True) -> socket.socket:
     except (FileNotFoundError, ConnectionRefusedError):
         if not autostart:
             raise DaemonUnavailable(f"stixd is not running (no daemon on {path})") from None
-    start_daemon(home)
+    ensure_started(home)
     try:
         return _connect(path)
     except OSError as exc:
