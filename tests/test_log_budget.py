@@ -42,3 +42,9 @@ def test_a_quiet_window_adds_no_summary() -> None:
     now[0] = 200
     budget.flush()
     assert [e for e, _ in log.lines] == ["bad_client"]
+
+
+def test_long_fields_are_clipped() -> None:
+    log = Lines()
+    LogBudget(log).warning("bad_client", error="x" * 100_000)
+    assert len(log.lines[0][1]["error"]) < 600

@@ -193,3 +193,17 @@ def test_a_client_that_never_reads_is_dropped_and_others_are_served(stix: Stix) 
         greedy.settimeout(30)
         while greedy.recv(1 << 20):
             pass  # what was in flight, then EOF: the daemon closed its end
+
+
+def test_a_huge_unknown_field_name_gives_a_short_error_and_log_line(daemon: Stix) -> None:
+    pid = daemon.daemon_pid()
+    log = daemon.home / "stixd.log"
+    before = log.stat().st_size
+    with _connect(daemon) as s:
+        _hello(s)
+        s.sendall(encode({"type": "status", "x" * 500_000: 1}))
+        reply = _reply(s)
+    assert isinstance(reply, m.ErrorReply) and reply.code == "protocol"
+    assert len(reply.message) < 400
+    _same_daemon_serving(daemon, pid)
+    assert log.stat().st_size - before < 4000

@@ -34,12 +34,12 @@ class LogBudget:
 
     def warning(self, event: str, **fields: Any) -> None:
         if self._take():
-            self.log.warning(event, **fields)
+            self.log.warning(event, **_clipped(fields))
 
     def exception(self, event: str, **fields: Any) -> None:
         """Log with the current exception's traceback, within the same budget."""
         if self._take():
-            self.log.exception(event, **fields)
+            self.log.exception(event, **_clipped(fields))
 
     def flush(self) -> None:
         """End the window if its time is up, telling how many lines it suppressed."""
@@ -70,3 +70,14 @@ class LogBudget:
             return True
         self.suppressed += 1
         return False
+
+
+FIELD_MAX = 500
+"""Longest string field kept in a line: a client chooses what its errors quote."""
+
+
+def _clipped(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: f"{v[:FIELD_MAX]}… ({len(v)} chars)" if isinstance(v, str) and len(v) > FIELD_MAX else v
+        for k, v in fields.items()
+    }
