@@ -18,6 +18,8 @@ from pathlib import Path
 
 from stixproto.paths import socket_path, stix_home
 
+ALREADY_RUNNING = 75
+"""Exit code of `stixd --foreground` when another daemon holds the home (EX_TEMPFAIL)."""
 START_SECONDS = 30.0
 """How long a start waits for the daemon to answer (and for another start to finish first)."""
 
@@ -125,6 +127,18 @@ def _daemon_holds_lock(home: Path) -> bool:
         return False
 
 
+def _spawn_foreground(home: Path) -> subprocess.Popen[bytes]:
+    with (home / "stixd.out").open("ab") as out:
+        return subprocess.Popen(
+            daemon_command(home, "--foreground"),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
 def _start_background(home: Path) -> int:
     """Start a detached `stixd --foreground` and return once its socket answers.
 
@@ -143,26 +157,21 @@ def _start_background(home: Path) -> int:
         if _alive(sock):
             print(f"stixd is already running (socket {sock})")
             return 0
-        out = (home / "stixd.out").open("ab")
-        proc = subprocess.Popen(
-            daemon_command(home, "--foreground"),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            close_fds=True,
-        )
+        proc = _spawn_foreground(home)
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
             if _alive(sock):
                 return 0
-            if proc.poll() is not None and not _alive(sock) and not _daemon_holds_lock(home):
-                tail = (home / "stixd.out").read_text(errors="replace")[-1500:]
-                print(
-                    f"stixd exited with code {proc.returncode} while starting:\n{tail}",
-                    file=sys.stderr,
-                )
-                return 1
+            if proc.poll() is not None and not _alive(sock):
+                if proc.returncode != ALREADY_RUNNING:
+                    tail = (home / "stixd.out").read_text(errors="replace")[-1500:]
+                    print(
+                        f"stixd exited with code {proc.returncode} while starting:\n{tail}",
+                        file=sys.stderr,
+                    )
+                    return 1
+                if not _daemon_holds_lock(home):  # the daemon in our way has exited since
+                    proc = _spawn_foreground(home)
             time.sleep(0.02)
     print(
         f"stixd did not answer on {sock} within {START_SECONDS:g}s; see {home / 'stixd.log'}",
@@ -182,7 +191,7 @@ def _run_foreground(home: Path) -> int:
             f"stixd is already running for {home} (pid {lock.read().strip() or '?'})",
             file=sys.stderr,
         )
-        return 1
+        return ALREADY_RUNNING
     lock.seek(0)
     lock.truncate()
     lock.write(str(os.getpid()))

@@ -7,6 +7,7 @@ modules (a project with its own `stixd/`, `stixctl/` or `stixproto/` package).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import subprocess
 import sys
 import threading
@@ -103,3 +104,24 @@ def test_a_project_with_its_own_stix_packages_does_not_shadow_the_daemon(
     assert proc.returncode == 0, proc.stderr
     assert "decoy" not in proc.stderr
     wait_until(lambda: stix.daemon_pid(), timeout=10)
+
+
+def test_a_start_waits_out_a_daemon_that_is_still_exiting(stix: Stix) -> None:
+    stix.home.mkdir(parents=True, exist_ok=True)
+    with (stix.home / "stixd.lock").open("a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # as a daemon that is shutting down holds it
+        start = subprocess.Popen(
+            [sys.executable, "-m", "stixd", "--home", str(stix.home)],
+            env=stix.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        out = stix.home / "stixd.out"
+        wait_until(lambda: out.exists() and "already running" in out.read_text(), timeout=30)
+        assert start.poll() is None  # still waiting for the old daemon to go
+    # the old daemon is gone: the waiting start brings up a new one
+    _out, err = start.communicate(timeout=60)
+    assert start.returncode == 0, err
+    assert stix.run("status").returncode == 0
+    assert len(_daemons(stix)) == 1
