@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from stixctl.client import LOST, ensure_started, interpret, is_final
+from stixctl.client import LOST, ensure_started, interpret, is_final, unreachable
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.errors import DaemonUnavailable, ProtocolError
@@ -23,6 +23,8 @@ async def _open(home: Path, autostart: bool) -> tuple[asyncio.StreamReader, asyn
     except (FileNotFoundError, ConnectionRefusedError):
         if not autostart:
             raise DaemonUnavailable(f"stixd is not running (no daemon on {path})") from None
+    except OSError as exc:
+        raise unreachable(Path(path), exc) from None
     await asyncio.to_thread(ensure_started, home)
     return await asyncio.open_unix_connection(path)
 

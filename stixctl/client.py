@@ -63,12 +63,25 @@ def start_daemon(home: Path) -> None:
         )
 
 
+def unreachable(path: Path, exc: OSError) -> DaemonUnavailable:
+    return DaemonUnavailable(
+        f"cannot reach stixd on {path}: {exc.strerror or exc}; check STIX_HOME"
+    )
+
+
 @contextlib.contextmanager
 def _start_turn(home: Path) -> Iterator[None]:
     """This client's turn to start the daemon: clients that find none queue here, so one
     starts it and the others find it running (and no Python is spawned per waiting client)."""
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with (home / "stixctl.start.lock").open("a+") as lock:
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = (home / "stixctl.start.lock").open("a+")
+    except OSError as exc:
+        raise DaemonUnavailable(
+            f"cannot start stixd in {home}: {exc.strerror or exc}; "
+            "set STIX_HOME to a directory you can write"
+        ) from None
+    with lock:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
@@ -100,6 +113,8 @@ def open_connection(home: Path, autostart: bool = True) -> socket.socket:
     except (FileNotFoundError, ConnectionRefusedError):
         if not autostart:
             raise DaemonUnavailable(f"stixd is not running (no daemon on {path})") from None
+    except OSError as exc:
+        raise unreachable(path, exc) from None
     ensure_started(home)
     try:
         return _connect(path)

@@ -125,3 +125,13 @@ def test_a_start_waits_out_a_daemon_that_is_still_exiting(stix: Stix) -> None:
     assert start.returncode == 0, err
     assert stix.run("status").returncode == 0
     assert len(_daemons(stix)) == 1
+
+
+def test_a_home_that_cannot_exist_is_one_line_not_a_traceback(stix: Stix, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    stix.env["STIX_HOME"] = str(blocker / "home")
+    proc = stix.run("status", cwd=tmp_path)
+    assert proc.returncode == 8
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "STIX_HOME" in proc.stderr
