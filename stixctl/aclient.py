@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from stixctl.client import LOST, interpret, is_final, start_daemon
+from stixctl.client import LOST, ensure_started, interpret, is_final, unreachable
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.errors import DaemonUnavailable, ProtocolError
@@ -23,7 +23,9 @@ async def _open(home: Path, autostart: bool) -> tuple[asyncio.StreamReader, asyn
     except (FileNotFoundError, ConnectionRefusedError):
         if not autostart:
             raise DaemonUnavailable(f"stixd is not running (no daemon on {path})") from None
-    await asyncio.to_thread(start_daemon, home)
+    except OSError as exc:
+        raise unreachable(Path(path), exc) from None
+    await asyncio.to_thread(ensure_started, home)
     return await asyncio.open_unix_connection(path)
 
 
@@ -41,7 +43,8 @@ async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncI
     reader, writer = await _open(home, autostart)
     try:
         writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION)))
-        await writer.drain()
+        with contextlib.suppress(ConnectionError):  # refused: its reason is read next
+            await writer.drain()
         await _receive(reader)
         writer.write(encode(request))
         await writer.drain()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import sys
@@ -33,22 +35,75 @@ def _connect(path: Path) -> socket.socket:
 
 
 def start_daemon(home: Path) -> None:
-    """Run `stixd` (which detaches a foreground copy and returns once it answers)."""
+    """Run `stixd` (which detaches a foreground copy and returns once it answers).
+
+    Safe to call from many clients at once: `stixd` serializes starts, and one that finds the
+    daemon running succeeds. `-P` keeps the caller's working directory off the daemon's
+    sys.path, so a project's own `stixd/` or `stixproto/` package cannot shadow stix's.
+    """
     import subprocess
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "stixd", "--home", str(home)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-P", "-m", "stixd", "--home", str(home)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DaemonUnavailable(
+            f"stixd did not start within {START_TIMEOUT:g}s; see {home / 'stixd.out'}"
+        ) from None
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()
         raise DaemonUnavailable(
             f"could not start stixd: {detail or f'exit code {proc.returncode}'}"
         )
+
+
+def unreachable(path: Path, exc: OSError) -> DaemonUnavailable:
+    return DaemonUnavailable(
+        f"cannot reach stixd on {path}: {exc.strerror or exc}; check STIX_HOME"
+    )
+
+
+@contextlib.contextmanager
+def _start_turn(home: Path) -> Iterator[None]:
+    """This client's turn to start the daemon: clients that find none queue here, so one
+    starts it and the others find it running (and no Python is spawned per waiting client)."""
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = (home / "stixctl.start.lock").open("a+")
+    except OSError as exc:
+        raise DaemonUnavailable(
+            f"cannot start stixd in {home}: {exc.strerror or exc}; "
+            "set STIX_HOME to a directory you can write"
+        ) from None
+    with lock:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DaemonUnavailable(
+                        f"another stixctl has been starting stixd for {START_TIMEOUT:g}s; "
+                        f"see {home / 'stixd.out'}"
+                    ) from None
+                time.sleep(0.01)
+        yield  # closing the file releases the lock
+
+
+def ensure_started(home: Path) -> None:
+    """Start the daemon unless one answers; safe from any number of clients at once."""
+    with _start_turn(home):
+        try:
+            _connect(socket_path(home)).close()
+        except (FileNotFoundError, ConnectionRefusedError):
+            start_daemon(home)
 
 
 def open_connection(home: Path, autostart: bool = True) -> socket.socket:
@@ -58,7 +113,9 @@ def open_connection(home: Path, autostart: bool = True) -> socket.socket:
     except (FileNotFoundError, ConnectionRefusedError):
         if not autostart:
             raise DaemonUnavailable(f"stixd is not running (no daemon on {path})") from None
-    start_daemon(home)
+    except OSError as exc:
+        raise unreachable(path, exc) from None
+    ensure_started(home)
     try:
         return _connect(path)
     except OSError as exc:
@@ -102,6 +159,7 @@ def stream(home: Path, request: Any, *, autostart: bool = True) -> Iterator[Any]
             _receive(sock)
             sock.sendall(encode(request))
         except (BrokenPipeError, ConnectionResetError):
+            _receive(sock)  # raises the daemon's reason when it sent one (e.g. too busy)
             raise DaemonUnavailable("stixd closed the connection during the handshake") from None
         while True:
             msg = _receive(sock)

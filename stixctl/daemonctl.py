@@ -50,7 +50,7 @@ def run(home: Path, a: argparse.Namespace) -> int:
         return 0
     if a.action == "logs":
         return _logs(home / "stixd.log", a.tail, a.follow)
-    cmd = [sys.executable, "-m", "stixd", "--home", str(home), "install"]
+    cmd = [sys.executable, "-P", "-m", "stixd", "--home", str(home), "install"]
     if a.print:
         cmd.append("--print")
     return subprocess.call(cmd)

@@ -63,6 +63,9 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     request_timeout_seconds: PositiveFloat = 3600.0
     health_check_seconds: PositiveFloat = 10.0
     node_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    client_idle_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    client_stall_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 120.0
 
 
 class LocalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

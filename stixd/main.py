@@ -6,17 +6,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
-
 from stixproto.paths import socket_path, stix_home
+
+ALREADY_RUNNING = 75
+"""Exit code of `stixd --foreground` when another daemon holds the home (EX_TEMPFAIL)."""
+START_SECONDS = 30.0
+"""How long a start waits for the daemon to answer (and for another start to finish first)."""
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -84,33 +89,94 @@ def _alive(path: Path) -> bool:
         s.close()
 
 
+def daemon_command(home: Path, *args: str) -> list[str]:
+    """`python -P -m stixd`: -P keeps the caller's working directory off sys.path, so a
+    project with its own `stixd/` or `stixproto/` package cannot shadow the daemon's modules."""
+    return [sys.executable, "-P", "-m", "stixd", *args, "--home", str(home)]
+
+
+@contextlib.contextmanager
+def _starting(home: Path, timeout: float) -> Iterator[bool]:
+    """Hold the start lock: concurrent starts queue here, and all but the first find the
+    daemon running. Yields False if another start held it past `timeout`."""
+    with (home / "stixd.start.lock").open("a+") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.02)
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _daemon_holds_lock(home: Path) -> bool:
+    """Whether a daemon (started here or by a service manager) owns this home right now."""
+    with (home / "stixd.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def _spawn_foreground(home: Path) -> subprocess.Popen[bytes]:
+    with (home / "stixd.out").open("ab") as out:
+        return subprocess.Popen(
+            daemon_command(home, "--foreground"),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
 def _start_background(home: Path) -> int:
-    """Start a detached `stixd --foreground` and return once its socket answers."""
+    """Start a detached `stixd --foreground` and return once its socket answers.
+
+    Exactly one daemon comes up however many starts race: they queue on the start lock, and a
+    start that finds a daemon running (or one that a service manager is starting) succeeds.
+    """
     sock = socket_path(home)
-    if _alive(sock):
-        print(f"stixd is already running (socket {sock})")
-        return 0
-    out = (home / "stixd.out").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stixd", "--foreground", "--home", str(home)],
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=out,
-        start_new_session=True,
-        close_fds=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if _alive(sock):
-            return 0
-        if proc.poll() is not None and not _alive(sock):
-            tail = (home / "stixd.out").read_text(errors="replace")[-1500:]
+    with _starting(home, START_SECONDS) as mine:
+        if not mine:
             print(
-                f"stixd exited with code {proc.returncode} while starting:\n{tail}", file=sys.stderr
+                f"another start of stixd for {home} has not finished within "
+                f"{START_SECONDS:g}s; see {home / 'stixd.out'}",
+                file=sys.stderr,
             )
             return 1
-        time.sleep(0.02)
-    print(f"stixd did not answer on {sock} within 30s; see {home / 'stixd.log'}", file=sys.stderr)
+        if _alive(sock):
+            print(f"stixd is already running (socket {sock})")
+            return 0
+        proc = _spawn_foreground(home)
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if _alive(sock):
+                return 0
+            if proc.poll() is not None and not _alive(sock):
+                if proc.returncode != ALREADY_RUNNING:
+                    tail = (home / "stixd.out").read_text(errors="replace")[-1500:]
+                    print(
+                        f"stixd exited with code {proc.returncode} while starting:\n{tail}",
+                        file=sys.stderr,
+                    )
+                    return 1
+                if not _daemon_holds_lock(home):  # the daemon in our way has exited since
+                    proc = _spawn_foreground(home)
+            time.sleep(0.02)
+    print(
+        f"stixd did not answer on {sock} within {START_SECONDS:g}s; see {home / 'stixd.log'}",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -125,11 +191,13 @@ def _run_foreground(home: Path) -> int:
             f"stixd is already running for {home} (pid {lock.read().strip() or '?'})",
             file=sys.stderr,
         )
-        return 1
+        return ALREADY_RUNNING
     lock.seek(0)
     lock.truncate()
     lock.write(str(os.getpid()))
     lock.flush()
+    import anyio  # the daemon's own imports: not paid by a start that finds it running
+
     from stixd.config import ConfigError, load_config
     from stixd.daemon import serve
 

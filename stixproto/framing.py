@@ -33,18 +33,28 @@ def encode(msg: object) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def body_length(header: bytes) -> int:
+def body_length(header: bytes, limit: int = MAX_FRAME) -> int:
     (length,) = HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+    if length > limit:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {limit}-byte limit")
     return int(length)
+
+
+TOO_DEEP = "malformed message: nested too deeply"
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """A decode error quotes the sender's field names: keep replies and log lines short."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def decode(body: bytes, decoder: msgspec.msgpack.Decoder[T]) -> T:
     try:
         return decoder.decode(body)
     except msgspec.DecodeError as exc:
-        raise ProtocolError(f"malformed message: {exc}") from None
+        raise ProtocolError(f"malformed message: {_clip(str(exc))}") from None
+    except RecursionError:  # msgspec's guard against a deep bomb blowing the C stack
+        raise ProtocolError(TOO_DEEP) from None
 
 
 def peek_protocol(body: bytes) -> int | None:
@@ -55,7 +65,7 @@ def peek_protocol(body: bytes) -> int | None:
     """
     try:
         raw: Any = msgspec.msgpack.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if isinstance(raw, dict) and raw.get("type") == "hello":
         version = raw.get("protocol")

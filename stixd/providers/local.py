@@ -160,7 +160,7 @@ class LocalProvider:
         if "PYENV_ROOT" not in env and os.path.isdir(os.path.join(real_home, ".pyenv")):
             env["PYENV_ROOT"] = os.path.join(real_home, ".pyenv")
         spawner = await anyio.run_process(
-            [self._python, "-c", _SPAWN, str(d / "agent.out"), *argv], env=env, check=False
+            [self._python, "-P", "-c", _SPAWN, str(d / "agent.out"), *argv], env=env, check=False
         )
         if spawner.returncode != 0:
             raise ProvisionError(f"could not start the agent of {req.cluster} node {rank}")
