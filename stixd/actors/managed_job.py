@@ -50,7 +50,7 @@ from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
 from stixproto.states import ManagedJobStatus as S
-from stixproto.task import Task
+from stixproto.task import Task, redacted, secret_names
 from stixproto.task.parsing import JobRecovery
 
 if TYPE_CHECKING:
@@ -73,6 +73,14 @@ def managed_task_id(spec: dict[str, Any], job_id: int, index: int, task: Task) -
     stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(float(spec["submitted_at"])))
     task_name = f"_{task.name}" if len(spec["tasks"]) > 1 and task.name else ""
     return f"sky-managed-{stamp}_{spec['name']}{task_name}_{job_id}-{index}"
+
+
+def without_secrets(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The spec with every task's secret values replaced; None when it holds none."""
+    tasks = [msgspec.convert(t, Task) for t in spec.get("tasks", [])]
+    if not any(secret_names(t) for t in tasks):
+        return None
+    return {**spec, "tasks": [msgspec.to_builtins(redacted(t)) for t in tasks]}
 
 
 def logs_dir(home: Path, job_id: int) -> Path:
@@ -154,9 +162,13 @@ class ManagedJobActor(Actor):
             f.write(f"{stamp} {text}\n")
 
     async def step(self, event: MEvent, why: str, **data: Any) -> None:
+        spec = None
         if self.machine.next(self.state, event).is_terminal:
             data.setdefault("ended_at", time.time())
-        await self.transition(event, why, **data)
+            spec = without_secrets(self.row.spec)  # kept for recoveries, and there are no more
+        await self.transition(event, why, new_spec=spec, **data)
+        if spec is not None:
+            await self.store.forget_overwritten()
         self.note(f"{self.state.value}: {why}")
 
     # -- lifecycle -----------------------------------------------------------------------

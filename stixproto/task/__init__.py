@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         missing_secrets,
         redacted,
         resolved_envs,
+        secret_names,
     )
     from stixproto.task.load import (
         check_task,
@@ -77,6 +78,7 @@ _LAZY = {
     "missing_secrets": "envs",
     "redacted": "envs",
     "resolved_envs": "envs",
+    "secret_names": "envs",
     "check_task": "load",
     "from_yaml": "load",
     "load_dag_file": "load",
@@ -134,6 +136,7 @@ __all__ = [
     "redacted",
     "resolve_paths",
     "resolved_envs",
+    "secret_names",
     "task_from_command",
     "task_from_dict",
     "task_notes",

@@ -64,6 +64,13 @@ def resolved_envs(task: Task) -> dict[str, str]:
     return out
 
 
+def secret_names(task: Task) -> list[str]:
+    """The secrets that have a value: what must be forgotten once nothing needs them."""
+    if not isinstance(task.secrets, dict):
+        return []
+    return sorted(k for k, v in task.secrets.items() if v is not None)
+
+
 def _env_str(value: Scalar) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
