@@ -25,7 +25,7 @@ from stixproto import messages as m
 from stixproto.errors import InvalidRequest, StixError
 from stixproto.states import JobStatus
 from stixproto.states import PoolStatus as P
-from stixproto.task import Task, redacted, secret_names
+from stixproto.task import Task, redacted_task
 
 if TYPE_CHECKING:
     from stixd.app import App
@@ -198,11 +198,9 @@ class JobPoolActor(Actor):
     # -- workers -------------------------------------------------------------------------
 
     def _without_secrets(self) -> dict[str, Any] | None:
-        raw = self.row.spec.get("task")
-        task = msgspec.convert(raw, Task) if raw else None
-        if task is None or not secret_names(task):
-            return None
-        return {**self.row.spec, "task": msgspec.to_builtins(redacted(task))}
+        task = self.row.spec.get("task")
+        scrubbed = redacted_task(task)
+        return None if scrubbed == task else {**self.row.spec, "task": scrubbed}
 
     def _launch_request(self, worker: str) -> m.Launch:
         spec = self.row.spec

@@ -50,7 +50,7 @@ from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
 from stixproto.states import ManagedJobStatus as S
-from stixproto.task import Task, redacted, secret_names
+from stixproto.task import Task, redacted_task
 from stixproto.task.parsing import JobRecovery
 
 if TYPE_CHECKING:
@@ -76,11 +76,13 @@ def managed_task_id(spec: dict[str, Any], job_id: int, index: int, task: Task) -
 
 
 def without_secrets(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The spec with every task's secret values replaced; None when it holds none."""
-    tasks = [msgspec.convert(t, Task) for t in spec.get("tasks", [])]
-    if not any(secret_names(t) for t in tasks):
+    """The spec with every task's secret values replaced; None when it holds none. Read as
+    plain data: a row whose tasks no longer decode is scrubbed too."""
+    tasks = spec.get("tasks")
+    if not isinstance(tasks, list):
         return None
-    return {**spec, "tasks": [msgspec.to_builtins(redacted(t)) for t in tasks]}
+    scrubbed = [redacted_task(t) for t in tasks]
+    return None if scrubbed == tasks else {**spec, "tasks": scrubbed}
 
 
 def logs_dir(home: Path, job_id: int) -> Path:

@@ -200,7 +200,8 @@ async def _start(
         "--node-ip",
         node_ip,
     ]
-    made = f"umask 077 && mkdir -p {quote(where.node_dir)} && chmod 700 {quote(where.node_dir)}"
+    # a subshell: the agent starts with the login's umask, which its jobs keep
+    made = f"(umask 077 && mkdir -p {quote(where.node_dir)} && chmod 700 {quote(where.node_dir)})"
     command = f"{made} && {quote(facts.python, '-c', _SPAWN, out, *argv)}"
     status, _, err = await conn.run(command, timeout=30)
     if status != 0:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         missing_envs,
         missing_secrets,
         redacted,
+        redacted_task,
         resolved_envs,
         secret_names,
     )
@@ -77,6 +78,7 @@ _LAZY = {
     "missing_envs": "envs",
     "missing_secrets": "envs",
     "redacted": "envs",
+    "redacted_task": "envs",
     "resolved_envs": "envs",
     "secret_names": "envs",
     "check_task": "load",
@@ -134,6 +136,7 @@ __all__ = [
     "missing_secrets",
     "read_documents",
     "redacted",
+    "redacted_task",
     "resolve_paths",
     "resolved_envs",
     "secret_names",
