@@ -72,20 +72,23 @@ def unreachable(path: Path, exc: OSError) -> DaemonUnavailable:
 @contextlib.contextmanager
 def _start_turn(home: Path) -> Iterator[None]:
     """This client's turn to start the daemon: clients that find none queue here, so one
-    starts it and the others find it running (and no Python is spawned per waiting client)."""
+    starts it and the others find it running (and no Python is spawned per waiting client).
+
+    The lock is taken on the home folder itself, so a client writes nothing into a home the
+    daemon would refuse (one that belongs to another user)."""
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = (home / "stixctl.start.lock").open("a+")
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise DaemonUnavailable(
             f"cannot start stixd in {home}: {exc.strerror or exc}; "
             "set STIX_HOME to a directory you can write"
         ) from None
-    with lock:
+    try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
@@ -94,7 +97,9 @@ def _start_turn(home: Path) -> Iterator[None]:
                         f"see {home / 'stixd.out'}"
                     ) from None
                 time.sleep(0.01)
-        yield  # closing the file releases the lock
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def ensure_started(home: Path) -> None:

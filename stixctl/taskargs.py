@@ -20,6 +20,11 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
             out[name] = value
         elif item in os.environ:
             out[item] = os.environ[item]
+        elif flag == "--secret":  # `--secret $TOKEN` would otherwise print the token
+            raise InvalidRequest(
+                "--secret: a NAME without =VALUE is not set in this shell (not shown, in case it "
+                "is the secret itself); pass --secret NAME=VALUE"
+            )
         else:
             raise InvalidRequest(
                 f"{flag} {item}: no value given and {item} is not set in this shell"

@@ -50,7 +50,7 @@ def build_agent_zipapp(dest_dir: Path, *, source: Path = AGENT_SOURCE) -> Path:
         os.close(fd)
         try:
             zipapp.create_archive(staging, partial, interpreter=_INTERPRETER, compressed=True)
-            os.chmod(partial, 0o755)
+            os.chmod(partial, 0o600)  # run as `python PYZ`, never on its own
             os.replace(partial, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from stixd.private_home import HomeNotPrivate, keep_private
 from stixproto.paths import socket_path, stix_home
 
 ALREADY_RUNNING = 75
@@ -44,7 +45,11 @@ PROFILE_ENV = "STIX_PROFILE"
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     home = Path(args.home).expanduser().resolve() if args.home else stix_home()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        keep_private(home)  # before the first file is written
+    except HomeNotPrivate as exc:
+        print(f"stixd: {exc}", file=sys.stderr)
+        return 2
     if args.command == "install":
         return _install(home, args.print, args.platform)
     if args.foreground:

@@ -225,3 +225,32 @@ async def test_a_long_base_directory_puts_the_socket_where_it_fits(
         assert (await conn.agent_client(ep.socket_path).call("hello"))["pid"] == ep.pid
     finally:  # /tmp is shared by the test hosts and this machine: leave nothing there
         await conn.agent_client(ep.socket_path).call("shutdown", deadline=10)
+
+
+async def test_an_ssh_node_keeps_stix_files_private_and_forgets_a_started_jobs_secret(
+    hosts: SshBed, pyz: Path, connect: Callable[[Host], SshConnection]
+) -> None:
+    host = hosts.hosts[0]
+    conn = connect(host)
+    ep = await ensure_agent(
+        conn, cluster="priv", rank=0, node_ip=host.ip, pyz=pyz, build=build_id()
+    )
+    agent = conn.agent_client(ep.socket_path)
+    secret = "s3cret-on-the-node"
+    await agent.call(
+        "submit", job_id=1, run='test "$TOK" = "s3cret-$(echo on-the-node)" && umask',
+        envs={"TOK": secret}, secrets=["TOK"],
+    )  # fmt: skip
+
+    assert (await finished(agent, 1))["state"] == "SUCCEEDED"
+    assert await full_log(agent, 1) == "0022\n"  # the job keeps the login's umask
+    node = host.home / ".stix" / "nodes" / "priv-0"
+    modes = {
+        p: oct(p.stat().st_mode & 0o777)
+        for p in [node.parent.parent / "agent", node, node / "logs"]
+        + [p for p in node.rglob("*") if p.is_file()]
+        + [node.parent.parent / "agent" / pyz.name]
+    }
+    assert {p: m for p, m in modes.items() if m not in ("0o700", "0o600")} == {}
+    held = [p.name for p in node.glob("agent.db*") if secret.encode() in p.read_bytes()]
+    assert held == []

@@ -13,6 +13,7 @@ with failover, exec), `cluster_observe` (provider and agent truth, lost nodes, a
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,28 @@ class ClusterActor(Actor):
 
     def done(self) -> bool:
         return False  # a terminated cluster's actor stays to take the next launch of its name
+
+    async def transition(
+        self,
+        event: enum.Enum,
+        why: str = "",
+        *,
+        new_spec: dict[str, Any] | None = None,
+        **data: Any,
+    ) -> Any:
+        """Only INIT resumes a launch: leaving it any other way (down, stop, found gone) drops
+        the stored request too, which holds the task's secrets."""
+        dropped = (
+            self.machine.next(self.state, event) is not C.INIT
+            and "pending_launch" not in data
+            and bool(self.row.data.get("pending_launch"))
+        )
+        if dropped:
+            data["pending_launch"] = None
+        state = await super().transition(event, why, new_spec=new_spec, **data)
+        if dropped:
+            await self.store.forget_overwritten()
+        return state
 
     def _config(self) -> Config:
         return self.app.config_for(self.row.data.get("config_layers") or [])

@@ -32,6 +32,7 @@ from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, ProvisionError
+from stixproto.task import secret_names
 
 if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor
@@ -140,6 +141,19 @@ async def resume_launch(cluster: ClusterActor) -> None:
 
 
 async def finish_launch(
+    cluster: ClusterActor, req: m.Launch, job_id: int, env: Envelope
+) -> m.LaunchResult:
+    try:
+        return await _finish_launch(cluster, req, job_id, env)
+    finally:
+        # the stored request (kept to resume the launch after a crash) holds the secrets until
+        # the job row has them; once it is cleared, leave no copy of it in the store's files
+        if secret_names(req.task) and not cluster.row.data.get("pending_launch"):
+            with anyio.CancelScope(shield=True):
+                await cluster.store.forget_overwritten()
+
+
+async def _finish_launch(
     cluster: ClusterActor, req: m.Launch, job_id: int, env: Envelope
 ) -> m.LaunchResult:
     nodes = await provision(cluster, req.task.num_nodes, env, req.task)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from stixd.actors.jobs_submit import without_secrets
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
 from stixd.runtime.actor import Actor
@@ -126,6 +127,22 @@ class JobActor(Actor):
     @staticmethod
     def is_terminal(state: Any) -> bool:
         return JobStatus(state).is_terminal
+
+    async def transition(
+        self,
+        event: enum.Enum,
+        why: str = "",
+        *,
+        new_spec: dict[str, Any] | None = None,
+        **data: Any,
+    ) -> Any:
+        """Every move leaves INIT or follows one: the agents hold the job (and start it from
+        their own copy) or it ended, so the row forgets its secrets in the same write."""
+        scrubbed = without_secrets(new_spec or self.row.spec)
+        state = await super().transition(event, why, new_spec=scrubbed or new_spec, **data)
+        if scrubbed is not None:
+            await self.store.forget_overwritten()
+        return state
 
     def client(self, node: NodeInfo) -> AgentClient:
         return self.app.provider(self.row.spec["provider"]).connector(node)

@@ -25,7 +25,7 @@ from stixproto import messages as m
 from stixproto.errors import InvalidRequest, StixError
 from stixproto.states import JobStatus
 from stixproto.states import PoolStatus as P
-from stixproto.task import Task
+from stixproto.task import Task, redacted_task
 
 if TYPE_CHECKING:
     from stixd.app import App
@@ -148,7 +148,12 @@ class JobPoolActor(Actor):
             await self._provisioned(message)
         elif isinstance(message, Gone):
             if self.state is P.SHUTTING_DOWN:
-                await self.transition(E.GONE, "every worker torn down", claims={}, waiting=[])
+                spec = self._without_secrets()  # kept to launch workers, and there are no more
+                await self.transition(
+                    E.GONE, "every worker torn down", new_spec=spec, claims={}, waiting=[]
+                )
+                if spec is not None:
+                    await self.store.forget_overwritten()
         elif isinstance(message, Acquire):
             await self._acquire(message.job_id)
         elif isinstance(message, Release):
@@ -191,6 +196,11 @@ class JobPoolActor(Actor):
             await self._hand_out()
 
     # -- workers -------------------------------------------------------------------------
+
+    def _without_secrets(self) -> dict[str, Any] | None:
+        task = self.row.spec.get("task")
+        scrubbed = redacted_task(task)
+        return None if scrubbed == task else {**self.row.spec, "task": scrubbed}
 
     def _launch_request(self, worker: str) -> m.Launch:
         spec = self.row.spec

@@ -1,16 +1,18 @@
 """Turning a task into a job row: everything the agents need, fixed at creation.
 
 The submit payload is stored with the job, so a submission replayed after a crash is the same
-submission (the agents deduplicate by job id).
+submission (the agents deduplicate by job id). Its `secrets` names the envs that are secrets:
+the job actor forgets their values once every agent has the job, and each agent once the job
+has started.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stixd.store.db import Row, RowExists
-from stixproto.task import Task, resolved_envs
+from stixproto.task import Task, resolved_envs, secret_names
 
 if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor
@@ -28,6 +30,17 @@ def make_task_id(cluster: str, job_id: int) -> str:
 
 def job_row_id(cluster: str, uid: str, job_id: int) -> str:
     return f"{cluster}/{uid}/{job_id}"
+
+
+def without_secrets(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The job row's spec with its secrets' values dropped; None when it holds none."""
+    submit = spec.get("submit") or {}
+    names = set(submit.get("secrets") or ())
+    envs = submit.get("envs") or {}
+    if not names & set(envs):
+        return None
+    kept = {k: v for k, v in envs.items() if k not in names}
+    return {**spec, "submit": {**submit, "envs": kept}}
 
 
 async def create_job(
@@ -48,6 +61,7 @@ async def create_job(
         "setup": task.setup if with_setup else None,
         "run": task.run,
         "envs": resolved_envs(task),
+        "secrets": secret_names(task),
         "num_gpus": 0.0,
         "task_id": task_id or make_task_id(cluster.id, job_id),
         "node_ips": [n.ip for n in nodes],

@@ -51,7 +51,7 @@ from stixproto import messages as m
 from stixproto.errors import InvalidRequest
 from stixproto.paths import child_path
 from stixproto.states import ManagedJobStatus as S
-from stixproto.task import Task
+from stixproto.task import Task, redacted_task
 from stixproto.task.parsing import JobRecovery
 
 if TYPE_CHECKING:
@@ -74,6 +74,16 @@ def managed_task_id(spec: dict[str, Any], job_id: int, index: int, task: Task) -
     stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(float(spec["submitted_at"])))
     task_name = f"_{task.name}" if len(spec["tasks"]) > 1 and task.name else ""
     return f"sky-managed-{stamp}_{spec['name']}{task_name}_{job_id}-{index}"
+
+
+def without_secrets(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The spec with every task's secret values replaced; None when it holds none. Read as
+    plain data: a row whose tasks no longer decode is scrubbed too."""
+    tasks = spec.get("tasks")
+    if not isinstance(tasks, list):
+        return None
+    scrubbed = [redacted_task(t) for t in tasks]
+    return None if scrubbed == tasks else {**spec, "tasks": scrubbed}
 
 
 def logs_dir(home: Path, job_id: int) -> Path:
@@ -155,9 +165,13 @@ class ManagedJobActor(Actor):
             f.write(f"{stamp} {text}\n")
 
     async def step(self, event: MEvent, why: str, **data: Any) -> None:
+        spec = None
         if self.machine.next(self.state, event).is_terminal:
             data.setdefault("ended_at", time.time())
-        await self.transition(event, why, **data)
+            spec = without_secrets(self.row.spec)  # kept for recoveries, and there are no more
+        await self.transition(event, why, new_spec=spec, **data)
+        if spec is not None:
+            await self.store.forget_overwritten()
         self.note(f"{self.state.value}: {why}")
 
     # -- lifecycle -----------------------------------------------------------------------

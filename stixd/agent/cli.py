@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ from .store import JobStore
 
 LOCK_FD_ENV = "STIX_AGENT_LOCK_FD"
 """Set only across an upgrade re-exec: the descriptor of the node lock, already held."""
+JOB_UMASK_ENV = "STIX_JOB_UMASK"
+"""The umask jobs run with, in octal, when it is not the one the agent was started with: set by
+stixd for agents on `local` (it runs with 077 itself) and across an upgrade re-exec."""
+PRIVATE_UMASK = 0o077
+OWN_FILES = ("agent.db", "agent.db-wal", "agent.db-shm", "agent.log", "agent.out", "agent.pid")
 
 log = logging.getLogger("stix_agent")
 
@@ -64,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(identity: NodeIdentity) -> int:
     node_dir = identity.node_dir
+    job_umask = _private_umask()
     (node_dir / "logs").mkdir(parents=True, exist_ok=True)
+    _make_private(node_dir)
     _log_to(node_dir / "agent.log")
     who = f"cluster {identity.cluster!r} rank {identity.rank}"
 
@@ -85,7 +93,7 @@ def serve(identity: NodeIdentity) -> int:
     notify_read, notify_write = os.pipe()
     os.set_blocking(notify_read, False)
     os.set_blocking(notify_write, False)
-    ctx = RunnerContext(node_dir, store.path, node_dir / "logs", notify_write)
+    ctx = RunnerContext(node_dir, store.path, node_dir / "logs", notify_write, job_umask)
     listener = _bind(identity.socket_path)
     socket_inode = identity.socket_path.stat().st_ino
     server = AgentServer(
@@ -101,12 +109,35 @@ def serve(identity: NodeIdentity) -> int:
     store.close()
     listener.close()
     if outcome.exec_pyz is not None:
-        return _reexec(outcome, lock_fd)
+        return _reexec(outcome, lock_fd, job_umask)
     if outcome.unlink_socket:
         _unlink_if(identity.socket_path, socket_inode)
     _remove_pid_file(node_dir / "agent.pid")
     log.info("agent_exited code=%d", outcome.code)
     return outcome.code
+
+
+def _private_umask() -> int:
+    """Make everything the agent creates private (its queue holds a pending job's secrets), and
+    return the umask its jobs run with: the one given by stixd, else the one it was started with."""
+    started_with = os.umask(PRIVATE_UMASK)
+    given = os.environ.pop(JOB_UMASK_ENV, "")
+    try:
+        return int(given, 8) & 0o777 if given else started_with
+    except ValueError:
+        return started_with
+
+
+def _make_private(node_dir: Path) -> None:
+    """Take group and other bits off the node's folder and the agent's own files in it (an
+    earlier agent, or a node folder made by hand, may have left them wider)."""
+    logs = node_dir / "logs"
+    own = [node_dir, logs, *(node_dir / n for n in OWN_FILES), *logs.glob("*.log")]
+    for path in own:
+        with contextlib.suppress(OSError):  # missing yet, or not ours to change
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                os.chmod(path, stat.S_IMODE(mode) & 0o700)
 
 
 def _say(message: str) -> None:
@@ -193,11 +224,12 @@ def _remove_pid_file(path: Path) -> None:
             path.unlink()
 
 
-def _reexec(outcome: Exit, lock_fd: int) -> int:
+def _reexec(outcome: Exit, lock_fd: int, job_umask: int) -> int:
     """Replace this process with the new zipapp (same pid, same arguments, lock handed over)."""
     assert outcome.exec_pyz is not None
     os.set_inheritable(lock_fd, True)
     os.environ[LOCK_FD_ENV] = str(lock_fd)
+    os.environ[JOB_UMASK_ENV] = f"{job_umask:03o}"
     attempts = [
         [sys.executable, outcome.exec_pyz, *sys.argv[1:]],
         list(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),  # fall back to ourselves

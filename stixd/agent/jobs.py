@@ -78,6 +78,8 @@ class JobManager:
                 log.info("job_launched job_id=%d runner_pid=%d", spec.job_id, pid)
             else:
                 log.warning("job_claimed_elsewhere job_id=%d runner_pid=%d", spec.job_id, pid)
+        # each runner holds its job's spec: nothing restarts a job from the queue
+        self.store.forget_secrets([spec.job_id for spec, _ in launched if spec.secrets])
         self.changed.fire()
 
     def refresh(self) -> None:
@@ -126,6 +128,7 @@ class JobManager:
                 if row.pid is not None:
                     self._terminate(row.pid, row.pid_start)
         if cancelled:
+            self.store.forget_secrets(cancelled)
             self.schedule()
             self.changed.fire()
         return cancelled

@@ -134,6 +134,9 @@ def parse_submit(request: Request, *, default_rank: int, default_ip: str, cluste
         isinstance(k, str) and isinstance(v, str) for k, v in envs.items()
     ):
         raise _ill_typed("envs", "an object of string to string")
+    secrets = request.get("secrets") or []
+    if not isinstance(secrets, list) or not all(isinstance(name, str) for name in secrets):
+        raise _ill_typed("secrets", "a list of env names")
     node_ips = request.get("node_ips") or [default_ip]
     if not isinstance(node_ips, list) or not all(isinstance(ip, str) for ip in node_ips):
         raise _ill_typed("node_ips", "a list of strings")
@@ -157,4 +160,5 @@ def parse_submit(request: Request, *, default_rank: int, default_ip: str, cluste
         num_nodes=get_int(request, "num_nodes", len(node_ips)),
         cluster_info=cluster_info,
         gang=get_bool(request, "gang", False),
+        secrets=secrets,
     )

@@ -38,6 +38,8 @@ class RunnerContext:
     logs_dir: Path
     notify_fd: int
     """Write end of the agent's wake-up pipe; the runner writes a byte after each state change."""
+    job_umask: int = 0o022
+    """What setup and run get; the agent and runner keep 077 for their own files."""
 
 
 GATE_POLL_S = 0.02
@@ -84,7 +86,7 @@ def _detach_from_agent(ctx: RunnerContext, job_id: int) -> None:
     close_inherited_fds(keep={ctx.notify_fd})
     devnull = os.open(os.devnull, os.O_RDONLY)
     log_fd = os.open(
-        str(log_path(ctx.logs_dir, job_id)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        str(log_path(ctx.logs_dir, job_id)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
     )
     os.dup2(devnull, 0)
     os.dup2(log_fd, 1)
@@ -99,10 +101,14 @@ def _notify(ctx: RunnerContext) -> None:
         os.write(ctx.notify_fd, b"\0")
 
 
-def _run_stage(script: str, env: dict[str, str], cwd: Path) -> int:
-    proc = subprocess.Popen(
-        ["/bin/bash", "-c", script], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL
-    )
+def _run_stage(script: str, env: dict[str, str], cwd: Path, umask: int) -> int:
+    private = os.umask(umask)  # Popen's umask= needs Python 3.9; nodes may have 3.7
+    try:
+        proc = subprocess.Popen(
+            ["/bin/bash", "-c", script], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL
+        )
+    finally:
+        os.umask(private)
     returncode = proc.wait()
     return 128 - returncode if returncode < 0 else returncode
 
@@ -149,7 +155,9 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
     if spec.setup is not None:
         if not move(JobState.SETTING_UP, **claim):
             return 0  # cancelled, or another runner claimed the job first
-        code = _run_stage(spec.setup, job_environment(spec, os.environ, setup=True), cwd)
+        code = _run_stage(
+            spec.setup, job_environment(spec, os.environ, setup=True), cwd, ctx.job_umask
+        )
         if code != 0:
             move(JobState.FAILED_SETUP, exit_code=code, ended_at=time.time())
             return 0
@@ -160,7 +168,8 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
         return 0
     if not move(JobState.RUNNING, started_at=time.time(), **claim):
         return 0
-    code = _run_stage(spec.run, job_environment(spec, os.environ, setup=False), cwd)
+    env = job_environment(spec, os.environ, setup=False)
+    code = _run_stage(spec.run, env, cwd, ctx.job_umask)
     final = JobState.SUCCEEDED if code == 0 else JobState.FAILED
     move(final, exit_code=code, ended_at=time.time())
     return 0

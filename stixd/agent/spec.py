@@ -25,6 +25,15 @@ class JobSpec:
     cluster_info: dict[str, Any]
     gang: bool = False
     """Wait after setup until the daemon releases every node of the job together."""
+    secrets: list[str] = dataclasses.field(default_factory=list)
+    """Names in ``envs`` that are secrets: the queue forgets their values once the job started."""
+
+    def without_secrets(self) -> JobSpec | None:
+        """This spec with the secrets' values dropped; None when it holds none."""
+        if not set(self.secrets) & set(self.envs):
+            return None
+        kept = {k: v for k, v in self.envs.items() if k not in self.secrets}
+        return dataclasses.replace(self, envs=kept)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

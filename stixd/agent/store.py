@@ -94,6 +94,7 @@ class JobStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA secure_delete=ON")  # see forget_secrets
         return conn
 
     def close(self) -> None:
@@ -188,6 +189,28 @@ class JobStore:
             (spec.job_id, spec.name, JobState.PENDING.value, now, spec.num_gpus, spec.to_json()),
         )
         return cursor.rowcount == 1
+
+    def forget_secrets(self, job_ids: list[int]) -> None:
+        """Drop the secrets' values from these jobs' specs, leaving no copy in the files: a
+        started job's runner holds its environment, and a job that ended needs none.
+
+        ``secure_delete`` zeroes the freed space in the database's pages; the TRUNCATE
+        checkpoint moves the new pages into the database and empties the write-ahead log, which
+        still holds their earlier versions. A runner's short read can make the checkpoint give
+        up; the next one (or SQLite's own) catches up.
+        """
+        forgot = False
+        for job_id in job_ids:
+            found = self._conn.execute("SELECT spec FROM jobs WHERE job_id = ?", (job_id,))
+            row = found.fetchone()
+            scrubbed = JobSpec.from_json(row[0]).without_secrets() if row else None
+            if scrubbed is not None:
+                self._conn.execute(
+                    "UPDATE jobs SET spec = ? WHERE job_id = ?", (scrubbed.to_json(), job_id)
+                )
+                forgot = True
+        if forgot:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
     def record_launch(self, job_id: int, pid: int, token: str | None) -> bool:
         """Claim a PENDING job for the runner ``pid``; False if someone claimed it first."""

@@ -161,7 +161,9 @@ async def _hello(client: AgentClient) -> dict[str, Any] | None:
 async def _upload_if_missing(conn: SshConnection, pyz: Path, remote: str) -> None:
     status, _, _ = await conn.run(f"test -f {quote(remote)}", timeout=30)
     if status != 0:
-        await conn.sftp_put(pyz, remote, mode=0o755)
+        folder = quote(remote.rsplit("/", 1)[0])
+        await conn.run(f"umask 077 && mkdir -p {folder} && chmod 700 {folder}", timeout=30)
+        await conn.sftp_put(pyz, remote, mode=0o600)
 
 
 async def _answer_within(client: AgentClient, build: str, within: float) -> dict[str, Any] | None:
@@ -203,7 +205,9 @@ async def _start(
         "--node-ip",
         node_ip,
     ]
-    command = f"mkdir -p {quote(where.node_dir)} && {quote(facts.python, '-c', _SPAWN, out, *argv)}"
+    # a subshell: the agent starts with the login's umask, which its jobs keep
+    made = f"(umask 077 && mkdir -p {quote(where.node_dir)} && chmod 700 {quote(where.node_dir)})"
+    command = f"{made} && {quote(facts.python, '-c', _SPAWN, out, *argv)}"
     status, _, err = await conn.run(command, timeout=30)
     if status != 0:
         raise BootstrapError(

@@ -53,8 +53,16 @@ class Actor(abc.ABC):
 
     # -- state ---------------------------------------------------------------------------
 
-    async def transition(self, event: enum.Enum, why: str = "", **data: Any) -> Any:
-        """Move along the table; the write fails (StaleWrite) if someone else wrote first."""
+    async def transition(
+        self,
+        event: enum.Enum,
+        why: str = "",
+        *,
+        new_spec: dict[str, Any] | None = None,
+        **data: Any,
+    ) -> Any:
+        """Move along the table; the write fails (StaleWrite) if someone else wrote first.
+        `new_spec` replaces the spec in the same write (one that forgets a secret)."""
         new_state = self.machine.next(self.state, event)
         merged = {**self.row.data, **data}
         self.row = await self.store.update(
@@ -62,6 +70,7 @@ class Actor(abc.ABC):
             event=event.value,
             state=new_state.value,
             terminal=self.is_terminal(new_state),
+            spec=new_spec,
             data=merged,
             why=why,
         )

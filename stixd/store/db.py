@@ -8,6 +8,7 @@ written in one transaction; nothing here ever waits on the network.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -109,10 +110,27 @@ def _row(r: aiosqlite.Row | tuple[Any, ...]) -> Row:
     )
 
 
+def _truncate_wal(path: Path) -> None:
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError:
+        pass  # busy past the timeout: see Store.forget_overwritten
+    finally:
+        conn.close()
+
+
 class Store:
-    def __init__(self, db: aiosqlite.Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        clock: Callable[[], float] = time.time,
+        path: Path | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._path = path
+        """The database file, for `forget_overwritten` (None: an in-memory store, no files)."""
         self._listeners: list[Callable[[Row], None]] = []
         self._writing = anyio.Lock()
         """One write transaction at a time on the shared connection: a rollback (a duplicate
@@ -257,6 +275,21 @@ class Store:
             await self._append(kind, id_, event, None, None, why, self._clock())
             await self._db.commit()
 
+    async def forget_overwritten(self) -> None:
+        """Leave no copy of overwritten values in the files: call after a write that dropped a
+        secret. ``secure_delete`` zeroes freed space in the database's pages; this moves the
+        pages written since into the database and empties the write-ahead log, which still
+        holds their earlier versions.
+
+        From a connection of its own: a read on the shared one may be between its steps, and
+        SQLite refuses a checkpoint beside it; this one waits for such reads to end. Best
+        effort: if they do not end within seconds, the next checkpoint catches up.
+        """
+        if self._path is None:
+            return
+        async with self._writing:
+            await anyio.to_thread.run_sync(_truncate_wal, self._path)
+
     async def get(self, kind: str, id_: str) -> Row | None:
         async with self._db.execute(
             f"SELECT {_COLUMNS} FROM actors WHERE kind=? AND id=?", (kind, id_)
@@ -320,5 +353,6 @@ async def open_store(path: Path) -> AsyncIterator[Store]:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA secure_delete=ON")  # see Store.forget_overwritten
         await _migrate(db)
-        yield Store(db)
+        yield Store(db, path=path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
@@ -64,10 +65,25 @@ def resolved_envs(task: Task) -> dict[str, str]:
     return out
 
 
+def secret_names(task: Task) -> list[str]:
+    """The secrets that have a value: what must be forgotten once nothing needs them."""
+    if not isinstance(task.secrets, dict):
+        return []
+    return sorted(k for k, v in task.secrets.items() if v is not None)
+
+
 def _env_str(value: Scalar) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def redacted_task(raw: Any) -> Any:
+    """`redacted` on a task stored as plain data, whether it still decodes or not."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("secrets"), dict):
+        return raw
+    secrets = {k: None if v is None else REDACTED for k, v in raw["secrets"].items()}
+    return {**raw, "secrets": secrets}
 
 
 def redacted(task: Task) -> Task:
