@@ -10,10 +10,11 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 from .procs import group_members, is_same_process, signal_group, start_token
 from .pulse import Pulse
-from .runner import RunnerContext, fork_runner
+from .runner import RunnerContext, fork_runner, log_path
 from .spec import JobSpec
 from .states import JobState
 from .store import JobRow, JobStore
@@ -130,6 +131,29 @@ class JobManager:
             self.changed.fire()
         return cancelled
 
+    def fail_started(self, reason: str) -> list[int]:
+        """End every job that has a runner as FAILED_DRIVER with ``reason`` (said in its log
+        too) and stop its processes; jobs still waiting in the queue are left to run."""
+        ended = []
+        for row in self.store.active_jobs():
+            if row.pid is None:
+                continue
+            if self.store.transition(
+                row.job_id, JobState.FAILED_DRIVER, ended_at=time.time(), reason=reason
+            ):
+                ended.append(row.job_id)
+                _say_in_log(log_path(self.ctx.logs_dir, row.job_id), reason)
+                self._terminate(row.pid, row.pid_start)
+        return ended
+
+    def explain_lost_logs(self) -> None:
+        """A job the agent ended whose log is gone gets one saying why (its old log was deleted
+        with the node's files; writing this again after each deletion outlasts an `rm -rf`)."""
+        for row in self.store.jobs():
+            path = log_path(self.ctx.logs_dir, row.job_id)
+            if row.reason and not path.exists():
+                _say_in_log(path, row.reason)
+
     def _terminate(self, pgid: int, token: str | None) -> None:
         signal_group(pgid, token, signal.SIGTERM)
         if pgid not in self._kills or self._kills[pgid][0].done():
@@ -174,3 +198,11 @@ async def _group_gone_within(pgid: int, seconds: float) -> bool:
             return True
         await asyncio.sleep(POLL_S)
     return not group_members(pgid)
+
+
+def _say_in_log(path: Path, message: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"stix-agent: {message}\n")
+    except OSError:
+        log.exception("job_log_note_failed path=%s", path)

@@ -108,8 +108,8 @@ def _run_stage(script: str, env: dict[str, str], cwd: Path) -> int:
 
 
 def _workdir(spec: JobSpec, ctx: RunnerContext) -> Path:
-    if spec.workdir is None:
-        return ctx.node_dir
+    if spec.workdir is None:  # HOME: never stix's own node directory, which a job could clean
+        return Path(os.path.expanduser("~"))
     path = Path(os.path.expanduser(spec.workdir))
     path.mkdir(parents=True, exist_ok=True)
     return path
