@@ -1,0 +1,106 @@
+"""What a local node's processes start with, and how to find every one of them again.
+
+A local node's agent, its runners and its jobs run as this user on this machine, started from the
+daemon. They must not inherit stix's own interpreter setup: with stix's virtualenv on `PATH` (or
+its `PYTHONPATH`), a task's `pip install` installs into stix's venv and can break stix. So the
+agent starts from the user's environment minus everything stix's own Python and configuration
+put there, and the jobs inherit that.
+
+Every process of a node also carries a marker the daemon sets (`STIX_LOCAL_NODE=<node dir>`), so
+`stop` and `down` find them all, even a job's detached children and an agent whose socket and
+files a job deleted: nothing on the node's disk is needed to find them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+NODE_MARKER = "STIX_LOCAL_NODE"
+_DAEMON_PREFIXES = ("STIX_", "SKYPILOT_")
+"""stix's configuration and its job variables; the agent sets a job's own ones itself."""
+_INTERPRETER_VARS = frozenset(
+    {
+        "VIRTUAL_ENV",
+        "VIRTUAL_ENV_PROMPT",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSAFEPATH",
+        "PYTHONEXECUTABLE",
+        "PYTHONNOUSERSITE",
+        "__PYVENV_LAUNCHER__",
+    }
+)
+
+
+def stix_prefixes(environ: Mapping[str, str]) -> list[str]:
+    """The virtualenvs stix runs from: the active one and this interpreter's, if a venv."""
+    prefixes = []
+    if environ.get("VIRTUAL_ENV"):
+        prefixes.append(environ["VIRTUAL_ENV"])
+    if sys.prefix != sys.base_prefix:
+        prefixes.append(sys.prefix)
+    return [os.path.realpath(p) for p in prefixes]
+
+
+def _inside(path: str, prefixes: list[str]) -> bool:
+    real = os.path.realpath(path) if path else ""
+    return any(real == p or real.startswith(p + os.sep) for p in prefixes)
+
+
+def node_environment(
+    environ: Mapping[str, str], *, node_dir: Path, home: Path, prefixes: list[str]
+) -> dict[str, str]:
+    """The environment a local node's agent starts with, and so every job on the node."""
+    env = {
+        key: value
+        for key, value in environ.items()
+        if key not in _INTERPRETER_VARS and not key.startswith(_DAEMON_PREFIXES)
+    }
+    path = environ.get("PATH", os.defpath).split(os.pathsep)
+    env["PATH"] = os.pathsep.join(p for p in path if not _inside(p, prefixes))
+    env["HOME"] = str(home)
+    env[NODE_MARKER] = str(node_dir)
+    return env
+
+
+def _carries(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:  # gone, or another user's
+        return False
+
+
+def marked_processes(node_dir: Path) -> list[int]:
+    """Live processes of this user that carry ``node_dir``'s marker (none without /proc)."""
+    if not os.path.isdir("/proc"):
+        return []
+    marker = f"{NODE_MARKER}={node_dir}".encode()
+    me, uid = os.getpid(), os.getuid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        if _carries(int(name), marker):
+            found.append(int(name))
+    return found
+
+
+def kill_marked(node_dir: Path) -> list[int]:
+    """SIGKILL every process marked for ``node_dir``; returns those signalled (some may have
+    forked meanwhile, so callers repeat until none is left)."""
+    pids = marked_processes(node_dir)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
