@@ -15,6 +15,9 @@ import pytest
 
 from stixd.providers.bootstrap import RemoteFacts, _layout
 from tests.conftest import REPO, Stix, pid_alive, processes_mentioning, wait_until
+from tests.sshbed import SshBed, bed_fixture
+
+ssh_host = bed_fixture(1, scope="module")
 
 
 def _environ(pid: int) -> list[bytes]:
@@ -63,7 +66,8 @@ def test_a_job_on_local_sees_nothing_of_stixs_virtualenv(stix: Stix, tmp_path: P
     assert "VIRTUAL_ENV" not in seen
     assert "PYTHONPATH" not in seen and "PYTHONHOME" not in seen
     assert not any(stix_venv in os.path.realpath(p) for p in seen["PATH"].split(os.pathsep))
-    internal = [k for k in seen if k.startswith("STIX_") and not k.startswith("STIX_LOCAL_NODE")]
+    markers = {"STIX_LOCAL_NODE", "STIX_NODE_DIR"}  # how stop and down find a node's processes
+    internal = [k for k in seen if k.startswith("STIX_") and k not in markers]
     # only the job's own variables (the SKYPILOT_* twins), none of the daemon's configuration
     assert "STIX_HOME" not in internal and not [k for k in internal if k.startswith("STIX__")]
     assert set(internal) <= {
@@ -171,3 +175,32 @@ def test_ssh_and_cloud_nodes_keep_their_files_in_a_hidden_directory() -> None:
     for path in (where.node_dir, where.pyz):
         assert path.startswith("/home/u/.stix/"), path
     assert where.socket_path == "/home/u/.stix/nodes/c1-0/agent.sock"
+
+
+def test_on_an_ssh_host_node_files_are_hidden_and_survive_a_job_that_deletes_them(
+    stix: Stix, ssh_host: SshBed
+) -> None:
+    [host] = ssh_host.hosts
+    (stix.home / "ssh_node_pools.yaml").write_text(
+        f"bed:\n  user: root\n  identity_file: {ssh_host.key}\n  hosts:\n    - {host.ip}\n"
+    )
+    stix.run("launch", "-c", "sh", "--infra", "ssh/bed", "-y", "echo first", check=True, timeout=90)
+    state = host.home / ".stix" / "nodes" / "sh-0"
+    assert (state / "agent.db").is_file() and (state / "logs" / "1.log").is_file()
+    stix.run("exec", "sh", "rm -rf ~/logs ~/*", check=True, timeout=60)
+    assert "first" in stix.run("logs", "sh", "1", "--no-follow", check=True).stdout
+
+    job = "setsid sleep 4322 < /dev/null > /dev/null 2>&1 & rm -rf ~/.stix; sleep 4321"
+    stix.run("exec", "sh", "-d", job, check=True, timeout=60)
+    wait_until(lambda: stix.job_status("sh", 3) == "FAILED_DRIVER", timeout=30)
+    reasons = [e["why"] for e in stix.json("events", "sh") if e["id"].startswith("sh/")]
+    assert any("were deleted while the job ran" in r for r in reasons)
+    assert (state / "agent.db").is_file()
+    assert any("sleep 4322" in _cmd(p) for p in host.pids())  # detached: outlived its job
+    stix.run("down", "sh", "-y", check=True, timeout=60)
+
+    def leftovers() -> list[str]:
+        found = [_cmd(p) for p in host.pids()]
+        return [c for c in found if "stix-agent" in c or "sleep 432" in c]
+
+    wait_until(lambda: not leftovers(), timeout=10)

@@ -12,9 +12,15 @@ import signal
 import time
 from pathlib import Path
 
-from .procs import group_members, is_same_process, signal_group, start_token
+from .procs import (
+    group_members,
+    is_same_process,
+    kill_processes_with_env,
+    signal_group,
+    start_token,
+)
 from .pulse import Pulse
-from .runner import RunnerContext, fork_runner, log_path
+from .runner import RunnerContext, fork_runner, log_path, node_marker
 from .spec import JobSpec
 from .states import JobState
 from .store import JobRow, JobStore
@@ -169,11 +175,18 @@ class JobManager:
         self._kills.pop(pgid, None)
 
     async def cancel_all_and_wait(self) -> None:
-        """Cancel every unfinished job and wait (a few seconds at most) for their groups to go."""
+        """Cancel every unfinished job and wait (a few seconds at most) for their groups to go;
+        then kill what they left running outside their groups (a detached child)."""
         self.cancel(None)
         pending = [task for task, _ in self._kills.values() if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=KILL_GRACE_S + 2.0)
+        marker = node_marker(self.ctx)
+        for _ in range(round(2.0 / POLL_S)):
+            if not kill_processes_with_env(marker):
+                break
+            await asyncio.sleep(POLL_S)
+        self._reap()
 
     def kill_cancelled_now(self) -> None:
         """On exit: SIGKILL the groups still inside their grace period, and drop the timers."""

@@ -41,6 +41,13 @@ class RunnerContext:
 
 
 GATE_POLL_S = 0.02
+NODE_MARKER = "STIX_NODE_DIR"
+"""Set in every job's environment to the agent's node directory: how a shutdown that kills the
+node's jobs finds their detached children too (they leave the job's process group)."""
+
+
+def node_marker(ctx: RunnerContext) -> str:
+    return f"{NODE_MARKER}={ctx.node_dir}"
 
 
 def log_path(logs_dir: Path, job_id: int) -> Path:
@@ -107,6 +114,10 @@ def _run_stage(script: str, env: dict[str, str], cwd: Path) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _environment(spec: JobSpec, ctx: RunnerContext, *, setup: bool) -> dict[str, str]:
+    return {**job_environment(spec, os.environ, setup=setup), NODE_MARKER: str(ctx.node_dir)}
+
+
 def _workdir(spec: JobSpec, ctx: RunnerContext) -> Path:
     if spec.workdir is None:  # HOME: never stix's own node directory, which a job could clean
         return Path(os.path.expanduser("~"))
@@ -149,7 +160,7 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
     if spec.setup is not None:
         if not move(JobState.SETTING_UP, **claim):
             return 0  # cancelled, or another runner claimed the job first
-        code = _run_stage(spec.setup, job_environment(spec, os.environ, setup=True), cwd)
+        code = _run_stage(spec.setup, _environment(spec, ctx, setup=True), cwd)
         if code != 0:
             move(JobState.FAILED_SETUP, exit_code=code, ended_at=time.time())
             return 0
@@ -160,7 +171,7 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
         return 0
     if not move(JobState.RUNNING, started_at=time.time(), **claim):
         return 0
-    code = _run_stage(spec.run, job_environment(spec, os.environ, setup=False), cwd)
+    code = _run_stage(spec.run, _environment(spec, ctx, setup=False), cwd)
     final = JobState.SUCCEEDED if code == 0 else JobState.FAILED
     move(final, exit_code=code, ended_at=time.time())
     return 0
