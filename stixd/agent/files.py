@@ -52,6 +52,10 @@ class NodeFiles:
     def lost(self) -> list[Path]:
         return [path for path, seen in self._seen.items() if _identity(path) != seen]
 
+    def cuts_jobs(self, lost: list[Path]) -> bool:
+        """Whether losing ``lost`` cut the running jobs' records or logs."""
+        return bool({self.node_dir, self.logs_dir, self.db_path} & set(lost))
+
     # -- setting up ----------------------------------------------------------------------
 
     def make_dirs(self) -> None:

@@ -214,6 +214,8 @@ class AgentServer:
             self._listener = listener
             self.socket_inode = self._files.socket_path.stat().st_ino
             self._rebinds.append(asyncio.ensure_future(self._serve_on(listener)))
+        if not self._files.cuts_jobs(lost):
+            return  # only the socket or the lock (a /tmp cleaner?): the jobs are intact
         ended = self.jobs.fail_started(reason)
         self.jobs.explain_lost_logs()
         if ended:

@@ -31,7 +31,12 @@ from stixd.providers.base import (
     ProvisionRequest,
 )
 from stixd.providers.filesync import sync_path
-from stixd.providers.local_node import kill_marked, node_environment, stix_prefixes
+from stixd.providers.local_node import (
+    kill_marked,
+    marked_processes,
+    node_environment,
+    stix_prefixes,
+)
 from stixproto.errors import ProvisionError
 
 LOCAL_IP = "127.0.0.1"
@@ -118,7 +123,7 @@ class LocalProvider:
             names = os.listdir(self.cluster_dir(cluster))
         except FileNotFoundError:
             return []
-        return sorted(int(n[5:]) for n in names if n.startswith("node-") and n[5:].isdigit())
+        return sorted(r for r in map(_rank_of, map(Path, names)) if r is not None)
 
     # -- Provider ------------------------------------------------------------------------
 
@@ -159,11 +164,19 @@ class LocalProvider:
         return None
 
     async def query(self, cluster: str) -> list[NodeInfo]:
-        nodes: list[NodeInfo] = []
+        nodes: dict[int, NodeInfo] = {}
         for rank in self._ranks(cluster):
             found = await self._answering(cluster, rank)
-            nodes.append(found or self._node(cluster, rank, NodeStatus.STOPPED, None))
-        return nodes
+            nodes[rank] = found or self._node(cluster, rank, NodeStatus.STOPPED, None)
+        if not nodes or any(n.status is not NodeStatus.RUNNING for n in nodes.values()):
+            # A node whose processes still run is not stopped, nor gone: a job may just have
+            # deleted its directory (`rm -rf ~`), which its agent is putting back.
+            alive = await anyio.to_thread.run_sync(marked_processes, self.cluster_dir(cluster))
+            running = {r for r, n in nodes.items() if n.status is NodeStatus.RUNNING}
+            ranks = {r for r in map(_rank_of, alive) if r is not None}
+            for rank in ranks - running:
+                nodes[rank] = self._node(cluster, rank, NodeStatus.UNREACHABLE, None)
+        return [nodes[rank] for rank in sorted(nodes)]
 
     async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
         """Idempotent: a node whose agent already answers is kept, never duplicated."""
@@ -251,10 +264,8 @@ class LocalProvider:
         """Every process still marked as one of the cluster's nodes: a job's detached child, or
         an agent whose socket a job deleted. Found by the marker the daemon set, not by files."""
         with anyio.move_on_after(KILL_WITHIN_S):
-            for rank in self._ranks(cluster):
-                d = self.node_dir(cluster, rank)
-                while await anyio.to_thread.run_sync(kill_marked, d):
-                    await anyio.sleep(0.02)
+            while await anyio.to_thread.run_sync(kill_marked, self.cluster_dir(cluster)):
+                await anyio.sleep(0.02)
 
     async def terminate(self, cluster: str) -> None:
         await self.stop(cluster)
@@ -280,6 +291,11 @@ class LocalProvider:
         if dest.startswith("/"):
             return Path(node.home) / dest.lstrip("/")
         return Path(node.workdir) / dest
+
+
+def _rank_of(node_dir: Path) -> int | None:
+    name = node_dir.name
+    return int(name[5:]) if name.startswith("node-") and name[5:].isdigit() else None
 
 
 def _move_legacy_files(node_dir: Path, state: Path) -> None:

@@ -68,21 +68,27 @@ def node_environment(
     return env
 
 
-def _carries(pid: int, marker: bytes) -> bool:
+def _marker_of(pid: int) -> str | None:
+    """The node a process is marked for, if any."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read().split(b"\0")
+            entries = f.read().split(b"\0")
     except OSError:  # gone, or another user's
-        return False
+        return None
+    prefix = f"{NODE_MARKER}=".encode()
+    for entry in entries:
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace")
+    return None
 
 
-def marked_processes(node_dir: Path) -> list[int]:
-    """Live processes of this user that carry ``node_dir``'s marker (none without /proc)."""
+def marked_processes(node_dirs_under: Path) -> dict[Path, list[int]]:
+    """Live processes of this user marked for a node directory inside ``node_dirs_under``
+    (a cluster's directory), by node directory; nothing without /proc."""
     if not os.path.isdir("/proc"):
-        return []
-    marker = f"{NODE_MARKER}={node_dir}".encode()
+        return {}
     me, uid = os.getpid(), os.getuid()
-    found = []
+    found: dict[Path, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
@@ -91,15 +97,16 @@ def marked_processes(node_dir: Path) -> list[int]:
                 continue
         except OSError:
             continue
-        if _carries(int(name), marker):
-            found.append(int(name))
+        marked = _marker_of(int(name))
+        if marked is not None and Path(marked).parent == node_dirs_under:
+            found.setdefault(Path(marked), []).append(int(name))
     return found
 
 
-def kill_marked(node_dir: Path) -> list[int]:
-    """SIGKILL every process marked for ``node_dir``; returns those signalled (some may have
-    forked meanwhile, so callers repeat until none is left)."""
-    pids = marked_processes(node_dir)
+def kill_marked(node_dirs_under: Path) -> list[int]:
+    """SIGKILL every process marked for a node inside ``node_dirs_under``; returns those
+    signalled (some may have forked meanwhile, so callers repeat until none is left)."""
+    pids = [pid for group in marked_processes(node_dirs_under).values() for pid in group]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)

@@ -35,9 +35,12 @@ def test_deleted_node_files_come_back_and_running_jobs_end_with_the_reason(
     assert client.full_log(3) == "after\n"
 
 
-def test_a_deleted_socket_is_bound_again(agents: Agents) -> None:
+def test_a_deleted_socket_is_bound_again_and_running_jobs_go_on(agents: Agents) -> None:
     node = agents.node()
     agents.start(node)
+    client = agents.client(node)
+    client.ok("submit", job_id=1, run="sleep 1000")
+    assert client.wait_state(1, {"RUNNING"} | FINISHED)["state"] == "RUNNING"
     node.socket.unlink()
 
     def answering() -> bool:
@@ -48,3 +51,5 @@ def test_a_deleted_socket_is_bound_again(agents: Agents) -> None:
             return False
 
     eventually(answering, 5.0, "the agent to answer on its socket again")
+    with AgentClient(node.socket) as fresh:
+        assert fresh.job(1)["state"] == "RUNNING"
