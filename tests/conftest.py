@@ -172,6 +172,10 @@ class Stix:
     def node_dir(self, cluster: str, rank: int = 0) -> Path:
         return self.home / "clusters" / cluster / f"node-{rank}"
 
+    def state_dir(self, cluster: str, rank: int = 0) -> Path:
+        """stix's own files of a local node (queue, socket, logs), hidden in the node's home."""
+        return self.node_dir(cluster, rank) / ".stix"
+
 
 @pytest.fixture
 def anyio_backend() -> str:

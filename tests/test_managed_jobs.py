@@ -23,7 +23,7 @@ def managed(stix: Stix, job_id: int) -> dict[str, Any]:
 
 def kill_node(stix: Stix, cluster: str, rank: int = 0) -> int:
     """A preemption on the local infra: every process of the node (agent, runners, the job)."""
-    pids = processes_mentioning(f"--node-dir {stix.node_dir(cluster, rank)} ")
+    pids = processes_mentioning(f"--node-dir {stix.state_dir(cluster, rank)} ")
     for pid in pids:
         for kill in (
             lambda p: os.killpg(os.getpgid(p), signal.SIGKILL),

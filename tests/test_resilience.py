@@ -38,7 +38,7 @@ def test_kill9_during_a_job_loses_nothing(stix: Stix, task_file, phase: str) -> 
     wanted = "SETTING_UP" if phase == "setup" else "RUNNING"
     wait_until(lambda: stix.job_status("k", 1) == wanted)
     stix.kill_daemon()
-    log = stix.node_dir("k") / "logs" / "1.log"
+    log = stix.state_dir("k") / "logs" / "1.log"
     size = log.stat().st_size if log.exists() else 0
     # the job goes on without the daemon: its log keeps growing
     wait_until(lambda: log.exists() and log.stat().st_size > size, timeout=10)
@@ -87,7 +87,7 @@ def test_daemon_restart_upgrades_an_old_agent_without_killing_its_job(
     old_pyz = build_agent_zipapp(tmp_path / "old", source=old_src)
     assert build_id(old_src) != build_id()
     [agent] = stix.agents("up")
-    sock = str(stix.node_dir("up") / "agent.sock")
+    sock = str(stix.state_dir("up") / "agent.sock")
     import socket
 
     def call(op: dict) -> dict:
@@ -156,7 +156,7 @@ def test_dead_mans_switch_stops_nodes_with_the_daemon_gone(stix: Stix) -> None:
     stix.run("daemon", "stop", check=True)
     wait_until(lambda: not any(pid_alive(p) for p in agents), timeout=30)
     for rank in (0, 1):
-        assert (stix.node_dir("dm", rank) / "self_stopped.json").exists()
+        assert (stix.state_dir("dm", rank) / "self_stopped.json").exists()
     refreshed = {c["name"]: c for c in stix.json("status", "--refresh")}
     assert refreshed["dm"]["status"] == "STOPPED"
     # the nodes stopped themselves: the daemon only found it out, it did not autostop them
@@ -172,5 +172,5 @@ def test_stopped_daemon_leaves_jobs_running_and_sigterm_is_clean(stix: Stix) -> 
     stix.run("daemon", "stop", check=True)
     assert pid is not None and not pid_alive(pid)
     assert "stopped" in (stix.home / "stixd.log").read_text().splitlines()[-1]
-    wait_until(lambda: "finished" in (stix.node_dir("bg") / "logs" / "2.log").read_text())
+    wait_until(lambda: "finished" in (stix.state_dir("bg") / "logs" / "2.log").read_text())
     wait_until(lambda: stix.job_status("bg", 2) == "SUCCEEDED")

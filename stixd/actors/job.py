@@ -258,8 +258,11 @@ class JobActor(Actor):
     def _why(self, state: JobStatus) -> str:
         if state in _FAILURES:
             bad = [r for r, s in sorted(self.ranks.items()) if s is state]
-            code = self.rank_jobs.get(bad[0], {}).get("exit_code") if bad else None
-            return f"rank {bad[0] if bad else '?'} ended {state.value} (exit code {code})"
+            job = self.rank_jobs.get(bad[0], {}) if bad else {}
+            said = f"rank {bad[0] if bad else '?'} ended {state.value}"
+            if job.get("reason"):  # the agent ended it, and says why
+                return f"{said}: {job['reason']}"
+            return f"{said} (exit code {job.get('exit_code')})"
         return f"ranks: {', '.join(f'{r}={s.value}' for r, s in sorted(self.ranks.items()))}"
 
     def _times(self) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -21,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .buildinfo import current_build
+from .files import LOCK_FD_ENV, NodeFiles
 from .jobs import JobManager
 from .procs import boot_time
 from .runner import RunnerContext
 from .server import AgentServer, Exit, NodeIdentity
 from .store import JobStore
 
-LOCK_FD_ENV = "STIX_AGENT_LOCK_FD"
-"""Set only across an upgrade re-exec: the descriptor of the node lock, already held."""
 JOB_UMASK_ENV = "STIX_JOB_UMASK"
 """The umask jobs run with, in octal, when it is not the one the agent was started with: set by
 stixd for agents on `local` (it runs with 077 itself) and across an upgrade re-exec."""
@@ -48,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--rank", required=True, type=int, help="node rank in the cluster")
     serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs jobs may use")
     serve.add_argument("--node-ip", default="127.0.0.1", help="this node's IP for jobs")
+    serve.add_argument(
+        "--down-removes",
+        type=Path,
+        help="the directory autostop with down removes (default: the node directory; "
+        "it must contain the node directory)",
+    )
     commands.add_parser("build", help="print this agent's build id")
     return parser
 
@@ -64,20 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         node_ip=args.node_ip,
         node_dir=args.node_dir.expanduser().absolute(),
         socket_path=args.socket.expanduser().absolute(),
+        down_removes=(args.down_removes or args.node_dir).expanduser().absolute(),
     )
     return serve(identity)
 
 
 def serve(identity: NodeIdentity) -> int:
-    node_dir = identity.node_dir
     job_umask = _private_umask()
-    (node_dir / "logs").mkdir(parents=True, exist_ok=True)
-    _make_private(node_dir)
-    _log_to(node_dir / "agent.log")
+    files = NodeFiles(identity.node_dir, identity.socket_path)
+    files.make_dirs()
+    _make_private(identity.node_dir)
+    files.log_to_file()
     who = f"cluster {identity.cluster!r} rank {identity.rank}"
 
-    lock_fd = _take_node_lock(node_dir / "agent.lock")
-    if lock_fd is None:
+    if not files.take_lock():
         other = ask_hello(identity.socket_path)
         pid = other.get("pid", "unknown") if other else "unknown"
         _say(f"an agent for {who} is already running (pid {pid}); not starting another")
@@ -85,17 +89,18 @@ def serve(identity: NodeIdentity) -> int:
     other = ask_hello(identity.socket_path)
     if other is not None:
         _say(f"another agent (pid {other.get('pid')}) answers on {identity.socket_path}; exiting")
-        os.close(lock_fd)
+        assert files.lock_fd is not None
+        os.close(files.lock_fd)
         return 0
 
-    _write_pid_file(node_dir / "agent.pid")
-    store = JobStore(node_dir / "agent.db", create=True)
+    files.write_pid()
+    store = JobStore(files.db_path, create=True)
     notify_read, notify_write = os.pipe()
     os.set_blocking(notify_read, False)
     os.set_blocking(notify_write, False)
-    ctx = RunnerContext(node_dir, store.path, node_dir / "logs", notify_write, job_umask)
-    listener = _bind(identity.socket_path)
-    socket_inode = identity.socket_path.stat().st_ino
+    ctx = RunnerContext(identity.node_dir, store.path, files.logs_dir, notify_write, job_umask)
+    listener = files.bind()
+    files.watch()
     server = AgentServer(
         identity,
         JobManager(store, ctx, identity.num_gpus),
@@ -103,16 +108,18 @@ def serve(identity: NodeIdentity) -> int:
         boot_time=boot_time(),
         listener=listener,
         notify_fd=notify_read,
+        files=files,
     )
     log.info("agent_serving %s pid=%d build=%s", who, os.getpid(), server.build)
     outcome = asyncio.run(server.run())
     store.close()
-    listener.close()
+    server.close_listener()
     if outcome.exec_pyz is not None:
-        return _reexec(outcome, lock_fd, job_umask)
+        assert files.lock_fd is not None
+        return _reexec(outcome, files.lock_fd, job_umask)
     if outcome.unlink_socket:
-        _unlink_if(identity.socket_path, socket_inode)
-    _remove_pid_file(node_dir / "agent.pid")
+        _unlink_if(identity.socket_path, server.socket_inode)
+    files.remove_pid()
     log.info("agent_exited code=%d", outcome.code)
     return outcome.code
 
@@ -145,38 +152,6 @@ def _say(message: str) -> None:
     print(f"stix-agent: {message}", flush=True)
 
 
-def _log_to(path: Path) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
-def _take_node_lock(path: Path) -> int | None:
-    """The held node lock's descriptor (close-on-exec), or None if another agent holds it."""
-    inherited = os.environ.pop(LOCK_FD_ENV, None)
-    if inherited is not None and inherited.isdigit() and _is_lock_file(int(inherited), path):
-        fd = int(inherited)
-    else:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.set_inheritable(fd, False)
-    return fd
-
-
-def _is_lock_file(fd: int, path: Path) -> bool:
-    try:
-        held, named = os.fstat(fd), path.stat()
-    except OSError:
-        return False
-    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
-
-
 def ask_hello(path: Path, timeout: float = 1.0) -> dict[str, Any] | None:
     """The hello reply of an agent listening on ``path``, or None if none answers."""
     try:
@@ -191,36 +166,10 @@ def ask_hello(path: Path, timeout: float = 1.0) -> dict[str, Any] | None:
     return answer if isinstance(answer, dict) and answer.get("ok") else None
 
 
-def _bind(path: Path) -> socket.socket:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # stale: no live agent answered on it
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    previous_umask = os.umask(0o177)  # never exists with a mode wider than 0600
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(previous_umask)
-    os.chmod(path, 0o600)
-    return listener
-
-
 def _unlink_if(path: Path, inode: int) -> None:
     """Remove the socket file unless it was already replaced by a newer agent's."""
     with contextlib.suppress(FileNotFoundError):
         if path.stat().st_ino == inode:
-            path.unlink()
-
-
-def _write_pid_file(path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def _remove_pid_file(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.read_text().strip() == str(os.getpid()):
             path.unlink()
 
 

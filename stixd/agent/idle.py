@@ -65,10 +65,15 @@ def autostop_due(autostop: Autostop | None, since: float | None, now: float) -> 
     return autostop is not None and since is not None and now - since >= autostop.after_s
 
 
-def stop_node(node_dir: Path, autostop: Autostop, now: float, idle_for: float) -> None:
-    """Leave the node stopped: a ``self_stopped.json`` record, or with ``down`` no directory."""
+def stop_node(
+    node_dir: Path, autostop: Autostop, now: float, idle_for: float, *, remove: Path
+) -> None:
+    """Leave the node stopped: a ``self_stopped.json`` record, or with ``down`` no directory
+    (``remove``, which holds the node directory: a local node's whole sandbox)."""
     if autostop.down:
-        shutil.rmtree(node_dir, ignore_errors=True)
+        if remove != node_dir and remove not in node_dir.parents:
+            remove = node_dir  # never anything that is not the node's own
+        shutil.rmtree(remove, ignore_errors=True)
         return
     record = {
         "at": now,

@@ -10,10 +10,17 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
-from .procs import group_members, is_same_process, signal_group, start_token
+from .procs import (
+    group_members,
+    is_same_process,
+    kill_processes_with_env,
+    signal_group,
+    start_token,
+)
 from .pulse import Pulse
-from .runner import RunnerContext, fork_runner
+from .runner import RunnerContext, fork_runner, log_path, node_marker
 from .spec import JobSpec
 from .states import JobState
 from .store import JobRow, JobStore
@@ -133,6 +140,29 @@ class JobManager:
             self.changed.fire()
         return cancelled
 
+    def fail_started(self, reason: str) -> list[int]:
+        """End every job that has a runner as FAILED_DRIVER with ``reason`` (said in its log
+        too) and stop its processes; jobs still waiting in the queue are left to run."""
+        ended = []
+        for row in self.store.active_jobs():
+            if row.pid is None:
+                continue
+            if self.store.transition(
+                row.job_id, JobState.FAILED_DRIVER, ended_at=time.time(), reason=reason
+            ):
+                ended.append(row.job_id)
+                _say_in_log(log_path(self.ctx.logs_dir, row.job_id), reason)
+                self._terminate(row.pid, row.pid_start)
+        return ended
+
+    def explain_lost_logs(self) -> None:
+        """A job the agent ended whose log is gone gets one saying why (its old log was deleted
+        with the node's files; writing this again after each deletion outlasts an `rm -rf`)."""
+        for row in self.store.jobs():
+            path = log_path(self.ctx.logs_dir, row.job_id)
+            if row.reason and not path.exists():
+                _say_in_log(path, row.reason)
+
     def _terminate(self, pgid: int, token: str | None) -> None:
         signal_group(pgid, token, signal.SIGTERM)
         if pgid not in self._kills or self._kills[pgid][0].done():
@@ -148,11 +178,18 @@ class JobManager:
         self._kills.pop(pgid, None)
 
     async def cancel_all_and_wait(self) -> None:
-        """Cancel every unfinished job and wait (a few seconds at most) for their groups to go."""
+        """Cancel every unfinished job and wait (a few seconds at most) for their groups to go;
+        then kill what they left running outside their groups (a detached child)."""
         self.cancel(None)
         pending = [task for task, _ in self._kills.values() if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=KILL_GRACE_S + 2.0)
+        marker = node_marker(self.ctx)
+        for _ in range(round(2.0 / POLL_S)):
+            if not kill_processes_with_env(marker):
+                break
+            await asyncio.sleep(POLL_S)
+        self._reap()
 
     def kill_cancelled_now(self) -> None:
         """On exit: SIGKILL the groups still inside their grace period, and drop the timers."""
@@ -177,3 +214,11 @@ async def _group_gone_within(pgid: int, seconds: float) -> bool:
             return True
         await asyncio.sleep(POLL_S)
     return not group_members(pgid)
+
+
+def _say_in_log(path: Path, message: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"stix-agent: {message}\n")
+    except OSError:
+        log.exception("job_log_note_failed path=%s", path)

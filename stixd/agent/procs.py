@@ -83,6 +83,37 @@ def signal_group(pgid: int, token: str | None, sig: signal.Signals) -> None:
         pass  # not ours to signal: the pgid now belongs to another user's process
 
 
+def processes_with_env(entry: str) -> list[int]:
+    """Live processes of this user, other than this one, whose environment holds ``entry``
+    (``NAME=value``) as they were started; none without /proc."""
+    if not os.path.isdir(_PROC):
+        return []
+    wanted, me, uid = entry.encode(), os.getpid(), os.getuid()
+    found = []
+    for name in os.listdir(_PROC):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat(f"{_PROC}/{name}").st_uid != uid:
+                continue
+            with open(f"{_PROC}/{name}/environ", "rb") as f:
+                if wanted in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def kill_processes_with_env(entry: str) -> list[int]:
+    """SIGKILL every process ``processes_with_env`` finds; returns them (callers repeat until
+    none is left, as one may have forked meanwhile)."""
+    pids = processes_with_env(entry)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
 def boot_time() -> float:
     """When this machine booted (unix time), or 0.0 if that cannot be read."""
     try:

@@ -43,6 +43,13 @@ class RunnerContext:
 
 
 GATE_POLL_S = 0.02
+NODE_MARKER = "STIX_NODE_DIR"
+"""Set in every job's environment to the agent's node directory: how a shutdown that kills the
+node's jobs finds their detached children too (they leave the job's process group)."""
+
+
+def node_marker(ctx: RunnerContext) -> str:
+    return f"{NODE_MARKER}={ctx.node_dir}"
 
 
 def log_path(logs_dir: Path, job_id: int) -> Path:
@@ -113,9 +120,13 @@ def _run_stage(script: str, env: dict[str, str], cwd: Path, umask: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _environment(spec: JobSpec, ctx: RunnerContext, *, setup: bool) -> dict[str, str]:
+    return {**job_environment(spec, os.environ, setup=setup), NODE_MARKER: str(ctx.node_dir)}
+
+
 def _workdir(spec: JobSpec, ctx: RunnerContext) -> Path:
-    if spec.workdir is None:
-        return ctx.node_dir
+    if spec.workdir is None:  # HOME: never stix's own node directory, which a job could clean
+        return Path(os.path.expanduser("~"))
     path = Path(os.path.expanduser(spec.workdir))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -155,9 +166,7 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
     if spec.setup is not None:
         if not move(JobState.SETTING_UP, **claim):
             return 0  # cancelled, or another runner claimed the job first
-        code = _run_stage(
-            spec.setup, job_environment(spec, os.environ, setup=True), cwd, ctx.job_umask
-        )
+        code = _run_stage(spec.setup, _environment(spec, ctx, setup=True), cwd, ctx.job_umask)
         if code != 0:
             move(JobState.FAILED_SETUP, exit_code=code, ended_at=time.time())
             return 0
@@ -168,8 +177,7 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
         return 0
     if not move(JobState.RUNNING, started_at=time.time(), **claim):
         return 0
-    env = job_environment(spec, os.environ, setup=False)
-    code = _run_stage(spec.run, env, cwd, ctx.job_umask)
+    code = _run_stage(spec.run, _environment(spec, ctx, setup=False), cwd, ctx.job_umask)
     final = JobState.SUCCEEDED if code == 0 else JobState.FAILED
     move(final, exit_code=code, ended_at=time.time())
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL, gate
+from .files import NodeFiles
 from .idle import (
     Autostop,
     autostop_due,
@@ -72,6 +73,8 @@ class NodeIdentity:
     node_ip: str
     node_dir: Path
     socket_path: Path
+    down_removes: Path | None = None
+    """What autostop with ``down`` removes: the node directory, or a directory holding it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +121,7 @@ class AgentServer:
         boot_time: float,
         listener: socket.socket,
         notify_fd: int,
+        files: NodeFiles | None = None,
     ) -> None:
         self.identity = identity
         self.jobs = jobs
@@ -125,7 +129,11 @@ class AgentServer:
         self.boot_time = boot_time
         self.started_at = time.time()
         self._listener = listener
+        self.socket_inode = identity.socket_path.stat().st_ino
         self._notify_fd = notify_fd
+        self._files = files
+        self._servers: list[asyncio.AbstractServer] = []
+        self._rebinds: list[asyncio.Future[None]] = []
         self._stopping = False
         self._outcome: asyncio.Future[Exit] | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -152,9 +160,7 @@ class AgentServer:
         loop.add_signal_handler(signal.SIGINT, self._finish, Exit())
         loop.add_signal_handler(signal.SIGCHLD, self._refresh)
         loop.add_reader(self._notify_fd, self._on_notify)
-        server = await asyncio.start_unix_server(
-            self._serve_connection, sock=self._listener, limit=MAX_LINE + 1
-        )
+        await self._serve_on(self._listener)
         self.jobs.schedule()  # jobs left pending by a previous agent start now
         ticker = asyncio.ensure_future(self._tick_forever())
         try:
@@ -166,11 +172,55 @@ class AgentServer:
             return Exit(code=1)
         finally:
             self._stopping = True
-            server.close()
+            for server in self._servers:
+                server.close()
             ticker.cancel()
             loop.remove_reader(self._notify_fd)
             self.jobs.kill_cancelled_now()
             await self._close_connections()
+
+    async def _serve_on(self, listener: socket.socket) -> None:
+        server = await asyncio.start_unix_server(
+            self._serve_connection, sock=listener, limit=MAX_LINE + 1
+        )
+        self._servers.append(server)
+
+    def close_listener(self) -> None:
+        self._listener.close()  # (the servers closed theirs; this one may not be served yet)
+
+    # -- the node's files ------------------------------------------------------------------
+
+    def _guard_files(self) -> None:
+        """A job deleted the node's own files (`rm -rf ~`): put them back, so the daemon still
+        reaches this agent, and end the started jobs, whose logs and records were cut."""
+        if self._files is None or self._stopping:
+            return
+        lost = self._files.lost()
+        if not lost:
+            return
+        reason = (
+            f"stix's node files in {self._files.node_dir} were deleted while the job ran "
+            "(by a job?), so it was stopped; keep tasks from cleaning that directory"
+        )
+        log.error("node_files_deleted paths=%s", ", ".join(map(str, lost)))
+        try:
+            listener = self._files.restore(self.jobs.store)
+        except (OSError, sqlite3.Error):  # e.g. the home is not writable now: try next tick
+            log.exception("node_files_restore_failed")
+            return
+        if listener is not None:
+            for server in self._servers:  # closes the old listener; connections stay open
+                server.close()
+            self._listener = listener
+            self.socket_inode = self._files.socket_path.stat().st_ino
+            self._rebinds.append(asyncio.ensure_future(self._serve_on(listener)))
+        if not self._files.cuts_jobs(lost):
+            return  # only the socket or the lock (a /tmp cleaner?): the jobs are intact
+        ended = self.jobs.fail_started(reason)
+        self.jobs.explain_lost_logs()
+        if ended:
+            log.error("jobs_ended_for_deleted_files job_ids=%s", ended)
+            self.jobs.changed.fire()
 
     async def _close_connections(self) -> None:
         """End every connection's task by itself (hanging up, waking its long-poll).
@@ -192,6 +242,7 @@ class AgentServer:
     async def _tick_forever(self) -> None:
         while not self._stopping:
             try:
+                self._guard_files()
                 self.jobs.refresh()
                 self._check_autostop()
             except sqlite3.OperationalError:  # e.g. locked past the busy timeout: transient
@@ -203,6 +254,7 @@ class AgentServer:
         if self._stopping:
             return
         try:
+            self._guard_files()
             self.jobs.refresh()
         except sqlite3.OperationalError:
             log.exception("refresh_failed (retried on the next tick)")
@@ -229,7 +281,13 @@ class AgentServer:
         self._stopping = True  # from here on no request is served, so no job can slip in
         command = load_self_stop(store)
         store.close()
-        stop_node(self.identity.node_dir, autostop, now, now - since)
+        stop_node(
+            self.identity.node_dir,
+            autostop,
+            now,
+            now - since,
+            remove=self.identity.down_removes or self.identity.node_dir,
+        )
         if command:  # a cloud VM: the machine itself stops, so it stops costing
             log.warning(
                 "autostop_stopping_machine command=%s pid=%d", command, stop_machine(command)
@@ -278,6 +336,7 @@ class AgentServer:
                 raise RequestError("unknown_op", f"unknown op {op!r}; known ops: {known}")
             if self._stopping:
                 raise RequestError("stopping", "the agent is shutting down; retry after restart")
+            self._guard_files()
             return await handler(request)
         except RequestError as exc:
             return Answer(error(exc.code, exc.message))

@@ -27,15 +27,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid INTEGER,
     pid_start TEXT,
     num_gpus REAL NOT NULL,
-    spec TEXT NOT NULL
+    spec TEXT NOT NULL,
+    reason TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
-_COLUMNS = "job_id, name, state, exit_code, submitted_at, started_at, ended_at, pid, pid_start"
-_WRITABLE = frozenset({"exit_code", "started_at", "ended_at", "pid", "pid_start"})
+_COLUMNS = (
+    "job_id, name, state, exit_code, submitted_at, started_at, ended_at, pid, pid_start, reason"
+)
+_WRITABLE = frozenset({"exit_code", "started_at", "ended_at", "pid", "pid_start", "reason"})
 _BUSY_TIMEOUT_S = 10.0
 
 
@@ -50,6 +53,8 @@ class JobRow:
     ended_at: float | None
     pid: int | None
     pid_start: str | None
+    reason: str | None = None
+    """Why the agent ended the job, when it did (not the job's own exit)."""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -61,13 +66,14 @@ class JobRow:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "pid": self.pid,
+            "reason": self.reason,
         }
 
 
 def _row(values: tuple[Any, ...]) -> JobRow:
-    job_id, name, state, exit_code, submitted, started, ended, pid, pid_start = values
+    job_id, name, state, exit_code, submitted, started, ended, pid, pid_start, reason = values
     return JobRow(
-        job_id, name, JobState(state), exit_code, submitted, started, ended, pid, pid_start
+        job_id, name, JobState(state), exit_code, submitted, started, ended, pid, pid_start, reason
     )
 
 
@@ -85,6 +91,7 @@ class JobStore:
         if create:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
+            self._add_reason_column()
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)",
                 (repr(time.time()),),
@@ -97,8 +104,28 @@ class JobStore:
         conn.execute("PRAGMA secure_delete=ON")  # see forget_secrets
         return conn
 
+    def _add_reason_column(self) -> None:
+        """A queue made by an earlier agent build has no ``reason`` column yet."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        if "reason" not in columns:
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN reason TEXT")
+
     def close(self) -> None:
         self._conn.close()
+
+    def write_back(self) -> None:
+        """Write the queue to its path again, from this connection, after its file was deleted
+        under it (the connection still reads the deleted file); then use the new file."""
+        fresh = sqlite3.connect(str(self.path))
+        try:
+            self._conn.backup(fresh)
+        finally:
+            fresh.close()
+        written = self._connect()  # before closing the old one: it is the only copy until then
+        written.execute("PRAGMA journal_mode=WAL")
+        self._conn.close()
+        self._conn = written
+        self._data_version = -1
 
     def reopen(self) -> None:
         """Open a fresh connection (after ``close``, e.g. around a fork)."""

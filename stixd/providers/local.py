@@ -2,7 +2,14 @@
 
 Each node lives in `<home>/clusters/<cluster>/node-<rank>`, which is also the HOME of its jobs;
 both are made by `child_path`, so no name reaches outside `<home>/clusters`.
-Its agent names the cluster and rank in its command line, so `ps` tells which is which.
+stix's own files of the node (the agent's job queue, socket, logs) sit in its hidden `.stix`
+directory, as on every other infra (`~/.stix`), so a job that cleans `~/logs` or `~/*` leaves
+them alone. Its agent names the cluster and rank in its command line, so `ps` tells which is
+which, and every process of the node carries a marker (`local_node`) that `stop` and `down` find.
+
+Nodes made by earlier versions kept those files in the node directory itself: an agent of that
+layout still running is used where it is (its jobs keep running); its files move into `.stix`
+the next time the node starts.
 """
 
 from __future__ import annotations
@@ -25,11 +32,32 @@ from stixd.providers.base import (
     ProvisionRequest,
 )
 from stixd.providers.filesync import sync_path
+from stixd.providers.local_node import (
+    kill_marked,
+    marked_processes,
+    node_environment,
+    stix_prefixes,
+)
 from stixproto.errors import ProvisionError
 from stixproto.paths import PathOutsideParent, child_path, path_under
 
 LOCAL_IP = "127.0.0.1"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
+STATE_DIR = ".stix"
+LEGACY_FILES = (
+    "agent.db",
+    "agent.db-wal",
+    "agent.db-shm",
+    "logs",
+    "gates",
+    "agent.log",
+    "agent.out",
+    "agent.lock",
+    "agent.pid",
+    "self_stopped.json",
+)
+"""What an agent of the earlier layout kept in the node directory, moved into `.stix`."""
+KILL_WITHIN_S = 5.0
 
 # Detaches the agent from the daemon: a double fork leaves it owned by init, in its own
 # session, so neither a daemon crash nor a terminal hang-up reaches it, and no zombie is left.
@@ -61,23 +89,41 @@ class LocalProvider:
         no sandbox stix can see, so it is found gone and nothing outside ``root`` is touched."""
         return child_path(self.root, cluster)
 
+    def _sandbox(self, cluster: str) -> Path | None:
+        try:
+            return self.cluster_dir(cluster)
+        except PathOutsideParent:
+            return None
+
     def node_dir(self, cluster: str, rank: int) -> Path:
         return child_path(self.cluster_dir(cluster), f"node-{rank}")
 
-    def socket_path(self, node_dir: Path) -> str:
-        path = node_dir / "agent.sock"
+    @staticmethod
+    def state_dir(node_dir: Path) -> Path:
+        """The node's own files: the agent's queue, socket, logs; hidden from a job's `~/*`."""
+        return node_dir / STATE_DIR
+
+    def socket_path(self, state_dir: Path) -> str:
+        path = state_dir / "agent.sock"
         if len(str(path)) <= MAX_SOCKET_PATH:
             return str(path)
-        digest = hashlib.sha1(str(node_dir).encode()).hexdigest()[:20]
+        digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:20]
         return str(self._run_dir / f"{digest}.sock")
 
-    def _node(self, cluster: str, rank: int, status: NodeStatus, pid: int | None) -> NodeInfo:
+    def _node(
+        self,
+        cluster: str,
+        rank: int,
+        status: NodeStatus,
+        pid: int | None,
+        address: str | None = None,
+    ) -> NodeInfo:
         d = self.node_dir(cluster, rank)
         return NodeInfo(
             rank=rank,
             ip=LOCAL_IP,
             status=status,
-            agent_address=self.socket_path(d),
+            agent_address=address or self.socket_path(self.state_dir(d)),
             workdir=str(d / "sky_workdir"),
             home=str(d),
             pid=pid,
@@ -88,7 +134,7 @@ class LocalProvider:
             names = os.listdir(self.cluster_dir(cluster))
         except (FileNotFoundError, NotADirectoryError, PathOutsideParent):
             return []
-        return sorted(int(n[5:]) for n in names if n.startswith("node-") and n[5:].isdigit())
+        return sorted(r for r in map(_rank_of, map(Path, names)) if r is not None)
 
     # -- Provider ------------------------------------------------------------------------
 
@@ -97,7 +143,15 @@ class LocalProvider:
         return CheckResult(True, f"this machine: {cpus} CPUs, no accelerators, $0/hour")
 
     def connector(self, node: NodeInfo) -> AgentClient:
-        return unix_agent(node.agent_address)
+        return unix_agent(self._current_address(node))
+
+    def _current_address(self, node: NodeInfo) -> str:
+        """Where the node's agent listens now. A node recorded by an earlier version has its
+        socket in its home; once its files moved into `.stix`, its agent listens there."""
+        home = Path(node.home)
+        if node.agent_address == self.socket_path(home) and not (home / "agent.db").exists():
+            return self.socket_path(self.state_dir(home))
+        return node.agent_address
 
     async def _hello(self, node: NodeInfo, deadline: float = 2.0) -> dict[str, object] | None:
         try:
@@ -105,21 +159,37 @@ class LocalProvider:
         except AgentUnreachable:
             return None
 
-    async def query(self, cluster: str) -> list[NodeInfo]:
-        nodes: list[NodeInfo] = []
-        for rank in self._ranks(cluster):
-            probe = self._node(cluster, rank, NodeStatus.STOPPED, None)
-            hello = await self._hello(probe)
-            if hello is None:
-                nodes.append(probe)
-            else:
+    async def _answering(self, cluster: str, rank: int, deadline: float = 2.0) -> NodeInfo | None:
+        """The node as its running agent answers it, in the current layout or the earlier one."""
+        d = self.node_dir(cluster, rank)
+        addresses = [self.socket_path(self.state_dir(d))]
+        if (d / "agent.db").exists():
+            addresses.append(self.socket_path(d))  # an agent of the earlier layout
+        for address in addresses:
+            probe = self._node(cluster, rank, NodeStatus.STOPPED, None, address)
+            hello = await self._hello(probe, deadline)
+            if hello is not None:
                 pid = hello.get("pid")
-                nodes.append(
-                    self._node(
-                        cluster, rank, NodeStatus.RUNNING, pid if isinstance(pid, int) else None
-                    )
-                )
-        return nodes
+                pid = pid if isinstance(pid, int) else None
+                return self._node(cluster, rank, NodeStatus.RUNNING, pid, address)
+        return None
+
+    async def query(self, cluster: str) -> list[NodeInfo]:
+        nodes: dict[int, NodeInfo] = {}
+        for rank in self._ranks(cluster):
+            found = await self._answering(cluster, rank)
+            nodes[rank] = found or self._node(cluster, rank, NodeStatus.STOPPED, None)
+        sandbox = self._sandbox(cluster)
+        settled = nodes and all(n.status is NodeStatus.RUNNING for n in nodes.values())
+        if sandbox and not settled:
+            # A node whose processes still run is not stopped, nor gone: a job may just have
+            # deleted its directory (`rm -rf ~`), which its agent is putting back.
+            alive = await anyio.to_thread.run_sync(marked_processes, sandbox)
+            running = {r for r, n in nodes.items() if n.status is NodeStatus.RUNNING}
+            ranks = {r for r in map(_rank_of, alive) if r is not None}
+            for rank in ranks - running:
+                nodes[rank] = self._node(cluster, rank, NodeStatus.UNREACHABLE, None)
+        return [nodes[rank] for rank in sorted(nodes)]
 
     async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
         """Idempotent: a node whose agent already answers is kept, never duplicated."""
@@ -133,17 +203,23 @@ class LocalProvider:
 
     async def _ensure_agent(self, req: ProvisionRequest, rank: int) -> None:
         d = self.node_dir(req.cluster, rank)
-        node = self._node(req.cluster, rank, NodeStatus.STOPPED, None)
-        if await self._hello(node, deadline=1.0) is not None:
+        state = self.state_dir(d)
+        if await self._answering(req.cluster, rank, deadline=1.0) is not None:
             return
+        node = self._node(req.cluster, rank, NodeStatus.STOPPED, None)
         (d / "sky_workdir").mkdir(parents=True, exist_ok=True)
-        (d / "self_stopped.json").unlink(missing_ok=True)
+        state.mkdir(mode=0o700, exist_ok=True)
+        _move_legacy_files(d, state)
+        (state / "self_stopped.json").unlink(missing_ok=True)
         Path(node.agent_address).parent.mkdir(parents=True, exist_ok=True)
         argv = [
             self._python,
+            "-I",  # the agent is stdlib only: no user site, no PYTHON* variables, no cwd
             str(req.agent_pyz),
             "serve",
             "--node-dir",
+            str(state),
+            "--down-removes",
             str(d),
             "--socket",
             node.agent_address,
@@ -154,13 +230,14 @@ class LocalProvider:
             "--node-ip",
             LOCAL_IP,
         ]
-        env = dict(os.environ)
-        env["HOME"] = str(d)
+        env = node_environment(os.environ, node_dir=d, home=d, prefixes=stix_prefixes(os.environ))
         real_home = os.path.expanduser("~")
         if "PYENV_ROOT" not in env and os.path.isdir(os.path.join(real_home, ".pyenv")):
             env["PYENV_ROOT"] = os.path.join(real_home, ".pyenv")
         spawner = await anyio.run_process(
-            [self._python, "-P", "-c", _SPAWN, str(d / "agent.out"), *argv], env=env, check=False
+            [self._python, "-I", "-c", _SPAWN, str(state / "agent.out"), *argv],
+            env=env,
+            check=False,
         )
         if spawner.returncode != 0:
             raise ProvisionError(f"could not start the agent of {req.cluster} node {rank}")
@@ -169,8 +246,8 @@ class LocalProvider:
                 await anyio.sleep(0.02)
             return
         out = (
-            (d / "agent.out").read_text(errors="replace")[-2000:]
-            if (d / "agent.out").exists()
+            (state / "agent.out").read_text(errors="replace")[-2000:]
+            if (state / "agent.out").exists()
             else ""
         )
         raise ProvisionError(
@@ -194,12 +271,22 @@ class LocalProvider:
         with anyio.move_on_after(10):
             while any(n.status is NodeStatus.RUNNING for n in await self.query(cluster)):
                 await anyio.sleep(0.05)
+        await self._kill_leftovers(cluster)
+
+    async def _kill_leftovers(self, cluster: str) -> None:
+        """Every process still marked as one of the cluster's nodes: a job's detached child, or
+        an agent whose socket a job deleted. Found by the marker the daemon set, not by files."""
+        sandbox = self._sandbox(cluster)
+        if sandbox is None:
+            return  # an earlier version's name: its processes carry no marker
+        with anyio.move_on_after(KILL_WITHIN_S):
+            while await anyio.to_thread.run_sync(kill_marked, sandbox):
+                await anyio.sleep(0.02)
 
     async def terminate(self, cluster: str) -> None:
         await self.stop(cluster)
-        try:
-            sandbox = self.cluster_dir(cluster)
-        except PathOutsideParent:
+        sandbox = self._sandbox(cluster)
+        if sandbox is None:
             return  # never made by stix under root: nothing of stix's to delete
         # rmtree refuses a symlink (ignored here), so a link planted there is not followed out
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(sandbox, ignore_errors=True))
@@ -223,3 +310,17 @@ class LocalProvider:
         if dest.startswith("/"):
             return path_under(Path(node.home), dest)
         return path_under(Path(node.workdir), dest)
+
+
+def _rank_of(node_dir: Path) -> int | None:
+    name = node_dir.name
+    return int(name[5:]) if name.startswith("node-") and name[5:].isdigit() else None
+
+
+def _move_legacy_files(node_dir: Path, state: Path) -> None:
+    """Files of an agent of the earlier layout (no agent answers there) move into `.stix`."""
+    if not (node_dir / "agent.db").exists() or (state / "agent.db").exists():
+        return
+    for name in LEGACY_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(node_dir / name, state / name)
