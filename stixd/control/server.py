@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -23,11 +22,11 @@ from stixd.app import VERSION, App
 from stixd.runtime.actor import error_reply
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
+from stixproto.edge import decode_request
 from stixproto.errors import PermissionDenied, ProtocolError, StixError, VersionMismatch
-from stixproto.framing import HEADER, body_length, decode, encode, peek_protocol
+from stixproto.framing import HEADER, body_length, encode, peek_protocol
 
 HELLO_TIMEOUT = 10.0
-_request_decoder = msgspec.msgpack.Decoder(m.Request)
 
 Emit = Callable[[Any], Awaitable[None]]
 Handler = Callable[[App, Any, Emit], Awaitable[Any]]
@@ -121,7 +120,7 @@ class ControlServer:
         body = await read_frame(reader)
         if body is None:
             return
-        request = decode(body, _request_decoder)
+        request = decode_request(body)
         await self._serve_request(stream, reader, request)
 
     async def _serve_request(

@@ -80,11 +80,13 @@ def check_int(value: int, path: str, low: int | None = None, high: int | None = 
         fail(path, f"expected an integer between {low} and {high}, got {value}")
 
 
-def check_positive(value: float, path: str, *, zero_ok: bool = False) -> None:
+def check_positive(value: float, path: str, *, high: float, zero_ok: bool = False) -> None:
+    """A finite number above zero (or from zero, with `zero_ok`) and at most `high`."""
     if not math.isfinite(value):
         fail(path, f"expected a finite number, got {value}")
-    if value < 0 or (value == 0 and not zero_ok):
-        fail(path, f"expected a number {'>= 0' if zero_ok else '> 0'}, got {whole(value)}")
+    if value < 0 or (value == 0 and not zero_ok) or value > high:
+        low = "from 0" if zero_ok else "above 0"
+        fail(path, f"expected a number {low} up to {whole(float(high))}, got {whole(value)}")
 
 
 INT_RANGE = (-(2**63), 2**64 - 1)

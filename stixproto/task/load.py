@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from stixproto.bounds import MAX_COUNT, MAX_GB
 from stixproto.errors import InvalidTask, TaskFieldError
 from stixproto.task import subst
 from stixproto.task._fields import check_int_sizes, check_positive, describe, fail, join, near
@@ -133,8 +134,8 @@ def _prepare(
 
 def check_task(task: Task) -> None:
     """Every rule of a task beyond its YAML types; raises `TaskFieldError` with the key path."""
-    if task.num_nodes < 1:
-        fail("num_nodes", f"expected an integer >= 1, got {task.num_nodes}")
+    if not 1 <= task.num_nodes <= MAX_COUNT:
+        fail("num_nodes", f"expected an integer between 1 and {MAX_COUNT}, got {task.num_nodes}")
     if task.workdir is not None:
         check_workdir(task.workdir)
     if task.resources is not None:
@@ -155,7 +156,7 @@ def check_task(task: Task) -> None:
         if len(sizes) != 1:
             fail(key, f"expected one path with its estimated size in GB, got {len(sizes)} entries")
         for name, size in sizes.items():
-            check_positive(float(size), join(key, name), zero_ok=True)
+            check_positive(float(size), join(key, name), zero_ok=True, high=MAX_GB)
 
 
 def task_from_dict(

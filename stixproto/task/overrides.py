@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from stixproto.bounds import MAX_COUNT
 from stixproto.errors import TaskFieldError
 from stixproto.task import parsing as p
 from stixproto.task.model import Resources, Task
@@ -149,9 +150,11 @@ def apply_overrides(task: Task, overrides: ResourceOverrides) -> Task:
     whole, parts = _placement(overrides)
     num_nodes = task.num_nodes
     if overrides.num_nodes is not None:
-        if overrides.num_nodes < 1:
+        if not 1 <= overrides.num_nodes <= MAX_COUNT:
             raise TaskFieldError(
-                "--num-nodes", f"expected an integer >= 1, got {overrides.num_nodes}", source=SOURCE
+                "--num-nodes",
+                f"expected an integer between 1 and {MAX_COUNT}, got {overrides.num_nodes}",
+                source=SOURCE,
             )
         num_nodes = overrides.num_nodes
     if not fields and whole is None and not parts:
