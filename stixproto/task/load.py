@@ -134,8 +134,10 @@ def _prepare(
 
 def check_task(task: Task) -> None:
     """Every rule of a task beyond its YAML types; raises `TaskFieldError` with the key path."""
-    if not 1 <= task.num_nodes <= MAX_COUNT:
-        fail("num_nodes", f"expected an integer between 1 and {MAX_COUNT}, got {task.num_nodes}")
+    if task.num_nodes < 1:
+        fail("num_nodes", f"expected an integer >= 1, got {task.num_nodes}")
+    if task.num_nodes > MAX_COUNT:
+        fail("num_nodes", f"expected an integer <= {MAX_COUNT}, got {task.num_nodes}")
     if task.workdir is not None:
         check_workdir(task.workdir)
     if task.resources is not None:
@@ -156,7 +158,7 @@ def check_task(task: Task) -> None:
         if len(sizes) != 1:
             fail(key, f"expected one path with its estimated size in GB, got {len(sizes)} entries")
         for name, size in sizes.items():
-            check_positive(float(size), join(key, name), zero_ok=True, high=MAX_GB)
+            check_positive(float(size), join(key, name), zero_ok=True, limit=MAX_GB)
 
 
 def task_from_dict(

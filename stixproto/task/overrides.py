@@ -150,12 +150,13 @@ def apply_overrides(task: Task, overrides: ResourceOverrides) -> Task:
     whole, parts = _placement(overrides)
     num_nodes = task.num_nodes
     if overrides.num_nodes is not None:
-        if not 1 <= overrides.num_nodes <= MAX_COUNT:
+        if overrides.num_nodes < 1:
             raise TaskFieldError(
-                "--num-nodes",
-                f"expected an integer between 1 and {MAX_COUNT}, got {overrides.num_nodes}",
-                source=SOURCE,
+                "--num-nodes", f"expected an integer >= 1, got {overrides.num_nodes}", source=SOURCE
             )
+        if overrides.num_nodes > MAX_COUNT:
+            too_many = f"expected an integer <= {MAX_COUNT}, got {overrides.num_nodes}"
+            raise TaskFieldError("--num-nodes", too_many, source=SOURCE)
         num_nodes = overrides.num_nodes
     if not fields and whole is None and not parts:
         return msgspec.structs.replace(task, num_nodes=num_nodes)

@@ -111,10 +111,10 @@ def check_resources(res: Resources, path: str = "resources", *, alternative: boo
     if res.autostop is not None:
         p.parse_autostop(res.autostop, join(path, "autostop"))
     if res.priority is not None:
-        check_int(res.priority, join(path, "priority"), 0, 1000)
+        check_int(res.priority, join(path, "priority"), 0, 1000, limit=1000)
     if res.max_hourly_cost is not None:
         cost = float(res.max_hourly_cost)
-        check_positive(cost, join(path, "max_hourly_cost"), high=bounds.MAX_PRICE)
+        check_positive(cost, join(path, "max_hourly_cost"), limit=bounds.MAX_PRICE)
     for i, volume in enumerate(res.volumes or []):
         _check_disk_volume(volume, join(join(path, "volumes"), i))
     _check_alternatives(res, path, alternative)
