@@ -51,7 +51,11 @@ def decode_request(body: bytes) -> Any:
     try:
         request = _decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(_explain(exc, _raw(body))) from None
+        # a value out of its range is a bad argument; a value of the wrong type, a client
+        # that does not speak the protocol
+        out_of_range = any(op in str(exc) for op in (" >= ", " <= ", " > ", " < "))
+        error = InvalidRequest if out_of_range else ProtocolError
+        raise error(_explain(exc, _raw(body))) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"malformed message: {exc}") from None
     except RecursionError:
