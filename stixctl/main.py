@@ -65,7 +65,12 @@ def _config_layers(extra: list[str]) -> list[m.ConfigLayer]:
         paths.append(path)
     for path in paths:
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise InvalidConfig(f"{path}: cannot read the config file: {reason}") from None
+        try:
+            values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -561,7 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(home, args))
     except StixError as exc:
-        _err(f"stixctl: {exc.message}")
+        from stixctl.render import one_line
+
+        _err(f"stixctl: {one_line(exc.message)}")
         return exc.exit_code
     except KeyboardInterrupt:
         _err("stixctl: interrupted (the cluster and its jobs keep running)")

@@ -55,11 +55,13 @@ def cmd_validate(home: Path, args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(msgspec.json.encode(reports).decode() + "\n")
     else:
+        from stixctl.render import one_line
+
         for report in reports:
             for error in report.errors:
-                sys.stderr.write(f"✗ {error}\n")
+                sys.stderr.write(f"✗ {one_line(error)}\n")
             for warning in report.warnings:
-                sys.stderr.write(f"⚠ {warning}\n")
+                sys.stderr.write(f"⚠ {one_line(warning)}\n")
             if report.valid:
                 noun = "task" if report.tasks == 1 else "tasks"
                 sys.stdout.write(f"✓ {report.file}: valid ({report.tasks} {noun})\n")

@@ -271,7 +271,8 @@ def parse_disk_size(value: int | str, path: str) -> float:
 
 
 def _port(value: Any, path: str) -> int:
-    port = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    digits = isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
+    port = int(value) if digits else value
     if isinstance(port, bool) or not isinstance(port, int):
         fail(path, f"expected a port number or a range like '10052-10100', got {describe(value)}")
     if not 1 <= port <= 65535:
