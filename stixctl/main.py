@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stixctl import taskargs, validate
+from stixctl.argparser import Parser
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest, JobFailed, StixError
 from stixproto.paths import stix_home
@@ -536,7 +537,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stixctl", description="Run tasks on the cheapest infra.")
+    p = Parser(prog="stixctl", description="Run tasks on the cheapest infra.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (text, add_args) in COMMANDS.items():
         add_args(sub.add_parser(name, help=text))
@@ -552,7 +553,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0] in COMMANDS:
         # only the command being run is built: the whole parser costs more than the request
         text, add_args = COMMANDS[argv[0]]
-        sub = argparse.ArgumentParser(prog=f"stixctl {argv[0]}", description=text)
+        sub = Parser(prog=f"stixctl {argv[0]}", description=text)
         add_args(sub)
         args: argparse.Namespace = sub.parse_intermixed_args(argv[1:])
         args.command = argv[0]

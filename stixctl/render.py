@@ -7,7 +7,13 @@ from collections.abc import Sequence
 
 from stixproto import messages as m
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: " "}
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: " ",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
 
 
 def one_line(text: str) -> str:

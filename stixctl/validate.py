@@ -47,11 +47,26 @@ def judge(path: str, env: dict[str, str], secrets: dict[str, str]) -> FileReport
     return FileReport(path, True, [], warnings, len(dag.tasks))
 
 
+def _text(value: str) -> str:
+    """A path from argv may hold bytes that are not UTF-8 (`\\udcff`); JSON needs them escaped."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8(report: FileReport) -> FileReport:
+    return FileReport(
+        _text(report.file),
+        report.valid,
+        [_text(e) for e in report.errors],
+        [_text(w) for w in report.warnings],
+        report.tasks,
+    )
+
+
 def cmd_validate(home: Path, args: argparse.Namespace) -> int:
     del home  # validation never needs the daemon
     env = pairs(args.env or [], "--env")
     secrets = pairs(args.secret or [], "--secret")
-    reports = [judge(f, env, secrets) for f in args.files]
+    reports = [_utf8(judge(f, env, secrets)) for f in args.files]
     if args.json:
         sys.stdout.write(msgspec.json.encode(reports).decode() + "\n")
     else:
