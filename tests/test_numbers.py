@@ -190,6 +190,10 @@ def test_values_in_range_pass_and_decode_to_the_same_request() -> None:
          "service.replica_policy.min_replicas"),
         ("pool:\n  workers: 99999999\n", "pool.workers"),
         ("inputs:\n  /data: .inf\n", "inputs./data"),
+        ("volumes:\n  /m: {name: v, size: 99999999999}\n", "volumes./m.size"),
+        ("service:\n  readiness_probe: /\n  replicas: 1\n"
+         "  load_balancer: {stream_timeout_seconds: .nan}\n",
+         "service.load_balancer.stream_timeout_seconds"),
     ],
 )  # fmt: skip
 def test_task_numbers_are_finite_and_bounded(yaml_text: str, where: str) -> None:

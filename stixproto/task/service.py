@@ -174,6 +174,8 @@ def _check_open_map(
         value = raw.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             fail(join(path, key), f"expected a number, got {describe(value)}")
+        if value is not None:
+            check_positive(float(value), join(path, key), zero_ok=True, limit=MAX_SECONDS)
 
 
 def check_service(service: Service, path: str = "service") -> None:
