@@ -32,7 +32,10 @@ _BY_TAG: dict[str, type[msgspec.Struct]] = {
 
 def request_body(request: Any) -> bytes:
     """The msgpack body of `request`, once it passed every check the daemon makes."""
-    raw = msgspec.to_builtins(request)
+    try:
+        raw = msgspec.to_builtins(request)
+    except RecursionError:
+        raise InvalidRequest("the request is nested too deeply to send") from None
     _check_values(raw)
     try:
         body = _encoder.encode(request)
@@ -93,7 +96,7 @@ def _bad_value(value: Any) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"expected a finite number, got {value}"
     if isinstance(value, int) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-        return f"the number {value} is too large"
+        return f"the number {value} is outside the 64-bit range"
     if isinstance(value, str):
         try:
             value.encode()
@@ -138,8 +141,8 @@ def _check_tasks(request: Any) -> None:
         return
     from stixproto.task import validated
 
-    for task in tasks:
-        validated(task)
+    for i, task in enumerate(tasks):
+        validated(task, "task" if len(tasks) == 1 else f"task {i + 1}")
 
 
 # -- msgspec's errors as one sentence --------------------------------------------------------

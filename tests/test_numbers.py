@@ -13,15 +13,17 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stixctl import sdk
 from stixd.store.db import Row, Unstorable, open_store
 from stixproto import PROTOCOL_VERSION, bounds
 from stixproto import messages as m
 from stixproto.edge import decode_request, request_body
-from stixproto.errors import InvalidRequest, InvalidTask
+from stixproto.errors import InvalidRequest, InvalidTask, ProtocolError
 from stixproto.framing import decode, encode, recv_frame
-from stixproto.task import from_yaml
+from stixproto.task import Task, from_yaml
 from tests.conftest import Stix
 
 INF, NAN = math.inf, math.nan
@@ -89,7 +91,7 @@ def _ask_raw(stix: Stix, request: dict[str, Any]) -> Any:
     return decode(frame, msgspec.msgpack.Decoder(m.ServerMessage))
 
 
-RAW_BAD = [
+RAW_BAD: list[tuple[dict[str, Any], str]] = [
     ({"type": "autostop", "clusters": ["c1"], "idle_minutes": INF}, "idle_minutes"),
     ({"type": "autostop", "clusters": ["c1"], "idle_minutes": NAN}, "idle_minutes"),
     ({"type": "cancel", "cluster": "c1", "job_ids": [2**64 - 1]}, "job_ids[0]"),
@@ -131,7 +133,7 @@ def test_the_sdk_refuses_before_it_connects(tmp_path: Path) -> None:
 # -- one check, both sides -------------------------------------------------------------------
 
 BAD: list[tuple[Any, str]] = [
-    (m.Launch(task=m.Task(run="x"), idle_minutes=INF), "idle_minutes"),
+    (m.Launch(task=Task(run="x"), idle_minutes=INF), "idle_minutes"),
     (m.Start(clusters=["c"], idle_minutes=-0.5), "idle_minutes"),
     (m.Logs(cluster="c", job_id=0), "job_id"),
     (m.Logs(cluster="c", tail=bounds.MAX_LINES + 1), "tail"),
@@ -141,11 +143,11 @@ BAD: list[tuple[Any, str]] = [
     (m.Events(name="x", limit=HUGE), "limit"),
     (m.NodeShell(cluster="c", node=bounds.MAX_COUNT), "node"),
     (m.ShowGpus(name="A100", count=0.0), "count"),
-    (m.JobsLaunch(tasks=[m.Task(run="x")], num_jobs=bounds.MAX_COUNT + 1), "num_jobs"),
+    (m.JobsLaunch(tasks=[Task(run="x")], num_jobs=bounds.MAX_COUNT + 1), "num_jobs"),
     (m.JobsCancel(job_ids=[-1]), "job_ids[0]"),
     (m.JobsLogs(job_id=HUGE), "job_id"),
     (m.FakePreempt(count=-1), "count"),
-    (m.Launch(task=m.Task(run="x", envs={"A": NAN})), "task.envs.A"),
+    (m.Launch(task=Task(run="x", envs={"A": NAN})), "task.envs.A"),
 ]
 
 
@@ -164,7 +166,7 @@ def test_values_in_range_pass_and_decode_to_the_same_request() -> None:
         m.Cancel(cluster="c", job_ids=[1, bounds.MAX_ID]),
         m.Logs(cluster="c", job_id=7, tail=0, node=bounds.MAX_COUNT - 1),
         m.Events(name="x", limit=bounds.MAX_EVENTS),
-        m.Launch(task=m.Task(run="x", num_nodes=bounds.MAX_COUNT), idle_minutes=0),
+        m.Launch(task=Task(run="x", num_nodes=bounds.MAX_COUNT), idle_minutes=0),
     ]:
         assert decode_request(request_body(request_)) == request_
 
@@ -227,3 +229,41 @@ async def test_the_store_refuses_inf_and_nan_and_keeps_the_row(tmp_path: Path) -
         kept = await store.get("cluster", "c")
         assert kept is not None and kept.version == row.version and kept.data == {}
         assert await store.get("cluster", "d") is None
+
+
+# -- any number in any field of any request: accepted in range, else one sentence ---------------
+
+_NUMBER_FIELDS = [
+    (cls, f.encode_name)
+    for cls in m.Request.__args__
+    for f in msgspec.structs.fields(cls)
+    if any(word in str(f.type) for word in ("int", "float", "b."))
+]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    target=st.sampled_from(_NUMBER_FIELDS),
+    value=st.one_of(
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),  # what msgpack can carry
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.lists(st.integers(min_value=-(2**63), max_value=2**64 - 1), max_size=3),
+    ),
+)
+def test_any_number_in_any_request_field_is_accepted_or_refused_in_one_sentence(
+    target: tuple[type[msgspec.Struct], str], value: Any
+) -> None:
+    cls, field = target
+    raw = {"type": cls.__struct_config__.tag, field: value}
+    for required in msgspec.structs.fields(cls):
+        if required.required and required.encode_name != field:
+            raw[required.encode_name] = {"run": "x"} if "Task" in str(required.type) else ["c"]
+    body = msgspec.msgpack.encode(raw)
+    try:
+        decoded = decode_request(body)
+    except (InvalidRequest, ProtocolError) as exc:
+        assert "\n" not in exc.message
+        return
+    got = getattr(decoded, field)
+    assert got is None or not isinstance(got, float) or math.isfinite(got)
+    assert msgspec.json.decode(msgspec.json.encode(decoded), type=type(decoded)) == decoded
