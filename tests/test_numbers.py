@@ -267,3 +267,12 @@ def test_any_number_in_any_request_field_is_accepted_or_refused_in_one_sentence(
     got = getattr(decoded, field)
     assert got is None or not isinstance(got, float) or math.isfinite(got)
     assert msgspec.json.decode(msgspec.json.encode(decoded), type=type(decoded)) == decoded
+
+
+@pytest.mark.anyio
+async def test_the_async_sdk_refuses_the_same_way(tmp_path: Path) -> None:
+    client = sdk.AsyncClient(tmp_path, autostart=False)
+    with pytest.raises(InvalidRequest, match="idle_minutes: expected a number from 0 up to"):
+        await client.start("c1", idle_minutes=NAN)
+    with pytest.raises(InvalidRequest, match=r"job_ids\[0\]"):
+        await client.cancel("c1", [0])
