@@ -193,6 +193,7 @@ def test_values_in_range_pass_and_decode_to_the_same_request() -> None:
         ("pool:\n  workers: 99999999\n", "pool.workers"),
         ("inputs:\n  /data: .inf\n", "inputs./data"),
         ("volumes:\n  /m: {name: v, size: 99999999999}\n", "volumes./m.size"),
+        ("config:\n  a: {b: [1, .nan]}\nrun: x\n", "config.a.b.1"),
         ("service:\n  readiness_probe: /\n  replicas: 1\n"
          "  load_balancer: {stream_timeout_seconds: .nan}\n",
          "service.load_balancer.stream_timeout_seconds"),
