@@ -271,6 +271,8 @@ def test_no_argument_to_any_command_ends_in_a_traceback(
 
     one()
     assert stix.daemon_pid() == pid, "the daemon crashed (or was restarted) under the fuzz"
+    log = (stix.home / "stixd.log").read_text()
+    assert "Traceback" not in log, "the daemon logged an exception:\n" + log[-3000:]
 
 
 SEEN = [
