@@ -62,11 +62,7 @@ def decode_request(body: bytes, kind: Any = m.Request) -> Any:
     try:
         request = _decoder(kind).decode(body)
     except msgspec.ValidationError as exc:
-        # a value out of its range is a bad argument; a value of the wrong type, a client
-        # that does not speak the protocol
-        out_of_range = any(op in str(exc) for op in (" >= ", " <= ", " > ", " < "))
-        error = InvalidRequest if out_of_range else ProtocolError
-        raise error(_explain(exc, _raw(body))) from None
+        raise _refusal(exc)(_explain(exc, _raw(body))) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"malformed message: {exc}") from None
     except RecursionError:
@@ -74,6 +70,17 @@ def decode_request(body: bytes, kind: Any = m.Request) -> Any:
     _check_values(_raw(body))
     _check_tasks(request)
     return request
+
+
+_SHAPE_ERRORS = ("Expected `", "Object missing", "Object contains", "Invalid value")
+
+
+def _refusal(exc: msgspec.ValidationError) -> type[InvalidRequest] | type[ProtocolError]:
+    """A value of the wrong type or shape comes from a client that does not speak the protocol;
+    anything else (out of its range, refused by a message's own check) is a bad argument."""
+    text = str(exc)
+    out_of_range = any(op in text for op in (" >= ", " <= ", " > ", " < "))
+    return ProtocolError if text.startswith(_SHAPE_ERRORS) and not out_of_range else InvalidRequest
 
 
 def _raw(body: bytes) -> Any:
