@@ -68,8 +68,8 @@ class Unstorable(ValueError):
 def _column(value: dict[str, Any], kind: str, id: str, name: str) -> str:
     try:
         return json.dumps(value, allow_nan=False)
-    except ValueError:
-        raise Unstorable(f"{kind} {id}: {name} holds inf or nan; not written") from None
+    except ValueError as exc:  # inf/nan ("out of range float"), or a circular reference
+        raise Unstorable(f"{kind} {id}: {name} cannot be read back from JSON ({exc})") from None
 
 
 @dataclass
