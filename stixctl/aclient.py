@@ -11,6 +11,7 @@ from typing import Any
 from stixctl.client import LOST, ensure_started, interpret, is_final, unreachable
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
+from stixproto.edge import request_body
 from stixproto.errors import DaemonUnavailable, ProtocolError
 from stixproto.framing import HEADER, body_length, encode
 from stixproto.paths import socket_path
@@ -40,13 +41,14 @@ async def _receive(reader: asyncio.StreamReader) -> Any:
 
 async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncIterator[Any]:
     """Yield the daemon's stream events for `request`, then its final reply."""
+    body = request_body(request)  # a bad argument is refused here, before any daemon starts
     reader, writer = await _open(home, autostart)
     try:
         writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION)))
         with contextlib.suppress(ConnectionError):  # refused: its reason is read next
             await writer.drain()
         await _receive(reader)
-        writer.write(encode(request))
+        writer.write(HEADER.pack(len(body)) + body)
         await writer.drain()
         while True:
             msg = await _receive(reader)

@@ -16,8 +16,9 @@ import msgspec
 
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
+from stixproto.edge import request_body
 from stixproto.errors import DaemonUnavailable, ProtocolError, error_from_code
-from stixproto.framing import decode, encode, recv_frame
+from stixproto.framing import HEADER, decode, encode, recv_frame
 from stixproto.paths import socket_path
 
 _decoder = msgspec.msgpack.Decoder(m.ServerMessage)
@@ -157,12 +158,13 @@ def _receive(sock: socket.socket) -> Any:
 
 def stream(home: Path, request: Any, *, autostart: bool = True) -> Iterator[Any]:
     """Send `request` and yield what comes back: stream events, then the final reply."""
+    body = request_body(request)  # a bad argument is refused here, before any daemon starts
     sock = open_connection(home, autostart)
     with sock:
         try:
             sock.sendall(encode(m.Hello(protocol=PROTOCOL_VERSION)))
             _receive(sock)
-            sock.sendall(encode(request))
+            sock.sendall(HEADER.pack(len(body)) + body)
         except (BrokenPipeError, ConnectionResetError):
             _receive(sock)  # raises the daemon's reason when it sent one (e.g. too busy)
             raise DaemonUnavailable("stixd closed the connection during the handshake") from None

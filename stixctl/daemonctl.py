@@ -10,7 +10,8 @@ from pathlib import Path
 
 from stixctl.client import call, start_daemon, wait_gone
 from stixproto import messages as m
-from stixproto.errors import DaemonUnavailable
+from stixproto.bounds import MAX_LINES
+from stixproto.errors import DaemonUnavailable, InvalidRequest
 
 
 def run(home: Path, a: argparse.Namespace) -> int:
@@ -49,6 +50,8 @@ def run(home: Path, a: argparse.Namespace) -> int:
         )
         return 0
     if a.action == "logs":
+        if not 0 <= a.tail <= MAX_LINES:
+            raise InvalidRequest(f"daemon logs: --tail must be from 0 to {MAX_LINES}, not {a.tail}")
         return _logs(home / "stixd.log", a.tail, a.follow)
     cmd = [sys.executable, "-P", "-m", "stixd", "--home", str(home), "install"]
     if a.print:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stixctl import taskargs
+from stixctl.argparser import Parser
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import InvalidRequest, JobFailed
@@ -239,7 +240,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     """`jobs ACTION …` with options before or after the task, as for `launch`."""
     if argv and argv[0] in ACTIONS:
         text, add, fn = ACTIONS[argv[0]]
-        p = argparse.ArgumentParser(prog=f"stixctl jobs {argv[0]}", description=text)
+        p = Parser(prog=f"stixctl jobs {argv[0]}", description=text)
         add(p)
         args = p.parse_intermixed_args(argv[1:])
         args.fn, args.command, args.action = fn, "jobs", argv[0]
@@ -248,6 +249,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
             if args.pool_action == "apply":
                 args.names = []
         return args
-    p = argparse.ArgumentParser(prog="stixctl jobs", description="managed jobs")
+    p = Parser(prog="stixctl jobs", description="managed jobs")
     add_args(p)
     return p.parse_args(argv)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stixctl import taskargs, validate
+from stixctl.argparser import Parser
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import InvalidConfig, InvalidRequest, JobFailed, StixError
@@ -66,7 +67,12 @@ def _config_layers(extra: list[str]) -> list[m.ConfigLayer]:
         paths.append(path)
     for path in paths:
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise InvalidConfig(f"{path}: cannot read the config file: {reason}") from None
+        try:
+            values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -532,7 +538,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stixctl", description="Run tasks on the cheapest infra.")
+    p = Parser(prog="stixctl", description="Run tasks on the cheapest infra.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (text, add_args) in COMMANDS.items():
         add_args(sub.add_parser(name, help=text))
@@ -548,7 +554,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0] in COMMANDS:
         # only the command being run is built: the whole parser costs more than the request
         text, add_args = COMMANDS[argv[0]]
-        sub = argparse.ArgumentParser(prog=f"stixctl {argv[0]}", description=text)
+        sub = Parser(prog=f"stixctl {argv[0]}", description=text)
         add_args(sub)
         args: argparse.Namespace = sub.parse_intermixed_args(argv[1:])
         args.command = argv[0]
@@ -562,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(home, args))
     except StixError as exc:
-        _err(f"stixctl: {exc.message}")
+        from stixctl.render import one_line
+
+        _err(f"stixctl: {one_line(exc.message)}")
         return exc.exit_code
     except KeyboardInterrupt:
         _err("stixctl: interrupted (the cluster and its jobs keep running)")

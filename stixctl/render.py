@@ -7,6 +7,20 @@ from collections.abc import Sequence
 
 from stixproto import messages as m
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: " ",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def one_line(text: str) -> str:
+    """A message as one terminal line: a newline or escape code a user typed into a name or
+    a path is shown escaped, never acted on by the terminal or split over lines."""
+    return text.translate(_CONTROLS)
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [len(h) for h in headers]

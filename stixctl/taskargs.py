@@ -37,6 +37,8 @@ def env_file_pairs(path: str) -> dict[str, str]:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise InvalidRequest(f"--env-file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"--env-file {path}: not UTF-8 text") from None
     out: dict[str, str] = {}
     for line in lines:
         line = line.strip().removeprefix("export ").strip()
@@ -96,7 +98,7 @@ def _overrides(args: argparse.Namespace) -> Any:
     from stixproto.task import ResourceOverrides
 
     if "ports" in given:
-        given["ports"] = [int(p) if p.isdigit() else p for p in given["ports"]]
+        given["ports"] = [int(p) if p.isascii() and p.isdigit() else p for p in given["ports"]]
     return ResourceOverrides(**given)
 
 

@@ -47,19 +47,36 @@ def judge(path: str, env: dict[str, str], secrets: dict[str, str]) -> FileReport
     return FileReport(path, True, [], warnings, len(dag.tasks))
 
 
+def _text(value: str) -> str:
+    """A path from argv may hold bytes that are not UTF-8 (`\\udcff`); JSON needs them escaped."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8(report: FileReport) -> FileReport:
+    return FileReport(
+        _text(report.file),
+        report.valid,
+        [_text(e) for e in report.errors],
+        [_text(w) for w in report.warnings],
+        report.tasks,
+    )
+
+
 def cmd_validate(home: Path, args: argparse.Namespace) -> int:
     del home  # validation never needs the daemon
     env = pairs(args.env or [], "--env")
     secrets = pairs(args.secret or [], "--secret")
-    reports = [judge(f, env, secrets) for f in args.files]
+    reports = [_utf8(judge(f, env, secrets)) for f in args.files]
     if args.json:
         sys.stdout.write(msgspec.json.encode(reports).decode() + "\n")
     else:
+        from stixctl.render import one_line
+
         for report in reports:
             for error in report.errors:
-                sys.stderr.write(f"✗ {error}\n")
+                sys.stderr.write(f"✗ {one_line(error)}\n")
             for warning in report.warnings:
-                sys.stderr.write(f"⚠ {warning}\n")
+                sys.stderr.write(f"⚠ {one_line(warning)}\n")
             if report.valid:
                 noun = "task" if report.tasks == 1 else "tasks"
                 sys.stdout.write(f"✓ {report.file}: valid ({report.tasks} {noun})\n")

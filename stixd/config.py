@@ -21,6 +21,8 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from stixproto.bounds import MAX_COUNT, MAX_RESTARTS, MAX_SECONDS, IdleMinutes
+
 __all__ = [
     "ENV_PREFIX",
     "AutostopConfig",
@@ -40,21 +42,22 @@ ENV_PREFIX = "STIX__"
 USER_FILE_NAME = "config.yaml"
 PROJECT_FILE_NAME = ".stix.yaml"
 
-NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+# Seconds or minutes; the bound keeps `.inf` (and `nan`, which no bound admits) out of timers.
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class RestartIntensity(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """More than ``max_restarts`` crashes within ``within_seconds`` marks an actor failed."""
 
-    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=MAX_RESTARTS)] = 5
     within_seconds: PositiveFloat = 60.0
 
 
 class AutostopConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     grace_minutes: NonNegativeFloat = 10.0
-    default_idle_minutes: NonNegativeFloat | None = None
+    default_idle_minutes: IdleMinutes | None = None
 
 
 class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -62,14 +65,14 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     log_level: LogLevel = "info"
     request_timeout_seconds: PositiveFloat = 3600.0
     health_check_seconds: PositiveFloat = 10.0
-    node_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    node_grace_seconds: NonNegativeFloat = 60.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
     client_idle_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     client_stall_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 120.0
 
 
 class LocalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    max_nodes: Annotated[int, msgspec.Meta(ge=1)] = 16
+    max_nodes: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 16
 
 
 class AwsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

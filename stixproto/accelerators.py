@@ -124,7 +124,7 @@ def _index() -> dict[str, str]:
 
 def _tpu(lowered: str) -> str | None:
     family, sep, chips = lowered[4:].rpartition("-")
-    if sep and family in TPU_FAMILIES and chips.isdigit() and int(chips) > 0:
+    if sep and family in TPU_FAMILIES and chips.isascii() and chips.isdigit() and int(chips) > 0:
         return lowered
     return None
 
@@ -158,7 +158,9 @@ def suggest(name: str) -> str | None:
     if lowered.startswith("tpu"):
         family, _, chips = lowered.removeprefix("tpu").lstrip("-").rpartition("-")
         near = difflib.get_close_matches(family, TPU_FAMILIES, n=1, cutoff=0.5)
-        return f"tpu-{near[0]}-{chips if chips.isdigit() else 8}" if near else None
+        return (
+            f"tpu-{near[0]}-{chips if chips.isascii() and chips.isdigit() else 8}" if near else None
+        )
     folded = _folded()
     if _fold(lowered) in folded:
         return folded[_fold(lowered)]

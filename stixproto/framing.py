@@ -43,7 +43,7 @@ def body_length(header: bytes, limit: int = MAX_FRAME) -> int:
 TOO_DEEP = "malformed message: nested too deeply"
 
 
-def _clip(text: str, limit: int = 300) -> str:
+def clip(text: str, limit: int = 300) -> str:
     """A decode error quotes the sender's field names: keep replies and log lines short."""
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
@@ -52,7 +52,7 @@ def decode(body: bytes, decoder: msgspec.msgpack.Decoder[T]) -> T:
     try:
         return decoder.decode(body)
     except msgspec.DecodeError as exc:
-        raise ProtocolError(f"malformed message: {_clip(str(exc))}") from None
+        raise ProtocolError(f"malformed message: {clip(str(exc))}") from None
     except RecursionError:  # msgspec's guard against a deep bomb blowing the C stack
         raise ProtocolError(TOO_DEEP) from None
 

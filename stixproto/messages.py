@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from stixproto import bounds as b
 from stixproto import names
 from stixproto.task import Task
 
@@ -26,7 +27,7 @@ class Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=T
 
 
 class Hello(Msg, tag="hello", frozen=True):
-    protocol: int
+    protocol: b.Protocol
     client: str = "stixctl"
 
 
@@ -51,7 +52,7 @@ class Launch(Msg, tag="launch", frozen=True):
     cluster: str | None = None
     detach: bool = False
     down: bool = False
-    idle_minutes: float | None = None
+    idle_minutes: b.IdleMinutes | None = None
     no_setup: bool = False
     config: list[ConfigLayer] = []
     task_id: str | None = None
@@ -85,16 +86,16 @@ class Queue(Msg, tag="queue", frozen=True):
 
 class Logs(Msg, tag="logs", frozen=True):
     cluster: str
-    job_id: int | None = None
+    job_id: b.JobId | None = None
     follow: bool = True
-    tail: int | None = None
+    tail: b.Lines | None = None
     status_only: bool = False
-    node: int | None = None
+    node: b.NodeRank | None = None
 
 
 class Cancel(Msg, tag="cancel", frozen=True):
     cluster: str
-    job_ids: list[int] = []
+    job_ids: list[b.JobId] = []
     all: bool = False
 
 
@@ -105,7 +106,7 @@ class Stop(Msg, tag="stop", frozen=True):
 
 class Start(Msg, tag="start", frozen=True):
     clusters: list[str]
-    idle_minutes: float | None = None
+    idle_minutes: b.IdleMinutes | None = None
     down: bool = False
 
 
@@ -118,14 +119,14 @@ class Down(Msg, tag="down", frozen=True):
 class Autostop(Msg, tag="autostop", frozen=True):
     clusters: list[str] = []
     all: bool = False
-    idle_minutes: float | None = None
+    idle_minutes: b.IdleMinutes | None = None
     down: bool = False
     cancel: bool = False
 
 
 class CostReportReq(Msg, tag="cost_report", frozen=True):
     all: bool = False
-    days: int = 30
+    days: b.Days = 30
 
 
 class Check(Msg, tag="check", frozen=True):
@@ -143,7 +144,7 @@ class Leaks(Msg, tag="leaks", frozen=True):
 class Events(Msg, tag="events", frozen=True):
     name: str
     kind: str = "cluster"
-    limit: int = 200
+    limit: b.EventLimit = 200
 
 
 class PlanRequest(Msg, tag="plan", frozen=True):
@@ -165,13 +166,13 @@ class NodeShell(Msg, tag="node_shell", frozen=True):
     """`stixctl ssh CLUSTER`: how to open a shell (or run `command`) on one of its nodes."""
 
     cluster: str
-    node: int = 0
+    node: b.NodeRank = 0
     command: str | None = None
 
 
 class ShowGpus(Msg, tag="show_gpus", frozen=True):
     name: str | None = None
-    count: float | None = None
+    count: b.AcceleratorCount | None = None
     infra: str | None = None
     all: bool = False
 
@@ -201,7 +202,7 @@ class JobsLaunch(Msg, tag="jobs_launch", frozen=True):
     detach: bool = False
     config: list[ConfigLayer] = []
     pool: str | None = None
-    num_jobs: int = 1
+    num_jobs: b.JobCount = 1
 
 
 class PoolApply(Msg, tag="pool_apply", frozen=True):
@@ -227,13 +228,13 @@ class JobsQueue(Msg, tag="jobs_queue", frozen=True):
 
 
 class JobsCancel(Msg, tag="jobs_cancel", frozen=True):
-    job_ids: list[int] = []
+    job_ids: list[b.JobId] = []
     name: str | None = None
     all: bool = False
 
 
 class JobsLogs(Msg, tag="jobs_logs", frozen=True):
-    job_id: int | None = None
+    job_id: b.JobId | None = None
     """None: the most recent managed job."""
     name: str | None = None
     follow: bool = True
@@ -245,7 +246,7 @@ class FakePreempt(Msg, tag="fake_preempt", frozen=True):
     preemption does; refused unless the daemon enabled that provider."""
 
     clusters: list[str] = []
-    count: int = 0
+    count: b.PreemptCount = 0
     """Also preempt this many running fake clusters picked at random."""
 
 

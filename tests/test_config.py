@@ -43,6 +43,9 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+NODES_RANGE = "expected an integer >= 1 and <= 10000"
+
+
 def grace(minutes: float) -> dict[str, Any]:
     return {"autostop": {"grace_minutes": minutes}}
 
@@ -221,9 +224,8 @@ def test_wrong_type_names_the_file_the_key_and_what_was_expected(
     (project / ".stix.yaml").write_text("autostop:\n  grace_minutes: soon\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_config(user_home, cwd=project, env={})
-    assert (
-        str(err.value) == ".stix.yaml: autostop.grace_minutes: expected a number >= 0, got 'soon'"
-    )
+    expected = "expected a number >= 0 and <= 31536000, got 'soon'"
+    assert str(err.value) == f".stix.yaml: autostop.grace_minutes: {expected}"
     assert err.value.source == ".stix.yaml"
     assert err.value.key_path == "autostop.grace_minutes"
 
@@ -231,19 +233,27 @@ def test_wrong_type_names_the_file_the_key_and_what_was_expected(
 @pytest.mark.parametrize(
     ("layer", "key_path", "message"),
     [
-        (grace(-1), "autostop.grace_minutes", "expected a number >= 0, got -1"),
-        (grace(True), "autostop.grace_minutes", "expected a number >= 0, got true"),
-        ({"local": {"max_nodes": 2.5}}, "local.max_nodes", "expected an integer >= 1, got 2.5"),
-        ({"local": {"max_nodes": 0}}, "local.max_nodes", "expected an integer >= 1, got 0"),
+        (grace(-1), "autostop.grace_minutes", "expected a number >= 0 and <= 31536000, got -1"),
+        (grace(True), "autostop.grace_minutes", "expected a number >= 0 and <= 31536000, got true"),
+        (
+            {"local": {"max_nodes": 2.5}},
+            "local.max_nodes",
+            "expected an integer >= 1 and <= 10000, got 2.5",
+        ),
+        (
+            {"local": {"max_nodes": 0}},
+            "local.max_nodes",
+            "expected an integer >= 1 and <= 10000, got 0",
+        ),
         (
             {"daemon": {"request_timeout_seconds": 0}},
             "daemon.request_timeout_seconds",
-            "expected a number > 0, got 0",
+            "expected a number > 0 and <= 31536000, got 0",
         ),
         (
             {"autostop": {"default_idle_minutes": "1h"}},
             "autostop.default_idle_minutes",
-            "expected a number >= 0 or null, got '1h'",
+            "expected a number >= 0 and <= 525600 or null, got '1h'",
         ),
         (
             {"allowed_clouds": []},
@@ -284,7 +294,7 @@ def test_invalid_environment_variable_is_named_in_the_error(user_home: Path) -> 
         load_config(user_home, env={"STIX__AUTOSTOP__GRACE_MINUTES": "soon"})
     assert str(err.value) == (
         "environment variable STIX__AUTOSTOP__GRACE_MINUTES: autostop.grace_minutes: "
-        "expected a number >= 0, got 'soon'"
+        "expected a number >= 0 and <= 31536000, got 'soon'"
     )
 
 

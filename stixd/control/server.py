@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -27,6 +26,7 @@ from stixd.control.loglimit import LogBudget
 from stixd.runtime.actor import error_reply
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
+from stixproto.edge import decode_request
 from stixproto.errors import (
     DaemonUnavailable,
     PermissionDenied,
@@ -34,11 +34,10 @@ from stixproto.errors import (
     StixError,
     VersionMismatch,
 )
-from stixproto.framing import HEADER, body_length, decode, encode, peek_protocol
+from stixproto.framing import HEADER, body_length, encode, peek_protocol
 
 HELLO_MAX = 64 * 1024
 """Largest first frame read before the client has said hello (a hello is a few dozen bytes)."""
-_request_decoder = msgspec.msgpack.Decoder(m.Request)
 
 Emit = Callable[[Any], Awaitable[None]]
 Handler = Callable[[App, Any, Emit], Awaitable[Any]]
@@ -238,7 +237,7 @@ class ControlServer:
         body = await read_frame(reader, idle=self.idle)
         if body is None:
             return
-        request = decode(body, _request_decoder)
+        request = decode_request(body)
         await self._serve_request(stream, reader, request)
 
     async def _serve_request(

@@ -61,6 +61,18 @@ class RowExists(Exception):
     pass
 
 
+class Unstorable(ValueError):
+    """A spec or data value that JSON cannot carry (`inf`, `nan`): refused before the write,
+    since a row that cannot be read back would stop the daemon at its next start."""
+
+
+def _column(value: dict[str, Any], kind: str, id: str, name: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError as exc:  # inf/nan ("out of range float"), or a circular reference
+        raise Unstorable(f"{kind} {id}: {name} cannot be read back from JSON ({exc})") from None
+
+
 @dataclass
 class Row:
     kind: str
@@ -185,8 +197,8 @@ class Store:
             row.parent,
             row.state,
             int(row.terminal),
-            json.dumps(row.spec),
-            json.dumps(row.data),
+            _column(row.spec, row.kind, row.id, "spec"),
+            _column(row.data, row.kind, row.id, "data"),
             row.version,
             now,
             now,
@@ -230,8 +242,8 @@ class Store:
         values = (
             new.state,
             int(new.terminal),
-            json.dumps(new.spec),
-            json.dumps(new.data),
+            _column(new.spec, row.kind, row.id, "spec"),
+            _column(new.data, row.kind, row.id, "data"),
             new.version,
             now,
             row.kind,

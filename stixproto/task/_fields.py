@@ -72,19 +72,28 @@ def whole(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def check_int(value: int, path: str, low: int | None = None, high: int | None = None) -> None:
+def check_int(
+    value: int, path: str, low: int | None = None, high: int | None = None, *, limit: int
+) -> None:
+    """`low`/`high` are the field's own range; `limit` the sanity bound (`stixproto.bounds`)
+    of a field that is open above."""
     if low is not None and value < low:
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         fail(path, f"expected an integer {bound}, got {value}")
     if high is not None and value > high:
         fail(path, f"expected an integer between {low} and {high}, got {value}")
+    if value > limit:
+        fail(path, f"expected an integer <= {limit}, got {value}")
 
 
-def check_positive(value: float, path: str, *, zero_ok: bool = False) -> None:
+def check_positive(value: float, path: str, *, limit: float, zero_ok: bool = False) -> None:
+    """A finite number above zero (or from zero, with `zero_ok`) and at most `limit`."""
     if not math.isfinite(value):
         fail(path, f"expected a finite number, got {value}")
     if value < 0 or (value == 0 and not zero_ok):
         fail(path, f"expected a number {'>= 0' if zero_ok else '> 0'}, got {whole(value)}")
+    if value > limit:
+        fail(path, f"expected a number <= {whole(float(limit))}, got {whole(value)}")
 
 
 INT_RANGE = (-(2**63), 2**64 - 1)

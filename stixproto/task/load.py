@@ -8,6 +8,7 @@ volumes, workdir and service, then the model built and every rule checked. A pro
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from stixproto.bounds import MAX_COUNT, MAX_GB
 from stixproto.errors import InvalidTask, TaskFieldError
 from stixproto.task import subst
 from stixproto.task._fields import check_int_sizes, check_positive, describe, fail, join, near
@@ -135,6 +137,8 @@ def check_task(task: Task) -> None:
     """Every rule of a task beyond its YAML types; raises `TaskFieldError` with the key path."""
     if task.num_nodes < 1:
         fail("num_nodes", f"expected an integer >= 1, got {task.num_nodes}")
+    if task.num_nodes > MAX_COUNT:
+        fail("num_nodes", f"expected an integer <= {MAX_COUNT}, got {task.num_nodes}")
     if task.workdir is not None:
         check_workdir(task.workdir)
     if task.resources is not None:
@@ -155,7 +159,22 @@ def check_task(task: Task) -> None:
         if len(sizes) != 1:
             fail(key, f"expected one path with its estimated size in GB, got {len(sizes)} entries")
         for name, size in sizes.items():
-            check_positive(float(size), join(key, name), zero_ok=True)
+            check_positive(float(size), join(key, name), zero_ok=True, limit=MAX_GB)
+    _check_finite(msgspec.to_builtins(task))
+
+
+def _check_finite(tree: Any) -> None:
+    """No `.inf`/`.nan` anywhere, open maps (`config`, `pool`, ...) included; iterative, so a
+    deep document cannot overflow the stack."""
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(path, f"expected a finite number, got {value}")
+        if isinstance(value, dict):
+            stack.extend((join(path, str(k)), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((join(path, i), v) for i, v in enumerate(value))
 
 
 def task_from_dict(

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from stixproto.bounds import MAX_COUNT
 from stixproto.errors import TaskFieldError
 from stixproto.task import parsing as p
 from stixproto.task.model import Resources, Task
@@ -153,6 +154,9 @@ def apply_overrides(task: Task, overrides: ResourceOverrides) -> Task:
             raise TaskFieldError(
                 "--num-nodes", f"expected an integer >= 1, got {overrides.num_nodes}", source=SOURCE
             )
+        if overrides.num_nodes > MAX_COUNT:
+            too_many = f"expected an integer <= {MAX_COUNT}, got {overrides.num_nodes}"
+            raise TaskFieldError("--num-nodes", too_many, source=SOURCE)
         num_nodes = overrides.num_nodes
     if not fields and whole is None and not parts:
         return msgspec.structs.replace(task, num_nodes=num_nodes)

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from stixproto import accelerators as accel
+from stixproto import bounds
 from stixproto.errors import TaskFieldError
 from stixproto.task._fields import (
     check_int,
@@ -164,6 +165,8 @@ def _count(value: Any, path: str, written: str) -> int | float:
         fail(path, f"expected a number of accelerators, got {describe(value)}")
     if not (value > 0 and math.isfinite(value)):
         fail(path, f"expected an accelerator count > 0, got {whole(float(value))} in {written!r}")
+    if value > bounds.MAX_COUNT:
+        fail(path, f"expected an accelerator count <= {bounds.MAX_COUNT}, got {written!r}")
     return whole(float(value))
 
 
@@ -225,8 +228,9 @@ def parse_amount(value: int | float | str, path: str, *, memory: bool) -> Amount
     """cpus (`4`, `"4+"`, `0.5`) or memory (`32`, `"32+"`, `"1024MB"`, `"64GB+"`; GB)."""
     if isinstance(value, bool):
         fail(path, f"expected a number or a string like '4+', got {describe(value)}")
+    high = bounds.MAX_GB if memory else bounds.MAX_CPUS
     if isinstance(value, int | float):
-        check_positive(float(value), path)
+        check_positive(float(value), path, limit=high)
         return Amount(float(value))
     text = value.strip()
     at_least = text.endswith("+")
@@ -243,14 +247,14 @@ def parse_amount(value: int | float | str, path: str, *, memory: bool) -> Amount
     if amount is None:
         example = "'32', '32+', '64GB' or '1024MB+'" if memory else "'4' or '4+'"
         fail(path, f"expected a number or a string like {example}, got {value!r}")
-    check_positive(amount, path)
+    check_positive(amount * factor, path, limit=high)
     return Amount(amount * factor, at_least)
 
 
 def parse_disk_size(value: int | str, path: str) -> float:
     """Disk size in GB from `256` or `"1024GB"`/`"1TB"`."""
     if isinstance(value, int) and not isinstance(value, bool):
-        check_int(value, path, 1)
+        check_int(value, path, 1, limit=bounds.MAX_GB)
         return float(value)
     amount = None
     if isinstance(value, str) and not value.strip().endswith("+"):
@@ -267,7 +271,8 @@ def parse_disk_size(value: int | str, path: str) -> float:
 
 
 def _port(value: Any, path: str) -> int:
-    port = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    digits = isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
+    port = int(value) if digits else value
     if isinstance(port, bool) or not isinstance(port, int):
         fail(path, f"expected a port number or a range like '10052-10100', got {describe(value)}")
     if not 1 <= port <= 65535:
@@ -298,7 +303,7 @@ def parse_ports(value: int | str | list[int | str] | None, path: str) -> list[tu
 def parse_minutes(value: int | str, path: str) -> int:
     """Idle minutes from `10` or `"10m"`, `"2h"`, `"1d"`, `"1w"`."""
     if isinstance(value, int) and not isinstance(value, bool):
-        check_int(value, path, 0)
+        check_int(value, path, 0, limit=bounds.MAX_IDLE_MINUTES)
         return value
     text = str(value).strip().lower()
     unit = text[-1:] if text[-1:] in _MINUTES_PER_UNIT else ""
@@ -308,7 +313,10 @@ def parse_minutes(value: int | str, path: str) -> int:
             path,
             f"expected minutes like 10 or a duration like '10m', '2h', '1d', '1w', got {value!r}",
         )
-    return int(digits) * _MINUTES_PER_UNIT.get(unit, 1)
+    minutes = int(digits) * _MINUTES_PER_UNIT.get(unit, 1)
+    if minutes > bounds.MAX_IDLE_MINUTES:
+        fail(path, f"expected at most {bounds.MAX_IDLE_MINUTES} minutes (a year), got {value!r}")
+    return minutes
 
 
 def parse_autostop(value: Any, path: str) -> Autostop:
@@ -326,7 +334,7 @@ def parse_autostop(value: Any, path: str) -> Autostop:
         if value.wait_for is not None:
             wait_for = choice(value.wait_for, WAIT_FOR, join(path, "wait_for"), "wait_for mode")
         if value.hook_timeout is not None:
-            check_int(value.hook_timeout, join(path, "hook_timeout"), 1)
+            check_int(value.hook_timeout, join(path, "hook_timeout"), 1, limit=bounds.MAX_SECONDS)
         return Autostop(True, minutes, bool(value.down), wait_for)
     fail(
         path, f"expected true/false, minutes, a duration like '10m' or a map, got {describe(value)}"
@@ -350,7 +358,7 @@ def _strategy(value: Any, path: str) -> str:
 def _exit_code(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         fail(path, f"expected an exit code between 0 and 255, got {describe(value)}")
-    check_int(value, path, 0, 255)
+    check_int(value, path, 0, 255, limit=255)
     return value
 
 
@@ -366,7 +374,7 @@ def parse_job_recovery(value: str | dict[str, Any], path: str) -> JobRecovery:
             join(path, "max_restarts_on_errors"),
             f"expected an integer >= 0, got {describe(restarts)}",
         )
-    check_int(restarts, join(path, "max_restarts_on_errors"), 0)
+    check_int(restarts, join(path, "max_restarts_on_errors"), 0, limit=bounds.MAX_RESTARTS)
     codes_path = join(path, "recover_on_exit_codes")
     codes = value.get("recover_on_exit_codes", [])
     if isinstance(codes, list):

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from stixproto import bounds
 from stixproto.task import parsing as p
 from stixproto.task._fields import check_int, check_positive, choice, describe, fail, join
 from stixproto.task.model import Resources
@@ -110,9 +111,10 @@ def check_resources(res: Resources, path: str = "resources", *, alternative: boo
     if res.autostop is not None:
         p.parse_autostop(res.autostop, join(path, "autostop"))
     if res.priority is not None:
-        check_int(res.priority, join(path, "priority"), 0, 1000)
+        check_int(res.priority, join(path, "priority"), 0, 1000, limit=1000)
     if res.max_hourly_cost is not None:
-        check_positive(float(res.max_hourly_cost), join(path, "max_hourly_cost"))
+        cost = float(res.max_hourly_cost)
+        check_positive(cost, join(path, "max_hourly_cost"), limit=bounds.MAX_PRICE)
     for i, volume in enumerate(res.volumes or []):
         _check_disk_volume(volume, join(join(path, "volumes"), i))
     _check_alternatives(res, path, alternative)

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from stixproto.bounds import MAX_COUNT, MAX_QPS, MAX_SECONDS
 from stixproto.task._fields import check_int, check_positive, choice, describe, fail, join
 from stixproto.task.model import ReadinessProbe, ReplicaPolicy, Service
 
@@ -126,21 +127,21 @@ def _check_probe(probe: str | ReadinessProbe, path: str) -> None:
     for key in ("initial_delay_seconds", "endpoint_probe_interval_seconds"):
         value = getattr(probe, key)
         if value is not None:
-            check_positive(float(value), join(path, key), zero_ok=True)
+            check_positive(float(value), join(path, key), zero_ok=True, limit=MAX_SECONDS)
     for key in ("timeout_seconds", "consecutive_failure_threshold_timeout"):
         value = getattr(probe, key)
         if value is not None:
-            check_positive(float(value), join(path, key))
+            check_positive(float(value), join(path, key), limit=MAX_SECONDS)
     if isinstance(probe.post_data, str):
         _json_body(probe.post_data, join(path, "post_data"))
 
 
 def _check_policy(policy: ReplicaPolicy, path: str) -> None:
-    check_int(policy.min_replicas, join(path, "min_replicas"), 0)
+    check_int(policy.min_replicas, join(path, "min_replicas"), 0, limit=MAX_COUNT)
     for key in ("max_replicas", "num_overprovision", "base_ondemand_fallback_replicas"):
         value = getattr(policy, key)
         if value is not None:
-            check_int(value, join(path, key), 0)
+            check_int(value, join(path, key), 0, limit=MAX_COUNT)
     if policy.max_replicas is not None and policy.max_replicas < policy.min_replicas:
         fail(
             join(path, "max_replicas"),
@@ -150,13 +151,13 @@ def _check_policy(policy: ReplicaPolicy, path: str) -> None:
     where = join(path, "target_qps_per_replica")
     if isinstance(qps, dict):
         for name, value in qps.items():
-            check_positive(float(value), join(where, name), zero_ok=True)
+            check_positive(float(value), join(where, name), zero_ok=True, limit=MAX_QPS)
     elif qps is not None:
-        check_positive(float(qps), where, zero_ok=True)
+        check_positive(float(qps), where, zero_ok=True, limit=MAX_QPS)
     for key in ("upscale_delay_seconds", "downscale_delay_seconds"):
         value = getattr(policy, key)
         if value is not None:
-            check_positive(float(value), join(path, key), zero_ok=True)
+            check_positive(float(value), join(path, key), zero_ok=True, limit=MAX_SECONDS)
     if policy.spot_placer is not None:
         choice(policy.spot_placer, SPOT_PLACERS, join(path, "spot_placer"), "spot placer")
 
@@ -173,6 +174,8 @@ def _check_open_map(
         value = raw.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             fail(join(path, key), f"expected a number, got {describe(value)}")
+        if value is not None:
+            check_positive(float(value), join(path, key), zero_ok=True, limit=MAX_SECONDS)
 
 
 def check_service(service: Service, path: str = "service") -> None:
@@ -184,7 +187,7 @@ def check_service(service: Service, path: str = "service") -> None:
     if service.readiness_probe is not None:
         _check_probe(service.readiness_probe, join(path, "readiness_probe"))
     if service.replicas is not None:
-        check_int(service.replicas, join(path, "replicas"), 0)
+        check_int(service.replicas, join(path, "replicas"), 0, limit=MAX_COUNT)
     if service.replica_policy is not None:
         _check_policy(service.replica_policy, join(path, "replica_policy"))
     if service.load_balancing_policy is not None:
@@ -195,7 +198,7 @@ def check_service(service: Service, path: str = "service") -> None:
             "load balancing policy",
         )
     if service.ports is not None:
-        check_int(service.ports, join(path, "ports"), 1, 65535)
+        check_int(service.ports, join(path, "ports"), 1, 65535, limit=65535)
     if service.tls is not None:
         _check_open_map(service.tls, join(path, "tls"), TLS_KEYS, ())
     if service.load_balancer is not None:
@@ -211,11 +214,11 @@ def check_pool(pool: dict[str, Any], path: str = "pool") -> None:
         if key.endswith("_seconds"):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 fail(join(path, key), f"expected a number of seconds, got {describe(value)}")
-            check_positive(float(value), join(path, key), zero_ok=True)
+            check_positive(float(value), join(path, key), zero_ok=True, limit=MAX_SECONDS)
             continue
         if isinstance(value, bool) or not isinstance(value, int):
             fail(join(path, key), f"expected an integer, got {describe(value)}")
-        check_int(value, join(path, key), minimums.get(key, 0))
+        check_int(value, join(path, key), minimums.get(key, 0), limit=MAX_COUNT)
     low, high = pool.get("min_workers"), pool.get("max_workers")
     if isinstance(low, int) and isinstance(high, int) and high < low:
         fail(join(path, "max_workers"), f"expected at least min_workers ({low}), got {high}")

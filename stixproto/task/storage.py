@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from stixproto.bounds import MAX_GB
 from stixproto.task._fields import choice, describe, fail, join
 from stixproto.task.model import Storage
 
@@ -143,6 +144,8 @@ def check_volumes(volumes: dict[str, str | dict[str, Any]], path: str = "volumes
                 join(where, "size"),
                 f"expected a size like '10Gi' or 100, got {describe(spec['size'])}",
             )
+        if isinstance(spec.get("size"), int) and not 1 <= spec["size"] <= MAX_GB:
+            fail(join(where, "size"), f"expected a size from 1 to {MAX_GB} GB, got {spec['size']}")
         labels = spec.get("labels")
         if labels is not None and not (
             isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
