@@ -115,7 +115,11 @@ def _read(text: str, *, every: bool) -> Any:
         )
     ):
         loader_class = libyaml
-    loader = loader_class(text)
+    try:
+        loader = loader_class(text)
+    except UnicodeEncodeError as exc:  # a lone surrogate, as undecodable bytes in os.environ become
+        where = f"character #x{ord(text[exc.start]):04x} at position {exc.start}"
+        raise YamlError(f"{where}: not valid Unicode", syntax=True) from None
     loader.measured = not surely_within
     try:
         if not every:

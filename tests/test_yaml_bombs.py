@@ -112,6 +112,7 @@ REFUSED = {
         "YAML syntax error at line 1, column 4: month must be in 1..12",
     ),
     "a control character": ("a: b\x00\n", "YAML syntax error: character #x0000 at position 4"),
+    "a lone surrogate": ("a: \udcff\n", "YAML syntax error: character #xdcff at position 3"),
 }
 
 
