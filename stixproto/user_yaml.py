@@ -120,6 +120,8 @@ def _read(text: str, *, every: bool) -> Any:
     except UnicodeEncodeError as exc:  # a lone surrogate, as undecodable bytes in os.environ become
         where = f"character #x{ord(text[exc.start]):04x} at position {exc.start}"
         raise YamlError(f"{where}: not valid Unicode", syntax=True) from None
+    except yaml.YAMLError as exc:  # PyYAML's own reader checks the characters as it starts
+        raise _one_line(exc) from None
     loader.measured = not surely_within
     try:
         if not every:
@@ -262,20 +264,12 @@ def _loader_classes() -> tuple[type | None, type]:
                 self.chars_spent += chars
             return super().construct_document(node)
 
-        def construct_int(self, node: Any) -> Any:
-            return _number(self, node, SafeConstructor.construct_yaml_int)
-
-        def construct_float(self, node: Any) -> Any:
-            return _number(self, node, SafeConstructor.construct_yaml_float)
-
-        def construct_timestamp(self, node: Any) -> Any:
-            return _scalar(self, node, SafeConstructor.construct_yaml_timestamp)
-
         yaml_constructors = {
             **SafeConstructor.yaml_constructors,
-            "tag:yaml.org,2002:int": construct_int,
-            "tag:yaml.org,2002:float": construct_float,
-            "tag:yaml.org,2002:timestamp": construct_timestamp,
+            **{
+                f"tag:yaml.org,2002:{kind}": _checked_scalar(kind, SafeConstructor)
+                for kind in ("bool", "int", "float", "timestamp")
+            },
         }
 
     class DepthComposer(Composer):
@@ -322,20 +316,25 @@ def _loader_classes() -> tuple[type | None, type]:
     return LibYaml, Guarded
 
 
-def _number(loader: Any, node: Any, build: Any) -> Any:
-    if len(node.value) > MAX_NUMBER_CHARS:
+def _checked_scalar(kind: str, constructor: Any) -> Any:
+    """PyYAML's constructor of a `kind` scalar, which can raise plain errors on what a tag
+    forces on it (`!!int ''`, `!!bool x`, a month 13, a float past its range), with those as
+    one `YamlError` line; numbers longer than `MAX_NUMBER_CHARS` are refused before building."""
+    build = getattr(constructor, f"construct_yaml_{kind}")
+    number = kind in ("int", "float")
+
+    def construct(loader: Any, node: Any) -> Any:
         line, column = _mark(node)
-        raise YamlError(
-            f"YAML number at line {line}, column {column} is {len(node.value):,} characters "
-            f"long, more than {MAX_NUMBER_CHARS} (the limit); quote it if it is text"
-        )
-    return _scalar(loader, node, build)
+        if number and len(node.value) > MAX_NUMBER_CHARS:
+            raise YamlError(
+                f"YAML number at line {line}, column {column} is {len(node.value):,} "
+                f"characters long, more than {MAX_NUMBER_CHARS} (the limit); quote it if it is text"
+            )
+        try:
+            return build(loader, node)
+        except (ValueError, OverflowError) as exc:
+            raise YamlError(_words(str(exc)), line, column, syntax=True) from None
+        except (LookupError, AttributeError):
+            raise YamlError(f"not a valid {kind}", line, column, syntax=True) from None
 
-
-def _scalar(loader: Any, node: Any, build: Any) -> Any:
-    """A scalar built by PyYAML, whose number and date constructors can raise plain errors
-    (a month 13, a float past its range) that would otherwise escape as tracebacks."""
-    try:
-        return build(loader, node)
-    except (ValueError, OverflowError) as exc:
-        raise YamlError(_words(str(exc)), *_mark(node), syntax=True) from None
+    return construct

@@ -112,6 +112,9 @@ REFUSED = {
         "YAML syntax error at line 1, column 4: month must be in 1..12",
     ),
     "a control character": ("a: b\x00\n", "YAML syntax error: character #x0000 at position 4"),
+    "!!int on nothing": ("a: !!int\n", "YAML syntax error at line 1, column 4: not a valid int"),
+    "!!bool on a word": ("a: !!bool maybe\n", "at line 1, column 4: not a valid bool"),
+    "!!timestamp on a word": ("a: !!timestamp soon\n", "column 4: not a valid timestamp"),
     "a lone surrogate": ("a: \udcff\n", "YAML syntax error: character #xdcff at position 3"),
 }
 
@@ -249,10 +252,21 @@ def test_every_path_reads_the_corpus_as_pyyaml_does(loaders: str) -> None:
             assert user_yaml.load_all(variant) == expected, (loaders, path.name)
 
 
-@pytest.mark.parametrize("name", ["aliases in lists", "merge keys", "10,000 [", "a hex number"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "aliases in lists",
+        "merge keys",
+        "10,000 [",
+        "a hex number",
+        "!!bool on a word",
+        "a control character",
+        "a lone surrogate",
+    ],
+)
 def test_every_path_refuses_bombs_alike(loaders: str, name: str) -> None:
     text, expected = REFUSED[name]
-    for variant in (text, GUARDED + text):
+    for variant in (text, text + GUARDED):  # after the text, to keep lines and positions
         with pytest.raises(YamlError) as err:
             user_yaml.load_all(variant)
         assert expected in str(err.value), (loaders, name)
