@@ -324,8 +324,8 @@ def _checked_scalar(kind: str, constructor: Any) -> Any:
     number = kind in ("int", "float")
 
     def construct(loader: Any, node: Any) -> Any:
-        line, column = _mark(node)
         if number and len(node.value) > MAX_NUMBER_CHARS:
+            line, column = _mark(node)
             raise YamlError(
                 f"YAML number at line {line}, column {column} is {len(node.value):,} "
                 f"characters long, more than {MAX_NUMBER_CHARS} (the limit); quote it if it is text"
@@ -333,8 +333,8 @@ def _checked_scalar(kind: str, constructor: Any) -> Any:
         try:
             return build(loader, node)
         except (ValueError, OverflowError) as exc:
-            raise YamlError(_words(str(exc)), line, column, syntax=True) from None
+            raise YamlError(_words(str(exc)), *_mark(node), syntax=True) from None
         except (LookupError, AttributeError):
-            raise YamlError(f"not a valid {kind}", line, column, syntax=True) from None
+            raise YamlError(f"not a valid {kind}", *_mark(node), syntax=True) from None
 
     return construct
