@@ -18,7 +18,7 @@ from stixd.config import ConfigError, load_config
 from stixd.providers.ssh_pools import PoolError, load_pools
 from stixproto import user_yaml
 from stixproto.errors import InvalidTask
-from stixproto.task import from_yaml, load_task_file
+from stixproto.task import Task, from_yaml, load_task_file
 from stixproto.user_yaml import MAX_CHARS, MAX_DEPTH, MAX_VALUES, YamlError
 from tests.conftest import REPO, Stix
 
@@ -299,3 +299,28 @@ def test_nesting_is_refused_exactly_past_the_limit_however_it_is_written(
     else:
         with pytest.raises(YamlError, match="nested too deeply"):
             user_yaml.load(text)
+
+
+# -- walks of the loaded task --------------------------------------------------------------------
+
+
+def test_env_substitution_is_bounded_however_often_a_variable_is_used() -> None:
+    """`$X` is 2 characters; a million of them with a megabyte value would build a terabyte."""
+    uses = '"' + "$X" * 1_000_000 + '"'
+    expected = (
+        "file_mounts: substituting envs would make the task more than 4,000,000 characters "
+        "longer (the limit)"
+    )
+    big_env = f"envs:\n  X: {'x' * 1_000_000}\nfile_mounts:\n  /a: {uses}\n"
+    error, seconds = timed(lambda: from_yaml(big_env, "subst.yaml"))
+    assert isinstance(error, InvalidTask) and error.message == f"subst.yaml: {expected}"
+    assert seconds < 1.0
+    given_later = f"envs:\n  X: null\nfile_mounts:\n  /a: {uses}\n"
+    error, seconds = timed(
+        lambda: from_yaml(given_later, "subst.yaml", env_overrides={"X": "x" * 1_000_000})
+    )
+    assert isinstance(error, InvalidTask) and error.message == f"subst.yaml: {expected}"
+    assert seconds < 1.0
+    small = f"envs:\n  X: {'x' * 1_000}\nfile_mounts:\n  /a: {'$X' * 1_000}\n"
+    task = from_yaml(small, "subst.yaml")
+    assert isinstance(task, Task) and task.file_mounts == {"/a": "x" * 1_000_000}
