@@ -94,6 +94,25 @@ def load_all(text: str) -> list[Any]:
 def _read(text: str, *, every: bool) -> Any:
     import yaml
 
+    loader = _loader(text)
+    try:
+        if not every:
+            return loader.get_single_data()
+        docs = []
+        while loader.check_data():
+            docs.append(loader.get_data())
+        return docs
+    except yaml.YAMLError as exc:
+        raise _one_line(exc) from None
+    finally:
+        loader.dispose()
+
+
+def _loader(text: str) -> Any:
+    """A loader for `text`: libyaml's composer when the text cannot hurt it, with its nodes
+    measured unless the text surely meets every limit."""
+    import yaml
+
     if len(text) > MAX_CHARS:
         raise YamlError(f"YAML too large: more than {MAX_CHARS:,} characters (the limit)")
     libyaml, guarded = _loader_classes()
@@ -123,17 +142,7 @@ def _read(text: str, *, every: bool) -> Any:
     except yaml.YAMLError as exc:  # PyYAML's own reader checks the characters as it starts
         raise _one_line(exc) from None
     loader.measured = not surely_within
-    try:
-        if not every:
-            return loader.get_single_data()
-        docs = []
-        while loader.check_data():
-            docs.append(loader.get_data())
-        return docs
-    except yaml.YAMLError as exc:
-        raise _one_line(exc) from None
-    finally:
-        loader.dispose()
+    return loader
 
 
 def _nests_within(levels: int, brackets: int, line_starts: bytes) -> bool:
