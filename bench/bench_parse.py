@@ -3,7 +3,9 @@
 Prints files/second for stix's loader (YAML text → validated Task or Dag) against, as the
 baseline measured in the same run, plain `yaml.safe_load_all` of the same files. Also shown:
 the model alone (already-loaded documents → validated Task/Dag) and the libyaml loader stix
-uses when PyYAML has it, so the split between YAML and model is visible.
+uses when PyYAML has it, so the split between YAML and model is visible. Times are this
+process's CPU time: the work is single-threaded, and wall time on a shared machine mostly
+measures the neighbours.
 
     python -m bench.bench_parse [--rounds 20] [--shared ../shared]
 """
@@ -30,10 +32,10 @@ def _per_second(fn: Callable[[], None], files: int, rounds: int, samples: int) -
     fn()  # warm up: imports, caches
     times = []
     for _ in range(samples):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(rounds):
             fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return files * rounds / median(times)
 
 

@@ -54,7 +54,7 @@ def _json(value: Any) -> None:
 
 def _config_layers(extra: list[str]) -> list[m.ConfigLayer]:
     """Project `.stix.yaml` and `--config` files, parsed here and validated by the daemon."""
-    import yaml
+    from stixproto import user_yaml
 
     layers = []
     paths = [Path(".stix.yaml")] if Path(".stix.yaml").exists() else []
@@ -67,16 +67,13 @@ def _config_layers(extra: list[str]) -> list[m.ConfigLayer]:
         paths.append(path)
     for path in paths:
         try:
-            text = path.read_text()
+            values = user_yaml.load(user_yaml.read_file(path)) or {}
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise InvalidConfig(f"{path}: cannot read the config file: {reason}") from None
-        try:
-            values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise InvalidConfig(f"{path}: invalid YAML{where}") from None
+        except user_yaml.YamlError as exc:
+            problem = f"invalid YAML{exc.where}: {exc.problem}" if exc.syntax else str(exc)
+            raise InvalidConfig(f"{path}: {problem}") from None
         if not isinstance(values, dict):
             raise InvalidConfig(f"{path}: a config file must be a mapping")
         layers.append(m.ConfigLayer(source=str(path), values=values))

@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect as mi
-import yaml
 
+from stixproto import user_yaml
 from stixproto.bounds import MAX_COUNT, MAX_RESTARTS, MAX_SECONDS, IdleMinutes
 
 __all__ = [
@@ -218,27 +218,24 @@ def _display_path(path: Path, *, cwd: Path | None = None) -> str:
 def _read_layer(path: Path, source: str) -> dict[str, Any] | None:
     """The mapping in a YAML file; None if the file does not exist; {} if it is empty."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = user_yaml.load(user_yaml.read_file(path))
     except FileNotFoundError:
         return None
     except UnicodeDecodeError as exc:
         raise ConfigError(source, None, f"not UTF-8 text ({exc.reason}); save it as UTF-8") from exc
     except OSError as exc:
         raise ConfigError(source, None, f"cannot read it: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(source, None, f"invalid YAML{where}: {problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, None, f"invalid YAML: {exc}") from exc
+    except user_yaml.YamlError as exc:
+        raise ConfigError(source, None, _yaml_problem(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(source, None, _expected_mapping(Config, data))
     return data
+
+
+def _yaml_problem(exc: user_yaml.YamlError) -> str:
+    return f"invalid YAML{exc.where}: {exc.problem}" if exc.syntax else str(exc)
 
 
 def _env_layers(env: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -256,11 +253,10 @@ def _env_layers(env: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
                 "STIX__AUTOSTOP__GRACE_MINUTES",
             )
         try:
-            value: Any = yaml.safe_load(env[name])
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                source, ".".join(parts), f"value {env[name]!r} is not valid YAML; quote it"
-            ) from exc
+            value: Any = user_yaml.load(env[name])
+        except user_yaml.YamlError as exc:
+            problem = f"value {env[name]!r} is not valid YAML; quote it" if exc.syntax else str(exc)
+            raise ConfigError(source, ".".join(parts), problem) from None
         for part in reversed(parts):
             value = {part: value}
         yield source, value

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 
 from stixd.providers.base import CapacityError
 from stixd.providers.ssh_transport import SshTarget
+from stixproto import user_yaml
 from stixproto.errors import ProvisionError
 
 POOLS_FILE = "ssh_node_pools.yaml"
@@ -111,17 +111,16 @@ def load_pools(home: Path) -> dict[str, SshPool]:
     """The pools of ``home``; no file means no pools."""
     path = home / POOLS_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        data = user_yaml.load(user_yaml.read_file(path))
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise PoolError(f"{POOLS_FILE}: cannot read it ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PoolError(f"{POOLS_FILE}: not valid YAML{where}") from None
+    except user_yaml.YamlError as exc:
+        if exc.syntax:
+            where = f" at line {exc.line}" if exc.line is not None else ""
+            raise PoolError(f"{POOLS_FILE}: not valid YAML{where}") from None
+        raise PoolError(f"{POOLS_FILE}: {exc}") from None
     return parse_pools(data)
 
 

@@ -44,30 +44,27 @@ def looks_like_path(text: str) -> bool:
 
 
 def read_documents(text: str, source: str) -> list[Any]:
-    """The non-empty YAML documents of `text`; a syntax error names its line and column."""
-    import yaml  # deferred: only commands that read a task file pay for it
+    """The non-empty YAML documents of `text`, read within `stixproto.user_yaml`'s limits; a
+    syntax error names its line and column."""
+    from stixproto import user_yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        docs = list(yaml.load_all(text, Loader=loader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise InvalidTask(f"{source}: YAML syntax error{where}: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidTask(f"{source}: YAML syntax error: {exc}") from None
-    except RecursionError:
-        raise InvalidTask(f"{source}: YAML nested too deeply") from None
+        docs = user_yaml.load_all(text)
+    except user_yaml.YamlError as exc:
+        raise InvalidTask(f"{source}: {exc}") from None
     return [d for d in docs if d is not None]
 
 
 def _read(path: str | Path) -> str:
+    from stixproto import user_yaml
+
     try:
-        return Path(path).read_text()
+        return user_yaml.read_file(path)
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise InvalidTask(f"{path}: cannot read the task file: {reason}") from None
+    except user_yaml.YamlError as exc:
+        raise InvalidTask(f"{path}: {exc}") from None
 
 
 # -- one task ----------------------------------------------------------------------------------
