@@ -186,7 +186,10 @@ async def test_too_many_crashes_mark_the_actor_failed_with_the_reason(tmp_path: 
         assert "asked to crash" in child.failed
         assert not sup.tell("counter", "c", "work")
         events = await store.events("counter", "c")
-        assert events[-1].event == "failed" and "asked to crash" in events[-1].why
+        assert [e.event for e in events[-2:]] == ["failed", "quarantined"]
+        assert "asked to crash" in events[-1].why
+        stored = await store.get("counter", "c")  # kept aside across daemon restarts too
+        assert stored is not None and stored.quarantined == child.failed
         tg.cancel_scope.cancel()
 
 
