@@ -82,6 +82,10 @@ QUICK: list[Case] = [  # one of each kind, for every run; the whole matrix is ma
     ("managed_job", *DAMAGE[4]),
     ("job_pool", *DAMAGE[-1]),
 ]
+REFUSED = {  # a request other than removal, to a quarantined object
+    "cluster": lambda id_: ["stop", id_, "-y"],
+    "job": lambda id_: ["logs", id_.split("/")[0], id_.rsplit("/", 1)[1], "--no-follow"],
+}
 REMOVE = re.compile(r"remove it with `stixctl ([^`]+)`")
 POOL = "pool:\n  workers: 0\n"
 
@@ -264,6 +268,10 @@ def _shown_failed_then_removed(damaged: Home, kind: str, label: str) -> None:
             if '"quarantined"' in line and f'"id": "{obj.id}"' in line
         ]
         assert len(lines) == 1 and lines[0]["reason"] in why
+    if why.startswith("quarantined") and label != "unknown-kind" and kind in REFUSED:
+        refused = damaged.stix.run(*REFUSED[kind](obj.id))  # anything else: why, and the fix
+        assert refused.returncode == 2 and command.group(0) in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
     removed = damaged.stix.run(*command.group(1).split(), "-y")
     assert removed.returncode == 0, removed.stderr
     assert "Traceback" not in removed.stderr

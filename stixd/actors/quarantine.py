@@ -156,8 +156,13 @@ async def remove(app: App, row: Row, reason: str) -> str:
 
 async def end_jobs(app: App, cluster: str, uid: Any, gone: ClusterGone) -> None:
     """Tell the live jobs of a cluster that it is gone; a job that cannot hear it
-    (quarantined) is written ended here."""
-    for job in await cluster_jobs(app, cluster, uid):
+    (quarantined) is written ended here. Without a readable `uid` (a damaged cluster row),
+    the live jobs of every launch of its name."""
+    if isinstance(uid, str) and uid:
+        jobs = await cluster_jobs(app, cluster, uid)
+    else:
+        jobs = await app.store.rows_under("job", f"{cluster}/")
+    for job in jobs:
         if job.terminal:
             continue
         if job.quarantined is None and app.supervisor.tell("job", job.id, gone):

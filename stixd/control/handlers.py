@@ -209,6 +209,9 @@ async def queue(app: App, req: m.Queue, emit: Emit) -> m.JobList:
 
 async def logs(app: App, req: m.Logs, emit: Emit) -> m.LogsEnd:
     job = await find_job(app, req.cluster, req.job_id)
+    reason = quarantine.reason_of(app, job)
+    if reason is not None:  # where its log is (its nodes) is what the row no longer says
+        raise quarantine.refusal(job, reason)
     job_id = int(job.spec["job_id"])
     if req.status_only:
         return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=job.state)

@@ -96,8 +96,8 @@ class Supervisor:
         None means no actor kind is called `row.kind`."""
         key = (row.kind, row.id)
         existing = self.children.get(key)
-        if existing is not None and existing.failed is None:
-            return existing
+        if existing is not None and (existing.failed is None or row.quarantined is not None):
+            return existing  # running, or quarantined and still held: nothing to start
         child = Child(kind=row.kind, id=row.id)
         self.children[key] = child
         if row.quarantined is not None:

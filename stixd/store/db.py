@@ -143,26 +143,32 @@ def _column_problem(r: aiosqlite.Row | tuple[Any, ...]) -> str | None:
 
 def _row(r: aiosqlite.Row | tuple[Any, ...]) -> Row:
     """A stored row as a `Row`; one that cannot be read comes back quarantined with the reason
-    (never raised: one bad row must not fail a listing, or the daemon's start)."""
+    (never raised: one bad row must not fail a listing, or the daemon's start). The checks of a
+    sound row are one expression: a boot reads every live row through here."""
     try:
         spec, data = _decode(r[5]), _decode(r[6])
     except Exception:  # any failure to read is the row's own, recorded as its reason
         return _unreadable(r, _json_problem(r))
-    problem = _column_problem(r)
-    if problem is not None:
-        return _unreadable(r, problem, spec, data)
+    kind, id_, parent, state, terminal, _, _, version, created_at, updated_at, held = r
+    if not (
+        type(kind) is str
+        and type(id_) is str
+        and type(state) is str
+        and (parent is None or type(parent) is str)
+        and type(terminal) is int
+        and (terminal == 0 or terminal == 1)
+        and type(version) is int
+        and 0 < version < MAX_VERSION
+        and type(created_at) is float
+        and 0.0 <= created_at <= LAST_TIME
+        and type(updated_at) is float
+        and 0.0 <= updated_at <= LAST_TIME
+    ):
+        problem = _column_problem(r)
+        if problem is not None:
+            return _unreadable(r, problem, spec, data)
     return Row(
-        kind=r[0],
-        id=r[1],
-        parent=r[2],
-        state=r[3],
-        terminal=bool(r[4]),
-        spec=spec,
-        data=data,
-        version=r[7],
-        created_at=r[8],
-        updated_at=r[9],
-        quarantined=r[10] if len(r) > 10 else None,
+        kind, id_, state, version, parent, terminal == 1, spec, data, created_at, updated_at, held
     )
 
 
