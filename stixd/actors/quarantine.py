@@ -47,6 +47,9 @@ REMOVED_STATE = {
 }
 """The terminal state a removed row is written with."""
 
+REUSED_NAMES = ("cluster", "job_pool")
+"""Kinds whose name is launched or applied again: a removed row keeps nothing of its damage."""
+
 _WHAT = {"cluster": "cluster", "job": "job", "managed_job": "managed job", "job_pool": "pool"}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][-_.A-Za-z0-9]{0,199}")
 
@@ -136,7 +139,11 @@ async def remove(app: App, row: Row, reason: str) -> str:
     teardown = _TEARDOWNS.get(row.kind)
     if teardown is not None:
         with anyio.move_on_after(TEARDOWN_WITHIN_S) as scope:
-            notes += await teardown(app, row)
+            try:
+                notes += await teardown(app, row)
+            except Exception as exc:  # the row is ended anyway: what it left is said, and logged
+                app.log.exception("quarantine_teardown_failed", kind=row.kind, id=row.id)
+                notes.append(f"tearing it down failed ({type(exc).__name__}: {exc})")
         if scope.cancelled_caught:
             notes.append(f"its teardown took over {TEARDOWN_WITHIN_S:g}s and was left")
     parent = JobActor.parent_of(row) if row.kind == "job" else None
@@ -147,11 +154,13 @@ async def remove(app: App, row: Row, reason: str) -> str:
         state=REMOVED_STATE.get(row.kind, row.state),
         parent=parent,
         why=f"removed while quarantined ({reason})",
+        fresh=row.kind in REUSED_NAMES or row.kind not in REMOVED_STATE,
     )
     app.supervisor.forget(row.kind, row.id)
     what = _WHAT.get(row.kind, f"stored {row.kind!r}")
     app.log.info("quarantine_removed", kind=row.kind, id=row.id)
-    return " ".join([f"{what} {row.id} removed (it was quarantined).", *notes])
+    said = [f"{note[0].upper()}{note[1:].rstrip('.')}." for note in notes]
+    return " ".join([f"{what[0].upper()}{what[1:]} {row.id} removed (it was quarantined).", *said])
 
 
 async def end_jobs(app: App, cluster: str, uid: Any, gone: ClusterGone) -> None:
@@ -181,6 +190,8 @@ async def _cluster(app: App, row: Row) -> list[str]:
     provider_name = row.spec.get("provider", "local")
     provider = app.providers.get(provider_name) if isinstance(provider_name, str) else None
     notes = []
+    if "provider" not in row.spec:  # unreadable, or never launched: local is harmless to try
+        notes.append("its infra is not known from the row: `stixctl leaks` finds cloud machines")
     if provider is None:
         notes.append(
             f"its infra ({provider_name!r}) is unknown, so nothing was torn down: "
@@ -216,7 +227,7 @@ async def _managed_job(app: App, row: Row) -> list[str]:
         await ask_cluster(app, cluster, m.Down(clusters=[cluster]), _quiet)
     except StixError as exc:
         return [f"its cluster {cluster} was not torn down: {exc.message}"]
-    return [f"Its cluster {cluster} was torn down."]
+    return [f"its cluster {cluster} was torn down"]
 
 
 async def _pool(app: App, row: Row) -> list[str]:

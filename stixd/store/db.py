@@ -417,19 +417,21 @@ class Store:
             await self._db.commit()
         return True
 
-    async def settle(self, row: Row, *, state: str, parent: str | None, why: str) -> Row:
+    async def settle(
+        self, row: Row, *, state: str, parent: str | None, why: str, fresh: bool = False
+    ) -> Row:
         """Write a quarantined row as ended (`state`, terminal) whatever its columns held, and
-        lift its quarantine: what could be read of it is kept, the rest is written afresh."""
+        lift its quarantine: what could be read of it is kept (nothing of it with `fresh`, for
+        a name that is used again), the rest is written afresh."""
         now = self._clock()
-        data = {**row.data, "quarantine": row.quarantined}
         new = Row(
             kind=row.kind,
             id=row.id,
             parent=parent,
             state=state,
             terminal=True,
-            spec=row.spec,
-            data=data,
+            spec={} if fresh else row.spec,
+            data={"quarantine": row.quarantined, **({} if fresh else row.data)},
             version=row.version + 1,
             created_at=row.created_at or now,
             updated_at=now,
