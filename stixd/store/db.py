@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +105,14 @@ _SELECT = (
     "a.created_at, a.updated_at, q.reason FROM actors a "
     "LEFT JOIN quarantine q ON q.kind = a.kind AND q.id = a.id"
 )
-LIVE = "a.terminal IS NOT 1"
-"""A row is live unless it says it is over: a corrupt terminal flag keeps it in sight."""
+_DAMAGED_FLAG = (
+    f"{_SELECT.replace('FROM actors a', 'FROM actors a INDEXED BY actors_live')} "
+    "WHERE a.terminal < 0 OR (a.terminal > 0 AND a.terminal < 1) OR a.terminal > 1 "
+    "ORDER BY a.kind, a.created_at"  # (without an order, SQLite plans a scan of the index)
+)
+"""Rows whose terminal flag is neither 0 nor 1 (text and blobs sort above every number): live
+until removed, so a damaged flag never hides a row. Three ranges of the flag's index, empty in
+a sound store, so listing live rows stays an index look-up however long the history."""
 
 MAX_VERSION = 2**62
 LAST_TIME = 253402300799.0  # 9999-12-31: later is no time stix wrote
@@ -368,6 +374,16 @@ class Store:
             r = await cur.fetchone()
         return _row(r) if r else None
 
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        async with self._db.execute(sql, args) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def _with_damaged_flags(
+        self, rows: list[Row], keep: Callable[[Row], bool], order: Callable[[Row], Any]
+    ) -> list[Row]:
+        damaged = [r for r in await self._fetch(_DAMAGED_FLAG) if keep(r)]
+        return sorted([*rows, *damaged], key=order) if damaged else rows
+
     async def rows(
         self, kind: str, *, parent: str | None = None, include_terminal: bool = True
     ) -> list[Row]:
@@ -376,30 +392,36 @@ class Store:
         if parent is not None:
             sql += " AND a.parent=?"
             args.append(parent)
-        if not include_terminal:
-            sql += f" AND {LIVE}"
-        sql += " ORDER BY a.created_at, a.id"
-        async with self._db.execute(sql, args) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        if include_terminal:
+            return await self._fetch(sql + " ORDER BY a.created_at, a.id", args)
+        rows = await self._fetch(sql + " AND a.terminal=0 ORDER BY a.created_at, a.id", args)
+        return await self._with_damaged_flags(
+            rows,
+            lambda r: r.kind == kind and (parent is None or r.parent == parent),
+            lambda r: (r.created_at, r.id),
+        )
 
     async def rows_under(self, kind: str, id_prefix: str) -> list[Row]:
         """Rows of `kind` whose id starts with `id_prefix` (a cluster's jobs: `name/uid/`),
         found by id whatever their other columns hold."""
         above = id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)
         sql = f"{_SELECT} WHERE a.kind=? AND a.id>=? AND a.id<? ORDER BY a.created_at, a.id"
-        async with self._db.execute(sql, (kind, id_prefix, above)) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        return await self._fetch(sql, (kind, id_prefix, above))
 
     async def live_rows(self) -> list[Row]:
-        async with self._db.execute(f"{_SELECT} WHERE {LIVE} ORDER BY a.kind, a.created_at") as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        rows = await self._fetch(f"{_SELECT} WHERE a.terminal=0 ORDER BY a.kind, a.created_at")
+        return await self._with_damaged_flags(
+            rows, lambda r: True, lambda r: (r.kind, r.created_at)
+        )
 
     async def live_rows_not_of(self, kinds: Collection[str]) -> list[Row]:
         """Live rows of any kind but these: rows whose kind column no stix writes."""
         marks = ",".join("?" * len(kinds))
-        sql = f"{_SELECT} WHERE {LIVE} AND a.kind NOT IN ({marks}) ORDER BY a.created_at"
-        async with self._db.execute(sql, list(kinds)) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        sql = f"{_SELECT} WHERE a.terminal=0 AND a.kind NOT IN ({marks}) ORDER BY a.created_at"
+        rows = await self._fetch(sql, list(kinds))
+        return await self._with_damaged_flags(
+            rows, lambda r: r.kind not in kinds, lambda r: r.created_at
+        )
 
     # -- quarantine ----------------------------------------------------------------------
 
