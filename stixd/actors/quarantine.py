@@ -191,7 +191,10 @@ async def _cluster(app: App, row: Row) -> list[str]:
     provider = app.providers.get(provider_name) if isinstance(provider_name, str) else None
     notes = []
     if "provider" not in row.spec:  # unreadable, or never launched: local is harmless to try
-        notes.append("its infra is not known from the row: `stixctl leaks` finds cloud machines")
+        notes.append(
+            "its infra is not known from the row, so only a local node of its name was looked "
+            "for: `stixctl leaks` finds cloud machines it may have left"
+        )
     if provider is None:
         notes.append(
             f"its infra ({provider_name!r}) is unknown, so nothing was torn down: "

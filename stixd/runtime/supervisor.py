@@ -129,6 +129,8 @@ class Supervisor:
     async def _record_quarantine(self, child: Child, reason: str) -> None:
         try:
             await self._store.quarantine(child.kind, child.id, reason)
+        except Exception:  # held in memory all the same; the store's trouble is logged
+            self._log.exception("quarantine_not_recorded", kind=child.kind, id=child.id)
         finally:
             child.mailbox.close()
             child.finished.set()
