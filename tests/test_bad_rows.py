@@ -315,6 +315,13 @@ def test_autostop_of_inf_stored_by_the_old_code_no_longer_stops_the_daemon(
     assert not quick.stix.node_dir("seen").exists()
     quick.stix.run("launch", "-c", "seen", "-y", "-d", "true", check=True)  # name reusable
     assert quick.stix.clusters()["seen"]["status"] == "UP"
+    for _ in range(2):  # and the same request now: one line back, and the actor unharmed
+        again = quick.stix.run("autostop", "seen", "-i", "inf", "-y")
+        assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    history = [e.event for e in _ask(quick, m.Events(name="seen")).events]
+    since = history[len(history) - history[::-1].index("launch") :]
+    assert "restarted" not in since and "quarantined" not in since
+    assert quick.stix.clusters()["seen"]["status"] == "UP"
 
 
 def test_every_healthy_object_still_works(quick: Home) -> None:

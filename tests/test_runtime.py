@@ -17,6 +17,7 @@ from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import MIGRATIONS, Row, RowExists, StaleWrite, open_store
+from stixproto.errors import InvalidRequest
 
 pytestmark = pytest.mark.anyio
 LOG: Any = structlog.wrap_logger(structlog.ReturnLogger())
@@ -256,7 +257,7 @@ async def test_a_row_that_cannot_be_read_is_returned_quarantined_never_raised(
 async def test_the_store_never_writes_what_it_could_not_read_back(tmp_path: Path) -> None:
     async with open_store(tmp_path / "s.db") as store:
         row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
-        with pytest.raises(ValueError, match="not JSON compliant"):
+        with pytest.raises(InvalidRequest, match="not a finite number"):
             await store.update(row, event="save", data={"idle_minutes": float("inf")})
         stored = await store.get("counter", "c")
         assert stored is not None and stored.version == 1 and stored.quarantined is None

@@ -19,6 +19,8 @@ import aiosqlite
 import anyio
 import msgspec
 
+from stixproto.errors import InvalidRequest
+
 MIGRATIONS: list[str] = [
     # 1: actors and their history
     """
@@ -124,8 +126,12 @@ jobs decodes 2,000 of them)."""
 
 
 def _encode(value: dict[str, Any]) -> str:
-    """JSON that `_decode` reads back: NaN and infinities are refused, not written."""
-    return json.dumps(value, allow_nan=False)
+    """JSON that `_decode` reads back: NaN and infinities are refused, not written. The refusal
+    is the request's error (an actor answers it and carries on), never a row no one can read."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise InvalidRequest("a value is not a finite number (NaN or infinity): give one") from None
 
 
 def _column_problem(r: aiosqlite.Row | tuple[Any, ...]) -> str | None:
@@ -460,7 +466,7 @@ class Store:
         )
         try:
             spec_text, data_text = _encode(new.spec), _encode(new.data)
-        except (TypeError, ValueError):
+        except (TypeError, InvalidRequest):
             new.spec, new.data = {}, {"quarantine": row.quarantined}
             spec_text, data_text = "{}", _encode(new.data)
         key = (row.kind, row.id)
