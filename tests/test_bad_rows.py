@@ -79,12 +79,13 @@ CASES: list[Case] = [(kind, *d) for kind in KINDS for d in DAMAGE + SHAPES[kind]
 QUICK: list[Case] = [  # one of each kind, for every run; the whole matrix is marked slow
     ("cluster", *SHAPES["cluster"][0]),
     ("job", *DAMAGE[0]),
-    ("managed_job", *DAMAGE[4]),
-    ("job_pool", *DAMAGE[-1]),
+    ("managed_job", *DAMAGE[-1]),
+    ("job_pool", *DAMAGE[4]),
 ]
 REFUSED = {  # a request other than removal, to a quarantined object
     "cluster": lambda id_: ["stop", id_, "-y"],
     "job": lambda id_: ["logs", id_.split("/")[0], id_.rsplit("/", 1)[1], "--no-follow"],
+    "job_pool": lambda id_: ["jobs", "launch", "--pool", id_, "-d", "-y", "true"],
 }
 REMOVE = re.compile(r"remove it with `stixctl ([^`]+)`")
 POOL = "pool:\n  workers: 0\n"

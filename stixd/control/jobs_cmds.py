@@ -89,6 +89,9 @@ async def _existing_pool(app: App, name: str) -> Row:
         raise InvalidRequest(
             f"no pool {name!r} (pools: {known}); create it with `stixctl jobs pool apply`"
         )
+    reason = quarantine.reason_of(app, row)
+    if reason is not None:  # its jobs would wait for a worker forever
+        raise quarantine.refusal(row, reason)
     return row
 
 
