@@ -81,7 +81,13 @@ async def serve(home: Path, config: Config) -> None:
                 for child in held:  # recorded before any client can list them
                     await child.finished.wait()
                 await tg.start(ControlServer(app, sock, dispatch).serve)
-                log.info("ready", pid=os.getpid(), actors=len(rows), home=str(home), held=len(held))
+                log.info(
+                    "ready",
+                    pid=os.getpid(),
+                    actors=len(rows),
+                    quarantined=len(held),
+                    home=str(home),
+                )
                 tg.start_soon(_signals, app)
                 tg.start_soon(leak_cmds.watch, app)
                 await app.shutdown.wait()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 
 KINDS = ("cluster", "job", "managed_job", "job_pool")
+"""Every kind `factory_for` builds: a live row of any other kind is shown as damaged."""
 
 
 def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
