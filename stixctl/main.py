@@ -447,7 +447,9 @@ def _check_args(s: argparse.ArgumentParser) -> None:
 
 def _events_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("name")
-    s.add_argument("--kind", default="cluster", choices=["cluster", "job"])
+    s.add_argument(
+        "--kind", default="cluster", choices=["cluster", "job", "managed_job", "job_pool"]
+    )
     s.add_argument("--limit", type=int, default=200)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_events)
@@ -524,7 +526,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "cost-report": ("estimated cost of clusters", _cost_args),
     "check": ("which infras are enabled", _check_args),
     "leaks": ("cloud instances of stix's that no cluster owns (--terminate them)", _leaks_args),
-    "events": ("the history of a cluster (or --kind job ID)", _events_args),
+    "events": ("the history of a cluster (or --kind job|managed_job|job_pool ID)", _events_args),
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),
     "ssh": ("SSH pools (up|status|down [POOL]) or a shell on a cluster's node", _ssh_args),

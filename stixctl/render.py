@@ -85,9 +85,9 @@ def clusters(records: Sequence[m.ClusterRecord]) -> str:
         ]
         for c in records
     ]
-    return "Clusters\n" + table(
-        ["NAME", "INFRA", "RESOURCES", "STATUS", "AUTOSTOP", "LAUNCHED"], rows
-    )
+    body = table(["NAME", "INFRA", "RESOURCES", "STATUS", "AUTOSTOP", "LAUNCHED"], rows)
+    notes = [f"{c.name}: {c.last_error}" for c in records if c.status == "FAILED" and c.last_error]
+    return "\n".join(["Clusters", body, *notes])
 
 
 def jobs(records: Sequence[m.JobRecord]) -> str:
@@ -118,6 +118,7 @@ def jobs(records: Sequence[m.JobRecord]) -> str:
         out.append(
             table(["ID", "NAME", "SUBMITTED", "STARTED", "DURATION", "RESOURCES", "STATUS"], rows)
         )
+        out += [f"job {j.job_id}: {j.failure_reason}" for j in items if j.failure_reason]
     return "\n".join(out)
 
 

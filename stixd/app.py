@@ -12,7 +12,7 @@ import anyio
 import structlog
 
 from stixd.providers.base import Provider
-from stixd.runtime.supervisor import Supervisor
+from stixd.runtime.supervisor import Child, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, Store
 
@@ -137,8 +137,8 @@ class App:
         except CatalogError:
             return {}
 
-    def spawn(self, row: Row) -> None:
-        """Start (or find) the actor for a stored row."""
+    def spawn(self, row: Row) -> Child:
+        """Start (or find) the actor for a stored row; a row that cannot run is quarantined."""
         from stixd.actors import factory_for  # actors import app; resolve at call time
 
-        self.supervisor.spawn(row, factory_for(self, row.kind))
+        return self.supervisor.spawn(row, factory_for(self, row.kind))

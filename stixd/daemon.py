@@ -77,10 +77,17 @@ async def serve(home: Path, config: Config) -> None:
                 except InvalidConfig as exc:
                     log.error("ssh_pools_invalid", error=exc.message)
                 rows = await store.live_rows()
-                for row in rows:
-                    app.spawn(row)
+                held = [c for c in (app.spawn(row) for row in rows) if c.failed is not None]
+                for child in held:  # recorded before any client can list them
+                    await child.finished.wait()
                 await tg.start(ControlServer(app, sock, dispatch).serve)
-                log.info("ready", pid=os.getpid(), actors=len(rows), home=str(home))
+                log.info(
+                    "ready",
+                    pid=os.getpid(),
+                    actors=len(rows),
+                    quarantined=len(held),
+                    home=str(home),
+                )
                 tg.start_soon(_signals, app)
                 tg.start_soon(leak_cmds.watch, app)
                 await app.shutdown.wait()

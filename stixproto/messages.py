@@ -328,6 +328,8 @@ class JobRecord(msgspec.Struct, frozen=True):
     ended_at: float | None = None
     exit_code: int | None = None
     resources: str = ""
+    failure_reason: str | None = None
+    """Set when the daemon cannot run the job's row (quarantined): why, and how to remove it."""
 
 
 class EventRecord(msgspec.Struct, frozen=True):

@@ -220,7 +220,7 @@ def test_the_daemon_config_refuses_infinite_minutes(tmp_path: Path) -> None:
 async def test_the_store_refuses_inf_and_nan_and_keeps_the_row(tmp_path: Path) -> None:
     async with open_store(tmp_path / "s.db") as store:
         row = await store.insert(Row(kind="cluster", id="c", state="UP", version=0), "created")
-        with pytest.raises(Unstorable, match="cluster c: data cannot be read back"):
+        with pytest.raises(Unstorable, match="cluster c data: a value is not a finite number"):
             await store.update(row, event="autostop", data={"autostop": {"idle_minutes": INF}})
         with pytest.raises(Unstorable):
             await store.insert(

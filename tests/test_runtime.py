@@ -17,6 +17,7 @@ from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import MIGRATIONS, Row, RowExists, StaleWrite, open_store
+from stixproto.errors import InvalidRequest
 
 pytestmark = pytest.mark.anyio
 LOG: Any = structlog.wrap_logger(structlog.ReturnLogger())
@@ -186,7 +187,10 @@ async def test_too_many_crashes_mark_the_actor_failed_with_the_reason(tmp_path: 
         assert "asked to crash" in child.failed
         assert not sup.tell("counter", "c", "work")
         events = await store.events("counter", "c")
-        assert events[-1].event == "failed" and "asked to crash" in events[-1].why
+        assert [e.event for e in events[-2:]] == ["failed", "quarantined"]
+        assert "asked to crash" in events[-1].why
+        stored = await store.get("counter", "c")  # kept aside across daemon restarts too
+        assert stored is not None and stored.quarantined == child.failed
         tg.cancel_scope.cancel()
 
 
@@ -214,3 +218,76 @@ async def test_an_undeclared_transition_is_a_bug(tmp_path: Path) -> None:
         with pytest.raises(TransitionError, match="FINISH is not allowed in state IDLE"):
             await actor.transition(Ev.FINISH)
         assert (await store.get("counter", "x")).state == "IDLE"  # type: ignore[union-attr]
+
+
+async def _seed(store: Any, *ids: str) -> None:
+    for id_ in ids:
+        await store.insert(Row(kind="counter", id=id_, state="IDLE", version=0), "created")
+
+
+def _damage(path: Path, id_: str, column: str, value: str) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE actors SET {column}={value} WHERE id=?", (id_,))
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "says"),
+    [
+        ("data", "'{\"idle\": Infinity}'", "NaN and Infinity are not JSON numbers"),
+        ("spec", "'[1]'", "its spec is not a JSON object"),
+        ("terminal", "'abc'", "its terminal flag is 'abc'"),
+        ("version", "'v2'", "its version is 'v2'"),
+        ("updated_at", "1e300", "its updated_at is 1e+300, not a time"),
+    ],
+)
+async def test_a_row_that_cannot_be_read_is_returned_quarantined_never_raised(
+    tmp_path: Path, column: str, value: str, says: str
+) -> None:
+    async with open_store(tmp_path / "s.db") as store:
+        await _seed(store, "a", "bad", "z")
+        _damage(tmp_path / "s.db", "bad", column, value)
+        rows = {r.id: r for r in await store.live_rows()}  # a damaged terminal flag stays live
+        assert set(rows) == {"a", "bad", "z"}
+        assert rows["a"].quarantined is None and rows["z"].quarantined is None
+        assert rows["bad"].quarantined is not None and says in rows["bad"].quarantined
+        listed = await store.rows("counter", include_terminal=False)
+        assert [r.id for r in listed] == ["a", "bad", "z"]
+
+
+async def test_the_store_never_writes_what_it_could_not_read_back(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "s.db") as store:
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+        with pytest.raises(InvalidRequest, match="not a finite number"):
+            await store.update(row, event="save", data={"idle_minutes": float("inf")})
+        stored = await store.get("counter", "c")
+        assert stored is not None and stored.version == 1 and stored.quarantined is None
+
+
+async def test_a_row_no_actor_can_be_made_of_is_quarantined_and_the_others_start(
+    tmp_path: Path,
+) -> None:
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        await _seed(store, "a", "bad", "z")
+        _damage(tmp_path / "s.db", "bad", "state", "'NO_SUCH'")
+        sup = Supervisor(tg, store, LOG, RestartPolicy())
+        children = {
+            r.id: sup.spawn(r, lambda r: Counter(r, store, LOG)) for r in await store.live_rows()
+        }
+        with anyio.fail_after(5):
+            await children["bad"].finished.wait()  # recorded
+        assert children["bad"].failed == (
+            "the stored row is not valid: its state 'NO_SUCH' is not a counter state"
+        )
+        assert await _ask(sup, "a", "work") == "BUSY" and await _ask(sup, "z", "work") == "BUSY"
+        held = await store.get("counter", "bad")
+        assert held is not None and held.quarantined == children["bad"].failed
+        assert sup.spawn(held, lambda r: Counter(r, store, LOG)) is children["bad"]  # not again
+        assert [e.event for e in await store.events("counter", "bad")] == ["created", "quarantined"]
+        unknown = Row(kind="nobody", id="n", state="IDLE", version=1)
+        assert sup.spawn(unknown, None).failed == "no actor kind is called 'nobody'"
+        ended = await store.settle(held, state="DONE", parent=None, why="removed")
+        assert ended.terminal
+        again = await store.get("counter", "bad")
+        assert again is not None and again.terminal and again.quarantined is None
+        assert again.state == "DONE" and again.version == 2
+        tg.cancel_scope.cancel()

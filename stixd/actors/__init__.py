@@ -12,7 +12,12 @@ if TYPE_CHECKING:
     from stixd.app import App
 
 
-def factory_for(app: App, kind: str) -> Callable[[Row], Actor]:
+KINDS = ("cluster", "job", "managed_job", "job_pool")
+"""Every kind `factory_for` builds: a live row of any other kind is shown as damaged."""
+
+
+def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
+    """How to build the actor of a row of `kind`; None for a kind no stix writes."""
     from stixd.actors.cluster import ClusterActor
     from stixd.actors.job import JobActor
     from stixd.actors.job_pool import JobPoolActor
@@ -24,4 +29,4 @@ def factory_for(app: App, kind: str) -> Callable[[Row], Actor]:
         ManagedJobActor.kind: lambda row: ManagedJobActor(row, app),
         JobPoolActor.kind: lambda row: JobPoolActor(row, app),
     }
-    return kinds[kind]
+    return kinds.get(kind)

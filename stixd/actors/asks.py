@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from stixd.actors import quarantine
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
@@ -22,6 +23,10 @@ async def ask_cluster(
     """Send a request to the cluster's actor and relay its progress until the final reply."""
     row = await app.store.get("cluster", name)
     if row is None:
+        stray = await _stray(app, name) if isinstance(payload, m.Down) else None
+        if stray is not None:
+            why = stray.quarantined or f"no actor kind is called {stray.kind!r}"
+            return m.OkReply(await quarantine.remove(app, stray, why))
         if not create:
             raise ClusterNotFound(f"cluster {name!r} does not exist")
         try:
@@ -33,15 +38,21 @@ async def ask_cluster(
             row = await app.store.get("cluster", name)
             assert row is not None
     child = app.supervisor.get("cluster", name)
+    if child is not None and child.failed and row.terminal and row.quarantined is None:
+        app.supervisor.forget("cluster", name)  # an ended cluster's name starts afresh
+        child = None
     if child is None:
-        app.spawn(row)
-        child = app.supervisor.get("cluster", name)
-    if child is None:
-        raise InternalError(f"cluster {name!r} has no actor")
-    if child.failed:
-        raise InternalError(child.failed)
+        child = app.spawn(row)
+    reason = row.quarantined or child.failed
+    if reason is not None:
+        if isinstance(payload, m.Down):
+            return m.OkReply(await quarantine.remove(app, row, reason))
+        if isinstance(payload, m.Status):
+            return m.OkReply()  # a refresh has nothing to look at
+        raise quarantine.refusal(row, reason)
     send, receive = reply_channel()
-    app.supervisor.tell("cluster", name, Envelope(payload=payload, reply=send))
+    if not app.supervisor.tell("cluster", name, Envelope(payload=payload, reply=send)):
+        raise InternalError(f"cluster {name!r} has no actor")
     async with receive:
         async for item in receive:
             if isinstance(item, m.ErrorReply):
@@ -50,3 +61,14 @@ async def ask_cluster(
                 return item
             await emit(item)
     raise InternalError(f"cluster {name!r} stopped before answering")
+
+
+async def _stray(app: App, name: str) -> Row | None:
+    """A live row called `name` of a kind no stix writes (its kind column was damaged): it is
+    listed with the clusters, so `down NAME` removes it."""
+    from stixd.actors import KINDS
+
+    for row in await app.store.live_rows_not_of(KINDS):
+        if row.id == name:
+            return row
+    return None

@@ -17,6 +17,7 @@ import enum
 import time
 from typing import TYPE_CHECKING, Any
 
+from stixd.actors import quarantine
 from stixd.actors.cluster_autostop import (
     AutostopTick,
     apply_autostop_request,
@@ -191,21 +192,14 @@ class ClusterActor(Actor):
         return m.OkReply(f"cluster {self.id} terminated")
 
     async def _end_jobs(self, event: JobEvent, why: str, lost_rank: int | None = None) -> None:
-        uid = self.row.data.get("uid")
-        if not uid:
-            return
         gone = ClusterGone(event, why, lost_rank=lost_rank)
-        for job in await self.store.rows("job", parent=uid, include_terminal=False):
-            if not self.app.supervisor.tell("job", job.id, gone):
-                self.app.spawn(job)
-                self.app.supervisor.tell("job", job.id, gone)
+        await quarantine.end_jobs(self.app, self.id, self.row.data.get("uid"), gone)
 
     # -- cancel --------------------------------------------------------------------------
 
     async def _cancel(self, req: m.Cancel) -> m.Cancelled:
-        uid = self.row.data.get("uid")
-        jobs = await self.store.rows("job", parent=uid)
-        by_id = {int(j.spec["job_id"]): j for j in jobs}
+        jobs = await quarantine.cluster_jobs(self.app, self.id, self.row.data.get("uid"))
+        by_id = {quarantine.job_number(j.id): j for j in jobs}
         if req.all:
             wanted = [i for i, j in by_id.items() if not j.terminal]
         else:
@@ -221,4 +215,8 @@ class ClusterActor(Actor):
                     )
                 except (AgentUnreachable, AgentError) as exc:
                     self.log.warning("cancel_failed", rank=node.rank, error=str(exc))
+        for job_id in wanted:  # a quarantined job has no actor to see it end: removed here
+            reason = quarantine.reason_of(self.app, by_id[job_id])
+            if reason is not None:
+                await quarantine.remove(self.app, by_id[job_id], reason)
         return m.Cancelled(job_ids=wanted)

@@ -19,6 +19,7 @@ from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
+from stixd.store.db import Row
 from stixproto.states import JobStatus
 
 if TYPE_CHECKING:
@@ -143,6 +144,12 @@ class JobActor(Actor):
         if scrubbed is not None:
             await self.store.forget_overwritten()
         return state
+
+    @classmethod
+    def parent_of(cls, row: Row) -> str | None:
+        """The cluster's uid, the middle part of the row's id (`job_row_id`)."""
+        parts = row.id.rsplit("/", 2)
+        return parts[1] if len(parts) == 3 else None
 
     def client(self, node: NodeInfo) -> AgentClient:
         return self.app.provider(self.row.spec["provider"]).connector(node)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from stixd.app import App
 
 MANAGED = "managed_job"
+MAX_POOL_WORKERS = 10_000
+"""More workers than this in a stored pool is damage, not a size: no loop over them ends."""
 
 
 class PoolEvent(enum.Enum):
@@ -114,6 +116,13 @@ class JobPoolActor(Actor):
 
     def done(self) -> bool:
         return False  # a pool that is down keeps its actor for the next apply of its name
+
+    @classmethod
+    def row_problem(cls, row: Any) -> str | None:
+        workers = row.spec.get("workers", 0)
+        if type(workers) is not int or not 0 <= workers <= MAX_POOL_WORKERS:
+            return f"its worker count {workers!r} is not between 0 and {MAX_POOL_WORKERS}"
+        return super().row_problem(row)
 
     @property
     def size(self) -> int:

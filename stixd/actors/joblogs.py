@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from stixd.actors import quarantine
 from stixd.actors.jobs_submit import job_row_id
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
@@ -29,14 +30,16 @@ SETTLE_SECONDS = 30.0
 
 async def find_job(app: App, cluster: str, job_id: int | None) -> Row:
     crow = await app.store.get("cluster", cluster)
+    if crow is not None and crow.quarantined is not None:
+        raise quarantine.refusal(crow, crow.quarantined)
     if crow is None or not crow.data.get("uid"):
         raise ClusterNotFound(f"cluster {cluster!r} does not exist")
     uid = crow.data["uid"]
     if job_id is None:
-        jobs = await app.store.rows("job", parent=uid)
+        jobs = await quarantine.cluster_jobs(app, cluster, uid)
         if not jobs:
             raise JobNotFound(f"cluster {cluster!r} has no jobs yet")
-        return max(jobs, key=lambda j: int(j.spec["job_id"]))
+        return max(jobs, key=lambda j: quarantine.job_number(j.id))
     row = await app.store.get("job", job_row_id(cluster, uid, job_id))
     if row is None:
         raise JobNotFound(f"cluster {cluster!r} has no job {job_id}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from stixd.actors import KINDS, quarantine
 from stixd.actors.asks import ask_cluster
 from stixd.actors.joblogs import find_job, stream_job_logs
 from stixd.actors.jobs_submit import infra_label
@@ -70,6 +71,20 @@ async def _follow_unless_detached(
     job = await find_job(app, result.cluster, result.job_id)
     state = await stream_job_logs(app, job, emit, follow=True)
     return m.LaunchResult(cluster=result.cluster, job_id=result.job_id, job_status=state)
+
+
+def _failed_cluster(row: Row, why: str) -> m.ClusterRecord:
+    known = row.kind == "cluster"
+    return m.ClusterRecord(
+        name=row.id,
+        status=quarantine.FAILED_STATE["cluster"],
+        infra="-",
+        num_nodes=0,
+        resources="" if known else f"a stored {row.kind!r}",
+        launched_at=row.created_at,
+        updated_at=row.updated_at,
+        last_error=why,
+    )
 
 
 def cluster_record(row: Row) -> m.ClusterRecord:
@@ -133,11 +148,28 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
         rows = [r for r in [await app.store.get("cluster", r.id) for r in rows] if r is not None]
         if not req.all:
             rows = [r for r in rows if not r.terminal]
+    records = [quarantine.shown(app, r, cluster_record, _failed_cluster) for r in rows]
+    for stray in await app.store.live_rows_not_of(KINDS):  # its kind column was damaged
+        if not req.clusters or stray.id in req.clusters:
+            why = stray.quarantined or f"no actor kind is called {stray.kind!r}"
+            records.append(_failed_cluster(stray, quarantine.explain(stray.kind, stray.id, why)))
     report = app.leak_report
     return m.ClusterList(
-        clusters=[cluster_record(r) for r in rows],
+        clusters=records,
         leaks=report.leaks if report else [],
         leaks_scanned_at=report.scanned_at if report else None,
+    )
+
+
+def _failed_job(row: Row, why: str) -> m.JobRecord:
+    cluster, _ = quarantine.job_parts(row.id)
+    return m.JobRecord(
+        cluster=cluster,
+        job_id=quarantine.job_number(row.id),
+        name=None,
+        status=quarantine.FAILED_STATE["job"],
+        submitted_at=row.created_at,
+        failure_reason=why,
     )
 
 
@@ -167,20 +199,19 @@ async def queue(app: App, req: m.Queue, emit: Emit) -> m.JobList:
         clusters = await app.store.rows("cluster", include_terminal=False)
     jobs: list[m.JobRecord] = []
     for crow in clusters:
-        uid = crow.data.get("uid")
-        if not uid:
-            continue
-        for jrow in sorted(
-            await app.store.rows("job", parent=uid), key=lambda j: -int(j.spec["job_id"])
-        ):
+        rows = await quarantine.cluster_jobs(app, crow.id, crow.data.get("uid"))
+        for jrow in sorted(rows, key=lambda j: -quarantine.job_number(j.id)):
             if req.skip_finished and jrow.terminal:
                 continue
-            jobs.append(job_record(jrow))
+            jobs.append(quarantine.shown(app, jrow, job_record, _failed_job))
     return m.JobList(jobs=jobs)
 
 
 async def logs(app: App, req: m.Logs, emit: Emit) -> m.LogsEnd:
     job = await find_job(app, req.cluster, req.job_id)
+    reason = quarantine.reason_of(app, job)
+    if reason is not None:  # where its log is (its nodes) is what the row no longer says
+        raise quarantine.refusal(job, reason)
     job_id = int(job.spec["job_id"])
     if req.status_only:
         return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=job.state)
@@ -212,31 +243,41 @@ async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostRepor
     now = time.time()
     rows_out = []
     for row in await app.store.rows("cluster"):
-        launched = float(row.data.get("launched_at") or 0.0)
-        if not launched or (not req.all and launched < now - req.days * 86400):
+        if quarantine.reason_of(app, row) is not None:
+            continue  # `status` shows it, with how to remove it; it has no cost to report
+        try:
+            item = _cost_row(row, now)
+        except Exception as exc:  # one damaged row leaves the report, logged
+            app.log.warning("row_unshowable", kind=row.kind, id=row.id, reason=repr(exc))
             continue
-        active = float(row.data.get("active_seconds") or 0.0)
-        if row.data.get("up_since"):
-            active += now - float(row.data["up_since"])
-        rec = cluster_record(row)
-        # a price changed by a resize outside stix holds from then on; before it, the old one
-        priced = float(row.data.get("priced_seconds") or 0.0)
-        cost = float(row.data.get("cost_accrued") or 0.0)
-        cost += max(active - priced, 0.0) / 3600 * rec.hourly_price * rec.num_nodes
-        rows_out.append(
-            m.CostRow(
-                name=row.id,
-                status=row.state,
-                infra=rec.infra,
-                num_nodes=rec.num_nodes,
-                resources=rec.resources,
-                launched_at=launched,
-                duration_seconds=active,
-                hourly_price=rec.hourly_price,
-                cost=cost,
-            )
-        )
+        if not req.all and item.launched_at < now - req.days * 86400:
+            continue
+        if item.launched_at:
+            rows_out.append(item)
     return m.CostReport(rows=rows_out, total=sum(r.cost for r in rows_out))
+
+
+def _cost_row(row: Row, now: float) -> m.CostRow:
+    launched = float(row.data.get("launched_at") or 0.0)
+    active = float(row.data.get("active_seconds") or 0.0)
+    if row.data.get("up_since"):
+        active += now - float(row.data["up_since"])
+    rec = cluster_record(row)
+    # a price changed by a resize outside stix holds from then on; before it, the old one
+    priced = float(row.data.get("priced_seconds") or 0.0)
+    cost = float(row.data.get("cost_accrued") or 0.0)
+    cost += max(active - priced, 0.0) / 3600 * rec.hourly_price * rec.num_nodes
+    return m.CostRow(
+        name=row.id,
+        status=row.state,
+        infra=rec.infra,
+        num_nodes=rec.num_nodes,
+        resources=rec.resources,
+        launched_at=launched,
+        duration_seconds=active,
+        hourly_price=rec.hourly_price,
+        cost=cost,
+    )
 
 
 async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:

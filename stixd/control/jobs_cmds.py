@@ -11,6 +11,8 @@ from typing import Any
 import anyio
 import msgspec
 
+from stixd.actors import quarantine
+from stixd.actors.job_pool import MAX_POOL_WORKERS
 from stixd.actors.managed_job import cluster_name, logs_dir
 from stixd.app import App
 from stixd.runtime.mailbox import Envelope, reply_channel
@@ -93,6 +95,9 @@ async def _existing_pool(app: App, name: str) -> Row:
         raise InvalidRequest(
             f"no pool {name!r} (pools: {known}); create it with `stixctl jobs pool apply`"
         )
+    reason = quarantine.reason_of(app, row)
+    if reason is not None:  # its jobs would wait for a worker forever
+        raise quarantine.refusal(row, reason)
     return row
 
 
@@ -112,7 +117,10 @@ def _resources(task: Any) -> str:
 
 def row_cluster(row: Row) -> str:
     """The job's own cluster, stored at submission (jobs queue lists a thousand of them)."""
-    return str(row.spec.get("cluster") or cluster_name(row.spec["name"], int(row.id)))
+    stored, name = row.spec.get("cluster"), row.spec.get("name")
+    if stored:
+        return str(stored)
+    return cluster_name(name, int(row.id)) if isinstance(name, str) and row.id.isdigit() else "-"
 
 
 def _task_statuses(row: Row) -> list[str]:
@@ -121,6 +129,17 @@ def _task_statuses(row: Row) -> list[str]:
     failed = row.terminal and row.state != ManagedJobStatus.SUCCEEDED
     rest = "CANCELLED" if failed else "PENDING"
     return ["SUCCEEDED"] * k + [row.state] + [rest] * (n - k - 1)
+
+
+def _failed_record(row: Row, why: str) -> m.ManagedJobRecord:
+    name = row.spec.get("name")
+    return m.ManagedJobRecord(
+        job_id=int(row.id) if row.id.isdigit() else -1,
+        name=name if isinstance(name, str) else "-",
+        status=quarantine.FAILED_STATE[KIND],
+        submitted_at=row.created_at,
+        failure_reason=why,
+    )
 
 
 def record(row: Row) -> m.ManagedJobRecord:
@@ -156,12 +175,16 @@ def record(row: Row) -> m.ManagedJobRecord:
 
 
 async def jobs_queue(app: App, req: m.JobsQueue) -> m.ManagedJobList:
-    rows = sorted(await app.store.rows(KIND), key=lambda r: int(r.id), reverse=True)
+    rows = sorted(await app.store.rows(KIND), key=_number, reverse=True)
     if not req.all:
         ended = [r for r in rows if r.terminal][:RECENT_ENDED]
         keep = {r.id for r in ended}
         rows = [r for r in rows if not r.terminal or r.id in keep]
-    return m.ManagedJobList(jobs=[record(r) for r in rows])
+    return m.ManagedJobList(jobs=[quarantine.shown(app, r, record, _failed_record) for r in rows])
+
+
+def _number(row: Row) -> int:
+    return int(row.id) if row.id.isdigit() else -1
 
 
 async def _select(app: App, ids: list[int], name: str | None, all_: bool) -> list[Row]:
@@ -169,13 +192,13 @@ async def _select(app: App, ids: list[int], name: str | None, all_: bool) -> lis
     if all_:
         return [r for r in rows if not r.terminal]
     if name is not None:
-        named = [r for r in rows if r.spec["name"] == name]
+        named = [r for r in rows if r.spec.get("name") == name]
         if not named:
             raise JobNotFound(f"no managed job named {name!r}")
         return [r for r in named if not r.terminal] or named[-1:]
     if not ids:
         raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
-    by_id = {int(r.id): r for r in rows}
+    by_id = {_number(r): r for r in rows}
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise JobNotFound(f"no managed job {missing[0]}")
@@ -187,13 +210,16 @@ async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
     lines: list[str] = []
     result: list[dict[str, Any]] = []
     for row in rows:
-        if row.terminal:
+        reason = quarantine.reason_of(app, row)
+        if reason is not None:
+            text = await quarantine.remove(app, row, reason)
+        elif row.terminal:
             text = f"managed job {row.id} already ended {row.state}"
         else:
             reply = await _ask(app, row, m.JobsCancel(job_ids=[int(row.id)]))
             text = reply.message
         lines.append(text)
-        result.append({"job_id": int(row.id), "message": text})
+        result.append({"job_id": _number(row), "message": text})
     if not rows:
         lines.append("No managed job to cancel.")
     return m.Table(text="\n".join(lines), rows=result)
@@ -203,11 +229,16 @@ async def _ask(app: App, row: Row, payload: Any) -> Any:
     """Hand a request to the row's actor (started if needed) and wait for its answer."""
     what = "pool" if row.kind == POOL else "managed job"
     child = app.supervisor.get(row.kind, row.id)
+    if child is not None and child.failed and row.terminal and row.quarantined is None:
+        app.supervisor.forget(row.kind, row.id)  # an ended pool's name starts afresh
+        child = None
     if child is None:
-        app.spawn(row)
-        child = app.supervisor.get(row.kind, row.id)
-    if child is not None and child.failed:
-        raise InternalError(child.failed)
+        child = app.spawn(row)
+    reason = row.quarantined or child.failed
+    if reason is not None:
+        if isinstance(payload, m.PoolDown | m.JobsCancel):
+            return m.OkReply(await quarantine.remove(app, row, reason))
+        raise quarantine.refusal(row, reason)
     send, receive = reply_channel()
     if not app.supervisor.tell(row.kind, row.id, Envelope(payload=payload, reply=send)):
         raise InternalError(f"{what} {row.id} has no actor")
@@ -228,11 +259,11 @@ async def jobs_logs(app: App, req: m.JobsLogs, emit: Emit) -> m.LogsEnd:
     else:
         rows = await app.store.rows(KIND)
         if req.name is not None:
-            rows = [r for r in rows if r.spec["name"] == req.name]
+            rows = [r for r in rows if r.spec.get("name") == req.name]
         if not rows:
             what = f" named {req.name!r}" if req.name else ""
             raise JobNotFound(f"no managed job{what} yet")
-        row = max(rows, key=lambda r: int(r.id))
+        row = max(rows, key=_number)
     state = await _follow_files(app, row, emit, req.follow, controller=req.controller)
     return m.LogsEnd(cluster=row_cluster(row), job_id=int(row.id), status=state)
 
@@ -275,7 +306,7 @@ async def _follow_files(app: App, row: Row, emit: Emit, follow: bool, *, control
 
     while True:
         current = await app.store.get(KIND, row.id)
-        over = current is None or current.terminal
+        over = current is None or current.terminal or quarantine.reason_of(app, current) is not None
         await drain()
         if over or not follow:
             return current.state if current else row.state
@@ -325,43 +356,65 @@ async def pool_status(app: App, req: m.PoolStatusReq) -> m.Table:
     out: list[dict[str, Any]] = []
     lines: list[str] = []
     for row in rows:
-        claims = {w: int(j) for w, j in (row.data.get("claims") or {}).items()}
-        workers = []
-        for i in range(int(row.spec.get("workers", 0))):
-            name = f"{row.id}-{i}"
-            crow = await app.store.get("cluster", name)
-            workers.append(
-                {
-                    "worker": name,
-                    "status": crow.state if crow is not None else "-",
-                    "job_id": claims.get(name),
-                }
-            )
-        ready = sum(1 for w in workers if w["status"] == "UP")
-        queued = [int(j.id) for j in jobs if j.spec["pool"] == row.id and j.state == "PENDING"]
-        failed = row.data.get("failed") or {}
-        out.append(
-            {
-                "pool": row.id,
-                "status": row.state,
-                "workers": workers,
-                "ready": ready,
-                "queued_jobs": queued,
-                "failed": failed,
-            }
-        )
-        lines.append(
-            f"Pool {row.id}: {row.state}, {ready}/{len(workers)} worker(s) up, "
-            f"{len(claims)} busy, {len(queued)} job(s) waiting"
-        )
-        for w in workers:
-            job = f"job {w['job_id']}" if w["job_id"] is not None else "idle"
-            lines.append(f"  {w['worker']:<24} {w['status']:<12} {job}")
-        for worker, why in sorted(failed.items()):
-            lines.append(f"  {worker}: {why}")
+        reason = quarantine.reason_of(app, row)
+        if reason is None:
+            try:
+                entry, text = await _pool_entry(app, row, jobs)
+                msgspec.msgpack.encode(entry)  # every number fits the wire
+            except Exception as exc:  # the row's own damage, shown on its line and logged
+                reason = f"the stored row cannot be shown: {type(exc).__name__}: {exc}"
+                app.log.warning("row_unshowable", kind=row.kind, id=row.id, reason=reason)
+        if reason is not None:
+            why = quarantine.explain(POOL, row.id, reason)
+            state = quarantine.FAILED_STATE[POOL]
+            entry = {"pool": row.id, "status": state, "workers": [], "ready": 0,
+                     "queued_jobs": [], "failed": {}, "failure_reason": why}  # fmt: skip
+            text = [f"Pool {row.id}: {state}, {why}"]
+        out.append(entry)
+        lines += text
     if not rows:
         lines.append("No pools.")
     return m.Table(text="\n".join(lines), rows=out)
+
+
+async def _pool_entry(app: App, row: Row, jobs: list[Row]) -> tuple[dict[str, Any], list[str]]:
+    """One pool's `pool status` entry and lines."""
+    claims = {w: int(j) for w, j in (row.data.get("claims") or {}).items()}
+    size = int(row.spec.get("workers", 0))
+    if not 0 <= size <= MAX_POOL_WORKERS:
+        raise ValueError(f"it has {size} workers")
+    workers = []
+    for i in range(size):
+        name = f"{row.id}-{i}"
+        crow = await app.store.get("cluster", name)
+        workers.append(
+            {
+                "worker": name,
+                "status": crow.state if crow is not None else "-",
+                "job_id": claims.get(name),
+            }
+        )
+    ready = sum(1 for w in workers if w["status"] == "UP")
+    queued = [_number(j) for j in jobs if j.spec["pool"] == row.id and j.state == "PENDING"]
+    failed = row.data.get("failed") or {}
+    entry = {
+        "pool": row.id,
+        "status": row.state,
+        "workers": workers,
+        "ready": ready,
+        "queued_jobs": queued,
+        "failed": failed,
+    }
+    lines = [
+        f"Pool {row.id}: {row.state}, {ready}/{len(workers)} worker(s) up, "
+        f"{len(claims)} busy, {len(queued)} job(s) waiting"
+    ]
+    for w in workers:
+        job = f"job {w['job_id']}" if w["job_id"] is not None else "idle"
+        lines.append(f"  {w['worker']:<24} {w['status']:<12} {job}")
+    for worker, why in sorted(failed.items()):
+        lines.append(f"  {worker}: {why}")
+    return entry, lines
 
 
 async def pool_down(app: App, req: m.PoolDown) -> m.Table:

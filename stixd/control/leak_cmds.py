@@ -27,8 +27,10 @@ INFRA = "aws"
 
 
 async def _live_clusters(app: App) -> set[str]:
+    """Clusters that own their machines; a quarantined one may be on any infra (its row may
+    not say), so it owns what carries its name until the user removes it."""
     rows = await app.store.rows("cluster", include_terminal=False)
-    return {r.id for r in rows if r.spec.get("provider") == INFRA}
+    return {r.id for r in rows if r.quarantined or r.spec.get("provider") == INFRA}
 
 
 def _regions(app: App) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from stixd.actors import quarantine
 from stixd.app import App
 from stixd.providers.base import NodeInfo
 from stixd.providers.ssh import HostReport, SshProvider
@@ -19,6 +20,8 @@ async def node_shell(app: App, req: m.NodeShell) -> m.ShellCommand:
     row = await app.store.get("cluster", req.cluster)
     if row is None or row.terminal:
         raise ClusterNotFound(f"cluster {req.cluster!r} does not exist")
+    if row.quarantined is not None:
+        raise quarantine.refusal(row, row.quarantined)
     if row.state != "UP":
         raise ClusterNotUp(
             f"cluster {req.cluster!r} is {row.state}; "

@@ -26,12 +26,19 @@ class Stop:
     """Put in a mailbox to end an actor without a state change (daemon shutdown, tests)."""
 
 
+class BadRow(Exception):
+    """A stored row this actor kind never writes: the row is quarantined, not run."""
+
+
 class Actor(abc.ABC):
     kind: ClassVar[str]
     machine: ClassVar[Machine[Any, Any]]
     state_type: ClassVar[type[enum.Enum]]
 
     def __init__(self, row: Row, store: Store, log: structlog.stdlib.BoundLogger) -> None:
+        problem = self.row_problem(row)
+        if problem is not None:
+            raise BadRow(f"the stored row is not valid: {problem}")
         self.row = row
         self.store = store
         self.log = log.bind(kind=self.kind, id=row.id)
@@ -50,6 +57,25 @@ class Actor(abc.ABC):
     @staticmethod
     @abc.abstractmethod
     def is_terminal(state: Any) -> bool: ...
+
+    @classmethod
+    def row_problem(cls, row: Row) -> str | None:
+        """What makes `row` one this kind never writes; None if it is sound."""
+        try:
+            state = cls.state_type(row.state)
+        except ValueError:
+            return f"its state {row.state!r} is not a {cls.kind} state"
+        if cls.is_terminal(state) != row.terminal:
+            return f"its terminal flag ({int(row.terminal)}) disagrees with its state {row.state}"
+        expected = cls.parent_of(row)
+        if row.parent != expected:
+            return f"its parent is {row.parent!r}, not {expected!r}"
+        return None
+
+    @classmethod
+    def parent_of(cls, row: Row) -> str | None:
+        """The parent column this kind writes for `row` (none, unless a kind says so)."""
+        return None
 
     # -- state ---------------------------------------------------------------------------
 

@@ -4,6 +4,11 @@ Restart strategy (written down, as OTP does): one-for-one, transient — an acto
 normally is not restarted; one that raises is restarted from its stored row, unless it crashed
 more than `max_restarts` times within `within_seconds`, in which case it is marked failed with
 the reason (an event on its history) and requests to it get that reason back.
+
+A row that cannot be read or made into an actor, and an actor that failed that way without
+ending its row, is quarantined: recorded in the store with the reason (so a restarted daemon
+does not run it again), logged once, shown failed, and left for the user to remove. It fails
+alone; every other actor starts as usual.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from stixd.runtime.actor import Actor, Stop, error_reply
+from stixd.runtime.actor import Actor, BadRow, Stop, error_reply
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
 from stixproto.messages import ErrorReply
@@ -45,6 +50,17 @@ class Child:
     crashes: deque[float] = field(default_factory=deque)
     failed: str | None = None
     finished: anyio.Event = field(default_factory=anyio.Event)
+
+
+def _cannot_start(exc: BaseException) -> str:
+    if isinstance(exc, BadRow):
+        return str(exc)
+    return f"its actor cannot start: {_describe(exc)}"
+
+
+def _describe(exc: BaseException) -> str:
+    cause = root_cause(exc)
+    return f"{type(cause).__name__}: {cause}"
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -74,15 +90,50 @@ class Supervisor:
     def get(self, kind: str, id_: str) -> Child | None:
         return self.children.get((kind, id_))
 
-    def spawn(self, row: Row, factory: Factory) -> Child:
+    def spawn(self, row: Row, factory: Factory | None) -> Child:
+        """Start the actor of `row` (or find it running); a row that cannot be run is
+        quarantined instead, and the child is returned failed with the reason. A `factory` of
+        None means no actor kind is called `row.kind`."""
         key = (row.kind, row.id)
         existing = self.children.get(key)
-        if existing is not None and existing.failed is None:
-            return existing
+        if existing is not None and (existing.failed is None or row.quarantined is not None):
+            return existing  # running, or quarantined and still held: nothing to start
         child = Child(kind=row.kind, id=row.id)
         self.children[key] = child
-        self._tg.start_soon(self._supervise, child, row, factory)
+        if row.quarantined is not None:
+            self._quarantine(child, row.quarantined)
+        elif factory is None:
+            self._quarantine(child, f"no actor kind is called {row.kind!r}")
+        else:
+            try:
+                actor = factory(row)
+            except Exception as exc:  # the row's own fault: it fails alone, with the reason
+                self._quarantine(child, _cannot_start(exc))
+            else:
+                self._tg.start_soon(self._supervise, child, actor, factory)
         return child
+
+    def forget(self, kind: str, id_: str) -> None:
+        """Drop a failed child (its row was removed): the next spawn starts afresh."""
+        child = self.children.get((kind, id_))
+        if child is not None and child.failed is not None:
+            del self.children[(kind, id_)]
+
+    def _quarantine(self, child: Child, reason: str) -> None:
+        """Mark the child failed now, log it once, and record it in the store; `finished` is
+        set once it is recorded."""
+        child.failed = reason
+        self._log.error("quarantined", kind=child.kind, id=child.id, reason=reason)
+        self._tg.start_soon(self._record_quarantine, child, reason)
+
+    async def _record_quarantine(self, child: Child, reason: str) -> None:
+        try:
+            await self._store.quarantine(child.kind, child.id, reason)
+        except Exception:  # held in memory all the same; the store's trouble is logged
+            self._log.exception("quarantine_not_recorded", kind=child.kind, id=child.id)
+        finally:
+            child.mailbox.close()
+            child.finished.set()
 
     def tell(self, kind: str, id_: str, message: Any) -> bool:
         child = self.children.get((kind, id_))
@@ -101,19 +152,17 @@ class Supervisor:
         for child in list(self.children.values()):
             child.mailbox.put(Stop())
 
-    async def _supervise(self, child: Child, row: Row, factory: Factory) -> None:
+    async def _supervise(self, child: Child, actor: Actor, factory: Factory) -> None:
         log = self._log.bind(kind=child.kind, id=child.id)
-        current: Row | None = row
+        quarantine: str | None = None
         try:
-            while current is not None:
-                actor = factory(current)
+            while True:
                 child.actor = actor
                 try:
                     await actor.run(child.mailbox, self.reconcile_gate)
                     return
                 except Exception as exc:
-                    cause = root_cause(exc)
-                    reason = f"{type(cause).__name__}: {cause}"
+                    reason = _describe(exc)
                     log.exception("actor_crashed", reason=reason)
                     if self._too_many(child):
                         child.failed = (
@@ -128,16 +177,33 @@ class Supervisor:
                         except Exception as hook_exc:
                             log.exception("given_up_failed", reason=str(hook_exc))
                         self._drain(child, ErrorReply(code="internal", message=child.failed))
+                        ended = await self._store.get(child.kind, child.id)
+                        if ended is not None and not ended.terminal:
+                            quarantine = child.failed  # not ended by its last words: kept aside
                         return
                     await self._store.record(child.kind, child.id, "restarted", reason)
                     current = await self._store.get(child.kind, child.id)
+                    if current is None:
+                        return
+                    if current.quarantined is not None:
+                        quarantine = current.quarantined
+                        return
+                    try:
+                        actor = factory(current)
+                    except Exception as exc:
+                        quarantine = _cannot_start(exc)
+                        return
         finally:
             child.actor = None
-            if child.failed is None and self.children.get((child.kind, child.id)) is child:
-                del self.children[(child.kind, child.id)]
-                self._drain(child, None)
-            child.mailbox.close()
-            child.finished.set()
+            if quarantine is not None:
+                self._drain(child, ErrorReply(code="internal", message=quarantine))
+                self._quarantine(child, quarantine)  # closes the mailbox once recorded
+            else:
+                if child.failed is None and self.children.get((child.kind, child.id)) is child:
+                    del self.children[(child.kind, child.id)]
+                    self._drain(child, None)
+                child.mailbox.close()
+                child.finished.set()
 
     def _too_many(self, child: Child) -> bool:
         now = self._clock()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,8 @@ from typing import Any
 import aiosqlite
 import anyio
 import msgspec
+
+from stixproto.errors import InvalidRequest
 
 MIGRATIONS: list[str] = [
     # 1: actors and their history
@@ -50,6 +52,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_actor ON events (kind, id, seq);
     """,
+    # 2: rows the daemon will not run (unreadable, or their actor kept crashing), until removed
+    """
+    CREATE TABLE quarantine (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    """,
 ]
 
 
@@ -59,18 +71,6 @@ class StaleWrite(Exception):
 
 class RowExists(Exception):
     pass
-
-
-class Unstorable(ValueError):
-    """A spec or data value that JSON cannot carry (`inf`, `nan`): refused before the write,
-    since a row that cannot be read back would stop the daemon at its next start."""
-
-
-def _column(value: dict[str, Any], kind: str, id: str, name: str) -> str:
-    try:
-        return json.dumps(value, allow_nan=False)
-    except ValueError as exc:  # inf/nan ("out of range float"), or a circular reference
-        raise Unstorable(f"{kind} {id}: {name} cannot be read back from JSON ({exc})") from None
 
 
 @dataclass
@@ -85,6 +85,9 @@ class Row:
     data: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    quarantined: str | None = None
+    """Why the daemon does not run this row's actor (it cannot be read, or the actor kept
+    crashing); None for a healthy row. Such a row is shown failed until it is removed."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,22 @@ class Event:
 
 
 _COLUMNS = "kind, id, parent, state, terminal, spec, data, version, created_at, updated_at"
+_SELECT = (
+    "SELECT a.kind, a.id, a.parent, a.state, a.terminal, a.spec, a.data, a.version, "
+    "a.created_at, a.updated_at, q.reason FROM actors a "
+    "LEFT JOIN quarantine q ON q.kind = a.kind AND q.id = a.id"
+)
+_DAMAGED_FLAG = (
+    f"{_SELECT.replace('FROM actors a', 'FROM actors a INDEXED BY actors_live')} "
+    "WHERE a.terminal < 0 OR (a.terminal > 0 AND a.terminal < 1) OR a.terminal > 1 "
+    "ORDER BY a.kind, a.created_at"  # (without an order, SQLite plans a scan of the index)
+)
+"""Rows whose terminal flag is neither 0 nor 1 (text and blobs sort above every number): live
+until removed, so a damaged flag never hides a row. Three ranges of the flag's index, empty in
+a sound store, so listing live rows stays an index look-up however long the history."""
+
+MAX_VERSION = 2**62
+LAST_TIME = 253402300799.0  # 9999-12-31: later is no time stix wrote
 
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
@@ -107,18 +126,113 @@ _decode = msgspec.json.Decoder(dict[str, Any]).decode
 jobs decodes 2,000 of them)."""
 
 
+class Unstorable(InvalidRequest):
+    """A spec or data value that JSON cannot carry (`inf`, `nan`): refused before the write,
+    since a row that cannot be read back would stop the daemon at its next start. The refusal
+    is the request's error (an actor answers it and carries on), never a row no one can read."""
+
+
+def _encode(value: dict[str, Any], kind: str = "", id: str = "", name: str = "") -> str:
+    """JSON that `_decode` reads back: NaN and infinities are refused, not written."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # inf/nan ("out of range float"), or a circular reference
+        where = f"{kind} {id} {name}: " if kind else ""
+        raise Unstorable(
+            f"{where}a value is not a finite number (NaN or infinity): give one"
+        ) from None
+
+
+def _column_problem(r: aiosqlite.Row | tuple[Any, ...]) -> str | None:
+    """What is wrong with a row's plain columns, as stix never writes them; None if nothing."""
+    kind, id_, parent, state, terminal, _, _, version, created_at, updated_at = r[:10]
+    if type(kind) is not str or type(id_) is not str:
+        return f"its kind or id is not text ({kind!r}, {id_!r})"
+    if parent is not None and type(parent) is not str:
+        return f"its parent is {parent!r}, not text"
+    if type(state) is not str:
+        return f"its state is {state!r}, not text"
+    if type(terminal) is not int or terminal not in (0, 1):
+        return f"its terminal flag is {terminal!r}, not 0 or 1"
+    if type(version) is not int or not 0 < version < MAX_VERSION:
+        return f"its version is {version!r}, not a positive integer"
+    for name, value in (("created_at", created_at), ("updated_at", updated_at)):
+        if type(value) not in (int, float) or not 0 <= value <= LAST_TIME:
+            return f"its {name} is {value!r}, not a time"
+    return None
+
+
 def _row(r: aiosqlite.Row | tuple[Any, ...]) -> Row:
+    """A stored row as a `Row`; one that cannot be read comes back quarantined with the reason
+    (never raised: one bad row must not fail a listing, or the daemon's start). The checks of a
+    sound row are one expression: a boot reads every live row through here."""
+    try:
+        spec, data = _decode(r[5]), _decode(r[6])
+    except Exception:  # any failure to read is the row's own, recorded as its reason
+        return _unreadable(r, _json_problem(r))
+    kind, id_, parent, state, terminal, _, _, version, created_at, updated_at, held = r
+    if not (
+        type(kind) is str
+        and type(id_) is str
+        and type(state) is str
+        and (parent is None or type(parent) is str)
+        and type(terminal) is int
+        and (terminal == 0 or terminal == 1)
+        and type(version) is int
+        and 0 < version < MAX_VERSION
+        and type(created_at) is float
+        and 0.0 <= created_at <= LAST_TIME
+        and type(updated_at) is float
+        and 0.0 <= updated_at <= LAST_TIME
+    ):
+        problem = _column_problem(r)
+        if problem is not None:
+            return _unreadable(r, problem, spec, data)
     return Row(
-        kind=r[0],
-        id=r[1],
-        parent=r[2],
-        state=r[3],
-        terminal=bool(r[4]),
-        spec=_decode(r[5]),
-        data=_decode(r[6]),
-        version=r[7],
-        created_at=r[8],
-        updated_at=r[9],
+        kind, id_, state, version, parent, terminal == 1, spec, data, created_at, updated_at, held
+    )
+
+
+def _json_problem(r: aiosqlite.Row | tuple[Any, ...]) -> str:
+    """Which JSON column of a row does not read, and why (only ever asked of a bad row)."""
+    for name, text in (("spec", r[5]), ("data", r[6])):
+        try:
+            _decode(text)
+        except Exception as exc:
+            odd = isinstance(text, str) and any(t in text for t in ("NaN", "Infinity"))
+            hint = ": NaN and Infinity are not JSON numbers" if odd else ""
+            return f"its {name} is not a JSON object ({exc}){hint}"
+    return "its spec or data is not a JSON object"
+
+
+def _unreadable(
+    r: aiosqlite.Row | tuple[Any, ...],
+    reason: str,
+    spec: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> Row:
+    """What can be read of a corrupt row: enough to list it and to remove it."""
+
+    def text(value: Any) -> str:
+        return value if type(value) is str else repr(value)
+
+    def when(value: Any) -> float:
+        ok = type(value) in (int, float) and 0 <= value <= LAST_TIME
+        return float(value) if ok else 0.0
+
+    version = r[7] if type(r[7]) is int and 0 < r[7] < MAX_VERSION else 0
+    return Row(
+        kind=text(r[0]),
+        id=text(r[1]),
+        parent=r[2] if r[2] is None or type(r[2]) is str else text(r[2]),
+        state=text(r[3]),
+        terminal=r[4] == 1 and type(r[4]) is int,
+        spec=spec if spec is not None else {},
+        data=data if data is not None else {},
+        version=version,
+        created_at=when(r[8]),
+        updated_at=when(r[9]),
+        quarantined=f"the stored row cannot be read: {reason}",
     )
 
 
@@ -197,8 +311,8 @@ class Store:
             row.parent,
             row.state,
             int(row.terminal),
-            _column(row.spec, row.kind, row.id, "spec"),
-            _column(row.data, row.kind, row.id, "data"),
+            _encode(row.spec, row.kind, row.id, "spec"),
+            _encode(row.data, row.kind, row.id, "data"),
             row.version,
             now,
             now,
@@ -242,8 +356,8 @@ class Store:
         values = (
             new.state,
             int(new.terminal),
-            _column(new.spec, row.kind, row.id, "spec"),
-            _column(new.data, row.kind, row.id, "data"),
+            _encode(new.spec, row.kind, row.id, "spec"),
+            _encode(new.data, row.kind, row.id, "data"),
             new.version,
             now,
             row.kind,
@@ -303,31 +417,111 @@ class Store:
             await anyio.to_thread.run_sync(_truncate_wal, self._path)
 
     async def get(self, kind: str, id_: str) -> Row | None:
-        async with self._db.execute(
-            f"SELECT {_COLUMNS} FROM actors WHERE kind=? AND id=?", (kind, id_)
-        ) as cur:
+        async with self._db.execute(f"{_SELECT} WHERE a.kind=? AND a.id=?", (kind, id_)) as cur:
             r = await cur.fetchone()
         return _row(r) if r else None
+
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        async with self._db.execute(sql, args) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def _with_damaged_flags(
+        self, rows: list[Row], keep: Callable[[Row], bool], order: Callable[[Row], Any]
+    ) -> list[Row]:
+        damaged = [r for r in await self._fetch(_DAMAGED_FLAG) if keep(r)]
+        return sorted([*rows, *damaged], key=order) if damaged else rows
 
     async def rows(
         self, kind: str, *, parent: str | None = None, include_terminal: bool = True
     ) -> list[Row]:
-        sql = f"SELECT {_COLUMNS} FROM actors WHERE kind=?"
+        sql = f"{_SELECT} WHERE a.kind=?"
         args: list[Any] = [kind]
         if parent is not None:
-            sql += " AND parent=?"
+            sql += " AND a.parent=?"
             args.append(parent)
-        if not include_terminal:
-            sql += " AND terminal=0"
-        sql += " ORDER BY created_at, id"
-        async with self._db.execute(sql, args) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        if include_terminal:
+            return await self._fetch(sql + " ORDER BY a.created_at, a.id", args)
+        rows = await self._fetch(sql + " AND a.terminal=0 ORDER BY a.created_at, a.id", args)
+        return await self._with_damaged_flags(
+            rows,
+            lambda r: r.kind == kind and (parent is None or r.parent == parent),
+            lambda r: (r.created_at, r.id),
+        )
+
+    async def rows_under(self, kind: str, id_prefix: str) -> list[Row]:
+        """Rows of `kind` whose id starts with `id_prefix` (a cluster's jobs: `name/uid/`),
+        found by id whatever their other columns hold."""
+        above = id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)
+        sql = f"{_SELECT} WHERE a.kind=? AND a.id>=? AND a.id<? ORDER BY a.created_at, a.id"
+        return await self._fetch(sql, (kind, id_prefix, above))
 
     async def live_rows(self) -> list[Row]:
-        async with self._db.execute(
-            f"SELECT {_COLUMNS} FROM actors WHERE terminal=0 ORDER BY kind, created_at"
-        ) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        rows = await self._fetch(f"{_SELECT} WHERE a.terminal=0 ORDER BY a.kind, a.created_at")
+        return await self._with_damaged_flags(
+            rows, lambda r: True, lambda r: (r.kind, r.created_at)
+        )
+
+    async def live_rows_not_of(self, kinds: Collection[str]) -> list[Row]:
+        """Live rows of any kind but these: rows whose kind column no stix writes."""
+        marks = ",".join("?" * len(kinds))
+        sql = f"{_SELECT} WHERE a.terminal=0 AND a.kind NOT IN ({marks}) ORDER BY a.created_at"
+        rows = await self._fetch(sql, list(kinds))
+        return await self._with_damaged_flags(
+            rows, lambda r: r.kind not in kinds, lambda r: r.created_at
+        )
+
+    # -- quarantine ----------------------------------------------------------------------
+
+    async def quarantine(self, kind: str, id_: str, reason: str) -> bool:
+        """Record that `kind id_` is not to be run, with an event; False if it already was."""
+        async with self._transaction():
+            cur = await self._db.execute(
+                "INSERT OR IGNORE INTO quarantine (kind, id, reason, at) VALUES (?,?,?,?)",
+                (kind, id_, reason, self._clock()),
+            )
+            if cur.rowcount != 1:
+                await self._db.rollback()
+                return False
+            await self._append(kind, id_, "quarantined", None, None, reason, self._clock())
+            await self._db.commit()
+        return True
+
+    async def settle(
+        self, row: Row, *, state: str, parent: str | None, why: str, fresh: bool = False
+    ) -> Row:
+        """Write a quarantined row as ended (`state`, terminal) whatever its columns held, and
+        lift its quarantine: what could be read of it is kept (nothing of it with `fresh`, for
+        a name that is used again), the rest is written afresh."""
+        now = self._clock()
+        new = Row(
+            kind=row.kind,
+            id=row.id,
+            parent=parent,
+            state=state,
+            terminal=True,
+            spec={} if fresh else row.spec,
+            data={"quarantine": row.quarantined, **({} if fresh else row.data)},
+            version=row.version + 1,
+            created_at=row.created_at or now,
+            updated_at=now,
+        )
+        try:
+            spec_text, data_text = _encode(new.spec), _encode(new.data)
+        except (TypeError, InvalidRequest):
+            new.spec, new.data = {}, {"quarantine": row.quarantined}
+            spec_text, data_text = "{}", _encode(new.data)
+        key = (row.kind, row.id)
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE actors SET parent=?, state=?, terminal=1, spec=?, data=?, version=?, "
+                "created_at=?, updated_at=? WHERE kind=? AND id=?",
+                (parent, state, spec_text, data_text, new.version, new.created_at, now, *key),
+            )
+            await self._db.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
+            await self._append(row.kind, row.id, "removed", row.state, state, why, now)
+            await self._db.commit()
+        self._notify(new)
+        return new
 
     async def events(self, kind: str, id_prefix: str, limit: int = 200) -> list[Event]:
         """History of one actor (`id_prefix` exact) or of its children (`prefix/…`).
