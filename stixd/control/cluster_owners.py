@@ -21,7 +21,7 @@ from stixproto.errors import InvalidRequest
 @dataclass(frozen=True)
 class Owner:
     kind: str
-    """`managed job` or `pool`."""
+    """The owner's row kind: a managed job's or a pool's."""
     name: str
     """The job's id, or the pool's name."""
 
