@@ -145,19 +145,9 @@ def _finish_run(reply: m.LaunchResult, a: argparse.Namespace) -> int:
 
 
 def cmd_status(home: Path, a: argparse.Namespace) -> int:
-    from stixctl import render
-    from stixctl.client import call
+    from stixctl import status
 
-    reply = call(home, m.Status(clusters=a.clusters, refresh=a.refresh, all=a.all), _on_event)
-    if a.json:
-        _json(reply.clusters)
-    else:
-        print(render.clusters(reply.clusters))
-        if reply.leaks:
-            from stixctl.leaks import status_hint
-
-            print(status_hint(reply.leaks, reply.leaks_scanned_at))
-    return 0
+    return status.run(home, a, _on_event)
 
 
 def cmd_queue(home: Path, a: argparse.Namespace) -> int:
@@ -364,10 +354,13 @@ def _exec_args(s: argparse.ArgumentParser) -> None:
 
 
 def _status_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import status
+
     s.add_argument("clusters", nargs="*")
     s.add_argument("-r", "--refresh", action="store_true")
     s.add_argument("-a", "--all", action="store_true", help="include terminated clusters")
     s.add_argument("--json", action="store_true")
+    status.add_args(s)
     s.set_defaults(fn=cmd_status)
 
 

@@ -70,24 +70,55 @@ def autostop(c: m.ClusterRecord, now: float) -> str:
     return text
 
 
+REASON_WIDTH = 60
+"""Characters of an INIT cluster's reason in the table; `status --json` has all of it."""
+
+
+def init_reason(c: m.ClusterRecord) -> str:
+    """Why a cluster is INIT, on one line: its last error (a node that does not answer, a
+    launch that failed), else that a launch or start is under way."""
+    if c.status != "INIT":
+        return ""
+    text = one_line(c.last_error or "launching")
+    return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 1] + "…"
+
+
+def _cluster_table(records: Sequence[m.ClusterRecord], now: float, owned: bool) -> str:
+    headers = ["NAME", "INFRA", "RESOURCES", "STATUS", "AUTOSTOP", "LAUNCHED"]
+    with_reason = any(c.status == "INIT" for c in records)
+    rows = []
+    for c in records:
+        row = [c.name, c.infra, c.resources, c.status, autostop(c, now), ago(c.launched_at, now)]
+        if owned:
+            row.insert(1, c.owner or "-")
+        if with_reason:
+            row.append(init_reason(c))
+        rows.append(row)
+    if owned:
+        headers.insert(1, "OWNER")
+    if with_reason:
+        headers.append("REASON")
+    return table(headers, rows)
+
+
 def clusters(records: Sequence[m.ClusterRecord]) -> str:
+    """Your clusters, then those managed jobs and pools keep up (SkyPilot lists its
+    controllers apart too): `down`/`stop`/`autostop` leave those to `stixctl jobs`."""
     if not records:
         return "No existing clusters."
     now = time.time()
-    rows = [
-        [
-            c.name,
-            c.infra,
-            c.resources,
-            c.status,
-            autostop(c, now),
-            ago(c.launched_at, now),
-        ]
-        for c in records
-    ]
-    body = table(["NAME", "INFRA", "RESOURCES", "STATUS", "AUTOSTOP", "LAUNCHED"], rows)
+    own = [c for c in records if not c.owner]
+    owned = [c for c in records if c.owner]
+    parts = []
+    if own:
+        parts.append("Clusters\n" + _cluster_table(own, now, owned=False))
+    if owned:
+        parts.append(
+            "Managed job and pool clusters (`stixctl jobs cancel` / `stixctl jobs pool down` "
+            "end them)\n" + _cluster_table(owned, now, owned=True)
+        )
     notes = [f"{c.name}: {c.last_error}" for c in records if c.status == "FAILED" and c.last_error]
-    return "\n".join(["Clusters", body, *notes])
+    return "\n\n".join(parts) + "".join(f"\n{note}" for note in notes)
 
 
 def jobs(records: Sequence[m.JobRecord]) -> str:

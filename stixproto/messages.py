@@ -316,6 +316,13 @@ class ClusterRecord(msgspec.Struct, frozen=True):
     hourly_price: float = 0.0
     head_ip: str | None = None
     last_error: str | None = None
+    owner: str | None = None
+    """`job ID` or `pool NAME` when a managed job or pool keeps the cluster up (then `down`,
+    `stop` and `autostop` leave it to them)."""
+    ports: list[int] = []
+    """The ports the cluster's launches asked to expose, reachable at ``head_ip``."""
+    any_port: bool = False
+    """Every port of the head node is reachable at ``head_ip`` (local: this machine)."""
 
 
 class JobRecord(msgspec.Struct, frozen=True):

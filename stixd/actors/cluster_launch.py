@@ -26,6 +26,7 @@ from stixd.planner.target import (
     blocked_from,
     choose_target,
     cloud_spec,
+    task_ports,
 )
 from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.runtime.mailbox import Envelope
@@ -101,6 +102,7 @@ async def begin_launch(
         "hourly_price": local_offer().price,  # per node: local and SSH hosts cost $0
         "placement": None,
         "avoid_regions": list(req.avoid_regions),
+        "ports": task_ports(req.task),  # a cloud's placement names the ones it opened
     }
     if provider in CLOUDS:  # usable, as choose_target said: the optimizer's first choice
         catalog = cluster.app.planner_catalog()

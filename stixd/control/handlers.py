@@ -18,6 +18,7 @@ from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
 from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cmds, ssh_cmds
+from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 from stixproto import messages as m
@@ -87,8 +88,13 @@ def _failed_cluster(row: Row, why: str) -> m.ClusterRecord:
     )
 
 
-def cluster_record(row: Row) -> m.ClusterRecord:
+ANY_PORT_PROVIDERS = ("local",)
+"""Providers whose nodes share this machine's network: every port is reachable on them."""
+
+
+def cluster_record(row: Row, owner: Owner | None = None) -> m.ClusterRecord:
     data, spec = row.data, row.spec
+    placement = spec.get("placement")
     autostop = data.get("autostop") or {}
     idle_since = data.get("idle_since")
     minutes = autostop.get("idle_minutes")
@@ -107,6 +113,9 @@ def cluster_record(row: Row) -> m.ClusterRecord:
         hourly_price=float(spec.get("hourly_price", 0.0)),
         head_ip=nodes[0]["ip"] if nodes else None,
         last_error=data.get("last_error"),
+        owner=owner.label if owner else None,
+        ports=list((placement["ports"] if placement else spec.get("ports")) or []),
+        any_port=spec.get("provider", "local") in ANY_PORT_PROVIDERS,
     )
 
 
@@ -148,7 +157,13 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
         rows = [r for r in [await app.store.get("cluster", r.id) for r in rows] if r is not None]
         if not req.all:
             rows = [r for r in rows if not r.terminal]
-    records = [quarantine.shown(app, r, cluster_record, _failed_cluster) for r in rows]
+    owners = await cluster_owners(app)
+    records = [
+        quarantine.shown(
+            app, r, lambda row: cluster_record(row, owners.get(row.id)), _failed_cluster
+        )
+        for r in rows
+    ]
     for stray in await app.store.live_rows_not_of(KINDS):  # its kind column was damaged
         if not req.clusters or stray.id in req.clusters:
             why = stray.quarantined or f"no actor kind is called {stray.kind!r}"
@@ -219,11 +234,21 @@ async def logs(app: App, req: m.Logs, emit: Emit) -> m.LogsEnd:
     return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=state)
 
 
+VERBS: dict[type, str] = {m.Down: "tear down", m.Stop: "stop", m.Autostop: "set autostop on"}
+
+
 async def _each_cluster(app: App, names: list[str], all_: bool, req: Any, emit: Emit) -> m.OkReply:
+    """`-a` acts on every cluster but those a managed job or pool keeps up, and with none left
+    does nothing, quietly; a cluster such an owner keeps up is refused by name."""
+    owners = await cluster_owners(app) if type(req) in VERBS else {}
     if all_:
-        names = [r.id for r in await app.store.rows("cluster", include_terminal=False)]
+        rows = await app.store.rows("cluster", include_terminal=False)
+        names = [r.id for r in rows if r.id not in owners]
+        if not names:
+            return m.OkReply("")
     if not names:
         raise InvalidRequest("name at least one cluster, or pass --all")
+    refuse_owned(names, owners, VERBS.get(type(req), ""))
     messages = []
     for name in names:
         reply = await ask_cluster(app, name, req, emit)

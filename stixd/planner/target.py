@@ -24,6 +24,18 @@ MAX_FAILOVERS = 16
 """Launch choices a cluster tries after the first before it gives up."""
 
 
+def task_ports(task: Task) -> list[int]:
+    """The ports any of the task's resources ask to expose, at most ``MAX_PORTS`` of them (a
+    cloud launch refuses more; on local and SSH hosts every port is reachable anyway)."""
+    ports = {
+        p
+        for res in task.resources_or_default().candidates()
+        for lo, hi in res.port_ranges()
+        for p in range(lo, min(hi, lo + MAX_PORTS) + 1)
+    }
+    return sorted(ports)[:MAX_PORTS]
+
+
 class NoChoiceLeft(ProvisionError):
     """Every launch choice is blocked by what failed before (capacity, quota, credentials)."""
 

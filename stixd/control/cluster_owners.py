@@ -1,0 +1,80 @@
+"""Which clusters a managed job or a pool owns: the daemon drives those to their end itself,
+so a client's `down`/`stop`/`autostop` leaves them alone (SkyPilot keeps its controllers out
+of `-a` the same way) and `status` lists them apart.
+
+Ownership is read from the owners' own rows, never stored on the cluster: a live managed job
+owns the cluster its spec names; a live pool owns its numbered workers, the workers its jobs
+hold and the workers of an earlier, larger size it has yet to tear down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stixd.actors.job_pool import worker_name
+from stixd.actors.quarantine import reason_of
+from stixd.app import App
+from stixd.control.jobs_cmds import KIND, POOL, row_cluster
+from stixproto import names
+from stixproto.bounds import MAX_COUNT
+from stixproto.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Owner:
+    kind: str
+    """The owner's row kind: a managed job's or a pool's."""
+    name: str
+    """The job's id, or the pool's name."""
+
+    @property
+    def label(self) -> str:
+        return f"job {self.name}" if self.kind == KIND else f"pool {self.name}"
+
+    def refusal(self, cluster: str, verb: str) -> str:
+        if self.kind == KIND:
+            return (
+                f"cannot {verb} cluster {cluster!r}: managed job {self.name} runs on it and "
+                f"would bring it back; cancel the job with "
+                f"`{names.command('jobs', 'cancel', self.name)}` (its cluster goes with it)"
+            )
+        return (
+            f"cannot {verb} cluster {cluster!r}: it is a worker of pool {self.name}, which "
+            f"keeps it up; tear the pool down with "
+            f"`{names.command('jobs', 'pool', 'down', self.name)}`"
+        )
+
+
+async def cluster_owners(app: App) -> dict[str, Owner]:
+    """Cluster name → its owner, for every cluster a live managed job or pool holds."""
+    owners: dict[str, Owner] = {}
+    prefixes: dict[str, Owner] = {}
+    for pool in await app.store.rows(POOL, include_terminal=False):
+        if reason_of(app, pool) is not None:
+            continue  # quarantined: its columns may hold anything; it keeps nothing up
+        owner = Owner(POOL, pool.id)
+        prefixes[f"{pool.id}-"] = owner
+        claims = pool.data.get("claims")
+        held = {c for c in claims if isinstance(c, str)} if isinstance(claims, dict) else set()
+        workers = pool.spec.get("workers", 0)
+        if isinstance(workers, int) and 0 <= workers <= MAX_COUNT:
+            held |= {worker_name(pool.id, i) for i in range(workers)}
+        for name in held:
+            owners[name] = owner
+    if prefixes:
+        for row in await app.store.rows("cluster", include_terminal=False):
+            for prefix, owner in prefixes.items():
+                if row.id.startswith(prefix) and row.id[len(prefix) :].isdigit():
+                    owners.setdefault(row.id, owner)  # a worker of a size since shrunk
+    for job in await app.store.rows(KIND, include_terminal=False):
+        if reason_of(app, job) is None and not job.spec.get("pool"):
+            owners[row_cluster(job)] = Owner(KIND, job.id)
+    return owners
+
+
+def refuse_owned(clusters: list[str], owners: dict[str, Owner], verb: str) -> None:
+    """A client may not end what a managed job or pool keeps up: it would be relaunched."""
+    for cluster in clusters:
+        owner = owners.get(cluster)
+        if owner is not None:
+            raise InvalidRequest(owner.refusal(cluster, verb))
