@@ -142,9 +142,13 @@ class Leaks(Msg, tag="leaks", frozen=True):
 
 
 class Events(Msg, tag="events", frozen=True):
+    """The history of a cluster, or of a job: `name` is then its cluster and `job_id` the id
+    `queue` shows (none: the cluster's latest job), or `name` is the job's full record id."""
+
     name: str
     kind: str = "cluster"
     limit: b.EventLimit = 200
+    job_id: b.JobId | None = None
 
 
 class PlanRequest(Msg, tag="plan", frozen=True):
@@ -239,6 +243,7 @@ class JobsLogs(Msg, tag="jobs_logs", frozen=True):
     name: str | None = None
     follow: bool = True
     controller: bool = False
+    status_only: bool = False
 
 
 class FakePreempt(Msg, tag="fake_preempt", frozen=True):
@@ -328,6 +333,8 @@ class JobRecord(msgspec.Struct, frozen=True):
     ended_at: float | None = None
     exit_code: int | None = None
     resources: str = ""
+    failed_rank: int | None = None
+    """A failed job: the rank whose failure ended the gang."""
 
 
 class EventRecord(msgspec.Struct, frozen=True):
@@ -442,6 +449,8 @@ class ManagedLaunched(Msg, tag="managed_launched", frozen=True):
     status: str
     job_ids: list[int] = []
     """Every job submitted (`--num-jobs N` on a pool); `job_id` is the first."""
+    failure: str | None = None
+    """A followed job that failed: why (its `failure_reason`)."""
 
 
 class JobList(Msg, tag="jobs", frozen=True):
@@ -452,12 +461,19 @@ class LaunchResult(Msg, tag="launched", frozen=True):
     cluster: str
     job_id: int | None = None
     job_status: str | None = None
+    exit_code: int | None = None
+    failed_rank: int | None = None
+    failure: str | None = None
+    """A failed job: what failed it, in a few words (`rank 1 exited with code 7`)."""
 
 
 class LogsEnd(Msg, tag="logs_end", frozen=True):
     cluster: str
     job_id: int
     status: str
+    exit_code: int | None = None
+    failed_rank: int | None = None
+    failure: str | None = None
 
 
 class Cancelled(Msg, tag="cancelled", frozen=True):

@@ -78,7 +78,9 @@ async def jobs_launch(
     if req.detach or len(made) > 1:
         return m.ManagedLaunched(job_id=ids[0], name=name, status=first.state, job_ids=ids)
     state = await _follow_runs(app, first, emit)
-    return m.ManagedLaunched(job_id=ids[0], name=name, status=state, job_ids=ids)
+    ended = await app.store.get(KIND, first.id)
+    failure = ended.data.get("failure_reason") if ended and ended.terminal else None
+    return m.ManagedLaunched(job_id=ids[0], name=name, status=state, job_ids=ids, failure=failure)
 
 
 def _ids(ids: list[int]) -> str:
@@ -233,8 +235,13 @@ async def jobs_logs(app: App, req: m.JobsLogs, emit: Emit) -> m.LogsEnd:
             what = f" named {req.name!r}" if req.name else ""
             raise JobNotFound(f"no managed job{what} yet")
         row = max(rows, key=lambda r: int(r.id))
-    state = await _follow_files(app, row, emit, req.follow, controller=req.controller)
-    return m.LogsEnd(cluster=row_cluster(row), job_id=int(row.id), status=state)
+    if req.status_only:
+        state = row.state
+    else:
+        state = await _follow_files(app, row, emit, req.follow, controller=req.controller)
+    ended = await app.store.get(KIND, row.id) or row
+    failure = ended.data.get("failure_reason") if ended.terminal else None
+    return m.LogsEnd(cluster=row_cluster(row), job_id=int(row.id), status=state, failure=failure)
 
 
 async def _follow_runs(app: App, row: Row, emit: Emit) -> str:
