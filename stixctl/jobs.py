@@ -63,9 +63,10 @@ def _cancel(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
     from stixctl.main import _json
 
-    if not (a.job_ids or a.name or a.all):
-        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
-    reply: m.Table = call(home, m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all))
+    if not (a.job_ids or a.name or a.all or a.pool):
+        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME, -p POOL or --all")
+    req = m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all, pool=a.pool)
+    reply: m.Table = call(home, req)
     if a.json:
         _json(reply.rows)
     else:
@@ -201,6 +202,7 @@ def _queue_args(s: argparse.ArgumentParser) -> None:
 def _cancel_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("job_ids", nargs="*", type=int)
     s.add_argument("-n", "--name")
+    s.add_argument("-p", "--pool", help="every job running or waiting on this pool")
     s.add_argument("-a", "--all", action="store_true")
     s.add_argument("-y", "--yes", action="store_true")
     s.add_argument("--json", action="store_true")

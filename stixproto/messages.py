@@ -235,6 +235,8 @@ class JobsCancel(Msg, tag="jobs_cancel", frozen=True):
     job_ids: list[b.JobId] = []
     name: str | None = None
     all: bool = False
+    pool: str | None = None
+    """Every live job of this pool (SkyPilot's `jobs cancel --pool`)."""
 
 
 class JobsLogs(Msg, tag="jobs_logs", frozen=True):
@@ -575,7 +577,7 @@ REFERENCE_NAMES: dict[type[Msg], tuple[tuple[str, str], ...]] = {
     JobsLaunch: (("pool", "pool"),),
     PoolStatusReq: (("names", "pool"),),
     PoolDown: (("names", "pool"),),
-    JobsCancel: (("name", "managed job"),),
+    JobsCancel: (("name", "managed job"), ("pool", "pool")),
     JobsLogs: (("name", "managed job"),),
     FakePreempt: (("clusters", "cluster"),),
 }

@@ -166,17 +166,21 @@ async def jobs_queue(app: App, req: m.JobsQueue) -> m.ManagedJobList:
     return m.ManagedJobList(jobs=[record(r) for r in rows])
 
 
-async def _select(app: App, ids: list[int], name: str | None, all_: bool) -> list[Row]:
+async def _select(
+    app: App, ids: list[int], name: str | None, all_: bool, pool: str | None = None
+) -> list[Row]:
     rows = await app.store.rows(KIND)
     if all_:
         return [r for r in rows if not r.terminal]
+    if pool is not None:
+        return [r for r in rows if not r.terminal and r.spec.get("pool") == pool]
     if name is not None:
         named = [r for r in rows if r.spec["name"] == name]
         if not named:
             raise JobNotFound(f"no managed job named {name!r}")
         return [r for r in named if not r.terminal] or named[-1:]
     if not ids:
-        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
+        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME, -p POOL or --all")
     by_id = {int(r.id): r for r in rows}
     missing = [i for i in ids if i not in by_id]
     if missing:
@@ -185,7 +189,7 @@ async def _select(app: App, ids: list[int], name: str | None, all_: bool) -> lis
 
 
 async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
-    rows = await _select(app, req.job_ids, req.name, req.all)
+    rows = await _select(app, req.job_ids, req.name, req.all, req.pool)
     lines: list[str] = []
     result: list[dict[str, Any]] = []
     for row in rows:
