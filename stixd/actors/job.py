@@ -166,7 +166,7 @@ class JobActor(Actor):
             await self._release_gang_when_set_up()
         elif isinstance(message, ClusterGone) and not self.row.terminal:
             culprit: dict[str, Any] = {}
-            if message.lost_rank is not None:
+            if _ENDINGS[message.event] in _FAILURES:  # said on the finish line of a follower
                 culprit = {"failed_rank": message.lost_rank, "reason": message.why}
             await self.transition(message.event, message.why, ended_at=time.time(), **culprit)
             if message.lost_rank is not None:
