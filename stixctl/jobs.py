@@ -11,14 +11,15 @@ from stixctl import taskargs
 from stixctl.argparser import Parser
 from stixproto import messages as m
 from stixproto import names
-from stixproto.errors import InvalidRequest, JobFailed
+from stixproto.errors import InvalidRequest
 
 Fn = Callable[[Path, argparse.Namespace], int]
 
 
 def _launch(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
-    from stixctl.main import _config_layers, _err, _json, _on_event, _status_exit
+    from stixctl.main import _config_layers, _err, _json, _on_event
+    from stixctl.signals import finish, status_exit
 
     dag = taskargs.load(a.entrypoint, a, pipeline=True)
     req = m.JobsLaunch(
@@ -40,12 +41,9 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
                 f"`{names.command('jobs', 'logs', reply.job_id)}`"
             )
         return 0
-    code = _status_exit(reply.status)
-    if not a.json:
-        _err(f"✓ Managed job {reply.job_id} finished: {reply.status}")
-        if code:
-            _err(str(JobFailed(f"managed job {reply.job_id} ended {reply.status}")))
-    return code
+    if a.json:
+        return status_exit(reply.status)
+    return finish(f"Managed job {reply.job_id}", reply.status, reply.failure)
 
 
 def _queue(home: Path, a: argparse.Namespace) -> int:
@@ -65,9 +63,10 @@ def _cancel(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
     from stixctl.main import _json
 
-    if not (a.job_ids or a.name or a.all):
-        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
-    reply: m.Table = call(home, m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all))
+    if not (a.job_ids or a.name or a.all or a.pool):
+        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME, -p POOL or --all")
+    req = m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all, pool=a.pool)
+    reply: m.Table = call(home, req)
     if a.json:
         _json(reply.rows)
     else:
@@ -78,11 +77,21 @@ def _cancel(home: Path, a: argparse.Namespace) -> int:
 def _logs(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
     from stixctl.main import _on_event
+    from stixctl.signals import finish, status_exit
 
-    req = m.JobsLogs(job_id=a.job_id, name=a.name, follow=a.follow, controller=a.controller)
+    req = m.JobsLogs(
+        job_id=a.job_id,
+        name=a.name,
+        follow=a.follow,
+        controller=a.controller,
+        status_only=a.status,
+    )
     reply: m.LogsEnd = call(home, req, _on_event)
-    if a.status:
+    if a.status:  # as `logs --status`: the state, and SkyPilot's exit code for it
         print(f"Managed job {reply.job_id}: {reply.status}")
+        return status_exit(reply.status)
+    if a.follow:
+        return finish(f"Managed job {reply.job_id}", reply.status, reply.failure)
     return 0
 
 
@@ -193,6 +202,7 @@ def _queue_args(s: argparse.ArgumentParser) -> None:
 def _cancel_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("job_ids", nargs="*", type=int)
     s.add_argument("-n", "--name")
+    s.add_argument("-p", "--pool", help="every job running or waiting on this pool")
     s.add_argument("-a", "--all", action="store_true")
     s.add_argument("-y", "--yes", action="store_true")
     s.add_argument("--json", action="store_true")
@@ -204,7 +214,7 @@ def _logs_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--follow", dest="follow", action="store_true", default=True)
     s.add_argument("--no-follow", dest="follow", action="store_false")
     s.add_argument("--controller", action="store_true", help="the controller's decisions")
-    s.add_argument("--status", action="store_true", help="print the job's status at the end")
+    s.add_argument("--status", action="store_true", help="print the job's status; exit by it")
 
 
 def _pool_args(s: argparse.ArgumentParser) -> None:

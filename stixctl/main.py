@@ -11,21 +11,14 @@ from typing import Any
 
 from stixctl import taskargs, validate
 from stixctl.argparser import Parser
+from stixctl.signals import finish
+from stixctl.signals import status_exit as _status_exit
 from stixproto import messages as m
 from stixproto import names
-from stixproto.errors import InvalidConfig, InvalidRequest, JobFailed, StixError
+from stixproto.errors import InvalidConfig, InvalidRequest, StixError
 from stixproto.paths import stix_home
 
-# `sky logs --status` exit codes, kept so scripts written for SkyPilot keep working.
-EXIT_FOR_STATUS = {"SUCCEEDED": 0, "CANCELLED": 103}
-EXIT_FAILED, EXIT_NOT_FINISHED = 100, 101
 EXIT_NO_FIT = 5  # as ProvisionError: no infra can run the task
-
-
-def _status_exit(state: str) -> int:
-    if state in EXIT_FOR_STATUS:
-        return EXIT_FOR_STATUS[state]
-    return EXIT_FAILED if state.startswith("FAILED") else EXIT_NOT_FINISHED
 
 
 def _err(text: str) -> None:
@@ -136,12 +129,9 @@ def _finish_run(reply: m.LaunchResult, a: argparse.Namespace) -> int:
             )
         return 0
     state = reply.job_status or "UNKNOWN"
-    if not a.json:
-        _err(f"✓ Job {reply.job_id} on {reply.cluster} finished: {state}")
-    code = _status_exit(state)
-    if code and not a.json:
-        _err(str(JobFailed(f"job {reply.job_id} ended {state}")))
-    return code
+    if a.json:
+        return _status_exit(state)
+    return finish(f"Job {reply.job_id} on {reply.cluster}", state, reply.failure)
 
 
 def cmd_status(home: Path, a: argparse.Namespace) -> int:
@@ -177,6 +167,8 @@ def cmd_logs(home: Path, a: argparse.Namespace) -> int:
     if a.status:
         print(f"Job {reply.job_id}: {reply.status}")
         return _status_exit(reply.status)
+    if a.follow:  # as `sky logs`: the stream ends with how the job ended, and exits by it
+        return finish(f"Job {reply.job_id} on {reply.cluster}", reply.status, reply.failure)
     return 0
 
 
@@ -253,7 +245,8 @@ def cmd_events(home: Path, a: argparse.Namespace) -> int:
     from stixctl import render
     from stixctl.client import call
 
-    reply = call(home, m.Events(name=a.name, kind=a.kind, limit=a.limit))
+    kind = a.kind or ("job" if a.job_id is not None else "cluster")
+    reply = call(home, m.Events(name=a.name, kind=kind, limit=a.limit, job_id=a.job_id))
     if a.json:
         _json(reply.events)
     else:
@@ -439,9 +432,12 @@ def _check_args(s: argparse.ArgumentParser) -> None:
 
 
 def _events_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("name")
+    s.add_argument("name", metavar="CLUSTER|ID")
+    s.add_argument("job_id", nargs="?", type=int, help="a job's id as `queue` shows it")
     s.add_argument(
-        "--kind", default="cluster", choices=["cluster", "job", "managed_job", "job_pool"]
+        "--kind",
+        choices=["cluster", "job", "managed_job", "job_pool"],
+        help="job: the latest job without ID; managed_job/job_pool: by job id or pool name",
     )
     s.add_argument("--limit", type=int, default=200)
     s.add_argument("--json", action="store_true")
@@ -519,7 +515,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "cost-report": ("estimated cost of clusters", _cost_args),
     "check": ("which infras are enabled", _check_args),
     "leaks": ("cloud instances of stix's that no cluster owns (--terminate them)", _leaks_args),
-    "events": ("the history of a cluster (or --kind job|managed_job|job_pool ID)", _events_args),
+    "events": ("the history of a cluster, a job (CLUSTER JOB_ID), or --kind KIND", _events_args),
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),
     "ssh": ("SSH pools (up|status|down [POOL]) or a shell on a cluster's node", _ssh_args),

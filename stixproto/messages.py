@@ -142,9 +142,13 @@ class Leaks(Msg, tag="leaks", frozen=True):
 
 
 class Events(Msg, tag="events", frozen=True):
+    """The history of a cluster, or of a job: `name` is then its cluster and `job_id` the id
+    `queue` shows (none: the cluster's latest job), or `name` is the job's full record id."""
+
     name: str
     kind: str = "cluster"
     limit: b.EventLimit = 200
+    job_id: b.JobId | None = None
 
 
 class PlanRequest(Msg, tag="plan", frozen=True):
@@ -231,6 +235,8 @@ class JobsCancel(Msg, tag="jobs_cancel", frozen=True):
     job_ids: list[b.JobId] = []
     name: str | None = None
     all: bool = False
+    pool: str | None = None
+    """Every live job of this pool (SkyPilot's `jobs cancel --pool`)."""
 
 
 class JobsLogs(Msg, tag="jobs_logs", frozen=True):
@@ -239,6 +245,7 @@ class JobsLogs(Msg, tag="jobs_logs", frozen=True):
     name: str | None = None
     follow: bool = True
     controller: bool = False
+    status_only: bool = False
 
 
 class FakePreempt(Msg, tag="fake_preempt", frozen=True):
@@ -337,6 +344,8 @@ class JobRecord(msgspec.Struct, frozen=True):
     resources: str = ""
     failure_reason: str | None = None
     """Set when the daemon cannot run the job's row (quarantined): why, and how to remove it."""
+    failed_rank: int | None = None
+    """A failed job: the rank whose failure ended the gang."""
 
 
 class EventRecord(msgspec.Struct, frozen=True):
@@ -451,6 +460,8 @@ class ManagedLaunched(Msg, tag="managed_launched", frozen=True):
     status: str
     job_ids: list[int] = []
     """Every job submitted (`--num-jobs N` on a pool); `job_id` is the first."""
+    failure: str | None = None
+    """A followed job that failed: why (its `failure_reason`)."""
 
 
 class JobList(Msg, tag="jobs", frozen=True):
@@ -461,12 +472,19 @@ class LaunchResult(Msg, tag="launched", frozen=True):
     cluster: str
     job_id: int | None = None
     job_status: str | None = None
+    exit_code: int | None = None
+    failed_rank: int | None = None
+    failure: str | None = None
+    """A failed job: what failed it, in a few words (`rank 1 exited with code 7`)."""
 
 
 class LogsEnd(Msg, tag="logs_end", frozen=True):
     cluster: str
     job_id: int
     status: str
+    exit_code: int | None = None
+    failed_rank: int | None = None
+    failure: str | None = None
 
 
 class Cancelled(Msg, tag="cancelled", frozen=True):
@@ -568,7 +586,7 @@ REFERENCE_NAMES: dict[type[Msg], tuple[tuple[str, str], ...]] = {
     JobsLaunch: (("pool", "pool"),),
     PoolStatusReq: (("names", "pool"),),
     PoolDown: (("names", "pool"),),
-    JobsCancel: (("name", "managed job"),),
+    JobsCancel: (("name", "managed job"), ("pool", "pool")),
     JobsLogs: (("name", "managed job"),),
     FakePreempt: (("clusters", "cluster"),),
 }

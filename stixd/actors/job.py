@@ -172,7 +172,10 @@ class JobActor(Actor):
         elif isinstance(message, ReleaseGang) and not self.row.terminal:
             await self._release_gang_when_set_up()
         elif isinstance(message, ClusterGone) and not self.row.terminal:
-            await self.transition(message.event, message.why, ended_at=time.time())
+            culprit: dict[str, Any] = {}
+            if _ENDINGS[message.event] in _FAILURES:  # said on the finish line of a follower
+                culprit = {"failed_rank": message.lost_rank, "reason": message.why}
+            await self.transition(message.event, message.why, ended_at=time.time(), **culprit)
             if message.lost_rank is not None:
                 self.ranks[message.lost_rank] = J.FAILED_DRIVER  # nothing to ask it to stop
                 await self._stop_other_ranks(J.FAILED_DRIVER)
@@ -262,27 +265,43 @@ class JobActor(Actor):
             return  # a rank lagging behind the others: the gang state does not move back
         await self.transition(event, self._why(folded), **self._times())
 
+    def _culprit(self, state: JobStatus) -> int | None:
+        """The rank that failed the gang: of those that ended `state`, the first to end."""
+        bad = [r for r, s in self.ranks.items() if s is state]
+        if not bad:
+            return None
+        return min(bad, key=lambda r: (self.rank_jobs.get(r, {}).get("ended_at") or 0.0, r))
+
     def _why(self, state: JobStatus) -> str:
         if state in _FAILURES:
-            bad = [r for r, s in sorted(self.ranks.items()) if s is state]
-            job = self.rank_jobs.get(bad[0], {}) if bad else {}
-            said = f"rank {bad[0] if bad else '?'} ended {state.value}"
+            rank = self._culprit(state)
+            job = self.rank_jobs.get(rank, {}) if rank is not None else {}
+            said = f"rank {'?' if rank is None else rank} ended {state.value}"
             if job.get("reason"):  # the agent ended it, and says why
                 return f"{said}: {job['reason']}"
             return f"{said} (exit code {job.get('exit_code')})"
         return f"ranks: {', '.join(f'{r}={s.value}' for r, s in sorted(self.ranks.items()))}"
 
     def _times(self) -> dict[str, Any]:
+        """Start and end times; at the end, which rank ended the gang with what exit code.
+        A cancelled job has no exit code (its processes were killed, none exited by itself)."""
         jobs = list(self.rank_jobs.values())
         started = [j["started_at"] for j in jobs if j.get("started_at")]
         ended = [j["ended_at"] for j in jobs if j.get("ended_at")]
-        codes = [j["exit_code"] for j in jobs if j.get("exit_code") not in (None, 0)]
         out: dict[str, Any] = {}
         if started:
             out["started_at"] = min(started)
-        if fold(self.ranks).is_terminal:
+        folded = fold(self.ranks)
+        if folded.is_terminal:
             out["ended_at"] = max(ended) if ended else time.time()
-            out["exit_code"] = codes[0] if codes else 0
+            out["exit_code"] = 0 if folded is J.SUCCEEDED else None
+            if folded in _FAILURES:
+                rank = self._culprit(folded)
+                job = self.rank_jobs.get(rank, {}) if rank is not None else {}
+                code = job.get("exit_code")
+                out["exit_code"] = code if isinstance(code, int) else None
+                out["failed_rank"] = rank
+                out["reason"] = job.get("reason")
         return out
 
     async def _release_gang_when_set_up(self) -> None:

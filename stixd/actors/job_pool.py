@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 MANAGED = "managed_job"
 MAX_POOL_WORKERS = 10_000
 """More workers than this in a stored pool is damage, not a size: no loop over them ends."""
+JOBS_END_SECONDS = 120.0
+"""How long a pool going down waits for its cancelled jobs to end before tearing down."""
 
 
 class PoolEvent(enum.Enum):
@@ -81,6 +83,13 @@ class WorkerReady:
 
     pool: str
     worker: str
+
+
+@dataclass(frozen=True)
+class PoolGoingDown:
+    """Told to a managed job of a pool being torn down: end (CANCELLED), as `jobs cancel`."""
+
+    pool: str
 
 
 class Advance:
@@ -175,16 +184,23 @@ class JobPoolActor(Actor):
         if isinstance(req, m.PoolDown):
             if self.row.terminal:
                 return m.OkReply(f"pool {self.id} is already down")
+            jobs = [int(r.id) for r in await self._live_jobs()]
             if self.state is not P.SHUTTING_DOWN:
                 await self.transition(E.DOWN, "down requested")
                 self.start_soon(self._tear_down)
-            return m.OkReply(f"pool {self.id} is shutting down")
+            if not jobs:
+                return m.OkReply(f"pool {self.id} is shutting down")
+            ids = ", ".join(map(str, sorted(jobs)))
+            return m.OkReply(f"pool {self.id} is shutting down; cancelling its job(s) {ids}")
         raise InvalidRequest(f"pool actor cannot handle {type(req).__name__}")
 
     async def _apply(self, req: m.PoolApply) -> m.OkReply:
         workers = int((req.task.pool or {}).get("workers", 0) or 0)
         if self.state is P.SHUTTING_DOWN:
-            raise InvalidRequest(f"pool {self.id} is shutting down; apply it again once DOWN")
+            raise InvalidRequest(
+                f"pool {self.id} is still shutting down; apply it again once "
+                f"`stixctl jobs pool status` no longer lists it"
+            )
         task = msgspec.structs.replace(req.task, pool=None)
         spec = {
             "workers": workers,
@@ -291,7 +307,25 @@ class JobPoolActor(Actor):
         await self.transition(E.WORKERS_READY, f"{self.size} worker(s) ready", failed={})
         await self._hand_out()
 
+    async def _live_jobs(self) -> list[Any]:
+        rows = await self.app.store.rows(MANAGED, include_terminal=False)
+        return [r for r in rows if r.spec.get("pool") == self.id]
+
+    async def _end_jobs(self) -> None:
+        """Cancel every job of the pool and wait (bounded) for them to end: each stops its
+        run and hands its worker back before the workers go, so none is left waiting for a
+        worker that will never come."""
+        jobs = await self._live_jobs()
+        for row in jobs:
+            if not self.app.supervisor.tell(MANAGED, row.id, PoolGoingDown(self.id)):
+                self.app.spawn(row)
+                self.app.supervisor.tell(MANAGED, row.id, PoolGoingDown(self.id))
+        with anyio.move_on_after(JOBS_END_SECONDS):
+            for row in jobs:
+                await self.app.watch.wait_for(MANAGED, row.id, lambda r: r is None or r.terminal)
+
     async def _tear_down(self) -> None:
+        await self._end_jobs()
         async with anyio.create_task_group() as tg:
             for worker in {*self.workers, *await self._extra_workers(), *self.claims}:
                 tg.start_soon(self._down_worker, worker)
@@ -300,6 +334,9 @@ class JobPoolActor(Actor):
     # -- handing out workers -------------------------------------------------------------
 
     async def _acquire(self, job_id: int) -> None:
+        if self.state in (P.SHUTTING_DOWN, P.DOWN):  # no worker will come: the job ends
+            self.app.supervisor.tell(MANAGED, str(job_id), PoolGoingDown(self.id))
+            return
         for worker, holder in self.claims.items():
             if holder == job_id:  # asked again after a restart: it already has one
                 self._tell_job(job_id, worker)
@@ -313,7 +350,7 @@ class JobPoolActor(Actor):
         waiting = [j for j in self.waiting if j != msg.job_id]
         broken = [w for w, j in self.claims.items() if j == msg.job_id and msg.broken]
         await self.save(claims=claims, waiting=waiting)
-        if broken:
+        if broken and self.state in (P.PROVISIONING, P.READY, P.FAILED):  # not when going down
             await self.transition(E.APPLY, f"relaunching {', '.join(broken)}: its cluster was lost")
             self.tell(Advance())
             return

@@ -46,6 +46,47 @@ async def find_job(app: App, cluster: str, job_id: int | None) -> Row:
     return row
 
 
+def failure_text(row: Row | None) -> str | None:
+    """What failed a job, in a few words for the client's finish line: the rank (of a gang)
+    and its exit code, or why the agent or the daemon ended it."""
+    if row is None or not row.state.startswith("FAILED"):
+        return None
+    data = row.data
+    rank, code, reason = data.get("failed_rank"), data.get("exit_code"), data.get("reason")
+    gang = len(row.spec.get("nodes") or ()) > 1
+    who = f"rank {rank}" if gang and rank is not None else ""
+    if reason:
+        return f"{who}: {reason}" if who else str(reason)
+    if code is None:
+        return f"on {who}" if who else None
+    stage = "setup" if row.state == JobStatus.FAILED_SETUP else ""
+    if who and stage:
+        return f"{who}'s setup exited with code {code}"
+    if who or stage:
+        return f"{who or stage} exited with code {code}"
+    return f"exit code {code}"
+
+
+def exit_code(row: Row) -> int | None:
+    """The job's exit code: its failed rank's, 0 for a success, none for a cancelled job (a
+    build before this one stored 0 for it too) or one that has not ended."""
+    code = row.data.get("exit_code")
+    if not row.terminal or not isinstance(code, int):
+        return None
+    return None if row.state == JobStatus.CANCELLED and code == 0 else code
+
+
+def ending(row: Row | None) -> dict[str, Any]:
+    """The fields of a followed job's final reply that say how it ended."""
+    if row is None:
+        return {}
+    return {
+        "exit_code": exit_code(row),
+        "failed_rank": row.data.get("failed_rank"),
+        "failure": failure_text(row),
+    }
+
+
 def _prefixer(node: NodeInfo, num_nodes: int) -> Callable[[str], str]:
     if num_nodes <= 1:
         return lambda text: text

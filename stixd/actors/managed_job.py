@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from stixd.actors.job_pool import Acquire, WorkerReady
+from stixd.actors.job_pool import Acquire, PoolGoingDown, WorkerReady
 from stixd.actors.managed_job_decisions import (
     on_ended,
     on_launch_failed,
@@ -206,18 +206,25 @@ class ManagedJobActor(Actor):
             await on_torn_down(self, message)
         elif isinstance(message, WorkerReady):
             await self._worker_ready(message)
+        elif isinstance(message, PoolGoingDown) and message.pool == self.pool:
+            await self._cancel(f"pool {message.pool} is shutting down")
 
     async def _request(self, req: Any) -> Any:
         if isinstance(req, m.JobsCancel):
             if self.row.terminal:
                 return m.OkReply(f"managed job {self.job_id} already ended {self.state.value}")
-            if self.state is not S.CANCELLING:
-                self._stop_phase()
-                held, run = self.cluster, self._run_id()
-                await self.step(E.CANCEL, "cancel requested", job_duration=self._ran_seconds())
-                self._run(teardown, self, E.CANCELLED, held, run)
+            await self._cancel("cancel requested")
             return m.OkReply(f"managed job {self.job_id} is cancelling")
         raise InvalidRequest(f"managed job actor cannot handle {type(req).__name__}")
+
+    async def _cancel(self, why: str) -> None:
+        """Stop whatever phase runs, then stop the run and give its cluster up: CANCELLED."""
+        if self.state is S.CANCELLING:
+            return
+        self._stop_phase()
+        held, run = self.cluster, self._run_id()
+        await self.step(E.CANCEL, why, job_duration=self._ran_seconds())
+        self._run(teardown, self, E.CANCELLED, held, run)
 
     async def _advance(self) -> None:
         state = self.state

@@ -12,7 +12,7 @@ import anyio
 
 from stixd.actors import KINDS, quarantine
 from stixd.actors.asks import ask_cluster
-from stixd.actors.joblogs import find_job, stream_job_logs
+from stixd.actors.joblogs import ending, exit_code, find_job, stream_job_logs
 from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
@@ -71,7 +71,8 @@ async def _follow_unless_detached(
         return result
     job = await find_job(app, result.cluster, result.job_id)
     state = await stream_job_logs(app, job, emit, follow=True)
-    return m.LaunchResult(cluster=result.cluster, job_id=result.job_id, job_status=state)
+    end = ending(await app.store.get("job", job.id))
+    return m.LaunchResult(cluster=result.cluster, job_id=result.job_id, job_status=state, **end)
 
 
 def _failed_cluster(row: Row, why: str) -> m.ClusterRecord:
@@ -197,8 +198,9 @@ def job_record(row: Row) -> m.JobRecord:
         submitted_at=row.created_at,
         started_at=row.data.get("started_at"),
         ended_at=row.data.get("ended_at"),
-        exit_code=row.data.get("exit_code"),
+        exit_code=exit_code(row),
         resources=row.spec.get("resources", ""),
+        failed_rank=row.data.get("failed_rank"),
     )
 
 
@@ -229,9 +231,10 @@ async def logs(app: App, req: m.Logs, emit: Emit) -> m.LogsEnd:
         raise quarantine.refusal(job, reason)
     job_id = int(job.spec["job_id"])
     if req.status_only:
-        return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=job.state)
+        return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=job.state, **ending(job))
     state = await stream_job_logs(app, job, emit, follow=req.follow, tail=req.tail, node=req.node)
-    return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=state)
+    end = ending(await app.store.get("job", job.id))
+    return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=state, **end)
 
 
 VERBS: dict[type, str] = {m.Down: "tear down", m.Stop: "stop", m.Autostop: "set autostop on"}
@@ -331,7 +334,12 @@ async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
 
 
 async def events(app: App, req: m.Events, emit: Emit) -> m.EventList:
-    rows = await app.store.events(req.kind, req.name, req.limit)
+    name = req.name
+    if req.kind == "job" and (req.job_id is not None or "/" not in name):
+        name = (await find_job(app, name, req.job_id)).id  # `queue`'s id on cluster `name`
+    elif req.job_id is not None:
+        raise InvalidRequest("a job id is for a job's history: use --kind job (or leave it out)")
+    rows = await app.store.events(req.kind, name, req.limit)
     if not rows:
         raise ClusterNotFound(f"no history for {req.kind} {req.name!r}")
     return m.EventList(

@@ -80,7 +80,9 @@ async def jobs_launch(
     if req.detach or len(made) > 1:
         return m.ManagedLaunched(job_id=ids[0], name=name, status=first.state, job_ids=ids)
     state = await _follow_runs(app, first, emit)
-    return m.ManagedLaunched(job_id=ids[0], name=name, status=state, job_ids=ids)
+    ended = await app.store.get(KIND, first.id)
+    failure = ended.data.get("failure_reason") if ended and ended.terminal else None
+    return m.ManagedLaunched(job_id=ids[0], name=name, status=state, job_ids=ids, failure=failure)
 
 
 def _ids(ids: list[int]) -> str:
@@ -187,17 +189,21 @@ def _number(row: Row) -> int:
     return int(row.id) if row.id.isdigit() else -1
 
 
-async def _select(app: App, ids: list[int], name: str | None, all_: bool) -> list[Row]:
+async def _select(
+    app: App, ids: list[int], name: str | None, all_: bool, pool: str | None = None
+) -> list[Row]:
     rows = await app.store.rows(KIND)
     if all_:
         return [r for r in rows if not r.terminal]
+    if pool is not None:
+        return [r for r in rows if not r.terminal and r.spec.get("pool") == pool]
     if name is not None:
         named = [r for r in rows if r.spec.get("name") == name]
         if not named:
             raise JobNotFound(f"no managed job named {name!r}")
         return [r for r in named if not r.terminal] or named[-1:]
     if not ids:
-        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
+        raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME, -p POOL or --all")
     by_id = {_number(r): r for r in rows}
     missing = [i for i in ids if i not in by_id]
     if missing:
@@ -206,7 +212,7 @@ async def _select(app: App, ids: list[int], name: str | None, all_: bool) -> lis
 
 
 async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
-    rows = await _select(app, req.job_ids, req.name, req.all)
+    rows = await _select(app, req.job_ids, req.name, req.all, req.pool)
     lines: list[str] = []
     result: list[dict[str, Any]] = []
     for row in rows:
@@ -264,8 +270,13 @@ async def jobs_logs(app: App, req: m.JobsLogs, emit: Emit) -> m.LogsEnd:
             what = f" named {req.name!r}" if req.name else ""
             raise JobNotFound(f"no managed job{what} yet")
         row = max(rows, key=_number)
-    state = await _follow_files(app, row, emit, req.follow, controller=req.controller)
-    return m.LogsEnd(cluster=row_cluster(row), job_id=int(row.id), status=state)
+    if req.status_only:
+        state = row.state
+    else:
+        state = await _follow_files(app, row, emit, req.follow, controller=req.controller)
+    ended = await app.store.get(KIND, row.id) or row
+    failure = ended.data.get("failure_reason") if ended.terminal else None
+    return m.LogsEnd(cluster=row_cluster(row), job_id=int(row.id), status=state, failure=failure)
 
 
 async def _follow_runs(app: App, row: Row, emit: Emit) -> str:
