@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 
 from stixd.actors.asks import ask_cluster
+from stixd.actors.cluster_retry import StopRetrying
 from stixd.actors.joblogs import find_job, stream_job_logs
 from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
@@ -52,7 +53,12 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
     _check_task(app, req.task)
     await _check_cloud_plan(app, req.task, emit)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
-    result: m.LaunchResult = await ask_cluster(app, name, req, emit, create=True)
+    try:
+        result: m.LaunchResult = await ask_cluster(app, name, req, emit, create=True)
+    except anyio.get_cancelled_exc_class():
+        if req.retry_until_up:  # Ctrl-C of the client ends the retries too
+            app.supervisor.tell("cluster", name, StopRetrying(req, "the launch was interrupted"))
+        raise
     return await _follow_unless_detached(app, result, req.detach, emit)
 
 
@@ -203,8 +209,7 @@ async def _each_cluster(app: App, names: list[str], all_: bool, req: Any, emit: 
 
 
 async def cancel(app: App, req: m.Cancel, emit: Emit) -> Any:
-    if not req.all and not req.job_ids:
-        raise InvalidRequest("name the job ids to cancel, or pass --all")
+    """No ids and no `all`: the latest running job, as SkyPilot's `sky cancel CLUSTER`."""
     return await ask_cluster(app, req.cluster, req, emit)
 
 
