@@ -90,6 +90,23 @@ def test_fast_skips_setup_and_sync_only_while_the_launch_is_unchanged(
     assert [j["status"] for j in stix.jobs("f").values()] == ["SUCCEEDED"] * 5
 
 
+def test_detach_setup_follows_only_the_run_and_keeps_setup_in_the_log(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    path = task_file("setup: echo setup-said-this\nrun: echo run-said-this\n")
+    attached = stix.run("launch", "-c", "s", "-y", str(path), check=True)
+    assert "setup-said-this" in attached.stdout and "run-said-this" in attached.stdout
+    out = stix.run("launch", "-c", "s", "-y", "-s", str(path), check=True)
+    assert "run-said-this" in out.stdout and "setup-said-this" not in out.stdout
+    assert "Setup runs detached (-s)" in out.stderr and "stixctl logs s 2" in out.stderr
+    log = stix.run("logs", "s", "2", "--no-follow", check=True).stdout
+    assert log.split() == ["setup-said-this", "run-said-this"]
+    failing = task_file("setup: echo broke; exit 3\nrun: echo never\n")
+    failed = stix.run("launch", "-c", "s", "-y", "--detach-setup", str(failing))
+    assert failed.returncode == 100 and "FAILED_SETUP" in failed.stderr
+    assert "broke" not in failed.stdout and "never" not in failed.stdout
+
+
 def test_cancel_with_no_job_id_cancels_the_latest_running_job(stix: Stix) -> None:
     stix.run("launch", "-c", "q", "-y", "-d", "sleep 120", check=True)
     stix.run("exec", "q", "-d", "sleep 120", check=True)

@@ -21,6 +21,7 @@ from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cm
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 from stixproto import messages as m
+from stixproto import names
 from stixproto.errors import (
     ClusterNotFound,
     InvalidConfig,
@@ -59,7 +60,20 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
         if req.retry_until_up:  # Ctrl-C of the client ends the retries too
             app.supervisor.tell("cluster", name, StopRetrying(req, "the launch was interrupted"))
         raise
+    if req.detach_setup and not req.detach and result.job_id is not None:
+        return await follow_run_only(app, result, emit)
     return await _follow_unless_detached(app, result, req.detach, emit)
+
+
+async def follow_run_only(app: App, result: m.LaunchResult, emit: Emit) -> m.LaunchResult:
+    """`launch -s`: setup runs detached, as part of the job; the launch follows only the run."""
+    assert result.job_id is not None
+    job = await find_job(app, result.cluster, result.job_id)
+    if job.spec["submit"].get("setup") is not None:
+        hint = names.command("logs", result.cluster, result.job_id)
+        await emit(m.Progress(f"Setup runs detached (-s); its output is in `{hint}`."))
+    state = await stream_job_logs(app, job, emit, follow=True, from_run=True)
+    return m.LaunchResult(cluster=result.cluster, job_id=result.job_id, job_status=state)
 
 
 async def exec_(app: App, req: m.Exec, emit: Emit) -> Any:
