@@ -15,7 +15,7 @@ import msgspec
 
 from stixd.actors.cluster_autostop import apply_autostop_request, schedule_autostop
 from stixd.actors.cluster_observe import ensure_agents_current, schedule_health
-from stixd.actors.cluster_retry import client_gone, is_retrying, wait_and_retry
+from stixd.actors.cluster_retry import client_gone, give_up, is_retrying, wait_and_retry
 from stixd.actors.cluster_states import C, E
 from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.launch_spec import files_digest, spec_digest
@@ -207,10 +207,7 @@ async def retry_launch(cluster: ClusterActor) -> None:
     pending = cluster.row.data["pending_launch"]
     req = msgspec.convert(pending["request"], m.Launch)
     if waiter is not None and client_gone(waiter):
-        from stixd.actors.cluster_retry import StopRetrying, stop_retrying
-
-        cluster.launch_waiter = waiter
-        await stop_retrying(cluster, StopRetrying(waiter.payload, "the client went away"))
+        await give_up(cluster, waiter, req, "the client went away")
         return
     env = waiter or Envelope(payload=req)
     try:

@@ -78,9 +78,14 @@ async def stop_retrying(cluster: ClusterActor, msg: StopRetrying) -> None:
     waiter = cluster.launch_waiter
     if waiter is None or waiter.payload is not msg.request or not is_retrying(cluster):
         return  # not waiting, or waiting for another client's launch
+    await give_up(cluster, waiter, msg.request, msg.why)
+
+
+async def give_up(cluster: ClusterActor, waiter: Envelope | None, req: m.Launch, why: str) -> None:
+    """No more rounds: the cluster stays INIT with the last error, its stored launch dropped."""
     cluster.cancel_timer(TIMER)
     cluster.launch_waiter = None
-    why = f"stopped retrying: {msg.why}"
+    why = f"stopped retrying: {why}"
     last = cluster.row.data.get("last_error")
     await cluster.transition(
         E.PROVISION_FAILED,
@@ -89,10 +94,11 @@ async def stop_retrying(cluster: ClusterActor, msg: StopRetrying) -> None:
         retry_round=None,
         last_error=f"{why}; last error: {last}" if last else why,
     )
-    if secret_names(msg.request.task):
+    if secret_names(req.task):  # the stored request held them
         with anyio.CancelScope(shield=True):
             await cluster.store.forget_overwritten()
-    waiter.answer(error_reply(ProvisionError(f"launch of {cluster.id!r} {why}")))
+    if waiter is not None:
+        waiter.answer(error_reply(ProvisionError(f"launch of {cluster.id!r} {why}")))
 
 
 def end_wait(cluster: ClusterActor, state: str) -> None:
