@@ -356,9 +356,9 @@ def _launch_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--down", action="store_true", help="tear down when idle (after autostop)")
     s.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="N")
     s.add_argument("--no-setup", action="store_true", help="skip the setup step")
-    s.add_argument("-r", "--retry-until-up", action="store_true", help="retry until capacity")
+    s.add_argument("-r", "--retry-until-up", action="store_true", help="retry until there is room")
     s.add_argument("--fast", action="store_true", help="UP and unchanged: skip setup and sync")
-    s.add_argument("-s", "--detach-setup", action="store_true", help="do not wait for setup")
+    s.add_argument("-s", "--detach-setup", action="store_true", help="follow only the run")
     s.add_argument("--config", action="append", metavar="FILE", help="extra config file")
     s.add_argument("--dryrun", action="store_true", help="print the plan; launch nothing")
     s.add_argument(

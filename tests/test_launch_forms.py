@@ -204,3 +204,25 @@ def test_ctrl_c_of_a_retrying_launch_stops_its_retries(
     assert any("stopped retrying" in (e["why"] or "") for e in events)
     # a new launch may go again (its own retries), which the stopped one no longer blocks
     assert stix.clusters()["c"]["status"] == "INIT"
+
+
+def test_a_restarted_daemon_goes_on_retrying_until_down(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    fake_daemon(stix, refusals=10_000)
+    client = stix.popen("launch", "-c", "k", "-y", "--retry-until-up", str(task_file(FAKE_TASK)))
+    try:
+        wait_until(lambda: waiting(stix, "k"), timeout=30, interval=0.2)
+        stix.kill_daemon()
+        client.communicate(timeout=30)  # its daemon is gone: the client ends, the launch not
+    finally:
+        client.kill()
+
+    def retries() -> int:
+        return [e["event"] for e in stix.json("events", "k")].count("retry")
+
+    seen = retries()  # starts the daemon again, which resumes the launch
+    wait_until(lambda: retries() >= seen + 2, timeout=30, interval=0.3)
+    assert stix.clusters()["k"]["status"] == "INIT"
+    stix.run("down", "k", "-y", check=True)
+    assert "k" not in stix.clusters()
