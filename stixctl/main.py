@@ -583,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"stixctl: {one_line(exc.message)}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _err("stixctl: interrupted (the cluster and its jobs keep running)")
+        _err(
+            "stixctl: interrupted (the cluster and its jobs keep running; a launch waiting "
+            "for capacity stops retrying)"
+        )
         return 130
     except BrokenPipeError:
         return 0
