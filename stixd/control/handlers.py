@@ -21,12 +21,12 @@ from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cm
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 from stixproto import messages as m
-from stixproto import names
 from stixproto.errors import (
     ClusterNotFound,
     InvalidConfig,
     InvalidRequest,
 )
+from stixproto.names import command
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
@@ -70,7 +70,7 @@ async def follow_run_only(app: App, result: m.LaunchResult, emit: Emit) -> m.Lau
     assert result.job_id is not None
     job = await find_job(app, result.cluster, result.job_id)
     if job.spec["submit"].get("setup") is not None:
-        hint = names.command("logs", result.cluster, result.job_id)
+        hint = command("logs", result.cluster, result.job_id)
         await emit(m.Progress(f"Setup runs detached (-s); its output is in `{hint}`."))
     state = await stream_job_logs(app, job, emit, follow=True, from_run=True)
     return m.LaunchResult(cluster=result.cluster, job_id=result.job_id, job_status=state)
