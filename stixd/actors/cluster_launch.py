@@ -257,15 +257,15 @@ async def _finish_launch(
             raise
         await wait_and_retry(cluster, env, exc)
         return None
+    # the files' signature before the sync: a file edited while it runs is synced next time
+    files = await anyio.to_thread.run_sync(files_digest, req.task)
     await sync_task_files(cluster.provider, nodes, req.task, env, file_mounts=True)
     await apply_autostop_request(cluster, req.idle_minutes, req.down, nodes)
     if job_id is not None:
         await create_job(
             cluster, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id
         )
-    spec = spec_digest(req.task)
-    files = await anyio.to_thread.run_sync(files_digest, req.task)
-    await note_launch_spec(cluster, req, spec, files, not req.no_setup)
+    await note_launch_spec(cluster, req, spec_digest(req.task), files, not req.no_setup)
     await cluster.transition(
         E.PROVISIONED,
         f"{len(nodes)} node(s) up",
