@@ -81,7 +81,7 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
 
     if a.dryrun:
         return cmd_dryrun(home, a)
-    task = taskargs.load(a.entrypoint, a)
+    task = taskargs.load(a.entrypoint, a, allow_empty=True)
     req = m.Launch(
         task=task,
         cluster=a.cluster,
@@ -90,6 +90,9 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
         idle_minutes=a.idle_minutes_to_autostop,
         no_setup=a.no_setup,
         config=_config_layers(a.config or []),
+        retry_until_up=a.retry_until_up,
+        fast=a.fast,
+        detach_setup=a.detach_setup,
     )
     return _finish_run(call(home, req, _on_event), a)
 
@@ -97,7 +100,7 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
 def cmd_dryrun(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
-    dag = taskargs.load(a.entrypoint, a, pipeline=True)
+    dag = taskargs.load(a.entrypoint, a, pipeline=True, allow_empty=True)
     req = m.PlanRequest(tasks=list(dag.tasks), all_clouds=a.all_clouds, minimize=a.minimize)
     reply = call(home, req, _on_event)
     if a.json:
@@ -121,7 +124,12 @@ def cmd_exec(home: Path, a: argparse.Namespace) -> int:
 def _finish_run(reply: m.LaunchResult, a: argparse.Namespace) -> int:
     if a.json:
         _json(reply)
-    if a.detach_run or reply.job_id is None:
+    if reply.job_id is None:  # `launch -c dev --gpus A100`: nothing to run, no job
+        if not a.json:
+            shell = names.command("ssh", reply.cluster)
+            _err(f"✓ Cluster {reply.cluster} is UP with nothing to run; `{shell}` opens a shell")
+        return 0
+    if a.detach_run:
         if not a.json:
             _err(
                 f"⚙ Job {reply.job_id} on {reply.cluster} runs detached; follow it with "
@@ -178,6 +186,8 @@ def cmd_cancel(home: Path, a: argparse.Namespace) -> int:
     reply = call(home, m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all), _on_event)
     if a.json:
         _json(reply)
+    elif reply.job_ids and not (a.job_ids or a.all):
+        print(f"Cancelled the latest running job on {a.cluster}: job {reply.job_ids[0]}.")
     elif reply.job_ids:
         print(f"Cancelled job(s) {', '.join(map(str, reply.job_ids))} on {a.cluster}.")
     else:
@@ -329,6 +339,9 @@ def _launch_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--down", action="store_true", help="tear down when idle (after autostop)")
     s.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="N")
     s.add_argument("--no-setup", action="store_true", help="skip the setup step")
+    s.add_argument("-r", "--retry-until-up", action="store_true", help="retry until there is room")
+    s.add_argument("--fast", action="store_true", help="UP and unchanged: skip setup and sync")
+    s.add_argument("-s", "--detach-setup", action="store_true", help="follow only the run")
     s.add_argument("--config", action="append", metavar="FILE", help="extra config file")
     s.add_argument("--dryrun", action="store_true", help="print the plan; launch nothing")
     s.add_argument(
@@ -561,7 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"stixctl: {one_line(exc.message)}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _err("stixctl: interrupted (the cluster and its jobs keep running)")
+        _err(
+            "stixctl: interrupted (the cluster and its jobs keep running; a launch waiting "
+            "for capacity stops retrying)"
+        )
         return 130
     except BrokenPipeError:
         return 0

@@ -53,6 +53,9 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-file", help="read env vars from a dotenv file")
     p.add_argument("--secret", action="append", metavar="K[=V]", help="set a secret (repeatable)")
     p.add_argument("-n", "--name", help="task name")
+    p.add_argument(
+        "--workdir", metavar="DIR", help="sync this directory and run there (overrides the file's)"
+    )
     r = p.add_argument_group("resource overrides (merged with the file as SkyPilot does)")
     r.add_argument("--gpus", metavar="NAME[:N]", help="accelerators, e.g. A100:8")
     r.add_argument("--cpus", metavar="N[+]")
@@ -107,13 +110,21 @@ def is_task_file(entrypoint: list[str]) -> bool:
     return len(entrypoint) == 1 and (first.endswith((".yaml", ".yml")) or os.path.isfile(first))
 
 
-def load(entrypoint: list[str], args: argparse.Namespace, *, pipeline: bool = False) -> Any:
-    """The task (or, with `pipeline`, the Dag) the command line describes, overrides applied."""
+def load(
+    entrypoint: list[str],
+    args: argparse.Namespace,
+    *,
+    pipeline: bool = False,
+    allow_empty: bool = False,
+) -> Any:
+    """The task (or, with `pipeline`, the Dag) the command line describes, overrides applied.
+    With `allow_empty`, no file and no command is a task of resource flags alone (SkyPilot's
+    `sky launch -c dev --gpus A100`: a cluster with nothing to run)."""
     import msgspec
 
     from stixproto import task as t
 
-    if not entrypoint:
+    if not entrypoint and not allow_empty:
         raise InvalidRequest("give a task YAML file or a shell command to run")
     envs = env_file_pairs(args.env_file) if getattr(args, "env_file", None) else {}
     envs.update(pairs(args.env or [], "--env"))
@@ -122,7 +133,7 @@ def load(entrypoint: list[str], args: argparse.Namespace, *, pipeline: bool = Fa
     if is_task_file(entrypoint):
         loaded = (t.load_dag_file if pipeline else t.load_task_file)(entrypoint[0], **kwargs)
     else:
-        loaded = t.task_from_command(" ".join(entrypoint))
+        loaded = t.task_from_command(" ".join(entrypoint)) if entrypoint else t.Task()
         if envs:
             loaded = t.apply_env_overrides(loaded, envs)
         if secrets:
@@ -136,8 +147,25 @@ def load(entrypoint: list[str], args: argparse.Namespace, *, pipeline: bool = Fa
             task = t.apply_overrides(task, overrides)
         if getattr(args, "name", None):
             task = msgspec.structs.replace(task, name=args.name)
+        if getattr(args, "workdir", None) is not None:
+            task = _with_workdir(task, args.workdir)
         return task
 
     if isinstance(loaded, t.Dag):
         return msgspec.structs.replace(loaded, tasks=[adjust(x) for x in loaded.tasks])
     return adjust(loaded)
+
+
+def _with_workdir(task: Any, workdir: str) -> Any:
+    """`--workdir DIR` replaces the task's workdir (a git one too), relative to this shell's
+    directory as SkyPilot takes it; a DIR that is not a directory here is refused now."""
+    import msgspec
+
+    from stixproto.task.load import resolve_paths
+
+    if not workdir.strip():
+        raise InvalidRequest("--workdir: expected a directory, got an empty string")
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if not os.path.isdir(path):
+        raise InvalidRequest(f"--workdir {workdir}: not a directory on this machine")
+    return resolve_paths(msgspec.structs.replace(task, workdir=path))

@@ -69,6 +69,8 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
     client_idle_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     client_stall_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 120.0
+    retry_until_up_seconds: PositiveFloat = 30.0
+    retry_until_up_max_seconds: PositiveFloat = 150.0
 
 
 class LocalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -90,6 +92,7 @@ class FakeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     regions: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("fake-1", "fake-2", "fake-3")
     launch_seconds: NonNegativeFloat = 0.0
     no_capacity_regions: tuple[str, ...] = ()
+    no_capacity_launches: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0
     run_seconds: NonNegativeFloat = 3600.0
 
 

@@ -62,6 +62,15 @@ class Launch(Msg, tag="launch", frozen=True):
     left out of the plan unless no other region is left."""
     prefer_region: str | None = None
     """A managed job's recovery by FAILOVER: the region to try first."""
+    retry_until_up: bool = False
+    """When every choice failed for capacity, try the whole list again after a backoff until
+    one comes up; `down` of the cluster (or the client going away) ends the wait."""
+    fast: bool = False
+    """On a cluster UP with the same launch spec: skip setup (and file sync, when the local
+    files are unchanged too)."""
+    detach_setup: bool = False
+    """With `detach`: answer once the job is submitted, its setup still running; without it
+    a detached launch answers when setup has finished (SkyPilot's `-s/--detach-setup`)."""
 
 
 class Exec(Msg, tag="exec", frozen=True):

@@ -25,8 +25,9 @@ from stixd.actors.cluster_autostop import (
     schedule_autostop,
     set_autostop,
 )
-from stixd.actors.cluster_launch import exec_task, launch, provision, resume_launch
+from stixd.actors.cluster_launch import exec_task, launch, provision, resume_launch, retry_launch
 from stixd.actors.cluster_observe import RECONCILE, HealthTick, observe, schedule_health
+from stixd.actors.cluster_retry import RetryLaunch, StopRetrying, end_wait, stop_retrying
 from stixd.actors.cluster_states import CLUSTER_TRANSITIONS, C, E
 from stixd.actors.cluster_states import ClusterEvent as ClusterEvent  # where callers find it
 from stixd.actors.job import ClusterGone, JobEvent
@@ -37,7 +38,7 @@ from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, InvalidRequest, JobNotFound
-from stixproto.states import ClusterStatus
+from stixproto.states import ClusterStatus, JobStatus
 
 if TYPE_CHECKING:
     from stixd.app import App
@@ -56,6 +57,8 @@ class ClusterActor(Actor):
     def __init__(self, row: Any, app: App) -> None:
         super().__init__(row, app.store, app.log)
         self.app = app
+        self.launch_waiter: Envelope | None = None
+        """The request of a `--retry-until-up` launch waiting for its next round."""
 
     @staticmethod
     def is_terminal(state: Any) -> bool:
@@ -83,6 +86,7 @@ class ClusterActor(Actor):
             data["pending_launch"] = None
         state = await super().transition(event, why, new_spec=new_spec, **data)
         if dropped:
+            end_wait(self, state.value)
             await self.store.forget_overwritten()
         return state
 
@@ -117,8 +121,14 @@ class ClusterActor(Actor):
                 await observe(self, "health check")
         elif isinstance(message, Resume):
             await resume_launch(self)
+        elif isinstance(message, RetryLaunch):
+            await retry_launch(self)
+        elif isinstance(message, StopRetrying):
+            await stop_retrying(self, message)
         elif isinstance(message, Envelope):
-            message.answer(await self._request(message))
+            reply = await self._request(message)
+            if reply is not None:  # None: a launch waiting to retry answers later
+                message.answer(reply)
 
     async def _request(self, env: Envelope) -> Any:
         req = env.payload
@@ -127,7 +137,8 @@ class ClusterActor(Actor):
         if isinstance(req, m.Exec):
             return await exec_task(self, req, env)
         if isinstance(req, m.Status):
-            if self.state is not C.TERMINATED:
+            # a launch in flight has no nodes to look at yet (one waiting to retry, here)
+            if self.state is not C.TERMINATED and not self.row.data.get("pending_launch"):
                 await observe(self, "refresh")
             return m.OkReply()
         if self.state is C.TERMINATED:
@@ -202,6 +213,9 @@ class ClusterActor(Actor):
         by_id = {quarantine.job_number(j.id): j for j in jobs}
         if req.all:
             wanted = [i for i, j in by_id.items() if not j.terminal]
+        elif not req.job_ids:  # SkyPilot's job queue: the latest job that is RUNNING
+            running = [i for i, j in by_id.items() if j.state == JobStatus.RUNNING.value]
+            wanted = [max(running)] if running else []
         else:
             missing = [i for i in req.job_ids if i not in by_id]
             if missing:

@@ -15,8 +15,10 @@ import msgspec
 
 from stixd.actors.cluster_autostop import apply_autostop_request, schedule_autostop
 from stixd.actors.cluster_observe import ensure_agents_current, schedule_health
+from stixd.actors.cluster_retry import client_gone, give_up, is_retrying, wait_and_retry
 from stixd.actors.cluster_states import C, E
 from stixd.actors.jobs_submit import create_job, infra_label
+from stixd.actors.launch_spec import files_digest, spec_digest
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.planner.local_fit import check_fits_local, local_offer
 from stixd.planner.target import (
@@ -29,10 +31,17 @@ from stixd.planner.target import (
     task_ports,
 )
 from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, ProvisionRequest
+from stixd.runtime.actor import error_reply
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto import names
-from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, ProvisionError
+from stixproto.errors import (
+    ClusterNotFound,
+    ClusterNotUp,
+    InvalidRequest,
+    ProvisionError,
+    StixError,
+)
 from stixproto.task import secret_names
 
 if TYPE_CHECKING:
@@ -43,7 +52,7 @@ if TYPE_CHECKING:
 # -- launch / exec -------------------------------------------------------------------
 
 
-async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.LaunchResult:
+async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.LaunchResult | None:
     validate_mounts(req.task)
     provider, pool = choose_target(req.task, cluster.app.ssh_pool_sizes(), cluster.app.clouds())
     if cluster.state is C.UP:
@@ -59,24 +68,77 @@ async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.Launc
                 f"cluster {cluster.id!r} has {have} node(s) but the task asks for "
                 f"{req.task.num_nodes}; launch it on a new cluster name"
             )
-        env.progress(m.Progress(f"Cluster {cluster.id} is UP; syncing files and running the task."))
-        await sync_task_files(cluster.provider, cluster.nodes, req.task, env, file_mounts=True)
-        await apply_autostop_request(cluster, req.idle_minutes, req.down)
-        job_id = await allocate_job_id(cluster)
-        await create_job(
-            cluster, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id
-        )
-        env.progress(m.JobSubmitted(cluster.id, job_id))
-        return m.LaunchResult(cluster=cluster.id, job_id=job_id, job_status="INIT")
+        return await launch_on_up(cluster, req, env)
     if cluster.state in (C.AUTOSTOPPING,):
         raise ClusterNotUp(f"cluster {cluster.id!r} is stopping; retry when it is STOPPED")
+    if is_retrying(cluster):
+        raise ClusterNotUp(
+            f"cluster {cluster.id!r} is still launching (waiting for capacity, "
+            f"--retry-until-up); `{names.command('down', cluster.id)}` stops it"
+        )
     job_id = await begin_launch(cluster, req, provider, pool)
     return await finish_launch(cluster, req, job_id, env)
 
 
+def wants_job(task: Task, with_setup: bool) -> bool:
+    """A launch with nothing to run (`launch -c dev --gpus A100`) submits no job, as SkyPilot's
+    does: the cluster is there to `ssh` into."""
+    return task.run is not None or (with_setup and task.setup is not None)
+
+
+async def launch_on_up(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.LaunchResult:
+    """A launch on a cluster already UP: sync, then submit. `--fast` skips setup when the
+    launch spec is the one the cluster was set up for, and the sync when the files are
+    unchanged too."""
+    spec = spec_digest(req.task)
+    files = await anyio.to_thread.run_sync(files_digest, req.task)
+    same_spec = req.fast and cluster.row.data.get("launch_spec") == spec
+    same_files = same_spec and files is not None and cluster.row.data.get("launch_files") == files
+    if same_spec:
+        skipped = "setup and file sync" if same_files else "setup"
+        note = f"Cluster {cluster.id} is UP and unchanged (--fast): {skipped} skipped."
+        env.progress(m.Progress(note))
+    else:
+        env.progress(m.Progress(f"Cluster {cluster.id} is UP; syncing files and running the task."))
+    if not same_files:
+        await sync_task_files(cluster.provider, cluster.nodes, req.task, env, file_mounts=True)
+    await apply_autostop_request(cluster, req.idle_minutes, req.down)
+    with_setup = not req.no_setup and not same_spec
+    await note_launch_spec(cluster, req, spec, files, with_setup)
+    if not wants_job(req.task, with_setup):
+        return m.LaunchResult(cluster=cluster.id)
+    job_id = await allocate_job_id(cluster)
+    await create_job(cluster, job_id, req.task, with_setup=with_setup, task_id=req.task_id)
+    env.progress(m.JobSubmitted(cluster.id, job_id))
+    return m.LaunchResult(cluster=cluster.id, job_id=job_id, job_status="INIT")
+
+
+async def note_launch_spec(
+    cluster: ClusterActor, req: m.Launch, spec: str, files: str | None, with_setup: bool
+) -> None:
+    """What a later `--fast` compares with: the spec once its setup ran (or there is none);
+    the files once they were synced."""
+    data: dict[str, Any] = {"launch_files": files}
+    if with_setup or req.task.setup is None:
+        data["launch_spec"] = spec
+    await cluster.save(**data)
+
+
+async def first_choice(cluster: ClusterActor, req: m.Launch, provider: str) -> dict[str, Any]:
+    catalog = cluster.app.planner_catalog()
+    blocks = cluster.app.remembered_blocks()
+    plan = functools.partial(
+        cloud_spec,
+        avoid_regions=req.avoid_regions,
+        prefer_region=req.prefer_region,
+    )
+    spec: dict[str, Any] = await anyio.to_thread.run_sync(plan, req.task, provider, catalog, blocks)
+    return spec
+
+
 async def begin_launch(
     cluster: ClusterActor, req: m.Launch, provider: str, pool: str | None
-) -> int:
+) -> int | None:
     """Write the intent (state INIT + the request) before touching any infra."""
     data: dict[str, Any] = {"machines": None}  # the plan is the new baseline
     if cluster.state is C.TERMINATED:
@@ -105,19 +167,15 @@ async def begin_launch(
         "ports": task_ports(req.task),  # a cloud's placement names the ones it opened
     }
     if provider in CLOUDS:  # usable, as choose_target said: the optimizer's first choice
-        catalog = cluster.app.planner_catalog()
-        blocks = cluster.app.remembered_blocks()
-        plan = functools.partial(
-            cloud_spec,
-            avoid_regions=req.avoid_regions,
-            prefer_region=req.prefer_region,
-        )
-        spec.update(await anyio.to_thread.run_sync(plan, req.task, provider, catalog, blocks))
+        spec.update(await first_choice(cluster, req, provider))
     cluster.row = await cluster.store.update(
         cluster.row, event="save", spec=spec, record_event=False
     )
-    job_id = int({**cluster.row.data, **data}.get("next_job_id", 1))
-    data["next_job_id"] = job_id + 1
+    job_id: int | None = None
+    if wants_job(req.task, not req.no_setup):
+        job_id = int({**cluster.row.data, **data}.get("next_job_id", 1))
+        data["next_job_id"] = job_id + 1
+    data["retry_round"] = None
     data["config_layers"] = [[layer.source, layer.values] for layer in req.config]
     data["pending_launch"] = {"request": msgspec.to_builtins(req), "job_id": job_id}
     where = infra_label(provider, pool)
@@ -137,14 +195,48 @@ async def resume_launch(cluster: ClusterActor) -> None:
         return
     cluster.log.info("resume_launch", job_id=pending["job_id"])
     try:
-        await finish_launch(cluster, req, int(pending["job_id"]), Envelope(payload=req))
+        await finish_launch(cluster, req, pending["job_id"], Envelope(payload=req))
     except ProvisionError as exc:
         cluster.log.warning("resume_failed", error=exc.message)
 
 
+async def retry_launch(cluster: ClusterActor) -> None:
+    """The next round of a `--retry-until-up` launch: the whole failover list again, planned
+    afresh; its client (if still there) hears how it went."""
+    waiter, cluster.launch_waiter = cluster.launch_waiter, None
+    if not is_retrying(cluster):
+        return  # ended meanwhile (down, stop, the client left)
+    pending = cluster.row.data["pending_launch"]
+    req = msgspec.convert(pending["request"], m.Launch)
+    if waiter is not None and client_gone(waiter):
+        await give_up(cluster, waiter, req, "the client went away")
+        return
+    env = waiter or Envelope(payload=req)
+    try:
+        if cluster.row.spec.get("provider") in CLOUDS:
+            try:
+                spec = await first_choice(cluster, req, cluster.row.spec["provider"])
+            except ProvisionError as exc:  # what failed is still remembered as blocked
+                await wait_and_retry(cluster, env, exc)
+                return
+            await cluster.save(spec={**cluster.row.spec, **spec})
+        result = await finish_launch(cluster, req, pending["job_id"], env)
+    except StixError as exc:
+        env.answer(error_reply(exc))
+        cluster.log.warning("retry_failed", error=exc.message)
+        return
+    except Exception as exc:
+        env.answer(error_reply(exc))
+        raise
+    if result is not None:
+        env.answer(result)
+
+
 async def finish_launch(
-    cluster: ClusterActor, req: m.Launch, job_id: int, env: Envelope
-) -> m.LaunchResult:
+    cluster: ClusterActor, req: m.Launch, job_id: int | None, env: Envelope
+) -> m.LaunchResult | None:
+    """The launch once its intent is written; None while a `--retry-until-up` launch waits
+    for its next round (the client is answered then)."""
     try:
         return await _finish_launch(cluster, req, job_id, env)
     finally:
@@ -156,28 +248,52 @@ async def finish_launch(
 
 
 async def _finish_launch(
-    cluster: ClusterActor, req: m.Launch, job_id: int, env: Envelope
-) -> m.LaunchResult:
-    nodes = await provision(cluster, req.task.num_nodes, env, req.task)
+    cluster: ClusterActor, req: m.Launch, job_id: int | None, env: Envelope
+) -> m.LaunchResult | None:
+    try:
+        nodes = await provision(
+            cluster, req.task.num_nodes, env, req.task, keep_pending=req.retry_until_up
+        )
+    except ProvisionError as exc:
+        if not req.retry_until_up:
+            raise
+        await wait_and_retry(cluster, env, exc)
+        return None
+    # the files' signature before the sync: a file edited while it runs is synced next time
+    files = await anyio.to_thread.run_sync(files_digest, req.task)
     await sync_task_files(cluster.provider, nodes, req.task, env, file_mounts=True)
     await apply_autostop_request(cluster, req.idle_minutes, req.down, nodes)
-    await create_job(cluster, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id)
+    if job_id is not None:
+        await create_job(
+            cluster, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id
+        )
+    await note_launch_spec(cluster, req, spec_digest(req.task), files, not req.no_setup)
     await cluster.transition(
         E.PROVISIONED,
         f"{len(nodes)} node(s) up",
         pending_launch=None,
+        retry_round=None,
         up_since=time.time(),
         last_error=None,
     )
     schedule_autostop(cluster)
     schedule_health(cluster)
+    if job_id is None:
+        return m.LaunchResult(cluster=cluster.id)
     env.progress(m.JobSubmitted(cluster.id, job_id))
     return m.LaunchResult(cluster=cluster.id, job_id=job_id, job_status="INIT")
 
 
 async def provision(
-    cluster: ClusterActor, num_nodes: int, env: Envelope, task: Task | None = None
+    cluster: ClusterActor,
+    num_nodes: int,
+    env: Envelope,
+    task: Task | None = None,
+    *,
+    keep_pending: bool = False,
 ) -> list[NodeInfo]:
+    """Bring the nodes up; on failure the cluster stays INIT with the error, its stored launch
+    dropped unless `keep_pending` (a launch that will be retried)."""
     where = infra_label(cluster.row.spec.get("provider", "local"), cluster.row.spec.get("pool"))
     env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {cluster.id}..."))
     request = ProvisionRequest(
@@ -195,13 +311,13 @@ async def provision(
     except ProvisionError as exc:
         if not cluster.row.data.get("nodes"):
             await release_failed_launch(cluster, exc)
-        await cluster.transition(
-            E.PROVISION_FAILED, exc.message, last_error=exc.message, pending_launch=None
-        )
+        cleared = {} if keep_pending else {"pending_launch": None}
+        await cluster.transition(E.PROVISION_FAILED, exc.message, last_error=exc.message, **cleared)
         raise
     if len([n for n in nodes if n.status is NodeStatus.RUNNING]) < num_nodes:
         why = f"only {len(nodes)} of {num_nodes} nodes came up"
-        await cluster.transition(E.PROVISION_FAILED, why, last_error=why, pending_launch=None)
+        cleared = {} if keep_pending else {"pending_launch": None}
+        await cluster.transition(E.PROVISION_FAILED, why, last_error=why, **cleared)
         raise ProvisionError(why)
     await ensure_agents_current(cluster, nodes)
     await cluster.save(nodes=[n.to_dict() for n in nodes])

@@ -250,7 +250,9 @@ class JobPoolActor(Actor):
                     self.app, worker, self._launch_request(worker), self._emit, create=True
                 )
                 crow = await self.app.store.get("cluster", worker)
-                assert crow is not None and result.job_id is not None
+                assert crow is not None
+                if result.job_id is None:
+                    return None  # no setup to run: the worker is ready as it is
                 setup = await self.app.watch.wait_for(
                     "job",
                     job_row_id(worker, crow.data["uid"], result.job_id),

@@ -108,9 +108,10 @@ async def stream_job_logs(
     follow: bool,
     tail: int | None = None,
     node: int | None = None,
+    from_run: bool = False,
 ) -> str:
     """Send the job's log to `emit` (every rank's, or one `node`'s); with `follow`, until the
-    job ends. Returns its state."""
+    job ends; with `from_run`, none of setup's output. Returns its state."""
     nodes = [NodeInfo.from_dict(n) for n in job.spec["nodes"]]
     if node is not None and node not in {n.rank for n in nodes}:
         raise InvalidRequest(
@@ -138,6 +139,7 @@ async def stream_job_logs(
                     offset=offset,
                     wait=POLL_WAIT if follow and not catching_up else 0.0,
                     max_bytes=CHUNK,
+                    **({"from_run": True} if from_run else {}),
                 )
             except AgentUnreachable:
                 if not follow or await job_over():

@@ -92,7 +92,12 @@ async def bring_up(managed: ManagedJobActor) -> None:
             continue
         break
     row = await managed.app.store.get("cluster", managed.cluster)
-    assert result.job_id is not None and row is not None
+    if result.job_id is None:  # a task stored before `jobs launch` refused those
+        managed.tell(LaunchFailed("the task has nothing to run", precheck=True))
+        return
+    if row is None or row.terminal:
+        managed.tell(LaunchFailed(f"cluster {managed.cluster} went away as it came up", False))
+        return
     managed.tell(Up(uid=row.data["uid"], job_id=result.job_id))
 
 

@@ -56,6 +56,29 @@ def log_path(logs_dir: Path, job_id: int) -> Path:
     return logs_dir / f"{job_id}.log"
 
 
+def run_mark_path(logs_dir: Path, job_id: int) -> Path:
+    """Where the job's run starts in its log (a byte offset), written once setup is over."""
+    return logs_dir / f"{job_id}.run"
+
+
+def read_run_mark(logs_dir: Path, job_id: int) -> int | None:
+    try:
+        text = run_mark_path(logs_dir, job_id).read_text()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _mark_run_start(ctx: RunnerContext, job_id: int) -> None:
+    """Setup's output ends here (its process has exited): a reader that wants only the run's
+    output (`launch -s`) starts at this offset."""
+    path = run_mark_path(ctx.logs_dir, job_id)
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(OSError):  # without it the reader shows the whole log
+        tmp.write_text(str(os.fstat(1).st_size))
+        os.replace(tmp, path)
+
+
 def fork_runner(spec: JobSpec, ctx: RunnerContext) -> int:
     """Fork a runner for ``spec`` and return its pid. The caller must hold no SQLite connection."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
@@ -175,6 +198,7 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
     if spec.run is None:
         move(JobState.SUCCEEDED, exit_code=0, ended_at=time.time(), **claim)
         return 0
+    _mark_run_start(ctx, job_id)
     if not move(JobState.RUNNING, started_at=time.time(), **claim):
         return 0
     code = _run_stage(spec.run, _environment(spec, ctx, setup=False), cwd, ctx.job_umask)

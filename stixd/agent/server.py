@@ -33,7 +33,7 @@ from .idle import (
     stop_node,
 )
 from .jobs import POLL_S, JobManager
-from .logs import read_log
+from .logs import LogChunk, read_log
 from .protocol import (
     MAX_LINE,
     RequestError,
@@ -51,7 +51,7 @@ from .protocol import (
     ok,
     parse_submit,
 )
-from .runner import log_path
+from .runner import log_path, read_run_mark
 from .store import JobRow
 
 if TYPE_CHECKING:
@@ -423,14 +423,20 @@ class AgentServer:
             raise RequestError("bad_request", 'the field "offset" must be zero or more')
         wait = _bounded(request, "wait", 0.0, 0.0, MAX_WAIT_S)
         max_bytes = int(_bounded(request, "max_bytes", 1024 * 1024, 1, MAX_TAIL_BYTES))
-        path = log_path(self.jobs.ctx.logs_dir, job_id)
+        from_run = request.get("from_run") is True  # only the run's output, none of setup's
+        logs_dir = self.jobs.ctx.logs_dir
+        path = log_path(logs_dir, job_id)
         deadline = time.monotonic() + wait
         while True:
             row = self.jobs.job(job_id)
             if row is None:
                 raise RequestError("no_such_job", f"job {job_id} does not exist on this node")
             finished = row.state.terminal  # read before the log: a finished log is complete
-            chunk = read_log(path, offset, max_bytes, finished=finished)
+            run_starts = read_run_mark(logs_dir, job_id) if from_run else 0
+            if run_starts is None:  # setup still runs (or the job never got past it)
+                chunk = LogChunk(b"", offset, offset)
+            else:
+                chunk = read_log(path, max(offset, run_starts), max_bytes, finished=finished)
             remaining = deadline - time.monotonic()
             if chunk.data or finished or remaining <= 0:
                 break

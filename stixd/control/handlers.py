@@ -12,6 +12,7 @@ import anyio
 
 from stixd.actors import KINDS, quarantine
 from stixd.actors.asks import ask_cluster
+from stixd.actors.cluster_retry import StopRetrying
 from stixd.actors.joblogs import ending, exit_code, find_job, stream_job_logs
 from stixd.actors.jobs_submit import infra_label
 from stixd.actors.syncing import validate_mounts
@@ -27,6 +28,7 @@ from stixproto.errors import (
     InvalidConfig,
     InvalidRequest,
 )
+from stixproto.names import command
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
@@ -54,8 +56,26 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
     _check_task(app, req.task)
     await _check_cloud_plan(app, req.task, emit)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
-    result: m.LaunchResult = await ask_cluster(app, name, req, emit, create=True)
+    try:
+        result: m.LaunchResult = await ask_cluster(app, name, req, emit, create=True)
+    except anyio.get_cancelled_exc_class():
+        if req.retry_until_up:  # Ctrl-C of the client ends the retries too
+            app.supervisor.tell("cluster", name, StopRetrying(req, "the launch was interrupted"))
+        raise
+    if req.detach_setup and not req.detach and result.job_id is not None:
+        return await follow_run_only(app, result, emit)
     return await _follow_unless_detached(app, result, req.detach, emit)
+
+
+async def follow_run_only(app: App, result: m.LaunchResult, emit: Emit) -> m.LaunchResult:
+    """`launch -s`: setup runs detached, as part of the job; the launch follows only the run."""
+    assert result.job_id is not None
+    job = await find_job(app, result.cluster, result.job_id)
+    if job.spec["submit"].get("setup") is not None:
+        hint = command("logs", result.cluster, result.job_id)
+        await emit(m.Progress(f"Setup runs detached (-s); its output is in `{hint}`."))
+    state = await stream_job_logs(app, job, emit, follow=True, from_run=True)
+    return m.LaunchResult(cluster=result.cluster, job_id=result.job_id, job_status=state)
 
 
 async def exec_(app: App, req: m.Exec, emit: Emit) -> Any:
@@ -262,8 +282,7 @@ async def _each_cluster(app: App, names: list[str], all_: bool, req: Any, emit: 
 
 
 async def cancel(app: App, req: m.Cancel, emit: Emit) -> Any:
-    if not req.all and not req.job_ids:
-        raise InvalidRequest("name the job ids to cancel, or pass --all")
+    """No ids and no `all`: the latest running job, as SkyPilot's `sky cancel CLUSTER`."""
     return await ask_cluster(app, req.cluster, req, emit)
 
 

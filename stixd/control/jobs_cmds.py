@@ -39,6 +39,10 @@ async def jobs_launch(
         raise InvalidRequest(f"--num-jobs must be at least 1, not {req.num_jobs}")
     if req.num_jobs > 1 and req.pool is None:
         raise InvalidRequest("--num-jobs runs several jobs on a pool: give --pool NAME too")
+    for i, task in enumerate(req.tasks):
+        if task.run is None and task.setup is None:
+            which = "the task" if len(req.tasks) == 1 else f"task {i + 1}"
+            raise InvalidRequest(f"{which} has nothing to run: a managed job needs a `run` command")
     if req.pool is not None:
         await _existing_pool(app, req.pool)
     else:

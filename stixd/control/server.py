@@ -247,6 +247,8 @@ class ControlServer:
             await self._send(stream, event)
 
         timeout = self.app.config.daemon.request_timeout_seconds
+        if isinstance(request, m.Launch) and request.retry_until_up:
+            timeout = float("inf")  # until capacity appears; the client's Ctrl-C ends it
         async with anyio.create_task_group() as tg:
 
             async def cancel_when_client_leaves() -> None:

@@ -79,6 +79,7 @@ class FakeProvider:
         build: str,
         launch_seconds: float = 0.0,
         no_capacity_regions: Iterable[str] = (),
+        no_capacity_launches: int = 0,
         run_seconds: float = 3600.0,
         clock: Clock = time.time,
     ) -> None:
@@ -86,6 +87,8 @@ class FakeProvider:
         self.launch_seconds = launch_seconds
         self.no_capacity = set(no_capacity_regions)
         """Regions whose launches fail for lack of capacity (tests may change it)."""
+        self.refusals_left = no_capacity_launches
+        """Launches still to fail for lack of capacity wherever they go; then capacity appears."""
         self.run_seconds = run_seconds
         self._build = build
         self._clock = clock
@@ -149,6 +152,12 @@ class FakeProvider:
             self._forget(req.cluster)
         if self.launch_seconds:
             await anyio.sleep(self.launch_seconds)
+        if self.refusals_left > 0:
+            self.refusals_left -= 1
+            raise CapacityError(
+                f"fake region {region} has no capacity yet (InsufficientInstanceCapacity)",
+                block={"cloud": NAME, "region": region},
+            )
         if region in self.no_capacity:
             raise CapacityError(
                 f"fake region {region} has no capacity (InsufficientInstanceCapacity)",
@@ -240,5 +249,6 @@ def from_config(home: Path, cfg: FakeConfig, build: str) -> FakeProvider:
         build=build,
         launch_seconds=cfg.launch_seconds,
         no_capacity_regions=cfg.no_capacity_regions,
+        no_capacity_launches=cfg.no_capacity_launches,
         run_seconds=cfg.run_seconds,
     )
