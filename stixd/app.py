@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+import stixproto
+
 from stixd.providers.base import Provider
 from stixd.runtime.supervisor import Supervisor
 from stixd.runtime.watch import RowWatch
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from stixd.planner.request import Blocked
     from stixproto import messages as m
 
-VERSION = "0.1.0"
+VERSION = stixproto.VERSION
 
 
 @dataclass

@@ -1,0 +1,165 @@
+"""Small SkyPilot habits: validate's exit code, --version, shell completion, --env names,
+show-gpus and check on this build, local.max_nodes, zone names, the README's exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Stix
+
+
+def test_validate_json_exits_like_validate_when_a_file_is_invalid(stix: Stix, task_file) -> None:
+    good = task_file("run: echo hi\n")
+    broken = task_file("run: [\n")
+    unknown = task_file("rnu: echo hi\n")
+    for bad in (broken, unknown):
+        plain = stix.run("validate", str(good), str(bad))
+        as_json = stix.run("validate", "--json", str(good), str(bad))
+        assert plain.returncode == as_json.returncode == 2, as_json.stderr
+        assert [r["valid"] for r in json.loads(as_json.stdout)] == [True, False]
+    assert stix.run("validate", "--json", str(good)).returncode == 0
+
+
+def test_version_prints_the_release_without_a_daemon(stix: Stix) -> None:
+    release = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    out = stix.run("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["stixctl", release]
+    assert stix.daemon_pid() is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "source"),
+    [
+        (["launch", "--dryrun", "--env", "1BAD=x", "echo", "hi"], "--env: envs.1BAD"),
+        (["exec", "c1", "--env", "A-B=x", "echo", "hi"], "--env: envs.A-B"),
+        (["launch", "--dryrun", "--secret", "A.B=x", "echo", "hi"], "--secret: secrets.A.B"),
+        (["jobs", "launch", "--env", "=x", "echo", "hi"], "--env: envs.:"),
+    ],
+)
+def test_env_names_on_the_command_line_follow_the_task_file_rule(
+    stix: Stix, task_file, argv: list[str], source: str
+) -> None:
+    refused = stix.run(*argv)
+    assert refused.returncode == 2
+    line = refused.stderr.strip()
+    assert line.startswith(f"stixctl: {source}") and "\n" not in line
+    # the same sentence a task file gets for the same name
+    name = source.split(".", 1)[1].rstrip(":")
+    key = "secrets" if "secret" in source else "envs"
+    from_file = stix.run("validate", str(task_file(f"run: echo\n{key}:\n  '{name}': x\n")))
+    assert line.split(": ", 2)[2] in from_file.stderr
+    assert stix.daemon_pid() is None
+
+
+def test_env_file_names_are_checked_too(stix: Stix, tmp_path: Path) -> None:
+    dotenv = tmp_path / "vars.env"
+    dotenv.write_text("GOOD=1\n2BAD=2\n")
+    refused = stix.run("launch", "--dryrun", "--env-file", str(dotenv), "echo", "hi")
+    assert refused.returncode == 2
+    assert f"--env-file {dotenv}: envs.2BAD: not a valid environment variable name" in (
+        refused.stderr
+    )
+
+
+# -- completion ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def on_path(stix: Stix, tmp_path: Path) -> dict[str, str]:
+    """`stixctl` on PATH as this checkout's client, as the completion scripts call it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "stixctl"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m stixctl "$@"\n')
+    script.chmod(0o755)
+    return {**stix.env, "PATH": f"{bin_dir}:{stix.env.get('PATH', '')}"}
+
+
+def _bash_complete(env: dict[str, str], words: list[str], cwd: Path) -> list[str]:
+    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
+    script = (
+        f"source <(stixctl completion bash); COMP_WORDS=({quoted}); "
+        f"COMP_CWORD={len(words) - 1}; _stixctl; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+    )
+    out = subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line]
+
+
+def test_bash_completion_completes_commands_actions_flags_and_choices(
+    stix: Stix, on_path: dict[str, str]
+) -> None:
+    def complete(*words: str) -> list[str]:
+        return _bash_complete(on_path, ["stixctl", *words], stix.home)
+
+    assert complete("lau") == ["launch"]
+    assert {"launch", "jobs", "status", "show-gpus", "completion"} <= set(complete(""))
+    assert complete("jobs", "") == ["launch", "queue", "cancel", "logs", "pool"]
+    assert complete("jobs", "pool", "") == ["apply", "status", "down"]
+    assert complete("jobs", "launch", "--num") == ["--num-nodes", "--num-jobs"]
+    assert complete("launch", "--minimize", "") == ["cost", "time"]
+    assert complete("launch", "--gpus", "A100", "--dry") == ["--dryrun"]
+    assert complete("completion", "") == ["bash", "zsh", "fish"]
+    assert complete("--vers") == ["--version"]
+    (stix.home / "mytask.yaml").write_text("run: echo\n")
+    assert complete("validate", "myt") == ["mytask.yaml"]
+    assert stix.daemon_pid() is None  # a TAB never starts the daemon
+
+
+def test_bash_completion_offers_the_clusters_of_a_running_daemon(
+    stix: Stix, on_path: dict[str, str]
+) -> None:
+    stix.run("launch", "-y", "-c", "dev-box", "echo", "hi", check=True)
+    assert _bash_complete(on_path, ["stixctl", "down", "dev"], stix.home) == ["dev-box"]
+    assert _bash_complete(on_path, ["stixctl", "launch", "-c", ""], stix.home) == ["dev-box"]
+    assert _bash_complete(on_path, ["stixctl", "ssh", ""], stix.home) == [
+        "up",
+        "down",
+        "status",
+        "dev-box",
+    ]
+
+
+@pytest.mark.parametrize(("shell", "check"), [("zsh", ["zsh", "-n"]), ("fish", ["fish", "-n"])])
+def test_zsh_and_fish_scripts_are_valid(stix: Stix, shell: str, check: list[str]) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    script = stix.run("completion", shell, check=True).stdout
+    out = subprocess.run([*check], input=script, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+def test_completion_refuses_an_unknown_shell(stix: Stix) -> None:
+    out = stix.run("completion", "tcsh")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_readme_lists_every_exit_code_stixctl_uses() -> None:
+    from stixctl import main, validate
+    from stixproto import errors
+
+    used = {0, 1, 2, 130, main.EXIT_FAILED, main.EXIT_NOT_FINISHED, main.EXIT_NO_FIT}
+    used |= set(main.EXIT_FOR_STATUS.values()) | {validate.EXIT_INVALID}
+    used |= {
+        cls.exit_code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.StixError)
+    }
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("### Exit codes") :].split("\n\n")[2]
+    listed = {
+        int(code)
+        for row in table.splitlines()[2:]
+        for code in row.split("|")[1].replace("/", " ").split()
+    }
+    assert used <= listed, f"not in the README's table: {sorted(used - listed)}"
