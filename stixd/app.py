@@ -12,7 +12,6 @@ import anyio
 import structlog
 
 import stixproto
-
 from stixd.providers.base import Provider
 from stixd.runtime.supervisor import Supervisor
 from stixd.runtime.watch import RowWatch

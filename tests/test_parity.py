@@ -163,3 +163,19 @@ def test_readme_lists_every_exit_code_stixctl_uses() -> None:
         for code in row.split("|")[1].replace("/", " ").split()
     }
     assert used <= listed, f"not in the README's table: {sorted(used - listed)}"
+
+
+def test_local_max_nodes_refuses_a_bigger_launch_and_the_planner_skips_local(stix: Stix) -> None:
+    stix.env["STIX__LOCAL__MAX_NODES"] = "2"
+    refused = stix.run("launch", "-y", "-c", "big", "--num-nodes", "3", "echo", "hi")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "stixctl: num_nodes: local runs at most 2 node(s) (local.max_nodes in the config), "
+        "the task asks for 3"
+    )
+    assert "big" not in stix.clusters()
+    plan = stix.run("launch", "--dryrun", "--num-nodes", "3", "echo", "hi")
+    assert plan.returncode == 5
+    assert "local runs at most 2 node(s)" in plan.stdout and "✔" not in plan.stdout
+    fits = stix.run("launch", "--dryrun", "--num-nodes", "2", "echo", "hi")
+    assert fits.returncode == 0 and "✔" in fits.stdout

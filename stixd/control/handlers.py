@@ -34,12 +34,20 @@ KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius
 def _check_task(app: App, task: Any) -> None:
     """Refuse what cannot launch, in the words `stixctl validate` warns with."""
     validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
-    choose_target(task, app.ssh_pool_sizes(), app.clouds(), app.cloud_problems())
+    choose_target(
+        task,
+        app.ssh_pool_sizes(),
+        app.clouds(),
+        app.cloud_problems(),
+        local_max_nodes=app.config.local.max_nodes,
+    )
 
 
 async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:
     """A launch on a cloud needs its catalog (fetched when missing) and an instance that fits."""
-    cloud, _ = choose_target(task, app.ssh_pool_sizes(), app.clouds())
+    cloud, _ = choose_target(
+        task, app.ssh_pool_sizes(), app.clouds(), local_max_nodes=app.config.local.max_nodes
+    )
     if cloud in app.clouds():
         await catalog_cmds.with_catalog(app, emit, lambda c: cloud_spec(task, cloud, c))
 

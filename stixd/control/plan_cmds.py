@@ -37,15 +37,28 @@ def _plan(
     named = [(a.cloud or "").lower() for r in requests for a in r.alternatives]
     enabled = _enabled(app, req.all_clouds, catalog.clouds() if req.all_clouds else (), named)
     extra = {} if req.all_clouds else {"local": [local_offer()]}
+    limits = {"local": app.config.local.max_nodes}
     index = OfferIndex(catalog)
     minimize: Literal["cost", "time"] = "time" if req.minimize == "time" else "cost"
     if len(requests) == 1:
-        p = plan(requests[0], index, enabled_clouds=enabled, minimize=minimize, extra_offers=extra)
+        p = plan(
+            requests[0],
+            index,
+            enabled_clouds=enabled,
+            minimize=minimize,
+            extra_offers=extra,
+            max_nodes=limits,
+        )
         return m.PlanReply(
             text=render_plan(p), json=plan_json(p).decode(), no_fit_reason=p.no_fit_reason
         )
     pp = plan_pipeline(
-        requests, index, enabled_clouds=enabled, minimize=minimize, extra_offers=extra
+        requests,
+        index,
+        enabled_clouds=enabled,
+        minimize=minimize,
+        extra_offers=extra,
+        max_nodes=limits,
     )
     return m.PlanReply(
         text=render_pipeline(pp), json=plan_json(pp).decode(), no_fit_reason=pp.no_fit_reason
