@@ -179,3 +179,27 @@ def test_local_max_nodes_refuses_a_bigger_launch_and_the_planner_skips_local(sti
     assert "local runs at most 2 node(s)" in plan.stdout and "✔" not in plan.stdout
     fits = stix.run("launch", "--dryrun", "--num-nodes", "2", "echo", "hi")
     assert fits.returncode == 0 and "✔" in fits.stdout
+
+
+def test_check_names_every_infra_and_says_which_this_build_lacks(stix: Stix) -> None:
+    from stixd.planner.catalog import KNOWN_CLOUDS
+
+    rows = {c["infra"]: c for c in stix.json("check")}
+    assert [*rows][:3] == ["local", "ssh", "aws"] and "fake" not in rows
+    assert rows["local"]["enabled"] is True
+    assert {*KNOWN_CLOUDS, "kubernetes"} <= set(rows)
+    lacking = [name for name, c in rows.items() if c["reason"] == "not supported in this build yet"]
+    assert {"gcp", "azure", "kubernetes", "nebius"} <= set(lacking)
+    assert not {"local", "ssh", "aws"} & set(lacking)
+    text = stix.run("check", check=True).stdout
+    assert "INFRA" in text and "\naws " in text
+    assert f"Not supported in this build yet: {', '.join(lacking)}" in text
+    assert stix.run("check", "gcp", check=True).stdout.strip() == (
+        "Not supported in this build yet: gcp"
+    )
+
+
+def test_check_lists_the_fake_infra_only_when_it_is_enabled(stix: Stix) -> None:
+    stix.env["STIX__FAKE__ENABLED"] = "true"
+    rows = {c["infra"]: c for c in stix.json("check")}
+    assert rows["fake"]["reason"] != "not supported in this build yet"

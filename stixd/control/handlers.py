@@ -17,6 +17,7 @@ from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
 from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cmds, ssh_cmds
+from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 from stixproto import messages as m
@@ -28,7 +29,8 @@ from stixproto.errors import (
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
-KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius")
+KNOWN_INFRAS = tuple(dict.fromkeys(("aws", "gcp", "azure", "kubernetes", *KNOWN_CLOUDS)))
+"""Every infra a SkyPilot user may look for: the planner's catalog clouds and Kubernetes."""
 
 
 def _check_task(app: App, task: Any) -> None:
@@ -258,9 +260,7 @@ async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
     for name in KNOWN_INFRAS:
         if name in app.providers:
             continue
-        out.append(
-            m.InfraCheck(infra=name, enabled=False, reason="not supported in this build yet")
-        )
+        out.append(m.InfraCheck(infra=name, enabled=False, reason=m.NOT_SUPPORTED))
     if req.infras:
         wanted = {i.lower() for i in req.infras}
         unknown = wanted - {c.infra for c in out}
