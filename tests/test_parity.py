@@ -203,3 +203,20 @@ def test_check_lists_the_fake_infra_only_when_it_is_enabled(stix: Stix) -> None:
     stix.env["STIX__FAKE__ENABLED"] = "true"
     rows = {c["infra"]: c for c in stix.json("check")}
     assert rows["fake"]["reason"] != "not supported in this build yet"
+
+
+def test_show_gpus_infra_local_lists_this_machine_without_a_catalog(stix: Stix) -> None:
+    import os
+
+    rows = stix.json("show-gpus", "--infra", "local")
+    assert len(rows) == 1
+    machine = rows[0]
+    assert machine["type"] == "machine" and machine["infra"] == "local"
+    assert machine["vcpus"] == os.cpu_count() and machine["memory_gib"] > 0
+    assert machine["accelerator"] is None and machine["price"] == 0.0
+    text = stix.run("show-gpus", "--infra", "local", check=True).stdout
+    assert text.splitlines()[0].split() == ["INFRA", "vCPUs", "HOST_MEM", "GPUS", "HOURLY_PRICE"]
+    assert text.splitlines()[1].split()[:2] == ["local", str(os.cpu_count())]
+    missing = stix.run("show-gpus", "A100:8", "--infra", "local", check=True).stdout
+    assert "'A100' not found on local: this machine has no accelerators" in missing
+    assert not (stix.home / "catalogs").exists()  # nothing was fetched for it
