@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.awsbed import AwsBed, aws_fixtures
 from tests.conftest import REPO, Stix
 
 
@@ -220,3 +221,45 @@ def test_show_gpus_infra_local_lists_this_machine_without_a_catalog(stix: Stix) 
     missing = stix.run("show-gpus", "A100:8", "--infra", "local", check=True).stdout
     assert "'A100' not found on local: this machine has no accelerators" in missing
     assert not (stix.home / "catalogs").exists()  # nothing was fetched for it
+
+
+# -- zone names --------------------------------------------------------------------------------
+
+aws_server, aws = aws_fixtures()
+SHARED_CATALOGS = REPO.parent / "shared" / "catalogs"
+
+
+@pytest.mark.skipif(not (SHARED_CATALOGS / "v8" / "aws").is_dir(), reason="no shared catalogs")
+def test_spot_rows_of_a_plan_show_zone_names_where_the_account_mapping_is_known(
+    stix: Stix,
+) -> None:
+    stix.env["STIX_CATALOG_DIR"] = str(SHARED_CATALOGS)
+    argv = ("launch", "--dryrun", "--all-clouds", "--gpus", "A100:8", "--use-spot", "echo")
+
+    def aws_zone() -> str:
+        reply = json.loads(stix.run(*argv, "--json", check=True).stdout)
+        return next(c["zone"] for c in reply["candidates"] if c["cloud"] == "aws")
+
+    zone_id = aws_zone()
+    assert zone_id.startswith("use1-az")  # the catalog's: an ID
+    mapping = stix.home / "catalogs" / "v8" / "aws" / "az_mappings.csv"
+    mapping.parent.mkdir(parents=True)
+    mapping.write_text(f"AvailabilityZoneName,AvailabilityZone\nus-east-1x,{zone_id}\n")
+    assert aws_zone() == "us-east-1x"
+    row = next(line for line in stix.run(*argv, check=True).stdout.splitlines() if "AWS" in line)
+    assert "us-east-1x" in row and zone_id not in row
+
+
+@pytest.mark.anyio
+async def test_the_aws_provider_keeps_the_accounts_zone_names(aws: AwsBed, tmp_path: Path) -> None:
+    from stixd.planner.catalog import open_catalog
+    from stixd.planner.zone_names import zone_names_of
+    from stixd.providers.aws import AwsProvider
+
+    env = {**aws.env, "HOME": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent/config"}
+    provider = AwsProvider(tmp_path, env)
+    assert (await provider.check()).enabled
+    await provider.aclose()
+    told = aws.ec2("describe_availability_zones")["AvailabilityZones"]
+    names = zone_names_of(open_catalog(tmp_path, {}))["aws"]
+    assert names == {z["ZoneId"]: z["ZoneName"] for z in told} and names
