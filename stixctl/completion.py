@@ -146,21 +146,24 @@ def cluster_names(home: Path) -> list[str]:
 
 _BASH = r"""# bash completion for stixctl (`stixctl completion bash`). Load it in ~/.bashrc with
 #   source <(stixctl completion bash)
+# (no mapfile and compopt only if present: macOS's bash 3.2 runs it too)
 _stixctl() {
-    local -a reply
-    local line
-    mapfile -t reply < <(
-        stixctl completion --complete "$COMP_CWORD" -- "${COMP_WORDS[@]}" 2>/dev/null
-    )
+    local kind line
     COMPREPLY=()
-    if [[ ${reply[0]} == files ]]; then
-        compopt -o filenames 2>/dev/null
-        mapfile -t COMPREPLY < <(compgen -f -- "${COMP_WORDS[COMP_CWORD]}")
-        return 0
+    while IFS= read -r line; do
+        if [[ -z $kind ]]; then
+            kind=$line
+        else
+            COMPREPLY+=("${line%%$'\t'*}")
+        fi
+    done < <(stixctl completion --complete "$COMP_CWORD" -- "${COMP_WORDS[@]}" 2>/dev/null)
+    if [[ $kind == files ]]; then
+        type compopt >/dev/null 2>&1 && compopt -o filenames
+        while IFS= read -r line; do
+            COMPREPLY+=("$line")
+        done < <(compgen -f -- "${COMP_WORDS[COMP_CWORD]}")
     fi
-    for line in "${reply[@]:1}"; do
-        COMPREPLY+=("${line%%$'\t'*}")
-    done
+    return 0
 }
 complete -F _stixctl stixctl
 """
