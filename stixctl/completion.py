@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from stixctl.argparser import Parser
@@ -25,10 +23,12 @@ CLUSTER_DESTS = {"cluster", "clusters", "target"}
 FILE_DESTS = {"entrypoint", "files", "env_file", "config"}
 
 
-@dataclass
 class Answer:
-    kind: str = "words"  # or "files": the shell completes paths itself
-    words: list[tuple[str, str]] = field(default_factory=list)
+    """What to complete: ``words`` (each with its help), or ``files`` (the shell lists paths)."""
+
+    def __init__(self, kind: str = "words", words: list[tuple[str, str]] | None = None) -> None:
+        self.kind = kind
+        self.words = words or []
 
     def text(self, prefix: str) -> str:
         lines = [self.kind]
@@ -123,6 +123,8 @@ def complete(words: Sequence[str], index: int, home: Path) -> Answer:
 
 def cluster_names(home: Path) -> list[str]:
     """The clusters a running daemon knows; none when it is not running or does not answer."""
+    import threading
+
     found: list[str] = []
 
     def ask() -> None:
