@@ -20,7 +20,7 @@ from stixctl.argparser import Parser
 SHELLS = ("bash", "zsh", "fish")
 CLUSTERS_WITHIN_S = 2.0
 CLUSTER_DESTS = {"cluster", "clusters", "target"}
-FILE_DESTS = {"entrypoint", "files", "env_file", "config"}
+FILE_DESTS = {"entrypoint", "files", "env_file", "config", "workdir"}
 
 
 class Answer:
