@@ -504,6 +504,12 @@ def _fake_args(s: argparse.ArgumentParser) -> None:
     fake.add_args(s)
 
 
+def _completion_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import completion
+
+    completion.add_args(s)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -534,12 +540,20 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "ssh": ("SSH pools (up|status|down [POOL]) or a shell on a cluster's node", _ssh_args),
     "validate": ("check task files on this machine (no daemon needed)", validate.add_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
+    "completion": ("print a shell completion script: bash, zsh or fish", _completion_args),
     "fake": ("TESTS ONLY: preempt nodes of the fake provider", _fake_args),
 }
 
 
+def version_line() -> str:
+    from stixproto import PROTOCOL_VERSION, VERSION
+
+    return f"stixctl {VERSION} (protocol {PROTOCOL_VERSION})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="stixctl", description="Run tasks on the cheapest infra.")
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (text, add_args) in COMMANDS.items():
         add_args(sub.add_parser(name, help=text))
@@ -552,6 +566,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         from stixctl import jobs
 
         return jobs.parse(argv[1:])
+    if argv and argv[0] == "completion":
+        from stixctl import completion
+
+        return completion.parse(argv[1:])
     if argv and argv[0] in COMMANDS:
         # only the command being run is built: the whole parser costs more than the request
         text, add_args = COMMANDS[argv[0]]

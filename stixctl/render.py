@@ -182,5 +182,11 @@ def costs(report: m.CostReport) -> str:
 
 
 def checks(reply: m.CheckReply) -> str:
-    rows = [[c.infra, "enabled" if c.enabled else "disabled", c.reason] for c in reply.infras]
-    return table(["INFRA", "STATUS", "DETAIL"], rows)
+    """The infras this build supports in a table; the ones it does not yet on one line."""
+    mine = [c for c in reply.infras if c.reason != m.NOT_SUPPORTED]
+    others = [c.infra for c in reply.infras if c.reason == m.NOT_SUPPORTED]
+    rows = [[c.infra, "enabled" if c.enabled else "disabled", c.reason] for c in mine]
+    blocks = [table(["INFRA", "STATUS", "DETAIL"], rows)] if rows else []
+    if others:
+        blocks.append(f"Not supported in this build yet: {', '.join(others)}")
+    return "\n\n".join(blocks)

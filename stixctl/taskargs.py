@@ -8,7 +8,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from stixproto.errors import InvalidRequest
+from stixproto.errors import InvalidRequest, TaskFieldError
+from stixproto.names import ENV_NAME_RULE, is_env_name
+
+
+def check_env_name(name: str, flag: str) -> None:
+    """A name from the command line meets the rule a task file's envs/secrets keys meet, and
+    is refused in the same words (`--env: envs.1X: not a valid environment variable name …`)."""
+    if not is_env_name(name):
+        key = "secrets" if flag == "--secret" else "envs"
+        problem = f"not a valid environment variable name ({ENV_NAME_RULE})"
+        raise TaskFieldError(f"{key}.{name}", problem, source=flag)
 
 
 def pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -16,19 +26,17 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if sep:
-            out[name] = value
-        elif item in os.environ:
-            out[item] = os.environ[item]
-        elif flag == "--secret":  # `--secret $TOKEN` would otherwise print the token
-            raise InvalidRequest(
-                "--secret: a NAME without =VALUE is not set in this shell (not shown, in case it "
-                "is the secret itself); pass --secret NAME=VALUE"
-            )
-        else:
+        if not sep and item not in os.environ:
+            if flag == "--secret":  # `--secret $TOKEN` would otherwise print the token
+                raise InvalidRequest(
+                    "--secret: a NAME without =VALUE is not set in this shell (not shown, in "
+                    "case it is the secret itself); pass --secret NAME=VALUE"
+                )
             raise InvalidRequest(
                 f"{flag} {item}: no value given and {item} is not set in this shell"
             )
+        check_env_name(name, flag)
+        out[name] = value if sep else os.environ[name]
     return out
 
 
@@ -44,6 +52,7 @@ def env_file_pairs(path: str) -> dict[str, str]:
         line = line.strip().removeprefix("export ").strip()
         if line and not line.startswith("#") and "=" in line:
             k, _, v = line.partition("=")
+            check_env_name(k.strip(), f"--env-file {path}")
             out[k.strip()] = v.strip().strip("'\"")
     return out
 

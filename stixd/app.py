@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+import stixproto
 from stixd.providers.base import Provider
 from stixd.runtime.supervisor import Child, Supervisor
 from stixd.runtime.watch import RowWatch
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from stixd.planner.request import Blocked
     from stixproto import messages as m
 
-VERSION = "0.1.0"
+VERSION = stixproto.VERSION
 
 
 @dataclass

@@ -397,6 +397,10 @@ class LeakRecord(msgspec.Struct, frozen=True):
     """From the catalog; None when the catalog does not price it."""
 
 
+NOT_SUPPORTED = "not supported in this build yet"
+"""The `reason` of an infra SkyPilot knows and this build has no provider for."""
+
+
 class InfraCheck(msgspec.Struct, frozen=True):
     infra: str
     enabled: bool

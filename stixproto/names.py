@@ -79,6 +79,16 @@ def check_reference(name: str, kind: str = "cluster") -> str:
     return name
 
 
+ENV_NAME_RULE = "letters, digits and _, not starting with a digit"
+
+
+def is_env_name(name: object) -> bool:
+    """An environment variable name a shell can export: the rule for envs, secrets and --env."""
+    if not isinstance(name, str) or not name or not name.isascii():
+        return False
+    return (name[0].isalpha() or name[0] == "_") and name.replace("_", "a").isalnum()
+
+
 def command(*argv: object) -> str:
     """A ``stixctl`` command line to print as a hint, every argument shell-quoted, so a hint
     that carries a name can be pasted into a shell and does only what it says."""

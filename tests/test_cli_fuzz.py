@@ -148,6 +148,12 @@ def argvs(draw: st.DrawFn, tasks: dict[str, str]) -> list[str]:
         return [command, action, *_opt(draw, "--tail", values), *_flags(draw, "--json")]
     if command == "fake":
         return [command, "preempt", *draw(many_names), *_opt(draw, "--count", values)]
+    if command == "completion":
+        if draw(st.booleans()):
+            return [command, draw(st.one_of(st.sampled_from(["bash", "zsh", "fish"]), values))]
+        typed = st.one_of(names, st.sampled_from(["launch", "jobs", "pool", "-c", "--gpus", "--"]))
+        return [command, "--complete", draw(values), "--", "stixctl",
+                *draw(st.lists(typed, max_size=5))]  # fmt: skip
     if action == "launch":
         return ["jobs", action, *_opt(draw, "--num-jobs", values), *_opt(draw, "-p", names),
                 *_opt(draw, "-n", names), *_resources(draw), *fake, "-y", "-d", entry]  # fmt: skip
@@ -169,6 +175,7 @@ COMMANDS = [
     "launch", "exec", "status", "queue", "logs", "cancel", "stop", "start", "down", "autostop",
     "cost-report", "check", "leaks", "events", "show-gpus", "catalog", "ssh", "validate",
     "daemon", "fake", "jobs launch", "jobs queue", "jobs cancel", "jobs logs", "jobs pool",
+    "completion",
 ]  # fmt: skip
 assert {c.split()[0] for c in COMMANDS} == set(cli.COMMANDS), "a new command needs arguments here"
 

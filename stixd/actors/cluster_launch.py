@@ -54,7 +54,10 @@ if TYPE_CHECKING:
 
 async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.LaunchResult | None:
     validate_mounts(req.task)
-    provider, pool = choose_target(req.task, cluster.app.ssh_pool_sizes(), cluster.app.clouds())
+    app = cluster.app
+    provider, pool = choose_target(
+        req.task, app.ssh_pool_sizes(), app.clouds(), local_max_nodes=app.config.local.max_nodes
+    )
     if cluster.state is C.UP:
         here = (cluster.row.spec.get("provider", "local"), cluster.row.spec.get("pool"))
         if here != (provider, pool):

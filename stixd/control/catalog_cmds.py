@@ -18,7 +18,9 @@ from stixd.planner.catalog import (
     CatalogMissing,
     render_show_gpus,
     show_gpus,
+    show_machine,
 )
+from stixd.planner.local_fit import local_offer
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
 
@@ -72,9 +74,15 @@ async def with_catalog(app: App, emit: Emit, query: Callable[[Catalog], T]) -> T
 
 
 async def show_gpus_cmd(app: App, req: m.ShowGpus, emit: Emit) -> m.Table:
-    rows = await with_catalog(
-        app, emit, lambda c: show_gpus(c, req.name, req.count, req.infra, req.all)
-    )
+    if (req.infra or "").strip().partition("/")[0].strip().lower() == "local":
+        try:  # this machine, not a catalog: nothing to fetch
+            rows = show_machine(local_offer(), req.name, req.count, req.all)
+        except CatalogError as exc:
+            raise InvalidRequest(str(exc)) from None
+    else:
+        rows = await with_catalog(
+            app, emit, lambda c: show_gpus(c, req.name, req.count, req.infra, req.all)
+        )
     return m.Table(text=render_show_gpus(rows), rows=[msgspec.to_builtins(r) for r in rows])
 
 

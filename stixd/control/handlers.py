@@ -20,6 +20,7 @@ from stixd.app import VERSION, App
 from stixd.config import ConfigError
 from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cmds, ssh_cmds
 from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
+from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 from stixproto import messages as m
@@ -32,18 +33,27 @@ from stixproto.names import command
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
-KNOWN_INFRAS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius")
+KNOWN_INFRAS = tuple(dict.fromkeys(("aws", "gcp", "azure", "kubernetes", *KNOWN_CLOUDS)))
+"""Every infra a SkyPilot user may look for: the planner's catalog clouds and Kubernetes."""
 
 
 def _check_task(app: App, task: Any) -> None:
     """Refuse what cannot launch, in the words `stixctl validate` warns with."""
     validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
-    choose_target(task, app.ssh_pool_sizes(), app.clouds(), app.cloud_problems())
+    choose_target(
+        task,
+        app.ssh_pool_sizes(),
+        app.clouds(),
+        app.cloud_problems(),
+        local_max_nodes=app.config.local.max_nodes,
+    )
 
 
 async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:
     """A launch on a cloud needs its catalog (fetched when missing) and an instance that fits."""
-    cloud, _ = choose_target(task, app.ssh_pool_sizes(), app.clouds())
+    cloud, _ = choose_target(
+        task, app.ssh_pool_sizes(), app.clouds(), local_max_nodes=app.config.local.max_nodes
+    )
     if cloud in app.clouds():
         await catalog_cmds.with_catalog(app, emit, lambda c: cloud_spec(task, cloud, c))
 
@@ -338,9 +348,7 @@ async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
     for name in KNOWN_INFRAS:
         if name in app.providers:
             continue
-        out.append(
-            m.InfraCheck(infra=name, enabled=False, reason="not supported in this build yet")
-        )
+        out.append(m.InfraCheck(infra=name, enabled=False, reason=m.NOT_SUPPORTED))
     if req.infras:
         wanted = {i.lower() for i in req.infras}
         unknown = wanted - {c.infra for c in out}

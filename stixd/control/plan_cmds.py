@@ -15,6 +15,7 @@ from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
 from stixd.planner.target import NAMED_ONLY
+from stixd.planner.zone_names import named_pipeline, named_plan, zone_names_of
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
 
@@ -37,18 +38,35 @@ def _plan(
     named = [(a.cloud or "").lower() for r in requests for a in r.alternatives]
     enabled = _enabled(app, req.all_clouds, catalog.clouds() if req.all_clouds else (), named)
     extra = {} if req.all_clouds else {"local": [local_offer()]}
+    limits = {"local": app.config.local.max_nodes}
     index = OfferIndex(catalog)
     minimize: Literal["cost", "time"] = "time" if req.minimize == "time" else "cost"
     if len(requests) == 1:
-        p = plan(requests[0], index, enabled_clouds=enabled, minimize=minimize, extra_offers=extra)
+        p = plan(
+            requests[0],
+            index,
+            enabled_clouds=enabled,
+            minimize=minimize,
+            extra_offers=extra,
+            max_nodes=limits,
+        )
+        shown = named_plan(p, zone_names_of(catalog))
         return m.PlanReply(
-            text=render_plan(p), json=plan_json(p).decode(), no_fit_reason=p.no_fit_reason
+            text=render_plan(shown), json=plan_json(shown).decode(), no_fit_reason=p.no_fit_reason
         )
     pp = plan_pipeline(
-        requests, index, enabled_clouds=enabled, minimize=minimize, extra_offers=extra
+        requests,
+        index,
+        enabled_clouds=enabled,
+        minimize=minimize,
+        extra_offers=extra,
+        max_nodes=limits,
     )
+    shown_pp = named_pipeline(pp, zone_names_of(catalog))
     return m.PlanReply(
-        text=render_pipeline(pp), json=plan_json(pp).decode(), no_fit_reason=pp.no_fit_reason
+        text=render_pipeline(shown_pp),
+        json=plan_json(shown_pp).decode(),
+        no_fit_reason=pp.no_fit_reason,
     )
 
 

@@ -23,6 +23,7 @@ import msgspec
 from stixd.planner import gcp_hosts
 from stixd.planner.catalog import Offer, count_matches
 from stixd.planner.catalog.names import format_count
+from stixd.planner.local_fit import nodes_problem
 from stixd.planner.offers import (
     DEFAULT_MEMORY_PER_CPU,
     DEFAULT_VCPUS,
@@ -369,6 +370,8 @@ def launchables(
 ) -> list[Launchable] | Elimination:
     """Every launchable choice for ``want`` on one cloud, or why there is none."""
     cloud = offers.cloud
+    if offers.max_nodes is not None and num_nodes > offers.max_nodes:
+        return Elimination(Stage.FEATURE, cloud, nodes_problem(cloud, offers.max_nodes, num_nodes))
     missing = _missing_features(want, offers, num_nodes)
     if missing:
         names = ", ".join(FEATURE_NAMES[f] for f in missing)

@@ -42,12 +42,21 @@ def _check_one(r: Resources) -> None:
         raise InvalidTask(f"resources.memory: this machine has {mem:.0f} GB, asked for {r.memory}")
 
 
-def check_fits_local(task: Task) -> None:
+def nodes_problem(cloud: str, limit: int, asked: int) -> str:
+    return (
+        f"{cloud} runs at most {limit} node(s) ({cloud}.max_nodes in the config), "
+        f"the task asks for {asked}"
+    )
+
+
+def check_fits_local(task: Task, max_nodes: int | None = None) -> None:
     """Raise a clear InvalidTask when no candidate resource of the task runs on this machine.
 
     With any_of/ordered the task fits when one alternative does; otherwise the first
-    alternative's reason is given.
+    alternative's reason is given. ``max_nodes`` is the config's ``local.max_nodes``.
     """
+    if max_nodes is not None and task.num_nodes > max_nodes:
+        raise InvalidTask(f"num_nodes: {nodes_problem('local', max_nodes, task.num_nodes)}")
     first: InvalidTask | None = None
     for candidate in task.resources_or_default().candidates():
         try:

@@ -103,9 +103,17 @@ def in_default_family(cloud: str, instance_type: str) -> bool:
 class CloudOffers:
     """One cloud's offers, grouped for the filters (built once per cloud and catalog)."""
 
-    def __init__(self, cloud: str, offers: Sequence[Offer], *, pool: bool = False) -> None:
+    def __init__(
+        self,
+        cloud: str,
+        offers: Sequence[Offer],
+        *,
+        pool: bool = False,
+        max_nodes: int | None = None,
+    ) -> None:
         self.cloud = cloud
         self.pool = pool
+        self.max_nodes = max_nodes  # a pool of capacity (local) may cap a cluster's nodes
         self.offers = offers
         self.by_accelerator: dict[str, list[Offer]] = {}
         self.by_type: dict[str, list[Offer]] = {}

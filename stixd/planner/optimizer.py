@@ -184,6 +184,7 @@ def plan(
     blocked: Sequence[Blocked] = (),
     minimize: Minimize = "cost",
     extra_offers: Mapping[str, Sequence[Offer]] | None = None,
+    max_nodes: Mapping[str, int] | None = None,
     inputs: bool = True,
 ) -> Plan:
     """Rank every launch choice for ``task`` on ``enabled_clouds`` (in tie-break order).
@@ -192,12 +193,17 @@ def plan(
     again with what it blocked); the table shows one row per cloud and accelerator of it.
     ``extra_offers`` adds clouds without a catalog (``local``, SSH or Kubernetes pools): their
     offers are capacities, a node fits when it asks for no more; they are used only when named
-    in ``enabled_clouds``, and replace a catalog of the same name. ``inputs=False`` leaves out
+    in ``enabled_clouds``, and replace a catalog of the same name; ``max_nodes`` caps the nodes
+    such a cloud runs for one task (``local.max_nodes``). ``inputs=False`` leaves out
     the egress of the task's inputs (a pipeline charges them on its first task only).
     """
     index = source if isinstance(source, OfferIndex) else OfferIndex(source)
     clouds = list(dict.fromkeys(c.lower() for c in enabled_clouds))
-    pools = {c: CloudOffers(c, list(o), pool=True) for c, o in (extra_offers or {}).items()}
+    limits = max_nodes or {}
+    pools = {
+        c: CloudOffers(c, list(o), pool=True, max_nodes=limits.get(c))
+        for c, o in (extra_offers or {}).items()
+    }
     wants, unknown, ordered = _wants(task, index)
     failed = {w.index: [_not_enabled(w, clouds) or e] for w, e in unknown}
     cands: list[Candidate] = []
@@ -257,6 +263,7 @@ def plan_pipeline(
     blocked: Sequence[Blocked] = (),
     minimize: Minimize = "cost",
     extra_offers: Mapping[str, Sequence[Offer]] | None = None,
+    max_nodes: Mapping[str, int] | None = None,
 ) -> PipelinePlan:
     """Plan a chain of tasks as a whole: per-task cost plus the egress between consecutive tasks
     on different clouds, minimised by dynamic programming over each task's candidates, as
@@ -270,6 +277,7 @@ def plan_pipeline(
             blocked=blocked,
             minimize=minimize,
             extra_offers=extra_offers,
+            max_nodes=max_nodes,
             inputs=i == 0,
         )
         for i, t in enumerate(tasks)

@@ -45,10 +45,12 @@ def choose_target(
     ssh_pools: Mapping[str, int],
     clouds: Collection[str] = (),
     unavailable: Mapping[str, str] | None = None,
+    *,
+    local_max_nodes: int | None = None,
 ) -> tuple[str, str | None]:
     """(provider, pool) for the task; `ssh_pools` maps each pool to its number of hosts,
     `clouds` are the usable clouds and `unavailable` says why another cloud is not. For a
-    cloud the "pool" is the region the task names."""
+    cloud the "pool" is the region the task names; local takes at most `local_max_nodes`."""
     for candidate in task.resources_or_default().candidates():
         place = candidate.placement()
         if place.cloud in CLOUDS:
@@ -74,7 +76,7 @@ def choose_target(
             )
         return "ssh", place.region
     try:
-        check_fits_local(task)
+        check_fits_local(task, local_max_nodes)
     except InvalidTask:
         named = {c.placement().cloud for c in task.resources_or_default().candidates()}
         enabled = [c for c in CLOUDS if c in clouds and c not in NAMED_ONLY]

@@ -18,6 +18,8 @@ import msgspec
 
 from stixproto.bounds import MAX_COUNT, MAX_GB
 from stixproto.errors import InvalidTask, TaskFieldError
+from stixproto.names import ENV_NAME_RULE
+from stixproto.names import is_env_name as _is_env_name
 from stixproto.task import subst
 from stixproto.task._fields import check_int_sizes, check_positive, describe, fail, join, near
 from stixproto.task.dag import HEADER_KEYS, JOB_GROUP_KEYS, Dag
@@ -33,7 +35,6 @@ from stixproto.task.storage import (
 )
 
 Overrides = Mapping[str, str] | None
-ENV_NAME_RULE = "letters, digits and _, not starting with a digit"
 
 
 def looks_like_path(text: str) -> bool:
@@ -68,12 +69,6 @@ def _read(path: str | Path) -> str:
 
 
 # -- one task ----------------------------------------------------------------------------------
-
-
-def _is_env_name(name: Any) -> bool:
-    if not isinstance(name, str) or not name or not name.isascii():
-        return False
-    return (name[0].isalpha() or name[0] == "_") and name.replace("_", "a").isalnum()
 
 
 def _env_value(value: Any, path: str) -> str | None:

@@ -29,11 +29,13 @@ from stixd.planner.catalog.names import (
 from stixd.planner.catalog.readers import read_accelerator_names
 from stixd.planner.catalog.show_gpus import (
     GpuCountRow,
+    GpuMachineRow,
     GpuNote,
     GpuOfferRow,
     GpuRow,
     render_show_gpus,
     show_gpus,
+    show_machine,
 )
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "CatalogMissing",
     "CatalogSources",
     "GpuCountRow",
+    "GpuMachineRow",
     "GpuNote",
     "GpuOfferRow",
     "GpuRow",
@@ -60,4 +63,5 @@ __all__ = [
     "read_vms",
     "render_show_gpus",
     "show_gpus",
+    "show_machine",
 ]

@@ -19,7 +19,16 @@ from stixd.planner.catalog.catalog import Catalog
 from stixd.planner.catalog.model import CatalogError, Offer
 from stixd.planner.catalog.names import COMMON_GPUS, TPUS, format_count, normalize_cloud
 
-__all__ = ["GpuCountRow", "GpuNote", "GpuOfferRow", "GpuRow", "render_show_gpus", "show_gpus"]
+__all__ = [
+    "GpuCountRow",
+    "GpuMachineRow",
+    "GpuNote",
+    "GpuOfferRow",
+    "GpuRow",
+    "render_show_gpus",
+    "show_gpus",
+    "show_machine",
+]
 
 Section = Literal["COMMON_GPU", "GOOGLE_TPU", "OTHER_GPU"]
 _HINT = "Hint: use -a/--all to see all accelerators (including non-common ones) and pricing."
@@ -57,7 +66,18 @@ class GpuNote(msgspec.Struct, frozen=True, tag="note"):
     text: str
 
 
-GpuRow = GpuCountRow | GpuOfferRow | GpuNote
+class GpuMachineRow(msgspec.Struct, frozen=True, tag="machine"):
+    """A machine of a capacity infra (``local``: this one), as ``--infra local`` lists it."""
+
+    infra: str
+    vcpus: float | None
+    memory_gib: float | None
+    accelerator: str | None
+    count: float
+    price: float | None
+
+
+GpuRow = GpuCountRow | GpuOfferRow | GpuNote | GpuMachineRow
 
 
 def _nan_last(x: float | None) -> tuple[bool, float]:
@@ -232,6 +252,37 @@ def show_gpus(
     return notes + rows
 
 
+def show_machine(
+    machine: Offer, name: str | None, count: float | None = None, all: bool = False
+) -> list[GpuRow]:
+    """``show-gpus [NAME[:COUNT]] --infra local``: the machine, or why NAME is not on it."""
+    if all and name is not None:
+        raise CatalogError("--all is only allowed without a GPU name.")
+    if count is not None and name is None:
+        raise CatalogError("A quantity needs a GPU name, as in A100:8.")
+    row = GpuMachineRow(
+        infra=machine.cloud,
+        vcpus=machine.vcpus,
+        memory_gib=machine.memory_gib,
+        accelerator=machine.accelerator,
+        count=machine.accelerator_count,
+        price=machine.price,
+    )
+    has = machine.accelerator is not None and (
+        name is None or name.strip().lower() in machine.accelerator.lower()
+    )
+    if name is not None and not has:
+        what = "no accelerators" if machine.accelerator is None else machine.accelerator
+        return [
+            GpuNote(
+                f"Resources {name!r} not found on {machine.cloud}: this machine has {what}. "
+                "To show the clouds' accelerators, run: stixctl show-gpus --all"
+            ),
+            row,
+        ]
+    return [row]
+
+
 # -- rendering ---------------------------------------------------------------------------------
 
 
@@ -285,7 +336,14 @@ _OFFER_HEADERS = (
 )
 
 
+def _machine_cells(r: GpuMachineRow) -> list[str]:
+    gpus = f"{r.accelerator}:{format_count(r.count)}" if r.accelerator else "-"
+    return [r.infra, _num(r.vcpus), _gb(r.memory_gib), gpus, _usd(r.price)]
+
+
 def _group_key(row: GpuRow) -> tuple[str, str]:
+    if isinstance(row, GpuMachineRow):
+        return ("machine", row.infra)
     if isinstance(row, GpuCountRow):
         return ("count", row.section)
     if isinstance(row, GpuOfferRow):
@@ -300,6 +358,9 @@ def render_show_gpus(rows: Sequence[GpuRow]) -> str:
         group = list(grouped)
         if kind == "note":
             blocks.extend(r.text for r in group if isinstance(r, GpuNote))
+        elif kind == "machine":
+            body = [_machine_cells(r) for r in group if isinstance(r, GpuMachineRow)]
+            blocks.append(_table(("INFRA", "vCPUs", "HOST_MEM", "GPUS", "HOURLY_PRICE"), body))
         elif kind == "count":
             body = [
                 [r.accelerator, ", ".join(format_count(q) for q in r.quantities)]

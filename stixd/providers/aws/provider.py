@@ -19,6 +19,8 @@ import anyio
 import structlog
 
 from stixd.agent_client import AgentClient
+from stixd.planner.catalog import SCHEMA, cache_dir
+from stixd.planner.zone_names import remember_zone_names
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.credentials import CredentialsMissing, resolve
@@ -28,6 +30,7 @@ from stixd.providers.aws.keys import ensure_key_pair, ensure_local_key
 from stixd.providers.aws.leaks import YOUNG_S, Leak, clean_leaks, find_leaks
 from stixd.providers.aws.listing import ClusterListing
 from stixd.providers.aws.network import (
+    Zone,
     delete_group,
     ensure_group,
     find_group,
@@ -135,11 +138,18 @@ class AwsProvider:
         creds = ec2.creds
         try:
             with anyio.fail_after(30):
-                await ec2.call(Where(creds.region), "describe_availability_zones")
+                found = await ec2.call(Where(creds.region), "describe_availability_zones")
         except ProvisionError as exc:
             return CheckResult(False, f"credentials from {creds.source} do not work: {exc.message}")
         except TimeoutError:
             return CheckResult(False, f"AWS did not answer within 30 s (region {creds.region})")
+        self._remember_zone_names(
+            [
+                Zone(str(z["ZoneName"]), str(z["ZoneId"]))
+                for z in found.get("AvailabilityZones") or []
+                if z.get("ZoneName") and z.get("ZoneId")
+            ]
+        )
         endpoint = f", endpoint {creds.endpoint_url}" if creds.endpoint_url else ""
         return CheckResult(
             True, f"credentials from {creds.source}; region {creds.region}{endpoint}"
@@ -191,7 +201,9 @@ class AwsProvider:
         wanted = [found[0].zone] if found else [str(z) for z in r.get("zones") or []]
         failures: list[str] = []
         last: AwsCapacityError | None = None
-        for zone in pick_zones(await zones(ec2, region), wanted, region):
+        known = await zones(ec2, region)
+        self._remember_zone_names(known)
+        for zone in pick_zones(known, wanted, region):
             where = Where(region, zone.name, itype, spot)
             token = instances.client_token(
                 req.cluster, str(r.get("launch_id") or ""), zone.name, [len(found), count]
@@ -222,6 +234,17 @@ class AwsProvider:
             f"no zone of AWS {region} could take {count}x {itype}: {'; '.join(failures)}",
             Where(region, None, itype, spot).block("region"),
         )
+
+    def _remember_zone_names(self, known: Sequence[Zone]) -> None:
+        """This account's zone names, for the plans that show the catalog's zone IDs."""
+        if not self.home.is_dir():  # a provider made without a stix home keeps nothing
+            return
+        try:
+            remember_zone_names(
+                cache_dir(self.home) / SCHEMA / "aws", [(z.name, z.id) for z in known]
+            )
+        except OSError as exc:  # a plan shows IDs then; the launch goes on
+            self.log.warning("zone_names_not_saved", error=str(exc))
 
     async def _abandon(self, cluster: str, region: str) -> None:
         """After a failed first launch: remove what it made (its group), unless an instance of
