@@ -71,13 +71,13 @@ def _install(home: Path, print_only: bool, platform: str) -> int:
     stixd = _stixd_path()
     if print_only:
         text = (
-            units.render_launchd_plist(stixd, home)
+            units.render_launchd_plist(stixd, home, os.environ)
             if platform == "darwin"
-            else units.render_systemd_unit(stixd, home)
+            else units.render_systemd_unit(stixd, home, os.environ)
         )
         sys.stdout.write(text)
         return 0
-    path = units.install_unit(platform, stixd, home)
+    path = units.install_unit(platform, stixd, home, environ=os.environ)
     print(f"wrote {path}")
     print(units.next_steps(platform, path))
     return 0
