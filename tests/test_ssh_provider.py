@@ -302,9 +302,12 @@ async def test_ssh_sync_sends_what_the_shared_filter_keeps_and_spares_excluded_o
     assert set(files_under(remote)) == sent_by_rules(src)
     (remote / "logs" / "run.txt").parent.mkdir(exist_ok=True)
     (remote / "logs" / "run.txt").write_text("a job's output in an ignored folder\n")
+    (remote / "outputs").mkdir()
+    (remote / "outputs" / "model.bin").write_text("an ignored folder the source lacks\n")
     (remote / "stray.py").write_text("not in the source\n")
     await provider.sync(node, mount, method=method)
     assert (remote / "logs" / "run.txt").exists() and not (remote / "stray.py").exists()
+    assert (remote / "outputs" / "model.bin").exists()
 
 
 async def test_an_unreachable_host_is_reported_while_the_others_are_fine(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stixd.providers.filesync import sync_path
+from stixd.providers.ssh_sync import rsync_filters
 from stixd.providers.syncfilter import SyncFilter, rsync_exclude_list
 from tests.conftest import Stix
 
@@ -55,6 +56,7 @@ file[0-9].txt
 \!bang.txt
 sp\ ace.txt
 /top.only
+outputs/
 """
 NESTED = {"src/.gitignore": "!ok.tmp\nmain.py\n", "src/deep/.gitignore": "!x.tmp\n"}
 
@@ -128,11 +130,14 @@ def test_local_copy_leaves_out_what_is_excluded_and_keeps_it_at_the_destination(
     assert files(dst) == sent_by_rules(src)
     (dst / "logs").mkdir(exist_ok=True)
     (dst / "logs" / "run.txt").write_text("a job's output in an ignored folder\n")
+    (dst / "outputs").mkdir()
+    (dst / "outputs" / "model.bin").write_text("an ignored folder the source lacks\n")
     (dst / "stray.py").write_text("gone from the source\n")
     (src / "src" / "main.py").write_text("now sent\n")  # no longer ignored below:
     (src / "src" / ".gitignore").write_text("!ok.tmp\n")
     assert sync_path(src, dst) == 2  # src/main.py and src/.gitignore
     assert (dst / "logs" / "run.txt").exists()  # excluded: left alone, as rsync does
+    assert (dst / "outputs" / "model.bin").exists()
     assert not (dst / "stray.py").exists()
     assert (dst / "src" / "main.py").read_text() == "now sent\n"
 
@@ -142,15 +147,23 @@ def test_rsync_sends_exactly_what_the_local_copy_sends(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", {".gitignore": GITIGNORE, **NESTED})
     (src / "odd*[x].log").write_text("a name rsync would read as a pattern\n")
     (src / "back\\slash.tmp").write_text("x\n")
+    (src / "line\nbreak.log").write_text("x\n")
     exclude = tmp_path / "exclude"
     exclude.write_bytes(rsync_exclude_list(src))
     dst = tmp_path / "rsynced"
-    argv = ["rsync", "-a", "--delete", "--from0", f"--exclude-from={exclude}", f"{src}/", f"{dst}/"]
+    argv = ["rsync", "-a", "--delete-after", *rsync_filters(src, exclude), f"{src}/", f"{dst}/"]
     subprocess.run(argv, check=True)
     local = tmp_path / "copied"
     sync_path(src, local)
     assert files(dst) == files(local) == sent_by_rules(src)
-    assert "odd*[x].log" not in files(dst) and "back\\slash.tmp" not in files(dst)
+    assert not {"odd*[x].log", "back\\slash.tmp", "line\nbreak.log"} & files(dst)
+    for copy in (dst, local):
+        (copy / "outputs").mkdir()
+        (copy / "outputs" / "model.bin").write_text("an ignored folder the source lacks\n")
+        (copy / "stray.py").write_text("gone from the source\n")
+    subprocess.run(argv, check=True)
+    sync_path(src, local)
+    assert files(dst) == files(local) == sent_by_rules(src) | {"outputs/model.bin"}
 
 
 def test_a_local_launch_syncs_the_workdir_through_the_filter(

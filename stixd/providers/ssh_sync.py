@@ -100,17 +100,26 @@ def ssh_client_args(host: PoolHost) -> list[str]:
     ]
 
 
+def rsync_filters(src: Path, exclude_from: Path) -> list[str]:
+    """What is sent: exactly the filter's decisions (``exclude_from``, `rsync_exclude_list`).
+    What the delete spares on the node: paths the same ignore files match there (``-r``:
+    receiver-side rules), so a job's outputs in an ignored folder the source lacks survive, as
+    on the local infra."""
+    spared = SyncFilter(src).ignore_file
+    return [f"--exclude-from={exclude_from}", f"--filter=dir-merge,-r {spared}"]
+
+
 def rsync_argv(host: PoolHost, src: Path, dest: str, exclude_from: Path | None = None) -> list[str]:
-    """``exclude_from``: a file of NUL-separated patterns (`rsync_exclude_list`)."""
+    """``exclude_from``: a file of patterns (`rsync_exclude_list`)."""
     no_prompts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
     ssh = quote("ssh", *ssh_client_args(host), *no_prompts)
-    filters = [] if exclude_from is None else ["--from0", f"--exclude-from={exclude_from}"]
+    filters = [] if exclude_from is None else rsync_filters(src, exclude_from)
     source = f"{src}/" if src.is_dir() else str(src)
     target = f"{dest.rstrip('/')}/" if src.is_dir() else dest
     return [
         "rsync",
         "-a",
-        "--delete",
+        "--delete-after",  # the node's ignore files are the new ones when the delete runs
         "--stats",
         *filters,
         "-e",

@@ -195,14 +195,18 @@ class SyncFilter:
 
 def _rsync_literal(rel: str) -> str:
     """An rsync pattern matching exactly ``/rel``: rsync reads backslashes as escapes only in
-    a pattern holding a wildcard, so a name with one gets every special character escaped."""
-    if any(c in rel for c in "*?["):
+    a pattern holding a wildcard, so a name with one gets every special character escaped. A
+    line break cannot be in a pattern line: it becomes ``?`` (any one character)."""
+    breaks = "\n" in rel or "\r" in rel
+    if breaks or any(c in rel for c in "*?["):
         rel = re.sub(r"([*?\[\\])", r"\\\1", rel)
+        rel = rel.replace("\n", "?").replace("\r", "?")
     return "/" + rel
 
 
 def rsync_exclude_list(root: Path) -> bytes:
-    """The entries of ``root`` the rules drop, as NUL-separated anchored rsync patterns (for
-    ``--exclude-from FILE --from0``), so rsync sends exactly what the local copy sends."""
+    """The entries of ``root`` the rules drop, one anchored rsync pattern a line (for
+    ``--exclude-from``; not ``--from0``, which would also split the ignore files rsync reads
+    for the receiving side at NULs), so rsync sends exactly what the local copy sends."""
     dropped = [_rsync_literal(rel) for rel, _, kept in SyncFilter(root).walk() if not kept]
-    return b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in dropped)
+    return b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in dropped)
