@@ -3,6 +3,7 @@ way on every infra: the rules against real git, the local copy, rsync, and a loc
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -39,6 +40,7 @@ TREE = [
     "sp ace.txt",
     "top.only",
     "sub/top.only",
+    "q/r/triple.txt",
 ]
 GITIGNORE = r"""
 # comment
@@ -57,6 +59,8 @@ file[0-9].txt
 sp\ ace.txt
 /top.only
 outputs/
+***/triple.txt
+//sub
 """
 NESTED = {"src/.gitignore": "!ok.tmp\nmain.py\n", "src/deep/.gitignore": "!x.tmp\n"}
 
@@ -98,6 +102,8 @@ def test_gitignore_rules_exclude_exactly_what_git_ignores(tmp_path: Path) -> Non
     assert not {"a.py", "debug.log", "build/out.bin", "src/main.py", "logs/important.txt"} & ours
     assert not {"name[1].txt", "file2.txt", "#hash.txt", "!bang.txt", "sp ace.txt"} & ours
     assert {"fileA.txt", "docs/readme.md", "data/raw/small.csv"} <= ours
+    assert "q/r/triple.txt" not in ours  # three stars as a whole part are git's '**'
+
 
 
 def test_a_skyignore_replaces_every_gitignore(tmp_path: Path) -> None:
@@ -186,3 +192,41 @@ def test_a_local_launch_syncs_the_workdir_through_the_filter(
     assert "a.py" in arrived_work
     assert arrived_mount == sent_by_rules(mounted)
     assert "docs/readme.md" not in arrived_mount and "debug.log" in arrived_mount
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git compares the rules")
+def test_random_rules_and_nested_negations_agree_with_git(tmp_path: Path) -> None:
+    rng = random.Random(13)
+    parts = ["a", "b", "ab", "a.log", "b.txt", "x", "dir"]
+    tokens = ["a", "b", "*", "?", "**", "/", ".log", "[ab]", "[!a]", "x", "dir", "!", "***"]
+
+    def pattern() -> str:
+        text = "".join(rng.choice(tokens) for _ in range(rng.randint(1, 4)))
+        return ("!" if rng.random() < 0.3 else "") + text + ("/" if rng.random() < 0.2 else "")
+
+    for trial in range(30):
+        root = tmp_path / f"r{trial}"
+        for _ in range(12):
+            rel = "/".join(rng.choice(parts) + str(i) for i in range(rng.randint(1, 3)))
+            try:
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                if not (root / rel).is_dir():
+                    (root / rel).write_text("x")
+            except (FileExistsError, NotADirectoryError):
+                continue  # a file where this path wants a directory
+        (root / ".gitignore").write_text("\n".join(pattern() for _ in range(3)) + "\n")
+        nested = rng.choice([d for d in root.rglob("*") if d.is_dir()] or [root])
+        (nested / ".gitignore").write_text(f"{pattern()}\n{pattern()}\n")
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "-o", "-i", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        ignored_by_git = {f for f in listed.split("\0") if f and not f.endswith(".gitignore")}
+        candidates = {
+            f for f in files(root) if not f.startswith(".git/") and not f.endswith(".gitignore")
+        }
+        rules = SyncFilter(root)
+        ours = {f for f in candidates if rules.excludes(f, is_dir=False)}
+        assert ours == ignored_by_git, (root / ".gitignore").read_text()

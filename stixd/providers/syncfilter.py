@@ -109,11 +109,11 @@ def compile_line(line: str) -> _Rule | None:
     if not line:
         return None
     anchored = "/" in line
-    parts = line.lstrip("/").split("/") if line.startswith("/") else line.split("/")
+    parts = (line[1:] if line.startswith("/") else line).split("/")
     regex = ""
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        if part == "**":
+        if len(part) >= 2 and part.strip("*") == "":  # '**' (or more) as a whole part
             regex += ".*" if last else "(?:.*/)?"
         else:
             regex += _part(part) + ("" if last else "/")
