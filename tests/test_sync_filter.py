@@ -105,7 +105,6 @@ def test_gitignore_rules_exclude_exactly_what_git_ignores(tmp_path: Path) -> Non
     assert "q/r/triple.txt" not in ours  # three stars as a whole part are git's '**'
 
 
-
 def test_a_skyignore_replaces_every_gitignore(tmp_path: Path) -> None:
     root = make_tree(
         tmp_path / "w",
