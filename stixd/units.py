@@ -69,7 +69,7 @@ def service_environment(home: Path, environ: Mapping[str, str]) -> dict[str, str
             continue
         if name in _PATH_VALUES:
             value = os.path.abspath(os.path.expanduser(value))
-        env[name] = _plain_text(value, f"value of {name}")
+        env[name] = _plain_text(value, f"value of {name}", f"unset {name} or change it")
     return env
 
 
@@ -205,18 +205,16 @@ def _checked_home(home: Path) -> str:
     return _plain_text(str(home.expanduser().absolute()), "stix home")
 
 
-def _plain_text(value: str, what: str) -> str:
+def _plain_text(value: str, what: str, fix: str = "use a path without one") -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(
             f"the {what} {value!r} contains a control character, which a service file "
-            "cannot hold; use a path without one"
+            f"cannot hold; {fix}"
         )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"the {what} {value!r} is not valid UTF-8; use a path with a UTF-8 name"
-        ) from exc
+        raise ValueError(f"the {what} {value!r} is not valid UTF-8; {fix}") from exc
     return value
 
 

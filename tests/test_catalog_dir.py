@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from stixd.planner.catalog import CatalogError, CatalogMissing, open_catalog
+from stixd.units import render_systemd_unit
 from tests.conftest import REPO, Stix
+from tests.test_units import needs_systemd_analyze, real_executable, systemd_verify
 
 SHARED = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
 pytestmark = pytest.mark.skipif(not (SHARED / "v8").is_dir(), reason=f"no catalogs at {SHARED}")
@@ -159,3 +161,30 @@ def test_the_launchd_plist_carries_what_the_daemon_reads(tmp_path: Path) -> None
     assert env["STIX_CATALOG_URL"] == "https://mirror.example/catalogs"
     assert env["AWS_PROFILE"] == "team" and env["PATH"] == "/opt/tools/bin:/usr/bin:/bin"
     assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "STIX_PROFILE"} & set(env)
+
+
+@needs_systemd_analyze
+def test_odd_variable_values_make_a_unit_systemd_accepts(tmp_path: Path) -> None:
+    env = {"STIX_CATALOG_URL": 'http://m/%h "q" back\\slash $USER', "PATH": "/a b:/c"}
+    unit = tmp_path / "stixd.service"
+    unit.write_text(render_systemd_unit(real_executable(), tmp_path / "home", env))
+    result = systemd_verify(unit, tmp_path)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    assert 'Environment="STIX_CATALOG_URL=http://m/%%h \\"q\\" back\\\\slash $USER"' in (
+        unit.read_text()
+    )
+
+
+def test_a_variable_a_unit_cannot_hold_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"value of STIX_CATALOG_URL .* control character"):
+        render_systemd_unit(real_executable(), tmp_path, {"STIX_CATALOG_URL": "a\nb"})
+    home = tmp_path / "stixhome"
+    refused = subprocess.run(
+        [sys.executable, "-m", "stixd", "--home", str(home), "install", "--print"],
+        env={**os.environ, "STIX_CATALOG_URL": "a\nb"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "unset STIX_CATALOG_URL or change it" in refused.stderr
