@@ -14,7 +14,7 @@ from stixproto import messages as m
 from stixproto.edge import request_body
 from stixproto.errors import DaemonUnavailable, ProtocolError
 from stixproto.framing import HEADER, body_length, encode
-from stixproto.paths import socket_path
+from stixproto.paths import client_catalog_dir, socket_path
 
 
 async def _open(home: Path, autostart: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -44,7 +44,7 @@ async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncI
     body = request_body(request)  # a bad argument is refused here, before any daemon starts
     reader, writer = await _open(home, autostart)
     try:
-        writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION)))
+        writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION, catalog_dir=client_catalog_dir())))
         with contextlib.suppress(ConnectionError):  # refused: its reason is read next
             await writer.drain()
         await _receive(reader)

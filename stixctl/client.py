@@ -19,7 +19,7 @@ from stixproto import messages as m
 from stixproto.edge import request_body
 from stixproto.errors import DaemonUnavailable, ProtocolError, error_from_code
 from stixproto.framing import HEADER, decode, encode, recv_frame
-from stixproto.paths import socket_path
+from stixproto.paths import client_catalog_dir, socket_path
 
 _decoder = msgspec.msgpack.Decoder(m.ServerMessage)
 START_TIMEOUT = 40.0
@@ -162,7 +162,9 @@ def stream(home: Path, request: Any, *, autostart: bool = True) -> Iterator[Any]
     sock = open_connection(home, autostart)
     with sock:
         try:
-            sock.sendall(encode(m.Hello(protocol=PROTOCOL_VERSION)))
+            sock.sendall(
+                encode(m.Hello(protocol=PROTOCOL_VERSION, catalog_dir=client_catalog_dir()))
+            )
             _receive(sock)
             sock.sendall(HEADER.pack(len(body)) + body)
         except (BrokenPipeError, ConnectionResetError):

@@ -69,15 +69,19 @@ def _install(home: Path, print_only: bool, platform: str) -> int:
     from stixd import units
 
     stixd = _stixd_path()
-    if print_only:
-        text = (
-            units.render_launchd_plist(stixd, home)
-            if platform == "darwin"
-            else units.render_systemd_unit(stixd, home)
-        )
-        sys.stdout.write(text)
-        return 0
-    path = units.install_unit(platform, stixd, home)
+    try:
+        if print_only:
+            text = (
+                units.render_launchd_plist(stixd, home, os.environ)
+                if platform == "darwin"
+                else units.render_systemd_unit(stixd, home, os.environ)
+            )
+            sys.stdout.write(text)
+            return 0
+        path = units.install_unit(platform, stixd, home, environ=os.environ)
+    except ValueError as exc:  # a path or variable a service file cannot hold, or the platform
+        print(f"stixd: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     print(units.next_steps(platform, path))
     return 0

@@ -12,6 +12,7 @@ import plistlib
 import shlex
 import string
 import tempfile
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ __all__ = [
     "next_steps",
     "render_launchd_plist",
     "render_systemd_unit",
+    "service_environment",
     "template_path",
 ]
 
@@ -32,6 +34,52 @@ LAUNCHD_LABEL = "sh.stix.stixd"
 LAUNCHD_PLIST_NAME = f"{LAUNCHD_LABEL}.plist"
 
 ServiceManager = Literal["systemd", "launchd"]
+
+SERVICE_ENV = (
+    "STIX_CATALOG_DIR",
+    "STIX_CATALOG_URL",
+    "STIX_CATALOG_STALE_DAYS",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_EC2",
+    "PATH",
+)
+"""What stixd reads from its environment, carried into the service from the shell that installs
+it, so the service runs as `stixctl` would have started it there: the catalog, a cloud profile,
+and PATH (local jobs run with the daemon's PATH; a service manager's default is a bare one).
+Every ``STIX__SECTION__KEY`` config variable is carried too. Not carried: secrets
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``: a unit file is no
+place for them; name a profile instead), and the test and benchmark switches."""
+SERVICE_ENV_PREFIX = "STIX__"
+_PATH_VALUES = ("STIX_CATALOG_DIR", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+"""Paths made absolute when installing: the service starts in another directory."""
+
+
+def service_environment(home: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """``STIX_HOME`` and the `SERVICE_ENV` variables set in ``environ``, checked for the file."""
+    env = {"STIX_HOME": _checked_home(home)}
+    for name in sorted(environ):
+        value = environ[name]
+        if not value or not (name in SERVICE_ENV or name.startswith(SERVICE_ENV_PREFIX)):
+            continue
+        if name in _PATH_VALUES:
+            value = os.path.abspath(os.path.expanduser(value))
+        env[name] = _plain_text(value, f"value of {name}", f"unset {name} or change it")
+    return env
+
+
+def _systemd_environment(env: Mapping[str, str]) -> str:
+    # Environment="K=V" C-unescapes the quoted word and expands specifiers ('%'); '$' is not
+    # expanded there, so it stays as it is.
+    def quoted(text: str) -> str:
+        return text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+    return "\n".join(f'Environment="{quoted(k)}={quoted(v)}"' for k, v in env.items())
 
 
 def template_path(name: str) -> Path:
@@ -42,8 +90,11 @@ def template_path(name: str) -> Path:
     return Path(__file__).resolve().parents[1] / "systemd" / name
 
 
-def render_systemd_unit(stixd_path: str, home: Path) -> str:
-    """The systemd user unit running ``stixd --foreground`` with ``STIX_HOME=home``."""
+def render_systemd_unit(
+    stixd_path: str, home: Path, environ: Mapping[str, str] | None = None
+) -> str:
+    """The systemd user unit running ``stixd --foreground`` with ``STIX_HOME=home`` and the
+    `SERVICE_ENV` variables of ``environ``."""
     exe = _checked_executable(stixd_path)
     if any(c in exe for c in "\"'\\"):
         # systemd refuses these in an executable path however they are escaped.
@@ -56,33 +107,39 @@ def render_systemd_unit(stixd_path: str, home: Path) -> str:
         # Inside "...": spaces are fine, '%' starts a specifier. '$' is not expanded in the
         # executable path, so it stays as it is.
         stixd=exe.replace("%", "%%"),
-        # Environment= C-unescapes the quoted word and expands specifiers.
-        stix_home=(
-            _checked_home(home).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-        ),
+        environment=_systemd_environment(service_environment(home, environ or {})),
     )
 
 
-def render_launchd_plist(stixd_path: str, home: Path) -> str:
-    """The launchd agent plist running ``stixd --foreground`` with ``STIX_HOME=home``."""
+def render_launchd_plist(
+    stixd_path: str, home: Path, environ: Mapping[str, str] | None = None
+) -> str:
+    """The launchd agent plist running ``stixd --foreground`` with ``STIX_HOME=home`` and the
+    `SERVICE_ENV` variables of ``environ``."""
     values = {"stixd": _checked_executable(stixd_path), "stix_home": _checked_home(home)}
     template = plistlib.loads(template_path(LAUNCHD_PLIST_NAME).read_bytes())
     # plistlib does the XML escaping; placeholders are only ever replaced inside strings.
-    rendered = plistlib.dumps(_substitute(template, values), sort_keys=False)
+    plist = _substitute(template, values)
+    plist["EnvironmentVariables"] = service_environment(home, environ or {})
+    rendered = plistlib.dumps(plist, sort_keys=False)
     return rendered.decode("utf-8")
 
 
 def install_unit(
-    platform: str, stixd_path: str, home: Path, target_dir: Path | None = None
+    platform: str,
+    stixd_path: str,
+    home: Path,
+    target_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the service definition for ``platform`` (a ``sys.platform`` value) and return
     its path. Re-installing replaces the file atomically."""
     if _service_manager(platform) == "systemd":
-        content = render_systemd_unit(stixd_path, home)
+        content = render_systemd_unit(stixd_path, home, environ)
         directory = target_dir or _default_dir("systemd")
         path = directory / SYSTEMD_UNIT_NAME
     else:
-        content = render_launchd_plist(stixd_path, home)
+        content = render_launchd_plist(stixd_path, home, environ)
         directory = target_dir or _default_dir("launchd")
         path = directory / LAUNCHD_PLIST_NAME
     directory.mkdir(parents=True, exist_ok=True)
@@ -148,18 +205,16 @@ def _checked_home(home: Path) -> str:
     return _plain_text(str(home.expanduser().absolute()), "stix home")
 
 
-def _plain_text(value: str, what: str) -> str:
+def _plain_text(value: str, what: str, fix: str = "use a path without one") -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(
             f"the {what} {value!r} contains a control character, which a service file "
-            "cannot hold; use a path without one"
+            f"cannot hold; {fix}"
         )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"the {what} {value!r} is not valid UTF-8; use a path with a UTF-8 name"
-        ) from exc
+        raise ValueError(f"the {what} {value!r} is not valid UTF-8; {fix}") from exc
     return value
 
 

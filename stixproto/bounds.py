@@ -36,6 +36,8 @@ MAX_RESTARTS = 1_000_000
 MAX_QPS = 1_000_000_000
 """Requests per second (a service's autoscaling target)."""
 MAX_PROTOCOL = 2**31 - 1
+MAX_PATH = 4096
+"""Characters of a local path a client sends (PATH_MAX on Linux)."""
 
 JobId = Annotated[int, Meta(ge=1, le=MAX_ID)]
 IdleMinutes = Annotated[float, Meta(ge=0, le=MAX_IDLE_MINUTES)]
@@ -47,3 +49,4 @@ JobCount = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
 PreemptCount = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 AcceleratorCount = Annotated[float, Meta(gt=0, le=MAX_COUNT)]
 Protocol = Annotated[int, Meta(ge=0, le=MAX_PROTOCOL)]
+LocalPath = Annotated[str, Meta(min_length=1, max_length=MAX_PATH)]

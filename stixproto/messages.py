@@ -29,6 +29,9 @@ class Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=T
 class Hello(Msg, tag="hello", frozen=True):
     protocol: b.Protocol
     client: str = "stixctl"
+    catalog_dir: b.LocalPath | None = None
+    """The client's ``STIX_CATALOG_DIR`` made absolute (`stixproto.paths.client_catalog_dir`);
+    a request answered from the catalog is refused when it names another than the daemon's."""
 
 
 class HelloOk(Msg, tag="hello_ok", frozen=True):

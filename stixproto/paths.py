@@ -27,6 +27,12 @@ def stix_home() -> Path:
     return Path(os.environ.get("STIX_HOME") or "~/.stix").expanduser().resolve()
 
 
+def client_catalog_dir() -> str | None:
+    """This process's ``STIX_CATALOG_DIR``, absolute (the daemon runs elsewhere), or None."""
+    value = os.environ.get("STIX_CATALOG_DIR")
+    return os.path.abspath(os.path.expanduser(value)) if value else None
+
+
 def socket_path(home: Path) -> Path:
     return home / "stixd.sock"
 

@@ -15,6 +15,7 @@ from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.base import CapacityError, Mount, NodeStatus, ProvisionRequest
 from stixd.providers.ssh import SshProvider
 from stixd.providers.ssh_pools import PoolError, load_pools, parse_pools
+from stixd.providers.ssh_sync import Method
 from stixd.providers.ssh_transport import SshSettings
 from tests.sshbed import SshBed, bed_fixture, start_sshd
 from tests.test_ssh_bootstrap import agents_on, finished, full_log
@@ -285,6 +286,28 @@ async def test_sync_falls_back_to_sftp_incrementally(
     assert (remote / "a.py").read_text() == "print('changed, and longer')\n"
     assert sorted(files_under(remote)) == [".gitignore", "a.py"]
     assert (remote / "a.py").stat().st_mtime == int((src / "a.py").stat().st_mtime)
+
+
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+async def test_ssh_sync_sends_what_the_shared_filter_keeps_and_spares_excluded_outputs(
+    provider: SshProvider, hosts: SshBed, pyz: Path, tmp_path: Path, method: Method
+) -> None:
+    from tests.test_sync_filter import GITIGNORE, NESTED, make_tree, sent_by_rules
+
+    [node] = await provider.launch(request(f"flt-{method}", 1, pyz))
+    src = make_tree(tmp_path / "proj", {".gitignore": GITIGNORE, **NESTED})
+    remote = hosts.host(1).home / f"filtered-{method}"
+    mount = [Mount(str(src), f"~/filtered-{method}")]
+    await provider.sync(node, mount, method=method)
+    assert set(files_under(remote)) == sent_by_rules(src)
+    (remote / "logs" / "run.txt").parent.mkdir(exist_ok=True)
+    (remote / "logs" / "run.txt").write_text("a job's output in an ignored folder\n")
+    (remote / "outputs").mkdir()
+    (remote / "outputs" / "model.bin").write_text("an ignored folder the source lacks\n")
+    (remote / "stray.py").write_text("not in the source\n")
+    await provider.sync(node, mount, method=method)
+    assert (remote / "logs" / "run.txt").exists() and not (remote / "stray.py").exists()
+    assert (remote / "outputs" / "model.bin").exists()
 
 
 async def test_an_unreachable_host_is_reported_while_the_others_are_fine(

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from stixd.app import VERSION, App
+from stixd.control.catalog_cmds import CATALOG_REQUESTS, check_client_catalog
 from stixd.control.loglimit import LogBudget
 from stixd.runtime.actor import error_reply
 from stixproto import PROTOCOL_VERSION
@@ -34,11 +36,12 @@ from stixproto.errors import (
     StixError,
     VersionMismatch,
 )
-from stixproto.framing import HEADER, body_length, encode, peek_protocol
+from stixproto.framing import HEADER, body_length, decode, encode, peek_protocol
 
 HELLO_MAX = 64 * 1024
 """Largest first frame read before the client has said hello (a hello is a few dozen bytes)."""
 
+_HELLO = msgspec.msgpack.Decoder(m.Hello)
 Emit = Callable[[Any], Awaitable[None]]
 Handler = Callable[[App, Any, Emit], Awaitable[Any]]
 
@@ -231,6 +234,7 @@ class ControlServer:
                 f"protocol {PROTOCOL_VERSION}: restart the daemon with `stixctl daemon stop` "
                 "and run the command again, or use the stixctl that came with it"
             )
+        hello = decode(body, _HELLO)
         await self._send(
             stream, m.HelloOk(protocol=PROTOCOL_VERSION, daemon_pid=os.getpid(), version=VERSION)
         )
@@ -238,10 +242,14 @@ class ControlServer:
         if body is None:
             return
         request = decode_request(body)
-        await self._serve_request(stream, reader, request)
+        await self._serve_request(stream, reader, request, hello)
 
     async def _serve_request(
-        self, stream: SocketStream, reader: BufferedByteReceiveStream, request: Any
+        self,
+        stream: SocketStream,
+        reader: BufferedByteReceiveStream,
+        request: Any,
+        hello: m.Hello,
     ) -> None:
         async def emit(event: Any) -> None:
             await self._send(stream, event)
@@ -262,6 +270,8 @@ class ControlServer:
             tg.start_soon(cancel_when_client_leaves)
             try:
                 with anyio.fail_after(timeout):
+                    if isinstance(request, CATALOG_REQUESTS):
+                        check_client_catalog(self.app, hello.catalog_dir)
                     reply = await self.dispatch(self.app, request, emit)
             except TimeoutError:
                 reply = m.ErrorReply(

@@ -1,10 +1,13 @@
-"""Copy a local file or tree into a node sandbox, touching only what changed."""
+"""Copy a local file or tree into a node sandbox, touching only what changed and leaving out
+what the source's ignore files exclude (`stixd.providers.syncfilter`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+
+from stixd.providers.syncfilter import SyncFilter
 
 
 def _same(src: os.stat_result, dst: Path) -> bool:
@@ -44,7 +47,9 @@ def sync_path(src: Path, dst: Path) -> int:
     """Make `dst` a copy of `src` (file or directory); return how many files were written.
 
     Unchanged files (same size and mtime) are skipped and files gone from `src` are removed,
-    so a re-sync costs a directory walk plus the changed files only.
+    so a re-sync costs a directory walk plus the changed files only. A directory's
+    ``.skyignore`` / ``.gitignore`` rules apply: what they exclude is not copied, and is left
+    alone where it already exists in `dst`.
     """
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist")
@@ -53,19 +58,30 @@ def sync_path(src: Path, dst: Path) -> int:
         return _copy_one(src, dst)
     if dst.exists() and (not dst.is_dir() or dst.is_symlink()):
         _remove(dst)
+    rules = SyncFilter(src)
+    dst.mkdir(exist_ok=True)
+    wanted: dict[str, set[str]] = {"": set()}
     copied = 0
-    for root, dirs, files in os.walk(src):
-        rel = Path(root).relative_to(src)
-        target_dir = dst / rel
-        target_dir.mkdir(parents=True, exist_ok=True)
-        wanted = set(dirs) | set(files)
-        for existing in os.listdir(target_dir):
-            if existing not in wanted:
-                _remove(target_dir / existing)
-        for name in files:
-            copied += _copy_one(Path(root) / name, target_dir / name)
-        for name in list(dirs):
-            if (Path(root) / name).is_symlink():
-                copied += _copy_one(Path(root) / name, target_dir / name)
-                dirs.remove(name)
+    for rel, real_dir, kept in rules.walk():
+        parent, _, name = rel.rpartition("/")
+        if not kept:
+            continue
+        wanted[parent].add(name)
+        if real_dir:
+            wanted[rel] = set()
+            if not _is_real_dir(dst / rel):
+                if (dst / rel).exists() or (dst / rel).is_symlink():
+                    _remove(dst / rel)
+                (dst / rel).mkdir()
+        else:
+            copied += _copy_one(src / rel, dst / rel)
+    for parent, names in wanted.items():
+        for existing in os.listdir(dst / parent):
+            rel = f"{parent}/{existing}" if parent else existing
+            if existing not in names and not rules.excludes(rel, _is_real_dir(dst / rel)):
+                _remove(dst / rel)
     return copied
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()

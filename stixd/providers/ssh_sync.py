@@ -1,16 +1,18 @@
 """Put local files on an SSH node: rsync when both sides have it, else incremental SFTP.
 
 Both paths send only what changed (size and mtime), delete what is gone from the source, and
-skip what the source's ``.gitignore`` / ``.skyignore`` exclude. The SFTP path reads those two
-files at the top of the source only, with ``fnmatch`` patterns (no negations).
+skip what the source's ``.skyignore`` / ``.gitignore`` files exclude, decided for both by
+`stixd.providers.syncfilter` (rsync gets its decisions as an exclude list), so SSH nodes get
+the same files as local ones.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -20,9 +22,9 @@ import asyncssh
 from stixd.providers.base import Mount, NodeInfo
 from stixd.providers.ssh_pools import PoolHost
 from stixd.providers.ssh_transport import SshConnection, SshError, SshTimeout, quote
+from stixd.providers.syncfilter import SyncFilter, rsync_exclude_list
 
 Method = Literal["auto", "rsync", "sftp"]
-IGNORE_FILES = (".gitignore", ".skyignore")
 SYNC_TIMEOUT_S = 600.0
 _TRANSFERRED = re.compile(r"Number of (?:regular )?files transferred: ([\d,.]+)")
 
@@ -98,16 +100,26 @@ def ssh_client_args(host: PoolHost) -> list[str]:
     ]
 
 
-def rsync_argv(host: PoolHost, src: Path, dest: str) -> list[str]:
+def rsync_filters(src: Path, exclude_from: Path) -> list[str]:
+    """What is sent: exactly the filter's decisions (``exclude_from``, `rsync_exclude_list`).
+    What the delete spares on the node: paths the same ignore files match there (``-r``:
+    receiver-side rules), so a job's outputs in an ignored folder the source lacks survive, as
+    on the local infra."""
+    spared = SyncFilter(src).ignore_file
+    return [f"--exclude-from={exclude_from}", f"--filter=dir-merge,-r {spared}"]
+
+
+def rsync_argv(host: PoolHost, src: Path, dest: str, exclude_from: Path | None = None) -> list[str]:
+    """``exclude_from``: a file of patterns (`rsync_exclude_list`)."""
     no_prompts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
     ssh = quote("ssh", *ssh_client_args(host), *no_prompts)
-    filters = [f"--filter=:- {name}" for name in IGNORE_FILES]
+    filters = [] if exclude_from is None else rsync_filters(src, exclude_from)
     source = f"{src}/" if src.is_dir() else str(src)
     target = f"{dest.rstrip('/')}/" if src.is_dir() else dest
     return [
         "rsync",
         "-a",
-        "--delete",
+        "--delete-after",  # the node's ignore files are the new ones when the delete runs
         "--stats",
         *filters,
         "-e",
@@ -118,12 +130,13 @@ def rsync_argv(host: PoolHost, src: Path, dest: str) -> list[str]:
 
 
 async def _rsync(host: PoolHost, src: Path, dest: str) -> int:
-    argv = rsync_argv(host, src, dest)
-    try:
-        with anyio.fail_after(SYNC_TIMEOUT_S):
-            done = await anyio.run_process(argv, check=False)
-    except TimeoutError:
-        raise SshTimeout(host.key, f"rsync of {src} took over {SYNC_TIMEOUT_S:g} s") from None
+    with tempfile.TemporaryDirectory(prefix="stix-rsync-") as tmp:
+        exclude_from = None
+        if src.is_dir():
+            exclude_from = Path(tmp) / "exclude"
+            exclude_from.write_bytes(await anyio.to_thread.run_sync(rsync_exclude_list, src))
+        argv = rsync_argv(host, src, dest, exclude_from)
+        done = await _run_rsync(host, src, argv)
     out = done.stdout.decode(errors="replace")
     if done.returncode != 0:
         err = done.stderr.decode(errors="replace").strip()[-300:]
@@ -132,36 +145,17 @@ async def _rsync(host: PoolHost, src: Path, dest: str) -> int:
     return int(re.sub(r"[,.]", "", found.group(1))) if found else 0
 
 
+async def _run_rsync(
+    host: PoolHost, src: Path, argv: list[str]
+) -> subprocess.CompletedProcess[bytes]:
+    try:
+        with anyio.fail_after(SYNC_TIMEOUT_S):
+            return await anyio.run_process(argv, check=False)
+    except TimeoutError:
+        raise SshTimeout(host.key, f"rsync of {src} took over {SYNC_TIMEOUT_S:g} s") from None
+
+
 # -- SFTP --------------------------------------------------------------------------------
-
-
-def _ignore_patterns(root: Path) -> list[str]:
-    patterns: list[str] = []
-    for name in IGNORE_FILES:
-        try:
-            lines = (root / name).read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        patterns += [
-            line.strip().rstrip("/")
-            for line in lines
-            if line.strip() and not line.startswith(("#", "!"))
-        ]
-    return patterns
-
-
-def _ignored(rel: str, patterns: list[str]) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    for pattern in patterns:
-        anchored = pattern.lstrip("/")
-        if pattern.startswith("/") or "/" in anchored:
-            if fnmatch.fnmatch(rel, anchored) or rel.startswith(anchored + "/"):
-                return True
-        elif fnmatch.fnmatch(name, pattern) or any(
-            fnmatch.fnmatch(part, pattern) for part in rel.split("/")[:-1]
-        ):
-            return True
-    return False
 
 
 class _Entry(NamedTuple):
@@ -174,26 +168,17 @@ class _Entry(NamedTuple):
 
 def local_tree(src: Path) -> dict[str, _Entry]:
     """Relative path → entry of everything under ``src`` that is not ignored."""
-    patterns = _ignore_patterns(src)
     tree: dict[str, _Entry] = {}
-    for root, dirs, files in os.walk(src):
-        base = Path(root)
-        for name in sorted(dirs + files):
-            path = base / name
-            rel = path.relative_to(src).as_posix()
-            if _ignored(rel, patterns):
-                if name in dirs:
-                    dirs.remove(name)
-                continue
-            st = path.lstat()
-            if path.is_symlink():
-                tree[rel] = _Entry("l", 0, 0, os.readlink(path))
-                if name in dirs:
-                    dirs.remove(name)
-            elif name in dirs:
-                tree[rel] = _Entry("d", 0, 0)
-            else:
-                tree[rel] = _Entry("f", st.st_size, int(st.st_mtime))
+    for rel, real_dir, kept in SyncFilter(src).walk():
+        if not kept:
+            continue
+        path = src / rel
+        if path.is_symlink():
+            tree[rel] = _Entry("l", 0, 0, os.readlink(path))
+        elif real_dir:
+            tree[rel] = _Entry("d", 0, 0)
+        else:
+            tree[rel] = _Entry("f", path.lstat().st_size, int(path.lstat().st_mtime))
     return tree
 
 
@@ -249,12 +234,17 @@ async def _sftp(conn: SshConnection, src: Path, dest: str) -> int:
                 await sftp.put(str(src), dest, preserve=True)
                 return 1
             ours = local_tree(src)
+            rules = SyncFilter(src)
             theirs = await remote_tree(conn, dest)
             if theirs is None:
                 await conn.run(f"rm -f {quote(dest)}", timeout=30)
                 await sftp.makedirs(dest, exist_ok=True)
                 theirs = {}
-            gone = {rel for rel, there in theirs.items() if _stale(ours.get(rel), there)}
+            gone = {
+                rel
+                for rel, there in theirs.items()
+                if _stale(ours.get(rel), there) and not rules.excludes(rel, there.kind == "d")
+            }
             if gone:
                 paths = [f"{dest}/{rel}" for rel in sorted(gone)]
                 await conn.run(f"rm -rf -- {quote(*paths)}", timeout=120)

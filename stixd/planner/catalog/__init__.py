@@ -10,6 +10,7 @@ from stixd.planner.catalog.catalog import (
     Catalog,
     CatalogSources,
     cache_dir,
+    catalog_root,
     open_catalog,
 )
 from stixd.planner.catalog.layouts import read_vms
@@ -55,6 +56,7 @@ __all__ = [
     "GpuRow",
     "Offer",
     "cache_dir",
+    "catalog_root",
     "count_matches",
     "match_offers",
     "open_catalog",

@@ -1,9 +1,10 @@
 """The catalog: where each cloud's CSV comes from, loading it lazily through its index, its age.
 
 Sources, first found wins, per file: ``$STIX_CATALOG_DIR/v8/<cloud>/vms.csv`` (a directory the
-user points at), then the cache ``<stix home>/catalogs/v8/<cloud>/vms.csv`` that
-``stixctl catalog update`` fills (see ``stixd/catalog_fetch.py``; the planner itself never
-touches the network). A cloud is loaded only when asked for, once per `Catalog`.
+user points at: the folder holding ``v8/`` or ``v8/`` itself, see `catalog_root`), then the
+cache ``<stix home>/catalogs/v8/<cloud>/vms.csv`` that ``stixctl catalog update`` fills (see
+``stixd/catalog_fetch.py``; the planner itself never touches the network). A cloud is loaded
+only when asked for, once per `Catalog`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "Catalog",
     "CatalogSources",
     "cache_dir",
+    "catalog_root",
     "open_catalog",
 ]
 
@@ -49,6 +51,21 @@ def cache_dir(home: Path) -> Path:
     return home / "catalogs"
 
 
+def catalog_root(value: str) -> Path:
+    """The folder holding ``v8/`` that a ``STIX_CATALOG_DIR`` value means: the folder itself,
+    or the parent of a ``v8`` folder it names directly. CatalogError if it is not a directory,
+    so a typo is told rather than silently planned around."""
+    path = Path(value).expanduser().absolute()
+    if not path.is_dir():
+        raise CatalogError(
+            f"{ENV_DIR}={value!r} is not a directory; point it at a folder holding "
+            f"{SCHEMA}/<cloud>/vms.csv, or at {SCHEMA}/ itself."
+        )
+    if path.name == SCHEMA and not (path / SCHEMA).is_dir():
+        return path.parent
+    return path
+
+
 class CatalogSources(msgspec.Struct, frozen=True, kw_only=True):
     """Where to look. Each directory holds ``v8/<cloud>/vms.csv``; ``override_dir`` wins."""
 
@@ -62,6 +79,16 @@ class CatalogSources(msgspec.Struct, frozen=True, kw_only=True):
     def dirs(self) -> list[Path]:
         roots = [self.override_dir] if self.override_dir is not None else []
         return [*roots, self.cache_dir, *self.extra_dirs]
+
+    def looked_in(self, relative: str) -> str:
+        """Every place a file is looked for, each with where that place comes from."""
+
+        def origin(root: Path) -> str:
+            if root == self.override_dir:
+                return ENV_DIR
+            return "the cache" if root == self.cache_dir else "generated"
+
+        return ", ".join(f"{root / SCHEMA / relative} ({origin(root)})" for root in self.dirs())
 
 
 def open_catalog(home: Path, env: Mapping[str, str], extra_dirs: Sequence[Path] = ()) -> Catalog:
@@ -80,7 +107,7 @@ def open_catalog(home: Path, env: Mapping[str, str], extra_dirs: Sequence[Path] 
         CatalogSources(
             cache_dir=cache_dir(home),
             index_dir=cache_dir(home) / "index" / SCHEMA,
-            override_dir=Path(override).expanduser() if override else None,
+            override_dir=catalog_root(override) if override else None,
             stale_after_days=stale,
             extra_dirs=tuple(extra_dirs),
         )
@@ -132,7 +159,7 @@ class Catalog:
             raise CatalogMissing(
                 cloud,
                 f"No catalog for {cloud}: run `stixctl catalog update {cloud}` to fetch it "
-                f"(looked in {', '.join(str(d / SCHEMA) for d in self.sources.dirs())}).",
+                f"(looked for {self.sources.looked_in(f'{cloud}/vms.csv')}).",
             )
         return found[0]
 
@@ -244,8 +271,9 @@ class Catalog:
         clouds = self.clouds()
         if not clouds:
             out.append(
-                "No instance catalogs found; run `stixctl catalog update` to fetch them "
-                f"into {self.sources.cache_dir / SCHEMA}."
+                "No instance catalogs found; run `stixctl catalog update` to fetch them into "
+                f"{self.sources.cache_dir / SCHEMA} (looked for "
+                f"{self.sources.looked_in('<cloud>/vms.csv')})."
             )
         limit = self.sources.stale_after_days
         for cloud in clouds:
