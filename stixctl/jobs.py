@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stixctl import taskargs
+from stixctl import confirm, taskargs
 from stixctl.argparser import Parser
 from stixproto import messages as m
 from stixproto import names
@@ -21,9 +21,11 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
     from stixctl.main import _config_layers, _err, _json, _on_event, _status_exit
 
     dag = taskargs.load(a.entrypoint, a, pipeline=True)
+    name = a.name or getattr(dag, "name", None)
+    confirm.jobs_launch(home, a, list(dag.tasks), name)
     req = m.JobsLaunch(
         tasks=list(dag.tasks),
-        name=a.name or getattr(dag, "name", None),
+        name=name,
         detach=a.detach_run,
         config=_config_layers(a.config or []),
         pool=a.pool,
@@ -67,6 +69,7 @@ def _cancel(home: Path, a: argparse.Namespace) -> int:
 
     if not (a.job_ids or a.name or a.all):
         raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
+    confirm.cancel_all(a, "all managed jobs")
     reply: m.Table = call(home, m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all))
     if a.json:
         _json(reply.rows)

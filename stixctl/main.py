@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stixctl import taskargs, validate
+from stixctl import confirm, taskargs, validate
 from stixctl.argparser import Parser
 from stixproto import messages as m
 from stixproto import names
@@ -89,9 +89,11 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
     if a.dryrun:
         return cmd_dryrun(home, a)
     task = taskargs.load(a.entrypoint, a)
+    cluster, plan_choice = confirm.launch(home, a, task)
     req = m.Launch(
         task=task,
-        cluster=a.cluster,
+        cluster=cluster,
+        plan_choice=plan_choice,
         detach=a.detach_run,
         down=a.down,
         idle_minutes=a.idle_minutes_to_autostop,
@@ -193,6 +195,7 @@ def cmd_logs(home: Path, a: argparse.Namespace) -> int:
 def cmd_cancel(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
+    confirm.cancel_all(a, f"all jobs on cluster(s): {a.cluster}")
     reply = call(home, m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all), _on_event)
     if a.json:
         _json(reply)
@@ -211,6 +214,7 @@ def _simple(home: Path, req: Any) -> int:
 
 
 def cmd_stop(home: Path, a: argparse.Namespace) -> int:
+    confirm.clusters(home, a, "Stopping")
     return _simple(home, m.Stop(clusters=a.clusters, all=a.all))
 
 
@@ -221,10 +225,12 @@ def cmd_start(home: Path, a: argparse.Namespace) -> int:
 
 
 def cmd_down(home: Path, a: argparse.Namespace) -> int:
+    confirm.clusters(home, a, "Terminating")
     return _simple(home, m.Down(clusters=a.clusters, all=a.all, purge=a.purge))
 
 
 def cmd_autostop(home: Path, a: argparse.Namespace) -> int:
+    confirm.clusters(home, a, confirm.autostop_operation(a))
     req = m.Autostop(
         clusters=a.clusters,
         all=a.all,

@@ -111,6 +111,11 @@ async def begin_launch(
             prefer_region=req.prefer_region,
         )
         spec.update(await anyio.to_thread.run_sync(plan, req.task, provider, catalog, blocks))
+    if req.plan_choice is not None and req.plan_choice != spec["resources"]:
+        raise ProvisionError(
+            f"the plan changed since it was shown: the launch would now provision "
+            f"{spec['resources']}, not {req.plan_choice}; run the command again to see it"
+        )
     cluster.row = await cluster.store.update(
         cluster.row, event="save", spec=spec, record_event=False
     )

@@ -1,0 +1,190 @@
+"""`Proceed? [Y/n]` before spending or destroying, in SkyPilot's words and with its rules.
+
+`launch` and `jobs launch` show the optimizer's plan first, and `launch` asks only when it
+will provision (a new, INIT or STOPPED cluster; not one that is UP). `-y` skips every question.
+
+On a terminal the question waits for the user. Without one the answer is read from stdin as
+SkyPilot's `click.confirm` reads it (`yes | stixctl down -a` works, an empty line takes the
+default), and end of input aborts; so that nothing waits forever, a pipe that stays silent
+for `NO_TERMINAL_WAIT` seconds aborts too. An abort changes nothing and exits 1, as `sky`
+exits on "Aborted!".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stixproto import messages as m
+from stixproto.errors import ProvisionError, StixError
+
+if TYPE_CHECKING:
+    from stixproto.task import Task
+
+NO_TERMINAL_WAIT = 10.0
+"""Seconds a question waits for a line on a stdin that is not a terminal."""
+PROVISIONS = (None, "INIT", "STOPPED")
+"""Cluster states a launch provisions from (None: no such cluster): only those ask."""
+
+
+class Aborted(StixError):
+    """The user said no (or gave no answer): nothing was sent."""
+
+    code = "aborted"
+    exit_code = 1  # `sky` exits 1 on "Aborted!"
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _line_from_pipe(fd: int, deadline: float) -> str | None:
+    """One line from a stdin that is not a terminal; None at its end or at the deadline."""
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise Aborted(
+                f"aborted: no answer on stdin (not a terminal) within {NO_TERMINAL_WAIT:g}s; "
+                "pass -y to proceed without asking"
+            )
+        byte = os.read(fd, 1)  # one byte at a time: what follows the answer stays unread
+        if not byte:
+            return data.decode(errors="replace") if data else None
+        data += byte
+    return data.decode(errors="replace")
+
+
+def _answer(terminal: bool) -> str | None:
+    if terminal:
+        line = sys.stdin.readline()
+        return line or None
+    return _line_from_pipe(sys.stdin.fileno(), time.monotonic() + NO_TERMINAL_WAIT)
+
+
+def ask(question: str, yes: bool) -> None:
+    """Return once the user agreed (at once with `yes`); raise `Aborted` otherwise."""
+    if yes:
+        return
+    try:
+        terminal = sys.stdin.isatty()
+    except ValueError:  # stdin closed
+        terminal = False
+    while True:
+        _say(f"{question} [Y/n]: ")
+        try:
+            line = _answer(terminal)
+        except KeyboardInterrupt:
+            _say("\n")
+            raise Aborted("aborted; nothing was changed") from None
+        except OSError:
+            line = None
+        if line is None:
+            _say("\n")
+            how = "" if terminal else " (stdin is not a terminal)"
+            raise Aborted(f"aborted: no answer{how}; pass -y to proceed without asking")
+        value = line.strip().lower()
+        if not terminal:  # a terminal echoed the answer; a piped one is shown here
+            _say(f"{value}\n")
+        if value in ("", "y", "yes"):
+            return
+        if value in ("n", "no"):
+            raise Aborted("aborted; nothing was changed")
+        if not terminal:
+            raise Aborted(f"aborted: {value!r} is not an answer; answer y or n, or pass -y")
+        _say("Error: invalid input\n")
+
+
+def _clusters(n: int) -> str:
+    return f"{n} cluster{'s' if n != 1 else ''}"
+
+
+# -- launch ----------------------------------------------------------------------------------
+
+
+def launch(home: Path, a: argparse.Namespace, task: Task) -> tuple[str | None, str | None]:
+    """Show what `launch` would provision and ask: the cluster name to launch (generated
+    here when none was given, so the question can name it) and the choice the user
+    confirmed, which the daemon checks against its own plan at launch."""
+    if a.yes:
+        return a.cluster, None
+    import secrets
+
+    from stixctl.client import call
+    from stixctl.main import _on_event
+
+    name = a.cluster or f"stix-{secrets.token_hex(2)}"
+    req = m.PlanRequest(tasks=[task], minimize=a.minimize, launch=True, cluster=name)
+    reply: m.PlanReply = call(home, req, _on_event)
+    if reply.cluster_status not in PROVISIONS:
+        return name, None  # UP: nothing is provisioned; the launch runs the task there
+    if reply.no_fit_reason:
+        _say(reply.text + "\n")
+        raise ProvisionError(f"nothing fits: {reply.no_fit_reason}")
+    _say(reply.text + "\n")
+    if reply.cluster_status is None:
+        question = f"Launching a new cluster {name!r}. Proceed?"
+    elif reply.cluster_status == "STOPPED":
+        question = f"Restarting the stopped cluster {name!r}. Proceed?"
+    else:
+        question = f"Launching the cluster {name!r} again (it is INIT). Proceed?"
+    ask(question, False)
+    return name, reply.choice
+
+
+def jobs_launch(home: Path, a: argparse.Namespace, tasks: list[Task], name: str | None) -> None:
+    """The plan of a managed job (its first cluster; the job plans again when each task
+    starts and at every recovery, as SkyPilot's controller does), then the question."""
+    if a.yes:
+        return
+    from stixctl.client import call
+    from stixctl.main import _on_event
+
+    what = "a managed job" if a.num_jobs == 1 else f"{a.num_jobs} managed jobs"
+    called = f" {name!r}" if name else ""
+    if a.pool:
+        ask(f"Launching {what}{called} on the workers of pool {a.pool!r}. Proceed?", False)
+        return
+    req = m.PlanRequest(tasks=tasks, launch=len(tasks) == 1)
+    reply: m.PlanReply = call(home, req, _on_event)
+    _say(reply.text + "\n")
+    if reply.no_fit_reason:
+        raise ProvisionError(f"nothing fits: {reply.no_fit_reason}")
+    ask(f"Launching {what}{called}. Proceed?", False)
+
+
+# -- down, stop, autostop, cancel ------------------------------------------------------------
+
+
+def clusters(home: Path, a: argparse.Namespace, operation: str) -> None:
+    """`Terminating 1 cluster: c1. Proceed?`, naming what `-a` covers; no question when no
+    named cluster exists (the daemon then says so) or `-a` finds nothing to act on."""
+    if a.yes:
+        return
+    from stixctl.client import call
+
+    listed: m.ClusterList = call(home, m.Status(clusters=[] if a.all else list(a.clusters)))
+    if a.all:
+        skip_stopped = operation == "Stopping"  # as `sky stop -a`: stopped ones stay out
+        names = [c.name for c in listed.clusters if not (skip_stopped and c.status == "STOPPED")]
+    else:
+        names = list(dict.fromkeys(a.clusters)) if listed.clusters else []
+    if names:
+        ask(f"{operation} {_clusters(len(names))}: {', '.join(names)}. Proceed?", False)
+
+
+def autostop_operation(a: argparse.Namespace) -> str:
+    if a.cancel:
+        return "Cancelling auto{stop,down} on"
+    return f"Scheduling auto{'down' if a.down else 'stop'} on"
+
+
+def cancel_all(a: argparse.Namespace, what: str) -> None:
+    if a.all:
+        ask(f"Cancelling {what}. Proceed?", a.yes)
