@@ -18,13 +18,11 @@ import select
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import msgspec
 
 from stixproto import messages as m
 from stixproto.errors import ProvisionError, StixError
-
-if TYPE_CHECKING:
-    from stixproto.task import Task
 
 NO_TERMINAL_WAIT = 10.0
 """Seconds a question waits for a line on a stdin that is not a terminal."""
@@ -101,6 +99,13 @@ def ask(question: str, yes: bool) -> None:
         _say("Error: invalid input\n")
 
 
+def _check(req: m.Request) -> None:
+    """Refuse a bad value before the question, as the request would be refused after it."""
+    from stixproto.edge import request_body
+
+    request_body(req)
+
+
 def _clusters(n: int) -> str:
     return f"{n} cluster{'s' if n != 1 else ''}"
 
@@ -108,26 +113,26 @@ def _clusters(n: int) -> str:
 # -- launch ----------------------------------------------------------------------------------
 
 
-def launch(home: Path, a: argparse.Namespace, task: Task) -> tuple[str | None, str | None]:
-    """Show what `launch` would provision and ask: the cluster name to launch (generated
-    here when none was given, so the question can name it) and the choice the user
+def launch(home: Path, a: argparse.Namespace, req: m.Launch) -> m.Launch:
+    """Show what `req` would provision and ask; the request to send, with its cluster named
+    (here when none was given, so the question can name it) and the choice the user
     confirmed, which the daemon checks against its own plan at launch."""
     if a.yes:
-        return a.cluster, None
+        return req
     import secrets
 
     from stixctl.client import call
     from stixctl.main import _on_event
 
-    name = a.cluster or f"stix-{secrets.token_hex(2)}"
-    req = m.PlanRequest(tasks=[task], minimize=a.minimize, launch=True, cluster=name)
-    reply: m.PlanReply = call(home, req, _on_event)
+    _check(req)
+    name = req.cluster or f"stix-{secrets.token_hex(2)}"
+    plan = m.PlanRequest(tasks=[req.task], minimize=a.minimize, launch=True, cluster=name)
+    reply: m.PlanReply = call(home, plan, _on_event)
     if reply.cluster_status not in PROVISIONS:
-        return name, None  # UP: nothing is provisioned; the launch runs the task there
-    if reply.no_fit_reason:
-        _say(reply.text + "\n")
-        raise ProvisionError(f"nothing fits: {reply.no_fit_reason}")
+        return req  # UP: nothing is provisioned; the launch runs the task there
     _say(reply.text + "\n")
+    if reply.no_fit_reason:
+        raise ProvisionError(f"nothing fits: {reply.no_fit_reason}")
     if reply.cluster_status is None:
         question = f"Launching a new cluster {name!r}. Proceed?"
     elif reply.cluster_status == "STOPPED":
@@ -135,10 +140,10 @@ def launch(home: Path, a: argparse.Namespace, task: Task) -> tuple[str | None, s
     else:
         question = f"Launching the cluster {name!r} again (it is INIT). Proceed?"
     ask(question, False)
-    return name, reply.choice
+    return msgspec.structs.replace(req, cluster=name, plan_choice=reply.choice)
 
 
-def jobs_launch(home: Path, a: argparse.Namespace, tasks: list[Task], name: str | None) -> None:
+def jobs_launch(home: Path, a: argparse.Namespace, req: m.JobsLaunch) -> None:
     """The plan of a managed job (its first cluster; the job plans again when each task
     starts and at every recovery, as SkyPilot's controller does), then the question."""
     if a.yes:
@@ -146,13 +151,14 @@ def jobs_launch(home: Path, a: argparse.Namespace, tasks: list[Task], name: str 
     from stixctl.client import call
     from stixctl.main import _on_event
 
-    what = "a managed job" if a.num_jobs == 1 else f"{a.num_jobs} managed jobs"
-    called = f" {name!r}" if name else ""
-    if a.pool:
-        ask(f"Launching {what}{called} on the workers of pool {a.pool!r}. Proceed?", False)
+    _check(req)
+    what = "a managed job" if req.num_jobs == 1 else f"{req.num_jobs} managed jobs"
+    called = f" {req.name!r}" if req.name else ""
+    if req.pool:
+        ask(f"Launching {what}{called} on the workers of pool {req.pool!r}. Proceed?", False)
         return
-    req = m.PlanRequest(tasks=tasks, launch=len(tasks) == 1)
-    reply: m.PlanReply = call(home, req, _on_event)
+    plan = m.PlanRequest(tasks=req.tasks, launch=len(req.tasks) == 1)
+    reply: m.PlanReply = call(home, plan, _on_event)
     _say(reply.text + "\n")
     if reply.no_fit_reason:
         raise ProvisionError(f"nothing fits: {reply.no_fit_reason}")
@@ -162,21 +168,22 @@ def jobs_launch(home: Path, a: argparse.Namespace, tasks: list[Task], name: str 
 # -- down, stop, autostop, cancel ------------------------------------------------------------
 
 
-def clusters(home: Path, a: argparse.Namespace, operation: str) -> None:
+def clusters(home: Path, a: argparse.Namespace, req: m.Stop | m.Down | m.Autostop, op: str) -> None:
     """`Terminating 1 cluster: c1. Proceed?`, naming what `-a` covers; no question when no
     named cluster exists (the daemon then says so) or `-a` finds nothing to act on."""
     if a.yes:
         return
     from stixctl.client import call
 
-    listed: m.ClusterList = call(home, m.Status(clusters=[] if a.all else list(a.clusters)))
-    if a.all:
-        skip_stopped = operation == "Stopping"  # as `sky stop -a`: stopped ones stay out
+    _check(req)
+    listed: m.ClusterList = call(home, m.Status(clusters=[] if req.all else list(req.clusters)))
+    if req.all:
+        skip_stopped = op == "Stopping"  # as `sky stop -a`: stopped ones stay out
         names = [c.name for c in listed.clusters if not (skip_stopped and c.status == "STOPPED")]
     else:
-        names = list(dict.fromkeys(a.clusters)) if listed.clusters else []
+        names = list(dict.fromkeys(req.clusters)) if listed.clusters else []
     if names:
-        ask(f"{operation} {_clusters(len(names))}: {', '.join(names)}. Proceed?", False)
+        ask(f"{op} {_clusters(len(names))}: {', '.join(names)}. Proceed?", False)
 
 
 def autostop_operation(a: argparse.Namespace) -> str:
@@ -185,6 +192,7 @@ def autostop_operation(a: argparse.Namespace) -> str:
     return f"Scheduling auto{'down' if a.down else 'stop'} on"
 
 
-def cancel_all(a: argparse.Namespace, what: str) -> None:
-    if a.all:
-        ask(f"Cancelling {what}. Proceed?", a.yes)
+def cancel_all(a: argparse.Namespace, req: m.Cancel | m.JobsCancel, what: str) -> None:
+    if req.all and not a.yes:
+        _check(req)
+        ask(f"Cancelling {what}. Proceed?", False)

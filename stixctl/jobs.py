@@ -21,16 +21,15 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
     from stixctl.main import _config_layers, _err, _json, _on_event, _status_exit
 
     dag = taskargs.load(a.entrypoint, a, pipeline=True)
-    name = a.name or getattr(dag, "name", None)
-    confirm.jobs_launch(home, a, list(dag.tasks), name)
     req = m.JobsLaunch(
         tasks=list(dag.tasks),
-        name=name,
+        name=a.name or getattr(dag, "name", None),
         detach=a.detach_run,
         config=_config_layers(a.config or []),
         pool=a.pool,
         num_jobs=a.num_jobs,
     )
+    confirm.jobs_launch(home, a, req)
     reply: m.ManagedLaunched = call(home, req, _on_event)
     if a.json:
         _json(reply)
@@ -69,8 +68,9 @@ def _cancel(home: Path, a: argparse.Namespace) -> int:
 
     if not (a.job_ids or a.name or a.all):
         raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME or --all")
-    confirm.cancel_all(a, "all managed jobs")
-    reply: m.Table = call(home, m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all))
+    req = m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all)
+    confirm.cancel_all(a, req, "all managed jobs")
+    reply: m.Table = call(home, req)
     if a.json:
         _json(reply.rows)
     else:

@@ -89,17 +89,16 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
     if a.dryrun:
         return cmd_dryrun(home, a)
     task = taskargs.load(a.entrypoint, a)
-    cluster, plan_choice = confirm.launch(home, a, task)
     req = m.Launch(
         task=task,
-        cluster=cluster,
-        plan_choice=plan_choice,
+        cluster=a.cluster,
         detach=a.detach_run,
         down=a.down,
         idle_minutes=a.idle_minutes_to_autostop,
         no_setup=a.no_setup,
         config=_config_layers(a.config or []),
     )
+    req = confirm.launch(home, a, req)
     return _finish_run(call(home, req, _on_event), a)
 
 
@@ -195,8 +194,9 @@ def cmd_logs(home: Path, a: argparse.Namespace) -> int:
 def cmd_cancel(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
-    confirm.cancel_all(a, f"all jobs on cluster(s): {a.cluster}")
-    reply = call(home, m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all), _on_event)
+    req = m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all)
+    confirm.cancel_all(a, req, f"all jobs on cluster(s): {a.cluster}")
+    reply = call(home, req, _on_event)
     if a.json:
         _json(reply)
     elif reply.job_ids:
@@ -214,8 +214,9 @@ def _simple(home: Path, req: Any) -> int:
 
 
 def cmd_stop(home: Path, a: argparse.Namespace) -> int:
-    confirm.clusters(home, a, "Stopping")
-    return _simple(home, m.Stop(clusters=a.clusters, all=a.all))
+    req = m.Stop(clusters=a.clusters, all=a.all)
+    confirm.clusters(home, a, req, "Stopping")
+    return _simple(home, req)
 
 
 def cmd_start(home: Path, a: argparse.Namespace) -> int:
@@ -225,12 +226,12 @@ def cmd_start(home: Path, a: argparse.Namespace) -> int:
 
 
 def cmd_down(home: Path, a: argparse.Namespace) -> int:
-    confirm.clusters(home, a, "Terminating")
-    return _simple(home, m.Down(clusters=a.clusters, all=a.all, purge=a.purge))
+    req = m.Down(clusters=a.clusters, all=a.all, purge=a.purge)
+    confirm.clusters(home, a, req, "Terminating")
+    return _simple(home, req)
 
 
 def cmd_autostop(home: Path, a: argparse.Namespace) -> int:
-    confirm.clusters(home, a, confirm.autostop_operation(a))
     req = m.Autostop(
         clusters=a.clusters,
         all=a.all,
@@ -238,6 +239,7 @@ def cmd_autostop(home: Path, a: argparse.Namespace) -> int:
         down=a.down,
         cancel=a.cancel,
     )
+    confirm.clusters(home, a, req, confirm.autostop_operation(a))
     return _simple(home, req)
 
 

@@ -163,9 +163,7 @@ def test_autostop_asks_and_n_sets_nothing(stix: Stix, terminal: type[Terminal]) 
     assert stix.clusters()["c1"]["autostop_idle_minutes"] == 30
 
 
-def test_cancel_all_asks_and_n_leaves_the_job_running(
-    stix: Stix, terminal: type[Terminal]
-) -> None:
+def test_cancel_all_asks_and_n_leaves_the_job_running(stix: Stix, terminal: type[Terminal]) -> None:
     up(stix, "c1", "sleep 300")
     wait_until(lambda: stix.job_status("c1", 1) == "RUNNING")
     question, code, out = asked(stix, terminal, "n", "cancel", "c1", "--all")

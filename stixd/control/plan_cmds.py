@@ -72,16 +72,18 @@ async def launch_plan(app: App, req: m.PlanRequest, emit: Emit) -> m.PlanReply:
     launch itself calls (`choose_target`, `cloud_spec` with the blocks remembered now), so
     the row marked chosen is the choice the cluster makes; nothing when the cluster is UP."""
     from stixd.actors.jobs_submit import infra_label
+    from stixd.actors.syncing import validate_mounts
     from stixd.control.catalog_cmds import catalog_of
 
     if len(req.tasks) != 1:
         raise InvalidRequest("launch takes one task; run a pipeline with `stixctl jobs launch`")
     task = req.tasks[0]
+    validate_mounts(task)  # what the launch refuses is refused before the question
+    provider, pool = choose_target(task, app.ssh_pool_sizes(), app.clouds(), app.cloud_problems())
     row = await app.store.get("cluster", req.cluster) if req.cluster else None
     status = row.state if row is not None and not row.terminal else None
     if status == "UP":
         return m.PlanReply(text="", json="{}", cluster_status=status)
-    provider, pool = choose_target(task, app.ssh_pool_sizes(), app.clouds(), app.cloud_problems())
     if provider not in app.clouds():  # local, or an SSH pool: its hosts at $0
         reply = _plan(app, [task_request(task)], req, catalog_of(app))
         if provider != "local":
