@@ -1,7 +1,9 @@
 """`Proceed? [Y/n]` before spending or destroying, in SkyPilot's words and with its rules.
 
 `launch` and `jobs launch` show the optimizer's plan first, and `launch` asks only when it
-will provision (a new, INIT or STOPPED cluster; not one that is UP). `-y` skips every question.
+will provision (a new, INIT or STOPPED cluster; not one that is UP); `start` asks about the
+clusters it restarts, and `down`, `stop`, `autostop`, `cancel --all`, `jobs cancel --all`
+name what they act on. `-y` skips every question.
 
 On a terminal the question waits for the user. Without one the answer is read from stdin as
 SkyPilot's `click.confirm` reads it (`yes | stixctl down -a` works, an empty line takes the
@@ -26,6 +28,8 @@ from stixproto.errors import ProvisionError, StixError
 
 NO_TERMINAL_WAIT = 10.0
 """Seconds a question waits for a line on a stdin that is not a terminal."""
+LONGEST_ANSWER = 64
+"""Bytes of a piped line read as an answer; a longer line is no answer."""
 PROVISIONS = (None, "INIT", "STOPPED")
 """Cluster states a launch provisions from (None: no such cluster): only those ask."""
 
@@ -43,9 +47,10 @@ def _say(text: str) -> None:
 
 
 def _line_from_pipe(fd: int, deadline: float) -> str | None:
-    """One line from a stdin that is not a terminal; None at its end or at the deadline."""
+    """One line from a stdin that is not a terminal; None at its end. `Aborted` when no line
+    comes by the deadline."""
     data = b""
-    while not data.endswith(b"\n"):
+    while not data.endswith(b"\n") and len(data) <= LONGEST_ANSWER:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             raise Aborted(
@@ -81,7 +86,7 @@ def ask(question: str, yes: bool) -> None:
         except KeyboardInterrupt:
             _say("\n")
             raise Aborted("aborted; nothing was changed") from None
-        except OSError:
+        except (OSError, ValueError):  # no stdin to read (closed, or not a file)
             line = None
         if line is None:
             _say("\n")
@@ -89,13 +94,13 @@ def ask(question: str, yes: bool) -> None:
             raise Aborted(f"aborted: no answer{how}; pass -y to proceed without asking")
         value = line.strip().lower()
         if not terminal:  # a terminal echoed the answer; a piped one is shown here
-            _say(f"{value}\n")
+            _say(f"{value[:LONGEST_ANSWER]}\n")
         if value in ("", "y", "yes"):
             return
         if value in ("n", "no"):
             raise Aborted("aborted; nothing was changed")
         if not terminal:
-            raise Aborted(f"aborted: {value!r} is not an answer; answer y or n, or pass -y")
+            raise Aborted("aborted: stdin gave no y or n; pass -y to proceed without asking")
         _say("Error: invalid input\n")
 
 
@@ -184,6 +189,20 @@ def clusters(home: Path, a: argparse.Namespace, req: m.Stop | m.Down | m.Autosto
         names = list(dict.fromkeys(req.clusters)) if listed.clusters else []
     if names:
         ask(f"{op} {_clusters(len(names))}: {', '.join(names)}. Proceed?", False)
+
+
+def start(home: Path, a: argparse.Namespace, req: m.Start) -> None:
+    """`Restarting 1 cluster: c1. Proceed?`: the named clusters that are not UP (starting
+    one that is UP does nothing, so it is not asked about)."""
+    if a.yes:
+        return
+    from stixctl.client import call
+
+    _check(req)
+    listed: m.ClusterList = call(home, m.Status(clusters=list(req.clusters)))
+    names = [c.name for c in listed.clusters if c.status != "UP"]
+    if names:
+        ask(f"Restarting {_clusters(len(names))}: {', '.join(names)}. Proceed?", False)
 
 
 def autostop_operation(a: argparse.Namespace) -> str:

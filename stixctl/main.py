@@ -220,9 +220,9 @@ def cmd_stop(home: Path, a: argparse.Namespace) -> int:
 
 
 def cmd_start(home: Path, a: argparse.Namespace) -> int:
-    return _simple(
-        home, m.Start(clusters=a.clusters, idle_minutes=a.idle_minutes_to_autostop, down=a.down)
-    )
+    req = m.Start(clusters=a.clusters, idle_minutes=a.idle_minutes_to_autostop, down=a.down)
+    confirm.start(home, a, req)
+    return _simple(home, req)
 
 
 def cmd_down(home: Path, a: argparse.Namespace) -> int:

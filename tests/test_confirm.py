@@ -154,6 +154,20 @@ def test_stop_asks_and_n_leaves_the_cluster_up(stix: Stix, terminal: type[Termin
     assert stix.clusters()["c1"]["status"] == "STOPPED"
 
 
+def test_start_asks_about_the_stopped_clusters_and_n_starts_nothing(
+    stix: Stix, terminal: type[Terminal]
+) -> None:
+    up(stix, "c1")
+    stix.run("stop", "c1", "-y", check=True)
+    question, code, out = asked(stix, terminal, "n", "start", "c1")
+    assert question.startswith("Restarting 1 cluster: c1. Proceed?"), out
+    assert code == 1 and stix.clusters()["c1"]["status"] == "STOPPED"
+    assert asked(stix, terminal, "y", "start", "c1")[1] == 0
+    assert stix.clusters()["c1"]["status"] == "UP"
+    t = terminal(stix, "start", "c1")  # already UP: nothing to restart, nothing to ask
+    assert t.finish() == 0 and "Proceed?" not in t.text, t.text
+
+
 def test_autostop_asks_and_n_sets_nothing(stix: Stix, terminal: type[Terminal]) -> None:
     up(stix, "c1")
     question, code, out = asked(stix, terminal, "n", "autostop", "c1", "-i", "30", "--down")
