@@ -292,3 +292,20 @@ def test_the_confirmed_plan_is_the_one_launched(stix: Stix) -> None:
     assert "c1" not in stix.clusters()
     call(stix.home, m.Launch(task=task, cluster="c1", detach=True, plan_choice=plan.choice))
     assert stix.clusters()["c1"]["status"] == "UP"
+
+
+def test_on_a_cloud_the_chosen_row_is_what_the_cluster_launches(
+    stix: Stix, terminal: type[Terminal]
+) -> None:
+    """The fake cloud (tests only) has regions fake-1 < fake-2 < fake-3 by price: the table
+    marks the cheapest, and the cluster comes up with exactly the confirmed choice."""
+    stix.env["STIX__FAKE__ENABLED"] = "true"
+    t = terminal(stix, "launch", "-c", "f1", "--infra", "fake", "-d", "true")
+    assert t.question().startswith("Launching a new cluster 'f1'. Proceed?")
+    chosen = [line for line in t.text.splitlines() if line.rstrip().endswith("\u2714")]
+    assert len(chosen) == 1 and "fake-1" in chosen[0], t.text
+    t.answer("y")
+    assert t.finish() == 0, t.text
+    cluster = stix.clusters()["f1"]
+    assert cluster["status"] == "UP" and cluster["resources"].startswith("1x fake/fake-1 ")
+    assert cluster["resources"].split()[-1] in chosen[0]  # the instance type shown
