@@ -162,7 +162,7 @@ def _by_operation(calls: list[dict[str, Any]]) -> list[tuple[str, int, float]]:
 
 
 def _launch_one(home: Home, cluster: str, nodes: int) -> dict[str, Any]:
-    t0, took = _run(home, "launch", "-c", cluster, "--num-nodes", str(nodes), *INFRA, "true")
+    t0, took = _run(home, "launch", "-y", "-c", cluster, "--num-nodes", str(nodes), *INFRA, "true")
     return _split(home, cluster, t0, took)
 
 
@@ -197,7 +197,7 @@ def _burst(home: Home, aws: AwsBed, moto_pid: int, n: int) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=n) as pool:
         list(
             pool.map(
-                lambda c: _run(home, "launch", "-d", "-c", c, *INFRA, "true", timeout=600), names
+                lambda c: _run(home, "launch", "-yd", "-c", c, *INFRA, "true", timeout=600), names
             )
         )
     wall = time.perf_counter() - t0

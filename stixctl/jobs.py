@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stixctl import taskargs
+from stixctl import confirm, taskargs
 from stixctl.argparser import Parser
 from stixproto import messages as m
 from stixproto import names
@@ -30,6 +30,7 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
         pool=a.pool,
         num_jobs=a.num_jobs,
     )
+    confirm.jobs_launch(home, a, req)
     reply: m.ManagedLaunched = call(home, req, _on_event)
     if a.json:
         _json(reply)
@@ -66,6 +67,7 @@ def _cancel(home: Path, a: argparse.Namespace) -> int:
     if not (a.job_ids or a.name or a.all or a.pool):
         raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME, -p POOL or --all")
     req = m.JobsCancel(job_ids=a.job_ids, name=a.name, all=a.all, pool=a.pool)
+    confirm.cancel_all(a, req, "all managed jobs")
     reply: m.Table = call(home, req)
     if a.json:
         _json(reply.rows)

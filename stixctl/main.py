@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stixctl import taskargs, validate
+from stixctl import confirm, taskargs, validate
 from stixctl.argparser import Parser
 from stixctl.signals import finish
 from stixctl.signals import status_exit as _status_exit
@@ -94,6 +94,7 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
         fast=a.fast,
         detach_setup=a.detach_setup,
     )
+    req = confirm.launch(home, a, req)
     return _finish_run(call(home, req, _on_event), a)
 
 
@@ -183,7 +184,9 @@ def cmd_logs(home: Path, a: argparse.Namespace) -> int:
 def cmd_cancel(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
-    reply = call(home, m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all), _on_event)
+    req = m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all)
+    confirm.cancel_all(a, req, f"all jobs on cluster(s): {a.cluster}")
+    reply = call(home, req, _on_event)
     if a.json:
         _json(reply)
     elif reply.job_ids and not (a.job_ids or a.all):
@@ -203,17 +206,21 @@ def _simple(home: Path, req: Any) -> int:
 
 
 def cmd_stop(home: Path, a: argparse.Namespace) -> int:
-    return _simple(home, m.Stop(clusters=a.clusters, all=a.all))
+    req = m.Stop(clusters=a.clusters, all=a.all)
+    confirm.clusters(home, a, req, "Stopping")
+    return _simple(home, req)
 
 
 def cmd_start(home: Path, a: argparse.Namespace) -> int:
-    return _simple(
-        home, m.Start(clusters=a.clusters, idle_minutes=a.idle_minutes_to_autostop, down=a.down)
-    )
+    req = m.Start(clusters=a.clusters, idle_minutes=a.idle_minutes_to_autostop, down=a.down)
+    confirm.start(home, a, req)
+    return _simple(home, req)
 
 
 def cmd_down(home: Path, a: argparse.Namespace) -> int:
-    return _simple(home, m.Down(clusters=a.clusters, all=a.all, purge=a.purge))
+    req = m.Down(clusters=a.clusters, all=a.all, purge=a.purge)
+    confirm.clusters(home, a, req, "Terminating")
+    return _simple(home, req)
 
 
 def cmd_autostop(home: Path, a: argparse.Namespace) -> int:
@@ -224,6 +231,7 @@ def cmd_autostop(home: Path, a: argparse.Namespace) -> int:
         down=a.down,
         cancel=a.cancel,
     )
+    confirm.clusters(home, a, req, confirm.autostop_operation(a))
     return _simple(home, req)
 
 

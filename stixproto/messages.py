@@ -74,6 +74,9 @@ class Launch(Msg, tag="launch", frozen=True):
     detach_setup: bool = False
     """With `detach`: answer once the job is submitted, its setup still running; without it
     a detached launch answers when setup has finished (SkyPilot's `-s/--detach-setup`)."""
+    plan_choice: str | None = None
+    """The choice the user confirmed (`PlanReply.choice`): a launch that would now provision
+    something else is refused, so what was shown is what gets launched."""
 
 
 class Exec(Msg, tag="exec", frozen=True):
@@ -169,6 +172,10 @@ class PlanRequest(Msg, tag="plan", frozen=True):
     tasks: list[Task]
     all_clouds: bool = False
     minimize: str = "cost"
+    launch: bool = False
+    """Plan as `launch` of `cluster` would (its infra, the blocks remembered): the plan shown
+    before `Proceed?`; the reply says the cluster's state and the choice to confirm."""
+    cluster: str | None = None
 
 
 class SshPools(Msg, tag="ssh_pools", frozen=True):
@@ -540,6 +547,10 @@ class PlanReply(Msg, tag="plan_reply", frozen=True):
     text: str
     json: str
     no_fit_reason: str | None = None
+    choice: str | None = None
+    """`launch` plans: what the launch would provision (`Launch.plan_choice`)."""
+    cluster_status: str | None = None
+    """`launch` plans: the cluster's state, None when it does not exist (or is terminated)."""
 
 
 class DaemonInfo(Msg, tag="daemon_info", frozen=True):
@@ -581,6 +592,7 @@ FINAL_REPLIES: tuple[type, ...] = Reply.__args__
 
 NEW_NAMES: dict[type[Msg], tuple[str, str]] = {
     Launch: ("cluster", "cluster"),
+    PlanRequest: ("cluster", "cluster"),
     JobsLaunch: ("name", "managed job"),
     PoolApply: ("name", "pool"),
 }

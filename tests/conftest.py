@@ -97,6 +97,19 @@ def kill_everything_under(home: Path) -> None:
         time.sleep(0.1)
 
 
+YES = "y\n"
+"""What stixctl reads on stdin unless a test says otherwise: the answer `yes |` gives in a
+script, so a command that asks `Proceed?` proceeds (tests/test_confirm.py asks on a terminal)."""
+
+
+def yes_stdin() -> int:
+    """A pipe that gives `YES` and then ends, to hand to a child as its stdin."""
+    read, write = os.pipe()
+    os.write(write, YES.encode())
+    os.close(write)
+    return read
+
+
 class Stix:
     """A stix home with helpers to run stixctl in it and read its state."""
 
@@ -120,7 +133,7 @@ class Stix:
             text=True,
             timeout=timeout,
             cwd=cwd or self.home,
-            input=input,
+            input=YES if input is None else input,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -130,14 +143,19 @@ class Stix:
         return proc
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "stixctl", *args],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.home,
-        )
+        stdin = yes_stdin()
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "stixctl", *args],
+                env=self.env,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=self.home,
+            )
+        finally:
+            os.close(stdin)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json", check=True).stdout)

@@ -99,6 +99,7 @@ _REQUIRED: dict[type[m.Msg], dict[str, Any]] = {
     m.NodeShell: {"cluster": "ok"},
     m.SshPools: {"action": "status"},
     m.JobsLaunch: {"tasks": [{"run": "true"}]},
+    m.PlanRequest: {"tasks": [{"run": "true"}]},
     m.PoolApply: {"name": "ok", "task": {"run": "true"}},
 }
 

@@ -171,6 +171,11 @@ async def begin_launch(
     }
     if provider in CLOUDS:  # usable, as choose_target said: the optimizer's first choice
         spec.update(await first_choice(cluster, req, provider))
+    if req.plan_choice is not None and req.plan_choice != spec["resources"]:
+        raise ProvisionError(
+            f"the plan changed since it was shown: the launch would now provision "
+            f"{spec['resources']}, not {req.plan_choice}; run the command again to see it"
+        )
     cluster.row = await cluster.store.update(
         cluster.row, event="save", spec=spec, record_event=False
     )

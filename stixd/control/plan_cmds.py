@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
+import msgspec
+
 from stixd.app import App
 from stixd.control.catalog_cmds import with_catalog
 from stixd.planner.catalog import Catalog
@@ -14,7 +16,7 @@ from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
-from stixd.planner.target import NAMED_ONLY
+from stixd.planner.target import NAMED_ONLY, choose_target, cloud_spec
 from stixd.planner.zone_names import named_pipeline, named_plan, zone_names_of
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
@@ -73,9 +75,59 @@ def _plan(
 async def plan_cmd(app: App, req: m.PlanRequest, emit: Emit) -> m.PlanReply:
     if not req.tasks:
         raise InvalidRequest("the file holds no task to plan")
+    if req.launch:
+        return await launch_plan(app, req, emit)
     requests = [task_request(t) for t in req.tasks]
     if not req.all_clouds:
         from stixd.control.catalog_cmds import catalog_of
 
         return _plan(app, requests, req, catalog_of(app))
     return await with_catalog(app, emit, lambda catalog: _plan(app, requests, req, catalog))
+
+
+async def launch_plan(app: App, req: m.PlanRequest, emit: Emit) -> m.PlanReply:
+    """What `launch` of this task on `req.cluster` would provision, from the functions the
+    launch itself calls (`choose_target`, `cloud_spec` with the blocks remembered now), so
+    the row marked chosen is the choice the cluster makes; nothing when the cluster is UP."""
+    from stixd.actors.jobs_submit import infra_label
+    from stixd.actors.syncing import validate_mounts
+    from stixd.control.catalog_cmds import catalog_of
+
+    if len(req.tasks) != 1:
+        raise InvalidRequest("launch takes one task; run a pipeline with `stixctl jobs launch`")
+    task = req.tasks[0]
+    validate_mounts(task)  # what the launch refuses is refused before the question
+    provider, pool = choose_target(
+        task,
+        app.ssh_pool_sizes(),
+        app.clouds(),
+        app.cloud_problems(),
+        local_max_nodes=app.config.local.max_nodes,
+    )
+    row = await app.store.get("cluster", req.cluster) if req.cluster else None
+    status = row.state if row is not None and not row.terminal else None
+    if status == "UP":
+        return m.PlanReply(text="", json="{}", cluster_status=status)
+    if provider not in app.clouds():  # local, or an SSH pool: its hosts at $0
+        reply = _plan(app, [task_request(task)], req, catalog_of(app))
+        if provider != "local":
+            reply = m.PlanReply(
+                text=f"Infra: {infra_label(provider, pool)} (an SSH node pool), $0.00 / hour.",
+                json="{}",
+            )
+        choice = f"{task.num_nodes}x {infra_label(provider, pool)}"
+        return msgspec.structs.replace(reply, choice=choice, cluster_status=status)
+
+    def on_cloud(catalog: Catalog) -> m.PlanReply:
+        blocks = app.remembered_blocks()
+        p = plan(task_request(task), catalog, enabled_clouds=[provider], blocked=blocks)
+        choice = cloud_spec(task, provider, catalog, blocks)["resources"]
+        return m.PlanReply(
+            text=render_plan(p),
+            json=plan_json(p).decode(),
+            no_fit_reason=p.no_fit_reason,
+            choice=choice,
+            cluster_status=status,
+        )
+
+    return await with_catalog(app, emit, on_cloud)
