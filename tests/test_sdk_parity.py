@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from stixctl import jobs, main
+from stixctl import sdk_ops as ops
 from stixctl.argparser import Parser
 from stixctl.sdk import CLI_EQUIVALENTS, CLI_ONLY, AsyncClient, Client
 from stixproto import messages as m
@@ -30,8 +31,10 @@ from stixproto import reports as r
 from stixproto.errors import (
     ClusterNotFound,
     DaemonUnavailable,
+    InvalidConfig,
     InvalidRequest,
     JobNotFound,
+    ProtocolError,
 )
 from stixproto.task import Resources, Task
 from tests.conftest import REPO, Stix, wait_until
@@ -147,6 +150,15 @@ def test_the_sdk_imports_without_yaml_or_the_daemon() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_a_reply_of_the_wrong_kind_or_shape_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="answered OkReply to Status"):
+        ops.status((), False, False).finish(m.OkReply())
+    table = m.Table(text="Pool p", rows=[{"pool": "p", "status": "READY"}])
+    with pytest.raises(ProtocolError, match="report row this client cannot read"):
+        ops.pool_status("p").finish(table)
+    assert ops.pool_down("p", False).finish(table).rows == [r.PoolRef(pool="p")]
+
+
 # -- clusters, jobs and the daemon's reports, on `local` ------------------------------------
 
 
@@ -156,7 +168,7 @@ def started(stix: Stix) -> tuple[Client, AsyncClient]:
     return Client(stix.home, autostart=False), AsyncClient(stix.home, autostart=False)
 
 
-def test_clusters_and_their_jobs_through_both_clients(stix: Stix) -> None:
+def test_clusters_and_their_jobs_through_both_clients(stix: Stix, tmp_path: Path) -> None:
     c, a = started(stix)
     task = Task(run="echo hi-$SKYPILOT_NODE_RANK", resources=Resources(cpus="1+"))
     plan, aplan = c.plan(task), run(a.plan(task))
@@ -164,7 +176,10 @@ def test_clusters_and_their_jobs_through_both_clients(stix: Stix) -> None:
     gpus = Task(run="true", resources=Resources(accelerators="H100:8"))
     assert c.plan(gpus).no_fit_reason and run(a.plan(gpus)).no_fit_reason
 
-    assert c.launch(task, "sdkc", detach=False).job_status == "SUCCEEDED"
+    config = tmp_path / "team.yaml"
+    config.write_text("autostop:\n  default_idle_minutes: 30\n")
+    assert c.launch(task, "sdkc", detach=False, config=[config]).job_status == "SUCCEEDED"
+    assert c.status("sdkc")[0].autostop_idle_minutes == 30
     assert "".join(c.logs("sdkc", 1, tail=1, node=0)) == "hi-0\n"
     assert collect(a.logs("sdkc", 1, follow=True)) == "hi-0\n"
     sleeper = run(a.exec("sdkc", "sleep 60"))
@@ -190,8 +205,8 @@ def test_clusters_and_their_jobs_through_both_clients(stix: Stix) -> None:
     )
     assert out.stdout.strip() == str(stix.node_dir("sdkc"))
 
-    c.autostop("sdkc", 30)
-    assert c.status("sdkc")[0].autostop_idle_minutes == 30
+    c.autostop("sdkc", 45)
+    assert c.status("sdkc")[0].autostop_idle_minutes == 45
     run(a.autostop("sdkc", None))
     assert run(a.status("sdkc"))[0].autostop_idle_minutes is None
     run(a.stop(all=True))
@@ -216,6 +231,11 @@ def test_errors_are_the_stix_errors_of_the_cli(stix: Stix) -> None:
         run(a.jobs_cancel())
     with pytest.raises(JobNotFound):
         c.jobs_cancel([7])
+    with pytest.raises(JobNotFound):
+        collect(a.jobs_logs(7))
+    with pytest.raises(InvalidConfig, match="does not exist"):
+        c.launch("echo hi", "never", config=[stix.home / "missing.yaml"])
+    assert c.status(all=True) == []
     with pytest.raises(InvalidRequest, match="tail must be from 0"):
         c.daemon_log(tail=-1)
 
