@@ -6,16 +6,19 @@ operation cannot drift apart: they differ only in how the request travels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from stixproto import messages as m
 from stixproto import reports as r
 from stixproto.bounds import MAX_LINES
 from stixproto.errors import InvalidRequest, ProtocolError
 from stixproto.task import Task
+
+if TYPE_CHECKING:
+    from stixctl.validate import FileReport
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -25,6 +28,10 @@ TaskLike = Task | str | Path
 Names = str | Sequence[str]
 ConfigFiles = Sequence[str | Path]
 SshAction = Literal["up", "down", "status"]
+Pipeline = TaskLike | Sequence[Task] | Any
+"""A task as `TaskLike`, or a pipeline: a `Dag`, a list of Tasks, a pipeline YAML file."""
+STOP_TIMEOUT = 30.0
+"""Seconds `daemon_stop` waits for the daemon to exit."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ def task_of(task: TaskLike) -> Task:
     return task_from_command(str(task))
 
 
-def pipeline_of(task: TaskLike | Sequence[Task] | Any) -> tuple[list[Task], str | None]:
+def pipeline_of(task: Pipeline) -> tuple[list[Task], str | None]:
     """The tasks of a pipeline (a Dag, a list of Tasks, a pipeline file) and its name."""
     from stixproto.task import Dag, load_dag_file
 
@@ -127,7 +134,7 @@ def launch(
 
 
 def plan(
-    task: TaskLike | Sequence[Task] | Any, all_clouds: bool, minimize: Literal["cost", "time"]
+    task: Pipeline, all_clouds: bool, minimize: Literal["cost", "time"]
 ) -> Op[m.PlanReply, m.PlanReply]:
     tasks, _ = pipeline_of(task)
     return Op(
@@ -262,6 +269,18 @@ def daemon_shutdown() -> Op[m.OkReply, None]:
     return Op(m.Shutdown(), m.OkReply, _nothing, autostart=False)
 
 
+def validate(
+    files: str | Path | Sequence[str | Path],
+    env: Mapping[str, str] | None,
+    secrets: Mapping[str, str] | None,
+) -> list[FileReport]:
+    """Judge task files here, as `stixctl validate` does: one verdict per file."""
+    from stixctl.validate import judge
+
+    paths = [files] if isinstance(files, str | Path) else list(files)
+    return [judge(str(p), dict(env or {}), dict(secrets or {})) for p in paths]
+
+
 def daemon_log(home: Path, tail: int) -> list[str]:
     """The last `tail` lines of the daemon's log file (none yet: an empty list)."""
     if not 0 <= tail <= MAX_LINES:
@@ -278,7 +297,7 @@ def daemon_log(home: Path, tail: int) -> list[str]:
 
 
 def jobs_launch(
-    task: TaskLike | Sequence[Task] | Any,
+    task: Pipeline,
     name: str | None,
     detach: bool,
     pool: str | None,
