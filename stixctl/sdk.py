@@ -174,7 +174,7 @@ class Client:
         return self._chunks(ops.logs(cluster, job_id, follow, tail, node))
 
     def cancel(self, cluster: str, job_ids: Sequence[int] = (), *, all: bool = False) -> list[int]:
-        """Cancel these jobs (none named: the latest running one; all=True: every one)."""
+        """Cancel jobs on `cluster` as `stixctl cancel` does: these ids, or all=True."""
         return self._run(ops.cancel(cluster, job_ids, all))
 
     def stop(self, clusters: Names = (), *, all: bool = False) -> None:

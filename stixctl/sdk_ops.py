@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
 from stixproto import messages as m
 from stixproto import reports as r
@@ -19,6 +19,7 @@ from stixproto.task import Task
 
 if TYPE_CHECKING:
     from stixctl.validate import FileReport
+    from stixproto.task import Dag
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -28,7 +29,7 @@ TaskLike = Task | str | Path
 Names = str | Sequence[str]
 ConfigFiles = Sequence[str | Path]
 SshAction = Literal["up", "down", "status"]
-Pipeline = TaskLike | Sequence[Task] | Any
+Pipeline: TypeAlias = "Task | str | Path | Sequence[Task] | Dag"
 """A task as `TaskLike`, or a pipeline: a `Dag`, a list of Tasks, a pipeline YAML file."""
 STOP_TIMEOUT = 30.0
 """Seconds `daemon_stop` waits for the daemon to exit."""

@@ -173,6 +173,7 @@ def test_clusters_and_their_jobs_through_both_clients(stix: Stix, tmp_path: Path
     task = Task(run="echo hi-$SKYPILOT_NODE_RANK", resources=Resources(cpus="1+"))
     plan, aplan = c.plan(task), run(a.plan(task))
     assert plan.no_fit_reason is None and "local" in plan.text and aplan.text == plan.text
+    assert c.plan([task, task]).no_fit_reason is None  # a pipeline of two
     gpus = Task(run="true", resources=Resources(accelerators="H100:8"))
     assert c.plan(gpus).no_fit_reason and run(a.plan(gpus)).no_fit_reason
 
