@@ -90,6 +90,7 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "jobs queue": "jobs_queue",
     "jobs cancel": "jobs_cancel",
     "jobs logs": "jobs_logs",
+    "jobs logs --status": "jobs_status",
     "jobs pool apply": "pool_apply",
     "jobs pool status": "pool_status",
     "jobs pool down": "pool_down",
@@ -300,6 +301,11 @@ class Client:
         self, *, all: bool = False, skip_finished: bool = False
     ) -> list[m.ManagedJobRecord]:
         return self._run(ops.jobs_queue(all, skip_finished))
+
+    def jobs_status(self, job_id: int | None = None, *, name: str | None = None) -> str:
+        """A managed job's state (`RUNNING`, `SUCCEEDED`, ...): by id, the latest of `name`,
+        or the latest of all."""
+        return self._run(ops.jobs_status(job_id, name))
 
     def jobs_cancel(
         self, job_ids: Sequence[int] = (), *, name: str | None = None, all: bool = False

@@ -213,6 +213,9 @@ class AsyncClient:
     ) -> list[m.ManagedJobRecord]:
         return await self._run(ops.jobs_queue(all, skip_finished))
 
+    async def jobs_status(self, job_id: int | None = None, *, name: str | None = None) -> str:
+        return await self._run(ops.jobs_status(job_id, name))
+
     async def jobs_cancel(
         self, job_ids: Sequence[int] = (), *, name: str | None = None, all: bool = False
     ) -> r.Report[r.ManagedJobCancel]:

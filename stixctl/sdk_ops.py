@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 from stixproto import messages as m
 from stixproto import reports as r
 from stixproto.bounds import MAX_LINES
-from stixproto.errors import InvalidRequest, ProtocolError
+from stixproto.errors import InvalidRequest, JobNotFound, ProtocolError
 from stixproto.task import Task
 
 if TYPE_CHECKING:
@@ -322,6 +322,23 @@ def jobs_queue(all: bool, skip_finished: bool) -> Op[m.ManagedJobList, list[m.Ma
         return [j for j in reply.jobs if not (skip_finished and j.ended_at)]
 
     return Op(m.JobsQueue(all=all), m.ManagedJobList, result)
+
+
+def jobs_status(job_id: int | None, name: str | None) -> Op[m.ManagedJobList, str]:
+    """The state of a managed job: by id, the latest of that name, or the latest of all."""
+
+    def result(reply: m.ManagedJobList) -> str:
+        found = [
+            j
+            for j in reply.jobs
+            if (job_id is None or j.job_id == job_id) and (name is None or j.name == name)
+        ]
+        if not found:
+            what = f" {job_id}" if job_id is not None else f" named {name!r}" if name else "s"
+            raise JobNotFound(f"no managed job{what}")
+        return max(found, key=lambda j: j.job_id).status
+
+    return Op(m.JobsQueue(all=True), m.ManagedJobList, result)
 
 
 def jobs_cancel(
