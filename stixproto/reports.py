@@ -1,9 +1,9 @@
-"""The rows of the daemon's `Table` replies, as records: what the SDK hands its callers.
+"""The rows of the daemon's `Table` replies, as records shared by the daemon and the SDK.
 
-A `Table` reply carries the text the CLI prints and its rows as plain data (for `--json`);
-the SDK turns those rows into these records (`Report[Row]`), so a program reads
-`report.rows[0].workers[0].status`, not a dict. The daemon's rows follow these fields; a field
-the daemon adds later is ignored by an older client, a field it drops is a decoding error.
+A `Table` reply carries the text the CLI prints and its rows as plain data (for `--json`): the
+daemon builds each row from one of these records (`msgspec.to_builtins`), and the SDK decodes
+the rows back into them (`Report[Row]`), so a program reads `report.rows[0].workers[0].status`,
+not a dict. A field a newer daemon adds is ignored by an older client.
 """
 
 from __future__ import annotations
