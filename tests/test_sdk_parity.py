@@ -317,7 +317,7 @@ def test_errors_are_the_stix_errors_of_the_cli(stix: Stix) -> None:
         c.daemon_log(tail=-1)
 
 
-def test_validate_runs_without_a_daemon_and_returns_the_problems(
+def test_validate_and_bad_numbers_need_no_daemon(
     stix: Stix, task_file: Callable[[str], Path]
 ) -> None:
     c, a = Client(stix.home, autostart=False), AsyncClient(stix.home, autostart=False)
@@ -330,6 +330,11 @@ def test_validate_runs_without_a_daemon_and_returns_the_problems(
     assert reports[2].warnings and "TOKEN" in reports[2].warnings[0]
     assert run(a.validate([good, bad, missing])) == reports
     assert c.validate(missing, env={"TOKEN": "x"})[0].warnings == []
+    # numbers out of bounds are refused here, as the CLI's are, before any daemon is started
+    with pytest.raises(InvalidRequest):
+        Client(stix.home).cost_report(days=0)
+    with pytest.raises(InvalidRequest):
+        run(AsyncClient(stix.home).show_gpus("A100:inf"))
     assert stix.daemon_pid() is None
 
 
