@@ -1,9 +1,11 @@
-"""The rows of the daemon's `Table` replies, as records shared by the daemon and the SDK.
+"""The rows of the daemon's `Table` replies, as records: what the SDK hands its callers.
 
-A `Table` reply carries the text the CLI prints and its rows as plain data (for `--json`): the
-daemon builds each row from one of these records (`msgspec.to_builtins`), and the SDK decodes
-the rows back into them (`Report[Row]`), so a program reads `report.rows[0].workers[0].status`,
-not a dict. A field a newer daemon adds is ignored by an older client.
+A `Table` reply carries the text the CLI prints and its rows as plain data (for `--json`); the
+SDK decodes the rows into these records (`Report[Row]`), so a program reads
+`report.rows[0].workers[0].status`, not a dict. The daemon builds the show-gpus, catalog fetch
+and catalog status rows from these records; the managed-job, pool and SSH rows it still writes
+as dicts of these fields (tests/test_sdk_parity.py decodes each from a real daemon). A field a
+newer daemon adds is ignored by an older client.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class PoolRecord(msgspec.Struct, frozen=True):
     queued_jobs: list[int] = []
     failed: dict[str, str] = {}
     """Worker → why its last launch failed."""
+    failure_reason: str | None = None
+    """Why a pool whose stored row is damaged is shown FAILED (quarantined)."""
 
 
 class PoolRef(msgspec.Struct, frozen=True):

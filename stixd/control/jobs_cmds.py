@@ -18,7 +18,6 @@ from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import InternalError, InvalidRequest, JobNotFound, error_from_code
-from stixproto.reports import ManagedJobCancel, PoolRecord, PoolRef, PoolWorker
 from stixproto.states import ManagedJobStatus
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -186,7 +185,7 @@ async def _select(app: App, ids: list[int], name: str | None, all_: bool) -> lis
 async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
     rows = await _select(app, req.job_ids, req.name, req.all)
     lines: list[str] = []
-    result: list[ManagedJobCancel] = []
+    result: list[dict[str, Any]] = []
     for row in rows:
         if row.terminal:
             text = f"managed job {row.id} already ended {row.state}"
@@ -194,10 +193,10 @@ async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
             reply = await _ask(app, row, m.JobsCancel(job_ids=[int(row.id)]))
             text = reply.message
         lines.append(text)
-        result.append(ManagedJobCancel(job_id=int(row.id), message=text))
+        result.append({"job_id": int(row.id), "message": text})
     if not rows:
         lines.append("No managed job to cancel.")
-    return m.Table(text="\n".join(lines), rows=msgspec.to_builtins(result))
+    return m.Table(text="\n".join(lines), rows=result)
 
 
 async def _ask(app: App, row: Row, payload: Any) -> Any:
@@ -323,7 +322,7 @@ async def pool_status(app: App, req: m.PoolStatusReq) -> m.Table:
             raise JobNotFound(f"no pool {sorted(missing)[0]!r}")
         rows = [r for r in rows if r.id in wanted]
     jobs = [j for j in await app.store.rows(KIND, include_terminal=False) if j.spec.get("pool")]
-    out: list[PoolRecord] = []
+    out: list[dict[str, Any]] = []
     lines: list[str] = []
     for row in rows:
         claims = {w: int(j) for w, j in (row.data.get("claims") or {}).items()}
@@ -331,33 +330,38 @@ async def pool_status(app: App, req: m.PoolStatusReq) -> m.Table:
         for i in range(int(row.spec.get("workers", 0))):
             name = f"{row.id}-{i}"
             crow = await app.store.get("cluster", name)
-            status = crow.state if crow is not None else "-"
-            workers.append(PoolWorker(worker=name, status=status, job_id=claims.get(name)))
-        ready = sum(1 for w in workers if w.status == "UP")
+            workers.append(
+                {
+                    "worker": name,
+                    "status": crow.state if crow is not None else "-",
+                    "job_id": claims.get(name),
+                }
+            )
+        ready = sum(1 for w in workers if w["status"] == "UP")
         queued = [int(j.id) for j in jobs if j.spec["pool"] == row.id and j.state == "PENDING"]
         failed = row.data.get("failed") or {}
         out.append(
-            PoolRecord(
-                pool=row.id,
-                status=row.state,
-                workers=workers,
-                ready=ready,
-                queued_jobs=queued,
-                failed=failed,
-            )
+            {
+                "pool": row.id,
+                "status": row.state,
+                "workers": workers,
+                "ready": ready,
+                "queued_jobs": queued,
+                "failed": failed,
+            }
         )
         lines.append(
             f"Pool {row.id}: {row.state}, {ready}/{len(workers)} worker(s) up, "
             f"{len(claims)} busy, {len(queued)} job(s) waiting"
         )
         for w in workers:
-            job = f"job {w.job_id}" if w.job_id is not None else "idle"
-            lines.append(f"  {w.worker:<24} {w.status:<12} {job}")
+            job = f"job {w['job_id']}" if w["job_id"] is not None else "idle"
+            lines.append(f"  {w['worker']:<24} {w['status']:<12} {job}")
         for worker, why in sorted(failed.items()):
             lines.append(f"  {worker}: {why}")
     if not rows:
         lines.append("No pools.")
-    return m.Table(text="\n".join(lines), rows=msgspec.to_builtins(out))
+    return m.Table(text="\n".join(lines), rows=out)
 
 
 async def pool_down(app: App, req: m.PoolDown) -> m.Table:
@@ -371,5 +375,4 @@ async def pool_down(app: App, req: m.PoolDown) -> m.Table:
     for name in names:
         reply = await _ask_pool(app, name, req)
         lines.append(reply.message)
-    rows = msgspec.to_builtins([PoolRef(pool=n) for n in names])
-    return m.Table(text="\n".join(lines) or "No pools.", rows=rows)
+    return m.Table(text="\n".join(lines) or "No pools.", rows=[{"pool": n} for n in names])

@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
 from stixd.app import App
 from stixd.providers.base import NodeInfo
 from stixd.providers.ssh import HostReport, SshProvider
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest
-from stixproto.reports import SshHost
 
 Emit = Callable[[Any], Awaitable[None]]
 
@@ -64,7 +61,7 @@ async def ssh_pools_cmd(
             await emit(m.Progress(f"Terminating {cluster} (holds hosts of {', '.join(names)})..."))
             await down(cluster)
         holders = {}
-    rows: list[SshHost] = []
+    rows: list[dict[str, Any]] = []
     lines: list[str] = []
     for name in names:
         reports: list[HostReport] = await provider.probe_pool(name)
@@ -79,18 +76,18 @@ async def ssh_pools_cmd(
                 f"free {_gib(r.free_bytes):>8s}  {('used by ' + held) if held else 'free'}"
             )
             rows.append(
-                SshHost(
-                    pool=name,
-                    host=r.host,
-                    ok=r.ok,
-                    reachable=r.reachable,
-                    python=r.python,
-                    free_bytes=r.free_bytes,
-                    agents=list(r.agents),
-                    cluster=held,
-                    error=r.error,
-                )
+                {
+                    "pool": name,
+                    "host": r.host,
+                    "ok": r.ok,
+                    "reachable": r.reachable,
+                    "python": r.python,
+                    "free_bytes": r.free_bytes,
+                    "agents": list(r.agents),
+                    "cluster": held,
+                    "error": r.error,
+                }
             )
     # only `up` is a readiness check; status and down report hosts without judging them
-    ok = req.action != "up" or all(row.ok for row in rows)
-    return m.Table(text="\n".join(lines), rows=msgspec.to_builtins(rows), ok=ok)
+    ok = req.action != "up" or all(row["ok"] for row in rows)
+    return m.Table(text="\n".join(lines), rows=rows, ok=ok)
