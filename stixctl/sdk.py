@@ -11,24 +11,36 @@
     # the same from asyncio code
     result = await sdk.AsyncClient().launch(task, cluster="dev")
 
-Every operation is the CLI's: the same request to the same daemon (started if needed).
+Every CLI command has a method on `Client` and its twin, same name and arguments, on
+`AsyncClient` (`stixctl.sdk_async`); `CLI_EQUIVALENTS` pairs commands with methods. Both send
+the CLI's request (built once, in `stixctl.sdk_ops`) to the same daemon, started if needed.
+Results are the protocol's typed records (`stixproto.messages`, `stixproto.reports`);
+failures raise the `stixproto.errors.StixError` subclasses the CLI turns into exit codes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from stixctl.aclient import acall, astream
-from stixctl.client import call, stream
+from stixctl import sdk_ops as ops
+from stixctl.client import call, ensure_started, stream, wait_gone
+from stixctl.sdk_async import AsyncClient
+from stixctl.sdk_ops import ConfigFiles, Names, Pipeline, SshAction, TaskLike
+from stixctl.validate import FileReport
 from stixproto import messages as m
+from stixproto import reports as r
+from stixproto.errors import DaemonUnavailable, InternalError
 from stixproto.paths import stix_home
-from stixproto.task import Resources, Task, load_task_file
+from stixproto.task import Resources, Task
 
 __all__ = [
+    "CLI_EQUIVALENTS",
+    "CLI_ONLY",
     "AsyncClient",
     "Client",
+    "FileReport",
     "Resources",
     "Task",
     "cancel",
@@ -42,46 +54,57 @@ __all__ = [
     "stop",
 ]
 
-TaskLike = Task | str | Path
+T = TypeVar("T")
 
+CLI_EQUIVALENTS: dict[str, str] = {
+    "launch": "launch",
+    "launch --dryrun": "plan",
+    "exec": "exec",
+    "status": "status",
+    "queue": "queue",
+    "logs": "logs",
+    "logs --status": "job_status",
+    "cancel": "cancel",
+    "stop": "stop",
+    "start": "start",
+    "down": "down",
+    "autostop": "autostop",
+    "cost-report": "cost_report",
+    "check": "check",
+    "leaks": "leaks",
+    "leaks --terminate": "terminate_leaks",
+    "events": "events",
+    "show-gpus": "show_gpus",
+    "catalog update": "catalog_update",
+    "catalog status": "catalog_status",
+    "ssh up": "ssh_pools",
+    "ssh down": "ssh_pools",
+    "ssh status": "ssh_pools",
+    "ssh CLUSTER": "ssh_command",
+    "validate": "validate",
+    "daemon start": "daemon_start",
+    "daemon stop": "daemon_stop",
+    "daemon status": "daemon_status",
+    "daemon logs": "daemon_log",
+    "jobs launch": "jobs_launch",
+    "jobs queue": "jobs_queue",
+    "jobs cancel": "jobs_cancel",
+    "jobs logs": "jobs_logs",
+    "jobs logs --status": "jobs_status",
+    "jobs pool apply": "pool_apply",
+    "jobs pool status": "pool_status",
+    "jobs pool down": "pool_down",
+}
+"""CLI command → the method of `Client` and `AsyncClient` that does the same."""
 
-def _task(task: TaskLike) -> Task:
-    if isinstance(task, Task):
-        return task
-    path = Path(task)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_task_file(path)
-    return Task(run=str(task))
-
-
-class _Requests:
-    """The requests behind each operation, shared by the sync and async clients."""
-
-    @staticmethod
-    def launch(
-        task: TaskLike,
-        cluster: str | None,
-        detach: bool,
-        down: bool,
-        idle_minutes: float | None,
-        no_setup: bool,
-    ) -> m.Launch:
-        return m.Launch(
-            task=_task(task),
-            cluster=cluster,
-            detach=detach,
-            down=down,
-            idle_minutes=idle_minutes,
-            no_setup=no_setup,
-        )
-
-    @staticmethod
-    def logs(cluster: str, job_id: int | None, follow: bool, tail: int | None) -> m.Logs:
-        return m.Logs(cluster=cluster, job_id=job_id, follow=follow, tail=tail)
-
-
-def _names(clusters: str | Sequence[str]) -> list[str]:
-    return [clusters] if isinstance(clusters, str) else list(clusters)
+CLI_ONLY: dict[str, str] = {
+    "daemon install": "writes this user's service unit: a one-time setup, done from a shell",
+    "fake preempt": "drives the test-only fake provider; not an operation of real infra",
+    "completion bash": "prints a shell's completion script; nothing a program calls",
+    "completion zsh": "prints a shell's completion script; nothing a program calls",
+    "completion fish": "prints a shell's completion script; nothing a program calls",
+}
+"""CLI commands with no SDK method, and why."""
 
 
 class Client:
@@ -91,8 +114,15 @@ class Client:
         self.home = Path(home).expanduser() if home else stix_home()
         self.autostart = autostart
 
-    def _call(self, request: Any) -> Any:
-        return call(self.home, request, autostart=self.autostart)
+    def _run(self, op: ops.Op[Any, T]) -> T:
+        return op.finish(call(self.home, op.request, autostart=self.autostart and op.autostart))
+
+    def _chunks(self, request: m.Logs | m.JobsLogs) -> Iterator[str]:
+        for msg in stream(self.home, request, autostart=self.autostart):
+            if isinstance(msg, m.LogChunk):
+                yield msg.data
+
+    # -- clusters and their jobs
 
     def launch(
         self,
@@ -103,33 +133,52 @@ class Client:
         down: bool = False,
         idle_minutes: float | None = None,
         no_setup: bool = False,
+        config: ConfigFiles = (),
+        retry_until_up: bool = False,
+        fast: bool = False,
+        detach_setup: bool = False,
     ) -> m.LaunchResult:
         """Provision (or reuse) `cluster` and submit the task; with detach=False, wait for it."""
-        req = _Requests.launch(task, cluster, detach, down, idle_minutes, no_setup)
-        result: m.LaunchResult = self._call(req)
-        return result
+        return self._run(
+            ops.launch(
+                task,
+                cluster,
+                detach,
+                down,
+                idle_minutes,
+                no_setup,
+                config,
+                retry_until_up,
+                fast,
+                detach_setup,
+            )
+        )
+
+    def plan(
+        self,
+        task: Pipeline,
+        *,
+        all_clouds: bool = False,
+        minimize: Literal["cost", "time"] = "cost",
+    ) -> m.PlanReply:
+        """`launch --dryrun`: the optimizer's plan (`no_fit_reason` set when nothing fits)."""
+        return self._run(ops.plan(task, all_clouds, minimize))
 
     def exec(self, cluster: str, task: TaskLike, *, detach: bool = True) -> m.LaunchResult:
-        result: m.LaunchResult = self._call(
-            m.Exec(cluster=cluster, task=_task(task), detach=detach)
-        )
-        return result
+        return self._run(ops.exec_(cluster, task, detach))
 
     def status(
-        self, clusters: Sequence[str] = (), *, refresh: bool = False, all: bool = False
+        self, clusters: Names = (), *, refresh: bool = False, all: bool = False
     ) -> list[m.ClusterRecord]:
-        reply = self._call(m.Status(clusters=list(clusters), refresh=refresh, all=all))
-        return list(reply.clusters)
+        return self._run(ops.status(clusters, refresh, all))
 
     def queue(
-        self, clusters: str | Sequence[str] = (), *, skip_finished: bool = False
+        self, clusters: Names = (), *, all: bool = False, skip_finished: bool = False
     ) -> list[m.JobRecord]:
-        reply = self._call(m.Queue(clusters=_names(clusters), skip_finished=skip_finished))
-        return list(reply.jobs)
+        return self._run(ops.queue(clusters, all, skip_finished))
 
     def job_status(self, cluster: str, job_id: int | None = None) -> str:
-        reply = self._call(m.Logs(cluster=cluster, job_id=job_id, status_only=True))
-        return str(reply.status)
+        return self._run(ops.job_status(cluster, job_id))
 
     def logs(
         self,
@@ -138,111 +187,183 @@ class Client:
         *,
         follow: bool = False,
         tail: int | None = None,
+        node: int | None = None,
     ) -> Iterator[str]:
         """The job's log as it arrives (with follow=True, until the job ends)."""
-        req = _Requests.logs(cluster, job_id, follow, tail)
-        for msg in stream(self.home, req, autostart=self.autostart):
-            if isinstance(msg, m.LogChunk):
-                yield msg.data
+        return self._chunks(ops.logs(cluster, job_id, follow, tail, node))
 
     def cancel(self, cluster: str, job_ids: Sequence[int] = (), *, all: bool = False) -> list[int]:
-        reply = self._call(m.Cancel(cluster=cluster, job_ids=list(job_ids), all=all))
-        return list(reply.job_ids)
+        """Cancel jobs on `cluster` as `stixctl cancel` does: these ids, or all=True."""
+        return self._run(ops.cancel(cluster, job_ids, all))
 
-    def stop(self, clusters: str | Sequence[str]) -> None:
-        self._call(m.Stop(clusters=_names(clusters)))
+    def stop(self, clusters: Names = (), *, all: bool = False) -> None:
+        self._run(ops.stop(clusters, all))
 
-    def start(self, clusters: str | Sequence[str], *, idle_minutes: float | None = None) -> None:
-        self._call(m.Start(clusters=_names(clusters), idle_minutes=idle_minutes))
+    def start(
+        self, clusters: Names, *, idle_minutes: float | None = None, down: bool = False
+    ) -> None:
+        self._run(ops.start(clusters, idle_minutes, down))
 
-    def down(self, clusters: str | Sequence[str]) -> None:
-        self._call(m.Down(clusters=_names(clusters)))
+    def down(self, clusters: Names = (), *, all: bool = False, purge: bool = False) -> None:
+        self._run(ops.down(clusters, all, purge))
 
     def autostop(
-        self, clusters: str | Sequence[str], idle_minutes: float | None, *, down: bool = False
-    ) -> None:
-        cancel = idle_minutes is None
-        self._call(
-            m.Autostop(
-                clusters=_names(clusters), idle_minutes=idle_minutes, down=down, cancel=cancel
-            )
-        )
-
-
-class AsyncClient:
-    """The same operations as `Client`, as coroutines (for asyncio programs)."""
-
-    def __init__(self, home: str | Path | None = None, *, autostart: bool = True) -> None:
-        self.home = Path(home).expanduser() if home else stix_home()
-        self.autostart = autostart
-
-    async def _call(self, request: Any) -> Any:
-        return await acall(self.home, request, autostart=self.autostart)
-
-    async def launch(
         self,
-        task: TaskLike,
-        cluster: str | None = None,
+        clusters: Names,
+        idle_minutes: float | None,
         *,
-        detach: bool = True,
         down: bool = False,
-        idle_minutes: float | None = None,
-        no_setup: bool = False,
-    ) -> m.LaunchResult:
-        req = _Requests.launch(task, cluster, detach, down, idle_minutes, no_setup)
-        result: m.LaunchResult = await self._call(req)
-        return result
+        all: bool = False,
+    ) -> None:
+        """Stop (or `down`) after `idle_minutes` idle; None cancels the autostop."""
+        self._run(ops.autostop(clusters, idle_minutes, down, all))
 
-    async def exec(self, cluster: str, task: TaskLike, *, detach: bool = True) -> m.LaunchResult:
-        req = m.Exec(cluster=cluster, task=_task(task), detach=detach)
-        result: m.LaunchResult = await self._call(req)
-        return result
+    def ssh_command(
+        self, cluster: str, *, node: int = 0, command: str | None = None
+    ) -> m.ShellCommand:
+        """How to open a shell on (or run `command` on) a node: argv, cwd and env to add."""
+        return self._run(ops.ssh_command(cluster, node, command))
 
-    async def status(
-        self, clusters: Sequence[str] = (), *, refresh: bool = False, all: bool = False
-    ) -> list[m.ClusterRecord]:
-        reply = await self._call(m.Status(clusters=list(clusters), refresh=refresh, all=all))
-        return list(reply.clusters)
+    # -- infras, costs, history
 
-    async def queue(
-        self, clusters: str | Sequence[str] = (), *, skip_finished: bool = False
-    ) -> list[m.JobRecord]:
-        reply = await self._call(m.Queue(clusters=_names(clusters), skip_finished=skip_finished))
-        return list(reply.jobs)
+    def cost_report(self, *, all: bool = False, days: int = 30) -> m.CostReport:
+        return self._run(ops.cost_report(all, days))
 
-    async def job_status(self, cluster: str, job_id: int | None = None) -> str:
-        reply = await self._call(m.Logs(cluster=cluster, job_id=job_id, status_only=True))
-        return str(reply.status)
+    def check(self, infras: Sequence[str] = ()) -> list[m.InfraCheck]:
+        return self._run(ops.check(infras))
 
-    async def logs(
+    def leaks(self) -> m.LeakList:
+        """Scan the infras now for instances of stix's that no cluster owns."""
+        return self._run(ops.leaks(False, ()))
+
+    def terminate_leaks(self, ids: Sequence[str] = ()) -> m.LeakList:
+        """Terminate the leaks a scan finds now (only those in `ids`, when given)."""
+        return self._run(ops.leaks(True, ids))
+
+    def events(
         self,
-        cluster: str,
+        name: str,
         job_id: int | None = None,
         *,
+        kind: ops.EventKind | None = None,
+        limit: int = 200,
+    ) -> list[m.EventRecord]:
+        kind = kind or ("job" if job_id is not None else "cluster")
+        return self._run(ops.events(name, kind, limit, job_id))
+
+    def show_gpus(
+        self,
+        name: str | None = None,
+        count: float | None = None,
+        *,
+        infra: str | None = None,
+        all: bool = False,
+    ) -> r.Report[r.GpuRow]:
+        return self._run(ops.show_gpus(name, count, infra, all))
+
+    def catalog_update(self, clouds: Sequence[str] = ()) -> r.Report[r.FileResult]:
+        return self._run(ops.catalog_update(clouds))
+
+    def catalog_status(self) -> r.Report[r.CatalogAge]:
+        return self._run(ops.catalog_status())
+
+    def ssh_pools(self, action: SshAction, pool: str | None = None) -> r.Report[r.SshHost]:
+        return self._run(ops.ssh_pools(action, pool))
+
+    def validate(
+        self,
+        files: str | Path | Sequence[str | Path],
+        *,
+        env: Mapping[str, str] | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> list[FileReport]:
+        """Judge task files on this machine (no daemon): one report per file, never raises
+        for a bad file: its problems are in `errors` (invalid) and `warnings`."""
+        return ops.validate(files, env, secrets)
+
+    # -- the daemon
+
+    def daemon_status(self) -> m.DaemonInfo:
+        """The running daemon (never starts one: DaemonUnavailable when none runs)."""
+        return self._run(ops.daemon_status())
+
+    def daemon_start(self) -> m.DaemonInfo:
+        ensure_started(self.home)
+        return self._run(ops.daemon_status())
+
+    def daemon_stop(self) -> bool:
+        """Stop the daemon (clusters and jobs keep running); False when none was running."""
+        try:
+            pid = self._run(ops.daemon_status()).pid
+            self._run(ops.daemon_shutdown())
+        except DaemonUnavailable:
+            return False
+        if not wait_gone(self.home, pid, ops.STOP_TIMEOUT):
+            raise InternalError(f"stixd (pid {pid}) did not stop within {ops.STOP_TIMEOUT:g}s")
+        return True
+
+    def daemon_log(self, *, tail: int = 50) -> list[str]:
+        """The last `tail` lines of the daemon's log."""
+        return ops.daemon_log(self.home, tail)
+
+    # -- managed jobs and pools
+
+    def jobs_launch(
+        self,
+        task: Pipeline,
+        *,
+        name: str | None = None,
+        detach: bool = True,
+        pool: str | None = None,
+        num_jobs: int = 1,
+        config: ConfigFiles = (),
+    ) -> m.ManagedLaunched:
+        """Run a task (or pipeline) as a managed job, recovered when its cluster is lost."""
+        return self._run(ops.jobs_launch(task, name, detach, pool, num_jobs, config))
+
+    def jobs_queue(
+        self, *, all: bool = False, skip_finished: bool = False
+    ) -> list[m.ManagedJobRecord]:
+        return self._run(ops.jobs_queue(all, skip_finished))
+
+    def jobs_status(self, job_id: int | None = None, *, name: str | None = None) -> str:
+        """A managed job's state (`RUNNING`, `SUCCEEDED`, ...): by id, the latest of `name`,
+        or the latest of all."""
+        return self._run(ops.jobs_status(job_id, name))
+
+    def jobs_cancel(
+        self,
+        job_ids: Sequence[int] = (),
+        *,
+        name: str | None = None,
+        all: bool = False,
+        pool: str | None = None,
+    ) -> r.Report[r.ManagedJobCancel]:
+        return self._run(ops.jobs_cancel(job_ids, name, all, pool))
+
+    def jobs_logs(
+        self,
+        job_id: int | None = None,
+        *,
+        name: str | None = None,
         follow: bool = False,
-        tail: int | None = None,
-    ) -> AsyncIterator[str]:
-        req = _Requests.logs(cluster, job_id, follow, tail)
-        async for msg in astream(self.home, req, autostart=self.autostart):
-            if isinstance(msg, m.LogChunk):
-                yield msg.data
+        controller: bool = False,
+    ) -> Iterator[str]:
+        """A managed job's output (the latest job's when none is named), or with
+        controller=True the controller's decisions about it."""
+        return self._chunks(ops.jobs_logs(job_id, name, follow, controller))
 
-    async def cancel(
-        self, cluster: str, job_ids: Sequence[int] = (), *, all: bool = False
-    ) -> list[int]:
-        reply = await self._call(m.Cancel(cluster=cluster, job_ids=list(job_ids), all=all))
-        return list(reply.job_ids)
+    def pool_apply(
+        self, task: TaskLike, name: str | None = None, *, config: ConfigFiles = ()
+    ) -> str:
+        """Create the pool (`task.pool.workers` workers) or resize it; the daemon's answer."""
+        return self._run(ops.pool_apply(task, name, config))
 
-    async def stop(self, clusters: str | Sequence[str]) -> None:
-        await self._call(m.Stop(clusters=_names(clusters)))
+    def pool_status(self, pools: Names = ()) -> r.Report[r.PoolRecord]:
+        return self._run(ops.pool_status(pools))
 
-    async def start(
-        self, clusters: str | Sequence[str], *, idle_minutes: float | None = None
-    ) -> None:
-        await self._call(m.Start(clusters=_names(clusters), idle_minutes=idle_minutes))
-
-    async def down(self, clusters: str | Sequence[str]) -> None:
-        await self._call(m.Down(clusters=_names(clusters)))
+    def pool_down(self, pools: Names = (), *, all: bool = False) -> r.Report[r.PoolRef]:
+        return self._run(ops.pool_down(pools, all))
 
 
 def launch(task: TaskLike, cluster: str | None = None, **kwargs: Any) -> m.LaunchResult:
@@ -253,11 +374,11 @@ def exec(cluster: str, task: TaskLike, **kwargs: Any) -> m.LaunchResult:
     return Client().exec(cluster, task, **kwargs)
 
 
-def status(clusters: Sequence[str] = (), **kwargs: Any) -> list[m.ClusterRecord]:
+def status(clusters: Names = (), **kwargs: Any) -> list[m.ClusterRecord]:
     return Client().status(clusters, **kwargs)
 
 
-def queue(clusters: str | Sequence[str] = (), **kwargs: Any) -> list[m.JobRecord]:
+def queue(clusters: Names = (), **kwargs: Any) -> list[m.JobRecord]:
     return Client().queue(clusters, **kwargs)
 
 
@@ -269,13 +390,13 @@ def cancel(cluster: str, job_ids: Sequence[int] = (), **kwargs: Any) -> list[int
     return Client().cancel(cluster, job_ids, **kwargs)
 
 
-def stop(clusters: str | Sequence[str]) -> None:
+def stop(clusters: Names) -> None:
     Client().stop(clusters)
 
 
-def start(clusters: str | Sequence[str], **kwargs: Any) -> None:
+def start(clusters: Names, **kwargs: Any) -> None:
     Client().start(clusters, **kwargs)
 
 
-def down(clusters: str | Sequence[str]) -> None:
+def down(clusters: Names) -> None:
     Client().down(clusters)

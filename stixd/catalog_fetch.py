@@ -28,6 +28,7 @@ from stixd.planner.catalog import (
     read_vms,
 )
 from stixd.planner.catalog.names import normalize_cloud
+from stixproto.reports import FileResult
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -43,17 +44,6 @@ DEFAULT_CLOUDS: tuple[str, ...] = ("aws", "azure", "gcp")
 ACCELERATORS = "common/accelerators.csv"
 MAX_BYTES = 512 * 1024 * 1024  # far above any real catalog; stops a runaway response
 _CONCURRENCY = 8
-
-
-class FileResult(msgspec.Struct, frozen=True):
-    """What happened to one catalog file. ``age_seconds`` is the cached copy's age afterwards
-    (about 0 after a successful fetch, the old copy's age after a failure, None if none)."""
-
-    file: str
-    ok: bool
-    message: str
-    size: int | None = None
-    age_seconds: float | None = None
 
 
 class UpdateReport(msgspec.Struct, frozen=True):

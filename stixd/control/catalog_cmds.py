@@ -28,6 +28,7 @@ from stixd.planner.catalog.catalog import ENV_DIR
 from stixd.planner.local_fit import local_offer
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest
+from stixproto.reports import CatalogAge
 
 Emit = Callable[[Any], Awaitable[None]]
 T = TypeVar("T")
@@ -154,7 +155,7 @@ async def catalog_status(app: App, req: m.CatalogStatus, emit: Emit) -> m.Table:
     lines = []
     for cloud in catalog.clouds():
         age = catalog.age(cloud)
-        rows.append({"cloud": cloud, "age_seconds": age})
+        rows.append(msgspec.to_builtins(CatalogAge(cloud=cloud, age_seconds=age)))
         lines.append(f"{cloud:14s} {'-' if age is None else f'{age / 3600:.1f} hours old'}")
     problems = catalog.problems()
     if not rows:

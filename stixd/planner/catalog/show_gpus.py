@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Literal
-
-import msgspec
 
 from stixd.planner.catalog.catalog import Catalog
 from stixd.planner.catalog.model import CatalogError, Offer
 from stixd.planner.catalog.names import COMMON_GPUS, TPUS, format_count, normalize_cloud
+from stixproto.reports import (
+    GpuCountRow,
+    GpuMachineRow,
+    GpuNote,
+    GpuOfferRow,
+    GpuRow,
+    Section,
+)
 
 __all__ = [
     "GpuCountRow",
@@ -30,54 +35,7 @@ __all__ = [
     "show_machine",
 ]
 
-Section = Literal["COMMON_GPU", "GOOGLE_TPU", "OTHER_GPU"]
 _HINT = "Hint: use -a/--all to see all accelerators (including non-common ones) and pricing."
-
-
-class GpuCountRow(msgspec.Struct, frozen=True, tag="count"):
-    """An accelerator and the per-instance quantities offered, in one of the listing tables."""
-
-    section: Section
-    accelerator: str
-    quantities: list[float]
-
-
-class GpuOfferRow(msgspec.Struct, frozen=True, tag="offer"):
-    """One (accelerator, count, cloud, instance type) at its cheapest region.
-
-    ``region`` is None in ``--all`` listings, where SkyPilot leaves the REGION column out.
-    """
-
-    accelerator: str
-    count: float
-    cloud: str
-    instance_type: str
-    gpu_memory_gib: float | None
-    vcpus: float | None
-    memory_gib: float | None
-    price: float | None
-    spot_price: float | None
-    region: str | None
-
-
-class GpuNote(msgspec.Struct, frozen=True, tag="note"):
-    """A line of text between the tables: a hint, or why nothing was found."""
-
-    text: str
-
-
-class GpuMachineRow(msgspec.Struct, frozen=True, tag="machine"):
-    """A machine of a capacity infra (``local``: this one), as ``--infra local`` lists it."""
-
-    infra: str
-    vcpus: float | None
-    memory_gib: float | None
-    accelerator: str | None
-    count: float
-    price: float | None
-
-
-GpuRow = GpuCountRow | GpuOfferRow | GpuNote | GpuMachineRow
 
 
 def _nan_last(x: float | None) -> tuple[bool, float]:
