@@ -206,29 +206,11 @@ def _show(value: Any) -> str:
     return "a map" if isinstance(value, dict) else "a list"
 
 
-def _segments(where: str) -> list[str | int]:
-    """`$.a.b[1]` → ['a', 'b', 1]; a map key shows as '...'."""
-    out: list[str | int] = []
-    rest = where.removeprefix("$")
-    while rest:
-        if rest.startswith("."):
-            ends = [i for i in (rest.find(".", 1), rest.find("[", 1)) if i > 0]
-            end = min(ends, default=len(rest))
-            out.append(rest[1:end])
-            rest = rest[end:]
-        elif rest.startswith("["):
-            end = rest.find("]")
-            token = rest[1:end]
-            out.append(int(token) if token.isdigit() else "...")
-            rest = rest[end + 1 :]
-        else:
-            break
-    return out
-
-
 def _value_at(raw: Any, where: str) -> Any:
+    from stixproto.task.explain import path_segments  # an error's path, read as a task's is
+
     value = raw
-    for seg in _segments(where):
+    for seg in path_segments(where):
         found = isinstance(value, list) and isinstance(seg, int) and seg < len(value)
         if not (found or (isinstance(value, dict) and seg in value)):
             return None
@@ -240,12 +222,14 @@ def _bounds_at(raw: Any, where: str) -> str | None:
     """`an integer from 1 to 9` for the field at `where` of the request `raw`, if bounded."""
     from msgspec import inspect
 
+    from stixproto.task.explain import path_segments
+
     tag = raw.get("type") if isinstance(raw, dict) else None
     cls = _BY_TAG.get(tag) if isinstance(tag, str) else None
     if cls is None:
         return None
     info: Any = inspect.type_info(cls)
-    for seg in _segments(where):
+    for seg in path_segments(where):
         info = _step(info, seg)
         if info is None:
             return None

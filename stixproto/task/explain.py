@@ -37,8 +37,9 @@ def _words(expected: str) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _segments(where: str) -> list[str | int]:
-    """`$.a.b[1][...]` → ['a', 'b', 1, '...']."""
+def path_segments(where: str) -> list[str | int]:
+    """`$.a.b[1][...]` → ['a', 'b', 1, '...'] (a map key shows as '...'): the path of a msgspec
+    validation error, as `stixproto.edge` reads it too."""
     out: list[str | int] = []
     rest = where[1:] if where.startswith("$") else where
     while rest:
@@ -123,7 +124,7 @@ def explain(exc: msgspec.ValidationError, raw: Any, typ: Any) -> TaskFieldError:
         where = where[len("key` in `") :]
     path: list[str | int] = []
     value, current = raw, typ
-    for seg in _segments(where):
+    for seg in path_segments(where):
         if seg == "...":
             return _in_map(value, current, path)
         value, current = _step(value, current, seg)
