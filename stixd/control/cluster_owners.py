@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stixd.actors.job_pool import worker_name
+from stixd.actors.job_pool import JobPoolActor, worker_name
 from stixd.actors.quarantine import reason_of
 from stixd.app import App
 from stixd.control.jobs_cmds import KIND, POOL, row_cluster
 from stixproto import names
-from stixproto.bounds import MAX_COUNT
 from stixproto.errors import InvalidRequest
 
 
@@ -50,15 +49,13 @@ async def cluster_owners(app: App) -> dict[str, Owner]:
     owners: dict[str, Owner] = {}
     prefixes: dict[str, Owner] = {}
     for pool in await app.store.rows(POOL, include_terminal=False):
-        if reason_of(app, pool) is not None:
-            continue  # quarantined: its columns may hold anything; it keeps nothing up
+        if reason_of(app, pool) is not None or JobPoolActor.row_problem(pool) is not None:
+            continue  # quarantined (or about to be): its columns may hold anything
         owner = Owner(POOL, pool.id)
         prefixes[f"{pool.id}-"] = owner
         claims = pool.data.get("claims")
         held = {c for c in claims if isinstance(c, str)} if isinstance(claims, dict) else set()
-        workers = pool.spec.get("workers", 0)
-        if isinstance(workers, int) and 0 <= workers <= MAX_COUNT:
-            held |= {worker_name(pool.id, i) for i in range(workers)}
+        held |= {worker_name(pool.id, i) for i in range(pool.spec.get("workers", 0))}
         for name in held:
             owners[name] = owner
     if prefixes:
