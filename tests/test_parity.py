@@ -4,6 +4,7 @@ show-gpus and check on this build, local.max_nodes, zone names, the README's exi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -226,7 +227,7 @@ def test_show_gpus_infra_local_lists_this_machine_without_a_catalog(stix: Stix) 
 # -- zone names --------------------------------------------------------------------------------
 
 aws_server, aws = aws_fixtures()
-SHARED_CATALOGS = REPO.parent / "shared" / "catalogs"
+SHARED_CATALOGS = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
 
 
 @pytest.mark.skipif(not (SHARED_CATALOGS / "v8" / "aws").is_dir(), reason="no shared catalogs")
