@@ -37,6 +37,8 @@ MAX_QPS = 1_000_000_000
 """Requests per second (a service's autoscaling target)."""
 MAX_PROTOCOL = 2**31 - 1
 MAX_PATH = 4096
+MAX_CHOICE = 1024
+"""A plan's choice as `launch` shows it (`2x aws/p4d.24xlarge (us-east-1, spot)`)."""
 """Characters of a local path a client sends (PATH_MAX on Linux)."""
 
 JobId = Annotated[int, Meta(ge=1, le=MAX_ID)]
@@ -50,3 +52,4 @@ PreemptCount = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 AcceleratorCount = Annotated[float, Meta(gt=0, le=MAX_COUNT)]
 Protocol = Annotated[int, Meta(ge=0, le=MAX_PROTOCOL)]
 LocalPath = Annotated[str, Meta(min_length=1, max_length=MAX_PATH)]
+PlanChoice = Annotated[str, Meta(min_length=1, max_length=MAX_CHOICE)]

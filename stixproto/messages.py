@@ -74,7 +74,7 @@ class Launch(Msg, tag="launch", frozen=True):
     detach_setup: bool = False
     """With `detach`: answer once the job is submitted, its setup still running; without it
     a detached launch answers when setup has finished (SkyPilot's `-s/--detach-setup`)."""
-    plan_choice: str | None = None
+    plan_choice: b.PlanChoice | None = None
     """The choice the user confirmed (`PlanReply.choice`): a launch that would now provision
     something else is refused, so what was shown is what gets launched."""
 

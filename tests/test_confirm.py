@@ -294,6 +294,21 @@ def test_the_confirmed_plan_is_the_one_launched(stix: Stix) -> None:
     assert stix.clusters()["c1"]["status"] == "UP"
 
 
+def test_a_plan_choice_past_its_bound_is_refused_before_it_is_sent() -> None:
+    import msgspec
+
+    from stixproto import messages as m
+    from stixproto.edge import request_body
+    from stixproto.errors import InvalidRequest
+    from stixproto.task import Task
+
+    task = msgspec.convert({"run": "true"}, Task)
+    with pytest.raises(InvalidRequest, match="plan_choice"):
+        request_body(m.Launch(task=task, cluster="c1", plan_choice="x" * 100_000))
+    with pytest.raises(InvalidRequest, match="plan_choice"):
+        request_body(m.Launch(task=task, cluster="c1", plan_choice=""))
+
+
 def test_on_a_cloud_the_chosen_row_is_what_the_cluster_launches(
     stix: Stix, terminal: type[Terminal]
 ) -> None:
