@@ -263,7 +263,7 @@ def cmd_events(home: Path, a: argparse.Namespace) -> int:
     from stixctl import render
     from stixctl.client import call
 
-    kind = a.kind or ("job" if a.job_id is not None else "cluster")
+    kind: m.EventKind = a.kind or ("job" if a.job_id is not None else "cluster")
     reply = call(home, m.Events(name=a.name, kind=kind, limit=a.limit, job_id=a.job_id))
     if a.json:
         _json(reply.events)

@@ -245,7 +245,7 @@ class Client:
         name: str,
         job_id: int | None = None,
         *,
-        kind: ops.EventKind | None = None,
+        kind: m.EventKind | None = None,
         limit: int = 200,
     ) -> list[m.EventRecord]:
         kind = kind or ("job" if job_id is not None else "cluster")

@@ -157,7 +157,7 @@ class AsyncClient:
         name: str,
         job_id: int | None = None,
         *,
-        kind: ops.EventKind | None = None,
+        kind: m.EventKind | None = None,
         limit: int = 200,
     ) -> list[m.EventRecord]:
         kind = kind or ("job" if job_id is not None else "cluster")

@@ -227,11 +227,8 @@ def leaks(terminate: bool, ids: Sequence[str]) -> Op[m.LeakList, m.LeakList]:
     return Op(m.Leaks(terminate=terminate, ids=list(ids)), m.LeakList, _same)
 
 
-EventKind = Literal["cluster", "job", "managed_job", "job_pool"]
-
-
 def events(
-    name: str, kind: EventKind, limit: int, job_id: int | None = None
+    name: str, kind: m.EventKind, limit: int, job_id: int | None = None
 ) -> Op[m.EventList, list[m.EventRecord]]:
     """A job's history is `events(cluster, kind="job", job_id=ID)`, ID as `queue` shows it."""
     request = m.Events(name=name, kind=kind, limit=limit, job_id=job_id)

@@ -7,7 +7,7 @@ one final reply. Closing the connection cancels the request.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -156,12 +156,16 @@ class Leaks(Msg, tag="leaks", frozen=True):
     """With ``terminate``: only these of the leaks found (the ones a user confirmed)."""
 
 
+EventKind = Literal["cluster", "job", "managed_job", "job_pool"]
+"""The actor kinds whose history `events` shows."""
+
+
 class Events(Msg, tag="events", frozen=True):
     """The history of a cluster, or of a job: `name` is then its cluster and `job_id` the id
     `queue` shows (none: the cluster's latest job), or `name` is the job's full record id."""
 
     name: str
-    kind: str = "cluster"
+    kind: EventKind = "cluster"
     limit: b.EventLimit = 200
     job_id: b.JobId | None = None
 

@@ -311,3 +311,12 @@ def test_legacy_clusters_named_to_leave_the_home_are_removed_and_nothing_outside
     assert not set(legacy) & set(stix.clusters())  # the records are gone from status
     ended = {c["name"]: c["status"] for c in stix.json("status", "-a")}
     assert all(ended.get(name) == "TERMINATED" for name in legacy), ended
+
+
+def test_an_events_kind_outside_the_actor_kinds_is_refused_before_it_is_sent() -> None:
+    from stixproto.edge import request_body
+    from stixproto.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="events: kind: invalid enum value") as refused:
+        request_body(m.Events(name="c1", kind="x" * 100_000))  # type: ignore[arg-type]
+    assert len(refused.value.message) < 400
