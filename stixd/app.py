@@ -66,7 +66,7 @@ class App:
 
         A broken file is the user's error to see (InvalidConfig naming the file and key).
         """
-        from stixd.providers.ssh_pools import PoolError, load_pools
+        from stixd.providers.ssh.pools import PoolError, load_pools
         from stixproto.errors import InvalidConfig
 
         ssh = self.providers.get("ssh")

@@ -15,10 +15,10 @@ from stixd.control import leak_cmds
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
-from stixd.providers import fake
+from stixd.providers.fake import provider as fake
 from stixd.providers.aws import AwsProvider
-from stixd.providers.local import LocalProvider
-from stixd.providers.ssh import SshProvider
+from stixd.providers.local.provider import LocalProvider
+from stixd.providers.ssh.provider import SshProvider
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import open_store

@@ -24,7 +24,7 @@ from stixd.providers.aws.instances import TAG_RANK, TAG_USER
 from stixd.providers.aws.nodes import AwsNodes
 from stixd.providers.aws.records import Records
 from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
-from stixd.providers.ssh_transport import SshSettings
+from stixd.providers.shared.ssh_transport import SshSettings
 from stixproto.errors import ProvisionError
 from tests.awsbed import AwsBed, aws_fixtures
 from tests.sshbed import SshBed, bed_fixture

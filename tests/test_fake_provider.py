@@ -14,7 +14,7 @@ from stixd.agent_client import AgentUnreachable
 from stixd.planner.catalog import open_catalog
 from stixd.planner.target import blocked_from, choose_target, cloud_spec
 from stixd.providers.base import CapacityError, NodeStatus, ProvisionRequest, ReportsLostNodes
-from stixd.providers.fake import FakeProvider, write_catalog
+from stixd.providers.fake.provider import FakeProvider, write_catalog
 from stixproto.task import Task
 from stixproto.task.load import task_from_dict
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stixd.providers.bootstrap import RemoteFacts, _layout
+from stixd.providers.shared.bootstrap import RemoteFacts, _layout
 from tests.conftest import REPO, Stix, pid_alive, processes_mentioning, wait_until
 from tests.sshbed import SshBed, bed_fixture
 

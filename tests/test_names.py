@@ -21,7 +21,7 @@ import pytest
 from stixctl import sdk
 from stixctl.main import _finish_run
 from stixd.providers.base import NodeInfo, NodeStatus
-from stixd.providers.local import LocalProvider
+from stixd.providers.local.provider import LocalProvider
 from stixd.store.db import Row, open_store
 from stixproto import PROTOCOL_VERSION, names
 from stixproto import messages as m

@@ -12,8 +12,8 @@ import pytest
 
 from stixd.agent_bundle import AGENT_SOURCE, build_agent_zipapp, build_id
 from stixd.agent_client import AgentClient
-from stixd.providers.bootstrap import AgentEndpoint, BootstrapError, ensure_agent
-from stixd.providers.ssh_transport import SshConnection, SshSettings, SshTarget
+from stixd.providers.shared.bootstrap import AgentEndpoint, BootstrapError, ensure_agent
+from stixd.providers.shared.ssh_transport import SshConnection, SshSettings, SshTarget
 from tests.sshbed import Host, SshBed, bed_fixture
 
 pytestmark = pytest.mark.anyio

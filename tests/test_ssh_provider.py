@@ -13,10 +13,10 @@ import pytest
 
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.base import CapacityError, Mount, NodeStatus, ProvisionRequest
-from stixd.providers.ssh import SshProvider
-from stixd.providers.ssh_pools import PoolError, load_pools, parse_pools
-from stixd.providers.ssh_sync import Method
-from stixd.providers.ssh_transport import SshSettings
+from stixd.providers.ssh.provider import SshProvider
+from stixd.providers.ssh.pools import PoolError, load_pools, parse_pools
+from stixd.providers.shared.ssh_sync import Method
+from stixd.providers.shared.ssh_transport import SshSettings
 from tests.sshbed import SshBed, bed_fixture, start_sshd
 from tests.test_ssh_bootstrap import agents_on, finished, full_log
 
@@ -364,7 +364,7 @@ def files_under(root: Path) -> list[str]:
 
 
 def test_a_proxy_command_expands_openssh_tokens_and_reaches_the_openssh_client() -> None:
-    from stixd.providers.ssh_sync import ssh_client_args
+    from stixd.providers.shared.ssh_sync import ssh_client_args
 
     pools = parse_pools(
         {"p": {"user": "u", "identity_file": "/k", "hosts": [{"ip": "h", "port": 2}],

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from stixd.agent_client import AgentUnreachable
-from stixd.providers.ssh_transport import (
+from stixd.providers.shared.ssh_transport import (
     SESSION_CHANNELS,
     SshAuthError,
     SshConnection,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stixd.providers.filesync import sync_path
-from stixd.providers.ssh_sync import rsync_filters
-from stixd.providers.syncfilter import SyncFilter, rsync_exclude_list
+from stixd.providers.shared.filesync import sync_path
+from stixd.providers.shared.ssh_sync import rsync_filters
+from stixd.providers.shared.syncfilter import SyncFilter, rsync_exclude_list
 from tests.conftest import Stix
 
 TREE = [

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stixd.config import ConfigError, load_config
-from stixd.providers.ssh_pools import PoolError, load_pools
+from stixd.providers.ssh.pools import PoolError, load_pools
 from stixproto import user_yaml
 from stixproto.errors import InvalidTask
 from stixproto.task import Task, from_yaml, load_task_file

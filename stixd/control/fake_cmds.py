@@ -9,7 +9,7 @@ import anyio
 
 from stixd.actors.asks import ask_cluster
 from stixd.app import App
-from stixd.providers.fake import FakeProvider
+from stixd.providers.fake.provider import FakeProvider
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest, StixError
 

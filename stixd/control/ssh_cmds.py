@@ -8,7 +8,7 @@ from typing import Any
 from stixd.actors import quarantine
 from stixd.app import App
 from stixd.providers.base import NodeInfo
-from stixd.providers.ssh import HostReport, SshProvider
+from stixd.providers.ssh.provider import HostReport, SshProvider
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest

@@ -20,8 +20,8 @@ from stixd.providers.aws.instances import Instance
 from stixd.providers.aws.keys import ensure_local_key
 from stixd.providers.aws.records import Records
 from stixd.providers.base import Mount, NodeInfo, NodeStatus, ProvisionRequest
-from stixd.providers.bootstrap import BootstrapError
-from stixd.providers.ssh_nodes import (
+from stixd.providers.shared.bootstrap import BootstrapError
+from stixd.providers.shared.ssh_nodes import (
     TEST_HOSTS_ENV,
     WORKDIR,
     bootstrap_node,
@@ -30,9 +30,9 @@ from stixd.providers.ssh_nodes import (
     testing_hosts,
     wait_for_ssh,
 )
-from stixd.providers.ssh_sync import ssh_client_args
-from stixd.providers.ssh_sync import sync as sync_mounts
-from stixd.providers.ssh_transport import SshConnection, SshError, SshSettings, SshTarget
+from stixd.providers.shared.ssh_sync import ssh_client_args
+from stixd.providers.shared.ssh_sync import sync as sync_mounts
+from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshSettings, SshTarget
 from stixproto.errors import ProvisionError
 
 DEFAULT_SSH_USER = "ubuntu"
@@ -78,7 +78,7 @@ class AwsNodes:
     def target(self, rank: int, inst: Instance) -> tuple[SshTarget, str]:
         """Where to SSH to the node, and the address other nodes reach it at."""
         hosts = testing_hosts(self.env)
-        if hosts is not None:  # testing only: see stixd/providers/ssh_nodes.py
+        if hosts is not None:  # testing only: see stixd/providers/shared/ssh_nodes.py
             if rank >= len(hosts):
                 raise ProvisionError(f"{TEST_HOSTS_ENV} lists {len(hosts)} host(s); no node {rank}")
             return hosts[rank], hosts[rank].host

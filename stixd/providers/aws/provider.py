@@ -51,7 +51,7 @@ from stixd.providers.base import (
     NodeLoss,
     ProvisionRequest,
 )
-from stixd.providers.ssh_transport import SshSettings
+from stixd.providers.shared.ssh_transport import SshSettings
 from stixproto import names
 from stixproto.errors import ProvisionError
 

@@ -19,7 +19,7 @@ import anyio
 
 from stixd.agent_bundle import zipapp_name
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
-from stixd.providers.ssh_transport import SshConnection, quote
+from stixd.providers.shared.ssh_transport import SshConnection, quote
 from stixproto.errors import ProvisionError
 from stixproto.paths import PathOutsideParent, child_path
 

@@ -1,6 +1,6 @@
 """The FAKE provider: in-memory nodes, for tests and benchmarks only, never real work.
 
-A launch makes ``FakeNode``s (stixd/providers/fake_agent.py) after a configurable latency, in
+A launch makes ``FakeNode``s (stixd/providers/fake/agent.py) after a configurable latency, in
 the region its placement names; a region listed as having no capacity fails with a
 ``CapacityError`` that blocks it, so the launcher fails over as on a real cloud. ``preempt``
 makes nodes vanish: ``query`` reports them gone and their agents stop answering, as after a
@@ -28,7 +28,7 @@ from stixd.providers.base import (
     NodeStatus,
     ProvisionRequest,
 )
-from stixd.providers.fake_agent import Clock, FakeAgentClient, FakeNode
+from stixd.providers.fake.agent import Clock, FakeAgentClient, FakeNode
 
 if TYPE_CHECKING:
     from stixd.config import FakeConfig

@@ -1,5 +1,5 @@
 """Copy a local file or tree into a node sandbox, touching only what changed and leaving out
-what the source's ignore files exclude (`stixd.providers.syncfilter`)."""
+what the source's ignore files exclude (`stixd.providers.shared.syncfilter`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from stixd.providers.syncfilter import SyncFilter
+from stixd.providers.shared.syncfilter import SyncFilter
 
 
 def _same(src: os.stat_result, dst: Path) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from stixd.providers.base import CapacityError
-from stixd.providers.ssh_transport import SshTarget
+from stixd.providers.shared.ssh_transport import SshTarget
 from stixproto import user_yaml
 from stixproto.errors import ProvisionError
 

@@ -31,8 +31,8 @@ from stixd.providers.base import (
     NodeStatus,
     ProvisionRequest,
 )
-from stixd.providers.filesync import sync_path
-from stixd.providers.local_node import (
+from stixd.providers.shared.filesync import sync_path
+from stixd.providers.local.node import (
     kill_marked,
     marked_processes,
     node_environment,

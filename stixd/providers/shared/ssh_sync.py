@@ -2,7 +2,7 @@
 
 Both paths send only what changed (size and mtime), delete what is gone from the source, and
 skip what the source's ``.skyignore`` / ``.gitignore`` files exclude, decided for both by
-`stixd.providers.syncfilter` (rsync gets its decisions as an exclude list), so SSH nodes get
+`stixd.providers.shared.syncfilter` (rsync gets its decisions as an exclude list), so SSH nodes get
 the same files as local ones.
 """
 
@@ -20,9 +20,9 @@ import anyio
 import asyncssh
 
 from stixd.providers.base import Mount, NodeInfo
-from stixd.providers.ssh_pools import PoolHost
-from stixd.providers.ssh_transport import SshConnection, SshError, SshTimeout, quote
-from stixd.providers.syncfilter import SyncFilter, rsync_exclude_list
+from stixd.providers.ssh.pools import PoolHost
+from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshTimeout, quote
+from stixd.providers.shared.syncfilter import SyncFilter, rsync_exclude_list
 
 Method = Literal["auto", "rsync", "sftp"]
 SYNC_TIMEOUT_S = 600.0

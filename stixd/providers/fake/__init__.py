@@ -1,0 +1,1 @@
+"""The fake provider: in-memory nodes for tests and benchmarks, never real work."""

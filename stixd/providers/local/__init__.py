@@ -1,0 +1,1 @@
+"""The local provider: nodes are process groups on this machine."""

@@ -1,0 +1,1 @@
+"""Pieces several providers share: the SSH transport, agent bootstrap over any node shell, file sync."""

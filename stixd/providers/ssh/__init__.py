@@ -1,0 +1,1 @@
+"""The ssh provider: SSH node pools from ssh_node_pools.yaml."""
