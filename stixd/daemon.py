@@ -15,8 +15,8 @@ from stixd.control import leak_cmds
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
-from stixd.providers.fake import provider as fake
 from stixd.providers.aws import AwsProvider
+from stixd.providers.fake import provider as fake
 from stixd.providers.local.provider import LocalProvider
 from stixd.providers.ssh.provider import SshProvider
 from stixd.runtime.supervisor import RestartPolicy, Supervisor

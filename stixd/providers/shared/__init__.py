@@ -1,1 +1,1 @@
-"""Pieces several providers share: the SSH transport, agent bootstrap over any node shell, file sync."""
+"""Pieces several providers share: the SSH transport, agent bootstrap, node shells, file sync."""
