@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -78,7 +78,7 @@ def write_csv(root: Path, cloud: str, lines: list[str]) -> Path:
     return path
 
 
-def one(offers: list[Offer] | Iterator[Offer], **fields: object) -> Offer:
+def one(offers: Iterable[Offer], **fields: object) -> Offer:
     found = [o for o in offers if all(getattr(o, k) == v for k, v in fields.items())]
     assert len(found) == 1, (fields, found)
     return found[0]

@@ -263,6 +263,7 @@ def test_clusters_and_their_jobs_through_both_clients(stix: Stix, tmp_path: Path
     assert "".join(c.logs("sdkc", 1, tail=1, node=0)) == "hi-0\n"
     assert collect(a.logs("sdkc", 1, follow=True)) == "hi-0\n"
     sleeper = run(a.exec("sdkc", "sleep 60"))
+    assert sleeper.job_id is not None
     wait_until(lambda: c.job_status("sdkc", sleeper.job_id) == "RUNNING")
     assert run(a.job_status("sdkc", sleeper.job_id)) == "RUNNING"
     assert run(a.cancel("sdkc", [sleeper.job_id])) == [sleeper.job_id]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ pytestmark = pytest.mark.skipif(not CORPUS, reason=f"no corpus under {SHARED}")
 SECONDS = 5.0  # per file, on a loaded two-core machine; an unbounded walk takes hours
 SIGNIFICANT = [*b":-[]{}&*!|>'\"#%@?,\n\t 0", 0x00, 0x85, 0xC2, 0xE2, 0xEF, 0xFF]
 
-Draw = Callable[[st.SearchStrategy[object]], object]
+Draw = st.DrawFn
 
 
 def _int(draw: Draw, low: int, high: int) -> int:
@@ -44,7 +43,7 @@ def flip(draw: Draw, data: bytes) -> bytes:
         return data
     at = _int(draw, 0, len(data) - 1)
     byte = draw(st.one_of(st.sampled_from(SIGNIFICANT), st.integers(0, 255)))
-    return data[:at] + bytes([byte]) + data[at + 1 :]  # type: ignore[list-item]
+    return data[:at] + bytes([byte]) + data[at + 1 :]
 
 
 def truncate(draw: Draw, data: bytes) -> bytes:
@@ -124,7 +123,7 @@ def mutated_files(draw: Draw) -> tuple[str, bytes]:
     data = path.read_bytes()
     for _ in range(_int(draw, 1, 4)):
         mutation = draw(st.sampled_from(MUTATIONS))
-        data = mutation(draw, data)  # type: ignore[operator]
+        data = mutation(draw, data)
     return path.name, data
 
 
