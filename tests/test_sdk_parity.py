@@ -38,11 +38,12 @@ from stixproto.errors import (
 )
 from stixproto.task import Resources, Task
 from tests.conftest import REPO, Stix, wait_until
+from tests.shared_data import needs
 from tests.test_managed_jobs_fake import fake_daemon
 
 T = TypeVar("T")
 SHARED = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
-needs_catalogs = pytest.mark.skipif(not (SHARED / "v8").is_dir(), reason=f"no catalogs at {SHARED}")
+needs_catalogs = needs(SHARED / "v8", "shared catalogs")
 
 
 def run(coro: Awaitable[T]) -> T:

@@ -3,7 +3,7 @@ merge keys, bombs and deep nesting — end in a Task, a pipeline or one-line err
 time: never another exception, never a hang.
 
 The corpus is `$STIX_SHARED/compat/skypilot-yamls` (default: `../shared` beside the repository);
-without it these tests are skipped.
+without it these tests are skipped (failed when CI is set).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,10 +20,11 @@ from stixctl.validate import judge
 from stixproto.errors import StixError
 from stixproto.task import Dag, Task, from_yaml
 from tests.conftest import REPO
+from tests.shared_data import needs
 
 SHARED = Path(os.environ.get("STIX_SHARED") or REPO.parent / "shared")
 CORPUS = sorted((SHARED / "compat" / "skypilot-yamls").glob("*.y*ml"))
-pytestmark = pytest.mark.skipif(not CORPUS, reason=f"no corpus under {SHARED}")
+pytestmark = needs(SHARED / "compat" / "skypilot-yamls", "compat corpus")
 
 SECONDS = 5.0  # per file, on a loaded two-core machine; an unbounded walk takes hours
 SIGNIFICANT = [*b":-[]{}&*!|>'\"#%@?,\n\t 0", 0x00, 0x85, 0xC2, 0xE2, 0xEF, 0xFF]
