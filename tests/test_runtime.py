@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import structlog
 
@@ -217,6 +218,38 @@ async def test_a_timer_fires_when_its_time_comes_on_the_supervisors_clock(
             )
         assert got is not None and got.version == 2
         tg.cancel_scope.cancel()
+
+
+async def test_the_manual_clock_wakes_sleepers_and_ends_deadlines_only_when_moved_on() -> None:
+    clock = ManualClock(start=100.0)
+    woke: list[str] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(name)
+
+    async def bounded() -> None:
+        with pytest.raises(TimeoutError), clock.fail_after(5):
+            await anyio.sleep_forever()
+        woke.append("deadline")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sleeper, "late", 10)
+        tg.start_soon(sleeper, "early", 3)
+        tg.start_soon(bounded)
+        with anyio.fail_after(5):
+            await clock.until_waiting(3)
+        clock.advance(2.5)
+        assert clock.waiting == 3 and clock.now() == 102.5
+        clock.advance(7.5)  # all three are due: they end in the order they were due
+        with anyio.fail_after(5):
+            while len(woke) < 3:
+                await anyio.lowlevel.checkpoint()
+    assert woke == ["early", "deadline", "late"] and clock.waiting == 0
+    with pytest.raises(ValueError, match="only moves forward"):
+        clock.advance(-1)
+    with pytest.raises(TimeoutError), clock.fail_after(0):
+        await anyio.sleep_forever()  # no time at all: over before it starts, as anyio's
 
 
 async def _crash_every(sup: Supervisor, clock: ManualClock, gap: float, times: int) -> None:
