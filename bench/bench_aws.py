@@ -111,7 +111,7 @@ def _run(home: Home, *args: str, timeout: float = 300) -> tuple[float, float]:
 
 
 def _client(url: str) -> Any:
-    from aiobotocore.session import get_session
+    from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
     return get_session().create_client(
         "ec2",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from bench.common import median, ms, p99, sample, stix_home, wall
@@ -33,7 +34,7 @@ def main() -> None:
         for path in files:
             cmd = home.ctl_cmd("launch", "--dryrun", "--all-clouds", "--json", str(path))
             # a file that fits nowhere exits 5; it is timed all the same
-            per_file.append(median(sample(lambda c=cmd: wall(c, home.env, check=False), args.runs)))
+            per_file.append(median(sample(partial(wall, cmd, home.env, check=False), args.runs)))
         baseline = sample(lambda: wall([sys.executable, "-c", "pass"]), 20)
     b = median(baseline)
     ordered = sorted(per_file)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench.common import median, ms, sample, wall
@@ -58,10 +59,10 @@ def main() -> None:
             tasks = task_requests(path)
             if len(tasks) == 1:
                 t = tasks[0]
-                jobs.append((path.name, lambda t=t: plan(t, index, enabled_clouds=CLOUDS)))
+                jobs.append((path.name, partial(plan, t, index, enabled_clouds=CLOUDS)))
             else:
                 jobs.append(
-                    (path.name, lambda ts=tasks: plan_pipeline(ts, index, enabled_clouds=CLOUDS))
+                    (path.name, partial(plan_pipeline, tasks, index, enabled_clouds=CLOUDS))
                 )
         cold = sum(timed(fn) for _, fn in jobs)  # loads and indexes every catalog once
         baseline = median(sample(lambda: wall([sys.executable, "-c", "pass"]), 15))
@@ -70,7 +71,7 @@ def main() -> None:
         print(f"{'file':62s} {'median':>9s} {'p95':>9s} {'ratio':>8s}")
         every: list[float] = []
         for name, fn in jobs:
-            xs = sample(lambda fn=fn: timed(fn), args.runs)
+            xs = sample(partial(timed, fn), args.runs)
             every += xs
             m = median(xs)
             print(f"{name[:62]:62s} {m * 1e3:7.2f}ms {p95(xs) * 1e3:7.2f}ms {m / baseline:7.3f}x")

@@ -19,6 +19,7 @@ from stixd.providers.aws import AwsProvider
 from stixd.providers.fake import provider as fake
 from stixd.providers.local.provider import LocalProvider
 from stixd.providers.ssh.provider import SshProvider
+from stixd.runtime.clock import RealClock
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import open_store
@@ -48,6 +49,7 @@ async def serve(home: Path, config: Config) -> None:
                     store,
                     log,
                     RestartPolicy(intensity.max_restarts, intensity.within_seconds),
+                    clock=RealClock(),
                 )
                 app = App(
                     home=home,

@@ -174,7 +174,7 @@ class AwsBed:
 
     def ec2(self, operation: str, region: str = REGION, **params: Any) -> Any:
         """One EC2 call straight to moto (not through the proxy), for the test's own checks."""
-        from aiobotocore.session import get_session
+        from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
         async def call() -> Any:
             async with get_session().create_client(

@@ -106,7 +106,7 @@ def make_app(upstream: str) -> web.Application:
         return await asyncio.shield(asyncio.ensure_future(finish()))
 
     async def rewritten(answer: web.Response, pairs: list[list[str]]) -> web.Response:
-        text = bytes(answer.body or b"").decode()
+        text = answer.text or ""
         for old, new in pairs:
             text = text.replace(old, new)
         return web.Response(status=answer.status, content_type="text/xml", text=text)

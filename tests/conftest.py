@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from tests.shared_data import check_marks
+
 # The suite is a gate: property tests draw the same examples on every run, so a run fails only
 # for a change, never for a lucky draw. Hunt with `HYPOTHESIS_PROFILE=hunt` (random draws).
 settings.register_profile("gate", derandomize=True)
@@ -29,6 +31,10 @@ settings.register_profile("hunt", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    check_marks(item)  # a test that needs ../shared: skipped without it, failed under CI
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

@@ -49,7 +49,7 @@ def test_a_daemon_killed_during_provisioning_resumes_to_one_complete_cluster(
     made = aws.live_instances("k")
     assert len(made) == 2, made
     assert aws.seen().count("RunInstances") == 1  # found by its tags, not made again
-    ranks = sorted({t["Key"]: t["Value"] for t in i["Tags"]}.get("stix-node-rank") for i in made)
+    ranks = sorted({t["Key"]: t["Value"] for t in i["Tags"]}["stix-node-rank"] for i in made)
     assert ranks == ["0", "1"]
     assert _stix_groups(aws) == ["stix-k"]
     assert len(aws.ec2("describe_key_pairs")["KeyPairs"]) == 1

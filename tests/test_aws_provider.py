@@ -144,7 +144,7 @@ async def test_clusters_queried_at_once_share_one_describe_call_and_get_their_ow
     made: dict[str, list[str]] = {}
     for name, n in (("q0", 2), ("q1", 1), ("q2", 3)):
         tags = [{"Key": "stix-cluster", "Value": name}, {"Key": TAG_USER, "Value": provider.user}]
-        spec = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
+        spec: dict[str, Any] = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
         run = aws.ec2("run_instances", ImageId=image, MinCount=n, MaxCount=n, **spec)
         made[name] = [i["InstanceId"] for i in run["Instances"]]
         for rank, iid in enumerate(made[name]):
@@ -179,7 +179,7 @@ async def test_a_look_up_waits_for_the_next_call_and_survives_its_makers_cancell
     image = aws.an_image()
     for name in ("la", "lb", "lc"):
         tags = [{"Key": "stix-cluster", "Value": name}, {"Key": TAG_USER, "Value": provider.user}]
-        spec = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
+        spec: dict[str, Any] = {"TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
         [inst] = aws.ec2("run_instances", ImageId=image, MinCount=1, MaxCount=1, **spec)[
             "Instances"
         ]

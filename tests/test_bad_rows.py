@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -278,7 +278,8 @@ def _shown_failed_then_removed(damaged: Home, kind: str, label: str) -> None:
     assert removed.returncode == 0, removed.stderr
     assert "Traceback" not in removed.stderr
     wait_until(lambda: _terminal(damaged, stored_kind, obj.id), timeout=30, interval=0.2)
-    history = [e.event for e in _ask(damaged, m.Events(name=obj.id, kind=kind)).events]
+    asked = m.Events(name=obj.id, kind=cast(m.EventKind, kind))  # kind is one of KINDS
+    history = [e.event for e in _ask(damaged, asked).events]
     assert history[0] in ("created", "submitted")  # its history, from the start, still reads
     if why.startswith("quarantined") and label != "unknown-kind":
         assert history[-2:] == ["quarantined", "removed"]

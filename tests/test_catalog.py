@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from stixd.planner.catalog import (
     parse_accelerator,
 )
 from stixd.planner.catalog.readers import gpu_memory_gib
+from tests.shared_data import require
 
 REPO = Path(__file__).resolve().parents[1]
 LAMBDA_HEADER = (
@@ -38,8 +39,7 @@ V100_INFO = (
 def shared_catalogs() -> Path:
     """The shared test catalogs: $STIX_CATALOG_DIR, else the repo's ../shared/catalogs."""
     root = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
-    if not (root / "v8").is_dir():
-        pytest.skip(f"no shared catalogs at {root} (set STIX_CATALOG_DIR to a dir holding v8/)")
+    require(root / "v8", "shared catalogs")
     return root
 
 
@@ -78,7 +78,7 @@ def write_csv(root: Path, cloud: str, lines: list[str]) -> Path:
     return path
 
 
-def one(offers: list[Offer] | Iterator[Offer], **fields: object) -> Offer:
+def one(offers: Iterable[Offer], **fields: object) -> Offer:
     found = [o for o in offers if all(getattr(o, k) == v for k, v in fields.items())]
     assert len(found) == 1, (fields, found)
     return found[0]

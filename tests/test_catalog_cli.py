@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Stix
+from tests.shared_data import needs
 
 SHARED = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
-pytestmark = pytest.mark.skipif(not (SHARED / "v8").is_dir(), reason=f"no catalogs at {SHARED}")
+pytestmark = needs(SHARED / "v8", "shared catalogs")
 
 
 @pytest.fixture

@@ -15,10 +15,11 @@ import pytest
 from stixd.planner.catalog import CatalogError, CatalogMissing, open_catalog
 from stixd.units import render_systemd_unit
 from tests.conftest import REPO, Stix
+from tests.shared_data import needs
 from tests.test_units import needs_systemd_analyze, real_executable, systemd_verify
 
 SHARED = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
-pytestmark = pytest.mark.skipif(not (SHARED / "v8").is_dir(), reason=f"no catalogs at {SHARED}")
+pytestmark = needs(SHARED / "v8", "shared catalogs")
 
 
 def one_cloud_catalog(root: Path) -> Path:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 from tests.conftest import REPO, Stix
+from tests.shared_data import needs
 
 SHARED = Path(os.environ.get("STIX_SHARED") or REPO.parent / "shared")
 CATALOGS = Path(os.environ.get("STIX_CATALOG_DIR") or SHARED / "catalogs")
 CORPUS = SHARED / "compat" / "skypilot-yamls"
-needs_shared = pytest.mark.skipif(
-    not (CATALOGS / "v8").is_dir() or not CORPUS.is_dir(), reason=f"no ../shared at {SHARED}"
-)
+
+
+def needs_shared(test: Any) -> Any:
+    return needs(CATALOGS / "v8", "shared catalogs")(needs(CORPUS, "compat corpus")(test))
 
 
 def test_validate_judges_files_without_a_daemon(stix: Stix, task_file) -> None:

@@ -79,15 +79,18 @@ def test_stixctl_status_imports_stay_thin() -> None:
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is a test dependency")
-def test_ruff_is_clean() -> None:
-    proc = subprocess.run(["ruff", "check", str(REPO)], capture_output=True, text=True)
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff_is_clean(command: list[str]) -> None:
+    """Lint and format, over the packages, the tests and the benchmarks alike."""
+    proc = subprocess.run(["ruff", *command, str(REPO)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_mypy_is_clean() -> None:
+    """The packages strictly; the tests and benchmarks with their bodies checked (pyproject)."""
     pytest.importorskip("mypy")
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "stixproto", "stixd", "stixctl"],
+        [sys.executable, "-m", "mypy", "stixproto", "stixd", "stixctl", "tests", "bench"],
         cwd=REPO,
         capture_output=True,
         text=True,

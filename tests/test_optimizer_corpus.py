@@ -21,6 +21,7 @@ from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
 from stixproto.task import from_yaml
 from tests.optimizer_support import index
+from tests.shared_data import needs, require
 from tests.test_catalog import REPO
 
 __all__ = ["index"]
@@ -58,8 +59,11 @@ def task_requests(path: Path) -> list[TaskRequest]:
     return from_task.task_requests(from_yaml(path.read_text(), str(path)))
 
 
-@pytest.mark.skipif(not FILES, reason=f"no compat corpus at {CORPUS}")
-@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, id=p.name) for p in FILES]
+    or [pytest.param(None, marks=needs(CORPUS, "compat corpus"), id="corpus-missing")],
+)
 def test_every_corpus_file_plans_or_says_why(index: OfferIndex, path: Path) -> None:
     tasks = task_requests(path)
     if len(tasks) == 1:
@@ -75,7 +79,6 @@ def test_every_corpus_file_plans_or_says_why(index: OfferIndex, path: Path) -> N
 
 
 def test_the_corpus_is_all_here() -> None:
-    if not FILES:
-        pytest.skip(f"no compat corpus at {CORPUS}")
+    require(CORPUS, "compat corpus")
     assert len(FILES) == 71
     assert set(NO_FIT) <= {p.name for p in FILES}

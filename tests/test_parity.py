@@ -15,6 +15,7 @@ import pytest
 
 from tests.awsbed import AwsBed, aws_fixtures
 from tests.conftest import REPO, Stix
+from tests.shared_data import needs
 
 
 def test_validate_json_exits_like_validate_when_a_file_is_invalid(stix: Stix, task_file) -> None:
@@ -230,7 +231,7 @@ aws_server, aws = aws_fixtures()
 SHARED_CATALOGS = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
 
 
-@pytest.mark.skipif(not (SHARED_CATALOGS / "v8" / "aws").is_dir(), reason="no shared catalogs")
+@needs(SHARED_CATALOGS / "v8" / "aws", "shared catalogs")
 def test_spot_rows_of_a_plan_show_zone_names_where_the_account_mapping_is_known(
     stix: Stix,
 ) -> None:

@@ -79,7 +79,9 @@ def test_daemon_restart_upgrades_an_old_agent_without_killing_its_job(
     stix.run("exec", "up", "-d", "for i in 1 2 3 4 5 6; do echo u$i; sleep 0.3; done", check=True)
     wait_until(lambda: stix.job_status("up", 2) == "RUNNING")
     # turn the running agent into another build, as if it came from an older stix
-    source = Path(sys.modules["stixd.agent_bundle"].__file__).parent / "agent"
+    bundle = sys.modules["stixd.agent_bundle"].__file__
+    assert bundle is not None
+    source = Path(bundle).parent / "agent"
     old_src = tmp_path / "agent"
     shutil.copytree(source, old_src)
     with (old_src / "__init__.py").open("a") as f:

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import structlog
 
 from stixd.runtime.actor import Actor
+from stixd.runtime.clock import ManualClock
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope, reply_channel
-from stixd.runtime.supervisor import RestartPolicy, Supervisor
+from stixd.runtime.supervisor import GIVEN_UP_WITHIN_S, RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import MIGRATIONS, Row, RowExists, StaleWrite, open_store
 from stixproto.errors import InvalidRequest
@@ -194,18 +196,130 @@ async def test_too_many_crashes_mark_the_actor_failed_with_the_reason(tmp_path: 
         tg.cancel_scope.cancel()
 
 
-async def test_timers_and_row_watch(tmp_path: Path) -> None:
+async def test_a_timer_fires_when_its_time_comes_on_the_supervisors_clock(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
     async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
         watch = RowWatch(store)
-        sup = Supervisor(tg, store, LOG, RestartPolicy())
+        sup = Supervisor(tg, store, LOG, RestartPolicy(), clock=clock)
         row = await store.insert(Row(kind="counter", id="t", state="IDLE", version=0), "created")
         sup.spawn(row, lambda r: Counter(r, store, LOG))
-        sup.tell("counter", "t", "later")
+        sup.tell("counter", "t", "later")  # after("t", 0.05, "work")
+        with anyio.fail_after(5):
+            await clock.until_waiting()
+        clock.advance(0.04)
+        assert clock.waiting == 1  # not yet due: still armed
+        assert await _ask(sup, "t", "ping") == "IDLE"
+        clock.advance(0.01)
         with anyio.fail_after(5):
             got = await watch.wait_for(
                 "counter", "t", lambda r: r is not None and r.state == "BUSY"
             )
         assert got is not None and got.version == 2
+        tg.cancel_scope.cancel()
+
+
+async def test_the_manual_clock_wakes_sleepers_and_ends_deadlines_only_when_moved_on() -> None:
+    clock = ManualClock(start=100.0)
+    woke: list[str] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(name)
+
+    async def bounded() -> None:
+        with pytest.raises(TimeoutError), clock.fail_after(5):
+            await anyio.sleep_forever()
+        woke.append("deadline")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sleeper, "late", 10)
+        tg.start_soon(sleeper, "early", 3)
+        tg.start_soon(bounded)
+        with anyio.fail_after(5):
+            await clock.until_waiting(3)
+        clock.advance(2.5)
+        assert clock.waiting == 3 and clock.now() == 102.5
+        clock.advance(7.5)  # all three are due: they end in the order they were due
+        with anyio.fail_after(5):
+            while len(woke) < 3:
+                await anyio.lowlevel.checkpoint()
+    assert woke == ["early", "deadline", "late"] and clock.waiting == 0
+    with pytest.raises(ValueError, match="only moves forward"):
+        clock.advance(-1)
+    with pytest.raises(TimeoutError), clock.fail_after(0):
+        await anyio.sleep_forever()  # no time at all: over before it starts, as anyio's
+
+
+async def _crash_every(sup: Supervisor, clock: ManualClock, gap: float, times: int) -> None:
+    """Crash actor "c" `times` times, `gap` seconds apart on `clock`; each crash but the last
+    is followed by a request its successor answers (so the crash was counted first)."""
+    for i in range(times):
+        if i:
+            clock.advance(gap)
+        reply = await _ask(sup, "c", "crash")
+        assert reply.code == "internal" and "asked to crash" in reply.message
+        if i < times - 1:
+            assert await _ask(sup, "c", "ping") == "IDLE"
+
+
+async def test_crashes_spread_beyond_the_window_never_trip_the_restart_limit(
+    tmp_path: Path,
+) -> None:
+    """Two restarts allowed per 60 s: six crashes 31 s apart never put three in one window, so
+    the actor is restarted every time (counting them all, without the window, would stop it
+    at the third)."""
+    clock = ManualClock()
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        sup = Supervisor(tg, store, LOG, RestartPolicy(max_restarts=2, within_seconds=60), clock)
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+        child = sup.spawn(row, lambda r: Counter(r, store, LOG))
+        await _crash_every(sup, clock, gap=31, times=6)
+        assert await _ask(sup, "c", "work") == "BUSY"
+        assert child.failed is None and sup.get("counter", "c") is child
+        history = [e.event for e in await store.events("counter", "c", 20)]
+        assert history == ["created", *["restarted"] * 6, "work"]
+        tg.cancel_scope.cancel()
+
+
+async def test_the_same_crashes_within_the_window_trip_the_restart_limit(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        sup = Supervisor(tg, store, LOG, RestartPolicy(max_restarts=2, within_seconds=60), clock)
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+        child = sup.spawn(row, lambda r: Counter(r, store, LOG))
+        await _crash_every(sup, clock, gap=29, times=3)  # the third is 58 s after the first
+        with anyio.fail_after(5):
+            await child.finished.wait()
+        assert child.failed is not None and "crashed 3 times in 60s" in child.failed
+        assert not sup.tell("counter", "c", "work")
+        tg.cancel_scope.cancel()
+
+
+class Stubborn(Counter):
+    """Its last words never end (a teardown that hangs)."""
+
+    async def given_up(self, reason: str) -> None:
+        await anyio.sleep_forever()
+
+
+async def test_last_words_that_hang_are_cut_off_after_their_bound(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        sup = Supervisor(tg, store, LOG, RestartPolicy(max_restarts=0), clock)
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+        child = sup.spawn(row, lambda r: Stubborn(r, store, LOG))
+        await _ask(sup, "c", "crash")
+        with anyio.fail_after(5):
+            await clock.until_waiting()  # the bound on its last words
+        clock.advance(GIVEN_UP_WITHIN_S - 1)
+        assert not child.finished.is_set() and clock.waiting == 1
+        clock.advance(1)
+        with anyio.fail_after(5):
+            await child.finished.wait()
+        stored = await store.get("counter", "c")  # its row was not ended: kept aside
+        assert stored is not None and stored.quarantined == child.failed
         tg.cancel_scope.cancel()
 
 

@@ -18,6 +18,7 @@ def test_sync_client_launch_logs_queue_down(stix: Stix, task_file) -> None:
     by_file = client.exec("sdk", task_file("run: echo from-file\n"))
     wait_until(lambda: client.job_status("sdk", by_file.job_id) == "SUCCEEDED")
     by_cmd = client.exec("sdk", "sleep 30")
+    assert by_cmd.job_id is not None
     wait_until(lambda: client.job_status("sdk", by_cmd.job_id) == "RUNNING")
     assert client.cancel("sdk", [by_cmd.job_id]) == [3]
     [record] = client.status()

@@ -38,11 +38,12 @@ from stixproto.errors import (
 )
 from stixproto.task import Resources, Task
 from tests.conftest import REPO, Stix, wait_until
+from tests.shared_data import needs
 from tests.test_managed_jobs_fake import fake_daemon
 
 T = TypeVar("T")
 SHARED = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
-needs_catalogs = pytest.mark.skipif(not (SHARED / "v8").is_dir(), reason=f"no catalogs at {SHARED}")
+needs_catalogs = needs(SHARED / "v8", "shared catalogs")
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -263,6 +264,7 @@ def test_clusters_and_their_jobs_through_both_clients(stix: Stix, tmp_path: Path
     assert "".join(c.logs("sdkc", 1, tail=1, node=0)) == "hi-0\n"
     assert collect(a.logs("sdkc", 1, follow=True)) == "hi-0\n"
     sleeper = run(a.exec("sdkc", "sleep 60"))
+    assert sleeper.job_id is not None
     wait_until(lambda: c.job_status("sdkc", sleeper.job_id) == "RUNNING")
     assert run(a.job_status("sdkc", sleeper.job_id)) == "RUNNING"
     assert run(a.cancel("sdkc", [sleeper.job_id])) == [sleeper.job_id]

@@ -67,7 +67,8 @@ def _reply(s: socket.socket) -> object:
     return None if body is None else decode(body, _decoder)
 
 
-def _same_daemon_serving(stix: Stix, pid: int) -> None:
+def _same_daemon_serving(stix: Stix, pid: int | None) -> None:
+    assert pid is not None
     assert stix.run("status", check=True).returncode == 0
     assert stix.daemon_pid() == pid
 

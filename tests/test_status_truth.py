@@ -142,9 +142,9 @@ def test_ip_and_endpoints_answer_as_sky_status_on_local(
         ("--endpoint", "70000", "web"): (2, "a port is from 1 to 65535"),
     }
     for argv, (code, words) in refusals.items():
-        out = stix.run("status", *argv)
-        assert out.returncode == code and words in out.stderr, (argv, out)
-        assert out.stdout == "" and out.stderr.count("\n") == 1
+        refused = stix.run("status", *argv)
+        assert refused.returncode == code and words in refused.stderr, (argv, refused)
+        assert refused.stdout == "" and refused.stderr.count("\n") == 1
 
     stix.run("stop", "-y", "bare", check=True)
     stopped = stix.run("status", "--ip", "bare")

@@ -21,6 +21,7 @@ import yaml
 
 from stixctl.validate import judge
 from stixproto.task import Dag, Task, from_yaml, to_dict, to_yaml
+from tests.shared_data import needs, require
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STIX_SHARED", REPO.parent / "shared"))
@@ -85,9 +86,7 @@ def _param(path: Path) -> Any:
     return path
 
 
-PARAMS = [_param(p) for p in FILES] or [
-    pytest.param(None, marks=pytest.mark.skip(reason=f"no corpus at {CORPUS}; set STIX_SHARED"))
-]
+PARAMS = [_param(p) for p in FILES] or [pytest.param(None, marks=needs(CORPUS, "compat corpus"))]
 
 
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.name if p else "corpus-missing")
@@ -119,8 +118,7 @@ def test_corpus_file_loads_validates_and_round_trips(path: Path) -> None:
 
 
 def test_the_corpus_has_the_shapes_its_readme_counts() -> None:
-    if not FILES:
-        pytest.skip(f"no corpus at {CORPUS}; set STIX_SHARED")
+    require(CORPUS, "compat corpus")
     parsed = {p.name: from_yaml(p.read_text(), p.name) for p in FILES}
     dags = [d for d in parsed.values() if isinstance(d, Dag)]
     assert len(FILES) == 71 and len(dags) == 10

@@ -31,7 +31,7 @@ def _connect(stix: Stix) -> socket.socket:
     return s
 
 
-def _reply(s: socket.socket) -> m.ErrorReply | m.HelloOk | None:
+def _reply(s: socket.socket) -> m.ServerMessage | None:
     body = recv_frame(s)
     return None if body is None else decode(body, _decoder)
 

@@ -21,6 +21,7 @@ from stixproto.errors import InvalidTask
 from stixproto.task import Task, from_yaml, load_task_file
 from stixproto.user_yaml import MAX_CHARS, MAX_DEPTH, MAX_VALUES, YamlError
 from tests.conftest import REPO, Stix
+from tests.shared_data import needs
 
 EXPANDED = "YAML too large: with its aliases expanded it holds more than"
 TOO_MANY_VALUES = f"{EXPANDED} {MAX_VALUES:,} values (the limit)"
@@ -243,7 +244,7 @@ GUARDED = "# " + "[" * 300 + "\n"
 MEASURED = "# &x\n"
 
 
-@pytest.mark.skipif(not CORPUS, reason=f"no corpus under {SHARED}")
+@needs(SHARED / "compat" / "skypilot-yamls", "compat corpus")
 def test_every_path_reads_the_corpus_as_pyyaml_does(loaders: str) -> None:
     for path in CORPUS:
         text = path.read_text()

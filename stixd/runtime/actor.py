@@ -15,6 +15,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from stixd.runtime.clock import Clock, RealClock
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
@@ -45,6 +46,7 @@ class Actor(abc.ABC):
         self._tg: TaskGroup | None = None
         self._mailbox: Mailbox | None = None
         self._timers: dict[str, anyio.CancelScope] = {}
+        self._clock: Clock = RealClock()
 
     @property
     def id(self) -> str:
@@ -128,10 +130,18 @@ class Actor(abc.ABC):
         """An actor whose work is over leaves the supervisor; by default at a terminal state."""
         return self.row.terminal
 
-    async def run(self, mailbox: Mailbox, gate: anyio.CapacityLimiter | None = None) -> None:
+    async def run(
+        self,
+        mailbox: Mailbox,
+        gate: anyio.CapacityLimiter | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         """Reconcile (at most `gate` actors at once, so a boot with thousands of rows does not
-        hit every provider at the same instant), then handle messages until done."""
+        hit every provider at the same instant), then handle messages until done; timers run
+        on `clock` (the supervisor's)."""
         self._mailbox = mailbox
+        if clock is not None:
+            self._clock = clock
         async with anyio.create_task_group() as tg:
             self._tg = tg
             if gate is None:
@@ -172,10 +182,12 @@ class Actor(abc.ABC):
         self.cancel_timer(name)
         scope = anyio.CancelScope()
         self._timers[name] = scope
+        clock = self._clock
+        due = clock.now() + delay  # from now, not from when the timer's task first runs
 
         async def fire() -> None:
             with scope:
-                await anyio.sleep(delay)
+                await clock.sleep(due - clock.now())
                 if self._timers.get(name) is scope:
                     del self._timers[name]
                 self.tell(message)

@@ -13,7 +13,6 @@ alone; every other actor starts as usual.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from stixd.runtime.actor import Actor, BadRow, Stop, error_reply
+from stixd.runtime.clock import Clock, RealClock
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
 from stixproto.messages import ErrorReply
@@ -77,13 +77,15 @@ class Supervisor:
         store: Store,
         log: structlog.stdlib.BoundLogger,
         policy: RestartPolicy,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
+        """`clock` (real time unless given) measures the restart-intensity window, bounds an
+        actor's last words and runs every actor's timers."""
         self._tg = tg
         self._store = store
         self._log = log
         self._policy = policy
-        self._clock = clock
+        self._clock: Clock = clock if clock is not None else RealClock()
         self.children: dict[tuple[str, str], Child] = {}
         self.reconcile_gate = anyio.CapacityLimiter(policy.reconcile_concurrency)
 
@@ -159,7 +161,7 @@ class Supervisor:
             while True:
                 child.actor = actor
                 try:
-                    await actor.run(child.mailbox, self.reconcile_gate)
+                    await actor.run(child.mailbox, self.reconcile_gate, self._clock)
                     return
                 except Exception as exc:
                     reason = _describe(exc)
@@ -172,7 +174,7 @@ class Supervisor:
                         )
                         await self._store.record(child.kind, child.id, "failed", child.failed)
                         try:
-                            with anyio.fail_after(GIVEN_UP_WITHIN_S):
+                            with self._clock.fail_after(GIVEN_UP_WITHIN_S):
                                 await actor.given_up(child.failed)
                         except Exception as hook_exc:
                             log.exception("given_up_failed", reason=str(hook_exc))
@@ -206,7 +208,7 @@ class Supervisor:
                 child.finished.set()
 
     def _too_many(self, child: Child) -> bool:
-        now = self._clock()
+        now = self._clock.now()
         child.crashes.append(now)
         while child.crashes and child.crashes[0] < now - self._policy.within_seconds:
             child.crashes.popleft()
