@@ -2,20 +2,24 @@
 
 The script a shell loads is a few lines that hand the words typed so far to
 `stixctl completion --complete INDEX -- WORDS...`; this module walks the argparse tree that
-`stixctl` itself parses with (`main.COMMANDS`, `jobs.ACTIONS`) to answer, so a new command or
-flag completes the day it is added. The answer is one line saying what to complete (`words` or
-`files`), then one candidate per line (`word<TAB>help`). Cluster names come from a running
-daemon's store (never started for a TAB, and given up on after `CLUSTERS_WITHIN_S`).
+`stixctl` itself parses with (`main.COMMANDS`, `jobs.ACTIONS`; `main` hands its builder in) to
+answer, so a new command or flag completes the day it is added. The answer is one line saying
+what to complete (`words` or `files`), then one candidate per line (`word<TAB>help`). Cluster
+names come from a running daemon's store (never started for a TAB, and given up on after
+`CLUSTERS_WITHIN_S`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stixctl.argparser import Parser
+
+ParserBuilder = Callable[[], argparse.ArgumentParser]
+"""`stixctl`'s whole parser, handed in by `main` (which imports this module)."""
 
 SHELLS = ("bash", "zsh", "fish")
 CLUSTERS_WITHIN_S = 2.0
@@ -89,10 +93,8 @@ def _positional_at(p: argparse.ArgumentParser, index: int) -> argparse.Action | 
     return None
 
 
-def complete(words: Sequence[str], index: int, home: Path) -> Answer:
+def complete(words: Sequence[str], index: int, home: Path, build_parser: ParserBuilder) -> Answer:
     """Candidates for `words[index]`, given the words before it (`words[0]` is `stixctl`)."""
-    from stixctl.main import build_parser
-
     parser: argparse.ArgumentParser = build_parser()
     seen = 0  # positionals given to the innermost command so far
     i, only_positionals = 1, False
@@ -238,18 +240,24 @@ def _answer(home: Path, a: argparse.Namespace) -> int:
     words: list[str] = a.words
     index = min(a.index, len(words))
     current = words[index] if index < len(words) else ""
-    sys.stdout.write(complete(words, index, home).text(current))
+    sys.stdout.write(complete(words, index, home, a.build_parser).text(current))
     return 0
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str], build_parser: ParserBuilder) -> argparse.Namespace:
     """`completion SHELL`, or the shell's own `completion --complete INDEX -- WORDS...`, whose
     words (flags among them) are taken verbatim, not parsed."""
     if argv[:1] == ["--complete"] and len(argv) >= 3 and argv[2] == "--":
         raw = argv[1]
         if not raw.isascii() or not raw.isdigit() or len(raw) > 6:
             Parser(prog="stixctl completion").error("--complete takes a word index")
-        return argparse.Namespace(command="completion", fn=_answer, index=int(raw), words=argv[3:])
+        return argparse.Namespace(
+            command="completion",
+            fn=_answer,
+            index=int(raw),
+            words=argv[3:],
+            build_parser=build_parser,
+        )
     p = Parser(prog="stixctl completion", description="print a shell completion script")
     add_args(p)
     args = p.parse_args(argv)

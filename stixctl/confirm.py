@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 
+from stixctl.output import on_event
 from stixproto import messages as m
 from stixproto.errors import ProvisionError, StixError
 
@@ -127,12 +128,11 @@ def launch(home: Path, a: argparse.Namespace, req: m.Launch) -> m.Launch:
     import secrets
 
     from stixctl.client import call
-    from stixctl.main import _on_event
 
     _check(req)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
     plan = m.PlanRequest(tasks=[req.task], minimize=a.minimize, launch=True, cluster=name)
-    reply: m.PlanReply = call(home, plan, _on_event)
+    reply: m.PlanReply = call(home, plan, on_event)
     if reply.cluster_status not in PROVISIONS:
         return req  # UP: nothing is provisioned; the launch runs the task there
     _say(reply.text + "\n")
@@ -154,7 +154,6 @@ def jobs_launch(home: Path, a: argparse.Namespace, req: m.JobsLaunch) -> None:
     if a.yes:
         return
     from stixctl.client import call
-    from stixctl.main import _on_event
 
     _check(req)
     what = "a managed job" if req.num_jobs == 1 else f"{req.num_jobs} managed jobs"
@@ -163,7 +162,7 @@ def jobs_launch(home: Path, a: argparse.Namespace, req: m.JobsLaunch) -> None:
         ask(f"Launching {what}{called} on the workers of pool {req.pool!r}. Proceed?", False)
         return
     plan = m.PlanRequest(tasks=req.tasks, launch=len(req.tasks) == 1)
-    reply: m.PlanReply = call(home, plan, _on_event)
+    reply: m.PlanReply = call(home, plan, on_event)
     _say(reply.text + "\n")
     if reply.no_fit_reason:
         raise ProvisionError(f"nothing fits: {reply.no_fit_reason}")

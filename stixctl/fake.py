@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stixctl.output import print_table
 from stixproto import messages as m
 
 
 def _preempt(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
-    from stixctl.main import _print_table
 
     reply: m.Table = call(home, m.FakePreempt(clusters=a.clusters, count=a.count))
-    return _print_table(reply, a.json)
+    return print_table(reply, a.json)
 
 
 def add_args(s: argparse.ArgumentParser) -> None:

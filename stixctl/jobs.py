@@ -9,6 +9,7 @@ from pathlib import Path
 
 from stixctl import confirm, taskargs
 from stixctl.argparser import Parser
+from stixctl.output import err, on_event, print_json
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import InvalidRequest
@@ -18,7 +19,6 @@ Fn = Callable[[Path, argparse.Namespace], int]
 
 def _launch(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
-    from stixctl.main import _config_layers, _err, _json, _on_event
     from stixctl.signals import finish, status_exit
 
     dag = taskargs.load(a.entrypoint, a, pipeline=True)
@@ -26,18 +26,18 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
         tasks=list(dag.tasks),
         name=a.name or getattr(dag, "name", None),
         detach=a.detach_run,
-        config=_config_layers(a.config or []),
+        config=taskargs.config_layers(a.config or []),
         pool=a.pool,
         num_jobs=a.num_jobs,
     )
     confirm.jobs_launch(home, a, req)
-    reply: m.ManagedLaunched = call(home, req, _on_event)
+    reply: m.ManagedLaunched = call(home, req, on_event)
     if a.json:
-        _json(reply)
+        print_json(reply)
     if a.detach_run or len(reply.job_ids) > 1:
         if not a.json:
             ids = ", ".join(map(str, reply.job_ids or [reply.job_id]))
-            _err(
+            err(
                 f"⚙ Managed job(s) {ids} ({reply.name}) submitted; follow one with "
                 f"`{names.command('jobs', 'logs', reply.job_id)}`"
             )
@@ -49,12 +49,11 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
 
 def _queue(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
-    from stixctl.main import _json
 
     reply: m.ManagedJobList = call(home, m.JobsQueue(all=a.all))
     jobs = [j for j in reply.jobs if not (a.skip_finished and j.ended_at)]
     if a.json:
-        _json(jobs)
+        print_json(jobs)
     else:
         print(render(jobs))
     return 0
@@ -62,7 +61,6 @@ def _queue(home: Path, a: argparse.Namespace) -> int:
 
 def _cancel(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
-    from stixctl.main import _json
 
     if not (a.job_ids or a.name or a.all or a.pool):
         raise InvalidRequest("name the managed jobs to cancel: IDs, -n NAME, -p POOL or --all")
@@ -70,7 +68,7 @@ def _cancel(home: Path, a: argparse.Namespace) -> int:
     confirm.cancel_all(a, req, "all managed jobs")
     reply: m.Table = call(home, req)
     if a.json:
-        _json(reply.rows)
+        print_json(reply.rows)
     else:
         print(reply.text)
     return 0
@@ -78,7 +76,6 @@ def _cancel(home: Path, a: argparse.Namespace) -> int:
 
 def _logs(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
-    from stixctl.main import _on_event
     from stixctl.signals import finish, status_exit
 
     req = m.JobsLogs(
@@ -88,7 +85,7 @@ def _logs(home: Path, a: argparse.Namespace) -> int:
         controller=a.controller,
         status_only=a.status,
     )
-    reply: m.LogsEnd = call(home, req, _on_event)
+    reply: m.LogsEnd = call(home, req, on_event)
     if a.status:  # as `logs --status`: the state, and SkyPilot's exit code for it
         print(f"Managed job {reply.job_id}: {reply.status}")
         return status_exit(reply.status)
@@ -99,7 +96,6 @@ def _logs(home: Path, a: argparse.Namespace) -> int:
 
 def _pool(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
-    from stixctl.main import _config_layers, _json
 
     if a.pool_action == "apply":
         if not a.entrypoint:
@@ -108,7 +104,9 @@ def _pool(home: Path, a: argparse.Namespace) -> int:
         name = a.pool_name or task.name
         if not name:
             raise InvalidRequest("name the pool with -p NAME (or `name:` in the file)")
-        req: object = m.PoolApply(name=name, task=task, config=_config_layers(a.config or []))
+        req: object = m.PoolApply(
+            name=name, task=task, config=taskargs.config_layers(a.config or [])
+        )
         reply = call(home, req)
         print(reply.message)
         return 0
@@ -119,7 +117,7 @@ def _pool(home: Path, a: argparse.Namespace) -> int:
         names = [*a.names, *([a.pool_name] if a.pool_name else [])]
         table = call(home, m.PoolDown(names=names, all=a.all))
     if a.json:
-        _json(table.rows)
+        print_json(table.rows)
     else:
         print(table.text)
     return 0

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from stixctl.output import err, on_event, print_json
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
 
@@ -25,24 +26,23 @@ def add_args(s: argparse.ArgumentParser) -> None:
 
 def cmd_leaks(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
-    from stixctl.main import _err, _json, _on_event
 
     if a.terminate and not a.yes and a.json:
         raise InvalidRequest("--terminate with --json cannot ask first: add -y")
     if a.terminate and not a.yes:
-        found: m.LeakList = call(home, m.Leaks(), _on_event)
+        found: m.LeakList = call(home, m.Leaks(), on_event)
         print(render(found))
         if not found.leaks:
             return 0
         if not _confirm(f"Terminate these {len(found.leaks)} leaked resource(s)?"):
-            _err("Nothing terminated.")
+            err("Nothing terminated.")
             return 0
         ids = [leak.id for leak in found.leaks]
-        reply: m.LeakList = call(home, m.Leaks(terminate=True, ids=ids), _on_event)
+        reply: m.LeakList = call(home, m.Leaks(terminate=True, ids=ids), on_event)
     else:
-        reply = call(home, m.Leaks(terminate=a.terminate), _on_event)
+        reply = call(home, m.Leaks(terminate=a.terminate), on_event)
     if a.json:
-        _json(reply)
+        print_json(reply)
         return 0
     if not (a.terminate and not a.yes):
         print(render(reply))

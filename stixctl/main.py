@@ -11,66 +11,15 @@ from typing import Any
 
 from stixctl import confirm, taskargs, validate
 from stixctl.argparser import Parser
+from stixctl.output import err, on_event, print_json, print_table
 from stixctl.signals import finish
 from stixctl.signals import status_exit as _status_exit
 from stixproto import messages as m
 from stixproto import names
-from stixproto.errors import InvalidConfig, InvalidRequest, StixError
+from stixproto.errors import InvalidRequest, StixError
 from stixproto.paths import stix_home
 
 EXIT_NO_FIT = 5  # as ProvisionError: no infra can run the task
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-def _on_event(event: Any) -> None:
-    if isinstance(event, m.LogChunk):
-        sys.stdout.write(event.data)
-        sys.stdout.flush()
-    elif isinstance(event, m.Progress):
-        _err(f"⚙ {event.message}")
-    elif isinstance(event, m.JobSubmitted):
-        _err(f"⚙ Job submitted on {event.cluster}, ID: {event.job_id}")
-
-
-def _json(value: Any) -> None:
-    import msgspec
-
-    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
-
-
-# -- task arguments --------------------------------------------------------------------------
-
-
-def _config_layers(extra: list[str]) -> list[m.ConfigLayer]:
-    """Project `.stix.yaml` and `--config` files, parsed here and validated by the daemon."""
-    from stixproto import user_yaml
-
-    layers = []
-    paths = [Path(".stix.yaml")] if Path(".stix.yaml").exists() else []
-    for item in extra:
-        path = Path(item)
-        if not path.exists():
-            raise InvalidConfig(
-                f"{item}: config file given with --config does not exist; check the path"
-            )
-        paths.append(path)
-    for path in paths:
-        try:
-            values = user_yaml.load(user_yaml.read_file(path)) or {}
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise InvalidConfig(f"{path}: cannot read the config file: {reason}") from None
-        except user_yaml.YamlError as exc:
-            problem = f"invalid YAML{exc.where}: {exc.problem}" if exc.syntax else str(exc)
-            raise InvalidConfig(f"{path}: {problem}") from None
-        if not isinstance(values, dict):
-            raise InvalidConfig(f"{path}: a config file must be a mapping")
-        layers.append(m.ConfigLayer(source=str(path), values=values))
-    return layers
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -89,13 +38,13 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
         down=a.down,
         idle_minutes=a.idle_minutes_to_autostop,
         no_setup=a.no_setup,
-        config=_config_layers(a.config or []),
+        config=taskargs.config_layers(a.config or []),
         retry_until_up=a.retry_until_up,
         fast=a.fast,
         detach_setup=a.detach_setup,
     )
     req = confirm.launch(home, a, req)
-    return _finish_run(call(home, req, _on_event), a)
+    return _finish_run(call(home, req, on_event), a)
 
 
 def cmd_dryrun(home: Path, a: argparse.Namespace) -> int:
@@ -103,13 +52,13 @@ def cmd_dryrun(home: Path, a: argparse.Namespace) -> int:
 
     dag = taskargs.load(a.entrypoint, a, pipeline=True, allow_empty=True)
     req = m.PlanRequest(tasks=list(dag.tasks), all_clouds=a.all_clouds, minimize=a.minimize)
-    reply = call(home, req, _on_event)
+    reply = call(home, req, on_event)
     if a.json:
         sys.stdout.write(reply.json + "\n")
     else:
         print(reply.text)
     if reply.no_fit_reason:
-        _err(f"stixctl: nothing fits: {reply.no_fit_reason}")
+        err(f"stixctl: nothing fits: {reply.no_fit_reason}")
         return EXIT_NO_FIT
     return 0
 
@@ -119,20 +68,20 @@ def cmd_exec(home: Path, a: argparse.Namespace) -> int:
 
     task = taskargs.load(a.entrypoint, a)
     req = m.Exec(cluster=a.cluster, task=task, detach=a.detach_run)
-    return _finish_run(call(home, req, _on_event), a)
+    return _finish_run(call(home, req, on_event), a)
 
 
 def _finish_run(reply: m.LaunchResult, a: argparse.Namespace) -> int:
     if a.json:
-        _json(reply)
+        print_json(reply)
     if reply.job_id is None:  # `launch -c dev --gpus A100`: nothing to run, no job
         if not a.json:
             shell = names.command("ssh", reply.cluster)
-            _err(f"✓ Cluster {reply.cluster} is UP with nothing to run; `{shell}` opens a shell")
+            err(f"✓ Cluster {reply.cluster} is UP with nothing to run; `{shell}` opens a shell")
         return 0
     if a.detach_run:
         if not a.json:
-            _err(
+            err(
                 f"⚙ Job {reply.job_id} on {reply.cluster} runs detached; follow it with "
                 f"`{names.command('logs', reply.cluster, reply.job_id)}`"
             )
@@ -146,7 +95,7 @@ def _finish_run(reply: m.LaunchResult, a: argparse.Namespace) -> int:
 def cmd_status(home: Path, a: argparse.Namespace) -> int:
     from stixctl import status
 
-    return status.run(home, a, _on_event)
+    return status.run(home, a, on_event)
 
 
 def cmd_queue(home: Path, a: argparse.Namespace) -> int:
@@ -155,7 +104,7 @@ def cmd_queue(home: Path, a: argparse.Namespace) -> int:
 
     reply = call(home, m.Queue(clusters=a.clusters, all=a.all, skip_finished=a.skip_finished))
     if a.json:
-        _json(reply.jobs)
+        print_json(reply.jobs)
     else:
         print(render.jobs(reply.jobs))
     return 0
@@ -172,7 +121,7 @@ def cmd_logs(home: Path, a: argparse.Namespace) -> int:
         status_only=a.status,
         node=a.node,
     )
-    reply = call(home, req, _on_event)
+    reply = call(home, req, on_event)
     if a.status:
         print(f"Job {reply.job_id}: {reply.status}")
         return _status_exit(reply.status)
@@ -186,9 +135,9 @@ def cmd_cancel(home: Path, a: argparse.Namespace) -> int:
 
     req = m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all)
     confirm.cancel_all(a, req, f"all jobs on cluster(s): {a.cluster}")
-    reply = call(home, req, _on_event)
+    reply = call(home, req, on_event)
     if a.json:
-        _json(reply)
+        print_json(reply)
     elif reply.job_ids and not (a.job_ids or a.all):
         print(f"Cancelled the latest running job on {a.cluster}: job {reply.job_ids[0]}.")
     elif reply.job_ids:
@@ -201,7 +150,7 @@ def cmd_cancel(home: Path, a: argparse.Namespace) -> int:
 def _simple(home: Path, req: Any) -> int:
     from stixctl.client import call
 
-    call(home, req, _on_event)
+    call(home, req, on_event)
     return 0
 
 
@@ -241,7 +190,7 @@ def cmd_cost_report(home: Path, a: argparse.Namespace) -> int:
 
     reply = call(home, m.CostReportReq(all=a.all, days=a.days))
     if a.json:
-        _json(reply)
+        print_json(reply)
     else:
         print(render.costs(reply))
     return 0
@@ -253,7 +202,7 @@ def cmd_check(home: Path, a: argparse.Namespace) -> int:
 
     reply = call(home, m.Check(infras=a.infras))
     if a.json:
-        _json(reply.infras)
+        print_json(reply.infras)
     else:
         print(render.checks(reply))
     return 0
@@ -266,18 +215,10 @@ def cmd_events(home: Path, a: argparse.Namespace) -> int:
     kind: m.EventKind = a.kind or ("job" if a.job_id is not None else "cluster")
     reply = call(home, m.Events(name=a.name, kind=kind, limit=a.limit, job_id=a.job_id))
     if a.json:
-        _json(reply.events)
+        print_json(reply.events)
     else:
         print(render.events(reply.events))
     return 0
-
-
-def _print_table(reply: m.Table, as_json: bool) -> int:
-    if as_json:
-        _json(reply.rows)
-    else:
-        print(reply.text)
-    return 0 if reply.ok else 1
 
 
 def cmd_show_gpus(home: Path, a: argparse.Namespace) -> int:
@@ -291,7 +232,7 @@ def cmd_show_gpus(home: Path, a: argparse.Namespace) -> int:
         except ValueError:
             raise InvalidRequest(f"{a.accelerator}: the count after ':' must be a number") from None
     req = m.ShowGpus(name=name, count=count, infra=a.infra, all=a.all)
-    return _print_table(call(home, req, _on_event), a.json)
+    return print_table(call(home, req, on_event), a.json)
 
 
 def cmd_catalog(home: Path, a: argparse.Namespace) -> int:
@@ -301,7 +242,7 @@ def cmd_catalog(home: Path, a: argparse.Namespace) -> int:
         req: Any = m.CatalogUpdate(clouds=a.clouds)
     else:
         req = m.CatalogStatus()
-    return _print_table(call(home, req, _on_event), a.json)
+    return print_table(call(home, req, on_event), a.json)
 
 
 POOL_ACTIONS = ("up", "down", "status")
@@ -314,7 +255,7 @@ def cmd_ssh(home: Path, a: argparse.Namespace) -> int:
         if len(a.rest) > 1:
             raise InvalidRequest(f"ssh {a.target} takes at most one pool name")
         req = m.SshPools(action=a.target, pool=a.rest[0] if a.rest else None)
-        return _print_table(call(home, req, _on_event), a.json)
+        return print_table(call(home, req, on_event), a.json)
     command = " ".join(a.rest) or None
     shell = call(home, m.NodeShell(cluster=a.target, node=a.node, command=command))
     if shell.cwd:
@@ -577,7 +518,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0] == "completion":
         from stixctl import completion
 
-        return completion.parse(argv[1:])
+        return completion.parse(argv[1:], build_parser)
     if argv and argv[0] in COMMANDS:
         # only the command being run is built: the whole parser costs more than the request
         text, add_args = COMMANDS[argv[0]]
@@ -597,10 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     except StixError as exc:
         from stixctl.render import one_line
 
-        _err(f"stixctl: {one_line(exc.message)}")
+        err(f"stixctl: {one_line(exc.message)}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _err(
+        err(
             "stixctl: interrupted (the cluster and its jobs keep running; a launch waiting "
             "for capacity stops retrying)"
         )

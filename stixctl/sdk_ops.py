@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
+from stixctl import taskargs
 from stixproto import messages as m
 from stixproto import reports as r
 from stixproto.bounds import MAX_LINES
@@ -105,9 +106,7 @@ def pipeline_of(task: Pipeline) -> tuple[list[Task], str | None]:
 
 def config_layers(files: ConfigFiles) -> list[m.ConfigLayer]:
     """The project's `.stix.yaml` and these files, read as `--config` reads them."""
-    from stixctl.main import _config_layers
-
-    return _config_layers([str(f) for f in files])
+    return taskargs.config_layers([str(f) for f in files])
 
 
 # -- clusters and their jobs -----------------------------------------------------------------

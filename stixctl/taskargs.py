@@ -1,5 +1,6 @@
 """Task arguments shared by launch, exec and validate: the task file or command, --env,
---env-file, --secret and SkyPilot's resource-override flags."""
+--env-file, --secret and SkyPilot's resource-override flags; and the `--config` layers that
+launch, exec, jobs and the SDK send along."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from stixproto.errors import InvalidRequest, TaskFieldError
+from stixproto import messages as m
+from stixproto.errors import InvalidConfig, InvalidRequest, TaskFieldError
 from stixproto.names import ENV_NAME_RULE, is_env_name
 
 
@@ -178,3 +180,31 @@ def _with_workdir(task: Any, workdir: str) -> Any:
     if not os.path.isdir(path):
         raise InvalidRequest(f"--workdir {workdir}: not a directory on this machine")
     return resolve_paths(msgspec.structs.replace(task, workdir=path))
+
+
+def config_layers(extra: list[str]) -> list[m.ConfigLayer]:
+    """Project `.stix.yaml` and `--config` files, parsed here and validated by the daemon."""
+    from stixproto import user_yaml
+
+    layers = []
+    paths = [Path(".stix.yaml")] if Path(".stix.yaml").exists() else []
+    for item in extra:
+        path = Path(item)
+        if not path.exists():
+            raise InvalidConfig(
+                f"{item}: config file given with --config does not exist; check the path"
+            )
+        paths.append(path)
+    for path in paths:
+        try:
+            values = user_yaml.load(user_yaml.read_file(path)) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise InvalidConfig(f"{path}: cannot read the config file: {reason}") from None
+        except user_yaml.YamlError as exc:
+            problem = f"invalid YAML{exc.where}: {exc.problem}" if exc.syntax else str(exc)
+            raise InvalidConfig(f"{path}: {problem}") from None
+        if not isinstance(values, dict):
+            raise InvalidConfig(f"{path}: a config file must be a mapping")
+        layers.append(m.ConfigLayer(source=str(path), values=values))
+    return layers

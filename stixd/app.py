@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +13,7 @@ import structlog
 
 import stixproto
 from stixd.providers.base import Provider
-from stixd.runtime.supervisor import Child, Supervisor
+from stixd.runtime.supervisor import Child, Factory, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, Store
 
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from stixproto import messages as m
 
 VERSION = stixproto.VERSION
+
+ActorFactories = Callable[["App", str], Factory | None]
+"""How to build the actor of a row of a kind (None: no stix writes that kind). The daemon hands
+`stixd.actors.factory_for` in: the actors import the app, so the app never imports them."""
 
 
 @dataclass
@@ -38,6 +42,7 @@ class App:
     agent_pyz: Path
     agent_build: str
     log: structlog.stdlib.BoundLogger
+    actor_factories: ActorFactories
     catalog: Catalog | None = None  # opened on first use (stixd.control.catalog_cmds)
     pools_stamp: int | None = -1  # mtime of ssh_node_pools.yaml when last read; -1 = never
     started_at: float = field(default_factory=time.time)
@@ -140,6 +145,4 @@ class App:
 
     def spawn(self, row: Row) -> Child:
         """Start (or find) the actor for a stored row; a row that cannot run is quarantined."""
-        from stixd.actors import factory_for  # actors import app; resolve at call time
-
-        return self.supervisor.spawn(row, factory_for(self, row.kind))
+        return self.supervisor.spawn(row, self.actor_factories(self, row.kind))

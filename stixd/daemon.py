@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 
+from stixd.actors import factory_for
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.app import App
 from stixd.config import Config
@@ -70,6 +71,7 @@ async def serve(home: Path, config: Config) -> None:
                     agent_pyz=pyz,
                     agent_build=build_id(),
                     log=log,
+                    actor_factories=factory_for,
                 )
                 if config.fake.enabled:  # tests and benchmarks only
                     app.providers["fake"] = fake.from_config(home, config.fake, build_id())

@@ -21,6 +21,19 @@ import yaml
 
 from stixctl.validate import judge
 from stixproto.task import Dag, Task, from_yaml, to_dict, to_yaml
+from stixproto.task.resources import (
+    accelerator_choice,
+    autostop_spec,
+    candidates,
+    cpus_amount,
+    disk_size_gb,
+    memory_amount,
+    placement,
+    port_ranges,
+    recovery,
+)
+from stixproto.task.service import effective_probe, effective_scaling
+from stixproto.task.storage import git_workdir
 from tests.shared_data import needs, require
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,19 +77,20 @@ def _documents(text: str) -> list[Any]:
 def _exercise_views(task: Task) -> None:
     """The parsed views the daemon uses work on every real file."""
     res = task.resources_or_default()
-    for candidate in res.candidates():
-        candidate.placement()
-        candidate.accelerator_choice()
-        candidate.cpus_amount()
-        candidate.memory_amount()
-        candidate.disk_size_gb()
-        candidate.port_ranges()
-        candidate.autostop_spec()
-        candidate.recovery()
+    for candidate in candidates(res):
+        placement(candidate)
+        accelerator_choice(candidate)
+        cpus_amount(candidate)
+        memory_amount(candidate)
+        disk_size_gb(candidate)
+        port_ranges(candidate)
+        autostop_spec(candidate)
+        recovery(candidate)
     if task.service is not None:
-        task.service.probe()
-        task.service.scaling()
-    task.git_workdir()
+        effective_probe(task.service)
+        effective_scaling(task.service)
+    if isinstance(task.workdir, dict):
+        git_workdir(task.workdir)
     task.storage_mounts()
 
 

@@ -38,6 +38,18 @@ from stixproto.task import (
     to_dict,
     to_yaml,
 )
+from stixproto.task.resources import (
+    accelerator_choice,
+    autostop_spec,
+    candidates,
+    cpus_amount,
+    disk_size_gb,
+    memory_amount,
+    placement,
+    port_ranges,
+    recovery,
+)
+from stixproto.task.service import effective_probe, effective_scaling
 
 
 def task(text: str, **kw: Any) -> Task:
@@ -76,7 +88,7 @@ def test_every_accelerator_shape_parses_to_candidates(
     written: str, candidates: list[tuple[str, float]], ordered: bool
 ) -> None:
     res = resources(f"{{accelerators: {written}}}")
-    choice = res.accelerator_choice()
+    choice = accelerator_choice(res)
     assert choice is not None
     assert [(a.name, a.count) for a in choice.candidates] == candidates
     assert choice.ordered is ordered
@@ -97,9 +109,9 @@ def test_accelerator_lookup_is_case_insensitive_with_aliases_and_tpu_patterns() 
 
 def test_the_resources_constructor_takes_an_accelerator_string() -> None:
     res = Resources(accelerators="A100:8", cpus="8+")
-    choice = res.accelerator_choice()
+    choice = accelerator_choice(res)
     assert choice is not None and choice.candidates == (Accelerator("A100", 8),)
-    assert res.cpus_amount() == Amount(8.0, at_least=True)
+    assert cpus_amount(res) == Amount(8.0, at_least=True)
 
 
 # -- other resource views ------------------------------------------------------------------------
@@ -119,20 +131,20 @@ def test_cpus_and_memory_read_as_amount_and_at_least(
     cpus: Any, memory: Any, want_cpus: Amount, want_memory: Amount
 ) -> None:
     res = Resources(cpus=cpus, memory=memory)
-    assert res.cpus_amount() == want_cpus and res.memory_amount() == want_memory
+    assert cpus_amount(res) == want_cpus and memory_amount(res) == want_memory
 
 
 def test_ports_disk_and_placement_views() -> None:
     res = resources("{ports: [8080, '10052-10100'], disk_size: 1TB, infra: AWS/us-east-1}")
-    assert res.port_ranges() == [(8080, 8080), (10052, 10100)]
-    assert res.disk_size_gb() == 1024
-    assert res.placement() == Placement("aws", "us-east-1", None)
-    assert Resources(ports=None).port_ranges() == []
-    assert Resources(infra="*/us-east-1").placement() == Placement(None, "us-east-1", None)
-    assert Resources(infra="aws/*/us-east-1a").placement() == Placement("aws", None, "us-east-1a")
+    assert port_ranges(res) == [(8080, 8080), (10052, 10100)]
+    assert disk_size_gb(res) == 1024
+    assert placement(res) == Placement("aws", "us-east-1", None)
+    assert port_ranges(Resources(ports=None)) == []
+    assert placement(Resources(infra="*/us-east-1")) == Placement(None, "us-east-1", None)
+    assert placement(Resources(infra="aws/*/us-east-1a")) == Placement("aws", None, "us-east-1a")
     context = "arn:aws:eks:us-east-1:123456789012:cluster/my-cluster"
-    assert Resources(infra=f"k8s/{context}").placement() == Placement("kubernetes", context)
-    assert Resources(cloud="GCP", zone="us-central1-a").placement() == Placement(
+    assert placement(Resources(infra=f"k8s/{context}")) == Placement("kubernetes", context)
+    assert placement(Resources(cloud="GCP", zone="us-central1-a")) == Placement(
         "gcp", None, "us-central1-a"
     )
 
@@ -152,24 +164,26 @@ def test_ports_disk_and_placement_views() -> None:
     ],
 )
 def test_autostop_reads_as_idle_minutes_and_down(written: str, spec: Autostop) -> None:
-    assert resources(f"{{autostop: {written}}}").autostop_spec() == spec
+    assert autostop_spec(resources(f"{{autostop: {written}}}")) == spec
 
 
 def test_job_recovery_strategies_are_case_insensitive_and_keep_plugin_keys() -> None:
-    failover = resources("{job_recovery: failover}").recovery()
+    failover = recovery(resources("{job_recovery: failover}"))
     assert failover is not None and failover.strategy == "FAILOVER"
-    rec = resources(
-        "{job_recovery: {strategy: DYNAMIC_NODE_SET, min_nodes: 2, recover_on_exit_codes: 33}}"
-    ).recovery()
+    rec = recovery(
+        resources(
+            "{job_recovery: {strategy: DYNAMIC_NODE_SET, min_nodes: 2, recover_on_exit_codes: 33}}"
+        )
+    )
     assert rec is not None
     assert (rec.strategy, rec.recover_on_exit_codes, rec.extra) == (
         "DYNAMIC_NODE_SET",
         (33,),
         {"min_nodes": 2},
     )
-    legacy = resources("{spot_recovery: EAGER_NEXT_REGION}").recovery()
+    legacy = recovery(resources("{spot_recovery: EAGER_NEXT_REGION}"))
     assert legacy is not None and legacy.strategy == "EAGER_NEXT_REGION"
-    retries = resources("{job_recovery: {max_restarts_on_errors: 3}}").recovery()
+    retries = recovery(resources("{job_recovery: {max_restarts_on_errors: 3}}"))
     assert retries is not None and retries.max_restarts_on_errors == 3
 
 
@@ -177,12 +191,12 @@ def test_alternatives_merge_over_the_base_keys() -> None:
     res = resources(
         "{cloud: gcp, cpus: 2+, any_of: [{zone: us-central1-a}, {region: us-east1, use_spot: yes}]}"
     )
-    first, second = res.candidates()
-    assert first.placement() == Placement("gcp", None, "us-central1-a") and first.cpus == "2+"
-    assert second.placement() == Placement("gcp", "us-east1") and second.use_spot is True
+    first, second = candidates(res)
+    assert placement(first) == Placement("gcp", None, "us-central1-a") and first.cpus == "2+"
+    assert placement(second) == Placement("gcp", "us-east1") and second.use_spot is True
     assert not res.is_ordered and resources("{ordered: [{cpus: 1}]}").is_ordered
-    entry_infra = resources("{cloud: aws, region: us-east-1, any_of: [{infra: gcp}]}").candidates()
-    assert entry_infra[0].placement() == Placement("gcp")
+    entry_infra = candidates(resources("{cloud: aws, region: us-east-1, any_of: [{infra: gcp}]}"))
+    assert placement(entry_infra[0]) == Placement("gcp")
 
 
 # -- service, storage --------------------------------------------------------------------------
@@ -191,14 +205,18 @@ def test_alternatives_merge_over_the_base_keys() -> None:
 def test_service_defaults_and_shorthands() -> None:
     bare = task("service: {replicas: 2}\nrun: serve\n").service
     assert bare is not None
-    probe = bare.probe()
+    probe = effective_probe(bare)
     assert (probe.path, probe.method, probe.initial_delay_seconds, probe.timeout_seconds) == (
         "/",
         "GET",
         1200,
         15,
     )
-    assert (bare.scaling().min_replicas, bare.scaling().max_replicas, bare.lb_policy) == (
+    assert (
+        effective_scaling(bare).min_replicas,
+        effective_scaling(bare).max_replicas,
+        bare.lb_policy,
+    ) == (
         2,
         2,
         "least_load",
@@ -215,13 +233,15 @@ def test_service_defaults_and_shorthands() -> None:
         """
     ).service
     assert full is not None
-    assert full.probe().method == "POST" and full.probe().headers == {"Authorization": "Bearer x"}
-    scaling = full.scaling()
+    assert effective_probe(full).method == "POST" and effective_probe(full).headers == {
+        "Authorization": "Bearer x"
+    }
+    scaling = effective_scaling(full)
     assert (scaling.min_replicas, scaling.max_replicas, scaling.autoscales) == (0, 3, True)
     assert (scaling.upscale_delay_seconds, scaling.downscale_delay_seconds) == (300, 1200)
     assert full.lb_policy == "round_robin"
     string_json = task("service: {readiness_probe: {path: /x, post_data: '{\"a\": 1}'}}").service
-    assert string_json is not None and string_json.probe().post_data == {"a": 1}
+    assert string_json is not None and effective_probe(string_json).post_data == {"a": 1}
 
 
 def test_storage_mode_defaults_to_mount_and_ignores_case() -> None:
@@ -287,8 +307,8 @@ def test_envs_are_substituted_where_skypilot_substitutes_them() -> None:
     assert t.file_mounts["/out"] == "$UNSET/out" and t.file_mounts["/keep"] == "${NOT_AN_ENV}/x"
     assert t.volumes == {"/mnt/v": "my-bucket-vol"}
     assert t.service is not None
-    assert t.service.probe().post_data == {"model": "llama"}
-    assert t.service.probe().headers == {"Authorization": "Bearer s3cret"}
+    assert effective_probe(t.service).post_data == {"model": "llama"}
+    assert effective_probe(t.service).headers == {"Authorization": "Bearer s3cret"}
     assert (t.setup, t.run) == ("echo $MODEL", "echo ${MODEL}")
 
 
@@ -391,7 +411,7 @@ def test_overrides_merge_like_skypilot(
     t = task(f"resources: {written}\nrun: x\n")
     merged = apply_overrides(t, flags)
     assert to_dict(merged).get("resources", {}) == after
-    for candidate in merged.resources_or_default().candidates():
+    for candidate in candidates(merged.resources_or_default()):
         if flags.gpus not in (None, "none"):
             assert candidate.accelerators == flags.gpus
         if flags.use_spot is not None:

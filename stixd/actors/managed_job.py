@@ -53,6 +53,7 @@ from stixproto.paths import child_path
 from stixproto.states import ManagedJobStatus as S
 from stixproto.task import Task, redacted_task
 from stixproto.task.parsing import JobRecovery
+from stixproto.task.resources import recovery
 
 if TYPE_CHECKING:
     from stixd.app import App
@@ -315,7 +316,7 @@ class ManagedJobActor(Actor):
         return round(total, 3)
 
     def _recovery(self) -> JobRecovery | None:
-        return self.tasks[self.task_index].resources_or_default().recovery()
+        return recovery(self.tasks[self.task_index].resources_or_default())
 
     def _strategy(self) -> str:
         rec = self._recovery()

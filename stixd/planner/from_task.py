@@ -12,14 +12,22 @@ from stixd.planner.request import (
     TaskRequest,
 )
 from stixproto.task import Dag, Resources, Task
+from stixproto.task.resources import (
+    accelerator_choice,
+    candidates,
+    cpus_amount,
+    disk_size_gb,
+    memory_amount,
+    placement,
+)
 
 _STORE_CLOUD = {"s3": "aws", "gs": "gcp", "r2": "cloudflare", "oci": "oci", "nebius": "nebius"}
 
 
 def resource_request(res: Resources) -> ResourceRequest:
-    place = res.placement()
-    choice = res.accelerator_choice()
-    cpus, memory = res.cpus_amount(), res.memory_amount()
+    place = placement(res)
+    choice = accelerator_choice(res)
+    cpus, memory = cpus_amount(res), memory_amount(res)
     ports = res.ports
     if ports is None:
         port_list: tuple[str, ...] = ()
@@ -39,7 +47,7 @@ def resource_request(res: Resources) -> ResourceRequest:
         else (),
         accelerators_ordered=bool(choice and choice.ordered),
         use_spot=res.use_spot,
-        disk_size_gb=res.disk_size_gb(),
+        disk_size_gb=disk_size_gb(res),
         disk_tier=res.disk_tier,
         network_tier=res.network_tier,
         image_id=dict(res.image_id) if isinstance(res.image_id, dict) else res.image_id,
@@ -58,7 +66,7 @@ def _inputs(task: Task) -> DataSize | None:
 
 def task_request(task: Task) -> TaskRequest:
     res = task.resources or Resources()
-    candidates = res.candidates()
+    alternatives = candidates(res)
     mode: Literal["single", "any_of", "ordered"]
     if res.any_of:
         mode = "any_of"
@@ -70,7 +78,7 @@ def task_request(task: Task) -> TaskRequest:
     return TaskRequest(
         name=task.name,
         num_nodes=task.num_nodes,
-        alternatives=tuple(resource_request(r) for r in candidates),
+        alternatives=tuple(resource_request(r) for r in alternatives),
         mode=mode,
         inputs=_inputs(task),
         outputs_gb=outputs,

@@ -7,6 +7,7 @@ import os
 from stixd.planner.catalog import Offer
 from stixproto.errors import InvalidTask
 from stixproto.task import Resources, Task
+from stixproto.task.resources import candidates, cpus_amount, memory_amount, placement
 
 LOCAL_NAMES = {"local"}
 
@@ -19,7 +20,7 @@ def machine_memory_gb() -> float:
 
 
 def _check_one(r: Resources) -> None:
-    cloud = r.placement().cloud
+    cloud = placement(r).cloud
     if cloud is not None and cloud not in LOCAL_NAMES:
         raise InvalidTask(
             f"resources.infra: '{cloud}' is not available in this build; only 'local' and "
@@ -33,11 +34,11 @@ def _check_one(r: Resources) -> None:
     if r.use_spot:
         raise InvalidTask("resources.use_spot: the local infra has no spot capacity")
     cpus = os.cpu_count() or 1
-    want_cpus = r.cpus_amount()
+    want_cpus = cpus_amount(r)
     if want_cpus is not None and want_cpus.amount > cpus:
         raise InvalidTask(f"resources.cpus: this machine has {cpus} CPUs, asked for {r.cpus}")
     mem = machine_memory_gb()
-    want_mem = r.memory_amount()
+    want_mem = memory_amount(r)
     if want_mem is not None and mem and want_mem.amount > mem:
         raise InvalidTask(f"resources.memory: this machine has {mem:.0f} GB, asked for {r.memory}")
 
@@ -58,7 +59,7 @@ def check_fits_local(task: Task, max_nodes: int | None = None) -> None:
     if max_nodes is not None and task.num_nodes > max_nodes:
         raise InvalidTask(f"num_nodes: {nodes_problem('local', max_nodes, task.num_nodes)}")
     first: InvalidTask | None = None
-    for candidate in task.resources_or_default().candidates():
+    for candidate in candidates(task.resources_or_default()):
         try:
             _check_one(candidate)
             return

@@ -13,7 +13,7 @@ from stixd.planner.local_fit import check_fits_local
 from stixd.planner.optimizer import plan
 from stixd.planner.request import Blocked
 from stixproto.errors import InvalidTask, ProvisionError
-from stixproto.task import Task
+from stixproto.task import Task, resources
 
 CLOUDS = ("aws", "fake")
 """Clouds with a provider in this build, planned from the catalog."""
@@ -29,8 +29,8 @@ def task_ports(task: Task) -> list[int]:
     cloud launch refuses more; on local and SSH hosts every port is reachable anyway)."""
     ports = {
         p
-        for res in task.resources_or_default().candidates()
-        for lo, hi in res.port_ranges()
+        for res in resources.candidates(task.resources_or_default())
+        for lo, hi in resources.port_ranges(res)
         for p in range(lo, min(hi, lo + MAX_PORTS) + 1)
     }
     return sorted(ports)[:MAX_PORTS]
@@ -51,8 +51,8 @@ def choose_target(
     """(provider, pool) for the task; `ssh_pools` maps each pool to its number of hosts,
     `clouds` are the usable clouds and `unavailable` says why another cloud is not. For a
     cloud the "pool" is the region the task names; local takes at most `local_max_nodes`."""
-    for candidate in task.resources_or_default().candidates():
-        place = candidate.placement()
+    for candidate in resources.candidates(task.resources_or_default()):
+        place = resources.placement(candidate)
         if place.cloud in CLOUDS:
             if place.cloud not in clouds:
                 why = (unavailable or {}).get(place.cloud, "it is not enabled")
@@ -78,7 +78,9 @@ def choose_target(
     try:
         check_fits_local(task, local_max_nodes)
     except InvalidTask:
-        named = {c.placement().cloud for c in task.resources_or_default().candidates()}
+        named = {
+            resources.placement(c).cloud for c in resources.candidates(task.resources_or_default())
+        }
         enabled = [c for c in CLOUDS if c in clouds and c not in NAMED_ONLY]
         if named == {None} and enabled:
             return enabled[0], None  # cheapest is the only one yet
@@ -130,11 +132,11 @@ def cloud_spec(
         raise InvalidTask(f"no {cloud} instance fits the task: {reason}")
     there = [c for c in best.candidates if prefer_region and c.region == prefer_region]
     choice = (there or best.candidates)[0]
-    res = task.resources_or_default().candidates()[choice.alternative]
-    ports = sorted({p for lo, hi in res.port_ranges() for p in range(lo, hi + 1)})
+    res = resources.candidates(task.resources_or_default())[choice.alternative]
+    ports = sorted({p for lo, hi in resources.port_ranges(res) for p in range(lo, hi + 1)})
     if len(ports) > MAX_PORTS:
         raise InvalidTask(f"resources.ports: {len(ports)} ports; at most {MAX_PORTS} can be opened")
-    disk = res.disk_size_gb()
+    disk = resources.disk_size_gb(res)
     placement = {
         "region": choice.region,
         "zones": [choice.zone] if choice.zone else list(choice.zones),

@@ -5,12 +5,12 @@
     task = apply_overrides(task, ResourceOverrides(gpus="A100:8", infra="aws"))
     text = to_yaml(task)
 
-Modules: `model` (the shapes: Task, Resources, Storage, Service, …), `resources`, `storage`,
-`service` (their rules and effective values), `parsing` (views of fields written in several
-shapes), `envs`, `load` (YAML → model, validation), `explain` (msgspec errors as sentences),
-`overrides` (command-line resource flags), `problems` (what stops a launch from here), `dump`
-(back to YAML), `dag`. Every problem is one `stixproto.errors.TaskFieldError` sentence naming the
-key path.
+Modules: `model` (the shapes: Task, Resources, Storage, Service, Dag, …; it imports nothing
+else of this package), `resources`, `storage`, `service` (their rules and effective values),
+`parsing` (views of fields written in several shapes), `envs`, `load` (YAML → model,
+validation), `explain` (msgspec errors as sentences), `overrides` (command-line resource flags),
+`problems` (what stops a launch from here), `dump` (back to YAML). Every problem is one
+`stixproto.errors.TaskFieldError` sentence naming the key path.
 
 Only `model` is imported with this package: `stixproto.messages` carries a Task, so every `stixctl`
 command imports it, and nothing here is byte-compiled ahead of time. The other names load on
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from stixproto.task.model import (
     AcceleratorArgs,
     AutostopConfig,
+    Dag,
     ReadinessProbe,
     ReplicaPolicy,
     Resources,
@@ -34,7 +35,6 @@ from stixproto.task.model import (
 )
 
 if TYPE_CHECKING:
-    from stixproto.task.dag import Dag
     from stixproto.task.dump import to_dict, to_yaml
     from stixproto.task.envs import (
         apply_env_overrides,
@@ -70,7 +70,6 @@ if TYPE_CHECKING:
     from stixproto.task.storage import GitWorkdir
 
 _LAZY = {
-    "Dag": "dag",
     "to_dict": "dump",
     "to_yaml": "dump",
     "apply_env_overrides": "envs",

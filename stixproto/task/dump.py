@@ -25,8 +25,7 @@ from typing import Any
 
 import msgspec
 
-from stixproto.task.dag import Dag
-from stixproto.task.model import Task
+from stixproto.task.model import Dag, Task
 
 
 def to_dict(obj: Task | Dag) -> Any:

@@ -22,9 +22,8 @@ from stixproto.names import ENV_NAME_RULE
 from stixproto.names import is_env_name as _is_env_name
 from stixproto.task import subst
 from stixproto.task._fields import check_int_sizes, check_positive, describe, fail, join, near
-from stixproto.task.dag import HEADER_KEYS, JOB_GROUP_KEYS, Dag
 from stixproto.task.explain import explain
-from stixproto.task.model import Storage, Task
+from stixproto.task.model import HEADER_KEYS, JOB_GROUP_KEYS, Dag, Storage, Task
 from stixproto.task.resources import check_resources
 from stixproto.task.service import check_pool, check_service
 from stixproto.task.storage import (

@@ -1,23 +1,18 @@
-"""The shapes of a task file: `Task` and the structs inside it, holding what the user wrote.
+"""The shapes of a task file: `Task`, the structs inside it and `Dag`, holding what the user wrote.
 
-Only the shapes live here, because `stixproto.messages` (and so every `stixctl` command) imports
-them and the client's start-up is measured: the rules and parsed views are in `resources`,
-`service`, `storage` and `parsing`, imported when first used. Fields keep the user's shape
-(`accelerators: {L4, A10G}` stays a map); methods give the normalised views.
+Only the shapes live here, and this module imports nothing else of `stixproto.task` (the one
+exception is `Task.from_yaml`, below): `stixproto.messages` (and so every `stixctl` command)
+imports it and the client's start-up is measured, and every other module of the package builds
+on it. Fields keep the user's shape (`accelerators: {L4, A10G}` stays a map); the rules and the
+normalised views are functions of `resources`, `service`, `storage` and `parsing`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
-
-if TYPE_CHECKING:
-    from stixproto.task.dag import Dag
-    from stixproto.task.parsing import AcceleratorChoice, Amount, Autostop, JobRecovery, Placement
-    from stixproto.task.service import Probe, Scaling
-    from stixproto.task.storage import GitWorkdir
 
 Scalar = str | int | float | bool
 Number = int | float
@@ -76,71 +71,10 @@ class Resources(_Shape):
     max_hourly_cost: Number | None = None
     volumes: list[dict[str, Any]] | None = None
 
-    def placement(self) -> Placement:
-        """Cloud/region/zone from `infra` or the older keys (None = any)."""
-        from stixproto.task import parsing
-
-        if self.infra is not None:
-            return parsing.parse_infra(self.infra, "infra")
-        cloud = parsing.parse_cloud(self.cloud, "cloud") if self.cloud is not None else None
-        return parsing.Placement(cloud, self.region, self.zone)
-
-    def accelerator_choice(self) -> AcceleratorChoice | None:
-        """The accelerator candidates, canonical names, and whether they are ordered."""
-        from stixproto.task import parsing
-
-        if self.accelerators is None:
-            return None
-        return parsing.parse_accelerators(self.accelerators, "accelerators")
-
-    def cpus_amount(self) -> Amount | None:
-        from stixproto.task import parsing
-
-        return None if self.cpus is None else parsing.parse_amount(self.cpus, "cpus", memory=False)
-
-    def memory_amount(self) -> Amount | None:
-        """Memory in GB."""
-        from stixproto.task import parsing
-
-        if self.memory is None:
-            return None
-        return parsing.parse_amount(self.memory, "memory", memory=True)
-
-    def disk_size_gb(self) -> float | None:
-        from stixproto.task import parsing
-
-        if self.disk_size is None:
-            return None
-        return parsing.parse_disk_size(self.disk_size, "disk_size")
-
-    def port_ranges(self) -> list[tuple[int, int]]:
-        """Ports as inclusive (start, end) ranges; a single port is (p, p)."""
-        from stixproto.task import parsing
-
-        return parsing.parse_ports(self.ports, "ports")
-
-    def autostop_spec(self) -> Autostop | None:
-        from stixproto.task import parsing
-
-        return None if self.autostop is None else parsing.parse_autostop(self.autostop, "autostop")
-
-    def recovery(self) -> JobRecovery | None:
-        """`job_recovery` (or its old name `spot_recovery`) with defaults filled in."""
-        from stixproto.task import parsing
-
-        value = self.job_recovery if self.job_recovery is not None else self.spot_recovery
-        return None if value is None else parsing.parse_job_recovery(value, "job_recovery")
-
     @property
     def is_ordered(self) -> bool:
         """True when the alternatives (`ordered`) are tried strictly in order."""
         return self.ordered is not None
-
-    def candidates(self) -> list[Resources]:
-        """Each any_of/ordered entry merged over the base keys; [self] without alternatives."""
-        from stixproto.task.resources import merged_candidates
-
-        return merged_candidates(self)
 
 
 # -- file mounts ------------------------------------------------------------------------------
@@ -206,18 +140,6 @@ class Service(_Shape):
     tls: dict[str, Any] | None = None
     load_balancer: dict[str, Any] | None = None
 
-    def probe(self) -> Probe:
-        """The probe in effect: GET `/` unless written otherwise, SkyServe's defaults filled."""
-        from stixproto.task.service import effective_probe
-
-        return effective_probe(self)
-
-    def scaling(self) -> Scaling:
-        """Replica counts and autoscaling in effect (`replicas: N` is fixed at N)."""
-        from stixproto.task.service import effective_scaling
-
-        return effective_scaling(self)
-
     @property
     def lb_policy(self) -> str:
         return (self.load_balancing_policy or "least_load").lower()
@@ -248,11 +170,6 @@ class Task(_Shape):
     volume_mounts: list[dict[str, Any]] | None = None
     metadata: dict[str, Any] | None = msgspec.field(default=None, name="_metadata")
 
-    def git_workdir(self) -> GitWorkdir | None:
-        from stixproto.task.storage import git_workdir
-
-        return git_workdir(self.workdir) if isinstance(self.workdir, dict) else None
-
     def storage_mounts(self) -> dict[str, Storage]:
         """Destination → Storage for the bucket mounts written as maps."""
         return {d: s for d, s in self.file_mounts.items() if isinstance(s, Storage)}
@@ -266,7 +183,11 @@ class Task(_Shape):
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> Task:
-        """A task from a YAML file path or from YAML text (a pipeline is an error here)."""
+        """A task from a YAML file path or from YAML text (a pipeline is an error here).
+
+        SkyPilot's `Task.from_yaml`, which the SDK keeps (issue 4): the loader needs this module,
+        so it is imported here, at call time, the only import of `load` in this module.
+        """
         from stixproto.task.load import from_yaml, load_task_file, looks_like_path, pipeline_error
 
         if isinstance(path_or_text, Path) or looks_like_path(path_or_text):
@@ -278,8 +199,42 @@ class Task(_Shape):
 
     def __rshift__(self, other: Task | Dag) -> Dag:
         """`a >> b`: a pipeline that runs `a`, then `b` (or every task of the dag `b`)."""
-        from stixproto.task.dag import Dag
-
         if isinstance(other, Dag):
             return other.__rrshift__(self)
         return Dag(tasks=[self, other])
+
+
+# -- pipelines (multi-document task files) -----------------------------------------------------
+
+HEADER_KEYS = ("name", "execution", "primary_tasks", "placement")
+JOB_GROUP_KEYS = ("execution", "primary_tasks", "placement")
+
+
+class Dag(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A pipeline. `name`/`execution`/`primary_tasks`/`placement` come from the header document
+    (`name:` alone, or a job-group header); without a header they stay None."""
+
+    tasks: list[Task] = msgspec.field(default_factory=list)
+    name: str | None = None
+    execution: str | None = None
+    primary_tasks: list[str] | None = None
+    placement: Any = None
+
+    def header(self) -> dict[str, Any] | None:
+        """The header document as written, or None when the file had none."""
+        values = {k: getattr(self, k) for k in HEADER_KEYS if getattr(self, k) is not None}
+        return values or None
+
+    @property
+    def is_job_group(self) -> bool:
+        """True when the documents run together (`execution: parallel`), not one by one."""
+        return (self.execution or "").lower() == "parallel"
+
+    def __rshift__(self, other: Task | Dag) -> Dag:
+        """`dag >> task`: the same pipeline with `task` (or every task of a dag) run last."""
+        more = other.tasks if isinstance(other, Dag) else [other]
+        return msgspec.structs.replace(self, tasks=[*self.tasks, *more])
+
+    def __rrshift__(self, other: Task) -> Dag:
+        """`task >> dag`: `task` first, then the dag's tasks."""
+        return msgspec.structs.replace(self, tasks=[other, *self.tasks])

@@ -23,7 +23,7 @@ from stixproto.bounds import MAX_COUNT
 from stixproto.errors import TaskFieldError
 from stixproto.task import parsing as p
 from stixproto.task.model import Resources, Task
-from stixproto.task.resources import PLACEMENT_KEYS, check_resources
+from stixproto.task.resources import PLACEMENT_KEYS, candidates, check_resources, placement
 
 SOURCE = "command line"
 _FLAGS = {
@@ -180,11 +180,11 @@ def apply_overrides(task: Task, overrides: ResourceOverrides) -> Task:
             legacy = base.infra is None and any(
                 getattr(base, k) for k in ("cloud", "region", "zone")
             )
-            new_base = _placed(new_base, _with_parts(base.placement(), parts), legacy_style=legacy)
+            new_base = _placed(new_base, _with_parts(placement(base), parts), legacy_style=legacy)
         else:
-            merged = base.candidates()
+            merged = candidates(base)
             new_entries = [
-                _placed(e, _with_parts(m.placement(), parts), legacy_style=False)
+                _placed(e, _with_parts(placement(m), parts), legacy_style=False)
                 for e, m in zip(new_entries, merged, strict=True)
             ]
             new_base = msgspec.structs.replace(new_base, **dict.fromkeys(PLACEMENT_KEYS))

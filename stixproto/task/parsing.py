@@ -26,6 +26,7 @@ from stixproto.task._fields import (
     whole,
 )
 from stixproto.task._fields import number as plain_number
+from stixproto.task.model import AutostopConfig
 
 CLOUDS: tuple[str, ...] = (
     "aws",
@@ -320,8 +321,6 @@ def parse_minutes(value: int | str, path: str) -> int:
 
 
 def parse_autostop(value: Any, path: str) -> Autostop:
-    from stixproto.task.model import AutostopConfig
-
     if isinstance(value, bool):
         return Autostop(enabled=value)
     if isinstance(value, int | str):

@@ -1,7 +1,8 @@
-"""The rules of `resources:` beyond its YAML types, and how alternatives merge.
+"""The rules of `resources:` beyond its YAML types, its values read in one shape each
+(`placement`, `cpus_amount`, `recovery`, ...), and how alternatives merge.
 
-`any_of`/`ordered` entries are partial `Resources`: `merged_candidates` lays each over the base
-keys (what `Resources.candidates()` returns). The shapes are in `stixproto.task.model`.
+`any_of`/`ordered` entries are partial `Resources`: `candidates` lays each over the base keys.
+The shapes are in `stixproto.task.model`, which imports nothing of this package.
 """
 
 from __future__ import annotations
@@ -20,7 +21,53 @@ NETWORK_TIERS = ("standard", "best")
 PLACEMENT_KEYS = ("infra", "cloud", "region", "zone")
 
 
-def merged_candidates(res: Resources) -> list[Resources]:
+# -- what was written, read in one shape ---------------------------------------------------------
+
+
+def placement(res: Resources) -> p.Placement:
+    """Cloud/region/zone from `infra` or the older keys (None = any)."""
+    if res.infra is not None:
+        return p.parse_infra(res.infra, "infra")
+    cloud = p.parse_cloud(res.cloud, "cloud") if res.cloud is not None else None
+    return p.Placement(cloud, res.region, res.zone)
+
+
+def accelerator_choice(res: Resources) -> p.AcceleratorChoice | None:
+    """The accelerator candidates, canonical names, and whether they are ordered."""
+    if res.accelerators is None:
+        return None
+    return p.parse_accelerators(res.accelerators, "accelerators")
+
+
+def cpus_amount(res: Resources) -> p.Amount | None:
+    return None if res.cpus is None else p.parse_amount(res.cpus, "cpus", memory=False)
+
+
+def memory_amount(res: Resources) -> p.Amount | None:
+    """Memory in GB."""
+    return None if res.memory is None else p.parse_amount(res.memory, "memory", memory=True)
+
+
+def disk_size_gb(res: Resources) -> float | None:
+    return None if res.disk_size is None else p.parse_disk_size(res.disk_size, "disk_size")
+
+
+def port_ranges(res: Resources) -> list[tuple[int, int]]:
+    """Ports as inclusive (start, end) ranges; a single port is (p, p)."""
+    return p.parse_ports(res.ports, "ports")
+
+
+def autostop_spec(res: Resources) -> p.Autostop | None:
+    return None if res.autostop is None else p.parse_autostop(res.autostop, "autostop")
+
+
+def recovery(res: Resources) -> p.JobRecovery | None:
+    """`job_recovery` (or its old name `spot_recovery`) with defaults filled in."""
+    value = res.job_recovery if res.job_recovery is not None else res.spot_recovery
+    return None if value is None else p.parse_job_recovery(value, "job_recovery")
+
+
+def candidates(res: Resources) -> list[Resources]:
     """Each alternative merged over the base keys; just [res] without alternatives.
 
     A merged candidate states its placement with `cloud`/`region`/`zone` (cloud in its
@@ -32,7 +79,7 @@ def merged_candidates(res: Resources) -> list[Resources]:
         return [msgspec.structs.replace(res, any_of=None, ordered=None)]
     base = msgspec.structs.asdict(res)
     base.update(any_of=None, ordered=None, infra=None)
-    where = res.placement()
+    where = placement(res)
     out = []
     for entry in entries:
         merged = dict(base)
@@ -40,7 +87,7 @@ def merged_candidates(res: Resources) -> list[Resources]:
             value = getattr(entry, name)
             if value is not None and name not in PLACEMENT_KEYS:
                 merged[name] = value
-        place = entry.placement()
+        place = placement(entry)
         if entry.infra is None:
             place = p.Placement(
                 place.cloud or where.cloud,

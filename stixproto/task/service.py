@@ -1,6 +1,6 @@
 """`service:` (SkyServe) and `pool:` (worker pools): their rules and the values in effect.
 
-The shapes are in `stixproto.task.model`; `Service.probe()`/`scaling()` come here for SkyServe's
+The shapes are in `stixproto.task.model`; `effective_probe`/`effective_scaling` fill in SkyServe's
 defaults (probe GET `/`, 1200 s initial delay, 15 s timeout, 300/1200 s scaling delays).
 """
 
