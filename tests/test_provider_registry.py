@@ -246,8 +246,9 @@ async def test_a_new_entry_is_listed_by_check_with_the_planned_ones(tmp_path: Pa
         async def emit(_: object) -> None:
             return None
 
-        reply = await handlers.check(app, m.Check(infras=["acme", "gcp"]), emit)
+        reply = await handlers.check(app, m.Check(), emit)
         tg.cancel_scope.cancel()
     by_name = {c.infra: c for c in reply.infras}
     assert by_name["acme"].enabled
     assert not by_name["gcp"].enabled and by_name["gcp"].reason == m.NOT_SUPPORTED
+    assert "fake" not in by_name  # launchable, but its config section leaves it off

@@ -37,8 +37,10 @@ REFRESH_AT_ONCE = 32
 
 
 def known_infras(app: App) -> tuple[str, ...]:
-    """Every infra a SkyPilot user may look for: the registry's, then the catalog's clouds."""
-    return tuple(dict.fromkeys((*app.infras.names(), *KNOWN_CLOUDS)))
+    """Every infra a SkyPilot user may look for and this build cannot launch on: the registry's
+    planned ones, then the catalog's other clouds. (A provider its config leaves off, like
+    ``fake``, is not listed.)"""
+    return tuple(dict.fromkeys((*app.infras.planned(), *KNOWN_CLOUDS)))
 
 
 def _check_task(app: App, task: Any) -> None:

@@ -146,6 +146,10 @@ class Infras:
             m.name for m in self.metas if m.role is Role.CLOUD and m.name in self.launchable
         )
 
+    def planned(self) -> tuple[str, ...]:
+        """Infras known to the planner with no provider in this build yet."""
+        return tuple(m.name for m in self.metas if m.name not in self.launchable)
+
     def named_only(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.metas if m.named_only)
 
