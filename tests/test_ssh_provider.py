@@ -13,10 +13,10 @@ import pytest
 
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.base import CapacityError, Mount, NodeStatus, ProvisionRequest
-from stixd.providers.ssh.provider import SshProvider
-from stixd.providers.ssh.pools import PoolError, load_pools, parse_pools
 from stixd.providers.shared.ssh_sync import Method
 from stixd.providers.shared.ssh_transport import SshSettings
+from stixd.providers.ssh.pools import PoolError, load_pools, parse_pools
+from stixd.providers.ssh.provider import SshProvider
 from tests.sshbed import SshBed, bed_fixture, start_sshd
 from tests.test_ssh_bootstrap import agents_on, finished, full_log
 

@@ -31,13 +31,13 @@ from stixd.providers.base import (
     NodeStatus,
     ProvisionRequest,
 )
-from stixd.providers.shared.filesync import sync_path
 from stixd.providers.local.node import (
     kill_marked,
     marked_processes,
     node_environment,
     stix_prefixes,
 )
+from stixd.providers.shared.filesync import sync_path
 from stixproto.errors import ProvisionError
 from stixproto.paths import PathOutsideParent, child_path, path_under
 

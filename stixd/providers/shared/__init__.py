@@ -1,1 +1,2 @@
-"""Pieces several providers share: the SSH transport, agent bootstrap over any node shell, file sync."""
+"""Pieces several providers share: the SSH transport, agent bootstrap over any node shell, and
+file sync."""

@@ -20,8 +20,14 @@ import structlog
 from stixd.agent_bundle import build_id
 from stixd.providers.base import NodeInfo, NodeStatus
 from stixd.providers.shared.bootstrap import ensure_agent
+from stixd.providers.shared.ssh_transport import (
+    SshAuthError,
+    SshConnection,
+    SshError,
+    SshTarget,
+    quote,
+)
 from stixd.providers.ssh.pools import PoolHost
-from stixd.providers.shared.ssh_transport import SshAuthError, SshConnection, SshError, SshTarget, quote
 from stixproto.errors import ProvisionError
 
 WORKDIR = "sky_workdir"

@@ -22,10 +22,10 @@ from stixd.agent_bundle import build_id
 from stixd.agent_client import AgentClient, AgentUnreachable
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.shared.bootstrap import BootstrapError, ensure_agent, remote_node_dir
-from stixd.providers.ssh.pools import POOLS_FILE, Allocations, HeldHost, PoolHost, SshPool
 from stixd.providers.shared.ssh_sync import Method, ssh_client_args
 from stixd.providers.shared.ssh_sync import sync as sync_mounts
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshSettings, quote
+from stixd.providers.ssh.pools import POOLS_FILE, Allocations, HeldHost, PoolHost, SshPool
 from stixproto.errors import ProvisionError
 from stixproto.paths import PathOutsideParent
 
