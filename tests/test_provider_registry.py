@@ -91,11 +91,12 @@ def references(tree: ast.AST, names: set[str], folders: set[str]) -> Iterator[tu
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
             yield node.lineno, node.value
-        modules: list[str] = []
         if isinstance(node, ast.Import):
             modules = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
         named = {
             parts[2]
             for parts in (module.split(".") for module in modules)

@@ -9,12 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
-import structlog
 
 from stixd.planner.infra_meta import InfraMeta, Infras
-from stixd.providers.base import Provider
+
+if TYPE_CHECKING:  # the registry is read at config load: it stays light
+    import structlog
+
+    from stixd.providers.base import Provider
 
 __all__ = ["BuildContext", "Built", "Factory", "InfraEntry", "build_providers", "planner_table"]
 
