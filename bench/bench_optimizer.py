@@ -26,6 +26,7 @@ from bench.common import median, ms, sample, wall
 from stixd.planner.catalog import open_catalog
 from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
+from stixd.providers.all import infras
 from tests.test_optimizer_corpus import CLOUDS, FILES, task_requests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def main() -> None:
         sys.exit("no compat corpus; set STIX_COMPAT_DIR to the directory holding skypilot-yamls")
     home = Path(tempfile.mkdtemp(prefix="stxopt", dir="/tmp"))
     try:
-        index = OfferIndex(open_catalog(home, {"STIX_CATALOG_DIR": str(shared)}))
+        index = OfferIndex(open_catalog(home, {"STIX_CATALOG_DIR": str(shared)}), infras())
         jobs: list[tuple[str, Callable[[], object]]] = []
         for path in FILES:
             tasks = task_requests(path)

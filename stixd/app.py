@@ -20,6 +20,8 @@ from stixd.store.db import Row, Store
 if TYPE_CHECKING:
     from stixd.config import Config
     from stixd.planner.catalog import Catalog
+    from stixd.planner.infra_meta import Infras
+    from stixd.planner.offers import OfferIndex
     from stixd.planner.pricing import Prices
     from stixd.planner.request import Blocked
     from stixproto import messages as m
@@ -43,6 +45,8 @@ class App:
     agent_build: str
     log: structlog.stdlib.BoundLogger
     actor_factories: ActorFactories
+    infras: Infras
+    """The planner's table of the registry's infras (which ones launch, their rules)."""
     catalog: Catalog | None = None  # opened on first use (stixd.control.catalog_cmds)
     pools_stamp: int | None = -1  # mtime of ssh_node_pools.yaml when last read; -1 = never
     started_at: float = field(default_factory=time.time)
@@ -74,7 +78,7 @@ class App:
         from stixd.providers.ssh.pools import PoolError, load_pools
         from stixproto.errors import InvalidConfig
 
-        ssh = self.providers.get("ssh")
+        ssh = self.providers.get(self.infras.pools() or "")
         if ssh is None:
             return {}
         path = self.home / "ssh_node_pools.yaml"
@@ -90,15 +94,25 @@ class App:
     def provider(self, name: str) -> Provider:
         return self.providers[name]
 
+    @property
+    def default_infra(self) -> str:
+        """Where a cluster whose row names no provider runs: this machine."""
+        return self.infras.machine()
+
+    def machine_max_nodes(self) -> int | None:
+        """The node cap of this machine's infra, from its config section."""
+        from stixd.config import NodeCap
+
+        section = self.config.sections().get(self.default_infra)
+        return section.max_nodes if isinstance(section, NodeCap) else None
+
     def clouds(self) -> tuple[str, ...]:
         """The clouds launches can use: a provider here, allowed, with credentials."""
         problems = self.cloud_problems()
         return tuple(c for c in self._cloud_names() if c not in problems)
 
     def _cloud_names(self) -> list[str]:
-        from stixd.planner.target import CLOUDS
-
-        return [c for c in CLOUDS if c in self.providers]
+        return [c for c in self.infras.clouds() if c in self.providers]
 
     def cloud_problems(self) -> dict[str, str]:
         """Why each cloud with a provider here cannot be used, without any network call."""
@@ -131,6 +145,13 @@ class App:
 
             self.catalog = open_catalog(self.home, os.environ, self.catalog_dirs)
         return self.catalog
+
+    def planner_index(self) -> OfferIndex:
+        """The catalog's offers indexed for the planner, with the registry's rules (a new
+        index each time, as the catalog may have changed on disk since the last plan)."""
+        from stixd.planner.offers import OfferIndex
+
+        return OfferIndex(self.planner_catalog(), self.infras)
 
     def prices(self, cloud: str) -> Prices:
         """The catalog's $/hour per (region, instance type) of ``cloud``; empty without a

@@ -27,12 +27,11 @@ from stixd.planner.catalog import (
     read_accelerator_names,
     read_vms,
 )
-from stixd.planner.catalog.names import normalize_cloud
+from stixd.planner.catalog.names import KNOWN_CLOUDS, normalize_cloud
 from stixproto.reports import FileResult
 
 __all__ = [
     "DEFAULT_BASE_URL",
-    "DEFAULT_CLOUDS",
     "FileResult",
     "UpdateReport",
     "update",
@@ -40,7 +39,6 @@ __all__ = [
 
 # SkyPilot's public catalog repository; files live at <base>/v8/<cloud>/vms.csv.
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/skypilot-org/skypilot-catalog/master/catalogs"
-DEFAULT_CLOUDS: tuple[str, ...] = ("aws", "azure", "gcp")
 ACCELERATORS = "common/accelerators.csv"
 MAX_BYTES = 512 * 1024 * 1024  # far above any real catalog; stops a runaway response
 _CONCURRENCY = 8
@@ -147,19 +145,22 @@ async def update(
     home: Path,
     clouds: Sequence[str] | None = None,
     *,
+    defaults: Sequence[str] = (),
     base_url: str = DEFAULT_BASE_URL,
     file_timeout: float = 60.0,
 ) -> UpdateReport:
     """Fetch ``clouds``' vms.csv (and ``common/accelerators.csv``) into the cache of ``home``.
 
-    ``clouds=None`` refreshes every cloud already cached, or aws, azure and gcp when the cache
-    is empty. Each file must arrive within ``file_timeout`` seconds (a caller wanting a bound on
-    the whole update wraps the call in ``anyio.fail_after``). An unknown cloud name raises
-    CatalogError before anything is fetched; a failed file is reported, never raised, and leaves
-    its cached copy intact.
+    ``clouds=None`` refreshes every cloud already cached, or ``defaults`` when the cache is
+    empty (the registry's `InfraMeta.fetch_by_default` clouds: aws, azure and gcp), in the
+    catalog schema's order. Each file must arrive within ``file_timeout`` seconds (a caller
+    wanting a bound on the whole update wraps the call in ``anyio.fail_after``). An unknown
+    cloud name raises CatalogError before anything is fetched; a failed file is reported, never
+    raised, and leaves its cached copy intact.
     """
     if clouds is None:
-        names = cached_clouds(home) or list(DEFAULT_CLOUDS)
+        order = {c: i for i, c in enumerate(KNOWN_CLOUDS)}
+        names = cached_clouds(home) or sorted(defaults, key=lambda c: order.get(c, len(order)))
     else:
         names = [normalize_cloud(c, cached_clouds(home)) for c in clouds]
     files = [ACCELERATORS, *(f"{c}/vms.csv" for c in dict.fromkeys(names))]

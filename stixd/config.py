@@ -12,26 +12,24 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 import msgspec.inspect as mi
 
 from stixproto import user_yaml
-from stixproto.bounds import MAX_COUNT, MAX_RESTARTS, MAX_SECONDS, IdleMinutes
+from stixproto.bounds import MAX_RESTARTS, MAX_SECONDS, IdleMinutes
 
 __all__ = [
     "ENV_PREFIX",
     "AutostopConfig",
-    "AwsConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",
-    "FakeConfig",
-    "LocalConfig",
+    "NodeCap",
     "RestartIntensity",
     "config_to_dict",
     "default_config_path",
@@ -73,39 +71,83 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     retry_until_up_max_seconds: PositiveFloat = 150.0
 
 
-class LocalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    max_nodes: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 16
+Section = TypeVar("Section", bound=msgspec.Struct)
 
 
-class AwsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    vpc_name: str | None = None
-    ssh_user: Annotated[str, msgspec.Meta(min_length=1)] = "ubuntu"
-    leak_check_minutes: PositiveFloat = 10.0
-    leak_min_age_minutes: NonNegativeFloat = 10.0
-    terminate_leaks: bool = False
+@runtime_checkable
+class NodeCap(Protocol):
+    """A section that caps the nodes one cluster may have on its infra (``local.max_nodes``)."""
+
+    max_nodes: int
 
 
-class FakeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The ``fake`` provider: in-memory nodes for tests and benchmarks, never real work."""
+class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What every `Config` has; its fields are set by `config_schema`, which puts each infra's
+    section (named by the provider registry) between ``daemon`` and ``allowed_clouds``."""
 
-    enabled: bool = False
-    regions: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("fake-1", "fake-2", "fake-3")
-    launch_seconds: NonNegativeFloat = 0.0
-    no_capacity_regions: tuple[str, ...] = ()
-    no_capacity_launches: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0
-    run_seconds: NonNegativeFloat = 3600.0
+    if TYPE_CHECKING:  # the fields `config_schema` defines, as mypy sees them
+        autostop: AutostopConfig = msgspec.field(default_factory=AutostopConfig)
+        daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+        allowed_clouds: tuple[str, ...] | None = None
+
+        def __getattr__(self, name: str) -> Any: ...  # an infra's section, e.g. `config.aws`
+
+    def sections(self) -> dict[str, msgspec.Struct]:
+        """Each infra's section by infra name, in registry order."""
+        return {
+            name: getattr(self, name)
+            for name in type(self).__struct_fields__
+            if name not in _CORE_FIELDS
+        }
+
+    def section(self, name: str, kind: type[Section]) -> Section:
+        """Infra ``name``'s section, which must be a ``kind``."""
+        found = self.sections().get(name)
+        if not isinstance(found, kind):
+            raise LookupError(f"no {kind.__name__} section {name!r} in the config")
+        return found
 
 
-class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The effective configuration. ``Config()`` equals the documented default file."""
+_CORE_FIELDS = ("autostop", "daemon", "allowed_clouds")
 
-    autostop: AutostopConfig = msgspec.field(default_factory=AutostopConfig)
-    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
-    local: LocalConfig = msgspec.field(default_factory=LocalConfig)
-    aws: AwsConfig = msgspec.field(default_factory=AwsConfig)
-    fake: FakeConfig = msgspec.field(default_factory=FakeConfig)
-    # None: every enabled infra may be used.
-    allowed_clouds: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] | None = None
+
+def config_schema(sections: Iterable[tuple[str, type[msgspec.Struct]]]) -> type[ConfigBase]:
+    """The `Config` type holding ``sections`` (infra name, section type), as the registry says."""
+    fields: list[tuple[str, Any, Any]] = [
+        ("autostop", AutostopConfig, msgspec.field(default_factory=AutostopConfig)),
+        ("daemon", DaemonConfig, msgspec.field(default_factory=DaemonConfig)),
+        *((name, kind, msgspec.field(default_factory=kind)) for name, kind in sections),
+        # None: every enabled infra may be used.
+        (
+            "allowed_clouds",
+            Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] | None,
+            None,
+        ),
+    ]
+    schema = msgspec.defstruct(
+        "Config",
+        fields,
+        bases=(ConfigBase,),
+        module=__name__,
+        forbid_unknown_fields=True,
+        frozen=True,
+        kw_only=True,
+    )
+    assert issubclass(schema, ConfigBase)
+    return schema
+
+
+def _registry_sections() -> list[tuple[str, type[msgspec.Struct]]]:
+    from stixd.providers.all import ENTRIES  # the composition root lists the infras
+
+    return [(e.name, e.config) for e in ENTRIES if e.config is not None]
+
+
+if TYPE_CHECKING:
+    Config = ConfigBase
+else:
+    Config = config_schema(_registry_sections())
+    Config.__doc__ = "The effective configuration. ``Config()`` equals the documented default file."
 
 
 class ConfigError(ValueError):
@@ -140,14 +182,17 @@ def load_config(
     extra_files: Sequence[Path] = (),
     env: Mapping[str, str] | None = None,
     overrides: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    schema: type[ConfigBase] | None = None,
 ) -> Config:
     """Merge every configuration layer into one validated :class:`Config`.
 
     ``home`` is the stix home holding the user file. ``cwd`` is where the project file is
     looked for (no project layer when None). ``extra_files`` are ``--config`` files, which
     must exist. ``env`` defaults to ``os.environ``; pass ``{}`` for no environment layer.
+    ``schema`` is the `Config` type of another registry (`config_schema`), for tests.
     Raises :class:`ConfigError` naming the layer and key at fault.
     """
+    cls = schema or Config
     layers: list[tuple[str, Mapping[str, Any]]] = []
 
     default_path = default_config_path()
@@ -180,17 +225,17 @@ def load_config(
 
     for source, data in overrides:
         if not isinstance(data, Mapping):
-            raise ConfigError(source, None, _expected_mapping(Config, data))
+            raise ConfigError(source, None, _expected_mapping(cls, data))
         layers.append((source, data))
 
     layers.extend(_env_layers(os.environ if env is None else env))
 
     merged: dict[str, Any] = {}
     for source, data in layers:
-        _check_layer(data, Config, source, ())
+        _check_layer(data, cls, source, ())
         merged = _deep_merge(merged, data)
     try:
-        return msgspec.convert(merged, Config)
+        return msgspec.convert(merged, cls)
     except msgspec.ValidationError as exc:  # every layer passed, so this is a stix bug
         raise ConfigError("merged configuration", None, f"{exc}; please report this") from exc
 

@@ -16,10 +16,8 @@ from stixd.control import leak_cmds
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
-from stixd.providers.aws import AwsProvider
-from stixd.providers.fake import provider as fake
-from stixd.providers.local.provider import LocalProvider
-from stixd.providers.ssh.provider import SshProvider
+from stixd.providers.all import ENTRIES
+from stixd.providers.registry import build_providers, planner_table
 from stixd.runtime.clock import RealClock
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
@@ -52,30 +50,23 @@ async def serve(home: Path, config: Config) -> None:
                     RestartPolicy(intensity.max_restarts, intensity.within_seconds),
                     clock=RealClock(),
                 )
+                built = build_providers(
+                    ENTRIES, config.sections(), home=home, log=log, agent_build=build_id()
+                )
                 app = App(
                     home=home,
                     config=config,
                     store=store,
                     watch=watch,
                     supervisor=supervisor,
-                    providers={
-                        "local": LocalProvider(home),
-                        "ssh": SshProvider(home, {}, log=log),
-                        "aws": AwsProvider(
-                            home,
-                            log=log,
-                            ssh_user=config.aws.ssh_user,
-                            vpc_name=config.aws.vpc_name,
-                        ),
-                    },
+                    providers={name: b.provider for name, b in built.items()},
                     agent_pyz=pyz,
                     agent_build=build_id(),
                     log=log,
                     actor_factories=factory_for,
+                    infras=planner_table(ENTRIES),
+                    catalog_dirs=[d for b in built.values() for d in b.catalog_dirs],
                 )
-                if config.fake.enabled:  # tests and benchmarks only
-                    app.providers["fake"] = fake.from_config(home, config.fake, build_id())
-                    app.catalog_dirs.append(fake.catalog_root(home))
                 try:
                     app.ssh_pool_sizes()  # read ssh_node_pools.yaml before reconciling
                 except InvalidConfig as exc:

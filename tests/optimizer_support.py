@@ -11,6 +11,7 @@ from stixd.planner.catalog import CatalogSources
 from stixd.planner.catalog.catalog import Catalog
 from stixd.planner.offers import OfferIndex
 from stixd.planner.request import Accelerator, Amount, ResourceRequest, TaskRequest
+from stixd.providers.all import infras
 from tests.test_catalog import shared_catalogs
 
 AWS_HEADER = (
@@ -26,13 +27,15 @@ AZURE_HEADER = (
     "Region,Generation"
 )
 BIG3 = ("aws", "azure", "gcp")
+INFRAS = infras()
+"""The planner's table of the provider registry, as the daemon hands it in."""
 
 
 def index_over(root: Path, home: Path) -> OfferIndex:
     sources = CatalogSources(
         cache_dir=home / "catalogs", index_dir=home / "catalogs" / "index" / "v8", override_dir=root
     )
-    return OfferIndex(Catalog(sources))
+    return OfferIndex(Catalog(sources), INFRAS)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,11 @@ from aiohttp import web
 
 from stixd.catalog_fetch import FileResult, UpdateReport, update
 from stixd.planner.catalog import Catalog, CatalogError, open_catalog
+from stixd.providers.all import infras
 from tests.test_catalog import LAMBDA_HEADER, shared_catalogs
+
+DEFAULTS = infras().fetched_by_default()
+"""What the daemon fetches into an empty cache: the registry's big three."""
 
 pytestmark = pytest.mark.anyio
 DAY = 86400.0
@@ -190,7 +194,7 @@ async def test_no_clouds_named_refreshes_the_cached_ones_or_the_big_three(
     server: CatalogServer, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    first = await update(home, None, base_url=server.url("ok"))
+    first = await update(home, None, defaults=DEFAULTS, base_url=server.url("ok"))
     assert [r.file for r in first.results] == [
         "common/accelerators.csv",
         "aws/vms.csv",
@@ -200,7 +204,7 @@ async def test_no_clouds_named_refreshes_the_cached_ones_or_the_big_three(
     assert first.ok
     cache_file(home, "azure/vms.csv").unlink()
     cache_file(home, "gcp/vms.csv").unlink()
-    second = await update(home, None, base_url=server.url("ok"))
+    second = await update(home, None, defaults=DEFAULTS, base_url=server.url("ok"))
     assert [r.file for r in second.results] == ["common/accelerators.csv", "aws/vms.csv"]
 
 

@@ -12,7 +12,9 @@ import yaml
 
 from stixd.agent_client import AgentUnreachable
 from stixd.planner.catalog import open_catalog
+from stixd.planner.offers import OfferIndex
 from stixd.planner.target import blocked_from, choose_target, cloud_spec
+from stixd.providers.all import infras
 from stixd.providers.base import CapacityError, NodeStatus, ProvisionRequest, ReportsLostNodes
 from stixd.providers.fake.provider import FakeProvider, write_catalog
 from stixproto.task import Task
@@ -115,7 +117,7 @@ def test_the_planner_orders_the_fake_regions_as_configured_and_skips_blocked_one
     tmp_path: Path,
 ) -> None:
     write_catalog(tmp_path / "fakecat", REGIONS)
-    catalog = open_catalog(tmp_path, {}, [tmp_path / "fakecat"])
+    catalog = OfferIndex(open_catalog(tmp_path, {}, [tmp_path / "fakecat"]), infras())
     task = load_text("resources:\n  infra: fake\nrun: x\n")
     assert cloud_spec(task, "fake", catalog)["placement"]["region"] == "fake-1"
     block = blocked_from({"cloud": "fake", "region": "fake-1"}, "preempted")
@@ -125,18 +127,18 @@ def test_the_planner_orders_the_fake_regions_as_configured_and_skips_blocked_one
 def test_the_fake_cloud_is_never_chosen_for_a_task_that_does_not_name_it() -> None:
     big = load_text("resources:\n  cpus: 512\nrun: x\n")
     with pytest.raises(Exception, match="cpus"):
-        choose_target(big, {}, ("fake",))
+        choose_target(big, infras(), {}, ("fake",))
     named = load_text("resources:\n  infra: fake/fake-2\nrun: x\n")
-    assert choose_target(named, {}, ("fake",)) == ("fake", "fake-2")
+    assert choose_target(named, infras(), {}, ("fake",)) == ("fake", "fake-2")
     with pytest.raises(Exception, match="not available"):
-        choose_target(named, {}, ())
+        choose_target(named, infras(), {}, ())
 
 
 def test_a_soft_block_is_used_only_when_nothing_else_is_left_and_a_preference_wins(
     tmp_path: Path,
 ) -> None:
     write_catalog(tmp_path / "fakecat", REGIONS)
-    catalog = open_catalog(tmp_path, {}, [tmp_path / "fakecat"])
+    catalog = OfferIndex(open_catalog(tmp_path, {}, [tmp_path / "fakecat"]), infras())
     task = load_text("resources:\n  infra: fake\nrun: x\n")
     lost = ["fake-1"]
     assert cloud_spec(task, "fake", catalog, avoid_regions=lost)["placement"]["region"] == "fake-2"

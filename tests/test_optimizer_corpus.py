@@ -20,7 +20,7 @@ from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
 from stixproto.task import from_yaml
-from tests.optimizer_support import index
+from tests.optimizer_support import INFRAS, index
 from tests.shared_data import needs, require
 from tests.test_catalog import REPO
 
@@ -68,10 +68,10 @@ def test_every_corpus_file_plans_or_says_why(index: OfferIndex, path: Path) -> N
     tasks = task_requests(path)
     if len(tasks) == 1:
         p = plan(tasks[0], index, enabled_clouds=CLOUDS)
-        text, reason, out = render_plan(p), p.no_fit_reason, plan_json(p)
+        text, reason, out = render_plan(p, INFRAS), p.no_fit_reason, plan_json(p, INFRAS)
     else:
         pp = plan_pipeline(tasks, index, enabled_clouds=CLOUDS)
-        text, reason, out = render_pipeline(pp), pp.no_fit_reason, plan_json(pp)
+        text, reason, out = render_pipeline(pp, INFRAS), pp.no_fit_reason, plan_json(pp, INFRAS)
         assert pp.chosen is None or len(pp.chosen) == len(tasks)
     assert out.startswith(b'{"chosen":')
     assert reason == NO_FIT.get(path.name)

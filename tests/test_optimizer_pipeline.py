@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from stixd.planner.egress import egress_cost, egress_seconds, internet_egress_cost
+from stixd.planner.egress import egress_cost, egress_seconds
 from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline
 from stixd.planner.request import DataSize, ResourceRequest, TaskRequest
-from tests.optimizer_support import index, res
+from tests.optimizer_support import INFRAS, index, res
 
 __all__ = ["index"]
 
@@ -60,10 +60,10 @@ def test_forced_cross_cloud_hops_are_charged_and_shown(index: OfferIndex) -> Non
     assert (leg.source, leg.target, leg.src_cloud, leg.dst_cloud) == ("prep", "train", "aws", "gcp")
     assert leg.cost == pytest.approx(8.91)
     assert pp.total_cost == pytest.approx(0.384 + 0.70736 + 0.38847 + 8.91)
-    text = render_pipeline(pp)
+    text = render_pipeline(pp, INFRAS)
     assert "Egress plan:" in text and "prep (AWS)" in text and "train (GCP)" in text
     assert "Considered resources for task 'train' (1 node):" in text
-    out = plan_json(pp)
+    out = plan_json(pp, INFRAS)
     assert out.startswith(b'{"chosen":[{"cloud":"aws"')
 
 
@@ -115,11 +115,11 @@ def test_a_task_that_fits_nowhere_stops_the_pipeline_with_its_reason(index: Offe
     ],
 )
 def test_internet_egress_prices(cloud: str, gigabytes: float, cost: float) -> None:
-    assert internet_egress_cost(cloud, gigabytes) == pytest.approx(cost)
+    assert INFRAS.egress_cost(cloud, gigabytes) == pytest.approx(cost)
 
 
 def test_egress_is_free_within_a_cloud_and_timed_at_10_gbps() -> None:
-    assert egress_cost("aws", "aws", 500) == 0.0
-    assert egress_cost("gcp", "aws", 100) == pytest.approx(12.0)
+    assert egress_cost(INFRAS, "aws", "aws", 500) == 0.0
+    assert egress_cost(INFRAS, "gcp", "aws", 100) == pytest.approx(12.0)
     assert egress_seconds("aws", "gcp", 100) == pytest.approx(80.0)
     assert egress_seconds("gcp", "gcp", 100) == 0.0

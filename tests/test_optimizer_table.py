@@ -18,7 +18,7 @@ from stixd.planner.request import (
     parse_accelerators,
     parse_amount,
 )
-from tests.optimizer_support import BIG3, index, res, task
+from tests.optimizer_support import BIG3, INFRAS, index, res, task
 
 __all__ = ["index"]
 
@@ -26,7 +26,7 @@ HEADER = " INFRA   INSTANCE          vCPUs   Mem(GB)   GPUS   REGION/ZONE     CO
 
 
 def test_the_table_shows_one_row_per_cloud_with_the_chosen_marked(index: OfferIndex) -> None:
-    text = render_plan(plan(task(), index, enabled_clouds=BIG3))
+    text = render_plan(plan(task(), index, enabled_clouds=BIG3), INFRAS)
     lines = text.splitlines()
     assert lines[:4] == [
         "Target: minimizing cost",
@@ -44,7 +44,9 @@ def test_the_table_shows_one_row_per_cloud_with_the_chosen_marked(index: OfferIn
 
 
 def test_spot_rows_and_node_count(index: OfferIndex) -> None:
-    text = render_plan(plan(task("A100:8", use_spot=True, num_nodes=2), index, enabled_clouds=BIG3))
+    text = render_plan(
+        plan(task("A100:8", use_spot=True, num_nodes=2), index, enabled_clouds=BIG3), INFRAS
+    )
     assert "Considered resources (2 nodes):" in text
     # azure Standard_ND96asr_v4 eastus SpotPrice 3.01557 x 2 = 6.03
     row = " Azure   Standard_ND96asr_v4[Spot]   96      900       A100:8   eastus        6.03"
@@ -57,12 +59,12 @@ def test_ordered_rows_keep_the_list_order(index: OfferIndex) -> None:
         index,
         enabled_clouds=BIG3,
     )
-    assert [c.accelerators for c in plan_rows(p)] == ["V100:1"] * 3 + ["T4:1"] * 3
-    assert "will be tried in the listed order): V100:1, T4:1" in render_plan(p)
+    assert [c.accelerators for c in plan_rows(p, INFRAS)] == ["V100:1"] * 3 + ["T4:1"] * 3
+    assert "will be tried in the listed order): V100:1, T4:1" in render_plan(p, INFRAS)
 
 
 def test_nothing_fits_prints_the_reason(index: OfferIndex) -> None:
-    text = render_plan(plan(task("H100:16", cloud="gcp"), index, enabled_clouds=BIG3))
+    text = render_plan(plan(task("H100:16", cloud="gcp"), index, enabled_clouds=BIG3), INFRAS)
     assert text.splitlines()[:2] == [
         "No resource satisfying H100:16 on gcp (enabled infra: aws, azure, gcp).",
         "Reason: accelerator H100:16 is not offered on gcp "
@@ -71,7 +73,9 @@ def test_nothing_fits_prints_the_reason(index: OfferIndex) -> None:
 
 
 def test_json_has_exactly_the_documented_shape(index: OfferIndex) -> None:
-    out = json.loads(plan_json(plan(task("A100:8", num_nodes=4), index, enabled_clouds=BIG3)))
+    out = json.loads(
+        plan_json(plan(task("A100:8", num_nodes=4), index, enabled_clouds=BIG3), INFRAS)
+    )
     assert set(out) == {"chosen", "candidates"}
     assert out["chosen"] == {
         "cloud": "aws",
@@ -84,14 +88,14 @@ def test_json_has_exactly_the_documented_shape(index: OfferIndex) -> None:
     }
     assert [c["cloud"] for c in out["candidates"]] == ["aws", "azure", "gcp"]
     assert all(set(c) == set(out["chosen"]) for c in out["candidates"])
-    nothing = json.loads(plan_json(plan(task("H100:16"), index, enabled_clouds=BIG3)))
+    nothing = json.loads(plan_json(plan(task("H100:16"), index, enabled_clouds=BIG3), INFRAS))
     assert nothing["chosen"] is None and nothing["candidates"] == []
     assert nothing["no_fit_reason"].startswith("accelerator H100:16 is not offered")
 
 
 def test_pipeline_json_lists_one_choice_per_task(index: OfferIndex) -> None:
     pp = plan_pipeline([task(), task("T4:1")], index, enabled_clouds=BIG3)
-    out = json.loads(plan_json(pp))
+    out = json.loads(plan_json(pp, INFRAS))
     assert [c["instance_type"] for c in out["chosen"]] == ["m6i.2xlarge", "g4dn.xlarge"]
     assert len(out["candidates"]) == 2
 

@@ -12,7 +12,7 @@ from stixd.planner.optimizer import plan
 from stixd.planner.plan_table import plan_rows
 from stixd.planner.plans import Plan
 from stixd.planner.request import ResourceRequest, TaskRequest
-from tests.optimizer_support import AWS_HEADER, GCP_HEADER, index_over, task, write_cloud
+from tests.optimizer_support import AWS_HEADER, GCP_HEADER, INFRAS, index_over, task, write_cloud
 
 
 def aws_row(itype: str, price: float, region: str, zone: str, vcpus: int = 8) -> str:
@@ -91,7 +91,7 @@ def test_clouds_tie_in_the_order_they_are_enabled(tied: OfferIndex) -> None:
     assert first_gcp.chosen is not None and first_gcp.chosen.cloud == "gcp"
     assert first_aws.chosen is not None and first_aws.chosen.cloud == "aws"
     # the table keeps that order for rows of equal cost
-    assert [c.cloud for c in plan_rows(first_gcp)] == ["gcp", "aws"]
+    assert [c.cloud for c in plan_rows(first_gcp, INFRAS)] == ["gcp", "aws"]
 
 
 def test_any_of_ties_go_to_the_alternative_listed_first(tied: OfferIndex) -> None:

@@ -263,5 +263,5 @@ async def test_the_aws_provider_keeps_the_accounts_zone_names(aws: AwsBed, tmp_p
     assert (await provider.check()).enabled
     await provider.aclose()
     told = aws.ec2("describe_availability_zones")["AvailabilityZones"]
-    names = zone_names_of(open_catalog(tmp_path, {}))["aws"]
+    names = zone_names_of(open_catalog(tmp_path, {}), ["aws"])["aws"]
     assert names == {z["ZoneId"]: z["ZoneName"] for z in told} and names

@@ -95,7 +95,7 @@ class ClusterActor(Actor):
 
     @property
     def provider(self) -> Provider:
-        return self.app.provider(self.row.spec.get("provider", "local"))
+        return self.app.provider(self.row.spec.get("provider", self.app.default_infra))
 
     @property
     def nodes(self) -> list[NodeInfo]:

@@ -22,7 +22,6 @@ from stixd.actors.launch_spec import files_digest, spec_digest
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.planner.local_fit import check_fits_local, local_offer
 from stixd.planner.target import (
-    CLOUDS,
     MAX_FAILOVERS,
     NoChoiceLeft,
     blocked_from,
@@ -56,10 +55,14 @@ async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.Launc
     validate_mounts(req.task)
     app = cluster.app
     provider, pool = choose_target(
-        req.task, app.ssh_pool_sizes(), app.clouds(), local_max_nodes=app.config.local.max_nodes
+        req.task,
+        app.infras,
+        app.ssh_pool_sizes(),
+        app.clouds(),
+        local_max_nodes=app.machine_max_nodes(),
     )
     if cluster.state is C.UP:
-        here = (cluster.row.spec.get("provider", "local"), cluster.row.spec.get("pool"))
+        here = (cluster.row.spec.get("provider", app.default_infra), cluster.row.spec.get("pool"))
         if here != (provider, pool):
             raise InvalidRequest(
                 f"cluster {cluster.id!r} runs on {infra_label(*here)} but the task asks for "
@@ -128,7 +131,7 @@ async def note_launch_spec(
 
 
 async def first_choice(cluster: ClusterActor, req: m.Launch, provider: str) -> dict[str, Any]:
-    catalog = cluster.app.planner_catalog()
+    catalog = cluster.app.planner_index()
     blocks = cluster.app.remembered_blocks()
     plan = functools.partial(
         cloud_spec,
@@ -164,12 +167,13 @@ async def begin_launch(
         "pool": pool,
         "num_nodes": req.task.num_nodes,
         "resources": f"{req.task.num_nodes}x {infra_label(provider, pool)}",
-        "hourly_price": local_offer().price,  # per node: local and SSH hosts cost $0
+        "hourly_price": local_offer(cluster.app.default_infra).price,  # per node: local, SSH: $0
         "placement": None,
         "avoid_regions": list(req.avoid_regions),
         "ports": task_ports(req.task),  # a cloud's placement names the ones it opened
     }
-    if provider in CLOUDS:  # usable, as choose_target said: the optimizer's first choice
+    # usable, as choose_target said: the optimizer's first choice
+    if provider in cluster.app.infras.clouds():
         spec.update(await first_choice(cluster, req, provider))
     if req.plan_choice is not None and req.plan_choice != spec["resources"]:
         raise ProvisionError(
@@ -221,7 +225,7 @@ async def retry_launch(cluster: ClusterActor) -> None:
         return
     env = waiter or Envelope(payload=req)
     try:
-        if cluster.row.spec.get("provider") in CLOUDS:
+        if cluster.row.spec.get("provider") in cluster.app.infras.clouds():
             try:
                 spec = await first_choice(cluster, req, cluster.row.spec["provider"])
             except ProvisionError as exc:  # what failed is still remembered as blocked
@@ -302,7 +306,9 @@ async def provision(
 ) -> list[NodeInfo]:
     """Bring the nodes up; on failure the cluster stays INIT with the error, its stored launch
     dropped unless `keep_pending` (a launch that will be retried)."""
-    where = infra_label(cluster.row.spec.get("provider", "local"), cluster.row.spec.get("pool"))
+    where = infra_label(
+        cluster.row.spec.get("provider", cluster.app.default_infra), cluster.row.spec.get("pool")
+    )
     env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {cluster.id}..."))
     request = ProvisionRequest(
         cluster.id,
@@ -338,7 +344,7 @@ async def launch_with_failover(
 ) -> list[NodeInfo]:
     """Launch; on a capacity or quota error on a cloud, block what it names and take the
     optimizer's next choice there (the provider tries a region's zones itself)."""
-    cloud = cluster.row.spec.get("provider", "local")
+    cloud = cluster.row.spec.get("provider", cluster.app.default_infra)
     failed: list[str] = []
     blocks = cluster.app.remembered_blocks()
     while True:
@@ -352,7 +358,7 @@ async def launch_with_failover(
             blocks.append(blocked)
             cluster.app.remember_block(blocked, float(getattr(exc, "remember_s", 0.0)))
             await cluster.store.record(cluster.kind, cluster.id, "failover", failed[-1])
-            catalog = cluster.app.planner_catalog()
+            catalog = cluster.app.planner_index()
             avoid = cluster.row.spec.get("avoid_regions") or []
             plan = functools.partial(cloud_spec, avoid_regions=avoid)
             try:
@@ -387,8 +393,8 @@ async def exec_task(cluster: ClusterActor, req: m.Exec, env: Envelope) -> m.Laun
             f"cluster {cluster.id!r} is {cluster.state.value}; "
             f"start it with `{names.command('start', cluster.id)}`"
         )
-    if cluster.row.spec.get("provider", "local") == "local":
-        check_fits_local(req.task)
+    if cluster.row.spec.get("provider", cluster.app.default_infra) == cluster.app.default_infra:
+        check_fits_local(req.task, cluster.app.infras)
     have = int(cluster.row.spec.get("num_nodes", 1))
     if req.task.num_nodes > have:
         raise InvalidRequest(

@@ -53,7 +53,7 @@ async def create_job(
 ) -> Row:
     """Insert the job row (idempotent by id) and start its actor."""
     uid = cluster.row.data["uid"]
-    provider = cluster.row.spec.get("provider", "local")
+    provider = cluster.row.spec.get("provider", cluster.app.default_infra)
     nodes = cluster.nodes[: task.num_nodes]
     submit = {
         "job_id": job_id,

@@ -30,7 +30,7 @@ async def on_up(managed: ManagedJobActor, msg: Up) -> None:
         return
     run = int(managed.row.data.get("run", 0)) + 1
     row = await managed.app.store.get("cluster", managed.cluster)
-    infra, region = run_place(row.spec if row is not None else {})
+    infra, region = run_place(row.spec if row is not None else {}, managed.app.default_infra)
     await managed.save(
         cluster_uid=msg.uid,
         cluster_job_id=msg.job_id,

@@ -187,7 +187,7 @@ async def end_jobs(app: App, cluster: str, uid: Any, gone: ClusterGone) -> None:
 
 
 async def _cluster(app: App, row: Row) -> list[str]:
-    provider_name = row.spec.get("provider", "local")
+    provider_name = row.spec.get("provider", app.default_infra)
     provider = app.providers.get(provider_name) if isinstance(provider_name, str) else None
     notes = []
     if "provider" not in row.spec:  # unreadable, or never launched: local is harmless to try

@@ -15,9 +15,9 @@ EAGER_NEXT_REGION = "EAGER_NEXT_REGION"
 FAILOVER = "FAILOVER"
 
 
-def run_place(cluster_spec: dict[str, Any]) -> tuple[str, str | None]:
+def run_place(cluster_spec: dict[str, Any], default_infra: str) -> tuple[str, str | None]:
     """(infra, region) a cluster runs in: ``fake/fake-2``, ``aws/us-east-1``, ``local``."""
-    provider = str(cluster_spec.get("provider", "local"))
+    provider = str(cluster_spec.get("provider", default_infra))
     region = (cluster_spec.get("placement") or {}).get("region") or cluster_spec.get("pool")
     infra = f"{provider}/{region}" if region else provider
     return infra, region

@@ -95,7 +95,9 @@ async def _fetch(app: App, clouds: list[str] | None, emit: Emit, looked_in: str)
         m.Progress(f"Fetching the {', '.join(clouds) if clouds else 'default'} catalog(s)...")
     )
     try:
-        report = await update(app.home, clouds, base_url=_base_url())
+        report = await update(
+            app.home, clouds, defaults=app.infras.fetched_by_default(), base_url=_base_url()
+        )
     except CatalogError as exc:
         raise InvalidRequest(str(exc)) from None
     app.catalog = None
@@ -127,9 +129,10 @@ async def with_catalog(app: App, emit: Emit, query: Callable[[Catalog], T]) -> T
 
 
 async def show_gpus_cmd(app: App, req: m.ShowGpus, emit: Emit) -> m.Table:
-    if (req.infra or "").strip().partition("/")[0].strip().lower() == "local":
+    machine = app.default_infra
+    if (req.infra or "").strip().partition("/")[0].strip().lower() == machine:
         try:  # this machine, not a catalog: nothing to fetch
-            rows = show_machine(local_offer(), req.name, req.count, req.all)
+            rows = show_machine(local_offer(machine), req.name, req.count, req.all)
         except CatalogError as exc:
             raise InvalidRequest(str(exc)) from None
     else:
@@ -141,7 +144,12 @@ async def show_gpus_cmd(app: App, req: m.ShowGpus, emit: Emit) -> m.Table:
 
 async def catalog_update(app: App, req: m.CatalogUpdate, emit: Emit) -> m.Table:
     try:
-        report = await update(app.home, req.clouds or None, base_url=_base_url())
+        report = await update(
+            app.home,
+            req.clouds or None,
+            defaults=app.infras.fetched_by_default(),
+            base_url=_base_url(),
+        )
     except CatalogError as exc:
         raise InvalidRequest(str(exc)) from None
     app.catalog = None

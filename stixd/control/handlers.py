@@ -21,6 +21,7 @@ from stixd.config import ConfigError
 from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cmds, ssh_cmds
 from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
+from stixd.planner.offers import OfferIndex
 from stixd.planner.target import choose_target, cloud_spec
 from stixd.store.db import Row
 from stixproto import messages as m
@@ -33,8 +34,13 @@ from stixproto.names import command
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
-KNOWN_INFRAS = tuple(dict.fromkeys(("aws", "gcp", "azure", "kubernetes", *KNOWN_CLOUDS)))
-"""Every infra a SkyPilot user may look for: the planner's catalog clouds and Kubernetes."""
+
+
+def known_infras(app: App) -> tuple[str, ...]:
+    """Every infra a SkyPilot user may look for and this build cannot launch on: the registry's
+    planned ones, then the catalog's other clouds. (A provider its config leaves off, like
+    ``fake``, is not listed.)"""
+    return tuple(dict.fromkeys((*app.infras.planned(), *KNOWN_CLOUDS)))
 
 
 def _check_task(app: App, task: Any) -> None:
@@ -42,20 +48,27 @@ def _check_task(app: App, task: Any) -> None:
     validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
     choose_target(
         task,
+        app.infras,
         app.ssh_pool_sizes(),
         app.clouds(),
         app.cloud_problems(),
-        local_max_nodes=app.config.local.max_nodes,
+        local_max_nodes=app.machine_max_nodes(),
     )
 
 
 async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:
     """A launch on a cloud needs its catalog (fetched when missing) and an instance that fits."""
     cloud, _ = choose_target(
-        task, app.ssh_pool_sizes(), app.clouds(), local_max_nodes=app.config.local.max_nodes
+        task,
+        app.infras,
+        app.ssh_pool_sizes(),
+        app.clouds(),
+        local_max_nodes=app.machine_max_nodes(),
     )
     if cloud in app.clouds():
-        await catalog_cmds.with_catalog(app, emit, lambda c: cloud_spec(task, cloud, c))
+        await catalog_cmds.with_catalog(
+            app, emit, lambda c: cloud_spec(task, cloud, OfferIndex(c, app.infras))
+        )
 
 
 async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
@@ -119,12 +132,9 @@ def _failed_cluster(row: Row, why: str) -> m.ClusterRecord:
     )
 
 
-ANY_PORT_PROVIDERS = ("local",)
-"""Providers whose nodes share this machine's network: every port is reachable on them."""
-
-
-def cluster_record(row: Row, owner: Owner | None = None) -> m.ClusterRecord:
+def cluster_record(app: App, row: Row, owner: Owner | None = None) -> m.ClusterRecord:
     data, spec = row.data, row.spec
+    provider = spec.get("provider", app.default_infra)
     placement = spec.get("placement")
     autostop = data.get("autostop") or {}
     idle_since = data.get("idle_since")
@@ -133,7 +143,7 @@ def cluster_record(row: Row, owner: Owner | None = None) -> m.ClusterRecord:
     return m.ClusterRecord(
         name=row.id,
         status=row.state,
-        infra=infra_label(spec.get("provider", "local"), spec.get("pool")),
+        infra=infra_label(provider, spec.get("pool")),
         num_nodes=int(spec.get("num_nodes", 1)),
         resources=spec.get("resources", ""),
         launched_at=float(data.get("launched_at") or row.created_at),
@@ -146,7 +156,7 @@ def cluster_record(row: Row, owner: Owner | None = None) -> m.ClusterRecord:
         last_error=data.get("last_error"),
         owner=owner.label if owner else None,
         ports=list((placement["ports"] if placement else spec.get("ports")) or []),
-        any_port=spec.get("provider", "local") in ANY_PORT_PROVIDERS,
+        any_port=app.infras.get(provider).any_port,  # shares this machine's network
     )
 
 
@@ -191,7 +201,7 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     owners = await cluster_owners(app)
     records = [
         quarantine.shown(
-            app, r, lambda row: cluster_record(row, owners.get(row.id)), _failed_cluster
+            app, r, lambda row: cluster_record(app, row, owners.get(row.id)), _failed_cluster
         )
         for r in rows
     ]
@@ -303,7 +313,7 @@ async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostRepor
         if quarantine.reason_of(app, row) is not None:
             continue  # `status` shows it, with how to remove it; it has no cost to report
         try:
-            item = _cost_row(row, now)
+            item = _cost_row(app, row, now)
         except Exception as exc:  # one damaged row leaves the report, logged
             app.log.warning("row_unshowable", kind=row.kind, id=row.id, reason=repr(exc))
             continue
@@ -314,12 +324,12 @@ async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostRepor
     return m.CostReport(rows=rows_out, total=sum(r.cost for r in rows_out))
 
 
-def _cost_row(row: Row, now: float) -> m.CostRow:
+def _cost_row(app: App, row: Row, now: float) -> m.CostRow:
     launched = float(row.data.get("launched_at") or 0.0)
     active = float(row.data.get("active_seconds") or 0.0)
     if row.data.get("up_since"):
         active += now - float(row.data["up_since"])
-    rec = cluster_record(row)
+    rec = cluster_record(app, row)
     # a price changed by a resize outside stix holds from then on; before it, the old one
     priced = float(row.data.get("priced_seconds") or 0.0)
     cost = float(row.data.get("cost_accrued") or 0.0)
@@ -345,7 +355,7 @@ async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
         enabled = result.enabled and (allowed is None or name in allowed)
         reason = result.reason if enabled or allowed is None else "left out by allowed_clouds"
         out.append(m.InfraCheck(infra=name, enabled=enabled, reason=reason))
-    for name in KNOWN_INFRAS:
+    for name in known_infras(app):
         if name in app.providers:
             continue
         out.append(m.InfraCheck(infra=name, enabled=False, reason=m.NOT_SUPPORTED))

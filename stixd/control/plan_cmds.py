@@ -16,7 +16,7 @@ from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
-from stixd.planner.target import NAMED_ONLY, choose_target, cloud_spec
+from stixd.planner.target import choose_target, cloud_spec
 from stixd.planner.zone_names import named_pipeline, named_plan, zone_names_of
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
@@ -29,8 +29,9 @@ def _enabled(
 ) -> list[str]:
     """The clouds to plan on; one a task must name (the fake provider's) only when named."""
     allowed = app.config.allowed_clouds
-    names = list(catalog_clouds) if all_clouds else ["local"]
-    names = [n for n in names if n not in NAMED_ONLY or n in named]
+    names = list(catalog_clouds) if all_clouds else [app.default_infra]
+    only_named = app.infras.named_only()
+    names = [n for n in names if n not in only_named or n in named]
     return [n for n in names if allowed is None or n in allowed]
 
 
@@ -39,9 +40,11 @@ def _plan(
 ) -> m.PlanReply:
     named = [(a.cloud or "").lower() for r in requests for a in r.alternatives]
     enabled = _enabled(app, req.all_clouds, catalog.clouds() if req.all_clouds else (), named)
-    extra = {} if req.all_clouds else {"local": [local_offer()]}
-    limits = {"local": app.config.local.max_nodes}
-    index = OfferIndex(catalog)
+    machine = app.default_infra
+    extra = {} if req.all_clouds else {machine: [local_offer(machine)]}
+    cap = app.machine_max_nodes()
+    limits = {machine: cap} if cap is not None else {}
+    index = OfferIndex(catalog, app.infras)
     minimize: Literal["cost", "time"] = "time" if req.minimize == "time" else "cost"
     if len(requests) == 1:
         p = plan(
@@ -52,9 +55,11 @@ def _plan(
             extra_offers=extra,
             max_nodes=limits,
         )
-        shown = named_plan(p, zone_names_of(catalog))
+        shown = named_plan(p, zone_names_of(catalog, app.infras.zone_id_clouds()))
         return m.PlanReply(
-            text=render_plan(shown), json=plan_json(shown).decode(), no_fit_reason=p.no_fit_reason
+            text=render_plan(shown, app.infras),
+            json=plan_json(shown, app.infras).decode(),
+            no_fit_reason=p.no_fit_reason,
         )
     pp = plan_pipeline(
         requests,
@@ -64,10 +69,10 @@ def _plan(
         extra_offers=extra,
         max_nodes=limits,
     )
-    shown_pp = named_pipeline(pp, zone_names_of(catalog))
+    shown_pp = named_pipeline(pp, zone_names_of(catalog, app.infras.zone_id_clouds()))
     return m.PlanReply(
-        text=render_pipeline(shown_pp),
-        json=plan_json(shown_pp).decode(),
+        text=render_pipeline(shown_pp, app.infras),
+        json=plan_json(shown_pp, app.infras).decode(),
         no_fit_reason=pp.no_fit_reason,
     )
 
@@ -99,18 +104,19 @@ async def launch_plan(app: App, req: m.PlanRequest, emit: Emit) -> m.PlanReply:
     validate_mounts(task)  # what the launch refuses is refused before the question
     provider, pool = choose_target(
         task,
+        app.infras,
         app.ssh_pool_sizes(),
         app.clouds(),
         app.cloud_problems(),
-        local_max_nodes=app.config.local.max_nodes,
+        local_max_nodes=app.machine_max_nodes(),
     )
     row = await app.store.get("cluster", req.cluster) if req.cluster else None
     status = row.state if row is not None and not row.terminal else None
     if status == "UP":
         return m.PlanReply(text="", json="{}", cluster_status=status)
-    if provider not in app.clouds():  # local, or an SSH pool: its hosts at $0
+    if provider not in app.clouds():  # this machine, or an SSH pool: its hosts at $0
         reply = _plan(app, [task_request(task)], req, catalog_of(app))
-        if provider != "local":
+        if provider != app.default_infra:
             reply = m.PlanReply(
                 text=f"Infra: {infra_label(provider, pool)} (an SSH node pool), $0.00 / hour.",
                 json="{}",
@@ -120,11 +126,12 @@ async def launch_plan(app: App, req: m.PlanRequest, emit: Emit) -> m.PlanReply:
 
     def on_cloud(catalog: Catalog) -> m.PlanReply:
         blocks = app.remembered_blocks()
-        p = plan(task_request(task), catalog, enabled_clouds=[provider], blocked=blocks)
-        choice = cloud_spec(task, provider, catalog, blocks)["resources"]
+        index = OfferIndex(catalog, app.infras)
+        p = plan(task_request(task), index, enabled_clouds=[provider], blocked=blocks)
+        choice = cloud_spec(task, provider, index, blocks)["resources"]
         return m.PlanReply(
-            text=render_plan(p),
-            json=plan_json(p).decode(),
+            text=render_plan(p, app.infras),
+            json=plan_json(p, app.infras).decode(),
             no_fit_reason=p.no_fit_reason,
             choice=choice,
             cluster_status=status,

@@ -35,8 +35,6 @@ from stixd.planner.request import Accelerator, Amount, ResourceRequest
 
 __all__ = ["Elimination", "Launchable", "Stage", "Want", "launchables"]
 
-_INFINIBAND_ON_NEBIUS = {"H100", "H200"}
-
 
 class Stage(IntEnum):
     """Filters in the order they run; a later stage means the request got further."""
@@ -126,15 +124,11 @@ def _needed_features(want: Want, num_nodes: int) -> set[Feature]:
 def _missing_features(want: Want, offers: CloudOffers, num_nodes: int) -> list[Feature]:
     need = _needed_features(want, num_nodes)
     missing = need & offers.unsupported()
-    acc = want.accelerator
-    if (
-        offers.cloud == "nebius"
-        and "network_tier" in need
-        and not (acc and acc.name in _INFINIBAND_ON_NEBIUS and acc.count == 8)
-    ):
-        missing.add("network_tier")
-    if offers.cloud == "azure" and want.request.disk_tier == "ultra":
-        missing.add("disk_tier")
+    gaps = offers.meta.feature_gaps
+    if gaps is not None:
+        acc = want.accelerator
+        name, count = (acc.name, acc.count) if acc else (None, None)
+        missing |= gaps(want.request.disk_tier, name, count, frozenset(need))
     return sorted(missing)
 
 
@@ -300,13 +294,10 @@ def _filter_location(
     return rows
 
 
-def _region_order(cloud: str, best: dict[str, float]) -> list[str]:
+def _region_order(offers: CloudOffers, best: dict[str, float]) -> list[str]:
     ordered = sorted(best, key=lambda reg: (best[reg], reg))
-    if cloud == "aws":  # SkyPilot tries US regions first, each group cheapest first
-        return [x for x in ordered if x.startswith("us-")] + [
-            x for x in ordered if not x.startswith("us-")
-        ]
-    return ordered
+    reorder = offers.meta.region_order
+    return reorder(ordered) if reorder is not None else ordered
 
 
 def _build(rows: list[Offer], want: Want, offers: CloudOffers) -> list[Launchable]:
@@ -331,9 +322,9 @@ def _build(rows: list[Offer], want: Want, offers: CloudOffers) -> list[Launchabl
     region_rank = {
         (t, reg): i
         for t, best in region_best.items()
-        for i, reg in enumerate(_region_order(offers.cloud, best))
+        for i, reg in enumerate(_region_order(offers, best))
     }
-    per_zone = offers.cloud == "gcp" or (spot and bool(offers.region_of_zone))
+    per_zone = offers.meta.per_zone or (spot and bool(offers.region_of_zone))
     groups: dict[tuple[str, str, str | None], list[tuple[float, Offer]]] = {}
     for price, o in priced:
         key = (o.instance_type, o.region, o.zone if per_zone else None)

@@ -25,7 +25,7 @@ _N1 = ("n1-standard-", "n1-highmem-", "n1-highcpu-")
 
 def attachable(offers: CloudOffers, acc: Accelerator) -> bool:
     return (
-        offers.cloud == "gcp"
+        offers.meta.gpus_attach_to_hosts
         and acc.name not in BUNDLED_HOSTS
         and not acc.name.startswith("tpu-")
         and float(acc.count).is_integer()

@@ -1,15 +1,15 @@
-"""Whether a task fits the `local` infra: this machine's CPUs and memory, no accelerators."""
+"""Whether a task fits this machine (the infra of role `Role.MACHINE`): its CPUs and memory,
+no accelerators."""
 
 from __future__ import annotations
 
 import os
 
 from stixd.planner.catalog import Offer
+from stixd.planner.infra_meta import Infras, Role
 from stixproto.errors import InvalidTask
 from stixproto.task import Resources, Task
 from stixproto.task.resources import candidates, cpus_amount, memory_amount, placement
-
-LOCAL_NAMES = {"local"}
 
 
 def machine_memory_gb() -> float:
@@ -19,12 +19,19 @@ def machine_memory_gb() -> float:
         return 0.0
 
 
-def _check_one(r: Resources) -> None:
+def _usable(infras: Infras) -> str:
+    """'local' and 'ssh/POOL', as a message names what a task may ask for instead."""
+    names = [f"'{n}'" for n in infras.with_role(Role.MACHINE)]
+    names += [f"'{n}/POOL'" for n in infras.with_role(Role.POOLS)]
+    return " and ".join(names)
+
+
+def _check_one(r: Resources, infras: Infras) -> None:
     cloud = placement(r).cloud
-    if cloud is not None and cloud not in LOCAL_NAMES:
+    if cloud is not None and cloud != infras.machine():
         raise InvalidTask(
-            f"resources.infra: '{cloud}' is not available in this build; only 'local' and "
-            "'ssh/POOL' are (see `stixctl check`)"
+            f"resources.infra: '{cloud}' is not available in this build; only {_usable(infras)} "
+            "are (see `stixctl check`)"
         )
     if r.accelerators:
         raise InvalidTask(
@@ -50,18 +57,19 @@ def nodes_problem(cloud: str, limit: int, asked: int) -> str:
     )
 
 
-def check_fits_local(task: Task, max_nodes: int | None = None) -> None:
+def check_fits_local(task: Task, infras: Infras, max_nodes: int | None = None) -> None:
     """Raise a clear InvalidTask when no candidate resource of the task runs on this machine.
 
     With any_of/ordered the task fits when one alternative does; otherwise the first
-    alternative's reason is given. ``max_nodes`` is the config's ``local.max_nodes``.
+    alternative's reason is given. ``max_nodes`` is the machine infra's config ``max_nodes``.
     """
     if max_nodes is not None and task.num_nodes > max_nodes:
-        raise InvalidTask(f"num_nodes: {nodes_problem('local', max_nodes, task.num_nodes)}")
+        problem = nodes_problem(infras.machine(), max_nodes, task.num_nodes)
+        raise InvalidTask(f"num_nodes: {problem}")
     first: InvalidTask | None = None
     for candidate in candidates(task.resources_or_default()):
         try:
-            _check_one(candidate)
+            _check_one(candidate, infras)
             return
         except InvalidTask as exc:
             first = first or exc
@@ -69,16 +77,16 @@ def check_fits_local(task: Task, max_nodes: int | None = None) -> None:
         raise first
 
 
-def local_offer() -> Offer:
-    """This machine as the planner sees the local infra: its CPUs and memory, $0, no GPUs."""
+def local_offer(name: str) -> Offer:
+    """This machine as the planner sees infra ``name``: its CPUs and memory, $0, no GPUs."""
     return Offer(
-        cloud="local",
-        instance_type="local",
+        cloud=name,
+        instance_type=name,
         accelerator=None,
         accelerator_count=0.0,
         vcpus=float(os.cpu_count() or 1),
         memory_gib=round(machine_memory_gb(), 1),
         price=0.0,
         spot_price=None,
-        region="local",
+        region=name,
     )

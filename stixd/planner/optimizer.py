@@ -31,9 +31,10 @@ import msgspec
 
 from stixd.planner.blocking import apply_blocked
 from stixd.planner.candidates import Elimination, Launchable, Stage, Want, launchables
-from stixd.planner.catalog import Catalog, CatalogError, Offer
+from stixd.planner.catalog import CatalogError, Offer
 from stixd.planner.catalog.model import did_you_mean
 from stixd.planner.egress import egress_cost, egress_seconds
+from stixd.planner.infra_meta import Infras
 from stixd.planner.no_fit import reason_for_task
 from stixd.planner.offers import CloudOffers, OfferIndex
 from stixd.planner.pipeline import optimize_chain
@@ -114,7 +115,7 @@ def _not_enabled(want: Want, clouds: Sequence[str]) -> Elimination | None:
 
 
 def _candidate(
-    lc: Launchable, want: Want, task: TaskRequest, cloud_index: int, inputs: bool
+    lc: Launchable, want: Want, task: TaskRequest, cloud_index: int, inputs: bool, infras: Infras
 ) -> Candidate:
     hourly = lc.price * task.num_nodes
     hours = task.hours_for(want.accelerator)
@@ -133,7 +134,7 @@ def _candidate(
         hourly_cost=hourly,
         hours=hours,
         cost=hourly * hours,
-        egress_cost=egress_cost(data.cloud, lc.cloud, data.gigabytes) if data else 0.0,
+        egress_cost=egress_cost(infras, data.cloud, lc.cloud, data.gigabytes) if data else 0.0,
         egress_hours=egress_seconds(data.cloud, lc.cloud, data.gigabytes) / 3600 if data else 0.0,
         alternative=want.index,
         position=(want.index, cloud_index, lc.type_rank, lc.region_rank, lc.zone_rank),
@@ -178,7 +179,7 @@ def _rank(cands: list[Candidate], minimize: Minimize, ordered: bool) -> list[Can
 
 def plan(
     task: TaskRequest,
-    source: Catalog | OfferIndex,
+    index: OfferIndex,
     *,
     enabled_clouds: Sequence[str],
     blocked: Sequence[Blocked] = (),
@@ -197,11 +198,10 @@ def plan(
     such a cloud runs for one task (``local.max_nodes``). ``inputs=False`` leaves out
     the egress of the task's inputs (a pipeline charges them on its first task only).
     """
-    index = source if isinstance(source, OfferIndex) else OfferIndex(source)
     clouds = list(dict.fromkeys(c.lower() for c in enabled_clouds))
     limits = max_nodes or {}
     pools = {
-        c: CloudOffers(c, list(o), pool=True, max_nodes=limits.get(c))
+        c: CloudOffers(index.infras.get(c), list(o), pool=True, max_nodes=limits.get(c))
         for c, o in (extra_offers or {}).items()
     }
     wants, unknown, ordered = _wants(task, index)
@@ -233,7 +233,7 @@ def plan(
                 continue
             found += len(kept)
             ci = clouds.index(cloud)
-            cands.extend(_candidate(lc, want, task, ci, inputs) for lc in kept)
+            cands.extend(_candidate(lc, want, task, ci, inputs, index.infras) for lc in kept)
         if found:
             del failed[want.index]
     ranked = _rank(cands, minimize, ordered)
@@ -257,7 +257,7 @@ def plan(
 
 def plan_pipeline(
     tasks: Sequence[TaskRequest],
-    source: Catalog | OfferIndex,
+    index: OfferIndex,
     *,
     enabled_clouds: Sequence[str],
     blocked: Sequence[Blocked] = (),
@@ -268,7 +268,6 @@ def plan_pipeline(
     """Plan a chain of tasks as a whole: per-task cost plus the egress between consecutive tasks
     on different clouds, minimised by dynamic programming over each task's candidates, as
     SkyPilot's ``_optimize_by_dp`` does for chains."""
-    index = source if isinstance(source, OfferIndex) else OfferIndex(source)
     plans = [
         plan(
             t,
@@ -282,4 +281,4 @@ def plan_pipeline(
         )
         for i, t in enumerate(tasks)
     ]
-    return optimize_chain(list(tasks), plans, minimize)
+    return optimize_chain(list(tasks), plans, minimize, index.infras)

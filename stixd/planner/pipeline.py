@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import msgspec
 
 from stixd.planner.egress import egress_cost, egress_seconds
+from stixd.planner.infra_meta import Infras
 from stixd.planner.plans import Candidate, EgressLeg, PipelinePlan, Plan, objective
 from stixd.planner.request import Minimize, TaskRequest
 
@@ -31,8 +32,10 @@ def _add(a: Vector, b: Vector) -> Vector:
     return tuple(round(x + y, 9) for x, y in zip(a, b, strict=True))
 
 
-def _egress(src: str, dst: str, gigabytes: float | None, minimize: Minimize) -> Vector:
-    cost = egress_cost(src, dst, gigabytes)
+def _egress(
+    infras: Infras, src: str, dst: str, gigabytes: float | None, minimize: Minimize
+) -> Vector:
+    cost = egress_cost(infras, src, dst, gigabytes)
     if minimize == "time":
         return (egress_seconds(src, dst, gigabytes) / 3600, cost)
     return (cost,)
@@ -50,7 +53,11 @@ def _name(task: TaskRequest, i: int) -> str:
 
 
 def _next_layer(
-    prev: list[Step], cands: list[Candidate], gigabytes: float | None, minimize: Minimize
+    infras: Infras,
+    prev: list[Step],
+    cands: list[Candidate],
+    gigabytes: float | None,
+    minimize: Minimize,
 ) -> list[Step]:
     best: dict[str, int] = {}  # parent cloud -> index of its first-minimal parent
     for k, (v, c, _) in enumerate(prev):
@@ -63,7 +70,7 @@ def _next_layer(
         if c.cloud not in via:
             via[c.cloud] = min(
                 (
-                    _add(prev[k][0], _egress(cloud, c.cloud, gigabytes, minimize)),
+                    _add(prev[k][0], _egress(infras, cloud, c.cloud, gigabytes, minimize)),
                     prev[k][1].position,
                     k,
                 )
@@ -91,7 +98,9 @@ def _input_leg(task: TaskRequest, pick: Candidate) -> list[EgressLeg]:
     ]
 
 
-def _legs_between(tasks: Sequence[TaskRequest], picks: Sequence[Candidate]) -> list[EgressLeg]:
+def _legs_between(
+    infras: Infras, tasks: Sequence[TaskRequest], picks: Sequence[Candidate]
+) -> list[EgressLeg]:
     legs: list[EgressLeg] = []
     for i in range(1, len(picks)):
         a, b, gb = picks[i - 1], picks[i], tasks[i - 1].outputs_gb
@@ -103,7 +112,7 @@ def _legs_between(tasks: Sequence[TaskRequest], picks: Sequence[Candidate]) -> l
                     src_cloud=a.cloud,
                     dst_cloud=b.cloud,
                     gigabytes=gb,
-                    cost=egress_cost(a.cloud, b.cloud, gb),
+                    cost=egress_cost(infras, a.cloud, b.cloud, gb),
                     seconds=egress_seconds(a.cloud, b.cloud, gb),
                 )
             )
@@ -111,7 +120,7 @@ def _legs_between(tasks: Sequence[TaskRequest], picks: Sequence[Candidate]) -> l
 
 
 def optimize_chain(
-    tasks: Sequence[TaskRequest], plans: Sequence[Plan], minimize: Minimize
+    tasks: Sequence[TaskRequest], plans: Sequence[Plan], minimize: Minimize, infras: Infras
 ) -> PipelinePlan:
     """The chain's best picks, given each task's own plan (same order as ``tasks``)."""
     missing = [(t, p) for t, p in zip(tasks, plans, strict=True) if not p.candidates]
@@ -124,7 +133,9 @@ def optimize_chain(
         )
     layers: list[list[Step]] = [[(objective(c, minimize), c, -1) for c in _dp_set(plans[0])]]
     for i in range(1, len(plans)):
-        layers.append(_next_layer(layers[-1], _dp_set(plans[i]), tasks[i - 1].outputs_gb, minimize))
+        layers.append(
+            _next_layer(infras, layers[-1], _dp_set(plans[i]), tasks[i - 1].outputs_gb, minimize)
+        )
     last = layers[-1]
     k = min(range(len(last)), key=lambda j: (last[j][0], last[j][1].position))
     picks: list[Candidate] = []
@@ -133,7 +144,7 @@ def optimize_chain(
         picks.append(c)
         k = parent
     picks.reverse()
-    between = _legs_between(tasks, picks)
+    between = _legs_between(infras, tasks, picks)
     return PipelinePlan(
         tasks=tuple(
             msgspec.structs.replace(p, chosen=c) for p, c in zip(plans, picks, strict=True)

@@ -1,24 +1,23 @@
-"""Which provider a launch goes to: an SSH node pool named by `infra: ssh/POOL`, a cloud named
-by `infra: aws[/REGION[/ZONE]]`, else local (or, when the task does not fit this machine, the
-cheapest enabled cloud); and, for a cloud, the optimizer's first choice there."""
+"""Which provider a launch goes to: a host pool named by `infra: ssh/POOL`, a cloud named
+by `infra: aws[/REGION[/ZONE]]`, else this machine (or, when the task does not fit it, the
+cheapest enabled cloud); and, for a cloud, the optimizer's first choice there. Which infra is
+which comes from the `Infras` table the app hands in."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from stixd.planner.catalog import Catalog, CatalogError
+from stixd.planner.catalog import CatalogError
 from stixd.planner.from_task import task_request
+from stixd.planner.infra_meta import Infras, Role
 from stixd.planner.local_fit import check_fits_local
+from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan
 from stixd.planner.request import Blocked
 from stixproto.errors import InvalidTask, ProvisionError
 from stixproto.task import Task, resources
 
-CLOUDS = ("aws", "fake")
-"""Clouds with a provider in this build, planned from the catalog."""
-NAMED_ONLY = ("fake",)
-"""Clouds a launch goes to only when its task names them (``fake``: tests and benchmarks)."""
 MAX_PORTS = 1000
 MAX_FAILOVERS = 16
 """Launch choices a cluster tries after the first before it gives up."""
@@ -42,18 +41,22 @@ class NoChoiceLeft(ProvisionError):
 
 def choose_target(
     task: Task,
+    infras: Infras,
     ssh_pools: Mapping[str, int],
     clouds: Collection[str] = (),
     unavailable: Mapping[str, str] | None = None,
     *,
     local_max_nodes: int | None = None,
 ) -> tuple[str, str | None]:
-    """(provider, pool) for the task; `ssh_pools` maps each pool to its number of hosts,
-    `clouds` are the usable clouds and `unavailable` says why another cloud is not. For a
-    cloud the "pool" is the region the task names; local takes at most `local_max_nodes`."""
+    """(provider, pool) for the task; `ssh_pools` maps each pool of the pools infra to its
+    number of hosts, `clouds` are the usable clouds and `unavailable` says why another cloud is
+    not. For a cloud the "pool" is the region the task names; this machine takes at most
+    `local_max_nodes`."""
+    built = infras.clouds()
+    pool_infras = infras.with_role(Role.POOLS)
     for candidate in resources.candidates(task.resources_or_default()):
         place = resources.placement(candidate)
-        if place.cloud in CLOUDS:
+        if place.cloud in built:
             if place.cloud not in clouds:
                 why = (unavailable or {}).get(place.cloud, "it is not enabled")
                 raise InvalidTask(
@@ -61,31 +64,32 @@ def choose_target(
                     "(see `stixctl check`)"
                 )
             return place.cloud, place.region
-        if place.cloud != "ssh":
+        if place.cloud is None or place.cloud not in pool_infras:
             continue
-        pools = ", ".join(sorted(ssh_pools)) or "none defined in ssh_node_pools.yaml"
+        kind = place.cloud
+        pools = ", ".join(sorted(ssh_pools)) or f"none defined in {infras.get(kind).pools_file}"
         if place.region is None:
-            raise InvalidTask(f"resources.infra: name the pool as ssh/POOL (pools: {pools})")
+            raise InvalidTask(f"resources.infra: name the pool as {kind}/POOL (pools: {pools})")
         if place.region not in ssh_pools:
-            raise InvalidTask(f"resources.infra: no ssh pool '{place.region}' (pools: {pools})")
+            raise InvalidTask(f"resources.infra: no {kind} pool '{place.region}' (pools: {pools})")
         size = ssh_pools[place.region]
         if task.num_nodes > size:
             raise InvalidTask(
-                f"num_nodes: ssh pool '{place.region}' has {size} host(s), "
+                f"num_nodes: {kind} pool '{place.region}' has {size} host(s), "
                 f"the task asks for {task.num_nodes}"
             )
-        return "ssh", place.region
+        return kind, place.region
     try:
-        check_fits_local(task, local_max_nodes)
+        check_fits_local(task, infras, local_max_nodes)
     except InvalidTask:
         named = {
             resources.placement(c).cloud for c in resources.candidates(task.resources_or_default())
         }
-        enabled = [c for c in CLOUDS if c in clouds and c not in NAMED_ONLY]
+        enabled = [c for c in built if c in clouds and c not in infras.named_only()]
         if named == {None} and enabled:
             return enabled[0], None  # cheapest is the only one yet
         raise
-    return "local", None
+    return infras.machine(), None
 
 
 def blocked_from(block: Mapping[str, str], reason: str) -> Blocked:
@@ -104,7 +108,7 @@ def blocked_from(block: Mapping[str, str], reason: str) -> Blocked:
 def cloud_spec(
     task: Task,
     cloud: str,
-    catalog: Catalog,
+    index: OfferIndex,
     blocked: Sequence[Blocked] = (),
     *,
     avoid_regions: Sequence[str] = (),
@@ -120,9 +124,9 @@ def cloud_spec(
     why = "a managed job was lost there (EAGER_NEXT_REGION)"
     avoid = [Blocked(cloud=cloud, region=r, reason=why) for r in avoid_regions]
     try:
-        best = plan(task_request(task), catalog, enabled_clouds=[cloud], blocked=[*blocked, *avoid])
+        best = plan(task_request(task), index, enabled_clouds=[cloud], blocked=[*blocked, *avoid])
         if avoid and not best.candidates:
-            best = plan(task_request(task), catalog, enabled_clouds=[cloud], blocked=blocked)
+            best = plan(task_request(task), index, enabled_clouds=[cloud], blocked=blocked)
     except CatalogError as exc:
         raise InvalidTask(f"no {cloud} catalog to plan with: {exc}") from None
     if not best.candidates:

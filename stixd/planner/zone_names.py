@@ -45,8 +45,9 @@ def read_zone_names(path: Path) -> dict[str, str]:
     return names
 
 
-def zone_names_of(catalog: Catalog, clouds: Iterable[str] = ("aws",)) -> dict[str, dict[str, str]]:
-    """cloud -> ID -> name from every catalog source (``STIX_CATALOG_DIR`` wins over the cache)."""
+def zone_names_of(catalog: Catalog, clouds: Iterable[str]) -> dict[str, dict[str, str]]:
+    """cloud -> ID -> name from every catalog source (``STIX_CATALOG_DIR`` wins over the cache);
+    ``clouds`` are those whose catalog names zones by ID (`InfraMeta.zone_ids`)."""
     found: dict[str, dict[str, str]] = {}
     for cloud in clouds:
         names: dict[str, str] = {}

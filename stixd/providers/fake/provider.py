@@ -31,7 +31,7 @@ from stixd.providers.base import (
 from stixd.providers.fake.agent import Clock, FakeAgentClient, FakeNode
 
 if TYPE_CHECKING:
-    from stixd.config import FakeConfig
+    from stixd.providers.fake.config import FakeConfig
 
 NAME = "fake"
 INSTANCE_TYPE = "fake-node"

@@ -33,10 +33,10 @@ import msgspec
 
 from stixd.providers.base import CapacityError
 from stixd.providers.shared.ssh_transport import SshTarget
+from stixd.providers.ssh.meta import POOLS_FILE as POOLS_FILE  # its home is the meta
 from stixproto import user_yaml
 from stixproto.errors import ProvisionError
 
-POOLS_FILE = "ssh_node_pools.yaml"
 _ROUTE_KEYS = ("jump_host", "proxy_command")
 _POOL_KEYS = ("user", "identity_file", "password", "port", "hosts", *_ROUTE_KEYS)
 _HOST_KEYS = ("ip", "user", "identity_file", "port", "password", *_ROUTE_KEYS)

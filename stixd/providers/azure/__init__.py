@@ -1,0 +1,1 @@
+"""Azure: planned from its catalog, no provider yet (planned, not launchable)."""

@@ -1,0 +1,1 @@
+"""GCP: planned from its catalog, no provider yet (planned, not launchable)."""

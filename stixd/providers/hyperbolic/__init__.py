@@ -1,0 +1,1 @@
+"""Hyperbolic: planned from its catalog, no provider yet (planned, not launchable)."""

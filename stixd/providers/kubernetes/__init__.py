@@ -1,0 +1,1 @@
+"""Kubernetes: contexts as pools, no provider yet (planned, not launchable)."""

@@ -1,0 +1,1 @@
+"""Mithril: planned from its catalog, no provider yet (planned, not launchable)."""

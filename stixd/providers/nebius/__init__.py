@@ -1,0 +1,1 @@
+"""Nebius: planned from its catalog, no provider yet (planned, not launchable)."""

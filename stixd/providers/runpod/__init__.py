@@ -1,0 +1,1 @@
+"""RunPod: planned from its catalog, no provider yet (planned, not launchable)."""
