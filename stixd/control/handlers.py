@@ -22,6 +22,7 @@ from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cm
 from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.target import choose_target, cloud_spec
+from stixd.providers.abilities import ReachesEveryPort
 from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import (
@@ -119,11 +120,15 @@ def _failed_cluster(row: Row, why: str) -> m.ClusterRecord:
     )
 
 
-ANY_PORT_PROVIDERS = ("local",)
-"""Providers whose nodes share this machine's network: every port is reachable on them."""
+def reaches_every_port(app: App, row: Row) -> bool:
+    """Every port of the cluster's nodes is reachable: its provider shares this machine's
+    network (``ReachesEveryPort``)."""
+    return isinstance(app.providers.get(row.spec.get("provider", "local")), ReachesEveryPort)
 
 
-def cluster_record(row: Row, owner: Owner | None = None) -> m.ClusterRecord:
+def cluster_record(
+    row: Row, owner: Owner | None = None, *, any_port: bool = False
+) -> m.ClusterRecord:
     data, spec = row.data, row.spec
     placement = spec.get("placement")
     autostop = data.get("autostop") or {}
@@ -146,7 +151,7 @@ def cluster_record(row: Row, owner: Owner | None = None) -> m.ClusterRecord:
         last_error=data.get("last_error"),
         owner=owner.label if owner else None,
         ports=list((placement["ports"] if placement else spec.get("ports")) or []),
-        any_port=spec.get("provider", "local") in ANY_PORT_PROVIDERS,
+        any_port=any_port,
     )
 
 
@@ -191,7 +196,12 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     owners = await cluster_owners(app)
     records = [
         quarantine.shown(
-            app, r, lambda row: cluster_record(row, owners.get(row.id)), _failed_cluster
+            app,
+            r,
+            lambda row: cluster_record(
+                row, owners.get(row.id), any_port=reaches_every_port(app, row)
+            ),
+            _failed_cluster,
         )
         for r in rows
     ]

@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from stixd.providers.base import CapacityError
+from stixd.providers.base import Block, CapacityError
 from stixd.providers.shared.ssh_transport import SshTarget
 from stixproto import user_yaml
 from stixproto.errors import ProvisionError
@@ -331,7 +331,7 @@ class Allocations:
                 raise CapacityError(
                     f"ssh pool {pool.name}: {cluster} needs {need} more host(s), but only "
                     f"{len(free)} of its {len(pool.hosts)} are free",
-                    block={"cloud": "ssh", "region": pool.name},
+                    Block(infra="ssh", region=pool.name),
                 )
             if need > 0:
                 held = held + [HeldHost(host=h.key) for h in free[:need]]
