@@ -14,8 +14,26 @@ from stixd.app import App
 from stixd.config import Config, load_config
 from stixd.control import leak_cmds
 from stixd.logs import make_logger
-from stixd.providers.abilities import FindsLeaks, Leak, LeakPolicy
+from stixd.providers.abilities import (
+    Closes,
+    FindsLeaks,
+    HasPools,
+    HasShell,
+    Leak,
+    LeakPolicy,
+    NeedsCredentials,
+    OpensPorts,
+    ReachesEveryPort,
+    ReportsLostNodes,
+    ReportsMachines,
+    ReportsNodeErrors,
+    SimulatesPreemption,
+)
+from stixd.providers.aws.provider import AwsProvider
+from stixd.providers.base import Provider
+from stixd.providers.fake.provider import FakeProvider
 from stixd.providers.local.provider import LocalProvider
+from stixd.providers.ssh.provider import SshProvider
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import open_store
@@ -55,11 +73,12 @@ def test_a_fake_launch_with_ports_says_they_are_not_opened_and_lists_only_those(
     assert other.returncode == 1 and "endpoint 5555 not found" in other.stderr
 
 
-class LeakFinder:
+class LeakFinder(LocalProvider):
     """A provider standing in for a cloud that lists what it made (labelled: no cloud runs
     here but moto's, which tests/test_aws_e2e.py covers); it records what it was asked."""
 
     def __init__(self, name: str, leaks: list[Leak], problem: str | None = None) -> None:
+        super().__init__(Path("/nonexistent"))
         self.name = name
         self.found = leaks
         self.problem = problem
@@ -120,3 +139,39 @@ async def test_a_leak_scan_asks_every_provider_that_finds_leaks(tmp_path: Path) 
     assert one.asked == [(["one-west"], set(), 42.0)]  # its regions, its policy's age
     assert app.leak_report is not None
     assert sorted(r.id for r in app.leak_report.leaks) == ["i-1", "i-3"]
+
+
+ABILITIES = (
+    HasShell,
+    HasPools,
+    ReportsLostNodes,
+    ReportsMachines,
+    ReportsNodeErrors,
+    NeedsCredentials,
+    FindsLeaks,
+    OpensPorts,
+    ReachesEveryPort,
+    Closes,
+    SimulatesPreemption,
+)
+
+
+def test_each_provider_has_the_abilities_it_declares_and_no_other(tmp_path: Path) -> None:
+    declared: dict[Provider, set[type]] = {
+        LocalProvider(tmp_path): {HasShell, ReachesEveryPort},
+        SshProvider(tmp_path, {}): {HasShell, HasPools, ReportsNodeErrors, Closes},
+        AwsProvider(tmp_path, env={}): {
+            HasShell,
+            ReportsLostNodes,
+            ReportsMachines,
+            ReportsNodeErrors,
+            NeedsCredentials,
+            FindsLeaks,
+            OpensPorts,
+            Closes,
+        },
+        FakeProvider(["fake-1"], build="b"): {ReportsLostNodes, SimulatesPreemption},
+    }
+    for provider, abilities in declared.items():
+        has = {a for a in ABILITIES if isinstance(provider, a)}
+        assert has == abilities, provider.name
