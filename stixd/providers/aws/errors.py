@@ -167,3 +167,10 @@ def classify(exc: ClientError | BotoCoreError, operation: str, where: Where) -> 
     if code in TRANSIENT:
         return AwsTransientError(code, f"AWS {operation} in {where.region}: {code}: {text}")
     return AwsRequestError(code, f"AWS {operation} in {where.region} failed: {code}: {text}")
+
+
+def aws_code(exc: ProvisionError) -> str:
+    """EC2's code of an AWS error (``InvalidGroup.Duplicate``); empty for any other error."""
+    if isinstance(exc, AwsCapacityError | AwsAuthError | AwsTransientError | AwsRequestError):
+        return exc.aws_code
+    return ""
