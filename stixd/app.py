@@ -12,6 +12,7 @@ import anyio
 import structlog
 
 import stixproto
+from stixd.providers.abilities import HasPools, NeedsCredentials
 from stixd.providers.base import Provider
 from stixd.runtime.supervisor import Child, Factory, Supervisor
 from stixd.runtime.watch import RowWatch
@@ -48,7 +49,6 @@ class App:
     infras: Infras
     """The planner's table of the registry's infras (which ones launch, their rules)."""
     catalog: Catalog | None = None  # opened on first use (stixd.control.catalog_cmds)
-    pools_stamp: int | None = -1  # mtime of ssh_node_pools.yaml when last read; -1 = never
     started_at: float = field(default_factory=time.time)
     catalog_dirs: list[Path] = field(default_factory=list)
     """Generated catalogs the planner reads besides the fetched ones (the fake provider's)."""
@@ -71,25 +71,13 @@ class App:
         return load_config(self.home, overrides=[(str(src), values) for src, values in layers])
 
     def ssh_pool_sizes(self) -> dict[str, int]:
-        """Hosts per SSH pool, re-reading ssh_node_pools.yaml when it changed since last time.
+        """Hosts per SSH pool, re-reading ssh_node_pools.yaml when it changed since last time
+        (none without a provider that has pools).
 
         A broken file is the user's error to see (InvalidConfig naming the file and key).
         """
-        from stixd.providers.ssh.pools import PoolError, load_pools
-        from stixproto.errors import InvalidConfig
-
         ssh = self.providers.get(self.infras.pools() or "")
-        if ssh is None:
-            return {}
-        path = self.home / "ssh_node_pools.yaml"
-        stamp = path.stat().st_mtime_ns if path.exists() else None
-        if stamp != self.pools_stamp:
-            try:
-                ssh.pools = load_pools(self.home)  # type: ignore[attr-defined]
-            except PoolError as exc:
-                raise InvalidConfig(str(exc)) from None
-            self.pools_stamp = stamp
-        return {name: len(pool.hosts) for name, pool in ssh.pools.items()}  # type: ignore[attr-defined]
+        return ssh.pool_sizes() if isinstance(ssh, HasPools) else {}
 
     def provider(self, name: str) -> Provider:
         return self.providers[name]
@@ -119,8 +107,10 @@ class App:
         allowed = self.config.allowed_clouds
         problems = {}
         for name in self._cloud_names():
-            probe = getattr(self.providers[name], "credentials_problem", None)
-            problem = probe() if probe is not None else None
+            provider = self.providers[name]
+            problem = None  # without credentials to need, nothing is missing
+            if isinstance(provider, NeedsCredentials):
+                problem = provider.credentials_problem()
             if allowed is not None and name not in allowed:
                 problem = "left out by allowed_clouds"
             if problem:

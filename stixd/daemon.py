@@ -16,6 +16,7 @@ from stixd.control import leak_cmds
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
+from stixd.providers.abilities import Closes
 from stixd.providers.all import ENTRIES
 from stixd.providers.registry import build_providers, planner_table
 from stixd.runtime.clock import RealClock
@@ -89,8 +90,9 @@ async def serve(home: Path, config: Config) -> None:
                 log.info("shutting_down")
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await app.providers["ssh"].aclose()  # type: ignore[attr-defined]
-                await app.providers["aws"].aclose()  # type: ignore[attr-defined]
+                for provider in app.providers.values():
+                    if isinstance(provider, Closes):  # the others hold nothing to close
+                        await provider.aclose()
     finally:
         sock.unlink(missing_ok=True)
         log.info("stopped")

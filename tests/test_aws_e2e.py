@@ -39,6 +39,27 @@ def _stix_groups(aws: AwsBed) -> list[str]:
     return [g["GroupName"] for g in groups if g["GroupName"].startswith("stix-")]
 
 
+def _open_ports(aws: AwsBed, group: str) -> set[int]:
+    [found] = aws.ec2("describe_security_groups", GroupIds=[group])["SecurityGroups"]
+    return {int(p["FromPort"]) for p in found.get("IpPermissions") or []}
+
+
+def _revoke(aws: AwsBed, name: str, port: int) -> str:
+    """Close ``port`` of the group called ``name``; its id."""
+    [found] = aws.ec2(
+        "describe_security_groups", Filters=[{"Name": "group-name", "Values": [name]}]
+    )["SecurityGroups"]
+    group = str(found["GroupId"])
+    rule = {"IpProtocol": "tcp", "FromPort": port, "ToPort": port}
+    aws.ec2(
+        "revoke_security_group_ingress",
+        GroupId=group,
+        IpPermissions=[{**rule, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
+    )
+    assert port not in _open_ports(aws, group)
+    return group
+
+
 def test_two_node_job_on_aws_then_down_terminates_everything(
     stix: Stix, aws: AwsBed, hosts: SshBed, task_file
 ) -> None:
@@ -75,7 +96,9 @@ def test_two_node_job_on_aws_then_down_terminates_everything(
     stix.run("stop", "c", "-y", check=True, timeout=120)
     assert {i["State"]["Name"] for i in aws.live_instances("c")} == {"stopped"}
     assert stix.clusters()["c"]["status"] == "STOPPED"
+    group = _revoke(aws, "stix-c", 8080)  # someone closed the task's port outside stix
     stix.run("start", "c", "-y", check=True, timeout=120)
+    assert 8080 in _open_ports(aws, group)  # the launch opens the task's ports again
     assert {i["State"]["Name"] for i in aws.live_instances("c")} == {"running"}
     assert sorted(i["InstanceId"] for i in aws.live_instances("c")) == sorted(
         i["InstanceId"] for i in made
@@ -182,7 +205,7 @@ def test_the_daemon_finds_and_terminates_leaks_but_never_a_live_cluster(
     )["Instances"][0]["InstanceId"]
     wait_until(lambda: aws.live_instances("ghost") == [], timeout=30)
     log = (stix.home / "stixd.log").read_text()
-    assert "aws_leak" in log and ghost in log and "aws_leaks_terminated" in log
+    assert "leak_found" in log and ghost in log and "leaks_terminated" in log
     assert len(aws.live_instances("keep")) == 1
     assert stix.clusters()["keep"]["status"] == "UP"
     stix.run("down", "keep", "-y", check=True, timeout=120)

@@ -19,11 +19,11 @@ import structlog
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.logs import make_logger
 from stixd.providers.aws import AwsProvider, instances
-from stixd.providers.aws.errors import AwsAuthError, AwsCapacityError
+from stixd.providers.aws.errors import QUOTA_MEMORY_S, AwsAuthError, AwsCapacityError
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
 from stixd.providers.aws.nodes import AwsNodes
 from stixd.providers.aws.records import Records
-from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.base import Block, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.shared.ssh_transport import SshSettings
 from stixproto.errors import ProvisionError
 from tests.awsbed import AwsBed, aws_fixtures
@@ -239,12 +239,14 @@ async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
         )
     assert time.monotonic() - began < 5
     assert aws.seen().count("RunInstances") == 1
-    assert caught.value.block == {
-        "cloud": "aws",
-        "region": "us-east-1",
-        "instance_type": "p3.2xlarge",
-        "use_spot": "false",
-    }  # every zone asked for failed: the region is blocked for this type
+    assert caught.value.block == Block(
+        infra="aws",
+        region="us-east-1",
+        instance_type="p3.2xlarge",
+        use_spot=False,
+        reason="InsufficientInstanceCapacity",
+        remember_s=0.0,  # capacity comes back: blocked for this launch's failover only
+    )  # every zone asked for failed: the region is blocked for this type
     assert "us-east-1a: InsufficientInstanceCapacity" in caught.value.message
     assert aws.live_instances("cap") == []
     groups = aws.ec2("describe_security_groups")["SecurityGroups"]
@@ -259,12 +261,14 @@ async def test_quota_blocks_the_region_and_bad_keys_block_the_cloud(
     provider = AwsProvider(home, _env(aws))
     with pytest.raises(AwsCapacityError) as quota:
         await provider.launch(_request("q", pyz, 1, aws))
-    assert quota.value.block["region"] == "us-east-1" and "zone" not in quota.value.block
+    assert quota.value.block.region == "us-east-1" and quota.value.block.zone is None
+    assert quota.value.block.reason == "VcpuLimitExceeded"
+    assert quota.value.block.remember_s == QUOTA_MEMORY_S  # later launches avoid it too
     assert aws.seen().count("RunInstances") == 1  # no other zone is tried for a quota
     aws.fault("DescribeInstances", "AuthFailure", status=401)
     with pytest.raises(AwsAuthError) as auth:
         await provider.launch(_request("q", pyz, 1, aws))
-    assert auth.value.block == {"cloud": "aws"}
+    assert auth.value.block == Block(infra="aws", reason="AuthFailure")
     await provider.aclose()
 
 
@@ -330,7 +334,7 @@ async def test_launch_is_idempotent_by_tags_and_down_leaves_nothing(
     await again.stop("idem")
     assert {i["State"]["Name"] for i in aws.live_instances("idem")} == {"stopped"}
     assert [n.status for n in await again.query("idem")] == [NodeStatus.STOPPED] * 2
-    restarted = await again.start(req)
+    restarted = await again.launch(req)  # a start is a launch
     assert [n.status for n in restarted] == [NodeStatus.RUNNING] * 2
     assert aws.seen().count("RunInstances") == 1
 
@@ -410,7 +414,7 @@ async def test_spot_launch_and_a_spot_price_error_blocks_the_spot_zone(
     )
     with pytest.raises(AwsCapacityError) as caught:
         await provider.launch(_request("spot2", pyz, 1, aws, use_spot=True, zones=["us-east-1a"]))
-    assert caught.value.block["use_spot"] == "true"
+    assert caught.value.block.use_spot is True
     assert aws.live_instances() == []
     await provider.aclose()
 
@@ -473,7 +477,7 @@ async def test_a_named_vpc_is_used_and_a_region_without_it_is_skipped(
     assert group["VpcId"] == vpc
     with pytest.raises(AwsCapacityError) as caught:
         await provider.launch(_request("west", pyz, 1, aws, region="us-west-2"))
-    assert caught.value.block == {"cloud": "aws", "region": "us-west-2"}
+    assert caught.value.block == Block(infra="aws", region="us-west-2", reason="VpcNotFound")
     assert "no VPC named stixnet" in caught.value.message
     await provider.terminate("named")
     assert aws.live_instances() == []

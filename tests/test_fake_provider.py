@@ -13,9 +13,11 @@ import yaml
 from stixd.agent_client import AgentUnreachable
 from stixd.planner.catalog import open_catalog
 from stixd.planner.offers import OfferIndex
-from stixd.planner.target import blocked_from, choose_target, cloud_spec
+from stixd.planner.request import Blocked
+from stixd.planner.target import choose_target, cloud_spec
+from stixd.providers.abilities import ReportsLostNodes
 from stixd.providers.all import infras
-from stixd.providers.base import CapacityError, NodeStatus, ProvisionRequest, ReportsLostNodes
+from stixd.providers.base import Block, CapacityError, NodeStatus, ProvisionRequest
 from stixd.providers.fake.provider import FakeProvider, write_catalog
 from stixproto.task import Task
 from stixproto.task.load import task_from_dict
@@ -53,7 +55,7 @@ async def test_a_region_without_capacity_fails_naming_the_region_to_block() -> N
     p = provider(no_capacity_regions=["fake-1"])
     with pytest.raises(CapacityError) as err:
         await p.launch(request("c1", "fake-1"))
-    assert err.value.block == {"cloud": "fake", "region": "fake-1"}
+    assert err.value.block == Block(infra="fake", region="fake-1")
     assert await p.query("c1") == []
     assert (await p.launch(request("c1", "fake-2")))[0].status is NodeStatus.RUNNING
 
@@ -100,12 +102,13 @@ async def test_a_long_poll_on_a_preempted_node_ends_at_once() -> None:
     assert outcome == ["unreachable"]
 
 
-async def test_stop_and_start_keep_the_nodes_and_launch_elsewhere_replaces_them() -> None:
+async def test_stop_then_launch_restarts_the_nodes_and_launch_elsewhere_replaces_them() -> None:
     p = provider()
-    await p.launch(request("c1", "fake-1"))
+    first = await p.launch(request("c1", "fake-1"))
     await p.stop("c1")
     assert [n.status for n in await p.query("c1")] == [NodeStatus.STOPPED]
-    await p.start(request("c1", "fake-1"))
+    again = await p.launch(request("c1", "fake-1"))  # a start is a launch
+    assert [n.agent_address for n in again] == [n.agent_address for n in first]
     assert [n.status for n in await p.query("c1")] == [NodeStatus.RUNNING]
     await p.launch(request("c1", "fake-3"))
     assert p.region_of("c1") == "fake-3"
@@ -120,7 +123,7 @@ def test_the_planner_orders_the_fake_regions_as_configured_and_skips_blocked_one
     catalog = OfferIndex(open_catalog(tmp_path, {}, [tmp_path / "fakecat"]), infras())
     task = load_text("resources:\n  infra: fake\nrun: x\n")
     assert cloud_spec(task, "fake", catalog)["placement"]["region"] == "fake-1"
-    block = blocked_from({"cloud": "fake", "region": "fake-1"}, "preempted")
+    block = Blocked(cloud="fake", region="fake-1", reason="preempted")
     assert cloud_spec(task, "fake", catalog, [block])["placement"]["region"] == "fake-2"
 
 
@@ -142,7 +145,7 @@ def test_a_soft_block_is_used_only_when_nothing_else_is_left_and_a_preference_wi
     task = load_text("resources:\n  infra: fake\nrun: x\n")
     lost = ["fake-1"]
     assert cloud_spec(task, "fake", catalog, avoid_regions=lost)["placement"]["region"] == "fake-2"
-    full = [blocked_from({"cloud": "fake", "region": r}, "no capacity") for r in REGIONS[1:]]
+    full = [Blocked(cloud="fake", region=r, reason="no capacity") for r in REGIONS[1:]]
     spec = cloud_spec(task, "fake", catalog, full, avoid_regions=lost)
     assert spec["placement"]["region"] == "fake-1"  # the lost region, as the last resort
     spec = cloud_spec(task, "fake", catalog, prefer_region="fake-3")

@@ -67,15 +67,6 @@ ALLOWED: dict[tuple[str, str], str] = {
 }
 """(file, name or * for every name) -> why it is not a provider reference."""
 
-PENDING: dict[tuple[str, str], str] = {
-    ("stixd/control/leak_cmds.py", "aws"): "leaks become a typed ability (issue 14, Must hold 2)",
-    ("stixd/control/ssh_cmds.py", "ssh"): "shell access becomes a typed ability (Must hold 2)",
-    ("stixd/control/ssh_cmds.py", "local"): "shell access becomes a typed ability (Must hold 2)",
-    ("stixd/control/fake_cmds.py", "fake"): "preemption becomes a typed ability (Must hold 2)",
-    ("stixd/app.py", "ssh"): "reading the pools file moves behind the pools ability (Must hold 2)",
-}
-"""References other parts of issue 14 remove (the typed abilities); drop each as it lands."""
-
 
 def provider_folders() -> set[str]:
     root = REPO / PROVIDERS
@@ -124,7 +115,7 @@ def scan() -> dict[tuple[str, str], list[int]]:
 
 def _excused(key: tuple[str, str]) -> bool:
     rel, _ = key
-    return key in ALLOWED or (rel, "*") in ALLOWED or key in PENDING
+    return key in ALLOWED or (rel, "*") in ALLOWED
 
 
 def test_no_provider_is_named_outside_the_providers_and_the_composition_root() -> None:

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from stixd.agent_bundle import build_agent_zipapp
-from stixd.providers.base import CapacityError, Mount, NodeStatus, ProvisionRequest
+from stixd.providers.base import Block, CapacityError, Mount, NodeStatus, ProvisionRequest
 from stixd.providers.shared.ssh_sync import Method
 from stixd.providers.shared.ssh_transport import SshSettings
 from stixd.providers.ssh.pools import PoolError, load_pools, parse_pools
@@ -199,7 +199,7 @@ async def test_launch_takes_free_hosts_in_rank_order_and_runs_a_job_on_each(
     assert (
         str(full.value) == "ssh pool bed: other needs 1 more host(s), but only 0 of its 3 are free"
     )
-    assert full.value.block == {"cloud": "ssh", "region": POOL}
+    assert full.value.block == Block(infra="ssh", region=POOL)
 
     again = await provider.launch(request("trio", 3, pyz))
     assert again == nodes  # same hosts, same ranks, same agents
@@ -229,10 +229,10 @@ async def test_stop_then_terminate_releases_the_hosts_and_cleans_them(
 
     await provider.stop("gone")
     assert [n.status for n in await provider.query("gone")] == [NodeStatus.STOPPED] * 2
-    assert provider.last_error["gone"] == {}
+    assert provider.node_errors("gone") == {}
     await no_agents(hosts, "gone")  # an agent answers its shutdown, then exits
 
-    started = await provider.start(request("gone", 2, pyz))
+    started = await provider.launch(request("gone", 2, pyz))  # a start is a launch
     assert [(n.ip, n.status) for n in started] == [(n.ip, NodeStatus.RUNNING) for n in nodes]
 
     await provider.terminate("gone")

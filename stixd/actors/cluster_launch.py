@@ -15,16 +15,17 @@ import msgspec
 
 from stixd.actors.cluster_autostop import apply_autostop_request, schedule_autostop
 from stixd.actors.cluster_observe import ensure_agents_current, schedule_health
+from stixd.actors.cluster_ports import open_task_ports
 from stixd.actors.cluster_retry import client_gone, give_up, is_retrying, wait_and_retry
 from stixd.actors.cluster_states import C, E
 from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.launch_spec import files_digest, spec_digest
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.planner.local_fit import check_fits_local, local_offer
+from stixd.planner.request import Blocked
 from stixd.planner.target import (
     MAX_FAILOVERS,
     NoChoiceLeft,
-    blocked_from,
     choose_target,
     cloud_spec,
     task_ports,
@@ -322,6 +323,7 @@ async def provision(
     )
     try:
         nodes = await launch_with_failover(cluster, request, task, env)
+        await open_task_ports(cluster, env)
     except ProvisionError as exc:
         if not cluster.row.data.get("nodes"):
             await release_failed_launch(cluster, exc)
@@ -354,9 +356,17 @@ async def launch_with_failover(
             if task is None or cloud not in cluster.app.clouds() or len(failed) >= MAX_FAILOVERS:
                 raise
             failed.append(f"{cluster.row.spec.get('resources', cloud)}: {exc.message}")
-            blocked = blocked_from(exc.block, getattr(exc, "aws_code", "") or exc.message)
+            b = exc.block
+            blocked = Blocked(
+                cloud=b.infra,
+                region=b.region,
+                zone=b.zone,
+                instance_type=b.instance_type,
+                use_spot=b.use_spot,
+                reason=b.reason or exc.message,
+            )
             blocks.append(blocked)
-            cluster.app.remember_block(blocked, float(getattr(exc, "remember_s", 0.0)))
+            cluster.app.remember_block(blocked, b.remember_s)
             await cluster.store.record(cluster.kind, cluster.id, "failover", failed[-1])
             catalog = cluster.app.planner_index()
             avoid = cluster.row.spec.get("avoid_regions") or []

@@ -14,7 +14,8 @@ from stixd.actors.job import JobEvent
 from stixd.actors.jobs_submit import job_row_id
 from stixd.actors.machines import compare
 from stixd.agent_client import AgentError, AgentUnreachable
-from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus, ReportsLostNodes, ReportsMachines
+from stixd.providers.abilities import ReportsLostNodes, ReportsMachines, ReportsNodeErrors
+from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus
 from stixproto.errors import ProvisionError
 from stixproto.states import JobStatus
 
@@ -140,7 +141,8 @@ def node_problems(cluster: ClusterActor, down: list[NodeInfo]) -> str | None:
     """One sentence per node that is not running, for status and events."""
     if not down:
         return None
-    reasons = getattr(cluster.provider, "last_error", {}).get(cluster.id, {})
+    provider = cluster.provider
+    reasons = provider.node_errors(cluster.id) if isinstance(provider, ReportsNodeErrors) else {}
 
     def say(n: NodeInfo) -> str:
         if n.status is NodeStatus.UNREACHABLE:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 
-from stixd.providers.base import Mount, NodeInfo
+from stixd.providers.base import Mount, NodeInfo, Provider
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto import names
@@ -51,7 +49,7 @@ def task_mounts(task: Task, file_mounts: bool) -> list[Mount]:
 
 
 async def sync_task_files(
-    provider: Any, nodes: list[NodeInfo], task: Task, env: Envelope, *, file_mounts: bool
+    provider: Provider, nodes: list[NodeInfo], task: Task, env: Envelope, *, file_mounts: bool
 ) -> int:
     mounts = task_mounts(task, file_mounts)
     if not mounts:

@@ -9,21 +9,21 @@ import anyio
 
 from stixd.actors.asks import ask_cluster
 from stixd.app import App
-from stixd.providers.fake.provider import FakeProvider
+from stixd.providers.abilities import SimulatesPreemption
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest, StixError
 
 Emit = Callable[[Any], Awaitable[None]]
 
 
-def _fake(app: App) -> FakeProvider:
-    provider = app.providers.get("fake")
-    if not isinstance(provider, FakeProvider):
-        raise InvalidRequest(
-            "the fake provider is not enabled in this daemon (it is for tests and benchmarks "
-            "only: start the daemon with fake.enabled: true or STIX__FAKE__ENABLED=true)"
-        )
-    return provider
+def _fake(app: App) -> SimulatesPreemption:
+    for provider in app.providers.values():
+        if isinstance(provider, SimulatesPreemption):
+            return provider
+    raise InvalidRequest(
+        "the fake provider is not enabled in this daemon (it is for tests and benchmarks "
+        "only: start the daemon with fake.enabled: true or STIX__FAKE__ENABLED=true)"
+    )
 
 
 async def fake_preempt(app: App, req: m.FakePreempt, emit: Emit) -> m.Table:

@@ -1,8 +1,9 @@
-"""Leaks: cloud instances carrying stix's tags for this user that no live cluster owns.
+"""Leaks: things at a cloud carrying stix's tags for this user that no live cluster owns.
 
-One scan serves both the daemon's periodic reconciler (``watch``) and ``stixctl leaks``
-(``leaks_cmd``); the last scan's findings stay on the app for ``stixctl status`` to mention.
-Each leak is priced from the catalog (per hour, on-demand or spot as the instance runs).
+Every provider that finds leaks (``FindsLeaks``) is asked; one scan serves both the daemon's
+periodic reconciler (``watch``: one loop per such provider, on its own policy) and
+``stixctl leaks`` (``leaks_cmd``); the last findings stay on the app for ``stixctl status`` to
+mention. Each leak is priced from the catalog (per hour, on-demand or spot as the instance runs).
 """
 
 from __future__ import annotations
@@ -18,35 +19,39 @@ import anyio
 from stixd.app import App
 from stixd.planner.catalog import CatalogError
 from stixd.planner.pricing import Prices, hourly_price
-from stixd.providers.aws.leaks import Leak
+from stixd.providers.abilities import FindsLeaks, Leak, NeedsCredentials
 from stixproto import messages as m
 from stixproto.errors import ProvisionError
 
 Emit = Callable[[Any], Awaitable[None]]
-INFRA = "aws"
 
 
-async def _live_clusters(app: App) -> set[str]:
+def finders(app: App) -> dict[str, FindsLeaks]:
+    """The providers here that can list what they made, by infra name."""
+    return {name: p for name, p in app.providers.items() if isinstance(p, FindsLeaks)}
+
+
+async def _live_clusters(app: App, infra: str) -> set[str]:
     """Clusters that own their machines; a quarantined one may be on any infra (its row may
     not say), so it owns what carries its name until the user removes it."""
     rows = await app.store.rows("cluster", include_terminal=False)
-    return {r.id for r in rows if r.quarantined or r.spec.get("provider") == INFRA}
+    return {r.id for r in rows if r.quarantined or r.spec.get("provider") == infra}
 
 
-def _regions(app: App) -> list[str]:
-    """Where to look: the default region, those of recorded clusters, the catalog's regions."""
-    known = set(app.providers[INFRA].regions())  # type: ignore[attr-defined]
+def _regions(app: App, infra: str, provider: FindsLeaks) -> list[str]:
+    """Where to look: where the provider made things, and the catalog's regions."""
+    known = set(provider.regions())
     with contextlib.suppress(CatalogError):
-        known |= {o.region for o in app.planner_catalog().offers(INFRA)}
+        known |= {o.region for o in app.planner_catalog().offers(infra)}
     return sorted(known)
 
 
-def _record(leak: Leak, prices: Prices) -> m.LeakRecord:
+def _record(infra: str, leak: Leak, prices: Prices) -> m.LeakRecord:
     price = None
     if leak.instance_type:
         price = hourly_price(prices, leak.region, leak.instance_type, leak.spot)
     return m.LeakRecord(
-        infra=INFRA,
+        infra=infra,
         kind=leak.kind,
         id=leak.id,
         region=leak.region,
@@ -59,37 +64,59 @@ def _record(leak: Leak, prices: Prices) -> m.LeakRecord:
     )
 
 
-async def scan(app: App, *, terminate: bool, only: Collection[str] = ()) -> m.LeakList:
-    """Look in every region stix knows of; with ``terminate``, terminate what was found
-    (only the ids in ``only``, when given).
+async def scan(
+    app: App, *, terminate: bool, only: Collection[str] = (), infras: Collection[str] = ()
+) -> m.LeakList:
+    """Look in every region each leak-finding provider (of ``infras``, when given) knows of;
+    with ``terminate``, terminate what was found (only the ids in ``only``, when given).
 
-    The findings replace the app's last report (what `status` shows). Raises
-    ``ProvisionError`` when AWS cannot be asked.
+    The findings replace those infras' part of the app's last report (what `status` shows).
+    Raises ``ProvisionError`` when a cloud cannot be asked.
     """
-    provider: Any = app.providers.get(INFRA)
     now = time.time()
-    if provider is None:
-        return m.LeakList(leaks=[], skipped=[f"{INFRA}: not in this build"], scanned_at=now)
-    problem = provider.credentials_problem()
-    if problem is not None:
-        return m.LeakList(leaks=[], skipped=[f"{INFRA}: {problem}"], scanned_at=now)
-    cfg = app.config.aws
+    found = {n: p for n, p in finders(app).items() if not infras or n in infras}
+    if not found:
+        return m.LeakList(leaks=[], skipped=["no provider here finds leaks"], scanned_at=now)
+    records: list[m.LeakRecord] = []
+    terminated: list[str] = []
+    skipped: list[str] = []
+    scanned: set[str] = set()
     async with app.leak_lock:
-        found: list[Leak] = await provider.leaks(
-            _regions(app), await _live_clusters(app), cfg.leak_min_age_minutes * 60
-        )
-        prices = app.prices(INFRA)
-        records = [_record(leak, prices) for leak in found]
-        for leak in found:
-            app.log.warning("aws_leak", **_fields(leak))
-        doomed = [leak for leak in found if not only or leak.id in only] if terminate else []
-        terminated = [leak.id for leak in doomed]
-        if doomed:
-            await provider.clean_leaks(doomed)
-            app.log.warning("aws_leaks_terminated", count=len(doomed), ids=terminated)
+        for infra, provider in found.items():
+            if isinstance(provider, NeedsCredentials):
+                problem = provider.credentials_problem()
+                if problem is not None:
+                    skipped.append(f"{infra}: {problem}")
+                    continue
+            new, gone = await _scan_one(app, infra, provider, terminate, only)
+            records += new
+            terminated += gone
+            scanned.add(infra)
+        before = app.leak_report.leaks if app.leak_report else []
+        kept = [r for r in before if r.infra not in scanned]
         left = [r for r in records if r.id not in set(terminated)]
-        app.leak_report = m.LeakList(leaks=left, scanned_at=now)
-        return m.LeakList(leaks=records, terminated=terminated, scanned_at=now)
+        app.leak_report = m.LeakList(leaks=kept + left, scanned_at=now)
+    return m.LeakList(leaks=records, terminated=terminated, skipped=skipped, scanned_at=now)
+
+
+async def _scan_one(
+    app: App, infra: str, provider: FindsLeaks, terminate: bool, only: Collection[str]
+) -> tuple[list[m.LeakRecord], list[str]]:
+    """What ``provider`` has that no live cluster owns, and the ids terminated."""
+    policy = provider.leak_policy()
+    found = await provider.leaks(
+        _regions(app, infra, provider), await _live_clusters(app, infra), policy.min_age_s
+    )
+    prices = app.prices(infra)
+    for leak in found:
+        app.log.warning("leak_found", infra=infra, **_fields(leak))
+    doomed = [leak for leak in found if not only or leak.id in only] if terminate else []
+    if doomed:
+        await provider.clean_leaks(doomed)
+        app.log.warning(
+            "leaks_terminated", infra=infra, count=len(doomed), ids=[x.id for x in doomed]
+        )
+    return [_record(infra, leak, prices) for leak in found], [leak.id for leak in doomed]
 
 
 async def leaks_cmd(app: App, req: m.Leaks, emit: Emit) -> m.LeakList:
@@ -100,16 +127,22 @@ async def leaks_cmd(app: App, req: m.Leaks, emit: Emit) -> m.LeakList:
 
 
 async def watch(app: App) -> None:
-    """The leak reconciler: a scan every ``aws.leak_check_minutes`` (terminating what it finds
-    when ``aws.terminate_leaks``). Runs until cancelled; a failed scan is logged and the next
-    one tries again."""
-    cfg = app.config.aws
+    """The leak reconciler: for each provider that finds leaks, a scan every
+    ``check_every_s`` of its policy (terminating what it finds when the policy says so). Runs
+    until cancelled; a failed scan is logged and the next one tries again."""
+    async with anyio.create_task_group() as tg:
+        for infra, provider in finders(app).items():
+            tg.start_soon(_watch_one, app, infra, provider)
+
+
+async def _watch_one(app: App, infra: str, provider: FindsLeaks) -> None:
     while True:
-        await anyio.sleep(cfg.leak_check_minutes * 60)
+        policy = provider.leak_policy()
+        await anyio.sleep(policy.check_every_s)
         try:
-            await scan(app, terminate=cfg.terminate_leaks)
+            await scan(app, terminate=policy.terminate, infras=[infra])
         except ProvisionError as exc:
-            app.log.warning("aws_leak_check_failed", error=exc.message)
+            app.log.warning("leak_check_failed", infra=infra, error=exc.message)
 
 
 def _fields(leak: Leak) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 from stixd.actors import quarantine
 from stixd.app import App
+from stixd.providers.abilities import HasPools, HasShell, HostReport
 from stixd.providers.base import NodeInfo
-from stixd.providers.ssh.provider import HostReport, SshProvider
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest
@@ -33,7 +33,13 @@ async def node_shell(app: App, req: m.NodeShell) -> m.ShellCommand:
         raise InvalidRequest(
             f"cluster {req.cluster!r} has nodes 0..{len(nodes) - 1}; there is no node {req.node}"
         )
-    provider: Any = app.provider(row.spec.get("provider", "local"))
+    infra = row.spec.get("provider", app.default_infra)
+    provider = app.provider(infra)
+    if not isinstance(provider, HasShell):
+        raise InvalidRequest(
+            f"cluster {req.cluster!r} runs on {infra}, whose nodes have no shell to log in to; "
+            f"use `{names.command('logs', req.cluster)}` to see what its jobs print"
+        )
     argv, cwd, env = provider.shell_command(by_rank[req.node], req.command)
     return m.ShellCommand(argv=argv, cwd=cwd, env=env)
 
@@ -45,21 +51,19 @@ def _gib(n: int | None) -> str:
 async def ssh_pools_cmd(
     app: App, req: m.SshPools, emit: Emit, down: Callable[[str], Awaitable[Any]]
 ) -> m.Table:
-    sizes = app.ssh_pool_sizes()  # re-reads ssh_node_pools.yaml if it changed
-    provider = app.provider("ssh")
-    assert isinstance(provider, SshProvider)
+    provider = app.providers.get(app.infras.pools() or "")
+    if not isinstance(provider, HasPools):
+        raise InvalidRequest("this daemon has no provider with node pools")
+    sizes = provider.pool_sizes()  # re-reads ssh_node_pools.yaml if it changed
     if not sizes:
         raise InvalidRequest(f"no SSH node pools: write them in {app.home / 'ssh_node_pools.yaml'}")
     if req.pool is not None and req.pool not in sizes:
         raise InvalidRequest(f"no ssh pool '{req.pool}' (pools: {', '.join(sorted(sizes))})")
     names = [req.pool] if req.pool else sorted(sizes)
-    holders = {
-        host.host: cluster
-        for cluster, holding in provider.allocations.read().items()
-        for host in holding.hosts
-    }
+    holdings = provider.holdings()
+    holders = {host: cluster for cluster, holding in holdings.items() for host in holding.hosts}
     if req.action == "down":
-        clusters = sorted({c for c, h in provider.allocations.read().items() if h.pool in names})
+        clusters = sorted({c for c, h in holdings.items() if h.pool in names})
         for cluster in clusters:
             await emit(m.Progress(f"Terminating {cluster} (holds hosts of {', '.join(names)})..."))
             await down(cluster)
@@ -68,11 +72,10 @@ async def ssh_pools_cmd(
     lines: list[str] = []
     for name in names:
         reports: list[HostReport] = await provider.probe_pool(name)
-        keys = [h.key for h in provider.pools[name].hosts]
         ready = sum(r.ok for r in reports)
         lines.append(f"Pool {name}: {ready}/{len(reports)} host(s) ready")
-        for key, r in zip(keys, reports, strict=True):
-            held = holders.get(key)
+        for r in reports:
+            held = holders.get(r.host)
             state = "ok" if r.ok else f"error: {r.error or 'no python3'}"
             lines.append(
                 f"  {r.host:20s} {state:40s} python {r.python or '-':8s} "

@@ -72,8 +72,6 @@ class InfraMeta:
     role: Role = Role.CLOUD
     named_only: bool = False
     """Launched on only when the task names it (a test double, say), never picked as cheapest."""
-    any_port: bool = False
-    """Its nodes share this machine's network: every port is reachable without opening it."""
     default_families: tuple[str, ...] = ()
     """Families a task without accelerators or instance type picks from; empty: every type."""
     family_of: Callable[[str], str] | None = None

@@ -92,19 +92,6 @@ def choose_target(
     return infras.machine(), None
 
 
-def blocked_from(block: Mapping[str, str], reason: str) -> Blocked:
-    """A provider's block (``CapacityError.block``) as the planner's ``Blocked``."""
-    spot = block.get("use_spot")
-    return Blocked(
-        cloud=block.get("cloud"),
-        region=block.get("region"),
-        zone=block.get("zone"),
-        instance_type=block.get("instance_type"),
-        use_spot=None if spot is None else spot == "true",
-        reason=reason,
-    )
-
-
 def cloud_spec(
     task: Task,
     cloud: str,

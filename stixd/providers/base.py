@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from stixd.agent_client import AgentClient
 from stixproto.errors import ProvisionError
@@ -95,16 +95,6 @@ class NodeLoss:
     """The cloud took it back (a spot interruption), rather than someone stopping it."""
 
 
-@runtime_checkable
-class ReportsLostNodes(Protocol):
-    """A provider that can tell, after ``query``, which nodes' machines the cloud took away.
-
-    The cluster actor ends their jobs at once (no grace: the machine will not come back) and
-    records each loss, so a managed job recovers without waiting for a timeout."""
-
-    def lost_nodes(self, cluster: str) -> list[NodeLoss]: ...
-
-
 @dataclass(frozen=True)
 class Machine:
     """What a node's machine is now, as its cloud lists it (changed outside stix or not)."""
@@ -118,24 +108,36 @@ class Machine:
     disk_gb: int | None = None
 
 
-@runtime_checkable
-class ReportsMachines(Protocol):
-    """A provider that can tell, after ``query``, what each live node's machine is: the
-    cluster records it, so a resize or new address made outside stix shows in status and
-    cost-report."""
+@dataclass(frozen=True)
+class Block:
+    """What a capacity or quota error rules out: every launch choice matching each field that
+    is set (None: any), on ``infra``."""
 
-    def machines(self, cluster: str) -> list[Machine]: ...
+    infra: str
+    region: str | None = None
+    """A cloud's region, or an ssh pool."""
+    zone: str | None = None
+    instance_type: str | None = None
+    use_spot: bool | None = None
+    reason: str = ""
+    """The cloud's own word for it (``InsufficientInstanceCapacity``), for the no-fit message."""
+    remember_s: float = 0.0
+    """How long later launches avoid it too (a quota rarely changes soon); 0: this launch's
+    failover only (capacity comes back)."""
 
 
 class CapacityError(ProvisionError):
-    """No capacity or quota for this choice: block it and try the next one."""
+    """No capacity or quota for this choice: block ``block`` and try the next one."""
 
-    def __init__(self, message: str, block: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, block: Block) -> None:
         super().__init__(message)
-        self.block = block or {}
+        self.block = block
 
 
 class Provider(Protocol):
+    """What every provider does. ``launch`` is idempotent and also restarts a stopped cluster
+    (there is no separate start). Abilities only some have are in ``abilities.py``."""
+
     name: str
 
     async def check(self) -> CheckResult: ...
@@ -146,11 +148,7 @@ class Provider(Protocol):
 
     async def stop(self, cluster: str) -> None: ...
 
-    async def start(self, req: ProvisionRequest) -> list[NodeInfo]: ...
-
     async def terminate(self, cluster: str) -> None: ...
-
-    async def open_ports(self, cluster: str, ports: list[int]) -> None: ...
 
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int: ...
 

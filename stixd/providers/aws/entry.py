@@ -11,7 +11,9 @@ def build(ctx: BuildContext) -> Built:
     from stixd.providers.aws.provider import AwsProvider
 
     cfg = ctx.section if isinstance(ctx.section, AwsConfig) else AwsConfig()
-    return Built(AwsProvider(ctx.home, log=ctx.log, ssh_user=cfg.ssh_user, vpc_name=cfg.vpc_name))
+    return Built(
+        AwsProvider(ctx.home, log=ctx.log, ssh_user=cfg.ssh_user, vpc_name=cfg.vpc_name, config=cfg)
+    )
 
 
 ENTRY = InfraEntry(META, AwsConfig, build)

@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from stixd.providers.base import CapacityError
+from stixd.providers.base import Block, CapacityError
 from stixproto.errors import ProvisionError
 
 ZONE_CAPACITY = frozenset(
@@ -75,17 +75,16 @@ class Where:
     instance_type: str | None = None
     use_spot: bool | None = None
 
-    def block(self, scope: str) -> dict[str, str]:
-        out = {"cloud": "aws"}
-        if scope in ("zone", "region"):
-            out["region"] = self.region
-        if scope == "zone" and self.zone:
-            out["zone"] = self.zone
-        if scope in ("zone", "region", "type") and self.instance_type:
-            out["instance_type"] = self.instance_type
-        if scope in ("zone", "region") and self.use_spot is not None:
-            out["use_spot"] = "true" if self.use_spot else "false"
-        return out
+    def block(self, scope: str) -> Block:
+        """What to block for an error about this call: its ``zone``, its ``region``, its
+        instance ``type`` everywhere, or (any other scope) the whole cloud."""
+        return Block(
+            infra="aws",
+            region=self.region if scope in ("zone", "region") else None,
+            zone=self.zone if scope == "zone" else None,
+            instance_type=self.instance_type if scope in ("zone", "region", "type") else None,
+            use_spot=self.use_spot if scope in ("zone", "region") else None,
+        )
 
 
 QUOTA_MEMORY_S = 1800.0
@@ -95,15 +94,15 @@ QUOTA_MEMORY_S = 1800.0
 class AwsCapacityError(CapacityError):
     """No capacity or no quota for this choice: block ``block`` and try the next choice.
 
-    ``remember_s``: how long later launches should avoid it too (quotas; capacity comes back).
+    The block remembers a quota for ``QUOTA_MEMORY_S`` (capacity comes back; quotas rarely do).
     """
 
     retryable = False
 
-    def __init__(self, code: str, message: str, block: dict[str, str]) -> None:
-        super().__init__(message, block)
+    def __init__(self, code: str, message: str, block: Block) -> None:
+        remember_s = QUOTA_MEMORY_S if code in REGION_QUOTA else 0.0
+        super().__init__(message, dataclasses.replace(block, reason=code, remember_s=remember_s))
         self.aws_code = code
-        self.remember_s = QUOTA_MEMORY_S if code in REGION_QUOTA else 0.0
 
 
 class AwsAuthError(ProvisionError):
@@ -114,7 +113,7 @@ class AwsAuthError(ProvisionError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.aws_code = code
-        self.block = {"cloud": "aws"}
+        self.block = Block(infra="aws", reason=code)
 
 
 class AwsTransientError(ProvisionError):
@@ -168,3 +167,10 @@ def classify(exc: ClientError | BotoCoreError, operation: str, where: Where) -> 
     if code in TRANSIENT:
         return AwsTransientError(code, f"AWS {operation} in {where.region}: {code}: {text}")
     return AwsRequestError(code, f"AWS {operation} in {where.region} failed: {code}: {text}")
+
+
+def aws_code(exc: ProvisionError) -> str:
+    """EC2's code of an AWS error (``InvalidGroup.Duplicate``); empty for any other error."""
+    if isinstance(exc, AwsCapacityError | AwsAuthError | AwsTransientError | AwsRequestError):
+        return exc.aws_code
+    return ""

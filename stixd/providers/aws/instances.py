@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from stixd.providers.aws.client import Ec2Clients
-from stixd.providers.aws.errors import Where
+from stixd.providers.aws.errors import Where, aws_code
 from stixproto.errors import ProvisionError
 
 TAG_CLUSTER = "stix-cluster"
@@ -116,7 +116,7 @@ async def disk_sizes(ec2: Ec2Clients, region: str, insts: list[Instance]) -> dic
     try:
         found = await ec2.call(Where(region), "describe_volumes", VolumeIds=sorted(by_volume))
     except ProvisionError as exc:
-        if getattr(exc, "aws_code", "").startswith("InvalidVolume"):
+        if aws_code(exc).startswith("InvalidVolume"):
             return {}  # a volume went with its instance meanwhile
         raise
     return {
@@ -181,7 +181,7 @@ async def by_ids(ec2: Ec2Clients, region: str, ids: list[str]) -> list[Instance]
     try:
         found = await ec2.call(Where(region), "describe_instances", InstanceIds=ids)
     except ProvisionError as exc:
-        if getattr(exc, "aws_code", "") == "InvalidInstanceID.NotFound":
+        if aws_code(exc) == "InvalidInstanceID.NotFound":
             return []
         raise
     return sorted(flatten(found), key=order)
@@ -202,7 +202,7 @@ async def resolve_image(
         try:
             found = await ec2.call(where, "describe_images", ImageIds=[str(image_id)])
         except ProvisionError as exc:
-            if getattr(exc, "aws_code", "").startswith("InvalidAMIID"):
+            if aws_code(exc).startswith("InvalidAMIID"):
                 raise ProvisionError(f"AWS region {region} has no image {image_id}") from None
             raise
         images = found.get("Images") or []

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncssh
 
 from stixd.providers.aws.client import Ec2Clients
-from stixd.providers.aws.errors import Where
+from stixd.providers.aws.errors import Where, aws_code
 from stixproto.errors import ProvisionError
 
 KEY_FILE = "keys/stix-aws-ed25519"
@@ -66,6 +66,6 @@ async def ensure_key_pair(
             TagSpecifications=[{"ResourceType": "key-pair", "Tags": tags}],
         )
     except ProvisionError as exc:
-        if getattr(exc, "aws_code", "") != "InvalidKeyPair.Duplicate":  # a parallel launch won
+        if aws_code(exc) != "InvalidKeyPair.Duplicate":  # a parallel launch won
             raise
     return name

@@ -8,30 +8,16 @@ leaks: their launch may still be writing its record.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Collection, Sequence
 
+from stixd.providers.abilities import Leak
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.errors import Where
 from stixd.providers.aws.network import delete_group
 
 YOUNG_S = 600.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Leak:
-    kind: str
-    """``instance`` or ``security-group``."""
-    id: str
-    region: str
-    cluster: str
-    age_s: float | None = None
-    instance_type: str | None = None
-    state: str | None = None
-    vpc: str | None = None
-    spot: bool = False
 
 
 async def find_leaks(
@@ -86,7 +72,7 @@ async def find_leaks(
                         group["GroupId"],
                         region,
                         cluster,
-                        vpc=group.get("VpcId"),
+                        network=group.get("VpcId"),
                     )
                 )
     return found
@@ -102,5 +88,5 @@ async def clean_leaks(ec2: Ec2Clients, leaks: Sequence[Leak]) -> None:
         await instances.terminate(ec2, region, ids)
         await instances.wait_for(ec2, region, ids, "terminated", 600.0)
     for leak in leaks:
-        if leak.kind == "security-group" and leak.vpc:
-            await delete_group(ec2, leak.region, leak.vpc, leak.cluster)
+        if leak.kind == "security-group" and leak.network:
+            await delete_group(ec2, leak.region, leak.network, leak.cluster)

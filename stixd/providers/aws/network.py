@@ -13,7 +13,7 @@ import time
 import anyio
 
 from stixd.providers.aws.client import Ec2Clients
-from stixd.providers.aws.errors import AwsCapacityError, Where
+from stixd.providers.aws.errors import AwsCapacityError, Where, aws_code
 from stixproto.errors import ProvisionError
 
 SSH_PORT = 22
@@ -139,7 +139,7 @@ async def ensure_group(
             )
             group = str(made["GroupId"])
         except ProvisionError as exc:
-            if getattr(exc, "aws_code", "") != "InvalidGroup.Duplicate":
+            if aws_code(exc) != "InvalidGroup.Duplicate":
                 raise
             group = await find_group(ec2, region, vpc, cluster)
             if group is None:
@@ -178,7 +178,7 @@ async def open_group_ports(ec2: Ec2Clients, region: str, group: str, ports: list
             ],
         )
     except ProvisionError as exc:
-        if getattr(exc, "aws_code", "") != "InvalidPermission.Duplicate":
+        if aws_code(exc) != "InvalidPermission.Duplicate":
             raise
 
 
@@ -194,7 +194,7 @@ async def delete_group(ec2: Ec2Clients, region: str, vpc: str, cluster: str) -> 
             await ec2.call(Where(region), "delete_security_group", GroupId=group)
             return True
         except ProvisionError as exc:
-            code = getattr(exc, "aws_code", "")
+            code = aws_code(exc)
             if code == "InvalidGroup.NotFound":
                 return True
             if code != "DependencyViolation" or time.monotonic() > deadline:

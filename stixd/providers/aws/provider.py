@@ -21,13 +21,15 @@ import structlog
 from stixd.agent_client import AgentClient
 from stixd.planner.catalog import SCHEMA, cache_dir
 from stixd.planner.zone_names import remember_zone_names
+from stixd.providers.abilities import Leak, LeakPolicy
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
+from stixd.providers.aws.config import AwsConfig
 from stixd.providers.aws.credentials import CredentialsMissing, resolve
 from stixd.providers.aws.errors import AwsCapacityError, Where
 from stixd.providers.aws.instances import Instance, RunSpec
 from stixd.providers.aws.keys import ensure_key_pair, ensure_local_key
-from stixd.providers.aws.leaks import YOUNG_S, Leak, clean_leaks, find_leaks
+from stixd.providers.aws.leaks import YOUNG_S, clean_leaks, find_leaks
 from stixd.providers.aws.listing import ClusterListing
 from stixd.providers.aws.network import (
     Zone,
@@ -75,7 +77,9 @@ class AwsProvider:
         ssh_user: str = DEFAULT_SSH_USER,
         vpc_name: str | None = None,
         boot_within: float = BOOT_WITHIN_S,
+        config: AwsConfig | None = None,
     ) -> None:
+        self.config = config or AwsConfig()
         self.home = home
         self.env = dict(os.environ if env is None else env)
         self.log = (log or structlog.get_logger()).bind(provider="aws")
@@ -218,7 +222,7 @@ class AwsProvider:
                 )
             except AwsCapacityError as exc:
                 self.log.warning("aws_no_capacity", zone=zone.name, code=exc.aws_code)
-                if "zone" not in exc.block:
+                if exc.block.zone is None:
                     raise  # a quota or an unknown type: no other zone of the region helps
                 failures.append(f"{zone.name}: {exc.aws_code}")
                 last = exc
@@ -276,9 +280,6 @@ class AwsProvider:
         await instances.tag_ranks(self.ec2(), region, cluster, self.user, [(i, r) for r, i in new])
         return sorted(ranked, key=lambda p: p[0])
 
-    async def start(self, req: ProvisionRequest) -> list[NodeInfo]:
-        return await self.launch(req)
-
     async def _alive(self, cluster: str) -> tuple[str, list[Instance]] | None:
         """(region, instances) of the cluster; instances made moments ago count even when the
         tag look-up does not list them yet."""
@@ -318,6 +319,10 @@ class AwsProvider:
         if time.time() - float(entry.get("created_at") or 0) >= LISTING_DELAY_S:
             return []
         return [str(i) for i in entry.get("created") or []]
+
+    def node_errors(self, cluster: str) -> dict[int, str]:
+        """Per rank: why the last ``query`` could not reach that node."""
+        return dict(self.last_error.get(cluster, {}))
 
     def lost_nodes(self, cluster: str) -> list[NodeLoss]:
         """The nodes the last ``query`` found without a running instance, and why."""
@@ -366,6 +371,14 @@ class AwsProvider:
             found.add(self.ec2().creds.region)
         return sorted(found)
 
+    def leak_policy(self) -> LeakPolicy:
+        cfg = self.config
+        return LeakPolicy(
+            check_every_s=cfg.leak_check_minutes * 60,
+            min_age_s=cfg.leak_min_age_minutes * 60,
+            terminate=cfg.terminate_leaks,
+        )
+
     async def leaks(
         self, regions: Sequence[str], live: Collection[str], young_s: float = YOUNG_S
     ) -> list[Leak]:
@@ -380,6 +393,8 @@ class AwsProvider:
             self.records.drop(cluster)
 
     async def open_ports(self, cluster: str, ports: list[int]) -> None:
+        """The ports open to the world in the cluster's security group (a launch opens the
+        task's when it makes the group; this opens them on a cluster made before)."""
         entry = self.records.get(cluster) or {}
         region, vpc = entry.get("region"), entry.get("vpc")
         if not region or not vpc:

@@ -20,6 +20,7 @@ import anyio
 
 from stixd.agent_client import AgentClient
 from stixd.providers.base import (
+    Block,
     CapacityError,
     CheckResult,
     Mount,
@@ -143,11 +144,11 @@ class FakeProvider:
         if region not in self.regions:
             raise CapacityError(
                 f"fake region {region} does not exist (regions: {', '.join(self.regions)})",
-                block={"cloud": NAME, "region": region},
+                Block(infra=NAME, region=region),
             )
         nodes = self._clusters.get(req.cluster)
         if nodes and nodes[0].region == region and len(nodes) >= req.num_nodes:
-            return await self.start(req)
+            return self._resume(req.cluster)
         if nodes:  # another region or size: what was there goes first, as on a cloud
             self._forget(req.cluster)
         if self.launch_seconds:
@@ -156,12 +157,12 @@ class FakeProvider:
             self.refusals_left -= 1
             raise CapacityError(
                 f"fake region {region} has no capacity yet (InsufficientInstanceCapacity)",
-                block={"cloud": NAME, "region": region},
+                Block(infra=NAME, region=region),
             )
         if region in self.no_capacity:
             raise CapacityError(
                 f"fake region {region} has no capacity (InsufficientInstanceCapacity)",
-                block={"cloud": NAME, "region": region},
+                Block(infra=NAME, region=region),
             )
         self._serial += 1
         self._lost.pop(req.cluster, None)
@@ -193,10 +194,9 @@ class FakeProvider:
             node.running = False
             node.changed()
 
-    async def start(self, req: ProvisionRequest) -> list[NodeInfo]:
-        nodes = self._clusters.get(req.cluster, [])
-        if not nodes:
-            return await self.launch(req)
+    def _resume(self, cluster: str) -> list[NodeInfo]:
+        """The nodes of a cluster that exists, running again if stopped."""
+        nodes = self._clusters[cluster]
         for node in nodes:
             if not node.running:
                 node.running = True
@@ -207,9 +207,6 @@ class FakeProvider:
     async def terminate(self, cluster: str) -> None:
         self._forget(cluster)
         self._lost.pop(cluster, None)
-
-    async def open_ports(self, cluster: str, ports: list[int]) -> None:
-        """Fake nodes have no network: nothing to open."""
 
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
         return 0  # nothing runs there, so nothing needs the files

@@ -6,6 +6,5 @@ META = InfraMeta(
     name="local",
     display="Local",
     role=Role.MACHINE,
-    any_port=True,  # process sandboxes share this machine's network
     unsupported=frozenset({"spot", "image_id", "docker", "disk_tier", "network_tier"}),
 )

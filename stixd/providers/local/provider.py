@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 
 import anyio
 
@@ -75,6 +76,8 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 class LocalProvider:
     name = "local"
+    every_port_reachable: Literal[True] = True
+    """The nodes share this machine's network: a task's ports need no opening."""
 
     def __init__(self, home: Path, python: str = sys.executable) -> None:
         self.root = home / "clusters"
@@ -198,9 +201,6 @@ class LocalProvider:
                 tg.start_soon(self._ensure_agent, req, rank)
         return [n for n in await self.query(req.cluster) if n.rank < req.num_nodes]
 
-    async def start(self, req: ProvisionRequest) -> list[NodeInfo]:
-        return await self.launch(req)
-
     async def _ensure_agent(self, req: ProvisionRequest, rank: int) -> None:
         d = self.node_dir(req.cluster, rank)
         state = self.state_dir(d)
@@ -290,9 +290,6 @@ class LocalProvider:
             return  # never made by stix under root: nothing of stix's to delete
         # rmtree refuses a symlink (ignored here), so a link planted there is not followed out
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(sandbox, ignore_errors=True))
-
-    async def open_ports(self, cluster: str, ports: list[int]) -> None:
-        """Local nodes share this machine's network: every port is already reachable."""
 
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
         copied = 0

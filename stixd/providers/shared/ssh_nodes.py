@@ -20,6 +20,7 @@ import structlog
 from stixd.agent_bundle import build_id
 from stixd.providers.base import NodeInfo, NodeStatus
 from stixd.providers.shared.bootstrap import ensure_agent
+from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_transport import (
     SshAuthError,
     SshConnection,
@@ -27,7 +28,6 @@ from stixd.providers.shared.ssh_transport import (
     SshTarget,
     quote,
 )
-from stixd.providers.ssh.pools import PoolHost
 from stixproto.errors import ProvisionError
 
 WORKDIR = "sky_workdir"

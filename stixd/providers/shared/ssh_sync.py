@@ -20,9 +20,9 @@ import anyio
 import asyncssh
 
 from stixd.providers.base import Mount, NodeInfo
+from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshTimeout, quote
 from stixd.providers.shared.syncfilter import SyncFilter, rsync_exclude_list
-from stixd.providers.ssh.pools import PoolHost
 
 Method = Literal["auto", "rsync", "sftp"]
 SYNC_TIMEOUT_S = 600.0

@@ -31,8 +31,8 @@ from typing import Any
 
 import msgspec
 
-from stixd.providers.base import CapacityError
-from stixd.providers.shared.ssh_transport import SshTarget
+from stixd.providers.base import Block, CapacityError
+from stixd.providers.shared.ssh_hosts import JumpHost, PoolHost
 from stixd.providers.ssh.meta import POOLS_FILE as POOLS_FILE  # its home is the meta
 from stixproto import user_yaml
 from stixproto.errors import ProvisionError
@@ -47,59 +47,6 @@ Fail = Callable[[str, str], "PoolError"]
 
 class PoolError(ValueError):
     """The pools file is unreadable or invalid; the message says where and what."""
-
-
-class JumpHost(msgspec.Struct, frozen=True, kw_only=True):
-    host: str
-    port: int = 22
-    user: str
-
-    def __str__(self) -> str:
-        port = "" if self.port == 22 else f":{self.port}"
-        return f"{self.user}@{self.host}{port}"
-
-
-class PoolHost(msgspec.Struct, frozen=True, kw_only=True):
-    ip: str
-    port: int
-    user: str
-    identity_file: str | None = None
-    password: str | None = None
-    jump: JumpHost | None = None
-    proxy_command: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The host's identity in allocations: one machine is taken by one cluster at a time.
-
-        Behind a bastion an address names a machine only together with the route to it."""
-        via = self.jump or self.proxy_command
-        return f"{self.ip}:{self.port}" + (f" via {via}" if via else "")
-
-    def target(self, known_hosts: str | None = None) -> SshTarget:
-        jump = None
-        if self.jump is not None:
-            jump = SshTarget(
-                host=self.jump.host,
-                port=self.jump.port,
-                user=self.jump.user,
-                identity_file=self.identity_file,
-                password=self.password,
-                known_hosts=known_hosts,
-            )
-        return SshTarget(
-            host=self.ip,
-            port=self.port,
-            user=self.user,
-            identity_file=self.identity_file,
-            password=self.password,
-            known_hosts=known_hosts,
-            jump=jump,
-            proxy_command=self.proxy_command,
-        )
-
-    def __repr__(self) -> str:  # the password never reaches a log line
-        return f"PoolHost({self.user}@{self.key})"
 
 
 class SshPool(msgspec.Struct, frozen=True, kw_only=True):
@@ -331,7 +278,7 @@ class Allocations:
                 raise CapacityError(
                     f"ssh pool {pool.name}: {cluster} needs {need} more host(s), but only "
                     f"{len(free)} of its {len(pool.hosts)} are free",
-                    block={"cloud": "ssh", "region": pool.name},
+                    Block(infra="ssh", region=pool.name),
                 )
             if need > 0:
                 held = held + [HeldHost(host=h.key) for h in free[:need]]

@@ -4,7 +4,8 @@ A launch takes free hosts of the named pool (``resources["pool"]``), records the
 allocation file before touching any host, then puts an agent on each in parallel over the one
 ``SshConnection`` the provider keeps per host. Nothing is created or destroyed at a cloud: stop
 shuts the agents down, terminate also removes what stix left in the remote home and releases
-the hosts for the next cluster.
+the hosts for the next cluster. Ports are not opened: the hosts sit on the user's own
+network, reachable as that network allows (stix controls no firewall there).
 """
 
 from __future__ import annotations
@@ -20,13 +21,22 @@ import structlog
 
 from stixd.agent_bundle import build_id
 from stixd.agent_client import AgentClient, AgentUnreachable
+from stixd.providers.abilities import HostReport, PoolHolding
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.shared.bootstrap import BootstrapError, ensure_agent, remote_node_dir
+from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_sync import Method, ssh_client_args
 from stixd.providers.shared.ssh_sync import sync as sync_mounts
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshSettings, quote
-from stixd.providers.ssh.pools import POOLS_FILE, Allocations, HeldHost, PoolHost, SshPool
-from stixproto.errors import ProvisionError
+from stixd.providers.ssh.pools import (
+    POOLS_FILE,
+    Allocations,
+    HeldHost,
+    PoolError,
+    SshPool,
+    load_pools,
+)
+from stixproto.errors import InvalidConfig, ProvisionError
 from stixproto.paths import PathOutsideParent
 
 HELLO_DEADLINE_S = 5.0
@@ -67,21 +77,6 @@ class SshLaunchError(ProvisionError):
         self.retryable = retryable
 
 
-@dataclasses.dataclass(frozen=True)
-class HostReport:
-    host: str
-    reachable: bool
-    python: str | None = None
-    free_bytes: int | None = None
-    agents: tuple[str, ...] = ()
-    """Nodes (``<cluster>-<rank>``) whose agent answers on this host."""
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.reachable and self.python is not None and self.error is None
-
-
 class SshProvider:
     name = "ssh"
 
@@ -97,6 +92,8 @@ class SshProvider:
         self.home = home
         self.log = (log or structlog.get_logger()).bind(provider="ssh")
         self.pools = pools
+        self._pools_stamp: int | None = -1
+        """mtime of the pools' file when ``pool_sizes`` last read it; -1: never."""
         self.settings = settings or SshSettings()
         self.known_hosts = known_hosts
         self.allocations = Allocations(home)
@@ -146,6 +143,30 @@ class SshProvider:
         tty = "-t" if command is None else "-T"
         argv = ["ssh", tty, *ssh_client_args(host), f"{host.user}@{host.ip}", remote]
         return argv, None, {}
+
+    # -- pools (HasPools) ----------------------------------------------------------------
+
+    def pool_sizes(self) -> dict[str, int]:
+        """Hosts per pool, re-reading the pools' file when it changed since the last call."""
+        path = self.home / POOLS_FILE
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        if stamp != self._pools_stamp:
+            try:
+                self.pools = load_pools(self.home)
+            except PoolError as exc:
+                raise InvalidConfig(str(exc)) from None
+            self._pools_stamp = stamp
+        return {name: len(pool.hosts) for name, pool in self.pools.items()}
+
+    def holdings(self) -> dict[str, PoolHolding]:
+        return {
+            cluster: PoolHolding(holding.pool, tuple(h.host for h in holding.hosts))
+            for cluster, holding in self.allocations.read().items()
+        }
+
+    def node_errors(self, cluster: str) -> dict[int, str]:
+        """Per rank: why the last ``query`` or ``terminate`` could not reach that host."""
+        return dict(self.last_error.get(cluster, {}))
 
     def connection(self, host: PoolHost) -> SshConnection:
         """The one connection to ``host``; hosts behind one jump host share the tunnel to it."""
@@ -295,9 +316,6 @@ class SshProvider:
             )
         return [nodes[r] for r in sorted(nodes)]
 
-    async def start(self, req: ProvisionRequest) -> list[NodeInfo]:
-        return await self.launch(req)
-
     async def query(self, cluster: str) -> list[NodeInfo]:
         """RUNNING where the agent answers, STOPPED where the host answers without one, and
         UNREACHABLE (the reason in last_error) where the host could not be reached at all."""
@@ -385,9 +403,6 @@ class SshProvider:
             conn = self._conns.pop(host.key, None)
             if conn is not None:
                 await conn.close()
-
-    async def open_ports(self, cluster: str, ports: list[int]) -> None:
-        """Pool hosts are on the user's own network: nothing stands between them and a port."""
 
     async def sync(self, node: NodeInfo, mounts: list[Mount], method: Method = "auto") -> int:
         host = self._host_of(node)

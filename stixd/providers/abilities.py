@@ -1,0 +1,199 @@
+"""What some providers can do beyond the ``Provider`` protocol, each ability one type.
+
+The core asks ``isinstance(provider, Ability)`` and, where a provider lacks the ability, says
+plainly what it does instead (a one-line error, or a skip with its reason). A provider gains an
+ability by having its members; nothing is registered. No ``getattr`` on a provider: an ability
+read by name is an ability missing here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Iterable, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+from stixd.providers.base import Machine, NodeInfo, NodeLoss
+
+ShellCommand = tuple[list[str], str | None, dict[str, str]]
+"""argv, working directory (None: the client's), environment to add."""
+
+
+@runtime_checkable
+class HasShell(Protocol):
+    """Nodes a user can log in to: `stixctl ssh CLUSTER` runs this command on the client."""
+
+    def shell_command(self, node: NodeInfo, command: str | None) -> ShellCommand:
+        """A login shell on ``node`` (``command`` None), or ``command`` run there."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class HostReport:
+    """One pool host as a probe found it."""
+
+    host: str
+    """The host's key in its pool (``[user@]ip[:port]``, with its jump host)."""
+    reachable: bool
+    python: str | None = None
+    free_bytes: int | None = None
+    agents: tuple[str, ...] = ()
+    """Nodes (``<cluster>-<rank>``) whose agent answers on this host."""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.python is not None and self.error is None
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolHolding:
+    """The hosts a cluster holds in a pool, in rank order (their keys)."""
+
+    pool: str
+    hosts: tuple[str, ...]
+
+
+@runtime_checkable
+class HasPools(Protocol):
+    """Machines the user already has, listed in named pools (the ssh provider): a launch takes
+    free hosts of one pool; nothing is created or destroyed."""
+
+    def pool_sizes(self) -> dict[str, int]:
+        """Hosts per pool, the pools' file re-read when it changed since the last call;
+        ``InvalidConfig`` naming the file and key when it is broken."""
+        ...
+
+    async def probe_pool(self, pool: str) -> list[HostReport]: ...
+
+    def holdings(self) -> dict[str, PoolHolding]:
+        """Per cluster: the pool hosts it holds."""
+        ...
+
+
+@runtime_checkable
+class ReportsLostNodes(Protocol):
+    """A provider that can tell, after ``query``, which nodes' machines the cloud took away.
+
+    The cluster actor ends their jobs at once (no grace: the machine will not come back) and
+    records each loss, so a managed job recovers without waiting for a timeout."""
+
+    def lost_nodes(self, cluster: str) -> list[NodeLoss]: ...
+
+
+@runtime_checkable
+class ReportsMachines(Protocol):
+    """A provider that can tell, after ``query``, what each live node's machine is: the
+    cluster records it, so a resize or new address made outside stix shows in status and
+    cost-report."""
+
+    def machines(self, cluster: str) -> list[Machine]: ...
+
+
+@runtime_checkable
+class ReportsNodeErrors(Protocol):
+    """A provider that knows why, at the last ``query``, it could not reach a node: status
+    names the reason instead of a bare "unreachable"."""
+
+    def node_errors(self, cluster: str) -> dict[int, str]:
+        """Per rank of ``cluster``: why the last query could not reach that node."""
+        ...
+
+
+@runtime_checkable
+class NeedsCredentials(Protocol):
+    """A provider that is usable only with credentials the user provides (a cloud account)."""
+
+    def credentials_problem(self) -> str | None:
+        """What is missing, read locally (no network); None if nothing."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Leak:
+    """Something of stix's at a cloud that no live cluster owns."""
+
+    kind: str
+    """``instance``, or what the cloud made around one (``security-group``)."""
+    id: str
+    region: str
+    cluster: str
+    age_s: float | None = None
+    instance_type: str | None = None
+    state: str | None = None
+    network: str | None = None
+    """The network it lives in, where removing it needs that (an AWS VPC)."""
+    spot: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakPolicy:
+    """How the daemon's leak reconciler treats one provider."""
+
+    check_every_s: float
+    min_age_s: float
+    """Younger things are never leaks: their launch may still be writing its record."""
+    terminate: bool
+    """Terminate what a periodic scan finds, instead of only reporting it."""
+
+
+@runtime_checkable
+class FindsLeaks(Protocol):
+    """A provider that can list what stix made at its cloud, so the daemon finds what no
+    live cluster owns (a crash between create and record, a row removed by hand)."""
+
+    def leak_policy(self) -> LeakPolicy:
+        """This provider's reconciler settings (from its config section, given when built)."""
+        ...
+
+    def regions(self) -> list[str]:
+        """Where stix may have made something here (without the catalog's regions)."""
+        ...
+
+    async def leaks(
+        self, regions: Sequence[str], live: Collection[str], young_s: float
+    ) -> list[Leak]:
+        """What in ``regions`` belongs to no cluster of ``live``, leaving out anything made
+        less than ``young_s`` ago."""
+        ...
+
+    async def clean_leaks(self, leaks: Sequence[Leak]) -> None: ...
+
+
+@runtime_checkable
+class OpensPorts(Protocol):
+    """Nodes behind a firewall the provider controls (a cloud's security group): a task's
+    ``resources.ports`` are opened on launch."""
+
+    async def open_ports(self, cluster: str, ports: list[int]) -> None:
+        """Idempotent: ports already open stay as they are."""
+        ...
+
+
+@runtime_checkable
+class ReachesEveryPort(Protocol):
+    """Nodes that share this machine's network (local): every port on them is reachable
+    already, so nothing is opened and status shows any port as reachable."""
+
+    every_port_reachable: Literal[True]
+
+
+@runtime_checkable
+class Closes(Protocol):
+    """A provider holding connections or clients: the daemon closes it when it stops."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SimulatesPreemption(Protocol):
+    """A provider for tests and benchmarks only (fake) that can take nodes away as a spot
+    preemption does (`stixctl fake preempt`)."""
+
+    def clusters(self) -> list[str]: ...
+
+    def region_of(self, cluster: str) -> str | None: ...
+
+    def preempt(self, clusters: Iterable[str] = (), count: int = 0) -> list[str]:
+        """Take the nodes of ``clusters`` (or of ``count`` running ones picked at random);
+        returns the clusters hit."""
+        ...
