@@ -90,8 +90,6 @@ class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
         allowed_clouds: tuple[str, ...] | None = None
 
-        def __getattr__(self, name: str) -> Any: ...  # an infra's section, e.g. `config.aws`
-
     def sections(self) -> dict[str, msgspec.Struct]:
         """Each infra's section by infra name, in registry order."""
         return {
