@@ -92,10 +92,14 @@ async def contract(world: World, ability: str, provider: Provider) -> AsyncItera
     with the declared reason if it fails, and fails if it holds (the declaration is false)."""
     bed = world.bed
     why = bed.cannot.get(ability)
+    has = ABILITIES.get(ability)
     if why is None:
+        if has is not None and not has(provider):
+            pytest.fail(
+                f"{bed.name} has no {ability}: declare it in its Bed (tests/provider_beds.py)"
+            )
         yield
         return
-    has = ABILITIES.get(ability)
     if has is not None and has(provider):
         pytest.fail(f"{bed.name} declares it cannot {ability} ({why}), but its type has it")
     try:
@@ -213,12 +217,12 @@ async def test_terminate_leaves_nothing_and_a_second_terminate_is_harmless(
     assert await world.leftovers("gone")  # the check sees a live cluster's resources
     await provider.terminate("gone")
     assert await provider.query("gone") == []
-    assert await world.leftovers("gone") == []
+    assert await world.left_after("gone") == []
     assert await world.made("gone") == 0
     await provider.terminate("gone")
     await world.open().terminate("gone")  # and from a restarted daemon
     assert await provider.query("gone") == []
-    assert await world.leftovers("gone") == []
+    assert await world.left_after("gone") == []
 
 
 # -- reaching the nodes ----------------------------------------------------------------------
