@@ -139,9 +139,9 @@ class World:
         await self.close_providers()
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def request(self, cluster: str, nodes: int = NODES) -> ProvisionRequest:
+    def request(self, cluster: str, nodes: int = NODES, **resources: object) -> ProvisionRequest:
         self._clusters.append(cluster)
-        return ProvisionRequest(cluster, nodes, self.pyz, dict(self.resources()))
+        return ProvisionRequest(cluster, nodes, self.pyz, {**self.resources(), **resources})
 
     # what each world says in its own terms
     def resources(self) -> Mapping[str, object]:
@@ -191,8 +191,10 @@ class World:
         raise NotImplementedError(f"{self.bed.name} has no leaks to plant")
 
     async def port_reachable(
-        self, provider: Provider, cluster: str, node: NodeInfo, port: int
+        self, provider: Provider, cluster: str, node: NodeInfo, port: int, *, job_id: int
     ) -> bool:
+        """Whether ``port`` of ``node`` can be reached as the provider means it (a listener
+        started as agent job ``job_id`` where the world needs one)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -326,9 +328,9 @@ class LocalWorld(World):
         return files_under(LocalProvider.resolve_dest(node, dest))
 
     async def port_reachable(
-        self, provider: Provider, cluster: str, node: NodeInfo, port: int
+        self, provider: Provider, cluster: str, node: NodeInfo, port: int, *, job_id: int
     ) -> bool:
-        await listen_on_node(provider.connector(node), port)
+        await listen_on_node(provider.connector(node), port, job_id)
         return await answers_banner(node.ip, port)
 
 
@@ -417,9 +419,9 @@ class SshWorld(HostsWorld):
         return found
 
     async def port_reachable(
-        self, provider: Provider, cluster: str, node: NodeInfo, port: int
+        self, provider: Provider, cluster: str, node: NodeInfo, port: int, *, job_id: int
     ) -> bool:
-        await listen_on_node(provider.connector(node), port)
+        await listen_on_node(provider.connector(node), port, job_id)
         return await answers_banner(node.ip, port)
 
 
@@ -534,7 +536,7 @@ class AwsWorld(HostsWorld):
         )
 
     async def port_reachable(
-        self, provider: Provider, cluster: str, node: NodeInfo, port: int
+        self, provider: Provider, cluster: str, node: NodeInfo, port: int, *, job_id: int
     ) -> bool:
         """Open where EC2 is concerned: the cluster's security group lets the port in."""
         [group] = await self._groups(cluster)
@@ -589,7 +591,7 @@ class FakeWorld(World):
         return set()  # a fake node has no disk
 
     async def port_reachable(
-        self, provider: Provider, cluster: str, node: NodeInfo, port: int
+        self, provider: Provider, cluster: str, node: NodeInfo, port: int, *, job_id: int
     ) -> bool:
         return False  # nor a network
 

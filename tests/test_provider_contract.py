@@ -182,9 +182,11 @@ async def test_query_tells_the_truth_after_changes_made_behind_stix(
 # -- stop and start --------------------------------------------------------------------------
 
 
-async def test_stop_then_start_brings_the_cluster_back_or_stop_says_it_cannot(
+async def test_stop_then_a_relaunch_brings_the_cluster_back_or_stop_says_it_cannot(
     world: World, provider: Provider
 ) -> None:
+    """The daemon relaunches a stopped cluster with ``launch``: the same nodes come back. A
+    stopped cluster then terminates without a trace."""
     req = world.request("halt")
     nodes = await provider.launch(req)
     cannot = world.bed.cannot.get("stop")
@@ -198,13 +200,17 @@ async def test_stop_then_start_brings_the_cluster_back_or_stop_says_it_cannot(
     await provider.stop("halt")
     assert await _statuses(provider, "halt") == [NodeStatus.STOPPED] * NODES
     await provider.stop("halt")  # stopping a stopped cluster is harmless
-    started = await provider.start(req)
-    assert [(n.rank, n.ip, n.status) for n in started] == [
+    again = await provider.launch(req)
+    assert [(n.rank, n.ip, n.status) for n in again] == [
         (n.rank, n.ip, NodeStatus.RUNNING) for n in nodes
     ]
     assert await _statuses(provider, "halt") == [NodeStatus.RUNNING] * NODES
-    await _answer(provider, "halt", started)
-    assert await world.made("halt") == NODES
+    await _answer(provider, "halt", again)
+    assert await world.settles_at("halt", NODES) == NODES
+    await provider.stop("halt")
+    await provider.terminate("halt")
+    assert await provider.query("halt") == []
+    assert await world.left_after("halt") == []
 
 
 # -- terminate -------------------------------------------------------------------------------
@@ -261,12 +267,15 @@ async def test_sync_sends_what_the_ignore_files_keep(
         assert "docs/readme.md" in sent_by_rules(git) and "docs/readme.md" not in sent_by_rules(sky)
 
 
-async def test_ports_opened_on_a_cluster_can_be_reached(world: World, provider: Provider) -> None:
-    [node] = await provider.launch(world.request("port", 1))
-    port = free_port()
+async def test_ports_a_launch_asks_for_and_ports_opened_later_can_be_reached(
+    world: World, provider: Provider
+) -> None:
+    asked, later = free_port(), free_port()
+    [node] = await provider.launch(world.request("port", 1, ports=[asked]))
     async with contract(world, "ports", provider):
-        await provider.open_ports("port", [port])
-        assert await world.port_reachable(provider, "port", node, port)
+        assert await world.port_reachable(provider, "port", node, asked, job_id=1)
+        await provider.open_ports("port", [later])
+        assert await world.port_reachable(provider, "port", node, later, job_id=2)
 
 
 # -- leaks -----------------------------------------------------------------------------------
