@@ -169,7 +169,8 @@ async def test_a_retry_after_a_crash_mid_launch_finds_what_the_first_try_made(
 async def test_query_tells_the_truth_after_changes_made_behind_stix(
     world: World, provider: Provider
 ) -> None:
-    nodes = await provider.launch(world.request("truth"))
+    req = world.request("truth")
+    nodes = await provider.launch(req)
     assert await _statuses(provider, "truth") == [NodeStatus.RUNNING] * NODES
     disturbed = await world.disturb(provider, "truth", nodes)
     assert await _statuses(provider, "truth") == disturbed.statuses
@@ -177,6 +178,12 @@ async def test_query_tells_the_truth_after_changes_made_behind_stix(
         assert sorted(x.rank for x in provider.lost_nodes("truth")) == disturbed.lost
     if "restart" not in world.bed.cannot:  # a restarted daemon learns the same
         assert await _statuses(world.open(), "truth") == disturbed.statuses
+    await world.heal()  # the host comes back, as hosts do
+    repaired = await provider.launch(req)  # and a relaunch puts back what is missing
+    assert [(n.rank, n.status) for n in repaired] == [(r, NodeStatus.RUNNING) for r in range(NODES)]
+    assert await _statuses(provider, "truth") == [NodeStatus.RUNNING] * NODES
+    await _answer(provider, "truth", repaired)
+    assert await world.settles_at("truth", NODES) == NODES
 
 
 # -- stop and start --------------------------------------------------------------------------
@@ -229,6 +236,23 @@ async def test_terminate_leaves_nothing_and_a_second_terminate_is_harmless(
     await world.open().terminate("gone")  # and from a restarted daemon
     assert await provider.query("gone") == []
     assert await world.left_after("gone") == []
+
+
+async def test_a_terminate_cut_short_by_a_crash_is_finished_by_the_next_one(
+    world: World, provider: Provider
+) -> None:
+    """The daemon dies once the first node is going; the restarted daemon's terminate (a new
+    provider on the same home and cloud) removes the rest."""
+    await provider.launch(world.request("cut"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(provider.terminate, "cut")
+        with anyio.fail_after(CRASH_WITHIN_S):
+            while await world.made("cut") == NODES:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    await world.open().terminate("cut")
+    assert await world.open().query("cut") == []
+    assert await world.left_after("cut") == []
 
 
 # -- reaching the nodes ----------------------------------------------------------------------
