@@ -15,6 +15,7 @@ the behaviour itself, so a declaration cannot outlive the inability it states.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import os
@@ -114,7 +115,7 @@ class Disturbed:
 # -- the worlds ------------------------------------------------------------------------------
 
 
-class World:
+class World(abc.ABC):
     """One provider's surroundings for a test module; ``begin``/``end`` bracket each test."""
 
     def __init__(self, bed: Bed, pyz: Path) -> None:
@@ -147,16 +148,20 @@ class World:
     def resources(self) -> Mapping[str, object]:
         return {}
 
+    @abc.abstractmethod
     def open(self) -> Provider:
         """A new provider on the same home and cloud: what a restarted daemon makes."""
         raise NotImplementedError
 
     async def close_providers(self) -> None:
-        pass
+        """Close what the providers opened (connections, clients); most hold nothing."""
+        return
 
     async def heal(self) -> None:
         """Undo what ``disturb`` broke in the world itself (a host taken down)."""
+        return
 
+    @abc.abstractmethod
     async def made(self, cluster: str) -> int:
         """How many nodes of ``cluster`` exist, counted from outside stix."""
         raise NotImplementedError
@@ -178,10 +183,14 @@ class World:
                 await anyio.sleep(0.05)
         return await self.leftovers(cluster)
 
+    @abc.abstractmethod
     async def disturb(self, provider: Provider, cluster: str, nodes: list[NodeInfo]) -> Disturbed:
+        """Change the cluster behind stix's back, as a user, the cloud or a failure would."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     async def leftovers(self, cluster: str) -> list[str]:
+        """What of ``cluster`` exists (processes, files, machines, allocations), by name."""
         raise NotImplementedError
 
     async def files_at(self, node: NodeInfo, dest: str) -> set[str]:
@@ -199,6 +208,7 @@ class World:
 
     def close(self) -> None:
         """End of the module: everything the world made is gone."""
+        return
 
 
 def files_under(root: Path) -> set[str]:
@@ -586,6 +596,9 @@ class FakeWorld(World):
         ]
         found += [f"lost node {x.rank}" for p in self._opened for x in p.lost_nodes(cluster)]
         return found
+
+    async def settles_at(self, cluster: str, count: int, within: float = 10.0) -> int:
+        return await self.made(cluster)  # in memory: no node is on its way in or out
 
     async def files_at(self, node: NodeInfo, dest: str) -> set[str]:
         return set()  # a fake node has no disk

@@ -320,3 +320,10 @@ async def test_leaks_are_found_and_cleaned_and_live_clusters_are_not_leaks(
         assert await world.made("ghost") == 0
         assert await provider.leaks(regions, live={"owned"}, young_s=0) == []
         assert await world.made("owned") == 1
+
+
+def test_every_provider_folder_has_a_bed() -> None:
+    """A provider joins the contract the day its folder appears."""
+    providers = Path(__file__).resolve().parents[1] / "stixd" / "providers"
+    folders = {p.parent.name for p in providers.glob("*/provider.py")}
+    assert folders <= {b.name for b in BEDS}, "add a Bed line in tests/provider_beds.py"
