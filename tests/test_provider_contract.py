@@ -258,9 +258,27 @@ async def test_a_terminate_cut_short_by_a_crash_is_finished_by_the_next_one(
 # -- reaching the nodes ----------------------------------------------------------------------
 
 
-async def test_the_agent_transport_reaches_every_node(world: World, provider: Provider) -> None:
+async def test_the_agent_transport_reaches_every_node_also_after_a_restart(
+    world: World, provider: Provider
+) -> None:
+    """A restarted daemon reaches the nodes it recorded (``NodeInfo`` as stored) at once."""
     nodes = await provider.launch(world.request("hello"))
     await _answer(provider, "hello", nodes)
+    stored = [NodeInfo.from_dict(n.to_dict()) for n in nodes]
+    async with contract(world, "restart", provider):
+        await _answer(world.open(), "hello", stored)
+
+
+async def test_a_cluster_never_launched_is_empty_and_stopping_or_ending_it_is_harmless(
+    world: World, provider: Provider
+) -> None:
+    world.request("never")
+    assert await provider.query("never") == []
+    if "stop" not in world.bed.cannot:
+        await provider.stop("never")
+    await provider.terminate("never")
+    assert await provider.query("never") == []
+    assert await world.left_after("never") == []
 
 
 async def test_the_node_shell_runs_a_command_on_the_node(world: World, provider: Provider) -> None:
@@ -275,18 +293,24 @@ async def test_the_node_shell_runs_a_command_on_the_node(world: World, provider:
         assert ran.stderr.decode().splitlines() == ["shell-ok"]
 
 
-async def test_sync_sends_what_the_ignore_files_keep(
-    world: World, provider: Provider, tmp_path: Path
-) -> None:
+async def test_sync_sends_what_the_ignore_files_keep(world: World, provider: Provider) -> None:
     [node] = await provider.launch(world.request("sync", 1))
-    git = make_tree(tmp_path / "git", {".gitignore": GITIGNORE, **NESTED})
+    sources = world.home / "sources"  # removed with the home
+    git = make_tree(sources / "git", {".gitignore": GITIGNORE, **NESTED})
     sky = make_tree(
-        tmp_path / "sky", {".gitignore": GITIGNORE, **NESTED, ".skyignore": "data/\n*.md\n"}
+        sources / "sky", {".gitignore": GITIGNORE, **NESTED, ".skyignore": "data/\n*.md\n"}
     )
     async with contract(world, "sync", provider):
-        await provider.sync(node, [Mount(str(git), "~/by-git"), Mount(str(sky), "~/by-sky")])
+        mounts = [Mount(str(git), "~/by-git"), Mount(str(sky), "~/by-sky")]
+        sent = await provider.sync(node, mounts)
         assert await world.files_at(node, "~/by-git") == sent_by_rules(git)
         assert await world.files_at(node, "~/by-sky") == sent_by_rules(sky)
+        assert sent == len(sent_by_rules(git)) + len(sent_by_rules(sky))
+        assert await provider.sync(node, mounts) == 0  # nothing changed: nothing is sent
+        (git / "a.py").unlink()
+        (git / "src" / "new.py").write_text("new\n")
+        assert await provider.sync(node, mounts) == 1
+        assert await world.files_at(node, "~/by-git") == sent_by_rules(git)
         assert "keep.log" in sent_by_rules(git) and "debug.log" not in sent_by_rules(git)
         assert "docs/readme.md" in sent_by_rules(git) and "docs/readme.md" not in sent_by_rules(sky)
 
