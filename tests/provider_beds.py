@@ -36,7 +36,7 @@ from stixd.providers.aws import AwsProvider
 from stixd.providers.aws.instances import TAG_CLUSTER, TAG_RANK, TAG_USER
 from stixd.providers.aws.network import group_name
 from stixd.providers.aws.records import Records
-from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
+from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus, Provider, ProvisionRequest
 from stixd.providers.fake.provider import FakeProvider
 from stixd.providers.local.node import marked_processes
 from stixd.providers.local.provider import LocalProvider
@@ -63,10 +63,12 @@ REACH_WITHIN_S = 20.0
 
 
 # -- abilities -------------------------------------------------------------------------------
+# What the contract calls of the abilities only some providers have, each a protocol by the
+# name the providers' own ability types use, checked with ``isinstance`` as the core does.
 
 
 @runtime_checkable
-class OpensAShell(Protocol):
+class HasShell(Protocol):
     """`stixctl ssh CLUSTER`: the command that gives a shell on a node."""
 
     def shell_command(
@@ -95,8 +97,22 @@ class FindsLeaks(Protocol):
     async def clean_leaks(self, leaks: Sequence[LeakLike]) -> None: ...
 
 
+@runtime_checkable
+class OpensPorts(Protocol):
+    """Nodes behind a firewall the provider controls: ports can be opened after launch too."""
+
+    async def open_ports(self, cluster: str, ports: list[int]) -> None: ...
+
+
+@runtime_checkable
+class ReportsLostNodes(Protocol):
+    """After ``query``: which nodes' machines the cloud took away, and why."""
+
+    def lost_nodes(self, cluster: str) -> list[NodeLoss]: ...
+
+
 ABILITIES: dict[str, Callable[[object], bool]] = {
-    "shell": lambda p: isinstance(p, OpensAShell),
+    "shell": lambda p: isinstance(p, HasShell),
     "leaks": lambda p: isinstance(p, FindsLeaks),
 }
 """Ability -> whether a provider object has it, for abilities that show in its type. The others
