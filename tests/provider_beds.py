@@ -32,9 +32,9 @@ import boto3  # type: ignore[import-untyped]
 
 from stixd.agent_bundle import build_id
 from stixd.agent_client import AgentClient
-from stixd.providers.aws import AwsProvider
 from stixd.providers.aws.instances import TAG_CLUSTER, TAG_RANK, TAG_USER
 from stixd.providers.aws.network import group_name
+from stixd.providers.aws.provider import AwsProvider
 from stixd.providers.aws.records import Records
 from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus, Provider, ProvisionRequest
 from stixd.providers.fake.provider import FakeProvider
