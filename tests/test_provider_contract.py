@@ -28,6 +28,7 @@ import anyio
 import pytest
 
 from stixd.agent_bundle import build_agent_zipapp
+from stixd.agent_client import AgentUnreachable
 from stixd.providers.base import Mount, NodeInfo, NodeStatus, Provider
 from stixproto.errors import ProvisionError
 from tests.provider_beds import (
@@ -222,12 +223,15 @@ async def test_stop_then_a_relaunch_brings_the_cluster_back_or_stop_says_it_cann
 async def test_terminate_leaves_nothing_and_a_second_terminate_is_harmless(
     world: World, provider: Provider
 ) -> None:
-    await provider.launch(world.request("gone"))
+    nodes = await provider.launch(world.request("gone"))
     assert await world.leftovers("gone")  # the check sees a live cluster's resources
     await provider.terminate("gone")
     assert await provider.query("gone") == []
     assert await world.left_after("gone") == []
     assert await world.made("gone") == 0
+    for node in nodes:  # what a job still watching a node meets: the agent is unreachable
+        with pytest.raises(AgentUnreachable):
+            await provider.connector(node).call("hello", deadline=5)
     await provider.terminate("gone")
     await world.open().terminate("gone")  # and from a restarted daemon
     assert await provider.query("gone") == []
