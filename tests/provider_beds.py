@@ -134,6 +134,9 @@ class Disturbed:
 class World(abc.ABC):
     """One provider's surroundings for a test module; ``begin``/``end`` bracket each test."""
 
+    stops_machines = True
+    """A stopped node's machine runs nothing (false where a stand-in outlives its instance)."""
+
     def __init__(self, bed: Bed, pyz: Path) -> None:
         self.bed = bed
         self.pyz = pyz
@@ -453,6 +456,8 @@ class SshWorld(HostsWorld):
 
 class AwsWorld(HostsWorld):
     """moto as the cloud; each instance's node is the host of its rank."""
+
+    stops_machines = False  # moto stops the instance; the host standing in for it runs on
 
     def __init__(self, bed: Bed, pyz: Path) -> None:
         super().__init__(bed, pyz)

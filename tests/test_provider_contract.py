@@ -203,6 +203,10 @@ async def test_stop_then_a_relaunch_brings_the_cluster_back_or_stop_says_it_cann
         return
     await provider.stop("halt")
     assert await _statuses(provider, "halt") == [NodeStatus.STOPPED] * NODES
+    if world.stops_machines:
+        for node in nodes:
+            with pytest.raises(AgentUnreachable):
+                await provider.connector(node).call("hello", deadline=5)
     await provider.stop("halt")  # stopping a stopped cluster is harmless
     again = await provider.launch(req)
     assert [(n.rank, n.ip, n.status) for n in again] == [
