@@ -2,14 +2,17 @@
 
 Each case runs once per provider of ``tests.provider_beds.BEDS`` — ``local`` (this machine),
 ``ssh`` (real sshd hosts in network namespaces), ``aws`` (a moto server, its instances stood in
-for by such hosts) and ``fake`` (the in-memory cloud) — against its real world, disturbed from
-outside stix the way a user, a cloud or a failure would.
+for by such hosts; ``aws-spot`` the same on spot instances, marked slow) and ``fake`` (the
+in-memory cloud) — against its real world, disturbed from outside stix the way a user, a cloud
+or a failure would.
 
 A new provider joins by adding ONE parameter: a ``Bed`` line in ``tests/provider_beds.py``
 naming its world (a ``World`` subclass saying how to count, break and read its nodes) and what
 it declares it cannot do. A declared inability is a skip with its reason, but only while it is
 true: the case still runs, and a provider that has the ability (by its type, see
-``ABILITIES``, or by passing the case) fails, so a declaration cannot drift.
+``ABILITIES``, or by passing the case) fails, so a declaration cannot drift. ``stop`` is the
+one inability that is not skipped: a provider that cannot stop must refuse in one line that
+names ``down``, and the case checks that it does.
 
 One world per provider per module (module-scoped), a fresh stix home per case; waits are
 bounded, nothing sleeps a fixed time, and every process, namespace and file is removed.
