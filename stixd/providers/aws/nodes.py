@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import ByteStream
 
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.aws.instances import Instance
@@ -233,8 +234,20 @@ class AwsNodes:
         return ["ssh", tty, *args, f"{target.user}@{target.host}", remote], None, {}
 
     def connector(self, node: NodeInfo) -> AgentClient:
-        conn = self.connection(self.node_target(node))
+        """A node no record knows (its cluster terminated, its record lost) has no agent to
+        reach: its calls fail as unreachable, as on every provider, rather than this call."""
+        try:
+            conn = self.connection(self.node_target(node))
+        except ProvisionError as exc:
+            return _unreachable(f"rank {node.rank}@{node.ip}", exc.message)
         return conn.agent_client(node.agent_address, f"rank {node.rank}@{conn.host}")
+
+
+def _unreachable(name: str, why: str) -> AgentClient:
+    async def refuse() -> ByteStream:
+        raise OSError(why)
+
+    return AgentClient(refuse, name)
 
 
 def record_node(rank: int, rec: Mapping[str, Any], ip: str, status: NodeStatus) -> NodeInfo:
