@@ -23,20 +23,26 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import anyio
 import boto3  # type: ignore[import-untyped]
 
 from stixd.agent_bundle import build_id
 from stixd.agent_client import AgentClient
+from stixd.providers.abilities import (
+    FindsLeaks,
+    HasShell,
+    OpensPorts,
+    ReachesEveryPort,
+)
 from stixd.providers.aws.instances import TAG_CLUSTER, TAG_RANK, TAG_USER
 from stixd.providers.aws.network import group_name
 from stixd.providers.aws.provider import AwsProvider
 from stixd.providers.aws.records import Records
-from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus, Provider, ProvisionRequest
+from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.providers.fake.provider import FakeProvider
 from stixd.providers.local.node import marked_processes
 from stixd.providers.local.provider import LocalProvider
@@ -63,60 +69,17 @@ REACH_WITHIN_S = 20.0
 
 
 # -- abilities -------------------------------------------------------------------------------
-# What the contract calls of the abilities only some providers have, each a protocol by the
-# name the providers' own ability types use, checked with ``isinstance`` as the core does.
-
-
-@runtime_checkable
-class HasShell(Protocol):
-    """`stixctl ssh CLUSTER`: the command that gives a shell on a node."""
-
-    def shell_command(
-        self, node: NodeInfo, command: str | None
-    ) -> tuple[list[str], str | None, dict[str, str]]: ...
-
-
-class LeakLike(Protocol):
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def cluster(self) -> str: ...
-
-
-@runtime_checkable
-class FindsLeaks(Protocol):
-    """What the daemon's leak reconciler calls: this user's resources no live cluster owns."""
-
-    def regions(self) -> list[str]: ...
-
-    async def leaks(
-        self, regions: Sequence[str], live: Collection[str], young_s: float = ...
-    ) -> Sequence[LeakLike]: ...
-
-    async def clean_leaks(self, leaks: Sequence[LeakLike]) -> None: ...
-
-
-@runtime_checkable
-class OpensPorts(Protocol):
-    """Nodes behind a firewall the provider controls: ports can be opened after launch too."""
-
-    async def open_ports(self, cluster: str, ports: list[int]) -> None: ...
-
-
-@runtime_checkable
-class ReportsLostNodes(Protocol):
-    """After ``query``: which nodes' machines the cloud took away, and why."""
-
-    def lost_nodes(self, cluster: str) -> list[NodeLoss]: ...
+# The abilities only some providers have are the providers' own protocols
+# (stixd/providers/abilities.py), checked with ``isinstance`` as the core does.
 
 
 ABILITIES: dict[str, Callable[[object], bool]] = {
     "shell": lambda p: isinstance(p, HasShell),
     "leaks": lambda p: isinstance(p, FindsLeaks),
+    "ports": lambda p: isinstance(p, OpensPorts | ReachesEveryPort),
 }
 """Ability -> whether a provider object has it, for abilities that show in its type. The others
-(``restart``, ``stop``, ``sync``, ``ports``) are judged by their behaviour alone."""
+(``restart``, ``stop``, ``sync``) are judged by their behaviour alone."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ import pytest
 
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.agent_client import AgentUnreachable
+from stixd.providers.abilities import FindsLeaks, HasShell, OpensPorts, ReportsLostNodes
 from stixd.providers.base import Mount, NodeInfo, NodeStatus, Provider
 from stixproto.errors import ProvisionError
 from tests.provider_beds import (
@@ -39,10 +40,6 @@ from tests.provider_beds import (
     BEDS,
     NODES,
     Bed,
-    FindsLeaks,
-    HasShell,
-    OpensPorts,
-    ReportsLostNodes,
     World,
     free_port,
 )
