@@ -35,8 +35,6 @@ from stixd.agent_client import AgentClient
 from stixd.providers.abilities import (
     FindsLeaks,
     HasShell,
-    OpensPorts,
-    ReachesEveryPort,
 )
 from stixd.providers.aws.instances import TAG_CLUSTER, TAG_RANK, TAG_USER
 from stixd.providers.aws.network import group_name
@@ -76,10 +74,10 @@ REACH_WITHIN_S = 20.0
 ABILITIES: dict[str, Callable[[object], bool]] = {
     "shell": lambda p: isinstance(p, HasShell),
     "leaks": lambda p: isinstance(p, FindsLeaks),
-    "ports": lambda p: isinstance(p, OpensPorts | ReachesEveryPort),
 }
 """Ability -> whether a provider object has it, for abilities that show in its type. The others
-(``restart``, ``stop``, ``sync``) are judged by their behaviour alone."""
+(``restart``, ``stop``, ``sync``, ``ports``: reachable as the provider's network allows, opened
+by ``OpensPorts`` or not) are judged by their behaviour alone."""
 
 
 @dataclasses.dataclass(frozen=True)
