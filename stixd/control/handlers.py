@@ -30,6 +30,7 @@ from stixproto.errors import (
     InvalidRequest,
 )
 from stixproto.names import command
+from stixproto.states import ClusterStatus
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
@@ -132,7 +133,7 @@ def cluster_record(row: Row, owner: Owner | None = None) -> m.ClusterRecord:
     nodes = data.get("nodes") or []
     return m.ClusterRecord(
         name=row.id,
-        status=row.state,
+        status=ClusterStatus(row.state).shown,
         infra=infra_label(spec.get("provider", "local"), spec.get("pool")),
         num_nodes=int(spec.get("num_nodes", 1)),
         resources=spec.get("resources", ""),
@@ -147,7 +148,17 @@ def cluster_record(row: Row, owner: Owner | None = None) -> m.ClusterRecord:
         owner=owner.label if owner else None,
         ports=list((placement["ports"] if placement else spec.get("ports")) or []),
         any_port=spec.get("provider", "local") in ANY_PORT_PROVIDERS,
+        activity=cluster_activity(row),
     )
+
+
+def cluster_activity(row: Row) -> str | None:
+    state = ClusterStatus(row.state)
+    if state in (ClusterStatus.STOPPING, ClusterStatus.TERMINATING):
+        return state.value.lower()
+    if state is ClusterStatus.INIT and row.data.get("pending_launch"):
+        return "launching"
+    return None
 
 
 async def _refresh(app: App, names: list[str], req: m.Status, emit: Emit) -> None:
