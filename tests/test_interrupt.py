@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from tests.conftest import Stix, wait_until
 
 LAUNCH_S = 20.0
@@ -145,3 +147,16 @@ def test_a_stop_killed_while_the_provider_stops_is_finished_after_restart(
     wait_until(lambda: stix.clusters()["x"]["status"] == "STOPPED", timeout=30, interval=0.2)
     assert [n["running"] for n in machines(stix)["x"]] == [False]
     assert stix.jobs("x")[1]["status"] == "CANCELLED"
+
+
+def test_the_table_says_what_is_under_way_in_the_reason_of_an_init_cluster() -> None:
+    from stixctl import render
+    from stixproto import messages as m
+
+    c = m.ClusterRecord(
+        name="c", status="INIT", infra="fake", num_nodes=1, resources="1x fake",
+        launched_at=0.0, updated_at=0.0, activity="terminating",
+    )  # fmt: skip
+    assert render.clusters([c]).splitlines()[2].endswith("terminating")
+    failed = msgspec.structs.replace(c, activity="launching", last_error="no capacity in fake-1")
+    assert render.init_reason(failed) == "launching: no capacity in fake-1"

@@ -145,8 +145,7 @@ class ClusterActor(Actor):
 
     async def handle(self, message: Any) -> None:
         if busy(self) and not answers_while_busy(message):
-            if not isinstance(message, AutostopTick | HealthTick):  # a phase's end reschedules
-                self.phases.kept.append(message)
+            self.phases.kept.append(message)  # a timer's tick too: at most one of each waits
         elif isinstance(message, PhaseEnded):
             await phase_ended(self, message)
         elif isinstance(message, FinishIntent):

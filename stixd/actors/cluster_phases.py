@@ -11,6 +11,7 @@ phase is over (an interrupting `down` waits for the phase to unwind before it wr
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -109,7 +110,8 @@ def start_phase(
             raise
         finally:
             phase.ended.set()
-            cluster.tell(PhaseEnded(phase))
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                cluster.tell(PhaseEnded(phase))  # not once the daemon has closed the mailbox
 
     cluster.start_soon(run)
     return phase
