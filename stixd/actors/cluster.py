@@ -8,7 +8,7 @@ down (STOPPING, TERMINATING). Provisioning and the other long provider calls run
 (`cluster_phases`), so the mailbox answers `status` meanwhile and `down` or `stop` interrupt
 a launch within a moment.
 
-This module holds the actor, its dispatch, and stop / start / down / cancel; the longer parts
+This module holds the actor, its dispatch, and start / cancel; the longer parts
 are functions taking the actor, each in its own module: `cluster_launch` (launch, provision
 with failover, exec), `cluster_observe` (provider and agent truth, lost nodes, agent upgrades),
 `cluster_autostop`, `cluster_ending` (stop and down); the events and transition table are
