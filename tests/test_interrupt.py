@@ -160,3 +160,19 @@ def test_the_table_says_what_is_under_way_in_the_reason_of_an_init_cluster() -> 
     assert render.clusters([c]).splitlines()[2].endswith("terminating")
     failed = msgspec.structs.replace(c, activity="launching", last_error="no capacity in fake-1")
     assert render.init_reason(failed) == "launching: no capacity in fake-1"
+
+
+def test_an_autostop_killed_while_the_provider_stops_is_finished_after_restart(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    fake_daemon(stix, stop_seconds=60)
+    quick = TASK.replace("'3600'", "'0'")
+    stix.run("launch", "-c", "x", "-y", "-d", "-i", "0", str(task_file(quick)), check=True)
+    wait_until(lambda: stix.clusters()["x"]["status"] == "AUTOSTOPPING", interval=0.1)
+    stix.kill_daemon()
+    assert machines(stix)["x"][0]["running"], "the stop was not in flight"
+    stix.env["STIX__FAKE__STOP_SECONDS"] = "0.5"
+    wait_until(lambda: stix.clusters()["x"]["status"] == "STOPPED", timeout=30, interval=0.2)
+    assert [n["running"] for n in machines(stix)["x"]] == [False]
+    why = [e["why"] for e in stix.json("events", "x") if e["to_state"] == "STOPPED"]
+    assert why == ["autostop: finishing it after a daemon restart"]
