@@ -79,8 +79,9 @@ def start_phase(
     waiter: Envelope | None = None,
 ) -> Phase:
     """Run `body` as the cluster's phase; what it returns (unless None: it answered itself)
-    answers the waiters, and so does its error. An error that is not a StixError still ends
-    the actor, as it would in the handler, for the supervisor to restart it."""
+    answers the waiters, and so does its error (a failed stop or down is in the row too). An
+    error that is not a StixError still ends the actor, as it would in the handler, for the
+    supervisor to restart it."""
     assert cluster.phases.current is None, f"{cluster.id}: a phase is running already"
     phase = Phase(name, [waiter] if waiter is not None else [])
     cluster.phases.current = phase
@@ -103,8 +104,8 @@ def start_phase(
         except StixError as exc:
             cluster.log.warning("phase_failed", phase=name, error=exc.message)
             answer(error_reply(exc))
-            if not phase.waiters:
-                raise  # nobody to tell: as a timer's message would, it ends the actor
+            if not phase.waiters and name == "launch":
+                raise  # a resumed launch's, nobody to tell: as before, it ends the actor
         except Exception as exc:
             answer(error_reply(exc))
             raise
