@@ -176,3 +176,20 @@ def test_an_autostop_killed_while_the_provider_stops_is_finished_after_restart(
     assert [n["running"] for n in machines(stix)["x"]] == [False]
     why = [e["why"] for e in stix.json("events", "x") if e["to_state"] == "STOPPED"]
     assert why == ["autostop: finishing it after a daemon restart"]
+
+
+def test_a_second_down_joins_the_first_and_a_stop_meanwhile_is_refused(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    fake_daemon(stix, terminate_seconds=3)
+    stix.run("launch", "-c", "x", "-y", "-d", str(task_file(TASK)), check=True)
+    first = stix.popen("down", "x", "-y")
+    wait_until(lambda: stix.clusters()["x"]["activity"] == "terminating", interval=0.1)
+    stop = stix.run("stop", "x", "-y")
+    assert stop.returncode == 4 and "is being terminated" in stop.stderr
+    second = stix.run("down", "x", "-y", check=True)
+    assert "x" not in stix.clusters()  # the second answered once the cluster was gone
+    assert "cluster x terminated" in second.stdout + second.stderr
+    first.communicate(timeout=30)
+    assert first.returncode == 0
+    assert "x" not in machines(stix)
