@@ -193,3 +193,18 @@ def test_a_second_down_joins_the_first_and_a_stop_meanwhile_is_refused(
     first.communicate(timeout=30)
     assert first.returncode == 0
     assert "x" not in machines(stix)
+
+
+def test_down_during_a_round_of_a_retrying_launch_ends_it_as_between_rounds(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    began = time.monotonic()
+    fake_daemon(stix, launch_seconds=LAUNCH_S, no_capacity_launches=10_000)
+    client = stix.popen("launch", "-c", "x", "-y", "--retry-until-up", str(task_file(TASK)))
+    wait_until(lambda: launching(stix, "x"), timeout=30, interval=0.1)
+    stix.run("down", "x", "-y", check=True)
+    code, err = ended(client)
+    assert time.monotonic() - began < LAUNCH_S, "down waited for the round to end"
+    assert code == 5 and "interrupted: down requested" in err
+    assert "stopped waiting for capacity" in err
+    assert "x" not in stix.clusters()

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from stixd.actors.cluster_retry import is_retrying
 from stixd.actors.cluster_states import C
 from stixd.runtime.actor import error_reply
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
-from stixproto.errors import Cancelled, StixError
+from stixproto.errors import Cancelled, ProvisionError, StixError
 
 if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor
@@ -97,10 +98,7 @@ def start_phase(
                 if reply is not None:
                     answer(reply)
             if phase.scope.cancelled_caught:
-                why = phase.interrupted_by or "the daemon is stopping"
-                answer(
-                    error_reply(Cancelled(f"the {name} of {cluster.id!r} was interrupted: {why}"))
-                )
+                answer(error_reply(interrupted(cluster, phase)))
         except StixError as exc:
             cluster.log.warning("phase_failed", phase=name, error=exc.message)
             answer(error_reply(exc))
@@ -116,6 +114,16 @@ def start_phase(
 
     cluster.start_soon(run)
     return phase
+
+
+def interrupted(cluster: ClusterActor, phase: Phase) -> StixError:
+    """What the waiters of an interrupted phase hear; a `--retry-until-up` launch, as when it
+    is stopped between two rounds (exit 5)."""
+    why = phase.interrupted_by or "the daemon is stopping"
+    text = f"the {phase.name} of {cluster.id!r} was interrupted: {why}"
+    if phase.name == "launch" and is_retrying(cluster):
+        return ProvisionError(f"{text}; it stopped waiting for capacity")
+    return Cancelled(text)
 
 
 async def interrupt(cluster: ClusterActor, why: str) -> Phase | None:
