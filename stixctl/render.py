@@ -75,11 +75,12 @@ REASON_WIDTH = 60
 
 
 def init_reason(c: m.ClusterRecord) -> str:
-    """Why a cluster is INIT, on one line: its last error (a node that does not answer, a
-    launch that failed), else that a launch or start is under way."""
+    """Why a cluster is INIT, on one line: what is under way (launching, stopping,
+    terminating) and its last error (a node that does not answer, a launch that failed)."""
     if c.status != "INIT":
         return ""
-    text = one_line(c.last_error or "launching")
+    said = [c.activity, c.last_error] if c.activity else [c.last_error or "launching"]
+    text = one_line(": ".join(x for x in said if x))
     return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 1] + "…"
 
 

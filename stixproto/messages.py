@@ -353,6 +353,9 @@ class ClusterRecord(msgspec.Struct, frozen=True):
     """The ports the cluster's launches asked to expose, reachable at ``head_ip``."""
     any_port: bool = False
     """Every port of the head node is reachable at ``head_ip`` (local: this machine)."""
+    activity: str | None = None
+    """What is under way: `launching`, `stopping` or `terminating` (then `status` is INIT, as
+    SkyPilot shows a cluster that may be live or down)."""
 
 
 class JobRecord(msgspec.Struct, frozen=True):

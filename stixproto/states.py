@@ -12,10 +12,23 @@ class ClusterStatus(enum.StrEnum):
     STOPPED = "STOPPED"
     # SkyPilot drops the row of a terminated cluster; stix keeps it as history.
     TERMINATED = "TERMINATED"
+    # A user's stop or down in flight, written before the provider is called, so a daemon
+    # restart finishes it. `status` shows them as SkyPilot does a cluster that may be live or
+    # down (`shown`), with what is under way as the record's activity.
+    STOPPING = "STOPPING"
+    TERMINATING = "TERMINATING"
 
     @property
     def is_terminal(self) -> bool:
         return self is ClusterStatus.TERMINATED
+
+    @property
+    def shown(self) -> str:
+        """The name `status` gives: SkyPilot's (INIT: "may be live or down"), so scripts that
+        read it keep working."""
+        if self in (ClusterStatus.STOPPING, ClusterStatus.TERMINATING):
+            return ClusterStatus.INIT.value
+        return self.value
 
 
 class JobStatus(enum.StrEnum):

@@ -150,3 +150,22 @@ def test_a_soft_block_is_used_only_when_nothing_else_is_left_and_a_preference_wi
     assert spec["placement"]["region"] == "fake-1"  # the lost region, as the last resort
     spec = cloud_spec(task, "fake", catalog, prefer_region="fake-3")
     assert spec["placement"]["region"] == "fake-3" and spec["hourly_price"] == 0.03
+
+
+async def test_with_a_machines_file_the_nodes_outlive_the_provider_as_a_clouds_do(
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "machines.json"
+    first = provider(machines_file=file)
+    await first.launch(request("c1", "fake-2", nodes=2))
+    await first.launch(request("c2", "fake-1"))
+    await first.stop("c2")
+    again = provider(machines_file=file)  # a daemon restarted
+    assert [n.status for n in await again.query("c1")] == [NodeStatus.RUNNING] * 2
+    assert [n.status for n in await again.query("c2")] == [NodeStatus.STOPPED]
+    assert again.region_of("c1") == "fake-2"
+    hello = await again.connector((await again.query("c1"))[1]).call("hello")
+    assert hello["rank"] == 1
+    await again.terminate("c1")
+    assert provider(machines_file=file).clusters() == ["c2"]
+    assert provider().clusters() == []  # without the file, a restart loses them

@@ -26,16 +26,26 @@ CLUSTER_EXPECTED = {
     # provisioning ends
     (C.INIT, E.PROVISIONED): C.UP,
     (C.INIT, E.PROVISION_FAILED): C.INIT,
-    # user stop / down, from every live state
-    (C.INIT, E.STOPPED): C.STOPPED,
-    (C.UP, E.STOPPED): C.STOPPED,
-    (C.AUTOSTOPPING, E.STOPPED): C.STOPPED,
-    (C.INIT, E.TERMINATED): C.TERMINATED,
-    (C.UP, E.TERMINATED): C.TERMINATED,
-    (C.AUTOSTOPPING, E.TERMINATED): C.TERMINATED,
-    (C.STOPPED, E.TERMINATED): C.TERMINATED,
-    # autostop
+    # user stop / down: the intent first, from every live state (a launch under way, too;
+    # a down overrides a stop or autostop in flight) ...
+    (C.INIT, E.STOP): C.STOPPING,
+    (C.UP, E.STOP): C.STOPPING,
+    (C.INIT, E.TERMINATE): C.TERMINATING,
+    (C.UP, E.TERMINATE): C.TERMINATING,
+    (C.AUTOSTOPPING, E.TERMINATE): C.TERMINATING,
+    (C.STOPPED, E.TERMINATE): C.TERMINATING,
+    (C.STOPPING, E.TERMINATE): C.TERMINATING,
+    # ... then the provider's answer: done, or refused (SkyPilot's INIT: may be live or down)
+    (C.STOPPING, E.STOPPED): C.STOPPED,
+    (C.TERMINATING, E.TERMINATED): C.TERMINATED,
+    (C.STOPPING, E.STOP_FAILED): C.INIT,
+    (C.TERMINATING, E.TERMINATE_FAILED): C.INIT,
+    # autostop: AUTOSTOPPING is its intent, then the same answers
     (C.UP, E.AUTOSTOP): C.AUTOSTOPPING,
+    (C.AUTOSTOPPING, E.STOPPED): C.STOPPED,
+    (C.AUTOSTOPPING, E.TERMINATED): C.TERMINATED,
+    (C.AUTOSTOPPING, E.STOP_FAILED): C.INIT,
+    (C.AUTOSTOPPING, E.TERMINATE_FAILED): C.INIT,
     # reconcile: what the provider reports wins over what the store says
     (C.INIT, E.FOUND_UP): C.UP,
     (C.AUTOSTOPPING, E.FOUND_UP): C.UP,
@@ -139,6 +149,15 @@ def test_every_state_event_pair(machine, states, events, expected) -> None:
             with pytest.raises(TransitionError):
                 machine.next(state, event)
     assert machine.table == expected
+
+
+def test_a_stop_or_down_in_flight_is_only_left_by_its_answer_or_a_down() -> None:
+    """No look at the infra moves an intent on: a restart finishes it instead."""
+    for state in (C.STOPPING, C.TERMINATING):
+        leaving = {e for (s, e) in ClusterActor.machine.table if s is state}
+        assert not any(e.value.startswith("found_") for e in leaving), state
+    assert C.STOPPING.shown == C.TERMINATING.shown == "INIT"
+    assert C.AUTOSTOPPING.shown == "AUTOSTOPPING" and C.UP.shown == "UP"
 
 
 def test_terminal_states_have_no_way_out_except_a_new_cluster() -> None:

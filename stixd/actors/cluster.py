@@ -3,19 +3,27 @@
 The row holds what the daemon decided (state, nodes, autostop, a launch in progress); the
 provider and the agents hold the truth, which `reconcile` reads before anything is acted on.
 A launch writes its intent first (`pending_launch`), so a daemon killed half-way finishes it
-after restart instead of leaving a half-made cluster or a job that never ran.
+after restart instead of leaving a half-made cluster or a job that never ran; so do stop and
+down (STOPPING, TERMINATING). Provisioning and the other long provider calls run as phases
+(`cluster_phases`), so the mailbox answers `status` meanwhile and `down` or `stop` interrupt
+a launch within a moment.
 
-This module holds the actor, its dispatch, and stop / start / down / cancel; the longer parts
+This module holds the actor, its dispatch, and start / cancel; the longer parts
 are functions taking the actor, each in its own module: `cluster_launch` (launch, provision
 with failover, exec), `cluster_observe` (provider and agent truth, lost nodes, agent upgrades),
-`cluster_autostop`; the events and transition table are in `cluster_states`.
+`cluster_autostop`, `cluster_ending` (stop and down); the events and transition table are
+in `cluster_states`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 import time
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from stixd.actors import quarantine
 from stixd.actors.cluster_autostop import (
@@ -25,8 +33,18 @@ from stixd.actors.cluster_autostop import (
     schedule_autostop,
     set_autostop,
 )
+from stixd.actors.cluster_ending import down, finish_intent, stop
 from stixd.actors.cluster_launch import exec_task, launch, provision, resume_launch, retry_launch
 from stixd.actors.cluster_observe import RECONCILE, HealthTick, observe, schedule_health
+from stixd.actors.cluster_phases import (
+    FinishIntent,
+    PhaseEnded,
+    Phases,
+    answers_while_busy,
+    busy,
+    phase_ended,
+    start_phase,
+)
 from stixd.actors.cluster_retry import RetryLaunch, StopRetrying, end_wait, stop_retrying
 from stixd.actors.cluster_states import CLUSTER_TRANSITIONS, C, E
 from stixd.actors.cluster_states import ClusterEvent as ClusterEvent  # where callers find it
@@ -34,8 +52,9 @@ from stixd.actors.job import ClusterGone, JobEvent
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, Provider
 from stixd.runtime.actor import Actor
+from stixd.runtime.clock import Clock
 from stixd.runtime.machine import Machine
-from stixd.runtime.mailbox import Envelope
+from stixd.runtime.mailbox import Envelope, Mailbox
 from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, InvalidRequest, JobNotFound
 from stixproto.states import ClusterStatus, JobStatus
@@ -59,6 +78,7 @@ class ClusterActor(Actor):
         self.app = app
         self.launch_waiter: Envelope | None = None
         """The request of a `--retry-until-up` launch waiting for its next round."""
+        self.phases = Phases()
 
     @staticmethod
     def is_terminal(state: Any) -> bool:
@@ -106,6 +126,9 @@ class ClusterActor(Actor):
     async def reconcile(self) -> None:
         if self.state is C.TERMINATED:
             return
+        if busy(self):  # a stop or down was under way
+            self.tell(FinishIntent())
+            return
         if self.state is C.INIT and self.row.data.get("pending_launch"):
             self.tell(Resume())
             return
@@ -113,16 +136,37 @@ class ClusterActor(Actor):
 
     # -- messages ------------------------------------------------------------------------
 
+    async def run(
+        self,
+        mailbox: Mailbox,
+        gate: anyio.CapacityLimiter | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        try:
+            await super().run(mailbox, gate, clock)
+        finally:  # a successor (after a crash) handles what this one kept
+            with contextlib.suppress(Exception):
+                while self.phases.kept:
+                    mailbox.put(self.phases.kept.popleft())
+
     async def handle(self, message: Any) -> None:
-        if isinstance(message, AutostopTick):
+        if busy(self) and not answers_while_busy(message):
+            self.phases.kept.append(message)  # a timer's tick too: at most one of each waits
+        elif isinstance(message, PhaseEnded):
+            await phase_ended(self, message)
+        elif isinstance(message, FinishIntent):
+            await finish_intent(self)
+        elif isinstance(message, AutostopTick):
             await autostop_tick(self)
         elif isinstance(message, HealthTick):
             if self.state in (C.UP, C.INIT) and not self.row.data.get("pending_launch"):
                 await observe(self, "health check")
         elif isinstance(message, Resume):
-            await resume_launch(self)
+            if self.state is C.INIT and self.row.data.get("pending_launch"):
+                start_phase(self, "launch", functools.partial(resume_launch, self))
         elif isinstance(message, RetryLaunch):
-            await retry_launch(self)
+            waiter = self.launch_waiter
+            start_phase(self, "launch", functools.partial(retry_launch, self), waiter)
         elif isinstance(message, StopRetrying):
             await stop_retrying(self, message)
         elif isinstance(message, Envelope):
@@ -137,18 +181,20 @@ class ClusterActor(Actor):
         if isinstance(req, m.Exec):
             return await exec_task(self, req, env)
         if isinstance(req, m.Status):
-            # a launch in flight has no nodes to look at yet (one waiting to retry, here)
-            if self.state is not C.TERMINATED and not self.row.data.get("pending_launch"):
+            # a launch in flight has no nodes to look at yet (one waiting to retry, here), and
+            # a phase under way is the one looking: answered from what is known
+            looked_at = self.state is not C.TERMINATED and not busy(self)
+            if looked_at and not self.row.data.get("pending_launch"):
                 await observe(self, "refresh")
             return m.OkReply()
         if self.state is C.TERMINATED:
             raise ClusterNotFound(f"cluster {self.id!r} does not exist")
         if isinstance(req, m.Stop):
-            return await self._stop(env)
+            return await stop(self, env)
         if isinstance(req, m.Start):
             return await self._start(req, env)
         if isinstance(req, m.Down):
-            return await self._down(env)
+            return await down(self, env)
         if isinstance(req, m.Autostop):
             return await set_autostop(self, req)
         if isinstance(req, m.Cancel):
@@ -169,21 +215,15 @@ class ClusterActor(Actor):
             return {"up_since": time.time()}
         return {}
 
-    async def _stop(self, env: Envelope) -> m.OkReply:
-        if self.state is C.STOPPED:
-            return m.OkReply(f"cluster {self.id} is already stopped")
-        env.progress(m.Progress(f"Stopping {self.id}..."))
-        await self.provider.stop(self.id)
-        await self.transition(E.STOPPED, "stop requested", **self._accounting(C.STOPPED))
-        await self._end_jobs(JobEvent.CANCELLED, "cluster stopped")
-        self.cancel_timer("autostop")
-        return m.OkReply(f"cluster {self.id} stopped")
-
-    async def _start(self, req: m.Start, env: Envelope) -> m.OkReply:
+    async def _start(self, req: m.Start, env: Envelope) -> m.OkReply | None:
         if self.state is C.UP:
             return m.OkReply(f"cluster {self.id} is already UP")
         if self.state is C.STOPPED:
             await self.transition(E.START, "start requested")
+        start_phase(self, "start", functools.partial(self._bring_up, req, env), env)
+        return None
+
+    async def _bring_up(self, req: m.Start, env: Envelope) -> m.OkReply:
         num_nodes = int(self.row.spec.get("num_nodes", 1))
         nodes = await provision(self, num_nodes, env)
         await apply_autostop_request(self, req.idle_minutes, req.down, nodes)
@@ -191,16 +231,6 @@ class ClusterActor(Actor):
         schedule_autostop(self)
         schedule_health(self)
         return m.OkReply(f"cluster {self.id} is UP")
-
-    async def _down(self, env: Envelope) -> m.OkReply:
-        env.progress(m.Progress(f"Terminating {self.id}..."))
-        await self.provider.terminate(self.id)
-        await self.transition(
-            E.TERMINATED, "down requested", nodes=[], **self._accounting(C.TERMINATED)
-        )
-        await self._end_jobs(JobEvent.CANCELLED, "cluster terminated")
-        self.cancel_timer("autostop")
-        return m.OkReply(f"cluster {self.id} terminated")
 
     async def _end_jobs(self, event: JobEvent, why: str, lost_rank: int | None = None) -> None:
         gone = ClusterGone(event, why, lost_rank=lost_rank)

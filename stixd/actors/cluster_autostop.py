@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from stixd.actors.cluster_ending import end_idle
 from stixd.actors.cluster_states import C, E
-from stixd.actors.job import JobEvent
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
 from stixproto import messages as m
@@ -107,17 +107,6 @@ async def autostop_tick(cluster: ClusterActor) -> None:
     if since is None or time.time() - since < limit:
         schedule_autostop(cluster)
         return
-    down = bool(setting.get("down"))
-    await cluster.transition(
-        E.AUTOSTOP,
-        f"idle for {(time.time() - since) / 60:.2f} min (limit {setting['idle_minutes']:g})",
-    )
-    if down:
-        await cluster.provider.terminate(cluster.id)
-        await cluster.transition(
-            E.TERMINATED, "autostop --down", nodes=[], **cluster._accounting(C.TERMINATED)
-        )
-    else:
-        await cluster.provider.stop(cluster.id)
-        await cluster.transition(E.STOPPED, "autostop", **cluster._accounting(C.STOPPED))
-    await cluster._end_jobs(JobEvent.CANCELLED, "cluster autostopped")
+    idle = f"idle for {(time.time() - since) / 60:.2f} min (limit {setting['idle_minutes']:g})"
+    await cluster.transition(E.AUTOSTOP, idle)  # the intent: AUTOSTOPPING, then the phase
+    end_idle(cluster, bool(setting.get("down")), idle)

@@ -15,6 +15,7 @@ import msgspec
 
 from stixd.actors.cluster_autostop import apply_autostop_request, schedule_autostop
 from stixd.actors.cluster_observe import ensure_agents_current, schedule_health
+from stixd.actors.cluster_phases import start_phase
 from stixd.actors.cluster_ports import open_task_ports
 from stixd.actors.cluster_retry import client_gone, give_up, is_retrying, wait_and_retry
 from stixd.actors.cluster_states import C, E
@@ -84,7 +85,9 @@ async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.Launc
             f"--retry-until-up); `{names.command('down', cluster.id)}` stops it"
         )
     job_id = await begin_launch(cluster, req, provider, pool)
-    return await finish_launch(cluster, req, job_id, env)
+    body = functools.partial(finish_launch, cluster, req, job_id, env)
+    start_phase(cluster, "launch", body, env)  # answers when done; `down` may interrupt it
+    return None
 
 
 def wants_job(task: Task, with_setup: bool) -> bool:

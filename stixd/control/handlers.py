@@ -32,6 +32,7 @@ from stixproto.errors import (
     InvalidRequest,
 )
 from stixproto.names import command
+from stixproto.states import ClusterStatus
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
@@ -152,7 +153,7 @@ def cluster_record(
     nodes = data.get("nodes") or []
     return m.ClusterRecord(
         name=row.id,
-        status=row.state,
+        status=ClusterStatus(row.state).shown,
         infra=infra_label(provider, spec.get("pool")),
         num_nodes=int(spec.get("num_nodes", 1)),
         resources=spec.get("resources", ""),
@@ -167,7 +168,17 @@ def cluster_record(
         owner=owner.label if owner else None,
         ports=list((placement["ports"] if placement else spec.get("ports")) or []),
         any_port=any_port,
+        activity=cluster_activity(row),
     )
+
+
+def cluster_activity(row: Row) -> str | None:
+    state = ClusterStatus(row.state)
+    if state in (ClusterStatus.STOPPING, ClusterStatus.TERMINATING):
+        return state.value.lower()
+    if state is ClusterStatus.INIT and row.data.get("pending_launch"):
+        return "launching"
+    return None
 
 
 async def _refresh(app: App, names: list[str], req: m.Status, emit: Emit) -> None:

@@ -20,3 +20,8 @@ class FakeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     no_capacity_regions: tuple[str, ...] = ()
     no_capacity_launches: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0
     run_seconds: Seconds = 3600.0
+    stop_seconds: Seconds = 0.0
+    terminate_seconds: Seconds = 0.0
+    persist: bool = False
+    """Keep the fake machines in a file of the stix home, so they outlive a daemon restart as a
+    cloud's do (a test that kills the daemon mid-call then sees what is left)."""

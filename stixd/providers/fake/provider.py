@@ -4,12 +4,15 @@ A launch makes ``FakeNode``s (stixd/providers/fake/agent.py) after a configurabl
 the region its placement names; a region listed as having no capacity fails with a
 ``CapacityError`` that blocks it, so the launcher fails over as on a real cloud. ``preempt``
 makes nodes vanish: ``query`` reports them gone and their agents stop answering, as after a
-spot preemption. The planner sees the regions through a generated catalog file (one instance
-type, priced in region order), so a fake launch takes the same planning path as a cloud one.
+spot preemption. Stop and terminate take their own configurable time, and with a
+``machines_file`` the nodes (not their jobs) outlive the daemon, as a cloud's machines do.
+The planner sees the regions through a generated catalog file (one instance type, priced in
+region order), so a fake launch takes the same planning path as a cloud one.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Iterable
@@ -82,6 +85,9 @@ class FakeProvider:
         no_capacity_regions: Iterable[str] = (),
         no_capacity_launches: int = 0,
         run_seconds: float = 3600.0,
+        stop_seconds: float = 0.0,
+        terminate_seconds: float = 0.0,
+        machines_file: Path | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.regions = tuple(regions)
@@ -99,6 +105,10 @@ class FakeProvider:
         self._lost: dict[str, list[NodeLoss]] = {}
         self.launches: dict[str, int] = {}
         """Launch calls per region that made nodes (for tests and the benchmark)."""
+        self.stop_seconds = stop_seconds
+        self.terminate_seconds = terminate_seconds
+        self._machines_file = machines_file
+        self._load()
 
     # -- what tests and the benchmark see ------------------------------------------------
 
@@ -183,16 +193,20 @@ class FakeProvider:
             made.append(node)
         self._clusters[req.cluster] = made
         self.launches[region] = self.launches.get(region, 0) + 1
+        self._save()
         return [self._info(n) for n in made]
 
     async def query(self, cluster: str) -> list[NodeInfo]:
         return [self._info(n) for n in self._clusters.get(cluster, [])]
 
     async def stop(self, cluster: str) -> None:
+        if self.stop_seconds:
+            await anyio.sleep(self.stop_seconds)
         for node in self._clusters.get(cluster, []):
             node.cancel(None)
             node.running = False
             node.changed()
+        self._save()
 
     def _resume(self, cluster: str) -> list[NodeInfo]:
         """The nodes of a cluster that exists, running again if stopped."""
@@ -202,9 +216,12 @@ class FakeProvider:
                 node.running = True
                 node.booted_at = self._clock()
                 node.changed()
+        self._save()
         return [self._info(n) for n in nodes]
 
     async def terminate(self, cluster: str) -> None:
+        if self.terminate_seconds and cluster in self._clusters:
+            await anyio.sleep(self.terminate_seconds)
         self._forget(cluster)
         self._lost.pop(cluster, None)
 
@@ -221,6 +238,46 @@ class FakeProvider:
             self._by_address.pop(node.address, None)
             node.running = False
             node.changed()  # long polls wake, find the node gone, and say so
+        self._save()
+
+    def _save(self) -> None:
+        """Write the machines down (with a ``machines_file``): what a cloud would still hold
+        if the daemon died now."""
+        if self._machines_file is None:
+            return
+        clusters = {
+            name: [{"rank": n.rank, "region": n.region, "running": n.running} for n in nodes]
+            for name, nodes in self._clusters.items()
+        }
+        self._machines_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._machines_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"serial": self._serial, "clusters": clusters}))
+        tmp.replace(self._machines_file)
+
+    def _load(self) -> None:
+        """The machines an earlier daemon left (their jobs are not kept: agents start empty)."""
+        if self._machines_file is None or not self._machines_file.is_file():
+            return
+        saved = json.loads(self._machines_file.read_text())
+        self._serial = int(saved["serial"]) + 1
+        now = self._clock()
+        for name, nodes in saved["clusters"].items():
+            made = []
+            for n in nodes:
+                address = f"fake://{n['region']}/{name}/{self._serial}/{n['rank']}"
+                node = FakeNode(
+                    cluster=name,
+                    rank=int(n["rank"]),
+                    region=str(n["region"]),
+                    address=address,
+                    build=self._build,
+                    clock=self._clock,
+                    booted_at=now,
+                    running=bool(n["running"]),
+                )
+                self._by_address[address] = node
+                made.append(node)
+            self._clusters[name] = made
 
     def _info(self, node: FakeNode) -> NodeInfo:
         return NodeInfo(
@@ -248,4 +305,7 @@ def from_config(home: Path, cfg: FakeConfig, build: str) -> FakeProvider:
         no_capacity_regions=cfg.no_capacity_regions,
         no_capacity_launches=cfg.no_capacity_launches,
         run_seconds=cfg.run_seconds,
+        stop_seconds=cfg.stop_seconds,
+        terminate_seconds=cfg.terminate_seconds,
+        machines_file=home / NAME / "machines.json" if cfg.persist else None,
     )

@@ -1,0 +1,134 @@
+"""Stopping and terminating a cluster: the intent (STOPPING, TERMINATING, AUTOSTOPPING) is
+written before the provider is called, and the call runs as a phase.
+
+A `down` or `stop` interrupts a launch or start under way, then stops or terminates whatever
+it had made: the provider finds a cluster's machines by its name and tags, even those of a
+launch that never returned. A daemon killed during the call finishes the intent after restart
+(`FinishIntent`), since stop and terminate are idempotent.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import anyio
+
+from stixd.actors.cluster_phases import Phase, interrupt, start_phase
+from stixd.actors.cluster_states import C, ClusterEvent, E
+from stixd.actors.job import JobEvent
+from stixd.runtime.mailbox import Envelope
+from stixproto import messages as m
+from stixproto import names
+from stixproto.errors import ClusterNotUp, ProvisionError
+
+if TYPE_CHECKING:
+    from stixd.actors.cluster import ClusterActor
+
+RESTARTED = "finishing it after a daemon restart"
+
+
+async def down(cluster: ClusterActor, env: Envelope) -> m.OkReply | None:
+    current = cluster.phases.current
+    if current is not None and current.name == "terminate":
+        current.waiters.append(env)  # answered with the first `down`
+        return None
+    launching = current is not None and current.name in ("launch", "start")
+    await interrupt(cluster, "down requested")
+    env.progress(m.Progress(f"Terminating {cluster.id}..."))
+    why = "down requested during its launch" if launching else "down requested"
+    if cluster.state is not C.TERMINATING:
+        await cluster.transition(E.TERMINATE, why, **cluster._accounting(C.TERMINATING))
+    begin_terminate(cluster, why, env)
+    return None
+
+
+async def stop(cluster: ClusterActor, env: Envelope) -> m.OkReply | None:
+    current = cluster.phases.current
+    if cluster.state is C.TERMINATING or (current is not None and current.name == "terminate"):
+        raise ClusterNotUp(f"cluster {cluster.id!r} is being terminated")
+    if current is not None and current.name == "stop":
+        current.waiters.append(env)
+        return None
+    if cluster.state is C.STOPPED and current is None:
+        return m.OkReply(f"cluster {cluster.id} is already stopped")
+    launching = current is not None
+    await interrupt(cluster, "stop requested")
+    env.progress(m.Progress(f"Stopping {cluster.id}..."))
+    why = "stop requested during its launch" if launching else "stop requested"
+    if cluster.state not in (C.STOPPING, C.AUTOSTOPPING):
+        await cluster.transition(E.STOP, why, **cluster._accounting(C.STOPPING))
+    begin_stop(cluster, why, env)
+    return None
+
+
+def begin_terminate(cluster: ClusterActor, why: str, env: Envelope | None = None) -> Phase:
+    return start_phase(cluster, "terminate", functools.partial(terminate, cluster, why), env)
+
+
+def begin_stop(cluster: ClusterActor, why: str, env: Envelope | None = None) -> Phase:
+    return start_phase(cluster, "stop", functools.partial(stop_nodes, cluster, why), env)
+
+
+async def finish_intent(cluster: ClusterActor) -> None:
+    """After a restart: finish the stop, down or autostop the row says was under way."""
+    if cluster.phases.current is not None:
+        return  # a `down` or `stop` came first and is at it
+    if cluster.state is C.TERMINATING:
+        begin_terminate(cluster, f"down: {RESTARTED}")
+    elif cluster.state is C.STOPPING:
+        begin_stop(cluster, f"stop: {RESTARTED}")
+    elif cluster.state is C.AUTOSTOPPING:
+        end_idle(cluster, bool((cluster.row.data.get("autostop") or {}).get("down")), RESTARTED)
+
+
+def end_idle(cluster: ClusterActor, down: bool, why: str) -> None:
+    """Autostop's stop or down, once the cluster is AUTOSTOPPING."""
+    if down:
+        begin_terminate(cluster, f"autostop --down: {why}")
+    else:
+        begin_stop(cluster, f"autostop: {why}")
+
+
+async def terminate(cluster: ClusterActor, why: str) -> m.OkReply:
+    """Shielded: a terminate begun is finished and recorded, even as the daemon stops."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await cluster.provider.terminate(cluster.id)
+        except (ProvisionError, OSError) as exc:
+            raise ProvisionError(await failed(cluster, E.TERMINATE_FAILED, "down", exc)) from None
+        await cluster.transition(E.TERMINATED, why, nodes=[])
+        await cluster._end_jobs(JobEvent.CANCELLED, ended_why(why, "terminated"))
+    cluster.cancel_timer("autostop")
+    return m.OkReply(f"cluster {cluster.id} terminated")
+
+
+async def stop_nodes(cluster: ClusterActor, why: str) -> m.OkReply:
+    """Not shielded: a `down` may interrupt it (the STOPPING row says what to finish)."""
+    try:
+        await cluster.provider.stop(cluster.id)
+    except (ProvisionError, OSError) as exc:
+        with anyio.CancelScope(shield=True):
+            note = await failed(cluster, E.STOP_FAILED, "stop", exc)
+        raise ProvisionError(note) from None
+    with anyio.CancelScope(shield=True):
+        await cluster.transition(E.STOPPED, why)
+        await cluster._end_jobs(JobEvent.CANCELLED, ended_why(why, "stopped"))
+    cluster.cancel_timer("autostop")
+    return m.OkReply(f"cluster {cluster.id} stopped")
+
+
+def ended_why(why: str, what: str) -> str:
+    if why.startswith("autostop"):
+        return "cluster autostopped"
+    if "during its launch" in why:
+        return f"cluster {what} during its launch ({why})"
+    return f"cluster {what}"
+
+
+async def failed(cluster: ClusterActor, event: ClusterEvent, verb: str, exc: BaseException) -> str:
+    """The provider refused: the cluster may be live or down (INIT) until a look says."""
+    text = exc.message if isinstance(exc, ProvisionError) else str(exc)
+    note = f"{verb} of {cluster.id} failed: {text}; run `{names.command(verb, cluster.id)}` again"
+    await cluster.transition(event, note, last_error=note)
+    return note
