@@ -144,15 +144,19 @@ class Actor(abc.ABC):
         why: str = "",
         record_event: bool = True,
     ) -> None:
-        new_spec = self.spec if spec is None else spec
-        spec_stored, spec_read = self._written(new_spec, {}, "spec")
-        data_stored, data_read = self._written(self.data, data, "data")
+        """One write of the row: a new spec and data fields (None and {}: unchanged)."""
+        spec_stored, spec_read = (
+            (None, self.spec) if spec is None else self._written(spec, {}, "spec")
+        )
+        data_stored, data_read = (
+            (None, self.data) if not data else self._written(self.data, data, "data")
+        )
         self._row = await self.store.update(
             self.row,
             event=event,
             state=None if state is None else state.value,
             terminal=None if state is None else self.is_terminal(state),
-            spec=None if spec is None else spec_stored,
+            spec=spec_stored,
             data=data_stored,
             why=why,
             record_event=record_event,
