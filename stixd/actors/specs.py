@@ -7,8 +7,9 @@ type, or a number out of its bounds, is found by the same decode the actor uses.
 
 Every field has the default an earlier version meant by leaving it out (rows written before
 the field existed still load); a field an actor always wrote and reads without a fallback is
-required. Keys no field names are ignored when read (and not written back). Nested values other code builds and reads
-as plain data (a node, a placement, a task, an agent's submit payload) stay dicts here.
+required. Keys no field names are ignored when read (and not written back). Nested values
+other code builds and reads as plain data (a node, a placement, a task, an agent's submit
+payload) stay dicts here.
 """
 
 from __future__ import annotations
