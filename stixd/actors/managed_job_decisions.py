@@ -15,7 +15,7 @@ from stixd.actors.managed_job_phases import (
     watch,
 )
 from stixd.actors.recovery import run_place
-from stixd.actors.specs import ClusterSpec, spec_of
+from stixd.actors.specs import ClusterSpec, spec_or_none
 from stixproto.states import JobStatus
 from stixproto.states import ManagedJobStatus as S
 
@@ -31,7 +31,8 @@ async def on_up(managed: ManagedJobActor, msg: Up) -> None:
         return
     run = managed.data.run + 1
     row = await managed.app.store.get("cluster", managed.cluster)
-    infra, region = run_place(spec_of(row, ClusterSpec) if row is not None else ClusterSpec())
+    spec = spec_or_none(row, ClusterSpec) if row is not None else None
+    infra, region = run_place(spec or ClusterSpec())
     await managed.save(
         cluster_uid=msg.uid,
         cluster_job_id=msg.job_id,

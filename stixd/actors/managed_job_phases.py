@@ -25,7 +25,8 @@ from stixd.actors.managed_job_events import (
     Up,
 )
 from stixd.actors.recovery import relaunch_hints
-from stixd.actors.specs import ClusterData, JobData, JobSpec, data_of, spec_of, state_of
+from stixd.actors.specs import ClusterData, JobData, JobSpec, data_or_none, spec_or_none, state_of
+from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest, InvalidTask, ProvisionError, StixError
 from stixproto.states import ClusterStatus, JobStatus
@@ -99,33 +100,39 @@ async def bring_up(managed: ManagedJobActor) -> None:
     if row is None or row.terminal:
         managed.tell(LaunchFailed(f"cluster {managed.cluster} went away as it came up", False))
         return
-    managed.tell(Up(uid=str(data_of(row, ClusterData).uid), job_id=result.job_id))
+    managed.tell(Up(uid=str(_cluster_data(row).uid), job_id=result.job_id))
+
+
+def _cluster_data(row: Row) -> ClusterData:
+    """What a cluster row says; a damaged row (quarantined by its own actor) says nothing."""
+    return data_or_none(row, ClusterData) or ClusterData()
 
 
 async def adopt(managed: ManagedJobActor) -> Up | None:
     row = await managed.app.store.get("cluster", managed.cluster)
     if row is None or row.terminal:
         return None
-    if data_of(row, ClusterData).pending_launch:  # the cluster actor finishes it after a restart
+    if _cluster_data(row).pending_launch:  # the cluster actor finishes it after a restart
         row = await managed.app.watch.wait_for(
             "cluster",
             managed.cluster,
-            lambda r: r is None or not data_of(r, ClusterData).pending_launch,
+            lambda r: r is None or not _cluster_data(r).pending_launch,
         )
         if row is None or row.terminal:
             return None
-    uid = data_of(row, ClusterData).uid
+    uid = _cluster_data(row).uid
     since = managed.data.attempt_at or 0.0
     ours = managed._task_id()
-    jobs = [  # a pool worker also runs other jobs: only this attempt's run of this task
-        j
+    runs = [  # a pool worker also runs other jobs: only this attempt's run of this task
+        spec.job_id
         for j in await managed.app.store.rows("job", parent=uid)
-        if j.created_at >= since and spec_of(j, JobSpec).submit.get("task_id") == ours
+        if j.created_at >= since
+        and (spec := spec_or_none(j, JobSpec)) is not None
+        and spec.submit.get("task_id") == ours
     ]
-    if not jobs:
+    if not runs:
         return None
-    first = min(jobs, key=lambda j: spec_of(j, JobSpec).job_id)
-    return Up(uid=str(uid), job_id=spec_of(first, JobSpec).job_id)
+    return Up(uid=str(uid), job_id=min(runs))
 
 
 async def watch(managed: ManagedJobActor) -> None:
@@ -147,7 +154,8 @@ async def watch(managed: ManagedJobActor) -> None:
         return
     events = await managed.app.store.events("job", row_id, 1)
     why = events[-1].why if events else done.state
-    code = data_of(done, JobData).exit_code
+    ended = data_or_none(done, JobData)
+    code = ended.exit_code if ended is not None else None
     managed.tell(Ended(JobStatus(done.state), why, code))
 
 

@@ -29,7 +29,8 @@ MAX_POOL_WORKERS = 10_000
 Count = Annotated[int, Meta(ge=0, le=MAX_ID)]
 """A counter (restarts, recoveries, runs, a task's index): never negative, never beyond what a
 client's float can hold exactly."""
-Nodes = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+Size = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+"""How many of something there are (nodes, jobs of one launch): at least one."""
 Rank = Annotated[int, Meta(ge=0, le=MAX_COUNT - 1)]
 Workers = Annotated[int, Meta(ge=0, le=MAX_POOL_WORKERS)]
 
@@ -49,7 +50,7 @@ class ClusterSpec(_Record, frozen=True, kw_only=True):
 
     provider: str = "local"
     pool: str | None = None
-    num_nodes: Nodes = 1
+    num_nodes: Size = 1
     resources: str = ""
     hourly_price: float = 0.0
     """Per node."""
@@ -136,7 +137,7 @@ class ManagedJobSpec(_Record, frozen=True, kw_only=True):
     submitted_at: float | None = None
     resources: str = ""
     pool: str | None = None
-    num_jobs: Nodes = 1
+    num_jobs: Size = 1
     job_rank: Count = 0
     cluster: str | None = None
 
