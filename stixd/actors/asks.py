@@ -10,6 +10,7 @@ from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, InternalError, error_from_code
+from stixproto.states import ClusterStatus as C
 
 if TYPE_CHECKING:
     from stixd.app import App
@@ -31,7 +32,7 @@ async def ask_cluster(
             raise ClusterNotFound(f"cluster {name!r} does not exist")
         try:
             row = await app.store.insert(
-                Row(kind="cluster", id=name, state="TERMINATED", terminal=True, version=0),
+                Row(kind="cluster", id=name, state=C.TERMINATED.value, terminal=True, version=0),
                 "created",
             )
         except RowExists:

@@ -49,6 +49,7 @@ from stixd.actors.cluster_retry import RetryLaunch, StopRetrying, end_wait, stop
 from stixd.actors.cluster_states import CLUSTER_TRANSITIONS, C, E
 from stixd.actors.cluster_states import ClusterEvent as ClusterEvent  # where callers find it
 from stixd.actors.job import ClusterGone, JobEvent
+from stixd.actors.specs import ClusterData, ClusterSpec, state_of
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, Provider
 from stixd.runtime.actor import Actor
@@ -72,6 +73,10 @@ class ClusterActor(Actor):
     kind = "cluster"
     machine = Machine("cluster", CLUSTER_TRANSITIONS)
     state_type = ClusterStatus
+    spec_type = ClusterSpec
+    data_type = ClusterData
+    spec: ClusterSpec
+    data: ClusterData
 
     def __init__(self, row: Any, app: App) -> None:
         super().__init__(row, app.store, app.log)
@@ -92,7 +97,7 @@ class ClusterActor(Actor):
         event: enum.Enum,
         why: str = "",
         *,
-        new_spec: dict[str, Any] | None = None,
+        new_spec: ClusterSpec | None = None,
         **data: Any,
     ) -> Any:
         """Only INIT resumes a launch: leaving it any other way (down, stop, found gone) drops
@@ -100,26 +105,26 @@ class ClusterActor(Actor):
         dropped = (
             self.machine.next(self.state, event) is not C.INIT
             and "pending_launch" not in data
-            and bool(self.row.data.get("pending_launch"))
+            and self.data.pending_launch is not None
         )
         if dropped:
             data["pending_launch"] = None
         state = await super().transition(event, why, new_spec=new_spec, **data)
         if dropped:
-            end_wait(self, state.value)
+            end_wait(self, state)
             await self.store.forget_overwritten()
         return state
 
     def _config(self) -> Config:
-        return self.app.config_for(self.row.data.get("config_layers") or [])
+        return self.app.config_for(self.data.config_layers)
 
     @property
     def provider(self) -> Provider:
-        return self.app.provider(self.row.spec.get("provider", self.app.default_infra))
+        return self.app.provider(self.spec.provider)
 
     @property
     def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo.from_dict(n) for n in self.row.data.get("nodes", [])]
+        return [NodeInfo.from_dict(n) for n in self.data.nodes]
 
     # -- reconcile -----------------------------------------------------------------------
 
@@ -129,7 +134,7 @@ class ClusterActor(Actor):
         if busy(self):  # a stop or down was under way
             self.tell(FinishIntent())
             return
-        if self.state is C.INIT and self.row.data.get("pending_launch"):
+        if self.state is C.INIT and self.data.pending_launch:
             self.tell(Resume())
             return
         await observe(self, RECONCILE)
@@ -159,10 +164,10 @@ class ClusterActor(Actor):
         elif isinstance(message, AutostopTick):
             await autostop_tick(self)
         elif isinstance(message, HealthTick):
-            if self.state in (C.UP, C.INIT) and not self.row.data.get("pending_launch"):
+            if self.state in (C.UP, C.INIT) and not self.data.pending_launch:
                 await observe(self, "health check")
         elif isinstance(message, Resume):
-            if self.state is C.INIT and self.row.data.get("pending_launch"):
+            if self.state is C.INIT and self.data.pending_launch:
                 start_phase(self, "launch", functools.partial(resume_launch, self))
         elif isinstance(message, RetryLaunch):
             waiter = self.launch_waiter
@@ -184,7 +189,7 @@ class ClusterActor(Actor):
             # a launch in flight has no nodes to look at yet (one waiting to retry, here), and
             # a phase under way is the one looking: answered from what is known
             looked_at = self.state is not C.TERMINATED and not busy(self)
-            if looked_at and not self.row.data.get("pending_launch"):
+            if looked_at and not self.data.pending_launch:
                 await observe(self, "refresh")
             return m.OkReply()
         if self.state is C.TERMINATED:
@@ -205,10 +210,10 @@ class ClusterActor(Actor):
 
     def _accounting(self, new_state: ClusterStatus) -> dict[str, Any]:
         """Active time for cost-report: closes the UP interval when leaving UP."""
-        data = self.row.data
-        if self.state is C.UP and new_state is not C.UP and data.get("up_since"):
+        data = self.data
+        if self.state is C.UP and new_state is not C.UP and data.up_since:
             return {
-                "active_seconds": data.get("active_seconds", 0.0) + time.time() - data["up_since"],
+                "active_seconds": data.active_seconds + time.time() - data.up_since,
                 "up_since": None,
             }
         if new_state is C.UP and self.state is not C.UP:
@@ -224,7 +229,7 @@ class ClusterActor(Actor):
         return None
 
     async def _bring_up(self, req: m.Start, env: Envelope) -> m.OkReply:
-        num_nodes = int(self.row.spec.get("num_nodes", 1))
+        num_nodes = self.spec.num_nodes
         nodes = await provision(self, num_nodes, env)
         await apply_autostop_request(self, req.idle_minutes, req.down, nodes)
         await self.transition(E.PROVISIONED, "started", up_since=time.time(), last_error=None)
@@ -234,17 +239,17 @@ class ClusterActor(Actor):
 
     async def _end_jobs(self, event: JobEvent, why: str, lost_rank: int | None = None) -> None:
         gone = ClusterGone(event, why, lost_rank=lost_rank)
-        await quarantine.end_jobs(self.app, self.id, self.row.data.get("uid"), gone)
+        await quarantine.end_jobs(self.app, self.id, self.data.uid, gone)
 
     # -- cancel --------------------------------------------------------------------------
 
     async def _cancel(self, req: m.Cancel) -> m.Cancelled:
-        jobs = await quarantine.cluster_jobs(self.app, self.id, self.row.data.get("uid"))
+        jobs = await quarantine.cluster_jobs(self.app, self.id, self.data.uid)
         by_id = {quarantine.job_number(j.id): j for j in jobs}
         if req.all:
             wanted = [i for i, j in by_id.items() if not j.terminal]
         elif not req.job_ids:  # SkyPilot's job queue: the latest job that is RUNNING
-            running = [i for i, j in by_id.items() if j.state == JobStatus.RUNNING.value]
+            running = [i for i, j in by_id.items() if state_of(j, JobStatus) is JobStatus.RUNNING]
             wanted = [max(running)] if running else []
         else:
             missing = [i for i in req.job_ids if i not in by_id]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from stixd.actors.cluster_ending import end_idle
 from stixd.actors.cluster_states import C, E
+from stixd.actors.specs import Autostop
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
 from stixproto import messages as m
@@ -39,7 +40,7 @@ async def apply_autostop_request(
             return
         if idle_minutes is None:
             idle_minutes = 0.0  # --down alone: torn down as soon as its jobs are done
-    setting = {"idle_minutes": float(idle_minutes), "down": down} if idle_minutes >= 0 else None
+    setting = Autostop(idle_minutes=float(idle_minutes), down=down) if idle_minutes >= 0 else None
     await cluster.save(autostop=setting, idle_since=None)
     await push_autostop(cluster, nodes)
 
@@ -51,7 +52,8 @@ async def set_autostop(cluster: ClusterActor, req: m.Autostop) -> m.OkReply:
         cluster.cancel_timer("autostop")
         return m.OkReply(f"autostop cancelled for {cluster.id}")
     minutes = req.idle_minutes if req.idle_minutes is not None else 5.0
-    await cluster.save(autostop={"idle_minutes": float(minutes), "down": req.down}, idle_since=None)
+    setting = Autostop(idle_minutes=float(minutes), down=req.down)
+    await cluster.save(autostop=setting, idle_since=None)
     await push_autostop(cluster)
     schedule_autostop(cluster)
     action = "torn down" if req.down else "stopped"
@@ -60,15 +62,15 @@ async def set_autostop(cluster: ClusterActor, req: m.Autostop) -> m.OkReply:
 
 async def push_autostop(cluster: ClusterActor, nodes: list[NodeInfo] | None = None) -> None:
     """The agents keep the setting too: their dead-man's switch needs no daemon."""
-    setting = cluster.row.data.get("autostop")
+    setting = cluster.data.autostop
     grace = cluster._config().autostop.grace_minutes
     for node in nodes if nodes is not None else cluster.nodes:
         try:
             await cluster.provider.connector(node).call(
                 "autostop",
                 deadline=5,
-                idle_minutes=setting["idle_minutes"] if setting else None,
-                down=bool(setting and setting["down"]),
+                idle_minutes=setting.idle_minutes if setting else None,
+                down=bool(setting and setting.down),
                 grace_minutes=grace,
             )
         except (AgentUnreachable, AgentError) as exc:
@@ -76,9 +78,9 @@ async def push_autostop(cluster: ClusterActor, nodes: list[NodeInfo] | None = No
 
 
 def schedule_autostop(cluster: ClusterActor) -> None:
-    setting = cluster.row.data.get("autostop")
+    setting = cluster.data.autostop
     if setting and cluster.state is C.UP:
-        cluster.after("autostop", autostop_period(setting["idle_minutes"]), AutostopTick())
+        cluster.after("autostop", autostop_period(setting.idle_minutes), AutostopTick())
 
 
 async def cluster_idle_since(cluster: ClusterActor) -> float | None:
@@ -97,16 +99,16 @@ async def cluster_idle_since(cluster: ClusterActor) -> float | None:
 
 
 async def autostop_tick(cluster: ClusterActor) -> None:
-    setting = cluster.row.data.get("autostop")
+    setting = cluster.data.autostop
     if not setting or cluster.state is not C.UP:
         return
     since = await cluster_idle_since(cluster)
-    if since != cluster.row.data.get("idle_since"):
+    if since != cluster.data.idle_since:
         await cluster.save(idle_since=since)
-    limit = setting["idle_minutes"] * 60
+    limit = setting.idle_minutes * 60
     if since is None or time.time() - since < limit:
         schedule_autostop(cluster)
         return
-    idle = f"idle for {(time.time() - since) / 60:.2f} min (limit {setting['idle_minutes']:g})"
+    idle = f"idle for {(time.time() - since) / 60:.2f} min (limit {setting.idle_minutes:g})"
     await cluster.transition(E.AUTOSTOP, idle)  # the intent: AUTOSTOPPING, then the phase
-    end_idle(cluster, bool(setting.get("down")), idle)
+    end_idle(cluster, setting.down, idle)

@@ -79,7 +79,7 @@ async def finish_intent(cluster: ClusterActor) -> None:
     elif cluster.state is C.STOPPING:
         begin_stop(cluster, f"stop: {RESTARTED}")
     elif cluster.state is C.AUTOSTOPPING:
-        end_idle(cluster, bool((cluster.row.data.get("autostop") or {}).get("down")), RESTARTED)
+        end_idle(cluster, bool(cluster.data.autostop and cluster.data.autostop.down), RESTARTED)
 
 
 def end_idle(cluster: ClusterActor, down: bool, why: str) -> None:

@@ -21,6 +21,7 @@ from stixd.actors.cluster_retry import client_gone, give_up, is_retrying, wait_a
 from stixd.actors.cluster_states import C, E
 from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.launch_spec import files_digest, spec_digest
+from stixd.actors.specs import ClusterSpec, PendingLaunch, decode, encode
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.planner.local_fit import check_fits_local, local_offer
 from stixd.planner.request import Blocked
@@ -64,13 +65,13 @@ async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.Launc
         local_max_nodes=app.machine_max_nodes(),
     )
     if cluster.state is C.UP:
-        here = (cluster.row.spec.get("provider", app.default_infra), cluster.row.spec.get("pool"))
+        here = (cluster.spec.provider, cluster.spec.pool)
         if here != (provider, pool):
             raise InvalidRequest(
                 f"cluster {cluster.id!r} runs on {infra_label(*here)} but the task asks for "
                 f"{infra_label(provider, pool)}; launch it on a new cluster name"
             )
-        have = int(cluster.row.spec.get("num_nodes", 1))
+        have = cluster.spec.num_nodes
         if req.task.num_nodes > have:
             raise InvalidRequest(
                 f"cluster {cluster.id!r} has {have} node(s) but the task asks for "
@@ -102,8 +103,8 @@ async def launch_on_up(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m
     unchanged too."""
     spec = spec_digest(req.task)
     files = await anyio.to_thread.run_sync(files_digest, req.task)
-    same_spec = req.fast and cluster.row.data.get("launch_spec") == spec
-    same_files = same_spec and files is not None and cluster.row.data.get("launch_files") == files
+    same_spec = req.fast and cluster.data.launch_spec == spec
+    same_files = same_spec and files is not None and cluster.data.launch_files == files
     if same_spec:
         skipped = "setup and file sync" if same_files else "setup"
         note = f"Cluster {cluster.id} is UP and unchanged (--fast): {skipped} skipped."
@@ -166,7 +167,7 @@ async def begin_launch(
             "last_error": None,
         }
     spec = {
-        **cluster.row.spec,
+        **encode(cluster.spec),
         "provider": provider,
         "pool": pool,
         "num_nodes": req.task.num_nodes,
@@ -184,34 +185,32 @@ async def begin_launch(
             f"the plan changed since it was shown: the launch would now provision "
             f"{spec['resources']}, not {req.plan_choice}; run the command again to see it"
         )
-    cluster.row = await cluster.store.update(
-        cluster.row, event="save", spec=spec, record_event=False
-    )
+    await cluster.save(spec=decode(spec, ClusterSpec))
     job_id: int | None = None
     if wants_job(req.task, not req.no_setup):
-        job_id = int({**cluster.row.data, **data}.get("next_job_id", 1))
+        job_id = int(data.get("next_job_id", cluster.data.next_job_id))
         data["next_job_id"] = job_id + 1
     data["retry_round"] = None
     data["config_layers"] = [[layer.source, layer.values] for layer in req.config]
-    data["pending_launch"] = {"request": msgspec.to_builtins(req), "job_id": job_id}
+    data["pending_launch"] = PendingLaunch(request=msgspec.to_builtins(req), job_id=job_id)
     where = infra_label(provider, pool)
     await cluster.transition(E.LAUNCH, f"launch {req.task.num_nodes} node(s) on {where}", **data)
     return job_id
 
 
 async def resume_launch(cluster: ClusterActor) -> None:
-    pending = cluster.row.data.get("pending_launch")
+    pending = cluster.data.pending_launch
     if cluster.state is not C.INIT or not pending:
         return
     try:
-        req = msgspec.convert(pending["request"], m.Launch)
+        req = msgspec.convert(pending.request, m.Launch)
     except InvalidRequest as exc:  # a name an earlier version took; `down` still removes it
         cluster.log.warning("resume_refused", error=exc.message)
         await cluster.save(pending_launch=None, last_error=exc.message)
         return
-    cluster.log.info("resume_launch", job_id=pending["job_id"])
+    cluster.log.info("resume_launch", job_id=pending.job_id)
     try:
-        await finish_launch(cluster, req, pending["job_id"], Envelope(payload=req))
+        await finish_launch(cluster, req, pending.job_id, Envelope(payload=req))
     except ProvisionError as exc:
         cluster.log.warning("resume_failed", error=exc.message)
 
@@ -222,21 +221,22 @@ async def retry_launch(cluster: ClusterActor) -> None:
     waiter, cluster.launch_waiter = cluster.launch_waiter, None
     if not is_retrying(cluster):
         return  # ended meanwhile (down, stop, the client left)
-    pending = cluster.row.data["pending_launch"]
-    req = msgspec.convert(pending["request"], m.Launch)
+    pending = cluster.data.pending_launch
+    assert pending is not None  # is_retrying
+    req = msgspec.convert(pending.request, m.Launch)
     if waiter is not None and client_gone(waiter):
         await give_up(cluster, waiter, req, "the client went away")
         return
     env = waiter or Envelope(payload=req)
     try:
-        if cluster.row.spec.get("provider") in cluster.app.infras.clouds():
+        if cluster.spec.provider in cluster.app.infras.clouds():
             try:
-                spec = await first_choice(cluster, req, cluster.row.spec["provider"])
+                spec = await first_choice(cluster, req, cluster.spec.provider)
             except ProvisionError as exc:  # what failed is still remembered as blocked
                 await wait_and_retry(cluster, env, exc)
                 return
-            await cluster.save(spec={**cluster.row.spec, **spec})
-        result = await finish_launch(cluster, req, pending["job_id"], env)
+            await cluster.save(spec=decode({**encode(cluster.spec), **spec}, ClusterSpec))
+        result = await finish_launch(cluster, req, pending.job_id, env)
     except StixError as exc:
         env.answer(error_reply(exc))
         cluster.log.warning("retry_failed", error=exc.message)
@@ -258,7 +258,7 @@ async def finish_launch(
     finally:
         # the stored request (kept to resume the launch after a crash) holds the secrets until
         # the job row has them; once it is cleared, leave no copy of it in the store's files
-        if secret_names(req.task) and not cluster.row.data.get("pending_launch"):
+        if secret_names(req.task) and not cluster.data.pending_launch:
             with anyio.CancelScope(shield=True):
                 await cluster.store.forget_overwritten()
 
@@ -310,25 +310,23 @@ async def provision(
 ) -> list[NodeInfo]:
     """Bring the nodes up; on failure the cluster stays INIT with the error, its stored launch
     dropped unless `keep_pending` (a launch that will be retried)."""
-    where = infra_label(
-        cluster.row.spec.get("provider", cluster.app.default_infra), cluster.row.spec.get("pool")
-    )
+    where = infra_label(cluster.spec.provider, cluster.spec.pool)
     env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {cluster.id}..."))
     request = ProvisionRequest(
         cluster.id,
         num_nodes,
         cluster.app.agent_pyz,
         resources={
-            "pool": cluster.row.spec.get("pool"),
-            **(cluster.row.spec.get("placement") or {}),
-            "launch_id": cluster.row.data.get("uid"),
+            "pool": cluster.spec.pool,
+            **(cluster.spec.placement or {}),
+            "launch_id": cluster.data.uid,
         },
     )
     try:
         nodes = await launch_with_failover(cluster, request, task, env)
         await open_task_ports(cluster, env)
     except ProvisionError as exc:
-        if not cluster.row.data.get("nodes"):
+        if not cluster.data.nodes:
             await release_failed_launch(cluster, exc)
         cleared = {} if keep_pending else {"pending_launch": None}
         await cluster.transition(E.PROVISION_FAILED, exc.message, last_error=exc.message, **cleared)
@@ -349,7 +347,7 @@ async def launch_with_failover(
 ) -> list[NodeInfo]:
     """Launch; on a capacity or quota error on a cloud, block what it names and take the
     optimizer's next choice there (the provider tries a region's zones itself)."""
-    cloud = cluster.row.spec.get("provider", cluster.app.default_infra)
+    cloud = cluster.spec.provider
     failed: list[str] = []
     blocks = cluster.app.remembered_blocks()
     while True:
@@ -358,7 +356,7 @@ async def launch_with_failover(
         except CapacityError as exc:
             if task is None or cloud not in cluster.app.clouds() or len(failed) >= MAX_FAILOVERS:
                 raise
-            failed.append(f"{cluster.row.spec.get('resources', cloud)}: {exc.message}")
+            failed.append(f"{cluster.spec.resources or cloud}: {exc.message}")
             b = exc.block
             blocked = Blocked(
                 cloud=b.infra,
@@ -372,7 +370,7 @@ async def launch_with_failover(
             cluster.app.remember_block(blocked, b.remember_s)
             await cluster.store.record(cluster.kind, cluster.id, "failover", failed[-1])
             catalog = cluster.app.planner_index()
-            avoid = cluster.row.spec.get("avoid_regions") or []
+            avoid = cluster.spec.avoid_regions
             plan = functools.partial(cloud_spec, avoid_regions=avoid)
             try:
                 spec = await anyio.to_thread.run_sync(plan, task, cloud, catalog, blocks)
@@ -380,9 +378,7 @@ async def launch_with_failover(
                 tried = "; ".join(failed)
                 raise NoChoiceLeft(f"every choice on {cloud} failed: {tried}") from None
             env.progress(m.Progress(f"{failed[-1]}; trying {spec['resources']} next."))
-            cluster.row = await cluster.store.update(
-                cluster.row, event="save", spec={**cluster.row.spec, **spec}, record_event=False
-            )
+            await cluster.save(spec=decode({**encode(cluster.spec), **spec}, ClusterSpec))
             placement = spec["placement"]
             request = dataclasses.replace(request, resources={**request.resources, **placement})
 
@@ -406,9 +402,9 @@ async def exec_task(cluster: ClusterActor, req: m.Exec, env: Envelope) -> m.Laun
             f"cluster {cluster.id!r} is {cluster.state.value}; "
             f"start it with `{names.command('start', cluster.id)}`"
         )
-    if cluster.row.spec.get("provider", cluster.app.default_infra) == cluster.app.default_infra:
+    if cluster.spec.provider == cluster.app.default_infra:
         check_fits_local(req.task, cluster.app.infras)
-    have = int(cluster.row.spec.get("num_nodes", 1))
+    have = cluster.spec.num_nodes
     if req.task.num_nodes > have:
         raise InvalidRequest(
             f"cluster {cluster.id!r} has {have} node(s) but the task asks for {req.task.num_nodes}"
@@ -422,6 +418,6 @@ async def exec_task(cluster: ClusterActor, req: m.Exec, env: Envelope) -> m.Laun
 
 
 async def allocate_job_id(cluster: ClusterActor) -> int:
-    job_id = int(cluster.row.data.get("next_job_id", 1))
+    job_id = cluster.data.next_job_id
     await cluster.save(next_job_id=job_id + 1)
     return job_id

@@ -35,7 +35,7 @@ async def observe(cluster: ClusterActor, why: str) -> None:
     nodes = await cluster.provider.query(cluster.id)
     losses = find_losses(cluster)
     await note_machines(cluster)
-    expected = int(cluster.row.spec.get("num_nodes", 1))
+    expected = cluster.spec.num_nodes
     running = [n for n in nodes if n.status is NodeStatus.RUNNING]
     unreachable = [n for n in nodes if n.status is NodeStatus.UNREACHABLE]
     down = [n for n in nodes if n.status is not NodeStatus.RUNNING]
@@ -61,11 +61,11 @@ async def observe(cluster: ClusterActor, why: str) -> None:
             last_error=problem or lost or None,
             **cluster._accounting(cluster.machine.next(cluster.state, event)),
         )
-    elif problem != cluster.row.data.get("last_error") and (problem or event is E.FOUND_UP):
+    elif problem != cluster.data.last_error and (problem or event is E.FOUND_UP):
         await cluster.save(last_error=problem)
     if losses:
         await on_lost_nodes(cluster, losses)
-    elif cluster.row.data.get("losses"):
+    elif cluster.data.losses:
         await cluster.save(losses=None)
     if cluster.state in (C.STOPPED, C.TERMINATED):
         why_ended = lost or f"cluster found {cluster.state.value}"
@@ -84,13 +84,13 @@ async def note_machines(cluster: ClusterActor) -> None:
     resources and price (from now on) and is recorded as an event."""
     if not isinstance(cluster.provider, ReportsMachines):
         return
-    data = cluster.row.data
-    active = float(data.get("active_seconds") or 0.0)
-    if data.get("up_since"):
-        active += time.time() - float(data["up_since"])
-    cloud = str(cluster.row.spec.get("provider"))
+    data = cluster.data
+    active = data.active_seconds
+    if data.up_since:
+        active += time.time() - data.up_since
+    cloud = cluster.spec.provider
     machines = cluster.provider.machines(cluster.id)
-    seen = compare(cluster.row.spec, data, machines, lambda: cluster.app.prices(cloud), active)
+    seen = compare(cluster.spec, data, machines, lambda: cluster.app.prices(cloud), active)
     if seen is None:
         return
     for change in seen.changes:
@@ -111,7 +111,7 @@ def find_losses(cluster: ClusterActor) -> list[NodeLoss]:
 async def on_lost_nodes(cluster: ClusterActor, losses: list[NodeLoss]) -> None:
     """Record each new loss as an event, and end the cluster's jobs now: the machine is not
     coming back, so waiting out the node grace would only delay a managed job's recovery."""
-    seen = set(cluster.row.data.get("losses") or [])
+    seen = set(cluster.data.losses or [])
     for loss in losses:
         if loss.why not in seen:
             event = "node_preempted" if loss.preempted else "node_lost"
@@ -121,7 +121,7 @@ async def on_lost_nodes(cluster: ClusterActor, losses: list[NodeLoss]) -> None:
     if seen != {x.why for x in losses}:
         await cluster.save(losses=[x.why for x in losses])
     why = "; ".join(f"node {x.rank} {x.why}" for x in losses)
-    all_lost = len(losses) >= int(cluster.row.spec.get("num_nodes", 1))
+    all_lost = len(losses) >= cluster.spec.num_nodes
     # with some nodes left, the job's other ranks are stopped (a gang dies together)
     await cluster._end_jobs(
         JobEvent.FAILED_DRIVER, why, lost_rank=None if all_lost else losses[0].rank
@@ -154,7 +154,7 @@ def node_problems(cluster: ClusterActor, down: list[NodeInfo]) -> str | None:
 
 def schedule_health(cluster: ClusterActor) -> None:
     """Look at every node of a live cluster now and then (a host may die unseen)."""
-    if cluster.state in (C.UP, C.INIT) and not cluster.row.data.get("pending_launch"):
+    if cluster.state in (C.UP, C.INIT) and not cluster.data.pending_launch:
         cluster.after("health", cluster.app.config.daemon.health_check_seconds, HealthTick())
 
 
@@ -183,7 +183,7 @@ async def ensure_agents_current(cluster: ClusterActor, nodes: list[NodeInfo]) ->
 async def stop_jobs_ended_meanwhile(cluster: ClusterActor, nodes: list[NodeInfo]) -> None:
     """A node back from an outage may still run a job the daemon ended while it was away
     (FAILED_DRIVER after the grace): stop it, so the node's truth matches the record."""
-    uid = cluster.row.data.get("uid")
+    uid = cluster.data.uid
     if not uid:
         return
     for node in nodes:

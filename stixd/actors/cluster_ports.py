@@ -32,9 +32,7 @@ async def open_task_ports(cluster: ClusterActor, env: Envelope) -> None:
         await provider.open_ports(cluster.id, ports)
         env.progress(m.Progress(f"Ports {listed} open on {cluster.id}."))
         return
-    where = infra_label(
-        cluster.row.spec.get("provider", cluster.app.default_infra), cluster.row.spec.get("pool")
-    )
+    where = infra_label(cluster.spec.provider, cluster.spec.pool)
     why = f"{where} cannot open ports: {listed} are reachable only as its network allows"
     cluster.log.info("ports_not_opened", ports=ports, why=why)
     env.progress(m.Progress(f"Ports not opened: {why}."))

@@ -23,6 +23,7 @@ from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import ProvisionError
+from stixproto.states import ClusterStatus
 from stixproto.task import secret_names
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ def gap_seconds(first: float, cap: float, round_: int) -> float:
 
 
 def is_retrying(cluster: ClusterActor) -> bool:
-    pending = cluster.row.data.get("pending_launch") or {}
-    return cluster.state is C.INIT and bool(pending.get("request", {}).get("retry_until_up"))
+    pending = cluster.data.pending_launch
+    retrying = pending is not None and bool(pending.request.get("retry_until_up"))
+    return cluster.state is C.INIT and retrying
 
 
 def client_gone(env: Envelope) -> bool:
@@ -63,7 +65,7 @@ def client_gone(env: Envelope) -> bool:
 
 async def wait_and_retry(cluster: ClusterActor, env: Envelope, exc: ProvisionError) -> None:
     """A round failed: note it where users look, then try again after the gap."""
-    round_ = int(cluster.row.data.get("retry_round") or 0) + 1
+    round_ = (cluster.data.retry_round or 0) + 1
     daemon = cluster.app.config.daemon
     gap = gap_seconds(daemon.retry_until_up_seconds, daemon.retry_until_up_max_seconds, round_)
     note = f"{exc.message}; retrying in {gap:.0f}s (round {round_ + 1}, --retry-until-up)"
@@ -86,7 +88,7 @@ async def give_up(cluster: ClusterActor, waiter: Envelope | None, req: m.Launch,
     cluster.cancel_timer(TIMER)
     cluster.launch_waiter = None
     why = f"stopped retrying: {why}"
-    last = cluster.row.data.get("last_error")
+    last = cluster.data.last_error
     await cluster.transition(
         E.PROVISION_FAILED,
         why,
@@ -101,10 +103,12 @@ async def give_up(cluster: ClusterActor, waiter: Envelope | None, req: m.Launch,
         waiter.answer(error_reply(ProvisionError(f"launch of {cluster.id!r} {why}")))
 
 
-def end_wait(cluster: ClusterActor, state: str) -> None:
+def end_wait(cluster: ClusterActor, state: ClusterStatus) -> None:
     """The cluster left INIT another way (down, stop): the launch waits no more."""
     cluster.cancel_timer(TIMER)
     waiter, cluster.launch_waiter = cluster.launch_waiter, None
     if waiter is not None:
-        why = f"cluster {cluster.id!r} is {state} now; its launch stopped waiting for capacity"
+        why = (
+            f"cluster {cluster.id!r} is {state.value} now; its launch stopped waiting for capacity"
+        )
         waiter.answer(error_reply(ProvisionError(why)))

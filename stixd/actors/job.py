@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from stixd.actors.jobs_submit import without_secrets
+from stixd.actors.specs import JobData, JobSpec
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
 from stixd.runtime.actor import Actor
@@ -115,11 +116,15 @@ class JobActor(Actor):
     kind = "job"
     machine = Machine("job", JOB_TRANSITIONS)
     state_type = JobStatus
+    spec_type = JobSpec
+    data_type = JobData
+    spec: JobSpec
+    data: JobData
 
     def __init__(self, row: Any, app: App) -> None:
         super().__init__(row, app.store, app.log)
         self.app = app
-        self.nodes = [NodeInfo.from_dict(n) for n in row.spec["nodes"]]
+        self.nodes = [NodeInfo.from_dict(n) for n in self.spec.nodes]
         self.ranks: dict[int, JobStatus] = {n.rank: J.INIT for n in self.nodes}
         self.rank_jobs: dict[int, dict[str, Any]] = {}
         self.set_up: set[int] = set()  # ranks waiting at the gang gate after their setup
@@ -134,12 +139,12 @@ class JobActor(Actor):
         event: enum.Enum,
         why: str = "",
         *,
-        new_spec: dict[str, Any] | None = None,
+        new_spec: JobSpec | None = None,
         **data: Any,
     ) -> Any:
         """Every move leaves INIT or follows one: the agents hold the job (and start it from
         their own copy) or it ended, so the row forgets its secrets in the same write."""
-        scrubbed = without_secrets(new_spec or self.row.spec)
+        scrubbed = without_secrets(new_spec or self.spec)
         state = await super().transition(event, why, new_spec=scrubbed or new_spec, **data)
         if scrubbed is not None:
             await self.store.forget_overwritten()
@@ -152,7 +157,7 @@ class JobActor(Actor):
         return parts[1] if len(parts) == 3 else None
 
     def client(self, node: NodeInfo) -> AgentClient:
-        return self.app.provider(self.row.spec["provider"]).connector(node)
+        return self.app.provider(self.spec.provider).connector(node)
 
     async def reconcile(self) -> None:
         if self.state is J.INIT:
@@ -183,7 +188,7 @@ class JobActor(Actor):
     async def _submit(self, attempt: int) -> None:
         if self.state is not J.INIT:
             return
-        payload = self.row.spec["submit"]
+        payload = self.spec.submit
         try:
             for node in self.nodes:
                 await self.client(node).call(
@@ -217,7 +222,7 @@ class JobActor(Actor):
                 reply = await client.call(
                     "wait",
                     deadline=deadline,
-                    job_id=self.row.spec["job_id"],
+                    job_id=self.spec.job_id,
                     state=known,
                     setup_done=known_ready,
                     timeout=poll,
@@ -306,13 +311,13 @@ class JobActor(Actor):
 
     async def _release_gang_when_set_up(self) -> None:
         """Every node has run its setup: let them all start `run` together (idempotent)."""
-        if self.released or not self.row.spec["submit"].get("gang"):
+        if self.released or not self.spec.submit.get("gang"):
             return
         if self.set_up != {n.rank for n in self.nodes}:
             return
         for node in self.nodes:
             try:
-                await self.client(node).call("release", deadline=10, job_id=self.row.spec["job_id"])
+                await self.client(node).call("release", deadline=10, job_id=self.spec.job_id)
             except (AgentUnreachable, AgentError) as exc:
                 self.log.warning("gang_release_failed", rank=node.rank, error=str(exc))
                 self.after("release", 1.0, ReleaseGang())
@@ -326,7 +331,7 @@ class JobActor(Actor):
             if not self.ranks.get(node.rank, J.INIT).is_terminal:
                 try:
                     await self.client(node).call(
-                        "cancel", deadline=10, job_ids=[self.row.spec["job_id"]], all=False
+                        "cancel", deadline=10, job_ids=[self.spec.job_id], all=False
                     )
                 except (AgentUnreachable, AgentError) as exc:
                     self.log.warning("gang_cancel_failed", rank=node.rank, error=str(exc))

@@ -18,12 +18,24 @@ import msgspec
 
 from stixd.actors.asks import ask_cluster
 from stixd.actors.jobs_submit import job_row_id
+from stixd.actors.specs import (
+    MAX_POOL_WORKERS as MAX_POOL_WORKERS,  # where callers find it
+)
+from stixd.actors.specs import (
+    ClusterData,
+    JobPoolData,
+    JobPoolSpec,
+    ManagedJobSpec,
+    data_of,
+    spec_or_none,
+    state_of,
+)
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest, StixError
-from stixproto.states import JobStatus
+from stixproto.states import ClusterStatus, JobStatus
 from stixproto.states import PoolStatus as P
 from stixproto.task import Task, redacted_task
 
@@ -31,8 +43,6 @@ if TYPE_CHECKING:
     from stixd.app import App
 
 MANAGED = "managed_job"
-MAX_POOL_WORKERS = 10_000
-"""More workers than this in a stored pool is damage, not a size: no loop over them ends."""
 JOBS_END_SECONDS = 120.0
 """How long a pool going down waits for its cancelled jobs to end before tearing down."""
 
@@ -106,6 +116,11 @@ class Gone:
     """Every worker is torn down."""
 
 
+def _pool_of(row: Any) -> str | None:
+    spec = spec_or_none(row, ManagedJobSpec)
+    return spec.pool if spec is not None else None
+
+
 def worker_name(pool: str, index: int) -> str:
     return f"{pool}-{index}"
 
@@ -114,6 +129,10 @@ class JobPoolActor(Actor):
     kind = "job_pool"
     machine = Machine("job_pool", POOL_TRANSITIONS)
     state_type = P
+    spec_type = JobPoolSpec
+    data_type = JobPoolData
+    spec: JobPoolSpec
+    data: JobPoolData
 
     def __init__(self, row: Any, app: App) -> None:
         super().__init__(row, app.store, app.log)
@@ -126,16 +145,9 @@ class JobPoolActor(Actor):
     def done(self) -> bool:
         return False  # a pool that is down keeps its actor for the next apply of its name
 
-    @classmethod
-    def row_problem(cls, row: Any) -> str | None:
-        workers = row.spec.get("workers", 0)
-        if type(workers) is not int or not 0 <= workers <= MAX_POOL_WORKERS:
-            return f"its worker count {workers!r} is not between 0 and {MAX_POOL_WORKERS}"
-        return super().row_problem(row)
-
     @property
     def size(self) -> int:
-        return int(self.row.spec.get("workers", 0))
+        return self.spec.workers
 
     @property
     def workers(self) -> list[str]:
@@ -143,11 +155,11 @@ class JobPoolActor(Actor):
 
     @property
     def claims(self) -> dict[str, int]:
-        return {w: int(j) for w, j in (self.row.data.get("claims") or {}).items()}
+        return dict(self.data.claims)
 
     @property
     def waiting(self) -> list[int]:
-        return [int(j) for j in self.row.data.get("waiting") or []]
+        return list(self.data.waiting)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -202,12 +214,12 @@ class JobPoolActor(Actor):
                 f"`stixctl jobs pool status` no longer lists it"
             )
         task = msgspec.structs.replace(req.task, pool=None)
-        spec = {
-            "workers": workers,
-            "task": msgspec.to_builtins(task),
-            "config": [msgspec.to_builtins(c) for c in req.config],
-        }
-        self.row = await self.store.update(self.row, event="save", spec=spec, record_event=False)
+        spec = JobPoolSpec(
+            workers=workers,
+            task=msgspec.to_builtins(task),
+            config=[msgspec.to_builtins(c) for c in req.config],
+        )
+        await self.save(spec=spec)
         await self.transition(E.APPLY, f"{workers} worker(s)", failed={})
         self.tell(Advance())
         return m.OkReply(f"pool {self.id}: {workers} worker(s) being prepared")
@@ -222,18 +234,18 @@ class JobPoolActor(Actor):
 
     # -- workers -------------------------------------------------------------------------
 
-    def _without_secrets(self) -> dict[str, Any] | None:
-        task = self.row.spec.get("task")
+    def _without_secrets(self) -> JobPoolSpec | None:
+        task = self.spec.task
         scrubbed = redacted_task(task)
-        return None if scrubbed == task else {**self.row.spec, "task": scrubbed}
+        return None if scrubbed == task else msgspec.structs.replace(self.spec, task=scrubbed)
 
     def _launch_request(self, worker: str) -> m.Launch:
-        spec = self.row.spec
+        spec = self.spec
         return m.Launch(
-            task=msgspec.convert(spec["task"], Task),
+            task=msgspec.convert(spec.task, Task),
             cluster=worker,
             detach=True,
-            config=[msgspec.convert(c, m.ConfigLayer) for c in spec.get("config", [])],
+            config=[msgspec.convert(c, m.ConfigLayer) for c in spec.config],
         )
 
     async def _emit(self, event: Any) -> None:
@@ -243,7 +255,7 @@ class JobPoolActor(Actor):
         """Make ``worker`` UP with the pool's setup done; None, or why it could not be."""
         row = await self.app.store.get("cluster", worker)
         try:
-            if row is None or row.state != "UP":
+            if row is None or state_of(row, ClusterStatus) is not ClusterStatus.UP:
                 if row is not None and not row.terminal:
                     await ask_cluster(self.app, worker, m.Down(clusters=[worker]), self._emit)
                 result = await ask_cluster(
@@ -255,10 +267,10 @@ class JobPoolActor(Actor):
                     return None  # no setup to run: the worker is ready as it is
                 setup = await self.app.watch.wait_for(
                     "job",
-                    job_row_id(worker, crow.data["uid"], result.job_id),
+                    job_row_id(worker, str(data_of(crow, ClusterData).uid), result.job_id),
                     lambda r: r is None or r.terminal,
                 )
-                if setup is None or setup.state != JobStatus.SUCCEEDED:
+                if setup is None or state_of(setup, JobStatus) is not JobStatus.SUCCEEDED:
                     state = setup.state if setup else "gone"
                     return f"its setup ended {state}"
         except StixError as exc:
@@ -311,7 +323,7 @@ class JobPoolActor(Actor):
 
     async def _live_jobs(self) -> list[Any]:
         rows = await self.app.store.rows(MANAGED, include_terminal=False)
-        return [r for r in rows if r.spec.get("pool") == self.id]
+        return [r for r in rows if _pool_of(r) == self.id]
 
     async def _end_jobs(self) -> None:
         """Cancel every job of the pool and wait (bounded) for them to end: each stops its

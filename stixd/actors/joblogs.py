@@ -12,6 +12,7 @@ import anyio
 
 from stixd.actors import quarantine
 from stixd.actors.jobs_submit import job_row_id
+from stixd.actors.specs import ClusterData, JobData, JobSpec, data_of, spec_of, state_of
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo
 from stixd.store.db import Row
@@ -26,15 +27,16 @@ Emit = Callable[[Any], Awaitable[None]]
 POLL_WAIT = 10.0
 CHUNK = 1 << 20
 SETTLE_SECONDS = 30.0
+FAILED_STATES = (JobStatus.FAILED, JobStatus.FAILED_SETUP, JobStatus.FAILED_DRIVER)
 
 
 async def find_job(app: App, cluster: str, job_id: int | None) -> Row:
     crow = await app.store.get("cluster", cluster)
     if crow is not None and crow.quarantined is not None:
         raise quarantine.refusal(crow, crow.quarantined)
-    if crow is None or not crow.data.get("uid"):
+    uid = data_of(crow, ClusterData).uid if crow is not None else None
+    if crow is None or not uid:
         raise ClusterNotFound(f"cluster {cluster!r} does not exist")
-    uid = crow.data["uid"]
     if job_id is None:
         jobs = await quarantine.cluster_jobs(app, cluster, uid)
         if not jobs:
@@ -49,17 +51,18 @@ async def find_job(app: App, cluster: str, job_id: int | None) -> Row:
 def failure_text(row: Row | None) -> str | None:
     """What failed a job, in a few words for the client's finish line: the rank (of a gang)
     and its exit code, or why the agent or the daemon ended it."""
-    if row is None or not row.state.startswith("FAILED"):
+    state = state_of(row, JobStatus) if row is not None else None
+    if row is None or state not in FAILED_STATES:
         return None
-    data = row.data
-    rank, code, reason = data.get("failed_rank"), data.get("exit_code"), data.get("reason")
-    gang = len(row.spec.get("nodes") or ()) > 1
+    data = data_of(row, JobData)
+    rank, code, reason = data.failed_rank, data.exit_code, data.reason
+    gang = len(spec_of(row, JobSpec).nodes) > 1
     who = f"rank {rank}" if gang and rank is not None else ""
     if reason:
         return f"{who}: {reason}" if who else str(reason)
     if code is None:
         return f"on {who}" if who else None
-    stage = "setup" if row.state == JobStatus.FAILED_SETUP else ""
+    stage = "setup" if state is JobStatus.FAILED_SETUP else ""
     if who and stage:
         return f"{who}'s setup exited with code {code}"
     if who or stage:
@@ -70,10 +73,10 @@ def failure_text(row: Row | None) -> str | None:
 def exit_code(row: Row) -> int | None:
     """The job's exit code: its failed rank's, 0 for a success, none for a cancelled job (a
     build before this one stored 0 for it too) or one that has not ended."""
-    code = row.data.get("exit_code")
-    if not row.terminal or not isinstance(code, int):
+    code = data_of(row, JobData).exit_code
+    if not row.terminal or code is None:
         return None
-    return None if row.state == JobStatus.CANCELLED and code == 0 else code
+    return None if state_of(row, JobStatus) is JobStatus.CANCELLED and code == 0 else code
 
 
 def ending(row: Row | None) -> dict[str, Any]:
@@ -82,7 +85,7 @@ def ending(row: Row | None) -> dict[str, Any]:
         return {}
     return {
         "exit_code": exit_code(row),
-        "failed_rank": row.data.get("failed_rank"),
+        "failed_rank": data_of(row, JobData).failed_rank,
         "failure": failure_text(row),
     }
 
@@ -112,13 +115,14 @@ async def stream_job_logs(
 ) -> str:
     """Send the job's log to `emit` (every rank's, or one `node`'s); with `follow`, until the
     job ends; with `from_run`, none of setup's output. Returns its state."""
-    nodes = [NodeInfo.from_dict(n) for n in job.spec["nodes"]]
+    spec = spec_of(job, JobSpec)
+    nodes = [NodeInfo.from_dict(n) for n in spec.nodes]
     if node is not None and node not in {n.rank for n in nodes}:
         raise InvalidRequest(
-            f"job {job.spec['job_id']} runs on ranks 0..{len(nodes) - 1}; there is no node {node}"
+            f"job {spec.job_id} runs on ranks 0..{len(nodes) - 1}; there is no node {node}"
         )
-    provider = app.provider(job.spec["provider"])
-    job_id = int(job.spec["job_id"])
+    provider = app.provider(spec.provider)
+    job_id = spec.job_id
 
     async def job_over() -> bool:
         row = await app.store.get("job", job.id)
@@ -126,7 +130,7 @@ async def stream_job_logs(
 
     async def one_rank(node: NodeInfo) -> None:
         client = provider.connector(node)
-        prefix = _prefixer(node, len(job.spec["nodes"]))
+        prefix = _prefixer(node, len(spec.nodes))
         offset = 0
         backlog: list[str] | None = [] if tail is not None else None
         while True:

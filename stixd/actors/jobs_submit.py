@@ -11,7 +11,11 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
+from stixd.actors.specs import JobData, JobSpec, encode
 from stixd.store.db import Row, RowExists
+from stixproto.states import JobStatus
 from stixproto.task import Task, resolved_envs, secret_names
 
 if TYPE_CHECKING:
@@ -32,15 +36,15 @@ def job_row_id(cluster: str, uid: str, job_id: int) -> str:
     return f"{cluster}/{uid}/{job_id}"
 
 
-def without_secrets(spec: dict[str, Any]) -> dict[str, Any] | None:
+def without_secrets(spec: JobSpec) -> JobSpec | None:
     """The job row's spec with its secrets' values dropped; None when it holds none."""
-    submit = spec.get("submit") or {}
+    submit = spec.submit
     names = set(submit.get("secrets") or ())
     envs = submit.get("envs") or {}
     if not names & set(envs):
         return None
     kept = {k: v for k, v in envs.items() if k not in names}
-    return {**spec, "submit": {**submit, "envs": kept}}
+    return msgspec.structs.replace(spec, submit={**submit, "envs": kept})
 
 
 async def create_job(
@@ -52,10 +56,11 @@ async def create_job(
     task_id: str | None = None,
 ) -> Row:
     """Insert the job row (idempotent by id) and start its actor."""
-    uid = cluster.row.data["uid"]
-    provider = cluster.row.spec.get("provider", cluster.app.default_infra)
+    uid = cluster.data.uid
+    assert uid is not None  # every launch writes one before its first job
+    provider = cluster.spec.provider
     nodes = cluster.nodes[: task.num_nodes]
-    submit = {
+    submit: dict[str, Any] = {
         "job_id": job_id,
         "name": task.name,
         "setup": task.setup if with_setup else None,
@@ -71,7 +76,7 @@ async def create_job(
         "cluster_info": {
             "cluster_name": cluster.id,
             "cloud": provider,
-            "region": cluster.row.spec.get("pool") or provider,
+            "region": cluster.spec.pool or provider,
             "zone": None,
         },
     }
@@ -79,19 +84,21 @@ async def create_job(
         kind="job",
         id=job_row_id(cluster.id, uid, job_id),
         parent=uid,
-        state="INIT",
+        state=JobStatus.INIT.value,
         version=0,
-        spec={
-            "cluster": cluster.id,
-            "uid": uid,
-            "job_id": job_id,
-            "name": task.name,
-            "provider": provider,
-            "resources": f"{task.num_nodes}x {infra_label(provider, cluster.row.spec.get('pool'))}",
-            "nodes": [n.to_dict() for n in nodes],
-            "submit": submit,
-        },
-        data={"submitted_at": None},
+        spec=encode(
+            JobSpec(
+                cluster=cluster.id,
+                uid=uid,
+                job_id=job_id,
+                name=task.name,
+                provider=provider,
+                resources=f"{task.num_nodes}x {infra_label(provider, cluster.spec.pool)}",
+                nodes=[n.to_dict() for n in nodes],
+                submit=submit,
+            )
+        ),
+        data=encode(JobData(submitted_at=None)),
     )
     try:
         row = await cluster.store.insert(row, "created", f"job {job_id} on {cluster.id}")

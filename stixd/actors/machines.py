@@ -11,13 +11,16 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
+
+from stixd.actors.specs import ClusterData, ClusterSpec
 from stixd.planner.pricing import Prices, hourly_price
 from stixd.providers.base import Machine
 
 
 @dataclasses.dataclass(frozen=True)
 class MachinesSeen:
-    spec: dict[str, Any] | None
+    spec: ClusterSpec | None
     """The cluster's new spec when its resources or price changed, else None."""
     data: dict[str, Any]
     """Row data to save (the machines as seen; the cost so far when the price changed)."""
@@ -30,8 +33,8 @@ def _as_record(m: Machine) -> dict[str, Any]:
 
 
 def compare(
-    spec: dict[str, Any],
-    data: dict[str, Any],
+    spec: ClusterSpec,
+    data: ClusterData,
     machines: Sequence[Machine],
     prices: Callable[[], Prices],
     active_seconds: float,
@@ -42,10 +45,10 @@ def compare(
     the cluster's UP time so far (cost-report's clock), at which a new price takes over.
     """
     seen = {str(m.rank): _as_record(m) for m in machines}
-    before: dict[str, Any] = data.get("machines") or {}
+    before: dict[str, Any] = data.machines or {}
     if not machines or seen == before:
         return None
-    placement = spec.get("placement") or {}
+    placement = spec.placement or {}
     planned = {"type": placement.get("instance_type"), "disk_gb": placement.get("disk_size")}
     changes: list[str] = []
     resized = False
@@ -61,33 +64,33 @@ def compare(
             changes.append(f"node {rank}: address {was['address']} -> {now['address']}")
     out: dict[str, Any] = {"machines": seen}
     new_spec = _respec(spec, machines, prices) if resized else None
-    if new_spec is not None and new_spec.get("hourly_price") != spec.get("hourly_price"):
-        nodes = int(spec.get("num_nodes", 1))
-        priced = float(data.get("priced_seconds") or 0.0)
-        accrued = float(data.get("cost_accrued") or 0.0)
-        old = float(spec.get("hourly_price") or 0.0)
+    if new_spec is not None and new_spec.hourly_price != spec.hourly_price:
+        nodes = spec.num_nodes
+        priced = data.priced_seconds
+        accrued = data.cost_accrued
+        old = spec.hourly_price
         out["cost_accrued"] = accrued + max(active_seconds - priced, 0.0) / 3600 * old * nodes
         out["priced_seconds"] = active_seconds
     return MachinesSeen(new_spec, out, changes)
 
 
 def _respec(
-    spec: dict[str, Any], machines: Sequence[Machine], prices: Callable[[], Prices]
-) -> dict[str, Any]:
+    spec: ClusterSpec, machines: Sequence[Machine], prices: Callable[[], Prices]
+) -> ClusterSpec:
     """The spec that says what the machines are now, after a resize."""
     types = sorted({m.instance_type for m in machines})
     disks = sorted({m.disk_gb for m in machines if m.disk_gb})
     first = machines[0]
     spot = " spot" if first.spot else ""
-    label = f"{spec.get('num_nodes', 1)}x {spec.get('provider')}/{first.region} "
+    label = f"{spec.num_nodes}x {spec.provider}/{first.region} "
     label += "+".join(types) + spot
     if disks:
         label += f", disk {'+'.join(map(str, disks))} GB"
     table = prices()
     each = [hourly_price(table, m.region, m.instance_type, m.spot) for m in machines]
     known = [p for p in each if p is not None]
-    price = sum(known) / len(known) if known else spec.get("hourly_price", 0.0)
-    placement = {**(spec.get("placement") or {}), "instance_type": types[0]}
+    price = sum(known) / len(known) if known else spec.hourly_price
+    placement = {**(spec.placement or {}), "instance_type": types[0]}
     if disks:
         placement["disk_size"] = disks[-1]
-    return {**spec, "resources": label, "hourly_price": price, "placement": placement}
+    return msgspec.structs.replace(spec, resources=label, hourly_price=price, placement=placement)

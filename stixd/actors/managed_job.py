@@ -44,6 +44,7 @@ from stixd.actors.managed_job_events import (
 from stixd.actors.managed_job_events import MEvent as MEvent  # where callers find it
 from stixd.actors.managed_job_phases import bring_up, down_cluster, teardown, watch
 from stixd.actors.recovery import EAGER_NEXT_REGION
+from stixd.actors.specs import ManagedJobData, ManagedJobSpec
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -69,22 +70,20 @@ def cluster_name(name: str, job_id: int) -> str:
     return f"{base}-{job_id}"
 
 
-def managed_task_id(spec: dict[str, Any], job_id: int, index: int, task: Task) -> str:
+def managed_task_id(spec: ManagedJobSpec, job_id: int, index: int, task: Task) -> str:
     """SkyPilot's ``sky-managed-<time>_<job-name>[_<task-name>]_<job-id>-<task-idx>``: the same
     for every run of the task, so its code can find its own checkpoints after a recovery."""
-    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(float(spec["submitted_at"])))
-    task_name = f"_{task.name}" if len(spec["tasks"]) > 1 and task.name else ""
-    return f"sky-managed-{stamp}_{spec['name']}{task_name}_{job_id}-{index}"
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(spec.submitted_at or 0.0))
+    task_name = f"_{task.name}" if len(spec.tasks) > 1 and task.name else ""
+    return f"sky-managed-{stamp}_{spec.name}{task_name}_{job_id}-{index}"
 
 
-def without_secrets(spec: dict[str, Any]) -> dict[str, Any] | None:
+def without_secrets(spec: ManagedJobSpec) -> ManagedJobSpec | None:
     """The spec with every task's secret values replaced; None when it holds none. Read as
     plain data: a row whose tasks no longer decode is scrubbed too."""
-    tasks = spec.get("tasks")
-    if not isinstance(tasks, list):
-        return None
+    tasks = spec.tasks
     scrubbed = [redacted_task(t) for t in tasks]
-    return None if scrubbed == tasks else {**spec, "tasks": scrubbed}
+    return None if scrubbed == tasks else msgspec.structs.replace(spec, tasks=scrubbed)
 
 
 def logs_dir(home: Path, job_id: int) -> Path:
@@ -95,12 +94,16 @@ class ManagedJobActor(Actor):
     kind = "managed_job"
     machine = Machine("managed_job", MANAGED_TRANSITIONS)
     state_type = S
+    spec_type = ManagedJobSpec
+    data_type = ManagedJobData
+    spec: ManagedJobSpec
+    data: ManagedJobData
 
     def __init__(self, row: Any, app: App) -> None:
         super().__init__(row, app.store, app.log)
         self.app = app
         self._phase: anyio.CancelScope | None = None
-        own = row.spec.get("cluster") or cluster_name(row.spec["name"], int(row.id))
+        own = self.spec.cluster or cluster_name(self.spec.name, int(row.id))
         self._own_cluster = str(own)
         self._log_dir_made = False
 
@@ -116,31 +119,30 @@ class ManagedJobActor(Actor):
 
     @property
     def tasks(self) -> list[Task]:
-        return [msgspec.convert(t, Task) for t in self.row.spec["tasks"]]
+        return [msgspec.convert(t, Task) for t in self.spec.tasks]
 
     @property
     def task_index(self) -> int:
-        return int(self.row.data.get("task", 0))
+        return self.data.task
 
     @property
     def pool(self) -> str | None:
-        pool = self.row.spec.get("pool")
-        return str(pool) if pool else None
+        return self.spec.pool or None
 
     @property
     def cluster(self) -> str:
         """The cluster the task runs on: the job's own, or the pool worker it holds."""
         if self.pool:
-            return str(self.row.data.get("worker") or "")
+            return self.data.worker or ""
         return self._own_cluster
 
     def _task_id(self) -> str:
         index = self.task_index
-        return managed_task_id(self.row.spec, self.job_id, index, self.tasks[index])
+        return managed_task_id(self.spec, self.job_id, index, self.tasks[index])
 
     def _task(self) -> Task:
         """The current task, with the ids SkyPilot gives a managed task's run."""
-        spec = self.row.spec
+        spec = self.spec
         tasks = self.tasks
         ids = [managed_task_id(spec, self.job_id, i, t) for i, t in enumerate(tasks)]
         task = tasks[self.task_index]
@@ -148,8 +150,8 @@ class ManagedJobActor(Actor):
         if len(tasks) > 1:
             envs["SKYPILOT_TASK_IDS"] = "\n".join(ids)
         if self.pool:
-            envs["SKYPILOT_JOB_RANK"] = str(spec.get("job_rank", 0))
-            envs["SKYPILOT_NUM_JOBS"] = str(spec.get("num_jobs", 1))
+            envs["SKYPILOT_JOB_RANK"] = str(spec.job_rank)
+            envs["SKYPILOT_NUM_JOBS"] = str(spec.num_jobs)
         return msgspec.structs.replace(task, envs=envs)
 
     def _dir(self) -> Path:
@@ -169,7 +171,7 @@ class ManagedJobActor(Actor):
         spec = None
         if self.machine.next(self.state, event).is_terminal:
             data.setdefault("ended_at", time.time())
-            spec = without_secrets(self.row.spec)  # kept for recoveries, and there are no more
+            spec = without_secrets(self.spec)  # kept for recoveries, and there are no more
         await self.transition(event, why, new_spec=spec, **data)
         if spec is not None:
             await self.store.forget_overwritten()
@@ -239,7 +241,7 @@ class ManagedJobActor(Actor):
                 cluster_job_id=None,
             )
             self._run(bring_up, self)
-        elif state in (S.STARTING, S.RECOVERING) and not self.row.data.get("cluster_job_id"):
+        elif state in (S.STARTING, S.RECOVERING) and not self.data.cluster_job_id:
             self._run(bring_up, self)
         elif state in ACTIVE:
             self._run(watch, self)
@@ -302,17 +304,16 @@ class ManagedJobActor(Actor):
             self.note(f"  {event.message}")
 
     def _run_id(self) -> int | None:
-        run = self.row.data.get("cluster_job_id")
-        return int(run) if run is not None else None
+        return self.data.cluster_job_id
 
     # -- helpers -------------------------------------------------------------------------
 
     def _ran_seconds(self) -> float:
-        data = self.row.data
-        total = float(data.get("job_duration", 0.0))
-        started = data.get("run_started_at")
+        data = self.data
+        total = data.job_duration
+        started = data.run_started_at
         if self.state is S.RUNNING and started:
-            total += time.time() - float(started)
+            total += time.time() - started
         return round(total, 3)
 
     def _recovery(self) -> JobRecovery | None:

@@ -15,6 +15,7 @@ from stixd.actors.managed_job_phases import (
     watch,
 )
 from stixd.actors.recovery import run_place
+from stixd.actors.specs import ClusterSpec, spec_or_none
 from stixproto.states import JobStatus
 from stixproto.states import ManagedJobStatus as S
 
@@ -28,15 +29,16 @@ if TYPE_CHECKING:
 async def on_up(managed: ManagedJobActor, msg: Up) -> None:
     if managed.state not in (S.STARTING, S.RECOVERING):
         return
-    run = int(managed.row.data.get("run", 0)) + 1
+    run = managed.data.run + 1
     row = await managed.app.store.get("cluster", managed.cluster)
-    infra, region = run_place(row.spec if row is not None else {}, managed.app.default_infra)
+    spec = spec_or_none(row, ClusterSpec) if row is not None else None
+    infra, region = run_place(spec or ClusterSpec())
     await managed.save(
         cluster_uid=msg.uid,
         cluster_job_id=msg.job_id,
         run=run,
         region=region,
-        run_infras=[*managed.row.data.get("run_infras", []), infra][-20:],
+        run_infras=[*managed.data.run_infras, infra][-20:],
     )
     where = f"{managed.cluster} ({infra})"
     managed.note(f"  task {managed.task_index} submitted to {where} as its job {msg.job_id}")
@@ -47,7 +49,7 @@ async def on_running(managed: ManagedJobActor) -> None:
     if managed.state not in (S.STARTING, S.RECOVERING):
         return
     extra: dict[str, Any] = {"run_started_at": time.time()}
-    if not managed.row.data.get("started_at"):
+    if not managed.data.started_at:
         extra["started_at"] = time.time()
     why = f"task {managed.task_index} runs on {managed.cluster}"
     await managed.step(E.UP, why, **extra)
@@ -71,7 +73,7 @@ async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
     ran = managed._ran_seconds()
     state = msg.state
     if state is JobStatus.SUCCEEDED:
-        if managed.task_index + 1 < len(managed.row.spec["tasks"]):
+        if managed.task_index + 1 < len(managed.spec.tasks):
             why = f"task {managed.task_index} succeeded; the next runs on a new cluster"
             next_task = managed.task_index + 1
             await run_again(managed, E.NEXT_TASK, why, ran, task=next_task, lost_region=None)
@@ -88,7 +90,7 @@ async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
         await recover(managed, f"the task exited {msg.exit_code} (recover_on_exit_codes)", ran)
         return
     if state is JobStatus.FAILED:
-        restarts = int(managed.row.data.get("restarts", 0))
+        restarts = managed.data.restarts
         limit = managed._max_restarts()
         if restarts < limit:
             why = f"the task failed ({msg.why}); restart {restarts + 1} of {limit}"
@@ -108,18 +110,18 @@ async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
 
 
 async def recover(managed: ManagedJobActor, why: str, ran: float) -> None:
-    infras = managed.row.data.get("run_infras") or []
+    infras = managed.data.run_infras
     if infras:
         why = f"{why} (on {infras[-1]})"
-    reasons = [*managed.row.data.get("recovery_reasons", []), why]
+    reasons = [*managed.data.recovery_reasons, why]
     await run_again(
         managed,
         E.LOST,
         f"cluster lost ({why}); recovering by {managed._strategy()}",
         ran,
         broken=True,
-        lost_region=managed.row.data.get("region"),
-        recoveries=int(managed.row.data.get("recoveries", 0)) + 1,
+        lost_region=managed.data.region,
+        recoveries=managed.data.recoveries + 1,
         recovery_reasons=reasons[-20:],
     )
 

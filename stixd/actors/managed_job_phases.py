@@ -25,9 +25,11 @@ from stixd.actors.managed_job_events import (
     Up,
 )
 from stixd.actors.recovery import relaunch_hints
+from stixd.actors.specs import ClusterData, JobData, JobSpec, data_or_none, spec_or_none, state_of
+from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest, InvalidTask, ProvisionError, StixError
-from stixproto.states import JobStatus
+from stixproto.states import ClusterStatus, JobStatus
 from stixproto.states import ManagedJobStatus as S
 
 if TYPE_CHECKING:
@@ -45,13 +47,13 @@ async def bring_up(managed: ManagedJobActor) -> None:
         managed.tell(adopted)
         return
     task = managed._task()
-    spec = managed.row.spec
+    spec = managed.spec
     task_id = managed._task_id()
     req: m.Launch | m.Exec
     if managed.pool:
         req = m.Exec(cluster=managed.cluster, task=task, detach=True, task_id=task_id)
     else:
-        lost = managed.row.data.get("lost_region") if managed.state is S.RECOVERING else None
+        lost = managed.data.lost_region if managed.state is S.RECOVERING else None
         avoid, prefer = relaunch_hints(managed._strategy(), lost)
         if avoid:
             managed.note(f"  relaunching outside {', '.join(avoid)} unless nothing else is left")
@@ -61,7 +63,7 @@ async def bring_up(managed: ManagedJobActor) -> None:
             task=task,
             cluster=managed.cluster,
             detach=True,
-            config=[msgspec.convert(c, m.ConfigLayer) for c in spec.get("config", [])],
+            config=[msgspec.convert(c, m.ConfigLayer) for c in spec.config],
             task_id=task_id,
             avoid_regions=avoid,
             prefer_region=prefer,
@@ -98,44 +100,53 @@ async def bring_up(managed: ManagedJobActor) -> None:
     if row is None or row.terminal:
         managed.tell(LaunchFailed(f"cluster {managed.cluster} went away as it came up", False))
         return
-    managed.tell(Up(uid=row.data["uid"], job_id=result.job_id))
+    managed.tell(Up(uid=str(_cluster_data(row).uid), job_id=result.job_id))
+
+
+def _cluster_data(row: Row) -> ClusterData:
+    """What a cluster row says; a damaged row (quarantined by its own actor) says nothing."""
+    return data_or_none(row, ClusterData) or ClusterData()
 
 
 async def adopt(managed: ManagedJobActor) -> Up | None:
     row = await managed.app.store.get("cluster", managed.cluster)
     if row is None or row.terminal:
         return None
-    if row.data.get("pending_launch"):  # the cluster actor finishes it after a restart
+    if _cluster_data(row).pending_launch:  # the cluster actor finishes it after a restart
         row = await managed.app.watch.wait_for(
-            "cluster", managed.cluster, lambda r: r is None or not r.data.get("pending_launch")
+            "cluster",
+            managed.cluster,
+            lambda r: r is None or not _cluster_data(r).pending_launch,
         )
         if row is None or row.terminal:
             return None
-    uid = row.data.get("uid")
-    since = float(managed.row.data.get("attempt_at") or 0.0)
+    uid = _cluster_data(row).uid
+    since = managed.data.attempt_at or 0.0
     ours = managed._task_id()
-    jobs = [  # a pool worker also runs other jobs: only this attempt's run of this task
-        j
+    runs = [  # a pool worker also runs other jobs: only this attempt's run of this task
+        spec.job_id
         for j in await managed.app.store.rows("job", parent=uid)
-        if j.created_at >= since and (j.spec.get("submit") or {}).get("task_id") == ours
+        if j.created_at >= since
+        and (spec := spec_or_none(j, JobSpec)) is not None
+        and spec.submit.get("task_id") == ours
     ]
-    if not jobs:
+    if not runs:
         return None
-    first = min(jobs, key=lambda j: int(j.spec["job_id"]))
-    return Up(uid=str(uid), job_id=int(first.spec["job_id"]))
+    return Up(uid=str(uid), job_id=min(runs))
 
 
 async def watch(managed: ManagedJobActor) -> None:
     """Follow the run to its end, copying its log into the job's own directory."""
-    data = managed.row.data
-    row_id = job_row_id(managed.cluster, data["cluster_uid"], int(data["cluster_job_id"]))
+    data = managed.data
+    assert data.cluster_uid is not None and data.cluster_job_id is not None  # `Up` wrote them
+    row_id = job_row_id(managed.cluster, data.cluster_uid, data.cluster_job_id)
     job = await managed.app.store.get("job", row_id)
     if job is None:
         managed.tell(Ended(JobStatus.FAILED_DRIVER, "the run's record is gone"))
         return
     async with anyio.create_task_group() as tg:
         tg.start_soon(tell_when_running, managed, row_id)
-        await copy_logs(managed, job, int(data.get("run", 1)))
+        await copy_logs(managed, job, data.run or 1)  # a row from before runs were counted
         done = await managed.app.watch.wait_for("job", row_id, lambda r: r is None or r.terminal)
         tg.cancel_scope.cancel()
     if done is None:
@@ -143,8 +154,9 @@ async def watch(managed: ManagedJobActor) -> None:
         return
     events = await managed.app.store.events("job", row_id, 1)
     why = events[-1].why if events else done.state
-    code = done.data.get("exit_code")
-    managed.tell(Ended(JobStatus(done.state), why, code if isinstance(code, int) else None))
+    ended = data_or_none(done, JobData)
+    code = ended.exit_code if ended is not None else None
+    managed.tell(Ended(JobStatus(done.state), why, code))
 
 
 async def copy_logs(managed: ManagedJobActor, job: Any, run: int) -> None:
@@ -171,9 +183,11 @@ async def copy_logs(managed: ManagedJobActor, job: Any, run: int) -> None:
 
 async def tell_when_running(managed: ManagedJobActor, row_id: str) -> None:
     row = await managed.app.watch.wait_for(
-        "job", row_id, lambda r: r is None or r.terminal or r.state == JobStatus.RUNNING
+        "job",
+        row_id,
+        lambda r: r is None or r.terminal or state_of(r, JobStatus) is JobStatus.RUNNING,
     )
-    if row is not None and row.state == JobStatus.RUNNING:
+    if row is not None and state_of(row, JobStatus) is JobStatus.RUNNING:
         managed.tell(Running())
 
 
@@ -191,7 +205,8 @@ async def let_go(managed: ManagedJobActor, held: str, run: int | None, *, broken
     worker and hand the worker back (to be relaunched first if it was lost)."""
     if managed.pool:  # also a job still waiting for a worker: its place in the queue goes
         row = await managed.app.store.get("cluster", held) if held else None
-        if run is not None and row is not None and row.state == "UP" and not broken:
+        up = row is not None and state_of(row, ClusterStatus) is ClusterStatus.UP
+        if run is not None and up and not broken:
             try:
                 cancel = m.Cancel(cluster=held, job_ids=[run])
                 await ask_cluster(managed.app, held, cancel, managed._emit)

@@ -9,16 +9,16 @@ strategy (SkyPilot's names):
 
 from __future__ import annotations
 
-from typing import Any
+from stixd.actors.specs import ClusterSpec
 
 EAGER_NEXT_REGION = "EAGER_NEXT_REGION"
 FAILOVER = "FAILOVER"
 
 
-def run_place(cluster_spec: dict[str, Any], default_infra: str) -> tuple[str, str | None]:
+def run_place(cluster_spec: ClusterSpec) -> tuple[str, str | None]:
     """(infra, region) a cluster runs in: ``fake/fake-2``, ``aws/us-east-1``, ``local``."""
-    provider = str(cluster_spec.get("provider", default_infra))
-    region = (cluster_spec.get("placement") or {}).get("region") or cluster_spec.get("pool")
+    provider = cluster_spec.provider
+    region = (cluster_spec.placement or {}).get("region") or cluster_spec.pool
     infra = f"{provider}/{region}" if region else provider
     return infra, region
 

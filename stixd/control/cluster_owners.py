@@ -13,6 +13,14 @@ from dataclasses import dataclass
 
 from stixd.actors.job_pool import JobPoolActor, worker_name
 from stixd.actors.quarantine import reason_of
+from stixd.actors.specs import (
+    JobPoolData,
+    JobPoolSpec,
+    ManagedJobSpec,
+    data_of,
+    spec_of,
+    spec_or_none,
+)
 from stixd.app import App
 from stixd.control.jobs_cmds import KIND, POOL, row_cluster
 from stixproto import names
@@ -53,9 +61,8 @@ async def cluster_owners(app: App) -> dict[str, Owner]:
             continue  # quarantined (or about to be): its columns may hold anything
         owner = Owner(POOL, pool.id)
         prefixes[f"{pool.id}-"] = owner
-        claims = pool.data.get("claims")
-        held = {c for c in claims if isinstance(c, str)} if isinstance(claims, dict) else set()
-        held |= {worker_name(pool.id, i) for i in range(pool.spec.get("workers", 0))}
+        held = set(data_of(pool, JobPoolData).claims)
+        held |= {worker_name(pool.id, i) for i in range(spec_of(pool, JobPoolSpec).workers)}
         for name in held:
             owners[name] = owner
     if prefixes:
@@ -64,7 +71,8 @@ async def cluster_owners(app: App) -> dict[str, Owner]:
                 if row.id.startswith(prefix) and row.id[len(prefix) :].isdigit():
                     owners.setdefault(row.id, owner)  # a worker of a size since shrunk
     for job in await app.store.rows(KIND, include_terminal=False):
-        if reason_of(app, job) is None and not job.spec.get("pool"):
+        spec = spec_or_none(job, ManagedJobSpec)
+        if reason_of(app, job) is None and spec is not None and not spec.pool:
             owners[row_cluster(job)] = Owner(KIND, job.id)
     return owners
 

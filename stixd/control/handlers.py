@@ -15,6 +15,15 @@ from stixd.actors.asks import ask_cluster
 from stixd.actors.cluster_retry import StopRetrying
 from stixd.actors.joblogs import ending, exit_code, find_job, stream_job_logs
 from stixd.actors.jobs_submit import infra_label
+from stixd.actors.specs import (
+    ClusterData,
+    ClusterSpec,
+    JobData,
+    JobSpec,
+    data_of,
+    data_or_none,
+    spec_of,
+)
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
@@ -96,7 +105,7 @@ async def follow_run_only(app: App, result: m.LaunchResult, emit: Emit) -> m.Lau
     """`launch -s`: setup runs detached, as part of the job; the launch follows only the run."""
     assert result.job_id is not None
     job = await find_job(app, result.cluster, result.job_id)
-    if job.spec["submit"].get("setup") is not None:
+    if spec_of(job, JobSpec).submit.get("setup") is not None:
         hint = command("logs", result.cluster, result.job_id)
         await emit(m.Progress(f"Setup runs detached (-s); its output is in `{hint}`."))
     state = await stream_job_logs(app, job, emit, follow=True, from_run=True)
@@ -142,31 +151,30 @@ def every_port_infras(app: App) -> set[str]:
 
 
 def cluster_record(
-    app: App, row: Row, owner: Owner | None = None, *, any_port: bool = False
+    row: Row, owner: Owner | None = None, *, any_port: bool = False
 ) -> m.ClusterRecord:
-    data, spec = row.data, row.spec
-    provider = spec.get("provider", app.default_infra)
-    placement = spec.get("placement")
-    autostop = data.get("autostop") or {}
-    idle_since = data.get("idle_since")
-    minutes = autostop.get("idle_minutes")
-    nodes = data.get("nodes") or []
+    data, spec = data_of(row, ClusterData), spec_of(row, ClusterSpec)
+    placement = spec.placement
+    autostop = data.autostop
+    idle_since = data.idle_since
+    minutes = autostop.idle_minutes if autostop else None
+    nodes = data.nodes
     return m.ClusterRecord(
         name=row.id,
         status=ClusterStatus(row.state).shown,
-        infra=infra_label(provider, spec.get("pool")),
-        num_nodes=int(spec.get("num_nodes", 1)),
-        resources=spec.get("resources", ""),
-        launched_at=float(data.get("launched_at") or row.created_at),
+        infra=infra_label(spec.provider, spec.pool),
+        num_nodes=spec.num_nodes,
+        resources=spec.resources,
+        launched_at=float(data.launched_at or row.created_at),
         updated_at=row.updated_at,
         autostop_idle_minutes=minutes,
-        autostop_down=bool(autostop.get("down")),
+        autostop_down=bool(autostop and autostop.down),
         autostop_at=(idle_since + minutes * 60) if (idle_since and minutes is not None) else None,
-        hourly_price=float(spec.get("hourly_price", 0.0)),
+        hourly_price=spec.hourly_price,
         head_ip=nodes[0]["ip"] if nodes else None,
-        last_error=data.get("last_error"),
+        last_error=data.last_error,
         owner=owner.label if owner else None,
-        ports=list((placement["ports"] if placement else spec.get("ports")) or []),
+        ports=list((placement["ports"] if placement else spec.ports) or []),
         any_port=any_port,
         activity=cluster_activity(row),
     )
@@ -176,7 +184,7 @@ def cluster_activity(row: Row) -> str | None:
     state = ClusterStatus(row.state)
     if state in (ClusterStatus.STOPPING, ClusterStatus.TERMINATING):
         return state.value.lower()
-    if state is ClusterStatus.INIT and row.data.get("pending_launch"):
+    if state is ClusterStatus.INIT and data_of(row, ClusterData).pending_launch:
         return "launching"
     return None
 
@@ -226,10 +234,9 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
             app,
             r,
             lambda row: cluster_record(
-                app,
                 row,
                 owners.get(row.id),
-                any_port=row.spec.get("provider", app.default_infra) in open_all,
+                any_port=spec_of(row, ClusterSpec).provider in open_all,
             ),
             _failed_cluster,
         )
@@ -260,18 +267,26 @@ def _failed_job(row: Row, why: str) -> m.JobRecord:
 
 
 def job_record(row: Row) -> m.JobRecord:
+    spec, data = spec_of(row, JobSpec), data_of(row, JobData)
     return m.JobRecord(
-        cluster=row.spec["cluster"],
-        job_id=int(row.spec["job_id"]),
-        name=row.spec.get("name"),
+        cluster=spec.cluster,
+        job_id=spec.job_id,
+        name=spec.name,
         status=row.state,
         submitted_at=row.created_at,
-        started_at=row.data.get("started_at"),
-        ended_at=row.data.get("ended_at"),
+        started_at=data.started_at,
+        ended_at=data.ended_at,
         exit_code=exit_code(row),
-        resources=row.spec.get("resources", ""),
-        failed_rank=row.data.get("failed_rank"),
+        resources=spec.resources,
+        failed_rank=data.failed_rank,
     )
+
+
+def _uid(crow: Row) -> str | None:
+    """Which launch of its name a cluster row is; None for a damaged row (shown failed by
+    `status`, its jobs ended when it is removed)."""
+    data = data_or_none(crow, ClusterData)
+    return data.uid if data is not None else None
 
 
 async def queue(app: App, req: m.Queue, emit: Emit) -> m.JobList:
@@ -286,7 +301,7 @@ async def queue(app: App, req: m.Queue, emit: Emit) -> m.JobList:
         clusters = await app.store.rows("cluster", include_terminal=False)
     jobs: list[m.JobRecord] = []
     for crow in clusters:
-        rows = await quarantine.cluster_jobs(app, crow.id, crow.data.get("uid"))
+        rows = await quarantine.cluster_jobs(app, crow.id, _uid(crow))
         for jrow in sorted(rows, key=lambda j: -quarantine.job_number(j.id)):
             if req.skip_finished and jrow.terminal:
                 continue
@@ -299,7 +314,7 @@ async def logs(app: App, req: m.Logs, emit: Emit) -> m.LogsEnd:
     reason = quarantine.reason_of(app, job)
     if reason is not None:  # where its log is (its nodes) is what the row no longer says
         raise quarantine.refusal(job, reason)
-    job_id = int(job.spec["job_id"])
+    job_id = spec_of(job, JobSpec).job_id
     if req.status_only:
         return m.LogsEnd(cluster=req.cluster, job_id=job_id, status=job.state, **ending(job))
     state = await stream_job_logs(app, job, emit, follow=req.follow, tail=req.tail, node=req.node)
@@ -343,7 +358,7 @@ async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostRepor
         if quarantine.reason_of(app, row) is not None:
             continue  # `status` shows it, with how to remove it; it has no cost to report
         try:
-            item = _cost_row(app, row, now)
+            item = _cost_row(row, now)
         except Exception as exc:  # one damaged row leaves the report, logged
             app.log.warning("row_unshowable", kind=row.kind, id=row.id, reason=repr(exc))
             continue
@@ -354,15 +369,16 @@ async def cost_report(app: App, req: m.CostReportReq, emit: Emit) -> m.CostRepor
     return m.CostReport(rows=rows_out, total=sum(r.cost for r in rows_out))
 
 
-def _cost_row(app: App, row: Row, now: float) -> m.CostRow:
-    launched = float(row.data.get("launched_at") or 0.0)
-    active = float(row.data.get("active_seconds") or 0.0)
-    if row.data.get("up_since"):
-        active += now - float(row.data["up_since"])
-    rec = cluster_record(app, row)
+def _cost_row(row: Row, now: float) -> m.CostRow:
+    data = data_of(row, ClusterData)
+    launched = data.launched_at or 0.0
+    active = data.active_seconds
+    if data.up_since:
+        active += now - data.up_since
+    rec = cluster_record(row)
     # a price changed by a resize outside stix holds from then on; before it, the old one
-    priced = float(row.data.get("priced_seconds") or 0.0)
-    cost = float(row.data.get("cost_accrued") or 0.0)
+    priced = data.priced_seconds
+    cost = data.cost_accrued
     cost += max(active - priced, 0.0) / 3600 * rec.hourly_price * rec.num_nodes
     return m.CostRow(
         name=row.id,

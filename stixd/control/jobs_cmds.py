@@ -12,15 +12,25 @@ import anyio
 import msgspec
 
 from stixd.actors import quarantine
-from stixd.actors.job_pool import MAX_POOL_WORKERS
 from stixd.actors.managed_job import cluster_name, logs_dir
+from stixd.actors.specs import (
+    JobPoolData,
+    JobPoolSpec,
+    ManagedJobData,
+    ManagedJobSpec,
+    data_of,
+    encode,
+    spec_of,
+    spec_or_none,
+    state_of,
+)
 from stixd.app import App
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import InternalError, InvalidRequest, JobNotFound, error_from_code
-from stixproto.states import ManagedJobStatus
+from stixproto.states import ClusterStatus, ManagedJobStatus, PoolStatus
 
 Emit = Callable[[Any], Awaitable[None]]
 KIND = "managed_job"
@@ -55,22 +65,23 @@ async def jobs_launch(
             f"({names.rule('managed job')}); give the job one with -n NAME"
         )
     now = time.time()
-    spec: dict[str, Any] = {
-        "name": name,
-        "tasks": [msgspec.to_builtins(t) for t in req.tasks],
-        "config": [msgspec.to_builtins(c) for c in req.config],
-        "submitted_at": now,
-        "resources": f"pool {req.pool}" if req.pool else _resources(req.tasks[0]),
-        "pool": req.pool,
-        "num_jobs": req.num_jobs,
-    }
+    spec = ManagedJobSpec(
+        name=name,
+        tasks=[msgspec.to_builtins(t) for t in req.tasks],
+        config=[msgspec.to_builtins(c) for c in req.config],
+        submitted_at=now,
+        resources=f"pool {req.pool}" if req.pool else _resources(req.tasks[0]),
+        pool=req.pool,
+        num_jobs=req.num_jobs,
+    )
     made: list[Row] = []
     for rank in range(req.num_jobs):
 
         def numbered(job_id: int, rank: int = rank) -> Row:
+            mine = msgspec.structs.replace(spec, job_rank=rank, cluster=cluster_name(name, job_id))
             return Row(
-                kind=KIND, id=str(job_id), state="PENDING", version=0,
-                spec={**spec, "job_rank": rank, "cluster": cluster_name(name, job_id)},
+                kind=KIND, id=str(job_id), state=ManagedJobStatus.PENDING.value, version=0,
+                spec=encode(mine), data=encode(ManagedJobData()),
             )  # fmt: skip
 
         # the insert is the allocation: two launches at once get different ids
@@ -85,8 +96,21 @@ async def jobs_launch(
         return m.ManagedLaunched(job_id=ids[0], name=name, status=first.state, job_ids=ids)
     state = await _follow_runs(app, first, emit)
     ended = await app.store.get(KIND, first.id)
-    failure = ended.data.get("failure_reason") if ended and ended.terminal else None
+    failure = data_of(ended, ManagedJobData).failure_reason if ended and ended.terminal else None
     return m.ManagedLaunched(job_id=ids[0], name=name, status=state, job_ids=ids, failure=failure)
+
+
+def _pool(row: Row) -> str | None:
+    """A managed job's pool; None also for a row whose spec no stix writes (listed, and
+    removed, through quarantine)."""
+    spec = spec_or_none(row, ManagedJobSpec)
+    return spec.pool if spec is not None else None
+
+
+def _name(row: Row) -> str | None:
+    """A managed job's name; None also for a row whose spec no stix writes."""
+    spec = spec_or_none(row, ManagedJobSpec)
+    return spec.name if spec is not None else None
 
 
 def _ids(ids: list[int]) -> str:
@@ -123,7 +147,8 @@ def _resources(task: Any) -> str:
 
 def row_cluster(row: Row) -> str:
     """The job's own cluster, stored at submission (jobs queue lists a thousand of them)."""
-    stored, name = row.spec.get("cluster"), row.spec.get("name")
+    spec = spec_or_none(row, ManagedJobSpec)
+    stored, name = (spec.cluster, spec.name) if spec is not None else (None, None)
     if stored:
         return str(stored)
     return cluster_name(name, int(row.id)) if isinstance(name, str) and row.id.isdigit() else "-"
@@ -131,17 +156,17 @@ def row_cluster(row: Row) -> str:
 
 def _task_statuses(row: Row) -> list[str]:
     """What became of each task of a pipeline: done, this one, and the rest."""
-    n, k = len(row.spec.get("tasks", [])) or 1, int(row.data.get("task", 0))
-    failed = row.terminal and row.state != ManagedJobStatus.SUCCEEDED
+    n, k = len(spec_of(row, ManagedJobSpec).tasks) or 1, data_of(row, ManagedJobData).task
+    failed = row.terminal and state_of(row, ManagedJobStatus) is not ManagedJobStatus.SUCCEEDED
     rest = "CANCELLED" if failed else "PENDING"
     return ["SUCCEEDED"] * k + [row.state] + [rest] * (n - k - 1)
 
 
 def _failed_record(row: Row, why: str) -> m.ManagedJobRecord:
-    name = row.spec.get("name")
+    name = _name(row)
     return m.ManagedJobRecord(
         job_id=int(row.id) if row.id.isdigit() else -1,
-        name=name if isinstance(name, str) else "-",
+        name=name if name is not None else "-",
         status=quarantine.FAILED_STATE[KIND],
         submitted_at=row.created_at,
         failure_reason=why,
@@ -149,34 +174,30 @@ def _failed_record(row: Row, why: str) -> m.ManagedJobRecord:
 
 
 def record(row: Row) -> m.ManagedJobRecord:
-    data = row.data
-    duration = float(data.get("job_duration", 0.0))
-    if row.state == ManagedJobStatus.RUNNING and data.get("run_started_at"):
-        duration += time.time() - float(data["run_started_at"])
+    spec, data = spec_of(row, ManagedJobSpec), data_of(row, ManagedJobData)
+    duration = data.job_duration
+    if state_of(row, ManagedJobStatus) is ManagedJobStatus.RUNNING and data.run_started_at:
+        duration += time.time() - data.run_started_at
     return m.ManagedJobRecord(
         job_id=int(row.id),
-        name=row.spec["name"],
+        name=spec.name,
         status=row.state,
-        submitted_at=float(row.spec.get("submitted_at", row.created_at)),
-        resources=row.spec.get("resources", ""),
-        started_at=data.get("started_at"),
-        ended_at=data.get("ended_at"),
+        submitted_at=spec.submitted_at if spec.submitted_at is not None else row.created_at,
+        resources=spec.resources,
+        started_at=data.started_at,
+        ended_at=data.ended_at,
         job_duration=round(duration, 3),
-        recoveries=int(data.get("recoveries", 0)),
-        restarts=int(data.get("restarts", 0)),
-        failure_reason=data.get("failure_reason"),
-        cluster=None
-        if row.terminal
-        else (data.get("worker") or None)
-        if row.spec.get("pool")
-        else row_cluster(row),
-        task=int(data.get("task", 0)),
-        tasks=len(row.spec.get("tasks", [])) or 1,
-        recovery_reasons=list(data.get("recovery_reasons", [])),
-        pool=row.spec.get("pool"),
+        recoveries=data.recoveries,
+        restarts=data.restarts,
+        failure_reason=data.failure_reason,
+        cluster=None if row.terminal else (data.worker or None) if spec.pool else row_cluster(row),
+        task=data.task,
+        tasks=len(spec.tasks) or 1,
+        recovery_reasons=list(data.recovery_reasons),
+        pool=spec.pool,
         task_statuses=_task_statuses(row),
-        infra=(data.get("run_infras") or [None])[-1],
-        run_infras=list(data.get("run_infras", [])),
+        infra=data.run_infras[-1] if data.run_infras else None,
+        run_infras=list(data.run_infras),
     )
 
 
@@ -200,9 +221,9 @@ async def _select(
     if all_:
         return [r for r in rows if not r.terminal]
     if pool is not None:
-        return [r for r in rows if not r.terminal and r.spec.get("pool") == pool]
+        return [r for r in rows if not r.terminal and _pool(r) == pool]
     if name is not None:
-        named = [r for r in rows if r.spec.get("name") == name]
+        named = [r for r in rows if _name(r) == name]
         if not named:
             raise JobNotFound(f"no managed job named {name!r}")
         return [r for r in named if not r.terminal] or named[-1:]
@@ -269,7 +290,7 @@ async def jobs_logs(app: App, req: m.JobsLogs, emit: Emit) -> m.LogsEnd:
     else:
         rows = await app.store.rows(KIND)
         if req.name is not None:
-            rows = [r for r in rows if r.spec.get("name") == req.name]
+            rows = [r for r in rows if _name(r) == req.name]
         if not rows:
             what = f" named {req.name!r}" if req.name else ""
             raise JobNotFound(f"no managed job{what} yet")
@@ -279,7 +300,7 @@ async def jobs_logs(app: App, req: m.JobsLogs, emit: Emit) -> m.LogsEnd:
     else:
         state = await _follow_files(app, row, emit, req.follow, controller=req.controller)
     ended = await app.store.get(KIND, row.id) or row
-    failure = ended.data.get("failure_reason") if ended.terminal else None
+    failure = data_of(ended, ManagedJobData).failure_reason if ended.terminal else None
     return m.LogsEnd(cluster=row_cluster(row), job_id=int(row.id), status=state, failure=failure)
 
 
@@ -339,7 +360,8 @@ async def _ask_pool(app: App, name: str, payload: Any, *, create: bool = False) 
             raise JobNotFound(f"no pool {name!r}")
         try:
             row = await app.store.insert(
-                Row(kind=POOL, id=name, state="DOWN", terminal=True, version=0), "created"
+                Row(kind=POOL, id=name, state=PoolStatus.DOWN.value, terminal=True, version=0),
+                "created",
             )
         except RowExists:
             row = await app.store.get(POOL, name)
@@ -367,7 +389,7 @@ async def pool_status(app: App, req: m.PoolStatusReq) -> m.Table:
         if missing:
             raise JobNotFound(f"no pool {sorted(missing)[0]!r}")
         rows = [r for r in rows if r.id in wanted]
-    jobs = [j for j in await app.store.rows(KIND, include_terminal=False) if j.spec.get("pool")]
+    jobs = [j for j in await app.store.rows(KIND, include_terminal=False) if _pool(j)]
     out: list[dict[str, Any]] = []
     lines: list[str] = []
     for row in rows:
@@ -394,11 +416,11 @@ async def pool_status(app: App, req: m.PoolStatusReq) -> m.Table:
 
 async def _pool_entry(app: App, row: Row, jobs: list[Row]) -> tuple[dict[str, Any], list[str]]:
     """One pool's `pool status` entry and lines."""
-    claims = {w: int(j) for w, j in (row.data.get("claims") or {}).items()}
-    size = int(row.spec.get("workers", 0))
-    if not 0 <= size <= MAX_POOL_WORKERS:
-        raise ValueError(f"it has {size} workers")
+    spec, data = spec_of(row, JobPoolSpec), data_of(row, JobPoolData)
+    claims = dict(data.claims)
+    size = spec.workers
     workers = []
+    ready = 0
     for i in range(size):
         name = f"{row.id}-{i}"
         crow = await app.store.get("cluster", name)
@@ -409,9 +431,13 @@ async def _pool_entry(app: App, row: Row, jobs: list[Row]) -> tuple[dict[str, An
                 "job_id": claims.get(name),
             }
         )
-    ready = sum(1 for w in workers if w["status"] == "UP")
-    queued = [_number(j) for j in jobs if j.spec["pool"] == row.id and j.state == "PENDING"]
-    failed = row.data.get("failed") or {}
+        ready += crow is not None and state_of(crow, ClusterStatus) is ClusterStatus.UP
+    queued = [
+        _number(j)
+        for j in jobs
+        if _pool(j) == row.id and state_of(j, ManagedJobStatus) is ManagedJobStatus.PENDING
+    ]
+    failed = data.failed
     entry = {
         "pool": row.id,
         "status": row.state,

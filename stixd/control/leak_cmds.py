@@ -16,10 +16,12 @@ from typing import Any
 
 import anyio
 
+from stixd.actors.specs import ClusterSpec, spec_or_none
 from stixd.app import App
 from stixd.planner.catalog import CatalogError
 from stixd.planner.pricing import Prices, hourly_price
 from stixd.providers.abilities import FindsLeaks, Leak, NeedsCredentials
+from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import ProvisionError
 
@@ -35,7 +37,12 @@ async def _live_clusters(app: App, infra: str) -> set[str]:
     """Clusters that own their machines; a quarantined one may be on any infra (its row may
     not say), so it owns what carries its name until the user removes it."""
     rows = await app.store.rows("cluster", include_terminal=False)
-    return {r.id for r in rows if r.quarantined or r.spec.get("provider") == infra}
+    return {r.id for r in rows if r.quarantined or _provider(r) == infra}
+
+
+def _provider(row: Row) -> str | None:
+    spec = spec_or_none(row, ClusterSpec)
+    return spec.provider if spec is not None else None
 
 
 def _regions(app: App, infra: str, provider: FindsLeaks) -> list[str]:

@@ -6,12 +6,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stixd.actors import quarantine
+from stixd.actors.specs import ClusterData, ClusterSpec, data_of, spec_of, state_of
 from stixd.app import App
 from stixd.providers.abilities import HasPools, HasShell, HostReport
 from stixd.providers.base import NodeInfo
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest
+from stixproto.states import ClusterStatus
 
 Emit = Callable[[Any], Awaitable[None]]
 
@@ -22,18 +24,18 @@ async def node_shell(app: App, req: m.NodeShell) -> m.ShellCommand:
         raise ClusterNotFound(f"cluster {req.cluster!r} does not exist")
     if row.quarantined is not None:
         raise quarantine.refusal(row, row.quarantined)
-    if row.state != "UP":
+    if state_of(row, ClusterStatus) is not ClusterStatus.UP:
         raise ClusterNotUp(
             f"cluster {req.cluster!r} is {row.state}; "
             f"start it with `{names.command('start', req.cluster)}`"
         )
-    nodes = [NodeInfo.from_dict(n) for n in row.data.get("nodes") or []]
+    nodes = [NodeInfo.from_dict(n) for n in data_of(row, ClusterData).nodes]
     by_rank = {n.rank: n for n in nodes}
     if req.node not in by_rank:
         raise InvalidRequest(
             f"cluster {req.cluster!r} has nodes 0..{len(nodes) - 1}; there is no node {req.node}"
         )
-    infra = row.spec.get("provider", app.default_infra)
+    infra = spec_of(row, ClusterSpec).provider
     provider = app.provider(infra)
     if not isinstance(provider, HasShell):
         raise InvalidRequest(

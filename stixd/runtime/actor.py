@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import anyio
+import msgspec
 import structlog
 from anyio.abc import TaskGroup
 
@@ -30,23 +31,43 @@ class Stop:
 class BadRow(Exception):
     """A stored row this actor kind never writes: the row is quarantined, not run."""
 
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"the stored row is not valid: {problem}")
+        self.problem = problem
+
 
 class Actor(abc.ABC):
     kind: ClassVar[str]
     machine: ClassVar[Machine[Any, Any]]
     state_type: ClassVar[type[enum.Enum]]
 
+    spec_type: ClassVar[type[msgspec.Struct] | None] = None
+    """What this kind stores in the spec column; None keeps it a plain dict."""
+    data_type: ClassVar[type[msgspec.Struct] | None] = None
+    """What this kind stores in the data column; None keeps it a plain dict."""
+    spec: Any
+    """The row's spec, decoded once as `spec_type` (a kind narrows the annotation)."""
+    data: Any
+    """The row's data, decoded once as `data_type`."""
+
     def __init__(self, row: Row, store: Store, log: structlog.stdlib.BoundLogger) -> None:
-        problem = self.row_problem(row)
-        if problem is not None:
-            raise BadRow(f"the stored row is not valid: {problem}")
-        self.row = row
+        self.row = row  # decoded here: a row this kind never writes raises BadRow
         self.store = store
         self.log = log.bind(kind=self.kind, id=row.id)
         self._tg: TaskGroup | None = None
         self._mailbox: Mailbox | None = None
         self._timers: dict[str, anyio.CancelScope] = {}
         self._clock: Clock = RealClock()
+
+    @property
+    def row(self) -> Row:
+        return self._row
+
+    @row.setter
+    def row(self, row: Row) -> None:
+        """A row read from the store (or written past this actor): decoded again."""
+        self.spec, self.data = self.decode_row(row)
+        self._row = row
 
     @property
     def id(self) -> str:
@@ -64,15 +85,85 @@ class Actor(abc.ABC):
     def row_problem(cls, row: Row) -> str | None:
         """What makes `row` one this kind never writes; None if it is sound."""
         try:
+            cls.decode_row(row)
+        except BadRow as exc:
+            return exc.problem
+        return None
+
+    @classmethod
+    def decode_row(cls, row: Row) -> tuple[Any, Any]:
+        """The row's spec and data as this kind's Structs; `BadRow` if the row is not one this
+        kind writes (its state, terminal flag or parent, or a spec or data field)."""
+        try:
             state = cls.state_type(row.state)
         except ValueError:
-            return f"its state {row.state!r} is not a {cls.kind} state"
+            raise BadRow(f"its state {row.state!r} is not a {cls.kind} state") from None
         if cls.is_terminal(state) != row.terminal:
-            return f"its terminal flag ({int(row.terminal)}) disagrees with its state {row.state}"
+            raise BadRow(
+                f"its terminal flag ({int(row.terminal)}) disagrees with its state {row.state}"
+            )
         expected = cls.parent_of(row)
         if row.parent != expected:
-            return f"its parent is {row.parent!r}, not {expected!r}"
-        return None
+            raise BadRow(f"its parent is {row.parent!r}, not {expected!r}")
+        return cls._decoded(row.spec, cls.spec_type, "spec"), cls._decoded(
+            row.data, cls.data_type, "data"
+        )
+
+    @classmethod
+    def _decoded(
+        cls, stored: dict[str, Any], into: type[msgspec.Struct] | None, column: str
+    ) -> Any:
+        if into is None:
+            return stored
+        try:
+            return msgspec.convert(stored, into)
+        except msgspec.ValidationError as exc:
+            raise BadRow(f"its {column} is not a {cls.kind} {column}: {exc}") from None
+
+    def _written(self, record: Any, changes: dict[str, Any], column: str) -> tuple[Any, Any]:
+        """(what to store, what it decodes to) for `record` with `changes`: encoded and read
+        back through this kind's Struct, so a value it would not read is refused here, as the
+        request's error, never stored for the next start to quarantine."""
+        if not isinstance(record, msgspec.Struct):
+            stored = {**record, **changes}
+            return stored, stored
+        changed = msgspec.structs.replace(record, **changes) if changes else record
+        stored = msgspec.to_builtins(changed)
+        try:
+            return stored, msgspec.convert(stored, type(record))
+        except msgspec.ValidationError as exc:
+            raise InternalError(
+                f"{self.kind} {self.id}: its new {column} is not valid: {exc}"
+            ) from None
+
+    async def _write(
+        self,
+        *,
+        event: str,
+        spec: Any = None,
+        data: dict[str, Any],
+        state: enum.Enum | None = None,
+        why: str = "",
+        record_event: bool = True,
+    ) -> None:
+        """One write of the row: a new spec and data fields (None and {}: unchanged)."""
+        spec_stored, spec_read = (
+            (None, self.spec) if spec is None else self._written(spec, {}, "spec")
+        )
+        data_stored, data_read = (
+            (None, self.data) if not data else self._written(self.data, data, "data")
+        )
+        self._row = await self.store.update(
+            self.row,
+            event=event,
+            state=None if state is None else state.value,
+            terminal=None if state is None else self.is_terminal(state),
+            spec=spec_stored,
+            data=data_stored,
+            why=why,
+            record_event=record_event,
+        )
+        self.spec, self.data = spec_read, data_read
 
     @classmethod
     def parent_of(cls, row: Row) -> str | None:
@@ -86,34 +177,21 @@ class Actor(abc.ABC):
         event: enum.Enum,
         why: str = "",
         *,
-        new_spec: dict[str, Any] | None = None,
+        new_spec: Any = None,
         **data: Any,
     ) -> Any:
         """Move along the table; the write fails (StaleWrite) if someone else wrote first.
-        `new_spec` replaces the spec in the same write (one that forgets a secret)."""
+        `new_spec` (a `spec_type`) replaces the spec in the same write (one that forgets a
+        secret); `data` names fields of `data_type` to change."""
         new_state = self.machine.next(self.state, event)
-        merged = {**self.row.data, **data}
-        self.row = await self.store.update(
-            self.row,
-            event=event.value,
-            state=new_state.value,
-            terminal=self.is_terminal(new_state),
-            spec=new_spec,
-            data=merged,
-            why=why,
-        )
+        await self._write(event=event.value, spec=new_spec, data=data, state=new_state, why=why)
         self.log.info("transition", on=event.value, to=new_state.value, why=why)
         return new_state
 
-    async def save(self, *, spec: dict[str, Any] | None = None, **data: Any) -> None:
-        """Persist data that is not a state change (no event)."""
-        self.row = await self.store.update(
-            self.row,
-            event="save",
-            spec=spec,
-            data={**self.row.data, **data},
-            record_event=False,
-        )
+    async def save(self, *, spec: Any = None, **data: Any) -> None:
+        """Persist data that is not a state change (no event): a new spec (a `spec_type`),
+        and fields of `data_type` to change."""
+        await self._write(event="save", spec=spec, data=data, record_event=False)
 
     # -- lifecycle -----------------------------------------------------------------------
 
