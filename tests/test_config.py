@@ -18,6 +18,7 @@ from stixd.config import (
     default_config_path,
     load_config,
 )
+from stixd.providers.local.config import LocalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def test_default_values_are_the_documented_ones(user_home: Path) -> None:
     assert cfg.daemon.restart_intensity.within_seconds == 60
     assert cfg.daemon.log_level == "info"
     assert cfg.daemon.request_timeout_seconds == 3600
-    assert cfg.sections()["local"].max_nodes == 16  # type: ignore[attr-defined]
+    assert cfg.section("local", LocalConfig).max_nodes == 16
     assert cfg.allowed_clouds is None
 
 
@@ -185,8 +186,8 @@ def test_environment_defaults_to_the_process_environment(
     user_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STIX__LOCAL__MAX_NODES", "3")
-    assert load_config(user_home).sections()["local"].max_nodes == 3  # type: ignore[attr-defined]
-    assert load_config(user_home, env={}).sections()["local"].max_nodes == 16  # type: ignore[attr-defined]
+    assert load_config(user_home).section("local", LocalConfig).max_nodes == 3
+    assert load_config(user_home, env={}).section("local", LocalConfig).max_nodes == 16
 
 
 def test_unknown_key_names_the_file_and_suggests_the_right_key(user_home: Path) -> None:

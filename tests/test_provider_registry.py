@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,3 +250,15 @@ async def test_a_new_entry_is_listed_by_check_with_the_planned_ones(tmp_path: Pa
     assert by_name["acme"].enabled
     assert not by_name["gcp"].enabled and by_name["gcp"].reason == m.NOT_SUPPORTED
     assert "fake" not in by_name  # launchable, but its config section leaves it off
+
+
+def test_the_import_contract_forbids_every_provider_folder() -> None:
+    """A new folder is forbidden to the rest of stixd as soon as it exists (pyproject.toml)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    [contract] = [
+        c
+        for c in config["tool"]["importlinter"]["contracts"]
+        if c["name"] == "only the composition root names a concrete provider"
+    ]
+    listed = {m.removeprefix("stixd.providers.") for m in contract["forbidden_modules"]}
+    assert listed == provider_folders()

@@ -424,14 +424,15 @@ async def _pool_entry(app: App, row: Row, jobs: list[Row]) -> tuple[dict[str, An
     for i in range(size):
         name = f"{row.id}-{i}"
         crow = await app.store.get("cluster", name)
+        cstate = state_of(crow, ClusterStatus) if crow is not None else None
         workers.append(
             {
-                "worker": name,
-                "status": crow.state if crow is not None else "-",
+                "worker": name,  # in-flight STOPPING/TERMINATING show as SkyPilot's INIT
+                "status": cstate.shown if cstate is not None else (crow.state if crow else "-"),
                 "job_id": claims.get(name),
             }
         )
-        ready += crow is not None and state_of(crow, ClusterStatus) is ClusterStatus.UP
+        ready += cstate is ClusterStatus.UP
     queued = [
         _number(j)
         for j in jobs
