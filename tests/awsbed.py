@@ -47,6 +47,24 @@ SPOT_NOTICE = (
 )
 
 
+MOTO_UNPAGED = {
+    "DescribeSecurityGroups": "securityGroupInfo",
+    "DescribeVpcs": "vpcSet",
+    "DescribeSubnets": "subnetSet",
+    "DescribeImages": "imagesSet",
+    "DescribeVolumes": "volumeSet",
+    "DescribeSpotInstanceRequests": "spotInstanceRequestSet",
+}
+"""The paginated EC2 listings stix reads that moto always answers whole (it pages
+``describe_instances`` itself), and the XML element of each one's items."""
+NEXT_PAGE = "stix-page-2"
+EMPTY_FIRST_PAGE = (
+    '<{action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+    "<requestId>00000000-0000-0000-0000-000000000000</requestId><{items}/>"
+    f"<nextToken>{NEXT_PAGE}</nextToken></{{action}}Response>"
+)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,6 +177,18 @@ class AwsBed:
     def hold(self, action: str, **rule: Any) -> None:
         """Keep the next ``action`` request in the proxy until ``let_go`` (then it is done)."""
         self.fault(action, "", hold=True, times=1, **rule)
+
+    def first_page_empty(self, action: str) -> None:
+        """From now on, the first page of every ``action`` listing is empty and names a next
+        page (as EC2 may answer a long listing): only a caller that follows ``NextToken`` sees
+        anything. moto ignores the token of these listings and answers the next page whole."""
+        page = EMPTY_FIRST_PAGE.format(action=action, items=MOTO_UNPAGED[action])
+        self.fault(action, "", match={"NextToken": None}, body=page)
+
+    def requests(self, action: str) -> list[dict[str, str]]:
+        """The form of every ``action`` request that reached the proxy since the last reset."""
+        forms = _http("GET", f"{self.url}/_fault/forms")
+        return [f for f in forms if f.get("Action") == action]
 
     def held(self) -> dict[str, int]:
         got = _http("GET", f"{self.url}/_fault")

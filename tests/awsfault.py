@@ -13,7 +13,9 @@ keeps the request until ``POST /_fault/release``, then forwards it even if its c
 gone; one with ``rewrite`` ``[[old, new], ...]`` forwards it and replaces text in moto's answer,
 for states moto never reports, such as a spot interruption's reason), ``GET /_fault``
 returns the rules left, the ``Action``s seen (with their regions) and the held requests
-``waiting`` / ``forwarded``, ``DELETE /_fault`` clears all.
+``waiting`` / ``forwarded``, ``GET /_fault/forms`` every request's form as seen (what each
+call asked for), ``DELETE /_fault`` clears all. A ``match`` value of null matches a form
+without that field (a listing's first page has no ``NextToken``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def make_app(upstream: str) -> web.Application:
     rules: list[dict[str, Any]] = []
     seen: list[str] = []
     regions: list[str] = []
+    forms: list[dict[str, str]] = []
     app = web.Application()
 
     async def client(app: web.Application) -> Any:
@@ -68,6 +71,9 @@ def make_app(upstream: str) -> web.Application:
     async def get_rules(req: web.Request) -> web.Response:
         return web.json_response({"rules": rules, "seen": seen, "regions": regions, **held})
 
+    async def get_forms(req: web.Request) -> web.Response:
+        return web.json_response(forms)
+
     async def let_go(req: web.Request) -> web.Response:
         release[0].set()
         return web.json_response(held)
@@ -76,6 +82,7 @@ def make_app(upstream: str) -> web.Application:
         rules.clear()
         seen.clear()
         regions.clear()
+        forms.clear()
         release[0].set()
         release[0] = asyncio.Event()
         held.update(waiting=0, forwarded=0)
@@ -120,6 +127,7 @@ def make_app(upstream: str) -> web.Application:
         if action:
             seen.append(action)
             regions.append(region)
+            forms.append(form)
         for rule in rules:
             if rule["action"] != action or rule["times"] == 0:
                 continue
@@ -148,6 +156,7 @@ def make_app(upstream: str) -> web.Application:
     app.router.add_post("/_fault", set_rule)
     app.router.add_post("/_fault/release", let_go)
     app.router.add_get("/_fault", get_rules)
+    app.router.add_get("/_fault/forms", get_forms)
     app.router.add_delete("/_fault", clear)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app

@@ -29,6 +29,8 @@ DEFAULT_IMAGE_NAMES = {
 }
 DEFAULT_DISK_GB = 256
 WAIT_BACKOFF_MAX_S = 5.0
+FILTER_VALUES_MAX = 200
+"""EC2 takes up to 200 values in one filter."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,38 +94,42 @@ INTERRUPTION_CODES = ("marked-for-termination", "marked-for-stop", "marked-for-h
 
 async def interruption_notices(ec2: Ec2Clients, region: str, ids: list[str]) -> dict[str, str]:
     """Spot instance id → its interruption notice (``code: message``), for those that have one."""
-    if not ids:
-        return {}
-    found = await ec2.call(
-        Where(region),
-        "describe_spot_instance_requests",
-        Filters=[{"Name": "instance-id", "Values": ids}],
-    )
     out = {}
-    for request in found.get("SpotInstanceRequests") or []:
-        status = request.get("Status") or {}
-        if status.get("Code") in INTERRUPTION_CODES and request.get("InstanceId") in ids:
-            message = f": {status['Message']}" if status.get("Message") else ""
-            out[str(request["InstanceId"])] = f"{status['Code']}{message}"
+    for some in chunks(ids):
+        requests = await ec2.pages(
+            Where(region),
+            "describe_spot_instance_requests",
+            "SpotInstanceRequests",
+            Filters=[{"Name": "instance-id", "Values": some}],
+        )
+        for request in requests:
+            status = request.get("Status") or {}
+            if status.get("Code") in INTERRUPTION_CODES and request.get("InstanceId") in some:
+                message = f": {status['Message']}" if status.get("Message") else ""
+                out[str(request["InstanceId"])] = f"{status['Code']}{message}"
     return out
 
 
-async def disk_sizes(ec2: Ec2Clients, region: str, insts: list[Instance]) -> dict[str, int]:
-    """Instance id → its root volume's size in GB (what it is now, resized or not)."""
-    by_volume = {i.root_volume: i.id for i in insts if i.root_volume}
-    if not by_volume:
-        return {}
-    try:
-        found = await ec2.call(Where(region), "describe_volumes", VolumeIds=sorted(by_volume))
-    except ProvisionError as exc:
-        if aws_code(exc).startswith("InvalidVolume"):
-            return {}  # a volume went with its instance meanwhile
-        raise
-    return {
-        by_volume[v["VolumeId"]]: int(v["Size"])
-        for v in found.get("Volumes") or []
-        if v.get("VolumeId") in by_volume and v.get("Size") is not None
-    }
+async def volume_sizes(ec2: Ec2Clients, region: str, volumes: list[str]) -> dict[str, int]:
+    """Volume id → its size in GB now (resized or not), for those that still exist (a filter,
+    not ids: a volume gone with its instance is left out instead of failing the rest)."""
+    out = {}
+    for some in chunks(volumes):
+        found = await ec2.pages(
+            Where(region),
+            "describe_volumes",
+            "Volumes",
+            Filters=[{"Name": "volume-id", "Values": some}],
+        )
+        for v in found:
+            if v.get("VolumeId") in some and v.get("Size") is not None:
+                out[str(v["VolumeId"])] = int(v["Size"])
+    return out
+
+
+def chunks(values: list[str]) -> list[list[str]]:
+    """``values`` in runs EC2 takes in one filter."""
+    return [values[i : i + FILTER_VALUES_MAX] for i in range(0, len(values), FILTER_VALUES_MAX)]
 
 
 def tags(cluster: str, user: str, rank: int | None = None) -> list[dict[str, str]]:
@@ -142,9 +148,9 @@ def client_token(cluster: str, launch_id: str, zone: str, ranks: list[int]) -> s
     return "stix-" + hashlib.sha256(key.encode()).hexdigest()[:48]
 
 
-def flatten(found: dict[str, Any]) -> list[Instance]:
-    """The instances of a ``describe_instances`` answer."""
-    return [parse(i) for r in found.get("Reservations") or [] for i in r.get("Instances") or []]
+def flatten(reservations: list[dict[str, Any]]) -> list[Instance]:
+    """The instances of ``describe_instances``' reservations."""
+    return [parse(i) for r in reservations for i in r.get("Instances") or []]
 
 
 async def find(ec2: Ec2Clients, region: str, cluster: str, user: str) -> list[Instance]:
@@ -155,21 +161,23 @@ async def find(ec2: Ec2Clients, region: str, cluster: str, user: str) -> list[In
 async def find_clusters(
     ec2: Ec2Clients, region: str, clusters: list[str], user: str
 ) -> dict[str, list[Instance]]:
-    """Each cluster's instances that are not terminated, by rank, in one call."""
-    found = await ec2.call(
-        Where(region),
-        "describe_instances",
-        Filters=[
-            {"Name": f"tag:{TAG_CLUSTER}", "Values": clusters},
-            {"Name": f"tag:{TAG_USER}", "Values": [user]},
-            {"Name": "instance-state-name", "Values": ALIVE},
-        ],
-    )
+    """Each cluster's instances that are not terminated, by rank: one listing per 200."""
     out: dict[str, list[Instance]] = {c: [] for c in clusters}
-    for inst in sorted(flatten(found), key=order):
-        if inst.cluster in out:
-            out[inst.cluster].append(inst)
-    return out
+    for some in chunks(clusters):
+        found = await ec2.pages(
+            Where(region),
+            "describe_instances",
+            "Reservations",
+            Filters=[
+                {"Name": f"tag:{TAG_CLUSTER}", "Values": some},
+                {"Name": f"tag:{TAG_USER}", "Values": [user]},
+                {"Name": "instance-state-name", "Values": ALIVE},
+            ],
+        )
+        for inst in flatten(found):
+            if inst.cluster in out:
+                out[inst.cluster].append(inst)
+    return {c: sorted(found, key=order) for c, found in out.items()}
 
 
 def order(i: Instance) -> tuple[int, float, int, str]:
@@ -179,7 +187,9 @@ def order(i: Instance) -> tuple[int, float, int, str]:
 async def by_ids(ec2: Ec2Clients, region: str, ids: list[str]) -> list[Instance]:
     """The instances with these ids that EC2 lists already (a new one may not be listed yet)."""
     try:
-        found = await ec2.call(Where(region), "describe_instances", InstanceIds=ids)
+        found = await ec2.pages(
+            Where(region), "describe_instances", "Reservations", InstanceIds=ids
+        )
     except ProvisionError as exc:
         if aws_code(exc) == "InvalidInstanceID.NotFound":
             return []
@@ -200,25 +210,25 @@ async def resolve_image(
         if not str(image_id).startswith("ami-"):
             raise ProvisionError(f"image_id {image_id!r} is not an AMI id (ami-...)")
         try:
-            found = await ec2.call(where, "describe_images", ImageIds=[str(image_id)])
+            images = await ec2.pages(where, "describe_images", "Images", ImageIds=[str(image_id)])
         except ProvisionError as exc:
             if aws_code(exc).startswith("InvalidAMIID"):
                 raise ProvisionError(f"AWS region {region} has no image {image_id}") from None
             raise
-        images = found.get("Images") or []
         if not images:
             raise ProvisionError(f"AWS region {region} has no image {image_id}")
     else:
-        found = await ec2.call(
+        found = await ec2.pages(
             where,
             "describe_images",
+            "Images",
             Owners=[CANONICAL],
             Filters=[
                 {"Name": "name", "Values": [DEFAULT_IMAGE_NAMES.get(arch, arch)]},
                 {"Name": "state", "Values": ["available"]},
             ],
         )
-        images = sorted(found.get("Images") or [], key=lambda i: i.get("CreationDate", ""))[-1:]
+        images = sorted(found, key=lambda i: i.get("CreationDate", ""))[-1:]
         if not images:
             raise ProvisionError(
                 f"no Ubuntu image for {arch} in AWS region {region}; name one with image_id"

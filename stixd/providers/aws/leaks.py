@@ -31,9 +31,10 @@ async def find_leaks(
     now = time.time()
     found: list[Leak] = []
     for region in regions:
-        listed = await ec2.call(
+        listed = await ec2.pages(
             Where(region),
             "describe_instances",
+            "Reservations",
             Filters=[
                 {"Name": f"tag:{instances.TAG_USER}", "Values": [user]},
                 {"Name": "instance-state-name", "Values": instances.ALIVE},
@@ -57,12 +58,13 @@ async def find_leaks(
                     spot=inst.spot,
                 )
             )
-        groups = await ec2.call(
+        groups = await ec2.pages(
             Where(region),
             "describe_security_groups",
+            "SecurityGroups",
             Filters=[{"Name": f"tag:{instances.TAG_USER}", "Values": [user]}],
         )
-        for group in groups.get("SecurityGroups") or []:
+        for group in groups:
             tags = {t["Key"]: t["Value"] for t in group.get("Tags") or []}
             cluster = tags.get(instances.TAG_CLUSTER, "")
             if cluster and cluster not in live and cluster not in owners:

@@ -67,24 +67,25 @@ async def find_vpc(ec2: Ec2Clients, region: str, name: str | None) -> str:
             f"AWS region {region} has no default VPC; create one "
             "(`aws ec2 create-default-vpc`) or set aws.vpc_name"
         )
-    found = await ec2.call(Where(region), "describe_vpcs", Filters=[wanted])
-    vpcs = sorted(found.get("Vpcs") or [], key=lambda v: str(v["VpcId"]))
+    found = await ec2.pages(Where(region), "describe_vpcs", "Vpcs", Filters=[wanted])
+    vpcs = sorted(found, key=lambda v: str(v["VpcId"]))
     if not vpcs:
         raise AwsCapacityError("VpcNotFound", missing, Where(region).block("region"))
     return str(vpcs[0]["VpcId"])
 
 
 async def subnet_for(ec2: Ec2Clients, region: str, vpc: str, zone: Zone) -> str:
-    found = await ec2.call(
+    found = await ec2.pages(
         Where(region, zone.name),
         "describe_subnets",
+        "Subnets",
         Filters=[
             {"Name": "vpc-id", "Values": [vpc]},
             {"Name": "availability-zone", "Values": [zone.name]},
         ],
     )
     subnets = sorted(
-        found.get("Subnets") or [],
+        found,
         key=lambda s: (not s.get("DefaultForAz"), -int(s.get("AvailableIpAddressCount", 0))),
     )
     if not subnets:
@@ -101,9 +102,10 @@ def group_name(cluster: str) -> str:
 
 
 async def find_group(ec2: Ec2Clients, region: str, vpc: str, cluster: str) -> str | None:
-    found = await ec2.call(
+    found = await ec2.pages(
         Where(region),
         "describe_security_groups",
+        "SecurityGroups",
         Filters=[
             {"Name": "vpc-id", "Values": [vpc]},
             {"Name": "group-name", "Values": [group_name(cluster)]},
@@ -111,9 +113,7 @@ async def find_group(ec2: Ec2Clients, region: str, vpc: str, cluster: str) -> st
     )
     # EC2 reads `*` and `?` in a filter value as wildcards: only the exact name is the cluster's
     # (an earlier version took any cluster name, `*` among them)
-    groups = [
-        g for g in found.get("SecurityGroups") or [] if g.get("GroupName") == group_name(cluster)
-    ]
+    groups = [g for g in found if g.get("GroupName") == group_name(cluster)]
     return str(groups[0]["GroupId"]) if groups else None
 
 
@@ -150,8 +150,10 @@ async def ensure_group(
 
 async def open_group_ports(ec2: Ec2Clients, region: str, group: str, ports: list[int]) -> None:
     """TCP ``ports`` open to the world on ``group``; ports already open are left alone."""
-    found = await ec2.call(Where(region), "describe_security_groups", GroupIds=[group])
-    rules = found["SecurityGroups"][0].get("IpPermissions") or []
+    [found] = await ec2.pages(
+        Where(region), "describe_security_groups", "SecurityGroups", GroupIds=[group]
+    )
+    rules = found.get("IpPermissions") or []
     open_ = {
         (int(r["FromPort"]), int(r["ToPort"]))
         for r in rules

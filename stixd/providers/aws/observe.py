@@ -16,6 +16,7 @@ import anyio
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.instances import Instance
+from stixd.providers.aws.listing import ClusterListing
 from stixd.providers.aws.nodes import AwsNodes, record_node
 from stixd.providers.base import Machine, NodeInfo, NodeLoss, NodeStatus
 from stixproto.errors import ProvisionError
@@ -34,6 +35,7 @@ class Observation:
 
 async def observe(
     ec2: Ec2Clients,
+    listing: ClusterListing,
     nodes_side: AwsNodes,
     cluster: str,
     region: str,
@@ -41,7 +43,8 @@ async def observe(
     new: Collection[str] = (),
 ) -> Observation:
     """``found``: the cluster's live instances, against its nodes as last brought up;
-    ``new``: instances made so recently that EC2 may not list them yet (never taken for lost)."""
+    ``new``: instances made so recently that EC2 may not list them yet (never taken for lost).
+    Disks and spot notices are asked through ``listing``: shared with other clusters' looks."""
     log = nodes_side.log
     nodes: dict[int, NodeInfo] = {}
     errors: dict[int, str] = {}
@@ -61,14 +64,14 @@ async def observe(
 
     async def sizes() -> None:
         try:
-            disks.update(await instances.disk_sizes(ec2, region, ranked))
+            disks.update(await listing.disk_sizes(region, ranked))
         except ProvisionError as exc:  # the disks stay as last seen
             log.warning("aws_disks_unread", error=exc.message)
 
     async def notified() -> None:
         spot = [i.id for i in ranked if i.spot and i.state == "running"]
         try:
-            notices.update(await instances.interruption_notices(ec2, region, spot))
+            notices.update(await listing.interruption_notices(region, spot))
         except ProvisionError as exc:  # no notices then: the termination itself is seen later
             log.warning("aws_spot_notices_unread", error=exc.message)
 

@@ -113,8 +113,8 @@ class AwsProvider:
         return self._ec2
 
     def listing(self) -> ClusterListing:
-        """Where clusters are looked up when nothing is being made: concurrent look-ups of
-        several clusters share one EC2 call."""
+        """Where clusters are looked up when nothing is being made: look-ups of several
+        clusters that come together (health checks, a restart, a refresh) share EC2 calls."""
         if self._listing is None:
             self._listing = ClusterListing(self.ec2(), self.user)
         return self._listing
@@ -307,7 +307,9 @@ class AwsProvider:
             self.seen.pop(cluster, None)
             return []
         region, found = alive
-        seen = await observe(self.ec2(), self.nodes, cluster, region, found, self._new(cluster))
+        seen = await observe(
+            self.ec2(), self.listing(), self.nodes, cluster, region, found, self._new(cluster)
+        )
         self.last_error[cluster] = seen.errors
         self.lost[cluster] = seen.lost
         self.seen[cluster] = seen.machines

@@ -1,0 +1,161 @@
+"""EC2 calls scale with the infra, not with the clusters (issue 15, must-hold 3), on a real moto
+server behind the fault proxy (tests/awsfault.py), which logs every request's form.
+
+- Every listing is read to its last page: moto pages ``describe_instances`` itself (the
+  provider asks for small pages here); the other listings moto answers whole, so the proxy
+  answers their first page empty with a ``NextToken``, as EC2 may.
+- The health checks of many clusters on one region are one ``describe_instances`` (and one
+  ``describe_volumes``) per round, whatever the number of clusters: counted in the proxy's log
+  of a real daemon's requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from stixd.agent_bundle import build_agent_zipapp
+from stixd.providers.aws import AwsProvider, instances
+from stixd.providers.aws.instances import TAG_RANK, TAG_USER
+from stixd.providers.base import NodeStatus, ProvisionRequest
+from tests.awsbed import MOTO_UNPAGED, NEXT_PAGE, REGION, SPOT_NOTICE, AwsBed, aws_fixtures
+from tests.sshbed import SshBed, bed_fixture
+
+pytestmark = pytest.mark.anyio
+hosts = bed_fixture(2, scope="module")
+aws_server, aws = aws_fixtures()
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_agent_zipapp(tmp_path_factory.mktemp("agent"))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+def _env(aws: AwsBed, bed: SshBed | None = None) -> dict[str, str]:
+    env = {**aws.env, "HOME": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent/config"}
+    if bed is not None:
+        env["STIX_TEST_SSH_HOSTS"] = ",".join(f"root@{h.ip}:22" for h in bed.hosts)
+        env["STIX_TEST_SSH_KEY"] = str(bed.key)
+    return env
+
+
+def _filter(form: dict[str, str], name: str) -> list[str]:
+    """The values of the filter called ``name`` in a request's form."""
+    for key, value in form.items():
+        if key.startswith("Filter.") and key.endswith(".Name") and value == name:
+            prefix = key[: -len("Name")] + "Value."
+            return [v for k, v in form.items() if k.startswith(prefix)]
+    return []
+
+
+async def _made_by_hand(aws: AwsBed, user: str, clusters: list[str]) -> None:
+    """One ranked instance of each cluster (a reservation each), made straight at moto."""
+    from aiobotocore.session import get_session  # type: ignore[import-untyped]
+
+    image = aws.an_image()
+    async with get_session().create_client(
+        "ec2",
+        region_name=REGION,
+        endpoint_url=aws.moto_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ) as ec2:
+        for cluster in clusters:
+            tags = [
+                {"Key": "stix-cluster", "Value": cluster},
+                {"Key": TAG_USER, "Value": user},
+                {"Key": TAG_RANK, "Value": "0"},
+            ]
+            await ec2.run_instances(
+                ImageId=image,
+                MinCount=1,
+                MaxCount=1,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+            )
+
+
+async def test_instance_listings_longer_than_a_page_are_read_to_the_last_page(
+    aws: AwsBed, home: Path
+) -> None:
+    provider = AwsProvider(home, _env(aws))
+    provider.ec2().page_size = 5
+    names = [f"p{i:02d}" for i in range(12)]
+    await _made_by_hand(aws, provider.user, names)
+    for name in names:
+        provider.records.update(name, region=REGION)
+    got: dict[str, list[int]] = {}
+
+    async def query(name: str) -> None:
+        got[name] = [n.rank for n in await provider.query(name)]
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(query, name)
+    assert got == {name: [0] for name in names}
+    asked = aws.requests("DescribeInstances")
+    assert [f.get("MaxResults") for f in asked] == ["5"] * 3  # 12 reservations: three pages
+    assert all(_filter(f, "tag:stix-cluster") == names for f in asked)
+
+    leaks = await provider.leaks([REGION], live=set(), young_s=0)
+    assert sorted(x.cluster for x in leaks if x.kind == "instance") == names
+    assert len(aws.requests("DescribeInstances")) == 6
+    await provider.aclose()
+
+
+async def test_every_listing_reads_past_an_empty_first_page(
+    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+) -> None:
+    """A launch (VPC, subnet, security group, image), a look (disks, spot notices), the
+    default image, leaks and a down each see only what is on a listing's second page."""
+    for action in MOTO_UNPAGED:
+        aws.first_page_empty(action)
+    provider = AwsProvider(home, _env(aws, hosts))
+    req = ProvisionRequest(
+        "paged",
+        1,
+        pyz,
+        resources={
+            "region": REGION,
+            "instance_type": "t3.micro",
+            "image_id": aws.an_image(),
+            "ports": [8080],
+            "disk_size": 64,
+        },
+    )
+    nodes = await provider.launch(req)
+    assert [n.status for n in nodes] == [NodeStatus.RUNNING]
+    assert [n.status for n in await provider.query("paged")] == [NodeStatus.RUNNING]
+    assert [m.disk_gb for m in provider.machines("paged")] == [64]
+    [inst] = aws.live_instances("paged")
+    iid = inst["InstanceId"]
+
+    image, _ = await instances.resolve_image(provider.ec2(), REGION, None)
+    ubuntu = aws.ec2("describe_images", Owners=[instances.CANONICAL])["Images"]
+    assert image in {i["ImageId"] for i in ubuntu}
+
+    aws.fault(
+        "DescribeSpotInstanceRequests",
+        "",
+        match={"NextToken": NEXT_PAGE},
+        body=SPOT_NOTICE.format(instance=iid),
+    )
+    notices = await provider.listing().interruption_notices(REGION, [iid])
+    assert notices == {iid: "marked-for-termination: Spot Instance is marked for termination"}
+
+    aws.ec2("terminate_instances", InstanceIds=[iid])  # from outside stix: its group is left
+    leaks = await provider.leaks([REGION], live=set(), young_s=0)
+    assert [(x.kind, x.cluster) for x in leaks] == [("security-group", "paged")]
+    await provider.terminate("paged")
+    groups = aws.ec2("describe_security_groups")["SecurityGroups"]
+    assert [g["GroupName"] for g in groups if g["GroupName"].startswith("stix-")] == []
+    for action in MOTO_UNPAGED:  # each listing was asked for its second page
+        assert NEXT_PAGE in {f.get("NextToken") for f in aws.requests(action)}, action
+    await provider.aclose()
