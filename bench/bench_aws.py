@@ -37,9 +37,8 @@
    ``find_leaks`` is also given per 1,000 instances EC2 held.
 
 The daemon runs with ``health_check_seconds`` at 3600 so that its 50 actors' periodic checks
-(one ``describe_instances`` each per 10 s by default) do not load moto while other figures are
-taken: the health checks of separate actors fire at separate times, so each still costs one
-call per cluster, as the "one after another" figure of part 3 shows.
+(every cluster's check comes due at the same instants, one shared ``describe_instances`` and
+``describe_volumes`` a round) do not load moto while other figures are taken.
 Every figure is a ratio to a baseline measured in the same run; nothing asserts on time. Needs
 root, ``sshd``, moto (see tests/sshbed.py and tests/awsbed.py); ``--no-ssh`` runs part 3 only
 (without the daemon's ``status --refresh``). Everything started is stopped at the end.

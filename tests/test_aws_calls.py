@@ -21,8 +21,11 @@ from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.aws import AwsProvider, instances
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
 from stixd.providers.base import NodeStatus, ProvisionRequest
+from stixd.runtime.clock import ManualClock, until_aligned
 from tests.awsbed import MOTO_UNPAGED, NEXT_PAGE, REGION, SPOT_NOTICE, AwsBed, aws_fixtures
+from tests.conftest import Stix, wait_until
 from tests.sshbed import SshBed, bed_fixture
+from tests.test_aws_e2e import _use
 
 pytestmark = pytest.mark.anyio
 hosts = bed_fixture(2, scope="module")
@@ -159,3 +162,41 @@ async def test_every_listing_reads_past_an_empty_first_page(
     for action in MOTO_UNPAGED:  # each listing was asked for its second page
         assert NEXT_PAGE in {f.get("NextToken") for f in aws.requests(action)}, action
     await provider.aclose()
+
+
+CLUSTERS = 20
+HEALTH_S = 2
+
+
+@pytest.mark.slow  # twenty launches: about half a minute
+def test_health_checks_of_many_clusters_are_one_listing_a_round(
+    stix: Stix, aws: AwsBed, hosts: SshBed
+) -> None:
+    """Twenty UP clusters launched at different moments: each health round asks EC2 once for
+    all their instances and once for all their disks, not once per cluster."""
+    _use(stix, aws, hosts)
+    stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = str(HEALTH_S)
+    stix.run("daemon", "start", check=True)
+    names = [f"h{i:02d}" for i in range(CLUSTERS)]
+    infra = ["--infra", f"aws/{REGION}", "--instance-type", "m6i.large"]
+    launches = [stix.popen("launch", "-yd", "-c", name, *infra, "true") for name in names]
+    for proc in launches:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert {c["status"] for c in stix.clusters().values()} == {"UP"}
+    listed, sized = len(aws.requests("DescribeInstances")), len(aws.requests("DescribeVolumes"))
+    wait_until(lambda: len(aws.requests("DescribeInstances")) >= listed + 3, timeout=10 * HEALTH_S)
+    rounds = aws.requests("DescribeInstances")[listed:]
+    assert [sorted(_filter(f, "tag:stix-cluster")) for f in rounds] == [names] * len(rounds)
+    disks = aws.requests("DescribeVolumes")[sized:]
+    assert disks and all(len(_filter(f, "volume-id")) == CLUSTERS for f in disks)
+
+
+def test_health_timers_armed_at_any_moment_come_due_on_one_grid_half_a_period_on_or_more() -> None:
+    """What lines the health checks of clusters launched at different moments up."""
+    clock = ManualClock()
+    for now in (0.0, 0.001, 3.0, 4.999, 5.0, 9.999, 10.0, 12345.6):
+        clock.advance(now - clock.now())
+        due = now + until_aligned(clock, 10.0)
+        assert 5.0 <= due - now <= 15.0
+        assert due / 10.0 == pytest.approx(round(due / 10.0), abs=1e-9)

@@ -16,6 +16,7 @@ from stixd.actors.machines import compare
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.abilities import ReportsLostNodes, ReportsMachines, ReportsNodeErrors
 from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus
+from stixd.runtime.clock import until_aligned
 from stixproto.errors import ProvisionError
 from stixproto.states import JobStatus
 
@@ -153,9 +154,12 @@ def node_problems(cluster: ClusterActor, down: list[NodeInfo]) -> str | None:
 
 
 def schedule_health(cluster: ClusterActor) -> None:
-    """Look at every node of a live cluster now and then (a host may die unseen)."""
+    """Look at every node of a live cluster now and then (a host may die unseen). Every
+    cluster's check comes due at the same instants, so a provider can answer the checks of all
+    its clusters with one cloud call (the aws provider's shared listing) instead of one each."""
     if cluster.state in (C.UP, C.INIT) and not cluster.data.pending_launch:
-        cluster.after("health", cluster.app.config.daemon.health_check_seconds, HealthTick())
+        period = cluster.app.config.daemon.health_check_seconds
+        cluster.after("health", until_aligned(cluster.clock, period), HealthTick())
 
 
 # -- agents --------------------------------------------------------------------------

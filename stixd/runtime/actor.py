@@ -74,6 +74,11 @@ class Actor(abc.ABC):
         return self.row.id
 
     @property
+    def clock(self) -> Clock:
+        """The clock this actor's timers run on (the supervisor's once it runs)."""
+        return self._clock
+
+    @property
     def state(self) -> Any:
         return self.state_type(self.row.state)
 
