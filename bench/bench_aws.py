@@ -36,9 +36,14 @@
    daemon's 50 UP clusters before and after the 1,000 were made, with the EC2 calls it made.
    ``find_leaks`` is also given per 1,000 instances EC2 held.
 
-The daemon runs with ``health_check_seconds`` at 3600 so that its 50 actors' periodic checks
-(every cluster's check comes due at the same instants, one shared ``describe_instances`` and
-``describe_volumes`` a round) do not load moto while other figures are taken.
+4. The daemon restarted with ``health_check_seconds`` at 2 over the 50 UP clusters: after two
+   periods for the restart's reconcile, the EC2 requests of ``--rounds`` health rounds, per
+   round, against one cluster's round (a ``describe_instances`` and a ``describe_volumes``)
+   as baseline: the rounds share their calls, so the ratio stays near 1 whatever the number
+   of clusters (it was the number of clusters).
+
+Until part 4 the daemon runs with ``health_check_seconds`` at 3600 so that its 50 actors'
+periodic checks do not load moto while other figures are taken.
 Every figure is a ratio to a baseline measured in the same run; nothing asserts on time. Needs
 root, ``sshd``, moto (see tests/sshbed.py and tests/awsbed.py); ``--no-ssh`` runs part 3 only
 (without the daemon's ``status --refresh``). Everything started is stopped at the end.
@@ -467,6 +472,30 @@ def _part3(home: Home | None, aws: AwsBed, live: list[str], extra: int, queried:
         )
 
 
+# -- 4. health rounds --------------------------------------------------------------------
+
+ONE_CLUSTER_ROUND = 2
+"""A health round of one cluster: its instances, its disks."""
+
+
+def _part4(home: Home, aws: AwsBed, live: list[str], rounds: int, period: float = 2.0) -> None:
+    home.ctl("daemon", "stop")
+    home.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = str(period)
+    home.ctl("daemon", "start")
+    time.sleep(2 * period)  # the restart's reconcile of every cluster
+    seen0 = len(aws.seen())
+    time.sleep(rounds * period)
+    asked = aws.seen()[seen0:]
+    per_round = len(asked) / rounds
+    kinds = ", ".join(f"{asked.count(a) / rounds:.1f} {a}" for a in sorted(set(asked)))
+    figure = f"health round of {len(live)} UP clusters, EC2 requests"
+    print(
+        f"{figure:<54} {per_round:10.1f}    {per_round / ONE_CLUSTER_ROUND:6.2f}x  "
+        f"per round over {rounds}: {kinds}; baseline: one cluster's round ({ONE_CLUSTER_ROUND})",
+        flush=True,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--no-ssh", action="store_true", help="part 3 only: no sshd hosts, no root")
@@ -474,6 +503,7 @@ def main() -> None:
     p.add_argument("--clusters", type=int, default=50, help="concurrent launches (part 2)")
     p.add_argument("--instances", type=int, default=1000, help="extra instances (part 3)")
     p.add_argument("--queried", type=int, default=20, help="clusters queried (part 3)")
+    p.add_argument("--rounds", type=int, default=5, help="health rounds counted (part 4)")
     args = p.parse_args()
     began = time.monotonic()
     with _beds(not args.no_ssh, args.nodes) as (aws, bed), stix_home() as home:
@@ -487,6 +517,8 @@ def main() -> None:
             single = _part1(home, aws, args.nodes)
             live = _part2(home, aws, args.clusters, single)
         _part3(home if bed else None, aws, live, args.instances, args.queried)
+        if bed is not None:
+            _part4(home, aws, live, args.rounds)
     print(f"whole run {time.monotonic() - began:.0f} s")
 
 

@@ -33,13 +33,14 @@ class Clock(Protocol):
 
 
 def until_aligned(clock: Clock, period: float) -> float:
-    """Seconds from now to the first whole multiple of `period` on `clock` that is at least
-    half a period away. Timers of one period armed this way by many actors at different
-    moments come due at the same instants, so what each of them asks then can be asked once
-    for all (a health check's cloud listing); none comes due much sooner than a period after
-    it is armed (a period of an hour still means no timer in the next half hour)."""
+    """Seconds from now to the first whole multiple of `period` on `clock` at least a quarter
+    period away. Timers of one period armed this way by many actors at different moments come
+    due at the same instants, so what each of them asks then can be asked once for all (a
+    health check's cloud listing). None comes due much sooner than a period after it is armed
+    (a period of an hour still means nothing in the next quarter hour), and one re-armed after
+    work that took up to three quarters of the period keeps its instant."""
     wait = period - clock.now() % period
-    return wait if wait >= period / 2 else wait + period
+    return wait if wait >= period / 4 else wait + period
 
 
 class RealClock:
