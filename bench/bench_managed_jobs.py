@@ -22,7 +22,7 @@ and prints those figures BEFORE it stops the daemon. Then:
    the restart the jobs go on to recover; that is not waited for.
 
 A table of all sizes against the first follows, with issue 15's targets. Progress is read from
-the daemon's store, read-only (``_Census``): polling ``jobs queue`` instead would cost the
+the daemon's store, read-only (``Census``): polling ``jobs queue`` instead would cost the
 daemon a full listing per poll, which over a run grows with the square of the jobs.
 
 ``--profile FILE``: the largest size's daemon runs under cProfile; its raw profile is written
@@ -87,7 +87,8 @@ def _task() -> Any:
     return task_from_dict({"name": "bench", "resources": {"infra": "fake"}, "run": "train"})
 
 
-async def _submit(home: Path, n: int, concurrency: int) -> None:
+async def submit_jobs(home: Path, n: int, concurrency: int) -> None:
+    """Submit `n` managed jobs on the fake provider, `concurrency` requests in flight."""
     from stixctl.aclient import acall
     from stixproto import messages as m
 
@@ -109,7 +110,7 @@ async def _listed(home: Path) -> list[Any]:
     return list(reply.jobs)
 
 
-class _Census:
+class Census:
     """The managed jobs by state and their recoveries, as the daemon's store holds them.
 
     A read-only reader of the store's WAL costs the daemon nothing, so polling it often does
@@ -144,24 +145,22 @@ class _Census:
             await asyncio.sleep(every)
 
 
-def _all_running(total: int) -> Callable[[dict[str, int], int], bool]:
+def all_running(total: int) -> Callable[[dict[str, int], int], bool]:
     return lambda states, _: states.get("RUNNING", 0) == total == sum(states.values())
 
 
-async def _scenario(
-    home: Home, census: _Census, args: argparse.Namespace, n: int
-) -> dict[str, Any]:
+async def _scenario(home: Home, census: Census, args: argparse.Namespace, n: int) -> dict[str, Any]:
     pid = home.daemon_pid()
     out: dict[str, Any] = {"jobs": n}
     t0 = time.perf_counter()
-    await _submit(home.path, 1, 1)
-    await census.until(_all_running(1), args.timeout)
+    await submit_jobs(home.path, 1, 1)
+    await census.until(all_running(1), args.timeout)
     out["one_s"] = time.perf_counter() - t0
 
     rss0, cpu0 = status_mb(pid), cpu_seconds(pid)
     t0 = time.perf_counter()
-    submit = asyncio.create_task(_submit(home.path, n, args.concurrency))
-    _, out["launching_peak"] = await census.until(_all_running(n + 1), args.timeout)
+    submit = asyncio.create_task(submit_jobs(home.path, n, args.concurrency))
+    _, out["launching_peak"] = await census.until(all_running(n + 1), args.timeout)
     await submit
     out["to_running_s"] = time.perf_counter() - t0
     out["cpu_s"] = cpu_seconds(pid) - cpu0
@@ -181,7 +180,7 @@ async def _scenario(
     await acall(home.path, m.FakePreempt(count=args.preempt), autostart=False)
 
     def recovered(states: dict[str, int], recoveries: int) -> bool:
-        return _all_running(n + 1)(states, recoveries) and recoveries >= before + args.preempt
+        return all_running(n + 1)(states, recoveries) and recoveries >= before + args.preempt
 
     _, out["recovering_peak"] = await census.until(recovered, args.timeout)
     out["recover_s"] = time.perf_counter() - t1
@@ -281,7 +280,7 @@ def _one_size(n: int, args: argparse.Namespace, profile: Path | None) -> dict[st
         if profile:
             home.env[PROFILE_ENV] = str(profile)
         home.ctl("daemon", "start")
-        with closing(_Census(home.path / "state.db")) as census:
+        with closing(Census(home.path / "state.db")) as census:
             r = asyncio.run(_scenario(home, census, args, n))
         client, base = _client_figures(home, args.runs)
         one = r["one_s"]
