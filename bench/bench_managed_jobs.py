@@ -346,7 +346,7 @@ def _table(results: list[dict[str, Any]]) -> None:
             f"{r['to_running_s'] / first['to_running_s']:6.1f}x {1000 * cpu:7.1f}ms "
             f"{cpu / (first['cpu_s'] / first['jobs']):8.2f}x {r['idle_cpu_pct']:8.1f}% "
             f"{r['rss_per_job_kb']:6.0f}KB {r['stop_s']:6.1f}s {r['restart_s']:7.1f}s "
-            f"{r['launching_peak']:9,}"
+            f"{r['launching_peak']:9,}" + ("  (under cProfile: inflated)" if "profile" in r else "")
         )
     _say(
         "targets: x time <= 1.2 x size; x CPU/job <= 1.5; idle < 5 %; RSS/job < 60 KB; "
