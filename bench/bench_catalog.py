@@ -1,7 +1,8 @@
 """Catalog loading: cold (CSV parsed, index built) and warm (index read), per cloud.
 
 In-process figures are ratios to a plain ``csv.reader`` pass over the same file; whole-process
-figures (a fresh Python that loads one cloud) are ratios to ``python3 -c pass``. Both baselines
+figures (a fresh Python that loads one cloud) are ratios to the floor, ``sys.executable -c pass``
+of the same venv (bench.common.FLOOR). Both baselines
 are measured in the same run. The shared catalogs are small, so a synthetic AWS catalog of 100x
 its rows (about the size of the real one) is measured as well.
 
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import median, ms, sample, wall
+from bench.common import FLOOR, floor, median, ms, sample, wall
 from stixd.planner.catalog import Catalog, open_catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,8 +112,8 @@ def main() -> None:
                 f"{label:14s} {n:7d} {ms(base):>11s} {ms(cold_t):>10s} {cold_t / base:6.1f}x"
                 f" {ms(warm_t):>10s} {warm_t / base:6.1f}x {ms(summ_t):>10s}"
             )
-        baseline = median(sample(lambda: wall([sys.executable, "-c", "pass"]), args.runs))
-        print(f"\nwhole process, warm index; baseline python3 -c pass: {ms(baseline)}")
+        baseline = floor(args.runs)
+        print(f"\nwhole process, warm index; floor {FLOOR}: {ms(baseline)}")
         imp = median(
             sample(lambda: wall([sys.executable, "-c", "import stixd.planner.catalog"]), args.runs)
         )

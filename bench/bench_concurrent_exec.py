@@ -2,7 +2,8 @@
 
 Each job appends its own number to a file on the node; the run is right when the file holds
 every number exactly once and the queue shows every job SUCCEEDED. Prints the wall time
-against the baseline of 200 concurrent `python3 -c pass` processes in the same run.
+against the baseline of 200 concurrent ``sys.executable -c pass`` processes
+(bench.common.FLOOR) in the same run.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from collections import Counter
 
-from bench.common import stix_home
+from bench.common import FLOOR, FLOOR_CMD, stix_home
 
 
 def _concurrent(cmds: list[list[str]], env: dict[str, str] | None) -> tuple[float, list[int]]:
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=200)
     args = p.parse_args()
     n = args.jobs
-    base, _ = _concurrent([[sys.executable, "-c", "pass"]] * n, None)
+    base, _ = _concurrent([FLOOR_CMD] * n, None)
     with stix_home() as home:
         home.ctl("launch", "-c", "burst", "-y", "true")
         cmds = [home.ctl_cmd("exec", "burst", "-d", f"echo {i} >> ~/ran.txt") for i in range(n)]
@@ -52,7 +52,7 @@ def main() -> None:
         ids = sorted(j["job_id"] for j in jobs)
     lost = [i for i in range(n) if counts[i] == 0]
     twice = [i for i, c in counts.items() if c > 1]
-    print(f"baseline: {n} concurrent python3 -c pass in {base:.2f} s")
+    print(f"baseline: {n} concurrent {FLOOR} in {base:.2f} s")
     print(
         f"{n} concurrent exec submissions in {took:.2f} s ({took / base:.1f}x baseline): "
         f"{n - rejected} accepted, {len(lost)} lost, {len(twice)} run twice, "

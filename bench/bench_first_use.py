@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench.common import Home, median, ms, sample, stix_home, wall
+from bench.common import FLOOR, Home, floor, median, ms, sample, stix_home, wall
 
 
 def daemons_started(home: Path) -> int:
@@ -71,9 +70,9 @@ def main() -> None:
             _, warm_race = race(home, args.calls)
     with stix_home() as home:
         cold = wall(home.ctl_cmd("status"), home.env)
-    floor = median(sample(lambda: wall([sys.executable, "-c", "pass"]), args.runs))
+    base = floor(args.runs)
     status = median(warm)
-    print(f"baseline python -c pass: {ms(floor)}; warm stixctl status: {ms(status)} (medians)")
+    print(f"floor {FLOOR}: {ms(base)}; warm stixctl status: {ms(status)} (medians)")
     print(
         f"floor of the race: one cold stixctl status {ms(cold)}, "
         f"{args.calls} concurrent warm status {ms(warm_race)}"
@@ -81,7 +80,7 @@ def main() -> None:
     for i, (ok, started, alive, took) in enumerate(results, 1):
         print(
             f"race {i}: {ok}/{args.calls} succeeded, {started} daemon(s) started, {alive} alive; "
-            f"wall {ms(took)} = {took / floor:.1f}x python -c pass, "
+            f"wall {ms(took)} = {took / base:.1f}x floor, "
             f"{took / status:.1f}x warm status"
         )
     all_ok = all(ok == args.calls and started == alive == 1 for ok, started, alive, _ in results)

@@ -5,7 +5,8 @@
    launch's own client heard that it was interrupted. Before launches ran as phases, the
    `down` waited for the whole launch (issue 14 measured 17 s).
 2. `stixctl status --refresh`, whole process, while 20 fake launches of 20 s run at once, as
-   a ratio to `python3 -c pass`, beside the same `status --refresh` once those 20 are UP.
+   a ratio to the floor (``sys.executable -c pass`` of the same venv, bench.common.FLOOR),
+   beside the same `status --refresh` once those 20 are UP.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import Home, median, ms, sample, stix_home, wall
+from bench.common import FLOOR, Home, floor, median, ms, sample, stix_home, wall
 
 LAUNCH_S = 20.0
 DOWN_AFTER_S = 3.0
@@ -81,8 +81,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="downs during a launch")
     p.add_argument("--runs", type=int, default=10, help="status --refresh samples")
     args = p.parse_args()
-    baseline = median(sample(lambda: wall([sys.executable, "-c", "pass"]), args.runs))
-    print(f"baseline python3 -c pass: {ms(baseline)} (median of {args.runs})")
+    baseline = floor(args.runs)
+    print(f"floor {FLOOR}: {ms(baseline)} (median of {args.runs})")
     with tempfile.TemporaryDirectory() as tmp:
         task = Path(tmp) / "task.yaml"
         task.write_text(TASK)
@@ -93,7 +93,7 @@ def main() -> None:
                 gone, heard, said, left = down_during_launch(home, task, f"d{i}")
                 print(
                     f"  round {i + 1}: cluster gone {ms(gone)} after the request "
-                    f"({gone / baseline:.1f}x python -c pass, whole down process); launch "
+                    f"({gone / baseline:.1f}x floor, whole down process); launch "
                     f"client ended after {ms(heard)}; left in the cloud: {left or 'nothing'}"
                 )
             print(f"  the launch's client said: {said}")
@@ -128,7 +128,7 @@ def main() -> None:
             ):
                 print(
                     f"  status --refresh {label:26s} median {ms(median(xs)):>9s}  "
-                    f"max {ms(max(xs)):>9s}  ratio {median(xs) / baseline:.2f}x python -c pass"
+                    f"max {ms(max(xs)):>9s}  ratio {median(xs) / baseline:.2f}x floor"
                 )
             print(f"  launches still running after the samples during them: {still}/{CONCURRENT}")
 

@@ -2,7 +2,8 @@
 
 One process builds the catalog index once and plans each file once to warm up, then times
 ``--runs`` plans per file (a pipeline file is one ``plan_pipeline`` call). Printed per file:
-median and p95 of one plan, with the ratio to ``python3 -c pass`` measured in the same run
+median and p95 of one plan, with the ratio to the floor (``sys.executable -c pass`` of the same
+venv) measured in the same run
 (a warm plan should be a small fraction of starting Python), then the same over all files.
 
 Run from the repository root: ``python -m bench.bench_optimizer`` (``STIX_CATALOG_DIR``
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bench.common import median, ms, sample, wall
+from bench.common import FLOOR, floor, median, ms, sample
 from stixd.planner.catalog import open_catalog
 from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
@@ -66,8 +67,8 @@ def main() -> None:
                     (path.name, partial(plan_pipeline, tasks, index, enabled_clouds=CLOUDS))
                 )
         cold = sum(timed(fn) for _, fn in jobs)  # loads and indexes every catalog once
-        baseline = median(sample(lambda: wall([sys.executable, "-c", "pass"]), 15))
-        print(f"baseline python3 -c pass: {ms(baseline)}; first pass over the corpus: {ms(cold)}")
+        baseline = floor(15)
+        print(f"floor {FLOOR}: {ms(baseline)}; first pass over the corpus: {ms(cold)}")
         print(f"warm, {args.runs} runs per file; ratios to the baseline")
         print(f"{'file':62s} {'median':>9s} {'p95':>9s} {'ratio':>8s}")
         every: list[float] = []

@@ -31,7 +31,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import Home, event_at, median, p99, stix_home
+from bench.common import FLOOR_CMD, Home, event_at, median, p99, stix_home
 from tests.sshbed import SshBed, hosts_down, hosts_up, leftovers
 
 POOL = "bed"
@@ -191,7 +190,7 @@ def _concurrent_exec(home: Home, bed: SshBed, cluster: str, n: int) -> dict[str,
     head = bed.hosts[0].ip
     ssh_wall, ssh_runs = _parallel([_ssh(bed, head, "true")] * n)
     _check_all(ssh_runs, "concurrent ssh true")
-    py_wall, _ = _parallel([[sys.executable, "-c", "pass"]] * n)
+    py_wall, _ = _parallel([FLOOR_CMD] * n)
     before = len(json.loads(home.ctl("queue", cluster, "--json").stdout))
     cmds = [
         home.ctl_cmd("exec", cluster, "-d", "--json", "--num-nodes", "1", f"echo {i} >> ~/ran.txt")
@@ -375,7 +374,7 @@ def main() -> None:
     ssh_each = burst["ssh_each"]
     _row(f"baseline: {n} concurrent ssh true, wall", burst["ssh_wall"], None)
     py = burst["py_wall"]
-    _row(f"  {n} concurrent python3 -c pass, wall", py, burst["ssh_wall"], "for comparison")
+    _row(f"  {n} concurrent venv python -c pass, wall", py, burst["ssh_wall"], "for comparison")
     _row(
         f"{n} concurrent exec, wall",
         burst["wall"],

@@ -1,18 +1,29 @@
 """`stixctl status` with 100 clusters in the store, as whole-process wall time.
 
-Target: <= 2x `python3 -c "import socket"` (the cost of starting Python at all).
-Also prints the client's import time against the same baseline (STYLE.md: the thin client's
-import time is measured).
+Target: <= 2x the floor, ``sys.executable -c pass`` of the same venv (bench.common.FLOOR),
+sampled in turn with the client in the same run. Also prints the client's import time against
+the same floor (STYLE.md: the thin client's import time is measured).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from functools import partial
 
 import anyio
 
-from bench.common import median, ms, sample, seed_stopped_clusters, stix_home, wall
+from bench.common import (
+    FLOOR,
+    beside_floor,
+    median,
+    ms,
+    seed_stopped_clusters,
+    stix_home,
+    vs_floor,
+    wall,
+)
 
 CLUSTERS = 100
 
@@ -26,19 +37,18 @@ def main() -> None:
         home.ctl("daemon", "start")
         out = home.ctl("status").stdout
         assert out.count("STOPPED") == CLUSTERS, out[:500]
-        baseline = sample(lambda: wall([sys.executable, "-c", "import socket"]), args.runs)
-        status = sample(lambda: wall(home.ctl_cmd("status"), home.env), args.runs)
-        status_json = sample(lambda: wall(home.ctl_cmd("status", "--json"), home.env), args.runs)
-        imports = sample(lambda: wall([sys.executable, "-c", "import stixctl.main"]), args.runs)
-    b = median(baseline)
-    rows = [
-        (f"stixctl status, {CLUSTERS} clusters", status, " (target <= 2x)"),
-        ("stixctl status --json", status_json, ""),
-        ("import stixctl.main (library import)", imports, ""),
-    ]
-    print(f"baseline python3 -c 'import socket': {ms(b)} (median of {args.runs})")
-    for label, xs, note in rows:
-        print(f"{label:40s} {ms(median(xs)):>9s}  ratio {median(xs) / b:.2f}x{note}")
+        timings: dict[str, Callable[[], float]] = {
+            f"stixctl status, {CLUSTERS} clusters": partial(wall, home.ctl_cmd("status"), home.env),
+            "stixctl status --json": partial(wall, home.ctl_cmd("status", "--json"), home.env),
+            "import stixctl.main (library import)": partial(
+                wall, [sys.executable, "-c", "import stixctl.main"]
+            ),
+        }
+        xs, base = beside_floor(timings, args.runs)
+    targets = {f"stixctl status, {CLUSTERS} clusters": 2.0}
+    print(f"floor {FLOOR}: {ms(base)} (median of {args.runs}, sampled in turn with the rest)")
+    for label, times in xs.items():
+        print(f"{label:40s} {vs_floor(median(times), base, targets.get(label))}")
 
 
 if __name__ == "__main__":

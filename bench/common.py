@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,40 @@ def wall(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) 
 
 def sample(fn: Callable[[], float], n: int) -> list[float]:
     return [fn() for _ in range(n)]
+
+
+FLOOR_CMD = [sys.executable, "-c", "pass"]
+FLOOR = f"{sys.executable} -c pass"
+"""What every client figure is a ratio to: the interpreter the client runs on (this venv's, the
+one ``Home.ctl_cmd`` starts), doing nothing. Never a ``python3`` from PATH: a shim or another
+install starts slower and would flatter the ratio."""
+
+
+def floor(runs: int) -> float:
+    """The floor's median wall time over `runs` processes."""
+    return median(sample(lambda: wall(FLOOR_CMD), runs))
+
+
+def beside_floor(
+    fns: Mapping[str, Callable[[], float]], runs: int
+) -> tuple[dict[str, list[float]], float]:
+    """`runs` rounds of each timing in `fns` and one of the floor, taken in turn so a change in
+    the machine's load falls on all alike: (each one's timings, the floor's median)."""
+    xs: dict[str, list[float]] = {name: [] for name in fns}
+    base: list[float] = []
+    for _ in range(runs):
+        for name, fn in fns.items():
+            xs[name].append(fn())
+        base.append(wall(FLOOR_CMD))
+    return xs, median(base)
+
+
+def vs_floor(x: float, base: float, target: float | None = None) -> str:
+    """``12.3 ms = 1.85x floor`` and, with a target, whether it is met."""
+    said = f"{ms(x)} = {x / base:.2f}x floor"
+    if target is not None:
+        said += f" (target <= {target:g}x: {'met' if x <= target * base else 'MISSED'})"
+    return said
 
 
 def median(xs: list[float]) -> float:
