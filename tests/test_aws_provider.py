@@ -18,7 +18,7 @@ import structlog
 
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.logs import make_logger
-from stixd.providers.aws import AwsProvider, instances
+from stixd.providers.aws import AwsProvider, credentials, instances
 from stixd.providers.aws.errors import QUOTA_MEMORY_S, AwsAuthError, AwsCapacityError
 from stixd.providers.aws.instances import TAG_RANK, TAG_USER
 from stixd.providers.aws.nodes import AwsNodes
@@ -107,6 +107,40 @@ async def test_check_reads_profiles_of_the_shared_files_and_says_what_a_profile_
     assert not enabled and "gets its keys through sso_start_url" in reason
     enabled, reason = await check(AWS_PROFILE="ghost")
     assert not enabled and f"'ghost' (from AWS_PROFILE) is in neither {creds} nor {conf}" in reason
+
+
+async def test_credentials_are_parsed_again_only_when_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every plan asks whether AWS is usable: the answer is kept until a credentials or config
+    file is written, created or removed."""
+    creds, conf = tmp_path / "credentials", tmp_path / "config"
+    env = {
+        "HOME": str(tmp_path),
+        "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+        "AWS_CONFIG_FILE": str(conf),
+    }
+    provider = AwsProvider(tmp_path, env)
+    parsed: list[Path] = []
+    real = credentials._read
+
+    def counted(path: Path) -> Any:
+        parsed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(credentials, "_read", counted)
+    for _ in range(3):
+        assert "no AWS credentials" in (provider.credentials_problem() or "")
+    assert parsed == [creds, conf]
+    creds.write_text("[default]\naws_access_key_id = k\naws_secret_access_key = s\n")
+    assert provider.credentials_problem() is None
+    assert provider.credentials_problem() is None
+    assert len(parsed) == 4
+    conf.write_text("[default]\nregion = eu-west-1\n")
+    assert provider.credentials_problem() is None and len(parsed) == 6
+    creds.unlink()
+    assert "no AWS credentials" in (provider.credentials_problem() or "")
+    await provider.aclose()
 
 
 async def test_at_debug_level_every_ec2_request_is_logged_with_its_duration(

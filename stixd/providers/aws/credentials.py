@@ -65,12 +65,34 @@ def _section(parser: configparser.ConfigParser | None, *names: str) -> dict[str,
     return {}
 
 
-def resolve(env: Mapping[str, str], home: Path | None = None) -> AwsCredentials:
-    """The credentials to use, or ``CredentialsMissing`` naming what to set."""
+def files(env: Mapping[str, str], home: Path | None = None) -> tuple[Path, Path]:
+    """The shared credentials file and the config file ``env`` points at."""
     home = home or Path(env.get("HOME") or Path.home())
-    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
     cred_path = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials")
     conf_path = Path(env.get("AWS_CONFIG_FILE") or home / ".aws" / "config")
+    return cred_path, conf_path
+
+
+Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+def stamp(paths: tuple[Path, ...]) -> Stamp:
+    """What changes when any of ``paths`` is written, created or removed (one stat each)."""
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.expanduser().stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def resolve(env: Mapping[str, str], home: Path | None = None) -> AwsCredentials:
+    """The credentials to use, or ``CredentialsMissing`` naming what to set."""
+    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+    cred_path, conf_path = files(env, home)
     cred_file, conf_file = _read(cred_path.expanduser()), _read(conf_path.expanduser())
     creds = _section(cred_file, profile)
     conf = _section(conf_file, f"profile {profile}", profile)

@@ -25,7 +25,7 @@ from stixd.providers.abilities import Leak, LeakPolicy
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.config import AwsConfig
-from stixd.providers.aws.credentials import CredentialsMissing, resolve
+from stixd.providers.aws.credentials import CredentialsMissing, Stamp, files, resolve, stamp
 from stixd.providers.aws.errors import AwsCapacityError, Where
 from stixd.providers.aws.instances import Instance, RunSpec
 from stixd.providers.aws.keys import ensure_key_pair, ensure_local_key
@@ -80,6 +80,8 @@ class AwsProvider:
         config: AwsConfig | None = None,
     ) -> None:
         self.config = config or AwsConfig()
+        self._creds_seen: tuple[Stamp, str | None] | None = None
+        """The credential files' stamp when last read, and what was missing then."""
         self.home = home
         self.env = dict(os.environ if env is None else env)
         self.log = (log or structlog.get_logger()).bind(provider="aws")
@@ -120,12 +122,18 @@ class AwsProvider:
         return self._listing
 
     def credentials_problem(self) -> str | None:
-        """What is missing for AWS to be usable, read locally (no network): None if nothing."""
-        try:
-            resolve(self.env)
-        except CredentialsMissing as exc:
-            return exc.message
-        return None
+        """What is missing for AWS to be usable, read locally (no network): None if nothing.
+
+        Asked before every plan; the files are parsed again only when one of them changed."""
+        now = stamp(files(self.env))
+        if self._creds_seen is None or self._creds_seen[0] != now:
+            try:
+                resolve(self.env)
+            except CredentialsMissing as exc:
+                self._creds_seen = (now, exc.message)
+            else:
+                self._creds_seen = (now, None)
+        return self._creds_seen[1]
 
     async def aclose(self) -> None:
         await self.nodes.aclose()
