@@ -12,7 +12,7 @@ import anyio
 import structlog
 
 import stixproto
-from stixd.providers.abilities import HasPools, NeedsCredentials
+from stixd.providers.abilities import HasPools, LookAbilities, NeedsCredentials
 from stixd.providers.base import Provider
 from stixd.runtime.supervisor import Child, Factory, Supervisor
 from stixd.runtime.watch import RowWatch
@@ -58,6 +58,8 @@ class App:
     leak_report: m.LeakList | None = None
     """The last leak scan's findings (stixd.control.leak_cmds), for `status` to mention."""
     leak_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    looks: dict[str, LookAbilities] = field(default_factory=dict)
+    """Each provider's look-up abilities, by name (`look_abilities`)."""
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
         """The daemon's config with a client's layers (project file, --config) merged in.
@@ -78,6 +80,13 @@ class App:
         """
         ssh = self.providers.get(self.infras.pools() or "")
         return ssh.pool_sizes() if isinstance(ssh, HasPools) else {}
+
+    def look_abilities(self, name: str) -> LookAbilities:
+        """The provider ``name``'s look-up abilities, found on first use."""
+        found = self.looks.get(name)
+        if found is None:
+            found = self.looks[name] = LookAbilities.of(self.providers[name])
+        return found
 
     def provider(self, name: str) -> Provider:
         return self.providers[name]

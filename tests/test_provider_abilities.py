@@ -22,6 +22,7 @@ from stixd.providers.abilities import (
     HasShell,
     Leak,
     LeakPolicy,
+    LookAbilities,
     NeedsCredentials,
     OpensPorts,
     ReachesEveryPort,
@@ -179,3 +180,17 @@ def test_each_provider_has_the_abilities_it_declares_and_no_other(tmp_path: Path
     for provider, abilities in declared.items():
         has = {a for a in ABILITIES if isinstance(provider, a)}
         assert has == abilities, provider.name
+
+
+def test_a_providers_look_abilities_are_what_isinstance_says(tmp_path: Path) -> None:
+    """The health check's abilities, found once per provider, are the provider itself where
+    it has the ability and None where it has not."""
+    aws = AwsProvider(tmp_path, env={})
+    found = LookAbilities.of(aws)
+    assert (found.machines, found.lost, found.errors) == (aws, aws, aws)
+    fake = FakeProvider(["fake-1"], build="b")
+    found = LookAbilities.of(fake)
+    assert (found.machines, found.lost, found.errors) == (None, fake, None)
+    ssh = SshProvider(tmp_path, {})
+    assert LookAbilities.of(ssh) == LookAbilities(machines=None, lost=None, errors=ssh)
+    assert LookAbilities.of(LocalProvider(tmp_path)) == LookAbilities(None, None, None)

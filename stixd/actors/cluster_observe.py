@@ -14,7 +14,6 @@ from stixd.actors.job import JobEvent
 from stixd.actors.jobs_submit import job_row_id
 from stixd.actors.machines import compare
 from stixd.agent_client import AgentError, AgentUnreachable
-from stixd.providers.abilities import ReportsLostNodes, ReportsMachines, ReportsNodeErrors
 from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus
 from stixd.runtime.clock import until_aligned
 from stixproto.errors import ProvisionError
@@ -83,14 +82,15 @@ async def observe(cluster: ClusterActor, why: str) -> None:
 async def note_machines(cluster: ClusterActor) -> None:
     """Record what the machines are now; a resize made outside stix changes the cluster's
     resources and price (from now on) and is recorded as an event."""
-    if not isinstance(cluster.provider, ReportsMachines):
+    reports = cluster.app.look_abilities(cluster.spec.provider).machines
+    if reports is None:
         return
     data = cluster.data
     active = data.active_seconds
     if data.up_since:
         active += time.time() - data.up_since
     cloud = cluster.spec.provider
-    machines = cluster.provider.machines(cluster.id)
+    machines = reports.machines(cluster.id)
     seen = compare(cluster.spec, data, machines, lambda: cluster.app.prices(cloud), active)
     if seen is None:
         return
@@ -104,9 +104,10 @@ async def note_machines(cluster: ClusterActor) -> None:
 def find_losses(cluster: ClusterActor) -> list[NodeLoss]:
     """Nodes of a live cluster whose machines the cloud took away (a spot preemption, a
     stop or termination from outside stix), as the provider's last query found them."""
-    if not isinstance(cluster.provider, ReportsLostNodes) or cluster.state not in (C.UP, C.INIT):
+    reports = cluster.app.look_abilities(cluster.spec.provider).lost
+    if reports is None or cluster.state not in (C.UP, C.INIT):
         return []
-    return cluster.provider.lost_nodes(cluster.id)
+    return reports.lost_nodes(cluster.id)
 
 
 async def on_lost_nodes(cluster: ClusterActor, losses: list[NodeLoss]) -> None:
@@ -142,8 +143,8 @@ def node_problems(cluster: ClusterActor, down: list[NodeInfo]) -> str | None:
     """One sentence per node that is not running, for status and events."""
     if not down:
         return None
-    provider = cluster.provider
-    reasons = provider.node_errors(cluster.id) if isinstance(provider, ReportsNodeErrors) else {}
+    reports = cluster.app.look_abilities(cluster.spec.provider).errors
+    reasons = reports.node_errors(cluster.id) if reports is not None else {}
 
     def say(n: NodeInfo) -> str:
         if n.status is NodeStatus.UNREACHABLE:
