@@ -186,10 +186,15 @@ def test_health_checks_of_many_clusters_are_one_listing_a_round(
     assert {c["status"] for c in stix.clusters().values()} == {"UP"}
     listed, sized = len(aws.requests("DescribeInstances")), len(aws.requests("DescribeVolumes"))
     wait_until(lambda: len(aws.requests("DescribeInstances")) >= listed + 3, timeout=10 * HEALTH_S)
-    rounds = aws.requests("DescribeInstances")[listed:]
-    assert [sorted(_filter(f, "tag:stix-cluster")) for f in rounds] == [names] * len(rounds)
-    disks = aws.requests("DescribeVolumes")[sized:]
-    assert disks and all(len(_filter(f, "volume-id")) == CLUSTERS for f in disks)
+    rounds = [_filter(f, "tag:stix-cluster") for f in aws.requests("DescribeInstances")[listed:]]
+    # a look that comes late (a busy actor, a loaded machine) may miss its round's call and
+    # make one of its own; the rounds themselves share one call (not one per cluster: that
+    # would be about 4 clusters a call, the ticks spread over the period, before alignment)
+    assert set().union(*rounds) == set(names)
+    assert sum(map(len, rounds)) / len(rounds) >= CLUSTERS / 2, rounds
+    assert max(map(len, rounds)) == CLUSTERS, rounds
+    disks = [_filter(f, "volume-id") for f in aws.requests("DescribeVolumes")[sized:]]
+    assert disks and max(map(len, disks)) == CLUSTERS
 
 
 def test_health_timers_armed_at_any_moment_come_due_on_one_grid_a_quarter_period_on() -> None:

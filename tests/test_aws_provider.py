@@ -109,6 +109,19 @@ async def test_check_reads_profiles_of_the_shared_files_and_says_what_a_profile_
     assert not enabled and f"'ghost' (from AWS_PROFILE) is in neither {creds} nor {conf}" in reason
 
 
+async def test_an_answer_that_is_no_aws_response_is_retried_like_a_5xx(aws: AwsBed) -> None:
+    """An overloaded endpoint or a proxy may answer with an HTML error page: botocore cannot
+    parse it; stix tries again instead of failing the request as an internal error."""
+    page = "<!doctype html>\n<title>500 Internal Server Error</title>\n"
+    aws.fault("DescribeAvailabilityZones", "", body=page, status=500, times=1)
+    provider = AwsProvider(Path("/nonexistent"), _env(aws))
+    try:
+        result = await provider.check()
+    finally:
+        await provider.aclose()
+    assert result.enabled, result.reason
+
+
 async def test_credentials_are_parsed_again_only_when_a_file_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,6 +27,7 @@ import structlog
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import AioSession  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 
 from stixd.providers.aws.credentials import AwsCredentials
 from stixd.providers.aws.errors import AwsTransientError, Where, classify
@@ -100,7 +101,7 @@ class Ec2Clients:
             try:
                 result: dict[str, Any] = await method(**params)
                 return result
-            except (ClientError, BotoCoreError) as exc:
+            except (ClientError, BotoCoreError, ResponseParserError) as exc:
                 error = classify(exc, operation, where)
             finally:
                 self.log.debug(

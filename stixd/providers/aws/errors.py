@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 
 from stixd.providers.base import Block, CapacityError
 from stixproto.errors import ProvisionError
@@ -141,11 +142,20 @@ def error_code(exc: ClientError) -> str:
     return str(err.get("Code") or "Unknown")
 
 
-def classify(exc: ClientError | BotoCoreError, operation: str, where: Where) -> ProvisionError:
+def classify(
+    exc: ClientError | BotoCoreError | ResponseParserError, operation: str, where: Where
+) -> ProvisionError:
     """The stix error for a failed EC2 call, naming the call and what it was about."""
     if isinstance(exc, BotoCoreError):  # no answer at all: endpoint down, DNS, timeout
         return AwsTransientError(
             type(exc).__name__, f"AWS {operation} in {where.region} got no answer: {exc}"
+        )
+    if isinstance(exc, ResponseParserError):  # an answer that is no AWS response (a proxy's
+        # or an overloaded endpoint's HTML error page): worth another try, as a 5xx is
+        return AwsTransientError(
+            "ResponseParserError",
+            f"AWS {operation} in {where.region} answered with something that is not an AWS "
+            f"response: {str(exc).splitlines()[0][:200]}",
         )
     code = error_code(exc)
     text = str(exc.response.get("Error", {}).get("Message") or code)
