@@ -147,14 +147,4 @@ async def phase_ended(cluster: ClusterActor, ended: PhaseEnded) -> None:
         cluster.phases.current = None
     kept = cluster.phases.kept
     while kept and not busy(cluster):
-        message = kept.popleft()
-        try:
-            await cluster.handle(message)
-        except StixError as exc:
-            if not isinstance(message, Envelope):
-                raise
-            message.answer(error_reply(exc))
-        except Exception as exc:
-            if isinstance(message, Envelope):
-                message.answer(error_reply(exc))
-            raise
+        await cluster.handle_one(kept.popleft())

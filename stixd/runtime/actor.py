@@ -236,18 +236,23 @@ class Actor(abc.ABC):
                 message = await mailbox.receive.receive()
                 if isinstance(message, Stop):
                     break
-                try:
-                    await self.handle(message)
-                except StixError as exc:
-                    # the caller's mistake or the infra's refusal: answer it, the actor is fine
-                    if not isinstance(message, Envelope):
-                        raise
-                    message.answer(error_reply(exc))
-                except Exception as exc:
-                    if isinstance(message, Envelope):
-                        message.answer(error_reply(exc))
-                    raise
+                await self.handle_one(message)
             tg.cancel_scope.cancel()
+
+    async def handle_one(self, message: Any) -> None:
+        """`handle` one message; a request that fails is answered with its error. A
+        `StixError` (the caller's mistake or the infra's refusal) ends only the request; any
+        other error is re-raised, for the supervisor to restart the actor."""
+        try:
+            await self.handle(message)
+        except StixError as exc:
+            if not isinstance(message, Envelope):
+                raise
+            message.answer(error_reply(exc))
+        except Exception as exc:
+            if isinstance(message, Envelope):
+                message.answer(error_reply(exc))
+            raise
 
     # -- messages and timers -------------------------------------------------------------
 
