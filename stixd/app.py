@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from stixd.planner.pricing import Prices
     from stixd.planner.request import Blocked
     from stixproto import messages as m
+    from stixproto.task import Task
 
 VERSION = stixproto.VERSION
 
@@ -107,6 +108,23 @@ class App:
         """The clouds launches can use: a provider here, allowed, with credentials."""
         problems = self.cloud_problems()
         return tuple(c for c in self._cloud_names() if c not in problems)
+
+    def target(self, task: Task, *, say_why_not: bool = False) -> tuple[str, str | None]:
+        """(provider, pool) ``task`` goes to with what this daemon has now: its pools, usable
+        clouds and this machine's node cap (`choose_target`). ``say_why_not``: a refusal also
+        says why each cloud that is not usable is not."""
+        from stixd.planner.target import choose_target
+
+        problems = self.cloud_problems()
+        usable = tuple(c for c in self._cloud_names() if c not in problems)
+        return choose_target(
+            task,
+            self.infras,
+            self.ssh_pool_sizes(),
+            usable,
+            problems if say_why_not else None,
+            local_max_nodes=self.machine_max_nodes(),
+        )
 
     def _cloud_names(self) -> list[str]:
         return [c for c in self.infras.clouds() if c in self.providers]

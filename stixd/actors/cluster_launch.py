@@ -28,7 +28,6 @@ from stixd.planner.request import Blocked
 from stixd.planner.target import (
     MAX_FAILOVERS,
     NoChoiceLeft,
-    choose_target,
     cloud_spec,
     task_ports,
 )
@@ -57,13 +56,7 @@ if TYPE_CHECKING:
 async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.LaunchResult | None:
     validate_mounts(req.task)
     app = cluster.app
-    provider, pool = choose_target(
-        req.task,
-        app.infras,
-        app.ssh_pool_sizes(),
-        app.clouds(),
-        local_max_nodes=app.machine_max_nodes(),
-    )
+    provider, pool = app.target(req.task)
     if cluster.state is C.UP:
         here = (cluster.spec.provider, cluster.spec.pool)
         if here != (provider, pool):

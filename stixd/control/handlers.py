@@ -31,7 +31,7 @@ from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cm
 from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.offers import OfferIndex
-from stixd.planner.target import choose_target, cloud_spec
+from stixd.planner.target import cloud_spec
 from stixd.providers.abilities import ReachesEveryPort
 from stixd.store.db import Row
 from stixproto import messages as m
@@ -57,25 +57,12 @@ def known_infras(app: App) -> tuple[str, ...]:
 def _check_task(app: App, task: Any) -> None:
     """Refuse what cannot launch, in the words `stixctl validate` warns with."""
     validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
-    choose_target(
-        task,
-        app.infras,
-        app.ssh_pool_sizes(),
-        app.clouds(),
-        app.cloud_problems(),
-        local_max_nodes=app.machine_max_nodes(),
-    )
+    app.target(task, say_why_not=True)
 
 
 async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:
     """A launch on a cloud needs its catalog (fetched when missing) and an instance that fits."""
-    cloud, _ = choose_target(
-        task,
-        app.infras,
-        app.ssh_pool_sizes(),
-        app.clouds(),
-        local_max_nodes=app.machine_max_nodes(),
-    )
+    cloud, _ = app.target(task)
     if cloud in app.clouds():
         await catalog_cmds.with_catalog(
             app, emit, lambda c: cloud_spec(task, cloud, OfferIndex(c, app.infras))

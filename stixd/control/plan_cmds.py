@@ -16,7 +16,7 @@ from stixd.planner.offers import OfferIndex
 from stixd.planner.optimizer import plan, plan_pipeline
 from stixd.planner.plan_table import plan_json, render_pipeline, render_plan
 from stixd.planner.request import TaskRequest
-from stixd.planner.target import choose_target, cloud_spec
+from stixd.planner.target import cloud_spec
 from stixd.planner.zone_names import named_pipeline, named_plan, zone_names_of
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest
@@ -102,14 +102,7 @@ async def launch_plan(app: App, req: m.PlanRequest, emit: Emit) -> m.PlanReply:
         raise InvalidRequest("launch takes one task; run a pipeline with `stixctl jobs launch`")
     task = req.tasks[0]
     validate_mounts(task)  # what the launch refuses is refused before the question
-    provider, pool = choose_target(
-        task,
-        app.infras,
-        app.ssh_pool_sizes(),
-        app.clouds(),
-        app.cloud_problems(),
-        local_max_nodes=app.machine_max_nodes(),
-    )
+    provider, pool = app.target(task, say_why_not=True)
     row = await app.store.get("cluster", req.cluster) if req.cluster else None
     status = row.state if row is not None and not row.terminal else None
     if status == "UP":
