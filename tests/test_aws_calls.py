@@ -11,7 +11,6 @@ server behind the fault proxy (tests/awsfault.py), which logs every request's fo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -26,6 +25,7 @@ from tests.awsbed import MOTO_UNPAGED, NEXT_PAGE, REGION, SPOT_NOTICE, AwsBed, a
 from tests.conftest import Stix, wait_until
 from tests.sshbed import SshBed, bed_fixture
 from tests.test_aws_e2e import _use
+from tests.test_aws_provider import _env
 
 pytestmark = pytest.mark.anyio
 hosts = bed_fixture(2, scope="module")
@@ -35,19 +35,6 @@ aws_server, aws = aws_fixtures()
 @pytest.fixture(scope="module")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_agent_zipapp(tmp_path_factory.mktemp("agent"))
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-
-
-def _env(aws: AwsBed, bed: SshBed | None = None) -> dict[str, str]:
-    env = {**aws.env, "HOME": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent/config"}
-    if bed is not None:
-        env["STIX_TEST_SSH_HOSTS"] = ",".join(f"root@{h.ip}:22" for h in bed.hosts)
-        env["STIX_TEST_SSH_KEY"] = str(bed.key)
-    return env
 
 
 def _filter(form: dict[str, str], name: str) -> list[str]:
@@ -86,9 +73,9 @@ async def _made_by_hand(aws: AwsBed, user: str, clusters: list[str]) -> None:
 
 
 async def test_instance_listings_longer_than_a_page_are_read_to_the_last_page(
-    aws: AwsBed, home: Path
+    aws: AwsBed, tmp_path: Path
 ) -> None:
-    provider = AwsProvider(home, _env(aws))
+    provider = AwsProvider(tmp_path, _env(aws))
     provider.ec2().page_size = 5
     names = [f"p{i:02d}" for i in range(12)]
     await _made_by_hand(aws, provider.user, names)
@@ -114,13 +101,13 @@ async def test_instance_listings_longer_than_a_page_are_read_to_the_last_page(
 
 
 async def test_every_listing_reads_past_an_empty_first_page(
-    aws: AwsBed, hosts: SshBed, home: Path, pyz: Path
+    aws: AwsBed, hosts: SshBed, tmp_path: Path, pyz: Path
 ) -> None:
     """A launch (VPC, subnet, security group, image), a look (disks, spot notices), the
     default image, leaks and a down each see only what is on a listing's second page."""
     for action in MOTO_UNPAGED:
         aws.first_page_empty(action)
-    provider = AwsProvider(home, _env(aws, hosts))
+    provider = AwsProvider(tmp_path, _env(aws, hosts))
     req = ProvisionRequest(
         "paged",
         1,
