@@ -169,3 +169,26 @@ async def test_with_a_machines_file_the_nodes_outlive_the_provider_as_a_clouds_d
     await again.terminate("c1")
     assert provider(machines_file=file).clusters() == ["c2"]
     assert provider().clusters() == []  # without the file, a restart loses them
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"serial": "x", "clusters": {}}',
+        b'{"serial": 1, "clusters": {"c": [{"rank": -1, "region": "r", "running": true}]}}',
+        b'{"serial": 1e400, "clusters": {}}',
+        b"[" * 5000,
+    ],
+)
+async def test_a_damaged_machines_file_is_a_cloud_that_lost_them_not_a_failed_start(
+    tmp_path: Path, damage: bytes
+) -> None:
+    file = tmp_path / "machines.json"
+    file.write_bytes(damage)
+    fresh = provider(machines_file=file)
+    assert fresh.clusters() == []
+    await fresh.launch(request("c1", "fake-1"))
+    assert provider(machines_file=file).clusters() == ["c1"]  # the next write replaced it

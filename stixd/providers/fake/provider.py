@@ -17,9 +17,10 @@ import random
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
+import msgspec
 
 from stixd.agent_client import AgentClient
 from stixd.providers.base import (
@@ -33,6 +34,7 @@ from stixd.providers.base import (
     ProvisionRequest,
 )
 from stixd.providers.fake.agent import Clock, FakeAgentClient, FakeNode
+from stixproto.bounds import MAX_COUNT, MAX_ID
 
 if TYPE_CHECKING:
     from stixd.providers.fake.config import FakeConfig
@@ -71,6 +73,19 @@ def write_catalog(catalog_root: Path, regions: Iterable[str]) -> Path:
         tmp.write_text(text)
         tmp.replace(path)
     return path
+
+
+class _SavedNode(msgspec.Struct, frozen=True):
+    rank: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+    region: str
+    running: bool
+
+
+class _Saved(msgspec.Struct, frozen=True):
+    """The machines file: what a restarted daemon's fake cloud still holds."""
+
+    serial: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
+    clusters: dict[str, list[_SavedNode]]
 
 
 class FakeProvider:
@@ -255,25 +270,30 @@ class FakeProvider:
         tmp.replace(self._machines_file)
 
     def _load(self) -> None:
-        """The machines an earlier daemon left (their jobs are not kept: agents start empty)."""
+        """The machines an earlier daemon left (their jobs are not kept: agents start empty).
+        A file that does not read as one is taken as a cloud that lost them all: the daemon
+        then finds those clusters gone, and the next write replaces it."""
         if self._machines_file is None or not self._machines_file.is_file():
             return
-        saved = json.loads(self._machines_file.read_text())
-        self._serial = int(saved["serial"]) + 1
+        try:
+            saved = msgspec.json.decode(self._machines_file.read_bytes(), type=_Saved)
+        except (OSError, msgspec.DecodeError):
+            return
+        self._serial = saved.serial + 1
         now = self._clock()
-        for name, nodes in saved["clusters"].items():
+        for name, nodes in saved.clusters.items():
             made = []
             for n in nodes:
-                address = f"fake://{n['region']}/{name}/{self._serial}/{n['rank']}"
+                address = f"fake://{n.region}/{name}/{self._serial}/{n.rank}"
                 node = FakeNode(
                     cluster=name,
-                    rank=int(n["rank"]),
-                    region=str(n["region"]),
+                    rank=n.rank,
+                    region=n.region,
                     address=address,
                     build=self._build,
                     clock=self._clock,
                     booted_at=now,
-                    running=bool(n["running"]),
+                    running=n.running,
                 )
                 self._by_address[address] = node
                 made.append(node)
