@@ -127,6 +127,21 @@ def test_autostop_stops_an_idle_cluster_and_status_says_when(stix: Stix) -> None
     assert [e["to_state"] for e in events][-2:] == ["AUTOSTOPPING", "STOPPED"]
 
 
+def test_an_autostopped_cluster_stops_accruing_active_time(stix: Stix) -> None:
+    stix.run("launch", "-c", "ac2", "-y", "-i", "0.02", "true", check=True)
+    wait_until(lambda: stix.clusters()["ac2"]["status"] == "STOPPED", timeout=30)
+
+    def duration() -> float:
+        rows = {r["name"]: r for r in stix.json("cost-report")["rows"]}
+        return float(rows["ac2"]["duration_seconds"])
+
+    stopped = duration()
+    assert stopped > 0.0  # its UP interval was counted
+    later = time.monotonic() + 1.0
+    wait_until(lambda: time.monotonic() > later)
+    assert duration() == stopped
+
+
 def test_autostop_waits_for_a_busy_cluster(stix: Stix) -> None:
     stix.run("launch", "-c", "busy", "-y", "true", check=True)
     stix.run("exec", "busy", "-d", "sleep 4", check=True)

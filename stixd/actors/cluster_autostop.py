@@ -110,5 +110,7 @@ async def autostop_tick(cluster: ClusterActor) -> None:
         schedule_autostop(cluster)
         return
     idle = f"idle for {(time.time() - since) / 60:.2f} min (limit {setting.idle_minutes:g})"
-    await cluster.transition(E.AUTOSTOP, idle)  # the intent: AUTOSTOPPING, then the phase
+    # the intent: AUTOSTOPPING, then the phase; as a stop asked for, it closes the UP
+    # interval, so a stopped cluster's active time (and cost) stops growing
+    await cluster.transition(E.AUTOSTOP, idle, **cluster._accounting(C.AUTOSTOPPING))
     end_idle(cluster, setting.down, idle)
