@@ -156,9 +156,13 @@ def _receive(sock: socket.socket) -> Any:
     return interpret(body)
 
 
-def stream(home: Path, request: Any, *, autostart: bool = True) -> Iterator[Any]:
-    """Send `request` and yield what comes back: stream events, then the final reply."""
-    body = request_body(request)  # a bad argument is refused here, before any daemon starts
+def stream(
+    home: Path, request: Any, *, autostart: bool = True, tasks_checked: bool = False
+) -> Iterator[Any]:
+    """Send `request` and yield what comes back: stream events, then the final reply.
+    `tasks_checked`: as for `stixproto.edge.request_body`."""
+    # a bad argument is refused here, before any daemon starts
+    body = request_body(request, tasks_checked=tasks_checked)
     sock = open_connection(home, autostart)
     with sock:
         try:
@@ -183,9 +187,10 @@ def call(
     on_event: Callable[[Any], None] | None = None,
     *,
     autostart: bool = True,
+    tasks_checked: bool = False,
 ) -> Any:
     """Send `request`; pass stream events to `on_event`; return the final reply or raise."""
-    for msg in stream(home, request, autostart=autostart):
+    for msg in stream(home, request, autostart=autostart, tasks_checked=tasks_checked):
         if is_final(msg):
             return msg
         if on_event is not None:
