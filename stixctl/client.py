@@ -27,6 +27,7 @@ START_TIMEOUT = 40.0
 REPLY_TO: dict[type, type] = {
     m.Status: m.ClusterList,
     m.Queue: m.JobList,
+    m.JobsQueue: m.ManagedJobList,
     m.Exec: m.LaunchResult,
     m.Launch: m.LaunchResult,
     m.PlanRequest: m.PlanReply,

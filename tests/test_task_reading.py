@@ -62,36 +62,36 @@ def test_the_daemon_refuses_a_task_file_with_the_loaders_own_sentence(
         ("jobs", "launch", "-y"): True,
     }
     compared = 0
-    for name in [*BAD_TASKS, "missing.yaml"]:
-        for argv, pipeline in commands.items():
+    for i, name in enumerate([*BAD_TASKS, "missing.yaml"]):
+        for argv, pipeline in list(commands.items())[i % 2 :: 2]:  # each file, two commands
             expected = _loaded_here(tmp_path, name, pipeline)
             if expected is None:  # a pipeline for the commands that take one
                 continue
             got = stix.run(*argv, name, cwd=tmp_path)
             assert (got.returncode, got.stderr) == expected, (argv, name)
             compared += 1
-    assert compared >= 30
+    assert compared >= 15
     assert stix.daemon_pid() is not None  # it read them all and lives on
 
 
-@pytest.mark.parametrize(
-    ("flags", "overrides"),
-    [
-        (["--num-nodes", "99999999999999999999"], ResourceOverrides(num_nodes=10**20 - 1)),
-        (["--cpus", "inf"], ResourceOverrides(cpus="inf")),
-        (["--gpus", "A1OO:8"], ResourceOverrides(gpus="A1OO:8")),
-        (["--infra", "aws", "--zone", "x"], ResourceOverrides(infra="aws", zone="x")),
-        (["--ports", "99999999999999999999"], ResourceOverrides(ports=[10**20 - 1])),
-    ],
-)
-def test_the_daemon_refuses_a_resource_flag_with_the_overrides_own_sentence(
-    stix: Stix, flags: list[str], overrides: ResourceOverrides
-) -> None:
-    expected = _refusal(lambda: apply_overrides(Task(run="x"), overrides))
-    assert expected is not None
-    for argv in (["launch", "-y", "-c", "c1"], ["exec", "c1"], ["launch", "--dryrun"]):
+FLAG_CASES: list[tuple[list[str], ResourceOverrides]] = [
+    (["--num-nodes", "99999999999999999999"], ResourceOverrides(num_nodes=10**20 - 1)),
+    (["--cpus", "inf"], ResourceOverrides(cpus="inf")),
+    (["--gpus", "A1OO:8"], ResourceOverrides(gpus="A1OO:8")),
+    (["--infra", "aws", "--zone", "x"], ResourceOverrides(infra="aws", zone="x")),
+    (["--ports", "99999999999999999999"], ResourceOverrides(ports=[10**20 - 1])),
+]
+"""Resource flags `apply_overrides` refuses, as the command line gives them and as overrides."""
+
+
+def test_the_daemon_refuses_a_resource_flag_with_the_overrides_own_sentence(stix: Stix) -> None:
+    commands = (["launch", "-y", "-c", "c1"], ["exec", "c1"], ["launch", "--dryrun"])
+    for i, (flags, overrides) in enumerate(FLAG_CASES):
+        expected = _refusal(lambda o=overrides: apply_overrides(Task(run="x"), o))
+        assert expected is not None, flags
+        argv = commands[i % len(commands)]
         got = stix.run(*argv, *flags, "echo", "hi")
-        assert (got.returncode, got.stderr) == expected, argv
+        assert (got.returncode, got.stderr) == expected, (argv, flags)
 
 
 @pytest.mark.parametrize(
