@@ -12,6 +12,7 @@ from typing import Any
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest, TaskFieldError
 from stixproto.names import ENV_NAME_RULE, is_env_name
+from stixproto.task import Dag, Task
 
 
 def check_env_name(name: str, flag: str) -> None:
@@ -127,8 +128,6 @@ def load(
     shell is done here: the file's bytes, `--env`/`--secret` values, and the local paths (and
     `--workdir`) resolved against this directory. A request that sends the result passes
     ``tasks_checked=True`` to `stixctl.client.call`."""
-    import msgspec
-
     from stixctl.client import call
     from stixproto.task.files import read_bytes
 
@@ -137,24 +136,27 @@ def load(
     envs = env_file_pairs(args.env_file) if getattr(args, "env_file", None) else {}
     envs.update(pairs(args.env or [], "--env"))
     secrets = pairs(getattr(args, "secret", None) or [], "--secret")
+    flags, name = _resource_flags(args), getattr(args, "name", None) or None
+    command = " ".join(entrypoint) if entrypoint else None
     if is_task_file(entrypoint):
         source: dict[str, Any] = {"file": entrypoint[0], "data": read_bytes(entrypoint[0])}
+    elif not (envs or secrets or flags):  # nothing to read or check: the daemon's answer
+        dag = Dag(tasks=[Task(run=command, name=name)])  # would be this, one round trip later
+        return _here_all(dag, getattr(args, "workdir", None), pipeline)
     else:
-        source = {"command": " ".join(entrypoint) if entrypoint else None}
+        source = {"command": command}
     req = m.ReadTask(
-        **source,
-        pipeline=pipeline,
-        envs=envs,
-        secrets=secrets,
-        resources=_resource_flags(args),
-        name=getattr(args, "name", None) or None,
+        **source, pipeline=pipeline, envs=envs, secrets=secrets, resources=flags, name=name
     )
     reply: m.TaskRead = call(home, req)
-    workdir = getattr(args, "workdir", None)
-    tasks = [_here(task, workdir) for task in reply.dag.tasks]
-    if pipeline:
-        return msgspec.structs.replace(reply.dag, tasks=tasks)
-    return tasks[0]
+    return _here_all(reply.dag, getattr(args, "workdir", None), pipeline)
+
+
+def _here_all(dag: Dag, workdir: str | None, pipeline: bool) -> Any:
+    import msgspec
+
+    tasks = [_here(task, workdir) for task in dag.tasks]
+    return msgspec.structs.replace(dag, tasks=tasks) if pipeline else tasks[0]
 
 
 def _here(task: Any, workdir: str | None) -> Any:

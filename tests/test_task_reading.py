@@ -5,6 +5,7 @@ client process imports neither YAML nor the task rules."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import subprocess
@@ -87,7 +88,7 @@ FLAG_CASES: list[tuple[list[str], ResourceOverrides]] = [
 def test_the_daemon_refuses_a_resource_flag_with_the_overrides_own_sentence(stix: Stix) -> None:
     commands = (["launch", "-y", "-c", "c1"], ["exec", "c1"], ["launch", "--dryrun"])
     for i, (flags, overrides) in enumerate(FLAG_CASES):
-        expected = _refusal(lambda o=overrides: apply_overrides(Task(run="x"), o))
+        expected = _refusal(functools.partial(apply_overrides, Task(run="x"), overrides))
         assert expected is not None, flags
         argv = commands[i % len(commands)]
         got = stix.run(*argv, *flags, "echo", "hi")
