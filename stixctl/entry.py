@@ -24,7 +24,8 @@ def run() -> None:
 def end(code: int) -> None:
     """Exit once what was printed is flushed, without tearing the interpreter down: freeing
     every module a command imported costs a command that is done several milliseconds, and
-    nothing of this process outlives it (no threads, files or atexit work of ours)."""
+    nothing of ours waits for it (no atexit work; completion's look-up thread is a daemon
+    thread, left behind at exit either way)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
