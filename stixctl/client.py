@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import fcntl
+import functools
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,12 +22,35 @@ from stixproto.errors import DaemonUnavailable, ProtocolError, error_from_code
 from stixproto.framing import HEADER, decode, encode, recv_frame
 from stixproto.paths import client_catalog_dir, socket_path
 
-_decoder = msgspec.msgpack.Decoder(m.ServerMessage)
 START_TIMEOUT = 40.0
 
+REPLY_TO: dict[type, type] = {
+    m.Status: m.ClusterList,
+    m.Queue: m.JobList,
+    m.JobsQueue: m.ManagedJobList,
+    m.Exec: m.LaunchResult,
+    m.Launch: m.LaunchResult,
+    m.PlanRequest: m.PlanReply,
+    m.ReadTask: m.TaskRead,
+}
+"""The final reply of the requests run most often: their client builds the decoder of only the
+messages it can be sent (a decoder of every reply costs a `status` a few milliseconds: the
+task model among them). Any other request, or a reply these do not decode, is read with the
+decoder of every message."""
 
-def _connect(path: Path) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+@functools.cache
+def _decoder(request: type | None = None) -> msgspec.msgpack.Decoder[Any]:
+    reply = REPLY_TO.get(request) if request is not None else None
+    if reply is None:
+        return msgspec.msgpack.Decoder(m.ServerMessage)
+    return msgspec.msgpack.Decoder(m.HelloOk | m.ErrorReply | m.StreamEvent | reply)
+
+
+def _connect(path: Path) -> _socket.socket:
+    # `_socket`, the module `socket` wraps: building `socket`'s enums costs a client that
+    # opens one Unix socket more at start-up than the rest of its connection
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.connect(str(path))
     except OSError:
@@ -112,7 +136,7 @@ def ensure_started(home: Path) -> None:
             start_daemon(home)
 
 
-def open_connection(home: Path, autostart: bool = True) -> socket.socket:
+def open_connection(home: Path, autostart: bool = True) -> _socket.socket:
     path = socket_path(home)
     try:
         return _connect(path)
@@ -134,11 +158,15 @@ LOST = (
 )
 
 
-def interpret(body: bytes | None) -> Any:
-    """Decode one frame from the daemon; an error reply becomes its exception."""
+def interpret(body: bytes | None, request: type | None = None) -> Any:
+    """Decode one frame from the daemon (an answer to a `request` of this type); an error
+    reply becomes its exception."""
     if body is None:
         raise DaemonUnavailable(LOST)
-    msg = decode(body, _decoder)
+    try:
+        msg = _decoder(request).decode(body)
+    except (msgspec.DecodeError, RecursionError):  # not what `REPLY_TO` expects: any message
+        msg = decode(body, _decoder())
     if isinstance(msg, m.ErrorReply):
         raise error_from_code(msg.code, msg.message)
     return msg
@@ -148,33 +176,40 @@ def is_final(msg: Any) -> bool:
     return isinstance(msg, m.FINAL_REPLIES)
 
 
-def _receive(sock: socket.socket) -> Any:
+def _receive(sock: _socket.socket, request: type | None = None) -> Any:
     try:
         body = recv_frame(sock)
     except (ProtocolError, OSError):
         body = None
-    return interpret(body)
+    return interpret(body, request)
 
 
-def stream(home: Path, request: Any, *, autostart: bool = True) -> Iterator[Any]:
-    """Send `request` and yield what comes back: stream events, then the final reply."""
-    body = request_body(request)  # a bad argument is refused here, before any daemon starts
+def stream(
+    home: Path, request: Any, *, autostart: bool = True, tasks_checked: bool = False
+) -> Iterator[Any]:
+    """Send `request` and yield what comes back: stream events, then the final reply.
+    `tasks_checked`: as for `stixproto.edge.request_body`."""
+    # a bad argument is refused here, before any daemon starts
+    body = request_body(request, tasks_checked=tasks_checked)
+    kind = type(request)
     sock = open_connection(home, autostart)
-    with sock:
+    try:
         try:
             sock.sendall(
                 encode(m.Hello(protocol=PROTOCOL_VERSION, catalog_dir=client_catalog_dir()))
             )
-            _receive(sock)
+            _receive(sock, kind)
             sock.sendall(HEADER.pack(len(body)) + body)
         except (BrokenPipeError, ConnectionResetError):
-            _receive(sock)  # raises the daemon's reason when it sent one (e.g. too busy)
+            _receive(sock, kind)  # raises the daemon's reason when it sent one (e.g. too busy)
             raise DaemonUnavailable("stixd closed the connection during the handshake") from None
         while True:
-            msg = _receive(sock)
+            msg = _receive(sock, kind)
             yield msg
             if is_final(msg):
                 return
+    finally:
+        sock.close()
 
 
 def call(
@@ -183,9 +218,10 @@ def call(
     on_event: Callable[[Any], None] | None = None,
     *,
     autostart: bool = True,
+    tasks_checked: bool = False,
 ) -> Any:
     """Send `request`; pass stream events to `on_event`; return the final reply or raise."""
-    for msg in stream(home, request, autostart=autostart):
+    for msg in stream(home, request, autostart=autostart, tasks_checked=tasks_checked):
         if is_final(msg):
             return msg
         if on_event is not None:

@@ -106,10 +106,11 @@ def ask(question: str, yes: bool) -> None:
 
 
 def _check(req: m.Request) -> None:
-    """Refuse a bad value before the question, as the request would be refused after it."""
+    """Refuse a bad value before the question, as the request would be refused after it. A
+    task in it was read and checked by the daemon (`stixctl.taskargs.load`)."""
     from stixproto.edge import request_body
 
-    request_body(req)
+    request_body(req, tasks_checked=True)
 
 
 def _clusters(n: int) -> str:
@@ -132,7 +133,7 @@ def launch(home: Path, a: argparse.Namespace, req: m.Launch) -> m.Launch:
     _check(req)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
     plan = m.PlanRequest(tasks=[req.task], minimize=a.minimize, launch=True, cluster=name)
-    reply: m.PlanReply = call(home, plan, on_event)
+    reply: m.PlanReply = call(home, plan, on_event, tasks_checked=True)
     if reply.cluster_status not in PROVISIONS:
         return req  # UP: nothing is provisioned; the launch runs the task there
     _say(reply.text + "\n")
@@ -162,7 +163,7 @@ def jobs_launch(home: Path, a: argparse.Namespace, req: m.JobsLaunch) -> None:
         ask(f"Launching {what}{called} on the workers of pool {req.pool!r}. Proceed?", False)
         return
     plan = m.PlanRequest(tasks=req.tasks, launch=len(req.tasks) == 1)
-    reply: m.PlanReply = call(home, plan, on_event)
+    reply: m.PlanReply = call(home, plan, on_event, tasks_checked=True)
     _say(reply.text + "\n")
     if reply.no_fit_reason:
         raise ProvisionError(f"nothing fits: {reply.no_fit_reason}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -17,4 +18,19 @@ def run() -> None:
 
     if blocked and sys.modules.get("typing_extensions") is None:
         del sys.modules["typing_extensions"]
-    sys.exit(main())
+    end(main())
+
+
+def end(code: int) -> None:
+    """Exit once what was printed is flushed, without tearing the interpreter down: freeing
+    every module a command imported costs a command that is done several milliseconds, and
+    nothing of ours waits for it (no atexit work; completion's look-up thread is a daemon
+    thread, left behind at exit either way)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # `stixctl status | head -1`: the reader left, as main treats it
+            pass
+        except (OSError, ValueError):  # a closed or failing stream: nothing more can be said
+            code = code or 1
+    os._exit(code)

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stixctl import confirm, taskargs
 from stixctl.argparser import Parser
 from stixctl.output import err, on_event, print_json
 from stixproto import messages as m
@@ -18,20 +17,21 @@ Fn = Callable[[Path, argparse.Namespace], int]
 
 
 def _launch(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import confirm, taskargs
     from stixctl.client import call
     from stixctl.signals import finish, status_exit
 
-    dag = taskargs.load(a.entrypoint, a, pipeline=True)
+    fields = {"detach": a.detach_run, "pool": a.pool, "num_jobs": a.num_jobs}
+    taskargs.check_first(m.JobsLaunch(tasks=[], name=a.name or None, **fields))
+    dag = taskargs.load(home, a.entrypoint, a, pipeline=True)
     req = m.JobsLaunch(
         tasks=list(dag.tasks),
         name=a.name or getattr(dag, "name", None),
-        detach=a.detach_run,
         config=taskargs.config_layers(a.config or []),
-        pool=a.pool,
-        num_jobs=a.num_jobs,
+        **fields,
     )
     confirm.jobs_launch(home, a, req)
-    reply: m.ManagedLaunched = call(home, req, on_event)
+    reply: m.ManagedLaunched = call(home, req, on_event, tasks_checked=True)
     if a.json:
         print_json(reply)
     if a.detach_run or len(reply.job_ids) > 1:
@@ -60,6 +60,7 @@ def _queue(home: Path, a: argparse.Namespace) -> int:
 
 
 def _cancel(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import confirm
     from stixctl.client import call
 
     if not (a.job_ids or a.name or a.all or a.pool):
@@ -95,19 +96,24 @@ def _logs(home: Path, a: argparse.Namespace) -> int:
 
 
 def _pool(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import taskargs
     from stixctl.client import call
 
     if a.pool_action == "apply":
         if not a.entrypoint:
             raise InvalidRequest("jobs pool apply needs a pool YAML file")
-        task = taskargs.load(a.entrypoint, a)
+        if a.pool_name:
+            from stixproto.task import Task
+
+            taskargs.check_first(m.PoolApply(name=a.pool_name, task=Task()))
+        task = taskargs.load(home, a.entrypoint, a)
         name = a.pool_name or task.name
         if not name:
             raise InvalidRequest("name the pool with -p NAME (or `name:` in the file)")
         req: object = m.PoolApply(
             name=name, task=task, config=taskargs.config_layers(a.config or [])
         )
-        reply = call(home, req)
+        reply = call(home, req, tasks_checked=True)
         print(reply.message)
         return 0
     if a.pool_action == "status":
@@ -185,6 +191,8 @@ def _recoveries(records: Sequence[m.ManagedJobRecord]) -> str:
 def _launch_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("entrypoint", nargs="*", help="task YAML file (or pipeline) or a command")
     s.add_argument("--config", action="append", metavar="FILE", help="extra config file")
+    from stixctl import taskargs
+
     taskargs.add_task_flags(s)
     s.add_argument("-d", "--detach-run", action="store_true", help="return once submitted")
     s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
@@ -225,6 +233,8 @@ def _pool_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--config", action="append", metavar="FILE", help="extra config file")
     s.add_argument("-y", "--yes", action="store_true")
     s.add_argument("--json", action="store_true")
+    from stixctl import taskargs
+
     taskargs.add_task_flags(s)
 
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stixctl import confirm, taskargs, validate
 from stixctl.argparser import Parser
 from stixctl.output import err, on_event, print_json, print_table
 from stixctl.signals import finish
@@ -18,6 +17,7 @@ from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import InvalidRequest, StixError
 from stixproto.paths import stix_home
+from stixproto.task import Task
 
 EXIT_NO_FIT = 5  # as ProvisionError: no infra can run the task
 
@@ -26,33 +26,38 @@ EXIT_NO_FIT = 5  # as ProvisionError: no infra can run the task
 
 
 def cmd_launch(home: Path, a: argparse.Namespace) -> int:
+    import msgspec
+
+    from stixctl import confirm, taskargs
     from stixctl.client import call
 
     if a.dryrun:
         return cmd_dryrun(home, a)
-    task = taskargs.load(a.entrypoint, a, allow_empty=True)
     req = m.Launch(
-        task=task,
+        task=Task(),  # the daemon reads it, once the rest is known to be right
         cluster=a.cluster,
         detach=a.detach_run,
         down=a.down,
         idle_minutes=a.idle_minutes_to_autostop,
         no_setup=a.no_setup,
-        config=taskargs.config_layers(a.config or []),
         retry_until_up=a.retry_until_up,
         fast=a.fast,
         detach_setup=a.detach_setup,
     )
+    taskargs.check_first(req)
+    task = taskargs.load(home, a.entrypoint, a, allow_empty=True)
+    req = msgspec.structs.replace(req, task=task, config=taskargs.config_layers(a.config or []))
     req = confirm.launch(home, a, req)
-    return _finish_run(call(home, req, on_event), a)
+    return _finish_run(call(home, req, on_event, tasks_checked=True), a)
 
 
 def cmd_dryrun(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import taskargs
     from stixctl.client import call
 
-    dag = taskargs.load(a.entrypoint, a, pipeline=True, allow_empty=True)
+    dag = taskargs.load(home, a.entrypoint, a, pipeline=True, allow_empty=True)
     req = m.PlanRequest(tasks=list(dag.tasks), all_clouds=a.all_clouds, minimize=a.minimize)
-    reply = call(home, req, on_event)
+    reply = call(home, req, on_event, tasks_checked=True)
     if a.json:
         sys.stdout.write(reply.json + "\n")
     else:
@@ -64,11 +69,14 @@ def cmd_dryrun(home: Path, a: argparse.Namespace) -> int:
 
 
 def cmd_exec(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import taskargs
     from stixctl.client import call
 
-    task = taskargs.load(a.entrypoint, a)
+    req = m.Exec(cluster=a.cluster, task=Task(), detach=a.detach_run)
+    taskargs.check_first(req)
+    task = taskargs.load(home, a.entrypoint, a)
     req = m.Exec(cluster=a.cluster, task=task, detach=a.detach_run)
-    return _finish_run(call(home, req, on_event), a)
+    return _finish_run(call(home, req, on_event, tasks_checked=True), a)
 
 
 def _finish_run(reply: m.LaunchResult, a: argparse.Namespace) -> int:
@@ -131,6 +139,7 @@ def cmd_logs(home: Path, a: argparse.Namespace) -> int:
 
 
 def cmd_cancel(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import confirm
     from stixctl.client import call
 
     req = m.Cancel(cluster=a.cluster, job_ids=a.job_ids, all=a.all)
@@ -155,24 +164,32 @@ def _simple(home: Path, req: Any) -> int:
 
 
 def cmd_stop(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import confirm
+
     req = m.Stop(clusters=a.clusters, all=a.all)
     confirm.clusters(home, a, req, "Stopping")
     return _simple(home, req)
 
 
 def cmd_start(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import confirm
+
     req = m.Start(clusters=a.clusters, idle_minutes=a.idle_minutes_to_autostop, down=a.down)
     confirm.start(home, a, req)
     return _simple(home, req)
 
 
 def cmd_down(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import confirm
+
     req = m.Down(clusters=a.clusters, all=a.all, purge=a.purge)
     confirm.clusters(home, a, req, "Terminating")
     return _simple(home, req)
 
 
 def cmd_autostop(home: Path, a: argparse.Namespace) -> int:
+    from stixctl import confirm
+
     req = m.Autostop(
         clusters=a.clusters,
         all=a.all,
@@ -274,6 +291,8 @@ def cmd_daemon(home: Path, a: argparse.Namespace) -> int:
 
 
 def _task_flags(p: argparse.ArgumentParser) -> None:
+    from stixctl import taskargs
+
     taskargs.add_task_flags(p)
     p.add_argument(
         "-d", "--detach-run", action="store_true", help="return once the job is submitted"
@@ -459,6 +478,12 @@ def _completion_args(s: argparse.ArgumentParser) -> None:
     completion.add_args(s)
 
 
+def _validate_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import validate
+
+    validate.add_args(s)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -487,7 +512,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),
     "ssh": ("SSH pools (up|status|down [POOL]) or a shell on a cluster's node", _ssh_args),
-    "validate": ("check task files on this machine (no daemon needed)", validate.add_args),
+    "validate": ("check task files on this machine (no daemon needed)", _validate_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
     "completion": ("print a shell completion script: bash, zsh or fish", _completion_args),
     "fake": ("TESTS ONLY: preempt nodes of the fake provider", _fake_args),

@@ -12,6 +12,7 @@ from typing import Any
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest, TaskFieldError
 from stixproto.names import ENV_NAME_RULE, is_env_name
+from stixproto.task import Dag, Task
 
 
 def check_env_name(name: str, flag: str) -> None:
@@ -86,34 +87,23 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ports", action="append", metavar="PORT[-PORT]")
 
 
-_OVERRIDES = (
-    "gpus",
-    "cpus",
-    "memory",
-    "infra",
-    "cloud",
-    "region",
-    "zone",
-    "use_spot",
-    "instance_type",
-    "num_nodes",
-    "disk_size",
-    "disk_tier",
-    "network_tier",
-    "image_id",
-    "ports",
-)
-
-
-def _overrides(args: argparse.Namespace) -> Any:
-    given = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k, None) is not None}
-    if not given:
+def _resource_flags(args: argparse.Namespace) -> m.ResourceFlags | None:
+    """The resource-override flags given, as typed (the daemon applies them)."""
+    given = {f: getattr(args, f, None) for f in m.ResourceFlags.__struct_fields__}
+    if all(v is None for v in given.values()):
         return None
-    from stixproto.task import ResourceOverrides
+    if given["num_nodes"] is not None:
+        given["num_nodes"] = str(given["num_nodes"])
+    return m.ResourceFlags(**given)
 
-    if "ports" in given:
-        given["ports"] = [int(p) if p.isascii() and p.isdigit() else p for p in given["ports"]]
-    return ResourceOverrides(**given)
+
+def check_first(request: m.Request) -> None:
+    """Refuse a request's own arguments (a name, a number out of range) with the words the
+    wire check gives, before the daemon is asked to read its task (`load`): they were refused
+    without a daemon when this process read tasks itself. Its task is left empty here."""
+    from stixproto.edge import request_body
+
+    request_body(request, tasks_checked=True)
 
 
 def is_task_file(entrypoint: list[str]) -> bool:
@@ -122,6 +112,7 @@ def is_task_file(entrypoint: list[str]) -> bool:
 
 
 def load(
+    home: Path,
     entrypoint: list[str],
     args: argparse.Namespace,
     *,
@@ -130,50 +121,54 @@ def load(
 ) -> Any:
     """The task (or, with `pipeline`, the Dag) the command line describes, overrides applied.
     With `allow_empty`, no file and no command is a task of resource flags alone (SkyPilot's
-    `sky launch -c dev --gpus A100`: a cluster with nothing to run)."""
-    import msgspec
+    `sky launch -c dev --gpus A100`: a cluster with nothing to run).
 
-    from stixproto import task as t
+    The daemon reads and checks it (`ReadTask`), with the functions and words a load here
+    would use, so this process imports neither YAML nor the task rules; what belongs to this
+    shell is done here: the file's bytes, `--env`/`--secret` values, and the local paths (and
+    `--workdir`) resolved against this directory. A request that sends the result passes
+    ``tasks_checked=True`` to `stixctl.client.call`."""
+    from stixctl.client import call
+    from stixproto.task.files import read_bytes
 
     if not entrypoint and not allow_empty:
         raise InvalidRequest("give a task YAML file or a shell command to run")
     envs = env_file_pairs(args.env_file) if getattr(args, "env_file", None) else {}
     envs.update(pairs(args.env or [], "--env"))
     secrets = pairs(getattr(args, "secret", None) or [], "--secret")
-    kwargs = {"env_overrides": envs or None, "secret_overrides": secrets or None}
+    flags, name = _resource_flags(args), getattr(args, "name", None) or None
+    command = " ".join(entrypoint) if entrypoint else None
     if is_task_file(entrypoint):
-        loaded = (t.load_dag_file if pipeline else t.load_task_file)(entrypoint[0], **kwargs)
+        source: dict[str, Any] = {"file": entrypoint[0], "data": read_bytes(entrypoint[0])}
+    elif not (envs or secrets or flags):  # nothing to read or check: the daemon's answer
+        dag = Dag(tasks=[Task(run=command, name=name)])  # would be this, one round trip later
+        return _here_all(dag, getattr(args, "workdir", None), pipeline)
     else:
-        loaded = t.task_from_command(" ".join(entrypoint)) if entrypoint else t.Task()
-        if envs:
-            loaded = t.apply_env_overrides(loaded, envs)
-        if secrets:
-            loaded = t.apply_secret_overrides(loaded, secrets)
-        if pipeline:
-            loaded = t.Dag(tasks=[loaded])
-    overrides = _overrides(args)
-
-    def adjust(task: Any) -> Any:
-        if overrides is not None:
-            task = t.apply_overrides(task, overrides)
-        if getattr(args, "name", None):
-            task = msgspec.structs.replace(task, name=args.name)
-        if getattr(args, "workdir", None) is not None:
-            task = _with_workdir(task, args.workdir)
-        return task
-
-    if isinstance(loaded, t.Dag):
-        return msgspec.structs.replace(loaded, tasks=[adjust(x) for x in loaded.tasks])
-    return adjust(loaded)
+        source = {"command": command}
+    req = m.ReadTask(
+        **source, pipeline=pipeline, envs=envs, secrets=secrets, resources=flags, name=name
+    )
+    reply: m.TaskRead = call(home, req)
+    return _here_all(reply.dag, getattr(args, "workdir", None), pipeline)
 
 
-def _with_workdir(task: Any, workdir: str) -> Any:
-    """`--workdir DIR` replaces the task's workdir (a git one too), relative to this shell's
-    directory as SkyPilot takes it; a DIR that is not a directory here is refused now."""
+def _here_all(dag: Dag, workdir: str | None, pipeline: bool) -> Any:
     import msgspec
 
-    from stixproto.task.load import resolve_paths
+    tasks = [_here(task, workdir) for task in dag.tasks]
+    return msgspec.structs.replace(dag, tasks=tasks) if pipeline else tasks[0]
 
+
+def _here(task: Any, workdir: str | None) -> Any:
+    """The task's local paths made absolute against this shell's directory, and `--workdir`
+    DIR in place of its workdir (a git one too), as SkyPilot takes it; a DIR that is not a
+    directory here is refused now."""
+    import msgspec
+
+    from stixproto.task.local_paths import resolve_paths
+
+    if workdir is None:
+        return resolve_paths(task)
     if not workdir.strip():
         raise InvalidRequest("--workdir: expected a directory, got an empty string")
     path = os.path.abspath(os.path.expanduser(workdir))
@@ -184,9 +179,7 @@ def _with_workdir(task: Any, workdir: str) -> Any:
 
 def config_layers(extra: list[str]) -> list[m.ConfigLayer]:
     """Project `.stix.yaml` and `--config` files, parsed here and validated by the daemon."""
-    from stixproto import user_yaml
-
-    layers = []
+    layers: list[m.ConfigLayer] = []
     paths = [Path(".stix.yaml")] if Path(".stix.yaml").exists() else []
     for item in extra:
         path = Path(item)
@@ -195,6 +188,10 @@ def config_layers(extra: list[str]) -> list[m.ConfigLayer]:
                 f"{item}: config file given with --config does not exist; check the path"
             )
         paths.append(path)
+    if not paths:
+        return layers
+    from stixproto import user_yaml  # only with a config file to read: it is 14 KB to compile
+
     for path in paths:
         try:
             values = user_yaml.load(user_yaml.read_file(path)) or {}

@@ -36,6 +36,9 @@ MAX_RESTARTS = 1_000_000
 MAX_QPS = 1_000_000_000
 """Requests per second (a service's autoscaling target)."""
 MAX_PROTOCOL = 2**31 - 1
+MAX_YAML_CHARS = 4_000_000
+"""Characters of a YAML file stix reads (`stixproto.user_yaml.MAX_CHARS`), and so bytes of a task
+file a client sends the daemon to read (`stixproto.messages.ReadTask`)."""
 MAX_PATH = 4096
 MAX_CHOICE = 1024
 """A plan's choice as `launch` shows it (`2x aws/p4d.24xlarge (us-east-1, spot)`)."""
@@ -53,3 +56,4 @@ AcceleratorCount = Annotated[float, Meta(gt=0, le=MAX_COUNT)]
 Protocol = Annotated[int, Meta(ge=0, le=MAX_PROTOCOL)]
 LocalPath = Annotated[str, Meta(min_length=1, max_length=MAX_PATH)]
 PlanChoice = Annotated[str, Meta(min_length=1, max_length=MAX_CHOICE)]
+YamlBytes = Annotated[bytes, Meta(max_length=MAX_YAML_CHARS + 1)]

@@ -7,9 +7,8 @@ naming what was wrong, never a crash.
 
 from __future__ import annotations
 
-import socket
 import struct
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -20,6 +19,13 @@ MAX_FRAME = 8 * 1024 * 1024
 """Largest body either side accepts; a task with its envs is far below this."""
 
 T = TypeVar("T")
+
+
+class Receiver(Protocol):
+    """A blocking socket (`socket.socket`, or the `_socket.socket` the client uses)."""
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -73,7 +79,7 @@ def peek_protocol(body: bytes) -> int | None:
     return None
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
+def recv_exactly(sock: Receiver, n: int) -> bytes:
     chunks: list[bytes] = []
     remaining = n
     while remaining:
@@ -85,7 +91,7 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket) -> bytes | None:
+def recv_frame(sock: Receiver) -> bytes | None:
     """One frame body from a blocking socket, or None on a clean close between frames."""
     first = sock.recv(HEADER.size)
     if not first:

@@ -13,7 +13,7 @@ import msgspec
 
 from stixproto import bounds as b
 from stixproto import names
-from stixproto.task import Task
+from stixproto.task import Dag, Task
 
 
 class Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
@@ -271,6 +271,50 @@ class JobsLogs(Msg, tag="jobs_logs", frozen=True):
     status_only: bool = False
 
 
+class ResourceFlags(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """SkyPilot's resource-override flags as the command line gave them; the daemon applies
+    them (`stixproto.task.ResourceOverrides`). `num_nodes` and `ports` are the text typed, so
+    an out-of-range one is refused in the words a task file's own value gets."""
+
+    gpus: str | None = None
+    cpus: str | None = None
+    memory: str | None = None
+    infra: str | None = None
+    cloud: str | None = None
+    region: str | None = None
+    zone: str | None = None
+    use_spot: bool | None = None
+    instance_type: str | None = None
+    num_nodes: str | None = None
+    disk_size: str | None = None
+    disk_tier: str | None = None
+    network_tier: str | None = None
+    image_id: str | None = None
+    ports: list[str] | None = None
+
+
+class ReadTask(Msg, tag="read_task", frozen=True):
+    """`launch`, `exec` and `jobs launch` of the CLI: the daemon reads and checks the task the
+    command line gives (`stixd/control/task_reading.py`), so the client imports neither YAML
+    nor the task rules. The client read the file's bytes where the user typed its path and
+    resolves the task's local paths against its own directory when the answer comes back."""
+
+    file: str | None = None
+    """The task file as typed (errors name it so); None: `command` is the task."""
+    data: b.YamlBytes = b""
+    """The file's first bytes (`stixproto.task.files.read_bytes`)."""
+    command: str | None = None
+    """A shell command to run as the task (None with no file: a task of resource flags)."""
+    pipeline: bool = False
+    """Several documents are a pipeline (`launch --dryrun`, `jobs launch`), not an error."""
+    envs: dict[str, str] = {}
+    """`--env-file` then `--env` values, as the client's shell gave them."""
+    secrets: dict[str, str] = {}
+    resources: ResourceFlags | None = None
+    name: str | None = None
+    """`--name`: every task's name."""
+
+
 class FakePreempt(Msg, tag="fake_preempt", frozen=True):
     """TESTS AND BENCHMARKS ONLY: make nodes of the `fake` provider vanish, as a spot
     preemption does; refused unless the daemon enabled that provider."""
@@ -311,6 +355,7 @@ Request = (
     | DaemonStatus
     | Shutdown
     | FakePreempt
+    | ReadTask
 )
 
 # -- stream events ---------------------------------------------------------------------------
@@ -560,6 +605,13 @@ class PlanReply(Msg, tag="plan_reply", frozen=True):
     """`launch` plans: the cluster's state, None when it does not exist (or is terminated)."""
 
 
+class TaskRead(Msg, tag="task_read", frozen=True):
+    """The answer to `ReadTask`: its tasks (one, unless it asked for a pipeline), checked, their
+    local paths still as written."""
+
+    dag: Dag
+
+
 class DaemonInfo(Msg, tag="daemon_info", frozen=True):
     pid: int
     version: str
@@ -587,6 +639,7 @@ Reply = (
     | PlanReply
     | ShellCommand
     | DaemonInfo
+    | TaskRead
 )
 StreamEvent = Progress | LogChunk | JobSubmitted
 ServerMessage = HelloOk | Reply | StreamEvent

@@ -19,11 +19,13 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from stixproto.bounds import MAX_YAML_CHARS
+
 MAX_DEPTH = 64
 """Lists and maps inside each other. SkyPilot's own files nest 8 deep at most."""
 MAX_VALUES = 100_000
 """Keys, items and scalars of a whole file, every alias counted as what it stands for."""
-MAX_CHARS = 4_000_000
+MAX_CHARS = MAX_YAML_CHARS
 """Characters of a file's text, and of its scalars with every alias written out."""
 MAX_NUMBER_CHARS = 128
 """A number's length; converting a longer one (`1:2:3:…` in base 60) takes quadratic time."""
@@ -74,6 +76,12 @@ def read_file(path: str | Path) -> str:
     refused, not read forever. OSError and UnicodeDecodeError are the caller's to word."""
     with open(path, "rb") as f:
         data = f.read(MAX_CHARS + 1)
+    return text_of(data)
+
+
+def text_of(data: bytes) -> str:
+    """The text of a YAML file's first `MAX_CHARS` + 1 bytes, read by `read_file` or by a client
+    that sent them (`stixproto.task.files`); UnicodeDecodeError is the caller's to word."""
     if len(data) > MAX_CHARS:
         raise YamlError(f"YAML too large: more than {MAX_CHARS:,} bytes (the limit)")
     return data.decode("utf-8")

@@ -176,9 +176,11 @@ def test_the_billion_laughs_of_the_issue_is_refused_by_validate_in_well_under_a_
     assert seconds - floor < 1.0, f"{seconds:.2f} s against {floor:.2f} s for a plain file"
 
 
-def test_launch_refuses_bombs_in_tasks_and_config_files_before_starting_a_daemon(
+def test_launch_refuses_bombs_in_tasks_and_config_files_and_the_daemon_lives_on(
     stix: Stix, task_file: Callable[[str], Path]
 ) -> None:
+    """The daemon reads a launch's task file (`ReadTask`), so a bomb reaches it: it refuses it
+    in the same sentence and keeps serving; config files are still read by the client."""
     bomb = task_file(laughs())
     plain = task_file("run: echo hi\n")
     for args, source in (
@@ -194,7 +196,9 @@ def test_launch_refuses_bombs_in_tasks_and_config_files_before_starting_a_daemon
     (stix.home / ".stix.yaml").unlink()
     proc = stix.run("launch", "-y", "-c", "c1", "--config", "/dev/zero", str(plain), timeout=30)
     assert "/dev/zero: YAML too large: more than 4,000,000 bytes (the limit)" in proc.stderr
-    assert stix.daemon_pid() is None
+    pid = stix.daemon_pid()
+    assert pid is not None and stix.run("status").returncode == 0
+    assert stix.daemon_pid() == pid
 
 
 # -- the daemon's own files ---------------------------------------------------------------------

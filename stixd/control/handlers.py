@@ -27,7 +27,15 @@ from stixd.actors.specs import (
 from stixd.actors.syncing import validate_mounts
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
-from stixd.control import catalog_cmds, fake_cmds, jobs_cmds, leak_cmds, plan_cmds, ssh_cmds
+from stixd.control import (
+    catalog_cmds,
+    fake_cmds,
+    jobs_cmds,
+    leak_cmds,
+    plan_cmds,
+    ssh_cmds,
+    task_reading,
+)
 from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.offers import OfferIndex
@@ -481,6 +489,8 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await _jobs(app, req, emit)
     if isinstance(req, m.Launch):
         return await launch(app, req, emit)
+    if isinstance(req, m.ReadTask):
+        return await task_reading.read_task(req, emit)
     if isinstance(req, m.Exec):
         return await exec_(app, req, emit)
     if isinstance(req, m.Status):

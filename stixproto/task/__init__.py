@@ -52,10 +52,10 @@ if TYPE_CHECKING:
         load_dag_file,
         load_task_file,
         read_documents,
-        resolve_paths,
         task_from_dict,
         validated,
     )
+    from stixproto.task.local_paths import resolve_paths
     from stixproto.task.overrides import ResourceOverrides, apply_overrides
     from stixproto.task.parsing import (
         Accelerator,
@@ -85,7 +85,7 @@ _LAZY = {
     "load_dag_file": "load",
     "load_task_file": "load",
     "read_documents": "load",
-    "resolve_paths": "load",
+    "resolve_paths": "local_paths",
     "task_from_dict": "load",
     "validated": "load",
     "ResourceOverrides": "overrides",

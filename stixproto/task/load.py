@@ -23,7 +23,9 @@ from stixproto.names import is_env_name as _is_env_name
 from stixproto.task import subst
 from stixproto.task._fields import check_int_sizes, check_positive, describe, fail, join, near
 from stixproto.task.explain import explain
-from stixproto.task.model import HEADER_KEYS, JOB_GROUP_KEYS, Dag, Storage, Task
+from stixproto.task.files import read_bytes, text_of
+from stixproto.task.local_paths import resolve_paths
+from stixproto.task.model import HEADER_KEYS, JOB_GROUP_KEYS, Dag, Task
 from stixproto.task.resources import check_resources
 from stixproto.task.service import check_pool, check_service
 from stixproto.task.storage import (
@@ -56,15 +58,7 @@ def read_documents(text: str, source: str) -> list[Any]:
 
 
 def _read(path: str | Path) -> str:
-    from stixproto import user_yaml
-
-    try:
-        return user_yaml.read_file(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise InvalidTask(f"{path}: cannot read the task file: {reason}") from None
-    except user_yaml.YamlError as exc:
-        raise InvalidTask(f"{path}: {exc}") from None
+    return text_of(read_bytes(path), str(path))
 
 
 # -- one task ----------------------------------------------------------------------------------
@@ -291,54 +285,40 @@ def load_task_file(
     path: str | Path, *, env_overrides: Overrides = None, secret_overrides: Overrides = None
 ) -> Task:
     """The one task of a file, with local paths resolved; a pipeline of several is an error."""
-    source = str(path)
-    parsed = from_yaml(
-        _read(path), source, env_overrides=env_overrides, secret_overrides=secret_overrides
-    )
-    if isinstance(parsed, Dag):
-        if len(parsed.tasks) != 1:
-            raise pipeline_error(source, parsed)
-        parsed = parsed.tasks[0]
-    return resolve_paths(parsed)
+    text = _read(path)
+    return resolve_paths(task_of_text(text, str(path), env_overrides, secret_overrides))
 
 
 def load_dag_file(
     path: str | Path, *, env_overrides: Overrides = None, secret_overrides: Overrides = None
 ) -> Dag:
     """A file as a pipeline: a single-task file is a pipeline of one."""
-    source = str(path)
-    parsed = from_yaml(
-        _read(path), source, env_overrides=env_overrides, secret_overrides=secret_overrides
-    )
-    if isinstance(parsed, Task):
-        parsed = Dag(tasks=[parsed])
-    return msgspec.structs.replace(parsed, tasks=[resolve_paths(t) for t in parsed.tasks])
+    dag = dag_of_text(_read(path), str(path), env_overrides, secret_overrides)
+    return msgspec.structs.replace(dag, tasks=[resolve_paths(t) for t in dag.tasks])
+
+
+def task_of_text(
+    text: str, source: str, env_overrides: Overrides = None, secret_overrides: Overrides = None
+) -> Task:
+    """The one task of a file's text, its local paths as written (the daemon reads a client's
+    file so: the client resolves them against its own directory)."""
+    parsed = from_yaml(text, source, env_overrides=env_overrides, secret_overrides=secret_overrides)
+    if isinstance(parsed, Dag):
+        if len(parsed.tasks) != 1:
+            raise pipeline_error(source, parsed)
+        parsed = parsed.tasks[0]
+    return parsed
+
+
+def dag_of_text(
+    text: str, source: str, env_overrides: Overrides = None, secret_overrides: Overrides = None
+) -> Dag:
+    """A file's text as a pipeline (a single task is a pipeline of one), local paths as written."""
+    parsed = from_yaml(text, source, env_overrides=env_overrides, secret_overrides=secret_overrides)
+    return Dag(tasks=[parsed]) if isinstance(parsed, Task) else parsed
 
 
 # -- local paths and late substitution -------------------------------------------------------
-
-
-def _local(src: str) -> str:
-    """Absolute form of a local path (against the caller's cwd, as SkyPilot resolves them).
-    A path still holding an unset `$VAR` is left alone so messages show what was written."""
-    if "://" in src or "$" in src:
-        return src
-    return os.path.abspath(os.path.expanduser(src))
-
-
-def resolve_paths(task: Task) -> Task:
-    """Workdir and local mount sources made absolute, so the daemon can read them."""
-    workdir = _local(task.workdir) if isinstance(task.workdir, str) else task.workdir
-    mounts: dict[str, str | Storage] = {}
-    for dest, src in task.file_mounts.items():
-        if isinstance(src, str):
-            src = _local(src)
-        elif src.source is not None and not isinstance(src.source, str):
-            src = msgspec.structs.replace(src, source=[_local(s) for s in src.source])
-        elif isinstance(src.source, str):
-            src = msgspec.structs.replace(src, source=_local(src.source))
-        mounts[dest] = src
-    return msgspec.structs.replace(task, workdir=workdir, file_mounts=mounts)
 
 
 def resubstitute(task: Task, values: Mapping[str, str]) -> Task:
