@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -213,6 +213,10 @@ class FakeProvider:
 
     async def query(self, cluster: str) -> list[NodeInfo]:
         return [self._info(n) for n in self._clusters.get(cluster, [])]
+
+    async def query_many(self, clusters: Sequence[str]) -> dict[str, list[NodeInfo]]:
+        """Every cluster's nodes in one look (LooksUpMany), as a cloud's listing answers."""
+        return {c: [self._info(n) for n in self._clusters.get(c, [])] for c in clusters}
 
     async def stop(self, cluster: str) -> None:
         if self.stop_seconds:
