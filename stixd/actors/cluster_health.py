@@ -11,9 +11,8 @@ cluster that looks as it did is not woken, and its row is not written.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import anyio
 
@@ -32,9 +31,9 @@ class HealthTick:
     """Told by the ticker: the cluster looks different from its last look; look again."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Look:
-    """What one look at a cluster found: equal looks lead ``observe`` to the same decisions."""
+class Look(NamedTuple):
+    """What one look at a cluster found: equal looks lead ``observe`` to the same decisions.
+    (A tuple: made and compared for every watched cluster at every tick.)"""
 
     nodes: tuple[NodeInfo, ...]
     lost: tuple[NodeLoss, ...]
@@ -47,8 +46,10 @@ def look_of(abilities: LookAbilities, cluster: str, nodes: Sequence[NodeInfo]) -
     that query of the nodes it lost, their machines and why it could not reach some."""
     lost = abilities.lost.lost_nodes(cluster) if abilities.lost is not None else ()
     machines = abilities.machines.machines(cluster) if abilities.machines is not None else ()
-    errors = abilities.errors.node_errors(cluster) if abilities.errors is not None else {}
-    return Look(tuple(nodes), tuple(lost), tuple(machines), tuple(sorted(errors.items())))
+    errors = abilities.errors.node_errors(cluster) if abilities.errors is not None else None
+    return Look(
+        tuple(nodes), tuple(lost), tuple(machines), tuple(sorted(errors.items())) if errors else ()
+    )
 
 
 async def look_at(app: App, provider_name: str, clusters: list[str]) -> dict[str, Hashable]:
