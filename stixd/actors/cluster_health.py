@@ -11,6 +11,7 @@ cluster that looks as it did is not woken, and its row is not written.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
@@ -81,7 +82,8 @@ async def check_health(app: App) -> NoReturn:
     """The daemon's health checks, until it stops."""
 
     def tell(cluster: str) -> None:
-        app.supervisor.tell("cluster", cluster, HealthTick())
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            app.supervisor.tell("cluster", cluster, HealthTick())  # not once it has stopped
 
     async def look(provider_name: str, clusters: list[str]) -> dict[str, Hashable]:
         return await look_at(app, provider_name, clusters)
