@@ -29,6 +29,11 @@ Opener = Callable[[], Awaitable[ByteStream]]
 class AgentClient:
     """One request per connection: cheap on a Unix socket, and nothing to resynchronise."""
 
+    long_poll_s: float | None = None
+    """How long one long poll (``wait``, ``tail``) may be held on this transport; None: the
+    caller's own bound, short enough that a node gone silent (no reset, no reply) is noticed
+    at the call's deadline within the node grace."""
+
     def __init__(self, open_stream: Opener, name: str) -> None:
         self._open = open_stream
         self.name = name

@@ -15,6 +15,7 @@ import stixproto
 from stixd.providers.abilities import HasPools, LookAbilities, NeedsCredentials
 from stixd.providers.base import Provider
 from stixd.runtime.supervisor import Child, Factory, Supervisor
+from stixd.runtime.ticker import Ticker
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, Store
 
@@ -61,6 +62,8 @@ class App:
     leak_lock: anyio.Lock = field(default_factory=anyio.Lock)
     looks: dict[str, LookAbilities] = field(default_factory=dict)
     """Each provider's look-up abilities, by name (`look_abilities`)."""
+    health: Ticker = field(default_factory=Ticker)
+    """The live clusters' health checks, by provider (stixd.actors.cluster_health)."""
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
         """The daemon's config with a client's layers (project file, --config) merged in.

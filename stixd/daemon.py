@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 
 from stixd.actors import factory_for
+from stixd.actors.cluster_health import check_health
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.app import App
 from stixd.config import Config
@@ -86,6 +87,7 @@ async def serve(home: Path, config: Config) -> None:
                 )
                 tg.start_soon(_signals, app)
                 tg.start_soon(leak_cmds.watch, app)
+                tg.start_soon(check_health, app)
                 await app.shutdown.wait()
                 log.info("shutting_down")
                 tg.cancel_scope.cancel()

@@ -23,6 +23,7 @@ from stixd.providers.abilities import (
     Leak,
     LeakPolicy,
     LookAbilities,
+    LooksUpMany,
     NeedsCredentials,
     OpensPorts,
     ReachesEveryPort,
@@ -152,6 +153,7 @@ ABILITIES = (
     ReportsLostNodes,
     ReportsMachines,
     ReportsNodeErrors,
+    LooksUpMany,
     NeedsCredentials,
     FindsLeaks,
     OpensPorts,
@@ -170,12 +172,13 @@ def test_each_provider_has_the_abilities_it_declares_and_no_other(tmp_path: Path
             ReportsLostNodes,
             ReportsMachines,
             ReportsNodeErrors,
+            LooksUpMany,
             NeedsCredentials,
             FindsLeaks,
             OpensPorts,
             Closes,
         },
-        FakeProvider(["fake-1"], build="b"): {ReportsLostNodes, SimulatesPreemption},
+        FakeProvider(["fake-1"], build="b"): {ReportsLostNodes, LooksUpMany, SimulatesPreemption},
     }
     for provider, abilities in declared.items():
         has = {a for a in ABILITIES if isinstance(provider, a)}
@@ -187,10 +190,10 @@ def test_a_providers_look_abilities_are_what_isinstance_says(tmp_path: Path) -> 
     it has the ability and None where it has not."""
     aws = AwsProvider(tmp_path, env={})
     found = LookAbilities.of(aws)
-    assert (found.machines, found.lost, found.errors) == (aws, aws, aws)
+    assert (found.machines, found.lost, found.errors, found.many) == (aws, aws, aws, aws)
     fake = FakeProvider(["fake-1"], build="b")
     found = LookAbilities.of(fake)
-    assert (found.machines, found.lost, found.errors) == (None, fake, None)
+    assert (found.machines, found.lost, found.errors, found.many) == (None, fake, None, fake)
     ssh = SshProvider(tmp_path, {})
     assert LookAbilities.of(ssh) == LookAbilities(machines=None, lost=None, errors=ssh)
     assert LookAbilities.of(LocalProvider(tmp_path)) == LookAbilities(None, None, None)

@@ -122,10 +122,17 @@ async def note_launch_spec(
 ) -> None:
     """What a later `--fast` compares with: the spec once its setup ran (or there is none);
     the files once they were synced."""
+    await cluster.save(**launch_spec_data(req, spec, files, with_setup))
+
+
+def launch_spec_data(
+    req: m.Launch, spec: str, files: str | None, with_setup: bool
+) -> dict[str, Any]:
+    """The row data `note_launch_spec` writes."""
     data: dict[str, Any] = {"launch_files": files}
     if with_setup or req.task.setup is None:
         data["launch_spec"] = spec
-    await cluster.save(**data)
+    return data
 
 
 async def first_choice(cluster: ClusterActor, req: m.Launch, provider: str) -> dict[str, Any]:
@@ -178,7 +185,6 @@ async def begin_launch(
             f"the plan changed since it was shown: the launch would now provision "
             f"{spec['resources']}, not {req.plan_choice}; run the command again to see it"
         )
-    await cluster.save(spec=decode(spec, ClusterSpec))
     job_id: int | None = None
     if wants_job(req.task, not req.no_setup):
         job_id = int(data.get("next_job_id", cluster.data.next_job_id))
@@ -187,7 +193,12 @@ async def begin_launch(
     data["config_layers"] = [[layer.source, layer.values] for layer in req.config]
     data["pending_launch"] = PendingLaunch(request=msgspec.to_builtins(req), job_id=job_id)
     where = infra_label(provider, pool)
-    await cluster.transition(E.LAUNCH, f"launch {req.task.num_nodes} node(s) on {where}", **data)
+    await cluster.transition(
+        E.LAUNCH,
+        f"launch {req.task.num_nodes} node(s) on {where}",
+        new_spec=decode(spec, ClusterSpec),  # in the intent's write: one write, not two
+        **data,
+    )
     return job_id
 
 
@@ -276,7 +287,7 @@ async def _finish_launch(
         await create_job(
             cluster, job_id, req.task, with_setup=not req.no_setup, task_id=req.task_id
         )
-    await note_launch_spec(cluster, req, spec_digest(req.task), files, not req.no_setup)
+    noted = launch_spec_data(req, spec_digest(req.task), files, not req.no_setup)
     await cluster.transition(
         E.PROVISIONED,
         f"{len(nodes)} node(s) up",
@@ -284,6 +295,7 @@ async def _finish_launch(
         retry_round=None,
         up_since=time.time(),
         last_error=None,
+        **noted,  # `note_launch_spec`, in the same write
     )
     schedule_autostop(cluster)
     schedule_health(cluster)

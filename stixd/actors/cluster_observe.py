@@ -1,6 +1,7 @@
 """Watching a cluster: what the provider and the agents say, lost nodes, agents kept current.
 
-`ClusterActor` calls `observe` at reconcile, on every health tick and on a status refresh.
+`ClusterActor` calls `observe` at reconcile, on a status refresh, and when the health check
+(cluster_health) finds the cluster looking different from its last look.
 """
 
 from __future__ import annotations
@@ -9,22 +10,19 @@ import time
 from typing import TYPE_CHECKING
 
 from stixd.actors.cluster_autostop import schedule_autostop
+from stixd.actors.cluster_health import HealthTick as HealthTick  # where the actor finds it
+from stixd.actors.cluster_health import Look, look_of
 from stixd.actors.cluster_states import C, E
 from stixd.actors.job import JobEvent
 from stixd.actors.jobs_submit import job_row_id
 from stixd.actors.machines import compare
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus
-from stixd.runtime.clock import until_aligned
 from stixproto.errors import ProvisionError
 from stixproto.states import JobStatus
 
 if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor
-
-
-class HealthTick:
-    """Timer message: query the provider for the truth about every node."""
 
 
 RECONCILE = "reconcile at start"
@@ -33,13 +31,14 @@ RECONCILE = "reconcile at start"
 async def observe(cluster: ClusterActor, why: str) -> None:
     before = cluster.state
     nodes = await cluster.provider.query(cluster.id)
-    losses = find_losses(cluster)
-    await note_machines(cluster)
+    look = look_of(cluster.app.look_abilities(cluster.spec.provider), cluster.id, nodes)
+    losses = find_losses(cluster, look)
+    await note_machines(cluster, look)
     expected = cluster.spec.num_nodes
     running = [n for n in nodes if n.status is NodeStatus.RUNNING]
     unreachable = [n for n in nodes if n.status is NodeStatus.UNREACHABLE]
     down = [n for n in nodes if n.status is not NodeStatus.RUNNING]
-    problem = node_problems(cluster, down) if running or unreachable else None
+    problem = node_problems(down, look) if running or unreachable else None
     if not nodes:
         event = E.FOUND_GONE
     elif unreachable:
@@ -76,22 +75,20 @@ async def observe(cluster: ClusterActor, why: str) -> None:
         await ensure_agents_current(cluster, cluster.nodes)
         await stop_jobs_ended_meanwhile(cluster, cluster.nodes)
         schedule_autostop(cluster)
-    schedule_health(cluster)
+    schedule_health(cluster, look)
 
 
-async def note_machines(cluster: ClusterActor) -> None:
+async def note_machines(cluster: ClusterActor, look: Look) -> None:
     """Record what the machines are now; a resize made outside stix changes the cluster's
     resources and price (from now on) and is recorded as an event."""
-    reports = cluster.app.look_abilities(cluster.spec.provider).machines
-    if reports is None:
+    if not look.machines:  # none listed (or a provider that does not list them)
         return
     data = cluster.data
     active = data.active_seconds
     if data.up_since:
         active += time.time() - data.up_since
     cloud = cluster.spec.provider
-    machines = reports.machines(cluster.id)
-    seen = compare(cluster.spec, data, machines, lambda: cluster.app.prices(cloud), active)
+    seen = compare(cluster.spec, data, look.machines, lambda: cluster.app.prices(cloud), active)
     if seen is None:
         return
     for change in seen.changes:
@@ -101,13 +98,12 @@ async def note_machines(cluster: ClusterActor) -> None:
     await cluster.save(spec=seen.spec, **seen.data)
 
 
-def find_losses(cluster: ClusterActor) -> list[NodeLoss]:
+def find_losses(cluster: ClusterActor, look: Look) -> list[NodeLoss]:
     """Nodes of a live cluster whose machines the cloud took away (a spot preemption, a
     stop or termination from outside stix), as the provider's last query found them."""
-    reports = cluster.app.look_abilities(cluster.spec.provider).lost
-    if reports is None or cluster.state not in (C.UP, C.INIT):
+    if cluster.state not in (C.UP, C.INIT):
         return []
-    return reports.lost_nodes(cluster.id)
+    return list(look.lost)
 
 
 async def on_lost_nodes(cluster: ClusterActor, losses: list[NodeLoss]) -> None:
@@ -139,12 +135,11 @@ async def release_remains(cluster: ClusterActor) -> None:
         cluster.log.warning("release_remains_failed", error=exc.message)
 
 
-def node_problems(cluster: ClusterActor, down: list[NodeInfo]) -> str | None:
+def node_problems(down: list[NodeInfo], look: Look) -> str | None:
     """One sentence per node that is not running, for status and events."""
     if not down:
         return None
-    reports = cluster.app.look_abilities(cluster.spec.provider).errors
-    reasons = reports.node_errors(cluster.id) if reports is not None else {}
+    reasons = dict(look.errors)
 
     def say(n: NodeInfo) -> str:
         if n.status is NodeStatus.UNREACHABLE:
@@ -154,13 +149,19 @@ def node_problems(cluster: ClusterActor, down: list[NodeInfo]) -> str | None:
     return "; ".join(say(n) for n in down)
 
 
-def schedule_health(cluster: ClusterActor) -> None:
-    """Look at every node of a live cluster now and then (a host may die unseen). Every
-    cluster's check comes due at the same instants, so a provider can answer the checks of all
-    its clusters with one cloud call (the aws provider's shared listing) instead of one each."""
-    if cluster.state in (C.UP, C.INIT) and not cluster.data.pending_launch:
-        period = cluster.app.config.daemon.health_check_seconds
-        cluster.after("health", until_aligned(cluster.clock, period), HealthTick())
+def schedule_health(cluster: ClusterActor, look: Look | None = None) -> None:
+    """Have the health check look at a live cluster at every tick (a host may die unseen),
+    against `look`, what this actor last saw; without one (a launch or start just brought
+    the nodes up), against the nodes it recorded. The checks of all clusters of a provider
+    are one round (cluster_health): the actor hears only when its cluster looks different."""
+    health = cluster.app.health
+    if cluster.state not in (C.UP, C.INIT) or cluster.data.pending_launch:
+        health.unwatch(cluster.id)
+        return
+    if look is None:
+        abilities = cluster.app.look_abilities(cluster.spec.provider)
+        look = look_of(abilities, cluster.id, cluster.nodes)
+    health.watch(cluster.spec.provider, cluster.id, look)
 
 
 # -- agents --------------------------------------------------------------------------

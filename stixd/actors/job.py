@@ -213,8 +213,9 @@ class JobActor(Actor):
         lost_since: float | None = None
         grace = self.app.config.daemon.node_grace_seconds
         client = self.client(node)
+        longest = client.long_poll_s or WAIT_SECONDS
         while True:
-            poll, deadline = WAIT_SECONDS, WAIT_SECONDS + 10
+            poll, deadline = longest, longest + 10
             if lost_since is not None:  # no reconnect backoff or long poll stretches the grace
                 poll = 0.0
                 deadline = min(deadline, max(grace - (time.monotonic() - lost_since), 1.0))

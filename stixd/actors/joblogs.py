@@ -133,15 +133,16 @@ async def stream_job_logs(
         prefix = _prefixer(node, len(spec.nodes))
         offset = 0
         backlog: list[str] | None = [] if tail is not None else None
+        poll = client.long_poll_s or POLL_WAIT
         while True:
             catching_up = backlog is not None
             try:
                 reply = await client.call(
                     "tail",
-                    deadline=POLL_WAIT + 10,
+                    deadline=poll + 10,
                     job_id=job_id,
                     offset=offset,
-                    wait=POLL_WAIT if follow and not catching_up else 0.0,
+                    wait=poll if follow and not catching_up else 0.0,
                     max_bytes=CHUNK,
                     **({"from_run": True} if from_run else {}),
                 )

@@ -99,6 +99,19 @@ class ReportsNodeErrors(Protocol):
         ...
 
 
+@runtime_checkable
+class LooksUpMany(Protocol):
+    """A provider that looks at many clusters at once (one listing for all, or calls they
+    share): the daemon's health check asks it once a tick for every live cluster it holds,
+    instead of ``query`` once per cluster."""
+
+    async def query_many(self, clusters: Sequence[str]) -> dict[str, list[NodeInfo]]:
+        """``query`` of each of ``clusters`` (and what ``lost_nodes``, ``machines`` and
+        ``node_errors`` say after it, as after ``query``). A cluster it could not look at is
+        left out: the caller asks ``query`` of it alone, and meets the error there."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class LookAbilities:
     """What a health check may ask a provider after ``query``, found once per provider: an
@@ -108,6 +121,7 @@ class LookAbilities:
     machines: ReportsMachines | None
     lost: ReportsLostNodes | None
     errors: ReportsNodeErrors | None
+    many: LooksUpMany | None = None
 
     @classmethod
     def of(cls, provider: object) -> LookAbilities:
@@ -115,6 +129,7 @@ class LookAbilities:
             machines=provider if isinstance(provider, ReportsMachines) else None,
             lost=provider if isinstance(provider, ReportsLostNodes) else None,
             errors=provider if isinstance(provider, ReportsNodeErrors) else None,
+            many=provider if isinstance(provider, LooksUpMany) else None,
         )
 
 

@@ -323,6 +323,23 @@ class AwsProvider:
         self.seen[cluster] = seen.machines
         return seen.nodes
 
+    async def query_many(self, clusters: Sequence[str]) -> dict[str, list[NodeInfo]]:
+        """``query`` of every cluster at once (LooksUpMany): their listings, disks and spot
+        notices come together, so each kind is one EC2 call per region (``listing``). A
+        cluster whose look failed is left out, for its own ``query`` to meet the error."""
+        found: dict[str, list[NodeInfo]] = {}
+
+        async def one(cluster: str) -> None:
+            try:
+                found[cluster] = await self.query(cluster)
+            except ProvisionError as exc:
+                self.log.warning("aws_look_failed", cluster=cluster, error=exc.message)
+
+        async with anyio.create_task_group() as tg:
+            for cluster in clusters:
+                tg.start_soon(one, cluster)
+        return found
+
     def _new(self, cluster: str) -> list[str]:
         """The cluster's instances made so recently that EC2 may not list them yet."""
         entry = self.records.get(cluster) or {}

@@ -176,6 +176,10 @@ class FakeAgentClient(AgentClient):
     A node that is gone (preempted, terminated) or stopped does not answer: AgentUnreachable.
     """
 
+    long_poll_s = MAX_WAIT_S
+    """A node that goes away wakes its long polls at once (``FakeNode.changed``), so a poll
+    may wait as long as the agent lets it: an idle job costs no wake-up until it changes."""
+
     def __init__(self, address: str, resolve: Resolve, default_run_seconds: float) -> None:
         super().__init__(self._no_stream, address)
         self._address = address

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -116,6 +116,8 @@ class FakeProvider:
         self._clock = clock
         self._clusters: dict[str, list[FakeNode]] = {}
         self._by_address: dict[str, FakeNode] = {}
+        self._infos: dict[tuple[str, bool], NodeInfo] = {}
+        """Each node's NodeInfo by (address, running): ``_info``."""
         self._serial = 0
         self._lost: dict[str, list[NodeLoss]] = {}
         self.launches: dict[str, int] = {}
@@ -214,6 +216,10 @@ class FakeProvider:
     async def query(self, cluster: str) -> list[NodeInfo]:
         return [self._info(n) for n in self._clusters.get(cluster, [])]
 
+    async def query_many(self, clusters: Sequence[str]) -> dict[str, list[NodeInfo]]:
+        """Every cluster's nodes in one look (LooksUpMany), as a cloud's listing answers."""
+        return {c: [self._info(n) for n in self._clusters.get(c, [])] for c in clusters}
+
     async def stop(self, cluster: str) -> None:
         if self.stop_seconds:
             await anyio.sleep(self.stop_seconds)
@@ -251,6 +257,8 @@ class FakeProvider:
     def _forget(self, cluster: str) -> None:
         for node in self._clusters.pop(cluster, []):
             self._by_address.pop(node.address, None)
+            self._infos.pop((node.address, True), None)
+            self._infos.pop((node.address, False), None)
             node.running = False
             node.changed()  # long polls wake, find the node gone, and say so
         self._save()
@@ -300,14 +308,20 @@ class FakeProvider:
             self._clusters[name] = made
 
     def _info(self, node: FakeNode) -> NodeInfo:
-        return NodeInfo(
-            rank=node.rank,
-            ip=f"{node.region}.{node.cluster}.{node.rank}",
-            status=NodeStatus.RUNNING if node.running else NodeStatus.STOPPED,
-            agent_address=node.address,
-            workdir="~/sky_workdir",
-            home="~",
-        )
+        """Made once per node and status: every health tick asks for every node, and an
+        unchanged one is then the same object (compared at once)."""
+        key = (node.address, node.running)
+        info = self._infos.get(key)
+        if info is None:
+            info = self._infos[key] = NodeInfo(
+                rank=node.rank,
+                ip=f"{node.region}.{node.cluster}.{node.rank}",
+                status=NodeStatus.RUNNING if node.running else NodeStatus.STOPPED,
+                agent_address=node.address,
+                workdir="~/sky_workdir",
+                home="~",
+            )
+        return info
 
 
 def catalog_root(home: Path) -> Path:
