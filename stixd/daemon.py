@@ -1,10 +1,18 @@
-"""The daemon's life: build the app, respawn every live actor, serve the socket, stop cleanly."""
+"""The daemon's life: build the app, respawn every live actor, serve the socket, stop cleanly.
+
+A stop run by `stixd` itself ends the process once the store and the providers are closed,
+without unwinding every actor: unwinding tens of thousands of them took half a minute, and
+nothing an actor would do on its way out is needed, since a kill -9 at any instant is
+survivable by design (every decision is a committed row; a restart reconciles the rest)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
@@ -35,7 +43,18 @@ async def _signals(app: App) -> None:
             return
 
 
-async def serve(home: Path, config: Config) -> None:
+async def _close_providers(app: App) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        for provider in app.providers.values():
+            if isinstance(provider, Closes):  # the others hold nothing to close
+                await provider.aclose()
+
+
+async def serve(
+    home: Path, config: Config, end_process: Callable[[], NoReturn] | None = None
+) -> None:
+    """Run the daemon until it is asked to stop. With `end_process`, the stop calls it once
+    the providers and the store are closed (see above); without, every task is unwound."""
     log, log_stream = make_logger(home / "stixd.log", config.daemon.log_level)
     sock = socket_path(home)
     try:
@@ -88,12 +107,21 @@ async def serve(home: Path, config: Config) -> None:
                 tg.start_soon(leak_cmds.watch, app)
                 await app.shutdown.wait()
                 log.info("shutting_down")
+                sock.unlink(missing_ok=True)  # no client gets in from here on
+                if end_process is not None:
+                    await _close_providers(app)
+                    await store.close()
+                    log.info("stopped", actors=len(supervisor.children))
+                    log_stream.close()
+                    end_process()
+                # Unwinding frees every actor at once, and the cycle collector would walk the
+                # whole heap again and again for memory the process is about to give back
+                # (9 of 19 s of a stop with 3,000 managed jobs).
+                gc.disable()
                 tg.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                for provider in app.providers.values():
-                    if isinstance(provider, Closes):  # the others hold nothing to close
-                        await provider.aclose()
+            await _close_providers(app)
     finally:
+        gc.enable()
         sock.unlink(missing_ok=True)
         log.info("stopped")
         log_stream.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -41,15 +41,43 @@ class RestartPolicy:
     reconcile_concurrency: int = 32
 
 
-@dataclass
 class Child:
-    kind: str
-    id: str
-    mailbox: Mailbox = field(default_factory=Mailbox)
-    actor: Actor | None = None
-    crashes: deque[float] = field(default_factory=deque)
-    failed: str | None = None
-    finished: anyio.Event = field(default_factory=anyio.Event)
+    """One supervised actor: its mailbox (which outlives restarts), the running actor, its
+    recent crashes and, once it is held, why. Slotted, and its crash window and `finished`
+    event made on first use: the daemon holds one per live row, ten thousands of them."""
+
+    __slots__ = ("_crashes", "_finished", "_over", "actor", "failed", "id", "kind", "mailbox")
+
+    def __init__(self, kind: str, id: str) -> None:
+        self.kind = kind
+        self.id = id
+        self.mailbox = Mailbox()
+        self.actor: Actor | None = None
+        self.failed: str | None = None
+        self._crashes: deque[float] | None = None
+        self._finished: anyio.Event | None = None
+        self._over = False
+
+    @property
+    def crashes(self) -> deque[float]:
+        """When it crashed within the restart-intensity window."""
+        if self._crashes is None:
+            self._crashes = deque()
+        return self._crashes
+
+    @property
+    def finished(self) -> anyio.Event:
+        """Set once the actor has ended, or its quarantine is recorded."""
+        if self._finished is None:
+            self._finished = anyio.Event()
+            if self._over:
+                self._finished.set()
+        return self._finished
+
+    def finish(self) -> None:
+        self._over = True
+        if self._finished is not None:
+            self._finished.set()
 
 
 def _cannot_start(exc: BaseException) -> str:
@@ -135,7 +163,7 @@ class Supervisor:
             self._log.exception("quarantine_not_recorded", kind=child.kind, id=child.id)
         finally:
             child.mailbox.close()
-            child.finished.set()
+            child.finish()
 
     def tell(self, kind: str, id_: str, message: Any) -> bool:
         child = self.children.get((kind, id_))
@@ -205,7 +233,7 @@ class Supervisor:
                     del self.children[(child.kind, child.id)]
                     self._drain(child, None)
                 child.mailbox.close()
-                child.finished.set()
+                child.finish()
 
     def _too_many(self, child: Child) -> bool:
         now = self._clock.now()
@@ -217,11 +245,7 @@ class Supervisor:
     @staticmethod
     def _drain(child: Child, reply: ErrorReply | None) -> None:
         """Answer requests left in the mailbox of an actor that will not read them."""
-        while True:
-            try:
-                message = child.mailbox.receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return
+        for message in child.mailbox.take_all():
             if isinstance(message, Envelope):
                 message.answer(
                     reply

@@ -416,6 +416,13 @@ class Store:
         async with self._writing:
             await anyio.to_thread.run_sync(_truncate_wal, self._path)
 
+    async def close(self) -> None:
+        """Wait for the write in flight to commit, refuse every later one (a writer waits for
+        good), and close the connection: the store is whole on disk, as after any commit."""
+        await self._writing.acquire()  # never released: this store writes no more
+        with anyio.CancelScope(shield=True):
+            await self._db.close()
+
     async def get(self, kind: str, id_: str) -> Row | None:
         async with self._db.execute(f"{_SELECT} WHERE a.kind=? AND a.id=?", (kind, id_)) as cur:
             r = await cur.fetchone()
