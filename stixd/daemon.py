@@ -28,9 +28,9 @@ from stixd.providers.abilities import Closes
 from stixd.providers.all import ENTRIES
 from stixd.providers.registry import build_providers, planner_table
 from stixd.runtime.clock import RealClock
-from stixd.runtime.supervisor import RestartPolicy, Supervisor
+from stixd.runtime.supervisor import Child, RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
-from stixd.store.db import open_store
+from stixd.store.db import Row, open_store
 from stixproto.errors import InvalidConfig
 from stixproto.paths import socket_path
 
@@ -41,6 +41,24 @@ async def _signals(app: App) -> None:
             app.log.info("signal", signal=signal.Signals(signum).name)
             app.shutdown.set()
             return
+
+
+def _adopt(app: App, rows: list[Row]) -> list[Child]:
+    """Build the actor of every live row, to run once the socket answers (`start_deferred`);
+    the children held instead (rows that cannot run), whose quarantine is being recorded.
+    Without cycle collections meanwhile: each would walk every actor built so far, for
+    nothing, since building them makes no garbage to speak of."""
+    factories = {kind: app.actor_factories(app, kind) for kind in {row.kind for row in rows}}
+    held = []
+    gc.disable()
+    try:
+        for row in rows:
+            child = app.supervisor.spawn(row, factories[row.kind], defer=True)
+            if child.failed is not None:
+                held.append(child)
+    finally:
+        gc.enable()
+    return held
 
 
 async def _close_providers(app: App) -> None:
@@ -92,14 +110,16 @@ async def serve(
                 except InvalidConfig as exc:
                     log.error("ssh_pools_invalid", error=exc.message)
                 rows = await store.live_rows()
-                held = [c for c in (app.spawn(row) for row in rows) if c.failed is not None]
+                held = _adopt(app, rows)
+                del rows  # their actors hold what they need of them
                 for child in held:  # recorded before any client can list them
                     await child.finished.wait()
                 await tg.start(ControlServer(app, sock, dispatch).serve)
+                tg.start_soon(supervisor.start_deferred)
                 log.info(
                     "ready",
                     pid=os.getpid(),
-                    actors=len(rows),
+                    actors=len(supervisor.children),
                     quarantined=len(held),
                     home=str(home),
                 )

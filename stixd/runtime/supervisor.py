@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
 
@@ -116,14 +117,16 @@ class Supervisor:
         self._clock: Clock = clock if clock is not None else RealClock()
         self.children: dict[tuple[str, str], Child] = {}
         self.reconcile_gate = anyio.CapacityLimiter(policy.reconcile_concurrency)
+        self._deferred: deque[tuple[Child, Actor, Factory]] = deque()
 
     def get(self, kind: str, id_: str) -> Child | None:
         return self.children.get((kind, id_))
 
-    def spawn(self, row: Row, factory: Factory | None) -> Child:
+    def spawn(self, row: Row, factory: Factory | None, *, defer: bool = False) -> Child:
         """Start the actor of `row` (or find it running); a row that cannot be run is
         quarantined instead, and the child is returned failed with the reason. A `factory` of
-        None means no actor kind is called `row.kind`."""
+        None means no actor kind is called `row.kind`. With `defer`, the actor is built (a
+        bad row is found now) and can be told things, but runs from `start_deferred` on."""
         key = (row.kind, row.id)
         existing = self.children.get(key)
         if existing is not None and (existing.failed is None or row.quarantined is not None):
@@ -140,8 +143,20 @@ class Supervisor:
             except Exception as exc:  # the row's own fault: it fails alone, with the reason
                 self._quarantine(child, _cannot_start(exc))
             else:
-                self._tg.start_soon(self._supervise, child, actor, factory)
+                if defer:
+                    self._deferred.append((child, actor, factory))
+                else:
+                    self._tg.start_soon(self._supervise, child, actor, factory)
         return child
+
+    async def start_deferred(self, batch: int = 256) -> None:
+        """Run the actors spawned with `defer`, `batch` at a time, the other tasks (the
+        socket's) running between two batches: a boot with tens of thousands of rows answers
+        while its actors start, and what is told to one meanwhile waits in its mailbox."""
+        while self._deferred:
+            for _ in range(min(batch, len(self._deferred))):
+                self._tg.start_soon(self._supervise, *self._deferred.popleft())
+            await anyio.lowlevel.checkpoint()
 
     def forget(self, kind: str, id_: str) -> None:
         """Drop a failed child (its row was removed): the next spawn starts afresh."""
