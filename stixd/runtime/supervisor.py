@@ -198,7 +198,6 @@ class Supervisor:
             child.mailbox.put(Stop())
 
     async def _supervise(self, child: Child, actor: Actor, factory: Factory) -> None:
-        log = self._log.bind(kind=child.kind, id=child.id)
         quarantine: str | None = None
         try:
             while True:
@@ -208,7 +207,9 @@ class Supervisor:
                     return
                 except Exception as exc:
                     reason = _describe(exc)
-                    log.exception("actor_crashed", reason=reason)
+                    self._log.exception(
+                        "actor_crashed", kind=child.kind, id=child.id, reason=reason
+                    )
                     if self._too_many(child):
                         child.failed = (
                             f"{child.kind} {child.id} crashed {len(child.crashes)} times in "
@@ -220,7 +221,12 @@ class Supervisor:
                             with self._clock.fail_after(GIVEN_UP_WITHIN_S):
                                 await actor.given_up(child.failed)
                         except Exception as hook_exc:
-                            log.exception("given_up_failed", reason=str(hook_exc))
+                            self._log.exception(
+                                "given_up_failed",
+                                kind=child.kind,
+                                id=child.id,
+                                reason=str(hook_exc),
+                            )
                         self._drain(child, ErrorReply(code="internal", message=child.failed))
                         ended = await self._store.get(child.kind, child.id)
                         if ended is not None and not ended.terminal:
