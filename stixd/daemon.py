@@ -109,9 +109,7 @@ async def serve(
                     app.ssh_pool_sizes()  # read ssh_node_pools.yaml before reconciling
                 except InvalidConfig as exc:
                     log.error("ssh_pools_invalid", error=exc.message)
-                rows = await store.live_rows()
-                held = _adopt(app, rows)
-                del rows  # their actors hold what they need of them
+                held = [c async for page in store.live_rows_in_pages() for c in _adopt(app, page)]
                 for child in held:  # recorded before any client can list them
                     await child.finished.wait()
                 await tg.start(ControlServer(app, sock, dispatch).serve)
