@@ -156,3 +156,42 @@ async def test_a_typed_actor_reads_and_writes_its_row_whole_from_its_structs(
         assert stored is not None and stored.version == 2
         assert (stored.spec, stored.data) == (shown.spec, shown.data)
         tg.cancel_scope.cancel()
+
+
+async def test_cancelling_the_supervisors_group_ends_every_actor_before_it_exits(
+    tmp_path: Path,
+) -> None:
+    async with open_store(tmp_path / "s.db") as store:
+        async with anyio.create_task_group() as tg:
+            sup = Supervisor(tg, store, LOG, RestartPolicy())
+            children = []
+            for i in range(50):
+                row = await store.insert(
+                    Row(kind="counter", id=str(i), state="IDLE", version=0), "created"
+                )
+                children.append(sup.spawn(row, lambda r: Counter(r, store, LOG)))
+            assert await _reply(_request(sup, "49", "ping")) == "IDLE"
+            tg.cancel_scope.cancel()
+        assert all(child.finished.is_set() for child in children)
+        for child in children:
+            with pytest.raises(anyio.ClosedResourceError):
+                child.mailbox.put("late")
+
+
+async def test_a_supervising_task_that_fails_fails_the_group(tmp_path: Path) -> None:
+    """Not an actor's crash (that is restarted) but the supervisor's own trouble: here the
+    store refuses to record the restart. It is not swallowed."""
+    async with open_store(tmp_path / "s.db") as store:
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+
+        async def refuse(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("the store is gone")
+
+        store.record = refuse  # type: ignore[method-assign]
+        with pytest.raises(BaseExceptionGroup) as raised, anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                sup = Supervisor(tg, store, LOG, RestartPolicy())
+                sup.spawn(row, lambda r: Counter(r, store, LOG))
+                sup.tell("counter", "c", "crash")
+                await anyio.sleep_forever()
+        assert "the store is gone" in repr(raised.value.exceptions)
