@@ -73,7 +73,7 @@ class RowExists(Exception):
     pass
 
 
-@dataclass
+@dataclass(slots=True)  # every live actor keeps one: no dict per row
 class Row:
     kind: str
     id: str
