@@ -7,7 +7,6 @@ conditional update → do side effects outside any transaction → feed results 
 from __future__ import annotations
 
 import abc
-import asyncio
 import dataclasses
 import enum
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any, ClassVar
 import anyio
 import msgspec
 import structlog
+from anyio.abc import TaskGroup
 
 from stixd.runtime.clock import Cancellable, Clock, RealClock
 from stixd.runtime.machine import Machine
@@ -55,10 +55,7 @@ class Actor(abc.ABC):
         self.row = row  # decoded here: a row this kind never writes raises BadRow
         self.store = store
         self._log = log
-        self._main: anyio.CancelScope | None = None
-        """The scope of `run` while it runs."""
-        self._helpers: dict[asyncio.Task[None], anyio.CancelScope] | None = None
-        self._failed_helper: BaseException | None = None
+        self._tg: TaskGroup | None = None
         self._mailbox: Mailbox | None = None
         self._timers: dict[str, Cancellable] | None = None
         self._clock: Clock = _REAL_CLOCK
@@ -251,26 +248,22 @@ class Actor(abc.ABC):
         self._mailbox = mailbox
         if clock is not None:
             self._clock = clock
-        main = self._main = anyio.CancelScope()
-        try:
-            with main:  # cancelled by a helper that fails
-                if gate is None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            if gate is None:
+                await self.reconcile()
+            else:
+                async with gate:
                     await self.reconcile()
-                else:
-                    async with gate:
-                        await self.reconcile()
+            try:
                 while not self.done():
                     message = await mailbox.get()
                     if isinstance(message, Stop):
                         break
                     await self.handle_one(message)
-        finally:
-            self._cancel_timers()  # none rings for a successor, or after the end
-            await self._end_helpers()
-            self._main = None
-        failed, self._failed_helper = self._failed_helper, None
-        if failed is not None:
-            raise failed
+            finally:
+                self._cancel_timers()  # none rings for a successor, or after the end
+            tg.cancel_scope.cancel()
 
     async def handle_one(self, message: Any) -> None:
         """`handle` one message; a request that fails is answered with its error. A
@@ -294,41 +287,9 @@ class Actor(abc.ABC):
         self._mailbox.put(message)
 
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """A helper task owned by this actor (a watcher, a phase); it dies with the actor, and
-        its error (not a cancellation) ends the actor, as a task group's would. A bare asyncio
-        task in a cancel scope of its own, not a task group's: an actor lives as long as its
-        row, and an anyio task and group cost four times as much (see `Supervisor._run`)."""
-        assert self._main is not None, "actor is not running"
-        helpers = self._helpers
-        if helpers is None:
-            helpers = self._helpers = {}
-        scope = anyio.CancelScope()
-        task = asyncio.get_running_loop().create_task(_helper(scope, fn, args))
-        helpers[task] = scope
-        task.add_done_callback(self._helper_ended)
-
-    def _helper_ended(self, task: asyncio.Task[None]) -> None:
-        if self._helpers is not None:
-            self._helpers.pop(task, None)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None and self._failed_helper is None:
-            self._failed_helper = error
-            if self._main is not None:
-                self._main.cancel()
-
-    async def _end_helpers(self) -> None:
-        """Cancel the helpers (through their scopes: a shielded write ends whole) and wait
-        until every one has ended, those started meanwhile too."""
-        helpers = self._helpers
-        if not helpers:
-            return
-        with anyio.CancelScope(shield=True):
-            while helpers:
-                for scope in helpers.values():
-                    scope.cancel()
-                await asyncio.wait(list(helpers))
+        """A helper task owned by this actor (a watcher, a timer); it dies with the actor."""
+        assert self._tg is not None, "actor is not running"
+        self._tg.start_soon(fn, *args)
 
     def after(self, name: str, delay: float, message: Any) -> None:
         """Deliver `message` to this actor after `delay` seconds, replacing a timer of that name.
@@ -366,11 +327,6 @@ _REAL_CLOCK = RealClock()
 def _stored(record: Any) -> Any:
     """What is written for a spec or data: a Struct encoded, a plain dict as it is."""
     return msgspec.to_builtins(record) if isinstance(record, msgspec.Struct) else record
-
-
-async def _helper(scope: anyio.CancelScope, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    with scope:
-        await fn(*args)
 
 
 def error_reply(exc: BaseException) -> ErrorReply:
