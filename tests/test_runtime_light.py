@@ -3,6 +3,8 @@ timers that end with it, actors built at boot and run later, typed rows kept onc
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,21 @@ async def test_a_supervising_task_that_fails_fails_the_group(tmp_path: Path) -> 
                 sup.tell("counter", "c", "crash")
                 await anyio.sleep_forever()
         assert "the store is gone" in repr(raised.value.exceptions)
+
+
+async def test_the_live_rows_read_in_pages_are_the_live_rows_damaged_flags_included(
+    tmp_path: Path,
+) -> None:
+    async with open_store(tmp_path / "s.db") as store:
+        for i in range(25):
+            row = await store.insert(Row(kind="k", id=str(i), state="A", version=0), "c")
+            if i % 5 == 0:
+                await store.update(row, event="end", state="Z", terminal=True)
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db, db:
+        db.execute("UPDATE actors SET terminal=2 WHERE id='7'")  # neither live nor ended
+    async with open_store(tmp_path / "s.db") as store:
+        pages = [page async for page in store.live_rows_in_pages(page=6)]
+        assert all(0 < len(page) <= 6 for page in pages)
+        paged = sorted(row.id for page in pages for row in page)
+        assert paged == sorted(row.id for row in await store.live_rows())
+        assert "7" in paged and "5" not in paged and len(paged) == 20
