@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from stixd.private_home import HomeNotPrivate, keep_private
 from stixproto.paths import socket_path, stix_home
@@ -217,16 +218,31 @@ def _run_foreground(home: Path) -> int:
         return 2
     profile = os.environ.get(PROFILE_ENV)
     if not profile:
-        anyio.run(serve, home, config)
+        anyio.run(serve, home, config, _end_process)
         return 0
     import cProfile  # for benchmarks: where the daemon's CPU goes, written at exit
 
-    with cProfile.Profile() as prof:
-        try:
-            anyio.run(serve, home, config)
-        finally:
-            prof.dump_stats(profile)
+    prof = cProfile.Profile()
+
+    def end_profiled() -> NoReturn:
+        prof.disable()
+        prof.dump_stats(profile)
+        _end_process()
+
+    prof.enable()
+    try:
+        anyio.run(serve, home, config, end_profiled)
+    finally:
+        prof.disable()
+        prof.dump_stats(profile)
     return 0
+
+
+def _end_process() -> NoReturn:
+    """End a stopped daemon at once: its store and providers are closed (`stixd.daemon`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,10 +24,12 @@ def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
     from stixd.actors.job_pool import JobPoolActor
     from stixd.actors.managed_job import ManagedJobActor
 
-    kinds: dict[str, Callable[[Row], Actor]] = {
-        ClusterActor.kind: lambda row: ClusterActor(row, app),
-        JobActor.kind: lambda row: JobActor(row, app),
-        ManagedJobActor.kind: lambda row: ManagedJobActor(row, app),
-        JobPoolActor.kind: lambda row: JobPoolActor(row, app),
+    kinds: dict[str, type[ClusterActor | JobActor | ManagedJobActor | JobPoolActor]] = {
+        ClusterActor.kind: ClusterActor,
+        JobActor.kind: JobActor,
+        ManagedJobActor.kind: ManagedJobActor,
+        JobPoolActor.kind: JobPoolActor,
     }
-    return kinds.get(kind)
+    actor = kinds.get(kind)
+    # a partial, not a closure over a table: each supervised actor holds its factory for good
+    return None if actor is None else functools.partial(actor, app=app)

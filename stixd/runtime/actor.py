@@ -7,6 +7,7 @@ conditional update → do side effects outside any transaction → feed results 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -16,7 +17,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 
-from stixd.runtime.clock import Clock, RealClock
+from stixd.runtime.clock import Cancellable, Clock, RealClock
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
@@ -53,25 +54,46 @@ class Actor(abc.ABC):
     def __init__(self, row: Row, store: Store, log: structlog.stdlib.BoundLogger) -> None:
         self.row = row  # decoded here: a row this kind never writes raises BadRow
         self.store = store
-        self.log = log.bind(kind=self.kind, id=row.id)
+        self._log = log
         self._tg: TaskGroup | None = None
         self._mailbox: Mailbox | None = None
-        self._timers: dict[str, anyio.CancelScope] = {}
-        self._clock: Clock = RealClock()
+        self._timers: dict[str, Cancellable] | None = None
+        self._clock: Clock = _REAL_CLOCK
+
+    @property
+    def log(self) -> structlog.stdlib.BoundLogger:
+        """The daemon's logger bound with this actor's kind and id, bound when a line is
+        logged: a bound logger kept by each of ten thousands of idle actors is memory spent
+        for lines most of them never write."""
+        return self._log.bind(kind=self.kind, id=self._row.id)
 
     @property
     def row(self) -> Row:
-        return self._row
+        """The row as last read or written. A kind with Structs keeps only those (the row's
+        spec and data once as dicts besides would double what an idle actor holds), so its
+        spec and data here are encoded from them on each read."""
+        row = self._row
+        if self.spec_type is None and self.data_type is None:
+            return row
+        return dataclasses.replace(row, spec=_stored(self.spec), data=_stored(self.data))
 
     @row.setter
     def row(self, row: Row) -> None:
         """A row read from the store (or written past this actor): decoded again."""
         self.spec, self.data = self.decode_row(row)
-        self._row = row
+        self._row = self._kept(row)
+
+    def _kept(self, row: Row) -> Row:
+        """`row` as this actor keeps it: without the columns its Structs hold."""
+        spec = _EMPTY if self.spec_type is not None else row.spec
+        data = _EMPTY if self.data_type is not None else row.data
+        if spec is row.spec and data is row.data:
+            return row
+        return dataclasses.replace(row, spec=spec, data=data)
 
     @property
     def id(self) -> str:
-        return self.row.id
+        return self._row.id
 
     @property
     def clock(self) -> Clock:
@@ -80,7 +102,7 @@ class Actor(abc.ABC):
 
     @property
     def state(self) -> Any:
-        return self.state_type(self.row.state)
+        return self.state_type(self._row.state)
 
     @staticmethod
     @abc.abstractmethod
@@ -158,16 +180,17 @@ class Actor(abc.ABC):
         data_stored, data_read = (
             (None, self.data) if not data else self._written(self.data, data, "data")
         )
-        self._row = await self.store.update(
-            self.row,
+        written = await self.store.update(
+            self._row,
             event=event,
             state=None if state is None else state.value,
             terminal=None if state is None else self.is_terminal(state),
-            spec=spec_stored,
-            data=data_stored,
+            spec=_stored(self.spec) if spec_stored is None else spec_stored,
+            data=_stored(self.data) if data_stored is None else data_stored,
             why=why,
             record_event=record_event,
         )
+        self._row = self._kept(written)
         self.spec, self.data = spec_read, data_read
 
     @classmethod
@@ -211,7 +234,7 @@ class Actor(abc.ABC):
 
     def done(self) -> bool:
         """An actor whose work is over leaves the supervisor; by default at a terminal state."""
-        return self.row.terminal
+        return self._row.terminal
 
     async def run(
         self,
@@ -232,11 +255,14 @@ class Actor(abc.ABC):
             else:
                 async with gate:
                     await self.reconcile()
-            while not self.done():
-                message = await mailbox.receive.receive()
-                if isinstance(message, Stop):
-                    break
-                await self.handle_one(message)
+            try:
+                while not self.done():
+                    message = await mailbox.get()
+                    if isinstance(message, Stop):
+                        break
+                    await self.handle_one(message)
+            finally:
+                self._cancel_timers()  # none rings for a successor, or after the end
             tg.cancel_scope.cancel()
 
     async def handle_one(self, message: Any) -> None:
@@ -266,26 +292,41 @@ class Actor(abc.ABC):
         self._tg.start_soon(fn, *args)
 
     def after(self, name: str, delay: float, message: Any) -> None:
-        """Deliver `message` to this actor after `delay` seconds, replacing a timer of that name."""
+        """Deliver `message` to this actor after `delay` seconds, replacing a timer of that name.
+        A callback on the clock, not a task: an idle actor's timers cost next to nothing, and
+        the ones left when it ends are cancelled with it."""
+        assert self._mailbox is not None, "actor is not running"
         self.cancel_timer(name)
-        scope = anyio.CancelScope()
-        self._timers[name] = scope
-        clock = self._clock
-        due = clock.now() + delay  # from now, not from when the timer's task first runs
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = {}
 
-        async def fire() -> None:
-            with scope:
-                await clock.sleep(due - clock.now())
-                if self._timers.get(name) is scope:
-                    del self._timers[name]
-                self.tell(message)
+        def ring() -> None:
+            if timers.get(name) is timer:
+                del timers[name]
+            self.tell(message)
 
-        self.start_soon(fire)
+        timer = timers[name] = self._clock.call_later(delay, ring)
 
     def cancel_timer(self, name: str) -> None:
-        scope = self._timers.pop(name, None)
-        if scope is not None:
-            scope.cancel()
+        timer = None if self._timers is None else self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _cancel_timers(self) -> None:
+        timers, self._timers = self._timers, None
+        for timer in (timers or {}).values():
+            timer.cancel()
+
+
+_EMPTY: dict[str, Any] = {}
+"""The spec or data column of a kept row whose actor holds them as Structs (never written)."""
+_REAL_CLOCK = RealClock()
+
+
+def _stored(record: Any) -> Any:
+    """What is written for a spec or data: a Struct encoded, a plain dict as it is."""
+    return msgspec.to_builtins(record) if isinstance(record, msgspec.Struct) else record
 
 
 def error_reply(exc: BaseException) -> ErrorReply:

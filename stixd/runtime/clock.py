@@ -7,6 +7,7 @@ restart-intensity window and the bound on an actor's last words. A test holding 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,6 +18,10 @@ import anyio
 import anyio.lowlevel
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """Seconds on a monotonic scale: only differences between two readings mean anything."""
@@ -24,6 +29,11 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None:
         """Return once `seconds` have passed on this clock."""
+        ...
+
+    def call_later(self, seconds: float, ring: Callable[[], None]) -> Cancellable:
+        """Call `ring` (from the event loop, not in a task) once `seconds` have passed on this
+        clock, unless cancelled first."""
         ...
 
     def fail_after(self, seconds: float) -> AbstractContextManager[object]:
@@ -46,11 +56,17 @@ def until_aligned(clock: Clock, period: float) -> float:
 class RealClock:
     """The daemon's clock: the event loop's own time."""
 
+    __slots__ = ()
+
     def now(self) -> float:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
+
+    def call_later(self, seconds: float, ring: Callable[[], None]) -> Cancellable:
+        # asyncio's own timer (the daemon and its tests run on asyncio, for aiosqlite)
+        return asyncio.get_running_loop().call_later(max(seconds, 0.0), ring)
 
     def fail_after(self, seconds: float) -> AbstractContextManager[object]:
         return anyio.fail_after(seconds)
@@ -61,6 +77,15 @@ class _Alarm:
     at: float
     ring: Callable[[], None]
     rang: bool = False
+
+
+@dataclass(frozen=True)
+class _Disarm:
+    clock: ManualClock
+    alarm: _Alarm
+
+    def cancel(self) -> None:
+        self.clock._disarm(self.alarm)
 
 
 class ManualClock:
@@ -98,6 +123,10 @@ class ManualClock:
             self._alarms.remove(alarm)
             alarm.rang = True
             alarm.ring()
+
+    def call_later(self, seconds: float, ring: Callable[[], None]) -> Cancellable:
+        alarm = self._arm(max(seconds, 0.0), ring)
+        return _Disarm(self, alarm)
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
