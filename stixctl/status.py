@@ -18,7 +18,18 @@ LIVE = ("UP", "AUTOSTOPPING")
 
 
 def add_args(s: argparse.ArgumentParser) -> None:
-    """The flags SkyPilot's `sky status` has for one cluster's address."""
+    """The flags SkyPilot's `sky status` has for one cluster's address, and how many of the
+    clusters managed jobs keep up to list."""
+    from stixctl.listing import DEFAULT_LIMIT
+
+    s.add_argument(
+        "-l",
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"list the newest N clusters of managed jobs (default {DEFAULT_LIMIT}; "
+        "--all: every one)",
+    )
     s.add_argument("--ip", action="store_true", help="print the head node's IP of one cluster")
     s.add_argument(
         "--endpoints", action="store_true", help="print every exposed port of one cluster"
@@ -35,13 +46,11 @@ def run(home: Path, a: argparse.Namespace, on_event: Callable[[Any], None]) -> i
     asks_address = a.ip or a.endpoints or a.endpoint is not None
     if asks_address:
         _check_address_flags(a)
-    req = m.Status(clusters=a.clusters, refresh=a.refresh, all=a.all)
-    reply = call(home, req, on_event)
+    limit = None if a.all or a.clusters else a.limit
+    req = m.Status(clusters=a.clusters, refresh=a.refresh, all=a.all, limit=limit, stream=a.json)
     if a.json:
-        import msgspec
-
-        sys.stdout.write(msgspec.json.encode(reply.clusters).decode() + "\n")
-        return 0
+        return _stream_json(home, req, on_event)
+    reply = call(home, req, on_event)
     if asks_address:
         print(address(a, reply.clusters))
         return 0
@@ -50,10 +59,34 @@ def run(home: Path, a: argparse.Namespace, on_event: Callable[[Any], None]) -> i
         print(render.clusters(reply.clusters))
     if missing:
         print(missing)
+    if reply.hidden and limit is not None:
+        from stixctl.listing import hidden_note
+
+        print(hidden_note(reply.hidden, limit, "clusters of managed jobs"))
     if reply.leaks:
         from stixctl.leaks import status_hint
 
         print(status_hint(reply.leaks, reply.leaks_scanned_at))
+    return 0
+
+
+def _stream_json(home: Path, req: m.Status, on_event: Callable[[Any], None]) -> int:
+    """The clusters as one JSON array, written chunk by chunk as the daemon sends them."""
+    from stixctl.client import call
+    from stixctl.listing import JsonArray, hidden_note
+
+    out = JsonArray()
+
+    def write(event: Any) -> None:
+        if isinstance(event, m.ClusterRows):
+            out.add(event.clusters)
+        else:
+            on_event(event)
+
+    reply: m.ClusterList = call(home, req, write)
+    out.close()
+    if reply.hidden and req.limit is not None:
+        print(hidden_note(reply.hidden, req.limit, "clusters of managed jobs"), file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,139 @@
+"""The store's look-ups for listings (`jobs queue`, `status`): filtered, ordered and cut in
+SQL over the indexes of migration 3, so a default view reads the rows it shows and not the
+whole history.
+
+The partial indexes are used only when a query's WHERE names their kind and flag as the same
+literals (a bound parameter cannot prove the index's condition), hence the literal SQL here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from stixd.store.db import _DAMAGED_FLAG, _SELECT, Row, Store
+
+MANAGED_JOB = "managed_job"
+PAGE = 500
+"""Rows read per query of a streamed listing, and the most names asked in one query."""
+
+NUMBER = "CAST(a.id AS INTEGER)"
+"""A managed job's number, as the indexes `managed_jobs_by_number` hold it."""
+OWNED_CLUSTER = (
+    "CASE WHEN json_valid(a.spec) THEN "
+    "CASE WHEN json_extract(a.spec, '$.pool') IS NULL "
+    "THEN json_extract(a.spec, '$.cluster') ELSE '' END END"
+)
+"""The cluster a live managed job keeps up, as the index `live_managed_jobs_by_cluster` holds
+it: '' for a job on a pool (its pool owns the workers), NULL when the spec does not say (a
+row written before jobs stored their cluster, or one that cannot be read)."""
+
+
+def _jobs_where(live_only: bool) -> str:
+    return f"a.kind = '{MANAGED_JOB}'" + (" AND a.terminal = 0" if live_only else "")
+
+
+def _by_number(live_only: bool) -> str:
+    """Rows of the jobs in their numbers' order, however few the planner guesses there are
+    (without statistics it would sort the kind's rows instead)."""
+    index = "live_managed_jobs_by_number" if live_only else "managed_jobs_by_number"
+    return _SELECT.replace("FROM actors a", f"FROM actors a INDEXED BY {index}")
+
+
+async def newest_managed_jobs(
+    store: Store, *, live_only: bool, limit: int | None = None, below: int | None = None
+) -> list[Row]:
+    """Managed jobs by number, newest first: at most `limit`, numbered below `below`."""
+    sql = f"{_by_number(live_only)} WHERE {_jobs_where(live_only)}"
+    args: list[object] = []
+    if below is not None:
+        sql += f" AND {NUMBER} < ?"
+        args.append(below)
+    sql += f" ORDER BY {NUMBER} DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return await store._fetch(sql, args)
+
+
+async def damaged_managed_jobs(store: Store) -> list[Row]:
+    """Managed jobs whose terminal flag is neither 0 nor 1: shown live (the store's rule)."""
+    return [r for r in await store._fetch(_DAMAGED_FLAG) if r.kind == MANAGED_JOB]
+
+
+async def count_managed_jobs(store: Store, *, live_only: bool) -> int:
+    sql = f"SELECT count(*) FROM actors a WHERE {_jobs_where(live_only)}"
+    async with store._db.execute(sql) as cur:
+        found = await cur.fetchone()
+    return int(found[0]) if found else 0
+
+
+async def managed_job_pages(store: Store, *, live_only: bool) -> AsyncIterator[list[Row]]:
+    """Every managed job, newest first, `PAGE` rows at a time: each page is its own query
+    (no read stays open while the caller sends), and a job is never listed twice."""
+    below: int | None = None
+    while True:
+        page = await newest_managed_jobs(store, live_only=live_only, limit=PAGE, below=below)
+        if page:
+            yield page
+        numbers = [int(r.id) for r in page if r.id.isdigit()]
+        if len(page) < PAGE or not numbers:
+            break
+        below = min(numbers)
+    if live_only:
+        damaged = await damaged_managed_jobs(store)
+        if damaged:
+            yield damaged
+
+
+async def ended_managed_jobs(store: Store, limit: int) -> list[Row]:
+    """The `limit` newest managed jobs that ended."""
+    sql = f"{_by_number(False)} WHERE a.kind = '{MANAGED_JOB}' AND a.terminal = 1 "
+    return await store._fetch(sql + f"ORDER BY {NUMBER} DESC LIMIT ?", [limit])
+
+
+async def jobs_keeping_up(store: Store, clusters: Sequence[str]) -> list[Row]:
+    """The live managed jobs that may own one of `clusters`: those whose spec names it, and
+    those whose spec does not say (the caller reads their cluster from the row)."""
+    by_cluster = _SELECT.replace(
+        "FROM actors a", "FROM actors a INDEXED BY live_managed_jobs_by_cluster"
+    )
+    live = f"{by_cluster} WHERE a.kind = '{MANAGED_JOB}' AND a.terminal = 0 AND {OWNED_CLUSTER}"
+    rows = await store._fetch(f"{live} IS NULL")
+    names = list(dict.fromkeys(clusters))
+    for start in range(0, len(names), PAGE):
+        part = names[start : start + PAGE]
+        rows += await store._fetch(f"{live} IN ({','.join('?' * len(part))})", part)
+    return rows
+
+
+async def live_cluster_names(store: Store) -> tuple[list[str], list[str]]:
+    """The live clusters' names, oldest first, in two: those no live managed job names as its
+    own, and those one does. One pass over the listing index, one probe of the jobs' index
+    per cluster. Pools' workers are not told apart here: there are few pools, and the caller
+    reads their rows."""
+    sql = (
+        "SELECT c.id, EXISTS (SELECT 1 FROM actors a WHERE a.kind = 'managed_job' "
+        f"AND a.terminal = 0 AND {OWNED_CLUSTER} = +c.id) "
+        "FROM actors c INDEXED BY actors_listing WHERE c.kind = 'cluster' AND c.terminal = 0 "
+        "ORDER BY c.created_at, c.id"
+    )
+    own: list[str] = []
+    owned: list[str] = []
+    async with store._db.execute(sql) as cur:
+        for name, held in await cur.fetchall():
+            (owned if held else own).append(name)
+    own += [r.id for r in await store._fetch(_DAMAGED_FLAG) if r.kind == "cluster"]
+    return own, owned
+
+
+async def clusters_named(store: Store, names: Sequence[str], *, live_only: bool) -> list[Row]:
+    """The cluster rows of `names` (those that exist), oldest first."""
+    rows: list[Row] = []
+    names = list(dict.fromkeys(names))
+    for start in range(0, len(names), PAGE):
+        part = names[start : start + PAGE]
+        sql = f"{_SELECT} WHERE a.kind = 'cluster' AND a.id IN ({','.join('?' * len(part))})"
+        rows += await store._fetch(sql, part)
+    if live_only:
+        rows = [r for r in rows if not r.terminal]
+    return sorted(rows, key=lambda r: (r.created_at, r.id))
