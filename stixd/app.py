@@ -17,6 +17,7 @@ from stixd.providers.base import Provider
 from stixd.runtime.supervisor import Child, Factory, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, Store
+from stixd.store.views import ClusterSplit
 
 if TYPE_CHECKING:
     from stixd.config import Config
@@ -61,6 +62,7 @@ class App:
     leak_lock: anyio.Lock = field(default_factory=anyio.Lock)
     looks: dict[str, LookAbilities] = field(default_factory=dict)
     """Each provider's look-up abilities, by name (`look_abilities`)."""
+    cluster_split: ClusterSplit | None = None  # made on first use (stixd.control.handlers)
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
         """The daemon's config with a client's layers (project file, --config) merged in.

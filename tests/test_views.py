@@ -134,3 +134,35 @@ async def test_the_default_views_read_through_indexes(tmp_path: Path) -> None:
     scans = [step for p in plans for step in p.split(" / ") if step.startswith("SCAN")]
     assert all("managed_jobs_by_number" in step for step in scans), plans
     assert not any("TEMP B-TREE" in p for p in plans), plans
+
+
+@pytest.mark.anyio
+async def test_the_kept_split_of_clusters_follows_every_write_that_changes_it(
+    tmp_path: Path,
+) -> None:
+    def cluster(name: str) -> Row:
+        return Row(kind="cluster", id=name, state="UP", version=0)
+
+    async with open_store(tmp_path / "state.db") as store:
+        split = views.ClusterSplit(store)
+        mine = await store.insert(cluster("mine"), "created")
+        await store.insert(cluster("job-1"), "created")
+        spec = encode(ManagedJobSpec(name="job", cluster="job-1"))
+        job = Row(kind="managed_job", id="1", state="RUNNING", version=0, spec=spec)
+        job = await store.insert(job, "submitted")
+        assert await split.names() == (["mine"], ["job-1"])
+        asked: list[str] = []
+        await store._db.set_trace_callback(asked.append)
+        job = await store.update(job, event="ran", data={"run": 1})  # owns the same cluster
+        assert await split.names() == (["mine"], ["job-1"])
+        assert not [s for s in asked if "EXISTS" in s or "LIMIT 1" in s]  # kept, not asked
+        await store.update(job, event="ended", state="SUCCEEDED", terminal=True)
+        assert await split.names() == (["mine", "job-1"], [])
+        await store.insert(cluster("new"), "created")
+        assert await split.names() == (["mine", "job-1", "new"], [])
+        await store.update(mine, event="down", state="TERMINATED", terminal=True)
+        assert await split.names() == (["job-1", "new"], [])
+        late = Row(kind="managed_job", id="2", state="PENDING", version=0,
+                   spec=encode(ManagedJobSpec(name="new", cluster="new")))  # fmt: skip
+        await store.insert(late, "submitted")
+        assert await split.names() == (["job-1"], ["new"])

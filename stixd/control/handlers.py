@@ -211,7 +211,9 @@ async def _status_rows(app: App, req: m.Status) -> tuple[list[Row], int]:
         return await views.clusters_named(app.store, req.clusters, live_only=not req.all), 0
     if req.limit is None or req.all:
         return await app.store.rows("cluster", include_terminal=req.all), 0
-    own, owned = await views.live_cluster_names(app.store)
+    if app.cluster_split is None:
+        app.cluster_split = views.ClusterSplit(app.store)
+    own, owned = await app.cluster_split.names()
     shown = owned[-req.limit :]
     rows = await views.clusters_named(app.store, [*own, *shown], live_only=True)
     return rows, len(owned) - len(shown)
