@@ -117,7 +117,6 @@ async def test_the_default_views_read_through_indexes(tmp_path: Path) -> None:
         await views.count_managed_jobs(store, live_only=True)
         await views.jobs_keeping_up(store, ["x-1"])
         await views.live_cluster_names(store)
-        await store._db.set_trace_callback(None)
     db = sqlite3.connect(tmp_path / "state.db")
     plans = [
         " / ".join(r[-1] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
