@@ -240,7 +240,7 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
         )
 
     strays: list[m.ClusterRecord] = []
-    for stray in await app.store.live_rows_not_of(KINDS):  # its kind column was damaged
+    for stray in await views.live_rows_not_of(app.store, KINDS):  # its kind column was damaged
         if not req.clusters or stray.id in req.clusters:
             why = stray.quarantined or f"no actor kind is called {stray.kind!r}"
             strays.append(_failed_cluster(stray, quarantine.explain(stray.kind, stray.id, why)))

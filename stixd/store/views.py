@@ -8,7 +8,8 @@ literals (a bound parameter cannot prove the index's condition), hence the liter
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import itertools
+from collections.abc import AsyncIterator, Collection, Sequence
 
 from stixd.store.db import _DAMAGED_FLAG, _SELECT, Row, Store
 
@@ -185,3 +186,16 @@ async def clusters_named(store: Store, names: Sequence[str], *, live_only: bool)
     if live_only:
         rows = [r for r in rows if not r.terminal]
     return sorted(rows, key=lambda r: (r.created_at, r.id))
+
+
+async def live_rows_not_of(store: Store, kinds: Collection[str]) -> list[Row]:
+    """`Store.live_rows_not_of` as ranges of the live index between the known kinds: with a
+    `NOT IN`, SQLite reads every live row (tens of ms at 10,000 jobs) to find none."""
+    known = sorted(set(kinds))
+    between = ["a.kind < ?", *["a.kind > ? AND a.kind < ?"] * (len(known) - 1), "a.kind > ?"]
+    args = [known[0], *[k for pair in itertools.pairwise(known) for k in pair], known[-1]]
+    ranges = " OR ".join(f"(a.terminal = 0 AND {b})" for b in between)  # one index range each
+    sql = f"{_SELECT} WHERE {ranges} ORDER BY a.created_at"
+    rows = await store._fetch(sql, args)
+    damaged = [r for r in await store._fetch(_DAMAGED_FLAG) if r.kind not in known]
+    return sorted([*rows, *damaged], key=lambda r: r.created_at) if damaged else rows
