@@ -167,3 +167,19 @@ async def test_the_kept_split_of_clusters_follows_every_write_that_changes_it(
                    spec=encode(ManagedJobSpec(name="new", cluster="new")))  # fmt: skip
         await store.insert(late, "submitted")
         assert await split.names() == (["job-1"], ["new"])
+
+
+@pytest.mark.anyio
+async def test_a_streamed_listing_reads_every_job_once_page_by_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(views, "READ_PAGE", 3)
+    async with open_store(tmp_path / "state.db") as store:
+        for i in range(1, 11):
+            spec = encode(ManagedJobSpec(name="j", cluster=f"j-{i}"))
+            row = Row(kind="managed_job", id=str(i), state="RUNNING", version=0, spec=spec)
+            await store.insert(row, "submitted")
+        pages = [
+            [int(r.id) for r in p] async for p in views.managed_job_pages(store, live_only=False)
+        ]
+        assert pages == [[10, 9, 8], [7, 6, 5], [4, 3, 2], [1]]

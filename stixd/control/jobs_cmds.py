@@ -213,7 +213,8 @@ async def jobs_queue(app: App, req: m.JobsQueue, emit: Emit) -> m.ManagedJobList
 
     if req.all and req.stream:
         async for page in views.managed_job_pages(store, live_only=live_only):
-            await emit(m.ManagedJobRows(jobs=records(page)))
+            for start in range(0, len(page), views.PAGE):
+                await emit(m.ManagedJobRows(jobs=records(page[start : start + views.PAGE])))
         return m.ManagedJobList(jobs=[])
     hidden = 0
     if req.all or req.limit is not None:
