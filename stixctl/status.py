@@ -13,6 +13,8 @@ from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, StixError
 
 MAX_PORT = 65535
+STATUS_WHAT = "of your clusters and of managed jobs' clusters"
+"""What `status --limit N` cuts, in its note."""
 LIVE = ("UP", "AUTOSTOPPING")
 """A cluster whose address can be given: SkyPilot answers only for these."""
 
@@ -27,8 +29,8 @@ def add_args(s: argparse.ArgumentParser) -> None:
         "--limit",
         type=int,
         default=DEFAULT_LIMIT,
-        help=f"list the newest N clusters of managed jobs (default {DEFAULT_LIMIT}; "
-        "--all: every one)",
+        help=f"list the newest N of your clusters and N of managed jobs' (default "
+        f"{DEFAULT_LIMIT}; --all: every one)",
     )
     s.add_argument("--ip", action="store_true", help="print the head node's IP of one cluster")
     s.add_argument(
@@ -62,7 +64,7 @@ def run(home: Path, a: argparse.Namespace, on_event: Callable[[Any], None]) -> i
     if reply.hidden and limit is not None:
         from stixctl.listing import hidden_note
 
-        print(hidden_note(reply.hidden, limit, "clusters of managed jobs"))
+        print(hidden_note(reply.hidden, limit, STATUS_WHAT))
     if reply.leaks:
         from stixctl.leaks import status_hint
 
@@ -86,7 +88,7 @@ def _stream_json(home: Path, req: m.Status, on_event: Callable[[Any], None]) -> 
     reply: m.ClusterList = call(home, req, write)
     out.close()
     if reply.hidden and req.limit is not None:
-        print(hidden_note(reply.hidden, req.limit, "clusters of managed jobs"), file=sys.stderr)
+        print(hidden_note(reply.hidden, req.limit, STATUS_WHAT), file=sys.stderr)
     return 0
 
 

@@ -92,8 +92,8 @@ class Status(Msg, tag="status", frozen=True):
     refresh: bool = False
     all: bool = False
     limit: b.ListLimit | None = None
-    """List at most this many of the clusters managed jobs and pools keep up (the newest);
-    None: every one. Your own clusters are always all listed, as `sky status` does."""
+    """List at most this many of your clusters and as many of those managed jobs keep up
+    (the newest of each); None: every one."""
     stream: bool = False
     """Send the records as `ClusterRows` chunks, then a `ClusterList` with none of its own."""
 
@@ -467,7 +467,7 @@ class ClusterList(Msg, tag="clusters", frozen=True):
     """What the daemon's last leak scan found (shown under the table, not in --json)."""
     leaks_scanned_at: float | None = None
     hidden: int = 0
-    """Clusters left out by `Status.limit`."""
+    """Live clusters left out by `Status.limit`."""
 
 
 class LeakList(Msg, tag="leak_list", frozen=True):

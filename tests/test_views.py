@@ -81,25 +81,29 @@ def test_jobs_queue_all_json_is_streamed_in_chunks_and_equals_the_whole_list(
     assert [j["job_id"] for j in json.loads(cli)] == list(range(n, 0, -1))
 
 
-def test_status_lists_every_own_cluster_and_the_newest_managed_job_clusters(
+def test_status_lists_the_newest_of_your_clusters_and_of_managed_jobs_and_the_rest_on_ask(
     stix: Stix, task_file: Callable[[str], Path]
 ) -> None:
     fake_daemon(stix, launch_seconds="0")
-    stix.run("launch", "-c", "mine", "-y", "true", check=True)
+    for mine in ("mine", "mine2"):
+        stix.run("launch", "-c", mine, "-y", "true", check=True)
     for name in ("a", "b", "c"):
         stix.run("jobs", "launch", "-d", "-y", str(task(task_file, name)), check=True)
     owned = ["a-1", "b-2", "c-3"]
     wait_until(lambda: all(c in stix.clusters() for c in owned), timeout=60, interval=0.2)
     two = stix.run("status", "--limit", "2", check=True).stdout
-    assert "mine" in two and "b-2" in two and "c-3" in two and "a-1" not in two
-    assert "Only showing the latest 2 clusters of managed jobs; 1 more hidden" in two
-    assert all(c in stix.run("status", check=True).stdout for c in ["mine", *owned])
+    assert all(c in two for c in ["mine", "mine2", "b-2", "c-3"]) and "a-1" not in two
+    assert two.rstrip().splitlines()[-1] == (
+        "Only showing the latest 2 of your clusters and of managed jobs' clusters; 1 more "
+        "hidden (use --limit N to show more, or --all to show all)"
+    )
+    assert all(c in stix.run("status", check=True).stdout for c in ["mine", "mine2", *owned])
     every = json.loads(stix.run("status", "--all", "--json", check=True).stdout)
-    assert [c["name"] for c in every] == ["mine", *owned]
-    assert [c["owner"] for c in every] == [None, "job 1", "job 2", "job 3"]
+    assert [c["name"] for c in every] == ["mine", "mine2", *owned]
+    assert [c["owner"] for c in every] == [None, None, "job 1", "job 2", "job 3"]
     limited = stix.run("status", "--limit", "1", "--json", check=True)
-    assert [c["name"] for c in json.loads(limited.stdout)] == ["mine", "c-3"]
-    assert "2 more hidden" in limited.stderr
+    assert [c["name"] for c in json.loads(limited.stdout)] == ["mine2", "c-3"]
+    assert "3 more hidden" in limited.stderr
     assert [j["job_id"] for j in stix.json("jobs", "queue", "--skip-finished")] == [3, 2, 1]
     # a managed job's cluster is still its own: `down` refuses it, and `down -a` leaves it
     assert "managed job 2 runs on it" in stix.run("down", "-y", "b-2").stderr

@@ -214,9 +214,9 @@ async def _status_rows(app: App, req: m.Status) -> tuple[list[Row], int]:
     if app.cluster_split is None:
         app.cluster_split = views.ClusterSplit(app.store)
     own, owned = await app.cluster_split.names()
-    shown = owned[-req.limit :]
-    rows = await views.clusters_named(app.store, [*own, *shown], live_only=True)
-    return rows, len(owned) - len(shown)
+    shown = [*own[-req.limit :], *owned[-req.limit :]]
+    rows = await views.clusters_named(app.store, shown, live_only=True)
+    return rows, len(own) + len(owned) - len(shown)
 
 
 async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
