@@ -150,8 +150,10 @@ class ClusterSplit:
 
     def _written(self, row: Row) -> None:
         kept = self._kept
-        if kept is None:
-            self._writes += 1
+        if kept is None:  # being read: any write that could change it spoils the read
+            ends_or_starts = row.terminal or row.version == 1  # a job never lives again
+            if row.kind == "cluster" or (row.kind == MANAGED_JOB and ends_or_starts):
+                self._writes += 1
             return
         _, _, owners = kept
         if row.kind == "cluster":
