@@ -48,14 +48,31 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
 
 
 def _queue(home: Path, a: argparse.Namespace) -> int:
+    """SkyPilot's default: the newest 50 jobs (table and --json alike), a line saying how
+    many more there are; --all streams every one."""
     from stixctl.client import call
+    from stixctl.listing import JsonArray, hidden_note
 
-    reply: m.ManagedJobList = call(home, m.JobsQueue(all=a.all))
-    jobs = [j for j in reply.jobs if not (a.skip_finished and j.ended_at)]
+    limit = None if a.all else a.limit
+    req = m.JobsQueue(all=a.all, limit=limit, skip_finished=a.skip_finished, stream=a.json)
     if a.json:
-        print_json(jobs)
-    else:
-        print(render(jobs))
+        out = JsonArray()
+
+        def write(event: object) -> None:
+            if isinstance(event, m.ManagedJobRows):
+                out.add(event.jobs)
+            else:
+                on_event(event)
+
+        reply: m.ManagedJobList = call(home, req, write)
+        out.close()
+        if reply.hidden and limit is not None:
+            err(hidden_note(reply.hidden, limit, "managed jobs"))
+        return 0
+    reply = call(home, req)
+    print(render(reply.jobs))
+    if reply.hidden and limit is not None:
+        print(hidden_note(reply.hidden, limit, "managed jobs"))
     return 0
 
 
@@ -202,8 +219,17 @@ def _launch_args(s: argparse.ArgumentParser) -> None:
 
 
 def _queue_args(s: argparse.ArgumentParser) -> None:
+    from stixctl.listing import DEFAULT_LIMIT
+
     s.add_argument("-a", "--all", action="store_true", help="every job that ever ran")
-    s.add_argument("-s", "--skip-finished", action="store_true")
+    s.add_argument(
+        "-l",
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"show the newest N jobs (default {DEFAULT_LIMIT}; --all: every one)",
+    )
+    s.add_argument("-s", "--skip-finished", action="store_true", help="only jobs in progress")
     s.add_argument("--json", action="store_true")
 
 

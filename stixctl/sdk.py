@@ -168,9 +168,15 @@ class Client:
         return self._run(ops.exec_(cluster, task, detach))
 
     def status(
-        self, clusters: Names = (), *, refresh: bool = False, all: bool = False
+        self,
+        clusters: Names = (),
+        *,
+        refresh: bool = False,
+        all: bool = False,
+        limit: int | None = None,
     ) -> list[m.ClusterRecord]:
-        return self._run(ops.status(clusters, refresh, all))
+        """`limit`: at most so many of the clusters managed jobs keep up (None: every one)."""
+        return self._run(ops.status(clusters, refresh, all, limit))
 
     def queue(
         self, clusters: Names = (), *, all: bool = False, skip_finished: bool = False
@@ -322,9 +328,10 @@ class Client:
         return self._run(ops.jobs_launch(task, name, detach, pool, num_jobs, config))
 
     def jobs_queue(
-        self, *, all: bool = False, skip_finished: bool = False
+        self, *, all: bool = False, skip_finished: bool = False, limit: int | None = None
     ) -> list[m.ManagedJobRecord]:
-        return self._run(ops.jobs_queue(all, skip_finished))
+        """`limit`: the newest so many (None: those in progress and the last 50 that ended)."""
+        return self._run(ops.jobs_queue(all, skip_finished, limit))
 
     def jobs_status(self, job_id: int | None = None, *, name: str | None = None) -> str:
         """A managed job's state (`RUNNING`, `SUCCEEDED`, ...): by id, the latest of `name`,

@@ -84,9 +84,15 @@ class AsyncClient:
         return await self._run(ops.exec_(cluster, task, detach))
 
     async def status(
-        self, clusters: Names = (), *, refresh: bool = False, all: bool = False
+        self,
+        clusters: Names = (),
+        *,
+        refresh: bool = False,
+        all: bool = False,
+        limit: int | None = None,
     ) -> list[m.ClusterRecord]:
-        return await self._run(ops.status(clusters, refresh, all))
+        """`limit`: at most so many of the clusters managed jobs keep up (None: every one)."""
+        return await self._run(ops.status(clusters, refresh, all, limit))
 
     async def queue(
         self, clusters: Names = (), *, all: bool = False, skip_finished: bool = False
@@ -229,9 +235,10 @@ class AsyncClient:
         return await self._run(ops.jobs_launch(task, name, detach, pool, num_jobs, config))
 
     async def jobs_queue(
-        self, *, all: bool = False, skip_finished: bool = False
+        self, *, all: bool = False, skip_finished: bool = False, limit: int | None = None
     ) -> list[m.ManagedJobRecord]:
-        return await self._run(ops.jobs_queue(all, skip_finished))
+        """`limit`: the newest so many (None: those in progress and the last 50 that ended)."""
+        return await self._run(ops.jobs_queue(all, skip_finished, limit))
 
     async def jobs_status(self, job_id: int | None = None, *, name: str | None = None) -> str:
         return await self._run(ops.jobs_status(job_id, name))

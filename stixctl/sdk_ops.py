@@ -152,8 +152,10 @@ def exec_(cluster: str, task: TaskLike, detach: bool) -> Op[m.LaunchResult, m.La
     return Op(m.Exec(cluster=cluster, task=task_of(task), detach=detach), m.LaunchResult, _same)
 
 
-def status(clusters: Names, refresh: bool, all: bool) -> Op[m.ClusterList, list[m.ClusterRecord]]:
-    request = m.Status(clusters=names(clusters), refresh=refresh, all=all)
+def status(
+    clusters: Names, refresh: bool, all: bool, limit: int | None = None
+) -> Op[m.ClusterList, list[m.ClusterRecord]]:
+    request = m.Status(clusters=names(clusters), refresh=refresh, all=all, limit=limit)
     return Op(request, m.ClusterList, lambda reply: list(reply.clusters))
 
 
@@ -323,11 +325,11 @@ def jobs_launch(
     return Op(request, m.ManagedLaunched, _same)
 
 
-def jobs_queue(all: bool, skip_finished: bool) -> Op[m.ManagedJobList, list[m.ManagedJobRecord]]:
-    def result(reply: m.ManagedJobList) -> list[m.ManagedJobRecord]:
-        return [j for j in reply.jobs if not (skip_finished and j.ended_at)]
-
-    return Op(m.JobsQueue(all=all), m.ManagedJobList, result)
+def jobs_queue(
+    all: bool, skip_finished: bool, limit: int | None = None
+) -> Op[m.ManagedJobList, list[m.ManagedJobRecord]]:
+    request = m.JobsQueue(all=all, skip_finished=skip_finished, limit=limit)
+    return Op(request, m.ManagedJobList, lambda reply: list(reply.jobs))
 
 
 def jobs_status(job_id: int | None, name: str | None) -> Op[m.ManagedJobList, str]:

@@ -13,12 +13,25 @@ from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, ClusterNotUp, InvalidRequest, StixError
 
 MAX_PORT = 65535
+STATUS_WHAT = "of your clusters and of managed jobs' clusters"
+"""What `status --limit N` cuts, in its note."""
 LIVE = ("UP", "AUTOSTOPPING")
 """A cluster whose address can be given: SkyPilot answers only for these."""
 
 
 def add_args(s: argparse.ArgumentParser) -> None:
-    """The flags SkyPilot's `sky status` has for one cluster's address."""
+    """The flags SkyPilot's `sky status` has for one cluster's address, and how many of the
+    clusters managed jobs keep up to list."""
+    from stixctl.listing import DEFAULT_LIMIT
+
+    s.add_argument(
+        "-l",
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"list the newest N of your clusters and N of managed jobs' (default "
+        f"{DEFAULT_LIMIT}; --all: every one)",
+    )
     s.add_argument("--ip", action="store_true", help="print the head node's IP of one cluster")
     s.add_argument(
         "--endpoints", action="store_true", help="print every exposed port of one cluster"
@@ -35,13 +48,11 @@ def run(home: Path, a: argparse.Namespace, on_event: Callable[[Any], None]) -> i
     asks_address = a.ip or a.endpoints or a.endpoint is not None
     if asks_address:
         _check_address_flags(a)
-    req = m.Status(clusters=a.clusters, refresh=a.refresh, all=a.all)
-    reply = call(home, req, on_event)
+    limit = None if a.all or a.clusters else a.limit
+    req = m.Status(clusters=a.clusters, refresh=a.refresh, all=a.all, limit=limit, stream=a.json)
     if a.json:
-        import msgspec
-
-        sys.stdout.write(msgspec.json.encode(reply.clusters).decode() + "\n")
-        return 0
+        return _stream_json(home, req, on_event)
+    reply = call(home, req, on_event)
     if asks_address:
         print(address(a, reply.clusters))
         return 0
@@ -50,10 +61,34 @@ def run(home: Path, a: argparse.Namespace, on_event: Callable[[Any], None]) -> i
         print(render.clusters(reply.clusters))
     if missing:
         print(missing)
+    if reply.hidden and limit is not None:
+        from stixctl.listing import hidden_note
+
+        print(hidden_note(reply.hidden, limit, STATUS_WHAT))
     if reply.leaks:
         from stixctl.leaks import status_hint
 
         print(status_hint(reply.leaks, reply.leaks_scanned_at))
+    return 0
+
+
+def _stream_json(home: Path, req: m.Status, on_event: Callable[[Any], None]) -> int:
+    """The clusters as one JSON array, written chunk by chunk as the daemon sends them."""
+    from stixctl.client import call
+    from stixctl.listing import JsonArray, hidden_note
+
+    out = JsonArray()
+
+    def write(event: Any) -> None:
+        if isinstance(event, m.ClusterRows):
+            out.add(event.clusters)
+        else:
+            on_event(event)
+
+    reply: m.ClusterList = call(home, req, write)
+    out.close()
+    if reply.hidden and req.limit is not None:
+        print(hidden_note(reply.hidden, req.limit, STATUS_WHAT), file=sys.stderr)
     return 0
 
 

@@ -18,6 +18,7 @@ from stixd.runtime.supervisor import Child, Factory, Supervisor
 from stixd.runtime.ticker import Ticker
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, Store
+from stixd.store.views import ClusterSplit
 
 if TYPE_CHECKING:
     from stixd.config import Config
@@ -64,6 +65,7 @@ class App:
     """Each provider's look-up abilities, by name (`look_abilities`)."""
     health: Ticker = field(default_factory=Ticker)
     """The live clusters' health checks, by provider (stixd.actors.cluster_health)."""
+    cluster_split: ClusterSplit | None = None  # made on first use (stixd.control.handlers)
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
         """The daemon's config with a client's layers (project file, --config) merged in.

@@ -23,6 +23,8 @@ MAX_LINES = 1_000_000_000
 """Log lines to show (`--tail`)."""
 MAX_EVENTS = 1_000_000
 """History entries to show (`events --limit`)."""
+MAX_LISTED = 1_000_000_000
+"""Rows a listing shows (`jobs queue --limit`): more than any store holds."""
 MAX_DAYS = 36_500
 """`cost-report --days`: a century."""
 MAX_SECONDS = 31_536_000
@@ -49,6 +51,7 @@ IdleMinutes = Annotated[float, Meta(ge=0, le=MAX_IDLE_MINUTES)]
 NodeRank = Annotated[int, Meta(ge=0, le=MAX_COUNT - 1)]
 Lines = Annotated[int, Meta(ge=0, le=MAX_LINES)]
 EventLimit = Annotated[int, Meta(ge=1, le=MAX_EVENTS)]
+ListLimit = Annotated[int, Meta(ge=1, le=MAX_LISTED)]
 Days = Annotated[int, Meta(ge=1, le=MAX_DAYS)]
 JobCount = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
 PreemptCount = Annotated[int, Meta(ge=0, le=MAX_COUNT)]

@@ -91,6 +91,11 @@ class Status(Msg, tag="status", frozen=True):
     clusters: list[str] = []
     refresh: bool = False
     all: bool = False
+    limit: b.ListLimit | None = None
+    """List at most this many of your clusters and as many of those managed jobs keep up
+    (the newest of each); None: every one."""
+    stream: bool = False
+    """Send the records as `ClusterRows` chunks, then a `ClusterList` with none of its own."""
 
 
 class Queue(Msg, tag="queue", frozen=True):
@@ -251,7 +256,15 @@ class PoolDown(Msg, tag="pool_down", frozen=True):
 
 class JobsQueue(Msg, tag="jobs_queue", frozen=True):
     all: bool = False
-    """Also the jobs that ended (by default only those still in progress and the last day's)."""
+    """Every job, ended ones too (else, without `limit`: those in progress and the 50 that
+    ended last)."""
+    limit: b.ListLimit | None = None
+    """Without `all`: the newest this many (`stixctl jobs queue` asks for 50, as `sky`)."""
+    skip_finished: bool = False
+    """Only the jobs still in progress."""
+    stream: bool = False
+    """Send the records as `ManagedJobRows` chunks, then a `ManagedJobList` with none of its
+    own: a listing of any length, in frames of bounded size."""
 
 
 class JobsCancel(Msg, tag="jobs_cancel", frozen=True):
@@ -374,6 +387,18 @@ class JobSubmitted(Msg, tag="job_submitted", frozen=True):
     job_id: int
 
 
+class ManagedJobRows(Msg, tag="managed_job_rows", frozen=True):
+    """A chunk of a streamed `jobs queue` (`JobsQueue.stream`), in the listing's order."""
+
+    jobs: list[ManagedJobRecord]
+
+
+class ClusterRows(Msg, tag="cluster_rows", frozen=True):
+    """A chunk of a streamed `status` (`Status.stream`), in the listing's order."""
+
+    clusters: list[ClusterRecord]
+
+
 # -- records inside replies ------------------------------------------------------------------
 
 
@@ -486,6 +511,8 @@ class ClusterList(Msg, tag="clusters", frozen=True):
     leaks: list[LeakRecord] = []
     """What the daemon's last leak scan found (shown under the table, not in --json)."""
     leaks_scanned_at: float | None = None
+    hidden: int = 0
+    """Live clusters left out by `Status.limit`."""
 
 
 class LeakList(Msg, tag="leak_list", frozen=True):
@@ -527,6 +554,8 @@ class ManagedJobRecord(msgspec.Struct, frozen=True):
 
 class ManagedJobList(Msg, tag="managed_jobs", frozen=True):
     jobs: list[ManagedJobRecord]
+    hidden: int = 0
+    """Jobs left out by `JobsQueue.limit`."""
 
 
 class ManagedLaunched(Msg, tag="managed_launched", frozen=True):
@@ -641,7 +670,7 @@ Reply = (
     | DaemonInfo
     | TaskRead
 )
-StreamEvent = Progress | LogChunk | JobSubmitted
+StreamEvent = Progress | LogChunk | JobSubmitted | ManagedJobRows | ClusterRows
 ServerMessage = HelloOk | Reply | StreamEvent
 ClientMessage = Hello | Request
 

@@ -9,6 +9,7 @@ hold and the workers of an earlier, larger size it has yet to tear down.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from stixd.actors.job_pool import JobPoolActor, worker_name
@@ -23,6 +24,7 @@ from stixd.actors.specs import (
 )
 from stixd.app import App
 from stixd.control.jobs_cmds import KIND, POOL, row_cluster
+from stixd.store import views
 from stixproto import names
 from stixproto.errors import InvalidRequest
 
@@ -52,8 +54,12 @@ class Owner:
         )
 
 
-async def cluster_owners(app: App) -> dict[str, Owner]:
-    """Cluster name → its owner, for every cluster a live managed job or pool holds."""
+async def cluster_owners(app: App, clusters: Collection[str] | None = None) -> dict[str, Owner]:
+    """Cluster name → its owner, for the clusters a live managed job or pool holds: among
+    `clusters` (read through the jobs' index: only the jobs that may own one of them), or
+    among every live cluster when None."""
+    if clusters is None:
+        clusters = [r.id for r in await app.store.rows("cluster", include_terminal=False)]
     owners: dict[str, Owner] = {}
     prefixes: dict[str, Owner] = {}
     for pool in await app.store.rows(POOL, include_terminal=False):
@@ -65,16 +71,20 @@ async def cluster_owners(app: App) -> dict[str, Owner]:
         held |= {worker_name(pool.id, i) for i in range(spec_of(pool, JobPoolSpec).workers)}
         for name in held:
             owners[name] = owner
-    if prefixes:
-        for row in await app.store.rows("cluster", include_terminal=False):
-            for prefix, owner in prefixes.items():
-                if row.id.startswith(prefix) and row.id[len(prefix) :].isdigit():
-                    owners.setdefault(row.id, owner)  # a worker of a size since shrunk
-    for job in await app.store.rows(KIND, include_terminal=False):
+    for name in clusters:
+        for prefix, owner in prefixes.items():
+            if name.startswith(prefix) and name[len(prefix) :].isdigit() and name not in owners:
+                row = await app.store.get("cluster", name)
+                if row is not None and not row.terminal:
+                    owners[name] = owner  # a worker of a size since shrunk
+    wanted = set(clusters)
+    for job in await views.jobs_keeping_up(app.store, list(wanted)):
         spec = spec_or_none(job, ManagedJobSpec)
         if reason_of(app, job) is None and spec is not None and not spec.pool:
-            owners[row_cluster(job)] = Owner(KIND, job.id)
-    return owners
+            name = row_cluster(job)
+            if name in wanted:
+                owners[name] = Owner(KIND, job.id)
+    return {name: owners[name] for name in wanted if name in owners}
 
 
 def refuse_owned(clusters: list[str], owners: dict[str, Owner], verb: str) -> None:

@@ -41,6 +41,7 @@ from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.offers import OfferIndex
 from stixd.planner.target import cloud_spec
 from stixd.providers.abilities import ReachesEveryPort
+from stixd.store import views
 from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import (
@@ -212,40 +213,57 @@ async def _refresh(app: App, names: list[str], req: m.Status, emit: Emit) -> Non
             raise errors[name]
 
 
-async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
-    rows = await app.store.rows("cluster", include_terminal=req.all)
+async def _status_rows(app: App, req: m.Status) -> tuple[list[Row], int]:
+    """The cluster rows `status` lists, and how many its limit left out."""
     if req.clusters:
-        wanted = set(req.clusters)
-        rows = [r for r in rows if r.id in wanted]
+        return await views.clusters_named(app.store, req.clusters, live_only=not req.all), 0
+    if req.limit is None or req.all:
+        return await app.store.rows("cluster", include_terminal=req.all), 0
+    if app.cluster_split is None:
+        app.cluster_split = views.ClusterSplit(app.store)
+    own, owned = await app.cluster_split.names()
+    shown = [*own[-req.limit :], *owned[-req.limit :]]
+    rows = await views.clusters_named(app.store, shown, live_only=True)
+    return rows, len(own) + len(owned) - len(shown)
+
+
+async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
+    rows, hidden = await _status_rows(app, req)
     if req.refresh:
         await _refresh(app, [r.id for r in rows if not r.terminal], req, emit)
         rows = [r for r in [await app.store.get("cluster", r.id) for r in rows] if r is not None]
         if not req.all:
             rows = [r for r in rows if not r.terminal]
-    owners = await cluster_owners(app)
+    owners = await cluster_owners(app, [r.id for r in rows])
     open_all = every_port_infras(app)
-    records = [
-        quarantine.shown(
+
+    def record(row: Row) -> m.ClusterRecord:
+        return quarantine.shown(
             app,
-            r,
-            lambda row: cluster_record(
-                row,
-                owners.get(row.id),
-                any_port=spec_of(row, ClusterSpec).provider in open_all,
+            row,
+            lambda r: cluster_record(
+                r, owners.get(r.id), any_port=spec_of(r, ClusterSpec).provider in open_all
             ),
             _failed_cluster,
         )
-        for r in rows
-    ]
-    for stray in await app.store.live_rows_not_of(KINDS):  # its kind column was damaged
+
+    strays: list[m.ClusterRecord] = []
+    for stray in await views.live_rows_not_of(app.store, KINDS):  # its kind column was damaged
         if not req.clusters or stray.id in req.clusters:
             why = stray.quarantined or f"no actor kind is called {stray.kind!r}"
-            records.append(_failed_cluster(stray, quarantine.explain(stray.kind, stray.id, why)))
+            strays.append(_failed_cluster(stray, quarantine.explain(stray.kind, stray.id, why)))
     report = app.leak_report
+    if req.stream:
+        for start in range(0, len(rows), views.PAGE):
+            chunk = [record(r) for r in rows[start : start + views.PAGE]]
+            await emit(m.ClusterRows(clusters=chunk))
+        if strays:
+            await emit(m.ClusterRows(clusters=strays))
     return m.ClusterList(
-        clusters=records,
+        clusters=[] if req.stream else [*map(record, rows), *strays],
         leaks=report.leaks if report else [],
         leaks_scanned_at=report.scanned_at if report else None,
+        hidden=hidden,
     )
 
 
@@ -323,14 +341,17 @@ VERBS: dict[type, str] = {m.Down: "tear down", m.Stop: "stop", m.Autostop: "set 
 async def _each_cluster(app: App, names: list[str], all_: bool, req: Any, emit: Emit) -> m.OkReply:
     """`-a` acts on every cluster but those a managed job or pool keeps up, and with none left
     does nothing, quietly; a cluster such an owner keeps up is refused by name."""
-    owners = await cluster_owners(app) if type(req) in VERBS else {}
+    guarded = type(req) in VERBS
     if all_:
         rows = await app.store.rows("cluster", include_terminal=False)
+        owners = await cluster_owners(app, [r.id for r in rows]) if guarded else {}
         names = [r.id for r in rows if r.id not in owners]
         if not names:
             return m.OkReply("")
     if not names:
         raise InvalidRequest("name at least one cluster, or pass --all")
+    if not all_:
+        owners = await cluster_owners(app, names) if guarded else {}
     refuse_owned(names, owners, VERBS.get(type(req), ""))
     messages = []
     for name in names:
@@ -455,7 +476,7 @@ async def _jobs(app: App, req: Any, emit: Emit) -> Any:
             raise InvalidConfig(str(exc)) from None
         return await jobs_cmds.jobs_launch(app, req, emit, lambda task: _check_task(app, task))
     if isinstance(req, m.JobsQueue):
-        return await jobs_cmds.jobs_queue(app, req)
+        return await jobs_cmds.jobs_queue(app, req, emit)
     if isinstance(req, m.JobsCancel):
         return await jobs_cmds.jobs_cancel(app, req)
     if isinstance(req, m.PoolApply):

@@ -26,6 +26,7 @@ from stixd.actors.specs import (
 )
 from stixd.app import App
 from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.store import views
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto import names
@@ -201,13 +202,40 @@ def record(row: Row) -> m.ManagedJobRecord:
     )
 
 
-async def jobs_queue(app: App, req: m.JobsQueue) -> m.ManagedJobList:
-    rows = sorted(await app.store.rows(KIND), key=_number, reverse=True)
-    if not req.all:
-        ended = [r for r in rows if r.terminal][:RECENT_ENDED]
-        keep = {r.id for r in ended}
-        rows = [r for r in rows if not r.terminal or r.id in keep]
-    return m.ManagedJobList(jobs=[quarantine.shown(app, r, record, _failed_record) for r in rows])
+async def jobs_queue(app: App, req: m.JobsQueue, emit: Emit) -> m.ManagedJobList:
+    """Newest first. `all`: every job; `limit`: the newest so many, and how many it left
+    out; neither: those in progress and the `RECENT_ENDED` that ended last. With `stream`,
+    the records go in chunks, and `all` reads the store a page at a time."""
+    store, live_only = app.store, req.skip_finished
+
+    def records(rows: list[Row]) -> list[m.ManagedJobRecord]:
+        return [quarantine.shown(app, r, record, _failed_record) for r in rows]
+
+    if req.all and req.stream:
+        async for page in views.managed_job_pages(store, live_only=live_only):
+            for start in range(0, len(page), views.PAGE):
+                await emit(m.ManagedJobRows(jobs=records(page[start : start + views.PAGE])))
+        return m.ManagedJobList(jobs=[])
+    hidden = 0
+    if req.all or req.limit is not None:
+        limit = None if req.all else req.limit
+        rows = await views.newest_managed_jobs(store, live_only=live_only, limit=limit)
+        if live_only and limit is None:
+            rows += await views.damaged_managed_jobs(store)
+        if limit is not None and len(rows) >= limit:
+            hidden = await views.count_managed_jobs(store, live_only=live_only) - limit
+    else:
+        rows = await views.newest_managed_jobs(store, live_only=True)
+        rows += await views.damaged_managed_jobs(store)
+        if not live_only:
+            rows += await views.ended_managed_jobs(store, RECENT_ENDED)
+        rows.sort(key=_number, reverse=True)
+    jobs = records(rows)
+    if req.stream:
+        for start in range(0, len(jobs), views.PAGE):
+            await emit(m.ManagedJobRows(jobs=jobs[start : start + views.PAGE]))
+        jobs = []
+    return m.ManagedJobList(jobs=jobs, hidden=max(hidden, 0))
 
 
 def _number(row: Row) -> int:

@@ -62,6 +62,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kind, id)
     );
     """,
+    # 3: the look-ups of the default listings (stixd/store/views.py)
+    """
+    CREATE INDEX actors_listing ON actors (kind, terminal, created_at, id);
+    CREATE INDEX managed_jobs_by_number ON actors (CAST(id AS INTEGER))
+        WHERE kind = 'managed_job';
+    CREATE INDEX live_managed_jobs_by_number ON actors (CAST(id AS INTEGER))
+        WHERE kind = 'managed_job' AND terminal = 0;
+    CREATE INDEX live_managed_jobs_by_cluster ON actors (
+        CASE WHEN json_valid(spec) THEN
+            CASE WHEN json_extract(spec, '$.pool') IS NULL
+            THEN json_extract(spec, '$.cluster') ELSE '' END
+        END
+    ) WHERE kind = 'managed_job' AND terminal = 0;
+    """,
 ]
 
 
