@@ -14,7 +14,7 @@ import pytest
 from stixctl.client import stream
 from stixd.actors.specs import ManagedJobData, ManagedJobSpec, encode
 from stixd.store import views
-from stixd.store.db import Row, open_store
+from stixd.store.db import NEXT_NUMBER, Row, open_store
 from stixproto import messages as m
 from tests.conftest import Stix, wait_until
 from tests.test_managed_jobs_fake import fake_daemon, task
@@ -139,6 +139,22 @@ async def test_the_default_views_read_through_indexes(tmp_path: Path) -> None:
     scans = [step for p in plans for step in p.split(" / ") if step.startswith("SCAN")]
     assert all("managed_jobs_by_number" in step for step in scans), plans
     assert not any("TEMP B-TREE" in p for p in plans[:6]), plans  # (strays: sorts none)
+
+
+@pytest.mark.anyio
+async def test_the_next_managed_job_number_is_one_index_probe(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "state.db") as store:
+        for n in range(3):
+            made = await store.insert_next(
+                "managed_job",
+                lambda number: Row(kind="managed_job", id=str(number), state="PENDING", version=0),
+                "submitted",
+            )
+            assert made.id == str(n + 1)
+    db = sqlite3.connect(tmp_path / "state.db")
+    plan = [r[-1] for r in db.execute(f"EXPLAIN QUERY PLAN {NEXT_NUMBER}", ("managed_job",))]
+    db.close()
+    assert plan == ["SEARCH actors USING INDEX actors_number (kind=?)"], plan
 
 
 @pytest.mark.anyio
