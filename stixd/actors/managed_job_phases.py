@@ -165,20 +165,21 @@ async def copy_logs(managed: ManagedJobActor, job: Any, run: int) -> None:
     # after a daemon restart the run is followed again from its start: skip what is copied
     have = path.stat().st_size if path.exists() else 0
     seen = 0
-    with path.open("ab") as out:
 
-        async def copy(event: Any) -> None:
-            nonlocal seen
-            if not isinstance(event, m.LogChunk):
-                return
-            chunk = event.data.encode()
-            fresh = chunk[max(have - seen, 0) :]
-            seen += len(chunk)
-            if fresh:
+    async def copy(event: Any) -> None:
+        nonlocal seen
+        if not isinstance(event, m.LogChunk):
+            return
+        chunk = event.data.encode()
+        fresh = chunk[max(have - seen, 0) :]
+        seen += len(chunk)
+        if fresh:
+            # opened per chunk: a run that prints nothing for hours holds no descriptor and
+            # no buffer (ten thousand running jobs would need ten thousand of each)
+            with path.open("ab", buffering=0) as out:
                 out.write(fresh)
-                out.flush()
 
-        await stream_job_logs(managed.app, job, copy, follow=True)
+    await stream_job_logs(managed.app, job, copy, follow=True)
 
 
 async def tell_when_running(managed: ManagedJobActor, row_id: str) -> None:
