@@ -206,6 +206,7 @@ def _run_foreground(home: Path) -> int:
     lock.truncate()
     lock.write(str(os.getpid()))
     lock.flush()
+    _allow_every_descriptor()
     import anyio  # the daemon's own imports: not paid by a start that finds it running
 
     from stixd.config import ConfigError, load_config
@@ -236,6 +237,24 @@ def _run_foreground(home: Path) -> int:
         prof.disable()
         prof.dump_stats(profile)
     return 0
+
+
+SOFT_DESCRIPTORS_CAP = 1 << 16
+"""The soft descriptor limit asked for when the hard one is unlimited (macOS refuses that)."""
+
+
+def _allow_every_descriptor() -> None:
+    """Raise the soft limit on open descriptors to the hard one. The soft limit is often 1,024
+    (systemd's default for a service, a login shell's), while a daemon with thousands of
+    clusters and jobs holds a connection or a file for many of them at once; the hard limit is
+    the operator's bound, and stays."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = SOFT_DESCRIPTORS_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):  # kept as it was: still a daemon
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _end_process() -> NoReturn:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,34 @@ def kill_node(stix: Stix, cluster: str, rank: int = 0) -> int:
 
 def fast_health(stix: Stix) -> None:
     stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
+
+
+def test_a_running_managed_job_holds_no_descriptor_of_its_log_copy(stix: Stix) -> None:
+    stix.run("jobs", "launch", "-n", "quiet", "-d", "-y", "echo first-line; sleep 60", check=True)
+    wait_until(lambda: "first-line" in stix.run("jobs", "logs", "1", "--no-follow").stdout)
+    pid = stix.daemon_pid()
+    assert pid is not None and managed(stix, 1)["status"] == "RUNNING"
+    held = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir() if f.is_symlink()]
+    assert not [f for f in held if f.endswith(".log") and "run-" in f], held
+    stix.run("jobs", "cancel", "-y", "1", check=True)
+
+
+def test_the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one(stix: Stix) -> None:
+    def low_limits() -> None:  # a login shell's soft limit under a roomier hard one
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+
+    subprocess.run(
+        [sys.executable, "-m", "stixctl", "daemon", "start"],
+        env=stix.env,
+        check=True,
+        timeout=60,
+        preexec_fn=low_limits,
+    )
+    pid = stix.daemon_pid()
+    assert pid is not None
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    files = next(line for line in limits if line.startswith("Max open files")).split()
+    assert files[3:5] == ["4096", "4096"], files
 
 
 def test_a_managed_job_runs_to_success_and_its_logs_outlive_its_cluster(stix: Stix) -> None:
