@@ -47,29 +47,22 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
     return finish(f"Managed job {reply.job_id}", reply.status, reply.failure)
 
 
+def _chunk(event: object) -> list[m.ManagedJobRecord] | None:
+    return event.jobs if isinstance(event, m.ManagedJobRows) else None
+
+
 def _queue(home: Path, a: argparse.Namespace) -> int:
     """SkyPilot's default: the newest 50 jobs (table and --json alike), a line saying how
     many more there are; --all streams every one."""
     from stixctl.client import call
-    from stixctl.listing import JsonArray, hidden_note
+    from stixctl.listing import hidden_note, stream_json
 
     limit = None if a.all else a.limit
     req = m.JobsQueue(all=a.all, limit=limit, skip_finished=a.skip_finished, stream=a.json)
     if a.json:
-        out = JsonArray()
-
-        def write(event: object) -> None:
-            if isinstance(event, m.ManagedJobRows):
-                out.add(event.jobs)
-            else:
-                on_event(event)
-
-        reply: m.ManagedJobList = call(home, req, write)
-        out.close()
-        if reply.hidden and limit is not None:
-            err(hidden_note(reply.hidden, limit, "managed jobs"))
+        stream_json(home, req, _chunk, on_event, "managed jobs")
         return 0
-    reply = call(home, req)
+    reply: m.ManagedJobList = call(home, req)
     print(render(reply.jobs))
     if reply.hidden and limit is not None:
         print(hidden_note(reply.hidden, limit, "managed jobs"))

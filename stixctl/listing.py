@@ -4,6 +4,8 @@ JSON written a chunk at a time as the daemon streams it."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 DEFAULT_LIMIT = 50
@@ -42,3 +44,30 @@ class JsonArray:
     def close(self) -> None:
         self._out.write("]\n")
         self._out.flush()
+
+
+def stream_json(
+    home: Path,
+    req: Any,
+    rows_of: Callable[[Any], list[Any] | None],
+    on_event: Callable[[Any], None],
+    what: str,
+) -> None:
+    """Send `req` (a listing asked to stream) and write its rows as one JSON array, a chunk at
+    a time: `rows_of(event)` is a chunk's rows, None for any other event (shown as progress).
+    The note of what a limit left out goes to stderr, so stdout stays valid JSON."""
+    from stixctl.client import call
+
+    out = JsonArray()
+
+    def write(event: Any) -> None:
+        rows = rows_of(event)
+        if rows is None:
+            on_event(event)
+        else:
+            out.add(rows)
+
+    reply = call(home, req, write)
+    out.close()
+    if reply.hidden and req.limit is not None:
+        print(hidden_note(reply.hidden, req.limit, what), file=sys.stderr)

@@ -4,7 +4,6 @@ SkyPilot's `--ip`, `--endpoints` and `--endpoint PORT` answers for one cluster."
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,10 @@ def run(home: Path, a: argparse.Namespace, on_event: Callable[[Any], None]) -> i
     limit = None if a.all or a.clusters else a.limit
     req = m.Status(clusters=a.clusters, refresh=a.refresh, all=a.all, limit=limit, stream=a.json)
     if a.json:
-        return _stream_json(home, req, on_event)
+        from stixctl.listing import stream_json
+
+        stream_json(home, req, _chunk, on_event, STATUS_WHAT)
+        return 0
     reply = call(home, req, on_event)
     if asks_address:
         print(address(a, reply.clusters))
@@ -72,24 +74,8 @@ def run(home: Path, a: argparse.Namespace, on_event: Callable[[Any], None]) -> i
     return 0
 
 
-def _stream_json(home: Path, req: m.Status, on_event: Callable[[Any], None]) -> int:
-    """The clusters as one JSON array, written chunk by chunk as the daemon sends them."""
-    from stixctl.client import call
-    from stixctl.listing import JsonArray, hidden_note
-
-    out = JsonArray()
-
-    def write(event: Any) -> None:
-        if isinstance(event, m.ClusterRows):
-            out.add(event.clusters)
-        else:
-            on_event(event)
-
-    reply: m.ClusterList = call(home, req, write)
-    out.close()
-    if reply.hidden and req.limit is not None:
-        print(hidden_note(reply.hidden, req.limit, STATUS_WHAT), file=sys.stderr)
-    return 0
+def _chunk(event: Any) -> list[m.ClusterRecord] | None:
+    return event.clusters if isinstance(event, m.ClusterRows) else None
 
 
 def not_found(asked: list[str], found: list[m.ClusterRecord]) -> str | None:
