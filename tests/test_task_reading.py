@@ -222,3 +222,12 @@ def test_output_is_whole_when_the_client_exits_without_teardown(stix: Stix) -> N
     assert piped.stdout == out.getvalue()  # all of it: less than a pipe's buffer, so only
     assert piped.stdout.endswith("complete -F _stixctl stixctl\n")  # the flush writes it
     assert stix.daemon_pid() is None
+
+
+def test_the_wire_resource_flags_name_every_resource_override() -> None:
+    """The client sends `ResourceFlags` so it need not import the task rules; the daemon
+    turns them into `ResourceOverrides`. A flag added to one and not the other would be
+    dropped without a word."""
+    from stixproto.messages import ResourceFlags
+
+    assert set(ResourceFlags.__struct_fields__) == set(ResourceOverrides.__struct_fields__)
