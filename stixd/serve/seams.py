@@ -1,0 +1,89 @@
+"""The seam between the service actors and the load balancers they drive.
+
+A balancer is a process of its own per service that outlives the daemon (`stixd.balancer`). The
+service actor only ever sees these types: it pushes the ready set the moment it changes, takes
+the requests the balancer counted since the last take (for the autoscaler), and hears when
+requests wait at a service with no replica (to scale from zero at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class BalancerSpec:
+    """What a service's balancer is started with (from the `service:` section in effect)."""
+
+    service: str
+    port: int
+    """The endpoint's port on this machine (0: any free port, kept across restarts)."""
+    policy: str = "least_load"
+    """`least_load`, `round_robin` or `instance_aware_least_load`."""
+    stream_timeout_seconds: float | None = None
+    tls_keyfile: str | None = None
+    tls_certfile: str | None = None
+    api_keys: tuple[str, ...] = ()
+    """Requests must carry one of these as `Authorization: Bearer KEY` (empty: no auth)."""
+    queue_limit: int = 1024
+    """Requests held while no replica is ready; more are refused with 503."""
+
+
+@dataclass(frozen=True)
+class ReadyReplica:
+    """One replica in rotation: where to send requests and what it runs on."""
+
+    replica_id: int
+    url: str
+    """`http://host:port` of the replica's service port."""
+    version: int = 1
+    accelerator: str | None = None
+    """For `instance_aware_least_load` and per-accelerator `target_qps_per_replica`."""
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What a balancer saw since the last `take_traffic`."""
+
+    arrivals: Sequence[float] = field(default_factory=tuple)
+    """Wall-clock times (time.time()) of requests that reached the balancer."""
+    suspects: Sequence[int] = field(default_factory=tuple)
+    """Replica ids the balancer ejected on its own (connect errors, resets), newest last."""
+    waiting: int = 0
+    """Requests held in the queue now because no replica is ready."""
+
+
+class Balancer(Protocol):
+    """One running balancer, as the service actor drives it."""
+
+    @property
+    def endpoint(self) -> str:
+        """`http(s)://127.0.0.1:PORT` that clients of the service call."""
+        ...
+
+    async def set_ready(self, replicas: Sequence[ReadyReplica]) -> None:
+        """Replace the rotation (idempotent; the balancer keeps it if the daemon goes away)."""
+        ...
+
+    async def take_traffic(self) -> Traffic:
+        """Requests and ejections since the last take (each is handed out once)."""
+        ...
+
+    async def wait_for_demand(self) -> None:
+        """Return once a request waits at a service with no ready replica."""
+        ...
+
+
+class Balancers(Protocol):
+    """Starts, finds again after a daemon restart, and stops the balancer of each service."""
+
+    async def ensure(self, spec: BalancerSpec) -> Balancer:
+        """The service's running balancer, started if none runs (or its spec changed)."""
+        ...
+
+    async def stop(self, service: str) -> None:
+        """Stop the service's balancer and forget it (nothing if none runs)."""
+        ...
