@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from stixd.planner.offers import OfferIndex
     from stixd.planner.pricing import Prices
     from stixd.planner.request import Blocked
+    from stixd.serve.seams import Balancers
     from stixproto import messages as m
     from stixproto.task import Task
 
@@ -66,6 +67,8 @@ class App:
     health: Ticker = field(default_factory=Ticker)
     """The live clusters' health checks, by provider (stixd.actors.cluster_health)."""
     cluster_split: ClusterSplit | None = None  # made on first use (stixd.control.handlers)
+    balancers: Balancers | None = None
+    """Each service's load-balancer process (stixd.balancer); None where serving is off."""
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
         """The daemon's config with a client's layers (project file, --config) merged in.

@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
+from stixproto.states import ReplicaStatus
+
 
 @dataclass(frozen=True)
 class BalancerSpec:
@@ -87,3 +91,51 @@ class Balancers(Protocol):
     async def stop(self, service: str) -> None:
         """Stop the service's balancer and forget it (nothing if none runs)."""
         ...
+
+
+# -- the autoscaler's inputs and answer (stixd.serve.autoscaler.decide) -----------------------
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica as the autoscaler sees it."""
+
+    replica_id: int
+    version: int
+    status: ReplicaStatus
+    spot: bool = False
+    launched_at: float = 0.0
+    """When the replica was decided on (wall clock); older first when scaling down."""
+    accelerator: str | None = None
+
+
+@dataclass(frozen=True)
+class LaunchOrder:
+    """Launch one more replica of ``version``, on spot or on demand."""
+
+    version: int
+    spot: bool = False
+
+
+class ScalerMemory(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """What the autoscaler carries from one round to the next; the service actor stores it in
+    its row as it is, so a daemon restart keeps the hysteresis where it was."""
+
+    last_round: float = 0.0
+    """When `decide` last changed the target (0: never)."""
+    target: int | None = None
+    """The replica count in effect after the last round (None: not decided yet)."""
+    upscale_since: float | None = None
+    """Since when the wanted count has stayed above the target (upscale hysteresis)."""
+    downscale_since: float | None = None
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """One round's answer: what to launch, what to stop (in that order), and the memory."""
+
+    launch: tuple[LaunchOrder, ...] = ()
+    stop: tuple[int, ...] = ()
+    """Replica ids to scale down, in the order to stop them."""
+    target: int = 0
+    memory: ScalerMemory = field(default_factory=ScalerMemory)
