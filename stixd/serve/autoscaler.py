@@ -1,26 +1,44 @@
 """How many replicas of which version a service wants now: a pure function of the spec, the
-replicas, the requests seen and the clock (no I/O, no hidden state — `ScalerMemory` carries
-the hysteresis between rounds).
+replicas, the requests seen and the clock (no I/O, no hidden state — `ScalerMemory` carries the
+hysteresis and the rollout's progress between rounds).
 
-This first version keeps a fixed count (`replicas: N`, or `min_replicas` without a QPS target)
-and rolls a new version in by replacing old replicas as new ones become READY; the request-rate
-autoscaler builds on the same signature.
+SkyPilot 0.14.1's request-rate autoscaler with its on-demand fallback and both update modes
+(`stixd.serve.rate` has the formulas, `stixd.serve.fleet` the orders), with one rule SkyPilot
+lacks: the replicas alive never exceed `max_replicas` (+ `num_overprovision`), during updates
+included. Where SkyPilot would surge past it, a rollout makes room by letting one old replica go
+(not-ready ones first) while no new replica is on its way up. Only dynamic on-demand stand-ins may
+go past it, one per READY replica the service is short of its target, as SkyPilot launches them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from stixd.serve.fleet import (
+    UNRECOVERABLE,
+    WAS_READY,
+    UpdateMode,
+    blue_green_serving,
+    first_to_stop,
+    live,
+    ready_count,
+    ready_versions,
+    scale_down_order,
+)
+from stixd.serve.rate import (
+    WINDOW_SECONDS,
+    Hysteresis,
+    clip,
+    requests_in_window,
+    round_interval,
+    wanted_replicas,
+)
 from stixd.serve.seams import LaunchOrder, ReplicaView, ScalePlan, ScalerMemory
 from stixproto.states import ReplicaStatus
 from stixproto.task.service import Scaling
 
-_LEAVING = frozenset({ReplicaStatus.SHUTTING_DOWN})
-
-
-def live(replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
-    """Replicas that count towards the target: not ended and not on their way out."""
-    return [r for r in replicas if not r.status.is_terminal and r.status not in _LEAVING]
+__all__ = ["UpdateMode", "decide", "live"]
 
 
 def decide(
@@ -31,38 +49,243 @@ def decide(
     memory: ScalerMemory,
     *,
     version: int,
+    mode: UpdateMode = UpdateMode.ROLLING,
+    use_spot: bool = False,
+    waiting: int = 0,
 ) -> ScalePlan:
-    """The plan for this round: keep ``scaling.min_replicas`` of ``version`` running, never more
-    than ``scaling.max_replicas`` in all, and let older versions go only as new ones are READY.
+    """This round's plan for the service at ``version`` (its latest).
+
+    ``replicas``: every replica the service has, the ended ones of the latest version included
+    (a failure before READY stops its rollout). ``arrivals``: request times, sorted ascending,
+    at least the last 60 s of them. ``waiting``: requests held by the balancer right now (they
+    count as arrivals; at zero replicas any demand starts a round at once). ``use_spot``: the
+    task's own choice, for launches outside the on-demand fallback.
     """
-    del arrivals  # the fixed-count policy does not look at traffic
-    target = scaling.min_replicas
     running = live(replicas)
+    demand = requests_in_window(arrivals, now) + max(0, waiting)
+    qps = demand / WINDOW_SECONDS
+    ready_version = memory.ready_version
+    if any(r.version == version and r.status in WAS_READY for r in replicas):
+        ready_version = max(ready_version, version)
+    if ready_version < version and (
+        memory.failed_version == version
+        or any(r.version == version and r.status in UNRECOVERABLE for r in replicas)
+    ):
+        return _stopped_rollout(scaling, running, qps, now, memory, version, mode, ready_version)
+
+    hysteresis, last_round = _target(scaling, running, demand, qps, now, memory, version)
+    extra = scaling.num_overprovision or 0
+    final = hysteresis.target + extra
+    cast = _cast(scaling, running, version, mode, hysteresis.target, final, use_spot)
+    return ScalePlan(
+        launch=cast.launch,
+        stop=cast.stop,
+        target=final,
+        memory=ScalerMemory(
+            last_round=last_round,
+            target=hysteresis.target,
+            upscale_since=_since(hysteresis.up, memory.upscale_rounds, memory.upscale_since, now),
+            downscale_since=_since(
+                hysteresis.down, memory.downscale_rounds, memory.downscale_since, now
+            ),
+            version=version,
+            upscale_rounds=hysteresis.up,
+            downscale_rounds=hysteresis.down,
+            ready_version=ready_version,
+            failed_version=0 if memory.failed_version == version else memory.failed_version,
+        ),
+        serving_versions=cast.serving,
+        next_round_at=last_round + round_interval(final),
+        qps=qps,
+    )
+
+
+def _target(
+    scaling: Scaling,
+    running: Sequence[ReplicaView],
+    demand: int,
+    qps: float,
+    now: float,
+    memory: ScalerMemory,
+    version: int,
+) -> tuple[Hysteresis, float]:
+    """The target after this call, and when its last decision round ran."""
+    start = scaling.min_replicas if memory.target is None else memory.target
+    current = Hysteresis(clip(start, scaling), memory.upscale_rounds, memory.downscale_rounds)
+    if memory.version and version > memory.version:
+        # An update takes the wanted count at once and starts the counters afresh (SkyPilot).
+        return Hysteresis(wanted_replicas(scaling, qps, running)), now
+    final = current.target + (scaling.num_overprovision or 0)
+    due = (
+        memory.last_round == 0
+        or now < memory.last_round  # the clock went back: do not wait for it to catch up
+        or now >= memory.last_round + round_interval(final)
+        or (current.target == 0 and demand > 0)  # scale from zero as soon as a request comes
+    )
+    if not due:
+        return current, memory.last_round
+    return current.step(wanted_replicas(scaling, qps, running), scaling), now
+
+
+@dataclass(frozen=True)
+class _Cast:
+    launch: tuple[LaunchOrder, ...]
+    stop: tuple[int, ...]
+    serving: tuple[int, ...]
+
+
+def _cast(
+    scaling: Scaling,
+    running: Sequence[ReplicaView],
+    version: int,
+    mode: UpdateMode,
+    target: int,
+    final: int,
+    use_spot: bool,
+) -> _Cast:
+    """Launches and stops that move ``running`` towards ``final`` replicas of ``version``."""
     new = [r for r in running if r.version == version]
     old = [r for r in running if r.version != version]
-    ready_new = sum(r.status is ReplicaStatus.READY for r in new)
-    stop: list[int] = []
-    # Too many of the current version: the newest go first, not-ready before ready.
-    if len(new) > target:
-        extra = sorted(new, key=lambda r: (r.status is ReplicaStatus.READY, -r.launched_at))
-        stop += [r.replica_id for r in extra[: len(new) - target]]
-    # Old versions leave as new ones are ready to take their place (oldest first).
-    keep_old = max(0, target - ready_new)
-    by_age = sorted(old, key=lambda r: (r.status is ReplicaStatus.READY, r.launched_at))
-    stop += [r.replica_id for r in by_age[: max(0, len(old) - keep_old)]]
-    staying = len(running) - len(stop)
-    room = max(0, scaling.max_replicas - staying)
-    missing = max(0, target - min(len(new), target))
-    launch = tuple(LaunchOrder(version) for _ in range(min(missing, room)))
-    changed = memory.target != target
-    return ScalePlan(
+    ready_new = ready_count(new)
+    outdated = _outdated(old, ready_new, final, mode)
+    gone = {r.replica_id for r in outdated}
+    wants = _wants(scaling, new, version, target, final, use_spot)
+    gone |= {r.replica_id for r in wants.stop}
+    staying = [r for r in running if r.replica_id not in gone]
+    ceiling = scaling.max_replicas + (scaling.num_overprovision or 0)
+    bound = ceiling
+    if wants.stand_ins:
+        bound += max(0, final - ready_count(staying))
+    room = bound - len(staying)
+    freed: list[ReplicaView] = []
+    kept_old = [r for r in old if r.replica_id not in gone]
+    in_flight = any(r.status is not ReplicaStatus.READY for r in staying if r.version == version)
+    if wants.launch and room <= 0 and kept_old and not in_flight:
+        # No room to bring a new replica up: let the first old one go to make it.
+        freed = first_to_stop(kept_old, 1 - room)
+        room += len(freed)
+    launch = wants.launch[: max(0, room)]
+    stop = [*outdated, *freed, *wants.stop]
+    after = [r for r in staying if r not in freed]
+    return _Cast(
         launch=launch,
-        stop=tuple(stop),
-        target=target,
-        memory=ScalerMemory(
-            last_round=now if changed else memory.last_round,
-            target=target,
-            upscale_since=None,
-            downscale_since=None,
-        ),
+        stop=tuple(r.replica_id for r in stop),
+        serving=_serving(after, version, final, mode),
     )
+
+
+def _outdated(
+    old: Sequence[ReplicaView], ready_new: int, final: int, mode: UpdateMode
+) -> list[ReplicaView]:
+    """Older-version replicas to stop now."""
+    if ready_new >= final:
+        return scale_down_order(old)
+    if mode is UpdateMode.ROLLING:
+        # Keep as many old as the new version is short of READY ones (not-ready old go first).
+        return first_to_stop(old, len(old) - (final - ready_new))
+    serving = blue_green_serving(old)
+    if serving is None:
+        return []
+    return scale_down_order(r for r in old if r.version != serving)
+
+
+@dataclass(frozen=True)
+class _Wants:
+    launch: tuple[LaunchOrder, ...]
+    """In priority order: base on-demand, then the target's own, then on-demand stand-ins."""
+    stop: list[ReplicaView]
+    stand_ins: bool
+
+
+def _wants(
+    scaling: Scaling,
+    new: Sequence[ReplicaView],
+    version: int,
+    target: int,
+    final: int,
+    use_spot: bool,
+) -> _Wants:
+    base = scaling.base_ondemand_fallback_replicas
+    dynamic = scaling.dynamic_ondemand_fallback
+    if not dynamic and base <= 0:
+        launch = tuple(LaunchOrder(version, spot=use_spot) for _ in range(final - len(new)))
+        return _Wants(launch, first_to_stop(new, len(new) - final), stand_ins=False)
+    # On-demand fallback (SkyPilot's FallbackRequestRateAutoscaler): `base` replicas always on
+    # demand, the rest on spot; with `dynamic`, an on-demand stand-in for each spot replica not
+    # READY, never more on demand than the target (overprovision is not covered).
+    spot = [r for r in new if r.spot]
+    on_demand = [r for r in new if not r.spot]
+    spot_wanted = max(0, final - base)
+    base_wanted = min(base, target)
+    od_wanted = base + (max(0, spot_wanted - ready_count(spot)) if dynamic else 0)
+    od_wanted = min(od_wanted, target)
+    od_launch = max(0, od_wanted - len(on_demand))
+    base_launch = min(od_launch, max(0, base_wanted - len(on_demand)))
+    launch = (
+        *(LaunchOrder(version, spot=False) for _ in range(base_launch)),
+        *(LaunchOrder(version, spot=True) for _ in range(spot_wanted - len(spot))),
+        *(LaunchOrder(version, spot=False) for _ in range(od_launch - base_launch)),
+    )
+    stop = [
+        *first_to_stop(spot, len(spot) - spot_wanted),
+        *first_to_stop(on_demand, len(on_demand) - od_wanted),
+    ]
+    return _Wants(launch, stop, stand_ins=dynamic)
+
+
+def _serving(
+    staying: Sequence[ReplicaView], version: int, final: int, mode: UpdateMode
+) -> tuple[int, ...]:
+    if mode is UpdateMode.ROLLING:
+        return ready_versions(staying)
+    ready_new = ready_count(r for r in staying if r.version == version)
+    older = blue_green_serving([r for r in staying if r.version != version])
+    if older is None or ready_new >= max(1, final):
+        return (version,) if ready_new else ()
+    return (older,)
+
+
+def _stopped_rollout(
+    scaling: Scaling,
+    running: Sequence[ReplicaView],
+    qps: float,
+    now: float,
+    memory: ScalerMemory,
+    version: int,
+    mode: UpdateMode,
+    ready_version: int,
+) -> ScalePlan:
+    """The latest version failed before it was ever READY: launch and stop nothing (SkyPilot
+    stops scaling altogether), so the older version keeps serving as it is."""
+    target = clip(scaling.min_replicas if memory.target is None else memory.target, scaling)
+    final = target + (scaling.num_overprovision or 0)
+    old = [r for r in running if r.version != version]
+    if mode is UpdateMode.ROLLING:
+        serving = ready_versions(running)
+    else:
+        older = blue_green_serving(old)
+        serving = () if older is None else (older,)
+    return ScalePlan(
+        target=final,
+        memory=ScalerMemory(
+            last_round=memory.last_round,
+            target=memory.target,
+            upscale_since=memory.upscale_since,
+            downscale_since=memory.downscale_since,
+            version=version,
+            upscale_rounds=memory.upscale_rounds,
+            downscale_rounds=memory.downscale_rounds,
+            ready_version=ready_version,
+            failed_version=version,
+        ),
+        rollout_failed=True,
+        serving_versions=serving,
+        next_round_at=now + round_interval(final),
+        qps=qps,
+    )
+
+
+def _since(rounds: int, before: int, since: float | None, now: float) -> float | None:
+    if rounds == 0:
+        return None
+    return since if before > 0 and since is not None else now

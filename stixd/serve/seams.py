@@ -122,12 +122,23 @@ class ScalerMemory(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     its row as it is, so a daemon restart keeps the hysteresis where it was."""
 
     last_round: float = 0.0
-    """When `decide` last changed the target (0: never)."""
+    """When `decide` last ran a decision round, the only time the target may move (0: never)."""
     target: int | None = None
-    """The replica count in effect after the last round (None: not decided yet)."""
+    """The replica count in effect after the last round, before `num_overprovision` (None: not
+    decided yet)."""
     upscale_since: float | None = None
     """Since when the wanted count has stayed above the target (upscale hysteresis)."""
     downscale_since: float | None = None
+    version: int = 0
+    """The service version the last round planned for (0: none yet); a higher one is an update."""
+    upscale_rounds: int = 0
+    """Consecutive decision rounds the wanted count stayed above the target (SkyPilot counts
+    rounds, not seconds: it moves after `int(upscale_delay_seconds / 20)` of them)."""
+    downscale_rounds: int = 0
+    ready_version: int = 0
+    """The newest version that has ever had a READY replica."""
+    failed_version: int = 0
+    """A version that failed before ever being READY: its rollout stays stopped."""
 
 
 @dataclass(frozen=True)
@@ -138,4 +149,14 @@ class ScalePlan:
     stop: tuple[int, ...] = ()
     """Replica ids to scale down, in the order to stop them."""
     target: int = 0
+    """Replicas of the current version wanted now (the target plus `num_overprovision`)."""
     memory: ScalerMemory = field(default_factory=ScalerMemory)
+    rollout_failed: bool = False
+    """The current version failed before ever being READY: nothing launched or stopped, older
+    versions keep serving; the actor records it (the service is FAILED if nothing else serves)."""
+    serving_versions: tuple[int, ...] = ()
+    """Versions whose READY replicas belong in the balancer's rotation (blue-green: one)."""
+    next_round_at: float = 0.0
+    """Call `decide` again by then (the next decision round: 20 s, or 5 s at zero replicas)."""
+    qps: float = 0.0
+    """Requests per second over the last 60 s, as the round saw them."""
