@@ -7,7 +7,7 @@ SkyPilot 0.14.1's request-rate autoscaler with its on-demand fallback and both u
 lacks: the replicas alive never exceed `max_replicas` (+ `num_overprovision`), during updates
 included. Where SkyPilot would surge past it, a rollout makes room by letting one old replica go
 (not-ready ones first) while no new replica is on its way up. Only dynamic on-demand stand-ins may
-go past it, one per READY replica the service is short of its target, as SkyPilot launches them.
+go past it: one for each spot replica of the target missing or not READY, as SkyPilot does.
 """
 
 from __future__ import annotations
@@ -149,14 +149,12 @@ def _cast(
     ready_new = ready_count(new)
     outdated = _outdated(old, ready_new, final, mode)
     gone = {r.replica_id for r in outdated}
-    wants = _wants(scaling, new, version, target, final, use_spot)
+    covered = ready_count(r for r in old if r.replica_id not in gone)
+    wants = _wants(scaling, new, version, target, final, use_spot, covered)
     gone |= {r.replica_id for r in wants.stop}
     staying = [r for r in running if r.replica_id not in gone]
     ceiling = scaling.max_replicas + (scaling.num_overprovision or 0)
-    bound = ceiling
-    if wants.stand_ins:
-        bound += max(0, final - ready_count(staying))
-    room = bound - len(staying)
+    room = ceiling - len(staying)
     freed: list[ReplicaView] = []
     kept_old = [r for r in old if r.replica_id not in gone]
     in_flight = any(r.status is not ReplicaStatus.READY for r in staying if r.version == version)
@@ -165,6 +163,10 @@ def _cast(
         freed = first_to_stop(kept_old, 1 - room)
         room += len(freed)
     launch = wants.launch[: max(0, room)]
+    if wants.stand_ins:
+        # Stand-ins may go past the ceiling, as many as the fallback wants.
+        alive = len(staying) - len(freed) + len(launch)
+        launch += wants.stand_ins[: max(0, ceiling + wants.covering - alive)]
     stop = [*outdated, *freed, *wants.stop]
     after = [r for r in staying if r not in freed]
     return _Cast(
@@ -192,9 +194,12 @@ def _outdated(
 @dataclass(frozen=True)
 class _Wants:
     launch: tuple[LaunchOrder, ...]
-    """In priority order: base on-demand, then the target's own, then on-demand stand-ins."""
+    """The target's own, in priority order: base on-demand first, then spot."""
     stop: list[ReplicaView]
-    stand_ins: bool
+    stand_ins: tuple[LaunchOrder, ...] = ()
+    """On-demand stand-ins to launch for spot replicas missing or not READY (dynamic fallback)."""
+    covering: int = 0
+    """How many stand-ins the fallback wants in all (launched or not)."""
 
 
 def _wants(
@@ -204,33 +209,38 @@ def _wants(
     target: int,
     final: int,
     use_spot: bool,
+    covered: int,
 ) -> _Wants:
+    """What the current version lacks or has too much of; ``covered``: READY older replicas
+    still serving, which on-demand stand-ins need not cover again."""
     base = scaling.base_ondemand_fallback_replicas
     dynamic = scaling.dynamic_ondemand_fallback
     if not dynamic and base <= 0:
         launch = tuple(LaunchOrder(version, spot=use_spot) for _ in range(final - len(new)))
-        return _Wants(launch, first_to_stop(new, len(new) - final), stand_ins=False)
+        return _Wants(launch, first_to_stop(new, len(new) - final))
     # On-demand fallback (SkyPilot's FallbackRequestRateAutoscaler): `base` replicas always on
     # demand, the rest on spot; with `dynamic`, an on-demand stand-in for each spot replica not
-    # READY, never more on demand than the target (overprovision is not covered).
+    # READY, never more on demand than the target (overprovision is not covered). Unlike
+    # SkyPilot, no stand-in for a spot replica an older READY one still covers in a rollout.
     spot = [r for r in new if r.spot]
     on_demand = [r for r in new if not r.spot]
     spot_wanted = max(0, final - base)
     base_wanted = min(base, target)
-    od_wanted = base + (max(0, spot_wanted - ready_count(spot)) if dynamic else 0)
+    od_wanted = base + (max(0, spot_wanted - ready_count(spot) - covered) if dynamic else 0)
     od_wanted = min(od_wanted, target)
+    covering = max(0, od_wanted - base_wanted)
     od_launch = max(0, od_wanted - len(on_demand))
     base_launch = min(od_launch, max(0, base_wanted - len(on_demand)))
     launch = (
         *(LaunchOrder(version, spot=False) for _ in range(base_launch)),
         *(LaunchOrder(version, spot=True) for _ in range(spot_wanted - len(spot))),
-        *(LaunchOrder(version, spot=False) for _ in range(od_launch - base_launch)),
     )
+    stand_ins = tuple(LaunchOrder(version, spot=False) for _ in range(od_launch - base_launch))
     stop = [
         *first_to_stop(spot, len(spot) - spot_wanted),
         *first_to_stop(on_demand, len(on_demand) - od_wanted),
     ]
-    return _Wants(launch, stop, stand_ins=dynamic)
+    return _Wants(launch, stop, stand_ins, covering)
 
 
 def _serving(
