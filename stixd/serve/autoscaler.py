@@ -216,7 +216,7 @@ def _wants(
     base = scaling.base_ondemand_fallback_replicas
     dynamic = scaling.dynamic_ondemand_fallback
     if not dynamic and base <= 0:
-        launch = tuple(LaunchOrder(version, spot=use_spot) for _ in range(final - len(new)))
+        launch = _orders(version, use_spot, final - len(new))
         return _Wants(launch, first_to_stop(new, len(new) - final))
     # On-demand fallback (SkyPilot's FallbackRequestRateAutoscaler): `base` replicas always on
     # demand, the rest on spot; with `dynamic`, an on-demand stand-in for each spot replica not
@@ -231,16 +231,17 @@ def _wants(
     covering = max(0, od_wanted - base_wanted)
     od_launch = max(0, od_wanted - len(on_demand))
     base_launch = min(od_launch, max(0, base_wanted - len(on_demand)))
-    launch = (
-        *(LaunchOrder(version, spot=False) for _ in range(base_launch)),
-        *(LaunchOrder(version, spot=True) for _ in range(spot_wanted - len(spot))),
-    )
-    stand_ins = tuple(LaunchOrder(version, spot=False) for _ in range(od_launch - base_launch))
+    launch = _orders(version, False, base_launch) + _orders(version, True, spot_wanted - len(spot))
+    stand_ins = _orders(version, False, od_launch - base_launch)
     stop = [
         *first_to_stop(spot, len(spot) - spot_wanted),
         *first_to_stop(on_demand, len(on_demand) - od_wanted),
     ]
     return _Wants(launch, stop, stand_ins, covering)
+
+
+def _orders(version: int, spot: bool, count: int) -> tuple[LaunchOrder, ...]:
+    return (LaunchOrder(version, spot=spot),) * max(0, count)  # frozen: one object serves all
 
 
 def _serving(
