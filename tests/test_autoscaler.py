@@ -118,6 +118,24 @@ def test_per_accelerator_target_keeps_fewest_ready_strongest_first() -> None:
     assert plan.target == 1
 
 
+def test_per_accelerator_scale_down_stops_the_weakest_first() -> None:
+    scaling = quick(
+        min_replicas=1, max_replicas=10, target_qps_per_replica={"A100": 10.0, "T4": 2.0}
+    )
+    fleet = [
+        _view(1, S.READY, "T4"),
+        _view(2, S.READY, "A100"),
+        _view(3, S.READY, "A100"),
+        _view(4, S.READY, "T4"),
+        _view(5, S.STARTING, "A100"),
+    ]
+    memory = ScalerMemory(target=5, version=1, last_round=1.0)
+    # 15 qps: A100 + A100 (20) carry it, so 3 go: the one still starting, then the T4s.
+    plan = decide(scaling, fleet, burst(15 * 60, NOW - 60, NOW), NOW, memory, version=1)
+    assert plan.target == 2
+    assert plan.stop == (5, 4, 1)
+
+
 def test_upscale_waits_for_consecutive_rounds() -> None:
     # upscale_delay 60 s = int(60 / 20) = 3 consecutive rounds above the target.
     scaling = Scaling(

@@ -12,7 +12,7 @@ go past it: one for each spot replica of the target missing or not READY, as Sky
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from stixd.serve.fleet import (
@@ -29,6 +29,7 @@ from stixd.serve.fleet import (
 from stixd.serve.rate import (
     WINDOW_SECONDS,
     Hysteresis,
+    accelerator_qps,
     clip,
     requests_in_window,
     round_interval,
@@ -217,7 +218,7 @@ def _wants(
     dynamic = scaling.dynamic_ondemand_fallback
     if not dynamic and base <= 0:
         launch = _orders(version, use_spot, final - len(new))
-        return _Wants(launch, first_to_stop(new, len(new) - final))
+        return _Wants(launch, first_to_stop(new, len(new) - final, _replica_qps(scaling)))
     # On-demand fallback (SkyPilot's FallbackRequestRateAutoscaler): `base` replicas always on
     # demand, the rest on spot; with `dynamic`, an on-demand stand-in for each spot replica not
     # READY, never more on demand than the target (overprovision is not covered). Unlike
@@ -238,6 +239,15 @@ def _wants(
         *first_to_stop(on_demand, len(on_demand) - od_wanted),
     ]
     return _Wants(launch, stop, stand_ins, covering)
+
+
+def _replica_qps(scaling: Scaling) -> Callable[[ReplicaView], float] | None:
+    """Each replica's own target under the per-accelerator form (None: one target for all)."""
+    targets = scaling.target_qps_per_replica
+    if not isinstance(targets, Mapping):
+        return None
+    table = {name: float(value) for name, value in targets.items()}
+    return lambda r: accelerator_qps(table, r.accelerator)
 
 
 def _orders(version: int, spot: bool, count: int) -> tuple[LaunchOrder, ...]:

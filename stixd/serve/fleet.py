@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from stixd.serve.seams import ReplicaView
 from stixproto.states import ReplicaStatus
@@ -56,13 +56,26 @@ def live(replicas: Iterable[ReplicaView]) -> list[ReplicaView]:
     return [r for r in replicas if not r.status.is_terminal and r.status not in _LEAVING]
 
 
-def scale_down_order(replicas: Iterable[ReplicaView]) -> list[ReplicaView]:
-    """``replicas`` (all live) in the order to stop them."""
-    return sorted(replicas, key=lambda r: (_SCALE_DOWN_RANK[r.status], r.version, -r.replica_id))
+def scale_down_order(
+    replicas: Iterable[ReplicaView], qps: Callable[[ReplicaView], float] | None = None
+) -> list[ReplicaView]:
+    """``replicas`` (all live) in the order to stop them; with ``qps`` (a per-accelerator
+    target), the weakest first among replicas at the same stage, then as above."""
+    if qps is None:
+        return sorted(
+            replicas, key=lambda r: (_SCALE_DOWN_RANK[r.status], r.version, -r.replica_id)
+        )
+    return sorted(
+        replicas, key=lambda r: (_SCALE_DOWN_RANK[r.status], qps(r), r.version, -r.replica_id)
+    )
 
 
-def first_to_stop(replicas: Iterable[ReplicaView], count: int) -> list[ReplicaView]:
-    return scale_down_order(replicas)[: max(0, count)] if count > 0 else []
+def first_to_stop(
+    replicas: Iterable[ReplicaView],
+    count: int,
+    qps: Callable[[ReplicaView], float] | None = None,
+) -> list[ReplicaView]:
+    return scale_down_order(replicas, qps)[:count] if count > 0 else []
 
 
 def ready_count(replicas: Iterable[ReplicaView]) -> int:

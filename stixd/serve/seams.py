@@ -105,7 +105,8 @@ class ReplicaView:
     status: ReplicaStatus
     spot: bool = False
     launched_at: float = 0.0
-    """When the replica was decided on (wall clock); older first when scaling down."""
+    """When the replica was decided on (wall clock). Scaling down orders by `replica_id`, as
+    SkyPilot does: ids grow in launch order, and the newest goes first among equals."""
     accelerator: str | None = None
 
 
