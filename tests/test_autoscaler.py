@@ -10,6 +10,7 @@ import pytest
 
 from stixd.serve.autoscaler import decide
 from stixd.serve.fleet import scale_down_order
+from stixd.serve.rate import recent_arrivals
 from stixd.serve.seams import ReplicaView, ScalePlan, ScalerMemory
 from stixproto.states import ReplicaStatus
 from stixproto.task.service import Scaling
@@ -69,6 +70,12 @@ def test_qps_window_is_the_last_60_seconds() -> None:
     plan = decide(scaling, [], old + edge + fresh, NOW, ScalerMemory(target=0), version=1)
     assert plan.qps == pytest.approx(120 / 60)
     assert plan.target == 2
+
+
+def test_recent_arrivals_keeps_the_window_sorted() -> None:
+    kept = [NOW - 90, NOW - 61, NOW - 50, NOW - 10]
+    fresh = [NOW - 2, NOW - 70, NOW - 5, NOW - 60]  # two balancers' logs, interleaved
+    assert recent_arrivals(kept, fresh, NOW) == [NOW - 60, NOW - 50, NOW - 10, NOW - 5, NOW - 2]
 
 
 def test_fixed_count_ignores_traffic() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from stixd.serve.seams import ReplicaView
@@ -34,6 +34,15 @@ def requests_in_window(arrivals: Sequence[float], now: float) -> int:
     """Arrivals at or after `now - 60` (``arrivals`` sorted ascending, as the balancer logs them;
     later-than-now stamps count, as in SkyPilot)."""
     return len(arrivals) - bisect.bisect_left(arrivals, now - WINDOW_SECONDS)
+
+
+def recent_arrivals(kept: Sequence[float], fresh: Iterable[float], now: float) -> list[float]:
+    """The arrivals a service keeps for its next round: ``kept`` (sorted, from the last round)
+    and ``fresh`` (from the balancers, any order) within the window, sorted."""
+    edge = now - WINDOW_SECONDS
+    merged = [*kept[bisect.bisect_left(kept, edge) :], *(a for a in fresh if a >= edge)]
+    merged.sort()  # two sorted runs at most when fresh is in order: linear
+    return merged
 
 
 def clip(count: int, scaling: Scaling) -> int:
