@@ -1,0 +1,372 @@
+"""The daemon's side of the balancers: start, find again, restart and stop their processes.
+
+A balancer is found again after a daemon restart by its pid file and control socket under
+`<home>/serve/<service>/`; the pid counts only if that process is a balancer of that directory
+and answers on the socket with the same pid. `ensure` restarts a balancer whose spec changed or
+that died; a `RemoteBalancer` whose connection breaks reconnects, restarting a dead process and
+pushing the last ready set again. The daemon's own stop leaves every balancer running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from stixd.balancer import wire
+from stixd.balancer.layout import Layout, check, digest, encode_spec, write_private
+from stixd.serve.seams import BalancerSpec, ReadyReplica, Traffic
+from stixproto.paths import child_path
+
+START_SECONDS = 15.0
+CALL_SECONDS = 10.0
+STOP_SECONDS = 5.0
+
+# Detaches the balancer: a double fork leaves it owned by init, in its own session, so neither
+# a kill -9 of the daemon nor a terminal hang-up reaches it, and no zombie is left behind.
+_SPAWN = """
+import os, sys
+if os.fork():
+    os._exit(0)
+os.setsid()
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+os.dup2(log, 1); os.dup2(log, 2)
+null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class BalancerDown(ConnectionError):
+    """A balancer that cannot be reached or started; the message says where its log is."""
+
+
+class _Link:
+    """One control connection: a frame out, a frame back."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.reader = BufferedByteReceiveStream(stream)
+
+    @classmethod
+    async def open(cls, path: Path) -> _Link:
+        return cls(await anyio.connect_unix(path))
+
+    async def call(self, request: wire.Request) -> wire.Answer:
+        await self.stream.send(wire.encode(request))
+        length = wire.frame_length(await self.reader.receive_exactly(wire.HEADER.size))
+        answer = wire.decode(await self.reader.receive_exactly(length))
+        if isinstance(answer, wire.Failed):
+            raise wire.ProtocolBroken(f"the balancer refused the request: {answer.message}")
+        if not isinstance(answer, wire.Answer):
+            raise wire.ProtocolBroken("a request sent as an answer")
+        return answer
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(OSError, anyio.BrokenResourceError):
+            await self.stream.aclose()
+
+
+BROKEN = (
+    OSError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.IncompleteRead,
+    wire.ProtocolBroken,
+    TimeoutError,
+)
+
+
+def _as_wire(replica: ReadyReplica) -> wire.Replica:
+    return wire.Replica(
+        replica.replica_id, replica.url, replica.version, replica.accelerator, replica.weight
+    )
+
+
+class RemoteBalancer:
+    """A running balancer as the service actor drives it (`stixd.serve.seams.Balancer`)."""
+
+    def __init__(self, fleet: Fleet, spec: BalancerSpec, layout: Layout) -> None:
+        self._fleet = fleet
+        self.spec = spec
+        self.layout = layout
+        self._link: _Link | None = None
+        self._lock = anyio.Lock()
+        self._ack = 0
+        self.ready: list[wire.Replica] | None = None
+        """The last set pushed, pushed again to a balancer started anew."""
+        self.stopped = False
+
+    @property
+    def endpoint(self) -> str:
+        scheme = "https" if self.spec.tls_certfile else "http"
+        host = self._fleet.host if self._fleet.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        return f"{scheme}://{host}:{self.spec.port}"
+
+    async def set_ready(self, replicas: Sequence[ReadyReplica]) -> None:
+        ready = [_as_wire(r) for r in replicas]
+        self.ready = ready
+        await self._call(wire.SetReady(ready))
+
+    async def take_traffic(self) -> Traffic:
+        batch = await self._call(wire.TakeTraffic(self._ack))
+        assert isinstance(batch, wire.TrafficBatch)
+        self._ack = batch.batch
+        return Traffic(tuple(batch.arrivals), tuple(batch.suspects), batch.waiting)
+
+    async def wait_for_demand(self) -> None:
+        for attempt in range(3):
+            link = None
+            try:
+                link = await _Link.open(self.layout.control)
+                await link.call(wire.WaitDemand())
+                return
+            except BROKEN:
+                if attempt == 2:
+                    raise self._down() from None
+                await self._fleet.revive(self)
+            finally:
+                if link is not None:
+                    await link.aclose()
+
+    async def _call(self, request: wire.Request) -> wire.Answer:
+        async with self._lock:
+            for attempt in range(2):
+                try:
+                    if self._link is None:
+                        self._link = await _Link.open(self.layout.control)
+                    with anyio.fail_after(CALL_SECONDS):
+                        return await self._link.call(request)
+                except BROKEN:
+                    await self.drop_link()
+                    if attempt == 1:
+                        raise self._down() from None
+                    await self._fleet.revive(self)
+        raise AssertionError("unreachable")
+
+    async def drop_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await link.aclose()
+
+    def _down(self) -> BalancerDown:
+        if self.stopped:
+            return BalancerDown(f"the balancer of service {self.spec.service} was stopped")
+        return BalancerDown(
+            f"the balancer of service {self.spec.service} does not answer; see {self.layout.log}"
+        )
+
+
+class Fleet:
+    """Every service's balancer process (`stixd.serve.seams.Balancers`)."""
+
+    def __init__(
+        self,
+        root: Path,
+        log: structlog.stdlib.BoundLogger | None = None,
+        host: str = "127.0.0.1",
+        python: str = sys.executable,
+        hold_seconds: float = 300.0,
+    ) -> None:
+        self.root = root.resolve()  # the balancer finds its socket from the same path
+        self.log = log or structlog.get_logger()
+        self.host = host
+        self._python = python
+        self._hold_seconds = hold_seconds
+        self._balancers: dict[str, RemoteBalancer] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def layout(self, service: str) -> Layout:
+        return Layout(child_path(self.root, service))
+
+    async def ensure(self, spec: BalancerSpec) -> RemoteBalancer:
+        check(spec)
+        layout = self.layout(spec.service)
+        async with self._lock(spec.service):
+            layout.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            spec = replace(spec, port=self._port(layout, spec))
+            balancer = self._balancers.get(spec.service)
+            if balancer is None:
+                balancer = self._balancers[spec.service] = RemoteBalancer(self, spec, layout)
+            balancer.spec, balancer.stopped = spec, False
+            await self._running(balancer)
+            return balancer
+
+    async def stop(self, service: str) -> None:
+        layout = self.layout(service)
+        async with self._lock(service):
+            balancer = self._balancers.pop(service, None)
+            if balancer is not None:
+                balancer.stopped = True
+                await balancer.drop_link()
+            await self._halt(layout)
+            for path in (layout.spec, layout.port, layout.pid, layout.control):
+                path.unlink(missing_ok=True)
+        self.log.info("balancer_stopped", service=service)
+
+    async def revive(self, balancer: RemoteBalancer) -> None:
+        """After a broken connection: start the balancer again if it is gone (not if stopped)."""
+        if balancer.stopped:
+            raise balancer._down()
+        async with self._lock(balancer.spec.service):
+            await self._running(balancer)
+
+    async def aclose(self) -> None:
+        """Close the control connections; the balancers themselves run on (they outlive us)."""
+        for balancer in self._balancers.values():
+            await balancer.drop_link()
+
+    def _lock(self, service: str) -> anyio.Lock:
+        return self._locks.setdefault(service, anyio.Lock())
+
+    async def _running(self, balancer: RemoteBalancer) -> None:
+        """Make sure ``balancer``'s process runs with its spec; a fresh one gets the ready set."""
+        layout, spec = balancer.layout, balancer.spec
+        welcome = await _hello(layout)
+        if welcome is not None and welcome.spec_digest == digest(spec):
+            return
+        if welcome is not None or _our_pid(layout) is not None:
+            self.log.info("balancer_restart", service=spec.service, reason="spec or state")
+            await self._halt(layout)
+        await balancer.drop_link()
+        await self._start(layout, spec)
+        if balancer.ready is not None:
+            link = await _Link.open(layout.control)
+            try:
+                with anyio.fail_after(CALL_SECONDS):
+                    await link.call(wire.SetReady(balancer.ready))
+            finally:
+                await link.aclose()
+
+    def _port(self, layout: Layout, spec: BalancerSpec) -> int:
+        """The spec's port, or for 0 the one picked for this service before (picked now if
+        none was), so the endpoint stays the same across restarts."""
+        if spec.port:
+            return spec.port
+        with contextlib.suppress(OSError, ValueError):
+            kept = int(layout.port.read_text().strip())
+            if 0 < kept < 65536:
+                return kept
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((self.host or "127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        write_private(layout.port, f"{port}\n".encode())
+        return port
+
+    async def _start(self, layout: Layout, spec: BalancerSpec) -> None:
+        write_private(layout.spec, encode_spec(spec))
+        layout.pid.unlink(missing_ok=True)
+        command = [
+            self._python,
+            "-m",
+            "stixd.balancer",
+            "--dir",
+            str(layout.dir),
+            "--host",
+            self.host,
+            "--hold-seconds",
+            str(self._hold_seconds),
+        ]
+        await anyio.run_process(
+            [sys.executable, "-c", _SPAWN, str(layout.log), *command], check=True
+        )
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            welcome = await _hello(layout)
+            if welcome is not None:
+                self.log.info(
+                    "balancer_started", service=spec.service, pid=welcome.pid, port=spec.port
+                )
+                return
+            await anyio.sleep(0.02)
+        tail = layout.log.read_text(errors="replace")[-300:] if layout.log.exists() else ""
+        last = tail.strip().splitlines()[-1] if tail.strip() else "no output"
+        raise BalancerDown(
+            f"the balancer of service {spec.service} did not start within {START_SECONDS:g}s "
+            f"({last}); see {layout.log}"
+        )
+
+    async def _halt(self, layout: Layout) -> None:
+        """Stop the balancer of ``layout`` if one runs: asked first, then signalled (only a
+        process that is verifiably that balancer)."""
+        pid = _our_pid(layout)
+        if pid is None:
+            return
+        with contextlib.suppress(*BROKEN):
+            link = await _Link.open(layout.control)
+            try:
+                with anyio.fail_after(2):
+                    await link.call(wire.Stop())
+            finally:
+                await link.aclose()
+        for signum in (None, signal.SIGTERM, signal.SIGKILL):
+            if signum is not None and _our_pid(layout) == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+            deadline = time.monotonic() + STOP_SECONDS
+            while time.monotonic() < deadline:
+                if not _alive(pid):
+                    return
+                await anyio.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _our_pid(layout: Layout) -> int | None:
+    """The pid in the pid file if that process is a balancer of this directory, else None."""
+    try:
+        pid = int(layout.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 1 or not _alive(pid):
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return pid if not Path("/proc/self").exists() else None  # no /proc: the socket decides
+    except OSError:
+        return None
+    words = [a.decode(errors="replace") for a in argv]
+    return pid if "stixd.balancer" in words and str(layout.dir) in words else None
+
+
+async def _hello(layout: Layout) -> wire.Welcome | None:
+    """The balancer's answer on the control socket, if it is ours and answers."""
+    pid = _our_pid(layout)
+    if pid is None:
+        return None
+    try:
+        link = await _Link.open(layout.control)
+    except OSError:
+        return None
+    try:
+        with anyio.fail_after(2):
+            answer = await link.call(wire.Hello())
+    except BROKEN:
+        return None
+    finally:
+        await link.aclose()
+    return answer if isinstance(answer, wire.Welcome) and answer.pid == pid else None
