@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -90,12 +89,12 @@ class Bed:
 
     root: Path
     fleet: Fleet
-    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[int, asyncio.subprocess.Process] = field(default_factory=dict)
 
     async def replica(self, replica_id: int, source: str = REPLICA) -> ReadyReplica:
         port = free_port()
-        self.procs[replica_id] = subprocess.Popen(
-            [sys.executable, "-c", source, str(port), f"r{replica_id}", str(self.root)]
+        self.procs[replica_id] = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", source, str(port), f"r{replica_id}", str(self.root)
         )
         deadline = time.monotonic() + 15
         while not _answers(port):
@@ -103,10 +102,10 @@ class Bed:
             await asyncio.sleep(0.02)
         return ReadyReplica(replica_id, f"http://127.0.0.1:{port}")
 
-    def kill(self, replica_id: int) -> None:
+    async def kill(self, replica_id: int) -> None:
         proc = self.procs[replica_id]
         proc.send_signal(signal.SIGKILL)
-        proc.wait(5)
+        await asyncio.wait_for(proc.wait(), 5)
 
     async def balancer(self, **spec: object) -> RemoteBalancer:
         return await self.fleet.ensure(BalancerSpec(service="svc", port=0, **spec))  # type: ignore[arg-type]
@@ -121,8 +120,9 @@ async def bed() -> AsyncIterator[Bed]:
     finally:
         await b.fleet.aclose()
         for proc in b.procs.values():
-            proc.kill()
-            proc.wait(5)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.wait_for(proc.wait(), 5)
         kill_everything_under(root)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -197,7 +197,7 @@ async def test_killed_replica_under_load_fails_no_request_and_is_ejected_at_once
         workers = [asyncio.create_task(load(s)) for _ in range(8)]
         await asyncio.sleep(0.5)  # steady load before the kill
         killed_at = time.monotonic()
-        bed.kill(2)
+        await bed.kill(2)
         ejected_after = None
         while time.monotonic() - killed_at < 5:
             if 2 in (await lb.take_traffic()).suspects:
@@ -281,13 +281,14 @@ async def test_tls_endpoint_serves_with_the_given_certificate(bed: Bed) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("no openssl to make a certificate")
     key, cert = bed.root / "key.pem", bed.root / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
+    openssl = await asyncio.create_subprocess_exec(
+        *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+        *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+        *("-addext", "subjectAltName=IP:127.0.0.1"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
+    assert await openssl.wait() == 0
     lb = await bed.balancer(tls_keyfile=str(key), tls_certfile=str(cert))
     assert lb.endpoint.startswith("https://127.0.0.1:")
     await lb.set_ready([await bed.replica(1)])
@@ -341,7 +342,6 @@ async def test_stop_ends_the_balancer_and_forgets_it(bed: Bed) -> None:
 async def test_balancer_process_is_no_child_of_the_daemon(bed: Bed) -> None:
     lb = await bed.balancer()
     pid = int(lb.layout.pid.read_text())
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(") ", 1)[-1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].split()
     assert int(fields[1]) != os.getpid()  # reparented, not our child
     assert int(fields[3]) == pid  # a session of its own

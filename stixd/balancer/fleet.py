@@ -180,7 +180,7 @@ class Fleet:
         hold_seconds: float = 300.0,
     ) -> None:
         self.root = root.resolve()  # the balancer finds its socket from the same path
-        self.log = log or structlog.get_logger()
+        self.log = log or structlog.wrap_logger(structlog.ReturnLogger())  # silent by default
         self.host = host
         self._python = python
         self._hold_seconds = hold_seconds
