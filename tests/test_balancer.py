@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from stixd.balancer import wire
@@ -69,6 +70,10 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 """
+
+
+def _framed(payload: bytes) -> bytes:
+    return wire.HEADER.pack(len(payload)) + payload
 
 
 def free_port() -> int:
@@ -222,6 +227,7 @@ async def test_replica_that_resets_connections_is_ejected_and_requests_retried(b
                 assert await r.read() == f"body {i}".encode()
                 assert r.headers["X-Replica"] == "r2"
     assert (await lb.take_traffic()).suspects == (1,)  # ejected once, out for its backoff
+    assert "replica 1 (http://127.0.0.1:" in lb.layout.log.read_text()
 
 
 async def test_server_sent_events_pass_through_chunk_by_chunk(bed: Bed) -> None:
@@ -305,7 +311,8 @@ async def test_malformed_control_frames_fail_their_connection_only(bed: Bed) -> 
     for junk in (
         wire.HEADER.pack(wire.MAX_FRAME + 1),  # oversized
         wire.HEADER.pack(5) + b"\xc1\xc1\xc1\xc1\xc1",  # not msgpack
-        wire.encode(wire.Hello())[:-1] + b"\x07",  # another protocol version or shape
+        wire.encode(wire.Hello())[:-1] + b"\x07",  # an unknown message
+        _framed(msgspec.msgpack.encode(wire.Frame(wire.VERSION + 1, wire.Hello()))),
     ):
         reader, writer = await asyncio.open_unix_connection(str(lb.layout.control))
         writer.write(junk)

@@ -75,7 +75,7 @@ class Pool:
         """The slot for the next try of a request (None: every replica was tried, or none is
         ready). Suspects are chosen only when nothing else is left, earliest back first."""
         now = self.clock()
-        fresh = [s for s in self.slots if s not in tried]
+        fresh = [s for s in self.slots if s not in tried] if tried else self.slots
         if not fresh:
             return None
         healthy = [s for s in fresh if s.suspect_until <= now]
@@ -83,21 +83,25 @@ class Pool:
             return min(fresh, key=lambda s: s.suspect_until)
         self._turn = (self._turn + 1) % (1 << 30)
         start = self._turn % len(healthy)
-        turned = healthy[start:] + healthy[:start]  # ties go round, not always to the first
         if self.policy == "round_robin":
-            return turned[0]
+            return healthy[start]
+        turned = healthy[start:] + healthy[:start]  # ties go round, not always to the first
         return min(turned, key=lambda s: s.load(now))
 
-    def failed(self, slot: Slot) -> None:
-        """The replica refused or reset a connection: out of rotation now."""
+    def failed(self, slot: Slot) -> float | None:
+        """The replica refused or reset a connection: out of rotation now. The seconds it is
+        out for, if this failure ejected it (None: it was out already)."""
         now = self.clock()
         slot.failures += 1
         slot.last_failure = now
-        if slot.suspect_until <= now:
-            slot.suspect_until = now + slot.backoff
-            slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
-            self.suspects.append(slot.replica.replica_id)
-            del self.suspects[:-MAX_ARRIVALS]
+        if slot.suspect_until > now:
+            return None
+        out_for = slot.backoff
+        slot.suspect_until = now + out_for
+        slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
+        self.suspects.append(slot.replica.replica_id)
+        del self.suspects[:-MAX_ARRIVALS]
+        return out_for
 
     def succeeded(self, slot: Slot) -> None:
         if slot.failures:

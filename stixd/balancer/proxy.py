@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def _hop_by_hop(headers: MultiMapping[str]) -> frozenset[str]:
     return HOP_BY_HOP | named
 
 
-def upstream_headers(request: web.Request) -> CIMultiDict[str]:
+def upstream_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     """The client's headers less hop-by-hop ones and Host (the replica's is set by the client
     session), with X-Forwarded-For/-Proto/-Host added."""
     drop = _hop_by_hop(request.headers) | {"host", "expect"}
@@ -92,6 +93,9 @@ def downstream_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
 
 
+log = logging.getLogger("stixd.balancer")
+
+
 def one_line(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text + "\n")
 
@@ -107,7 +111,12 @@ class Proxy:
     connect_timeout: float = 5.0
     hold_seconds: float = 300.0
 
-    def _authorized(self, request: web.Request) -> bool:
+    def __post_init__(self) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_timeout, sock_read=self.stream_timeout
+        )
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
         given = request.headers.get("Authorization", "")
         scheme, _, key = given.partition(" ")
         offered = key.strip().encode()
@@ -116,7 +125,7 @@ class Proxy:
             ok |= hmac.compare_digest(offered, wanted)
         return ok and scheme.lower() == "bearer"
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.arrivals.add(time.time())
         if self.api_keys and not self._authorized(request):
             return web.Response(
@@ -160,13 +169,10 @@ class Proxy:
             self.held.leave()
 
     async def _try(
-        self, request: web.Request, slot: Slot, body: ReplayBody | None
+        self, request: web.BaseRequest, slot: Slot, body: ReplayBody | None
     ) -> web.StreamResponse | None:
         """The answer from ``slot``'s replica (None: it failed before any of it was sent)."""
         url = slot.replica.url.rstrip("/") + request.rel_url.raw_path_qs
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout, sock_read=self.stream_timeout
-        )
         slot.in_flight += 1
         try:
             async with self.session.request(
@@ -175,7 +181,7 @@ class Proxy:
                 headers=upstream_headers(request),
                 data=body.chunks() if body is not None else None,
                 allow_redirects=False,
-                timeout=timeout,
+                timeout=self._timeout,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             ) as upstream:
                 headers = downstream_headers(upstream)
@@ -190,19 +196,31 @@ class Proxy:
                 return await self._stream(request, upstream, headers, slot)
         except RETRYING as exc:
             if isinstance(exc, EJECTING):
-                self.pool.failed(slot)
+                self._eject(slot, exc)
             return None
         except aiohttp.SocketTimeoutError:
             return one_line(504, "the replica did not answer within stream_timeout_seconds")
-        except aiohttp.ClientPayloadError:
-            self.pool.failed(slot)
+        except aiohttp.ClientPayloadError as exc:
+            self._eject(slot, exc)
             return None
         finally:
             slot.in_flight -= 1
 
+    def _eject(self, slot: Slot, exc: BaseException) -> None:
+        out_for = self.pool.failed(slot)
+        if out_for is not None:
+            replica = slot.replica
+            log.warning(
+                "replica %d (%s) ejected for %.0f s: %s",
+                replica.replica_id,
+                replica.url,
+                out_for,
+                str(exc)[:200] or type(exc).__name__,
+            )
+
     async def _stream(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         headers: CIMultiDict[str],
         slot: Slot,
@@ -219,7 +237,7 @@ class Proxy:
                 # The client has part of the answer: it cannot be retried, only cut short so
                 # it sees the answer incomplete (a stall past stream_timeout_seconds ends here).
                 if isinstance(exc, (*EJECTING, aiohttp.ClientPayloadError)):
-                    self.pool.failed(slot)
+                    self._eject(slot, exc)
                 if request.transport is not None:
                     request.transport.abort()
                 return response

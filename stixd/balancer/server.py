@@ -61,9 +61,8 @@ async def run(layout: Layout, host: str, hold_seconds: float, connect_timeout: f
             connect_timeout=connect_timeout,
             hold_seconds=hold_seconds,
         )
-        app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/{tail:.*}", proxy.handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # The low-level server: every path goes to the proxy, no router or middleware between.
+        runner = web.ServerRunner(web.Server(proxy.handle, access_log=None), handle_signals=False)
         await runner.setup()
         site = web.TCPSite(
             runner, host, spec.port, ssl_context=tls_context(spec), backlog=1024, reuse_address=True
@@ -109,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     for value in (args.hold_seconds, args.connect_timeout):
         if not 0 <= value <= 86400:
             parser.error("--hold-seconds and --connect-timeout are 0 .. 86400")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(
