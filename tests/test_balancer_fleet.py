@@ -103,3 +103,10 @@ async def test_zero_queue_limit_refuses_at_once_with_one_line(bed: Bed) -> None:
         status, text = await get(s, lb.endpoint + "/")
     assert status == 503 and text.endswith("\n") and text.count("\n") == 1
     assert (await lb.take_traffic()).waiting == 0
+
+
+async def test_balancer_that_cannot_start_says_why_at_once(bed: Bed) -> None:
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"exited .*No such file.*balancer\.log"):
+        await bed.balancer(tls_keyfile="/nonexistent/key.pem", tls_certfile="/nonexistent/c.pem")
+    assert time.monotonic() - start < 10

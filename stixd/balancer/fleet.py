@@ -37,7 +37,9 @@ STOP_SECONDS = 5.0
 # a kill -9 of the daemon nor a terminal hang-up reaches it, and no zombie is left behind.
 _SPAWN = """
 import os, sys
-if os.fork():
+child = os.fork()
+if child:
+    print(child, flush=True)
     os._exit(0)
 os.setsid()
 log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -73,7 +75,10 @@ class _Link:
         return answer
 
     async def aclose(self) -> None:
-        with contextlib.suppress(OSError, anyio.BrokenResourceError):
+        with (
+            anyio.CancelScope(shield=True),
+            contextlib.suppress(OSError, anyio.BrokenResourceError),
+        ):
             await self.stream.aclose()
 
 
@@ -121,7 +126,8 @@ class RemoteBalancer:
 
     async def take_traffic(self) -> Traffic:
         batch = await self._call(wire.TakeTraffic(self._ack))
-        assert isinstance(batch, wire.TrafficBatch)
+        if not isinstance(batch, wire.TrafficBatch):
+            raise BalancerDown(f"the balancer answered {type(batch).__name__} to TakeTraffic")
         self._ack = batch.batch
         return Traffic(tuple(batch.arrivals), tuple(batch.suspects), batch.waiting)
 
@@ -278,11 +284,12 @@ class Fleet:
             "--hold-seconds",
             str(self._hold_seconds),
         ]
-        await anyio.run_process(
+        spawned = await anyio.run_process(
             [sys.executable, "-c", _SPAWN, str(layout.log), *command], check=True
         )
+        pid = int(spawned.stdout.decode().strip() or 0)
         deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and _alive(pid):
             welcome = await _hello(layout)
             if welcome is not None:
                 self.log.info(
@@ -290,11 +297,16 @@ class Fleet:
                 )
                 return
             await anyio.sleep(0.02)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # ours: we just started it, and it never answered
+            why = f"did not answer within {START_SECONDS:g}s"
+        else:
+            why = "exited"
         tail = layout.log.read_text(errors="replace")[-300:] if layout.log.exists() else ""
         last = tail.strip().splitlines()[-1] if tail.strip() else "no output"
         raise BalancerDown(
-            f"the balancer of service {spec.service} did not start within {START_SECONDS:g}s "
-            f"({last}); see {layout.log}"
+            f"the balancer of service {spec.service} {why} ({last}); see {layout.log}"
         )
 
     async def _halt(self, layout: Layout) -> None:

@@ -203,6 +203,8 @@ class Proxy:
         except aiohttp.ClientPayloadError as exc:
             self._eject(slot, exc)
             return None
+        except aiohttp.ClientError as exc:  # an answer that is not HTTP: the replica's fault
+            return one_line(502, f"the replica's answer was unreadable: {str(exc)[:100]}")
         finally:
             slot.in_flight -= 1
 
