@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from stixd.balancer.fleet import Fleet
+from stixd.balancer import wire
+from stixd.balancer.fleet import Fleet, _Link
 from stixd.serve.seams import BalancerSpec
 from tests.conftest import pid_alive
 from tests.test_balancer import Bed, bed, client, get
@@ -24,7 +25,8 @@ __all__ = ["bed"]  # the fixture, shared with tests/test_balancer.py
 PARENT = r"""
 import asyncio, json, sys
 from pathlib import Path
-from stixd.balancer.fleet import Fleet
+from stixd.balancer import wire
+from stixd.balancer.fleet import Fleet, _Link
 from stixd.serve.seams import BalancerSpec, ReadyReplica
 async def main():
     fleet = Fleet(Path(sys.argv[1]))
@@ -110,3 +112,23 @@ async def test_balancer_that_cannot_start_says_why_at_once(bed: Bed) -> None:
     with pytest.raises(ConnectionError, match=r"exited .*No such file.*balancer\.log"):
         await bed.balancer(tls_keyfile="/nonexistent/key.pem", tls_certfile="/nonexistent/c.pem")
     assert time.monotonic() - start < 10
+
+
+async def test_traffic_is_handed_out_again_until_acknowledged_and_never_twice(bed: Bed) -> None:
+    lb = await bed.balancer()
+    await lb.set_ready([await bed.replica(1)])
+    async with client() as s:
+        await get(s, lb.endpoint + "/")
+    link = await _Link.open(lb.layout.control)
+    try:
+        lost = await link.call(wire.TakeTraffic(lb.ack))  # as if its reply never arrived
+        assert isinstance(lost, wire.TrafficBatch) and len(lost.arrivals) == 1
+    finally:
+        await link.aclose()
+    assert len((await lb.take_traffic()).arrivals) == 1  # handed out again
+    async with client() as s:
+        await get(s, lb.endpoint + "/")
+    other = Fleet(bed.fleet.root)  # a restarted daemon: what the last one took stays taken
+    again = await other.ensure(BalancerSpec(service="svc", port=0))
+    assert len((await again.take_traffic()).arrivals) == 1
+    await other.aclose()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stixd.balancer import wire
@@ -47,7 +46,8 @@ class Control:
     pool: Pool
     arrivals: Arrivals
     held: Held
-    welcome: Callable[[], wire.Welcome]
+    spec_digest: str
+    port: int
     stop: asyncio.Event
     _batch: int = 0
     _unacked: wire.TrafficBatch | None = None
@@ -89,7 +89,9 @@ class Control:
     async def _answer(self, request: wire.Request) -> wire.Answer:
         match request:
             case wire.Hello():
-                return self.welcome()
+                unacked = self._unacked.batch if self._unacked is not None else 0
+                ready = len(self.pool.slots)
+                return wire.Welcome(os.getpid(), self.spec_digest, self.port, ready, unacked)
             case wire.SetReady(replicas=replicas):
                 self.pool.set_ready(replicas)
                 return wire.Ok()

@@ -108,7 +108,8 @@ class RemoteBalancer:
         self.layout = layout
         self._link: _Link | None = None
         self._lock = anyio.Lock()
-        self._ack = 0
+        self.ack = 0
+        """The last traffic batch received (the balancer hands it out again until told)."""
         self.ready: list[wire.Replica] | None = None
         """The last set pushed, pushed again to a balancer started anew."""
         self.stopped = False
@@ -125,10 +126,10 @@ class RemoteBalancer:
         await self._call(wire.SetReady(ready))
 
     async def take_traffic(self) -> Traffic:
-        batch = await self._call(wire.TakeTraffic(self._ack))
+        batch = await self._call(wire.TakeTraffic(self.ack))
         if not isinstance(batch, wire.TrafficBatch):
             raise BalancerDown(f"the balancer answered {type(batch).__name__} to TakeTraffic")
-        self._ack = batch.batch
+        self.ack = batch.batch
         return Traffic(tuple(batch.arrivals), tuple(batch.suspects), batch.waiting)
 
     async def wait_for_demand(self) -> None:
@@ -205,6 +206,9 @@ class Fleet:
             balancer = self._balancers.get(spec.service)
             if balancer is None:
                 balancer = self._balancers[spec.service] = RemoteBalancer(self, spec, layout)
+                welcome = await _hello(layout)
+                if welcome is not None:  # attached to one an earlier daemon drove
+                    balancer.ack = welcome.unacked
             balancer.spec, balancer.stopped = spec, False
             await self._running(balancer)
             return balancer

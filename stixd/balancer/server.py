@@ -18,7 +18,6 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from stixd.balancer import wire
 from stixd.balancer.control import Control, Held
 from stixd.balancer.layout import Layout, decode_spec, digest, write_private
 from stixd.balancer.pool import Arrivals, Pool
@@ -36,6 +35,15 @@ def tls_context(spec: BalancerSpec) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(spec.tls_certfile, spec.tls_keyfile)
     return context
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` (0700) or accept it if it is ours and no one else can write in it: the
+    socket's directory may be a shared one under /tmp that someone else could have made first."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise OSError(f"{path} is not this user's alone; remove it or make it 0700")
 
 
 async def run(layout: Layout, host: str, hold_seconds: float, connect_timeout: float) -> None:
@@ -68,15 +76,9 @@ async def run(layout: Layout, host: str, hold_seconds: float, connect_timeout: f
             runner, host, spec.port, ssl_context=tls_context(spec), backlog=1024, reuse_address=True
         )
         await site.start()
-        welcome = wire.Welcome(os.getpid(), digest(spec), spec.port, 0)
-        control = Control(
-            pool,
-            arrivals,
-            held,
-            lambda: wire.Welcome(welcome.pid, welcome.spec_digest, welcome.port, len(pool.slots)),
-            stop,
-        )
-        layout.control.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        spec_digest = digest(spec)
+        control = Control(pool, arrivals, held, spec_digest, spec.port, stop)
+        _private_dir(layout.control.parent)
         server = await control.serve(str(layout.control))
         write_private(layout.pid, f"{os.getpid()}\n".encode())
         print(f"balancer {os.getpid()} serving {host}:{spec.port} ({spec.policy})", flush=True)

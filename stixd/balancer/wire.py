@@ -86,6 +86,9 @@ class Welcome(msgspec.Struct, tag=True, frozen=True):
     port: int
     ready: int
     """Replicas in the rotation now (0 after a start: the daemon pushes its set)."""
+    unacked: int = 0
+    """The traffic batch handed out and not acknowledged yet: a daemon that attaches anew takes
+    it as received (its predecessor most likely was), so no arrival is counted twice."""
 
 
 class Ok(msgspec.Struct, tag=True, frozen=True):
