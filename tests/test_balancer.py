@@ -99,7 +99,9 @@ class Bed:
     async def replica(self, replica_id: int, source: str = REPLICA) -> ReadyReplica:
         port = free_port()
         self.procs[replica_id] = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", source, str(port), f"r{replica_id}", str(self.root)
+            sys.executable,
+            *("-c", source, str(port), f"r{replica_id}", str(self.root)),
+            start_new_session=True,  # so the teardown's kill by process group spares pytest
         )
         deadline = time.monotonic() + 15
         while not _answers(port):
@@ -175,6 +177,18 @@ async def test_headers_are_rewritten_for_the_replica(bed: Bed) -> None:
     assert seen["X-Forwarded-For"] == "127.0.0.1"
     assert seen["X-Kept"] == "yes"
     assert "X-Secret-Hop" not in seen
+
+
+async def test_head_keeps_its_length_and_expect_continue_is_answered(bed: Bed) -> None:
+    lb = await bed.balancer()
+    await lb.set_ready([await bed.replica(1)])
+    async with client() as s:
+        async with s.head(lb.endpoint + "/") as r:
+            assert r.status == 200 and r.headers["Content-Length"] == "2"
+        body = b"x" * 200_000
+        post = s.post(lb.endpoint + "/echo", data=body, expect100=True)
+        async with await asyncio.wait_for(post, 2) as r:  # waits for the 100 Continue
+            assert await r.read() == body
 
 
 async def test_killed_replica_under_load_fails_no_request_and_is_ejected_at_once(

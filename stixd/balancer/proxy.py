@@ -133,6 +133,11 @@ class Proxy:
                 text="this service needs Authorization: Bearer <one of its API keys>\n",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (
+            1,
+            1,
+        ):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body may come
         body = ReplayBody(request.content) if request.body_exists else None
         tried: list[Slot] = []
         deadline = time.monotonic() + self.hold_seconds
@@ -186,7 +191,7 @@ class Proxy:
             ) as upstream:
                 headers = downstream_headers(upstream)
                 length = upstream.content_length
-                if length is not None and length <= SMALL_ANSWER:
+                if length is not None and length <= SMALL_ANSWER and request.method != "HEAD":
                     data = await upstream.read()
                     self.pool.succeeded(slot)
                     return web.Response(
