@@ -59,6 +59,21 @@ load_balancer.uvicorn.run = on_loopback
 load_balancer.run_load_balancer(sys.argv[1], int(sys.argv[2]), None)
 """
 
+# The daemon's side in a process of its own: attaches to the service's balancer, pushes the
+# ready set, says so, and waits to be killed.
+DAEMON_SIDE = """
+import asyncio, sys
+from pathlib import Path
+from stixd.balancer.fleet import Fleet
+from stixd.serve.seams import BalancerSpec, ReadyReplica
+async def main():
+    lb = await Fleet(Path(sys.argv[1])).ensure(BalancerSpec(service="bench", port=0))
+    await lb.set_ready([ReadyReplica(i + 1, u) for i, u in enumerate(sys.argv[2].split(","))])
+    print("attached", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
 # Each request's (start, latency, ok) as JSON on stdout; warm-up first, then `n` requests, or
 # requests for `seconds` when n is 0.
 LOAD = """
@@ -213,6 +228,26 @@ async def main() -> None:
                 rows = await asyncio.to_thread(Load(url + "/", conc, n=n).result)
                 figures[label, conc] = s = summary(rows)
                 show(label, s)
+        print("the daemon's side killed (SIGKILL) and started again twice under load, 16 clients:")
+        load = Load(lb.endpoint + "/", 16, seconds=args.kill_seconds, warm=50)
+        pid_before = fleet.layout("bench").pid.read_text()
+        for _ in range(2):
+            await asyncio.sleep(args.kill_seconds / 4)
+            side = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-c", DAEMON_SIDE, str(fleet.root), ",".join(urls)),
+                stdout=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+            assert side.stdout is not None
+            attached = await asyncio.wait_for(side.stdout.readline(), 30)
+            side.send_signal(signal.SIGKILL)
+            await side.communicate()
+            if attached.strip() != b"attached":
+                raise SystemExit("the daemon's side did not attach to the balancer")
+        restarts = summary(await asyncio.to_thread(load.result))
+        show("stix, daemon side killed", restarts)
+        same = fleet.layout("bench").pid.read_text() == pid_before
+        print(f"  the balancer was {'attached to, never restarted' if same else 'RESTARTED'}")
         await lb.take_traffic()
         print(
             f"one of two replicas killed (SIGKILL) under load at 16 clients, "
@@ -257,7 +292,8 @@ async def main() -> None:
             print(line)
         print(
             f"  after a replica kill: stix errors {after['errors']:.0f} (goal 0), p99 after / "
-            f"before {after['p99'] / before['p99']:.2f} (goal <= 2)"
+            f"before {after['p99'] / before['p99']:.2f} (goal <= 2); errors while the daemon's "
+            f"side was killed and started again {restarts['errors']:.0f} (goal 0)"
             + (
                 f"; SkyPilot errors {sky_after['errors']:.0f}, p99 after / stix p99 after "
                 f"{sky_after['p99'] / after['p99']:.0f}x"
