@@ -25,7 +25,8 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from stixd.balancer.fleet import Fleet, RemoteBalancer
+from stixd.balancer.fleet import Fleet
+from stixd.balancer.link import RemoteBalancer
 from stixd.serve.seams import BalancerSpec, ReadyReplica
 
 REPLICA = """

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from stixd.balancer import wire
-from stixd.balancer.fleet import Fleet, _Link
+from stixd.balancer.fleet import Fleet
+from stixd.balancer.link import Link
 from stixd.serve.seams import BalancerSpec
 from tests.conftest import pid_alive
 from tests.test_balancer import Bed, bed, client, get
@@ -26,7 +27,8 @@ PARENT = r"""
 import asyncio, json, sys
 from pathlib import Path
 from stixd.balancer import wire
-from stixd.balancer.fleet import Fleet, _Link
+from stixd.balancer.fleet import Fleet
+from stixd.balancer.link import Link
 from stixd.serve.seams import BalancerSpec, ReadyReplica
 async def main():
     fleet = Fleet(Path(sys.argv[1]))
@@ -119,7 +121,7 @@ async def test_traffic_is_handed_out_again_until_acknowledged_and_never_twice(be
     await lb.set_ready([await bed.replica(1)])
     async with client() as s:
         await get(s, lb.endpoint + "/")
-    link = await _Link.open(lb.layout.control)
+    link = await Link.open(lb.layout.control)
     try:
         lost = await link.call(wire.TakeTraffic(lb.ack))  # as if its reply never arrived
         assert isinstance(lost, wire.TrafficBatch) and len(lost.arrivals) == 1

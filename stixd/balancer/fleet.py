@@ -15,22 +15,19 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import structlog
-from anyio.abc import SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from stixd.balancer import wire
 from stixd.balancer.layout import Layout, check, digest, encode_spec, write_private
-from stixd.serve.seams import BalancerSpec, ReadyReplica, Traffic
+from stixd.balancer.link import BROKEN, CALL_SECONDS, BalancerDown, Link, RemoteBalancer
+from stixd.serve.seams import BalancerSpec
 from stixproto.paths import child_path
 
 START_SECONDS = 15.0
-CALL_SECONDS = 10.0
 STOP_SECONDS = 5.0
 
 # Detaches the balancer: a double fork leaves it owned by init, in its own session, so neither
@@ -47,132 +44,6 @@ os.dup2(log, 1); os.dup2(log, 2)
 null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0)
 os.execv(sys.argv[2], sys.argv[2:])
 """
-
-
-class BalancerDown(ConnectionError):
-    """A balancer that cannot be reached or started; the message says where its log is."""
-
-
-class _Link:
-    """One control connection: a frame out, a frame back."""
-
-    def __init__(self, stream: SocketStream) -> None:
-        self.stream = stream
-        self.reader = BufferedByteReceiveStream(stream)
-
-    @classmethod
-    async def open(cls, path: Path) -> _Link:
-        return cls(await anyio.connect_unix(path))
-
-    async def call(self, request: wire.Request) -> wire.Answer:
-        await self.stream.send(wire.encode(request))
-        length = wire.frame_length(await self.reader.receive_exactly(wire.HEADER.size))
-        answer = wire.decode(await self.reader.receive_exactly(length))
-        if isinstance(answer, wire.Failed):
-            raise wire.ProtocolBroken(f"the balancer refused the request: {answer.message}")
-        if not isinstance(answer, wire.Answer):
-            raise wire.ProtocolBroken("a request sent as an answer")
-        return answer
-
-    async def aclose(self) -> None:
-        with (
-            anyio.CancelScope(shield=True),
-            contextlib.suppress(OSError, anyio.BrokenResourceError),
-        ):
-            await self.stream.aclose()
-
-
-BROKEN = (
-    OSError,
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.IncompleteRead,
-    wire.ProtocolBroken,
-    TimeoutError,
-)
-
-
-def _as_wire(replica: ReadyReplica) -> wire.Replica:
-    return wire.Replica(
-        replica.replica_id, replica.url, replica.version, replica.accelerator, replica.weight
-    )
-
-
-class RemoteBalancer:
-    """A running balancer as the service actor drives it (`stixd.serve.seams.Balancer`)."""
-
-    def __init__(self, fleet: Fleet, spec: BalancerSpec, layout: Layout) -> None:
-        self._fleet = fleet
-        self.spec = spec
-        self.layout = layout
-        self._link: _Link | None = None
-        self._lock = anyio.Lock()
-        self.ack = 0
-        """The last traffic batch received (the balancer hands it out again until told)."""
-        self.ready: list[wire.Replica] | None = None
-        """The last set pushed, pushed again to a balancer started anew."""
-        self.stopped = False
-
-    @property
-    def endpoint(self) -> str:
-        scheme = "https" if self.spec.tls_certfile else "http"
-        host = self._fleet.host if self._fleet.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        return f"{scheme}://{host}:{self.spec.port}"
-
-    async def set_ready(self, replicas: Sequence[ReadyReplica]) -> None:
-        ready = [_as_wire(r) for r in replicas]
-        self.ready = ready
-        await self._call(wire.SetReady(ready))
-
-    async def take_traffic(self) -> Traffic:
-        batch = await self._call(wire.TakeTraffic(self.ack))
-        if not isinstance(batch, wire.TrafficBatch):
-            raise BalancerDown(f"the balancer answered {type(batch).__name__} to TakeTraffic")
-        self.ack = batch.batch
-        return Traffic(tuple(batch.arrivals), tuple(batch.suspects), batch.waiting)
-
-    async def wait_for_demand(self) -> None:
-        for attempt in range(3):
-            link = None
-            try:
-                link = await _Link.open(self.layout.control)
-                await link.call(wire.WaitDemand())
-                return
-            except BROKEN:
-                if attempt == 2:
-                    raise self._down() from None
-                await self._fleet.revive(self)
-            finally:
-                if link is not None:
-                    await link.aclose()
-
-    async def _call(self, request: wire.Request) -> wire.Answer:
-        async with self._lock:
-            for attempt in range(2):
-                try:
-                    if self._link is None:
-                        self._link = await _Link.open(self.layout.control)
-                    with anyio.fail_after(CALL_SECONDS):
-                        return await self._link.call(request)
-                except BROKEN:
-                    await self.drop_link()
-                    if attempt == 1:
-                        raise self._down() from None
-                    await self._fleet.revive(self)
-        raise AssertionError("unreachable")
-
-    async def drop_link(self) -> None:
-        link, self._link = self._link, None
-        if link is not None:
-            await link.aclose()
-
-    def _down(self) -> BalancerDown:
-        if self.stopped:
-            return BalancerDown(f"the balancer of service {self.spec.service} was stopped")
-        return BalancerDown(
-            f"the balancer of service {self.spec.service} does not answer; see {self.layout.log}"
-        )
 
 
 class Fleet:
@@ -205,7 +76,9 @@ class Fleet:
             spec = replace(spec, port=self._port(layout, spec))
             balancer = self._balancers.get(spec.service)
             if balancer is None:
-                balancer = self._balancers[spec.service] = RemoteBalancer(self, spec, layout)
+                balancer = self._balancers[spec.service] = RemoteBalancer(
+                    spec, layout, self.host, self.revive
+                )
                 welcome = await _hello(layout)
                 if welcome is not None:  # attached to one an earlier daemon drove
                     balancer.ack = welcome.unacked
@@ -228,7 +101,7 @@ class Fleet:
     async def revive(self, balancer: RemoteBalancer) -> None:
         """After a broken connection: start the balancer again if it is gone (not if stopped)."""
         if balancer.stopped:
-            raise balancer._down()
+            raise balancer.down()
         async with self._lock(balancer.spec.service):
             await self._running(balancer)
 
@@ -252,7 +125,7 @@ class Fleet:
         await balancer.drop_link()
         await self._start(layout, spec)
         if balancer.ready is not None:
-            link = await _Link.open(layout.control)
+            link = await Link.open(layout.control)
             try:
                 with anyio.fail_after(CALL_SECONDS):
                     await link.call(wire.SetReady(balancer.ready))
@@ -320,7 +193,7 @@ class Fleet:
         if pid is None:
             return
         with contextlib.suppress(*BROKEN):
-            link = await _Link.open(layout.control)
+            link = await Link.open(layout.control)
             try:
                 with anyio.fail_after(2):
                     await link.call(wire.Stop())
@@ -375,7 +248,7 @@ async def _hello(layout: Layout) -> wire.Welcome | None:
     if pid is None:
         return None
     try:
-        link = await _Link.open(layout.control)
+        link = await Link.open(layout.control)
     except OSError:
         return None
     try:
