@@ -93,7 +93,10 @@ class Fleet:
             if balancer is not None:
                 balancer.stopped = True
                 await balancer.drop_link()
-            await self._halt(layout)
+            pid = _our_pid(layout)
+            if pid is not None:
+                await _ask_to_stop(layout, pid)
+                await self._halt(layout, pid)
             for path in (layout.spec, layout.port, layout.pid, layout.control):
                 path.unlink(missing_ok=True)
         self.log.info("balancer_stopped", service=service)
@@ -114,16 +117,23 @@ class Fleet:
         return self._locks.setdefault(service, anyio.Lock())
 
     async def _running(self, balancer: RemoteBalancer) -> None:
-        """Make sure ``balancer``'s process runs with its spec; a fresh one gets the ready set."""
+        """Make sure ``balancer``'s process runs with its spec. A new one starts beside the old
+        (both listen on the port, SO_REUSEPORT), gets the ready set, and only then is the old
+        one told to finish its requests and go: a change of spec drops no connection."""
         layout, spec = balancer.layout, balancer.spec
         welcome = await _hello(layout)
         if welcome is not None and welcome.spec_digest == digest(spec):
             return
-        if welcome is not None or _our_pid(layout) is not None:
-            self.log.info("balancer_restart", service=spec.service, reason="spec or state")
-            await self._halt(layout)
+        old = _our_pid(layout)  # a stale spec, or hung
         await balancer.drop_link()
-        await self._start(layout, spec)
+        try:
+            await self._start(layout, spec)
+        except BalancerDown:
+            if old is None:
+                raise
+            await self._halt(layout, old)  # perhaps it holds the port alone: retry without it
+            old = None
+            await self._start(layout, spec)
         if balancer.ready is not None:
             link = await Link.open(layout.control)
             try:
@@ -131,6 +141,9 @@ class Fleet:
                     await link.call(wire.SetReady(balancer.ready))
             finally:
                 await link.aclose()
+        if old is not None:
+            self.log.info("balancer_replaced", service=spec.service, old=old)
+            await self._halt(layout, old)
 
     def _port(self, layout: Layout, spec: BalancerSpec) -> int:
         """The spec's port, or for 0 the one picked for this service before (picked now if
@@ -148,8 +161,8 @@ class Fleet:
         return port
 
     async def _start(self, layout: Layout, spec: BalancerSpec) -> None:
+        """Start a balancer with ``spec`` and return once it answers (the pid file is its)."""
         write_private(layout.spec, encode_spec(spec))
-        layout.pid.unlink(missing_ok=True)
         command = [
             self._python,
             "-m",
@@ -168,7 +181,7 @@ class Fleet:
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline and _alive(pid):
             welcome = await _hello(layout)
-            if welcome is not None:
+            if welcome is not None and welcome.pid == pid:
                 self.log.info(
                     "balancer_started", service=spec.service, pid=welcome.pid, port=spec.port
                 )
@@ -186,23 +199,15 @@ class Fleet:
             f"the balancer of service {spec.service} {why} ({last}); see {layout.log}"
         )
 
-    async def _halt(self, layout: Layout) -> None:
-        """Stop the balancer of ``layout`` if one runs: asked first, then signalled (only a
-        process that is verifiably that balancer)."""
-        pid = _our_pid(layout)
-        if pid is None:
-            return
-        with contextlib.suppress(*BROKEN):
-            link = await Link.open(layout.control)
-            try:
-                with anyio.fail_after(2):
-                    await link.call(wire.Stop())
-            finally:
-                await link.aclose()
-        for signum in (None, signal.SIGTERM, signal.SIGKILL):
-            if signum is not None and _our_pid(layout) == pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signum)
+    async def _halt(self, layout: Layout, pid: int) -> None:
+        """Stop the balancer ``pid`` of ``layout``: SIGTERM (it finishes the requests in flight),
+        SIGKILL if it is still there after `STOP_SECONDS`; only while ``pid`` is verifiably that
+        balancer (a pid is reused once its process is gone)."""
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            if not _is_balancer(pid, layout):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
             deadline = time.monotonic() + STOP_SECONDS
             while time.monotonic() < deadline:
                 if not _alive(pid):
@@ -230,16 +235,34 @@ def _our_pid(layout: Layout) -> int | None:
         pid = int(layout.pid.read_text().strip())
     except (OSError, ValueError):
         return None
+    return pid if _is_balancer(pid, layout) else None
+
+
+def _is_balancer(pid: int, layout: Layout) -> bool:
+    """Whether ``pid`` is alive and a balancer of ``layout``'s directory (by its command line)."""
     if pid <= 1 or not _alive(pid):
-        return None
+        return False
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except FileNotFoundError:
-        return pid if not Path("/proc/self").exists() else None  # no /proc: the socket decides
+        return not Path("/proc/self").exists()  # no /proc: the control socket's answer decides
     except OSError:
-        return None
+        return False
     words = [a.decode(errors="replace") for a in argv]
-    return pid if "stixd.balancer" in words and str(layout.dir) in words else None
+    return "stixd.balancer" in words and str(layout.dir) in words
+
+
+async def _ask_to_stop(layout: Layout, pid: int) -> None:
+    """Ask the balancer on the control socket to exit, if the one answering there is ``pid``."""
+    with contextlib.suppress(*BROKEN):
+        link = await Link.open(layout.control)
+        try:
+            with anyio.fail_after(2):
+                welcome = await link.call(wire.Hello())
+                if isinstance(welcome, wire.Welcome) and welcome.pid == pid:
+                    await link.call(wire.Stop())
+        finally:
+            await link.aclose()
 
 
 async def _hello(layout: Layout) -> wire.Welcome | None:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -73,7 +74,13 @@ async def run(layout: Layout, host: str, hold_seconds: float, connect_timeout: f
         runner = web.ServerRunner(web.Server(proxy.handle, access_log=None), handle_signals=False)
         await runner.setup()
         site = web.TCPSite(
-            runner, host, spec.port, ssl_context=tls_context(spec), backlog=1024, reuse_address=True
+            runner,
+            host,
+            spec.port,
+            ssl_context=tls_context(spec),
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=hasattr(socket, "SO_REUSEPORT"),  # a successor binds beside us, then we go
         )
         await site.start()
         spec_digest = digest(spec)
