@@ -296,6 +296,7 @@ async def test_api_key_is_required_when_the_service_has_keys(bed: Bed) -> None:
         assert (await get(s, lb.endpoint + "/", headers=bad))[0] == 401
         good = {"Authorization": "Bearer k-two"}
         assert await get(s, lb.endpoint + "/", headers=good) == (200, "r1")
+    assert len((await lb.take_traffic()).arrivals) == 1  # refused requests scale nothing up
 
 
 async def test_tls_endpoint_serves_with_the_given_certificate(bed: Bed) -> None:

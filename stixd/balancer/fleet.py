@@ -68,6 +68,10 @@ class Fleet:
     def layout(self, service: str) -> Layout:
         return Layout(child_path(self.root, service))
 
+    def log_path(self, service: str) -> Path:
+        """The balancer's output (start, stop, ejections), for `serve logs --load-balancer`."""
+        return self.layout(service).log
+
     async def ensure(self, spec: BalancerSpec) -> RemoteBalancer:
         check(spec)
         layout = self.layout(spec.service)

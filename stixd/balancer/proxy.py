@@ -126,13 +126,13 @@ class Proxy:
         return ok and scheme.lower() == "bearer"
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.arrivals.add(time.time())
         if self.api_keys and not self._authorized(request):
             return web.Response(
                 status=401,
                 text="this service needs Authorization: Bearer <one of its API keys>\n",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        self.arrivals.add(time.time())  # after auth: requests without a key scale nothing up
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (
             1,
             1,
