@@ -76,7 +76,13 @@ class Control:
                     writer.write(wire.encode(wire.Failed(str(exc))))
                     await writer.drain()
                     return
-                writer.write(wire.encode(await self._answer(request)))
+                if isinstance(request, wire.WaitDemand):
+                    answer: wire.Answer | None = await self._demand_or_hang_up(reader)
+                    if answer is None:
+                        return
+                else:
+                    answer = await self._answer(request)
+                writer.write(wire.encode(answer))
                 await writer.drain()
                 if isinstance(request, wire.Stop):
                     self.stop.set()
@@ -85,6 +91,18 @@ class Control:
             return  # the daemon went away mid-frame: its next connection starts afresh
         finally:
             writer.close()
+
+    async def _demand_or_hang_up(self, reader: asyncio.StreamReader) -> wire.Demand | None:
+        """`Demand` once a request waits; None if the daemon hangs up first (a daemon killed
+        while waiting leaves no waiter behind)."""
+        demand = asyncio.ensure_future(self.held.demand())
+        hang_up = asyncio.ensure_future(reader.read(1))  # the daemon sends nothing while it waits
+        try:
+            await asyncio.wait({demand, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hang_up.cancel()
+            demand.cancel()
+        return wire.Demand(demand.result()) if demand.done() and not demand.cancelled() else None
 
     async def _answer(self, request: wire.Request) -> wire.Answer:
         match request:
@@ -98,7 +116,7 @@ class Control:
             case wire.TakeTraffic(ack=ack):
                 return self._take(ack)
             case wire.WaitDemand():
-                return wire.Demand(await self.held.demand())
+                return wire.Demand(await self.held.demand())  # (answered above, with hang-ups)
             case wire.Stop():
                 return wire.Ok()
 
