@@ -20,6 +20,7 @@ from stixd.actors import factory_for
 from stixd.actors.cluster_health import check_health
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.app import App
+from stixd.balancer.fleet import Fleet
 from stixd.config import Config
 from stixd.control import leak_cmds
 from stixd.control.handlers import dispatch
@@ -105,6 +106,7 @@ async def serve(
                     actor_factories=factory_for,
                     infras=planner_table(ENTRIES),
                     catalog_dirs=[d for b in built.values() for d in b.catalog_dirs],
+                    balancers=Fleet(home / "serve", log),  # they outlive the daemon's stop
                 )
                 try:
                     app.ssh_pool_sizes()  # read ssh_node_pools.yaml before reconciling

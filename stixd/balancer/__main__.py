@@ -1,0 +1,5 @@
+import sys
+
+from stixd.balancer.server import main
+
+sys.exit(main())
