@@ -5,8 +5,10 @@ clients) in turn against: one replica directly, `stixd.balancer` in front of bot
 `sky.serve.load_balancer` in front of both, fed by a stand-in controller that lists both replicas
 (../shared/TESTBED-NEXT.md §7, forced onto loopback). Then, under constant load, one of the two
 replicas is killed with SIGKILL: errors and p99 in the seconds after, and (stix) the time from
-the kill to the replica's ejection. SkyPilot needs a Python with `skypilot==0.14.1`, named by
-`--skypilot-python` or `$STIX_SKYPILOT_PYTHON` as for bench_vs_skypilot (`--no-skypilot` skips it).
+the kill to the replica's ejection. SkyPilot runs on the Python named by `--skypilot-python` or
+`$STIX_SKYPILOT_PYTHON`; with neither, the benchmark installs `skypilot==0.14.1` into a venv of its
+own on first use and reuses it, as bench_vs_skypilot does (`bench/skypilot_venv.py`);
+`--no-skypilot` skips SkyPilot altogether.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from bench.skypilot_venv import skypilot_python
 from stixd.balancer.fleet import Fleet
 from stixd.balancer.link import RemoteBalancer
 from stixd.serve.seams import BalancerSpec, ReadyReplica
@@ -192,14 +195,12 @@ async def kill_under_load(
 
 async def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--skypilot-python", default=os.environ.get("STIX_SKYPILOT_PYTHON"))
+    p.add_argument("--skypilot-python", help="a Python with skypilot (else installs one)")
     p.add_argument("--no-skypilot", action="store_true")
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--kill-seconds", type=float, default=6.0)
     args = p.parse_args()
-    sky = None if args.no_skypilot else args.skypilot_python
-    if not args.no_skypilot and not sky:
-        raise SystemExit("set --skypilot-python or STIX_SKYPILOT_PYTHON, or pass --no-skypilot")
+    sky = None if args.no_skypilot else skypilot_python(args.skypilot_python)
     work = Path(tempfile.mkdtemp(prefix="lbb", dir="/tmp"))
     procs: list[subprocess.Popen[bytes]] = []
     ports = [free_port(), free_port()]

@@ -1,8 +1,9 @@
 """Planning the same task with SkyPilot 0.14 and with stix, on the same catalog: time and pick.
 
-Needs a Python with `skypilot` installed, named by `--skypilot-python` or `$STIX_SKYPILOT_PYTHON`
-(e.g. `python -m venv /tmp/sky && /tmp/sky/bin/pip install skypilot==0.14.1`). SkyPilot gets a
-throw-away HOME whose `~/.sky/catalogs/v8` holds a copy of the shared catalogs (so it fetches
+SkyPilot runs on the Python named by `--skypilot-python` or `$STIX_SKYPILOT_PYTHON`; with
+neither, the benchmark installs SkyPilot 0.14.1 into a venv of its own on first use and reuses it
+(`bench/skypilot_venv.py`: under `$STIX_BENCH_CACHE`, default `~/.cache/stix-bench`). SkyPilot
+gets a throw-away HOME whose `~/.sky/catalogs/v8` holds a copy of the shared catalogs (so it fetches
 nothing) and AWS, GCP and Azure as its enabled clouds; stix plans over the same three clouds
 (`allowed_clouds`). Each side is timed as whole processes per file, in the same run; the
 figures are ratios, and the picks (cloud, instance type, region) are compared.
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.common import median, stix_home
+from bench.skypilot_venv import skypilot_python
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STIX_SHARED") or REPO.parent / "shared")
@@ -63,12 +65,11 @@ def _null_envs(path: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--skypilot-python", default=os.environ.get("STIX_SKYPILOT_PYTHON"))
+    p.add_argument("--skypilot-python", help="a Python with skypilot (else installs one)")
     p.add_argument("--files", type=int, default=12, help="corpus files to compare (single-task)")
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
-    if not args.skypilot_python:
-        raise SystemExit("set --skypilot-python or STIX_SKYPILOT_PYTHON to a Python with skypilot")
+    args.skypilot_python = skypilot_python(args.skypilot_python)
     catalogs = Path(os.environ.get("STIX_CATALOG_DIR") or SHARED / "catalogs")
     corpus = sorted((SHARED / "compat" / "skypilot-yamls").glob("*.y*ml"))
     files = [f for f in corpus if "---" not in f.read_text()][: args.files]
