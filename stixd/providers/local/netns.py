@@ -1,0 +1,326 @@
+"""Each local node's own network: a namespace, a veth into a switch, an address of stix's subnet.
+
+So two nodes on one machine can both bind port 8080. Per subnet (shared by every stix home on
+this machine, since addresses must not clash):
+
+- a switch namespace ``stix-sw-<s>`` holding a bridge ``br0``; the host reaches it through a
+  veth pair, ``stixgw<s>`` on the host (the subnet's first address) and ``up0`` in the bridge;
+- per node, a namespace ``stix-<d>`` (``d`` a digest of the node directory) whose ``eth0`` is
+  paired with ``stx<d>`` in the bridge: an address of the subnet, loopback up, a default route
+  through the host.
+
+Node-to-node traffic is bridged inside the switch namespace, so the host's firewall (Docker's
+FORWARD DROP with ``br_netfilter``) never sees it; host-to-node traffic is the host's own.
+
+Records live in ``/run/stix-net/<s>/``: ``<namespace>.json`` names the node directory and
+address and is written before the namespace is made, so whatever exists has a record saying
+whose it is; ``ip-<address>`` files claim addresses. Every change holds one machine-wide lock,
+as several daemons (one per user home) share the switch. All of it is gone after a reboot, as
+the namespaces are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from stixd.providers.local.outbound import allow_outbound, forbid_outbound
+from stixproto.errors import ProvisionError
+
+RUN_DIR = Path("/run/stix-net")
+NETNS_DIR = Path("/run/netns")
+NODE_PREFIX = "stix-"
+SWITCH_PREFIX = "stix-sw-"
+_CAP_NET_ADMIN, _CAP_SYS_ADMIN = 12, 21
+
+
+class NetworkError(ProvisionError):
+    """A node's network could not be made; the message says how to do without."""
+
+
+def unavailable_reason() -> str | None:
+    """Why nodes cannot have namespaces here, or None when they can."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces are Linux only"
+    if os.geteuid() != 0:
+        return "stixd is not root"
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2)"
+    if not _has_capabilities(_CAP_NET_ADMIN, _CAP_SYS_ADMIN):
+        return "stixd lacks CAP_NET_ADMIN or CAP_SYS_ADMIN (a container without them)"
+    return None
+
+
+def _has_capabilities(*bits: int) -> bool:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            effective = int(line.split()[1], 16)
+            return all(effective >> bit & 1 for bit in bits)
+    return False
+
+
+def _digest(text: str, size: int) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:size]
+
+
+@dataclass(frozen=True)
+class NodeNet:
+    """One node's namespace as its record says."""
+
+    name: str
+    node_dir: Path
+    ip: str
+    created: float
+
+    @property
+    def path(self) -> Path:
+        return NETNS_DIR / self.name
+
+    @property
+    def veth(self) -> str:
+        return "stx" + self.name.removeprefix(NODE_PREFIX)
+
+
+class NodeNetworks:
+    """The namespaces of local nodes in one subnet: made, found and removed by node directory."""
+
+    def __init__(self, subnet: str, *, outbound: bool = True, run_dir: Path = RUN_DIR) -> None:
+        self.subnet = ipaddress.IPv4Network(subnet)
+        tag = _digest(subnet, 6)
+        self.switch = SWITCH_PREFIX + tag
+        self.gateway_link = "stixgw" + tag
+        self.gateway = str(self.subnet.network_address + 1)
+        self.outbound = outbound
+        self.dir = run_dir / tag
+
+    # -- reading (no lock: records are replaced whole) -------------------------------------
+
+    @staticmethod
+    def name_of(node_dir: Path) -> str:
+        return NODE_PREFIX + _digest(str(node_dir), 10)
+
+    def record(self, node_dir: Path) -> NodeNet | None:
+        return self._read(self.dir / f"{self.name_of(node_dir)}.json")
+
+    def records(self) -> list[NodeNet]:
+        try:
+            paths = sorted(self.dir.glob(f"{NODE_PREFIX}*.json"))
+        except OSError:
+            return []
+        return [r for r in map(self._read, paths) if r is not None]
+
+    @staticmethod
+    def _read(path: Path) -> NodeNet | None:
+        try:
+            raw = json.loads(path.read_text())
+            return NodeNet(path.stem, Path(raw["node_dir"]), str(raw["ip"]), float(raw["created"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def address_of(self, node_dir: Path) -> str | None:
+        """The node's address, if its namespace exists."""
+        found = self.record(node_dir)
+        return found.ip if found is not None and found.path.exists() else None
+
+    @staticmethod
+    def pids_in(net: NodeNet) -> list[int]:
+        """Processes inside the node's namespace (what `ip netns pids` lists)."""
+        try:
+            inode = os.stat(net.path).st_ino
+        except OSError:
+            return []
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.stat(f"/proc/{name}/ns/net").st_ino == inode:
+                        found.append(int(name))
+        return found
+
+    def unrecorded(self) -> list[str]:
+        """Node namespaces of this switch with no record: a removal that crashed half way."""
+        recorded = {r.name for r in self.records()}
+        try:
+            names = os.listdir(NETNS_DIR)
+        except OSError:
+            return []
+        nodes = [n for n in names if n.startswith(NODE_PREFIX) and not n.startswith(SWITCH_PREFIX)]
+        return sorted(n for n in nodes if n not in recorded and self._on_switch(n))
+
+    def _on_switch(self, name: str) -> bool:
+        veth = "stx" + name.removeprefix(NODE_PREFIX)
+        return _ip("-n", self.switch, "link", "show", veth, check=False).returncode == 0
+
+    # -- changing (under the machine-wide lock) --------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not (self.dir / "subnet").exists():  # what `every_subnet` reads
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.dir / "subnet").write_text(str(self.subnet))
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def ensure(self, node_dir: Path) -> NodeNet:
+        """The node's namespace, made if missing (idempotent; the address stays the node's)."""
+        with self._locked():
+            self._ensure_switch()
+            net = self.record(node_dir)
+            if net is not None and net.path.exists():
+                return net
+            net = net or self._claim(node_dir)
+            try:
+                self._make(net)
+            except NetworkError:
+                self._unmake(net)
+                raise
+            return net
+
+    def remove(self, net: NodeNet) -> None:
+        """Delete the node's namespace and veth, free its address; the switch goes with the last
+        node. Idempotent. A process still inside keeps an empty namespace, cut off, until it
+        exits."""
+        with self._locked():
+            self._unmake(net)
+            for path in self.dir.glob("ip-*"):
+                with contextlib.suppress(OSError):
+                    if path.read_text() == net.name:
+                        path.unlink()
+            (self.dir / f"{net.name}.json").unlink(missing_ok=True)
+            if not self.records():
+                self._remove_switch()
+
+    def remove_unrecorded(self, name: str) -> None:
+        self.remove(NodeNet(name, Path(), "", 0.0))
+
+    def _claim(self, node_dir: Path) -> NodeNet:
+        name = self.name_of(node_dir)
+        count = self.subnet.num_addresses - 3  # less the network, the gateway, the broadcast
+        start = int(_digest(str(node_dir), 8), 16) % count
+        for step in range(count):
+            ip = str(self.subnet.network_address + 2 + (start + step) % count)
+            claim = self.dir / f"ip-{ip}"
+            try:
+                fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(name)
+            net = NodeNet(name, node_dir, ip, time.time())
+            record = {"node_dir": str(node_dir), "ip": ip, "created": net.created}
+            tmp = self.dir / f".{name}.tmp"
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.dir / f"{name}.json")
+            return net
+        raise NetworkError(f"local.subnet {self.subnet} has no free address: choose a larger one")
+
+    def _make(self, net: NodeNet) -> None:
+        prefix = self.subnet.prefixlen
+        pair = (
+            f"netns add {net.name}",
+            f"link add {net.veth} netns {self.switch} type veth peer name eth0 netns {net.name}",
+        )
+        try:
+            _batch([], *pair)
+        except NetworkError:  # a veth left by a removal that crashed half way: once more
+            self._unmake(net)
+            _batch([], *pair)
+        _batch(["-n", self.switch], f"link set {net.veth} master br0", f"link set {net.veth} up")
+        _batch(
+            ["-n", net.name],
+            f"addr add {net.ip}/{prefix} dev eth0",
+            "link set eth0 up",
+            "link set lo up",
+            f"route add default via {self.gateway}",
+        )
+
+    def _unmake(self, net: NodeNet) -> None:
+        _ip("netns", "del", net.name, check=False)
+        _ip("-n", self.switch, "link", "del", net.veth, check=False)
+
+    def _ensure_switch(self) -> None:
+        if not (NETNS_DIR / self.switch).exists():
+            _ip("link", "del", self.gateway_link, check=False)
+            _batch([], f"netns add {self.switch}")
+            _batch(
+                ["-n", self.switch],
+                "link set lo up",
+                "link add br0 type bridge",
+                "link set br0 up",
+            )
+        if not Path("/sys/class/net", self.gateway_link).exists():
+            _batch(
+                [],
+                f"link add {self.gateway_link} type veth peer name up0 netns {self.switch}",
+                f"addr add {self.gateway}/{self.subnet.prefixlen} dev {self.gateway_link}",
+                f"link set {self.gateway_link} up",
+            )
+            _batch(["-n", self.switch], "link set up0 master br0", "link set up0 up")
+            if self.outbound:
+                allow_outbound(str(self.subnet), self.gateway_link)
+
+    def _remove_switch(self) -> None:
+        forbid_outbound(str(self.subnet), self.gateway_link)
+        _ip("netns", "del", self.switch, check=False)  # takes up0, and so stixgw<s>, with it
+        _ip("link", "del", self.gateway_link, check=False)
+
+
+def _ip(
+    *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["ip", *args], input=stdin, capture_output=True, text=True, check=False, timeout=30
+    )
+    if check and done.returncode != 0:
+        error = " ".join(done.stderr.split())[:300]
+        raise NetworkError(
+            f"could not make a local node's network ({error}); set `local: {{network: host}}` "
+            "in the config to share this machine's network instead"
+        )
+    return done
+
+
+def _batch(options: list[str], *lines: str) -> None:
+    """Several `ip` commands in one process (each `ip` start costs more than its work)."""
+    _ip(*options, "-batch", "-", stdin="\n".join(lines) + "\n")
+
+
+def every_subnet(run_dir: Path = RUN_DIR) -> list[NodeNetworks]:
+    """The node networks of every subnet stix has used on this machine since it booted."""
+    found = []
+    for subnet_file in sorted(run_dir.glob("*/subnet")):
+        with contextlib.suppress(OSError, ValueError):
+            subnet = subnet_file.read_text().strip()
+            found.append(NodeNetworks(subnet, run_dir=run_dir))
+    return found
+
+
+def remove_under(home: Path, run_dir: Path = RUN_DIR) -> int:
+    """Remove every node namespace of a node directory under ``home`` (a stix home that is
+    going away: tests end with it); returns how many."""
+    removed = 0
+    for networks in every_subnet(run_dir):
+        for net in networks.records():
+            if net.node_dir.is_relative_to(home):
+                networks.remove(net)
+                removed += 1
+    return removed
