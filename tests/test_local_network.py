@@ -1,0 +1,245 @@
+"""Local nodes in network namespaces of their own: real daemon, real namespaces, real servers.
+
+Two clusters whose jobs bind one fixed port both serve, each at its node's address; a cluster's
+nodes reach each other; `down` (also after a `kill -9` of the daemon) and the leak scan remove
+what was made; `local: {network: host}` shares this machine's network as the README says.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import yaml
+
+from stixd.providers.local.netns import NETNS_DIR, NodeNetworks, remove_under, unavailable_reason
+from stixd.providers.local.networked import NamespacedLocalProvider
+from tests.conftest import Stix, kill_everything_under, processes_mentioning, wait_until
+
+WHY_NOT = unavailable_reason()
+needs_namespaces = pytest.mark.skipif(
+    WHY_NOT is not None, reason=f"node namespaces need root and `ip`: {WHY_NOT}"
+)
+
+SERVE = """
+run: |
+  echo {name} > who
+  exec python3 -m http.server {port}
+"""
+"""A job binding one fixed port, as most SkyPilot service examples do (`who` says which)."""
+
+
+def fetch(url: str, timeout: float = 1.0) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return str(reply.read().decode())
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def namespaces() -> set[str]:
+    try:
+        return {p.name for p in NETNS_DIR.iterdir()}
+    except OSError:
+        return set()
+
+
+def node_namespaces(stix: Stix) -> list[str]:
+    """The namespaces recorded for nodes of this stix home."""
+    return [
+        net.name
+        for networks in _subnets()
+        for net in networks.records()
+        if net.node_dir.is_relative_to(stix.home)
+    ]
+
+
+def _subnets() -> list[NodeNetworks]:
+    from stixd.providers.local.netns import every_subnet
+
+    return every_subnet()
+
+
+def veths_on_switch(networks: NodeNetworks) -> set[str]:
+    shown = subprocess.run(
+        ["ip", "-n", networks.switch, "-br", "link"], capture_output=True, text=True, check=False
+    )
+    return {line.split("@")[0] for line in shown.stdout.splitlines() if line.startswith("stx")}
+
+
+def serving(name: str, port: int = 8080) -> str:
+    return SERVE.format(name=name, port=port)
+
+
+def launch_server(stix: Stix, task_file, name: str, port: int = 8080) -> str:
+    """Launch a cluster serving on ``port``; its head's address."""
+    stix.run("launch", "-c", name, "-y", "-d", str(task_file(serving(name, port))), check=True)
+    ip = str(stix.clusters()[name]["head_ip"])
+    wait_until(lambda: fetch(f"http://{ip}:{port}/who") == f"{name}\n", timeout=20)
+    return ip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def networks() -> NodeNetworks:
+    return NodeNetworks("10.177.0.0/16")
+
+
+@needs_namespaces
+def test_two_clusters_serve_one_fixed_port_each_at_its_own_address(stix: Stix, task_file) -> None:
+    first = launch_server(stix, task_file, "web1")
+    second = launch_server(stix, task_file, "web2")
+    assert first != second and "127.0.0.1" not in (first, second)
+    assert fetch(f"http://{first}:8080/who") == "web1\n"
+    assert fetch(f"http://{second}:8080/who") == "web2\n"
+    assert stix.run("ssh", "web1", "cat who", check=True).stdout == "web1\n"
+
+
+@needs_namespaces
+def test_a_clusters_nodes_reach_each_other_at_their_node_ips(stix: Stix, task_file) -> None:
+    task = task_file(
+        """
+num_nodes: 2
+run: |
+  python3 -m http.server 8081 --bind 0.0.0.0 >/dev/null 2>served &
+  other=$(echo "$SKYPILOT_NODE_IPS" | sed -n "$((2 - SKYPILOT_NODE_RANK))p")
+  python3 - "$other" <<'EOF'
+  import sys, time, urllib.request
+  for _ in range(100):
+      try:
+          urllib.request.urlopen(f"http://{sys.argv[1]}:8081/", timeout=1)
+          print("reached", sys.argv[1]); break
+      except OSError:
+          time.sleep(0.1)
+  EOF
+  for _ in $(seq 100); do grep -q GET served && break; sleep 0.1; done  # the other reached me
+  kill %1
+"""
+    )
+    out = stix.run("launch", "-c", "pair", "-y", str(task), check=True).stdout
+    reached = [line.split("reached ")[1] for line in out.splitlines() if "reached " in line]
+    assert len(set(reached)) == 2 and not any(ip.startswith("127.") for ip in reached)
+
+
+@needs_namespaces
+def test_down_removes_the_namespaces_and_veths(
+    stix: Stix, task_file, networks: NodeNetworks
+) -> None:
+    stix.run("launch", "-c", "two", "-y", "--num-nodes", "2", "true", check=True)
+    made = node_namespaces(stix)
+    assert len(made) == 2 and set(made) <= namespaces()
+    veths = {"stx" + name.removeprefix("stix-") for name in made}
+    assert veths <= veths_on_switch(networks)
+    stix.run("down", "-y", "two", check=True)
+    assert not set(made) & namespaces()
+    assert not veths & veths_on_switch(networks)
+    assert node_namespaces(stix) == []
+
+
+@needs_namespaces
+def test_down_after_kill_9_of_the_daemon_removes_the_namespace(stix: Stix, task_file) -> None:
+    ip = launch_server(stix, task_file, "crash")
+    made = node_namespaces(stix)
+    stix.kill_daemon()
+    assert fetch(f"http://{ip}:8080/who") == "crash\n"  # the node outlives the daemon
+    stix.run("down", "-y", "crash", check=True)
+    assert not set(made) & namespaces()
+    assert fetch(f"http://{ip}:8080/who", timeout=0.3) is None
+
+
+@pytest.fixture
+def doomed_home() -> Iterator[Stix]:
+    """A second stix home that a test deletes under its running clusters, as a crashed run
+    would; whatever is left of it is removed at the end."""
+    home = Path(tempfile.mkdtemp(prefix="stxdoom", dir="/tmp"))
+    try:
+        yield Stix(home)
+    finally:
+        kill_everything_under(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@needs_namespaces
+def test_a_namespace_left_by_a_crashed_run_is_found_and_removed(
+    stix: Stix, doomed_home: Stix, task_file, networks: NodeNetworks
+) -> None:
+    doomed_home.run("launch", "-c", "lost", "-y", "true", check=True)
+    (left,) = node_namespaces(doomed_home)
+    for pid in processes_mentioning(str(doomed_home.home)):  # the run crashes: all of it dies
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    wait_until(lambda: not processes_mentioning(str(doomed_home.home)), timeout=10)
+    shutil.rmtree(doomed_home.home)
+    assert left in namespaces()
+
+    other = NamespacedLocalProvider(stix.home, network=networks)
+
+    async def scan_and_clean() -> list[str]:
+        found = await other.leaks(other.regions(), set(), young_s=0.0)
+        await other.clean_leaks(found)
+        return [leak.id for leak in found]
+
+    assert left in anyio.run(scan_and_clean)
+    assert left not in namespaces()
+
+
+@needs_namespaces
+def test_a_live_clusters_namespace_is_no_leak(
+    stix: Stix, task_file, networks: NodeNetworks
+) -> None:
+    stix.run("launch", "-c", "kept", "-y", "true", check=True)
+    (made,) = node_namespaces(stix)
+    provider = NamespacedLocalProvider(stix.home, network=networks)
+    found = anyio.run(provider.leaks, provider.regions(), {"kept"}, 0.0)
+    assert made not in [leak.id for leak in found]
+    orphaned = anyio.run(provider.leaks, provider.regions(), set(), 0.0)
+    assert made in [leak.id for leak in orphaned]
+
+
+def test_host_network_shares_this_machines_address_and_a_second_bind_fails(
+    stix: Stix, task_file
+) -> None:
+    (stix.home / "config.yaml").write_text(yaml.safe_dump({"local": {"network": "host"}}))
+    check = stix.run("check", check=True).stdout
+    assert "nodes share this machine's network (local.network is host)" in check
+    port = free_port()  # this machine's own port space: 8080 may be taken here
+    ip = launch_server(stix, task_file, "only", port)
+    assert ip == "127.0.0.1" and node_namespaces(stix) == []
+    stix.run("launch", "-c", "clash", "-y", "-d", str(task_file(serving("x", port))), check=True)
+    log = ""
+    deadline = time.monotonic() + 20
+    while "Address already in use" not in log and time.monotonic() < deadline:
+        log = stix.run("logs", "clash", "1", "--no-follow").stdout
+    assert "Address already in use" in log
+    assert fetch(f"http://127.0.0.1:{port}/who") == "only\n"
+
+
+@needs_namespaces
+def test_making_a_node_network_costs_little_beside_a_node_launch(
+    networks: NodeNetworks, tmp_path: Path
+) -> None:
+    node = tmp_path / "clusters" / "bench" / "node-0"
+    try:
+        started = time.perf_counter()
+        net = networks.ensure(node)
+        made = time.perf_counter() - started
+        again = time.perf_counter()
+        assert networks.ensure(node) == net  # idempotent: the same address
+        kept = time.perf_counter() - again
+    finally:
+        remove_under(tmp_path)
+    assert net.name not in namespaces()
+    assert made < 1.0 and kept < made
