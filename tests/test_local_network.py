@@ -21,7 +21,15 @@ import anyio
 import pytest
 import yaml
 
-from stixd.providers.local.netns import NETNS_DIR, NodeNetworks, remove_under, unavailable_reason
+from stixd.agent_bundle import build_agent_zipapp
+from stixd.providers.base import ProvisionRequest
+from stixd.providers.local.netns import (
+    NETNS_DIR,
+    NodeNetworks,
+    node_resolver,
+    remove_under,
+    unavailable_reason,
+)
 from stixd.providers.local.networked import NamespacedLocalProvider
 from tests.conftest import Stix, kill_everything_under, processes_mentioning, wait_until
 
@@ -243,3 +251,45 @@ def test_making_a_node_network_costs_little_beside_a_node_launch(
         remove_under(tmp_path)
     assert net.name not in namespaces()
     assert made < 1.0 and kept < made
+
+
+def test_nodes_get_the_upstream_resolvers_when_this_machine_names_a_loopback_one(
+    tmp_path: Path,
+) -> None:
+    stub, upstream = tmp_path / "stub.conf", tmp_path / "upstream.conf"
+    upstream.write_text("nameserver 192.0.2.53\nsearch example\n")
+    stub.write_text("# systemd-resolved\nnameserver 127.0.0.53\noptions edns0\n")
+    assert node_resolver(stub, upstream) == upstream
+    assert node_resolver(stub, tmp_path / "missing") is None  # nothing better known
+    assert node_resolver(upstream, upstream) is None  # reachable from a namespace as it is
+    upstream.write_text("nameserver ::1\n")
+    assert node_resolver(stub, upstream) is None
+
+
+@needs_namespaces
+def test_a_nodes_agent_sees_the_resolver_file_it_was_given(
+    networks: NodeNetworks, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    resolver = tmp_path / "resolv.conf"
+    resolver.write_text("nameserver 192.0.2.53\n")
+    provider = NamespacedLocalProvider(home, network=networks, resolver=resolver)
+    pyz = build_agent_zipapp(tmp_path / "agent")
+    request = ProvisionRequest("dns", 1, pyz)
+
+    async def launch_and_read() -> tuple[str, str]:
+        try:
+            (node,) = await provider.launch(request)
+            assert node.pid is not None and node.ip != "127.0.0.1"
+            seen = Path(f"/proc/{node.pid}/root/etc/resolv.conf").read_text()
+            return node.ip, seen
+        finally:
+            await provider.terminate("dns")
+
+    try:
+        ip, seen = anyio.run(launch_and_read)
+    finally:
+        kill_everything_under(home)
+    assert seen == "nameserver 192.0.2.53\n"
+    assert Path("/etc/resolv.conf").read_text() != seen  # this machine's is left as it was
+    assert ip.startswith("10.177.")

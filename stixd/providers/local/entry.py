@@ -8,7 +8,7 @@ from stixd.providers.registry import BuildContext, Built, InfraEntry
 
 
 def build(ctx: BuildContext) -> Built:
-    from stixd.providers.local.netns import NodeNetworks, unavailable_reason
+    from stixd.providers.local.netns import NodeNetworks, node_resolver, unavailable_reason
     from stixd.providers.local.networked import NamespacedLocalProvider
     from stixd.providers.local.provider import LocalProvider
 
@@ -21,7 +21,7 @@ def build(ctx: BuildContext) -> Built:
         return Built(LocalProvider(ctx.home, shared_why=why))
     # with network: namespace where it cannot be, the first launch fails saying why
     network = NodeNetworks(section.subnet, outbound=section.outbound)
-    return Built(NamespacedLocalProvider(ctx.home, network=network))
+    return Built(NamespacedLocalProvider(ctx.home, network=network, resolver=node_resolver()))
 
 
 ENTRY = InfraEntry(META, LocalConfig, build)

@@ -324,3 +324,33 @@ def remove_under(home: Path, run_dir: Path = RUN_DIR) -> int:
                 networks.remove(net)
                 removed += 1
     return removed
+
+
+SYSTEM_RESOLV = Path("/etc/resolv.conf")
+RESOLVED_UPSTREAM = Path("/run/systemd/resolve/resolv.conf")
+
+
+def _nameservers(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [line.split()[1] for line in lines if line.startswith("nameserver") and line.split()[1:]]
+
+
+def _all_loopback(servers: list[str]) -> bool:
+    try:
+        return bool(servers) and all(ipaddress.ip_address(s).is_loopback for s in servers)
+    except ValueError:
+        return False
+
+
+def node_resolver(system: Path = SYSTEM_RESOLV, upstream: Path = RESOLVED_UPSTREAM) -> Path | None:
+    """The resolv.conf node namespaces need instead of this machine's: when it names a
+    resolver on this machine's loopback (systemd-resolved's 127.0.0.53), which a namespace
+    cannot reach, the servers that resolver itself asks. None: the machine's serves as it is
+    (or nothing better is known, and names do not resolve on the nodes)."""
+    if not _all_loopback(_nameservers(system)):
+        return None
+    servers = _nameservers(upstream)
+    return upstream if servers and not _all_loopback(servers) else None

@@ -17,7 +17,9 @@ from stixd.providers.local.netns import NodeNet, NodeNetworks
 from stixd.providers.local.provider import LocalProvider
 
 REGION = "local"
-KIND = "netns"
+KIND = "instance"
+"""What a leaked node is: its namespace and whatever still runs in it, removed together as a
+cloud's instance is."""
 
 
 class NamespacedLocalProvider(LocalProvider):

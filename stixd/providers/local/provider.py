@@ -67,22 +67,32 @@ KILL_WITHIN_S = 5.0
 
 # Detaches the agent from the daemon: a double fork leaves it owned by init, in its own
 # session, so neither a daemon crash nor a terminal hang-up reaches it, and no zombie is left.
-# Given a namespace (argv[1]), it enters it first, so a failure is the spawner's exit status.
+# Given a network namespace (argv[1]), it enters it first, so a failure is the spawner's exit
+# status; given a resolv.conf (argv[2]), it shows it at /etc/resolv.conf in a mount namespace of
+# the node's own (a slave of this machine's: every later mount still reaches the node).
 _SPAWN = """
 import os, sys
+def check(done, what):
+    if done != 0:
+        sys.exit("cannot " + what + ": " + os.strerror(ctypes.get_errno()))
 if sys.argv[1]:
     import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(sys.argv[1], os.O_RDONLY)
-    if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
-        sys.exit("cannot enter " + sys.argv[1] + ": " + os.strerror(ctypes.get_errno()))
+    check(libc.setns(fd, 0x40000000), "enter " + sys.argv[1])
     os.close(fd)
+if sys.argv[1] and sys.argv[2]:
+    check(libc.unshare(0x20000), "make a mount namespace")
+    check(libc.mount(b"none", b"/", None, 0x4000 | 0x80000, None), "make / a slave")
+    resolv = sys.argv[2].encode()
+    check(libc.mount(resolv, b"/etc/resolv.conf", None, 0x1000, None), "bind resolv.conf")
 if os.fork():
     os._exit(0)
 os.setsid()
-log = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+log = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 os.dup2(log, 1); os.dup2(log, 2)
 null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0)
-os.execv(sys.argv[3], sys.argv[3:])
+os.execv(sys.argv[4], sys.argv[4:])
 """
 
 
@@ -97,12 +107,15 @@ class LocalProvider:
         python: str = sys.executable,
         *,
         network: NodeNetworks | None = None,
+        resolver: Path | None = None,
         shared_why: str = "",
     ) -> None:
         self.root = home / "clusters"
         self._run_dir = Path("/tmp") / f"stix-{os.getuid()}"
         self._python = python
         self.network = network
+        self._resolver = resolver
+        """The resolv.conf the nodes' namespaces see instead of this machine's (`node_resolver`)."""
         self._shared_why = shared_why
         """Why the nodes share this machine's network, for `check` (without ``network``)."""
 
@@ -239,7 +252,7 @@ class LocalProvider:
         state = self.state_dir(d)
         if await self._answering(req.cluster, rank, deadline=1.0) is not None:
             return
-        netns = ""
+        netns, resolver = "", str(self._resolver or "")
         if self.network is not None:
             netns = str((await anyio.to_thread.run_sync(self.network.ensure, d)).path)
         node = self._node(req.cluster, rank, NodeStatus.STOPPED, None)
@@ -271,7 +284,7 @@ class LocalProvider:
         if "PYENV_ROOT" not in env and os.path.isdir(os.path.join(real_home, ".pyenv")):
             env["PYENV_ROOT"] = os.path.join(real_home, ".pyenv")
         spawner = await anyio.run_process(
-            [self._python, "-I", "-c", _SPAWN, netns, str(state / "agent.out"), *argv],
+            [self._python, "-I", "-c", _SPAWN, netns, resolver, str(state / "agent.out"), *argv],
             env=env,
             check=False,
         )
