@@ -18,13 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 import yaml
 
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.base import ProvisionRequest
+from stixd.providers.local.config import LocalConfig
 from stixd.providers.local.netns import (
     NETNS_DIR,
+    NetworkError,
     NodeNetworks,
     node_resolver,
     remove_under,
@@ -293,3 +296,29 @@ def test_a_nodes_agent_sees_the_resolver_file_it_was_given(
     assert seen == "nameserver 192.0.2.53\n"
     assert Path("/etc/resolv.conf").read_text() != seen  # this machine's is left as it was
     assert ip.startswith("10.177.")
+
+
+def test_insisting_on_namespaces_where_they_cannot_be_made_fails_saying_why(
+    tmp_path: Path,
+) -> None:
+    networks = NodeNetworks("10.177.0.0/16", run_dir=tmp_path, refused="stixd is not root")
+    with pytest.raises(NetworkError) as refused:
+        networks.ensure(tmp_path / "clusters" / "c" / "node-0")
+    message = str(refused.value)
+    assert "stixd is not root" in message and "network: host" in message
+    assert "\n" not in message and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("subnet", "error"),
+    [
+        ("8.8.0.0/16", "must be a private IPv4 network"),
+        ("fd00::/64", "must be a private IPv4 network"),
+        ("10.0.0.0/30", "between a /8 and a /24"),
+        ("10.1.0.1/16", "has host bits set"),
+    ],
+)
+def test_a_subnet_stix_cannot_own_is_refused_in_the_config(subnet: str, error: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=error):
+        msgspec.convert({"subnet": subnet}, LocalConfig)
+    assert msgspec.convert({"subnet": "100.80.0.0/16"}, LocalConfig).subnet == "100.80.0.0/16"

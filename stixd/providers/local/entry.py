@@ -20,7 +20,7 @@ def build(ctx: BuildContext) -> Built:
         ctx.log.info("local_nodes_share_the_network", why=why)
         return Built(LocalProvider(ctx.home, shared_why=why))
     # with network: namespace where it cannot be, the first launch fails saying why
-    network = NodeNetworks(section.subnet, outbound=section.outbound)
+    network = NodeNetworks(section.subnet, outbound=section.outbound, refused=why)
     return Built(NamespacedLocalProvider(ctx.home, network=network, resolver=node_resolver()))
 
 

@@ -99,7 +99,16 @@ class NodeNet:
 class NodeNetworks:
     """The namespaces of local nodes in one subnet: made, found and removed by node directory."""
 
-    def __init__(self, subnet: str, *, outbound: bool = True, run_dir: Path = RUN_DIR) -> None:
+    def __init__(
+        self,
+        subnet: str,
+        *,
+        outbound: bool = True,
+        run_dir: Path = RUN_DIR,
+        refused: str | None = None,
+    ) -> None:
+        self.refused = refused
+        """Why namespaces cannot be made here, though the config insists on them."""
         self.subnet = ipaddress.IPv4Network(subnet)
         tag = _digest(subnet, 6)
         self.switch = SWITCH_PREFIX + tag
@@ -182,6 +191,17 @@ class NodeNetworks:
 
     def ensure(self, node_dir: Path) -> NodeNet:
         """The node's namespace, made if missing (idempotent; the address stays the node's)."""
+        if self.refused is not None:
+            raise NetworkError(
+                f"local.network is namespace but {self.refused}: run stixd as root, "
+                "or set `local: {network: host}` in the config"
+            )
+        try:
+            return self._ensure(node_dir)
+        except OSError as exc:  # /run not writable, a record unreadable
+            raise NetworkError(f"could not make a local node's network: {exc}") from exc
+
+    def _ensure(self, node_dir: Path) -> NodeNet:
         with self._locked():
             self._ensure_switch()
             net = self.record(node_dir)

@@ -184,7 +184,9 @@ class LocalProvider:
 
     async def check(self) -> CheckResult:
         cpus = os.cpu_count() or 1
-        if self.network is not None:
+        if self.network is not None and self.network.refused is not None:
+            net = f"local.network is namespace but {self.network.refused}: launches fail"
+        elif self.network is not None:
             net = f"a network namespace per node in {self.network.subnet}"
         else:
             why = f" ({self._shared_why})" if self._shared_why else ""
