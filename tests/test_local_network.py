@@ -118,6 +118,9 @@ def test_two_clusters_serve_one_fixed_port_each_at_its_own_address(stix: Stix, t
     assert fetch(f"http://{first}:8080/who") == "web1\n"
     assert fetch(f"http://{second}:8080/who") == "web2\n"
     assert stix.run("ssh", "web1", "cat who", check=True).stdout == "web1\n"
+    # a shell on the node is in the node's network: its loopback is the node's own
+    own = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/who').read())"
+    assert "web2" in stix.run("ssh", "web2", f'python3 -c "{own}"', check=True).stdout
 
 
 @needs_namespaces
