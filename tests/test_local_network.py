@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -325,3 +326,49 @@ def test_a_subnet_stix_cannot_own_is_refused_in_the_config(subnet: str, error: s
     with pytest.raises(msgspec.ValidationError, match=error):
         msgspec.convert({"subnet": subnet}, LocalConfig)
     assert msgspec.convert({"subnet": "100.80.0.0/16"}, LocalConfig).subnet == "100.80.0.0/16"
+
+
+def _primary_address() -> str | None:
+    """This machine's address toward the world (not loopback, not a node bridge)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith(("127.", "10.177.", "10.178.")) else address
+
+
+def _outbound_rule(networks: NodeNetworks) -> bool:
+    if shutil.which("nft"):
+        table = ["nft", "list", "table", "ip", f"stix-{networks.gateway_link}"]
+        return subprocess.run(table, capture_output=True, check=False).returncode == 0
+    rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True)
+    return networks.gateway_link in rules.stdout
+
+
+@needs_namespaces
+@pytest.mark.skipif(
+    not (shutil.which("nft") or shutil.which("iptables")), reason="outbound needs nft or iptables"
+)
+def test_a_subnet_gets_a_switch_and_a_way_out_that_go_with_its_last_node(tmp_path: Path) -> None:
+    networks = NodeNetworks("10.178.0.0/24", run_dir=tmp_path)  # its own switch, not the default
+    primary = _primary_address()
+    try:
+        net = networks.ensure(tmp_path / "clusters" / "c" / "node-0")
+        assert Path("/sys/class/net", networks.gateway_link).exists()
+        assert _outbound_rule(networks)
+        with socket.create_server(("0.0.0.0", 0)) as server:
+            port = server.getsockname()[1]
+            # the node reaches this machine at its gateway, and beyond the subnet by its route
+            for target in [networks.gateway, *([primary] if primary else [])]:
+                reach = f"import socket; socket.create_connection(('{target}', {port}), 5)"
+                inside = ["ip", "netns", "exec", net.name, sys.executable, "-c", reach]
+                assert subprocess.run(inside, capture_output=True, timeout=10).returncode == 0
+                server.accept()[0].close()
+        networks.remove(net)
+        assert net.name not in namespaces() and networks.switch not in namespaces()
+        assert not Path("/sys/class/net", networks.gateway_link).exists()
+        assert not _outbound_rule(networks)
+    finally:
+        remove_under(tmp_path, run_dir=tmp_path)
