@@ -372,3 +372,17 @@ def test_a_subnet_gets_a_switch_and_a_way_out_that_go_with_its_last_node(tmp_pat
         assert not _outbound_rule(networks)
     finally:
         remove_under(tmp_path, run_dir=tmp_path)
+
+
+@needs_namespaces
+def test_a_node_made_with_a_namespace_keeps_it_after_a_switch_to_host_until_down(
+    stix: Stix, task_file
+) -> None:
+    ip = launch_server(stix, task_file, "before")
+    (made,) = node_namespaces(stix)
+    stix.run("daemon", "stop", check=True)
+    (stix.home / "config.yaml").write_text(yaml.safe_dump({"local": {"network": "host"}}))
+    assert stix.clusters()["before"]["head_ip"] == ip  # still there, at its own address
+    assert fetch(f"http://{ip}:8080/who") == "before\n"
+    stix.run("down", "-y", "before", check=True)
+    assert made not in namespaces() and node_namespaces(stix) == []

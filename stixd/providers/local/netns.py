@@ -162,7 +162,8 @@ class NodeNetworks:
         return found
 
     def unrecorded(self) -> list[str]:
-        """Node namespaces of this switch with no record: a removal that crashed half way."""
+        """Node namespaces on this switch with no record: records are written before and
+        removed after their namespace, so only one whose record was deleted by hand."""
         recorded = {r.name for r in self.records()}
         try:
             names = os.listdir(NETNS_DIR)
@@ -221,7 +222,8 @@ class NodeNetworks:
         exits."""
         with self._locked():
             self._unmake(net)
-            for path in self.dir.glob("ip-*"):
+            claims = [self.dir / f"ip-{net.ip}"] if net.ip else self.dir.glob("ip-*")
+            for path in claims:
                 with contextlib.suppress(OSError):
                     if path.read_text() == net.name:
                         path.unlink()

@@ -108,16 +108,19 @@ class LocalProvider:
         *,
         network: NodeNetworks | None = None,
         resolver: Path | None = None,
-        shared_why: str = "",
+        shared_why: str | None = None,
     ) -> None:
         self.root = home / "clusters"
         self._run_dir = Path("/tmp") / f"stix-{os.getuid()}"
         self._python = python
         self.network = network
+        """Where node namespaces are recorded: found (a node's address) and removed by `down`."""
         self._resolver = resolver
         """The resolv.conf the nodes' namespaces see instead of this machine's (`node_resolver`)."""
         self._shared_why = shared_why
-        """Why the nodes share this machine's network, for `check` (without ``network``)."""
+        """Set: new nodes share this machine's network, and this says why; nodes that have a
+        namespace already (made before a config change) keep it until `down`."""
+        self.isolates = network is not None and shared_why is None
 
     # -- layout --------------------------------------------------------------------------
 
@@ -184,9 +187,9 @@ class LocalProvider:
 
     async def check(self) -> CheckResult:
         cpus = os.cpu_count() or 1
-        if self.network is not None and self.network.refused is not None:
+        if self.network is not None and self.isolates and self.network.refused is not None:
             net = f"local.network is namespace but {self.network.refused}: launches fail"
-        elif self.network is not None:
+        elif self.network is not None and self.isolates:
             net = f"a network namespace per node in {self.network.subnet}"
         else:
             why = f" ({self._shared_why})" if self._shared_why else ""
@@ -255,7 +258,7 @@ class LocalProvider:
         if await self._answering(req.cluster, rank, deadline=1.0) is not None:
             return
         netns, resolver = "", str(self._resolver or "")
-        if self.network is not None:
+        if self.network is not None and self.isolates:
             netns = str((await anyio.to_thread.run_sync(self.network.ensure, d)).path)
         node = self._node(req.cluster, rank, NodeStatus.STOPPED, None)
         (d / "sky_workdir").mkdir(parents=True, exist_ok=True)
