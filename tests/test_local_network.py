@@ -7,6 +7,7 @@ what was made; `local: {network: host}` shares this machine's network as the REA
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -190,7 +191,7 @@ def doomed_home() -> Iterator[Stix]:
 
 @needs_namespaces
 def test_a_namespace_left_by_a_crashed_run_is_found_and_removed(
-    stix: Stix, doomed_home: Stix, task_file, networks: NodeNetworks
+    stix: Stix, doomed_home: Stix, networks: NodeNetworks
 ) -> None:
     doomed_home.run("launch", "-c", "lost", "-y", "true", check=True)
     (left,) = node_namespaces(doomed_home)
@@ -199,16 +200,18 @@ def test_a_namespace_left_by_a_crashed_run_is_found_and_removed(
     wait_until(lambda: not processes_mentioning(str(doomed_home.home)), timeout=10)
     shutil.rmtree(doomed_home.home)
     assert left in namespaces()
+    # it crashed a while ago: the scan leaves alone what is younger than a launch may take
+    record = networks.dir / f"{left}.json"
+    raw = json.loads(record.read_text())
+    record.write_text(json.dumps({**raw, "created": raw["created"] - 3600}))
 
-    other = NamespacedLocalProvider(stix.home, network=networks)
-
-    async def scan_and_clean() -> list[str]:
-        found = await other.leaks(other.regions(), set(), young_s=0.0)
-        await other.clean_leaks(found)
-        return [leak.id for leak in found]
-
-    assert left in anyio.run(scan_and_clean)
-    assert left not in namespaces()
+    found = stix.json("leaks")["leaks"]
+    assert {"infra": "local", "id": left, "kind": "instance"}.items() <= next(
+        leak for leak in found if leak["id"] == left
+    ).items()
+    cleaned = stix.json("leaks", "--terminate", "-y")
+    assert left in cleaned["terminated"]
+    assert left not in namespaces() and not record.exists()
 
 
 @needs_namespaces
