@@ -11,8 +11,8 @@ Nodes made by earlier versions kept those files in the node directory itself: an
 layout still running is used where it is (its jobs keep running); its files move into `.stix`
 the next time the node starts.
 
-Given `NodeNetworks`, each node gets a network namespace of its own (`netns.py`) and its agent,
-so every job, runs inside it: the node's `ip` is its address there, and two nodes may bind the
+Given `NodeNetworks`, each node gets a network namespace of its own (`netns.py`), and its agent
+(so every job) runs inside it: the node's `ip` is its address there, and two nodes may bind the
 same port. Without, the nodes share this machine's network at 127.0.0.1.
 """
 
@@ -120,7 +120,8 @@ class LocalProvider:
         self._shared_why = shared_why
         """Set: new nodes share this machine's network, and this says why; nodes that have a
         namespace already (made before a config change) keep it until `down`."""
-        self.isolates = network is not None and shared_why is None
+        self._maker = network if shared_why is None else None
+        """What makes each new node a namespace; None: new nodes share this machine's network."""
 
     # -- layout --------------------------------------------------------------------------
 
@@ -187,10 +188,11 @@ class LocalProvider:
 
     async def check(self) -> CheckResult:
         cpus = os.cpu_count() or 1
-        if self.network is not None and self.isolates and self.network.refused is not None:
-            net = f"local.network is namespace but {self.network.refused}: launches fail"
-        elif self.network is not None and self.isolates:
-            net = f"a network namespace per node in {self.network.subnet}"
+        maker = self._maker
+        if maker is not None and maker.refused is not None:
+            net = f"local.network is namespace but {maker.refused}: launches fail"
+        elif maker is not None:
+            net = f"a network namespace per node in {maker.subnet}"
         else:
             why = f" ({self._shared_why})" if self._shared_why else ""
             net = f"nodes share this machine's network{why}: two cannot bind one port"
@@ -258,8 +260,8 @@ class LocalProvider:
         if await self._answering(req.cluster, rank, deadline=1.0) is not None:
             return
         netns, resolver = "", str(self._resolver or "")
-        if self.network is not None and self.isolates:
-            netns = str((await anyio.to_thread.run_sync(self.network.ensure, d)).path)
+        if self._maker is not None:
+            netns = str((await anyio.to_thread.run_sync(self._maker.ensure, d)).path)
         node = self._node(req.cluster, rank, NodeStatus.STOPPED, None)
         (d / "sky_workdir").mkdir(parents=True, exist_ok=True)
         state.mkdir(mode=0o700, exist_ok=True)
