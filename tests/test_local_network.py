@@ -246,9 +246,7 @@ def test_host_network_shares_this_machines_address_and_a_second_bind_fails(
 
 
 @needs_namespaces
-def test_making_a_node_network_costs_little_beside_a_node_launch(
-    networks: NodeNetworks, tmp_path: Path
-) -> None:
+def test_a_nodes_network_is_made_once_and_fast(networks: NodeNetworks, tmp_path: Path) -> None:
     node = tmp_path / "clusters" / "bench" / "node-0"
     try:
         started = time.perf_counter()
