@@ -387,3 +387,47 @@ def test_a_node_made_with_a_namespace_keeps_it_after_a_switch_to_host_until_down
     assert fetch(f"http://{ip}:8080/who") == "before\n"
     stix.run("down", "-y", "before", check=True)
     assert made not in namespaces() and node_namespaces(stix) == []
+
+
+def _answers_ping_of(net_from: str, address: str) -> bool:
+    """Whether a TCP connect from inside namespace ``net_from`` to ``address`` gets an answer
+    (a refusal is an answer: the address is there)."""
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(('{address}', 9), 3)\n"
+        "except ConnectionRefusedError:\n"
+        "    pass\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    argv = ["ip", "netns", "exec", net_from, sys.executable, "-c", probe]
+    return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+
+
+@needs_namespaces
+def test_a_node_or_switch_left_half_made_by_a_killed_daemon_is_made_whole(
+    tmp_path: Path,
+) -> None:
+    networks = NodeNetworks("10.178.1.0/24", run_dir=tmp_path, outbound=False)
+    node = tmp_path / "clusters" / "c" / "node-0"
+    try:
+        net = networks.ensure(node)
+        # killed half way through the node: its namespace is there, its link is not
+        subprocess.run(["ip", "-n", net.name, "link", "del", "eth0"], check=True)
+        (networks.dir / f"{net.name}.made").unlink()
+        assert networks.ensure(node) == net
+        assert _answers_ping_of(net.name, networks.gateway)
+
+        # killed half way through the switch (its bridge missing), with a node on it already
+        networks.remove(net)
+        kept = networks.ensure(tmp_path / "clusters" / "c" / "node-9")
+        subprocess.run(["ip", "-n", networks.switch, "link", "del", "br0"], check=True)
+        (networks.dir / "switch.made").unlink()
+        one = networks.ensure(tmp_path / "clusters" / "c" / "node-1")
+        assert networks.record(kept.node_dir) == kept  # the node already there is linked again
+        assert _answers_ping_of(one.name, kept.ip) and _answers_ping_of(kept.name, one.ip)
+        assert _answers_ping_of(kept.name, networks.gateway)
+    finally:
+        remove_under(tmp_path, run_dir=tmp_path)
+    assert networks.switch not in namespaces()

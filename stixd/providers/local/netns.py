@@ -204,23 +204,31 @@ class NodeNetworks:
 
     def _ensure(self, node_dir: Path) -> NodeNet:
         with self._locked():
-            self._ensure_switch()
+            if self._ensure_switch():  # made anew: every node's link went with the old one
+                for other in self.records():
+                    if other.path.exists():
+                        self._plumb(other)
             net = self.record(node_dir)
-            if net is not None and net.path.exists():
+            if net is not None and net.path.exists() and self._made(net).exists():
                 return net
             net = net or self._claim(node_dir)
             try:
-                self._make(net)
+                self._plumb(net)
             except NetworkError:
                 self._unmake(net)
                 raise
             return net
+
+    def _made(self, net: NodeNet) -> Path:
+        """Present once the node's namespace is whole (a killed daemon may leave half of one)."""
+        return self.dir / f"{net.name}.made"
 
     def remove(self, net: NodeNet) -> None:
         """Delete the node's namespace and veth, free its address; the switch goes with the last
         node. Idempotent. A process still inside keeps an empty namespace, cut off, until it
         exits."""
         with self._locked():
+            self._made(net).unlink(missing_ok=True)
             self._unmake(net)
             claims = [self.dir / f"ip-{net.ip}"] if net.ip else self.dir.glob("ip-*")
             for path in claims:
@@ -255,17 +263,21 @@ class NodeNetworks:
             return net
         raise NetworkError(f"local.subnet {self.subnet} has no free address: choose a larger one")
 
-    def _make(self, net: NodeNet) -> None:
-        prefix = self.subnet.prefixlen
-        pair = (
-            f"netns add {net.name}",
-            f"link add {net.veth} netns {self.switch} type veth peer name eth0 netns {net.name}",
-        )
+    def _plumb(self, net: NodeNet) -> None:
+        """Make the node's namespace and its link into the switch; of a namespace that exists
+        (half made, or cut off by a switch made anew) only the link, so whatever runs inside
+        stays and is reachable again."""
+        self._made(net).unlink(missing_ok=True)
+        pair = f"link add {net.veth} netns {self.switch} type veth peer name eth0 netns {net.name}"
+        if not net.path.exists():
+            _batch([], f"netns add {net.name}")
         try:
-            _batch([], *pair)
-        except NetworkError:  # a veth left by a removal that crashed half way: once more
-            self._unmake(net)
-            _batch([], *pair)
+            _batch([], pair)
+        except NetworkError:  # a link left half made or half removed: once more without it
+            _ip("-n", self.switch, "link", "del", net.veth, check=False)
+            _ip("-n", net.name, "link", "del", "eth0", check=False)
+            _batch([], pair)
+        prefix = self.subnet.prefixlen
         _batch(["-n", self.switch], f"link set {net.veth} master br0", f"link set {net.veth} up")
         _batch(
             ["-n", net.name],
@@ -274,13 +286,22 @@ class NodeNetworks:
             "link set lo up",
             f"route add default via {self.gateway}",
         )
+        self._made(net).touch()
 
     def _unmake(self, net: NodeNet) -> None:
         _ip("netns", "del", net.name, check=False)
         _ip("-n", self.switch, "link", "del", net.veth, check=False)
 
-    def _ensure_switch(self) -> None:
-        if not (NETNS_DIR / self.switch).exists():
+    def _ensure_switch(self) -> bool:
+        """The switch, whole: one half made (a daemon killed while making it) or gone (deleted
+        by hand) is made anew, and then True."""
+        made = self.dir / "switch.made"
+        whole = made.exists() and (NETNS_DIR / self.switch).exists()
+        if whole and Path("/sys/class/net", self.gateway_link).exists():
+            return False
+        if not whole:
+            made.unlink(missing_ok=True)
+            _ip("netns", "del", self.switch, check=False)
             _ip("link", "del", self.gateway_link, check=False)
             _batch([], f"netns add {self.switch}")
             _batch(
@@ -299,8 +320,11 @@ class NodeNetworks:
             _batch(["-n", self.switch], "link set up0 master br0", "link set up0 up")
             if self.outbound:
                 allow_outbound(str(self.subnet), self.gateway_link)
+        made.touch()
+        return not whole
 
     def _remove_switch(self) -> None:
+        (self.dir / "switch.made").unlink(missing_ok=True)
         forbid_outbound(str(self.subnet), self.gateway_link)
         _ip("netns", "del", self.switch, check=False)  # takes up0, and so stixgw<s>, with it
         _ip("link", "del", self.gateway_link, check=False)
