@@ -14,9 +14,10 @@ FORWARD DROP with ``br_netfilter``) never sees it; host-to-node traffic is the h
 
 Records live in ``/run/stix-net/<s>/``: ``<namespace>.json`` names the node directory and
 address and is written before the namespace is made, so whatever exists has a record saying
-whose it is; ``ip-<address>`` files claim addresses. Every change holds one machine-wide lock,
-as several daemons (one per user home) share the switch. All of it is gone after a reboot, as
-the namespaces are.
+whose it is; ``ip-<address>`` files claim addresses; ``<namespace>.made`` and ``switch.made``
+mark what is whole (a daemon killed half way leaves them out, and the next launch mends what it
+left). Every change holds one machine-wide lock, as several daemons (one per user home) share
+the switch. All of it is gone after a reboot, as the namespaces are.
 """
 
 from __future__ import annotations
@@ -269,14 +270,13 @@ class NodeNetworks:
         stays and is reachable again."""
         self._made(net).unlink(missing_ok=True)
         pair = f"link add {net.veth} netns {self.switch} type veth peer name eth0 netns {net.name}"
-        if not net.path.exists():
-            _batch([], f"netns add {net.name}")
+        add = [f"netns add {net.name}"] if not net.path.exists() else []
         try:
-            _batch([], pair)
+            _batch([], *add, pair)
         except NetworkError:  # a link left half made or half removed: once more without it
             _ip("-n", self.switch, "link", "del", net.veth, check=False)
             _ip("-n", net.name, "link", "del", "eth0", check=False)
-            _batch([], pair)
+            _batch([], *([f"netns add {net.name}"] if not net.path.exists() else []), pair)
         prefix = self.subnet.prefixlen
         _batch(["-n", self.switch], f"link set {net.veth} master br0", f"link set {net.veth} up")
         _batch(
