@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from stixd.providers.local.netns import remove_under as remove_node_networks_under
 from tests.shared_data import check_marks
 
 # The suite is a gate: property tests draw the same examples on every run, so a run fails only
@@ -89,6 +90,12 @@ def _ppid(pid: int) -> int:
 
 
 def kill_everything_under(home: Path) -> None:
+    """Every process of ``home`` killed, and its local nodes' network namespaces removed."""
+    _kill_processes_under(home)
+    remove_node_networks_under(home)
+
+
+def _kill_processes_under(home: Path) -> None:
     for _ in range(3):
         pids = processes_mentioning(str(home))
         if not pids:

@@ -42,6 +42,10 @@ from stixd.providers.aws.provider import AwsProvider
 from stixd.providers.aws.records import Records
 from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.providers.fake.provider import FakeProvider
+from stixd.providers.local.config import DEFAULT_SUBNET
+from stixd.providers.local.netns import NodeNetworks, node_resolver, remove_under
+from stixd.providers.local.netns import unavailable_reason as netns_unavailable
+from stixd.providers.local.networked import NamespacedLocalProvider
 from stixd.providers.local.node import marked_processes
 from stixd.providers.local.provider import LocalProvider
 from stixd.providers.shared.ssh_transport import SshSettings
@@ -322,6 +326,28 @@ class LocalWorld(World):
     ) -> bool:
         await listen_on_node(provider.connector(node), port, job_id)
         return await answers_banner(node.ip, port)
+
+
+class LocalNetnsWorld(LocalWorld):
+    """The local world with a network namespace per node, as a root stixd makes them."""
+
+    def open(self) -> LocalProvider:
+        networks = NodeNetworks(DEFAULT_SUBNET)
+        return NamespacedLocalProvider(self.home, network=networks, resolver=node_resolver())
+
+    async def end(self) -> None:
+        await super().end()
+        remove_under(self.home)  # what a failed test left
+
+    async def leftovers(self, cluster: str) -> list[str]:
+        sandbox = LocalProvider(self.home).cluster_dir(cluster)
+        nets = NodeNetworks(DEFAULT_SUBNET).records()
+        found = [f"namespace {n.name}" for n in nets if n.node_dir.parent == sandbox]
+        return found + await super().leftovers(cluster)
+
+    async def plant_leak(self, provider: Provider, cluster: str) -> None:
+        """A node whose cluster no record knows (a launch whose daemon lost its state)."""
+        await provider.launch(ProvisionRequest(cluster, 1, self.pyz))
 
 
 class HostsWorld(World):
@@ -608,6 +634,8 @@ class Bed:
         """Why this world cannot be made on this machine (then its cases skip)."""
         if isinstance(self.world, type) and issubclass(self.world, HostsWorld):
             return unavailable_reason()
+        if isinstance(self.world, type) and issubclass(self.world, LocalNetnsWorld):
+            return netns_unavailable()
         return None
 
 
@@ -617,6 +645,7 @@ BEDS = [
         LocalWorld,
         cannot={"leaks": "local nodes are this machine's processes; down removes every one"},
     ),
+    Bed("local-netns", LocalNetnsWorld),
     Bed(
         "ssh",
         SshWorld,

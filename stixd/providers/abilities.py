@@ -205,8 +205,9 @@ class OpensPorts(Protocol):
 
 @runtime_checkable
 class ReachesEveryPort(Protocol):
-    """Nodes that share this machine's network (local): every port on them is reachable
-    already, so nothing is opened and status shows any port as reachable."""
+    """Nodes whose every port this machine reaches (local: in its network, or each in a
+    namespace of its own at an address this machine routes to): nothing is opened and status
+    shows any port as reachable."""
 
     every_port_reachable: Literal[True]
 

@@ -10,6 +10,10 @@ which, and every process of the node carries a marker (`local_node`) that `stop`
 Nodes made by earlier versions kept those files in the node directory itself: an agent of that
 layout still running is used where it is (its jobs keep running); its files move into `.stix`
 the next time the node starts.
+
+Given `NodeNetworks`, each node gets a network namespace of its own (`netns.py`), and its agent
+(so every job) runs inside it: the node's `ip` is its address there, and two nodes may bind the
+same port. Without, the nodes share this machine's network at 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from stixd.providers.base import (
     NodeStatus,
     ProvisionRequest,
 )
+from stixd.providers.local.netns import NodeNetworks
 from stixd.providers.local.node import (
     kill_marked,
     marked_processes,
@@ -62,27 +67,61 @@ KILL_WITHIN_S = 5.0
 
 # Detaches the agent from the daemon: a double fork leaves it owned by init, in its own
 # session, so neither a daemon crash nor a terminal hang-up reaches it, and no zombie is left.
+# Given a network namespace (argv[1]), it enters it first, so a failure is the spawner's exit
+# status; given a resolv.conf (argv[2]), it shows it at /etc/resolv.conf in a mount namespace of
+# the node's own (a slave of this machine's: every later mount still reaches the node).
 _SPAWN = """
 import os, sys
+def check(done, what):
+    if done != 0:
+        sys.exit("cannot " + what + ": " + os.strerror(ctypes.get_errno()))
+if sys.argv[1]:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    check(libc.setns(fd, 0x40000000), "enter " + sys.argv[1])
+    os.close(fd)
+if sys.argv[1] and sys.argv[2]:
+    check(libc.unshare(0x20000), "make a mount namespace")
+    check(libc.mount(b"none", b"/", None, 0x4000 | 0x80000, None), "make / a slave")
+    resolv = sys.argv[2].encode()
+    check(libc.mount(resolv, b"/etc/resolv.conf", None, 0x1000, None), "bind resolv.conf")
 if os.fork():
     os._exit(0)
 os.setsid()
-log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+log = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 os.dup2(log, 1); os.dup2(log, 2)
 null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0)
-os.execv(sys.argv[2], sys.argv[2:])
+os.execv(sys.argv[4], sys.argv[4:])
 """
 
 
 class LocalProvider:
     name = "local"
     every_port_reachable: Literal[True] = True
-    """The nodes share this machine's network: a task's ports need no opening."""
+    """Every port of a node is reachable from this machine: a task's ports need no opening."""
 
-    def __init__(self, home: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        home: Path,
+        python: str = sys.executable,
+        *,
+        network: NodeNetworks | None = None,
+        resolver: Path | None = None,
+        shared_why: str | None = None,
+    ) -> None:
         self.root = home / "clusters"
         self._run_dir = Path("/tmp") / f"stix-{os.getuid()}"
         self._python = python
+        self.network = network
+        """Where node namespaces are recorded: found (a node's address) and removed by `down`."""
+        self._resolver = resolver
+        """The resolv.conf the nodes' namespaces see instead of this machine's (`node_resolver`)."""
+        self._shared_why = shared_why
+        """Set: new nodes share this machine's network, and this says why; nodes that have a
+        namespace already (made before a config change) keep it until `down`."""
+        self._maker = network if shared_why is None else None
+        """What makes each new node a namespace; None: new nodes share this machine's network."""
 
     # -- layout --------------------------------------------------------------------------
 
@@ -124,13 +163,19 @@ class LocalProvider:
         d = self.node_dir(cluster, rank)
         return NodeInfo(
             rank=rank,
-            ip=LOCAL_IP,
+            ip=self._ip_of(d),
             status=status,
             agent_address=address or self.socket_path(self.state_dir(d)),
             workdir=str(d / "sky_workdir"),
             home=str(d),
             pid=pid,
         )
+
+    def _ip_of(self, node_dir: Path) -> str:
+        """The node's namespace address; 127.0.0.1 for a node sharing this machine's network
+        (none made yet, or made before namespaces were turned on)."""
+        found = self.network.address_of(node_dir) if self.network else None
+        return found or LOCAL_IP
 
     def _ranks(self, cluster: str) -> list[int]:
         try:
@@ -143,7 +188,15 @@ class LocalProvider:
 
     async def check(self) -> CheckResult:
         cpus = os.cpu_count() or 1
-        return CheckResult(True, f"this machine: {cpus} CPUs, no accelerators, $0/hour")
+        maker = self._maker
+        if maker is not None and maker.refused is not None:
+            net = f"local.network is namespace but {maker.refused}: launches fail"
+        elif maker is not None:
+            net = f"a network namespace per node in {maker.subnet}"
+        else:
+            why = f" ({self._shared_why})" if self._shared_why else ""
+            net = f"nodes share this machine's network{why}: two cannot bind one port"
+        return CheckResult(True, f"this machine: {cpus} CPUs, no accelerators, $0/hour; {net}")
 
     def connector(self, node: NodeInfo) -> AgentClient:
         return unix_agent(self._current_address(node))
@@ -206,6 +259,9 @@ class LocalProvider:
         state = self.state_dir(d)
         if await self._answering(req.cluster, rank, deadline=1.0) is not None:
             return
+        netns, resolver = "", str(self._resolver or "")
+        if self._maker is not None:
+            netns = str((await anyio.to_thread.run_sync(self._maker.ensure, d)).path)
         node = self._node(req.cluster, rank, NodeStatus.STOPPED, None)
         (d / "sky_workdir").mkdir(parents=True, exist_ok=True)
         state.mkdir(mode=0o700, exist_ok=True)
@@ -228,19 +284,20 @@ class LocalProvider:
             "--rank",
             str(rank),
             "--node-ip",
-            LOCAL_IP,
+            node.ip,
         ]
         env = node_environment(os.environ, node_dir=d, home=d, prefixes=stix_prefixes(os.environ))
         real_home = os.path.expanduser("~")
         if "PYENV_ROOT" not in env and os.path.isdir(os.path.join(real_home, ".pyenv")):
             env["PYENV_ROOT"] = os.path.join(real_home, ".pyenv")
         spawner = await anyio.run_process(
-            [self._python, "-I", "-c", _SPAWN, str(state / "agent.out"), *argv],
+            [self._python, "-I", "-c", _SPAWN, netns, resolver, str(state / "agent.out"), *argv],
             env=env,
             check=False,
         )
         if spawner.returncode != 0:
-            raise ProvisionError(f"could not start the agent of {req.cluster} node {rank}")
+            why = spawner.stderr.decode(errors="replace").strip()[-300:]
+            raise ProvisionError(f"could not start the agent of {req.cluster} node {rank}: {why}")
         with anyio.move_on_after(15):
             while await self._hello(node, deadline=1.0) is None:
                 await anyio.sleep(0.02)
@@ -260,6 +317,9 @@ class LocalProvider:
         """What `stixctl ssh CLUSTER` runs: a shell in the node's sandbox, HOME set to it."""
         shell = os.environ.get("SHELL") or "/bin/bash"
         argv = [shell, "-l"] if command is None else ["/bin/bash", "-c", command]
+        net = self.network.record(Path(node.home)) if self.network else None
+        if net is not None and shutil.which("nsenter"):
+            argv = ["nsenter", f"--net={net.path}", *argv]  # the node's network, as its jobs
         return argv, node.workdir, {"HOME": node.home}
 
     async def stop(self, cluster: str) -> None:
@@ -288,8 +348,18 @@ class LocalProvider:
         sandbox = self._sandbox(cluster)
         if sandbox is None:
             return  # never made by stix under root: nothing of stix's to delete
+        if self.network is not None:
+            await anyio.to_thread.run_sync(self._remove_networks, sandbox)
         # rmtree refuses a symlink (ignored here), so a link planted there is not followed out
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(sandbox, ignore_errors=True))
+
+    def _remove_networks(self, sandbox: Path) -> None:
+        """Every node namespace recorded for the cluster, found by record, not by the node
+        directories (a job may have deleted its own)."""
+        assert self.network is not None
+        for net in self.network.records():
+            if net.node_dir.parent == sandbox:
+                self.network.remove(net)
 
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
         copied = 0
