@@ -378,3 +378,50 @@ def pool_status(pools: Names) -> Op[m.Table, r.Report[r.PoolRecord]]:
 
 def pool_down(pools: Names, all: bool) -> Op[m.Table, r.Report[r.PoolRef]]:
     return Op(m.PoolDown(names=names(pools), all=all), m.Table, _report(r.PoolRef))
+
+
+# -- services --------------------------------------------------------------------------------
+
+
+def serve_up(task: TaskLike, name: str | None, config: ConfigFiles) -> Op[m.ServiceUp, m.ServiceUp]:
+    request = m.ServeUp(task=task_of(task), name=name, config=config_layers(config))
+    return Op(request, m.ServiceUp, _same)
+
+
+def serve_update(
+    name: str, task: TaskLike, mode: Literal["rolling", "blue_green"], config: ConfigFiles
+) -> Op[m.ServiceUp, m.ServiceUp]:
+    request = m.ServeUpdate(name=name, task=task_of(task), mode=mode, config=config_layers(config))
+    return Op(request, m.ServiceUp, _same)
+
+
+def serve_status(services: Names) -> Op[m.ServiceList, list[m.ServiceRecord]]:
+    return Op(m.ServeStatus(names=names(services)), m.ServiceList, lambda r: list(r.services))
+
+
+def serve_logs(
+    service: str,
+    replica_id: int | None,
+    controller: bool,
+    load_balancer: bool,
+    follow: bool,
+    tail: int | None,
+) -> m.ServeLogs:
+    """A streamed request: its `LogChunk`s are the log."""
+    if controller and load_balancer:
+        raise InvalidRequest("ask for the controller's log or the load balancer's, not both")
+    target: Literal["replica", "controller", "load_balancer"] = (
+        "controller" if controller else "load_balancer" if load_balancer else "replica"
+    )
+    if target == "replica" and replica_id is None:
+        raise InvalidRequest("name a replica_id, or pass controller=True or load_balancer=True")
+    return m.ServeLogs(name=service, replica_id=replica_id, target=target, follow=follow, tail=tail)
+
+
+def serve_down(
+    services: Names, all: bool, purge: bool, replica_id: int | None
+) -> Op[m.Table, r.Report[r.ServiceDown]]:
+    request = m.ServeDown(names=names(services), all=all, purge=purge, replica_id=replica_id)
+    if not (request.names or all):
+        raise InvalidRequest("name the services to take down, or all=True")
+    return Op(request, m.Table, _report(r.ServiceDown))

@@ -1,0 +1,156 @@
+"""Services end to end: a real daemon, the real `local` infra, replicas that are real HTTP
+servers on 127.0.0.1, probed by the replica actors over real HTTP.
+
+The load balancer here is tests/fake_balancers.py's FAKE (it records the ready sets pushed to
+it and proxies nothing): the real balancer process is built beside this and replaces it in the
+end-to-end tests once merged. What the tests check of the data path is what the daemon pushes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stix, wait_until
+from tests.fake_balancers import ENV, last_ready, pushes
+
+SERVER = """\
+import http.server, os, sys, time
+port = int(os.environ["STIX_SERVE_PORT"])
+time.sleep(float(os.environ.get("START_DELAY", "0")))
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = (os.environ.get("REPLY", "hello") + " " + os.environ["SKYPILOT_SERVE_REPLICA_ID"])
+        self.send_response(200); self.end_headers(); self.wfile.write(body.encode())
+    def log_message(self, *a): pass
+
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def serving(stix: Stix, **settings: str) -> Stix:
+    """A daemon with the fake balancers and fast probes and rounds."""
+    stix.env.update(ENV)
+    stix.env["STIX__DAEMON__SERVE_PROBE_SECONDS"] = settings.pop("probe", "0.3")
+    stix.env["STIX__DAEMON__SERVE_ROUND_SECONDS"] = settings.pop("round", "0.5")
+    return stix
+
+
+def service_yaml(
+    task_file: Callable[[str], Path],
+    port: int,
+    *,
+    replicas: int = 1,
+    delay: float = 0,
+    reply: str = "hello",
+    initial_delay: float = 60,
+    run: str | None = None,
+) -> Path:
+    server = task_file(SERVER).with_name("server.py")
+    server.write_text(SERVER)
+    command = run or f"python3 {server}"
+    return task_file(
+        "service:\n"
+        f"  readiness_probe: {{path: /, initial_delay_seconds: {initial_delay}, "
+        "timeout_seconds: 2}\n"
+        f"  replicas: {replicas}\n"
+        f"  ports: {port}\n"
+        f"envs:\n  START_DELAY: '{delay}'\n  REPLY: {reply}\n"
+        f"run: {command}\n"
+    )
+
+
+def status(stix: Stix, name: str) -> dict[str, Any] | None:
+    found = [s for s in stix.json("serve", "status") if s["name"] == name]
+    return found[0] if found else None
+
+
+def replica_states(stix: Stix, name: str) -> dict[int, str]:
+    s = status(stix, name)
+    return {r["replica_id"]: r["status"] for r in s["replicas"]} if s else {}
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text: str = resp.read().decode()
+        return text
+
+
+def up(stix: Stix, path: Path, name: str) -> None:
+    stix.run("serve", "up", "-y", "-n", name, str(path), check=True)
+
+
+def test_service_comes_up_ready_and_its_replica_answers_where_the_balancer_is_told(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    port = free_port()
+    out = stix.run("serve", "up", "-y", "-n", "web", str(service_yaml(task_file, port)))
+    assert out.returncode == 0, out.stderr
+    assert "Service web is" in out.stdout
+    states = [status(stix, "web")["status"]]  # type: ignore[index]
+    wait_until(lambda: status(stix, "web")["status"] == "READY", timeout=40)  # type: ignore[index]
+    assert states[0] in ("REPLICA_INIT", "READY")
+    ready = wait_until(lambda: last_ready(stix.home, "web"), timeout=10)
+    assert [r["id"] for r in ready] == [1]
+    assert ready[0]["url"] == f"http://127.0.0.1:{port}"
+    assert get(ready[0]["url"]) == "hello 1"
+    record = status(stix, "web")
+    assert record is not None
+    assert record["endpoint"] == "http://127.0.0.1:9"
+    assert record["replicas"][0]["cluster"] == "web-1"
+    assert record["replicas"][0]["infra"] == "local"
+    assert record["policy"] == "Fixed 1 replica"
+    text = stix.run("serve", "status", check=True).stdout
+    assert text.splitlines()[0] == "Services"
+    assert "NAME" in text and "UPTIME" in text and "REPLICAS" in text and "ENDPOINT" in text
+    assert "SERVICE_NAME" in text and "LAUNCHED" in text and "RESOURCES" in text
+    assert "1/1" in text
+    endpoint = stix.run("serve", "status", "web", "--endpoint", check=True).stdout.strip()
+    assert endpoint == "http://127.0.0.1:9"
+    history = stix.json("events", "--kind", "service", "web")
+    moves = [e["to_state"] for e in history if e["kind"] == "service" and e["to_state"]]
+    assert moves == ["CONTROLLER_INIT", "REPLICA_INIT", "READY"]
+    replica = [e["to_state"] for e in history if e["kind"] == "replica" and e["to_state"]]
+    assert replica == ["PENDING", "PROVISIONING", "STARTING", "READY"]
+    # down: the replica's cluster and every row go, and the balancer is stopped
+    out = stix.run("serve", "down", "-y", "web", check=True)
+    assert "Service web is down." in out.stdout
+    assert stix.json("serve", "status") == []
+    assert "web-1" not in stix.clusters()
+    assert pushes(stix.home, "web")[-1].get("stopped") is True
+    with pytest.raises(OSError):
+        get(f"http://127.0.0.1:{port}")
+
+
+def test_a_task_without_a_service_section_is_refused_in_one_line(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    out = stix.run("serve", "up", "-y", "-n", "x", str(task_file("run: echo hi\n")))
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "no `service:` section" in out.stderr
+
+
+def test_serving_is_refused_where_the_daemon_has_no_balancers(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    out = stix.run("serve", "up", "-y", "-n", "web", str(service_yaml(task_file, free_port())))
+    assert out.returncode == 2
+    assert "serving is not available" in out.stderr
+    assert json.loads(stix.run("serve", "status", "--json", check=True).stdout) == []
