@@ -9,6 +9,8 @@ end-to-end tests once merged. What the tests check of the data path is what the 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import urllib.request
 from collections.abc import Callable
@@ -17,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Stix, wait_until
+from tests.conftest import Stix, processes_mentioning, wait_until
 from tests.fake_balancers import ENV, last_ready, pushes
 
 SERVER = """\
 import http.server, os, sys, time
 port = int(os.environ["STIX_SERVE_PORT"])
+print("replica", os.environ["SKYPILOT_SERVE_REPLICA_ID"], "starts on", port, flush=True)
 time.sleep(float(os.environ.get("START_DELAY", "0")))
 
 class H(http.server.BaseHTTPRequestHandler):
@@ -33,6 +36,13 @@ class H(http.server.BaseHTTPRequestHandler):
 
 http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 """
+
+
+def _environ(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def free_port() -> int:
@@ -154,3 +164,85 @@ def test_serving_is_refused_where_the_daemon_has_no_balancers(
     assert out.returncode == 2
     assert "serving is not available" in out.stderr
     assert json.loads(stix.run("serve", "status", "--json", check=True).stdout) == []
+
+
+def test_a_server_that_starts_late_becomes_ready_and_one_that_never_answers_fails_its_delay(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    up(stix, service_yaml(task_file, free_port(), delay=2), "late")
+    wait_until(lambda: replica_states(stix, "late").get(1) == "STARTING", timeout=30)
+    wait_until(lambda: replica_states(stix, "late").get(1) == "READY", timeout=30)
+    assert status(stix, "late")["status"] == "READY"  # type: ignore[index]
+    # a command that never serves: each replica fails its initial delay, is torn down and
+    # replaced, and after three in a row the version is broken and the service FAILED
+    up(stix, service_yaml(task_file, free_port(), initial_delay=1, run="sleep 600"), "mute")
+    failed = wait_until(lambda: status(stix, "mute")["status"] == "FAILED", timeout=60)  # type: ignore[index]
+    assert failed
+    record = status(stix, "mute")
+    assert record is not None
+    states = {r["replica_id"]: r["status"] for r in record["replicas"]}
+    assert states == {
+        1: "FAILED_INITIAL_DELAY",
+        2: "FAILED_INITIAL_DELAY",
+        3: "FAILED_INITIAL_DELAY",
+    }
+    assert "initial_delay_seconds" in record["replicas"][0]["failure_reason"]
+    assert "keep failing" in record["failure_reason"]
+    assert not any(c.startswith("mute-") for c in stix.clusters())  # each was torn down
+    assert last_ready(stix.home, "mute") in (None, [])
+
+
+def test_a_replica_whose_server_dies_is_failed_torn_down_and_replaced(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    port = free_port()
+    up(stix, service_yaml(task_file, port), "web")
+    wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
+    server = [p for p in processes_mentioning("server.py") if f"{stix.home}" in _environ(p)]
+    assert server, "the replica's server process is not found"
+    for pid in server:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: replica_states(stix, "web").get(1) == "FAILED", timeout=30)
+    ready = wait_until(
+        lambda: [r["id"] for r in last_ready(stix.home, "web") or []] == [2], timeout=40
+    )
+    assert ready
+    record = status(stix, "web")
+    assert record is not None and record["status"] == "READY"
+    assert "ended" in record["replicas"][0]["failure_reason"]
+    assert "web-1" not in stix.clusters() and "web-2" in stix.clusters()
+    assert get(last_ready(stix.home, "web")[0]["url"]) == "hello 2"  # type: ignore[index]
+    # the ready set went from none yet to [1], to [] the moment 1 failed, to [2]
+    sets = [[r["id"] for r in p["ready"]] for p in pushes(stix.home, "web") if "ready" in p]
+    assert sets == [[], [1], [], [2]]
+
+
+def test_logs_of_a_replica_and_of_the_controller(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    up(stix, service_yaml(task_file, free_port()), "web")
+    wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
+    out = stix.run("serve", "logs", "web", "1", "--no-follow", check=True)
+    assert "replica 1 starts on" in out.stdout
+    out = stix.run("serve", "logs", "web", "--controller", "--no-follow", check=True)
+    assert "service CONTROLLER_INIT -> REPLICA_INIT" in out.stdout
+    assert "replica 1 STARTING -> READY: readiness probe passed" in out.stdout
+    lb = stix.home / "serve" / "web" / "load_balancer.log"
+    lb.write_text("one\ntwo\n")
+    out = stix.run("serve", "logs", "web", "--load-balancer", "--no-follow", "--tail", "1")
+    assert out.stdout == "two\n"
+    out = stix.run("serve", "logs", "web")
+    assert out.returncode == 2 and "name a replica" in out.stderr
+
+
+def test_down_of_one_replica_replaces_it(stix: Stix, task_file: Callable[[str], Path]) -> None:
+    serving(stix)
+    up(stix, service_yaml(task_file, free_port()), "web")
+    wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
+    stix.run("serve", "down", "-y", "web", "--replica-id", "1", check=True)
+    wait_until(lambda: [r["id"] for r in last_ready(stix.home, "web") or []] == [2], timeout=40)
+    wait_until(lambda: 1 not in replica_states(stix, "web"), timeout=20)  # shut down: no row
+    assert "web-1" not in stix.clusters()

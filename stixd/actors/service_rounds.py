@@ -27,7 +27,7 @@ from stixd.actors.service_rows import (
     ReplicaSpec,
     replica_row_id,
 )
-from stixd.actors.service_states import SE
+from stixd.actors.service_states import ENDS, SE, ReplicaEvent
 from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
 from stixd.providers.abilities import ReachesEveryPort
 from stixd.serve.autoscaler import decide
@@ -173,9 +173,21 @@ async def replicas_of(actor: ServiceActor) -> list[Replica]:
     return out
 
 
+def heading_to(replica: Replica) -> R:
+    """The state a replica is in, or the end it takes once torn down (a failing replica is
+    SHUTTING_DOWN first, and counts as failed from then on)."""
+    end = replica.data.end
+    if replica.status is R.SHUTTING_DOWN and end:
+        try:
+            return ENDS[ReplicaEvent(end)]
+        except (ValueError, KeyError):
+            return R.FAILED
+    return replica.status
+
+
 def seen(replicas: list[Replica]) -> list[ReplicaSeen]:
     return [
-        ReplicaSeen(r.spec.replica_id, r.spec.version, r.status, r.data.ever_ready)
+        ReplicaSeen(r.spec.replica_id, r.spec.version, heading_to(r), r.data.ever_ready)
         for r in replicas
     ]
 
