@@ -230,7 +230,7 @@ async def run_round(actor: ServiceActor) -> None:
     if not broken:
         for order in plan.launch:
             await _launch(actor, order, task, replicas)
-    for replica_id in plan.stop:
+    for replica_id in held_for_blue_green(actor, plan.stop, replicas, plan.target):
         _tell_replica(actor, replica_row_id(actor.id, replica_id), Shutdown())
     changes: dict[str, Any] = {}
     if plan.memory != actor.data.memory:
@@ -297,6 +297,22 @@ async def _launch(
         return
     actor.app.spawn(row)
     replicas.append(Replica(row, spec, ReplicaData(), R.PENDING))
+
+
+def held_for_blue_green(
+    actor: ServiceActor, stop: tuple[int, ...], replicas: list[Replica], target: int
+) -> list[int]:
+    """The replicas to stop now: under a blue-green update, old versions stay in rotation
+    until the new version alone has `target` replicas READY, then go all at once."""
+    version = actor.data.version
+    mode = next((v.mode for v in actor.spec.versions if v.version == version), "rolling")
+    if mode != "blue_green":
+        return list(stop)
+    ready_new = sum(r.status is R.READY and r.spec.version == version for r in replicas)
+    if ready_new >= target:
+        return list(stop)
+    by_id = {r.spec.replica_id: r for r in replicas}
+    return [i for i in stop if i in by_id and by_id[i].spec.version == version]
 
 
 def _tell_replica(actor: ServiceActor, row_id: str, message: Any) -> None:
