@@ -13,8 +13,8 @@ from tests.test_serve import (
     free_port,
     get,
     replica_states,
-    serving,
     service_yaml,
+    serving,
     status,
     up,
 )

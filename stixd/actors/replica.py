@@ -37,6 +37,7 @@ from stixd.actors.service_rows import (
     replica_cluster,
 )
 from stixd.actors.service_states import ENDS, RE, REPLICA_TRANSITIONS, ReplicaEvent
+from stixd.actors.specs import spec_or_none
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -90,7 +91,8 @@ class ReplicaActor(Actor):
 
     @classmethod
     def parent_of(cls, row: Any) -> str | None:
-        return str(row.spec.get("service")) if isinstance(row.spec, dict) else None
+        spec = spec_or_none(row, ReplicaSpec)
+        return spec.service if spec is not None else None
 
     def done(self) -> bool:
         return self._gone or self.row.terminal

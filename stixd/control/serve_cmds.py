@@ -24,7 +24,7 @@ from stixd.actors.service_rows import (
     replica_cluster,
     replica_row_id,
 )
-from stixd.actors.specs import data_or_none, encode, spec_or_none
+from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
 from stixd.app import App
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
@@ -39,6 +39,7 @@ from stixproto.errors import (
 )
 from stixproto.paths import child_path
 from stixproto.states import ReplicaStatus, ServiceStatus
+from stixproto.states import ServiceStatus as S
 from stixproto.task import Task
 from stixproto.task.service import effective_scaling
 
@@ -102,12 +103,12 @@ async def serve_up(
     with anyio.move_on_after(UP_WAIT_SECONDS):
         row = (
             await app.watch.wait_for(
-                SERVICE, name, lambda r: r is None or r.state != ServiceStatus.CONTROLLER_INIT.value
+                SERVICE, name, lambda r: r is None or state_of(r, S) is not S.CONTROLLER_INIT
             )
             or row
         )
     data = data_or_none(row, ServiceData) or ServiceData()
-    if row.state == ServiceStatus.CONTROLLER_FAILED.value:
+    if state_of(row, S) is S.CONTROLLER_FAILED:
         raise InvalidRequest(f"service {name}: {data.failure_reason or 'its balancer failed'}")
     return m.ServiceUp(name=name, version=1, endpoint=data.endpoint, status=row.state)
 
@@ -345,7 +346,7 @@ async def serve_down(app: App, req: m.ServeDown, emit: Emit) -> m.Table:
                 await app.watch.wait_for(
                     SERVICE,
                     row.id,
-                    lambda r: r is None or r.state == ServiceStatus.FAILED_CLEANUP.value,
+                    lambda r: r is None or state_of(r, S) is S.FAILED_CLEANUP,
                 )
                 or row
             )
