@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from stixproto.errors import InvalidRequest
 from tests.conftest import Stix, processes_mentioning, wait_until
 from tests.fake_balancers import ENV, last_ready, pushes
 
@@ -125,6 +126,9 @@ def test_service_comes_up_ready_and_its_replica_answers_where_the_balancer_is_to
     assert record["replicas"][0]["cluster"] == "web-1"
     assert record["replicas"][0]["infra"] == "local"
     assert record["policy"] == "Fixed 1 replica"
+    owned = stix.run("down", "-y", "web-1")  # the service would replace it: refused by name
+    assert owned.returncode == 2 and "serve down web" in owned.stderr
+    assert stix.clusters()["web-1"]["owner"] == "service web"
     text = stix.run("serve", "status", check=True).stdout
     assert text.splitlines()[0] == "Services"
     assert "NAME" in text and "UPTIME" in text and "REPLICAS" in text and "ENDPOINT" in text
@@ -246,3 +250,35 @@ def test_down_of_one_replica_replaces_it(stix: Stix, task_file: Callable[[str], 
     wait_until(lambda: [r["id"] for r in last_ready(stix.home, "web") or []] == [2], timeout=40)
     wait_until(lambda: 1 not in replica_states(stix, "web"), timeout=20)  # shut down: no row
     assert "web-1" not in stix.clusters()
+
+
+def test_the_sdk_serves_sync_and_async_as_the_cli_does(
+    stix: Stix, task_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from stixctl.sdk import AsyncClient, Client
+
+    serving(stix)
+    for key in ("STIX_HOME", *ENV, "STIX__DAEMON__SERVE_PROBE_SECONDS"):
+        monkeypatch.setenv(key, stix.env[key])
+    monkeypatch.setenv(
+        "STIX__DAEMON__SERVE_ROUND_SECONDS", stix.env["STIX__DAEMON__SERVE_ROUND_SECONDS"]
+    )
+    client, aclient = Client(stix.home), AsyncClient(stix.home)
+    started = client.serve_up(service_yaml(task_file, free_port()), "web")
+    assert (started.name, started.version, started.endpoint) == ("web", 1, "http://127.0.0.1:9")
+    wait_until(lambda: client.serve_status("web")[0].status == "READY", timeout=40)
+    (record,) = asyncio.run(aclient.serve_status(["web"]))
+    assert [(r.replica_id, r.status) for r in record.replicas] == [(1, "READY")]
+    assert "replica 1 starts on" in "".join(client.serve_logs("web", 1))
+
+    async def controller() -> str:
+        return "".join([c async for c in aclient.serve_logs("web", controller=True)])
+
+    assert "STARTING -> READY" in asyncio.run(controller())
+    with pytest.raises(InvalidRequest, match="replica_id"):
+        client.serve_logs("web")
+    report = asyncio.run(aclient.serve_down("web"))
+    assert [(r.service, r.status) for r in report.rows] == [("web", "DOWN")]
+    assert client.serve_status() == []
