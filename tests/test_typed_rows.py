@@ -33,7 +33,6 @@ from stixd.actors.service_rows import (
     ServiceSpec,
     ServiceVersion,
 )
-from stixd.serve.seams import ScalerMemory
 from stixd.actors.specs import (
     Autostop,
     ClusterData,
@@ -55,6 +54,7 @@ from stixd.providers.all import infras
 from stixd.runtime.actor import Actor
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
+from stixd.serve.seams import ScalerMemory
 from stixd.store.db import Row, open_store
 from stixproto.errors import InternalError
 from stixproto.states import ClusterStatus, JobStatus, ManagedJobStatus, PoolStatus
