@@ -26,6 +26,18 @@ def pushes_file(home: Path, service: str) -> Path:
     return home / "serve" / service / "fake-pushes.jsonl"
 
 
+def suspects_file(home: Path, service: str) -> Path:
+    """Replica ids written here are reported as ejected by the next `take_traffic`."""
+    return home / "serve" / service / "fake-suspects"
+
+
+def report_suspect(home: Path, service: str, replica_id: int) -> None:
+    """Make the next `take_traffic` of `service` report `replica_id` as ejected."""
+    path = suspects_file(home, service)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{replica_id}\n")
+
+
 def pushes(home: Path, service: str) -> list[dict[str, Any]]:
     """Every push recorded for `service`, oldest first: `{"at", "ready": [{id, url, version}]}`
     or `{"at", "stopped": true}`."""
@@ -64,7 +76,15 @@ class FakeBalancer:
         self._record({"ready": ready})
 
     async def take_traffic(self) -> Traffic:
-        return Traffic()
+        """No requests (it serves none); the replica ids a test wrote to
+        `suspects_file` as the ones it ejected, each handed out once."""
+        path = suspects_file(self.home, self.spec.service)
+        try:
+            text = path.read_text()
+            path.unlink()
+        except FileNotFoundError:
+            return Traffic()
+        return Traffic(suspects=tuple(int(x) for x in text.split()))
 
     async def wait_for_demand(self) -> None:
         await anyio.sleep_forever()

@@ -21,18 +21,25 @@ import pytest
 
 from stixproto.errors import InvalidRequest
 from tests.conftest import Stix, processes_mentioning, wait_until
-from tests.fake_balancers import ENV, last_ready, pushes
+from tests.fake_balancers import ENV, last_ready, pushes, report_suspect
 
 SERVER = """\
-import http.server, os, sys, time
+import http.server, json, os, sys, time
 port = int(os.environ["STIX_SERVE_PORT"])
 print("replica", os.environ["SKYPILOT_SERVE_REPLICA_ID"], "starts on", port, flush=True)
 time.sleep(float(os.environ.get("START_DELAY", "0")))
 
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if os.path.exists(os.environ.get("FAIL_FLAG", "/nonexistent")):
+            self.send_response(503); self.end_headers(); return
         body = (os.environ.get("REPLY", "hello") + " " + os.environ["SKYPILOT_SERVE_REPLICA_ID"])
         self.send_response(200); self.end_headers(); self.wfile.write(body.encode())
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        ok = self.path == "/health" and self.headers.get("X-Token") == "t1"
+        ok = ok and json.loads(data) == {"ping": 1}
+        self.send_response(200 if ok else 401); self.end_headers()
     def log_message(self, *a): pass
 
 http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
@@ -282,3 +289,50 @@ def test_the_sdk_serves_sync_and_async_as_the_cli_does(
     report = asyncio.run(aclient.serve_down("web"))
     assert [(r.service, r.status) for r in report.rows] == [("web", "DOWN")]
     assert client.serve_status() == []
+
+
+def test_a_post_probe_sends_its_body_and_headers_and_a_wrong_one_never_gets_ready(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+
+    def with_probe(headers: str) -> Path:
+        path = service_yaml(task_file, free_port(), initial_delay=2)
+        probe = (
+            "  readiness_probe: {path: /health, initial_delay_seconds: 2, timeout_seconds: 2, "
+            f"post_data: {{ping: 1}}, headers: {{X-Token: {headers}}}}}\n"
+        )
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(probe if "readiness_probe" in x else x for x in lines))
+        return path
+
+    up(stix, with_probe("t1"), "good")
+    up(stix, with_probe("wrong"), "bad")
+    wait_until(lambda: replica_states(stix, "good").get(1) == "READY", timeout=40)
+    wait_until(lambda: replica_states(stix, "bad").get(1) == "FAILED_INITIAL_DELAY", timeout=40)
+    reason = status(stix, "bad")["replicas"][0]["failure_reason"]  # type: ignore[index]
+    assert "HTTP 401 from POST /health" in reason
+
+
+def test_a_replica_the_balancer_ejects_is_probed_at_once(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix, probe="30")  # left to its interval, the next probe would be 30 s away
+    flag = stix.home / "fail-now"
+    path = service_yaml(task_file, free_port())
+    path.write_text(path.read_text().replace("envs:\n", f"envs:\n  FAIL_FLAG: {flag}\n"))
+    up(stix, path, "web")
+
+    def nudged() -> object:  # its first probe may come before its server listens
+        report_suspect(stix.home, "web", 1)
+        return last_ready(stix.home, "web")
+
+    wait_until(nudged, timeout=20, interval=0.3)
+    flag.write_text("")
+    report_suspect(stix.home, "web", 1)
+    wait_until(lambda: replica_states(stix, "web").get(1) == "NOT_READY", timeout=10)
+    wait_until(lambda: last_ready(stix.home, "web") == [], timeout=5)  # out of rotation
+    flag.unlink()
+    report_suspect(stix.home, "web", 1)
+    wait_until(lambda: replica_states(stix, "web").get(1) == "READY", timeout=10)
+    assert [r["id"] for r in last_ready(stix.home, "web") or []] == [1]

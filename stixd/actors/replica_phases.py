@@ -32,6 +32,7 @@ from stixproto import messages as m
 from stixproto.errors import StixError
 from stixproto.states import ClusterStatus, JobStatus
 from stixproto.task import Task
+from stixproto.task.resources import port_ranges
 from stixproto.task.service import Probe, effective_probe
 
 if TYPE_CHECKING:
@@ -97,11 +98,19 @@ async def stored_version(replica: ReplicaActor) -> tuple[Task, list[m.ConfigLaye
 
 
 def replica_task(replica: ReplicaActor, task: Task) -> Task:
-    """The version's task as the replica's cluster runs it: with its id and port."""
+    """The version's task as the replica's cluster runs it: with its id and port, and that
+    port opened where the infra opens ports."""
     envs = dict(task.envs or {})
     envs[REPLICA_ID_ENV] = str(replica.spec.replica_id)
     envs[PORT_ENV] = str(replica.spec.port)
-    return msgspec.structs.replace(task, envs=envs, service=None)
+    port = replica.spec.port
+    res = task.resources_or_default()
+    if not any(low <= port <= high for low, high in port_ranges(res)):
+        given = (
+            res.ports if isinstance(res.ports, list) else [] if res.ports is None else [res.ports]
+        )
+        res = msgspec.structs.replace(res, ports=[*given, port])
+    return msgspec.structs.replace(task, envs=envs, service=None, resources=res)
 
 
 async def launch(replica: ReplicaActor) -> None:
