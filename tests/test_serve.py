@@ -27,7 +27,8 @@ SERVER = """\
 import http.server, json, os, sys, time
 port = int(os.environ["STIX_SERVE_PORT"])
 print("replica", os.environ["SKYPILOT_SERVE_REPLICA_ID"], "starts on", port, flush=True)
-time.sleep(float(os.environ.get("START_DELAY", "0")))
+rid = os.environ["SKYPILOT_SERVE_REPLICA_ID"]
+time.sleep(float(os.environ.get("START_DELAY_" + rid, os.environ.get("START_DELAY", "0"))))
 
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
