@@ -167,6 +167,12 @@ def test_a_task_without_a_service_section_is_refused_in_one_line(
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1
     assert "no `service:` section" in out.stderr
+    out = stix.run(
+        "serve", "update", "-y", "nope", str(task_file("run: x\nservice: {ports: 80}\n"))
+    )
+    assert out.returncode == 3 and "no service 'nope'" in out.stderr
+    out = stix.run("serve", "up", "-y", "-n", "1bad", str(task_file("run: x\n")))
+    assert out.returncode == 2 and "service name '1bad' is not valid" in out.stderr
 
 
 def test_serving_is_refused_where_the_daemon_has_no_balancers(

@@ -133,3 +133,18 @@ def test_a_killed_daemon_finds_its_ready_service_again_and_launches_nothing(
     # a probe round later nothing more was decided
     history = stix.json("events", "--kind", "service", "web")
     assert [e["id"] for e in history if e["event"] == "decided"] == ["web/1"]
+
+
+def test_a_daemon_killed_while_a_replica_starts_finishes_that_replica_and_launches_no_other(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    up(stix, service_yaml(task_file, free_port(), delay=4), "web")
+    wait_until(lambda: replica_states(stix, "web").get(1) == "STARTING", timeout=30)
+    launched = stix.clusters()["web-1"]["launched_at"]
+    stix.kill_daemon()
+    wait_until(lambda: replica_states(stix, "web") == {1: "READY"}, timeout=40)
+    assert ready_ids(stix, "web") == [1]
+    assert stix.clusters()["web-1"]["launched_at"] == launched
+    history = stix.json("events", "--kind", "service", "web")
+    assert [e["id"] for e in history if e["event"] == "decided"] == ["web/1"]
