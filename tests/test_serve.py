@@ -343,3 +343,21 @@ def test_a_replica_the_balancer_ejects_is_probed_at_once(
     report_suspect(stix.home, "web", 1)
     wait_until(lambda: replica_states(stix, "web").get(1) == "READY", timeout=10)
     assert [r["id"] for r in last_ready(stix.home, "web") or []] == [1]
+
+
+def test_a_service_whose_row_is_damaged_is_shown_and_down_removes_it_with_its_replicas(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    import sqlite3
+
+    serving(stix)
+    up(stix, service_yaml(task_file, free_port()), "web")
+    wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
+    stix.run("daemon", "stop", check=True)
+    with sqlite3.connect(stix.home / "state.db") as db:
+        db.execute("UPDATE actors SET spec='{\"versions\": 7}' WHERE kind='service'")
+    assert status(stix, "web") is not None  # listed, not hidden
+    out = stix.run("serve", "down", "-y", "web", check=True)
+    assert "could not run" in out.stdout
+    wait_until(lambda: stix.json("serve", "status") == [], timeout=30)
+    wait_until(lambda: "web-1" not in stix.clusters(), timeout=30)

@@ -23,6 +23,7 @@ from stixd.actors.replica_phases import (
     Probed,
     TornDown,
     Up,
+    down_cluster,
     launch,
     stored_version,
     tear_down,
@@ -109,9 +110,13 @@ class ReplicaActor(Actor):
     async def given_up(self, reason: str) -> None:
         """The actor keeps crashing: end the replica, its cluster with it."""
         self.row = await self.store.get(self.kind, self.id) or self.row
-        if self.state in (R.PENDING, R.PROVISIONING, R.STARTING, R.READY, R.NOT_READY):
-            await self._step(RE.FAILING, reason, end=RE.FAILED, failure_reason=reason)
-            await tear_down(self)
+        if self.machine.allows(self.state, RE.FAILING):
+            await self.transition(RE.FAILING, reason, end=RE.FAILED.value, failure_reason=reason)
+        if self.state is R.SHUTTING_DOWN:
+            problem = await down_cluster(self)
+            end = RE.CLEANUP_FAILED if problem else self._end or RE.FAILED
+            await self.transition(end, problem or reason)
+        self._tell_service()
 
     async def handle(self, message: Any) -> None:
         if isinstance(message, Envelope):

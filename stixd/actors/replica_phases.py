@@ -256,18 +256,24 @@ async def probe_once(session: aiohttp.ClientSession, url: str, probe: Probe) -> 
 
 
 async def tear_down(replica: ReplicaActor) -> None:
-    """Tear the replica's cluster down (shielded: a restart must not leave it half done)."""
-    problem = None
+    """Tear the replica's cluster down and tell the actor how it went."""
+    replica.tell(TornDown(await down_cluster(replica)))
+
+
+async def down_cluster(replica: ReplicaActor) -> str | None:
+    """Tear the replica's cluster down (shielded: a restart must not leave it half done);
+    None, or why it could not be."""
     with anyio.CancelScope(shield=True):
         row = await replica.app.store.get("cluster", replica.cluster)
-        if row is not None and not row.terminal:
-            try:
-                await ask_cluster(
-                    replica.app, replica.cluster, m.Down(clusters=[replica.cluster]), _quiet
-                )
-            except StixError as exc:
-                problem = exc.message
-    replica.tell(TornDown(problem))
+        if row is None or row.terminal:
+            return None
+        try:
+            await ask_cluster(
+                replica.app, replica.cluster, m.Down(clusters=[replica.cluster]), _quiet
+            )
+        except StixError as exc:
+            return exc.message
+    return None
 
 
 def cluster_of(service: str, replica_id: int) -> str:

@@ -12,6 +12,7 @@ import anyio
 import msgspec
 
 from stixd.actors.joblogs import find_job, stream_job_logs
+from stixd.actors.replica import Shutdown
 from stixd.actors.service_rounds import NO_BALANCERS, replicas_of, service_port
 from stixd.actors.service_rows import (
     REPLICA,
@@ -334,6 +335,14 @@ async def serve_down(app: App, req: m.ServeDown, emit: Emit) -> m.Table:
     lines: list[str] = []
     out: list[dict[str, Any]] = []
     for row in rows:
+        child = app.supervisor.get(SERVICE, row.id) or app.spawn(row)
+        reason = row.quarantined or child.failed
+        if reason is not None and req.replica_id is None:
+            text = await forget_service(app, row, reason)
+            await emit(m.Progress(text))
+            lines.append(text)
+            out.append({"service": row.id, "status": "DOWN", "failure_reason": reason})
+            continue
         ask = m.ServeDown(names=[row.id], purge=req.purge, replica_id=req.replica_id)
         reply: m.OkReply = await ask_service(app, row, ask)
         await emit(m.Progress(reply.message))
@@ -360,6 +369,22 @@ async def serve_down(app: App, req: m.ServeDown, emit: Emit) -> m.Table:
             out.append({"service": row.id, "status": current.state, "failure_reason": why})
     ok = all(o["status"] in ("DOWN", "SHUTTING_DOWN") for o in out)
     return m.Table(text="\n".join(lines) or "No services.", rows=out, ok=ok)
+
+
+async def forget_service(app: App, row: Row, reason: str) -> str:
+    """`serve down` of a service whose actor cannot run (its row is damaged, or it kept
+    crashing): its replicas are shut down by their own actors, the rest is forgotten."""
+    for replica in await app.store.rows(REPLICA, parent=row.id):
+        if replica.terminal or replica.quarantined is not None:
+            await app.store.delete(replica, f"service {row.id} removed")
+            continue
+        app.spawn(replica)
+        app.supervisor.tell(REPLICA, replica.id, Shutdown(purge=True))
+    if app.balancers is not None:
+        await app.balancers.stop(row.id)
+    await app.store.delete(row, f"removed: {reason}")
+    app.supervisor.forget(SERVICE, row.id)
+    return f"Service {row.id} could not run ({reason}); it is removed, its replicas go down."
 
 
 SERVE_REQUESTS = (m.ServeUp, m.ServeUpdate, m.ServeStatus, m.ServeLogs, m.ServeDown)
