@@ -361,3 +361,23 @@ def test_a_service_whose_row_is_damaged_is_shown_and_down_removes_it_with_its_re
     assert "could not run" in out.stdout
     wait_until(lambda: stix.json("serve", "status") == [], timeout=30)
     wait_until(lambda: "web-1" not in stix.clusters(), timeout=30)
+
+
+def test_a_replica_whose_cluster_is_preempted_is_replaced(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    stix.env["STIX__FAKE__ENABLED"] = "true"  # fake nodes run nothing: the replica stays STARTING
+    path = task_file(
+        "resources: {infra: fake, use_spot: true}\n"
+        "service: {readiness_probe: {path: /, initial_delay_seconds: 600}, ports: 8080}\n"
+        "run: serve\n"
+    )
+    up(stix, path, "spotty")
+    wait_until(lambda: replica_states(stix, "spotty").get(1) == "STARTING", timeout=30)
+    stix.run("fake", "preempt", "spotty-1", check=True)
+    wait_until(lambda: replica_states(stix, "spotty").get(1) == "PREEMPTED", timeout=30)
+    wait_until(lambda: replica_states(stix, "spotty").get(2) == "STARTING", timeout=30)
+    record = status(stix, "spotty")
+    assert record is not None and record["status"] == "REPLICA_INIT"
+    assert "spotty-2" in stix.clusters() and record["replicas"][1]["infra"].startswith("fake")

@@ -105,6 +105,8 @@ def replica_task(replica: ReplicaActor, task: Task) -> Task:
     envs[PORT_ENV] = str(replica.spec.port)
     port = replica.spec.port
     res = task.resources_or_default()
+    if res.use_spot and not replica.spec.spot:  # the autoscaler's on-demand fallback
+        res = msgspec.structs.replace(res, use_spot=False)
     if not any(low <= port <= high for low, high in port_ranges(res)):
         given = (
             res.ports if isinstance(res.ports, list) else [] if res.ports is None else [res.ports]

@@ -276,7 +276,7 @@ async def _launch(
         replica_id=replica_id,
         version=order.version,
         port=port,
-        spot=order.spot,
+        spot=order.spot and bool(task.resources_or_default().use_spot),
         launched_at=time.time(),
     )
     row = Row(

@@ -229,8 +229,12 @@ async def serve_status(app: App, req: m.ServeStatus) -> m.ServiceList:
 
 
 def balancer_log(home: Path, service: str) -> Path:
-    """Where a service's balancer writes its log (`<home>/serve/<service>/`)."""
-    return child_path(home / "serve", service) / "load_balancer.log"
+    """Where a service's balancer writes its log: `<home>/serve/<service>/load_balancer.log`,
+    or the one other log file there."""
+    folder = child_path(home / "serve", service)
+    named = folder / "load_balancer.log"
+    others = sorted(folder.glob("*.log")) if folder.is_dir() else []
+    return named if named.exists() or len(others) != 1 else others[0]
 
 
 async def serve_logs(app: App, req: m.ServeLogs, emit: Emit) -> m.OkReply:
