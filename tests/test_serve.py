@@ -142,6 +142,8 @@ def test_service_comes_up_ready_and_its_replica_answers_where_the_balancer_is_to
     assert "NAME" in text and "UPTIME" in text and "REPLICAS" in text and "ENDPOINT" in text
     assert "SERVICE_NAME" in text and "LAUNCHED" in text and "RESOURCES" in text
     assert "1/1" in text
+    verbose = stix.run("serve", "status", "-v", check=True).stdout
+    assert "Fixed 1 replica" in verbose and "least_load" in verbose
     endpoint = stix.run("serve", "status", "web", "--endpoint", check=True).stdout.strip()
     assert endpoint == "http://127.0.0.1:9"
     history = stix.json("events", "--kind", "service", "web")

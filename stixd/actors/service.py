@@ -152,6 +152,7 @@ class ServiceActor(Actor):
         await self.transition(
             SE.UPDATE, why, version=version, broken_version=None, failure_reason=None
         )
+        self.start_soon(ensure_balancer, self)  # the new version's balancer settings
         self.queue_round()
         return m.ServiceUp(
             name=self.id, version=version, endpoint=self.data.endpoint, status=self.state.value

@@ -129,21 +129,22 @@ async def ensure_balancer(actor: ServiceActor) -> None:
 
 
 async def on_balancer_ready(actor: ServiceActor, msg: BalancerReady) -> None:
-    first = actor.mem.balancer is None
+    fresh = actor.mem.balancer is not msg.balancer
     actor.mem.balancer = msg.balancer
-    actor.mem.pushed = None  # a balancer found again gets the ready set again
+    if fresh:
+        actor.mem.pushed = None  # a balancer found again gets the ready set again
     endpoint = msg.balancer.endpoint
     if actor.machine.allows(actor.state, SE.BALANCER_UP):
         await actor.transition(SE.BALANCER_UP, f"load balancer at {endpoint}", endpoint=endpoint)
     elif endpoint != actor.data.endpoint:
         await actor.save(endpoint=endpoint)
-    if first:
+    if fresh:
         actor.start_soon(_wake_on_demand, actor, msg.balancer)
     actor.queue_round()
 
 
 async def _wake_on_demand(actor: ServiceActor, balancer: Balancer) -> None:
-    while True:
+    while actor.mem.balancer is balancer:  # a balancer replaced by an update has its own
         try:
             await balancer.wait_for_demand()
         except Exception:

@@ -281,7 +281,8 @@ async def _controller_log(app: App, row: Row, emit: Emit, follow: bool, tail: in
     first = True
     while True:
         events = await app.store.events(SERVICE, row.id, 100_000)
-        events = [e for e in events if e.kind in (SERVICE, REPLICA)]
+        # only this service's: an earlier one of the name left its history too
+        events = [e for e in events if e.kind in (SERVICE, REPLICA) and e.at >= row.created_at]
         fresh = events[seen:]
         if first and tail is not None:
             fresh = fresh[-tail:] if tail else []
