@@ -334,7 +334,6 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 next_replica=3,
                 endpoint="http://127.0.0.1:1",
                 uptime_since=2.0,
-                early_failures=1,
                 broken_version=2,
                 failure_reason="f",
                 purge=True,

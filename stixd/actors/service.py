@@ -7,8 +7,8 @@ A round runs every `serve_round_seconds`, at once when a replica changes state, 
 balancer says requests wait with no replica. Its inputs are the replica rows and the requests
 the balancer counted; its outputs are written before they are acted on (the next replica id
 before the replica's row, the autoscaler's memory in the service's row), so a daemon restart
-finds every replica it decided on and launches none twice. The rounds and the teardown are in
-`service_rounds`.
+finds every replica it decided on and launches none twice. The rounds are in `service_rounds`,
+going down in `service_down`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stixd.actors.replica import ReplicaChanged, Shutdown
+from stixd.actors.service_down import all_down, begin_down
 from stixd.actors.service_rounds import (
     BalancerFailed,
     BalancerReady,
     Round,
     Start,
     TornDownAll,
-    all_down,
-    begin_down,
     ensure_balancer,
     on_balancer_ready,
     run_round,

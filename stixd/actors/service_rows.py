@@ -50,8 +50,6 @@ class ServiceData(_Record, frozen=True, kw_only=True):
     next_replica: ReplicaId = 1
     endpoint: str | None = None
     uptime_since: float | None = None
-    early_failures: Count = 0
-    """Replicas of the current version that failed before they were ever READY, in a row."""
     broken_version: Version | None = None
     """A version whose replicas keep failing before READY: its rollout stopped."""
     failure_reason: str | None = None

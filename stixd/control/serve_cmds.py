@@ -5,13 +5,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 
-from stixd.actors.joblogs import find_job, stream_job_logs
 from stixd.actors.replica import Shutdown
 from stixd.actors.service_rounds import NO_BALANCERS, replicas_of, service_port
 from stixd.actors.service_rows import (
@@ -23,10 +21,10 @@ from stixd.actors.service_rows import (
     ServiceSpec,
     ServiceVersion,
     replica_cluster,
-    replica_row_id,
 )
 from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
 from stixd.app import App
+from stixd.control import serve_logs
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
@@ -35,10 +33,8 @@ from stixproto.errors import (
     InternalError,
     InvalidRequest,
     ServiceNotFound,
-    StixError,
     error_from_code,
 )
-from stixproto.paths import child_path
 from stixproto.states import ReplicaStatus, ServiceStatus
 from stixproto.states import ServiceStatus as S
 from stixproto.task import Task
@@ -225,105 +221,6 @@ async def serve_status(app: App, req: m.ServeStatus) -> m.ServiceList:
     return m.ServiceList(services=[await service_record(app, r) for r in rows])
 
 
-# -- logs --------------------------------------------------------------------------------------
-
-
-def balancer_log(home: Path, service: str) -> Path:
-    """Where a service's balancer writes its log: `<home>/serve/<service>/load_balancer.log`,
-    or the one other log file there."""
-    folder = child_path(home / "serve", service)
-    named = folder / "load_balancer.log"
-    others = sorted(folder.glob("*.log")) if folder.is_dir() else []
-    return named if named.exists() or len(others) != 1 else others[0]
-
-
-async def serve_logs(app: App, req: m.ServeLogs, emit: Emit) -> m.OkReply:
-    row = await _service_row(app, req.name)
-    if req.target == "controller":
-        await _controller_log(app, row, emit, req.follow, req.tail)
-    elif req.target == "load_balancer":
-        await _follow_file(app, row, balancer_log(app.home, row.id), emit, req.follow, req.tail)
-    else:
-        if req.replica_id is None:
-            raise InvalidRequest("name the replica: `serve logs NAME REPLICA_ID`")
-        rrow = await app.store.get(REPLICA, replica_row_id(row.id, req.replica_id))
-        if rrow is None:
-            raise ServiceNotFound(f"service {row.id} has no replica {req.replica_id}")
-        data = data_or_none(rrow, ReplicaData) or ReplicaData()
-        if data.job_id is None:
-            raise InvalidRequest(
-                f"replica {req.replica_id} of {row.id} is {rrow.state}: its command has not "
-                "started yet"
-            )
-        cluster = replica_cluster(row.id, req.replica_id)
-        try:
-            job = await find_job(app, cluster, data.job_id)
-        except StixError:
-            raise InvalidRequest(
-                f"replica {req.replica_id} of {row.id}: its cluster {cluster} is gone, and "
-                "its log with it"
-            ) from None
-        await stream_job_logs(app, job, emit, follow=req.follow, tail=req.tail)
-    return m.OkReply()
-
-
-def _event_line(e: Any) -> str:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
-    who = "service" if e.kind == SERVICE else f"replica {e.id.rpartition('/')[2]}"
-    move = f"{e.from_state or ''} -> {e.to_state}" if e.to_state else e.event
-    why = f": {e.why}" if e.why else ""
-    return f"{stamp} {who} {move}{why}\n"
-
-
-async def _controller_log(app: App, row: Row, emit: Emit, follow: bool, tail: int | None) -> None:
-    """The service's and its replicas' events, as they happen with `follow`."""
-    seen = 0
-    first = True
-    while True:
-        events = await app.store.events(SERVICE, row.id, 100_000)
-        # only this service's: an earlier one of the name left its history too
-        events = [e for e in events if e.kind in (SERVICE, REPLICA) and e.at >= row.created_at]
-        fresh = events[seen:]
-        if first and tail is not None:
-            fresh = fresh[-tail:] if tail else []
-        first = False
-        seen = len(events)
-        if fresh:
-            await emit(m.LogChunk("".join(_event_line(e) for e in fresh)))
-        if not follow or await app.store.get(SERVICE, row.id) is None:
-            return
-        with anyio.move_on_after(FOLLOW_POLL_S):
-            await app.watch.wait_for(SERVICE, row.id, lambda r: r is None)
-
-
-async def _follow_file(
-    app: App, row: Row, path: Path, emit: Emit, follow: bool, tail: int | None
-) -> None:
-    offset = 0
-    if tail is not None and path.exists():
-        lines = path.read_bytes().splitlines(keepends=True)
-        text = b"".join(lines[-tail:] if tail else [])
-        if text:
-            await emit(m.LogChunk(text.decode(errors="replace")))
-        offset = path.stat().st_size
-    while True:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size > offset:
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read(min(size - offset, 1 << 20))
-            offset += len(data)
-            await emit(m.LogChunk(data.decode(errors="replace")))
-            continue
-        if not follow or await app.store.get(SERVICE, row.id) is None:
-            return
-        with anyio.move_on_after(FOLLOW_POLL_S):
-            await app.watch.wait_for(SERVICE, row.id, lambda r: r is None)
-
-
 # -- down --------------------------------------------------------------------------------------
 
 
@@ -403,7 +300,7 @@ async def dispatch(app: App, req: Any, emit: Emit, check: Callable[[Any], None])
     if isinstance(req, m.ServeStatus):
         return await serve_status(app, req)
     if isinstance(req, m.ServeLogs):
-        return await serve_logs(app, req, emit)
+        return await serve_logs.serve_logs(app, req, emit)
     return await serve_down(app, req, emit)
 
 
