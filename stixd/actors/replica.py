@@ -12,6 +12,7 @@ replica is probed again, a teardown is finished.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -58,11 +59,12 @@ class ProbeNow:
     """The balancer ejected this replica: probe it now, not at the next interval."""
 
 
+@dataclass(frozen=True)
 class Shutdown:
     """The service scales this replica down (or goes down itself)."""
 
-    def __init__(self, purge: bool = False) -> None:
-        self.purge = purge
+    purge: bool = False
+    """Forget the replica even if its cluster cannot be torn down."""
 
 
 class ReplicaChanged:
@@ -96,7 +98,7 @@ class ReplicaActor(Actor):
         return spec.service if spec is not None else None
 
     def done(self) -> bool:
-        return self._gone or self.row.terminal
+        return self._gone or super().done()
 
     @property
     def cluster(self) -> str:
