@@ -32,7 +32,7 @@ time.sleep(float(os.environ.get("START_DELAY_" + rid, os.environ.get("START_DELA
 
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        if os.path.exists(os.environ.get("FAIL_FLAG", "/nonexistent")):
+        if os.path.exists(os.environ.get("FAIL_FLAG", "/nonexistent") + "-" + rid):
             self.send_response(503); self.end_headers(); return
         body = (os.environ.get("REPLY", "hello") + " " + os.environ["SKYPILOT_SERVE_REPLICA_ID"])
         self.send_response(200); self.end_headers(); self.wfile.write(body.encode())
@@ -337,11 +337,11 @@ def test_a_replica_the_balancer_ejects_is_probed_at_once(
         return last_ready(stix.home, "web")
 
     wait_until(nudged, timeout=20, interval=0.3)
-    flag.write_text("")
+    flag.with_name("fail-now-1").write_text("")
     report_suspect(stix.home, "web", 1)
     wait_until(lambda: replica_states(stix, "web").get(1) == "NOT_READY", timeout=10)
     wait_until(lambda: last_ready(stix.home, "web") == [], timeout=5)  # out of rotation
-    flag.unlink()
+    flag.with_name("fail-now-1").unlink()
     report_suspect(stix.home, "web", 1)
     wait_until(lambda: replica_states(stix, "web").get(1) == "READY", timeout=10)
     assert [r["id"] for r in last_ready(stix.home, "web") or []] == [1]
@@ -383,3 +383,37 @@ def test_a_replica_whose_cluster_is_preempted_is_replaced(
     record = status(stix, "spotty")
     assert record is not None and record["status"] == "REPLICA_INIT"
     assert "spotty-2" in stix.clusters() and record["replicas"][1]["infra"].startswith("fake")
+
+
+def test_a_ready_replica_that_keeps_failing_probes_leaves_rotation_then_is_replaced(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    flag = stix.home / "sick"
+    path = service_yaml(task_file, free_port())
+    path.write_text(path.read_text().replace("envs:\n", f"envs:\n  FAIL_FLAG: {flag}\n"))
+    up(stix, path, "web")
+    wait_until(lambda: [r["id"] for r in last_ready(stix.home, "web") or []] == [1], timeout=40)
+    flag.with_name("sick-1").write_text("")  # replica 1 answers 503 from now on
+    wait_until(lambda: replica_states(stix, "web").get(1) == "FAILED_PROBING", timeout=30)
+    wait_until(lambda: [r["id"] for r in last_ready(stix.home, "web") or []] == [2], timeout=40)
+    reason = status(stix, "web")["replicas"][0]["failure_reason"]  # type: ignore[index]
+    assert "readiness probes failed in a row: HTTP 503" in reason
+    history = stix.json("events", "--kind", "replica", "web/1")
+    assert [e["to_state"] for e in history if e["to_state"]][-4:] == [
+        "READY", "NOT_READY", "SHUTTING_DOWN", "FAILED_PROBING",
+    ]  # fmt: skip
+
+
+def test_a_service_scaled_to_zero_has_no_replica(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    path = service_yaml(task_file, free_port())
+    path.write_text(
+        path.read_text().replace("  replicas: 1\n", "  replica_policy: {min_replicas: 0}\n")
+    )
+    up(stix, path, "idle")
+    wait_until(lambda: status(stix, "idle")["status"] == "NO_REPLICA", timeout=20)  # type: ignore[index]
+    assert status(stix, "idle")["replicas"] == []  # type: ignore[index]
+    assert last_ready(stix.home, "idle") == []
