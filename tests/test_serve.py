@@ -417,3 +417,22 @@ def test_a_service_scaled_to_zero_has_no_replica(
     wait_until(lambda: status(stix, "idle")["status"] == "NO_REPLICA", timeout=20)  # type: ignore[index]
     assert status(stix, "idle")["replicas"] == []  # type: ignore[index]
     assert last_ready(stix.home, "idle") == []
+
+
+def test_down_of_a_service_with_a_damaged_replica_row_ends_and_frees_its_cluster(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    import sqlite3
+
+    serving(stix)
+    up(stix, service_yaml(task_file, free_port()), "web")
+    wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
+    stix.run("daemon", "stop", check=True)
+    with sqlite3.connect(stix.home / "state.db") as db:
+        db.execute("UPDATE actors SET data='{\"probe_failures\": -1}' WHERE kind='replica'")
+    out = stix.run("serve", "down", "-y", "web", timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert stix.json("serve", "status") == []
+    # no replica owns its cluster any more: the user can take it down
+    stix.run("down", "-y", "web-1", check=True)
+    assert "web-1" not in stix.clusters()

@@ -36,6 +36,9 @@ async def _tear_down(actor: ServiceActor) -> None:
             app.spawn(replica.row)
             app.supervisor.tell(REPLICA, replica.row.id, Shutdown(purge))
     for replica in await replicas_of(actor):
+        child = app.supervisor.get(REPLICA, replica.row.id)
+        if child is not None and child.failed is not None:
+            continue  # its actor cannot run (a damaged row): forgotten with the rest below
         await app.watch.wait_for(REPLICA, replica.row.id, lambda r: r is None or r.terminal)
     if app.balancers is not None:
         try:
