@@ -22,6 +22,7 @@ import pytest
 from stixproto.errors import InvalidRequest
 from tests.conftest import Stix, processes_mentioning, wait_until
 from tests.fake_balancers import ENV, last_ready, pushes, report_suspect
+from tests.test_secrets_at_rest import _files_holding, _rows_holding
 
 SERVER = """\
 import http.server, json, os, sys, time
@@ -436,3 +437,17 @@ def test_down_of_a_service_with_a_damaged_replica_row_ends_and_frees_its_cluster
     # no replica owns its cluster any more: the user can take it down
     stix.run("down", "-y", "web-1", check=True)
     assert "web-1" not in stix.clusters()
+
+
+def test_a_services_secret_leaves_no_copy_in_the_store_once_it_is_down(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    secret = "s3cr3t-" + "x" * 20
+    path = service_yaml(task_file, free_port())
+    path.write_text(path.read_text() + f"secrets:\n  TOKEN: {secret}\n")
+    up(stix, path, "web")
+    wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
+    stix.run("serve", "down", "-y", "web", check=True)
+    assert _rows_holding(stix.home / "state.db", secret) == []
+    assert _files_holding(stix.home, secret) == []  # no old copy in freed pages or the WAL

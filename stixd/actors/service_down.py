@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from stixd.actors.replica import Shutdown
 from stixd.actors.service_rounds import TornDownAll, replicas_of
 from stixd.actors.service_rows import REPLICA
 from stixd.actors.service_states import SE
 from stixproto.states import ReplicaStatus as R
 from stixproto.states import ServiceStatus as S
+from stixproto.task import redacted_task
 
 if TYPE_CHECKING:
     from stixd.actors.service import ServiceActor
@@ -48,6 +51,16 @@ async def _tear_down(actor: ServiceActor) -> None:
     actor.tell(TornDownAll())
 
 
+async def _without_secrets(actor: ServiceActor) -> None:
+    """Its versions' secret values (kept to launch replicas, and there are no more) are
+    overwritten, and no copy is left in the store's files, before its row goes."""
+    versions = actor.spec.versions
+    scrubbed = [msgspec.structs.replace(v, task=redacted_task(v.task)) for v in versions]
+    if scrubbed != versions:
+        await actor.save(spec=msgspec.structs.replace(actor.spec, versions=scrubbed))
+        await actor.store.forget_overwritten()
+
+
 async def all_down(actor: ServiceActor) -> None:
     if actor.state is not S.SHUTTING_DOWN:
         return
@@ -58,6 +71,7 @@ async def all_down(actor: ServiceActor) -> None:
         why = f"replica(s) {ids} could not be torn down; `serve down --purge` forgets them"
         await actor.transition(SE.CLEANUP_FAILED, why, failure_reason=why)
         return
+    await _without_secrets(actor)
     for row in await actor.store.rows(REPLICA, parent=actor.id):
         await actor.store.delete(row, "service down")
     await actor.store.delete(actor.row, "service down")

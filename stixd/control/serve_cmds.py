@@ -285,6 +285,7 @@ async def forget_service(app: App, row: Row, reason: str) -> str:
     if app.balancers is not None:
         await app.balancers.stop(row.id)
     await app.store.delete(row, f"removed: {reason}")
+    await app.store.forget_overwritten()  # its tasks' secret values leave no copy behind
     app.supervisor.forget(SERVICE, row.id)
     return f"Service {row.id} could not run ({reason}); it is removed, its replicas go down."
 
