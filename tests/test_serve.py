@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -223,6 +224,7 @@ def test_a_replica_whose_server_dies_is_failed_torn_down_and_replaced(
     wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
     server = [p for p in processes_mentioning("server.py") if f"{stix.home}" in _environ(p)]
     assert server, "the replica's server process is not found"
+    killed_at = time.time()
     for pid in server:
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: replica_states(stix, "web").get(1) == "FAILED", timeout=30)
@@ -238,6 +240,9 @@ def test_a_replica_whose_server_dies_is_failed_torn_down_and_replaced(
     # the ready set went from none yet to [1], to [] the moment 1 failed, to [2]
     sets = [[r["id"] for r in p["ready"]] for p in pushes(stix.home, "web") if "ready" in p]
     assert sets == [[], [1], [], [2]]
+    taken_out = [p["at"] for p in pushes(stix.home, "web") if "ready" in p][2] - killed_at
+    assert 0 < taken_out < 3.0, taken_out  # the command's exit is told at once
+    print(f"replica death to out of rotation: {taken_out:.3f} s")
 
 
 def test_logs_of_a_replica_and_of_the_controller(
