@@ -383,15 +383,34 @@ def pool_down(pools: Names, all: bool) -> Op[m.Table, r.Report[r.PoolRef]]:
 # -- services --------------------------------------------------------------------------------
 
 
+def with_local_tls(task: Task) -> Task:
+    """The service's TLS key and certificate paths made absolute here: the balancer reads
+    them from the daemon, whose directory is not this one."""
+    import os
+
+    import msgspec
+
+    service = task.service
+    if service is None or not service.tls:
+        return task
+    tls = {
+        k: os.path.abspath(os.path.expanduser(v)) if k in ("keyfile", "certfile") else v
+        for k, v in service.tls.items()
+    }
+    return msgspec.structs.replace(task, service=msgspec.structs.replace(service, tls=tls))
+
+
 def serve_up(task: TaskLike, name: str | None, config: ConfigFiles) -> Op[m.ServiceUp, m.ServiceUp]:
-    request = m.ServeUp(task=task_of(task), name=name, config=config_layers(config))
+    loaded = with_local_tls(task_of(task))
+    request = m.ServeUp(task=loaded, name=name, config=config_layers(config))
     return Op(request, m.ServiceUp, _same)
 
 
 def serve_update(
     name: str, task: TaskLike, mode: Literal["rolling", "blue_green"], config: ConfigFiles
 ) -> Op[m.ServiceUp, m.ServiceUp]:
-    request = m.ServeUpdate(name=name, task=task_of(task), mode=mode, config=config_layers(config))
+    loaded = with_local_tls(task_of(task))
+    request = m.ServeUpdate(name=name, task=loaded, mode=mode, config=config_layers(config))
     return Op(request, m.ServiceUp, _same)
 
 

@@ -22,8 +22,10 @@ def _task(home: Path, a: argparse.Namespace) -> Task:
 
     if not a.entrypoint:
         raise InvalidRequest("give the service's YAML file")
+    from stixctl.sdk_ops import with_local_tls
+
     task: Task = taskargs.load(home, a.entrypoint, a)
-    return task
+    return with_local_tls(task)
 
 
 def _up(home: Path, a: argparse.Namespace) -> int:

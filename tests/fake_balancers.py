@@ -8,6 +8,7 @@ A daemon uses it when started with `STIX_TEST_BALANCERS=tests.fake_balancers:Fak
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -45,6 +46,12 @@ def pushes(home: Path, service: str) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_spec(home: Path, service: str) -> dict[str, Any] | None:
+    """The `BalancerSpec` (as a dict) the balancer was last ensured with."""
+    found = [p["ensured"] for p in pushes(home, service) if "ensured" in p]
+    return found[-1] if found else None
 
 
 def last_ready(home: Path, service: str) -> list[dict[str, Any]] | None:
@@ -95,7 +102,9 @@ class FakeBalancers:
         self.home = home
 
     async def ensure(self, spec: BalancerSpec) -> FakeBalancer:
-        return FakeBalancer(self.home, spec)
+        balancer = FakeBalancer(self.home, spec)
+        balancer._record({"ensured": dataclasses.asdict(spec)})
+        return balancer
 
     async def stop(self, service: str) -> None:
         FakeBalancer(self.home, BalancerSpec(service=service, port=0))._record({"stopped": True})

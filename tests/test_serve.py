@@ -22,7 +22,7 @@ import pytest
 
 from stixproto.errors import InvalidRequest
 from tests.conftest import Stix, processes_mentioning, wait_until
-from tests.fake_balancers import ENV, last_ready, pushes, report_suspect
+from tests.fake_balancers import ENV, last_ready, last_spec, pushes, report_suspect
 from tests.test_secrets_at_rest import _files_holding, _rows_holding
 
 SERVER = """\
@@ -456,3 +456,34 @@ def test_a_services_secret_leaves_no_copy_in_the_store_once_it_is_down(
     stix.run("serve", "down", "-y", "web", check=True)
     assert _rows_holding(stix.home / "state.db", secret) == []
     assert _files_holding(stix.home, secret) == []  # no old copy in freed pages or the WAL
+
+
+def test_the_balancer_gets_the_services_policy_keys_tls_and_timeout(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    path = task_file(
+        "service:\n"
+        "  readiness_probe: /\n"
+        "  ports: 8080\n"
+        "  replicas: 0\n"
+        "  load_balancing_policy: round_robin\n"
+        "  auth: {api_keys: [k1, k2]}\n"
+        "  tls: {keyfile: key.pem, certfile: ~/cert.pem}\n"
+        "  load_balancer: {stream_timeout_seconds: 30}\n"
+        "run: serve\n"
+    )
+    stix.run("serve", "up", "-y", "-n", "api", str(path), check=True, cwd=path.parent)
+    spec = last_spec(stix.home, "api")
+    assert spec is not None
+    assert (spec["service"], spec["policy"], spec["api_keys"]) == (
+        "api",
+        "round_robin",
+        ["k1", "k2"],
+    )
+    assert spec["stream_timeout_seconds"] == 30.0
+    assert spec["tls_keyfile"] == str(path.parent / "key.pem")
+    assert spec["tls_certfile"] == str(Path("~/cert.pem").expanduser())
+    bad = task_file("service: {ports: 80, auth: {api_keys: []}}\nrun: x\n")
+    out = stix.run("serve", "up", "-y", "-n", "bad", str(bad))
+    assert out.returncode == 2 and "service.auth.api_keys" in out.stderr
