@@ -155,3 +155,29 @@ def test_a_daemon_killed_while_a_replica_starts_finishes_that_replica_and_launch
     assert stix.clusters()["web-1"]["launched_at"] == launched
     history = stix.json("events", "--kind", "service", "web")
     assert [e["id"] for e in history if e["event"] == "decided"] == ["web/1"]
+
+
+def test_a_daemon_killed_while_a_service_goes_down_finishes_the_teardown(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    stix.env["STIX__FAKE__ENABLED"] = "true"  # fake nodes run nothing: replicas stay STARTING
+    stix.env["STIX__FAKE__TERMINATE_SECONDS"] = "3"  # a teardown long enough to be cut short
+    path = task_file(
+        "resources: {infra: fake}\n"
+        "service: {readiness_probe: {path: /, initial_delay_seconds: 600}, ports: 8080, "
+        "replicas: 2}\n"
+        "run: serve\n"
+    )
+    up(stix, path, "gone")
+    wait_until(lambda: replica_states(stix, "gone") == {1: "STARTING", 2: "STARTING"}, timeout=30)
+    down = stix.popen("serve", "down", "-y", "gone")
+    try:
+        wait_until(lambda: status(stix, "gone")["status"] == "SHUTTING_DOWN", timeout=20)  # type: ignore[index]
+        stix.kill_daemon()
+    finally:
+        down.communicate(timeout=30)
+    wait_until(lambda: stix.json("serve", "status") == [], timeout=40)
+    assert not {"gone-1", "gone-2"} & set(stix.clusters())
+    history = stix.json("events", "--kind", "service", "gone")
+    assert [e["id"] for e in history if e["event"] == "decided"] == ["gone/1", "gone/2"]

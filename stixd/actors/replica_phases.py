@@ -29,7 +29,7 @@ from stixd.actors.specs import (
     state_of,
 )
 from stixproto import messages as m
-from stixproto.errors import StixError
+from stixproto.errors import ClusterNotFound, StixError
 from stixproto.states import ClusterStatus, JobStatus
 from stixproto.task import Task
 from stixproto.task.resources import port_ranges
@@ -273,8 +273,11 @@ async def down_cluster(replica: ReplicaActor) -> str | None:
             await ask_cluster(
                 replica.app, replica.cluster, m.Down(clusters=[replica.cluster]), _quiet
             )
+        except ClusterNotFound:
+            return None  # torn down meanwhile (a teardown a daemon restart finished)
         except StixError as exc:
-            return exc.message
+            after = await replica.app.store.get("cluster", replica.cluster)
+            return None if after is None or after.terminal else exc.message
     return None
 
 
