@@ -373,3 +373,24 @@ def test_the_balancer_gets_the_services_policy_keys_tls_and_timeout(
     bad = task_file("service: {ports: 80, auth: {api_keys: []}}\nrun: x\n")
     out = stix.run("serve", "up", "-y", "-n", "bad", str(bad))
     assert out.returncode == 2 and "service.auth.api_keys" in out.stderr
+
+
+def test_a_replica_left_failed_cleanup_keeps_the_service_until_down_purge(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    import sqlite3
+
+    serving(stix)
+    up(stix, service_yaml(task_file, free_port()), "web")
+    wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
+    stix.run("daemon", "stop", check=True)
+    with sqlite3.connect(stix.home / "state.db") as db:  # as a teardown that failed leaves it
+        db.execute("UPDATE actors SET state='FAILED_CLEANUP', terminal=1 WHERE kind='replica'")
+    out = stix.run("serve", "down", "-y", "web")
+    assert out.returncode == 1
+    assert "FAILED_CLEANUP" in out.stdout and "serve down --purge" in out.stdout
+    assert status(stix, "web")["status"] == "FAILED_CLEANUP"  # type: ignore[index]
+    out = stix.run("serve", "down", "-y", "--purge", "web", check=True)
+    assert "Service web is down." in out.stdout
+    assert stix.json("serve", "status") == []
+    stix.run("down", "-y", "web-1", check=True)  # forgotten by the service: the user's to end
