@@ -151,3 +151,12 @@ def test_replicas_sharing_this_machines_network_each_get_the_lowest_free_port() 
     assert replica_port(8080, set(), shared_network=True) == 8080
     assert replica_port(8080, {8080}, shared_network=True) == 8081
     assert replica_port(8080, {8080, 8082}, shared_network=True) == 8081
+
+
+def test_a_replica_names_its_accelerator_only_when_its_task_asks_for_one() -> None:
+    from stixd.actors.service_rounds import _accelerator
+    from stixproto.task import Resources, Task
+
+    assert _accelerator(Task(resources=Resources(accelerators="A100:2"))) == "A100"
+    assert _accelerator(Task(resources=Resources(accelerators={"A100": 1, "H100": 1}))) is None
+    assert _accelerator(Task()) is None

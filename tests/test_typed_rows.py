@@ -342,7 +342,13 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
         ),
         "replica": (
             ReplicaSpec(
-                service="c1", replica_id=1, version=1, port=8080, spot=True, launched_at=1.0
+                service="c1",
+                replica_id=1,
+                version=1,
+                port=8080,
+                spot=True,
+                launched_at=1.0,
+                accelerator="A100",
             ),
             ReplicaData(
                 cluster_uid="ab12",

@@ -44,7 +44,7 @@ from stixproto.errors import InvalidRequest, StixError
 from stixproto.states import ReplicaStatus as R
 from stixproto.states import ServiceStatus as S
 from stixproto.task import Task
-from stixproto.task.resources import port_ranges
+from stixproto.task.resources import accelerator_choice, port_ranges
 from stixproto.task.service import api_keys, effective_scaling
 
 if TYPE_CHECKING:
@@ -215,6 +215,7 @@ async def run_round(actor: ServiceActor) -> None:
             status=r.status,
             spot=r.spec.spot,
             launched_at=r.spec.launched_at,
+            accelerator=r.spec.accelerator,
         )
         for r in replicas
         if not r.status.is_terminal
@@ -279,6 +280,7 @@ async def _launch(
         port=port,
         spot=order.spot and bool(task.resources_or_default().use_spot),
         launched_at=time.time(),
+        accelerator=_accelerator(task),
     )
     row = Row(
         kind=REPLICA,
@@ -316,6 +318,14 @@ def held_for_blue_green(
     return [i for i in stop if i in by_id and by_id[i].spec.version == version]
 
 
+def _accelerator(task: Task) -> str | None:
+    """The one accelerator the task asks for (None: none, or a choice the optimizer makes)."""
+    choice = accelerator_choice(task.resources_or_default())
+    if choice is None or len(choice.candidates) != 1:
+        return None
+    return choice.candidates[0].name
+
+
 def _tell_replica(actor: ServiceActor, row_id: str, message: Any) -> None:
     if not actor.app.supervisor.tell(REPLICA, row_id, message):
         actor.log.warning("replica_not_running", replica=row_id)
@@ -324,7 +334,12 @@ def _tell_replica(actor: ServiceActor, row_id: str, message: Any) -> None:
 async def _push_ready(actor: ServiceActor, balancer: Balancer, replicas: list[Replica]) -> None:
     ready = sorted(
         (
-            ReadyReplica(replica_id=r.spec.replica_id, url=r.data.url, version=r.spec.version)
+            ReadyReplica(
+                replica_id=r.spec.replica_id,
+                url=r.data.url,
+                version=r.spec.version,
+                accelerator=r.spec.accelerator,
+            )
             for r in replicas
             if r.status is R.READY and r.data.url
         ),

@@ -66,6 +66,8 @@ class ReplicaSpec(_Record, frozen=True, kw_only=True):
     """The port its command serves on (`$STIX_SERVE_PORT`); probed and balanced to."""
     spot: bool = False
     launched_at: float = 0.0
+    accelerator: str | None = None
+    """The accelerator its task asks for, when it names one (per-accelerator QPS targets)."""
 
 
 class ReplicaData(_Record, frozen=True, kw_only=True):
