@@ -417,7 +417,7 @@ def _events_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("job_id", nargs="?", type=int, help="a job's id as `queue` shows it")
     s.add_argument(
         "--kind",
-        choices=["cluster", "job", "managed_job", "job_pool"],
+        choices=["cluster", "job", "managed_job", "job_pool", "service", "replica"],
         help="job: the latest job without ID; managed_job/job_pool: by job id or pool name",
     )
     s.add_argument("--limit", type=int, default=200)
@@ -466,6 +466,12 @@ def _jobs_args(s: argparse.ArgumentParser) -> None:
     jobs.add_args(s)
 
 
+def _serve_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import serve
+
+    serve.add_args(s)
+
+
 def _fake_args(s: argparse.ArgumentParser) -> None:
     from stixctl import fake
 
@@ -496,6 +502,7 @@ def _daemon_args(s: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "launch": ("provision a cluster (or reuse it) and run a task", _launch_args),
     "jobs": ("managed jobs: launch, queue, cancel, logs", _jobs_args),
+    "serve": ("services: up, update, status, logs, down", _serve_args),
     "exec": ("run a task on an existing cluster (no setup)", _exec_args),
     "status": ("list clusters (from the store; --refresh asks the infra)", _status_args),
     "queue": ("list the jobs of clusters", _queue_args),
@@ -540,6 +547,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         from stixctl import jobs
 
         return jobs.parse(argv[1:])
+    if argv and argv[0] == "serve":
+        from stixctl import serve
+
+        return serve.parse(argv[1:])
     if argv and argv[0] == "completion":
         from stixctl import completion
 

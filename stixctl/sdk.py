@@ -94,6 +94,11 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "jobs pool apply": "pool_apply",
     "jobs pool status": "pool_status",
     "jobs pool down": "pool_down",
+    "serve up": "serve_up",
+    "serve update": "serve_update",
+    "serve status": "serve_status",
+    "serve logs": "serve_logs",
+    "serve down": "serve_down",
 }
 """CLI command → the method of `Client` and `AsyncClient` that does the same."""
 
@@ -117,7 +122,7 @@ class Client:
     def _run(self, op: ops.Op[Any, T]) -> T:
         return op.finish(call(self.home, op.request, autostart=self.autostart and op.autostart))
 
-    def _chunks(self, request: m.Logs | m.JobsLogs) -> Iterator[str]:
+    def _chunks(self, request: m.Logs | m.JobsLogs | m.ServeLogs) -> Iterator[str]:
         for msg in stream(self.home, request, autostart=self.autostart):
             if isinstance(msg, m.LogChunk):
                 yield msg.data
@@ -371,6 +376,56 @@ class Client:
 
     def pool_down(self, pools: Names = (), *, all: bool = False) -> r.Report[r.PoolRef]:
         return self._run(ops.pool_down(pools, all))
+
+    # -- services
+
+    def serve_up(
+        self, task: TaskLike, name: str | None = None, *, config: ConfigFiles = ()
+    ) -> m.ServiceUp:
+        """Start a service (its task has a `service:` section); returns once its balancer
+        answers, with the endpoint."""
+        return self._run(ops.serve_up(task, name, config))
+
+    def serve_update(
+        self,
+        service: str,
+        task: TaskLike,
+        *,
+        mode: Literal["rolling", "blue_green"] = "rolling",
+        config: ConfigFiles = (),
+    ) -> m.ServiceUp:
+        """Roll the service to a new version of its task."""
+        return self._run(ops.serve_update(service, task, mode, config))
+
+    def serve_status(self, services: Names = ()) -> list[m.ServiceRecord]:
+        return self._run(ops.serve_status(services))
+
+    def serve_logs(
+        self,
+        service: str,
+        replica_id: int | None = None,
+        *,
+        controller: bool = False,
+        load_balancer: bool = False,
+        follow: bool = False,
+        tail: int | None = None,
+    ) -> Iterator[str]:
+        """A replica's log, or the service's decisions (controller=True), or its balancer's
+        log (load_balancer=True)."""
+        return self._chunks(
+            ops.serve_logs(service, replica_id, controller, load_balancer, follow, tail)
+        )
+
+    def serve_down(
+        self,
+        services: Names = (),
+        *,
+        all: bool = False,
+        purge: bool = False,
+        replica_id: int | None = None,
+    ) -> r.Report[r.ServiceDown]:
+        """Take services down (their replicas' clusters with them), or one replica."""
+        return self._run(ops.serve_down(services, all, purge, replica_id))
 
 
 def launch(task: TaskLike, cluster: str | None = None, **kwargs: Any) -> m.LaunchResult:

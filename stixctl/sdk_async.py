@@ -35,7 +35,7 @@ class AsyncClient:
         reply = await acall(self.home, op.request, autostart=self.autostart and op.autostart)
         return op.finish(reply)
 
-    async def _chunks(self, request: m.Logs | m.JobsLogs) -> AsyncIterator[str]:
+    async def _chunks(self, request: m.Logs | m.JobsLogs | m.ServeLogs) -> AsyncIterator[str]:
         async for msg in astream(self.home, request, autostart=self.autostart):
             if isinstance(msg, m.LogChunk):
                 yield msg.data
@@ -273,3 +273,47 @@ class AsyncClient:
 
     async def pool_down(self, pools: Names = (), *, all: bool = False) -> r.Report[r.PoolRef]:
         return await self._run(ops.pool_down(pools, all))
+
+    # -- services
+
+    async def serve_up(
+        self, task: TaskLike, name: str | None = None, *, config: ConfigFiles = ()
+    ) -> m.ServiceUp:
+        return await self._run(ops.serve_up(task, name, config))
+
+    async def serve_update(
+        self,
+        service: str,
+        task: TaskLike,
+        *,
+        mode: Literal["rolling", "blue_green"] = "rolling",
+        config: ConfigFiles = (),
+    ) -> m.ServiceUp:
+        return await self._run(ops.serve_update(service, task, mode, config))
+
+    async def serve_status(self, services: Names = ()) -> list[m.ServiceRecord]:
+        return await self._run(ops.serve_status(services))
+
+    def serve_logs(
+        self,
+        service: str,
+        replica_id: int | None = None,
+        *,
+        controller: bool = False,
+        load_balancer: bool = False,
+        follow: bool = False,
+        tail: int | None = None,
+    ) -> AsyncIterator[str]:
+        return self._chunks(
+            ops.serve_logs(service, replica_id, controller, load_balancer, follow, tail)
+        )
+
+    async def serve_down(
+        self,
+        services: Names = (),
+        *,
+        all: bool = False,
+        purge: bool = False,
+        replica_id: int | None = None,
+    ) -> r.Report[r.ServiceDown]:
+        return await self._run(ops.serve_down(services, all, purge, replica_id))

@@ -378,3 +378,69 @@ def pool_status(pools: Names) -> Op[m.Table, r.Report[r.PoolRecord]]:
 
 def pool_down(pools: Names, all: bool) -> Op[m.Table, r.Report[r.PoolRef]]:
     return Op(m.PoolDown(names=names(pools), all=all), m.Table, _report(r.PoolRef))
+
+
+# -- services --------------------------------------------------------------------------------
+
+
+def with_local_tls(task: Task) -> Task:
+    """The service's TLS key and certificate paths made absolute here: the balancer reads
+    them from the daemon, whose directory is not this one."""
+    import os
+
+    import msgspec
+
+    service = task.service
+    if service is None or not service.tls:
+        return task
+    tls = {
+        k: os.path.abspath(os.path.expanduser(v)) if k in ("keyfile", "certfile") else v
+        for k, v in service.tls.items()
+    }
+    return msgspec.structs.replace(task, service=msgspec.structs.replace(service, tls=tls))
+
+
+def serve_up(task: TaskLike, name: str | None, config: ConfigFiles) -> Op[m.ServiceUp, m.ServiceUp]:
+    loaded = with_local_tls(task_of(task))
+    request = m.ServeUp(task=loaded, name=name, config=config_layers(config))
+    return Op(request, m.ServiceUp, _same)
+
+
+def serve_update(
+    name: str, task: TaskLike, mode: Literal["rolling", "blue_green"], config: ConfigFiles
+) -> Op[m.ServiceUp, m.ServiceUp]:
+    loaded = with_local_tls(task_of(task))
+    request = m.ServeUpdate(name=name, task=loaded, mode=mode, config=config_layers(config))
+    return Op(request, m.ServiceUp, _same)
+
+
+def serve_status(services: Names) -> Op[m.ServiceList, list[m.ServiceRecord]]:
+    return Op(m.ServeStatus(names=names(services)), m.ServiceList, lambda r: list(r.services))
+
+
+def serve_logs(
+    service: str,
+    replica_id: int | None,
+    controller: bool,
+    load_balancer: bool,
+    follow: bool,
+    tail: int | None,
+) -> m.ServeLogs:
+    """A streamed request: its `LogChunk`s are the log."""
+    if controller and load_balancer:
+        raise InvalidRequest("ask for the controller's log or the load balancer's, not both")
+    target: Literal["replica", "controller", "load_balancer"] = (
+        "controller" if controller else "load_balancer" if load_balancer else "replica"
+    )
+    if target == "replica" and replica_id is None:
+        raise InvalidRequest("name a replica_id, or pass controller=True or load_balancer=True")
+    return m.ServeLogs(name=service, replica_id=replica_id, target=target, follow=follow, tail=tail)
+
+
+def serve_down(
+    services: Names, all: bool, purge: bool, replica_id: int | None
+) -> Op[m.Table, r.Report[r.ServiceDown]]:
+    request = m.ServeDown(names=names(services), all=all, purge=purge, replica_id=replica_id)
+    if not (request.names or all):
+        raise InvalidRequest("name the services to take down, or all=True")
+    return Op(request, m.Table, _report(r.ServiceDown))

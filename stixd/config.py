@@ -69,6 +69,10 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     client_stall_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 120.0
     retry_until_up_seconds: PositiveFloat = 30.0
     retry_until_up_max_seconds: PositiveFloat = 150.0
+    serve_probe_seconds: PositiveFloat = 10.0
+    """How often a replica's readiness is probed (SkyServe's 10 s)."""
+    serve_round_seconds: PositiveFloat = 5.0
+    """How often a service decides its replica count when nothing wakes it sooner."""
 
 
 Section = TypeVar("Section", bound=msgspec.Struct)

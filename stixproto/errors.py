@@ -67,6 +67,11 @@ class JobNotFound(StixError):
     exit_code = 3
 
 
+class ServiceNotFound(StixError):
+    code = "service_not_found"
+    exit_code = 3
+
+
 class ClusterNotUp(StixError):
     code = "cluster_not_up"
     exit_code = 4
@@ -124,6 +129,7 @@ _BY_CODE: dict[str, type[StixError]] = {
         InvalidTask,
         InvalidConfig,
         ClusterNotFound,
+        ServiceNotFound,
         JobNotFound,
         ClusterNotUp,
         ProvisionError,

@@ -161,7 +161,7 @@ class Leaks(Msg, tag="leaks", frozen=True):
     """With ``terminate``: only these of the leaks found (the ones a user confirmed)."""
 
 
-EventKind = Literal["cluster", "job", "managed_job", "job_pool"]
+EventKind = Literal["cluster", "job", "managed_job", "job_pool", "service", "replica"]
 """The actor kinds whose history `events` shows."""
 
 
@@ -337,8 +337,55 @@ class FakePreempt(Msg, tag="fake_preempt", frozen=True):
     """Also preempt this many running fake clusters picked at random."""
 
 
+class ServeUp(Msg, tag="serve_up", frozen=True):
+    """`serve up`: start a service from a task with a `service:` section."""
+
+    task: Task
+    name: str | None = None
+    """None: the task's name, else a generated one."""
+    config: list[ConfigLayer] = []
+
+
+class ServeUpdate(Msg, tag="serve_update", frozen=True):
+    """`serve update`: roll the service to a new version of its task."""
+
+    name: str
+    task: Task
+    mode: Literal["rolling", "blue_green"] = "rolling"
+    config: list[ConfigLayer] = []
+
+
+class ServeStatus(Msg, tag="serve_status", frozen=True):
+    names: list[str] = []
+    """None given: every service."""
+
+
+class ServeLogs(Msg, tag="serve_logs", frozen=True):
+    """A replica's job log, the service's decisions (`controller`), or its balancer's log."""
+
+    name: str
+    replica_id: b.JobId | None = None
+    target: Literal["replica", "controller", "load_balancer"] = "replica"
+    follow: bool = True
+    tail: b.Lines | None = None
+
+
+class ServeDown(Msg, tag="serve_down", frozen=True):
+    names: list[str] = []
+    all: bool = False
+    purge: bool = False
+    """Forget a service (and its replicas) whose teardown failed."""
+    replica_id: b.JobId | None = None
+    """Only this replica of the one named service (a new one replaces it)."""
+
+
 Request = (
-    JobsLaunch
+    ServeUp
+    | ServeUpdate
+    | ServeStatus
+    | ServeLogs
+    | ServeDown
+    | JobsLaunch
     | PoolApply
     | PoolStatusReq
     | PoolDown
@@ -497,6 +544,48 @@ class InfraCheck(msgspec.Struct, frozen=True):
 # -- final replies ---------------------------------------------------------------------------
 
 
+class ReplicaRecord(msgspec.Struct, frozen=True):
+    service: str
+    replica_id: int
+    version: int
+    status: str
+    endpoint: str | None = None
+    """`http://host:port` of its service port, once its cluster is up."""
+    launched_at: float = 0.0
+    infra: str | None = None
+    resources: str = ""
+    cluster: str | None = None
+    spot: bool = False
+    failure_reason: str | None = None
+
+
+class ServiceRecord(msgspec.Struct, frozen=True):
+    name: str
+    status: str
+    version: int
+    created_at: float
+    uptime_since: float | None = None
+    """When a replica first became READY (None: never yet)."""
+    endpoint: str | None = None
+    policy: str = ""
+    """The replica policy in words (`Fixed 2 replicas`, `Autoscaling from 1 to 3 replicas`)."""
+    load_balancing_policy: str = "least_load"
+    replicas: list[ReplicaRecord] = []
+    active_versions: list[int] = []
+    failure_reason: str | None = None
+
+
+class ServiceList(Msg, tag="services", frozen=True):
+    services: list[ServiceRecord]
+
+
+class ServiceUp(Msg, tag="service_up", frozen=True):
+    name: str
+    version: int
+    endpoint: str | None = None
+    status: str = ""
+
+
 class OkReply(Msg, tag="ok", frozen=True):
     message: str = ""
 
@@ -652,6 +741,8 @@ class DaemonInfo(Msg, tag="daemon_info", frozen=True):
 
 Reply = (
     OkReply
+    | ServiceList
+    | ServiceUp
     | ManagedJobList
     | ManagedLaunched
     | ErrorReply
@@ -684,6 +775,7 @@ NEW_NAMES: dict[type[Msg], tuple[str, str]] = {
     PlanRequest: ("cluster", "cluster"),
     JobsLaunch: ("name", "managed job"),
     PoolApply: ("name", "pool"),
+    ServeUp: ("name", "service"),
 }
 """Fields that name something the request may create: SkyPilot's rule (`stixproto.names`)."""
 
@@ -706,6 +798,10 @@ REFERENCE_NAMES: dict[type[Msg], tuple[tuple[str, str], ...]] = {
     JobsCancel: (("name", "managed job"), ("pool", "pool")),
     JobsLogs: (("name", "managed job"),),
     FakePreempt: (("clusters", "cluster"),),
+    ServeUpdate: (("name", "service"),),
+    ServeStatus: (("names", "service"),),
+    ServeLogs: (("name", "service"),),
+    ServeDown: (("names", "service"),),
 }
 """Fields that name something that exists, perhaps made by an earlier version under a name
 the rule refuses: only a loose check, so it can still be listed and removed."""

@@ -76,6 +76,16 @@ class PoolRef(msgspec.Struct, frozen=True):
     pool: str
 
 
+class ServiceDown(msgspec.Struct, frozen=True):
+    """A service `serve down` acted on, and where it ended (`DOWN`, or `FAILED_CLEANUP`)."""
+
+    service: str
+    status: str
+    replica_id: int | None = None
+    """`--replica-id`: the one replica taken down."""
+    failure_reason: str | None = None
+
+
 # -- catalog ---------------------------------------------------------------------------------
 
 Section = Literal["COMMON_GPU", "GOOGLE_TPU", "OTHER_GPU"]

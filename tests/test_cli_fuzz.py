@@ -148,6 +148,18 @@ def argvs(draw: st.DrawFn, tasks: dict[str, str]) -> list[str]:
         return [command, action, *_opt(draw, "--tail", values), *_flags(draw, "--json")]
     if command == "fake":
         return [command, "preempt", *draw(many_names), *_opt(draw, "--count", values)]
+    if command == "serve":  # this daemon has no balancers: `up` is refused, the rest finds none
+        verb = draw(st.sampled_from(["up", "update", "status", "logs", "down"]))
+        if verb in ("up", "update"):
+            named = [draw(names)] if verb == "update" else _opt(draw, "-n", names)
+            return [command, verb, *named, *_opt(draw, "--mode", values), "-y", entry]
+        if verb == "status":
+            return [command, verb, *draw(many_names), *_flags(draw, "-v", "--endpoint", "--json")]
+        if verb == "logs":
+            return [command, verb, draw(names), *draw(many_numbers)[:1], "--no-follow",
+                    *_opt(draw, "--tail", values), *_flags(draw, "--controller")]  # fmt: skip
+        return [command, verb, *draw(many_names), *_opt(draw, "--replica-id", values),
+                *_flags(draw, "-a", "-y", "--purge", "--json")]  # fmt: skip
     if command == "completion":
         if draw(st.booleans()):
             return [command, draw(st.one_of(st.sampled_from(["bash", "zsh", "fish"]), values))]
@@ -175,7 +187,7 @@ COMMANDS = [
     "launch", "exec", "status", "queue", "logs", "cancel", "stop", "start", "down", "autostop",
     "cost-report", "check", "leaks", "events", "show-gpus", "catalog", "ssh", "validate",
     "daemon", "fake", "jobs launch", "jobs queue", "jobs cancel", "jobs logs", "jobs pool",
-    "completion",
+    "completion", "serve",
 ]  # fmt: skip
 assert {c.split()[0] for c in COMMANDS} == set(cli.COMMANDS), "a new command needs arguments here"
 

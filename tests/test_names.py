@@ -101,6 +101,9 @@ _REQUIRED: dict[type[m.Msg], dict[str, Any]] = {
     m.JobsLaunch: {"tasks": [{"run": "true"}]},
     m.PlanRequest: {"tasks": [{"run": "true"}]},
     m.PoolApply: {"name": "ok", "task": {"run": "true"}},
+    m.ServeUp: {"task": {"run": "true"}},
+    m.ServeUpdate: {"name": "ok", "task": {"run": "true"}},
+    m.ServeLogs: {"name": "ok"},
 }
 
 

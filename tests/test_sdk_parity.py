@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from stixctl import jobs, main
+from stixctl import jobs, main, serve
 from stixctl import sdk_ops as ops
 from stixctl.argparser import Parser
 from stixctl.sdk import CLI_EQUIVALENTS, CLI_ONLY, AsyncClient, Client
@@ -80,6 +80,8 @@ def cli_commands(commands: dict[str, Any]) -> set[str]:
             for action, (_, add, _) in jobs.ACTIONS.items():
                 sub = _positional_choices(add)
                 found |= {f"jobs {action} {s}" for s in sub} if sub else {f"jobs {action}"}
+        elif name == "serve":
+            found |= {f"serve {action}" for action in serve.ACTIONS}
         elif name == "ssh":
             found |= {f"ssh {a}" for a in main.POOL_ACTIONS} | {"ssh CLUSTER"}
         else:
@@ -109,9 +111,12 @@ def test_each_flag_named_in_the_mapping_is_one_the_cli_has() -> None:
     for command in CLI_EQUIVALENTS:
         words = command.split()
         if words[-1].startswith("--"):
-            base = " ".join(words[:2] if words[0] == "jobs" else words[:1])
+            base = " ".join(words[:2] if words[0] in SUBCOMMANDS else words[:1])
             assert words[-1].lstrip("-").replace("-", "_") in _flags(base), command
 
+
+SUBCOMMANDS: dict[str, dict[str, Any]] = {"jobs": jobs.ACTIONS, "serve": serve.ACTIONS}
+"""Commands whose actions have parsers of their own."""
 
 RENAMED = {
     "entrypoint": "task",
@@ -140,6 +145,7 @@ NOT_PARAMETERS = {
     "ip": "`status --ip`: `head_ip` of the record `status` returns",
     "endpoints": "`status --endpoints`: `head_ip` and `ports` of the record `status` returns",
     "endpoint": "`status --endpoint PORT`: `head_ip` and `ports` of the record `status` returns",
+    "verbose": "`serve status -v`: more fields of the records `serve_status` returns",
 }
 """CLI flags with no SDK parameter, and why."""
 
@@ -155,7 +161,10 @@ def _task_flags() -> set[str]:
 
 def _flags(base: str) -> set[str]:
     words = base.split()
-    add = jobs.ACTIONS[words[1]][1] if words[0] == "jobs" else main.COMMANDS[words[0]][1]
+    if words[0] in SUBCOMMANDS:
+        add = SUBCOMMANDS[words[0]][words[1]][1]
+    else:
+        add = main.COMMANDS[words[0]][1]
     parser = Parser(prog=base)
     add(parser)
     return {a.dest for a in parser._actions}
@@ -166,7 +175,7 @@ def flags_without_parameters(flags_of: Callable[[str], set[str]]) -> dict[str, l
     methods: dict[str, set[str]] = {}
     for command, method in CLI_EQUIVALENTS.items():
         words = [w for w in command.split() if not w.startswith("--")]
-        base = " ".join(words[:2] if words[0] == "jobs" else words[:1])  # one parser each
+        base = " ".join(words[:2] if words[0] in SUBCOMMANDS else words[:1])  # one parser each
         methods.setdefault(base, set()).add(method)
     task_flags = _task_flags()
     out = {}

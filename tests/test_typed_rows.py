@@ -24,6 +24,15 @@ from stixd.actors.cluster import ClusterActor
 from stixd.actors.job import JobActor
 from stixd.actors.job_pool import JobPoolActor
 from stixd.actors.managed_job import ManagedJobActor
+from stixd.actors.replica import ReplicaActor
+from stixd.actors.service import ServiceActor
+from stixd.actors.service_rows import (
+    ReplicaData,
+    ReplicaSpec,
+    ServiceData,
+    ServiceSpec,
+    ServiceVersion,
+)
 from stixd.actors.specs import (
     Autostop,
     ClusterData,
@@ -45,6 +54,7 @@ from stixd.providers.all import infras
 from stixd.runtime.actor import Actor
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
+from stixd.serve.seams import ScalerMemory
 from stixd.store.db import Row, open_store
 from stixproto.errors import InternalError
 from stixproto.states import ClusterStatus, JobStatus, ManagedJobStatus, PoolStatus
@@ -66,6 +76,8 @@ ACTORS: dict[str, Any] = {  # each kind's actor class, built as `(row, app)`
     "job": JobActor,
     "managed_job": ManagedJobActor,
     "job_pool": JobPoolActor,
+    "service": ServiceActor,
+    "replica": ReplicaActor,
 }
 
 
@@ -99,7 +111,12 @@ def _row(kind: str, spec: dict[str, Any], data: dict[str, Any]) -> Row:
     if kind == "job":
         return Row(kind="job", id="c1/ab12/1", parent="ab12", state="RUNNING", version=0,
                    spec=spec, data=data)  # fmt: skip
-    state = {"cluster": "UP", "managed_job": "RUNNING", "job_pool": "READY"}[kind]
+    if kind == "replica":
+        return Row(kind="replica", id="c1/1", parent="c1", state="READY", version=0,
+                   spec=spec, data=data)  # fmt: skip
+    state = {"cluster": "UP", "managed_job": "RUNNING", "job_pool": "READY", "service": "READY"}[
+        kind
+    ]
     return Row(kind=kind, id="7" if kind == "managed_job" else "c1", state=state, version=0,
                spec=spec, data=data)  # fmt: skip
 
@@ -126,6 +143,8 @@ EARLIER: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"task": 0, "run": 1},
     ),
     "job_pool": ({"workers": 2, "task": {"run": "true"}}, {"claims": {"c1-0": 7}}),
+    "service": ({"versions": [{"version": 1, "task": {"run": "x"}}]}, {"version": 1}),
+    "replica": ({"service": "c1", "replica_id": 1, "version": 1, "port": 8080}, {}),
 }
 
 
@@ -302,6 +321,51 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
         "job_pool": (
             JobPoolSpec(workers=2, task={"run": "true"}, config=[{"source": "x"}]),
             JobPoolData(claims={"c1-0": 7}, waiting=[8, 9], failed={"c1-1": "why"}, quarantine="q"),
+        ),
+        "service": (
+            ServiceSpec(
+                versions=[ServiceVersion(version=1, task={"run": "x"}, mode="blue_green", at=1.0)],
+                config=[{"source": "x"}],
+                created_at=1.0,
+            ),
+            ServiceData(
+                version=2,
+                memory=ScalerMemory(last_round=1.0, target=2),
+                next_replica=3,
+                endpoint="http://127.0.0.1:1",
+                uptime_since=2.0,
+                broken_version=2,
+                failure_reason="f",
+                purge=True,
+                quarantine="q",
+            ),
+        ),
+        "replica": (
+            ReplicaSpec(
+                service="c1",
+                replica_id=1,
+                version=1,
+                port=8080,
+                spot=True,
+                launched_at=1.0,
+                accelerator="A100",
+            ),
+            ReplicaData(
+                cluster_uid="ab12",
+                job_id=1,
+                url="http://127.0.0.1:8080",
+                infra="local",
+                resources="1x local",
+                started_at=1.0,
+                ready_since=2.0,
+                ever_ready=True,
+                probe_failures=1,
+                not_ready_since=3.0,
+                failure_reason="f",
+                end="failed",
+                purge=True,
+                quarantine="q",
+            ),
         ),
     }
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from stixd.app import App
 
 
-KINDS = ("cluster", "job", "managed_job", "job_pool")
+KINDS = ("cluster", "job", "managed_job", "job_pool", "service", "replica")
 """Every kind `factory_for` builds: a live row of any other kind is shown as damaged."""
 
 
@@ -23,12 +23,21 @@ def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
     from stixd.actors.job import JobActor
     from stixd.actors.job_pool import JobPoolActor
     from stixd.actors.managed_job import ManagedJobActor
+    from stixd.actors.replica import ReplicaActor
+    from stixd.actors.service import ServiceActor
 
-    kinds: dict[str, type[ClusterActor | JobActor | ManagedJobActor | JobPoolActor]] = {
+    kinds: dict[
+        str,
+        type[
+            ClusterActor | JobActor | ManagedJobActor | JobPoolActor | ServiceActor | ReplicaActor
+        ],
+    ] = {
         ClusterActor.kind: ClusterActor,
         JobActor.kind: JobActor,
         ManagedJobActor.kind: ManagedJobActor,
         JobPoolActor.kind: JobPoolActor,
+        ServiceActor.kind: ServiceActor,
+        ReplicaActor.kind: ReplicaActor,
     }
     actor = kinds.get(kind)
     # a partial, not a closure over a table: each supervised actor holds its factory for good

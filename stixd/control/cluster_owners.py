@@ -4,7 +4,8 @@ of `-a` the same way) and `status` lists them apart.
 
 Ownership is read from the owners' own rows, never stored on the cluster: a live managed job
 owns the cluster its spec names; a live pool owns its numbered workers, the workers its jobs
-hold and the workers of an earlier, larger size it has yet to tear down.
+hold and the workers of an earlier, larger size it has yet to tear down; a live replica of a
+service owns its cluster.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from stixd.actors.job_pool import JobPoolActor, worker_name
 from stixd.actors.quarantine import reason_of
+from stixd.actors.service_rows import REPLICA, SERVICE, ReplicaSpec, replica_cluster
 from stixd.actors.specs import (
     JobPoolData,
     JobPoolSpec,
@@ -38,9 +40,17 @@ class Owner:
 
     @property
     def label(self) -> str:
+        if self.kind == SERVICE:
+            return f"service {self.name}"
         return f"job {self.name}" if self.kind == KIND else f"pool {self.name}"
 
     def refusal(self, cluster: str, verb: str) -> str:
+        if self.kind == SERVICE:
+            return (
+                f"cannot {verb} cluster {cluster!r}: it is a replica of service {self.name}, "
+                f"which would replace it; take the service down with "
+                f"`{names.command('serve', 'down', self.name)}`"
+            )
         if self.kind == KIND:
             return (
                 f"cannot {verb} cluster {cluster!r}: managed job {self.name} runs on it and "
@@ -77,6 +87,10 @@ async def cluster_owners(app: App, clusters: Collection[str] | None = None) -> d
                 row = await app.store.get("cluster", name)
                 if row is not None and not row.terminal:
                     owners[name] = owner  # a worker of a size since shrunk
+    for replica in await app.store.rows(REPLICA, include_terminal=False):
+        rspec = spec_or_none(replica, ReplicaSpec)
+        if rspec is not None:
+            owners[replica_cluster(rspec.service, rspec.replica_id)] = Owner(SERVICE, rspec.service)
     wanted = set(clusters)
     for job in await views.jobs_keeping_up(app.store, list(wanted)):
         spec = spec_or_none(job, ManagedJobSpec)

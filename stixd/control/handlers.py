@@ -33,6 +33,7 @@ from stixd.control import (
     jobs_cmds,
     leak_cmds,
     plan_cmds,
+    serve_cmds,
     ssh_cmds,
     task_reading,
 )
@@ -508,6 +509,13 @@ async def shutdown(app: App, req: m.Shutdown, emit: Emit) -> m.OkReply:
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
     if isinstance(req, JOBS_REQUESTS):
         return await _jobs(app, req, emit)
+    if isinstance(req, serve_cmds.SERVE_REQUESTS):
+        if isinstance(req, m.ServeUp | m.ServeUpdate):
+            try:
+                app.config_for([(layer.source, layer.values) for layer in req.config])
+            except ConfigError as exc:
+                raise InvalidConfig(str(exc)) from None
+        return await serve_cmds.dispatch(app, req, emit, lambda task: _check_task(app, task))
     if isinstance(req, m.Launch):
         return await launch(app, req, emit)
     if isinstance(req, m.ReadTask):

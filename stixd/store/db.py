@@ -421,6 +421,23 @@ class Store:
             await self._append(kind, id_, event, None, None, why, self._clock())
             await self._db.commit()
 
+    async def delete(self, row: Row, why: str = "") -> bool:
+        """Remove `row` (kept: its events), if nobody wrote it since `row.version`: what a
+        `serve down` leaves of a service and its replicas, as SkyServe forgets them."""
+        key = (row.kind, row.id)
+        async with self._transaction():
+            cur = await self._db.execute(
+                "DELETE FROM actors WHERE kind=? AND id=? AND version=?", (*key, row.version)
+            )
+            if cur.rowcount != 1:
+                await self._db.rollback()
+                return False
+            await self._db.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
+            await self._append(row.kind, row.id, "removed", row.state, None, why, self._clock())
+            await self._db.commit()
+        self._notify(row)  # a watcher reads the row again and finds it gone
+        return True
+
     async def forget_overwritten(self) -> None:
         """Leave no copy of overwritten values in the files: call after a write that dropped a
         secret. ``secure_delete`` zeroes freed space in the database's pages; this moves the

@@ -139,6 +139,8 @@ class Service(_Shape):
     ports: int | None = None
     tls: dict[str, Any] | None = None
     load_balancer: dict[str, Any] | None = None
+    auth: dict[str, Any] | None = None
+    """`{api_keys: [KEY, ...]}`: the balancer asks every request for one of these."""
 
     @property
     def lb_policy(self) -> str:

@@ -26,6 +26,8 @@ POOL_KEYS = (
 )
 TLS_KEYS = ("keyfile", "certfile")
 LOAD_BALANCER_KEYS = ("stream_timeout_seconds",)
+AUTH_KEYS = ("api_keys",)
+MAX_API_KEYS = 1000
 DEFAULT_INITIAL_DELAY_SECONDS = 1200
 DEFAULT_PROBE_TIMEOUT_SECONDS = 15
 DEFAULT_UPSCALE_DELAY_SECONDS = 300
@@ -203,6 +205,29 @@ def check_service(service: Service, path: str = "service") -> None:
         _check_open_map(service.tls, join(path, "tls"), TLS_KEYS, ())
     if service.load_balancer is not None:
         _check_open_map(service.load_balancer, join(path, "load_balancer"), (), LOAD_BALANCER_KEYS)
+    if service.auth is not None:
+        _check_auth(service.auth, join(path, "auth"))
+
+
+def _check_auth(auth: dict[str, Any], path: str) -> None:
+    for key in auth:
+        if key not in AUTH_KEYS:
+            fail(join(path, str(key)), f"unknown key; expected one of: {', '.join(AUTH_KEYS)}")
+    keys = auth.get("api_keys")
+    where = join(path, "api_keys")
+    if not isinstance(keys, list) or not keys:
+        fail(where, f"expected a non-empty list of keys, got {describe(keys)}")
+    if len(keys) > MAX_API_KEYS:
+        fail(where, f"expected at most {MAX_API_KEYS} keys, got {len(keys)}")
+    for i, key in enumerate(keys):
+        if not isinstance(key, str) or not key.strip() or not key.isprintable():
+            fail(join(where, str(i)), f"expected a non-empty printable string, got {describe(key)}")
+
+
+def api_keys(service: Service) -> tuple[str, ...]:
+    """The keys the balancer accepts (none: no auth)."""
+    keys = (service.auth or {}).get("api_keys") or ()
+    return tuple(str(k) for k in keys)
 
 
 def check_pool(pool: dict[str, Any], path: str = "pool") -> None:

@@ -1,0 +1,285 @@
+"""The phases a replica runs in its helper task: launch its cluster and submit the service's
+command (adopting what a launch before a daemon restart made), watch the command and the
+cluster while probing readiness, tear the cluster down.
+
+Each phase ends by telling the actor what happened (`Up`, `LaunchFailed`, `Probed`, `Exited`,
+`Lost`, `TornDown`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import anyio
+import msgspec
+
+from stixd.actors.asks import ask_cluster
+from stixd.actors.jobs_submit import infra_label, job_row_id
+from stixd.actors.service_rows import SERVICE, ServiceSpec, replica_cluster
+from stixd.actors.specs import (
+    ClusterData,
+    ClusterSpec,
+    JobData,
+    JobSpec,
+    data_or_none,
+    spec_or_none,
+    state_of,
+)
+from stixproto import messages as m
+from stixproto.errors import ClusterNotFound, StixError
+from stixproto.states import ClusterStatus, JobStatus
+from stixproto.task import Task
+from stixproto.task.resources import port_ranges
+from stixproto.task.service import Probe, effective_probe
+
+if TYPE_CHECKING:
+    from stixd.actors.replica import ReplicaActor
+
+PORT_ENV = "STIX_SERVE_PORT"
+"""The port a replica's command serves on (the service's port, or one of its own where
+replicas share this machine's network)."""
+REPLICA_ID_ENV = "SKYPILOT_SERVE_REPLICA_ID"
+
+
+@dataclass(frozen=True)
+class Up:
+    uid: str
+    job_id: int
+    url: str
+    infra: str
+    resources: str
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    why: str
+
+
+@dataclass(frozen=True)
+class Probed:
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    why: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    why: str
+
+
+@dataclass(frozen=True)
+class TornDown:
+    problem: str | None = None
+
+
+async def _quiet(event: Any) -> None:
+    """Launch progress goes to the replica's events, not to a client."""
+
+
+async def stored_version(replica: ReplicaActor) -> tuple[Task, list[m.ConfigLayer]] | None:
+    """The task of the replica's version as the service stored it, and the service's config
+    layers; None if the service's row no longer has it."""
+    row = await replica.app.store.get(SERVICE, replica.spec.service)
+    spec = spec_or_none(row, ServiceSpec) if row is not None else None
+    if spec is None:
+        return None
+    for v in spec.versions:
+        if v.version == replica.spec.version:
+            config = [msgspec.convert(c, m.ConfigLayer) for c in spec.config]
+            return msgspec.convert(v.task, Task), config
+    return None
+
+
+def replica_task(replica: ReplicaActor, task: Task) -> Task:
+    """The version's task as the replica's cluster runs it: with its id and port, and that
+    port opened where the infra opens ports."""
+    envs = dict(task.envs or {})
+    envs[REPLICA_ID_ENV] = str(replica.spec.replica_id)
+    envs[PORT_ENV] = str(replica.spec.port)
+    port = replica.spec.port
+    res = task.resources_or_default()
+    if res.use_spot and not replica.spec.spot:  # the autoscaler's on-demand fallback
+        res = msgspec.structs.replace(res, use_spot=False)
+    if not any(low <= port <= high for low, high in port_ranges(res)):
+        given = (
+            res.ports if isinstance(res.ports, list) else [] if res.ports is None else [res.ports]
+        )
+        res = msgspec.structs.replace(res, ports=[*given, port])
+    return msgspec.structs.replace(task, envs=envs, service=None, resources=res)
+
+
+async def launch(replica: ReplicaActor) -> None:
+    """Bring the replica's cluster up with its command submitted (or adopt both)."""
+    found = await adopt(replica)
+    if found is not None:
+        replica.tell(found)
+        return
+    loaded = await stored_version(replica)
+    if loaded is None:
+        replica.tell(LaunchFailed(f"version {replica.spec.version} is no longer stored"))
+        return
+    task, config = replica_task(replica, loaded[0]), loaded[1]
+    req = m.Launch(task=task, cluster=replica.cluster, detach=True, config=config)
+    try:
+        result = await ask_cluster(replica.app, replica.cluster, req, _quiet, create=True)
+    except StixError as exc:
+        replica.tell(LaunchFailed(exc.message))
+        return
+    if result.job_id is None:
+        replica.tell(LaunchFailed("the task has nothing to run"))
+        return
+    up = await _up(replica, result.job_id)
+    replica.tell(up if up is not None else LaunchFailed("its cluster went away as it came up"))
+
+
+async def _up(replica: ReplicaActor, job_id: int) -> Up | None:
+    row = await replica.app.store.get("cluster", replica.cluster)
+    if row is None or row.terminal:
+        return None
+    data = data_or_none(row, ClusterData) or ClusterData()
+    spec = spec_or_none(row, ClusterSpec) or ClusterSpec()
+    if not data.uid or not data.nodes:
+        return None
+    ip = str(data.nodes[0].get("ip") or "127.0.0.1")
+    return Up(
+        uid=str(data.uid),
+        job_id=job_id,
+        url=f"http://{ip}:{replica.spec.port}",
+        infra=infra_label(spec.provider, spec.pool),
+        resources=spec.resources,
+    )
+
+
+async def adopt(replica: ReplicaActor) -> Up | None:
+    """The command a launch before a restart already submitted on the replica's cluster."""
+    app = replica.app
+    row = await app.store.get("cluster", replica.cluster)
+    if row is None or row.terminal:
+        return None
+    if (data_or_none(row, ClusterData) or ClusterData()).pending_launch:
+        row = await app.watch.wait_for(
+            "cluster",
+            replica.cluster,
+            lambda r: (
+                r is None or not (data_or_none(r, ClusterData) or ClusterData()).pending_launch
+            ),
+        )
+        if row is None or row.terminal:
+            return None
+    uid = (data_or_none(row, ClusterData) or ClusterData()).uid
+    jobs = [
+        spec.job_id
+        for j in await app.store.rows("job", parent=uid)
+        if (spec := spec_or_none(j, JobSpec)) is not None
+    ]
+    return await _up(replica, max(jobs)) if jobs else None
+
+
+async def watch(replica: ReplicaActor) -> None:
+    """Until cancelled: tell the actor when its command ends or its cluster is lost, and
+    probe readiness every probe interval (at once when told to, `ReplicaActor.probe_now`)."""
+    data = replica.data
+    assert data.cluster_uid is not None and data.job_id is not None and data.url is not None
+    job_id = job_row_id(replica.cluster, data.cluster_uid, data.job_id)
+    probe = await _probe_spec(replica)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_job, replica, job_id)
+        tg.start_soon(_watch_cluster, replica, data.cluster_uid)
+        tg.start_soon(_probe_loop, replica, data.url, probe)
+
+
+async def _probe_spec(replica: ReplicaActor) -> Probe:
+    loaded = await stored_version(replica)
+    service = loaded[0].service if loaded is not None else None
+    return effective_probe(service) if service is not None else Probe()
+
+
+async def _watch_job(replica: ReplicaActor, row_id: str) -> None:
+    row = await replica.app.watch.wait_for("job", row_id, lambda r: r is None or r.terminal)
+    if row is None:
+        replica.tell(Exited("its command's record is gone"))
+        return
+    data = data_or_none(row, JobData) or JobData()
+    code = f" with code {data.exit_code}" if data.exit_code is not None else ""
+    state = state_of(row, JobStatus)
+    replica.tell(Exited(f"its command ended {state.value if state else row.state}{code}"))
+
+
+async def _watch_cluster(replica: ReplicaActor, uid: str) -> None:
+    def lost(r: Any) -> bool:
+        if r is None or r.terminal:
+            return True
+        data = data_or_none(r, ClusterData) or ClusterData()
+        return data.uid != uid or state_of(r, ClusterStatus) is not ClusterStatus.UP
+
+    row = await replica.app.watch.wait_for("cluster", replica.cluster, lost)
+    why = "its cluster is gone" if row is None or row.terminal else f"its cluster is {row.state}"
+    replica.tell(Lost(why))
+
+
+async def _probe_loop(replica: ReplicaActor, url: str, probe: Probe) -> None:
+    interval = replica.app.config.daemon.serve_probe_seconds
+    async with aiohttp.ClientSession() as session:
+        while True:
+            ok, detail = await probe_once(session, url, probe)
+            replica.tell(Probed(ok, detail))
+            with anyio.move_on_after(interval):
+                await replica.probe_wanted.wait()
+            replica.probe_wanted = anyio.Event()
+
+
+async def probe_once(session: aiohttp.ClientSession, url: str, probe: Probe) -> tuple[bool, str]:
+    """One readiness probe: (passed, what happened)."""
+    timeout = aiohttp.ClientTimeout(total=probe.timeout_seconds)
+    started = time.monotonic()
+    try:
+        async with session.request(
+            probe.method,
+            url + probe.path,
+            json=probe.post_data,
+            headers=probe.headers,
+            timeout=timeout,
+        ) as resp:
+            await resp.read()
+            ok = 200 <= resp.status < 300
+            return ok, f"HTTP {resp.status} from {probe.method} {probe.path}"
+    except TimeoutError:
+        return False, f"no answer within {probe.timeout_seconds:g}s"
+    except aiohttp.ClientError as exc:
+        took = time.monotonic() - started
+        return False, f"{type(exc).__name__} after {took:.1f}s"
+
+
+async def tear_down(replica: ReplicaActor) -> None:
+    """Tear the replica's cluster down and tell the actor how it went."""
+    replica.tell(TornDown(await down_cluster(replica)))
+
+
+async def down_cluster(replica: ReplicaActor) -> str | None:
+    """Tear the replica's cluster down (shielded: a restart must not leave it half done);
+    None, or why it could not be."""
+    with anyio.CancelScope(shield=True):
+        row = await replica.app.store.get("cluster", replica.cluster)
+        if row is None or row.terminal:
+            return None
+        try:
+            await ask_cluster(
+                replica.app, replica.cluster, m.Down(clusters=[replica.cluster]), _quiet
+            )
+        except ClusterNotFound:
+            return None  # torn down meanwhile (a teardown a daemon restart finished)
+        except StixError as exc:
+            after = await replica.app.store.get("cluster", replica.cluster)
+            return None if after is None or after.terminal else exc.message
+    return None
+
+
+def cluster_of(service: str, replica_id: int) -> str:
+    return replica_cluster(service, replica_id)

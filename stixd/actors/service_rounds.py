@@ -1,0 +1,377 @@
+"""What a service actor does between its start and its end: start its balancer, run rounds.
+
+A round: take the traffic the balancer counted → keep the last minute of arrivals → ask the
+autoscaler (`decide`) → start the replicas it orders (the next id written first) and shut
+down the ones it lets go → store its memory → push the ready set if it changed → move the
+service's state by what its replicas do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from stixd.actors.replica import ProbeNow, Shutdown
+from stixd.actors.service_decisions import (
+    ReplicaSeen,
+    replica_port,
+    service_event,
+    version_broken,
+)
+from stixd.actors.service_rows import (
+    REPLICA,
+    ReplicaData,
+    ReplicaSpec,
+    replica_row_id,
+)
+from stixd.actors.service_states import ENDS, SE, ReplicaEvent
+from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
+from stixd.providers.abilities import ReachesEveryPort
+from stixd.serve.autoscaler import decide
+from stixd.serve.seams import (
+    Balancer,
+    BalancerSpec,
+    LaunchOrder,
+    ReadyReplica,
+    ReplicaView,
+    Traffic,
+)
+from stixd.store.db import Row, RowExists
+from stixproto.errors import InvalidRequest, StixError
+from stixproto.states import ReplicaStatus as R
+from stixproto.states import ServiceStatus as S
+from stixproto.task import Task
+from stixproto.task.resources import accelerator_choice, port_ranges
+from stixproto.task.service import api_keys, effective_scaling
+
+if TYPE_CHECKING:
+    from stixd.actors.service import ServiceActor
+
+WINDOW_SECONDS = 60.0
+"""Arrivals the autoscaler sees: the last minute's (SkyServe's QPS window)."""
+DEMAND_GAP_SECONDS = 0.5
+"""At most one round per this long for requests waiting at a service with no replica."""
+NO_BALANCERS = "serving is not available in this daemon (it has no load balancers)"
+
+
+class Start:
+    """Bring the balancer up (at start and after a restart), or finish going down."""
+
+
+class Round:
+    """Decide now."""
+
+
+@dataclass(frozen=True)
+class BalancerReady:
+    balancer: Balancer
+
+
+@dataclass(frozen=True)
+class BalancerFailed:
+    why: str
+
+
+class TornDownAll:
+    """Every replica is down (or failed to be), and the balancer is stopped."""
+
+
+# -- the service's task ------------------------------------------------------------------------
+
+
+def service_port(task: Task) -> int:
+    """The port replicas serve on: `service.ports`, else the one port of `resources.ports`."""
+    if task.service is not None and task.service.ports is not None:
+        return task.service.ports
+    ranges = port_ranges(task.resources_or_default())
+    if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+        return ranges[0][0]
+    raise InvalidRequest(
+        "a service needs the one port its replicas serve on: set `service.ports` "
+        "(or a single port in `resources.ports`)"
+    )
+
+
+def balancer_spec(name: str, task: Task) -> BalancerSpec:
+    service = task.service
+    assert service is not None
+    tls = service.tls or {}
+    timeout = (service.load_balancer or {}).get("stream_timeout_seconds")
+    return BalancerSpec(
+        service=name,
+        port=0,
+        policy=service.lb_policy,
+        stream_timeout_seconds=None if timeout is None else float(timeout),
+        tls_keyfile=tls.get("keyfile"),
+        tls_certfile=tls.get("certfile"),
+        api_keys=api_keys(service),
+    )
+
+
+# -- the balancer ------------------------------------------------------------------------------
+
+
+async def ensure_balancer(actor: ServiceActor) -> None:
+    balancers = actor.app.balancers
+    if balancers is None:
+        actor.tell(BalancerFailed(NO_BALANCERS))
+        return
+    try:
+        balancer = await balancers.ensure(balancer_spec(actor.id, actor.version_task()))
+    except Exception as exc:  # the balancer's own trouble: the service shows it
+        actor.log.exception("balancer_failed")
+        actor.tell(BalancerFailed(f"its load balancer could not start: {exc}"))
+        return
+    actor.tell(BalancerReady(balancer))
+
+
+async def on_balancer_ready(actor: ServiceActor, msg: BalancerReady) -> None:
+    fresh = actor.mem.balancer is not msg.balancer
+    actor.mem.balancer = msg.balancer
+    if fresh:
+        actor.mem.pushed = None  # a balancer found again gets the ready set again
+    endpoint = msg.balancer.endpoint
+    if actor.machine.allows(actor.state, SE.BALANCER_UP):
+        await actor.transition(SE.BALANCER_UP, f"load balancer at {endpoint}", endpoint=endpoint)
+    elif endpoint != actor.data.endpoint:
+        await actor.save(endpoint=endpoint)
+    if fresh:
+        actor.start_soon(_wake_on_demand, actor, msg.balancer)
+    actor.queue_round()
+
+
+async def _wake_on_demand(actor: ServiceActor, balancer: Balancer) -> None:
+    while actor.mem.balancer is balancer:  # a balancer replaced by an update has its own
+        try:
+            await balancer.wait_for_demand()
+        except Exception:
+            actor.log.exception("wait_for_demand_failed")
+        actor.queue_round()
+        await anyio.sleep(DEMAND_GAP_SECONDS)
+
+
+# -- a round -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replica:
+    row: Row
+    spec: ReplicaSpec
+    data: ReplicaData
+    status: R
+
+
+async def replicas_of(actor: ServiceActor) -> list[Replica]:
+    out = []
+    for row in await actor.store.rows(REPLICA, parent=actor.id):
+        spec, data = spec_or_none(row, ReplicaSpec), data_or_none(row, ReplicaData)
+        status = state_of(row, R)
+        if spec is not None and data is not None and status is not None:
+            out.append(Replica(row, spec, data, status))
+    return out
+
+
+def heading_to(replica: Replica) -> R:
+    """The state a replica is in, or the end it takes once torn down (a failing replica is
+    SHUTTING_DOWN first, and counts as failed from then on)."""
+    end = replica.data.end
+    if replica.status is R.SHUTTING_DOWN and end:
+        try:
+            return ENDS[ReplicaEvent(end)]
+        except (ValueError, KeyError):
+            return R.FAILED
+    return replica.status
+
+
+def seen(replicas: list[Replica]) -> list[ReplicaSeen]:
+    return [
+        ReplicaSeen(r.spec.replica_id, r.spec.version, heading_to(r), r.data.ever_ready)
+        for r in replicas
+    ]
+
+
+async def run_round(actor: ServiceActor) -> None:
+    balancer = actor.mem.balancer
+    if balancer is None or actor.state not in (S.REPLICA_INIT, S.READY, S.NO_REPLICA, S.FAILED):
+        return
+    now = time.time()
+    replicas = await replicas_of(actor)
+    traffic = await _traffic(actor, balancer)
+    actor.mem.arrivals = [
+        a for a in (*actor.mem.arrivals, *traffic.arrivals) if a >= now - WINDOW_SECONDS
+    ]
+    for suspect in dict.fromkeys(traffic.suspects):
+        actor.app.supervisor.tell(REPLICA, replica_row_id(actor.id, suspect), ProbeNow())
+    task = actor.version_task()
+    assert task.service is not None
+    version = actor.data.version
+    views = [
+        ReplicaView(
+            replica_id=r.spec.replica_id,
+            version=r.spec.version,
+            status=r.status,
+            spot=r.spec.spot,
+            launched_at=r.spec.launched_at,
+            accelerator=r.spec.accelerator,
+        )
+        for r in replicas
+        if not r.status.is_terminal
+    ]
+    plan = decide(
+        effective_scaling(task.service),
+        views,
+        actor.mem.arrivals,
+        now,
+        actor.data.memory,
+        version=version,
+    )
+    broken = version_broken(seen(replicas), version)
+    if not broken:
+        for order in plan.launch:
+            await _launch(actor, order, task, replicas)
+    for replica_id in held_for_blue_green(actor, plan.stop, replicas, plan.target):
+        _tell_replica(actor, replica_row_id(actor.id, replica_id), Shutdown())
+    changes: dict[str, Any] = {}
+    if plan.memory != actor.data.memory:
+        changes["memory"] = plan.memory
+    if broken and actor.data.broken_version != version:
+        why = f"replicas of version {version} keep failing before they are ready"
+        changes.update(broken_version=version, failure_reason=why)
+        await actor.store.record(actor.kind, actor.id, "rollout_stopped", why)
+    if changes:
+        await actor.save(**changes)
+    replicas = await replicas_of(actor)
+    await _push_ready(actor, balancer, replicas)
+    await _follow_replicas(actor, replicas, plan.target, broken)
+    actor.after("round", actor.app.config.daemon.serve_round_seconds, Round())
+
+
+async def _traffic(actor: ServiceActor, balancer: Balancer) -> Traffic:
+    try:
+        return await balancer.take_traffic()
+    except Exception:  # a balancer that does not answer: no traffic seen this round
+        actor.log.exception("take_traffic_failed")
+        return Traffic()
+
+
+def _shared_network(actor: ServiceActor, task: Task) -> bool:
+    """Whether the replicas' nodes would share this machine's network (local)."""
+    try:
+        provider, _ = actor.app.target(task)
+    except StixError:
+        return False
+    return isinstance(actor.app.providers.get(provider), ReachesEveryPort)
+
+
+async def _launch(
+    actor: ServiceActor, order: LaunchOrder, task: Task, replicas: list[Replica]
+) -> None:
+    replica_id = actor.data.next_replica
+    await actor.save(next_replica=replica_id + 1)  # written first: an id is never used twice
+    taken = {r.spec.port for r in replicas if not r.status.is_terminal}
+    port = replica_port(service_port(task), taken, _shared_network(actor, task))
+    spec = ReplicaSpec(
+        service=actor.id,
+        replica_id=replica_id,
+        version=order.version,
+        port=port,
+        spot=order.spot and bool(task.resources_or_default().use_spot),
+        launched_at=time.time(),
+        accelerator=_accelerator(task),
+    )
+    row = Row(
+        kind=REPLICA,
+        id=replica_row_id(actor.id, replica_id),
+        parent=actor.id,
+        state=R.PENDING.value,
+        version=0,
+        spec=encode(spec),
+        data=encode(ReplicaData()),
+    )
+    try:
+        row = await actor.store.insert(
+            row, "decided", f"replica {replica_id} of version {order.version}"
+        )
+    except RowExists:  # an earlier service of the name left it: the id is skipped
+        actor.log.warning("replica_row_exists", replica=replica_id)
+        return
+    actor.app.spawn(row)
+    replicas.append(Replica(row, spec, ReplicaData(), R.PENDING))
+
+
+def held_for_blue_green(
+    actor: ServiceActor, stop: tuple[int, ...], replicas: list[Replica], target: int
+) -> list[int]:
+    """The replicas to stop now: under a blue-green update, old versions stay in rotation
+    until the new version alone has `target` replicas READY, then go all at once."""
+    version = actor.data.version
+    mode = next((v.mode for v in actor.spec.versions if v.version == version), "rolling")
+    if mode != "blue_green":
+        return list(stop)
+    ready_new = sum(r.status is R.READY and r.spec.version == version for r in replicas)
+    if ready_new >= target:
+        return list(stop)
+    by_id = {r.spec.replica_id: r for r in replicas}
+    return [i for i in stop if i in by_id and by_id[i].spec.version == version]
+
+
+def _accelerator(task: Task) -> str | None:
+    """The one accelerator the task asks for (None: none, or a choice the optimizer makes)."""
+    choice = accelerator_choice(task.resources_or_default())
+    if choice is None or len(choice.candidates) != 1:
+        return None
+    return choice.candidates[0].name
+
+
+def _tell_replica(actor: ServiceActor, row_id: str, message: Any) -> None:
+    if not actor.app.supervisor.tell(REPLICA, row_id, message):
+        actor.log.warning("replica_not_running", replica=row_id)
+
+
+async def _push_ready(actor: ServiceActor, balancer: Balancer, replicas: list[Replica]) -> None:
+    ready = sorted(
+        (
+            ReadyReplica(
+                replica_id=r.spec.replica_id,
+                url=r.data.url,
+                version=r.spec.version,
+                accelerator=r.spec.accelerator,
+            )
+            for r in replicas
+            if r.status is R.READY and r.data.url
+        ),
+        key=lambda r: r.replica_id,
+    )
+    if ready == actor.mem.pushed:
+        return
+    try:
+        await balancer.set_ready(ready)
+    except Exception:  # pushed again next round
+        actor.log.exception("set_ready_failed")
+        return
+    actor.mem.pushed = ready
+    ids = ", ".join(str(r.replica_id) for r in ready) or "none"
+    actor.log.info("ready_set", replicas=ids)
+
+
+async def _follow_replicas(
+    actor: ServiceActor, replicas: list[Replica], target: int, broken: bool
+) -> None:
+    event = service_event(actor.state, seen(replicas), target, broken)
+    if event is None or not actor.machine.allows(actor.state, event):
+        return
+    extra: dict[str, Any] = {}
+    if event is SE.REPLICA_READY:
+        why = "a replica is READY"
+        if actor.data.uptime_since is None:
+            extra["uptime_since"] = time.time()
+    elif event is SE.REPLICAS_FAILING:
+        why = actor.data.failure_reason or "replicas keep failing before they are ready"
+    elif event is SE.SCALED_TO_ZERO:
+        why = "no replica is wanted now"
+    else:
+        why = "no replica is READY"
+    await actor.transition(event, why, **extra)

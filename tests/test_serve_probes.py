@@ -1,0 +1,133 @@
+"""Readiness end to end: real HTTP replicas on `local`, probed by their replica actors (late
+servers, mute ones, POST probes, ejections the balancer reports, replicas that turn sick) and
+a preempted replica on the fake infra. The balancer is tests/fake_balancers.py's FAKE."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import Stix, wait_until
+from tests.fake_balancers import last_ready, report_suspect
+from tests.test_serve import (
+    free_port,
+    replica_states,
+    service_yaml,
+    serving,
+    status,
+    up,
+)
+
+
+def test_a_server_that_starts_late_becomes_ready_and_one_that_never_answers_fails_its_delay(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    up(stix, service_yaml(task_file, free_port(), delay=2), "late")
+    wait_until(lambda: replica_states(stix, "late").get(1) == "STARTING", timeout=30)
+    wait_until(lambda: replica_states(stix, "late").get(1) == "READY", timeout=30)
+    assert status(stix, "late")["status"] == "READY"  # type: ignore[index]
+    # a command that never serves: each replica fails its initial delay, is torn down and
+    # replaced, and after three in a row the version is broken and the service FAILED
+    up(stix, service_yaml(task_file, free_port(), initial_delay=1, run="sleep 600"), "mute")
+    failed = wait_until(lambda: status(stix, "mute")["status"] == "FAILED", timeout=60)  # type: ignore[index]
+    assert failed
+    record = status(stix, "mute")
+    assert record is not None
+    states = {r["replica_id"]: r["status"] for r in record["replicas"]}
+    assert states == {
+        1: "FAILED_INITIAL_DELAY",
+        2: "FAILED_INITIAL_DELAY",
+        3: "FAILED_INITIAL_DELAY",
+    }
+    assert "initial_delay_seconds" in record["replicas"][0]["failure_reason"]
+    assert "keep failing" in record["failure_reason"]
+    assert not any(c.startswith("mute-") for c in stix.clusters())  # each was torn down
+    assert last_ready(stix.home, "mute") in (None, [])
+
+
+def test_a_post_probe_sends_its_body_and_headers_and_a_wrong_one_never_gets_ready(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+
+    def with_probe(headers: str) -> Path:
+        path = service_yaml(task_file, free_port(), initial_delay=2)
+        probe = (
+            "  readiness_probe: {path: /health, initial_delay_seconds: 2, timeout_seconds: 2, "
+            f"post_data: {{ping: 1}}, headers: {{X-Token: {headers}}}}}\n"
+        )
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(probe if "readiness_probe" in x else x for x in lines))
+        return path
+
+    up(stix, with_probe("t1"), "good")
+    up(stix, with_probe("wrong"), "bad")
+    wait_until(lambda: replica_states(stix, "good").get(1) == "READY", timeout=40)
+    wait_until(lambda: replica_states(stix, "bad").get(1) == "FAILED_INITIAL_DELAY", timeout=40)
+    reason = status(stix, "bad")["replicas"][0]["failure_reason"]  # type: ignore[index]
+    assert "HTTP 401 from POST /health" in reason
+
+
+def test_a_replica_the_balancer_ejects_is_probed_at_once(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix, probe="30")  # left to its interval, the next probe would be 30 s away
+    flag = stix.home / "fail-now"
+    path = service_yaml(task_file, free_port())
+    path.write_text(path.read_text().replace("envs:\n", f"envs:\n  FAIL_FLAG: {flag}\n"))
+    up(stix, path, "web")
+
+    def nudged() -> object:  # its first probe may come before its server listens
+        report_suspect(stix.home, "web", 1)
+        return last_ready(stix.home, "web")
+
+    wait_until(nudged, timeout=20, interval=0.3)
+    flag.with_name("fail-now-1").write_text("")
+    report_suspect(stix.home, "web", 1)
+    wait_until(lambda: replica_states(stix, "web").get(1) == "NOT_READY", timeout=10)
+    wait_until(lambda: last_ready(stix.home, "web") == [], timeout=5)  # out of rotation
+    flag.with_name("fail-now-1").unlink()
+    report_suspect(stix.home, "web", 1)
+    wait_until(lambda: replica_states(stix, "web").get(1) == "READY", timeout=10)
+    assert [r["id"] for r in last_ready(stix.home, "web") or []] == [1]
+
+
+def test_a_replica_whose_cluster_is_preempted_is_replaced(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    stix.env["STIX__FAKE__ENABLED"] = "true"  # fake nodes run nothing: the replica stays STARTING
+    path = task_file(
+        "resources: {infra: fake, use_spot: true}\n"
+        "service: {readiness_probe: {path: /, initial_delay_seconds: 600}, ports: 8080}\n"
+        "run: serve\n"
+    )
+    up(stix, path, "spotty")
+    wait_until(lambda: replica_states(stix, "spotty").get(1) == "STARTING", timeout=30)
+    stix.run("fake", "preempt", "spotty-1", check=True)
+    wait_until(lambda: replica_states(stix, "spotty").get(1) == "PREEMPTED", timeout=30)
+    wait_until(lambda: replica_states(stix, "spotty").get(2) == "STARTING", timeout=30)
+    record = status(stix, "spotty")
+    assert record is not None and record["status"] == "REPLICA_INIT"
+    assert "spotty-2" in stix.clusters() and record["replicas"][1]["infra"].startswith("fake")
+
+
+def test_a_ready_replica_that_keeps_failing_probes_leaves_rotation_then_is_replaced(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    serving(stix)
+    flag = stix.home / "sick"
+    path = service_yaml(task_file, free_port())
+    path.write_text(path.read_text().replace("envs:\n", f"envs:\n  FAIL_FLAG: {flag}\n"))
+    up(stix, path, "web")
+    wait_until(lambda: [r["id"] for r in last_ready(stix.home, "web") or []] == [1], timeout=40)
+    flag.with_name("sick-1").write_text("")  # replica 1 answers 503 from now on
+    wait_until(lambda: replica_states(stix, "web").get(1) == "FAILED_PROBING", timeout=30)
+    wait_until(lambda: [r["id"] for r in last_ready(stix.home, "web") or []] == [2], timeout=40)
+    reason = status(stix, "web")["replicas"][0]["failure_reason"]  # type: ignore[index]
+    assert "readiness probes failed in a row: HTTP 503" in reason
+    history = stix.json("events", "--kind", "replica", "web/1")
+    assert [e["to_state"] for e in history if e["to_state"]][-4:] == [
+        "READY", "NOT_READY", "SHUTTING_DOWN", "FAILED_PROBING",
+    ]  # fmt: skip
