@@ -135,7 +135,7 @@ def test_a_killed_daemon_finds_its_ready_service_again_and_launches_nothing(
     after = stix.clusters()["web-1"]
     assert after["launched_at"] == before["launched_at"]
     assert all(pid_alive(p) for p in servers)
-    assert get(f"http://127.0.0.1:{port}") == "hello 1"
+    assert get(last_ready(stix.home, "web")[0]["url"]) == "hello 1"  # type: ignore[index]
     assert replica_states(stix, "web") == {1: "READY"}
     # a probe round later nothing more was decided
     history = stix.json("events", "--kind", "service", "web")

@@ -29,7 +29,7 @@ from stixd.actors.service_rows import (
 )
 from stixd.actors.service_states import ENDS, SE, ReplicaEvent
 from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
-from stixd.providers.abilities import ReachesEveryPort
+from stixd.providers.abilities import SharesHostNetwork
 from stixd.serve.autoscaler import decide
 from stixd.serve.seams import (
     Balancer,
@@ -263,7 +263,8 @@ def _shared_network(actor: ServiceActor, task: Task) -> bool:
         provider, _ = actor.app.target(task)
     except StixError:
         return False
-    return isinstance(actor.app.providers.get(provider), ReachesEveryPort)
+    found = actor.app.providers.get(provider)
+    return isinstance(found, SharesHostNetwork) and found.nodes_share_host_network()
 
 
 async def _launch(

@@ -213,6 +213,14 @@ class ReachesEveryPort(Protocol):
 
 
 @runtime_checkable
+class SharesHostNetwork(Protocol):
+    """Nodes that may share this machine's network (local without a namespace per node): two
+    of them cannot bind one port, so a service gives each replica a port of its own."""
+
+    def nodes_share_host_network(self) -> bool: ...
+
+
+@runtime_checkable
 class Closes(Protocol):
     """A provider holding connections or clients: the daemon closes it when it stops."""
 

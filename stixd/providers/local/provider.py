@@ -123,6 +123,9 @@ class LocalProvider:
         self._maker = network if shared_why is None else None
         """What makes each new node a namespace; None: new nodes share this machine's network."""
 
+    def nodes_share_host_network(self) -> bool:
+        return self._maker is None
+
     # -- layout --------------------------------------------------------------------------
 
     def cluster_dir(self, cluster: str) -> Path:
