@@ -18,7 +18,6 @@ import anyio
 
 from stixd.actors import factory_for
 from stixd.actors.cluster_health import check_health
-from stixd.actors.service_test_hook import balancers_for_tests
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.app import App
 from stixd.balancer.fleet import Fleet
@@ -108,7 +107,7 @@ async def serve(
                     infras=planner_table(ENTRIES),
                     catalog_dirs=[d for b in built.values() for d in b.catalog_dirs],
                     # they outlive the daemon's stop
-                    balancers=balancers_for_tests(home) or Fleet(home / "serve", log),
+                    balancers=Fleet(home / "serve", log),
                 )
                 try:
                     app.ssh_pool_sizes()  # read ssh_node_pools.yaml before reconciling

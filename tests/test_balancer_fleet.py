@@ -134,3 +134,19 @@ async def test_traffic_is_handed_out_again_until_acknowledged_and_never_twice(be
     again = await other.ensure(BalancerSpec(service="svc", port=0))
     assert len((await again.take_traffic()).arrivals) == 1
     await other.aclose()
+
+
+async def test_show_ready_reads_the_rotation_the_balancer_holds_and_changes_nothing(
+    bed: Bed,
+) -> None:
+    from stixd.balancer.link import show_ready
+
+    lb = await bed.balancer()
+    assert await show_ready(lb.layout.control) == []
+    one, two = await bed.replica(1), await bed.replica(2)
+    await lb.set_ready([one, two])
+    shown = await show_ready(lb.layout.control)
+    assert [(r.replica_id, r.url) for r in shown] == [(1, one.url), (2, two.url)]
+    await lb.set_ready([two])
+    assert [r.replica_id for r in await show_ready(lb.layout.control)] == [2]
+    assert [r.replica_id for r in await show_ready(lb.layout.control)] == [2]  # read only

@@ -1,31 +1,38 @@
 """Services end to end: a real daemon, the real `local` infra, replicas that are real HTTP
-servers on 127.0.0.1, probed by the replica actors over real HTTP.
+servers on every address of their node, probed by the replica actors over real HTTP, and the
+real balancer process (`python -m stixd.balancer`) in front of them.
 
-The load balancer here is tests/fake_balancers.py's FAKE (it records the ready sets pushed to
-it and proxies nothing): the real balancer process is built beside this and replaces it in the
-end-to-end tests once merged. What the tests check of the data path is what the daemon pushes.
+What the tests check of the data path they read from the real parts: requests through the
+service's endpoint, the rotation the balancer holds (asked over its control socket), and the
+ready sets the daemon logged as pushed (`ready_set` in stixd.log).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from stixd.balancer.layout import Layout, decode_spec
+from stixd.balancer.link import BROKEN, show_ready
 from stixproto.errors import InvalidRequest
-from tests.conftest import Stix, processes_mentioning, wait_until
-from tests.fake_balancers import ENV, last_ready, last_spec, pushes
+from tests.conftest import Stix, pid_alive, processes_mentioning, wait_until
 from tests.test_secrets_at_rest import _files_holding, _rows_holding
 
 SERVER = """\
-import http.server, json, os, sys, time
+import http.server, json, os, socket, struct, sys, time
 port = int(os.environ["STIX_SERVE_PORT"])
 print("replica", os.environ["SKYPILOT_SERVE_REPLICA_ID"], "starts on", port, flush=True)
 rid = os.environ["SKYPILOT_SERVE_REPLICA_ID"]
@@ -33,6 +40,12 @@ time.sleep(float(os.environ.get("START_DELAY_" + rid, os.environ.get("START_DELA
 
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if os.environ.get("HITS"):
+            with open(os.environ["HITS"], "a") as hits: hits.write(rid + "\\n")
+        if os.path.exists(os.environ.get("RESET_FLAG", "/nonexistent") + "-" + rid):
+            # a reset, as a crashing server gives: the balancer ejects the replica
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close(); self.close_connection = True; return
         if os.path.exists(os.environ.get("FAIL_FLAG", "/nonexistent") + "-" + rid):
             self.send_response(503); self.end_headers(); return
         body = (os.environ.get("REPLY", "hello") + " " + os.environ["SKYPILOT_SERVE_REPLICA_ID"])
@@ -62,9 +75,70 @@ def free_port() -> int:
         return port
 
 
+def balancer_layout(home: Path, service: str) -> Layout:
+    return Layout((home / "serve" / service).resolve())
+
+
+def last_ready(home: Path, service: str) -> list[dict[str, Any]] | None:
+    """The rotation `service`'s running balancer holds now, asked over its control socket:
+    `[{id, url, version}]`, or None when no balancer answers (none yet, or stopped)."""
+    try:
+        shown = anyio.run(show_ready, balancer_layout(home, service).control)
+    except BROKEN:
+        return None
+    return [{"id": r.replica_id, "url": r.url, "version": r.version} for r in shown]
+
+
+def last_spec(home: Path, service: str) -> dict[str, Any] | None:
+    """The spec the service's balancer was started with (its `spec.json`), as a dict."""
+    path = balancer_layout(home, service).spec
+    if not path.exists():
+        return None
+    found: dict[str, Any] = json.loads(
+        json.dumps(dataclasses.asdict(decode_spec(path.read_bytes())))
+    )
+    return found
+
+
+def pushes(home: Path, service: str) -> list[dict[str, Any]]:
+    """Every ready set the daemon logged as pushed to `service`'s balancer, oldest first
+    (`{"at": ISO time, "ready": [replica ids]}`), across daemon restarts (one log)."""
+    found = []
+    log = home / "stixd.log"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "ready_set" and entry.get("id") == service:
+            ids = [int(x) for x in entry["replicas"].split(", ") if x != "none"]
+            found.append({"at": entry.get("timestamp"), "ready": ids})
+    return found
+
+
+def self_signed(key: Path, cert: Path) -> None:
+    """A key and a self-signed certificate for 127.0.0.1 (skips the test without openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def endpoint(stix: Stix, name: str) -> str:
+    url: str = stix.run("serve", "status", name, "--endpoint", check=True).stdout.strip()
+    return url
+
+
 def serving(stix: Stix, **settings: str) -> Stix:
-    """A daemon with the fake balancers and fast probes and rounds."""
-    stix.env.update(ENV)
+    """A daemon with fast probes and rounds (and the real balancers)."""
     stix.env["STIX__DAEMON__SERVE_PROBE_SECONDS"] = settings.pop("probe", "0.3")
     stix.env["STIX__DAEMON__SERVE_ROUND_SECONDS"] = settings.pop("round", "0.5")
     return stix
@@ -132,7 +206,9 @@ def test_service_comes_up_ready_and_its_replica_answers_where_the_balancer_is_to
     assert get(ready[0]["url"]) == "hello 1"
     record = status(stix, "web")
     assert record is not None
-    assert record["endpoint"] == "http://127.0.0.1:9"
+    lb = record["endpoint"]
+    assert lb.startswith("http://127.0.0.1:") and not lb.endswith(f":{port}")
+    assert get(lb + "/") == "hello 1"  # through the balancer
     assert record["replicas"][0]["cluster"] == "web-1"
     assert record["replicas"][0]["infra"] == "local"
     assert record["policy"] == "Fixed 1 replica"
@@ -146,8 +222,8 @@ def test_service_comes_up_ready_and_its_replica_answers_where_the_balancer_is_to
     assert "1/1" in text
     verbose = stix.run("serve", "status", "-v", check=True).stdout
     assert "Fixed 1 replica" in verbose and "least_load" in verbose
-    endpoint = stix.run("serve", "status", "web", "--endpoint", check=True).stdout.strip()
-    assert endpoint == "http://127.0.0.1:9"
+    assert endpoint(stix, "web") == lb
+    balancer = int(balancer_layout(stix.home, "web").pid.read_text())
     history = stix.json("events", "--kind", "service", "web")
     moves = [e["to_state"] for e in history if e["kind"] == "service" and e["to_state"]]
     assert moves == ["CONTROLLER_INIT", "REPLICA_INIT", "READY"]
@@ -158,9 +234,11 @@ def test_service_comes_up_ready_and_its_replica_answers_where_the_balancer_is_to
     assert "Service web is down." in out.stdout
     assert stix.json("serve", "status") == []
     assert "web-1" not in stix.clusters()
-    assert pushes(stix.home, "web")[-1].get("stopped") is True
-    with pytest.raises(OSError):
-        get(url)
+    wait_until(lambda: not pid_alive(balancer), timeout=10)  # the balancer is stopped
+    assert last_ready(stix.home, "web") is None
+    for gone in (url, lb):
+        with pytest.raises(OSError):
+            get(gone)
 
 
 def test_a_task_without_a_service_section_is_refused_in_one_line(
@@ -191,6 +269,8 @@ def test_a_replica_whose_server_dies_is_failed_torn_down_and_replaced(
     killed_at = time.time()
     for pid in server:
         os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: last_ready(stix.home, "web") == [], timeout=10, interval=0.01)
+    taken_out = time.time() - killed_at
     wait_until(lambda: replica_states(stix, "web").get(1) == "FAILED", timeout=30)
     ready = wait_until(
         lambda: [r["id"] for r in last_ready(stix.home, "web") or []] == [2], timeout=40
@@ -201,10 +281,10 @@ def test_a_replica_whose_server_dies_is_failed_torn_down_and_replaced(
     assert "ended" in record["replicas"][0]["failure_reason"]
     assert "web-1" not in stix.clusters() and "web-2" in stix.clusters()
     assert get(last_ready(stix.home, "web")[0]["url"]) == "hello 2"  # type: ignore[index]
+    assert get(endpoint(stix, "web") + "/") == "hello 2"
     # the ready set went from none yet to [1], to [] the moment 1 failed, to [2]
-    sets = [[r["id"] for r in p["ready"]] for p in pushes(stix.home, "web") if "ready" in p]
+    sets = [p["ready"] for p in pushes(stix.home, "web")]
     assert sets == [[], [1], [], [2]]
-    taken_out = [p["at"] for p in pushes(stix.home, "web") if "ready" in p][2] - killed_at
     assert 0 < taken_out < 3.0, taken_out  # the command's exit is told at once
     print(f"replica death to out of rotation: {taken_out:.3f} s")
 
@@ -220,8 +300,13 @@ def test_logs_of_a_replica_and_of_the_controller(
     out = stix.run("serve", "logs", "web", "--controller", "--no-follow", check=True)
     assert "service CONTROLLER_INIT -> REPLICA_INIT" in out.stdout
     assert "replica 1 STARTING -> READY: readiness probe passed" in out.stdout
-    lb = stix.home / "serve" / "web" / "load_balancer.log"
-    lb.write_text("one\ntwo\n")
+    lb = balancer_layout(stix.home, "web").log  # where the balancer writes: balancer.log
+    wait_until(lambda: "serving" in lb.read_text(), timeout=10)
+    (lb.parent / "older.log").write_text("not the balancer's\n")  # read by name, not guessed
+    out = stix.run("serve", "logs", "web", "--load-balancer", "--no-follow", check=True)
+    assert out.stdout == lb.read_text() and "balancer" in out.stdout and "serving" in out.stdout
+    with lb.open("a") as f:
+        f.write("one\ntwo\n")
     out = stix.run("serve", "logs", "web", "--load-balancer", "--no-follow", "--tail", "1")
     assert out.stdout == "two\n"
     out = stix.run("serve", "logs", "web")
@@ -246,14 +331,15 @@ def test_the_sdk_serves_sync_and_async_as_the_cli_does(
     from stixctl.sdk import AsyncClient, Client
 
     serving(stix)
-    for key in ("STIX_HOME", *ENV, "STIX__DAEMON__SERVE_PROBE_SECONDS"):
+    for key in ("STIX_HOME", "STIX__DAEMON__SERVE_PROBE_SECONDS"):
         monkeypatch.setenv(key, stix.env[key])
     monkeypatch.setenv(
         "STIX__DAEMON__SERVE_ROUND_SECONDS", stix.env["STIX__DAEMON__SERVE_ROUND_SECONDS"]
     )
     client, aclient = Client(stix.home), AsyncClient(stix.home)
     started = client.serve_up(service_yaml(task_file, free_port()), "web")
-    assert (started.name, started.version, started.endpoint) == ("web", 1, "http://127.0.0.1:9")
+    assert (started.name, started.version) == ("web", 1)
+    assert started.endpoint == endpoint(stix, "web")
     wait_until(lambda: client.serve_status("web")[0].status == "READY", timeout=40)
     (record,) = asyncio.run(aclient.serve_status(["web"]))
     assert [(r.replica_id, r.status) for r in record.replicas] == [(1, "READY")]
@@ -350,7 +436,12 @@ def test_the_balancer_gets_the_services_policy_keys_tls_and_timeout(
         "  load_balancer: {stream_timeout_seconds: 30}\n"
         "run: serve\n"
     )
+    home = path.parent / "home"  # `~` of the client that reads the task
+    home.mkdir()
+    stix.env["HOME"] = str(home)
+    self_signed(path.parent / "key.pem", home / "cert.pem")
     stix.run("serve", "up", "-y", "-n", "api", str(path), check=True, cwd=path.parent)
+    assert endpoint(stix, "api").startswith("https://127.0.0.1:")
     spec = last_spec(stix.home, "api")
     assert spec is not None
     assert (spec["service"], spec["policy"], spec["api_keys"]) == (
@@ -360,7 +451,7 @@ def test_the_balancer_gets_the_services_policy_keys_tls_and_timeout(
     )
     assert spec["stream_timeout_seconds"] == 30.0
     assert spec["tls_keyfile"] == str(path.parent / "key.pem")
-    assert spec["tls_certfile"] == str(Path("~/cert.pem").expanduser())
+    assert spec["tls_certfile"] == str(home / "cert.pem")
     bad = task_file("service: {ports: 80, auth: {api_keys: []}}\nrun: x\n")
     out = stix.run("serve", "up", "-y", "-n", "bad", str(bad))
     assert out.returncode == 2 and "service.auth.api_keys" in out.stderr

@@ -1,16 +1,22 @@
 """Readiness end to end: real HTTP replicas on `local`, probed by their replica actors (late
 servers, mute ones, POST probes, ejections the balancer reports, replicas that turn sick) and
-a preempted replica on the fake infra. The balancer is tests/fake_balancers.py's FAKE."""
+a preempted replica on the fake infra. The balancer is the real one, in front of them."""
 
 from __future__ import annotations
 
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Stix, wait_until
-from tests.fake_balancers import last_ready, report_suspect
 from tests.test_serve import (
+    endpoint,
     free_port,
+    last_ready,
     replica_states,
     service_yaml,
     serving,
@@ -72,25 +78,31 @@ def test_a_post_probe_sends_its_body_and_headers_and_a_wrong_one_never_gets_read
 def test_a_replica_the_balancer_ejects_is_probed_at_once(
     stix: Stix, task_file: Callable[[str], Path]
 ) -> None:
-    serving(stix, probe="30")  # left to its interval, the next probe would be 30 s away
-    flag = stix.home / "fail-now"
+    serving(stix)  # fast probes until the replica is READY, then a daemon with slow ones
+    flag, hits = stix.home / "reset-now", stix.home / "hits"
     path = service_yaml(task_file, free_port())
-    path.write_text(path.read_text().replace("envs:\n", f"envs:\n  FAIL_FLAG: {flag}\n"))
+    path.write_text(
+        path.read_text().replace("envs:\n", f"envs:\n  RESET_FLAG: {flag}\n  HITS: {hits}\n")
+    )
     up(stix, path, "web")
-
-    def nudged() -> object:  # its first probe may come before its server listens
-        report_suspect(stix.home, "web", 1)
-        return last_ready(stix.home, "web")
-
-    wait_until(nudged, timeout=20, interval=0.3)
-    flag.with_name("fail-now-1").write_text("")
-    report_suspect(stix.home, "web", 1)
+    wait_until(lambda: last_ready(stix.home, "web"), timeout=40)
+    stix.run("daemon", "stop", check=True)
+    probed = len(hits.read_text().splitlines())
+    serving(stix, probe="30")  # left to its interval, the next probe would be 30 s away
+    assert replica_states(stix, "web") == {1: "READY"}  # the daemon again: it probes once
+    wait_until(lambda: len(hits.read_text().splitlines()) > probed, timeout=20)
+    flag.with_name("reset-now-1").write_text("")  # replica 1 resets every connection
+    url = endpoint(stix, "web") + "/"
+    with pytest.raises(urllib.error.HTTPError) as answer:  # the balancer ejects it: 502
+        urllib.request.urlopen(url, timeout=10)
+    answer.value.close()
+    assert answer.value.code == 502
+    ejected_at = time.monotonic()
     wait_until(lambda: replica_states(stix, "web").get(1) == "NOT_READY", timeout=10)
+    assert time.monotonic() - ejected_at < 10  # probed at once, not 30 s later
     wait_until(lambda: last_ready(stix.home, "web") == [], timeout=5)  # out of rotation
-    flag.with_name("fail-now-1").unlink()
-    report_suspect(stix.home, "web", 1)
-    wait_until(lambda: replica_states(stix, "web").get(1) == "READY", timeout=10)
-    assert [r["id"] for r in last_ready(stix.home, "web") or []] == [1]
+    reason = stix.json("events", "--kind", "replica", "web/1")[-1]["why"]
+    assert "Disconnected" in reason or "Error" in reason, reason
 
 
 def test_a_replica_whose_cluster_is_preempted_is_replaced(

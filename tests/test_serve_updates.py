@@ -1,5 +1,5 @@
-"""Service updates and daemon restarts, end to end on `local` with real HTTP replicas (the
-balancer is tests/fake_balancers.py's FAKE, which records the ready sets pushed to it)."""
+"""Service updates and daemon restarts, end to end on `local` with real HTTP replicas behind
+the real balancer (the ready sets pushed to it are read from the daemon's log)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import Stix, pid_alive, processes_mentioning, wait_until
-from tests.fake_balancers import last_ready, pushes
 from tests.test_serve import (
     _environ,
     free_port,
     get,
+    last_ready,
+    pushes,
     replica_states,
     service_yaml,
     serving,
@@ -35,11 +36,12 @@ def ready_ids(stix: Stix, name: str) -> list[int]:
 
 
 def ready_sets(stix: Stix, name: str) -> list[list[tuple[int, int]]]:
-    return [
-        [(r["id"], r["version"]) for r in p["ready"]]
-        for p in pushes(stix.home, name)
-        if "ready" in p
-    ]
+    versions = {
+        int(e["id"].rpartition("/")[2]): int(e["why"].rpartition(" version ")[2])
+        for e in stix.json("events", "--kind", "service", name)
+        if e["kind"] == "replica" and e["event"] == "decided"  # "replica N of version V"
+    }
+    return [[(i, versions[i]) for i in p["ready"]] for p in pushes(stix.home, name)]
 
 
 def test_a_rolling_update_replaces_old_replicas_as_new_ones_become_ready(

@@ -119,6 +119,8 @@ class Control:
                 return wire.Demand(await self.held.demand())  # (answered above, with hang-ups)
             case wire.Stop():
                 return wire.Ok()
+            case wire.ShowReady():
+                return wire.ReadySet([slot.replica for slot in self.pool.slots])
 
     def _take(self, ack: int) -> wire.TrafficBatch:
         old = self._unacked

@@ -54,6 +54,20 @@ class Link:
             await self.stream.aclose()
 
 
+async def show_ready(control: Path) -> list[wire.Replica]:
+    """The rotation a running balancer holds now, asked over its control socket (read only:
+    for `stixctl`-side checks and tests; the daemon keeps its own copy in `RemoteBalancer`)."""
+    link = await Link.open(control)
+    try:
+        with anyio.fail_after(CALL_SECONDS):
+            answer = await link.call(wire.ShowReady())
+    finally:
+        await link.aclose()
+    if not isinstance(answer, wire.ReadySet):
+        raise wire.ProtocolBroken(f"the balancer answered {type(answer).__name__} to ShowReady")
+    return answer.replicas
+
+
 BROKEN = (
     OSError,
     anyio.EndOfStream,

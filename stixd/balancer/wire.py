@@ -74,7 +74,11 @@ class Stop(msgspec.Struct, tag=True, frozen=True):
     """Exit (answered with `Ok` first)."""
 
 
-Request = Hello | SetReady | TakeTraffic | WaitDemand | Stop
+class ShowReady(msgspec.Struct, tag=True, frozen=True):
+    """Read only: the rotation as the balancer holds it now (answered with `ReadySet`)."""
+
+
+Request = Hello | SetReady | TakeTraffic | WaitDemand | Stop | ShowReady
 
 
 # -- answers, balancer -> daemon ---------------------------------------------------------------
@@ -110,7 +114,11 @@ class Failed(msgspec.Struct, tag=True, frozen=True):
     message: str
 
 
-Answer = Welcome | Ok | TrafficBatch | Demand | Failed
+class ReadySet(msgspec.Struct, tag=True, frozen=True):
+    replicas: list[Replica]
+
+
+Answer = Welcome | Ok | TrafficBatch | Demand | Failed | ReadySet
 
 
 class Frame(msgspec.Struct, frozen=True):

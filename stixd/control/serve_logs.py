@@ -17,7 +17,6 @@ from stixd.app import App
 from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest, ServiceNotFound, StixError
-from stixproto.paths import child_path
 
 Emit = Callable[[Any], Awaitable[None]]
 FOLLOW_POLL_S = 0.5
@@ -30,13 +29,11 @@ async def _service_row(app: App, name: str) -> Row:
     return row
 
 
-def balancer_log(home: Path, service: str) -> Path:
-    """Where a service's balancer writes its log: `<home>/serve/<service>/load_balancer.log`,
-    or the one other log file there."""
-    folder = child_path(home / "serve", service)
-    named = folder / "load_balancer.log"
-    others = sorted(folder.glob("*.log")) if folder.is_dir() else []
-    return named if named.exists() or len(others) != 1 else others[0]
+def balancer_log(app: App, service: str) -> Path:
+    """Where the service's balancer writes its log, as the balancers say."""
+    if app.balancers is None:
+        raise InvalidRequest("this daemon runs no load balancers, so it has no balancer log")
+    return app.balancers.log_path(service)
 
 
 async def serve_logs(app: App, req: m.ServeLogs, emit: Emit) -> m.OkReply:
@@ -44,7 +41,7 @@ async def serve_logs(app: App, req: m.ServeLogs, emit: Emit) -> m.OkReply:
     if req.target == "controller":
         await _controller_log(app, row, emit, req.follow, req.tail)
     elif req.target == "load_balancer":
-        await _follow_file(app, row, balancer_log(app.home, row.id), emit, req.follow, req.tail)
+        await _follow_file(app, row, balancer_log(app, row.id), emit, req.follow, req.tail)
     else:
         if req.replica_id is None:
             raise InvalidRequest("name the replica: `serve logs NAME REPLICA_ID`")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
@@ -90,6 +91,10 @@ class Balancers(Protocol):
 
     async def stop(self, service: str) -> None:
         """Stop the service's balancer and forget it (nothing if none runs)."""
+        ...
+
+    def log_path(self, service: str) -> Path:
+        """Where the service's balancer writes its log (`serve logs --load-balancer`)."""
         ...
 
 
