@@ -115,7 +115,6 @@ def ready_ids(stix: Stix, name: str) -> list[int]:
     return [r["id"] for r in last_ready(stix.home, name) or []]
 
 
-@pytest.mark.slow
 def test_a_replica_killed_under_load_fails_no_request_and_is_replaced(
     stix: Stix, task_file: Callable[[str], Path]
 ) -> None:
@@ -137,7 +136,6 @@ def test_a_replica_killed_under_load_fails_no_request_and_is_replaced(
     print(f"{len(running.answers)} requests, none failed")
 
 
-@pytest.mark.slow
 def test_stixd_killed_and_restarted_under_load_fails_no_request_and_keeps_its_replicas(
     stix: Stix, task_file: Callable[[str], Path]
 ) -> None:
@@ -161,7 +159,6 @@ def test_stixd_killed_and_restarted_under_load_fails_no_request_and_keeps_its_re
     assert [e["id"] for e in history if e["event"] == "decided"] == ["web/1", "web/2"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["rolling", "blue_green"])
 def test_an_update_under_load_answers_every_request_and_ends_on_the_new_version(
     stix: Stix, task_file: Callable[[str], Path], mode: str
@@ -226,7 +223,6 @@ def test_skypilots_minimal_service_runs_as_is_on_local(stix: Stix, tmp_path: Pat
         assert resp.status == 200 and b"Directory listing" in resp.read()
 
 
-@pytest.mark.slow
 def test_two_replicas_of_skypilots_minimal_service_both_bind_8080_on_their_own_nodes(
     stix: Stix, tmp_path: Path
 ) -> None:
