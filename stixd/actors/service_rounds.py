@@ -233,15 +233,18 @@ async def run_round(actor: ServiceActor) -> None:
     if balancer is None or actor.state not in (S.REPLICA_INIT, S.READY, S.NO_REPLICA, S.FAILED):
         return
     now = time.time()
+    config = actor.app.config.daemon
+    window = config.serve_qps_window_seconds
     replicas = await replicas_of(actor)
     traffic = await _traffic(actor, balancer)
-    actor.mem.arrivals = recent_arrivals(actor.mem.arrivals, traffic.arrivals, now)
+    actor.mem.arrivals = recent_arrivals(
+        actor.mem.arrivals, traffic.arrivals, now, window_seconds=window
+    )
     for suspect in dict.fromkeys(traffic.suspects):
         actor.app.supervisor.tell(REPLICA, replica_row_id(actor.id, suspect), ProbeNow())
     task = actor.version_task()
     assert task.service is not None
     version = actor.data.version
-    config = actor.app.config.daemon
     plan = decide(
         effective_scaling(task.service),
         views(replicas, version),
@@ -253,6 +256,7 @@ async def run_round(actor: ServiceActor) -> None:
         use_spot=wants_spot(task),
         waiting=traffic.waiting,
         round_seconds=config.serve_decision_seconds,
+        window_seconds=window,
     )
     for order in plan.launch:
         await _launch(actor, order, task, replicas)

@@ -55,19 +55,22 @@ def decide(
     use_spot: bool = False,
     waiting: int = 0,
     round_seconds: float = ROUND_SECONDS,
+    window_seconds: float = WINDOW_SECONDS,
 ) -> ScalePlan:
     """This round's plan for the service at ``version`` (its latest).
 
     ``replicas``: every replica the service has, the ended ones of the latest version included
     (a failure before READY stops its rollout). ``arrivals``: request times, sorted ascending,
-    at least the last 60 s of them. ``waiting``: requests held by the balancer right now (they
-    count as arrivals; at zero replicas any demand starts a round at once). ``use_spot``: the
-    task's own choice, for launches outside the on-demand fallback. ``round_seconds``: the
-    decision period (SkyPilot's 20 s; the one at zero replicas is never longer than it).
+    at least the last ``window_seconds`` of them. ``waiting``: requests held by the balancer
+    right now (they count as arrivals; at zero replicas any demand starts a round at once).
+    ``use_spot``: the task's own choice, for launches outside the on-demand fallback.
+    ``round_seconds``: the decision period (SkyPilot's 20 s; the one at zero replicas is never
+    longer than it). ``window_seconds``: how far back requests count towards the QPS
+    (SkyPilot's 60 s). Both are shortened only by tests and benchmarks.
     """
     running = live(replicas)
-    demand = requests_in_window(arrivals, now) + max(0, waiting)
-    qps = demand / WINDOW_SECONDS
+    demand = requests_in_window(arrivals, now, window_seconds=window_seconds) + max(0, waiting)
+    qps = demand / window_seconds
     ready_version = memory.ready_version
     if any(r.version == version and r.status in WAS_READY for r in replicas):
         ready_version = max(ready_version, version)
@@ -164,7 +167,9 @@ def _cast(
     gone |= {r.replica_id for r in wants.stop}
     staying = [r for r in running if r.replica_id not in gone]
     ceiling = scaling.max_replicas + (scaling.num_overprovision or 0)
-    room = ceiling - len(staying)
+    # Stand-ins already up are past the ceiling by right: they take no room from the spot
+    # replicas they stand in for (a preempted one is replaced beside its stand-in).
+    room = ceiling - (len(staying) - wants.standing)
     freed: list[ReplicaView] = []
     kept_old = [r for r in old if r.replica_id not in gone]
     in_flight = any(r.status is not ReplicaStatus.READY for r in staying if r.version == version)
@@ -210,6 +215,8 @@ class _Wants:
     """On-demand stand-ins to launch for spot replicas missing or not READY (dynamic fallback)."""
     covering: int = 0
     """How many stand-ins the fallback wants in all (launched or not)."""
+    standing: int = 0
+    """How many of them are up already (on-demand replicas kept beyond the base ones)."""
 
 
 def _wants(
@@ -247,7 +254,8 @@ def _wants(
         *first_to_stop(spot, len(spot) - spot_wanted),
         *first_to_stop(on_demand, len(on_demand) - od_wanted),
     ]
-    return _Wants(launch, stop, stand_ins, covering)
+    standing = max(0, min(len(on_demand), od_wanted) - base_wanted)
+    return _Wants(launch, stop, stand_ins, covering, standing)
 
 
 def _replica_qps(scaling: Scaling) -> Callable[[ReplicaView], float] | None:
