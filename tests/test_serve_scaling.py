@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from stixd.actors.service_rounds import replica_weights
+from stixproto.task.service import Scaling
 from tests.conftest import Stix, wait_until
 
 SERVER = """\
@@ -233,3 +235,12 @@ def test_a_preempted_spot_replica_is_replaced_on_spot_while_an_on_demand_one_sta
     assert after[2]["status"] == "STARTING" and after[2]["spot"] is False  # the stand-in stays
     assert decided(stix, "spotty") == ["spotty/1", "spotty/2", "spotty/3"]
     assert service(stix, "spotty")["status"] == "REPLICA_INIT"  # type: ignore[index]
+
+
+def test_instance_aware_balancing_weighs_a_replica_by_its_accelerators_target() -> None:
+    targets = Scaling(target_qps_per_replica={"A100:1": 8, "T4": 2})
+    weigh = replica_weights("instance_aware_least_load", targets)
+    assert (weigh("A100"), weigh("T4"), weigh("L4"), weigh(None)) == (8.0, 2.0, 2.0, 2.0)
+    assert replica_weights("least_load", targets)("A100") == 1.0  # weights only where asked
+    plain = replica_weights("instance_aware_least_load", Scaling(target_qps_per_replica=3))
+    assert plain("A100") == 1.0

@@ -377,7 +377,7 @@ def _rotation(
 ) -> list[ReadyReplica]:
     """The replicas the balancer sends to: READY, of a version the plan serves, not let go."""
     assert task.service is not None
-    weigh = _weights(task.service.lb_policy, effective_scaling(task.service))
+    weigh = replica_weights(task.service.lb_policy, effective_scaling(task.service))
     stopping = set(plan.stop)
     return sorted(
         (
@@ -398,7 +398,7 @@ def _rotation(
     )
 
 
-def _weights(policy: str, scaling: Scaling) -> Callable[[str | None], float]:
+def replica_weights(policy: str, scaling: Scaling) -> Callable[[str | None], float]:
     """A replica's weight in the balancer: under `instance_aware_least_load` with per-accelerator
     targets, its accelerator's target QPS (SkyServe's); else 1 for every replica."""
     targets = scaling.target_qps_per_replica
