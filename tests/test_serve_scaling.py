@@ -80,6 +80,11 @@ def service(stix: Stix, name: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+def status_of(stix: Stix, name: str) -> str | None:
+    record = service(stix, name)
+    return None if record is None else str(record["status"])
+
+
 def replicas(stix: Stix, name: str) -> dict[int, dict[str, Any]]:
     record = service(stix, name)
     return {r["replica_id"]: r for r in record["replicas"]} if record else {}
@@ -175,7 +180,7 @@ def test_a_qps_step_brings_a_second_replica_into_rotation_and_its_end_takes_it_a
     wait_until(lambda: "web-2" not in stix.clusters(), timeout=20)
     assert call(endpoint) == (200, "hello 1")
     assert decided(stix, "web") == ["web/1", "web/2"]  # never a third
-    assert service(stix, "web")["status"] == "READY"  # type: ignore[index]
+    assert status_of(stix, "web") == "READY"
 
 
 def test_a_request_to_a_service_at_zero_waits_for_the_replica_it_wakes_up(
@@ -184,7 +189,7 @@ def test_a_request_to_a_service_at_zero_waits_for_the_replica_it_wakes_up(
     fast_autoscaler(stix)
     policy = "min_replicas: 0, max_replicas: 1, target_qps_per_replica: 1"
     stix.run("serve", "up", "-y", "-n", "idle", str(autoscaled(task_file, policy)), check=True)
-    wait_until(lambda: service(stix, "idle")["status"] == "NO_REPLICA", timeout=20)  # type: ignore[index]
+    wait_until(lambda: status_of(stix, "idle") == "NO_REPLICA", timeout=20)
     assert replicas(stix, "idle") == {}
     endpoint = endpoint_of(stix, "idle")
     answer: list[tuple[int, str]] = []
@@ -200,7 +205,7 @@ def test_a_request_to_a_service_at_zero_waits_for_the_replica_it_wakes_up(
     assert answer == [(200, "hello 1")]
     assert states(stix, "idle") == {1: "READY"}
     # no more requests: once the window is past, back to zero
-    wait_until(lambda: service(stix, "idle")["status"] == "NO_REPLICA", timeout=WINDOW_SECONDS + 20)
+    wait_until(lambda: status_of(stix, "idle") == "NO_REPLICA", timeout=WINDOW_SECONDS + 20)
     wait_until(lambda: replicas(stix, "idle") == {}, timeout=20)
     assert "idle-1" not in stix.clusters()
     assert decided(stix, "idle") == ["idle/1"]
@@ -234,7 +239,7 @@ def test_a_preempted_spot_replica_is_replaced_on_spot_while_an_on_demand_one_sta
     assert after[3]["spot"] is True and on_spot(after[3])
     assert after[2]["status"] == "STARTING" and after[2]["spot"] is False  # the stand-in stays
     assert decided(stix, "spotty") == ["spotty/1", "spotty/2", "spotty/3"]
-    assert service(stix, "spotty")["status"] == "REPLICA_INIT"  # type: ignore[index]
+    assert status_of(stix, "spotty") == "REPLICA_INIT"
 
 
 def test_instance_aware_balancing_weighs_a_replica_by_its_accelerators_target() -> None:
