@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stixd.actors.service_rounds import replica_weights
+from stixd.actors.service_view import replica_weights
 from stixproto.task.service import Scaling
 from tests.conftest import Stix, wait_until
 

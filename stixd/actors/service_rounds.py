@@ -10,35 +10,39 @@ state by what its replicas do.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
 
 from stixd.actors.replica import ProbeNow, Shutdown
-from stixd.actors.service_decisions import ReplicaSeen, replica_port, service_event
+from stixd.actors.service_decisions import replica_port, service_event
 from stixd.actors.service_rows import (
     REPLICA,
     ReplicaData,
     ReplicaSpec,
     replica_row_id,
 )
-from stixd.actors.service_states import ENDS, SE, ReplicaEvent
-from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
+from stixd.actors.service_states import SE
+from stixd.actors.service_view import (
+    Replica,
+    memory_for,
+    replicas_of,
+    rollout_stopped,
+    rotation,
+    seen,
+    views,
+    wants_spot,
+)
+from stixd.actors.specs import encode
 from stixd.providers.abilities import SharesHostNetwork
 from stixd.serve.autoscaler import UpdateMode, decide
-from stixd.serve.fleet import UNRECOVERABLE
-from stixd.serve.rate import accelerator_qps, recent_arrivals
+from stixd.serve.rate import recent_arrivals
 from stixd.serve.seams import (
     Balancer,
     BalancerSpec,
     LaunchOrder,
     ReadyReplica,
-    ReplicaView,
-    ScalePlan,
-    ScalerMemory,
     Traffic,
 )
 from stixd.store.db import Row, RowExists
@@ -46,8 +50,8 @@ from stixproto.errors import InvalidRequest, StixError
 from stixproto.states import ReplicaStatus as R
 from stixproto.states import ServiceStatus as S
 from stixproto.task import Task
-from stixproto.task.resources import accelerator_choice, candidates, port_ranges
-from stixproto.task.service import Scaling, api_keys, effective_scaling
+from stixproto.task.resources import accelerator_choice, port_ranges
+from stixproto.task.service import api_keys, effective_scaling
 
 if TYPE_CHECKING:
     from stixd.actors.service import ServiceActor
@@ -55,8 +59,6 @@ if TYPE_CHECKING:
 DEMAND_GAP_SECONDS = 0.5
 """At most one round per this long for requests waiting at a service with no replica."""
 NO_BALANCERS = "serving is not available in this daemon (it has no load balancers)"
-MAX_WEIGHT = 1e6
-"""The largest weight a balancer takes (`stixd.balancer.wire.Replica`)."""
 
 
 class Start:
@@ -158,76 +160,6 @@ async def _wake_on_demand(actor: ServiceActor, balancer: Balancer) -> None:
 # -- a round -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Replica:
-    row: Row
-    spec: ReplicaSpec
-    data: ReplicaData
-    status: R
-
-
-async def replicas_of(actor: ServiceActor) -> list[Replica]:
-    out = []
-    for row in await actor.store.rows(REPLICA, parent=actor.id):
-        spec, data = spec_or_none(row, ReplicaSpec), data_or_none(row, ReplicaData)
-        status = state_of(row, R)
-        if spec is not None and data is not None and status is not None:
-            out.append(Replica(row, spec, data, status))
-    return out
-
-
-def heading_to(replica: Replica) -> R:
-    """The state a replica is in, or the end it takes once torn down (a failing replica is
-    SHUTTING_DOWN first, and counts as failed from then on)."""
-    end = replica.data.end
-    if replica.status is R.SHUTTING_DOWN and end:
-        try:
-            return ENDS[ReplicaEvent(end)]
-        except (ValueError, KeyError):
-            return R.FAILED
-    return replica.status
-
-
-def seen(replicas: list[Replica]) -> list[ReplicaSeen]:
-    return [ReplicaSeen(r.spec.replica_id, r.spec.version, heading_to(r)) for r in replicas]
-
-
-def views(replicas: list[Replica], version: int) -> list[ReplicaView]:
-    """What `decide` sees: every replica not ended, and the ended ones of ``version`` (a
-    failure of the latest version before it was ever READY stops its rollout)."""
-    out = []
-    for r in replicas:
-        status = heading_to(r)  # a failing replica counts as failed while it is torn down
-        if status.is_terminal and r.spec.version != version:
-            continue
-        out.append(
-            ReplicaView(
-                replica_id=r.spec.replica_id,
-                version=r.spec.version,
-                status=status,
-                spot=r.spec.spot,
-                launched_at=r.spec.launched_at,
-                accelerator=r.spec.accelerator,
-            )
-        )
-    return out
-
-
-def memory_for(memory: ScalerMemory, replicas: list[Replica], version: int) -> ScalerMemory:
-    """The stored memory, told that ``version`` was READY once if a replica row says so (a round
-    that would have seen it READY may have been missed, by a daemon restart)."""
-    if memory.ready_version >= version:
-        return memory
-    if any(r.spec.version == version and r.data.ever_ready for r in replicas):
-        return msgspec.structs.replace(memory, ready_version=version)
-    return memory
-
-
-def wants_spot(task: Task) -> bool:
-    """Whether the task asks for spot (in any of its alternatives)."""
-    return any(bool(c.use_spot) for c in candidates(task.resources_or_default()))
-
-
 async def run_round(actor: ServiceActor) -> None:
     balancer = actor.mem.balancer
     if balancer is None or actor.state not in (S.REPLICA_INIT, S.READY, S.NO_REPLICA, S.FAILED):
@@ -272,7 +204,7 @@ async def run_round(actor: ServiceActor) -> None:
     if changes:
         await actor.save(**changes)
     replicas = await replicas_of(actor)
-    await _push_ready(actor, balancer, _rotation(actor, task, replicas, plan))
+    await _push_ready(actor, balancer, rotation(task, replicas, plan))
     await _follow_replicas(actor, replicas, plan.target, plan.rollout_failed)
     # The next decision round is due at `next_round_at`; the traffic is taken sooner (the
     # balancer's ejections are probed at once), and a replica's change or waiting demand
@@ -287,22 +219,6 @@ def _mode(actor: ServiceActor, version: int) -> UpdateMode:
         return UpdateMode(mode)
     except ValueError:
         return UpdateMode.ROLLING
-
-
-def rollout_stopped(replicas: list[Replica], version: int) -> str:
-    """Why the version's rollout stopped: its first replica that failed before any was READY."""
-    failed = sorted(
-        (r for r in replicas if r.spec.version == version and heading_to(r) in UNRECOVERABLE),
-        key=lambda r: r.spec.replica_id,
-    )
-    if not failed:
-        return f"a replica of version {version} failed before any was ready"
-    first = failed[0]
-    detail = f" ({first.data.failure_reason})" if first.data.failure_reason else ""
-    return (
-        f"replica {first.spec.replica_id} of version {version} failed before any was "
-        f"ready{detail}; none is launched again until `serve update`"
-    )
 
 
 async def _traffic(actor: ServiceActor, balancer: Balancer) -> Traffic:
@@ -370,47 +286,6 @@ def _accelerator(task: Task) -> str | None:
 def _tell_replica(actor: ServiceActor, row_id: str, message: Any) -> None:
     if not actor.app.supervisor.tell(REPLICA, row_id, message):
         actor.log.warning("replica_not_running", replica=row_id)
-
-
-def _rotation(
-    actor: ServiceActor, task: Task, replicas: list[Replica], plan: ScalePlan
-) -> list[ReadyReplica]:
-    """The replicas the balancer sends to: READY, of a version the plan serves, not let go."""
-    assert task.service is not None
-    weigh = replica_weights(task.service.lb_policy, effective_scaling(task.service))
-    stopping = set(plan.stop)
-    return sorted(
-        (
-            ReadyReplica(
-                replica_id=r.spec.replica_id,
-                url=r.data.url,
-                version=r.spec.version,
-                accelerator=r.spec.accelerator,
-                weight=weigh(r.spec.accelerator),
-            )
-            for r in replicas
-            if r.status is R.READY
-            and r.data.url
-            and r.spec.version in plan.serving_versions
-            and r.spec.replica_id not in stopping
-        ),
-        key=lambda r: r.replica_id,
-    )
-
-
-def replica_weights(policy: str, scaling: Scaling) -> Callable[[str | None], float]:
-    """A replica's weight in the balancer: under `instance_aware_least_load` with per-accelerator
-    targets, its accelerator's target QPS (SkyServe's); else 1 for every replica."""
-    targets = scaling.target_qps_per_replica
-    if policy != "instance_aware_least_load" or not isinstance(targets, Mapping):
-        return lambda _: 1.0
-    table = {name: float(value) for name, value in targets.items()}
-
-    def weight(accelerator: str | None) -> float:
-        qps = accelerator_qps(table, accelerator)
-        return min(qps, MAX_WEIGHT) if qps > 0 else 1.0
-
-    return weight
 
 
 async def _push_ready(actor: ServiceActor, balancer: Balancer, ready: list[ReadyReplica]) -> None:
