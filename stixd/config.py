@@ -72,7 +72,11 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     serve_probe_seconds: PositiveFloat = 10.0
     """How often a replica's readiness is probed (SkyServe's 10 s)."""
     serve_round_seconds: PositiveFloat = 5.0
-    """How often a service decides its replica count when nothing wakes it sooner."""
+    """How often a service takes its balancer's traffic when nothing wakes it sooner."""
+    serve_decision_seconds: PositiveFloat = 20.0
+    """How often the autoscaler may move a service's target (SkyServe's 20 s; 5 s at zero)."""
+    serve_qps_window_seconds: PositiveFloat = 60.0
+    """The autoscaler's requests per second are over the last this many seconds (SkyServe's)."""
 
 
 Section = TypeVar("Section", bound=msgspec.Struct)

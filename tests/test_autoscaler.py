@@ -290,6 +290,21 @@ def test_dynamic_fallback_covers_spot_not_ready_then_lets_go() -> None:
     assert sorted(o.spot for o in plan.launch) == [False, True]
 
 
+def test_a_spot_replica_preempted_before_ready_is_replaced_beside_its_stand_in() -> None:
+    scaling = Scaling(min_replicas=1, max_replicas=1, dynamic_ondemand_fallback=True)
+    fleet = FakeFleet(scaling)
+    plan = fleet.round(NOW)
+    assert sorted(o.spot for o in plan.launch) == [False, True]
+    spot = next(r.replica_id for r in fleet.live() if r.spot)
+    fleet.set(S.STARTING, fleet.ids())
+    fleet.set(S.PREEMPTED, [spot])
+    # The stand-in is past max_replicas by right: it leaves room for the spot replacement.
+    plan = fleet.round(NOW + 1)
+    assert [o.spot for o in plan.launch] == [True]
+    assert plan.stop == ()
+    assert len(fleet.live()) == 2  # one spot, one stand-in: max 1 plus the one it covers
+
+
 def test_dynamic_fallback_does_not_cover_overprovision() -> None:
     scaling = Scaling(
         min_replicas=2, max_replicas=2, dynamic_ondemand_fallback=True, num_overprovision=1

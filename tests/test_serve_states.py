@@ -1,18 +1,15 @@
 """The service's and replica's transition tables, walked pair by pair, and their pure
-decisions (probe answers, broken versions, ports, the service's state from its replicas)."""
+decisions (probe answers, ports, the service's state from its replicas)."""
 
 from __future__ import annotations
 
 import itertools
 
 from stixd.actors.service_decisions import (
-    FAILURES_BEFORE_BROKEN,
     ReplicaSeen,
-    failures_in_a_row,
     on_probe,
     replica_port,
     service_event,
-    version_broken,
 )
 from stixd.actors.service_states import (
     RE,
@@ -98,33 +95,20 @@ def test_an_ended_replica_is_reached_only_through_its_teardown() -> None:
             assert state is R.SHUTTING_DOWN
 
 
-def seen(*replicas: tuple[int, int, R, bool]) -> list[ReplicaSeen]:
-    return [ReplicaSeen(i, v, s, ready) for i, v, s, ready in replicas]
+def seen(*replicas: tuple[int, int, R]) -> list[ReplicaSeen]:
+    return [ReplicaSeen(i, v, s) for i, v, s in replicas]
 
 
 def test_the_service_shows_ready_while_any_replica_is_ready_even_with_a_broken_version() -> None:
-    replicas = seen((1, 1, R.READY, True), (2, 2, R.FAILED, False))
+    replicas = seen((1, 1, R.READY), (2, 2, R.FAILED))
     assert service_event(S.REPLICA_INIT, replicas, 1, failing=True) is SE.REPLICA_READY
     assert service_event(S.READY, replicas, 1, failing=True) is None
-    starting = seen((3, 2, R.STARTING, False))
+    starting = seen((3, 2, R.STARTING))
     assert service_event(S.READY, starting, 1, failing=False) is SE.NONE_READY
     assert service_event(S.REPLICA_INIT, starting, 1, failing=True) is SE.REPLICAS_FAILING
     assert service_event(S.READY, [], 0, failing=False) is SE.SCALED_TO_ZERO
     assert service_event(S.NO_REPLICA, [], 0, failing=False) is None
     assert service_event(S.SHUTTING_DOWN, starting, 1, failing=False) is None
-
-
-def test_a_version_is_broken_after_three_failures_in_a_row_before_any_was_ready() -> None:
-    failed = [(i, 2, R.FAILED_INITIAL_DELAY, False) for i in range(2, 2 + FAILURES_BEFORE_BROKEN)]
-    assert version_broken(seen(*failed), 2)
-    assert not version_broken(seen(*failed), 1)
-    # a replica of the version that was READY resets the count: only failures after it count
-    mixed = seen((2, 2, R.FAILED, False), (3, 2, R.FAILED, True), (4, 2, R.FAILED, False))
-    assert failures_in_a_row(mixed, 2) == 1
-    # a replica that died after it was ready is a replacement, not a broken version
-    assert not version_broken(seen(*[(i, 1, R.FAILED, True) for i in range(1, 6)]), 1)
-    # preempted replicas say nothing about the version
-    assert failures_in_a_row(seen(*[(i, 1, R.PREEMPTED, False) for i in range(1, 6)]), 1) == 0
 
 
 def test_a_probe_answer_moves_a_replica_by_its_state_and_the_initial_delay() -> None:

@@ -32,6 +32,7 @@ from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, StixError
 from stixproto.states import ClusterStatus, JobStatus
 from stixproto.task import Task
+from stixproto.task.model import Resources
 from stixproto.task.resources import port_ranges
 from stixproto.task.service import Probe, effective_probe
 
@@ -98,21 +99,36 @@ async def stored_version(replica: ReplicaActor) -> tuple[Task, list[m.ConfigLaye
 
 
 def replica_task(replica: ReplicaActor, task: Task) -> Task:
-    """The version's task as the replica's cluster runs it: with its id and port, and that
-    port opened where the infra opens ports."""
+    """The version's task as the replica's cluster runs it: with its id and port, that port
+    opened where the infra opens ports, on spot or on demand as ordered."""
     envs = dict(task.envs or {})
     envs[REPLICA_ID_ENV] = str(replica.spec.replica_id)
     envs[PORT_ENV] = str(replica.spec.port)
     port = replica.spec.port
-    res = task.resources_or_default()
-    if res.use_spot and not replica.spec.spot:  # the autoscaler's on-demand fallback
-        res = msgspec.structs.replace(res, use_spot=False)
+    res = with_spot(task.resources_or_default(), replica.spec.spot)
     if not any(low <= port <= high for low, high in port_ranges(res)):
         given = (
             res.ports if isinstance(res.ports, list) else [] if res.ports is None else [res.ports]
         )
         res = msgspec.structs.replace(res, ports=[*given, port])
     return msgspec.structs.replace(task, envs=envs, service=None, resources=res)
+
+
+def with_spot(res: Resources, spot: bool) -> Resources:
+    """``res`` on spot or on demand as the autoscaler ordered (its on-demand fallback mixes
+    both), whatever the task or any of its alternatives says."""
+
+    def one(r: Resources) -> Resources:
+        if r.use_spot is None or r.use_spot == spot:
+            return r
+        return msgspec.structs.replace(r, use_spot=spot)
+
+    return msgspec.structs.replace(
+        res,
+        use_spot=spot,
+        any_of=None if res.any_of is None else [one(r) for r in res.any_of],
+        ordered=None if res.ordered is None else [one(r) for r in res.ordered],
+    )
 
 
 async def launch(replica: ReplicaActor) -> None:

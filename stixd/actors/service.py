@@ -3,12 +3,13 @@ balancer running, decides its replica count in rounds (`stixd.serve.autoscaler.d
 a replica actor per replica and stops the ones the plan lets go, and pushes the ready set to
 the balancer the moment it changes.
 
-A round runs every `serve_round_seconds`, at once when a replica changes state, and when the
-balancer says requests wait with no replica. Its inputs are the replica rows and the requests
-the balancer counted; its outputs are written before they are acted on (the next replica id
-before the replica's row, the autoscaler's memory in the service's row), so a daemon restart
-finds every replica it decided on and launches none twice. The rounds are in `service_rounds`,
-going down in `service_down`.
+A round runs when the autoscaler's next decision is due (every `serve_decision_seconds`, 20 s),
+every `serve_round_seconds` to take the balancer's traffic, at once when a replica changes
+state, and when the balancer says requests wait with no replica. Its inputs are the replica
+rows and the requests the balancer counted; its outputs are written before they are acted on
+(the next replica id before the replica's row, the autoscaler's memory in the service's row),
+so a daemon restart finds every replica it decided on and launches none twice. The rounds are
+in `service_rounds`, going down in `service_down`.
 """
 
 from __future__ import annotations

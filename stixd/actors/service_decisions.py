@@ -1,7 +1,7 @@
 """The service's and replicas' decisions, as pure functions of what they see (tested alone).
 
-- which state a service shows, from its replicas;
-- whether a version keeps failing before it is ever ready (its rollout stops);
+- which state a service shows, from its replicas (whether a version is broken, and so its
+  rollout stopped, is the autoscaler's: `stixd.serve.autoscaler.decide`);
 - what a readiness probe's answer does to a replica;
 - which port a new replica serves on.
 """
@@ -15,9 +15,6 @@ from stixd.actors.service_states import RE, SE, ReplicaEvent, ServiceEvent
 from stixproto.states import ReplicaStatus as R
 from stixproto.states import ServiceStatus as S
 
-FAILURES_BEFORE_BROKEN = 3
-"""Replicas of one version that fail in a row before any is ever READY: the version is broken
-(a service with nothing else READY is FAILED; an update stops rolling it out)."""
 PROBE_FAILURES_BEFORE_FAILED = 3
 """Failed probes in a row of a replica that was READY before it is FAILED_PROBING."""
 
@@ -29,13 +26,13 @@ class ReplicaSeen:
     replica_id: int
     version: int
     status: R
-    ever_ready: bool = False
 
 
 def service_event(
     state: S, replicas: Sequence[ReplicaSeen], target: int, failing: bool
 ) -> ServiceEvent | None:
-    """The event that moves the service to what its replicas say now (None: it is there)."""
+    """The event that moves the service to what its replicas say now (None: it is there);
+    ``failing``: the latest version failed before it was ever READY."""
     if state not in (S.REPLICA_INIT, S.READY, S.NO_REPLICA, S.FAILED):
         return None
     live = [r for r in replicas if not r.status.is_terminal]
@@ -48,22 +45,6 @@ def service_event(
     else:
         want, event = S.REPLICA_INIT, SE.NONE_READY
     return None if state is want else event
-
-
-def failures_in_a_row(replicas: Sequence[ReplicaSeen], version: int) -> int:
-    """Replicas of `version` that ended failed without ever being READY, since the last one
-    of it that was READY (by replica id: the order they were decided on)."""
-    count = 0
-    for r in sorted((r for r in replicas if r.version == version), key=lambda r: r.replica_id):
-        if r.ever_ready:
-            count = 0
-        elif r.status.is_failed:
-            count += 1
-    return count
-
-
-def version_broken(replicas: Sequence[ReplicaSeen], version: int) -> bool:
-    return failures_in_a_row(replicas, version) >= FAILURES_BEFORE_BROKEN
 
 
 @dataclass(frozen=True)

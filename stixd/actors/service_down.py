@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from stixd.actors.replica import Shutdown
-from stixd.actors.service_rounds import TornDownAll, replicas_of
+from stixd.actors.service_rounds import TornDownAll
 from stixd.actors.service_rows import REPLICA
 from stixd.actors.service_states import SE
+from stixd.actors.service_view import replicas_of
 from stixproto.states import ReplicaStatus as R
 from stixproto.states import ServiceStatus as S
 from stixproto.task import redacted_task

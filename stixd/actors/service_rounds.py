@@ -1,9 +1,10 @@
 """What a service actor does between its start and its end: start its balancer, run rounds.
 
 A round: take the traffic the balancer counted → keep the last minute of arrivals → ask the
-autoscaler (`decide`) → start the replicas it orders (the next id written first) and shut
-down the ones it lets go → store its memory → push the ready set if it changed → move the
-service's state by what its replicas do.
+autoscaler (`decide`) → start the replicas it orders (the next id written first, on spot or on
+demand as it says) and shut down the ones it lets go → store its memory (and a rollout it
+stopped) → push the ready set of the versions it serves if that changed → move the service's
+state by what its replicas do.
 """
 
 from __future__ import annotations
@@ -15,28 +16,33 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from stixd.actors.replica import ProbeNow, Shutdown
-from stixd.actors.service_decisions import (
-    ReplicaSeen,
-    replica_port,
-    service_event,
-    version_broken,
-)
+from stixd.actors.service_decisions import replica_port, service_event
 from stixd.actors.service_rows import (
     REPLICA,
     ReplicaData,
     ReplicaSpec,
     replica_row_id,
 )
-from stixd.actors.service_states import ENDS, SE, ReplicaEvent
-from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
+from stixd.actors.service_states import SE
+from stixd.actors.service_view import (
+    Replica,
+    memory_for,
+    replicas_of,
+    rollout_stopped,
+    rotation,
+    seen,
+    views,
+    wants_spot,
+)
+from stixd.actors.specs import encode
 from stixd.providers.abilities import SharesHostNetwork
-from stixd.serve.autoscaler import decide
+from stixd.serve.autoscaler import UpdateMode, decide
+from stixd.serve.rate import recent_arrivals
 from stixd.serve.seams import (
     Balancer,
     BalancerSpec,
     LaunchOrder,
     ReadyReplica,
-    ReplicaView,
     Traffic,
 )
 from stixd.store.db import Row, RowExists
@@ -50,8 +56,6 @@ from stixproto.task.service import api_keys, effective_scaling
 if TYPE_CHECKING:
     from stixd.actors.service import ServiceActor
 
-WINDOW_SECONDS = 60.0
-"""Arrivals the autoscaler sees: the last minute's (SkyServe's QPS window)."""
 DEMAND_GAP_SECONDS = 0.5
 """At most one round per this long for requests waiting at a service with no replica."""
 NO_BALANCERS = "serving is not available in this daemon (it has no load balancers)"
@@ -156,97 +160,65 @@ async def _wake_on_demand(actor: ServiceActor, balancer: Balancer) -> None:
 # -- a round -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Replica:
-    row: Row
-    spec: ReplicaSpec
-    data: ReplicaData
-    status: R
-
-
-async def replicas_of(actor: ServiceActor) -> list[Replica]:
-    out = []
-    for row in await actor.store.rows(REPLICA, parent=actor.id):
-        spec, data = spec_or_none(row, ReplicaSpec), data_or_none(row, ReplicaData)
-        status = state_of(row, R)
-        if spec is not None and data is not None and status is not None:
-            out.append(Replica(row, spec, data, status))
-    return out
-
-
-def heading_to(replica: Replica) -> R:
-    """The state a replica is in, or the end it takes once torn down (a failing replica is
-    SHUTTING_DOWN first, and counts as failed from then on)."""
-    end = replica.data.end
-    if replica.status is R.SHUTTING_DOWN and end:
-        try:
-            return ENDS[ReplicaEvent(end)]
-        except (ValueError, KeyError):
-            return R.FAILED
-    return replica.status
-
-
-def seen(replicas: list[Replica]) -> list[ReplicaSeen]:
-    return [
-        ReplicaSeen(r.spec.replica_id, r.spec.version, heading_to(r), r.data.ever_ready)
-        for r in replicas
-    ]
-
-
 async def run_round(actor: ServiceActor) -> None:
     balancer = actor.mem.balancer
     if balancer is None or actor.state not in (S.REPLICA_INIT, S.READY, S.NO_REPLICA, S.FAILED):
         return
     now = time.time()
+    config = actor.app.config.daemon
+    window = config.serve_qps_window_seconds
     replicas = await replicas_of(actor)
     traffic = await _traffic(actor, balancer)
-    actor.mem.arrivals = [
-        a for a in (*actor.mem.arrivals, *traffic.arrivals) if a >= now - WINDOW_SECONDS
-    ]
+    actor.mem.arrivals = recent_arrivals(
+        actor.mem.arrivals, traffic.arrivals, now, window_seconds=window
+    )
     for suspect in dict.fromkeys(traffic.suspects):
         actor.app.supervisor.tell(REPLICA, replica_row_id(actor.id, suspect), ProbeNow())
     task = actor.version_task()
     assert task.service is not None
     version = actor.data.version
-    views = [
-        ReplicaView(
-            replica_id=r.spec.replica_id,
-            version=r.spec.version,
-            status=r.status,
-            spot=r.spec.spot,
-            launched_at=r.spec.launched_at,
-            accelerator=r.spec.accelerator,
-        )
-        for r in replicas
-        if not r.status.is_terminal
-    ]
     plan = decide(
         effective_scaling(task.service),
-        views,
+        views(replicas, version),
         actor.mem.arrivals,
         now,
-        actor.data.memory,
+        memory_for(actor.data.memory, replicas, version),
         version=version,
+        mode=_mode(actor, version),
+        use_spot=wants_spot(task),
+        waiting=traffic.waiting,
+        round_seconds=config.serve_decision_seconds,
+        window_seconds=window,
     )
-    broken = version_broken(seen(replicas), version)
-    if not broken:
-        for order in plan.launch:
-            await _launch(actor, order, task, replicas)
-    for replica_id in held_for_blue_green(actor, plan.stop, replicas, plan.target):
+    for order in plan.launch:
+        await _launch(actor, order, task, replicas)
+    for replica_id in plan.stop:
         _tell_replica(actor, replica_row_id(actor.id, replica_id), Shutdown())
     changes: dict[str, Any] = {}
     if plan.memory != actor.data.memory:
         changes["memory"] = plan.memory
-    if broken and actor.data.broken_version != version:
-        why = f"replicas of version {version} keep failing before they are ready"
+    if plan.rollout_failed and actor.data.broken_version != version:
+        why = rollout_stopped(replicas, version)
         changes.update(broken_version=version, failure_reason=why)
         await actor.store.record(actor.kind, actor.id, "rollout_stopped", why)
     if changes:
         await actor.save(**changes)
     replicas = await replicas_of(actor)
-    await _push_ready(actor, balancer, replicas)
-    await _follow_replicas(actor, replicas, plan.target, broken)
-    actor.after("round", actor.app.config.daemon.serve_round_seconds, Round())
+    await _push_ready(actor, balancer, rotation(task, replicas, plan))
+    await _follow_replicas(actor, replicas, plan.target, plan.rollout_failed)
+    # The next decision round is due at `next_round_at`; the traffic is taken sooner (the
+    # balancer's ejections are probed at once), and a replica's change or waiting demand
+    # wakes the actor before either.
+    wait = min(plan.next_round_at - now, config.serve_round_seconds)
+    actor.after("round", max(0.0, wait), Round())
+
+
+def _mode(actor: ServiceActor, version: int) -> UpdateMode:
+    mode = next((v.mode for v in actor.spec.versions if v.version == version), "rolling")
+    try:
+        return UpdateMode(mode)
+    except ValueError:
+        return UpdateMode.ROLLING
 
 
 async def _traffic(actor: ServiceActor, balancer: Balancer) -> Traffic:
@@ -279,7 +251,7 @@ async def _launch(
         replica_id=replica_id,
         version=order.version,
         port=port,
-        spot=order.spot and bool(task.resources_or_default().use_spot),
+        spot=order.spot,
         launched_at=time.time(),
         accelerator=_accelerator(task),
     )
@@ -303,22 +275,6 @@ async def _launch(
     replicas.append(Replica(row, spec, ReplicaData(), R.PENDING))
 
 
-def held_for_blue_green(
-    actor: ServiceActor, stop: tuple[int, ...], replicas: list[Replica], target: int
-) -> list[int]:
-    """The replicas to stop now: under a blue-green update, old versions stay in rotation
-    until the new version alone has `target` replicas READY, then go all at once."""
-    version = actor.data.version
-    mode = next((v.mode for v in actor.spec.versions if v.version == version), "rolling")
-    if mode != "blue_green":
-        return list(stop)
-    ready_new = sum(r.status is R.READY and r.spec.version == version for r in replicas)
-    if ready_new >= target:
-        return list(stop)
-    by_id = {r.spec.replica_id: r for r in replicas}
-    return [i for i in stop if i in by_id and by_id[i].spec.version == version]
-
-
 def _accelerator(task: Task) -> str | None:
     """The one accelerator the task asks for (None: none, or a choice the optimizer makes)."""
     choice = accelerator_choice(task.resources_or_default())
@@ -332,20 +288,7 @@ def _tell_replica(actor: ServiceActor, row_id: str, message: Any) -> None:
         actor.log.warning("replica_not_running", replica=row_id)
 
 
-async def _push_ready(actor: ServiceActor, balancer: Balancer, replicas: list[Replica]) -> None:
-    ready = sorted(
-        (
-            ReadyReplica(
-                replica_id=r.spec.replica_id,
-                url=r.data.url,
-                version=r.spec.version,
-                accelerator=r.spec.accelerator,
-            )
-            for r in replicas
-            if r.status is R.READY and r.data.url
-        ),
-        key=lambda r: r.replica_id,
-    )
+async def _push_ready(actor: ServiceActor, balancer: Balancer, ready: list[ReadyReplica]) -> None:
     if ready == actor.mem.pushed:
         return
     try:
@@ -359,9 +302,9 @@ async def _push_ready(actor: ServiceActor, balancer: Balancer, replicas: list[Re
 
 
 async def _follow_replicas(
-    actor: ServiceActor, replicas: list[Replica], target: int, broken: bool
+    actor: ServiceActor, replicas: list[Replica], target: int, rollout_failed: bool
 ) -> None:
-    event = service_event(actor.state, seen(replicas), target, broken)
+    event = service_event(actor.state, seen(replicas), target, rollout_failed)
     if event is None or not actor.machine.allows(actor.state, event):
         return
     extra: dict[str, Any] = {}
@@ -370,7 +313,7 @@ async def _follow_replicas(
         if actor.data.uptime_since is None:
             extra["uptime_since"] = time.time()
     elif event is SE.REPLICAS_FAILING:
-        why = actor.data.failure_reason or "replicas keep failing before they are ready"
+        why = actor.data.failure_reason or "a replica failed before any was ready"
     elif event is SE.SCALED_TO_ZERO:
         why = "no replica is wanted now"
     else:

@@ -51,7 +51,7 @@ class ServiceData(_Record, frozen=True, kw_only=True):
     endpoint: str | None = None
     uptime_since: float | None = None
     broken_version: Version | None = None
-    """A version whose replicas keep failing before READY: its rollout stopped."""
+    """A version that failed before it was ever READY: its rollout stopped."""
     failure_reason: str | None = None
     purge: bool = False
     """`down --purge`: forget the service even if a replica cannot be torn down."""

@@ -11,7 +11,7 @@ import anyio
 import msgspec
 
 from stixd.actors.replica import Shutdown
-from stixd.actors.service_rounds import NO_BALANCERS, replicas_of, service_port
+from stixd.actors.service_rounds import NO_BALANCERS, service_port
 from stixd.actors.service_rows import (
     REPLICA,
     SERVICE,
@@ -22,6 +22,7 @@ from stixd.actors.service_rows import (
     ServiceVersion,
     replica_cluster,
 )
+from stixd.actors.service_view import replicas_of
 from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
 from stixd.app import App
 from stixd.control import serve_logs

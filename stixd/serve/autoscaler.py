@@ -27,6 +27,7 @@ from stixd.serve.fleet import (
     scale_down_order,
 )
 from stixd.serve.rate import (
+    ROUND_SECONDS,
     WINDOW_SECONDS,
     Hysteresis,
     accelerator_qps,
@@ -53,18 +54,23 @@ def decide(
     mode: UpdateMode = UpdateMode.ROLLING,
     use_spot: bool = False,
     waiting: int = 0,
+    round_seconds: float = ROUND_SECONDS,
+    window_seconds: float = WINDOW_SECONDS,
 ) -> ScalePlan:
     """This round's plan for the service at ``version`` (its latest).
 
     ``replicas``: every replica the service has, the ended ones of the latest version included
     (a failure before READY stops its rollout). ``arrivals``: request times, sorted ascending,
-    at least the last 60 s of them. ``waiting``: requests held by the balancer right now (they
-    count as arrivals; at zero replicas any demand starts a round at once). ``use_spot``: the
-    task's own choice, for launches outside the on-demand fallback.
+    at least the last ``window_seconds`` of them. ``waiting``: requests held by the balancer
+    right now (they count as arrivals; at zero replicas any demand starts a round at once).
+    ``use_spot``: the task's own choice, for launches outside the on-demand fallback.
+    ``round_seconds``: the decision period (SkyPilot's 20 s; the one at zero replicas is never
+    longer than it). ``window_seconds``: how far back requests count towards the QPS
+    (SkyPilot's 60 s). Both are shortened only by tests and benchmarks.
     """
     running = live(replicas)
-    demand = requests_in_window(arrivals, now) + max(0, waiting)
-    qps = demand / WINDOW_SECONDS
+    demand = requests_in_window(arrivals, now, window_seconds=window_seconds) + max(0, waiting)
+    qps = demand / window_seconds
     ready_version = memory.ready_version
     if any(r.version == version and r.status in WAS_READY for r in replicas):
         ready_version = max(ready_version, version)
@@ -72,9 +78,13 @@ def decide(
         memory.failed_version == version
         or any(r.version == version and r.status in UNRECOVERABLE for r in replicas)
     ):
-        return _stopped_rollout(scaling, running, qps, now, memory, version, mode, ready_version)
+        return _stopped_rollout(
+            scaling, running, qps, now, memory, version, mode, ready_version, round_seconds
+        )
 
-    hysteresis, last_round = _target(scaling, running, demand, qps, now, memory, version)
+    hysteresis, last_round = _target(
+        scaling, running, demand, qps, now, memory, version, round_seconds
+    )
     extra = scaling.num_overprovision or 0
     final = hysteresis.target + extra
     cast = _cast(scaling, running, version, mode, hysteresis.target, final, use_spot)
@@ -96,7 +106,7 @@ def decide(
             failed_version=0 if memory.failed_version == version else memory.failed_version,
         ),
         serving_versions=cast.serving,
-        next_round_at=last_round + round_interval(final),
+        next_round_at=last_round + round_interval(final, round_seconds=round_seconds),
         qps=qps,
     )
 
@@ -109,6 +119,7 @@ def _target(
     now: float,
     memory: ScalerMemory,
     version: int,
+    round_seconds: float,
 ) -> tuple[Hysteresis, float]:
     """The target after this call, and when its last decision round ran."""
     start = scaling.min_replicas if memory.target is None else memory.target
@@ -120,12 +131,13 @@ def _target(
     due = (
         memory.last_round == 0
         or now < memory.last_round  # the clock went back: do not wait for it to catch up
-        or now >= memory.last_round + round_interval(final)
+        or now >= memory.last_round + round_interval(final, round_seconds=round_seconds)
         or (current.target == 0 and demand > 0)  # scale from zero as soon as a request comes
     )
     if not due:
         return current, memory.last_round
-    return current.step(wanted_replicas(scaling, qps, running), scaling), now
+    wanted = wanted_replicas(scaling, qps, running)
+    return current.step(wanted, scaling, round_seconds=round_seconds), now
 
 
 @dataclass(frozen=True)
@@ -155,7 +167,9 @@ def _cast(
     gone |= {r.replica_id for r in wants.stop}
     staying = [r for r in running if r.replica_id not in gone]
     ceiling = scaling.max_replicas + (scaling.num_overprovision or 0)
-    room = ceiling - len(staying)
+    # Stand-ins already up are past the ceiling by right: they take no room from the spot
+    # replicas they stand in for (a preempted one is replaced beside its stand-in).
+    room = ceiling - (len(staying) - wants.standing)
     freed: list[ReplicaView] = []
     kept_old = [r for r in old if r.replica_id not in gone]
     in_flight = any(r.status is not ReplicaStatus.READY for r in staying if r.version == version)
@@ -201,6 +215,8 @@ class _Wants:
     """On-demand stand-ins to launch for spot replicas missing or not READY (dynamic fallback)."""
     covering: int = 0
     """How many stand-ins the fallback wants in all (launched or not)."""
+    standing: int = 0
+    """How many of them are up already (on-demand replicas kept beyond the base ones)."""
 
 
 def _wants(
@@ -238,7 +254,8 @@ def _wants(
         *first_to_stop(spot, len(spot) - spot_wanted),
         *first_to_stop(on_demand, len(on_demand) - od_wanted),
     ]
-    return _Wants(launch, stop, stand_ins, covering)
+    standing = max(0, min(len(on_demand), od_wanted) - base_wanted)
+    return _Wants(launch, stop, stand_ins, covering, standing)
 
 
 def _replica_qps(scaling: Scaling) -> Callable[[ReplicaView], float] | None:
@@ -275,6 +292,7 @@ def _stopped_rollout(
     version: int,
     mode: UpdateMode,
     ready_version: int,
+    round_seconds: float,
 ) -> ScalePlan:
     """The latest version failed before it was ever READY: launch and stop nothing (SkyPilot
     stops scaling altogether), so the older version keeps serving as it is."""
@@ -301,7 +319,7 @@ def _stopped_rollout(
         ),
         rollout_failed=True,
         serving_versions=serving,
-        next_round_at=now + round_interval(final),
+        next_round_at=now + round_interval(final, round_seconds=round_seconds),
         qps=qps,
     )
 

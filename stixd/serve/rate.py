@@ -1,12 +1,13 @@
 """How many replicas the traffic asks for, and when the target may follow (SkyPilot's
 request-rate autoscaler, in its numbers).
 
-Requests per second are the arrivals of the last 60 s divided by 60. A plain
+Requests per second are the arrivals of the last 60 s divided by 60 (a caller may shorten the
+window: tests do). A plain
 `target_qps_per_replica` wants `ceil(qps / target)` replicas; the per-accelerator form weighs
 each replica by its own accelerator's target. Either is clipped to [min, max]. The target then
 moves by hysteresis: only after the wanted count has stayed above (below) it for
 `int(upscale_delay_seconds / 20)` (`downscale_…`) consecutive decision rounds, and at once when
-the target is zero.
+the target is zero. The 20 s period is SkyPilot's default; a caller may shorten it (tests do).
 """
 
 from __future__ import annotations
@@ -30,16 +31,24 @@ _CAPACITY = frozenset({ReplicaStatus.READY, ReplicaStatus.STARTING, ReplicaStatu
 """Replicas the per-accelerator form counts as serving capacity (now or soon)."""
 
 
-def requests_in_window(arrivals: Sequence[float], now: float) -> int:
+def requests_in_window(
+    arrivals: Sequence[float], now: float, *, window_seconds: float = WINDOW_SECONDS
+) -> int:
     """Arrivals at or after `now - 60` (``arrivals`` sorted ascending, as the balancer logs them;
     later-than-now stamps count, as in SkyPilot)."""
-    return len(arrivals) - bisect.bisect_left(arrivals, now - WINDOW_SECONDS)
+    return len(arrivals) - bisect.bisect_left(arrivals, now - window_seconds)
 
 
-def recent_arrivals(kept: Sequence[float], fresh: Iterable[float], now: float) -> list[float]:
+def recent_arrivals(
+    kept: Sequence[float],
+    fresh: Iterable[float],
+    now: float,
+    *,
+    window_seconds: float = WINDOW_SECONDS,
+) -> list[float]:
     """The arrivals a service keeps for its next round: ``kept`` (sorted, from the last round)
     and ``fresh`` (from the balancers, any order) within the window, sorted."""
-    edge = now - WINDOW_SECONDS
+    edge = now - window_seconds
     merged = [*kept[bisect.bisect_left(kept, edge) :], *(a for a in fresh if a >= edge)]
     merged.sort()  # two sorted runs at most when fresh is in order: linear
     return merged
@@ -110,21 +119,28 @@ class Hysteresis:
     up: int = 0
     down: int = 0
 
-    def step(self, wanted: int, scaling: Scaling) -> Hysteresis:
+    def step(
+        self, wanted: int, scaling: Scaling, *, round_seconds: float = ROUND_SECONDS
+    ) -> Hysteresis:
+        """One decision round; ``round_seconds`` apart (a delay counts as that many rounds)."""
         if self.target == 0:  # scale from zero at once
             return Hysteresis(wanted)
         if wanted > self.target:
             up = self.up + 1
-            if up >= int(scaling.upscale_delay_seconds / ROUND_SECONDS):
+            if up >= int(scaling.upscale_delay_seconds / round_seconds):
                 return Hysteresis(wanted)
             return Hysteresis(self.target, up=up)
         if wanted < self.target:
             down = self.down + 1
-            if down >= int(scaling.downscale_delay_seconds / ROUND_SECONDS):
+            if down >= int(scaling.downscale_delay_seconds / round_seconds):
                 return Hysteresis(wanted)
             return Hysteresis(self.target, down=down)
         return Hysteresis(self.target)
 
 
-def round_interval(final_target: int) -> float:
-    return ROUND_AT_ZERO_SECONDS if final_target == 0 else ROUND_SECONDS
+def round_interval(final_target: int, *, round_seconds: float = ROUND_SECONDS) -> float:
+    """Seconds to the next decision round; ``round_seconds`` shortens both periods (the one at
+    zero is never longer than it)."""
+    if final_target == 0:
+        return min(ROUND_AT_ZERO_SECONDS, round_seconds)
+    return round_seconds
