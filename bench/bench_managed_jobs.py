@@ -28,8 +28,9 @@ outlasts the submissions. Both launching figures are printed, each with its laun
 
 Nothing caps the launches: with short launches, the most at once is how fast the daemon admits
 jobs times how long each stays STARTING (Little's law), and with 2 s fake launches both are set
-by the one core the daemon runs on (a job waits its turn on it for several times its launch);
-the benchmark prints the two factors it measured beside the figure.
+by the store, which writes one transaction at a time (a job waits for its turns there several
+times as long as its launch; see ``managed_fleet.launching_bound``); the benchmark prints the
+two factors it measured beside the figure.
 
 A table of all sizes against the first follows, with issue 15's targets. Progress is read from
 the daemon's store, read-only (``Census``): polling ``jobs queue`` instead would cost the

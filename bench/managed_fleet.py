@@ -101,19 +101,24 @@ def all_running(total: int) -> Callable[[dict[str, int], int], bool]:
 
 
 def launching_bound(r: dict[str, Any], n: int, launch: float, concurrency: int) -> str:
-    """What bounds the most jobs seen launching at once: nothing caps them, so it is how fast
-    the daemon admits them times how long each stays STARTING (Little's law), both set by
-    the one core the daemon runs on."""
+    """What bounds the most jobs seen launching at once. Nothing caps them: it is how fast the
+    daemon admits jobs times how long each stays STARTING (Little's law). Both are set by the
+    store, which writes one transaction at a time: a probe of the daemon in one process
+    (1,000 jobs, 2 s launches, 2026-12-06) found its write lock held 83 % of the batch, 11
+    transactions a job at 1.45 ms each and a writer waiting 0.9 s on average for its turn,
+    while the event loop ran 1 ms late per 10 ms sleep (not saturated). Submissions and
+    launches queue for the same writer, so more submissions in flight get more of its turns."""
     rate = n / r["submitted_s"]
-    busy = 100 * r["cpu_s"] / r["to_running_s"]
+    cpu = 100 * r["cpu_s"] / r["to_running_s"]
     overlap = min(n, rate * r["starting_s"])
     return (
-        f"  what bounds that: no cap; the daemon answered the {n:,} submissions at {rate:.0f}/s "
-        f"({r['submitted_s']:.1f} s), its core {busy:.0f} % busy over the batch, and a job\n"
-        f"    stayed STARTING {r['starting_s']:.1f} s on average ({launch:g} s of it the fake "
-        f"launch, the rest its turns on that core): about {overlap:,.0f} at once (Little's "
-        f"law);\n    more submissions in flight (--concurrency, {concurrency} here) take more "
-        f"of that core, and more jobs start at once"
+        f"  what bounds that: no cap; the daemon admitted the {n:,} jobs at {rate:.0f}/s "
+        f"({r['submitted_s']:.1f} s, {cpu:.0f} % of a core), and a job stayed STARTING "
+        f"{r['starting_s']:.1f} s on average:\n    {launch:g} s of it the fake launch, the rest "
+        f"waiting its turns at the store, which writes one transaction at a time "
+        f"(see launching_bound);\n    so about {overlap:,.0f} at once (Little's law). More "
+        f"submissions in flight (--concurrency, {concurrency} here) get more of the store's "
+        f"turns: more at once"
     )
 
 
