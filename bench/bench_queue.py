@@ -22,7 +22,6 @@ from functools import partial
 
 import anyio
 
-from bench.bench_managed_jobs import Census, all_running, submit_jobs
 from bench.common import (
     FLOOR,
     Home,
@@ -34,6 +33,7 @@ from bench.common import (
     vs_floor,
     wall,
 )
+from bench.managed_fleet import Census, all_running, submit_jobs
 
 CLUSTER = "q"
 

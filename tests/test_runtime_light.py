@@ -1,5 +1,5 @@
 """The runtime's light parts keep the runtime's promises: a mailbox that outlives its actor,
-timers that end with it, actors built at boot and run later, typed rows kept once."""
+timers and helpers that end with it, actors built at boot and run later, typed rows kept once."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -215,3 +216,61 @@ async def test_the_live_rows_read_in_pages_are_the_live_rows_damaged_flags_inclu
         paged = sorted(row.id for page in pages for row in page)
         assert paged == sorted(row.id for row in await store.live_rows())
         assert "7" in paged and "5" not in paged and len(paged) == 20
+
+
+class Helped(Counter):
+    """A counter whose helpers fail on request, or clean up (shielded) when they end."""
+
+    async def handle(self, message: Any) -> None:
+        payload = message.payload if isinstance(message, Envelope) else message
+        if payload == "helper-fails":
+            self.start_soon(self._fail)
+            await anyio.sleep_forever()  # only the helper's failure ends this handler
+        elif payload == "helper-waits":
+            self.start_soon(self._wait_then_clean_up)
+        await super().handle(message)
+
+    async def _fail(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        raise RuntimeError("the helper broke")
+
+    async def _wait_then_clean_up(self) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.store.record(self.kind, self.id, "helper_cleaned_up")
+
+
+async def test_a_helper_that_fails_ends_its_actor_mid_handler_and_it_restarts(
+    tmp_path: Path,
+) -> None:
+    """As in a task group: the helper's error interrupts the handler its actor is in, and the
+    supervisor restarts the actor with that error as the reason; the successor answers."""
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        sup = Supervisor(tg, store, LOG, RestartPolicy(max_restarts=3, within_seconds=60))
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+        sup.spawn(row, lambda r: Helped(r, store, LOG))
+        assert sup.tell("counter", "c", "helper-fails")
+        assert await _reply(_request(sup, "c", "ping")) == "IDLE"  # from the successor
+        restarts = [e for e in await store.events("counter", "c") if e.event == "restarted"]
+        assert [e.why for e in restarts] == ["RuntimeError: the helper broke"]
+        tg.cancel_scope.cancel()
+
+
+async def test_helpers_end_with_their_actor_and_finish_their_shielded_part(
+    tmp_path: Path,
+) -> None:
+    """An actor that finishes cancels the helpers still running, and has ended only once
+    each has unwound, shielded cleanup included."""
+    async with open_store(tmp_path / "s.db") as store, anyio.create_task_group() as tg:
+        sup = Supervisor(tg, store, LOG, RestartPolicy())
+        row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
+        child = sup.spawn(row, lambda r: Helped(r, store, LOG))
+        for payload in ("helper-waits", "work", "finish"):
+            assert sup.tell("counter", "c", payload)
+        with anyio.fail_after(5):
+            await child.finished.wait()
+        history = [e.event for e in await store.events("counter", "c")]
+        assert history == ["created", "work", "finish", "helper_cleaned_up"]
+        tg.cancel_scope.cancel()

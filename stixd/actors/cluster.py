@@ -152,11 +152,11 @@ class ClusterActor(Actor):
         finally:  # a successor (after a crash) handles what this one kept
             with contextlib.suppress(Exception):
                 while self.phases.kept:
-                    mailbox.put(self.phases.kept.popleft())
+                    mailbox.put(self.phases.next_kept())
 
     async def handle(self, message: Any) -> None:
         if busy(self) and not answers_while_busy(message):
-            self.phases.kept.append(message)  # a timer's tick too: at most one of each waits
+            self.phases.keep(message)  # a timer's tick too: at most one of each waits
         elif isinstance(message, PhaseEnded):
             await phase_ended(self, message)
         elif isinstance(message, FinishIntent):

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import anyio
 
-from stixd.providers.abilities import LookAbilities
+from stixd.providers.abilities import LookAbilities, query_each
 from stixd.providers.base import Machine, NodeInfo, NodeLoss
-from stixproto.errors import ProvisionError
 
 if TYPE_CHECKING:
     from stixd.app import App
@@ -60,22 +59,9 @@ async def look_at(app: App, provider_name: str, clusters: list[str]) -> dict[str
     abilities = app.look_abilities(provider_name)
     if abilities.many is not None:
         found = await abilities.many.query_many(clusters)
-        return {c: look_of(abilities, c, nodes) for c, nodes in found.items()}
-    looks: dict[str, Hashable] = {}
-    limiter = anyio.CapacityLimiter(LOOKS_AT_ONCE)
-
-    async def one(cluster: str) -> None:
-        async with limiter:
-            try:
-                nodes = await provider.query(cluster)
-            except ProvisionError:
-                return  # its actor looks itself, and records the error as it always has
-            looks[cluster] = look_of(abilities, cluster, nodes)
-
-    async with anyio.create_task_group() as tg:
-        for cluster in clusters:
-            tg.start_soon(one, cluster)
-    return looks
+    else:  # its actor looks itself at one whose look failed, and records the error
+        found = await query_each(provider, clusters, LOOKS_AT_ONCE)
+    return {c: look_of(abilities, c, nodes) for c, nodes in found.items()}
 
 
 async def check_health(app: App) -> NoReturn:

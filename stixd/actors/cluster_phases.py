@@ -55,11 +55,33 @@ class FinishIntent:
 
 
 class Phases:
-    """The phase a cluster runs, if any, and the messages kept until it ends."""
+    """The phase a cluster runs, if any, and the messages kept until it ends. The queue of
+    kept messages is made when one is kept and dropped once empty: an idle cluster keeps none
+    (an empty deque is 760 bytes, and the daemon holds a cluster per managed job)."""
+
+    __slots__ = ("_kept", "current")
 
     def __init__(self) -> None:
         self.current: Phase | None = None
-        self.kept: collections.deque[Any] = collections.deque()
+        self._kept: collections.deque[Any] | None = None
+
+    def keep(self, message: Any) -> None:
+        if self._kept is None:
+            self._kept = collections.deque()
+        self._kept.append(message)
+
+    @property
+    def kept(self) -> int:
+        """How many messages are kept."""
+        return len(self._kept or ())
+
+    def next_kept(self) -> Any:
+        """The first message kept (there is one), taken off the queue."""
+        assert self._kept is not None, "no message is kept"
+        message = self._kept.popleft()
+        if not self._kept:
+            self._kept = None
+        return message
 
 
 def busy(cluster: ClusterActor) -> bool:
@@ -145,6 +167,6 @@ async def phase_ended(cluster: ClusterActor, ended: PhaseEnded) -> None:
     """Handle the kept messages in order, until one starts a phase of its own."""
     if cluster.phases.current is ended.phase:
         cluster.phases.current = None
-    kept = cluster.phases.kept
-    while kept and not busy(cluster):
-        await cluster.handle_one(kept.popleft())
+    phases = cluster.phases
+    while phases.kept and not busy(cluster):
+        await cluster.handle_one(phases.next_kept())

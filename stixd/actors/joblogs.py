@@ -5,7 +5,8 @@ Shared by the `logs` request and the managed-job actor, which keeps a copy of it
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -103,7 +104,7 @@ def _prefixer(node: NodeInfo, num_nodes: int) -> Callable[[str], str]:
     return add
 
 
-async def stream_job_logs(
+def stream_job_logs(
     app: App,
     job: Row,
     emit: Emit,
@@ -112,25 +113,61 @@ async def stream_job_logs(
     tail: int | None = None,
     node: int | None = None,
     from_run: bool = False,
-) -> str:
+) -> Coroutine[Any, Any, str]:
     """Send the job's log to `emit` (every rank's, or one `node`'s); with `follow`, until the
-    job ends; with `from_run`, none of setup's output. Returns its state."""
+    job ends; with `from_run`, none of setup's output. Returns its state.
+
+    Not a coroutine itself: what it awaits holds the few fields it reads, not the row (a
+    managed job follows its run's log for as long as the run lasts, ten thousands at once)."""
     spec = spec_of(job, JobSpec)
     nodes = [NodeInfo.from_dict(n) for n in spec.nodes]
     if node is not None and node not in {n.rank for n in nodes}:
         raise InvalidRequest(
             f"job {spec.job_id} runs on ranks 0..{len(nodes) - 1}; there is no node {node}"
         )
-    provider = app.provider(spec.provider)
-    job_id = spec.job_id
+    ranks = [n for n in nodes if node is None or n.rank == node]
+    return _stream(
+        app,
+        _Source(job.id, job.state, spec.job_id, spec.provider, len(nodes)),
+        ranks,
+        emit,
+        follow=follow,
+        tail=tail,
+        from_run=from_run,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What following a job's log needs of its row."""
+
+    row_id: str
+    state: str
+    job_id: int
+    provider: str
+    num_nodes: int
+
+
+async def _stream(
+    app: App,
+    job: _Source,
+    ranks: list[NodeInfo],
+    emit: Emit,
+    *,
+    follow: bool,
+    tail: int | None,
+    from_run: bool,
+) -> str:
+    provider = app.provider(job.provider)
+    job_id = job.job_id
 
     async def job_over() -> bool:
-        row = await app.store.get("job", job.id)
+        row = await app.store.get("job", job.row_id)
         return row is None or row.terminal
 
     async def one_rank(node: NodeInfo) -> None:
         client = provider.connector(node)
-        prefix = _prefixer(node, len(spec.nodes))
+        prefix = _prefixer(node, job.num_nodes)
         offset = 0
         backlog: list[str] | None = [] if tail is not None else None
         poll = client.long_poll_s or POLL_WAIT
@@ -153,7 +190,7 @@ async def stream_job_logs(
                     )
                     return
                 with anyio.move_on_after(1.0):  # the node may be back, or the job end, first
-                    await app.watch.wait_for("job", job.id, lambda r: r is None or r.terminal)
+                    await app.watch.wait_for("job", job.row_id, lambda r: r is None or r.terminal)
                 continue
             except AgentError as exc:
                 if exc.code == "no_such_job" and follow and not await job_over():
@@ -174,13 +211,15 @@ async def stream_job_logs(
             if reply["eof"] or (not follow and not data):
                 return
 
-    async with anyio.create_task_group() as tg:
-        for info in nodes:
-            if node is None or info.rank == node:
+    if len(ranks) == 1:  # most jobs: no task group and task of their own to keep
+        await one_rank(ranks[0])
+    else:
+        async with anyio.create_task_group() as tg:
+            for info in ranks:
                 tg.start_soon(one_rank, info)
     if follow:
         with anyio.move_on_after(SETTLE_SECONDS):
-            row = await app.watch.wait_for("job", job.id, lambda r: r is None or r.terminal)
+            row = await app.watch.wait_for("job", job.row_id, lambda r: r is None or r.terminal)
             return row.state if row else JobStatus.FAILED_DRIVER.value
-    row = await app.store.get("job", job.id)
+    row = await app.store.get("job", job.row_id)
     return row.state if row else job.state

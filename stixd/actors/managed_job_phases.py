@@ -6,6 +6,7 @@ Each phase ends by telling the actor what happened (`Up`, `Ended`, `LaunchFailed
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -140,13 +141,13 @@ async def watch(managed: ManagedJobActor) -> None:
     data = managed.data
     assert data.cluster_uid is not None and data.cluster_job_id is not None  # `Up` wrote them
     row_id = job_row_id(managed.cluster, data.cluster_uid, data.cluster_job_id)
-    job = await managed.app.store.get("job", row_id)
-    if job is None:
+    copying = await _log_copy(managed, row_id, data.run or 1)  # a row from before runs counted
+    if copying is None:
         managed.tell(Ended(JobStatus.FAILED_DRIVER, "the run's record is gone"))
         return
     async with anyio.create_task_group() as tg:
         tg.start_soon(tell_when_running, managed, row_id)
-        await copy_logs(managed, job, data.run or 1)  # a row from before runs were counted
+        await copying
         done = await managed.app.watch.wait_for("job", row_id, lambda r: r is None or r.terminal)
         tg.cancel_scope.cancel()
     if done is None:
@@ -159,12 +160,22 @@ async def watch(managed: ManagedJobActor) -> None:
     managed.tell(Ended(JobStatus(done.state), why, code))
 
 
-async def copy_logs(managed: ManagedJobActor, job: Any, run: int) -> None:
+async def _log_copy(
+    managed: ManagedJobActor, row_id: str, run: int
+) -> Coroutine[Any, Any, str] | None:
+    """The copy of the run's log, to await; None if the run's row is gone. The row is read
+    here and not kept: the copy holds only the few fields it needs for the run's whole life."""
+    job = await managed.app.store.get("job", row_id)
+    return None if job is None else copy_logs(managed, job, run)
+
+
+def copy_logs(managed: ManagedJobActor, job: Any, run: int) -> Coroutine[Any, Any, str]:
     path = managed._dir() / f"run-{run}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     # after a daemon restart the run is followed again from its start: skip what is copied
     have = path.stat().st_size if path.exists() else 0
     seen = 0
+    target = str(path)  # a str is kept for the run's life, not a Path and its parts
 
     async def copy(event: Any) -> None:
         nonlocal seen
@@ -176,10 +187,14 @@ async def copy_logs(managed: ManagedJobActor, job: Any, run: int) -> None:
         if fresh:
             # opened per chunk: a run that prints nothing for hours holds no descriptor and
             # no buffer (ten thousand running jobs would need ten thousand of each)
-            with path.open("ab", buffering=0) as out:
-                out.write(fresh)
+            _append(target, fresh)
 
-    await stream_job_logs(managed.app, job, copy, follow=True)
+    return stream_job_logs(managed.app, job, copy, follow=True)
+
+
+def _append(path: str, data: bytes) -> None:
+    with open(path, "ab", buffering=0) as out:
+        out.write(data)
 
 
 async def tell_when_running(managed: ManagedJobActor, row_id: str) -> None:

@@ -9,10 +9,13 @@ read by name is an ability missing here.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from stixd.providers.base import Machine, NodeInfo, NodeLoss
+import anyio
+
+from stixd.providers.base import Machine, NodeInfo, NodeLoss, Provider
+from stixproto.errors import ProvisionError
 
 ShellCommand = tuple[list[str], str | None, dict[str, str]]
 """argv, working directory (None: the client's), environment to add."""
@@ -110,6 +113,34 @@ class LooksUpMany(Protocol):
         ``node_errors`` say after it, as after ``query``). A cluster it could not look at is
         left out: the caller asks ``query`` of it alone, and meets the error there."""
         ...
+
+
+async def query_each(
+    provider: Provider,
+    clusters: Sequence[str],
+    width: int | None,
+    failed: Callable[[str, ProvisionError], None] | None = None,
+) -> dict[str, list[NodeInfo]]:
+    """``query`` of each of ``clusters``, ``width`` at a time (None: all at once, for a
+    provider whose queries in flight together share their cloud calls). A cluster whose
+    ``query`` failed is left out (and told to ``failed``), for its own ``query`` to meet the
+    error: ``LooksUpMany``'s contract, kept by the health check's round for a provider without
+    ``query_many`` and by a provider whose ``query_many`` is this."""
+    found: dict[str, list[NodeInfo]] = {}
+    limiter = anyio.CapacityLimiter(width or max(len(clusters), 1))
+
+    async def one(cluster: str) -> None:
+        async with limiter:
+            try:
+                found[cluster] = await provider.query(cluster)
+            except ProvisionError as exc:
+                if failed is not None:
+                    failed(cluster, exc)
+
+    async with anyio.create_task_group() as tg:
+        for cluster in clusters:
+            tg.start_soon(one, cluster)
+    return found
 
 
 @dataclasses.dataclass(frozen=True)

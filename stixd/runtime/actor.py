@@ -9,15 +9,15 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskGroup
 
 from stixd.runtime.clock import Cancellable, Clock, RealClock
+from stixd.runtime.helpers import Helpers
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
@@ -55,7 +55,7 @@ class Actor(abc.ABC):
         self.row = row  # decoded here: a row this kind never writes raises BadRow
         self.store = store
         self._log = log
-        self._tg: TaskGroup | None = None
+        self._helpers: Helpers | None = None
         self._mailbox: Mailbox | None = None
         self._timers: dict[str, Cancellable] | None = None
         self._clock: Clock = _REAL_CLOCK
@@ -248,22 +248,36 @@ class Actor(abc.ABC):
         self._mailbox = mailbox
         if clock is not None:
             self._clock = clock
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            if gate is None:
-                await self.reconcile()
-            else:
-                async with gate:
+        helpers = self._helpers = Helpers()
+        try:
+            with helpers.host:  # cancelled when a helper fails
+                if gate is None:
                     await self.reconcile()
-            try:
-                while not self.done():
-                    message = await mailbox.get()
-                    if isinstance(message, Stop):
-                        break
-                    await self.handle_one(message)
-            finally:
-                self._cancel_timers()  # none rings for a successor, or after the end
-            tg.cancel_scope.cancel()
+                else:
+                    async with gate:
+                        await self.reconcile()
+                try:
+                    while not self.done():
+                        message = await mailbox.get()
+                        if isinstance(message, Stop):
+                            break
+                        await self.handle_one(message)
+                        # not kept while idle: the last request handled holds its task, its
+                        # reply stream and what the handler hung on it, until the next comes
+                        del message
+                finally:
+                    self._cancel_timers()  # none rings for a successor, or after the end
+        except BaseException as exc:
+            await self._end_helpers()
+            helpers.raise_failure(exc)  # and a helper's, if one failed too
+            raise
+        await self._end_helpers()  # one still running dies with the actor
+        helpers.raise_failure()
+
+    async def _end_helpers(self) -> None:
+        if self._helpers is not None:
+            await self._helpers.close()
+            self._helpers = None
 
     async def handle_one(self, message: Any) -> None:
         """`handle` one message; a request that fails is answered with its error. A
@@ -286,10 +300,11 @@ class Actor(abc.ABC):
         assert self._mailbox is not None, "actor is not running"
         self._mailbox.put(message)
 
-    def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """A helper task owned by this actor (a watcher, a timer); it dies with the actor."""
-        assert self._tg is not None, "actor is not running"
-        self._tg.start_soon(fn, *args)
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """A helper task owned by this actor (a watcher, a phase): it dies with the actor, and
+        if it fails, the actor ends with its error (for the supervisor to restart it)."""
+        assert self._helpers is not None, "actor is not running"
+        self._helpers.start_soon(fn, *args)
 
     def after(self, name: str, delay: float, message: Any) -> None:
         """Deliver `message` to this actor after `delay` seconds, replacing a timer of that name.

@@ -21,7 +21,7 @@ import structlog
 from stixd.agent_client import AgentClient
 from stixd.planner.catalog import SCHEMA, cache_dir
 from stixd.planner.zone_names import remember_zone_names
-from stixd.providers.abilities import Leak, LeakPolicy
+from stixd.providers.abilities import Leak, LeakPolicy, query_each
 from stixd.providers.aws import instances
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.config import AwsConfig
@@ -324,21 +324,13 @@ class AwsProvider:
         return seen.nodes
 
     async def query_many(self, clusters: Sequence[str]) -> dict[str, list[NodeInfo]]:
-        """``query`` of every cluster at once (LooksUpMany): their listings, disks and spot
-        notices come together, so each kind is one EC2 call per region (``listing``). A
-        cluster whose look failed is left out, for its own ``query`` to meet the error."""
-        found: dict[str, list[NodeInfo]] = {}
+        """``query`` of every cluster at once (LooksUpMany): made together, their listings,
+        disks and spot notices share one EC2 call of each kind per region (``listing``)."""
 
-        async def one(cluster: str) -> None:
-            try:
-                found[cluster] = await self.query(cluster)
-            except ProvisionError as exc:
-                self.log.warning("aws_look_failed", cluster=cluster, error=exc.message)
+        def failed(cluster: str, exc: ProvisionError) -> None:
+            self.log.warning("aws_look_failed", cluster=cluster, error=exc.message)
 
-        async with anyio.create_task_group() as tg:
-            for cluster in clusters:
-                tg.start_soon(one, cluster)
-        return found
+        return await query_each(self, clusters, None, failed)
 
     def _new(self, cluster: str) -> list[str]:
         """The cluster's instances made so recently that EC2 may not list them yet."""
