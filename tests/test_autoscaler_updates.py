@@ -273,3 +273,39 @@ def test_dynamic_fallback_adds_no_stand_in_while_old_ready_replicas_cover() -> N
     # up into the room under max, and no on-demand stand-in is launched for it.
     assert [(o.version, o.spot) for o in plan.launch] == [(2, True)]
     assert plan.stop == ()
+
+
+@pytest.mark.parametrize("mode", [UpdateMode.ROLLING, UpdateMode.BLUE_GREEN])
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_fixed_count_updates_with_one_replica_of_surge_and_never_fewer_ready(
+    mode: UpdateMode, count: int
+) -> None:
+    from stixproto.task.model import Service
+    from stixproto.task.service import effective_scaling
+
+    scaling = effective_scaling(Service(replicas=count))  # no max written: a surge of one
+    assert scaling.update_surge == 1
+    fleet = FakeFleet(scaling, mode=mode)
+    steady(fleet, count)
+    fleet.version = 2
+    t = NOW
+    for _ in range(4 * count + 4):
+        t += 20
+        fleet.round(t)
+        assert len(fleet.live()) <= count + 1
+        assert fleet.ready() >= count  # the old version serves until new ones take over
+        fleet.set(S.READY, fleet.ids(version=2))  # each new replica comes up by the next round
+        fleet.forget_stopped()
+    assert fleet.ids(version=1) == []
+    assert fleet.ready(2) == count
+
+
+def test_a_written_max_replicas_allows_no_surge() -> None:
+    from stixproto.task.model import ReplicaPolicy, Service
+    from stixproto.task.service import effective_scaling
+
+    written = effective_scaling(
+        Service(replica_policy=ReplicaPolicy(min_replicas=2, max_replicas=2))
+    )
+    unwritten = effective_scaling(Service(replica_policy=ReplicaPolicy(min_replicas=2)))
+    assert (written.update_surge, unwritten.update_surge) == (0, 1)

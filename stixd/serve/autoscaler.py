@@ -5,8 +5,10 @@ hysteresis and the rollout's progress between rounds).
 SkyPilot 0.14.1's request-rate autoscaler with its on-demand fallback and both update modes
 (`stixd.serve.rate` has the formulas, `stixd.serve.fleet` the orders), with one rule SkyPilot
 lacks: the replicas alive never exceed `max_replicas` (+ `num_overprovision`), during updates
-included. Where SkyPilot would surge past it, a rollout makes room by letting one old replica go
-(not-ready ones first) while no new replica is on its way up. Only dynamic on-demand stand-ins may
+included, where the user wrote `max_replicas`. Where SkyPilot would surge past it, a rollout makes
+room by letting one old replica go (not-ready ones first) while no new replica is on its way up.
+A service with no written maximum (`replicas: N`) may surge by `Scaling.update_surge` (one
+replica) while old versions run, so its ready count never drops during an update. Only dynamic on-demand stand-ins may
 go past it: one for each spot replica of the target missing or not READY, as SkyPilot does.
 """
 
@@ -167,6 +169,8 @@ def _cast(
     gone |= {r.replica_id for r in wants.stop}
     staying = [r for r in running if r.replica_id not in gone]
     ceiling = scaling.max_replicas + (scaling.num_overprovision or 0)
+    if old:
+        ceiling += scaling.update_surge
     # Stand-ins already up are past the ceiling by right: they take no room from the spot
     # replicas they stand in for (a preempted one is replaced beside its stand-in).
     room = ceiling - (len(staying) - wants.standing)

@@ -62,6 +62,10 @@ class Scaling(msgspec.Struct, frozen=True):
     dynamic_ondemand_fallback: bool = False
     base_ondemand_fallback_replicas: int = 0
     spot_placer: str | None = None
+    update_surge: int = 0
+    """Replicas a rollout may run past ``max_replicas``: 1 where the user set no maximum
+    (`replicas: N`, or a policy without `max_replicas`), so an update never lowers the ready
+    count; 0 where ``max_replicas`` was written, which is then a hard limit."""
 
     @property
     def autoscales(self) -> bool:
@@ -92,7 +96,7 @@ def effective_scaling(service: Service) -> Scaling:
     policy = service.replica_policy
     if policy is None:
         count = 1 if service.replicas is None else service.replicas
-        return Scaling(min_replicas=count, max_replicas=count)
+        return Scaling(min_replicas=count, max_replicas=count, update_surge=1)
     up, down = policy.upscale_delay_seconds, policy.downscale_delay_seconds
     return Scaling(
         min_replicas=policy.min_replicas,
@@ -104,6 +108,7 @@ def effective_scaling(service: Service) -> Scaling:
         dynamic_ondemand_fallback=bool(policy.dynamic_ondemand_fallback),
         base_ondemand_fallback_replicas=policy.base_ondemand_fallback_replicas or 0,
         spot_placer=None if policy.spot_placer is None else policy.spot_placer.lower(),
+        update_surge=1 if policy.max_replicas is None else 0,
     )
 
 
