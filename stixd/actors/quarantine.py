@@ -176,6 +176,9 @@ async def end_jobs(app: App, cluster: str, uid: Any, gone: ClusterGone) -> None:
             continue
         if job.quarantined is None and app.supervisor.tell("job", job.id, gone):
             continue
+        job = await app.store.get("job", job.id) or job  # it may have ended since the listing
+        if job.terminal:
+            continue
         reason = reason_of(app, job) or (app.spawn(job).failed)
         if reason is None:
             app.supervisor.tell("job", job.id, gone)

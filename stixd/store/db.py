@@ -20,6 +20,7 @@ import aiosqlite
 import anyio
 import msgspec
 
+from stixd.store.commits import GroupCommit
 from stixproto.errors import InvalidRequest
 
 MIGRATIONS: list[str] = [
@@ -258,6 +259,23 @@ def _unreadable(
     )
 
 
+def _append(
+    conn: sqlite3.Connection,
+    kind: str,
+    id_: str,
+    event: str,
+    from_state: str | None,
+    to_state: str | None,
+    why: str,
+    at: float,
+) -> None:
+    conn.execute(
+        "INSERT INTO events (at, kind, id, event, from_state, to_state, why) "
+        "VALUES (?,?,?,?,?,?,?)",
+        (at, kind, id_, event, from_state, to_state, why),
+    )
+
+
 def _truncate_wal(path: Path) -> None:
     conn = sqlite3.connect(path, timeout=5)
     try:
@@ -280,10 +298,11 @@ class Store:
         self._path = path
         """The database file, for `forget_overwritten` (None: an in-memory store, no files)."""
         self._listeners: list[Callable[[Row], None]] = []
-        self._writing = anyio.Lock()
-        """One write transaction at a time on the shared connection: a rollback (a duplicate
-        insert, a stale update) must undo only its own statements, never those of another
-        actor's write that is between its execute and its commit."""
+        self._commits = GroupCommit(db)
+        """Every write is one function on the connection's thread, in a savepoint of a
+        transaction shared with the writes waiting beside it, committed once: a rollback (a
+        duplicate insert, a stale update) undoes only its own statements."""
+        self._writing = self._commits.lock
 
     def on_write(self, listener: Callable[[Row], None]) -> None:
         """Called after every committed write with the row as written."""
@@ -293,39 +312,33 @@ class Store:
         for listener in self._listeners:
             listener(row)
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
-        """One write transaction at a time, and shielded once it holds the connection: a
-        caller cancelled between its statements and its commit would otherwise leave them
-        for the next writer's commit (or rollback)."""
-        async with self._writing:
-            with anyio.CancelScope(shield=True):
-                yield
-
     async def insert(self, row: Row, event: str, why: str = "") -> Row:
-        async with self._transaction():
-            await self._insert(row, event, why)
-        self._notify(row)
-        return row
+        values = self._insert_values(row)
+        return await self._commits.write(
+            lambda conn: self._insert(conn, row, values, event, why), self._notify
+        )
 
     async def insert_next(
         self, kind: str, make: Callable[[int], Row], event: str, why: str = ""
     ) -> Row:
         """Insert ``make(n)`` with ``n`` the next numeric id of `kind` (one past the largest),
         allocated inside the write so concurrent callers never collide and never retry."""
-        async with self._transaction():
-            async with self._db.execute(NEXT_NUMBER, (kind,)) as cur:
-                r = await cur.fetchone()
-            row = make((int(r[0]) if r and r[0] is not None else 0) + 1)
-            await self._insert(row, event, why)
-        self._notify(row)
-        return row
-
-    async def _insert(self, row: Row, event: str, why: str) -> None:
         now = self._clock()
+
+        def work(conn: sqlite3.Connection) -> Row:
+            r = conn.execute(NEXT_NUMBER, (kind,)).fetchone()
+            row = make((int(r[0]) if r and r[0] is not None else 0) + 1)
+            return self._insert(conn, row, self._insert_values(row, now), event, why)
+
+        return await self._commits.write(work, self._notify)
+
+    def _insert_values(self, row: Row, now: float | None = None) -> tuple[Any, ...]:
+        """The columns of a new row (stamped with `now`, the clock's if None), encoded here so
+        a value JSON cannot carry is refused before the write."""
+        now = self._clock() if now is None else now
         row.created_at = row.updated_at = now
         row.version = 1
-        values = (
+        return (
             row.kind,
             row.id,
             row.parent,
@@ -337,15 +350,18 @@ class Store:
             now,
             now,
         )
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection, row: Row, values: tuple[Any, ...], event: str, why: str
+    ) -> Row:
+        """On the connection's thread, inside a write's savepoint."""
         try:
-            await self._db.execute(
-                f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
-            )
-        except aiosqlite.IntegrityError:
-            await self._db.rollback()
+            conn.execute(f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values)
+        except sqlite3.IntegrityError:
             raise RowExists(f"{row.kind} {row.id} already exists") from None
-        await self._append(row.kind, row.id, event, None, row.state, why, now)
-        await self._db.commit()
+        _append(conn, row.kind, row.id, event, None, row.state, why, row.created_at)
+        return row
 
     async def update(
         self,
@@ -384,59 +400,48 @@ class Store:
             row.id,
             row.version,
         )
-        async with self._transaction():
-            cur = await self._db.execute(
+
+        def work(conn: sqlite3.Connection) -> Row:
+            cur = conn.execute(
                 "UPDATE actors SET state=?, terminal=?, spec=?, data=?, version=?, updated_at=? "
                 "WHERE kind=? AND id=? AND version=?",
                 values,
             )
             if cur.rowcount != 1:
-                await self._db.rollback()
                 raise StaleWrite(f"{row.kind} {row.id} changed since version {row.version}")
             if record_event:
-                await self._append(row.kind, row.id, event, row.state, new.state, why, now)
-            await self._db.commit()
-        self._notify(new)
-        return new
+                _append(conn, row.kind, row.id, event, row.state, new.state, why, now)
+            return new
 
-    async def _append(
-        self,
-        kind: str,
-        id_: str,
-        event: str,
-        from_state: str | None,
-        to_state: str | None,
-        why: str,
-        at: float,
-    ) -> None:
-        await self._db.execute(
-            "INSERT INTO events (at, kind, id, event, from_state, to_state, why) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (at, kind, id_, event, from_state, to_state, why),
-        )
+        return await self._commits.write(work, self._notify)
 
     async def record(self, kind: str, id_: str, event: str, why: str = "") -> None:
         """An event that changes no state (a decision, a warning, a supervisor restart)."""
-        async with self._transaction():
-            await self._append(kind, id_, event, None, None, why, self._clock())
-            await self._db.commit()
+        now = self._clock()
+        await self._commits.write(
+            lambda conn: _append(conn, kind, id_, event, None, None, why, now)
+        )
 
     async def delete(self, row: Row, why: str = "") -> bool:
         """Remove `row` (kept: its events), if nobody wrote it since `row.version`: what a
         `serve down` leaves of a service and its replicas, as SkyServe forgets them."""
-        key = (row.kind, row.id)
-        async with self._transaction():
-            cur = await self._db.execute(
+        key, now = (row.kind, row.id), self._clock()
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
                 "DELETE FROM actors WHERE kind=? AND id=? AND version=?", (*key, row.version)
             )
             if cur.rowcount != 1:
-                await self._db.rollback()
                 return False
-            await self._db.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
-            await self._append(row.kind, row.id, "removed", row.state, None, why, self._clock())
-            await self._db.commit()
-        self._notify(row)  # a watcher reads the row again and finds it gone
-        return True
+            conn.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
+            _append(conn, row.kind, row.id, "removed", row.state, None, why, now)
+            return True
+
+        def after(deleted: bool) -> None:
+            if deleted:
+                self._notify(row)  # a watcher reads the row again and finds it gone
+
+        return await self._commits.write(work, after)
 
     async def forget_overwritten(self) -> None:
         """Leave no copy of overwritten values in the files: call after a write that dropped a
@@ -529,17 +534,19 @@ class Store:
 
     async def quarantine(self, kind: str, id_: str, reason: str) -> bool:
         """Record that `kind id_` is not to be run, with an event; False if it already was."""
-        async with self._transaction():
-            cur = await self._db.execute(
+        now = self._clock()
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
                 "INSERT OR IGNORE INTO quarantine (kind, id, reason, at) VALUES (?,?,?,?)",
-                (kind, id_, reason, self._clock()),
+                (kind, id_, reason, now),
             )
             if cur.rowcount != 1:
-                await self._db.rollback()
                 return False
-            await self._append(kind, id_, "quarantined", None, None, reason, self._clock())
-            await self._db.commit()
-        return True
+            _append(conn, kind, id_, "quarantined", None, None, reason, now)
+            return True
+
+        return await self._commits.write(work)
 
     async def settle(
         self, row: Row, *, state: str, parent: str | None, why: str, fresh: bool = False
@@ -566,17 +573,18 @@ class Store:
             new.spec, new.data = {}, {"quarantine": row.quarantined}
             spec_text, data_text = "{}", _encode(new.data)
         key = (row.kind, row.id)
-        async with self._transaction():
-            await self._db.execute(
+
+        def work(conn: sqlite3.Connection) -> Row:
+            conn.execute(
                 "UPDATE actors SET parent=?, state=?, terminal=1, spec=?, data=?, version=?, "
                 "created_at=?, updated_at=? WHERE kind=? AND id=?",
                 (parent, state, spec_text, data_text, new.version, new.created_at, now, *key),
             )
-            await self._db.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
-            await self._append(row.kind, row.id, "removed", row.state, state, why, now)
-            await self._db.commit()
-        self._notify(new)
-        return new
+            conn.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
+            _append(conn, row.kind, row.id, "removed", row.state, state, why, now)
+            return new
+
+        return await self._commits.write(work, self._notify)
 
     async def events(self, kind: str, id_prefix: str, limit: int = 200) -> list[Event]:
         """History of one actor (`id_prefix` exact) or of its children (`prefix/…`).
