@@ -27,10 +27,9 @@ Then ``--cloud-jobs`` (2,000) jobs on a fresh daemon whose fake launches take
 outlasts the submissions. Both launching figures are printed, each with its launch time.
 
 Nothing caps the launches: with short launches, the most at once is how fast the daemon admits
-jobs times how long each stays STARTING (Little's law), and with 2 s fake launches both are set
-by the store, which writes one transaction at a time (a job waits for its turns there several
-times as long as its launch; see ``managed_fleet.launching_bound``); the benchmark prints the
-two factors it measured beside the figure.
+jobs times how long each stays STARTING (Little's law); with 2 s fake launches both are set
+by the store's writes (grouped into one commit per batch, see ``managed_fleet.launching_bound``);
+the benchmark prints the two factors it measured beside the figure.
 
 A table of all sizes against the first follows, with issue 15's targets. Progress is read from
 the daemon's store, read-only (``Census``): polling ``jobs queue`` instead would cost the

@@ -160,7 +160,7 @@ class Supervisor:
         run on asyncio, for aiosqlite), in a cancel scope of its own: an anyio task costs
         3.5 KB where this one costs under half, and the daemon holds one per live row, tens of
         thousands of them. Cancelled through the scope, never natively, so a shielded write
-        (`Store._transaction`) still ends whole."""
+        (`GroupCommit.write`) still ends whole."""
         if not self._owned:
             self._owned = True
             self._tg.start_soon(self._own)

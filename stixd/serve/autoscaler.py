@@ -8,8 +8,9 @@ lacks: the replicas alive never exceed `max_replicas` (+ `num_overprovision`), d
 included, where the user wrote `max_replicas`. Where SkyPilot would surge past it, a rollout makes
 room by letting one old replica go (not-ready ones first) while no new replica is on its way up.
 A service with no written maximum (`replicas: N`) may surge by `Scaling.update_surge` (one
-replica) while old versions run, so its ready count never drops during an update. Only dynamic on-demand stand-ins may
-go past it: one for each spot replica of the target missing or not READY, as SkyPilot does.
+replica) while old versions run, so its ready count never drops during an update. Only dynamic
+on-demand stand-ins may go past it: one for each spot replica of the target missing or not
+READY, as SkyPilot does.
 """
 
 from __future__ import annotations
