@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import msgspec
 
 from stixd.actors.job_pool import Acquire, PoolGoingDown, WorkerReady
@@ -102,7 +101,6 @@ class ManagedJobActor(Actor):
     def __init__(self, row: Any, app: App) -> None:
         super().__init__(row, app.store, app.log)
         self.app = app
-        self._phase: anyio.CancelScope | None = None
         own = self.spec.cluster or cluster_name(self.spec.name, int(row.id))
         self._own_cluster = str(own)
         self._log_dir_made = False
@@ -224,10 +222,10 @@ class ManagedJobActor(Actor):
         """Stop whatever phase runs, then stop the run and give its cluster up: CANCELLED."""
         if self.state is S.CANCELLING:
             return
-        self._stop_phase()
+        self.stop_phase()
         held, run = self.cluster, self._run_id()
         await self.step(E.CANCEL, why, job_duration=self._ran_seconds())
-        self._run(teardown, self, E.CANCELLED, held, run)
+        self.run_phase(teardown, self, E.CANCELLED, held, run)
 
     async def _advance(self) -> None:
         state = self.state
@@ -240,13 +238,13 @@ class ManagedJobActor(Actor):
                 attempt_at=time.time(),
                 cluster_job_id=None,
             )
-            self._run(bring_up, self)
+            self.run_phase(bring_up, self)
         elif state in (S.STARTING, S.RECOVERING) and not self.data.cluster_job_id:
-            self._run(bring_up, self)
+            self.run_phase(bring_up, self)
         elif state in ACTIVE:
-            self._run(watch, self)
+            self.run_phase(watch, self)
         elif state is S.CANCELLING:
-            self._run(teardown, self, E.CANCELLED, self.cluster, self._run_id())
+            self.run_phase(teardown, self, E.CANCELLED, self.cluster, self._run_id())
 
     async def _ask_pool(self, message: Any) -> None:
         pool = self.pool
@@ -278,26 +276,7 @@ class ManagedJobActor(Actor):
         elif not self.cluster:
             await self.save(worker=msg.worker, attempt_at=time.time())
             self.note(f"  runs again on worker {msg.worker} of pool {msg.pool}")
-        self._run(bring_up, self)
-
-    # -- phases --------------------------------------------------------------------------
-
-    def _run(self, phase: Any, *args: Any) -> None:
-        """Start a phase in its own cancel scope (cancel stops it); at most one at a time."""
-        self._stop_phase()
-        scope = anyio.CancelScope()
-        self._phase = scope
-
-        async def go() -> None:
-            with scope:
-                await phase(*args)
-
-        self.start_soon(go)
-
-    def _stop_phase(self) -> None:
-        if self._phase is not None:
-            self._phase.cancel()
-            self._phase = None
+        self.run_phase(bring_up, self)
 
     async def _emit(self, event: Any) -> None:
         if isinstance(event, m.Progress):

@@ -42,7 +42,7 @@ async def on_up(managed: ManagedJobActor, msg: Up) -> None:
     )
     where = f"{managed.cluster} ({infra})"
     managed.note(f"  task {managed.task_index} submitted to {where} as its job {msg.job_id}")
-    managed._run(watch, managed)
+    managed.run_phase(watch, managed)
 
 
 async def on_running(managed: ManagedJobActor) -> None:
@@ -60,11 +60,11 @@ async def on_launch_failed(managed: ManagedJobActor, msg: LaunchFailed) -> None:
         await managed.step(
             E.FAILED_PRECHECKS, msg.why, failure_reason=msg.why, ended_at=time.time()
         )
-        managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+        managed.run_phase(teardown, managed, None, managed.cluster, managed._run_id())
         return
     reason = f"no resources after {LAUNCH_ATTEMPTS} launch attempts: {msg.why}"
     await managed.step(E.NO_RESOURCE, reason, failure_reason=reason, ended_at=time.time())
-    managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+    managed.run_phase(teardown, managed, None, managed.cluster, managed._run_id())
 
 
 async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
@@ -79,7 +79,7 @@ async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
             await run_again(managed, E.NEXT_TASK, why, ran, task=next_task, lost_region=None)
             return
         await managed.step(E.SUCCEEDED, "the task succeeded", job_duration=ran)
-        managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+        managed.run_phase(teardown, managed, None, managed.cluster, managed._run_id())
         return
     if state is JobStatus.FAILED_DRIVER:
         await recover(managed, msg.why, ran)
@@ -98,12 +98,12 @@ async def on_ended(managed: ManagedJobActor, msg: Ended) -> None:
             return
         reason = f"the task failed: {msg.why}"
         await managed.step(E.FAILED, reason, failure_reason=reason, job_duration=ran)
-        managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+        managed.run_phase(teardown, managed, None, managed.cluster, managed._run_id())
         return
     if state is JobStatus.FAILED_SETUP:
         reason = f"setup failed: {msg.why}"
         await managed.step(E.FAILED_SETUP, reason, failure_reason=reason, job_duration=ran)
-        managed._run(teardown, managed, None, managed.cluster, managed._run_id())
+        managed.run_phase(teardown, managed, None, managed.cluster, managed._run_id())
         return
     # the run was cancelled under us (its cluster torn down or the job cancelled directly)
     await recover(managed, f"the run ended {state.value}: {msg.why}", ran)
@@ -147,7 +147,7 @@ async def run_again(
         worker=None,
         **data,
     )
-    managed._run(teardown_then_bring_up, managed, held, run, broken)
+    managed.run_phase(teardown_then_bring_up, managed, held, run, broken)
 
 
 async def on_torn_down(managed: ManagedJobActor, msg: TornDown) -> None:

@@ -83,7 +83,6 @@ class ReplicaActor(Actor):
     def __init__(self, row: Any, app: App) -> None:
         super().__init__(row, app.store, app.log)
         self.app = app
-        self._phase: anyio.CancelScope | None = None
         self._gone = False
         self._initial_delay: float | None = None
         self.probe_wanted = anyio.Event()
@@ -148,13 +147,13 @@ class ReplicaActor(Actor):
         state = self.state
         if state is R.PENDING:
             await self._step(RE.LAUNCH, f"launching cluster {self.cluster}")
-            self._run(launch, self)
+            self.run_phase(launch, self)
         elif state is R.PROVISIONING:
-            self._run(launch, self)
+            self.run_phase(launch, self)
         elif state in (R.STARTING, R.READY, R.NOT_READY, R.UNKNOWN):
-            self._run(watch, self)
+            self.run_phase(watch, self)
         elif state is R.SHUTTING_DOWN:
-            self._run(tear_down, self)
+            self.run_phase(tear_down, self)
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -171,7 +170,7 @@ class ReplicaActor(Actor):
             resources=msg.resources,
             started_at=time.time(),
         )
-        self._run(watch, self)
+        self.run_phase(watch, self)
 
     async def _on_probe(self, msg: Probed) -> None:
         data = self.data
@@ -210,7 +209,7 @@ class ReplicaActor(Actor):
     async def _fail(self, end: ReplicaEvent, why: str) -> None:
         if not self.machine.allows(self.state, RE.FAILING):
             return
-        self._stop_phase()
+        self.stop_phase()
         await self._step(RE.FAILING, why, end=end, failure_reason=why)
 
     async def _shutdown(self, purge: bool) -> None:
@@ -218,7 +217,7 @@ class ReplicaActor(Actor):
             await self.save(purge=True)
         if self.state is R.SHUTTING_DOWN:
             return
-        self._stop_phase()
+        self.stop_phase()
         await self._step(RE.SHUTDOWN, "scaled down" if not purge else "service going down")
 
     async def _torn_down(self, msg: TornDown) -> None:
@@ -250,27 +249,8 @@ class ReplicaActor(Actor):
             data["end"] = end.value
         await self.transition(event, why, **data)
         if self.state is R.SHUTTING_DOWN:
-            self._run(tear_down, self)
+            self.run_phase(tear_down, self)
         self._tell_service()
 
     def _tell_service(self) -> None:
         self.app.supervisor.tell(SERVICE, self.spec.service, ReplicaChanged())
-
-    # -- phases --------------------------------------------------------------------------
-
-    def _run(self, phase: Any, *args: Any) -> None:
-        """One phase at a time, in its own cancel scope."""
-        self._stop_phase()
-        scope = anyio.CancelScope()
-        self._phase = scope
-
-        async def go() -> None:
-            with scope:
-                await phase(*args)
-
-        self.start_soon(go)
-
-    def _stop_phase(self) -> None:
-        if self._phase is not None:
-            self._phase.cancel()
-            self._phase = None

@@ -306,6 +306,28 @@ class Actor(abc.ABC):
         assert self._helpers is not None, "actor is not running"
         self._helpers.start_soon(fn, *args)
 
+    _phase: anyio.CancelScope | None = None
+    """The phase running now (`run_phase`); a class default, so an actor that never runs one
+    holds nothing for it."""
+
+    def run_phase(self, phase: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run `phase` as this actor's one phase: a helper in a cancel scope of its own, the
+        phase before it cancelled first (`stop_phase` cancels it)."""
+        self.stop_phase()
+        scope = anyio.CancelScope()
+        self._phase = scope
+
+        async def go() -> None:
+            with scope:
+                await phase(*args)
+
+        self.start_soon(go)
+
+    def stop_phase(self) -> None:
+        if self._phase is not None:
+            self._phase.cancel()
+            self._phase = None
+
     def after(self, name: str, delay: float, message: Any) -> None:
         """Deliver `message` to this actor after `delay` seconds, replacing a timer of that name.
         A callback on the clock, not a task: an idle actor's timers cost next to nothing, and
