@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stixctl.argparser import Parser
+from stixctl.argparser import add_actions, parse_actions
 from stixctl.output import err, on_event, print_json
 from stixproto import messages as m
 from stixproto import names
@@ -268,26 +268,14 @@ ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Fn]] = 
 
 def add_args(s: argparse.ArgumentParser) -> None:
     """For `stixctl --help` and `stixctl jobs --help`: every action with its flags."""
-    sub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, (text, add, fn) in ACTIONS.items():
-        p = sub.add_parser(name, help=text)
-        add(p)
-        p.set_defaults(fn=fn)
+    add_actions(s, ACTIONS)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """`jobs ACTION …` with options before or after the task, as for `launch`."""
-    if argv and argv[0] in ACTIONS:
-        text, add, fn = ACTIONS[argv[0]]
-        p = Parser(prog=f"stixctl jobs {argv[0]}", description=text)
-        add(p)
-        args = p.parse_intermixed_args(argv[1:])
-        args.fn, args.command, args.action = fn, "jobs", argv[0]
-        if argv[0] == "pool":  # apply takes the YAML as its one positional
-            args.entrypoint = args.names if args.pool_action == "apply" else []
-            if args.pool_action == "apply":
-                args.names = []
-        return args
-    p = Parser(prog="stixctl jobs", description="managed jobs")
-    add_args(p)
-    return p.parse_args(argv)
+    args = parse_actions("jobs", "managed jobs", ACTIONS, argv)
+    if args.action == "pool" and args.pool_action == "apply":
+        args.entrypoint, args.names = args.names, []  # apply takes the YAML as its positional
+    elif args.action == "pool":
+        args.entrypoint = []
+    return args

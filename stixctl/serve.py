@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stixctl.argparser import Parser
+from stixctl.argparser import add_actions, parse_actions
 from stixctl.output import err, on_event, print_json
 from stixproto import messages as m
 from stixproto import names
@@ -242,22 +242,9 @@ ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Fn]] = 
 
 def add_args(s: argparse.ArgumentParser) -> None:
     """For `stixctl --help` and `stixctl serve --help`: every action with its flags."""
-    sub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, (text, add, fn) in ACTIONS.items():
-        p = sub.add_parser(name, help=text)
-        add(p)
-        p.set_defaults(fn=fn)
+    add_actions(s, ACTIONS)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """`serve ACTION …` with options before or after the positionals."""
-    if argv and argv[0] in ACTIONS:
-        text, add, fn = ACTIONS[argv[0]]
-        p = Parser(prog=f"stixctl serve {argv[0]}", description=text)
-        add(p)
-        args = p.parse_intermixed_args(argv[1:])
-        args.fn, args.command, args.action = fn, "serve", argv[0]
-        return args
-    p = Parser(prog="stixctl serve", description="services")
-    add_args(p)
-    return p.parse_args(argv)
+    return parse_actions("serve", "services", ACTIONS, argv)
