@@ -39,6 +39,9 @@ def test_a_server_that_starts_late_becomes_ready_and_one_that_never_answers_fail
     up(stix, service_yaml(task_file, free_port(), initial_delay=1, run="sleep 600"), "mute")
     failed = wait_until(lambda: status(stix, "mute")["status"] == "FAILED", timeout=60)  # type: ignore[index]
     assert failed
+    # the service is FAILED as soon as its replica failed; the replica shows its end state once
+    # its cluster is torn down (SHUTTING_DOWN until then)
+    wait_until(lambda: replica_states(stix, "mute").get(1) != "SHUTTING_DOWN", timeout=30)
     record = status(stix, "mute")
     assert record is not None
     states = {r["replica_id"]: r["status"] for r in record["replicas"]}
