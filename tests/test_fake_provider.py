@@ -32,6 +32,7 @@ from stixd.providers.fake import entry as fake_entry
 from stixd.providers.fake.config import FakeConfig
 from stixd.providers.fake.process import ProcessFakeProvider
 from stixd.providers.fake.provider import FakeProvider, write_catalog
+from stixd.providers.local.node import marked_processes
 from stixd.providers.registry import BuildContext
 from stixproto.task import Task
 from stixproto.task.load import task_from_dict
@@ -256,6 +257,25 @@ async def test_process_nodes_run_real_commands_and_a_preemption_kills_them_at_on
     assert p.lost_nodes("c1") == [] and p.region_of("c1") == "fake-3"
     await p.terminate("c1")
     assert await p.query("c1") == [] and not (process_home / "fake" / "clusters" / "c1").exists()
+
+
+async def test_a_stopped_process_node_keeps_its_disk_and_a_start_brings_its_agent_back(
+    process_home: Path,
+) -> None:
+    p = process_provider(process_home, network="host", stop_seconds=0.1)
+    req = ProvisionRequest(
+        "c1", 1, build_agent_zipapp(process_home / "agent"), {"region": "fake-1"}
+    )
+    (node,) = await p.launch(req)
+    await p.connector(node).call("submit", job_id=1, run="exec sleep 600")
+    await p.stop("c1")
+    assert [n.status for n in await p.query("c1")] == [NodeStatus.STOPPED]
+    assert marked_processes(p.nodes.cluster_dir("c1")) == {}  # its agent and job ended
+    (again,) = await p.launch(req)
+    assert again.status is NodeStatus.RUNNING and again.agent_address == node.agent_address
+    jobs = (await p.connector(again).call("jobs"))["jobs"]
+    assert [(j["job_id"], j["state"]) for j in jobs] == [(1, "CANCELLED")]  # stopped with it
+    await p.terminate("c1")
 
 
 async def test_process_nodes_keep_the_fake_clouds_capacity_errors_and_abilities(

@@ -19,15 +19,22 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from stixd.providers.local.netns import remove_under as remove_node_networks_under
 from stixd.providers.local.netns import unavailable_reason
 from tests.conftest import Stix, pid_alive, wait_until
 from tests.test_serve import SERVER, endpoint
 from tests.test_serve_scaling import fast_autoscaler, free_port, on_spot, replicas, states
 from tests.test_serve_traffic import load, ready_ids, servers_of
 
+CLIENTS = 3
 SPOT_LAUNCH_SECONDS = 3.0
 """How much later a spot replica comes up than an on-demand one: the window in which only a
 stand-in can answer for it."""
+
+
+def settle(predicate: Callable[[], Any], timeout: float) -> Any:
+    """``wait_until`` for a look through stixctl: a process each, so a few a second."""
+    return wait_until(predicate, timeout=timeout, interval=0.2)
 
 
 def spot_service(
@@ -78,16 +85,17 @@ def preempt(stix: Stix, name: str, replica_id: int) -> list[int]:
     return servers
 
 
+@pytest.mark.slow  # some 15 s alone, past 20 s on a busy machine
 def test_a_preempted_spot_replica_has_an_on_demand_stand_in_until_its_spot_replacement_is_ready(
     stix: Stix, task_file: Callable[[str], Path]
 ) -> None:
     path = spot_service(stix, task_file, "dynamic_ondemand_fallback: true")
     stix.run("serve", "up", "-y", "-n", "sp", str(path), check=True)
     # the stand-ins that covered the spot replicas' start are gone once both are READY on spot
-    wait_until(lambda: spot_of(stix, "sp") == {1: True, 2: True} == ready(stix, "sp"), timeout=40)
-    wait_until(lambda: sorted(ready_ids(stix, "sp")) == [1, 2], timeout=10)
+    settle(lambda: spot_of(stix, "sp") == {1: True, 2: True} == ready(stix, "sp"), timeout=40)
+    settle(lambda: sorted(ready_ids(stix, "sp")) == [1, 2], timeout=10)
     first = set(replicas(stix, "sp"))
-    with load(endpoint(stix, "sp") + "/") as running:
+    with load(endpoint(stix, "sp") + "/", clients=CLIENTS) as running:
         wait_until(lambda: {"hello 1", "hello 2"} <= set(running.bodies()), timeout=20)
         preempt(stix, "sp", 1)
         # an on-demand stand-in is READY while the spot replacement is still coming up
@@ -102,17 +110,20 @@ def test_a_preempted_spot_replica_has_an_on_demand_stand_in_until_its_spot_repla
                 standing.update(stand_in=od[0], spot=spot[0])
             return bool(standing)
 
-        wait_until(stand_in_ready_before_spot, timeout=30)
+        settle(stand_in_ready_before_spot, timeout=30)
         stand_in, replacement = standing["stand_in"], standing["spot"]
         wait_until(lambda: f"hello {stand_in}" in running.bodies(), timeout=10)  # it serves
         # the spot replacement READY: the stand-in goes, the service is all spot again
-        wait_until(lambda: ready(stix, "sp") == {2: True, replacement: True}, timeout=30)
-        wait_until(lambda: stand_in not in spot_of(stix, "sp"), timeout=30)
+        settle(lambda: ready(stix, "sp") == {2: True, replacement: True}, timeout=30)
+        settle(lambda: stand_in not in spot_of(stix, "sp"), timeout=30)
         wait_until(lambda: f"hello {replacement}" in running.bodies(), timeout=10)
         running.more(20)
     assert running.failed == [], running.failed[:5]
     assert states(stix, "sp")[1] == "PREEMPTED"
     assert f"sp-{stand_in}" not in stix.clusters()
+    # what the preemption left of the node (its files, its namespace) goes with its replica
+    wait_until(lambda: not (stix.home / "fake" / "clusters" / "sp-1").exists(), timeout=20)
+    assert remove_node_networks_under(stix.home / "fake" / "clusters" / "sp-1") == 0
     print(f"{len(running.answers)} requests, none failed")
 
 
@@ -123,18 +134,18 @@ def test_base_on_demand_replica_stays_while_a_preempted_spot_one_is_replaced_on_
     policy = "base_ondemand_fallback_replicas: 1"
     path = spot_service(stix, task_file, policy, spot_launch_seconds=0.5, network=network)
     stix.run("serve", "up", "-y", "-n", "bs", str(path), check=True)
-    wait_until(lambda: ready(stix, "bs") == {1: False, 2: True}, timeout=40)
-    wait_until(lambda: sorted(ready_ids(stix, "bs")) == [1, 2], timeout=10)
+    settle(lambda: ready(stix, "bs") == {1: False, 2: True}, timeout=40)
+    settle(lambda: sorted(ready_ids(stix, "bs")) == [1, 2], timeout=10)
     hosts = {urlsplit(r["endpoint"]) for r in replicas(stix, "bs").values()}
     if network == "auto" and unavailable_reason() is None:
         # a namespace per node: both replicas bind the service's port, each at its own address
         assert len({h.hostname for h in hosts}) == 2 and len({h.port for h in hosts}) == 1
     else:  # this machine's network: one address, a port of its own for each replica
         assert {h.hostname for h in hosts} == {"127.0.0.1"} and len({h.port for h in hosts}) == 2
-    with load(endpoint(stix, "bs") + "/") as running:
+    with load(endpoint(stix, "bs") + "/", clients=CLIENTS) as running:
         wait_until(lambda: {"hello 1", "hello 2"} <= set(running.bodies()), timeout=20)
         preempt(stix, "bs", 2)
-        wait_until(lambda: ready(stix, "bs") == {1: False, 3: True}, timeout=30)
+        settle(lambda: ready(stix, "bs") == {1: False, 3: True}, timeout=30)
         wait_until(lambda: "hello 3" in running.bodies(), timeout=10)
         running.more(20)
     assert running.failed == [], running.failed[:5]
@@ -149,7 +160,7 @@ def test_a_managed_job_on_process_nodes_runs_its_command_and_is_recovered_after_
     runs = tmp_path / "runs"
     path = task_file(
         "name: real\nresources: {infra: fake}\n"
-        f"run: echo $$ $SKYPILOT_TASK_ID >> {runs}; exec sleep 600\n"
+        f"run: echo $$ >> {runs}; exec sleep 600\n"
     )
     stix.run("jobs", "launch", "-d", "-y", str(path), check=True)
 
@@ -157,12 +168,12 @@ def test_a_managed_job_on_process_nodes_runs_its_command_and_is_recovered_after_
         lines = runs.read_text().splitlines() if runs.exists() else []
         return [int(line.split()[0]) for line in lines]
 
-    first = wait_until(lambda: pids(), timeout=30)[0]
+    first = wait_until(pids, timeout=30)[0]
     assert pid_alive(first)
-    job = wait_until(lambda: running_job(stix, "fake/fake-1", 0), timeout=30)
+    settle(lambda: running_job(stix, "fake/fake-1", 0), timeout=30)
     stix.run("fake", "preempt", "real-1", check=True)
     assert not pid_alive(first)  # the command died with its node
-    job = wait_until(lambda: running_job(stix, "fake/fake-2", 1), timeout=40)
+    job = settle(lambda: running_job(stix, "fake/fake-2", 1), timeout=40)
     second = wait_until(lambda: pids()[1:], timeout=20)[0]
     assert second != first and pid_alive(second)
     assert "preempted in fake-1" in job["recovery_reasons"][0]
