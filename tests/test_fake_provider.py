@@ -4,6 +4,7 @@ that make nodes vanish, and agents that answer until then."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import structlog
 import yaml
 
 from stixd.agent_bundle import build_agent_zipapp, build_id
-from stixd.agent_client import AgentUnreachable
+from stixd.agent_client import AgentClient, AgentUnreachable
 from stixd.planner.catalog import open_catalog
 from stixd.planner.offers import OfferIndex
 from stixd.planner.request import Blocked
@@ -276,6 +277,43 @@ async def test_a_stopped_process_node_keeps_its_disk_and_a_start_brings_its_agen
     jobs = (await p.connector(again).call("jobs"))["jobs"]
     assert [(j["job_id"], j["state"]) for j in jobs] == [(1, "CANCELLED")]  # stopped with it
     await p.terminate("c1")
+
+
+async def job_states(agent: AgentClient, until: str | None = None) -> list[str]:
+    """The node's jobs' states, once the first is ``until`` (within 20 s)."""
+    with anyio.fail_after(20):
+        while True:
+            states = [j["state"] for j in (await agent.call("jobs"))["jobs"]]
+            if until is None or states[:1] == [until]:
+                return states
+            await anyio.sleep(0.02)
+
+
+async def test_process_nodes_outlive_a_restart_with_the_machines_file_and_end_without_it(
+    process_home: Path,
+) -> None:
+    machines = {"persist": True, "network": "host"}
+    p = process_provider(process_home, **machines)
+    pyz = build_agent_zipapp(process_home / "agent")
+    agents = {}
+    for cluster in ("kept", "lost"):
+        (node,) = await p.launch(ProvisionRequest(cluster, 1, pyz, {"region": "fake-1"}))
+        agents[cluster] = p.connector(node)
+        await agents[cluster].call("submit", job_id=1, run="exec sleep 600")
+        assert await job_states(agents[cluster], "RUNNING") == ["RUNNING"]
+    kept_agent = (await agents["kept"].call("hello"))["pid"]
+    file = process_home / "fake" / "machines.json"
+    saved = json.loads(file.read_text())
+    del saved["clusters"]["lost"]  # as if the cloud lost it while the daemon was away
+    file.write_text(json.dumps(saved))
+    again = process_provider(process_home, **machines)  # a daemon restarted
+    (node,) = await again.query("kept")
+    assert (await again.connector(node).call("hello"))["pid"] == kept_agent  # the same agent
+    assert await job_states(again.connector(node)) == ["RUNNING"]  # its job runs on
+    assert marked_processes(again.nodes.cluster_dir("lost")) == {}  # a machine the cloud lost
+    assert not again.nodes.cluster_dir("lost").exists() and await again.query("lost") == []
+    process_provider(process_home, network="host")  # no machines file: every node is lost
+    assert marked_processes(again.nodes.cluster_dir("kept")) == {}
 
 
 async def test_process_nodes_keep_the_fake_clouds_capacity_errors_and_abilities(

@@ -11,11 +11,14 @@ a service gives each replica a port of its own, as on `local`.
 The in-memory machine record says whether a node exists; the local node says what runs on it.
 A preemption kills every process of the cluster's nodes at once (by the marker each carries),
 so its replicas stop answering mid-request, and the cluster is found gone; its disk is removed
-when the cluster is terminated or launched again, as a new machine starts empty.
+when the cluster is terminated or launched again, as a new machine starts empty. The nodes
+outlive a daemon restart, jobs running, as the machines file keeps them (``fake.persist``);
+those it does not keep are lost, and a new provider ends what is left of them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +45,7 @@ class ProcessFakeProvider(FakeProvider):
     def __init__(self, regions: Iterable[str], *, nodes: LocalProvider, **kw: Any) -> None:
         super().__init__(regions, **kw)
         self.nodes = nodes
+        self._end_lost_machines()
 
     def nodes_share_host_network(self) -> bool:
         return self.nodes.nodes_share_host_network()
@@ -79,10 +83,24 @@ class ProcessFakeProvider(FakeProvider):
         await self.nodes.terminate(cluster)
 
     def preempt(self, clusters: Iterable[str] = (), count: int = 0) -> list[str]:
+        """As the in-memory cloud's, and the nodes' processes are dead when it returns (it
+        blocks for that: a scan of /proc or two, some tens of ms; tests only)."""
         hit = super().preempt(clusters, count)
         for cluster in hit:
             self._kill(cluster)
         return hit
+
+    def _end_lost_machines(self) -> None:
+        """What an earlier daemon's machines left that this cloud no longer holds (no machines
+        file, or one without them): a restart lost those nodes, so nothing of them runs on."""
+        try:
+            names = os.listdir(self.nodes.root)
+        except OSError:
+            return
+        for cluster in names:
+            if cluster not in self._clusters:
+                self._kill(cluster)
+                self.nodes.remove_sandbox(cluster)
 
     def _kill(self, cluster: str) -> None:
         """Every process of the cluster's nodes, at once: a reclaimed machine ends no request."""
