@@ -103,7 +103,8 @@ class ProcessFakeProvider(FakeProvider):
                 self.nodes.remove_sandbox(cluster)
 
     def _kill(self, cluster: str) -> None:
-        """Every process of the cluster's nodes, at once: a reclaimed machine ends no request."""
+        """Every process of the cluster's nodes, at once, as a reclaimed machine's: requests in
+        flight to it end unanswered."""
         try:
             sandbox = self.nodes.cluster_dir(cluster)
         except PathOutsideParent:
