@@ -159,8 +159,7 @@ def test_a_managed_job_on_process_nodes_runs_its_command_and_is_recovered_after_
     stix.env["STIX__FAKE__NODES"] = "process"
     runs = tmp_path / "runs"
     path = task_file(
-        "name: real\nresources: {infra: fake}\n"
-        f"run: echo $$ >> {runs}; exec sleep 600\n"
+        f"name: real\nresources: {{infra: fake}}\nrun: echo $$ >> {runs}; exec sleep 600\n"
     )
     stix.run("jobs", "launch", "-d", "-y", str(path), check=True)
 
