@@ -4,9 +4,11 @@ HTTP replicas on `local`, and requests sent through the service's endpoint.
 The autoscaler's periods are shortened for speed (a decision every 0.5 s instead of 20 s, the
 QPS over the last 4 s instead of 60 s: `daemon.serve_decision_seconds`,
 `daemon.serve_qps_window_seconds`); its rules are the ones the daemon runs with by default.
-The spot test runs on the FAKE provider, whose nodes run no process: its replicas are never
-READY, so it checks what the autoscaler decides with spot replicas missing or not READY (the
-on-demand stand-ins, the replacement of a preempted replica), not traffic.
+The spot test runs on the FAKE provider's in-memory nodes, which run no process: its replicas
+are never READY, so it checks, in a few seconds, what the autoscaler decides with spot replicas
+missing or not READY (the on-demand stand-ins, the replacement of a preempted replica), not
+traffic. tests/test_serve_spot.py runs the same rules end to end on the fake's process nodes:
+real replicas preempted under load, stand-ins READY and then taken down, no failed request.
 """
 
 from __future__ import annotations

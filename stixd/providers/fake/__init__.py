@@ -1,1 +1,1 @@
-"""The fake provider: in-memory nodes for tests and benchmarks, never real work."""
+"""The fake provider: a cloud for tests and benchmarks, its nodes in memory or processes."""

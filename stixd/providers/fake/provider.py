@@ -1,8 +1,9 @@
-"""The FAKE provider: in-memory nodes, for tests and benchmarks only, never real work.
+"""The FAKE provider: in-memory nodes, for tests and benchmarks only, never real work
+(``ProcessFakeProvider`` in process.py is the same cloud over nodes that run real processes).
 
-A launch makes ``FakeNode``s (stixd/providers/fake/agent.py) after a configurable latency, in
-the region its placement names; a region listed as having no capacity fails with a
-``CapacityError`` that blocks it, so the launcher fails over as on a real cloud. ``preempt``
+A launch makes ``FakeNode``s (stixd/providers/fake/agent.py) after a configurable latency (its
+own for spot), in the region its placement names; a region listed as having no capacity fails
+with a ``CapacityError`` that blocks it, so the launcher fails over as on a real cloud. ``preempt``
 makes nodes vanish: ``query`` reports them gone and their agents stop answering, as after a
 spot preemption. Stop and terminate take their own configurable time, and with a
 ``machines_file`` the nodes (not their jobs) outlive the daemon, as a cloud's machines do.
@@ -17,7 +18,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import msgspec
@@ -97,6 +98,7 @@ class FakeProvider:
         *,
         build: str,
         launch_seconds: float = 0.0,
+        spot_launch_seconds: float | None = None,
         no_capacity_regions: Iterable[str] = (),
         no_capacity_launches: int = 0,
         run_seconds: float = 3600.0,
@@ -107,6 +109,9 @@ class FakeProvider:
     ) -> None:
         self.regions = tuple(regions)
         self.launch_seconds = launch_seconds
+        self.spot_launch_seconds = (
+            launch_seconds if spot_launch_seconds is None else spot_launch_seconds
+        )
         self.no_capacity = set(no_capacity_regions)
         """Regions whose launches fail for lack of capacity (tests may change it)."""
         self.refusals_left = no_capacity_launches
@@ -178,8 +183,9 @@ class FakeProvider:
             return self._resume(req.cluster)
         if nodes:  # another region or size: what was there goes first, as on a cloud
             self._forget(req.cluster)
-        if self.launch_seconds:
-            await anyio.sleep(self.launch_seconds)
+        delay = self.spot_launch_seconds if req.resources.get("use_spot") else self.launch_seconds
+        if delay:
+            await anyio.sleep(delay)
         if self.refusals_left > 0:
             self.refusals_left -= 1
             raise CapacityError(
@@ -329,13 +335,13 @@ def catalog_root(home: Path) -> Path:
     return home / "fake" / "catalog"
 
 
-def from_config(home: Path, cfg: FakeConfig, build: str) -> FakeProvider:
-    """The provider as configured (``fake:``), its catalog written for the planner."""
+def settings(home: Path, cfg: FakeConfig) -> dict[str, Any]:
+    """The provider's keyword arguments as configured (``fake:``), whatever its nodes are;
+    its catalog written for the planner."""
     write_catalog(catalog_root(home), cfg.regions)
-    return FakeProvider(
-        cfg.regions,
-        build=build,
+    return dict(
         launch_seconds=cfg.launch_seconds,
+        spot_launch_seconds=cfg.spot_launch_seconds,
         no_capacity_regions=cfg.no_capacity_regions,
         no_capacity_launches=cfg.no_capacity_launches,
         run_seconds=cfg.run_seconds,

@@ -348,13 +348,17 @@ class LocalProvider:
 
     async def terminate(self, cluster: str) -> None:
         await self.stop(cluster)
+        await anyio.to_thread.run_sync(self.remove_sandbox, cluster)
+
+    def remove_sandbox(self, cluster: str) -> None:
+        """The cluster's node namespaces and directories, once nothing of it runs."""
         sandbox = self._sandbox(cluster)
         if sandbox is None:
             return  # never made by stix under root: nothing of stix's to delete
         if self.network is not None:
-            await anyio.to_thread.run_sync(self._remove_networks, sandbox)
+            self._remove_networks(sandbox)
         # rmtree refuses a symlink (ignored here), so a link planted there is not followed out
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(sandbox, ignore_errors=True))
+        shutil.rmtree(sandbox, ignore_errors=True)
 
     def _remove_networks(self, sandbox: Path) -> None:
         """Every node namespace recorded for the cluster, found by record, not by the node
