@@ -8,6 +8,7 @@ what was made; `local: {network: host}` shares this machine's network as the REA
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -431,3 +432,24 @@ def test_a_node_or_switch_left_half_made_by_a_killed_daemon_is_made_whole(
     finally:
         remove_under(tmp_path, run_dir=tmp_path)
     assert networks.switch not in namespaces()
+
+
+@needs_namespaces
+def test_a_subnet_this_machine_already_routes_is_refused_and_nothing_is_made(
+    tmp_path: Path,
+) -> None:
+    link = f"stxclash{os.getpid() % 10000}"  # and its peer: under 15 characters
+    pair = ["ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p"]
+    subprocess.run(pair, check=True)  # a veth pair: this kernel may have no dummy links
+    try:
+        subprocess.run(["ip", "addr", "add", "10.179.5.1/24", "dev", link], check=True)
+        for end in (link, f"{link}p"):
+            subprocess.run(["ip", "link", "set", end, "up"], check=True)
+        networks = NodeNetworks("10.179.0.0/16", run_dir=tmp_path)
+        with pytest.raises(NetworkError, match=f"overlaps 10.179.5.0/24 via {link}"):
+            networks.ensure(tmp_path / "clusters" / "c" / "node-0")
+        assert networks.switch not in namespaces()
+        assert not Path("/sys/class/net", networks.gateway_link).exists()
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=False)
+        remove_under(tmp_path, run_dir=tmp_path)

@@ -296,6 +296,13 @@ class NodeNetworks:
         """The switch, whole: one half made (a daemon killed while making it) or gone (deleted
         by hand) is made anew, and then True."""
         made = self.dir / "switch.made"
+        if not Path("/sys/class/net", self.gateway_link).exists():
+            clash = overlapping_route(self.subnet)
+            if clash:
+                raise NetworkError(
+                    f"local.subnet {self.subnet} overlaps {clash} on this machine: set "
+                    "`local: {subnet: ...}` to a free private range, or `local: {network: host}`"
+                )
         whole = made.exists() and (NETNS_DIR / self.switch).exists()
         if whole and Path("/sys/class/net", self.gateway_link).exists():
             return False
@@ -328,6 +335,21 @@ class NodeNetworks:
         forbid_outbound(str(self.subnet), self.gateway_link)
         _ip("netns", "del", self.switch, check=False)  # takes up0, and so stixgw<s>, with it
         _ip("link", "del", self.gateway_link, check=False)
+
+
+def overlapping_route(subnet: ipaddress.IPv4Network) -> str | None:
+    """A route of this machine into ``subnet`` ("10.0.0.0/8 via wg0"), if any: asked before
+    stix routes the subnet itself, as nodes there would hide the machines behind that route."""
+    listing = _ip("-j", "-4", "route", "show", check=False)
+    with contextlib.suppress(ValueError):
+        for route in json.loads(listing.stdout or "[]"):
+            if not isinstance(route, dict) or route.get("dst") in (None, "default"):
+                continue
+            dst, dev = route["dst"], str(route.get("dev", "?"))
+            with contextlib.suppress(ValueError, TypeError):
+                if ipaddress.IPv4Network(dst, strict=False).overlaps(subnet):
+                    return f"{dst} via {dev}"
+    return None
 
 
 def _ip(
