@@ -34,7 +34,8 @@ from stixproto import PROTOCOL_VERSION, bounds
 from stixproto import messages as m
 from stixproto.errors import InvalidTask
 from stixproto.framing import decode, encode, recv_frame
-from stixproto.task import from_yaml
+from stixproto.task import Task, from_yaml
+from stixproto.task.model import Service
 from stixproto.task.service import effective_scaling
 from tests.autoscaler_support import FakeFleet, burst
 from tests.conftest import Stix, kill_everything_under
@@ -421,13 +422,14 @@ def test_an_update_that_moves_the_port_is_taken_as_skyserve_does(
 )
 def test_a_serve_request_nested_1000_deep_is_refused_as_malformed(served: Stix, kind: str) -> None:
     bomb = msgspec.msgpack.encode("BOMB")
-    fields: dict[str, Any] = {
+    requests: dict[str, dict[str, Any]] = {
         "serve_up": {"task": {"envs": {"A": "BOMB"}}, "config": []},
         "serve_update": {"name": "keep", "task": {"service": "BOMB"}},
         "serve_status": {"names": ["BOMB"]},
         "serve_logs": {"name": "BOMB"},
         "serve_down": {"names": ["keep"], "replica_id": "BOMB"},
-    }[kind]
+    }
+    fields = requests[kind]
     body = msgspec.msgpack.encode({"type": kind, **fields})
     reply = _send(served, body.replace(bomb, b"\x91" * 1000 + b"\xc0"))
     assert isinstance(reply, m.ErrorReply) and reply.code == "protocol", reply
@@ -437,10 +439,18 @@ def test_a_serve_request_nested_1000_deep_is_refused_as_malformed(served: Stix, 
 # -- the replica bound --------------------------------------------------------------------------
 
 
+def _service(text: str) -> Service:
+    task = from_yaml(text)
+    assert isinstance(task, Task) and task.service is not None
+    return task.service
+
+
+FIXED_AT_THE_BOUND = f"service: {{replicas: {bounds.MAX_REPLICAS}, ports: 80}}\nrun: x\n"
+
+
 def test_replicas_at_the_bound_are_taken_and_one_past_it_is_refused() -> None:
-    at = f"service: {{replicas: {bounds.MAX_REPLICAS}, ports: 80}}\nrun: x\n"
-    service = from_yaml(at).service
-    assert service is not None and effective_scaling(service).max_replicas == bounds.MAX_REPLICAS
+    at = FIXED_AT_THE_BOUND
+    assert effective_scaling(_service(at)).max_replicas == bounds.MAX_REPLICAS
     with pytest.raises(InvalidTask, match=r"service\.replicas: expected an integer <= 1000,"):
         from_yaml(at.replace(str(bounds.MAX_REPLICAS), str(bounds.MAX_REPLICAS + 1)))
 
@@ -451,21 +461,15 @@ def test_the_autoscaler_at_the_bound_never_launches_past_max_replicas() -> None:
         f"max_replicas: {bounds.MAX_REPLICAS}, target_qps_per_replica: 0.001, "
         "upscale_delay_seconds: 0}\nrun: x\n"
     )
-    service = from_yaml(text).service
-    assert service is not None
-    fleet = FakeFleet(effective_scaling(service))
+    fleet = FakeFleet(effective_scaling(_service(text)))
     fleet.arrivals = burst(600_000, 0.0, 60.0)  # 10,000 QPS: ten million replicas' worth
     most = 0
     for i in range(10):
         fleet.round(60.0 + 20 * i)
         most = max(most, len(fleet.live()))
     assert most == bounds.MAX_REPLICAS
-    fixed = FakeFleet(
-        effective_scaling(
-            from_yaml(f"service: {{replicas: {bounds.MAX_REPLICAS}, ports: 80}}\nrun: x\n").service
-        )
-    )  # type: ignore[arg-type]
-    plan = decide(fixed.scaling, [], [], 0.0, ScalerMemory(), version=1)
+    fixed = effective_scaling(_service(FIXED_AT_THE_BOUND))
+    plan = decide(fixed, [], [], 0.0, ScalerMemory(), version=1)
     assert len(plan.launch) == bounds.MAX_REPLICAS
 
 
