@@ -3,10 +3,17 @@ daemon that keeps a service the whole time: after every refusal the daemon is th
 that service's record is what it was, and nothing else was stored or started.
 
 The service files are refused twice over: by `stixctl` before it sends anything, and by the
-daemon when a raw socket client sends the same task unchecked. SkyServe's refusals are kept
-(its `service_spec.py`: a path starting with '/', `max_replicas >= min_replicas`, a known
-policy, ports in 1-65535, the instance-aware pairing); the rest are stix's own limits
-(`stixproto/task/service.py`, `stixproto/bounds.py`).
+daemon when a raw socket client sends the same task unchecked. SkyServe 0.14.1 refuses some of
+these too (`sky/serve/service_spec.py` and its schema): a path not starting with '/', a
+non-number delay or target, a negative count or QPS, `max_replicas < min_replicas`, an unknown
+policy, a port outside 1-65535, the instance-aware pairing, unknown `load_balancer` or `tls`
+keys, a `tls` without both files, a bad service name. It takes the rest: CR/LF, spaces, `..`
+or 10 KB in the probe path, CR/LF or non-ASCII in probe headers (its `requests` then fails
+every probe), any `post_data` size,
+negative or `.inf` delays and timeouts, `max_replicas: 1000000`, and TLS files it cannot serve
+with (a missing one fails as it is copied to its controller, a non-PEM one as its balancer
+starts). stix refuses those at the edge
+(`stixproto/task/service.py`, `stixproto/bounds.py`; TLS in `stixd/control/serve_cmds.py`).
 """
 
 from __future__ import annotations
@@ -374,6 +381,23 @@ def test_logs_of_a_replica_id_that_is_no_number_of_one_are_refused(
 ) -> None:
     code, _, err = cli("serve", "logs", "--no-follow", "keep", replica_id)
     one_line(err, 2, code, "replica_id")
+
+
+@pytest.mark.parametrize("tail", ["-1", str(2**63), "inf", "abc"])
+def test_logs_with_a_tail_that_is_no_count_are_refused(served: Stix, tail: str) -> None:
+    code, _, err = cli("serve", "logs", "--controller", "--no-follow", f"--tail={tail}", "keep")
+    one_line(err, 2, code, "tail")
+
+
+def test_a_service_whose_resources_open_10000_ports_and_name_none_is_refused(
+    served: Stix, tmp_path: Path
+) -> None:
+    doc = _doc({"ports": None})
+    doc["resources"] = {"ports": [str(p) for p in range(20_000, 30_000)]}
+    path = tmp_path / "svc.yaml"
+    path.write_text(json.dumps(doc))
+    code, _, err = cli("serve", "up", "-y", "-n", "hostile", str(path))
+    one_line(err, 2, code, "service.ports")
 
 
 def test_logs_and_down_of_a_replica_the_service_does_not_have_are_refused(served: Stix) -> None:
