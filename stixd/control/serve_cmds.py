@@ -48,6 +48,8 @@ DOWN_WAIT_SECONDS = 600.0
 FOLLOW_POLL_S = 0.5
 SHOWN_ENDED_REPLICAS = 10
 """Ended (failed, preempted) replicas `serve status` lists per service, newest first."""
+SHOWN_KNOWN = 10
+"""Services a "no service" answer names, so the line stays one line."""
 MAX_TLS_FILE_BYTES = 1 << 20
 """A PEM key or certificate chain is a few KB; a larger file is not one (or is `/dev/zero`)."""
 
@@ -160,8 +162,10 @@ async def serve_up(
 async def _service_row(app: App, name: str) -> Row:
     row = await app.store.get(SERVICE, name)
     if row is None:
-        known = ", ".join(r.id for r in await app.store.rows(SERVICE)) or "none"
-        raise ServiceNotFound(f"no service {name!r} (services: {known})")
+        ids = [r.id for r in await app.store.rows(SERVICE)]
+        known = ", ".join(ids[:SHOWN_KNOWN]) or "none"
+        more = f" and {len(ids) - SHOWN_KNOWN} more" if len(ids) > SHOWN_KNOWN else ""
+        raise ServiceNotFound(f"no service {names.shown(name)} (services: {known}{more})")
     return row
 
 
@@ -264,7 +268,7 @@ async def serve_status(app: App, req: m.ServeStatus) -> m.ServiceList:
         have = {r.id for r in rows}
         missing = [n for n in req.names if n not in have]
         if missing:
-            raise ServiceNotFound(f"no service {missing[0]!r}")
+            raise ServiceNotFound(f"no service {names.shown(missing[0])}")
         rows = [r for r in rows if r.id in set(req.names)]
     return m.ServiceList(services=[await service_record(app, r) for r in rows])
 
