@@ -52,7 +52,7 @@ from stixproto.task.resources import (
 from stixproto.task.service import effective_scaling
 from tests.conftest import Stix, wait_until
 from tests.optimizer_support import INFRAS, index
-from tests.shared_data import needs
+from tests.shared_data import needs, require
 from tests.test_serve import serving, status
 from tests.test_task_corpus import CORPUS, FILES
 
@@ -188,8 +188,7 @@ def _params(names: list[str], marks: dict[str, str] | None = None) -> list[Any]:
 
 
 def test_the_corpus_has_its_service_files() -> None:
-    if not FILES:
-        pytest.skip("no compat corpus")  # the parametrised tests fail under CI instead
+    require(CORPUS, "compat corpus")
     assert len(SERVICES) >= 18, sorted(SERVICES)
 
 
@@ -303,8 +302,7 @@ def _runnable() -> list[Any]:
 
 
 def test_the_files_that_fit_this_machine_are_the_cpu_only_examples() -> None:
-    if not FILES:
-        pytest.skip("no compat corpus")
+    require(CORPUS, "compat corpus")
     if (os.cpu_count() or 1) < 2:
         pytest.skip("the examples ask for 2 CPUs")
     fit = {n for n, t in SERVICES.items() if fits_here(t)}
