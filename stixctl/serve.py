@@ -32,11 +32,12 @@ def _up(home: Path, a: argparse.Namespace) -> int:
     from stixctl import confirm, taskargs
     from stixctl.client import call
 
-    taskargs.check_first(m.ServeUp(task=Task(), name=a.name or None))
+    name = a.name  # `-n ''` is a name, refused as one, as SkyServe's `serve up` does
+    taskargs.check_first(m.ServeUp(task=Task(), name=name))
     task = _task(home, a)
     req = m.ServeUp(
         task=task,
-        name=a.name or None,
+        name=name,
         config=taskargs.config_layers(a.config or []),
     )
     what = req.name or "a new service"

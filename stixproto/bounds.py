@@ -19,6 +19,11 @@ MAX_IDLE_MINUTES = 525_600
 """Autostop idle time: a year. Longer is `stixctl autostop --cancel`."""
 MAX_COUNT = 10_000
 """Nodes of a cluster, accelerators of a node, jobs submitted at once, replicas, workers."""
+MAX_REPLICAS = 1_000
+"""Replicas of one service: `replicas`, `min_replicas`, and `max_replicas` plus
+`num_overprovision` (the most the autoscaler keeps). Each replica is a cluster of its own; a
+thousand is past any service SkyServe's examples run, and a typo of `max_replicas: 1000000`
+must not become a million launches."""
 MAX_LINES = 1_000_000_000
 """Log lines to show (`--tail`)."""
 MAX_EVENTS = 1_000_000
@@ -42,9 +47,9 @@ MAX_YAML_CHARS = 4_000_000
 """Characters of a YAML file stix reads (`stixproto.user_yaml.MAX_CHARS`), and so bytes of a task
 file a client sends the daemon to read (`stixproto.messages.ReadTask`)."""
 MAX_PATH = 4096
+"""Characters of a local path a client sends (PATH_MAX on Linux)."""
 MAX_CHOICE = 1024
 """A plan's choice as `launch` shows it (`2x aws/p4d.24xlarge (us-east-1, spot)`)."""
-"""Characters of a local path a client sends (PATH_MAX on Linux)."""
 
 JobId = Annotated[int, Meta(ge=1, le=MAX_ID)]
 IdleMinutes = Annotated[float, Meta(ge=0, le=MAX_IDLE_MINUTES)]

@@ -48,6 +48,10 @@ DOWN_WAIT_SECONDS = 600.0
 FOLLOW_POLL_S = 0.5
 SHOWN_ENDED_REPLICAS = 10
 """Ended (failed, preempted) replicas `serve status` lists per service, newest first."""
+SHOWN_KNOWN = 10
+"""Services a "no service" answer names, so the line stays one line."""
+MAX_TLS_FILE_BYTES = 1 << 20
+"""A PEM key or certificate chain is a few KB; a larger file is not one (or is `/dev/zero`)."""
 
 
 def _checked_service(task: Task) -> None:
@@ -61,6 +65,49 @@ def _checked_service(task: Task) -> None:
     service_port(task)
 
 
+def tls_problem(tls: dict[str, Any]) -> str | None:
+    """Why the balancer could not serve TLS with the service's `tls` files, or None. Read here,
+    as the user whose request it is (the socket's peer is the daemon's own user), before
+    anything is stored: a missing, unreadable or non-PEM file is refused at `serve up`."""
+    import os
+    import ssl
+    import stat
+
+    paths = {key: str(tls.get(key) or "") for key in ("keyfile", "certfile")}
+    for key, path in paths.items():
+        where = f"service.tls.{key}"
+        if not os.path.isabs(path):
+            return f"{where}: expected an absolute path, got {names.shown(path)}"
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return f"{where}: cannot read {names.shown(path)}: {exc.strerror}"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{where}: {names.shown(path)} is not a regular file"
+        if info.st_size > MAX_TLS_FILE_BYTES:
+            return f"{where}: {names.shown(path)} is {info.st_size} bytes, not a PEM file"
+        if not os.access(path, os.R_OK):
+            return f"{where}: cannot read {names.shown(path)}: permission denied"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:  # a password callback: an encrypted key fails here instead of asking a terminal
+        context.load_cert_chain(paths["certfile"], paths["keyfile"], password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        return (
+            f"service.tls: the key and certificate do not load together ({why}); give an "
+            "unencrypted PEM key and the PEM certificate made for it"
+        )
+    return None
+
+
+async def _checked_tls(task: Task) -> None:
+    tls = task.service.tls if task.service is not None else None
+    if tls:
+        problem = await anyio.to_thread.run_sync(tls_problem, tls)
+        if problem is not None:
+            raise InvalidRequest(problem)
+
+
 async def serve_up(
     app: App, req: m.ServeUp, emit: Emit, check: Callable[[Any], None]
 ) -> m.ServiceUp:
@@ -69,6 +116,7 @@ async def serve_up(
     task = req.task
     _checked_service(task)
     check(task)
+    await _checked_tls(task)
     name = req.name or task.name or f"sky-service-{secrets.token_hex(2)}"
     if not names.is_valid(name, "service"):
         raise InvalidRequest(
@@ -114,8 +162,10 @@ async def serve_up(
 async def _service_row(app: App, name: str) -> Row:
     row = await app.store.get(SERVICE, name)
     if row is None:
-        known = ", ".join(r.id for r in await app.store.rows(SERVICE)) or "none"
-        raise ServiceNotFound(f"no service {name!r} (services: {known})")
+        ids = [r.id for r in await app.store.rows(SERVICE)]
+        known = ", ".join(ids[:SHOWN_KNOWN]) or "none"
+        more = f" and {len(ids) - SHOWN_KNOWN} more" if len(ids) > SHOWN_KNOWN else ""
+        raise ServiceNotFound(f"no service {names.shown(name)} (services: {known}{more})")
     return row
 
 
@@ -142,6 +192,7 @@ async def serve_update(app: App, req: m.ServeUpdate, check: Callable[[Any], None
     _checked_service(req.task)
     check(req.task)
     row = await _service_row(app, req.name)
+    await _checked_tls(req.task)
     reply: m.ServiceUp = await ask_service(app, row, req)
     return reply
 
@@ -217,7 +268,7 @@ async def serve_status(app: App, req: m.ServeStatus) -> m.ServiceList:
         have = {r.id for r in rows}
         missing = [n for n in req.names if n not in have]
         if missing:
-            raise ServiceNotFound(f"no service {missing[0]!r}")
+            raise ServiceNotFound(f"no service {names.shown(missing[0])}")
         rows = [r for r in rows if r.id in set(req.names)]
     return m.ServiceList(services=[await service_record(app, r) for r in rows])
 

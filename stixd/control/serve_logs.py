@@ -16,6 +16,7 @@ from stixd.actors.specs import data_or_none
 from stixd.app import App
 from stixd.store.db import Row
 from stixproto import messages as m
+from stixproto import names
 from stixproto.errors import InvalidRequest, ServiceNotFound, StixError
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -25,7 +26,7 @@ FOLLOW_POLL_S = 0.5
 async def _service_row(app: App, name: str) -> Row:
     row = await app.store.get(SERVICE, name)
     if row is None:
-        raise ServiceNotFound(f"no service {name!r}")
+        raise ServiceNotFound(f"no service {names.shown(name)}")
     return row
 
 
