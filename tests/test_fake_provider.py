@@ -35,6 +35,7 @@ from stixd.providers.fake.process import ProcessFakeProvider
 from stixd.providers.fake.provider import FakeProvider, write_catalog
 from stixd.providers.local.node import marked_processes
 from stixd.providers.registry import BuildContext
+from stixproto.errors import InvalidTask
 from stixproto.task import Task
 from stixproto.task.load import task_from_dict
 from tests.conftest import kill_everything_under, pid_alive
@@ -152,6 +153,22 @@ def test_the_fake_cloud_is_never_chosen_for_a_task_that_does_not_name_it() -> No
     assert choose_target(named, infras(), {}, ("fake",)) == ("fake", "fake-2")
     with pytest.raises(Exception, match="not available"):
         choose_target(named, infras(), {}, ())
+
+
+@pytest.mark.parametrize(
+    ("resources", "named"),
+    [
+        ("region: us-east1", "region"),
+        ("zone: us-central1-a", "zone"),
+        ("instance_type: m5.large", "instance_type"),
+    ],
+)
+def test_a_task_naming_a_clouds_place_or_instance_never_lands_on_this_machine(
+    resources: str, named: str
+) -> None:
+    task = load_text(f"resources:\n  {resources}\nrun: x\n")
+    with pytest.raises(InvalidTask, match=f"resources.{named}: .* is a cloud's"):
+        choose_target(task, infras(), {}, ())
 
 
 def test_a_soft_block_is_used_only_when_nothing_else_is_left_and_a_preference_wins(

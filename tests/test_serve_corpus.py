@@ -76,21 +76,6 @@ NETWORK_SETUP = {
     "from the network, and its server.py needs them",
 }
 """Service files that fit this machine but are not run: what they would fetch."""
-_ALTERNATIVE_INDEX = (
-    "cloud_spec takes the optimizer's alternative index (one per accelerator of a set) as an "
-    "index into the task's resources alternatives (stixd/planner/target.py): IndexError"
-)
-BROKEN_TARGET = {
-    "llm__deepseek-r1__deepseek-r1-671B.yaml": _ALTERNATIVE_INDEX,
-    "llm__mixtral__serve.yaml": _ALTERNATIVE_INDEX,
-}
-"""Files the daemon's launch path fails on today, for the reason given (strict: fixed, it
-passes and the mark must go)."""
-LOCAL_BY_MISTAKE = {
-    "examples__serve__spot_policy__dynamic_on_demand_fallback.yaml": "its on-demand stand-in "
-    "names a GCP zone and region but no cloud; choose_target takes it as fitting this machine "
-    "(stixd/planner/local_fit.py looks at the cloud only), the optimizer puts it on gcp",
-}
 
 
 @dataclass(frozen=True)
@@ -176,15 +161,10 @@ def fits_here(task: Task) -> bool:
     return all(runs_here(rt) for rt in replica_tasks("svc", task))
 
 
-def _params(names: list[str], marks: dict[str, str] | None = None) -> list[Any]:
+def _params(names: list[str]) -> list[Any]:
     if not names:
         return [pytest.param(None, marks=needs(CORPUS, "compat corpus"), id="corpus-missing")]
-    out = []
-    for name in names:
-        reason = (marks or {}).get(name)
-        mark = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-        out.append(pytest.param(name, marks=mark, id=name))
-    return out
+    return [pytest.param(name, id=name) for name in names]
 
 
 def test_the_corpus_has_its_service_files() -> None:
@@ -192,7 +172,7 @@ def test_the_corpus_has_its_service_files() -> None:
     assert len(SERVICES) >= 18, sorted(SERVICES)
 
 
-@pytest.mark.parametrize("name", _params(sorted(SERVICES), LOCAL_BY_MISTAKE))
+@pytest.mark.parametrize("name", _params(sorted(SERVICES)))
 def test_every_replica_plans_on_an_instance_with_what_its_resources_ask(
     index: OfferIndex, name: str
 ) -> None:
@@ -210,7 +190,7 @@ def test_every_replica_plans_on_an_instance_with_what_its_resources_ask(
         assert (p.chosen.cloud == MACHINE) is runs_here(rt)  # $0 here wins where it fits
 
 
-@pytest.mark.parametrize("name", _params(sorted(SERVICES), BROKEN_TARGET))
+@pytest.mark.parametrize("name", _params(sorted(SERVICES)))
 def test_every_replica_goes_where_the_daemon_launches_it_or_is_told_why(
     index: OfferIndex, name: str
 ) -> None:

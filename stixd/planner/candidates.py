@@ -63,11 +63,14 @@ class Elimination(msgspec.Struct, frozen=True):
 
 
 class Want(msgspec.Struct, frozen=True):
-    """One alternative of a task with at most one accelerator; ``index`` is its position."""
+    """One alternative of a task with at most one accelerator; ``index`` is its position among
+    the wants, ``source`` the position of the task's resources alternative it came from (an
+    accelerator set makes several wants of one)."""
 
     request: ResourceRequest
     accelerator: Accelerator | None
     index: int
+    source: int = 0
 
     def subject(self) -> str:
         if self.request.instance_type:

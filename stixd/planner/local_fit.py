@@ -27,11 +27,22 @@ def _usable(infras: Infras) -> str:
 
 
 def _check_one(r: Resources, infras: Infras) -> None:
-    cloud = placement(r).cloud
+    where = placement(r)
+    cloud = where.cloud
     if cloud is not None and cloud != infras.machine():
         raise InvalidTask(
             f"resources.infra: '{cloud}' is not available in this build; only {_usable(infras)} "
             "are (see `stixctl check`)"
+        )
+    if cloud is None and (where.region or where.zone):
+        key, value = ("zone", where.zone) if where.zone else ("region", where.region)
+        raise InvalidTask(
+            f"resources.{key}: {value!r} is a cloud's; this machine (the local infra) has none"
+        )
+    if r.instance_type:
+        raise InvalidTask(
+            f"resources.instance_type: {r.instance_type!r} is a cloud's; this machine (the local "
+            "infra) has none"
         )
     if r.accelerators:
         raise InvalidTask(

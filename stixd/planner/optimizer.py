@@ -90,19 +90,19 @@ def _wants(
     ordered = task.mode == "ordered" or (
         task.mode == "single" and any(r.accelerators_ordered for r in task.alternatives)
     )
-    for request in task.alternatives:
+    for source, request in enumerate(task.alternatives):
         for acc in request.accelerators or (None,):
             if acc is None:
-                wants.append(Want(request, None, len(wants)))
+                wants.append(Want(request, None, len(wants), source))
                 continue
             expanded = _expand_accelerator(acc, index)
             if isinstance(expanded, str):
-                want = Want(request, acc, len(wants))
+                want = Want(request, acc, len(wants), source)
                 unknown.append((want, Elimination(Stage.ACCELERATOR, "*", expanded, str(acc))))
                 wants.append(want)
                 continue
             for one in expanded:
-                wants.append(Want(request, one, len(wants)))
+                wants.append(Want(request, one, len(wants), source))
     return wants, unknown, ordered
 
 
@@ -137,6 +137,7 @@ def _candidate(
         egress_cost=egress_cost(infras, data.cloud, lc.cloud, data.gigabytes) if data else 0.0,
         egress_hours=egress_seconds(data.cloud, lc.cloud, data.gigabytes) / 3600 if data else 0.0,
         alternative=want.index,
+        resources_index=want.source,
         position=(want.index, cloud_index, lc.type_rank, lc.region_rank, lc.zone_rank),
     )
 

@@ -31,9 +31,11 @@ class Candidate(msgspec.Struct, frozen=True, kw_only=True):
     ``zone`` is set where the choice is one zone (GCP, spot); otherwise ``zones`` lists the
     region's zones for the launcher to try in order. ``hourly_price`` is per node,
     ``hourly_cost`` for all nodes, ``cost`` for the estimated ``hours``; ``egress_cost`` is what
-    bringing the task's inputs from their cloud costs. ``alternative`` is the index of the task's
-    alternative it satisfies; ``position`` is SkyPilot's enumeration order (alternative, cloud,
-    instance type, region, zone); ``why`` says why it ranks below the one before it.
+    bringing the task's inputs from their cloud costs. ``alternative`` is the index of the
+    concrete alternative it satisfies (one per accelerator of a set: what ``ordered`` ranks by),
+    ``resources_index`` that of the task's resources entry it came from; ``position`` is
+    SkyPilot's enumeration order (alternative, cloud, instance type, region, zone); ``why`` says
+    why it ranks below the one before it.
     """
 
     cloud: str
@@ -52,6 +54,7 @@ class Candidate(msgspec.Struct, frozen=True, kw_only=True):
     egress_cost: float = 0.0
     egress_hours: float = 0.0
     alternative: int = 0
+    resources_index: int = 0
     position: tuple[int, ...] = ()
     why: str = ""
 

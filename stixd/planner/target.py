@@ -123,7 +123,7 @@ def cloud_spec(
         raise InvalidTask(f"no {cloud} instance fits the task: {reason}")
     there = [c for c in best.candidates if prefer_region and c.region == prefer_region]
     choice = (there or best.candidates)[0]
-    res = resources.candidates(task.resources_or_default())[choice.alternative]
+    res = resources.candidates(task.resources_or_default())[choice.resources_index]
     ports = sorted({p for lo, hi in resources.port_ranges(res) for p in range(lo, hi + 1)})
     if len(ports) > MAX_PORTS:
         raise InvalidTask(f"resources.ports: {len(ports)} ports; at most {MAX_PORTS} can be opened")
