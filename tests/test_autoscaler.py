@@ -245,6 +245,18 @@ def test_requests_waiting_at_the_balancer_wake_the_service() -> None:
     assert plan.target == 1 and len(plan.launch) == 1
 
 
+def test_a_service_at_zero_without_a_qps_target_wakes_with_one_replica_and_sleeps_again() -> None:
+    scaling = Scaling(min_replicas=0, max_replicas=2, downscale_delay_seconds=0)
+    fleet = FakeFleet(scaling)
+    assert fleet.round(NOW).target == 0
+    fleet.arrivals = [NOW + 1.0, NOW + 1.5, NOW + 2.0]
+    woken = fleet.round(NOW + 2.0)
+    assert woken.target == 1 and len(woken.launch) == 1  # never more: it has no target to scale by
+    # a window (60 s) with no request: back to zero
+    assert fleet.round(NOW + 2.0 + 20).target == 1
+    assert [fleet.round(NOW + 2.0 + 20 * k).target for k in (2, 3, 4)][-1] == 0
+
+
 def test_launches_follow_the_tasks_spot_choice() -> None:
     scaling = Scaling(min_replicas=2, max_replicas=2)
     spot = decide(scaling, [], [], NOW, ScalerMemory(), version=1, use_spot=True)

@@ -62,7 +62,10 @@ def wanted_replicas(scaling: Scaling, qps: float, live: Sequence[ReplicaView]) -
     """The replica count the traffic asks for, clipped to [min, max] (no overprovision)."""
     per_replica = scaling.target_qps_per_replica
     if per_replica is None:
-        return scaling.min_replicas
+        # No target (SkyServe refuses min 0 < max without one; stix serves it): one replica
+        # while requests come, none once the window has none, so such a service still wakes.
+        awake = qps > 0 and scaling.min_replicas == 0 and scaling.max_replicas > 0
+        return 1 if awake else scaling.min_replicas
     if isinstance(per_replica, Mapping):
         return _wanted_by_accelerator(
             scaling, {k: float(v) for k, v in per_replica.items()}, qps, live
