@@ -36,7 +36,9 @@ def parse_actions(
         text, add, fn = actions[argv[0]]
         p = Parser(prog=f"stixctl {command} {argv[0]}", description=text)
         add(p)
-        args = p.parse_intermixed_args(argv[1:])
+        rest = argv[1:]
+        # parse_intermixed_args drops `--` and then refuses what follows it (`-- -rf`)
+        args = p.parse_args(rest) if "--" in rest else p.parse_intermixed_args(rest)
         args.fn, args.command, args.action = fn, command, argv[0]
         return args
     p = Parser(prog=f"stixctl {command}", description=description)

@@ -72,6 +72,11 @@ def whole(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+def shown(value: float) -> str:
+    """A number as a message quotes it: 1e308 stays short, not 309 digits."""
+    return str(whole(value)) if abs(value) < 1e15 else f"{value:.3g}"
+
+
 def check_int(
     value: int, path: str, low: int | None = None, high: int | None = None, *, limit: int
 ) -> None:
@@ -91,9 +96,9 @@ def check_positive(value: float, path: str, *, limit: float, zero_ok: bool = Fal
     if not math.isfinite(value):
         fail(path, f"expected a finite number, got {value}")
     if value < 0 or (value == 0 and not zero_ok):
-        fail(path, f"expected a number {'>= 0' if zero_ok else '> 0'}, got {whole(value)}")
+        fail(path, f"expected a number {'>= 0' if zero_ok else '> 0'}, got {shown(value)}")
     if value > limit:
-        fail(path, f"expected a number <= {whole(float(limit))}, got {whole(value)}")
+        fail(path, f"expected a number <= {shown(float(limit))}, got {shown(value)}")
 
 
 INT_RANGE = (-(2**63), 2**64 - 1)

@@ -23,6 +23,7 @@ from stixproto.task._fields import (
     fail,
     join,
     near,
+    shown,
     whole,
 )
 from stixproto.task._fields import number as plain_number
@@ -165,7 +166,7 @@ def _count(value: Any, path: str, written: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         fail(path, f"expected a number of accelerators, got {describe(value)}")
     if not (value > 0 and math.isfinite(value)):
-        fail(path, f"expected an accelerator count > 0, got {whole(float(value))} in {written!r}")
+        fail(path, f"expected an accelerator count > 0, got {shown(float(value))} in {written!r}")
     if value > bounds.MAX_COUNT:
         fail(path, f"expected an accelerator count <= {bounds.MAX_COUNT}, got {written!r}")
     return whole(float(value))
