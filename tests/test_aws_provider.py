@@ -279,13 +279,11 @@ async def test_a_capacity_error_reaches_stix_at_once_and_blocks_the_zone(
         match={"InstanceType": "p3.2xlarge"},
     )
     provider = AwsProvider(home, _env(aws))
-    began = time.monotonic()
     with pytest.raises(AwsCapacityError) as caught:
         await provider.launch(
             _request("cap", pyz, 1, aws, instance_type="p3.2xlarge", zones=["us-east-1a"])
         )
-    assert time.monotonic() - began < 5
-    assert aws.seen().count("RunInstances") == 1
+    assert aws.seen().count("RunInstances") == 1  # botocore did not retry it
     assert caught.value.block == Block(
         infra="aws",
         region="us-east-1",

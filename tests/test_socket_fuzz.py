@@ -213,7 +213,7 @@ def test_ten_thousand_malformed_frames_leave_the_daemon_serving(daemon: Stix) ->
     assert stats["frames"] == FRAMES and stats["idle_closed"] == 40
     assert stats.get("internal", 0) == 0, stats
     assert stats.get("protocol", 0) > FRAMES // 2, stats
-    assert took < 60, f"fuzzing took {took:.0f}s"
+    assert took < 240, f"fuzzing took {took:.0f}s"  # a stall per frame or connection: hours
     assert daemon.run("status", check=True).returncode == 0
     assert daemon.daemon_pid() == pid
     added = log.read_bytes()[log_before:].decode().splitlines()

@@ -120,17 +120,22 @@ REFUSED = {
 }
 
 
+AT_ONCE = 10.0
+"""Seconds a refusal may take on a busy machine: a bomb expanded takes minutes or all memory;
+how fast a refusal is, bench/bench_yaml_bomb.py measures."""
+
+
 @pytest.mark.parametrize("name", REFUSED)
 def test_each_kind_of_bomb_is_refused_at_once_with_one_line_naming_the_limit(name: str) -> None:
     text, expected = REFUSED[name]
     error, seconds = timed(lambda: user_yaml.load_all(text))
     assert isinstance(error, YamlError), error
     assert expected in str(error) and "\n" not in str(error)
-    assert seconds < 1.0, f"{name}: {seconds:.2f} s"
+    assert seconds < AT_ONCE, f"{name}: {seconds:.2f} s"
     task_error, seconds = timed(lambda: from_yaml(text, "bomb.yaml"))
     assert isinstance(task_error, InvalidTask), task_error
     assert task_error.message == f"bomb.yaml: {error}"
-    assert seconds < 1.0, f"{name} as a task: {seconds:.2f} s"
+    assert seconds < AT_ONCE, f"{name} as a task: {seconds:.2f} s"
 
 
 def test_a_file_at_the_limit_reads_and_one_value_more_does_not() -> None:
@@ -319,13 +324,13 @@ def test_env_substitution_is_bounded_however_often_a_variable_is_used() -> None:
     big_env = f"envs:\n  X: {'x' * 1_000_000}\nfile_mounts:\n  /a: {uses}\n"
     error, seconds = timed(lambda: from_yaml(big_env, "subst.yaml"))
     assert isinstance(error, InvalidTask) and error.message == f"subst.yaml: {expected}"
-    assert seconds < 1.0
+    assert seconds < AT_ONCE
     given_later = f"envs:\n  X: null\nfile_mounts:\n  /a: {uses}\n"
     error, seconds = timed(
         lambda: from_yaml(given_later, "subst.yaml", env_overrides={"X": "x" * 1_000_000})
     )
     assert isinstance(error, InvalidTask) and error.message == f"subst.yaml: {expected}"
-    assert seconds < 1.0
+    assert seconds < AT_ONCE
     small = f"envs:\n  X: {'x' * 1_000}\nfile_mounts:\n  /a: {'$X' * 1_000}\n"
     task = from_yaml(small, "subst.yaml")
     assert isinstance(task, Task) and task.file_mounts == {"/a": "x" * 1_000_000}
