@@ -3,7 +3,8 @@
 One event loop owns a `Pool`, so nothing here locks. A replica that refuses a connection or
 resets one is suspect at once: out of rotation for a backoff that doubles while it keeps failing
 (and is forgotten on its first success); its recent failures also weigh on its load, so once
-back it is not the least loaded of replicas that work.
+back it is not the least loaded of replicas that work. When every replica is out, requests
+wait (`out_of_rotation`) until one is `revived` or the set changes, as at zero replicas.
 """
 
 from __future__ import annotations
@@ -61,26 +62,45 @@ class Pool:
                 slot.replica = replica
             slots.append(slot)
         self.slots = slots
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        self.wake()
 
     def changed(self) -> asyncio.Event:
-        """Set at the next `set_ready`."""
+        """Set at the next `set_ready` or `revived`."""
         if self._changed is None:
             self._changed = asyncio.Event()
         return self._changed
 
+    def wake(self) -> None:
+        """Wake the requests waiting on `changed`."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def out_of_rotation(self) -> list[Slot]:
+        """Every slot, if every one is out for its backoff (else none): requests wait then."""
+        now = self.clock()
+        if all(s.suspect_until > now for s in self.slots):
+            return list(self.slots)
+        return []
+
+    def revived(self, slot: Slot) -> None:
+        """An ejected replica accepts connections again: back in rotation now (its backoff
+        stays, so failing again keeps it out longer)."""
+        if slot in self.slots and slot.suspect_until > self.clock():
+            slot.suspect_until = 0.0
+            self.wake()
+
     def choose(self, tried: Sequence[Slot] = ()) -> Slot | None:
-        """The slot for the next try of a request (None: every replica was tried, or none is
-        ready). Suspects are chosen only when nothing else is left, earliest back first."""
+        """The slot for the next try of a request (None: every replica was tried, none is
+        ready, or every one is out). A request that failed elsewhere may try a suspect when
+        nothing else is left, earliest back first; a fresh one waits instead."""
         now = self.clock()
         fresh = [s for s in self.slots if s not in tried] if tried else self.slots
         if not fresh:
             return None
         healthy = [s for s in fresh if s.suspect_until <= now]
         if not healthy:
-            return min(fresh, key=lambda s: s.suspect_until)
+            return min(fresh, key=lambda s: s.suspect_until) if tried else None
         self._turn = (self._turn + 1) % (1 << 30)
         start = self._turn % len(healthy)
         if self.policy == "round_robin":
