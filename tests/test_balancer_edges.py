@@ -22,6 +22,7 @@ from stixd.balancer.control import FIRST_FRAME_SECONDS
 from stixd.balancer.fleet import Fleet
 from stixd.balancer.limits import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE
 from stixd.balancer.link import RemoteBalancer
+from stixd.serve.seams import ReadyReplica
 from tests.conftest import kill_everything_under
 from tests.test_balancer import Bed, client, free_port, get
 
@@ -89,17 +90,33 @@ async def _ws_echo_both_ways(ws: aiohttp.ClientWebSocketResponse, name: str) -> 
 
 
 async def test_websocket_messages_pass_both_ways_and_count_as_one_request(bed: Bed) -> None:
-    lb = await bed.balancer()
-    await lb.set_ready([await bed.replica(1, WEBSOCKET)])
+    lb = await bed.balancer(policy="round_robin")
+    refusing = ReadyReplica(2, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    await lb.set_ready([await bed.replica(1, WEBSOCKET), refusing])
     await lb.take_traffic()
     async with client() as s:
-        async with s.ws_connect(lb.endpoint + "/ws", protocols=("chat",)) as ws:
-            assert ws.protocol == "chat"  # the replica's choice of the offered protocols
-            await _ws_echo_both_ways(ws, "r1")
-            await ws.close()
-            assert ws.close_code == 1000
+        for _ in range(2):  # one of the two upgrades goes to the refusing replica first
+            async with s.ws_connect(lb.endpoint + "/ws", protocols=("chat",)) as ws:
+                assert ws.protocol == "chat"  # the replica's choice of the offered protocols
+                await _ws_echo_both_ways(ws, "r1")
+                await ws.close()
+                assert ws.close_code == 1000
         assert await get(s, lb.endpoint + "/") == (200, "r1")  # plain requests go on
-    assert len((await lb.take_traffic()).arrivals) == 2  # the socket and the GET, once each
+    traffic = await lb.take_traffic()
+    assert len(traffic.arrivals) == 3  # each socket and the GET, once, retries or not
+    assert traffic.suspects == (2,)
+
+
+async def test_stopping_the_balancer_closes_its_websockets_at_once(bed: Bed) -> None:
+    lb = await bed.balancer()
+    await lb.set_ready([await bed.replica(1, WEBSOCKET)])
+    async with client() as s, s.ws_connect(lb.endpoint + "/ws") as ws:
+        await _ws_echo_both_ways(ws, "r1")
+        start = time.monotonic()
+        await bed.fleet.stop("svc")
+        assert time.monotonic() - start < 3  # an open socket does not hold the stop
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)  # going away
 
 
 async def test_a_dying_replica_closes_the_clients_websocket(bed: Bed) -> None:

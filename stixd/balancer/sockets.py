@@ -30,6 +30,9 @@ from stixd.balancer.pool import Pool, Slot
 
 MAX_MESSAGE = 16 * 1024 * 1024
 CLOSE_SECONDS = 5.0
+"""How long a close waits for the other side's close frame."""
+STOPPING_CLOSE_SECONDS = 0.2
+"""The same while the balancer stops: the close frame is sent, the reply barely waited for."""
 HANDSHAKE = frozenset(
     {
         "sec-websocket-key",
@@ -69,6 +72,7 @@ class Sockets:
     open_seconds: float
     """How long the replica has to accept the upgrade (the stream timeout)."""
     relays: set[asyncio.Task[object]] = field(default_factory=set)
+    close_seconds: float = CLOSE_SECONDS
 
     async def attempt(self, request: web.BaseRequest, slot: Slot) -> web.StreamResponse | Miss:
         url = _ws_url(slot.replica.url.rstrip("/")) + request.rel_url.raw_path_qs
@@ -135,22 +139,30 @@ class Sockets:
                 await asyncio.gather(to_replica, to_client, return_exceptions=True)
             if to_client in done:  # the replica closed first, or went away
                 code, why = _ended(to_client) or (REPLICA_GONE, b"the replica went away")
-                await _close(client, code, why)
-                await _close(upstream, GOING_AWAY, b"")
+                await self._close(client, code, why)
+                await self._close(upstream, GOING_AWAY, b"")
             else:
                 code, why = _ended(to_replica) or (GOING_AWAY, b"the client went away")
-                await _close(upstream, code, why)
-                await _close(client, code, why)
+                await self._close(upstream, code, why)
+                await self._close(client, code, why)
         finally:
             self.relays.discard(me)
-            await _close(client, GOING_AWAY, b"the balancer is stopping")
-            await _close(upstream, GOING_AWAY, b"")
+            await self._close(client, GOING_AWAY, b"the balancer is stopping")
+            await self._close(upstream, GOING_AWAY, b"")
         return client
 
     def stop_all(self) -> None:
         """Cancel every relay (the balancer stops): each closes both of its sockets."""
+        self.close_seconds = STOPPING_CLOSE_SECONDS
         for task in list(self.relays):
             task.cancel()
+
+    async def _close(self, socket: Socket, code: int, why: bytes) -> None:
+        if socket.closed:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.close_seconds):
+                await socket.close(code=code, message=why)
 
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -185,11 +197,3 @@ def _ended(pump: asyncio.Task[tuple[int, bytes] | None]) -> tuple[int, bytes] | 
     if pump.cancelled() or pump.exception() is not None:
         return None
     return pump.result()
-
-
-async def _close(socket: Socket, code: int, why: bytes) -> None:
-    if socket.closed:
-        return
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(CLOSE_SECONDS):
-            await socket.close(code=code, message=why)
