@@ -24,7 +24,7 @@ from stixd.balancer.limits import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LIN
 from stixd.balancer.link import RemoteBalancer
 from stixd.serve.seams import ReadyReplica
 from tests.conftest import kill_everything_under
-from tests.test_balancer import Bed, client, free_port, get
+from tests.test_balancer import RESETTING, Bed, client, free_port, get
 
 pytestmark = pytest.mark.anyio
 
@@ -182,6 +182,21 @@ async def test_a_request_waits_for_an_ejected_replica_no_longer_than_the_hold(be
     took = time.monotonic() - start
     assert status == 503 and text.count("\n") == 1 and "retry later" in text
     assert SHORT_HOLD_SECONDS - 0.2 < took < SHORT_HOLD_SECONDS + 3
+
+
+async def test_a_replica_that_accepts_and_resets_is_retried_only_as_its_backoff_ends(
+    bed: Bed,
+) -> None:
+    bed.fleet = Fleet(bed.root / "serve-short", hold_seconds=2.5)
+    lb = await bed.balancer()
+    await lb.set_ready([await bed.replica(1, RESETTING)])
+    await lb.take_traffic()
+    async with client() as s:
+        status, text = await get(s, lb.endpoint + "/")
+    assert status == 503 and "every replica is failing" in text
+    # tried at 0, after its 1 s backoff and not again before its 2 s one ends: accepting a
+    # connection does not bring back a replica that resets them
+    assert (await lb.take_traffic()).suspects == (1, 1)
 
 
 async def test_a_client_that_never_finishes_its_head_is_dropped_while_others_are_served(

@@ -56,17 +56,19 @@ def test_a_failed_replica_is_out_for_a_growing_backoff_and_back_on_success() -> 
 
 def test_when_every_replica_is_out_new_requests_wait_until_one_is_revived() -> None:
     p = pool()
-    p.failed(p.slots[1])
+    p.failed(p.slots[1])  # reset a connection
     p.clock.now += 0.5  # type: ignore[attr-defined]
     assert p.out_of_rotation() == []  # one is still in
-    p.failed(p.slots[0])
+    p.failed(p.slots[0], refused=True)
     assert p.out_of_rotation() == p.slots
     assert p.choose() is None  # a fresh request waits
     woken = p.changed()
+    p.revived(p.slots[1])  # accepting says nothing of one that reset: it waits its backoff out
+    assert not woken.is_set() and p.out_of_rotation() == p.slots
     p.revived(p.slots[0])
     assert woken.is_set() and p.out_of_rotation() == []
     assert p.choose() is p.slots[0]
-    assert p.failed(p.slots[0]) == 2 * FIRST_BACKOFF  # revived, not forgiven: out for longer
+    assert p.failed(p.slots[0], refused=True) == 2 * FIRST_BACKOFF  # revived, not forgiven
 
 
 def test_a_request_that_failed_elsewhere_may_try_a_suspect_but_none_twice() -> None:

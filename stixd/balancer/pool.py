@@ -34,6 +34,9 @@ class Slot:
     last_failure: float = -1e18
     suspect_until: float = 0.0
     backoff: float = FIRST_BACKOFF
+    refused: bool = False
+    """Its last failure was a connection it did not accept (not one it reset): accepting
+    connections again is a sign it is back (`stixd.balancer.revive`)."""
 
     def load(self, now: float) -> float:
         recent = self.failures if now - self.last_failure < FAILURE_MEMORY else 0
@@ -84,9 +87,9 @@ class Pool:
         return []
 
     def revived(self, slot: Slot) -> None:
-        """An ejected replica accepts connections again: back in rotation now (its backoff
-        stays, so failing again keeps it out longer)."""
-        if slot in self.slots and slot.suspect_until > self.clock():
+        """An ejected replica that had refused connections accepts them again: back in
+        rotation now (its backoff stays, so failing again keeps it out longer)."""
+        if slot in self.slots and slot.refused and slot.suspect_until > self.clock():
             slot.suspect_until = 0.0
             self.wake()
 
@@ -108,12 +111,13 @@ class Pool:
         turned = healthy[start:] + healthy[:start]  # ties go round, not always to the first
         return min(turned, key=lambda s: s.load(now))
 
-    def failed(self, slot: Slot) -> float | None:
-        """The replica refused or reset a connection: out of rotation now. The seconds it is
-        out for, if this failure ejected it (None: it was out already)."""
+    def failed(self, slot: Slot, refused: bool = False) -> float | None:
+        """The replica refused (``refused``) or reset a connection: out of rotation now. The
+        seconds it is out for, if this failure ejected it (None: it was out already)."""
         now = self.clock()
         slot.failures += 1
         slot.last_failure = now
+        slot.refused = refused
         if slot.suspect_until > now:
             return None
         out_for = slot.backoff

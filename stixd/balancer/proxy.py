@@ -207,7 +207,7 @@ class Proxy:
             slot.in_flight -= 1
 
     def _eject(self, slot: Slot, exc: BaseException) -> None:
-        out_for = self.pool.failed(slot)
+        out_for = self.pool.failed(slot, refused=isinstance(exc, aiohttp.ClientConnectorError))
         if out_for is not None:
             replica = slot.replica
             log.warning(

@@ -2,9 +2,11 @@
 
 An ejection is for a backoff that grows to a minute; a replica restarted meanwhile (stopped and
 started again on its port) should take the waiting requests as soon as it accepts connections,
-not when its backoff ends. So while any request waits and every replica is out, each is
-connected to every `KNOCK_SECONDS`; one that accepts is back in rotation (`Pool.revived`), and
-the waiting requests are woken (as they are when a backoff runs out).
+not when its backoff ends. So while any request waits and every replica is out, each that
+was out for refusing connections is connected to every `KNOCK_SECONDS`; one that accepts is
+back in rotation (`Pool.revived`), and the waiting requests are woken (as they are when a
+backoff runs out). One that accepted and reset is not knocked on: accepting proves nothing of
+it, and it waits out its backoff.
 """
 
 from __future__ import annotations
@@ -46,12 +48,12 @@ class Reviver:
         """Until cancelled."""
         while True:
             await self.held.demand()  # at once while a request waits
-            out = self.pool.out_of_rotation()
+            out = [s for s in self.pool.out_of_rotation() if s.refused]
             if out:
                 answers = await asyncio.gather(*(accepts(s.replica.url) for s in out))
                 for slot, ok in zip(out, answers, strict=True):
                     if ok:
                         self.pool.revived(slot)
-            elif self.pool.slots:
+            if self.pool.slots and not self.pool.out_of_rotation():
                 self.pool.wake()  # a backoff ran out meanwhile: the waiting requests try it
             await asyncio.sleep(self.period)
