@@ -238,10 +238,14 @@ def main() -> None:
             report(SETTINGS[key], found[key])
     if "skyserve" in found and "skyserve10" in found:
         fast, slow = found["skyserve"], found["skyserve10"]
+
+        def decided_to_rotation(f: dict[str, float]) -> float:
+            return f["launch"] + f["probe"] + f["push"]  # not the round wait: its phase is chance
+
         print(
             "\nSTARTING probed every 1 s vs every 10 s: probe wait "
-            f"x{fast['probe'] / slow['probe']:.2f}"
-            f", load start -> in rotation x{fast['to_rotation'] / slow['to_rotation']:.2f}"
+            f"x{fast['probe'] / slow['probe']:.2f}, decision -> in rotation "
+            f"x{decided_to_rotation(fast) / decided_to_rotation(slow):.2f}"
         )
 
 
