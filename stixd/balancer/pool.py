@@ -3,8 +3,9 @@
 One event loop owns a `Pool`, so nothing here locks. A replica that refuses a connection or
 resets one is suspect at once: out of rotation for a backoff that doubles while it keeps failing
 (and is forgotten on its first success); its recent failures also weigh on its load, so once
-back it is not the least loaded of replicas that work. When every replica is out, requests
-wait (`out_of_rotation`) until one is `revived` or the set changes, as at zero replicas.
+back it is not the least loaded of replicas that work. When every replica is out, one of them
+for refusing connections, requests wait (`worth_waiting`) until one is `revived`, a backoff
+ends or the set changes, as they do at zero replicas.
 """
 
 from __future__ import annotations
@@ -80,11 +81,17 @@ class Pool:
             self._changed = None
 
     def out_of_rotation(self) -> list[Slot]:
-        """Every slot, if every one is out for its backoff (else none): requests wait then."""
+        """Every slot, if every one is out for its backoff (else none)."""
         now = self.clock()
         if all(s.suspect_until > now for s in self.slots):
             return list(self.slots)
         return []
+
+    def worth_waiting(self) -> bool:
+        """Every replica is out, and one of them for refusing connections (stopped, perhaps
+        restarting): a request waits for it rather than fail. Replicas that all accepted and
+        reset are tried again instead (the daemon's probes take them out of the set)."""
+        return any(s.refused for s in self.out_of_rotation())
 
     def revived(self, slot: Slot) -> None:
         """An ejected replica that had refused connections accepts them again: back in
@@ -95,15 +102,15 @@ class Pool:
 
     def choose(self, tried: Sequence[Slot] = ()) -> Slot | None:
         """The slot for the next try of a request (None: every replica was tried, none is
-        ready, or every one is out). A request that failed elsewhere may try a suspect when
-        nothing else is left, earliest back first; a fresh one waits instead."""
+        ready, or it is `worth_waiting`). Suspects are chosen only when nothing else is left,
+        earliest back first."""
         now = self.clock()
         fresh = [s for s in self.slots if s not in tried] if tried else self.slots
         if not fresh:
             return None
         healthy = [s for s in fresh if s.suspect_until <= now]
         if not healthy:
-            return min(fresh, key=lambda s: s.suspect_until) if tried else None
+            return None if self.worth_waiting() else min(fresh, key=lambda s: s.suspect_until)
         self._turn = (self._turn + 1) % (1 << 30)
         start = self._turn % len(healthy)
         if self.policy == "round_robin":

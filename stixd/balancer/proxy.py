@@ -5,8 +5,9 @@ goes at once to another one, as long as nothing of the answer has reached the cl
 does one that stays silent past the stream timeout before its answer's head (not ejected: it may
 only be slow). A request body is streamed to the replica; its first `REPLAY_LIMIT` bytes are
 kept so that a retry can send it again (a longer body that has started to flow cannot be
-retried). When no replica is ready, or every one is ejected, requests wait in one bounded queue
-for one to be (`_hold`); a WebSocket upgrade is routed the same way (`stixd.balancer.sockets`).
+retried). When no replica is ready, or every one is ejected and one of them for refusing
+connections, requests wait in one bounded queue for one to take them (`_hold`); a WebSocket
+upgrade is routed the same way (`stixd.balancer.sockets`).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class Proxy:
         while True:
             slot = self.pool.choose(tried)
             if slot is None:
-                if tried and self.pool.slots and not self.pool.out_of_rotation():
+                if self.pool.slots and not self.pool.worth_waiting():
                     if silent:
                         return one_line(
                             504, f"no replica answered within the stream timeout ({silent} tried)"
