@@ -79,6 +79,7 @@ async def bed(tmp_path: Path) -> AsyncIterator[Bed]:
                 proc.kill()
             await asyncio.wait_for(proc.wait(), 5)
         kill_everything_under(tmp_path)
+        b.fleet.layout("svc").control.unlink(missing_ok=True)  # under /tmp when tmp_path is long
 
 
 async def _ws_echo_both_ways(ws: aiohttp.ClientWebSocketResponse, name: str) -> None:
