@@ -131,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         help="how long a client may take to send a request's head, or stay idle between two",
     )
     args = parser.parse_args(argv)
-    for value in (args.hold_seconds, args.connect_timeout, args.head_seconds):
+    for value in (args.hold_seconds, args.connect_timeout):
         if not 0 <= value <= 86400:
-            parser.error("--hold-seconds, --connect-timeout and --head-seconds are 0 .. 86400")
+            parser.error("--hold-seconds and --connect-timeout are 0 .. 86400")
+    if not 0 < args.head_seconds <= 86400:  # 0 would turn the limit off
+        parser.error("--head-seconds is in (0, 86400]")
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
