@@ -193,6 +193,25 @@ async def kill_under_load(
     return summary(before), summary(after), ejected
 
 
+async def restart_under_load(
+    url: str, victim: subprocess.Popen[bytes], port: int, seconds: float
+) -> tuple[dict[str, float], float, float, subprocess.Popen[bytes]]:
+    """Constant load at 16 clients on ``url`` while every replica is down: ``victim`` (the
+    last one up) is killed a quarter of the way in and started again on ``port`` 0.5 s later.
+    (the load's figures, seconds it was down, the longest request, the new process)."""
+    load = Load(url, 16, seconds=seconds, warm=50)
+    await asyncio.sleep(seconds / 4)
+    killed = time.time()
+    victim.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(victim.wait, 5)
+    await asyncio.sleep(0.5)
+    again = start([sys.executable, "-c", REPLICA, str(port)])
+    await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/", 15)
+    down = time.time() - killed
+    rows = await asyncio.to_thread(load.result)
+    return summary(rows), down, max(r[1] for r in rows), again
+
+
 async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--skypilot-python", help="a Python with skypilot (else installs one)")
@@ -278,6 +297,19 @@ async def main() -> None:
                 "  SkyPilot: the replica stays in rotation until its controller drops it "
                 "(up to 10 s of probing + 20 s of sync)"
             )
+        print(
+            "every replica down (the other one killed above), the last one killed and started "
+            f"again on its port under load at 16 clients, {args.kill_seconds:g} s:"
+        )
+        restart, down, longest, again = await restart_under_load(
+            lb.endpoint + "/", replicas[0], ports[0], args.kill_seconds
+        )
+        procs.append(again)
+        show("stix, replica restarted", restart)
+        print(
+            f"  stix: down {down:.2f} s, longest request {longest:.2f} s "
+            "(requests wait for it, none is refused)"
+        )
         print("ratios:")
         for conc in (16, 64):
             stix, direct = figures["stix balancer", conc], figures["direct (one replica)", conc]
@@ -295,7 +327,9 @@ async def main() -> None:
         print(
             f"  after a replica kill: stix errors {after['errors']:.0f} (goal 0), p99 after / "
             f"before {after['p99'] / before['p99']:.2f} (goal <= 2); errors while the daemon's "
-            f"side was killed and started again {restarts['errors']:.0f} (goal 0)"
+            f"side was killed and started again {restarts['errors']:.0f} (goal 0); errors while "
+            f"every replica was down {restart['errors']:.0f} (goal 0), longest request / time "
+            f"down {longest / down:.2f}"
             + (
                 f"; SkyPilot errors {sky_after['errors']:.0f}, p99 after / stix p99 after "
                 f"{sky_after['p99'] / after['p99']:.0f}x"

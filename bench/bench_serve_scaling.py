@@ -9,12 +9,15 @@ splits the reaction into its parts:
   window, so a step is seen only as it fills it; the target here is crossed after about 1 s);
 - round: from then until the decision round that launches the replica (the decision period);
 - launch: decided -> STARTING (its cluster is up and its command submitted);
-- probe: STARTING -> READY (its server starts, and the next readiness probe passes);
+- probe: STARTING -> READY (its server starts, and the next readiness probe passes; a STARTING
+  replica is probed every `serve_starting_probe_seconds`, 1 s, until its first pass);
 - push: READY -> its first answer through the endpoint (the ready set pushed to the balancer).
 
-Two settings, in one run: SkyServe's periods (a decision every 20 s over a 60 s window, a probe
-every 10 s) and the short ones the tests use (0.5 s, 4 s, 0.3 s). `--only skyserve|short`.
-Figures are printed as seconds and as shares of the reaction; nothing asserts on time.
+Three settings, in one run: SkyServe's periods (a decision every 20 s over a 60 s window, a
+probe every 10 s) with stix's 1 s probes of a STARTING replica, the same with a STARTING replica
+probed every 10 s as SkyServe does (`skyserve10`), and the short ones the tests use (0.5 s, 4 s,
+0.3 s). `--only NAME`. Figures are printed as seconds and as shares of the reaction, and the
+probe wait of the first two as a ratio; nothing asserts on time.
 """
 
 from __future__ import annotations
@@ -59,11 +62,18 @@ class Setting:
     decision_seconds: float
     window_seconds: float
     probe_seconds: float
+    starting_probe_seconds: float
 
 
 SETTINGS = {
-    "skyserve": Setting("SkyServe's periods (20 s rounds, 60 s window, 10 s probes)", 20, 60, 10),
-    "short": Setting("short periods (0.5 s rounds, 4 s window, 0.3 s probes)", 0.5, 4, 0.3),
+    "skyserve": Setting(
+        "SkyServe's periods (20 s rounds, 60 s window, 10 s probes), STARTING probed every 1 s",
+        *(20, 60, 10, 1),
+    ),
+    "skyserve10": Setting(
+        "SkyServe's periods, STARTING probed every 10 s too (as SkyServe does)", 20, 60, 10, 10
+    ),
+    "short": Setting("short periods (0.5 s rounds, 4 s window, 0.3 s probes)", 0.5, 4, 0.3, 0.3),
 }
 
 
@@ -141,6 +151,7 @@ def scenario(setting: Setting, workdir: Path) -> dict[str, float]:
     with stix_home() as home:
         home.env.pop("STIX_TEST_BALANCERS", None)
         home.env["STIX__DAEMON__SERVE_PROBE_SECONDS"] = str(setting.probe_seconds)
+        home.env["STIX__DAEMON__SERVE_STARTING_PROBE_SECONDS"] = str(setting.starting_probe_seconds)
         home.env["STIX__DAEMON__SERVE_DECISION_SECONDS"] = str(setting.decision_seconds)
         home.env["STIX__DAEMON__SERVE_QPS_WINDOW_SECONDS"] = str(setting.window_seconds)
         home.env["STIX__DAEMON__SERVE_ROUND_SECONDS"] = str(min(5.0, setting.decision_seconds))
@@ -209,6 +220,9 @@ def report(setting: Setting, f: dict[str, float]) -> None:
     for part in ("window", "round", "launch", "probe", "push"):
         print(f"    {part:7s} {f[part]:6.2f} s  ({f[part] / total:5.1%} of it)")
     print(f"  round wait / decision period: {f['round'] / setting.decision_seconds:.2f}")
+    print(
+        f"  probe wait / starting-probe period: {f['probe'] / setting.starting_probe_seconds:.2f}"
+    )
     print(f"  requests through the endpoint: {f['requests']:.0f}, non-200: {f['failed']:.0f}")
 
 
@@ -216,10 +230,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(SETTINGS))
     args = parser.parse_args()
-    chosen = [args.only] if args.only else ["short", "skyserve"]
+    chosen = [args.only] if args.only else ["short", "skyserve", "skyserve10"]
+    found: dict[str, dict[str, float]] = {}
     for key in chosen:
         with tempfile.TemporaryDirectory(prefix="stxbs") as tmp:
-            report(SETTINGS[key], scenario(SETTINGS[key], Path(tmp)))
+            found[key] = scenario(SETTINGS[key], Path(tmp))
+            report(SETTINGS[key], found[key])
+    if "skyserve" in found and "skyserve10" in found:
+        fast, slow = found["skyserve"], found["skyserve10"]
+
+        def decided_to_rotation(f: dict[str, float]) -> float:
+            return f["launch"] + f["probe"] + f["push"]  # not the round wait: its phase is chance
+
+        print(
+            "\nSTARTING probed every 1 s vs every 10 s: probe wait "
+            f"x{fast['probe'] / slow['probe']:.2f}, decision -> in rotation "
+            f"x{decided_to_rotation(fast) / decided_to_rotation(slow):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -71,6 +71,9 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     retry_until_up_max_seconds: PositiveFloat = 150.0
     serve_probe_seconds: PositiveFloat = 10.0
     """How often a replica's readiness is probed (SkyServe's 10 s)."""
+    serve_starting_probe_seconds: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0
+    """How often a STARTING replica is probed until its first pass (so a server that has come
+    up enters rotation within about this long, not a whole probe period later)."""
     serve_round_seconds: PositiveFloat = 5.0
     """How often a service takes its balancer's traffic when nothing wakes it sooner."""
     serve_decision_seconds: PositiveFloat = 20.0

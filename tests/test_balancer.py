@@ -97,8 +97,10 @@ class Bed:
     fleet: Fleet
     procs: dict[int, asyncio.subprocess.Process] = field(default_factory=dict)
 
-    async def replica(self, replica_id: int, source: str = REPLICA) -> ReadyReplica:
-        port = free_port()
+    async def replica(
+        self, replica_id: int, source: str = REPLICA, port: int | None = None
+    ) -> ReadyReplica:
+        port = port or free_port()
         self.procs[replica_id] = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-c", source, str(port), f"r{replica_id}", str(self.root)),

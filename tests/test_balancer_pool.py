@@ -54,11 +54,31 @@ def test_a_failed_replica_is_out_for_a_growing_backoff_and_back_on_success() -> 
     assert p.failed(dead) == FIRST_BACKOFF
 
 
-def test_when_every_replica_is_out_the_one_back_soonest_is_tried_and_none_twice() -> None:
+def test_when_every_replica_is_out_new_requests_wait_until_one_is_revived() -> None:
+    p = pool()
+    p.failed(p.slots[1])  # reset a connection
+    p.clock.now += 0.5  # type: ignore[attr-defined]
+    assert p.out_of_rotation() == []  # one is still in
+    p.failed(p.slots[0], refused=True)
+    assert p.out_of_rotation() == p.slots and p.worth_waiting()
+    assert p.choose() is None  # a request waits
+    woken = p.changed()
+    p.revived(p.slots[1])  # accepting says nothing of one that reset: it waits its backoff out
+    assert not woken.is_set() and p.out_of_rotation() == p.slots
+    p.revived(p.slots[0])
+    assert woken.is_set() and p.out_of_rotation() == []
+    assert p.choose() is p.slots[0]
+    assert p.failed(p.slots[0], refused=True) == 2 * FIRST_BACKOFF  # revived, not forgiven
+
+
+def test_when_every_replica_is_out_for_resets_the_one_back_soonest_is_tried_and_none_twice() -> (
+    None
+):
     p = pool()
     p.failed(p.slots[1])
     p.clock.now += 0.5  # type: ignore[attr-defined]
     p.failed(p.slots[0])
+    assert not p.worth_waiting()  # accepting and resetting: nothing to wait for
     assert p.choose() is p.slots[1]
     assert p.choose([p.slots[1]]) is p.slots[0]
     assert p.choose(p.slots) is None

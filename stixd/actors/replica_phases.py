@@ -28,9 +28,10 @@ from stixd.actors.specs import (
     spec_or_none,
     state_of,
 )
+from stixd.config import DaemonConfig
 from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, StixError
-from stixproto.states import ClusterStatus, JobStatus
+from stixproto.states import ClusterStatus, JobStatus, ReplicaStatus
 from stixproto.task import Task
 from stixproto.task.model import Resources
 from stixproto.task.resources import port_ranges
@@ -240,13 +241,24 @@ async def _watch_cluster(replica: ReplicaActor, uid: str) -> None:
     replica.tell(Lost(why))
 
 
+def probe_period(state: ReplicaStatus, config: DaemonConfig) -> float:
+    """Seconds to the next probe: short while the replica is STARTING (its server may come up
+    any moment, and only a passed probe puts it in rotation), the probe period after. A failed
+    probe within the initial delay costs nothing, so probing early is free (SkyServe probes a
+    starting replica from the first round too, every 10 s)."""
+    if state is ReplicaStatus.STARTING:
+        return min(config.serve_starting_probe_seconds, config.serve_probe_seconds)
+    return config.serve_probe_seconds
+
+
 async def _probe_loop(replica: ReplicaActor, url: str, probe: Probe) -> None:
-    interval = replica.app.config.daemon.serve_probe_seconds
+    config = replica.app.config.daemon
     async with aiohttp.ClientSession() as session:
         while True:
             ok, detail = await probe_once(session, url, probe)
             replica.tell(Probed(ok, detail))
-            with anyio.move_on_after(interval):
+            period = config.serve_probe_seconds if ok else probe_period(replica.state, config)
+            with anyio.move_on_after(period):
                 await replica.probe_wanted.wait()
             replica.probe_wanted = anyio.Event()
 

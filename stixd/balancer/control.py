@@ -1,7 +1,10 @@
 """The balancer's side of the control socket: one task per daemon connection.
 
 A connection whose frame is oversized, malformed or of another version gets one `Failed` and
-is closed; the balancer and its other connections go on.
+is closed; the balancer and its other connections go on. A connection must send its first frame
+within `FIRST_FRAME_SECONDS` of connecting (the daemon speaks at once) and the rest of any frame
+within `FRAME_SECONDS` of its header; between frames one that has spoken may stay idle (the
+daemon keeps its link open between rounds).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from dataclasses import dataclass, field
 
 from stixd.balancer import wire
 from stixd.balancer.pool import Arrivals, Pool
+
+FIRST_FRAME_SECONDS = 5.0
+FRAME_SECONDS = 10.0
 
 
 @dataclass
@@ -62,14 +68,19 @@ class Control:
             os.umask(old)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = True
         try:
             while True:
                 try:
-                    header = await reader.readexactly(wire.HEADER.size)
+                    async with asyncio.timeout(FIRST_FRAME_SECONDS if first else None):
+                        header = await reader.readexactly(wire.HEADER.size)
                 except asyncio.IncompleteReadError:
                     return
+                first = False
                 try:
-                    request = wire.decode(await reader.readexactly(wire.frame_length(header)))
+                    async with asyncio.timeout(FRAME_SECONDS):
+                        payload = await reader.readexactly(wire.frame_length(header))
+                    request = wire.decode(payload)
                     if not isinstance(request, wire.Request):
                         raise wire.ProtocolBroken("an answer sent as a request")
                 except wire.ProtocolBroken as exc:
@@ -87,8 +98,8 @@ class Control:
                 if isinstance(request, wire.Stop):
                     self.stop.set()
                     return
-        except (OSError, asyncio.IncompleteReadError):
-            return  # the daemon went away mid-frame: its next connection starts afresh
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            return  # gone or stalled mid-frame: a daemon's next connection starts afresh
         finally:
             writer.close()
 

@@ -56,12 +56,15 @@ class Fleet:
         host: str = "127.0.0.1",
         python: str = sys.executable,
         hold_seconds: float = 300.0,
+        head_seconds: float | None = None,
     ) -> None:
         self.root = root.resolve()  # the balancer finds its socket from the same path
         self.log = log or structlog.wrap_logger(structlog.ReturnLogger())  # silent by default
         self.host = host
         self._python = python
         self._hold_seconds = hold_seconds
+        self._head_seconds = head_seconds
+        """A client's time for a request head (None: the balancer's default)."""
         self._balancers: dict[str, RemoteBalancer] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
@@ -178,6 +181,8 @@ class Fleet:
             "--hold-seconds",
             str(self._hold_seconds),
         ]
+        if self._head_seconds is not None:
+            command += ["--head-seconds", str(self._head_seconds)]
         spawned = await anyio.run_process(
             [sys.executable, "-c", _SPAWN, str(layout.log), *command], check=True
         )

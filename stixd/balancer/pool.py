@@ -3,7 +3,9 @@
 One event loop owns a `Pool`, so nothing here locks. A replica that refuses a connection or
 resets one is suspect at once: out of rotation for a backoff that doubles while it keeps failing
 (and is forgotten on its first success); its recent failures also weigh on its load, so once
-back it is not the least loaded of replicas that work.
+back it is not the least loaded of replicas that work. When every replica is out, one of them
+for refusing connections, requests wait (`worth_waiting`) until one is `revived`, a backoff
+ends or the set changes, as they do at zero replicas.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Slot:
     last_failure: float = -1e18
     suspect_until: float = 0.0
     backoff: float = FIRST_BACKOFF
+    refused: bool = False
+    """Its last failure was a connection it did not accept (not one it reset): accepting
+    connections again is a sign it is back (`stixd.balancer.revive`)."""
 
     def load(self, now: float) -> float:
         recent = self.failures if now - self.last_failure < FAILURE_MEMORY else 0
@@ -61,26 +66,51 @@ class Pool:
                 slot.replica = replica
             slots.append(slot)
         self.slots = slots
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        self.wake()
 
     def changed(self) -> asyncio.Event:
-        """Set at the next `set_ready`."""
+        """Set at the next `set_ready` or `revived`."""
         if self._changed is None:
             self._changed = asyncio.Event()
         return self._changed
 
+    def wake(self) -> None:
+        """Wake the requests waiting on `changed`."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def out_of_rotation(self) -> list[Slot]:
+        """Every slot, if every one is out for its backoff (else none)."""
+        now = self.clock()
+        if all(s.suspect_until > now for s in self.slots):
+            return list(self.slots)
+        return []
+
+    def worth_waiting(self) -> bool:
+        """Every replica is out, and one of them for refusing connections (stopped, perhaps
+        restarting): a request waits for it rather than fail. Replicas that all accepted and
+        reset are tried again instead (the daemon's probes take them out of the set)."""
+        return any(s.refused for s in self.out_of_rotation())
+
+    def revived(self, slot: Slot) -> None:
+        """An ejected replica that had refused connections accepts them again: back in
+        rotation now (its backoff stays, so failing again keeps it out longer)."""
+        if slot in self.slots and slot.refused and slot.suspect_until > self.clock():
+            slot.suspect_until = 0.0
+            self.wake()
+
     def choose(self, tried: Sequence[Slot] = ()) -> Slot | None:
-        """The slot for the next try of a request (None: every replica was tried, or none is
-        ready). Suspects are chosen only when nothing else is left, earliest back first."""
+        """The slot for the next try of a request (None: every replica was tried, none is
+        ready, or it is `worth_waiting`). Suspects are chosen only when nothing else is left,
+        earliest back first."""
         now = self.clock()
         fresh = [s for s in self.slots if s not in tried] if tried else self.slots
         if not fresh:
             return None
         healthy = [s for s in fresh if s.suspect_until <= now]
         if not healthy:
-            return min(fresh, key=lambda s: s.suspect_until)
+            return None if self.worth_waiting() else min(fresh, key=lambda s: s.suspect_until)
         self._turn = (self._turn + 1) % (1 << 30)
         start = self._turn % len(healthy)
         if self.policy == "round_robin":
@@ -88,12 +118,13 @@ class Pool:
         turned = healthy[start:] + healthy[:start]  # ties go round, not always to the first
         return min(turned, key=lambda s: s.load(now))
 
-    def failed(self, slot: Slot) -> float | None:
-        """The replica refused or reset a connection: out of rotation now. The seconds it is
-        out for, if this failure ejected it (None: it was out already)."""
+    def failed(self, slot: Slot, refused: bool = False) -> float | None:
+        """The replica refused (``refused``) or reset a connection: out of rotation now. The
+        seconds it is out for, if this failure ejected it (None: it was out already)."""
         now = self.clock()
         slot.failures += 1
         slot.last_failure = now
+        slot.refused = refused
         if slot.suspect_until > now:
             return None
         out_for = slot.backoff

@@ -1,9 +1,13 @@
 """Forwarding one request: choose a replica, stream the body there and the answer back.
 
 A replica that refuses the connection or resets it is ejected (`Pool.failed`) and the request
-goes at once to another one, as long as nothing of the answer has reached the client yet. A
-request body is streamed to the replica; its first `REPLAY_LIMIT` bytes are kept so that a retry
-can send it again (a longer body that has started to flow cannot be retried).
+goes at once to another one, as long as nothing of the answer has reached the client yet; so
+does one that stays silent past the stream timeout before its answer's head (not ejected: it may
+only be slow). A request body is streamed to the replica; its first `REPLAY_LIMIT` bytes are
+kept so that a retry can send it again (a longer body that has started to flow cannot be
+retried). When no replica is ready, or every one is ejected and one of them for refusing
+connections, requests wait in one bounded queue for one to take them (`_hold`); a WebSocket
+upgrade is routed the same way (`stixd.balancer.sockets`).
 """
 
 from __future__ import annotations
@@ -12,39 +16,32 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict
 
 from stixd.balancer.control import Held
-from stixd.balancer.pool import Arrivals, Pool, Slot
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
+from stixd.balancer.hop import (
+    EJECTING,
+    RETRYING,
+    Miss,
+    downstream_headers,
+    one_line,
+    upstream_headers,
 )
+from stixd.balancer.pool import Arrivals, Pool, Slot
+from stixd.balancer.sockets import Sockets, wants_websocket
+
 REPLAY_LIMIT = 1024 * 1024
 SMALL_ANSWER = 64 * 1024
 """An answer of known length up to this is read whole and sent in one write (cheaper than a
 stream, and no slower: it is complete before its first byte could have gone)."""
-EJECTING = (aiohttp.ClientConnectorError, aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError)
-"""Connection refused, unreachable, reset, or no connection within the connect timeout."""
-RETRYING = (*EJECTING, aiohttp.ServerDisconnectedError)
-"""A pooled connection the replica closed just as it was reused is a race, not a dead replica:
-retried elsewhere without an ejection (a dead one refuses the next connection anyway)."""
+DEFAULT_STREAM_TIMEOUT = 120.0
+"""SkyServe's: the longest a replica may stay silent, before its answer's head or within it,
+where the service sets no `load_balancer.stream_timeout_seconds`."""
 
 
 class ReplayBody:
@@ -68,36 +65,7 @@ class ReplayBody:
             yield chunk
 
 
-def _hop_by_hop(headers: MultiMapping[str]) -> frozenset[str]:
-    """The standard hop-by-hop headers and those the Connection header names."""
-    named = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
-    return HOP_BY_HOP | named
-
-
-def upstream_headers(request: web.BaseRequest) -> CIMultiDict[str]:
-    """The client's headers less hop-by-hop ones and Host (the replica's is set by the client
-    session), with X-Forwarded-For/-Proto/-Host added."""
-    drop = _hop_by_hop(request.headers) | {"host", "expect"}
-    out = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
-    peer = request.remote or ""
-    before = request.headers.get("X-Forwarded-For")
-    out["X-Forwarded-For"] = f"{before}, {peer}" if before else peer
-    out["X-Forwarded-Proto"] = request.scheme
-    if request.host:
-        out["X-Forwarded-Host"] = request.host
-    return out
-
-
-def downstream_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    drop = _hop_by_hop(upstream.headers) | {"content-length"}
-    return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
-
-
 log = logging.getLogger("stixd.balancer")
-
-
-def one_line(status: int, text: str) -> web.Response:
-    return web.Response(status=status, text=text + "\n")
 
 
 @dataclass
@@ -112,9 +80,11 @@ class Proxy:
     hold_seconds: float = 300.0
 
     def __post_init__(self) -> None:
+        stream_timeout = self.stream_timeout or DEFAULT_STREAM_TIMEOUT
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout, sock_read=self.stream_timeout
+            total=None, sock_connect=self.connect_timeout, sock_read=stream_timeout
         )
+        self.sockets = Sockets(self.pool, self.session, self._eject, stream_timeout)
 
     def _authorized(self, request: web.BaseRequest) -> bool:
         given = request.headers.get("Authorization", "")
@@ -133,34 +103,53 @@ class Proxy:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         self.arrivals.add(time.time())  # after auth: requests without a key scale nothing up
+        if wants_websocket(request):
+            return await self._route(lambda slot: self.sockets.attempt(request, slot), None)
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (
             1,
             1,
         ):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body may come
         body = ReplayBody(request.content) if request.body_exists else None
+        return await self._route(lambda slot: self._try(request, slot, body), body)
+
+    async def _route(
+        self,
+        attempt: Callable[[Slot], Awaitable[web.StreamResponse | Miss]],
+        body: ReplayBody | None,
+    ) -> web.StreamResponse:
+        """Try replicas until one answers; wait while none is ready or every one is out."""
         tried: list[Slot] = []
+        silent = 0
         deadline = time.monotonic() + self.hold_seconds
         while True:
             slot = self.pool.choose(tried)
             if slot is None:
-                if tried:
+                if self.pool.slots and not self.pool.worth_waiting():
+                    if silent:
+                        return one_line(
+                            504, f"no replica answered within the stream timeout ({silent} tried)"
+                        )
                     return one_line(502, f"no replica answered ({len(tried)} tried)")
                 refused = await self._hold(deadline)
                 if refused is not None:
                     return refused
+                tried = []  # a replica back, or a new set: each may be tried again
                 continue
             tried.append(slot)
-            answer = await self._try(request, slot, body)
-            if answer is not None:
+            answer = await attempt(slot)
+            if not isinstance(answer, Miss):
                 return answer
+            silent += answer is Miss.SILENT
             if body is not None and not body.replayable:
                 return one_line(502, "the replica failed after the request body was sent")
 
     async def _hold(self, deadline: float) -> web.Response | None:
-        """Wait for a ready set (None: one came); a 503 when the queue is full or time is up."""
+        """Wait for a replica to take requests (None: a set came, or an ejected replica is
+        back); a 503 when the queue is full or time is up."""
+        why = "every replica is failing" if self.pool.slots else "no ready replica"
         if not self.held.enter():
-            return one_line(503, f"no ready replica and {self.held.limit} requests already wait")
+            return one_line(503, f"{why} and {self.held.limit} requests already wait")
         try:
             left = deadline - time.monotonic()
             if left > 0:
@@ -169,14 +158,14 @@ class Proxy:
                     return None
                 except TimeoutError:
                     pass
-            return one_line(503, "no replica became ready in time; retry later")
+            return one_line(503, f"{why} and none came back in time; retry later")
         finally:
             self.held.leave()
 
     async def _try(
         self, request: web.BaseRequest, slot: Slot, body: ReplayBody | None
-    ) -> web.StreamResponse | None:
-        """The answer from ``slot``'s replica (None: it failed before any of it was sent)."""
+    ) -> web.StreamResponse | Miss:
+        """The answer from ``slot``'s replica, or how it missed before any of it was sent."""
         url = slot.replica.url.rstrip("/") + request.rel_url.raw_path_qs
         slot.in_flight += 1
         try:
@@ -202,19 +191,24 @@ class Proxy:
         except RETRYING as exc:
             if isinstance(exc, EJECTING):
                 self._eject(slot, exc)
-            return None
+            return Miss.FAILED
         except aiohttp.SocketTimeoutError:
-            return one_line(504, "the replica did not answer within stream_timeout_seconds")
+            log.warning(
+                "replica %d (%s) was silent past the stream timeout",
+                slot.replica.replica_id,
+                slot.replica.url,
+            )
+            return Miss.SILENT
         except aiohttp.ClientPayloadError as exc:
             self._eject(slot, exc)
-            return None
+            return Miss.FAILED
         except aiohttp.ClientError as exc:  # an answer that is not HTTP: the replica's fault
             return one_line(502, f"the replica's answer was unreadable: {str(exc)[:100]}")
         finally:
             slot.in_flight -= 1
 
     def _eject(self, slot: Slot, exc: BaseException) -> None:
-        out_for = self.pool.failed(slot)
+        out_for = self.pool.failed(slot, refused=isinstance(exc, aiohttp.ClientConnectorError))
         if out_for is not None:
             replica = slot.replica
             log.warning(

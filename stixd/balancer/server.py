@@ -21,13 +21,18 @@ from aiohttp import web
 
 from stixd.balancer.control import Control, Held
 from stixd.balancer.layout import Layout, decode_spec, digest, write_private
+from stixd.balancer.limits import Server
 from stixd.balancer.pool import Arrivals, Pool
 from stixd.balancer.proxy import Proxy
+from stixd.balancer.revive import Reviver
 from stixd.serve.seams import BalancerSpec
 
 KEEPALIVE_SECONDS = 4.0
 """Idle pooled connections to replicas are dropped before uvicorn's 5 s keep-alive ends them,
 so a reused connection is rarely one the replica is closing."""
+HEAD_SECONDS = 30.0
+"""A client that has not sent a whole request head this long after connecting (or after its
+last answer) is dropped: a slow or idle client holds no connection for long."""
 
 
 def tls_context(spec: BalancerSpec) -> ssl.SSLContext | None:
@@ -47,7 +52,9 @@ def _private_dir(path: Path) -> None:
         raise OSError(f"{path} is not this user's alone; remove it or make it 0700")
 
 
-async def run(layout: Layout, host: str, hold_seconds: float, connect_timeout: float) -> None:
+async def run(
+    layout: Layout, host: str, hold_seconds: float, connect_timeout: float, head_seconds: float
+) -> None:
     spec = decode_spec(layout.spec.read_bytes())
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -71,7 +78,8 @@ async def run(layout: Layout, host: str, hold_seconds: float, connect_timeout: f
             hold_seconds=hold_seconds,
         )
         # The low-level server: every path goes to the proxy, no router or middleware between.
-        runner = web.ServerRunner(web.Server(proxy.handle, access_log=None), handle_signals=False)
+        http = Server(proxy.handle, head_seconds, access_log=None)
+        runner = web.ServerRunner(http, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(
             runner,
@@ -89,9 +97,12 @@ async def run(layout: Layout, host: str, hold_seconds: float, connect_timeout: f
         server = await control.serve(str(layout.control))
         write_private(layout.pid, f"{os.getpid()}\n".encode())
         print(f"balancer {os.getpid()} serving {host}:{spec.port} ({spec.policy})", flush=True)
+        reviver = asyncio.create_task(Reviver(pool, held).run())
         try:
             await stop.wait()
         finally:
+            reviver.cancel()
+            proxy.sockets.stop_all()  # a WebSocket would hold the shutdown for its whole life
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 if layout.pid.read_text().strip() == str(os.getpid()):
@@ -113,17 +124,31 @@ def main(argv: list[str] | None = None) -> int:
         help="how long a request waits for a ready replica before a 503",
     )
     parser.add_argument("--connect-timeout", type=float, default=5.0)
+    parser.add_argument(
+        "--head-seconds",
+        type=float,
+        default=HEAD_SECONDS,
+        help="how long a client may take to send a request's head, or stay idle between two",
+    )
     args = parser.parse_args(argv)
     for value in (args.hold_seconds, args.connect_timeout):
         if not 0 <= value <= 86400:
             parser.error("--hold-seconds and --connect-timeout are 0 .. 86400")
+    if not 0 < args.head_seconds <= 86400:  # 0 would turn the limit off
+        parser.error("--head-seconds is in (0, 86400]")
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(
-            run(Layout(args.dir.resolve()), args.host, args.hold_seconds, args.connect_timeout)
+            run(
+                Layout(args.dir.resolve()),
+                args.host,
+                args.hold_seconds,
+                args.connect_timeout,
+                args.head_seconds,
+            )
         )
     except (OSError, ValueError) as exc:
         print(f"balancer cannot start: {exc}", file=sys.stderr, flush=True)

@@ -149,6 +149,8 @@ def decode(payload: bytes) -> Request | Answer:
         frame = _decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise ProtocolBroken(f"bad frame: {str(exc)[:200]}") from None
+    except RecursionError:  # nesting in a field the frame's type skips over
+        raise ProtocolBroken("bad frame: nested too deep") from None
     if frame.v != VERSION:
         raise ProtocolBroken(f"protocol version {frame.v} (this side speaks {VERSION})")
     return frame.body

@@ -1,0 +1,76 @@
+"""What one try of a request at a replica shares between plain HTTP and WebSocket: the headers
+passed on each way, the errors that move a request to another replica, how a try can miss."""
+
+from __future__ import annotations
+
+import enum
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+EJECTING = (aiohttp.ClientConnectorError, aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError)
+"""Connection refused, unreachable, reset, or no connection within the connect timeout."""
+RETRYING = (*EJECTING, aiohttp.ServerDisconnectedError)
+"""A pooled connection the replica closed just as it was reused is a race, not a dead replica:
+retried elsewhere without an ejection (a dead one refuses the next connection anyway)."""
+
+
+class Miss(enum.Enum):
+    """A try that sent nothing to the client, so the request may go to another replica."""
+
+    FAILED = "failed"
+    """Refused, reset or closed: the replica may be ejected."""
+    SILENT = "silent"
+    """No answer within the stream timeout: the replica is up but did not speak."""
+
+
+def _hop_by_hop(headers: MultiMapping[str]) -> frozenset[str]:
+    """The standard hop-by-hop headers and those the Connection header names."""
+    named = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+    return HOP_BY_HOP | named
+
+
+def upstream_headers(
+    request: web.BaseRequest, drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """The client's headers less hop-by-hop ones, Host (the replica's is set by the client
+    session) and ``drop``, with X-Forwarded-For/-Proto/-Host added."""
+    dropped = _hop_by_hop(request.headers) | {"host", "expect"} | drop
+    out = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in dropped)
+    peer = request.remote or ""
+    before = request.headers.get("X-Forwarded-For")
+    out["X-Forwarded-For"] = f"{before}, {peer}" if before else peer
+    out["X-Forwarded-Proto"] = request.scheme
+    if request.host:
+        out["X-Forwarded-Host"] = request.host
+    return out
+
+
+def downstream_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    drop = _hop_by_hop(upstream.headers) | {"content-length"}
+    return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+
+
+def connection_tokens(request: web.BaseRequest) -> set[str]:
+    return {
+        t.strip().lower() for v in request.headers.getall("Connection", ()) for t in v.split(",")
+    }
+
+
+def one_line(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n")
