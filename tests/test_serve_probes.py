@@ -4,14 +4,20 @@ a preempted replica on the fake infra. The balancer is the real one, in front of
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from stixd.actors.replica_phases import probe_once
+from stixproto.task.model import Service
+from stixproto.task.service import effective_probe
 from tests.conftest import Stix, wait_until
 from tests.test_serve import (
     endpoint,
@@ -143,3 +149,52 @@ def test_a_ready_replica_that_keeps_failing_probes_leaves_rotation_then_is_repla
     assert [e["to_state"] for e in history if e["to_state"]][-4:] == [
         "READY", "NOT_READY", "SHUTTING_DOWN", "FAILED_PROBING",
     ]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _replica_answering(raw: bytes) -> AsyncIterator[str]:
+    """A 'replica' answering any request with ``raw`` and then a body that goes on (for 20 s,
+    unless the client leaves); every connection is closed on the way out."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(raw)
+            for _ in range(200):
+                await writer.drain()
+                writer.write(b"x" * 65536)
+                await asyncio.sleep(0.1)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_probe_takes_the_status_of_an_endless_answer_and_fails_a_garbled_one(
+    anyio_backend: str,
+) -> None:
+    probe = effective_probe(Service(readiness_probe="/health"))
+    endless = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n"
+    garbled = b"HTTP/1.1 200 OK\r\nBad Header\x00: \xff\r\n\r\n"
+    async with aiohttp.ClientSession() as session:
+        async with _replica_answering(endless) as url:
+            started = time.monotonic()
+            assert await probe_once(session, url, probe) == (True, "HTTP 200 from GET /health")
+            assert time.monotonic() - started < probe.timeout_seconds  # not the whole body
+        async with _replica_answering(garbled) as url:
+            passed, why = await probe_once(session, url, probe)
+    assert not passed and why.split()[0] in {"ClientResponseError", "ServerDisconnectedError"}, why
