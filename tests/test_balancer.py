@@ -24,6 +24,7 @@ import pytest
 from stixd.balancer import wire
 from stixd.balancer.fleet import Fleet
 from stixd.balancer.link import RemoteBalancer
+from stixd.balancer.server import ORPHAN_CHECK_SECONDS
 from stixd.serve.seams import BalancerSpec, ReadyReplica
 from tests.conftest import kill_everything_under, pid_alive
 
@@ -389,3 +390,13 @@ async def test_balancer_process_is_no_child_of_the_daemon(bed: Bed) -> None:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].split()
     assert int(fields[1]) != os.getpid()  # reparented, not our child
     assert int(fields[3]) == pid  # a session of its own
+
+
+async def test_a_balancer_whose_home_is_deleted_stops_by_itself(bed: Bed) -> None:
+    lb = await bed.balancer()
+    pid = int(lb.layout.pid.read_text())
+    shutil.rmtree(lb.layout.dir)  # a home removed by hand, not through `serve down`
+    deadline = time.monotonic() + ORPHAN_CHECK_SECONDS + 10
+    while pid_alive(pid):
+        assert time.monotonic() < deadline, "the orphaned balancer kept running"
+        await asyncio.sleep(0.1)

@@ -35,6 +35,19 @@ HEAD_SECONDS = 30.0
 last answer) is dropped: a slow or idle client holds no connection for long."""
 
 
+ORPHAN_CHECK_SECONDS = 5.0
+"""How often the balancer looks for its service's directory. Gone (its stix home deleted, not
+through `serve down`), the balancer stops: no daemon will ever look after it again."""
+
+
+async def _stop_when_orphaned(path: Path, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+        if not path.is_dir():
+            print(f"balancer {os.getpid()}: {path} is gone, stopping", flush=True)
+            stop.set()
+
+
 def tls_context(spec: BalancerSpec) -> ssl.SSLContext | None:
     if spec.tls_certfile is None or spec.tls_keyfile is None:
         return None
@@ -98,10 +111,12 @@ async def run(
         write_private(layout.pid, f"{os.getpid()}\n".encode())
         print(f"balancer {os.getpid()} serving {host}:{spec.port} ({spec.policy})", flush=True)
         reviver = asyncio.create_task(Reviver(pool, held).run())
+        orphaned = asyncio.create_task(_stop_when_orphaned(layout.dir, stop))
         try:
             await stop.wait()
         finally:
             reviver.cancel()
+            orphaned.cancel()
             proxy.sockets.stop_all()  # a WebSocket would hold the shutdown for its whole life
             server.close()
             with contextlib.suppress(FileNotFoundError):
