@@ -189,10 +189,11 @@ def test_tls_and_api_keys_at_the_endpoint(stix: Stix, task_file: Callable[[str],
     path = service_yaml(task_file, free_port())
     text = path.read_text().replace(
         "service:\n",
-        f"service:\n  tls: {{keyfile: {key}, certfile: {cert}}}\n  auth: {{api_keys: [k1, k2]}}\n",
+        f"service:\n  tls: {{keyfile: {key}, certfile: {cert}}}\n"
+        "  auth: {api_keys: [k1, $API_KEY]}\n",  # the second one a secret's, given at `up`
     )
-    path.write_text(text)
-    up(stix, path, "api")
+    path.write_text(text + "secrets:\n  API_KEY: null\n")
+    stix.run("serve", "up", "-y", "-n", "api", "--secret", "API_KEY=k2", str(path), check=True)
     wait_until(lambda: ready_ids(stix, "api") == [1], timeout=40)
     url = endpoint(stix, "api") + "/"
     assert url.startswith("https://")
