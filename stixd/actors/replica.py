@@ -24,6 +24,7 @@ from stixd.actors.replica_phases import (
     Probed,
     TornDown,
     Up,
+    Waiting,
     down_cluster,
     launch,
     stored_version,
@@ -128,6 +129,8 @@ class ReplicaActor(Actor):
             await self._advance()
         elif isinstance(message, Up):
             await self._on_up(message)
+        elif isinstance(message, Waiting):
+            await self._on_waiting(message)
         elif isinstance(message, LaunchFailed):
             await self._fail(RE.FAILED_PROVISION, f"its cluster could not launch: {message.why}")
         elif isinstance(message, Probed):
@@ -169,8 +172,15 @@ class ReplicaActor(Actor):
             infra=msg.infra,
             resources=msg.resources,
             started_at=time.time(),
+            failure_reason=None,
         )
         self.run_phase(watch, self)
+
+    async def _on_waiting(self, msg: Waiting) -> None:
+        """Shown in `serve status -v` (its FAILURE column) while the replica waits for
+        capacity; cleared once its cluster is up."""
+        if self.state is R.PROVISIONING:
+            await self.save(failure_reason=f"waiting for capacity: {msg.why}")
 
     async def _on_probe(self, msg: Probed) -> None:
         data = self.data

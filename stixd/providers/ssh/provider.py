@@ -130,6 +130,21 @@ class SshProvider:
                     return host
         raise ProvisionError(f"no ssh pool lists a host {node.ip}")
 
+    def reachable_address(self, cluster: str, node: NodeInfo) -> str:
+        """The host's address as its pool lists it: a service's replica is found there. A host
+        reached through a jump host or a proxy command has none this machine reaches."""
+        try:
+            host = self._host_of(node)
+        except ProvisionError:  # no longer listed: its address as recorded
+            return node.ip
+        if host.jump is not None or host.proxy_command:
+            via = "a jump host" if host.jump is not None else "a proxy command"
+            raise ProvisionError(
+                f"ssh host {host.ip} is reached through {via}: its ports are not reachable "
+                "from this machine, so it cannot serve; list hosts this machine reaches directly"
+            )
+        return host.ip
+
     def shell_command(
         self, node: NodeInfo, command: str | None
     ) -> tuple[list[str], str | None, dict[str, str]]:
