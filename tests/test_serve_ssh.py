@@ -220,3 +220,59 @@ def test_a_host_behind_a_jump_host_cannot_serve_and_says_why(
     assert "reached through a jump host" in replica["failure_reason"], replica
     assert replica["endpoint"] is None  # never probed at the daemon's own 127.0.0.1
     assert "web-1" not in stix.clusters()
+
+
+@pytest.mark.slow  # some 40 s: three probes time out, the teardown waits out the cut host
+def test_a_host_cut_off_under_load_fails_no_request_and_its_replacement_reaps_what_it_left(
+    stix: Stix, bed: SshBed, task_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    quick_retries(serving(stix))
+    pool(stix, bed)
+    port = free_port()
+    up(stix, ssh_service(task_file, tmp_path, port, replicas=2), "web")
+    wait_until(lambda: ready_ids(stix, "web") == [1, 2], timeout=60)
+    where = endpoints(stix, "web")
+    [victim] = [h for h in bed.hosts if where[1] == f"http://{h.ip}:{port}"]
+    orphans = servers_on(victim)
+    with load(endpoint(stix, "web") + "/") as running:
+        wait_until(lambda: {"hello 1", "hello 2"} <= set(running.bodies()), timeout=20)
+        victim.link_down()
+        try:
+            # out of rotation, failed, its cluster torn down as far as an unreachable host
+            # allows (the host is released; its server runs on there, holding the port)
+            wait_until(lambda: replica_states(stix, "web").get(1) == "FAILED_PROBING", 60)
+            wait_until(lambda: replica_states(stix, "web").get(3) == "PROVISIONING", 20)
+            assert all(p in servers_on(victim) for p in orphans)
+            running.more(50)
+        finally:
+            victim.link_up()
+        # the replacement takes the host back, ends what the old cluster left, binds the port
+        wait_until(lambda: ready_ids(stix, "web") == [2, 3], timeout=60)
+        wait_until(lambda: "hello 3" in running.bodies(), timeout=20)
+    assert running.failed == [], running.failed[:5]
+    assert replica_states(stix, "web") == {1: "FAILED_PROBING", 2: "READY", 3: "READY"}
+    assert endpoints(stix, "web")[3] == where[1]
+    assert not any(p in servers_on(victim) for p in orphans)
+    assert not (stix.home / "ssh_leftovers.json").exists() or (
+        (stix.home / "ssh_leftovers.json").read_text().strip() == "{}"
+    )
+    stix.run("serve", "down", "-y", "web", check=True, timeout=60)
+    wait_until(lambda: status(stix, "web") is None, timeout=60)
+    for host in bed.hosts:
+        assert stix_processes(host) == [], host.name
+
+
+def test_serve_down_ends_a_replica_still_waiting_for_a_host(
+    stix: Stix, bed: SshBed, task_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    quick_retries(serving(stix))
+    pool(stix, bed, bed.hosts[:1])  # one host for two replicas
+    up(stix, ssh_service(task_file, tmp_path, free_port(), replicas=2), "web")
+    wait_until(lambda: ready_ids(stix, "web") == [1], timeout=60)
+    wait_until(lambda: "0 of its 1 are free" in str(status(stix, "web")), timeout=20)
+    assert replica_states(stix, "web") == {1: "READY", 2: "PROVISIONING"}
+    stix.run("serve", "down", "-y", "web", check=True, timeout=60)
+    wait_until(lambda: status(stix, "web") is None, timeout=60)
+    assert stix.clusters() == {}
+    assert all(r["cluster"] is None for r in stix.json("ssh", "status"))
+    assert stix_processes(bed.hosts[0]) == []
