@@ -29,6 +29,7 @@ from stixd.actors.replica_phases import (
     launch,
     stored_version,
     tear_down,
+    wake_waiting,
     watch,
 )
 from stixd.actors.service_decisions import on_probe
@@ -234,6 +235,8 @@ class ReplicaActor(Actor):
         if self.state is not R.SHUTTING_DOWN:
             return
         end = self._end
+        if msg.problem is None:
+            await wake_waiting(self)
         if msg.problem is not None and not self.data.purge:
             why = f"its cluster {self.cluster} could not be torn down: {msg.problem}"
             await self.transition(RE.CLEANUP_FAILED, why, failure_reason=why)

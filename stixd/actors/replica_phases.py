@@ -17,8 +17,9 @@ import anyio
 import msgspec
 
 from stixd.actors.asks import ask_cluster
+from stixd.actors.cluster_retry import RetryLaunch
 from stixd.actors.jobs_submit import infra_label, job_row_id
-from stixd.actors.service_rows import SERVICE, ServiceSpec, replica_cluster
+from stixd.actors.service_rows import REPLICA, SERVICE, ReplicaSpec, ServiceSpec, replica_cluster
 from stixd.actors.specs import (
     ClusterData,
     ClusterSpec,
@@ -32,7 +33,7 @@ from stixd.providers.abilities import ReachedElsewhere
 from stixd.providers.base import NodeInfo
 from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, ProvisionError, StixError
-from stixproto.states import ClusterStatus, JobStatus
+from stixproto.states import ClusterStatus, JobStatus, ReplicaStatus
 from stixproto.task import Task
 from stixproto.task.model import Resources
 from stixproto.task.resources import port_ranges
@@ -352,6 +353,24 @@ async def down_cluster(replica: ReplicaActor) -> str | None:
             after = await replica.app.store.get("cluster", replica.cluster)
             return None if after is None or after.terminal else exc.message
     return None
+
+
+async def wake_waiting(replica: ReplicaActor) -> None:
+    """The replica's cluster is down, its hosts (an SSH pool's) free again: the service's
+    replicas whose launch waits for capacity look again now, not at their next retry, which
+    may be minutes away (the one that replaces this replica, most often)."""
+    app = replica.app
+    for row in await app.store.rows(REPLICA, parent=replica.spec.service):
+        spec = spec_or_none(row, ReplicaSpec)
+        if spec is None or row.state != ReplicaStatus.PROVISIONING.value:
+            continue
+        cluster = replica_cluster(spec.service, spec.replica_id)
+        found = await app.store.get("cluster", cluster)
+        data = data_or_none(found, ClusterData) if found is not None else None
+        # only between two rounds (a round is counted): during its first launch a retry
+        # would provision beside it
+        if data is not None and data.retry_round is not None:
+            app.supervisor.tell("cluster", cluster, RetryLaunch())
 
 
 def cluster_of(service: str, replica_id: int) -> str:
