@@ -39,7 +39,6 @@ def instance(hosts: SshBed) -> Iterator[SshBed]:
         clean(hosts)
 
 
-@pytest.mark.slow  # some 22 s, most of it the daemon's first start and the AWS launch
 def test_a_service_on_aws_opens_its_port_serves_and_down_removes_what_it_made(
     stix: Stix, aws: AwsBed, instance: SshBed, task_file: Callable[[str], Path], tmp_path: Path
 ) -> None:
