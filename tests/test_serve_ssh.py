@@ -281,3 +281,28 @@ def test_serve_down_ends_a_replica_still_waiting_for_a_host(
     assert stix.clusters() == {}
     assert all(r["cluster"] is None for r in stix.json("ssh", "status"))
     assert stix_processes(bed.hosts[0]) == []
+
+
+def test_a_replica_waits_for_a_host_across_a_daemon_restart_and_takes_one_added_to_the_pool(
+    stix: Stix, bed: SshBed, task_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    quick_retries(serving(stix))
+    pool(stix, bed, bed.hosts[:1])
+    port = free_port()
+    up(stix, ssh_service(task_file, tmp_path, port, replicas=2), "web")
+    wait_until(lambda: ready_ids(stix, "web") == [1], timeout=60)
+    wait_until(lambda: "0 of its 1 are free" in str(status(stix, "web")), timeout=20)
+    stix.kill_daemon()
+    assert replica_states(stix, "web") == {1: "READY", 2: "PROVISIONING"}  # restarts it
+    pool(stix, bed)  # the pool grows by a host: the waiting replica takes it
+    wait_until(lambda: ready_ids(stix, "web") == [1, 2], timeout=60)
+    first, second = bed.hosts
+    assert endpoints(stix, "web") == {
+        1: f"http://{first.ip}:{port}",
+        2: f"http://{second.ip}:{port}",
+    }
+    history = stix.json("events", "--kind", "service", "web")
+    assert [e["id"] for e in history if e["event"] == "decided"] == ["web/1", "web/2"]
+    stix.run("serve", "down", "-y", "web", check=True, timeout=60)
+    wait_until(lambda: status(stix, "web") is None, timeout=60)
+    assert stix.clusters() == {}

@@ -269,6 +269,10 @@ class SshProvider:
     async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
         """Idempotent: a cluster holding hosts gets the same ones, in the same rank order."""
         await self._close_stale()
+        # a launch retried until up sees hosts added since its first round (a broken file:
+        # the pools as last read; new launches are refused with its error by the planner)
+        with contextlib.suppress(InvalidConfig):
+            self.pool_sizes()
         pool = self._pool(req.resources.get("pool"))
         hosts = await anyio.to_thread.run_sync(
             self.allocations.take, req.cluster, pool, req.num_nodes
