@@ -14,9 +14,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import msgspec
+import structlog
+
+from stixd.agent_client import AgentError, AgentUnreachable
+from stixd.providers.shared.ssh_transport import SshConnection, quote
 
 LEFTOVERS_FILE = "ssh_leftovers.json"
+GONE_WITHIN_S = 10.0
+"""How long a leftover agent told to shut down may take to stop answering."""
 
 
 class Leftover(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,3 +81,27 @@ class Leftovers:
     def drop(self, host: str, left: Leftover) -> None:
         with self._locked() as data:
             data[host] = [x for x in data.get(host, []) if x != left]
+
+
+async def reap(
+    conn: SshConnection, host: str, leftovers: Leftovers, log: structlog.stdlib.BoundLogger
+) -> None:
+    """Shut down what terminates that could not reach ``host`` (its key) left running there,
+    an agent and its jobs (a replica's server holding the port the next one binds), and
+    remove their files. ``SshError`` if the host cannot be reached now either."""
+    for left in await anyio.to_thread.run_sync(leftovers.on, host):
+        if left.socket:
+            agent = conn.agent_client(left.socket, f"{left.cluster}-{left.rank}@{conn.host}")
+            with contextlib.suppress(AgentUnreachable, AgentError):
+                await agent.call("shutdown", deadline=15, kill_jobs=True)  # jobs end first
+            with anyio.move_on_after(GONE_WITHIN_S):
+                while True:  # it answers before it exits
+                    try:
+                        await agent.call("hello", deadline=2)
+                    except (AgentUnreachable, AgentError):
+                        break
+                    await anyio.sleep(0.1)
+        if left.paths:
+            await conn.run(f"rm -rf -- {quote(*left.paths)}", timeout=60)
+        log.info("ssh_leftover_reaped", host=host, cluster=left.cluster, rank=left.rank)
+        await anyio.to_thread.run_sync(leftovers.drop, host, left)

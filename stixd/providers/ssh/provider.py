@@ -20,7 +20,7 @@ import anyio
 import structlog
 
 from stixd.agent_bundle import build_id
-from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
+from stixd.agent_client import AgentClient, AgentUnreachable
 from stixd.providers.abilities import HostReport, PoolHolding
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.shared.bootstrap import BootstrapError, ensure_agent, remote_node_dir
@@ -28,7 +28,7 @@ from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_sync import Method, ssh_client_args
 from stixd.providers.shared.ssh_sync import sync as sync_mounts
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshSettings, quote
-from stixd.providers.ssh.leftovers import Leftover, Leftovers
+from stixd.providers.ssh.leftovers import Leftover, Leftovers, reap
 from stixd.providers.ssh.pools import (
     POOLS_FILE,
     Allocations,
@@ -288,7 +288,7 @@ class SshProvider:
             try:
                 await conn.connection()
                 connected = time.monotonic()
-                await self._reap(conn, host)
+                await reap(conn, host.key, self.leftovers, self.log)
                 ep = await ensure_agent(
                     conn,
                     cluster=req.cluster,
@@ -427,27 +427,6 @@ class SshProvider:
             conn = self._conns.pop(host.key, None)
             if conn is not None:
                 await conn.close()
-
-    async def _reap(self, conn: SshConnection, host: PoolHost) -> None:
-        """Shut down what a terminate that could not reach ``host`` left running there (an
-        agent and its jobs: a replica's server holding the port the next one binds), and
-        remove its files. ``SshError`` if the host cannot be reached now either."""
-        for left in await anyio.to_thread.run_sync(self.leftovers.on, host.key):
-            if left.socket:
-                agent = conn.agent_client(left.socket, f"{left.cluster}-{left.rank}@{conn.host}")
-                with contextlib.suppress(AgentUnreachable, AgentError):
-                    await agent.call("shutdown", deadline=15, kill_jobs=True)
-                with anyio.move_on_after(STOP_WITHIN_S):
-                    while True:  # it answers before it exits
-                        try:
-                            await agent.call("hello", deadline=2)
-                        except (AgentUnreachable, AgentError):
-                            break
-                        await anyio.sleep(0.1)
-            if left.paths:
-                await conn.run(f"rm -rf -- {quote(*left.paths)}", timeout=60)
-            self.log.info("ssh_leftover_reaped", host=host.key, cluster=left.cluster)
-            await anyio.to_thread.run_sync(self.leftovers.drop, host.key, left)
 
     async def sync(self, node: NodeInfo, mounts: list[Mount], method: Method = "auto") -> int:
         host = self._host_of(node)
