@@ -227,7 +227,7 @@ def test_a_host_behind_a_jump_host_cannot_serve_and_says_why(
     assert "web-1" not in stix.clusters()
 
 
-@pytest.mark.slow  # some 40 s: three probes time out, the teardown waits out the cut host
+@pytest.mark.slow  # some 30 s: three probes time out, the teardown waits out the cut host
 def test_a_host_cut_off_under_load_fails_no_request_and_its_replacement_reaps_what_it_left(
     stix: Stix, bed: SshBed, task_file: Callable[[str], Path], tmp_path: Path
 ) -> None:
