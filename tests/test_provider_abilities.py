@@ -26,6 +26,7 @@ from stixd.providers.abilities import (
     LooksUpMany,
     NeedsCredentials,
     OpensPorts,
+    ReachedElsewhere,
     ReachesEveryPort,
     ReportsLostNodes,
     ReportsMachines,
@@ -158,6 +159,7 @@ ABILITIES = (
     FindsLeaks,
     OpensPorts,
     ReachesEveryPort,
+    ReachedElsewhere,
     Closes,
     SimulatesPreemption,
 )
@@ -166,7 +168,13 @@ ABILITIES = (
 def test_each_provider_has_the_abilities_it_declares_and_no_other(tmp_path: Path) -> None:
     declared: dict[Provider, set[type]] = {
         LocalProvider(tmp_path): {HasShell, ReachesEveryPort},
-        SshProvider(tmp_path, {}): {HasShell, HasPools, ReportsNodeErrors, Closes},
+        SshProvider(tmp_path, {}): {
+            HasShell,
+            HasPools,
+            ReportsNodeErrors,
+            ReachedElsewhere,
+            Closes,
+        },
         AwsProvider(tmp_path, env={}): {
             HasShell,
             ReportsLostNodes,
@@ -176,6 +184,7 @@ def test_each_provider_has_the_abilities_it_declares_and_no_other(tmp_path: Path
             NeedsCredentials,
             FindsLeaks,
             OpensPorts,
+            ReachedElsewhere,
             Closes,
         },
         FakeProvider(["fake-1"], build="b"): {ReportsLostNodes, LooksUpMany, SimulatesPreemption},

@@ -24,10 +24,12 @@ from stixd.actors.replica_phases import (
     Probed,
     TornDown,
     Up,
+    Waiting,
     down_cluster,
     launch,
     stored_version,
     tear_down,
+    wake_waiting,
     watch,
 )
 from stixd.actors.service_decisions import on_probe
@@ -128,6 +130,8 @@ class ReplicaActor(Actor):
             await self._advance()
         elif isinstance(message, Up):
             await self._on_up(message)
+        elif isinstance(message, Waiting):
+            await self._on_waiting(message)
         elif isinstance(message, LaunchFailed):
             await self._fail(RE.FAILED_PROVISION, f"its cluster could not launch: {message.why}")
         elif isinstance(message, Probed):
@@ -169,8 +173,15 @@ class ReplicaActor(Actor):
             infra=msg.infra,
             resources=msg.resources,
             started_at=time.time(),
+            failure_reason=None,
         )
         self.run_phase(watch, self)
+
+    async def _on_waiting(self, msg: Waiting) -> None:
+        """Shown in `serve status -v` (its FAILURE column) while the replica waits for
+        capacity; cleared once its cluster is up."""
+        if self.state is R.PROVISIONING:
+            await self.save(failure_reason=f"waiting for capacity: {msg.why}")
 
     async def _on_probe(self, msg: Probed) -> None:
         data = self.data
@@ -224,6 +235,8 @@ class ReplicaActor(Actor):
         if self.state is not R.SHUTTING_DOWN:
             return
         end = self._end
+        if msg.problem is None:
+            await wake_waiting(self)
         if msg.problem is not None and not self.data.purge:
             why = f"its cluster {self.cluster} could not be torn down: {msg.problem}"
             await self.transition(RE.CLEANUP_FAILED, why, failure_reason=why)

@@ -17,8 +17,9 @@ import anyio
 import msgspec
 
 from stixd.actors.asks import ask_cluster
+from stixd.actors.cluster_retry import RetryLaunch
 from stixd.actors.jobs_submit import infra_label, job_row_id
-from stixd.actors.service_rows import SERVICE, ServiceSpec, replica_cluster
+from stixd.actors.service_rows import REPLICA, SERVICE, ReplicaSpec, ServiceSpec, replica_cluster
 from stixd.actors.specs import (
     ClusterData,
     ClusterSpec,
@@ -29,8 +30,10 @@ from stixd.actors.specs import (
     state_of,
 )
 from stixd.config import DaemonConfig
+from stixd.providers.abilities import ReachedElsewhere
+from stixd.providers.base import NodeInfo
 from stixproto import messages as m
-from stixproto.errors import ClusterNotFound, StixError
+from stixproto.errors import ClusterNotFound, ProvisionError, StixError
 from stixproto.states import ClusterStatus, JobStatus, ReplicaStatus
 from stixproto.task import Task
 from stixproto.task.model import Resources
@@ -57,6 +60,14 @@ class Up:
 
 @dataclass(frozen=True)
 class LaunchFailed:
+    why: str
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Its cluster's launch found no capacity (an SSH pool without a free host, a cloud
+    without the instance) and retries: why, as the cluster's last error says."""
+
     why: str
 
 
@@ -133,30 +144,59 @@ def with_spot(res: Resources, spot: bool) -> Resources:
 
 
 async def launch(replica: ReplicaActor) -> None:
-    """Bring the replica's cluster up with its command submitted (or adopt both)."""
-    found = await adopt(replica)
-    if found is not None:
-        replica.tell(found)
-        return
+    """Bring the replica's cluster up with its command submitted (or adopt both).
+
+    An on-demand replica's launch retries until capacity appears, as SkyServe launches its
+    replicas: on an SSH pool whose hosts other clusters hold it waits (PROVISIONING) for one
+    to be released. A spot replica fails instead, for the on-demand fallback to stand in."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_tell_waits, replica)
+        found: Up | LaunchFailed | None = await adopt(replica)
+        if found is None:
+            found = await _launch(replica)
+        tg.cancel_scope.cancel()
+    replica.tell(found)
+
+
+async def _launch(replica: ReplicaActor) -> Up | LaunchFailed:
     loaded = await stored_version(replica)
     if loaded is None:
-        replica.tell(LaunchFailed(f"version {replica.spec.version} is no longer stored"))
-        return
+        return LaunchFailed(f"version {replica.spec.version} is no longer stored")
     task, config = replica_task(replica, loaded[0]), loaded[1]
-    req = m.Launch(task=task, cluster=replica.cluster, detach=True, config=config)
+    req = m.Launch(
+        task=task,
+        cluster=replica.cluster,
+        detach=True,
+        config=config,
+        retry_until_up=not replica.spec.spot,
+    )
     try:
         result = await ask_cluster(replica.app, replica.cluster, req, _quiet, create=True)
     except StixError as exc:
-        replica.tell(LaunchFailed(exc.message))
-        return
+        return LaunchFailed(exc.message)
     if result.job_id is None:
-        replica.tell(LaunchFailed("the task has nothing to run"))
-        return
+        return LaunchFailed("the task has nothing to run")
     up = await _up(replica, result.job_id)
-    replica.tell(up if up is not None else LaunchFailed("its cluster went away as it came up"))
+    return up if up is not None else LaunchFailed("its cluster went away as it came up")
 
 
-async def _up(replica: ReplicaActor, job_id: int) -> Up | None:
+async def _tell_waits(replica: ReplicaActor) -> None:
+    """Until cancelled: each new round of the cluster's retried launch told to the actor."""
+    told: int | None = None
+
+    def new_round(row: Any) -> bool:
+        data = data_or_none(row, ClusterData) if row is not None else None
+        return data is not None and data.retry_round is not None and data.retry_round != told
+
+    while True:
+        row = await replica.app.watch.wait_for("cluster", replica.cluster, new_round)
+        data = data_or_none(row, ClusterData) if row is not None else None
+        assert data is not None  # new_round held
+        told = data.retry_round
+        replica.tell(Waiting(data.last_error or "no capacity yet"))
+
+
+async def _up(replica: ReplicaActor, job_id: int) -> Up | LaunchFailed | None:
     row = await replica.app.store.get("cluster", replica.cluster)
     if row is None or row.terminal:
         return None
@@ -164,17 +204,35 @@ async def _up(replica: ReplicaActor, job_id: int) -> Up | None:
     spec = spec_or_none(row, ClusterSpec) or ClusterSpec()
     if not data.uid or not data.nodes:
         return None
-    ip = str(data.nodes[0].get("ip") or "127.0.0.1")
+    try:
+        address = _reachable(replica, spec.provider, data.nodes[0])
+    except ProvisionError as exc:
+        return LaunchFailed(exc.message)
     return Up(
         uid=str(data.uid),
         job_id=job_id,
-        url=f"http://{ip}:{replica.spec.port}",
+        url=f"http://{address}:{replica.spec.port}",
         infra=infra_label(spec.provider, spec.pool),
         resources=spec.resources,
     )
 
 
-async def adopt(replica: ReplicaActor) -> Up | None:
+def _reachable(replica: ReplicaActor, provider_name: str | None, head: dict[str, Any]) -> str:
+    """The address the daemon and the balancer reach the replica's head node at: its ``ip``
+    (a local node's, an SSH pool host's), or where its provider says this machine reaches it
+    (a cloud instance's public address); ``ProvisionError`` where it cannot reach it at all."""
+    ip = str(head.get("ip") or "127.0.0.1")
+    provider = replica.app.providers.get(provider_name or "")
+    if not isinstance(provider, ReachedElsewhere):
+        return ip
+    try:
+        node = NodeInfo.from_dict(head)
+    except (KeyError, ValueError):  # a node row of an older daemon: its ip, as before
+        return ip
+    return provider.reachable_address(replica.cluster, node)
+
+
+async def adopt(replica: ReplicaActor) -> Up | LaunchFailed | None:
     """The command a launch before a restart already submitted on the replica's cluster."""
     app = replica.app
     row = await app.store.get("cluster", replica.cluster)
@@ -306,6 +364,24 @@ async def down_cluster(replica: ReplicaActor) -> str | None:
             after = await replica.app.store.get("cluster", replica.cluster)
             return None if after is None or after.terminal else exc.message
     return None
+
+
+async def wake_waiting(replica: ReplicaActor) -> None:
+    """The replica's cluster is down, its hosts (an SSH pool's) free again: the service's
+    replicas whose launch waits for capacity look again now, not at their next retry, which
+    may be minutes away (the one that replaces this replica, most often)."""
+    app = replica.app
+    for row in await app.store.rows(REPLICA, parent=replica.spec.service):
+        spec = spec_or_none(row, ReplicaSpec)
+        if spec is None or row.state != ReplicaStatus.PROVISIONING.value:
+            continue
+        cluster = replica_cluster(spec.service, spec.replica_id)
+        found = await app.store.get("cluster", cluster)
+        data = data_or_none(found, ClusterData) if found is not None else None
+        # only between two rounds (a round is counted): during its first launch a retry
+        # would provision beside it
+        if data is not None and data.retry_round is not None:
+            app.supervisor.tell("cluster", cluster, RetryLaunch())
 
 
 def cluster_of(service: str, replica_id: int) -> str:

@@ -244,6 +244,19 @@ class ReachesEveryPort(Protocol):
 
 
 @runtime_checkable
+class ReachedElsewhere(Protocol):
+    """Nodes this machine may reach at another address than the one they know each other by
+    (a cloud instance's public address beside its private one), or not at all: a service
+    probes a replica's port and balances to it there. Without this ability a node is reached
+    at its ``ip``."""
+
+    def reachable_address(self, cluster: str, node: NodeInfo) -> str:
+        """``ProvisionError`` when this machine cannot reach the node's ports at all (an SSH
+        host behind a jump host)."""
+        ...
+
+
+@runtime_checkable
 class SharesHostNetwork(Protocol):
     """Nodes that may share this machine's network (local without a namespace per node): two
     of them cannot bind one port, so a service gives each replica a port of its own."""

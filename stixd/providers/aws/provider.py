@@ -411,6 +411,12 @@ class AwsProvider:
         for cluster in {leak.cluster for leak in leaks}:
             self.records.drop(cluster)
 
+    def reachable_address(self, cluster: str, node: NodeInfo) -> str:
+        """Where this machine reached the node (its public address where it has one; ``ip``
+        is the private one its cluster's other nodes use): a replica's port is found there."""
+        nodes = (self.records.get(cluster) or {}).get("nodes") or {}
+        return str((nodes.get(str(node.rank)) or {}).get("host") or node.ip)
+
     async def open_ports(self, cluster: str, ports: list[int]) -> None:
         """The ports open to the world in the cluster's security group (a launch opens the
         task's when it makes the group; this opens them on a cluster made before)."""

@@ -28,6 +28,7 @@ from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_sync import Method, ssh_client_args
 from stixd.providers.shared.ssh_sync import sync as sync_mounts
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshSettings, quote
+from stixd.providers.ssh.leftovers import Leftover, Leftovers, reap
 from stixd.providers.ssh.pools import (
     POOLS_FILE,
     Allocations,
@@ -97,6 +98,7 @@ class SshProvider:
         self.settings = settings or SshSettings()
         self.known_hosts = known_hosts
         self.allocations = Allocations(home)
+        self.leftovers = Leftovers(home)
         self.last_error: dict[str, dict[int, str]] = {}
         """Per cluster, per rank: why the last query or terminate could not reach that host."""
         self._conns: dict[str, SshConnection] = {}
@@ -129,6 +131,21 @@ class SshProvider:
                 if host.ip == node.ip:
                     return host
         raise ProvisionError(f"no ssh pool lists a host {node.ip}")
+
+    def reachable_address(self, cluster: str, node: NodeInfo) -> str:
+        """The host's address as its pool lists it: a service's replica is found there. A host
+        reached through a jump host or a proxy command has none this machine reaches."""
+        try:
+            host = self._host_of(node)
+        except ProvisionError:  # no longer listed: its address as recorded
+            return node.ip
+        if host.jump is not None or host.proxy_command:
+            via = "a jump host" if host.jump is not None else "a proxy command"
+            raise ProvisionError(
+                f"ssh host {host.ip} is reached through {via}: its ports are not reachable "
+                "from this machine, so it cannot serve; list hosts this machine reaches directly"
+            )
+        return host.ip
 
     def shell_command(
         self, node: NodeInfo, command: str | None
@@ -252,6 +269,10 @@ class SshProvider:
     async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
         """Idempotent: a cluster holding hosts gets the same ones, in the same rank order."""
         await self._close_stale()
+        # a launch retried until up sees hosts added since its first round (a broken file:
+        # the pools as last read; new launches are refused with its error by the planner)
+        with contextlib.suppress(InvalidConfig):
+            self.pool_sizes()
         pool = self._pool(req.resources.get("pool"))
         hosts = await anyio.to_thread.run_sync(
             self.allocations.take, req.cluster, pool, req.num_nodes
@@ -267,6 +288,7 @@ class SshProvider:
             try:
                 await conn.connection()
                 connected = time.monotonic()
+                await reap(conn, host.key, self.leftovers, self.log)
                 ep = await ensure_agent(
                     conn,
                     cluster=req.cluster,
@@ -393,6 +415,8 @@ class SshProvider:
                 await self.connection(host).run(f"rm -rf -- {quote(*paths)}", timeout=60)
             except SshError as exc:
                 errors[rank] = str(exc)
+                left = Leftover(cluster=cluster, rank=rank, socket=h.socket, paths=paths)
+                await anyio.to_thread.run_sync(self.leftovers.add, host.key, left)
 
         async with anyio.create_task_group() as tg:
             for rank, host, h in held:
