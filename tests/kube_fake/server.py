@@ -1,0 +1,69 @@
+"""Start and stop the fake API server: an aiohttp app on 127.0.0.1 and a kubeconfig that points
+kubectl and kubernetes-asyncio at it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from tests.kube_fake.cluster import KubeFake
+from tests.kube_fake.meta import Obj
+from tests.kube_fake.routes import Routes, statuses
+from tests.kube_fake.services import Services
+
+CONTEXT = "kube-fake"
+
+
+def kubeconfig(server: str, namespace: str = "default") -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": CONTEXT, "cluster": {"server": server}}],
+        "users": [{"name": CONTEXT, "user": {"token": "kube-fake-token"}}],
+        "contexts": [
+            {
+                "name": CONTEXT,
+                "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": namespace},
+            }
+        ],
+        "current-context": CONTEXT,
+        "preferences": {},
+    }
+
+
+def write_kubeconfig(path: Path, server: str) -> None:
+    """Written whole and renamed into place, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(kubeconfig(server), sort_keys=False))
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Served:
+    kube: KubeFake
+    runner: web.AppRunner
+    url: str
+
+    async def close(self) -> None:
+        """End the watches and every pod's processes first, then the HTTP side."""
+        await self.kube.close()
+        await self.runner.cleanup()
+
+
+async def serve(
+    root: Path, port: int = 0, nodes: list[Obj] | None = None, load_balancer: bool = True
+) -> Served:
+    """Serve a fresh fake cluster on 127.0.0.1:`port` (0: a free port), sandboxes under `root`."""
+    kube = KubeFake(root, nodes)
+    app = web.Application(middlewares=[kube.faults.middleware(), statuses])
+    app.add_routes(Routes(kube, Services(load_balancer)).table())
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return Served(kube, runner, f"http://127.0.0.1:{bound}")
