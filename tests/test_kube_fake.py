@@ -129,6 +129,31 @@ def test_delete_marks_the_pod_then_removes_it_after_the_grace_period(kube: FakeP
     assert kube.pod_processes() == []
 
 
+def test_namespaces_must_exist_before_pods_go_in(kube: FakeProcess) -> None:
+    lost = kube.kubectl(
+        "run", "p", "-n", "team", "--image=x", "--command", "--", "true", check=False
+    )
+    assert lost.returncode == 1 and 'namespaces "team" not found' in lost.stderr
+    kube.kubectl("create", "namespace", "team")
+    kube.kubectl("run", "p", "-n", "team", "--image=x", "--command", "--", "sleep", "1000")
+    wait_until(
+        lambda: kube.kubectl_json("get", "pod", "p", "-n", "team")["status"]["phase"] == "Running",
+        timeout=10,
+    )
+    assert kube.kubectl_json("get", "pods")["items"] == []  # not in default
+
+
+def test_when_the_container_command_ends_its_other_processes_end_too(kube: FakeProcess) -> None:
+    apply(
+        kube,
+        pod_manifest("once", ["sh", "-c", "setsid sleep 1000 & sleep 0.5"], restartPolicy="Never"),
+    )
+    wait_until(lambda: phase(kube, "once") == "Running", timeout=10)
+    kube.kubectl("exec", "once", "--", "sh", "-c", "setsid sleep 1000 &")
+    wait_until(lambda: phase(kube, "once") == "Succeeded", timeout=10)
+    assert kube.pod_processes() == []
+
+
 def test_a_pod_ends_succeeded_or_failed_with_its_exit_code(kube: FakeProcess) -> None:
     apply(kube, pod_manifest("ok", ["true"], restartPolicy="Never"))
     apply(kube, pod_manifest("bad", ["sh", "-c", "echo boom; exit 4"], restartPolicy="Never"))
@@ -366,6 +391,35 @@ def test_kubernetes_asyncio_exec_passes_stdin_and_returns_the_exit_code(
     whole, out, code = asyncio.run(main())
     assert whole == "hello-from-exec\n"
     assert (out, code) == ("got ping\ne\n", 7)
+
+
+def test_kubernetes_asyncio_exec_with_a_terminal(kube: FakeProcess) -> None:
+    k8s = _k8s()
+    apply(kube, pod_manifest("tty", SLEEPER))
+    wait_until(lambda: phase(kube, "tty") == "Running", timeout=10)
+
+    async def main() -> tuple[bytes, int]:
+        await k8s.config.load_kube_config(config_file=str(kube.kubeconfig))
+        async with k8s.stream.WsApiClient() as ws_api:
+            v1 = k8s.client.CoreV1Api(api_client=ws_api)
+            channels: dict[int, bytes] = {1: b"", 3: b""}
+            async with await v1.connect_get_namespaced_pod_exec(
+                "tty",
+                "default",
+                command=["sh"],
+                stdin=True,
+                stdout=True,
+                tty=True,
+                _preload_content=False,
+            ) as ws:
+                await ws.send_bytes(b'\x04{"Width": 100, "Height": 30}')
+                await ws.send_bytes(b"\x00stty size; tty >/dev/null && echo is-a-tty; exit 5\n")
+                async for msg in ws:
+                    channels[msg.data[0]] += msg.data[1:]
+            return channels[1], k8s.stream.WsApiClient.parse_error_data(channels[3])
+
+    out, code = asyncio.run(main())
+    assert b"30 100" in out and b"is-a-tty" in out and code == 5
 
 
 def test_a_watch_from_a_compacted_version_is_told_410_expired(kube: FakeProcess) -> None:

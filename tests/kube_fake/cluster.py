@@ -67,6 +67,7 @@ class KubeFake:
     # --- scheduler ------------------------------------------------------------------------
 
     def create_pod(self, namespace: str, body: Obj) -> Obj:
+        self.store.get("namespaces", "", namespace)
         pod = self.store.create("pods", pods.new_pod(body, namespace))
         self.schedule()
         return self.store.get("pods", namespace, pod["metadata"]["name"])
@@ -142,8 +143,12 @@ class KubeFake:
             if main is None:
                 return
             code = await main.wait()
+            if kubelet.ending:
+                return
+            # the container's init is gone: so is everything else in it, execs included
+            await kubelet.sandbox.stop(0)
             now = self._current(pod)
-            if now is None or kubelet.ending:
+            if now is None:
                 return
             policy = now["spec"]["restartPolicy"]
             if policy == "Always" or (policy == "OnFailure" and code != 0):

@@ -56,7 +56,9 @@ CORE_RESOURCES = {
         _resource("services", "Service", _RW, ["svc"]),
         _resource("events", "Event", _RW, ["ev"]),
         _resource("nodes", "Node", ["get", "list", "watch"], ["no"], namespaced=False),
-        _resource("namespaces", "Namespace", ["get", "list", "watch"], ["ns"], namespaced=False),
+        _resource(
+            "namespaces", "Namespace", ["create", "get", "list", "watch"], ["ns"], namespaced=False
+        ),
     ],
 }
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kube_fake import discovery, exec_ws, openapi
+from tests.kube_fake import discovery, exec_ws, openapi, protobuf
 from tests.kube_fake.cluster import KubeFake
 from tests.kube_fake.meta import ApiError, Obj, field_matcher, label_matcher, new_metadata
 from tests.kube_fake.nodes import node
@@ -35,6 +35,8 @@ async def statuses(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def _body(request: web.Request) -> Obj:
+    if request.can_read_body and request.content_type == "application/vnd.kubernetes.protobuf":
+        return protobuf.decode(await request.read())
     body = await request.json() if request.can_read_body else {}
     if not isinstance(body, dict):
         raise ApiError(400, "BadRequest", "the request body must be a JSON object")
@@ -79,6 +81,7 @@ class Routes:
                 web.patch(f"{ns}/{res}/{{name}}", self.patch(res)),
                 web.delete(f"{ns}/{res}/{{name}}", self.delete(res)),
             ]
+        routes.append(web.post(f"{v1}/namespaces", self.create_namespace))
         for res in ("nodes", "namespaces"):
             routes += [
                 web.get(f"{v1}/{res}", self.collection(res)),
@@ -170,6 +173,7 @@ class Routes:
     def create(self, resource: str) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             ns, body = request.match_info["ns"], await _body(request)
+            self.store.get("namespaces", "", ns)  # 404 for a namespace nobody made
             if resource == "pods":
                 obj = self.kube.create_pod(ns, body)
             elif resource == "services":
@@ -180,6 +184,17 @@ class Routes:
             return web.json_response(obj, status=201)
 
         return handler
+
+    async def create_namespace(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        namespace = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "spec": {"finalizers": ["kubernetes"]},
+            "metadata": new_metadata(body, None, "namespaces"),
+            "status": {"phase": "Active"},
+        }
+        return web.json_response(self.store.create("namespaces", namespace), status=201)
 
     def get(self, resource: str) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
