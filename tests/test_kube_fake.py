@@ -5,8 +5,11 @@ sandbox mark in their environment, and must be gone after a delete, an eviction 
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
+import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,28 +224,76 @@ def test_evicted_pod_is_failed_with_reason_evicted_and_its_processes_are_gone(
     assert refused.returncode != 0
 
 
-def test_services_get_cluster_ip_node_ports_and_a_load_balancer_address(
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(host: str, port: int) -> str:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://{host}:{port}/", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def test_services_get_addresses_and_ports_that_really_reach_their_pods(
     kube: FakeProcess,
 ) -> None:
+    port = free_port()
+    (kube.workdir / "index.html").write_text("served by the pod\n")
+    server = ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1",
+              "--directory", str(kube.workdir)]  # fmt: skip
+    web = pod_manifest("web", server)
+    web["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": port}]
+    apply(kube, web)
     for kind in ("ClusterIP", "NodePort", "LoadBalancer"):
-        apply(
-            kube,
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": kind.lower()},
-                "spec": {"type": kind, "selector": {"app": "x"}, "ports": [{"port": 8080}]},
-            },
-        )
+        apply(kube, {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": kind.lower()},
+            "spec": {"type": kind, "selector": {"pod": "web"},
+                     "ports": [{"port": 8080, "targetPort": "http"}]},
+        })  # fmt: skip
     got = {s["metadata"]["name"]: s for s in kube.kubectl_json("get", "services")["items"]}
-    assert all(s["spec"]["clusterIP"].startswith("127.96.") for s in got.values())
+    cluster_ip = got["clusterip"]["spec"]["clusterIP"]
+    node_port = got["nodeport"]["spec"]["ports"][0]["nodePort"]
+    ingress = got["loadbalancer"]["status"]["loadBalancer"]["ingress"][0]["ip"]
+    assert cluster_ip.startswith("127.96.") and ingress.startswith("127.97.")
     assert "nodePort" not in got["clusterip"]["spec"]["ports"][0]
-    assert 30000 <= got["nodeport"]["spec"]["ports"][0]["nodePort"] <= 32767
-    assert got["loadbalancer"]["status"]["loadBalancer"]["ingress"] == [
-        {"ip": "127.0.0.1", "ipMode": "VIP"}
-    ]
+    assert 30000 <= node_port <= 32767
+
+    wait_until(lambda: phase(kube, "web") == "Running", timeout=10)
+    for host, at in ((cluster_ip, 8080), ("127.0.0.1", node_port), (ingress, 8080)):
+        assert wait_until(functools.partial(_try, http_get, host, at), timeout=10) == (
+            "served by the pod\n"
+        )
+
+    kube.kubectl("delete", "pod", "web")  # no endpoint left: the connection is refused
+    with pytest.raises(OSError):
+        http_get(cluster_ip, 8080)
     kube.kubectl("delete", "service", "loadbalancer")
     assert "loadbalancer" not in kube.kubectl("get", "services", "-o", "name").stdout
+    with pytest.raises(OSError):
+        socket.create_connection((ingress, 8080), timeout=2).close()
+
+
+def _try(call: Any, *args: Any) -> Any:
+    try:
+        return call(*args)
+    except OSError:
+        return None
+
+
+def test_without_a_load_balancer_the_service_never_gets_an_address(tmp_path: Path) -> None:
+    kube = FakeProcess(tmp_path, "--no-load-balancer")
+    try:
+        apply(kube, {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+        })  # fmt: skip
+        service = kube.kubectl_json("get", "service", "lb")
+        assert service["status"]["loadBalancer"] == {}
+        assert service["spec"]["ports"][0]["nodePort"] >= 30000
+    finally:
+        kube.stop()
 
 
 def test_stopping_the_fake_kills_every_pod_process_and_removes_every_sandbox(

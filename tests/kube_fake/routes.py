@@ -177,7 +177,7 @@ class Routes:
             if resource == "pods":
                 obj = self.kube.create_pod(ns, body)
             elif resource == "services":
-                obj = self.store.create("services", self.services.new(body, ns))
+                obj = await self.services.create(body, ns)
             else:
                 meta = new_metadata(body, ns, resource)
                 obj = self.store.create(resource, {**body, "metadata": meta})
@@ -221,11 +221,10 @@ class Routes:
     def delete(self, resource: str) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             ns, name = request.match_info["ns"], request.match_info["name"]
+            if resource == "services":
+                return web.json_response(await self.services.delete(ns, name))
             if resource != "pods":
-                gone = self.store.delete(resource, ns, name)
-                if resource == "services":
-                    self.services.release(gone)
-                return web.json_response(gone)
+                return web.json_response(self.store.delete(resource, ns, name))
             options = await _body(request)
             grace = request.query.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
             grace_s = None if grace is None else max(0, min(int(grace), 3600))

@@ -45,12 +45,14 @@ def write_kubeconfig(path: Path, server: str) -> None:
 @dataclasses.dataclass
 class Served:
     kube: KubeFake
+    services: Services
     runner: web.AppRunner
     url: str
 
     async def close(self) -> None:
         """End the watches and every pod's processes first, then the HTTP side."""
         await self.kube.close()
+        await self.services.close()
         await self.runner.cleanup()
 
 
@@ -60,10 +62,11 @@ async def serve(
     """Serve a fresh fake cluster on 127.0.0.1:`port` (0: a free port), sandboxes under `root`."""
     kube = KubeFake(root, nodes)
     app = web.Application(middlewares=[kube.faults.middleware(), statuses])
-    app.add_routes(Routes(kube, Services(load_balancer)).table())
+    services = Services(kube.store, load_balancer)
+    app.add_routes(Routes(kube, services).table())
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     bound = runner.addresses[0][1]
-    return Served(kube, runner, f"http://127.0.0.1:{bound}")
+    return Served(kube, services, runner, f"http://127.0.0.1:{bound}")
