@@ -164,6 +164,9 @@ def test_a_pod_ends_succeeded_or_failed_with_its_exit_code(kube: FakeProcess) ->
     state = kube.kubectl_json("get", "pod", "bad")["status"]["containerStatuses"][0]["state"]
     assert state["terminated"]["exitCode"] == 4
     assert kube.kubectl("logs", "bad").stdout == "boom\n"
+    apply(kube, pod_manifest("typo", ["no-such-command"], restartPolicy="Never"))
+    wait_until(lambda: phase(kube, "typo") == "Failed", 10)
+    assert "Failed" in {e["reason"] for e in events_of(kube, "typo")}
 
 
 def test_unschedulable_gpu_pod_stays_pending_with_a_failed_scheduling_event(

@@ -126,6 +126,7 @@ class KubeFake:
     async def _run(self, pod: Obj, kubelet: Kubelet) -> None:
         container = pod["spec"]["containers"][0]
         restarts = 0
+        code: int | None
         while True:
             events.record(
                 self.store,
@@ -133,16 +134,24 @@ class KubeFake:
                 "Pulled",
                 f'Container image "{container["image"]}" already present on machine',
             )
-            main = await kubelet.sandbox.start_main(container)
+            try:
+                main = await kubelet.sandbox.start_main(container)
+            except OSError as e:  # the runtime's StartError: no such command, not executable
+                main, code = None, 128
+                message = f"failed to start container {container['name']}: {e}"
+                events.record(self.store, pod, "Failed", message, warning=True)
+            else:
+                code = None
             now = self._current(pod)
             if now is None or kubelet.ending:
                 return
-            pods.running(now, restarts)
-            self.store.update("pods", now)
-            events.record(self.store, now, "Started", f"Started container {container['name']}")
-            if main is None:
-                return
-            code = await main.wait()
+            if code is None:
+                pods.running(now, restarts)
+                self.store.update("pods", now)
+                events.record(self.store, now, "Started", f"Started container {container['name']}")
+                if main is None:
+                    return
+                code = await main.wait()
             if kubelet.ending:
                 return
             # the container's init is gone: so is everything else in it, execs included
