@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import shutil
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -315,6 +317,35 @@ def test_stopping_the_fake_kills_every_pod_process_and_removes_every_sandbox(
         assert kube.proc.wait(timeout=15) == 0
     assert pids_marked(str(kube.state)) == [] and before
     assert not (kube.state / "pods").exists()
+
+
+def test_two_fakes_are_two_contexts_of_one_merged_kubeconfig(tmp_path: Path) -> None:
+    east = FakeProcess(tmp_path / "east", "--context", "east")
+    west = FakeProcess(tmp_path / "west", "--context", "west")
+    try:
+        merged = f"{east.kubeconfig}:{west.kubeconfig}"
+        base = ["kubectl", "--cache-dir", str(tmp_path / "cache")]
+        env = {**os.environ, "KUBECONFIG": merged}
+        contexts = subprocess.run(
+            [*base, "config", "get-contexts", "-o", "name"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert sorted(contexts) == ["east", "west"]
+        west.admin("nodes", name="only-in-west")
+        names = subprocess.run(
+            [*base, "--context", "west", "get", "nodes", "-o", "name"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "node/only-in-west" in names.split()
+    finally:
+        east.stop()
+        west.stop()
 
 
 def test_api_faults_answer_429_then_500_then_slowly_then_recover(kube: FakeProcess) -> None:

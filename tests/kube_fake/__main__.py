@@ -11,7 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.kube_fake.server import serve, write_kubeconfig
+from tests.kube_fake.meta import DNS_LABEL
+from tests.kube_fake.server import CONTEXT, serve, write_kubeconfig
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -23,7 +24,7 @@ async def _main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        write_kubeconfig(Path(args.kubeconfig), served.url)
+        write_kubeconfig(Path(args.kubeconfig), served.url, args.context)
         print(f"kube-fake serving {served.url} (kubeconfig {args.kubeconfig})", flush=True)
         await stop.wait()
     finally:
@@ -36,11 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.kube_fake", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="0 (the default) picks a free port")
     parser.add_argument("--kubeconfig", required=True, help="where to write its kubeconfig")
+    parser.add_argument("--context", default=CONTEXT, help="its context's (and cluster's) name")
     parser.add_argument("--state-dir", help="where pod sandboxes live (default: a temp dir)")
     parser.add_argument(
         "--no-load-balancer", action="store_true", help="LoadBalancer services never get an address"
     )
     args = parser.parse_args(argv)
+    if not DNS_LABEL.fullmatch(args.context):
+        sys.exit("--context must be a lowercase DNS name (a-z, 0-9, '-', '.')")
     if not 0 <= args.port < 65536:
         sys.exit("--port must be between 0 and 65535")
     asyncio.run(_main(args))

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 class FakeProcess:
     def __init__(self, workdir: Path, *extra: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.kubeconfig = workdir / "kubeconfig"
         self.state = workdir / "state"

@@ -18,27 +18,29 @@ from tests.kube_fake.services import Services
 CONTEXT = "kube-fake"
 
 
-def kubeconfig(server: str, namespace: str = "default") -> Obj:
+def kubeconfig(server: str, context: str = CONTEXT, namespace: str = "default") -> Obj:
+    """One cluster, user and context, all named `context`: several fakes' files merge
+    (KUBECONFIG=a:b) into one config with a context per fake."""
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": CONTEXT, "cluster": {"server": server}}],
-        "users": [{"name": CONTEXT, "user": {"token": "kube-fake-token"}}],
+        "clusters": [{"name": context, "cluster": {"server": server}}],
+        "users": [{"name": context, "user": {"token": "kube-fake-token"}}],
         "contexts": [
             {
-                "name": CONTEXT,
-                "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": namespace},
+                "name": context,
+                "context": {"cluster": context, "user": context, "namespace": namespace},
             }
         ],
-        "current-context": CONTEXT,
+        "current-context": context,
         "preferences": {},
     }
 
 
-def write_kubeconfig(path: Path, server: str) -> None:
+def write_kubeconfig(path: Path, server: str, context: str = CONTEXT) -> None:
     """Written whole and renamed into place, so a reader never sees half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(kubeconfig(server), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(kubeconfig(server, context), sort_keys=False))
     os.replace(tmp, path)
 
 
