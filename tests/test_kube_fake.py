@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
+from stixd.providers.local.netns import NodeNetworks, unavailable_reason
 from tests.conftest import wait_until
 from tests.kube_fake.meta import field_matcher, label_matcher
 from tests.kube_fake.nodes import failed_scheduling_message, node, why_not
 from tests.kube_fake.process import FakeProcess
-from tests.kube_fake.sandbox import pids_marked
+from tests.kube_fake.sandbox import POD_SUBNET, pids_marked
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl")
 
@@ -299,6 +300,32 @@ def test_without_a_load_balancer_the_service_never_gets_an_address(tmp_path: Pat
         assert service["spec"]["ports"][0]["nodePort"] >= 30000
     finally:
         kube.stop()
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=f"{unavailable_reason()}")
+def test_with_pod_networks_two_pods_serve_one_port_at_their_own_addresses(
+    tmp_path: Path,
+) -> None:
+    kube = FakeProcess(tmp_path, "--pod-network", "namespace")
+    try:
+        for name in ("left", "right"):
+            (kube.workdir / name).mkdir()
+            (kube.workdir / name / "index.html").write_text(f"{name}\n")
+            apply(kube, pod_manifest(name, ["python3", "-m", "http.server", "8080",
+                                            "--directory", str(kube.workdir / name)]))  # fmt: skip
+        wait_until(lambda: phase(kube, "left") == phase(kube, "right") == "Running", timeout=10)
+        ips = {n: kube.kubectl_json("get", "pod", n)["status"]["podIP"] for n in ("left", "right")}
+        assert len(set(ips.values())) == 2 and all(ip.startswith("10.179.") for ip in ips.values())
+        for name, ip in ips.items():
+            assert wait_until(functools.partial(_try, http_get, ip, 8080), 10) == f"{name}\n"
+        inside = kube.kubectl("exec", "left", "--", "sh", "-c", "cat /proc/net/fib_trie").stdout
+        assert ips["left"] in inside and ips["right"] not in inside
+        kube.kubectl("delete", "pod", "left")
+        assert NodeNetworks(POD_SUBNET).address_of(Path(ips["left"])) is None
+        assert ips["left"] not in Path("/proc/net/fib_trie").read_text()  # its namespace is gone
+    finally:
+        kube.stop()
+    assert all(r.ip not in ips.values() for r in NodeNetworks(POD_SUBNET).records())
 
 
 def test_stopping_the_fake_kills_every_pod_process_and_removes_every_sandbox(

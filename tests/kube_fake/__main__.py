@@ -18,7 +18,12 @@ from tests.kube_fake.server import CONTEXT, serve, write_kubeconfig
 async def _main(args: argparse.Namespace) -> None:
     root = Path(args.state_dir or tempfile.mkdtemp(prefix="kube-fake-"))
     root.mkdir(parents=True, exist_ok=True)
-    served = await serve(root, args.port, load_balancer=not args.no_load_balancer)
+    served = await serve(
+        root,
+        args.port,
+        load_balancer=not args.no_load_balancer,
+        pod_networks=args.pod_network == "namespace",
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -39,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kubeconfig", required=True, help="where to write its kubeconfig")
     parser.add_argument("--context", default=CONTEXT, help="its context's (and cluster's) name")
     parser.add_argument("--state-dir", help="where pod sandboxes live (default: a temp dir)")
+    parser.add_argument(
+        "--pod-network",
+        choices=("host", "namespace"),
+        default="host",
+        help="host: every pod at 127.0.0.1; namespace (root): each pod its own address",
+    )
     parser.add_argument(
         "--no-load-balancer", action="store_true", help="LoadBalancer services never get an address"
     )

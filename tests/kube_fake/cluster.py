@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from stixd.providers.local.netns import NodeNetworks
 from tests.kube_fake import events, pods
 from tests.kube_fake.faults import Faults
 from tests.kube_fake.meta import Obj, timestamp
@@ -33,8 +34,10 @@ class Kubelet:
 
 
 class KubeFake:
-    def __init__(self, root: Path, nodes: list[Obj] | None = None) -> None:
-        self.root = root
+    def __init__(
+        self, root: Path, nodes: list[Obj] | None = None, networks: NodeNetworks | None = None
+    ) -> None:
+        self.root, self.networks = root, networks
         self.store = Store()
         self.faults = Faults()
         self.kubelets: dict[str, Kubelet] = {}  # by pod uid
@@ -117,7 +120,7 @@ class KubeFake:
             f"Successfully assigned {meta['namespace']}/{meta['name']} to {node_name}",
             component="default-scheduler",
         )
-        kubelet = Kubelet(Sandbox(self.root, pod))
+        kubelet = Kubelet(Sandbox(self.root, pod, self.networks))
         self.kubelets[meta["uid"]] = kubelet
         kubelet.task = self.spawn(self._run(pod, kubelet))
 
@@ -125,6 +128,7 @@ class KubeFake:
 
     async def _run(self, pod: Obj, kubelet: Kubelet) -> None:
         container = pod["spec"]["containers"][0]
+        await kubelet.sandbox.make_network()
         restarts = 0
         code: int | None
         while True:
@@ -146,7 +150,7 @@ class KubeFake:
             if now is None or kubelet.ending:
                 return
             if code is None:
-                pods.running(now, restarts)
+                pods.running(now, kubelet.sandbox.ip, restarts)
                 self.store.update("pods", now)
                 events.record(self.store, now, "Started", f"Started container {container['name']}")
                 if main is None:
@@ -203,7 +207,7 @@ class KubeFake:
         if kubelet.task is not None:
             kubelet.task.cancel()
         await kubelet.sandbox.stop(grace)
-        kubelet.sandbox.remove()
+        await kubelet.sandbox.remove()
         self.kubelets.pop(pod["metadata"]["uid"], None)
 
     # --- knobs ----------------------------------------------------------------------------
@@ -238,6 +242,6 @@ class KubeFake:
         for uid, kubelet in list(self.kubelets.items()):
             kubelet.ending = True
             await kubelet.sandbox.stop(0)
-            kubelet.sandbox.remove()
+            await kubelet.sandbox.remove()
             self.kubelets.pop(uid, None)
         shutil.rmtree(self.root / "pods", ignore_errors=True)

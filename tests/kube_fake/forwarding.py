@@ -67,12 +67,14 @@ class Forwarder:
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      target: int | str) -> None:  # fmt: skip
         pods = self._endpoints(self.service)
-        port = _target_port(pods[next(self._turn) % len(pods)], target) if pods else None
+        pod = pods[next(self._turn) % len(pods)] if pods else None
+        port = _target_port(pod, target) if pod else None
+        pod_ip = pod["status"].get("podIP", POD_IP) if pod else POD_IP
         try:
             if port is None:
                 return
             try:
-                up_reader, up_writer = await asyncio.open_connection(POD_IP, port)
+                up_reader, up_writer = await asyncio.open_connection(pod_ip, port)
             except OSError:
                 return
             try:

@@ -100,12 +100,12 @@ def scheduled(pod: Obj, node_name: str) -> None:
     )
 
 
-def running(pod: Obj, restarts: int = 0) -> None:
+def running(pod: Obj, ip: str, restarts: int = 0) -> None:
     state = {"running": {"startedAt": timestamp()}}
     pod["status"].update(
         phase="Running",
-        podIP=POD_IP,
-        podIPs=[{"ip": POD_IP}],
+        podIP=ip,
+        podIPs=[{"ip": ip}],
         conditions=[
             _condition(kind, True)
             for kind in (

@@ -2,7 +2,10 @@
 container's command and every `exec` — each in its own process group and each marked by an
 environment variable, so deleting the pod finds and kills them all, even those that daemonized.
 
-No network namespace: every pod's IP is 127.0.0.1 and pods share the machine's ports."""
+By default pods share the machine's network (pod IP 127.0.0.1, one port space). Given a
+`NodeNetworks` (root, `ip`, `nsenter`), each pod gets a network namespace of its own with an
+address of the fake's subnet, made by the local provider's code, and every process of the pod
+enters it."""
 
 from __future__ import annotations
 
@@ -14,10 +17,12 @@ import signal
 import time
 from pathlib import Path
 
+from stixd.providers.local.netns import NodeNet, NodeNetworks
 from tests.kube_fake.meta import Obj
 
 MARK = "KUBE_FAKE_SANDBOX"
-POD_IP = "127.0.0.1"
+POD_IP = "127.0.0.1"  # the nodes' address, and every pod's without a network of its own
+POD_SUBNET = "10.179.0.0/16"  # pod networks, apart from the local provider's 10.177.0.0/16
 
 
 def pids_marked(mark: str) -> list[int]:
@@ -52,8 +57,11 @@ def _container_env(container: Obj, pod: Obj) -> dict[str, str]:
 
 
 class Sandbox:
-    def __init__(self, root: Path, pod: Obj) -> None:
+    def __init__(self, root: Path, pod: Obj, networks: NodeNetworks | None = None) -> None:
         meta = pod["metadata"]
+        self.networks: NodeNetworks | None = networks
+        self.net: NodeNet | None = None
+        self.ip = POD_IP
         self.home = root / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         self.log = self.home.with_suffix(".log")
         self.home.mkdir(parents=True)
@@ -69,6 +77,15 @@ class Sandbox:
         }
         self.main: asyncio.subprocess.Process | None = None
 
+    async def make_network(self) -> None:
+        """The pod's own namespace and address, when the fake gives pods networks."""
+        if self.networks is not None:
+            net = await asyncio.to_thread(self.networks.ensure, self.home)
+            self.net, self.ip = net, net.ip
+
+    def _enter(self, argv: list[str]) -> list[str]:
+        return ["nsenter", f"--net={self.net.path}", *argv] if self.net else argv
+
     async def start_main(self, container: Obj) -> asyncio.subprocess.Process | None:
         """Run the container's `command` + `args`; a container without a command just idles
         (the fake has no images, so there is no entrypoint to fall back to)."""
@@ -77,7 +94,7 @@ class Sandbox:
             return None
         with self.log.open("ab") as out:
             self.main = await asyncio.create_subprocess_exec(
-                *argv,
+                *self._enter(argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -92,7 +109,7 @@ class Sandbox:
     ) -> asyncio.subprocess.Process:
         """An `exec`'s process, in the sandbox, in a process group of its own."""
         return await asyncio.create_subprocess_exec(
-            *argv,
+            *self._enter(argv),
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
@@ -122,6 +139,11 @@ class Sandbox:
             self.signal_all(signal.SIGKILL)
             await asyncio.sleep(0.02)
 
-    def remove(self) -> None:
+    async def remove(self) -> None:
+        if self.networks is not None:  # by its record too: a make cut short left no self.net
+            net = self.net or self.networks.record(self.home)
+            if net is not None:
+                await asyncio.to_thread(self.networks.remove, net)
+            self.net = None
         shutil.rmtree(self.home, ignore_errors=True)
         self.log.unlink(missing_ok=True)

@@ -10,9 +10,11 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
+from stixd.providers.local.netns import NodeNetworks, unavailable_reason
 from tests.kube_fake.cluster import KubeFake
 from tests.kube_fake.meta import Obj
 from tests.kube_fake.routes import Routes, statuses
+from tests.kube_fake.sandbox import POD_SUBNET
 from tests.kube_fake.services import Services
 
 CONTEXT = "kube-fake"
@@ -59,10 +61,18 @@ class Served:
 
 
 async def serve(
-    root: Path, port: int = 0, nodes: list[Obj] | None = None, load_balancer: bool = True
+    root: Path,
+    port: int = 0,
+    nodes: list[Obj] | None = None,
+    load_balancer: bool = True,
+    pod_networks: bool = False,
 ) -> Served:
-    """Serve a fresh fake cluster on 127.0.0.1:`port` (0: a free port), sandboxes under `root`."""
-    kube = KubeFake(root, nodes)
+    """Serve a fresh fake cluster on 127.0.0.1:`port` (0: a free port), sandboxes under `root`;
+    with `pod_networks`, each pod has a network namespace and an address of its own."""
+    if pod_networks and (why := unavailable_reason()):
+        raise RuntimeError(f"pods cannot have networks of their own here: {why}")
+    networks = NodeNetworks(POD_SUBNET, outbound=False) if pod_networks else None
+    kube = KubeFake(root, nodes, networks)
     app = web.Application(middlewares=[kube.faults.middleware(), statuses])
     services = Services(kube.store, load_balancer)
     app.add_routes(Routes(kube, services).table())
