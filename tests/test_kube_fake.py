@@ -458,6 +458,30 @@ def test_kubernetes_asyncio_creates_lists_watches_and_deletes_pods(kube: FakePro
     assert kube.pod_processes() == []
 
 
+def test_kubernetes_asyncio_watches_the_events_of_one_pod(kube: FakeProcess) -> None:
+    k8s = _k8s()
+
+    async def main() -> list[tuple[str, str]]:
+        await k8s.config.load_kube_config(config_file=str(kube.kubeconfig))
+        async with k8s.client.ApiClient() as api:
+            v1 = k8s.client.CoreV1Api(api)
+            listed = await v1.list_namespaced_event("default")
+            big = pod_manifest("big", SLEEPER, resources={"requests": {"cpu": "64"}})
+            await v1.create_namespaced_pod("default", big)
+            await v1.create_namespaced_pod("default", pod_manifest("small", SLEEPER))
+            w, seen, since = k8s.watch.Watch(), [], listed.metadata.resource_version
+            async for event in w.stream(v1.list_namespaced_event, "default", timeout_seconds=10,
+                                        field_selector="involvedObject.name=big",
+                                        resource_version=since):  # fmt: skip
+                seen.append((event["object"].reason, event["object"].message))
+                w.stop()
+            return seen
+
+    [(reason, message)] = asyncio.run(main())
+    assert reason == "FailedScheduling"
+    assert message.startswith("0/4 nodes are available: 4 Insufficient cpu.")
+
+
 READ_ECHO_EXIT_7 = 'read l; echo "got $l"; echo e >&2; exit 7'
 
 
