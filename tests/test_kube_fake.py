@@ -184,6 +184,12 @@ def test_unschedulable_gpu_pod_stays_pending_with_a_failed_scheduling_event(
     assert event["message"].startswith("0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")
     pod = kube.kubectl_json("get", "pod", "greedy")
     assert pod["status"]["phase"] == "Pending" and "nodeName" not in pod["spec"]
+    assert kube.kubectl("get", "pod", "greedy").stdout.split("\n")[1].split()[:3] == [
+        "greedy",
+        "0/1",
+        "Pending",
+    ]
+    assert "FailedScheduling   pod/greedy   0/4 nodes" in kube.kubectl("get", "events").stdout
     assert pod["status"]["conditions"][0]["reason"] == "Unschedulable"
 
     # two GPUs on the GPU node, selected by its label: it fits and runs there

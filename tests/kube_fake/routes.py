@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kube_fake import discovery, exec_ws, openapi, protobuf
+from tests.kube_fake import discovery, exec_ws, openapi, protobuf, tables
 from tests.kube_fake.cluster import KubeFake
 from tests.kube_fake.meta import ApiError, Obj, field_matcher, label_matcher, new_metadata
 from tests.kube_fake.nodes import node
@@ -126,6 +126,8 @@ class Routes:
                 return await self._watch(request, resource, namespace, accepts)
             items = [o for o in self.store.list(resource, namespace) if accepts(o)]
             items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+            if tables.wants_table(request.headers.get("Accept", "")):
+                return web.json_response(tables.table(resource, items, self.store.version))
             return web.json_response(
                 {
                     "kind": f"{discovery.KINDS[resource]}List",
@@ -144,6 +146,7 @@ class Routes:
         namespace: str | None,
         accepts: Callable[[Obj], bool],
     ) -> web.StreamResponse:
+        as_table = tables.wants_table(request.headers.get("Accept", ""))
         version = request.query.get("resourceVersion", "")
         since = int(version) if version not in ("", "0") else None
         timeout = min(float(request.query.get("timeoutSeconds", WATCH_LIMIT)), WATCH_LIMIT)
@@ -162,6 +165,8 @@ class Routes:
             async with asyncio.timeout(timeout):
                 while (item := await watcher.queue.get()) is not None:
                     kind, obj = item
+                    if as_table:  # each event carries a one-row table, as the server's do
+                        obj = tables.table(resource, [obj], self.store.version)
                     line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
                     await response.write(line)
         except (TimeoutError, ConnectionError):
@@ -199,7 +204,10 @@ class Routes:
     def get(self, resource: str) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             ns = request.match_info.get("ns", "")
-            return web.json_response(self.store.get(resource, ns, request.match_info["name"]))
+            obj = self.store.get(resource, ns, request.match_info["name"])
+            if tables.wants_table(request.headers.get("Accept", "")):
+                return web.json_response(tables.table(resource, [obj], self.store.version))
+            return web.json_response(obj)
 
         return handler
 
