@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -25,6 +26,7 @@ from tests.kube_fake.meta import field_matcher, label_matcher
 from tests.kube_fake.nodes import failed_scheduling_message, node, why_not
 from tests.kube_fake.process import FakeProcess
 from tests.kube_fake.sandbox import POD_SUBNET, pids_marked
+from tests.kube_fake.server import serve
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl")
 
@@ -120,6 +122,20 @@ def test_kubectl_pod_runs_for_real_execs_with_stdin_and_exit_code_and_is_deleted
     reasons = {e["reason"] for e in events_of(kube, "web")}
     assert {"Scheduled", "Pulled", "Started", "Killing"} <= reasons
     assert "web" in kube.kubectl("get", "events").stdout
+
+
+def test_kubectl_cp_copies_a_tree_into_the_pod_and_back(kube: FakeProcess) -> None:
+    apply(kube, pod_manifest("files", SLEEPER))
+    wait_until(lambda: phase(kube, "files") == "Running", timeout=10)
+    tree = kube.workdir / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for i in range(20):
+        (tree / "sub" / f"f{i}").write_text(str(i) * 100)
+    kube.kubectl("cp", str(tree), "files:upload")  # tar over exec, stdin closed by v5
+    listed = kube.kubectl("exec", "files", "--", "sh", "-c", "ls upload/sub | wc -l").stdout
+    assert listed.strip() == "20"
+    kube.kubectl("cp", "files:upload", str(kube.workdir / "back"))
+    assert (kube.workdir / "back" / "sub" / "f7").read_text() == "7" * 100
 
 
 def test_delete_marks_the_pod_then_removes_it_after_the_grace_period(kube: FakeProcess) -> None:
@@ -379,6 +395,40 @@ def test_two_fakes_are_two_contexts_of_one_merged_kubeconfig(tmp_path: Path) -> 
     finally:
         east.stop()
         west.stop()
+
+
+def test_the_python_api_runs_a_fake_in_a_loop_and_turns_its_knobs(tmp_path: Path) -> None:
+    async def main() -> tuple[dict[str, Any], list[int]]:
+        served = await serve(tmp_path, nodes=[node("only", cpu="2")])
+        try:
+            kube = served.kube
+            watcher = kube.store.watch("pods", "default", lambda o: True, since=None)
+            pod = kube.create_pod("default", pod_manifest("p", SLEEPER))
+            async with asyncio.timeout(10):  # until the kubelet's report reaches a watch
+                seen = ""
+                while seen != "Running":
+                    event = await watcher.queue.get()
+                    assert event is not None
+                    seen = event[1]["status"]["phase"]
+            kube.store.unwatch(watcher)
+            assert pids_marked(str(tmp_path)), "the pod's process runs"
+            evicted = await kube.evict("default", "p")
+            kube.faults.set(fail_count=1, fail_code=503)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{served.url}/api/v1/nodes") as answer:
+                    assert answer.status == 503
+                async with http.get(f"{served.url}/api/v1/nodes") as answer:
+                    assert [n["metadata"]["name"] for n in (await answer.json())["items"]] == [
+                        "only"
+                    ]
+            assert pod["metadata"]["uid"] == evicted["metadata"]["uid"]
+            return evicted, pids_marked(str(tmp_path))
+        finally:
+            await served.close()
+
+    evicted, left = asyncio.run(main())
+    assert (evicted["status"]["phase"], evicted["status"]["reason"]) == ("Failed", "Evicted")
+    assert left == [] and pids_marked(str(tmp_path)) == []
 
 
 def test_api_faults_answer_429_then_500_then_slowly_then_recover(kube: FakeProcess) -> None:
