@@ -538,6 +538,24 @@ def test_kubernetes_asyncio_watches_the_events_of_one_pod(kube: FakeProcess) -> 
     assert message.startswith("0/4 nodes are available: 4 Insufficient cpu.")
 
 
+def test_kubernetes_asyncio_eviction_api_deletes_the_pod_gracefully(kube: FakeProcess) -> None:
+    k8s = _k8s()
+    apply(kube, pod_manifest("drained", SLEEPER))
+    wait_until(lambda: phase(kube, "drained") == "Running", timeout=10)
+
+    async def main() -> None:
+        await k8s.config.load_kube_config(config_file=str(kube.kubeconfig))
+        async with k8s.client.ApiClient() as api:
+            v1 = k8s.client.CoreV1Api(api)
+            eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                        "metadata": {"name": "drained", "namespace": "default"}}  # fmt: skip
+            await v1.create_namespaced_pod_eviction("drained", "default", eviction)
+
+    asyncio.run(main())
+    wait_until(lambda: kube.kubectl("get", "pod", "drained", check=False).returncode == 1, 10)
+    assert kube.pod_processes() == []
+
+
 READ_ECHO_EXIT_7 = 'read l; echo "got $l"; echo e >&2; exit 7'
 
 
@@ -652,6 +670,22 @@ def test_failed_scheduling_message_counts_reasons_as_the_scheduler_does() -> Non
     assert why_not(gpu_pod, nodes[2], []) == []
     gpu_pod["spec"]["nodeSelector"] = {"x": "z"}
     assert why_not(gpu_pod, nodes[2], []) == ["node(s) didn't match Pod's node affinity/selector"]
+
+
+def test_required_node_affinity_and_taints_decide_where_a_pod_may_go() -> None:
+    labels = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    h100 = node("h", gpus=8, labels=labels)
+    h100["spec"]["taints"] = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    term = {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [term]}]}}}  # fmt: skip
+    pod = pod_manifest("p", resources={"limits": {"nvidia.com/gpu": 8}}, affinity=affinity)
+    assert why_not(pod, h100, []) == ["node(s) had untolerated taint {nvidia.com/gpu: present}"]
+    pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert why_not(pod, h100, []) == []
+    assert why_not(pod, node("cpu"), []) == ["node(s) didn't match Pod's node affinity/selector"]
+    term["operator"] = "NotIn"
+    assert why_not(pod, h100, []) == ["node(s) didn't match Pod's node affinity/selector"]
 
 
 def test_label_and_field_selectors() -> None:
