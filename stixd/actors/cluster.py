@@ -45,7 +45,14 @@ from stixd.actors.cluster_phases import (
     phase_ended,
     start_phase,
 )
-from stixd.actors.cluster_retry import RetryLaunch, StopRetrying, end_wait, stop_retrying
+from stixd.actors.cluster_retry import TIMER as RETRY_TIMER
+from stixd.actors.cluster_retry import (
+    RetryLaunch,
+    StopRetrying,
+    end_wait,
+    is_retrying,
+    stop_retrying,
+)
 from stixd.actors.cluster_states import CLUSTER_TRANSITIONS, C, E
 from stixd.actors.cluster_states import ClusterEvent as ClusterEvent  # where callers find it
 from stixd.actors.job import ClusterGone, JobEvent
@@ -170,8 +177,11 @@ class ClusterActor(Actor):
             if self.state is C.INIT and self.data.pending_launch:
                 start_phase(self, "launch", functools.partial(resume_launch, self))
         elif isinstance(message, RetryLaunch):
-            waiter = self.launch_waiter
-            start_phase(self, "launch", functools.partial(retry_launch, self), waiter)
+            # one sent early (a replica's host freed) may find a round running, or none wanted
+            if self.phases.current is None and is_retrying(self):
+                self.cancel_timer(RETRY_TIMER)  # it replaces the round the timer would start
+                waiter = self.launch_waiter
+                start_phase(self, "launch", functools.partial(retry_launch, self), waiter)
         elif isinstance(message, StopRetrying):
             await stop_retrying(self, message)
         elif isinstance(message, Envelope):
