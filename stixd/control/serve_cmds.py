@@ -91,13 +91,20 @@ def tls_problem(tls: dict[str, Any]) -> str | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:  # a password callback: an encrypted key fails here instead of asking a terminal
         context.load_cert_chain(paths["certfile"], paths["keyfile"], password=lambda: b"")
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-        return (
-            f"service.tls: the key and certificate do not load together ({why}); give an "
-            "unencrypted PEM key and the PEM certificate made for it"
-        )
+    except ssl.SSLError as exc:  # before OSError: it is one
+        why = exc.reason or str(exc)
+        return _unloadable(why)
+    except (OSError, ValueError) as exc:
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        return _unloadable(why)
     return None
+
+
+def _unloadable(why: str) -> str:
+    return (
+        f"service.tls: the key and certificate do not load together ({why}); give an "
+        "unencrypted PEM key and the PEM certificate made for it"
+    )
 
 
 async def _checked_tls(task: Task) -> None:
