@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import shutil
+import tempfile
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -115,3 +118,32 @@ async def test_a_collection_on_another_thread_is_frozen_on_the_loop() -> None:
         assert keeper.freezes == 1 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+async def test_the_daemon_freezes_what_a_full_collection_leaves_and_thaws_at_its_stop() -> None:
+    """A real daemon in this process: after a full collection its heap is frozen, and a stop
+    thaws it all (a daemon run by a test leaves no frozen heap behind)."""
+    from stixctl.aclient import acall
+    from stixd.config import load_config
+    from stixd.daemon import serve
+    from stixproto import messages as m
+    from stixproto.errors import StixError
+
+    home = Path(tempfile.mkdtemp(prefix="stx", dir="/tmp"))  # a socket path must be short
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve, home, load_config(home, env={}))
+                while True:
+                    try:
+                        await acall(home, m.DaemonStatus(), autostart=False)
+                        break
+                    except StixError:
+                        await anyio.sleep(0.05)
+                await _full_collection()
+                assert gc.get_freeze_count() > 0
+                await acall(home, m.Shutdown(), autostart=False)
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        shutil.rmtree(home, ignore_errors=True)
