@@ -1,12 +1,13 @@
 """The cycle collector's schedule for a daemon that holds tens of thousands of long-lived actors.
 
 CPython collects its oldest generation whenever the objects promoted into it since the last
-full collection reach a quarter of those that survived it. A launch keeps what it made alive
-for seconds, long enough to be promoted, so while managed jobs were admitted a full collection
-came every couple of hundred jobs whatever the heap's size, and each walked the whole heap:
-3 million objects, seconds each, at 10,000 jobs. Admission then cost more per job the more
-jobs the daemon already held (a probe, 2026-12-06: full collections took 4 ms per admitted job
-at 1,000 jobs and 18 ms at 5,000; the store's statements per job did not grow).
+full collection reach a quarter of those that survived it. Objects that live a few seconds (a
+launch's, a health round's) are promoted too, so while managed jobs were admitted a full
+collection came every couple of hundred jobs whatever the heap's size, and each walked the whole
+heap (1.4 million objects at 5,000 jobs). Admission then cost more per job the more jobs the
+daemon already held: in a probe (2026-12-06, a loaded machine) full collections took 4 ms per
+admitted job at 1,000 jobs held and 18 ms at 5,000, while the store's statements and SQLite
+steps per job stayed the same.
 
 Here the survivors of every full collection are frozen (`gc.freeze`: the collector skips them;
 reference counting still frees them), so the next one walks only what came since. A cycle of
