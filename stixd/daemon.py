@@ -30,6 +30,7 @@ from stixd.providers.abilities import Closes
 from stixd.providers.all import ENTRIES
 from stixd.providers.registry import build_providers, planner_table
 from stixd.runtime.clock import RealClock
+from stixd.runtime.heap import keep_heap
 from stixd.runtime.supervisor import Child, RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, open_store
@@ -128,6 +129,7 @@ async def serve(
                 tg.start_soon(_signals, app)
                 tg.start_soon(leak_cmds.watch, app)
                 tg.start_soon(check_health, app)
+                tg.start_soon(keep_heap)  # admission stays linear in the jobs already held
                 await app.shutdown.wait()
                 log.info("shutting_down")
                 sock.unlink(missing_ok=True)  # no client gets in from here on
