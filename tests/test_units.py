@@ -13,6 +13,7 @@ import plistlib
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,16 +40,16 @@ def real_executable() -> str:
 
 def systemd_verify(unit: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     assert SYSTEMD_ANALYZE is not None
-    runtime_dir = tmp_path / "xdg-runtime"
-    runtime_dir.mkdir(mode=0o700)
-    return subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", "--user", "--man=no", str(unit)],
-        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime_dir)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # short: the user units it reads (gpg-agent's) put sockets under it, at most 108 bytes
+    with tempfile.TemporaryDirectory(prefix="xdg-") as runtime_dir:
+        return subprocess.run(
+            [SYSTEMD_ANALYZE, "verify", "--user", "--man=no", str(unit)],
+            env={**os.environ, "XDG_RUNTIME_DIR": runtime_dir},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def parse_unit(text: str) -> configparser.ConfigParser:
