@@ -7,6 +7,7 @@ what was made; `local: {network: host}` shares this machine's network as the REA
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from stixd.providers.local.netns import (
     NetworkError,
     NodeNetworks,
     node_resolver,
+    overlapping_route,
     remove_under,
     unavailable_reason,
 )
@@ -442,14 +444,30 @@ def test_a_subnet_this_machine_already_routes_is_refused_and_nothing_is_made(
     pair = ["ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p"]
     subprocess.run(pair, check=True)  # a veth pair: this kernel may have no dummy links
     try:
-        subprocess.run(["ip", "addr", "add", "10.179.5.1/24", "dev", link], check=True)
+        subprocess.run(["ip", "addr", "add", "10.175.5.1/24", "dev", link], check=True)
         for end in (link, f"{link}p"):
             subprocess.run(["ip", "link", "set", end, "up"], check=True)
-        networks = NodeNetworks("10.179.0.0/16", run_dir=tmp_path)
-        with pytest.raises(NetworkError, match=f"overlaps 10.179.5.0/24 via {link}"):
+        networks = NodeNetworks("10.175.0.0/16", run_dir=tmp_path)  # no other test uses 10.175
+        with pytest.raises(NetworkError, match=f"overlaps 10.175.5.0/24 via {link}"):
             networks.ensure(tmp_path / "clusters" / "c" / "node-0")
         assert networks.switch not in namespaces()
         assert not Path("/sys/class/net", networks.gateway_link).exists()
     finally:
         subprocess.run(["ip", "link", "del", link], check=False)
         remove_under(tmp_path, run_dir=tmp_path)
+
+
+def test_a_vpns_split_default_route_is_no_overlap_but_its_private_range_is() -> None:
+    subnet = ipaddress.IPv4Network("10.177.0.0/16")
+    routes = [
+        {"dst": "default", "dev": "eth0"},
+        {"dst": "0.0.0.0/1", "dev": "tun0"},  # OpenVPN's redirect-gateway def1
+        {"dst": "128.0.0.0/1", "dev": "tun0"},
+        {"dst": "192.0.2.0/24", "dev": "eth0"},
+        "garbage",
+        {"dst": "not an address", "dev": "x"},
+    ]
+    assert overlapping_route(subnet, json.dumps(routes)) is None
+    vpn = [*routes, {"dst": "10.0.0.0/8", "dev": "wg0"}]
+    assert overlapping_route(subnet, json.dumps(vpn)) == "10.0.0.0/8 via wg0"
+    assert overlapping_route(subnet, "{not json") is None

@@ -162,6 +162,8 @@ class ClusterActor(Actor):
                     mailbox.put(self.phases.next_kept())
 
     async def handle(self, message: Any) -> None:
+        if isinstance(message, RetryLaunch) and message.early and busy(self):
+            return  # a round runs now: it sees the freed capacity, or its failure waits again
         if busy(self) and not answers_while_busy(message):
             self.phases.keep(message)  # a timer's tick too: at most one of each waits
         elif isinstance(message, PhaseEnded):
@@ -177,8 +179,7 @@ class ClusterActor(Actor):
             if self.state is C.INIT and self.data.pending_launch:
                 start_phase(self, "launch", functools.partial(resume_launch, self))
         elif isinstance(message, RetryLaunch):
-            # one sent early (a replica's host freed) may find a round running, or none wanted
-            if self.phases.current is None and is_retrying(self):
+            if is_retrying(self):  # an early one may come when no launch waits any more
                 self.cancel_timer(RETRY_TIMER)  # it replaces the round the timer would start
                 waiter = self.launch_waiter
                 start_phase(self, "launch", functools.partial(retry_launch, self), waiter)

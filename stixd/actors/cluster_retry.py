@@ -34,8 +34,12 @@ MULTIPLIER = 1.6
 JITTER = 0.2
 
 
+@dataclass(frozen=True)
 class RetryLaunch:
-    """Timer message: time for the next round of a `--retry-until-up` launch."""
+    """Time for the next round of a `--retry-until-up` launch: the backoff's timer, or ``early``
+    when capacity may have come back (a replica's host freed), which a running round drops."""
+
+    early: bool = False
 
 
 @dataclass(frozen=True)

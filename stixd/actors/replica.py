@@ -42,6 +42,7 @@ from stixd.actors.service_rows import (
 )
 from stixd.actors.service_states import ENDS, RE, REPLICA_TRANSITIONS, ReplicaEvent
 from stixd.actors.specs import spec_or_none
+from stixd.providers.abilities import HasPools
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -231,11 +232,17 @@ class ReplicaActor(Actor):
         self.stop_phase()
         await self._step(RE.SHUTDOWN, "scaled down" if not purge else "service going down")
 
+    def _held_pool_hosts(self) -> bool:
+        """Whether its cluster held hosts of a pool (ssh), which a waiting sibling may take now;
+        a cloud's capacity does not come back with one cluster's end."""
+        provider = self.app.providers.get((self.data.infra or "").partition("/")[0])
+        return isinstance(provider, HasPools)
+
     async def _torn_down(self, msg: TornDown) -> None:
         if self.state is not R.SHUTTING_DOWN:
             return
         end = self._end
-        if msg.problem is None:
+        if msg.problem is None and self._held_pool_hosts():
             await wake_waiting(self)
         if msg.problem is not None and not self.data.purge:
             why = f"its cluster {self.cluster} could not be torn down: {msg.problem}"

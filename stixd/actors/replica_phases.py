@@ -378,10 +378,9 @@ async def wake_waiting(replica: ReplicaActor) -> None:
         cluster = replica_cluster(spec.service, spec.replica_id)
         found = await app.store.get("cluster", cluster)
         data = data_or_none(found, ClusterData) if found is not None else None
-        # only between two rounds (a round is counted): during its first launch a retry
-        # would provision beside it
+        # only between two rounds (a round is counted); the cluster drops one while a round runs
         if data is not None and data.retry_round is not None:
-            app.supervisor.tell("cluster", cluster, RetryLaunch())
+            app.supervisor.tell("cluster", cluster, RetryLaunch(early=True))
 
 
 def cluster_of(service: str, replica_id: int) -> str:

@@ -27,6 +27,8 @@ class Held:
 
     limit: int
     waiting: int = 0
+    closing: bool = False
+    """The balancer is stopping: no request waits any more (a 503 now, not a reset later)."""
     _demand: asyncio.Event = field(default_factory=asyncio.Event)
 
     def enter(self) -> bool:

@@ -42,6 +42,11 @@ stream, and no slower: it is complete before its first byte could have gone)."""
 DEFAULT_STREAM_TIMEOUT = 120.0
 """SkyServe's: the longest a replica may stay silent, before its answer's head or within it,
 where the service sets no `load_balancer.stream_timeout_seconds`."""
+SILENT_TRIES = 2
+"""Replicas a request silent past the stream timeout is sent to at most (a slow model would
+otherwise run it on every replica, each after a whole timeout)."""
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+"""RFC 9110's idempotent methods: sent again after a silent replica, the others never."""
 
 
 class ReplayBody:
@@ -104,21 +109,25 @@ class Proxy:
             )
         self.arrivals.add(time.time())  # after auth: requests without a key scale nothing up
         if wants_websocket(request):
-            return await self._route(lambda slot: self.sockets.attempt(request, slot), None)
+            return await self._route(lambda slot: self.sockets.attempt(request, slot), None, True)
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (
             1,
             1,
         ):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body may come
         body = ReplayBody(request.content) if request.body_exists else None
-        return await self._route(lambda slot: self._try(request, slot, body), body)
+        idempotent = request.method in IDEMPOTENT
+        return await self._route(lambda slot: self._try(request, slot, body), body, idempotent)
 
     async def _route(
         self,
         attempt: Callable[[Slot], Awaitable[web.StreamResponse | Miss]],
         body: ReplayBody | None,
+        idempotent: bool,
     ) -> web.StreamResponse:
-        """Try replicas until one answers; wait while none is ready or every one is out."""
+        """Try replicas until one answers; wait while none is ready or every one is out. A
+        replica silent past the stream timeout may be working on the request still: it is
+        tried on one more only when the method is idempotent."""
         tried: list[Slot] = []
         silent = 0
         deadline = time.monotonic() + self.hold_seconds
@@ -141,6 +150,10 @@ class Proxy:
             if not isinstance(answer, Miss):
                 return answer
             silent += answer is Miss.SILENT
+            if answer is Miss.SILENT and (silent >= SILENT_TRIES or not idempotent):
+                return one_line(
+                    504, f"no replica answered within the stream timeout ({silent} tried)"
+                )
             if body is not None and not body.replayable:
                 return one_line(502, "the replica failed after the request body was sent")
 
@@ -148,6 +161,8 @@ class Proxy:
         """Wait for a replica to take requests (None: a set came, or an ejected replica is
         back); a 503 when the queue is full or time is up."""
         why = "every replica is failing" if self.pool.slots else "no ready replica"
+        if self.held.closing:
+            return one_line(503, f"{why} and the balancer is stopping; retry")
         if not self.held.enter():
             return one_line(503, f"{why} and {self.held.limit} requests already wait")
         try:
@@ -155,9 +170,12 @@ class Proxy:
             if left > 0:
                 try:
                     await asyncio.wait_for(self.pool.changed().wait(), left)
-                    return None
                 except TimeoutError:
                     pass
+                else:
+                    if not self.held.closing:
+                        return None
+                    return one_line(503, f"{why} and the balancer is stopping; retry")
             return one_line(503, f"{why} and none came back in time; retry later")
         finally:
             self.held.leave()

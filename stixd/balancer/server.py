@@ -110,19 +110,28 @@ async def run(
         server = await control.serve(str(layout.control))
         write_private(layout.pid, f"{os.getpid()}\n".encode())
         print(f"balancer {os.getpid()} serving {host}:{spec.port} ({spec.policy})", flush=True)
-        reviver = asyncio.create_task(Reviver(pool, held).run())
-        orphaned = asyncio.create_task(_stop_when_orphaned(layout.dir, stop))
+        tasks = [
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(Reviver(pool, held).run()),
+            asyncio.create_task(_stop_when_orphaned(layout.dir, stop)),
+        ]
         try:
-            await stop.wait()
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reviver.cancel()
-            orphaned.cancel()
+            held.closing = True  # waiting requests get a 503 now, not a reset at the cleanup
+            pool.wake()
+            for task in tasks:
+                task.cancel()
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
             proxy.sockets.stop_all()  # a WebSocket would hold the shutdown for its whole life
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 if layout.pid.read_text().strip() == str(os.getpid()):
                     layout.pid.unlink()
             await runner.cleanup()
+    for failed in ended:
+        if isinstance(failed, Exception):  # a helper that broke ends the balancer, loudly
+            raise failed
     print(f"balancer {os.getpid()} stopped", flush=True)
 
 

@@ -337,17 +337,22 @@ class NodeNetworks:
         _ip("link", "del", self.gateway_link, check=False)
 
 
-def overlapping_route(subnet: ipaddress.IPv4Network) -> str | None:
+def overlapping_route(subnet: ipaddress.IPv4Network, listing: str | None = None) -> str | None:
     """A route of this machine into ``subnet`` ("10.0.0.0/8 via wg0"), if any: asked before
-    stix routes the subnet itself, as nodes there would hide the machines behind that route."""
-    listing = _ip("-j", "-4", "route", "show", check=False)
+    stix routes the subnet itself, as nodes there would hide the machines behind that route.
+    ``listing``: `ip -j -4 route show`'s output (read here when not given)."""
+    if listing is None:
+        listing = _ip("-j", "-4", "route", "show", check=False).stdout
     with contextlib.suppress(ValueError):
-        for route in json.loads(listing.stdout or "[]"):
+        for route in json.loads(listing or "[]"):
             if not isinstance(route, dict) or route.get("dst") in (None, "default"):
                 continue
             dst, dev = route["dst"], str(route.get("dev", "?"))
             with contextlib.suppress(ValueError, TypeError):
-                if ipaddress.IPv4Network(dst, strict=False).overlaps(subnet):
+                routed = ipaddress.IPv4Network(dst, strict=False)
+                # wider than a /8 is a default route in parts (a VPN's 0.0.0.0/1 + 128.0.0.0/1):
+                # more specific routes, such as the subnet's own, still win over it
+                if routed.prefixlen >= 8 and routed.overlaps(subnet):
                     return f"{dst} via {dev}"
     return None
 
