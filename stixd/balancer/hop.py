@@ -39,10 +39,14 @@ class Miss(enum.Enum):
     """No answer within the stream timeout: the replica is up but did not speak."""
 
 
+def _tokens(headers: MultiMapping[str]) -> set[str]:
+    """What the Connection headers name, lower case."""
+    return {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+
+
 def _hop_by_hop(headers: MultiMapping[str]) -> frozenset[str]:
     """The standard hop-by-hop headers and those the Connection header names."""
-    named = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
-    return HOP_BY_HOP | named
+    return HOP_BY_HOP | _tokens(headers)
 
 
 def upstream_headers(
@@ -67,9 +71,7 @@ def downstream_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
 
 
 def connection_tokens(request: web.BaseRequest) -> set[str]:
-    return {
-        t.strip().lower() for v in request.headers.getall("Connection", ()) for t in v.split(",")
-    }
+    return _tokens(request.headers)
 
 
 def one_line(status: int, text: str) -> web.Response:
