@@ -373,7 +373,7 @@ async def wake_waiting(replica: ReplicaActor) -> None:
     app = replica.app
     for row in await app.store.rows(REPLICA, parent=replica.spec.service):
         spec = spec_or_none(row, ReplicaSpec)
-        if spec is None or row.state != ReplicaStatus.PROVISIONING.value:
+        if spec is None or state_of(row, ReplicaStatus) is not ReplicaStatus.PROVISIONING:
             continue
         cluster = replica_cluster(spec.service, spec.replica_id)
         found = await app.store.get("cluster", cluster)
