@@ -206,7 +206,7 @@ async def test_requests_do_not_wait_for_a_replica_that_accepts_and_resets(bed: B
             start = time.monotonic()
             status, text = await get(s, lb.endpoint + "/")
             assert (status, text) == (502, "no replica answered (1 tried)\n")
-            assert time.monotonic() - start < 2  # far from the hold's 20 s
+            assert time.monotonic() - start < 10  # far from the hold's 20 s
     assert (await lb.take_traffic()).suspects == (1,)
 
 

@@ -249,19 +249,18 @@ def test_host_network_shares_this_machines_address_and_a_second_bind_fails(
 
 
 @needs_namespaces
-def test_a_nodes_network_is_made_once_and_fast(networks: NodeNetworks, tmp_path: Path) -> None:
+def test_a_nodes_network_is_made_once(networks: NodeNetworks, tmp_path: Path) -> None:
+    """A second `ensure` finds what the first made: the same address and the same namespace
+    (its file's inode), nothing made again. How fast, bench/bench_local_netns.py measures."""
     node = tmp_path / "clusters" / "bench" / "node-0"
     try:
-        started = time.perf_counter()
         net = networks.ensure(node)
-        made = time.perf_counter() - started
-        again = time.perf_counter()
+        made = (NETNS_DIR / net.name).stat().st_ino
         assert networks.ensure(node) == net  # idempotent: the same address
-        kept = time.perf_counter() - again
+        assert (NETNS_DIR / net.name).stat().st_ino == made
     finally:
         remove_under(tmp_path)
     assert net.name not in namespaces()
-    assert made < 1.0 and kept < made
 
 
 def test_nodes_get_the_upstream_resolvers_when_this_machine_names_a_loopback_one(
