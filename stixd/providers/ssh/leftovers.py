@@ -9,9 +9,6 @@ down (its jobs with it) and removes its files before it starts its own.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -20,6 +17,7 @@ import structlog
 
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.shared.ssh_transport import SshConnection, quote
+from stixd.providers.ssh.pools import locked_json
 
 LEFTOVERS_FILE = "ssh_leftovers.json"
 GONE_WITHIN_S = 10.0
@@ -41,24 +39,9 @@ class Leftovers:
 
     def __init__(self, home: Path) -> None:
         self.path = home / LEFTOVERS_FILE
-        self._lock_path = home / (LEFTOVERS_FILE + ".lock")
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, list[Leftover]]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            data = self._read()
-            before = msgspec.json.encode(data)
-            yield data
-            after = msgspec.json.encode({k: v for k, v in data.items() if v})
-            if after != before:
-                partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.part")
-                partial.write_bytes(msgspec.json.format(after))
-                os.replace(partial, self.path)
-        finally:
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[dict[str, list[Leftover]]]:
+        return locked_json(self.path, self._read, lambda d: {k: v for k, v in d.items() if v})
 
     def _read(self) -> dict[str, list[Leftover]]:
         try:

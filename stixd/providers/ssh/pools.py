@@ -27,7 +27,7 @@ import getpass
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -192,6 +192,32 @@ def _port(value: Any, key: str, fail: Fail) -> int:
     return value
 
 
+_Data = TypeVar("_Data")
+
+
+@contextlib.contextmanager
+def locked_json(
+    path: Path, read: Callable[[], _Data], kept: Callable[[_Data], object] = lambda d: d
+) -> Iterator[_Data]:
+    """``read()``'s data of ``path`` to change in place, written back if it changed (``kept``
+    of it: what is stored), under an ``flock`` on ``<path>.lock`` and through a temp name and a
+    rename: two daemons never interleave and a crash never leaves half a file. Blocks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = read()
+        before = msgspec.json.encode(data)
+        yield data
+        after = msgspec.json.encode(kept(data))
+        if after != before:
+            partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+            partial.write_bytes(msgspec.json.format(after))
+            os.replace(partial, path)
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # -- allocations ---------------------------------------------------------------------------
 
 ALLOCATIONS_FILE = "ssh_allocations.json"
@@ -221,24 +247,9 @@ class Allocations:
 
     def __init__(self, home: Path) -> None:
         self.path = home / ALLOCATIONS_FILE
-        self._lock_path = home / (ALLOCATIONS_FILE + ".lock")
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Holding]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            data = self._read()
-            before = msgspec.json.encode(data)
-            yield data
-            after = msgspec.json.encode(data)
-            if after != before:
-                partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.part")
-                partial.write_bytes(msgspec.json.format(after))
-                os.replace(partial, self.path)
-        finally:
-            os.close(fd)  # releases the lock
+    def _locked(self) -> contextlib.AbstractContextManager[dict[str, Holding]]:
+        return locked_json(self.path, self._read)
 
     def _read(self) -> dict[str, Holding]:
         try:
