@@ -45,7 +45,7 @@ from stixproto.task import Task, from_yaml
 from stixproto.task.model import Service
 from stixproto.task.service import effective_scaling
 from tests.autoscaler_support import FakeFleet, burst
-from tests.conftest import Stix, kill_everything_under
+from tests.conftest import Stix, kill_everything_under, wait_until
 from tests.test_serve import free_port, self_signed
 
 PORT = free_port()  # nothing binds it: the kept service has no replica
@@ -64,6 +64,9 @@ def daemon() -> Iterator[Stix]:
     try:
         (home / "keep.yaml").write_text(json.dumps(BASE))
         s.run("serve", "up", "-y", "-n", "keep", str(home / "keep.yaml"), check=True)
+        # A service with no replicas starts REPLICA_INIT and settles NO_REPLICA on its first
+        # round; every test compares its record before and after, so start from the settled one.
+        wait_until(lambda: _status_of(s, "keep") == "NO_REPLICA", timeout=20)
         yield s
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -85,6 +88,11 @@ def served(daemon: Stix, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stix]:
     assert daemon.daemon_pid() == pid
     assert _services(daemon) == before
     assert sorted((daemon.home / "serve").iterdir()) == made
+
+
+def _status_of(stix: Stix, name: str) -> str | None:
+    shown = stix.json("serve", "status")
+    return next((str(x["status"]) for x in shown if x["name"] == name), None)
 
 
 def _services(stix: Stix) -> list[dict[str, Any]]:
