@@ -1,0 +1,140 @@
+"""Which Kubernetes contexts exist and an API client for each, as kubectl reads them.
+
+The kubeconfig is ``$KUBECONFIG`` (several files joined by ``:``, the first to set a value wins,
+as kubectl merges them) or ``~/.kube/config``. Listing contexts reads the YAML only; a client is
+made on first use of a context, importing ``kubernetes_asyncio`` then, off the event loop (it
+takes about half a second). Certificates a kubeconfig carries inline are written to the
+provider's private folder, never to the system's temp dir, and the kubeconfig is never written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import yaml
+
+from stixproto.errors import ProvisionError
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
+
+DEFAULT_PATH = "~/.kube/config"
+DEFAULT_NAMESPACE = "default"
+
+
+class KubeconfigError(ProvisionError):
+    """The kubeconfig is missing, unreadable or names no such context."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Kubeconfig:
+    paths: tuple[Path, ...]
+    """The files read, in kubectl's order (those that exist)."""
+    contexts: tuple[str, ...]
+    current: str | None
+    namespaces: Mapping[str, str]
+    """Per context, the namespace it names (``default`` where it names none)."""
+
+    @property
+    def config_file(self) -> str:
+        """The files as ``kubernetes_asyncio`` takes them (joined by ``:``)."""
+        return os.pathsep.join(str(p) for p in self.paths)
+
+    def namespace(self, context: str) -> str:
+        return self.namespaces.get(context, DEFAULT_NAMESPACE)
+
+
+def kubeconfig_paths(env: Mapping[str, str]) -> tuple[Path, ...]:
+    """The kubeconfig files kubectl would read, whether they exist or not."""
+    given = env.get("KUBECONFIG", "")
+    parts = [p for p in given.split(os.pathsep) if p] if given else [DEFAULT_PATH]
+    return tuple(Path(p).expanduser() for p in parts)
+
+
+def read_kubeconfig(env: Mapping[str, str] | None = None) -> Kubeconfig:
+    """The contexts of the kubeconfig; an empty one when no file exists (Kubernetes is then
+    simply not set up). ``KubeconfigError`` for a file that exists but cannot be read."""
+    contexts: list[str] = []
+    namespaces: dict[str, str] = {}
+    current: str | None = None
+    found: list[Path] = []
+    for path in kubeconfig_paths(os.environ if env is None else env):
+        if not path.is_file():
+            continue
+        try:
+            raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise KubeconfigError(f"kubeconfig {path} cannot be read: {why}") from None
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            raise KubeconfigError(f"kubeconfig {path} is not a mapping")
+        found.append(path)
+        if current is None and isinstance(raw.get("current-context"), str):
+            current = raw["current-context"] or None
+        for item in raw.get("contexts") or []:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                continue
+            name = item["name"]
+            if name in namespaces:
+                continue  # the first file to name a context wins
+            context = item.get("context") if isinstance(item.get("context"), dict) else {}
+            namespace = context.get("namespace") if isinstance(context, dict) else None
+            namespaces[name] = namespace if isinstance(namespace, str) else DEFAULT_NAMESPACE
+            contexts.append(name)
+    if current not in namespaces:
+        current = None
+    return Kubeconfig(tuple(found), tuple(contexts), current, namespaces)
+
+
+async def _kubernetes_config() -> Any:
+    """``kubernetes_asyncio.config``, imported on a worker thread the first time."""
+    return await anyio.to_thread.run_sync(importlib.import_module, "kubernetes_asyncio.config")
+
+
+class Clients:
+    """One ``ApiClient`` per context, made on first use and closed together."""
+
+    def __init__(self, config: Kubeconfig, private_dir: Path) -> None:
+        self.config = config
+        self.private_dir = private_dir
+        self._clients: dict[str, ApiClient] = {}
+        self._lock = anyio.Lock()
+
+    async def client(self, context: str) -> ApiClient:
+        if context not in self.config.namespaces:
+            known = ", ".join(self.config.contexts) or "none"
+            raise KubeconfigError(f"no Kubernetes context {context!r} (contexts: {known})")
+        async with self._lock:
+            made = self._clients.get(context)
+            if made is None:
+                made = await self._make(context)
+                self._clients[context] = made
+            return made
+
+    async def _make(self, context: str) -> ApiClient:
+        module = await _kubernetes_config()
+        self.private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            client: ApiClient = await module.new_client_from_config(
+                config_file=self.config.config_file,
+                context=context,
+                persist_config=False,
+                temp_file_path=str(self.private_dir),
+            )
+        except Exception as exc:  # the loader raises ConfigException, ValueError, OSError...
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise KubeconfigError(f"Kubernetes context {context}: {why}") from None
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
