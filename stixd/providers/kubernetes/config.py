@@ -1,0 +1,52 @@
+"""The ``kubernetes:`` section of the config file, with SkyPilot's keys and meanings.
+
+- ``allowed_contexts``: the contexts launches may use, in the order they are tried (failover
+  goes down the list); unset: the kubeconfig's current context only.
+- ``namespace``: where pods go; unset: each context's own namespace (``default`` if none).
+- ``pod_config``: a pod manifest fragment merged into every pod stix makes (lists of containers
+  merged by position, maps key by key, stix's own values winning only where it must).
+- ``custom_metadata``: ``labels`` and ``annotations`` added to every object stix makes.
+- ``provision_timeout``: seconds a pod may stay Pending while an autoscaler adds a node before
+  the launch fails over (SkyPilot's default, 10, without an autoscaler; launches without one
+  fail over at once on a ``FailedScheduling`` event).
+- ``autoscaler``: the context's cluster autoscaler kind, if any (SkyPilot's names).
+- ``remote_identity``: the service account pods run as (``SERVICE_ACCOUNT``: stix's default one;
+  ``NO_UPLOAD`` or ``LOCAL_CREDENTIALS``: the namespace's default account), or an account's name.
+- ``ports``: how a task's ports are exposed: ``loadbalancer`` (default), ``nodeport`` or
+  ``podip`` (reachable only from inside the cluster's network).
+- ``image``: the pod image when the task names none (must have python3 for the agent).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from stixproto.bounds import MAX_SECONDS
+
+PortMode = Literal["loadbalancer", "nodeport", "podip"]
+Autoscaler = Literal["gke", "karpenter", "coreweave", "generic"]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+DEFAULT_IMAGE = "python:3.11-slim"
+"""A small public image with python3; a task's ``image_id: docker:IMAGE`` replaces it."""
+DEFAULT_PROVISION_TIMEOUT = 10.0
+
+
+class CustomMetadata(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    annotations: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class KubernetesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    enabled: bool = True
+    """False leaves Kubernetes out even where a kubeconfig exists."""
+    allowed_contexts: tuple[str, ...] | None = None
+    namespace: str | None = None
+    pod_config: dict[str, Any] = msgspec.field(default_factory=dict)
+    custom_metadata: CustomMetadata = msgspec.field(default_factory=CustomMetadata)
+    provision_timeout: Seconds = DEFAULT_PROVISION_TIMEOUT
+    autoscaler: Autoscaler | None = None
+    remote_identity: str = "SERVICE_ACCOUNT"
+    ports: PortMode = "loadbalancer"
+    image: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] = DEFAULT_IMAGE
