@@ -10,10 +10,13 @@ import itertools
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO
 
 import anyio
 import pytest
@@ -22,8 +25,10 @@ import yaml
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.kubernetes import exec as pod_exec
+from stixd.providers.kubernetes import inpod, tarsync
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.exec import ExecError
+from stixd.providers.kubernetes.inpod.relay import CLOSE, DATA, EOF, HEADER, OPEN, READY
 from stixd.providers.kubernetes.seams import CONTAINER, PodRef, PodShell
 from stixd.providers.kubernetes.shell import ExecShell, open_shell
 from stixd.providers.shared.bootstrap import ensure_agent
@@ -294,3 +299,112 @@ async def test_put_tree_of_one_file_and_a_type_change(shell: ExecShell, tmp_path
         "cat files/one.txt/link; readlink files/one.txt/link", timeout=10
     )
     assert (status, out) == (0, "b\na/b\n")
+
+
+async def test_api_errors_and_a_slow_api_server_fail_the_call_in_one_line(
+    kube: FakeProcess, shell: ExecShell
+) -> None:
+    try:
+        kube.admin("faults", fail_count=1, fail_code=500)
+        with pytest.raises(ExecError) as caught:
+            await shell.run("true", timeout=10)
+        assert caught.value.retryable and "answered 500" in str(caught.value)
+        kube.admin("faults", fail_count=1, fail_code=429)
+        with pytest.raises(AgentUnreachable, match="answered 429"):
+            await shell.agent_client("/tmp/none.sock", "x").call("hello", deadline=10)
+        kube.admin("faults", delay=3)
+        started = time.monotonic()
+        with pytest.raises(ExecError, match="did not finish within 1 s"):
+            await shell.run("true", timeout=1)
+        assert time.monotonic() - started < 2.5
+    finally:
+        kube.admin("faults", delay=0, fail_count=0)
+    assert await shell.run("echo back", timeout=10) == (0, "back\n", "")
+
+
+# --- the in-pod programs on the oldest python3 a pod may have ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def python_37() -> str:
+    """A python3.7 that runs (PATH's may be a pyenv shim of a version not selected)."""
+    found = [
+        shutil.which("python3.7"),
+        *map(str, Path.home().glob(".pyenv/versions/3.7*/bin/python3.7")),
+    ]
+    for candidate in filter(None, found):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    pytest.skip("needs python3.7")
+
+
+def echo_once(server: socket.socket) -> None:
+    """Answer one connection with what it sent, once it said it is done."""
+    conn, _ = server.accept()
+    with conn:
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        conn.sendall(data[::-1])
+
+
+def frames_of(stream: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    while header := stream.read(HEADER.size):
+        stream_id, kind, size = HEADER.unpack(header)
+        yield stream_id, kind, stream.read(size)
+
+
+def test_the_in_pod_programs_run_on_python_3_7(python_37: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "echo.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    echo = threading.Thread(target=echo_once, args=(server,))
+    echo.start()
+    argv = [python_37, *inpod.argv("relay")[1:]]
+    try:
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as relay:
+            assert relay.stdin is not None and relay.stdout is not None
+            deadline = threading.Timer(20, relay.kill)  # a relay that hangs ends the reads
+            deadline.start()
+            sent = [
+                (7, OPEN, path.encode()),
+                (7, DATA, b"ping "),
+                (7, DATA, b"pong"),
+                (7, EOF, b""),
+            ]
+            relay.stdin.write(inpod.preamble("relay"))
+            relay.stdin.write(b"".join(HEADER.pack(i, k, len(p)) + p for i, k, p in sent))
+            relay.stdin.flush()
+            got = []
+            for frame in frames_of(relay.stdout):
+                got.append(frame)
+                if frame[1] == CLOSE:
+                    break
+            relay.stdin.close()  # the exec is gone: the relay ends
+            assert relay.wait(timeout=10) == 0
+            deadline.cancel()
+        assert got == [(0, READY, b"stix-relay 1"), (7, DATA, b"gnop gnip"), (7, CLOSE, b"")]
+    finally:
+        echo.join(timeout=10)
+        server.close()
+
+    src = make_tree(tmp_path / "src", {".gitignore": GITIGNORE, **NESTED})
+    dst = tmp_path / "dst"
+    plan = tarsync.plan_tree(src, str(dst), "none", {})
+    spool, size, times = tarsync.build_tar(plan)
+    with spool:
+        apply = inpod.preamble("tarsync") + tarsync.apply_header(plan, size, times) + spool.read()
+    run_37 = [python_37, *inpod.argv("tarsync")[1:]]
+    subprocess.run([*run_37, "apply", str(dst)], input=apply, check=True, capture_output=True)
+    listed = subprocess.run(
+        [*run_37, "list", str(dst)],
+        input=inpod.preamble("tarsync"),
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    kind, there = tarsync.read_listing(listed)
+    assert tarsync.plan_tree(src, str(dst), kind, there).empty
+    assert {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()} == sent_by_rules(
+        src
+    )

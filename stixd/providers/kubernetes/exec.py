@@ -170,9 +170,16 @@ class ExecChannel:
 
 
 async def connect(
-    client: ApiClient, pod: PodRef, argv: Sequence[str], *, stdin: bool
+    client: ApiClient,
+    pod: PodRef,
+    argv: Sequence[str],
+    *,
+    stdin: bool,
+    heartbeat: float | None = None,
 ) -> ExecChannel:
-    """Start ``argv`` in the pod; the caller bounds the time (``anyio.fail_after``)."""
+    """Start ``argv`` in the pod; the caller bounds the time (``anyio.fail_after``). With a
+    ``heartbeat``, a connection that answers no ping within half of it is closed (the caller
+    must keep reading its frames, which is where the answers are seen)."""
     config = client.configuration
     session: aiohttp.ClientSession = client.rest_client.pool_manager
     try:
@@ -182,6 +189,7 @@ async def connect(
             headers=await _headers(client),
             proxy=config.proxy or None,
             autoping=True,
+            heartbeat=heartbeat,
             max_msg_size=MAX_FRAME,
         )
     except aiohttp.WSServerHandshakeError as exc:

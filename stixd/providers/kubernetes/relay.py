@@ -41,6 +41,9 @@ START_WITHIN_S = 20.0
 MAX_PAYLOAD = 1024 * 1024  # per DATA frame the daemon sends (the relay takes up to 16 MiB)
 MAX_UNREAD = 64 * 1024 * 1024  # bytes a stream may hold that its reader has not taken
 CLOSE_WITHIN_S = 2.0
+HEARTBEAT_S = 30.0
+"""The relay's connection is pinged this often: one a NAT or a proxy dropped without a word is
+noticed and started again, instead of every agent call on it running into its deadline."""
 
 
 class RelayStream(ByteStream):
@@ -236,7 +239,9 @@ class Relay:
         self.starts += 1
         try:
             with anyio.fail_after(self.start_within):
-                chan = await connect(self.client, self.pod, inpod.argv("relay"), stdin=True)
+                chan = await connect(
+                    self.client, self.pod, inpod.argv("relay"), stdin=True, heartbeat=HEARTBEAT_S
+                )
                 session = _Session(chan)
                 # the reader outlives this call: it belongs to the session, which cancels and
                 # awaits it in aclose (the relay has no task group that lives as long as it)
