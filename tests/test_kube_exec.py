@@ -5,6 +5,8 @@ pod through it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
@@ -21,6 +23,7 @@ from typing import IO
 import anyio
 import pytest
 import yaml
+from yarl import URL
 
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.agent_client import AgentError, AgentUnreachable
@@ -408,3 +411,99 @@ def test_the_in_pod_programs_run_on_python_3_7(python_37: str, tmp_path: Path) -
     assert {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()} == sent_by_rules(
         src
     )
+
+
+# --- a connection cut mid-way -----------------------------------------------------------------
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the API server whose open connections a test cuts at once, as a
+    network drop or a restarted load balancer would."""
+
+    def __init__(self) -> None:
+        self.links: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self, upstream: str) -> str:
+        target = URL(upstream)
+
+        async def link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
+            self.links += [writer, up_writer]
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        self.server = await asyncio.start_server(link, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def cut(self) -> None:
+        for writer in self.links:
+            writer.transport.abort()
+        self.links.clear()
+
+    async def aclose(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def cut_shell(
+    kube: FakeProcess, pod: PodRef, tmp_path: Path
+) -> AsyncIterator[tuple[ExecShell, CuttingProxy]]:
+    proxy = CuttingProxy()
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = await proxy.start(kube.url)
+    path = tmp_path / "through-proxy"
+    path.write_text(yaml.safe_dump(config))
+    clients = Clients(read_kubeconfig({"KUBECONFIG": str(path)}), tmp_path / "private")
+    shell = await open_shell(clients, pod)
+    try:
+        yield shell, proxy
+    finally:
+        await shell.aclose()
+        await clients.aclose()
+        await proxy.aclose()
+
+
+async def test_a_stream_cut_mid_way_fails_the_call_at_once_and_the_relay_comes_back(
+    kube: FakeProcess, cut_shell: tuple[ExecShell, CuttingProxy], pyz: Path
+) -> None:
+    shell, proxy = cut_shell
+    ep = await ensure_agent(
+        shell, cluster="cut", rank=0, node_ip="127.0.0.1", pyz=pyz, build=build_id()
+    )
+    agent = shell.agent_client(ep.socket_path, "cut-0")
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+
+        async def cut_when_running() -> None:
+            await until(lambda: pids_running(kube, b"sleep", b"32"))  # the command runs
+            proxy.cut()  # its connection and the relay's
+
+        tg.start_soon(cut_when_running)
+        with pytest.raises(ExecError) as caught:
+            await shell.run("echo started; sleep 32", timeout=20)
+    assert time.monotonic() - started < 10
+    assert caught.value.retryable and "\n" not in str(caught.value)
+    assert "ended without an exit status" in str(caught.value) or "broke" in str(caught.value)
+    await until(lambda: not shell.relay.alive)
+    assert (await agent.call("hello"))["pid"] == ep.pid
+    assert shell.relay.starts == 2
+
+
+async def test_output_past_the_bound_fails_the_call(
+    shell: ExecShell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pod_exec, "MAX_OUTPUT", 100_000)
+    with pytest.raises(ExecError, match="printed more than"):
+        await shell.run("head -c 5000000 /dev/zero", timeout=20, stdin=b"x")
+    assert await shell.run("echo fine", timeout=10) == (0, "fine\n", "")

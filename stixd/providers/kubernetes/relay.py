@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from stixd.providers.kubernetes.exec import (
     ExecError,
     connect,
     exit_code,
+    read_status,
 )
 from stixd.providers.kubernetes.inpod.relay import CLOSE, DATA, EOF, HEADER, OPEN, READY
 from stixd.providers.kubernetes.seams import PodRef
@@ -162,8 +162,10 @@ class _Session:
                     self._stderr = (self._stderr + data)[-4096:]
                 elif channel == STATUS:
                     try:
-                        why = f"the relay ended with exit status {exit_code(json.loads(data), pod)}"
-                    except (ExecError, ValueError) as exc:
+                        why = (
+                            f"the relay ended with exit status {exit_code(read_status(data), pod)}"
+                        )
+                    except ExecError as exc:
                         why = f"the relay ended: {exc}"
         except (aiohttp.ClientError, ConnectionError, ValueError) as exc:
             why = f"the relay's stream broke: {exc}"
