@@ -106,14 +106,20 @@ class NoGpuNodes(ProvisionError):
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """A required node affinity: the node's ``key`` label is one of ``values``."""
+    """A required node affinity: for one of ``terms``, the node's ``key`` label is one of its
+    values (a cluster may label some nodes one way and others another)."""
 
-    key: str
-    values: tuple[str, ...]
+    terms: tuple[tuple[str, tuple[str, ...]], ...]
 
-    def affinity(self) -> dict[str, object]:
-        term = {"matchExpressions": [{"key": self.key, "operator": "In", "values": [*self.values]}]}
-        return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self.terms)
+
+    def node_selector_terms(self) -> list[dict[str, object]]:
+        return [
+            {"matchExpressions": [{"key": key, "operator": "In", "values": list(values)}]}
+            for key, values in self.terms
+        ]
 
 
 def detect(nodes: Iterable[Mapping[str, str]]) -> LabelScheme | None:
@@ -144,38 +150,30 @@ def select(
     accelerator: str, nodes: Iterable[Mapping[str, str]], autoscaler: str | None, context: str
 ) -> Selection:
     """Which nodes a pod wanting ``accelerator`` may go to, by the labels of ``nodes`` (each
-    node's labels). With ``autoscaler``, nodes not made yet count: the value as its scheme
-    spells it is added."""
+    node's labels): per scheme the nodes carry, the values that name it. With ``autoscaler``,
+    nodes not made yet count too: its scheme's spelling of the GPU is added."""
     listed = list(nodes)
-    scheme = detect(listed)
-    values: list[str] = []
-    if scheme is not None:
+    found: dict[str, list[str]] = {}
+    for scheme in SCHEMES:
         for labels in listed:
-            value = labels.get(scheme.key) or ""
-            gpu = scheme.read(value) if value else ""
-            if (
-                value
-                and value not in values
-                and (names_match(accelerator, gpu) or names_match(accelerator, value))
-            ):
-                values.append(value)
+            value = (labels.get(scheme.key) or "").strip()
+            if not value or value in found.get(scheme.key, []):
+                continue
+            if names_match(accelerator, scheme.read(value)) or names_match(accelerator, value):
+                found.setdefault(scheme.key, []).append(value)
     if autoscaler is not None:
         grows = AUTOSCALER_SCHEME.get(autoscaler, BY_KEY["skypilot.co/accelerator"])
-        if scheme is None or scheme is grows:
-            assert grows.spell is not None  # every autoscaler's scheme spells one value
-            spelled = grows.spell(accelerator)
-            scheme = grows
-            if spelled not in values:
-                values.append(spelled)
-    if scheme is None:
+        assert grows.spell is not None  # every autoscaler's scheme spells one value
+        spelled = grows.spell(accelerator)
+        if spelled not in found.get(grows.key, []):
+            found.setdefault(grows.key, []).append(spelled)
+    if not found:
+        labelled = detect(listed)
         keys = ", ".join(s.key for s in SCHEMES)
-        raise NoGpuNodes(
-            f"no node of Kubernetes context {context} has a GPU label ({keys}); "
-            "label the GPU nodes or set kubernetes.autoscaler"
+        why = (
+            f"no node has a GPU label ({keys}); label the GPU nodes or set kubernetes.autoscaler"
+            if labelled is None
+            else f"no node has a {accelerator} (by their GPU labels)"
         )
-    if not values:
-        raise NoGpuNodes(
-            f"no node of Kubernetes context {context} has a {accelerator} "
-            f"(by its {scheme.key} labels)"
-        )
-    return Selection(scheme.key, tuple(values))
+        raise NoGpuNodes(f"Kubernetes context {context}: {why}")
+    return Selection(tuple((key, tuple(values)) for key, values in found.items()))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from stixd.providers.kubernetes.gpu_labels import GPU_RESOURCES, LabelScheme, detect
+from stixd.providers.kubernetes.gpu_labels import GPU_RESOURCES, SCHEMES
 from stixproto.errors import ProvisionError
 
 if TYPE_CHECKING:
@@ -180,16 +180,24 @@ def _labels(raw: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in labels.items()}
 
 
-def node_of(raw: Mapping[str, Any], scheme: LabelScheme | None, gpus_requested: int | None) -> Node:
-    """One node as listed; its GPU named by its label of the context's ``scheme``."""
+def accelerator_of(labels: Mapping[str, str]) -> str | None:
+    """The GPU a node's labels name: by the first of the label schemes it carries."""
+    for scheme in SCHEMES:
+        value = (labels.get(scheme.key) or "").strip()
+        if value:
+            return scheme.read(value)
+    return None
+
+
+def node_of(raw: Mapping[str, Any], gpus_requested: int | None) -> Node:
+    """One node as listed."""
     meta, status = raw.get("metadata") or {}, raw.get("status") or {}
     allocatable: Mapping[str, Any] = status.get("allocatable") or {}
-    value = _labels(raw).get(scheme.key, "").strip() if scheme is not None else ""
     return Node(
         name=str(meta.get("name") or "?")[:253],
         cpus=float(quantity(allocatable.get("cpu", 0))),
         memory_gib=float(quantity(allocatable.get("memory", 0)) / _GIB),
-        accelerator=scheme.read(value) if scheme is not None and value else None,
+        accelerator=accelerator_of(_labels(raw)),
         gpus=gpu_count(allocatable),
         gpus_requested=gpus_requested,
         ready=_ready(status),
@@ -201,7 +209,6 @@ async def list_nodes(client: ApiClient, *, with_usage: bool = True) -> list[Node
     """Every node of the context, with the GPUs its unfinished pods request (``with_usage``;
     None per node when the account may not list pods of every namespace)."""
     nodes = _items(await get_json(client, "/api/v1/nodes"), MAX_NODES)
-    scheme = detect(_labels(n) for n in nodes)
     used: dict[str, int] | None = None
     if with_usage and any(
         gpu_count((n.get("status") or {}).get("allocatable") or {}) for n in nodes
@@ -220,5 +227,5 @@ async def list_nodes(client: ApiClient, *, with_usage: bool = True) -> list[Node
     listed = []
     for raw in nodes:
         name = str((raw.get("metadata") or {}).get("name"))
-        listed.append(node_of(raw, scheme, None if used is None else used.get(name, 0)))
+        listed.append(node_of(raw, None if used is None else used.get(name, 0)))
     return listed

@@ -1,4 +1,4 @@
-"""Put a running agent of the right build on an SSH host, idempotently.
+"""Put a running agent of the right build on a host (over SSH, or a pod over exec), idempotently.
 
 ``ensure_agent`` first reads what is there (home, python3, an agent answering on the node's
 socket) and only then acts: uploads the zipapp if that build is missing, starts the agent if
@@ -13,13 +13,13 @@ import dataclasses
 import hashlib
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
 from stixd.agent_bundle import zipapp_name
 from stixd.agent_client import AgentClient, AgentError, AgentUnreachable
-from stixd.providers.shared.ssh_transport import SshConnection, quote
+from stixd.providers.shared.ssh_transport import quote
 from stixproto.errors import ProvisionError
 from stixproto.paths import PathOutsideParent, child_path
 
@@ -65,6 +65,26 @@ class BootstrapError(ProvisionError):
         self.retryable = retryable
 
 
+class AgentHost(Protocol):
+    """What putting an agent on a host needs of the channel to it: an SSH connection
+    (``SshConnection``) or a pod reached through ``exec`` (the kubernetes provider's
+    ``PodShell``)."""
+
+    @property
+    def host(self) -> str: ...
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 (the channel keeps it, so its error names the phase)
+    ) -> tuple[int, str, str]: ...
+
+    async def put_file(self, local: Path, remote: str, *, mode: int = 0o600) -> None: ...
+
+    def agent_client(self, socket_path: str, name: str) -> AgentClient: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class RemoteFacts:
     home: str
@@ -101,7 +121,7 @@ class _Layout:
     pyz: str
 
 
-async def probe(conn: SshConnection) -> RemoteFacts:
+async def probe(conn: AgentHost) -> RemoteFacts:
     """Home, uid and python3 of the login user; a host without a usable python3 is an error."""
     status, out, err = await conn.run(_PROBE, timeout=30)
     facts = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -158,12 +178,12 @@ async def _hello(client: AgentClient) -> dict[str, Any] | None:
         return None
 
 
-async def _upload_if_missing(conn: SshConnection, pyz: Path, remote: str) -> None:
+async def _upload_if_missing(conn: AgentHost, pyz: Path, remote: str) -> None:
     status, _, _ = await conn.run(f"test -f {quote(remote)}", timeout=30)
     if status != 0:
         folder = quote(remote.rsplit("/", 1)[0])
         await conn.run(f"umask 077 && mkdir -p {folder} && chmod 700 {folder}", timeout=30)
-        await conn.sftp_put(pyz, remote, mode=0o600)
+        await conn.put_file(pyz, remote, mode=0o600)
 
 
 async def _answer_within(client: AgentClient, build: str, within: float) -> dict[str, Any] | None:
@@ -178,7 +198,7 @@ async def _answer_within(client: AgentClient, build: str, within: float) -> dict
 
 
 async def _start(
-    conn: SshConnection,
+    conn: AgentHost,
     facts: RemoteFacts,
     where: _Layout,
     *,
@@ -215,13 +235,13 @@ async def _start(
         )
 
 
-async def _agent_output(conn: SshConnection, where: _Layout) -> str:
+async def _agent_output(conn: AgentHost, where: _Layout) -> str:
     _, out, _ = await conn.run(f"tail -c 2000 {quote(where.node_dir + '/agent.out')}", timeout=30)
     return out.strip() or "(no output)"
 
 
 async def ensure_agent(
-    conn: SshConnection,
+    conn: AgentHost,
     *,
     cluster: str,
     rank: int,
@@ -234,8 +254,8 @@ async def ensure_agent(
 ) -> AgentEndpoint:
     """An agent of ``build`` answering for ``cluster``/``rank`` on the host of ``conn``.
 
-    Raises ``BootstrapError`` for what is wrong on the host, and the transport's ``SshError``
-    when the host cannot be reached at all.
+    Raises ``BootstrapError`` for what is wrong on the host, and the transport's error
+    (``SshError``, a pod's ``ExecError``) when the host cannot be reached at all.
     """
     try:
         remote_node_dir("", cluster, rank)

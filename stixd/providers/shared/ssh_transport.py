@@ -345,6 +345,10 @@ class SshConnection:
         except (asyncssh.Error, BrokenPipeError, ConnectionResetError) as exc:
             raise self._lost(exc) from None
 
+    async def put_file(self, local: Path, remote: str, *, mode: int = 0o600) -> None:
+        """``sftp_put`` by the name ``bootstrap.AgentHost`` gives it (a pod has no SFTP)."""
+        await self.sftp_put(local, remote, mode=mode)
+
     async def open_agent_stream(self, socket_path: str) -> ByteStream:
         """A byte stream to the Unix socket ``socket_path`` on the host (direct-streamlocal)."""
         conn = await self.connection()

@@ -1,0 +1,277 @@
+"""One command in a pod over the API server's ``pods/exec`` WebSocket, with nothing but aiohttp.
+
+The connection is made on the aiohttp session of the context's ``kubernetes_asyncio``
+``ApiClient`` (its TLS context already holds the CA, the verify flag and a client certificate)
+with the client's own auth headers (a bearer token, refreshed by its hook). kubernetes_asyncio's
+``WsApiClient`` is not used: it asks for v4 only and hides which protocol the server chose, and
+v5 is what lets stdin be closed.
+
+Frames carry their channel in the first byte: 0 stdin, 1 stdout, 2 stderr, 3 the final
+``Status`` (the exit code), and on v5 255 + channel closes that stream. Every call is bounded by a
+timeout; a stream that ends without a status, an API error or a pod gone mid-way fails the call
+with one ``ExecError`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import anyio
+from yarl import URL
+
+from stixd.providers.kubernetes.seams import PodRef
+from stixproto.errors import ProvisionError
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
+
+PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
+STDIN_FRAME = 256 * 1024
+MAX_FRAME = 64 * 1024 * 1024  # one WebSocket message from the API server
+CHECK_POD_WITHIN_S = 5.0
+
+
+class ExecError(ProvisionError):
+    """An exec into a pod failed; ``retryable`` tells whether the same call may work later."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    status: int
+    stdout: bytes
+    stderr: bytes
+
+
+def describe(argv: Sequence[str], limit: int = 60) -> str:
+    """The command as a message quotes it, cut short."""
+    text = shlex.join(argv)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exit_code(status: dict[str, Any], pod: PodRef) -> int:
+    """The exit code in the final ``Status``; a failure without one (the runtime could not start
+    the command) is an error."""
+    if status.get("status") == "Success":
+        return 0
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            try:
+                return int(cause.get("message"))
+            except (TypeError, ValueError):
+                break
+    message = str(status.get("message") or status.get("reason") or status)
+    raise ExecError(f"{pod}: exec failed: {message.splitlines()[0][:300]}", retryable=True)
+
+
+async def _headers(client: ApiClient) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for setting in (await client.configuration.auth_settings()).values():
+        if setting.get("in") == "header" and setting.get("value"):
+            headers[str(setting["key"])] = str(setting["value"])
+    return headers
+
+
+def _handshake_error(status: int, pod: PodRef) -> ExecError:
+    context = pod.context
+    if status == 404:
+        return ExecError(f"{pod} does not exist (deleted, or never made)", retryable=False)
+    if status == 401:
+        return ExecError(
+            f"the API server of context {context} refused its credentials (401): renew them "
+            "in the kubeconfig",
+            retryable=False,
+        )
+    if status == 403:
+        return ExecError(
+            f"context {context} may not exec into {pod} (403): grant `create` on `pods/exec` "
+            f"in namespace {pod.namespace}",
+            retryable=False,
+        )
+    if status == 400:
+        return ExecError(f"cannot exec into {pod}: it is not running (400)", retryable=True)
+    return ExecError(
+        f"the API server of context {context} answered {status} to an exec into {pod}; try again",
+        retryable=status == 429 or status >= 500,
+    )
+
+
+def _exec_url(host: str, pod: PodRef, argv: Sequence[str], stdin: bool) -> URL:
+    query = [
+        ("container", pod.container),
+        ("stdin", "true" if stdin else "false"),
+        ("stdout", "true"),
+        ("stderr", "true"),
+        ("tty", "false"),
+        *(("command", word) for word in argv),
+    ]
+    path = f"/api/v1/namespaces/{quote(pod.namespace)}/pods/{quote(pod.name)}/exec"
+    return URL(f"{host.rstrip('/')}{path}?{urlencode(query, quote_via=quote)}", encoded=True)
+
+
+class ExecChannel:
+    """An open exec: stdin to send, (channel, bytes) frames to read until the server closes."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, pod: PodRef) -> None:
+        self.ws = ws
+        self.pod = pod
+        self.v5 = ws.protocol == PROTOCOLS[0]
+        self._send_lock = anyio.Lock()
+
+    async def send(self, data: bytes) -> None:
+        """``data`` on stdin, in frames of at most ``STDIN_FRAME`` bytes."""
+        view = memoryview(data)
+        async with self._send_lock:
+            for start in range(0, len(view), STDIN_FRAME):
+                await self.ws.send_bytes(bytes([STDIN]) + view[start : start + STDIN_FRAME])
+
+    async def close_stdin(self) -> None:
+        """Tell the command its stdin is done (v5 only; on v4 the sender counts its bytes)."""
+        if self.v5:
+            async with self._send_lock:
+                await self.ws.send_bytes(bytes([CLOSE, STDIN]))
+
+    async def frames(self) -> AsyncIterator[tuple[int, bytes]]:
+        while True:
+            msg = await self.ws.receive()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                if msg.data:
+                    yield msg.data[0], msg.data[1:]
+            elif msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
+                return
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await self.ws.close()
+
+    async def __aenter__(self) -> ExecChannel:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+async def connect(
+    client: ApiClient, pod: PodRef, argv: Sequence[str], *, stdin: bool
+) -> ExecChannel:
+    """Start ``argv`` in the pod; the caller bounds the time (``anyio.fail_after``)."""
+    config = client.configuration
+    session: aiohttp.ClientSession = client.rest_client.pool_manager
+    try:
+        ws = await session.ws_connect(
+            _exec_url(str(config.host), pod, argv, stdin),
+            protocols=PROTOCOLS,
+            headers=await _headers(client),
+            proxy=config.proxy or None,
+            autoping=True,
+            max_msg_size=MAX_FRAME,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise _handshake_error(exc.status, pod) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ExecError(
+            f"cannot reach the API server of context {pod.context}: {exc}", retryable=True
+        ) from None
+    return ExecChannel(ws, pod)
+
+
+async def pod_trouble(client: ApiClient, pod: PodRef) -> str | None:
+    """Why the pod can no longer run commands (gone, being deleted, not running), or None when
+    it looks fine or cannot be read quickly."""
+    url = f"{str(client.configuration.host).rstrip('/')}/api/v1/namespaces/{quote(pod.namespace)}"
+    url += f"/pods/{quote(pod.name)}"
+    session: aiohttp.ClientSession = client.rest_client.pool_manager
+    try:
+        with anyio.fail_after(CHECK_POD_WITHIN_S):
+            async with session.get(
+                url, headers=await _headers(client), proxy=client.configuration.proxy or None
+            ) as answer:
+                if answer.status == 404:
+                    return "was deleted"
+                if answer.status != 200:
+                    return None
+                body = await answer.json()
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+        return None
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return "is being deleted"
+    phase = body.get("status", {}).get("phase")
+    return None if phase == "Running" else f"is {phase}"
+
+
+async def run(
+    client: ApiClient,
+    pod: PodRef,
+    argv: Sequence[str],
+    *,
+    timeout: float,  # noqa: ASYNC109 (the bound is ours, so the error can name the command)
+    stdin: Sequence[bytes | IO[bytes]] = (),
+) -> ExecResult:
+    """Run ``argv`` in the pod to its end: exit status, stdout and stderr. The ``stdin`` parts
+    (bytes, or files read to their end) are sent in order, then stdin is closed on v5; the
+    command should read exactly as many bytes as it is told to, never wait for an end."""
+    out, err = bytearray(), bytearray()
+    status: dict[str, Any] | None = None
+    try:
+        with anyio.fail_after(timeout):
+            async with await connect(client, pod, argv, stdin=bool(stdin)) as chan:
+
+                async def feed() -> None:
+                    try:
+                        for part in stdin:
+                            if isinstance(part, bytes):
+                                await chan.send(part)
+                                continue
+                            while chunk := await anyio.to_thread.run_sync(part.read, STDIN_FRAME):
+                                await chan.send(chunk)
+                        await chan.close_stdin()
+                    except (ConnectionError, RuntimeError):
+                        pass  # the command ended before reading it all: its status says why
+
+                async with anyio.create_task_group() as tg:
+                    if stdin:
+                        tg.start_soon(feed)
+                    async for channel, data in chan.frames():
+                        if channel == STDOUT:
+                            out += data
+                        elif channel == STDERR:
+                            err += data
+                        elif channel == STATUS:
+                            status = json.loads(data or b"{}")
+                    tg.cancel_scope.cancel()
+    except TimeoutError:
+        raise ExecError(
+            f"{pod}: `{describe(argv)}` did not finish within {timeout:g} s", retryable=True
+        ) from None
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise ExecError(f"{pod}: the exec stream broke: {exc}", retryable=True) from None
+    if status is None:
+        trouble = await pod_trouble(client, pod)
+        if trouble:
+            raise ExecError(f"{pod} {trouble} while running `{describe(argv)}`", retryable=False)
+        raise ExecError(
+            f"{pod}: the exec stream of `{describe(argv)}` ended without an exit status; try again",
+            retryable=True,
+        )
+    code = exit_code(status, pod)
+    if code > 128 and (trouble := await pod_trouble(client, pod)):
+        raise ExecError(f"{pod} {trouble} while running `{describe(argv)}`", retryable=False)
+    return ExecResult(code, bytes(out), bytes(err))
