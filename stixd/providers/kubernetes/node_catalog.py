@@ -24,9 +24,10 @@ from pathlib import Path
 
 import anyio
 
+from stixd.providers.kubernetes.api import KubeApi, KubeApiError
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients
-from stixd.providers.kubernetes.nodes import KubeReadError, Node, list_nodes
+from stixd.providers.kubernetes.nodes import Node, api_problem, list_nodes
 from stixd.providers.kubernetes.sizes import instance_type
 from stixproto.errors import ProvisionError
 
@@ -34,6 +35,8 @@ CLOUD = "kubernetes"
 SCHEMA = "v8"
 MAX_AGE = 30.0
 """Seconds a node listing is trusted before a plan lists the nodes again."""
+READ_TIMEOUT_S = 15.0
+"""Seconds a context may take to list its nodes before a plan goes on without it."""
 _COLUMNS = ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB")
 _HEADER = (*_COLUMNS, "Price", "SpotPrice", "Region", "AvailabilityZone")
 
@@ -142,10 +145,10 @@ class NodeCatalog:
                     problems[context] = problem
                     return
                 try:
-                    client = await self.clients.client(context)
-                    found[context] = await list_nodes(client, with_usage=False)
-                except KubeReadError as exc:
-                    problems[context] = read_problem(exc)
+                    api = KubeApi(await self.clients.client(context), context, READ_TIMEOUT_S)
+                    found[context] = await list_nodes(api, with_usage=False)
+                except KubeApiError as exc:
+                    problems[context] = api_problem(exc)
                 except ProvisionError as exc:
                     problems[context] = exc.message
                 if context in found and not any(n.ready for n in found[context]):
@@ -167,12 +170,3 @@ class NodeCatalog:
             return None
         why = "; ".join(f"{c}: {self.problems[c]}" for c in contexts)
         return f"no Kubernetes context can be used ({why})"
-
-
-def read_problem(exc: KubeReadError) -> str:
-    """One short phrase for why a context's API server could not be read."""
-    if exc.status in (401, 403):
-        return f"the API server refuses these credentials ({exc.message})"
-    if exc.status:
-        return f"the API server answered {exc.message}"
-    return f"unreachable ({exc.message})"

@@ -1,30 +1,21 @@
 """The nodes of a context as stix plans on them: what each can hold (CPUs, memory, GPUs by the
 label schemes of `gpu_labels`) and how many of its GPUs the pods not yet finished request.
 
-Reads go through one bounded GET each (`get_json`): an API server that is slow, refuses the
-credentials or answers garbage fails that read with a one-line `KubeReadError`, whose
-``status`` lets a caller tell "unreachable" from "401/403" from "no such namespace".
+Reads go through `KubeApi` (bounded, retried on 429/5xx); `api_problem` says in a few words
+why a context could not be read ("unreachable", "credentials refused", the server's own).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import anyio
-
+from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.gpu_labels import GPU_RESOURCES, SCHEMES
-from stixproto.errors import ProvisionError
 
-if TYPE_CHECKING:
-    from kubernetes_asyncio.client import ApiClient
-
-READ_TIMEOUT = 15.0
-"""Seconds one listing may take before the context counts as unreachable."""
 MAX_NODES = 10_000
 MAX_PODS = 200_000
 _FINISHED = "status.phase!=Succeeded,status.phase!=Failed"
@@ -35,14 +26,6 @@ _SUFFIX: dict[str, int | Decimal] = {
 }  # fmt: skip
 _GIB = Decimal(2**30)
 _QUANTITY = re.compile(r"(\+?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[numkMGTPE])?")
-
-
-class KubeReadError(ProvisionError):
-    """A read from a context's API server failed; ``status`` 0 when it never answered."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def quantity(text: object) -> Decimal:
@@ -81,53 +64,13 @@ class Node:
         return max(0, self.gpus - self.gpus_requested)
 
 
-async def get_json(
-    client: ApiClient,
-    path: str,
-    query: Mapping[str, str] | None = None,
-    *,
-    timeout: float = READ_TIMEOUT,  # noqa: ASYNC109 (the bound of this one read)
-) -> dict[str, Any]:
-    """``GET path`` as a JSON object, within ``timeout`` seconds."""
-    try:
-        with anyio.fail_after(timeout):
-            answer = await client.call_api(
-                path,
-                "GET",
-                query_params=list((query or {}).items()),
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=timeout,
-            )
-            status, body = answer.status, await answer.read()
-    except TimeoutError:
-        raise KubeReadError(f"no answer within {timeout:g} s") from None
-    except Exception as exc:  # aiohttp's connection errors, TLS failures, a closed client
-        raise KubeReadError(_first_line(exc)) from None
-    if status >= 400:
-        raise KubeReadError(f"{status} {_api_message(body)}".strip(), status)
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        raise KubeReadError(f"{path} answered {len(body)} bytes that are not JSON") from None
-    if not isinstance(parsed, dict):
-        raise KubeReadError(f"{path} answered JSON that is not an object")
-    return parsed
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _api_message(body: bytes) -> str:
-    try:
-        status = json.loads(body)
-    except ValueError:
-        return ""
-    message = status.get("message") if isinstance(status, dict) else None
-    return str(message).splitlines()[0][:300] if message else ""
+def api_problem(exc: KubeApiError) -> str:
+    """One short phrase for why a context's API server could not be used."""
+    if exc.status in (401, 403):
+        return f"credentials refused ({exc.message})"
+    if exc.status in (0, 502, 503, 504):
+        return f"unreachable ({exc.message})"
+    return exc.message
 
 
 def _items(listing: dict[str, Any], cap: int) -> list[dict[str, Any]]:
@@ -205,17 +148,17 @@ def node_of(raw: Mapping[str, Any], gpus_requested: int | None) -> Node:
     )
 
 
-async def list_nodes(client: ApiClient, *, with_usage: bool = True) -> list[Node]:
+async def list_nodes(api: KubeApi, *, with_usage: bool = True) -> list[Node]:
     """Every node of the context, with the GPUs its unfinished pods request (``with_usage``;
     None per node when the account may not list pods of every namespace)."""
-    nodes = _items(await get_json(client, "/api/v1/nodes"), MAX_NODES)
+    nodes = _items(await api.call("GET", path("nodes")), MAX_NODES)
     used: dict[str, int] | None = None
     if with_usage and any(
         gpu_count((n.get("status") or {}).get("allocatable") or {}) for n in nodes
     ):
         try:
-            pods = await get_json(client, "/api/v1/pods", {"fieldSelector": _FINISHED})
-        except KubeReadError as exc:
+            pods = await api.call("GET", path("pods"), query={"fieldSelector": _FINISHED})
+        except KubeApiError as exc:
             if exc.status not in (401, 403):
                 raise
         else:
