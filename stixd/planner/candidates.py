@@ -23,6 +23,7 @@ import msgspec
 from stixd.planner import gcp_hosts
 from stixd.planner.catalog import Offer, count_matches
 from stixd.planner.catalog.names import format_count
+from stixd.planner.infra_meta import NodeSize
 from stixd.planner.local_fit import nodes_problem
 from stixd.planner.offers import (
     DEFAULT_MEMORY_PER_CPU,
@@ -153,10 +154,12 @@ def _amount_elimination(
 
 
 def _filter_amounts(
-    rows: list[Offer], want: Want, offers: CloudOffers
+    rows: list[Offer], want: Want, offers: CloudOffers, size: NodeSize | None = None
 ) -> list[Offer] | Elimination:
     r = want.request
     cpus, memory, ratio = r.cpus, r.memory_gib, None
+    if size is not None:  # a node made to measure asks exactly this much of its host
+        cpus, memory = Amount(size.cpus, True), Amount(size.memory_gib, True)
     if offers.has_defaults and want.accelerator is None and r.instance_type is None:
         if cpus is None and memory is None:
             cpus = Amount(DEFAULT_VCPUS, at_least=True)
@@ -251,10 +254,11 @@ def _filter_location(
         region = r.region.lower()
         if not any(reg.lower() == region for reg in offers.zones):
             known = ", ".join(offers.zones)
+            noun = offers.meta.region_noun
             return Elimination(
                 Stage.LOCATION,
                 cloud,
-                f"region {r.region} is not in the {cloud} catalog (regions: {known})",
+                f"{noun} {r.region} is not in the {cloud} catalog ({noun}s: {known})",
             )
         kept = [o for o in rows if o.region.lower() == region]
         if not kept:
@@ -359,6 +363,44 @@ def _build(rows: list[Offer], want: Want, offers: CloudOffers) -> list[Launchabl
     return out
 
 
+def _size(want: Want, offers: CloudOffers) -> NodeSize | None:
+    sizer, r, acc = offers.meta.sized_nodes, want.request, want.accelerator
+    if sizer is None:
+        return None
+    cpus = r.cpus.value if r.cpus else None
+    memory = r.memory_gib.value if r.memory_gib else None
+    return sizer(cpus, memory, acc.name if acc else None, acc.count if acc else 0.0)
+
+
+def _build_sized(
+    rows: list[Offer], want: Want, offers: CloudOffers, size: NodeSize
+) -> list[Launchable]:
+    """One choice per region that has a node the size fits, regions in catalog order."""
+    best: dict[str, float] = {}
+    for o in rows:
+        price = o.price or 0.0
+        best[o.region] = min(best.get(o.region, price), price)
+    acc = want.accelerator
+    return [
+        Launchable(
+            cloud=offers.cloud,
+            region=region,
+            zone=None,
+            zones=(),
+            instance_type=size.instance_type,
+            vcpus=size.cpus,
+            memory_gib=size.memory_gib,
+            accelerator=f"{acc.name}:{size.accelerator_count}" if acc else None,
+            use_spot=False,
+            price=price,
+            type_rank=0,
+            region_rank=rank,
+            zone_rank=0,
+        )
+        for rank, (region, price) in enumerate(best.items())
+    ]
+
+
 def launchables(
     want: Want, offers: CloudOffers, *, num_nodes: int
 ) -> list[Launchable] | Elimination:
@@ -373,7 +415,8 @@ def launchables(
     rows = _select(want, offers)
     if isinstance(rows, Elimination):
         return rows
-    rows = _filter_amounts(rows, want, offers)
+    size = _size(want, offers) if want.request.instance_type is None else None
+    rows = _filter_amounts(rows, want, offers, size)
     if isinstance(rows, Elimination):
         return rows
     rows = _filter_location(rows, want, offers)
@@ -386,4 +429,6 @@ def launchables(
         return Elimination(
             Stage.PRICE, cloud, f"the {cloud} catalog has no {kind} for {want.subject()}"
         )
+    if size is not None:
+        return _build_sized(priced, want, offers, size)
     return _build(priced, want, offers)
