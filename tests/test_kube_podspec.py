@@ -203,7 +203,7 @@ def test_with_an_autoscaler_the_gpu_is_spelled_as_its_new_nodes_will_carry_it(
 
 
 def test_a_context_without_gpu_labels_says_how_to_fix_it() -> None:
-    with pytest.raises(NoGpuNodes, match="no node has a GPU label .*kubernetes.autoscaler"):
+    with pytest.raises(NoGpuNodes, match=r"no node has a GPU label .*kubernetes.autoscaler"):
         select("A100", [{"kubernetes.io/hostname": "cpu"}], None, "c")
 
 

@@ -327,6 +327,7 @@ async def provision(
             **(cluster.spec.placement or {}),
             "launch_id": cluster.data.uid,
         },
+        progress=lambda note: env.progress(m.Progress(note)),
     )
     try:
         nodes = await launch_with_failover(cluster, request, task, env)

@@ -266,6 +266,14 @@ class ReachesEveryPort(Protocol):
 
 
 @runtime_checkable
+class CannotStop(Protocol):
+    """Nodes that can only be taken down, never stopped (Kubernetes pods): ``stop`` refuses in
+    one line naming ``down``, and autostop takes the cluster down instead."""
+
+    cannot_stop: Literal[True]
+
+
+@runtime_checkable
 class ReachedElsewhere(Protocol):
     """Nodes this machine may reach at another address than the one they know each other by
     (a cloud instance's public address beside its private one), or not at all: a service
