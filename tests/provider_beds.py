@@ -643,7 +643,9 @@ class KubernetesWorld(World):
         clients = Clients(kubeconfig, self.home / "kubernetes" / "certs")
         provider = KubernetesProvider(
             self.home,
-            KubernetesConfig(),
+            # podip: the fake's pods share this machine's network, where a service's listeners
+            # would hold the very port a pod binds (tests/test_kube_ports.py covers services)
+            KubernetesConfig(ports="podip"),
             kubeconfig,
             lambda pod: DeferredShell(clients, pod),
             clients=clients,

@@ -4,6 +4,7 @@ the order of `allowed_contexts`, $0, with what each pod asks in the placement.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from stixd.providers.kubernetes.seams import PodRequest
 from stixproto.errors import InvalidTask
 from stixproto.task import Task
 from stixproto.task.load import task_from_dict
+from tests.conftest import Stix
 from tests.kube_fake.process import FakeProcess
 
 INFRAS = Infras.of([META], ["kubernetes"])
@@ -156,7 +158,7 @@ def test_a_named_context_that_is_not_planned_on_is_one_line_naming_those_that_ar
         spec(catalog, "resources: {infra: k8s/nope}\nrun: x")
     message = str(refused.value)
     assert "\n" not in message
-    assert "context nope" in message and "kube-a, kube-b" in message
+    assert "no usable context nope" in message and "kube-a, kube-b" in message
 
 
 def test_dryrun_shows_a_row_per_context_at_no_cost_in_failover_order(
@@ -213,3 +215,30 @@ def test_a_context_that_cannot_be_read_is_left_out_and_says_why(
     nobody = node_catalog(fakes, tmp_path / "none", ("kube-gone",))
     refresh_once(nobody)
     assert (nobody.problem() or "").startswith("no Kubernetes context can be used (kube-gone: ")
+
+
+def test_dryrun_check_and_show_gpus_know_kubernetes_through_the_daemon(
+    fakes: dict[str, FakeProcess], stix: Stix
+) -> None:
+    stix.env["KUBECONFIG"] = ":".join(str(f.kubeconfig) for f in fakes.values())
+    config = {"kubernetes": {"allowed_contexts": ["kube-b", "kube-a"]}}
+    (stix.home / "config.yaml").write_text(yaml.safe_dump(config))
+    task_file = stix.home / "task.yaml"
+    task_file.write_text("resources:\n  infra: k8s\n  accelerators: H100:1\nrun: nvidia-smi\n")
+    shown = stix.run("launch", "--dryrun", "--all-clouds", str(task_file), check=True).stdout
+    [row] = [line.split() for line in shown.splitlines() if line.startswith(" Kubernetes")]
+    assert row[1:] == ["4CPU--16GB--H100:1", "4", "16", "H100:1", "kube-b", "0.00", "\u2714"]
+    unknown = stix.run("launch", "-c", "x", "-y", "--infra", "k8s/nope", "echo hi")
+    assert unknown.returncode != 0
+    [said] = [line for line in unknown.stderr.splitlines() if "no usable context nope" in line]
+    assert "kube-a, kube-b" in said
+    checked = stix.run("check", "kubernetes", check=True).stdout
+    assert "  kube-b: reachable, namespace default, 5 node(s), GPUs A100 x2, H100 x4" in checked
+    assert re.search(
+        r"\n  kube-a: reachable, namespace default, \d node\(s\), GPUs A100 x2\n", checked
+    )
+    gpus = stix.json("show-gpus", "--infra", "k8s/kube-b")
+    assert {(r["node"], r["accelerator"], r["total"], r["free"]) for r in gpus} == {
+        ("gpu-1", "A100", 2, 2),
+        ("h100-1", "H100", 4, 4),
+    }

@@ -255,11 +255,11 @@ def _filter_location(
         if not any(reg.lower() == region for reg in offers.zones):
             known = ", ".join(offers.zones)
             noun = offers.meta.region_noun
-            return Elimination(
-                Stage.LOCATION,
-                cloud,
-                f"{noun} {r.region} is not in the {cloud} catalog ({noun}s: {known})",
-            )
+            text = f"region {r.region} is not in the {cloud} catalog (regions: {known})"
+            if noun != "region":  # contexts: the ones stix could list the nodes of
+                usable = f"({noun}s: {known}; see `stixctl check`)"
+                text = f"{cloud} has no usable {noun} {r.region} {usable}"
+            return Elimination(Stage.LOCATION, cloud, text)
         kept = [o for o in rows if o.region.lower() == region]
         if not kept:
             where = ", ".join(sorted({o.region for o in rows}))

@@ -33,7 +33,7 @@ def build(ctx: BuildContext) -> Built | None:
         clients=clients,
         log=ctx.log,
     )
-    return Built(provider)
+    return Built(provider, [provider.planning.catalog_dir])
 
 
 ENTRY = InfraEntry(META, KubernetesConfig, build)

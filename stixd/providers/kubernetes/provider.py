@@ -42,6 +42,7 @@ from stixd.providers.kubernetes import gpu_labels, pods
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, Kubeconfig
+from stixd.providers.kubernetes.planning import KubePlanning
 from stixd.providers.kubernetes.podspec import (
     LABEL_CLUSTER,
     PodPlan,
@@ -49,6 +50,7 @@ from stixd.providers.kubernetes.podspec import (
     manifest,
     pod_name,
 )
+from stixd.providers.kubernetes.ports import open_ports
 from stixd.providers.kubernetes.records import Records, Where
 from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
 from stixd.providers.shared.bootstrap import ensure_agent
@@ -60,7 +62,6 @@ from stixproto.errors import ProvisionError
 ShellFactory = Callable[[PodRef], PodShell]
 HELLO_DEADLINE_S = 5.0
 SYNC_TIMEOUT_S = 600.0
-CHECK_TIMEOUT_S = 10.0
 LEAK_POLICY = LeakPolicy(check_every_s=600.0, min_age_s=600.0, terminate=False)
 
 
@@ -113,6 +114,8 @@ class KubernetesProvider:
         self._shells: dict[PodRef, PodShell] = {}
         self.lost: dict[str, list[NodeLoss]] = {}
         self.last_error: dict[str, dict[int, str]] = {}
+        self.planning = KubePlanning(self.clients, config, home)
+        """The node catalog, check, show-gpus and the ports preflight (planning.py)."""
 
     # -- contexts, APIs and shells ---------------------------------------------------------
 
@@ -164,22 +167,26 @@ class KubernetesProvider:
     # -- Provider ----------------------------------------------------------------------------
 
     async def check(self) -> CheckResult:
-        contexts = self.contexts()
-        if not contexts:
-            return CheckResult(False, "no Kubernetes context in the kubeconfig")
-        said, usable = [], False
-        for context in contexts:
-            try:
-                api = KubeApi(await self.clients.client(context), context, CHECK_TIMEOUT_S)
-                await api.call(
-                    "GET", path("namespaces", self.namespace(context), "pods"), query={"limit": "1"}
-                )
-            except ProvisionError as exc:
-                said.append(f"{context}: {exc.message}")
-                continue
-            usable = True
-            said.append(f"{context}: reachable (namespace {self.namespace(context)})")
-        return CheckResult(usable, "; ".join(said))
+        return await self.planning.check()
+
+    async def refresh_catalog(self) -> None:
+        await self.planning.refresh_catalog()
+
+    def credentials_problem(self) -> str | None:
+        return self.planning.planning_problem()
+
+    async def show_gpus(
+        self, name: str | None, count: float | None, region: str | None
+    ) -> tuple[str, list[dict[str, object]]]:
+        return await self.planning.show_gpus(name, count, region)
+
+    async def open_ports(self, cluster: str, ports: list[int]) -> None:
+        where = self.records.where(cluster)
+        if where is None:
+            raise ProvisionError(f"cluster {cluster} has no pods to expose ports of")
+        labels = dict(self.config.custom_metadata.labels)
+        api = await self.api(where.context)
+        await open_ports(api, where.namespace, cluster, ports, self.config.ports, labels)
 
     def _context_of(self, req: ProvisionRequest) -> str:
         asked = req.resources.get("region")
@@ -208,9 +215,11 @@ class KubernetesProvider:
             where.namespace,
         ):
             await self.terminate(req.cluster)  # failed over from another context: leave it clean
+        asked = PodRequest.of(req.resources)
+        if asked.ports:  # refused before any pod is made, not a service without an address
+            await self.planning.preflight_ports(context)
         self.records.place(req.cluster, where)
         api = await self.api(context)
-        asked = PodRequest.of(req.resources)
         plan = await self._plan(api, req, where, asked)
         try:
             ready = await self._pods_running(api, req, where, asked, plan)
