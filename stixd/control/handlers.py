@@ -52,6 +52,7 @@ from stixproto.errors import (
 )
 from stixproto.names import command
 from stixproto.states import ClusterStatus
+from stixproto.task import resources as task_resources
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
@@ -84,7 +85,9 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
         app.config_for([(layer.source, layer.values) for layer in req.config])
     except ConfigError as exc:
         raise InvalidConfig(str(exc)) from None
-    await app.refresh_catalogs()  # a context that cannot be used is then refused by name
+    alternatives = task_resources.candidates(req.task.resources_or_default())
+    named = [task_resources.placement(c).cloud for c in alternatives]
+    await app.refresh_catalogs(only=named)  # a context that cannot be used is refused by name
     _check_task(app, req.task)
     await _check_cloud_plan(app, req.task, emit)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
