@@ -5,6 +5,7 @@ the order of `allowed_contexts`, $0, with what each pod asks in the placement.""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +243,40 @@ def test_dryrun_check_and_show_gpus_know_kubernetes_through_the_daemon(
         ("gpu-1", "A100", 2, 2),
         ("h100-1", "H100", 4, 4),
     }
+
+
+def test_a_launch_the_first_context_cannot_schedule_fails_over_to_the_next_in_order(
+    fakes: dict[str, FakeProcess], stix: Stix
+) -> None:
+    """kube-a has the A100 node but its GPUs are taken: the planner picks it by capacity, the
+    scheduler cannot place the pod, and the launch goes on to kube-b within seconds."""
+    stix.env["KUBECONFIG"] = ":".join(str(f.kubeconfig) for f in fakes.values())
+    config = {"kubernetes": {"allowed_contexts": ["kube-a", "kube-b"]}}
+    (stix.home / "config.yaml").write_text(yaml.safe_dump(config))
+    holder = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "takes-the-a100s"},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "2"}}}
+            ]
+        },
+    }
+    kube_a = fakes["kube-a"]
+    kube_a.kubectl("apply", "-f", "-", input=yaml.safe_dump(holder))
+    try:
+        started = time.monotonic()
+        launched = stix.run(
+            "launch", "-c", "fo", "-y", "--infra", "k8s", "--gpus", "A100:2", "echo on $HOSTNAME"
+        )
+        took = time.monotonic() - started
+        assert launched.returncode == 0, launched.stderr
+        assert "Insufficient nvidia.com/gpu" in launched.stderr  # the scheduler's own words
+        assert "trying 1x kubernetes/kube-b 8CPU--32GB--A100:2 next" in launched.stderr
+        assert stix.clusters()["fo"]["resources"] == "1x kubernetes/kube-b 8CPU--32GB--A100:2"
+        assert took < 30
+        assert kube_a.kubectl_json("get", "pods", "-l", "stix-cluster=fo")["items"] == []
+    finally:
+        stix.run("down", "-y", "fo")
+        kube_a.kubectl("delete", "pod", "takes-the-a100s", "--grace-period=0")
