@@ -233,7 +233,7 @@ def test_dryrun_check_and_show_gpus_know_kubernetes_through_the_daemon(
     assert unknown.returncode != 0
     [said] = [line for line in unknown.stderr.splitlines() if "no usable context nope" in line]
     assert "kube-a, kube-b" in said
-    checked = stix.run("check", "kubernetes", check=True).stdout
+    checked = stix.run("check", "k8s", check=True).stdout
     assert "  kube-b: reachable, namespace default, 5 node(s), GPUs A100 x2, H100 x4" in checked
     assert re.search(
         r"\n  kube-a: reachable, namespace default, \d node\(s\), GPUs A100 x2\n", checked

@@ -49,10 +49,12 @@ from stixproto.errors import (
     ClusterNotFound,
     InvalidConfig,
     InvalidRequest,
+    TaskFieldError,
 )
 from stixproto.names import command
 from stixproto.states import ClusterStatus
 from stixproto.task import resources as task_resources
+from stixproto.task.parsing import parse_cloud
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
@@ -414,6 +416,14 @@ def _cost_row(row: Row, now: float) -> m.CostRow:
     )
 
 
+def _infra_name(text: str) -> str:
+    """An infra as a task names it (``k8s`` is ``kubernetes``); as given when it is none."""
+    try:
+        return parse_cloud(text, "check")
+    except TaskFieldError:
+        return text.strip().lower()
+
+
 async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
     allowed = app.config.allowed_clouds
     out = []
@@ -428,7 +438,7 @@ async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
             continue
         out.append(m.InfraCheck(infra=name, enabled=False, reason=m.NOT_SUPPORTED))
     if req.infras:
-        wanted = {i.lower() for i in req.infras}
+        wanted = {_infra_name(i) for i in req.infras}
         unknown = wanted - {c.infra for c in out}
         if unknown:
             raise InvalidRequest(
