@@ -12,6 +12,7 @@ from stixd.providers.registry import BuildContext, Built, InfraEntry
 def build(ctx: BuildContext) -> Built | None:
     from stixd.providers.kubernetes.contexts import Clients, KubeconfigError, read_kubeconfig
     from stixd.providers.kubernetes.deferred import DeferredShell
+    from stixd.providers.kubernetes.node_catalog import catalog_root
     from stixd.providers.kubernetes.provider import KubernetesProvider
 
     cfg = ctx.section if isinstance(ctx.section, KubernetesConfig) else KubernetesConfig()
@@ -33,7 +34,7 @@ def build(ctx: BuildContext) -> Built | None:
         clients=clients,
         log=ctx.log,
     )
-    return Built(provider)
+    return Built(provider, [catalog_root(ctx.home)])
 
 
 ENTRY = InfraEntry(META, KubernetesConfig, build)

@@ -42,6 +42,7 @@ from stixd.providers.kubernetes import gpu_labels, pods
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, Kubeconfig
+from stixd.providers.kubernetes.node_catalog import MAX_AGE, NodeCatalog, catalog_root
 from stixd.providers.kubernetes.podspec import (
     LABEL_CLUSTER,
     PodPlan,
@@ -110,6 +111,8 @@ class KubernetesProvider:
         self.log = (log or structlog.get_logger()).bind(provider="kubernetes")
         self.user = user or getpass.getuser()
         self.records = Records(home)
+        self.node_catalog = NodeCatalog(self.clients, config, catalog_root(home))
+        """The planner's rows for each context, from the nodes it has (``keep_catalog``)."""
         self._shells: dict[PodRef, PodShell] = {}
         self.lost: dict[str, list[NodeLoss]] = {}
         self.last_error: dict[str, dict[int, str]] = {}
@@ -161,9 +164,26 @@ class KubernetesProvider:
         await self._forget(list(self._shells))
         await self.clients.aclose()
 
+    # -- the planner's catalog -------------------------------------------------------------
+
+    async def keep_catalog(self) -> None:
+        """Rewrite the catalog whenever the contexts' nodes change, for the daemon's life."""
+        while True:
+            try:
+                await self.node_catalog.refresh(force=True)
+            except (ProvisionError, OSError) as exc:  # the rows stay as last written
+                self.log.warning("kubernetes_catalog_not_refreshed", error=str(exc))
+            await anyio.sleep(MAX_AGE)
+
+    def credentials_problem(self) -> str | None:
+        """Why no context can be planned on, as the last node listing found (no network)."""
+        return self.node_catalog.problem()
+
     # -- Provider ----------------------------------------------------------------------------
 
     async def check(self) -> CheckResult:
+        with contextlib.suppress(ProvisionError, OSError):
+            await self.node_catalog.refresh(force=True)
         contexts = self.contexts()
         if not contexts:
             return CheckResult(False, "no Kubernetes context in the kubeconfig")
