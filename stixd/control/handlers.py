@@ -84,6 +84,7 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
         app.config_for([(layer.source, layer.values) for layer in req.config])
     except ConfigError as exc:
         raise InvalidConfig(str(exc)) from None
+    await app.refresh_catalogs()  # a context that cannot be used is then refused by name
     _check_task(app, req.task)
     await _check_cloud_plan(app, req.task, emit)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
@@ -417,7 +418,8 @@ async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
         result = await provider.check()
         enabled = result.enabled and (allowed is None or name in allowed)
         reason = result.reason if enabled or allowed is None else "left out by allowed_clouds"
-        out.append(m.InfraCheck(infra=name, enabled=enabled, reason=reason))
+        details = list(result.details)
+        out.append(m.InfraCheck(infra=name, enabled=enabled, reason=reason, details=details))
     for name in known_infras(app):
         if name in app.providers:
             continue

@@ -78,6 +78,8 @@ class ProvisionRequest:
 class CheckResult:
     enabled: bool
     reason: str
+    details: tuple[str, ...] = ()
+    """A line per part the infra checks on its own (a Kubernetes context each)."""
 
 
 @dataclass(frozen=True)
