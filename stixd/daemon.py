@@ -26,7 +26,7 @@ from stixd.control import leak_cmds
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
-from stixd.providers.abilities import Closes, KeepsCatalog
+from stixd.providers.abilities import Closes
 from stixd.providers.all import ENTRIES
 from stixd.providers.registry import build_providers, planner_table
 from stixd.runtime.clock import RealClock
@@ -129,9 +129,6 @@ async def serve(
                 tg.start_soon(_signals, app)
                 tg.start_soon(leak_cmds.watch, app)
                 tg.start_soon(check_health, app)
-                for provider in app.providers.values():
-                    if isinstance(provider, KeepsCatalog):
-                        tg.start_soon(provider.keep_catalog)
                 tg.start_soon(keep_heap)  # admission stays linear in the jobs already held
                 await app.shutdown.wait()
                 log.info("shutting_down")

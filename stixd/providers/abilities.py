@@ -266,15 +266,6 @@ class ReachesEveryPort(Protocol):
 
 
 @runtime_checkable
-class KeepsCatalog(Protocol):
-    """A provider whose catalog rows come from its infra itself (Kubernetes: the nodes each
-    context has): the daemon runs ``keep_catalog`` for its whole life, and it rewrites the
-    catalog file it gave the planner (``Built.catalog_dirs``) whenever the infra changes."""
-
-    async def keep_catalog(self) -> None: ...
-
-
-@runtime_checkable
 class CannotStop(Protocol):
     """Nodes that can only be taken down, never stopped (Kubernetes pods): ``stop`` refuses in
     one line naming ``down`` (the cluster asks it before changing anything), and autostop takes

@@ -12,7 +12,6 @@ from stixd.providers.registry import BuildContext, Built, InfraEntry
 def build(ctx: BuildContext) -> Built | None:
     from stixd.providers.kubernetes.contexts import Clients, KubeconfigError, read_kubeconfig
     from stixd.providers.kubernetes.deferred import DeferredShell
-    from stixd.providers.kubernetes.node_catalog import catalog_root
     from stixd.providers.kubernetes.provider import KubernetesProvider
 
     cfg = ctx.section if isinstance(ctx.section, KubernetesConfig) else KubernetesConfig()
@@ -34,7 +33,7 @@ def build(ctx: BuildContext) -> Built | None:
         clients=clients,
         log=ctx.log,
     )
-    return Built(provider, [catalog_root(ctx.home)])
+    return Built(provider, [provider.planning.catalog_dir])
 
 
 ENTRY = InfraEntry(META, KubernetesConfig, build)
