@@ -43,12 +43,15 @@ from stixd.providers.aws.provider import AwsProvider
 from stixd.providers.aws.records import Records
 from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.providers.fake.provider import FakeProvider
-from stixd.providers.kubernetes.config import KubernetesConfig
+from stixd.providers.kubernetes import ports as kube_ports
+from stixd.providers.kubernetes.agents import ref_of
+from stixd.providers.kubernetes.config import KubernetesConfig, PortMode
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.deferred import DeferredShell
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
 from stixd.providers.kubernetes.provider import KubernetesProvider
 from stixd.providers.kubernetes.records import Records as KubeRecords
+from stixd.providers.kubernetes.seams import PodRef
 from stixd.providers.local.config import DEFAULT_SUBNET
 from stixd.providers.local.netns import NodeNetworks, node_resolver, remove_under
 from stixd.providers.local.netns import unavailable_reason as netns_unavailable
@@ -632,7 +635,12 @@ class KubernetesWorld(World):
     def __init__(self, bed: Bed, pyz: Path) -> None:
         super().__init__(bed, pyz)
         self.state = Path(tempfile.mkdtemp(prefix="stxk-kube", dir="/tmp"))
-        self.kube = FakeProcess(self.state)
+        # pods with addresses of their own where this machine can make them (root): ports go
+        # through a LoadBalancer service, the default; else pods share this machine's network
+        # (and its ports with the services), so ports are the pods' own (podip)
+        own = netns_unavailable() is None
+        self.ports: PortMode = "loadbalancer" if own else "podip"
+        self.kube = FakeProcess(self.state, "--pod-network", "namespace" if own else "host")
 
     def begin(self) -> None:
         super().begin()
@@ -643,9 +651,7 @@ class KubernetesWorld(World):
         clients = Clients(kubeconfig, self.home / "kubernetes" / "certs")
         provider = KubernetesProvider(
             self.home,
-            # podip: the fake's pods share this machine's network, where a service's listeners
-            # would hold the very port a pod binds (tests/test_kube_ports.py covers services)
-            KubernetesConfig(ports="podip"),
+            KubernetesConfig(ports=self.ports),
             kubeconfig,
             lambda pod: DeferredShell(clients, pod),
             clients=clients,
@@ -678,8 +684,8 @@ class KubernetesWorld(World):
         return Disturbed([NodeStatus.UNREACHABLE, NodeStatus.RUNNING], lost=[0])
 
     @staticmethod
-    def ref(node: NodeInfo) -> Any:
-        return KubernetesProvider.ref_of(node)
+    def ref(node: NodeInfo) -> PodRef:
+        return ref_of(node)
 
     async def leftovers(self, cluster: str) -> list[str]:
         def everything() -> list[dict[str, Any]]:
@@ -727,9 +733,14 @@ class KubernetesWorld(World):
     async def port_reachable(
         self, provider: Provider, cluster: str, node: NodeInfo, port: int, *, job_id: int
     ) -> bool:
-        """At the pod's IP, from this machine (in the fake cluster's network)."""
+        """Where the configured mode exposes it (the service's address, or the pod's IP)."""
+        assert isinstance(provider, KubernetesProvider)
         await listen_on_node(provider.connector(node), port, job_id)
-        return await answers_banner(node.ip, port)
+        ref = ref_of(node)
+        api = await provider.api(ref.context)
+        where = await kube_ports.endpoints(api, ref.namespace, cluster, [port], self.ports)
+        host, _, at = where[port].rpartition(":")
+        return await answers_banner(host, int(at))
 
     def close(self) -> None:
         try:

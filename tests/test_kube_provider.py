@@ -74,8 +74,14 @@ def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_agent_zipapp(tmp_path_factory.mktemp("bundle"))
 
 
-def request(cluster: str, nodes: int = 1, **asked: Any) -> ProvisionRequest:
-    placement = {"request": {"cpus": 0.5, "memory_gb": 0.5, **asked}, "launch_id": "L1"}
+def request(
+    cluster: str, nodes: int = 1, ports: tuple[int, ...] = (), **asked: Any
+) -> ProvisionRequest:
+    placement = {
+        "request": {"cpus": 0.5, "memory_gb": 0.5, **asked},
+        "launch_id": "L1",
+        "ports": list(ports),
+    }
     return ProvisionRequest(cluster, nodes, Path("/nonexistent/stix-agent-x.pyz"), placement)
 
 
@@ -223,6 +229,45 @@ async def test_with_an_autoscaler_a_node_that_never_comes_fails_over_after_the_t
         assert await gone(kube, "never-grows") == []
     finally:
         await provider.aclose()
+
+
+# -- ports ---------------------------------------------------------------------------------------
+
+
+async def test_a_launchs_ports_get_a_service_of_the_configured_kind_which_down_removes(
+    kube: FakeProcess, tmp_path: Path
+) -> None:
+    provider = open_provider(kube, tmp_path, ports="nodeport")
+    try:
+        await provider.make_pods(request("ported", ports=(8080,)))
+        [service] = [o for o in everything_of(kube, "ported") if o.startswith("Service")]
+        found = kube.kubectl_json("get", "service", service.split()[1])
+        assert found["spec"]["type"] == "NodePort"
+        assert [p["port"] for p in found["spec"]["ports"]] == [8080]
+        await provider.open_ports("ported", [9090])  # a port opened later joins it
+        found = kube.kubectl_json("get", "service", service.split()[1])
+        assert sorted(p["port"] for p in found["spec"]["ports"]) == [8080, 9090]
+        await provider.terminate("ported")
+        assert everything_of(kube, "ported") == []
+    finally:
+        await provider.aclose()
+
+
+async def test_ports_a_context_cannot_expose_fail_over_before_any_pod_is_made(
+    tmp_path: Path,
+) -> None:
+    blind = FakeProcess(tmp_path / "blind", "--no-load-balancer")
+    provider = open_provider(blind, tmp_path / "home")  # ports: loadbalancer, the default
+    try:
+        with pytest.raises(CapacityError, match=r"kubernetes\.ports to nodeport") as refused:
+            await provider.make_pods(request("unexposed", ports=(8080,)))
+        assert refused.value.block.region == CONTEXT
+        assert "\n" not in refused.value.message
+        assert everything_of(blind, "unexposed") == []
+        assert everything_of(blind, "stix-ports-probe") == []
+    finally:
+        await provider.aclose()
+        blind.stop()
 
 
 # -- the API misbehaving ------------------------------------------------------------------------

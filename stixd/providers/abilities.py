@@ -268,7 +268,8 @@ class ReachesEveryPort(Protocol):
 @runtime_checkable
 class CannotStop(Protocol):
     """Nodes that can only be taken down, never stopped (Kubernetes pods): ``stop`` refuses in
-    one line naming ``down``, and autostop takes the cluster down instead."""
+    one line naming ``down`` (the cluster asks it before changing anything), and autostop takes
+    the cluster down instead."""
 
     cannot_stop: Literal[True]
 

@@ -17,16 +17,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
-import time
 from collections.abc import Callable, Collection, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import structlog
 
-from stixd.agent_client import AgentClient, AgentUnreachable
+from stixd.agent_client import AgentClient
 from stixd.providers.abilities import Leak, LeakPolicy, ShellCommand
 from stixd.providers.base import (
     Block,
@@ -38,45 +36,27 @@ from stixd.providers.base import (
     NodeStatus,
     ProvisionRequest,
 )
-from stixd.providers.kubernetes import gpu_labels, pods
+from stixd.providers.kubernetes import gpu_labels, leaks, pods, ports
+from stixd.providers.kubernetes.agents import address, ref_of, start_agents
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, Kubeconfig
+from stixd.providers.kubernetes.observe import observe
 from stixd.providers.kubernetes.planning import KubePlanning
 from stixd.providers.kubernetes.podspec import (
-    LABEL_CLUSTER,
     PodPlan,
-    label_value,
     manifest,
     pod_name,
 )
-from stixd.providers.kubernetes.ports import open_ports
+from stixd.providers.kubernetes.ports import PortsUnavailable
 from stixd.providers.kubernetes.records import Records, Where
 from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
-from stixd.providers.shared.bootstrap import ensure_agent
-from stixd.providers.shared.ssh_nodes import WORKDIR, build_of
 from stixd.providers.shared.ssh_sync import resolve_dest
 from stixproto import names
 from stixproto.errors import ProvisionError
 
 ShellFactory = Callable[[PodRef], PodShell]
-HELLO_DEADLINE_S = 5.0
 SYNC_TIMEOUT_S = 600.0
-LEAK_POLICY = LeakPolicy(check_every_s=600.0, min_age_s=600.0, terminate=False)
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def _age_s(pod: dict[str, Any]) -> float | None:
-    made = pod.get("metadata", {}).get("creationTimestamp")
-    if not isinstance(made, str):
-        return None
-    try:
-        return time.time() - datetime.fromisoformat(made.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +91,11 @@ class KubernetesProvider:
         self.log = (log or structlog.get_logger()).bind(provider="kubernetes")
         self.user = user or getpass.getuser()
         self.records = Records(home)
+        self.planning = KubePlanning(self.clients, config, home)
+        """The planner's catalog of the contexts' nodes, check, show-gpus, the ports preflight."""
         self._shells: dict[PodRef, PodShell] = {}
         self.lost: dict[str, list[NodeLoss]] = {}
         self.last_error: dict[str, dict[int, str]] = {}
-        self.planning = KubePlanning(self.clients, config, home)
-        """The node catalog, check, show-gpus and the ports preflight (planning.py)."""
 
     # -- contexts, APIs and shells ---------------------------------------------------------
 
@@ -141,18 +121,6 @@ class KubernetesProvider:
             made = self._shells[ref] = self.make_shell(ref)
         return made
 
-    @staticmethod
-    def address(ref: PodRef) -> str:
-        return f"{ref.context}/{ref.namespace}/{ref.name}"
-
-    @staticmethod
-    def ref_of(node: NodeInfo) -> PodRef:
-        context, sep, rest = node.address.partition("/")
-        namespace, sep2, name = rest.partition("/")
-        if not (sep and sep2 and context and namespace and name):
-            raise ProvisionError(f"node {node.rank} names no pod ({node.address!r})")
-        return PodRef(context, namespace, name)
-
     async def _forget(self, refs: Collection[PodRef]) -> None:
         for ref in refs:
             shell = self._shells.pop(ref, None)
@@ -164,15 +132,13 @@ class KubernetesProvider:
         await self._forget(list(self._shells))
         await self.clients.aclose()
 
-    # -- Provider ----------------------------------------------------------------------------
-
-    async def check(self) -> CheckResult:
-        return await self.planning.check()
+    # -- the planner and the commands (planning.py) ------------------------------------------
 
     async def refresh_catalog(self) -> None:
         await self.planning.refresh_catalog()
 
     def credentials_problem(self) -> str | None:
+        """Why no context can be planned on, as the last node listing found (no network)."""
         return self.planning.planning_problem()
 
     async def show_gpus(
@@ -180,13 +146,10 @@ class KubernetesProvider:
     ) -> tuple[str, list[dict[str, object]]]:
         return await self.planning.show_gpus(name, count, region)
 
-    async def open_ports(self, cluster: str, ports: list[int]) -> None:
-        where = self.records.where(cluster)
-        if where is None:
-            raise ProvisionError(f"cluster {cluster} has no pods to expose ports of")
-        labels = dict(self.config.custom_metadata.labels)
-        api = await self.api(where.context)
-        await open_ports(api, where.namespace, cluster, ports, self.config.ports, labels)
+    # -- Provider ----------------------------------------------------------------------------
+
+    async def check(self) -> CheckResult:
+        return await self.planning.check()
 
     def _context_of(self, req: ProvisionRequest) -> str:
         asked = req.resources.get("region")
@@ -216,8 +179,8 @@ class KubernetesProvider:
         ):
             await self.terminate(req.cluster)  # failed over from another context: leave it clean
         asked = PodRequest.of(req.resources)
-        if asked.ports:  # refused before any pod is made, not a service without an address
-            await self.planning.preflight_ports(context)
+        if asked.ports:
+            await self._can_expose(context)
         self.records.place(req.cluster, where)
         api = await self.api(context)
         plan = await self._plan(api, req, where, asked)
@@ -227,7 +190,34 @@ class KubernetesProvider:
             with anyio.CancelScope(shield=True):
                 await self._abandon(api, req.cluster, where)
             raise
+        await ports.open_ports(
+            api, where.namespace, req.cluster, asked.ports, self.config.ports, self._labels()
+        )
         return Made(where, asked, ready)
+
+    def _labels(self) -> dict[str, str]:
+        return dict(self.config.custom_metadata.labels)
+
+    async def _can_expose(self, context: str) -> None:
+        """The ports preflight: a context that cannot expose ports the configured way is no
+        place for this launch (the next context may be)."""
+        try:
+            await self.planning.preflight_ports(context)
+        except PortsUnavailable as exc:
+            raise CapacityError(
+                exc.message, Block(infra=self.name, region=context, reason=exc.message)
+            ) from None
+
+    async def open_ports(self, cluster: str, opened: list[int]) -> None:
+        """Expose more ports of a live cluster's head pod (OpensPorts), the configured way."""
+        where = self.records.where(cluster)
+        if where is None:
+            raise ProvisionError(f"cluster {cluster} has no pods to expose ports of")
+        await self._can_expose(where.context)
+        api = await self.api(where.context)
+        await ports.open_ports(
+            api, where.namespace, cluster, opened, self.config.ports, self._labels()
+        )
 
     async def _plan(
         self, api: KubeApi, req: ProvisionRequest, where: Where, asked: PodRequest
@@ -300,60 +290,12 @@ class KubernetesProvider:
             self.log.warning("kubernetes_abandon_failed", cluster=cluster, error=exc.message)
 
     async def _agents(self, req: ProvisionRequest, made: Made) -> list[NodeInfo]:
-        where, asked, ready = made.where, made.asked, made.pods
-        build = build_of(req.agent_pyz)
-        nodes: dict[int, NodeInfo] = {}
-        errors: dict[int, ProvisionError] = {}
+        def record(node: NodeInfo) -> None:
+            self.records.set_node(req.cluster, node.rank, node.to_dict())
 
-        async def one(rank: int) -> None:
-            ref = PodRef(where.context, where.namespace, pod_name(req.cluster, rank))
-            pod_ip = str(ready[ref.name].get("status", {}).get("podIP") or "")
-            shell = self.shell(ref)
-            began = time.monotonic()
-            try:
-                ep = await ensure_agent(
-                    shell,
-                    cluster=req.cluster,
-                    rank=rank,
-                    node_ip=pod_ip,
-                    pyz=req.agent_pyz,
-                    build=build,
-                    num_gpus=float(asked.accelerator_count),
-                )
-                workdir = f"{ep.home}/{WORKDIR}"
-                await shell.run(f"mkdir -p {_quote(workdir)}", timeout=30)
-            except ProvisionError as exc:
-                errors[rank] = exc
-                return
-            self.log.info(
-                "kubernetes_node_ready",
-                cluster=req.cluster,
-                rank=rank,
-                pod=str(ref),
-                **{f"{phase}_s": s for phase, s in ep.phases.items()},
-                total_s=round(time.monotonic() - began, 4),
-                started=ep.started,
-            )
-            node = NodeInfo(
-                rank=rank,
-                ip=pod_ip,
-                status=NodeStatus.RUNNING,
-                agent_address=ep.socket_path,
-                workdir=workdir,
-                home=ep.home,
-                pid=ep.pid,
-                address=self.address(ref),
-            )
-            nodes[rank] = node
-            self.records.set_node(req.cluster, rank, node.to_dict())
-
-        async with anyio.create_task_group() as tg:
-            for rank in range(req.num_nodes):
-                tg.start_soon(one, rank)
-        if errors:
-            detail = "; ".join(f"rank {r}: {errors[r].message}" for r in sorted(errors))
-            raise ProvisionError(f"{req.cluster} in context {where.context}: {detail}")
-        return [nodes[r] for r in sorted(nodes)]
+        return await start_agents(
+            req, made.where, made.asked, made.pods, self.shell, record, self.log
+        )
 
     async def query(self, cluster: str) -> list[NodeInfo]:
         """RUNNING where the pod runs and its agent answers, STOPPED where it runs without one.
@@ -364,66 +306,28 @@ class KubernetesProvider:
             self.lost.pop(cluster, None)
             return []
         api = await self.api(where.context)
-        by_rank: dict[int, dict[str, Any]] = {}
-        for pod in await pods.list_cluster(api, where.namespace, cluster):
-            rank = pods.rank_of(pod)
-            if rank is not None and pod["metadata"]["name"] == pod_name(cluster, rank):
-                by_rank[rank] = pod
-        nodes: dict[int, NodeInfo] = {}
-        errors: dict[int, str] = {}
-        lost: list[NodeLoss] = []
+        listed = await pods.list_cluster(api, where.namespace, cluster)
+        seen = await observe(
+            cluster,
+            where,
+            listed,
+            lambda rank: self._recorded(cluster, where, rank),
+            self.connector,
+        )
+        self.lost[cluster] = seen.lost
+        self.last_error[cluster] = seen.errors
+        return seen.nodes
 
-        async def look(rank: int, pod: dict[str, Any], recorded: NodeInfo) -> None:
-            phase = (pod.get("status") or {}).get("phase")
-            if phase != "Running":
-                errors[rank] = f"pod {pod['metadata']['name']} is {phase}"
-                nodes[rank] = dataclasses.replace(recorded, status=NodeStatus.UNREACHABLE)
-                return
-            ip = str(pod["status"].get("podIP") or recorded.ip)
-            node = dataclasses.replace(recorded, ip=ip, status=NodeStatus.STOPPED)
-            nodes[rank] = node
-            if not node.agent_address:
-                return
-            try:
-                hello = await self.connector(node).call("hello", deadline=HELLO_DEADLINE_S)
-            except (AgentUnreachable, ProvisionError):
-                return
-            pid = hello.get("pid")
-            nodes[rank] = dataclasses.replace(
-                node, status=NodeStatus.RUNNING, pid=pid if isinstance(pid, int) else None
-            )
-
-        async with anyio.create_task_group() as tg:
-            for rank in range(where.num_nodes):
-                recorded = self._recorded(cluster, where, rank)
-                found = by_rank.get(rank)
-                if found is not None and not pods.is_gone(found):
-                    tg.start_soon(look, rank, found, recorded)
-                elif found is not None or self.records.node(cluster, rank):
-                    why = (
-                        f"pod {found['metadata']['name']} {pods.fate(found)}"
-                        if found is not None
-                        else f"pod {pod_name(cluster, rank)} was deleted"
-                    )
-                    evicted = found is not None and found["status"].get("reason") == "Evicted"
-                    lost.append(NodeLoss(rank, f"{why} (context {where.context})", evicted))
-                    errors[rank] = why
-        alive = bool(nodes)
-        for loss in lost:
-            if alive:
-                nodes[loss.rank] = dataclasses.replace(
-                    self._recorded(cluster, where, loss.rank), status=NodeStatus.UNREACHABLE
-                )
-        self.lost[cluster] = sorted(lost, key=lambda x: x.rank)
-        self.last_error[cluster] = errors
-        return [nodes[r] for r in sorted(nodes)]
-
-    def _recorded(self, cluster: str, where: Where, rank: int) -> NodeInfo:
+    def _recorded(self, cluster: str, where: Where, rank: int) -> NodeInfo | None:
+        """The node as its launch brought it up; a pod made without an agent yet is a node
+        without an agent address; None for a rank never made."""
         raw = self.records.node(cluster, rank)
+        if not raw:
+            return None
         with contextlib.suppress(KeyError, ValueError, TypeError):
             return NodeInfo.from_dict(raw)
         ref = PodRef(where.context, where.namespace, pod_name(cluster, rank))
-        return NodeInfo(rank, "", NodeStatus.STOPPED, "", "", "", address=self.address(ref))
+        return NodeInfo(rank, "", NodeStatus.STOPPED, "", "", "", address=address(ref))
 
     def lost_nodes(self, cluster: str) -> list[NodeLoss]:
         return list(self.lost.get(cluster, []))
@@ -453,7 +357,7 @@ class KubernetesProvider:
         self.lost.pop(cluster, None)
 
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
-        shell = self.shell(self.ref_of(node))
+        shell = self.shell(ref_of(node))
         sent = 0
         for mount in mounts:
             source = Path(mount.source).expanduser()
@@ -465,14 +369,14 @@ class KubernetesProvider:
         return sent
 
     def connector(self, node: NodeInfo) -> AgentClient:
-        ref = self.ref_of(node)
+        ref = ref_of(node)
         return self.shell(ref).agent_client(node.agent_address, f"rank {node.rank}@{ref}")
 
     # -- abilities ---------------------------------------------------------------------------
 
     def shell_command(self, node: NodeInfo, command: str | None) -> ShellCommand:
         """``kubectl exec`` into the node's pod (``-t`` for a login shell)."""
-        ref = self.ref_of(node)
+        ref = ref_of(node)
         remote = (
             command
             if command is not None
@@ -498,7 +402,7 @@ class KubernetesProvider:
         return argv, None, env
 
     def leak_policy(self) -> LeakPolicy:
-        return LEAK_POLICY
+        return leaks.POLICY
 
     def regions(self) -> list[str]:
         return self.contexts()
@@ -506,40 +410,16 @@ class KubernetesProvider:
     async def leaks(
         self, regions: Sequence[str], live: Collection[str], young_s: float
     ) -> list[Leak]:
-        owned = {label_value(c) for c in live}
         found: list[Leak] = []
         for context in regions:
-            namespace = self.namespace(context)
-            api = await self.api(context)
-            for kind, what in (("pods", "instance"), ("services", "service")):
-                answer = await api.call(
-                    "GET",
-                    path("namespaces", namespace, kind),
-                    query={"labelSelector": LABEL_CLUSTER},
-                )
-                for item in answer.get("items") or []:
-                    cluster = (item.get("metadata", {}).get("labels") or {}).get(LABEL_CLUSTER, "")
-                    age = _age_s(item)
-                    going = bool(item.get("metadata", {}).get("deletionTimestamp"))
-                    if going or cluster in owned or (age is not None and age < young_s):
-                        continue
-                    found.append(
-                        Leak(
-                            kind=what,
-                            id=f"{namespace}/{item['metadata']['name']}",
-                            region=context,
-                            cluster=cluster,
-                            age_s=age,
-                            state=(item.get("status") or {}).get("phase"),
-                        )
-                    )
+            found += await leaks.find(
+                await self.api(context), self.namespace(context), live, young_s
+            )
         return found
 
-    async def clean_leaks(self, leaks: Sequence[Leak]) -> None:
-        for leak in leaks:
-            namespace, _, name = leak.id.partition("/")
-            kind = "pods" if leak.kind == "instance" else "services"
+    async def clean_leaks(self, found: Sequence[Leak]) -> None:
+        for leak in found:
             try:
-                await pods.delete(await self.api(leak.region), namespace, kind, name)
+                await leaks.clean(await self.api(leak.region), leak)
             except KubeApiError as exc:
                 self.log.warning("kubernetes_leak_not_cleaned", leak=leak.id, error=exc.message)
