@@ -15,6 +15,7 @@ from stixd.providers.kubernetes.api import path
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.planning import KubePlanning
+from tests.conftest import Stix
 from tests.kube_fake.process import FakeProcess
 
 pytestmark = pytest.mark.anyio
@@ -125,3 +126,13 @@ async def test_show_gpus_counts_the_gpus_pods_hold_as_not_free(
         assert none == []
     finally:
         await api.call("DELETE", path("namespaces", "default", "pods", "holds-a-gpu"))
+
+
+def test_without_a_kubeconfig_check_and_launch_say_how_to_set_one_up(stix: Stix) -> None:
+    stix.env["KUBECONFIG"] = str(stix.home / "no-such-kubeconfig")
+    [row] = stix.json("check", "k8s")
+    assert row["enabled"] is False and "no context in the kubeconfig" in row["reason"]
+    refused = stix.run("launch", "-c", "k", "-y", "--infra", "k8s", "true")
+    assert refused.returncode != 0
+    assert "'kubernetes' is not available: no context in the kubeconfig" in refused.stderr
+    assert not (stix.home / "kubernetes" / "catalog" / "v8" / "kubernetes" / "vms.csv").exists()

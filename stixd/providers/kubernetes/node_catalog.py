@@ -87,7 +87,12 @@ def catalog_csv(listed: Iterable[tuple[str, Sequence[Node]]]) -> str:
 
 
 def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` at ``path`` atomically unless it already holds it; True when written."""
+    """Write ``text`` at ``path`` atomically unless it already holds it; True when written.
+    A catalog without rows is no file at all (no context is planned on, and none is listed)."""
+    if text.count("\n") <= 1:
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        return existed
     try:
         if path.read_text(encoding="utf-8") == text:
             return False
