@@ -136,3 +136,5 @@ def test_without_a_kubeconfig_check_and_launch_say_how_to_set_one_up(stix: Stix)
     assert refused.returncode != 0
     assert "'kubernetes' is not available: no context in the kubeconfig" in refused.stderr
     assert not (stix.home / "kubernetes" / "catalog" / "v8" / "kubernetes" / "vms.csv").exists()
+    shown = stix.run("show-gpus", "--infra", "k8s", check=True).stdout
+    assert shown.startswith("no context in the kubeconfig")

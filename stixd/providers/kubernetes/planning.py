@@ -74,6 +74,8 @@ class KubePlanning:
     ) -> tuple[str, list[dict[str, object]]]:
         """(the text ``show-gpus --infra k8s[/CONTEXT]`` prints, its rows as data)."""
         contexts = [context] if context else self.contexts()
+        if not contexts:
+            return self.planning_problem() or "no Kubernetes context", []
         apis = await self._apis(contexts)
         rows, problems = await gpu_rows(apis, name, count)
         data: list[dict[str, object]] = [
