@@ -280,3 +280,24 @@ def test_a_launch_the_first_context_cannot_schedule_fails_over_to_the_next_in_or
     finally:
         stix.run("down", "-y", "fo")
         kube_a.kubectl("delete", "pod", "takes-the-a100s", "--grace-period=0")
+
+
+def test_an_instance_type_names_a_pod_size_as_skypilot_writes_it(
+    fakes: dict[str, FakeProcess], tmp_path: Path
+) -> None:
+    catalog = refreshed(fakes, tmp_path, ("kube-a", "kube-b"))
+    typed = spec(catalog, "resources: {infra: k8s, instance_type: 6CPU--24GB--a100:2}\nrun: x")
+    placement = typed["placement"]
+    assert isinstance(placement, dict) and placement["instance_type"] == "6CPU--24GB--A100:2"
+    assert placement["request"] == {
+        "cpus": 6.0,
+        "memory_gb": 24.0,
+        "accelerator": "A100",
+        "accelerator_count": 2,
+    }
+    cpu = spec(catalog, "resources: {infra: k8s/kube-b, instance_type: 0.5CPU--1GB}\nrun: x")
+    assert cpu["resources"] == "1x kubernetes/kube-b 0.5CPU--1GB"
+    with pytest.raises(InvalidTask, match=r"instance type m5\.large is no kubernetes size"):
+        spec(catalog, "resources: {infra: k8s, instance_type: m5.large}\nrun: x")
+    with pytest.raises(InvalidTask, match="vCPUs"):  # no node has 512 CPUs
+        spec(catalog, "resources: {infra: k8s, instance_type: 512CPU--64GB}\nrun: x")
