@@ -295,7 +295,7 @@ def test_an_instance_type_names_a_pod_size_as_skypilot_writes_it(
         "accelerator": "A100",
         "accelerator_count": 2,
     }
-    cpu = spec(catalog, "resources: {infra: k8s/kube-b, instance_type: 0.5CPU--1GB}\nrun: x")
+    cpu = spec(catalog, "resources: {infra: kubernetes/kube-b, instance_type: 0.5CPU--1GB}\nrun: x")
     assert cpu["resources"] == "1x kubernetes/kube-b 0.5CPU--1GB"
     with pytest.raises(InvalidTask, match=r"instance type m5\.large is no kubernetes size"):
         spec(catalog, "resources: {infra: k8s, instance_type: m5.large}\nrun: x")
