@@ -18,7 +18,9 @@ from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.planning import KubePlanning
 from tests.conftest import Stix
+from tests.kube_fake.nodes import node
 from tests.kube_fake.process import FakeProcess
+from tests.kube_fake.server import serve, write_kubeconfig
 
 pytestmark = pytest.mark.anyio
 
@@ -149,3 +151,22 @@ def test_without_a_kubeconfig_check_and_launch_say_how_to_set_one_up(stix: Stix)
     assert not (stix.home / "kubernetes" / "catalog" / "v8" / "kubernetes" / "vms.csv").exists()
     shown = stix.run("show-gpus", "--infra", "k8s", check=True).stdout
     assert shown.startswith("no context in the kubeconfig")
+
+
+async def test_check_says_a_context_without_gpu_nodes_lacks_them(tmp_path: Path) -> None:
+    served = await serve(tmp_path / "state", nodes=[node("cpu-only", cpu="8", memory="32Gi")])
+    try:
+        write_kubeconfig(tmp_path / "kubeconfig", served.url, "kube-cpu")
+        kubeconfig = read_kubeconfig({"KUBECONFIG": str(tmp_path / "kubeconfig")})
+        clients = Clients(kubeconfig, tmp_path / "certs")
+        try:
+            result = await KubePlanning(clients, KubernetesConfig(), tmp_path).check()
+        finally:
+            await clients.aclose()
+    finally:
+        await served.close()
+    assert result.enabled
+    assert result.details == (
+        "kube-cpu: reachable, namespace default, 1 node(s); lacks: GPU nodes (none with a GPU "
+        "label and nvidia.com/gpu or amd.com/gpu)",
+    )
