@@ -18,6 +18,7 @@ instead of a service that silently never gets one.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -228,25 +229,24 @@ async def preflight(
     NodePort and pod IPs need nothing of the cluster."""
     if mode != "loadbalancer":
         return
+    # a name of its own: probes at once (two launches, two daemons on one namespace) never
+    # delete each other's; the label lets the leak scan find one a crash left behind
+    probe = f"{_PROBE}-{secrets.token_hex(4)}"
     body = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": _PROBE, "labels": {**(labels or {}), LABEL_CLUSTER: _PROBE}},
+        "metadata": {"name": probe, "labels": {**(labels or {}), LABEL_CLUSTER: _PROBE}},
         "spec": {
             "type": "LoadBalancer",
             "selector": {LABEL_CLUSTER: _PROBE},
             "ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}],
         },
     }
+    await api.call("POST", path("namespaces", namespace, "services"), body=body)
     try:
-        await api.call("POST", path("namespaces", namespace, "services"), body=body)
-    except KubeApiError as exc:
-        if exc.status != 409:  # left by a probe that was cut short: look at it all the same
-            raise
-    try:
-        address = await _address_within(api, namespace, _PROBE, wait_s, handled=True)
+        address = await _address_within(api, namespace, probe, wait_s, handled=True)
     finally:
         with anyio.CancelScope(shield=True):
-            await delete_service(api, namespace, _PROBE)
+            await delete_service(api, namespace, probe)
     if address is None:
         raise _no_address(api.context, wait_s)
