@@ -103,7 +103,7 @@ async def launch_once(
             t0 = time.monotonic()
             pods = await made.make_pods(request(cluster, nodes, pyz))
             t1 = time.monotonic()
-            launched = await made._agents(request(cluster, nodes, pyz), pods)
+            launched = await made.put_agents(request(cluster, nodes, pyz), pods)
             t2 = time.monotonic()
             agent = made.connector(launched[0])
             await agent.call("submit", job_id=1, run="sleep 30", node_rank=0, num_nodes=1)
