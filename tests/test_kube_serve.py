@@ -49,8 +49,8 @@ def test_two_replicas_on_pods_serve_one_port_through_their_load_balancers(
         f"  ports: {port}\n"
         "run: python3 server.py\n"
     )
-    up(stix, path, "web")
-    wait_until(lambda: ready_ids(stix, "web") == [1, 2], timeout=90)
+    up(stix, path, "web")  # two launches at once: one ports preflight, then both pass it
+    wait_until(lambda: ready_ids(stix, "web") == [1, 2], timeout=30)
     record = status(stix, "web")
     assert record is not None
     services = kube.kubectl_json("get", "services", "-l", LABEL_CLUSTER)["items"]

@@ -94,6 +94,7 @@ class KubernetesProvider:
         self.planning = KubePlanning(self.clients, config, home)
         """The planner's catalog of the contexts' nodes, check, show-gpus, the ports preflight."""
         self._shells: dict[PodRef, PodShell] = {}
+        self._preflight = anyio.Lock()
         self.lost: dict[str, list[NodeLoss]] = {}
         self.last_error: dict[str, dict[int, str]] = {}
 
@@ -230,7 +231,8 @@ class KubernetesProvider:
         """The ports preflight: a context that cannot expose ports the configured way is no
         place for this launch (the next context may be)."""
         try:
-            await self.planning.preflight_ports(context)
+            async with self._preflight:  # one probe service per namespace: never two at once
+                await self.planning.preflight_ports(context)
         except PortsUnavailable as exc:
             raise CapacityError(
                 exc.message, Block(infra=self.name, region=context, reason=exc.message)
