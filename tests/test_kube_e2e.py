@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
+from tests.test_managed_jobs import managed
 
 CONTEXTS = ("kube-a", "kube-b")
 
@@ -160,3 +162,32 @@ def test_a_daemon_killed_mid_launch_leaves_no_duplicate_and_no_orphan_pod(
     assert sorted(p["metadata"]["name"] for p in pods) == ["crash-0", "crash-1"]
     k8s.run("down", "-y", "crash", check=True, timeout=60)
     assert objects(fake, "crash") == []
+
+
+def test_a_managed_job_whose_pod_is_deleted_recovers_on_a_new_pod(
+    k8s: Stix, fakes: dict[str, FakeProcess], tmp_path: Path
+) -> None:
+    """`kubectl delete pod` under a managed job: the health check (1 s here) sees the pod
+    gone, the run ends FAILED_DRIVER at once, and the job comes back RUNNING on a new pod."""
+    k8s.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
+    k8s.run("daemon", "stop", timeout=30)  # started by `check` without the setting
+    marks = tmp_path / "runs"  # pods of the fake share this machine's files
+    marks.mkdir()
+    task = tmp_path / "task.yaml"
+    task.write_text(
+        "name: mj\n"
+        "run: |\n"
+        f"  echo run > {marks}/$(date +%s%N)\n"
+        f"  [ $(ls {marks} | wc -l) -ge 2 ] || sleep 600\n"
+    )
+    k8s.run("jobs", "launch", "-d", "-y", "--infra", "k8s/kube-b", str(task), check=True,
+            timeout=120)  # fmt: skip
+    wait_until(lambda: managed(k8s, 1)["status"] == "RUNNING" and any(marks.iterdir()), 120)
+    [pod] = [o for o in objects(fakes["kube-b"], "mj-1") if o["kind"] == "Pod"]
+    fakes["kube-b"].kubectl("delete", "pod", pod["metadata"]["name"], "--wait=false")
+    job = wait_until(lambda: (j := managed(k8s, 1))["recoveries"] == 1 and j, timeout=60)
+    [reason] = job["recovery_reasons"]
+    assert "pod mj-1-0" in reason and "kube-b" in reason, reason
+    done = wait_until(lambda: (j := managed(k8s, 1))["status"] == "SUCCEEDED" and j, 120)
+    assert done["recoveries"] == 1 and len(list(marks.iterdir())) == 2
+    wait_until(lambda: objects(fakes["kube-b"], "mj-1") == [], timeout=60)

@@ -5,25 +5,33 @@ pod through it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO
 
 import anyio
 import pytest
 import yaml
+from yarl import URL
 
 from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.kubernetes import exec as pod_exec
+from stixd.providers.kubernetes import inpod, tarsync
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.exec import ExecError
+from stixd.providers.kubernetes.inpod.relay import CLOSE, DATA, EOF, HEADER, OPEN, READY
 from stixd.providers.kubernetes.seams import CONTAINER, PodRef, PodShell
 from stixd.providers.kubernetes.shell import ExecShell, open_shell
 from stixd.providers.shared.bootstrap import ensure_agent
@@ -294,3 +302,208 @@ async def test_put_tree_of_one_file_and_a_type_change(shell: ExecShell, tmp_path
         "cat files/one.txt/link; readlink files/one.txt/link", timeout=10
     )
     assert (status, out) == (0, "b\na/b\n")
+
+
+async def test_api_errors_and_a_slow_api_server_fail_the_call_in_one_line(
+    kube: FakeProcess, shell: ExecShell
+) -> None:
+    try:
+        kube.admin("faults", fail_count=1, fail_code=500)
+        with pytest.raises(ExecError) as caught:
+            await shell.run("true", timeout=10)
+        assert caught.value.retryable and "answered 500" in str(caught.value)
+        kube.admin("faults", fail_count=1, fail_code=429)
+        with pytest.raises(AgentUnreachable, match="answered 429"):
+            await shell.agent_client("/tmp/none.sock", "x").call("hello", deadline=10)
+        kube.admin("faults", delay=3)
+        started = time.monotonic()
+        with pytest.raises(ExecError, match="did not finish within 1 s"):
+            await shell.run("true", timeout=1)
+        assert time.monotonic() - started < 2.5
+    finally:
+        kube.admin("faults", delay=0, fail_count=0)
+    assert await shell.run("echo back", timeout=10) == (0, "back\n", "")
+
+
+# --- the in-pod programs on the oldest python3 a pod may have ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def python_37() -> str:
+    """A python3.7 that runs (PATH's may be a pyenv shim of a version not selected)."""
+    found = [
+        shutil.which("python3.7"),
+        *map(str, Path.home().glob(".pyenv/versions/3.7*/bin/python3.7")),
+    ]
+    for candidate in filter(None, found):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    pytest.skip("needs python3.7")
+
+
+def echo_once(server: socket.socket) -> None:
+    """Answer one connection with what it sent, once it said it is done."""
+    conn, _ = server.accept()
+    with conn:
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        conn.sendall(data[::-1])
+
+
+def frames_of(stream: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    while header := stream.read(HEADER.size):
+        stream_id, kind, size = HEADER.unpack(header)
+        yield stream_id, kind, stream.read(size)
+
+
+def test_the_in_pod_programs_run_on_python_3_7(python_37: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "echo.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    echo = threading.Thread(target=echo_once, args=(server,))
+    echo.start()
+    argv = [python_37, *inpod.argv("relay")[1:]]
+    try:
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as relay:
+            assert relay.stdin is not None and relay.stdout is not None
+            deadline = threading.Timer(20, relay.kill)  # a relay that hangs ends the reads
+            deadline.start()
+            sent = [
+                (7, OPEN, path.encode()),
+                (7, DATA, b"ping "),
+                (7, DATA, b"pong"),
+                (7, EOF, b""),
+            ]
+            relay.stdin.write(inpod.preamble("relay"))
+            relay.stdin.write(b"".join(HEADER.pack(i, k, len(p)) + p for i, k, p in sent))
+            relay.stdin.flush()
+            got = []
+            for frame in frames_of(relay.stdout):
+                got.append(frame)
+                if frame[1] == CLOSE:
+                    break
+            relay.stdin.close()  # the exec is gone: the relay ends
+            assert relay.wait(timeout=10) == 0
+            deadline.cancel()
+        assert got == [(0, READY, b"stix-relay 1"), (7, DATA, b"gnop gnip"), (7, CLOSE, b"")]
+    finally:
+        echo.join(timeout=10)
+        server.close()
+
+    src = make_tree(tmp_path / "src", {".gitignore": GITIGNORE, **NESTED})
+    dst = tmp_path / "dst"
+    plan = tarsync.plan_tree(src, str(dst), "none", {})
+    spool, size, times = tarsync.build_tar(plan)
+    with spool:
+        apply = inpod.preamble("tarsync") + tarsync.apply_header(plan, size, times) + spool.read()
+    run_37 = [python_37, *inpod.argv("tarsync")[1:]]
+    subprocess.run([*run_37, "apply", str(dst)], input=apply, check=True, capture_output=True)
+    listed = subprocess.run(
+        [*run_37, "list", str(dst)],
+        input=inpod.preamble("tarsync"),
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    kind, there = tarsync.read_listing(listed)
+    assert tarsync.plan_tree(src, str(dst), kind, there).empty
+    assert {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()} == sent_by_rules(
+        src
+    )
+
+
+# --- a connection cut mid-way -----------------------------------------------------------------
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the API server whose open connections a test cuts at once, as a
+    network drop or a restarted load balancer would."""
+
+    def __init__(self) -> None:
+        self.links: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self, upstream: str) -> str:
+        target = URL(upstream)
+
+        async def link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
+            self.links += [writer, up_writer]
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        self.server = await asyncio.start_server(link, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def cut(self) -> None:
+        for writer in self.links:
+            writer.transport.abort()
+        self.links.clear()
+
+    async def aclose(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def cut_shell(
+    kube: FakeProcess, pod: PodRef, tmp_path: Path
+) -> AsyncIterator[tuple[ExecShell, CuttingProxy]]:
+    proxy = CuttingProxy()
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = await proxy.start(kube.url)
+    path = tmp_path / "through-proxy"
+    path.write_text(yaml.safe_dump(config))
+    clients = Clients(read_kubeconfig({"KUBECONFIG": str(path)}), tmp_path / "private")
+    shell = await open_shell(clients, pod)
+    try:
+        yield shell, proxy
+    finally:
+        await shell.aclose()
+        await clients.aclose()
+        await proxy.aclose()
+
+
+async def test_a_stream_cut_mid_way_fails_the_call_at_once_and_the_relay_comes_back(
+    kube: FakeProcess, cut_shell: tuple[ExecShell, CuttingProxy], pyz: Path
+) -> None:
+    shell, proxy = cut_shell
+    ep = await ensure_agent(
+        shell, cluster="cut", rank=0, node_ip="127.0.0.1", pyz=pyz, build=build_id()
+    )
+    agent = shell.agent_client(ep.socket_path, "cut-0")
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+
+        async def cut_when_running() -> None:
+            await until(lambda: pids_running(kube, b"sleep", b"32"))  # the command runs
+            proxy.cut()  # its connection and the relay's
+
+        tg.start_soon(cut_when_running)
+        with pytest.raises(ExecError) as caught:
+            await shell.run("echo started; sleep 32", timeout=20)
+    assert time.monotonic() - started < 10
+    assert caught.value.retryable and "\n" not in str(caught.value)
+    assert "ended without an exit status" in str(caught.value) or "broke" in str(caught.value)
+    await until(lambda: not shell.relay.alive)
+    assert (await agent.call("hello"))["pid"] == ep.pid
+    assert shell.relay.starts == 2
+
+
+async def test_output_past_the_bound_fails_the_call(
+    shell: ExecShell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pod_exec, "MAX_OUTPUT", 100_000)
+    with pytest.raises(ExecError, match="printed more than"):
+        await shell.run("head -c 5000000 /dev/zero", timeout=20, stdin=b"x")
+    assert await shell.run("echo fine", timeout=10) == (0, "fine\n", "")

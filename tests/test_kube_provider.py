@@ -253,6 +253,19 @@ async def test_a_launchs_ports_get_a_service_of_the_configured_kind_which_down_r
         await provider.aclose()
 
 
+async def test_a_load_balancers_address_is_where_a_service_reaches_the_cluster(
+    kube: FakeProcess, provider: KubernetesProvider
+) -> None:
+    await provider.make_pods(request("lb", ports=(8080,)))
+    [service] = kube.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=lb")["items"]
+    assert service["spec"]["type"] == "LoadBalancer"
+    [ingress] = service["status"]["loadBalancer"]["ingress"]
+    node = NodeInfo(0, "10.1.2.3", NodeStatus.RUNNING, "/s", "/w", "/h", address="x/y/lb-0")
+    assert provider.reachable_address("lb", node) == ingress["ip"]
+    await provider.terminate("lb")
+    assert await gone(kube, "lb") == []
+
+
 async def test_ports_a_context_cannot_expose_fail_over_before_any_pod_is_made(
     tmp_path: Path,
 ) -> None:

@@ -36,6 +36,7 @@ PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
 STDIN_FRAME = 256 * 1024
 MAX_FRAME = 64 * 1024 * 1024  # one WebSocket message from the API server
+MAX_OUTPUT = 256 * 1024 * 1024  # what ``run`` keeps of a command's stdout and stderr together
 CHECK_POD_WITHIN_S = 5.0
 
 
@@ -58,6 +59,17 @@ def describe(argv: Sequence[str], limit: int = 60) -> str:
     """The command as a message quotes it, cut short."""
     text = shlex.join(argv)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_status(data: bytes) -> dict[str, Any]:
+    """The final ``Status`` of channel 3 (one that cannot be read is a failure saying so)."""
+    try:
+        status = json.loads(data)
+    except ValueError:
+        status = None
+    if not isinstance(status, dict):
+        return {"status": "Failure", "message": f"unreadable exit status {data[:100]!r}"}
+    return status
 
 
 def exit_code(status: dict[str, Any], pod: PodRef) -> int:
@@ -100,7 +112,10 @@ def _handshake_error(status: int, pod: PodRef) -> ExecError:
             retryable=False,
         )
     if status == 400:
-        return ExecError(f"cannot exec into {pod}: it is not running (400)", retryable=True)
+        return ExecError(
+            f"cannot exec into {pod} (400): it is not running, or has no container {pod.container}",
+            retryable=True,
+        )
     return ExecError(
         f"the API server of context {context} answered {status} to an exec into {pod}; try again",
         retryable=status == 429 or status >= 500,
@@ -170,9 +185,16 @@ class ExecChannel:
 
 
 async def connect(
-    client: ApiClient, pod: PodRef, argv: Sequence[str], *, stdin: bool
+    client: ApiClient,
+    pod: PodRef,
+    argv: Sequence[str],
+    *,
+    stdin: bool,
+    heartbeat: float | None = None,
 ) -> ExecChannel:
-    """Start ``argv`` in the pod; the caller bounds the time (``anyio.fail_after``)."""
+    """Start ``argv`` in the pod; the caller bounds the time (``anyio.fail_after``). With a
+    ``heartbeat``, a connection that answers no ping within half of it is closed (the caller
+    must keep reading its frames, which is where the answers are seen)."""
     config = client.configuration
     session: aiohttp.ClientSession = client.rest_client.pool_manager
     try:
@@ -182,6 +204,7 @@ async def connect(
             headers=await _headers(client),
             proxy=config.proxy or None,
             autoping=True,
+            heartbeat=heartbeat,
             max_msg_size=MAX_FRAME,
         )
     except aiohttp.WSServerHandshakeError as exc:
@@ -217,6 +240,59 @@ async def pod_trouble(client: ApiClient, pod: PodRef) -> str | None:
     return None if phase == "Running" else f"is {phase}"
 
 
+async def _feed(chan: ExecChannel, stdin: Sequence[bytes | IO[bytes]]) -> None:
+    try:
+        for part in stdin:
+            if isinstance(part, bytes):
+                await chan.send(part)
+                continue
+            while chunk := await anyio.to_thread.run_sync(part.read, STDIN_FRAME):
+                await chan.send(chunk)
+        await chan.close_stdin()
+    except (ConnectionError, RuntimeError, aiohttp.ClientError):
+        pass  # the command ended before reading it all: its status, or its absence, says why
+
+
+async def _collect(
+    chan: ExecChannel, out: bytearray, err: bytearray, what: str
+) -> dict[str, Any] | None:
+    """Read the exec to its end: its output into ``out``/``err``, and its final status."""
+    status: dict[str, Any] | None = None
+    async for channel, data in chan.frames():
+        if channel == STDOUT:
+            out += data
+        elif channel == STDERR:
+            err += data
+        elif channel == STATUS:
+            status = read_status(data)
+        if len(out) + len(err) > MAX_OUTPUT:
+            message = f"{chan.pod}: {what} printed more than {MAX_OUTPUT / 2**20:g} MiB"
+            raise ExecError(message, retryable=False)
+    return status
+
+
+async def _exchange(
+    chan: ExecChannel,
+    stdin: Sequence[bytes | IO[bytes]],
+    out: bytearray,
+    err: bytearray,
+    what: str,
+) -> dict[str, Any] | None:
+    """``_collect`` while stdin is fed; its errors are raised bare, not in an exception group."""
+    failure: Exception | None = None
+    status = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_feed, chan, stdin)
+        try:
+            status = await _collect(chan, out, err, what)
+        except (ExecError, aiohttp.ClientError, ConnectionError) as exc:
+            failure = exc
+        tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return status
+
+
 async def run(
     client: ApiClient,
     pod: PodRef,
@@ -228,50 +304,30 @@ async def run(
     """Run ``argv`` in the pod to its end: exit status, stdout and stderr. The ``stdin`` parts
     (bytes, or files read to their end) are sent in order, then stdin is closed on v5; the
     command should read exactly as many bytes as it is told to, never wait for an end."""
+    what = f"`{describe(argv)}`"
     out, err = bytearray(), bytearray()
-    status: dict[str, Any] | None = None
     try:
         with anyio.fail_after(timeout):
             async with await connect(client, pod, argv, stdin=bool(stdin)) as chan:
-
-                async def feed() -> None:
-                    try:
-                        for part in stdin:
-                            if isinstance(part, bytes):
-                                await chan.send(part)
-                                continue
-                            while chunk := await anyio.to_thread.run_sync(part.read, STDIN_FRAME):
-                                await chan.send(chunk)
-                        await chan.close_stdin()
-                    except (ConnectionError, RuntimeError):
-                        pass  # the command ended before reading it all: its status says why
-
-                async with anyio.create_task_group() as tg:
-                    if stdin:
-                        tg.start_soon(feed)
-                    async for channel, data in chan.frames():
-                        if channel == STDOUT:
-                            out += data
-                        elif channel == STDERR:
-                            err += data
-                        elif channel == STATUS:
-                            status = json.loads(data or b"{}")
-                    tg.cancel_scope.cancel()
+                if not stdin:
+                    status = await _collect(chan, out, err, what)
+                else:
+                    status = await _exchange(chan, stdin, out, err, what)
     except TimeoutError:
         raise ExecError(
-            f"{pod}: `{describe(argv)}` did not finish within {timeout:g} s", retryable=True
+            f"{pod}: {what} did not finish within {timeout:g} s", retryable=True
         ) from None
     except (aiohttp.ClientError, ConnectionError) as exc:
         raise ExecError(f"{pod}: the exec stream broke: {exc}", retryable=True) from None
     if status is None:
         trouble = await pod_trouble(client, pod)
         if trouble:
-            raise ExecError(f"{pod} {trouble} while running `{describe(argv)}`", retryable=False)
+            raise ExecError(f"{pod} {trouble} while running {what}", retryable=False)
         raise ExecError(
-            f"{pod}: the exec stream of `{describe(argv)}` ended without an exit status; try again",
+            f"{pod}: the exec stream of {what} ended without an exit status; try again",
             retryable=True,
         )
     code = exit_code(status, pod)
     if code > 128 and (trouble := await pod_trouble(client, pod)):
-        raise ExecError(f"{pod} {trouble} while running `{describe(argv)}`", retryable=False)
+        raise ExecError(f"{pod} {trouble} while running {what}", retryable=False)
     return ExecResult(code, bytes(out), bytes(err))

@@ -94,6 +94,7 @@ class KubernetesProvider:
         self.planning = KubePlanning(self.clients, config, home)
         """The planner's catalog of the contexts' nodes, check, show-gpus, the ports preflight."""
         self._shells: dict[PodRef, PodShell] = {}
+        self._preflight = anyio.Lock()
         self.lost: dict[str, list[NodeLoss]] = {}
         self.last_error: dict[str, dict[int, str]] = {}
 
@@ -166,7 +167,7 @@ class KubernetesProvider:
     async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
         """Idempotent: the cluster's pods are found by name before any is made."""
         made = await self.make_pods(req)
-        return await self._agents(req, made)
+        return await self.put_agents(req, made)
 
     async def make_pods(self, req: ProvisionRequest) -> Made:
         """Every pod of the cluster Running (the first half of ``launch``, before the agents)."""
@@ -190,10 +191,38 @@ class KubernetesProvider:
             with anyio.CancelScope(shield=True):
                 await self._abandon(api, req.cluster, where)
             raise
-        await ports.open_ports(
-            api, where.namespace, req.cluster, asked.ports, self.config.ports, self._labels()
-        )
+        await self._expose(api, where, req.cluster, asked.ports)
         return Made(where, asked, ready)
+
+    async def _expose(
+        self, api: KubeApi, where: Where, cluster: str, opened: Sequence[int]
+    ) -> None:
+        """Expose ``opened`` the configured way; a LoadBalancer's address is remembered (a
+        service's balancer reaches the cluster's replica there: ``reachable_address``)."""
+        if not opened:
+            return
+        mode = self.config.ports
+        await ports.open_ports(api, where.namespace, cluster, opened, mode, self._labels())
+        if mode == "loadbalancer":
+            found = await ports.endpoints(api, where.namespace, cluster, opened, mode)
+            host, _, _ = found[opened[0]].rpartition(":")
+            self.records.remember(cluster, reached=host)
+
+    def reachable_address(self, cluster: str, node: NodeInfo) -> str:
+        """Where this machine reaches the cluster's ports (ReachedElsewhere): the pod's IP in
+        ``podip`` mode (this machine in the cluster's network), the LoadBalancer's address."""
+        mode = self.config.ports
+        if mode == "podip":
+            return node.ip
+        if mode == "nodeport":
+            raise ProvisionError(
+                f"with kubernetes.ports nodeport, cluster {cluster}'s ports are reached at other "
+                "port numbers of its node; set kubernetes.ports to loadbalancer or podip"
+            )
+        reached = self.records.remembered(cluster, "reached")
+        if not reached:
+            raise ProvisionError(f"the LoadBalancer service of cluster {cluster} has no address")
+        return reached
 
     def _labels(self) -> dict[str, str]:
         return dict(self.config.custom_metadata.labels)
@@ -202,7 +231,8 @@ class KubernetesProvider:
         """The ports preflight: a context that cannot expose ports the configured way is no
         place for this launch (the next context may be)."""
         try:
-            await self.planning.preflight_ports(context)
+            async with self._preflight:  # one probe service per namespace: never two at once
+                await self.planning.preflight_ports(context)
         except PortsUnavailable as exc:
             raise CapacityError(
                 exc.message, Block(infra=self.name, region=context, reason=exc.message)
@@ -214,10 +244,7 @@ class KubernetesProvider:
         if where is None:
             raise ProvisionError(f"cluster {cluster} has no pods to expose ports of")
         await self._can_expose(where.context)
-        api = await self.api(where.context)
-        await ports.open_ports(
-            api, where.namespace, cluster, opened, self.config.ports, self._labels()
-        )
+        await self._expose(await self.api(where.context), where, cluster, opened)
 
     async def _plan(
         self, api: KubeApi, req: ProvisionRequest, where: Where, asked: PodRequest
@@ -289,7 +316,9 @@ class KubernetesProvider:
         except ProvisionError as exc:
             self.log.warning("kubernetes_abandon_failed", cluster=cluster, error=exc.message)
 
-    async def _agents(self, req: ProvisionRequest, made: Made) -> list[NodeInfo]:
+    async def put_agents(self, req: ProvisionRequest, made: Made) -> list[NodeInfo]:
+        """An agent in each pod of ``made`` (the second half of ``launch``)."""
+
         def record(node: NodeInfo) -> None:
             self.records.set_node(req.cluster, node.rank, node.to_dict())
 

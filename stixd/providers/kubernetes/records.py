@@ -69,6 +69,15 @@ class Records:
         entry.setdefault("ranks", {})[str(rank)] = node
         self._write(data)
 
+    def remember(self, cluster: str, **values: str) -> None:
+        data = self.read()
+        data.setdefault(cluster, {}).update(values)
+        self._write(data)
+
+    def remembered(self, cluster: str, key: str) -> str | None:
+        value = (self.read().get(cluster) or {}).get(key)
+        return value if isinstance(value, str) else None
+
     def drop(self, cluster: str) -> None:
         data = self.read()
         if data.pop(cluster, None) is not None:

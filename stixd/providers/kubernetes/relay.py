@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from stixd.providers.kubernetes.exec import (
     ExecError,
     connect,
     exit_code,
+    read_status,
 )
 from stixd.providers.kubernetes.inpod.relay import CLOSE, DATA, EOF, HEADER, OPEN, READY
 from stixd.providers.kubernetes.seams import PodRef
@@ -41,6 +41,9 @@ START_WITHIN_S = 20.0
 MAX_PAYLOAD = 1024 * 1024  # per DATA frame the daemon sends (the relay takes up to 16 MiB)
 MAX_UNREAD = 64 * 1024 * 1024  # bytes a stream may hold that its reader has not taken
 CLOSE_WITHIN_S = 2.0
+HEARTBEAT_S = 30.0
+"""The relay's connection is pinged this often: one a NAT or a proxy dropped without a word is
+noticed and started again, instead of every agent call on it running into its deadline."""
 
 
 class RelayStream(ByteStream):
@@ -159,8 +162,10 @@ class _Session:
                     self._stderr = (self._stderr + data)[-4096:]
                 elif channel == STATUS:
                     try:
-                        why = f"the relay ended with exit status {exit_code(json.loads(data), pod)}"
-                    except (ExecError, ValueError) as exc:
+                        why = (
+                            f"the relay ended with exit status {exit_code(read_status(data), pod)}"
+                        )
+                    except ExecError as exc:
                         why = f"the relay ended: {exc}"
         except (aiohttp.ClientError, ConnectionError, ValueError) as exc:
             why = f"the relay's stream broke: {exc}"
@@ -236,7 +241,9 @@ class Relay:
         self.starts += 1
         try:
             with anyio.fail_after(self.start_within):
-                chan = await connect(self.client, self.pod, inpod.argv("relay"), stdin=True)
+                chan = await connect(
+                    self.client, self.pod, inpod.argv("relay"), stdin=True, heartbeat=HEARTBEAT_S
+                )
                 session = _Session(chan)
                 # the reader outlives this call: it belongs to the session, which cancels and
                 # awaits it in aclose (the relay has no task group that lives as long as it)

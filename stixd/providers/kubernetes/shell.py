@@ -99,7 +99,13 @@ class ExecShell:
         )
         if plan.empty:
             return 0
-        spool, size, times = await anyio.to_thread.run_sync(tarsync.build_tar, plan)
+        try:
+            spool, size, times = await anyio.to_thread.run_sync(tarsync.build_tar, plan)
+        except OSError as exc:  # a file changed or went away while being read: try again
+            raise ExecError(
+                f"{self.pod}: cannot pack {local} ({exc.strerror or exc}); try again",
+                retryable=True,
+            ) from None
         with spool:
             header = tarsync.apply_header(plan, size, times)
             await self._tarsync(["apply", plan.root], (header, spool), deadline, timeout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import tarfile
 import tempfile
 from pathlib import Path
@@ -116,6 +117,22 @@ def plan_tree(src: Path, remote: str, kind: str, there: dict[str, Entry]) -> Pla
     return plan
 
 
+def _member(rel: str, local: Path) -> tuple[tarfile.TarInfo, os.stat_result]:
+    """The tar header of ``local``, made from one ``lstat``: no owner names looked up, and a
+    whole-second mtime so no PAX header is needed for it (the exact one goes in ``times``)."""
+    st = local.lstat()
+    info = tarfile.TarInfo(rel)
+    info.mode = st.st_mode & 0o7777
+    info.mtime = int(st.st_mtime)
+    if stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(local)
+    elif stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    else:
+        info.size = st.st_size
+    return info, st
+
+
 def build_tar(plan: Plan) -> tuple[IO[bytes], int, dict[str, int]]:
     """The tar of what the plan sends (a spooled file at its start), its byte count, and the
     mtime in ns each sent file or link should get."""
@@ -124,17 +141,16 @@ def build_tar(plan: Plan) -> tuple[IO[bytes], int, dict[str, int]]:
     try:
         with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for rel, local in plan.send:
-                info = tar.gettarinfo(str(local), arcname=rel)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                if info.isfile():
-                    times[rel] = local.lstat().st_mtime_ns
-                    with local.open("rb") as data:
-                        tar.addfile(info, data)
-                else:
-                    if info.issym():
-                        times[rel] = local.lstat().st_mtime_ns
+                info, st = _member(rel, local)
+                if info.isdir():
                     tar.addfile(info)
+                    continue
+                times[rel] = st.st_mtime_ns
+                if info.issym():
+                    tar.addfile(info)
+                    continue
+                with local.open("rb") as data:
+                    tar.addfile(info, data)
         size = spool.tell()
         spool.seek(0)
     except BaseException:

@@ -88,6 +88,27 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+def _write(path: str, mode: int, data: BinaryIO | None) -> None:
+    """A new file is written in place; one that exists is replaced whole (written beside, then
+    renamed over it), so a reader never sees it half old, half new."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        partial = None
+    except FileExistsError:
+        partial = path + ".stix-part"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as out:
+        if data is not None:
+            shutil.copyfileobj(data, out)
+        os.fchmod(out.fileno(), mode)
+    if partial is not None:
+        try:
+            os.replace(partial, path)
+        except IsADirectoryError:
+            _remove(path)
+            os.replace(partial, path)
+
+
 def apply(root: str, source: BinaryIO) -> int:
     header = json.loads(Exactly(source, min(int(source.readline()), MAX_HEADER)).read())
     if header.get("reset"):
@@ -98,6 +119,7 @@ def apply(root: str, source: BinaryIO) -> int:
     times = header.get("times", {})
     body = Exactly(source, int(header["size"]))
     written = 0
+    folders = {root}
     with tarfile.open(fileobj=body, mode="r|") as tar:  # type: ignore[call-overload]
         for member in tar:
             path = _inside(root, member.name)
@@ -106,17 +128,17 @@ def apply(root: str, source: BinaryIO) -> int:
                     _remove(path)
                     os.makedirs(path)
                 os.chmod(path, member.mode & 0o7777)
+                folders.add(path)
                 continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            _remove(path)
+            folder = os.path.dirname(path)
+            if folder not in folders:
+                os.makedirs(folder, exist_ok=True)
+                folders.add(folder)
             if member.issym():
+                _remove(path)
                 os.symlink(member.linkname, path)
             elif member.isfile():
-                partial = path + ".stix-part"
-                with open(partial, "wb") as out:
-                    shutil.copyfileobj(tar.extractfile(member), out)
-                os.chmod(partial, member.mode & 0o7777)
-                os.replace(partial, path)
+                _write(path, member.mode & 0o7777, tar.extractfile(member))
             else:
                 continue
             written += 1
