@@ -188,6 +188,8 @@ def checks(reply: m.CheckReply) -> str:
     others = [c.infra for c in reply.infras if c.reason == m.NOT_SUPPORTED]
     rows = [[c.infra, "enabled" if c.enabled else "disabled", c.reason] for c in mine]
     blocks = [table(["INFRA", "STATUS", "DETAIL"], rows)] if rows else []
+    parts = [f"{c.infra}:\n" + "\n".join(f"  {d}" for d in c.details) for c in mine if c.details]
+    blocks += parts
     if others:
         blocks.append(f"Not supported in this build yet: {', '.join(others)}")
     return "\n\n".join(blocks)

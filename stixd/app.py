@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,13 +12,14 @@ import anyio
 import structlog
 
 import stixproto
-from stixd.providers.abilities import HasPools, LookAbilities, NeedsCredentials
+from stixd.providers.abilities import HasPools, LookAbilities, NeedsCredentials, RefreshesCatalog
 from stixd.providers.base import Provider
 from stixd.runtime.supervisor import Child, Factory, Supervisor
 from stixd.runtime.ticker import Ticker
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import Row, Store
 from stixd.store.views import ClusterSplit
+from stixproto.errors import StixError
 
 if TYPE_CHECKING:
     from stixd.config import Config
@@ -160,6 +161,20 @@ class App:
         now = time.time()
         self.blocks = [(b, until) for b, until in self.blocks if until > now]
         return [b for b, _ in self.blocks]
+
+    async def refresh_catalogs(self, only: Collection[str | None] | None = None) -> None:
+        """Bring the catalogs providers write from live state (Kubernetes' nodes) up to date
+        before a plan; each is bounded, and one that fails leaves its catalog as it was.
+        ``only``: the infras a task names (None among them: it names none, so any may be
+        chosen), so a launch on one cloud never waits on another's API servers."""
+        for name, provider in self.providers.items():
+            if only is not None and None not in only and name not in only:
+                continue
+            if isinstance(provider, RefreshesCatalog):
+                try:
+                    await provider.refresh_catalog()
+                except (StixError, OSError) as exc:
+                    self.log.warning("catalog_refresh_failed", provider=name, error=str(exc))
 
     def planner_catalog(self) -> Catalog:
         """The catalog, opened on first use (a client request fetches what is missing)."""

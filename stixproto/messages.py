@@ -539,6 +539,8 @@ class InfraCheck(msgspec.Struct, frozen=True):
     infra: str
     enabled: bool
     reason: str
+    details: list[str] = []
+    """A line per part checked on its own (a Kubernetes context each)."""
 
 
 # -- final replies ---------------------------------------------------------------------------

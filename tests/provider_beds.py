@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -42,6 +43,15 @@ from stixd.providers.aws.provider import AwsProvider
 from stixd.providers.aws.records import Records
 from stixd.providers.base import NodeInfo, NodeStatus, Provider, ProvisionRequest
 from stixd.providers.fake.provider import FakeProvider
+from stixd.providers.kubernetes import ports as kube_ports
+from stixd.providers.kubernetes.agents import ref_of
+from stixd.providers.kubernetes.config import KubernetesConfig, PortMode
+from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
+from stixd.providers.kubernetes.deferred import DeferredShell
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
+from stixd.providers.kubernetes.provider import KubernetesProvider
+from stixd.providers.kubernetes.records import Records as KubeRecords
+from stixd.providers.kubernetes.seams import PodRef
 from stixd.providers.local.config import DEFAULT_SUBNET
 from stixd.providers.local.netns import NodeNetworks, node_resolver, remove_under
 from stixd.providers.local.netns import unavailable_reason as netns_unavailable
@@ -52,6 +62,7 @@ from stixd.providers.shared.ssh_transport import SshSettings
 from stixd.providers.ssh.pools import Allocations, load_pools
 from stixd.providers.ssh.provider import SshProvider
 from tests.awsbed import REGION, AwsBed
+from tests.kube_fake.process import FakeProcess
 from tests.sshbed import (
     Host,
     SshBed,
@@ -617,6 +628,128 @@ class FakeWorld(World):
         return False  # nor a network
 
 
+class KubernetesWorld(World):
+    """The fake Kubernetes API server (tests/kube_fake): pods are sandboxes of real processes
+    on this machine, reached by stix over exec only; kubectl looks from outside."""
+
+    def __init__(self, bed: Bed, pyz: Path) -> None:
+        super().__init__(bed, pyz)
+        self.state = Path(tempfile.mkdtemp(prefix="stxk-kube", dir="/tmp"))
+        # pods with addresses of their own where this machine can make them (root): ports go
+        # through a LoadBalancer service, the default; else pods share this machine's network
+        # (and its ports with the services), so ports are the pods' own (podip)
+        own = netns_unavailable() is None
+        self.ports: PortMode = "loadbalancer" if own else "podip"
+        self.kube = FakeProcess(self.state, "--pod-network", "namespace" if own else "host")
+
+    def begin(self) -> None:
+        super().begin()
+        self._opened: list[KubernetesProvider] = []
+
+    def open(self) -> KubernetesProvider:
+        kubeconfig = read_kubeconfig({"KUBECONFIG": str(self.kube.kubeconfig)})
+        clients = Clients(kubeconfig, self.home / "kubernetes" / "certs")
+        provider = KubernetesProvider(
+            self.home,
+            KubernetesConfig(ports=self.ports),
+            kubeconfig,
+            lambda pod: DeferredShell(clients, pod),
+            clients=clients,
+        )
+        self._opened.append(provider)
+        return provider
+
+    async def close_providers(self) -> None:
+        for provider in self._opened:
+            await provider.aclose()
+
+    async def _objects(self, cluster: str) -> list[dict[str, Any]]:
+        def listed() -> list[dict[str, Any]]:
+            found = self.kube.kubectl_json(
+                "get", "pods,services", "-l", f"{LABEL_CLUSTER}={cluster}"
+            )
+            return [o for o in found["items"] if not o["metadata"].get("deletionTimestamp")]
+
+        return await anyio.to_thread.run_sync(listed)
+
+    async def made(self, cluster: str) -> int:
+        return len([o for o in await self._objects(cluster) if o["kind"] == "Pod"])
+
+    async def disturb(self, provider: Provider, cluster: str, nodes: list[NodeInfo]) -> Disturbed:
+        """``kubectl delete pod`` of rank 0's pod: a lost node; rank 1 runs on."""
+        name = self.ref(nodes[0]).name
+        await anyio.to_thread.run_sync(
+            lambda: self.kube.kubectl("delete", "pod", name, "--wait=true")
+        )
+        return Disturbed([NodeStatus.UNREACHABLE, NodeStatus.RUNNING], lost=[0])
+
+    @staticmethod
+    def ref(node: NodeInfo) -> PodRef:
+        return ref_of(node)
+
+    async def leftovers(self, cluster: str) -> list[str]:
+        def everything() -> list[dict[str, Any]]:
+            found = self.kube.kubectl_json(
+                "get", "pods,services", "-l", f"{LABEL_CLUSTER}={cluster}"
+            )
+            return list(found["items"])
+
+        found = [
+            f"{o['kind']} {o['metadata']['name']}"
+            for o in await anyio.to_thread.run_sync(everything)
+        ]
+        if KubeRecords(self.home).where(cluster) is not None:
+            found.append(f"record of {cluster} in {KubeRecords(self.home).path}")
+        return found
+
+    async def files_at(self, node: NodeInfo, dest: str) -> set[str]:
+        assert dest.startswith("~/"), dest
+        return files_under(Path(node.home) / dest[2:])  # a fake pod's home is a local folder
+
+    async def plant_leak(self, provider: Provider, cluster: str) -> None:
+        """A pod labelled as stix's for a cluster no record knows."""
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{cluster}-0", "labels": {LABEL_CLUSTER: cluster}},
+            "spec": {"containers": [{"name": "stix", "image": "x", "command": ["sleep", "600"]}]},
+        }
+        await anyio.to_thread.run_sync(
+            lambda: self.kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        )
+
+    async def end(self) -> None:
+        await super().end()
+        selector = ",".join(self._clusters)
+
+        def remove() -> None:  # what a test made behind stix's back (a planted leak)
+            self.kube.kubectl(
+                "delete", "pods,services", "-l", f"{LABEL_CLUSTER} in ({selector})", "--wait=true"
+            )
+
+        if self._clusters:
+            await anyio.to_thread.run_sync(remove)
+
+    async def port_reachable(
+        self, provider: Provider, cluster: str, node: NodeInfo, port: int, *, job_id: int
+    ) -> bool:
+        """Where the configured mode exposes it (the service's address, or the pod's IP)."""
+        assert isinstance(provider, KubernetesProvider)
+        await listen_on_node(provider.connector(node), port, job_id)
+        ref = ref_of(node)
+        api = await provider.api(ref.context)
+        where = await kube_ports.endpoints(api, ref.namespace, cluster, [port], self.ports)
+        host, _, at = where[port].rpartition(":")
+        return await answers_banner(host, int(at))
+
+    def close(self) -> None:
+        try:
+            self.kube.stop()
+            assert self.kube.pod_processes() == [], "the fake Kubernetes left pod processes"
+        finally:
+            shutil.rmtree(self.state, ignore_errors=True)
+
+
 # -- the declarations ------------------------------------------------------------------------
 
 
@@ -657,6 +790,11 @@ BEDS = [
         AwsSpotWorld,
         cannot={"stop": "EC2 cannot stop spot instances: stop says so and names `down`"},
         slow=True,
+    ),
+    Bed(
+        "kubernetes",
+        KubernetesWorld,
+        cannot={"stop": "Kubernetes cannot stop a pod: stop says so and names `down`"},
     ),
     Bed(
         "fake",

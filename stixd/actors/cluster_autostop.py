@@ -9,6 +9,7 @@ from stixd.actors.cluster_ending import end_idle
 from stixd.actors.cluster_states import C, E
 from stixd.actors.specs import Autostop
 from stixd.agent_client import AgentError, AgentUnreachable
+from stixd.providers.abilities import CannotStop
 from stixd.providers.base import NodeInfo
 from stixproto import messages as m
 
@@ -40,6 +41,7 @@ async def apply_autostop_request(
             return
         if idle_minutes is None:
             idle_minutes = 0.0  # --down alone: torn down as soon as its jobs are done
+    down = down or isinstance(cluster.provider, CannotStop)
     setting = Autostop(idle_minutes=float(idle_minutes), down=down) if idle_minutes >= 0 else None
     await cluster.save(autostop=setting, idle_since=None)
     await push_autostop(cluster, nodes)
@@ -52,11 +54,14 @@ async def set_autostop(cluster: ClusterActor, req: m.Autostop) -> m.OkReply:
         cluster.cancel_timer("autostop")
         return m.OkReply(f"autostop cancelled for {cluster.id}")
     minutes = req.idle_minutes if req.idle_minutes is not None else 5.0
-    setting = Autostop(idle_minutes=float(minutes), down=req.down)
+    # a cluster that cannot be stopped is taken down when idle (as SkyPilot does on Kubernetes)
+    setting = Autostop(
+        idle_minutes=float(minutes), down=req.down or isinstance(cluster.provider, CannotStop)
+    )
     await cluster.save(autostop=setting, idle_since=None)
     await push_autostop(cluster)
     schedule_autostop(cluster)
-    action = "torn down" if req.down else "stopped"
+    action = "torn down" if setting.down else "stopped"
     return m.OkReply(f"{cluster.id} will be {action} after {minutes:g} idle minute(s)")
 
 

@@ -17,6 +17,7 @@ import anyio
 from stixd.actors.cluster_phases import Phase, interrupt, start_phase
 from stixd.actors.cluster_states import C, ClusterEvent, E
 from stixd.actors.job import JobEvent
+from stixd.providers.abilities import CannotStop
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto import names
@@ -44,6 +45,8 @@ async def down(cluster: ClusterActor, env: Envelope) -> m.OkReply | None:
 
 
 async def stop(cluster: ClusterActor, env: Envelope) -> m.OkReply | None:
+    if isinstance(cluster.provider, CannotStop):  # refused in its words, nothing interrupted
+        await cluster.provider.stop(cluster.id)
     current = cluster.phases.current
     if cluster.state is C.TERMINATING or (current is not None and current.name == "terminate"):
         raise ClusterNotUp(f"cluster {cluster.id!r} is being terminated")

@@ -136,6 +136,7 @@ def launch_spec_data(
 
 
 async def first_choice(cluster: ClusterActor, req: m.Launch, provider: str) -> dict[str, Any]:
+    await cluster.app.refresh_catalogs(only=[provider])
     catalog = cluster.app.planner_index()
     blocks = cluster.app.remembered_blocks()
     plan = functools.partial(
@@ -326,6 +327,7 @@ async def provision(
             **(cluster.spec.placement or {}),
             "launch_id": cluster.data.uid,
         },
+        progress=lambda note: env.progress(m.Progress(note)),
     )
     try:
         nodes = await launch_with_failover(cluster, request, task, env)

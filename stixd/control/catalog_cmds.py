@@ -26,9 +26,11 @@ from stixd.planner.catalog import (
 )
 from stixd.planner.catalog.catalog import ENV_DIR
 from stixd.planner.local_fit import local_offer
+from stixd.providers.abilities import ShowsGpus
 from stixproto import messages as m
-from stixproto.errors import InvalidConfig, InvalidRequest
+from stixproto.errors import InvalidConfig, InvalidRequest, TaskFieldError
 from stixproto.reports import CatalogAge
+from stixproto.task.parsing import Placement, parse_infra
 
 Emit = Callable[[Any], Awaitable[None]]
 T = TypeVar("T")
@@ -113,6 +115,7 @@ async def _fetch(app: App, clouds: list[str] | None, emit: Emit, looked_in: str)
 
 async def with_catalog(app: App, emit: Emit, query: Callable[[Catalog], T]) -> T:
     """Run `query` on the catalog in a worker thread, fetching what is missing on the way."""
+    await app.refresh_catalogs()
     catalog = catalog_of(app)
     if not catalog.clouds():
         await _fetch(app, None, emit, catalog.sources.looked_in("<cloud>/vms.csv"))
@@ -128,8 +131,24 @@ async def with_catalog(app: App, emit: Emit, query: Callable[[Catalog], T]) -> T
     raise InvalidRequest("the catalog kept changing while it was read; try again")
 
 
+def _placement(infra: str | None) -> Placement | None:
+    """``--infra`` as a task's ``infra`` reads (``k8s/CONTEXT`` too); None for none or one
+    the catalog path judges."""
+    if not infra:
+        return None
+    try:
+        return parse_infra(infra, "--infra")
+    except TaskFieldError:
+        return None
+
+
 async def show_gpus_cmd(app: App, req: m.ShowGpus, emit: Emit) -> m.Table:
     machine = app.default_infra
+    place = _placement(req.infra)
+    live = app.providers.get(place.cloud or "") if place is not None else None
+    if place is not None and isinstance(live, ShowsGpus):  # what exists and is free now
+        text, rows = await live.show_gpus(req.name, req.count, place.region)
+        return m.Table(text=text, rows=rows)
     if (req.infra or "").strip().partition("/")[0].strip().lower() == machine:
         try:  # this machine, not a catalog: nothing to fetch
             rows = show_machine(local_offer(machine), req.name, req.count, req.all)

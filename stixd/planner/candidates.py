@@ -23,6 +23,7 @@ import msgspec
 from stixd.planner import gcp_hosts
 from stixd.planner.catalog import Offer, count_matches
 from stixd.planner.catalog.names import format_count
+from stixd.planner.infra_meta import NodeSize
 from stixd.planner.local_fit import nodes_problem
 from stixd.planner.offers import (
     DEFAULT_MEMORY_PER_CPU,
@@ -153,10 +154,12 @@ def _amount_elimination(
 
 
 def _filter_amounts(
-    rows: list[Offer], want: Want, offers: CloudOffers
+    rows: list[Offer], want: Want, offers: CloudOffers, size: NodeSize | None = None
 ) -> list[Offer] | Elimination:
     r = want.request
     cpus, memory, ratio = r.cpus, r.memory_gib, None
+    if size is not None:  # a node made to measure asks exactly this much of its host
+        cpus, memory = Amount(size.cpus, True), Amount(size.memory_gib, True)
     if offers.has_defaults and want.accelerator is None and r.instance_type is None:
         if cpus is None and memory is None:
             cpus = Amount(DEFAULT_VCPUS, at_least=True)
@@ -251,11 +254,12 @@ def _filter_location(
         region = r.region.lower()
         if not any(reg.lower() == region for reg in offers.zones):
             known = ", ".join(offers.zones)
-            return Elimination(
-                Stage.LOCATION,
-                cloud,
-                f"region {r.region} is not in the {cloud} catalog (regions: {known})",
-            )
+            noun = offers.meta.region_noun
+            text = f"region {r.region} is not in the {cloud} catalog (regions: {known})"
+            if noun != "region":  # contexts: the ones stix could list the nodes of
+                usable = f"({noun}s: {known}; see `stixctl check`)"
+                text = f"{cloud} has no usable {noun} {r.region} {usable}"
+            return Elimination(Stage.LOCATION, cloud, text)
         kept = [o for o in rows if o.region.lower() == region]
         if not kept:
             where = ", ".join(sorted({o.region for o in rows}))
@@ -359,6 +363,70 @@ def _build(rows: list[Offer], want: Want, offers: CloudOffers) -> list[Launchabl
     return out
 
 
+def _as_sized(want: Want, offers: CloudOffers) -> Want | Elimination:
+    """A made-to-measure infra reads an instance type as the size it names: the want of those
+    cpus, memory and accelerator (its catalog has no types, only the nodes that exist)."""
+    r, read, cloud = want.request, offers.meta.sized_type, offers.cloud
+    if r.instance_type is None or read is None:
+        return want
+    parsed = read(r.instance_type)
+    if parsed is None:
+        return Elimination(
+            Stage.INSTANCE_TYPE,
+            cloud,
+            f"instance type {r.instance_type} is no {cloud} size (such as 4CPU--16GB or "
+            "8CPU--32GB--A100:1)",
+            subject=r.instance_type,
+        )
+    cpus, memory, name, count = parsed
+    acc = None
+    if name is not None:  # as the nodes' labels name it, whatever the case it is written in
+        known = next((a for a in offers.by_accelerator if a.lower() == name.lower()), name)
+        acc = Accelerator(known, float(count))
+    request = msgspec.structs.replace(
+        r, instance_type=None, cpus=Amount(cpus), memory_gib=Amount(memory), accelerators=()
+    )
+    return msgspec.structs.replace(want, request=request, accelerator=acc)
+
+
+def _size(want: Want, offers: CloudOffers) -> NodeSize | None:
+    sizer, r, acc = offers.meta.sized_nodes, want.request, want.accelerator
+    if sizer is None:
+        return None
+    cpus = r.cpus.value if r.cpus else None
+    memory = r.memory_gib.value if r.memory_gib else None
+    return sizer(cpus, memory, acc.name if acc else None, acc.count if acc else 0.0)
+
+
+def _build_sized(
+    rows: list[Offer], want: Want, offers: CloudOffers, size: NodeSize
+) -> list[Launchable]:
+    """One choice per region that has a node the size fits, regions in catalog order."""
+    best: dict[str, float] = {}
+    for o in rows:
+        price = o.price or 0.0
+        best[o.region] = min(best.get(o.region, price), price)
+    acc = want.accelerator
+    return [
+        Launchable(
+            cloud=offers.cloud,
+            region=region,
+            zone=None,
+            zones=(),
+            instance_type=size.instance_type,
+            vcpus=size.cpus,
+            memory_gib=size.memory_gib,
+            accelerator=f"{acc.name}:{size.accelerator_count}" if acc else None,
+            use_spot=False,
+            price=price,
+            type_rank=0,
+            region_rank=rank,
+            zone_rank=0,
+        )
+        for rank, (region, price) in enumerate(best.items())
+    ]
+
+
 def launchables(
     want: Want, offers: CloudOffers, *, num_nodes: int
 ) -> list[Launchable] | Elimination:
@@ -370,10 +438,15 @@ def launchables(
     if missing:
         names = ", ".join(FEATURE_NAMES[f] for f in missing)
         return Elimination(Stage.FEATURE, cloud, f"{cloud} does not support {names}")
+    sized = _as_sized(want, offers)
+    if isinstance(sized, Elimination):
+        return sized
+    want = sized
     rows = _select(want, offers)
     if isinstance(rows, Elimination):
         return rows
-    rows = _filter_amounts(rows, want, offers)
+    size = _size(want, offers) if want.request.instance_type is None else None
+    rows = _filter_amounts(rows, want, offers, size)
     if isinstance(rows, Elimination):
         return rows
     rows = _filter_location(rows, want, offers)
@@ -386,4 +459,6 @@ def launchables(
         return Elimination(
             Stage.PRICE, cloud, f"the {cloud} catalog has no {kind} for {want.subject()}"
         )
+    if size is not None:
+        return _build_sized(priced, want, offers, size)
     return _build(priced, want, offers)

@@ -15,13 +15,29 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-__all__ = ["Egress", "Feature", "FeatureGaps", "InfraMeta", "Infras", "Role"]
+__all__ = ["Egress", "Feature", "FeatureGaps", "InfraMeta", "Infras", "NodeSize", "Role", "Sizer"]
 
 Feature = Literal["spot", "multi_node", "ports", "image_id", "docker", "disk_tier", "network_tier"]
 
 FeatureGaps = Callable[[str | None, str | None, float | None, frozenset[Feature]], set[Feature]]
 """(disk tier, accelerator name, accelerator count, features needed) -> features it lacks here,
 for infras whose support depends on the request (beyond `InfraMeta.unsupported`)."""
+
+
+@dataclass(frozen=True)
+class NodeSize:
+    """What one node of an infra that makes nodes to measure asks for (a Kubernetes pod)."""
+
+    cpus: float
+    memory_gib: float
+    accelerator_count: int
+    instance_type: str
+    """The name the plan shows and the cluster records for a node of this size."""
+
+
+Sizer = Callable[[float | None, float | None, str | None, float], NodeSize]
+"""(cpus asked, GiB asked, accelerator name, accelerator count; None: not given) -> the size
+each node asks for, with the infra's defaults for what the task leaves out."""
 
 
 class Role(Enum):
@@ -92,6 +108,15 @@ class InfraMeta:
     """Role.POOLS: the file in the stix home where the user lists its pools."""
     fetch_by_default: bool = False
     """Fetched into an empty catalog cache when no cloud is named."""
+    sized_nodes: Sizer | None = None
+    """Nodes made to the task's measure (Kubernetes pods): its catalog rows are capacities (a
+    node fits where it asks no more), each region yields one choice of the size this returns,
+    and regions are tried in the catalog's order."""
+    sized_type: Callable[[str], tuple[float, float, str | None, int] | None] | None = None
+    """Made-to-measure nodes: an ``instance_type`` as (cpus, GiB, accelerator, count), None
+    for a name that is no size of this infra (Kubernetes: ``4CPU--16GB--A100:1``)."""
+    region_noun: str = "region"
+    """What its regions are called in messages (Kubernetes: contexts)."""
 
     def shown(self) -> str:
         return self.display or self.name.capitalize()
@@ -135,8 +160,10 @@ class Infras:
         return self.get(name).shown()
 
     def is_pool(self, name: str) -> bool:
-        """Capacity the user brings (this machine, host pools): a table row per region."""
-        return self.get(name).role is not Role.CLOUD
+        """Capacity the user brings (this machine, host pools, Kubernetes contexts): a table
+        row per region."""
+        meta = self.get(name)
+        return meta.role is not Role.CLOUD or meta.sized_nodes is not None
 
     def clouds(self) -> tuple[str, ...]:
         """Catalog clouds with a provider in this build, in registry order."""

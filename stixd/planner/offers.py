@@ -106,7 +106,9 @@ class OfferIndex:
         """Raises `CatalogMissing` / `CatalogError` when the cloud has no readable catalog."""
         found = self._clouds.get(name)
         if found is None:
-            found = CloudOffers(self.infras.get(name), self.catalog.offers(name))
+            meta = self.infras.get(name)
+            sized = meta.sized_nodes is not None  # its rows are capacities, as a pool's are
+            found = CloudOffers(meta, self.catalog.offers(name), pool=sized)
             self._clouds[name] = found
         return found
 

@@ -138,9 +138,25 @@ def cloud_spec(
         "disk_tier": res.disk_tier,
         "ports": ports,
     }
+    if index.infras.get(cloud).sized_nodes is not None:
+        placement["request"] = node_request(choice.vcpus, choice.memory_gib, choice.accelerators)
     spot = " spot" if choice.use_spot else ""
     return {
         "placement": placement,
         "hourly_price": choice.hourly_price,
         "resources": f"{task.num_nodes}x {cloud}/{choice.region} {choice.instance_type}{spot}",
+    }
+
+
+def node_request(
+    cpus: float | None, memory_gib: float | None, accelerators: str | None
+) -> dict[str, Any]:
+    """What each node of a made-to-measure infra asks (the placement's ``request``), from its
+    choice: ``accelerators`` as the plan shows them (``A100:2``)."""
+    name, _, count = (accelerators or "").rpartition(":")
+    return {
+        "cpus": cpus,
+        "memory_gb": memory_gib,
+        "accelerator": name or None,
+        "accelerator_count": int(float(count)) if name else 0,
     }

@@ -173,6 +173,28 @@ class NeedsCredentials(Protocol):
         ...
 
 
+@runtime_checkable
+class RefreshesCatalog(Protocol):
+    """A provider that writes the planner's catalog of its infra from what exists now (the
+    nodes of Kubernetes contexts): the daemon asks it to bring that up to date before a plan."""
+
+    async def refresh_catalog(self) -> None:
+        """Bounded; a part that cannot be read is left out of the catalog, never an error."""
+        ...
+
+
+@runtime_checkable
+class ShowsGpus(Protocol):
+    """GPUs read live from the infra (Kubernetes nodes: those free right now), not from a
+    catalog, for ``show-gpus --infra NAME[/REGION]``."""
+
+    async def show_gpus(
+        self, name: str | None, count: float | None, region: str | None
+    ) -> tuple[str, list[dict[str, object]]]:
+        """(the text to print, the rows as data)."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Leak:
     """Something of stix's at a cloud that no live cluster owns."""
@@ -241,6 +263,15 @@ class ReachesEveryPort(Protocol):
     shows any port as reachable."""
 
     every_port_reachable: Literal[True]
+
+
+@runtime_checkable
+class CannotStop(Protocol):
+    """Nodes that can only be taken down, never stopped (Kubernetes pods): ``stop`` refuses in
+    one line naming ``down`` (the cluster asks it before changing anything), and autostop takes
+    the cluster down instead."""
+
+    cannot_stop: Literal[True]
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ from stixd.providers.azure import meta as azure
 from stixd.providers.fake import entry as fake
 from stixd.providers.gcp import meta as gcp
 from stixd.providers.hyperbolic import meta as hyperbolic
-from stixd.providers.kubernetes import meta as kubernetes
+from stixd.providers.kubernetes import entry as kubernetes
 from stixd.providers.lambda_cloud import meta as lambda_cloud
 from stixd.providers.local import entry as local
 from stixd.providers.mithril import meta as mithril
@@ -34,7 +34,7 @@ ENTRIES: tuple[InfraEntry, ...] = (
     fake.ENTRY,
     InfraEntry(gcp.META, note=PLANNED),
     InfraEntry(azure.META, note=PLANNED),
-    InfraEntry(kubernetes.META, note=PLANNED),
+    kubernetes.ENTRY,
     InfraEntry(nebius.META, note=PLANNED),
     InfraEntry(lambda_cloud.META, note=PLANNED),
     InfraEntry(runpod.META, note=PLANNED),

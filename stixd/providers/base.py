@@ -7,6 +7,7 @@ to block, so a launcher can fail over to the next choice.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,12 +69,17 @@ class ProvisionRequest:
     num_nodes: int
     agent_pyz: Path
     resources: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    """Where a provider tells what a long wait is waiting for (a pod's events), as launch
+    progress; None: nobody listens."""
 
 
 @dataclass(frozen=True)
 class CheckResult:
     enabled: bool
     reason: str
+    details: tuple[str, ...] = ()
+    """A line per part the infra checks on its own (a Kubernetes context each)."""
 
 
 @dataclass(frozen=True)

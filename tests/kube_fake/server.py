@@ -11,6 +11,7 @@ import yaml
 from aiohttp import web
 
 from stixd.providers.local.netns import NodeNetworks, unavailable_reason
+from tests.kube_fake.auth import TOKEN, bearer_tokens
 from tests.kube_fake.cluster import KubeFake
 from tests.kube_fake.meta import Obj
 from tests.kube_fake.routes import Routes, statuses
@@ -27,7 +28,7 @@ def kubeconfig(server: str, context: str = CONTEXT, namespace: str = "default") 
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": context, "cluster": {"server": server}}],
-        "users": [{"name": context, "user": {"token": "kube-fake-token"}}],
+        "users": [{"name": context, "user": {"token": TOKEN}}],
         "contexts": [
             {
                 "name": context,
@@ -73,7 +74,7 @@ async def serve(
         raise RuntimeError(f"pods cannot have networks of their own here: {why}")
     networks = NodeNetworks(POD_SUBNET, outbound=False) if pod_networks else None
     kube = KubeFake(root, nodes, networks)
-    app = web.Application(middlewares=[kube.faults.middleware(), statuses])
+    app = web.Application(middlewares=[bearer_tokens, kube.faults.middleware(), statuses])
     services = Services(kube.store, load_balancer)
     app.add_routes(Routes(kube, services).table())
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)

@@ -4,7 +4,8 @@ Sources, first found wins, per file: ``$STIX_CATALOG_DIR/v8/<cloud>/vms.csv`` (a
 user points at: the folder holding ``v8/`` or ``v8/`` itself, see `catalog_root`), then the
 cache ``<stix home>/catalogs/v8/<cloud>/vms.csv`` that ``stixctl catalog update`` fills (see
 ``stixd/catalog_fetch.py``; the planner itself never touches the network). A cloud is loaded
-only when asked for, once per `Catalog`.
+only when asked for, once per `Catalog`, and again when its file changes (a provider's
+generated catalog, such as Kubernetes' node list, is rewritten while the daemon runs).
 """
 
 from __future__ import annotations
@@ -166,10 +167,12 @@ class Catalog:
     # -- loading ---------------------------------------------------------------------------
 
     def _load(self, cloud: str) -> IndexFile:
-        if cloud in self._index:
-            return self._index[cloud]
         csv_path = self._csv(cloud)
         key = CsvKey.of(csv_path)
+        loaded = self._index.get(cloud)
+        if loaded is not None and loaded.key == key:
+            return loaded
+        self._offers.pop(cloud, None)  # a generated catalog was rewritten: read it again
         ipath = index_path(self.sources.index_dir, cloud)
         index = load_index(ipath, key)
         if index is None:

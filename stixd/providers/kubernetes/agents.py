@@ -1,0 +1,97 @@
+"""The agent in each pod of a launch, over the pod's shell, as onto an SSH host
+(``bootstrap.ensure_agent``): every rank at once; the nodes they make, in rank order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import structlog
+
+from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
+from stixd.providers.kubernetes.podspec import pod_name
+from stixd.providers.kubernetes.records import Where
+from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
+from stixd.providers.shared.bootstrap import ensure_agent
+from stixd.providers.shared.ssh_nodes import WORKDIR, build_of
+from stixd.providers.shared.ssh_transport import quote
+from stixproto.errors import ProvisionError
+
+
+def address(ref: PodRef) -> str:
+    """How a node names its pod (``NodeInfo.address``): ``context/namespace/name``."""
+    return f"{ref.context}/{ref.namespace}/{ref.name}"
+
+
+def ref_of(node: NodeInfo) -> PodRef:
+    context, sep, rest = node.address.partition("/")
+    namespace, sep2, name = rest.partition("/")
+    if not (sep and sep2 and context and namespace and name):
+        raise ProvisionError(f"node {node.rank} names no pod ({node.address!r})")
+    return PodRef(context, namespace, name)
+
+
+async def start_agents(
+    req: ProvisionRequest,
+    where: Where,
+    asked: PodRequest,
+    ready: dict[str, dict[str, Any]],
+    shell_of: Callable[[PodRef], PodShell],
+    record: Callable[[NodeInfo], None],
+    log: structlog.stdlib.BoundLogger,
+) -> list[NodeInfo]:
+    """``ready``: the Running pods by name; ``record`` hears each node as it comes up."""
+    build = build_of(req.agent_pyz)
+    nodes: dict[int, NodeInfo] = {}
+    errors: dict[int, ProvisionError] = {}
+
+    async def one(rank: int) -> None:
+        ref = PodRef(where.context, where.namespace, pod_name(req.cluster, rank))
+        pod_ip = str(ready[ref.name].get("status", {}).get("podIP") or "")
+        shell = shell_of(ref)
+        began = time.monotonic()
+        try:
+            ep = await ensure_agent(
+                shell,
+                cluster=req.cluster,
+                rank=rank,
+                node_ip=pod_ip,
+                pyz=req.agent_pyz,
+                build=build,
+                num_gpus=float(asked.accelerator_count),
+            )
+            workdir = f"{ep.home}/{WORKDIR}"
+            await shell.run(f"mkdir -p {quote(workdir)}", timeout=30)
+        except ProvisionError as exc:
+            errors[rank] = exc
+            return
+        log.info(
+            "kubernetes_node_ready",
+            cluster=req.cluster,
+            rank=rank,
+            pod=str(ref),
+            **{f"{phase}_s": s for phase, s in ep.phases.items()},
+            total_s=round(time.monotonic() - began, 4),
+            started=ep.started,
+        )
+        nodes[rank] = NodeInfo(
+            rank=rank,
+            ip=pod_ip,
+            status=NodeStatus.RUNNING,
+            agent_address=ep.socket_path,
+            workdir=workdir,
+            home=ep.home,
+            pid=ep.pid,
+            address=address(ref),
+        )
+        record(nodes[rank])
+
+    async with anyio.create_task_group() as tg:
+        for rank in range(req.num_nodes):
+            tg.start_soon(one, rank)
+    if errors:
+        detail = "; ".join(f"rank {r}: {errors[r].message}" for r in sorted(errors))
+        raise ProvisionError(f"{req.cluster} in context {where.context}: {detail}")
+    return [nodes[r] for r in sorted(nodes)]

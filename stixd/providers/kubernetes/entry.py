@@ -1,0 +1,38 @@
+"""The ``kubernetes`` registry entry: built unless its config section leaves it off
+(``enabled: false``); without a context in the kubeconfig it is built all the same, so
+``check`` says how to set one up. Reading the kubeconfig is YAML only; ``kubernetes_asyncio`` is
+imported when a context is first used."""
+
+from __future__ import annotations
+
+from stixd.providers.kubernetes.config import KubernetesConfig
+from stixd.providers.kubernetes.meta import META
+from stixd.providers.registry import BuildContext, Built, InfraEntry
+
+
+def build(ctx: BuildContext) -> Built | None:
+    from stixd.providers.kubernetes.contexts import Clients, KubeconfigError, read_kubeconfig
+    from stixd.providers.kubernetes.deferred import DeferredShell
+    from stixd.providers.kubernetes.provider import KubernetesProvider
+
+    cfg = ctx.section if isinstance(ctx.section, KubernetesConfig) else KubernetesConfig()
+    if not cfg.enabled:
+        return None
+    try:
+        kubeconfig = read_kubeconfig()
+    except KubeconfigError as exc:
+        ctx.log.warning("kubeconfig_unreadable", error=exc.message)
+        return None
+    clients = Clients(kubeconfig, ctx.home / "kubernetes" / "certs")
+    provider = KubernetesProvider(
+        ctx.home,
+        cfg,
+        kubeconfig,
+        lambda pod: DeferredShell(clients, pod),
+        clients=clients,
+        log=ctx.log,
+    )
+    return Built(provider, [provider.planning.catalog_dir])
+
+
+ENTRY = InfraEntry(META, KubernetesConfig, build)

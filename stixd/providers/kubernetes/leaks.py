@@ -1,0 +1,64 @@
+"""What stix made in a context that no cluster owns: pods and services carrying its cluster
+label (a crash between a create and its record, a record removed by hand)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from stixd.providers.abilities import Leak, LeakPolicy
+from stixd.providers.kubernetes import pods
+from stixd.providers.kubernetes.api import KubeApi, path
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, label_value
+
+POLICY = LeakPolicy(check_every_s=600.0, min_age_s=600.0, terminate=False)
+KINDS = (("pods", "instance"), ("services", "service"))
+"""The API's resource -> the leak's kind."""
+
+
+def age_s(item: dict[str, Any]) -> float | None:
+    made = item.get("metadata", {}).get("creationTimestamp")
+    if not isinstance(made, str):
+        return None
+    try:
+        return time.time() - datetime.fromisoformat(made.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+async def find(api: KubeApi, namespace: str, live: Collection[str], young_s: float) -> list[Leak]:
+    """Objects of ``namespace`` labelled for a cluster not in ``live``, at least ``young_s``
+    old; those being deleted are not leaks."""
+    owned = {label_value(c) for c in live}
+    found: list[Leak] = []
+    for resource, kind in KINDS:
+        answer = await api.call(
+            "GET", path("namespaces", namespace, resource), query={"labelSelector": LABEL_CLUSTER}
+        )
+        for item in answer.get("items") or []:
+            meta = item.get("metadata") or {}
+            cluster = (meta.get("labels") or {}).get(LABEL_CLUSTER, "")
+            age = age_s(item)
+            if meta.get("deletionTimestamp") or cluster in owned:
+                continue
+            if age is not None and age < young_s:
+                continue
+            found.append(
+                Leak(
+                    kind=kind,
+                    id=f"{namespace}/{meta.get('name', '')}",
+                    region=api.context,
+                    cluster=cluster,
+                    age_s=age,
+                    state=(item.get("status") or {}).get("phase"),
+                )
+            )
+    return found
+
+
+async def clean(api: KubeApi, leak: Leak) -> None:
+    namespace, _, name = leak.id.partition("/")
+    resource = next((r for r, kind in KINDS if kind == leak.kind), "pods")
+    await pods.delete(api, namespace, resource, name)

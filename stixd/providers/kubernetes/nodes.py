@@ -1,0 +1,174 @@
+"""The nodes of a context as stix plans on them: what each can hold (CPUs, memory, GPUs by the
+label schemes of `gpu_labels`) and how many of its GPUs the pods not yet finished request.
+
+Reads go through `KubeApi` (bounded, retried on 429/5xx); `api_problem` says in a few words
+why a context could not be read ("unreachable", "credentials refused", the server's own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
+from stixd.providers.kubernetes.gpu_labels import GPU_RESOURCES, SCHEMES
+
+MAX_NODES = 10_000
+MAX_PODS = 200_000
+_FINISHED = "status.phase!=Succeeded,status.phase!=Failed"
+_SUFFIX: dict[str, int | Decimal] = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+_GIB = Decimal(2**30)
+_QUANTITY = re.compile(r"(\+?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[numkMGTPE])?")
+
+
+def quantity(text: object) -> Decimal:
+    """A Kubernetes quantity (``3500m``, ``16Gi``, ``1e3``) as a number; 0 for one unreadable
+    (a node that reports garbage offers nothing rather than failing the listing)."""
+    found = _QUANTITY.fullmatch(str(text).strip()[:64])
+    if found is None:
+        return Decimal(0)
+    number, suffix = found.groups()
+    try:
+        parsed = Decimal(number) * Decimal(_SUFFIX[suffix] if suffix else 1)
+    except InvalidOperation:
+        return Decimal(0)
+    return parsed if parsed.is_finite() and parsed >= 0 else Decimal(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    name: str
+    cpus: float
+    memory_gib: float
+    accelerator: str | None
+    """The GPU its labels name; None without a label (GPUs unnamed are not planned on)."""
+    gpus: int
+    """Allocatable GPUs (``nvidia.com/gpu`` or ``amd.com/gpu``)."""
+    gpus_requested: int | None
+    """GPUs that pods not finished ask of it; None when pods cannot be listed (no right)."""
+    ready: bool
+    address: str | None
+    """Its ExternalIP, else InternalIP: where a NodePort of it is reached."""
+
+    @property
+    def gpus_free(self) -> int | None:
+        if self.gpus_requested is None:
+            return None
+        return max(0, self.gpus - self.gpus_requested)
+
+
+def api_problem(exc: KubeApiError) -> str:
+    """One short phrase for why a context's API server could not be used."""
+    if exc.status in (401, 403):
+        return f"credentials refused ({exc.message})"
+    if exc.status in (0, 502, 503, 504):
+        return f"unreachable ({exc.message})"
+    return exc.message
+
+
+def _items(listing: dict[str, Any], cap: int) -> list[dict[str, Any]]:
+    items = listing.get("items")
+    if not isinstance(items, list):
+        return []
+    return [i for i in items[:cap] if isinstance(i, dict)]
+
+
+def _address(status: Mapping[str, Any]) -> str | None:
+    found = {
+        a.get("type"): a.get("address")
+        for a in status.get("addresses") or []
+        if isinstance(a, dict) and isinstance(a.get("address"), str)
+    }
+    return found.get("ExternalIP") or found.get("InternalIP")
+
+
+def _ready(status: Mapping[str, Any]) -> bool:
+    return any(
+        isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def _gpus_asked(pod: Mapping[str, Any]) -> int:
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") if isinstance(container, dict) else None
+        if not isinstance(resources, dict):
+            continue
+        asked = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        total += sum(int(quantity(asked[r])) for r in GPU_RESOURCES if r in asked)
+    return total
+
+
+def gpu_count(allocatable: Mapping[str, Any]) -> int:
+    """The GPUs (``nvidia.com/gpu`` or ``amd.com/gpu``) of a node's allocatable map."""
+    for resource in GPU_RESOURCES:
+        count = int(quantity(allocatable.get(resource, 0)))
+        if count > 0:
+            return count
+    return 0
+
+
+def _labels(raw: Mapping[str, Any]) -> dict[str, str]:
+    labels = (raw.get("metadata") or {}).get("labels")
+    if not isinstance(labels, dict):
+        return {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def accelerator_of(labels: Mapping[str, str]) -> str | None:
+    """The GPU a node's labels name: by the first of the label schemes it carries."""
+    for scheme in SCHEMES:
+        value = (labels.get(scheme.key) or "").strip()
+        if value:
+            return scheme.read(value)
+    return None
+
+
+def node_of(raw: Mapping[str, Any], gpus_requested: int | None) -> Node:
+    """One node as listed."""
+    meta, status = raw.get("metadata") or {}, raw.get("status") or {}
+    allocatable: Mapping[str, Any] = status.get("allocatable") or {}
+    return Node(
+        name=str(meta.get("name") or "?")[:253],
+        cpus=float(quantity(allocatable.get("cpu", 0))),
+        memory_gib=float(quantity(allocatable.get("memory", 0)) / _GIB),
+        accelerator=accelerator_of(_labels(raw)),
+        gpus=gpu_count(allocatable),
+        gpus_requested=gpus_requested,
+        ready=_ready(status),
+        address=_address(status),
+    )
+
+
+async def list_nodes(api: KubeApi, *, with_usage: bool = True) -> list[Node]:
+    """Every node of the context, with the GPUs its unfinished pods request (``with_usage``;
+    None per node when the account may not list pods of every namespace)."""
+    nodes = _items(await api.call("GET", path("nodes")), MAX_NODES)
+    used: dict[str, int] | None = None
+    if with_usage and any(
+        gpu_count((n.get("status") or {}).get("allocatable") or {}) for n in nodes
+    ):
+        try:
+            pods = await api.call("GET", path("pods"), query={"fieldSelector": _FINISHED})
+        except KubeApiError as exc:
+            if exc.status not in (401, 403):
+                raise
+        else:
+            used = {}
+            for pod in _items(pods, MAX_PODS):
+                on = (pod.get("spec") or {}).get("nodeName")
+                if isinstance(on, str):
+                    used[on] = used.get(on, 0) + _gpus_asked(pod)
+    listed = []
+    for raw in nodes:
+        name = str((raw.get("metadata") or {}).get("name"))
+        listed.append(node_of(raw, None if used is None else used.get(name, 0)))
+    return listed

@@ -1,0 +1,228 @@
+"""A cluster's pods at the API server: made idempotently by name, listed and deleted by label,
+and waited for until they run, failing over early when the scheduler says no node fits.
+
+A pod the scheduler cannot place is Pending with a ``FailedScheduling`` event. Without an
+autoscaler nothing will change that, so the wait ends at once with ``CapacityError`` carrying
+the scheduler's own sentence (the launcher then tries the next context or cloud). With one, a
+node may be on its way: the wait goes on up to ``provision_timeout``, telling each new event of
+the pods as progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from stixd.providers.base import Block, CapacityError
+from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
+from stixd.providers.kubernetes.podspec import LABEL_RANK, cluster_selector
+from stixproto.errors import ProvisionError
+
+Pod = dict[str, Any]
+Progress = Callable[[str], None]
+
+POLL_S = 0.25
+START_WITHIN_S = 600.0
+"""How long a scheduled pod may take to run (its image pulled, its container started)."""
+GONE_WITHIN_S = 60.0
+ENDED = ("Succeeded", "Failed")
+IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+
+class PodFailed(ProvisionError):
+    """A pod of the launch ended or cannot start; retrying it as it is will not help."""
+
+    retryable = False
+
+
+def rank_of(pod: Pod) -> int | None:
+    text = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RANK, "")
+    return int(text) if isinstance(text, str) and text.isdigit() else None
+
+
+def is_gone(pod: Pod) -> bool:
+    """Ended, or being deleted: the pod is no node any more."""
+    meta, status = pod.get("metadata", {}), pod.get("status") or {}
+    return bool(meta.get("deletionTimestamp")) or status.get("phase") in ENDED
+
+
+def fate(pod: Pod) -> str:
+    """What became of a pod that is gone, in the API's words."""
+    status = pod.get("status") or {}
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return "is being deleted"
+    reason = status.get("reason") or ""
+    message = status.get("message") or ""
+    said = f": {reason}" if reason else ""
+    said += f" ({message})" if message else ""
+    return f"ended {status.get('phase', '')}{said}".rstrip()
+
+
+async def create(api: KubeApi, namespace: str, pod: Pod) -> Pod:
+    """Make ``pod``, or find it when one of that name exists (a retry after a crash)."""
+    name = pod["metadata"]["name"]
+    try:
+        return await api.call("POST", path("namespaces", namespace, "pods"), body=pod)
+    except KubeApiError as exc:
+        if exc.status != 409:
+            raise
+    return await api.call("GET", path("namespaces", namespace, "pods", name))
+
+
+async def list_cluster(api: KubeApi, namespace: str, cluster: str) -> list[Pod]:
+    answer = await api.call(
+        "GET",
+        path("namespaces", namespace, "pods"),
+        query={"labelSelector": cluster_selector(cluster)},
+    )
+    return [p for p in answer.get("items") or [] if isinstance(p, dict)]
+
+
+async def delete(api: KubeApi, namespace: str, kind: str, name: str) -> None:
+    """Delete one object; one already gone is fine."""
+    try:
+        await api.call("DELETE", path("namespaces", namespace, kind, name))
+    except KubeApiError as exc:
+        if exc.status != 404:
+            raise
+
+
+async def delete_cluster(api: KubeApi, namespace: str, cluster: str) -> list[str]:
+    """Delete every pod and service of ``cluster``; returns the pods still going away."""
+    selector = {"labelSelector": cluster_selector(cluster)}
+    services = await api.call("GET", path("namespaces", namespace, "services"), query=selector)
+    going = []
+    for pod in await list_cluster(api, namespace, cluster):
+        await delete(api, namespace, "pods", pod["metadata"]["name"])
+        going.append(pod["metadata"]["name"])
+    for service in services.get("items") or []:
+        await delete(api, namespace, "services", service["metadata"]["name"])
+    return going
+
+
+async def wait_gone(api: KubeApi, namespace: str, cluster: str, names: Sequence[str]) -> None:
+    """Until none of ``names`` is listed (their processes stopped), bounded."""
+    with anyio.move_on_after(GONE_WITHIN_S):
+        while True:
+            listed = {p["metadata"]["name"] for p in await list_cluster(api, namespace, cluster)}
+            if not listed & set(names):
+                return
+            await anyio.sleep(POLL_S)
+    raise ProvisionError(
+        f"pods {', '.join(sorted(names))} in context {api.context} were still being deleted "
+        f"after {GONE_WITHIN_S:g} s; run the command again"
+    )
+
+
+def _unschedulable(pod: Pod) -> str | None:
+    """The scheduler's sentence when it could not place the pod (its PodScheduled condition)."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+        ):
+            return str(cond.get("message") or "no node fits the pod")
+    return None
+
+
+def _cannot_start(pod: Pod) -> str | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason") or ""
+        if reason in IMAGE_ERRORS + CONFIG_ERRORS:
+            message = str(waiting.get("message") or "").strip().splitlines()
+            return f"{reason}{': ' + message[0][:300] if message else ''}"
+    return None
+
+
+@dataclasses.dataclass
+class Waiter:
+    """Waits for one launch's pods; ``progress`` hears each new event of theirs."""
+
+    api: KubeApi
+    namespace: str
+    cluster: str
+    autoscaler: str | None
+    provision_timeout: float
+    progress: Progress | None = None
+    seen: set[tuple[str, str, str, str]] = dataclasses.field(default_factory=set)
+
+    async def running(self, names: Sequence[str]) -> dict[str, Pod]:
+        """Every pod of ``names`` Running, by name."""
+        began = time.monotonic()
+        pending_since: float | None = None
+        while True:
+            listed = {
+                p["metadata"]["name"]: p
+                for p in await list_cluster(self.api, self.namespace, self.cluster)
+            }
+            missing = [n for n in names if n not in listed]
+            if missing:
+                raise PodFailed(
+                    f"pod {missing[0]} in context {self.api.context} was deleted during the launch"
+                )
+            for name in names:
+                pod = listed[name]
+                if is_gone(pod):
+                    raise PodFailed(f"pod {name} in context {self.api.context} {fate(pod)}")
+                if problem := _cannot_start(pod):
+                    raise PodFailed(
+                        f"pod {name} in context {self.api.context} cannot start: {problem}"
+                    )
+            waiting = [n for n in names if listed[n]["status"].get("phase") != "Running"]
+            if not waiting:
+                return listed
+            unplaced = {n: m for n in waiting if (m := _unschedulable(listed[n])) is not None}
+            await self._tell(waiting)
+            if unplaced:
+                pending_since = pending_since or time.monotonic()
+                name, said = next(iter(unplaced.items()))
+                if self.autoscaler is None:
+                    raise self._no_capacity(name, said, "no autoscaler is configured")
+                if time.monotonic() - pending_since > self.provision_timeout:
+                    raise self._no_capacity(
+                        name, said, f"no node came within {self.provision_timeout:g} s"
+                    )
+            elif time.monotonic() - began > START_WITHIN_S + self.provision_timeout:
+                raise ProvisionError(
+                    f"pods of {self.cluster} in context {self.api.context} did not run within "
+                    f"{START_WITHIN_S + self.provision_timeout:g} s; see `kubectl describe pod`"
+                )
+            await anyio.sleep(POLL_S)
+
+    def _no_capacity(self, name: str, said: str, why: str) -> CapacityError:
+        context = self.api.context
+        return CapacityError(
+            f"Kubernetes context {context} cannot place pod {name} ({why}): {said}",
+            Block(infra="kubernetes", region=context, reason=said),
+        )
+
+    async def _tell(self, names: Sequence[str]) -> None:
+        """Each event of the waiting pods not told before, as progress."""
+        if self.progress is None:
+            return
+        for name in names:
+            try:
+                answer = await self.api.call(
+                    "GET",
+                    path("namespaces", self.namespace, "events"),
+                    query={"fieldSelector": f"involvedObject.name={name}"},
+                )
+            except KubeApiError:
+                return  # events are news, not the launch: a failed read is left out
+            for event in answer.get("items") or []:
+                said = (
+                    name,
+                    str(event.get("reason") or ""),
+                    str(event.get("message") or "").strip(),
+                    str(event.get("count") or event.get("lastTimestamp") or ""),
+                )
+                if said not in self.seen:
+                    self.seen.add(said)
+                    self.progress(f"pod {name}: {said[1]}: {said[2]}")

@@ -1,0 +1,228 @@
+"""The pod manifest of one node of a cluster: what its task asks (requests and limits, GPUs on
+the nodes that have them, the image), the user's ``pod_config`` merged in, and stix's labels.
+
+Pure: everything comes in as arguments (the context's GPU node selection is worked out by the
+caller from the nodes it lists), so each rule is a unit test.
+
+The container idles: the agent is started in it later over ``exec``, like on any host. The
+user's ``pod_config`` wins over stix's defaults (image, grace period, ...) but not over what
+the node must be: its name, labels, container name and command, the task's resources and GPU
+node selection, and the task's own ``image_id``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from stixd.providers.kubernetes.config import KubernetesConfig
+from stixd.providers.kubernetes.gpu_labels import Selection
+from stixd.providers.kubernetes.seams import CONTAINER, PodRequest
+
+LABEL_CLUSTER = "stix-cluster"
+LABEL_RANK = "stix-node-rank"
+LABEL_LAUNCH = "stix-launch"
+LABEL_USER = "stix-user"
+"""Every object stix makes carries ``LABEL_CLUSTER`` (how down and the leak scan find them)."""
+
+IDENTITIES_WITHOUT_ACCOUNT = ("SERVICE_ACCOUNT", "NO_UPLOAD", "LOCAL_CREDENTIALS")
+"""``remote_identity`` values that leave the pod on its namespace's default service account."""
+GRACE_S = 10
+"""Seconds a deleted pod's processes get between SIGTERM and SIGKILL."""
+IDLE = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
+"""The container's command: wait, and end at once on SIGTERM (a bare ``sleep`` as PID 1 ignores
+it, and every delete would wait out the grace period)."""
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?")
+_MAX_LABEL = 63
+
+
+def pod_name(cluster: str, rank: int) -> str:
+    """``<cluster>-<rank>``, a DNS label as pod names must be. A cluster name that is not one
+    (capitals, ``_`` or ``.``, which stix names allow) is lowered and cleaned, with a digest of
+    the name itself so two names that clean alike never share pods."""
+    suffix = f"-{rank}"
+    if _DNS_LABEL.fullmatch(cluster) and len(cluster) + len(suffix) <= _MAX_LABEL:
+        return cluster + suffix
+    digest = hashlib.sha1(cluster.encode()).hexdigest()[:8]
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", cluster.lower()).strip("-") or "x"
+    room = _MAX_LABEL - len(suffix) - len(digest) - 1
+    return f"{cleaned[:room].rstrip('-')}-{digest}{suffix}"
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value (at most 63 characters of ``[-_.A-Za-z0-9]``, alphanumeric at
+    both ends); empty where nothing of it is usable."""
+    if len(text) <= _MAX_LABEL and _LABEL_VALUE.fullmatch(text):
+        return text
+    cleaned = re.sub(r"[^-_.A-Za-z0-9]+", "-", text)[:_MAX_LABEL]
+    return cleaned.strip("-_.")
+
+
+def cluster_selector(cluster: str) -> str:
+    """The label selector of every object of ``cluster`` (names are valid label values)."""
+    return f"{LABEL_CLUSTER}={label_value(cluster)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PodPlan:
+    """What one pod is: who it is for, and where it may run."""
+
+    cluster: str
+    rank: int
+    namespace: str
+    launch_id: str = ""
+    user: str = ""
+    selection: Selection | None = None
+    """The GPU nodes it may go to (None: any node)."""
+    gpu_resource: str = "nvidia.com/gpu"
+
+
+def merge(base: Any, over: Any) -> Any:
+    """``over`` merged into ``base``: maps key by key, ``containers`` by position, other lists
+    of named maps (env, volumes, ports...) by name, anything else replaced by ``over``."""
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
+        out = dict(base)
+        for key, value in over.items():
+            if key in out and key == "containers" and _maps(out[key]) and _maps(value):
+                out[key] = _by_position(out[key], value)
+            elif key in out:
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+        return out
+    if _named(base) and _named(over):
+        merged = {item["name"]: item for item in base}
+        for item in over:
+            merged[item["name"]] = merge(merged.get(item["name"], {}), item)
+        return list(merged.values())
+    return copy.deepcopy(over)
+
+
+def _maps(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
+
+
+def _named(value: Any) -> bool:
+    return _maps(value) and bool(value) and all(isinstance(v.get("name"), str) for v in value)
+
+
+def _by_position(base: list[Any], over: list[Any]) -> list[Any]:
+    out = [merge(b, o) for b, o in zip(base, over, strict=False)]
+    return out + copy.deepcopy(base[len(over) :] + over[len(base) :])
+
+
+def _quantity_cpu(cpus: float) -> str:
+    millis = max(round(cpus * 1000), 1)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def _quantity_memory(gb: float) -> str:
+    mebi = max(round(gb * 1024), 1)
+    return f"{mebi // 1024}Gi" if mebi % 1024 == 0 else f"{mebi}Mi"
+
+
+def resources(req: PodRequest, gpu_resource: str) -> dict[str, dict[str, str]]:
+    """Requests equal to limits (what the task asks is what the pod gets; GPUs must have both
+    equal anyway). A zero or unset CPU or memory is left to the namespace's defaults."""
+    asked: dict[str, str] = {}
+    if req.cpus > 0:
+        asked["cpu"] = _quantity_cpu(req.cpus)
+    if req.memory_gb > 0:
+        asked["memory"] = _quantity_memory(req.memory_gb)
+    if req.accelerator_count > 0:
+        asked[gpu_resource] = str(req.accelerator_count)
+    return {"requests": dict(asked), "limits": dict(asked)} if asked else {}
+
+
+def _env(plan: PodPlan) -> list[dict[str, Any]]:
+    """What a process in the pod can learn of it that the agent does not already tell its jobs
+    (their rank and the cluster's node IPs come from the agent)."""
+
+    def field(name: str, path: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    return [
+        {"name": "STIX_CLUSTER", "value": plan.cluster},
+        {"name": "STIX_POD_RANK", "value": str(plan.rank)},
+        field("STIX_POD_NAME", "metadata.name"),
+        field("STIX_POD_NAMESPACE", "metadata.namespace"),
+        field("STIX_POD_IP", "status.podIP"),
+    ]
+
+
+def stix_labels(plan: PodPlan) -> dict[str, str]:
+    labels = {LABEL_CLUSTER: label_value(plan.cluster), LABEL_RANK: str(plan.rank)}
+    for key, value in ((LABEL_LAUNCH, plan.launch_id), (LABEL_USER, plan.user)):
+        if label_value(value):
+            labels[key] = label_value(value)
+    return labels
+
+
+def _require(affinity: Mapping[str, Any], selection: Selection) -> dict[str, Any]:
+    """The user's node affinity with the GPU selection added: terms are ORed, so each of the
+    user's required terms is crossed with each of the selection's."""
+    out = copy.deepcopy(dict(affinity))
+    node = out.setdefault("nodeAffinity", {})
+    required = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    ours = selection.node_selector_terms()
+    theirs = required.get("nodeSelectorTerms") or [{}]
+    required["nodeSelectorTerms"] = [
+        {
+            **copy.deepcopy(term),
+            "matchExpressions": [
+                *copy.deepcopy(term.get("matchExpressions") or []),
+                *gpu["matchExpressions"],  # type: ignore[misc]
+            ],
+        }
+        for term in theirs
+        for gpu in ours
+    ]
+    return out
+
+
+def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[str, Any]:
+    """The pod for rank ``plan.rank`` of ``plan.cluster``."""
+    defaults: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": GRACE_S,
+            "containers": [{"name": CONTAINER, "image": config.image}],
+        },
+    }
+    pod: dict[str, Any] = merge(defaults, config.pod_config)
+    meta = pod.setdefault("metadata", {})
+    meta["name"] = pod_name(plan.cluster, plan.rank)
+    meta["namespace"] = plan.namespace
+    meta["labels"] = {
+        **meta.get("labels", {}),
+        **config.custom_metadata.labels,
+        **stix_labels(plan),
+    }
+    annotations = {**meta.get("annotations", {}), **config.custom_metadata.annotations}
+    if annotations:
+        meta["annotations"] = annotations
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    container["name"] = CONTAINER
+    container["command"] = list(IDLE)
+    container.pop("args", None)
+    if req.image:
+        container["image"] = req.image
+    container["env"] = merge(container.get("env") or [], _env(plan))
+    asked = resources(req, plan.gpu_resource)
+    if asked:
+        container["resources"] = merge(container.get("resources") or {}, asked)
+    if plan.selection is not None:
+        spec["affinity"] = _require(spec.get("affinity") or {}, plan.selection)
+    if config.remote_identity not in IDENTITIES_WITHOUT_ACCOUNT:
+        spec["serviceAccountName"] = config.remote_identity
+    return pod

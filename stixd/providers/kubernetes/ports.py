@@ -1,0 +1,252 @@
+"""A cluster's ``resources.ports``, exposed as the config's ``kubernetes.ports`` says:
+
+- ``loadbalancer`` (the default): one LoadBalancer service selecting the head pod; a port is
+  reached at the address the cloud's load balancer gives the service (its status), at the
+  port itself.
+- ``nodeport``: one NodePort service; a port is reached at the head pod's node address, at
+  the node port the API server gave it.
+- ``podip``: nothing is made; a port is reached at the head pod's IP (from inside the
+  cluster's network only).
+
+The service carries stix's labels (``down`` and the leak scan find it by its cluster's label)
+and is made idempotently: one that already exposes the ports is kept. `preflight` refuses
+``ports`` where the context cannot expose them (a LoadBalancer service that gets no address
+within a short bound, as on a cluster without a load balancer controller) in one sentence,
+instead of a service that silently never gets one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
+from stixd.providers.kubernetes.config import PortMode
+from stixd.providers.kubernetes.podspec import (
+    LABEL_CLUSTER,
+    LABEL_RANK,
+    label_value,
+    pod_name,
+)
+from stixproto.errors import ProvisionError
+
+ADDRESS_WAIT_S = 10.0
+"""How long a LoadBalancer service may go without an address before the context is judged
+unable to give it one."""
+_POLL_S = 0.2
+_SUFFIX = "-ports"
+_PROBE = "stix-ports-probe"
+_KIND: Mapping[str, str] = {"loadbalancer": "LoadBalancer", "nodeport": "NodePort"}
+_LB_FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
+
+
+class PortsUnavailable(ProvisionError):
+    """The context cannot expose ports in the configured mode."""
+
+
+def service_name(cluster: str) -> str:
+    """The cluster's ports service: a DNS-1035 label (a letter first, at most 63 long)."""
+    base = pod_name(cluster, 0).removesuffix("-0")
+    if not base[:1].isalpha():
+        base = f"s-{base}"
+    if len(base) + len(_SUFFIX) <= 63:
+        return base + _SUFFIX
+    digest = hashlib.sha1(cluster.encode()).hexdigest()[:8]
+    return f"{base[:48].rstrip('-')}-{digest}{_SUFFIX}"
+
+
+def service_manifest(
+    cluster: str, ports: Sequence[int], mode: PortMode, labels: Mapping[str, str]
+) -> dict[str, Any]:
+    """The service exposing ``ports`` of the cluster's head pod."""
+    mine = {LABEL_CLUSTER: label_value(cluster)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(cluster), "labels": {**labels, **mine}},
+        "spec": {
+            "type": _KIND[mode],
+            "selector": {**mine, LABEL_RANK: "0"},
+            "ports": [
+                {"name": f"port-{p}", "port": p, "targetPort": p, "protocol": "TCP"}
+                for p in sorted(set(ports))
+            ],
+        },
+    }
+
+
+def _exposed(service: Mapping[str, Any], kind: str) -> set[int]:
+    spec = service.get("spec") or {}
+    if spec.get("type") != kind:
+        return set()
+    return {int(p["port"]) for p in spec.get("ports") or [] if isinstance(p.get("port"), int)}
+
+
+async def _get(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return await api.call("GET", path("namespaces", namespace, "services", name))
+    except KubeApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def open_ports(
+    api: KubeApi,
+    namespace: str,
+    cluster: str,
+    ports: Sequence[int],
+    mode: PortMode,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Expose ``ports`` of the cluster's head pod (nothing to make in ``podip`` mode). A
+    service already exposing them stays; one exposing fewer is made again with all."""
+    if mode == "podip" or not ports:
+        return
+    kind, name = _KIND[mode], service_name(cluster)
+    where = path("namespaces", namespace, "services")
+    found = await _get(api, namespace, name)
+    if found is not None:
+        have = _exposed(found, kind)
+        if set(ports) <= have:
+            return
+        ports = sorted(have | set(ports))
+        await delete_service(api, namespace, name)
+    body = service_manifest(cluster, ports, mode, labels or {})
+    try:
+        await api.call("POST", where, body=body)
+    except KubeApiError as exc:
+        if exc.status != 409:  # made meanwhile by another try: it is the same service
+            raise
+
+
+async def delete_service(api: KubeApi, namespace: str, name: str) -> None:
+    try:
+        await api.call("DELETE", path("namespaces", namespace, "services", name))
+    except KubeApiError as exc:
+        if exc.status != 404:
+            raise
+
+
+async def close_ports(api: KubeApi, namespace: str, cluster: str) -> None:
+    """Delete the cluster's ports service, if any (``down``)."""
+    await delete_service(api, namespace, service_name(cluster))
+
+
+def _ingress(service: Mapping[str, Any]) -> str | None:
+    for entry in ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+        if isinstance(entry, dict):
+            address = entry.get("ip") or entry.get("hostname")
+            if isinstance(address, str) and address:
+                return address
+    return None
+
+
+def _handled(service: Mapping[str, Any]) -> bool:
+    """Whether a load balancer controller took the service on: it has an address, or the
+    cloud controller's cleanup finalizer (added at once, the address may take a minute)."""
+    finalizers = (service.get("metadata") or {}).get("finalizers") or []
+    return _ingress(service) is not None or _LB_FINALIZER in finalizers
+
+
+async def _address_within(
+    api: KubeApi, namespace: str, name: str, wait_s: float, *, handled: bool = False
+) -> str | None:
+    """The LoadBalancer address of service ``name``, polled until ``wait_s`` has passed;
+    ``handled``: stop as soon as a controller took the service on (``"pending"`` then)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        service = await _get(api, namespace, name)
+        address = _ingress(service) if service is not None else None
+        if handled and service is not None and address is None and _handled(service):
+            return "pending"
+        if address is not None or time.monotonic() >= deadline:
+            return address
+        await anyio.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def _no_address(context: str, waited: float) -> PortsUnavailable:
+    return PortsUnavailable(
+        f"Kubernetes context {context} gave a LoadBalancer service no address within "
+        f"{waited:g} s, so it cannot expose ports this way: set kubernetes.ports to nodeport "
+        "or podip, or drop resources.ports"
+    )
+
+
+async def endpoints(
+    api: KubeApi,
+    namespace: str,
+    cluster: str,
+    ports: Sequence[int],
+    mode: PortMode,
+    *,
+    wait_s: float = ADDRESS_WAIT_S,
+) -> dict[int, str]:
+    """Where each of ``ports`` is reached (``host:port``), as the mode exposes it."""
+    if not ports:
+        return {}
+    if mode == "loadbalancer":
+        address = await _address_within(api, namespace, service_name(cluster), wait_s)
+        if address is None:
+            raise _no_address(api.context, wait_s)
+        return {p: f"{address}:{p}" for p in ports}
+    head = await api.call("GET", path("namespaces", namespace, "pods", pod_name(cluster, 0)))
+    status = head.get("status") or {}
+    if mode == "podip":
+        pod_ip = status.get("podIP")
+        if not isinstance(pod_ip, str) or not pod_ip:
+            raise ProvisionError(f"the head pod of {cluster} has no IP yet")
+        return {p: f"{pod_ip}:{p}" for p in ports}
+    host = status.get("hostIP")
+    service = await _get(api, namespace, service_name(cluster))
+    node_ports = {
+        int(p["port"]): int(p["nodePort"])
+        for p in ((service or {}).get("spec") or {}).get("ports") or []
+        if isinstance(p.get("port"), int) and isinstance(p.get("nodePort"), int)
+    }
+    if not isinstance(host, str) or not host or any(p not in node_ports for p in ports):
+        raise ProvisionError(f"cluster {cluster}: its NodePort service or node is not ready")
+    return {p: f"{host}:{node_ports[p]}" for p in ports}
+
+
+async def preflight(
+    api: KubeApi,
+    namespace: str,
+    mode: PortMode,
+    labels: Mapping[str, str] | None = None,
+    *,
+    wait_s: float = ADDRESS_WAIT_S,
+) -> None:
+    """Refuse, with `PortsUnavailable`, ports the context cannot expose in ``mode``: in
+    ``loadbalancer`` mode a load balancer controller must take a probe service (selecting
+    nothing) on within ``wait_s`` (give it an address, or the cloud controller's cleanup
+    finalizer, which comes before a slow cloud's address); the probe is deleted either way.
+    NodePort and pod IPs need nothing of the cluster."""
+    if mode != "loadbalancer":
+        return
+    # a name of its own: probes at once (two launches, two daemons on one namespace) never
+    # delete each other's; the label lets the leak scan find one a crash left behind
+    probe = f"{_PROBE}-{secrets.token_hex(4)}"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": probe, "labels": {**(labels or {}), LABEL_CLUSTER: _PROBE}},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {LABEL_CLUSTER: _PROBE},
+            "ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    }
+    await api.call("POST", path("namespaces", namespace, "services"), body=body)
+    try:
+        address = await _address_within(api, namespace, probe, wait_s, handled=True)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await delete_service(api, namespace, probe)
+    if address is None:
+        raise _no_address(api.context, wait_s)

@@ -1,0 +1,454 @@
+"""The ``kubernetes`` provider: each node of a cluster is a pod, its agent started over ``exec``.
+
+A launch goes to one context (the placement's region, else the first allowed one) and its
+namespace. The context is recorded before any pod is made, so a launch cut short is found and
+cleaned. Pods are named ``<cluster>-<rank>`` and made for every rank at once: a retry finds
+what exists (an ended pod is replaced). When the scheduler cannot place a pod and no
+autoscaler may add a node, the launch removes its pods and raises ``CapacityError`` for the
+context at once: the launcher goes on to the next context or cloud. Once every pod runs, the
+agent goes into each through its ``PodShell``, as onto an SSH host.
+
+Kubernetes cannot stop a pod: ``stop`` refuses and names ``down`` (``CannotStop``), and
+autostop takes such a cluster down. A pod deleted or evicted from outside is a lost node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import structlog
+
+from stixd.agent_client import AgentClient
+from stixd.providers.abilities import Leak, LeakPolicy, ShellCommand
+from stixd.providers.base import (
+    Block,
+    CapacityError,
+    CheckResult,
+    Mount,
+    NodeInfo,
+    NodeLoss,
+    NodeStatus,
+    ProvisionRequest,
+)
+from stixd.providers.kubernetes import gpu_labels, leaks, pods, ports
+from stixd.providers.kubernetes.agents import address, ref_of, start_agents
+from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
+from stixd.providers.kubernetes.config import KubernetesConfig
+from stixd.providers.kubernetes.contexts import Clients, Kubeconfig
+from stixd.providers.kubernetes.observe import observe
+from stixd.providers.kubernetes.planning import KubePlanning
+from stixd.providers.kubernetes.podspec import (
+    PodPlan,
+    manifest,
+    pod_name,
+)
+from stixd.providers.kubernetes.ports import PortsUnavailable
+from stixd.providers.kubernetes.records import Records, Where
+from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
+from stixd.providers.shared.ssh_sync import resolve_dest
+from stixproto import names
+from stixproto.errors import ProvisionError
+
+ShellFactory = Callable[[PodRef], PodShell]
+SYNC_TIMEOUT_S = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Made:
+    """A launch's pods, all Running: where they are, what they asked, each by name."""
+
+    where: Where
+    asked: PodRequest
+    pods: dict[str, dict[str, Any]]
+
+
+class KubernetesProvider:
+    name = "kubernetes"
+    cannot_stop: Literal[True] = True
+
+    def __init__(
+        self,
+        home: Path,
+        config: KubernetesConfig,
+        kubeconfig: Kubeconfig,
+        shells: ShellFactory,
+        *,
+        clients: Clients | None = None,
+        log: structlog.stdlib.BoundLogger | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.home = home
+        self.config = config
+        self.kubeconfig = kubeconfig
+        self.clients = clients or Clients(kubeconfig, home / "kubernetes" / "certs")
+        self.make_shell = shells
+        self.log = (log or structlog.get_logger()).bind(provider="kubernetes")
+        self.user = user or getpass.getuser()
+        self.records = Records(home)
+        self.planning = KubePlanning(self.clients, config, home)
+        """The planner's catalog of the contexts' nodes, check, show-gpus, the ports preflight."""
+        self._shells: dict[PodRef, PodShell] = {}
+        self._preflight = anyio.Lock()
+        self.lost: dict[str, list[NodeLoss]] = {}
+        self.last_error: dict[str, dict[int, str]] = {}
+
+    # -- contexts, APIs and shells ---------------------------------------------------------
+
+    def contexts(self) -> list[str]:
+        """The contexts launches may use, in failover order: the allowed ones that exist,
+        else the kubeconfig's current context (or its first)."""
+        known = self.kubeconfig.contexts
+        if self.config.allowed_contexts is not None:
+            return [c for c in self.config.allowed_contexts if c in known]
+        current = self.kubeconfig.current or (known[0] if known else None)
+        return [current] if current else []
+
+    def namespace(self, context: str) -> str:
+        return self.config.namespace or self.kubeconfig.namespace(context)
+
+    async def api(self, context: str) -> KubeApi:
+        return KubeApi(await self.clients.client(context), context)
+
+    def shell(self, ref: PodRef) -> PodShell:
+        """The one shell of a pod (its relay is long-lived), made on first use."""
+        made = self._shells.get(ref)
+        if made is None:
+            made = self._shells[ref] = self.make_shell(ref)
+        return made
+
+    async def _forget(self, refs: Collection[PodRef]) -> None:
+        for ref in refs:
+            shell = self._shells.pop(ref, None)
+            if shell is not None:
+                with contextlib.suppress(Exception):
+                    await shell.aclose()
+
+    async def aclose(self) -> None:
+        await self._forget(list(self._shells))
+        await self.clients.aclose()
+
+    # -- the planner and the commands (planning.py) ------------------------------------------
+
+    async def refresh_catalog(self) -> None:
+        await self.planning.refresh_catalog()
+
+    def credentials_problem(self) -> str | None:
+        """Why no context can be planned on, as the last node listing found (no network)."""
+        return self.planning.planning_problem()
+
+    async def show_gpus(
+        self, name: str | None, count: float | None, region: str | None
+    ) -> tuple[str, list[dict[str, object]]]:
+        return await self.planning.show_gpus(name, count, region)
+
+    # -- Provider ----------------------------------------------------------------------------
+
+    async def check(self) -> CheckResult:
+        return await self.planning.check()
+
+    def _context_of(self, req: ProvisionRequest) -> str:
+        asked = req.resources.get("region")
+        if isinstance(asked, str) and asked:
+            if asked not in self.kubeconfig.contexts:
+                known = ", ".join(self.kubeconfig.contexts) or "none"
+                raise ProvisionError(f"no Kubernetes context {asked} (contexts: {known})")
+            return asked
+        contexts = self.contexts()
+        if not contexts:
+            raise ProvisionError("no Kubernetes context to launch on: set up a kubeconfig")
+        return contexts[0]
+
+    async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
+        """Idempotent: the cluster's pods are found by name before any is made."""
+        made = await self.make_pods(req)
+        return await self.put_agents(req, made)
+
+    async def make_pods(self, req: ProvisionRequest) -> Made:
+        """Every pod of the cluster Running (the first half of ``launch``, before the agents)."""
+        context = self._context_of(req)
+        where = Where(context, self.namespace(context), req.num_nodes)
+        before = self.records.where(req.cluster)
+        if before is not None and (before.context, before.namespace) != (
+            where.context,
+            where.namespace,
+        ):
+            await self.terminate(req.cluster)  # failed over from another context: leave it clean
+        asked = PodRequest.of(req.resources)
+        if asked.ports:
+            await self._can_expose(context)
+        self.records.place(req.cluster, where)
+        api = await self.api(context)
+        plan = await self._plan(api, req, where, asked)
+        try:
+            ready = await self._pods_running(api, req, where, asked, plan)
+        except CapacityError:
+            with anyio.CancelScope(shield=True):
+                await self._abandon(api, req.cluster, where)
+            raise
+        await self._expose(api, where, req.cluster, asked.ports)
+        return Made(where, asked, ready)
+
+    async def _expose(
+        self, api: KubeApi, where: Where, cluster: str, opened: Sequence[int]
+    ) -> None:
+        """Expose ``opened`` the configured way; a LoadBalancer's address is remembered (a
+        service's balancer reaches the cluster's replica there: ``reachable_address``)."""
+        if not opened:
+            return
+        mode = self.config.ports
+        await ports.open_ports(api, where.namespace, cluster, opened, mode, self._labels())
+        if mode == "loadbalancer":
+            found = await ports.endpoints(api, where.namespace, cluster, opened, mode)
+            host, _, _ = found[opened[0]].rpartition(":")
+            self.records.remember(cluster, reached=host)
+
+    def reachable_address(self, cluster: str, node: NodeInfo) -> str:
+        """Where this machine reaches the cluster's ports (ReachedElsewhere): the pod's IP in
+        ``podip`` mode (this machine in the cluster's network), the LoadBalancer's address."""
+        mode = self.config.ports
+        if mode == "podip":
+            return node.ip
+        if mode == "nodeport":
+            raise ProvisionError(
+                f"with kubernetes.ports nodeport, cluster {cluster}'s ports are reached at other "
+                "port numbers of its node; set kubernetes.ports to loadbalancer or podip"
+            )
+        reached = self.records.remembered(cluster, "reached")
+        if not reached:
+            raise ProvisionError(f"the LoadBalancer service of cluster {cluster} has no address")
+        return reached
+
+    def _labels(self) -> dict[str, str]:
+        return dict(self.config.custom_metadata.labels)
+
+    async def _can_expose(self, context: str) -> None:
+        """The ports preflight: a context that cannot expose ports the configured way is no
+        place for this launch (the next context may be)."""
+        try:
+            async with self._preflight:  # one probe service per namespace: never two at once
+                await self.planning.preflight_ports(context)
+        except PortsUnavailable as exc:
+            raise CapacityError(
+                exc.message, Block(infra=self.name, region=context, reason=exc.message)
+            ) from None
+
+    async def open_ports(self, cluster: str, opened: list[int]) -> None:
+        """Expose more ports of a live cluster's head pod (OpensPorts), the configured way."""
+        where = self.records.where(cluster)
+        if where is None:
+            raise ProvisionError(f"cluster {cluster} has no pods to expose ports of")
+        await self._can_expose(where.context)
+        await self._expose(await self.api(where.context), where, cluster, opened)
+
+    async def _plan(
+        self, api: KubeApi, req: ProvisionRequest, where: Where, asked: PodRequest
+    ) -> PodPlan:
+        plan = PodPlan(
+            cluster=req.cluster,
+            rank=0,
+            namespace=where.namespace,
+            launch_id=str(req.resources.get("launch_id") or ""),
+            user=self.user,
+        )
+        if not asked.accelerator or asked.accelerator_count <= 0:
+            return plan
+        nodes = (await api.call("GET", path("nodes"))).get("items") or []
+        labels = [n.get("metadata", {}).get("labels") or {} for n in nodes]
+        allocatable = [n.get("status", {}).get("allocatable") or {} for n in nodes]
+        try:
+            selection = gpu_labels.select(
+                asked.accelerator, labels, self.config.autoscaler, where.context
+            )
+        except gpu_labels.NoGpuNodes as exc:
+            raise CapacityError(
+                exc.message, Block(infra=self.name, region=where.context, reason=exc.message)
+            ) from None
+        return dataclasses.replace(
+            plan, selection=selection, gpu_resource=gpu_labels.gpu_resource(allocatable)
+        )
+
+    async def _pods_running(
+        self, api: KubeApi, req: ProvisionRequest, where: Where, asked: PodRequest, plan: PodPlan
+    ) -> dict[str, dict[str, Any]]:
+        names = [pod_name(req.cluster, rank) for rank in range(req.num_nodes)]
+        listed = {
+            p["metadata"]["name"]: p
+            for p in await pods.list_cluster(api, where.namespace, req.cluster)
+        }
+        ended = [n for n in names if n in listed and pods.is_gone(listed[n])]
+        for name in ended:  # an evicted or finished pod keeps its name until deleted
+            await pods.delete(api, where.namespace, "pods", name)
+        if ended:
+            await pods.wait_gone(api, where.namespace, req.cluster, ended)
+
+        async def make(rank: int) -> None:
+            if names[rank] in listed and names[rank] not in ended:
+                return
+            body = manifest(asked, dataclasses.replace(plan, rank=rank), self.config)
+            await pods.create(api, where.namespace, body)
+            if not self.records.node(req.cluster, rank):  # from now on, its loss is news
+                self.records.set_node(req.cluster, rank, {"pod": names[rank]})
+
+        async with anyio.create_task_group() as tg:
+            for rank in range(req.num_nodes):
+                tg.start_soon(make, rank)
+        waiter = pods.Waiter(
+            api,
+            where.namespace,
+            req.cluster,
+            self.config.autoscaler,
+            self.config.provision_timeout,
+            req.progress,
+        )
+        return await waiter.running(names)
+
+    async def _abandon(self, api: KubeApi, cluster: str, where: Where) -> None:
+        """Leave nothing behind in a context the launch fails over from."""
+        try:
+            await pods.delete_cluster(api, where.namespace, cluster)
+            self.records.drop(cluster)
+        except ProvisionError as exc:
+            self.log.warning("kubernetes_abandon_failed", cluster=cluster, error=exc.message)
+
+    async def put_agents(self, req: ProvisionRequest, made: Made) -> list[NodeInfo]:
+        """An agent in each pod of ``made`` (the second half of ``launch``)."""
+
+        def record(node: NodeInfo) -> None:
+            self.records.set_node(req.cluster, node.rank, node.to_dict())
+
+        return await start_agents(
+            req, made.where, made.asked, made.pods, self.shell, record, self.log
+        )
+
+    async def query(self, cluster: str) -> list[NodeInfo]:
+        """RUNNING where the pod runs and its agent answers, STOPPED where it runs without one.
+        A pod gone (deleted, evicted, ended) is a lost node (``lost_nodes``), listed
+        UNREACHABLE while others of the cluster run."""
+        where = self.records.where(cluster)
+        if where is None:
+            self.lost.pop(cluster, None)
+            return []
+        api = await self.api(where.context)
+        listed = await pods.list_cluster(api, where.namespace, cluster)
+        seen = await observe(
+            cluster,
+            where,
+            listed,
+            lambda rank: self._recorded(cluster, where, rank),
+            self.connector,
+        )
+        self.lost[cluster] = seen.lost
+        self.last_error[cluster] = seen.errors
+        return seen.nodes
+
+    def _recorded(self, cluster: str, where: Where, rank: int) -> NodeInfo | None:
+        """The node as its launch brought it up; a pod made without an agent yet is a node
+        without an agent address; None for a rank never made."""
+        raw = self.records.node(cluster, rank)
+        if not raw:
+            return None
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            return NodeInfo.from_dict(raw)
+        ref = PodRef(where.context, where.namespace, pod_name(cluster, rank))
+        return NodeInfo(rank, "", NodeStatus.STOPPED, "", "", "", address=address(ref))
+
+    def lost_nodes(self, cluster: str) -> list[NodeLoss]:
+        return list(self.lost.get(cluster, []))
+
+    def node_errors(self, cluster: str) -> dict[int, str]:
+        return dict(self.last_error.get(cluster, {}))
+
+    async def stop(self, cluster: str) -> None:
+        raise ProvisionError(
+            f"Kubernetes cannot stop a pod, so cluster {cluster} cannot be stopped; "
+            f"take it down with `{names.command('down', cluster)}`"
+        )
+
+    async def terminate(self, cluster: str) -> None:
+        """Delete every pod and service of the cluster and wait until the pods are gone."""
+        where = self.records.where(cluster)
+        if where is None:
+            return
+        api = await self.api(where.context)
+        going = await pods.delete_cluster(api, where.namespace, cluster)
+        await self._forget(
+            [ref for ref in self._shells if ref.context == where.context and ref.name in going]
+        )
+        if going:
+            await pods.wait_gone(api, where.namespace, cluster, going)
+        self.records.drop(cluster)
+        self.lost.pop(cluster, None)
+
+    async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
+        shell = self.shell(ref_of(node))
+        sent = 0
+        for mount in mounts:
+            source = Path(mount.source).expanduser()
+            if not source.exists():
+                raise FileNotFoundError(f"{mount.source} does not exist")
+            sent += await shell.put_tree(
+                source, resolve_dest(node, mount.dest), timeout=SYNC_TIMEOUT_S
+            )
+        return sent
+
+    def connector(self, node: NodeInfo) -> AgentClient:
+        ref = ref_of(node)
+        return self.shell(ref).agent_client(node.agent_address, f"rank {node.rank}@{ref}")
+
+    # -- abilities ---------------------------------------------------------------------------
+
+    def shell_command(self, node: NodeInfo, command: str | None) -> ShellCommand:
+        """``kubectl exec`` into the node's pod (``-t`` for a login shell)."""
+        ref = ref_of(node)
+        remote = (
+            command
+            if command is not None
+            else ('cd ~/sky_workdir 2>/dev/null; exec "$(command -v bash || echo sh)" -l')
+        )
+        argv = [
+            "kubectl",
+            "--context",
+            ref.context,
+            "-n",
+            ref.namespace,
+            "exec",
+            "-it" if command is None else "-i",
+            ref.name,
+            "-c",
+            ref.container,
+            "--",
+            "sh",
+            "-c",
+            remote,
+        ]
+        env = {"KUBECONFIG": self.kubeconfig.config_file} if self.kubeconfig.paths else {}
+        return argv, None, env
+
+    def leak_policy(self) -> LeakPolicy:
+        return leaks.POLICY
+
+    def regions(self) -> list[str]:
+        return self.contexts()
+
+    async def leaks(
+        self, regions: Sequence[str], live: Collection[str], young_s: float
+    ) -> list[Leak]:
+        found: list[Leak] = []
+        for context in regions:
+            found += await leaks.find(
+                await self.api(context), self.namespace(context), live, young_s
+            )
+        return found
+
+    async def clean_leaks(self, found: Sequence[Leak]) -> None:
+        for leak in found:
+            try:
+                await leaks.clean(await self.api(leak.region), leak)
+            except KubeApiError as exc:
+                self.log.warning("kubernetes_leak_not_cleaned", leak=leak.id, error=exc.message)

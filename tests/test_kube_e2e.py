@@ -1,0 +1,193 @@
+"""`launch --infra k8s` end to end: stixctl → stixd → two fake Kubernetes API servers (two
+contexts of one kubeconfig) → pods whose agents stix started over exec.
+
+What the cluster holds is checked with kubectl, from outside stix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
+from tests.conftest import Stix, wait_until
+from tests.kube_fake.process import FakeProcess
+from tests.test_managed_jobs import managed
+
+CONTEXTS = ("kube-a", "kube-b")
+
+
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FakeProcess]]:
+    made: dict[str, FakeProcess] = {}
+    try:
+        for context in CONTEXTS:
+            made[context] = FakeProcess(tmp_path_factory.mktemp(context), "--context", context)
+        yield made
+    finally:
+        for fake in made.values():
+            fake.stop()
+            assert fake.pod_processes() == []
+
+
+@pytest.fixture
+def k8s(stix: Stix, fakes: dict[str, FakeProcess]) -> Stix:
+    stix.env["KUBECONFIG"] = ":".join(str(f.kubeconfig) for f in fakes.values())
+    stix.env["STIX__KUBERNETES__ALLOWED_CONTEXTS"] = json.dumps(list(CONTEXTS))
+    checked = stix.run("check", check=True, timeout=60)  # lists the contexts' nodes for the plan
+    assert "kube-a: reachable" in checked.stdout, checked.stdout
+    return stix
+
+
+def objects(fake: FakeProcess, cluster: str) -> list[dict[str, Any]]:
+    found = fake.kubectl_json("get", "pods,services", "-l", f"{LABEL_CLUSTER}={cluster}")
+    return [o for o in found["items"] if not o["metadata"].get("deletionTimestamp")]
+
+
+def test_a_two_pod_cluster_runs_its_job_takes_a_shell_and_goes_down_leaving_nothing(
+    k8s: Stix, fakes: dict[str, FakeProcess]
+) -> None:
+    launched = k8s.run(
+        "launch", "-y", "-c", "kc", "--infra", "k8s", "--num-nodes", "2", "--cpus", "1",
+        "echo rank-$SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES",
+        timeout=120,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    assert "rank-0 of 2" in launched.stdout and "rank-1 of 2" in launched.stdout
+    pods = [o for o in objects(fakes["kube-a"], "kc") if o["kind"] == "Pod"]
+    assert sorted(p["metadata"]["name"] for p in pods) == ["kc-0", "kc-1"]
+    assert all(p["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "1" for p in pods)
+    shell = k8s.run("ssh", "kc", "--node", "1", "echo", "in-$STIX_POD_NAME", timeout=60)
+    assert (shell.returncode, shell.stdout.strip()) == (0, "in-kc-1"), shell.stderr
+    stopped = k8s.run("stop", "-y", "kc")
+    assert stopped.returncode != 0 and "down" in stopped.stderr
+    assert len(stopped.stderr.strip().splitlines()) == 1, stopped.stderr
+    k8s.run("down", "-y", "kc", check=True, timeout=60)
+    assert objects(fakes["kube-a"], "kc") == []
+    assert "kc" not in k8s.clusters()
+
+
+def hog(node: str, cpus: int) -> dict[str, Any]:
+    """Another team's pod holding ``cpus`` of ``node``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"hog-{node}"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "containers": [
+                {
+                    "name": "hog",
+                    "image": "x",
+                    "command": ["sleep", "600"],
+                    "resources": {"requests": {"cpu": str(cpus)}},
+                }
+            ],
+        },
+    }
+
+
+def test_an_unschedulable_pod_fails_over_to_the_next_context_within_seconds_saying_why(
+    k8s: Stix, fakes: dict[str, FakeProcess]
+) -> None:
+    """kube-a's nodes are big enough for the plan, but another team's pods hold them: the
+    scheduler says no, and the launch goes to kube-b at once."""
+    fake_a = fakes["kube-a"]
+    try:
+        for node, cpus in (("cpu-1", 4), ("cpu-2", 4), ("cpu-3", 4), ("gpu-1", 8)):
+            fake_a.kubectl("apply", "-f", "-", input=json.dumps(hog(node, cpus)))
+        started = time.monotonic()
+        launched = k8s.run("launch", "-y", "-c", "fo", "--infra", "k8s", "--cpus", "2",
+                           "echo placed", timeout=120)  # fmt: skip
+        took = time.monotonic() - started
+        assert launched.returncode == 0, launched.stderr
+        said = launched.stdout + launched.stderr
+        assert "kube-a" in said and "Insufficient cpu" in said, said
+        assert "placed" in launched.stdout
+        assert objects(fake_a, "fo") == []
+        assert [o["metadata"]["name"] for o in objects(fakes["kube-b"], "fo")] == ["fo-0"]
+        assert took < 60, took
+    finally:
+        fake_a.kubectl("delete", "pods", "--all", "--wait=false")
+        k8s.run("down", "-y", "fo", timeout=60)
+
+
+def test_autostop_on_kubernetes_takes_the_cluster_down(
+    k8s: Stix, fakes: dict[str, FakeProcess]
+) -> None:
+    k8s.run("launch", "-y", "-c", "idle", "--infra", "k8s/kube-b", "echo hi", check=True,
+            timeout=120)  # fmt: skip
+    said = k8s.run("autostop", "-y", "-i", "0", "idle", check=True)
+    assert "torn down" in said.stdout + said.stderr, said
+    wait_until(lambda: "idle" not in k8s.clusters(), timeout=60)
+    assert objects(fakes["kube-b"], "idle") == []
+
+
+def test_a_pod_deleted_mid_job_ends_the_job_as_a_lost_node(
+    k8s: Stix, fakes: dict[str, FakeProcess]
+) -> None:
+    k8s.run("launch", "-y", "-d", "-c", "lost", "--infra", "k8s/kube-b", "--num-nodes", "2",
+            "sleep 600", check=True, timeout=120)  # fmt: skip
+    wait_until(lambda: k8s.job_status("lost", 1) == "RUNNING", timeout=60)
+    fakes["kube-b"].kubectl("delete", "pod", "lost-1", "--wait=false")
+    wait_until(lambda: k8s.job_status("lost", 1) not in ("RUNNING", "PENDING"), timeout=60)
+    assert k8s.job_status("lost", 1) == "FAILED_DRIVER"
+    events = k8s.run("events", "lost").stdout
+    assert re.search(r"node 1 pod lost-1 (was|is being) deleted", events), events
+    k8s.run("down", "-y", "lost", check=True, timeout=60)
+    assert objects(fakes["kube-b"], "lost") == []
+
+
+def test_a_daemon_killed_mid_launch_leaves_no_duplicate_and_no_orphan_pod(
+    k8s: Stix, fakes: dict[str, FakeProcess]
+) -> None:
+    fake = fakes["kube-b"]
+    launch = k8s.popen("launch", "-y", "-c", "crash", "--infra", "k8s/kube-b", "--num-nodes",
+                       "2", "echo after-crash")  # fmt: skip
+    try:
+        wait_until(lambda: objects(fake, "crash"), timeout=60, interval=0.01)
+        k8s.kill_daemon()
+    finally:
+        launch.kill()
+        launch.communicate(timeout=30)
+    k8s.run("status", check=True)  # a new daemon takes the launch up again
+    wait_until(lambda: k8s.clusters().get("crash", {}).get("status") == "UP", timeout=90)
+    pods = [o for o in objects(fake, "crash") if o["kind"] == "Pod"]
+    assert sorted(p["metadata"]["name"] for p in pods) == ["crash-0", "crash-1"]
+    k8s.run("down", "-y", "crash", check=True, timeout=60)
+    assert objects(fake, "crash") == []
+
+
+def test_a_managed_job_whose_pod_is_deleted_recovers_on_a_new_pod(
+    k8s: Stix, fakes: dict[str, FakeProcess], tmp_path: Path
+) -> None:
+    """`kubectl delete pod` under a managed job: the health check (1 s here) sees the pod
+    gone, the run ends FAILED_DRIVER at once, and the job comes back RUNNING on a new pod."""
+    k8s.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
+    k8s.run("daemon", "stop", timeout=30)  # started by `check` without the setting
+    marks = tmp_path / "runs"  # pods of the fake share this machine's files
+    marks.mkdir()
+    task = tmp_path / "task.yaml"
+    task.write_text(
+        "name: mj\n"
+        "run: |\n"
+        f"  echo run > {marks}/$(date +%s%N)\n"
+        f"  [ $(ls {marks} | wc -l) -ge 2 ] || sleep 600\n"
+    )
+    k8s.run("jobs", "launch", "-d", "-y", "--infra", "k8s/kube-b", str(task), check=True,
+            timeout=120)  # fmt: skip
+    wait_until(lambda: managed(k8s, 1)["status"] == "RUNNING" and any(marks.iterdir()), 120)
+    [pod] = [o for o in objects(fakes["kube-b"], "mj-1") if o["kind"] == "Pod"]
+    fakes["kube-b"].kubectl("delete", "pod", pod["metadata"]["name"], "--wait=false")
+    job = wait_until(lambda: (j := managed(k8s, 1))["recoveries"] == 1 and j, timeout=60)
+    [reason] = job["recovery_reasons"]
+    assert "pod mj-1-0" in reason and "kube-b" in reason, reason
+    done = wait_until(lambda: (j := managed(k8s, 1))["status"] == "SUCCEEDED" and j, 120)
+    assert done["recoveries"] == 1 and len(list(marks.iterdir())) == 2
+    wait_until(lambda: objects(fakes["kube-b"], "mj-1") == [], timeout=60)

@@ -1,0 +1,219 @@
+"""The pod manifest of a node and the GPU node selection, as pure functions (no API server)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stixd.providers.kubernetes import gpu_labels
+from stixd.providers.kubernetes.config import CustomMetadata, KubernetesConfig
+from stixd.providers.kubernetes.gpu_labels import NoGpuNodes, Selection, select
+from stixd.providers.kubernetes.podspec import (
+    IDLE,
+    LABEL_CLUSTER,
+    LABEL_LAUNCH,
+    LABEL_RANK,
+    LABEL_USER,
+    PodPlan,
+    label_value,
+    manifest,
+    merge,
+    pod_name,
+)
+from stixd.providers.kubernetes.seams import CONTAINER, PodRequest
+from tests.kube_fake.nodes import GPU_LABEL_SCHEMES
+
+PLAN = PodPlan(cluster="train", rank=1, namespace="team", launch_id="abc123", user="ana")
+
+
+def container(pod: dict[str, Any]) -> dict[str, Any]:
+    [only] = pod["spec"]["containers"]
+    assert isinstance(only, dict)
+    return only
+
+
+def test_cpus_memory_and_gpus_are_both_requests_and_limits() -> None:
+    req = PodRequest(cpus=1.5, memory_gb=6, accelerator="A100", accelerator_count=2)
+    pod = manifest(req, PLAN, KubernetesConfig())
+    asked = {"cpu": "1500m", "memory": "6Gi", "nvidia.com/gpu": "2"}
+    assert container(pod)["resources"] == {"requests": asked, "limits": asked}
+    amd = manifest(req, PodPlan("t", 0, "default", gpu_resource="amd.com/gpu"), KubernetesConfig())
+    assert container(amd)["resources"]["limits"]["amd.com/gpu"] == "2"
+    bare = manifest(PodRequest(cpus=0, memory_gb=0), PLAN, KubernetesConfig())
+    assert "resources" not in container(bare)
+
+
+def test_the_pod_is_named_and_labelled_for_its_cluster_and_rank_and_idles() -> None:
+    pod = manifest(PodRequest(cpus=1, memory_gb=1), PLAN, KubernetesConfig())
+    assert pod["metadata"]["name"] == "train-1"
+    assert pod["metadata"]["namespace"] == "team"
+    assert pod["metadata"]["labels"] == {
+        LABEL_CLUSTER: "train",
+        LABEL_RANK: "1",
+        LABEL_LAUNCH: "abc123",
+        LABEL_USER: "ana",
+    }
+    c = container(pod)
+    assert (c["name"], c["command"], c["image"]) == (CONTAINER, IDLE, KubernetesConfig().image)
+    env = {e["name"]: e for e in c["env"]}
+    assert env["STIX_CLUSTER"]["value"] == "train"
+    assert env["STIX_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_pod_names_are_dns_labels_and_names_that_clean_alike_do_not_collide() -> None:
+    assert pod_name("my-cluster", 3) == "my-cluster-3"
+    odd, other = pod_name("My_Cluster", 0), pod_name("my.cluster", 0)
+    assert odd != other
+    for name in (odd, other, pod_name("x" * 63, 12)):
+        assert len(name) <= 63 and name == name.lower() and name.endswith(("-0", "-12"))
+        assert "_" not in name and "." not in name
+    assert label_value("a b!c") == "a-b-c" and label_value("ok.name_1") == "ok.name_1"
+
+
+def test_pod_config_is_merged_in_but_the_node_keeps_what_it_must_be() -> None:
+    config = KubernetesConfig(
+        image="cfg/image:1",
+        pod_config={
+            "metadata": {"labels": {"team": "ml", LABEL_CLUSTER: "theirs"}},
+            "spec": {
+                "priorityClassName": "high",
+                "containers": [
+                    {
+                        "name": "theirs",
+                        "image": "pc/image:2",
+                        "command": ["false"],
+                        "env": [{"name": "HF_HOME", "value": "/cache"}],
+                        "resources": {"limits": {"cpu": "99"}},
+                        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+                    }
+                ],
+                "volumes": [{"name": "cache", "emptyDir": {}}],
+            },
+        },
+        custom_metadata=CustomMetadata(labels={"cost": "a1"}, annotations={"note": "x"}),
+    )
+    pod = manifest(PodRequest(cpus=2, memory_gb=4), PLAN, config)
+    c = container(pod)
+    assert c["name"] == CONTAINER and c["command"] == IDLE
+    assert c["image"] == "pc/image:2"  # pod_config's image over the config's default
+    assert {"name": "HF_HOME", "value": "/cache"} in c["env"]
+    assert any(e["name"] == "STIX_CLUSTER" for e in c["env"])
+    assert c["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}  # the task's, not 99
+    assert c["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
+    assert pod["spec"]["volumes"] == [{"name": "cache", "emptyDir": {}}]
+    assert pod["spec"]["priorityClassName"] == "high"
+    labels = pod["metadata"]["labels"]
+    assert (labels["team"], labels["cost"], labels[LABEL_CLUSTER]) == ("ml", "a1", "train")
+    assert pod["metadata"]["annotations"] == {"note": "x"}
+    task_image = manifest(PodRequest(cpus=1, memory_gb=1, image="task/img"), PLAN, config)
+    assert container(task_image)["image"] == "task/img"  # image_id: docker:... over both
+
+
+def test_merge_goes_key_by_key_containers_by_position_and_named_lists_by_name() -> None:
+    base = {"a": {"x": 1, "y": [1]}, "containers": [{"name": "c", "v": 1}], "env": [{"name": "A"}]}
+    over = {"a": {"y": [2]}, "containers": [{"v": 2}, {"name": "side"}], "env": [{"name": "B"}]}
+    assert merge(base, over) == {
+        "a": {"x": 1, "y": [2]},
+        "containers": [{"name": "c", "v": 2}, {"name": "side"}],
+        "env": [{"name": "A"}, {"name": "B"}],
+    }
+
+
+def test_gpu_selection_is_added_to_each_of_the_users_required_terms() -> None:
+    user_terms = [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]
+    config = KubernetesConfig(
+        pod_config={
+            "spec": {
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": user_terms
+                        }
+                    }
+                }
+            }
+        }
+    )
+    selection = Selection((("skypilot.co/accelerator", ("a100",)),))
+    pod = manifest(
+        PodRequest(cpus=1, memory_gb=1, accelerator="A100", accelerator_count=1),
+        PodPlan("t", 0, "default", selection=selection),
+        config,
+    )
+    required = pod["spec"]["affinity"]["nodeAffinity"]
+    [term] = required["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert [e["key"] for e in term["matchExpressions"]] == ["zone", "skypilot.co/accelerator"]
+
+
+def test_remote_identity_names_the_service_account_unless_it_is_a_mode() -> None:
+    req = PodRequest(cpus=1, memory_gb=1)
+    assert "serviceAccountName" not in manifest(req, PLAN, KubernetesConfig())["spec"]
+    named = manifest(req, PLAN, KubernetesConfig(remote_identity="trainer"))
+    assert named["spec"]["serviceAccountName"] == "trainer"
+
+
+@pytest.mark.parametrize("key", list(GPU_LABEL_SCHEMES))
+def test_every_label_scheme_reads_its_own_spelling_of_the_a100(key: str) -> None:
+    nodes = [{"kubernetes.io/hostname": "cpu"}, {key: GPU_LABEL_SCHEMES[key]}]
+    assert select("A100", nodes, None, "ctx") == Selection(((key, (GPU_LABEL_SCHEMES[key],)),))
+    with pytest.raises(NoGpuNodes, match="no node has a H100"):
+        select("H100", nodes, None, "ctx")
+
+
+def test_the_table_holds_the_five_schemes_and_the_two_gpu_resources() -> None:
+    assert {s.key for s in gpu_labels.SCHEMES} == set(GPU_LABEL_SCHEMES)
+    assert gpu_labels.GPU_RESOURCES == ("nvidia.com/gpu", "amd.com/gpu")
+    assert gpu_labels.gpu_resource([{"cpu": "4"}, {"amd.com/gpu": "8"}]) == "amd.com/gpu"
+    assert gpu_labels.gpu_resource([{"cpu": "4"}]) == "nvidia.com/gpu"
+
+
+def test_a_request_takes_a_bigger_variant_but_never_a_smaller_one() -> None:
+    product = "nvidia.com/gpu.product"
+    big = [{product: "NVIDIA-A100-SXM4-80GB"}]
+    assert select("A100", big, None, "c").terms == ((product, ("NVIDIA-A100-SXM4-80GB",)),)
+    with pytest.raises(NoGpuNodes):
+        select("A100-80GB", [{"skypilot.co/accelerator": "a100"}], None, "c")
+    with pytest.raises(NoGpuNodes):
+        select("L4", [{"skypilot.co/accelerator": "l40s"}], None, "c")
+
+
+def test_nodes_labelled_by_two_schemes_are_each_selected_by_their_own() -> None:
+    nodes = [{"skypilot.co/accelerator": "a100"}, {"nvidia.com/gpu.product": "NVIDIA-A100-PCIE"}]
+    assert select("A100", nodes, None, "c").keys == (
+        "skypilot.co/accelerator",
+        "nvidia.com/gpu.product",
+    )
+
+
+@pytest.mark.parametrize(
+    ("autoscaler", "term"),
+    [
+        ("gke", ("cloud.google.com/gke-accelerator", ("nvidia-tesla-t4",))),
+        ("karpenter", ("karpenter.k8s.aws/instance-gpu-name", ("t4",))),
+        ("coreweave", ("gpu.nvidia.com/class", ("T4",))),
+        ("generic", ("skypilot.co/accelerator", ("t4",))),
+    ],
+)
+def test_with_an_autoscaler_the_gpu_is_spelled_as_its_new_nodes_will_carry_it(
+    autoscaler: str, term: tuple[str, tuple[str, ...]]
+) -> None:
+    assert select("T4", [{"kubernetes.io/hostname": "cpu"}], autoscaler, "c").terms == (term,)
+
+
+def test_a_context_without_gpu_labels_says_how_to_fix_it() -> None:
+    with pytest.raises(NoGpuNodes, match=r"no node has a GPU label .*kubernetes.autoscaler"):
+        select("A100", [{"kubernetes.io/hostname": "cpu"}], None, "c")
+
+
+def test_gke_spells_its_exceptions_as_gke_does() -> None:
+    spell = gpu_labels.BY_KEY["cloud.google.com/gke-accelerator"].spell
+    assert spell is not None
+    assert [spell(g) for g in ("A100", "A100-80GB", "H100", "L4", "H200")] == [
+        "nvidia-tesla-a100",
+        "nvidia-a100-80gb",
+        "nvidia-h100-80gb",
+        "nvidia-l4",
+        "nvidia-h200-141gb",
+    ]

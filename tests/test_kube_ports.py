@@ -1,0 +1,226 @@
+"""A cluster's ports exposed by each `kubernetes.ports` mode, on the fake API server, whose
+services really forward: a request through the address `endpoints` gives reaches the head
+pod's server. And the preflight that refuses ports a context cannot expose."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from stixd.providers.kubernetes.api import KubeApi, path
+from stixd.providers.kubernetes.config import PortMode
+from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_RANK, pod_name
+from stixd.providers.kubernetes.ports import (
+    PortsUnavailable,
+    close_ports,
+    endpoints,
+    open_ports,
+    preflight,
+    service_name,
+)
+from tests.conftest import Stix, wait_until
+from tests.kube_fake.process import FakeProcess
+
+pytestmark = pytest.mark.anyio
+NS = "default"
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    made = FakeProcess(tmp_path_factory.mktemp("kube-ports"))
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture(scope="module")
+def blind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    """A cluster whose LoadBalancer services never get an address (no controller)."""
+    made = FakeProcess(tmp_path_factory.mktemp("kube-blind"), "--no-load-balancer")
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+async def api_of(fake: FakeProcess, home: Path) -> AsyncIterator[KubeApi]:
+    config = read_kubeconfig({"KUBECONFIG": str(fake.kubeconfig)})
+    clients = Clients(config, home / "certs")
+    try:
+        assert config.current is not None
+        yield KubeApi(await clients.client(config.current), config.current, timeout=10)
+    finally:
+        await clients.aclose()
+
+
+@pytest.fixture
+async def api(fake: FakeProcess, tmp_path: Path) -> AsyncIterator[KubeApi]:
+    async for made in api_of(fake, tmp_path):
+        yield made
+
+
+@pytest.fixture
+async def blind_api(blind: FakeProcess, tmp_path: Path) -> AsyncIterator[KubeApi]:
+    async for made in api_of(blind, tmp_path):
+        yield made
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def head_pod(api: KubeApi, cluster: str, port: int) -> None:
+    """The cluster's head pod, serving HTTP on ``port`` (pods share this machine's network)."""
+    server = f"{sys.executable} -m http.server {port} --bind 127.0.0.1"
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(cluster, 0),
+            "labels": {LABEL_CLUSTER: cluster, LABEL_RANK: "0"},
+        },
+        "spec": {"containers": [{"name": "stix", "image": "x", "command": ["sh", "-c", server]}]},
+    }
+    await api.call("POST", path("namespaces", NS, "pods"), body=body)
+    deadline = time.monotonic() + 20
+    while True:
+        pod = await api.call("GET", path("namespaces", NS, "pods", pod_name(cluster, 0)))
+        if (pod.get("status") or {}).get("phase") == "Running" and answers(f"127.0.0.1:{port}"):
+            return
+        assert time.monotonic() < deadline, f"the head pod of {cluster} never served"
+        await anyio.sleep(0.05)
+
+
+def answers(address: str) -> bool:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with direct.open(f"http://{address}/", timeout=5) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+async def services(api: KubeApi, cluster: str) -> list[dict[str, Any]]:
+    found = await api.call(
+        "GET",
+        path("namespaces", NS, "services"),
+        query={"labelSelector": f"{LABEL_CLUSTER}={cluster}"},
+    )
+    return list(found.get("items") or [])
+
+
+@pytest.mark.parametrize("mode", ["loadbalancer", "nodeport", "podip"])
+async def test_a_port_is_reached_through_the_address_its_mode_gives(
+    api: KubeApi, mode: PortMode
+) -> None:
+    cluster, port = f"ports-{mode}", free_port()
+    await head_pod(api, cluster, port)
+    await open_ports(api, NS, cluster, [port], mode, {"team": "ml"})
+    reached = await endpoints(api, NS, cluster, [port], mode)
+    assert answers(reached[port])
+    made = await services(api, cluster)
+    if mode == "podip":
+        assert made == [] and reached[port] == f"127.0.0.1:{port}"
+        return
+    [service] = made
+    assert service["metadata"]["name"] == service_name(cluster)
+    assert service["metadata"]["labels"]["team"] == "ml"
+    kind = {"loadbalancer": "LoadBalancer", "nodeport": "NodePort"}[mode]
+    assert service["spec"]["type"] == kind
+    if mode == "nodeport":
+        assert reached[port] == f"127.0.0.1:{service['spec']['ports'][0]['nodePort']}"
+    await open_ports(api, NS, cluster, [port], mode)  # again: the same service is kept
+    [again] = await services(api, cluster)
+    assert again["metadata"]["uid"] == service["metadata"]["uid"]
+    await close_ports(api, NS, cluster)
+    await close_ports(api, NS, cluster)  # gone already: nothing to do
+    assert await services(api, cluster) == []
+
+
+async def test_a_port_added_later_remakes_the_service_with_every_port(api: KubeApi) -> None:
+    cluster, first, second = "ports-more", free_port(), free_port()
+    await head_pod(api, cluster, first)
+    await open_ports(api, NS, cluster, [first], "nodeport")
+    await open_ports(api, NS, cluster, [second], "nodeport")
+    [service] = await services(api, cluster)
+    assert sorted(p["port"] for p in service["spec"]["ports"]) == sorted([first, second])
+    await close_ports(api, NS, cluster)
+
+
+async def test_preflight_refuses_loadbalancer_ports_where_services_get_no_address(
+    blind_api: KubeApi, api: KubeApi
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(PortsUnavailable) as refused:
+        await preflight(blind_api, NS, "loadbalancer", wait_s=1.0)
+    assert time.monotonic() - started < 8
+    message = refused.value.message
+    assert "\n" not in message and "kubernetes.ports" in message and "nodeport" in message
+    leftover = await blind_api.call("GET", path("namespaces", NS, "services"))
+    assert leftover.get("items") == []  # the probe service is gone
+    await preflight(blind_api, NS, "nodeport", wait_s=1.0)  # a NodePort needs no controller
+    await preflight(api, NS, "loadbalancer", wait_s=5.0)  # a cluster that gives addresses
+
+
+def test_service_names_are_dns_labels_even_for_names_that_are_not() -> None:
+    for cluster in ("c1", "1abc", "My_Cluster.x", "a" * 80):
+        name = service_name(cluster)
+        assert len(name) <= 63 and name[0].isalpha() and name.endswith("-ports")
+        assert name == name.lower() and all(c.isalnum() or c == "-" for c in name)
+    assert service_name("a" * 80) != service_name("a" * 79)
+
+
+def launch_env(stix: Stix, fake: FakeProcess, mode: PortMode) -> None:
+    stix.env["KUBECONFIG"] = str(fake.kubeconfig)
+    (stix.home / "config.yaml").write_text(f"kubernetes:\n  ports: {mode}\n")
+
+
+def test_a_launch_with_ports_a_context_cannot_expose_is_refused_before_any_pod(
+    blind: FakeProcess, stix: Stix
+) -> None:
+    launch_env(stix, blind, "loadbalancer")
+    started = time.monotonic()
+    refused = stix.run("launch", "-c", "lb", "-y", "--infra", "k8s", "--ports", "8088", "true")
+    assert refused.returncode != 0
+    [said] = [line for line in refused.stderr.splitlines() if "LoadBalancer" in line]
+    assert "kubernetes.ports to nodeport or podip" in said
+    assert time.monotonic() - started < 30
+    assert blind.kubectl_json("get", "pods")["items"] == []
+    assert blind.kubectl_json("get", "services")["items"] == []
+
+
+def test_a_launch_exposes_its_ports_as_a_nodeport_and_down_removes_the_service(
+    fake: FakeProcess, stix: Stix
+) -> None:
+    launch_env(stix, fake, "nodeport")
+    port = free_port()
+    server = f"python3 -m http.server {port} --bind 127.0.0.1"
+    args = ("launch", "-c", "np", "-y", "-d", "--infra", "k8s", "--ports", str(port), server)
+    stix.run(*args, check=True)
+    [service] = fake.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=np")["items"]
+    assert service["spec"]["type"] == "NodePort"
+    node_port = service["spec"]["ports"][0]["nodePort"]
+    wait_until(lambda: answers(f"127.0.0.1:{node_port}"))
+    stix.run("down", "-y", "np", check=True)
+    assert fake.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=np")["items"] == []
+
+
+def test_a_load_balancer_a_controller_took_on_counts_before_its_slow_address() -> None:
+    from stixd.providers.kubernetes.ports import _handled
+
+    finalizer = {"finalizers": ["service.kubernetes.io/load-balancer-cleanup"]}
+    assert _handled({"metadata": finalizer, "status": {"loadBalancer": {}}})
+    assert _handled({"metadata": {}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}})
+    assert not _handled({"metadata": {}, "status": {"loadBalancer": {}}})
