@@ -356,6 +356,41 @@ async def test_a_pod_deleted_or_evicted_from_outside_is_a_lost_node(
     assert await gone(kube, "lose") == []
 
 
+async def test_a_relaunch_that_cannot_place_a_lost_nodes_pod_leaves_the_live_ones(
+    kube: FakeProcess, provider: KubernetesProvider
+) -> None:
+    req = request("keep", 2, accelerator="A100", accelerator_count=1)  # gpu-1's two GPUs
+    await provider.make_pods(req)
+    kube.kubectl("delete", "pod", "keep-0", "--wait=true")
+    hog = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu-hog"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "hog",
+                    "image": "x",
+                    "command": ["sleep", "600"],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ]
+        },
+    }
+    kube.kubectl("apply", "-f", "-", input=json.dumps(hog))  # another team takes the GPU
+    try:
+        with pytest.raises(CapacityError, match=r"Insufficient nvidia\.com/gpu"):
+            await provider.make_pods(req)
+        assert [p["metadata"]["name"] for p in pods_of(kube, "keep")] == ["keep-1"]
+        assert provider.records.where("keep") is not None
+    finally:
+        kube.kubectl("delete", "pod", "gpu-hog", "--wait=true")
+    await provider.make_pods(req)  # the GPU is free again: the node comes back
+    assert sorted(p["metadata"]["name"] for p in pods_of(kube, "keep")) == ["keep-0", "keep-1"]
+    await provider.terminate("keep")
+    assert await gone(kube, "keep") == []
+
+
 async def test_down_leaves_nothing_and_a_second_down_is_harmless(
     kube: FakeProcess, provider: KubernetesProvider, tmp_path: Path
 ) -> None:

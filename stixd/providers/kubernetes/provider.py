@@ -185,12 +185,7 @@ class KubernetesProvider:
         self.records.place(req.cluster, where)
         api = await self.api(context)
         plan = await self._plan(api, req, where, asked)
-        try:
-            ready = await self._pods_running(api, req, where, asked, plan)
-        except CapacityError:
-            with anyio.CancelScope(shield=True):
-                await self._abandon(api, req.cluster, where)
-            raise
+        ready = await self._pods_running(api, req, where, asked, plan)
         await self._expose(api, where, req.cluster, asked.ports)
         return Made(where, asked, ready)
 
@@ -306,13 +301,26 @@ class KubernetesProvider:
             self.config.provision_timeout,
             req.progress,
         )
-        return await waiter.running(names)
-
-    async def _abandon(self, api: KubeApi, cluster: str, where: Where) -> None:
-        """Leave nothing behind in a context the launch fails over from."""
         try:
-            await pods.delete_cluster(api, where.namespace, cluster)
-            self.records.drop(cluster)
+            return await waiter.running(names)
+        except CapacityError:
+            kept = [n for n in names if n in listed and n not in ended]
+            with anyio.CancelScope(shield=True):
+                await self._abandon(api, req.cluster, where, kept)
+            raise
+
+    async def _abandon(self, api: KubeApi, cluster: str, where: Where, kept: list[str]) -> None:
+        """Delete the pods this launch made and could not place; with none ``kept`` (a first
+        launch), everything of the cluster here: the context it fails over from is left
+        clean, while a relaunch leaves the pods that were already running be."""
+        try:
+            if not kept:
+                await pods.delete_cluster(api, where.namespace, cluster)
+                self.records.drop(cluster)
+                return
+            for pod in await pods.list_cluster(api, where.namespace, cluster):
+                if pod["metadata"]["name"] not in kept:
+                    await pods.delete(api, where.namespace, "pods", pod["metadata"]["name"])
         except ProvisionError as exc:
             self.log.warning("kubernetes_abandon_failed", cluster=cluster, error=exc.message)
 
