@@ -2,9 +2,9 @@
 API server (tests/kube_fake/, pods are real processes on this machine).
 
 1. One agent ``hello`` round trip through the pod's relay (warm: the relay's exec is open),
-   median of many, against a bare ``kubectl exec POD -- true`` (whole process, as a person or
-   SkyPilot's per-command exec pays it); beside it one exec of ``true`` of ours (a WebSocket
-   each) and the relay's first call (its exec started).
+   median of many, and 50 at once (wall), against a bare ``kubectl exec POD -- true`` (whole
+   process, as a person or SkyPilot's per-command exec pays it); beside it one exec of ``true``
+   of ours (a WebSocket each) and the relay's first call (its exec started).
 2. ``put_tree`` of 2,000 small files (1-8 KiB, nested folders) into a fresh folder, and a
    re-sync with nothing changed, against ``tar c -C SRC . | kubectl exec -i POD -- tar x -C
    DIR`` (``kubectl cp``'s way, which sends everything every time); rounds alternate who goes
@@ -101,13 +101,19 @@ async def round_trips(kube: FakeProcess, sh: ExecShell, runs: int, pyz: Path) ->
         ours.append(time.perf_counter() - t0)
         if i % 5 == 0:
             kubectl.append(await asyncio.to_thread(timed_process, true_cmd))
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(50):
+            tg.create_task(agent.call("hello", deadline=60))
+    fifty = time.perf_counter() - t0
     base = median(kubectl)
     print(f"1. round trips (median; baseline `kubectl exec {POD} -- true`: {base * 1e3:.1f} ms)")
     print(f"   agent hello through the relay     {median(hellos) / base:6.3f} x")
     print(f"   one exec of `true` (a WebSocket)  {median(ours) / base:6.3f} x")
+    print(f"   50 concurrent hellos, wall        {fifty / base:6.3f} x")
     print(f"   relay's first call (exec started) {first / base:6.3f} x")
     print(f"   ensure_agent into a fresh pod     {bootstrap / base:6.3f} x")
-    print(f"   relay execs started for {runs + 1} calls: {sh.relay.starts}")
+    print(f"   relay execs started for {runs + 51} calls: {sh.relay.starts}")
 
 
 async def sync(kube: FakeProcess, sh: ExecShell, files: int, rounds: int, tmp: Path) -> None:

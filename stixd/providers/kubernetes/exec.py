@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -240,13 +240,13 @@ async def pod_trouble(client: ApiClient, pod: PodRef) -> str | None:
     return None if phase == "Running" else f"is {phase}"
 
 
-async def _feed(chan: ExecChannel, stdin: Sequence[bytes | IO[bytes]]) -> None:
+async def _feed(chan: ExecChannel, stdin: Sequence[bytes | Iterator[bytes]]) -> None:
     try:
         for part in stdin:
             if isinstance(part, bytes):
                 await chan.send(part)
                 continue
-            while chunk := await anyio.to_thread.run_sync(part.read, STDIN_FRAME):
+            while (chunk := await anyio.to_thread.run_sync(next, part, None)) is not None:
                 await chan.send(chunk)
         await chan.close_stdin()
     except (ConnectionError, RuntimeError, aiohttp.ClientError):
@@ -273,7 +273,7 @@ async def _collect(
 
 async def _exchange(
     chan: ExecChannel,
-    stdin: Sequence[bytes | IO[bytes]],
+    stdin: Sequence[bytes | Iterator[bytes]],
     out: bytearray,
     err: bytearray,
     what: str,
@@ -299,11 +299,12 @@ async def run(
     argv: Sequence[str],
     *,
     timeout: float,  # noqa: ASYNC109 (the bound is ours, so the error can name the command)
-    stdin: Sequence[bytes | IO[bytes]] = (),
+    stdin: Sequence[bytes | Iterator[bytes]] = (),
 ) -> ExecResult:
     """Run ``argv`` in the pod to its end: exit status, stdout and stderr. The ``stdin`` parts
-    (bytes, or files read to their end) are sent in order, then stdin is closed on v5; the
-    command should read exactly as many bytes as it is told to, never wait for an end."""
+    (bytes, or iterators of bytes advanced on a worker thread) are sent in order, then stdin is
+    closed on v5; the command should read exactly as many bytes as it is told to, never wait
+    for an end."""
     what = f"`{describe(argv)}`"
     out, err = bytearray(), bytearray()
     try:

@@ -9,8 +9,9 @@ what it has (``tarsync.py``); the agent's socket is reached through the pod's re
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -100,19 +101,22 @@ class ExecShell:
         if plan.empty:
             return 0
         try:
-            spool, size, times = await anyio.to_thread.run_sync(tarsync.build_tar, plan)
-        except OSError as exc:  # a file changed or went away while being read: try again
+            tar = await anyio.to_thread.run_sync(tarsync.TarStream, plan)
+        except OSError as exc:  # a file went away since the walk: the next sync has it right
             raise ExecError(
-                f"{self.pod}: cannot pack {local} ({exc.strerror or exc}); try again",
+                f"{self.pod}: cannot read {local} ({exc.strerror or exc}); try again",
                 retryable=True,
             ) from None
-        with spool:
-            header = tarsync.apply_header(plan, size, times)
-            await self._tarsync(["apply", plan.root], (header, spool), deadline, timeout)
+        header = tarsync.apply_header(plan, tar.size, tar.times)
+        await self._tarsync(["apply", plan.root], (header, tar.chunks()), deadline, timeout)
         return plan.files
 
     async def _tarsync(
-        self, args: list[str], stdin: tuple[bytes | IO[bytes], ...], deadline: float, budget: float
+        self,
+        args: list[str],
+        stdin: tuple[bytes | Iterator[bytes], ...],
+        deadline: float,
+        budget: float,
     ) -> str:
         left = deadline - time.monotonic()
         if left <= 0:

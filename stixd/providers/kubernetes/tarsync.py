@@ -14,13 +14,15 @@ import json
 import os
 import stat
 import tarfile
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from stixd.providers.shared.syncfilter import SyncFilter
 
-SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a bigger tar goes to a temporary file
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE  # what a tar is padded to, as tarfile and GNU tar write it
+CHUNK = 256 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,30 +135,56 @@ def _member(rel: str, local: Path) -> tuple[tarfile.TarInfo, os.stat_result]:
     return info, st
 
 
-def build_tar(plan: Plan) -> tuple[IO[bytes], int, dict[str, int]]:
-    """The tar of what the plan sends (a spooled file at its start), its byte count, and the
-    mtime in ns each sent file or link should get."""
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 (returned)
-    times: dict[str, int] = {}
+class TarStream:
+    """The tar of what a plan sends, made as it is sent: its exact byte count is known before
+    the first byte (every header is made from one ``lstat`` up front), so the pod is told how
+    much to read and building overlaps sending and unpacking, as ``tar c | tar x`` does.
+
+    A file that changes size between the ``lstat`` and its read is sent cut or padded with
+    NULs to the announced size, with its old mtime: the next sync sees it differ and sends it
+    again. The count never changes once announced."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.members: list[tuple[bytes, Path | None, int]] = []
+        """(header, the file to read or None, its size in the header)."""
+        self.times: dict[str, int] = {}
+        for rel, local in plan.send:
+            info, st = _member(rel, local)
+            if not info.isdir():
+                self.times[rel] = st.st_mtime_ns
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            self.members.append((header, local if info.isfile() else None, info.size))
+        body = sum(len(header) + _padded(size) for header, _, size in self.members)
+        self.size = _padded(body + 2 * BLOCK, RECORD)
+
+    def chunks(self, at_least: int = CHUNK) -> Iterator[bytes]:
+        """The tar in pieces of about ``at_least`` bytes (many small files to a piece)."""
+        piece = bytearray()
+        sent = 0
+        for header, local, size in self.members:
+            piece += header
+            if local is not None:
+                piece += _read_exactly(local, size)
+                piece += bytes(_padded(size) - size)
+            if len(piece) >= at_least:
+                sent += len(piece)
+                yield bytes(piece)
+                piece.clear()
+        piece += bytes(self.size - sent - len(piece))
+        yield bytes(piece)
+
+
+def _padded(size: int, unit: int = BLOCK) -> int:
+    return -(-size // unit) * unit
+
+
+def _read_exactly(local: Path, size: int) -> bytes:
     try:
-        with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for rel, local in plan.send:
-                info, st = _member(rel, local)
-                if info.isdir():
-                    tar.addfile(info)
-                    continue
-                times[rel] = st.st_mtime_ns
-                if info.issym():
-                    tar.addfile(info)
-                    continue
-                with local.open("rb") as data:
-                    tar.addfile(info, data)
-        size = spool.tell()
-        spool.seek(0)
-    except BaseException:
-        spool.close()
-        raise
-    return spool, size, times
+        with local.open("rb") as data:
+            got = data.read(size)
+    except OSError:
+        got = b""
+    return got + bytes(size - len(got))
 
 
 def apply_header(plan: Plan, size: int, times: dict[str, int]) -> bytes:

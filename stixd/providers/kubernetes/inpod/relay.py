@@ -33,8 +33,9 @@ def emit(stream: int, kind: int, payload: bytes = b"") -> None:
         _out.flush()
 
 
-def pump(stream: int, sock: socket.socket) -> None:
-    """The socket's bytes to the daemon, then CLOSE (with the error, if reading failed)."""
+def pump(stream: int, sock: socket.socket, sockets: dict[int, socket.socket]) -> None:
+    """The socket's bytes to the daemon, then CLOSE (with the error, if reading failed); the
+    stream is forgotten here too, as the daemon sends no CLOSE for a stream the relay ended."""
     why = b""
     try:
         while True:
@@ -45,6 +46,7 @@ def pump(stream: int, sock: socket.socket) -> None:
     except OSError as exc:
         why = str(exc).encode()
     finally:
+        sockets.pop(stream, None)
         sock.close()
     emit(stream, CLOSE, why)
 
@@ -74,7 +76,7 @@ def serve() -> None:
                 emit(stream, CLOSE, str(exc).encode())
                 continue
             sockets[stream] = sock
-            threading.Thread(target=pump, args=(stream, sock), daemon=True).start()
+            threading.Thread(target=pump, args=(stream, sock, sockets), daemon=True).start()
             continue
         conn = sockets.get(stream)
         if conn is None:
@@ -85,7 +87,7 @@ def serve() -> None:
             elif kind == EOF:
                 conn.shutdown(socket.SHUT_WR)
             elif kind == CLOSE:
-                del sockets[stream]
+                sockets.pop(stream, None)
                 conn.shutdown(socket.SHUT_RDWR)  # wakes the pump, which closes it
         except OSError:
             sockets.pop(stream, None)  # the pump sees it too and says CLOSE
