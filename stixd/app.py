@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,10 +162,14 @@ class App:
         self.blocks = [(b, until) for b, until in self.blocks if until > now]
         return [b for b, _ in self.blocks]
 
-    async def refresh_catalogs(self) -> None:
+    async def refresh_catalogs(self, only: Collection[str | None] | None = None) -> None:
         """Bring the catalogs providers write from live state (Kubernetes' nodes) up to date
-        before a plan; each is bounded, and one that fails leaves its catalog as it was."""
+        before a plan; each is bounded, and one that fails leaves its catalog as it was.
+        ``only``: the infras a task names (None among them: it names none, so any may be
+        chosen), so a launch on one cloud never waits on another's API servers."""
         for name, provider in self.providers.items():
+            if only is not None and None not in only and name not in only:
+                continue
             if isinstance(provider, RefreshesCatalog):
                 try:
                     await provider.refresh_catalog()

@@ -4,10 +4,12 @@ the credentials, and a context the kubeconfig does not have."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 
@@ -15,7 +17,10 @@ from stixd.providers.kubernetes.api import path
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.planning import KubePlanning
+from tests.conftest import Stix
+from tests.kube_fake.nodes import node
 from tests.kube_fake.process import FakeProcess
+from tests.kube_fake.server import serve, write_kubeconfig
 
 pytestmark = pytest.mark.anyio
 
@@ -105,23 +110,63 @@ async def test_show_gpus_counts_the_gpus_pods_hold_as_not_free(
         {"context": "kube-a", "node": "gpu-1", "accelerator": "A100", "total": 2, "free": 2}
     ]
     assert "kube-down: cannot be read (unreachable" in text
-    holder = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "holds-a-gpu"},
-        "spec": {
-            "containers": [
-                {"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
-            ]
-        },
-    }
     api = await planning.api("kube-a")
-    await api.call("POST", path("namespaces", "default", "pods"), body=holder)
+    pods = path("namespaces", "default", "pods")
+    await api.call("POST", pods, body=gpu_pod("holds-a-gpu", ["sleep", "300"]))
+    await api.call("POST", pods, body=gpu_pod("held-a-gpu", ["true"]))
     try:
+        deadline = time.monotonic() + 20
+        while (await api.call("GET", f"{pods}/held-a-gpu"))["status"]["phase"] != "Succeeded":
+            assert time.monotonic() < deadline, "the finished pod never Succeeded"
+            await anyio.sleep(0.05)
         text, rows = await planning.show_gpus("a100", None, "kube-a")
         assert [(r["node"], r["total"], r["free"]) for r in rows] == [("gpu-1", 2, 1)]
         assert text.splitlines()[0] == "Kubernetes context kube-a: A100 1 of 2 free"
         _, none = await planning.show_gpus("H100", None, "kube-a")
         assert none == []
     finally:
-        await api.call("DELETE", path("namespaces", "default", "pods", "holds-a-gpu"))
+        for name in ("holds-a-gpu", "held-a-gpu"):
+            await api.call("DELETE", f"{pods}/{name}")
+
+
+def gpu_pod(name: str, command: list[str]) -> dict[str, Any]:
+    """A pod asking one GPU; one whose command ends has finished with it."""
+    container = {"name": "c", "image": "x", "command": command}
+    container["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": [container]},
+    }
+
+
+def test_without_a_kubeconfig_check_and_launch_say_how_to_set_one_up(stix: Stix) -> None:
+    stix.env["KUBECONFIG"] = str(stix.home / "no-such-kubeconfig")
+    [row] = stix.json("check", "k8s")
+    assert row["enabled"] is False and "no context in the kubeconfig" in row["reason"]
+    refused = stix.run("launch", "-c", "k", "-y", "--infra", "k8s", "true")
+    assert refused.returncode != 0
+    assert "'kubernetes' is not available: no context in the kubeconfig" in refused.stderr
+    assert not (stix.home / "kubernetes" / "catalog" / "v8" / "kubernetes" / "vms.csv").exists()
+    shown = stix.run("show-gpus", "--infra", "k8s", check=True).stdout
+    assert shown.startswith("no context in the kubeconfig")
+
+
+async def test_check_says_a_context_without_gpu_nodes_lacks_them(tmp_path: Path) -> None:
+    served = await serve(tmp_path / "state", nodes=[node("cpu-only", cpu="8", memory="32Gi")])
+    try:
+        write_kubeconfig(tmp_path / "kubeconfig", served.url, "kube-cpu")
+        kubeconfig = read_kubeconfig({"KUBECONFIG": str(tmp_path / "kubeconfig")})
+        clients = Clients(kubeconfig, tmp_path / "certs")
+        try:
+            result = await KubePlanning(clients, KubernetesConfig(), tmp_path).check()
+        finally:
+            await clients.aclose()
+    finally:
+        await served.close()
+    assert result.enabled
+    assert result.details == (
+        "kube-cpu: reachable, namespace default, 1 node(s); lacks: GPU nodes (none with a GPU "
+        "label and nvidia.com/gpu or amd.com/gpu)",
+    )

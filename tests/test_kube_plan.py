@@ -4,6 +4,8 @@ the order of `allowed_contexts`, $0, with what each pod asks in the placement.""
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from stixd.providers.kubernetes.seams import PodRequest
 from stixproto.errors import InvalidTask
 from stixproto.task import Task
 from stixproto.task.load import task_from_dict
+from tests.conftest import Stix
 from tests.kube_fake.process import FakeProcess
 
 INFRAS = Infras.of([META], ["kubernetes"])
@@ -156,7 +159,7 @@ def test_a_named_context_that_is_not_planned_on_is_one_line_naming_those_that_ar
         spec(catalog, "resources: {infra: k8s/nope}\nrun: x")
     message = str(refused.value)
     assert "\n" not in message
-    assert "context nope" in message and "kube-a, kube-b" in message
+    assert "no usable context nope" in message and "kube-a, kube-b" in message
 
 
 def test_dryrun_shows_a_row_per_context_at_no_cost_in_failover_order(
@@ -213,3 +216,88 @@ def test_a_context_that_cannot_be_read_is_left_out_and_says_why(
     nobody = node_catalog(fakes, tmp_path / "none", ("kube-gone",))
     refresh_once(nobody)
     assert (nobody.problem() or "").startswith("no Kubernetes context can be used (kube-gone: ")
+
+
+def test_dryrun_check_and_show_gpus_know_kubernetes_through_the_daemon(
+    fakes: dict[str, FakeProcess], stix: Stix
+) -> None:
+    stix.env["KUBECONFIG"] = ":".join(str(f.kubeconfig) for f in fakes.values())
+    config = {"kubernetes": {"allowed_contexts": ["kube-b", "kube-a"]}}
+    (stix.home / "config.yaml").write_text(yaml.safe_dump(config))
+    task_file = stix.home / "task.yaml"
+    task_file.write_text("resources:\n  infra: k8s\n  accelerators: H100:1\nrun: nvidia-smi\n")
+    shown = stix.run("launch", "--dryrun", "--all-clouds", str(task_file), check=True).stdout
+    [row] = [line.split() for line in shown.splitlines() if line.startswith(" Kubernetes")]
+    assert row[1:] == ["4CPU--16GB--H100:1", "4", "16", "H100:1", "kube-b", "0.00", "\u2714"]
+    unknown = stix.run("launch", "-c", "x", "-y", "--infra", "k8s/nope", "echo hi")
+    assert unknown.returncode != 0
+    [said] = [line for line in unknown.stderr.splitlines() if "no usable context nope" in line]
+    assert "kube-a, kube-b" in said
+    checked = stix.run("check", "k8s", check=True).stdout
+    assert "  kube-b: reachable, namespace default, 5 node(s), GPUs A100 x2, H100 x4" in checked
+    assert re.search(
+        r"\n  kube-a: reachable, namespace default, \d node\(s\), GPUs A100 x2\n", checked
+    )
+    gpus = stix.json("show-gpus", "--infra", "k8s/kube-b")
+    assert {(r["node"], r["accelerator"], r["total"], r["free"]) for r in gpus} == {
+        ("gpu-1", "A100", 2, 2),
+        ("h100-1", "H100", 4, 4),
+    }
+
+
+def test_a_launch_the_first_context_cannot_schedule_fails_over_to_the_next_in_order(
+    fakes: dict[str, FakeProcess], stix: Stix
+) -> None:
+    """kube-a has the A100 node but its GPUs are taken: the planner picks it by capacity, the
+    scheduler cannot place the pod, and the launch goes on to kube-b within seconds."""
+    stix.env["KUBECONFIG"] = ":".join(str(f.kubeconfig) for f in fakes.values())
+    config = {"kubernetes": {"allowed_contexts": ["kube-a", "kube-b"]}}
+    (stix.home / "config.yaml").write_text(yaml.safe_dump(config))
+    holder = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "takes-the-a100s"},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "2"}}}
+            ]
+        },
+    }
+    kube_a = fakes["kube-a"]
+    kube_a.kubectl("apply", "-f", "-", input=yaml.safe_dump(holder))
+    try:
+        started = time.monotonic()
+        launched = stix.run(
+            "launch", "-c", "fo", "-y", "--infra", "k8s", "--gpus", "A100:2", "echo on $HOSTNAME"
+        )
+        took = time.monotonic() - started
+        assert launched.returncode == 0, launched.stderr
+        assert "Insufficient nvidia.com/gpu" in launched.stderr  # the scheduler's own words
+        assert "trying 1x kubernetes/kube-b 8CPU--32GB--A100:2 next" in launched.stderr
+        assert stix.clusters()["fo"]["resources"] == "1x kubernetes/kube-b 8CPU--32GB--A100:2"
+        assert took < 30
+        assert kube_a.kubectl_json("get", "pods", "-l", "stix-cluster=fo")["items"] == []
+    finally:
+        stix.run("down", "-y", "fo")
+        kube_a.kubectl("delete", "pod", "takes-the-a100s", "--grace-period=0")
+
+
+def test_an_instance_type_names_a_pod_size_as_skypilot_writes_it(
+    fakes: dict[str, FakeProcess], tmp_path: Path
+) -> None:
+    catalog = refreshed(fakes, tmp_path, ("kube-a", "kube-b"))
+    typed = spec(catalog, "resources: {infra: k8s, instance_type: 6CPU--24GB--a100:2}\nrun: x")
+    placement = typed["placement"]
+    assert isinstance(placement, dict) and placement["instance_type"] == "6CPU--24GB--A100:2"
+    assert placement["request"] == {
+        "cpus": 6.0,
+        "memory_gb": 24.0,
+        "accelerator": "A100",
+        "accelerator_count": 2,
+    }
+    cpu = spec(catalog, "resources: {infra: kubernetes/kube-b, instance_type: 0.5CPU--1GB}\nrun: x")
+    assert cpu["resources"] == "1x kubernetes/kube-b 0.5CPU--1GB"
+    with pytest.raises(InvalidTask, match=r"instance type m5\.large is no kubernetes size"):
+        spec(catalog, "resources: {infra: k8s, instance_type: m5.large}\nrun: x")
+    with pytest.raises(InvalidTask, match="vCPUs"):  # no node has 512 CPUs
+        spec(catalog, "resources: {infra: k8s, instance_type: 512CPU--64GB}\nrun: x")

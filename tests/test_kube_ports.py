@@ -27,6 +27,7 @@ from stixd.providers.kubernetes.ports import (
     preflight,
     service_name,
 )
+from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
 
 pytestmark = pytest.mark.anyio
@@ -179,3 +180,47 @@ def test_service_names_are_dns_labels_even_for_names_that_are_not() -> None:
         assert len(name) <= 63 and name[0].isalpha() and name.endswith("-ports")
         assert name == name.lower() and all(c.isalnum() or c == "-" for c in name)
     assert service_name("a" * 80) != service_name("a" * 79)
+
+
+def launch_env(stix: Stix, fake: FakeProcess, mode: PortMode) -> None:
+    stix.env["KUBECONFIG"] = str(fake.kubeconfig)
+    (stix.home / "config.yaml").write_text(f"kubernetes:\n  ports: {mode}\n")
+
+
+def test_a_launch_with_ports_a_context_cannot_expose_is_refused_before_any_pod(
+    blind: FakeProcess, stix: Stix
+) -> None:
+    launch_env(stix, blind, "loadbalancer")
+    started = time.monotonic()
+    refused = stix.run("launch", "-c", "lb", "-y", "--infra", "k8s", "--ports", "8088", "true")
+    assert refused.returncode != 0
+    [said] = [line for line in refused.stderr.splitlines() if "LoadBalancer" in line]
+    assert "kubernetes.ports to nodeport or podip" in said
+    assert time.monotonic() - started < 30
+    assert blind.kubectl_json("get", "pods")["items"] == []
+    assert blind.kubectl_json("get", "services")["items"] == []
+
+
+def test_a_launch_exposes_its_ports_as_a_nodeport_and_down_removes_the_service(
+    fake: FakeProcess, stix: Stix
+) -> None:
+    launch_env(stix, fake, "nodeport")
+    port = free_port()
+    server = f"python3 -m http.server {port} --bind 127.0.0.1"
+    args = ("launch", "-c", "np", "-y", "-d", "--infra", "k8s", "--ports", str(port), server)
+    stix.run(*args, check=True)
+    [service] = fake.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=np")["items"]
+    assert service["spec"]["type"] == "NodePort"
+    node_port = service["spec"]["ports"][0]["nodePort"]
+    wait_until(lambda: answers(f"127.0.0.1:{node_port}"))
+    stix.run("down", "-y", "np", check=True)
+    assert fake.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=np")["items"] == []
+
+
+def test_a_load_balancer_a_controller_took_on_counts_before_its_slow_address() -> None:
+    from stixd.providers.kubernetes.ports import _handled
+
+    finalizer = {"finalizers": ["service.kubernetes.io/load-balancer-cleanup"]}
+    assert _handled({"metadata": finalizer, "status": {"loadBalancer": {}}})
+    assert _handled({"metadata": {}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}})
+    assert not _handled({"metadata": {}, "status": {"loadBalancer": {}}})

@@ -136,7 +136,7 @@ def launch_spec_data(
 
 
 async def first_choice(cluster: ClusterActor, req: m.Launch, provider: str) -> dict[str, Any]:
-    await cluster.app.refresh_catalogs()
+    await cluster.app.refresh_catalogs(only=[provider])
     catalog = cluster.app.planner_index()
     blocks = cluster.app.remembered_blocks()
     plan = functools.partial(

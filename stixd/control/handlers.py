@@ -49,9 +49,12 @@ from stixproto.errors import (
     ClusterNotFound,
     InvalidConfig,
     InvalidRequest,
+    TaskFieldError,
 )
 from stixproto.names import command
 from stixproto.states import ClusterStatus
+from stixproto.task import resources as task_resources
+from stixproto.task.parsing import parse_cloud
 
 Emit = Callable[[Any], Awaitable[None]]
 REFRESH_AT_ONCE = 32
@@ -84,7 +87,9 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
         app.config_for([(layer.source, layer.values) for layer in req.config])
     except ConfigError as exc:
         raise InvalidConfig(str(exc)) from None
-    await app.refresh_catalogs()  # a context that cannot be used is then refused by name
+    alternatives = task_resources.candidates(req.task.resources_or_default())
+    named = [task_resources.placement(c).cloud for c in alternatives]
+    await app.refresh_catalogs(only=named)  # a context that cannot be used is refused by name
     _check_task(app, req.task)
     await _check_cloud_plan(app, req.task, emit)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"
@@ -411,6 +416,14 @@ def _cost_row(row: Row, now: float) -> m.CostRow:
     )
 
 
+def _infra_name(text: str) -> str:
+    """An infra as a task names it (``k8s`` is ``kubernetes``); as given when it is none."""
+    try:
+        return parse_cloud(text, "check")
+    except TaskFieldError:
+        return text.strip().lower()
+
+
 async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
     allowed = app.config.allowed_clouds
     out = []
@@ -425,7 +438,7 @@ async def check(app: App, req: m.Check, emit: Emit) -> m.CheckReply:
             continue
         out.append(m.InfraCheck(infra=name, enabled=False, reason=m.NOT_SUPPORTED))
     if req.infras:
-        wanted = {i.lower() for i in req.infras}
+        wanted = {_infra_name(i) for i in req.infras}
         unknown = wanted - {c.infra for c in out}
         if unknown:
             raise InvalidRequest(

@@ -255,11 +255,11 @@ def _filter_location(
         if not any(reg.lower() == region for reg in offers.zones):
             known = ", ".join(offers.zones)
             noun = offers.meta.region_noun
-            return Elimination(
-                Stage.LOCATION,
-                cloud,
-                f"{noun} {r.region} is not in the {cloud} catalog ({noun}s: {known})",
-            )
+            text = f"region {r.region} is not in the {cloud} catalog (regions: {known})"
+            if noun != "region":  # contexts: the ones stix could list the nodes of
+                usable = f"({noun}s: {known}; see `stixctl check`)"
+                text = f"{cloud} has no usable {noun} {r.region} {usable}"
+            return Elimination(Stage.LOCATION, cloud, text)
         kept = [o for o in rows if o.region.lower() == region]
         if not kept:
             where = ", ".join(sorted({o.region for o in rows}))
@@ -363,6 +363,32 @@ def _build(rows: list[Offer], want: Want, offers: CloudOffers) -> list[Launchabl
     return out
 
 
+def _as_sized(want: Want, offers: CloudOffers) -> Want | Elimination:
+    """A made-to-measure infra reads an instance type as the size it names: the want of those
+    cpus, memory and accelerator (its catalog has no types, only the nodes that exist)."""
+    r, read, cloud = want.request, offers.meta.sized_type, offers.cloud
+    if r.instance_type is None or read is None:
+        return want
+    parsed = read(r.instance_type)
+    if parsed is None:
+        return Elimination(
+            Stage.INSTANCE_TYPE,
+            cloud,
+            f"instance type {r.instance_type} is no {cloud} size (such as 4CPU--16GB or "
+            "8CPU--32GB--A100:1)",
+            subject=r.instance_type,
+        )
+    cpus, memory, name, count = parsed
+    acc = None
+    if name is not None:  # as the nodes' labels name it, whatever the case it is written in
+        known = next((a for a in offers.by_accelerator if a.lower() == name.lower()), name)
+        acc = Accelerator(known, float(count))
+    request = msgspec.structs.replace(
+        r, instance_type=None, cpus=Amount(cpus), memory_gib=Amount(memory), accelerators=()
+    )
+    return msgspec.structs.replace(want, request=request, accelerator=acc)
+
+
 def _size(want: Want, offers: CloudOffers) -> NodeSize | None:
     sizer, r, acc = offers.meta.sized_nodes, want.request, want.accelerator
     if sizer is None:
@@ -412,6 +438,10 @@ def launchables(
     if missing:
         names = ", ".join(FEATURE_NAMES[f] for f in missing)
         return Elimination(Stage.FEATURE, cloud, f"{cloud} does not support {names}")
+    sized = _as_sized(want, offers)
+    if isinstance(sized, Elimination):
+        return sized
+    want = sized
     rows = _select(want, offers)
     if isinstance(rows, Elimination):
         return rows

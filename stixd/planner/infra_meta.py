@@ -112,6 +112,9 @@ class InfraMeta:
     """Nodes made to the task's measure (Kubernetes pods): its catalog rows are capacities (a
     node fits where it asks no more), each region yields one choice of the size this returns,
     and regions are tried in the catalog's order."""
+    sized_type: Callable[[str], tuple[float, float, str | None, int] | None] | None = None
+    """Made-to-measure nodes: an ``instance_type`` as (cpus, GiB, accelerator, count), None
+    for a name that is no size of this infra (Kubernetes: ``4CPU--16GB--A100:1``)."""
     region_noun: str = "region"
     """What its regions are called in messages (Kubernetes: contexts)."""
 

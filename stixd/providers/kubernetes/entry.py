@@ -1,6 +1,7 @@
-"""The ``kubernetes`` registry entry: built when a kubeconfig names a context and its config
-section leaves it on (``enabled: false`` leaves it out). Reading the kubeconfig is YAML only;
-``kubernetes_asyncio`` is imported when a context is first used."""
+"""The ``kubernetes`` registry entry: built unless its config section leaves it off
+(``enabled: false``); without a context in the kubeconfig it is built all the same, so
+``check`` says how to set one up. Reading the kubeconfig is YAML only; ``kubernetes_asyncio`` is
+imported when a context is first used."""
 
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ def build(ctx: BuildContext) -> Built | None:
         kubeconfig = read_kubeconfig()
     except KubeconfigError as exc:
         ctx.log.warning("kubeconfig_unreadable", error=exc.message)
-        return None
-    if not kubeconfig.contexts:
         return None
     clients = Clients(kubeconfig, ctx.home / "kubernetes" / "certs")
     provider = KubernetesProvider(

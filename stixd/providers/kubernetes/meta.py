@@ -4,7 +4,7 @@ cluster nodes that exist (the catalog `node_catalog` writes from them). No spot 
 are container images only; there is no disk tier to choose."""
 
 from stixd.planner.infra_meta import InfraMeta, Role
-from stixd.providers.kubernetes.sizes import pod_size
+from stixd.providers.kubernetes.sizes import parse_instance_type, pod_size
 
 META = InfraMeta(
     name="kubernetes",
@@ -12,5 +12,6 @@ META = InfraMeta(
     role=Role.CLOUD,
     unsupported=frozenset({"spot", "image_id", "disk_tier"}),
     sized_nodes=pod_size,
+    sized_type=parse_instance_type,
     region_noun="context",
 )

@@ -53,10 +53,13 @@ def catalog_file(root: Path) -> Path:
 def planned_contexts(
     config: KubernetesConfig, known: Sequence[str], current: str | None
 ) -> list[str]:
-    """The contexts launches may use, in the order they are tried."""
+    """The contexts launches may use, in the order they are tried: the allowed ones (those
+    the kubeconfig lacks too, so `check` can say so), else the current context (or the first,
+    as the provider launches on it)."""
     if config.allowed_contexts is not None:
         return list(dict.fromkeys(config.allowed_contexts))
-    return [current] if current else []
+    first = current or (known[0] if known else None)
+    return [first] if first else []
 
 
 def context_problem(context: str, known: Sequence[str]) -> str | None:
@@ -84,7 +87,12 @@ def catalog_csv(listed: Iterable[tuple[str, Sequence[Node]]]) -> str:
 
 
 def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` at ``path`` atomically unless it already holds it; True when written."""
+    """Write ``text`` at ``path`` atomically unless it already holds it; True when written.
+    A catalog without rows is no file at all (no context is planned on, and none is listed)."""
+    if text.count("\n") <= 1:
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        return existed
     try:
         if path.read_text(encoding="utf-8") == text:
             return False
@@ -165,7 +173,7 @@ class NodeCatalog:
         """Why no context can be planned on, once a refresh found none; None otherwise."""
         contexts = self.contexts()
         if not contexts:
-            return "no current context in the kubeconfig and no kubernetes.allowed_contexts"
+            return "no context in the kubeconfig (set KUBECONFIG or write ~/.kube/config)"
         if self.listed_at is None or any(c not in self.problems for c in contexts):
             return None
         why = "; ".join(f"{c}: {self.problems[c]}" for c in contexts)

@@ -58,9 +58,7 @@ class KubePlanning:
     async def check(self) -> CheckResult:
         contexts = self.contexts()
         if not contexts:
-            return CheckResult(
-                False, "no current context in the kubeconfig and no allowed_contexts"
-            )
+            return CheckResult(False, self.planning_problem() or "no Kubernetes context")
         apis = await self._apis(contexts)
         entries = [(c, self.namespace(c), api) for c, api in apis]
         checks = await check_contexts(entries, self.config.ports)
@@ -76,6 +74,8 @@ class KubePlanning:
     ) -> tuple[str, list[dict[str, object]]]:
         """(the text ``show-gpus --infra k8s[/CONTEXT]`` prints, its rows as data)."""
         contexts = [context] if context else self.contexts()
+        if not contexts:
+            return self.planning_problem() or "no Kubernetes context", []
         apis = await self._apis(contexts)
         rows, problems = await gpu_rows(apis, name, count)
         data: list[dict[str, object]] = [

@@ -18,6 +18,7 @@ instead of a service that silently never gets one.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +42,7 @@ _POLL_S = 0.2
 _SUFFIX = "-ports"
 _PROBE = "stix-ports-probe"
 _KIND: Mapping[str, str] = {"loadbalancer": "LoadBalancer", "nodeport": "NodePort"}
+_LB_FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
 
 
 class PortsUnavailable(ProvisionError):
@@ -145,12 +147,24 @@ def _ingress(service: Mapping[str, Any]) -> str | None:
     return None
 
 
-async def _address_within(api: KubeApi, namespace: str, name: str, wait_s: float) -> str | None:
-    """The LoadBalancer address of service ``name``, polled until ``wait_s`` has passed."""
+def _handled(service: Mapping[str, Any]) -> bool:
+    """Whether a load balancer controller took the service on: it has an address, or the
+    cloud controller's cleanup finalizer (added at once, the address may take a minute)."""
+    finalizers = (service.get("metadata") or {}).get("finalizers") or []
+    return _ingress(service) is not None or _LB_FINALIZER in finalizers
+
+
+async def _address_within(
+    api: KubeApi, namespace: str, name: str, wait_s: float, *, handled: bool = False
+) -> str | None:
+    """The LoadBalancer address of service ``name``, polled until ``wait_s`` has passed;
+    ``handled``: stop as soon as a controller took the service on (``"pending"`` then)."""
     deadline = time.monotonic() + wait_s
     while True:
         service = await _get(api, namespace, name)
         address = _ingress(service) if service is not None else None
+        if handled and service is not None and address is None and _handled(service):
+            return "pending"
         if address is not None or time.monotonic() >= deadline:
             return address
         await anyio.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
@@ -209,29 +223,30 @@ async def preflight(
     wait_s: float = ADDRESS_WAIT_S,
 ) -> None:
     """Refuse, with `PortsUnavailable`, ports the context cannot expose in ``mode``: in
-    ``loadbalancer`` mode a probe service (selecting nothing) must get an address within
-    ``wait_s``; it is deleted either way. NodePort and pod IPs need nothing of the cluster."""
+    ``loadbalancer`` mode a load balancer controller must take a probe service (selecting
+    nothing) on within ``wait_s`` (give it an address, or the cloud controller's cleanup
+    finalizer, which comes before a slow cloud's address); the probe is deleted either way.
+    NodePort and pod IPs need nothing of the cluster."""
     if mode != "loadbalancer":
         return
+    # a name of its own: probes at once (two launches, two daemons on one namespace) never
+    # delete each other's; the label lets the leak scan find one a crash left behind
+    probe = f"{_PROBE}-{secrets.token_hex(4)}"
     body = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": _PROBE, "labels": {**(labels or {}), LABEL_CLUSTER: _PROBE}},
+        "metadata": {"name": probe, "labels": {**(labels or {}), LABEL_CLUSTER: _PROBE}},
         "spec": {
             "type": "LoadBalancer",
             "selector": {LABEL_CLUSTER: _PROBE},
             "ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}],
         },
     }
+    await api.call("POST", path("namespaces", namespace, "services"), body=body)
     try:
-        await api.call("POST", path("namespaces", namespace, "services"), body=body)
-    except KubeApiError as exc:
-        if exc.status != 409:  # left by a probe that was cut short: look at it all the same
-            raise
-    try:
-        address = await _address_within(api, namespace, _PROBE, wait_s)
+        address = await _address_within(api, namespace, probe, wait_s, handled=True)
     finally:
         with anyio.CancelScope(shield=True):
-            await delete_service(api, namespace, _PROBE)
+            await delete_service(api, namespace, probe)
     if address is None:
         raise _no_address(api.context, wait_s)

@@ -10,13 +10,16 @@ and a fractional GPU count is rounded up (GPUs are whole devices to Kubernetes).
 from __future__ import annotations
 
 import math
+import re
 
 from stixd.planner.infra_meta import NodeSize
+from stixproto.bounds import MAX_COUNT, MAX_CPUS, MAX_GB
 
 CPUS = 2.0
 CPUS_PER_GPU = 4.0
 GB_PER_CPU = 1.0
 GB_PER_CPU_WITH_GPU = 4.0
+_NAME = re.compile(r"(\d+(?:\.\d+)?)CPU--(\d+(?:\.\d+)?)GB(?:--([\w-]+):(\d+))?")
 
 
 def _number(value: float) -> str:
@@ -43,3 +46,17 @@ def pod_size(
         asked_cpus = cpus if cpus is not None else CPUS
         memory = memory_gb if memory_gb is not None else asked_cpus * GB_PER_CPU
     return NodeSize(asked_cpus, memory, gpus, instance_type(asked_cpus, memory, accelerator, gpus))
+
+
+def parse_instance_type(name: str) -> tuple[float, float, str | None, int] | None:
+    """(cpus, GB, accelerator, count) of a SkyPilot Kubernetes name; None for another name or
+    one past the bounds."""
+    found = _NAME.fullmatch(name.strip()[:128])
+    if found is None:
+        return None
+    cpus, memory = float(found.group(1)), float(found.group(2))
+    count = int(found.group(4) or 0)
+    if not (0 < cpus <= MAX_CPUS and 0 < memory <= MAX_GB and count <= MAX_COUNT):
+        return None
+    accelerator = found.group(3) if count else None
+    return cpus, memory, accelerator, count
