@@ -226,7 +226,7 @@ class KubernetesProvider:
         """The ports preflight: a context that cannot expose ports the configured way is no
         place for this launch (the next context may be)."""
         try:
-            async with self._preflight:  # one probe service per namespace: never two at once
+            async with self._preflight:  # launches at once wait for one verdict, not probe each
                 await self.planning.preflight_ports(context)
         except PortsUnavailable as exc:
             raise CapacityError(
