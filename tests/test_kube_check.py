@@ -131,7 +131,7 @@ async def test_show_gpus_counts_the_gpus_pods_hold_as_not_free(
 
 def gpu_pod(name: str, command: list[str]) -> dict[str, Any]:
     """A pod asking one GPU; one whose command ends has finished with it."""
-    container = {"name": "c", "image": "x", "command": command}
+    container: dict[str, Any] = {"name": "c", "image": "x", "command": command}
     container["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
     return {
         "apiVersion": "v1",

@@ -8,7 +8,7 @@ context when some node there is at least its size, and contexts are tried in the
 which is ``allowed_contexts``' order. A context that cannot be read gets no rows (the reason is
 kept for ``check``), so it is never planned on.
 
-`NodeCatalog.refresh` lists the nodes again when the file is older than ``max_age`` and
+`NodeCatalog.refresh` lists the nodes again when its last listing is older than ``max_age`` and
 rewrites it only when it changed; the planner's catalog re-reads a file whose size or
 modification time changed.
 """
