@@ -118,11 +118,13 @@ def test_an_unschedulable_pod_fails_over_to_the_next_context_within_seconds_sayi
         k8s.run("down", "-y", "fo", timeout=60)
 
 
-def test_autostop_on_kubernetes_takes_the_cluster_down(
+def test_a_pod_runs_the_tasks_image_and_autostop_takes_the_cluster_down(
     k8s: Stix, fakes: dict[str, FakeProcess]
 ) -> None:
-    k8s.run("launch", "-y", "-c", "idle", "--infra", "k8s/kube-b", "echo hi", check=True,
-            timeout=120)  # fmt: skip
+    k8s.run("launch", "-y", "-c", "idle", "--infra", "k8s/kube-b", "--image-id",
+            "docker:team/trainer:3", "echo hi", check=True, timeout=120)  # fmt: skip
+    [pod] = [o for o in objects(fakes["kube-b"], "idle") if o["kind"] == "Pod"]
+    assert pod["spec"]["containers"][0]["image"] == "team/trainer:3"  # image_id: docker:...
     said = k8s.run("autostop", "-y", "-i", "0", "idle", check=True)
     assert "torn down" in said.stdout + said.stderr, said
     wait_until(lambda: "idle" not in k8s.clusters(), timeout=60)
