@@ -25,6 +25,7 @@ from stixd.providers.kubernetes.api import ATTEMPTS, KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.deferred import DeferredShell
+from stixd.providers.kubernetes.pods import well_formed
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
 from stixd.providers.kubernetes.provider import KubernetesProvider
 from stixd.providers.kubernetes.seams import PodRef, PodShell
@@ -503,3 +504,21 @@ async def test_a_cluster_of_pods_runs_a_command_through_each_pods_agent(
         await provider.terminate(cluster)
         await provider.aclose()
     assert everything_of(kube, cluster) == []
+
+
+def test_list_answers_are_read_as_hostile() -> None:
+    answer: dict[str, Any] = {
+        "items": [
+            {"metadata": {"name": "ok"}, "status": {"phase": "Running"}},
+            {"metadata": {"name": "bare"}},  # no status: one is given
+            {"metadata": {"name": 3}},
+            {"metadata": "x"},
+            "not an object",
+            {},
+        ]
+    }
+    assert [(i["metadata"]["name"], i["status"]) for i in well_formed(answer)] == [
+        ("ok", {"phase": "Running"}),
+        ("bare", {}),
+    ]
+    assert well_formed({"items": "many"}) == [] and well_formed({}) == []

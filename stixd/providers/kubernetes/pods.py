@@ -74,13 +74,27 @@ async def create(api: KubeApi, namespace: str, pod: Pod) -> Pod:
     return await api.call("GET", path("namespaces", namespace, "pods", name))
 
 
+def well_formed(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items of a list answer that have a name, each with a ``status`` map (the API's
+    answers are read as hostile: anything else is left out, never a KeyError later)."""
+    items = answer.get("items")
+    found = []
+    for item in items if isinstance(items, list) else []:
+        meta = item.get("metadata") if isinstance(item, dict) else None
+        if isinstance(meta, dict) and isinstance(meta.get("name"), str):
+            if not isinstance(item.get("status"), dict):
+                item["status"] = {}
+            found.append(item)
+    return found
+
+
 async def list_cluster(api: KubeApi, namespace: str, cluster: str) -> list[Pod]:
     answer = await api.call(
         "GET",
         path("namespaces", namespace, "pods"),
         query={"labelSelector": cluster_selector(cluster)},
     )
-    return [p for p in answer.get("items") or [] if isinstance(p, dict)]
+    return well_formed(answer)
 
 
 async def delete(api: KubeApi, namespace: str, kind: str, name: str) -> None:
@@ -100,7 +114,7 @@ async def delete_cluster(api: KubeApi, namespace: str, cluster: str) -> list[str
     for pod in await list_cluster(api, namespace, cluster):
         await delete(api, namespace, "pods", pod["metadata"]["name"])
         going.append(pod["metadata"]["name"])
-    for service in services.get("items") or []:
+    for service in well_formed(services):
         await delete(api, namespace, "services", service["metadata"]["name"])
     return going
 
