@@ -26,6 +26,8 @@ Pod = dict[str, Any]
 Progress = Callable[[str], None]
 
 POLL_S = 0.25
+EVENTS_EVERY_S = 1.0
+"""How often a waiting launch reads its pods' events for progress (a call per pod)."""
 START_WITHIN_S = 600.0
 """How long a scheduled pod may take to run (its image pulled, its container started)."""
 GONE_WITHIN_S = 60.0
@@ -166,6 +168,7 @@ class Waiter:
     provision_timeout: float
     progress: Progress | None = None
     seen: set[tuple[str, str, str, str]] = dataclasses.field(default_factory=set)
+    told_at: float | None = None
 
     async def running(self, names: Sequence[str]) -> dict[str, Pod]:
         """Every pod of ``names`` Running, by name."""
@@ -219,8 +222,10 @@ class Waiter:
 
     async def _tell(self, names: Sequence[str]) -> None:
         """Each event of the waiting pods not told before, as progress."""
-        if self.progress is None:
+        now = time.monotonic()
+        if self.progress is None or (self.told_at and now - self.told_at < EVENTS_EVERY_S):
             return
+        self.told_at = now
         for name in names:
             try:
                 answer = await self.api.call(
