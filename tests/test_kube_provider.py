@@ -28,6 +28,7 @@ from stixd.providers.kubernetes.deferred import DeferredShell
 from stixd.providers.kubernetes.pods import well_formed
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
 from stixd.providers.kubernetes.provider import KubernetesProvider
+from stixd.providers.kubernetes.records import Where
 from stixd.providers.kubernetes.seams import PodRef, PodShell
 from stixproto.errors import ProvisionError
 from tests.kube_fake.process import FakeProcess
@@ -522,3 +523,18 @@ def test_list_answers_are_read_as_hostile() -> None:
         ("bare", {}),
     ]
     assert well_formed({"items": "many"}) == [] and well_formed({}) == []
+
+
+async def test_down_of_a_cluster_whose_context_was_removed_forgets_it(
+    kube: FakeProcess, tmp_path: Path
+) -> None:
+    """The user dropped the context from the kubeconfig: stix cannot reach its pods any more,
+    and `down` must not fail forever."""
+    provider = open_provider(kube, tmp_path)
+    try:
+        provider.records.place("elsewhere", Where("removed-context", "default", 1))
+        await provider.terminate("elsewhere")
+        assert provider.records.where("elsewhere") is None
+        assert await provider.query("elsewhere") == []
+    finally:
+        await provider.aclose()

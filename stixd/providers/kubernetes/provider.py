@@ -383,6 +383,15 @@ class KubernetesProvider:
         where = self.records.where(cluster)
         if where is None:
             return
+        if where.context not in self.kubeconfig.contexts:  # a context removed by the user
+            self.log.warning(
+                "kubernetes_context_gone",
+                cluster=cluster,
+                context=where.context,
+                note="its pods, if any, are left for the cluster's owner to delete",
+            )
+            self.records.drop(cluster)
+            return
         api = await self.api(where.context)
         going = await pods.delete_cluster(api, where.namespace, cluster)
         await self._forget(
