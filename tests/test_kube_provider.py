@@ -25,8 +25,10 @@ from stixd.providers.kubernetes.api import ATTEMPTS, KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.deferred import DeferredShell
+from stixd.providers.kubernetes.pods import well_formed
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
 from stixd.providers.kubernetes.provider import KubernetesProvider
+from stixd.providers.kubernetes.records import Where
 from stixd.providers.kubernetes.seams import PodRef, PodShell
 from stixproto.errors import ProvisionError
 from tests.kube_fake.process import FakeProcess
@@ -356,6 +358,41 @@ async def test_a_pod_deleted_or_evicted_from_outside_is_a_lost_node(
     assert await gone(kube, "lose") == []
 
 
+async def test_a_relaunch_that_cannot_place_a_lost_nodes_pod_leaves_the_live_ones(
+    kube: FakeProcess, provider: KubernetesProvider
+) -> None:
+    req = request("keep", 2, accelerator="A100", accelerator_count=1)  # gpu-1's two GPUs
+    await provider.make_pods(req)
+    kube.kubectl("delete", "pod", "keep-0", "--wait=true")
+    hog = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu-hog"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "hog",
+                    "image": "x",
+                    "command": ["sleep", "600"],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ]
+        },
+    }
+    kube.kubectl("apply", "-f", "-", input=json.dumps(hog))  # another team takes the GPU
+    try:
+        with pytest.raises(CapacityError, match=r"Insufficient nvidia\.com/gpu"):
+            await provider.make_pods(req)
+        assert [p["metadata"]["name"] for p in pods_of(kube, "keep")] == ["keep-1"]
+        assert provider.records.where("keep") is not None
+    finally:
+        kube.kubectl("delete", "pod", "gpu-hog", "--wait=true")
+    await provider.make_pods(req)  # the GPU is free again: the node comes back
+    assert sorted(p["metadata"]["name"] for p in pods_of(kube, "keep")) == ["keep-0", "keep-1"]
+    await provider.terminate("keep")
+    assert await gone(kube, "keep") == []
+
+
 async def test_down_leaves_nothing_and_a_second_down_is_harmless(
     kube: FakeProcess, provider: KubernetesProvider, tmp_path: Path
 ) -> None:
@@ -468,3 +505,36 @@ async def test_a_cluster_of_pods_runs_a_command_through_each_pods_agent(
         await provider.terminate(cluster)
         await provider.aclose()
     assert everything_of(kube, cluster) == []
+
+
+def test_list_answers_are_read_as_hostile() -> None:
+    answer: dict[str, Any] = {
+        "items": [
+            {"metadata": {"name": "ok"}, "status": {"phase": "Running"}},
+            {"metadata": {"name": "bare"}},  # no status: one is given
+            {"metadata": {"name": 3}},
+            {"metadata": "x"},
+            "not an object",
+            {},
+        ]
+    }
+    assert [(i["metadata"]["name"], i["status"]) for i in well_formed(answer)] == [
+        ("ok", {"phase": "Running"}),
+        ("bare", {}),
+    ]
+    assert well_formed({"items": "many"}) == [] and well_formed({}) == []
+
+
+async def test_down_of_a_cluster_whose_context_was_removed_forgets_it(
+    kube: FakeProcess, tmp_path: Path
+) -> None:
+    """The user dropped the context from the kubeconfig: stix cannot reach its pods any more,
+    and `down` must not fail forever."""
+    provider = open_provider(kube, tmp_path)
+    try:
+        provider.records.place("elsewhere", Where("removed-context", "default", 1))
+        await provider.terminate("elsewhere")
+        assert provider.records.where("elsewhere") is None
+        assert await provider.query("elsewhere") == []
+    finally:
+        await provider.aclose()

@@ -10,8 +10,9 @@
   the launch fails over (SkyPilot's default, 10, without an autoscaler; launches without one
   fail over at once on a ``FailedScheduling`` event).
 - ``autoscaler``: the context's cluster autoscaler kind, if any (SkyPilot's names).
-- ``remote_identity``: the service account pods run as (``SERVICE_ACCOUNT``: stix's default one;
-  ``NO_UPLOAD`` or ``LOCAL_CREDENTIALS``: the namespace's default account), or an account's name.
+- ``remote_identity``: the service account pods run as: an account's name, or one of
+  SkyPilot's modes (``SERVICE_ACCOUNT``, ``NO_UPLOAD``, ``LOCAL_CREDENTIALS``), which leave pods
+  on the namespace's default account (stix makes no account or role of its own).
 - ``ports``: how a task's ports are exposed: ``loadbalancer`` (default), ``nodeport`` or
   ``podip`` (reachable only from inside the cluster's network).
 - ``image``: the pod image when the task names none (must have python3 for the agent).

@@ -26,6 +26,8 @@ Pod = dict[str, Any]
 Progress = Callable[[str], None]
 
 POLL_S = 0.25
+EVENTS_EVERY_S = 1.0
+"""How often a waiting launch reads its pods' events for progress (a call per pod)."""
 START_WITHIN_S = 600.0
 """How long a scheduled pod may take to run (its image pulled, its container started)."""
 GONE_WITHIN_S = 60.0
@@ -74,13 +76,27 @@ async def create(api: KubeApi, namespace: str, pod: Pod) -> Pod:
     return await api.call("GET", path("namespaces", namespace, "pods", name))
 
 
+def well_formed(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items of a list answer that have a name, each with a ``status`` map (the API's
+    answers are read as hostile: anything else is left out, never a KeyError later)."""
+    items = answer.get("items")
+    found = []
+    for item in items if isinstance(items, list) else []:
+        meta = item.get("metadata") if isinstance(item, dict) else None
+        if isinstance(meta, dict) and isinstance(meta.get("name"), str):
+            if not isinstance(item.get("status"), dict):
+                item["status"] = {}
+            found.append(item)
+    return found
+
+
 async def list_cluster(api: KubeApi, namespace: str, cluster: str) -> list[Pod]:
     answer = await api.call(
         "GET",
         path("namespaces", namespace, "pods"),
         query={"labelSelector": cluster_selector(cluster)},
     )
-    return [p for p in answer.get("items") or [] if isinstance(p, dict)]
+    return well_formed(answer)
 
 
 async def delete(api: KubeApi, namespace: str, kind: str, name: str) -> None:
@@ -100,7 +116,7 @@ async def delete_cluster(api: KubeApi, namespace: str, cluster: str) -> list[str
     for pod in await list_cluster(api, namespace, cluster):
         await delete(api, namespace, "pods", pod["metadata"]["name"])
         going.append(pod["metadata"]["name"])
-    for service in services.get("items") or []:
+    for service in well_formed(services):
         await delete(api, namespace, "services", service["metadata"]["name"])
     return going
 
@@ -152,6 +168,7 @@ class Waiter:
     provision_timeout: float
     progress: Progress | None = None
     seen: set[tuple[str, str, str, str]] = dataclasses.field(default_factory=set)
+    told_at: float | None = None
 
     async def running(self, names: Sequence[str]) -> dict[str, Pod]:
         """Every pod of ``names`` Running, by name."""
@@ -205,8 +222,10 @@ class Waiter:
 
     async def _tell(self, names: Sequence[str]) -> None:
         """Each event of the waiting pods not told before, as progress."""
-        if self.progress is None:
+        now = time.monotonic()
+        if self.progress is None or (self.told_at and now - self.told_at < EVENTS_EVERY_S):
             return
+        self.told_at = now
         for name in names:
             try:
                 answer = await self.api.call(

@@ -185,12 +185,7 @@ class KubernetesProvider:
         self.records.place(req.cluster, where)
         api = await self.api(context)
         plan = await self._plan(api, req, where, asked)
-        try:
-            ready = await self._pods_running(api, req, where, asked, plan)
-        except CapacityError:
-            with anyio.CancelScope(shield=True):
-                await self._abandon(api, req.cluster, where)
-            raise
+        ready = await self._pods_running(api, req, where, asked, plan)
         await self._expose(api, where, req.cluster, asked.ports)
         return Made(where, asked, ready)
 
@@ -231,7 +226,7 @@ class KubernetesProvider:
         """The ports preflight: a context that cannot expose ports the configured way is no
         place for this launch (the next context may be)."""
         try:
-            async with self._preflight:  # one probe service per namespace: never two at once
+            async with self._preflight:  # launches at once wait for one verdict, not probe each
                 await self.planning.preflight_ports(context)
         except PortsUnavailable as exc:
             raise CapacityError(
@@ -306,13 +301,26 @@ class KubernetesProvider:
             self.config.provision_timeout,
             req.progress,
         )
-        return await waiter.running(names)
-
-    async def _abandon(self, api: KubeApi, cluster: str, where: Where) -> None:
-        """Leave nothing behind in a context the launch fails over from."""
         try:
-            await pods.delete_cluster(api, where.namespace, cluster)
-            self.records.drop(cluster)
+            return await waiter.running(names)
+        except CapacityError:
+            kept = [n for n in names if n in listed and n not in ended]
+            with anyio.CancelScope(shield=True):
+                await self._abandon(api, req.cluster, where, kept)
+            raise
+
+    async def _abandon(self, api: KubeApi, cluster: str, where: Where, kept: list[str]) -> None:
+        """Delete the pods this launch made and could not place; with none ``kept`` (a first
+        launch), everything of the cluster here: the context it fails over from is left
+        clean, while a relaunch leaves the pods that were already running be."""
+        try:
+            if not kept:
+                await pods.delete_cluster(api, where.namespace, cluster)
+                self.records.drop(cluster)
+                return
+            for pod in await pods.list_cluster(api, where.namespace, cluster):
+                if pod["metadata"]["name"] not in kept:
+                    await pods.delete(api, where.namespace, "pods", pod["metadata"]["name"])
         except ProvisionError as exc:
             self.log.warning("kubernetes_abandon_failed", cluster=cluster, error=exc.message)
 
@@ -374,6 +382,15 @@ class KubernetesProvider:
         """Delete every pod and service of the cluster and wait until the pods are gone."""
         where = self.records.where(cluster)
         if where is None:
+            return
+        if where.context not in self.kubeconfig.contexts:  # a context removed by the user
+            self.log.warning(
+                "kubernetes_context_gone",
+                cluster=cluster,
+                context=where.context,
+                note="its pods, if any, are left for the cluster's owner to delete",
+            )
+            self.records.drop(cluster)
             return
         api = await self.api(where.context)
         going = await pods.delete_cluster(api, where.namespace, cluster)
