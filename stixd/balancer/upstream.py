@@ -174,8 +174,11 @@ class Target:
         port = parts.port or (443 if tls else 80)
         host = parts.hostname or "127.0.0.1"
         shown = f"[{host}]" if ":" in host else host
-        default = port == (443 if tls else 80)
-        return cls(host, port, tls, (shown if default else f"{shown}:{port}").encode("idna"))
+        authority = shown if port == (443 if tls else 80) else f"{shown}:{port}"
+        try:
+            return cls(host, port, tls, authority.encode("idna"))
+        except UnicodeError:  # not a name IDNA takes (a label too long): as it is written
+            return cls(host, port, tls, authority.encode())
 
 
 class Answer:
@@ -307,6 +310,11 @@ class Upstream:
         self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
         self._swept = time.monotonic()
 
+    def _tls(self) -> ssl.SSLContext:
+        if self.tls is None:
+            self.tls = ssl.create_default_context()  # made once: it reads the system's CAs
+        return self.tls
+
     async def request(
         self,
         target: Target,
@@ -382,7 +390,7 @@ class Upstream:
                     _Conn,
                     target.host,
                     target.port,
-                    ssl=(self.tls or ssl.create_default_context()) if target.tls else None,
+                    ssl=self._tls() if target.tls else None,
                 )
         except TimeoutError:
             raise Broken(f"no connection within {self.connect_timeout:g} s") from None
@@ -409,6 +417,8 @@ class Upstream:
 def _parse_head(conn: _Conn, raw: bytes, method: str, timeout: float) -> Answer | None:
     """The answer ``raw`` heads (None for an interim 1xx one)."""
     lines = raw.split(b"\r\n")
+    if raw.count(b"\n") != len(lines) - 1 or b"\r" in raw.replace(b"\r\n", b""):
+        raise Garbled("a bare CR or LF in the answer's head")
     version, _, rest = lines[0].partition(b" ")
     code, _, reason_bytes = rest.partition(b" ")
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
