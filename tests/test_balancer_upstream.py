@@ -29,6 +29,8 @@ ANSWERS = {
     b"/big": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG) + BIG,
     b"/garbage": b"SPEAKING NONSENSE\r\n\r\n",
     b"/short": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+    b"/odd-length": b"HTTP/1.1 200 OK\r\nContent-Length: \xc2\xb2\r\n\r\nok",
+    b"/odd-reason": b"HTTP/1.1 200 \xff\xfe\r\nContent-Length: 2\r\n\r\nok",
 }
 async def on_conn(reader, writer):
     # Keep-alive, but the connection is closed after 0.1 s idle (as uvicorn does after 5 s).
@@ -88,8 +90,11 @@ async def test_an_answer_that_is_not_http_is_a_502_and_one_cut_short_ejects(bed:
     lb = await bed.balancer()
     await lb.set_ready([await bed.replica(1, RAW)])
     async with client() as s:
-        status, text = await get(s, lb.endpoint + "/garbage")
-        assert status == 502 and "unreadable" in text
+        for path in ("/garbage", "/odd-length"):
+            status, text = await get(s, lb.endpoint + path)
+            assert status == 502 and "unreadable" in text
+        async with s.get(lb.endpoint + "/odd-reason") as r:  # the standard phrase instead
+            assert (r.status, r.reason, await r.read()) == (200, "OK", b"ok")
         status, text = await get(s, lb.endpoint + "/short")  # 9 of 100 bytes, then closed
         assert status == 502
     assert (await lb.take_traffic()).suspects == (1,)

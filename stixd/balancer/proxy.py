@@ -215,8 +215,9 @@ class Proxy:
             if length is not None and length <= SMALL_ANSWER and request.method != "HEAD":
                 data = await answer.read()
                 self.pool.succeeded(slot)
+                reason = answer.reason or None
                 return web.Response(
-                    status=answer.status, reason=answer.reason, headers=downstream, body=data
+                    status=answer.status, reason=reason, headers=downstream, body=data
                 )
             self.pool.succeeded(slot)
             return await self._stream(request, answer, downstream, slot)
@@ -259,7 +260,7 @@ class Proxy:
         headers: CIMultiDict[str],
         slot: Slot,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=answer.status, reason=answer.reason)
+        response = web.StreamResponse(status=answer.status, reason=answer.reason or None)
         response.headers.extend(headers)
         if answer.declared is not None:
             response.content_length = answer.declared

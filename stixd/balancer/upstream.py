@@ -416,55 +416,50 @@ class Upstream:
 
 def _parse_head(conn: _Conn, raw: bytes, method: str, timeout: float) -> Answer | None:
     """The answer ``raw`` heads (None for an interim 1xx one)."""
-    lines = raw.split(b"\r\n")
-    if raw.count(b"\n") != len(lines) - 1 or b"\r" in raw.replace(b"\r\n", b""):
-        raise Garbled("a bare CR or LF in the answer's head")
-    version, _, rest = lines[0].partition(b" ")
-    code, _, reason_bytes = rest.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+    text = raw.decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    if text.count("\n") != len(lines) - 1 or "\r" in text.replace("\r\n", "") or "\0" in text:
+        raise Garbled("a bare CR or LF, or a NUL, in the answer's head")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if version not in ("HTTP/1.1", "HTTP/1.0") or not (len(code) == 3 and code.isascii()):
+        raise Garbled(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
+    if not code.isdigit():
         raise Garbled(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
     status = int(code)
     if 100 <= status < 200 and status != 101:
         return None
+    if not (reason.isascii() and reason.isprintable()):
+        reason = ""  # the client gets the status's standard phrase instead
     headers: list[tuple[str, str]] = []
     length: int | None = None
     chunked = False
-    close = version == b"HTTP/1.0"
+    close = version == "HTTP/1.0"
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or b"\x00" in line:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
             raise Garbled(f"a header line that is not 'name: value': {line[:60]!r}")
-        text_name = name.decode("latin-1")
-        text_value = value.strip().decode("utf-8", "surrogateescape")
-        lower = text_name.lower()
+        value = value.strip()
+        headers.append((name, value))
+        if name[0] not in "cCtT":  # none of the three below
+            continue
+        lower = name.lower()
         if lower == "content-length":
-            if not text_value.isdigit() or (length is not None and int(text_value) != length):
-                raise Garbled(f"a Content-Length of {text_value[:30]!r}")
-            length = int(text_value)
+            if not (value.isascii() and value.isdigit()) or length not in (None, int(value)):
+                raise Garbled(f"a Content-Length of {value[:30]!r}")
+            length = int(value)
         elif lower == "transfer-encoding":
-            chunked = chunked or "chunked" in text_value.lower()
+            chunked = chunked or "chunked" in value.lower()
         elif lower == "connection":
-            tokens = {t.strip().lower() for t in text_value.split(",")}
+            tokens = {t.strip().lower() for t in value.split(",")}
             if "close" in tokens:
                 close = True
-            elif "keep-alive" in tokens and version == b"HTTP/1.0":
+            elif "keep-alive" in tokens and version == "HTTP/1.0":
                 close = False
-        headers.append((text_name, text_value))
     if method == "HEAD" or status in NO_BODY:
-        reason = reason_bytes.decode("latin-1")
         return Answer(conn, status, reason, headers, 0, False, not close, 0, length)
     if chunked:
         length = None
     elif length is None:
         close = True  # the body runs until the replica closes the connection
-    return Answer(
-        conn,
-        status,
-        reason_bytes.decode("latin-1"),
-        headers,
-        length,
-        chunked,
-        not close,
-        timeout,
-        length,
-    )
+    return Answer(conn, status, reason, headers, length, chunked, not close, timeout, length)
