@@ -132,17 +132,21 @@ class _Conn(asyncio.Protocol):
         caller's to say); `Silent` after ``seconds`` of nothing."""
         if self.eof:
             return
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _time_out, waiter, seconds)  # cheaper than a Timeout
         try:
-            async with asyncio.timeout(seconds):
-                await self._waiter
-        except TimeoutError:
-            raise Silent(f"nothing from the replica for {seconds:g} s") from None
+            await waiter
+        finally:
+            timer.cancel()
 
-    async def send(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise self.gone()
         self.transport.write(data)
+
+    async def send(self, data: bytes) -> None:
+        self.write(data)
         if self._drained is not None:
             await self._drained
             if self.eof:
@@ -158,6 +162,11 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
+def _time_out(waiter: asyncio.Future[None], seconds: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(Silent(f"nothing from the replica for {seconds:g} s"))
+
+
 @dataclass
 class Target:
     """Where a replica is reached, parsed once per ready set."""
@@ -165,7 +174,8 @@ class Target:
     host: str
     port: int
     tls: bool
-    authority: bytes
+    authority: str
+    """The Host header's value."""
 
     @classmethod
     def of(cls, url: str) -> Target:
@@ -176,9 +186,9 @@ class Target:
         shown = f"[{host}]" if ":" in host else host
         authority = shown if port == (443 if tls else 80) else f"{shown}:{port}"
         try:
-            return cls(host, port, tls, authority.encode("idna"))
+            return cls(host, port, tls, authority.encode("idna").decode("ascii"))
         except UnicodeError:  # not a name IDNA takes (a label too long): as it is written
-            return cls(host, port, tls, authority.encode())
+            return cls(host, port, tls, authority)
 
 
 class Answer:
@@ -328,13 +338,12 @@ class Upstream:
         carry the body's Content-Length (else a body goes chunked)."""
         conn = await self._conn(target)
         try:
-            head = [f"{method} {path} HTTP/1.1\r\nHost: ".encode(), target.authority, b"\r\n"]
-            for name, value in headers:
-                head.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+            head = [f"{method} {path} HTTP/1.1\r\nHost: {target.authority}\r\n"]
+            head += [f"{name}: {value}\r\n" for name, value in headers]
             if body is not None and not sized:
-                head.append(b"Transfer-Encoding: chunked\r\n")
-            head.append(b"\r\n")
-            await conn.send(b"".join(head))
+                head.append("Transfer-Encoding: chunked\r\n")
+            head.append("\r\n")
+            conn.write("".join(head).encode("utf-8", "surrogateescape"))
             if body is not None:
                 async for chunk in body:
                     if chunk:
