@@ -29,6 +29,7 @@ ANSWERS = {
     b"/big": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG) + BIG,
     b"/garbage": b"SPEAKING NONSENSE\r\n\r\n",
     b"/short": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+    b"/junk": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
     b"/odd-length": b"HTTP/1.1 200 OK\r\nContent-Length: \xc2\xb2\r\n\r\nok",
     b"/odd-reason": b"HTTP/1.1 200 \xff\xfe\r\nContent-Length: 2\r\n\r\nok",
 }
@@ -69,6 +70,9 @@ async def test_answers_framed_every_way_http_allows_come_through_whole(bed: Bed)
         async with s.get(lb.endpoint + "/big") as r:
             assert r.headers["Content-Length"] == "300000"
             assert await r.read() == b"x" * 300_000
+        for _ in range(3):  # bytes past an answer's end: its connection is not used again
+            assert await get(s, lb.endpoint + "/junk") == (200, "ok")
+            assert await get(s, lb.endpoint + "/") == (200, "r1")
     assert (await lb.take_traffic()).suspects == ()
 
 

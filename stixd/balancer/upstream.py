@@ -389,8 +389,8 @@ class Upstream:
         now = time.monotonic()
         while conns:
             conn = conns.pop()  # the most recently used: the least likely to be closing
-            if conn.usable and now - conn.idle_since < self.keepalive:
-                return conn
+            if conn.usable and not conn.buf and now - conn.idle_since < self.keepalive:
+                return conn  # (bytes that came while it was idle answer nothing we asked)
             conn.close()
         loop = asyncio.get_running_loop()
         try:
