@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from stixd.balancer.proxy import KEEPALIVE_SECONDS
 from tests.test_balancer import REPLICA, Bed, bed, client, get
 
 pytestmark = pytest.mark.anyio
@@ -49,6 +50,29 @@ async def on_conn(reader, writer):
         if path in (b"/until-close", b"/short"):
             break
     writer.close()
+async def main():
+    server = await asyncio.start_server(on_conn, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+KEEPING = r"""
+import asyncio, sys
+open_now = 0
+async def on_conn(reader, writer):  # never closes a connection itself
+    global open_now
+    open_now += 1
+    try:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            if head.startswith(b"GET /slow "):
+                await asyncio.sleep(0.3)
+            body = str(open_now).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        open_now -= 1
 async def main():
     server = await asyncio.start_server(on_conn, "127.0.0.1", int(sys.argv[1]))
     await server.serve_forever()
@@ -130,3 +154,17 @@ async def test_many_clients_share_few_connections_and_every_answer_is_its_own(be
 
         answers = await asyncio.gather(*(echo(i) for i in range(400)))
     assert answers == [b"request %d" % i for i in range(400)]
+
+
+async def test_idle_connections_are_closed_after_the_keepalive_with_no_request_to_prompt_it(
+    bed: Bed,
+) -> None:
+    lb = await bed.balancer()
+    await lb.set_ready([await bed.replica(1, KEEPING)])
+    async with client() as s:
+        await asyncio.gather(*(get(s, lb.endpoint + "/slow") for _ in range(8)))  # 8 at once
+        assert int((await get(s, lb.endpoint + "/open"))[1]) == 8
+        deadline = time.monotonic() + 2 * KEEPALIVE_SECONDS + 5
+        while int((await get(s, lb.endpoint + "/open"))[1]) > 1:  # only the one asking is left
+            assert time.monotonic() < deadline, "idle connections to the replica stayed open"
+            await asyncio.sleep(0.5)

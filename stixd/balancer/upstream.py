@@ -318,7 +318,7 @@ class Upstream:
 
     def __post_init__(self) -> None:
         self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
-        self._swept = time.monotonic()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _tls(self) -> ssl.SSLContext:
         if self.tls is None:
@@ -362,18 +362,24 @@ class Upstream:
         now = time.monotonic()
         conn.idle_since = now
         self._idle.setdefault((target.host, target.port, target.tls), []).append(conn)
-        if now - self._swept > self.keepalive:
-            self._sweep(now)
+        if self._sweeper is None:  # idle ones are closed even when no request comes again
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.keepalive, self._sweep)
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
         self._idle.clear()
 
-    def _sweep(self, now: float) -> None:
-        """Close idle connections past the keep-alive, and forget replicas with none left."""
-        self._swept = now
+    def _sweep(self) -> None:
+        """Close idle connections past the keep-alive, and forget replicas with none left;
+        again after a keep-alive while any is left."""
+        now = time.monotonic()
+        self._sweeper = None
         for key, conns in list(self._idle.items()):
             kept = [c for c in conns if c.usable and now - c.idle_since < self.keepalive]
             for conn in conns:
@@ -383,6 +389,9 @@ class Upstream:
                 self._idle[key] = kept
             else:
                 del self._idle[key]
+        if self._idle:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.keepalive, self._sweep)
 
     async def _conn(self, target: Target) -> _Conn:
         conns = self._idle.get((target.host, target.port, target.tls))
