@@ -218,7 +218,10 @@ async def main() -> None:
     p.add_argument("--no-skypilot", action="store_true")
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--kill-seconds", type=float, default=6.0)
+    p.add_argument("--rounds", type=int, default=3, help="runs per target and concurrency")
     args = p.parse_args()
+    if not 1 <= args.rounds <= 20:
+        p.error("--rounds is 1 .. 20")
     sky = None if args.no_skypilot else skypilot_python(args.skypilot_python)
     work = Path(tempfile.mkdtemp(prefix="lbb", dir="/tmp"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -243,11 +246,18 @@ async def main() -> None:
             targets["SkyPilot balancer"] = f"http://127.0.0.1:{sky_port}"
         figures: dict[tuple[str, int], dict[str, float]] = {}
         for conc in (16, 64):
-            print(f"{args.requests} requests at {conc} concurrent clients:")
-            for label, url in targets.items():
-                n = args.requests if "SkyPilot" not in label else min(args.requests, 1500)
-                rows = await asyncio.to_thread(Load(url + "/", conc, n=n).result)
-                figures[label, conc] = s = summary(rows)
+            print(
+                f"{args.requests} requests at {conc} concurrent clients "
+                f"(the run of median p50 of {args.rounds}, the targets taken in turn):"
+            )
+            runs: dict[str, list[dict[str, float]]] = {label: [] for label in targets}
+            for _ in range(args.rounds):  # in turn: a burst of other load hits every target
+                for label, url in targets.items():
+                    n = args.requests if "SkyPilot" not in label else min(args.requests, 1500)
+                    rows = await asyncio.to_thread(Load(url + "/", conc, n=n).result)
+                    runs[label].append(summary(rows))
+            for label, done in runs.items():
+                figures[label, conc] = s = sorted(done, key=lambda r: r["p50"])[len(done) // 2]
                 show(label, s)
         print("the daemon's side killed (SIGKILL) and started again twice under load, 16 clients:")
         load = Load(lb.endpoint + "/", 16, seconds=args.kill_seconds, warm=50)

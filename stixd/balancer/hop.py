@@ -44,30 +44,37 @@ def _tokens(headers: MultiMapping[str]) -> set[str]:
     return {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
 
 
-def _hop_by_hop(headers: MultiMapping[str]) -> frozenset[str]:
-    """The standard hop-by-hop headers and those the Connection header names."""
-    return HOP_BY_HOP | _tokens(headers)
+FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+NOT_FORWARDED = HOP_BY_HOP | FORWARDED | {"host", "expect"}
+"""Never passed on to a replica: besides these, the ones a Connection header names."""
+NOT_RETURNED = HOP_BY_HOP | {"content-length"}
+"""Never passed back to the client (the balancer frames the answer itself)."""
 
 
 def upstream_headers(
     request: web.BaseRequest, drop: frozenset[str] = frozenset()
-) -> CIMultiDict[str]:
-    """The client's headers less hop-by-hop ones, Host (the replica's is set by the client
-    session) and ``drop``, with X-Forwarded-For/-Proto/-Host added."""
-    dropped = _hop_by_hop(request.headers) | {"host", "expect"} | drop
-    out = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in dropped)
+) -> list[tuple[str, str]]:
+    """The client's headers less hop-by-hop ones, Host (the replica's is set on the way) and
+    ``drop``, with X-Forwarded-For/-Proto/-Host added."""
+    headers = request.headers
+    dropped = NOT_FORWARDED | drop if drop else NOT_FORWARDED
+    if "Connection" in headers:
+        dropped = dropped | _tokens(headers)
+    out = [(k, v) for k, v in headers.items() if k.lower() not in dropped]
     peer = request.remote or ""
-    before = request.headers.get("X-Forwarded-For")
-    out["X-Forwarded-For"] = f"{before}, {peer}" if before else peer
-    out["X-Forwarded-Proto"] = request.scheme
+    before = headers.get("X-Forwarded-For")
+    out.append(("X-Forwarded-For", f"{before}, {peer}" if before else peer))
+    out.append(("X-Forwarded-Proto", request.scheme))
     if request.host:
-        out["X-Forwarded-Host"] = request.host
+        out.append(("X-Forwarded-Host", request.host))
     return out
 
 
-def downstream_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    drop = _hop_by_hop(upstream.headers) | {"content-length"}
-    return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+def downstream_headers(headers: list[tuple[str, str]]) -> CIMultiDict[str]:
+    """The replica's headers less hop-by-hop ones and Content-Length (set by the answer)."""
+    named = [v for k, v in headers if k.lower() == "connection"]
+    drop = NOT_RETURNED | {t.strip().lower() for v in named for t in v.split(",")}
+    return CIMultiDict((k, v) for k, v in headers if k.lower() not in drop)
 
 
 def connection_tokens(request: web.BaseRequest) -> set[str]:

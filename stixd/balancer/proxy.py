@@ -24,18 +24,27 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from stixd.balancer.control import Held
-from stixd.balancer.hop import (
-    EJECTING,
-    RETRYING,
-    Miss,
-    downstream_headers,
-    one_line,
-    upstream_headers,
-)
+from stixd.balancer.hop import Miss, downstream_headers, one_line, upstream_headers
 from stixd.balancer.pool import Arrivals, Pool, Slot
 from stixd.balancer.sockets import Sockets, wants_websocket
+from stixd.balancer.upstream import (
+    Answer,
+    Broken,
+    Dropped,
+    Garbled,
+    Refused,
+    Silent,
+    Target,
+    Truncated,
+    Upstream,
+    UpstreamError,
+)
+from stixd.balancer.wire import MAX_REPLICAS
 
 REPLAY_LIMIT = 1024 * 1024
+KEEPALIVE_SECONDS = 4.0
+"""Idle connections to replicas are dropped before uvicorn's 5 s keep-alive ends them, so a
+reused connection is rarely one the replica is closing."""
 SMALL_ANSWER = 64 * 1024
 """An answer of known length up to this is read whole and sent in one write (cheaper than a
 stream, and no slower: it is complete before its first byte could have gone)."""
@@ -79,6 +88,7 @@ class Proxy:
     arrivals: Arrivals
     held: Held
     session: aiohttp.ClientSession
+    """For WebSockets; plain requests go on the balancer's own connections (`upstream`)."""
     api_keys: tuple[bytes, ...] = ()
     stream_timeout: float | None = None
     connect_timeout: float = 5.0
@@ -86,9 +96,8 @@ class Proxy:
 
     def __post_init__(self) -> None:
         stream_timeout = self.stream_timeout or DEFAULT_STREAM_TIMEOUT
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout, sock_read=stream_timeout
-        )
+        self.upstream = Upstream(self.connect_timeout, stream_timeout, KEEPALIVE_SECONDS)
+        self._targets: dict[str, Target] = {}
         self.sockets = Sockets(self.pool, self.session, self._eject, stream_timeout)
 
     def _authorized(self, request: web.BaseRequest) -> bool:
@@ -184,49 +193,56 @@ class Proxy:
         self, request: web.BaseRequest, slot: Slot, body: ReplayBody | None
     ) -> web.StreamResponse | Miss:
         """The answer from ``slot``'s replica, or how it missed before any of it was sent."""
-        url = slot.replica.url.rstrip("/") + request.rel_url.raw_path_qs
+        target = self._targets.get(slot.replica.url)
+        if target is None:
+            if len(self._targets) >= MAX_REPLICAS:
+                self._targets.clear()  # replicas come and go: forget the ones long gone
+            target = self._targets[slot.replica.url] = Target.of(slot.replica.url)
+        headers = upstream_headers(request)
         slot.in_flight += 1
+        answer = None
         try:
-            async with self.session.request(
+            answer = await self.upstream.request(
+                target,
                 request.method,
-                url,
-                headers=upstream_headers(request),
-                data=body.chunks() if body is not None else None,
-                allow_redirects=False,
-                timeout=self._timeout,
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            ) as upstream:
-                headers = downstream_headers(upstream)
-                length = upstream.content_length
-                if length is not None and length <= SMALL_ANSWER and request.method != "HEAD":
-                    data = await upstream.read()
-                    self.pool.succeeded(slot)
-                    return web.Response(
-                        status=upstream.status, reason=upstream.reason, headers=headers, body=data
-                    )
+                request.rel_url.raw_path_qs,
+                headers,
+                body.chunks() if body is not None else None,
+                sized=body is not None and "Content-Length" in request.headers,
+            )
+            downstream = downstream_headers(answer.headers)
+            length = answer.length
+            if length is not None and length <= SMALL_ANSWER and request.method != "HEAD":
+                data = await answer.read()
                 self.pool.succeeded(slot)
-                return await self._stream(request, upstream, headers, slot)
-        except RETRYING as exc:
-            if isinstance(exc, EJECTING):
-                self._eject(slot, exc)
+                reason = answer.reason or None
+                return web.Response(
+                    status=answer.status, reason=reason, headers=downstream, body=data
+                )
+            self.pool.succeeded(slot)
+            return await self._stream(request, answer, downstream, slot)
+        except (Refused, Broken, Truncated) as exc:
+            self._eject(slot, exc)
             return Miss.FAILED
-        except aiohttp.SocketTimeoutError:
+        except Dropped:
+            return Miss.FAILED
+        except Silent:
             log.warning(
                 "replica %d (%s) was silent past the stream timeout",
                 slot.replica.replica_id,
                 slot.replica.url,
             )
             return Miss.SILENT
-        except aiohttp.ClientPayloadError as exc:
-            self._eject(slot, exc)
-            return Miss.FAILED
-        except aiohttp.ClientError as exc:  # an answer that is not HTTP: the replica's fault
+        except Garbled as exc:  # an answer that is not HTTP: the replica's fault
             return one_line(502, f"the replica's answer was unreadable: {str(exc)[:100]}")
         finally:
             slot.in_flight -= 1
+            if answer is not None:
+                self.upstream.give_back(target, answer)
 
     def _eject(self, slot: Slot, exc: BaseException) -> None:
-        out_for = self.pool.failed(slot, refused=isinstance(exc, aiohttp.ClientConnectorError))
+        refused = isinstance(exc, (Refused, aiohttp.ClientConnectorError))
+        out_for = self.pool.failed(slot, refused=refused)
         if out_for is not None:
             replica = slot.replica
             log.warning(
@@ -240,22 +256,23 @@ class Proxy:
     async def _stream(
         self,
         request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
+        answer: Answer,
         headers: CIMultiDict[str],
         slot: Slot,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response = web.StreamResponse(status=answer.status, reason=answer.reason or None)
         response.headers.extend(headers)
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
+        if answer.declared is not None:
+            response.content_length = answer.declared
         await response.prepare(request)
+        chunks = answer.chunks()
         while True:
             try:
-                chunk = await upstream.content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                chunk = await anext(chunks, b"")
+            except UpstreamError as exc:
                 # The client has part of the answer: it cannot be retried, only cut short so
                 # it sees the answer incomplete (a stall past stream_timeout_seconds ends here).
-                if isinstance(exc, (*EJECTING, aiohttp.ClientPayloadError)):
+                if isinstance(exc, (Broken, Truncated)):
                     self._eject(slot, exc)
                 if request.transport is not None:
                     request.transport.abort()
@@ -266,4 +283,4 @@ class Proxy:
                     return response
                 await response.write(chunk)
             except ConnectionError:
-                return response  # the client left; leaving the block closes the upstream
+                return response  # the client left; the connection to the replica is closed

@@ -23,13 +23,10 @@ from stixd.balancer.control import Control, Held
 from stixd.balancer.layout import Layout, decode_spec, digest, write_private
 from stixd.balancer.limits import Server
 from stixd.balancer.pool import Arrivals, Pool
-from stixd.balancer.proxy import Proxy
+from stixd.balancer.proxy import KEEPALIVE_SECONDS, Proxy
 from stixd.balancer.revive import Reviver
 from stixd.serve.seams import BalancerSpec
 
-KEEPALIVE_SECONDS = 4.0
-"""Idle pooled connections to replicas are dropped before uvicorn's 5 s keep-alive ends them,
-so a reused connection is rarely one the replica is closing."""
 HEAD_SECONDS = 30.0
 """A client that has not sent a whole request head this long after connecting (or after its
 last answer) is dropped: a slow or idle client holds no connection for long."""
@@ -124,6 +121,7 @@ async def run(
                 task.cancel()
             ended = await asyncio.gather(*tasks, return_exceptions=True)
             proxy.sockets.stop_all()  # a WebSocket would hold the shutdown for its whole life
+            proxy.upstream.close()
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 if layout.pid.read_text().strip() == str(os.getpid()):
