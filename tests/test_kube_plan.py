@@ -229,6 +229,9 @@ def test_dryrun_check_and_show_gpus_know_kubernetes_through_the_daemon(
     shown = stix.run("launch", "--dryrun", "--all-clouds", str(task_file), check=True).stdout
     [row] = [line.split() for line in shown.splitlines() if line.startswith(" Kubernetes")]
     assert row[1:] == ["4CPU--16GB--H100:1", "4", "16", "H100:1", "kube-b", "0.00", "\u2714"]
+    # without --all-clouds a task naming k8s is planned on its contexts too, as it launches
+    named = stix.run("launch", "--dryrun", str(task_file), check=True).stdout
+    assert [line.split() for line in named.splitlines() if line.startswith(" Kubernetes")] == [row]
     unknown = stix.run("launch", "-c", "x", "-y", "--infra", "k8s/nope", "echo hi")
     assert unknown.returncode != 0
     [said] = [line for line in unknown.stderr.splitlines() if "no usable context nope" in line]

@@ -27,9 +27,14 @@ Emit = Callable[[Any], Awaitable[None]]
 def _enabled(
     app: App, all_clouds: bool, catalog_clouds: Sequence[str], named: Sequence[str] = ()
 ) -> list[str]:
-    """The clouds to plan on; one a task must name (the fake provider's) only when named."""
+    """The clouds to plan on: every catalog's (``all_clouds``), else this machine and the
+    usable clouds the task names (``--infra k8s`` plans its contexts as a launch would); one a
+    task must name (the fake provider's) only when named."""
     allowed = app.config.allowed_clouds
-    names = list(catalog_clouds) if all_clouds else [app.default_infra]
+    if all_clouds:
+        names = list(catalog_clouds)
+    else:
+        names = [app.default_infra, *(c for c in app.clouds() if c in named)]
     only_named = app.infras.named_only()
     names = [n for n in names if n not in only_named or n in named]
     return [n for n in names if allowed is None or n in allowed]
@@ -83,7 +88,8 @@ async def plan_cmd(app: App, req: m.PlanRequest, emit: Emit) -> m.PlanReply:
     if req.launch:
         return await launch_plan(app, req, emit)
     requests = [task_request(t) for t in req.tasks]
-    if not req.all_clouds:
+    named = {(a.cloud or "").lower() for r in requests for a in r.alternatives}
+    if not req.all_clouds and not named & set(app.clouds()):
         from stixd.control.catalog_cmds import catalog_of
 
         return _plan(app, requests, req, catalog_of(app))
