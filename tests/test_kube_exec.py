@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import itertools
 import os
 import shutil
@@ -15,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -766,3 +769,60 @@ async def test_a_socket_in_the_pod_that_does_not_read_holds_back_only_its_own_st
         may_read.set()
         await stuck.aclose()
         await other.aclose()
+
+
+# --- large files in a sync --------------------------------------------------------------------
+
+
+def write_blob(path: Path, size: int, seed: int) -> str:
+    """A file of ``size`` bytes that differ (written a slice at a time); its sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for start in range(0, size, 1024 * 1024):
+            piece = hashlib.sha256(b"%d-%d" % (seed, start)).digest() * 32768
+            piece = piece[: min(len(piece), size - start)]
+            digest.update(piece)
+            out.write(piece)
+    return digest.hexdigest()
+
+
+async def test_syncing_a_file_far_larger_than_a_slice_keeps_the_daemons_memory_bounded(
+    shell: ExecShell, tmp_path: Path
+) -> None:
+    src = tmp_path / "mount"
+    src.mkdir()
+    size = 48 * 1024 * 1024 + 123  # many slices, and not a whole number of tar blocks
+    digest = write_blob(src / "weights.bin", size, seed=1)
+    (src / "small.txt").write_text("small\n")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        assert await shell.put_tree(src, "mount", timeout=120) == 2
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 1024 * 1024  # slices and pieces in flight, not the 48 MiB file
+    status, out, _ = await shell.run("sha256sum mount/weights.bin; cat mount/small.txt", timeout=30)
+    assert status == 0 and out.split()[0] == digest and out.endswith("small\n")
+
+
+def test_a_file_that_changes_size_while_sent_goes_as_it_was_at_its_lstat(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = {"shrinks": 3 * tarsync.SLICE + 7, "grows": 2 * tarsync.SLICE + 1}
+    for name, size in sizes.items():
+        write_blob(src / name, size, seed=len(name))
+    before = {name: (src / name).read_bytes() for name in sizes}
+    tar = tarsync.TarStream(tarsync.plan_tree(src, "dst", "none", {}))
+    with (src / "shrinks").open("r+b") as shrinking:
+        shrinking.truncate(tarsync.SLICE + 5)
+    with (src / "grows").open("ab") as growing:
+        growing.write(b"later" * 100_000)
+    body = b"".join(tar.chunks())
+    assert len(body) == tar.size  # the count announced is the count sent
+    with tarfile.open(fileobj=io.BytesIO(body)) as unpacked:
+        got = {m.name: unpacked.extractfile(m).read() for m in unpacked if m.isfile()}  # type: ignore[union-attr]
+    shrunk = tarsync.SLICE + 5
+    assert got["shrinks"] == before["shrinks"][:shrunk] + bytes(sizes["shrinks"] - shrunk)
+    assert got["grows"] == before["grows"]
+    assert set(tar.times) == set(sizes)  # their stat-time mtimes: the next sync sends them again
