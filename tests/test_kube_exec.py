@@ -8,15 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import itertools
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -31,7 +36,18 @@ from stixd.providers.kubernetes import exec as pod_exec
 from stixd.providers.kubernetes import inpod, tarsync
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.exec import ExecError
-from stixd.providers.kubernetes.inpod.relay import CLOSE, DATA, EOF, HEADER, OPEN, READY
+from stixd.providers.kubernetes.inpod.relay import (
+    CLOSE,
+    CREDIT,
+    DATA,
+    EOF,
+    HEADER,
+    OPEN,
+    READY,
+    WINDOW,
+    WINDOW_BYTES,
+)
+from stixd.providers.kubernetes.relay import RelayStream
 from stixd.providers.kubernetes.seams import CONTAINER, PodRef, PodShell
 from stixd.providers.kubernetes.shell import ExecShell, open_shell
 from stixd.providers.shared.bootstrap import ensure_agent
@@ -387,7 +403,13 @@ def test_the_in_pod_programs_run_on_python_3_7(python_37: str, tmp_path: Path) -
             relay.stdin.close()  # the exec is gone: the relay ends
             assert relay.wait(timeout=10) == 0
             deadline.cancel()
-        assert got == [(0, READY, b"stix-relay 1"), (7, DATA, b"gnop gnip"), (7, CLOSE, b"")]
+        assert got == [
+            (0, READY, b"stix-relay 2"),
+            (7, WINDOW, CREDIT.pack(5)),  # each write to the socket is granted back
+            (7, WINDOW, CREDIT.pack(4)),
+            (7, DATA, b"gnop gnip"),
+            (7, CLOSE, b""),
+        ]
     finally:
         echo.join(timeout=10)
         server.close()
@@ -511,3 +533,296 @@ async def test_output_past_the_bound_fails_the_call(
     with pytest.raises(ExecError, match="printed more than"):
         await shell.run("head -c 5000000 /dev/zero", timeout=20, stdin=b"x")
     assert await shell.run("echo fine", timeout=10) == (0, "fine\n", "")
+
+
+# --- the relay's framing and flow control -----------------------------------------------------
+
+
+@pytest.fixture
+def sockets_dir() -> Iterator[Path]:
+    """A short folder for Unix sockets the pod's relay connects to (a path has 107 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="kx-", dir="/tmp") as made:
+        yield Path(made)
+
+
+Serve = Callable[[socket.socket], object]
+StartServer = Callable[[str, Serve], str]
+
+
+class Server:
+    """A Unix socket in this process that a pod's relay connects to (the fake's pods are
+    processes on this machine); ``serve`` runs on a thread for each connection."""
+
+    def __init__(self, path: Path, serve: Serve) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(self.path)
+        self.sock.listen()
+        self.serve = serve
+        self.threads: list[threading.Thread] = []
+        self.accepter = threading.Thread(target=self._accept, daemon=True)
+        self.accepter.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.serve(conn)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.accepter.join(timeout=5)
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
+@pytest.fixture
+def servers(sockets_dir: Path) -> Iterator[StartServer]:
+    made: list[Server] = []
+
+    def start(name: str, serve: Serve) -> str:
+        made.append(Server(sockets_dir / name, serve))
+        return made[-1].path
+
+    yield start
+    for server in made:
+        server.close()
+
+
+def echo_lines(conn: socket.socket) -> None:
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+async def round_trip(stream: anyio.abc.ByteStream, line: bytes) -> bytes:
+    await stream.send(line)
+    got = b""
+    while not got.endswith(b"\n"):
+        got += await stream.receive()
+    return got
+
+
+async def prompt_round_trips(stream: anyio.abc.ByteStream, count: int = 20) -> None:
+    for i in range(count):
+        with anyio.fail_after(3):
+            assert await round_trip(stream, b"ping %d\n" % i) == b"ping %d\n" % i
+
+
+LYING_RELAY = b"""
+import struct, sys
+header = struct.Struct(">IBI")
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+out.write(header.pack(0, 5, 12) + b"stix-relay 2")
+out.flush()
+stream, kind, size = header.unpack(inp.read(9))
+inp.read(size)  # the first OPEN: its stream then gets a frame that says 4 GiB
+out.write(header.pack(stream, 2, 0xFFFFFFF0) + b"x" * 1000)
+out.flush()
+inp.read()  # the exec stays open until the daemon ends it
+"""
+
+
+async def test_a_relay_frame_over_the_bound_ends_the_relay_and_the_next_call_starts_anew(
+    kube: FakeProcess,
+    shell: ExecShell,
+    servers: StartServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    echo = servers("echo", echo_lines)
+    monkeypatch.setattr(inpod, "preamble", lambda name: b"%d\n" % len(LYING_RELAY) + LYING_RELAY)
+    started = time.monotonic()
+    with pytest.raises(AgentUnreachable) as caught:
+        await shell.agent_client(echo, "liar").call("hello", deadline=20)
+    assert time.monotonic() - started < 5  # not the call's deadline: the frame ended it
+    message = str(caught.value)
+    assert "\n" not in message and "over the 16 MiB bound" in message
+    assert not shell.relay.alive
+    await until(lambda: not pids_running(kube, b"stix-inpod", b"relay"))  # its exec ended
+
+    monkeypatch.undo()
+    stream = await shell.relay.open_stream(echo)
+    try:
+        await prompt_round_trips(stream, 1)
+    finally:
+        await stream.aclose()
+    assert shell.relay.starts == 2 and shell.relay.alive
+
+
+def relay_in_a_process(frames: bytes, timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
+    """The pod's relay run here on ``frames`` for stdin (never closed: it must end itself)."""
+    argv = [sys.executable, *inpod.argv("relay")[1:]]
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as relay:
+        assert relay.stdin is not None and relay.stderr is not None
+        relay.stdin.write(inpod.preamble("relay") + frames)
+        relay.stdin.flush()
+        try:
+            err = relay.stderr.read()  # until the relay ends
+            status = relay.wait(timeout=timeout)
+        finally:
+            relay.kill()
+            relay.stdin.close()
+    return subprocess.CompletedProcess(argv, status, b"", err)
+
+
+def test_the_relay_in_the_pod_refuses_a_lying_frame_in_one_line(
+    servers: StartServer,
+) -> None:
+    huge = relay_in_a_process(HEADER.pack(1, DATA, 0xFFFFFFFF) + b"x" * 100)
+    assert huge.returncode != 0
+    assert huge.stderr.decode().splitlines() == [
+        "stix-relay: the daemon sent a frame of 4294967295 bytes, over the 16 MiB bound"
+    ]
+
+    never_reads = threading.Event()
+    sink = servers("sink", lambda conn: never_reads.wait(20))
+    piece = b"y" * (1024 * 1024)
+    past_window = [HEADER.pack(3, OPEN, len(sink)) + sink.encode()]
+    past_window += [HEADER.pack(3, DATA, len(piece)) + piece] * 3  # the window is 2 MiB
+    try:
+        over = relay_in_a_process(b"".join(past_window))
+    finally:
+        never_reads.set()
+    assert over.returncode != 0
+    assert over.stderr.decode().splitlines() == [
+        "stix-relay: the daemon sent past the window on stream 3"
+    ]
+
+
+async def test_a_slow_reader_gets_every_byte_while_another_stream_answers_promptly(
+    shell: ExecShell, servers: StartServer
+) -> None:
+    blob = os.urandom(32 * 1024 * 1024)  # far past the window: only flow control keeps it all
+    written = [0]
+
+    def chatty(conn: socket.socket) -> None:  # a `logs -f` of a chatty job
+        for start in range(0, len(blob), 65536):
+            conn.sendall(blob[start : start + 65536])
+            written[0] = start + 65536
+
+    slow = await shell.relay.open_stream(servers("chatty", chatty))
+    other = await shell.relay.open_stream(servers("echo", echo_lines))
+    assert isinstance(slow, RelayStream)
+    try:
+        await until(lambda: slow.unread >= WINDOW_BYTES)  # its window is used up, none read
+        await prompt_round_trips(other)
+        assert slow.unread == WINDOW_BYTES  # the pod stopped reading that socket ...
+        assert written[0] < len(blob) // 2  # ... so the job's writes wait, as over SSH
+        got = bytearray()
+        with anyio.fail_after(60):
+            while len(got) < len(blob):
+                got += await slow.receive(16384)  # a slow reader: small pieces
+                assert slow.unread <= WINDOW_BYTES
+            with pytest.raises(anyio.EndOfStream):
+                await slow.receive()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+        await prompt_round_trips(other, 2)
+    finally:
+        await slow.aclose()
+        await other.aclose()
+    assert shell.relay.starts == 1
+
+
+async def test_a_socket_in_the_pod_that_does_not_read_holds_back_only_its_own_stream(
+    shell: ExecShell, servers: StartServer
+) -> None:
+    blob = os.urandom(8 * 1024 * 1024)
+    may_read = threading.Event()
+    received: list[bytes] = []
+
+    def late_reader(conn: socket.socket) -> None:
+        may_read.wait(30)
+        data = bytearray()
+        while chunk := conn.recv(65536):
+            data += chunk
+        received.append(bytes(data))
+
+    stuck = await shell.relay.open_stream(servers("late", late_reader))
+    other = await shell.relay.open_stream(servers("echo", echo_lines))
+    sent = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def send_all() -> None:
+                await stuck.send(blob)
+                await stuck.send_eof()
+                sent.set()
+
+            tg.start_soon(send_all)
+            await prompt_round_trips(other)  # the relay's reader is never stuck on the socket
+            assert not sent.is_set()  # the window, not the relay's memory, holds the rest
+            may_read.set()
+            with anyio.fail_after(30):
+                await sent.wait()
+        await until(lambda: bool(received), 30)
+        assert hashlib.sha256(received[0]).digest() == hashlib.sha256(blob).digest()
+    finally:
+        may_read.set()
+        await stuck.aclose()
+        await other.aclose()
+
+
+# --- large files in a sync --------------------------------------------------------------------
+
+
+def write_blob(path: Path, size: int, seed: int) -> str:
+    """A file of ``size`` bytes that differ (written a slice at a time); its sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for start in range(0, size, 1024 * 1024):
+            piece = hashlib.sha256(b"%d-%d" % (seed, start)).digest() * 32768
+            piece = piece[: min(len(piece), size - start)]
+            digest.update(piece)
+            out.write(piece)
+    return digest.hexdigest()
+
+
+async def test_syncing_a_file_far_larger_than_a_slice_keeps_the_daemons_memory_bounded(
+    shell: ExecShell, tmp_path: Path
+) -> None:
+    src = tmp_path / "mount"
+    src.mkdir()
+    size = 48 * 1024 * 1024 + 123  # many slices, and not a whole number of tar blocks
+    digest = write_blob(src / "weights.bin", size, seed=1)
+    (src / "small.txt").write_text("small\n")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        assert await shell.put_tree(src, "mount", timeout=120) == 2
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 1024 * 1024  # slices and pieces in flight, not the 48 MiB file
+    status, out, _ = await shell.run("sha256sum mount/weights.bin; cat mount/small.txt", timeout=30)
+    assert status == 0 and out.split()[0] == digest and out.endswith("small\n")
+
+
+def test_a_file_that_changes_size_while_sent_goes_as_it_was_at_its_lstat(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = {"shrinks": 3 * tarsync.SLICE + 7, "grows": 2 * tarsync.SLICE + 1}
+    for name, size in sizes.items():
+        write_blob(src / name, size, seed=len(name))
+    before = {name: (src / name).read_bytes() for name in sizes}
+    tar = tarsync.TarStream(tarsync.plan_tree(src, "dst", "none", {}))
+    with (src / "shrinks").open("r+b") as shrinking:
+        shrinking.truncate(tarsync.SLICE + 5)
+    with (src / "grows").open("ab") as growing:
+        growing.write(b"later" * 100_000)
+    body = b"".join(tar.chunks())
+    assert len(body) == tar.size  # the count announced is the count sent
+    with tarfile.open(fileobj=io.BytesIO(body)) as unpacked:
+        got = {m.name: unpacked.extractfile(m).read() for m in unpacked if m.isfile()}  # type: ignore[union-attr]
+    shrunk = tarsync.SLICE + 5
+    assert got["shrinks"] == before["shrinks"][:shrunk] + bytes(sizes["shrinks"] - shrunk)
+    assert got["grows"] == before["grows"]
+    assert set(tar.times) == set(sizes)  # their stat-time mtimes: the next sync sends them again

@@ -6,6 +6,11 @@ socket or an SSH channel: each call its own stream, independent of the others. A
 exec ended (its process killed, the stream cut) is started again by the next ``open_stream``;
 streams open on it at that moment fail, and so does every call once the pod is gone, with
 ``AgentUnreachable``.
+
+Each stream has a window both ways (``inpod/relay.py``): a reader that is slow holds back its
+own connection in the pod and no other, and a stream never buffers more than the window. A
+relay that breaks the framing (a frame over ``MAX_PAYLOAD``, DATA past a window) is ended at
+once with the reason, as if its exec had died.
 """
 
 from __future__ import annotations
@@ -31,19 +36,36 @@ from stixd.providers.kubernetes.exec import (
     exit_code,
     read_status,
 )
-from stixd.providers.kubernetes.inpod.relay import CLOSE, DATA, EOF, HEADER, OPEN, READY
+from stixd.providers.kubernetes.inpod.relay import (
+    CLOSE,
+    CREDIT,
+    DATA,
+    EOF,
+    HEADER,
+    MAX_PAYLOAD,
+    OPEN,
+    READY,
+    WINDOW,
+    WINDOW_BYTES,
+)
 from stixd.providers.kubernetes.seams import PodRef
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
 
 START_WITHIN_S = 20.0
-MAX_PAYLOAD = 1024 * 1024  # per DATA frame the daemon sends (the relay takes up to 16 MiB)
-MAX_UNREAD = 64 * 1024 * 1024  # bytes a stream may hold that its reader has not taken
+SEND_SIZE = 1024 * 1024  # per DATA frame the daemon sends (the relay takes up to 16 MiB)
+GRANT_AT = WINDOW_BYTES // 4
+"""Bytes a reader takes before more window is granted: fewer, larger WINDOW frames, and the pod
+always has at least three quarters of its window to send with."""
 CLOSE_WITHIN_S = 2.0
 HEARTBEAT_S = 30.0
 """The relay's connection is pinged this often: one a NAT or a proxy dropped without a word is
 noticed and started again, instead of every agent call on it running into its deadline."""
+
+
+class RelayBroken(Exception):
+    """The relay in the pod broke the framing: it is ended, with this one-line reason."""
 
 
 class RelayStream(ByteStream):
@@ -53,7 +75,11 @@ class RelayStream(ByteStream):
         self._session = session
         self._id = stream_id
         self._inbox: deque[bytes] = deque()
-        self._unread = 0
+        self.unread = 0
+        """Bytes delivered that the reader has not taken (at most the window)."""
+        self._taken = 0  # bytes taken that no WINDOW frame has granted back yet
+        self._credit = WINDOW_BYTES  # bytes this side may still send before the pod grants
+        self._sendable = anyio.Event()
         self._ended: str | None = None
         """None while open; "" when the socket in the pod closed; else why it broke."""
         self._closed = False
@@ -62,18 +88,25 @@ class RelayStream(ByteStream):
     # -- from the relay's reader ----------------------------------------------------------
 
     def deliver(self, data: bytes) -> None:
+        if self.unread + self._taken + len(data) > WINDOW_BYTES:
+            raise RelayBroken(f"the relay sent past the window of stream {self._id}")
         if self._ended is not None:
             return
         self._inbox.append(data)
-        self._unread += len(data)
-        if self._unread > MAX_UNREAD:
-            self.end(f"more than {MAX_UNREAD} bytes unread on the relay")
+        self.unread += len(data)
         self._wake.set()
+
+    def grant(self, more: int) -> None:
+        if self._credit + more > WINDOW_BYTES:
+            raise RelayBroken(f"the relay granted more than the window of stream {self._id}")
+        self._credit += more
+        self._sendable.set()
 
     def end(self, why: str) -> None:
         if self._ended is None:
             self._ended = why
         self._wake.set()
+        self._sendable.set()
 
     # -- ByteStream -----------------------------------------------------------------------
 
@@ -91,16 +124,35 @@ class RelayStream(ByteStream):
         if len(chunk) > max_bytes:
             chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
             self._inbox.appendleft(rest)
-        self._unread -= len(chunk)
+        self.unread -= len(chunk)
+        self._taken += len(chunk)
+        if self._taken >= GRANT_AT and self._ended is None and not self._closed:
+            more, self._taken = self._taken, 0
+            with (
+                anyio.CancelScope(shield=True),  # a grant lost would shrink the window for good
+                anyio.move_on_after(CLOSE_WITHIN_S),
+                contextlib.suppress(anyio.BrokenResourceError),
+            ):
+                await self._session.send_frame(self._id, WINDOW, CREDIT.pack(more))
         return chunk
 
     async def send(self, item: bytes) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if self._ended:
-            raise anyio.BrokenResourceError(self._ended)
-        for start in range(0, len(item), MAX_PAYLOAD):
-            await self._session.send_frame(self._id, DATA, item[start : start + MAX_PAYLOAD])
+        view = memoryview(item)
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._ended:
+                raise anyio.BrokenResourceError(self._ended)
+            if self._ended == "":
+                return  # the socket in the pod closed: nobody takes these bytes
+            if self._credit <= 0:  # until the pod has written some to the socket
+                self._sendable = anyio.Event()
+                await self._sendable.wait()
+                continue
+            size = min(len(view), self._credit, SEND_SIZE)
+            self._credit -= size
+            await self._session.send_frame(self._id, DATA, bytes(view[:size]))
+            view = view[size:]
 
     async def send_eof(self) -> None:
         if not self._closed and self._ended is None:
@@ -111,6 +163,7 @@ class RelayStream(ByteStream):
             return
         self._closed = True
         self._wake.set()
+        self._sendable.set()
         if self._session.streams.pop(self._id, None) is not None and self._session.dead is None:
             with (
                 anyio.CancelScope(shield=True),
@@ -169,12 +222,19 @@ class _Session:
                         why = f"the relay ended: {exc}"
         except (aiohttp.ClientError, ConnectionError, ValueError) as exc:
             why = f"the relay's stream broke: {exc}"
+        except RelayBroken as exc:
+            why = f"the relay was ended: {exc}"
+            self.die(why)
+            await self.chan.aclose()  # its exec too: the next call starts a new relay
         finally:
             self.die(why)
 
     def _dispatch(self, pending: bytearray) -> None:
         while len(pending) >= HEADER.size:
             stream_id, kind, size = HEADER.unpack_from(pending)
+            if size > MAX_PAYLOAD:
+                mib = MAX_PAYLOAD // 2**20
+                raise RelayBroken(f"it sent a frame of {size} bytes, over the {mib} MiB bound")
             if len(pending) < HEADER.size + size:
                 return
             payload = bytes(pending[HEADER.size : HEADER.size + size])
@@ -183,6 +243,10 @@ class _Session:
                 self.ready.set()
             elif kind == DATA and (stream := self.streams.get(stream_id)) is not None:
                 stream.deliver(payload)
+            elif kind == WINDOW and (stream := self.streams.get(stream_id)) is not None:
+                if size != CREDIT.size:
+                    raise RelayBroken(f"it sent a WINDOW frame of {size} bytes")
+                stream.grant(CREDIT.unpack(payload)[0])
             elif kind == CLOSE and (stream := self.streams.pop(stream_id, None)) is not None:
                 stream.end(payload.decode(errors="replace"))
 

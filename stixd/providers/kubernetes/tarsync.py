@@ -9,6 +9,7 @@ sent nor removed; whatever else the pod has that the source has not is removed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,6 +24,8 @@ from stixd.providers.shared.syncfilter import SyncFilter
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE  # what a tar is padded to, as tarfile and GNU tar write it
 CHUNK = 256 * 1024
+SLICE = 1024 * 1024
+"""The most of one file read at a time: a file of many GB costs the daemon this, not its size."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +143,11 @@ class TarStream:
     the first byte (every header is made from one ``lstat`` up front), so the pod is told how
     much to read and building overlaps sending and unpacking, as ``tar c | tar x`` does.
 
-    A file that changes size between the ``lstat`` and its read is sent cut or padded with
-    NULs to the announced size, with its old mtime: the next sync sees it differ and sends it
-    again. The count never changes once announced."""
+    Files are read in slices of ``SLICE`` bytes as the pieces are sent, never whole. A file
+    that changes size between the ``lstat`` and its read is sent as tar itself does it: cut or
+    padded with NULs to the announced size, with its old mtime, so the next sync sees it differ
+    and sends it again. Failing the sync instead would make a workdir with a log being written
+    to never sync; the count never changes once announced, which the pod's reader relies on."""
 
     def __init__(self, plan: Plan) -> None:
         self.members: list[tuple[bytes, Path | None, int]] = []
@@ -163,9 +168,13 @@ class TarStream:
         sent = 0
         for header, local, size in self.members:
             piece += header
-            if local is not None:
-                piece += _read_exactly(local, size)
-                piece += bytes(_padded(size) - size)
+            for part in _slices(local, size) if local is not None else ():
+                piece += part
+                if len(piece) >= at_least:
+                    sent += len(piece)
+                    yield bytes(piece)
+                    piece.clear()
+            piece += bytes(_padded(size) - size)
             if len(piece) >= at_least:
                 sent += len(piece)
                 yield bytes(piece)
@@ -178,13 +187,18 @@ def _padded(size: int, unit: int = BLOCK) -> int:
     return -(-size // unit) * unit
 
 
-def _read_exactly(local: Path, size: int) -> bytes:
-    try:
-        with local.open("rb") as data:
-            got = data.read(size)
-    except OSError:
-        got = b""
-    return got + bytes(size - len(got))
+def _slices(local: Path, size: int) -> Iterator[bytes]:
+    """Exactly ``size`` bytes of ``local``, at most ``SLICE`` at a time: what it holds, cut at
+    ``size`` or padded with NULs to it (it shrank, or cannot be read, since its ``lstat``)."""
+    left = size
+    with contextlib.suppress(OSError), local.open("rb") as data:
+        while left and (got := data.read(min(left, SLICE))):
+            left -= len(got)
+            yield got
+    while left:
+        pad = min(left, SLICE)
+        left -= pad
+        yield bytes(pad)
 
 
 def apply_header(plan: Plan, size: int, times: dict[str, int]) -> bytes:
