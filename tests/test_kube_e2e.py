@@ -156,8 +156,8 @@ def test_a_pod_runs_the_tasks_image_and_autostop_takes_the_cluster_down(
 ) -> None:
     k8s.run("launch", "-y", "-c", "idle", "--infra", "k8s/kube-b", "--image-id",
             "docker:team/trainer:3", "echo hi", check=True, timeout=120)  # fmt: skip
-    [pod] = [o for o in objects(fakes["kube-b"], "idle") if o["kind"] == "Pod"]
-    assert pod["spec"]["containers"][0]["image"] == "team/trainer:3"  # image_id: docker:...
+    [made] = [o for o in objects(fakes["kube-b"], "idle") if o["kind"] == "Pod"]
+    assert made["spec"]["containers"][0]["image"] == "team/trainer:3"  # image_id: docker:...
     said = k8s.run("autostop", "-y", "-i", "0", "idle", check=True)
     assert "torn down" in said.stdout + said.stderr, said
     wait_until(lambda: "idle" not in k8s.clusters(), timeout=60)
@@ -221,8 +221,8 @@ def test_a_managed_job_whose_pod_is_deleted_recovers_on_a_new_pod(
     k8s.run("jobs", "launch", "-d", "-y", "--infra", "k8s/kube-b", str(task), check=True,
             timeout=120)  # fmt: skip
     wait_until(lambda: managed(k8s, 1)["status"] == "RUNNING" and any(marks.iterdir()), 120)
-    [pod] = [o for o in objects(fakes["kube-b"], "mj-1") if o["kind"] == "Pod"]
-    fakes["kube-b"].kubectl("delete", "pod", pod["metadata"]["name"], "--wait=false")
+    [head] = [o for o in objects(fakes["kube-b"], "mj-1") if o["kind"] == "Pod"]
+    fakes["kube-b"].kubectl("delete", "pod", head["metadata"]["name"], "--wait=false")
     job = wait_until(lambda: (j := managed(k8s, 1))["recoveries"] == 1 and j, timeout=60)
     [reason] = job["recovery_reasons"]
     assert f"pod {pod(k8s, 'mj-1', 0)}" in reason and "kube-b" in reason, reason
