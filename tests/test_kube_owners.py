@@ -22,9 +22,11 @@ from stixd.providers.kubernetes.podspec import (
     pod_name,
 )
 from stixd.providers.kubernetes.provider import KubernetesProvider
+from stixd.providers.kubernetes.records import Where
 from stixd.providers.kubernetes.seams import PodRequest
 from stixproto.errors import ProvisionError
 from tests.kube_fake.process import FakeProcess
+from tests.kube_fake.server import CONTEXT
 from tests.test_kube_provider import gone, open_provider, pods_of, request
 
 pytestmark = pytest.mark.anyio
@@ -143,3 +145,32 @@ async def test_a_create_that_meets_our_own_pod_adopts_it(
     finally:
         await pods.delete_cluster(api, "default", "mine", owner)
     assert await gone(kube, "mine") == []
+
+
+async def test_a_cluster_made_before_owners_is_taken_down_and_not_another_homes(
+    kube: FakeProcess, tmp_path: Path
+) -> None:
+    alice = open_provider(kube, tmp_path / "alice")
+    bob = open_provider(kube, tmp_path / "bob")
+    old = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "old-0", "labels": {LABEL_CLUSTER: "old", LABEL_RANK: "0"}},
+        "spec": {"containers": [{"name": "stix", "image": "x", "command": ["sleep", "60"]}]},
+    }
+    try:
+        await bob.make_pods(request("old"))
+        kube.kubectl("apply", "-f", "-", input=json.dumps(old))  # named and labelled as then
+        alice.records.place("old", Where(CONTEXT, alice.namespace(CONTEXT), 1))
+        await alice.terminate("old")
+        assert [p["metadata"]["name"] for p in pods_of(kube, "old")] == names_of(bob, "old")
+    finally:
+        await bob.terminate("old")
+        await alice.aclose()
+        await bob.aclose()
+        kube.kubectl("delete", "pod", "old-0", "--ignore-not-found")
+    assert await gone(kube, "old") == []
+
+
+def names_of(provider: KubernetesProvider, cluster: str) -> list[str]:
+    return [pod_name(cluster, 0, provider.owner)]
