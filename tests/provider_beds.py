@@ -48,7 +48,7 @@ from stixd.providers.kubernetes.agents import ref_of
 from stixd.providers.kubernetes.config import KubernetesConfig, PortMode
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.deferred import DeferredShell
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_OWNER
 from stixd.providers.kubernetes.provider import KubernetesProvider
 from stixd.providers.kubernetes.records import Records as KubeRecords
 from stixd.providers.kubernetes.seams import PodRef
@@ -707,11 +707,13 @@ class KubernetesWorld(World):
         return files_under(Path(node.home) / dest[2:])  # a fake pod's home is a local folder
 
     async def plant_leak(self, provider: Provider, cluster: str) -> None:
-        """A pod labelled as stix's for a cluster no record knows."""
+        """A pod labelled as this home's for a cluster no record knows."""
+        assert isinstance(provider, KubernetesProvider)
+        labels = {LABEL_CLUSTER: cluster, LABEL_OWNER: provider.owner}
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": f"{cluster}-0", "labels": {LABEL_CLUSTER: cluster}},
+            "metadata": {"name": f"{cluster}-0", "labels": labels},
             "spec": {"containers": [{"name": "stix", "image": "x", "command": ["sleep", "600"]}]},
         }
         await anyio.to_thread.run_sync(
@@ -738,7 +740,9 @@ class KubernetesWorld(World):
         await listen_on_node(provider.connector(node), port, job_id)
         ref = ref_of(node)
         api = await provider.api(ref.context)
-        where = await kube_ports.endpoints(api, ref.namespace, cluster, [port], self.ports)
+        where = await kube_ports.endpoints(
+            api, ref.namespace, cluster, provider.owner, [port], self.ports
+        )
         host, _, at = where[port].rpartition(":")
         return await answers_banner(host, int(at))
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
+from stixd.providers.kubernetes.owner import owner_of
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
 from tests.test_managed_jobs import managed
@@ -45,6 +46,11 @@ def k8s(stix: Stix, fakes: dict[str, FakeProcess]) -> Stix:
     return stix
 
 
+def pod(stix: Stix, cluster: str, rank: int) -> str:
+    """The name the daemon of ``stix``'s home gives the pod of ``cluster``'s ``rank``."""
+    return pod_name(cluster, rank, owner_of(stix.home))
+
+
 def objects(fake: FakeProcess, cluster: str) -> list[dict[str, Any]]:
     found = fake.kubectl_json("get", "pods,services", "-l", f"{LABEL_CLUSTER}={cluster}")
     return [o for o in found["items"] if not o["metadata"].get("deletionTimestamp")]
@@ -61,10 +67,10 @@ def test_a_two_pod_cluster_runs_its_job_takes_a_shell_and_goes_down_leaving_noth
     assert launched.returncode == 0, launched.stderr
     assert "rank-0 of 2" in launched.stdout and "rank-1 of 2" in launched.stdout
     pods = [o for o in objects(fakes["kube-a"], "kc") if o["kind"] == "Pod"]
-    assert sorted(p["metadata"]["name"] for p in pods) == ["kc-0", "kc-1"]
+    assert sorted(p["metadata"]["name"] for p in pods) == [pod(k8s, "kc", 0), pod(k8s, "kc", 1)]
     assert all(p["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "1" for p in pods)
     shell = k8s.run("ssh", "kc", "--node", "1", "echo", "in-$STIX_POD_NAME", timeout=60)
-    assert (shell.returncode, shell.stdout.strip()) == (0, "in-kc-1"), shell.stderr
+    assert (shell.returncode, shell.stdout.strip()) == (0, f"in-{pod(k8s, 'kc', 1)}"), shell.stderr
     stopped = k8s.run("stop", "-y", "kc")
     assert stopped.returncode != 0 and "down" in stopped.stderr
     assert len(stopped.stderr.strip().splitlines()) == 1, stopped.stderr
@@ -111,7 +117,9 @@ def test_an_unschedulable_pod_fails_over_to_the_next_context_within_seconds_sayi
         assert "kube-a" in said and "Insufficient cpu" in said, said
         assert "placed" in launched.stdout
         assert objects(fake_a, "fo") == []
-        assert [o["metadata"]["name"] for o in objects(fakes["kube-b"], "fo")] == ["fo-0"]
+        assert [o["metadata"]["name"] for o in objects(fakes["kube-b"], "fo")] == [
+            pod(k8s, "fo", 0)
+        ]
         assert took < 20, took  # the whole launch, the second context's agent included
     finally:
         fake_a.kubectl("delete", "pods", "--all", "--wait=false")
@@ -132,9 +140,11 @@ def test_with_an_autoscaler_the_launch_shows_the_pods_events_then_fails_over_at_
                            "echo placed", timeout=120)  # fmt: skip
         assert launched.returncode == 0, launched.stderr
         said = launched.stdout + launched.stderr
-        assert "pod grow-0: FailedScheduling: 0/4 nodes are available" in said, said
+        assert f"pod {pod(k8s, 'grow', 0)}: FailedScheduling: 0/4 nodes are" in said, said
         assert "no node came within 2 s" in said, said
-        assert [o["metadata"]["name"] for o in objects(fakes["kube-b"], "grow")] == ["grow-0"]
+        assert [o["metadata"]["name"] for o in objects(fakes["kube-b"], "grow")] == [
+            pod(k8s, "grow", 0)
+        ]
         assert objects(fake_a, "grow") == []
     finally:
         fake_a.kubectl("delete", "pods", "--all", "--wait=false")
@@ -146,8 +156,8 @@ def test_a_pod_runs_the_tasks_image_and_autostop_takes_the_cluster_down(
 ) -> None:
     k8s.run("launch", "-y", "-c", "idle", "--infra", "k8s/kube-b", "--image-id",
             "docker:team/trainer:3", "echo hi", check=True, timeout=120)  # fmt: skip
-    [pod] = [o for o in objects(fakes["kube-b"], "idle") if o["kind"] == "Pod"]
-    assert pod["spec"]["containers"][0]["image"] == "team/trainer:3"  # image_id: docker:...
+    [made] = [o for o in objects(fakes["kube-b"], "idle") if o["kind"] == "Pod"]
+    assert made["spec"]["containers"][0]["image"] == "team/trainer:3"  # image_id: docker:...
     said = k8s.run("autostop", "-y", "-i", "0", "idle", check=True)
     assert "torn down" in said.stdout + said.stderr, said
     wait_until(lambda: "idle" not in k8s.clusters(), timeout=60)
@@ -160,11 +170,11 @@ def test_a_pod_deleted_mid_job_ends_the_job_as_a_lost_node(
     k8s.run("launch", "-y", "-d", "-c", "lost", "--infra", "k8s/kube-b", "--num-nodes", "2",
             "sleep 600", check=True, timeout=120)  # fmt: skip
     wait_until(lambda: k8s.job_status("lost", 1) == "RUNNING", timeout=60)
-    fakes["kube-b"].kubectl("delete", "pod", "lost-1", "--wait=false")
+    fakes["kube-b"].kubectl("delete", "pod", pod(k8s, "lost", 1), "--wait=false")
     wait_until(lambda: k8s.job_status("lost", 1) not in ("RUNNING", "PENDING"), timeout=60)
     assert k8s.job_status("lost", 1) == "FAILED_DRIVER"
     events = k8s.run("events", "lost").stdout
-    assert re.search(r"node 1 pod lost-1 (was|is being) deleted", events), events
+    assert re.search(rf"node 1 pod {pod(k8s, 'lost', 1)} (was|is being) deleted", events), events
     k8s.run("down", "-y", "lost", check=True, timeout=60)
     assert objects(fakes["kube-b"], "lost") == []
 
@@ -184,7 +194,10 @@ def test_a_daemon_killed_mid_launch_leaves_no_duplicate_and_no_orphan_pod(
     k8s.run("status", check=True)  # a new daemon takes the launch up again
     wait_until(lambda: k8s.clusters().get("crash", {}).get("status") == "UP", timeout=90)
     pods = [o for o in objects(fake, "crash") if o["kind"] == "Pod"]
-    assert sorted(p["metadata"]["name"] for p in pods) == ["crash-0", "crash-1"]
+    assert sorted(p["metadata"]["name"] for p in pods) == [
+        pod(k8s, "crash", 0),
+        pod(k8s, "crash", 1),
+    ]
     k8s.run("down", "-y", "crash", check=True, timeout=60)
     assert objects(fake, "crash") == []
 
@@ -208,11 +221,11 @@ def test_a_managed_job_whose_pod_is_deleted_recovers_on_a_new_pod(
     k8s.run("jobs", "launch", "-d", "-y", "--infra", "k8s/kube-b", str(task), check=True,
             timeout=120)  # fmt: skip
     wait_until(lambda: managed(k8s, 1)["status"] == "RUNNING" and any(marks.iterdir()), 120)
-    [pod] = [o for o in objects(fakes["kube-b"], "mj-1") if o["kind"] == "Pod"]
-    fakes["kube-b"].kubectl("delete", "pod", pod["metadata"]["name"], "--wait=false")
+    [head] = [o for o in objects(fakes["kube-b"], "mj-1") if o["kind"] == "Pod"]
+    fakes["kube-b"].kubectl("delete", "pod", head["metadata"]["name"], "--wait=false")
     job = wait_until(lambda: (j := managed(k8s, 1))["recoveries"] == 1 and j, timeout=60)
     [reason] = job["recovery_reasons"]
-    assert "pod mj-1-0" in reason and "kube-b" in reason, reason
+    assert f"pod {pod(k8s, 'mj-1', 0)}" in reason and "kube-b" in reason, reason
     done = wait_until(lambda: (j := managed(k8s, 1))["status"] == "SUCCEEDED" and j, 120)
     assert done["recoveries"] == 1 and len(list(marks.iterdir())) == 2
     wait_until(lambda: objects(fakes["kube-b"], "mj-1") == [], timeout=60)

@@ -13,6 +13,7 @@ from stixd.providers.kubernetes.podspec import (
     IDLE,
     LABEL_CLUSTER,
     LABEL_LAUNCH,
+    LABEL_OWNER,
     LABEL_RANK,
     LABEL_USER,
     PodPlan,
@@ -24,7 +25,10 @@ from stixd.providers.kubernetes.podspec import (
 from stixd.providers.kubernetes.seams import CONTAINER, PodRequest
 from tests.kube_fake.nodes import GPU_LABEL_SCHEMES
 
-PLAN = PodPlan(cluster="train", rank=1, namespace="team", launch_id="abc123", user="ana")
+OWNER = "0a1b2c3d"
+PLAN = PodPlan(
+    cluster="train", rank=1, namespace="team", owner=OWNER, launch_id="abc123", user="ana"
+)
 
 
 def container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +42,9 @@ def test_cpus_memory_and_gpus_are_both_requests_and_limits() -> None:
     pod = manifest(req, PLAN, KubernetesConfig())
     asked = {"cpu": "1500m", "memory": "6Gi", "nvidia.com/gpu": "2"}
     assert container(pod)["resources"] == {"requests": asked, "limits": asked}
-    amd = manifest(req, PodPlan("t", 0, "default", gpu_resource="amd.com/gpu"), KubernetesConfig())
+    amd = manifest(
+        req, PodPlan("t", 0, "default", OWNER, gpu_resource="amd.com/gpu"), KubernetesConfig()
+    )
     assert container(amd)["resources"]["limits"]["amd.com/gpu"] == "2"
     bare = manifest(PodRequest(cpus=0, memory_gb=0), PLAN, KubernetesConfig())
     assert "resources" not in container(bare)
@@ -46,11 +52,12 @@ def test_cpus_memory_and_gpus_are_both_requests_and_limits() -> None:
 
 def test_the_pod_is_named_and_labelled_for_its_cluster_and_rank_and_idles() -> None:
     pod = manifest(PodRequest(cpus=1, memory_gb=1), PLAN, KubernetesConfig())
-    assert pod["metadata"]["name"] == "train-1"
+    assert pod["metadata"]["name"] == f"train-{OWNER}-1"
     assert pod["metadata"]["namespace"] == "team"
     assert pod["metadata"]["labels"] == {
         LABEL_CLUSTER: "train",
         LABEL_RANK: "1",
+        LABEL_OWNER: OWNER,
         LABEL_LAUNCH: "abc123",
         LABEL_USER: "ana",
     }
@@ -63,12 +70,25 @@ def test_the_pod_is_named_and_labelled_for_its_cluster_and_rank_and_idles() -> N
 
 
 def test_pod_names_are_dns_labels_and_names_that_clean_alike_do_not_collide() -> None:
-    assert pod_name("my-cluster", 3) == "my-cluster-3"
-    odd, other = pod_name("My_Cluster", 0), pod_name("my.cluster", 0)
+    assert pod_name("my-cluster", 3, OWNER) == f"my-cluster-{OWNER}-3"
+    odd, other = pod_name("My_Cluster", 0, OWNER), pod_name("my.cluster", 0, OWNER)
     assert odd != other
-    for name in (odd, other, pod_name("x" * 63, 12)):
-        assert len(name) <= 63 and name == name.lower() and name.endswith(("-0", "-12"))
+    longest = pod_name("x" * 63, 12, OWNER)
+    assert longest != pod_name("x" * 62, 12, OWNER)
+    for name in (odd, other, longest):
+        assert (
+            len(name) <= 63
+            and name == name.lower()
+            and name.endswith((f"-{OWNER}-0", f"-{OWNER}-12"))
+        )
         assert "_" not in name and "." not in name
+
+
+def test_the_same_cluster_from_two_homes_gets_two_names_each_stable_for_its_home() -> None:
+    for cluster in ("train", "My_Cluster", "x" * 63):
+        mine, theirs = pod_name(cluster, 0, OWNER), pod_name(cluster, 0, "ffffffff")
+        assert mine != theirs and mine == pod_name(cluster, 0, OWNER)
+        assert OWNER in mine and len(mine) <= 63
     assert label_value("a b!c") == "a-b-c" and label_value("ok.name_1") == "ok.name_1"
 
 
@@ -139,7 +159,7 @@ def test_gpu_selection_is_added_to_each_of_the_users_required_terms() -> None:
     selection = Selection((("skypilot.co/accelerator", ("a100",)),))
     pod = manifest(
         PodRequest(cpus=1, memory_gb=1, accelerator="A100", accelerator_count=1),
-        PodPlan("t", 0, "default", selection=selection),
+        PodPlan("t", 0, "default", OWNER, selection=selection),
         config,
     )
     required = pod["spec"]["affinity"]["nodeAffinity"]

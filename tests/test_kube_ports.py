@@ -18,7 +18,7 @@ import pytest
 from stixd.providers.kubernetes.api import KubeApi, path
 from stixd.providers.kubernetes.config import PortMode
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_RANK, pod_name
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_OWNER, LABEL_RANK, pod_name
 from stixd.providers.kubernetes.ports import (
     PortsUnavailable,
     close_ports,
@@ -81,6 +81,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+OWNER = "0a1b2c3d"
+
+
 async def head_pod(api: KubeApi, cluster: str, port: int) -> None:
     """The cluster's head pod, serving HTTP on ``port`` (pods share this machine's network)."""
     server = f"{sys.executable} -m http.server {port} --bind 127.0.0.1"
@@ -88,15 +91,15 @@ async def head_pod(api: KubeApi, cluster: str, port: int) -> None:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(cluster, 0),
-            "labels": {LABEL_CLUSTER: cluster, LABEL_RANK: "0"},
+            "name": pod_name(cluster, 0, OWNER),
+            "labels": {LABEL_CLUSTER: cluster, LABEL_RANK: "0", LABEL_OWNER: OWNER},
         },
         "spec": {"containers": [{"name": "stix", "image": "x", "command": ["sh", "-c", server]}]},
     }
     await api.call("POST", path("namespaces", NS, "pods"), body=body)
     deadline = time.monotonic() + 20
     while True:
-        pod = await api.call("GET", path("namespaces", NS, "pods", pod_name(cluster, 0)))
+        pod = await api.call("GET", path("namespaces", NS, "pods", pod_name(cluster, 0, OWNER)))
         if (pod.get("status") or {}).get("phase") == "Running" and answers(f"127.0.0.1:{port}"):
             return
         assert time.monotonic() < deadline, f"the head pod of {cluster} never served"
@@ -127,36 +130,36 @@ async def test_a_port_is_reached_through_the_address_its_mode_gives(
 ) -> None:
     cluster, port = f"ports-{mode}", free_port()
     await head_pod(api, cluster, port)
-    await open_ports(api, NS, cluster, [port], mode, {"team": "ml"})
-    reached = await endpoints(api, NS, cluster, [port], mode)
+    await open_ports(api, NS, cluster, OWNER, [port], mode, {"team": "ml"})
+    reached = await endpoints(api, NS, cluster, OWNER, [port], mode)
     assert answers(reached[port])
     made = await services(api, cluster)
     if mode == "podip":
         assert made == [] and reached[port] == f"127.0.0.1:{port}"
         return
     [service] = made
-    assert service["metadata"]["name"] == service_name(cluster)
+    assert service["metadata"]["name"] == service_name(cluster, OWNER)
     assert service["metadata"]["labels"]["team"] == "ml"
     kind = {"loadbalancer": "LoadBalancer", "nodeport": "NodePort"}[mode]
     assert service["spec"]["type"] == kind
     if mode == "nodeport":
         assert reached[port] == f"127.0.0.1:{service['spec']['ports'][0]['nodePort']}"
-    await open_ports(api, NS, cluster, [port], mode)  # again: the same service is kept
+    await open_ports(api, NS, cluster, OWNER, [port], mode)  # again: the same service is kept
     [again] = await services(api, cluster)
     assert again["metadata"]["uid"] == service["metadata"]["uid"]
-    await close_ports(api, NS, cluster)
-    await close_ports(api, NS, cluster)  # gone already: nothing to do
+    await close_ports(api, NS, cluster, OWNER)
+    await close_ports(api, NS, cluster, OWNER)  # gone already: nothing to do
     assert await services(api, cluster) == []
 
 
 async def test_a_port_added_later_remakes_the_service_with_every_port(api: KubeApi) -> None:
     cluster, first, second = "ports-more", free_port(), free_port()
     await head_pod(api, cluster, first)
-    await open_ports(api, NS, cluster, [first], "nodeport")
-    await open_ports(api, NS, cluster, [second], "nodeport")
+    await open_ports(api, NS, cluster, OWNER, [first], "nodeport")
+    await open_ports(api, NS, cluster, OWNER, [second], "nodeport")
     [service] = await services(api, cluster)
     assert sorted(p["port"] for p in service["spec"]["ports"]) == sorted([first, second])
-    await close_ports(api, NS, cluster)
+    await close_ports(api, NS, cluster, OWNER)
 
 
 async def test_preflight_refuses_loadbalancer_ports_where_services_get_no_address(
@@ -176,10 +179,11 @@ async def test_preflight_refuses_loadbalancer_ports_where_services_get_no_addres
 
 def test_service_names_are_dns_labels_even_for_names_that_are_not() -> None:
     for cluster in ("c1", "1abc", "My_Cluster.x", "a" * 80):
-        name = service_name(cluster)
-        assert len(name) <= 63 and name[0].isalpha() and name.endswith("-ports")
+        name = service_name(cluster, OWNER)
+        assert len(name) <= 63 and name[0].isalpha() and name.endswith(f"{OWNER}-ports")
         assert name == name.lower() and all(c.isalnum() or c == "-" for c in name)
-    assert service_name("a" * 80) != service_name("a" * 79)
+        assert name != service_name(cluster, "ffffffff")  # another home's is another service
+    assert service_name("a" * 80, OWNER) != service_name("a" * 79, OWNER)
 
 
 def launch_env(stix: Stix, fake: FakeProcess, mode: PortMode) -> None:

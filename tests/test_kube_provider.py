@@ -26,7 +26,7 @@ from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
 from stixd.providers.kubernetes.deferred import DeferredShell
 from stixd.providers.kubernetes.pods import well_formed
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_OWNER, pod_name
 from stixd.providers.kubernetes.provider import KubernetesProvider
 from stixd.providers.kubernetes.records import Where
 from stixd.providers.kubernetes.seams import PodRef, PodShell
@@ -87,6 +87,11 @@ def request(
     return ProvisionRequest(cluster, nodes, Path("/nonexistent/stix-agent-x.pyz"), placement)
 
 
+def names(provider: KubernetesProvider, cluster: str, *ranks: int) -> list[str]:
+    """The names the provider's home gives ``cluster``'s pods of ``ranks``."""
+    return [pod_name(cluster, rank, provider.owner) for rank in ranks]
+
+
 def pods_of(kube: FakeProcess, cluster: str) -> list[dict[str, Any]]:
     """The cluster's pods as kubectl lists them, those being deleted left out."""
     listed = kube.kubectl_json("get", "pods", "-l", f"{LABEL_CLUSTER}={cluster}")["items"]
@@ -114,7 +119,7 @@ async def test_pods_ask_for_the_tasks_resources_and_run_on_the_gpu_node(
     made = await provider.make_pods(
         request("res", 2, cpus=1, memory_gb=2, accelerator="A100", accelerator_count=1)
     )
-    assert sorted(made.pods) == ["res-0", "res-1"]
+    assert sorted(made.pods) == names(provider, "res", 0, 1)
     for pod in pods_of(kube, "res"):
         [c] = pod["spec"]["containers"]
         asked = {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "1"}
@@ -330,15 +335,16 @@ async def test_a_pod_deleted_or_evicted_from_outside_is_a_lost_node(
     assert isinstance(provider, ReportsLostNodes)
     await provider.make_pods(request("lose", 3))
     assert provider.lost_nodes("lose") == []
-    kube.kubectl("delete", "pod", "lose-0", "--wait=false")
-    kube.admin("evict", name="lose-2")
+    first, second, third = names(provider, "lose", 0, 1, 2)
+    kube.kubectl("delete", "pod", first, "--wait=false")
+    kube.admin("evict", name=third)
     with anyio.fail_after(10):
         while len(provider.lost_nodes("lose")) < 2:
             nodes = await provider.query("lose")
             await anyio.sleep(0.05)
     lost = {x.rank: x for x in provider.lost_nodes("lose")}
     assert sorted(lost) == [0, 2]
-    assert "lose-0" in lost[0].why and not lost[0].preempted
+    assert first in lost[0].why and not lost[0].preempted
     assert "Evicted" in lost[2].why and lost[2].preempted
     assert [(n.rank, n.status) for n in nodes] == [
         (0, NodeStatus.UNREACHABLE),
@@ -346,11 +352,7 @@ async def test_a_pod_deleted_or_evicted_from_outside_is_a_lost_node(
         (2, NodeStatus.UNREACHABLE),
     ]
     await provider.make_pods(request("lose", 3))  # a relaunch puts back what is missing
-    assert sorted(p["metadata"]["name"] for p in pods_of(kube, "lose")) == [
-        "lose-0",
-        "lose-1",
-        "lose-2",
-    ]
+    assert sorted(p["metadata"]["name"] for p in pods_of(kube, "lose")) == [first, second, third]
     assert all(p["status"]["phase"] == "Running" for p in pods_of(kube, "lose"))
     await provider.query("lose")
     assert provider.lost_nodes("lose") == []
@@ -363,7 +365,8 @@ async def test_a_relaunch_that_cannot_place_a_lost_nodes_pod_leaves_the_live_one
 ) -> None:
     req = request("keep", 2, accelerator="A100", accelerator_count=1)  # gpu-1's two GPUs
     await provider.make_pods(req)
-    kube.kubectl("delete", "pod", "keep-0", "--wait=true")
+    head, other = names(provider, "keep", 0, 1)
+    kube.kubectl("delete", "pod", head, "--wait=true")
     hog = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -383,12 +386,12 @@ async def test_a_relaunch_that_cannot_place_a_lost_nodes_pod_leaves_the_live_one
     try:
         with pytest.raises(CapacityError, match=r"Insufficient nvidia\.com/gpu"):
             await provider.make_pods(req)
-        assert [p["metadata"]["name"] for p in pods_of(kube, "keep")] == ["keep-1"]
+        assert [p["metadata"]["name"] for p in pods_of(kube, "keep")] == [other]
         assert provider.records.where("keep") is not None
     finally:
         kube.kubectl("delete", "pod", "gpu-hog", "--wait=true")
     await provider.make_pods(req)  # the GPU is free again: the node comes back
-    assert sorted(p["metadata"]["name"] for p in pods_of(kube, "keep")) == ["keep-0", "keep-1"]
+    assert sorted(p["metadata"]["name"] for p in pods_of(kube, "keep")) == [head, other]
     await provider.terminate("keep")
     assert await gone(kube, "keep") == []
 
@@ -400,7 +403,10 @@ async def test_down_leaves_nothing_and_a_second_down_is_harmless(
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "bye-ports", "labels": {LABEL_CLUSTER: "bye"}},
+        "metadata": {
+            "name": "bye-ports",
+            "labels": {LABEL_CLUSTER: "bye", LABEL_OWNER: provider.owner},
+        },
         "spec": {"selector": {LABEL_CLUSTER: "bye"}, "ports": [{"port": 80}]},
     }
     kube.kubectl("apply", "-f", "-", input=json.dumps(service))
@@ -422,7 +428,10 @@ async def test_stix_pods_no_cluster_owns_are_leaks_and_are_cleaned(
     ghost = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "ghost-0", "labels": {LABEL_CLUSTER: "ghost"}},
+        "metadata": {
+            "name": "ghost-0",
+            "labels": {LABEL_CLUSTER: "ghost", LABEL_OWNER: provider.owner},
+        },
         "spec": {"containers": [{"name": "stix", "image": "x", "command": ["sleep", "60"]}]},
     }
     kube.kubectl("apply", "-f", "-", input=json.dumps(ghost))
@@ -493,7 +502,8 @@ async def test_a_cluster_of_pods_runs_a_command_through_each_pods_agent(
                 num_nodes=nodes,
             )
             said = await job_output(agent, 1)
-            assert said.splitlines() == [f"rank {node.rank} on {cluster}-{node.rank}"]
+            [name] = names(provider, cluster, node.rank)
+            assert said.splitlines() == [f"rank {node.rank} on {name}"]
             job = (await agent.call("jobs", job_ids=[1]))["jobs"][0]
             assert job["state"] == "SUCCEEDED"
         again = await provider.launch(req)  # the agents are found, not started again

@@ -48,7 +48,7 @@ async def start_agents(
     errors: dict[int, ProvisionError] = {}
 
     async def one(rank: int) -> None:
-        ref = PodRef(where.context, where.namespace, pod_name(req.cluster, rank))
+        ref = PodRef(where.context, where.namespace, pod_name(req.cluster, rank, where.owner))
         pod_ip = str(ready[ref.name].get("status", {}).get("podIP") or "")
         shell = shell_of(ref)
         began = time.monotonic()

@@ -1,5 +1,6 @@
-"""What stix made in a context that no cluster owns: pods and services carrying its cluster
-label (a crash between a create and its record, a record removed by hand)."""
+"""What this stix home made in a context that no cluster owns: pods and services carrying its
+owner label (a crash between a create and its record, a record removed by hand). Another
+home's objects are never leaks of this one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from stixd.providers.abilities import Leak, LeakPolicy
 from stixd.providers.kubernetes import pods
 from stixd.providers.kubernetes.api import KubeApi, path
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, label_value
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_OWNER, label_value
 
 POLICY = LeakPolicy(check_every_s=600.0, min_age_s=600.0, terminate=False)
 KINDS = (("pods", "instance"), ("services", "service"))
@@ -28,14 +29,18 @@ def age_s(item: dict[str, Any]) -> float | None:
         return None
 
 
-async def find(api: KubeApi, namespace: str, live: Collection[str], young_s: float) -> list[Leak]:
-    """Objects of ``namespace`` labelled for a cluster not in ``live``, at least ``young_s``
-    old; those being deleted are not leaks."""
+async def find(
+    api: KubeApi, namespace: str, owner: str, live: Collection[str], young_s: float
+) -> list[Leak]:
+    """Objects of ``namespace`` made by ``owner`` for a cluster not in ``live``, at least
+    ``young_s`` old; those being deleted are not leaks."""
     owned = {label_value(c) for c in live}
     found: list[Leak] = []
     for resource, kind in KINDS:
         answer = await api.call(
-            "GET", path("namespaces", namespace, resource), query={"labelSelector": LABEL_CLUSTER}
+            "GET",
+            path("namespaces", namespace, resource),
+            query={"labelSelector": f"{LABEL_CLUSTER},{LABEL_OWNER}={owner}"},
         )
         for item in answer.get("items") or []:
             meta = item.get("metadata") or {}

@@ -28,12 +28,12 @@ class Observation:
     lost: list[NodeLoss]
 
 
-def by_rank(cluster: str, listed: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+def by_rank(cluster: str, owner: str, listed: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """The cluster's pods by rank (a pod whose name is not its rank's is none of them)."""
     found = {}
     for pod in listed:
         rank = pods.rank_of(pod)
-        if rank is not None and pod["metadata"]["name"] == pod_name(cluster, rank):
+        if rank is not None and pod["metadata"]["name"] == pod_name(cluster, rank, owner):
             found[rank] = pod
     return found
 
@@ -47,7 +47,7 @@ async def observe(
 ) -> Observation:
     """``recorded(rank)``: the node as its launch brought it up (one whose pod was made but
     whose agent never came has an empty agent address), None for a rank never made."""
-    found = by_rank(cluster, listed)
+    found = by_rank(cluster, where.owner, listed)
     nodes: dict[int, NodeInfo] = {}
     errors: dict[int, str] = {}
     lost: list[NodeLoss] = []
@@ -87,7 +87,7 @@ async def observe(
             why = (
                 f"pod {pod['metadata']['name']} {pods.fate(pod)}"
                 if pod is not None
-                else f"pod {pod_name(cluster, rank)} was deleted"
+                else f"pod {pod_name(cluster, rank, where.owner)} was deleted"
             )
             evicted = pod is not None and pod["status"].get("reason") == "Evicted"
             lost.append(NodeLoss(rank, f"{why} (context {where.context})", evicted))

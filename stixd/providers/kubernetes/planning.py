@@ -4,7 +4,7 @@ per context, ``show-gpus`` live, and the ports preflight with its verdict rememb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stixd.providers.base import CheckResult
@@ -90,11 +90,11 @@ class KubePlanning:
         ]
         return render(rows, problems, contexts), data
 
-    async def preflight_ports(self, context: str) -> None:
+    async def preflight_ports(self, context: str, labels: Mapping[str, str]) -> None:
         """``PortsUnavailable`` when ``context`` cannot expose ports in the configured mode; a
-        context that could once is not probed again."""
+        context that could once is not probed again. The probe carries ``labels``."""
         if context in self._ports_ok:
             return
         api = await self.api(context)
-        await preflight(api, self.namespace(context), self.config.ports)
+        await preflight(api, self.namespace(context), self.config.ports, labels)
         self._ports_ok.add(context)

@@ -19,7 +19,7 @@ import anyio
 
 from stixd.providers.base import Block, CapacityError
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
-from stixd.providers.kubernetes.podspec import LABEL_RANK, cluster_selector
+from stixd.providers.kubernetes.podspec import LABEL_RANK, cluster_selector, is_ours
 from stixproto.errors import ProvisionError
 
 Pod = dict[str, Any]
@@ -65,15 +65,23 @@ def fate(pod: Pod) -> str:
     return f"ended {status.get('phase', '')}{said}".rstrip()
 
 
-async def create(api: KubeApi, namespace: str, pod: Pod) -> Pod:
-    """Make ``pod``, or find it when one of that name exists (a retry after a crash)."""
+async def create(api: KubeApi, namespace: str, pod: Pod, cluster: str, owner: str) -> Pod:
+    """Make ``pod``, or find it when one of that name exists and its labels say it is this
+    home's pod of ``cluster`` at that rank (a retry after a crash); another's is refused."""
     name = pod["metadata"]["name"]
     try:
         return await api.call("POST", path("namespaces", namespace, "pods"), body=pod)
     except KubeApiError as exc:
         if exc.status != 409:
             raise
-    return await api.call("GET", path("namespaces", namespace, "pods", name))
+    found = await api.call("GET", path("namespaces", namespace, "pods", name))
+    labels = (found.get("metadata") or {}).get("labels") or {}
+    if not isinstance(labels, dict) or not is_ours(labels, cluster, owner, rank_of(pod)):
+        raise PodFailed(
+            f"pod {name} in namespace {namespace} of context {api.context} exists and is not "
+            f"this stix home's pod of cluster {cluster}; delete it or use another cluster name"
+        )
+    return found
 
 
 def well_formed(answer: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,11 +98,11 @@ def well_formed(answer: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-async def list_cluster(api: KubeApi, namespace: str, cluster: str) -> list[Pod]:
+async def list_cluster(api: KubeApi, namespace: str, cluster: str, owner: str) -> list[Pod]:
     answer = await api.call(
         "GET",
         path("namespaces", namespace, "pods"),
-        query={"labelSelector": cluster_selector(cluster)},
+        query={"labelSelector": cluster_selector(cluster, owner)},
     )
     return well_formed(answer)
 
@@ -108,12 +116,13 @@ async def delete(api: KubeApi, namespace: str, kind: str, name: str) -> None:
             raise
 
 
-async def delete_cluster(api: KubeApi, namespace: str, cluster: str) -> list[str]:
-    """Delete every pod and service of ``cluster``; returns the pods still going away."""
-    selector = {"labelSelector": cluster_selector(cluster)}
+async def delete_cluster(api: KubeApi, namespace: str, cluster: str, owner: str) -> list[str]:
+    """Delete every pod and service of ``cluster`` made by ``owner``; returns the pods still
+    going away."""
+    selector = {"labelSelector": cluster_selector(cluster, owner)}
     services = await api.call("GET", path("namespaces", namespace, "services"), query=selector)
     going = []
-    for pod in await list_cluster(api, namespace, cluster):
+    for pod in await list_cluster(api, namespace, cluster, owner):
         await delete(api, namespace, "pods", pod["metadata"]["name"])
         going.append(pod["metadata"]["name"])
     for service in well_formed(services):
@@ -121,11 +130,15 @@ async def delete_cluster(api: KubeApi, namespace: str, cluster: str) -> list[str
     return going
 
 
-async def wait_gone(api: KubeApi, namespace: str, cluster: str, names: Sequence[str]) -> None:
+async def wait_gone(
+    api: KubeApi, namespace: str, cluster: str, owner: str, names: Sequence[str]
+) -> None:
     """Until none of ``names`` is listed (their processes stopped), bounded."""
     with anyio.move_on_after(GONE_WITHIN_S):
         while True:
-            listed = {p["metadata"]["name"] for p in await list_cluster(api, namespace, cluster)}
+            listed = {
+                p["metadata"]["name"] for p in await list_cluster(api, namespace, cluster, owner)
+            }
             if not listed & set(names):
                 return
             await anyio.sleep(POLL_S)
@@ -164,6 +177,7 @@ class Waiter:
     api: KubeApi
     namespace: str
     cluster: str
+    owner: str
     autoscaler: str | None
     provision_timeout: float
     progress: Progress | None = None
@@ -177,7 +191,7 @@ class Waiter:
         while True:
             listed = {
                 p["metadata"]["name"]: p
-                for p in await list_cluster(self.api, self.namespace, self.cluster)
+                for p in await list_cluster(self.api, self.namespace, self.cluster, self.owner)
             }
             missing = [n for n in names if n not in listed]
             if missing:

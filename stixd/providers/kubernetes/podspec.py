@@ -27,7 +27,9 @@ LABEL_CLUSTER = "stix-cluster"
 LABEL_RANK = "stix-node-rank"
 LABEL_LAUNCH = "stix-launch"
 LABEL_USER = "stix-user"
-"""Every object stix makes carries ``LABEL_CLUSTER`` (how down and the leak scan find them)."""
+LABEL_OWNER = "stix-owner"
+"""Every object stix makes carries ``LABEL_CLUSTER`` and ``LABEL_OWNER`` (the id of the stix
+home that made it, ``owner.py``): down, listing and the leak scan select on both."""
 
 IDENTITIES_WITHOUT_ACCOUNT = ("SERVICE_ACCOUNT", "NO_UPLOAD", "LOCAL_CREDENTIALS")
 """``remote_identity`` values that leave the pod on its namespace's default service account."""
@@ -42,17 +44,23 @@ _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?")
 _MAX_LABEL = 63
 
 
-def pod_name(cluster: str, rank: int) -> str:
-    """``<cluster>-<rank>``, a DNS label as pod names must be. A cluster name that is not one
-    (capitals, ``_`` or ``.``, which stix names allow) is lowered and cleaned, with a digest of
-    the name itself so two names that clean alike never share pods."""
-    suffix = f"-{rank}"
-    if _DNS_LABEL.fullmatch(cluster) and len(cluster) + len(suffix) <= _MAX_LABEL:
-        return cluster + suffix
+def object_name(cluster: str, owner: str, suffix: str) -> str:
+    """``<cluster>-<owner><suffix>``, a DNS label as object names must be. A cluster name that
+    is not one (capitals, ``_`` or ``.``, which stix names allow) or too long is lowered and
+    cleaned, with a digest of the name itself so two names that clean alike never share it.
+    An empty ``owner`` (a cluster made before owners) leaves it out."""
+    tail = f"-{owner}{suffix}" if owner else suffix
+    if _DNS_LABEL.fullmatch(cluster) and len(cluster) + len(tail) <= _MAX_LABEL:
+        return cluster + tail
     digest = hashlib.sha1(cluster.encode()).hexdigest()[:8]
     cleaned = re.sub(r"[^a-z0-9-]+", "-", cluster.lower()).strip("-") or "x"
-    room = _MAX_LABEL - len(suffix) - len(digest) - 1
-    return f"{cleaned[:room].rstrip('-')}-{digest}{suffix}"
+    room = _MAX_LABEL - len(tail) - len(digest) - 1
+    return f"{cleaned[:room].rstrip('-')}-{digest}{tail}"
+
+
+def pod_name(cluster: str, rank: int, owner: str) -> str:
+    """``<cluster>-<owner>-<rank>`` (see ``object_name``)."""
+    return object_name(cluster, owner, f"-{rank}")
 
 
 def label_value(text: str) -> str:
@@ -64,9 +72,20 @@ def label_value(text: str) -> str:
     return cleaned.strip("-_.")
 
 
-def cluster_selector(cluster: str) -> str:
-    """The label selector of every object of ``cluster`` (names are valid label values)."""
-    return f"{LABEL_CLUSTER}={label_value(cluster)}"
+def cluster_selector(cluster: str, owner: str) -> str:
+    """The label selector of every object of ``cluster`` this home made (names are valid
+    label values); with no ``owner``, those made before owners, which carry none."""
+    mine = f"{LABEL_OWNER}={owner}" if owner else f"!{LABEL_OWNER}"
+    return f"{LABEL_CLUSTER}={label_value(cluster)},{mine}"
+
+
+def is_ours(labels: Mapping[str, Any], cluster: str, owner: str, rank: int | None) -> bool:
+    """Whether an object's labels say this home made it for ``cluster`` (and ``rank``)."""
+    return (
+        labels.get(LABEL_CLUSTER) == label_value(cluster)
+        and labels.get(LABEL_OWNER, "") == owner
+        and (rank is None or labels.get(LABEL_RANK) == str(rank))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +95,7 @@ class PodPlan:
     cluster: str
     rank: int
     namespace: str
+    owner: str
     launch_id: str = ""
     user: str = ""
     selection: Selection | None = None
@@ -158,7 +178,11 @@ def _env(plan: PodPlan) -> list[dict[str, Any]]:
 
 def stix_labels(plan: PodPlan) -> dict[str, str]:
     labels = {LABEL_CLUSTER: label_value(plan.cluster), LABEL_RANK: str(plan.rank)}
-    for key, value in ((LABEL_LAUNCH, plan.launch_id), (LABEL_USER, plan.user)):
+    for key, value in (
+        (LABEL_OWNER, plan.owner),
+        (LABEL_LAUNCH, plan.launch_id),
+        (LABEL_USER, plan.user),
+    ):
         if label_value(value):
             labels[key] = label_value(value)
     return labels
@@ -200,7 +224,7 @@ def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[s
     }
     pod: dict[str, Any] = merge(defaults, config.pod_config)
     meta = pod.setdefault("metadata", {})
-    meta["name"] = pod_name(plan.cluster, plan.rank)
+    meta["name"] = pod_name(plan.cluster, plan.rank, plan.owner)
     meta["namespace"] = plan.namespace
     meta["labels"] = {
         **meta.get("labels", {}),

@@ -29,8 +29,10 @@ from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.config import PortMode
 from stixd.providers.kubernetes.podspec import (
     LABEL_CLUSTER,
+    LABEL_OWNER,
     LABEL_RANK,
     label_value,
+    object_name,
     pod_name,
 )
 from stixproto.errors import ProvisionError
@@ -49,26 +51,25 @@ class PortsUnavailable(ProvisionError):
     """The context cannot expose ports in the configured mode."""
 
 
-def service_name(cluster: str) -> str:
-    """The cluster's ports service: a DNS-1035 label (a letter first, at most 63 long)."""
-    base = pod_name(cluster, 0).removesuffix("-0")
-    if not base[:1].isalpha():
-        base = f"s-{base}"
-    if len(base) + len(_SUFFIX) <= 63:
-        return base + _SUFFIX
+def service_name(cluster: str, owner: str) -> str:
+    """The ports service of ``owner``'s cluster: a DNS-1035 label (a letter first, at most 63
+    long; stix names begin with a letter, the digest keeps names that clean alike apart)."""
+    name = object_name(cluster, owner, _SUFFIX)
+    if name[:1].isalpha():
+        return name
     digest = hashlib.sha1(cluster.encode()).hexdigest()[:8]
-    return f"{base[:48].rstrip('-')}-{digest}{_SUFFIX}"
+    return object_name(f"s-{digest}", owner, _SUFFIX)
 
 
 def service_manifest(
-    cluster: str, ports: Sequence[int], mode: PortMode, labels: Mapping[str, str]
+    cluster: str, owner: str, ports: Sequence[int], mode: PortMode, labels: Mapping[str, str]
 ) -> dict[str, Any]:
     """The service exposing ``ports`` of the cluster's head pod."""
-    mine = {LABEL_CLUSTER: label_value(cluster)}
+    mine = {LABEL_CLUSTER: label_value(cluster), **({LABEL_OWNER: owner} if owner else {})}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": service_name(cluster), "labels": {**labels, **mine}},
+        "metadata": {"name": service_name(cluster, owner), "labels": {**labels, **mine}},
         "spec": {
             "type": _KIND[mode],
             "selector": {**mine, LABEL_RANK: "0"},
@@ -100,6 +101,7 @@ async def open_ports(
     api: KubeApi,
     namespace: str,
     cluster: str,
+    owner: str,
     ports: Sequence[int],
     mode: PortMode,
     labels: Mapping[str, str] | None = None,
@@ -108,7 +110,7 @@ async def open_ports(
     service already exposing them stays; one exposing fewer is made again with all."""
     if mode == "podip" or not ports:
         return
-    kind, name = _KIND[mode], service_name(cluster)
+    kind, name = _KIND[mode], service_name(cluster, owner)
     where = path("namespaces", namespace, "services")
     found = await _get(api, namespace, name)
     if found is not None:
@@ -117,7 +119,7 @@ async def open_ports(
             return
         ports = sorted(have | set(ports))
         await delete_service(api, namespace, name)
-    body = service_manifest(cluster, ports, mode, labels or {})
+    body = service_manifest(cluster, owner, ports, mode, labels or {})
     try:
         await api.call("POST", where, body=body)
     except KubeApiError as exc:
@@ -133,9 +135,9 @@ async def delete_service(api: KubeApi, namespace: str, name: str) -> None:
             raise
 
 
-async def close_ports(api: KubeApi, namespace: str, cluster: str) -> None:
+async def close_ports(api: KubeApi, namespace: str, cluster: str, owner: str) -> None:
     """Delete the cluster's ports service, if any (``down``)."""
-    await delete_service(api, namespace, service_name(cluster))
+    await delete_service(api, namespace, service_name(cluster, owner))
 
 
 def _ingress(service: Mapping[str, Any]) -> str | None:
@@ -182,6 +184,7 @@ async def endpoints(
     api: KubeApi,
     namespace: str,
     cluster: str,
+    owner: str,
     ports: Sequence[int],
     mode: PortMode,
     *,
@@ -191,11 +194,11 @@ async def endpoints(
     if not ports:
         return {}
     if mode == "loadbalancer":
-        address = await _address_within(api, namespace, service_name(cluster), wait_s)
+        address = await _address_within(api, namespace, service_name(cluster, owner), wait_s)
         if address is None:
             raise _no_address(api.context, wait_s)
         return {p: f"{address}:{p}" for p in ports}
-    head = await api.call("GET", path("namespaces", namespace, "pods", pod_name(cluster, 0)))
+    head = await api.call("GET", path("namespaces", namespace, "pods", pod_name(cluster, 0, owner)))
     status = head.get("status") or {}
     if mode == "podip":
         pod_ip = status.get("podIP")
@@ -203,7 +206,7 @@ async def endpoints(
             raise ProvisionError(f"the head pod of {cluster} has no IP yet")
         return {p: f"{pod_ip}:{p}" for p in ports}
     host = status.get("hostIP")
-    service = await _get(api, namespace, service_name(cluster))
+    service = await _get(api, namespace, service_name(cluster, owner))
     node_ports = {
         int(p["port"]): int(p["nodePort"])
         for p in ((service or {}).get("spec") or {}).get("ports") or []

@@ -2,11 +2,12 @@
 
 A launch goes to one context (the placement's region, else the first allowed one) and its
 namespace. The context is recorded before any pod is made, so a launch cut short is found and
-cleaned. Pods are named ``<cluster>-<rank>`` and made for every rank at once: a retry finds
-what exists (an ended pod is replaced). When the scheduler cannot place a pod and no
-autoscaler may add a node, the launch removes its pods and raises ``CapacityError`` for the
-context at once: the launcher goes on to the next context or cloud. Once every pod runs, the
-agent goes into each through its ``PodShell``, as onto an SSH host.
+cleaned. Pods are named ``<cluster>-<owner>-<rank>`` (``owner``: this stix home's id, also a
+label, so the same cluster name from another home is another cluster) and made for every rank
+at once: a retry finds what exists (an ended pod is replaced). When the scheduler cannot
+place a pod and no autoscaler may add a node, the launch removes its pods and raises
+``CapacityError`` for the context at once: the launcher goes on to the next context or cloud.
+Once every pod runs, the agent goes into each through its ``PodShell``, as onto an SSH host.
 
 Kubernetes cannot stop a pod: ``stop`` refuses and names ``down`` (``CannotStop``), and
 autostop takes such a cluster down. A pod deleted or evicted from outside is a lost node.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import getpass
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -42,8 +44,10 @@ from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, Kubeconfig
 from stixd.providers.kubernetes.observe import observe
+from stixd.providers.kubernetes.owner import owner_of
 from stixd.providers.kubernetes.planning import KubePlanning
 from stixd.providers.kubernetes.podspec import (
+    LABEL_OWNER,
     PodPlan,
     manifest,
     pod_name,
@@ -97,6 +101,11 @@ class KubernetesProvider:
         self._preflight = anyio.Lock()
         self.lost: dict[str, list[NodeLoss]] = {}
         self.last_error: dict[str, dict[int, str]] = {}
+
+    @functools.cached_property
+    def owner(self) -> str:
+        """This stix home's id, in the name and labels of every object it makes (owner.py)."""
+        return owner_of(self.home)
 
     # -- contexts, APIs and shells ---------------------------------------------------------
 
@@ -172,13 +181,15 @@ class KubernetesProvider:
     async def make_pods(self, req: ProvisionRequest) -> Made:
         """Every pod of the cluster Running (the first half of ``launch``, before the agents)."""
         context = self._context_of(req)
-        where = Where(context, self.namespace(context), req.num_nodes)
+        where = Where(context, self.namespace(context), req.num_nodes, self.owner)
         before = self.records.where(req.cluster)
-        if before is not None and (before.context, before.namespace) != (
+        if before is not None and (before.context, before.namespace, before.owner) != (
             where.context,
             where.namespace,
+            where.owner,
         ):
-            await self.terminate(req.cluster)  # failed over from another context: leave it clean
+            # failed over from another context (or made before owners): leave it clean
+            await self.terminate(req.cluster)
         asked = PodRequest.of(req.resources)
         if asked.ports:
             await self._can_expose(context)
@@ -197,9 +208,11 @@ class KubernetesProvider:
         if not opened:
             return
         mode = self.config.ports
-        await ports.open_ports(api, where.namespace, cluster, opened, mode, self._labels())
+        await ports.open_ports(
+            api, where.namespace, cluster, where.owner, opened, mode, self._labels()
+        )
         if mode == "loadbalancer":
-            found = await ports.endpoints(api, where.namespace, cluster, opened, mode)
+            found = await ports.endpoints(api, where.namespace, cluster, where.owner, opened, mode)
             host, _, _ = found[opened[0]].rpartition(":")
             self.records.remember(cluster, reached=host)
 
@@ -220,14 +233,14 @@ class KubernetesProvider:
         return reached
 
     def _labels(self) -> dict[str, str]:
-        return dict(self.config.custom_metadata.labels)
+        return {**self.config.custom_metadata.labels, LABEL_OWNER: self.owner}
 
     async def _can_expose(self, context: str) -> None:
         """The ports preflight: a context that cannot expose ports the configured way is no
         place for this launch (the next context may be)."""
         try:
             async with self._preflight:  # launches at once wait for one verdict, not probe each
-                await self.planning.preflight_ports(context)
+                await self.planning.preflight_ports(context, self._labels())
         except PortsUnavailable as exc:
             raise CapacityError(
                 exc.message, Block(infra=self.name, region=context, reason=exc.message)
@@ -248,6 +261,7 @@ class KubernetesProvider:
             cluster=req.cluster,
             rank=0,
             namespace=where.namespace,
+            owner=where.owner,
             launch_id=str(req.resources.get("launch_id") or ""),
             user=self.user,
         )
@@ -271,32 +285,41 @@ class KubernetesProvider:
     async def _pods_running(
         self, api: KubeApi, req: ProvisionRequest, where: Where, asked: PodRequest, plan: PodPlan
     ) -> dict[str, dict[str, Any]]:
-        names = [pod_name(req.cluster, rank) for rank in range(req.num_nodes)]
+        names = [pod_name(req.cluster, rank, where.owner) for rank in range(req.num_nodes)]
         listed = {
             p["metadata"]["name"]: p
-            for p in await pods.list_cluster(api, where.namespace, req.cluster)
+            for p in await pods.list_cluster(api, where.namespace, req.cluster, where.owner)
         }
         ended = [n for n in names if n in listed and pods.is_gone(listed[n])]
         for name in ended:  # an evicted or finished pod keeps its name until deleted
             await pods.delete(api, where.namespace, "pods", name)
         if ended:
-            await pods.wait_gone(api, where.namespace, req.cluster, ended)
+            await pods.wait_gone(api, where.namespace, req.cluster, where.owner, ended)
+
+        refused: list[ProvisionError] = []
 
         async def make(rank: int) -> None:
             if names[rank] in listed and names[rank] not in ended:
                 return
             body = manifest(asked, dataclasses.replace(plan, rank=rank), self.config)
-            await pods.create(api, where.namespace, body)
+            try:
+                await pods.create(api, where.namespace, body, req.cluster, where.owner)
+            except ProvisionError as exc:  # the launch fails in its one line, not in a group
+                refused.append(exc)
+                return
             if not self.records.node(req.cluster, rank):  # from now on, its loss is news
                 self.records.set_node(req.cluster, rank, {"pod": names[rank]})
 
         async with anyio.create_task_group() as tg:
             for rank in range(req.num_nodes):
                 tg.start_soon(make, rank)
+        if refused:
+            raise refused[0]
         waiter = pods.Waiter(
             api,
             where.namespace,
             req.cluster,
+            where.owner,
             self.config.autoscaler,
             self.config.provision_timeout,
             req.progress,
@@ -315,10 +338,10 @@ class KubernetesProvider:
         clean, while a relaunch leaves the pods that were already running be."""
         try:
             if not kept:
-                await pods.delete_cluster(api, where.namespace, cluster)
+                await pods.delete_cluster(api, where.namespace, cluster, where.owner)
                 self.records.drop(cluster)
                 return
-            for pod in await pods.list_cluster(api, where.namespace, cluster):
+            for pod in await pods.list_cluster(api, where.namespace, cluster, where.owner):
                 if pod["metadata"]["name"] not in kept:
                     await pods.delete(api, where.namespace, "pods", pod["metadata"]["name"])
         except ProvisionError as exc:
@@ -343,7 +366,7 @@ class KubernetesProvider:
             self.lost.pop(cluster, None)
             return []
         api = await self.api(where.context)
-        listed = await pods.list_cluster(api, where.namespace, cluster)
+        listed = await pods.list_cluster(api, where.namespace, cluster, where.owner)
         seen = await observe(
             cluster,
             where,
@@ -363,7 +386,7 @@ class KubernetesProvider:
             return None
         with contextlib.suppress(KeyError, ValueError, TypeError):
             return NodeInfo.from_dict(raw)
-        ref = PodRef(where.context, where.namespace, pod_name(cluster, rank))
+        ref = PodRef(where.context, where.namespace, pod_name(cluster, rank, where.owner))
         return NodeInfo(rank, "", NodeStatus.STOPPED, "", "", "", address=address(ref))
 
     def lost_nodes(self, cluster: str) -> list[NodeLoss]:
@@ -393,12 +416,12 @@ class KubernetesProvider:
             self.records.drop(cluster)
             return
         api = await self.api(where.context)
-        going = await pods.delete_cluster(api, where.namespace, cluster)
+        going = await pods.delete_cluster(api, where.namespace, cluster, where.owner)
         await self._forget(
             [ref for ref in self._shells if ref.context == where.context and ref.name in going]
         )
         if going:
-            await pods.wait_gone(api, where.namespace, cluster, going)
+            await pods.wait_gone(api, where.namespace, cluster, where.owner, going)
         self.records.drop(cluster)
         self.lost.pop(cluster, None)
 
@@ -459,7 +482,7 @@ class KubernetesProvider:
         found: list[Leak] = []
         for context in regions:
             found += await leaks.find(
-                await self.api(context), self.namespace(context), live, young_s
+                await self.api(context), self.namespace(context), self.owner, live, young_s
             )
         return found
 

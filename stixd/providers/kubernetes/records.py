@@ -1,6 +1,7 @@
 """What the Kubernetes provider remembers between daemon runs: where each cluster's pods are.
 
-``<stix home>/kubernetes/clusters.json``: per cluster its context, namespace and node count,
+``<stix home>/kubernetes/clusters.json``: per cluster its context, namespace, node count and
+the owner id its pods were named with,
 written before any pod is made (a launch cut short is still found and cleaned), then each
 node as it came up (``query`` lists a lost pod's node from it). The API server stays the truth
 about which pods exist.
@@ -22,6 +23,8 @@ class Where:
     context: str
     namespace: str
     num_nodes: int
+    owner: str = ""
+    """The home's owner id the pods carry (``owner.py``); empty for a cluster made before."""
 
 
 class Records:
@@ -46,15 +49,27 @@ class Records:
         if not isinstance(entry, dict) or not entry.get("context"):
             return None
         return Where(
-            str(entry["context"]), str(entry.get("namespace") or ""), int(entry.get("nodes") or 0)
+            str(entry["context"]),
+            str(entry.get("namespace") or ""),
+            int(entry.get("nodes") or 0),
+            str(entry.get("owner") or ""),
         )
 
     def place(self, cluster: str, where: Where) -> None:
         data = self.read()
         entry = data.get(cluster) or {}
-        if (entry.get("context"), entry.get("namespace")) != (where.context, where.namespace):
+        if (entry.get("context"), entry.get("namespace"), entry.get("owner") or "") != (
+            where.context,
+            where.namespace,
+            where.owner,
+        ):
             entry = {}  # a new place: what was known of the old one does not hold
-        entry.update(context=where.context, namespace=where.namespace, nodes=where.num_nodes)
+        entry.update(
+            context=where.context,
+            namespace=where.namespace,
+            nodes=where.num_nodes,
+            owner=where.owner,
+        )
         data[cluster] = entry
         self._write(data)
 
