@@ -1,0 +1,317 @@
+"""Every input is hostile, for Kubernetes: broken kubeconfigs, API servers that refuse, never
+speak or answer HTML, odd context and cluster names, wrong-typed API answers, pods whose relay
+dies or whose job deletes its home, a daemon killed while pods are being made. Each gets one
+line in bounded time or is contained; the daemon stays up and other infras keep working.
+
+Through the real daemon and stixctl; what the cluster holds is checked with kubectl.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stix
+
+BOUND_S = 25.0
+"""How long any one command may take against a broken Kubernetes."""
+
+
+def one_line(said: str) -> str:
+    lines = [line for line in said.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, said
+    return lines[0]
+
+
+def error_line(stderr: str) -> str:
+    """The one error of a command, its progress lines (``⚙ ...``) aside."""
+    return one_line("\n".join(x for x in stderr.splitlines() if not x.lstrip().startswith("⚙")))
+
+
+def kubeconfig_to(server: str, context: str = "hostile") -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": server}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": context, "context": {"cluster": "c", "user": "u"}}],
+            "current-context": context,
+        }
+    )
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A socket that accepts connections and never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+class _Html(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<html><body><h1>Welcome to nginx!</h1>\n<p>proxy</p></body></html>\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_DELETE = do_PATCH = do_GET
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def html_port() -> Iterator[int]:
+    """An HTTP server that answers every request with a web page."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Html)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again: nothing listens there
+
+
+SAID = {
+    "garbage_yaml": "cannot be read",
+    "a_list": "is not a mapping",
+    "a_missing_cluster": "hostile",
+    "a_server_that_refuses": "could not connect",
+    "a_server_that_never_speaks": "got no answer within",
+    "a_server_that_answers_html": "no Kubernetes object",
+}
+"""What the one line of each says (in `check`, `launch` and `show-gpus` alike)."""
+KUBECONFIGS: dict[str, Callable[[dict[str, int]], str]] = {
+    "garbage_yaml": lambda _: "apiVersion: v1\nclusters: [\n  - {name: : :\n\t}}}",
+    "a_list": lambda _: "- one\n- two\n",
+    "a_missing_cluster": lambda _: json.dumps(
+        {
+            "contexts": [{"name": "hostile", "context": {"cluster": "gone", "user": "gone"}}],
+            "current-context": "hostile",
+        }
+    ),
+    "a_server_that_refuses": lambda ports: kubeconfig_to(f"http://127.0.0.1:{ports['refused']}"),
+    "a_server_that_never_speaks": lambda ports: kubeconfig_to(
+        f"http://127.0.0.1:{ports['silent']}"
+    ),
+    "a_server_that_answers_html": lambda ports: kubeconfig_to(f"http://127.0.0.1:{ports['html']}"),
+}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(k, marks=[pytest.mark.slow] if k == "a_server_that_never_speaks" else [])
+        for k in sorted(KUBECONFIGS)
+    ],
+)
+def test_a_broken_kubeconfig_or_server_gets_one_line_in_bounded_time_and_local_still_works(
+    stix: Stix, tmp_path: Path, silent_port: int, html_port: int, kind: str
+) -> None:
+    config = tmp_path / "kubeconfig"
+    ports = {"refused": refused_port(), "silent": silent_port, "html": html_port}
+    config.write_text(KUBECONFIGS[kind](ports))
+    stix.env["KUBECONFIG"] = str(config)
+    stix.env["STIX__KUBERNETES__ALLOWED_CONTEXTS"] = json.dumps(["hostile"])
+    took: dict[str, float] = {}
+
+    def timed(name: str, *args: str) -> Any:
+        started = time.monotonic()
+        done = stix.run(*args, timeout=BOUND_S + 30)
+        took[name] = time.monotonic() - started
+        return done
+
+    checked = timed("check", "check")
+    said = checked.stdout + checked.stderr
+    assert SAID[kind] in said.split("\nkubernetes:\n")[-1], said
+    launched = timed("launch", "launch", "-y", "-c", "kh", "--infra", "k8s", "echo never")
+    assert launched.returncode != 0, launched.stdout
+    line = error_line(launched.stderr)
+    assert "Traceback" not in line and SAID[kind] in line, line
+    gpus = timed("show-gpus", "show-gpus", "--infra", "k8s")
+    assert SAID[kind] in one_line(gpus.stdout + gpus.stderr)
+    assert all(t < BOUND_S for t in took.values()), took
+    assert stix.daemon_pid(), "the daemon died"
+    local = stix.run("launch", "-y", "-c", "loc", "--infra", "local", "echo local-ok", timeout=60)
+    assert local.returncode == 0 and "local-ok" in local.stdout, local.stderr
+    assert "kh" not in stix.clusters()
+
+
+# -- an API server whose answers are hostile ---------------------------------------------------
+
+READY = {"type": "Ready", "status": "True"}
+GOOD_NODE = {
+    "metadata": {"name": "good", "labels": {}},
+    "status": {"allocatable": {"cpu": "4", "memory": "16Gi"}, "conditions": [READY]},
+}
+WRONG_NODES = [
+    1,
+    "x",
+    None,
+    [],
+    {"metadata": [1], "status": "nope"},
+    {"metadata": {"name": 7, "labels": ["a"]}, "status": {"allocatable": [], "conditions": "x"}},
+    {
+        "metadata": {"name": "inf", "labels": {"nvidia.com/gpu.product": {"x": 1}}},
+        "status": {
+            "allocatable": {"cpu": "inf", "memory": "NaN", "nvidia.com/gpu": "1e999"},
+            "conditions": [7, READY],
+            "addresses": "10.0.0.1",
+        },
+    },
+    GOOD_NODE,
+]
+
+
+def _huge_nodes() -> list[Any]:
+    """About 50 MB of nodes, none of them Ready."""
+    pad = "p" * 50_000
+    return [
+        {"metadata": {"name": f"n{i}", "annotations": {"pad": pad}}, "status": {}}
+        for i in range(1000)
+    ]
+
+
+ANSWERS: dict[str, dict[str, Any]] = {
+    # what GET nodes, GET/POST a pod and GET pods answer, per mode
+    "items_null": {"nodes": {"items": None}, "pod": {}, "pods": {"items": None}},
+    "wrong_types": {
+        "nodes": {"items": WRONG_NODES},
+        "pod": {"metadata": None, "status": 7, "spec": "x"},
+        "pods": {"items": [1, {"metadata": "x"}, {"metadata": {"name": "kw-0"}}]},
+    },
+    "a_pod_with_no_status": {
+        "nodes": {"items": [GOOD_NODE]},
+        "pod": {"metadata": {"name": "kw-0", "namespace": "default"}},
+        "pods": {"items": [{"metadata": {"name": "kw-0", "namespace": "default"}}]},
+    },
+    "a_list_not_a_map": {"nodes": [GOOD_NODE], "pod": [], "pods": []},
+}
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    mode = ""
+    deleted = False
+
+    def _answer(self, value: Any) -> None:
+        body = value if isinstance(value, bytes) else json.dumps(value).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        where = self.path.split("?")[0]
+        if self.mode == "huge":
+            answers = {"nodes": HUGE, "pod": {}, "pods": {"items": []}}
+        else:
+            answers = ANSWERS[self.mode]
+        if self.command == "DELETE" and "/pods/" in where:
+            type(self).deleted = True  # a pod deleted is listed no more, as a server would
+        if where.endswith("/nodes"):
+            self._answer(answers["nodes"])
+        elif where.endswith("/pods") and self.command == "GET":
+            self._answer({"items": []} if self.deleted else answers["pods"])
+        elif where.endswith("/pods") or "/pods/" in where:
+            self._answer(answers["pod"])
+        elif where.startswith("/api/v1/namespaces/"):
+            self._answer({"kind": "Namespace", "metadata": {"name": "default"}})
+        else:
+            self._answer({"kind": "Status", "items": None})
+
+    do_POST = do_DELETE = do_PATCH = do_GET
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+HUGE = b""
+
+
+@pytest.fixture
+def hostile_api(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An API server answering in the mode the test is parametrized with."""
+    global HUGE
+    mode = request.param
+    if mode == "huge" and not HUGE:
+        HUGE = json.dumps({"items": _huge_nodes()}).encode()
+    handler = type("Handler", (_Hostile,), {"mode": mode, "deleted": False})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("hostile_api", [*sorted(ANSWERS), "huge"], indirect=True)
+def test_wrong_typed_api_answers_fail_one_call_with_one_line_and_the_daemon_stays_up(
+    stix: Stix, tmp_path: Path, hostile_api: str
+) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig_to(hostile_api))
+    stix.env["KUBECONFIG"] = str(config)
+    stix.env["STIX__KUBERNETES__ALLOWED_CONTEXTS"] = json.dumps(["hostile"])
+    stix.env["STIX__KUBERNETES__PROVISION_TIMEOUT"] = "2"
+    started = time.monotonic()
+    checked = stix.run("check", timeout=60)
+    assert "Traceback" not in checked.stdout + checked.stderr
+    assert "\nkubernetes " in checked.stdout, checked.stdout
+    gpus = stix.run("show-gpus", "--infra", "k8s", timeout=60)
+    assert "Traceback" not in one_line(gpus.stdout + gpus.stderr)
+    launched = stix.run("launch", "-y", "-c", "kw", "--infra", "k8s", "echo x", timeout=90)
+    assert launched.returncode != 0
+    assert "Traceback" not in error_line(launched.stderr)
+    assert time.monotonic() - started < 30
+    assert stix.daemon_pid(), "the daemon died"
+    local = stix.run("launch", "-y", "-c", "loc", "--infra", "local", "echo local-ok", timeout=60)
+    assert local.returncode == 0 and "local-ok" in local.stdout, local.stderr
