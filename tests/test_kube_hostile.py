@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
 from tests.conftest import Stix
+from tests.kube_fake.process import FakeProcess
 
 BOUND_S = 25.0
 """How long any one command may take against a broken Kubernetes."""
@@ -315,3 +317,89 @@ def test_wrong_typed_api_answers_fail_one_call_with_one_line_and_the_daemon_stay
     assert stix.daemon_pid(), "the daemon died"
     local = stix.run("launch", "-y", "-c", "loc", "--infra", "local", "echo local-ok", timeout=60)
     assert local.returncode == 0 and "local-ok" in local.stdout, local.stderr
+
+
+# -- odd names, against the fake API server ----------------------------------------------------
+
+CONTEXT = "kube-h"
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    made = FakeProcess(tmp_path_factory.mktemp("kube-h"), "--context", CONTEXT)
+    try:
+        yield made
+    finally:
+        made.stop()
+        assert made.pod_processes() == []
+
+
+@pytest.fixture
+def k8s(stix: Stix, fake: FakeProcess) -> Stix:
+    stix.env["KUBECONFIG"] = str(fake.kubeconfig)
+    stix.env["STIX__KUBERNETES__ALLOWED_CONTEXTS"] = json.dumps([CONTEXT])
+    return stix
+
+
+def objects(fake: FakeProcess, cluster: str) -> list[dict[str, Any]]:
+    found = fake.kubectl_json("get", "pods,services", "-l", f"{LABEL_CLUSTER}={cluster}")
+    return [o for o in found["items"] if not o["metadata"].get("deletionTimestamp")]
+
+
+def all_pods(fake: FakeProcess) -> list[str]:
+    found = fake.kubectl_json("get", "pods")["items"]
+    return sorted(
+        p["metadata"]["name"] for p in found if not p["metadata"].get("deletionTimestamp")
+    )
+
+
+@pytest.mark.parametrize(
+    "target", ["k8s/../..", "k8s/a:b/c", "k8s/" + "c" * 300, "k8s/ünïcødé-ctx", "k8s/a\nb"]
+)
+def test_a_target_naming_no_context_gets_one_line_and_writes_nothing_outside_home(
+    k8s: Stix, fake: FakeProcess, target: str
+) -> None:
+    for args in (
+        ("launch", "-y", "-c", "odd", "--infra", target, "echo never"),
+        ("show-gpus", "--infra", target),
+    ):
+        started = time.monotonic()
+        done = k8s.run(*args, timeout=60)
+        said = error_line(done.stderr) if done.returncode else one_line(done.stdout)
+        assert "Traceback" not in said and time.monotonic() - started < 20, said
+    assert "odd" not in k8s.clusters() and all_pods(fake) == []
+    assert k8s.daemon_pid()
+    assert not any(".." in str(p.relative_to(k8s.home)) for p in k8s.home.rglob("*"))
+
+
+def test_cluster_names_that_are_no_dns_label_get_pods_of_their_own(
+    k8s: Stix, fake: FakeProcess
+) -> None:
+    """``My_Job`` and ``my.job`` clean to the same label; each gets its own pods, and a DNS-label
+    name equal to another's hashed pod name is refused in one line, never handed its pod."""
+    names = ("My_Job", "my.job")
+    try:
+        for name in names:
+            k8s.run("launch", "-y", "-d", "-c", name, "--infra", "k8s", "--cpus", "0.5",
+                    f"echo I am {name}", check=True, timeout=90)  # fmt: skip
+        pods = {name: [o for o in objects(fake, name) if o["kind"] == "Pod"] for name in names}
+        [mine], [yours] = pods.values()
+        assert mine["metadata"]["name"] == pod_name("My_Job", 0) != yours["metadata"]["name"]
+        for name in names:
+            logs = k8s.run("logs", name, "1", timeout=60)
+            assert f"I am {name}" in logs.stdout, logs.stderr
+        squatter = pod_name("My_Job", 0).removesuffix("-0")  # a DNS label: used as it is
+        taken = k8s.run("launch", "-y", "-c", squatter, "--infra", "k8s", "--cpus", "0.5",
+                        "echo never", timeout=90)  # fmt: skip
+        assert taken.returncode != 0
+        assert "exists and is of stix cluster My_Job" in error_line(taken.stderr), taken.stderr
+        assert [o["metadata"]["name"] for o in objects(fake, "My_Job")] == [
+            pod_name("My_Job", 0)
+        ]  # the failed launch cleaned up only what was its own
+        logs = k8s.run("logs", "My_Job", "1", timeout=60)
+        assert "I am My_Job" in logs.stdout, logs.stderr
+    finally:
+        for name in names:
+            k8s.run("down", "-y", name, timeout=60)
+        k8s.run("down", "-y", pod_name("My_Job", 0).removesuffix("-0"), timeout=60)
+    assert all_pods(fake) == []

@@ -19,7 +19,7 @@ import anyio
 
 from stixd.providers.base import Block, CapacityError
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
-from stixd.providers.kubernetes.podspec import LABEL_RANK, cluster_selector
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_RANK, cluster_selector
 from stixd.providers.kubernetes.shapes import as_map, get, maps
 from stixproto.errors import ProvisionError
 
@@ -77,7 +77,16 @@ async def create(api: KubeApi, namespace: str, pod: Pod) -> Pod:
     except KubeApiError as exc:
         if exc.status != 409:
             raise
-    return await api.call("GET", path("namespaces", namespace, "pods", name))
+    found = await api.call("GET", path("namespaces", namespace, "pods", name))
+    ours = as_map(get(pod, "metadata", "labels")).get(LABEL_CLUSTER)
+    theirs = as_map(get(found, "metadata", "labels")).get(LABEL_CLUSTER)
+    if theirs != ours:  # another cluster's pod (a name that hashes to ours), or not stix's
+        owner = f"of stix cluster {theirs}" if isinstance(theirs, str) else "not made by stix"
+        raise PodFailed(
+            f"pod {name} in context {api.context} namespace {namespace} exists and is {owner}: "
+            "launch under another cluster name"
+        )
+    return found
 
 
 def well_formed(answer: dict[str, Any]) -> list[dict[str, Any]]:
