@@ -9,6 +9,8 @@ Through the real daemon and stixctl; what the cluster holds is checked with kube
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
-from tests.conftest import Stix
+from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
 
 BOUND_S = 25.0
@@ -403,3 +405,134 @@ def test_cluster_names_that_are_no_dns_label_get_pods_of_their_own(
             k8s.run("down", "-y", name, timeout=60)
         k8s.run("down", "-y", pod_name("My_Job", 0).removesuffix("-0"), timeout=60)
     assert all_pods(fake) == []
+
+
+# -- the relay and the pod's home --------------------------------------------------------------
+
+
+def pod_pids(fake: FakeProcess, *words: bytes) -> list[int]:
+    """Processes of the fake's pods whose command line holds every one of ``words``."""
+    found = []
+    for pid in fake.pod_processes():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if all(word in cmdline for word in words):
+            found.append(pid)
+    return found
+
+
+def test_a_killed_relay_and_a_job_that_deletes_its_home_are_contained_and_down_leaves_nothing(
+    k8s: Stix, fake: FakeProcess
+) -> None:
+    try:
+        k8s.run("launch", "-y", "-c", "rel", "--infra", "k8s", "--cpus", "0.5", "echo first",
+                check=True, timeout=90)  # fmt: skip
+        relays = pod_pids(fake, b"stix-inpod", b"relay")
+        assert relays, "no relay in the pod"
+        for pid in relays:
+            os.kill(pid, signal.SIGKILL)
+        again = k8s.run("exec", "rel", "echo after-relay-killed", timeout=60)
+        assert again.returncode == 0 and "after-relay-killed" in again.stdout, again.stderr
+        wiped = k8s.run("exec", "rel", 'rm -rf "$HOME"; echo wiped', timeout=60)
+        said = wiped.stdout + wiped.stderr
+        assert "Traceback" not in said, said
+        after = k8s.run("exec", "rel", "echo after-wipe", timeout=60)
+        assert after.returncode == 0 and "after-wipe" in after.stdout, after.stderr
+        logs = k8s.run("logs", "rel", "1", "--no-follow", timeout=60)  # its log went with ~
+        assert "first" not in logs.stdout
+        if logs.returncode:
+            assert "Traceback" not in error_line(logs.stderr), logs.stderr
+        assert k8s.daemon_pid()
+    finally:
+        down = k8s.run("down", "-y", "rel", timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert objects(fake, "rel") == [] and all_pods(fake) == []
+    assert "rel" not in k8s.clusters()
+
+
+# -- a daemon killed while pods are being made -------------------------------------------------
+
+
+def test_a_daemon_killed_while_pods_are_made_then_down_at_once_leaves_no_orphan_pod(
+    k8s: Stix, fake: FakeProcess
+) -> None:
+    """``kill -9`` as the first pod appears; the next daemon takes the launch up again, and a
+    ``down`` racing that resumed launch still leaves no pod behind."""
+    launch = k8s.popen("launch", "-y", "-c", "crash", "--infra", "k8s", "--num-nodes", "3",
+                       "--cpus", "0.5", "echo never")  # fmt: skip
+    try:
+        wait_until(lambda: objects(fake, "crash"), timeout=60, interval=0.01)
+        k8s.kill_daemon()
+    finally:
+        launch.kill()
+        launch.communicate(timeout=30)
+    k8s.run("status", check=True)  # a new daemon, the launch taken up again
+    names = [o["metadata"]["name"] for o in objects(fake, "crash") if o["kind"] == "Pod"]
+    assert len(names) == len(set(names)) <= 3 and set(names) <= {
+        pod_name("crash", r) for r in range(3)
+    }
+    down = k8s.run("down", "-y", "crash", timeout=90)
+    assert down.returncode == 0, down.stderr
+    assert "crash" not in k8s.clusters()
+    assert objects(fake, "crash") == []
+    wait_until(lambda: all_pods(fake) == [], timeout=30)  # deleted pods' processes stopped
+    assert fake.kubectl_json("get", "pods", "-l", f"{LABEL_CLUSTER}=crash")["items"] == []
+
+
+def test_a_daemon_killed_while_pods_are_made_resumes_with_no_duplicate(
+    k8s: Stix, fake: FakeProcess
+) -> None:
+    launch = k8s.popen("launch", "-y", "-c", "again", "--infra", "k8s", "--num-nodes", "2",
+                       "--cpus", "0.5", "echo after-crash")  # fmt: skip
+    try:
+        wait_until(lambda: objects(fake, "again"), timeout=60, interval=0.01)
+        k8s.kill_daemon()
+    finally:
+        launch.kill()
+        launch.communicate(timeout=30)
+    k8s.run("status", check=True)
+    try:
+        wait_until(lambda: k8s.clusters().get("again", {}).get("status") == "UP", timeout=90)
+        pods = sorted(o["metadata"]["name"] for o in objects(fake, "again") if o["kind"] == "Pod")
+        assert pods == ["again-0", "again-1"]
+    finally:
+        k8s.run("down", "-y", "again", check=True, timeout=60)
+    assert objects(fake, "again") == []
+
+
+WEIRD_CONTEXTS = ("../../etc", "ünïcødé ctx", "c" * 300)
+
+
+def test_contexts_with_hostile_names_are_used_as_names_only(
+    k8s: Stix, fake: FakeProcess, tmp_path: Path
+) -> None:
+    """Contexts named ``../../etc``, with unicode and spaces, or 300 characters long, all
+    reaching the fake: check lists each, a launch runs on the first, and no file lands outside
+    stix's home."""
+    config = json.loads(json.dumps(__import__("yaml").safe_load(fake.kubeconfig.read_text())))
+    base = config["contexts"][0]["context"]
+    config["contexts"] = [{"name": n, "context": base} for n in WEIRD_CONTEXTS]
+    config["current-context"] = WEIRD_CONTEXTS[0]
+    weird = tmp_path / "kubeconfig"
+    weird.write_text(json.dumps(config))
+    k8s.env["KUBECONFIG"] = str(weird)
+    k8s.env["STIX__KUBERNETES__ALLOWED_CONTEXTS"] = json.dumps(list(WEIRD_CONTEXTS))
+    outside = sorted(p.name for p in tmp_path.iterdir())
+    checked = k8s.run("check", timeout=60)
+    assert "Traceback" not in checked.stdout + checked.stderr
+    for name in WEIRD_CONTEXTS:
+        assert f"{name}: reachable" in checked.stdout, checked.stdout
+    try:
+        k8s.run("launch", "-y", "-c", "wc", "--infra", "k8s", "--cpus", "0.5", "echo in-weird",
+                check=True, timeout=90)  # fmt: skip
+        assert [o["metadata"]["name"] for o in objects(fake, "wc")] == ["wc-0"]
+        gpus = k8s.run("show-gpus", "--infra", "k8s", timeout=60)
+        assert gpus.returncode == 0 and "Traceback" not in gpus.stdout + gpus.stderr
+    finally:
+        k8s.run("down", "-y", "wc", check=True, timeout=60)
+    assert objects(fake, "wc") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == outside
+    assert not (k8s.home.parent / "etc").exists()
+    assert all(k8s.home in p.resolve().parents for p in k8s.home.rglob("*") if not p.is_symlink())

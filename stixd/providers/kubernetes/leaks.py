@@ -12,6 +12,7 @@ from stixd.providers.abilities import Leak, LeakPolicy
 from stixd.providers.kubernetes import pods
 from stixd.providers.kubernetes.api import KubeApi, path
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, label_value
+from stixd.providers.kubernetes.shapes import as_map, get, maps
 
 POLICY = LeakPolicy(check_every_s=600.0, min_age_s=600.0, terminate=False)
 KINDS = (("pods", "instance"), ("services", "service"))
@@ -37,9 +38,9 @@ async def find(api: KubeApi, namespace: str, live: Collection[str], young_s: flo
         answer = await api.call(
             "GET", path("namespaces", namespace, resource), query={"labelSelector": LABEL_CLUSTER}
         )
-        for item in answer.get("items") or []:
-            meta = item.get("metadata") or {}
-            cluster = (meta.get("labels") or {}).get(LABEL_CLUSTER, "")
+        for item in maps(answer.get("items")):
+            meta = as_map(item.get("metadata"))
+            cluster = as_map(meta.get("labels")).get(LABEL_CLUSTER, "")
             age = age_s(item)
             if meta.get("deletionTimestamp") or cluster in owned:
                 continue
@@ -48,11 +49,11 @@ async def find(api: KubeApi, namespace: str, live: Collection[str], young_s: flo
             found.append(
                 Leak(
                     kind=kind,
-                    id=f"{namespace}/{meta.get('name', '')}",
+                    id=f"{namespace}/{str(meta.get('name', ''))[:253]}",
                     region=api.context,
                     cluster=cluster,
                     age_s=age,
-                    state=(item.get("status") or {}).get("phase"),
+                    state=phase if isinstance(phase := get(item, "status", "phase"), str) else None,
                 )
             )
     return found
