@@ -536,3 +536,23 @@ def test_contexts_with_hostile_names_are_used_as_names_only(
     assert sorted(p.name for p in tmp_path.iterdir()) == outside
     assert not (k8s.home.parent / "etc").exists()
     assert all(k8s.home in p.resolve().parents for p in k8s.home.rglob("*") if not p.is_symlink())
+
+
+@pytest.mark.parametrize(
+    ("setting", "args"),
+    [
+        ({"STIX__KUBERNETES__PROVISION_TIMEOUT": "inf"}, ("check",)),
+        ({"STIX__KUBERNETES__PROVISION_TIMEOUT": "nan"}, ("check",)),
+        ({}, ("launch", "-y", "-c", "num", "--infra", "k8s", "--cpus", "inf", "echo never")),
+        ({}, ("launch", "-y", "-c", "num", "--infra", "k8s", "--memory", "1e400", "echo x")),
+        ({}, ("launch", "-y", "-c", "num", "--infra", "k8s", "--num-nodes", "100000", "echo")),
+    ],
+)
+def test_inf_where_a_number_goes_gets_one_line_and_makes_no_pod(
+    k8s: Stix, fake: FakeProcess, setting: dict[str, str], args: tuple[str, ...]
+) -> None:
+    k8s.env.update(setting)
+    done = k8s.run(*args, timeout=60)
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in error_line(done.stderr), done.stderr
+    assert all_pods(fake) == []
