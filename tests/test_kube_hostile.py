@@ -478,6 +478,7 @@ def test_a_daemon_killed_while_pods_are_made_then_down_at_once_leaves_no_orphan_
     assert "crash" not in k8s.clusters()
     assert objects(fake, "crash") == []
     wait_until(lambda: all_pods(fake) == [], timeout=30)  # deleted pods' processes stopped
+    assert "crash" not in k8s.clusters()  # the resumed launch made nothing after the down
     assert fake.kubectl_json("get", "pods", "-l", f"{LABEL_CLUSTER}=crash")["items"] == []
 
 
