@@ -26,8 +26,10 @@ def address(ref: PodRef) -> str:
 
 
 def ref_of(node: NodeInfo) -> PodRef:
-    context, sep, rest = node.address.partition("/")
-    namespace, sep2, name = rest.partition("/")
+    """The pod of ``address``, read from the right: a namespace and a pod name are DNS labels,
+    a context may hold ``/`` (an EKS context is ``arn:aws:eks:REGION:ACCOUNT:cluster/NAME``)."""
+    rest, sep, name = node.address.rpartition("/")
+    context, sep2, namespace = rest.rpartition("/")
     if not (sep and sep2 and context and namespace and name):
         raise ProvisionError(f"node {node.rank} names no pod ({node.address!r})")
     return PodRef(context, namespace, name)

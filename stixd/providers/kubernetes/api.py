@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 API_TIMEOUT_S = 30.0
 ATTEMPTS = 4
 RETRY_AFTER_MAX_S = 2.0
-_RETRIED = (429, 500, 502, 503, 504)
+_RETRIED = (0, 429, 500, 502, 503, 504)
+"""Statuses tried again; 0 is a connection that failed before any answer."""
 
 
 class KubeApiError(ProvisionError):
@@ -42,6 +43,16 @@ def path(*parts: str) -> str:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+def _said(status: int, reason: str, answer: dict[str, Any] | None) -> str:
+    """What a failed try amounts to, after ``<context>: <method> <path>``."""
+    if status == 0:
+        return f"could not connect: {reason}"
+    if answer is None:
+        return f"answered {status} with no Kubernetes object (is the server URL an API server?)"
+    message = _first_line(str(answer.get("message") or ""))
+    return f"answered {status} {reason}" + (f": {message}" if message and message != reason else "")
 
 
 class KubeApi:
@@ -66,12 +77,12 @@ class KubeApi:
             with anyio.fail_after(self.timeout):
                 for attempt in range(ATTEMPTS):
                     status, reason, answer, wait = await self._once(method, where, query, body)
-                    if 200 <= status < 300:
+                    if 200 <= status < 300 and answer is not None:
                         return answer
-                    message = str(answer.get("message") or reason or "no message")
-                    last = f"{what} answered {status} {reason}: {_first_line(message)}"
+                    last = f"{what} {_said(status, reason, answer)}"
                     if status not in _RETRIED or attempt == ATTEMPTS - 1:
-                        raise KubeApiError(last, status, str(answer.get("reason") or reason))
+                        why = (answer or {}).get("reason") or reason
+                        raise KubeApiError(last, status, str(why))
                     await anyio.sleep(wait if wait is not None else 0.2 * 2**attempt)
         except TimeoutError:
             after = f" (last: {last})" if last else ""
@@ -80,9 +91,10 @@ class KubeApi:
 
     async def _once(
         self, method: str, where: str, query: dict[str, str] | None, body: dict[str, Any] | None
-    ) -> tuple[int, str, dict[str, Any], float | None]:
-        """(status, reason, the answer's JSON, how long the server asks to wait) of one try;
-        a connection that fails is a 503 with its error as the reason."""
+    ) -> tuple[int, str, dict[str, Any] | None, float | None]:
+        """(status, reason, the answer's JSON object, how long the server asks to wait) of one
+        try; a connection that fails is status 0 with its error as the reason; a 2xx answer
+        that is not a JSON object is None."""
         import aiohttp  # the client's own transport, loaded with it
 
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -102,13 +114,19 @@ class KubeApi:
                 status, reason = int(response.status), str(response.reason or "")
                 retry_after = response.headers.get("Retry-After", "")
         except (aiohttp.ClientError, OSError) as exc:
-            return 503, _first_line(str(exc)) or type(exc).__name__, {}, None
+            return 0, _first_line(str(exc)) or type(exc).__name__, {}, None
+        answer: dict[str, Any] | None
         try:
-            answer = json.loads(raw) if raw else {}
+            decoded = json.loads(raw) if raw else {}
         except ValueError:
-            answer = {"message": _first_line(raw.decode(errors="replace"))}
-        if not isinstance(answer, dict):
-            answer = {}
+            decoded = None
+        if isinstance(decoded, dict):
+            answer = decoded
+        elif 200 <= status < 300:
+            answer = None  # a proxy's web page, a list, a bare value: not what was asked for
+        else:
+            text = raw.decode(errors="replace") if decoded is None else ""
+            answer = {"message": _first_line(text)}
         wait = None
         if retry_after.isdigit():
             wait = min(float(retry_after), RETRY_AFTER_MAX_S)

@@ -40,6 +40,13 @@ class Kubeconfig:
     current: str | None
     namespaces: Mapping[str, str]
     """Per context, the namespace it names (``default`` where it names none)."""
+    unreadable: str | None = None
+    """Why the kubeconfig could not be read (it is then empty), for `check` and launches."""
+
+    @classmethod
+    def broken(cls, why: str) -> Kubeconfig:
+        """A kubeconfig with no context, because of ``why``."""
+        return cls((), (), None, {}, unreadable=why)
 
     @property
     def config_file(self) -> str:
@@ -109,6 +116,8 @@ class Clients:
         self._lock = anyio.Lock()
 
     async def client(self, context: str) -> ApiClient:
+        if self.config.unreadable:
+            raise KubeconfigError(self.config.unreadable)
         if context not in self.config.namespaces:
             known = ", ".join(self.config.contexts) or "none"
             raise KubeconfigError(f"no Kubernetes context {context!r} (contexts: {known})")

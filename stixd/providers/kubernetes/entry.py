@@ -1,7 +1,8 @@
 """The ``kubernetes`` registry entry: built unless its config section leaves it off
-(``enabled: false``); without a context in the kubeconfig it is built all the same, so
-``check`` says how to set one up. Reading the kubeconfig is YAML only; ``kubernetes_asyncio`` is
-imported when a context is first used."""
+(``enabled: false``); without a context in the kubeconfig, or with one that cannot be read, it
+is built all the same, so ``check`` and launches say how to set one up or what is wrong.
+Reading the kubeconfig is YAML only; ``kubernetes_asyncio`` is imported when a context is first
+used."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from stixd.providers.registry import BuildContext, Built, InfraEntry
 
 
 def build(ctx: BuildContext) -> Built | None:
-    from stixd.providers.kubernetes.contexts import Clients, KubeconfigError, read_kubeconfig
+    from stixd.providers.kubernetes.contexts import (
+        Clients,
+        Kubeconfig,
+        KubeconfigError,
+        read_kubeconfig,
+    )
     from stixd.providers.kubernetes.deferred import DeferredShell
     from stixd.providers.kubernetes.provider import KubernetesProvider
 
@@ -22,7 +28,7 @@ def build(ctx: BuildContext) -> Built | None:
         kubeconfig = read_kubeconfig()
     except KubeconfigError as exc:
         ctx.log.warning("kubeconfig_unreadable", error=exc.message)
-        return None
+        kubeconfig = Kubeconfig.broken(exc.message)  # built all the same: `check` says why
     clients = Clients(kubeconfig, ctx.home / "kubernetes" / "certs")
     provider = KubernetesProvider(
         ctx.home,

@@ -13,6 +13,7 @@ from stixd.providers.abilities import Leak, LeakPolicy
 from stixd.providers.kubernetes import pods
 from stixd.providers.kubernetes.api import KubeApi, path
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_OWNER, label_value
+from stixd.providers.kubernetes.shapes import as_map, get, maps
 
 POLICY = LeakPolicy(check_every_s=600.0, min_age_s=600.0, terminate=False)
 KINDS = (("pods", "instance"), ("services", "service"))
@@ -42,9 +43,9 @@ async def find(
             path("namespaces", namespace, resource),
             query={"labelSelector": f"{LABEL_CLUSTER},{LABEL_OWNER}={owner}"},
         )
-        for item in answer.get("items") or []:
-            meta = item.get("metadata") or {}
-            cluster = (meta.get("labels") or {}).get(LABEL_CLUSTER, "")
+        for item in maps(answer.get("items")):
+            meta = as_map(item.get("metadata"))
+            cluster = as_map(meta.get("labels")).get(LABEL_CLUSTER, "")
             age = age_s(item)
             if meta.get("deletionTimestamp") or cluster in owned:
                 continue
@@ -53,11 +54,11 @@ async def find(
             found.append(
                 Leak(
                     kind=kind,
-                    id=f"{namespace}/{meta.get('name', '')}",
+                    id=f"{namespace}/{str(meta.get('name', ''))[:253]}",
                     region=api.context,
                     cluster=cluster,
                     age_s=age,
-                    state=(item.get("status") or {}).get("phase"),
+                    state=phase if isinstance(phase := get(item, "status", "phase"), str) else None,
                 )
             )
     return found

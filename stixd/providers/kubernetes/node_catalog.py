@@ -148,7 +148,8 @@ class NodeCatalog:
             problems: dict[str, str] = {}
 
             async def one(context: str) -> None:
-                problem = context_problem(context, self.clients.config.contexts)
+                kubeconfig = self.clients.config
+                problem = kubeconfig.unreadable or context_problem(context, kubeconfig.contexts)
                 if problem is not None:
                     problems[context] = problem
                     return
@@ -173,7 +174,11 @@ class NodeCatalog:
         """Why no context can be planned on, once a refresh found none; None otherwise."""
         contexts = self.contexts()
         if not contexts:
-            return "no context in the kubeconfig (set KUBECONFIG or write ~/.kube/config)"
+            unreadable = self.clients.config.unreadable
+            return (
+                unreadable
+                or "no context in the kubeconfig (set KUBECONFIG or write ~/.kube/config)"
+            )
         if self.listed_at is None or any(c not in self.problems for c in contexts):
             return None
         why = "; ".join(f"{c}: {self.problems[c]}" for c in contexts)

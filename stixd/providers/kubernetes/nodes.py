@@ -15,6 +15,7 @@ from typing import Any
 
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.gpu_labels import GPU_RESOURCES, SCHEMES
+from stixd.providers.kubernetes.shapes import as_list, as_map, get, maps
 
 MAX_NODES = 10_000
 MAX_PODS = 200_000
@@ -83,8 +84,8 @@ def _items(listing: dict[str, Any], cap: int) -> list[dict[str, Any]]:
 def _address(status: Mapping[str, Any]) -> str | None:
     found = {
         a.get("type"): a.get("address")
-        for a in status.get("addresses") or []
-        if isinstance(a, dict) and isinstance(a.get("address"), str)
+        for a in maps(status.get("addresses"))
+        if isinstance(a.get("address"), str)
     }
     return found.get("ExternalIP") or found.get("InternalIP")
 
@@ -92,17 +93,15 @@ def _address(status: Mapping[str, Any]) -> str | None:
 def _ready(status: Mapping[str, Any]) -> bool:
     return any(
         isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
+        for c in as_list(status.get("conditions"))
     )
 
 
 def _gpus_asked(pod: Mapping[str, Any]) -> int:
     total = 0
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        resources = container.get("resources") if isinstance(container, dict) else None
-        if not isinstance(resources, dict):
-            continue
-        asked = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+    for container in maps(get(pod, "spec", "containers")):
+        resources = as_map(container.get("resources"))
+        asked = {**as_map(resources.get("limits")), **as_map(resources.get("requests"))}
         total += sum(int(quantity(asked[r])) for r in GPU_RESOURCES if r in asked)
     return total
 
@@ -117,7 +116,7 @@ def gpu_count(allocatable: Mapping[str, Any]) -> int:
 
 
 def _labels(raw: Mapping[str, Any]) -> dict[str, str]:
-    labels = (raw.get("metadata") or {}).get("labels")
+    labels = get(raw, "metadata", "labels")
     if not isinstance(labels, dict):
         return {}
     return {str(k): str(v) for k, v in labels.items()}
@@ -134,8 +133,8 @@ def accelerator_of(labels: Mapping[str, str]) -> str | None:
 
 def node_of(raw: Mapping[str, Any], gpus_requested: int | None) -> Node:
     """One node as listed."""
-    meta, status = raw.get("metadata") or {}, raw.get("status") or {}
-    allocatable: Mapping[str, Any] = status.get("allocatable") or {}
+    meta, status = as_map(raw.get("metadata")), as_map(raw.get("status"))
+    allocatable = as_map(status.get("allocatable"))
     return Node(
         name=str(meta.get("name") or "?")[:253],
         cpus=float(quantity(allocatable.get("cpu", 0))),
@@ -153,9 +152,7 @@ async def list_nodes(api: KubeApi, *, with_usage: bool = True) -> list[Node]:
     None per node when the account may not list pods of every namespace)."""
     nodes = _items(await api.call("GET", path("nodes")), MAX_NODES)
     used: dict[str, int] | None = None
-    if with_usage and any(
-        gpu_count((n.get("status") or {}).get("allocatable") or {}) for n in nodes
-    ):
+    if with_usage and any(gpu_count(as_map(get(n, "status", "allocatable"))) for n in nodes):
         try:
             pods = await api.call("GET", path("pods"), query={"fieldSelector": _FINISHED})
         except KubeApiError as exc:
@@ -164,11 +161,11 @@ async def list_nodes(api: KubeApi, *, with_usage: bool = True) -> list[Node]:
         else:
             used = {}
             for pod in _items(pods, MAX_PODS):
-                on = (pod.get("spec") or {}).get("nodeName")
+                on = get(pod, "spec", "nodeName")
                 if isinstance(on, str):
                     used[on] = used.get(on, 0) + _gpus_asked(pod)
     listed = []
     for raw in nodes:
-        name = str((raw.get("metadata") or {}).get("name"))
+        name = str(get(raw, "metadata", "name"))
         listed.append(node_of(raw, None if used is None else used.get(name, 0)))
     return listed

@@ -73,6 +73,11 @@ class KubePlanning:
         self, name: str | None, count: float | None, context: str | None
     ) -> tuple[str, list[dict[str, object]]]:
         """(the text ``show-gpus --infra k8s[/CONTEXT]`` prints, its rows as data)."""
+        if context and context not in self.clients.config.namespaces:
+            try:
+                await self.clients.client(context)  # raises the one line saying why
+            except ProvisionError as exc:
+                return exc.message, []
         contexts = [context] if context else self.contexts()
         if not contexts:
             return self.planning_problem() or "no Kubernetes context", []

@@ -20,6 +20,7 @@ import anyio
 from stixd.providers.base import Block, CapacityError
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.podspec import LABEL_RANK, cluster_selector, is_ours
+from stixd.providers.kubernetes.shapes import as_map, get, maps
 from stixproto.errors import ProvisionError
 
 Pod = dict[str, Any]
@@ -30,6 +31,10 @@ EVENTS_EVERY_S = 1.0
 """How often a waiting launch reads its pods' events for progress (a call per pod)."""
 START_WITHIN_S = 600.0
 """How long a scheduled pod may take to run (its image pulled, its container started)."""
+SCHEDULE_WITHIN_MIN_S = 2.0
+"""The least time a pod may wait for the scheduler's word before the launch fails over; past
+that it waits ``provision_timeout`` (SkyPilot's meaning: a pod still unscheduled then is no
+capacity, whatever the reason: no scheduler, a broken API, a queue)."""
 GONE_WITHIN_S = 60.0
 ENDED = ("Succeeded", "Failed")
 IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
@@ -43,20 +48,19 @@ class PodFailed(ProvisionError):
 
 
 def rank_of(pod: Pod) -> int | None:
-    text = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RANK, "")
+    text = as_map(get(pod, "metadata", "labels")).get(LABEL_RANK, "")
     return int(text) if isinstance(text, str) and text.isdigit() else None
 
 
 def is_gone(pod: Pod) -> bool:
     """Ended, or being deleted: the pod is no node any more."""
-    meta, status = pod.get("metadata", {}), pod.get("status") or {}
-    return bool(meta.get("deletionTimestamp")) or status.get("phase") in ENDED
+    return bool(get(pod, "metadata", "deletionTimestamp")) or get(pod, "status", "phase") in ENDED
 
 
 def fate(pod: Pod) -> str:
     """What became of a pod that is gone, in the API's words."""
-    status = pod.get("status") or {}
-    if pod.get("metadata", {}).get("deletionTimestamp"):
+    status = as_map(pod.get("status"))
+    if get(pod, "metadata", "deletionTimestamp"):
         return "is being deleted"
     reason = status.get("reason") or ""
     message = status.get("message") or ""
@@ -75,8 +79,8 @@ async def create(api: KubeApi, namespace: str, pod: Pod, cluster: str, owner: st
         if exc.status != 409:
             raise
     found = await api.call("GET", path("namespaces", namespace, "pods", name))
-    labels = (found.get("metadata") or {}).get("labels") or {}
-    if not isinstance(labels, dict) or not is_ours(labels, cluster, owner, rank_of(pod)):
+    labels = as_map(get(found, "metadata", "labels"))
+    if not is_ours(labels, cluster, owner, rank_of(pod)):
         raise PodFailed(
             f"pod {name} in namespace {namespace} of context {api.context} exists and is not "
             f"this stix home's pod of cluster {cluster}; delete it or use another cluster name"
@@ -150,7 +154,7 @@ async def wait_gone(
 
 def _unschedulable(pod: Pod) -> str | None:
     """The scheduler's sentence when it could not place the pod (its PodScheduled condition)."""
-    for cond in (pod.get("status") or {}).get("conditions") or []:
+    for cond in maps(get(pod, "status", "conditions")):
         if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
             "PodScheduled",
             "False",
@@ -160,9 +164,16 @@ def _unschedulable(pod: Pod) -> str | None:
     return None
 
 
+def _scheduled(pod: Pod) -> bool:
+    """Placed on a node, or the scheduler said something of it (then ``_unschedulable``)."""
+    return bool(get(pod, "spec", "nodeName")) or any(
+        cond.get("type") == "PodScheduled" for cond in maps(get(pod, "status", "conditions"))
+    )
+
+
 def _cannot_start(pod: Pod) -> str | None:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        waiting = (status.get("state") or {}).get("waiting") or {}
+    for status in maps(get(pod, "status", "containerStatuses")):
+        waiting = as_map(get(status, "state", "waiting"))
         reason = waiting.get("reason") or ""
         if reason in IMAGE_ERRORS + CONFIG_ERRORS:
             message = str(waiting.get("message") or "").strip().splitlines()
@@ -220,12 +231,22 @@ class Waiter:
                     raise self._no_capacity(
                         name, said, f"no node came within {self.provision_timeout:g} s"
                     )
+            elif (unseen := [n for n in waiting if not _scheduled(listed[n])]) and (
+                time.monotonic() - began > (within := self.schedule_within())
+            ):
+                raise self._no_capacity(
+                    unseen[0], "no scheduler placed it", f"not scheduled within {within:g} s"
+                )
             elif time.monotonic() - began > START_WITHIN_S + self.provision_timeout:
                 raise ProvisionError(
                     f"pods of {self.cluster} in context {self.api.context} did not run within "
                     f"{START_WITHIN_S + self.provision_timeout:g} s; see `kubectl describe pod`"
                 )
             await anyio.sleep(POLL_S)
+
+    def schedule_within(self) -> float:
+        """How long a pod may go without the scheduler's word (no node, no condition)."""
+        return max(self.provision_timeout, SCHEDULE_WITHIN_MIN_S)
 
     def _no_capacity(self, name: str, said: str, why: str) -> CapacityError:
         context = self.api.context
@@ -249,7 +270,7 @@ class Waiter:
                 )
             except KubeApiError:
                 return  # events are news, not the launch: a failed read is left out
-            for event in answer.get("items") or []:
+            for event in maps(answer.get("items")):
                 said = (
                     name,
                     str(event.get("reason") or ""),

@@ -170,7 +170,8 @@ class KubernetesProvider:
             return asked
         contexts = self.contexts()
         if not contexts:
-            raise ProvisionError("no Kubernetes context to launch on: set up a kubeconfig")
+            why = self.kubeconfig.unreadable or "no Kubernetes context to launch on"
+            raise ProvisionError(f"{why}: set up a kubeconfig")
         return contexts[0]
 
     async def launch(self, req: ProvisionRequest) -> list[NodeInfo]:
