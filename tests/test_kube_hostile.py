@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from stixd.providers.kubernetes.owner import owner_of
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
@@ -384,26 +385,30 @@ def test_cluster_names_that_are_no_dns_label_get_pods_of_their_own(
         for name in names:
             k8s.run("launch", "-y", "-d", "-c", name, "--infra", "k8s", "--cpus", "0.5",
                     f"echo I am {name}", check=True, timeout=90)  # fmt: skip
+        owner = owner_of(k8s.home)
         pods = {name: [o for o in objects(fake, name) if o["kind"] == "Pod"] for name in names}
         [mine], [yours] = pods.values()
-        assert mine["metadata"]["name"] == pod_name("My_Job", 0) != yours["metadata"]["name"]
+        assert mine["metadata"]["name"] == pod_name("My_Job", 0, owner)
+        assert mine["metadata"]["name"] != yours["metadata"]["name"]
         for name in names:
             logs = k8s.run("logs", name, "1", timeout=60)
             assert f"I am {name}" in logs.stdout, logs.stderr
-        squatter = pod_name("My_Job", 0).removesuffix("-0")  # a DNS label: used as it is
+        # a DNS label, used as it is: its pod name is My_Job's
+        squatter = pod_name("My_Job", 0, owner).removesuffix(f"-{owner}-0")
         taken = k8s.run("launch", "-y", "-c", squatter, "--infra", "k8s", "--cpus", "0.5",
                         "echo never", timeout=90)  # fmt: skip
         assert taken.returncode != 0
         assert "exists and is of stix cluster My_Job" in error_line(taken.stderr), taken.stderr
         assert [o["metadata"]["name"] for o in objects(fake, "My_Job")] == [
-            pod_name("My_Job", 0)
+            pod_name("My_Job", 0, owner)
         ]  # the failed launch cleaned up only what was its own
         logs = k8s.run("logs", "My_Job", "1", timeout=60)
         assert "I am My_Job" in logs.stdout, logs.stderr
     finally:
         for name in names:
             k8s.run("down", "-y", name, timeout=60)
-        k8s.run("down", "-y", pod_name("My_Job", 0).removesuffix("-0"), timeout=60)
+        owner = owner_of(k8s.home)
+        k8s.run("down", "-y", pod_name("My_Job", 0, owner).removesuffix(f"-{owner}-0"), timeout=60)
     assert all_pods(fake) == []
 
 
@@ -470,8 +475,9 @@ def test_a_daemon_killed_while_pods_are_made_then_down_at_once_leaves_no_orphan_
         launch.communicate(timeout=30)
     k8s.run("status", check=True)  # a new daemon, the launch taken up again
     names = [o["metadata"]["name"] for o in objects(fake, "crash") if o["kind"] == "Pod"]
+    owner = owner_of(k8s.home)
     assert len(names) == len(set(names)) <= 3 and set(names) <= {
-        pod_name("crash", r) for r in range(3)
+        pod_name("crash", r, owner) for r in range(3)
     }
     down = k8s.run("down", "-y", "crash", timeout=90)
     assert down.returncode == 0, down.stderr
@@ -497,7 +503,8 @@ def test_a_daemon_killed_while_pods_are_made_resumes_with_no_duplicate(
     try:
         wait_until(lambda: k8s.clusters().get("again", {}).get("status") == "UP", timeout=90)
         pods = sorted(o["metadata"]["name"] for o in objects(fake, "again") if o["kind"] == "Pod")
-        assert pods == ["again-0", "again-1"]
+        owner = owner_of(k8s.home)
+        assert pods == [pod_name("again", 0, owner), pod_name("again", 1, owner)]
     finally:
         k8s.run("down", "-y", "again", check=True, timeout=60)
     assert objects(fake, "again") == []
@@ -528,7 +535,8 @@ def test_contexts_with_hostile_names_are_used_as_names_only(
     try:
         k8s.run("launch", "-y", "-c", "wc", "--infra", "k8s", "--cpus", "0.5", "echo in-weird",
                 check=True, timeout=90)  # fmt: skip
-        assert [o["metadata"]["name"] for o in objects(fake, "wc")] == ["wc-0"]
+        owner = owner_of(k8s.home)
+        assert [o["metadata"]["name"] for o in objects(fake, "wc")] == [pod_name("wc", 0, owner)]
         gpus = k8s.run("show-gpus", "--infra", "k8s", timeout=60)
         assert gpus.returncode == 0 and "Traceback" not in gpus.stdout + gpus.stderr
     finally:

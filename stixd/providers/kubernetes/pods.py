@@ -19,7 +19,7 @@ import anyio
 
 from stixd.providers.base import Block, CapacityError
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
-from stixd.providers.kubernetes.podspec import LABEL_RANK, cluster_selector, is_ours
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_RANK, cluster_selector, is_ours
 from stixd.providers.kubernetes.shapes import as_map, get, maps
 from stixproto.errors import ProvisionError
 
@@ -81,9 +81,12 @@ async def create(api: KubeApi, namespace: str, pod: Pod, cluster: str, owner: st
     found = await api.call("GET", path("namespaces", namespace, "pods", name))
     labels = as_map(get(found, "metadata", "labels"))
     if not is_ours(labels, cluster, owner, rank_of(pod)):
+        theirs = labels.get(LABEL_CLUSTER)
+        whose = f"of stix cluster {theirs}" if isinstance(theirs, str) else "not made by stix"
         raise PodFailed(
-            f"pod {name} in namespace {namespace} of context {api.context} exists and is not "
-            f"this stix home's pod of cluster {cluster}; delete it or use another cluster name"
+            f"pod {name} in namespace {namespace} of context {api.context} exists and is "
+            f"{whose}, not this stix home's pod of cluster {cluster}; delete it or use another "
+            "cluster name"
         )
     return found
 
