@@ -303,10 +303,17 @@ class KubernetesProvider:
         )
         try:
             return await waiter.running(names)
-        except CapacityError:
+        except CapacityError as exc:
             kept = [n for n in names if n in listed and n not in ended]
             with anyio.CancelScope(shield=True):
                 await self._abandon(api, req.cluster, where, kept)
+            live = [n for n in kept if listed[n]["status"].get("phase") == "Running"]
+            if live:  # failing over would take the cluster's running pods down with it
+                raise ProvisionError(
+                    f"{exc.message}; cluster {req.cluster} keeps its running pods "
+                    f"{', '.join(live)} in context {where.context} (to move it, take it down "
+                    "and launch it again)"
+                ) from None
             raise
 
     async def _abandon(self, api: KubeApi, cluster: str, where: Where, kept: list[str]) -> None:
@@ -350,6 +357,7 @@ class KubernetesProvider:
             listed,
             lambda rank: self._recorded(cluster, where, rank),
             self.connector,
+            lambda node: self.shell(ref_of(node)).channel_up(),
         )
         self.lost[cluster] = seen.lost
         self.last_error[cluster] = seen.errors
@@ -398,7 +406,7 @@ class KubernetesProvider:
             [ref for ref in self._shells if ref.context == where.context and ref.name in going]
         )
         if going:
-            await pods.wait_gone(api, where.namespace, cluster, going)
+            await pods.wait_gone(api, where.namespace, cluster, going, ending=True)
         self.records.drop(cluster)
         self.lost.pop(cluster, None)
 
