@@ -384,8 +384,11 @@ async def test_a_relaunch_that_cannot_place_a_lost_nodes_pod_leaves_the_live_one
     }
     kube.kubectl("apply", "-f", "-", input=json.dumps(hog))  # another team takes the GPU
     try:
-        with pytest.raises(CapacityError, match=r"Insufficient nvidia\.com/gpu"):
+        with pytest.raises(ProvisionError, match=r"Insufficient nvidia\.com/gpu") as failed:
             await provider.make_pods(req)
+        # no failover: moving to another context would delete the live pod (terminate here)
+        assert not isinstance(failed.value, CapacityError)
+        assert f"keeps its running pods {other}" in failed.value.message
         assert [p["metadata"]["name"] for p in pods_of(kube, "keep")] == [other]
         assert provider.records.where("keep") is not None
     finally:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.kube_fake.meta import DNS_LABEL
 from tests.kube_fake.server import CONTEXT, serve, write_kubeconfig
+
+CONTEXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,252}")
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -54,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         "--no-load-balancer", action="store_true", help="LoadBalancer services never get an address"
     )
     args = parser.parse_args(argv)
-    if not DNS_LABEL.fullmatch(args.context):
-        sys.exit("--context must be a lowercase DNS name (a-z, 0-9, '-', '.')")
+    if not CONTEXT_NAME.fullmatch(args.context):  # a kubeconfig's names are free: an EKS ARN
+        sys.exit("--context must be letters, digits and . _ - : / @ (an EKS ARN is one)")
     if not 0 <= args.port < 65536:
         sys.exit("--port must be between 0 and 65535")
     asyncio.run(_main(args))

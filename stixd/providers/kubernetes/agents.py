@@ -10,14 +10,24 @@ from typing import Any
 import anyio
 import structlog
 
+from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
-from stixd.providers.kubernetes.podspec import pod_name
+from stixd.providers.kubernetes.podspec import MAIN_PID_FILE, pod_name
 from stixd.providers.kubernetes.records import Where
 from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
 from stixd.providers.shared.bootstrap import ensure_agent
 from stixd.providers.shared.ssh_nodes import WORKDIR, build_of
 from stixd.providers.shared.ssh_transport import quote
 from stixproto.errors import ProvisionError
+
+SELF_STOP_DEADLINE_S = 30.0
+SELF_STOP_COMMAND = (
+    f'p=$(cat "$HOME/{MAIN_PID_FILE}" 2>/dev/null || echo 1); '
+    f"grep -qs {MAIN_PID_FILE} /proc/$p/cmdline && kill -TERM $p"
+)
+"""What the agent runs when autostop is due and no daemon took the cluster down: it ends the
+container's command (only if that pid is still it), so the pod ends (Succeeded) and gives its
+GPUs back; the daemon, back, finds the cluster gone. ``podspec.IDLE`` writes the pid."""
 
 
 def address(ref: PodRef) -> str:
@@ -69,6 +79,7 @@ async def start_agents(
         except ProvisionError as exc:
             errors[rank] = exc
             return
+        await arm_self_stop(shell, ep.socket_path, rank, log)
         log.info(
             "kubernetes_node_ready",
             cluster=req.cluster,
@@ -97,3 +108,16 @@ async def start_agents(
         detail = "; ".join(f"rank {r}: {errors[r].message}" for r in sorted(errors))
         raise ProvisionError(f"{req.cluster} in context {where.context}: {detail}")
     return [nodes[r] for r in sorted(nodes)]
+
+
+async def arm_self_stop(
+    shell: PodShell, socket_path: str, rank: int, log: structlog.stdlib.BoundLogger
+) -> None:
+    """The dead-man's switch (as on a cloud VM): an agent that cannot take it yet is logged,
+    the daemon's autostop (a ``down``) remains."""
+    try:
+        await shell.agent_client(socket_path, f"rank {rank}@{shell.host}").call(
+            "self_stop", deadline=SELF_STOP_DEADLINE_S, command=SELF_STOP_COMMAND
+        )
+    except (AgentUnreachable, AgentError, ProvisionError) as exc:
+        log.warning("kubernetes_self_stop_not_set", rank=rank, error=str(exc))

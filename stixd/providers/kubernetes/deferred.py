@@ -56,6 +56,9 @@ class DeferredShell:
 
         return AgentClient(open_stream, name)
 
+    def channel_up(self) -> bool:
+        return self._made is not None and self._made.channel_up()
+
     async def aclose(self) -> None:
         made, self._made = self._made, None
         if made is not None:

@@ -16,6 +16,7 @@ from stixd.providers.base import NodeInfo, NodeLoss, NodeStatus
 from stixd.providers.kubernetes import pods
 from stixd.providers.kubernetes.podspec import pod_name
 from stixd.providers.kubernetes.records import Where
+from stixd.providers.kubernetes.relay import START_WITHIN_S
 from stixproto.errors import ProvisionError
 
 HELLO_DEADLINE_S = 5.0
@@ -44,9 +45,15 @@ async def observe(
     listed: list[dict[str, Any]],
     recorded: Callable[[int], NodeInfo | None],
     connector: Callable[[NodeInfo], AgentClient],
+    channel_up: Callable[[NodeInfo], bool],
 ) -> Observation:
     """``recorded(rank)``: the node as its launch brought it up (one whose pod was made but
-    whose agent never came has an empty agent address), None for a rank never made."""
+    whose agent never came has an empty agent address), None for a rank never made.
+
+    A running pod whose agent does not answer is STOPPED only when the pod's relay runs
+    (``channel_up``) and the agent's socket in it refuses; a relay that cannot start (the API
+    slow, 429/5xx, the exec cut) leaves it UNREACHABLE, so the cluster's node grace applies
+    as for an SSH host that stops answering. The hello is given the relay's start time."""
     found = by_rank(cluster, where.owner, listed)
     nodes: dict[int, NodeInfo] = {}
     errors: dict[int, str] = {}
@@ -63,8 +70,11 @@ async def observe(
         if not node.agent_address:
             return
         try:
-            hello = await connector(node).call("hello", deadline=HELLO_DEADLINE_S)
-        except (AgentUnreachable, ProvisionError):
+            hello = await connector(node).call("hello", deadline=HELLO_DEADLINE_S + START_WITHIN_S)
+        except (AgentUnreachable, ProvisionError) as exc:
+            if not channel_up(node):  # the pod may be fine: not a stopped node, as a host gone
+                errors[rank] = f"the pod's exec channel failed: {exc}"[:300]
+                nodes[rank] = dataclasses.replace(node, status=NodeStatus.UNREACHABLE)
             return
         pid = hello.get("pid")
         nodes[rank] = dataclasses.replace(

@@ -35,9 +35,16 @@ IDENTITIES_WITHOUT_ACCOUNT = ("SERVICE_ACCOUNT", "NO_UPLOAD", "LOCAL_CREDENTIALS
 """``remote_identity`` values that leave the pod on its namespace's default service account."""
 GRACE_S = 10
 """Seconds a deleted pod's processes get between SIGTERM and SIGKILL."""
-IDLE = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
+MAIN_PID_FILE = ".stix-main.pid"
+"""In the container's ``$HOME``: the pid of its command, which the agent's self-stop ends."""
+IDLE = [
+    "/bin/sh",
+    "-c",
+    f'echo $$ > "$HOME/{MAIN_PID_FILE}" 2>/dev/null; '
+    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
+]
 """The container's command: wait, and end at once on SIGTERM (a bare ``sleep`` as PID 1 ignores
-it, and every delete would wait out the grace period)."""
+it, and every delete would wait out the grace period); its pid is written down for the agent."""
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?")

@@ -180,7 +180,40 @@ class KubernetesProvider:
         return await self.put_agents(req, made)
 
     async def make_pods(self, req: ProvisionRequest) -> Made:
-        """Every pod of the cluster Running (the first half of ``launch``, before the agents)."""
+        """Every pod of the cluster Running (the first half of ``launch``, before the agents).
+
+        A relaunch of a cluster with nodes running here does not fail over: the next context
+        would start by deleting them (``terminate`` of this one), so no room here for a lost
+        node is a plain error, the running pods left as they are."""
+        try:
+            return await self._make_pods(req)
+        except CapacityError as exc:
+            live = await self._live_pods(req.cluster)
+            if not live:
+                raise
+            raise ProvisionError(
+                f"{exc.message}; cluster {req.cluster} keeps its running pods "
+                f"{', '.join(live)} (to move it, take it down and launch it again)"
+            ) from None
+
+    async def _live_pods(self, cluster: str) -> list[str]:
+        """The cluster's Running pods (a launch's own unplaced ones are deleted by then)."""
+        where = self.records.where(cluster)
+        if where is None or where.context not in self.kubeconfig.contexts:
+            return []
+        try:
+            listed = await pods.list_cluster(
+                await self.api(where.context), where.namespace, cluster, where.owner
+            )
+        except ProvisionError:
+            return []
+        return sorted(
+            p["metadata"]["name"]
+            for p in listed
+            if p["status"].get("phase") == "Running" and not pods.is_gone(p)
+        )
+
+    async def _make_pods(self, req: ProvisionRequest) -> Made:
         context = self._context_of(req)
         where = Where(context, self.namespace(context), req.num_nodes, self.owner)
         before = self.records.where(req.cluster)
@@ -374,6 +407,7 @@ class KubernetesProvider:
             listed,
             lambda rank: self._recorded(cluster, where, rank),
             self.connector,
+            lambda node: self.shell(ref_of(node)).channel_up(),
         )
         self.lost[cluster] = seen.lost
         self.last_error[cluster] = seen.errors
@@ -422,7 +456,7 @@ class KubernetesProvider:
             [ref for ref in self._shells if ref.context == where.context and ref.name in going]
         )
         if going:
-            await pods.wait_gone(api, where.namespace, cluster, where.owner, going)
+            await pods.wait_gone(api, where.namespace, cluster, where.owner, going, ending=True)
         self.records.drop(cluster)
         self.lost.pop(cluster, None)
 

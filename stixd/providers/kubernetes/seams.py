@@ -68,6 +68,11 @@ class PodShell(Protocol):
         """The agent listening on ``socket_path`` in the pod, through the pod's relay."""
         ...
 
+    def channel_up(self) -> bool:
+        """Whether the pod's relay runs now (an agent call that failed with it up was refused
+        by the agent's socket, not lost on the way)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -142,6 +142,9 @@ class ExecShell:
 
         return AgentClient(open_stream, name)
 
+    def channel_up(self) -> bool:
+        return self.relay.alive
+
     async def aclose(self) -> None:
         await self.relay.aclose()
 
