@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
+from stixd.providers.kubernetes.owner import owner_of
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
 
@@ -44,11 +45,12 @@ def test_a_cluster_on_a_context_named_by_an_arn_runs_execs_takes_a_shell_and_goe
     launched = k8s.run("launch", "-y", "-c", "eks", "--infra", "k8s", "--cpus", "1",
                        "echo first-on-$STIX_POD_NAME", timeout=120)  # fmt: skip
     assert launched.returncode == 0, launched.stderr
-    assert "first-on-eks-0" in launched.stdout
+    pod = pod_name("eks", 0, owner_of(k8s.home))
+    assert f"first-on-{pod}" in launched.stdout
     again = k8s.run("exec", "eks", "echo again-on-$STIX_POD_NAME", timeout=60)
-    assert again.returncode == 0 and "again-on-eks-0" in again.stdout, again.stderr
+    assert again.returncode == 0 and f"again-on-{pod}" in again.stdout, again.stderr
     shell = k8s.run("ssh", "eks", "echo", "in-$STIX_POD_NAME", timeout=60)
-    assert (shell.returncode, shell.stdout.strip()) == (0, "in-eks-0"), shell.stderr
+    assert (shell.returncode, shell.stdout.strip()) == (0, f"in-{pod}"), shell.stderr
     assert k8s.clusters()["eks"]["status"] == "UP"
     k8s.run("down", "-y", "eks", check=True, timeout=60)
     wait_until(lambda: pods_of(fake, "eks") == [], timeout=30)

@@ -18,7 +18,7 @@ from stixd.providers.base import NodeStatus, ProvisionRequest
 from stixd.providers.kubernetes import observe, pods
 from stixd.providers.kubernetes.agents import ref_of
 from stixd.providers.kubernetes.deferred import DeferredShell
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
 from tests.kube_fake.process import FakeProcess
 from tests.test_kube_exec import pids_running
 from tests.test_kube_provider import open_provider, request
@@ -80,7 +80,7 @@ async def test_a_slow_or_failing_exec_leaves_a_running_pod_unreachable_never_sto
         assert isinstance(shell, DeferredShell)
         relay = (await shell.shell()).relay
 
-        kill_in_pod(kube, "reach-0", b"stix-inpod", b"relay")
+        kill_in_pod(kube, pod_name(cluster, 0, provider.owner), b"stix-inpod", b"relay")
         await until(lambda: not relay.alive)
         kube.admin("faults", delay=2)  # each API answer: the list, then the relay's exec
         try:
@@ -88,7 +88,7 @@ async def test_a_slow_or_failing_exec_leaves_a_running_pod_unreachable_never_sto
         finally:
             kube.admin("faults", delay=0)
 
-        kill_in_pod(kube, "reach-0", b"stix-inpod", b"relay")
+        kill_in_pod(kube, pod_name(cluster, 0, provider.owner), b"stix-inpod", b"relay")
         await until(lambda: not relay.alive)
         relay.start_within = 1.0  # the relay's exec answers too late to start
         kube.admin("faults", delay=1.5)
@@ -120,12 +120,14 @@ async def test_down_counts_a_pod_on_its_way_out_as_gone_however_long_its_grace(
     )
     try:
         await provider.make_pods(request("slowgo"))
-        kube.kubectl("exec", "slowgo-0", "--", "sh", "-c",
+        kube.kubectl("exec", pod_name("slowgo", 0, provider.owner), "--", "sh", "-c",
                      "trap '' TERM; sleep 600 </dev/null >/dev/null 2>&1 &")  # fmt: skip
         await provider.terminate("slowgo")
         [going] = kube.kubectl_json("get", "pods", "-l", f"{LABEL_CLUSTER}=slowgo")["items"]
         assert going["metadata"]["deletionTimestamp"]
         assert provider.records.where("slowgo") is None
     finally:
-        kill_in_pod(kube, "slowgo-0", b"sleep", b"600")  # else the fake waits out its grace
+        kill_in_pod(
+            kube, pod_name("slowgo", 0, provider.owner), b"sleep", b"600"
+        )  # else the fake waits out its grace
         await provider.aclose()
