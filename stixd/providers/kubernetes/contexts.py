@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import yaml
 
+from stixd.providers.kubernetes import exec_plugin
 from stixproto.errors import ProvisionError
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "~/.kube/config"
 DEFAULT_NAMESPACE = "default"
+MAKE_TIMEOUT_S = 20.0
+"""Seconds a context's client may take to be made (its credential plugin's run included)."""
 
 
 class KubeconfigError(ProvisionError):
@@ -100,19 +103,29 @@ async def _kubernetes_config() -> Any:
 
 
 class Clients:
-    """One ``ApiClient`` per context, made on first use and closed together."""
+    """One ``ApiClient`` per context, made on first use and closed together. Each context is
+    made under a lock of its own and within a deadline: a context whose credential plugin
+    hangs fails alone, in one line naming it, and never holds up another context."""
 
-    def __init__(self, config: Kubeconfig, private_dir: Path) -> None:
+    def __init__(
+        self,
+        config: Kubeconfig,
+        private_dir: Path,
+        *,
+        plugin_timeout: float = exec_plugin.PLUGIN_TIMEOUT_S,
+        make_timeout: float = MAKE_TIMEOUT_S,
+    ) -> None:
         self.config = config
         self.private_dir = private_dir
+        self.plugin_timeout, self.make_timeout = plugin_timeout, make_timeout
         self._clients: dict[str, ApiClient] = {}
-        self._lock = anyio.Lock()
+        self._locks: dict[str, anyio.Lock] = {}
 
     async def client(self, context: str) -> ApiClient:
         if context not in self.config.namespaces:
             known = ", ".join(self.config.contexts) or "none"
             raise KubeconfigError(f"no Kubernetes context {context!r} (contexts: {known})")
-        async with self._lock:
+        async with self._locks.setdefault(context, anyio.Lock()):
             made = self._clients.get(context)
             if made is None:
                 made = await self._make(context)
@@ -121,17 +134,27 @@ class Clients:
 
     async def _make(self, context: str) -> ApiClient:
         module = await _kubernetes_config()
+        exec_plugin.install()
+        bound = exec_plugin.deadline_s.set(self.plugin_timeout)
         self.private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            client: ApiClient = await module.new_client_from_config(
-                config_file=self.config.config_file,
-                context=context,
-                persist_config=False,
-                temp_file_path=str(self.private_dir),
-            )
+            with anyio.fail_after(self.make_timeout):
+                client: ApiClient = await module.new_client_from_config(
+                    config_file=self.config.config_file,
+                    context=context,
+                    persist_config=False,
+                    temp_file_path=str(self.private_dir),
+                )
+        except TimeoutError:
+            raise KubeconfigError(
+                f"Kubernetes context {context}: its credentials did not load within "
+                f"{self.make_timeout:g} s; check the kubeconfig user's login"
+            ) from None
         except Exception as exc:  # the loader raises ConfigException, ValueError, OSError...
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise KubeconfigError(f"Kubernetes context {context}: {why}") from None
+        finally:
+            exec_plugin.deadline_s.reset(bound)
         return client
 
     async def aclose(self) -> None:

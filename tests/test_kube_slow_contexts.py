@@ -1,0 +1,156 @@
+"""A context that does not answer (a credential plugin waiting for a login that never comes, an
+API server behind a black hole) fails alone, within a bound, and holds up neither the other
+contexts nor a launch that Kubernetes cannot take."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import yaml
+
+from stixd.providers.kubernetes.api import KubeApi
+from stixd.providers.kubernetes.config import KubernetesConfig
+from stixd.providers.kubernetes.contexts import Clients, KubeconfigError, read_kubeconfig
+from stixd.providers.kubernetes.node_catalog import NodeCatalog, catalog_root
+from tests.kube_fake.auth import TOKEN
+from tests.kube_fake.process import FakeProcess
+
+HUNG_SLEEP = "977.31"  # a sleep no other test starts: its process is found by this argument
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    made = FakeProcess(tmp_path_factory.mktemp("kube-slow"), "--context", "kube-ok")
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def other_context(path: Path, name: str, server: str, user: dict[str, object]) -> Path:
+    """A kubeconfig of one more context, ``name``, at ``server`` as ``user``."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server}}],
+        "users": [{"name": name, "user": user}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def hung_login(tmp_path: Path, fake: FakeProcess) -> str:
+    """KUBECONFIG of the fake's context and ``hung``, whose credential plugin never answers
+    (as kubelogin waiting for a browser after the SSO session expired)."""
+    plugin = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": "sleep",
+            "args": [HUNG_SLEEP],
+        }
+    }
+    hung = other_context(tmp_path / "hung.yaml", "hung", fake.url, plugin)
+    return f"{fake.kubeconfig}:{hung}"
+
+
+def plugins_running() -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[:2] == [b"sleep", HUNG_SLEEP.encode()]:
+                found.append(int(proc.name))
+    return found
+
+
+def test_a_hung_credential_plugin_fails_its_context_alone_in_one_line_and_is_killed(
+    fake: FakeProcess, tmp_path: Path
+) -> None:
+    env = {"KUBECONFIG": hung_login(tmp_path, fake)}
+    clients = Clients(read_kubeconfig(env), tmp_path / "certs", plugin_timeout=3)
+    failed: list[str] = []
+
+    async def go() -> bool:
+        async def hung() -> None:
+            with pytest.raises(KubeconfigError) as refused:
+                await clients.client("hung")
+            failed.append(refused.value.message)
+
+        try:
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(hung)
+                    while not plugins_running():
+                        await anyio.sleep(0.02)
+                    await clients.client("kube-ok")  # another context is not held up
+                    other_first = not failed
+            return other_first
+        finally:
+            await clients.aclose()
+
+    started = time.monotonic()
+    assert anyio.run(go)
+    assert time.monotonic() - started < 10
+    [message] = failed
+    assert "\n" not in message and "hung" in message and "plugin sleep" in message
+    assert "within 3 s" in message
+    assert plugins_running() == []
+
+
+def test_a_node_listing_is_bounded_when_a_plugin_hangs_and_names_the_context(
+    fake: FakeProcess, tmp_path: Path
+) -> None:
+    env = {"KUBECONFIG": hung_login(tmp_path, fake)}
+    clients = Clients(read_kubeconfig(env), tmp_path / "certs", plugin_timeout=1.5)
+    nodes = NodeCatalog(
+        clients, KubernetesConfig(allowed_contexts=("hung", "kube-ok")), catalog_root(tmp_path)
+    )
+
+    async def go() -> None:
+        try:
+            with anyio.fail_after(15):
+                await nodes.refresh()
+        finally:
+            await clients.aclose()
+
+    anyio.run(go)
+    assert "plugin sleep" in nodes.problems["hung"]
+    assert "kube-ok" in nodes.path.read_text()
+    assert plugins_running() == []
+
+
+def test_a_credential_plugin_that_answers_gives_its_token_to_the_context(
+    fake: FakeProcess, tmp_path: Path
+) -> None:
+    answer = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "kind": "ExecCredential",
+        "status": {"token": TOKEN},
+    }
+    plugin = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": sys.executable,
+            "args": ["-c", f"print({json.dumps(json.dumps(answer))})"],
+        }
+    }
+    path = other_context(tmp_path / "sso.yaml", "sso", fake.url, plugin)
+    clients = Clients(read_kubeconfig({"KUBECONFIG": str(path)}), tmp_path / "certs")
+
+    async def go() -> dict[str, object]:
+        try:
+            return await KubeApi(await clients.client("sso"), "sso").call("GET", "/api/v1/nodes")
+        finally:
+            await clients.aclose()
+
+    assert anyio.run(go)["items"]
