@@ -4,8 +4,11 @@ contexts nor a launch that Kubernetes cannot take."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,8 @@ import yaml
 from stixd.providers.kubernetes.api import KubeApi
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, KubeconfigError, read_kubeconfig
-from stixd.providers.kubernetes.node_catalog import NodeCatalog, catalog_root
+from stixd.providers.kubernetes.node_catalog import READ_TIMEOUT_S, NodeCatalog, catalog_root
+from tests.conftest import Stix
 from tests.kube_fake.auth import TOKEN
 from tests.kube_fake.process import FakeProcess
 
@@ -154,3 +158,66 @@ def test_a_credential_plugin_that_answers_gives_its_token_to_the_context(
             await clients.aclose()
 
     assert anyio.run(go)["items"]
+
+
+def test_a_stale_node_listing_is_redone_in_the_background_while_plans_read_the_last(
+    fake: FakeProcess, tmp_path: Path
+) -> None:
+    now = [0.0]
+    clients = Clients(read_kubeconfig({"KUBECONFIG": str(fake.kubeconfig)}), tmp_path / "certs")
+    nodes = NodeCatalog(
+        clients, KubernetesConfig(), catalog_root(tmp_path), max_age=30, clock=lambda: now[0]
+    )
+
+    async def go() -> None:
+        try:
+            await nodes.refresh_soon()  # the first listing is waited for
+            assert "kube-ok" in nodes.path.read_text()
+            fake.admin("faults", delay=30)  # the API server stops answering
+            now[0] = 31.0
+            started = time.monotonic()
+            await nodes.refresh_soon()
+            assert time.monotonic() - started < 0.5  # the plan goes on at once ...
+            assert "kube-ok" in nodes.path.read_text()  # ... on the last listing
+            with anyio.fail_after(READ_TIMEOUT_S + 5):  # the listing in the background ends
+                while "kube-ok" not in nodes.problems:
+                    await anyio.sleep(0.05)
+            assert "no answer" in nodes.problems["kube-ok"]
+        finally:
+            fake.admin("faults", delay=0)
+            await nodes.aclose()
+            await clients.aclose()
+
+    anyio.run(go)
+
+
+def test_a_local_launch_never_asks_a_kubernetes_api(stix: Stix, tmp_path: Path) -> None:
+    """The kubeconfig's current context is a black hole (connections are taken, never
+    answered): a task this machine runs launches without a single connection to it."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    taken: list[socket.socket] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(hole.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{hole.getsockname()[1]}"
+        kubeconfig = other_context(tmp_path / "hole.yaml", "hole", url, {"token": "x"})
+        config = yaml.safe_load(kubeconfig.read_text())
+        kubeconfig.write_text(yaml.safe_dump({**config, "current-context": "hole"}))
+        stix.env["KUBECONFIG"] = str(kubeconfig)
+        started = time.monotonic()
+        stix.run("launch", "-c", "here", "-y", "echo hi", check=True)
+        took = time.monotonic() - started
+        assert taken == [], f"{len(taken)} connection(s) to the Kubernetes API"
+        assert took < READ_TIMEOUT_S + 10
+    finally:
+        stix.run("down", "-y", "here")
+        hole.close()
+        for conn in taken:
+            conn.close()

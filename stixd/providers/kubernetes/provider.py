@@ -130,6 +130,7 @@ class KubernetesProvider:
                     await shell.aclose()
 
     async def aclose(self) -> None:
+        await self.planning.aclose()
         await self._forget(list(self._shells))
         await self.clients.aclose()
 
