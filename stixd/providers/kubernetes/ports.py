@@ -39,6 +39,7 @@ ADDRESS_WAIT_S = 10.0
 """How long a LoadBalancer service may go without an address before the context is judged
 unable to give it one."""
 _POLL_S = 0.2
+_UPDATE_TRIES = 3
 _SUFFIX = "-ports"
 _PROBE = "stix-ports-probe"
 _KIND: Mapping[str, str] = {"loadbalancer": "LoadBalancer", "nodeport": "NodePort"}
@@ -105,17 +106,19 @@ async def open_ports(
     labels: Mapping[str, str] | None = None,
 ) -> None:
     """Expose ``ports`` of the cluster's head pod (nothing to make in ``podip`` mode). A
-    service already exposing them stays; one exposing fewer is made again with all."""
+    service already exposing them stays; one exposing fewer gets the others added in place
+    (a PUT: its load balancer, and so its address, stays); one of another type (the mode
+    changed) is made again."""
     if mode == "podip" or not ports:
         return
     kind, name = _KIND[mode], service_name(cluster)
     where = path("namespaces", namespace, "services")
     found = await _get(api, namespace, name)
+    if found is not None and (found.get("spec") or {}).get("type") == kind:
+        if not set(ports) <= _exposed(found, kind):
+            await _add_ports(api, namespace, name, found, ports)
+        return
     if found is not None:
-        have = _exposed(found, kind)
-        if set(ports) <= have:
-            return
-        ports = sorted(have | set(ports))
         await delete_service(api, namespace, name)
     body = service_manifest(cluster, ports, mode, labels or {})
     try:
@@ -123,6 +126,34 @@ async def open_ports(
     except KubeApiError as exc:
         if exc.status != 409:  # made meanwhile by another try: it is the same service
             raise
+
+
+async def _add_ports(
+    api: KubeApi, namespace: str, name: str, found: dict[str, Any], ports: Sequence[int]
+) -> None:
+    """Add ``ports`` to service ``name`` as read (``found``), keeping every port it has with
+    its node port; a 409 (changed since it was read) reads it again, a few times."""
+    where = path("namespaces", namespace, "services", name)
+    for attempt in range(_UPDATE_TRIES):
+        spec = dict(found.get("spec") or {})
+        have = list(spec.get("ports") or [])
+        known = {p.get("port") for p in have if isinstance(p, dict)}
+        have += [
+            {"name": f"port-{p}", "port": p, "targetPort": p, "protocol": "TCP"}
+            for p in sorted(set(ports) - known)
+        ]
+        body = {**found, "spec": {**spec, "ports": have}}
+        body.pop("status", None)
+        try:
+            await api.call("PUT", where, body=body)
+            return
+        except KubeApiError as exc:
+            if exc.status != 409 or attempt == _UPDATE_TRIES - 1:
+                raise
+        again = await _get(api, namespace, name)
+        if again is None:
+            raise ProvisionError(f"the ports service {name} was deleted while ports were added")
+        found = again
 
 
 async def delete_service(api: KubeApi, namespace: str, name: str) -> None:
