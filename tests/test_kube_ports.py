@@ -280,3 +280,41 @@ def test_kubectl_replace_of_a_service_keeps_its_address_and_refuses_a_stale_vers
         assert stale.returncode != 0 and "the object has been modified" in stale.stderr
     finally:
         fake.kubectl("delete", "service", "put-me")
+
+
+@pytest.fixture(scope="module")
+def slow_lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    """A cloud whose load balancer takes its controller's finalizer at once and gets its
+    address only after the old launch's wait for it (10 s) had run out."""
+    made = FakeProcess(tmp_path_factory.mktemp("kube-slow-lb"), "--load-balancer-delay", "12")
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def test_a_launch_does_not_wait_for_a_slow_load_balancer_and_status_finds_its_address(
+    slow_lb: FakeProcess, stix: Stix
+) -> None:
+    launch_env(stix, slow_lb, "loadbalancer")
+    port = free_port()
+    server = f"python3 -m http.server {port} --bind 127.0.0.1"
+    launched = stix.run("launch", "-c", "slow", "-y", "-d", "--infra", "k8s", "--ports",
+                        str(port), server)  # fmt: skip
+    try:
+        assert launched.returncode == 0, launched.stderr
+        assert "LoadBalancer address of slow is pending" in launched.stderr
+        assert stix.clusters()["slow"]["status"] == "UP"
+        [service] = slow_lb.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=slow")["items"]
+        records = stix.home / "kubernetes" / "clusters.json"
+
+        def address() -> str:
+            stix.run("status", "-r", "slow", check=True)  # asks the provider about the cluster
+            return str(json.loads(records.read_text())["slow"].get("reached") or "")
+
+        wait_until(lambda: bool(address()), timeout=30)
+        [after] = slow_lb.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=slow")["items"]
+        assert after["metadata"]["uid"] == service["metadata"]["uid"]
+        assert address() == after["status"]["loadBalancer"]["ingress"][0]["ip"]
+    finally:
+        stix.run("down", "-y", "slow")

@@ -9,10 +9,11 @@
   cluster's network only).
 
 The service carries stix's labels (``down`` and the leak scan find it by its cluster's label)
-and is made idempotently: one that already exposes the ports is kept. `preflight` refuses
-``ports`` where the context cannot expose them (a LoadBalancer service that gets no address
-within a short bound, as on a cluster without a load balancer controller) in one sentence,
-instead of a service that silently never gets one.
+and is made idempotently: one that already exposes the ports is kept. A launch does not wait
+for a LoadBalancer's address (a cloud may take minutes): it is looked up when asked for.
+`preflight` refuses ``ports`` where the context cannot expose them (no load balancer controller
+takes a LoadBalancer service on within a short bound, as on bare metal) in one sentence,
+instead of a service that silently never gets an address.
 """
 
 from __future__ import annotations
@@ -207,6 +208,13 @@ def _no_address(context: str, waited: float) -> PortsUnavailable:
         f"{waited:g} s, so it cannot expose ports this way: set kubernetes.ports to nodeport "
         "or podip, or drop resources.ports"
     )
+
+
+async def load_balancer_address(api: KubeApi, namespace: str, cluster: str) -> str | None:
+    """The address the cloud gave the cluster's LoadBalancer service so far (one read); None
+    while it is pending (or there is no such service)."""
+    service = await _get(api, namespace, service_name(cluster))
+    return _ingress(service) if service is not None else None
 
 
 async def endpoints(
