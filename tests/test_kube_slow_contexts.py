@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -37,13 +37,13 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
         made.stop()
 
 
-def other_context(path: Path, name: str, server: str, user: dict[str, object]) -> Path:
+def other_context(path: Path, name: str, server: str, user: Mapping[str, object]) -> Path:
     """A kubeconfig of one more context, ``name``, at ``server`` as ``user``."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": name, "cluster": {"server": server}}],
-        "users": [{"name": name, "user": user}],
+        "users": [{"name": name, "user": dict(user)}],
         "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
     }
     path.write_text(yaml.safe_dump(config))
