@@ -221,3 +221,31 @@ def test_a_local_launch_never_asks_a_kubernetes_api(stix: Stix, tmp_path: Path) 
         hole.close()
         for conn in taken:
             conn.close()
+
+
+def test_callers_queued_behind_a_hung_plugin_fail_together_not_one_run_after_another(
+    fake: FakeProcess, tmp_path: Path
+) -> None:
+    env = {"KUBECONFIG": hung_login(tmp_path, fake)}
+    clients = Clients(read_kubeconfig(env), tmp_path / "certs", plugin_timeout=2)
+    failed: list[str] = []
+
+    async def one() -> None:
+        with pytest.raises(KubeconfigError) as refused:
+            await clients.client("hung")
+        failed.append(refused.value.message)
+
+    async def go() -> float:
+        started = time.monotonic()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(one)
+            return time.monotonic() - started
+        finally:
+            await clients.aclose()
+
+    took = anyio.run(go)
+    assert len(failed) == 3 and len(set(failed)) == 1 and "plugin sleep" in failed[0]
+    assert took < 3.5  # one plugin run of 2 s, not three
+    assert plugins_running() == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,9 @@ DEFAULT_PATH = "~/.kube/config"
 DEFAULT_NAMESPACE = "default"
 MAKE_TIMEOUT_S = 20.0
 """Seconds a context's client may take to be made (its credential plugin's run included)."""
+FAILED_FOR_S = 10.0
+"""Seconds a context whose client could not be made answers with that error without trying
+again: callers queued behind a hung plugin fail together, not one plugin run after another."""
 
 
 class KubeconfigError(ProvisionError):
@@ -120,6 +124,7 @@ class Clients:
         self.plugin_timeout, self.make_timeout = plugin_timeout, make_timeout
         self._clients: dict[str, ApiClient] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self._failed: dict[str, tuple[float, KubeconfigError]] = {}
 
     async def client(self, context: str) -> ApiClient:
         if context not in self.config.namespaces:
@@ -127,9 +132,17 @@ class Clients:
             raise KubeconfigError(f"no Kubernetes context {context!r} (contexts: {known})")
         async with self._locks.setdefault(context, anyio.Lock()):
             made = self._clients.get(context)
-            if made is None:
-                made = await self._make(context)
-                self._clients[context] = made
+            if made is not None:
+                return made
+            failed_at, error = self._failed.get(context, (-FAILED_FOR_S, None))
+            if error is not None and time.monotonic() - failed_at < FAILED_FOR_S:
+                raise KubeconfigError(error.message)
+            try:
+                made = self._clients[context] = await self._make(context)
+            except KubeconfigError as exc:
+                self._failed[context] = (time.monotonic(), exc)
+                raise
+            self._failed.pop(context, None)
             return made
 
     async def _make(self, context: str) -> ApiClient:
