@@ -191,9 +191,13 @@ def test_a_stale_node_listing_is_redone_in_the_background_while_plans_read_the_l
     anyio.run(go)
 
 
-def test_a_local_launch_never_asks_a_kubernetes_api(stix: Stix, tmp_path: Path) -> None:
+@pytest.mark.parametrize("infra", [None, "fake"])
+def test_a_launch_kubernetes_cannot_take_never_asks_a_kubernetes_api(
+    stix: Stix, tmp_path: Path, infra: str | None
+) -> None:
     """The kubeconfig's current context is a black hole (connections are taken, never
-    answered): a task this machine runs launches without a single connection to it."""
+    answered): a task this machine runs, or one naming another cloud, launches without a
+    single connection to it."""
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))
     hole.listen(64)
@@ -210,9 +214,12 @@ def test_a_local_launch_never_asks_a_kubernetes_api(stix: Stix, tmp_path: Path) 
         kubeconfig = other_context(tmp_path / "hole.yaml", "hole", url, {"token": "x"})
         config = yaml.safe_load(kubeconfig.read_text())
         kubeconfig.write_text(yaml.safe_dump({**config, "current-context": "hole"}))
-        stix.env["KUBECONFIG"] = str(kubeconfig)
+        stix.env.update(
+            KUBECONFIG=str(kubeconfig), STIX__FAKE__ENABLED="true", STIX__FAKE__RUN_SECONDS="0"
+        )
+        named = ["--infra", infra, "-d"] if infra else []
         started = time.monotonic()
-        stix.run("launch", "-c", "here", "-y", "echo hi", check=True)
+        stix.run("launch", "-c", "here", "-y", *named, "echo hi", check=True)
         took = time.monotonic() - started
         assert taken == [], f"{len(taken)} connection(s) to the Kubernetes API"
         assert took < READ_TIMEOUT_S + 10

@@ -80,7 +80,7 @@ async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:
     cloud, _ = app.target(task)
     if cloud in app.clouds():
         await catalog_cmds.with_catalog(
-            app, emit, lambda c: cloud_spec(task, cloud, OfferIndex(c, app.infras))
+            app, emit, lambda c: cloud_spec(task, cloud, OfferIndex(c, app.infras)), [cloud]
         )
 
 
