@@ -4,11 +4,12 @@ pod's server. And the preflight that refuses ports a context cannot expose."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,14 +153,39 @@ async def test_a_port_is_reached_through_the_address_its_mode_gives(
     assert await services(api, cluster) == []
 
 
-async def test_a_port_added_later_remakes_the_service_with_every_port(api: KubeApi) -> None:
-    cluster, first, second = "ports-more", free_port(), free_port()
+@pytest.mark.parametrize("mode", ["loadbalancer", "nodeport"])
+async def test_a_port_added_later_joins_the_same_service_at_the_same_address(
+    api: KubeApi, mode: PortMode
+) -> None:
+    """The service is updated in place, not made again: a load balancer (and its public
+    address) stays, as do the node ports of the ports it had."""
+    cluster, first, second = f"ports-more-{mode}", free_port(), free_port()
     await head_pod(api, cluster, first)
-    await open_ports(api, NS, cluster, OWNER, [first], "nodeport")
-    await open_ports(api, NS, cluster, OWNER, [second], "nodeport")
+    await open_ports(api, NS, cluster, OWNER, [first], mode)
+    before = (await endpoints(api, NS, cluster, OWNER, [first], mode))[first]
+    [made] = await services(api, cluster)
+    await open_ports(api, NS, cluster, OWNER, [second], mode)
     [service] = await services(api, cluster)
+    assert service["metadata"]["uid"] == made["metadata"]["uid"]
+    assert service["status"] == made["status"]
     assert sorted(p["port"] for p in service["spec"]["ports"]) == sorted([first, second])
+    assert service["spec"]["ports"][0] == made["spec"]["ports"][0]
+    reached = await endpoints(api, NS, cluster, OWNER, [first, second], mode)
+    assert reached[first] == before and answers(before)
+    server = f"{sys.executable} -m http.server {second} --bind 127.0.0.1"
+    serving = await anyio.open_process(server.split(), stdout=-3, stderr=-3)
+    try:  # the head pod shares this machine's network: a second server is its second port
+        await wait_for(lambda: answers(reached[second]))
+    finally:
+        serving.kill()
+        await serving.aclose()
     await close_ports(api, NS, cluster, OWNER)
+
+
+async def wait_for(check: Callable[[], bool], within: float = 15) -> None:
+    with anyio.fail_after(within):
+        while not await anyio.to_thread.run_sync(check):
+            await anyio.sleep(0.05)
 
 
 async def test_preflight_refuses_loadbalancer_ports_where_services_get_no_address(
@@ -228,3 +254,71 @@ def test_a_load_balancer_a_controller_took_on_counts_before_its_slow_address() -
     assert _handled({"metadata": finalizer, "status": {"loadBalancer": {}}})
     assert _handled({"metadata": {}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}})
     assert not _handled({"metadata": {}, "status": {"loadBalancer": {}}})
+
+
+def test_kubectl_replace_of_a_service_keeps_its_address_and_refuses_a_stale_version(
+    fake: FakeProcess,
+) -> None:
+    """The fake's PUT of a service, as the machine's kubectl sends it."""
+    made = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "put-me"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": free_port()}]},
+    }
+    fake.kubectl("create", "-f", "-", input=json.dumps(made))
+    try:
+        first = fake.kubectl_json("get", "service", "put-me")
+        added = {"port": free_port(), "name": "more"}
+        first["spec"]["ports"][0]["name"] = "first"
+        changed = {**first, "spec": {**first["spec"], "ports": [*first["spec"]["ports"], added]}}
+        fake.kubectl("replace", "-f", "-", input=json.dumps(changed))
+        after = fake.kubectl_json("get", "service", "put-me")
+        assert after["metadata"]["uid"] == first["metadata"]["uid"]
+        assert after["status"] == first["status"] and after["status"]["loadBalancer"]["ingress"]
+        assert [p["port"] for p in after["spec"]["ports"]] == [
+            first["spec"]["ports"][0]["port"],
+            added["port"],
+        ]
+        stale = fake.kubectl("replace", "-f", "-", input=json.dumps(changed), check=False)
+        assert stale.returncode != 0 and "the object has been modified" in stale.stderr
+    finally:
+        fake.kubectl("delete", "service", "put-me")
+
+
+@pytest.fixture(scope="module")
+def slow_lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    """A cloud whose load balancer takes its controller's finalizer at once and gets its
+    address only after the old launch's wait for it (10 s) had run out."""
+    made = FakeProcess(tmp_path_factory.mktemp("kube-slow-lb"), "--load-balancer-delay", "12")
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def test_a_launch_does_not_wait_for_a_slow_load_balancer_and_status_finds_its_address(
+    slow_lb: FakeProcess, stix: Stix
+) -> None:
+    launch_env(stix, slow_lb, "loadbalancer")
+    port = free_port()
+    server = f"python3 -m http.server {port} --bind 127.0.0.1"
+    launched = stix.run("launch", "-c", "slow", "-y", "-d", "--infra", "k8s", "--ports",
+                        str(port), server)  # fmt: skip
+    try:
+        assert launched.returncode == 0, launched.stderr
+        assert "LoadBalancer address of slow is pending" in launched.stderr
+        assert stix.clusters()["slow"]["status"] == "UP"
+        [service] = slow_lb.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=slow")["items"]
+        records = stix.home / "kubernetes" / "clusters.json"
+
+        def address() -> str:
+            stix.run("status", "-r", "slow", check=True)  # asks the provider about the cluster
+            return str(json.loads(records.read_text())["slow"].get("reached") or "")
+
+        wait_until(lambda: bool(address()), timeout=30)
+        [after] = slow_lb.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=slow")["items"]
+        assert after["metadata"]["uid"] == service["metadata"]["uid"]
+        assert address() == after["status"]["loadBalancer"]["ingress"][0]["ip"]
+    finally:
+        stix.run("down", "-y", "slow")

@@ -113,9 +113,12 @@ async def _fetch(app: App, clouds: list[str] | None, emit: Emit, looked_in: str)
         )
 
 
-async def with_catalog(app: App, emit: Emit, query: Callable[[Catalog], T]) -> T:
-    """Run `query` on the catalog in a worker thread, fetching what is missing on the way."""
-    await app.refresh_catalogs()
+async def with_catalog(
+    app: App, emit: Emit, query: Callable[[Catalog], T], only: list[str] | None = None
+) -> T:
+    """Run `query` on the catalog in a worker thread, fetching what is missing on the way;
+    ``only``: the clouds it reads (the catalogs of others are not refreshed first)."""
+    await app.refresh_catalogs(only)
     catalog = catalog_of(app)
     if not catalog.clouds():
         await _fetch(app, None, emit, catalog.sources.looked_in("<cloud>/vms.csv"))

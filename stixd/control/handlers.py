@@ -39,6 +39,7 @@ from stixd.control import (
 )
 from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
+from stixd.planner.local_fit import check_fits_local
 from stixd.planner.offers import OfferIndex
 from stixd.planner.target import cloud_spec
 from stixd.providers.abilities import ReachesEveryPort
@@ -49,6 +50,7 @@ from stixproto.errors import (
     ClusterNotFound,
     InvalidConfig,
     InvalidRequest,
+    InvalidTask,
     TaskFieldError,
 )
 from stixproto.names import command
@@ -78,8 +80,16 @@ async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:
     cloud, _ = app.target(task)
     if cloud in app.clouds():
         await catalog_cmds.with_catalog(
-            app, emit, lambda c: cloud_spec(task, cloud, OfferIndex(c, app.infras))
+            app, emit, lambda c: cloud_spec(task, cloud, OfferIndex(c, app.infras)), [cloud]
         )
+
+
+def _fits_here(app: App, task: Any) -> bool:
+    try:
+        check_fits_local(task, app.infras, app.machine_max_nodes())
+    except InvalidTask:
+        return False
+    return True
 
 
 async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
@@ -89,7 +99,8 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
         raise InvalidConfig(str(exc)) from None
     alternatives = task_resources.candidates(req.task.resources_or_default())
     named = [task_resources.placement(c).cloud for c in alternatives]
-    await app.refresh_catalogs(only=named)  # a context that cannot be used is refused by name
+    if any(named) or not _fits_here(app, req.task):  # a local launch waits on no cloud's API
+        await app.refresh_catalogs(only=named)  # a context that cannot be used is refused by name
     _check_task(app, req.task)
     await _check_cloud_plan(app, req.task, emit)
     name = req.cluster or f"stix-{secrets.token_hex(2)}"

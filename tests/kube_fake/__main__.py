@@ -25,6 +25,7 @@ async def _main(args: argparse.Namespace) -> None:
         args.port,
         load_balancer=not args.no_load_balancer,
         pod_networks=args.pod_network == "namespace",
+        load_balancer_delay=args.load_balancer_delay,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,9 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-load-balancer", action="store_true", help="LoadBalancer services never get an address"
     )
+    parser.add_argument(
+        "--load-balancer-delay",
+        type=float,
+        default=0.0,
+        help="seconds before a LoadBalancer service gets its address (a slow cloud's)",
+    )
     args = parser.parse_args(argv)
     if not CONTEXT_NAME.fullmatch(args.context):  # a kubeconfig's names are free: an EKS ARN
         sys.exit("--context must be letters, digits and . _ - : / @ (an EKS ARN is one)")
+    if not 0 <= args.load_balancer_delay <= 3600:
+        sys.exit("--load-balancer-delay must be between 0 and 3600")
     if not 0 <= args.port < 65536:
         sys.exit("--port must be between 0 and 65535")
     asyncio.run(_main(args))

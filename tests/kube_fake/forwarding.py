@@ -50,9 +50,13 @@ class Forwarder:
         self.service, self._endpoints = service, endpoints
         self._turn = itertools.count()
         self._servers: list[asyncio.Server] = []
+        self._by_port: dict[int, list[asyncio.Server]] = {}
         self._pipes: set[asyncio.Task[None]] = set()
 
-    async def listen(self, sock: socket.socket, target: int | str) -> None:
+    async def listen(self, sock: socket.socket, target: int | str, port: int = 0) -> None:
+        """Carry what ``sock`` accepts to ``target``; ``port``: the service port it serves
+        (`drop` closes a port's listeners when an update takes the port away)."""
+
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
@@ -62,7 +66,16 @@ class Forwarder:
             finally:
                 self._pipes.discard(task)
 
-        self._servers.append(await asyncio.start_server(accept, sock=sock))
+        server = await asyncio.start_server(accept, sock=sock)
+        self._servers.append(server)
+        self._by_port.setdefault(port, []).append(server)
+
+    async def drop(self, port: int) -> None:
+        for server in self._by_port.pop(port, []):
+            self._servers.remove(server)
+            server.close()
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
 
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      target: int | str) -> None:  # fmt: skip

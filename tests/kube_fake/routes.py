@@ -81,6 +81,7 @@ class Routes:
                 web.patch(f"{ns}/{res}/{{name}}", self.patch(res)),
                 web.delete(f"{ns}/{res}/{{name}}", self.delete(res)),
             ]
+        routes.append(web.put(f"{ns}/services/{{name}}", self.replace_service))
         routes.append(web.post(f"{v1}/namespaces", self.create_namespace))
         for res in ("nodes", "namespaces"):
             routes += [
@@ -189,6 +190,13 @@ class Routes:
             return web.json_response(obj, status=201)
 
         return handler
+
+    async def replace_service(self, request: web.Request) -> web.StreamResponse:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        body = await _body(request)
+        if (body.get("metadata") or {}).get("name", name) != name:
+            raise ApiError(400, "BadRequest", "the name of the object does not match the URL")
+        return web.json_response(await self.services.replace(body, ns, name))
 
     async def create_namespace(self, request: web.Request) -> web.StreamResponse:
         body = await _body(request)

@@ -67,6 +67,7 @@ async def serve(
     nodes: list[Obj] | None = None,
     load_balancer: bool = True,
     pod_networks: bool = False,
+    load_balancer_delay: float = 0.0,
 ) -> Served:
     """Serve a fresh fake cluster on 127.0.0.1:`port` (0: a free port), sandboxes under `root`;
     with `pod_networks`, each pod has a network namespace and an address of its own."""
@@ -75,7 +76,7 @@ async def serve(
     networks = NodeNetworks(POD_SUBNET, outbound=False) if pod_networks else None
     kube = KubeFake(root, nodes, networks)
     app = web.Application(middlewares=[bearer_tokens, kube.faults.middleware(), statuses])
-    services = Services(kube.store, load_balancer)
+    services = Services(kube.store, load_balancer, load_balancer_delay)
     app.add_routes(Routes(kube, services).table())
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import yaml
 
+from stixd.providers.kubernetes import exec_plugin
 from stixproto.errors import ProvisionError
 
 if TYPE_CHECKING:
@@ -26,6 +28,11 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "~/.kube/config"
 DEFAULT_NAMESPACE = "default"
+MAKE_TIMEOUT_S = 20.0
+"""Seconds a context's client may take to be made (its credential plugin's run included)."""
+FAILED_FOR_S = 10.0
+"""Seconds a context whose client could not be made answers with that error without trying
+again: callers queued behind a hung plugin fail together, not one plugin run after another."""
 
 
 class KubeconfigError(ProvisionError):
@@ -107,13 +114,24 @@ async def _kubernetes_config() -> Any:
 
 
 class Clients:
-    """One ``ApiClient`` per context, made on first use and closed together."""
+    """One ``ApiClient`` per context, made on first use and closed together. Each context is
+    made under a lock of its own and within a deadline: a context whose credential plugin
+    hangs fails alone, in one line naming it, and never holds up another context."""
 
-    def __init__(self, config: Kubeconfig, private_dir: Path) -> None:
+    def __init__(
+        self,
+        config: Kubeconfig,
+        private_dir: Path,
+        *,
+        plugin_timeout: float = exec_plugin.PLUGIN_TIMEOUT_S,
+        make_timeout: float = MAKE_TIMEOUT_S,
+    ) -> None:
         self.config = config
         self.private_dir = private_dir
+        self.plugin_timeout, self.make_timeout = plugin_timeout, make_timeout
         self._clients: dict[str, ApiClient] = {}
-        self._lock = anyio.Lock()
+        self._locks: dict[str, anyio.Lock] = {}
+        self._failed: dict[str, tuple[float, KubeconfigError]] = {}
 
     async def client(self, context: str) -> ApiClient:
         if self.config.unreadable:
@@ -121,26 +139,44 @@ class Clients:
         if context not in self.config.namespaces:
             known = ", ".join(self.config.contexts) or "none"
             raise KubeconfigError(f"no Kubernetes context {context!r} (contexts: {known})")
-        async with self._lock:
+        async with self._locks.setdefault(context, anyio.Lock()):
             made = self._clients.get(context)
-            if made is None:
-                made = await self._make(context)
-                self._clients[context] = made
+            if made is not None:
+                return made
+            failed_at, error = self._failed.get(context, (-FAILED_FOR_S, None))
+            if error is not None and time.monotonic() - failed_at < FAILED_FOR_S:
+                raise KubeconfigError(error.message)
+            try:
+                made = self._clients[context] = await self._make(context)
+            except KubeconfigError as exc:
+                self._failed[context] = (time.monotonic(), exc)
+                raise
+            self._failed.pop(context, None)
             return made
 
     async def _make(self, context: str) -> ApiClient:
         module = await _kubernetes_config()
+        exec_plugin.install()
+        bound = exec_plugin.deadline_s.set(self.plugin_timeout)
         self.private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            client: ApiClient = await module.new_client_from_config(
-                config_file=self.config.config_file,
-                context=context,
-                persist_config=False,
-                temp_file_path=str(self.private_dir),
-            )
+            with anyio.fail_after(self.make_timeout):
+                client: ApiClient = await module.new_client_from_config(
+                    config_file=self.config.config_file,
+                    context=context,
+                    persist_config=False,
+                    temp_file_path=str(self.private_dir),
+                )
+        except TimeoutError:
+            raise KubeconfigError(
+                f"Kubernetes context {context}: its credentials did not load within "
+                f"{self.make_timeout:g} s; check the kubeconfig user's login"
+            ) from None
         except Exception as exc:  # the loader raises ConfigException, ValueError, OSError...
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise KubeconfigError(f"Kubernetes context {context}: {why}") from None
+        finally:
+            exec_plugin.deadline_s.reset(bound)
         return client
 
     async def aclose(self) -> None:

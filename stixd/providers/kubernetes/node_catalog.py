@@ -10,11 +10,15 @@ kept for ``check``), so it is never planned on.
 
 `NodeCatalog.refresh` lists the nodes again when its last listing is older than ``max_age`` and
 rewrites it only when it changed; the planner's catalog re-reads a file whose size or
-modification time changed.
+modification time changed. `NodeCatalog.refresh_soon` is what a plan calls: it waits only for
+the very first listing; later it plans on the last one while a stale one is listed again in the
+background, so a context that stopped answering costs a plan nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import os
@@ -35,8 +39,8 @@ CLOUD = "kubernetes"
 SCHEMA = "v8"
 MAX_AGE = 30.0
 """Seconds a node listing is trusted before a plan lists the nodes again."""
-READ_TIMEOUT_S = 15.0
-"""Seconds a context may take to list its nodes before a plan goes on without it."""
+READ_TIMEOUT_S = 4.0
+"""Seconds a context may take to list its nodes before the catalog goes on without it."""
 _COLUMNS = ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB")
 _HEADER = (*_COLUMNS, "Price", "SpotPrice", "Region", "AvailabilityZone")
 
@@ -127,6 +131,7 @@ class NodeCatalog:
         self.problems: dict[str, str] = {}
         """Context -> why it is not planned on, as of the last refresh."""
         self._lock = anyio.Lock()
+        self._background: asyncio.Task[None] | None = None
 
     @property
     def path(self) -> Path:
@@ -169,6 +174,29 @@ class NodeCatalog:
             text = catalog_csv((c, found[c]) for c in contexts if c in found)
             await anyio.to_thread.run_sync(write_if_changed, self.path, text)
             self.problems, self.listed_at = problems, self._clock()
+
+    def stale(self) -> bool:
+        return self.listed_at is None or self._clock() - self.listed_at >= self.max_age
+
+    async def refresh_soon(self) -> None:
+        """The first listing, awaited (each context bounded); after it, a stale listing is
+        redone in the background and this returns at once: plans read the last catalog."""
+        if self.listed_at is None:
+            await self.refresh()
+        elif self.stale() and (self._background is None or self._background.done()):
+            self._background = asyncio.get_running_loop().create_task(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(ProvisionError, OSError):  # each context's reason is kept
+            await self.refresh()
+
+    async def aclose(self) -> None:
+        """Stop a background listing (before the clients it uses are closed)."""
+        if self._background is not None and not self._background.done():
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+        self._background = None
 
     def problem(self) -> str | None:
         """Why no context can be planned on, once a refresh found none; None otherwise."""

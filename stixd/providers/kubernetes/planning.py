@@ -49,7 +49,11 @@ class KubePlanning:
         return made
 
     async def refresh_catalog(self) -> None:
-        await self.nodes.refresh()
+        """Waits only for the first node listing; later ones run in the background."""
+        await self.nodes.refresh_soon()
+
+    async def aclose(self) -> None:
+        await self.nodes.aclose()
 
     def planning_problem(self) -> str | None:
         """Why launches cannot use Kubernetes, as of the last node listing (no network)."""

@@ -9,10 +9,11 @@
   cluster's network only).
 
 The service carries stix's labels (``down`` and the leak scan find it by its cluster's label)
-and is made idempotently: one that already exposes the ports is kept. `preflight` refuses
-``ports`` where the context cannot expose them (a LoadBalancer service that gets no address
-within a short bound, as on a cluster without a load balancer controller) in one sentence,
-instead of a service that silently never gets one.
+and is made idempotently: one that already exposes the ports is kept. A launch does not wait
+for a LoadBalancer's address (a cloud may take minutes): it is looked up when asked for.
+`preflight` refuses ``ports`` where the context cannot expose them (no load balancer controller
+takes a LoadBalancer service on within a short bound, as on bare metal) in one sentence,
+instead of a service that silently never gets an address.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ADDRESS_WAIT_S = 10.0
 """How long a LoadBalancer service may go without an address before the context is judged
 unable to give it one."""
 _POLL_S = 0.2
+_UPDATE_TRIES = 3
 _SUFFIX = "-ports"
 _PROBE = "stix-ports-probe"
 _KIND: Mapping[str, str] = {"loadbalancer": "LoadBalancer", "nodeport": "NodePort"}
@@ -107,17 +109,19 @@ async def open_ports(
     labels: Mapping[str, str] | None = None,
 ) -> None:
     """Expose ``ports`` of the cluster's head pod (nothing to make in ``podip`` mode). A
-    service already exposing them stays; one exposing fewer is made again with all."""
+    service already exposing them stays; one exposing fewer gets the others added in place
+    (a PUT: its load balancer, and so its address, stays); one of another type (the mode
+    changed) is made again."""
     if mode == "podip" or not ports:
         return
     kind, name = _KIND[mode], service_name(cluster, owner)
     where = path("namespaces", namespace, "services")
     found = await _get(api, namespace, name)
+    if found is not None and (found.get("spec") or {}).get("type") == kind:
+        if not set(ports) <= _exposed(found, kind):
+            await _add_ports(api, namespace, name, found, ports)
+        return
     if found is not None:
-        have = _exposed(found, kind)
-        if set(ports) <= have:
-            return
-        ports = sorted(have | set(ports))
         await delete_service(api, namespace, name)
     body = service_manifest(cluster, owner, ports, mode, labels or {})
     try:
@@ -125,6 +129,34 @@ async def open_ports(
     except KubeApiError as exc:
         if exc.status != 409:  # made meanwhile by another try: it is the same service
             raise
+
+
+async def _add_ports(
+    api: KubeApi, namespace: str, name: str, found: dict[str, Any], ports: Sequence[int]
+) -> None:
+    """Add ``ports`` to service ``name`` as read (``found``), keeping every port it has with
+    its node port; a 409 (changed since it was read) reads it again, a few times."""
+    where = path("namespaces", namespace, "services", name)
+    for attempt in range(_UPDATE_TRIES):
+        spec = dict(found.get("spec") or {})
+        have = list(spec.get("ports") or [])
+        known = {p.get("port") for p in have if isinstance(p, dict)}
+        have += [
+            {"name": f"port-{p}", "port": p, "targetPort": p, "protocol": "TCP"}
+            for p in sorted(set(ports) - known)
+        ]
+        body = {**found, "spec": {**spec, "ports": have}}
+        body.pop("status", None)
+        try:
+            await api.call("PUT", where, body=body)
+            return
+        except KubeApiError as exc:
+            if exc.status != 409 or attempt == _UPDATE_TRIES - 1:
+                raise
+        again = await _get(api, namespace, name)
+        if again is None:
+            raise ProvisionError(f"the ports service {name} was deleted while ports were added")
+        found = again
 
 
 async def delete_service(api: KubeApi, namespace: str, name: str) -> None:
@@ -178,6 +210,15 @@ def _no_address(context: str, waited: float) -> PortsUnavailable:
         f"{waited:g} s, so it cannot expose ports this way: set kubernetes.ports to nodeport "
         "or podip, or drop resources.ports"
     )
+
+
+async def load_balancer_address(
+    api: KubeApi, namespace: str, cluster: str, owner: str
+) -> str | None:
+    """The address the cloud gave the cluster's LoadBalancer service so far (one read); None
+    while it is pending (or there is no such service)."""
+    service = await _get(api, namespace, service_name(cluster, owner))
+    return _ingress(service) if service is not None else None
 
 
 async def endpoints(

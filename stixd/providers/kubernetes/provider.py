@@ -139,6 +139,7 @@ class KubernetesProvider:
                     await shell.aclose()
 
     async def aclose(self) -> None:
+        await self.planning.aclose()
         await self._forget(list(self._shells))
         await self.clients.aclose()
 
@@ -232,23 +233,35 @@ class KubernetesProvider:
         plan = await self._plan(api, req, where, asked)
         ready = await self._pods_running(api, req, where, asked, plan)
         await self._expose(api, where, req.cluster, asked.ports)
+        if asked.ports and self._address_pending(req.cluster) and req.progress is not None:
+            req.progress(f"The LoadBalancer address of {req.cluster} is pending (the cloud is "
+                         "still making it); `stixctl status -r` shows it once given")  # fmt: skip
         return Made(where, asked, ready)
 
     async def _expose(
         self, api: KubeApi, where: Where, cluster: str, opened: Sequence[int]
     ) -> None:
-        """Expose ``opened`` the configured way; a LoadBalancer's address is remembered (a
-        service's balancer reaches the cluster's replica there: ``reachable_address``)."""
+        """Expose ``opened`` the configured way. A LoadBalancer's address is not waited for:
+        it is remembered once known (now, or when `query` looks again) and a service's
+        balancer reaches the cluster's replica there (``reachable_address``)."""
         if not opened:
             return
         mode = self.config.ports
         await ports.open_ports(
             api, where.namespace, cluster, where.owner, opened, mode, self._labels()
         )
-        if mode == "loadbalancer":
-            found = await ports.endpoints(api, where.namespace, cluster, where.owner, opened, mode)
-            host, _, _ = found[opened[0]].rpartition(":")
-            self.records.remember(cluster, reached=host)
+        if mode == "loadbalancer" and not self.records.remembered(cluster, "reached"):
+            await self._look_up_address(api, where, cluster)
+
+    async def _look_up_address(self, api: KubeApi, where: Where, cluster: str) -> None:
+        address = await ports.load_balancer_address(api, where.namespace, cluster, where.owner)
+        if address is None:
+            self.records.remember(cluster, reached="")  # pending: looked up again when asked
+        else:
+            self.records.remember(cluster, reached=address)
+
+    def _address_pending(self, cluster: str) -> bool:
+        return self.records.remembered(cluster, "reached") == ""
 
     def reachable_address(self, cluster: str, node: NodeInfo) -> str:
         """Where this machine reaches the cluster's ports (ReachedElsewhere): the pod's IP in
@@ -262,6 +275,11 @@ class KubernetesProvider:
                 "port numbers of its node; set kubernetes.ports to loadbalancer or podip"
             )
         reached = self.records.remembered(cluster, "reached")
+        if reached == "":
+            raise ProvisionError(
+                f"the LoadBalancer address of cluster {cluster} is pending (the cloud is still "
+                f"making it); retry once `{names.command('status', '-r', cluster)}` shows it"
+            )
         if not reached:
             raise ProvisionError(f"the LoadBalancer service of cluster {cluster} has no address")
         return reached
@@ -401,6 +419,8 @@ class KubernetesProvider:
             return []
         api = await self.api(where.context)
         listed = await pods.list_cluster(api, where.namespace, cluster, where.owner)
+        if self._address_pending(cluster):  # asked about the cluster: is the address there yet
+            await self._look_up_address(api, where, cluster)
         seen = await observe(
             cluster,
             where,
