@@ -1,1 +1,2 @@
-"""Kubernetes: contexts as pools, no provider yet (planned, not launchable)."""
+"""Kubernetes: pods as nodes, contexts as regions; the agent reached over the API server's exec
+(see provider.py, and seams.py for how the parts meet)."""
