@@ -565,3 +565,21 @@ def test_inf_where_a_number_goes_gets_one_line_and_makes_no_pod(
     assert done.returncode != 0, done.stdout
     assert "Traceback" not in error_line(done.stderr), done.stderr
     assert all_pods(fake) == []
+
+
+def test_leaks_say_why_an_unreachable_context_was_not_looked_at_and_nothing_without_one(
+    stix: Stix, tmp_path: Path
+) -> None:
+    """With no kubeconfig Kubernetes is not set up: `leaks` says nothing of it. A context that
+    refuses is somewhere stix may have made pods: `leaks` says, in one line, it was not looked
+    at (a silent skip would read as "nothing leaked")."""
+    stix.env["KUBECONFIG"] = str(tmp_path / "none")
+    quiet = stix.run("leaks", check=True, timeout=60)
+    assert "kubernetes" not in quiet.stdout + quiet.stderr
+    config = tmp_path / "refusing"
+    config.write_text(kubeconfig_to(f"http://127.0.0.1:{refused_port()}"))
+    stix.env["KUBECONFIG"] = str(config)
+    stix.run("daemon", "stop", timeout=30)  # the kubeconfig is read at the daemon's start
+    said = stix.run("leaks", timeout=60)
+    [line] = [x for x in said.stdout.splitlines() if x.startswith("kubernetes not checked: ")]
+    assert "hostile" in line, said.stdout

@@ -78,7 +78,8 @@ async def scan(
     with ``terminate``, terminate what was found (only the ids in ``only``, when given).
 
     The findings replace those infras' part of the app's last report (what `status` shows).
-    Raises ``ProvisionError`` when a cloud cannot be asked.
+    An infra that cannot be asked is skipped, saying why, while the others are scanned; with
+    one infra to scan, its ``ProvisionError`` is the answer.
     """
     now = time.time()
     found = {n: p for n, p in finders(app).items() if not infras or n in infras}
@@ -93,9 +94,16 @@ async def scan(
             if isinstance(provider, NeedsCredentials):
                 problem = provider.credentials_problem()
                 if problem is not None:
-                    skipped.append(f"{infra}: {problem}")
-                    continue
-            new, gone = await _scan_one(app, infra, provider, terminate, only)
+                    if provider.regions():  # stix may have made something there: say why not
+                        skipped.append(f"{infra}: {problem}")
+                    continue  # never set up here (no kubeconfig, no AWS account): nothing to say
+            try:
+                new, gone = await _scan_one(app, infra, provider, terminate, only)
+            except ProvisionError as exc:
+                if len(found) == 1:
+                    raise  # the one infra asked for could not be: the command fails, saying why
+                skipped.append(f"{infra}: {exc.message}")  # the others still count
+                continue
             records += new
             terminated += gone
             scanned.add(infra)
