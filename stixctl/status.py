@@ -135,15 +135,18 @@ def address(a: argparse.Namespace, found: list[m.ClusterRecord]) -> str:
         raise ClusterNotUp(f"cluster {c.name!r} is not in UP status (it is {c.status})")
     if a.ip:
         return c.head_ip
+    if c.ports and c.ports_host is None and c.ports_note:
+        raise StixError(c.ports_note)  # reached elsewhere, and not yet (an address pending)
+    host = c.ports_host or c.head_ip
     if a.endpoint is not None:
         if a.endpoint not in c.ports and not c.any_port:
             raise StixError(
                 f"endpoint {a.endpoint} not found for cluster {c.name!r}; its exposed ports: "
                 f"{', '.join(map(str, c.ports)) or 'none'} (resources.ports in the task)"
             )
-        return f"{c.head_ip}:{a.endpoint}"
+        return f"{host}:{a.endpoint}"
     if not c.ports:
         raise StixError(
             f"no endpoint found for cluster {c.name!r}: its task exposes no ports (resources.ports)"
         )
-    return "\n".join(f"{port}: {c.head_ip}:{port}" for port in c.ports)
+    return "\n".join(f"{port}: {host}:{port}" for port in c.ports)

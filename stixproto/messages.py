@@ -470,6 +470,10 @@ class ClusterRecord(msgspec.Struct, frozen=True):
     """The ports the cluster's launches asked to expose, reachable at ``head_ip``."""
     any_port: bool = False
     """Every port of the head node is reachable at ``head_ip`` (local: this machine)."""
+    ports_host: str | None = None
+    """Where the ports are reached when not at ``head_ip`` (a Kubernetes load balancer), for
+    a status of one cluster; ``ports_note`` says why there is none yet (an address pending)."""
+    ports_note: str | None = None
     activity: str | None = None
     """What is under way: `launching`, `stopping` or `terminating` (then `status` is INIT, as
     SkyPilot shows a cluster that may be live or down)."""

@@ -309,6 +309,8 @@ def test_a_launch_does_not_wait_for_a_slow_load_balancer_and_status_finds_its_ad
         assert launched.returncode == 0, launched.stderr
         assert "LoadBalancer address of slow is pending" in launched.stderr
         assert stix.clusters()["slow"]["status"] == "UP"
+        pending = stix.run("status", "--endpoints", "slow")  # not the pod's IP meanwhile
+        assert pending.returncode != 0 and "is pending" in pending.stderr, pending.stdout
         [service] = slow_lb.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=slow")["items"]
         records = stix.home / "kubernetes" / "clusters.json"
 
@@ -320,5 +322,7 @@ def test_a_launch_does_not_wait_for_a_slow_load_balancer_and_status_finds_its_ad
         [after] = slow_lb.kubectl_json("get", "services", "-l", f"{LABEL_CLUSTER}=slow")["items"]
         assert after["metadata"]["uid"] == service["metadata"]["uid"]
         assert address() == after["status"]["loadBalancer"]["ingress"][0]["ip"]
+        shown = stix.run("status", "--endpoints", "slow", check=True).stdout.strip()
+        assert shown == f"{port}: {address()}:{port}"
     finally:
         stix.run("down", "-y", "slow")

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 
 from stixd.actors import KINDS, quarantine
 from stixd.actors.asks import ask_cluster
@@ -42,7 +43,8 @@ from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.local_fit import check_fits_local
 from stixd.planner.offers import OfferIndex
 from stixd.planner.target import cloud_spec
-from stixd.providers.abilities import ReachesEveryPort
+from stixd.providers.abilities import ReachedElsewhere, ReachesEveryPort
+from stixd.providers.base import NodeInfo
 from stixd.store import views
 from stixd.store.db import Row
 from stixproto import messages as m
@@ -51,6 +53,7 @@ from stixproto.errors import (
     InvalidConfig,
     InvalidRequest,
     InvalidTask,
+    ProvisionError,
     TaskFieldError,
 )
 from stixproto.names import command
@@ -164,6 +167,22 @@ def every_port_infras(app: App) -> set[str]:
     return {name for name, p in app.providers.items() if isinstance(p, ReachesEveryPort)}
 
 
+def ports_reached(app: App, row: Row, rec: m.ClusterRecord) -> m.ClusterRecord:
+    """``rec`` with where its ports are reached, where its provider reaches them elsewhere
+    than the head's IP (``ReachedElsewhere``: a Kubernetes load balancer), or why not yet."""
+    provider = app.providers.get(spec_of(row, ClusterSpec).provider or "")
+    nodes = data_of(row, ClusterData).nodes
+    if not isinstance(provider, ReachedElsewhere) or not nodes:
+        return rec
+    try:
+        host = provider.reachable_address(row.id, NodeInfo.from_dict(nodes[0]))
+    except ProvisionError as exc:
+        return msgspec.structs.replace(rec, ports_note=exc.message)
+    except (KeyError, ValueError):  # a node row of an older daemon: its IP, as before
+        return rec
+    return msgspec.structs.replace(rec, ports_host=host)
+
+
 def cluster_record(
     row: Row, owner: Owner | None = None, *, any_port: bool = False
 ) -> m.ClusterRecord:
@@ -254,16 +273,15 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
             rows = [r for r in rows if not r.terminal]
     owners = await cluster_owners(app, [r.id for r in rows])
     open_all = every_port_infras(app)
+    one = len(req.clusters) == 1  # `status --endpoint(s) NAME`: where its ports are reached
+
+    def made(r: Row) -> m.ClusterRecord:
+        any_port = spec_of(r, ClusterSpec).provider in open_all
+        rec = cluster_record(r, owners.get(r.id), any_port=any_port)
+        return ports_reached(app, r, rec) if one and rec.ports else rec
 
     def record(row: Row) -> m.ClusterRecord:
-        return quarantine.shown(
-            app,
-            row,
-            lambda r: cluster_record(
-                r, owners.get(r.id), any_port=spec_of(r, ClusterSpec).provider in open_all
-            ),
-            _failed_cluster,
-        )
+        return quarantine.shown(app, row, made, _failed_cluster)
 
     strays: list[m.ClusterRecord] = []
     for stray in await views.live_rows_not_of(app.store, KINDS):  # its kind column was damaged
