@@ -12,6 +12,9 @@ READY before the spot replica it stands in for, every time.
 
 from __future__ import annotations
 
+import contextlib
+import random
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from stixd.providers.local.netns import remove_under as remove_node_networks_und
 from stixd.providers.local.netns import unavailable_reason
 from tests.conftest import Stix, pid_alive, wait_until
 from tests.test_serve import SERVER, endpoint
-from tests.test_serve_scaling import fast_autoscaler, free_port, on_spot, replicas, states
+from tests.test_serve_scaling import fast_autoscaler, on_spot, replicas, states
 from tests.test_serve_traffic import load, ready_ids, servers_of
 
 CLIENTS = 3
@@ -35,6 +38,25 @@ stand-in can answer for it."""
 def settle(predicate: Callable[[], Any], timeout: float) -> Any:
     """``wait_until`` for a look through stixctl: a process each, so a few a second."""
     return wait_until(predicate, timeout=timeout, interval=0.2)
+
+
+def ports_free_from(count: int) -> int:
+    """A port below Linux's ephemeral range (32768 up) with the ``count`` after it free too:
+    on this machine's network each replica serves on the service's port or the next free ones
+    above it, and an ephemeral port there (a connection of another test) would hold a
+    replica's port for the whole test."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20000, 32000)
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError("no free ports below the ephemeral range")
 
 
 def spot_service(
@@ -57,7 +79,7 @@ def spot_service(
         "service:\n"
         "  readiness_probe: {path: /, initial_delay_seconds: 60, timeout_seconds: 2}\n"
         f"  replica_policy: {{min_replicas: 2, max_replicas: 2, {policy}}}\n"
-        f"  ports: {free_port()}\n"
+        f"  ports: {ports_free_from(3)}\n"
         f"run: python3 {server}\n"
     )
 
