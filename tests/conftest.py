@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.local.netns import remove_under as remove_node_networks_under
+from tests.kube_fake.process import FakeProcess
 from tests.shared_data import check_marks
 
 # The suite is a gate: property tests draw the same examples on every run, so a run fails only
@@ -248,3 +250,20 @@ def task_file(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    """One fake Kubernetes API server for a test module, leaving no pod process behind."""
+    fake = FakeProcess(tmp_path_factory.mktemp("kube"))
+    try:
+        yield fake
+    finally:
+        fake.stop()
+        assert fake.pod_processes() == []
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The agent's zipapp, built once for a test module."""
+    return build_agent_zipapp(tmp_path_factory.mktemp("bundle"))

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from yarl import URL
 
-from stixd.agent_bundle import build_agent_zipapp, build_id
+from stixd.agent_bundle import build_id
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.kubernetes import exec as pod_exec
 from stixd.providers.kubernetes import inpod, tarsync
@@ -70,11 +70,6 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
         yield fake
     finally:
         fake.stop()
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_agent_zipapp(tmp_path_factory.mktemp("bundle"))
 
 
 def start_pod(kube: FakeProcess) -> PodRef:

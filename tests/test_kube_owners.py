@@ -6,7 +6,7 @@ home finds its own pods again after a crash."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +30,6 @@ from tests.kube_fake.server import CONTEXT
 from tests.test_kube_provider import gone, open_provider, pods_of, request
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    fake = FakeProcess(tmp_path_factory.mktemp("kube"))
-    try:
-        yield fake
-    finally:
-        fake.stop()
-        assert fake.pod_processes() == []
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from stixd.agent_bundle import build_agent_zipapp
 from stixd.agent_client import AgentClient
 from stixd.providers.abilities import CannotStop, FindsLeaks, HasShell, ReportsLostNodes
 from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, ProvisionRequest
@@ -36,16 +35,6 @@ from tests.kube_fake.server import CONTEXT
 
 pytestmark = pytest.mark.anyio
 FAIL_OVER_WITHIN_S = 5.0
-
-
-@pytest.fixture(scope="module")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    fake = FakeProcess(tmp_path_factory.mktemp("kube"))
-    try:
-        yield fake
-    finally:
-        fake.stop()
-        assert fake.pod_processes() == []
 
 
 def no_shell(ref: PodRef) -> PodShell:
@@ -69,11 +58,6 @@ def open_provider(
     clients = Clients(kubeconfig, home / "certs")
     shells = (lambda pod: DeferredShell(clients, pod)) if agents else no_shell
     return KubernetesProvider(home, KubernetesConfig(**config), kubeconfig, shells, clients=clients)
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_agent_zipapp(tmp_path_factory.mktemp("bundle"))
 
 
 def request(

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.base import NodeStatus, ProvisionRequest
 from stixd.providers.kubernetes import observe, pods
 from stixd.providers.kubernetes.agents import ref_of
@@ -24,21 +22,6 @@ from tests.test_kube_exec import pids_running
 from tests.test_kube_provider import open_provider, request
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    fake = FakeProcess(tmp_path_factory.mktemp("kube"))
-    try:
-        yield fake
-    finally:
-        fake.stop()
-        assert fake.pod_processes() == []
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_agent_zipapp(tmp_path_factory.mktemp("bundle"))
 
 
 def statuses(found: list[Any]) -> list[tuple[int, NodeStatus]]:
