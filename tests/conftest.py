@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from hypothesis import settings
 
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.local.netns import remove_under as remove_node_networks_under
+from stixd.store.chosen import open_postgres
+from stixd.store.db import Store, open_store
+from tests import pg_server
 from tests.kube_fake.process import FakeProcess
-from tests.shared_data import check_marks
+from tests.shared_data import check_marks, in_ci
 
 # The suite is a gate: property tests draw the same examples on every run, so a run fails only
 # for a change, never for a lucky draw. Hunt with `HYPOTHESIS_PROFILE=hunt` (random draws).
@@ -267,3 +271,33 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The agent's zipapp, built once for a test module."""
     return build_agent_zipapp(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg_server.PgServer]:
+    """A throw-away PostgreSQL server for the session (stopped, its folder removed, at the
+    end). Without PostgreSQL's binaries: skipped on a developer's machine, failed under CI."""
+    found = pg_server.binaries()
+    if found is None:
+        reason = "no PostgreSQL here (/usr/lib/postgresql/*/bin/initdb): apt-get install postgresql"
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = pg_server.start(found)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+OpenStore = Callable[[], AbstractAsyncContextManager[Store]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_any(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
+    """Opens the test's store, on each engine in turn: a file in `tmp_path`, or a fresh
+    database of the session's PostgreSQL server (each call opens the same one again)."""
+    if request.param == "sqlite":
+        return lambda: open_store(tmp_path / "s.db")
+    url = request.getfixturevalue("postgres").fresh()
+    return lambda: open_postgres(url)

@@ -20,6 +20,7 @@ from stixd.runtime.supervisor import GIVEN_UP_WITHIN_S, RestartPolicy, Superviso
 from stixd.runtime.watch import RowWatch
 from stixd.store.db import MIGRATIONS, Row, RowExists, StaleWrite, open_store
 from stixproto.errors import InvalidRequest
+from tests.conftest import OpenStore
 
 pytestmark = pytest.mark.anyio
 LOG: Any = structlog.wrap_logger(structlog.ReturnLogger())
@@ -65,8 +66,8 @@ class Counter(Actor):
             message.answer(self.row.state)
 
 
-async def test_conditional_writes_refuse_a_stale_version(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s.db") as store:
+async def test_conditional_writes_refuse_a_stale_version(open_any: OpenStore) -> None:
+    async with open_any() as store:
         row = await store.insert(Row(kind="k", id="a", state="IDLE", version=0), "created")
         newer = await store.update(row, event="work", state="BUSY")
         assert newer.version == row.version + 1
@@ -80,18 +81,27 @@ async def test_conditional_writes_refuse_a_stale_version(tmp_path: Path) -> None
             ("work", "IDLE", "BUSY"),
         ]
     # reopening runs no migration twice and keeps everything
-    async with open_store(tmp_path / "s.db") as store:
+    async with open_any() as store:
         got = await store.get("k", "a")
         assert got is not None and got.state == "BUSY" and got.version == 2
+
+
+def test_the_sqlite_store_is_at_the_last_schema_and_in_wal_mode(tmp_path: Path) -> None:
+    async def twice() -> None:
+        for _ in range(2):
+            async with open_store(tmp_path / "s.db"):
+                pass
+
+    anyio.run(twice)
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_a_refused_write_never_undoes_a_concurrent_one(tmp_path: Path) -> None:
+async def test_a_refused_write_never_undoes_a_concurrent_one(open_any: OpenStore) -> None:
     """Writers share one connection: a duplicate insert or a stale update rolls back only
     itself, even when other actors' writes are in flight at the same moment."""
-    async with open_store(tmp_path / "s.db") as store:
+    async with open_any() as store:
         stale = await store.insert(Row(kind="k", id="s", state="A", version=0), "created")
         await store.update(stale, event="moved", state="B")
         refused: list[str] = []
@@ -120,12 +130,12 @@ async def test_a_refused_write_never_undoes_a_concurrent_one(tmp_path: Path) -> 
 
 
 async def test_a_write_cancelled_midway_is_whole_or_absent_and_spares_the_others(
-    tmp_path: Path,
+    open_any: OpenStore,
 ) -> None:
     """Writers cancelled at every point of their write (deadlines spread over the time a write
     takes) leave each row with its event or not at all, and never a half-write that the next
     writer's commit would complete."""
-    async with open_store(tmp_path / "s.db") as store:
+    async with open_any() as store:
 
         async def insert(kind: str, i: int, deadline: float | None) -> None:
             with anyio.move_on_after(deadline):
@@ -368,8 +378,8 @@ async def test_a_row_that_cannot_be_read_is_returned_quarantined_never_raised(
         assert [r.id for r in listed] == ["a", "bad", "z"]
 
 
-async def test_the_store_never_writes_what_it_could_not_read_back(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s.db") as store:
+async def test_the_store_never_writes_what_it_could_not_read_back(open_any: OpenStore) -> None:
+    async with open_any() as store:
         row = await store.insert(Row(kind="counter", id="c", state="IDLE", version=0), "created")
         with pytest.raises(InvalidRequest, match="not a finite number"):
             await store.update(row, event="save", data={"idle_minutes": float("inf")})

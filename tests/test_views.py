@@ -16,7 +16,8 @@ from stixd.actors.specs import ManagedJobData, ManagedJobSpec, encode
 from stixd.store import views
 from stixd.store.db import NEXT_NUMBER, Row, open_store
 from stixproto import messages as m
-from tests.conftest import Stix, wait_until
+from stixd.store.sqlite import SqliteBackend
+from tests.conftest import OpenStore, Stix, wait_until
 from tests.test_managed_jobs_fake import fake_daemon, task
 
 
@@ -115,7 +116,8 @@ def test_status_lists_the_newest_of_your_clusters_and_of_managed_jobs_and_the_re
 async def test_the_default_views_read_through_indexes(tmp_path: Path) -> None:
     async with open_store(tmp_path / "state.db") as store:
         statements: list[str] = []
-        await store._db.set_trace_callback(statements.append)
+        assert isinstance(store.backend, SqliteBackend)
+        await store.backend.db.set_trace_callback(statements.append)
         await views.newest_managed_jobs(store, live_only=False, limit=50)
         await views.newest_managed_jobs(store, live_only=True, limit=50)
         await views.count_managed_jobs(store, live_only=True)
@@ -159,12 +161,12 @@ async def test_the_next_managed_job_number_is_one_index_probe(tmp_path: Path) ->
 
 @pytest.mark.anyio
 async def test_the_kept_split_of_clusters_follows_every_write_that_changes_it(
-    tmp_path: Path,
+    open_any: OpenStore,
 ) -> None:
     def cluster(name: str) -> Row:
         return Row(kind="cluster", id=name, state="UP", version=0)
 
-    async with open_store(tmp_path / "state.db") as store:
+    async with open_any() as store:
         split = views.ClusterSplit(store)
         mine = await store.insert(cluster("mine"), "created")
         await store.insert(cluster("job-1"), "created")
@@ -173,7 +175,8 @@ async def test_the_kept_split_of_clusters_follows_every_write_that_changes_it(
         job = await store.insert(job, "submitted")
         assert await split.names() == (["mine"], ["job-1"])
         asked: list[str] = []
-        await store._db.set_trace_callback(asked.append)
+        if isinstance(store.backend, SqliteBackend):
+            await store.backend.db.set_trace_callback(asked.append)
         job = await store.update(job, event="ran", data={"run": 1})  # owns the same cluster
         assert await split.names() == (["mine"], ["job-1"])
         assert not [s for s in asked if "EXISTS" in s or "LIMIT 1" in s]  # kept, not asked
@@ -191,10 +194,10 @@ async def test_the_kept_split_of_clusters_follows_every_write_that_changes_it(
 
 @pytest.mark.anyio
 async def test_a_streamed_listing_reads_every_job_once_page_by_page(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    open_any: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(views, "READ_PAGE", 3)
-    async with open_store(tmp_path / "state.db") as store:
+    async with open_any() as store:
         for i in range(1, 11):
             spec = encode(ManagedJobSpec(name="j", cluster=f"j-{i}"))
             row = Row(kind="managed_job", id=str(i), state="RUNNING", version=0, spec=spec)

@@ -1,23 +1,24 @@
-"""Group commit: the writes waiting for the store's connection go to its thread together, each
-in a savepoint of one transaction, and are committed once.
+"""Group commit: the writes waiting for the store's connection go to it together, each in a
+savepoint of one transaction, and are committed once.
 
-A write is a function of the `sqlite3.Connection`, run on aiosqlite's thread: its statements
-and its checks are one trip there, not one per statement. A write that raises is rolled back to
-its savepoint and its caller gets the exception; the others in the batch are not touched. No
-caller hears of its write before the one COMMIT that holds it returns, so a crash loses only
-writes whose callers are still waiting. With 1,000 managed jobs launching, the store's lock was
-held 83 % of the time at three trips and a commit per write.
+A write is an async function of a `Tx` (stixd/store/backend.py); the engine's `send` runs a
+batch of them (SQLite: on aiosqlite's thread, so a write's statements and checks are one trip
+there, not one per statement). A write that raises is rolled back to its savepoint and its
+caller gets the exception; the others in the batch are not touched. No caller hears of its
+write before the one COMMIT that holds it returns, so a crash loses only writes whose callers
+are still waiting. With 1,000 managed jobs launching, the store's lock was held 83 % of the
+time at three trips and a commit per write.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import aiosqlite
 import anyio
+
+from stixd.store.backend import Work
 
 T = TypeVar("T")
 
@@ -27,7 +28,7 @@ MAX_BATCH = 256
 
 @dataclass(eq=False, slots=True)
 class _Write(Generic[T]):
-    work: Callable[[sqlite3.Connection], T]
+    work: Work[T]
     taken: bool = False
     """In a batch that went to the connection's thread: it will end, whatever the caller."""
     finished: bool = False
@@ -42,26 +43,9 @@ class _Write(Generic[T]):
         return self.value  # type: ignore[no-any-return]
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[_Write[Any]]) -> None:
-    """On the connection's thread: every write of `batch` in one transaction, each alone."""
-    conn.execute("BEGIN")
-    try:
-        for w in batch:
-            conn.execute("SAVEPOINT one_write")
-            try:
-                w.value = w.work(conn)
-            except Exception as exc:  # the write's own failure: it alone is undone
-                w.error = exc
-                conn.execute("ROLLBACK TO one_write")
-            conn.execute("RELEASE one_write")
-        conn.commit()
-    except BaseException as exc:  # the transaction itself failed: none of it was written
-        if conn.in_transaction:
-            conn.rollback()
-        for w in batch:
-            w.value, w.error = None, exc
-        if not isinstance(exc, Exception):
-            raise
+Send = Callable[[list["_Write[Any]"]], Awaitable[None]]
+"""Runs every write of a batch in one transaction, each in a savepoint: sets each one's
+`value` or `error` (all of them the commit's error if the commit failed)."""
 
 
 class GroupCommit:
@@ -69,16 +53,14 @@ class GroupCommit:
     own write is among them, then hands the lead to the first writer still waiting. The others
     only wait to be told their outcome."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
+    def __init__(self, send: Send) -> None:
+        self._send = send
         self._waiting: list[_Write[Any]] = []
         self._leader: _Write[Any] | None = None
         self.lock = anyio.Lock()
         """Held while a leader sends batches; `Store.close` takes it for good."""
 
-    async def write(
-        self, work: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None
-    ) -> T:
+    async def write(self, work: Work[T], after: Callable[[T], None] | None = None) -> T:
         """Run `work` in a transaction and commit it; its result (given first to `after`), or
         what it raised.
 
@@ -137,10 +119,7 @@ class GroupCommit:
         for w in batch:
             w.taken = True
         try:
-            # aiosqlite has no public call for a function on its thread; `_execute` is the one
-            # its own methods use (pinned by tests/test_store_commits.py)
-            run: Callable[..., Any] = self._db._execute
-            await run(lambda: _run_batch(self._db._conn, batch))
+            await self._send(batch)
         except BaseException as exc:  # nothing of the batch was written
             for w in batch:
                 w.error = w.error or exc

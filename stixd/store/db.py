@@ -8,7 +8,6 @@ written in one transaction; nothing here ever waits on the network.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -17,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import anyio
 import msgspec
 
-from stixd.store.commits import GroupCommit
+from stixd.store.backend import Backend, Conflict, StoreUnavailable, Tx
+from stixd.store.sqlite import SqliteBackend, migrate
 from stixproto.errors import InvalidRequest
+
+__all__ = ["StoreUnavailable"]  # raised by `open_store`, and by the other engines' openers
 
 MIGRATIONS: list[str] = [
     # 1: actors and their history
@@ -166,7 +167,7 @@ def _encode(value: dict[str, Any], kind: str = "", id: str = "", name: str = "")
         ) from None
 
 
-def _column_problem(r: aiosqlite.Row | tuple[Any, ...]) -> str | None:
+def _column_problem(r: tuple[Any, ...]) -> str | None:
     """What is wrong with a row's plain columns, as stix never writes them; None if nothing."""
     kind, id_, parent, state, terminal, _, _, version, created_at, updated_at = r[:10]
     if type(kind) is not str or type(id_) is not str:
@@ -185,7 +186,7 @@ def _column_problem(r: aiosqlite.Row | tuple[Any, ...]) -> str | None:
     return None
 
 
-def _row(r: aiosqlite.Row | tuple[Any, ...]) -> Row:
+def _row(r: tuple[Any, ...]) -> Row:
     """A stored row as a `Row`; one that cannot be read comes back quarantined with the reason
     (never raised: one bad row must not fail a listing, or the daemon's start). The checks of a
     sound row are one expression: a boot reads every live row through here."""
@@ -216,7 +217,7 @@ def _row(r: aiosqlite.Row | tuple[Any, ...]) -> Row:
     )
 
 
-def _json_problem(r: aiosqlite.Row | tuple[Any, ...]) -> str:
+def _json_problem(r: tuple[Any, ...]) -> str:
     """Which JSON column of a row does not read, and why (only ever asked of a bad row)."""
     for name, text in (("spec", r[5]), ("data", r[6])):
         try:
@@ -229,7 +230,7 @@ def _json_problem(r: aiosqlite.Row | tuple[Any, ...]) -> str:
 
 
 def _unreadable(
-    r: aiosqlite.Row | tuple[Any, ...],
+    r: tuple[Any, ...],
     reason: str,
     spec: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
@@ -259,8 +260,8 @@ def _unreadable(
     )
 
 
-def _append(
-    conn: sqlite3.Connection,
+async def _append(
+    tx: Tx,
     kind: str,
     id_: str,
     event: str,
@@ -269,40 +270,21 @@ def _append(
     why: str,
     at: float,
 ) -> None:
-    conn.execute(
+    await tx.execute(
         "INSERT INTO events (at, kind, id, event, from_state, to_state, why) "
         "VALUES (?,?,?,?,?,?,?)",
         (at, kind, id_, event, from_state, to_state, why),
     )
 
 
-def _truncate_wal(path: Path) -> None:
-    conn = sqlite3.connect(path, timeout=5)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    except sqlite3.OperationalError:
-        pass  # busy past the timeout: see Store.forget_overwritten
-    finally:
-        conn.close()
-
-
 class Store:
-    def __init__(
-        self,
-        db: aiosqlite.Connection,
-        clock: Callable[[], float] = time.time,
-        path: Path | None = None,
-    ) -> None:
-        self._db = db
+    """The rows and their history on one engine (`backend`): every write is an async
+    function of its transaction, said once here in SQLite's SQL, whatever the engine."""
+
+    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
         self._clock = clock
-        self._path = path
-        """The database file, for `forget_overwritten` (None: an in-memory store, no files)."""
         self._listeners: list[Callable[[Row], None]] = []
-        self._commits = GroupCommit(db)
-        """Every write is one function on the connection's thread, in a savepoint of a
-        transaction shared with the writes waiting beside it, committed once: a rollback (a
-        duplicate insert, a stale update) undoes only its own statements."""
-        self._writing = self._commits.lock
 
     def on_write(self, listener: Callable[[Row], None]) -> None:
         """Called after every committed write with the row as written."""
@@ -314,8 +296,8 @@ class Store:
 
     async def insert(self, row: Row, event: str, why: str = "") -> Row:
         values = self._insert_values(row)
-        return await self._commits.write(
-            lambda conn: self._insert(conn, row, values, event, why), self._notify
+        return await self.backend.write(
+            lambda tx: self._insert(tx, row, values, event, why), self._notify
         )
 
     async def insert_next(
@@ -325,12 +307,13 @@ class Store:
         allocated inside the write so concurrent callers never collide and never retry."""
         now = self._clock()
 
-        def work(conn: sqlite3.Connection) -> Row:
-            r = conn.execute(NEXT_NUMBER, (kind,)).fetchone()
+        async def work(tx: Tx) -> Row:
+            await tx.serialize(f"next {kind}")  # another store on the database waits here
+            r = await tx.one(NEXT_NUMBER, (kind,))
             row = make((int(r[0]) if r and r[0] is not None else 0) + 1)
-            return self._insert(conn, row, self._insert_values(row, now), event, why)
+            return await self._insert(tx, row, self._insert_values(row, now), event, why)
 
-        return await self._commits.write(work, self._notify)
+        return await self.backend.write(work, self._notify)
 
     def _insert_values(self, row: Row, now: float | None = None) -> tuple[Any, ...]:
         """The columns of a new row (stamped with `now`, the clock's if None), encoded here so
@@ -352,15 +335,15 @@ class Store:
         )
 
     @staticmethod
-    def _insert(
-        conn: sqlite3.Connection, row: Row, values: tuple[Any, ...], event: str, why: str
-    ) -> Row:
-        """On the connection's thread, inside a write's savepoint."""
+    async def _insert(tx: Tx, row: Row, values: tuple[Any, ...], event: str, why: str) -> Row:
+        """Inside a write's transaction."""
         try:
-            conn.execute(f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values)
-        except sqlite3.IntegrityError:
+            await tx.execute(
+                f"INSERT INTO actors ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
+            )
+        except Conflict:
             raise RowExists(f"{row.kind} {row.id} already exists") from None
-        _append(conn, row.kind, row.id, event, None, row.state, why, row.created_at)
+        await _append(tx, row.kind, row.id, event, None, row.state, why, row.created_at)
         return row
 
     async def update(
@@ -401,78 +384,66 @@ class Store:
             row.version,
         )
 
-        def work(conn: sqlite3.Connection) -> Row:
-            cur = conn.execute(
+        async def work(tx: Tx) -> Row:
+            changed = await tx.execute(
                 "UPDATE actors SET state=?, terminal=?, spec=?, data=?, version=?, updated_at=? "
                 "WHERE kind=? AND id=? AND version=?",
                 values,
             )
-            if cur.rowcount != 1:
+            if changed != 1:
                 raise StaleWrite(f"{row.kind} {row.id} changed since version {row.version}")
             if record_event:
-                _append(conn, row.kind, row.id, event, row.state, new.state, why, now)
+                await _append(tx, row.kind, row.id, event, row.state, new.state, why, now)
             return new
 
-        return await self._commits.write(work, self._notify)
+        return await self.backend.write(work, self._notify)
 
     async def record(self, kind: str, id_: str, event: str, why: str = "") -> None:
         """An event that changes no state (a decision, a warning, a supervisor restart)."""
         now = self._clock()
-        await self._commits.write(
-            lambda conn: _append(conn, kind, id_, event, None, None, why, now)
-        )
+        await self.backend.write(lambda tx: _append(tx, kind, id_, event, None, None, why, now))
 
     async def delete(self, row: Row, why: str = "") -> bool:
         """Remove `row` (kept: its events), if nobody wrote it since `row.version`: what a
         `serve down` leaves of a service and its replicas, as SkyServe forgets them."""
         key, now = (row.kind, row.id), self._clock()
 
-        def work(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
+        async def work(tx: Tx) -> bool:
+            deleted = await tx.execute(
                 "DELETE FROM actors WHERE kind=? AND id=? AND version=?", (*key, row.version)
             )
-            if cur.rowcount != 1:
+            if deleted != 1:
                 return False
-            conn.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
-            _append(conn, row.kind, row.id, "removed", row.state, None, why, now)
+            await tx.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
+            await _append(tx, row.kind, row.id, "removed", row.state, None, why, now)
             return True
 
         def after(deleted: bool) -> None:
             if deleted:
                 self._notify(row)  # a watcher reads the row again and finds it gone
 
-        return await self._commits.write(work, after)
+        return await self.backend.write(work, after)
 
     async def forget_overwritten(self) -> None:
-        """Leave no copy of overwritten values in the files: call after a write that dropped a
-        secret. ``secure_delete`` zeroes freed space in the database's pages; this moves the
-        pages written since into the database and empties the write-ahead log, which still
-        holds their earlier versions.
-
-        From a connection of its own: a read on the shared one may be between its steps, and
-        SQLite refuses a checkpoint beside it; this one waits for such reads to end. Best
-        effort: if they do not end within seconds, the next checkpoint catches up.
-        """
-        if self._path is None:
-            return
-        async with self._writing:
-            await anyio.to_thread.run_sync(_truncate_wal, self._path)
+        """Leave no copy of overwritten values in the engine's files (as far as it can): call
+        after a write that dropped a secret."""
+        await self.backend.forget_overwritten()
 
     async def close(self) -> None:
         """Wait for the write in flight to commit, refuse every later one (a writer waits for
-        good), and close the connection: the store is whole on disk, as after any commit."""
-        await self._writing.acquire()  # never released: this store writes no more
-        with anyio.CancelScope(shield=True):
-            await self._db.close()
+        good), and close: the store is whole, as after any commit."""
+        await self.backend.close()
 
     async def get(self, kind: str, id_: str) -> Row | None:
-        async with self._db.execute(f"{_SELECT} WHERE a.kind=? AND a.id=?", (kind, id_)) as cur:
-            r = await cur.fetchone()
-        return _row(r) if r else None
+        found = await self.backend.fetch(f"{_SELECT} WHERE a.kind=? AND a.id=?", (kind, id_))
+        return _row(found[0]) if found else None
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self._db.execute(sql, args) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        return [_row(r) for r in await self.backend.fetch(sql, args)]
+
+    async def _tuples(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of any query, as the engine returns them (for `views`)."""
+        return await self.backend.fetch(sql, args)
 
     async def _with_damaged_flags(
         self, rows: list[Row], keep: Callable[[Row], bool], order: Callable[[Row], Any]
@@ -514,9 +485,8 @@ class Store:
         """The rows of `live_rows`, `page` at a time, from one query: a boot with tens of
         thousands of rows builds their actors without ever holding every row decoded."""
         sql = f"{_SELECT} WHERE a.terminal=0 ORDER BY a.kind, a.created_at"
-        async with self._db.execute(sql) as cur:
-            while found := await cur.fetchmany(page):
-                yield [_row(r) for r in found]
+        async for found in self.backend.pages(sql, page):
+            yield [_row(r) for r in found]
         damaged = await self._fetch(_DAMAGED_FLAG)
         if damaged:
             yield damaged
@@ -536,17 +506,17 @@ class Store:
         """Record that `kind id_` is not to be run, with an event; False if it already was."""
         now = self._clock()
 
-        def work(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
+        async def work(tx: Tx) -> bool:
+            added = await tx.execute(
                 "INSERT OR IGNORE INTO quarantine (kind, id, reason, at) VALUES (?,?,?,?)",
                 (kind, id_, reason, now),
             )
-            if cur.rowcount != 1:
+            if added != 1:
                 return False
-            _append(conn, kind, id_, "quarantined", None, None, reason, now)
+            await _append(tx, kind, id_, "quarantined", None, None, reason, now)
             return True
 
-        return await self._commits.write(work)
+        return await self.backend.write(work)
 
     async def settle(
         self, row: Row, *, state: str, parent: str | None, why: str, fresh: bool = False
@@ -574,17 +544,17 @@ class Store:
             spec_text, data_text = "{}", _encode(new.data)
         key = (row.kind, row.id)
 
-        def work(conn: sqlite3.Connection) -> Row:
-            conn.execute(
+        async def work(tx: Tx) -> Row:
+            await tx.execute(
                 "UPDATE actors SET parent=?, state=?, terminal=1, spec=?, data=?, version=?, "
                 "created_at=?, updated_at=? WHERE kind=? AND id=?",
                 (parent, state, spec_text, data_text, new.version, new.created_at, now, *key),
             )
-            conn.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
-            _append(conn, row.kind, row.id, "removed", row.state, state, why, now)
+            await tx.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
+            await _append(tx, row.kind, row.id, "removed", row.state, state, why, now)
             return new
 
-        return await self._commits.write(work, self._notify)
+        return await self.backend.write(work, self._notify)
 
     async def events(self, kind: str, id_prefix: str, limit: int = 200) -> list[Event]:
         """History of one actor (`id_prefix` exact) or of its children (`prefix/…`).
@@ -593,35 +563,22 @@ class Store:
         name's `_` or `%` would match any character there (`a_b` finding `axb`'s jobs), and
         LIKE ignores case."""
         children = id_prefix + "/"
-        async with self._db.execute(
+        rows = await self.backend.fetch(
             "SELECT seq, at, kind, id, event, from_state, to_state, why FROM events "
             "WHERE (kind=? AND id=?) OR substr(id, 1, ?)=? ORDER BY seq DESC LIMIT ?",
             (kind, id_prefix, len(children), children, limit),
-        ) as cur:
-            rows = await cur.fetchall()
-        return [Event(*r) for r in reversed(list(rows))]
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    current = int(row[0]) if row else 0
-    if current > len(MIGRATIONS):
-        raise RuntimeError(
-            f"the store was written by a newer stix (schema {current}, this one knows "
-            f"{len(MIGRATIONS)}): upgrade stix"
         )
-    for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
-        await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        return [Event(*r) for r in reversed(rows)]
 
 
 @asynccontextmanager
 async def open_store(path: Path) -> AsyncIterator[Store]:
+    """The SQLite store in the file `path` (made with its folder if missing), migrated."""
     path.parent.mkdir(parents=True, exist_ok=True)
     async with aiosqlite.connect(path, isolation_level="DEFERRED") as db:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA busy_timeout=5000")
-        await db.execute("PRAGMA secure_delete=ON")  # see Store.forget_overwritten
-        await _migrate(db)
-        yield Store(db, path=path)
+        await db.execute("PRAGMA secure_delete=ON")  # see SqliteBackend.forget_overwritten
+        await migrate(db, MIGRATIONS)
+        yield Store(SqliteBackend(db, path))

@@ -66,9 +66,8 @@ async def damaged_managed_jobs(store: Store) -> list[Row]:
 
 async def count_managed_jobs(store: Store, *, live_only: bool) -> int:
     sql = f"SELECT count(*) FROM actors a WHERE {_jobs_where(live_only)}"
-    async with store._db.execute(sql) as cur:
-        found = await cur.fetchone()
-    return int(found[0]) if found else 0
+    found = await store._tuples(sql)
+    return int(found[0][0]) if found else 0
 
 
 async def managed_job_pages(store: Store, *, live_only: bool) -> AsyncIterator[list[Row]]:
@@ -124,13 +123,12 @@ async def live_cluster_names(store: Store) -> tuple[list[str], list[str], set[st
     own: list[str] = []
     owned: list[str] = []
     owners: set[str] = set()
-    async with store._db.execute(sql) as cur:
-        for name, job in await cur.fetchall():
-            if job is None:
-                own.append(name)
-            else:
-                owned.append(name)
-                owners.add(job)
+    for name, job in await store._tuples(sql):
+        if job is None:
+            own.append(name)
+        else:
+            owned.append(name)
+            owners.add(job)
     own += [r.id for r in await store._fetch(_DAMAGED_FLAG) if r.kind == "cluster"]
     return own, owned, owners
 

@@ -1,0 +1,23 @@
+"""The store the configuration chooses: SQLite in the home (the default), or the PostgreSQL
+database that `db` names (`db: postgresql://user@host:port/dbname` in config.yaml, the key
+SkyPilot's API server reads too)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+from stixd.store.db import MIGRATIONS, Store, open_store
+from stixd.store.postgres import PgBackend, open_pool
+
+
+@asynccontextmanager
+async def open_postgres(url: str, *, group: bool = False) -> AsyncIterator[Store]:
+    """The store on the database `url`, migrated; `StoreUnavailable` if it cannot be."""
+    async with open_pool(url, MIGRATIONS) as pool:
+        yield Store(PgBackend(pool, group=group))
+
+
+def open_chosen(home: Path, db: str | None) -> AbstractAsyncContextManager[Store]:
+    return open_store(home / "state.db") if db is None else open_postgres(db)
