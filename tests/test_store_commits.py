@@ -102,10 +102,11 @@ async def test_a_writer_cancelled_before_its_batch_writes_nothing(tmp_path: Path
         first = await store.insert(_row("1"), "submitted")
         release = anyio.Event()
 
-        assert isinstance(store.backend, SqliteBackend)
+        backend = store.backend
+        assert isinstance(backend, SqliteBackend)
 
         async def busy() -> None:  # a batch in flight: the writer below waits
-            async with store.backend.commits.lock:
+            async with backend.commits.lock:
                 await release.wait()
 
         async with anyio.create_task_group() as tg:
@@ -148,6 +149,7 @@ async def test_a_failed_commit_fails_every_write_of_its_batch(tmp_path: Path) ->
             tg.start_soon(one, fails_at_commit)
             await anyio.wait_all_tasks_blocked()
         assert len(outcomes) == 2 and all(isinstance(o, sqlite3.IntegrityError) for o in outcomes)
+
         async def count(tx: Tx) -> int:
             found = await tx.one("SELECT count(*) FROM t")
             return int(found[0]) if found else -1

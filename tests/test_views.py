@@ -15,8 +15,8 @@ from stixctl.client import stream
 from stixd.actors.specs import ManagedJobData, ManagedJobSpec, encode
 from stixd.store import views
 from stixd.store.db import NEXT_NUMBER, Row, open_store
-from stixproto import messages as m
 from stixd.store.sqlite import SqliteBackend
+from stixproto import messages as m
 from tests.conftest import OpenStore, Stix, wait_until
 from tests.test_managed_jobs_fake import fake_daemon, task
 

@@ -52,9 +52,7 @@ class PgTx:
         return tuple(found) if found is not None else None
 
     async def serialize(self, key: str) -> None:
-        await self._conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_SPACE, key
-        )
+        await self._conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_SPACE, key)
 
 
 class PgBackend:
