@@ -100,6 +100,7 @@ class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         autostop: AutostopConfig = msgspec.field(default_factory=AutostopConfig)
         daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
         allowed_clouds: tuple[str, ...] | None = None
+        db: str | None = None
 
     def sections(self) -> dict[str, msgspec.Struct]:
         """Each infra's section by infra name, in registry order."""
@@ -117,7 +118,10 @@ class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         return found
 
 
-_CORE_FIELDS = ("autostop", "daemon", "allowed_clouds")
+_CORE_FIELDS = ("autostop", "daemon", "allowed_clouds", "db")
+DatabaseUrl = Annotated[str, msgspec.Meta(pattern=r"^postgres(ql)?://", max_length=4096)]
+"""The store's database (`db: postgresql://user@host:port/dbname`, SkyPilot's key): None keeps
+it in SQLite in the home."""
 
 
 def config_schema(sections: Iterable[tuple[str, type[msgspec.Struct]]]) -> type[ConfigBase]:
@@ -132,6 +136,7 @@ def config_schema(sections: Iterable[tuple[str, type[msgspec.Struct]]]) -> type[
             Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] | None,
             None,
         ),
+        ("db", DatabaseUrl | None, None),
     ]
     schema = msgspec.defstruct(
         "Config",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -33,7 +34,9 @@ from stixd.runtime.clock import RealClock
 from stixd.runtime.heap import keep_heap
 from stixd.runtime.supervisor import Child, RestartPolicy, Supervisor
 from stixd.runtime.watch import RowWatch
-from stixd.store.db import Row, open_store
+from stixd.store.backend import StoreUnavailable
+from stixd.store.chosen import open_chosen
+from stixd.store.db import Row
 from stixproto.errors import InvalidConfig
 from stixproto.paths import socket_path
 
@@ -80,7 +83,7 @@ async def serve(
     sock = socket_path(home)
     try:
         pyz = await anyio.to_thread.run_sync(build_agent_zipapp, home / "agent")
-        async with open_store(home / "state.db") as store:
+        async with open_chosen(home, config.db) as store:
             watch = RowWatch(store)
             async with anyio.create_task_group() as tg:
                 intensity = config.daemon.restart_intensity
@@ -145,6 +148,10 @@ async def serve(
                 gc.disable()
                 tg.cancel_scope.cancel()
             await _close_providers(app)
+    except StoreUnavailable as exc:  # the database is unreachable, refuses stix, or is newer
+        log.error("store_unavailable", error=str(exc))
+        print(f"stixd: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         gc.enable()
         sock.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,24 @@ class PgServer:
         name = f"t{os.getpid()}_{next(self._numbers)}"
         self.psql("postgres", f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
         return self.url(name)
+
+    def require_password(self, user: str, password: str) -> None:
+        """A role `user` that logs in only with `password` (every other role is trusted)."""
+        self.psql("postgres", f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+        hba = self.folder / "data" / "pg_hba.conf"
+        hba.write_text(f"host all {user} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        self.psql("postgres", "SELECT pg_reload_conf()")
+        env = {**os.environ, "PGPASSWORD": f"not-{password}"}
+        for _ in range(100):  # the server reads the file again in its own time
+            tried = subprocess.run(
+                [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", user,
+                 "-d", "postgres", "-c", "select 1"],
+                capture_output=True, timeout=30, env=env,
+            )  # fmt: skip
+            if tried.returncode != 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the server still lets {user} in without the password")
 
     def stop(self) -> None:
         subprocess.run(
