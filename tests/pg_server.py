@@ -84,7 +84,9 @@ class PgServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start(bin: Path) -> PgServer:
+def start(bin: Path, *, durable: bool = False) -> PgServer:
+    """A server of its own; `durable`: with fsync and synchronous commits, as one in use runs
+    (the tests' server skips them: nothing there must outlive a crash of the machine)."""
     folder = Path(tempfile.mkdtemp(prefix="stixpg", dir="/tmp"))
     server = PgServer(bin, folder, _free_port())
     try:
@@ -95,10 +97,9 @@ def start(bin: Path) -> PgServer:
                              "--auth=trust", "-E", "UTF8", "--no-instructions"),
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {server.port} -k {folder} -c fsync=off "
-            "-c full_page_writes=off -c synchronous_commit=off"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {folder}"
+        if not durable:
+            options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         subprocess.run(
             server._as_owner(str(bin / "pg_ctl"), "-D", str(folder / "data"), "-l",
                              str(folder / "pg.log"), "-w", "-o", options, "start"),
