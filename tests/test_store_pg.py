@@ -8,14 +8,17 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
 
+from stixd.store import dialect
 from stixd.store.backend import StoreUnavailable
 from stixd.store.chosen import open_postgres
-from stixd.store.db import MIGRATIONS, Row, StaleWrite, Store
+from stixd.store.db import MIGRATIONS, Row, RowExists, StaleWrite, Store
 from stixd.store.postgres import migrate
 from tests.conftest import OpenStore, Stix, wait_until
 from tests.pg_server import PgServer
@@ -202,3 +205,50 @@ def test_a_daemon_whose_database_is_unreachable_exits_with_one_line(
     (line,) = ran.stderr.strip().splitlines()
     assert line.startswith("stixd: cannot reach the database stix@127.0.0.1:1/stix (")
     assert line.endswith("start PostgreSQL there, or fix `db` in config.yaml")
+
+
+async def test_group_commits_on_postgresql_undo_each_refused_write_alone(
+    postgres: PgServer,
+) -> None:
+    """`PgBackend(group=True)` (measured by bench/bench_store.py): a duplicate insert and a
+    stale update in a batch fail alone; the writes beside them are committed."""
+    async with open_postgres(postgres.fresh(), group=True) as store:
+        stale = await store.insert(_row("s"), "created")
+        await store.update(stale, event="moved", state="UP")
+        outcomes: dict[str, object] = {}
+
+        async def one(key: str, write: Callable[[], Awaitable[object]]) -> None:
+            try:
+                outcomes[key] = await write()
+            except Exception as exc:
+                outcomes[key] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(one, str(i), partial(store.insert, _row(str(i)), "created"))
+            tg.start_soon(one, "dup", partial(store.insert, _row("s"), "created"))
+            tg.start_soon(one, "stale", partial(store.update, stale, event="late", state="X"))
+        assert isinstance(outcomes["dup"], RowExists)
+        assert isinstance(outcomes["stale"], StaleWrite)
+        assert len([r for r in await store.rows("cluster") if r.id != "s"]) == 20
+        assert [e.event for e in await store.events("cluster", "s")] == ["created", "moved"]
+
+
+def test_the_dialect_translates_what_postgresql_reads_otherwise() -> None:
+    assert (
+        dialect.statement(
+            "SELECT a.id FROM actors a INDEXED BY actors_live WHERE CAST(a.id AS INTEGER) < ? "
+            "AND x = +c.id AND a.kind = '?'"
+        )
+        == "SELECT a.id FROM actors a WHERE stix_int(a.id) < $1 AND x =c.id AND a.kind = '?'"
+    )
+    assert dialect.statement("INSERT OR IGNORE INTO q (a) VALUES (?)") == (
+        "INSERT INTO q (a) VALUES ($1) ON CONFLICT DO NOTHING"
+    )
+    assert dialect.schema(
+        "CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT, text TEXT, at REAL, n INTEGER);"
+        "CREATE INDEX i ON t (text, CAST(text AS INTEGER)) WHERE n = 0;"
+    ) == (
+        f'CREATE TABLE t (seq {dialect.IDENTITY}, text TEXT COLLATE "C", at DOUBLE PRECISION, '
+        "n BIGINT);CREATE INDEX i ON t (text, (stix_int(text))) WHERE n = 0;"
+    )
