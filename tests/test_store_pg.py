@@ -252,3 +252,27 @@ def test_the_dialect_translates_what_postgresql_reads_otherwise() -> None:
         f'CREATE TABLE t (seq {dialect.IDENTITY}, text TEXT COLLATE "C", at DOUBLE PRECISION, '
         "n BIGINT);CREATE INDEX i ON t (text, (stix_int(text))) WHERE n = 0;"
     )
+
+
+async def test_connections_the_server_drops_are_replaced_without_failing_a_write(
+    postgres: PgServer,
+) -> None:
+    """A restart or failover of PostgreSQL closes the pool's connections: the next write and
+    read are made on new ones instead of failing (an actor would count it as a crash)."""
+    url = postgres.fresh()
+    database = url.rsplit("/", 1)[1]
+    async with open_postgres(url) as store:
+        row = await store.insert(_row("c"), "created")
+        await store.get("cluster", "c")  # the pool holds open connections
+        dropped = postgres.psql(
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE datname = '{database}'",
+        )
+        assert int(dropped) >= 1
+        row = await store.update(row, event="up", state="UP")
+        assert row.version == 2
+        postgres.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      f"WHERE datname = '{database}'")  # fmt: skip
+        got = await store.get("cluster", "c")
+        assert got is not None and got.state == "UP"

@@ -10,7 +10,8 @@ while it reads the largest number and inserts the next.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -29,6 +30,8 @@ the default 100 connections serves a dozen replicas."""
 CONNECT_SECONDS = 10.0
 STATEMENT_SECONDS = 60.0
 """A statement the server has not answered by then fails its call, never the daemon."""
+RETRY_SECONDS = 30.0
+"""How long a write or read waits for a database it lost before failing its caller."""
 LOCK_SPACE = 7117
 """The first key of every advisory lock stix takes (the second is the lock's own)."""
 
@@ -73,10 +76,7 @@ class PgBackend:
             await anyio.sleep_forever()  # as on SQLite: a write after the close waits for good
         self._writes += 1
         try:
-            # begun, a write ends and is answered (bounded by STATEMENT_SECONDS a statement)
-            with anyio.CancelScope(shield=True):
-                async with self.pool.acquire() as conn, conn.transaction():
-                    value = await work(PgTx(conn))
+            value = await _again_while_unreachable(lambda: self._once(work))
         finally:
             self._writes -= 1
             if self._closing and not self._writes:
@@ -84,6 +84,26 @@ class PgBackend:
         if after is not None:
             after(value)
         return value
+
+    async def _once(self, work: Work[T]) -> T:
+        """One try of a write. Begun, it ends and is answered (bounded by STATEMENT_SECONDS a
+        statement); a connection lost while committing is `_AtCommit`: it may have been."""
+        with anyio.CancelScope(shield=True):
+            done: list[T] = []
+            async with self.pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    done.append(await work(PgTx(conn)))
+                except BaseException:
+                    with contextlib.suppress(Exception):  # a lost connection rolled it back
+                        await transaction.rollback()
+                    raise
+                try:
+                    await transaction.commit()
+                except Exception as exc:
+                    raise _AtCommit() from exc
+        return done[0]
 
     async def _send(self, batch: list[_Write[Any]]) -> None:
         try:
@@ -100,7 +120,10 @@ class PgBackend:
                 w.value, w.error = None, exc
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self.pool.fetch(dialect.statement(sql), *args)]
+        found = await _again_while_unreachable(
+            lambda: self.pool.fetch(dialect.statement(sql), *args)
+        )
+        return [tuple(r) for r in found]
 
     async def pages(self, sql: str, size: int) -> AsyncIterator[list[tuple[Any, ...]]]:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -123,6 +146,42 @@ class PgBackend:
             await self.pool.close()
         if late.cancelled_caught:
             self.pool.terminate()
+
+
+class _AtCommit(Exception):
+    """The connection failed during COMMIT: the write may be in the database. Never tried
+    again (its caller learns of the failure from `__cause__`, reloads and decides again)."""
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """A failure that leaves nothing written and may pass: the server restarting, failing
+    over, or a pooled connection it closed (asyncpg opens a new one at the next try)."""
+    import asyncpg
+
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError,
+    )
+
+
+async def _again_while_unreachable(attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()`, tried again while the database cannot be reached, for `RETRY_SECONDS`:
+    a restart of PostgreSQL is a pause of the daemon's writes, not an error in every actor."""
+    deadline = anyio.current_time() + RETRY_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            return await attempt()
+        except _AtCommit as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
+        except Exception as exc:
+            if not _lost_connection(exc) or anyio.current_time() + pause > deadline:
+                raise
+        await anyio.sleep(pause)  # (cancellable: nothing of the write is in the database)
+        pause = min(pause * 2, 1.0)
 
 
 def where(url: str) -> str:
