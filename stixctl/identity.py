@@ -48,6 +48,8 @@ def _needs(value: str | None, what: str, usage: str) -> str:
 
 
 def _role(value: str | None) -> Any:
+    if value is None:
+        raise InvalidRequest("name the role: `stixctl users role NAME admin|user|viewer`")
     if value not in ROLES:
         raise InvalidRequest(f"a role is one of {', '.join(ROLES)}, not {value!r}")
     return value

@@ -136,6 +136,7 @@ async def test_authenticate_takes_a_fresh_token_and_refuses_every_dead_one(stix:
     stix.run("tokens", "revoke", revoked_id, check=True)
     rotated = stix.run("tokens", "rotate", rotated_id, check=True).stdout.strip()
     stix.run("users", "delete", "gone", "-y", check=True)
+    stix.run("users", "create", "gone", "--role", "admin", check=True)  # a new user, same name
     stix.run("daemon", "stop", check=True)
 
     async with daemon_app(stix.home) as app:

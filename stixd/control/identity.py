@@ -136,7 +136,10 @@ async def authenticate(app: App, bearer: str, *, now: float | None = None) -> Pr
             f"`stixctl users role {found.user} viewer|user|admin`"
         ) from None
     if found.last_used_at is None or now - found.last_used_at >= LAST_USED_EVERY:
-        await rows.touch(app.store, token_id, now, LAST_USED_EVERY)
+        try:
+            await rows.touch(app.store, token_id, now, LAST_USED_EVERY)
+        except Exception as exc:  # a bookkeeping write never fails the request it describes
+            app.log.warning("token_use_not_recorded", token=token_id, error=repr(exc))
     return Principal(name=found.user, role=role, token_id=token_id)
 
 
