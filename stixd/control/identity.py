@@ -116,7 +116,9 @@ async def authenticate(app: App, bearer: str, *, now: float | None = None) -> Pr
             "an admin made with `stixctl tokens create USER`"
         )
     found = await rows.credential(app.store, token_id)
-    if found is None or not hmac.compare_digest(found.digest, digest(bearer)):
+    if found is None or not hmac.compare_digest(
+        str(found.digest).encode(), digest(bearer).encode()
+    ):
         raise Unauthenticated(
             f"API token {token_id} is unknown, revoked or rotated: {_LOGIN}, with a token an "
             "admin made with `stixctl tokens create USER` (or rotated)"
