@@ -63,7 +63,9 @@ LOCAL_OWNER = Principal(name=_login_name(), role=Role.ADMIN)
 PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar(
     "stix_principal", default=LOCAL_OWNER
 )
-"""Who sent the request being handled; a server sets it for each request it takes."""
+"""Who sent the request being handled; a server sets it for each request it takes. Read it in
+the request's handler and pass it on: a task started meanwhile (an actor spawned for the
+request) inherits the value and keeps it for its whole life, long after the request."""
 
 
 # -- tokens ----------------------------------------------------------------------------------
