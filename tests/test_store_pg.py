@@ -96,16 +96,16 @@ async def test_replicas_starting_together_migrate_once_and_apply_every_migration
     assert postgres.psql(url.rsplit("/", 1)[1], "SELECT version FROM schema_version") == str(
         len(MIGRATIONS)
     )
-    # a later migration in the portable SQL the list is written in (ident's users and tokens)
+    # a later migration in the portable SQL the list is written in
     import asyncpg
 
     later = """
-    CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, created_at REAL NOT NULL);
-    CREATE TABLE tokens (
-        id TEXT PRIMARY KEY, user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+    CREATE TABLE later_owners (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+    CREATE TABLE later_keys (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL REFERENCES later_owners (name) ON DELETE CASCADE,
         hash TEXT NOT NULL UNIQUE, expires_at REAL, revoked INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX tokens_by_user ON tokens (user_name, expires_at);
+    CREATE INDEX later_keys_by_owner ON later_keys (owner, expires_at);
     """
     conn = await asyncpg.connect(url)
     try:
@@ -114,7 +114,7 @@ async def test_replicas_starting_together_migrate_once_and_apply_every_migration
         kinds = dict(
             await conn.fetch(
                 "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_name = 'tokens'"
+                "WHERE table_name = 'later_keys'"
             )
         )
         assert kinds["expires_at"] == "double precision" and kinds["revoked"] == "bigint"

@@ -83,6 +83,28 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX actors_number ON actors (kind, CAST(id AS INTEGER));
     """,
+    # 5: users and their API tokens (stixd/store/identity.py)
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX users_by_role ON users (role);
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        label TEXT,
+        digest TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        lifetime REAL,
+        expires_at REAL,
+        last_used_at REAL,
+        revoked_at REAL,
+        rotated_at REAL
+    );
+    CREATE INDEX tokens_by_user ON tokens (user_name);
+    """,
 ]
 
 NEXT_NUMBER = "SELECT MAX(CAST(id AS INTEGER)) FROM actors WHERE kind=?"
