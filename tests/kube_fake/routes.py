@@ -11,14 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kube_fake import discovery, exec_ws, openapi, protobuf, tables
+from tests.kube_fake import claims, discovery, exec_ws, openapi, protobuf, tables
 from tests.kube_fake.cluster import KubeFake
 from tests.kube_fake.meta import ApiError, Obj, field_matcher, label_matcher, new_metadata
 from tests.kube_fake.nodes import node
 from tests.kube_fake.services import Services
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-NAMESPACED = ("pods", "services", "events")
+NAMESPACED = ("pods", "services", "events", claims.RESOURCE)
 WATCH_LIMIT = 1800.0  # seconds: the longest watch the fake keeps open
 
 
@@ -184,6 +184,9 @@ class Routes:
                 obj = self.kube.create_pod(ns, body)
             elif resource == "services":
                 obj = await self.services.create(body, ns)
+            elif resource == claims.RESOURCE:
+                obj = self.store.create(resource, claims.new_claim(body, ns))
+                self.kube.schedule()  # a pod waiting for the claim hears of it
             else:
                 meta = new_metadata(body, ns, resource)
                 obj = self.store.create(resource, {**body, "metadata": meta})
@@ -305,6 +308,8 @@ class Routes:
             body.get("labels"),
             int(body.get("gpus", 0)),
             body.get("gpu_resource", "nvidia.com/gpu"),
+            body.get("taints"),
+            int(body.get("pods", 110)),
         )
         return web.json_response(self.kube.add_node(made), status=201)
 
