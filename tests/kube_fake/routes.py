@@ -99,6 +99,7 @@ class Routes:
             web.post("/fake/faults", self.admin_faults),
             web.post("/fake/nodes", self.admin_add_node),
             web.post("/fake/compact", self.admin_compact),
+            web.post("/fake/load_balancer", self.admin_load_balancer),
         ]
         return routes
 
@@ -312,6 +313,11 @@ class Routes:
             int(body.get("pods", 110)),
         )
         return web.json_response(self.kube.add_node(made), status=201)
+
+    async def admin_load_balancer(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        given = await self.services.hold(bool(body.get("hold", False)))
+        return web.json_response({"holding": self.services.holding, "given": given})
 
     async def admin_compact(self, request: web.Request) -> web.StreamResponse:
         self.store.compact()
