@@ -32,7 +32,7 @@ import re
 from collections.abc import Collection
 
 from stixd.providers.base import Block, CapacityError
-from stixd.providers.kubernetes.api import KubeApi, path
+from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.shapes import as_map, get, maps
 
 _SELECTOR = "didn't match pod's node affinity/selector"
@@ -245,9 +245,13 @@ def misconfigured(context: str, pod: str, fix: str, said: str) -> PodMisconfigur
     )
 
 
-async def offered_resources(api: KubeApi) -> set[str]:
-    """The resource names some node of the context has (allocatable, more than zero)."""
-    answer = await api.call("GET", path("nodes"))
+async def offered_resources(api: KubeApi) -> set[str] | None:
+    """The resource names some node of the context has (allocatable, more than zero); None
+    when the nodes cannot be listed (every ``Insufficient`` is then room, as before)."""
+    try:
+        answer = await api.call("GET", path("nodes"))
+    except KubeApiError:
+        return None
     offered: set[str] = set()
     for node in maps(answer.get("items")):
         for name, value in as_map(get(node, "status", "allocatable")).items():
