@@ -15,8 +15,10 @@ import anyio
 import pytest
 
 from stixd.providers.base import CapacityError
+from stixd.providers.kubernetes.api import KubeApiError
+from stixd.providers.kubernetes.pods import PodFailed
 from stixd.providers.kubernetes.provider import KubernetesProvider
-from stixd.providers.kubernetes.unplaced import PodMisconfigured, classify
+from stixd.providers.kubernetes.unplaced import PodMisconfigured, classify, refused_as_made
 from stixproto.errors import ProvisionError
 from tests.kube_fake.process import FakeProcess
 from tests.kube_fake.server import CONTEXT
@@ -206,3 +208,17 @@ async def test_a_pod_the_api_refuses_as_made_fails_in_one_line_naming_pod_config
     assert not isinstance(failed.value, CapacityError) and "\n" not in message
     assert "no PriorityClass with name urgent" in message and "kubernetes.pod_config" in message
     assert await gone(kube, "urgent") == []
+
+
+def test_a_refused_create_is_the_pods_configuration_a_quota_or_the_users_role() -> None:
+    def refusal(status: int, said: str) -> ProvisionError | None:
+        exc = KubeApiError(f"Kubernetes context c: POST pods answered {status}: {said}", status)
+        return refused_as_made(exc, "c", pod_failed=PodFailed)
+
+    priority = refusal(403, 'pods "p" is forbidden: no PriorityClass with name x was found')
+    assert isinstance(priority, PodFailed) and "kubernetes.pod_config" in priority.message
+    assert isinstance(refusal(422, "Pod is invalid: spec.containers[0].image"), PodFailed)
+    quota = refusal(403, 'pods "p" is forbidden: exceeded quota: team, requested: cpu=2')
+    assert isinstance(quota, CapacityError) and quota.block.region == "c"
+    assert refusal(403, 'pods is forbidden: User "u" cannot create resource "pods"') is None
+    assert refusal(500, "etcd is down") is None

@@ -21,7 +21,7 @@ from stixd.providers.base import Block, CapacityError
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_RANK, cluster_selector, is_ours
 from stixd.providers.kubernetes.shapes import as_map, get, maps
-from stixd.providers.kubernetes.unplaced import Verdict, refuse_misconfigured
+from stixd.providers.kubernetes.unplaced import Verdict, refuse_misconfigured, refused_as_made
 from stixproto.errors import ProvisionError
 
 Pod = dict[str, Any]
@@ -39,9 +39,6 @@ capacity, whatever the reason: no scheduler, a broken API, a queue)."""
 GONE_WITHIN_S = 60.0
 ENDED = ("Succeeded", "Failed")
 IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
-REFUSED_AS_MADE = (400, 403, 422)
-"""The API server refused the pod as it is (its schema, an admission rule: an unknown priority
-class, a quota): the same pod will be refused again."""
 CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 
 
@@ -80,8 +77,8 @@ async def create(api: KubeApi, namespace: str, pod: Pod, cluster: str, owner: st
     try:
         return await api.call("POST", path("namespaces", namespace, "pods"), body=pod)
     except KubeApiError as exc:
-        if exc.status in REFUSED_AS_MADE:
-            raise PodFailed(f"{exc.message} (check kubernetes.pod_config)") from None
+        if (refusal := refused_as_made(exc, api.context, pod_failed=PodFailed)) is not None:
+            raise refusal from None
         if exc.status != 409:
             raise
     found = await api.call("GET", path("namespaces", namespace, "pods", name))

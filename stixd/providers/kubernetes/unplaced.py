@@ -34,6 +34,7 @@ from collections.abc import Collection
 from stixd.providers.base import Block, CapacityError
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.shapes import as_map, get, maps
+from stixproto.errors import ProvisionError
 
 _SELECTOR = "didn't match pod's node affinity/selector"
 
@@ -271,3 +272,19 @@ async def refuse_misconfigured(
         verdict = judged[said] = classify(said, autoscaler=autoscaler, offered=offered)
     if not verdict.capacity:
         raise misconfigured(api.context, pod, verdict.fix, said)
+
+
+def refused_as_made(
+    exc: KubeApiError, context: str, *, pod_failed: type[ProvisionError]
+) -> ProvisionError | None:
+    """What the API server's refusal to create a pod means, when it is about the pod: its
+    schema (400, 422) or an admission rule (403: an unknown priority class) is the pod's
+    configuration (``pod_failed``: the same pod is refused again); a namespace's quota is
+    capacity (the next context may have room). None for anything else (a role that may not
+    create pods says so in its own words)."""
+    said = exc.message
+    if exc.status == 403 and "exceeded quota" in said:
+        return CapacityError(said, Block(infra="kubernetes", region=context, reason="quota"))
+    if exc.status in (400, 422) or (exc.status == 403 and "cannot create" not in said):
+        return pod_failed(f"{said} (check kubernetes.pod_config)")
+    return None
