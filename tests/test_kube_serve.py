@@ -18,7 +18,7 @@ from stixd.providers.kubernetes.ports import service_name
 from stixd.providers.local.netns import unavailable_reason
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
-from tests.test_serve import SERVER, endpoint, get, serving, status, up
+from tests.test_serve import SERVER, endpoint, get, replica_states, serving, status, up
 from tests.test_serve_traffic import load, ready_ids
 
 
@@ -121,3 +121,37 @@ def test_a_replica_waits_starting_for_its_load_balancers_address_and_one_never_g
     assert get(endpoint(stix, "pend") + "/") == "hello 2"
     stix.run("serve", "down", "-y", "pend", check=True, timeout=60)
     wait_until(lambda: status(stix, "pend") is None, timeout=60)
+
+
+def test_a_replica_waiting_for_its_address_waits_on_after_a_daemon_restart(
+    stix: Stix, kube: FakeProcess, task_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    serving(stix)
+    stix.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "0.3"
+    stix.env["KUBECONFIG"] = str(kube.kubeconfig)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "server.py").write_text(SERVER)
+    path = task_file(
+        "resources: {infra: k8s, cpus: 1}\n"
+        f"workdir: {work}\n"
+        "service:\n"
+        "  readiness_probe: {path: /, initial_delay_seconds: 120, timeout_seconds: 2}\n"
+        "  replicas: 1\n"
+        "  ports: 8080\n"
+        "run: python3 server.py\n"
+    )
+    kube.admin("load_balancer", hold=True)
+    try:
+        up(stix, path, "later")
+        wait_until(lambda: replicas(stix, "later").get(1, {}).get("status") == "STARTING", 30)
+        stix.kill_daemon()
+        assert replica_states(stix, "later") == {1: "STARTING"}  # restarts it
+        kube.admin("load_balancer", hold=False)
+        wait_until(lambda: replicas(stix, "later")[1]["status"] == "READY", 20)
+    finally:
+        kube.admin("load_balancer", hold=False)
+    assert replicas(stix, "later")[1]["failure_reason"] is None
+    assert get(endpoint(stix, "later") + "/") == "hello 1"
+    stix.run("serve", "down", "-y", "later", check=True, timeout=60)
+    wait_until(lambda: status(stix, "later") is None, timeout=60)
