@@ -126,6 +126,31 @@ def test_an_unschedulable_pod_fails_over_to_the_next_context_within_seconds_sayi
         k8s.run("down", "-y", "fo", timeout=60)
 
 
+def test_a_pod_no_node_of_a_context_can_take_as_configured_fails_over_naming_the_fix(
+    k8s: Stix, fakes: dict[str, FakeProcess]
+) -> None:
+    """Only kube-b has a node the pod_config's selector picks: kube-a's scheduler says no
+    node matches, which is the pod's configuration there (not a shortage), and the next context
+    may have the nodes (SkyPilot fails over on it too)."""
+    k8s.env["STIX__KUBERNETES__POD_CONFIG"] = json.dumps(
+        {"spec": {"nodeSelector": {"disk": "nvme"}}}
+    )
+    k8s.run("daemon", "stop", timeout=30)  # started by `check` without the setting
+    fakes["kube-b"].admin("nodes", name="nvme-1", labels={"disk": "nvme"})
+    try:
+        launched = k8s.run("launch", "-y", "-c", "sel", "--infra", "k8s", "--cpus", "2",
+                           "echo placed", timeout=120)  # fmt: skip
+        assert launched.returncode == 0, launched.stderr
+        said = launched.stdout + launched.stderr
+        assert "cannot be placed in Kubernetes context kube-a" in said, said
+        assert "spec.nodeSelector" in said and "placed" in launched.stdout, said
+        [made] = objects(fakes["kube-b"], "sel")
+        assert made["spec"]["nodeName"] == "nvme-1"
+        assert objects(fakes["kube-a"], "sel") == []
+    finally:
+        k8s.run("down", "-y", "sel", timeout=60)
+
+
 def test_with_an_autoscaler_the_launch_shows_the_pods_events_then_fails_over_at_the_timeout(
     k8s: Stix, fakes: dict[str, FakeProcess]
 ) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from stixd.providers.kubernetes import gpu_labels
 from stixd.providers.kubernetes.config import CustomMetadata, KubernetesConfig
+from stixd.providers.kubernetes.entry import build
 from stixd.providers.kubernetes.gpu_labels import NoGpuNodes, Selection, select
 from stixd.providers.kubernetes.podspec import (
     IDLE,
@@ -20,9 +23,11 @@ from stixd.providers.kubernetes.podspec import (
     label_value,
     manifest,
     merge,
+    overridden_keys,
     pod_name,
 )
 from stixd.providers.kubernetes.seams import CONTAINER, PodRequest
+from stixd.providers.registry import BuildContext
 from tests.kube_fake.nodes import GPU_LABEL_SCHEMES
 
 OWNER = "0a1b2c3d"
@@ -237,3 +242,24 @@ def test_gke_spells_its_exceptions_as_gke_does() -> None:
         "nvidia-l4",
         "nvidia-h200-141gb",
     ]
+
+
+@pytest.mark.parametrize("policy", ["Always", "OnFailure"])
+def test_a_restart_policy_in_pod_config_is_overridden_with_a_warning_naming_the_key(
+    policy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = KubernetesConfig(pod_config={"spec": {"restartPolicy": policy, "priority": 5}})
+    pod = manifest(PodRequest(cpus=1, memory_gb=1), PLAN, config)
+    assert pod["spec"]["restartPolicy"] == "Never"  # the agent's self-stop ends the pod
+    assert pod["spec"]["priority"] == 5  # the rest of pod_config still applies
+    [warning] = overridden_keys(config.pod_config)
+    assert "spec.restartPolicy" in warning and policy in warning and "\n" not in warning
+    assert overridden_keys({"spec": {"restartPolicy": "Never"}}) == []
+    assert overridden_keys({"spec": "garbage"}) == []
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with structlog.testing.capture_logs() as logs:
+        ctx = BuildContext(tmp_path, config, structlog.get_logger(), "test")
+        assert build(ctx) is not None  # accepted, as SkyPilot accepts it
+    said = [e for e in logs if e["event"] == "kubernetes_pod_config_overridden"]
+    assert [e["warning"] for e in said] == [warning]

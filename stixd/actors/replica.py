@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from stixd.actors.replica_address import AddressWait, Reached, Unreachable
 from stixd.actors.replica_phases import (
     Exited,
     LaunchFailed,
@@ -137,6 +138,12 @@ class ReplicaActor(Actor):
             await self._fail(RE.FAILED_PROVISION, f"its cluster could not launch: {message.why}")
         elif isinstance(message, Probed):
             await self._on_probe(message)
+        elif isinstance(message, AddressWait):
+            await self._on_address_wait(message)
+        elif isinstance(message, Reached):
+            await self._on_reached(message)
+        elif isinstance(message, Unreachable):
+            await self._fail(RE.FAILED_PROVISION, f"its port cannot be reached: {message.why}")
         elif isinstance(message, Exited):
             await self._fail(RE.FAILED, message.why)
         elif isinstance(message, Lost):
@@ -174,9 +181,31 @@ class ReplicaActor(Actor):
             infra=msg.infra,
             resources=msg.resources,
             started_at=time.time(),
-            failure_reason=None,
+            failure_reason=msg.pending,
         )
         self.run_phase(watch, self)
+
+    async def _on_address_wait(self, msg: AddressWait) -> None:
+        """Its address is still being made: shown (`serve status -v`) until the initial delay,
+        counted from its cluster being up, is over; then the replica failed to provision."""
+        if self.state is not R.STARTING:
+            return
+        delay = await self._delay()
+        if time.time() - (self.data.started_at or time.time()) > delay:
+            why = (
+                f"its cluster's load balancer (service {msg.service}) got no address within "
+                f"initial_delay_seconds ({delay:g})"
+            )
+            self.stop_phase()
+            await self._step(
+                RE.FAILING, why, end=RE.FAILED_PROVISION, failure_reason=why, replaceable=True
+            )
+        elif self.data.failure_reason != msg.why:
+            await self.save(failure_reason=msg.why)
+
+    async def _on_reached(self, msg: Reached) -> None:
+        if self.state is R.STARTING and self.data.url != msg.url:
+            await self.save(url=msg.url, failure_reason=None)
 
     async def _on_waiting(self, msg: Waiting) -> None:
         """Shown in `serve status -v` (its FAILURE column) while the replica waits for

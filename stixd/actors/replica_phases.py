@@ -19,6 +19,7 @@ import msgspec
 from stixd.actors.asks import ask_cluster
 from stixd.actors.cluster_retry import RetryLaunch
 from stixd.actors.jobs_submit import infra_label, job_row_id
+from stixd.actors.replica_address import await_address, reachable, url_of
 from stixd.actors.service_rows import REPLICA, SERVICE, ReplicaSpec, ServiceSpec, replica_cluster
 from stixd.actors.specs import (
     ClusterData,
@@ -30,8 +31,7 @@ from stixd.actors.specs import (
     state_of,
 )
 from stixd.config import DaemonConfig
-from stixd.providers.abilities import ReachedElsewhere
-from stixd.providers.base import NodeInfo
+from stixd.providers.abilities import AddressPending
 from stixproto import messages as m
 from stixproto.errors import ClusterNotFound, ProvisionError, StixError
 from stixproto.states import ClusterStatus, JobStatus, ReplicaStatus
@@ -53,9 +53,11 @@ REPLICA_ID_ENV = "SKYPILOT_SERVE_REPLICA_ID"
 class Up:
     uid: str
     job_id: int
-    url: str
+    url: str | None
+    """None while its address is pending (``pending`` says why): `replica_address`."""
     infra: str
     resources: str
+    pending: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,32 +206,22 @@ async def _up(replica: ReplicaActor, job_id: int) -> Up | LaunchFailed | None:
     spec = spec_or_none(row, ClusterSpec) or ClusterSpec()
     if not data.uid or not data.nodes:
         return None
+    url: str | None = None
+    pending: str | None = None
     try:
-        address = _reachable(replica, spec.provider, data.nodes[0])
+        url = url_of(replica, reachable(replica, spec.provider, data.nodes[0]))
+    except AddressPending as exc:  # waited for while STARTING
+        pending = exc.message
     except ProvisionError as exc:
         return LaunchFailed(exc.message)
     return Up(
         uid=str(data.uid),
         job_id=job_id,
-        url=f"http://{address}:{replica.spec.port}",
+        url=url,
         infra=infra_label(spec.provider, spec.pool),
         resources=spec.resources,
+        pending=pending,
     )
-
-
-def _reachable(replica: ReplicaActor, provider_name: str | None, head: dict[str, Any]) -> str:
-    """The address the daemon and the balancer reach the replica's head node at: its ``ip``
-    (a local node's, an SSH pool host's), or where its provider says this machine reaches it
-    (a cloud instance's public address); ``ProvisionError`` where it cannot reach it at all."""
-    ip = str(head.get("ip") or "127.0.0.1")
-    provider = replica.app.providers.get(provider_name or "")
-    if not isinstance(provider, ReachedElsewhere):
-        return ip
-    try:
-        node = NodeInfo.from_dict(head)
-    except (KeyError, ValueError):  # a node row of an older daemon: its ip, as before
-        return ip
-    return provider.reachable_address(replica.cluster, node)
 
 
 async def adopt(replica: ReplicaActor) -> Up | LaunchFailed | None:
@@ -261,7 +253,7 @@ async def watch(replica: ReplicaActor) -> None:
     """Until cancelled: tell the actor when its command ends or its cluster is lost, and
     probe readiness every probe interval (at once when told to, `ReplicaActor.probe_now`)."""
     data = replica.data
-    assert data.cluster_uid is not None and data.job_id is not None and data.url is not None
+    assert data.cluster_uid is not None and data.job_id is not None
     job_id = job_row_id(replica.cluster, data.cluster_uid, data.job_id)
     probe = await _probe_spec(replica)
     async with anyio.create_task_group() as tg:
@@ -309,8 +301,10 @@ def probe_period(state: ReplicaStatus, config: DaemonConfig) -> float:
     return config.serve_probe_seconds
 
 
-async def _probe_loop(replica: ReplicaActor, url: str, probe: Probe) -> None:
+async def _probe_loop(replica: ReplicaActor, url: str | None, probe: Probe) -> None:
     config = replica.app.config.daemon
+    if url is None:
+        url = await await_address(replica)
     async with aiohttp.ClientSession() as session:
         while True:
             ok, detail = await probe_once(session, url, probe)

@@ -88,6 +88,9 @@ class ReplicaData(_Record, frozen=True, kw_only=True):
     for a replica shut down on purpose (its row goes)."""
     purge: bool = False
     quarantine: str | None = None
+    replaceable: bool = False
+    """Its end is its infra's failure, not its version's (a load balancer that never gave an
+    address): it does not stop the version's rollout, the service launches another."""
 
 
 def replica_row_id(service: str, replica_id: int) -> str:

@@ -66,11 +66,12 @@ def seen(replicas: list[Replica]) -> list[ReplicaSeen]:
 
 def views(replicas: list[Replica], version: int) -> list[ReplicaView]:
     """What `decide` sees: every replica not ended, and the ended ones of ``version`` (a
-    failure of the latest version before it was ever READY stops its rollout)."""
+    failure of the latest version before it was ever READY stops its rollout; one its infra
+    failed, ``replaceable``, does not)."""
     out = []
     for r in replicas:
         status = heading_to(r)  # a failing replica counts as failed while it is torn down
-        if status.is_terminal and r.spec.version != version:
+        if status.is_terminal and (r.spec.version != version or r.data.replaceable):
             continue
         out.append(
             ReplicaView(

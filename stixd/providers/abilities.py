@@ -283,8 +283,19 @@ class ReachedElsewhere(Protocol):
 
     def reachable_address(self, cluster: str, node: NodeInfo) -> str:
         """``ProvisionError`` when this machine cannot reach the node's ports at all (an SSH
-        host behind a jump host)."""
+        host behind a jump host); ``AddressPending`` while the address is still being made."""
         ...
+
+
+class AddressPending(ProvisionError):
+    """The address the node's ports will be reached at is still being made (a cloud load
+    balancer's, which may take minutes): ask again later; the provider looks it up again at
+    its next ``query`` (the health check's)."""
+
+    def __init__(self, message: str, *, service: str) -> None:
+        super().__init__(message)
+        self.service = service
+        """What is being made, by its name at the infra (a Kubernetes Service)."""
 
 
 @runtime_checkable

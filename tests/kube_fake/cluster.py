@@ -15,6 +15,7 @@ from typing import Any
 
 from stixd.providers.local.netns import NodeNetworks
 from tests.kube_fake import events, pods
+from tests.kube_fake.claims import claim_problem, pod_level_message
 from tests.kube_fake.faults import Faults
 from tests.kube_fake.meta import Obj, timestamp
 from tests.kube_fake.nodes import default_nodes, failed_scheduling_message, why_not
@@ -82,6 +83,9 @@ class KubeFake:
             if spec.get("nodeName") or meta.get("deletionTimestamp"):
                 continue
             reasons = {}
+            if problem := claim_problem(self.store, pod):
+                self._unschedulable(pod, pod_level_message(len(self.store.list("nodes")), problem))
+                continue
             for node in self.store.list("nodes"):
                 name = node["metadata"]["name"]
                 on_node = [p for p in self.store.list("pods") if self._holds(p, name)]
@@ -90,19 +94,21 @@ class KubeFake:
                     self._bind(pod, name)
                     break
             else:
-                message = failed_scheduling_message(reasons)
-                conditions = pod["status"].get("conditions") or [{}]
-                if conditions[0].get("message") != message:
-                    pods.unschedulable(pod, message)
-                    self.store.update("pods", pod)
-                    events.record(
-                        self.store,
-                        pod,
-                        "FailedScheduling",
-                        message,
-                        warning=True,
-                        component="default-scheduler",
-                    )
+                self._unschedulable(pod, failed_scheduling_message(reasons))
+
+    def _unschedulable(self, pod: Obj, message: str) -> None:
+        conditions = pod["status"].get("conditions") or [{}]
+        if conditions[0].get("message") != message:
+            pods.unschedulable(pod, message)
+            self.store.update("pods", pod)
+            events.record(
+                self.store,
+                pod,
+                "FailedScheduling",
+                message,
+                warning=True,
+                component="default-scheduler",
+            )
 
     @staticmethod
     def _holds(pod: Obj, node_name: str) -> bool:

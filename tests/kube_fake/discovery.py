@@ -55,6 +55,7 @@ CORE_RESOURCES = {
         _resource("pods/status", "Pod", ["get"]),
         _resource("services", "Service", _RW, ["svc"]),
         _resource("events", "Event", _RW, ["ev"]),
+        _resource("persistentvolumeclaims", "PersistentVolumeClaim", _RW, ["pvc"]),
         _resource("nodes", "Node", ["get", "list", "watch"], ["no"], namespaced=False),
         _resource(
             "namespaces", "Namespace", ["create", "get", "list", "watch"], ["ns"], namespaced=False
@@ -66,6 +67,7 @@ KINDS = {
     "pods": "Pod",
     "services": "Service",
     "events": "Event",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
     "nodes": "Node",
     "namespaces": "Namespace",
 }

@@ -27,8 +27,10 @@ def node(
     labels: dict[str, str] | None = None,
     gpus: int = 0,
     gpu_resource: str = "nvidia.com/gpu",
+    taints: list[Obj] | None = None,
+    pods: int = 110,
 ) -> Obj:
-    capacity = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
+    capacity = {"cpu": cpu, "memory": memory, "pods": str(pods), "ephemeral-storage": "100Gi"}
     if gpus:
         capacity[gpu_resource] = str(gpus)
     now = timestamp()
@@ -46,7 +48,7 @@ def node(
                 **(labels or {}),
             },
         },
-        "spec": {},
+        "spec": {"taints": taints} if taints else {},
         "status": {
             "capacity": capacity,
             "allocatable": dict(capacity),
@@ -143,11 +145,14 @@ def why_not(pod: Obj, node_obj: Obj, bound: Iterable[Obj]) -> list[str]:
         return ["node(s) didn't match Pod's node affinity/selector"]
     if taint := _untolerated_taint(pod, node_obj):
         return [taint]
+    bound = list(bound)
     used: dict[str, Decimal] = {}
     for other in bound:
         for k, v in pod_requests(other).items():
             used[k] = used.get(k, Decimal(0)) + v
     free = node_obj["status"]["allocatable"]
+    if len(bound) + 1 > int(free.get("pods", "110")):
+        return ["Too many pods"]
     return [
         f"Insufficient {name}"
         for name, want in sorted(pod_requests(pod).items())

@@ -9,6 +9,9 @@ import copy
 from tests.kube_fake.meta import ApiError, Obj, new_metadata, timestamp
 from tests.kube_fake.sandbox import POD_IP
 
+SYSTEM_PRIORITY_CLASSES = ("system-cluster-critical", "system-node-critical")
+"""The only priority classes a fresh cluster has (the fake serves no PriorityClass API)."""
+
 
 def new_pod(body: Obj, namespace: str) -> Obj:
     spec = copy.deepcopy(body.get("spec") or {})
@@ -24,6 +27,13 @@ def new_pod(body: Obj, namespace: str) -> Obj:
         c.setdefault("terminationMessagePath", "/dev/termination-log")
         c.setdefault("terminationMessagePolicy", "File")
         c.setdefault("resources", {})
+    priority = spec.get("priorityClassName")
+    if priority and priority not in SYSTEM_PRIORITY_CLASSES:  # the Priority admission plugin
+        name = (body.get("metadata") or {}).get("name", "")
+        raise ApiError(
+            403, "Forbidden", f'pods "{name}" is forbidden: no PriorityClass with name '
+            f"{priority} was found"
+        )  # fmt: skip
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("terminationGracePeriodSeconds", 30)
     spec.setdefault("dnsPolicy", "ClusterFirst")

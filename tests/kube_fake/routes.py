@@ -11,14 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kube_fake import discovery, exec_ws, openapi, protobuf, tables
+from tests.kube_fake import claims, discovery, exec_ws, openapi, protobuf, tables
 from tests.kube_fake.cluster import KubeFake
 from tests.kube_fake.meta import ApiError, Obj, field_matcher, label_matcher, new_metadata
 from tests.kube_fake.nodes import node
 from tests.kube_fake.services import Services
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-NAMESPACED = ("pods", "services", "events")
+NAMESPACED = ("pods", "services", "events", claims.RESOURCE)
 WATCH_LIMIT = 1800.0  # seconds: the longest watch the fake keeps open
 
 
@@ -99,6 +99,7 @@ class Routes:
             web.post("/fake/faults", self.admin_faults),
             web.post("/fake/nodes", self.admin_add_node),
             web.post("/fake/compact", self.admin_compact),
+            web.post("/fake/load_balancer", self.admin_load_balancer),
         ]
         return routes
 
@@ -184,6 +185,9 @@ class Routes:
                 obj = self.kube.create_pod(ns, body)
             elif resource == "services":
                 obj = await self.services.create(body, ns)
+            elif resource == claims.RESOURCE:
+                obj = self.store.create(resource, claims.new_claim(body, ns))
+                self.kube.schedule()  # a pod waiting for the claim hears of it
             else:
                 meta = new_metadata(body, ns, resource)
                 obj = self.store.create(resource, {**body, "metadata": meta})
@@ -305,8 +309,15 @@ class Routes:
             body.get("labels"),
             int(body.get("gpus", 0)),
             body.get("gpu_resource", "nvidia.com/gpu"),
+            body.get("taints"),
+            int(body.get("pods", 110)),
         )
         return web.json_response(self.kube.add_node(made), status=201)
+
+    async def admin_load_balancer(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        given = await self.services.hold(bool(body.get("hold", False)))
+        return web.json_response({"holding": self.services.holding, "given": given})
 
     async def admin_compact(self, request: web.Request) -> web.StreamResponse:
         self.store.compact()

@@ -78,6 +78,10 @@ class Services:
         self.load_balancer_delay = load_balancer_delay
         """Seconds before a LoadBalancer gets its address; meanwhile it carries only the
         cloud controller's cleanup finalizer (GKE takes about a minute)."""
+        self.holding = False
+        """Set by the ``load_balancer`` knob: new LoadBalancers get no address until released
+        (a cloud that is out of addresses, or slow beyond any delay a test knows in advance)."""
+        self._held: list[tuple[str, Obj]] = []  # (namespace, metadata) of each one held back
         self._cluster_ips, self._ingress_ips = _Addresses("127.96"), _Addresses("127.97")
         self._forwarders: dict[str, Forwarder] = {}  # by service uid
         self._ingress: dict[str, str] = {}  # by service uid: its load balancer's address
@@ -122,7 +126,12 @@ class Services:
                     sock, port["nodePort"] = self._node_port(port.get("nodePort"))
                     listeners.append((sock, port["targetPort"]))
             status: Obj = {"loadBalancer": {}}
-            now = kind == "LoadBalancer" and self.load_balancer and not self.load_balancer_delay
+            now = (
+                kind == "LoadBalancer"
+                and self.load_balancer
+                and not self.load_balancer_delay
+                and not self.holding
+            )
             if now:
                 ip, socks = self._address(self._ingress_ips, numbers)
                 listeners += zip(socks, [p["targetPort"] for p in ports], strict=True)
@@ -143,15 +152,33 @@ class Services:
         if now:
             self._ingress[meta["uid"]] = status["loadBalancer"]["ingress"][0]["ip"]
         made = self.store.create("services", service)
-        if kind == "LoadBalancer" and self.load_balancer and not now:
+        if kind == "LoadBalancer" and self.load_balancer and not now and self.holding:
+            self._held.append((namespace, meta))
+        elif kind == "LoadBalancer" and self.load_balancer and not now:
             task = asyncio.get_running_loop().create_task(self._address_later(namespace, meta))
             self._slow.add(task)
             task.add_done_callback(self._slow.discard)
         return made
 
+    async def hold(self, holding: bool) -> int:
+        """Hold new LoadBalancers' addresses back, or give every one held back its address now
+        (the ``load_balancer`` knob); returns how many got one."""
+        self.holding = holding
+        if holding:
+            return 0
+        held, self._held = self._held, []
+        for namespace, meta in held:
+            await self._give_address(namespace, meta)
+        return len(held)
+
     async def _address_later(self, namespace: str, meta: Obj) -> None:
         """A slow cloud's load balancer: its address comes ``load_balancer_delay`` late."""
         await asyncio.sleep(self.load_balancer_delay)
+        await self._give_address(namespace, meta)
+
+    async def _give_address(self, namespace: str, meta: Obj) -> None:
+        """The load balancer of the service ``meta`` names gets its address (unless the service
+        is gone or made again meanwhile)."""
         service = self.store.find("services", namespace, meta["name"])
         forwarder = self._forwarders.get(meta["uid"])
         if service is None or forwarder is None or service["metadata"]["uid"] != meta["uid"]:

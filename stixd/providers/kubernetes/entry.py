@@ -19,11 +19,14 @@ def build(ctx: BuildContext) -> Built | None:
         read_kubeconfig,
     )
     from stixd.providers.kubernetes.deferred import DeferredShell
+    from stixd.providers.kubernetes.podspec import overridden_keys
     from stixd.providers.kubernetes.provider import KubernetesProvider
 
     cfg = ctx.section if isinstance(ctx.section, KubernetesConfig) else KubernetesConfig()
     if not cfg.enabled:
         return None
+    for warning in overridden_keys(cfg.pod_config):
+        ctx.log.warning("kubernetes_pod_config_overridden", warning=warning)
     try:
         kubeconfig = read_kubeconfig()
     except KubeconfigError as exc:

@@ -21,6 +21,7 @@ from stixd.providers.base import Block, CapacityError
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_RANK, cluster_selector, is_ours
 from stixd.providers.kubernetes.shapes import as_map, get, maps
+from stixd.providers.kubernetes.unplaced import Verdict, refuse_misconfigured, refused_as_made
 from stixproto.errors import ProvisionError
 
 Pod = dict[str, Any]
@@ -76,6 +77,8 @@ async def create(api: KubeApi, namespace: str, pod: Pod, cluster: str, owner: st
     try:
         return await api.call("POST", path("namespaces", namespace, "pods"), body=pod)
     except KubeApiError as exc:
+        if (refusal := refused_as_made(exc, api.context, pod_failed=PodFailed)) is not None:
+            raise refusal from None
         if exc.status != 409:
             raise
     found = await api.call("GET", path("namespaces", namespace, "pods", name))
@@ -207,6 +210,7 @@ class Waiter:
     progress: Progress | None = None
     seen: set[tuple[str, str, str, str]] = dataclasses.field(default_factory=set)
     told_at: float | None = None
+    judged: dict[str, Verdict] = dataclasses.field(default_factory=dict)
 
     async def running(self, names: Sequence[str]) -> dict[str, Pod]:
         """Every pod of ``names`` Running, by name."""
@@ -238,6 +242,9 @@ class Waiter:
             if unplaced:
                 pending_since = pending_since or time.monotonic()
                 name, said = next(iter(unplaced.items()))
+                await refuse_misconfigured(
+                    self.api, name, said, autoscaler=self.autoscaler is not None, judged=self.judged
+                )
                 if self.autoscaler is None:
                     raise self._no_capacity(name, said, "no autoscaler is configured")
                 if time.monotonic() - pending_since > self.provision_timeout:

@@ -7,7 +7,10 @@ caller from the nodes it lists), so each rule is a unit test.
 The container idles: the agent is started in it later over ``exec``, like on any host. The
 user's ``pod_config`` wins over stix's defaults (image, grace period, ...) but not over what
 the node must be: its name, labels, container name and command, the task's resources and GPU
-node selection, and the task's own ``image_id``.
+node selection, the task's own ``image_id``, and ``restartPolicy: Never`` (the pod ends when the
+agent's self-stop ends its command; ``Always`` or ``OnFailure`` would start it again forever.
+SkyPilot accepts any ``restartPolicy`` in ``pod_config``, so stix accepts the config too, keeps
+``Never`` and warns once, ``overridden_keys``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ IDLE = [
 ]
 """The container's command: wait, and end at once on SIGTERM (a bare ``sleep`` as PID 1 ignores
 it, and every delete would wait out the grace period); its pid is written down for the agent."""
+
+RESTART_POLICY = "Never"
+"""The pod's ``restartPolicy``, whatever ``pod_config`` says."""
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?")
@@ -217,6 +223,19 @@ def _require(affinity: Mapping[str, Any], selection: Selection) -> dict[str, Any
     return out
 
 
+def overridden_keys(pod_config: Mapping[str, Any]) -> list[str]:
+    """Warnings, one line each, for what ``pod_config`` sets that every pod overrides."""
+    spec = pod_config.get("spec")
+    asked = spec.get("restartPolicy") if isinstance(spec, Mapping) else None
+    if asked is None or asked == RESTART_POLICY:
+        return []
+    return [
+        f"kubernetes.pod_config spec.restartPolicy {asked!r} is ignored: stix pods use "
+        f"{RESTART_POLICY!r} (a pod that restarts would outlive autostop and its finished "
+        "jobs); remove the key"
+    ]
+
+
 def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[str, Any]:
     """The pod for rank ``plan.rank`` of ``plan.cluster``."""
     defaults: dict[str, Any] = {
@@ -224,7 +243,7 @@ def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[s
         "kind": "Pod",
         "metadata": {},
         "spec": {
-            "restartPolicy": "Never",
+            "restartPolicy": RESTART_POLICY,
             "terminationGracePeriodSeconds": GRACE_S,
             "containers": [{"name": CONTAINER, "image": config.image}],
         },
@@ -242,6 +261,7 @@ def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[s
     if annotations:
         meta["annotations"] = annotations
     spec = pod["spec"]
+    spec["restartPolicy"] = RESTART_POLICY
     container = spec["containers"][0]
     container["name"] = CONTAINER
     container["command"] = list(IDLE)

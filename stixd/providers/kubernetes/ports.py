@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from stixd.providers.abilities import AddressPending
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
 from stixd.providers.kubernetes.config import PortMode
 from stixd.providers.kubernetes.podspec import (
@@ -36,6 +37,7 @@ from stixd.providers.kubernetes.podspec import (
     object_name,
     pod_name,
 )
+from stixproto import names
 from stixproto.errors import ProvisionError
 
 ADDRESS_WAIT_S = 10.0
@@ -202,6 +204,16 @@ async def _address_within(
         if address is not None or time.monotonic() >= deadline:
             return address
         await anyio.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def address_pending(cluster: str, owner: str) -> AddressPending:
+    """The cluster's LoadBalancer service has no address yet (its cloud is still making it)."""
+    name = service_name(cluster, owner)
+    return AddressPending(
+        f"the LoadBalancer address of {cluster} is pending (the cloud is still making it for "
+        f"service {name}); retry once `{names.command('status', '-r', cluster)}` shows it",
+        service=name,
+    )
 
 
 def _no_address(context: str, waited: float) -> PortsUnavailable:

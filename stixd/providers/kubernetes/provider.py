@@ -276,10 +276,7 @@ class KubernetesProvider:
             )
         reached = self.records.remembered(cluster, "reached")
         if reached == "":
-            raise ProvisionError(
-                f"the LoadBalancer address of cluster {cluster} is pending (the cloud is still "
-                f"making it); retry once `{names.command('status', '-r', cluster)}` shows it"
-            )
+            raise ports.address_pending(cluster, self.owner)
         if not reached:
             raise ProvisionError(f"the LoadBalancer service of cluster {cluster} has no address")
         return reached
