@@ -319,7 +319,7 @@ class KubernetesProvider:
         )
         if not asked.accelerator or asked.accelerator_count <= 0:
             return plan
-        nodes = (await api.call("GET", path("nodes"))).get("items") or []
+        nodes = (await api.list_all(path("nodes"))).get("items") or []
         labels = [n.get("metadata", {}).get("labels") or {} for n in nodes]
         allocatable = [n.get("status", {}).get("allocatable") or {} for n in nodes]
         try:
