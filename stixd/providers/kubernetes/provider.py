@@ -89,7 +89,6 @@ class KubernetesProvider:
     ) -> None:
         self.home = home
         self.config = config
-        self.kubeconfig = kubeconfig
         self.clients = clients or Clients(kubeconfig, home / "kubernetes" / "certs")
         self.make_shell = shells
         self.log = (log or structlog.get_logger()).bind(provider="kubernetes")
@@ -108,6 +107,11 @@ class KubernetesProvider:
         return owner_of(self.home)
 
     # -- contexts, APIs and shells ---------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Kubeconfig:
+        """The kubeconfig as last read (``Clients.refresh`` reads it again when it changes)."""
+        return self.clients.config
 
     def contexts(self) -> list[str]:
         """The contexts launches may use, in failover order: the allowed ones that exist,
@@ -215,6 +219,7 @@ class KubernetesProvider:
         )
 
     async def _make_pods(self, req: ProvisionRequest) -> Made:
+        await self.clients.refresh()
         context = self._context_of(req)
         where = Where(context, self.namespace(context), req.num_nodes, self.owner)
         before = self.records.where(req.cluster)
@@ -461,6 +466,7 @@ class KubernetesProvider:
         where = self.records.where(cluster)
         if where is None:
             return
+        await self.clients.refresh()
         if where.context not in self.kubeconfig.contexts:  # a context removed by the user
             self.log.warning(
                 "kubernetes_context_gone",
