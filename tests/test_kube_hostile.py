@@ -375,12 +375,9 @@ CONTEXT = "kube-h"
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    made = FakeProcess(tmp_path_factory.mktemp("kube-h"), "--context", CONTEXT)
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube-h"), "--context", CONTEXT) as made:
         yield made
-    finally:
-        made.stop()
-        assert made.pod_processes() == []
+    assert made.pod_processes() == []
 
 
 @pytest.fixture

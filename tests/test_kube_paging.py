@@ -82,20 +82,16 @@ def bump_and_compact(fake: FakeProcess, n: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    made = FakeProcess(tmp_path_factory.mktemp("kube-paging"))
-    try:
+    async def fill(api: KubeApi) -> None:
+        where = path("namespaces", CROWD, "pods")
+        for start in range(0, MANY, 50):
+            batch = range(start, min(start + 50, MANY))
+            await asyncio.gather(*(api.call("POST", where, body=crowd_pod(i)) for i in batch))
+
+    with FakeProcess(tmp_path_factory.mktemp("kube-paging")) as made:
         made.kubectl("create", "namespace", CROWD)
-
-        async def fill(api: KubeApi) -> None:
-            where = path("namespaces", CROWD, "pods")
-            for start in range(0, MANY, 50):
-                batch = range(start, min(start + 50, MANY))
-                await asyncio.gather(*(api.call("POST", where, body=crowd_pod(i)) for i in batch))
-
         with_api(made, fill)
         yield made
-    finally:
-        made.stop()
 
 
 def test_kubectl_reads_the_crowd_in_pages_of_its_chunk_size(fake: FakeProcess) -> None:

@@ -27,11 +27,8 @@ CONTEXT = "kube-r"
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    made = FakeProcess(tmp_path_factory.mktemp("kube-reload"), "--context", CONTEXT)
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube-reload"), "--context", CONTEXT) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def write(where: Path, config: dict[str, Any] | str) -> None:
