@@ -259,12 +259,9 @@ def task_file(tmp_path: Path) -> Callable[[str], Path]:
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
     """One fake Kubernetes API server for a test module, leaving no pod process behind."""
-    fake = FakeProcess(tmp_path_factory.mktemp("kube"))
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube")) as fake:
         yield fake
-    finally:
-        fake.stop()
-        assert fake.pod_processes() == []
+    assert fake.pod_processes() == []
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ the credentials, and a context the kubeconfig does not have."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,18 +29,16 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(scope="module")
 def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FakeProcess]]:
     root = tmp_path_factory.mktemp("kube-check")
-    made: dict[str, FakeProcess] = {}
-    try:
-        made["kube-a"] = FakeProcess(root / "a", "--context", "kube-a")
-        made["kube-blind"] = FakeProcess(
-            root / "b", "--context", "kube-blind", "--no-load-balancer"
-        )
-        made["kube-down"] = FakeProcess(root / "d", "--context", "kube-down")
-        made["kube-down"].stop()  # its kubeconfig stays: a server that is gone
+    with contextlib.ExitStack() as stack:
+        made = {
+            "kube-a": stack.enter_context(FakeProcess(root / "a", "--context", "kube-a")),
+            "kube-blind": stack.enter_context(
+                FakeProcess(root / "b", "--context", "kube-blind", "--no-load-balancer")
+            ),
+        }
+        with FakeProcess(root / "d", "--context", "kube-down") as made["kube-down"]:
+            pass  # stopped: its kubeconfig stays, a server that is gone
         yield made
-    finally:
-        for fake in made.values():
-            fake.stop()
 
 
 def bad_token_kubeconfig(fake: FakeProcess, where: Path) -> Path:

@@ -6,6 +6,7 @@ What the cluster holds is checked with kubectl, from outside stix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -26,15 +27,13 @@ CONTEXTS = ("kube-a", "kube-b")
 
 @pytest.fixture(scope="module")
 def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FakeProcess]]:
-    made: dict[str, FakeProcess] = {}
-    try:
-        for context in CONTEXTS:
-            made[context] = FakeProcess(tmp_path_factory.mktemp(context), "--context", context)
+    with contextlib.ExitStack() as stack:
+        made = {
+            c: stack.enter_context(FakeProcess(tmp_path_factory.mktemp(c), "--context", c))
+            for c in CONTEXTS
+        }
         yield made
-    finally:
-        for fake in made.values():
-            fake.stop()
-            assert fake.pod_processes() == []
+    assert all(fake.pod_processes() == [] for fake in made.values())
 
 
 @pytest.fixture

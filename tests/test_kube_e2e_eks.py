@@ -19,12 +19,9 @@ ARN = "arn:aws:eks:us-east-1:123456789012:cluster/prod"
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    made = FakeProcess(tmp_path_factory.mktemp("eks"), "--context", ARN)
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("eks"), "--context", ARN) as made:
         yield made
-    finally:
-        made.stop()
-        assert made.pod_processes() == []
+    assert made.pod_processes() == []
 
 
 @pytest.fixture

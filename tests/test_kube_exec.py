@@ -65,11 +65,8 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    fake = FakeProcess(tmp_path_factory.mktemp("kube"))
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube")) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 def start_pod(kube: FakeProcess) -> PodRef:

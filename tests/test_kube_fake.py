@@ -33,11 +33,8 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs k
 
 @pytest.fixture
 def kube(tmp_path: Path) -> Iterator[FakeProcess]:
-    fake = FakeProcess(tmp_path)
-    try:
+    with FakeProcess(tmp_path) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 def pod_manifest(name: str, command: list[str] | None = None, **spec: Any) -> dict[str, Any]:
@@ -168,7 +165,7 @@ def test_namespaces_must_exist_before_pods_go_in(kube: FakeProcess) -> None:
 def test_when_the_container_command_ends_its_other_processes_end_too(kube: FakeProcess) -> None:
     apply(
         kube,
-        pod_manifest("once", ["sh", "-c", "setsid sleep 1000 & sleep 0.5"], restartPolicy="Never"),
+        pod_manifest("once", ["sh", "-c", "setsid sleep 1000 & sleep 2"], restartPolicy="Never"),
     )
     wait_until(lambda: phase(kube, "once") == "Running", timeout=10)
     kube.kubectl("exec", "once", "--", "sh", "-c", "setsid sleep 1000 &")
@@ -311,8 +308,7 @@ def _try(call: Any, *args: Any) -> Any:
 
 
 def test_without_a_load_balancer_the_service_never_gets_an_address(tmp_path: Path) -> None:
-    kube = FakeProcess(tmp_path, "--no-load-balancer")
-    try:
+    with FakeProcess(tmp_path, "--no-load-balancer") as kube:
         apply(kube, {
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
             "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
@@ -320,16 +316,13 @@ def test_without_a_load_balancer_the_service_never_gets_an_address(tmp_path: Pat
         service = kube.kubectl_json("get", "service", "lb")
         assert service["status"]["loadBalancer"] == {}
         assert service["spec"]["ports"][0]["nodePort"] >= 30000
-    finally:
-        kube.stop()
 
 
 @pytest.mark.skipif(unavailable_reason() is not None, reason=f"{unavailable_reason()}")
 def test_with_pod_networks_two_pods_serve_one_port_at_their_own_addresses(
     tmp_path: Path,
 ) -> None:
-    kube = FakeProcess(tmp_path, "--pod-network", "namespace")
-    try:
+    with FakeProcess(tmp_path, "--pod-network", "namespace") as kube:
         for name in ("left", "right"):
             (kube.workdir / name).mkdir()
             (kube.workdir / name / "index.html").write_text(f"{name}\n")
@@ -345,8 +338,6 @@ def test_with_pod_networks_two_pods_serve_one_port_at_their_own_addresses(
         kube.kubectl("delete", "pod", "left")
         assert all(r.ip != ips["left"] for r in NodeNetworks(POD_SUBNET).records())
         assert ips["left"] not in Path("/proc/net/fib_trie").read_text()  # its namespace is gone
-    finally:
-        kube.stop()
     assert all(r.ip not in ips.values() for r in NodeNetworks(POD_SUBNET).records())
 
 
@@ -369,9 +360,10 @@ def test_stopping_the_fake_kills_every_pod_process_and_removes_every_sandbox(
 
 
 def test_two_fakes_are_two_contexts_of_one_merged_kubeconfig(tmp_path: Path) -> None:
-    east = FakeProcess(tmp_path / "east", "--context", "east")
-    west = FakeProcess(tmp_path / "west", "--context", "west")
-    try:
+    with (
+        FakeProcess(tmp_path / "east", "--context", "east") as east,
+        FakeProcess(tmp_path / "west", "--context", "west") as west,
+    ):
         merged = f"{east.kubeconfig}:{west.kubeconfig}"
         base = ["kubectl", "--cache-dir", str(tmp_path / "cache")]
         env = {**os.environ, "KUBECONFIG": merged}
@@ -392,9 +384,6 @@ def test_two_fakes_are_two_contexts_of_one_merged_kubeconfig(tmp_path: Path) -> 
             check=True,
         ).stdout
         assert "node/only-in-west" in names.split()
-    finally:
-        east.stop()
-        west.stop()
 
 
 def test_the_python_api_runs_a_fake_in_a_loop_and_turns_its_knobs(tmp_path: Path) -> None:

@@ -253,7 +253,10 @@ class _Hostile(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         where = self.path.split("?")[0]
-        if self.mode == "huge":
+        if self.mode == "endless" and where.endswith(("/nodes", "/pods")):
+            self._endless()
+            return
+        if self.mode in ("huge", "endless"):
             answers = {"nodes": HUGE, "pod": {}, "pods": {"items": []}}
         else:
             answers = ANSWERS[self.mode]
@@ -269,6 +272,23 @@ class _Hostile(BaseHTTPRequestHandler):
             self._answer({"kind": "Namespace", "metadata": {"name": "default"}})
         else:
             self._answer({"kind": "Status", "items": None})
+
+    def _endless(self) -> None:
+        """A list that never ends (as a broken server's 2 GB answer), chunk after chunk,
+        until the reader hangs up or 256 MiB went out."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b'{"metadata": {"name": "n"}, "status": {}},' * 1000
+        head = b'{"kind": "NodeList", "items": ['
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(head), head))
+            for _ in range(256 * 2**20 // len(chunk)):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            pass  # the reader hung up, as it should
+        self.close_connection = True
 
     do_POST = do_DELETE = do_PATCH = do_GET
 
@@ -322,6 +342,32 @@ def test_wrong_typed_api_answers_fail_one_call_with_one_line_and_the_daemon_stay
     assert local.returncode == 0 and "local-ok" in local.stdout, local.stderr
 
 
+def test_an_endless_list_answer_fails_its_call_in_one_line_and_the_daemon_keeps_serving(
+    stix: Stix, tmp_path: Path
+) -> None:
+    handler = type("Handler", (_Hostile,), {"mode": "endless", "deleted": False})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = tmp_path / "kubeconfig"
+        config.write_text(kubeconfig_to(f"http://127.0.0.1:{server.server_address[1]}"))
+        stix.env["KUBECONFIG"] = str(config)
+        stix.env["STIX__KUBERNETES__ALLOWED_CONTEXTS"] = json.dumps(["hostile"])
+        gpus = stix.run("show-gpus", "--infra", "k8s", timeout=60)
+        line = one_line(gpus.stdout + gpus.stderr)
+        assert "hostile" in line and "answered more than 32 MiB" in line, line
+        checked = stix.run("check", timeout=60)
+        assert "answered more than 32 MiB" in checked.stdout.split("\nkubernetes")[-1]
+        assert stix.daemon_pid(), "the daemon died"
+        status = stix.run("status", timeout=30)
+        assert status.returncode == 0, status.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 # -- odd names, against the fake API server ----------------------------------------------------
 
 CONTEXT = "kube-h"
@@ -329,12 +375,9 @@ CONTEXT = "kube-h"
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    made = FakeProcess(tmp_path_factory.mktemp("kube-h"), "--context", CONTEXT)
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube-h"), "--context", CONTEXT) as made:
         yield made
-    finally:
-        made.stop()
-        assert made.pod_processes() == []
+    assert made.pod_processes() == []
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ the order of `allowed_contexts`, $0, with what each pod asks in the placement.""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -44,10 +45,11 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FakePr
     """Two contexts: kube-a as the fake starts (CPU nodes, one node of 2 A100), kube-b with a
     node of 4 H100 added (labelled in the same scheme as its A100 node)."""
     root = tmp_path_factory.mktemp("kube-plan")
-    made: dict[str, FakeProcess] = {}
-    try:
-        for name in ("kube-a", "kube-b"):
-            made[name] = FakeProcess(root / name, "--context", name)
+    with contextlib.ExitStack() as stack:
+        made = {
+            name: stack.enter_context(FakeProcess(root / name, "--context", name))
+            for name in ("kube-a", "kube-b")
+        }
         made["kube-b"].admin(
             "nodes",
             name="h100-1",
@@ -57,9 +59,6 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FakePr
             labels={"skypilot.co/accelerator": "h100"},
         )
         yield made
-    finally:
-        for fake in made.values():
-            fake.stop()
 
 
 def node_catalog(

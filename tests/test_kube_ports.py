@@ -37,21 +37,15 @@ NS = "default"
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    made = FakeProcess(tmp_path_factory.mktemp("kube-ports"))
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube-ports")) as made:
         yield made
-    finally:
-        made.stop()
 
 
 @pytest.fixture(scope="module")
 def blind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
     """A cluster whose LoadBalancer services never get an address (no controller)."""
-    made = FakeProcess(tmp_path_factory.mktemp("kube-blind"), "--no-load-balancer")
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube-blind"), "--no-load-balancer") as made:
         yield made
-    finally:
-        made.stop()
 
 
 async def api_of(fake: FakeProcess, home: Path) -> AsyncIterator[KubeApi]:
@@ -290,11 +284,10 @@ def test_kubectl_replace_of_a_service_keeps_its_address_and_refuses_a_stale_vers
 def slow_lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
     """A cloud whose load balancer takes its controller's finalizer at once and gets its
     address only after the old launch's wait for it (10 s) had run out."""
-    made = FakeProcess(tmp_path_factory.mktemp("kube-slow-lb"), "--load-balancer-delay", "12")
-    try:
+    with FakeProcess(
+        tmp_path_factory.mktemp("kube-slow-lb"), "--load-balancer-delay", "12"
+    ) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def test_a_launch_does_not_wait_for_a_slow_load_balancer_and_status_finds_its_address(

@@ -260,18 +260,17 @@ async def test_a_load_balancers_address_is_where_a_service_reaches_the_cluster(
 async def test_ports_a_context_cannot_expose_fail_over_before_any_pod_is_made(
     tmp_path: Path,
 ) -> None:
-    blind = FakeProcess(tmp_path / "blind", "--no-load-balancer")
-    provider = open_provider(blind, tmp_path / "home")  # ports: loadbalancer, the default
-    try:
-        with pytest.raises(CapacityError, match=r"kubernetes\.ports to nodeport") as refused:
-            await provider.make_pods(request("unexposed", ports=(8080,)))
-        assert refused.value.block.region == CONTEXT
-        assert "\n" not in refused.value.message
-        assert everything_of(blind, "unexposed") == []
-        assert everything_of(blind, "stix-ports-probe") == []
-    finally:
-        await provider.aclose()
-        blind.stop()
+    with FakeProcess(tmp_path / "blind", "--no-load-balancer") as blind:
+        provider = open_provider(blind, tmp_path / "home")  # ports: loadbalancer, the default
+        try:
+            with pytest.raises(CapacityError, match=r"kubernetes\.ports to nodeport") as refused:
+                await provider.make_pods(request("unexposed", ports=(8080,)))
+            assert refused.value.block.region == CONTEXT
+            assert "\n" not in refused.value.message
+            assert everything_of(blind, "unexposed") == []
+            assert everything_of(blind, "stix-ports-probe") == []
+        finally:
+            await provider.aclose()
 
 
 # -- the API misbehaving ------------------------------------------------------------------------

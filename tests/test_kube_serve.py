@@ -27,12 +27,9 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
     why = unavailable_reason()
     if why:
         pytest.skip(f"pods need network namespaces of their own here: {why}")
-    fake = FakeProcess(tmp_path_factory.mktemp("kube"), "--pod-network", "namespace")
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube"), "--pod-network", "namespace") as fake:
         yield fake
-    finally:
-        fake.stop()
-        assert fake.pod_processes() == []
+    assert fake.pod_processes() == []
 
 
 def test_two_replicas_on_pods_serve_one_port_through_their_load_balancers(

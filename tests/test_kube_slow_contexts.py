@@ -30,11 +30,8 @@ HUNG_SLEEP = "977.31"  # a sleep no other test starts: its process is found by t
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    made = FakeProcess(tmp_path_factory.mktemp("kube-slow"), "--context", "kube-ok")
-    try:
+    with FakeProcess(tmp_path_factory.mktemp("kube-slow"), "--context", "kube-ok") as made:
         yield made
-    finally:
-        made.stop()
 
 
 def other_context(path: Path, name: str, server: str, user: Mapping[str, object]) -> Path:

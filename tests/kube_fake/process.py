@@ -1,5 +1,6 @@
 """The fake as a test uses it: `python -m tests.kube_fake` in a process of its own, with
-kubectl and the admin knobs at hand, and a stop that proves nothing of it is left."""
+kubectl and the admin knobs at hand, and a stop that proves nothing of it is left;
+`with FakeProcess(path, *args) as fake:` stops it however the block ends."""
 
 from __future__ import annotations
 
@@ -62,6 +63,12 @@ class FakeProcess:
             time.sleep(0.02)
         config = yaml.safe_load(self.kubeconfig.read_text())
         self.url: str = config["clusters"][0]["cluster"]["server"]
+
+    def __enter__(self) -> FakeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 30

@@ -15,6 +15,7 @@ from tests.kube_fake import claims, discovery, exec_ws, openapi, protobuf, table
 from tests.kube_fake.cluster import KubeFake
 from tests.kube_fake.meta import ApiError, Obj, field_matcher, label_matcher, new_metadata
 from tests.kube_fake.nodes import node
+from tests.kube_fake.paging import Pager
 from tests.kube_fake.services import Services
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,6 +60,7 @@ def _merge(target: Any, patch: Any) -> Any:
 class Routes:
     def __init__(self, kube: KubeFake, services: Services) -> None:
         self.kube, self.store, self.services = kube, kube.store, services
+        self.pager = Pager(kube.store)
 
     def table(self) -> list[web.RouteDef]:
         v1, ns = "/api/v1", "/api/v1/namespaces/{ns}"
@@ -126,15 +128,16 @@ class Routes:
 
             if request.query.get("watch", "").lower() in ("true", "1"):
                 return await self._watch(request, resource, namespace, accepts)
-            items = [o for o in self.store.list(resource, namespace) if accepts(o)]
-            items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+            items, meta = self.pager.page(resource, namespace, accepts, dict(request.query))
             if tables.wants_table(request.headers.get("Accept", "")):
-                return web.json_response(tables.table(resource, items, self.store.version))
+                return web.json_response(
+                    {**tables.table(resource, items, self.store.version), "metadata": meta}
+                )
             return web.json_response(
                 {
                     "kind": f"{discovery.KINDS[resource]}List",
                     "apiVersion": "v1",
-                    "metadata": {"resourceVersion": str(self.store.version)},
+                    "metadata": meta,
                     "items": items,
                 }
             )

@@ -93,6 +93,11 @@ class Store:
         in_ns = w.namespace is None or obj["metadata"].get("namespace") == w.namespace
         return in_ns and w.accepts(obj)
 
+    @property
+    def compacted(self) -> int:
+        """The version of the last compaction: what is older is no longer served."""
+        return self._compacted
+
     def compact(self) -> None:
         """Forget every history, as etcd's compaction does: older watches then get 410."""
         self._compacted = self.version

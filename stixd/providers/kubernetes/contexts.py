@@ -10,7 +10,9 @@ provider's private folder, never to the system's temp dir, and the kubeconfig is
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import structlog
 import yaml
 
 from stixd.providers.kubernetes import exec_plugin
@@ -49,11 +52,15 @@ class Kubeconfig:
     """Per context, the namespace it names (``default`` where it names none)."""
     unreadable: str | None = None
     """Why the kubeconfig could not be read (it is then empty), for `check` and launches."""
+    fingerprints: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Per context, a digest of its entry, cluster and user: what a client is made from."""
+    watched: tuple[Path, ...] = ()
+    """Every file kubectl would read, whether it exists or not (a reload looks at these)."""
 
     @classmethod
-    def broken(cls, why: str) -> Kubeconfig:
+    def broken(cls, why: str, watched: tuple[Path, ...] = ()) -> Kubeconfig:
         """A kubeconfig with no context, because of ``why``."""
-        return cls((), (), None, {}, unreadable=why)
+        return cls((), (), None, {}, unreadable=why, watched=watched)
 
     @property
     def config_file(self) -> str:
@@ -76,9 +83,11 @@ def read_kubeconfig(env: Mapping[str, str] | None = None) -> Kubeconfig:
     simply not set up). ``KubeconfigError`` for a file that exists but cannot be read."""
     contexts: list[str] = []
     namespaces: dict[str, str] = {}
+    entries: dict[str, dict[str, Any]] = {"clusters": {}, "users": {}, "contexts": {}}
     current: str | None = None
     found: list[Path] = []
-    for path in kubeconfig_paths(os.environ if env is None else env):
+    watched = kubeconfig_paths(os.environ if env is None else env)
+    for path in watched:
         if not path.is_file():
             continue
         try:
@@ -93,6 +102,11 @@ def read_kubeconfig(env: Mapping[str, str] | None = None) -> Kubeconfig:
         found.append(path)
         if current is None and isinstance(raw.get("current-context"), str):
             current = raw["current-context"] or None
+        for part, named in entries.items():
+            items = raw.get(part)
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    named.setdefault(item["name"], item)
         for item in raw.get("contexts") or []:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 continue
@@ -105,7 +119,40 @@ def read_kubeconfig(env: Mapping[str, str] | None = None) -> Kubeconfig:
             contexts.append(name)
     if current not in namespaces:
         current = None
-    return Kubeconfig(tuple(found), tuple(contexts), current, namespaces)
+    fingerprints = {c: _fingerprint(c, entries) for c in contexts}
+    return Kubeconfig(
+        tuple(found), tuple(contexts), current, namespaces, None, fingerprints, watched
+    )
+
+
+def _fingerprint(context: str, entries: Mapping[str, Mapping[str, Any]]) -> str:
+    """A digest of what ``context``'s client is made from: its entry, its cluster, its user."""
+    entry = entries["contexts"].get(context) or {}
+    inner: dict[str, Any] = entry["context"] if isinstance(entry.get("context"), dict) else {}
+    made_of = [
+        entry,
+        entries["clusters"].get(str(inner.get("cluster"))),
+        entries["users"].get(str(inner.get("user"))),
+    ]
+    raw = json.dumps(made_of, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+FileState = tuple[str, int, int, int, int, int] | tuple[str]
+
+
+def files_state(paths: tuple[Path, ...]) -> tuple[FileState, ...]:
+    """What a change to any of ``paths`` changes (inode, size, times; or its absence): a
+    ``stat`` each, cheap enough before every call."""
+    state: list[FileState] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            state.append((str(path),))
+            continue
+        state.append((str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(state)
 
 
 async def _kubernetes_config() -> Any:
@@ -116,7 +163,14 @@ async def _kubernetes_config() -> Any:
 class Clients:
     """One ``ApiClient`` per context, made on first use and closed together. Each context is
     made under a lock of its own and within a deadline: a context whose credential plugin
-    hangs fails alone, in one line naming it, and never holds up another context."""
+    hangs fails alone, in one line naming it, and never holds up another context.
+
+    The kubeconfig is read again when its files change (``refresh``, before every client is
+    handed out and by the provider before it reads the contexts): a context added, a current
+    context switched or a token rotated needs no daemon restart. Only the contexts whose
+    entry, cluster or user changed get a new client; the old one stays open for what still
+    uses it (a pod's relay) until the daemon ends. A kubeconfig that no longer reads keeps the
+    last good one, said once in the log and in ``stale`` (`check` shows it)."""
 
     def __init__(
         self,
@@ -125,15 +179,66 @@ class Clients:
         *,
         plugin_timeout: float = exec_plugin.PLUGIN_TIMEOUT_S,
         make_timeout: float = MAKE_TIMEOUT_S,
+        log: structlog.stdlib.BoundLogger | None = None,
     ) -> None:
         self.config = config
         self.private_dir = private_dir
         self.plugin_timeout, self.make_timeout = plugin_timeout, make_timeout
+        self.log = log or structlog.get_logger()
+        self.stale: str | None = None
+        """Why the kubeconfig in use is not what its files say now (they do not read)."""
         self._clients: dict[str, ApiClient] = {}
+        self._retired: list[ApiClient] = []
         self._locks: dict[str, anyio.Lock] = {}
         self._failed: dict[str, tuple[float, KubeconfigError]] = {}
+        self._files = files_state(config.watched)
+        self._reading = anyio.Lock()
+
+    async def refresh(self) -> None:
+        """Read the kubeconfig again if any of its files changed since it was last read."""
+        if files_state(self.config.watched) == self._files:
+            return
+        async with self._reading:
+            now = files_state(self.config.watched)
+            if now == self._files:
+                return  # another caller read it meanwhile
+            env = {"KUBECONFIG": os.pathsep.join(str(p) for p in self.config.watched)}
+            try:
+                fresh = await anyio.to_thread.run_sync(read_kubeconfig, env)
+            except KubeconfigError as exc:
+                self._files = now  # said once: read again on the next change only
+                self._kept(exc.message)
+                return
+            self._files = now
+            self._use(fresh)
+
+    def _kept(self, why: str) -> None:
+        if self.config.unreadable:  # nothing good to keep
+            self.config = Kubeconfig.broken(why, self.config.watched)
+            self.log.warning("kubeconfig_unreadable", error=why)
+            return
+        self.stale = f"{why}; stix goes on with the kubeconfig it read before"
+        self.log.warning("kubeconfig_unreadable_kept_last_good", error=why)
+
+    def _use(self, fresh: Kubeconfig) -> None:
+        old = self.config
+        changed = [c for c in old.contexts if fresh.fingerprints.get(c) != old.fingerprints.get(c)]
+        for context in changed:
+            made = self._clients.pop(context, None)
+            if made is not None:
+                self._retired.append(made)
+            self._failed.pop(context, None)
+        self.config, self.stale = fresh, None
+        self.log.info(
+            "kubeconfig_reread",
+            added=[c for c in fresh.contexts if c not in old.fingerprints],
+            changed=[c for c in changed if c in fresh.fingerprints],
+            removed=[c for c in old.contexts if c not in fresh.fingerprints],
+            current=fresh.current,
+        )
 
     async def client(self, context: str) -> ApiClient:
+        await self.refresh()
         if self.config.unreadable:
             raise KubeconfigError(self.config.unreadable)
         if context not in self.config.namespaces:
@@ -180,6 +285,7 @@ class Clients:
         return client
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
+        clients, self._clients = [*self._clients.values(), *self._retired], {}
+        self._retired = []
         for client in clients:
             await client.close()

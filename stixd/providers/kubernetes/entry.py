@@ -6,6 +6,8 @@ used."""
 
 from __future__ import annotations
 
+import os
+
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.meta import META
 from stixd.providers.registry import BuildContext, Built, InfraEntry
@@ -16,6 +18,7 @@ def build(ctx: BuildContext) -> Built | None:
         Clients,
         Kubeconfig,
         KubeconfigError,
+        kubeconfig_paths,
         read_kubeconfig,
     )
     from stixd.providers.kubernetes.deferred import DeferredShell
@@ -31,8 +34,9 @@ def build(ctx: BuildContext) -> Built | None:
         kubeconfig = read_kubeconfig()
     except KubeconfigError as exc:
         ctx.log.warning("kubeconfig_unreadable", error=exc.message)
-        kubeconfig = Kubeconfig.broken(exc.message)  # built all the same: `check` says why
-    clients = Clients(kubeconfig, ctx.home / "kubernetes" / "certs")
+        # built all the same: `check` says why, and a fixed file is read again
+        kubeconfig = Kubeconfig.broken(exc.message, kubeconfig_paths(os.environ))
+    clients = Clients(kubeconfig, ctx.home / "kubernetes" / "certs", log=ctx.log)
     provider = KubernetesProvider(
         ctx.home,
         cfg,

@@ -38,8 +38,7 @@ async def find(
     owned = {label_value(c) for c in live}
     found: list[Leak] = []
     for resource, kind in KINDS:
-        answer = await api.call(
-            "GET",
+        answer = await api.list_all(
             path("namespaces", namespace, resource),
             query={"labelSelector": f"{LABEL_CLUSTER},{LABEL_OWNER}={owner}"},
         )

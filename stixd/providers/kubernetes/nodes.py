@@ -106,6 +106,13 @@ def _gpus_asked(pod: Mapping[str, Any]) -> int:
     return total
 
 
+def _placed(pod: Any) -> tuple[str, int] | None:
+    """(its node, the GPUs it asks) of a listed pod bound to a node: all a GPU count needs of
+    each of the many pods of a context."""
+    on = get(pod, "spec", "nodeName") if isinstance(pod, dict) else None
+    return (on, _gpus_asked(pod)) if isinstance(on, str) else None
+
+
 def gpu_count(allocatable: Mapping[str, Any]) -> int:
     """The GPUs (``nvidia.com/gpu`` or ``amd.com/gpu``) of a node's allocatable map."""
     for resource in GPU_RESOURCES:
@@ -150,20 +157,20 @@ def node_of(raw: Mapping[str, Any], gpus_requested: int | None) -> Node:
 async def list_nodes(api: KubeApi, *, with_usage: bool = True) -> list[Node]:
     """Every node of the context, with the GPUs its unfinished pods request (``with_usage``;
     None per node when the account may not list pods of every namespace)."""
-    nodes = _items(await api.call("GET", path("nodes")), MAX_NODES)
+    nodes = _items(await api.list_all(path("nodes"), max_items=MAX_NODES), MAX_NODES)
     used: dict[str, int] | None = None
     if with_usage and any(gpu_count(as_map(get(n, "status", "allocatable"))) for n in nodes):
         try:
-            pods = await api.call("GET", path("pods"), query={"fieldSelector": _FINISHED})
+            pods = await api.list_all(
+                path("pods"), query={"fieldSelector": _FINISHED}, max_items=MAX_PODS, keep=_placed
+            )
         except KubeApiError as exc:
             if exc.status not in (401, 403):
                 raise
         else:
             used = {}
-            for pod in _items(pods, MAX_PODS):
-                on = get(pod, "spec", "nodeName")
-                if isinstance(on, str):
-                    used[on] = used.get(on, 0) + _gpus_asked(pod)
+            for on, gpus in pods["items"]:
+                used[on] = used.get(on, 0) + gpus
     listed = []
     for raw in nodes:
         name = str(get(raw, "metadata", "name"))

@@ -50,6 +50,7 @@ class KubePlanning:
 
     async def refresh_catalog(self) -> None:
         """Waits only for the first node listing; later ones run in the background."""
+        await self.clients.refresh()
         await self.nodes.refresh_soon()
 
     async def aclose(self) -> None:
@@ -60,9 +61,11 @@ class KubePlanning:
         return self.nodes.problem()
 
     async def check(self) -> CheckResult:
+        await self.clients.refresh()
+        stale = (self.clients.stale,) if self.clients.stale else ()
         contexts = self.contexts()
         if not contexts:
-            return CheckResult(False, self.planning_problem() or "no Kubernetes context")
+            return CheckResult(False, self.planning_problem() or "no Kubernetes context", stale)
         apis = await self._apis(contexts)
         entries = [(c, self.namespace(c), api) for c, api in apis]
         checks = await check_contexts(entries, self.config.ports)
@@ -71,12 +74,13 @@ class KubePlanning:
             reason = f"context(s) {', '.join(usable)} usable, tried in this order"
         else:
             reason = "no context usable"
-        return CheckResult(bool(usable), reason, tuple(c.line() for c in checks))
+        return CheckResult(bool(usable), reason, (*stale, *(c.line() for c in checks)))
 
     async def show_gpus(
         self, name: str | None, count: float | None, context: str | None
     ) -> tuple[str, list[dict[str, object]]]:
         """(the text ``show-gpus --infra k8s[/CONTEXT]`` prints, its rows as data)."""
+        await self.clients.refresh()
         if context and context not in self.clients.config.namespaces:
             try:
                 await self.clients.client(context)  # raises the one line saying why

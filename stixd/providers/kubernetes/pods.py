@@ -109,8 +109,7 @@ def well_formed(answer: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def list_cluster(api: KubeApi, namespace: str, cluster: str, owner: str) -> list[Pod]:
-    answer = await api.call(
-        "GET",
+    answer = await api.list_all(
         path("namespaces", namespace, "pods"),
         query={"labelSelector": cluster_selector(cluster, owner)},
     )
@@ -130,7 +129,7 @@ async def delete_cluster(api: KubeApi, namespace: str, cluster: str, owner: str)
     """Delete every pod and service of ``cluster`` made by ``owner``; returns the pods still
     going away."""
     selector = {"labelSelector": cluster_selector(cluster, owner)}
-    services = await api.call("GET", path("namespaces", namespace, "services"), query=selector)
+    services = await api.list_all(path("namespaces", namespace, "services"), query=selector)
     going = []
     for pod in await list_cluster(api, namespace, cluster, owner):
         await delete(api, namespace, "pods", pod["metadata"]["name"])
@@ -283,8 +282,7 @@ class Waiter:
         self.told_at = now
         for name in names:
             try:
-                answer = await self.api.call(
-                    "GET",
+                answer = await self.api.list_all(
                     path("namespaces", self.namespace, "events"),
                     query={"fieldSelector": f"involvedObject.name={name}"},
                 )

@@ -11,6 +11,11 @@ Once every pod runs, the agent goes into each through its ``PodShell``, as onto 
 
 Kubernetes cannot stop a pod: ``stop`` refuses and names ``down`` (``CannotStop``), and
 autostop takes such a cluster down. A pod deleted or evicted from outside is a lost node.
+
+This module is the lifecycle (launch, observe, stop, terminate, sync); the rest is in parts
+the class is made of: ``provider_placing`` (GPU nodes, the pods made and waited for),
+``provider_ports`` (ports, their preflight and address) and ``provider_commands`` (catalog,
+``show-gpus``, ``ssh``, leaks).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import getpass
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,9 +32,7 @@ import anyio
 import structlog
 
 from stixd.agent_client import AgentClient
-from stixd.providers.abilities import Leak, LeakPolicy, ShellCommand
 from stixd.providers.base import (
-    Block,
     CapacityError,
     CheckResult,
     Mount,
@@ -38,21 +41,18 @@ from stixd.providers.base import (
     NodeStatus,
     ProvisionRequest,
 )
-from stixd.providers.kubernetes import gpu_labels, leaks, pods, ports
+from stixd.providers.kubernetes import pods
 from stixd.providers.kubernetes.agents import address, ref_of, start_agents
-from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
+from stixd.providers.kubernetes.api import KubeApi
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.contexts import Clients, Kubeconfig
 from stixd.providers.kubernetes.observe import observe
 from stixd.providers.kubernetes.owner import owner_of
 from stixd.providers.kubernetes.planning import KubePlanning
-from stixd.providers.kubernetes.podspec import (
-    LABEL_OWNER,
-    PodPlan,
-    manifest,
-    pod_name,
-)
-from stixd.providers.kubernetes.ports import PortsUnavailable
+from stixd.providers.kubernetes.podspec import pod_name
+from stixd.providers.kubernetes.provider_commands import ServesCommands
+from stixd.providers.kubernetes.provider_placing import PlacesPods
+from stixd.providers.kubernetes.provider_ports import ExposesPorts
 from stixd.providers.kubernetes.records import Records, Where
 from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
 from stixd.providers.shared.ssh_sync import resolve_dest
@@ -72,7 +72,7 @@ class Made:
     pods: dict[str, dict[str, Any]]
 
 
-class KubernetesProvider:
+class KubernetesProvider(ServesCommands, ExposesPorts, PlacesPods):
     name = "kubernetes"
     cannot_stop: Literal[True] = True
 
@@ -89,7 +89,6 @@ class KubernetesProvider:
     ) -> None:
         self.home = home
         self.config = config
-        self.kubeconfig = kubeconfig
         self.clients = clients or Clients(kubeconfig, home / "kubernetes" / "certs")
         self.make_shell = shells
         self.log = (log or structlog.get_logger()).bind(provider="kubernetes")
@@ -108,6 +107,11 @@ class KubernetesProvider:
         return owner_of(self.home)
 
     # -- contexts, APIs and shells ---------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Kubeconfig:
+        """The kubeconfig as last read (``Clients.refresh`` reads it again when it changes)."""
+        return self.clients.config
 
     def contexts(self) -> list[str]:
         """The contexts launches may use, in failover order: the allowed ones that exist,
@@ -142,20 +146,6 @@ class KubernetesProvider:
         await self.planning.aclose()
         await self._forget(list(self._shells))
         await self.clients.aclose()
-
-    # -- the planner and the commands (planning.py) ------------------------------------------
-
-    async def refresh_catalog(self) -> None:
-        await self.planning.refresh_catalog()
-
-    def credentials_problem(self) -> str | None:
-        """Why no context can be planned on, as the last node listing found (no network)."""
-        return self.planning.planning_problem()
-
-    async def show_gpus(
-        self, name: str | None, count: float | None, region: str | None
-    ) -> tuple[str, list[dict[str, object]]]:
-        return await self.planning.show_gpus(name, count, region)
 
     # -- Provider ----------------------------------------------------------------------------
 
@@ -215,6 +205,7 @@ class KubernetesProvider:
         )
 
     async def _make_pods(self, req: ProvisionRequest) -> Made:
+        await self.clients.refresh()
         context = self._context_of(req)
         where = Where(context, self.namespace(context), req.num_nodes, self.owner)
         before = self.records.where(req.cluster)
@@ -237,164 +228,6 @@ class KubernetesProvider:
             req.progress(f"The LoadBalancer address of {req.cluster} is pending (the cloud is "
                          "still making it); `stixctl status -r` shows it once given")  # fmt: skip
         return Made(where, asked, ready)
-
-    async def _expose(
-        self, api: KubeApi, where: Where, cluster: str, opened: Sequence[int]
-    ) -> None:
-        """Expose ``opened`` the configured way. A LoadBalancer's address is not waited for:
-        it is remembered once known (now, or when `query` looks again) and a service's
-        balancer reaches the cluster's replica there (``reachable_address``)."""
-        if not opened:
-            return
-        mode = self.config.ports
-        await ports.open_ports(
-            api, where.namespace, cluster, where.owner, opened, mode, self._labels()
-        )
-        if mode == "loadbalancer" and not self.records.remembered(cluster, "reached"):
-            await self._look_up_address(api, where, cluster)
-
-    async def _look_up_address(self, api: KubeApi, where: Where, cluster: str) -> None:
-        address = await ports.load_balancer_address(api, where.namespace, cluster, where.owner)
-        if address is None:
-            self.records.remember(cluster, reached="")  # pending: looked up again when asked
-        else:
-            self.records.remember(cluster, reached=address)
-
-    def _address_pending(self, cluster: str) -> bool:
-        return self.records.remembered(cluster, "reached") == ""
-
-    def reachable_address(self, cluster: str, node: NodeInfo) -> str:
-        """Where this machine reaches the cluster's ports (ReachedElsewhere): the pod's IP in
-        ``podip`` mode (this machine in the cluster's network), the LoadBalancer's address."""
-        mode = self.config.ports
-        if mode == "podip":
-            return node.ip
-        if mode == "nodeport":
-            raise ProvisionError(
-                f"with kubernetes.ports nodeport, cluster {cluster}'s ports are reached at other "
-                "port numbers of its node; set kubernetes.ports to loadbalancer or podip"
-            )
-        reached = self.records.remembered(cluster, "reached")
-        if reached == "":
-            raise ports.address_pending(cluster, self.owner)
-        if not reached:
-            raise ProvisionError(f"the LoadBalancer service of cluster {cluster} has no address")
-        return reached
-
-    def _labels(self) -> dict[str, str]:
-        return {**self.config.custom_metadata.labels, LABEL_OWNER: self.owner}
-
-    async def _can_expose(self, context: str) -> None:
-        """The ports preflight: a context that cannot expose ports the configured way is no
-        place for this launch (the next context may be)."""
-        try:
-            async with self._preflight:  # launches at once wait for one verdict, not probe each
-                await self.planning.preflight_ports(context, self._labels())
-        except PortsUnavailable as exc:
-            raise CapacityError(
-                exc.message, Block(infra=self.name, region=context, reason=exc.message)
-            ) from None
-
-    async def open_ports(self, cluster: str, opened: list[int]) -> None:
-        """Expose more ports of a live cluster's head pod (OpensPorts), the configured way."""
-        where = self.records.where(cluster)
-        if where is None:
-            raise ProvisionError(f"cluster {cluster} has no pods to expose ports of")
-        await self._can_expose(where.context)
-        await self._expose(await self.api(where.context), where, cluster, opened)
-
-    async def _plan(
-        self, api: KubeApi, req: ProvisionRequest, where: Where, asked: PodRequest
-    ) -> PodPlan:
-        plan = PodPlan(
-            cluster=req.cluster,
-            rank=0,
-            namespace=where.namespace,
-            owner=where.owner,
-            launch_id=str(req.resources.get("launch_id") or ""),
-            user=self.user,
-        )
-        if not asked.accelerator or asked.accelerator_count <= 0:
-            return plan
-        nodes = (await api.call("GET", path("nodes"))).get("items") or []
-        labels = [n.get("metadata", {}).get("labels") or {} for n in nodes]
-        allocatable = [n.get("status", {}).get("allocatable") or {} for n in nodes]
-        try:
-            selection = gpu_labels.select(
-                asked.accelerator, labels, self.config.autoscaler, where.context
-            )
-        except gpu_labels.NoGpuNodes as exc:
-            raise CapacityError(
-                exc.message, Block(infra=self.name, region=where.context, reason=exc.message)
-            ) from None
-        return dataclasses.replace(
-            plan, selection=selection, gpu_resource=gpu_labels.gpu_resource(allocatable)
-        )
-
-    async def _pods_running(
-        self, api: KubeApi, req: ProvisionRequest, where: Where, asked: PodRequest, plan: PodPlan
-    ) -> dict[str, dict[str, Any]]:
-        names = [pod_name(req.cluster, rank, where.owner) for rank in range(req.num_nodes)]
-        listed = {
-            p["metadata"]["name"]: p
-            for p in await pods.list_cluster(api, where.namespace, req.cluster, where.owner)
-        }
-        ended = [n for n in names if n in listed and pods.is_gone(listed[n])]
-        for name in ended:  # an evicted or finished pod keeps its name until deleted
-            await pods.delete(api, where.namespace, "pods", name)
-        if ended:
-            await pods.wait_gone(api, where.namespace, req.cluster, where.owner, ended)
-
-        refused: list[ProvisionError] = []
-
-        async def make(rank: int) -> None:
-            if names[rank] in listed and names[rank] not in ended:
-                return
-            body = manifest(asked, dataclasses.replace(plan, rank=rank), self.config)
-            try:
-                await pods.create(api, where.namespace, body, req.cluster, where.owner)
-            except ProvisionError as exc:  # the launch fails in its one line, not in a group
-                refused.append(exc)
-                return
-            if not self.records.node(req.cluster, rank):  # from now on, its loss is news
-                self.records.set_node(req.cluster, rank, {"pod": names[rank]})
-
-        async with anyio.create_task_group() as tg:
-            for rank in range(req.num_nodes):
-                tg.start_soon(make, rank)
-        if refused:
-            raise refused[0]
-        waiter = pods.Waiter(
-            api,
-            where.namespace,
-            req.cluster,
-            where.owner,
-            self.config.autoscaler,
-            self.config.provision_timeout,
-            req.progress,
-        )
-        try:
-            return await waiter.running(names)
-        except CapacityError:
-            kept = [n for n in names if n in listed and n not in ended]
-            with anyio.CancelScope(shield=True):
-                await self._abandon(api, req.cluster, where, kept)
-            raise
-
-    async def _abandon(self, api: KubeApi, cluster: str, where: Where, kept: list[str]) -> None:
-        """Delete the pods this launch made and could not place; with none ``kept`` (a first
-        launch), everything of the cluster here: the context it fails over from is left
-        clean, while a relaunch leaves the pods that were already running be."""
-        try:
-            if not kept:
-                await pods.delete_cluster(api, where.namespace, cluster, where.owner)
-                self.records.drop(cluster)
-                return
-            for pod in await pods.list_cluster(api, where.namespace, cluster, where.owner):
-                if pod["metadata"]["name"] not in kept:
-                    await pods.delete(api, where.namespace, "pods", pod["metadata"]["name"])
-        except ProvisionError as exc:
-            self.log.warning("kubernetes_abandon_failed", cluster=cluster, error=exc.message)
 
     async def put_agents(self, req: ProvisionRequest, made: Made) -> list[NodeInfo]:
         """An agent in each pod of ``made`` (the second half of ``launch``)."""
@@ -458,6 +291,7 @@ class KubernetesProvider:
         where = self.records.where(cluster)
         if where is None:
             return
+        await self.clients.refresh()
         if where.context not in self.kubeconfig.contexts:  # a context removed by the user
             self.log.warning(
                 "kubernetes_context_gone",
@@ -492,55 +326,3 @@ class KubernetesProvider:
     def connector(self, node: NodeInfo) -> AgentClient:
         ref = ref_of(node)
         return self.shell(ref).agent_client(node.agent_address, f"rank {node.rank}@{ref}")
-
-    # -- abilities ---------------------------------------------------------------------------
-
-    def shell_command(self, node: NodeInfo, command: str | None) -> ShellCommand:
-        """``kubectl exec`` into the node's pod (``-t`` for a login shell)."""
-        ref = ref_of(node)
-        remote = (
-            command
-            if command is not None
-            else ('cd ~/sky_workdir 2>/dev/null; exec "$(command -v bash || echo sh)" -l')
-        )
-        argv = [
-            "kubectl",
-            "--context",
-            ref.context,
-            "-n",
-            ref.namespace,
-            "exec",
-            "-it" if command is None else "-i",
-            ref.name,
-            "-c",
-            ref.container,
-            "--",
-            "sh",
-            "-c",
-            remote,
-        ]
-        env = {"KUBECONFIG": self.kubeconfig.config_file} if self.kubeconfig.paths else {}
-        return argv, None, env
-
-    def leak_policy(self) -> LeakPolicy:
-        return leaks.POLICY
-
-    def regions(self) -> list[str]:
-        return self.contexts()
-
-    async def leaks(
-        self, regions: Sequence[str], live: Collection[str], young_s: float
-    ) -> list[Leak]:
-        found: list[Leak] = []
-        for context in regions:
-            found += await leaks.find(
-                await self.api(context), self.namespace(context), self.owner, live, young_s
-            )
-        return found
-
-    async def clean_leaks(self, found: Sequence[Leak]) -> None:
-        for leak in found:
-            try:
-                await leaks.clean(await self.api(leak.region), leak)
-            except KubeApiError as exc:
-                self.log.warning("kubernetes_leak_not_cleaned", leak=leak.id, error=exc.message)
