@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stixctl.client import LOST, ensure_started, interpret, is_final, unreachable
+from stixctl.endpoint import remote_target
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.edge import request_body
@@ -42,6 +43,13 @@ async def _receive(reader: asyncio.StreamReader) -> Any:
 async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncIterator[Any]:
     """Yield the daemon's stream events for `request`, then its final reply."""
     body = request_body(request)  # a bad argument is refused here, before any daemon starts
+    remote = remote_target(home)
+    if remote is not None:  # the remote API server (`stixctl.endpoint`)
+        from stixctl.ahttp_client import ahttp_stream
+
+        async for msg in ahttp_stream(remote, body, type(request)):
+            yield msg
+        return
     reader, writer = await _open(home, autostart)
     try:
         writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION, catalog_dir=client_catalog_dir())))

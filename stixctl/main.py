@@ -490,6 +490,12 @@ def _validate_args(s: argparse.ArgumentParser) -> None:
     validate.add_args(s)
 
 
+def _api_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import apicmd
+
+    apicmd.add_args(s)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -521,6 +527,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "ssh": ("SSH pools (up|status|down [POOL]) or a shell on a cluster's node", _ssh_args),
     "validate": ("check task files on this machine (no daemon needed)", _validate_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
+    "api": ("the HTTP API server: start|stop|status|info, login ENDPOINT|logout", _api_args),
     "completion": ("print a shell completion script: bash, zsh or fish", _completion_args),
     "fake": ("TESTS ONLY: preempt nodes of the fake provider", _fake_args),
 }

@@ -7,7 +7,7 @@ one final reply. Closing the connection cancels the request.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -225,6 +225,22 @@ class Shutdown(Msg, tag="shutdown", frozen=True):
     pass
 
 
+class ApiServe(Msg, tag="api_serve", frozen=True):
+    """`stixctl api start`: serve the HTTP API on this address (None: the last one, else the
+    config's `api:` section), now and after every restart. Port 0 picks a free port."""
+
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)] | None = None
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+
+
+class ApiStop(Msg, tag="api_stop", frozen=True):
+    """`stixctl api stop`: stop serving HTTP, now and after restarts (the socket stays)."""
+
+
+class ApiInfo(Msg, tag="api_info", frozen=True):
+    """`stixctl api info|status|login`: who the server says the caller is, and where it serves."""
+
+
 class JobsLaunch(Msg, tag="jobs_launch", frozen=True):
     """A managed job: one task, or a pipeline run task by task, each on its own cluster; with
     `pool`, `num_jobs` jobs run on the pool's idle workers instead (no provisioning)."""
@@ -416,6 +432,9 @@ Request = (
     | Shutdown
     | FakePreempt
     | ReadTask
+    | ApiServe
+    | ApiStop
+    | ApiInfo
 )
 
 # -- stream events ---------------------------------------------------------------------------
@@ -745,6 +764,16 @@ class DaemonInfo(Msg, tag="daemon_info", frozen=True):
     actors: dict[str, int]
 
 
+class ApiServerInfo(Msg, tag="api_server_info", frozen=True):
+    version: str
+    protocol: int
+    user: str
+    """The caller as the server sees it (the local owner on the socket)."""
+    role: str
+    serving: str | None = None
+    """The URL the daemon serves the HTTP API on, or None when it does not."""
+
+
 Reply = (
     OkReply
     | ServiceList
@@ -766,6 +795,7 @@ Reply = (
     | ShellCommand
     | DaemonInfo
     | TaskRead
+    | ApiServerInfo
 )
 StreamEvent = Progress | LogChunk | JobSubmitted | ManagedJobRows | ClusterRows
 ServerMessage = HelloOk | Reply | StreamEvent
