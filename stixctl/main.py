@@ -496,6 +496,18 @@ def _api_args(s: argparse.ArgumentParser) -> None:
     apicmd.add_args(s)
 
 
+def _users_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import identity
+
+    identity.add_users_args(s)
+
+
+def _tokens_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import identity
+
+    identity.add_tokens_args(s)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -526,6 +538,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),
     "ssh": ("SSH pools (up|status|down [POOL]) or a shell on a cluster's node", _ssh_args),
     "validate": ("check task files on this machine (no daemon needed)", _validate_args),
+    "users": ("admins: create, list, delete users and set their roles", _users_args),
+    "tokens": ("admins: create, list, revoke and rotate users' API tokens", _tokens_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
     "api": ("the HTTP API server: start|stop|status|info, login ENDPOINT|logout", _api_args),
     "completion": ("print a shell completion script: bash, zsh or fish", _completion_args),

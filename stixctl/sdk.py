@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from stixctl import identity_ops as iops
 from stixctl import sdk_ops as ops
 from stixctl.client import call, ensure_started, stream, wait_gone
 from stixctl.sdk_async import AsyncClient
@@ -99,6 +100,14 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "serve status": "serve_status",
     "serve logs": "serve_logs",
     "serve down": "serve_down",
+    "users create": "users_create",
+    "users ls": "users_ls",
+    "users delete": "users_delete",
+    "users role": "users_role",
+    "tokens create": "tokens_create",
+    "tokens ls": "tokens_ls",
+    "tokens revoke": "tokens_revoke",
+    "tokens rotate": "tokens_rotate",
 }
 """CLI command → the method of `Client` and `AsyncClient` that does the same."""
 
@@ -426,6 +435,37 @@ class Client:
     ) -> r.Report[r.ServiceDown]:
         """Take services down (their replicas' clusters with them), or one replica."""
         return self._run(ops.serve_down(services, all, purge, replica_id))
+
+    # -- users and API tokens (admins)
+
+    def users_create(self, name: str, *, role: m.RoleName = "user") -> m.UserRecord:
+        return self._run(iops.users_create(name, role))
+
+    def users_ls(self) -> list[m.UserRecord]:
+        return self._run(iops.users_ls())
+
+    def users_delete(self, name: str) -> str:
+        """Remove the user and revoke their tokens; the daemon's answer."""
+        return self._run(iops.users_delete(name))
+
+    def users_role(self, name: str, role: m.RoleName) -> m.UserRecord:
+        return self._run(iops.users_role(name, role))
+
+    def tokens_create(
+        self, user: str, *, expires_days: int | None = None, name: str | None = None
+    ) -> m.TokenIssued:
+        """A new token for `user`: `secret` is the token, shown this once."""
+        return self._run(iops.tokens_create(user, expires_days, name))
+
+    def tokens_ls(self, user: str | None = None) -> list[m.TokenRecord]:
+        return self._run(iops.tokens_ls(user))
+
+    def tokens_revoke(self, token_id: str) -> m.TokenRecord:
+        return self._run(iops.tokens_revoke(token_id))
+
+    def tokens_rotate(self, token_id: str) -> m.TokenIssued:
+        """A new secret for the token (same id, user and lifetime); the old one stops working."""
+        return self._run(iops.tokens_rotate(token_id))
 
 
 def launch(task: TaskLike, cluster: str | None = None, **kwargs: Any) -> m.LaunchResult:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from stixctl import identity_ops as iops
 from stixctl import sdk_ops as ops
 from stixctl.aclient import acall, astream
 from stixctl.client import ensure_started, wait_gone
@@ -317,3 +318,34 @@ class AsyncClient:
         replica_id: int | None = None,
     ) -> r.Report[r.ServiceDown]:
         return await self._run(ops.serve_down(services, all, purge, replica_id))
+
+    # -- users and API tokens (admins)
+
+    async def users_create(self, name: str, *, role: m.RoleName = "user") -> m.UserRecord:
+        return await self._run(iops.users_create(name, role))
+
+    async def users_ls(self) -> list[m.UserRecord]:
+        return await self._run(iops.users_ls())
+
+    async def users_delete(self, name: str) -> str:
+        """Remove the user and revoke their tokens; the daemon's answer."""
+        return await self._run(iops.users_delete(name))
+
+    async def users_role(self, name: str, role: m.RoleName) -> m.UserRecord:
+        return await self._run(iops.users_role(name, role))
+
+    async def tokens_create(
+        self, user: str, *, expires_days: int | None = None, name: str | None = None
+    ) -> m.TokenIssued:
+        """A new token for `user`: `secret` is the token, shown this once."""
+        return await self._run(iops.tokens_create(user, expires_days, name))
+
+    async def tokens_ls(self, user: str | None = None) -> list[m.TokenRecord]:
+        return await self._run(iops.tokens_ls(user))
+
+    async def tokens_revoke(self, token_id: str) -> m.TokenRecord:
+        return await self._run(iops.tokens_revoke(token_id))
+
+    async def tokens_rotate(self, token_id: str) -> m.TokenIssued:
+        """A new secret for the token (same id, user and lifetime); the old one stops working."""
+        return await self._run(iops.tokens_rotate(token_id))

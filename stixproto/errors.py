@@ -100,6 +100,23 @@ class PermissionDenied(StixError):
     exit_code = 7
 
 
+class Unauthenticated(StixError):
+    """A remote request whose token is unknown, revoked, rotated away, expired or malformed."""
+
+    code = "unauthenticated"
+    exit_code = 7
+
+
+class UserNotFound(StixError):
+    code = "user_not_found"
+    exit_code = 3
+
+
+class TokenNotFound(StixError):
+    code = "token_not_found"
+    exit_code = 3
+
+
 class DaemonUnavailable(StixError):
     code = "daemon_unavailable"
     exit_code = 8
@@ -136,6 +153,9 @@ _BY_CODE: dict[str, type[StixError]] = {
         ProtocolError,
         VersionMismatch,
         PermissionDenied,
+        Unauthenticated,
+        UserNotFound,
+        TokenNotFound,
         DaemonUnavailable,
         JobFailed,
         Cancelled,

@@ -395,6 +395,56 @@ class ServeDown(Msg, tag="serve_down", frozen=True):
     """Only this replica of the one named service (a new one replaces it)."""
 
 
+# -- users and tokens (stixd/control/identity_cmds.py) -----------------------------------------
+
+RoleName = Literal["admin", "user", "viewer"]
+"""SkyPilot's roles: a viewer reads, a user also acts on their own and shared objects, an admin
+also manages users, tokens and workspaces."""
+
+
+class UsersCreate(Msg, tag="users_create", frozen=True):
+    name: str
+    role: RoleName = "user"
+
+
+class UsersList(Msg, tag="users_list", frozen=True):
+    pass
+
+
+class UsersDelete(Msg, tag="users_delete", frozen=True):
+    """Remove a user and revoke every token of theirs."""
+
+    name: str
+
+
+class UsersRole(Msg, tag="users_role", frozen=True):
+    name: str
+    role: RoleName
+
+
+class TokensCreate(Msg, tag="tokens_create", frozen=True):
+    user: str
+    expires_days: b.Days | None = None
+    """None: the token never expires."""
+    name: str | None = None
+    """A label to tell the user's tokens apart in `tokens ls`."""
+
+
+class TokensList(Msg, tag="tokens_list", frozen=True):
+    user: str | None = None
+    """Only this user's tokens (None: everyone's)."""
+
+
+class TokensRevoke(Msg, tag="tokens_revoke", frozen=True):
+    token_id: str
+
+
+class TokensRotate(Msg, tag="tokens_rotate", frozen=True):
+    """A new secret for the token (same id, user and lifetime); the old one is dead at once."""
+
+    token_id: str
+
+
 Request = (
     ServeUp
     | ServeUpdate
@@ -435,6 +485,14 @@ Request = (
     | ApiServe
     | ApiStop
     | ApiInfo
+    | UsersCreate
+    | UsersList
+    | UsersDelete
+    | UsersRole
+    | TokensCreate
+    | TokensList
+    | TokensRevoke
+    | TokensRotate
 )
 
 # -- stream events ---------------------------------------------------------------------------
@@ -774,6 +832,42 @@ class ApiServerInfo(Msg, tag="api_server_info", frozen=True):
     """The URL the daemon serves the HTTP API on, or None when it does not."""
 
 
+class UserRecord(msgspec.Struct, frozen=True):
+    name: str
+    role: str
+    created_at: float
+    tokens: int = 0
+    """Tokens of theirs that still work (not revoked, not expired)."""
+
+
+class TokenRecord(msgspec.Struct, frozen=True):
+    id: str
+    """Not secret: the token reads `stix_<id>_<secret>`, so logs and `tokens ls` can name it."""
+    user: str
+    created_at: float
+    name: str | None = None
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    """Updated at most once a minute."""
+    revoked_at: float | None = None
+    rotated_at: float | None = None
+
+
+class UserList(Msg, tag="user_list", frozen=True):
+    users: list[UserRecord]
+
+
+class TokenList(Msg, tag="token_list", frozen=True):
+    tokens: list[TokenRecord]
+
+
+class TokenIssued(Msg, tag="token_issued", frozen=True):
+    """A new (or rotated) token: `secret` is shown this once and stored nowhere."""
+
+    token: TokenRecord
+    secret: str
+
+
 Reply = (
     OkReply
     | ServiceList
@@ -796,6 +890,9 @@ Reply = (
     | DaemonInfo
     | TaskRead
     | ApiServerInfo
+    | UserList
+    | TokenList
+    | TokenIssued
 )
 StreamEvent = Progress | LogChunk | JobSubmitted | ManagedJobRows | ClusterRows
 ServerMessage = HelloOk | Reply | StreamEvent
@@ -812,6 +909,8 @@ NEW_NAMES: dict[type[Msg], tuple[str, str]] = {
     JobsLaunch: ("name", "managed job"),
     PoolApply: ("name", "pool"),
     ServeUp: ("name", "service"),
+    UsersCreate: ("name", "user"),
+    TokensCreate: ("name", "token"),
 }
 """Fields that name something the request may create: SkyPilot's rule (`stixproto.names`)."""
 
@@ -838,6 +937,12 @@ REFERENCE_NAMES: dict[type[Msg], tuple[tuple[str, str], ...]] = {
     ServeStatus: (("names", "service"),),
     ServeLogs: (("name", "service"),),
     ServeDown: (("names", "service"),),
+    UsersDelete: (("name", "user"),),
+    UsersRole: (("name", "user"),),
+    TokensCreate: (("user", "user"),),
+    TokensList: (("user", "user"),),
+    TokensRevoke: (("token_id", "token"),),
+    TokensRotate: (("token_id", "token"),),
 }
 """Fields that name something that exists, perhaps made by an earlier version under a name
 the rule refuses: only a loose check, so it can still be listed and removed."""

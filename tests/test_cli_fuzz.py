@@ -160,6 +160,17 @@ def argvs(draw: st.DrawFn, tasks: dict[str, str]) -> list[str]:
                     *_opt(draw, "--tail", values), *_flags(draw, "--controller")]  # fmt: skip
         return [command, verb, *draw(many_names), *_opt(draw, "--replica-id", values),
                 *_flags(draw, "-a", "-y", "--purge", "--json")]  # fmt: skip
+    if command == "users":
+        verb = draw(st.sampled_from(["create", "ls", "delete", "role"]))
+        roles = st.one_of(st.sampled_from(["admin", "user", "viewer"]), names)
+        rest = {"ls": [], "create": [draw(names), *_opt(draw, "--role", roles)],
+                "role": [draw(names), draw(roles)]}.get(verb, [draw(names)])  # fmt: skip
+        return [command, verb, *rest, "-y", *_flags(draw, "--json")]
+    if command == "tokens":
+        verb = draw(st.sampled_from(["create", "ls", "revoke", "rotate"]))
+        extra = [*_opt(draw, "--expires", values), *_opt(draw, "--name", names)]
+        return [command, verb, *draw(many_names)[:1], *(extra if verb == "create" else []),
+                *_flags(draw, "--json")]  # fmt: skip
     if command == "completion":
         if draw(st.booleans()):
             return [command, draw(st.one_of(st.sampled_from(["bash", "zsh", "fish"]), values))]
@@ -187,7 +198,7 @@ COMMANDS = [
     "launch", "exec", "status", "queue", "logs", "cancel", "stop", "start", "down", "autostop",
     "cost-report", "check", "leaks", "events", "show-gpus", "catalog", "ssh", "validate",
     "daemon", "fake", "jobs launch", "jobs queue", "jobs cancel", "jobs logs", "jobs pool",
-    "completion", "serve",
+    "completion", "serve", "users", "tokens",
 ]  # fmt: skip
 assert {c.split()[0] for c in COMMANDS} == set(cli.COMMANDS), "a new command needs arguments here"
 

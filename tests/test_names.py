@@ -104,6 +104,8 @@ _REQUIRED: dict[type[m.Msg], dict[str, Any]] = {
     m.ServeUp: {"task": {"run": "true"}},
     m.ServeUpdate: {"name": "ok", "task": {"run": "true"}},
     m.ServeLogs: {"name": "ok"},
+    m.TokensCreate: {"user": "ok"},
+    m.UsersRole: {"name": "ok", "role": "user"},
 }
 
 

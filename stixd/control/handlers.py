@@ -31,6 +31,8 @@ from stixd.config import ConfigError
 from stixd.control import (
     catalog_cmds,
     fake_cmds,
+    identity,
+    identity_cmds,
     jobs_cmds,
     leak_cmds,
     plan_cmds,
@@ -551,6 +553,9 @@ async def shutdown(app: App, req: m.Shutdown, emit: Emit) -> m.OkReply:
 
 
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
+    identity.authorize(identity.PRINCIPAL.get(), req)  # every request, whichever server took it
+    if isinstance(req, identity_cmds.IDENTITY_REQUESTS):
+        return await identity_cmds.dispatch(app, req, emit)
     if isinstance(req, JOBS_REQUESTS):
         return await _jobs(app, req, emit)
     if isinstance(req, serve_cmds.SERVE_REQUESTS):

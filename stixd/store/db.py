@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
@@ -22,6 +22,8 @@ import msgspec
 
 from stixd.store.commits import GroupCommit
 from stixproto.errors import InvalidRequest
+
+T = TypeVar("T")
 
 MIGRATIONS: list[str] = [
     # 1: actors and their history
@@ -81,6 +83,29 @@ MIGRATIONS: list[str] = [
     # of the kind (a managed job's submission at 10,000 jobs read all 10,000)
     """
     CREATE INDEX actors_number ON actors (kind, CAST(id AS INTEGER));
+    """,
+    # 5: users and their API tokens (stixd/store/identity.py); portable SQL, as PostgreSQL runs
+    # it too (times are DOUBLE PRECISION: PostgreSQL's REAL is 4 bytes, minutes apart today)
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX users_by_role ON users (role);
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        label TEXT,
+        digest TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        lifetime DOUBLE PRECISION,
+        expires_at DOUBLE PRECISION,
+        last_used_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION,
+        rotated_at DOUBLE PRECISION
+    );
+    CREATE INDEX tokens_by_user ON tokens (user_name);
     """,
 ]
 
@@ -442,6 +467,16 @@ class Store:
                 self._notify(row)  # a watcher reads the row again and finds it gone
 
         return await self._commits.write(work, after)
+
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` on the tables beside the actors' (stixd/store/identity.py), committed in a
+        savepoint of the group commit as every write here is; its result, or what it raised."""
+        return await self._commits.write(work)
+
+    async def select(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read of the tables beside the actors'."""
+        async with self._db.execute(sql, args) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
 
     async def forget_overwritten(self) -> None:
         """Leave no copy of overwritten values in the files: call after a write that dropped a
