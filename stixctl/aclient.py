@@ -40,16 +40,25 @@ async def _receive(reader: asyncio.StreamReader) -> Any:
     return interpret(body)
 
 
-async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncIterator[Any]:
-    """Yield the daemon's stream events for `request`, then its final reply."""
+async def astream(
+    home: Path, request: Any, *, autostart: bool = True, local: bool = False
+) -> AsyncIterator[Any]:
+    """Yield the daemon's stream events for `request`, then its final reply (from the remote
+    API server when one is configured, unless `local`: `stixctl.endpoint`)."""
     body = request_body(request)  # a bad argument is refused here, before any daemon starts
-    remote = remote_target(home)
-    if remote is not None:  # the remote API server (`stixctl.endpoint`)
-        from stixctl.ahttp_client import ahttp_stream
+    remote = None if local else remote_target(home)
+    if remote is not None:
+        from stixctl.ahttp_client import ahttp_frames
 
-        async for msg in ahttp_stream(remote, body, type(request)):
-            yield msg
-        return
+        frames = ahttp_frames(remote, body)
+        try:
+            async for frame in frames:
+                msg = interpret(frame, type(request))
+                yield msg
+                if is_final(msg):
+                    return
+        finally:
+            await frames.aclose()  # closes the connection now, not when collected
     reader, writer = await _open(home, autostart)
     try:
         writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION, catalog_dir=client_catalog_dir())))
@@ -69,8 +78,8 @@ async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncI
             await writer.wait_closed()
 
 
-async def acall(home: Path, request: Any, *, autostart: bool = True) -> Any:
-    async for msg in astream(home, request, autostart=autostart):
+async def acall(home: Path, request: Any, *, autostart: bool = True, local: bool = False) -> Any:
+    async for msg in astream(home, request, autostart=autostart, local=local):
         if is_final(msg):
             return msg
     raise DaemonUnavailable(LOST)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from stixctl.client import interpret, is_final
 from stixctl.endpoint import Remote
 from stixctl.http_client import (
     CONNECT_TIMEOUT,
@@ -117,8 +116,9 @@ async def _head(remote: Remote, reader: asyncio.StreamReader) -> tuple[int, dict
     return status, headers
 
 
-async def ahttp_stream(remote: Remote, body: bytes, kind: type) -> AsyncIterator[Any]:
-    """POST one request body; yield the events, then the final reply (or raise its error)."""
+async def ahttp_frames(remote: Remote, body: bytes) -> AsyncGenerator[bytes, None]:
+    """POST one request body; yield the bodies of the frames that answer it (the caller stops
+    after the final reply); `lost` when the answer ends before."""
     reader, writer, netloc, prefix = await _open(remote)
     try:
         auth = f"Authorization: Bearer {remote.token}\r\n" if remote.token else ""
@@ -154,10 +154,7 @@ async def ahttp_stream(remote: Remote, body: bytes, kind: type) -> AsyncIterator
                 frame = None
             if frame is None:
                 raise lost(remote)
-            msg = interpret(frame, kind)
-            yield msg
-            if is_final(msg):
-                return
+            yield frame
     finally:
         writer.close()
         with contextlib.suppress(OSError):

@@ -121,13 +121,15 @@ def _login(home: Path, endpoint: str | None, token: str | None) -> int:
     url = normalize(endpoint)
     token = check_token(token or os.environ.get(TOKEN_ENV) or _ask_token(url))
     remote = Remote(url, token, "login")
-    from stixctl.http_client import health, http_stream
+    from stixctl.client import interpret
+    from stixctl.http_client import health, http_frames
 
     health(remote)  # a proxy's page or another service is told apart before the token is sent
-    info = None
-    for msg in http_stream(remote, _body(m.ApiInfo()), m.ApiInfo):
-        info = msg
-    assert isinstance(info, m.ApiServerInfo)
+    frames = http_frames(remote, _body(m.ApiInfo()))
+    info = interpret(next(frames), m.ApiInfo)  # its one reply, or the refusal it raises
+    frames.close()
+    if not isinstance(info, m.ApiServerInfo):
+        raise DaemonUnavailable(f"{url} answered {type(info).__name__} to who-am-I; check it")
     save_login(home, url, token)
     print(
         f"logged in to {url} as {info.user} ({info.role}); stixctl commands go there now "

@@ -201,10 +201,13 @@ def stream(
     kind = type(request)
     remote = None if local else remote_target(home)
     if remote is not None:
-        from stixctl.http_client import http_stream
+        from stixctl.http_client import http_frames
 
-        yield from http_stream(remote, body, kind)
-        return
+        for frame in http_frames(remote, body):
+            msg = interpret(frame, kind)
+            yield msg
+            if is_final(msg):
+                return
     sock = open_connection(home, autostart)
     try:
         try:

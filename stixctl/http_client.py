@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from stixctl.endpoint import Remote
@@ -90,10 +90,9 @@ class _Body:
         return self.resp.read(bufsize)
 
 
-def http_stream(remote: Remote, body: bytes, kind: type) -> Iterator[Any]:
-    """POST one request body; yield the events, then the final reply (or raise its error)."""
-    from stixctl.client import interpret, is_final
-
+def http_frames(remote: Remote, body: bytes) -> Generator[bytes, None, None]:
+    """POST one request body; yield the bodies of the frames that answer it (the caller stops
+    after the final reply); `lost` when the answer ends before."""
     conn, prefix = _connect(remote, CONNECT_TIMEOUT)
     headers = {
         "Content-Type": FRAMES,
@@ -119,10 +118,7 @@ def http_stream(remote: Remote, body: bytes, kind: type) -> Iterator[Any]:
                 frame = None
             if frame is None:
                 raise lost(remote)
-            msg = interpret(frame, kind)
-            yield msg
-            if is_final(msg):
-                return
+            yield frame
     finally:
         conn.close()
 

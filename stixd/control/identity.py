@@ -162,6 +162,7 @@ READ: tuple[type[m.Msg], ...] = (
     m.PoolStatusReq,
     m.ServeStatus,
     m.ServeLogs,
+    m.ApiInfo,
 )
 """Requests that change nothing: every role."""
 
@@ -198,6 +199,8 @@ ADMINISTER: tuple[type[m.Msg], ...] = (
     m.SshPools,  # the team's SSH hosts: set up and freed for everyone
     m.Shutdown,
     m.FakePreempt,
+    m.ApiServe,  # and both refused over HTTP: the server's own machine only (http_api)
+    m.ApiStop,
 )
 """Requests about the server and its people rather than one's own objects: admins only."""
 
