@@ -357,3 +357,19 @@ def test_https_with_the_configured_certificate(stix: Stix, tmp_path: Path) -> No
     remote.stix.env["SSL_CERT_FILE"] = str(cert)  # the client trusts the server's certificate
     assert "No existing clusters" in remote.run("status", check=True).stdout
     assert "healthy" in remote.run("api", "status", check=True).stdout
+
+
+def test_reads_answer_while_a_launch_streams_over_http(served: tuple[Stix, str]) -> None:
+    stix, url = served
+    remote = Remote(stix, url, make_token(stix, "hana", "user"))
+    launch = remote.stix.popen("launch", "-c", "slow", "-y", "sleep 6; echo done")
+    try:
+        wait_until(lambda: "slow" in remote.run("status", check=True).stdout, timeout=20)
+        wait_until(lambda: "RUNNING" in remote.run("queue", "slow", check=True).stdout, timeout=20)
+        assert launch.poll() is None  # both answered while the launch still streams
+        out, err = launch.communicate(timeout=60)
+        assert launch.returncode == 0 and "done" in out
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.communicate(timeout=10)

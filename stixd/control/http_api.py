@@ -226,14 +226,17 @@ class HttpApi:
         self.in_flight += 1
         token = PRINCIPAL.set(principal)
         try:
-            await resp.prepare(request)
+            try:
+                await resp.prepare(request)
+            except (ConnectionError, aiohttp.ClientError) as exc:
+                raise ClientGone() from exc
             reply = await self._run(req, resp)
             await self._send(resp, reply)
-            await resp.write_eof()
             if isinstance(req, m.Shutdown):
                 self.app.shutdown.set()  # only now: the client has its answer
-        except ClientGone:
-            pass  # its request was cancelled; there is no one to answer
+            await resp.write_eof()
+        except (ClientGone, ConnectionError, aiohttp.ClientError):
+            pass  # its request was cancelled (or done); there is no one to answer
         finally:
             PRINCIPAL.reset(token)
             self.in_flight -= 1
