@@ -25,7 +25,9 @@ def add_users_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=USER_ACTIONS)
     s.add_argument("name", nargs="?", metavar="NAME")
     # `users role NAME ROLE`: the same destination as `users create NAME --role ROLE`
-    s.add_argument("role", nargs="?", default=argparse.SUPPRESS, metavar="ROLE")
+    s.add_argument(
+        "role", nargs="?", default=argparse.SUPPRESS, metavar="ROLE", help="role: the new role"
+    )
     s.add_argument("--role", dest="role", choices=ROLES, default=None, help="create: the role")
     s.add_argument("-y", "--yes", action="store_true", help="delete: do not ask first")
     s.add_argument("--json", action="store_true")
@@ -35,7 +37,13 @@ def add_users_args(s: argparse.ArgumentParser) -> None:
 def add_tokens_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=TOKEN_ACTIONS)
     s.add_argument("user", nargs="?", metavar="USER|ID", help="create, ls: a user; else a token")
-    s.add_argument("--expires", dest="expires_days", type=int, metavar="DAYS")
+    s.add_argument(
+        "--expires",
+        dest="expires_days",
+        type=int,
+        metavar="DAYS",
+        help="create: days it lasts (else for ever)",
+    )
     s.add_argument("--name", metavar="LABEL", help="create: tells a user's tokens apart")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_tokens)

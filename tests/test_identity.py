@@ -196,7 +196,7 @@ async def test_a_tokens_last_use_is_written_at_most_once_a_minute(stix: Stix) ->
     async with daemon_app(stix.home) as app:
 
         async def last_used() -> float | None:
-            rows = await app.store.select("SELECT last_used_at FROM tokens")
+            rows = await app.store.backend.fetch("SELECT last_used_at FROM tokens")
             return rows[0][0]
 
         assert await last_used() is None
@@ -257,7 +257,7 @@ async def test_every_request_passes_the_access_check_before_its_handler(tmp_path
         try:
             with pytest.raises(PermissionDenied, match="cannot users create"):
                 await handlers.dispatch(app, m.UsersCreate(name="eve", role="admin"), _ignore)
-            listed = await app.store.select("SELECT name FROM users")
+            listed = await app.store.backend.fetch("SELECT name FROM users")
             assert listed == []  # refused before anything was written
         finally:
             PRINCIPAL.reset(viewer)

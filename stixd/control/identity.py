@@ -63,7 +63,9 @@ LOCAL_OWNER = Principal(name=_login_name(), role=Role.ADMIN)
 PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar(
     "stix_principal", default=LOCAL_OWNER
 )
-"""Who sent the request being handled; a server sets it for each request it takes."""
+"""Who sent the request being handled; a server sets it for each request it takes. Read it in
+the request's handler and pass it on: a task started meanwhile (an actor spawned for the
+request) inherits the value and keeps it for its whole life, long after the request."""
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -116,7 +118,9 @@ async def authenticate(app: App, bearer: str, *, now: float | None = None) -> Pr
             "an admin made with `stixctl tokens create USER`"
         )
     found = await rows.credential(app.store, token_id)
-    if found is None or not hmac.compare_digest(found.digest, digest(bearer)):
+    if found is None or not hmac.compare_digest(
+        str(found.digest).encode(), digest(bearer).encode()
+    ):
         raise Unauthenticated(
             f"API token {token_id} is unknown, revoked or rotated: {_LOGIN}, with a token an "
             "admin made with `stixctl tokens create USER` (or rotated)"

@@ -14,16 +14,15 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 import anyio
 import msgspec
 
 from stixd.store.commits import GroupCommit
+from stixd.store.txseam import TxBackend
 from stixproto.errors import InvalidRequest
-
-T = TypeVar("T")
 
 MIGRATIONS: list[str] = [
     # 1: actors and their history
@@ -84,13 +83,12 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX actors_number ON actors (kind, CAST(id AS INTEGER));
     """,
-    # 5: users and their API tokens (stixd/store/identity.py); portable SQL, as PostgreSQL runs
-    # it too (times are DOUBLE PRECISION: PostgreSQL's REAL is 4 bytes, minutes apart today)
+    # 5: users and their API tokens (stixd/store/identity.py)
     """
     CREATE TABLE users (
         name TEXT PRIMARY KEY,
         role TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL
+        created_at REAL NOT NULL
     );
     CREATE INDEX users_by_role ON users (role);
     CREATE TABLE tokens (
@@ -98,12 +96,12 @@ MIGRATIONS: list[str] = [
         user_name TEXT NOT NULL,
         label TEXT,
         digest TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        lifetime DOUBLE PRECISION,
-        expires_at DOUBLE PRECISION,
-        last_used_at DOUBLE PRECISION,
-        revoked_at DOUBLE PRECISION,
-        rotated_at DOUBLE PRECISION
+        created_at REAL NOT NULL,
+        lifetime REAL,
+        expires_at REAL,
+        last_used_at REAL,
+        revoked_at REAL,
+        rotated_at REAL
     );
     CREATE INDEX tokens_by_user ON tokens (user_name);
     """,
@@ -328,6 +326,9 @@ class Store:
         transaction shared with the writes waiting beside it, committed once: a rollback (a
         duplicate insert, a stale update) undoes only its own statements."""
         self._writing = self._commits.lock
+        self.backend = TxBackend(db, self._commits)
+        """The tables beside the actors' (stixd/store/identity.py): writes as functions of a
+        `Tx` in the same group commit, reads as tuples."""
 
     def on_write(self, listener: Callable[[Row], None]) -> None:
         """Called after every committed write with the row as written."""
@@ -467,16 +468,6 @@ class Store:
                 self._notify(row)  # a watcher reads the row again and finds it gone
 
         return await self._commits.write(work, after)
-
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work` on the tables beside the actors' (stixd/store/identity.py), committed in a
-        savepoint of the group commit as every write here is; its result, or what it raised."""
-        return await self._commits.write(work)
-
-    async def select(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """The rows of one read of the tables beside the actors'."""
-        async with self._db.execute(sql, args) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
 
     async def forget_overwritten(self) -> None:
         """Leave no copy of overwritten values in the files: call after a write that dropped a
