@@ -367,7 +367,7 @@ def test_reads_answer_while_a_launch_streams_over_http(served: tuple[Stix, str])
         wait_until(lambda: "slow" in remote.run("status", check=True).stdout, timeout=20)
         wait_until(lambda: "RUNNING" in remote.run("queue", "slow", check=True).stdout, timeout=20)
         assert launch.poll() is None  # both answered while the launch still streams
-        out, err = launch.communicate(timeout=60)
+        out, _ = launch.communicate(timeout=60)
         assert launch.returncode == 0 and "done" in out
     finally:
         if launch.poll() is None:
