@@ -373,3 +373,19 @@ def test_reads_answer_while_a_launch_streams_over_http(served: tuple[Stix, str])
         if launch.poll() is None:
             launch.kill()
             launch.communicate(timeout=10)
+
+
+def test_a_remote_task_naming_local_files_is_refused_until_uploads_exist(
+    served: tuple[Stix, str], task_file: Any, tmp_path: Path
+) -> None:
+    stix, url = served
+    remote = Remote(stix, url, make_token(stix, "ivan", "user"))
+    (tmp_path / "code").mkdir()
+    by_flag = remote.run("launch", "-c", "w", "-y", "--workdir", str(tmp_path / "code"), "ls")
+    assert by_flag.returncode == 2
+    assert "names files on your machine" in one_line(by_flag.stderr)
+    secret = stix.home / "state.db"  # the server's own store: never synced to a user's cluster
+    mounts = task_file(f"file_mounts:\n  /tmp/db: {secret}\nrun: ls /tmp\n")
+    by_file = remote.run("launch", "-c", "w", "-y", str(mounts))
+    assert by_file.returncode == 2 and str(secret) in one_line(by_file.stderr)
+    assert "No existing clusters" in remote.run("status", check=True).stdout

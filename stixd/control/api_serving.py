@@ -20,7 +20,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from stixd.app import VERSION, App
-from stixd.control.identity import PRINCIPAL
+from stixd.control.identity import PRINCIPAL, authorize
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest
@@ -69,6 +69,8 @@ class ApiServing:
     async def dispatch(self, app: App, req: Any, emit: Emit) -> Any:
         if not isinstance(req, API_REQUESTS):
             return await self.inner(app, req, emit)
+        principal = PRINCIPAL.get()
+        authorize(principal, req)  # as `inner` does for every other request
         async with self.lock:  # one start or stop at a time
             if isinstance(req, m.ApiServe):
                 last = self._remembered()
@@ -81,7 +83,6 @@ class ApiServing:
                 await self._close()
                 last = self._remembered()
                 self._remember(Serving(serving=False, host=last.host, port=last.port))
-        principal = PRINCIPAL.get()
         return m.ApiServerInfo(
             version=VERSION,
             protocol=PROTOCOL_VERSION,

@@ -28,6 +28,7 @@ from aiohttp import web
 from stixd.app import VERSION, App
 from stixd.control.identity import PRINCIPAL, Principal, authenticate, authorize
 from stixd.control.loglimit import LogBudget
+from stixd.control.remote_paths import refuse_local_paths
 from stixd.control.server import ClientGone, _cause
 from stixd.runtime.actor import error_reply
 from stixproto import PROTOCOL_VERSION
@@ -191,6 +192,7 @@ class HttpApi:
                 "(`stixctl api start|stop` there)"
             )
         authorize(principal, req)
+        refuse_local_paths(req)
         return principal, req
 
     async def _body(self, request: web.BaseRequest) -> bytes:
