@@ -66,7 +66,7 @@ def _read_login(home: Path) -> Login | None:
     try:
         with open(home / LOGIN_FILE, "rb") as f:
             data = f.read(MAX_ENDPOINT + MAX_TOKEN + 100)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a home that cannot exist says so later
         return None
     except OSError as exc:
         raise InvalidRequest(
