@@ -389,3 +389,14 @@ def test_a_remote_task_naming_local_files_is_refused_until_uploads_exist(
     by_file = remote.run("launch", "-c", "w", "-y", str(mounts))
     assert by_file.returncode == 2 and str(secret) in one_line(by_file.stderr)
     assert "No existing clusters" in remote.run("status", check=True).stdout
+
+
+def test_a_request_past_the_timeout_ends_in_one_line_and_frees_its_slot(stix: Stix) -> None:
+    stix.env["STIX__DAEMON__REQUEST_TIMEOUT_SECONDS"] = "2"
+    url = serve_http(stix)
+    remote = Remote(stix, url, make_token(stix, "jill", "user"))
+    remote.run("launch", "-c", "long", "-y", "-d", "sleep 60", check=True)
+    followed = remote.run("logs", "long", "1")
+    assert followed.returncode != 0
+    assert "request timed out after 2s" in one_line(followed.stderr)
+    assert health(url)["requests"] == 0
