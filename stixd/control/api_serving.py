@@ -61,7 +61,10 @@ class ApiServing:
                 except InvalidRequest as exc:
                     self.app.log.error("http_api_not_served", error=exc.message)
             task_status.started()
-            await anyio.sleep_forever()
+            while True:  # a quiet minute still reports the lines bad clients had suppressed
+                await anyio.sleep(60)
+                if self.api is not None:
+                    self.api.budget.flush()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close()

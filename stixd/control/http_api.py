@@ -112,7 +112,7 @@ class HttpApi:
             return
         self._listener.close()
         self._web.pre_shutdown()
-        with anyio.move_on_after(2), anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             await self._web.shutdown(1.0)
             await self._listener.wait_closed()
         self.log.info("http_api_stopped", url=self.url)
