@@ -12,6 +12,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -400,3 +401,15 @@ def test_a_request_past_the_timeout_ends_in_one_line_and_frees_its_slot(stix: St
     assert followed.returncode != 0
     assert "request timed out after 2s" in one_line(followed.stderr)
     assert health(url)["requests"] == 0
+
+
+def test_a_command_on_the_local_socket_loads_nothing_of_http(stix: Stix) -> None:
+    code = (
+        "import sys\nfrom stixctl.main import main\nmain(['status'])\n"
+        "http = ('http.client', 'ssl', 'stixctl.http_client')\n"
+        "print(sorted(n for n in http if n in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=stix.env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
