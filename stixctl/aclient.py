@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from stixctl.client import LOST, ensure_started, interpret, is_final, unreachable
+from stixctl.client import (
+    LOST,
+    ensure_started,
+    interpret,
+    is_final,
+    remote_reply,
+    unreachable,
+)
 from stixctl.endpoint import remote_target
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
@@ -49,7 +57,13 @@ async def astream(
     remote = None if local else remote_target(home)
     if remote is not None:
         from stixctl.ahttp_client import ahttp_frames
+        from stixctl.uploads import with_uploads
 
+        # reading and listing local files blocks: off the event loop
+        ask = functools.partial(remote_reply, remote)
+        sent = await asyncio.to_thread(with_uploads, request, ask)
+        if sent is not request:
+            body = request_body(sent)
         frames = ahttp_frames(remote, body)
         try:
             async for frame in frames:

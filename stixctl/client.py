@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from stixctl.endpoint import remote_target
+from stixctl.endpoint import Remote, remote_target
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.edge import request_body
@@ -202,7 +202,11 @@ def stream(
     remote = None if local else remote_target(home)
     if remote is not None:
         from stixctl.http_client import http_frames
+        from stixctl.uploads import with_uploads
 
+        sent = with_uploads(request, functools.partial(remote_reply, remote))
+        if sent is not request:  # its local paths now name their uploads on the server
+            body = request_body(sent, tasks_checked=tasks_checked)
         for frame in http_frames(remote, body):
             msg = interpret(frame, kind)
             yield msg
@@ -226,6 +230,21 @@ def stream(
                 return
     finally:
         sock.close()
+
+
+def remote_reply(remote: Remote, request: Any) -> Any:
+    """The final reply of the remote server to `request` (its stream events dropped)."""
+    from stixctl.http_client import http_frames
+
+    frames = http_frames(remote, request_body(request))
+    try:
+        for frame in frames:
+            msg = interpret(frame, type(request))
+            if is_final(msg):
+                return msg
+    finally:
+        frames.close()
+    raise DaemonUnavailable(LOST)  # not reached: the frames end in a reply or raise
 
 
 def call(

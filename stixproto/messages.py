@@ -237,6 +237,33 @@ class ApiStop(Msg, tag="api_stop", frozen=True):
     """`stixctl api stop`: stop serving HTTP, now and after restarts (the socket stays)."""
 
 
+class UploadEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    """Relative to the uploaded directory, parts joined by ``/``."""
+    is_dir: bool
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    mtime_ns: int
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
+
+
+class UploadPlan(Msg, tag="upload_plan", frozen=True):
+    """A remote client's local directory (or file) a task names: every entry under it and the
+    ignore files among them, so the server keeps what a sync would send and asks for the files
+    it lacks (`UploadNeeds`), which `UploadFiles` brings."""
+
+    source: b.LocalPath
+    """Its absolute path on the client: names the upload (one copy per user and source)."""
+    is_file: bool
+    entries: list[UploadEntry]
+    ignore_files: dict[str, bytes] = {}
+
+
+class UploadFiles(Msg, tag="upload_files", frozen=True):
+    source: b.LocalPath
+    files: dict[str, bytes]
+    """Relative path → content: files the last `UploadNeeds` for `source` asked for."""
+
+
 class ApiInfo(Msg, tag="api_info", frozen=True):
     """`stixctl api info|status|login`: who the server says the caller is, and where it serves."""
 
@@ -485,6 +512,8 @@ Request = (
     | ApiServe
     | ApiStop
     | ApiInfo
+    | UploadPlan
+    | UploadFiles
     | UsersCreate
     | UsersList
     | UsersDelete
@@ -822,6 +851,13 @@ class DaemonInfo(Msg, tag="daemon_info", frozen=True):
     actors: dict[str, int]
 
 
+class UploadNeeds(Msg, tag="upload_needs", frozen=True):
+    target: str
+    """The path on the server to put in the task instead of the client's."""
+    needed: list[str]
+    """Kept files the server lacks or holds another version of (size or mtime differ)."""
+
+
 class ApiServerInfo(Msg, tag="api_server_info", frozen=True):
     version: str
     protocol: int
@@ -890,6 +926,7 @@ Reply = (
     | DaemonInfo
     | TaskRead
     | ApiServerInfo
+    | UploadNeeds
     | UserList
     | TokenList
     | TokenIssued

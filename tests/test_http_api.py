@@ -376,20 +376,49 @@ def test_reads_answer_while_a_launch_streams_over_http(served: tuple[Stix, str])
             launch.communicate(timeout=10)
 
 
-def test_a_remote_task_naming_local_files_is_refused_until_uploads_exist(
-    served: tuple[Stix, str], task_file: Any, tmp_path: Path
+def test_a_workdir_is_uploaded_without_ignored_files_and_then_only_what_changed(
+    served: tuple[Stix, str], tmp_path: Path
 ) -> None:
     stix, url = served
     remote = Remote(stix, url, make_token(stix, "ivan", "user"))
-    (tmp_path / "code").mkdir()
-    by_flag = remote.run("launch", "-c", "w", "-y", "--workdir", str(tmp_path / "code"), "ls")
-    assert by_flag.returncode == 2
-    assert "names files on your machine" in one_line(by_flag.stderr)
-    secret = stix.home / "state.db"  # the server's own store: never synced to a user's cluster
-    mounts = task_file(f"file_mounts:\n  /tmp/db: {secret}\nrun: ls /tmp\n")
-    by_file = remote.run("launch", "-c", "w", "-y", str(mounts))
-    assert by_file.returncode == 2 and str(secret) in one_line(by_file.stderr)
-    assert "No existing clusters" in remote.run("status", check=True).stdout
+    code = tmp_path / "code"
+    (code / "build").mkdir(parents=True)
+    (code / ".gitignore").write_text("secret.txt\nbuild/\n")
+    (code / "data.txt").write_text("version one\n")
+    (code / "same.txt").write_text("never changes\n")
+    (code / "secret.txt").write_text("stays here\n")
+    (code / "build" / "out.bin").write_bytes(b"\0" * 100)
+    run = "cat data.txt; ls -A | tr '\\n' ' '"
+    first = remote.run("launch", "-c", "w", "-y", "--workdir", str(code), run, check=True)
+    assert "version one" in first.stdout
+    assert "same.txt" in first.stdout and "secret.txt" not in first.stdout
+    assert "build" not in first.stdout
+    [tree] = (stix.home / "uploads" / "ivan").glob("*/tree")
+    assert sorted(p.name for p in tree.iterdir()) == [".gitignore", "data.txt", "same.txt"]
+    kept = (tree / "same.txt").stat().st_ino
+    (code / "data.txt").write_text("version two\n")
+    (code / "new.txt").write_text("added\n")
+    second = remote.run("exec", "w", "--workdir", str(code), run, check=True)
+    assert "version two" in second.stdout and "new.txt" in second.stdout
+    assert (tree / "same.txt").stat().st_ino == kept  # not sent again
+    assert (tree / "data.txt").read_text() == "version two\n"
+
+
+def test_a_file_mount_is_uploaded_and_a_server_path_is_refused(
+    served: tuple[Stix, str], task_file: Any, tmp_path: Path
+) -> None:
+    stix, url = served
+    token = make_token(stix, "jack", "user")
+    remote = Remote(stix, url, token)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mounted from the client\n")
+    mounts = task_file(f"file_mounts:\n  ~/notes.txt: {notes}\nrun: cat ~/notes.txt\n")
+    ran = remote.run("launch", "-c", "f", "-y", str(mounts), check=True)
+    assert "mounted from the client" in ran.stdout
+    for server_path in (stix.home / "state.db", stix.home / "uploads" / "ivan" / "x"):
+        task = Task(run="ls", file_mounts={"/tmp/db": str(server_path)})
+        status, frames = post(url, request_body(m.Launch(task=task, cluster="f")), headers(token))
+        assert status == 400 and "a path on the server" in frames[0].message
 
 
 def test_a_request_past_the_timeout_ends_in_one_line_and_frees_its_slot(stix: Stix) -> None:

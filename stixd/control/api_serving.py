@@ -1,9 +1,10 @@
-"""Whether and where the daemon serves the HTTP API, and the requests that change it.
+"""Whether and where the daemon serves the HTTP API, the requests that change it, and uploads.
 
 The config's `api:` section says where and whether by default; `stixctl api start|stop`
 (`ApiServe`, `ApiStop`) change it and are remembered in ``<home>/api_server.json``, so a restart
 serves what the last of them asked. Wraps the request dispatch: the socket and the HTTP API
-answer these three requests here and hand every other one on.
+answer these requests (and a remote client's uploads, `stixd.control.uploads`) here and hand
+every other one on.
 
 aiohttp is imported only when the API is served: a daemon that never serves it does not pay
 for the import.
@@ -21,6 +22,7 @@ from anyio.abc import TaskStatus
 
 from stixd.app import VERSION, App
 from stixd.control.identity import PRINCIPAL, authorize
+from stixd.control.uploads import Uploads
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 STATE_FILE = "api_server.json"
 Emit = Callable[[Any], Awaitable[None]]
 Handler = Callable[[App, Any, Emit], Awaitable[Any]]
-API_REQUESTS = (m.ApiServe, m.ApiStop, m.ApiInfo)
+API_REQUESTS = (m.ApiServe, m.ApiStop, m.ApiInfo, m.UploadPlan, m.UploadFiles)
 
 
 class Serving(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -49,6 +51,7 @@ class ApiServing:
         self.path = app.home / STATE_FILE
         self.api: HttpApi | None = None
         self.lock = anyio.Lock()
+        self.uploads = Uploads(app)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve what was last asked (or the config's default) until the daemon stops. A port
@@ -74,6 +77,8 @@ class ApiServing:
             return await self.inner(app, req, emit)
         principal = PRINCIPAL.get()
         authorize(principal, req)  # as `inner` does for every other request
+        if isinstance(req, m.UploadPlan | m.UploadFiles):
+            return await self.uploads.handle(principal.name, req)
         async with self.lock:  # one start or stop at a time
             if isinstance(req, m.ApiServe):
                 last = self._remembered()

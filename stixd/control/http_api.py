@@ -30,6 +30,7 @@ from stixd.control.identity import PRINCIPAL, Principal, authenticate, authorize
 from stixd.control.loglimit import LogBudget
 from stixd.control.remote_paths import refuse_local_paths
 from stixd.control.server import ClientGone, _cause
+from stixd.control.uploads import user_root
 from stixd.runtime.actor import error_reply
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
@@ -192,7 +193,7 @@ class HttpApi:
                 "(`stixctl api start|stop` there)"
             )
         authorize(principal, req)
-        refuse_local_paths(req)
+        refuse_local_paths(req, user_root(self.app, principal.name))
         return principal, req
 
     async def _body(self, request: web.BaseRequest) -> bytes:

@@ -187,6 +187,8 @@ ACT: tuple[type[m.Msg], ...] = (
     m.ServeUp,
     m.ServeUpdate,
     m.ServeDown,
+    m.UploadPlan,  # the files of a user's own task, kept apart per user (uploads.py)
+    m.UploadFiles,
 )
 """Requests that make, change or end objects (a user's own or shared ones): users and admins."""
 

@@ -1,13 +1,14 @@
-"""What a request from the HTTP API may not name yet: files on the client's machine.
+"""The local paths a request over HTTP may name: its sender's uploads, nothing else.
 
-A task's local paths (its workdir, the local sources of its file mounts) name files where the
-client runs. Until the client uploads them to the server, the daemon would read its own files
-at those paths instead, and a user could have the server's files (its store, its keys) synced
-to their cluster; so a remote request that names any is refused in one line.
+A remote client uploads the files its task names (`stixd.control.uploads`) and sends the task
+with the paths of those uploads. Any other local path would make the daemon read its own files
+(its store, its keys) and sync them to the user's cluster, so it is refused in one line.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from stixproto.errors import InvalidRequest
@@ -30,12 +31,17 @@ def local_paths(task: Task) -> list[str]:
     return found
 
 
-def refuse_local_paths(request: Any) -> None:
+def refuse_local_paths(request: Any, uploads: Path) -> None:
+    """Refuse a task naming a local path that is not one of the caller's `uploads`."""
     tasks = [getattr(request, "task", None), *getattr(request, "tasks", [])]
     for task in tasks:
-        if isinstance(task, Task) and (paths := local_paths(task)):
+        if not isinstance(task, Task):
+            continue
+        for path in local_paths(task):
+            normal = Path(os.path.normpath(path))
+            if normal.is_absolute() and uploads in normal.parents:
+                continue
             raise InvalidRequest(
-                f"the task names files on your machine ({paths[0][:200]}), which the API "
-                "server cannot read yet: run it against a local stixd, or use a git workdir "
-                "or bucket URLs (s3://, gs://) for its files"
+                f"the task names {path[:200]}, a path on the server: a remote client uploads "
+                "its local files first (stixctl does), so the server never reads its own"
             )
