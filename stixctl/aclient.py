@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from stixctl.client import LOST, ensure_started, interpret, is_final, unreachable
+from stixctl.client import (
+    LOST,
+    ensure_started,
+    interpret,
+    is_final,
+    remote_reply,
+    unreachable,
+)
+from stixctl.endpoint import remote_target
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.edge import request_body
@@ -39,9 +48,31 @@ async def _receive(reader: asyncio.StreamReader) -> Any:
     return interpret(body)
 
 
-async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncIterator[Any]:
-    """Yield the daemon's stream events for `request`, then its final reply."""
+async def astream(
+    home: Path, request: Any, *, autostart: bool = True, local: bool = False
+) -> AsyncIterator[Any]:
+    """Yield the daemon's stream events for `request`, then its final reply (from the remote
+    API server when one is configured, unless `local`: `stixctl.endpoint`)."""
     body = request_body(request)  # a bad argument is refused here, before any daemon starts
+    remote = None if local else remote_target(home)
+    if remote is not None:
+        from stixctl.ahttp_client import ahttp_frames
+        from stixctl.uploads import with_uploads
+
+        # reading and listing local files blocks: off the event loop
+        ask = functools.partial(remote_reply, remote)
+        sent = await asyncio.to_thread(with_uploads, request, ask)
+        if sent is not request:
+            body = request_body(sent)
+        frames = ahttp_frames(remote, body)
+        try:
+            async for frame in frames:
+                msg = interpret(frame, type(request))
+                yield msg
+                if is_final(msg):
+                    return
+        finally:
+            await frames.aclose()  # closes the connection now, not when collected
     reader, writer = await _open(home, autostart)
     try:
         writer.write(encode(m.Hello(protocol=PROTOCOL_VERSION, catalog_dir=client_catalog_dir())))
@@ -61,8 +92,8 @@ async def astream(home: Path, request: Any, *, autostart: bool = True) -> AsyncI
             await writer.wait_closed()
 
 
-async def acall(home: Path, request: Any, *, autostart: bool = True) -> Any:
-    async for msg in astream(home, request, autostart=autostart):
+async def acall(home: Path, request: Any, *, autostart: bool = True, local: bool = False) -> Any:
+    async for msg in astream(home, request, autostart=autostart, local=local):
         if is_final(msg):
             return msg
     raise DaemonUnavailable(LOST)

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from stixctl.endpoint import Remote, remote_target
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.edge import request_body
@@ -185,13 +186,32 @@ def _receive(sock: _socket.socket, request: type | None = None) -> Any:
 
 
 def stream(
-    home: Path, request: Any, *, autostart: bool = True, tasks_checked: bool = False
+    home: Path,
+    request: Any,
+    *,
+    autostart: bool = True,
+    tasks_checked: bool = False,
+    local: bool = False,
 ) -> Iterator[Any]:
     """Send `request` and yield what comes back: stream events, then the final reply.
-    `tasks_checked`: as for `stixproto.edge.request_body`."""
+    `tasks_checked`: as for `stixproto.edge.request_body`. It goes to the remote API server
+    when one is configured (`stixctl.endpoint`), unless `local`."""
     # a bad argument is refused here, before any daemon starts
     body = request_body(request, tasks_checked=tasks_checked)
     kind = type(request)
+    remote = None if local else remote_target(home)
+    if remote is not None:
+        from stixctl.http_client import http_frames
+        from stixctl.uploads import with_uploads
+
+        sent = with_uploads(request, functools.partial(remote_reply, remote))
+        if sent is not request:  # its local paths now name their uploads on the server
+            body = request_body(sent, tasks_checked=tasks_checked)
+        for frame in http_frames(remote, body):
+            msg = interpret(frame, kind)
+            yield msg
+            if is_final(msg):
+                return
     sock = open_connection(home, autostart)
     try:
         try:
@@ -212,6 +232,21 @@ def stream(
         sock.close()
 
 
+def remote_reply(remote: Remote, request: Any) -> Any:
+    """The final reply of the remote server to `request` (its stream events dropped)."""
+    from stixctl.http_client import http_frames
+
+    frames = http_frames(remote, request_body(request))
+    try:
+        for frame in frames:
+            msg = interpret(frame, type(request))
+            if is_final(msg):
+                return msg
+    finally:
+        frames.close()
+    raise DaemonUnavailable(LOST)  # not reached: the frames end in a reply or raise
+
+
 def call(
     home: Path,
     request: Any,
@@ -219,9 +254,10 @@ def call(
     *,
     autostart: bool = True,
     tasks_checked: bool = False,
+    local: bool = False,
 ) -> Any:
     """Send `request`; pass stream events to `on_event`; return the final reply or raise."""
-    for msg in stream(home, request, autostart=autostart, tasks_checked=tasks_checked):
+    for msg in stream(home, request, autostart=autostart, tasks_checked=tasks_checked, local=local):
         if is_final(msg):
             return msg
         if on_event is not None:

@@ -1,4 +1,5 @@
-"""`stixctl daemon start|stop|status|logs|install`."""
+"""`stixctl daemon start|stop|status|logs|install`: this machine's stixd, over its socket even
+when commands go to a remote API server (`stixctl api login`)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from stixproto.errors import DaemonUnavailable, InvalidRequest
 def run(home: Path, a: argparse.Namespace) -> int:
     if a.action == "start":
         start_daemon(home)
-        info = call(home, m.DaemonStatus(), autostart=False)
+        info = call(home, m.DaemonStatus(), autostart=False, local=True)
         print(f"stixd {info.version} is running (pid {info.pid}, home {info.home})")
         return 0
     if a.action == "stop":
         try:
-            pid = call(home, m.DaemonStatus(), autostart=False).pid
-            call(home, m.Shutdown(), autostart=False)
+            pid = call(home, m.DaemonStatus(), autostart=False, local=True).pid
+            call(home, m.Shutdown(), autostart=False, local=True)
         except DaemonUnavailable:
             print("stixd is not running")
             return 0
@@ -34,7 +35,7 @@ def run(home: Path, a: argparse.Namespace) -> int:
         return 0
     if a.action == "status":
         try:
-            info = call(home, m.DaemonStatus(), autostart=False)
+            info = call(home, m.DaemonStatus(), autostart=False, local=True)
         except DaemonUnavailable as exc:
             print(exc.message)
             return 1

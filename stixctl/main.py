@@ -490,6 +490,12 @@ def _validate_args(s: argparse.ArgumentParser) -> None:
     validate.add_args(s)
 
 
+def _api_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import apicmd
+
+    apicmd.add_args(s)
+
+
 def _users_args(s: argparse.ArgumentParser) -> None:
     from stixctl import identity
 
@@ -535,6 +541,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "users": ("admins: create, list, delete users and set their roles", _users_args),
     "tokens": ("admins: create, list, revoke and rotate users' API tokens", _tokens_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
+    "api": ("the HTTP API server: start|stop|status|info, login ENDPOINT|logout", _api_args),
     "completion": ("print a shell completion script: bash, zsh or fish", _completion_args),
     "fake": ("TESTS ONLY: preempt nodes of the fake provider", _fake_args),
 }

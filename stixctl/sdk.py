@@ -108,6 +108,9 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "tokens ls": "tokens_ls",
     "tokens revoke": "tokens_revoke",
     "tokens rotate": "tokens_rotate",
+    "api info": "api_info",
+    "api start": "api_start",
+    "api stop": "api_stop",
 }
 """CLI command → the method of `Client` and `AsyncClient` that does the same."""
 
@@ -117,6 +120,9 @@ CLI_ONLY: dict[str, str] = {
     "completion bash": "prints a shell's completion script; nothing a program calls",
     "completion zsh": "prints a shell's completion script; nothing a program calls",
     "completion fish": "prints a shell's completion script; nothing a program calls",
+    "api login": "writes this user's login file; a program sets STIX_API_SERVER/STIX_API_TOKEN",
+    "api logout": "deletes this user's login file; a program unsets STIX_API_SERVER",
+    "api status": "prints whether the server answers; a program calls api_info",
 }
 """CLI commands with no SDK method, and why."""
 
@@ -129,7 +135,8 @@ class Client:
         self.autostart = autostart
 
     def _run(self, op: ops.Op[Any, T]) -> T:
-        return op.finish(call(self.home, op.request, autostart=self.autostart and op.autostart))
+        autostart = self.autostart and op.autostart
+        return op.finish(call(self.home, op.request, autostart=autostart, local=op.local))
 
     def _chunks(self, request: m.Logs | m.JobsLogs | m.ServeLogs) -> Iterator[str]:
         for msg in stream(self.home, request, autostart=self.autostart):
@@ -300,6 +307,21 @@ class Client:
         """Judge task files on this machine (no daemon): one report per file, never raises
         for a bad file: its problems are in `errors` (invalid) and `warnings`."""
         return ops.validate(files, env, secrets)
+
+    # -- the HTTP API server
+
+    def api_info(self) -> m.ApiServerInfo:
+        """The server commands go to: its version, who you are there (`user`, `role`)."""
+        return self._run(ops.api_info())
+
+    def api_start(self, *, host: str | None = None, port: int | None = None) -> m.ApiServerInfo:
+        """Make this machine's daemon serve the HTTP API (`serving`: its URL), also after
+        restarts; host and port None: the last ones, else the config's `api:` section."""
+        return self._run(ops.api_start(host, port))
+
+    def api_stop(self) -> None:
+        """Stop serving the HTTP API (the socket stays), also after restarts."""
+        self._run(ops.api_stop())
 
     # -- the daemon
 

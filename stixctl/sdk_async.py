@@ -33,7 +33,8 @@ class AsyncClient:
         self.autostart = autostart
 
     async def _run(self, op: ops.Op[Any, T]) -> T:
-        reply = await acall(self.home, op.request, autostart=self.autostart and op.autostart)
+        autostart = self.autostart and op.autostart
+        reply = await acall(self.home, op.request, autostart=autostart, local=op.local)
         return op.finish(reply)
 
     async def _chunks(self, request: m.Logs | m.JobsLogs | m.ServeLogs) -> AsyncIterator[str]:
@@ -198,6 +199,19 @@ class AsyncClient:
     ) -> list[FileReport]:
         # reading and parsing files blocks: off the event loop
         return await asyncio.to_thread(ops.validate, files, env, secrets)
+
+    # -- the HTTP API server
+
+    async def api_info(self) -> m.ApiServerInfo:
+        return await self._run(ops.api_info())
+
+    async def api_start(
+        self, *, host: str | None = None, port: int | None = None
+    ) -> m.ApiServerInfo:
+        return await self._run(ops.api_start(host, port))
+
+    async def api_stop(self) -> None:
+        await self._run(ops.api_stop())
 
     # -- the daemon
 

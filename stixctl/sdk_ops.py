@@ -45,6 +45,9 @@ class Op(Generic[R, T]):
     result: Callable[[R], T]
     autostart: bool = True
     """False: an operation on the daemon itself, which must not start one to answer."""
+    local: bool = False
+    """True: about this machine's daemon, sent on its socket even when commands go to a
+    remote API server (`stixctl.endpoint`)."""
 
     def finish(self, reply: Any) -> T:
         if not isinstance(reply, self.reply):
@@ -271,11 +274,24 @@ def ssh_pools(action: SshAction, pool: str | None) -> Op[m.Table, r.Report[r.Ssh
 
 
 def daemon_status() -> Op[m.DaemonInfo, m.DaemonInfo]:
-    return Op(m.DaemonStatus(), m.DaemonInfo, _same, autostart=False)
+    return Op(m.DaemonStatus(), m.DaemonInfo, _same, autostart=False, local=True)
 
 
 def daemon_shutdown() -> Op[m.OkReply, None]:
-    return Op(m.Shutdown(), m.OkReply, _nothing, autostart=False)
+    return Op(m.Shutdown(), m.OkReply, _nothing, autostart=False, local=True)
+
+
+def api_info() -> Op[m.ApiServerInfo, m.ApiServerInfo]:
+    """Whoever serves the commands (a remote API server, else the local daemon)."""
+    return Op(m.ApiInfo(), m.ApiServerInfo, _same, autostart=False)
+
+
+def api_start(host: str | None, port: int | None) -> Op[m.ApiServerInfo, m.ApiServerInfo]:
+    return Op(m.ApiServe(host=host, port=port), m.ApiServerInfo, _same, local=True)
+
+
+def api_stop() -> Op[m.ApiServerInfo, None]:
+    return Op(m.ApiStop(), m.ApiServerInfo, _nothing, local=True)
 
 
 def validate(

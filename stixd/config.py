@@ -25,6 +25,7 @@ from stixproto.bounds import MAX_RESTARTS, MAX_SECONDS, IdleMinutes
 
 __all__ = [
     "ENV_PREFIX",
+    "ApiConfig",
     "AutostopConfig",
     "Config",
     "ConfigError",
@@ -82,6 +83,17 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     """The autoscaler's requests per second are over the last this many seconds (SkyServe's)."""
 
 
+class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The HTTP API beside the socket (`stixd.control.http_api`); `stixctl api start|stop`
+    overrides ``enabled``, ``host`` and ``port`` until the next one."""
+
+    enabled: bool = False
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 46580
+    certfile: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    keyfile: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+
+
 Section = TypeVar("Section", bound=msgspec.Struct)
 
 
@@ -99,6 +111,7 @@ class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     if TYPE_CHECKING:  # the fields `config_schema` defines, as mypy sees them
         autostop: AutostopConfig = msgspec.field(default_factory=AutostopConfig)
         daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+        api: ApiConfig = msgspec.field(default_factory=ApiConfig)
         allowed_clouds: tuple[str, ...] | None = None
         db: str | None = None
 
@@ -118,7 +131,7 @@ class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         return found
 
 
-_CORE_FIELDS = ("autostop", "daemon", "allowed_clouds", "db")
+_CORE_FIELDS = ("autostop", "daemon", "api", "allowed_clouds", "db")
 DatabaseUrl = Annotated[str, msgspec.Meta(pattern=r"^postgres(ql)?://", max_length=4096)]
 """The store's database (`db: postgresql://user@host:port/dbname`, SkyPilot's key): None keeps
 it in SQLite in the home."""
@@ -129,6 +142,7 @@ def config_schema(sections: Iterable[tuple[str, type[msgspec.Struct]]]) -> type[
     fields: list[tuple[str, Any, Any]] = [
         ("autostop", AutostopConfig, msgspec.field(default_factory=AutostopConfig)),
         ("daemon", DaemonConfig, msgspec.field(default_factory=DaemonConfig)),
+        ("api", ApiConfig, msgspec.field(default_factory=ApiConfig)),
         *((name, kind, msgspec.field(default_factory=kind)) for name, kind in sections),
         # None: every enabled infra may be used.
         (

@@ -24,6 +24,7 @@ from stixd.app import App
 from stixd.balancer.fleet import Fleet
 from stixd.config import Config
 from stixd.control import leak_cmds
+from stixd.control.api_serving import ApiServing
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
 from stixd.logs import make_logger
@@ -120,7 +121,9 @@ async def serve(
                 held = [c async for page in store.live_rows_in_pages() for c in _adopt(app, page)]
                 for child in held:  # recorded before any client can list them
                     await child.finished.wait()
-                await tg.start(ControlServer(app, sock, dispatch).serve)
+                serving = ApiServing(app, dispatch)  # the HTTP API beside the socket
+                await tg.start(ControlServer(app, sock, serving.dispatch).serve)
+                await tg.start(serving.run)
                 tg.start_soon(supervisor.start_deferred)
                 log.info(
                     "ready",

@@ -7,7 +7,7 @@ one final reply. Closing the connection cancels the request.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -223,6 +223,49 @@ class DaemonStatus(Msg, tag="daemon_status", frozen=True):
 
 class Shutdown(Msg, tag="shutdown", frozen=True):
     pass
+
+
+class ApiServe(Msg, tag="api_serve", frozen=True):
+    """`stixctl api start`: serve the HTTP API on this address (None: the last one, else the
+    config's `api:` section), now and after every restart. Port 0 picks a free port."""
+
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)] | None = None
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+
+
+class ApiStop(Msg, tag="api_stop", frozen=True):
+    """`stixctl api stop`: stop serving HTTP, now and after restarts (the socket stays)."""
+
+
+class UploadEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    """Relative to the uploaded directory, parts joined by ``/``."""
+    is_dir: bool
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    mtime_ns: int
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
+
+
+class UploadPlan(Msg, tag="upload_plan", frozen=True):
+    """A remote client's local directory (or file) a task names: every entry under it and the
+    ignore files among them, so the server keeps what a sync would send and asks for the files
+    it lacks (`UploadNeeds`), which `UploadFiles` brings."""
+
+    source: b.LocalPath
+    """Its absolute path on the client: names the upload (one copy per user and source)."""
+    is_file: bool
+    entries: list[UploadEntry]
+    ignore_files: dict[str, bytes] = {}
+
+
+class UploadFiles(Msg, tag="upload_files", frozen=True):
+    source: b.LocalPath
+    files: dict[str, bytes]
+    """Relative path → content: files the last `UploadNeeds` for `source` asked for."""
+
+
+class ApiInfo(Msg, tag="api_info", frozen=True):
+    """`stixctl api info|status|login`: who the server says the caller is, and where it serves."""
 
 
 class JobsLaunch(Msg, tag="jobs_launch", frozen=True):
@@ -466,6 +509,11 @@ Request = (
     | Shutdown
     | FakePreempt
     | ReadTask
+    | ApiServe
+    | ApiStop
+    | ApiInfo
+    | UploadPlan
+    | UploadFiles
     | UsersCreate
     | UsersList
     | UsersDelete
@@ -803,6 +851,23 @@ class DaemonInfo(Msg, tag="daemon_info", frozen=True):
     actors: dict[str, int]
 
 
+class UploadNeeds(Msg, tag="upload_needs", frozen=True):
+    target: str
+    """The path on the server to put in the task instead of the client's."""
+    needed: list[str]
+    """Kept files the server lacks or holds another version of (size or mtime differ)."""
+
+
+class ApiServerInfo(Msg, tag="api_server_info", frozen=True):
+    version: str
+    protocol: int
+    user: str
+    """The caller as the server sees it (the local owner on the socket)."""
+    role: str
+    serving: str | None = None
+    """The URL the daemon serves the HTTP API on, or None when it does not."""
+
+
 class UserRecord(msgspec.Struct, frozen=True):
     name: str
     role: str
@@ -860,6 +925,8 @@ Reply = (
     | ShellCommand
     | DaemonInfo
     | TaskRead
+    | ApiServerInfo
+    | UploadNeeds
     | UserList
     | TokenList
     | TokenIssued

@@ -171,6 +171,13 @@ def argvs(draw: st.DrawFn, tasks: dict[str, str]) -> list[str]:
         extra = [*_opt(draw, "--expires", values), *_opt(draw, "--name", names)]
         return [command, verb, *draw(many_names)[:1], *(extra if verb == "create" else []),
                 *_flags(draw, "--json")]  # fmt: skip
+    if command == "api":
+        verb = draw(st.sampled_from(["status", "info", "logout", "stop", "start", "login"]))
+        if verb == "start":  # on loopback: a port that binds serves there until the next stop
+            return [command, verb, "--host", "127.0.0.1", "--port", draw(values)]
+        if verb == "login":  # loopback, so no name is looked up; nothing answers most ports
+            return [command, verb, f"http://127.0.0.1:{draw(values)}", "--token", draw(names)]
+        return [command, verb]
     if command == "completion":
         if draw(st.booleans()):
             return [command, draw(st.one_of(st.sampled_from(["bash", "zsh", "fish"]), values))]
@@ -198,7 +205,7 @@ COMMANDS = [
     "launch", "exec", "status", "queue", "logs", "cancel", "stop", "start", "down", "autostop",
     "cost-report", "check", "leaks", "events", "show-gpus", "catalog", "ssh", "validate",
     "daemon", "fake", "jobs launch", "jobs queue", "jobs cancel", "jobs logs", "jobs pool",
-    "completion", "serve", "users", "tokens",
+    "completion", "serve", "users", "tokens", "api",
 ]  # fmt: skip
 assert {c.split()[0] for c in COMMANDS} == set(cli.COMMANDS), "a new command needs arguments here"
 

@@ -142,6 +142,7 @@ NOT_PARAMETERS = {
     "cancel": "`autostop --cancel` is `autostop(..., idle_minutes=None)`",
     "follow": "`daemon logs -f` keeps a terminal printing; a program calls `daemon_log` again",
     "print": "`daemon install --print`; install is CLI-only",
+    "token": "`api login --token`; login is CLI-only (a program sets STIX_API_TOKEN)",
     "ip": "`status --ip`: `head_ip` of the record `status` returns",
     "endpoints": "`status --endpoints`: `head_ip` and `ports` of the record `status` returns",
     "endpoint": "`status --endpoint PORT`: `head_ip` and `ports` of the record `status` returns",

@@ -166,6 +166,7 @@ READ: tuple[type[m.Msg], ...] = (
     m.PoolStatusReq,
     m.ServeStatus,
     m.ServeLogs,
+    m.ApiInfo,
 )
 """Requests that change nothing: every role."""
 
@@ -186,6 +187,8 @@ ACT: tuple[type[m.Msg], ...] = (
     m.ServeUp,
     m.ServeUpdate,
     m.ServeDown,
+    m.UploadPlan,  # the files of a user's own task, kept apart per user (uploads.py)
+    m.UploadFiles,
 )
 """Requests that make, change or end objects (a user's own or shared ones): users and admins."""
 
@@ -202,6 +205,8 @@ ADMINISTER: tuple[type[m.Msg], ...] = (
     m.SshPools,  # the team's SSH hosts: set up and freed for everyone
     m.Shutdown,
     m.FakePreempt,
+    m.ApiServe,  # and both refused over HTTP: the server's own machine only (http_api)
+    m.ApiStop,
 )
 """Requests about the server and its people rather than one's own objects: admins only."""
 
