@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
 from stixd.balancer.control import Control, Held
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        asyncio.run(
+        uvloop.run(
             run(
                 Layout(args.dir.resolve()),
                 args.host,
