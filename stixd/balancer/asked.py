@@ -11,6 +11,8 @@ from typing import Protocol
 
 from multidict import CIMultiDict
 
+from stixd.balancer.hop import Refusal
+
 HIGH_WATER = 256 * 1024
 """Body bytes waiting for the replica past which reading from the client pauses."""
 
@@ -21,6 +23,15 @@ class Flow(Protocol):
     def pause_reading(self, why: str) -> None: ...
 
     def resume_reading(self, why: str) -> None: ...
+
+
+class Unfinished(ConnectionError):
+    """A request's body stopped before its end: the client went away, or sent what cannot be
+    read (``refusal`` says what to answer it, when it still can be answered)."""
+
+    def __init__(self, refusal: Refusal | None) -> None:
+        super().__init__(refusal.text.strip() if refusal else "the client went away")
+        self.refusal = refusal
 
 
 class Body:
@@ -34,8 +45,8 @@ class Body:
         self._waiter: asyncio.Future[None] | None = None
         self.done = False
         """The whole body came."""
-        self.lost = False
-        """The client went away before the end of the body."""
+        self.lost: Unfinished | None = None
+        """Why the body stopped before its end."""
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -48,8 +59,9 @@ class Body:
         self.done = True
         self._wake()
 
-    def fail(self) -> None:
-        self.lost = True
+    def fail(self, refusal: Refusal | None = None) -> None:
+        if not self.done and self.lost is None:
+            self.lost = Unfinished(refusal)
         self._wake()
 
     def _wake(self) -> None:
@@ -67,8 +79,8 @@ class Body:
                 yield data
             elif self.done:
                 return
-            elif self.lost:
-                raise ConnectionError("the client went away within its request's body")
+            elif self.lost is not None:
+                raise self.lost
             else:
                 self._waiter = asyncio.get_running_loop().create_future()
                 await self._waiter

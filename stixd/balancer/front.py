@@ -7,7 +7,8 @@ costs; this does only what a proxy's front needs. Per connection: keep-alive and
 `PIPELINE_DEPTH` of them wait), a request's body streamed to the proxy as it comes, the head
 limits of `stixd.balancer.limits` (414 and 431), a one-line 400 for anything llhttp refuses,
 and `head_seconds` for a client to send a whole head after connecting or after its last answer.
-A client that goes away cancels its request (its replica connection is closed, not kept). A
+A client that goes away (or closes its side: as nginx and uvicorn take it) cancels its request
+(its replica connection is closed, not kept). A
 WebSocket upgrade is handed, with the connection, to aiohttp's server, which the relay
 (`stixd.balancer.sockets`) is written against; any other upgrade is answered as a plain request
 and the connection closed.
@@ -24,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import httptools
 from multidict import CIMultiDict
 
-from stixd.balancer.asked import Body, Request
+from stixd.balancer.asked import Body, Request, Unfinished
 from stixd.balancer.hop import Refusal, one_line
 from stixd.balancer.limits import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE
 from stixd.balancer.reply import Reply, closing_refusal
@@ -103,19 +104,18 @@ class Front(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             why = str(exc).strip().rstrip(".") or type(exc).__name__
-            self._refuse(self._refusal or one_line(400, f"malformed request: {why}"))
+            refusal = self._refusal or one_line(400, f"malformed request: {why}")
+            coming = self._coming
+            if coming is not None and coming.body is not None:
+                self._stopped = True
+                coming.body.fail(refusal)  # its request, on its way, answers this
+            else:
+                self._refuse(refusal)
             return
         if self._in_head:
             self._unfinished = 0 if self._header_ended else self._unfinished + len(data)
             if self._unfinished > UNFINISHED_HEADER:
                 self._refuse(one_line(431, f"a header over {MAX_HEADER_FIELD} bytes"))
-
-    def eof_received(self) -> bool:
-        # The client sends nothing more; the answers it waits for still go out.
-        self._stopped = True
-        if self._coming is not None and self._coming.body is not None:
-            self._coming.body.fail()
-        return self._worker is not None or bool(self._queue)  # False: nothing to answer, close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = self._stopped = True
@@ -253,6 +253,12 @@ class Front(asyncio.Protocol):
             reply = self._reply = Reply(self, request)
             try:
                 await self._handle(request, reply)
+            except Unfinished as exc:
+                if exc.refusal is None or reply.started:
+                    self.abort()
+                    break
+                reply.close = True  # the rest of the body cannot be read
+                reply.refuse(exc.refusal)
             except ConnectionError:
                 self.abort()  # the client went away
                 break
