@@ -21,7 +21,7 @@ import httptools
 import pytest
 
 from stixd.balancer.fleet import Fleet
-from stixd.balancer.front import UNFINISHED_HEADER
+from stixd.balancer.front import UNFINISHED_HEADER, origin_form
 from tests.conftest import kill_everything_under
 from tests.test_balancer import Bed
 
@@ -272,7 +272,7 @@ async def test_connection_close_and_other_upgrades_are_answered_then_closed(bed:
     for head in (b"Connection: close\r\n", b"Connection: Upgrade\r\nUpgrade: h2c\r\n"):
         raw = Raw(port)
         try:
-            raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+            raw.send(b"GET http://x/?q=1 HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
             status, headers, body = (await asyncio.to_thread(raw.read, 1))[0]
             assert (status, headers["connection"], body) == (200, "close", b"r1")
             await asyncio.to_thread(raw.rest)
@@ -298,6 +298,12 @@ async def test_a_client_leaving_mid_stream_closes_its_replica_connection_at_once
         while len(list(bed.root.glob("closed-*"))) < left:
             assert time.monotonic() < deadline, "the replica's connection stayed open"
             await asyncio.sleep(0.02)
+
+
+def test_a_target_written_whole_reaches_the_replica_as_its_path_and_query() -> None:
+    assert origin_form(b"http://h:8/p/a?x=1#f") == b"/p/a?x=1"
+    assert origin_form(b"https://h") == b"/"
+    assert origin_form(b"/p?x") == b"/p?x" and origin_form(b"*") == b"*"
 
 
 def test_the_daemon_imports_neither_uvloop_nor_httptools() -> None:

@@ -199,7 +199,7 @@ class Front(asyncio.Protocol):
         upgrade = parser.should_upgrade()
         request = Request(
             method=parser.get_method().decode("ascii"),
-            path=b"".join(self._url).decode("utf-8", "surrogateescape"),
+            path=origin_form(b"".join(self._url)).decode("utf-8", "surrogateescape"),
             version=parser.get_http_version(),
             headers=CIMultiDict(self._headers),
             remote=self._remote,
@@ -315,6 +315,19 @@ class Front(asyncio.Protocol):
             self._transport.close()
         elif self._reply is not None and not self._reply.started:
             self._reply.close = True
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a request target written whole (``http://host/path?q``), as the
+    replica is asked for them; any other target as it is."""
+    if target.startswith(b"/") or target == b"*":
+        return target
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return target
+    path = url.path or b"/"
+    return path + b"?" + url.query if url.query else path
 
 
 def _wants_websocket(request: Request) -> bool:
