@@ -38,8 +38,9 @@ class Body:
     """A request's body, de-chunked, as it comes; a body the replica takes slower than the
     client sends it pauses reading from the client (no more than `HIGH_WATER` is held)."""
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, loop: asyncio.AbstractEventLoop) -> None:
         self._flow = flow
+        self._loop = loop
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -82,7 +83,7 @@ class Body:
             elif self.lost is not None:
                 raise self.lost
             else:
-                self._waiter = asyncio.get_running_loop().create_future()
+                self._waiter = self._loop.create_future()
                 await self._waiter
 
 

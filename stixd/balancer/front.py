@@ -56,6 +56,7 @@ class Front(asyncio.Protocol):
         self._head_seconds = head_seconds
         self._scheme = scheme
         self._fronts = fronts
+        self._loop = fronts.loop  # asyncio.get_running_loop() costs a getpid() outside a task
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._remote = ""
@@ -129,7 +130,7 @@ class Front(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._drained is None:
-            self._drained = asyncio.get_running_loop().create_future()
+            self._drained = self._loop.create_future()
 
     def resume_writing(self) -> None:
         self._wake_writer()
@@ -204,14 +205,14 @@ class Front(asyncio.Protocol):
             headers=CIMultiDict(self._headers),
             remote=self._remote,
             scheme=self._scheme,
-            body=Body(self) if self._has_body and not upgrade else None,
+            body=Body(self, self._loop) if self._has_body and not upgrade else None,
             keep_alive=parser.should_keep_alive(),
             upgrade=upgrade,
         )
         self._coming = request
         self._queue.append(request)
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+            self._worker = self._loop.create_task(self._work())
 
     def on_body(self, data: bytes) -> None:
         if self._coming is not None and self._coming.body is not None:
@@ -235,7 +236,7 @@ class Front(asyncio.Protocol):
         self._stopped = True
         self._queue.append(Refusal(refusal.status, refusal.text, refusal.headers, closes=True))
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+            self._worker = self._loop.create_task(self._work())
 
     async def _work(self) -> None:
         assert self._transport is not None
@@ -295,8 +296,7 @@ class Front(asyncio.Protocol):
     def _arm(self) -> None:
         """Start the wait for a request's head."""
         self._disarm()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._head_seconds, self._too_slow)
+        self._timer = self._loop.call_later(self._head_seconds, self._too_slow)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -341,7 +341,8 @@ def _wants_websocket(request: Request) -> bool:
 class Fronts:
     """Every client connection of one listening socket, so a stop can end them gracefully."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.open: set[Front] = set()
         self.stopping = False
 
@@ -368,9 +369,9 @@ async def serve(
     head_seconds: float,
     reuse_port: bool,
 ) -> tuple[asyncio.Server, Fronts]:
-    fronts = Fronts()
-    scheme = "https" if tls is not None else "http"
     loop = asyncio.get_running_loop()
+    fronts = Fronts(loop)
+    scheme = "https" if tls is not None else "http"
     server = await loop.create_server(
         lambda: Front(handle, hand_off, head_seconds, scheme, fronts),
         host,
