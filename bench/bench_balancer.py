@@ -146,6 +146,15 @@ class Load:
         return [tuple(r) for r in json.loads(out)]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (Linux's /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], q: float) -> float:
     ordered = sorted(xs)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -245,20 +254,29 @@ async def main() -> None:
             wait_http(f"http://127.0.0.1:{sky_port}/", 60)  # after its first sync (~5 s)
             targets["SkyPilot balancer"] = f"http://127.0.0.1:{sky_port}"
         figures: dict[tuple[str, int], dict[str, float]] = {}
+        cpu_per_request: dict[int, float] = {}
+        balancer_pid = int(fleet.layout("bench").pid.read_text())
         for conc in (16, 64):
             print(
                 f"{args.requests} requests at {conc} concurrent clients "
                 f"(the run of median p50 of {args.rounds}, the targets taken in turn):"
             )
             runs: dict[str, list[dict[str, float]]] = {label: [] for label in targets}
+            cpu = 0.0
             for _ in range(args.rounds):  # in turn: a burst of other load hits every target
                 for label, url in targets.items():
                     n = args.requests if "SkyPilot" not in label else min(args.requests, 1500)
-                    rows = await asyncio.to_thread(Load(url + "/", conc, n=n).result)
+                    load = Load(url + "/", conc, n=n)
+                    used = cpu_seconds(balancer_pid)
+                    rows = await asyncio.to_thread(load.result)
+                    if label == "stix balancer":
+                        cpu += cpu_seconds(balancer_pid) - used
                     runs[label].append(summary(rows))
             for label, done in runs.items():
                 figures[label, conc] = s = sorted(done, key=lambda r: r["p50"])[len(done) // 2]
                 show(label, s)
+            cpu_per_request[conc] = cpu / (args.rounds * args.requests)
+            print(f"  stix balancer CPU per request: {cpu_per_request[conc] * 1e6:.0f} µs")
         print("the daemon's side killed (SIGKILL) and started again twice under load, 16 clients:")
         load = Load(lb.endpoint + "/", 16, seconds=args.kill_seconds, warm=50)
         pid_before = fleet.layout("bench").pid.read_text()
@@ -325,7 +343,9 @@ async def main() -> None:
             stix, direct = figures["stix balancer", conc], figures["direct (one replica)", conc]
             line = (
                 f"  {conc:>2} clients: stix p50 / direct p50 "
-                f"{stix['p50'] / direct['p50']:.2f} (goal <= 2)"
+                f"{stix['p50'] / direct['p50']:.2f} (goal <= 2), req/s stix / direct "
+                f"{stix['rps'] / direct['rps']:.2f}, balancer CPU "
+                f"{cpu_per_request[conc] * 1e6:.0f} µs/request"
             )
             if sky:
                 theirs = figures["SkyPilot balancer", conc]

@@ -4,10 +4,11 @@ passed on each way, the errors that move a request to another replica, how a try
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
+from multidict import MultiMapping
 
 HOP_BY_HOP = frozenset(
     {
@@ -51,9 +52,35 @@ NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 """Never passed back to the client (the balancer frames the answer itself)."""
 
 
-def upstream_headers(
-    request: web.BaseRequest, drop: frozenset[str] = frozenset()
-) -> list[tuple[str, str]]:
+class Asked(Protocol):
+    """A client's request as the headers for its replica are made from it: the front's
+    (`stixd.balancer.asked.Request`) or aiohttp's (a WebSocket upgrade)."""
+
+    @property
+    def headers(self) -> MultiMapping[str]: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An answer of the balancer's own, one line of text."""
+
+    status: int
+    text: str
+    headers: tuple[tuple[str, str], ...] = ()
+    closes: bool = False
+    """The connection is closed after it."""
+
+
+def upstream_headers(request: Asked, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """The client's headers less hop-by-hop ones, Host (the replica's is set on the way) and
     ``drop``, with X-Forwarded-For/-Proto/-Host added."""
     headers = request.headers
@@ -70,16 +97,12 @@ def upstream_headers(
     return out
 
 
-def downstream_headers(headers: list[tuple[str, str]]) -> CIMultiDict[str]:
+def downstream_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The replica's headers less hop-by-hop ones and Content-Length (set by the answer)."""
     named = [v for k, v in headers if k.lower() == "connection"]
     drop = NOT_RETURNED | {t.strip().lower() for v in named for t in v.split(",")}
-    return CIMultiDict((k, v) for k, v in headers if k.lower() not in drop)
+    return [(k, v) for k, v in headers if k.lower() not in drop]
 
 
-def connection_tokens(request: web.BaseRequest) -> set[str]:
-    return _tokens(request.headers)
-
-
-def one_line(status: int, text: str) -> web.Response:
-    return web.Response(status=status, text=text + "\n")
+def one_line(status: int, text: str) -> Refusal:
+    return Refusal(status, text + "\n")

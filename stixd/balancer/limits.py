@@ -1,13 +1,16 @@
-"""The client side's limits: how long a request's head may take, and how big it may be.
+"""The client side's limits: how long a request's head may take, and how big it may be; and
+aiohttp's server with them, which takes WebSocket upgrades over from the front.
 
-aiohttp answers a head it cannot take with a 400; a request line past `MAX_REQUEST_LINE` gets
-414 and a header past `MAX_HEADER_FIELD` (or more than `MAX_HEADERS` of them) 431 instead, as
-the client needs to know what to shorten. The parser tells which limit it hit only by the
-limit's value, so the two differ.
+A head that cannot be read gets a 400; a request line past `MAX_REQUEST_LINE` gets 414 and a
+header past `MAX_HEADER_FIELD` (or more than `MAX_HEADERS` of them) 431 instead, as the client
+needs to know what to shorten. aiohttp's parser tells which limit it hit only by the limit's
+value, so the two differ.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -57,3 +60,16 @@ class Server(web.Server):
 
     def __call__(self) -> web.RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+def hand_off_to(server: Server) -> Callable[[asyncio.Transport, bytes], None]:
+    """What gives a connection, and the bytes it sent from the upgrade request on, to
+    ``server`` (a `stixd.balancer.front.HandOff`)."""
+
+    def hand_off(transport: asyncio.Transport, data: bytes) -> None:
+        handler = server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        handler.data_received(data)
+
+    return hand_off

@@ -13,20 +13,30 @@ upgrade is routed the same way (`stixd.balancer.sockets`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
+from stixd.balancer.asked import Body, Request
 from stixd.balancer.control import Held
-from stixd.balancer.hop import Miss, downstream_headers, one_line, upstream_headers
+from stixd.balancer.hop import (
+    Asked,
+    Miss,
+    Refusal,
+    downstream_headers,
+    one_line,
+    upstream_headers,
+)
 from stixd.balancer.pool import Arrivals, Pool, Slot
-from stixd.balancer.sockets import Sockets, wants_websocket
+from stixd.balancer.reply import Reply
+from stixd.balancer.sockets import Sockets
 from stixd.balancer.upstream import (
     Answer,
     Broken,
@@ -54,6 +64,14 @@ where the service sets no `load_balancer.stream_timeout_seconds`."""
 SILENT_TRIES = 2
 """Replicas a request silent past the stream timeout is sent to at most (a slow model would
 otherwise run it on every replica, each after a whole timeout)."""
+UNAUTHORIZED = Refusal(
+    401,
+    "this service needs Authorization: Bearer <one of its API keys>\n",
+    (("WWW-Authenticate", "Bearer"),),
+)
+Answered = TypeVar("Answered")
+"""What a try gives when a replica answered: nothing more for a plain request (the answer went
+out), the relayed socket for a WebSocket."""
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """RFC 9110's idempotent methods: sent again after a silent replica, the others never."""
 
@@ -61,8 +79,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 class ReplayBody:
     """The client's body, streamed, with its head kept so a retry can start it over."""
 
-    def __init__(self, content: aiohttp.StreamReader) -> None:
-        self._content = content
+    def __init__(self, body: Body) -> None:
+        self._body = body
         self._kept: list[bytes] = []
         self._size = 0
         self.replayable = True
@@ -70,7 +88,7 @@ class ReplayBody:
     async def chunks(self) -> AsyncIterator[bytes]:
         for chunk in self._kept:
             yield chunk
-        async for chunk in self._content.iter_any():
+        async for chunk in self._body.chunks():
             self._size += len(chunk)
             if self.replayable and self._size <= REPLAY_LIMIT:
                 self._kept.append(chunk)
@@ -100,7 +118,7 @@ class Proxy:
         self._targets: dict[str, Target] = {}
         self.sockets = Sockets(self.pool, self.session, self._eject, stream_timeout)
 
-    def _authorized(self, request: web.BaseRequest) -> bool:
+    def _authorized(self, request: Asked) -> bool:
         given = request.headers.get("Authorization", "")
         scheme, _, key = given.partition(" ")
         offered = key.strip().encode()
@@ -109,31 +127,47 @@ class Proxy:
             ok |= hmac.compare_digest(offered, wanted)
         return ok and scheme.lower() == "bearer"
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _refused(self, request: Asked) -> Refusal | None:
+        """A 401 when the request lacks a key; else it counts as one for the autoscaler."""
         if self.api_keys and not self._authorized(request):
-            return web.Response(
-                status=401,
-                text="this service needs Authorization: Bearer <one of its API keys>\n",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            return UNAUTHORIZED
         self.arrivals.add(time.time())  # after auth: requests without a key scale nothing up
-        if wants_websocket(request):
-            return await self._route(lambda slot: self.sockets.attempt(request, slot), None, True)
-        if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (
-            1,
-            1,
-        ):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body may come
-        body = ReplayBody(request.content) if request.body_exists else None
-        idempotent = request.method in IDEMPOTENT
-        return await self._route(lambda slot: self._try(request, slot, body), body, idempotent)
+        return None
+
+    async def handle(self, request: Request, reply: Reply) -> None:
+        """A plain request from the front: answered on ``reply``."""
+        refusal = self._refused(request)
+        if refusal is None:
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                reply.continue_()  # the body may come
+            body = ReplayBody(request.body) if request.body is not None else None
+            idempotent = request.method in IDEMPOTENT
+            refusal = await self._route(
+                lambda slot: self._try(request, reply, slot, body), body, idempotent
+            )
+        if refusal is not None:
+            reply.refuse(refusal)
+
+    async def handle_socket(self, request: web.BaseRequest) -> web.StreamResponse:
+        """A WebSocket upgrade, handed over with its connection to aiohttp's server (which
+        closes the connection after it)."""
+        outcome: web.StreamResponse | Refusal | None = self._refused(request)
+        if outcome is None:
+            attempt = functools.partial(self.sockets.attempt, request)
+            outcome = await self._route(attempt, None, True)
+        if isinstance(outcome, Refusal):
+            outcome = web.Response(
+                status=outcome.status, text=outcome.text, headers=dict(outcome.headers)
+            )
+        outcome.force_close()
+        return outcome
 
     async def _route(
         self,
-        attempt: Callable[[Slot], Awaitable[web.StreamResponse | Miss]],
+        attempt: Callable[[Slot], Awaitable[Answered | Refusal | Miss]],
         body: ReplayBody | None,
         idempotent: bool,
-    ) -> web.StreamResponse:
+    ) -> Answered | Refusal:
         """Try replicas until one answers; wait while none is ready or every one is out. A
         replica silent past the stream timeout may be working on the request still: it is
         tried on one more only when the method is idempotent."""
@@ -166,7 +200,7 @@ class Proxy:
             if body is not None and not body.replayable:
                 return one_line(502, "the replica failed after the request body was sent")
 
-    async def _hold(self, deadline: float) -> web.Response | None:
+    async def _hold(self, deadline: float) -> Refusal | None:
         """Wait for a replica to take requests (None: a set came, or an ejected replica is
         back); a 503 when the queue is full or time is up."""
         why = "every replica is failing" if self.pool.slots else "no ready replica"
@@ -190,9 +224,10 @@ class Proxy:
             self.held.leave()
 
     async def _try(
-        self, request: web.BaseRequest, slot: Slot, body: ReplayBody | None
-    ) -> web.StreamResponse | Miss:
-        """The answer from ``slot``'s replica, or how it missed before any of it was sent."""
+        self, request: Request, reply: Reply, slot: Slot, body: ReplayBody | None
+    ) -> Refusal | Miss | None:
+        """None once ``slot``'s replica answered on ``reply``; else how it missed before any
+        of it was sent, or what to tell the client instead."""
         target = self._targets.get(slot.replica.url)
         if target is None:
             if len(self._targets) >= MAX_REPLICAS:
@@ -205,7 +240,7 @@ class Proxy:
             answer = await self.upstream.request(
                 target,
                 request.method,
-                request.rel_url.raw_path_qs,
+                request.path,
                 headers,
                 body.chunks() if body is not None else None,
                 sized=body is not None and "Content-Length" in request.headers,
@@ -215,12 +250,11 @@ class Proxy:
             if length is not None and length <= SMALL_ANSWER and request.method != "HEAD":
                 data = await answer.read()
                 self.pool.succeeded(slot)
-                reason = answer.reason or None
-                return web.Response(
-                    status=answer.status, reason=reason, headers=downstream, body=data
-                )
+                reply.send(answer.status, answer.reason, downstream, data)
+                return None
             self.pool.succeeded(slot)
-            return await self._stream(request, answer, downstream, slot)
+            await self._stream(reply, answer, downstream, slot)
+            return None
         except (Refused, Broken, Truncated) as exc:
             self._eject(slot, exc)
             return Miss.FAILED
@@ -254,17 +288,9 @@ class Proxy:
             )
 
     async def _stream(
-        self,
-        request: web.BaseRequest,
-        answer: Answer,
-        headers: CIMultiDict[str],
-        slot: Slot,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=answer.status, reason=answer.reason or None)
-        response.headers.extend(headers)
-        if answer.declared is not None:
-            response.content_length = answer.declared
-        await response.prepare(request)
+        self, reply: Reply, answer: Answer, headers: list[tuple[str, str]], slot: Slot
+    ) -> None:
+        reply.start(answer.status, answer.reason, headers, answer.declared)
         chunks = answer.chunks()
         while True:
             try:
@@ -274,13 +300,9 @@ class Proxy:
                 # it sees the answer incomplete (a stall past stream_timeout_seconds ends here).
                 if isinstance(exc, (Broken, Truncated)):
                     self._eject(slot, exc)
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            try:
-                if not chunk:
-                    await response.write_eof()
-                    return response
-                await response.write(chunk)
-            except ConnectionError:
-                return response  # the client left; the connection to the replica is closed
+                reply.abort()
+                return
+            if not chunk:
+                reply.end()
+                return
+            await reply.write(chunk)  # ConnectionError: the client left, the front ends it

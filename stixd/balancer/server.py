@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+import uvloop
 
+from stixd.balancer import front
 from stixd.balancer.control import Control, Held
 from stixd.balancer.layout import Layout, decode_spec, digest, write_private
-from stixd.balancer.limits import Server
+from stixd.balancer.limits import Server, hand_off_to
 from stixd.balancer.pool import Arrivals, Pool
 from stixd.balancer.proxy import KEEPALIVE_SECONDS, Proxy
 from stixd.balancer.revive import Reviver
@@ -31,6 +32,9 @@ HEAD_SECONDS = 30.0
 """A client that has not sent a whole request head this long after connecting (or after its
 last answer) is dropped: a slow or idle client holds no connection for long."""
 
+
+SHUTDOWN_SECONDS = 60.0
+"""How long a stopping balancer lets the answers on their way finish (aiohttp's default)."""
 
 ORPHAN_CHECK_SECONDS = 5.0
 """How often the balancer looks for its service's directory. Gone (its stix home deleted, not
@@ -87,20 +91,17 @@ async def run(
             connect_timeout=connect_timeout,
             hold_seconds=hold_seconds,
         )
-        # The low-level server: every path goes to the proxy, no router or middleware between.
-        http = Server(proxy.handle, head_seconds, access_log=None)
-        runner = web.ServerRunner(http, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(
-            runner,
+        # WebSocket upgrades are taken over by aiohttp's server, the rest is the front's.
+        sockets = Server(proxy.handle_socket, head_seconds, access_log=None)
+        http, fronts = await front.serve(
+            proxy.handle,
+            hand_off_to(sockets),
             host,
             spec.port,
-            ssl_context=tls_context(spec),
-            backlog=1024,
-            reuse_address=True,
+            tls_context(spec),
+            head_seconds,
             reuse_port=hasattr(socket, "SO_REUSEPORT"),  # a successor binds beside us, then we go
         )
-        await site.start()
         spec_digest = digest(spec)
         control = Control(pool, arrivals, held, spec_digest, spec.port, stop)
         _private_dir(layout.control.parent)
@@ -121,12 +122,14 @@ async def run(
                 task.cancel()
             ended = await asyncio.gather(*tasks, return_exceptions=True)
             proxy.sockets.stop_all()  # a WebSocket would hold the shutdown for its whole life
-            proxy.upstream.close()
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 if layout.pid.read_text().strip() == str(os.getpid()):
                     layout.pid.unlink()
-            await runner.cleanup()
+            http.close()
+            await fronts.stop(SHUTDOWN_SECONDS)
+            await sockets.shutdown(SHUTDOWN_SECONDS)
+            proxy.upstream.close()
     for failed in ended:
         if isinstance(failed, Exception):  # a helper that broke ends the balancer, loudly
             raise failed
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        asyncio.run(
+        uvloop.run(
             run(
                 Layout(args.dir.resolve()),
                 args.host,

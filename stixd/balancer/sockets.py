@@ -22,7 +22,7 @@ from stixd.balancer.hop import (
     EJECTING,
     RETRYING,
     Miss,
-    connection_tokens,
+    Refusal,
     one_line,
     upstream_headers,
 )
@@ -49,14 +49,6 @@ GOING_AWAY = 1001
 REPLICA_GONE = 1011
 
 
-def wants_websocket(request: web.BaseRequest) -> bool:
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in connection_tokens(request)
-    )
-
-
 def _ws_url(url: str) -> str:
     return "ws" + url.removeprefix("http") if url.startswith("http") else url
 
@@ -74,7 +66,9 @@ class Sockets:
     relays: set[asyncio.Task[object]] = field(default_factory=set)
     close_seconds: float = CLOSE_SECONDS
 
-    async def attempt(self, request: web.BaseRequest, slot: Slot) -> web.StreamResponse | Miss:
+    async def attempt(
+        self, request: web.BaseRequest, slot: Slot
+    ) -> web.StreamResponse | Refusal | Miss:
         url = _ws_url(slot.replica.url.rstrip("/")) + request.rel_url.raw_path_qs
         offered = [
             p.strip()

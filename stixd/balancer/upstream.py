@@ -21,6 +21,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024
@@ -62,6 +63,7 @@ class _Conn(asyncio.Protocol):
     """One connection to a replica: the bytes it sent and not yet taken, and whether it is over."""
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()  # once: outside a task it costs a getpid()
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.eof = False
@@ -72,8 +74,7 @@ class _Conn(asyncio.Protocol):
         self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -95,7 +96,7 @@ class _Conn(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._drained is None:
-            self._drained = asyncio.get_running_loop().create_future()
+            self._drained = self._loop.create_future()
 
     def resume_writing(self) -> None:
         self._wake_writer()
@@ -132,9 +133,8 @@ class _Conn(asyncio.Protocol):
         caller's to say); `Silent` after ``seconds`` of nothing."""
         if self.eof:
             return
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(seconds, _time_out, waiter, seconds)  # cheaper than a Timeout
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(seconds, _time_out, waiter, seconds)  # cheaper than a Timeout
         try:
             await waiter
         finally:
