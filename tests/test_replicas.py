@@ -1,0 +1,164 @@
+"""Two stixd replicas on one PostgreSQL database (issue 18, item 4): real daemons on their own
+homes and sockets, real local-provider nodes. Replica A launches; A is killed with SIGKILL
+mid-launch, mid-job, or while a managed job recovers; replica B takes A's actors over within
+the lease time and a sweep, and the cluster, its job and the managed job end as they would
+have, nothing done twice. A replica paused (SIGSTOP) past its leases is refused its writes
+once resumed and stands its actors down.
+
+Both homes see the same local nodes: B's `clusters` folder is a link to A's (the local
+provider keeps a cluster's nodes under `<home>/clusters`, as a cloud keeps them in an account
+both replicas reach).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stix, kill_everything_under, pid_alive, wait_until
+from tests.pg_server import PgServer
+
+LEASE = 2.0
+"""Lease seconds of both replicas: a takeover is due within LEASE * 4/3 of A's last renewal."""
+
+
+class Pair:
+    def __init__(self, a: Stix, b: Stix, db: str, postgres: PgServer) -> None:
+        self.a, self.b, self.db, self.postgres = a, b, db, postgres
+
+    def sql(self, query: str) -> str:
+        return self.postgres.psql(self.db, query)
+
+    def owner(self, kind: str, id_: str) -> str:
+        return self.sql(f"SELECT owner FROM leases WHERE kind = '{kind}' AND id = '{id_}'")
+
+    def kill_a(self) -> float:
+        """SIGKILL replica A; when it died (monotonic)."""
+        self.a.kill_daemon()
+        return time.monotonic()
+
+    def taken_by_b(self, kind: str, id_: str) -> bool:
+        return self.owner(kind, id_).endswith(str(self.b.home))
+
+
+def _home() -> Path:
+    return Path(tempfile.mkdtemp(prefix="stx", dir="/tmp"))
+
+
+def _stop(s: Stix) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        pid = s.daemon_pid()
+        if pid:
+            os.kill(pid, signal.SIGCONT)  # (a test may have paused it)
+            subprocess.run(
+                [sys.executable, "-m", "stixctl", "daemon", "stop"],
+                env=s.env, capture_output=True, timeout=30,
+            )  # fmt: skip
+
+
+@pytest.fixture
+def pair(postgres: PgServer) -> Iterator[Pair]:
+    url = postgres.fresh()
+    config = f"db: {url}\ndaemon:\n  lease_seconds: {LEASE}\nlocal:\n  network: host\n"
+    a, b = Stix(_home()), Stix(_home())
+    (a.home / "clusters").mkdir()
+    (b.home / "clusters").symlink_to(a.home / "clusters")
+    for s in (a, b):
+        (s.home / "config.yaml").write_text(config)
+    try:
+        a.run("daemon", "start", check=True)
+        b.run("daemon", "start", check=True)
+        yield Pair(a, b, url.rsplit("/", 1)[1], postgres)
+    finally:
+        for s in (b, a):
+            _stop(s)
+        for s in (a, b):
+            kill_everything_under(s.home)
+            shutil.rmtree(s.home, ignore_errors=True)
+
+
+JOB = "for i in $(seq 1 {lines}); do echo line-$i; sleep {step}; done"
+
+
+@pytest.mark.slow
+def test_replica_killed_mid_job_has_its_job_finished_once_by_the_other(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    a.run("launch", "-c", "r1", "-d", "-y", JOB.format(lines=12, step=0.4), check=True)
+    wait_until(lambda: b.job_status("r1", 1) == "RUNNING", timeout=30)  # read by B
+    assert pair.owner("cluster", "r1").endswith(str(a.home))
+    died = pair.kill_a()
+    wait_until(lambda: pair.taken_by_b("cluster", "r1"), timeout=LEASE * 4)
+    taken = time.monotonic() - died
+    assert taken < LEASE * 4 / 3 + 1.0  # the lease, a sweep, and the test's own polling
+    wait_until(lambda: pair.taken_by_b("job", "r1/" + _uid(pair, "r1") + "/1"), timeout=10)
+    wait_until(lambda: b.job_status("r1", 1) == "SUCCEEDED", timeout=30)
+    assert list(b.jobs("r1")) == [1]  # one job, run once
+    assert b.clusters()["r1"]["status"] == "UP"
+    assert len(b.agents("r1")) == 0 and len(a.agents("r1")) == 1  # the one node A made
+    out = b.run("logs", "r1", "1", "--no-follow", check=True).stdout.split()
+    assert out == [f"line-{i}" for i in range(1, 13)]
+    b.run("exec", "r1", "echo after-takeover", check=True)  # B runs the cluster now
+    assert sorted(b.jobs("r1")) == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_replica_killed_mid_launch_leaves_one_cluster_the_other_finishes(
+    pair: Pair, delay: float
+) -> None:
+    a, b = pair.a, pair.b
+    client = a.popen(
+        "launch", "-c", "r2", "-y", "--num-nodes", "2", "echo done-$SKYPILOT_NODE_RANK"
+    )
+    wait_until(lambda: pair.sql("SELECT count(*) FROM actors WHERE id = 'r2'") == "1", timeout=30)
+    time.sleep(delay)
+    pair.kill_a()
+    at_kill = pair.sql("SELECT state FROM actors WHERE kind = 'cluster' AND id = 'r2'")
+    assert at_kill != "UP", "the launch ended before the kill: make the delay shorter"
+    client.communicate(timeout=30)
+    wait_until(lambda: pair.taken_by_b("cluster", "r2") or _ended(b, "r2"), timeout=LEASE * 4)
+    wait_until(lambda: b.clusters().get("r2", {}).get("status") == "UP", timeout=45)
+    wait_until(lambda: b.job_status("r2", 1) == "SUCCEEDED", timeout=30)
+    assert list(b.jobs("r2")) == [1]
+    assert len(a.agents("r2")) == 2  # two nodes, made once
+    assert b.clusters()["r2"]["num_nodes"] == 2
+    logs = b.run("logs", "r2", "1", "--no-follow", check=True).stdout
+    assert "done-0" in logs and "done-1" in logs
+
+
+@pytest.mark.slow
+def test_a_paused_replica_is_refused_its_writes_and_stands_its_actors_down(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    a.run("launch", "-c", "r3", "-d", "-y", JOB.format(lines=10, step=0.4), check=True)
+    wait_until(lambda: b.job_status("r3", 1) == "RUNNING", timeout=30)
+    pid = a.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: pair.taken_by_b("cluster", "r3"), timeout=LEASE * 4)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: b.job_status("r3", 1) == "SUCCEEDED", timeout=30)
+    assert pair.taken_by_b("cluster", "r3")  # A did not take it back
+    wait_until(lambda: "lease_lost" in (a.home / "stixd.log").read_text(), timeout=LEASE * 2)
+    assert pid_alive(pid)  # A lives on, without the actors
+    assert list(b.jobs("r3")) == [1]
+
+
+def _uid(pair: Pair, cluster: str) -> str:
+    ids = pair.sql(f"SELECT id FROM actors WHERE kind = 'job' AND id LIKE '{cluster}/%'")
+    return ids.splitlines()[0].split("/")[1]
+
+
+def _ended(s: Stix, cluster: str) -> bool:
+    return s.clusters().get(cluster, {}).get("status") in (None, "TERMINATED")
