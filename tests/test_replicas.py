@@ -22,11 +22,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Stix, kill_everything_under, pid_alive, wait_until
 from tests.pg_server import PgServer
+from tests.test_managed_jobs import kill_node, managed
 
 LEASE = 2.0
 """Lease seconds of both replicas: a takeover is due within LEASE * 4/3 of A's last renewal."""
@@ -75,6 +77,7 @@ def pair(postgres: PgServer) -> Iterator[Pair]:
     (b.home / "clusters").symlink_to(a.home / "clusters")
     for s in (a, b):
         (s.home / "config.yaml").write_text(config)
+        s.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"  # a lost node is found in a second
     try:
         a.run("daemon", "start", check=True)
         b.run("daemon", "start", check=True)
@@ -153,6 +156,40 @@ def test_a_paused_replica_is_refused_its_writes_and_stands_its_actors_down(pair:
     wait_until(lambda: "lease_lost" in (a.home / "stixd.log").read_text(), timeout=LEASE * 2)
     assert pid_alive(pid)  # A lives on, without the actors
     assert list(b.jobs("r3")) == [1]
+
+
+@pytest.mark.slow
+def test_replica_killed_while_a_managed_job_recovers_has_it_finished_by_the_other(
+    pair: Pair, tmp_path: Path, task_file: Any
+) -> None:
+    a, b = pair.a, pair.b
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    path = task_file(
+        "name: tough\n"
+        f"setup: echo setup >> {ck}/setups; sleep 1\n"
+        "run: |\n"
+        f'  echo "run $SKYPILOT_TASK_ID" >> {ck}/runs\n'
+        "  for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done\n"
+    )
+    a.run("jobs", "launch", "-d", "-y", str(path), check=True)
+    wait_until(lambda: (ck / "runs").exists(), timeout=30)
+    assert kill_node(a, "tough-1") > 0
+    wait_until(lambda: managed(b, 1)["status"] == "RECOVERING", timeout=20, interval=0.05)
+    pair.kill_a()
+    wait_until(lambda: pair.taken_by_b("managed_job", "1"), timeout=LEASE * 4)
+    job = wait_until(
+        lambda: (j := managed(b, 1))["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and j,
+        timeout=50,
+        interval=0.3,
+    )
+    assert job["status"] == "SUCCEEDED", b.run("jobs", "logs", "1", "--controller").stdout
+    runs = (ck / "runs").read_text().splitlines()
+    assert len(runs) == 2 and len(set(runs)) == 1  # the first run, and the one recovery
+    assert job["recoveries"] == 1
+    assert "tick 6" in b.run("jobs", "logs", "1", "--no-follow", check=True).stdout
+    wait_until(lambda: b.clusters().get("tough-1") is None, timeout=20)
+    assert not a.agents("tough-1") and not b.agents("tough-1")
 
 
 def _uid(pair: Pair, cluster: str) -> str:
