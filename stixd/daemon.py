@@ -98,8 +98,8 @@ async def serve(
     try:
         pyz = await anyio.to_thread.run_sync(build_agent_zipapp, home / "agent")
         async with open_chosen(home, config.db) as store:
-            watch = RowWatch(store)
             leases = store.leases = replicas.leases_for(config, home, store.backend)
+            watch = RowWatch(store, poll=None if leases is None else replicas.WATCH_POLL)
             async with anyio.create_task_group() as tg:
                 intensity = config.daemon.restart_intensity
                 supervisor = Supervisor(
@@ -156,6 +156,7 @@ async def serve(
                 tg.start_soon(check_health, app)
                 tg.start_soon(keep_heap)  # admission stays linear in the jobs already held
                 if leases is not None:
+                    app.elsewhere = replicas.elsewhere(app, leases)
                     tg.start_soon(replicas.keep_leases, app, leases, str(sock))
                 await app.shutdown.wait()
                 log.info("shutting_down")

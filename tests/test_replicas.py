@@ -94,6 +94,21 @@ JOB = "for i in $(seq 1 {lines}); do echo line-$i; sleep {step}; done"
 
 
 @pytest.mark.slow
+def test_a_request_for_a_cluster_the_other_replica_runs_is_answered_by_that_replica(
+    pair: Pair,
+) -> None:
+    a, b = pair.a, pair.b
+    a.run("launch", "-c", "f1", "-y", "echo first", check=True)
+    ran = b.run("exec", "f1", "echo through-b", check=True)  # followed by B, run by A
+    assert "through-b" in ran.stdout
+    assert pair.owner("cluster", "f1").endswith(str(a.home))
+    assert "forwarded" in (b.home / "stixd.log").read_text()
+    assert b.job_status("f1", 2) == "SUCCEEDED" and sorted(a.jobs("f1")) == [1, 2]
+    b.run("down", "f1", "-y", check=True)
+    assert "f1" not in b.clusters() and not a.agents("f1")
+
+
+@pytest.mark.slow
 def test_replica_killed_mid_job_has_its_job_finished_once_by_the_other(pair: Pair) -> None:
     a, b = pair.a, pair.b
     a.run("launch", "-c", "r1", "-d", "-y", JOB.format(lines=12, step=0.4), check=True)

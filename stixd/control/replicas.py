@@ -10,14 +10,19 @@ starts their actors from their rows: a takeover within 4/3 of the lease time.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from stixd.app import App
 from stixd.config import Config
+from stixd.control import forward
 from stixd.store.backend import Backend
 from stixd.store.leases import NOW, Leases
+from stixproto import messages as m
+from stixproto.errors import DaemonUnavailable
 
 HEARTBEAT = (
     f"INSERT INTO replicas (name, address, seen_at) VALUES (?, ?, {NOW}) "
@@ -68,3 +73,41 @@ async def keep_leases(app: App, leases: Leases, address: str) -> None:
         except Exception as exc:  # the database is away: the next round tries again
             app.log.warning("lease_sweep_failed", error=f"{type(exc).__name__}: {exc}")
         await anyio.sleep(leases.seconds / 3)
+
+
+WATCH_POLL = 0.5
+"""How often a waiter reads a row again that another replica may write (`RowWatch`)."""
+
+ADDRESS = f"SELECT address FROM replicas WHERE name = ? AND seen_at >= {NOW} - ?"
+"""A replica's socket, if it was seen within a lease's time."""
+
+Emit = Callable[[Any], Awaitable[None]]
+
+
+def elsewhere(
+    app: App, leases: Leases
+) -> Callable[[str, str, Any, Emit], Awaitable[tuple[bool, Any]]]:
+    """`App.elsewhere`: (True, the owner's reply) for a request about an actor another live
+    replica runs, (False, None) for one this replica runs or is to run."""
+
+    async def ask(kind: str, id_: str, payload: Any, emit: Emit) -> tuple[bool, Any]:
+        if leases.holds(kind, id_) or app.supervisor.get(kind, id_) is not None:
+            return False, None
+        owner = await leases.owner_of(kind, id_)
+        if owner is None or owner == leases.owner:
+            return False, None  # no live owner: this replica claims it
+        if isinstance(payload, m.Status):
+            return True, m.OkReply()  # a refresh: the owner's health checks keep it fresh
+        request = forward.narrowed(payload, id_)
+        if request is None:
+            raise DaemonUnavailable(f"{kind} {id_} is run by replica {owner}: ask it there")
+        found = await app.store.backend.fetch(ADDRESS, (owner, leases.seconds))
+        if not found:
+            raise DaemonUnavailable(
+                f"{kind} {id_} is run by replica {owner}, which has not been seen for "
+                f"{leases.seconds:g}s: try again once another replica took it over"
+            )
+        app.log.info("forwarded", kind=kind, id=id_, to=owner)
+        return True, await forward.call(str(found[0][0]), request, emit)
+
+    return ask
