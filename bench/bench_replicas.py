@@ -16,6 +16,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -66,20 +67,26 @@ def main() -> None:
         for _ in range(args.rounds):
             pid = owner.daemon_pid()
             assert pid is not None
-            suffix = f":{standby.home}"
+            owner_name = f"{socket.gethostname()}:{standby.home}"
             query = (
-                "SELECT count(*) FROM actors a JOIN leases l ON l.kind = a.kind AND l.id = a.id "
-                f"WHERE a.terminal = 0 AND l.owner LIKE '%{suffix}'"
+                "SELECT count(*) FROM actors a LEFT JOIN leases l USING (kind, id) "
+                f"WHERE a.terminal = 0 AND (l.owner IS NULL OR l.owner <> '{owner_name}')"
             )
             os.kill(pid, signal.SIGKILL)
             died = time.monotonic()
             while pid_alive(pid):
                 time.sleep(0.005)
-            done = _wait(lambda q=query: int(server.psql(db, q)) == live, args.lease * 5)
+            try:
+                done = _wait(lambda q=query: int(server.psql(db, q)) == 0, args.lease * 5)
+            except SystemExit:
+                print(server.psql(db, "SELECT a.kind, a.id, a.state, l.owner, l.expires_at FROM "
+                      "actors a LEFT JOIN leases l USING (kind, id) WHERE a.terminal = 0"))
+                print(homes, "killed", owner.home, server.psql(db, "SELECT extract(epoch from "
+                      "clock_timestamp())"), server.psql(db, "SELECT * FROM replicas"))
+                raise
             taken.append((done - died) / args.lease)
             standby.run("exec", names[0], "-d", "true", check=True)
             answered.append((time.monotonic() - died) / args.lease)
-            live = int(server.psql(db, "SELECT count(*) FROM actors WHERE terminal = 0"))
             owner.run("daemon", "start", check=True)
             owner, standby = standby, owner
         print(f"failover after kill -9, {live} live actors, lease {args.lease:g}s, ratio to it:")

@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,10 @@ class Pair:
 
     def owner(self, kind: str, id_: str) -> str:
         return self.sql(f"SELECT owner FROM leases WHERE kind = '{kind}' AND id = '{id_}'")
+
+    @staticmethod
+    def owner_name(s: Stix) -> str:
+        return f"{socket.gethostname()}:{s.home}"
 
     def kill_a(self) -> float:
         """SIGKILL replica A; when it died (monotonic)."""
@@ -106,6 +111,14 @@ def test_a_request_for_a_cluster_the_other_replica_runs_is_answered_by_that_repl
     assert b.job_status("f1", 2) == "SUCCEEDED" and sorted(a.jobs("f1")) == [1, 2]
     b.run("down", "f1", "-y", check=True)
     assert "f1" not in b.clusters() and not a.agents("f1")
+
+    a.run("jobs", "launch", "-d", "-y", "-n", "held", f"sleep 300.{os.getpid()}", check=True)
+    wait_until(lambda: managed(b, 1)["status"] == "RUNNING", timeout=40, interval=0.2)
+    assert "cancel" in b.run("jobs", "cancel", "1", "-y", check=True).stdout.lower()
+    wait_until(lambda: managed(b, 1)["status"] == "CANCELLED", timeout=30, interval=0.2)
+    assert pair.owner("managed_job", "1") in ("", pair.owner_name(a))  # ended, or A's still
+    forwarded = [ln for ln in (b.home / "stixd.log").read_text().splitlines() if "forwarded" in ln]
+    assert any("managed_job" in ln for ln in forwarded), forwarded
 
 
 @pytest.mark.slow

@@ -256,7 +256,8 @@ class Supervisor:
 
     async def _lease_refused(self, child: Child) -> bool:
         """True (the actor must not run here) if another replica holds its lease."""
-        if self.leases is None or await self.leases.claim(child.kind, child.id):
+        assert self.leases is not None
+        if await self.leases.claim(child.kind, child.id):
             return False
         self._log.info("run_elsewhere", kind=child.kind, id=child.id)
         return True
@@ -274,7 +275,7 @@ class Supervisor:
         with scope:
             quarantine: str | None = None
             try:
-                if await self._lease_refused(child):
+                if self.leases is not None and await self._lease_refused(child):
                     return
                 while True:
                     child.actor = actor
