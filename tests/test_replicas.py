@@ -226,3 +226,16 @@ def test_replica_killed_while_a_managed_job_recovers_has_it_finished_by_the_othe
 def _uid(pair: Pair, cluster: str) -> str:
     ids = pair.sql(f"SELECT id FROM actors WHERE kind = 'job' AND id LIKE '{cluster}/%'")
     return ids.splitlines()[0].split("/")[1]
+
+
+@pytest.mark.slow
+def test_a_replica_stopped_cleanly_hands_its_actors_over_at_the_next_sweep(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    a.run("launch", "-c", "r4", "-d", "-y", JOB.format(lines=8, step=0.4), check=True)
+    wait_until(lambda: b.job_status("r4", 1) == "RUNNING", timeout=30)
+    a.run("daemon", "stop", check=True)
+    held_by_a = f"SELECT count(*) FROM leases WHERE owner = '{pair.owner_name(a)}'"
+    assert pair.sql(held_by_a) == "0"  # handed back: none has to expire first
+    wait_until(lambda: pair.taken_by_b("cluster", "r4"), timeout=LEASE, interval=0.02)
+    wait_until(lambda: b.job_status("r4", 1) == "SUCCEEDED", timeout=30)
+    assert list(b.jobs("r4")) == [1]
