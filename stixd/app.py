@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 VERSION = stixproto.VERSION
 
 ActorFactories = Callable[["App", str], Factory | None]
+Elsewhere = Callable[[str, str, Any, Callable[[Any], Awaitable[None]]], Awaitable[tuple[bool, Any]]]
 """How to build the actor of a row of a kind (None: no stix writes that kind). The daemon hands
 `stixd.actors.factory_for` in: the actors import the app, so the app never imports them."""
 
@@ -68,6 +69,9 @@ class App:
     health: Ticker = field(default_factory=Ticker)
     """The live clusters' health checks, by provider (stixd.actors.cluster_health)."""
     cluster_split: ClusterSplit | None = None  # made on first use (stixd.control.handlers)
+    elsewhere: Elsewhere | None = None
+    """With several replicas on one database: asks the replica that runs an actor (kind, id)
+    a request about it; (True, its reply), or (False, None) when it is for this replica."""
     balancers: Balancers | None = None
     """Each service's load-balancer process (stixd.balancer); None where serving is off."""
 

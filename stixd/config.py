@@ -81,6 +81,12 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     """How often the autoscaler may move a service's target (SkyServe's 20 s; 5 s at zero)."""
     serve_qps_window_seconds: PositiveFloat = 60.0
     """The autoscaler's requests per second are over the last this many seconds (SkyServe's)."""
+    lease_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 15.0
+    """With `db` on PostgreSQL: how long an actor's lease lasts unrenewed, so how soon another
+    replica takes over the actors of one that died (stixd/store/leases.py); 0 turns leases off
+    (one replica alone on its database)."""
+    replica_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    """This replica's name among those on one database; None: this host's name and home."""
 
 
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

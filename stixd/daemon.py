@@ -23,7 +23,7 @@ from stixd.agent_bundle import build_agent_zipapp, build_id
 from stixd.app import App
 from stixd.balancer.fleet import Fleet
 from stixd.config import Config
-from stixd.control import leak_cmds
+from stixd.control import leak_cmds, replicas
 from stixd.control.api_serving import ApiServing
 from stixd.control.handlers import dispatch
 from stixd.control.server import ControlServer
@@ -38,6 +38,7 @@ from stixd.runtime.watch import RowWatch
 from stixd.store.backend import StoreUnavailable
 from stixd.store.chosen import open_chosen
 from stixd.store.db import Row
+from stixd.store.leases import Leases
 from stixproto.errors import InvalidConfig
 from stixproto.paths import socket_path
 
@@ -68,6 +69,19 @@ def _adopt(app: App, rows: list[Row]) -> list[Child]:
     return held
 
 
+def _ours(rows: list[Row], leases: Leases | None) -> list[Row]:
+    """The rows whose leases this replica holds (all of them on a store without leases)."""
+    return rows if leases is None else [r for r in rows if leases.holds(r.kind, r.id)]
+
+
+async def _hand_back(leases: Leases | None) -> None:
+    """At a clean stop, once no actor runs: every lease handed back, for another replica to
+    take over at its next sweep rather than after the leases expire."""
+    if leases is not None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await leases.release_all()
+
+
 async def _close_providers(app: App) -> None:
     with anyio.CancelScope(shield=True), anyio.move_on_after(5):
         for provider in app.providers.values():
@@ -85,7 +99,8 @@ async def serve(
     try:
         pyz = await anyio.to_thread.run_sync(build_agent_zipapp, home / "agent")
         async with open_chosen(home, config.db) as store:
-            watch = RowWatch(store)
+            leases = store.leases = replicas.leases_for(config, home, store.backend)
+            watch = RowWatch(store, poll=None if leases is None else replicas.WATCH_POLL)
             async with anyio.create_task_group() as tg:
                 intensity = config.daemon.restart_intensity
                 supervisor = Supervisor(
@@ -94,6 +109,7 @@ async def serve(
                     log,
                     RestartPolicy(intensity.max_restarts, intensity.within_seconds),
                     clock=RealClock(),
+                    leases=leases,
                 )
                 built = build_providers(
                     ENTRIES, config.sections(), home=home, log=log, agent_build=build_id()
@@ -118,7 +134,13 @@ async def serve(
                     app.ssh_pool_sizes()  # read ssh_node_pools.yaml before reconciling
                 except InvalidConfig as exc:
                     log.error("ssh_pools_invalid", error=exc.message)
-                held = [c async for page in store.live_rows_in_pages() for c in _adopt(app, page)]
+                if leases is not None:  # the actors no other live replica runs are this one's
+                    await leases.claim_free(own_too=True)
+                held = [
+                    c
+                    async for page in store.live_rows_in_pages()
+                    for c in _adopt(app, _ours(page, leases))
+                ]
                 for child in held:  # recorded before any client can list them
                     await child.finished.wait()
                 serving = ApiServing(app, dispatch)  # the HTTP API beside the socket
@@ -136,11 +158,15 @@ async def serve(
                 tg.start_soon(leak_cmds.watch, app)
                 tg.start_soon(check_health, app)
                 tg.start_soon(keep_heap)  # admission stays linear in the jobs already held
+                if leases is not None:
+                    app.elsewhere = replicas.elsewhere(app, leases)
+                    tg.start_soon(replicas.keep_leases, app, leases, str(sock))
                 await app.shutdown.wait()
                 log.info("shutting_down")
                 sock.unlink(missing_ok=True)  # no client gets in from here on
                 if end_process is not None:
                     await _close_providers(app)
+                    await _hand_back(leases)
                     await store.close()
                     log.info("stopped", actors=len(supervisor.children))
                     log_stream.close()
@@ -151,6 +177,7 @@ async def serve(
                 gc.disable()
                 tg.cancel_scope.cancel()
             await _close_providers(app)
+            await _hand_back(leases)
     except StoreUnavailable as exc:  # the database is unreachable, refuses stix, or is newer
         log.error("store_unavailable", error=str(exc))
         print(f"stixd: {exc}", file=sys.stderr)

@@ -38,6 +38,10 @@ async def ask_cluster(
         except RowExists:
             row = await app.store.get("cluster", name)
             assert row is not None
+    if app.elsewhere is not None:  # several replicas: the one that runs the cluster answers
+        forwarded, reply = await app.elsewhere("cluster", name, payload, emit)
+        if forwarded:
+            return reply
     child = app.supervisor.get("cluster", name)
     if child is not None and child.failed and row.terminal and row.quarantined is None:
         app.supervisor.forget("cluster", name)  # an ended cluster's name starts afresh

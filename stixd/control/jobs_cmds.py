@@ -284,9 +284,17 @@ async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
     return m.Table(text="\n".join(lines), rows=result)
 
 
+async def _no_progress(item: Any) -> None:
+    """A managed job's or pool's answer is its final reply alone."""
+
+
 async def _ask(app: App, row: Row, payload: Any) -> Any:
     """Hand a request to the row's actor (started if needed) and wait for its answer."""
     what = "pool" if row.kind == POOL else "managed job"
+    if app.elsewhere is not None:  # several replicas: the one that runs the actor answers
+        forwarded, reply = await app.elsewhere(row.kind, row.id, payload, _no_progress)
+        if forwarded:
+            return m.OkReply(reply.text) if isinstance(reply, m.Table) else reply
     child = app.supervisor.get(row.kind, row.id)
     if child is not None and child.failed and row.terminal and row.quarantined is None:
         app.supervisor.forget(row.kind, row.id)  # an ended pool's name starts afresh

@@ -28,6 +28,7 @@ from stixd.runtime.actor import Actor, BadRow, Stop, error_reply
 from stixd.runtime.clock import Clock, RealClock
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixd.store.db import Row, Store
+from stixd.store.leases import Leases, LostLease
 from stixproto.messages import ErrorReply
 
 GIVEN_UP_WITHIN_S = 120.0
@@ -48,7 +49,9 @@ class Child:
     recent crashes and, once it is held, why. Slotted, and its crash window and `finished`
     event made on first use: the daemon holds one per live row, ten thousands of them."""
 
-    __slots__ = ("_crashes", "_finished", "_over", "actor", "failed", "id", "kind", "mailbox")
+    __slots__ = (
+        "_crashes", "_finished", "_over", "actor", "failed", "id", "kind", "mailbox", "scope"
+    )  # fmt: skip
 
     def __init__(self, kind: str, id: str) -> None:
         self.kind = kind
@@ -56,6 +59,8 @@ class Child:
         self.mailbox = Mailbox()
         self.actor: Actor | None = None
         self.failed: str | None = None
+        self.scope: anyio.CancelScope | None = None
+        """Cancels the running actor (its replica lost the lease: `stand_down`)."""
         self._crashes: deque[float] | None = None
         self._finished: anyio.Event | None = None
         self._over = False
@@ -108,14 +113,18 @@ class Supervisor:
         log: structlog.stdlib.BoundLogger,
         policy: RestartPolicy,
         clock: Clock | None = None,
+        leases: Leases | None = None,
     ) -> None:
         """`clock` (real time unless given) measures the restart-intensity window, bounds an
-        actor's last words and runs every actor's timers."""
+        actor's last words and runs every actor's timers. With `leases` (several replicas on
+        one database), an actor runs only once this replica holds its lease, and stands down
+        (ends, unrestarted, its requests answered) when the lease is lost."""
         self._tg = tg
         self._store = store
         self._log = log
         self._policy = policy
         self._clock: Clock = clock if clock is not None else RealClock()
+        self.leases = leases
         self.children: dict[tuple[str, str], Child] = {}
         self.reconcile_gate = anyio.CapacityLimiter(policy.reconcile_concurrency)
         self._deferred: deque[tuple[Child, Actor, Factory]] = deque()
@@ -164,7 +173,7 @@ class Supervisor:
         if not self._owned:
             self._owned = True
             self._tg.start_soon(self._own)
-        scope = anyio.CancelScope()
+        scope = child.scope = anyio.CancelScope()
         if self._closing:
             scope.cancel()
         task = asyncio.get_running_loop().create_task(self._supervise(scope, child, actor, factory))
@@ -237,6 +246,22 @@ class Supervisor:
             out[kind] = out.get(kind, 0) + 1
         return out
 
+    def stand_down(self, keys: list[tuple[str, str]]) -> None:
+        """End the actors whose leases another replica took: unrestarted, nothing written."""
+        for key in keys:
+            child = self.children.get(key)
+            if child is not None and child.scope is not None:
+                self._log.warning("lease_lost", kind=key[0], id=key[1])
+                child.scope.cancel()
+
+    async def _lease_refused(self, child: Child) -> bool:
+        """True (the actor must not run here) if another replica holds its lease."""
+        assert self.leases is not None
+        if await self.leases.claim(child.kind, child.id):
+            return False
+        self._log.info("run_elsewhere", kind=child.kind, id=child.id)
+        return True
+
     async def stop_all(self) -> None:
         for child in list(self.children.values()):
             child.mailbox.put(Stop())
@@ -250,12 +275,19 @@ class Supervisor:
         with scope:
             quarantine: str | None = None
             try:
+                if self.leases is not None and await self._lease_refused(child):
+                    return
                 while True:
                     child.actor = actor
                     try:
                         await actor.run(child.mailbox, self.reconcile_gate, self._clock)
+                        if self.leases is not None and actor.done():
+                            await self.leases.release([(child.kind, child.id)])
                         return
                     except Exception as exc:
+                        if isinstance(root_cause(exc), LostLease):
+                            self._log.warning("lease_lost", kind=child.kind, id=child.id)
+                            return
                         reason = _describe(exc)
                         self._log.exception(
                             "actor_crashed", kind=child.kind, id=child.id, reason=reason

@@ -10,8 +10,11 @@ from stixd.store.db import Row, Store
 
 
 class RowWatch:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, poll: float | None = None) -> None:
+        """`poll`: read the row again at least this often (None: only when this process wrote
+        it). Set when other replicas write the same database: their writes wake no one here."""
         self._store = store
+        self._poll = poll
         self._waiters: dict[tuple[str, str], list[anyio.Event]] = {}
         store.on_write(self._written)
 
@@ -32,4 +35,11 @@ class RowWatch:
                 if event in waiters:
                     waiters.remove(event)
                 return row
-            await event.wait()
+            if self._poll is None:
+                await event.wait()
+                continue
+            with anyio.move_on_after(self._poll):
+                await event.wait()
+            waiters = self._waiters.get((kind, id_), [])
+            if event in waiters:
+                waiters.remove(event)

@@ -19,6 +19,7 @@ import aiosqlite
 import msgspec
 
 from stixd.store.backend import Backend, Conflict, StoreUnavailable, Tx
+from stixd.store.leases import Leases
 from stixd.store.sqlite import SqliteBackend, migrate
 from stixproto.errors import InvalidRequest
 
@@ -104,6 +105,24 @@ MIGRATIONS: list[str] = [
         rotated_at REAL
     );
     CREATE INDEX tokens_by_user ON tokens (user_name);
+    """,
+    # 6: which replica runs which actor, when several share one PostgreSQL (stixd/store/leases.py);
+    # made on SQLite too (one list of migrations), where nothing reads or writes it
+    """
+    CREATE TABLE leases (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE INDEX leases_by_owner ON leases (owner);
+    CREATE TABLE replicas (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        seen_at REAL NOT NULL
+    );
     """,
 ]
 
@@ -307,6 +326,10 @@ class Store:
         self.backend = backend
         self._clock = clock
         self._listeners: list[Callable[[Row], None]] = []
+        self.leases: Leases | None = None
+        """Set when several replicas share the database: every write of an actor row then
+        takes (an insert) or checks (an update, a delete) this replica's lease on it, in the
+        write's own transaction. None (SQLite, one daemon): no such check."""
 
     def on_write(self, listener: Callable[[Row], None]) -> None:
         """Called after every committed write with the row as written."""
@@ -356,8 +379,7 @@ class Store:
             now,
         )
 
-    @staticmethod
-    async def _insert(tx: Tx, row: Row, values: tuple[Any, ...], event: str, why: str) -> Row:
+    async def _insert(self, tx: Tx, row: Row, values: tuple[Any, ...], event: str, why: str) -> Row:
         """Inside a write's transaction."""
         try:
             await tx.execute(
@@ -365,6 +387,8 @@ class Store:
             )
         except Conflict:
             raise RowExists(f"{row.kind} {row.id} already exists") from None
+        if self.leases is not None:
+            await self.leases.take(tx, row.kind, row.id)
         await _append(tx, row.kind, row.id, event, None, row.state, why, row.created_at)
         return row
 
@@ -407,6 +431,8 @@ class Store:
         )
 
         async def work(tx: Tx) -> Row:
+            if self.leases is not None:
+                await self.leases.check(tx, row.kind, row.id)
             changed = await tx.execute(
                 "UPDATE actors SET state=?, terminal=?, spec=?, data=?, version=?, updated_at=? "
                 "WHERE kind=? AND id=? AND version=?",
@@ -431,11 +457,15 @@ class Store:
         key, now = (row.kind, row.id), self._clock()
 
         async def work(tx: Tx) -> bool:
+            if self.leases is not None:
+                await self.leases.check(tx, *key)
             deleted = await tx.execute(
                 "DELETE FROM actors WHERE kind=? AND id=? AND version=?", (*key, row.version)
             )
             if deleted != 1:
                 return False
+            if self.leases is not None:
+                await self.leases.drop(tx, *key)
             await tx.execute("DELETE FROM quarantine WHERE kind=? AND id=?", key)
             await _append(tx, row.kind, row.id, "removed", row.state, None, why, now)
             return True

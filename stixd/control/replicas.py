@@ -1,0 +1,117 @@
+"""Several stixd on one PostgreSQL database: this replica's name, its heartbeat in the
+`replicas` table, and the task that keeps its leases and takes over the actors of a replica
+that died (stixd/store/leases.py says how a lease works).
+
+A replica that is killed stops renewing; within `lease_seconds` its leases expire by the
+database's clock, and the next sweep of a live replica (every third of that) claims them and
+starts their actors from their rows: a takeover within 4/3 of the lease time.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from stixd.app import App
+from stixd.config import Config
+from stixd.control import forward
+from stixd.store.backend import Backend
+from stixd.store.leases import NOW, Leases
+from stixproto import messages as m
+from stixproto.errors import DaemonUnavailable
+
+HEARTBEAT = (
+    f"INSERT INTO replicas (name, address, seen_at) VALUES (?, ?, {NOW}) "
+    "ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, seen_at = EXCLUDED.seen_at "
+    "RETURNING 1"
+)
+
+
+def replica_name(home: Path, config: Config) -> str:
+    """The name this replica's leases carry: the config's, else this host's name and home (a
+    restarted daemon of the same home takes its own actors back at once)."""
+    return config.daemon.replica_name or f"{socket.gethostname()}:{home}"
+
+
+def leases_for(app_config: Config, home: Path, backend: Backend) -> Leases | None:
+    """The leases of this replica, or None: SQLite (one daemon), or leases turned off."""
+    seconds = app_config.daemon.lease_seconds
+    if app_config.db is None or seconds <= 0:
+        return None
+    return Leases(backend, replica_name(home, app_config), seconds)
+
+
+async def sweep(app: App, leases: Leases, address: str) -> int:
+    """One round: the heartbeat, the renewal (standing down actors whose lease another replica
+    took), and the claim of every expired lease of a live row; the actors started."""
+    await app.store.backend.fetch(HEARTBEAT, (leases.owner, address))
+    lost = await leases.renew()
+    if lost:
+        app.supervisor.stand_down(lost)
+    started = 0
+    for kind, id_ in await leases.claim_free(own_too=False):
+        if app.supervisor.get(kind, id_) is not None:
+            continue  # still running here (this replica's own lease had lapsed): kept
+        row = await app.store.get(kind, id_)
+        if row is not None and not row.terminal:
+            app.log.info("took_over", kind=kind, id=id_)
+            app.spawn(row)
+            started += 1
+    return started
+
+
+async def keep_leases(app: App, leases: Leases, address: str) -> None:
+    """Sweep every third of the lease time, on a fixed beat (a slow round does not push the
+    next ones later), for the daemon's life; a round that fails (the database away) is
+    logged and tried again at the next."""
+    period = leases.seconds / 3
+    beat = anyio.current_time()
+    while True:
+        try:
+            await sweep(app, leases, address)
+        except Exception as exc:  # the database is away: the next round tries again
+            app.log.warning("lease_sweep_failed", error=f"{type(exc).__name__}: {exc}")
+        beat = max(beat + period, anyio.current_time())
+        await anyio.sleep_until(beat)
+
+
+WATCH_POLL = 0.5
+"""How often a waiter reads a row again that another replica may write (`RowWatch`)."""
+
+ADDRESS = f"SELECT address FROM replicas WHERE name = ? AND seen_at >= {NOW} - ?"
+"""A replica's socket, if it was seen within a lease's time."""
+
+Emit = Callable[[Any], Awaitable[None]]
+
+
+def elsewhere(
+    app: App, leases: Leases
+) -> Callable[[str, str, Any, Emit], Awaitable[tuple[bool, Any]]]:
+    """`App.elsewhere`: (True, the owner's reply) for a request about an actor another live
+    replica runs, (False, None) for one this replica runs or is to run."""
+
+    async def ask(kind: str, id_: str, payload: Any, emit: Emit) -> tuple[bool, Any]:
+        if leases.holds(kind, id_) or app.supervisor.get(kind, id_) is not None:
+            return False, None
+        owner = await leases.owner_of(kind, id_)
+        if owner is None or owner == leases.owner:
+            return False, None  # no live owner: this replica claims it
+        if isinstance(payload, m.Status):
+            return True, m.OkReply()  # a refresh: the owner's health checks keep it fresh
+        request = forward.narrowed(payload, id_)
+        if request is None:
+            raise DaemonUnavailable(f"{kind} {id_} is run by replica {owner}: ask it there")
+        found = await app.store.backend.fetch(ADDRESS, (owner, leases.seconds))
+        if not found:
+            raise DaemonUnavailable(
+                f"{kind} {id_} is run by replica {owner}, which has not been seen for "
+                f"{leases.seconds:g}s: try again once another replica took it over"
+            )
+        app.log.info("forwarded", kind=kind, id=id_, to=owner)
+        return True, await forward.call(str(found[0][0]), request, emit)
+
+    return ask

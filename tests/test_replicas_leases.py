@@ -1,0 +1,98 @@
+"""Leases on one PostgreSQL database (issue 18, item 4), at the store: the replica that inserts
+a row runs it, another cannot claim it while the lease lives, takes it once it expired by the
+database's clock, and the first one's writes are then refused (fenced by the epoch)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from stixd.store.chosen import open_postgres
+from stixd.store.db import Row
+from stixd.store.leases import Leases, LostLease
+from tests.conftest import OpenStore
+from tests.pg_server import PgServer
+
+pytestmark = pytest.mark.anyio
+
+SECONDS = 0.6
+
+
+async def _expire() -> None:
+    await anyio.sleep(SECONDS + 0.2)
+
+
+async def test_a_row_is_run_by_the_replica_that_made_it_until_its_lease_expires(
+    postgres: PgServer,
+) -> None:
+    url = postgres.fresh()
+    async with open_postgres(url) as a, open_postgres(url) as b:
+        a.leases = Leases(a.backend, "a", SECONDS)
+        b.leases = Leases(b.backend, "b", SECONDS)
+        row = await a.insert(Row(kind="cluster", id="c1", state="INIT", version=0), "created")
+        assert a.leases.holds("cluster", "c1")
+        assert not await b.leases.claim("cluster", "c1")
+        assert await b.leases.claim_free(own_too=False) == []
+        assert await b.leases.owner_of("cluster", "c1") == "a"
+        assert await a.leases.renew() == []  # renewed: still a's
+        row = await a.update(row, event="go", state="UP")
+
+        await _expire()
+        assert await b.leases.claim_free(own_too=False) == [("cluster", "c1")]
+        with pytest.raises(LostLease):
+            await a.update(row, event="late", state="STOPPED")
+        assert (await b.get("cluster", "c1")).state == "UP"  # type: ignore[union-attr]
+        assert await a.leases.renew() == []  # (already dropped by the refused write)
+        fresh = await b.get("cluster", "c1")
+        assert fresh is not None
+        await b.update(fresh, event="go", state="STOPPED")
+
+
+async def test_a_paused_replica_learns_at_its_renewal_which_leases_it_lost(
+    postgres: PgServer,
+) -> None:
+    url = postgres.fresh()
+    async with open_postgres(url) as a, open_postgres(url) as b:
+        a.leases = Leases(a.backend, "a", SECONDS)
+        b.leases = Leases(b.backend, "b", SECONDS)
+        for n in ("1", "2"):
+            await a.insert(Row(kind="cluster", id=n, state="INIT", version=0), "created")
+        await _expire()
+        assert await b.leases.claim("cluster", "1")
+        assert await a.leases.renew() == [("cluster", "1")]  # "2" is a's still: renewed
+        assert not await b.leases.claim("cluster", "2")
+
+
+async def test_a_restarted_replica_takes_its_own_leases_back_at_once_and_fences_its_past(
+    postgres: PgServer,
+) -> None:
+    url = postgres.fresh()
+    async with open_postgres(url) as old, open_postgres(url) as new:
+        old.leases = Leases(old.backend, "a", 60)
+        new.leases = Leases(new.backend, "a", 60)
+        row = await old.insert(Row(kind="job", id="j", state="PENDING", version=0), "created")
+        assert await new.leases.claim_free(own_too=True) == [("job", "j")]
+        with pytest.raises(LostLease):
+            await old.update(row, event="late", state="RUNNING")
+        await new.update(row, event="go", state="RUNNING")
+
+
+async def test_a_deleted_row_takes_its_lease_with_it_and_its_name_starts_afresh(
+    postgres: PgServer,
+) -> None:
+    url = postgres.fresh()
+    async with open_postgres(url) as a, open_postgres(url) as b:
+        a.leases = Leases(a.backend, "a", 60)
+        b.leases = Leases(b.backend, "b", 60)
+        row = await a.insert(Row(kind="service", id="s", state="INIT", version=0), "created")
+        assert await a.delete(row)
+        assert await b.leases.owner_of("service", "s") is None
+        await b.insert(Row(kind="service", id="s", state="INIT", version=0), "created")
+        assert b.leases.holds("service", "s")
+
+
+async def test_without_leases_the_store_writes_as_before(open_any: OpenStore) -> None:
+    async with open_any() as store:
+        assert store.leases is None
+        row = await store.insert(Row(kind="cluster", id="c", state="INIT", version=0), "made")
+        await store.update(row, event="go", state="UP")
