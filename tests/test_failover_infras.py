@@ -126,7 +126,7 @@ def test_a_task_pinned_to_kubernetes_never_crosses(
     assert launched.returncode != 0, launched.stdout
     assert "every choice on kubernetes failed" in launched.stderr, launched.stderr
     assert "Insufficient cpu" in launched.stderr and "next" not in launched.stderr
-    assert "pin" not in machines(stix)
+    assert not (stix.home / "fake" / "machines.json").exists()  # the fake cloud made nothing
     assert objects(hogged, "pin") == []
     stix.run("down", "-y", "pin", timeout=60)
 
