@@ -10,7 +10,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -131,6 +130,7 @@ def test_a_task_pinned_to_kubernetes_never_crosses(
     stix.run("down", "-y", "pin", timeout=60)
 
 
+@pytest.mark.slow  # ~20 s, most of it two daemon starts
 def test_a_daemon_killed_right_after_the_move_brings_the_cluster_up_on_the_new_infra(
     stix: Stix, hogged: FakeProcess, task_file: Callable[[str], Path]
 ) -> None:
@@ -172,3 +172,28 @@ def test_a_fake_cloud_without_capacity_anywhere_moves_to_this_machine(
         assert stix.clusters()["fl"]["infra"] == "local"
     finally:
         stix.run("down", "-y", "fl", timeout=60)
+
+
+@pytest.mark.slow  # ~20 s, most of it the daemon's start and first plan
+def test_a_retry_until_up_round_after_a_move_starts_again_on_the_first_infra(
+    stix: Stix, hogged: FakeProcess, task_file: Callable[[str], Path]
+) -> None:
+    """Round 1: the fake cloud refuses in all three regions, Kubernetes' scheduler says no;
+    round 2 starts on the fake cloud again (the first choice), where capacity has appeared."""
+    both(stix, hogged, no_capacity_launches=3)
+    stix.env["STIX__DAEMON__RETRY_UNTIL_UP_SECONDS"] = "0.2"
+    stix.env["STIX__DAEMON__RETRY_UNTIL_UP_MAX_SECONDS"] = "0.4"
+    t = "resources:\n  cpus: 2+\n  any_of:\n    - infra: fake\n    - infra: k8s\nrun: echo done\n"
+    out = stix.run("launch", "-y", "-d", "-r", "-c", "rr", str(task_file(t)), timeout=120)
+    try:
+        said = out.stdout + out.stderr
+        assert out.returncode == 0, said
+        assert "no choice left on fake: trying 1x kubernetes/" in said, said
+        assert "round 2" in said and "Insufficient cpu" in said, said
+        assert "every choice on fake, kubernetes failed: 1x fake/fake-1" in said, said
+        cluster = stix.clusters()["rr"]
+        assert cluster["status"] == "UP" and cluster["infra"].startswith("fake"), cluster
+        assert "fake/fake-1" in cluster["resources"]
+        assert objects(hogged, "rr") == []
+    finally:
+        stix.run("down", "-y", "rr", timeout=60)

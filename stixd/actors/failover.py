@@ -104,7 +104,7 @@ async def move_to_next_infra(
     if (
         not set(open_infras) - set(exhausted) or cluster.data.nodes
     ):  # pinned, or nodes of it live on the old infra
-        raise NoChoiceLeft(f"every choice on {here} failed: {tried}")
+        raise NoChoiceLeft(f"every choice on {', '.join(exhausted)} failed: {tried}")
     await app.refresh_catalogs(only=[i for i in open_infras if i not in exhausted])
     machine = app.infras.machine()
     index = app.planner_index()
@@ -114,13 +114,12 @@ async def move_to_next_infra(
         machine_cap=app.machine_max_nodes(),
         leave_out=exhausted,
     )
-    gone = ", ".join(exhausted)
     try:
         infra = await anyio.to_thread.run_sync(choose, task, open_infras, index, blocks)
         spec = await _spec_on(cluster, task, infra, blocks)
     except (NoChoiceLeft, InvalidTask) as exc:
         raise NoChoiceLeft(
-            f"every choice on {gone} failed: {tried}; nor elsewhere: {exc}"
+            f"every choice on {', '.join(exhausted)} failed: {tried}; nor elsewhere: {exc}"
         ) from None
     env.progress(
         m.Progress(f"{failed[-1]}; no choice left on {here}: trying {spec['resources']} next.")
