@@ -21,6 +21,7 @@ from tests.kube_fake.process import FakeProcess
 from tests.kube_fake.server import CONTEXT
 from tests.test_interrupt import machines
 from tests.test_kube_e2e import hog, objects
+from tests.test_managed_jobs import managed
 
 KUBE_OR_FAKE = (
     "resources:\n  cpus: 2+\n  any_of:\n    - infra: k8s\n    - infra: fake\nrun: echo done\n"
@@ -197,3 +198,14 @@ def test_a_retry_until_up_round_after_a_move_starts_again_on_the_first_infra(
         assert objects(hogged, "rr") == []
     finally:
         stix.run("down", "-y", "rr", timeout=60)
+
+
+def test_a_managed_job_whose_kubernetes_pod_cannot_be_placed_runs_on_the_next_infra(
+    stix: Stix, hogged: FakeProcess, task_file: Callable[[str], Path]
+) -> None:
+    both(stix, hogged)
+    path = task_file(KUBE_OR_FAKE)
+    stix.run("jobs", "launch", "-d", "-y", "-n", "mx", str(path), check=True, timeout=120)
+    done = wait_until(lambda: (j := managed(stix, 1))["status"] == "SUCCEEDED" and j, 90)
+    assert done["run_infras"] == ["fake/fake-1"], done
+    assert done["recoveries"] == 0 and objects(hogged, done["cluster"]) == []

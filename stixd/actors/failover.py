@@ -101,9 +101,8 @@ async def move_to_next_infra(
     tried = "; ".join(failed)
     fits = _fits_machine(cluster, task)
     open_infras = failover_infras(task, app.infras, app.clouds(), machine_fits=fits)
-    if (
-        not set(open_infras) - set(exhausted) or cluster.data.nodes
-    ):  # pinned, or nodes of it live on the old infra
+    pinned = not set(open_infras) - set(exhausted)
+    if pinned or cluster.data.nodes:  # nodes: a stopped cluster's, kept on the old infra
         raise NoChoiceLeft(f"every choice on {', '.join(exhausted)} failed: {tried}")
     await app.refresh_catalogs(only=[i for i in open_infras if i not in exhausted])
     machine = app.infras.machine()
