@@ -16,9 +16,11 @@ import pytest
 from stixd.planner.infra_meta import InfraMeta, Infras, Role
 from stixd.planner.target import failover_infras
 from stixproto.task import Task
+from tests.awsbed import AwsBed, aws_fixtures
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
 from tests.kube_fake.server import CONTEXT
+from tests.test_aws_e2e import CATALOGS
 from tests.test_interrupt import machines
 from tests.test_kube_e2e import hog, objects
 from tests.test_managed_jobs import managed
@@ -209,3 +211,41 @@ def test_a_managed_job_whose_kubernetes_pod_cannot_be_placed_runs_on_the_next_in
     done = wait_until(lambda: (j := managed(stix, 1))["status"] == "SUCCEEDED" and j, 90)
     assert done["run_infras"] == ["fake/fake-1"], done
     assert done["recoveries"] == 0 and objects(hogged, done["cluster"]) == []
+
+
+aws_server, aws = aws_fixtures()
+AWS_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-northeast-1")  # m6i.large's
+
+
+@pytest.mark.slow  # ~40 s: every zone of AWS's four regions refuses first
+def test_aws_without_capacity_in_any_region_moves_to_kubernetes(
+    stix: Stix, aws: AwsBed, kube: FakeProcess, task_file: Callable[[str], Path]
+) -> None:
+    stix.env.update(aws.env)
+    stix.env.update(
+        {
+            "STIX_CATALOG_DIR": str(CATALOGS),
+            "AWS_SHARED_CREDENTIALS_FILE": str(stix.home / "no-aws-credentials"),
+            "AWS_CONFIG_FILE": str(stix.home / "no-aws-config"),
+            "KUBECONFIG": str(kube.kubeconfig),
+        }
+    )
+    aws.fault("RunInstances", "InsufficientInstanceCapacity", status=500)
+    t = (
+        "resources:\n  any_of:\n    - infra: aws\n      instance_type: m6i.large\n"
+        "    - infra: k8s\n      cpus: 2+\nrun: echo done\n"
+    )
+    launched = launch(stix, task_file(t), "ak")
+    try:
+        said = launched.stdout + launched.stderr
+        assert launched.returncode == 0, said
+        assert "1x aws/ap-northeast-1 m6i.large: " in said, said
+        assert f"no choice left on aws: trying 1x kubernetes/{CONTEXT} " in said, said
+        assert "done" in launched.stdout, said
+        cluster = stix.clusters()["ak"]
+        assert cluster["infra"] == "kubernetes" and CONTEXT in cluster["resources"], cluster
+        assert all(aws.live_instances(region=r) == [] for r in AWS_REGIONS)
+        assert [o["kind"] for o in objects(kube, "ak")] == ["Pod"]
+    finally:
+        stix.run("down", "-y", "ak", timeout=60)
+    assert objects(kube, "ak") == []
