@@ -114,6 +114,9 @@ def test_an_unschedulable_pod_moves_the_launch_to_the_next_infra_where_the_job_r
         moved = [e["why"] for e in stix.json("events", "xc") if "moved from" in e["why"]]
         assert moved == ["moved from kubernetes to 1x fake/fake-1 fake-node"], moved
         assert took < 30, took
+        again = launch(stix, task_file(KUBE_OR_FAKE), "xc")  # UP where the task may run
+        assert again.returncode == 0 and "done" in again.stdout, again.stderr
+        assert "Provisioning" not in again.stderr, again.stderr
     finally:
         stix.run("down", "-y", "xc", timeout=60)
     assert "xc" not in machines(stix)
