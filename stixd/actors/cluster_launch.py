@@ -4,7 +4,6 @@ the optimizer's choices, and `exec` of a task on a cluster already UP.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import secrets
 import time
@@ -19,19 +18,14 @@ from stixd.actors.cluster_phases import start_phase
 from stixd.actors.cluster_ports import open_task_ports
 from stixd.actors.cluster_retry import client_gone, give_up, is_retrying, wait_and_retry
 from stixd.actors.cluster_states import C, E
+from stixd.actors.failover import launch_with_failover, may_run_on
 from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.launch_spec import files_digest, spec_digest
 from stixd.actors.specs import ClusterSpec, PendingLaunch, decode, encode
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.planner.local_fit import check_fits_local, local_offer
-from stixd.planner.request import Blocked
-from stixd.planner.target import (
-    MAX_FAILOVERS,
-    NoChoiceLeft,
-    cloud_spec,
-    task_ports,
-)
-from stixd.providers.base import CapacityError, NodeInfo, NodeStatus, ProvisionRequest
+from stixd.planner.target import cloud_spec, task_ports
+from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
 from stixd.runtime.actor import error_reply
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
@@ -59,7 +53,7 @@ async def launch(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m.Launc
     provider, pool = app.target(req.task)
     if cluster.state is C.UP:
         here = (cluster.spec.provider, cluster.spec.pool)
-        if here != (provider, pool):
+        if here != (provider, pool) and not may_run_on(cluster, req.task):
             raise InvalidRequest(
                 f"cluster {cluster.id!r} runs on {infra_label(*here)} but the task asks for "
                 f"{infra_label(provider, pool)}; launch it on a new cluster name"
@@ -148,6 +142,19 @@ async def first_choice(cluster: ClusterActor, req: m.Launch, provider: str) -> d
     return spec
 
 
+def target_spec(
+    cluster: ClusterActor, task: Task, provider: str, pool: str | None
+) -> dict[str, Any]:
+    """The spec fields of a launch on (provider, pool) before a cloud's choice is added."""
+    return {
+        "provider": provider,
+        "pool": pool,
+        "resources": f"{task.num_nodes}x {infra_label(provider, pool)}",
+        "hourly_price": local_offer(cluster.app.default_infra).price,  # per node: local, SSH: $0
+        "placement": None,
+    }
+
+
 async def begin_launch(
     cluster: ClusterActor, req: m.Launch, provider: str, pool: str | None
 ) -> int | None:
@@ -169,12 +176,8 @@ async def begin_launch(
         }
     spec = {
         **encode(cluster.spec),
-        "provider": provider,
-        "pool": pool,
+        **target_spec(cluster, req.task, provider, pool),
         "num_nodes": req.task.num_nodes,
-        "resources": f"{req.task.num_nodes}x {infra_label(provider, pool)}",
-        "hourly_price": local_offer(cluster.app.default_infra).price,  # per node: local, SSH: $0
-        "placement": None,
         "avoid_regions": list(req.avoid_regions),
         "ports": task_ports(req.task),  # a cloud's placement names the ones it opened
     }
@@ -234,13 +237,16 @@ async def retry_launch(cluster: ClusterActor) -> None:
         return
     env = waiter or Envelope(payload=req)
     try:
-        if cluster.spec.provider in cluster.app.infras.clouds():
+        provider, pool = cluster.app.target(req.task)  # a round failed over starts over
+        home = target_spec(cluster, req.task, provider, pool)
+        if provider in cluster.app.infras.clouds():
             try:
-                spec = await first_choice(cluster, req, cluster.spec.provider)
+                home.update(await first_choice(cluster, req, provider))
             except ProvisionError as exc:  # what failed is still remembered as blocked
                 await wait_and_retry(cluster, env, exc)
                 return
-            await cluster.save(spec=decode({**encode(cluster.spec), **spec}, ClusterSpec))
+        if provider in cluster.app.infras.clouds() or provider != cluster.spec.provider:
+            await cluster.save(spec=decode({**encode(cluster.spec), **home}, ClusterSpec))
         result = await finish_launch(cluster, req, pending.job_id, env)
     except StixError as exc:
         env.answer(error_reply(exc))
@@ -347,47 +353,6 @@ async def provision(
     await cluster.save(nodes=[n.to_dict() for n in nodes])
     env.progress(m.Progress(f"{num_nodes} node(s) up; agents ready."))
     return nodes
-
-
-async def launch_with_failover(
-    cluster: ClusterActor, request: ProvisionRequest, task: Task | None, env: Envelope
-) -> list[NodeInfo]:
-    """Launch; on a capacity or quota error on a cloud, block what it names and take the
-    optimizer's next choice there (the provider tries a region's zones itself)."""
-    cloud = cluster.spec.provider
-    failed: list[str] = []
-    blocks = cluster.app.remembered_blocks()
-    while True:
-        try:
-            return await cluster.provider.launch(request)
-        except CapacityError as exc:
-            if task is None or cloud not in cluster.app.clouds() or len(failed) >= MAX_FAILOVERS:
-                raise
-            failed.append(f"{cluster.spec.resources or cloud}: {exc.message}")
-            b = exc.block
-            blocked = Blocked(
-                cloud=b.infra,
-                region=b.region,
-                zone=b.zone,
-                instance_type=b.instance_type,
-                use_spot=b.use_spot,
-                reason=b.reason or exc.message,
-            )
-            blocks.append(blocked)
-            cluster.app.remember_block(blocked, b.remember_s)
-            await cluster.store.record(cluster.kind, cluster.id, "failover", failed[-1])
-            catalog = cluster.app.planner_index()
-            avoid = cluster.spec.avoid_regions
-            plan = functools.partial(cloud_spec, avoid_regions=avoid)
-            try:
-                spec = await anyio.to_thread.run_sync(plan, task, cloud, catalog, blocks)
-            except NoChoiceLeft:
-                tried = "; ".join(failed)
-                raise NoChoiceLeft(f"every choice on {cloud} failed: {tried}") from None
-            env.progress(m.Progress(f"{failed[-1]}; trying {spec['resources']} next."))
-            await cluster.save(spec=decode({**encode(cluster.spec), **spec}, ClusterSpec))
-            placement = spec["placement"]
-            request = dataclasses.replace(request, resources={**request.resources, **placement})
 
 
 async def release_failed_launch(cluster: ClusterActor, exc: ProvisionError) -> None:

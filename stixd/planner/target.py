@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from stixd.planner.catalog import CatalogError
+from stixd.planner.catalog import CatalogError, Offer
 from stixd.planner.from_task import task_request
 from stixd.planner.infra_meta import Infras, Role
 from stixd.planner.local_fit import check_fits_local
@@ -160,3 +160,60 @@ def node_request(
         "accelerator": name or None,
         "accelerator_count": int(float(count)) if name else 0,
     }
+
+
+def failover_infras(
+    task: Task, infras: Infras, clouds: Collection[str], *, machine_fits: bool
+) -> tuple[str, ...]:
+    """The infras a launch of ``task`` may move to once every choice on its first one failed,
+    in registry order: those its resources name when they name several (``any_of`` across
+    infras); when an alternative names none, every usable cloud a task may be placed on unnamed
+    and this machine (``machine_fits``: the task fits it). Empty when the task pins one infra
+    (``infra: k8s``, ``infra: aws/us-east-1``): a pinned launch never crosses. Host pools are
+    never crossed to (their hosts are the user's, named by pool)."""
+    named = {
+        resources.placement(c).cloud for c in resources.candidates(task.resources_or_default())
+    }
+    machine = infras.machine()
+    usable = [c for c in infras.clouds() if c in clouds]
+    if None in named:
+        found = [c for c in usable if c not in infras.named_only() or c in named]
+        found += [machine] if machine_fits else []
+    else:
+        found = [c for c in usable if c in named]
+        found += [machine] if machine in named and machine_fits else []
+    return tuple(found) if len(found) > 1 else ()
+
+
+def next_infra(
+    task: Task,
+    candidates: Sequence[str],
+    index: OfferIndex,
+    blocked: Sequence[Blocked] = (),
+    *,
+    machine_offer: Offer | None = None,
+    machine_cap: int | None = None,
+    leave_out: Collection[str] = (),
+) -> str:
+    """The optimizer's first choice for ``task`` over ``candidates`` (infras), leaving out
+    ``blocked``: where a launch goes when its own infra has no choice left. ``machine_offer``
+    is this machine as the planner sees it, when it is a candidate. ``NoChoiceLeft`` when
+    nothing is left anywhere. ``leave_out``: infras planned (so a reason names their blocks) but
+    not chosen (those whose every choice already failed)."""
+    extra = {machine_offer.cloud: [machine_offer]} if machine_offer is not None else {}
+    limits = {machine_offer.cloud: machine_cap} if machine_offer and machine_cap else {}
+    try:
+        best = plan(
+            task_request(task),
+            index,
+            enabled_clouds=list(candidates),
+            blocked=blocked,
+            extra_offers=extra,
+            max_nodes=limits,
+        )
+    except CatalogError as exc:
+        raise NoChoiceLeft(f"no catalog to plan the next infra with: {exc}") from None
+    left = [c.cloud for c in best.candidates if c.cloud not in leave_out]
+    if not left:
+        raise NoChoiceLeft(best.no_fit_reason or "every candidate is blocked")
+    return left[0]
