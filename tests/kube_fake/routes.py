@@ -16,6 +16,7 @@ from tests.kube_fake.cluster import KubeFake
 from tests.kube_fake.meta import ApiError, Obj, field_matcher, label_matcher, new_metadata
 from tests.kube_fake.nodes import node
 from tests.kube_fake.paging import Pager
+from tests.kube_fake.rbac import Rbac
 from tests.kube_fake.services import Services
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,6 +72,7 @@ class Routes:
             v1: discovery.CORE_RESOURCES,
             "/openapi/v3": openapi.ROOT,
             f"/openapi/v3/{openapi.GROUP_PATH}": openapi.core_v1(),
+            f"/openapi/v3/{openapi.RBAC_PATH}": openapi.rbac_v1(),
         }
         routes = [web.get(path, self._fixed(doc)) for path, doc in fixed.items()]
         routes += [web.get(p, self.healthy) for p in ("/healthz", "/livez", "/readyz")]
@@ -84,6 +86,7 @@ class Routes:
                 web.delete(f"{ns}/{res}/{{name}}", self.delete(res)),
             ]
         routes.append(web.put(f"{ns}/services/{{name}}", self.replace_service))
+        routes += Rbac(self.store, self.pager, _body).routes()  # service accounts, roles
         routes.append(web.post(f"{v1}/namespaces", self.create_namespace))
         for res in ("nodes", "namespaces"):
             routes += [
