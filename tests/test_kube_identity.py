@@ -36,8 +36,8 @@ def _setup(stix: Stix, kube: FakeProcess, identity: str, **more: str) -> str:
     return namespace
 
 
-def _launch(stix: Stix, cluster: str) -> None:
-    stix.run("launch", "-y", "-c", cluster, "--infra", "k8s", "--cpus", "0.5", "echo up",
+def _launch(stix: Stix, cluster: str, *more: str) -> None:
+    stix.run("launch", "-y", "-c", cluster, "--infra", "k8s", "--cpus", "0.5", *more, "echo up",
              check=True, timeout=120)  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def test_the_default_makes_stix_a_service_account_with_its_role_once_and_runs_po
         "SERVICE_ACCOUNT",
         custom_metadata=json.dumps({"labels": {"team": "ml"}, "annotations": {"cost": "42"}}),
     )
-    _launch(stix, "one")
+    _launch(stix, "one", "--ports", "8080")
     first = _made(kube, namespace)
     assert {k: o["metadata"]["name"] for k, o in first.items()} == {
         "ServiceAccount": ACCOUNT,
@@ -81,9 +81,11 @@ def test_the_default_makes_stix_a_service_account_with_its_role_once_and_runs_po
         "name": ROLE,
     }
     assert first["RoleBinding"]["subjects"][0]["name"] == ACCOUNT
-    for made in first.values():  # custom_metadata goes on every object stix makes
-        assert made["metadata"]["labels"]["team"] == "ml"
-        assert made["metadata"]["annotations"]["cost"] == "42"
+    ours = kube.kubectl_json("get", "pods,services", "-n", namespace)["items"]
+    assert {o["kind"] for o in ours} == {"Pod", "Service"}
+    for made in [*first.values(), *ours]:  # custom_metadata goes on every object stix makes
+        assert made["metadata"]["labels"]["team"] == "ml", made
+        assert made["metadata"]["annotations"]["cost"] == "42", made
     _launch(stix, "two")
     again = _made(kube, namespace)
     assert {k: o["metadata"]["uid"] for k, o in again.items()} == {
