@@ -5,7 +5,9 @@ process turns the knobs."""
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +15,14 @@ from aiohttp import web
 
 from tests.kube_fake import claims, discovery, exec_ws, openapi, protobuf, tables
 from tests.kube_fake.cluster import KubeFake
-from tests.kube_fake.meta import ApiError, Obj, field_matcher, label_matcher, new_metadata
+from tests.kube_fake.meta import (
+    ApiError,
+    Obj,
+    field_matcher,
+    label_matcher,
+    new_metadata,
+    timestamp,
+)
 from tests.kube_fake.nodes import node
 from tests.kube_fake.paging import Pager
 from tests.kube_fake.rbac import Rbac
@@ -21,6 +30,7 @@ from tests.kube_fake.services import Services
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NAMESPACED = ("pods", "services", "events", claims.RESOURCE)
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 WATCH_LIMIT = 1800.0  # seconds: the longest watch the fake keeps open
 
 
@@ -104,6 +114,7 @@ class Routes:
             web.post("/fake/faults", self.admin_faults),
             web.post("/fake/nodes", self.admin_add_node),
             web.post("/fake/compact", self.admin_compact),
+            web.post("/fake/age", self.admin_age),
             web.post("/fake/load_balancer", self.admin_load_balancer),
         ]
         return routes
@@ -324,6 +335,15 @@ class Routes:
         body = await _body(request)
         given = await self.services.hold(bool(body.get("hold", False)))
         return web.json_response({"holding": self.services.holding, "given": given})
+
+    async def admin_age(self, request: web.Request) -> web.StreamResponse:
+        """Time passing for one object: its creationTimestamp ``seconds`` earlier (what a
+        client cannot set, as on a real server)."""
+        body = await _body(request)
+        obj = self.store.get(body["resource"], body.get("namespace", "default"), body["name"])
+        made = calendar.timegm(time.strptime(obj["metadata"]["creationTimestamp"], TIME_FORMAT))
+        obj["metadata"]["creationTimestamp"] = timestamp(made - float(body["seconds"]))
+        return web.json_response(self.store.update(body["resource"], obj))
 
     async def admin_compact(self, request: web.Request) -> web.StreamResponse:
         self.store.compact()
