@@ -175,3 +175,26 @@ def test_a_remote_identity_that_is_no_account_name_is_refused_by_the_config(
 
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"remote_identity": bad}, KubernetesConfig)
+
+
+@pytest.mark.anyio
+async def test_a_user_not_allowed_to_make_the_account_is_told_to_name_one(
+    kube: FakeProcess, tmp_path: Path
+) -> None:
+    from stixd.providers.kubernetes import identity
+    from stixd.providers.kubernetes.api import KubeApi
+    from stixd.providers.kubernetes.config import KubernetesConfig
+    from stixd.providers.kubernetes.contexts import Clients, read_kubeconfig
+    from stixproto.errors import ProvisionError
+
+    kube.kubectl("create", "namespace", "forbidden")
+    clients = Clients(read_kubeconfig({"KUBECONFIG": str(kube.kubeconfig)}), tmp_path / "certs")
+    try:
+        api = KubeApi(await clients.client("kube-fake"), "kube-fake", timeout=10)
+        kube.admin("faults", fail_count=1, fail_code=403)  # RBAC's answer to the first POST
+        with pytest.raises(ProvisionError) as refused:
+            await identity.ensure(api, "forbidden", KubernetesConfig())
+        said = refused.value.message
+        assert "Forbidden" in said and "remote_identity" in said and "\n" not in said, said
+    finally:
+        await clients.aclose()

@@ -112,6 +112,11 @@ async def ensure(api: KubeApi, namespace: str, config: KubernetesConfig) -> None
         try:
             await api.call("POST", where, body=body)
         except KubeApiError as exc:
+            if exc.status == 403:
+                raise ProvisionError(
+                    f"{exc.message}; stix cannot make its service account {ACCOUNT} here: set "
+                    "kubernetes.remote_identity to an existing service account's name"
+                ) from None
             if exc.status != 409:  # made before (or meanwhile by another launch): kept
                 raise
 
