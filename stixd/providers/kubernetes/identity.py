@@ -23,6 +23,7 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import yaml
@@ -68,7 +69,7 @@ def objects(namespace: str, config: KubernetesConfig) -> list[tuple[str, dict[st
             else {}
         ),
     }
-    rbac = f"/apis/{_RBAC}/v1/namespaces/{namespace}"
+    rbac = f"/apis/{_RBAC}/v1/namespaces/{quote(namespace, safe='')}"
 
     def named(name: str) -> dict[str, Any]:
         return {**copy.deepcopy(metadata), "name": name}
