@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from stixd.providers.kubernetes.owner import owner_of
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_OWNER, pod_name
+from stixd.providers.local.netns import unavailable_reason
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
 from tests.test_managed_jobs import managed
@@ -51,8 +52,10 @@ def pod(stix: Stix, cluster: str, rank: int) -> str:
 
 
 def objects(fake: FakeProcess, cluster: str) -> list[dict[str, Any]]:
+    """The cluster's pods and services, those only marked for deletion too (a pod in its
+    grace period still runs, holds its node's room and its GPUs)."""
     found = fake.kubectl_json("get", "pods,services", "-l", f"{LABEL_CLUSTER}={cluster}")
-    return [o for o in found["items"] if not o["metadata"].get("deletionTimestamp")]
+    return list(found["items"])
 
 
 def test_a_two_pod_cluster_runs_its_job_takes_a_shell_and_goes_down_leaving_nothing(
@@ -115,7 +118,7 @@ def test_an_unschedulable_pod_fails_over_to_the_next_context_within_seconds_sayi
         said = launched.stdout + launched.stderr
         assert "kube-a" in said and "Insufficient cpu" in said, said
         assert "placed" in launched.stdout
-        assert objects(fake_a, "fo") == []
+        wait_until(lambda: objects(fake_a, "fo") == [], timeout=15)  # deleted when it failed
         assert [o["metadata"]["name"] for o in objects(fakes["kube-b"], "fo")] == [
             pod(k8s, "fo", 0)
         ]
@@ -145,7 +148,7 @@ def test_a_pod_no_node_of_a_context_can_take_as_configured_fails_over_naming_the
         assert "spec.nodeSelector" in said and "placed" in launched.stdout, said
         [made] = objects(fakes["kube-b"], "sel")
         assert made["spec"]["nodeName"] == "nvme-1"
-        assert objects(fakes["kube-a"], "sel") == []
+        wait_until(lambda: objects(fakes["kube-a"], "sel") == [], timeout=15)
     finally:
         k8s.run("down", "-y", "sel", timeout=60)
 
@@ -169,7 +172,7 @@ def test_with_an_autoscaler_the_launch_shows_the_pods_events_then_fails_over_at_
         assert [o["metadata"]["name"] for o in objects(fakes["kube-b"], "grow")] == [
             pod(k8s, "grow", 0)
         ]
-        assert objects(fake_a, "grow") == []
+        wait_until(lambda: objects(fake_a, "grow") == [], timeout=15)
     finally:
         fake_a.kubectl("delete", "pods", "--all", "--wait=false")
         k8s.run("down", "-y", "grow", timeout=60)
@@ -191,12 +194,20 @@ def test_a_pod_runs_the_tasks_image_and_autostop_takes_the_cluster_down(
 def test_a_pod_deleted_mid_job_ends_the_job_as_a_lost_node(
     k8s: Stix, fakes: dict[str, FakeProcess]
 ) -> None:
+    """At once: within two health-check periods of the delete (1 s each here), plus a second
+    for the `stixctl queue` calls that look."""
+    period = 1.0
+    k8s.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = str(period)
+    k8s.run("daemon", "stop", timeout=30)  # started by `check` without the setting
     k8s.run("launch", "-y", "-d", "-c", "lost", "--infra", "k8s/kube-b", "--num-nodes", "2",
             "sleep 600", check=True, timeout=120)  # fmt: skip
     wait_until(lambda: k8s.job_status("lost", 1) == "RUNNING", timeout=60)
     fakes["kube-b"].kubectl("delete", "pod", pod(k8s, "lost", 1), "--wait=false")
+    deleted = time.monotonic()
     wait_until(lambda: k8s.job_status("lost", 1) not in ("RUNNING", "PENDING"), timeout=60)
+    took = time.monotonic() - deleted
     assert k8s.job_status("lost", 1) == "FAILED_DRIVER"
+    assert took < 2 * period + 1.0, took
     events = k8s.run("events", "lost").stdout
     assert re.search(rf"node 1 pod {pod(k8s, 'lost', 1)} (was|is being) deleted", events), events
     k8s.run("down", "-y", "lost", check=True, timeout=60)
@@ -253,3 +264,109 @@ def test_a_managed_job_whose_pod_is_deleted_recovers_on_a_new_pod(
     done = wait_until(lambda: (j := managed(k8s, 1))["status"] == "SUCCEEDED" and j, 120)
     assert done["recoveries"] == 1 and len(list(marks.iterdir())) == 2
     wait_until(lambda: objects(fakes["kube-b"], "mj-1") == [], timeout=60)
+
+
+def test_logs_of_a_job_on_a_pod_stream_as_it_prints_and_exit_by_how_it_ended(
+    k8s: Stix, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"  # the pods of the fake share this machine's files
+    k8s.run("launch", "-y", "-d", "-c", "lg", "--infra", "k8s/kube-b",
+            f"echo first; while [ ! -e {go} ]; do sleep 0.1; done; echo second; exit 3",
+            check=True, timeout=120)  # fmt: skip
+    follow = k8s.popen("logs", "lg", "1")
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()  # printed while the job still waits: streamed
+        assert "first" in first, first
+        assert k8s.job_status("lg", 1) == "RUNNING"
+        go.touch()
+        rest, err = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert "second" in rest, rest
+    assert follow.returncode not in (0, None) and "FAILED" in err, (follow.returncode, err)
+    k8s.run("down", "-y", "lg", check=True, timeout=60)
+
+
+def _in_pod(k8s: Stix, cluster: str, command: str) -> str:
+    ran = k8s.run("exec", cluster, command, check=True, timeout=60)
+    return ran.stdout
+
+
+def test_workdir_and_file_mounts_arrive_in_the_pod_and_a_relaunch_sends_only_what_changed(
+    k8s: Stix, tmp_path: Path
+) -> None:
+    workdir, mounted = tmp_path / "wd", tmp_path / "data"
+    workdir.mkdir()
+    mounted.mkdir()
+    (workdir / "a.txt").write_text("a-1\n")
+    (workdir / "b.txt").write_text("b-1\n")
+    (mounted / "m1.txt").write_text("m1-1\n")
+    (mounted / "m2.txt").write_text("m2-1\n")
+    task = tmp_path / "task.yaml"
+    task.write_text(
+        f"workdir: {workdir}\n"
+        f"file_mounts:\n  ~/data: {mounted}\n"
+        "run: cat a.txt b.txt ~/data/m1.txt ~/data/m2.txt\n"
+    )
+    first = k8s.run("launch", "-y", "-c", "files", "--infra", "k8s/kube-b", str(task),
+                    timeout=120)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert all(t in first.stdout for t in ("a-1", "b-1", "m1-1", "m2-1")), first.stdout
+    look = "stat -c '%n|%z' a.txt b.txt ~/data/m1.txt ~/data/m2.txt"  # ctime: when written
+    before = dict(line.split("|") for line in _in_pod(k8s, "files", look).splitlines())
+    (workdir / "a.txt").write_text("a-2, longer\n")
+    (mounted / "m1.txt").write_text("m1-2, longer\n")
+    again = k8s.run("launch", "-y", "-c", "files", "--infra", "k8s/kube-b", str(task),
+                    timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "a-2, longer" in again.stdout and "m1-2, longer" in again.stdout, again.stdout
+    after = dict(line.split("|") for line in _in_pod(k8s, "files", look).splitlines())
+    changed = {name for name in before if before[name] != after[name]}  # a file sent is written
+    assert {Path(n).name for n in changed} == {"a.txt", "m1.txt"}, (before, after)
+    k8s.run("down", "-y", "files", check=True, timeout=60)
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=f"{unavailable_reason()}")
+def test_every_rank_of_a_two_pod_cluster_sees_every_pods_ip_head_first(
+    stix: Stix, tmp_path: Path
+) -> None:
+    """Pods with addresses of their own (network namespaces): SKYPILOT_NODE_IPS is every
+    node's IP, one a line, head first, on every rank, as SkyPilot sets it."""
+    with FakeProcess(tmp_path, "--context", "kube-net", "--pod-network", "namespace") as fake:
+        stix.env["KUBECONFIG"] = str(fake.kubeconfig)
+        ips_line = '"$(echo "$SKYPILOT_NODE_IPS" | paste -sd,)"'
+        shown = f'printf "rank-%s ips=%s;\\n" "$SKYPILOT_NODE_RANK" {ips_line}'
+        launched = stix.run("launch", "-y", "-c", "ips", "--infra", "k8s", "--num-nodes", "2",
+                            shown, timeout=120)  # fmt: skip
+        assert launched.returncode == 0, launched.stderr
+        ips = [fake.kubectl_json("get", "pod", pod(stix, "ips", r))["status"]["podIP"]
+               for r in (0, 1)]  # fmt: skip
+        assert len(set(ips)) == 2, ips
+        for rank in (0, 1):
+            assert f"rank-{rank} ips={','.join(ips)};" in launched.stdout, launched.stdout
+        stix.run("down", "-y", "ips", check=True, timeout=60)
+
+
+def test_leaks_finds_a_service_of_this_home_that_no_cluster_owns(
+    k8s: Stix, fakes: dict[str, FakeProcess]
+) -> None:
+    fake = fakes["kube-a"]
+    owner = owner_of(k8s.home)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "ghost-svc", "labels": {LABEL_CLUSTER: "ghost", LABEL_OWNER: owner}},
+        "spec": {"type": "NodePort", "selector": {LABEL_CLUSTER: "ghost"},
+                 "ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}]},
+    }  # fmt: skip
+    fake.kubectl("apply", "-f", "-", input=json.dumps(service))
+    try:
+        young = k8s.json("leaks")
+        assert not [x for x in young["leaks"] if x["id"] == "default/ghost-svc"], young
+        fake.admin("age", resource="services", name="ghost-svc", seconds=3600)
+        found = k8s.json("leaks")
+        [leak] = [x for x in found["leaks"] if x["id"] == "default/ghost-svc"]
+        assert (leak["kind"], leak["region"], leak["cluster"]) == ("service", "kube-a", "ghost")
+    finally:
+        fake.kubectl("delete", "service", "ghost-svc", "--wait=false")

@@ -172,9 +172,11 @@ def test_gpu_selection_is_added_to_each_of_the_users_required_terms() -> None:
     assert [e["key"] for e in term["matchExpressions"]] == ["zone", "skypilot.co/accelerator"]
 
 
-def test_remote_identity_names_the_service_account_unless_it_is_a_mode() -> None:
+def test_remote_identity_names_the_service_account_stix_makes_unless_it_names_one() -> None:
     req = PodRequest(cpus=1, memory_gb=1)
-    assert "serviceAccountName" not in manifest(req, PLAN, KubernetesConfig())["spec"]
+    for mode in ("SERVICE_ACCOUNT", "LOCAL_CREDENTIALS", "NO_UPLOAD"):
+        made = manifest(req, PLAN, KubernetesConfig(remote_identity=mode))
+        assert made["spec"]["serviceAccountName"] == "stix-service-account"
     named = manifest(req, PLAN, KubernetesConfig(remote_identity="trainer"))
     assert named["spec"]["serviceAccountName"] == "trainer"
 

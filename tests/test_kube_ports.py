@@ -125,7 +125,7 @@ async def test_a_port_is_reached_through_the_address_its_mode_gives(
 ) -> None:
     cluster, port = f"ports-{mode}", free_port()
     await head_pod(api, cluster, port)
-    await open_ports(api, NS, cluster, OWNER, [port], mode, {"team": "ml"})
+    await open_ports(api, NS, cluster, OWNER, [port], mode, {"team": "ml"}, {"cost": "42"})
     reached = await endpoints(api, NS, cluster, OWNER, [port], mode)
     assert answers(reached[port])
     made = await services(api, cluster)
@@ -135,6 +135,7 @@ async def test_a_port_is_reached_through_the_address_its_mode_gives(
     [service] = made
     assert service["metadata"]["name"] == service_name(cluster, OWNER)
     assert service["metadata"]["labels"]["team"] == "ml"
+    assert service["metadata"]["annotations"]["cost"] == "42"  # custom_metadata's, as a pod's
     kind = {"loadbalancer": "LoadBalancer", "nodeport": "NodePort"}[mode]
     assert service["spec"]["type"] == kind
     if mode == "nodeport":

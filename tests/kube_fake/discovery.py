@@ -4,6 +4,7 @@ The fake serves the legacy (unaggregated) documents; kubectl falls back to them.
 from __future__ import annotations
 
 from tests.kube_fake.meta import Obj
+from tests.kube_fake.rbac import GROUP_DOC, SERVICE_ACCOUNTS
 
 VERSION = {
     "major": "1",
@@ -23,7 +24,7 @@ API_VERSIONS = {
     "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
 }
 
-API_GROUPS = {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+API_GROUPS = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [GROUP_DOC]}
 
 _RW = ["create", "delete", "get", "list", "patch", "watch"]
 
@@ -56,6 +57,7 @@ CORE_RESOURCES = {
         _resource("services", "Service", _RW, ["svc"]),
         _resource("events", "Event", _RW, ["ev"]),
         _resource("persistentvolumeclaims", "PersistentVolumeClaim", _RW, ["pvc"]),
+        SERVICE_ACCOUNTS.discovery(),
         _resource("nodes", "Node", ["get", "list", "watch"], ["no"], namespaced=False),
         _resource(
             "namespaces", "Namespace", ["create", "get", "list", "watch"], ["ns"], namespaced=False

@@ -12,7 +12,12 @@ from aiohttp import web
 from tests.kube_fake.meta import ApiError
 
 ADMIN_PREFIX = "/fake/"
-_REASONS = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+_REASONS = {
+    403: "Forbidden",  # what RBAC answers a user not allowed the call
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
 
 
 @dataclasses.dataclass

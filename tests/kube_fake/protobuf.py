@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from tests.kube_fake.meta import ApiError, Obj
 
 MAGIC = b"k8s\x00"
-READABLE_KINDS = ("Namespace",)
+READABLE_KINDS = ("Namespace", "ServiceAccount")  # kinds whose metadata is all that matters
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:

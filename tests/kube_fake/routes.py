@@ -5,7 +5,9 @@ process turns the knobs."""
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,13 +15,22 @@ from aiohttp import web
 
 from tests.kube_fake import claims, discovery, exec_ws, openapi, protobuf, tables
 from tests.kube_fake.cluster import KubeFake
-from tests.kube_fake.meta import ApiError, Obj, field_matcher, label_matcher, new_metadata
+from tests.kube_fake.meta import (
+    ApiError,
+    Obj,
+    field_matcher,
+    label_matcher,
+    new_metadata,
+    timestamp,
+)
 from tests.kube_fake.nodes import node
 from tests.kube_fake.paging import Pager
+from tests.kube_fake.rbac import Rbac
 from tests.kube_fake.services import Services
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NAMESPACED = ("pods", "services", "events", claims.RESOURCE)
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 WATCH_LIMIT = 1800.0  # seconds: the longest watch the fake keeps open
 
 
@@ -71,6 +82,7 @@ class Routes:
             v1: discovery.CORE_RESOURCES,
             "/openapi/v3": openapi.ROOT,
             f"/openapi/v3/{openapi.GROUP_PATH}": openapi.core_v1(),
+            f"/openapi/v3/{openapi.RBAC_PATH}": openapi.rbac_v1(),
         }
         routes = [web.get(path, self._fixed(doc)) for path, doc in fixed.items()]
         routes += [web.get(p, self.healthy) for p in ("/healthz", "/livez", "/readyz")]
@@ -84,6 +96,7 @@ class Routes:
                 web.delete(f"{ns}/{res}/{{name}}", self.delete(res)),
             ]
         routes.append(web.put(f"{ns}/services/{{name}}", self.replace_service))
+        routes += Rbac(self.store, self.pager, _body).routes()  # service accounts, roles
         routes.append(web.post(f"{v1}/namespaces", self.create_namespace))
         for res in ("nodes", "namespaces"):
             routes += [
@@ -101,6 +114,7 @@ class Routes:
             web.post("/fake/faults", self.admin_faults),
             web.post("/fake/nodes", self.admin_add_node),
             web.post("/fake/compact", self.admin_compact),
+            web.post("/fake/age", self.admin_age),
             web.post("/fake/load_balancer", self.admin_load_balancer),
         ]
         return routes
@@ -321,6 +335,15 @@ class Routes:
         body = await _body(request)
         given = await self.services.hold(bool(body.get("hold", False)))
         return web.json_response({"holding": self.services.holding, "given": given})
+
+    async def admin_age(self, request: web.Request) -> web.StreamResponse:
+        """Time passing for one object: its creationTimestamp ``seconds`` earlier (what a
+        client cannot set, as on a real server)."""
+        body = await _body(request)
+        obj = self.store.get(body["resource"], body.get("namespace", "default"), body["name"])
+        made = calendar.timegm(time.strptime(obj["metadata"]["creationTimestamp"], TIME_FORMAT))
+        obj["metadata"]["creationTimestamp"] = timestamp(made - float(body["seconds"]))
+        return web.json_response(self.store.update(body["resource"], obj))
 
     async def admin_compact(self, request: web.Request) -> web.StreamResponse:
         self.store.compact()

@@ -10,9 +10,10 @@
   the launch fails over (SkyPilot's default, 10, without an autoscaler; launches without one
   fail over at once on a ``FailedScheduling`` event).
 - ``autoscaler``: the context's cluster autoscaler kind, if any (SkyPilot's names).
-- ``remote_identity``: the service account pods run as: an account's name, or one of
-  SkyPilot's modes (``SERVICE_ACCOUNT``, ``NO_UPLOAD``, ``LOCAL_CREDENTIALS``), which leave pods
-  on the namespace's default account (stix makes no account or role of its own).
+- ``remote_identity``: who pods are to the API server: SkyPilot's modes ``SERVICE_ACCOUNT``
+  (the default: stix's own service account, made with its role), ``LOCAL_CREDENTIALS`` (that
+  account, and the user's kubeconfig for the one context in each pod), ``NO_UPLOAD`` (that
+  account, nothing uploaded), or an existing service account's name (``identity.py``).
 - ``ports``: how a task's ports are exposed: ``loadbalancer`` (default), ``nodeport`` or
   ``podip`` (reachable only from inside the cluster's network).
 - ``image``: the pod image when the task names none (must have python3 for the agent).
@@ -32,6 +33,8 @@ Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
 DEFAULT_IMAGE = "python:3.11-slim"
 """A small public image with python3; a task's ``image_id: docker:IMAGE`` replaces it."""
 DEFAULT_PROVISION_TIMEOUT = 10.0
+_IDENTITY = r"^(SERVICE_ACCOUNT|LOCAL_CREDENTIALS|NO_UPLOAD|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"
+"""One of SkyPilot's modes, or a service account's name (a DNS subdomain)."""
 
 
 class CustomMetadata(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -48,6 +51,8 @@ class KubernetesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     custom_metadata: CustomMetadata = msgspec.field(default_factory=CustomMetadata)
     provision_timeout: Seconds = DEFAULT_PROVISION_TIMEOUT
     autoscaler: Autoscaler | None = None
-    remote_identity: str = "SERVICE_ACCOUNT"
+    remote_identity: Annotated[str, msgspec.Meta(max_length=253, pattern=_IDENTITY)] = (
+        "SERVICE_ACCOUNT"
+    )
     ports: PortMode = "loadbalancer"
     image: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] = DEFAULT_IMAGE

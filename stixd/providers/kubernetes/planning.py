@@ -109,5 +109,8 @@ class KubePlanning:
         if context in self._ports_ok:
             return
         api = await self.api(context)
-        await preflight(api, self.namespace(context), self.config.ports, labels)
+        annotations = self.config.custom_metadata.annotations
+        await preflight(
+            api, self.namespace(context), self.config.ports, labels, annotations=annotations
+        )
         self._ports_ok.add(context)

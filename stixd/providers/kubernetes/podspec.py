@@ -24,6 +24,7 @@ from typing import Any
 
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.gpu_labels import Selection
+from stixd.providers.kubernetes.identity import account_of
 from stixd.providers.kubernetes.seams import CONTAINER, PodRequest
 
 LABEL_CLUSTER = "stix-cluster"
@@ -34,8 +35,6 @@ LABEL_OWNER = "stix-owner"
 """Every object stix makes carries ``LABEL_CLUSTER`` and ``LABEL_OWNER`` (the id of the stix
 home that made it, ``owner.py``): down, listing and the leak scan select on both."""
 
-IDENTITIES_WITHOUT_ACCOUNT = ("SERVICE_ACCOUNT", "NO_UPLOAD", "LOCAL_CREDENTIALS")
-"""``remote_identity`` values that leave the pod on its namespace's default service account."""
 GRACE_S = 10
 """Seconds a deleted pod's processes get between SIGTERM and SIGKILL."""
 MAIN_PID_FILE = ".stix-main.pid"
@@ -274,6 +273,5 @@ def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[s
         container["resources"] = merge(container.get("resources") or {}, asked)
     if plan.selection is not None:
         spec["affinity"] = _require(spec.get("affinity") or {}, plan.selection)
-    if config.remote_identity not in IDENTITIES_WITHOUT_ACCOUNT:
-        spec["serviceAccountName"] = config.remote_identity
+    spec["serviceAccountName"] = account_of(config.remote_identity)  # made by identity.ensure
     return pod

@@ -9,7 +9,8 @@
   cluster's network only).
 
 The service carries stix's labels (``down`` and the leak scan find it by its cluster's label)
-and is made idempotently: one that already exposes the ports is kept. A launch does not wait
+and ``custom_metadata``'s labels and annotations, as every object stix makes, and is made
+idempotently: one that already exposes the ports is kept. A launch does not wait
 for a LoadBalancer's address (a cloud may take minutes): it is looked up when asked for.
 `preflight` refuses ``ports`` where the context cannot expose them (no load balancer controller
 takes a LoadBalancer service on within a short bound, as on bare metal) in one sentence,
@@ -65,15 +66,29 @@ def service_name(cluster: str, owner: str) -> str:
     return object_name(f"s-{digest}", owner, _SUFFIX)
 
 
+def _metadata(
+    name: str, labels: Mapping[str, str], annotations: Mapping[str, str] | None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": dict(labels)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
 def service_manifest(
-    cluster: str, owner: str, ports: Sequence[int], mode: PortMode, labels: Mapping[str, str]
+    cluster: str,
+    owner: str,
+    ports: Sequence[int],
+    mode: PortMode,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The service exposing ``ports`` of the cluster's head pod."""
     mine = {LABEL_CLUSTER: label_value(cluster), **({LABEL_OWNER: owner} if owner else {})}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": service_name(cluster, owner), "labels": {**labels, **mine}},
+        "metadata": _metadata(service_name(cluster, owner), {**labels, **mine}, annotations),
         "spec": {
             "type": _KIND[mode],
             "selector": {**mine, LABEL_RANK: "0"},
@@ -109,6 +124,7 @@ async def open_ports(
     ports: Sequence[int],
     mode: PortMode,
     labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> None:
     """Expose ``ports`` of the cluster's head pod (nothing to make in ``podip`` mode). A
     service already exposing them stays; one exposing fewer gets the others added in place
@@ -125,7 +141,7 @@ async def open_ports(
         return
     if found is not None:
         await delete_service(api, namespace, name)
-    body = service_manifest(cluster, owner, ports, mode, labels or {})
+    body = service_manifest(cluster, owner, ports, mode, labels or {}, annotations)
     try:
         await api.call("POST", where, body=body)
     except KubeApiError as exc:
@@ -276,6 +292,7 @@ async def preflight(
     mode: PortMode,
     labels: Mapping[str, str] | None = None,
     *,
+    annotations: Mapping[str, str] | None = None,
     wait_s: float = ADDRESS_WAIT_S,
 ) -> None:
     """Refuse, with `PortsUnavailable`, ports the context cannot expose in ``mode``: in
@@ -291,7 +308,7 @@ async def preflight(
     body = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": probe, "labels": {**(labels or {}), LABEL_CLUSTER: _PROBE}},
+        "metadata": _metadata(probe, {**(labels or {}), LABEL_CLUSTER: _PROBE}, annotations),
         "spec": {
             "type": "LoadBalancer",
             "selector": {LABEL_CLUSTER: _PROBE},

@@ -41,7 +41,7 @@ from stixd.providers.base import (
     NodeStatus,
     ProvisionRequest,
 )
-from stixd.providers.kubernetes import pods
+from stixd.providers.kubernetes import identity, pods
 from stixd.providers.kubernetes.agents import address, ref_of, start_agents
 from stixd.providers.kubernetes.api import KubeApi
 from stixd.providers.kubernetes.config import KubernetesConfig
@@ -221,6 +221,7 @@ class KubernetesProvider(ServesCommands, ExposesPorts, PlacesPods):
             await self._can_expose(context)
         self.records.place(req.cluster, where)
         api = await self.api(context)
+        await identity.ensure(api, where.namespace, self.config)
         plan = await self._plan(api, req, where, asked)
         ready = await self._pods_running(api, req, where, asked, plan)
         await self._expose(api, where, req.cluster, asked.ports)
@@ -235,9 +236,14 @@ class KubernetesProvider(ServesCommands, ExposesPorts, PlacesPods):
         def record(node: NodeInfo) -> None:
             self.records.set_node(req.cluster, node.rank, node.to_dict())
 
-        return await start_agents(
+        nodes = await start_agents(
             req, made.where, made.asked, made.pods, self.shell, record, self.log
         )
+        if identity.uploads_kubeconfig(self.config.remote_identity):
+            shells = [self.shell(ref_of(node)) for node in nodes]
+            paths, into = self.kubeconfig.paths, self.home / "kubernetes" / "upload"
+            await identity.give_kubeconfig(shells, paths, made.where.context, into)
+        return nodes
 
     async def query(self, cluster: str) -> list[NodeInfo]:
         """RUNNING where the pod runs and its agent answers, STOPPED where it runs without one.

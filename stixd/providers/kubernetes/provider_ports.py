@@ -45,7 +45,14 @@ class ExposesPorts:
             return
         mode = self.config.ports
         await ports.open_ports(
-            api, where.namespace, cluster, where.owner, opened, mode, self._labels()
+            api,
+            where.namespace,
+            cluster,
+            where.owner,
+            opened,
+            mode,
+            self._labels(),
+            self.config.custom_metadata.annotations,
         )
         if mode == "loadbalancer" and not self.records.remembered(cluster, "reached"):
             await self._look_up_address(api, where, cluster)
