@@ -84,6 +84,7 @@ class Watched:
         self.url = served.url
         self.context = chrome.new_context(viewport={"width": 1280, "height": 800})
         self.errors: list[str] = []
+        self.requests: list[Any] = []
         page = self.page()
         page.goto(self.url + "/dashboard/clusters")
         page.fill("input[name=token]", token)
@@ -94,6 +95,7 @@ class Watched:
         page = self.context.new_page()
         page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on("requestfinished", lambda request: self.requests.append(request))
         return page
 
     def open(self, path: str) -> Any:
@@ -131,7 +133,11 @@ PAGES = [
 def test_each_page_shows_the_seeded_state_without_console_errors_and_screenshots_non_blank(
     admin: Watched, path: str, shown: list[str], tmp_path: Path
 ) -> None:
+    admin.requests.clear()
     page = admin.open(path)
+    loaded = [r for r in admin.requests if "/events" not in r.url]
+    sent = sum(r.sizes()["responseBodySize"] + r.sizes()["responseHeadersSize"] for r in loaded)
+    assert len(loaded) + 1 < 10 and sent < 150 * 1024  # and the one event stream, still open
     for text in shown:
         if path.startswith("/dashboard/cluster?") and text == "hello":
             continue  # the cluster's page lists its jobs, not their output
