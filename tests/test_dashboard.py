@@ -93,10 +93,14 @@ class Watched:
 
     def page(self) -> Any:
         page = self.context.new_page()
-        page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
+        page.on("console", self._console)
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         page.on("requestfinished", lambda request: self.requests.append(request))
         return page
+
+    def _console(self, msg: Any) -> None:
+        if msg.type == "error":
+            self.errors.append(msg.text)
 
     def open(self, path: str) -> Any:
         page = self.page()
