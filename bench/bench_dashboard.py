@@ -107,7 +107,7 @@ def measure(browser: Any, base: str, path: str, cookie: str | None, settle: bool
             load.settled = False
     else:  # stix: the first data is in the HTML; its event stream never idles the network
         page.wait_for_selector("main td", state="attached")
-        page.wait_for_function("document.getElementById('live').textContent === 'live'")
+        page.wait_for_selector("#live.is-live")
     # the browser's own clock, from the navigation's start: no driver round trips in it
     timing = page.evaluate(TIMING)
     load.loaded = timing["load"] / 1000
@@ -124,7 +124,7 @@ def change_seen(browser: Any, base: str, cookie: str, home: Home, name: str) -> 
     context.add_cookies([{"name": "stix_dashboard", "value": cookie, "url": base}])
     page = context.new_page()
     page.goto(base + "/dashboard/clusters")
-    page.wait_for_function("document.getElementById('live').textContent === 'live'")
+    page.wait_for_selector("#live.is-live")
     home.ctl("down", name, "-y")
     done = time.perf_counter()
     page.wait_for_selector(f"a:text-is('{name}')", state="detached", timeout=10_000)

@@ -68,7 +68,7 @@
       .catch(function () {})
       .then(function () { fetching = false; if (again) { again = false; refresh(); } });
   }
-  function say(state) { live.textContent = state; live.className = "live " + state; }
+  function say(state) { live.textContent = state; live.className = "live is-" + state; }
 
   var url = "/api/v1/dashboard/events";
   if (logBox) {
