@@ -31,6 +31,7 @@ from stixd.control.loglimit import LogBudget
 from stixd.control.remote_paths import refuse_local_paths
 from stixd.control.server import ClientGone, _cause
 from stixd.control.uploads import user_root
+from stixd.dashboard import Dashboard, Gate
 from stixd.runtime.actor import error_reply
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
@@ -82,6 +83,7 @@ class HttpApi:
         self.stall = limits.client_stall_seconds
         self.in_flight = 0
         self._waiting: set[Any] = set()  # connections whose request has not begun
+        self.dashboard = Dashboard(app, dispatch, Gate(authenticate, PRINCIPAL))  # /dashboard
         self._web = web.Server(
             self._handle,
             handler_cancellation=True,  # a client that disconnects cancels its request
@@ -152,6 +154,8 @@ class HttpApi:
                     "requests": self.in_flight,
                 }
             )
+        if self.dashboard.serves(request.path):
+            return await self.dashboard.handle(request)
         if request.path != REQUEST_PATH:
             return web.Response(status=404, text=f"no such endpoint {request.path[:80]!r}\n")
         if request.method != "POST":
