@@ -125,11 +125,13 @@ SAID = {
     "a_server_that_refuses": "could not connect",
     "a_server_that_never_speaks": "got no answer within",
     "a_server_that_answers_html": "no Kubernetes object",
+    "a_huge_file": "larger than 4 MiB",
 }
 """What the one line of each says (in `check`, `launch` and `show-gpus` alike)."""
 KUBECONFIGS: dict[str, Callable[[dict[str, int]], str]] = {
     "garbage_yaml": lambda _: "apiVersion: v1\nclusters: [\n  - {name: : :\n\t}}}",
     "a_list": lambda _: "- one\n- two\n",
+    "a_huge_file": lambda _: "# " + "x" * (4 * 2**20) + "\n" + kubeconfig_to("http://0.0.0.0:1"),
     "a_missing_cluster": lambda _: json.dumps(
         {
             "contexts": [{"name": "hostile", "context": {"cluster": "gone", "user": "gone"}}],
