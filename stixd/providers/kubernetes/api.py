@@ -56,6 +56,27 @@ async def read_capped(response: Any, cap: int) -> bytes:
     return bytes(body)
 
 
+def tls_problem(exc: BaseException) -> str | None:
+    """What a TLS failure of a connection to the API server means, in a few words with the
+    kubeconfig's field to fix; None for an error that is no TLS failure."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        said = exc.certificate_error
+        why = getattr(said, "verify_message", "") or _first_line(str(said))
+        return (
+            f"the API server's TLS certificate is not trusted ({why}); check the cluster's "
+            "certificate-authority-data (or certificate-authority) in the kubeconfig"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        why = getattr(exc.os_error, "reason", "") or _first_line(str(exc.os_error))
+        return (
+            f"the TLS handshake with the API server failed ({why}); check the kubeconfig "
+            "user's client-certificate and client-key"
+        )
+    return None
+
+
 class KubeApiError(ProvisionError):
     """An API call failed; ``status`` is the HTTP status (0: no answer)."""
 
@@ -239,6 +260,8 @@ class KubeApi:
                 retry_after = response.headers.get("Retry-After", "")
                 raw = await read_capped(response, self.max_bytes)
         except (aiohttp.ClientError, OSError) as exc:
+            if (tls := tls_problem(exc)) is not None:  # the same next time: not tried again
+                raise KubeApiError(f"Kubernetes context {self.context}: {tls}", 0, "TLS") from None
             return 0, _first_line(str(exc)) or type(exc).__name__, {}, None
         except AnswerTooLarge as exc:
             raise KubeApiError(

@@ -26,7 +26,7 @@ import aiohttp
 import anyio
 from yarl import URL
 
-from stixd.providers.kubernetes.api import AnswerTooLarge, read_capped
+from stixd.providers.kubernetes.api import AnswerTooLarge, read_capped, tls_problem
 from stixd.providers.kubernetes.seams import PodRef
 from stixd.providers.kubernetes.shapes import get, maps
 from stixproto.errors import ProvisionError
@@ -214,6 +214,8 @@ async def connect(
     except aiohttp.WSServerHandshakeError as exc:
         raise _handshake_error(exc.status, pod) from None
     except (aiohttp.ClientError, OSError) as exc:
+        if (tls := tls_problem(exc)) is not None:
+            raise ExecError(f"Kubernetes context {pod.context}: {tls}", retryable=False) from None
         raise ExecError(
             f"cannot reach the API server of context {pod.context}: {exc}", retryable=True
         ) from None
