@@ -126,6 +126,7 @@ SAID = {
     "a_server_that_never_speaks": "got no answer within",
     "a_server_that_answers_html": "no Kubernetes object",
     "a_huge_file": "larger than 4 MiB",
+    "https_to_a_plain_http_server": "TLS handshake with the API server failed",
 }
 """What the one line of each says (in `check`, `launch` and `show-gpus` alike)."""
 KUBECONFIGS: dict[str, Callable[[dict[str, int]], str]] = {
@@ -143,6 +144,9 @@ KUBECONFIGS: dict[str, Callable[[dict[str, int]], str]] = {
         f"http://127.0.0.1:{ports['silent']}"
     ),
     "a_server_that_answers_html": lambda ports: kubeconfig_to(f"http://127.0.0.1:{ports['html']}"),
+    "https_to_a_plain_http_server": lambda ports: kubeconfig_to(
+        f"https://127.0.0.1:{ports['html']}"
+    ),
 }
 
 

@@ -69,10 +69,10 @@ def tls_problem(exc: BaseException) -> str | None:
             "certificate-authority-data (or certificate-authority) in the kubeconfig"
         )
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        why = getattr(exc.os_error, "reason", "") or _first_line(str(exc.os_error))
+        why = _first_line(str(exc.os_error)).split(" (_ssl.c")[0]
         return (
-            f"the TLS handshake with the API server failed ({why}); check the kubeconfig "
-            "user's client-certificate and client-key"
+            f"the TLS handshake with the API server failed ({why}); check the cluster's server "
+            "URL and the user's client-certificate-data and client-key-data in the kubeconfig"
         )
     return None
 
