@@ -46,13 +46,24 @@ def pki_of(fake: FakeProcess) -> Pki:
     return Pki(fake.workdir / "pki")
 
 
-def config_for(fake: FakeProcess, where: Path, *, inline: bool, ca: Pki | None = None) -> Path:
-    """A kubeconfig for the fake, its user the fake's client certificate; trusting the fake's
-    CA, or ``ca`` (another's: the fake's certificate is then one it did not sign)."""
+def config_for(
+    fake: FakeProcess,
+    where: Path,
+    *,
+    inline: bool,
+    ca: Pki | None = None,
+    client: Pki | None = None,
+) -> Path:
+    """A kubeconfig for the fake, its user the fake's client certificate (or ``client``'s, one
+    another CA signed); trusting the fake's CA, or ``ca`` (another's: the fake's certificate
+    is then one it did not sign)."""
     config = secure(kubeconfig(fake.url, CONTEXT), pki_of(fake), client_certs=True, inline=inline)
     if ca is not None:
         data = base64.b64encode(ca.ca_cert.read_bytes()).decode()
         config["clusters"][0]["cluster"] = {"server": fake.url, "certificate-authority-data": data}
+    if client is not None:
+        config["users"][0]["user"] = {"client-certificate": str(client.client_cert)}
+        config["users"][0]["user"]["client-key"] = str(client.client_key)
     where.write_text(yaml.safe_dump(config))
     return where
 
@@ -181,4 +192,19 @@ def test_a_server_certificate_another_ca_signed_is_refused_in_one_line_naming_th
     assert "certificate-authority-data" in line and "Traceback" not in line, line
     assert time.monotonic() - started < 2 * BOUND_S
     assert objects(fake, "tls-no") == []
+    assert stix.daemon_pid(), "the daemon died"
+
+
+def test_a_client_certificate_another_ca_signed_is_refused_in_one_line_naming_the_field(
+    stix: Stix, fake: FakeProcess, tmp_path: Path
+) -> None:
+    """The server drops the connection (TLS 1.3 refuses a client certificate after the
+    handshake, so the client sees no TLS error): the line says which field to check."""
+    stranger = make_pki(tmp_path / "stranger", "a-stranger-ca")
+    config = config_for(fake, tmp_path / "kubeconfig", inline=True, client=stranger)
+    stix.env["KUBECONFIG"] = str(config)
+    stix.env["STIX__KUBERNETES__ALLOWED_CONTEXTS"] = json.dumps([CONTEXT])
+    checked = stix.run("check", timeout=60)
+    said = checked.stdout.split("\nkubernetes")[-1]
+    assert CONTEXT in said and "client-certificate-data" in said, checked.stdout
     assert stix.daemon_pid(), "the daemon died"

@@ -33,6 +33,10 @@ LIST_TIMEOUT_S = 120.0
 """A whole list, every page and one restart included (at most 4 calls' time)."""
 MAX_TOKEN_CHARS = 8192
 RETRY_AFTER_MAX_S = 2.0
+CERT_REFUSED_HINT = (
+    " (if the server refused the client certificate, check the user's client-certificate-data "
+    "and client-key-data in the kubeconfig)"
+)
 _RETRIED = (0, 429, 500, 502, 503, 504)
 """Statuses tried again; 0 is a connection that failed before any answer."""
 
@@ -235,6 +239,10 @@ class KubeApi:
             raise KubeApiError(f"{what} got no answer within {bound:g} s{after}") from None
         raise KubeApiError(last)  # not reached: the last attempt raised
 
+    def _client_cert(self) -> bool:
+        """Whether this context's user is a client certificate."""
+        return bool(getattr(self.client.configuration, "cert_file", None))
+
     async def _once(
         self, method: str, where: str, query: dict[str, str] | None, body: dict[str, Any] | None
     ) -> tuple[int, str, dict[str, Any] | None, float | None]:
@@ -262,7 +270,10 @@ class KubeApi:
         except (aiohttp.ClientError, OSError) as exc:
             if (tls := tls_problem(exc)) is not None:  # the same next time: not tried again
                 raise KubeApiError(f"Kubernetes context {self.context}: {tls}", 0, "TLS") from None
-            return 0, _first_line(str(exc)) or type(exc).__name__, {}, None
+            said = _first_line(str(exc)) or type(exc).__name__
+            if isinstance(exc, aiohttp.ServerDisconnectedError) and self._client_cert():
+                said += CERT_REFUSED_HINT  # TLS 1.3 refuses a certificate after the handshake
+            return 0, said, {}, None
         except AnswerTooLarge as exc:
             raise KubeApiError(
                 f"Kubernetes context {self.context}: {method} {where} answered more than "
