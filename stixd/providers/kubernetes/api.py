@@ -9,6 +9,7 @@ naming the context, the call and the server's own message.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -271,7 +272,10 @@ class KubeApi:
             if (tls := tls_problem(exc)) is not None:  # the same next time: not tried again
                 raise KubeApiError(f"Kubernetes context {self.context}: {tls}", 0, "TLS") from None
             said = _first_line(str(exc)) or type(exc).__name__
-            if isinstance(exc, aiohttp.ServerDisconnectedError) and self._client_cert():
+            dropped = isinstance(exc, aiohttp.ServerDisconnectedError) or (
+                getattr(exc, "errno", None) == errno.ECONNRESET
+            )
+            if dropped and self._client_cert():
                 said += CERT_REFUSED_HINT  # TLS 1.3 refuses a certificate after the handshake
             return 0, said, {}, None
         except AnswerTooLarge as exc:
