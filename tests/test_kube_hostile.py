@@ -125,11 +125,14 @@ SAID = {
     "a_server_that_refuses": "could not connect",
     "a_server_that_never_speaks": "got no answer within",
     "a_server_that_answers_html": "no Kubernetes object",
+    "a_huge_file": "larger than 4 MiB",
+    "https_to_a_plain_http_server": "TLS handshake with the API server failed",
 }
 """What the one line of each says (in `check`, `launch` and `show-gpus` alike)."""
 KUBECONFIGS: dict[str, Callable[[dict[str, int]], str]] = {
     "garbage_yaml": lambda _: "apiVersion: v1\nclusters: [\n  - {name: : :\n\t}}}",
     "a_list": lambda _: "- one\n- two\n",
+    "a_huge_file": lambda _: "# " + "x" * (4 * 2**20) + "\n" + kubeconfig_to("http://0.0.0.0:1"),
     "a_missing_cluster": lambda _: json.dumps(
         {
             "contexts": [{"name": "hostile", "context": {"cluster": "gone", "user": "gone"}}],
@@ -141,6 +144,9 @@ KUBECONFIGS: dict[str, Callable[[dict[str, int]], str]] = {
         f"http://127.0.0.1:{ports['silent']}"
     ),
     "a_server_that_answers_html": lambda ports: kubeconfig_to(f"http://127.0.0.1:{ports['html']}"),
+    "https_to_a_plain_http_server": lambda ports: kubeconfig_to(
+        f"https://127.0.0.1:{ports['html']}"
+    ),
 }
 
 
@@ -190,6 +196,14 @@ GOOD_NODE = {
     "metadata": {"name": "good", "labels": {}},
     "status": {"allocatable": {"cpu": "4", "memory": "16Gi"}, "conditions": [READY]},
 }
+GPU_NODE = {
+    "metadata": {"name": "gpu", "labels": {"nvidia.com/gpu.product": "Tesla-T4"}},
+    "status": {
+        "allocatable": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+        "conditions": [READY],
+    },
+}
+"""A node a GPU launch is planned on, so that its pod's node selection reads the list."""
 WRONG_NODES = [
     1,
     "x",
@@ -205,7 +219,9 @@ WRONG_NODES = [
             "addresses": "10.0.0.1",
         },
     },
+    {"metadata": {"name": "num", "labels": {"skypilot.co/accelerator": 1}}, "status": 7},
     GOOD_NODE,
+    GPU_NODE,
 ]
 
 
@@ -224,7 +240,15 @@ ANSWERS: dict[str, dict[str, Any]] = {
     "wrong_types": {
         "nodes": {"items": WRONG_NODES},
         "pod": {"metadata": None, "status": 7, "spec": "x"},
-        "pods": {"items": [1, {"metadata": "x"}, {"metadata": {"name": "kw-0"}}]},
+        "pods": {
+            "items": [
+                1,
+                {"metadata": "x"},
+                {"metadata": {"name": "kw-0"}},
+                {"metadata": {"name": 5, "labels": {"stix-cluster": 5}, "creationTimestamp": 7}},
+                {"metadata": {"name": "kw-1", "labels": [1], "creationTimestamp": "x" * 10**5}},
+            ]
+        },
     },
     "a_pod_with_no_status": {
         "nodes": {"items": [GOOD_NODE]},
@@ -333,10 +357,19 @@ def test_wrong_typed_api_answers_fail_one_call_with_one_line_and_the_daemon_stay
     assert "\nkubernetes " in checked.stdout, checked.stdout
     gpus = stix.run("show-gpus", "--infra", "k8s", timeout=60)
     assert "Traceback" not in one_line(gpus.stdout + gpus.stderr)
-    launched = stix.run("launch", "-y", "-c", "kw", "--infra", "k8s", "echo x", timeout=90)
-    assert launched.returncode != 0
-    assert "Traceback" not in error_line(launched.stderr)
-    assert time.monotonic() - started < 30
+    leaks = stix.run("leaks", timeout=60)  # before a launch deletes its pods (then none lists)
+    assert leaks.returncode == 0, leaks.stderr
+    assert "has no attribute" not in leaks.stdout + leaks.stderr
+    assert "Traceback" not in leaks.stdout + leaks.stderr
+    for asked in ((), ("--gpus", "T4:1")):
+        launched = stix.run(
+            "launch", "-y", "-c", "kw", "--infra", "k8s", *asked, "echo x", timeout=90
+        )
+        assert launched.returncode != 0
+        line = error_line(launched.stderr)
+        assert "Traceback" not in line and "has no attribute" not in line, line
+        assert "hostile" in line or "T4" in line, line
+    assert time.monotonic() - started < 45
     assert stix.daemon_pid(), "the daemon died"
     local = stix.run("launch", "-y", "-c", "loc", "--infra", "local", "echo local-ok", timeout=60)
     assert local.returncode == 0 and "local-ok" in local.stdout, local.stderr
@@ -626,3 +659,67 @@ def test_leaks_say_why_an_unreachable_context_was_not_looked_at_and_nothing_with
     said = stix.run("leaks", timeout=60)
     [line] = [x for x in said.stdout.splitlines() if x.startswith("kubernetes not checked: ")]
     assert "hostile" in line, said.stdout
+
+
+# -- what the exec path reads of a pod when a command's stream ends without a status ------------
+
+TROUBLES: dict[str, tuple[bytes, str | None]] = {
+    # what GET of the pod answers -> what `pod_trouble` makes of it
+    "a_list": (b"[1, 2]", None),
+    "a_number": (b"7", None),
+    "wrong_types": (b'{"metadata": 1, "status": "x"}', None),
+    "a_phase_that_is_a_map": (b'{"status": {"phase": {"a": 1}}}', None),
+    "huge": (b'{"status": {"phase": "Failed"}, "pad": "' + b"p" * 3 * 2**20 + b'"}', None),
+    "being_deleted": (
+        b'{"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}',
+        "is being deleted",
+    ),
+    "failed": (b'{"status": {"phase": "Failed"}}', "is Failed"),
+}
+
+
+class _PodAnswer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", sorted(TROUBLES))
+async def test_a_hostile_pod_answer_on_the_exec_trouble_path_is_read_as_nothing_known(
+    tmp_path: Path, kind: str
+) -> None:
+    from kubernetes_asyncio.config import new_client_from_config
+
+    from stixd.providers.kubernetes.exec import ExecError, exit_code, pod_trouble
+    from stixd.providers.kubernetes.seams import PodRef
+
+    body, expected = TROUBLES[kind]
+    handler = type("Handler", (_PodAnswer,), {"body": body})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig_to(f"http://127.0.0.1:{server.server_address[1]}"))
+    client = await new_client_from_config(config_file=str(config), context="hostile")
+    pod = PodRef("hostile", "default", "p-0")
+    try:
+        assert await pod_trouble(client, pod) == expected
+        for status in ({"status": "Failure", "details": [1]}, {"details": {"causes": [1, "x"]}}):
+            with pytest.raises(ExecError) as failed:
+                exit_code(status, pod)
+            assert len(failed.value.message.splitlines()) == 1
+    finally:
+        await client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

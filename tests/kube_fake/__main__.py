@@ -1,5 +1,6 @@
-"""`python -m tests.kube_fake --port N --kubeconfig PATH`: serve a fake cluster (three CPU
-nodes, one GPU node) until SIGTERM or SIGINT, then kill every pod's processes and exit."""
+"""`python -m tests.kube_fake --port N --kubeconfig PATH [--tls DIR [--client-certs]]`: serve a
+fake cluster (three CPU nodes, one GPU node) until SIGTERM or SIGINT, then kill every pod's
+processes and exit."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from tests.kube_fake.server import CONTEXT, serve, write_kubeconfig
+from tests.kube_fake.tls import make_pki
 
 CONTEXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,252}")
 
@@ -20,19 +22,22 @@ CONTEXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,252}")
 async def _main(args: argparse.Namespace) -> None:
     root = Path(args.state_dir or tempfile.mkdtemp(prefix="kube-fake-"))
     root.mkdir(parents=True, exist_ok=True)
+    pki = make_pki(Path(args.tls)) if args.tls else None
     served = await serve(
         root,
         args.port,
         load_balancer=not args.no_load_balancer,
         pod_networks=args.pod_network == "namespace",
         load_balancer_delay=args.load_balancer_delay,
+        pki=pki,
+        client_certs=args.client_certs,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        write_kubeconfig(Path(args.kubeconfig), served.url, args.context)
+        write_kubeconfig(Path(args.kubeconfig), served.url, args.context, pki, args.client_certs)
         print(f"kube-fake serving {served.url} (kubeconfig {args.kubeconfig})", flush=True)
         await stop.wait()
     finally:
@@ -62,7 +67,20 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="seconds before a LoadBalancer service gets its address (a slow cloud's)",
     )
+    parser.add_argument(
+        "--tls",
+        metavar="DIR",
+        help="serve HTTPS with a CA and certificates made in DIR (ca.crt, client.crt...)",
+    )
+    parser.add_argument(
+        "--client-certs",
+        action="store_true",
+        help="with --tls: the kubeconfig's user is a client certificate, and an API request "
+        "with neither a certificate nor a token is refused 401",
+    )
     args = parser.parse_args(argv)
+    if args.client_certs and not args.tls:
+        sys.exit("--client-certs needs --tls")
     if not CONTEXT_NAME.fullmatch(args.context):  # a kubeconfig's names are free: an EKS ARN
         sys.exit("--context must be letters, digits and . _ - : / @ (an EKS ARN is one)")
     if not 0 <= args.load_balancer_delay <= 3600:

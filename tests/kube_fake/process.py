@@ -4,6 +4,7 @@ kubectl and the admin knobs at hand, and a stop that proves nothing of it is lef
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from tests.kube_fake.sandbox import pids_marked
+from tests.kube_fake.tls import client_context
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,7 +64,10 @@ class FakeProcess:
                 raise RuntimeError(f"the kube fake did not start: {self.log.read_text()}")
             time.sleep(0.02)
         config = yaml.safe_load(self.kubeconfig.read_text())
-        self.url: str = config["clusters"][0]["cluster"]["server"]
+        cluster = config["clusters"][0]["cluster"]
+        self.url: str = cluster["server"]
+        ca = cluster.get("certificate-authority-data")  # --tls: the admin knobs trust its CA
+        self._tls = client_context(base64.b64decode(ca).decode()) if ca else None
 
     def __enter__(self) -> FakeProcess:
         return self
@@ -103,7 +108,10 @@ class FakeProcess:
             method="POST",
             headers={"Content-Type": "application/json"},
         )
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+        direct = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),  # loopback only
+            urllib.request.HTTPSHandler(context=self._tls),
+        )
         with direct.open(request, timeout=10) as answer:
             return json.load(answer)
 

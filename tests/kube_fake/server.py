@@ -17,6 +17,7 @@ from tests.kube_fake.meta import Obj
 from tests.kube_fake.routes import Routes, statuses
 from tests.kube_fake.sandbox import POD_SUBNET
 from tests.kube_fake.services import Services
+from tests.kube_fake.tls import Pki, certificates_or_tokens, secure, server_context
 
 CONTEXT = "kube-fake"
 
@@ -40,10 +41,20 @@ def kubeconfig(server: str, context: str = CONTEXT, namespace: str = "default") 
     }
 
 
-def write_kubeconfig(path: Path, server: str, context: str = CONTEXT) -> None:
-    """Written whole and renamed into place, so a reader never sees half of it."""
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    context: str = CONTEXT,
+    pki: Pki | None = None,
+    client_certs: bool = False,
+) -> None:
+    """Written whole and renamed into place, so a reader never sees half of it; with ``pki``,
+    trusting its CA (and, with ``client_certs``, as its client certificate), inline."""
+    config = kubeconfig(server, context)
+    if pki is not None:
+        config = secure(config, pki, client_certs=client_certs)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(kubeconfig(server, context), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
     os.replace(tmp, path)
 
 
@@ -68,19 +79,25 @@ async def serve(
     load_balancer: bool = True,
     pod_networks: bool = False,
     load_balancer_delay: float = 0.0,
+    pki: Pki | None = None,
+    client_certs: bool = False,
 ) -> Served:
     """Serve a fresh fake cluster on 127.0.0.1:`port` (0: a free port), sandboxes under `root`;
-    with `pod_networks`, each pod has a network namespace and an address of its own."""
+    with `pod_networks`, each pod has a network namespace and an address of its own; with
+    `pki`, over HTTPS (`tls.py`; `client_certs`: a client certificate authenticates)."""
     if pod_networks and (why := unavailable_reason()):
         raise RuntimeError(f"pods cannot have networks of their own here: {why}")
     networks = NodeNetworks(POD_SUBNET, outbound=False) if pod_networks else None
     kube = KubeFake(root, nodes, networks)
-    app = web.Application(middlewares=[bearer_tokens, kube.faults.middleware(), statuses])
+    authenticate = [bearer_tokens] + ([certificates_or_tokens()] if client_certs else [])
+    app = web.Application(middlewares=[*authenticate, kube.faults.middleware(), statuses])
     services = Services(kube.store, load_balancer, load_balancer_delay)
     app.add_routes(Routes(kube, services).table())
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    tls = server_context(pki, client_certs=client_certs) if pki is not None else None
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls)
     await site.start()
     bound = runner.addresses[0][1]
-    return Served(kube, services, runner, f"http://127.0.0.1:{bound}")
+    scheme = "https" if tls is not None else "http"
+    return Served(kube, services, runner, f"{scheme}://127.0.0.1:{bound}")

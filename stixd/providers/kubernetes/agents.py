@@ -15,6 +15,7 @@ from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.kubernetes.podspec import MAIN_PID_FILE, pod_name
 from stixd.providers.kubernetes.records import Where
 from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
+from stixd.providers.kubernetes.shapes import get
 from stixd.providers.shared.bootstrap import ensure_agent
 from stixd.providers.shared.ssh_nodes import WORKDIR, build_of
 from stixd.providers.shared.ssh_transport import quote
@@ -61,7 +62,8 @@ async def start_agents(
 
     async def one(rank: int) -> None:
         ref = PodRef(where.context, where.namespace, pod_name(req.cluster, rank, where.owner))
-        pod_ip = str(ready[ref.name].get("status", {}).get("podIP") or "")
+        found_ip = get(ready[ref.name], "status", "podIP")
+        pod_ip = found_ip if isinstance(found_ip, str) and len(found_ip) <= 64 else ""
         shell = shell_of(ref)
         began = time.monotonic()
         try:

@@ -9,6 +9,7 @@ naming the context, the call and the server's own message.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,10 @@ LIST_TIMEOUT_S = 120.0
 """A whole list, every page and one restart included (at most 4 calls' time)."""
 MAX_TOKEN_CHARS = 8192
 RETRY_AFTER_MAX_S = 2.0
+CERT_REFUSED_HINT = (
+    " (if the server refused the client certificate, check the user's client-certificate-data "
+    "and client-key-data in the kubeconfig)"
+)
 _RETRIED = (0, 429, 500, 502, 503, 504)
 """Statuses tried again; 0 is a connection that failed before any answer."""
 
@@ -54,6 +59,27 @@ async def read_capped(response: Any, cap: int) -> bytes:
         if len(body) > cap:
             raise AnswerTooLarge(cap)
     return bytes(body)
+
+
+def tls_problem(exc: BaseException) -> str | None:
+    """What a TLS failure of a connection to the API server means, in a few words with the
+    kubeconfig's field to fix; None for an error that is no TLS failure."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        said = exc.certificate_error
+        why = getattr(said, "verify_message", "") or _first_line(str(said))
+        return (
+            f"the API server's TLS certificate is not trusted ({why}); check the cluster's "
+            "certificate-authority-data (or certificate-authority) in the kubeconfig"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        why = _first_line(str(exc.os_error)).split(" (_ssl.c")[0]
+        return (
+            f"the TLS handshake with the API server failed ({why}); check the cluster's server "
+            "URL and the user's client-certificate-data and client-key-data in the kubeconfig"
+        )
+    return None
 
 
 class KubeApiError(ProvisionError):
@@ -214,6 +240,10 @@ class KubeApi:
             raise KubeApiError(f"{what} got no answer within {bound:g} s{after}") from None
         raise KubeApiError(last)  # not reached: the last attempt raised
 
+    def _client_cert(self) -> bool:
+        """Whether this context's user is a client certificate."""
+        return bool(getattr(self.client.configuration, "cert_file", None))
+
     async def _once(
         self, method: str, where: str, query: dict[str, str] | None, body: dict[str, Any] | None
     ) -> tuple[int, str, dict[str, Any] | None, float | None]:
@@ -239,7 +269,15 @@ class KubeApi:
                 retry_after = response.headers.get("Retry-After", "")
                 raw = await read_capped(response, self.max_bytes)
         except (aiohttp.ClientError, OSError) as exc:
-            return 0, _first_line(str(exc)) or type(exc).__name__, {}, None
+            if (tls := tls_problem(exc)) is not None:  # the same next time: not tried again
+                raise KubeApiError(f"Kubernetes context {self.context}: {tls}", 0, "TLS") from None
+            said = _first_line(str(exc)) or type(exc).__name__
+            dropped = isinstance(exc, aiohttp.ServerDisconnectedError) or (
+                getattr(exc, "errno", None) == errno.ECONNRESET
+            )
+            if dropped and self._client_cert():
+                said += CERT_REFUSED_HINT  # TLS 1.3 refuses a certificate after the handshake
+            return 0, said, {}, None
         except AnswerTooLarge as exc:
             raise KubeApiError(
                 f"Kubernetes context {self.context}: {method} {where} answered more than "

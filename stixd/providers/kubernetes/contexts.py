@@ -33,6 +33,9 @@ DEFAULT_PATH = "~/.kube/config"
 DEFAULT_NAMESPACE = "default"
 MAKE_TIMEOUT_S = 20.0
 """Seconds a context's client may take to be made (its credential plugin's run included)."""
+MAX_KUBECONFIG_BYTES = 4 * 2**20
+"""The most of one kubeconfig file read (one with a hundred contexts and their certificates
+is well under 1 MiB)."""
 FAILED_FOR_S = 10.0
 """Seconds a context whose client could not be made answers with that error without trying
 again: callers queued behind a hung plugin fail together, not one plugin run after another."""
@@ -78,6 +81,19 @@ def kubeconfig_paths(env: Mapping[str, str]) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in parts)
 
 
+def _read_capped(path: Path) -> str:
+    """A kubeconfig file's text; ``KubeconfigError`` past ``MAX_KUBECONFIG_BYTES`` (it is read
+    again on every change, so a huge file must not fill the daemon's memory)."""
+    with path.open("rb") as file:
+        data = file.read(MAX_KUBECONFIG_BYTES + 1)
+    if len(data) > MAX_KUBECONFIG_BYTES:
+        raise KubeconfigError(
+            f"kubeconfig {path} is larger than {MAX_KUBECONFIG_BYTES // 2**20} MiB, more than "
+            "stix reads; point KUBECONFIG at a smaller file"
+        )
+    return data.decode("utf-8")
+
+
 def read_kubeconfig(env: Mapping[str, str] | None = None) -> Kubeconfig:
     """The contexts of the kubeconfig; an empty one when no file exists (Kubernetes is then
     simply not set up). ``KubeconfigError`` for a file that exists but cannot be read."""
@@ -91,7 +107,7 @@ def read_kubeconfig(env: Mapping[str, str] | None = None) -> Kubeconfig:
         if not path.is_file():
             continue
         try:
-            raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw: Any = yaml.safe_load(_read_capped(path))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise KubeconfigError(f"kubeconfig {path} cannot be read: {why}") from None

@@ -26,7 +26,9 @@ import aiohttp
 import anyio
 from yarl import URL
 
+from stixd.providers.kubernetes.api import AnswerTooLarge, read_capped, tls_problem
 from stixd.providers.kubernetes.seams import PodRef
+from stixd.providers.kubernetes.shapes import get, maps
 from stixproto.errors import ProvisionError
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ STDIN_FRAME = 256 * 1024
 MAX_FRAME = 64 * 1024 * 1024  # one WebSocket message from the API server
 MAX_OUTPUT = 256 * 1024 * 1024  # what ``run`` keeps of a command's stdout and stderr together
 CHECK_POD_WITHIN_S = 5.0
+MAX_POD_BYTES = 2**20
+"""The most of one pod's answer read (a pod object is a few KiB)."""
 
 
 class ExecError(ProvisionError):
@@ -77,10 +81,10 @@ def exit_code(status: dict[str, Any], pod: PodRef) -> int:
     the command) is an error."""
     if status.get("status") == "Success":
         return 0
-    for cause in (status.get("details") or {}).get("causes") or []:
+    for cause in maps(get(status, "details", "causes")):
         if cause.get("reason") == "ExitCode":
             try:
-                return int(cause.get("message"))
+                return int(str(cause.get("message")))
             except (TypeError, ValueError):
                 break
     message = str(status.get("message") or status.get("reason") or status)
@@ -210,6 +214,8 @@ async def connect(
     except aiohttp.WSServerHandshakeError as exc:
         raise _handshake_error(exc.status, pod) from None
     except (aiohttp.ClientError, OSError) as exc:
+        if (tls := tls_problem(exc)) is not None:
+            raise ExecError(f"Kubernetes context {pod.context}: {tls}", retryable=False) from None
         raise ExecError(
             f"cannot reach the API server of context {pod.context}: {exc}", retryable=True
         ) from None
@@ -231,13 +237,15 @@ async def pod_trouble(client: ApiClient, pod: PodRef) -> str | None:
                     return "was deleted"
                 if answer.status != 200:
                     return None
-                body = await answer.json()
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                body = json.loads(await read_capped(answer, MAX_POD_BYTES))
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, AnswerTooLarge):
         return None
-    if body.get("metadata", {}).get("deletionTimestamp"):
+    if get(body, "metadata", "deletionTimestamp"):
         return "is being deleted"
-    phase = body.get("status", {}).get("phase")
-    return None if phase == "Running" else f"is {phase}"
+    phase = get(body, "status", "phase")
+    if not isinstance(phase, str):
+        return None  # not a pod's answer: nothing known of its trouble
+    return None if phase == "Running" else f"is {phase[:64]}"
 
 
 async def _feed(chan: ExecChannel, stdin: Sequence[bytes | Iterator[bytes]]) -> None:

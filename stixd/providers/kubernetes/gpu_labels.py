@@ -122,11 +122,17 @@ class Selection:
         ]
 
 
+def label(labels: Mapping[str, object], key: str) -> str:
+    """A node's label ``key``, stripped; "" when it has none or one that is no string."""
+    value = labels.get(key)
+    return value.strip() if isinstance(value, str) else ""
+
+
 def detect(nodes: Iterable[Mapping[str, str]]) -> LabelScheme | None:
     """The scheme of a context: the first of ``SCHEMES`` some node labels with a value."""
     listed = list(nodes)
     for scheme in SCHEMES:
-        if any((labels.get(scheme.key) or "").strip() for labels in listed):
+        if any(label(labels, scheme.key) for labels in listed):
             return scheme
     return None
 
@@ -156,7 +162,7 @@ def select(
     found: dict[str, list[str]] = {}
     for scheme in SCHEMES:
         for labels in listed:
-            value = (labels.get(scheme.key) or "").strip()
+            value = label(labels, scheme.key)
             if not value or value in found.get(scheme.key, []):
                 continue
             if names_match(accelerator, scheme.read(value)) or names_match(accelerator, value):

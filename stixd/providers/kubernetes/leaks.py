@@ -21,8 +21,8 @@ KINDS = (("pods", "instance"), ("services", "service"))
 
 
 def age_s(item: dict[str, Any]) -> float | None:
-    made = item.get("metadata", {}).get("creationTimestamp")
-    if not isinstance(made, str):
+    made = get(item, "metadata", "creationTimestamp")
+    if not isinstance(made, str) or len(made) > 64:
         return None
     try:
         return time.time() - datetime.fromisoformat(made.replace("Z", "+00:00")).timestamp()
@@ -45,7 +45,12 @@ async def find(
         for item in maps(answer.get("items")):
             meta = as_map(item.get("metadata"))
             cluster = as_map(meta.get("labels")).get(LABEL_CLUSTER, "")
+            if not isinstance(cluster, str):
+                continue  # not a label stix wrote (a server's labels are strings)
             age = age_s(item)
+            name = meta.get("name")
+            if not isinstance(name, str) or not 0 < len(name) <= 253:
+                continue  # no name a server gives: nothing to delete it by
             if meta.get("deletionTimestamp") or cluster in owned:
                 continue
             if age is not None and age < young_s:
@@ -53,7 +58,7 @@ async def find(
             found.append(
                 Leak(
                     kind=kind,
-                    id=f"{namespace}/{str(meta.get('name', ''))[:253]}",
+                    id=f"{namespace}/{name}",
                     region=api.context,
                     cluster=cluster,
                     age_s=age,

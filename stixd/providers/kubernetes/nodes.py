@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
-from stixd.providers.kubernetes.gpu_labels import GPU_RESOURCES, SCHEMES
+from stixd.providers.kubernetes.gpu_labels import GPU_RESOURCES, SCHEMES, label
 from stixd.providers.kubernetes.shapes import as_list, as_map, get, maps
 
 MAX_NODES = 10_000
@@ -122,18 +122,19 @@ def gpu_count(allocatable: Mapping[str, Any]) -> int:
     return 0
 
 
-def _labels(raw: Mapping[str, Any]) -> dict[str, str]:
+def labels_of(raw: Mapping[str, Any]) -> dict[str, str]:
+    """A listed node's labels; a value that is no string (never one a server makes) is left
+    out."""
     labels = get(raw, "metadata", "labels")
     if not isinstance(labels, dict):
         return {}
-    return {str(k): str(v) for k, v in labels.items()}
+    return {str(k): v for k, v in labels.items() if isinstance(v, str)}
 
 
 def accelerator_of(labels: Mapping[str, str]) -> str | None:
     """The GPU a node's labels name: by the first of the label schemes it carries."""
     for scheme in SCHEMES:
-        value = (labels.get(scheme.key) or "").strip()
-        if value:
+        if value := label(labels, scheme.key):
             return scheme.read(value)
     return None
 
@@ -146,7 +147,7 @@ def node_of(raw: Mapping[str, Any], gpus_requested: int | None) -> Node:
         name=str(meta.get("name") or "?")[:253],
         cpus=float(quantity(allocatable.get("cpu", 0))),
         memory_gib=float(quantity(allocatable.get("memory", 0)) / _GIB),
-        accelerator=accelerator_of(_labels(raw)),
+        accelerator=accelerator_of(labels_of(raw)),
         gpus=gpu_count(allocatable),
         gpus_requested=gpus_requested,
         ready=_ready(status),

@@ -65,7 +65,8 @@ async def observe(
             errors[rank] = f"pod {pod['metadata']['name']} is {phase}"
             nodes[rank] = dataclasses.replace(node, status=NodeStatus.UNREACHABLE)
             return
-        ip = str(pod["status"].get("podIP") or node.ip)
+        found_ip = pod["status"].get("podIP")
+        ip = found_ip if isinstance(found_ip, str) and 0 < len(found_ip) <= 64 else node.ip
         node = nodes[rank] = dataclasses.replace(node, ip=ip, status=NodeStatus.STOPPED)
         if not node.agent_address:
             return

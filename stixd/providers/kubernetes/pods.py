@@ -63,11 +63,11 @@ def fate(pod: Pod) -> str:
     status = as_map(pod.get("status"))
     if get(pod, "metadata", "deletionTimestamp"):
         return "is being deleted"
-    reason = status.get("reason") or ""
-    message = status.get("message") or ""
+    reason = " ".join(str(status.get("reason") or "").split())[:100]
+    message = " ".join(str(status.get("message") or "").split())[:300]
     said = f": {reason}" if reason else ""
     said += f" ({message})" if message else ""
-    return f"ended {status.get('phase', '')}{said}".rstrip()
+    return f"ended {str(status.get('phase', ''))[:64]}{said}".rstrip()
 
 
 async def create(api: KubeApi, namespace: str, pod: Pod, cluster: str, owner: str) -> Pod:
@@ -175,7 +175,8 @@ def _unschedulable(pod: Pod) -> str | None:
             "False",
             "Unschedulable",
         ):
-            return str(cond.get("message") or "no node fits the pod")
+            said = str(cond.get("message") or "").strip().splitlines()
+            return said[0][:500] if said else "no node fits the pod"
     return None
 
 
@@ -291,8 +292,8 @@ class Waiter:
             for event in maps(answer.get("items")):
                 said = (
                     name,
-                    str(event.get("reason") or ""),
-                    str(event.get("message") or "").strip(),
+                    str(event.get("reason") or "")[:100],
+                    " ".join(str(event.get("message") or "").split())[:300],
                     str(event.get("count") or event.get("lastTimestamp") or ""),
                 )
                 if said not in self.seen:

@@ -15,10 +15,20 @@ from stixd.providers.base import Block, CapacityError, ProvisionRequest
 from stixd.providers.kubernetes import gpu_labels, pods
 from stixd.providers.kubernetes.api import KubeApi, path
 from stixd.providers.kubernetes.config import KubernetesConfig
+from stixd.providers.kubernetes.nodes import MAX_NODES, labels_of
 from stixd.providers.kubernetes.podspec import PodPlan, manifest, pod_name
 from stixd.providers.kubernetes.records import Records, Where
 from stixd.providers.kubernetes.seams import PodRequest
+from stixd.providers.kubernetes.shapes import as_map, get
 from stixproto.errors import ProvisionError
+
+
+def _gpu_facts(node: Any) -> tuple[dict[str, str], dict[str, Any]] | None:
+    """(its labels, its allocatable map) of a listed node: all the GPU selection reads of it
+    (a node that is no mapping is left out)."""
+    if not isinstance(node, dict):
+        return None
+    return labels_of(node), as_map(get(node, "status", "allocatable"))
 
 
 class PlacesPods:
@@ -41,9 +51,9 @@ class PlacesPods:
         )
         if not asked.accelerator or asked.accelerator_count <= 0:
             return plan
-        nodes = (await api.list_all(path("nodes"))).get("items") or []
-        labels = [n.get("metadata", {}).get("labels") or {} for n in nodes]
-        allocatable = [n.get("status", {}).get("allocatable") or {} for n in nodes]
+        facts = (await api.list_all(path("nodes"), max_items=MAX_NODES, keep=_gpu_facts))["items"]
+        labels = [node_labels for node_labels, _ in facts]
+        allocatable = [offered for _, offered in facts]
         try:
             selection = gpu_labels.select(
                 asked.accelerator, labels, self.config.autoscaler, where.context

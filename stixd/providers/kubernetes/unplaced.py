@@ -33,7 +33,8 @@ from collections.abc import Collection
 
 from stixd.providers.base import Block, CapacityError
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
-from stixd.providers.kubernetes.shapes import as_map, get, maps
+from stixd.providers.kubernetes.nodes import MAX_NODES
+from stixd.providers.kubernetes.shapes import as_map, get
 from stixproto.errors import ProvisionError
 
 _SELECTOR = "didn't match pod's node affinity/selector"
@@ -246,18 +247,26 @@ def misconfigured(context: str, pod: str, fix: str, said: str) -> PodMisconfigur
     )
 
 
+def _offered(node: object) -> set[str]:
+    """The resource names a listed node has more than zero of."""
+    allocatable = as_map(get(node, "status", "allocatable"))
+    return {
+        str(name)[:253]
+        for name, value in allocatable.items()
+        if str(value).strip() not in ("", "0")
+    }
+
+
 async def offered_resources(api: KubeApi) -> set[str] | None:
     """The resource names some node of the context has (allocatable, more than zero); None
     when the nodes cannot be listed (every ``Insufficient`` is then room, as before)."""
     try:
-        answer = await api.call("GET", path("nodes"))
+        answer = await api.list_all(path("nodes"), max_items=MAX_NODES, keep=_offered)
     except KubeApiError:
         return None
     offered: set[str] = set()
-    for node in maps(answer.get("items")):
-        for name, value in as_map(get(node, "status", "allocatable")).items():
-            if str(value).strip() not in ("", "0"):
-                offered.add(str(name))
+    for names in answer["items"]:
+        offered |= names
     return offered
 
 
