@@ -200,6 +200,7 @@ async def begin_launch(
         new_spec=decode(spec, ClusterSpec),  # in the intent's write: one write, not two
         **data,
     )
+    cluster.app.metrics.launched(provider)
     return job_id
 
 
@@ -376,6 +377,7 @@ async def launch_with_failover(
             blocks.append(blocked)
             cluster.app.remember_block(blocked, b.remember_s)
             await cluster.store.record(cluster.kind, cluster.id, "failover", failed[-1])
+            cluster.app.metrics.failed_over(cloud)
             catalog = cluster.app.planner_index()
             avoid = cluster.spec.avoid_regions
             plan = functools.partial(cloud_spec, avoid_regions=avoid)
