@@ -197,3 +197,32 @@ def test_the_request_label_set_is_the_request_types_only(stix: Stix) -> None:
 
     tags = {cls.__struct_config__.tag for cls in m.Request.__args__}
     assert requests and requests <= tags
+
+
+def test_a_services_balancer_traffic_is_shown_while_it_lives(
+    stix: Stix, task_file: Callable[[str], Path]
+) -> None:
+    from tests.test_serve import endpoint, free_port, get, service_yaml, serving, status, up
+
+    serving(stix)
+    url = serve_http(stix)
+    token = make_token(stix, "ops", "viewer")
+    up(stix, service_yaml(task_file, free_port()), "web")
+    wait_until(lambda: status(stix, "web")["status"] == "READY", timeout=40)  # type: ignore[index]
+    where = endpoint(stix, "web")
+    for _ in range(5):
+        assert "hello" in get(where)
+
+    def counted() -> Samples | None:
+        samples = parse(scrape(url, token)[2])
+        seen = value(samples, "stix_service_requests_total", service="web") or 0
+        return samples if seen >= 5 else None
+
+    samples = wait_until(counted, timeout=20, interval=0.2)
+    assert value(samples, "stix_service_requests_total", service="web") == 5
+    assert value(samples, "stix_service_requests_waiting", service="web") == 0
+    assert value(samples, "stix_actors", kind="service", state="READY") == 1
+    stix.run("serve", "down", "web", "-y", check=True)
+    wait_until(lambda: status(stix, "web") is None, timeout=30)
+    body = scrape(url, token)[2]
+    assert 'service="web"' not in body
