@@ -37,9 +37,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import FLOOR, Home, beside_floor, median, ms, p99, stix_home, vs_floor, wall
+from bench.common import (
+    FLOOR,
+    Home,
+    beside_floor,
+    cpu_seconds,
+    median,
+    ms,
+    p99,
+    stix_home,
+    vs_floor,
+    wall,
+)
 
 LAUNCHES = 20
+TICK = 1 / os.sysconf("SC_CLK_TCK")  # the resolution of a process's CPU time
 CLIENTS = 100
 
 
@@ -235,11 +247,31 @@ async def throughput(home: Home, url: str, token: str, seconds: float) -> None:
                 except Exception:
                     failed += 1
 
+        sum0, count0 = _status_histogram(url, token)
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
         rates[name] = done / (time.perf_counter() - t0)
-        _say(f"   {name:<6} {rates[name]:7.0f} status/s ({failed} failed)")
+        sum1, count1 = _status_histogram(url, token)
+        inside = (sum1 - sum0) / max(1.0, count1 - count0)
+        _say(
+            f"   {name:<6} {rates[name]:7.0f} status/s ({failed} failed); each {ms(inside)} "
+            f"inside the daemon on average (its histogram), {ms(CLIENTS / rates[name])} "
+            "as a client waits"
+        )
     _say(f"   HTTP / socket: {rates['HTTP'] / rates['socket']:.2f}x")
+
+
+def _status_histogram(url: str, token: str) -> tuple[float, float]:
+    """(sum, count) of the daemon's `status` latency histogram, from /metrics."""
+    req = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        text = resp.read().decode()
+    found = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for part in found:
+            if line.startswith(f'stix_request_duration_seconds_{part}{{request="status"}}'):
+                found[part] = float(line.rsplit(" ", 1)[1])
+    return found["sum"], found["count"]
 
 
 # -- 4. /metrics at scale ------------------------------------------------------------------
@@ -253,13 +285,15 @@ def _get(url: str, token: str) -> float:
     return time.perf_counter() - t0
 
 
-def _scrapes(url: str, token: str, runs: int) -> tuple[float, float]:
-    """Median /metrics and /api/v1/health times, taken in turn."""
-    metrics, health = [], []
-    for _ in range(runs):
-        metrics.append(_get(url + "/metrics", token))
-        health.append(_get(url + "/api/v1/health", token))
-    return median(metrics), median(health)
+def _scrapes(url: str, token: str, runs: int, pid: int) -> dict[str, tuple[float, float]]:
+    """/metrics and /api/v1/health, `runs` of each: (median wall time, the daemon's CPU
+    seconds per request)."""
+    out = {}
+    for path in ("/metrics", "/api/v1/health"):
+        cpu0 = cpu_seconds(pid)
+        times = [_get(url + path, token) for _ in range(runs)]
+        out[path] = (median(times), (cpu_seconds(pid) - cpu0) / runs)
+    return out
 
 
 def metrics_at_scale(jobs: int, runs: int) -> None:
@@ -269,7 +303,8 @@ def metrics_at_scale(jobs: int, runs: int) -> None:
         home.env.update({"STIX__FAKE__ENABLED": "true", "STIX__DAEMON__LOG_LEVEL": "warning"})
         home.ctl("daemon", "start")
         url, token = _serve(home)
-        empty, health0 = _scrapes(url, token, runs)
+        pid = home.daemon_pid()
+        empty = _scrapes(url, token, runs, pid)
         t0 = time.perf_counter()
 
         async def fill() -> None:
@@ -279,7 +314,7 @@ def metrics_at_scale(jobs: int, runs: int) -> None:
 
         asyncio.run(fill())
         filled = time.perf_counter() - t0
-        full, health = _scrapes(url, token, runs)
+        full = _scrapes(url, token, runs, pid)
         with urllib.request.urlopen(
             urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {token}"})
         ) as resp:
@@ -293,10 +328,17 @@ def metrics_at_scale(jobs: int, runs: int) -> None:
         f"\n4. GET /metrics with {jobs:,} managed jobs RUNNING ({actors:,.0f} live actors; "
         f"filled in {filled:.0f} s), median of {runs}"
     )
-    _say(f"   empty server: /metrics {ms(empty)}, /api/v1/health {ms(health0)}")
+    for label, got in (("empty server", empty), (f"{jobs:,} jobs", full)):
+        (m_wall, m_cpu), (h_wall, h_cpu) = got["/metrics"], got["/api/v1/health"]
+        _say(
+            f"   {label:<13} /metrics {ms(m_wall)} wall, {ms(m_cpu)} of daemon CPU; "
+            f"/api/v1/health {ms(h_wall)}, {ms(h_cpu)} CPU"
+        )
+    health_cpu = max(TICK, full["/api/v1/health"][1])
     _say(
-        f"   {jobs:,} jobs:    /metrics {ms(full)} = {full / empty:.2f}x the empty scrape, "
-        f"{full / health:.2f}x /api/v1/health ({ms(health)}); {len(text) / 1024:.1f} KiB"
+        f"   /metrics at {jobs:,} jobs: {full['/metrics'][1] / health_cpu:.1f}x "
+        f"the CPU of a health request, {full['/metrics'][0] / empty['/metrics'][0]:.1f}x the "
+        f"wall time of the empty scrape; {len(text) / 1024:.1f} KiB"
     )
 
 

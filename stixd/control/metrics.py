@@ -20,12 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import anyio.lowlevel
+
 from stixd.app import VERSION, App
 from stixd.runtime.metrics import Metrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STARTING = "starting"
 QUARANTINED = "quarantined"
+SLICE = 4096
+"""Actors counted between two turns of the event loop."""
 
 
 def escape_label(value: str) -> str:
@@ -63,28 +67,33 @@ class Lines:
         return "\n".join(self.out) + "\n"
 
 
-def actor_counts(app: App) -> tuple[dict[tuple[str, str], int], set[str]]:
+async def actor_counts(app: App) -> tuple[dict[tuple[str, str], int], set[str]]:
     """Live actors by (kind, state), and the names of the live services: one pass over the
-    supervisor's children, in memory."""
+    supervisor's children in memory, `SLICE` at a time so a scrape of tens of thousands never
+    holds the event loop for long."""
     counts: dict[tuple[str, str], int] = {}
     services: set[str] = set()
-    for child in app.supervisor.children.values():
-        if child.failed is not None:
-            state = QUARANTINED
-        elif child.actor is None:
-            state = STARTING
-        else:
-            state = child.actor.state.value
-        key = (child.kind, state)
-        counts[key] = counts.get(key, 0) + 1
-        if child.kind == "service":
-            services.add(child.id)
+    children = list(app.supervisor.children.values())
+    for start in range(0, len(children), SLICE):
+        for child in children[start : start + SLICE]:
+            actor = child.actor
+            if child.failed is not None:
+                state = QUARANTINED
+            elif actor is None:
+                state = STARTING
+            else:
+                state = actor.stored_state
+            key = (child.kind, state)
+            counts[key] = counts.get(key, 0) + 1
+            if child.kind == "service":
+                services.add(child.id)
+        await anyio.lowlevel.checkpoint()
     return counts, services
 
 
-def exposition(app: App) -> str:
+async def exposition(app: App) -> str:
     metrics = app.metrics
-    counts, services = actor_counts(app)
+    counts, services = await actor_counts(app)
     metrics.seen_states.update(counts)
     metrics.keep_services(services)
     lines = Lines()

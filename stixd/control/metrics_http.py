@@ -40,7 +40,7 @@ async def serve_metrics(app: App, request: web.BaseRequest, bearer: str | None) 
             "`stixctl tokens create USER` (authorization: credentials_file), or set "
             "api.metrics_open_on_loopback for a Prometheus on this machine"
         )
-    body = exposition(app).encode()
+    body = (await exposition(app)).encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
