@@ -334,7 +334,7 @@ def metrics_at_scale(jobs: int, runs: int) -> None:
             f"   {label:<13} /metrics {ms(m_wall)} wall, {ms(m_cpu)} of daemon CPU; "
             f"/api/v1/health {ms(h_wall)}, {ms(h_cpu)} CPU"
         )
-    health_cpu = max(TICK, full["/api/v1/health"][1])
+    health_cpu = max(TICK / runs, full["/api/v1/health"][1])
     _say(
         f"   /metrics at {jobs:,} jobs: {full['/metrics'][1] / health_cpu:.1f}x "
         f"the CPU of a health request, {full['/metrics'][0] / empty['/metrics'][0]:.1f}x the "

@@ -2,8 +2,9 @@
 
 Written by hand: the format is a few lines per family, and `prometheus_client` would be a
 dependency (and an import at start) for what is a loop over dictionaries here. A scrape reads
-memory only: the supervisor's live actors (one pass over a dict, no store query; 10,000 managed
-jobs cost milliseconds, bench/bench_team_server.py) and the counters of `app.metrics`.
+memory only: the supervisor's live actors (one pass, no store query: 30,000 actors, 10,000
+managed jobs running, cost 35 ms of the daemon's CPU per scrape, bench/bench_team_server.py)
+and the counters of `app.metrics`.
 
 Families:
 - ``stix_actors{kind,state}``: live actors (terminal rows have left the supervisor); an actor
