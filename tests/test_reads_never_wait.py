@@ -16,6 +16,7 @@ import statistics
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -70,8 +71,8 @@ def reads(stix: Stix, remote: Remote) -> dict[str, Read]:
     }
     out: dict[str, Read] = {}
     for name, req in asks.items():
-        out[f"{name} (socket)"] = lambda req=req: acall(stix.home, req, autostart=False, local=True)
-        out[f"{name} (http)"] = lambda req=req: over_http(remote, req)
+        out[f"{name} (socket)"] = partial(acall, stix.home, req, autostart=False, local=True)
+        out[f"{name} (http)"] = partial(over_http, remote, req)
     out["/metrics (http)"] = lambda: asyncio.to_thread(scrape, remote.endpoint, remote.token or "")
     return out
 
