@@ -14,6 +14,7 @@ import structlog
 import stixproto
 from stixd.providers.abilities import HasPools, LookAbilities, NeedsCredentials, RefreshesCatalog
 from stixd.providers.base import Provider
+from stixd.runtime.metrics import Metrics
 from stixd.runtime.supervisor import Child, Factory, Supervisor
 from stixd.runtime.ticker import Ticker
 from stixd.runtime.watch import RowWatch
@@ -74,6 +75,8 @@ class App:
     a request about it; (True, its reply), or (False, None) when it is for this replica."""
     balancers: Balancers | None = None
     """Each service's load-balancer process (stixd.balancer); None where serving is off."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """What `/metrics` shows besides the supervisor's actors (stixd.control.metrics)."""
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
         """The daemon's config with a client's layers (project file, --config) merged in.

@@ -98,6 +98,9 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 46580
     certfile: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
     keyfile: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    metrics_open_on_loopback: bool = False
+    """`GET /metrics` without a token from 127.0.0.1 or ::1 (a Prometheus beside the server);
+    a scrape from elsewhere always needs a token, of any role."""
 
 
 Section = TypeVar("Section", bound=msgspec.Struct)

@@ -203,6 +203,7 @@ async def begin_launch(
         new_spec=decode(spec, ClusterSpec),  # in the intent's write: one write, not two
         **data,
     )
+    cluster.app.metrics.launched(provider)
     return job_id
 
 

@@ -67,6 +67,7 @@ async def launch_with_failover(
             blocks.append(blocked)
             cluster.app.remember_block(blocked, b.remember_s)
             await cluster.store.record(cluster.kind, cluster.id, "failover", failed[-1])
+            cluster.app.metrics.failed_over(cloud)
             catalog = cluster.app.planner_index()
             plan = functools.partial(cloud_spec, avoid_regions=cluster.spec.avoid_regions)
             try:

@@ -114,6 +114,7 @@ async def recover(managed: ManagedJobActor, why: str, ran: float) -> None:
     if infras:
         why = f"{why} (on {infras[-1]})"
     reasons = [*managed.data.recovery_reasons, why]
+    managed.app.metrics.recovered()
     await run_again(
         managed,
         E.LOST,

@@ -169,6 +169,7 @@ async def run_round(actor: ServiceActor) -> None:
     window = config.serve_qps_window_seconds
     replicas = await replicas_of(actor)
     traffic = await _traffic(actor, balancer)
+    actor.app.metrics.served(actor.id, len(traffic.arrivals), traffic.waiting)
     actor.mem.arrivals = recent_arrivals(
         actor.mem.arrivals, traffic.arrivals, now, window_seconds=window
     )

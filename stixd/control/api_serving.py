@@ -22,6 +22,7 @@ from anyio.abc import TaskStatus
 
 from stixd.app import VERSION, App
 from stixd.control.identity import PRINCIPAL, authorize
+from stixd.control.request_timing import timed
 from stixd.control.uploads import Uploads
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
@@ -72,6 +73,7 @@ class ApiServing:
             with anyio.CancelScope(shield=True):
                 await self._close()
 
+    @timed  # every request of the socket and of the HTTP API, once
     async def dispatch(self, app: App, req: Any, emit: Emit) -> Any:
         if not isinstance(req, API_REQUESTS):
             return await self.inner(app, req, emit)

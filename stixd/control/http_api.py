@@ -28,6 +28,7 @@ from aiohttp import web
 from stixd.app import VERSION, App
 from stixd.control.identity import PRINCIPAL, Principal, authenticate, authorize
 from stixd.control.loglimit import LogBudget
+from stixd.control.metrics_http import METRICS_PATH, serve_metrics
 from stixd.control.remote_paths import refuse_local_paths
 from stixd.control.server import ClientGone, _cause
 from stixd.control.uploads import user_root
@@ -156,6 +157,10 @@ class HttpApi:
             )
         if self.dashboard.serves(request.path):
             return await self.dashboard.handle(request)
+        if request.path == METRICS_PATH and request.method == "GET":
+            return await serve_metrics(
+                self.app, request, _bearer(request.headers.get("Authorization"))
+            )
         if request.path != REQUEST_PATH:
             return web.Response(status=404, text=f"no such endpoint {request.path[:80]!r}\n")
         if request.method != "POST":

@@ -104,6 +104,11 @@ class Actor(abc.ABC):
     def state(self) -> Any:
         return self.state_type(self._row.state)
 
+    @property
+    def stored_state(self) -> str:
+        """The state as stored, a string: no enum made (`/metrics` reads every actor's)."""
+        return self._row.state
+
     @staticmethod
     @abc.abstractmethod
     def is_terminal(state: Any) -> bool: ...
