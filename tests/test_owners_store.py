@@ -20,8 +20,8 @@ def cluster(name: str, **made_for: Any) -> Row:
     return Row(kind="cluster", id=name, state="UP", version=0, spec=made_for)
 
 
-def job(number: int, **made_for: str) -> Row:
-    spec = encode(ManagedJobSpec(name=f"j{number}", cluster=f"j{number}-{number}", **made_for))
+def job(number: int, owner: str | None = None) -> Row:
+    spec = encode(ManagedJobSpec(name=f"j{number}", cluster=f"j{number}-{number}", owner=owner))
     return Row(kind="managed_job", id=str(number), state="RUNNING", version=0, spec=spec)
 
 
@@ -35,8 +35,8 @@ async def test_listings_keep_an_owners_rows_and_leave_out_hidden_workspaces(
         await store.insert(cluster("a2", owner="alice", workspace="secret"), "created")
         await store.insert(cluster("b1", owner="bob", workspace="default"), "created")
         await store.insert(Row(kind="cluster", id="bad", state="UP", version=0), "created")
-        for n, made_for in enumerate([{}, {"owner": "alice"}, {"owner": "bob"}], start=1):
-            await store.insert(job(n, **made_for), "submitted")
+        for n, owner in enumerate([None, "alice", "bob"], start=1):
+            await store.insert(job(n, owner), "submitted")
 
         def of(
             owner: str | None, *, local: bool = False, hidden: frozenset[str] = frozenset()
