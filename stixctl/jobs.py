@@ -27,7 +27,7 @@ def _launch(home: Path, a: argparse.Namespace) -> int:
     req = m.JobsLaunch(
         tasks=list(dag.tasks),
         name=a.name or getattr(dag, "name", None),
-        config=taskargs.config_layers(a.config or []),
+        config=taskargs.config_layers(a.config or [], a.workspace),
         **fields,
     )
     confirm.jobs_launch(home, a, req)
@@ -58,7 +58,13 @@ def _queue(home: Path, a: argparse.Namespace) -> int:
     from stixctl.listing import hidden_note, stream_json
 
     limit = None if a.all else a.limit
-    req = m.JobsQueue(all=a.all, limit=limit, skip_finished=a.skip_finished, stream=a.json)
+    req = m.JobsQueue(
+        all=a.all,
+        limit=limit,
+        skip_finished=a.skip_finished,
+        stream=a.json,
+        all_users=a.all_users,
+    )
     if a.json:
         stream_json(home, req, _chunk, on_event, "managed jobs")
         return 0
@@ -140,7 +146,7 @@ def _pool(home: Path, a: argparse.Namespace) -> int:
 
 
 def render(records: Sequence[m.ManagedJobRecord]) -> str:
-    from stixctl.render import ago, duration, table
+    from stixctl.render import ago, duration, table, with_users
 
     if not records:
         return "No managed jobs."
@@ -178,7 +184,8 @@ def render(records: Sequence[m.ManagedJobRecord]) -> str:
         "STATUS",
         "FAILURE",
     ]
-    return "Managed jobs\n" + table(headers, rows) + _recoveries(records)
+    shown = with_users(headers, rows, [j.user for j in records])
+    return "Managed jobs\n" + table(*shown) + _recoveries(records)
 
 
 MAX_RECOVERY_LINES = 10
@@ -223,6 +230,12 @@ def _queue_args(s: argparse.ArgumentParser) -> None:
         help=f"show the newest N jobs (default {DEFAULT_LIMIT}; --all: every one)",
     )
     s.add_argument("-s", "--skip-finished", action="store_true", help="only jobs in progress")
+    s.add_argument(
+        "-u",
+        "--all-users",
+        action="store_true",
+        help="every user's, with a USER column (yours only without it)",
+    )
     s.add_argument("--json", action="store_true")
 
 

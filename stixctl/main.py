@@ -46,7 +46,8 @@ def cmd_launch(home: Path, a: argparse.Namespace) -> int:
     )
     taskargs.check_first(req)
     task = taskargs.load(home, a.entrypoint, a, allow_empty=True)
-    req = msgspec.structs.replace(req, task=task, config=taskargs.config_layers(a.config or []))
+    layers = taskargs.config_layers(a.config or [], a.workspace)
+    req = msgspec.structs.replace(req, task=task, config=layers)
     req = confirm.launch(home, a, req)
     return _finish_run(call(home, req, on_event, tasks_checked=True), a)
 
@@ -110,7 +111,10 @@ def cmd_queue(home: Path, a: argparse.Namespace) -> int:
     from stixctl import render
     from stixctl.client import call
 
-    reply = call(home, m.Queue(clusters=a.clusters, all=a.all, skip_finished=a.skip_finished))
+    req = m.Queue(
+        clusters=a.clusters, all=a.all, skip_finished=a.skip_finished, all_users=a.all_users
+    )
+    reply = call(home, req)
     if a.json:
         print_json(reply.jobs)
     else:
@@ -342,6 +346,12 @@ def _queue_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("clusters", nargs="*")
     s.add_argument("-s", "--skip-finished", action="store_true")
     s.add_argument("-a", "--all", action="store_true")
+    s.add_argument(
+        "-u",
+        "--all-users",
+        action="store_true",
+        help="every user's, with a USER column (yours only without it)",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_queue)
 
@@ -508,6 +518,12 @@ def _tokens_args(s: argparse.ArgumentParser) -> None:
     identity.add_tokens_args(s)
 
 
+def _workspaces_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import workspaces
+
+    workspaces.add_args(s)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -540,6 +556,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "validate": ("check task files on this machine (no daemon needed)", _validate_args),
     "users": ("admins: create, list, delete users and set their roles", _users_args),
     "tokens": ("admins: create, list, revoke and rotate users' API tokens", _tokens_args),
+    "workspaces": ("list the workspaces you may use (ls)", _workspaces_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
     "api": ("the HTTP API server: start|stop|status|info, login ENDPOINT|logout", _api_args),
     "completion": ("print a shell completion script: bash, zsh or fish", _completion_args),

@@ -32,6 +32,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def with_users(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], users: Sequence[str | None]
+) -> tuple[list[str], list[list[str]]]:
+    """A USER column after the first, when the records name their users (listings with
+    `-u`); the table as it is otherwise."""
+    if not any(users):
+        return list(headers), [list(r) for r in rows]
+    shown = [[r[0], u or "-", *r[1:]] for r, u in zip(rows, users, strict=True)]
+    return [headers[0], "USER", *headers[1:]], shown
+
+
 def ago(ts: float | None, now: float | None = None) -> str:
     if not ts:
         return "-"
@@ -99,7 +110,7 @@ def _cluster_table(records: Sequence[m.ClusterRecord], now: float, owned: bool) 
         headers.insert(1, "OWNER")
     if with_reason:
         headers.append("REASON")
-    return table(headers, rows)
+    return table(*with_users(headers, rows, [c.user for c in records]))
 
 
 def clusters(records: Sequence[m.ClusterRecord]) -> str:
@@ -147,9 +158,8 @@ def jobs(records: Sequence[m.JobRecord]) -> str:
                 ]
             )
         out.append(f"Job queue of cluster {cluster}")
-        out.append(
-            table(["ID", "NAME", "SUBMITTED", "STARTED", "DURATION", "RESOURCES", "STATUS"], rows)
-        )
+        headers = ["ID", "NAME", "SUBMITTED", "STARTED", "DURATION", "RESOURCES", "STATUS"]
+        out.append(table(*with_users(headers, rows, [j.user for j in items])))
         out += [f"job {j.job_id}: {j.failure_reason}" for j in items if j.failure_reason]
     return "\n".join(out)
 

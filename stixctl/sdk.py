@@ -102,6 +102,7 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "serve down": "serve_down",
     "users create": "users_create",
     "users ls": "users_ls",
+    "workspaces ls": "workspaces_ls",
     "users delete": "users_delete",
     "users role": "users_role",
     "tokens create": "tokens_create",
@@ -195,14 +196,21 @@ class Client:
         refresh: bool = False,
         all: bool = False,
         limit: int | None = None,
+        all_users: bool = False,
     ) -> list[m.ClusterRecord]:
-        """`limit`: at most so many of the clusters managed jobs keep up (None: every one)."""
-        return self._run(ops.status(clusters, refresh, all, limit))
+        """`limit`: at most so many of the clusters managed jobs keep up (None: every one);
+        `all_users`: every user's (else the caller's own)."""
+        return self._run(ops.status(clusters, refresh, all, limit, all_users))
 
     def queue(
-        self, clusters: Names = (), *, all: bool = False, skip_finished: bool = False
+        self,
+        clusters: Names = (),
+        *,
+        all: bool = False,
+        skip_finished: bool = False,
+        all_users: bool = False,
     ) -> list[m.JobRecord]:
-        return self._run(ops.queue(clusters, all, skip_finished))
+        return self._run(ops.queue(clusters, all, skip_finished, all_users))
 
     def job_status(self, cluster: str, job_id: int | None = None) -> str:
         return self._run(ops.job_status(cluster, job_id))
@@ -364,10 +372,15 @@ class Client:
         return self._run(ops.jobs_launch(task, name, detach, pool, num_jobs, config))
 
     def jobs_queue(
-        self, *, all: bool = False, skip_finished: bool = False, limit: int | None = None
+        self,
+        *,
+        all: bool = False,
+        skip_finished: bool = False,
+        limit: int | None = None,
+        all_users: bool = False,
     ) -> list[m.ManagedJobRecord]:
         """`limit`: the newest so many (None: those in progress and the last 50 that ended)."""
-        return self._run(ops.jobs_queue(all, skip_finished, limit))
+        return self._run(ops.jobs_queue(all, skip_finished, limit, all_users))
 
     def jobs_status(self, job_id: int | None = None, *, name: str | None = None) -> str:
         """A managed job's state (`RUNNING`, `SUCCEEDED`, ...): by id, the latest of `name`,
@@ -428,8 +441,14 @@ class Client:
         """Roll the service to a new version of its task."""
         return self._run(ops.serve_update(service, task, mode, config))
 
-    def serve_status(self, services: Names = ()) -> list[m.ServiceRecord]:
-        return self._run(ops.serve_status(services))
+    def serve_status(
+        self, services: Names = (), *, all_users: bool = False
+    ) -> list[m.ServiceRecord]:
+        return self._run(ops.serve_status(services, all_users))
+
+    def workspaces_ls(self) -> list[m.WorkspaceRecord]:
+        """The server's workspaces the caller may see."""
+        return self._run(ops.workspaces_ls())
 
     def serve_logs(
         self,

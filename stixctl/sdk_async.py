@@ -92,14 +92,21 @@ class AsyncClient:
         refresh: bool = False,
         all: bool = False,
         limit: int | None = None,
+        all_users: bool = False,
     ) -> list[m.ClusterRecord]:
-        """`limit`: at most so many of the clusters managed jobs keep up (None: every one)."""
-        return await self._run(ops.status(clusters, refresh, all, limit))
+        """`limit`: at most so many of the clusters managed jobs keep up (None: every one);
+        `all_users`: every user's (else the caller's own)."""
+        return await self._run(ops.status(clusters, refresh, all, limit, all_users))
 
     async def queue(
-        self, clusters: Names = (), *, all: bool = False, skip_finished: bool = False
+        self,
+        clusters: Names = (),
+        *,
+        all: bool = False,
+        skip_finished: bool = False,
+        all_users: bool = False,
     ) -> list[m.JobRecord]:
-        return await self._run(ops.queue(clusters, all, skip_finished))
+        return await self._run(ops.queue(clusters, all, skip_finished, all_users))
 
     async def job_status(self, cluster: str, job_id: int | None = None) -> str:
         return await self._run(ops.job_status(cluster, job_id))
@@ -250,10 +257,15 @@ class AsyncClient:
         return await self._run(ops.jobs_launch(task, name, detach, pool, num_jobs, config))
 
     async def jobs_queue(
-        self, *, all: bool = False, skip_finished: bool = False, limit: int | None = None
+        self,
+        *,
+        all: bool = False,
+        skip_finished: bool = False,
+        limit: int | None = None,
+        all_users: bool = False,
     ) -> list[m.ManagedJobRecord]:
         """`limit`: the newest so many (None: those in progress and the last 50 that ended)."""
-        return await self._run(ops.jobs_queue(all, skip_finished, limit))
+        return await self._run(ops.jobs_queue(all, skip_finished, limit, all_users))
 
     async def jobs_status(self, job_id: int | None = None, *, name: str | None = None) -> str:
         return await self._run(ops.jobs_status(job_id, name))
@@ -306,8 +318,14 @@ class AsyncClient:
     ) -> m.ServiceUp:
         return await self._run(ops.serve_update(service, task, mode, config))
 
-    async def serve_status(self, services: Names = ()) -> list[m.ServiceRecord]:
-        return await self._run(ops.serve_status(services))
+    async def serve_status(
+        self, services: Names = (), *, all_users: bool = False
+    ) -> list[m.ServiceRecord]:
+        return await self._run(ops.serve_status(services, all_users))
+
+    async def workspaces_ls(self) -> list[m.WorkspaceRecord]:
+        """The server's workspaces the caller may see."""
+        return await self._run(ops.workspaces_ls())
 
     def serve_logs(
         self,

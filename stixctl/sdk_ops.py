@@ -156,14 +156,20 @@ def exec_(cluster: str, task: TaskLike, detach: bool) -> Op[m.LaunchResult, m.La
 
 
 def status(
-    clusters: Names, refresh: bool, all: bool, limit: int | None = None
+    clusters: Names, refresh: bool, all: bool, limit: int | None = None, all_users: bool = False
 ) -> Op[m.ClusterList, list[m.ClusterRecord]]:
-    request = m.Status(clusters=names(clusters), refresh=refresh, all=all, limit=limit)
+    request = m.Status(
+        clusters=names(clusters), refresh=refresh, all=all, limit=limit, all_users=all_users
+    )
     return Op(request, m.ClusterList, lambda reply: list(reply.clusters))
 
 
-def queue(clusters: Names, all: bool, skip_finished: bool) -> Op[m.JobList, list[m.JobRecord]]:
-    request = m.Queue(clusters=names(clusters), all=all, skip_finished=skip_finished)
+def queue(
+    clusters: Names, all: bool, skip_finished: bool, all_users: bool = False
+) -> Op[m.JobList, list[m.JobRecord]]:
+    request = m.Queue(
+        clusters=names(clusters), all=all, skip_finished=skip_finished, all_users=all_users
+    )
     return Op(request, m.JobList, lambda reply: list(reply.jobs))
 
 
@@ -342,9 +348,9 @@ def jobs_launch(
 
 
 def jobs_queue(
-    all: bool, skip_finished: bool, limit: int | None = None
+    all: bool, skip_finished: bool, limit: int | None = None, all_users: bool = False
 ) -> Op[m.ManagedJobList, list[m.ManagedJobRecord]]:
-    request = m.JobsQueue(all=all, skip_finished=skip_finished, limit=limit)
+    request = m.JobsQueue(all=all, skip_finished=skip_finished, limit=limit, all_users=all_users)
     return Op(request, m.ManagedJobList, lambda reply: list(reply.jobs))
 
 
@@ -430,8 +436,15 @@ def serve_update(
     return Op(request, m.ServiceUp, _same)
 
 
-def serve_status(services: Names) -> Op[m.ServiceList, list[m.ServiceRecord]]:
-    return Op(m.ServeStatus(names=names(services)), m.ServiceList, lambda r: list(r.services))
+def serve_status(
+    services: Names, all_users: bool = False
+) -> Op[m.ServiceList, list[m.ServiceRecord]]:
+    request = m.ServeStatus(names=names(services), all_users=all_users)
+    return Op(request, m.ServiceList, lambda r: list(r.services))
+
+
+def workspaces_ls() -> Op[m.WorkspaceList, list[m.WorkspaceRecord]]:
+    return Op(m.WorkspacesList(), m.WorkspaceList, lambda r: list(r.workspaces))
 
 
 def serve_logs(

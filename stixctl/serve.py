@@ -38,7 +38,7 @@ def _up(home: Path, a: argparse.Namespace) -> int:
     req = m.ServeUp(
         task=task,
         name=name,
-        config=taskargs.config_layers(a.config or []),
+        config=taskargs.config_layers(a.config or [], a.workspace),
     )
     what = req.name or "a new service"
     confirm.ask(f"Launching {what} (its replicas are clusters). Proceed?", a.yes)
@@ -75,7 +75,8 @@ def _update(home: Path, a: argparse.Namespace) -> int:
 def _status(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
-    reply: m.ServiceList = call(home, m.ServeStatus(names=a.services))
+    req = m.ServeStatus(names=a.services, all_users=a.all_users)
+    reply: m.ServiceList = call(home, req)
     if a.json:
         print_json(reply.services)
     elif a.endpoint:
@@ -121,7 +122,7 @@ def _down(home: Path, a: argparse.Namespace) -> int:
 
 
 def render(services: Sequence[m.ServiceRecord], *, verbose: bool = False) -> str:
-    from stixctl.render import ago, duration, table
+    from stixctl.render import ago, duration, table, with_users
 
     if not services:
         return "No existing services."
@@ -138,7 +139,7 @@ def render(services: Sequence[m.ServiceRecord], *, verbose: bool = False) -> str
     headers = ["NAME", "VERSION", "UPTIME", "STATUS", "REPLICAS", "ENDPOINT"]
     if verbose:
         headers += ["POLICY", "LOAD_BALANCING_POLICY", "FAILURE"]
-    out = "Services\n" + table(headers, rows)
+    out = "Services\n" + table(*with_users(headers, rows, [s.user for s in services]))
     replicas = [r for s in services for r in s.replicas]
     if replicas:
         rrows = []
@@ -209,6 +210,12 @@ def _status_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("services", nargs="*", help="default: every service")
     s.add_argument("-v", "--verbose", action="store_true", help="policies and failures too")
     s.add_argument("--endpoint", action="store_true", help="print only the endpoint(s)")
+    s.add_argument(
+        "-u",
+        "--all-users",
+        action="store_true",
+        help="every user's, with a USER column (yours only without it)",
+    )
     s.add_argument("--json", action="store_true")
 
 

@@ -31,6 +31,12 @@ def add_args(s: argparse.ArgumentParser) -> None:
         help=f"list the newest N of your clusters and N of managed jobs' (default "
         f"{DEFAULT_LIMIT}; --all: every one)",
     )
+    s.add_argument(
+        "-u",
+        "--all-users",
+        action="store_true",
+        help="every user's, with a USER column (yours only without it)",
+    )
     s.add_argument("--ip", action="store_true", help="print the head node's IP of one cluster")
     s.add_argument(
         "--endpoints", action="store_true", help="print every exposed port of one cluster"
@@ -48,7 +54,14 @@ def run(home: Path, a: argparse.Namespace, on_event: Callable[[Any], None]) -> i
     if asks_address:
         _check_address_flags(a)
     limit = None if a.all or a.clusters else a.limit
-    req = m.Status(clusters=a.clusters, refresh=a.refresh, all=a.all, limit=limit, stream=a.json)
+    req = m.Status(
+        clusters=a.clusters,
+        refresh=a.refresh,
+        all=a.all,
+        limit=limit,
+        stream=a.json,
+        all_users=a.all_users,
+    )
     if a.json:
         from stixctl.listing import stream_json
 

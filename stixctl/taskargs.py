@@ -65,6 +65,7 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-file", help="read env vars from a dotenv file")
     p.add_argument("--secret", action="append", metavar="K[=V]", help="set a secret (repeatable)")
     p.add_argument("-n", "--name", help="task name")
+    p.add_argument("--workspace", metavar="NAME", help="the workspace to make it in")
     p.add_argument(
         "--workdir", metavar="DIR", help="sync this directory and run there (overrides the file's)"
     )
@@ -177,9 +178,13 @@ def _here(task: Any, workdir: str | None) -> Any:
     return resolve_paths(msgspec.structs.replace(task, workdir=path))
 
 
-def config_layers(extra: list[str]) -> list[m.ConfigLayer]:
-    """Project `.stix.yaml` and `--config` files, parsed here and validated by the daemon."""
+def config_layers(extra: list[str], workspace: str | None = None) -> list[m.ConfigLayer]:
+    """Project `.stix.yaml` and `--config` files, parsed here and validated by the daemon;
+    `--workspace` last, over them."""
     layers: list[m.ConfigLayer] = []
+    if workspace is not None:
+        chosen = m.ConfigLayer(source="--workspace", values={"active_workspace": workspace})
+        return [*config_layers(extra), chosen]
     paths = [Path(".stix.yaml")] if Path(".stix.yaml").exists() else []
     for item in extra:
         path = Path(item)

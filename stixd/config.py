@@ -103,6 +103,27 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     a scrape from elsewhere always needs a token, of any role."""
 
 
+Names = Annotated[
+    tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=253)], ...],
+    msgspec.Meta(max_length=10_000),
+]
+
+
+class WorkspaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One of the server's ``workspaces`` (SkyPilot's): where its objects may run, and who may
+    see it (`stixd.control.workspaces`)."""
+
+    allowed_clouds: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] | None = None
+    """The infras its launches may use (None: any the server allows). Naming ``local`` or
+    ``ssh`` lets its users run on the server's own machine or SSH hosts over HTTP."""
+    private: bool = False
+    allowed_users: Names = ()
+    """Who may see and use a private workspace (admins always may)."""
+
+
+WorkspaceName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
 Section = TypeVar("Section", bound=msgspec.Struct)
 
 
@@ -123,6 +144,8 @@ class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         api: ApiConfig = msgspec.field(default_factory=ApiConfig)
         allowed_clouds: tuple[str, ...] | None = None
         db: str | None = None
+        workspaces: dict[str, WorkspaceConfig] = {}
+        active_workspace: str | None = None
 
     def sections(self) -> dict[str, msgspec.Struct]:
         """Each infra's section by infra name, in registry order."""
@@ -140,7 +163,15 @@ class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         return found
 
 
-_CORE_FIELDS = ("autostop", "daemon", "api", "allowed_clouds", "db")
+_CORE_FIELDS = (
+    "autostop",
+    "daemon",
+    "api",
+    "allowed_clouds",
+    "db",
+    "workspaces",
+    "active_workspace",
+)
 DatabaseUrl = Annotated[str, msgspec.Meta(pattern=r"^postgres(ql)?://", max_length=4096)]
 """The store's database (`db: postgresql://user@host:port/dbname`, SkyPilot's key): None keeps
 it in SQLite in the home."""
@@ -160,6 +191,8 @@ def config_schema(sections: Iterable[tuple[str, type[msgspec.Struct]]]) -> type[
             None,
         ),
         ("db", DatabaseUrl | None, None),
+        ("workspaces", dict[WorkspaceName, WorkspaceConfig], msgspec.field(default_factory=dict)),
+        ("active_workspace", WorkspaceName | None, None),
     ]
     schema = msgspec.defstruct(
         "Config",

@@ -77,6 +77,10 @@ class Launch(Msg, tag="launch", frozen=True):
     plan_choice: b.PlanChoice | None = None
     """The choice the user confirmed (`PlanReply.choice`): a launch that would now provision
     something else is refused, so what was shown is what gets launched."""
+    owner: str | None = None
+    """Who the cluster is made for, and in which workspace: set by the server that took the
+    request (a client's value is replaced), or by the managed job or service launching it."""
+    workspace: str | None = None
 
 
 class Exec(Msg, tag="exec", frozen=True):
@@ -96,12 +100,16 @@ class Status(Msg, tag="status", frozen=True):
     (the newest of each); None: every one."""
     stream: bool = False
     """Send the records as `ClusterRows` chunks, then a `ClusterList` with none of its own."""
+    all_users: bool = False
+    """`-u`: every user's, with their names (else only the caller's own)."""
 
 
 class Queue(Msg, tag="queue", frozen=True):
     clusters: list[str] = []
     all: bool = False
     skip_finished: bool = False
+    all_users: bool = False
+    """`-u`: every user's, with their names (else only the caller's own)."""
 
 
 class Logs(Msg, tag="logs", frozen=True):
@@ -308,6 +316,8 @@ class JobsQueue(Msg, tag="jobs_queue", frozen=True):
     stream: bool = False
     """Send the records as `ManagedJobRows` chunks, then a `ManagedJobList` with none of its
     own: a listing of any length, in frames of bounded size."""
+    all_users: bool = False
+    """`-u`: every user's, with their names (else only the caller's own)."""
 
 
 class JobsCancel(Msg, tag="jobs_cancel", frozen=True):
@@ -401,6 +411,8 @@ class ServeUpdate(Msg, tag="serve_update", frozen=True):
 class ServeStatus(Msg, tag="serve_status", frozen=True):
     names: list[str] = []
     """None given: every service."""
+    all_users: bool = False
+    """`-u`: every user's, with their names (else only the caller's own)."""
 
 
 class ServeLogs(Msg, tag="serve_logs", frozen=True):
@@ -436,6 +448,10 @@ class UsersCreate(Msg, tag="users_create", frozen=True):
 
 class UsersList(Msg, tag="users_list", frozen=True):
     pass
+
+
+class WorkspacesList(Msg, tag="workspaces_list", frozen=True):
+    """`stixctl workspaces ls`: the server's workspaces the caller may see."""
 
 
 class UsersDelete(Msg, tag="users_delete", frozen=True):
@@ -522,6 +538,7 @@ Request = (
     | TokensList
     | TokensRevoke
     | TokensRotate
+    | WorkspacesList
 )
 
 # -- stream events ---------------------------------------------------------------------------
@@ -583,6 +600,9 @@ class ClusterRecord(msgspec.Struct, frozen=True):
     activity: str | None = None
     """What is under way: `launching`, `stopping` or `terminating` (then `status` is INIT, as
     SkyPilot shows a cluster that may be live or down)."""
+    user: str | None = None
+    """Who made it (listings with `all_users`), and in which workspace."""
+    workspace: str | None = None
 
 
 class JobRecord(msgspec.Struct, frozen=True):
@@ -599,6 +619,8 @@ class JobRecord(msgspec.Struct, frozen=True):
     """Set when the daemon cannot run the job's row (quarantined): why, and how to remove it."""
     failed_rank: int | None = None
     """A failed job: the rank whose failure ended the gang."""
+    user: str | None = None
+    """Who owns the job's cluster (listings with `all_users`)."""
 
 
 class EventRecord(msgspec.Struct, frozen=True):
@@ -685,6 +707,9 @@ class ServiceRecord(msgspec.Struct, frozen=True):
     replicas: list[ReplicaRecord] = []
     active_versions: list[int] = []
     failure_reason: str | None = None
+    user: str | None = None
+    """Who made it (listings with `all_users`), and in which workspace."""
+    workspace: str | None = None
 
 
 class ServiceList(Msg, tag="services", frozen=True):
@@ -751,6 +776,9 @@ class ManagedJobRecord(msgspec.Struct, frozen=True):
     """Where the latest run went (`fake/fake-2`, `aws/us-east-1`, `local`)."""
     run_infras: list[str] = []
     """Where each run went, oldest first (the last 20): recoveries move it by the strategy."""
+    user: str | None = None
+    """Who made it (listings with `all_users`), and in which workspace."""
+    workspace: str | None = None
 
 
 class ManagedJobList(Msg, tag="managed_jobs", frozen=True):
@@ -897,6 +925,21 @@ class TokenList(Msg, tag="token_list", frozen=True):
     tokens: list[TokenRecord]
 
 
+class WorkspaceRecord(msgspec.Struct, frozen=True):
+    name: str
+    private: bool = False
+    allowed_clouds: list[str] | None = None
+    """None: any infra the server allows."""
+    allowed_users: list[str] = []
+    """Of a private workspace (admins may use any)."""
+    clusters: int = 0
+    """Its live clusters."""
+
+
+class WorkspaceList(Msg, tag="workspace_list", frozen=True):
+    workspaces: list[WorkspaceRecord]
+
+
 class TokenIssued(Msg, tag="token_issued", frozen=True):
     """A new (or rotated) token: `secret` is shown this once and stored nowhere."""
 
@@ -930,6 +973,7 @@ Reply = (
     | UserList
     | TokenList
     | TokenIssued
+    | WorkspaceList
 )
 StreamEvent = Progress | LogChunk | JobSubmitted | ManagedJobRows | ClusterRows
 ServerMessage = HelloOk | Reply | StreamEvent

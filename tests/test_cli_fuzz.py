@@ -171,6 +171,8 @@ def argvs(draw: st.DrawFn, tasks: dict[str, str]) -> list[str]:
         extra = [*_opt(draw, "--expires", values), *_opt(draw, "--name", names)]
         return [command, verb, *draw(many_names)[:1], *(extra if verb == "create" else []),
                 *_flags(draw, "--json")]  # fmt: skip
+    if command == "workspaces":
+        return [command, draw(st.one_of(st.just("ls"), names)), *_flags(draw, "--json")]
     if command == "api":
         verb = draw(st.sampled_from(["status", "info", "logout", "stop", "start", "login"]))
         if verb == "start":  # on loopback: a port that binds serves there until the next stop
@@ -205,7 +207,7 @@ COMMANDS = [
     "launch", "exec", "status", "queue", "logs", "cancel", "stop", "start", "down", "autostop",
     "cost-report", "check", "leaks", "events", "show-gpus", "catalog", "ssh", "validate",
     "daemon", "fake", "jobs launch", "jobs queue", "jobs cancel", "jobs logs", "jobs pool",
-    "completion", "serve", "users", "tokens", "api",
+    "completion", "serve", "users", "tokens", "api", "workspaces",
 ]  # fmt: skip
 assert {c.split()[0] for c in COMMANDS} == set(cli.COMMANDS), "a new command needs arguments here"
 

@@ -31,8 +31,16 @@ from tests.conftest import Stix, wait_until
 FRAMES = "application/x-stix-frames"
 
 
-def serve_http(stix: Stix) -> str:
-    """Start the daemon serving HTTP on a free loopback port; its URL."""
+LOCAL_FOR_USERS = "workspaces:\n  default:\n    allowed_clouds: [local]\n"
+"""A remote user may launch on the server's own machine only where a workspace names `local`
+(stixd.control.workspaces): these tests run the local infra as remote users."""
+
+
+def serve_http(stix: Stix, config: str = LOCAL_FOR_USERS) -> str:
+    """Start the daemon serving HTTP on a free loopback port, with `config` as its user
+    config; its URL."""
+    with (stix.home / "config.yaml").open("a") as f:
+        f.write(config)
     stix.run("api", "start", "--port", "0", check=True)
     port = json.loads((stix.home / "api_server.json").read_text())["port"]
     return f"http://127.0.0.1:{port}"

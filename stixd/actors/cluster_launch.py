@@ -160,7 +160,9 @@ async def begin_launch(
 ) -> int | None:
     """Write the intent (state INIT + the request) before touching any infra."""
     data: dict[str, Any] = {"machines": None}  # the plan is the new baseline
-    if cluster.state is C.TERMINATED:
+    made_for: dict[str, Any] = {}
+    if cluster.state is C.TERMINATED:  # a new launch of the name: whoever asked now owns it
+        made_for = {"owner": req.owner, "workspace": req.workspace}
         data = {
             **data,
             "uid": secrets.token_hex(4),
@@ -180,6 +182,7 @@ async def begin_launch(
         "num_nodes": req.task.num_nodes,
         "avoid_regions": list(req.avoid_regions),
         "ports": task_ports(req.task),  # a cloud's placement names the ones it opened
+        **made_for,
     }
     # usable, as choose_target said: the optimizer's first choice
     if provider in cluster.app.infras.clouds():

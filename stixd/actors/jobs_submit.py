@@ -96,6 +96,7 @@ async def create_job(
                 resources=f"{task.num_nodes}x {infra_label(provider, cluster.spec.pool)}",
                 nodes=[n.to_dict() for n in nodes],
                 submit=submit,
+                owner=cluster.spec.owner,
             )
         ),
         data=encode(JobData(submitted_at=None)),

@@ -68,6 +68,8 @@ async def bring_up(managed: ManagedJobActor) -> None:
             task_id=task_id,
             avoid_regions=avoid,
             prefer_region=prefer,
+            owner=spec.owner,  # its cluster is its submitter's, in its workspace
+            workspace=spec.workspace,
         )
     failures = 0
     while True:

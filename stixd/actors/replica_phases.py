@@ -171,6 +171,8 @@ async def _launch(replica: ReplicaActor) -> Up | LaunchFailed:
         detach=True,
         config=config,
         retry_until_up=not replica.spec.spot,
+        owner=replica.spec.owner,
+        workspace=replica.spec.workspace,
     )
     try:
         result = await ask_cluster(replica.app, replica.cluster, req, _quiet, create=True)

@@ -255,6 +255,8 @@ async def _launch(
         spot=order.spot,
         launched_at=time.time(),
         accelerator=_accelerator(task),
+        owner=actor.spec.owner,
+        workspace=actor.spec.workspace,
     )
     row = Row(
         kind=REPLICA,

@@ -41,6 +41,10 @@ class ServiceSpec(_Record, frozen=True, kw_only=True):
     versions: list[ServiceVersion] = []
     config: list[dict[str, Any]] = []
     created_at: float = 0.0
+    owner: str | None = None
+    """Who made it (a user's name); None: made before owners were kept, the local owner's."""
+    workspace: str | None = None
+    """The workspace it was made in; None: the default one."""
 
 
 class ServiceData(_Record, frozen=True, kw_only=True):
@@ -68,6 +72,9 @@ class ReplicaSpec(_Record, frozen=True, kw_only=True):
     launched_at: float = 0.0
     accelerator: str | None = None
     """The accelerator its task asks for, when it names one (per-accelerator QPS targets)."""
+    owner: str | None = None
+    """Its service's owner and workspace: its cluster is made for them."""
+    workspace: str | None = None
 
 
 class ReplicaData(_Record, frozen=True, kw_only=True):

@@ -59,6 +59,10 @@ class ClusterSpec(_Record, frozen=True, kw_only=True):
     """A cloud's choice (region, zones, instance type, ports...); None off the clouds."""
     avoid_regions: list[str] = []
     ports: list[int] = []
+    owner: str | None = None
+    """Who made it (a user's name); None: made before owners were kept, the local owner's."""
+    workspace: str | None = None
+    """The workspace it was made in; None: the default one."""
 
 
 class Autostop(_Record, frozen=True, kw_only=True):
@@ -115,6 +119,8 @@ class JobSpec(_Record, frozen=True, kw_only=True):
     nodes: list[dict[str, Any]]
     submit: dict[str, Any]
     """The agents' `submit` payload, sent as it is stored (a replay is the same submission)."""
+    owner: str | None = None
+    """Its cluster's owner when it was submitted (None: the local owner's)."""
 
 
 class JobData(_Record, frozen=True, kw_only=True):
@@ -141,6 +147,10 @@ class ManagedJobSpec(_Record, frozen=True, kw_only=True):
     num_jobs: Size = 1
     job_rank: Count = 0
     cluster: str | None = None
+    owner: str | None = None
+    """Who made it (a user's name); None: made before owners were kept, the local owner's."""
+    workspace: str | None = None
+    """The workspace it was made in; None: the default one."""
 
 
 class ManagedJobData(_Record, frozen=True, kw_only=True):

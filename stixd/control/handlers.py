@@ -35,10 +35,12 @@ from stixd.control import (
     identity_cmds,
     jobs_cmds,
     leak_cmds,
+    ownership,
     plan_cmds,
     serve_cmds,
     ssh_cmds,
     task_reading,
+    workspaces,
 )
 from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
@@ -74,10 +76,24 @@ def known_infras(app: App) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*app.infras.planned(), *KNOWN_CLOUDS)))
 
 
-def _check_task(app: App, task: Any) -> None:
-    """Refuse what cannot launch, in the words `stixctl validate` warns with."""
+def _check_task(app: App, task: Any, workspace: str | None = None) -> None:
+    """Refuse what cannot launch, in the words `stixctl validate` warns with; with a
+    `workspace`, also what its allowed infras (and the requester) may not use."""
     validate_mounts(task)  # launch_problems first: null envs/secrets, missing local paths
     app.target(task, say_why_not=True)
+    if workspace is not None:
+        ownership.check_where(app, task, workspace)
+
+
+def _missing(name: str) -> ClusterNotFound:
+    return ClusterNotFound(f"cluster {name!r} does not exist")
+
+
+async def _check_cluster(app: App, name: str) -> None:
+    """Refuse acting on another's cluster (`ownership.check_acts`): one read of its row."""
+    row = await app.store.get("cluster", name)
+    if row is not None:
+        ownership.check_acts(app, row, f"cluster {name}", _missing(name))
 
 
 async def _check_cloud_plan(app: App, task: Any, emit: Emit) -> None:
@@ -98,17 +114,23 @@ def _fits_here(app: App, task: Any) -> bool:
 
 
 async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
+    layers = [(layer.source, layer.values) for layer in req.config]
     try:
-        app.config_for([(layer.source, layer.values) for layer in req.config])
+        app.config_for(layers)
     except ConfigError as exc:
         raise InvalidConfig(str(exc)) from None
+    made = ownership.made_for(app, layers)
+    name = req.cluster or f"stix-{secrets.token_hex(2)}"
+    existing = await app.store.get("cluster", name)
+    if existing is not None and not existing.terminal:  # a relaunch: the owner's to make
+        ownership.check_acts(app, existing, f"cluster {name}", _missing(name))
     alternatives = task_resources.candidates(req.task.resources_or_default())
     named = [task_resources.placement(c).cloud for c in alternatives]
     if any(named) or not _fits_here(app, req.task):  # a local launch waits on no cloud's API
         await app.refresh_catalogs(only=named)  # a context that cannot be used is refused by name
-    _check_task(app, req.task)
+    _check_task(app, req.task, made.workspace)
     await _check_cloud_plan(app, req.task, emit)
-    name = req.cluster or f"stix-{secrets.token_hex(2)}"
+    req = msgspec.structs.replace(req, owner=made.owner, workspace=made.workspace)
     try:
         result: m.LaunchResult = await ask_cluster(app, name, req, emit, create=True)
     except anyio.get_cancelled_exc_class():
@@ -133,6 +155,7 @@ async def follow_run_only(app: App, result: m.LaunchResult, emit: Emit) -> m.Lau
 
 async def exec_(app: App, req: m.Exec, emit: Emit) -> Any:
     validate_mounts(req.task)  # the cluster checks the fit against its own infra
+    await _check_cluster(app, req.cluster)
     result: m.LaunchResult = await ask_cluster(app, req.cluster, req, emit)
     return await _follow_unless_detached(app, result, req.detach, emit)
 
@@ -252,22 +275,28 @@ async def _refresh(app: App, names: list[str], req: m.Status, emit: Emit) -> Non
             raise errors[name]
 
 
-async def _status_rows(app: App, req: m.Status) -> tuple[list[Row], int]:
+async def _status_rows(app: App, req: m.Status, scope: ownership.Scope) -> tuple[list[Row], int]:
     """The cluster rows `status` lists, and how many its limit left out."""
-    if req.clusters:
-        return await views.clusters_named(app.store, req.clusters, live_only=not req.all), 0
+    if req.clusters:  # named: anyone's, but never one of a private workspace of others
+        rows = await views.clusters_named(app.store, req.clusters, live_only=not req.all)
+        return [r for r in rows if ownership.workspace_of(r.spec) not in scope.hidden], 0
     if req.limit is None or req.all:
-        return await app.store.rows("cluster", include_terminal=req.all), 0
+        rows = await app.store.rows("cluster", include_terminal=req.all)
+        return [r for r in rows if scope.sees(r.spec)], 0
     if app.cluster_split is None:
         app.cluster_split = views.ClusterSplit(app.store)
     own, owned = await app.cluster_split.names()
+    if not scope.everything:
+        keep = await views.live_clusters_of(app.store, scope.where())
+        own, owned = [n for n in own if n in keep], [n for n in owned if n in keep]
     shown = [*own[-req.limit :], *owned[-req.limit :]]
     rows = await views.clusters_named(app.store, shown, live_only=True)
     return rows, len(own) + len(owned) - len(shown)
 
 
 async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
-    rows, hidden = await _status_rows(app, req)
+    scope = ownership.scope(app, req.all_users)
+    rows, hidden = await _status_rows(app, req, scope)
     if req.refresh:
         await _refresh(app, [r.id for r in rows if not r.terminal], req, emit)
         rows = [r for r in [await app.store.get("cluster", r.id) for r in rows] if r is not None]
@@ -280,13 +309,18 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     def made(r: Row) -> m.ClusterRecord:
         any_port = spec_of(r, ClusterSpec).provider in open_all
         rec = cluster_record(r, owners.get(r.id), any_port=any_port)
+        if scope.all_users:
+            rec = msgspec.structs.replace(
+                rec, user=scope.user(r.spec), workspace=scope.workspace(r.spec)
+            )
         return ports_reached(app, r, rec) if one and rec.ports else rec
 
     def record(row: Row) -> m.ClusterRecord:
         return quarantine.shown(app, row, made, _failed_cluster)
 
     strays: list[m.ClusterRecord] = []
-    for stray in await views.live_rows_not_of(app.store, KINDS):  # its kind column was damaged
+    admin = scope.principal.role is identity.Role.ADMIN  # damaged rows are an admin's to remove
+    for stray in await views.live_rows_not_of(app.store, KINDS) if admin else []:
         if not req.clusters or stray.id in req.clusters:
             why = stray.quarantined or f"no actor kind is called {stray.kind!r}"
             strays.append(_failed_cluster(stray, quarantine.explain(stray.kind, stray.id, why)))
@@ -341,27 +375,32 @@ def _uid(crow: Row) -> str | None:
 
 
 async def queue(app: App, req: m.Queue, emit: Emit) -> m.JobList:
-    if req.clusters:
+    scope = ownership.scope(app, req.all_users)
+    if req.clusters:  # named: anyone's, but never one of a private workspace of others
         clusters = []
         for name in req.clusters:
             row = await app.store.get("cluster", name)
-            if row is None or row.terminal:
-                raise ClusterNotFound(f"cluster {name!r} does not exist")
+            if row is None or row.terminal or ownership.workspace_of(row.spec) in scope.hidden:
+                raise _missing(name)
             clusters.append(row)
     else:
-        clusters = await app.store.rows("cluster", include_terminal=False)
+        live = await app.store.rows("cluster", include_terminal=False)
+        clusters = [r for r in live if scope.sees(r.spec)]
     jobs: list[m.JobRecord] = []
     for crow in clusters:
         rows = await quarantine.cluster_jobs(app, crow.id, _uid(crow))
+        user = scope.user(crow.spec)
         for jrow in sorted(rows, key=lambda j: -quarantine.job_number(j.id)):
             if req.skip_finished and jrow.terminal:
                 continue
-            jobs.append(quarantine.shown(app, jrow, job_record, _failed_job))
+            rec = quarantine.shown(app, jrow, job_record, _failed_job)
+            jobs.append(msgspec.structs.replace(rec, user=user) if user else rec)
     return m.JobList(jobs=jobs)
 
 
 async def logs(app: App, req: m.Logs, emit: Emit) -> m.LogsEnd:
     job = await find_job(app, req.cluster, req.job_id)
+    ownership.check_acts(app, job, f"cluster {req.cluster}", _missing(req.cluster))
     reason = quarantine.reason_of(app, job)
     if reason is not None:  # where its log is (its nodes) is what the row no longer says
         raise quarantine.refusal(job, reason)
@@ -382,6 +421,8 @@ async def _each_cluster(app: App, names: list[str], all_: bool, req: Any, emit: 
     guarded = type(req) in VERBS
     if all_:
         rows = await app.store.rows("cluster", include_terminal=False)
+        if not ownership.acts_on_all():  # a user's `-a` is every cluster of theirs
+            rows = [r for r in rows if ownership.mine(r)]
         owners = await cluster_owners(app, [r.id for r in rows]) if guarded else {}
         names = [r.id for r in rows if r.id not in owners]
         if not names:
@@ -389,6 +430,8 @@ async def _each_cluster(app: App, names: list[str], all_: bool, req: Any, emit: 
     if not names:
         raise InvalidRequest("name at least one cluster, or pass --all")
     if not all_:
+        for row in await views.clusters_named(app.store, names, live_only=False):
+            ownership.check_acts(app, row, f"cluster {row.id}", _missing(row.id))
         owners = await cluster_owners(app, names) if guarded else {}
     refuse_owned(names, owners, VERBS.get(type(req), ""))
     messages = []
@@ -402,6 +445,7 @@ async def _each_cluster(app: App, names: list[str], all_: bool, req: Any, emit: 
 
 async def cancel(app: App, req: m.Cancel, emit: Emit) -> Any:
     """No ids and no `all`: the latest running job, as SkyPilot's `sky cancel CLUSTER`."""
+    await _check_cluster(app, req.cluster)
     return await ask_cluster(app, req.cluster, req, emit)
 
 
@@ -594,6 +638,7 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
     if isinstance(req, m.PlanRequest):
         return await plan_cmds.plan_cmd(app, req, emit)
     if isinstance(req, m.NodeShell):
+        await _check_cluster(app, req.cluster)
         return await ssh_cmds.node_shell(app, req)
     if isinstance(req, m.SshPools):
 
@@ -609,6 +654,8 @@ async def dispatch(app: App, req: Any, emit: Emit) -> Any:
         return await catalog_cmds.catalog_status(app, req, emit)
     if isinstance(req, m.DaemonStatus):
         return await daemon_status(app, req, emit)
+    if isinstance(req, m.WorkspacesList):
+        return await workspaces.workspaces_list(app, identity.PRINCIPAL.get())
     if isinstance(req, m.Shutdown):
         return await shutdown(app, req, emit)
     if isinstance(req, m.FakePreempt):

@@ -167,6 +167,7 @@ READ: tuple[type[m.Msg], ...] = (
     m.ServeStatus,
     m.ServeLogs,
     m.ApiInfo,
+    m.WorkspacesList,  # those the caller may see (stixd.control.workspaces)
 )
 """Requests that change nothing: every role."""
 

@@ -25,6 +25,7 @@ from stixd.actors.specs import (
     state_of,
 )
 from stixd.app import App
+from stixd.control import ownership
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store import views
 from stixd.store.db import Row, RowExists
@@ -54,11 +55,13 @@ async def jobs_launch(
         if task.run is None and task.setup is None:
             which = "the task" if len(req.tasks) == 1 else f"task {i + 1}"
             raise InvalidRequest(f"{which} has nothing to run: a managed job needs a `run` command")
+    made_for = ownership.made_for(app, [(c.source, c.values) for c in req.config])
     if req.pool is not None:
         await _existing_pool(app, req.pool)
     else:
         for task in req.tasks:
             check(task)  # refused now, in validate's words, rather than FAILED_PRECHECKS later
+            ownership.check_where(app, task, made_for.workspace)
     name = req.name or req.tasks[0].name or "job"
     if not names.is_valid(name, "managed job"):  # req.name was checked as the request decoded
         raise InvalidRequest(
@@ -74,6 +77,8 @@ async def jobs_launch(
         resources=f"pool {req.pool}" if req.pool else _resources(req.tasks[0]),
         pool=req.pool,
         num_jobs=req.num_jobs,
+        owner=made_for.owner,
+        workspace=made_for.workspace,
     )
     made: list[Row] = []
     for rank in range(req.num_jobs):
@@ -174,7 +179,7 @@ def _failed_record(row: Row, why: str) -> m.ManagedJobRecord:
     )
 
 
-def record(row: Row) -> m.ManagedJobRecord:
+def record(row: Row, scope: ownership.Scope | None = None) -> m.ManagedJobRecord:
     spec, data = spec_of(row, ManagedJobSpec), data_of(row, ManagedJobData)
     duration = data.job_duration
     if state_of(row, ManagedJobStatus) is ManagedJobStatus.RUNNING and data.run_started_at:
@@ -199,6 +204,8 @@ def record(row: Row) -> m.ManagedJobRecord:
         task_statuses=_task_statuses(row),
         infra=data.run_infras[-1] if data.run_infras else None,
         run_infras=list(data.run_infras),
+        user=scope.user(row.spec) if scope else None,
+        workspace=scope.workspace(row.spec) if scope else None,
     )
 
 
@@ -207,28 +214,38 @@ async def jobs_queue(app: App, req: m.JobsQueue, emit: Emit) -> m.ManagedJobList
     out; neither: those in progress and the `RECENT_ENDED` that ended last. With `stream`,
     the records go in chunks, and `all` reads the store a page at a time."""
     store, live_only = app.store, req.skip_finished
+    scope = ownership.scope(app, req.all_users)
+    where = scope.where()
+
+    def made(row: Row) -> m.ManagedJobRecord:
+        return record(row, scope)
 
     def records(rows: list[Row]) -> list[m.ManagedJobRecord]:
-        return [quarantine.shown(app, r, record, _failed_record) for r in rows]
+        return [quarantine.shown(app, r, made, _failed_record) for r in rows]
+
+    async def damaged() -> list[Row]:
+        return [r for r in await views.damaged_managed_jobs(store) if scope.sees(r.spec)]
 
     if req.all and req.stream:
-        async for page in views.managed_job_pages(store, live_only=live_only):
+        async for page in views.managed_job_pages(store, live_only=live_only, where=where):
+            page = [r for r in page if scope.sees(r.spec)]  # its damaged rows are unfiltered
             for start in range(0, len(page), views.PAGE):
                 await emit(m.ManagedJobRows(jobs=records(page[start : start + views.PAGE])))
         return m.ManagedJobList(jobs=[])
     hidden = 0
     if req.all or req.limit is not None:
         limit = None if req.all else req.limit
-        rows = await views.newest_managed_jobs(store, live_only=live_only, limit=limit)
+        rows = await views.newest_managed_jobs(store, live_only=live_only, limit=limit, where=where)
         if live_only and limit is None:
-            rows += await views.damaged_managed_jobs(store)
+            rows += await damaged()
         if limit is not None and len(rows) >= limit:
-            hidden = await views.count_managed_jobs(store, live_only=live_only) - limit
+            count = await views.count_managed_jobs(store, live_only=live_only, where=where)
+            hidden = count - limit
     else:
-        rows = await views.newest_managed_jobs(store, live_only=True)
-        rows += await views.damaged_managed_jobs(store)
+        rows = await views.newest_managed_jobs(store, live_only=True, where=where)
+        rows += await damaged()
         if not live_only:
-            rows += await views.ended_managed_jobs(store, RECENT_ENDED)
+            rows += await views.ended_managed_jobs(store, RECENT_ENDED, where)
         rows.sort(key=_number, reverse=True)
     jobs = records(rows)
     if req.stream:
@@ -246,6 +263,8 @@ async def _select(
     app: App, ids: list[int], name: str | None, all_: bool, pool: str | None = None
 ) -> list[Row]:
     rows = await app.store.rows(KIND)
+    if all_ or pool is not None or name is not None:  # a user's are theirs only
+        rows = [r for r in rows if ownership.acts_on_all() or ownership.mine(r)]
     if all_:
         return [r for r in rows if not r.terminal]
     if pool is not None:
@@ -266,6 +285,9 @@ async def _select(
 
 async def jobs_cancel(app: App, req: m.JobsCancel) -> m.Table:
     rows = await _select(app, req.job_ids, req.name, req.all, req.pool)
+    for row in rows:
+        missing = JobNotFound(f"no managed job {row.id}")
+        ownership.check_acts(app, row, f"managed job {row.id}", missing)
     lines: list[str] = []
     result: list[dict[str, Any]] = []
     for row in rows:
@@ -331,6 +353,8 @@ async def jobs_logs(app: App, req: m.JobsLogs, emit: Emit) -> m.LogsEnd:
             what = f" named {req.name!r}" if req.name else ""
             raise JobNotFound(f"no managed job{what} yet")
         row = max(rows, key=_number)
+    missing = JobNotFound(f"no managed job {row.id}")
+    ownership.check_acts(app, row, f"managed job {row.id}", missing)
     if req.status_only:
         state = row.state
     else:

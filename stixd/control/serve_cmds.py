@@ -25,7 +25,7 @@ from stixd.actors.service_rows import (
 from stixd.actors.service_view import replicas_of
 from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
 from stixd.app import App
-from stixd.control import serve_logs
+from stixd.control import ownership, serve_logs
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
@@ -124,6 +124,8 @@ async def serve_up(
     _checked_service(task)
     check(task)
     await _checked_tls(task)
+    made = ownership.made_for(app, [(c.source, c.values) for c in req.config])
+    ownership.check_where(app, task, made.workspace)
     name = req.name or task.name or f"sky-service-{secrets.token_hex(2)}"
     if not names.is_valid(name, "service"):
         raise InvalidRequest(
@@ -135,6 +137,8 @@ async def serve_up(
         versions=[ServiceVersion(version=1, task=msgspec.to_builtins(task), at=now)],
         config=[msgspec.to_builtins(c) for c in req.config],
         created_at=now,
+        owner=made.owner,
+        workspace=made.workspace,
     )
     row = Row(
         kind=SERVICE,
@@ -176,6 +180,11 @@ async def _service_row(app: App, name: str) -> Row:
     return row
 
 
+def _check_acts(app: App, row: Row) -> None:
+    missing = ServiceNotFound(f"no service {names.shown(row.id)}")
+    ownership.check_acts(app, row, f"service {row.id}", missing)
+
+
 async def ask_service(app: App, row: Row, payload: Any) -> Any:
     """Hand a request to the service's actor (started if needed) and wait for its answer."""
     child = app.supervisor.get(SERVICE, row.id)
@@ -199,6 +208,7 @@ async def serve_update(app: App, req: m.ServeUpdate, check: Callable[[Any], None
     _checked_service(req.task)
     check(req.task)
     row = await _service_row(app, req.name)
+    _check_acts(app, row)
     await _checked_tls(req.task)
     reply: m.ServiceUp = await ask_service(app, row, req)
     return reply
@@ -242,7 +252,9 @@ def replica_record(row: Row, spec: ReplicaSpec, data: ReplicaData) -> m.ReplicaR
     )
 
 
-async def service_record(app: App, row: Row) -> m.ServiceRecord:
+async def service_record(
+    app: App, row: Row, scope: ownership.Scope | None = None
+) -> m.ServiceRecord:
     spec = spec_or_none(row, ServiceSpec) or ServiceSpec()
     data = data_or_none(row, ServiceData) or ServiceData()
     records = []
@@ -266,26 +278,33 @@ async def service_record(app: App, row: Row) -> m.ServiceRecord:
         replicas=sorted(shown, key=lambda r: r.replica_id),
         active_versions=sorted({r.version for r in live}),
         failure_reason=data.failure_reason,
+        user=scope.user(row.spec) if scope else None,
+        workspace=scope.workspace(row.spec) if scope else None,
     )
 
 
 async def serve_status(app: App, req: m.ServeStatus) -> m.ServiceList:
+    scope = ownership.scope(app, req.all_users)
     rows = await app.store.rows(SERVICE)
-    if req.names:
+    if req.names:  # named: anyone's, but never one of a private workspace of others
+        rows = [r for r in rows if ownership.workspace_of(r.spec) not in scope.hidden]
         have = {r.id for r in rows}
         missing = [n for n in req.names if n not in have]
         if missing:
             raise ServiceNotFound(f"no service {names.shown(missing[0])}")
         rows = [r for r in rows if r.id in set(req.names)]
-    return m.ServiceList(services=[await service_record(app, r) for r in rows])
+    else:
+        rows = [r for r in rows if scope.sees(r.spec)]
+    return m.ServiceList(services=[await service_record(app, r, scope) for r in rows])
 
 
 # -- down --------------------------------------------------------------------------------------
 
 
 async def serve_down(app: App, req: m.ServeDown, emit: Emit) -> m.Table:
-    if req.all:
-        names_ = [r.id for r in await app.store.rows(SERVICE)]
+    if req.all:  # a user's `--all` is every service of theirs
+        every = await app.store.rows(SERVICE)
+        names_ = [r.id for r in every if ownership.acts_on_all() or ownership.mine(r)]
     elif req.names:
         names_ = list(req.names)
     else:
@@ -293,6 +312,8 @@ async def serve_down(app: App, req: m.ServeDown, emit: Emit) -> m.Table:
     if req.replica_id is not None and len(names_) != 1:
         raise InvalidRequest("--replica-id takes one service name")
     rows = [await _service_row(app, n) for n in names_]
+    for row in rows:
+        _check_acts(app, row)
     lines: list[str] = []
     out: list[dict[str, Any]] = []
     for row in rows:
@@ -360,6 +381,7 @@ async def dispatch(app: App, req: Any, emit: Emit, check: Callable[[Any], None])
     if isinstance(req, m.ServeStatus):
         return await serve_status(app, req)
     if isinstance(req, m.ServeLogs):
+        _check_acts(app, await _service_row(app, req.name))
         return await serve_logs.serve_logs(app, req, emit)
     return await serve_down(app, req, emit)
 

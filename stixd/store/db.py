@@ -124,6 +124,13 @@ MIGRATIONS: list[str] = [
         seen_at REAL NOT NULL
     );
     """,
+    # 7: a user's objects (stixd/control/ownership.py): `status` of one user among many reads
+    # theirs, not every cluster's spec
+    """
+    CREATE INDEX actors_by_owner ON actors (
+        kind, terminal, CASE WHEN json_valid(spec) THEN json_extract(spec, '$.owner') END
+    );
+    """,
 ]
 
 NEXT_NUMBER = "SELECT MAX(CAST(id AS INTEGER)) FROM actors WHERE kind=?"

@@ -32,6 +32,46 @@ it: '' for a job on a pool (its pool owns the workers), NULL when the spec does 
 row written before jobs stored their cluster, or one that cannot be read)."""
 
 
+OWNER = "CASE WHEN json_valid(a.spec) THEN json_extract(a.spec, '$.owner') END"
+"""A row's owner, as the index `actors_by_owner` holds it: NULL for a row from before owners
+were kept (the local owner's)."""
+WORKSPACE = "CASE WHEN json_valid(a.spec) THEN json_extract(a.spec, '$.workspace') END"
+
+Where = tuple[str, list[object]]
+"""More conditions of a query (`AND ...`, or ''), and their arguments."""
+EVERY: Where = ("", [])
+
+
+def owned(owner: str | None, *, local: bool, hidden: Collection[str], default: str) -> Where:
+    """Conditions keeping the rows of `owner` (None: anyone's; `local`: the local owner, who
+    also owns the rows that name none) outside the `hidden` workspaces (`default`: the one a
+    row naming none is in)."""
+    sql, args = "", list[object]()
+    if owner is not None:
+        sql += f" AND ({OWNER} = ? OR {OWNER} IS NULL)" if local else f" AND {OWNER} = ?"
+        args.append(owner)
+    if hidden:
+        sql += f" AND COALESCE({WORKSPACE}, ?) NOT IN ({','.join('?' * len(hidden))})"
+        args += [default, *sorted(hidden)]
+    return sql, args
+
+
+async def live_clusters_by_workspace(store: Store) -> list[tuple[str | None, int]]:
+    """(workspace, live clusters in it) for each workspace named (NULL: none named)."""
+    sql = (
+        f"SELECT {WORKSPACE}, count(*) FROM actors a WHERE a.kind = 'cluster' "
+        f"AND a.terminal = 0 GROUP BY {WORKSPACE}"
+    )
+    found = await store._tuples(sql)
+    return [(r[0] if isinstance(r[0], str) else None, int(r[1])) for r in found]
+
+
+async def live_clusters_of(store: Store, where: Where) -> set[str]:
+    """The names of the live clusters `where` keeps (through `actors_by_owner`)."""
+    sql = f"SELECT a.id FROM actors a WHERE a.kind = 'cluster' AND a.terminal = 0{where[0]}"
+    return {str(r[0]) for r in await store._tuples(sql, where[1])}
+
+
 def _jobs_where(live_only: bool) -> str:
     return f"a.kind = '{MANAGED_JOB}'" + (" AND a.terminal = 0" if live_only else "")
 
@@ -44,11 +84,16 @@ def _by_number(live_only: bool) -> str:
 
 
 async def newest_managed_jobs(
-    store: Store, *, live_only: bool, limit: int | None = None, below: int | None = None
+    store: Store,
+    *,
+    live_only: bool,
+    limit: int | None = None,
+    below: int | None = None,
+    where: Where = EVERY,
 ) -> list[Row]:
     """Managed jobs by number, newest first: at most `limit`, numbered below `below`."""
-    sql = f"{_by_number(live_only)} WHERE {_jobs_where(live_only)}"
-    args: list[object] = []
+    sql = f"{_by_number(live_only)} WHERE {_jobs_where(live_only)}{where[0]}"
+    args: list[object] = [*where[1]]
     if below is not None:
         sql += f" AND {NUMBER} < ?"
         args.append(below)
@@ -64,18 +109,22 @@ async def damaged_managed_jobs(store: Store) -> list[Row]:
     return [r for r in await store._fetch(_DAMAGED_FLAG) if r.kind == MANAGED_JOB]
 
 
-async def count_managed_jobs(store: Store, *, live_only: bool) -> int:
-    sql = f"SELECT count(*) FROM actors a WHERE {_jobs_where(live_only)}"
-    found = await store._tuples(sql)
+async def count_managed_jobs(store: Store, *, live_only: bool, where: Where = EVERY) -> int:
+    sql = f"SELECT count(*) FROM actors a WHERE {_jobs_where(live_only)}{where[0]}"
+    found = await store._tuples(sql, where[1])
     return int(found[0][0]) if found else 0
 
 
-async def managed_job_pages(store: Store, *, live_only: bool) -> AsyncIterator[list[Row]]:
+async def managed_job_pages(
+    store: Store, *, live_only: bool, where: Where = EVERY
+) -> AsyncIterator[list[Row]]:
     """Every managed job, newest first, `READ_PAGE` rows at a time: each page is its own
     query (no read stays open while the caller sends), and a job is never listed twice."""
     below: int | None = None
     while True:
-        page = await newest_managed_jobs(store, live_only=live_only, limit=READ_PAGE, below=below)
+        page = await newest_managed_jobs(
+            store, live_only=live_only, limit=READ_PAGE, below=below, where=where
+        )
         if page:
             yield page
         numbers = [int(r.id) for r in page if r.id.isdigit()]
@@ -88,10 +137,10 @@ async def managed_job_pages(store: Store, *, live_only: bool) -> AsyncIterator[l
             yield damaged
 
 
-async def ended_managed_jobs(store: Store, limit: int) -> list[Row]:
+async def ended_managed_jobs(store: Store, limit: int, where: Where = EVERY) -> list[Row]:
     """The `limit` newest managed jobs that ended."""
-    sql = f"{_by_number(False)} WHERE a.kind = '{MANAGED_JOB}' AND a.terminal = 1 "
-    return await store._fetch(sql + f"ORDER BY {NUMBER} DESC LIMIT ?", [limit])
+    sql = f"{_by_number(False)} WHERE a.kind = '{MANAGED_JOB}' AND a.terminal = 1{where[0]} "
+    return await store._fetch(sql + f"ORDER BY {NUMBER} DESC LIMIT ?", [*where[1], limit])
 
 
 async def jobs_keeping_up(store: Store, clusters: Sequence[str]) -> list[Row]:
