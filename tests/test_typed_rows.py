@@ -241,6 +241,8 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 placement={"region": "r1", "ports": [8080]},
                 avoid_regions=["r2"],
                 ports=[8080],
+                owner="alice",
+                workspace="team",
             ),
             ClusterData(
                 uid="ab12",
@@ -274,6 +276,7 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 resources="1x fake",
                 nodes=[NODE],
                 submit={"job_id": 1, "gang": True},
+                owner="alice",
             ),
             JobData(
                 submitted_at=1.0,
@@ -296,6 +299,8 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 num_jobs=3,
                 job_rank=2,
                 cluster="train-7",
+                owner="alice",
+                workspace="team",
             ),
             ManagedJobData(
                 task=1,
@@ -327,6 +332,8 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 versions=[ServiceVersion(version=1, task={"run": "x"}, mode="blue_green", at=1.0)],
                 config=[{"source": "x"}],
                 created_at=1.0,
+                owner="alice",
+                workspace="team",
             ),
             ServiceData(
                 version=2,
@@ -349,6 +356,8 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 spot=True,
                 launched_at=1.0,
                 accelerator="A100",
+                owner="alice",
+                workspace="team",
             ),
             ReplicaData(
                 cluster_uid="ab12",
@@ -365,6 +374,7 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 end="failed",
                 purge=True,
                 quarantine="q",
+                replaceable=True,
             ),
         ),
     }
