@@ -23,6 +23,7 @@ import pytest
 
 from stixd.providers.kubernetes.owner import owner_of
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
+from stixproto.errors import ProvisionError
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
 
@@ -718,6 +719,53 @@ async def test_a_hostile_pod_answer_on_the_exec_trouble_path_is_read_as_nothing_
             with pytest.raises(ExecError) as failed:
                 exit_code(status, pod)
             assert len(failed.value.message.splitlines()) == 1
+    finally:
+        await client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+# -- what the ports code reads of a Service (and the head pod) the API answered ----------------
+
+SERVICE_ANSWERS = {
+    "a_list": b"[1, 2]",
+    "a_number": b"7",
+    "spec_a_list": b'{"spec": [1], "status": 3, "metadata": "x"}',
+    "ports_not_objects": b'{"spec": {"type": "NodePort", "ports": [1, "x", {"port": "80"}]}}',
+    "ingress_not_a_list": b'{"status": {"loadBalancer": {"ingress": {"ip": 1}}}}',
+    "finalizers_a_number": b'{"metadata": {"finalizers": 5}, "status": {"loadBalancer": []}}',
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", sorted(SERVICE_ANSWERS))
+async def test_a_hostile_service_answer_leaves_no_address_known_and_fails_in_one_line(
+    tmp_path: Path, kind: str
+) -> None:
+    from kubernetes_asyncio.config import new_client_from_config
+
+    from stixd.providers.kubernetes import ports
+    from stixd.providers.kubernetes.api import KubeApi
+
+    handler = type("Handler", (_PodAnswer,), {"body": SERVICE_ANSWERS[kind]})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig_to(f"http://127.0.0.1:{server.server_address[1]}"))
+    client = await new_client_from_config(config_file=str(config), context="hostile")
+    api = KubeApi(client, "hostile", timeout=5)
+    try:
+        try:
+            assert await ports.load_balancer_address(api, "default", "c1", "o1") is None
+        except ProvisionError as exc:  # not an object at all: the call itself says so
+            assert len(exc.message.splitlines()) == 1 and "no Kubernetes object" in exc.message
+        for mode in ("nodeport", "podip", "loadbalancer"):
+            with pytest.raises(ProvisionError) as failed:
+                await ports.endpoints(api, "default", "c1", "o1", [8080], mode, wait_s=0.2)
+            message = failed.value.message
+            assert len(message.splitlines()) == 1 and "attribute" not in message, message
     finally:
         await client.close()
         server.shutdown()

@@ -100,16 +100,27 @@ def service_manifest(
     }
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` where the API answered an object, else an empty one: a server answering a
+    list, a number or a string in its place leaves nothing known, never an AttributeError."""
+    return value if isinstance(value, dict) else {}
+
+
+def _entries(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list the API answered (anything else in it, or in its place, skipped)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def _exposed(service: Mapping[str, Any], kind: str) -> set[int]:
-    spec = service.get("spec") or {}
+    spec = _obj(service.get("spec"))
     if spec.get("type") != kind:
         return set()
-    return {int(p["port"]) for p in spec.get("ports") or [] if isinstance(p.get("port"), int)}
+    return {p["port"] for p in _entries(spec.get("ports")) if type(p.get("port")) is int}
 
 
 async def _get(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return await api.call("GET", path("namespaces", namespace, "services", name))
+        return _obj(await api.call("GET", path("namespaces", namespace, "services", name)))
     except KubeApiError as exc:
         if exc.status == 404:
             return None
@@ -156,9 +167,9 @@ async def _add_ports(
     its node port; a 409 (changed since it was read) reads it again, a few times."""
     where = path("namespaces", namespace, "services", name)
     for attempt in range(_UPDATE_TRIES):
-        spec = dict(found.get("spec") or {})
-        have = list(spec.get("ports") or [])
-        known = {p.get("port") for p in have if isinstance(p, dict)}
+        spec = dict(_obj(found.get("spec")))
+        have = _entries(spec.get("ports"))
+        known = {p.get("port") for p in have}
         have += [
             {"name": f"port-{p}", "port": p, "targetPort": p, "protocol": "TCP"}
             for p in sorted(set(ports) - known)
@@ -191,19 +202,20 @@ async def close_ports(api: KubeApi, namespace: str, cluster: str, owner: str) ->
 
 
 def _ingress(service: Mapping[str, Any]) -> str | None:
-    for entry in ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
-        if isinstance(entry, dict):
-            address = entry.get("ip") or entry.get("hostname")
-            if isinstance(address, str) and address:
-                return address
+    for entry in _entries(_obj(_obj(service.get("status")).get("loadBalancer")).get("ingress")):
+        address = entry.get("ip") or entry.get("hostname")
+        if isinstance(address, str) and address:
+            return address
     return None
 
 
 def _handled(service: Mapping[str, Any]) -> bool:
     """Whether a load balancer controller took the service on: it has an address, or the
     cloud controller's cleanup finalizer (added at once, the address may take a minute)."""
-    finalizers = (service.get("metadata") or {}).get("finalizers") or []
-    return _ingress(service) is not None or _LB_FINALIZER in finalizers
+    finalizers = _obj(service.get("metadata")).get("finalizers")
+    return _ingress(service) is not None or (
+        isinstance(finalizers, list) and _LB_FINALIZER in finalizers
+    )
 
 
 async def _address_within(
@@ -268,7 +280,7 @@ async def endpoints(
             raise _no_address(api.context, wait_s)
         return {p: f"{address}:{p}" for p in ports}
     head = await api.call("GET", path("namespaces", namespace, "pods", pod_name(cluster, 0, owner)))
-    status = head.get("status") or {}
+    status = _obj(_obj(head).get("status"))
     if mode == "podip":
         pod_ip = status.get("podIP")
         if not isinstance(pod_ip, str) or not pod_ip:
@@ -277,9 +289,9 @@ async def endpoints(
     host = status.get("hostIP")
     service = await _get(api, namespace, service_name(cluster, owner))
     node_ports = {
-        int(p["port"]): int(p["nodePort"])
-        for p in ((service or {}).get("spec") or {}).get("ports") or []
-        if isinstance(p.get("port"), int) and isinstance(p.get("nodePort"), int)
+        p["port"]: p["nodePort"]
+        for p in _entries(_obj(_obj(service).get("spec")).get("ports"))
+        if type(p.get("port")) is int and type(p.get("nodePort")) is int
     }
     if not isinstance(host, str) or not host or any(p not in node_ports for p in ports):
         raise ProvisionError(f"cluster {cluster}: its NodePort service or node is not ready")
