@@ -31,9 +31,10 @@ from tests.conftest import Stix, wait_until
 FRAMES = "application/x-stix-frames"
 
 
-LOCAL_FOR_USERS = "workspaces:\n  default:\n    allowed_clouds: [local]\n"
+LOCAL_FOR_USERS = "workspaces:\n  default:\n    allowed_clouds: [local, fake]\n"
 """A remote user may launch on the server's own machine only where a workspace names `local`
-(stixd.control.workspaces): these tests run the local infra as remote users."""
+(stixd.control.workspaces): these tests run the local infra as remote users; the tests that
+share this server (dashboard, metrics) launch on the fake cloud too."""
 
 
 def serve_http(stix: Stix, config: str = LOCAL_FOR_USERS) -> str:

@@ -110,7 +110,9 @@ async def test_status_queue_logs_and_metrics_answer_as_fast_during_twenty_launch
     url = serve_http(stix)
     token = make_token(stix, "alice", "user")
     remote = Remote(url, token, "test")
-    stix.run("launch", "-c", "base", "-y", "echo hello-base", check=True)  # local: no delay
+    # alice's own cluster (a user reads the logs of hers only), on local: no delay
+    base = task_from_dict({"run": "echo hello-base"})
+    await over_http(remote, m.Launch(task=base, cluster="base"))
     checks = reads(stix, remote)
     logs = await checks["logs (http)"]()
     assert logs.status == "SUCCEEDED"

@@ -14,14 +14,16 @@ from typing import Any
 from stixd.app import App
 from stixd.config import WorkspaceConfig
 from stixd.control.identity import Principal, Role
+from stixd.planner.infra_meta import Role as InfraRole
 from stixd.store import views
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, PermissionDenied
 
 DEFAULT = "default"
-SERVER_MACHINE = ("local", "ssh")
-"""Infras that run a task on the server's own machine or on its SSH hosts, as the daemon's
-user: a remote user who is not an admin may use them only where a workspace names them."""
+SERVER_MACHINE = frozenset({InfraRole.MACHINE, InfraRole.POOLS})
+"""Infras (by their planner role) that run a task on the server's own machine or on its SSH
+hosts, as the daemon's user: a remote user who is not an admin may use them only where a
+workspace names them."""
 
 
 def defined(app: App) -> dict[str, WorkspaceConfig]:
@@ -82,7 +84,8 @@ def check_infra(app: App, principal: Principal, name: str, infra: str) -> None:
             "choose one of those infras, or another workspace with --workspace"
         )
     remote_user = principal.token_id is not None and principal.role is not Role.ADMIN
-    if remote_user and infra in SERVER_MACHINE and (allowed is None or infra not in allowed):
+    on_server = infra in app.infras and app.infras.get(infra).role in SERVER_MACHINE
+    if remote_user and on_server and (allowed is None or infra not in allowed):
         raise PermissionDenied(
             f"infra {infra} runs tasks on the API server's own machine as its user, so a "
             f"remote user may launch there only in a workspace whose allowed_clouds names "

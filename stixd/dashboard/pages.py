@@ -1,5 +1,7 @@
 """Each dashboard page as plain data: titled tables of cells, built from the same requests the
-CLI sends (so the same access rules and the same records), never from a cloud call.
+CLI sends (so the same access rules and the same records), never from a cloud call. Listings
+ask for every user's objects (`-u`), as SkyPilot's dashboard shows them: the token's workspaces
+still hide the private ones it is not in.
 
 A page is `{"page", "title", "watch", "sections", "pager"?, "logs"?}`; a section is
 `{"title", "columns", "rows", "empty"}`; a cell is text, or `{"t": text, "h": link}`, or
@@ -67,7 +69,7 @@ CLUSTER_COLUMNS = ["name", "status", "infra", "nodes", "resources", "head ip", "
 
 
 async def clusters(ask: Ask, query: dict[str, str]) -> Page:
-    reply, _ = await ask(m.Status())
+    reply, _ = await ask(m.Status(all_users=True))
     rows = [
         [
             cluster_link(c.name),
@@ -88,7 +90,7 @@ async def cluster(ask: Ask, query: dict[str, str], app: App) -> Page:
     name = query.get("name", "")
     if not name:
         raise InvalidRequest("name a cluster: /dashboard/cluster?name=NAME")
-    reply, _ = await ask(m.Status(clusters=[name], all=True))
+    reply, _ = await ask(m.Status(clusters=[name], all=True, all_users=True))
     if not reply.clusters:
         raise InvalidRequest(f"cluster {name!r} does not exist")
     c = reply.clusters[0]
@@ -107,7 +109,7 @@ async def cluster(ask: Ask, query: dict[str, str], app: App) -> Page:
         sections.append(section("Last error", ["error"], [[c.last_error]], ""))
     jobs: list[m.JobRecord] = []
     if c.status != "TERMINATED":
-        jobs = (await ask(m.Queue(clusters=[name])))[0].jobs
+        jobs = (await ask(m.Queue(clusters=[name], all_users=True)))[0].jobs
     sections.append(section("Jobs", JOB_COLUMNS, _job_rows(jobs, False), "No jobs."))
     return {
         "page": "cluster",
@@ -118,7 +120,7 @@ async def cluster(ask: Ask, query: dict[str, str], app: App) -> Page:
 
 
 async def jobs(ask: Ask, query: dict[str, str]) -> Page:
-    reply, _ = await ask(m.Queue())
+    reply, _ = await ask(m.Queue(all_users=True))
     listed = sorted(reply.jobs, key=lambda j: -j.submitted_at)
     shown = listed[:JOBS_SHOWN]
     title = f"{len(listed)} jobs" + (f" (newest {len(shown)})" if len(shown) < len(listed) else "")
@@ -133,7 +135,7 @@ def _page_number(query: dict[str, str]) -> int:
 
 async def managed_jobs(ask: Ask, query: dict[str, str]) -> Page:
     number = _page_number(query)
-    reply, _ = await ask(m.JobsQueue(limit=number * MANAGED_PAGE))
+    reply, _ = await ask(m.JobsQueue(limit=number * MANAGED_PAGE, all_users=True))
     total = len(reply.jobs) + reply.hidden
     shown = reply.jobs[(number - 1) * MANAGED_PAGE :]
     rows = [
@@ -169,7 +171,7 @@ async def managed_jobs(ask: Ask, query: dict[str, str]) -> Page:
 
 
 async def services(ask: Ask, query: dict[str, str]) -> Page:
-    reply, _ = await ask(m.ServeStatus())
+    reply, _ = await ask(m.ServeStatus(all_users=True))
     svc_rows, replica_rows = [], []
     for s in reply.services:
         svc_rows.append(
