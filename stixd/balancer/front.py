@@ -26,6 +26,7 @@ import httptools
 from multidict import CIMultiDict
 
 from stixd.balancer.asked import Body, Request, Unfinished
+from stixd.balancer.flow import WriteFlow
 from stixd.balancer.hop import Refusal, one_line
 from stixd.balancer.limits import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE
 from stixd.balancer.reply import Reply, closing_refusal
@@ -47,7 +48,7 @@ class _Refused(Exception):
     """Raised in a parser callback: the head broke a limit."""
 
 
-class Front(asyncio.Protocol):
+class Front(WriteFlow, asyncio.Protocol):
     def __init__(
         self, handle: Handler, hand_off: HandOff, head_seconds: float, scheme: str, fronts: Fronts
     ) -> None:
@@ -128,18 +129,6 @@ class Front(asyncio.Protocol):
             self._worker.cancel()  # frees its replica connection at once
         self._wake_writer()
 
-    def pause_writing(self) -> None:
-        if self._drained is None:
-            self._drained = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        self._wake_writer()
-
-    def _wake_writer(self) -> None:
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-
     # What a `Reply` and a `Body` use.
 
     def write(self, data: bytes) -> None:
@@ -148,8 +137,7 @@ class Front(asyncio.Protocol):
         self._transport.write(data)
 
     async def drain(self) -> None:
-        if self._drained is not None:
-            await self._drained
+        await self.drained()
         if self._closed:
             raise ConnectionError("the client went away")
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
+from stixd.balancer.flow import WriteFlow
+
 MAX_HEAD = 64 * 1024
 """An answer's head (status line and headers) up to this many bytes, else it is `Garbled`."""
 HIGH_WATER = 256 * 1024
@@ -59,7 +61,7 @@ class Truncated(UpstreamError):
     """The answer's body stopped before its end."""
 
 
-class _Conn(asyncio.Protocol):
+class _Conn(WriteFlow, asyncio.Protocol):
     """One connection to a replica: the bytes it sent and not yet taken, and whether it is over."""
 
     def __init__(self) -> None:
@@ -94,22 +96,10 @@ class _Conn(asyncio.Protocol):
         self._wake()
         self._wake_writer()
 
-    def pause_writing(self) -> None:
-        if self._drained is None:
-            self._drained = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        self._wake_writer()
-
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def _wake_writer(self) -> None:
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
 
     @property
     def usable(self) -> bool:
