@@ -9,19 +9,13 @@ so an expiry is tested on the real rows without waiting a day.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
-import structlog
 
-from stixd.actors import factory_for
-from stixd.app import App
-from stixd.config import load_config
 from stixd.control import handlers
 from stixd.control.identity import (
     LAST_USED_EVERY,
@@ -33,42 +27,18 @@ from stixd.control.identity import (
     authenticate,
     authorize,
 )
-from stixd.providers.all import infras
-from stixd.runtime.supervisor import RestartPolicy, Supervisor
-from stixd.runtime.watch import RowWatch
-from stixd.store.db import open_store
 from stixproto import messages as m
 from stixproto.errors import PermissionDenied, Unauthenticated
 from stixproto.task import Task
+from tests.app_support import app_on_store
 from tests.conftest import Stix
 
-LOG: Any = structlog.wrap_logger(structlog.ReturnLogger())
 DAY = 86400.0
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@asynccontextmanager
-async def daemon_app(home: Path) -> AsyncIterator[App]:
-    """The app context on the (stopped) daemon's store, with no providers."""
-    async with open_store(home / "state.db") as store, anyio.create_task_group() as tg:
-        yield App(
-            home=home,
-            config=load_config(home, env={}),
-            store=store,
-            watch=RowWatch(store),
-            supervisor=Supervisor(tg, store, LOG, RestartPolicy()),
-            providers={},
-            agent_pyz=home / "agent.pyz",
-            agent_build="test",
-            log=LOG,
-            actor_factories=factory_for,
-            infras=infras(),
-        )
-        tg.cancel_scope.cancel()
 
 
 def token(stix: Stix, *args: str) -> str:
@@ -139,7 +109,7 @@ async def test_authenticate_takes_a_fresh_token_and_refuses_every_dead_one(stix:
     stix.run("users", "create", "gone", "--role", "admin", check=True)  # a new user, same name
     stix.run("daemon", "stop", check=True)
 
-    async with daemon_app(stix.home) as app:
+    async with app_on_store(stix.home) as app:
         who = await authenticate(app, fresh)
         assert who == Principal(name="erin", role=Role.USER, token_id=ids["ci"])
         assert (await authenticate(app, rotated)).token_id == rotated_id
@@ -181,7 +151,7 @@ async def test_a_rotated_token_lives_its_whole_lifetime_again(stix: Stix) -> Non
     new = rotated["secret"]
     assert new.startswith(f"stix_{token_id}_") and new != old
     stix.run("daemon", "stop", check=True)
-    async with daemon_app(stix.home) as app:
+    async with app_on_store(stix.home) as app:
         assert (await authenticate(app, new)).name == "erin"
         with pytest.raises(Unauthenticated):
             await authenticate(app, old)
@@ -193,7 +163,7 @@ async def test_a_tokens_last_use_is_written_at_most_once_a_minute(stix: Stix) ->
     secret = token(stix, "erin")
     stix.run("daemon", "stop", check=True)
 
-    async with daemon_app(stix.home) as app:
+    async with app_on_store(stix.home) as app:
 
         async def last_used() -> float | None:
             rows = await app.store.backend.fetch("SELECT last_used_at FROM tokens")
@@ -252,7 +222,7 @@ def test_a_user_acts_and_only_an_admin_manages_users_and_tokens() -> None:
 
 @pytest.mark.anyio
 async def test_every_request_passes_the_access_check_before_its_handler(tmp_path: Path) -> None:
-    async with daemon_app(tmp_path) as app:
+    async with app_on_store(tmp_path) as app:
         viewer = PRINCIPAL.set(Principal(name="bob", role=Role.VIEWER))
         try:
             with pytest.raises(PermissionDenied, match="cannot users create"):
@@ -280,7 +250,7 @@ async def test_no_secret_is_in_the_store_or_the_daemon_log(stix: Stix) -> None:
     secrets.append(issued["secret"])
     stix.run("tokens", "revoke", secrets[1].split("_")[1], check=True)
     stix.run("daemon", "stop", check=True)
-    async with daemon_app(stix.home) as app:
+    async with app_on_store(stix.home) as app:
         await authenticate(app, secrets[2])
     files = [p for p in stix.home.iterdir() if p.name.startswith(("state.db", "stixd.log"))]
     assert {p.name for p in files} >= {"state.db", "stixd.log"}

@@ -9,15 +9,12 @@ what an actor writes is what it reads back. States are compared as their enums, 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
-import structlog
 
 from stixd.actors import KINDS, factory_for
 from stixd.actors.cluster import ClusterActor
@@ -47,20 +44,16 @@ from stixd.actors.specs import (
     encode,
     state_of,
 )
-from stixd.app import App
-from stixd.config import load_config
 from stixd.control import handlers, jobs_cmds
-from stixd.providers.all import infras
 from stixd.runtime.actor import Actor
-from stixd.runtime.supervisor import RestartPolicy, Supervisor
-from stixd.runtime.watch import RowWatch
 from stixd.serve.seams import ScalerMemory
-from stixd.store.db import Row, open_store
+from stixd.store.db import Row
 from stixproto.errors import InternalError
 from stixproto.states import ClusterStatus, JobStatus, ManagedJobStatus, PoolStatus
+from tests.app_support import app_on_store
 
 pytestmark = pytest.mark.anyio
-LOG: Any = structlog.wrap_logger(structlog.ReturnLogger())
+
 ROOT = Path(__file__).resolve().parents[1]
 
 NODE = {
@@ -84,26 +77,6 @@ ACTORS: dict[str, Any] = {  # each kind's actor class, built as `(row, app)`
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@asynccontextmanager
-async def _app(home: Path) -> AsyncIterator[App]:
-    """The daemon's app context on a real store, with no providers (no actor here runs)."""
-    async with open_store(home / "state.db") as store, anyio.create_task_group() as tg:
-        yield App(
-            home=home,
-            config=load_config(home, env={}),
-            store=store,
-            watch=RowWatch(store),
-            supervisor=Supervisor(tg, store, LOG, RestartPolicy()),
-            providers={},
-            agent_pyz=home / "agent.pyz",
-            agent_build="test",
-            log=LOG,
-            actor_factories=factory_for,
-            infras=infras(),
-        )
-        tg.cancel_scope.cancel()
 
 
 def _row(kind: str, spec: dict[str, Any], data: dict[str, Any]) -> Row:
@@ -151,7 +124,7 @@ EARLIER: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 async def test_a_row_written_by_an_earlier_version_loads_with_the_defaults_it_meant(
     tmp_path: Path,
 ) -> None:
-    async with _app(tmp_path) as app:
+    async with app_on_store(tmp_path) as app:
         for kind, (spec, data) in EARLIER.items():
             stored = await app.store.insert(_row(kind, spec, data), "created")
             row = await app.store.get(kind, stored.id)
@@ -186,7 +159,7 @@ async def test_a_row_with_no_spec_or_data_at_all_is_a_cluster_never_launched(
     tmp_path: Path,
 ) -> None:
     """`launch` makes the row before its first write (`asks.ask_cluster`)."""
-    async with _app(tmp_path) as app:
+    async with app_on_store(tmp_path) as app:
         row = Row(kind="cluster", id="new", state="TERMINATED", terminal=True, version=0)
         actor = ClusterActor(await app.store.insert(row, "created"), app)
         assert actor.spec == ClusterSpec() and actor.spec.provider == "local"
@@ -214,7 +187,7 @@ async def test_a_field_of_the_wrong_type_is_quarantined_by_the_decode_the_actor_
     kind, column, value, where = case
     spec, data = EARLIER[kind]
     row = _row(kind, value if column == "spec" else spec, value if column == "data" else data)
-    async with _app(tmp_path) as app:
+    async with app_on_store(tmp_path) as app:
         stored = await app.store.insert(row, "created")
         child = app.supervisor.spawn(stored, factory_for(app, kind))
         with anyio.fail_after(5):
@@ -396,7 +369,7 @@ def test_the_full_records_leave_no_field_at_its_default() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 async def test_each_kinds_spec_and_data_read_back_as_written(tmp_path: Path, kind: str) -> None:
     spec, data = _full_records()[kind]
-    async with _app(tmp_path) as app:
+    async with app_on_store(tmp_path) as app:
         stored = await app.store.insert(_row(kind, encode(spec), encode(data)), "created")
         row = await app.store.get(kind, stored.id)
         assert row is not None
@@ -406,7 +379,7 @@ async def test_each_kinds_spec_and_data_read_back_as_written(tmp_path: Path, kin
 async def test_an_actor_writes_through_its_structs_and_refuses_what_they_would_not_read(
     tmp_path: Path,
 ) -> None:
-    async with _app(tmp_path) as app:
+    async with app_on_store(tmp_path) as app:
         spec, data = EARLIER["cluster"]
         cluster = ClusterActor(await app.store.insert(_row("cluster", spec, data), "created"), app)
         await cluster.save(autostop=Autostop(idle_minutes=2.0), idle_since=5.0)
