@@ -10,29 +10,23 @@ unchanged clusters' actors are not woken either.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from stixd.actors import factory_for
 from stixd.actors.cluster_health import check_health
 from stixd.agent_client import AgentClient
 from stixd.app import App
-from stixd.config import load_config
-from stixd.logs import make_logger
 from stixd.providers.abilities import LooksUpMany
-from stixd.providers.all import infras
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeLoss, ProvisionRequest
 from stixd.providers.fake.provider import FakeProvider
 from stixd.runtime.clock import ManualClock
-from stixd.runtime.supervisor import RestartPolicy, Supervisor
-from stixd.runtime.ticker import Ticker
-from stixd.runtime.watch import RowWatch
-from stixd.store.db import Row, open_store
+from stixd.store.db import Row
+from tests.app_support import app_on_store
 
 pytestmark = pytest.mark.anyio
 CLUSTERS = 50
@@ -101,29 +95,10 @@ async def _until(ready: Callable[[], bool], what: str, within: float = 10.0) -> 
     assert ready(), what
 
 
-@asynccontextmanager
-async def _daemon(home: Path, provider: Any, clock: ManualClock) -> AsyncIterator[App]:
+def _daemon(home: Path, provider: Any, clock: ManualClock) -> AbstractAsyncContextManager[App]:
     """An app as the daemon builds it (real store, supervisor, cluster actors, health checks),
     on `clock`, with `provider` as its only one."""
-    log, stream = make_logger(home / "stixd.log")
-    async with open_store(home / "state.db") as store, anyio.create_task_group() as tg:
-        app = App(
-            home=home,
-            config=load_config(home, env={}),
-            store=store,
-            watch=RowWatch(store),
-            supervisor=Supervisor(tg, store, log, RestartPolicy(), clock=clock),
-            providers={"fake": provider},
-            agent_pyz=home / "agent.pyz",
-            agent_build="test",
-            log=log,
-            actor_factories=factory_for,
-            infras=infras(),
-            health=Ticker(clock),
-        )
-        yield app
-        tg.cancel_scope.cancel()
-    stream.close()
+    return app_on_store(home, providers={"fake": provider}, clock=clock)
 
 
 async def _up_clusters(app: App, fake: CountedFake) -> list[str]:

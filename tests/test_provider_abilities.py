@@ -7,14 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-import anyio
 import pytest
 
-from stixd.actors import factory_for
-from stixd.app import App
-from stixd.config import load_config
 from stixd.control import leak_cmds
-from stixd.logs import make_logger
 from stixd.providers.abilities import (
     Closes,
     FindsLeaks,
@@ -33,15 +28,12 @@ from stixd.providers.abilities import (
     ReportsNodeErrors,
     SimulatesPreemption,
 )
-from stixd.providers.all import infras
 from stixd.providers.aws.provider import AwsProvider
 from stixd.providers.base import Provider
 from stixd.providers.fake.provider import FakeProvider
 from stixd.providers.local.provider import LocalProvider
 from stixd.providers.ssh.provider import SshProvider
-from stixd.runtime.supervisor import RestartPolicy, Supervisor
-from stixd.runtime.watch import RowWatch
-from stixd.store.db import open_store
+from tests.app_support import app_on_store
 from tests.conftest import Stix
 from tests.test_managed_jobs_fake import fake_daemon
 
@@ -118,24 +110,9 @@ async def test_a_leak_scan_asks_every_provider_that_finds_leaks(tmp_path: Path) 
     )
     locked = LeakFinder("locked", [Leak("instance", "i-4", "locked-west", "y")], "no keys")
     assert all(isinstance(p, FindsLeaks) for p in (one, two, locked))
-    log, stream = make_logger(tmp_path / "stixd.log")
-    async with open_store(tmp_path / "state.db") as store, anyio.create_task_group() as tg:
-        app = App(
-            home=tmp_path,
-            config=load_config(tmp_path, env={}),
-            store=store,
-            watch=RowWatch(store),
-            supervisor=Supervisor(tg, store, log, RestartPolicy(5, 60)),
-            providers={"local": LocalProvider(tmp_path), "one": one, "two": two, "locked": locked},
-            agent_pyz=tmp_path / "agent.pyz",
-            actor_factories=factory_for,
-            infras=infras(),
-            agent_build="test",
-            log=log,
-        )
+    providers = {"local": LocalProvider(tmp_path), "one": one, "two": two, "locked": locked}
+    async with app_on_store(tmp_path, providers=providers) as app:
         found = await leak_cmds.scan(app, terminate=True, only=["i-2"])
-        tg.cancel_scope.cancel()
-    stream.close()
     assert sorted((r.infra, r.id) for r in found.leaks) == [
         ("one", "i-1"),
         ("two", "i-2"),
