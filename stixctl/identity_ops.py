@@ -1,4 +1,5 @@
-"""The SDK's operations on users and API tokens (`Client.users_*`, `Client.tokens_*`), as
+"""The SDK's operations on users, API tokens and workspaces (`Client.users_*`, `Client.tokens_*`,
+`Client.workspaces_*`), as
 `stixctl.sdk_ops` builds the others: the request, and what its reply becomes."""
 
 from __future__ import annotations
@@ -65,3 +66,19 @@ def tokens_revoke(token_id: str) -> Op[m.TokenList, m.TokenRecord]:
 
 def tokens_rotate(token_id: str) -> Op[m.TokenIssued, m.TokenIssued]:
     return Op(m.TokensRotate(token_id=token_id), m.TokenIssued, _issued)
+
+
+def _one_workspace(reply: m.WorkspaceList) -> m.WorkspaceRecord:
+    return reply.workspaces[0]
+
+
+def workspaces_create(name: str, spec: m.WorkspaceSpec) -> Op[m.WorkspaceList, m.WorkspaceRecord]:
+    return Op(m.WorkspacesCreate(name=name, spec=spec), m.WorkspaceList, _one_workspace)
+
+
+def workspaces_update(name: str, spec: m.WorkspaceSpec) -> Op[m.WorkspaceList, m.WorkspaceRecord]:
+    return Op(m.WorkspacesUpdate(name=name, spec=spec), m.WorkspaceList, _one_workspace)
+
+
+def workspaces_delete(name: str) -> Op[m.OkReply, str]:
+    return Op(m.WorkspacesDelete(name=name), m.OkReply, _said)

@@ -556,7 +556,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "validate": ("check task files on this machine (no daemon needed)", _validate_args),
     "users": ("admins: create, list, delete users and set their roles", _users_args),
     "tokens": ("admins: create, list, revoke and rotate users' API tokens", _tokens_args),
-    "workspaces": ("list the workspaces you may use (ls)", _workspaces_args),
+    "workspaces": (
+        "list the workspaces you may use (ls); admins: create, update, delete",
+        _workspaces_args,
+    ),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
     "api": ("the HTTP API server: start|stop|status|info, login ENDPOINT|logout", _api_args),
     "completion": ("print a shell completion script: bash, zsh or fish", _completion_args),

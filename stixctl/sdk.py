@@ -103,6 +103,9 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "users create": "users_create",
     "users ls": "users_ls",
     "workspaces ls": "workspaces_ls",
+    "workspaces create": "workspaces_create",
+    "workspaces update": "workspaces_update",
+    "workspaces delete": "workspaces_delete",
     "users delete": "users_delete",
     "users role": "users_role",
     "tokens create": "tokens_create",
@@ -449,6 +452,39 @@ class Client:
     def workspaces_ls(self) -> list[m.WorkspaceRecord]:
         """The server's workspaces the caller may see."""
         return self._run(ops.workspaces_ls())
+
+    def workspaces_create(
+        self,
+        name: str,
+        *,
+        infras: Sequence[str] = (),
+        private: bool = False,
+        users: Sequence[str] = (),
+    ) -> m.WorkspaceRecord:
+        """Admins: a new workspace whose launches may use `infras` (none: any), seen only by
+        `users` (and admins) when `private`."""
+        spec = m.WorkspaceSpec(
+            allowed_clouds=list(infras) or None, private=private, allowed_users=list(users)
+        )
+        return self._run(iops.workspaces_create(name, spec))
+
+    def workspaces_update(
+        self,
+        name: str,
+        *,
+        infras: Sequence[str] = (),
+        private: bool = False,
+        users: Sequence[str] = (),
+    ) -> m.WorkspaceRecord:
+        """Admins: replace the workspace's definition (as `workspaces_create` takes it)."""
+        spec = m.WorkspaceSpec(
+            allowed_clouds=list(infras) or None, private=private, allowed_users=list(users)
+        )
+        return self._run(iops.workspaces_update(name, spec))
+
+    def workspaces_delete(self, name: str) -> str:
+        """Admins: remove a workspace with no live clusters, managed jobs or services."""
+        return self._run(iops.workspaces_delete(name))
 
     def serve_logs(
         self,

@@ -327,6 +327,39 @@ class AsyncClient:
         """The server's workspaces the caller may see."""
         return await self._run(ops.workspaces_ls())
 
+    async def workspaces_create(
+        self,
+        name: str,
+        *,
+        infras: Sequence[str] = (),
+        private: bool = False,
+        users: Sequence[str] = (),
+    ) -> m.WorkspaceRecord:
+        """Admins: a new workspace whose launches may use `infras` (none: any), seen only by
+        `users` (and admins) when `private`."""
+        spec = m.WorkspaceSpec(
+            allowed_clouds=list(infras) or None, private=private, allowed_users=list(users)
+        )
+        return await self._run(iops.workspaces_create(name, spec))
+
+    async def workspaces_update(
+        self,
+        name: str,
+        *,
+        infras: Sequence[str] = (),
+        private: bool = False,
+        users: Sequence[str] = (),
+    ) -> m.WorkspaceRecord:
+        """Admins: replace the workspace's definition (as `workspaces_create` takes it)."""
+        spec = m.WorkspaceSpec(
+            allowed_clouds=list(infras) or None, private=private, allowed_users=list(users)
+        )
+        return await self._run(iops.workspaces_update(name, spec))
+
+    async def workspaces_delete(self, name: str) -> str:
+        """Admins: remove a workspace with no live clusters, managed jobs or services."""
+        return await self._run(iops.workspaces_delete(name))
+
     def serve_logs(
         self,
         service: str,

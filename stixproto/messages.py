@@ -7,12 +7,14 @@ one final reply. Closing the connection cancels the request.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from stixproto import bounds as b
 from stixproto import names
+from stixproto.errors import InvalidRequest
 from stixproto.task import Dag, Task
 
 
@@ -454,6 +456,64 @@ class WorkspacesList(Msg, tag="workspaces_list", frozen=True):
     """`stixctl workspaces ls`: the server's workspaces the caller may see."""
 
 
+# -- workspaces an admin defines (stixd/control/workspaces.py) --------------------------------
+
+_WORKSPACE_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
+"""As the config's `workspaces:` keys (`stixd.config.WorkspaceName`), and infra names."""
+
+
+def _check_key(name: str, kind: str) -> None:
+    if not re.fullmatch(_WORKSPACE_NAME, name):
+        raise InvalidRequest(
+            f"{kind} name {names.shown(name)} is not valid: lowercase letters, digits, '-' and "
+            "'_', starting with a letter or digit, at most 63 characters"
+        )
+
+
+class WorkspaceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A workspace's definition, as one entry of the config's `workspaces:`."""
+
+    allowed_clouds: Annotated[list[str], msgspec.Meta(min_length=1, max_length=64)] | None = None
+    """None: any infra the server allows."""
+    private: bool = False
+    allowed_users: Annotated[list[str], msgspec.Meta(max_length=10_000)] = []
+    """Who may see and use it when private (admins always may)."""
+
+    def __post_init__(self) -> None:
+        for infra in self.allowed_clouds or ():
+            _check_key(infra, "infra")
+        for user in self.allowed_users:
+            names.check_new(user, "user")
+
+
+class WorkspacesCreate(Msg, tag="workspaces_create", frozen=True):
+    name: str
+    spec: WorkspaceSpec = WorkspaceSpec()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_key(self.name, "workspace")
+
+
+class WorkspacesUpdate(Msg, tag="workspaces_update", frozen=True):
+    """Replace the workspace's definition with `spec` (SkyPilot's `workspaces update`)."""
+
+    name: str
+    spec: WorkspaceSpec = WorkspaceSpec()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_key(self.name, "workspace")
+
+
+class WorkspacesDelete(Msg, tag="workspaces_delete", frozen=True):
+    name: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_key(self.name, "workspace")
+
+
 class UsersDelete(Msg, tag="users_delete", frozen=True):
     """Remove a user and revoke every token of theirs."""
 
@@ -539,6 +599,9 @@ Request = (
     | TokensRevoke
     | TokensRotate
     | WorkspacesList
+    | WorkspacesCreate
+    | WorkspacesUpdate
+    | WorkspacesDelete
 )
 
 # -- stream events ---------------------------------------------------------------------------

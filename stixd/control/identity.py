@@ -202,6 +202,9 @@ ADMINISTER: tuple[type[m.Msg], ...] = (
     m.TokensList,
     m.TokensRevoke,
     m.TokensRotate,
+    m.WorkspacesCreate,
+    m.WorkspacesUpdate,
+    m.WorkspacesDelete,
     m.Leaks,  # finds (and terminates) any user's leftovers on every infra
     m.SshPools,  # the team's SSH hosts: set up and freed for everyone
     m.Shutdown,

@@ -1,4 +1,5 @@
-"""`stixctl users …` and `stixctl tokens …`: the admin's commands over users and API tokens.
+"""`stixctl users …`, `stixctl tokens …` and `stixctl workspaces create|update|delete`: the
+admin's commands over users, API tokens and workspaces (the last in stixd/control/workspaces.py).
 
 A token's secret exists only in the reply that hands it out (`TokenIssued`): the store keeps
 its digest, the log names the token by its id.
@@ -11,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stixd.app import App
-from stixd.control import identity
+from stixd.control import identity, workspaces
 from stixd.store import identity as rows
 from stixproto import messages as m
 from stixproto.errors import InternalError, InvalidRequest
@@ -125,6 +126,9 @@ _HANDLERS: dict[type, Callable[[App, Any], Awaitable[Any]]] = {
     m.TokensList: tokens_list,
     m.TokensRevoke: tokens_revoke,
     m.TokensRotate: tokens_rotate,
+    m.WorkspacesCreate: workspaces.workspaces_create,
+    m.WorkspacesUpdate: workspaces.workspaces_update,
+    m.WorkspacesDelete: workspaces.workspaces_delete,
 }
 IDENTITY_REQUESTS = tuple(_HANDLERS)
 

@@ -261,8 +261,8 @@ def _cell(value: Any) -> str:
 async def users(ask: Ask, query: dict[str, str], app: App) -> Page:
     reply, _ = await ask(m.UsersList())  # refused for all but admins, as on the CLI
     rows = [[u.name, badge(u.role), str(u.tokens), when(u.created_at)] for u in reply.users]
-    spaces = getattr(app.config, "workspaces", None) or {}
-    space_rows = [[str(name)] for name in spaces]
+    spaces, _ = await ask(m.WorkspacesList())
+    space_rows = [[w.name] for w in spaces.workspaces]
     return {
         "page": "users",
         "title": "Users",

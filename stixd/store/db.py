@@ -131,6 +131,14 @@ MIGRATIONS: list[str] = [
         kind, terminal, CASE WHEN json_valid(spec) THEN json_extract(spec, '$.owner') END
     );
     """,
+    # 8: the workspaces admins define with `stixctl workspaces create` (stixd/store/workspaces.py)
+    """
+    CREATE TABLE workspaces (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 ]
 
 NEXT_NUMBER = "SELECT MAX(CAST(id AS INTEGER)) FROM actors WHERE kind=?"
