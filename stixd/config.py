@@ -77,6 +77,10 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     up enters rotation within about this long, not a whole probe period later)."""
     serve_round_seconds: PositiveFloat = 5.0
     """How often a service takes its balancer's traffic when nothing wakes it sooner."""
+    balancer_host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)] = "127.0.0.1"
+    """The address services' load balancers listen on: this machine only by default; a team
+    server whose users call services from their own machines sets 0.0.0.0 (every address), and
+    a client of its HTTP API is then shown each endpoint at the host it reached the API by."""
     serve_decision_seconds: PositiveFloat = 20.0
     """How often the autoscaler may move a service's target (SkyServe's 20 s; 5 s at zero)."""
     serve_qps_window_seconds: PositiveFloat = 60.0

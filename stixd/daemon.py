@@ -128,7 +128,7 @@ async def serve(
                     infras=planner_table(ENTRIES),
                     catalog_dirs=[d for b in built.values() for d in b.catalog_dirs],
                     # they outlive the daemon's stop
-                    balancers=Fleet(home / "serve", log),
+                    balancers=Fleet(home / "serve", log, host=config.daemon.balancer_host),
                 )
                 try:
                     app.ssh_pool_sizes()  # read ssh_node_pools.yaml before reconciling

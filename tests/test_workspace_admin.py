@@ -50,6 +50,7 @@ def test_admins_manage_workspaces_users_are_refused_and_live_objects_keep_theirs
     assert _names(alice.run("workspaces", "ls", "--json", check=True))["team"]["private"]
     assert "team" not in _names(bob.run("workspaces", "ls", "--json", check=True))
     alice.run("launch", "-c", "t1", "--workspace", "team", "-y", "-d", "true", check=True)
+    assert json.loads(bob.run("status", "-u", "--json", check=True).stdout) == []
 
     gone = stix.run("workspaces", "delete", "team", "-y")  # the daemon's owner, over the socket
     assert gone.returncode != 0

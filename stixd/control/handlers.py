@@ -597,8 +597,10 @@ async def shutdown(app: App, req: m.Shutdown, emit: Emit) -> m.OkReply:
 
 
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
-    identity.authorize(identity.PRINCIPAL.get(), req)  # every request, whichever server took it
-    await workspaces.load(app)  # what the request's checks read (one query)
+    principal = identity.PRINCIPAL.get()
+    identity.authorize(principal, req)  # every request, whichever server took it
+    if workspaces.needed(principal, req):
+        await workspaces.load(app)  # what the request's checks read (one query)
     if isinstance(req, identity_cmds.IDENTITY_REQUESTS):
         return await identity_cmds.dispatch(app, req, emit)
     if isinstance(req, JOBS_REQUESTS):

@@ -29,6 +29,7 @@ from stixd.app import VERSION, App
 from stixd.control.identity import PRINCIPAL, Principal, authenticate, authorize
 from stixd.control.loglimit import LogBudget
 from stixd.control.metrics_http import METRICS_PATH, serve_metrics
+from stixd.control.reached import REACHED
 from stixd.control.remote_paths import refuse_local_paths
 from stixd.control.server import ClientGone, _cause
 from stixd.control.uploads import user_root
@@ -237,6 +238,7 @@ class HttpApi:
         resp.force_close()  # one request per connection, as on the socket
         self.in_flight += 1
         token = PRINCIPAL.set(principal)
+        host = REACHED.set(request.url.host)
         try:
             try:
                 await resp.prepare(request)
@@ -250,6 +252,7 @@ class HttpApi:
         except (ClientGone, ConnectionError, aiohttp.ClientError):
             pass  # its request was cancelled (or done); there is no one to answer
         finally:
+            REACHED.reset(host)
             PRINCIPAL.reset(token)
             self.in_flight -= 1
         return resp

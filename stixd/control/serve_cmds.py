@@ -25,7 +25,7 @@ from stixd.actors.service_rows import (
 from stixd.actors.service_view import replicas_of
 from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
 from stixd.app import App
-from stixd.control import ownership, serve_logs
+from stixd.control import ownership, reached, serve_logs
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
@@ -167,7 +167,8 @@ async def serve_up(
     data = data_or_none(row, ServiceData) or ServiceData()
     if state_of(row, S) is S.CONTROLLER_FAILED:
         raise InvalidRequest(f"service {name}: {data.failure_reason or 'its balancer failed'}")
-    return m.ServiceUp(name=name, version=1, endpoint=data.endpoint, status=row.state)
+    endpoint = reached.for_client(data.endpoint, app.config.daemon.balancer_host)
+    return m.ServiceUp(name=name, version=1, endpoint=endpoint, status=row.state)
 
 
 async def _service_row(app: App, name: str) -> Row:
@@ -211,7 +212,8 @@ async def serve_update(app: App, req: m.ServeUpdate, check: Callable[[Any], None
     _check_acts(app, row)
     await _checked_tls(req.task)
     reply: m.ServiceUp = await ask_service(app, row, req)
-    return reply
+    endpoint = reached.for_client(reply.endpoint, app.config.daemon.balancer_host)
+    return msgspec.structs.replace(reply, endpoint=endpoint)
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ async def service_record(
         version=data.version,
         created_at=spec.created_at or row.created_at,
         uptime_since=data.uptime_since,
-        endpoint=data.endpoint,
+        endpoint=reached.for_client(data.endpoint, app.config.daemon.balancer_host),
         policy=policy,
         load_balancing_policy=lb,
         replicas=sorted(shown, key=lambda r: r.replica_id),

@@ -9,7 +9,8 @@ chooses one, with `active_workspace` in its config layers (`--workspace`). The w
 
 The one per-request check: `handlers.dispatch` reads the stored workspaces once (`load`, one
 query of a table of a few rows) before any handler runs, and every check here reads that
-snapshot in memory, so a listing or an action on many objects asks nothing more.
+snapshot in memory, so a listing or an action on many objects asks nothing more; an admin's
+plain reads, which see everything, skip even that query (`needed`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import msgspec
 
 from stixd.app import App
 from stixd.config import WorkspaceConfig
-from stixd.control.identity import PRINCIPAL, Principal, Role
+from stixd.control.identity import PRINCIPAL, READ, Principal, Role
 from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.infra_meta import Role as InfraRole
 from stixd.store import views
@@ -47,6 +48,16 @@ LOADED: contextvars.ContextVar[dict[str, WorkspaceConfig] | None] = contextvars.
 
 def _config(app: App) -> dict[str, WorkspaceConfig]:
     return dict(app.config.workspaces)
+
+
+def needed(principal: Principal, request: object) -> bool:
+    """Whether `request`'s checks read the workspaces (`load`): every request of a user or a
+    viewer (their listings leave private workspaces out), and an admin's that makes objects
+    or is about workspaces; an admin's other reads (the socket's `status`, `logs`, `queue`)
+    see everything and read none."""
+    if principal.role is not Role.ADMIN or isinstance(request, m.WorkspacesList):
+        return True
+    return not isinstance(request, READ)
 
 
 async def load(app: App) -> dict[str, WorkspaceConfig]:
@@ -84,7 +95,10 @@ def may_see(principal: Principal, name: str, workspace: WorkspaceConfig) -> bool
 
 def hidden(app: App, principal: Principal) -> frozenset[str]:
     """The private workspaces `principal` is not in: their objects are left out of listings
-    and refused by name as if they did not exist."""
+    and refused by name as if they did not exist. None for an admin, who sees every one (so
+    an admin's read needs no snapshot: `needed`)."""
+    if principal.role is Role.ADMIN:
+        return frozenset()
     return frozenset(n for n, w in defined(app).items() if not may_see(principal, n, w))
 
 
