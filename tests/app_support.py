@@ -3,8 +3,8 @@ tests that call handlers or build actors without a running daemon."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,24 @@ from stixd.runtime.clock import Clock
 from stixd.runtime.supervisor import RestartPolicy, Supervisor
 from stixd.runtime.ticker import Ticker
 from stixd.runtime.watch import RowWatch
-from stixd.store.db import open_store
+from stixd.store.db import Store, open_store
 
 LOG: Any = structlog.wrap_logger(structlog.ReturnLogger())
 
 
 @asynccontextmanager
 async def app_on_store(
-    home: Path, *, providers: dict[str, Provider] | None = None, clock: Clock | None = None
+    home: Path,
+    *,
+    providers: dict[str, Provider] | None = None,
+    clock: Clock | None = None,
+    opener: Callable[[], AbstractAsyncContextManager[Store]] | None = None,
 ) -> AsyncIterator[App]:
     """The app on ``home``'s store (no actor runs unless a test starts one), with `providers`
     (none unless given), its supervisor's timers and health rounds on `clock` (real time unless
-    given)."""
-    async with open_store(home / "state.db") as store, anyio.create_task_group() as tg:
+    given); `opener` opens another store instead (a PostgreSQL database: `open_any`)."""
+    opened = opener() if opener is not None else open_store(home / "state.db")
+    async with opened as store, anyio.create_task_group() as tg:
         yield App(
             home=home,
             config=load_config(home, env={}),

@@ -110,7 +110,12 @@ async def test_a_leak_scan_asks_every_provider_that_finds_leaks(tmp_path: Path) 
     )
     locked = LeakFinder("locked", [Leak("instance", "i-4", "locked-west", "y")], "no keys")
     assert all(isinstance(p, FindsLeaks) for p in (one, two, locked))
-    providers = {"local": LocalProvider(tmp_path), "one": one, "two": two, "locked": locked}
+    providers: dict[str, Provider] = {
+        "local": LocalProvider(tmp_path),
+        "one": one,
+        "two": two,
+        "locked": locked,
+    }
     async with app_on_store(tmp_path, providers=providers) as app:
         found = await leak_cmds.scan(app, terminate=True, only=["i-2"])
     assert sorted((r.infra, r.id) for r in found.leaks) == [

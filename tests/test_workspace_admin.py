@@ -1,7 +1,7 @@
 """Workspaces an admin makes, changes and removes (`stixctl workspaces create|update|delete`,
 SkyPilot's `workspaces`): through the socket, the HTTP API and the SDK, refused to users in
 one line, kept in the store so that replicas on one database agree, and never removed or
-narrowed from under live objects."""
+narrowed from under live objects. Replicas share one store: SQLite here, and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from stixd.control.identity import PRINCIPAL, Principal, Role
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest, PermissionDenied
 from tests.app_support import app_on_store
-from tests.conftest import Stix
+from tests.conftest import OpenStore, Stix
 from tests.test_http_api import Remote, make_token, one_line, serve_http
 
 
@@ -108,8 +108,13 @@ def test_the_sdk_manages_workspaces_and_the_default_one_can_be_restricted(stix: 
 
 
 @pytest.mark.anyio
-async def test_replicas_on_one_store_see_each_others_workspaces_at_once(tmp_path: Path) -> None:
-    async with app_on_store(tmp_path) as one, app_on_store(tmp_path) as other:
+async def test_replicas_on_one_store_see_each_others_workspaces_at_once(
+    tmp_path: Path, open_any: OpenStore
+) -> None:
+    async with (
+        app_on_store(tmp_path, opener=open_any) as one,
+        app_on_store(tmp_path, opener=open_any) as other,
+    ):
         spec = m.WorkspaceSpec(private=True, allowed_users=["alice"])
         await handlers.dispatch(one, m.WorkspacesCreate(name="shared", spec=spec), _ignore)
         seen = await handlers.dispatch(other, m.WorkspacesList(), _ignore)
