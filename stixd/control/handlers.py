@@ -599,8 +599,15 @@ async def shutdown(app: App, req: m.Shutdown, emit: Emit) -> m.OkReply:
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
     principal = identity.PRINCIPAL.get()
     identity.authorize(principal, req)  # every request, whichever server took it
-    if workspaces.needed(principal, req):
-        await workspaces.load(app)  # what the request's checks read (one query)
+    needed = workspaces.needed(principal, req)  # what its checks read (one query)
+    loaded = workspaces.LOADED.set(await workspaces.load(app) if needed else None)
+    try:
+        return await _handle(app, req, emit)
+    finally:
+        workspaces.LOADED.reset(loaded)
+
+
+async def _handle(app: App, req: Any, emit: Emit) -> Any:
     if isinstance(req, identity_cmds.IDENTITY_REQUESTS):
         return await identity_cmds.dispatch(app, req, emit)
     if isinstance(req, JOBS_REQUESTS):

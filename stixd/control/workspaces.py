@@ -43,7 +43,8 @@ workspace names them."""
 LOADED: contextvars.ContextVar[dict[str, WorkspaceConfig] | None] = contextvars.ContextVar(
     "stix_workspaces", default=None
 )
-"""The workspaces as the request being handled found them (`load`)."""
+"""The workspaces as the request being handled found them (`load`); None outside a request,
+and for an admin's plain read (`needed`)."""
 
 
 def _config(app: App) -> dict[str, WorkspaceConfig]:
@@ -61,9 +62,10 @@ def needed(principal: Principal, request: object) -> bool:
 
 
 async def load(app: App) -> dict[str, WorkspaceConfig]:
-    """Read the stored workspaces for the request being handled: every check of the request
-    reads this snapshot (`defined`). A stored row that cannot be read is a private workspace
-    with no users (its objects hidden from all but admins) until an admin updates it."""
+    """The workspaces for the request being handled (`handlers.dispatch` sets `LOADED` to
+    them): every check of the request reads this snapshot (`defined`). A stored row that
+    cannot be read is a private workspace with no users (its objects hidden from all but
+    admins) until an admin updates it."""
     found: dict[str, WorkspaceConfig] = {}
     for name, text in await rows.stored(app.store):
         try:
@@ -72,9 +74,7 @@ async def load(app: App) -> dict[str, WorkspaceConfig]:
             app.log.error("workspace_unreadable", workspace=name, error=str(exc))
             found[name] = WorkspaceConfig(private=True)
     found.update(_config(app))  # the file's own; the commands refuse to shadow them
-    every = {DEFAULT: found.pop(DEFAULT, WorkspaceConfig()), **found}
-    LOADED.set(every)
-    return every
+    return {DEFAULT: found.pop(DEFAULT, WorkspaceConfig()), **found}
 
 
 def defined(app: App) -> dict[str, WorkspaceConfig]:
