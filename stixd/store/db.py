@@ -131,6 +131,12 @@ MIGRATIONS: list[str] = [
         kind, terminal, CASE WHEN json_valid(spec) THEN json_extract(spec, '$.owner') END
     );
     """,
+    # 8: forwarding between replicas on other hosts (stixd/control/forward.py): each replica's
+    # HTTP API address, and the deployment's secret a forwarding replica proves itself with
+    """
+    ALTER TABLE replicas ADD COLUMN api TEXT;
+    CREATE TABLE deployment (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]
 
 NEXT_NUMBER = "SELECT MAX(CAST(id AS INTEGER)) FROM actors WHERE kind=?"
