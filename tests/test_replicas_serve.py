@@ -132,15 +132,25 @@ def test_users_own_pools_and_a_pool_without_owner_is_its_workspaces(
     assert json.loads(served.sql(spec))["owner"] == "alice"
     refused = bob.run("jobs", "pool", "down", "shared")
     assert refused.returncode == 7 and "belongs to alice" in refused.stderr
-    served.sql(  # as a pool made before pools kept owners
+    job = json.loads(
+        bob.run(
+            "jobs", "launch", "--pool", "shared", "-d", "-y", "--json", "true", check=True
+        ).stdout
+    )["job_id"]  # run by A, where its pool is
+    assert served.owner("managed_job", str(job)) == served.owner_name(served.a)
+    data = "SELECT data FROM actors WHERE kind = 'job_pool' AND id = 'shared'"
+    wait_until(lambda: json.loads(served.sql(data)).get("waiting") == [job], timeout=20)
+    served.sql(  # as a pool made before pools kept owners (its actor writes no more now)
         "UPDATE actors SET spec = (spec::jsonb - 'owner')::text "
         "WHERE kind = 'job_pool' AND id = 'shared'"
     )
     listed = json.loads(bob.run("jobs", "pool", "status", "--json", check=True).stdout)
     assert [p["pool"] for p in listed] == ["shared"]
     bob.run("jobs", "pool", "down", "shared", check=True)  # through A, over HTTP
-    assert served.forwarded(served.b, "job_pool", "shared")
+    assert len(served.forwarded(served.b, "job_pool", "shared")) == 2  # the launch, the down
     wait_until(lambda: served.a.json("jobs", "pool", "status") == [], timeout=30)
+    ended = f"SELECT state FROM actors WHERE kind = 'managed_job' AND id = '{job}'"
+    wait_until(lambda: served.sql(ended) == "CANCELLED", timeout=30)  # with its pool
 
 
 @pytest.mark.slow
@@ -168,6 +178,9 @@ def test_a_killed_while_serving_has_its_service_taken_over_by_b_replica_and_bala
     assert pid_alive(balancer)  # the balancer A started, adopted by B
     assert int(Layout((b.home / "serve" / "kept").resolve()).pid.read_text()) == balancer
     b.run("serve", "down", "kept", "-y", check=True)
+    clusters = "SELECT id FROM actors WHERE kind = 'cluster' AND id LIKE 'kept-%'"
+    jobs = "SELECT count(*) FROM actors WHERE kind = 'job' AND id LIKE 'kept-%'"
+    assert served.sql(clusters) == "kept-1" and served.sql(jobs) == "1"  # its server, run once
     wait_until(lambda: status(b, "kept") is None, timeout=60)
     wait_until(lambda: not pid_alive(balancer), timeout=20)
     wait_until(lambda: not any(n.startswith("kept") for n in b.clusters()), timeout=30)
