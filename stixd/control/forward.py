@@ -122,6 +122,11 @@ async def _over_http(url: str, request: Any, emit: Emit, hop: Hop) -> Any:
             aiohttp.ClientSession(timeout=timeout) as session,
             session.post(url + REQUEST_PATH, data=body, headers=headers, ssl=tls) as resp,
         ):
+            if resp.content_type != FRAMES:  # not a stixd's API there (a proxy, a wrong port)
+                raise DaemonUnavailable(
+                    f"the replica that runs this ({url}) answered HTTP {resp.status} "
+                    f"({resp.content_type}), not as stixd; check its `api` address"
+                )
 
             async def frame() -> bytes | None:
                 try:
