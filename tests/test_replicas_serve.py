@@ -86,13 +86,17 @@ def served(postgres: PgServer) -> Iterator[Served]:
             shutil.rmtree(s.home, ignore_errors=True)
 
 
-def test_a_service_served_by_a_is_listed_read_and_taken_down_through_b_over_http(
+@pytest.mark.slow  # (it starts the module's two daemons)
+def test_a_service_served_by_a_is_listed_updated_read_and_taken_down_through_b_over_http(
     served: Served, task_file: Callable[[str], Path]
 ) -> None:
     a, b = served.a, served.b
-    a.run("serve", "up", "-y", "-n", "web", str(service_yaml(task_file, free_port())), check=True)
+    task = service_yaml(task_file, free_port())
+    a.run("serve", "up", "-y", "-n", "web", str(task), check=True)
     assert served.owner("service", "web") == served.owner_name(a)
     wait_until(lambda: (status(b, "web") or {}).get("status") == "READY", timeout=60)
+    b.run("serve", "update", "-y", "web", str(task), check=True)  # A's actor rolls it
+    wait_until(lambda: (status(a, "web") or {}).get("version") == 2, timeout=20)
     lb = b.run("serve", "logs", "web", "--load-balancer", "--no-follow", check=True).stdout
     assert lb.strip()  # A's balancer's log, through A
     out = b.run("serve", "down", "web", "-y", check=True).stdout
