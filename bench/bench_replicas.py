@@ -8,6 +8,11 @@ Two real daemons with homes of their own (the second's `clusters` folder a link 
 first's, so both reach the local nodes), a throw-away PostgreSQL server (tests/pg_server.py),
 `--clusters` local clusters each with a job running. Each round kills the replica that runs
 them, measures, and starts it again (it then stands by): the roles swap every round.
+
+Before the rounds, the cost of a forward: whole-process `exec -d` on a cluster the first
+replica runs, sent to it directly, through the second over the socket (no HTTP API served),
+and through the second over HTTP (both serving the API), as medians and ratios to the direct
+one and to `python -c pass`.
 """
 
 from __future__ import annotations
@@ -37,11 +42,52 @@ def _wait(predicate: object, timeout: float, interval: float = 0.02) -> float:
     return time.monotonic()
 
 
+def _interleaved(pair: list[Stix], args: list[str], n: int) -> tuple[float, float]:
+    """Medians of `args` run on the first replica and through the second, taken in turns (a
+    busy moment of the machine falls on both)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(n):
+        for s, into in zip(pair, times, strict=True):
+            t0 = time.perf_counter()
+            s.run(*args, check=True)
+            into.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _forward_costs(
+    server: pg_server.PgServer, db: str, pair: list[Stix], name: str, n: int
+) -> None:
+    floor = statistics.median(_timed([sys.executable, "-c", "pass"]) for _ in range(n))
+    exec_ = ["exec", name, "-d", "true"]
+    direct_s, over_socket = _interleaved(pair, exec_, n)
+    for s in pair:
+        s.run("api", "start", "--port", "0", check=True)
+    served = "SELECT count(*) FROM replicas WHERE api IS NOT NULL"
+    _wait(lambda: server.psql(db, served) == "2", 30)
+    direct_h, over_http = _interleaved(pair, exec_, n)
+    for s in pair:
+        s.run("api", "stop", check=True)
+    print(f"exec -d on the first replica's cluster, medians of {n} taken in turns with the same")
+    print(f"sent to the first directly (python -c pass: {floor:.3f}s):")
+    for label, t, direct in (("socket", over_socket, direct_s), ("HTTP", over_http, direct_h)):
+        print(
+            f"  through the second over {label:<6}: {t:.3f}s, x{t / direct:.2f} of direct "
+            f"({direct:.3f}s), x{t / floor:.2f} of the floor"
+        )
+
+
+def _timed(command: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lease", type=float, default=2.0)
     parser.add_argument("--clusters", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--forwards", type=int, default=10, help="requests per forward path")
     args = parser.parse_args()
     found = pg_server.binaries()
     if found is None:
@@ -61,6 +107,7 @@ def main() -> None:
         names = [f"b{i}" for i in range(args.clusters)]
         for name in names:
             pair[0].run("launch", "-c", name, "-d", "-y", "sleep 3600", check=True)
+        _forward_costs(server, db, pair, names[0], args.forwards)
         live = int(server.psql(db, "SELECT count(*) FROM actors WHERE terminal = 0"))
         taken, answered = [], []
         owner, standby = pair

@@ -483,7 +483,7 @@ class Client:
         return self._run(iops.workspaces_update(name, spec))
 
     def workspaces_delete(self, name: str) -> str:
-        """Admins: remove a workspace with no live clusters, managed jobs or services."""
+        """Admins: remove a workspace with no live clusters, managed jobs, pools or services."""
         return self._run(iops.workspaces_delete(name))
 
     def serve_logs(

@@ -357,7 +357,7 @@ class AsyncClient:
         return await self._run(iops.workspaces_update(name, spec))
 
     async def workspaces_delete(self, name: str) -> str:
-        """Admins: remove a workspace with no live clusters, managed jobs or services."""
+        """Admins: remove a workspace with no live clusters, managed jobs, pools or services."""
         return await self._run(iops.workspaces_delete(name))
 
     def serve_logs(

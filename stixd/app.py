@@ -73,6 +73,8 @@ class App:
     elsewhere: Elsewhere | None = None
     """With several replicas on one database: asks the replica that runs an actor (kind, id)
     a request about it; (True, its reply), or (False, None) when it is for this replica."""
+    replica_secret: str | None = None
+    """With several replicas: the deployment's secret a replica forwards requests with."""
     balancers: Balancers | None = None
     """Each service's load-balancer process (stixd.balancer); None where serving is off."""
     metrics: Metrics = field(default_factory=Metrics)

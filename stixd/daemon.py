@@ -135,6 +135,7 @@ async def serve(
                 except InvalidConfig as exc:
                     log.error("ssh_pools_invalid", error=exc.message)
                 if leases is not None:  # the actors no other live replica runs are this one's
+                    app.replica_secret = await replicas.deployment_secret(store.backend)
                     await leases.claim_free(own_too=True)
                 held = [
                     c
@@ -160,7 +161,13 @@ async def serve(
                 tg.start_soon(keep_heap)  # admission stays linear in the jobs already held
                 if leases is not None:
                     app.elsewhere = replicas.elsewhere(app, leases)
-                    tg.start_soon(replicas.keep_leases, app, leases, str(sock))
+                    tg.start_soon(
+                        replicas.keep_leases,
+                        app,
+                        leases,
+                        str(sock),
+                        lambda: serving.api.url if serving.api else None,  # when it serves
+                    )
                 await app.shutdown.wait()
                 log.info("shutting_down")
                 sock.unlink(missing_ok=True)  # no client gets in from here on

@@ -102,6 +102,16 @@ class PoolGoingDown:
     pool: str
 
 
+@dataclass(frozen=True)
+class ApplyFor:
+    """`pool apply` with who asked (stixd.control.jobs_cmds): the owner and workspace a pool
+    made by it records (one that is up keeps its own)."""
+
+    req: m.PoolApply
+    owner: str
+    workspace: str
+
+
 class Advance:
     """Do the work of the current state (at start and after a decision)."""
 
@@ -191,6 +201,8 @@ class JobPoolActor(Actor):
 
     async def _request(self, env: Envelope) -> Any:
         req = env.payload
+        if isinstance(req, ApplyFor):
+            return await self._apply(req.req, req.owner, req.workspace)
         if isinstance(req, m.PoolApply):
             return await self._apply(req)
         if isinstance(req, m.PoolDown):
@@ -206,7 +218,9 @@ class JobPoolActor(Actor):
             return m.OkReply(f"pool {self.id} is shutting down; cancelling its job(s) {ids}")
         raise InvalidRequest(f"pool actor cannot handle {type(req).__name__}")
 
-    async def _apply(self, req: m.PoolApply) -> m.OkReply:
+    async def _apply(
+        self, req: m.PoolApply, owner: str | None = None, workspace: str | None = None
+    ) -> m.OkReply:
         workers = int((req.task.pool or {}).get("workers", 0) or 0)
         if self.state is P.SHUTTING_DOWN:
             raise InvalidRequest(
@@ -214,10 +228,14 @@ class JobPoolActor(Actor):
                 f"`stixctl jobs pool status` no longer lists it"
             )
         task = msgspec.structs.replace(req.task, pool=None)
+        if not self.row.terminal:  # a pool that is up keeps whose and where it is
+            owner, workspace = self.spec.owner, self.spec.workspace
         spec = JobPoolSpec(
             workers=workers,
             task=msgspec.to_builtins(task),
             config=[msgspec.to_builtins(c) for c in req.config],
+            owner=owner,
+            workspace=workspace,
         )
         await self.save(spec=spec)
         await self.transition(E.APPLY, f"{workers} worker(s)", failed={})

@@ -181,6 +181,10 @@ class JobPoolSpec(_Record, frozen=True, kw_only=True):
     workers: Workers = 0
     task: dict[str, Any] | None = None
     config: list[dict[str, Any]] = []
+    owner: str | None = None
+    """Who applied it first; None: made before pools kept owners, shared in its workspace."""
+    workspace: str | None = None
+    """The workspace it was made in; None: the default one."""
 
 
 class JobPoolData(_Record, frozen=True, kw_only=True):

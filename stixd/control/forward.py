@@ -1,29 +1,42 @@
 """A request for an actor another live replica runs, answered by that replica.
 
-Replicas share a host's Unix sockets (each records its socket in the `replicas` table with a
-heartbeat, stixd/control/replicas.py); the request is sent to the owner as a client would send
-it, narrowed to the one actor asked (`down a b` asks each cluster's owner about its own), and
-its progress and final reply are relayed. A launch or exec goes detached: the owner answers
-when the job is submitted, and the asking replica follows its logs as for its own clusters
-(the nodes are reachable from every replica). Reads never come here: every replica answers
-them from the shared database.
+Each replica records in the `replicas` table, with a heartbeat, its Unix socket and, when it
+serves one, its HTTP API's address (stixd/control/replicas.py). The request is sent to the
+owner as a client would send it, narrowed to the one actor asked (`down a b` asks each
+cluster's owner about its own, `serve down a b` each service's), and its progress and final
+reply are relayed. A launch or exec goes detached: the owner answers when the job is
+submitted, and the asking replica follows its logs as for its own clusters (the nodes are
+reachable from every replica). Reads never come here: every replica answers them from the
+shared database.
+
+Over HTTP (whenever the owner serves its API: the one path that works between hosts) the
+request carries the deployment's replica secret (made once in the shared database) and the
+principal it is asked for (stixd/control/replica_auth.py): the owner trusts that principal
+only behind the secret, so a client's token can never pose as a replica. A replica that
+serves no HTTP API is reached on its Unix socket, which only a replica of the same host can
+open (as before HTTP forwarding existed).
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import msgspec
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from stixd.control.identity import Principal
+from stixd.control.replica_auth import ON_BEHALF_HEADER, REPLICA_HEADER
 from stixd.control.server import read_frame
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
 from stixproto.edge import request_body
 from stixproto.errors import DaemonUnavailable, error_from_code
-from stixproto.framing import HEADER, decode, encode
+from stixproto.framing import HEADER, MAX_FRAME, body_length, decode, encode
 
 Emit = Callable[[Any], Awaitable[None]]
 
@@ -41,6 +54,8 @@ def narrowed(payload: Any, id_: str) -> Any | None:
     changes: dict[str, Any] = {}
     if "clusters" in fields:
         changes["clusters"] = [id_]
+    if "names" in fields:  # `serve down a b`, `jobs pool down a b`: each owner its own
+        changes["names"] = [id_]
     if "all" in fields:
         changes["all"] = False
     if isinstance(payload, m.Launch | m.Exec):
@@ -48,33 +63,102 @@ def narrowed(payload: Any, id_: str) -> Any | None:
     return msgspec.structs.replace(payload, **changes) if changes else payload
 
 
-async def call(address: str, request: Any, emit: Emit) -> Any:
-    """Send `request` to the replica listening at `address`; relay its progress, return its
-    final reply (an error reply raised as its error)."""
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """What an HTTP forward carries besides the request: the deployment's secret, who asked,
+    and the certificates an owner's HTTPS is checked against (None: the system's)."""
+
+    secret: str
+    principal: Principal
+    cafile: str | None = None
+
+
+async def call(address: str, request: Any, emit: Emit, hop: Hop | None = None) -> Any:
+    """Send `request` to the replica reached at `address` (an HTTP(S) URL, or a Unix socket's
+    path); relay its progress, return its final reply (an error reply raised as its error)."""
+    if address.startswith(("http://", "https://")):
+        if hop is None:
+            raise DaemonUnavailable(f"the replica at {address} is reached over HTTP only")
+        return await _over_http(address, request, emit, hop)
+    return await _over_socket(address, request, emit)
+
+
+async def _over_socket(address: str, request: Any, emit: Emit) -> Any:
     body = request_body(request, tasks_checked=True)
     try:
         with anyio.fail_after(CONNECT_SECONDS):
             stream = await anyio.connect_unix(address)
     except (OSError, TimeoutError) as exc:
-        raise DaemonUnavailable(
-            f"the replica that runs this ({address}) cannot be reached ({exc}); "
-            "try again once its lease has passed to another replica"
-        ) from None
+        raise _unreachable(address, exc) from None
     async with stream:
         await stream.send(encode(m.Hello(protocol=PROTOCOL_VERSION, client="stixd")))
         await stream.send(HEADER.pack(len(body)) + body)
         reader = BufferedByteReceiveStream(stream)
-        while True:
-            frame = await read_frame(reader)
-            if frame is None:
+
+        async def frame() -> bytes | None:
+            return await read_frame(reader)
+
+        return await _relay(address, frame, emit)
+
+
+async def _over_http(url: str, request: Any, emit: Emit, hop: Hop) -> Any:
+    import aiohttp  # only a replica that forwards over HTTP pays for the import
+
+    from stixd.control.http_api import FRAMES, PROTOCOL_HEADER, REQUEST_PATH
+
+    headers = {
+        PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+        REPLICA_HEADER: hop.secret,
+        ON_BEHALF_HEADER: f"{hop.principal.name} {hop.principal.role.value}",
+        "Content-Type": FRAMES,
+    }
+    tls: ssl.SSLContext | bool = True
+    if url.startswith("https://") and hop.cafile:
+        tls = ssl.create_default_context(cafile=os.path.expanduser(hop.cafile))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS)
+    body = request_body(request, tasks_checked=True)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url + REQUEST_PATH, data=body, headers=headers, ssl=tls) as resp,
+        ):
+            if resp.content_type != FRAMES:  # not a stixd's API there (a proxy, a wrong port)
                 raise DaemonUnavailable(
-                    f"the replica that runs this ({address}) closed before answering; try again"
+                    f"the replica that runs this ({url}) answered HTTP {resp.status} "
+                    f"({resp.content_type}), not as stixd; check its `api` address"
                 )
-            item = decode(frame, _REPLIES)
-            if isinstance(item, m.HelloOk):
-                continue
-            if isinstance(item, m.ErrorReply):
-                raise error_from_code(item.code, item.message)
-            if isinstance(item, m.FINAL_REPLIES):
-                return item
-            await emit(item)
+
+            async def frame() -> bytes | None:
+                try:
+                    header = await resp.content.readexactly(HEADER.size)
+                except EOFError:  # asyncio.IncompleteReadError: closed before a frame
+                    return None
+                return await resp.content.readexactly(body_length(header, MAX_FRAME))
+
+            return await _relay(url, frame, emit)
+    except (OSError, aiohttp.ClientError) as exc:
+        raise _unreachable(url, exc) from None
+
+
+async def _relay(address: str, frame: Callable[[], Awaitable[bytes | None]], emit: Emit) -> Any:
+    while True:
+        body = await frame()
+        if body is None:
+            raise DaemonUnavailable(
+                f"the replica that runs this ({address}) closed before answering; try again"
+            )
+        item = decode(body, _REPLIES)
+        if isinstance(item, m.HelloOk):
+            continue
+        if isinstance(item, m.ErrorReply):
+            raise error_from_code(item.code, item.message)
+        if isinstance(item, m.FINAL_REPLIES):
+            return item
+        await emit(item)
+
+
+def _unreachable(address: str, exc: BaseException) -> DaemonUnavailable:
+    return DaemonUnavailable(
+        f"the replica that runs this ({address}) cannot be reached ({exc}); "
+        "try again once its lease has passed to another replica"
+    )

@@ -12,6 +12,7 @@ import anyio
 import msgspec
 
 from stixd.actors import quarantine
+from stixd.actors.job_pool import ApplyFor
 from stixd.actors.managed_job import cluster_name, logs_dir
 from stixd.actors.specs import (
     JobPoolData,
@@ -31,7 +32,13 @@ from stixd.store import views
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto import names
-from stixproto.errors import InternalError, InvalidRequest, JobNotFound, error_from_code
+from stixproto.errors import (
+    InternalError,
+    InvalidRequest,
+    JobNotFound,
+    StixError,
+    error_from_code,
+)
 from stixproto.states import ClusterStatus, ManagedJobStatus, PoolStatus
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -57,7 +64,11 @@ async def jobs_launch(
             raise InvalidRequest(f"{which} has nothing to run: a managed job needs a `run` command")
     made_for = ownership.made_for(app, [(c.source, c.values) for c in req.config])
     if req.pool is not None:
-        await _existing_pool(app, req.pool)
+        pool = await _existing_pool(app, req.pool)
+        if app.elsewhere is not None:  # its jobs run where the pool does: they talk to it
+            forwarded, reply = await app.elsewhere(POOL, pool.id, req, emit)
+            if forwarded:
+                return reply  # type: ignore[no-any-return]
     else:
         for task in req.tasks:
             check(task)  # refused now, in validate's words, rather than FAILED_PRECHECKS later
@@ -125,8 +136,13 @@ def _ids(ids: list[int]) -> str:
 
 async def _existing_pool(app: App, name: str) -> Row:
     row = await app.store.get(POOL, name)
-    if row is None or row.terminal:
-        pools = [r.id for r in await app.store.rows(POOL, include_terminal=False)]
+    hidden = ownership.scope(app, True).hidden
+    if row is None or row.terminal or ownership.workspace_of(row.spec) in hidden:
+        pools = [
+            r.id
+            for r in await app.store.rows(POOL, include_terminal=False)
+            if ownership.workspace_of(r.spec) not in hidden
+        ]
         known = ", ".join(sorted(pools)) or "none"
         raise InvalidRequest(
             f"no pool {name!r} (pools: {known}); create it with `stixctl jobs pool apply`"
@@ -310,8 +326,10 @@ async def _no_progress(item: Any) -> None:
     """A managed job's or pool's answer is its final reply alone."""
 
 
-async def _ask(app: App, row: Row, payload: Any) -> Any:
-    """Hand a request to the row's actor (started if needed) and wait for its answer."""
+async def _ask(app: App, row: Row, payload: Any, local: Any = None) -> Any:
+    """Hand a request to the row's actor (started if needed) and wait for its answer; the
+    replica that runs the actor answers, when that is another. `local`: what this replica's
+    actor is told instead of `payload` (the request with what only the handler knows)."""
     what = "pool" if row.kind == POOL else "managed job"
     if app.elsewhere is not None:  # several replicas: the one that runs the actor answers
         forwarded, reply = await app.elsewhere(row.kind, row.id, payload, _no_progress)
@@ -329,7 +347,8 @@ async def _ask(app: App, row: Row, payload: Any) -> Any:
             return m.OkReply(await quarantine.remove(app, row, reason))
         raise quarantine.refusal(row, reason)
     send, receive = reply_channel()
-    if not app.supervisor.tell(row.kind, row.id, Envelope(payload=payload, reply=send)):
+    told = Envelope(payload=payload if local is None else local, reply=send)
+    if not app.supervisor.tell(row.kind, row.id, told):
         raise InternalError(f"{what} {row.id} has no actor")
     async with receive:
         async for item in receive:
@@ -413,8 +432,13 @@ async def _follow_files(app: App, row: Row, emit: Emit, follow: bool, *, control
 # -- pools ---------------------------------------------------------------------------------
 
 
-async def _ask_pool(app: App, name: str, payload: Any, *, create: bool = False) -> Any:
+async def _ask_pool(
+    app: App, name: str, payload: Any, *, create: bool = False, local: Any = None
+) -> Any:
     row = await app.store.get(POOL, name)
+    if row is not None and not (create and row.terminal):  # (a name that is down starts afresh)
+        missing = JobNotFound(f"no pool {name!r}")
+        ownership.check_acts(app, row, f"pool {name}", missing, shared_if_ownerless=True)
     if row is None:
         if not create:
             raise JobNotFound(f"no pool {name!r}")
@@ -426,7 +450,7 @@ async def _ask_pool(app: App, name: str, payload: Any, *, create: bool = False) 
         except RowExists:
             row = await app.store.get(POOL, name)
             assert row is not None
-    return await _ask(app, row, payload)
+    return await _ask(app, row, payload, local)
 
 
 async def pool_apply(app: App, req: m.PoolApply, check: Callable[[Any], None]) -> m.OkReply:
@@ -437,12 +461,19 @@ async def pool_apply(app: App, req: m.PoolApply, check: Callable[[Any], None]) -
     if req.task.pool is None:
         raise InvalidRequest("a pool file needs a `pool:` section (e.g. `pool: {workers: 2}`)")
     check(req.task)
-    reply: m.OkReply = await _ask_pool(app, req.name, req, create=True)
+    made = ownership.made_for(app, [(c.source, c.values) for c in req.config])
+    applied = ApplyFor(req, made.owner, made.workspace)
+    reply: m.OkReply = await _ask_pool(app, req.name, req, create=True, local=applied)
     return reply
 
 
 async def pool_status(app: App, req: m.PoolStatusReq) -> m.Table:
-    rows = await app.store.rows(POOL, include_terminal=False)
+    hidden = ownership.scope(app, True).hidden  # every visible pool, with an owner or none
+    rows = [
+        r
+        for r in await app.store.rows(POOL, include_terminal=False)
+        if ownership.workspace_of(r.spec) not in hidden
+    ]
     if req.names:
         wanted = set(req.names)
         missing = wanted - {r.id for r in rows}
@@ -519,9 +550,19 @@ async def _pool_entry(app: App, row: Row, jobs: list[Row]) -> tuple[dict[str, An
     return entry, lines
 
 
+def _may_act(app: App, row: Row) -> bool:
+    try:
+        ownership.check_acts(app, row, "pool", JobNotFound("pool"), shared_if_ownerless=True)
+    except StixError:
+        return False
+    return True
+
+
 async def pool_down(app: App, req: m.PoolDown) -> m.Table:
-    if req.all:
-        names = [r.id for r in await app.store.rows(POOL, include_terminal=False)]
+    if req.all:  # every pool the caller may tear down (an admin's: every one)
+        names = [
+            r.id for r in await app.store.rows(POOL, include_terminal=False) if _may_act(app, r)
+        ]
     elif req.names:
         names = req.names
     else:

@@ -33,6 +33,12 @@ def owner_of(spec: object) -> str:
     return owner if isinstance(owner, str) and owner else LOCAL_OWNER.name
 
 
+def recorded_owner(spec: object) -> str | None:
+    """The owner a stored spec names, None if it names none."""
+    owner = spec.get("owner") if isinstance(spec, dict) else None
+    return owner if isinstance(owner, str) and owner else None
+
+
 def workspace_of(spec: object) -> str:
     found = spec.get("workspace") if isinstance(spec, dict) else None
     return found if isinstance(found, str) and found else workspaces.DEFAULT
@@ -97,15 +103,20 @@ def scope(app: App, all_users: bool) -> Scope:
     return Scope(principal, all_users, workspaces.hidden(app, principal))
 
 
-def check_acts(app: App, row: Row, what: str, missing: StixError) -> None:
+def check_acts(
+    app: App, row: Row, what: str, missing: StixError, *, shared_if_ownerless: bool = False
+) -> None:
     """Refuse the current principal acting on `row` (a `what` such as ``cluster web``) unless
     it is theirs or they are an admin; a row in a private workspace they are not in is
-    `missing` to them, as one that does not exist."""
+    `missing` to them, as one that does not exist. With `shared_if_ownerless` (pools, which
+    kept no owner at first), a row naming no owner is every user's of its workspace."""
     principal = PRINCIPAL.get()
     if principal.role is Role.ADMIN:
         return
     if workspace_of(row.spec) in workspaces.hidden(app, principal):
         raise missing
+    if shared_if_ownerless and not recorded_owner(row.spec):
+        return
     owner = owner_of(row.spec)
     if owner != principal.name:
         raise PermissionDenied(

@@ -9,6 +9,7 @@ starts their actors from their rows: a takeover within 4/3 of the lease time.
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,16 +20,42 @@ import anyio
 from stixd.app import App
 from stixd.config import Config
 from stixd.control import forward
+from stixd.control.identity import PRINCIPAL
 from stixd.store.backend import Backend
 from stixd.store.leases import NOW, Leases
 from stixproto import messages as m
 from stixproto.errors import DaemonUnavailable
 
 HEARTBEAT = (
-    f"INSERT INTO replicas (name, address, seen_at) VALUES (?, ?, {NOW}) "
-    "ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, seen_at = EXCLUDED.seen_at "
-    "RETURNING 1"
+    f"INSERT INTO replicas (name, address, api, seen_at) VALUES (?, ?, ?, {NOW}) "
+    "ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, api = EXCLUDED.api, "
+    "seen_at = EXCLUDED.seen_at RETURNING 1"
 )
+SECRET_NAME = "replica_secret"
+
+
+async def deployment_secret(backend: Backend) -> str:
+    """The secret replicas of this database forward requests with: made by the first replica
+    that starts (256 random bits), read by every later one. Never logged."""
+    await backend.fetch(
+        "INSERT INTO deployment (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING "
+        "RETURNING 1",
+        (SECRET_NAME, secrets.token_urlsafe(32)),
+    )
+    found = await backend.fetch("SELECT value FROM deployment WHERE name = ?", (SECRET_NAME,))
+    return str(found[0][0])
+
+
+def reachable(url: str | None) -> str | None:
+    """The HTTP API's URL as another host reaches it: a wildcard address (all interfaces)
+    becomes this host's name."""
+    if url is None:
+        return None
+    scheme, _, rest = url.partition("://")
+    host, _, port = rest.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        return f"{scheme}://{socket.getfqdn()}:{port}"
+    return url
 
 
 def replica_name(home: Path, config: Config) -> str:
@@ -45,10 +72,11 @@ def leases_for(app_config: Config, home: Path, backend: Backend) -> Leases | Non
     return Leases(backend, replica_name(home, app_config), seconds)
 
 
-async def sweep(app: App, leases: Leases, address: str) -> int:
-    """One round: the heartbeat, the renewal (standing down actors whose lease another replica
+async def sweep(app: App, leases: Leases, address: str, api: str | None = None) -> int:
+    """One round: the heartbeat (with where this replica is reached: its socket, and its HTTP
+    API if it serves one), the renewal (standing down actors whose lease another replica
     took), and the claim of every expired lease of a live row; the actors started."""
-    await app.store.backend.fetch(HEARTBEAT, (leases.owner, address))
+    await app.store.backend.fetch(HEARTBEAT, (leases.owner, address, reachable(api)))
     lost = await leases.renew()
     if lost:
         app.supervisor.stand_down(lost)
@@ -64,15 +92,17 @@ async def sweep(app: App, leases: Leases, address: str) -> int:
     return started
 
 
-async def keep_leases(app: App, leases: Leases, address: str) -> None:
+async def keep_leases(
+    app: App, leases: Leases, address: str, api: Callable[[], str | None] = lambda: None
+) -> None:
     """Sweep every third of the lease time, on a fixed beat (a slow round does not push the
     next ones later), for the daemon's life; a round that fails (the database away) is
-    logged and tried again at the next."""
+    logged and tried again at the next. `api`: the HTTP API's URL now, if served."""
     period = leases.seconds / 3
     beat = anyio.current_time()
     while True:
         try:
-            await sweep(app, leases, address)
+            await sweep(app, leases, address, api())
         except Exception as exc:  # the database is away: the next round tries again
             app.log.warning("lease_sweep_failed", error=f"{type(exc).__name__}: {exc}")
         beat = max(beat + period, anyio.current_time())
@@ -82,8 +112,8 @@ async def keep_leases(app: App, leases: Leases, address: str) -> None:
 WATCH_POLL = 0.5
 """How often a waiter reads a row again that another replica may write (`RowWatch`)."""
 
-ADDRESS = f"SELECT address FROM replicas WHERE name = ? AND seen_at >= {NOW} - ?"
-"""A replica's socket, if it was seen within a lease's time."""
+ADDRESS = f"SELECT address, api FROM replicas WHERE name = ? AND seen_at >= {NOW} - ?"
+"""A replica's socket and HTTP API, if it was seen within a lease's time."""
 
 Emit = Callable[[Any], Awaitable[None]]
 
@@ -111,7 +141,12 @@ def elsewhere(
                 f"{kind} {id_} is run by replica {owner}, which has not been seen for "
                 f"{leases.seconds:g}s: try again once another replica took it over"
             )
-        app.log.info("forwarded", kind=kind, id=id_, to=owner)
-        return True, await forward.call(str(found[0][0]), request, emit)
+        socket_path, api = found[0]
+        hop = None
+        if api and app.replica_secret is not None:  # HTTP: the path that works between hosts
+            hop = forward.Hop(app.replica_secret, PRINCIPAL.get(), app.config.api.certfile)
+        address = str(api) if hop is not None else str(socket_path)
+        app.log.info("forwarded", kind=kind, id=id_, to=owner, via=address)
+        return True, await forward.call(address, request, emit, hop)
 
     return ask

@@ -186,8 +186,24 @@ def _check_acts(app: App, row: Row) -> None:
     ownership.check_acts(app, row, f"service {row.id}", missing)
 
 
+async def _no_progress(item: Any) -> None:
+    """A service actor's answer is its final reply alone."""
+
+
+async def elsewhere(app: App, row: Row, payload: Any, emit: Emit) -> tuple[bool, Any]:
+    """With several replicas: (True, the reply) of the replica that runs the service, when it
+    is another live one; (False, None) when this replica runs it (or is to)."""
+    if app.elsewhere is None:
+        return False, None
+    return await app.elsewhere(SERVICE, row.id, payload, emit)
+
+
 async def ask_service(app: App, row: Row, payload: Any) -> Any:
-    """Hand a request to the service's actor (started if needed) and wait for its answer."""
+    """Hand a request to the service's actor (started if needed) and wait for its answer;
+    the replica that runs it answers, when that is another."""
+    forwarded, reply = await elsewhere(app, row, payload, _no_progress)
+    if forwarded:
+        return reply
     child = app.supervisor.get(SERVICE, row.id)
     if child is None:
         child = app.spawn(row)
@@ -319,6 +335,12 @@ async def serve_down(app: App, req: m.ServeDown, emit: Emit) -> m.Table:
     lines: list[str] = []
     out: list[dict[str, Any]] = []
     for row in rows:
+        ask = m.ServeDown(names=[row.id], purge=req.purge, replica_id=req.replica_id)
+        forwarded, told = await elsewhere(app, row, ask, emit)
+        if forwarded:  # the replica that runs it took it down, and waited as below
+            lines.append(told.text)
+            out.extend(told.rows)
+            continue
         child = app.supervisor.get(SERVICE, row.id) or app.spawn(row)
         reason = row.quarantined or child.failed
         if reason is not None and req.replica_id is None:
@@ -327,7 +349,6 @@ async def serve_down(app: App, req: m.ServeDown, emit: Emit) -> m.Table:
             lines.append(text)
             out.append({"service": row.id, "status": "DOWN", "failure_reason": reason})
             continue
-        ask = m.ServeDown(names=[row.id], purge=req.purge, replica_id=req.replica_id)
         reply: m.OkReply = await ask_service(app, row, ask)
         await emit(m.Progress(reply.message))
         if req.replica_id is not None:
@@ -383,8 +404,10 @@ async def dispatch(app: App, req: Any, emit: Emit, check: Callable[[Any], None])
     if isinstance(req, m.ServeStatus):
         return await serve_status(app, req)
     if isinstance(req, m.ServeLogs):
-        _check_acts(app, await _service_row(app, req.name))
-        return await serve_logs.serve_logs(app, req, emit)
+        row = await _service_row(app, req.name)
+        _check_acts(app, row)
+        forwarded, reply = await elsewhere(app, row, req, emit)  # its balancer's, its log's host
+        return reply if forwarded else await serve_logs.serve_logs(app, req, emit)
     return await serve_down(app, req, emit)
 
 

@@ -214,11 +214,11 @@ def _audit(app: App, event: str, **fields: Any) -> None:
 
 
 async def _live(app: App, name: str) -> str | None:
-    """Its live clusters, managed jobs and services in words (None: there are none)."""
+    """Its live clusters, managed jobs, pools and services in words (None: there are none)."""
     found = await rows.live_in(app.store, name, DEFAULT)
     if not found:
         return None
-    words = {"cluster": "cluster", "managed_job": "managed job", "service": "service"}
+    words = {"managed_job": "managed job", "job_pool": "pool"}
     shown = [f"{words.get(kind, kind)} {ident}" for kind, ident in found[: rows.SHOWN_LIVE]]
     more = f" and more past {rows.SHOWN_LIVE}" if len(found) > rows.SHOWN_LIVE else ""
     return ", ".join(shown) + more

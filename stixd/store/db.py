@@ -131,7 +131,13 @@ MIGRATIONS: list[str] = [
         kind, terminal, CASE WHEN json_valid(spec) THEN json_extract(spec, '$.owner') END
     );
     """,
-    # 8: the workspaces admins define with `stixctl workspaces create` (stixd/store/workspaces.py)
+    # 8: forwarding between replicas on other hosts (stixd/control/forward.py): each replica's
+    # HTTP API address, and the deployment's secret a forwarding replica proves itself with
+    """
+    ALTER TABLE replicas ADD COLUMN api TEXT;
+    CREATE TABLE deployment (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # 9: the workspaces admins define with `stixctl workspaces create` (stixd/store/workspaces.py)
     """
     CREATE TABLE workspaces (
         name TEXT PRIMARY KEY,

@@ -20,7 +20,7 @@ from stixd.store.views import WORKSPACE
 
 KEY = "workspaces"
 """The key every write of a workspace holds (`Tx.serialize`)."""
-LIVE_KINDS = ("cluster", "managed_job", "service")
+LIVE_KINDS = ("cluster", "managed_job", "job_pool", "service")
 """What keeps a workspace in use: a cluster's jobs and a service's replicas live in those."""
 SHOWN_LIVE = 20
 """Live objects named when a change is refused (and how many more there are)."""

@@ -1,0 +1,36 @@
+"""How a replica proves a request it forwards is its own (stixd/control/forward.py): the
+deployment's replica secret in one header, the principal it took the request from in another.
+The HTTP API trusts that principal only behind the secret, so no client token poses as one."""
+
+from __future__ import annotations
+
+import hmac
+
+from stixd.control.identity import Principal, Role
+from stixproto.errors import Unauthenticated
+
+REPLICA_HEADER = "Stix-Replica"
+"""The deployment's replica secret: this request comes from a replica, not a client."""
+ON_BEHALF_HEADER = "Stix-On-Behalf-Of"
+"""`NAME ROLE` of the principal the forwarding replica took the request from."""
+MAX_NAME = 200
+
+
+def forwarded_principal(secret: str | None, given: str, on_behalf: str) -> Principal:
+    """Who a request another replica forwarded is asked for: the `Stix-On-Behalf-Of`
+    principal, trusted only when `given` is the deployment's replica secret (compared in
+    constant time). `Unauthenticated` otherwise, without the header's value in the message."""
+    if secret is None or not hmac.compare_digest(given.encode(), secret.encode()):
+        raise Unauthenticated(
+            f"the request's {REPLICA_HEADER} header is not this deployment's replica secret: "
+            "only another stixd replica of the same database may forward requests; a client "
+            "sends its token as `Authorization: Bearer TOKEN`"
+        )
+    name, _, role = on_behalf.partition(" ")
+    try:
+        chosen = Role(role)
+    except ValueError:
+        chosen = None
+    if not name or len(name) > MAX_NAME or chosen is None:
+        raise Unauthenticated(f"a forwarded request needs {ON_BEHALF_HEADER}: NAME ROLE")
+    return Principal(name=name, role=chosen)
