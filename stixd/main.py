@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -44,6 +45,9 @@ PROFILE_ENV = "STIX_PROFILE"
 
 
 def main(argv: list[str] | None = None) -> int:
+    # asyncssh keeps DSA keys readable; cryptography 51 warns when it is imported. A daemon's
+    # log is no place for a library's note to its maintainers.
+    warnings.filterwarnings("ignore", message="DSA is deprecated", module="asyncssh")
     args = _parse(sys.argv[1:] if argv is None else argv)
     home = Path(args.home).expanduser().resolve() if args.home else stix_home()
     try:
