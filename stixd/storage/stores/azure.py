@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import hashlib
 import hmac
+import io
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from email.utils import formatdate
@@ -336,7 +337,7 @@ class AzureBucket:
                     self.name,
                     "upload block",
                     headers=octets | {"Content-Length": str(len(chunk))},
-                    data=chunk,
+                    data=io.BytesIO(chunk),
                 )
         body = "<?xml version='1.0' encoding='utf-8'?><BlockList>"
         body += "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>"

@@ -116,10 +116,16 @@ class Bucket(Protocol):
         """Every object under ``prefix``, read a bounded page at a time."""
 
     async def upload_tree(
-        self, root: Path, prefix: str = "", *, ignore: Callable[[str], bool] | None = None
+        self,
+        root: Path,
+        prefix: str = "",
+        *,
+        ignore: Callable[[str], bool] | None = None,
+        delete: bool = False,
     ) -> UploadResult:
         """Send the files of ``root`` whose size or MD5 differ from the bucket's, skipping what
-        ``.skyignore``/``.gitignore`` (``SyncFilter``) or ``ignore(relative path)`` drop."""
+        ``.skyignore``/``.gitignore`` (``SyncFilter``) or ``ignore(relative path)`` drop; with
+        ``delete``, also remove the keys under ``prefix`` that no kept file has."""
 
     async def signed_get(self, key: str, seconds: int) -> str: ...
 

@@ -8,9 +8,9 @@ credentials, the metadata server on GCE). The project is ``storage.gcs.project``
 
 Signed URLs are V4 (``GOOG4-RSA-SHA256``), signed with the service-account key
 (``storage.gcs.service_account_file`` or ``GOOGLE_APPLICATION_CREDENTIALS``), as Google
-documents them. fake-gcs-server does not check signatures: against it the tests prove the URL's
-path and that a bare client downloads and uploads with it, not that Google would accept the
-signature. With an emulator and no key the URL is the object's plain path there.
+documents them. fake-gcs-server does not check signatures: against it (with a throw-away key)
+the tests prove the URL's host, path and query and that a bare client downloads and uploads
+with it, not that Google would accept the signature. There is no signed URL without a key.
 """
 
 from __future__ import annotations
@@ -312,12 +312,10 @@ class GcsBucket:
         path = f"/{quote(self.name, safe='')}/{quote(key, safe='/~')}"
         sa = self._c.key()
         if sa is None:
-            if self._c.emulator is None:
-                raise StoreError(
-                    f"bucket {self.name!r}: a signed URL needs a service-account key "
-                    "(storage.gcs.service_account_file or GOOGLE_APPLICATION_CREDENTIALS)"
-                )
-            return f"{self._c.emulator}{path}"  # fake-gcs-server serves it without a signature
+            raise StoreError(
+                f"bucket {self.name!r}: a signed URL needs a service-account key "
+                "(storage.gcs.service_account_file or GOOGLE_APPLICATION_CREDENTIALS)"
+            )
         now = datetime.datetime.now(datetime.UTC)
         stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         scope = f"{day}/auto/storage/goog4_request"

@@ -86,7 +86,9 @@ def s3_credentials(
                 "r2: no endpoint: set storage.r2.endpoint_url to your account's "
                 "https://<account id>.r2.cloudflarestorage.com"
             )
-        return dataclasses.replace(creds, endpoint_url=str(endpoint), region="auto")
+        # R2 takes "us-east-1" as its "auto" region, and a bucket made there needs no
+        # location constraint
+        return dataclasses.replace(creds, endpoint_url=str(endpoint), region="us-east-1")
     endpoint = (
         section.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     )
@@ -106,6 +108,12 @@ def classify(exc: Exception, bucket: str, what: str) -> StoreError:
             return BucketMissing(f"bucket {bucket!r} does not exist ({what})")
         if code in _DENIED:
             return AccessDenied(f"access to bucket {bucket!r} denied ({what}): {msg}")
+        if code.isdigit() and int(code) >= 500:
+            # no S3 error code in the answer: botocore read a body it could not parse (it
+            # makes an unparseable 200 a 500) or an HTML page of some proxy
+            return BadAnswer(
+                f"{what} on bucket {bucket!r}: the store answered garbage (HTTP {code})"
+            )
         return StoreError(f"{what} on bucket {bucket!r} failed: {code}: {msg}")
     if isinstance(exc, EndpointConnectionError):
         return StoreUnreachable(f"{what} on bucket {bucket!r}: {one_line(exc)}")
