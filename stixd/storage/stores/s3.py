@@ -104,6 +104,8 @@ def classify(exc: Exception, bucket: str, what: str) -> StoreError:
             err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         )
         msg = one_line(err.get("Message") or code)
+        if code == "BucketAlreadyExists":
+            return NotOurs(f"bucket name {bucket!r} is taken by another account")
         if code in _MISSING:
             return BucketMissing(f"bucket {bucket!r} does not exist ({what})")
         if code in _DENIED:

@@ -21,7 +21,8 @@ from stixd.providers.shared.syncfilter import SyncFilter
 from stixd.storage.stores.base import ObjectInfo, UploadResult
 
 CHUNK = 1 << 20
-WORKERS = 8
+WORKERS = 10
+"""Files in flight at once: the AWS CLI's default (``max_concurrent_requests``)."""
 
 
 class LocalFile(NamedTuple):
