@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,12 @@ def make_tree(root: Path, files: int, total: int) -> None:
         (d / f"f{i}.py").write_bytes(block[start : start + size] + i.to_bytes(4, "big"))
 
 
+def children_cpu() -> float:
+    """CPU seconds of the finished child processes (the AWS CLI's)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -73,21 +80,21 @@ def timed(fn: Callable[[], object]) -> float:
 
 async def stix_upload(
     emu: stores_bed.Emulator, root: Path, bucket_name: str
-) -> tuple[float, float, str]:
+) -> tuple[float, float, float, str]:
     stores = open_stores(emu.config, emu.env, "bench000")
     try:
         bucket = stores.bucket(StoreKind.S3, bucket_name)
         await bucket.create({LABEL_STORAGE: "bench"})
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         cold = await bucket.upload_tree(root)
-        t1 = time.perf_counter()
+        t1, cpu = time.perf_counter(), time.process_time() - c0
         warm = await bucket.upload_tree(root)
         t2 = time.perf_counter()
         note = (
             f"stix: cold sent {cold.sent} files / {cold.bytes_sent >> 20} MiB; "
             f"again sent {warm.sent}"
         )
-        return t1 - t0, t2 - t1, note
+        return t1 - t0, t2 - t1, cpu, note
     finally:
         await stores.aclose()
 
@@ -135,14 +142,16 @@ def run(emu: stores_bed.Emulator, work: Path, files: int, mib: int) -> None:
     t = timed(lambda: make_tree(root, files, mib << 20))
     print(f"tree: {files} files, {mib} MiB, made in {t:.1f} s")
 
-    stix_cold, stix_warm, note = asyncio.run(stix_upload(emu, root, "bench-stix"))
+    stix_cold, stix_warm, stix_cpu, note = asyncio.run(stix_upload(emu, root, "bench-stix"))
     print(note)
 
     base_name = "aws s3 sync" if shutil.which("aws") else "boto3 transfer manager, 8 threads"
     s3 = client(emu)
     s3.create_bucket(Bucket="bench-base")
     upload = aws_cli_sync if shutil.which("aws") else boto3_parallel
+    c0 = children_cpu() if upload is aws_cli_sync else time.process_time()
     base_cold = timed(lambda: upload(emu, root, "bench-base"))
+    base_cpu = (children_cpu() if upload is aws_cli_sync else time.process_time()) - c0
     base_warm = timed(lambda: upload(emu, root, "bench-base"))
 
     dest = work / "rsync-dest"
@@ -156,6 +165,8 @@ def run(emu: stores_bed.Emulator, work: Path, files: int, mib: int) -> None:
     print(f"{'rsync -a to a local dir (s)':34}{rsync_cold:10.2f}{rsync_warm:12.2f}")
     print(f"\nstix / {base_name}: cold {stix_cold / base_cold:.2f}x, "
           f"unchanged {stix_warm / base_warm:.2f}x")  # fmt: skip
+    print(f"client CPU, cold: stix {stix_cpu:.2f} s, {base_name} {base_cpu:.2f} s "
+          f"({stix_cpu / base_cpu:.2f}x; moto's own CPU is in neither)")  # fmt: skip
     print(f"stix / rsync -a: cold {stix_cold / rsync_cold:.2f}x, "
           f"unchanged {stix_warm / rsync_warm:.2f}x")  # fmt: skip
     sys.stdout.flush()
