@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import boto3  # type: ignore[import-untyped]
 import pytest
 from aiohttp import web
@@ -275,26 +278,37 @@ async def test_r2_is_the_s3_api_at_its_own_endpoint(moto_s3: Emulator, tmp_path:
     await stores.aclose()
 
 
-async def test_rclone_remotes_reach_only_their_bucket(kind: StoreKind, emulator: Emulator) -> None:
+async def test_rclone_reads_and_writes_the_bucket_with_its_remote(
+    kind: StoreKind, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The distro's rclone (README command 2), configured with nothing but ``rclone_remote``,
+    lists the bucket and writes into it."""
+    rclone = shutil.which("rclone")
+    assert rclone is not None, "rclone is not installed: run README command 2"
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "x.txt").write_text("from the daemon")
+    (tmp_path / "node.txt").write_text("from a node")
     async with opened(emulator) as stores:
         bucket = stores.bucket(kind, fresh(kind))
         await bucket.create({LABEL_STORAGE: "rc"})
+        await bucket.upload_tree(tmp_path / "up")
         remote, conf = bucket.rclone_remote()
-        if kind is StoreKind.S3:
-            assert remote == "s3" and conf["endpoint"] == emulator.url
-            assert conf["access_key_id"] == "testing" and conf["env_auth"] == "false"
-        elif kind is StoreKind.GCS:
-            assert remote == "google cloud storage" and conf["endpoint"] == emulator.url
-        else:
-            assert remote == "azureblob"
-            sas = conf["sas_url"]
-            assert f"/{bucket.name}?" in sas and "sr=c" in sas
-            other = sas.replace(f"/{bucket.name}?", "/some-other-container?")
-            async with aiohttp.ClientSession() as bare:
-                async with bare.get(sas + "&restype=container&comp=list") as answer:
-                    assert answer.status == 200  # the SAS lists its container, no other key
-                async with bare.get(other + "&restype=container&comp=list") as answer:
-                    assert answer.status == 403
+        lines = [f"type = {remote}"] + [f"{k} = {v}" for k, v in sorted(conf.items())]
+        config = tmp_path / "rclone.conf"
+        config.write_text("[r]\n" + "\n".join(lines) + "\n")
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone 1.60 bug
+        base = [rclone, "--config", str(config), "--retries", "1"]
+        listed = await anyio.run_process([*base, "lsf", "-R", f"r:{bucket.name}"], env=env)
+        assert listed.stdout.decode().split() == ["x.txt"]
+        await anyio.run_process(
+            [*base, "copyto", str(tmp_path / "node.txt"), f"r:{bucket.name}/node.txt"], env=env
+        )
+        assert await keys_of(bucket) == {"x.txt", "node.txt"}
+        if kind is StoreKind.AZURE:  # the container SAS opens that container only
+            other = conf["sas_url"].replace(f"/{bucket.name}?", "/some-other-container?")
+            url = other + "&restype=container&comp=list"
+            async with aiohttp.ClientSession() as bare, bare.get(url) as answer:
+                assert answer.status == 403
         await bucket.delete()
 
 

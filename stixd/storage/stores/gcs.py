@@ -356,10 +356,9 @@ class GcsBucket:
         if self._c.project:
             conf["project_number"] = self._c.project
         if self._c.emulator is not None:
-            return "google cloud storage", conf | {
-                "anonymous": "true",
-                "endpoint": self._c.emulator,
-            }
+            # rclone's endpoint is the JSON API's root, not the host
+            endpoint = f"{self._c.emulator}/storage/v1/"
+            return "google cloud storage", conf | {"anonymous": "true", "endpoint": endpoint}
         if self._c.service_file is not None:
             return "google cloud storage", conf | {
                 "service_account_file": os.fspath(self._c.service_file)
