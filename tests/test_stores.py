@@ -417,3 +417,15 @@ def test_label_values_fit_every_store() -> None:
     assert label_value("My.Data/Set 1") == "my_data_set_1"
     assert len(label_value("x" * 100)) == 63
     assert json.dumps(label_value("ü")) == '"_"'
+
+
+async def test_gcs_without_credentials_says_what_to_set_and_asks_no_metadata_server(
+    tmp_path: Path,
+) -> None:
+    stores = open_stores({"gcs": {"project": "p"}}, {"HOME": str(tmp_path)}, HOME)
+    try:
+        with pytest.raises(StoreError, match="GOOGLE_APPLICATION_CREDENTIALS") as missing:
+            await stores.bucket(StoreKind.GCS, "b").exists()
+        assert "\n" not in str(missing.value)
+    finally:
+        await stores.aclose()

@@ -3,7 +3,8 @@
 ``storage.gcs.endpoint`` (else ``STORAGE_EMULATOR_HOST``) points at an emulator such as
 fake-gcs-server: no credentials are then read or sent. Otherwise gcloud-aio-auth finds them as
 Google's libraries do (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's application default
-credentials, the metadata server on GCE). The project is ``storage.gcs.project``, else
+credentials, and the metadata server only when ``storage.gcs.use_metadata_server`` says this
+is a GCE machine). The project is ``storage.gcs.project``, else
 ``GOOGLE_CLOUD_PROJECT``, else the service-account file's.
 
 Signed URLs are V4 (``GOOG4-RSA-SHA256``), signed with the service-account key
@@ -59,6 +60,14 @@ def _service_file(section: Mapping[str, Any], env: Mapping[str, str]) -> Path | 
     return Path(str(given)).expanduser() if given else None
 
 
+def _adc_file(env: Mapping[str, str]) -> Path | None:
+    """gcloud's application default credentials file, when there is one."""
+    home = Path(env.get("HOME") or Path.home())
+    root = Path(env["CLOUDSDK_CONFIG"]) if env.get("CLOUDSDK_CONFIG") else home / ".config/gcloud"
+    found = root / "application_default_credentials.json"
+    return found if found.is_file() else None
+
+
 class GcsClient:
     """The endpoint, the project, the token and the session every GCS bucket shares."""
 
@@ -70,7 +79,10 @@ class GcsClient:
             emulator = f"http://{emulator}"
         self.emulator: str | None = str(emulator).rstrip("/") if emulator else None
         self.root = self.emulator or GOOGLE
-        self.service_file = _service_file(section, env)
+        self.service_file = _service_file(section, env) or _adc_file(env)
+        self.metadata = bool(section.get("use_metadata_server"))
+        """Whether tokens may come from the GCE metadata server (only on a GCE machine: asked
+        anywhere else it would hang until its timeout)."""
         self._key: dict[str, Any] | None = None
         project = section.get("project") or env.get("GOOGLE_CLOUD_PROJECT")
         if not project and self.key() is not None:
@@ -93,6 +105,12 @@ class GcsClient:
     async def headers(self) -> dict[str, str]:
         if self.emulator is not None:
             return {}
+        if self.service_file is None and not self.metadata:
+            raise StoreError(
+                "gcs: no credentials: set GOOGLE_APPLICATION_CREDENTIALS or "
+                "storage.gcs.service_account_file, run `gcloud auth application-default "
+                "login`, or on GCE set storage.gcs.use_metadata_server: true"
+            )
         if self._token is None:
             self._token = Token(
                 service_file=str(self.service_file) if self.service_file else None,

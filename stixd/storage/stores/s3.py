@@ -56,8 +56,13 @@ _DENIED = frozenset(
 )
 
 
-def _config(path_style: bool) -> AioConfig:
+def _config(path_style: bool, r2: bool) -> AioConfig:
+    # R2 refuses some of the checksums botocore now adds by default: send them only where an
+    # operation needs one, as Cloudflare advises
+    checksums = "when_required" if r2 else "when_supported"
     return AioConfig(
+        request_checksum_calculation=checksums,
+        response_checksum_validation=checksums,
         retries={"mode": "standard", "total_max_attempts": 3},
         connect_timeout=10,
         read_timeout=60,
@@ -152,7 +157,7 @@ class S3Clients:
                         aws_access_key_id=c.access_key_id,
                         aws_secret_access_key=c.secret_access_key,
                         aws_session_token=c.session_token,
-                        config=_config(c.endpoint_url is not None),
+                        config=_config(c.endpoint_url is not None, self.kind is StoreKind.R2),
                     )
                 )
                 self._clients[region] = found
