@@ -23,6 +23,7 @@ from aiohttp import web
 from stixd.storage.stores import (
     LABEL_HOME,
     LABEL_STORAGE,
+    AccessDenied,
     BadAnswer,
     Bucket,
     BucketMissing,
@@ -338,6 +339,17 @@ class Hostile:
     async def answer(self, request: web.Request) -> web.Response:
         if self.mode == "garbage":
             return web.Response(text="<html><body>502 bad gateway, maybe", status=200)
+        if self.mode == "readonly":  # lists an empty bucket, refuses every write
+            await request.read()
+            if request.method != "GET":
+                return web.Response(text="<Error><Code>AccessDenied</Code></Error>", status=403)
+            if "storage/v1" in request.path:
+                return web.json_response({})
+            if request.query.get("comp") == "list":
+                return web.Response(text="<EnumerationResults><Blobs/></EnumerationResults>")
+            return web.Response(
+                text="<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>"
+            )
         self.pages += 1
         token = f"t{self.pages}"
         if "storage/v1" in request.path:
@@ -379,6 +391,24 @@ async def test_a_store_answering_garbage_is_a_one_line_bad_answer(kind: StoreKin
             with pytest.raises(BadAnswer) as bad:
                 await keys_of(stores.bucket(kind, "b"))
             assert "\n" not in str(bad.value) and "garbage" in str(bad.value)
+        finally:
+            await stores.aclose()
+
+
+async def test_a_refused_upload_is_one_error_not_a_group(kind: StoreKind, tmp_path: Path) -> None:
+    for i in range(12):  # more files than workers: every worker fails
+        (tmp_path / f"f{i}").write_text("x")
+    async with hostile("readonly") as server:
+        config, env = server.config(kind)
+        config["gcs"]["service_account_file"] = str(
+            stores_bed.service_account_key(tmp_path / "sa.json")
+        )
+        stores = open_stores(config, env, HOME)
+        try:
+            with pytest.raises(AccessDenied, match="denied"):
+                await stores.bucket(kind, "bkt").upload_tree(
+                    tmp_path, ignore=lambda r: r == "sa.json"
+                )
         finally:
             await stores.aclose()
 

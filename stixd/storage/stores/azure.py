@@ -42,6 +42,7 @@ from stixd.storage.stores.base import (
     StoreError,
     StoreKind,
     UploadResult,
+    first_store_error,
     label_value,
 )
 from stixd.storage.stores.http import Sessions, failure, unreachable
@@ -280,9 +281,10 @@ class AzureBucket:
                 with contextlib.suppress(BucketMissing):  # the blob is gone already
                     await self._a.request("DELETE", self._blob_url(key), self.name, "delete blob")
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(tree.WORKERS, len(keys))):
-                tg.start_soon(worker)
+        with first_store_error():
+            async with anyio.create_task_group() as tg:
+                for _ in range(min(tree.WORKERS, len(keys))):
+                    tg.start_soon(worker)
 
     async def objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         marker = ""

@@ -9,8 +9,9 @@ stix: ``delete`` refuses it and ``tagged`` leaves it out. Label values go throug
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -78,6 +79,28 @@ class BadAnswer(StoreError):
 
 class StoreUnreachable(StoreError):
     code = "store_unreachable"
+
+
+def _first_store_error(group: BaseExceptionGroup[BaseException]) -> StoreError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _first_store_error(exc)):
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def first_store_error() -> Iterator[None]:
+    """Around a task group: its failure as the first ``StoreError`` in it (a caller expects
+    one one-line error, not the group anyio gathers); anything else goes on as it was."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        found = _first_store_error(group)
+        if found is None:
+            raise
+        raise found from None
 
 
 def label_value(text: str) -> str:

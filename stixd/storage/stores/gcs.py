@@ -45,6 +45,7 @@ from stixd.storage.stores.base import (
     StoreError,
     StoreKind,
     UploadResult,
+    first_store_error,
     label_value,
 )
 from stixd.storage.stores.http import Sessions, as_dict, failure, unreachable
@@ -268,9 +269,10 @@ class GcsBucket:
                         expect_json=False,
                     )
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(DELETERS, len(keys))):
-                tg.start_soon(worker)
+        with first_store_error():
+            async with anyio.create_task_group() as tg:
+                for _ in range(min(DELETERS, len(keys))):
+                    tg.start_soon(worker)
 
     async def objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         params = {

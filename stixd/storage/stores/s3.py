@@ -44,6 +44,7 @@ from stixd.storage.stores.base import (
     StoreKind,
     StoreUnreachable,
     UploadResult,
+    first_store_error,
     label_value,
     one_line,
 )
@@ -192,9 +193,10 @@ class S3Clients:
             if labels is not None and labels.get(LABEL_HOME) == home_id:
                 ours.append(name)
 
-        async with anyio.create_task_group() as tg:
-            for name, region in names:
-                tg.start_soon(check, name, region)
+        with first_store_error():
+            async with anyio.create_task_group() as tg:
+                for name, region in names:
+                    tg.start_soon(check, name, region)
         return sorted(ours)
 
     async def aclose(self) -> None:
