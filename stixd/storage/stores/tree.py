@@ -1,9 +1,11 @@
 """Uploading a local tree to a bucket, the same for every store: walk what the sync rules keep,
 list the bucket once, send only files whose size or digest differ, a few at a time.
 
-Memory stays bounded: files are streamed by the stores (never read whole), digests are read in
-1 MiB chunks in a worker thread, and at most ``workers`` files are in flight. The bucket's
-listing is held as a dict of key to ``ObjectInfo`` (one small struct per object).
+Memory stays bounded: at most ``workers`` files are in flight and a store holds at most one
+part of each in memory (S3: a file under 8 MiB or one 8 MiB part; GCS and Azure stream the file
+or send 8 MiB blocks); digests are read in 1 MiB chunks in a worker thread. The bucket's
+listing is held as a dict of key to ``ObjectInfo`` (one small struct per object), and each
+store's ``Digests`` at most ``limit`` entries.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Digests:
     (as ``aws s3 sync`` trusts size and mtime, but here against the store's own digest).
     Least recently used entries go past ``limit``."""
 
-    def __init__(self, limit: int = 200_000) -> None:
+    def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self._known: OrderedDict[tuple[str, int, int], str] = OrderedDict()
 
