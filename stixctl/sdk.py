@@ -103,6 +103,9 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "users create": "users_create",
     "users ls": "users_ls",
     "workspaces ls": "workspaces_ls",
+    "volumes apply": "volumes_apply",
+    "volumes ls": "volumes_ls",
+    "volumes delete": "volumes_delete",
     "users delete": "users_delete",
     "users role": "users_role",
     "tokens create": "tokens_create",
@@ -449,6 +452,19 @@ class Client:
     def workspaces_ls(self) -> list[m.WorkspaceRecord]:
         """The server's workspaces the caller may see."""
         return self._run(ops.workspaces_ls())
+
+    def volumes_apply(
+        self, volume: str | Path | Mapping[str, Any], config: ConfigFiles = ()
+    ) -> str:
+        """Make a volume from its YAML file (or the map one holds); the daemon's answer."""
+        return self._run(ops.volumes_apply(volume, config))
+
+    def volumes_ls(self, *, all_users: bool = False) -> list[m.VolumeRecord]:
+        return self._run(ops.volumes_ls(all_users))
+
+    def volumes_delete(self, volumes: Names = (), *, all: bool = False) -> str:
+        """Delete volumes no live cluster mounts (-a: all of yours)."""
+        return self._run(ops.volumes_delete(volumes, all))
 
     def serve_logs(
         self,

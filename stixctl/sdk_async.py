@@ -327,6 +327,19 @@ class AsyncClient:
         """The server's workspaces the caller may see."""
         return await self._run(ops.workspaces_ls())
 
+    async def volumes_apply(
+        self, volume: str | Path | Mapping[str, Any], config: ConfigFiles = ()
+    ) -> str:
+        """Make a volume from its YAML file (or the map one holds); the daemon's answer."""
+        return await self._run(ops.volumes_apply(volume, config))
+
+    async def volumes_ls(self, *, all_users: bool = False) -> list[m.VolumeRecord]:
+        return await self._run(ops.volumes_ls(all_users))
+
+    async def volumes_delete(self, volumes: Names = (), *, all: bool = False) -> str:
+        """Delete volumes no live cluster mounts (-a: all of yours)."""
+        return await self._run(ops.volumes_delete(volumes, all))
+
     def serve_logs(
         self,
         service: str,

@@ -1,0 +1,143 @@
+"""`stixctl volumes` on the local infra: a real daemon, real agents and jobs, through stixctl."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stix, kill_everything_under
+
+VOLUME = "name: {name}\ntype: k8s-hostpath\ninfra: local\n"
+WRITE = """
+volumes:
+  /data: shared
+run: |
+  echo "written by $(id -u)" > ~/data/note
+  mkdir -p ~/data/sub && echo deep > ~/data/sub/file
+"""
+READ = """
+volumes:
+  /in: shared
+  /part:
+    name: shared
+    sub_path: sub
+run: |
+  cat ~/in/note ~/part/file
+"""
+
+
+@pytest.fixture(scope="module")
+def stix() -> Iterator[Stix]:
+    """One daemon for the module: each test uses names of its own."""
+    home = Path(tempfile.mkdtemp(prefix="stxv", dir="/tmp"))
+    s = Stix(home)
+    try:
+        yield s
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [sys.executable, "-m", "stixctl", "daemon", "stop"],
+                env=s.env,
+                capture_output=True,
+                timeout=30,
+            )
+        kill_everything_under(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def write(stix: Stix, name: str, text: str) -> str:
+    path = stix.home / name
+    path.write_text(text)
+    return str(path)
+
+
+def volumes(stix: Stix) -> dict[str, dict[str, object]]:
+    return {v["name"]: v for v in stix.json("volumes", "ls")}
+
+
+def test_a_volume_written_by_one_job_is_read_by_the_next_and_kept_while_in_use(
+    stix: Stix,
+) -> None:
+    made = stix.run("volumes", "apply", write(stix, "v.yaml", VOLUME.format(name="shared")), "-y")
+    assert made.returncode == 0, made.stderr
+    folder = stix.home / "volumes" / "shared"
+    assert folder.is_dir()
+    assert volumes(stix)["shared"]["status"] == "READY"
+    again = stix.run("volumes", "apply", str(stix.home / "v.yaml"), "-y", check=True)
+    assert "already exists" in again.stdout
+
+    stix.run("launch", "-c", "writer", "-y", write(stix, "w.yaml", WRITE), check=True)
+    assert (folder / "note").read_text().startswith("written by ")
+    shown = volumes(stix)["shared"]
+    assert shown["status"] == "IN_USE" and shown["used_by"] == ["writer"]
+
+    refused = stix.run("volumes", "delete", "shared", "-y")
+    assert refused.returncode == 2
+    assert "in use by cluster(s) writer" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert folder.is_dir()
+
+    read = stix.run("launch", "-c", "reader", "-y", write(stix, "r.yaml", READ), check=True)
+    assert "written by " in read.stdout and "deep" in read.stdout
+    assert volumes(stix)["shared"]["used_by"] == ["writer", "reader"]
+
+    stix.run("down", "writer", "reader", "-y", check=True)
+    assert volumes(stix)["shared"]["status"] == "READY"
+    stix.run("volumes", "delete", "shared", "-y", check=True)
+    assert not folder.exists()
+    assert "shared" not in volumes(stix)
+
+
+def test_a_task_naming_a_volume_elsewhere_or_missing_fails_before_launching(stix: Stix) -> None:
+    task = write(stix, "t.yaml", "volumes:\n  /data: ghost\nrun: echo never\n")
+    missing = stix.run("launch", "-c", "nowhere", "-y", task)
+    assert missing.returncode == 2
+    assert "volume 'ghost' does not exist" in missing.stderr
+    pvc = "name: claim\ntype: k8s-pvc\ninfra: k8s\nsize: 10Gi\n"
+    stix.run("volumes", "apply", write(stix, "pvc.yaml", pvc), "-y")  # no Kubernetes here
+    shown = volumes(stix)["claim"]
+    assert shown["status"] == "NOT_READY" and shown["error"]
+    Path(task).write_text("volumes:\n  /data: claim\nrun: echo never\n")
+    elsewhere = stix.run("launch", "-c", "nowhere", "-y", task)
+    assert elsewhere.returncode == 2
+    assert "volume claim is on k8s but the task runs on local" in elsewhere.stderr
+    assert "nowhere" not in stix.clusters()
+    stix.run("volumes", "delete", "claim", "-y", check=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("name: ../up\ntype: k8s-hostpath\ninfra: local\n", "volume name '../up' is not valid"),
+        ("name: a/b\ntype: k8s-hostpath\ninfra: local\n", "is not valid"),
+        ("name: ok\ntype: nfs\ninfra: local\n", "type 'nfs' is not one of"),
+        ("name: ok\ntype: k8s-pvc\ninfra: local\nsize: 1Gi\n", "lives on Kubernetes"),
+        ("name: ok\ntype: k8s-pvc\n", "size is required"),
+        ("name: ok\ntype: k8s-pvc\nsize: lots\n", "is not a size"),
+        ("name: ok\ntype: k8s-pvc\nsize: 99999999Ti\n", "size must be from 1"),
+        (
+            "name: ok\ntype: k8s-hostpath\ninfra: local\nconfig:\n  host_path: /etc\n",
+            "config.host_path is for Kubernetes nodes",
+        ),
+        ("name: ok\ntype: k8s-hostpath\ninfra: k8s\nconfig:\n  host_path: //\n", "root"),
+        ("name: ok\ntype: k8s-pvc\nsize: 1\nconfig:\n  namespace: '../x'\n", "namespace"),
+        ("name: ok\ntype: k8s-pvc\nsize: 1\nlabels:\n  'a b': c\n", "not a valid Kubernetes"),
+        ("name: ok\ntype: k8s-pvc\nsize: 1\nsurprise: 1\n", "unknown field `surprise`"),
+        ("name: 7\ntype: k8s-pvc\n", "Expected `str`, got `int`"),
+        ("- a list\n", "a volume YAML is a map"),
+        ("name: ok\ntype: runpod-network-volume\n", "not supported in this build yet"),
+    ],
+)
+def test_hostile_volume_files_are_refused_in_one_line(stix: Stix, text: str, says: str) -> None:
+    refused = stix.run("volumes", "apply", write(stix, "bad.yaml", text), "-y")
+    assert refused.returncode == 2, refused.stdout
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], refused.stderr
+    assert not (stix.home / "up").exists()
