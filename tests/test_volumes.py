@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stix, kill_everything_under
+from tests.conftest import Stix, kill_everything_under, wait_until
 
 VOLUME = "name: {name}\ntype: k8s-hostpath\ninfra: local\n"
 WRITE = """
@@ -38,6 +38,7 @@ def stix() -> Iterator[Stix]:
     """One daemon for the module: each test uses names of its own."""
     home = Path(tempfile.mkdtemp(prefix="stxv", dir="/tmp"))
     s = Stix(home)
+    s.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"  # a lost node is seen at once
     try:
         yield s
     finally:
@@ -110,6 +111,46 @@ def test_a_task_naming_a_volume_elsewhere_or_missing_fails_before_launching(stix
     assert "volume claim is on k8s but the task runs on local" in elsewhere.stderr
     assert "nowhere" not in stix.clusters()
     stix.run("volumes", "delete", "claim", "-y", check=True)
+
+
+RECOVERED = """
+volumes:
+  /data: kept
+run: |
+  echo "run of $SKYPILOT_TASK_ID" >> ~/data/runs
+  if [ "$(wc -l < ~/data/runs)" -eq 1 ]; then sleep 300; fi
+  echo "runs seen: $(wc -l < ~/data/runs)"
+"""
+
+
+def test_a_recovered_managed_job_sees_what_it_wrote_to_its_volume_before(stix: Stix) -> None:
+    from tests.test_managed_jobs import kill_node
+
+    stix.run(
+        "volumes", "apply", write(stix, "k.yaml", VOLUME.format(name="kept")), "-y", check=True
+    )
+    runs = stix.home / "volumes" / "kept" / "runs"
+    task = write(stix, "m.yaml", RECOVERED)
+    stix.run("jobs", "launch", "-n", "keeper", "-d", "-y", task, check=True)
+    wait_until(runs.exists, timeout=60)
+    job = next(j for j in stix.json("jobs", "queue", "--all") if j["name"] == "keeper")
+    cluster = f"keeper-{job['job_id']}"
+    assert kill_node(stix, cluster) > 0  # a preemption: the job recovers on a new cluster
+    refused = stix.run("volumes", "delete", "kept", "-y")  # the job holds it while recovering
+    assert refused.returncode == 2 and cluster in refused.stderr
+
+    def ended() -> bool:
+        now = next(j for j in stix.json("jobs", "queue", "--all") if j["name"] == "keeper")
+        return now["status"] in ("SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED")
+
+    wait_until(ended, timeout=90, interval=0.5)
+    job = next(j for j in stix.json("jobs", "queue", "--all") if j["name"] == "keeper")
+    assert job["status"] == "SUCCEEDED" and job["recoveries"] == 1, job
+    assert len(runs.read_text().splitlines()) == 2  # the second run read the first one's line
+    logs = stix.run("jobs", "logs", str(job["job_id"]), "--no-follow", check=True)
+    assert "runs seen: 2" in logs.stdout
+    wait_until(lambda: volumes(stix)["kept"]["status"] == "READY", timeout=30)
+    stix.run("volumes", "delete", "kept", "-y", check=True)
 
 
 @pytest.mark.parametrize(
