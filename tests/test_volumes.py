@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from stixproto.errors import InvalidRequest
 from tests.conftest import Stix, kill_everything_under, wait_until
 
 VOLUME = "name: {name}\ntype: k8s-hostpath\ninfra: local\n"
@@ -111,6 +112,19 @@ def test_a_task_naming_a_volume_elsewhere_or_missing_fails_before_launching(stix
     assert "volume claim is on k8s but the task runs on local" in elsewhere.stderr
     assert "nowhere" not in stix.clusters()
     stix.run("volumes", "delete", "claim", "-y", check=True)
+
+
+def test_the_sdk_applies_lists_and_deletes_volumes(stix: Stix) -> None:
+    from stixctl.sdk import Client
+
+    client = Client(stix.home)
+    said = client.volumes_apply({"name": "bysdk", "type": "k8s-hostpath", "infra": "local"})
+    assert "READY" in said
+    assert [v.status for v in client.volumes_ls() if v.name == "bysdk"] == ["READY"]
+    with pytest.raises(InvalidRequest, match=r"volume name '\.\./x' is not valid"):
+        client.volumes_apply({"name": "../x", "type": "k8s-hostpath", "infra": "local"})
+    assert "Deleted 1 volume(s)" in client.volumes_delete("bysdk")
+    assert not (stix.home / "volumes" / "bysdk").exists()
 
 
 RECOVERED = """

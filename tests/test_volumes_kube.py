@@ -98,6 +98,9 @@ def test_claims_are_made_adopted_mounted_by_the_pods_and_only_stixs_deleted(
     assert mounts["/weights"][1] == "v1"
     assert sources[mounts["/scratch"][0]]["hostPath"]["path"] == "/tmp/stix-scratch"
     assert volumes(k8s)["data"]["used_by"] == ["kv"]
+    moved = TASK.replace("/data: data", "/elsewhere: data")
+    again = k8s.run("launch", "-y", "-c", "kv", write(k8s, "moved.yaml", moved), timeout=60)
+    assert again.returncode != 0 and "made without a volume at /elsewhere" in again.stderr
     refused = k8s.run("volumes", "delete", "-a", "-y")
     assert refused.returncode == 2 and "in use by cluster(s) kv" in refused.stderr
 

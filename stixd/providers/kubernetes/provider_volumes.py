@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from stixd.providers.abilities import VolumeMount
 from stixd.providers.base import NodeInfo
 from stixd.providers.kubernetes import volumes
-from stixd.providers.kubernetes.api import KubeApi
+from stixd.providers.kubernetes.agents import ref_of
+from stixd.providers.kubernetes.api import KubeApi, path
 from stixd.providers.kubernetes.contexts import Clients, Kubeconfig
 from stixproto.errors import ProvisionError
 from stixproto.volumes import HOSTPATH, VolumeConfig
@@ -73,4 +74,21 @@ class HoldsVolumes:
         return {"volumes": volumes.placed(mounts, self.owner)}
 
     async def mount_volumes(self, node: NodeInfo, mounts: Sequence[VolumeMount]) -> None:
-        """Nothing to do: the pods were made mounting them (`launch_resources`)."""
+        """Nothing to make: the pods were made mounting them (`launch_resources`). A launch on
+        a cluster already up whose pod lacks one is refused, as a pod cannot gain a volume."""
+        ref = ref_of(node)
+        pod = await (await self.api(ref.context)).call(
+            "GET", path("namespaces", ref.namespace, "pods", ref.name)
+        )
+        containers = (pod.get("spec") or {}).get("containers") or [{}]
+        have = {
+            m.get("mountPath")
+            for m in (containers[0].get("volumeMounts") or [])
+            if isinstance(m, dict)
+        }
+        for m in mounts:
+            if m.dest not in have:
+                raise ProvisionError(
+                    f"volume {m.volume.name}: the pods of this cluster were made without a "
+                    f"volume at {m.dest}; launch the task on a new cluster"
+                )
