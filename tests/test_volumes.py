@@ -127,6 +127,26 @@ def test_the_sdk_applies_lists_and_deletes_volumes(stix: Stix) -> None:
     assert not (stix.home / "volumes" / "bysdk").exists()
 
 
+def test_a_damaged_volume_row_is_listed_with_why_and_can_be_deleted(stix: Stix) -> None:
+    import json
+    import sqlite3
+
+    stix.run(
+        "volumes", "apply", write(stix, "d.yaml", VOLUME.format(name="hurt")), "-y", check=True
+    )
+    stix.run("daemon", "stop", check=True)
+    bad = {"volume": {"name": "../../etc", "type": "k8s-hostpath", "infra": "local"}}
+    with sqlite3.connect(stix.home / "state.db") as db:
+        db.execute("UPDATE actors SET spec=? WHERE kind='volume' AND id='hurt'", (json.dumps(bad),))
+    shown = volumes(stix)["hurt"]  # the daemon starts again
+    assert shown["status"] == "NOT_READY" and "not valid" in str(shown["error"])
+    gone = stix.run("volumes", "delete", "hurt", "-y", check=True)
+    assert "quarantined" in gone.stderr + gone.stdout
+    assert "hurt" not in volumes(stix)
+    assert (stix.home / "volumes" / "hurt").is_dir()  # nothing was removed by the hostile spec
+    shutil.rmtree(stix.home / "volumes" / "hurt")
+
+
 RECOVERED = """
 volumes:
   /data: kept

@@ -20,7 +20,7 @@ import msgspec
 
 from stixd.actors.specs import _Record
 from stixd.providers.abilities import HasVolumes
-from stixd.runtime.actor import Actor
+from stixd.runtime.actor import Actor, BadRow
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
 from stixd.store import views
@@ -140,6 +140,16 @@ class VolumeActor(Actor):
 
     def done(self) -> bool:
         return self.gone
+
+    @classmethod
+    def decode_row(cls, row: Any) -> tuple[Any, Any]:
+        """As every kind's, and the volume in the spec must be one `volumes apply` accepts."""
+        spec, data = super().decode_row(row)
+        try:
+            config_of(spec)
+        except (msgspec.ValidationError, StixError) as exc:
+            raise BadRow(f"its volume is not valid: {str(exc)[:200]}") from None
+        return spec, data
 
     @property
     def config(self) -> VolumeConfig:

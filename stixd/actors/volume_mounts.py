@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stixd.actors.jobs_submit import infra_label
-from stixd.actors.volume import VOLUME, Attach, VolumeSpec, config_of, provider_for
+from stixd.actors.volume import VOLUME, Attach, Remove, VolumeSpec, config_of, provider_for
 from stixd.providers.abilities import HasVolumes, VolumeMount
 from stixd.providers.base import NodeInfo, Provider
 from stixd.runtime.mailbox import Envelope, reply_channel
@@ -137,6 +137,12 @@ async def ask_volume(app: App, name: str, payload: Any) -> Any:
         child = app.spawn(row)
     reason = row.quarantined or child.failed
     if reason is not None:
+        if isinstance(payload, Remove):  # a damaged row can still be removed, as `down` does
+            said = await quarantine.remove(app, row, reason)
+            settled = await app.store.get(VOLUME, name)
+            if settled is not None:  # a deleted volume leaves no row: its name is free again
+                await app.store.delete(settled, "deleted")
+            return m.OkReply(said)
         raise quarantine.refusal(row, reason)
     send, receive = reply_channel()
     if not app.supervisor.tell(VOLUME, name, Envelope(payload=payload, reply=send)):

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from stixd.actors.specs import state_of
 from stixd.actors.volume import (
     VOLUME,
     Make,
@@ -69,7 +70,7 @@ async def apply(app: App, req: m.VolumesApply, emit: Emit) -> m.OkReply:
                 f"volume {volume.name} exists with another spec; delete it first "
                 f"(`stixctl volumes delete {volume.name}`) or pick another name"
             ) from None
-        if found.state == V.READY.value:
+        if state_of(found, V) is V.READY:
             return m.OkReply(f"Volume {volume.name} already exists and is READY.")
     await emit(m.Progress(f"Making volume {volume.name} on {volume.infra or volume.cloud}..."))
     reply: m.OkReply = await ask_volume(app, volume.name, Make())
@@ -81,12 +82,13 @@ def _record(row: Row, live: set[str], scope: ownership.Scope) -> m.VolumeRecord:
     data = msgspec.convert(row.data, VolumeData)
     volume = config_of(spec)
     used_by = [u for u in data.users if u in live]
-    status = V.IN_USE.value if row.state == V.READY.value and used_by else row.state
+    state = state_of(row, V)
+    status = V.IN_USE if state is V.READY and used_by else state or V.NOT_READY
     return m.VolumeRecord(
         name=row.id,
         type=volume.type,
         infra=volume.infra or volume.cloud,
-        status=status,
+        status=status.value,
         size_gb=volume.size_gb,
         used_by=used_by,
         where=data.where,
