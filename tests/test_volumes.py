@@ -216,3 +216,24 @@ def test_hostile_volume_files_are_refused_in_one_line(stix: Stix, text: str, say
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], refused.stderr
     assert not (stix.home / "up").exists()
+
+
+def test_over_http_each_user_sees_and_deletes_only_their_own_volumes(stix: Stix) -> None:
+    from tests.test_http_api import Remote, make_token, serve_http
+
+    url = serve_http(stix)
+    alice = Remote(stix, url, make_token(stix, "alice", "user"))
+    carol = Remote(stix, url, make_token(stix, "carol", "user"))
+    viewer = Remote(stix, url, make_token(stix, "vic", "viewer"))
+    spec = write(stix, "a.yaml", VOLUME.format(name="alices"))
+    made = alice.run("volumes", "apply", spec, "-y")
+    assert made.returncode == 0, made.stderr
+    assert "alices" in alice.run("volumes", "ls", check=True).stdout
+    assert "alices" not in carol.run("volumes", "ls", check=True).stdout
+    assert "alice" in carol.run("volumes", "ls", "-u", check=True).stdout
+    refused = carol.run("volumes", "delete", "alices", "-y")
+    assert refused.returncode != 0 and "belongs to alice" in refused.stderr
+    read_only = viewer.run("volumes", "delete", "alices", "-y")
+    assert read_only.returncode != 0 and len(read_only.stderr.strip().splitlines()) == 1
+    alice.run("volumes", "delete", "alices", "-y", check=True)
+    assert "alices" not in volumes(stix)
