@@ -524,6 +524,12 @@ def _workspaces_args(s: argparse.ArgumentParser) -> None:
     workspaces.add_args(s)
 
 
+def _volumes_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import volumes
+
+    volumes.add_args(s)
+
+
 def _daemon_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "logs", "install"])
     s.add_argument("--tail", type=int, default=50, help="logs: last N lines")
@@ -560,6 +566,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
         "list the workspaces you may use (ls); admins: create, update, delete",
         _workspaces_args,
     ),
+    "volumes": ("volumes that outlive clusters: apply FILE, ls, delete NAMES|-a", _volumes_args),
     "daemon": ("start, stop, inspect or install stixd", _daemon_args),
     "api": ("the HTTP API server: start|stop|status|info, login ENDPOINT|logout", _api_args),
     "completion": ("print a shell completion script: bash, zsh or fish", _completion_args),

@@ -106,6 +106,9 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "workspaces create": "workspaces_create",
     "workspaces update": "workspaces_update",
     "workspaces delete": "workspaces_delete",
+    "volumes apply": "volumes_apply",
+    "volumes ls": "volumes_ls",
+    "volumes delete": "volumes_delete",
     "users delete": "users_delete",
     "users role": "users_role",
     "tokens create": "tokens_create",
@@ -485,6 +488,19 @@ class Client:
     def workspaces_delete(self, name: str) -> str:
         """Admins: remove a workspace with no live clusters, managed jobs, pools or services."""
         return self._run(iops.workspaces_delete(name))
+
+    def volumes_apply(
+        self, volume: str | Path | Mapping[str, Any], config: ConfigFiles = ()
+    ) -> str:
+        """Make a volume from its YAML file (or the map one holds); the daemon's answer."""
+        return self._run(ops.volumes_apply(volume, config))
+
+    def volumes_ls(self, *, all_users: bool = False) -> list[m.VolumeRecord]:
+        return self._run(ops.volumes_ls(all_users))
+
+    def volumes_delete(self, volumes: Names = (), *, all: bool = False) -> str:
+        """Delete volumes no live cluster mounts (-a: all of yours)."""
+        return self._run(ops.volumes_delete(volumes, all))
 
     def serve_logs(
         self,

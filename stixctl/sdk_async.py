@@ -360,6 +360,19 @@ class AsyncClient:
         """Admins: remove a workspace with no live clusters, managed jobs, pools or services."""
         return await self._run(iops.workspaces_delete(name))
 
+    async def volumes_apply(
+        self, volume: str | Path | Mapping[str, Any], config: ConfigFiles = ()
+    ) -> str:
+        """Make a volume from its YAML file (or the map one holds); the daemon's answer."""
+        return await self._run(ops.volumes_apply(volume, config))
+
+    async def volumes_ls(self, *, all_users: bool = False) -> list[m.VolumeRecord]:
+        return await self._run(ops.volumes_ls(all_users))
+
+    async def volumes_delete(self, volumes: Names = (), *, all: bool = False) -> str:
+        """Delete volumes no live cluster mounts (-a: all of yours)."""
+        return await self._run(ops.volumes_delete(volumes, all))
+
     def serve_logs(
         self,
         service: str,

@@ -447,6 +447,30 @@ def workspaces_ls() -> Op[m.WorkspaceList, list[m.WorkspaceRecord]]:
     return Op(m.WorkspacesList(), m.WorkspaceList, lambda r: list(r.workspaces))
 
 
+def volumes_apply(
+    volume: str | Path | Mapping[str, Any], config: ConfigFiles = ()
+) -> Op[m.OkReply, str]:
+    """A volume from its YAML file, or from the map such a file holds."""
+    from stixproto import volumes
+
+    if isinstance(volume, Mapping):
+        spec = volumes.from_yaml(dict(volume))
+    else:
+        from stixctl.volumes import read_volume
+
+        spec = read_volume(str(volume))
+    request = m.VolumesApply(volume=spec, config=config_layers(config))
+    return Op(request, m.OkReply, lambda r: r.message)
+
+
+def volumes_ls(all_users: bool = False) -> Op[m.VolumeList, list[m.VolumeRecord]]:
+    return Op(m.VolumesList(all_users=all_users), m.VolumeList, lambda r: list(r.volumes))
+
+
+def volumes_delete(volumes: Names = (), all: bool = False) -> Op[m.OkReply, str]:
+    return Op(m.VolumesDelete(names=names(volumes), all=all), m.OkReply, lambda r: r.message)
+
+
 def serve_logs(
     service: str,
     replica_id: int | None,

@@ -16,6 +16,7 @@ from stixproto import bounds as b
 from stixproto import names
 from stixproto.errors import InvalidRequest
 from stixproto.task import Dag, Task
+from stixproto.volumes import VolumeConfig
 
 
 class Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
@@ -548,8 +549,51 @@ class TokensRotate(Msg, tag="tokens_rotate", frozen=True):
     token_id: str
 
 
+# -- volumes (`stixctl volumes`, SkyPilot's `sky volumes`) ------------------------------------
+
+
+class VolumesApply(Msg, tag="volumes_apply", frozen=True):
+    volume: VolumeConfig
+    """Checked as it is decoded (`stixproto.volumes`)."""
+    config: list[ConfigLayer] = []
+
+
+class VolumesList(Msg, tag="volumes_list", frozen=True):
+    all_users: bool = False
+
+
+class VolumesDelete(Msg, tag="volumes_delete", frozen=True):
+    names: list[str] = []
+    all: bool = False
+
+
+class VolumeRecord(msgspec.Struct, frozen=True):
+    name: str
+    type: str
+    infra: str
+    status: str
+    """READY, IN_USE (a live cluster mounts it) or NOT_READY."""
+    size_gb: int | None = None
+    used_by: list[str] = []
+    """The live clusters that mount it."""
+    where: str = ""
+    """Its folder on the nodes, or its claim on Kubernetes."""
+    created_at: float = 0.0
+    user: str | None = None
+    workspace: str | None = None
+    error: str | None = None
+    use_existing: bool = False
+
+
+class VolumeList(Msg, tag="volume_list", frozen=True):
+    volumes: list[VolumeRecord]
+
+
 Request = (
-    ServeUp
+    VolumesApply
+    | VolumesList
+    | VolumesDelete
+    | ServeUp
     | ServeUpdate
     | ServeStatus
     | ServeLogs
@@ -1012,6 +1056,7 @@ class TokenIssued(Msg, tag="token_issued", frozen=True):
 
 Reply = (
     OkReply
+    | VolumeList
     | ServiceList
     | ServiceUp
     | ManagedJobList
@@ -1087,6 +1132,7 @@ REFERENCE_NAMES: dict[type[Msg], tuple[tuple[str, str], ...]] = {
     TokensList: (("user", "user"),),
     TokensRevoke: (("token_id", "token"),),
     TokensRotate: (("token_id", "token"),),
+    VolumesDelete: (("names", "volume"),),
 }
 """Fields that name something that exists, perhaps made by an earlier version under a name
 the rule refuses: only a loose check, so it can still be listed and removed."""

@@ -173,6 +173,13 @@ def argvs(draw: st.DrawFn, tasks: dict[str, str]) -> list[str]:
                 *_flags(draw, "--json")]  # fmt: skip
     if command == "workspaces":
         return [command, draw(st.one_of(st.just("ls"), names)), *_flags(draw, "--json")]
+    if command == "volumes":  # hostile files and names, refused in one line
+        verb = draw(st.sampled_from(["apply", "ls", "delete"]))
+        if verb == "apply":
+            return [command, verb, draw(st.one_of(names, FILES)), "-y"]
+        if verb == "ls":
+            return [command, verb, *_flags(draw, "-u", "--json")]
+        return [command, verb, *draw(many_names), *_flags(draw, "-a", "-y")]
     if command == "api":
         verb = draw(st.sampled_from(["status", "info", "logout", "stop", "start", "login"]))
         if verb == "start":  # on loopback: a port that binds serves there until the next stop
@@ -207,7 +214,7 @@ COMMANDS = [
     "launch", "exec", "status", "queue", "logs", "cancel", "stop", "start", "down", "autostop",
     "cost-report", "check", "leaks", "events", "show-gpus", "catalog", "ssh", "validate",
     "daemon", "fake", "jobs launch", "jobs queue", "jobs cancel", "jobs logs", "jobs pool",
-    "completion", "serve", "users", "tokens", "api", "workspaces",
+    "completion", "serve", "users", "tokens", "api", "workspaces", "volumes",
 ]  # fmt: skip
 assert {c.split()[0] for c in COMMANDS} == set(cli.COMMANDS), "a new command needs arguments here"
 

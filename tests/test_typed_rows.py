@@ -44,6 +44,7 @@ from stixd.actors.specs import (
     encode,
     state_of,
 )
+from stixd.actors.volume import VolumeActor, VolumeData, VolumeSpec
 from stixd.control import handlers, jobs_cmds
 from stixd.runtime.actor import Actor
 from stixd.serve.seams import ScalerMemory
@@ -71,6 +72,7 @@ ACTORS: dict[str, Any] = {  # each kind's actor class, built as `(row, app)`
     "job_pool": JobPoolActor,
     "service": ServiceActor,
     "replica": ReplicaActor,
+    "volume": VolumeActor,
 }
 
 
@@ -87,9 +89,13 @@ def _row(kind: str, spec: dict[str, Any], data: dict[str, Any]) -> Row:
     if kind == "replica":
         return Row(kind="replica", id="c1/1", parent="c1", state="READY", version=0,
                    spec=spec, data=data)  # fmt: skip
-    state = {"cluster": "UP", "managed_job": "RUNNING", "job_pool": "READY", "service": "READY"}[
-        kind
-    ]
+    state = {
+        "cluster": "UP",
+        "managed_job": "RUNNING",
+        "job_pool": "READY",
+        "service": "READY",
+        "volume": "READY",
+    }[kind]
     return Row(kind=kind, id="7" if kind == "managed_job" else "c1", state=state, version=0,
                spec=spec, data=data)  # fmt: skip
 
@@ -118,6 +124,7 @@ EARLIER: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "job_pool": ({"workers": 2, "task": {"run": "true"}}, {"claims": {"c1-0": 7}}),
     "service": ({"versions": [{"version": 1, "task": {"run": "x"}}]}, {"version": 1}),
     "replica": ({"service": "c1", "replica_id": 1, "version": 1, "port": 8080}, {}),
+    "volume": ({"volume": {"name": "c1", "type": "k8s-hostpath", "infra": "local"}}, {}),
 }
 
 
@@ -349,6 +356,14 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 quarantine="q",
                 replaceable=True,
             ),
+        ),
+        "volume": (
+            VolumeSpec(
+                volume={"name": "c1", "type": "k8s-pvc", "size": "2Gi"},
+                owner="alice",
+                workspace="team",
+            ),
+            VolumeData(where="kube-a/default/c1-x", error="e", users=["c1"]),
         ),
     }
 

@@ -23,6 +23,7 @@ from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.launch_spec import files_digest, spec_digest
 from stixd.actors.specs import ClusterSpec, PendingLaunch, decode, encode
 from stixd.actors.syncing import sync_task_files, validate_mounts
+from stixd.actors.volume_mounts import launch_resources, mount_task_volumes
 from stixd.planner.local_fit import check_fits_local, local_offer
 from stixd.planner.target import cloud_spec, task_ports
 from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
@@ -100,6 +101,9 @@ async def launch_on_up(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m
         env.progress(m.Progress(f"Cluster {cluster.id} is UP; syncing files and running the task."))
     if not same_files:
         await sync_task_files(cluster.provider, cluster.nodes, req.task, env, file_mounts=True)
+    await mount_task_volumes(
+        cluster.app, cluster.id, cluster.provider, cluster.nodes, req.task, env
+    )
     await apply_autostop_request(cluster, req.idle_minutes, req.down)
     with_setup = not req.no_setup and not same_spec
     await note_launch_spec(cluster, req, spec, files, with_setup)
@@ -293,6 +297,7 @@ async def _finish_launch(
     # the files' signature before the sync: a file edited while it runs is synced next time
     files = await anyio.to_thread.run_sync(files_digest, req.task)
     await sync_task_files(cluster.provider, nodes, req.task, env, file_mounts=True)
+    await mount_task_volumes(cluster.app, cluster.id, cluster.provider, nodes, req.task, env)
     await apply_autostop_request(cluster, req.idle_minutes, req.down, nodes)
     if job_id is not None:
         await create_job(
@@ -328,6 +333,7 @@ async def provision(
     dropped unless `keep_pending` (a launch that will be retried)."""
     where = infra_label(cluster.spec.provider, cluster.spec.pool)
     env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {cluster.id}..."))
+    volumes = await launch_resources(cluster.app, cluster.id, cluster.provider, task)
     request = ProvisionRequest(
         cluster.id,
         num_nodes,
@@ -336,6 +342,7 @@ async def provision(
             "pool": cluster.spec.pool,
             **(cluster.spec.placement or {}),
             "launch_id": cluster.data.uid,
+            **volumes,
         },
         progress=lambda note: env.progress(m.Progress(note)),
     )

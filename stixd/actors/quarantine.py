@@ -50,7 +50,13 @@ REMOVED_STATE = {
 REUSED_NAMES = ("cluster", "job_pool")
 """Kinds whose name is launched or applied again: a removed row keeps nothing of its damage."""
 
-_WHAT = {"cluster": "cluster", "job": "job", "managed_job": "managed job", "job_pool": "pool"}
+_WHAT = {
+    "cluster": "cluster",
+    "job": "job",
+    "managed_job": "managed job",
+    "job_pool": "pool",
+    "volume": "volume",
+}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][-_.A-Za-z0-9]{0,199}")
 
 

@@ -26,6 +26,7 @@ from stixd.actors.specs import (
     spec_of,
 )
 from stixd.actors.syncing import validate_mounts
+from stixd.actors.volume_mounts import check_task as check_task_volumes
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
 from stixd.control import (
@@ -40,6 +41,7 @@ from stixd.control import (
     serve_cmds,
     ssh_cmds,
     task_reading,
+    volume_cmds,
     workspaces,
 )
 from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
@@ -129,6 +131,7 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
     if any(named) or not _fits_here(app, req.task):  # a local launch waits on no cloud's API
         await app.refresh_catalogs(only=named)  # a context that cannot be used is refused by name
     _check_task(app, req.task, made.workspace)
+    await check_task_volumes(app, req.task, *app.target(req.task))
     await _check_cloud_plan(app, req.task, emit)
     req = msgspec.structs.replace(req, owner=made.owner, workspace=made.workspace)
     try:
@@ -565,6 +568,8 @@ async def _jobs(app: App, req: Any, emit: Emit) -> Any:
             app.config_for([(layer.source, layer.values) for layer in req.config])
         except ConfigError as exc:
             raise InvalidConfig(str(exc)) from None
+        for task in req.tasks if req.pool is None else []:
+            await check_task_volumes(app, task, *app.target(task))
         return await jobs_cmds.jobs_launch(app, req, emit, lambda task: _check_task(app, task))
     if isinstance(req, m.JobsQueue):
         return await jobs_cmds.jobs_queue(app, req, emit)
@@ -666,6 +671,8 @@ async def _handle(app: App, req: Any, emit: Emit) -> Any:
         return await daemon_status(app, req, emit)
     if isinstance(req, m.WorkspacesList):
         return await workspaces.workspaces_list(app, identity.PRINCIPAL.get())
+    if isinstance(req, volume_cmds.VOLUME_REQUESTS):
+        return await volume_cmds.dispatch(app, req, emit)
     if isinstance(req, m.Shutdown):
         return await shutdown(app, req, emit)
     if isinstance(req, m.FakePreempt):

@@ -168,6 +168,7 @@ READ: tuple[type[m.Msg], ...] = (
     m.ServeLogs,
     m.ApiInfo,
     m.WorkspacesList,  # those the caller may see (stixd.control.workspaces)
+    m.VolumesList,  # the caller's own (-u: everyone's), as `status`
 )
 """Requests that change nothing: every role."""
 
@@ -190,6 +191,8 @@ ACT: tuple[type[m.Msg], ...] = (
     m.ServeDown,
     m.UploadPlan,  # the files of a user's own task, kept apart per user (uploads.py)
     m.UploadFiles,
+    m.VolumesApply,
+    m.VolumesDelete,  # a user's own volumes (stixd.control.volume_cmds)
 )
 """Requests that make, change or end objects (a user's own or shared ones): users and admins."""
 

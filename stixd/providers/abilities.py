@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
 
 from stixd.providers.base import Machine, NodeInfo, NodeLoss, Provider
 from stixproto.errors import ProvisionError
+from stixproto.volumes import VolumeConfig
 
 ShellCommand = tuple[list[str], str | None, dict[str, str]]
 """argv, working directory (None: the client's), environment to add."""
@@ -325,4 +326,36 @@ class SimulatesPreemption(Protocol):
     def preempt(self, clusters: Iterable[str] = (), count: int = 0) -> list[str]:
         """Take the nodes of ``clusters`` (or of ``count`` running ones picked at random);
         returns the clusters hit."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeMount:
+    """A volume to place at ``dest`` on a node (as the node resolves a file mount's path)."""
+
+    volume: VolumeConfig
+    dest: str
+    sub_path: str | None = None
+
+
+@runtime_checkable
+class HasVolumes(Protocol):
+    """Volumes that outlive clusters (`stixctl volumes`): made once, mounted by each launch."""
+
+    async def make_volume(self, volume: VolumeConfig) -> str:
+        """Make ``volume`` (or, ``use_existing``, find it); where it is (a folder or a claim).
+        Idempotent: a second call finds what the first made."""
+        ...
+
+    async def remove_volume(self, volume: VolumeConfig) -> None:
+        """Remove what `make_volume` made (never what ``use_existing`` adopted)."""
+        ...
+
+    def launch_resources(self, mounts: Sequence[VolumeMount]) -> dict[str, Any]:
+        """What a launch whose nodes mount ``mounts`` adds to its request's resources (the
+        pods' spec on Kubernetes; nothing where nodes are made first and mounted after)."""
+        ...
+
+    async def mount_volumes(self, node: NodeInfo, mounts: Sequence[VolumeMount]) -> None:
+        """Make each volume appear at its ``dest`` on ``node``, writable by the job's user."""
         ...

@@ -1,7 +1,10 @@
-"""PersistentVolumeClaims, as far as the scheduler reads them: the fake has no volume
-provisioner, so a claim stays ``Pending`` (unbound) until a test binds it, and a pod mounting a
-claim that is missing or unbound is left Pending with the real scheduler's pod-level sentence
-(``pod has unbound immediate PersistentVolumeClaims``; ``persistentvolumeclaim "x" not found``)."""
+"""PersistentVolumeClaims, as far as the scheduler reads them. The fake has no default
+StorageClass: a claim naming none stays ``Pending`` (unbound), as on a cluster without one, and
+a pod mounting a claim that is missing or unbound is left Pending with the real scheduler's
+pod-level sentence (``pod has unbound immediate PersistentVolumeClaims``;
+``persistentvolumeclaim "x" not found``). A claim naming a ``storageClassName`` is bound at once,
+as a class with ``volumeBindingMode: Immediate`` and a provisioner binds it: ``spec.volumeName``
+``pvc-<uid>`` and the status a real server gives (phase, access modes, capacity)."""
 
 from __future__ import annotations
 
@@ -16,12 +19,22 @@ RESOURCE = "persistentvolumeclaims"
 def new_claim(body: Obj, namespace: str) -> Obj:
     spec = copy.deepcopy(body.get("spec") or {})
     spec.setdefault("volumeMode", "Filesystem")
+    meta = new_metadata(body, namespace, RESOURCE)
+    status: Obj = {"phase": "Pending"}
+    if spec.get("storageClassName"):
+        spec["volumeName"] = f"pvc-{meta['uid']}"
+        asked = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
+        status = {
+            "phase": "Bound",
+            "accessModes": list(spec.get("accessModes") or []),
+            "capacity": {"storage": asked} if asked else {},
+        }
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": new_metadata(body, namespace, RESOURCE),
+        "metadata": meta,
         "spec": spec,
-        "status": {"phase": "Pending"},
+        "status": status,
     }
 
 

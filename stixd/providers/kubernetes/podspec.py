@@ -19,13 +19,13 @@ import copy
 import dataclasses
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stixd.providers.kubernetes.config import KubernetesConfig
 from stixd.providers.kubernetes.gpu_labels import Selection
 from stixd.providers.kubernetes.identity import account_of
-from stixd.providers.kubernetes.seams import CONTAINER, PodRequest
+from stixd.providers.kubernetes.seams import CONTAINER, PodRequest, PodVolume
 
 LABEL_CLUSTER = "stix-cluster"
 LABEL_RANK = "stix-node-rank"
@@ -235,6 +235,24 @@ def overridden_keys(pod_config: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def pod_volumes(volumes: Iterable[PodVolume]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the pod's ``spec.volumes`` entries, its container's ``volumeMounts``)."""
+    specs: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for i, v in enumerate(volumes):
+        name = f"stix-volume-{i}"
+        if v.claim is not None:
+            specs.append({"name": name, "persistentVolumeClaim": {"claimName": v.claim}})
+        else:
+            host = {"path": v.host_path, "type": "DirectoryOrCreate"}
+            specs.append({"name": name, "hostPath": host})
+        mount = {"name": name, "mountPath": v.dest}
+        if v.sub_path:
+            mount["subPath"] = v.sub_path
+        mounts.append(mount)
+    return specs, mounts
+
+
 def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[str, Any]:
     """The pod for rank ``plan.rank`` of ``plan.cluster``."""
     defaults: dict[str, Any] = {
@@ -271,6 +289,10 @@ def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[s
     asked = resources(req, plan.gpu_resource)
     if asked:
         container["resources"] = merge(container.get("resources") or {}, asked)
+    if req.volumes:
+        volumes, mounts = pod_volumes(req.volumes)
+        spec["volumes"] = merge(spec.get("volumes") or [], volumes)
+        container["volumeMounts"] = merge(container.get("volumeMounts") or [], mounts)
     if plan.selection is not None:
         spec["affinity"] = _require(spec.get("affinity") or {}, plan.selection)
     spec["serviceAccountName"] = account_of(config.remote_identity)  # made by identity.ensure

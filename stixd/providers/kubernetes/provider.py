@@ -53,6 +53,7 @@ from stixd.providers.kubernetes.podspec import pod_name
 from stixd.providers.kubernetes.provider_commands import ServesCommands
 from stixd.providers.kubernetes.provider_placing import PlacesPods
 from stixd.providers.kubernetes.provider_ports import ExposesPorts
+from stixd.providers.kubernetes.provider_volumes import HoldsVolumes
 from stixd.providers.kubernetes.records import Records, Where
 from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
 from stixd.providers.shared.ssh_sync import resolve_dest
@@ -72,7 +73,7 @@ class Made:
     pods: dict[str, dict[str, Any]]
 
 
-class KubernetesProvider(ServesCommands, ExposesPorts, PlacesPods):
+class KubernetesProvider(ServesCommands, ExposesPorts, PlacesPods, HoldsVolumes):
     name = "kubernetes"
     cannot_stop: Literal[True] = True
 

@@ -17,10 +17,12 @@ about half a second and 40 MB), never at daemon start.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from stixd.agent_client import AgentClient
+from stixproto.errors import ProvisionError
 
 CONTAINER = "stix"
 """The container of every pod stix makes, where the agent and the jobs run."""
@@ -77,6 +79,27 @@ class PodShell(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class PodVolume:
+    """One mount of a pod, as a launch's placement carries it (`volumes.placed`, `of`)."""
+
+    dest: str
+    claim: str | None = None
+    host_path: str | None = None
+    sub_path: str | None = None
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any]) -> PodVolume:
+        def text(key: str) -> str | None:
+            value = entry.get(key)
+            return value if isinstance(value, str) and value else None
+
+        dest = text("dest")
+        if dest is None or (text("claim") is None) == (text("host_path") is None):
+            raise ProvisionError(f"a pod volume is not one stix writes: {dict(entry)!r:.200}")
+        return cls(dest, text("claim"), text("host_path"), text("sub_path"))
+
+
+@dataclasses.dataclass(frozen=True)
 class PodRequest:
     """What each pod of a launch requests (and is limited to), from the placement."""
 
@@ -88,6 +111,8 @@ class PodRequest:
     image: str | None = None
     """``image_id: docker:IMAGE`` without the prefix; None: the default image."""
     ports: tuple[int, ...] = ()
+    volumes: tuple[PodVolume, ...] = ()
+    """The task's volumes (`stixd.providers.kubernetes.volumes`)."""
 
     @classmethod
     def of(cls, placement: dict[str, Any]) -> PodRequest:
@@ -105,4 +130,5 @@ class PodRequest:
             accelerator_count=int(asked.get("accelerator_count") or 0),
             image=image or None,
             ports=tuple(int(p) for p in placement.get("ports") or ()),
+            volumes=tuple(PodVolume.of(v) for v in placement.get("volumes") or ()),
         )

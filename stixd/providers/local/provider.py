@@ -23,12 +23,14 @@ import hashlib
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
 from stixd.agent_client import AgentClient, AgentUnreachable, unix_agent
+from stixd.providers.abilities import VolumeMount
 from stixd.providers.base import (
     CheckResult,
     Mount,
@@ -36,6 +38,7 @@ from stixd.providers.base import (
     NodeStatus,
     ProvisionRequest,
 )
+from stixd.providers.local import volumes
 from stixd.providers.local.netns import NodeNetworks
 from stixd.providers.local.node import (
     kill_marked,
@@ -46,6 +49,7 @@ from stixd.providers.local.node import (
 from stixd.providers.shared.filesync import sync_path
 from stixproto.errors import ProvisionError
 from stixproto.paths import PathOutsideParent, child_path, path_under
+from stixproto.volumes import VolumeConfig
 
 LOCAL_IP = "127.0.0.1"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
@@ -111,6 +115,7 @@ class LocalProvider:
         shared_why: str | None = None,
     ) -> None:
         self.root = home / "clusters"
+        self.volumes_root = home / "volumes"
         self._run_dir = Path("/tmp") / f"stix-{os.getuid()}"
         self._python = python
         self.network = network
@@ -367,6 +372,21 @@ class LocalProvider:
         for net in self.network.records():
             if net.node_dir.parent == sandbox:
                 self.network.remove(net)
+
+    # -- volumes (`stixctl volumes`): stixd/providers/local/volumes.py ---------------------
+
+    async def make_volume(self, volume: VolumeConfig) -> str:
+        return await anyio.to_thread.run_sync(volumes.make, self.volumes_root, volume)
+
+    async def remove_volume(self, volume: VolumeConfig) -> None:
+        await anyio.to_thread.run_sync(volumes.remove, self.volumes_root, volume)
+
+    def launch_resources(self, mounts: Sequence[VolumeMount]) -> dict[str, Any]:
+        return {}  # linked into each node once it is made (`mount_volumes`)
+
+    async def mount_volumes(self, node: NodeInfo, mounts: Sequence[VolumeMount]) -> None:
+        dests = [(self.resolve_dest(node, v.dest), v) for v in mounts]
+        await anyio.to_thread.run_sync(volumes.mount_all, self.volumes_root, dests)
 
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
         copied = 0

@@ -37,6 +37,7 @@ from stixd.providers.ssh.pools import (
     SshPool,
     load_pools,
 )
+from stixd.providers.ssh.volumes import HoldsVolumes
 from stixproto.errors import InvalidConfig, ProvisionError
 from stixproto.paths import PathOutsideParent
 
@@ -78,7 +79,7 @@ class SshLaunchError(ProvisionError):
         self.retryable = retryable
 
 
-class SshProvider:
+class SshProvider(HoldsVolumes):
     name = "ssh"
 
     def __init__(

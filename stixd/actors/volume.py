@@ -1,0 +1,208 @@
+"""A volume (`stixctl volumes apply`): one actor per name that makes it on its infra, tells each
+launch that mounts it where it is, and removes it on `volumes delete`.
+
+Its row holds the volume as applied, its owner and workspace (`stixd.control.ownership`), where
+the volume is (a folder on the nodes, a claim on Kubernetes) and the clusters that mounted it.
+The state is READY or NOT_READY (written before the volume is made, so a daemon that restarts
+finishes making it); IN_USE is what `volumes ls` shows for a READY volume a live cluster
+mounts, computed from the clusters' rows, never stored (a cluster that ends frees the volume
+without telling it). A deleted volume leaves no row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from stixd.actors.specs import _Record
+from stixd.providers.abilities import HasVolumes
+from stixd.runtime.actor import Actor, BadRow
+from stixd.runtime.machine import Machine
+from stixd.runtime.mailbox import Envelope
+from stixd.store import views
+from stixd.store.db import Store
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest, StixError
+from stixproto.volumes import VolumeConfig
+from stixproto.volumes import VolumeStatus as V
+
+if TYPE_CHECKING:
+    from stixd.app import App
+
+VOLUME = "volume"
+MAX_USERS = 1000
+"""Clusters remembered as having mounted a volume (the oldest are forgotten first)."""
+
+
+class VE(enum.Enum):
+    MADE = "made"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[tuple[V, VE], V] = {
+    (V.NOT_READY, VE.MADE): V.READY,
+    (V.NOT_READY, VE.FAILED): V.NOT_READY,
+    (V.READY, VE.MADE): V.READY,  # found again at a restart
+    (V.READY, VE.FAILED): V.NOT_READY,
+}
+
+
+class VolumeSpec(_Record, frozen=True, kw_only=True):
+    volume: dict[str, Any]
+    """The `VolumeConfig` as applied (checked again when read: `config`)."""
+    owner: str | None = None
+    workspace: str | None = None
+
+
+class VolumeData(_Record, frozen=True, kw_only=True):
+    where: str = ""
+    error: str | None = None
+    users: list[str] = []
+    """Clusters that mounted it (IN_USE while one of them is live)."""
+
+
+@dataclass(frozen=True)
+class Make:
+    """Make the volume on its infra (and answer when it is READY)."""
+
+
+@dataclass(frozen=True)
+class Attach:
+    """A launch of ``cluster`` mounts the volume: answered with where it is."""
+
+    cluster: str
+
+
+@dataclass(frozen=True)
+class Remove:
+    """`volumes delete`: remove it from its infra (unless adopted) and end."""
+
+
+LIVE_JOB_CLUSTERS = (
+    f"SELECT {views.OWNED_CLUSTER} FROM actors a WHERE a.kind = 'managed_job' AND a.terminal = 0"
+)
+"""The clusters live managed jobs keep (a recovering one may have none up right now)."""
+
+
+async def live_users(store: Store) -> set[str]:
+    """Every cluster that may hold a volume now: the live ones, and those live managed jobs
+    keep (one recovering keeps its volume). Two queries, whatever the number of volumes."""
+    live = await views.live_clusters_of(store, views.EVERY)
+    live.update(str(r[0]) for r in await store._tuples(LIVE_JOB_CLUSTERS) if r[0])
+    return live
+
+
+def users_error(name: str, users: list[str]) -> InvalidRequest:
+    return InvalidRequest(
+        f"volume {name} is in use by cluster(s) {', '.join(users)}; tear them down first "
+        "(`stixctl down NAME`) or wait for their managed jobs to end"
+    )
+
+
+def config_of(spec: VolumeSpec) -> VolumeConfig:
+    return msgspec.convert(spec.volume, VolumeConfig)
+
+
+def provider_for(app: App, volume: VolumeConfig) -> HasVolumes:
+    """The provider that holds ``volume``; one sentence when this daemon has none that can."""
+    provider = app.providers.get(volume.cloud)
+    if provider is None:
+        raise InvalidRequest(
+            f"volume {volume.name} is on {volume.cloud}, which this daemon does not run "
+            "(see `stixctl check`)"
+        )
+    if not isinstance(provider, HasVolumes):
+        raise InvalidRequest(f"volumes on {volume.cloud} are not supported in this build yet")
+    return provider
+
+
+class VolumeActor(Actor):
+    kind = VOLUME
+    machine = Machine(VOLUME, TRANSITIONS)
+    state_type = V
+    spec_type = VolumeSpec
+    data_type = VolumeData
+    spec: VolumeSpec
+    data: VolumeData
+
+    def __init__(self, row: Any, app: App) -> None:
+        super().__init__(row, app.store, app.log)
+        self.app = app
+        self.gone = False
+
+    @staticmethod
+    def is_terminal(state: Any) -> bool:
+        return False  # a deleted volume leaves no row
+
+    def done(self) -> bool:
+        return self.gone
+
+    @classmethod
+    def decode_row(cls, row: Any) -> tuple[Any, Any]:
+        """As every kind's, and the volume in the spec must be one `volumes apply` accepts."""
+        spec, data = super().decode_row(row)
+        try:
+            config_of(spec)
+        except (msgspec.ValidationError, StixError) as exc:
+            raise BadRow(f"its volume is not valid: {str(exc)[:200]}") from None
+        return spec, data
+
+    @property
+    def config(self) -> VolumeConfig:
+        return config_of(self.spec)
+
+    async def reconcile(self) -> None:
+        if self.state is V.NOT_READY and self.data.error is None:
+            self.tell(Make())  # made before a restart, or not yet: finish it
+
+    async def handle(self, message: Any) -> None:
+        if isinstance(message, Envelope):
+            message.answer(await self._request(message.payload))
+        elif isinstance(message, Make) and not self.gone:
+            with contextlib.suppress(StixError):  # recorded as its error: `volumes ls` shows it
+                await self._make()
+
+    async def _request(self, req: Any) -> Any:
+        if isinstance(req, Make):
+            await self._make()
+            return m.OkReply(f"Volume {self.id} is {self.state.value} at {self.data.where}.")
+        if isinstance(req, Attach):
+            return await self._attach(req.cluster)
+        if isinstance(req, Remove):
+            return await self._remove()
+        raise InvalidRequest(f"volume actor cannot handle {type(req).__name__}")
+
+    async def _make(self) -> None:
+        volume = self.config
+        try:
+            where = await provider_for(self.app, volume).make_volume(volume)
+        except StixError as exc:
+            await self.transition(VE.FAILED, exc.message, error=exc.message)
+            raise
+        await self.transition(VE.MADE, f"at {where}", where=where, error=None)
+
+    async def _attach(self, cluster: str) -> m.OkReply:
+        if self.state is not V.READY:
+            why = f": {self.data.error}" if self.data.error else ""
+            raise InvalidRequest(f"volume {self.id} is {self.state.value}{why}")
+        if cluster not in self.data.users:
+            users = [u for u in self.data.users if u != cluster][-(MAX_USERS - 1) :]
+            await self.save(users=[*users, cluster])
+        return m.OkReply(self.data.where)
+
+    async def _remove(self) -> m.OkReply:
+        volume = self.config
+        live = await live_users(self.store)  # read here too: a launch may have attached since
+        users = [u for u in self.data.users if u in live]
+        if users:
+            raise users_error(self.id, users)
+        if self.state is V.READY or self.data.where:
+            await provider_for(self.app, volume).remove_volume(volume)
+        await self.store.delete(self.row, "deleted")
+        self.gone = True
+        kept = " (adopted with use_existing: left in place)" if volume.use_existing else ""
+        return m.OkReply(f"Volume {self.id} deleted{kept}.")

@@ -1,0 +1,239 @@
+"""`stixctl volumes` on the local infra: a real daemon, real agents and jobs, through stixctl."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stixproto.errors import InvalidRequest
+from tests.conftest import Stix, kill_everything_under, wait_until
+
+VOLUME = "name: {name}\ntype: k8s-hostpath\ninfra: local\n"
+WRITE = """
+volumes:
+  /data: shared
+run: |
+  echo "written by $(id -u)" > ~/data/note
+  mkdir -p ~/data/sub && echo deep > ~/data/sub/file
+"""
+READ = """
+volumes:
+  /in: shared
+  /part:
+    name: shared
+    sub_path: sub
+run: |
+  cat ~/in/note ~/part/file
+"""
+
+
+@pytest.fixture(scope="module")
+def stix() -> Iterator[Stix]:
+    """One daemon for the module: each test uses names of its own."""
+    home = Path(tempfile.mkdtemp(prefix="stxv", dir="/tmp"))
+    s = Stix(home)
+    s.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"  # a lost node is seen at once
+    try:
+        yield s
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [sys.executable, "-m", "stixctl", "daemon", "stop"],
+                env=s.env,
+                capture_output=True,
+                timeout=30,
+            )
+        kill_everything_under(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def write(stix: Stix, name: str, text: str) -> str:
+    path = stix.home / name
+    path.write_text(text)
+    return str(path)
+
+
+def volumes(stix: Stix) -> dict[str, dict[str, object]]:
+    return {v["name"]: v for v in stix.json("volumes", "ls")}
+
+
+def test_a_volume_written_by_one_job_is_read_by_the_next_and_kept_while_in_use(
+    stix: Stix,
+) -> None:
+    made = stix.run("volumes", "apply", write(stix, "v.yaml", VOLUME.format(name="shared")), "-y")
+    assert made.returncode == 0, made.stderr
+    folder = stix.home / "volumes" / "shared"
+    assert folder.is_dir()
+    assert volumes(stix)["shared"]["status"] == "READY"
+    again = stix.run("volumes", "apply", str(stix.home / "v.yaml"), "-y", check=True)
+    assert "already exists" in again.stdout
+
+    stix.run("launch", "-c", "writer", "-y", write(stix, "w.yaml", WRITE), check=True)
+    assert (folder / "note").read_text().startswith("written by ")
+    shown = volumes(stix)["shared"]
+    assert shown["status"] == "IN_USE" and shown["used_by"] == ["writer"]
+
+    refused = stix.run("volumes", "delete", "shared", "-y")
+    assert refused.returncode == 2
+    assert "in use by cluster(s) writer" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert folder.is_dir()
+
+    read = stix.run("launch", "-c", "reader", "-y", write(stix, "r.yaml", READ), check=True)
+    assert "written by " in read.stdout and "deep" in read.stdout
+    assert volumes(stix)["shared"]["used_by"] == ["writer", "reader"]
+
+    stix.run("down", "writer", "reader", "-y", check=True)
+    assert volumes(stix)["shared"]["status"] == "READY"
+    stix.run("volumes", "delete", "shared", "-y", check=True)
+    assert not folder.exists()
+    assert "shared" not in volumes(stix)
+
+
+def test_a_task_naming_a_volume_elsewhere_or_missing_fails_before_launching(stix: Stix) -> None:
+    task = write(stix, "t.yaml", "volumes:\n  /data: ghost\nrun: echo never\n")
+    missing = stix.run("launch", "-c", "nowhere", "-y", task)
+    assert missing.returncode == 2
+    assert "volume 'ghost' does not exist" in missing.stderr
+    pvc = "name: claim\ntype: k8s-pvc\ninfra: k8s\nsize: 10Gi\n"
+    stix.run("volumes", "apply", write(stix, "pvc.yaml", pvc), "-y")  # no Kubernetes here
+    shown = volumes(stix)["claim"]
+    assert shown["status"] == "NOT_READY" and shown["error"]
+    Path(task).write_text("volumes:\n  /data: claim\nrun: echo never\n")
+    elsewhere = stix.run("launch", "-c", "nowhere", "-y", task)
+    assert elsewhere.returncode == 2
+    assert "volume claim is on k8s but the task runs on local" in elsewhere.stderr
+    assert "nowhere" not in stix.clusters()
+    stix.run("volumes", "delete", "claim", "-y", check=True)
+
+
+def test_the_sdk_applies_lists_and_deletes_volumes(stix: Stix) -> None:
+    from stixctl.sdk import Client
+
+    client = Client(stix.home)
+    said = client.volumes_apply({"name": "bysdk", "type": "k8s-hostpath", "infra": "local"})
+    assert "READY" in said
+    assert [v.status for v in client.volumes_ls() if v.name == "bysdk"] == ["READY"]
+    with pytest.raises(InvalidRequest, match=r"volume name '\.\./x' is not valid"):
+        client.volumes_apply({"name": "../x", "type": "k8s-hostpath", "infra": "local"})
+    assert "Deleted 1 volume(s)" in client.volumes_delete("bysdk")
+    assert not (stix.home / "volumes" / "bysdk").exists()
+
+
+def test_a_damaged_volume_row_is_listed_with_why_and_can_be_deleted(stix: Stix) -> None:
+    import json
+    import sqlite3
+
+    stix.run(
+        "volumes", "apply", write(stix, "d.yaml", VOLUME.format(name="hurt")), "-y", check=True
+    )
+    stix.run("daemon", "stop", check=True)
+    bad = {"volume": {"name": "../../etc", "type": "k8s-hostpath", "infra": "local"}}
+    with sqlite3.connect(stix.home / "state.db") as db:
+        db.execute("UPDATE actors SET spec=? WHERE kind='volume' AND id='hurt'", (json.dumps(bad),))
+    shown = volumes(stix)["hurt"]  # the daemon starts again
+    assert shown["status"] == "NOT_READY" and "not valid" in str(shown["error"])
+    gone = stix.run("volumes", "delete", "hurt", "-y", check=True)
+    assert "quarantined" in gone.stderr + gone.stdout
+    assert "hurt" not in volumes(stix)
+    assert (stix.home / "volumes" / "hurt").is_dir()  # nothing was removed by the hostile spec
+    shutil.rmtree(stix.home / "volumes" / "hurt")
+
+
+RECOVERED = """
+volumes:
+  /data: kept
+run: |
+  echo "run of $SKYPILOT_TASK_ID" >> ~/data/runs
+  if [ "$(wc -l < ~/data/runs)" -eq 1 ]; then sleep 300; fi
+  echo "runs seen: $(wc -l < ~/data/runs)"
+"""
+
+
+def test_a_recovered_managed_job_sees_what_it_wrote_to_its_volume_before(stix: Stix) -> None:
+    from tests.test_managed_jobs import kill_node
+
+    stix.run(
+        "volumes", "apply", write(stix, "k.yaml", VOLUME.format(name="kept")), "-y", check=True
+    )
+    runs = stix.home / "volumes" / "kept" / "runs"
+    task = write(stix, "m.yaml", RECOVERED)
+    stix.run("jobs", "launch", "-n", "keeper", "-d", "-y", task, check=True)
+    wait_until(runs.exists, timeout=60)
+    job = next(j for j in stix.json("jobs", "queue", "--all") if j["name"] == "keeper")
+    cluster = f"keeper-{job['job_id']}"
+    assert kill_node(stix, cluster) > 0  # a preemption: the job recovers on a new cluster
+    refused = stix.run("volumes", "delete", "kept", "-y")  # the job holds it while recovering
+    assert refused.returncode == 2 and cluster in refused.stderr
+
+    def ended() -> bool:
+        now = next(j for j in stix.json("jobs", "queue", "--all") if j["name"] == "keeper")
+        return now["status"] in ("SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED")
+
+    wait_until(ended, timeout=90, interval=0.5)
+    job = next(j for j in stix.json("jobs", "queue", "--all") if j["name"] == "keeper")
+    assert job["status"] == "SUCCEEDED" and job["recoveries"] == 1, job
+    assert len(runs.read_text().splitlines()) == 2  # the second run read the first one's line
+    logs = stix.run("jobs", "logs", str(job["job_id"]), "--no-follow", check=True)
+    assert "runs seen: 2" in logs.stdout
+    wait_until(lambda: volumes(stix)["kept"]["status"] == "READY", timeout=30)
+    stix.run("volumes", "delete", "kept", "-y", check=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("name: ../up\ntype: k8s-hostpath\ninfra: local\n", "volume name '../up' is not valid"),
+        ("name: a/b\ntype: k8s-hostpath\ninfra: local\n", "is not valid"),
+        ("name: ok\ntype: nfs\ninfra: local\n", "type 'nfs' is not one of"),
+        ("name: ok\ntype: k8s-pvc\ninfra: local\nsize: 1Gi\n", "lives on Kubernetes"),
+        ("name: ok\ntype: k8s-pvc\n", "size is required"),
+        ("name: ok\ntype: k8s-pvc\nsize: lots\n", "is not a size"),
+        ("name: ok\ntype: k8s-pvc\nsize: 99999999Ti\n", "size must be from 1"),
+        (
+            "name: ok\ntype: k8s-hostpath\ninfra: local\nconfig:\n  host_path: /etc\n",
+            "config.host_path is for Kubernetes nodes",
+        ),
+        ("name: ok\ntype: k8s-hostpath\ninfra: k8s\nconfig:\n  host_path: //\n", "root"),
+        ("name: ok\ntype: k8s-pvc\nsize: 1\nconfig:\n  namespace: '../x'\n", "namespace"),
+        ("name: ok\ntype: k8s-pvc\nsize: 1\nlabels:\n  'a b': c\n", "not a valid Kubernetes"),
+        ("name: ok\ntype: k8s-pvc\nsize: 1\nsurprise: 1\n", "unknown field `surprise`"),
+        ("name: 7\ntype: k8s-pvc\n", "Expected `str`, got `int`"),
+        ("- a list\n", "a volume YAML is a map"),
+        ("name: ok\ntype: runpod-network-volume\n", "not supported in this build yet"),
+    ],
+)
+def test_hostile_volume_files_are_refused_in_one_line(stix: Stix, text: str, says: str) -> None:
+    refused = stix.run("volumes", "apply", write(stix, "bad.yaml", text), "-y")
+    assert refused.returncode == 2, refused.stdout
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], refused.stderr
+    assert not (stix.home / "up").exists()
+
+
+def test_over_http_each_user_sees_and_deletes_only_their_own_volumes(stix: Stix) -> None:
+    from tests.test_http_api import Remote, make_token, serve_http
+
+    url = serve_http(stix)
+    alice = Remote(stix, url, make_token(stix, "alice", "user"))
+    carol = Remote(stix, url, make_token(stix, "carol", "user"))
+    viewer = Remote(stix, url, make_token(stix, "vic", "viewer"))
+    spec = write(stix, "a.yaml", VOLUME.format(name="alices"))
+    made = alice.run("volumes", "apply", spec, "-y")
+    assert made.returncode == 0, made.stderr
+    assert "alices" in alice.run("volumes", "ls", check=True).stdout
+    assert "alices" not in carol.run("volumes", "ls", check=True).stdout
+    assert "alice" in carol.run("volumes", "ls", "-u", check=True).stdout
+    refused = carol.run("volumes", "delete", "alices", "-y")
+    assert refused.returncode != 0 and "belongs to alice" in refused.stderr
+    read_only = viewer.run("volumes", "delete", "alices", "-y")
+    assert read_only.returncode != 0 and len(read_only.stderr.strip().splitlines()) == 1
+    alice.run("volumes", "delete", "alices", "-y", check=True)
+    assert "alices" not in volumes(stix)
