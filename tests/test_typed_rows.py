@@ -304,7 +304,13 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
             ),
         ),
         "job_pool": (
-            JobPoolSpec(workers=2, task={"run": "true"}, config=[{"source": "x"}]),
+            JobPoolSpec(
+                workers=2,
+                task={"run": "true"},
+                config=[{"source": "x"}],
+                owner="alice",
+                workspace="team",
+            ),
             JobPoolData(claims={"c1-0": 7}, waiting=[8, 9], failed={"c1-1": "why"}, quarantine="q"),
         ),
         "service": (
