@@ -470,6 +470,12 @@ def _leaks_args(s: argparse.ArgumentParser) -> None:
     leaks.add_args(s)
 
 
+def _storage_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import storage
+
+    storage.add_args(s)
+
+
 def _jobs_args(s: argparse.ArgumentParser) -> None:
     from stixctl import jobs
 
@@ -549,6 +555,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "cost-report": ("estimated cost of clusters", _cost_args),
     "check": ("which infras are enabled", _check_args),
     "leaks": ("cloud instances of stix's that no cluster owns (--terminate them)", _leaks_args),
+    "storage": ("buckets tasks mount: ls, delete (the buckets stix created)", _storage_args),
     "events": ("the history of a cluster, a job (CLUSTER JOB_ID), or --kind KIND", _events_args),
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),

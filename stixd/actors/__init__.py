@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from stixd.app import App
 
 
-KINDS = ("cluster", "job", "managed_job", "job_pool", "service", "replica")
+KINDS = ("cluster", "job", "managed_job", "job_pool", "service", "replica", "storage")
 """Every kind `factory_for` builds: a live row of any other kind is shown as damaged."""
 
 
@@ -25,11 +25,18 @@ def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
     from stixd.actors.managed_job import ManagedJobActor
     from stixd.actors.replica import ReplicaActor
     from stixd.actors.service import ServiceActor
+    from stixd.actors.storage import StorageActor
 
     kinds: dict[
         str,
         type[
-            ClusterActor | JobActor | ManagedJobActor | JobPoolActor | ServiceActor | ReplicaActor
+            ClusterActor
+            | JobActor
+            | ManagedJobActor
+            | JobPoolActor
+            | ServiceActor
+            | ReplicaActor
+            | StorageActor
         ],
     ] = {
         ClusterActor.kind: ClusterActor,
@@ -38,6 +45,7 @@ def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
         JobPoolActor.kind: JobPoolActor,
         ServiceActor.kind: ServiceActor,
         ReplicaActor.kind: ReplicaActor,
+        StorageActor.kind: StorageActor,
     }
     actor = kinds.get(kind)
     # a partial, not a closure over a table: each supervised actor holds its factory for good

@@ -168,6 +168,7 @@ READ: tuple[type[m.Msg], ...] = (
     m.ServeLogs,
     m.ApiInfo,
     m.WorkspacesList,  # those the caller may see (stixd.control.workspaces)
+    m.StorageLs,
 )
 """Requests that change nothing: every role."""
 
@@ -190,6 +191,7 @@ ACT: tuple[type[m.Msg], ...] = (
     m.ServeDown,
     m.UploadPlan,  # the files of a user's own task, kept apart per user (uploads.py)
     m.UploadFiles,
+    m.StorageDelete,
 )
 """Requests that make, change or end objects (a user's own or shared ones): users and admins."""
 

@@ -1,0 +1,96 @@
+"""`stixctl storage ls [--json]` and `stixctl storage delete NAMES|-a [-y]`: the buckets tasks
+mount. `ls` looks at each bucket in its store (one deleted elsewhere shows MISSING); `delete`
+asks first (as `down` does), then deletes the buckets stix created and forgets the storages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from stixctl.output import on_event, print_json
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest
+
+
+def add_args(s: argparse.ArgumentParser) -> None:
+    sub = s.add_subparsers(dest="storage_action", metavar="ls|delete", required=True)
+    ls = sub.add_parser("ls", help="storages and their buckets")
+    ls.add_argument("names", nargs="*", metavar="NAME")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(fn=cmd_ls)
+    rm = sub.add_parser("delete", help="delete storages and the buckets stix created")
+    rm.add_argument("names", nargs="*", metavar="NAME")
+    rm.add_argument("-a", "--all", action="store_true", help="every storage of yours")
+    rm.add_argument("-y", "--yes", action="store_true", help="do not ask first")
+    rm.add_argument("--json", action="store_true")
+    rm.set_defaults(fn=cmd_delete)
+
+
+def cmd_ls(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+
+    reply: m.StorageList = call(home, m.StorageLs(names=list(a.names)), on_event)
+    if a.json:
+        print_json(reply)
+    else:
+        print(render(reply.storages))
+    return 0
+
+
+def cmd_delete(home: Path, a: argparse.Namespace) -> int:
+    from stixctl.client import call
+    from stixctl.confirm import ask
+
+    if bool(a.names) == a.all:
+        raise InvalidRequest("name the storages to delete, or give -a for all of yours")
+    if not a.yes and a.json:
+        raise InvalidRequest("delete with --json cannot ask first: add -y")
+    req = m.StorageDelete(names=list(a.names), all=a.all)
+    if not a.yes:
+        listed: m.StorageList = call(home, m.StorageLs(names=list(a.names)), on_event)
+        names = [s.name for s in listed.storages if s.created or not a.all]
+        if not names:
+            print("No storage to delete.")
+            return 0
+        ask(f"Deleting {len(names)} storage(s) and their buckets: {', '.join(names)}. Proceed?", False)
+    reply: m.StorageList = call(home, req, on_event)
+    if a.json:
+        print_json(reply)
+        return 0
+    for why in reply.skipped:
+        print(f"Skipped: {why}")
+    if reply.deleted:
+        print(f"Deleted {len(reply.deleted)} storage(s): {', '.join(reply.deleted)}")
+    elif not reply.skipped:
+        print("No storage to delete.")
+    return 0
+
+
+def status_of(s: m.StorageRecord) -> str:
+    return "MISSING" if s.missing and s.status != "DELETING" else s.status
+
+
+def render(records: list[m.StorageRecord]) -> str:
+    if not records:
+        return "No existing storage."
+    from stixctl.render import ago, table
+
+    now = time.time()
+    rows = [
+        [
+            s.name,
+            f"{s.store}://{s.bucket}",
+            s.source or "-",
+            ago(s.created_at, now),
+            s.mode,
+            "yes" if s.persistent else "no",
+            status_of(s),
+        ]
+        for s in records
+    ]
+    lines = [table(["NAME", "BUCKET", "SOURCE", "CREATED", "MODE", "PERSISTENT", "STATUS"], rows)]
+    if any(s.missing for s in records):
+        lines.append("* MISSING: the bucket was deleted outside stix; `stixctl storage delete` forgets it.")
+    return "\n".join(lines)
