@@ -1,0 +1,1 @@
+"""Storage for tasks: buckets mounted or copied onto nodes, and volumes (issue 19)."""

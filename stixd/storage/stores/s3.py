@@ -1,0 +1,390 @@
+"""S3 buckets, and R2 and other S3-compatible stores, on aiobotocore.
+
+Credentials, default region and endpoint come from the AWS provider's resolver
+(``stixd.providers.aws.credentials``): the environment, then the shared files, never the
+metadata service. The endpoint is ``storage.s3.endpoint_url``, else ``AWS_ENDPOINT_URL_S3``,
+else ``AWS_ENDPOINT_URL``; R2 takes ``storage.r2.endpoint_url`` (its account's endpoint) and the
+``r2`` profile of ``~/.cloudflare/r2.credentials`` when that file exists, as SkyPilot does.
+
+Files up to ``MULTIPART`` are sent in one PUT; bigger ones in ``PART``-sized parts, as the AWS
+CLI does, so an object's ETag is the same whichever of the two sent it and ``upload_tree``
+can compare without reading the object back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+from aiobotocore.session import AioSession  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+)
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
+
+from stixd.providers.aws.credentials import AwsCredentials, CredentialsMissing, resolve
+from stixd.storage.stores import tree
+from stixd.storage.stores.base import (
+    LABEL_HOME,
+    MAX_PAGES,
+    PAGE_SIZE,
+    AccessDenied,
+    BadAnswer,
+    BucketMissing,
+    NotOurs,
+    ObjectInfo,
+    StoreError,
+    StoreKind,
+    StoreUnreachable,
+    UploadResult,
+    label_value,
+    one_line,
+)
+
+MULTIPART = 8 << 20
+PART = 8 << 20
+_MISSING = frozenset({"NoSuchBucket", "404", "NotFound"})
+_DENIED = frozenset(
+    {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+)
+
+
+def _config(path_style: bool) -> AioConfig:
+    return AioConfig(
+        retries={"mode": "standard", "total_max_attempts": 3},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=32,
+        s3={"addressing_style": "path"} if path_style else None,
+    )
+
+
+def s3_credentials(
+    kind: StoreKind, section: Mapping[str, Any], env: Mapping[str, str]
+) -> AwsCredentials:
+    """The keys, region and endpoint for ``kind`` (S3 or R2); ``StoreError`` naming what is
+    missing."""
+    if kind is StoreKind.R2:
+        r2_file = Path(env.get("HOME") or Path.home()) / ".cloudflare" / "r2.credentials"
+        if r2_file.is_file():
+            env = {**env, "AWS_SHARED_CREDENTIALS_FILE": str(r2_file), "AWS_PROFILE": "r2"}
+    try:
+        creds = resolve(env)
+    except CredentialsMissing as exc:
+        raise StoreError(f"{kind.value}: {exc.message}") from None
+    if kind is StoreKind.R2:
+        endpoint = section.get("endpoint_url") or env.get("R2_ENDPOINT_URL")
+        if not endpoint:
+            raise StoreError(
+                "r2: no endpoint: set storage.r2.endpoint_url to your account's "
+                "https://<account id>.r2.cloudflarestorage.com"
+            )
+        return dataclasses.replace(creds, endpoint_url=str(endpoint), region="auto")
+    endpoint = (
+        section.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    )
+    region = section.get("region") or creds.region
+    return dataclasses.replace(creds, endpoint_url=endpoint or None, region=str(region))
+
+
+def classify(exc: Exception, bucket: str, what: str) -> StoreError:
+    """An aiobotocore failure as a one-line store error."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error") or {}
+        code = str(
+            err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        )
+        msg = one_line(err.get("Message") or code)
+        if code in _MISSING:
+            return BucketMissing(f"bucket {bucket!r} does not exist ({what})")
+        if code in _DENIED:
+            return AccessDenied(f"access to bucket {bucket!r} denied ({what}): {msg}")
+        return StoreError(f"{what} on bucket {bucket!r} failed: {code}: {msg}")
+    if isinstance(exc, EndpointConnectionError):
+        return StoreUnreachable(f"{what} on bucket {bucket!r}: {one_line(exc)}")
+    if isinstance(exc, ResponseParserError):
+        return BadAnswer(f"{what} on bucket {bucket!r}: the store answered garbage")
+    return StoreError(f"{what} on bucket {bucket!r} failed: {one_line(exc)}")
+
+
+_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
+
+
+class S3Clients:
+    """One aiobotocore S3 client per region, opened on first use, closed by ``aclose``."""
+
+    def __init__(self, kind: StoreKind, creds: AwsCredentials) -> None:
+        self.kind = kind
+        self.creds = creds
+        self._session = AioSession()
+        self._stack = contextlib.AsyncExitStack()
+        self._clients: dict[str, Any] = {}
+        self._lock = anyio.Lock()
+
+    async def client(self, region: str | None) -> Any:
+        region = region or self.creds.region
+        async with self._lock:
+            found = self._clients.get(region)
+            if found is None:
+                c = self.creds
+                found = await self._stack.enter_async_context(
+                    self._session.create_client(
+                        "s3",
+                        region_name=region,
+                        endpoint_url=c.endpoint_url,
+                        aws_access_key_id=c.access_key_id,
+                        aws_secret_access_key=c.secret_access_key,
+                        aws_session_token=c.session_token,
+                        config=_config(c.endpoint_url is not None),
+                    )
+                )
+                self._clients[region] = found
+            return found
+
+    async def tagged(self, home_id: str, max_pages: int = MAX_PAGES) -> list[str]:
+        client = await self.client(None)
+        names: list[tuple[str, str | None]] = []
+        params: dict[str, Any] = {"MaxBuckets": PAGE_SIZE}
+        for _ in range(max_pages):
+            try:
+                page = await client.list_buckets(**params)
+            except _ERRORS as exc:
+                raise classify(exc, "*", "list buckets") from None
+            names += [(b["Name"], b.get("BucketRegion")) for b in page.get("Buckets") or []]
+            token = page.get("ContinuationToken")
+            if not token:
+                break
+            if token == params.get("ContinuationToken"):
+                raise BadAnswer(f"{self.kind.value}: the bucket listing repeats its page")
+            params["ContinuationToken"] = token
+        else:
+            raise BadAnswer(
+                f"{self.kind.value}: the bucket listing did not end in {max_pages} pages"
+            )
+        ours: list[str] = []
+        limit = anyio.Semaphore(16)
+
+        async def check(name: str, region: str | None) -> None:
+            async with limit:
+                labels = await S3Bucket(self, name, region, home_id).labels()
+            if labels is not None and labels.get(LABEL_HOME) == home_id:
+                ours.append(name)
+
+        async with anyio.create_task_group() as tg:
+            for name, region in names:
+                tg.start_soon(check, name, region)
+        return sorted(ours)
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        if clients:
+            with anyio.CancelScope(shield=True):
+                await self._stack.aclose()
+        self._stack = contextlib.AsyncExitStack()
+
+
+class S3Bucket:
+    def __init__(self, clients: S3Clients, name: str, region: str | None, home_id: str) -> None:
+        self.kind = clients.kind
+        self.name = name
+        self.region = region
+        self.home_id = home_id
+        self.max_pages = MAX_PAGES
+        self._clients = clients
+
+    async def _call(self, what: str, operation: str, **params: Any) -> Any:
+        client = await self._clients.client(self.region)
+        try:
+            return await getattr(client, operation)(**params)
+        except _ERRORS as exc:
+            raise classify(exc, self.name, what) from None
+
+    async def exists(self) -> bool:
+        try:
+            await self._call("head", "head_bucket", Bucket=self.name)
+        except BucketMissing:
+            return False
+        return True
+
+    async def create(self, labels: Mapping[str, str]) -> None:
+        params: dict[str, Any] = {"Bucket": self.name}
+        region = self.region or self._clients.creds.region
+        if self.kind is StoreKind.S3 and region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            await self._call("create", "create_bucket", **params)
+        except StoreError as exc:
+            if "BucketAlreadyOwnedByYou" not in str(exc):
+                raise
+        found = await self.labels()
+        if found and found.get(LABEL_HOME) not in (None, self.home_id):
+            raise NotOurs(f"bucket {self.name!r} exists and another stix home made it")
+        tags = {k: label_value(v) for k, v in labels.items()} | {LABEL_HOME: self.home_id}
+        await self._call(
+            "tag",
+            "put_bucket_tagging",
+            Bucket=self.name,
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]},
+        )
+
+    async def labels(self) -> dict[str, str] | None:
+        try:
+            answer = await self._call("read tags", "get_bucket_tagging", Bucket=self.name)
+        except BucketMissing:
+            return None
+        except StoreError as exc:
+            if "NoSuchTagSet" in str(exc):
+                return {}
+            raise
+        try:
+            return {str(t["Key"]): str(t["Value"]) for t in answer.get("TagSet") or []}
+        except (KeyError, TypeError):
+            raise BadAnswer(f"bucket {self.name!r}: the store's tags make no sense") from None
+
+    async def owned(self) -> bool:
+        labels = await self.labels()
+        return labels is not None and labels.get(LABEL_HOME) == self.home_id
+
+    async def delete(self) -> None:
+        labels = await self.labels()
+        if labels is None:
+            return
+        if labels.get(LABEL_HOME) != self.home_id:
+            raise NotOurs(f"bucket {self.name!r} was not made by this stix; it is left alone")
+        batch: list[str] = []
+        async for info in self.objects():
+            batch.append(info.key)
+            if len(batch) == PAGE_SIZE:
+                await self._remove(batch)
+                batch = []
+        if batch:
+            await self._remove(batch)
+        with contextlib.suppress(BucketMissing):
+            await self._call("delete", "delete_bucket", Bucket=self.name)
+
+    async def _remove(self, keys: Sequence[str]) -> None:
+        for i in range(0, len(keys), PAGE_SIZE):
+            chunk = keys[i : i + PAGE_SIZE]
+            await self._call(
+                "delete objects",
+                "delete_objects",
+                Bucket=self.name,
+                Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+            )
+
+    async def objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        params: dict[str, Any] = {"Bucket": self.name, "MaxKeys": PAGE_SIZE, "Prefix": prefix}
+        for _ in range(self.max_pages):
+            page = await self._call("list", "list_objects_v2", **params)
+            try:
+                for o in page.get("Contents") or []:
+                    yield ObjectInfo(
+                        str(o["Key"]), int(o["Size"]), str(o.get("ETag", "")).strip('"')
+                    )
+            except (KeyError, TypeError, ValueError):
+                raise BadAnswer(f"bucket {self.name!r}: the listing makes no sense") from None
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            if token == params.get("ContinuationToken"):
+                raise BadAnswer(f"bucket {self.name!r}: the listing repeats its page")
+            params["ContinuationToken"] = token
+        raise BadAnswer(f"bucket {self.name!r}: the listing did not end in {self.max_pages} pages")
+
+    async def _put(self, key: str, path: Path, size: int) -> None:
+        if size < MULTIPART:
+            body = await anyio.Path(path).read_bytes()
+            await self._call("upload", "put_object", Bucket=self.name, Key=key, Body=body)
+            return
+        up = await self._call("upload", "create_multipart_upload", Bucket=self.name, Key=key)
+        upload_id = up["UploadId"]
+        parts: list[dict[str, Any]] = []
+        try:
+            async with await anyio.open_file(path, "rb") as f:
+                number = 1
+                while chunk := await f.read(PART):
+                    answer = await self._call(
+                        "upload part",
+                        "upload_part",
+                        Bucket=self.name,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                    )
+                    parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                    number += 1
+            await self._call(
+                "upload",
+                "complete_multipart_upload",
+                Bucket=self.name,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                await self._call(
+                    "abort upload",
+                    "abort_multipart_upload",
+                    Bucket=self.name,
+                    Key=key,
+                    UploadId=upload_id,
+                )
+            raise
+
+    async def upload_tree(
+        self,
+        root: Path,
+        prefix: str = "",
+        *,
+        ignore: Callable[[str], bool] | None = None,
+        delete: bool = False,
+    ) -> UploadResult:
+        return await tree.upload(
+            root,
+            prefix,
+            ignore,
+            listing=self.objects,
+            digest=lambda p: tree.s3_etag(p, PART, MULTIPART),
+            put=self._put,
+            remove=self._remove if delete else None,
+        )
+
+    async def _presign(self, method: str, key: str, seconds: int) -> str:
+        client = await self._clients.client(self.region)
+        url: str = await client.generate_presigned_url(
+            method, Params={"Bucket": self.name, "Key": key}, ExpiresIn=int(seconds)
+        )
+        return url
+
+    async def signed_get(self, key: str, seconds: int) -> str:
+        return await self._presign("get_object", key, seconds)
+
+    async def signed_put(self, key: str, seconds: int) -> str:
+        return await self._presign("put_object", key, seconds)
+
+    def rclone_remote(self) -> tuple[str, dict[str, str]]:
+        c = self._clients.creds
+        provider = {StoreKind.R2: "Cloudflare"}.get(
+            self.kind, "AWS" if c.endpoint_url is None else "Other"
+        )
+        conf = {
+            "provider": provider,
+            "env_auth": "false",
+            "access_key_id": c.access_key_id,
+            "secret_access_key": c.secret_access_key,
+            "region": self.region or c.region,
+        }
+        if c.session_token:
+            conf["session_token"] = c.session_token
+        if c.endpoint_url:
+            conf["endpoint"] = c.endpoint_url
+        return "s3", conf

