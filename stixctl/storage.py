@@ -15,17 +15,20 @@ from stixproto.errors import InvalidRequest
 
 
 def add_args(s: argparse.ArgumentParser) -> None:
-    sub = s.add_subparsers(dest="storage_action", metavar="ls|delete", required=True)
-    ls = sub.add_parser("ls", help="storages and their buckets")
-    ls.add_argument("names", nargs="*", metavar="NAME")
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(fn=cmd_ls)
-    rm = sub.add_parser("delete", help="delete storages and the buckets stix created")
-    rm.add_argument("names", nargs="*", metavar="NAME")
-    rm.add_argument("-a", "--all", action="store_true", help="every storage of yours")
-    rm.add_argument("-y", "--yes", action="store_true", help="do not ask first")
-    rm.add_argument("--json", action="store_true")
-    rm.set_defaults(fn=cmd_delete)
+    s.add_argument("action", choices=["ls", "delete"])
+    s.add_argument("names", nargs="*", metavar="NAME")
+    s.add_argument("-a", "--all", action="store_true", help="delete: every storage of yours")
+    s.add_argument("-y", "--yes", action="store_true", help="delete: do not ask first")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_storage)
+
+
+def cmd_storage(home: Path, a: argparse.Namespace) -> int:
+    if a.action == "ls":
+        if a.all or a.yes:
+            raise InvalidRequest("storage ls takes no -a or -y (it lists every storage of yours)")
+        return cmd_ls(home, a)
+    return cmd_delete(home, a)
 
 
 def cmd_ls(home: Path, a: argparse.Namespace) -> int:
@@ -54,7 +57,10 @@ def cmd_delete(home: Path, a: argparse.Namespace) -> int:
         if not names:
             print("No storage to delete.")
             return 0
-        ask(f"Deleting {len(names)} storage(s) and their buckets: {', '.join(names)}. Proceed?", False)
+        ask(
+            f"Deleting {len(names)} storage(s) and their buckets: {', '.join(names)}. Proceed?",
+            False,
+        )
     reply: m.StorageList = call(home, req, on_event)
     if a.json:
         print_json(reply)
@@ -92,5 +98,7 @@ def render(records: list[m.StorageRecord]) -> str:
     ]
     lines = [table(["NAME", "BUCKET", "SOURCE", "CREATED", "MODE", "PERSISTENT", "STATUS"], rows)]
     if any(s.missing for s in records):
-        lines.append("* MISSING: the bucket was deleted outside stix; `stixctl storage delete` forgets it.")
+        lines.append(
+            "* MISSING: the bucket was deleted outside stix; `stixctl storage delete` forgets it."
+        )
     return "\n".join(lines)

@@ -223,7 +223,9 @@ class StorageActor(Actor):
             await self.transition(SV.DELETE, req.why)
         await self._delete_bucket()
         await self._forget(req.why)
-        return m.OkReply(f"Deleted storage {self.id} (bucket {self.spec.store}://{self.spec.bucket})")
+        return m.OkReply(
+            f"Deleted storage {self.id} (bucket {self.spec.store}://{self.spec.bucket})"
+        )
 
     async def _delete_bucket(self) -> None:
         bucket = self.bucket()

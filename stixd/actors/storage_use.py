@@ -49,7 +49,9 @@ def configured_stores(app: App) -> list[str]:
     ]
 
 
-def plans_for(app: App, task: Task, cluster: str, owner: str | None, workspace: str | None) -> list[MountPlan]:
+def plans_for(
+    app: App, task: Task, cluster: str, owner: str | None, workspace: str | None
+) -> list[MountPlan]:
     return plan_mounts(
         task,
         cluster=cluster,
@@ -130,10 +132,14 @@ async def prepare_storage(
             bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
             count = await copy_to_nodes(cluster.provider, nodes, bucket, spec.prefix, plan.dest)
             env.progress(
-                m.Progress(f"Copied {count} object(s) of {spec.store}://{spec.bucket} to {plan.dest}.")
+                m.Progress(
+                    f"Copied {count} object(s) of {spec.store}://{spec.bucket} to {plan.dest}."
+                )
             )
     except BaseException:
-        await release_storage(app, task, made, cluster.id, cluster.spec.owner, cluster.spec.workspace)
+        await release_storage(
+            app, task, made, cluster.id, cluster.spec.owner, cluster.spec.workspace
+        )
         raise
     return made
 

@@ -47,7 +47,11 @@ def task_mounts(task: Task, file_mounts: bool) -> list[Mount]:
     if isinstance(task.workdir, str):
         mounts.append(Mount(source=task.workdir, dest=WORKDIR_DEST))
     if file_mounts:
-        mounts += [Mount(source=src, dest=dest) for dest, src in task.copy_mounts().items()]
+        mounts += [  # a bucket URI is copied by its storage (stixd.actors.storage_use)
+            Mount(source=src, dest=dest)
+            for dest, src in task.copy_mounts().items()
+            if "://" not in src
+        ]
     return mounts
 
 

@@ -191,10 +191,7 @@ def plan_mount(
         bucket = src.name or generated_name(cluster, dest)
         local = [_local(s, f"{where}.source") for s in sources]
     check_bucket(bucket, f"{where}.name" if src.name else where)
-    if src.name is not None and src.name != bucket:
-        name = src.name  # a named storage reading a URI source: the record keeps its name
-    else:
-        name = bucket
+    name = src.name or bucket  # a named storage reading a URI source keeps its name
     persistent = True if external else src.is_persistent
     spec = StorageSpec(
         name=name,
