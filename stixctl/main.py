@@ -427,7 +427,7 @@ def _events_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("job_id", nargs="?", type=int, help="a job's id as `queue` shows it")
     s.add_argument(
         "--kind",
-        choices=["cluster", "job", "managed_job", "job_pool", "service", "replica"],
+        choices=["cluster", "job", "managed_job", "job_pool", "service", "replica", "storage"],
         help="job: the latest job without ID; managed_job/job_pool: by job id or pool name",
     )
     s.add_argument("--limit", type=int, default=200)

@@ -169,7 +169,7 @@ class Leaks(Msg, tag="leaks", frozen=True):
     """With ``terminate``: only these of the leaks found (the ones a user confirmed)."""
 
 
-EventKind = Literal["cluster", "job", "managed_job", "job_pool", "service", "replica"]
+EventKind = Literal["cluster", "job", "managed_job", "job_pool", "service", "replica", "storage"]
 """The actor kinds whose history `events` shows."""
 
 

@@ -29,7 +29,7 @@ from stixd.storage.stores import (
     label_value,
 )
 from stixproto import messages as m
-from stixproto.errors import InvalidRequest, PermissionDenied, ProvisionError
+from stixproto.errors import InvalidRequest, PermissionDenied, ProvisionError, StixError
 from stixproto.states import StorageStatus as S
 
 if TYPE_CHECKING:
@@ -129,17 +129,26 @@ class StorageActor(Actor):
                 await self._abandon_init()
             else:
                 await self._observe(await self.bucket().exists())
-        except (StoreError, OSError) as exc:  # the store is down: look again on the next ls
+        except (StixError, OSError) as exc:  # the store is down, or refused: kept, and said
             self.log.warning("storage_reconcile_failed", error=str(exc))
+            if self.state is S.INIT:
+                why = f"stixd restarted during the upload, and cleaning up failed: {exc}"
+                await self.transition(SV.INIT_FAILED, why, last_error=why)
 
     async def _abandon_init(self) -> None:
-        """A create or upload that a restart cut short: the bucket it made goes (its launch,
-        if resumed, asks again); one it did not make keeps what was uploaded."""
+        """A create or upload that a restart cut short: the bucket it made goes (a resumed
+        launch asks again and makes it afresh); one it did not make keeps what was uploaded.
+        The record stays, failed, so the launch that wanted it still finds it."""
         why = "stixd restarted during the upload"
         if self.data.created and not self.spec.external:
-            await self.transition(SV.DELETE, why)
+            labels = await self.bucket().labels()
+            if labels is not None and LABEL_HOME not in labels:
+                # made, but cut before its labels were written: finish the create, so the
+                # bucket is known as ours, then remove it
+                await self.bucket().create({LABEL_STORAGE: label_value(self.id)})
             await self._delete_bucket()
-            await self._forget(why)
+            why += "; the bucket it made was removed"
+            await self.transition(SV.INIT_FAILED, why, last_error=why)
             return
         await self.transition(SV.UPLOAD_FAILED, why, last_error=why)
 

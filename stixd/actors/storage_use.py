@@ -14,7 +14,14 @@ from stixd.storage.plan import MountPlan, plan_mounts
 from stixd.storage.stores import StoreKind
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
-from stixproto.errors import InternalError, StorageNotFound, error_from_code
+from stixproto.errors import (
+    InternalError,
+    InvalidRequest,
+    ProvisionError,
+    StixError,
+    StorageNotFound,
+    error_from_code,
+)
 from stixproto.states import StorageStatus
 
 if TYPE_CHECKING:
@@ -27,10 +34,10 @@ Emit = Callable[[Any], Awaitable[None]]
 
 
 ENDPOINT_ENV = {
-    "s3": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"),
-    "gcs": ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"),
-    "azure": ("AZURE_STORAGE_CONNECTION_STRING",),
-    "r2": (),
+    StoreKind.S3: ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"),
+    StoreKind.GCS: ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"),
+    StoreKind.AZURE: ("AZURE_STORAGE_CONNECTION_STRING",),
+    StoreKind.R2: (),
 }
 
 
@@ -43,9 +50,9 @@ def configured_stores(app: App) -> list[str]:
 
     section = msgspec.to_builtins(app.config).get("storage") or {}
     return [
-        kind
+        kind.value
         for kind, names in ENDPOINT_ENV.items()
-        if section.get(kind) or any(os.environ.get(n) for n in names)
+        if section.get(kind.value) or any(os.environ.get(n) for n in names)
     ]
 
 
@@ -126,7 +133,12 @@ async def prepare_storage(
             await _row_for(app, plan)
             if not existed:
                 made.append(plan.storage.name)
-            await ask_storage(app, plan.storage.name, Ensure(plan.storage, cluster.id), relay)
+            try:
+                await ask_storage(app, plan.storage.name, Ensure(plan.storage, cluster.id), relay)
+            except (InvalidRequest, ProvisionError):
+                raise
+            except StixError as exc:  # the launch fails (and may be retried), its actor lives
+                raise ProvisionError(f"storage {plan.storage.name}: {exc.message}") from None
         for plan in plans:  # every mode is COPY (`validate_mounts`)
             spec = plan.storage
             bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
