@@ -16,7 +16,7 @@ from stixproto.errors import InvalidRequest
 
 def add_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("action", choices=["ls", "delete"])
-    s.add_argument("names", nargs="*", metavar="NAME")
+    s.add_argument("storages", nargs="*", metavar="NAME")
     s.add_argument("-a", "--all", action="store_true", help="delete: every storage of yours")
     s.add_argument("-y", "--yes", action="store_true", help="delete: do not ask first")
     s.add_argument("--json", action="store_true")
@@ -34,7 +34,7 @@ def cmd_storage(home: Path, a: argparse.Namespace) -> int:
 def cmd_ls(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
 
-    reply: m.StorageList = call(home, m.StorageLs(names=list(a.names)), on_event)
+    reply: m.StorageList = call(home, m.StorageLs(names=list(a.storages)), on_event)
     if a.json:
         print_json(reply)
     else:
@@ -46,13 +46,13 @@ def cmd_delete(home: Path, a: argparse.Namespace) -> int:
     from stixctl.client import call
     from stixctl.confirm import ask
 
-    if bool(a.names) == a.all:
+    if bool(a.storages) == a.all:
         raise InvalidRequest("name the storages to delete, or give -a for all of yours")
     if not a.yes and a.json:
         raise InvalidRequest("delete with --json cannot ask first: add -y")
-    req = m.StorageDelete(names=list(a.names), all=a.all)
+    req = m.StorageDelete(names=list(a.storages), all=a.all)
     if not a.yes:
-        listed: m.StorageList = call(home, m.StorageLs(names=list(a.names)), on_event)
+        listed: m.StorageList = call(home, m.StorageLs(names=list(a.storages)), on_event)
         names = [s.name for s in listed.storages if s.created or not a.all]
         if not names:
             print("No storage to delete.")
