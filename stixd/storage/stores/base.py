@@ -9,8 +9,9 @@ stix: ``delete`` refuses it and ``tagged`` leaves it out. Label values go throug
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -80,6 +81,28 @@ class StoreUnreachable(StoreError):
     code = "store_unreachable"
 
 
+def _first_store_error(group: BaseExceptionGroup[BaseException]) -> StoreError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _first_store_error(exc)):
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def first_store_error() -> Iterator[None]:
+    """Around a task group: its failure as the first ``StoreError`` in it (a caller expects
+    one one-line error, not the group anyio gathers); anything else goes on as it was."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        found = _first_store_error(group)
+        if found is None:
+            raise
+        raise found from None
+
+
 def label_value(text: str) -> str:
     """``text`` as a label value every store accepts (GCS's rule is the narrowest)."""
     return _LABEL_BAD.sub("_", text.lower())[:63]
@@ -116,10 +139,16 @@ class Bucket(Protocol):
         """Every object under ``prefix``, read a bounded page at a time."""
 
     async def upload_tree(
-        self, root: Path, prefix: str = "", *, ignore: Callable[[str], bool] | None = None
+        self,
+        root: Path,
+        prefix: str = "",
+        *,
+        ignore: Callable[[str], bool] | None = None,
+        delete: bool = False,
     ) -> UploadResult:
         """Send the files of ``root`` whose size or MD5 differ from the bucket's, skipping what
-        ``.skyignore``/``.gitignore`` (``SyncFilter``) or ``ignore(relative path)`` drop."""
+        ``.skyignore``/``.gitignore`` (``SyncFilter``) or ``ignore(relative path)`` drop; with
+        ``delete``, also remove the keys under ``prefix`` that no kept file has."""
 
     async def signed_get(self, key: str, seconds: int) -> str: ...
 

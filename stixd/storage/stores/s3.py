@@ -44,6 +44,7 @@ from stixd.storage.stores.base import (
     StoreKind,
     StoreUnreachable,
     UploadResult,
+    first_store_error,
     label_value,
     one_line,
 )
@@ -56,8 +57,13 @@ _DENIED = frozenset(
 )
 
 
-def _config(path_style: bool) -> AioConfig:
+def _config(path_style: bool, r2: bool) -> AioConfig:
+    # R2 refuses some of the checksums botocore now adds by default: send them only where an
+    # operation needs one, as Cloudflare advises
+    checksums = "when_required" if r2 else "when_supported"
     return AioConfig(
+        request_checksum_calculation=checksums,
+        response_checksum_validation=checksums,
         retries={"mode": "standard", "total_max_attempts": 3},
         connect_timeout=10,
         read_timeout=60,
@@ -86,7 +92,9 @@ def s3_credentials(
                 "r2: no endpoint: set storage.r2.endpoint_url to your account's "
                 "https://<account id>.r2.cloudflarestorage.com"
             )
-        return dataclasses.replace(creds, endpoint_url=str(endpoint), region="auto")
+        # R2 takes "us-east-1" as its "auto" region, and a bucket made there needs no
+        # location constraint
+        return dataclasses.replace(creds, endpoint_url=str(endpoint), region="us-east-1")
     endpoint = (
         section.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     )
@@ -102,10 +110,18 @@ def classify(exc: Exception, bucket: str, what: str) -> StoreError:
             err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         )
         msg = one_line(err.get("Message") or code)
+        if code == "BucketAlreadyExists":
+            return NotOurs(f"bucket name {bucket!r} is taken by another account")
         if code in _MISSING:
             return BucketMissing(f"bucket {bucket!r} does not exist ({what})")
         if code in _DENIED:
             return AccessDenied(f"access to bucket {bucket!r} denied ({what}): {msg}")
+        if code.isdigit() and int(code) >= 500:
+            # no S3 error code in the answer: botocore read a body it could not parse (it
+            # makes an unparseable 200 a 500) or an HTML page of some proxy
+            return BadAnswer(
+                f"{what} on bucket {bucket!r}: the store answered garbage (HTTP {code})"
+            )
         return StoreError(f"{what} on bucket {bucket!r} failed: {code}: {msg}")
     if isinstance(exc, EndpointConnectionError):
         return StoreUnreachable(f"{what} on bucket {bucket!r}: {one_line(exc)}")
@@ -142,7 +158,7 @@ class S3Clients:
                         aws_access_key_id=c.access_key_id,
                         aws_secret_access_key=c.secret_access_key,
                         aws_session_token=c.session_token,
-                        config=_config(c.endpoint_url is not None),
+                        config=_config(c.endpoint_url is not None, self.kind is StoreKind.R2),
                     )
                 )
                 self._clients[region] = found
@@ -177,9 +193,10 @@ class S3Clients:
             if labels is not None and labels.get(LABEL_HOME) == home_id:
                 ours.append(name)
 
-        async with anyio.create_task_group() as tg:
-            for name, region in names:
-                tg.start_soon(check, name, region)
+        with first_store_error():
+            async with anyio.create_task_group() as tg:
+                for name, region in names:
+                    tg.start_soon(check, name, region)
         return sorted(ours)
 
     async def aclose(self) -> None:

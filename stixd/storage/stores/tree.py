@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -18,10 +17,11 @@ from typing import NamedTuple
 import anyio
 
 from stixd.providers.shared.syncfilter import SyncFilter
-from stixd.storage.stores.base import ObjectInfo, UploadResult
+from stixd.storage.stores.base import ObjectInfo, StoreError, UploadResult, first_store_error
 
 CHUNK = 1 << 20
-WORKERS = 8
+WORKERS = 10
+"""Files in flight at once: the AWS CLI's default (``max_concurrent_requests``)."""
 
 
 class LocalFile(NamedTuple):
@@ -47,7 +47,7 @@ def local_files(root: Path, ignore: Callable[[str], bool] | None = None) -> list
             st = path.stat()
         except OSError:
             continue  # vanished or a dangling link: nothing to send
-        if os.path.isdir(path) or not path.is_file():
+        if not path.is_file():
             continue
         out.append(LocalFile(rel, path, st.st_size))
     return out
@@ -110,25 +110,32 @@ async def upload(
     queue = iter(files)
 
     async def worker() -> None:
-        nonlocal sent, skipped, bytes_sent
         for f in queue:  # shared iterator: each file goes to exactly one worker
-            key = prefix + f.rel
-            known = remote.get(key)
-            if (
-                known is not None
-                and known.size == f.size
-                and known.etag
-                and await anyio.to_thread.run_sync(digest, f.path) == known.etag
-            ):
-                skipped += 1
-                continue
-            await put(key, f.path, f.size)
-            sent += 1
-            bytes_sent += f.size
+            try:
+                await one(f)
+            except OSError as exc:  # the local file, changed or gone under us
+                raise StoreError(f"cannot read {f.path}: {exc.strerror or exc}") from None
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(max(1, min(workers, len(files)))):
-            tg.start_soon(worker)
+    async def one(f: LocalFile) -> None:
+        nonlocal sent, skipped, bytes_sent
+        key = prefix + f.rel
+        known = remote.get(key)
+        if (
+            known is not None
+            and known.size == f.size
+            and known.etag
+            and await anyio.to_thread.run_sync(digest, f.path) == known.etag
+        ):
+            skipped += 1
+            return
+        await put(key, f.path, f.size)
+        sent += 1
+        bytes_sent += f.size
+
+    with first_store_error():
+        async with anyio.create_task_group() as tg:
+            for _ in range(max(1, min(workers, len(files)))):
+                tg.start_soon(worker)
     deleted = 0
     if remove is not None:
         wanted = {prefix + f.rel for f in files}

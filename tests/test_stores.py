@@ -1,0 +1,461 @@
+"""The object stores against their emulators: moto (S3 and R2), fake-gcs-server (GCS) and
+azurite (Azure Blob), each started once for this module (tests/stores_bed.py). What a bucket
+holds or whether it exists is checked with a bare client where the emulator allows one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import boto3  # type: ignore[import-untyped]
+import pytest
+from aiohttp import web
+
+from stixd.storage.stores import (
+    LABEL_HOME,
+    LABEL_STORAGE,
+    AccessDenied,
+    BadAnswer,
+    Bucket,
+    BucketMissing,
+    NotOurs,
+    StoreError,
+    StoreKind,
+    Stores,
+    StoreUnreachable,
+    label_value,
+    open_stores,
+)
+from stixd.storage.stores import azure as azure_store
+from tests import stores_bed
+from tests.stores_bed import Emulator, free_port
+
+pytestmark = pytest.mark.anyio
+moto_s3 = stores_bed.moto_s3  # one emulator of each per module
+fake_gcs = stores_bed.fake_gcs
+azurite = stores_bed.azurite
+
+HOME = "0a1b2c3d"
+OTHER_HOME = "ffff0000"
+EMULATOR = {
+    StoreKind.S3: "moto_s3",
+    StoreKind.R2: "moto_s3",
+    StoreKind.GCS: "fake_gcs",
+    StoreKind.AZURE: "azurite",
+}
+KINDS = [StoreKind.S3, StoreKind.GCS, StoreKind.AZURE]
+BIG = 11 << 20  # past S3's multipart threshold (two parts) and, patched, Azure's block one
+
+
+@pytest.fixture(params=KINDS, ids=[k.value for k in KINDS])
+def kind(request: pytest.FixtureRequest) -> StoreKind:
+    return StoreKind(request.param)
+
+
+@pytest.fixture
+def emulator(kind: StoreKind, request: pytest.FixtureRequest) -> Emulator:
+    emu: Emulator = request.getfixturevalue(EMULATOR[kind])
+    return emu
+
+
+@contextlib.asynccontextmanager
+async def opened(emu: Emulator, home: str = HOME) -> AsyncIterator[Stores]:
+    stores = open_stores(emu.config, emu.env, home)
+    try:
+        yield stores
+    finally:
+        await stores.aclose()
+
+
+_names = iter(range(10**6))
+
+
+def fresh(kind: StoreKind) -> str:
+    return f"stix-test-{kind.value}-{next(_names)}"
+
+
+def bare_exists(kind: StoreKind, emu: Emulator, name: str, sas: str = "") -> bool:
+    """Whether the emulator holds bucket ``name``, asked with no stix code in the way (Azure:
+    through a container SAS made before, since azurite answers nothing unsigned)."""
+    if kind in (StoreKind.S3, StoreKind.R2):
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=emu.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        try:
+            s3.head_bucket(Bucket=name)
+        except s3.exceptions.ClientError:
+            return False
+        finally:
+            s3.close()
+        return True
+    url = f"{emu.url}/storage/v1/b/{name}" if kind is StoreKind.GCS else sas
+    try:
+        urllib.request.urlopen(url, timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False
+        raise
+    return True
+
+
+def make_tree(root: Path) -> None:
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "src" / "pkg" / "a.py").write_text("print('a')\n")
+    (root / "src" / "b c.txt").write_text("spaces\n")
+    (root / "README").write_text("read me\n")
+    (root / "big.bin").write_bytes(bytes(range(256)) * (BIG // 256))
+    (root / ".gitignore").write_text("*.log\nbuild/\n")
+    (root / "debug.log").write_text("ignored\n")
+    (root / "build").mkdir()
+    (root / "build" / "out.o").write_text("ignored\n")
+
+
+SENT_KEYS = {".gitignore", "README", "big.bin", "src/b c.txt", "src/pkg/a.py"}
+
+
+async def keys_of(bucket: Bucket, prefix: str = "") -> set[str]:
+    return {o.key async for o in bucket.objects(prefix)}
+
+
+async def test_a_bucket_is_made_with_our_labels_listed_as_ours_and_deleted(
+    kind: StoreKind, emulator: Emulator, tmp_path: Path
+) -> None:
+    async with opened(emulator) as stores:
+        name = fresh(kind)
+        bucket = stores.bucket(kind, name)
+        assert not await bucket.exists()
+        assert await bucket.labels() is None
+        await bucket.create({LABEL_STORAGE: "My.Data"})
+        await bucket.create({LABEL_STORAGE: "My.Data"})  # again: ours, so nothing changes
+        assert await bucket.exists()
+        labels = await bucket.labels()
+        assert labels is not None
+        assert labels[LABEL_STORAGE] == label_value("My.Data") == "my_data"
+        assert labels[LABEL_HOME] == HOME
+        assert await bucket.owned()
+        assert name in await stores.tagged(kind)
+        make_tree(tmp_path)
+        await bucket.upload_tree(tmp_path)
+        sas = ""
+        if kind is StoreKind.AZURE:
+            assert isinstance(bucket, azure_store.AzureBucket)
+            sas = bucket.container_sas_url(60) + "&restype=container&comp=list"
+        assert bare_exists(kind, emulator, name, sas)
+        await bucket.delete()
+        assert not bare_exists(kind, emulator, name, sas)
+        assert not await bucket.exists()
+        assert name not in await stores.tagged(kind)
+        await bucket.delete()  # already gone: nothing to do
+
+
+async def test_upload_sends_only_what_changed_and_honours_the_ignore_files(
+    kind: StoreKind, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(azure_store, "SINGLE_PUT", 4 << 20)  # big.bin goes in blocks
+    monkeypatch.setattr(azure_store, "BLOCK", 4 << 20)
+    make_tree(tmp_path)
+    async with opened(emulator) as stores:
+        bucket = stores.bucket(kind, fresh(kind))
+        await bucket.create({LABEL_STORAGE: "up"})
+        first = await bucket.upload_tree(tmp_path, "work")
+        assert (first.sent, first.skipped, first.deleted) == (len(SENT_KEYS), 0, 0)
+        assert await keys_of(bucket) == {f"work/{k}" for k in SENT_KEYS}
+        again = await bucket.upload_tree(tmp_path, "work")
+        assert (again.sent, again.skipped, again.bytes_sent) == (0, len(SENT_KEYS), 0)
+
+        (tmp_path / "README").write_text("READ ME\n")  # same size, other bytes
+        (tmp_path / "src" / "new.txt").write_text("new\n")
+        (tmp_path / "src" / "b c.txt").unlink()
+        changed = await bucket.upload_tree(tmp_path, "work", ignore=lambda rel: rel == "big.bin")
+        assert (changed.sent, changed.deleted) == (2, 0)  # nothing deleted unless asked
+        assert "work/src/b c.txt" in await keys_of(bucket, "work/")
+
+        await bucket.upload_tree(tmp_path, "other")  # another prefix is left alone below
+        pruned = await bucket.upload_tree(tmp_path, "work", delete=True)
+        assert (pruned.sent, pruned.deleted) == (0, 1)
+        assert await keys_of(bucket, "work/") == {
+            f"work/{k}" for k in SENT_KEYS - {"src/b c.txt"} | {"src/new.txt"}
+        }
+
+        (tmp_path / ".skyignore").write_text("src/\n")  # .skyignore replaces .gitignore
+        sky = await bucket.upload_tree(tmp_path, "sky")
+        assert await keys_of(bucket, "sky/") == {
+            f"sky/{k}" for k in {".gitignore", ".skyignore", "README", "big.bin", "debug.log",
+                                 "build/out.o"}
+        }  # fmt: skip
+        assert sky.skipped == 0
+        await bucket.delete()
+
+
+async def test_signed_urls_download_and_upload_with_a_bare_client(
+    kind: StoreKind, emulator: Emulator, tmp_path: Path
+) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "data file.bin").write_bytes(b"payload" * 1000)
+    async with opened(emulator) as stores:
+        bucket = stores.bucket(kind, fresh(kind))
+        await bucket.create({LABEL_STORAGE: "signed"})
+        await bucket.upload_tree(tmp_path)
+        get = await bucket.signed_get("dir/data file.bin", 60)
+        put = await bucket.signed_put("from-node/out.txt", 60)
+        headers = {"x-ms-blob-type": "BlockBlob"} if kind is StoreKind.AZURE else {}
+        async with aiohttp.ClientSession() as bare:  # no credentials of any kind
+            async with bare.get(get) as answer:
+                assert answer.status == 200
+                assert await answer.read() == b"payload" * 1000
+            async with bare.put(put, data=b"written on a node", headers=headers) as answer:
+                assert answer.status in (200, 201), await answer.text()
+            async with bare.get(get.replace("dir/data%20file.bin", "dir/other")) as answer:
+                assert answer.status in (403, 404)  # a URL opens its own object only
+        assert {o.key: o.size async for o in bucket.objects("from-node/")} == {
+            "from-node/out.txt": len(b"written on a node")
+        }
+        await bucket.delete()
+
+
+async def test_a_bucket_this_home_did_not_make_is_not_ours_and_never_deleted(
+    kind: StoreKind, emulator: Emulator
+) -> None:
+    name = fresh(kind)
+    async with opened(emulator, OTHER_HOME) as other, opened(emulator) as stores:
+        await other.bucket(kind, name).create({LABEL_STORAGE: "theirs"})
+        bucket = stores.bucket(kind, name)
+        assert await bucket.exists()
+        assert not await bucket.owned()
+        assert name not in await stores.tagged(kind)
+        with pytest.raises(NotOurs, match=name):
+            await bucket.delete()
+        with pytest.raises(NotOurs, match=name):
+            await bucket.create({LABEL_STORAGE: "mine"})
+        assert await bucket.exists()
+        labels = await bucket.labels()
+        assert labels is not None and labels[LABEL_HOME] == OTHER_HOME
+        await other.bucket(kind, name).delete()
+
+
+async def test_a_missing_bucket_is_one_line_errors_or_none(
+    kind: StoreKind, emulator: Emulator, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_text("x")
+    async with opened(emulator) as stores:
+        bucket = stores.bucket(kind, fresh(kind))
+        assert await bucket.labels() is None
+        assert not await bucket.owned()
+        await bucket.delete()
+        with pytest.raises(BucketMissing, match=bucket.name) as listing:
+            await keys_of(bucket)
+        with pytest.raises(BucketMissing):
+            await bucket.upload_tree(tmp_path)
+        assert "\n" not in str(listing.value)
+
+
+async def test_r2_is_the_s3_api_at_its_own_endpoint(moto_s3: Emulator, tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("r2")
+    async with opened(moto_s3) as stores:
+        bucket = stores.bucket(StoreKind.R2, fresh(StoreKind.R2))
+        await bucket.create({LABEL_STORAGE: "r2"})
+        assert (await bucket.upload_tree(tmp_path)).sent == 1
+        assert bucket.name in await stores.tagged(StoreKind.R2)
+        kind, conf = bucket.rclone_remote()
+        assert (kind, conf["provider"], conf["endpoint"]) == ("s3", "Cloudflare", moto_s3.url)
+        await bucket.delete()
+    no_endpoint = {k: v for k, v in moto_s3.config.items() if k != "r2"}
+    stores = open_stores(no_endpoint, moto_s3.env, HOME)
+    with pytest.raises(StoreError, match=r"storage\.r2\.endpoint_url"):
+        stores.bucket(StoreKind.R2, "x")
+    await stores.aclose()
+
+
+async def test_rclone_reads_and_writes_the_bucket_with_its_remote(
+    kind: StoreKind, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The distro's rclone (README command 2), configured with nothing but ``rclone_remote``,
+    lists the bucket and writes into it."""
+    rclone = shutil.which("rclone")
+    assert rclone is not None, "rclone is not installed: run README command 2"
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "x.txt").write_text("from the daemon")
+    (tmp_path / "node.txt").write_text("from a node")
+    async with opened(emulator) as stores:
+        bucket = stores.bucket(kind, fresh(kind))
+        await bucket.create({LABEL_STORAGE: "rc"})
+        await bucket.upload_tree(tmp_path / "up")
+        remote, conf = bucket.rclone_remote()
+        lines = [f"type = {remote}"] + [f"{k} = {v}" for k, v in sorted(conf.items())]
+        config = tmp_path / "rclone.conf"
+        config.write_text("[r]\n" + "\n".join(lines) + "\n")
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone 1.60 bug
+        base = [rclone, "--config", str(config), "--retries", "1"]
+        listed = await anyio.run_process([*base, "lsf", "-R", f"r:{bucket.name}"], env=env)
+        assert listed.stdout.decode().split() == ["x.txt"]
+        await anyio.run_process(
+            [*base, "copyto", str(tmp_path / "node.txt"), f"r:{bucket.name}/node.txt"], env=env
+        )
+        assert await keys_of(bucket) == {"x.txt", "node.txt"}
+        if kind is StoreKind.AZURE:  # the container SAS opens that container only
+            other = conf["sas_url"].replace(f"/{bucket.name}?", "/some-other-container?")
+            url = other + "&restype=container&comp=list"
+            async with aiohttp.ClientSession() as bare, bare.get(url) as answer:
+                assert answer.status == 403
+        await bucket.delete()
+
+
+# -- hostile stores ------------------------------------------------------------------------
+
+
+class Hostile:
+    """A loopback server that answers as a broken store would (a fake: no real store does)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.pages = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def config(self, kind: StoreKind) -> tuple[dict[str, Any], dict[str, str]]:
+        env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "HOME": "/nonexistent"}
+        return (
+            {
+                "s3": {"endpoint_url": self.url},
+                "gcs": {"endpoint": self.url, "project": "p"},
+                "azure": {"account": "acct", "key": "a2V5", "endpoint": f"{self.url}/acct"},
+            },
+            env,
+        )
+
+    async def answer(self, request: web.Request) -> web.Response:
+        if self.mode == "garbage":
+            return web.Response(text="<html><body>502 bad gateway, maybe", status=200)
+        if self.mode == "readonly":  # lists an empty bucket, refuses every write
+            await request.read()
+            if request.method != "GET":
+                return web.Response(text="<Error><Code>AccessDenied</Code></Error>", status=403)
+            if "storage/v1" in request.path:
+                return web.json_response({})
+            if request.query.get("comp") == "list":
+                return web.Response(text="<EnumerationResults><Blobs/></EnumerationResults>")
+            return web.Response(
+                text="<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>"
+            )
+        self.pages += 1
+        token = f"t{self.pages}"
+        if "storage/v1" in request.path:
+            doc = {"items": [{"name": f"k{self.pages}", "size": "1"}], "nextPageToken": token}
+            return web.json_response(doc)
+        if request.query.get("comp") == "list":
+            xml = (
+                f"<EnumerationResults><Blobs/><NextMarker>{token}</NextMarker></EnumerationResults>"
+            )
+            return web.Response(text=xml, content_type="application/xml")
+        xml = (
+            "<ListBucketResult><IsTruncated>true</IsTruncated>"
+            f"<NextContinuationToken>{token}</NextContinuationToken>"
+            f'<Contents><Key>k{self.pages}</Key><Size>1</Size><ETag>"e"</ETag></Contents>'
+            "</ListBucketResult>"
+        )
+        return web.Response(text=xml, content_type="application/xml")
+
+
+@contextlib.asynccontextmanager
+async def hostile(mode: str) -> AsyncIterator[Hostile]:
+    server = Hostile(mode)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", server.answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", server.port).start()
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_store_answering_garbage_is_a_one_line_bad_answer(kind: StoreKind) -> None:
+    async with hostile("garbage") as server:
+        config, env = server.config(kind)
+        stores = open_stores(config, env, HOME)
+        try:
+            with pytest.raises(BadAnswer) as bad:
+                await keys_of(stores.bucket(kind, "b"))
+            assert "\n" not in str(bad.value) and "garbage" in str(bad.value)
+        finally:
+            await stores.aclose()
+
+
+async def test_a_refused_upload_is_one_error_not_a_group(kind: StoreKind, tmp_path: Path) -> None:
+    for i in range(12):  # more files than workers: every worker fails
+        (tmp_path / f"f{i}").write_text("x")
+    async with hostile("readonly") as server:
+        config, env = server.config(kind)
+        config["gcs"]["service_account_file"] = str(
+            stores_bed.service_account_key(tmp_path / "sa.json")
+        )
+        stores = open_stores(config, env, HOME)
+        try:
+            with pytest.raises(AccessDenied, match="denied"):
+                await stores.bucket(kind, "bkt").upload_tree(
+                    tmp_path, ignore=lambda r: r == "sa.json"
+                )
+        finally:
+            await stores.aclose()
+
+
+async def test_a_listing_that_never_ends_is_cut_off(kind: StoreKind) -> None:
+    async with hostile("endless") as server:
+        config, env = server.config(kind)
+        stores = open_stores(config, env, HOME)
+        try:
+            bucket: Any = stores.bucket(kind, "b")
+            bucket.max_pages = 5
+            with pytest.raises(BadAnswer, match="did not end in 5 pages"):
+                await keys_of(bucket)
+            assert server.pages == 5
+        finally:
+            await stores.aclose()
+
+
+async def test_a_store_that_is_not_there_is_unreachable(kind: StoreKind) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    config = {
+        "s3": {"endpoint_url": url},
+        "gcs": {"endpoint": url, "project": "p"},
+        "azure": {"account": "acct", "key": "a2V5", "endpoint": f"{url}/acct"},
+    }
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "HOME": "/nonexistent"}
+    stores = open_stores(config, env, HOME)
+    try:
+        with pytest.raises(StoreUnreachable):
+            await stores.bucket(kind, "b").exists()
+    finally:
+        await stores.aclose()
+
+
+def test_label_values_fit_every_store() -> None:
+    assert label_value("My.Data/Set 1") == "my_data_set_1"
+    assert len(label_value("x" * 100)) == 63
+    assert json.dumps(label_value("ü")) == '"_"'
+
+
+async def test_gcs_without_credentials_says_what_to_set_and_asks_no_metadata_server(
+    tmp_path: Path,
+) -> None:
+    stores = open_stores({"gcs": {"project": "p"}}, {"HOME": str(tmp_path)}, HOME)
+    try:
+        with pytest.raises(StoreError, match="GOOGLE_APPLICATION_CREDENTIALS") as missing:
+            await stores.bucket(StoreKind.GCS, "b").exists()
+        assert "\n" not in str(missing.value)
+    finally:
+        await stores.aclose()
