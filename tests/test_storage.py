@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from tests import stores_bed
 from tests.conftest import Stix, wait_until
-from tests.stores_bed import Emulator, moto_s3
+from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
-__all__ = ["moto_s3"]  # the module's emulator fixture
+__all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
 
 
 def s3(emu: Emulator) -> Any:
@@ -212,3 +213,61 @@ run: echo never
     sx.run("down", "kill1", "-y", timeout=60)
     sx.run("storage", "delete", "stix-kill-upload", "-y", check=True)
     assert "stix-kill-upload" not in buckets(moto_s3)
+
+
+def bucket_exists(emu: Emulator, kind: str, name: str) -> bool:
+    import asyncio
+
+    from stixd.storage.stores import StoreKind, open_stores
+
+    async def look() -> bool:
+        stores = open_stores(emu.config, emu.env, "0" * 8)
+        try:
+            return await stores.bucket(StoreKind(kind), name).exists()
+        finally:
+            await stores.aclose()
+
+    return asyncio.run(look())
+
+
+@pytest.mark.parametrize(("store", "fixture"), [("gcs", "fake_gcs"), ("azure", "azurite")])
+def test_copy_mode_on_gcs_and_azure_reads_on_the_node_and_delete_removes_the_bucket(
+    stix: Stix,
+    store: str,
+    fixture: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    task_file: Callable[[str], Path],
+) -> None:
+    emu: Emulator = request.getfixturevalue(fixture)
+    stix.env.update({k: v for k, v in emu.env.items() if k != "HOME"})
+    stix.env["GOOGLE_CLOUD_PROJECT"] = "stix-test"  # the daemon's config has no storage: yet
+    if store == "gcs":  # GCS signs URLs with a service-account key (the emulator never checks)
+        key = stores_bed.service_account_key(tmp_path / "sa.json")
+        stix.env["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)
+    stix.env["STIX__LOCAL__NETWORK"] = "host"
+    data = tmp_path / "src"
+    (data / "deep").mkdir(parents=True)
+    (data / "deep" / "hello.txt").write_text(f"hello from {store}\n")
+    name = f"stix-copy-{store}"
+    task = task_file(
+        f"""
+file_mounts:
+  ~/in:
+    name: {name}
+    source: {data}
+    store: {store}
+    mode: COPY
+run: cat ~/in/deep/hello.txt
+"""
+    )
+    done = launch(stix, task, f"cp-{store}")
+    assert done.returncode == 0, done.stderr
+    assert bucket_exists(emu, store, name)
+    wait_until(lambda: stix.job_status(f"cp-{store}", 1) == "SUCCEEDED", timeout=60)
+    logs = stix.run("logs", f"cp-{store}", "1", timeout=30).stdout
+    assert f"hello from {store}" in logs
+    assert storages(stix)[name]["store"] == store
+    stix.run("storage", "delete", name, "-y", check=True)
+    assert not bucket_exists(emu, store, name)
+    stix.run("down", f"cp-{store}", "-y", check=True, timeout=60)

@@ -11,7 +11,7 @@ from stixd.actors.storage import STORAGE, Ensure, Remove, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
 from stixd.storage.plan import MountPlan, plan_mounts
-from stixd.storage.stores import StoreKind
+from stixd.storage.stores import StoreError, StoreKind
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto.errors import (
@@ -142,7 +142,10 @@ async def prepare_storage(
         for plan in plans:  # every mode is COPY (`validate_mounts`)
             spec = plan.storage
             bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
-            count = await copy_to_nodes(cluster.provider, nodes, bucket, spec.prefix, plan.dest)
+            try:
+                count = await copy_to_nodes(cluster.provider, nodes, bucket, spec.prefix, plan.dest)
+            except StoreError as exc:  # listing or signing: the launch fails in one line
+                raise ProvisionError(f"file_mounts.{plan.dest}: {exc.message}") from None
             env.progress(
                 m.Progress(
                     f"Copied {count} object(s) of {spec.store}://{spec.bucket} to {plan.dest}."
