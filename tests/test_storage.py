@@ -21,7 +21,7 @@ __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
 
 
 def s3(emu: Emulator) -> Any:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
 
     return boto3.client(
         "s3",
