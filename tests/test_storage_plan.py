@@ -106,3 +106,47 @@ def test_the_storage_transition_table_is_exactly_skypilots_states_plus_deleting(
     for state in S:
         for event in SV:
             assert STORAGE_TRANSITIONS.get((state, event)) == expected.get((state, event))
+
+
+@pytest.mark.parametrize("key", ["../escape.txt", "a/../../b", "/etc/passwd", "", "a/./b"])
+def test_the_agent_refuses_an_object_key_that_would_leave_the_mount(key: str) -> None:
+    from stixd.agent.fetch import parse_items
+    from stixd.agent.protocol import RequestError
+
+    with pytest.raises(RequestError) as caught:
+        parse_items({"dest": "/tmp/m", "items": [[key, "http://127.0.0.1:1/x"]]})
+    assert caught.value.code == "bad_request"
+
+
+@pytest.mark.anyio
+async def test_the_agent_fetches_signed_urls_into_place(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    from stixd.agent.fetch import fetch
+
+    served = tmp_path / "served"
+    (served / "o").mkdir(parents=True)
+    (served / "o" / "1.txt").write_text("one")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def handler(*args: object) -> Quiet:
+        return Quiet(*args, directory=str(served))  # type: ignore[arg-type]
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/o/1.txt"
+        dest = tmp_path / "mnt"
+        got = await fetch({"dest": str(dest), "items": [["deep/x.txt", url]], "workers": 2})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert got == {"files": 1, "bytes": 3}
+    assert (dest / "deep" / "x.txt").read_text() == "one"
+    assert [p.name for p in (dest / "deep").iterdir()] == ["x.txt"]  # no partial file left
