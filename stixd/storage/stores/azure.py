@@ -107,6 +107,7 @@ class AzureAccount:
             endpoint = f"{scheme}://{self.account}.blob.{suffix}"
         self.endpoint = str(endpoint).rstrip("/")
         self.sessions = Sessions()
+        self.digests = tree.Digests()
 
     def authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
         """Add ``x-ms-date``, ``x-ms-version`` and the Shared Key ``Authorization`` header."""
@@ -312,12 +313,12 @@ class AzureBucket:
             marker = following
         raise BadAnswer(f"bucket {self.name!r}: the listing did not end in {self.max_pages} pages")
 
-    async def _put(self, key: str, path: Path, size: int) -> None:
+    async def _put(self, key: str, path: Path, size: int) -> str | None:
         url = self._blob_url(key)
         octets = {"Content-Type": "application/octet-stream"}
         if size <= SINGLE_PUT:
             with path.open("rb") as f:
-                await self._a.request(
+                headers, _ = await self._a.request(
                     "PUT",
                     url,
                     self.name,
@@ -325,7 +326,7 @@ class AzureBucket:
                     headers=octets | {"x-ms-blob-type": "BlockBlob", "Content-Length": str(size)},
                     data=f,
                 )
-            return
+            return headers.get("content-md5") or None
         whole = hashlib.md5(usedforsecurity=False)
         ids: list[str] = []
         async with await anyio.open_file(path, "rb") as f:
@@ -358,6 +359,7 @@ class AzureBucket:
             },
             data=data,
         )
+        return md5
 
     async def upload_tree(
         self,
@@ -374,6 +376,7 @@ class AzureBucket:
             listing=self.objects,
             digest=tree.md5_b64,
             put=self._put,
+            digests=self._a.digests,
             remove=self._remove if delete else None,
         )
 

@@ -90,6 +90,7 @@ class GcsClient:
             project = (self.key() or {}).get("project_id")
         self.project = str(project) if project else None
         self.sessions = Sessions()
+        self.digests = tree.Digests()
         self._token: Token | None = None
 
     def key(self) -> dict[str, Any] | None:
@@ -295,10 +296,10 @@ class GcsBucket:
             params["pageToken"] = str(token)
         raise BadAnswer(f"bucket {self.name!r}: the listing did not end in {self.max_pages} pages")
 
-    async def _put(self, key: str, path: Path, size: int) -> None:
+    async def _put(self, key: str, path: Path, size: int) -> str | None:
         # A media upload streams the file (aiohttp reads it 64 KiB at a time in a thread).
         with path.open("rb") as f:
-            await self._c.request(
+            made = await self._c.request(
                 "POST",
                 f"{self._c.root}/upload/storage/v1/b/{quote(self.name, safe='')}/o",
                 self.name,
@@ -307,6 +308,7 @@ class GcsBucket:
                 data=f,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             )
+        return str(made.get("md5Hash") or "") or None
 
     async def upload_tree(
         self,
@@ -323,6 +325,7 @@ class GcsBucket:
             listing=self.objects,
             digest=tree.md5_b64,
             put=self._put,
+            digests=self._c.digests,
             remove=self._remove if delete else None,
         )
 

@@ -143,6 +143,7 @@ class S3Clients:
         self._stack = contextlib.AsyncExitStack()
         self._clients: dict[str, Any] = {}
         self._lock = anyio.Lock()
+        self.digests = tree.Digests()
 
     async def client(self, region: str | None) -> Any:
         region = region or self.creds.region
@@ -315,11 +316,11 @@ class S3Bucket:
             params["ContinuationToken"] = token
         raise BadAnswer(f"bucket {self.name!r}: the listing did not end in {self.max_pages} pages")
 
-    async def _put(self, key: str, path: Path, size: int) -> None:
+    async def _put(self, key: str, path: Path, size: int) -> str | None:
         if size < MULTIPART:
             body = await anyio.Path(path).read_bytes()
-            await self._call("upload", "put_object", Bucket=self.name, Key=key, Body=body)
-            return
+            put = await self._call("upload", "put_object", Bucket=self.name, Key=key, Body=body)
+            return str(put.get("ETag") or "").strip('"') or None
         up = await self._call("upload", "create_multipart_upload", Bucket=self.name, Key=key)
         upload_id = up["UploadId"]
         parts: list[dict[str, Any]] = []
@@ -338,7 +339,7 @@ class S3Bucket:
                     )
                     parts.append({"PartNumber": number, "ETag": answer["ETag"]})
                     number += 1
-            await self._call(
+            done = await self._call(
                 "upload",
                 "complete_multipart_upload",
                 Bucket=self.name,
@@ -346,6 +347,7 @@ class S3Bucket:
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
+            return str(done.get("ETag") or "").strip('"') or None
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
                 await self._call(
@@ -372,6 +374,7 @@ class S3Bucket:
             listing=self.objects,
             digest=lambda p: tree.s3_etag(p, PART, MULTIPART),
             put=self._put,
+            digests=self._clients.digests,
             remove=self._remove if delete else None,
         )
 

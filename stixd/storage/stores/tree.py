@@ -1,15 +1,18 @@
 """Uploading a local tree to a bucket, the same for every store: walk what the sync rules keep,
 list the bucket once, send only files whose size or digest differ, a few at a time.
 
-Memory stays bounded: files are streamed by the stores (never read whole), digests are read in
-1 MiB chunks in a worker thread, and at most ``workers`` files are in flight. The bucket's
-listing is held as a dict of key to ``ObjectInfo`` (one small struct per object).
+Memory stays bounded: at most ``workers`` files are in flight and a store holds at most one
+part of each in memory (S3: a file under 8 MiB or one 8 MiB part; GCS and Azure stream the file
+or send 8 MiB blocks); digests are read in 1 MiB chunks in a worker thread. The bucket's
+listing is held as a dict of key to ``ObjectInfo`` (one small struct per object), and each
+store's ``Digests`` at most ``limit`` entries.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +31,31 @@ class LocalFile(NamedTuple):
     rel: str
     path: Path
     size: int
+    mtime_ns: int
+
+
+class Digests:
+    """The digest each store gave files this daemon sent or hashed, by (path, size, mtime):
+    an unchanged file is then compared with the bucket's listing without being read again
+    (as ``aws s3 sync`` trusts size and mtime, but here against the store's own digest).
+    Least recently used entries go past ``limit``."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._known: OrderedDict[tuple[str, int, int], str] = OrderedDict()
+
+    def get(self, f: LocalFile) -> str | None:
+        key = (str(f.path), f.size, f.mtime_ns)
+        found = self._known.get(key)
+        if found is not None:
+            self._known.move_to_end(key)
+        return found
+
+    def put(self, f: LocalFile, digest: str) -> None:
+        self._known[(str(f.path), f.size, f.mtime_ns)] = digest
+        self._known.move_to_end((str(f.path), f.size, f.mtime_ns))
+        while len(self._known) > self.limit:
+            self._known.popitem(last=False)
 
 
 def norm_prefix(prefix: str) -> str:
@@ -49,7 +77,7 @@ def local_files(root: Path, ignore: Callable[[str], bool] | None = None) -> list
             continue  # vanished or a dangling link: nothing to send
         if not path.is_file():
             continue
-        out.append(LocalFile(rel, path, st.st_size))
+        out.append(LocalFile(rel, path, st.st_size, st.st_mtime_ns))
     return out
 
 
@@ -97,12 +125,15 @@ async def upload(
     *,
     listing: Callable[[str], AsyncIterator[ObjectInfo]],
     digest: Callable[[Path], str],
-    put: Callable[[str, Path, int], Awaitable[None]],
+    put: Callable[[str, Path, int], Awaitable[str | None]],
+    digests: Digests | None = None,
     remove: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     workers: int = WORKERS,
 ) -> UploadResult:
     """Send what changed of ``root`` under ``prefix``; with ``remove``, also delete the keys
-    under ``prefix`` that no kept local file has (never without it)."""
+    under ``prefix`` that no kept local file has (never without it). ``put`` answers the
+    digest the store reports for what it took (None if it reports none), kept in ``digests``."""
+    digests = digests if digests is not None else Digests()
     prefix = norm_prefix(prefix)
     files = await anyio.to_thread.run_sync(local_files, root, ignore)
     remote = {info.key: info async for info in listing(prefix)}
@@ -120,15 +151,17 @@ async def upload(
         nonlocal sent, skipped, bytes_sent
         key = prefix + f.rel
         known = remote.get(key)
-        if (
-            known is not None
-            and known.size == f.size
-            and known.etag
-            and await anyio.to_thread.run_sync(digest, f.path) == known.etag
-        ):
-            skipped += 1
-            return
-        await put(key, f.path, f.size)
+        if known is not None and known.size == f.size and known.etag:
+            local = digests.get(f)
+            if local is None:
+                local = await anyio.to_thread.run_sync(digest, f.path)
+                digests.put(f, local)
+            if local == known.etag:
+                skipped += 1
+                return
+        stored = await put(key, f.path, f.size)
+        if stored:
+            digests.put(f, stored)
         sent += 1
         bytes_sent += f.size
 
