@@ -427,7 +427,7 @@ def _events_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("job_id", nargs="?", type=int, help="a job's id as `queue` shows it")
     s.add_argument(
         "--kind",
-        choices=["cluster", "job", "managed_job", "job_pool", "service", "replica"],
+        choices=["cluster", "job", "managed_job", "job_pool", "service", "replica", "storage"],
         help="job: the latest job without ID; managed_job/job_pool: by job id or pool name",
     )
     s.add_argument("--limit", type=int, default=200)
@@ -468,6 +468,12 @@ def _leaks_args(s: argparse.ArgumentParser) -> None:
     from stixctl import leaks
 
     leaks.add_args(s)
+
+
+def _storage_args(s: argparse.ArgumentParser) -> None:
+    from stixctl import storage
+
+    storage.add_args(s)
 
 
 def _jobs_args(s: argparse.ArgumentParser) -> None:
@@ -555,6 +561,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "cost-report": ("estimated cost of clusters", _cost_args),
     "check": ("which infras are enabled", _check_args),
     "leaks": ("cloud instances of stix's that no cluster owns (--terminate them)", _leaks_args),
+    "storage": ("buckets tasks mount: ls, delete (the buckets stix created)", _storage_args),
     "events": ("the history of a cluster, a job (CLUSTER JOB_ID), or --kind KIND", _events_args),
     "show-gpus": ("accelerators, their instance types and prices", _show_gpus_args),
     "catalog": ("fetch (update) or inspect (status) the price catalogs", _catalog_args),

@@ -75,6 +75,8 @@ CLI_EQUIVALENTS: dict[str, str] = {
     "leaks": "leaks",
     "leaks --terminate": "terminate_leaks",
     "events": "events",
+    "storage ls": "storage_ls",
+    "storage delete": "storage_delete",
     "show-gpus": "show_gpus",
     "catalog update": "catalog_update",
     "catalog status": "catalog_status",
@@ -451,6 +453,15 @@ class Client:
         self, services: Names = (), *, all_users: bool = False
     ) -> list[m.ServiceRecord]:
         return self._run(ops.serve_status(services, all_users))
+
+    def storage_ls(self, storages: Names = ()) -> list[m.StorageRecord]:
+        """The storages (of these names), each bucket looked at in its store now."""
+        return self._run(ops.storage_ls(storages))
+
+    def storage_delete(self, storages: Names = (), *, all: bool = False) -> m.StorageList:
+        """Delete the buckets stix created for these storages (or all of yours) and forget
+        them; a bucket stix did not create is refused (with ``all``: skipped, saying why)."""
+        return self._run(ops.storage_delete(storages, all))
 
     def workspaces_ls(self) -> list[m.WorkspaceRecord]:
         """The server's workspaces the caller may see."""

@@ -323,6 +323,12 @@ class AsyncClient:
     ) -> list[m.ServiceRecord]:
         return await self._run(ops.serve_status(services, all_users))
 
+    async def storage_ls(self, storages: Names = ()) -> list[m.StorageRecord]:
+        return await self._run(ops.storage_ls(storages))
+
+    async def storage_delete(self, storages: Names = (), *, all: bool = False) -> m.StorageList:
+        return await self._run(ops.storage_delete(storages, all))
+
     async def workspaces_ls(self) -> list[m.WorkspaceRecord]:
         """The server's workspaces the caller may see."""
         return await self._run(ops.workspaces_ls())

@@ -237,6 +237,14 @@ def leaks(terminate: bool, ids: Sequence[str]) -> Op[m.LeakList, m.LeakList]:
     return Op(m.Leaks(terminate=terminate, ids=list(ids)), m.LeakList, _same)
 
 
+def storage_ls(storages: Names) -> Op[m.StorageList, list[m.StorageRecord]]:
+    return Op(m.StorageLs(names=names(storages)), m.StorageList, lambda r: list(r.storages))
+
+
+def storage_delete(storages: Names, all: bool) -> Op[m.StorageList, m.StorageList]:
+    return Op(m.StorageDelete(names=names(storages), all=all), m.StorageList, _same)
+
+
 def events(
     name: str, kind: m.EventKind, limit: int, job_id: int | None = None
 ) -> Op[m.EventList, list[m.EventRecord]]:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from stixd.planner.pricing import Prices
     from stixd.planner.request import Blocked
     from stixd.serve.seams import Balancers
+    from stixd.storage.stores import Stores
     from stixproto import messages as m
     from stixproto.task import Task
 
@@ -79,6 +80,8 @@ class App:
     """Each service's load-balancer process (stixd.balancer); None where serving is off."""
     metrics: Metrics = field(default_factory=Metrics)
     """What `/metrics` shows besides the supervisor's actors (stixd.control.metrics)."""
+    stores: Stores | None = None
+    """The object stores' clients (stixd.storage.stores), opened on first use."""
 
     def config_for(self, layers: Sequence[Sequence[Any]] = ()) -> Config:
         """The daemon's config with a client's layers (project file, --config) merged in.
@@ -212,6 +215,25 @@ class App:
             return price_table(self.planner_catalog(), cloud)
         except CatalogError:
             return {}
+
+    def object_stores(self) -> Stores:
+        """The object stores' clients, from config ``storage:`` and the environment."""
+        if self.stores is None:
+            import os
+
+            import msgspec
+
+            from stixd.storage.stores import open_stores
+
+            section = msgspec.to_builtins(self.config).get("storage") or {}
+            self.stores = open_stores(section, os.environ, self.home_id())
+        return self.stores
+
+    def home_id(self) -> str:
+        """This stix home's id, on every bucket it makes (the one Kubernetes pods carry)."""
+        from stixd.storage.stores import home_id
+
+        return home_id(self.home)
 
     def spawn(self, row: Row) -> Child:
         """Start (or find) the actor for a stored row; a row that cannot run is quarantined."""

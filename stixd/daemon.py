@@ -87,6 +87,8 @@ async def _close_providers(app: App) -> None:
         for provider in app.providers.values():
             if isinstance(provider, Closes):  # the others hold nothing to close
                 await provider.aclose()
+        if app.stores is not None:
+            await app.stores.aclose()
 
 
 async def serve(

@@ -72,6 +72,11 @@ class ServiceNotFound(StixError):
     exit_code = 3
 
 
+class StorageNotFound(StixError):
+    code = "storage_not_found"
+    exit_code = 3
+
+
 class ClusterNotUp(StixError):
     code = "cluster_not_up"
     exit_code = 4
@@ -147,6 +152,7 @@ _BY_CODE: dict[str, type[StixError]] = {
         InvalidConfig,
         ClusterNotFound,
         ServiceNotFound,
+        StorageNotFound,
         JobNotFound,
         ClusterNotUp,
         ProvisionError,

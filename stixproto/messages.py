@@ -172,7 +172,7 @@ class Leaks(Msg, tag="leaks", frozen=True):
     """With ``terminate``: only these of the leaks found (the ones a user confirmed)."""
 
 
-EventKind = Literal["cluster", "job", "managed_job", "job_pool", "service", "replica"]
+EventKind = Literal["cluster", "job", "managed_job", "job_pool", "service", "replica", "storage"]
 """The actor kinds whose history `events` shows."""
 
 
@@ -437,6 +437,49 @@ class ServeDown(Msg, tag="serve_down", frozen=True):
     """Only this replica of the one named service (a new one replaces it)."""
 
 
+# -- storage (stixd/control/storage_cmds.py) ----------------------------------------------------
+
+
+class StorageLs(Msg, tag="storage_ls", frozen=True):
+    """The storages and their buckets, each looked at in its store now."""
+
+    names: list[str] = []
+
+
+class StorageDelete(Msg, tag="storage_delete", frozen=True):
+    """Delete the buckets stix created for these storages (``all``: every one of the caller's)
+    and forget the storages."""
+
+    names: list[str] = []
+    all: bool = False
+
+
+class StorageRecord(msgspec.Struct, frozen=True):
+    name: str
+    store: str
+    bucket: str
+    status: str
+    """SkyPilot's state (INIT, INIT_FAILED, UPLOAD_FAILED, READY) or DELETING."""
+    mode: str
+    persistent: bool
+    created: bool
+    """stix created the bucket (only then does `storage delete` delete it)."""
+    missing: bool
+    """The bucket was not there when looked at: deleted outside stix."""
+    source: str = ""
+    created_at: float = 0.0
+    owner: str | None = None
+    workspace: str | None = None
+    last_error: str | None = None
+
+
+class StorageList(Msg, tag="storage_list", frozen=True):
+    storages: list[StorageRecord]
+    deleted: list[str] = []
+    skipped: list[str] = []
+    """With ``all``: storages left alone, each with why (a bucket stix did not create)."""
+
+
 # -- users and tokens (stixd/control/identity_cmds.py) -----------------------------------------
 
 RoleName = Literal["admin", "user", "viewer"]
@@ -646,6 +689,8 @@ Request = (
     | WorkspacesCreate
     | WorkspacesUpdate
     | WorkspacesDelete
+    | StorageLs
+    | StorageDelete
 )
 
 # -- stream events ---------------------------------------------------------------------------
@@ -1082,6 +1127,7 @@ Reply = (
     | TokenList
     | TokenIssued
     | WorkspaceList
+    | StorageList
 )
 StreamEvent = Progress | LogChunk | JobSubmitted | ManagedJobRows | ClusterRows
 ServerMessage = HelloOk | Reply | StreamEvent
@@ -1133,6 +1179,8 @@ REFERENCE_NAMES: dict[type[Msg], tuple[tuple[str, str], ...]] = {
     TokensRevoke: (("token_id", "token"),),
     TokensRotate: (("token_id", "token"),),
     VolumesDelete: (("names", "volume"),),
+    StorageLs: (("names", "storage"),),
+    StorageDelete: (("names", "storage"),),
 }
 """Fields that name something that exists, perhaps made by an earlier version under a name
 the rule refuses: only a loose check, so it can still be listed and removed."""

@@ -187,3 +187,14 @@ _TERMINAL_REPLICA = frozenset(
         ReplicaStatus.PREEMPTED,
     }
 )
+
+
+class StorageStatus(enum.StrEnum):
+    """SkyPilot's storage states, plus DELETING: a delete in flight, written before the bucket
+    is touched, so a daemon restart finishes it."""
+
+    INIT = "INIT"
+    INIT_FAILED = "INIT_FAILED"
+    UPLOAD_FAILED = "UPLOAD_FAILED"
+    READY = "READY"
+    DELETING = "DELETING"

@@ -124,6 +124,9 @@ def argvs(draw: st.DrawFn, tasks: dict[str, str]) -> list[str]:
         return [command, *draw(many_names), *_flags(draw, "--json")]
     if command == "leaks":
         return [command, *_flags(draw, "--terminate", "-y", "--json")]
+    if command == "storage":  # no store is set up here: nothing is listed, every name unknown
+        verb = draw(st.sampled_from(["ls", "delete"]))
+        return [command, verb, *draw(many_names), *_flags(draw, "-a", "-y", "--json")]
     if command == "events":
         return [command, draw(names), *_opt(draw, "--kind", values),
                 *_opt(draw, "--limit", values), *_flags(draw, "--json")]  # fmt: skip
@@ -214,7 +217,7 @@ COMMANDS = [
     "launch", "exec", "status", "queue", "logs", "cancel", "stop", "start", "down", "autostop",
     "cost-report", "check", "leaks", "events", "show-gpus", "catalog", "ssh", "validate",
     "daemon", "fake", "jobs launch", "jobs queue", "jobs cancel", "jobs logs", "jobs pool",
-    "completion", "serve", "users", "tokens", "api", "workspaces", "volumes",
+    "completion", "serve", "users", "tokens", "api", "workspaces", "volumes", "storage",
 ]  # fmt: skip
 assert {c.split()[0] for c in COMMANDS} == set(cli.COMMANDS), "a new command needs arguments here"
 

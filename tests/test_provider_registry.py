@@ -66,6 +66,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("stixd/planner/from_task.py", "*"): (
         "which cloud hosts an input's object store (s3:// is AWS), a fact of the URL"
     ),
+    ("stixd/storage/plan.py", "*"): (
+        "SkyPilot's store names and which store a task's cloud prefers: facts of its storage"
+    ),
     ("stixctl/main.py", "ssh"): "the `stixctl ssh` command (SkyPilot's verb), not the provider",
     ("stixctl/main.py", "fake"): "the test-only `stixctl fake` command's name",
 }

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from stixd.app import App
 
 
-KINDS = ("cluster", "job", "managed_job", "job_pool", "service", "replica", "volume")
+KINDS = ("cluster", "job", "managed_job", "job_pool", "service", "replica", "volume", "storage")
 """Every kind `factory_for` builds: a live row of any other kind is shown as damaged."""
 
 
@@ -25,6 +25,7 @@ def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
     from stixd.actors.managed_job import ManagedJobActor
     from stixd.actors.replica import ReplicaActor
     from stixd.actors.service import ServiceActor
+    from stixd.actors.storage import StorageActor
     from stixd.actors.volume import VolumeActor
 
     kinds: dict[
@@ -37,6 +38,7 @@ def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
             | ServiceActor
             | ReplicaActor
             | VolumeActor
+            | StorageActor
         ],
     ] = {
         ClusterActor.kind: ClusterActor,
@@ -46,6 +48,7 @@ def factory_for(app: App, kind: str) -> Callable[[Row], Actor] | None:
         ServiceActor.kind: ServiceActor,
         ReplicaActor.kind: ReplicaActor,
         VolumeActor.kind: VolumeActor,
+        StorageActor.kind: StorageActor,
     }
     actor = kinds.get(kind)
     # a partial, not a closure over a table: each supervised actor holds its factory for good

@@ -22,6 +22,7 @@ from stixd.actors.failover import launch_with_failover, may_run_on
 from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.launch_spec import files_digest, spec_digest
 from stixd.actors.specs import ClusterSpec, PendingLaunch, decode, encode
+from stixd.actors.storage_use import prepare_storage, release_storage
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.actors.volume_mounts import launch_resources, mount_task_volumes
 from stixd.planner.local_fit import check_fits_local, local_offer
@@ -100,6 +101,7 @@ async def launch_on_up(cluster: ClusterActor, req: m.Launch, env: Envelope) -> m
     else:
         env.progress(m.Progress(f"Cluster {cluster.id} is UP; syncing files and running the task."))
     if not same_files:
+        await prepare_storage(cluster, req.task, cluster.nodes, env)
         await sync_task_files(cluster.provider, cluster.nodes, req.task, env, file_mounts=True)
     await mount_task_volumes(
         cluster.app, cluster.id, cluster.provider, cluster.nodes, req.task, env
@@ -296,8 +298,14 @@ async def _finish_launch(
         return None
     # the files' signature before the sync: a file edited while it runs is synced next time
     files = await anyio.to_thread.run_sync(files_digest, req.task)
-    await sync_task_files(cluster.provider, nodes, req.task, env, file_mounts=True)
-    await mount_task_volumes(cluster.app, cluster.id, cluster.provider, nodes, req.task, env)
+    made = await prepare_storage(cluster, req.task, nodes, env)  # its own failure cleans up
+    try:
+        await sync_task_files(cluster.provider, nodes, req.task, env, file_mounts=True)
+        await mount_task_volumes(cluster.app, cluster.id, cluster.provider, nodes, req.task, env)
+    except BaseException:
+        spec = cluster.spec
+        await release_storage(cluster.app, req.task, made, cluster.id, spec.owner, spec.workspace)
+        raise
     await apply_autostop_request(cluster, req.idle_minutes, req.down, nodes)
     if job_id is not None:
         await create_job(

@@ -6,6 +6,7 @@ import anyio
 
 from stixd.providers.base import Mount, NodeInfo, Provider
 from stixd.runtime.mailbox import Envelope
+from stixd.storage.plan import plan_mounts
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import InvalidTask
@@ -18,7 +19,8 @@ def validate_mounts(task: Task) -> None:
     """Refuse, before any infra is touched, what cannot be placed on the nodes.
 
     The first refusals are `launch_problems` (worded as `stixctl validate` warns); the rest are
-    what this build cannot place yet.
+    what this build cannot place yet, and bucket mounts that cannot be planned
+    (`stixd.storage.plan`).
     """
     problems = launch_problems(task)
     if problems:
@@ -32,10 +34,11 @@ def validate_mounts(task: Task) -> None:
                 f"file_mounts.{dest}.name: storage name {names.shown(bucket)} is not valid: "
                 f"{names.rule('storage')}"
             )
-        if not isinstance(src, str) or "://" in src:
+    for plan in plan_mounts(task, cluster="check", configured=()):  # refused in one line
+        if plan.storage.mode != "COPY":
             raise InvalidTask(
-                f"file_mounts.{dest}: bucket and storage mounts are not supported on the local "
-                "infra yet; use a local path"
+                f"file_mounts.{plan.dest}.mode: {plan.storage.mode} (the default) needs rclone "
+                "on the node, which this build does not set up yet; write mode: COPY"
             )
 
 
@@ -44,7 +47,11 @@ def task_mounts(task: Task, file_mounts: bool) -> list[Mount]:
     if isinstance(task.workdir, str):
         mounts.append(Mount(source=task.workdir, dest=WORKDIR_DEST))
     if file_mounts:
-        mounts += [Mount(source=src, dest=dest) for dest, src in task.copy_mounts().items()]
+        mounts += [  # a bucket URI is copied by its storage (stixd.actors.storage_use)
+            Mount(source=src, dest=dest)
+            for dest, src in task.copy_mounts().items()
+            if "://" not in src
+        ]
     return mounts
 
 

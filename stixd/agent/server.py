@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL, gate
+from .fetch import fetch
 from .files import NodeFiles
 from .idle import (
     Autostop,
@@ -149,6 +150,7 @@ class AgentServer:
             "self_stop": self._self_stop,
             "upgrade": self._upgrade,
             "shutdown": self._shutdown,
+            "fetch": self._fetch,
         }
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -407,6 +409,10 @@ class AgentServer:
             if row.state != state or wire["setup_done"] != known_ready or remaining <= 0:
                 return Answer(ok(job=wire))
             await self._until_change(remaining)
+
+    async def _fetch(self, request: Request) -> Answer:
+        """COPY mode: a bucket's objects from signed URLs into a folder (fetch.py)."""
+        return Answer(ok(**await fetch(request)))
 
     async def _cancel(self, request: Request) -> Answer:
         job_ids = get_optional_ints(request, "job_ids")

@@ -650,6 +650,10 @@ async def _handle(app: App, req: Any, emit: Emit) -> Any:
         return await events(app, req, emit)
     if isinstance(req, m.Leaks):
         return await leak_cmds.leaks_cmd(app, req, emit)
+    if isinstance(req, m.StorageLs | m.StorageDelete):
+        from stixd.control import storage_cmds
+
+        return await storage_cmds.dispatch(app, req, emit)
     if isinstance(req, m.PlanRequest):
         return await plan_cmds.plan_cmd(app, req, emit)
     if isinstance(req, m.NodeShell):

@@ -169,6 +169,7 @@ READ: tuple[type[m.Msg], ...] = (
     m.ApiInfo,
     m.WorkspacesList,  # those the caller may see (stixd.control.workspaces)
     m.VolumesList,  # the caller's own (-u: everyone's), as `status`
+    m.StorageLs,
 )
 """Requests that change nothing: every role."""
 
@@ -193,6 +194,7 @@ ACT: tuple[type[m.Msg], ...] = (
     m.UploadFiles,
     m.VolumesApply,
     m.VolumesDelete,  # a user's own volumes (stixd.control.volume_cmds)
+    m.StorageDelete,
 )
 """Requests that make, change or end objects (a user's own or shared ones): users and admins."""
 

@@ -83,6 +83,12 @@ async def scan(
     """
     now = time.time()
     found = {n: p for n, p in finders(app).items() if not infras or n in infras}
+    if not infras:  # buckets of this home's that no storage owns (stixd.control.storage_cmds)
+        from stixd.control.storage_cmds import bucket_leaks
+
+        buckets, deleted = await bucket_leaks(app, terminate=terminate, only=only)
+        if buckets and not found:
+            return m.LeakList(leaks=buckets, terminated=deleted, scanned_at=now)
     if not found:
         return m.LeakList(leaks=[], skipped=["no provider here finds leaks"], scanned_at=now)
     records: list[m.LeakRecord] = []
@@ -111,6 +117,8 @@ async def scan(
         kept = [r for r in before if r.infra not in scanned]
         left = [r for r in records if r.id not in set(terminated)]
         app.leak_report = m.LeakList(leaks=kept + left, scanned_at=now)
+    if not infras:
+        records, terminated = buckets + records, deleted + terminated
     return m.LeakList(leaks=records, terminated=terminated, skipped=skipped, scanned_at=now)
 
 

@@ -1,0 +1,263 @@
+"""A storage (a bucket a task mounts): one actor per name, SkyPilot's states plus DELETING.
+
+The actor makes the bucket when stix must (labelled ``stix-storage``/``stix-home``, the intent
+``created`` written before the call), uploads the local sources (only what changed), and is
+READY. A delete is written as DELETING before the bucket is touched. At every start it looks
+at the real bucket: a bucket gone behind stix's back is marked ``missing``; a create or upload
+cut short by a daemon restart (state INIT) removes the bucket it made, so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from stixd.runtime.actor import Actor
+from stixd.runtime.machine import Machine
+from stixd.runtime.mailbox import Envelope
+from stixd.storage.plan import StorageSpec
+from stixd.storage.stores import (
+    LABEL_HOME,
+    LABEL_STORAGE,
+    Bucket,
+    StoreError,
+    StoreKind,
+    label_value,
+)
+from stixproto import messages as m
+from stixproto.errors import InvalidRequest, PermissionDenied, ProvisionError, StixError
+from stixproto.states import StorageStatus as S
+
+if TYPE_CHECKING:
+    from stixd.app import App
+
+STORAGE = "storage"
+
+
+class StorageEvent(enum.Enum):
+    SYNC = "sync"
+    """A launch wants it (again): create what is missing, upload what changed."""
+    READY = "ready"
+    INIT_FAILED = "init_failed"
+    UPLOAD_FAILED = "upload_failed"
+    DELETE = "delete"
+
+
+SV = StorageEvent
+SETTLED = (S.READY, S.INIT_FAILED, S.UPLOAD_FAILED)
+STORAGE_TRANSITIONS: dict[tuple[S, StorageEvent], S] = {
+    **{(s, SV.SYNC): S.INIT for s in SETTLED},
+    (S.INIT, SV.READY): S.READY,
+    (S.INIT, SV.INIT_FAILED): S.INIT_FAILED,
+    (S.INIT, SV.UPLOAD_FAILED): S.UPLOAD_FAILED,
+    **{(s, SV.DELETE): S.DELETING for s in (S.INIT, *SETTLED)},
+}
+
+
+class StorageData(msgspec.Struct, frozen=True, kw_only=True):
+    created: bool = False
+    """stix made (or was about to make) the bucket: only then may it delete it."""
+    missing: bool = False
+    """The bucket was not there when last looked at (deleted behind stix's back)."""
+    last_error: str | None = None
+    files: int = 0
+    """Objects sent by the last upload."""
+    clusters: list[str] = []
+    """Clusters that mounted it (a non-persistent storage goes with the last of them)."""
+
+
+class Ensure(msgspec.Struct, frozen=True):
+    """Make the storage READY for ``cluster`` (payload of an Envelope)."""
+
+    spec: StorageSpec
+    cluster: str
+
+
+class Remove(msgspec.Struct, frozen=True):
+    """Delete the bucket (if stix made it) and forget the storage (payload of an Envelope)."""
+
+    why: str = "storage delete"
+
+
+class Observed(msgspec.Struct, frozen=True):
+    """What a look at the real bucket found (``storage ls``): kept if it changed."""
+
+    exists: bool
+
+
+def is_ours(labels: dict[str, str] | None, home_id: str) -> bool:
+    return labels is not None and labels.get(LABEL_HOME) == home_id
+
+
+class StorageActor(Actor):
+    kind = STORAGE
+    machine = Machine(STORAGE, STORAGE_TRANSITIONS)
+    state_type = S
+    spec_type = StorageSpec
+    data_type = StorageData
+    spec: StorageSpec
+    data: StorageData
+
+    def __init__(self, row: Any, app: App) -> None:
+        super().__init__(row, app.store, app.log)
+        self.app = app
+        self.gone = False
+
+    @staticmethod
+    def is_terminal(state: Any) -> bool:
+        return False  # a deleted storage leaves no row, as SkyPilot forgets it
+
+    def done(self) -> bool:
+        return self.gone
+
+    def bucket(self, spec: StorageSpec | None = None) -> Bucket:
+        spec = spec or self.spec
+        return self.app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        try:
+            if self.state is S.DELETING:
+                await self._delete_bucket()
+                await self._forget("deleted (finished after a restart)")
+            elif self.state is S.INIT:
+                await self._abandon_init()
+            else:
+                await self._observe(await self.bucket().exists())
+        except (StixError, OSError) as exc:  # the store is down, or refused: kept, and said
+            self.log.warning("storage_reconcile_failed", error=str(exc))
+            if self.state is S.INIT:
+                why = f"stixd restarted during the upload, and cleaning up failed: {exc}"
+                await self.transition(SV.INIT_FAILED, why, last_error=why)
+
+    async def _abandon_init(self) -> None:
+        """A create or upload that a restart cut short: the bucket it made goes (a resumed
+        launch asks again and makes it afresh); one it did not make keeps what was uploaded.
+        The record stays, failed, so the launch that wanted it still finds it."""
+        why = "stixd restarted during the upload"
+        if self.data.created and not self.spec.external:
+            labels = await self.bucket().labels()
+            if labels is not None and LABEL_HOME not in labels:
+                # made, but cut before its labels were written: finish the create, so the
+                # bucket is known as ours, then remove it
+                await self.bucket().create({LABEL_STORAGE: label_value(self.id)})
+            await self._delete_bucket()
+            why += "; the bucket it made was removed"
+            await self.transition(SV.INIT_FAILED, why, last_error=why)
+            return
+        await self.transition(SV.UPLOAD_FAILED, why, last_error=why)
+
+    async def handle(self, message: Any) -> None:
+        if self.gone:
+            if isinstance(message, Envelope):
+                message.answer(m.ErrorReply("storage_not_found", f"storage {self.id} is gone"))
+            return
+        if isinstance(message, Observed):
+            await self._observe(message.exists)
+            return
+        if not isinstance(message, Envelope):
+            return
+        if isinstance(message.payload, Ensure):
+            message.answer(await self._ensure(message.payload, message))
+        elif isinstance(message.payload, Remove):
+            message.answer(await self._remove(message.payload))
+
+    async def _observe(self, exists: bool) -> None:
+        if self.data.missing == (not exists):
+            return
+        if not exists:
+            self.log.warning("storage_bucket_missing", bucket=self.spec.bucket)
+        await self.save(missing=not exists)
+
+    # -- making it ready -----------------------------------------------------------------
+
+    async def _ensure(self, req: Ensure, env: Envelope) -> m.OkReply:
+        spec = req.spec
+        if (spec.store, spec.bucket) != (self.spec.store, self.spec.bucket):
+            raise InvalidRequest(
+                f"storage {self.id} is the bucket {self.spec.store}://{self.spec.bucket}, "
+                f"not {spec.store}://{spec.bucket}; give this mount another name"
+            )
+        clusters = sorted({*self.data.clusters, req.cluster})
+        if self.state is not S.INIT:
+            await self.transition(SV.SYNC, f"launch on {req.cluster}", new_spec=spec)
+        else:
+            await self.save(spec=spec)
+        bucket = self.bucket(spec)
+        try:
+            labels = await bucket.labels()
+            if labels is None:
+                if spec.external:
+                    raise StoreError(f"bucket {spec.store}://{spec.bucket} does not exist")
+                await self.save(created=True, clusters=clusters)  # the intent, before the call
+                env.progress(m.Progress(f"Creating bucket {spec.store}://{spec.bucket}..."))
+                await bucket.create({LABEL_STORAGE: label_value(self.id)})  # + ours
+            else:
+                await self.save(
+                    created=is_ours(labels, self.app.home_id()) and not spec.external,
+                    clusters=clusters,
+                )
+        except (StoreError, OSError) as exc:
+            await self.transition(SV.INIT_FAILED, str(exc), last_error=str(exc))
+            raise ProvisionError(f"storage {self.id}: {exc}") from None
+        sent = 0
+        try:
+            for source in spec.sources:
+                prefix = "/".join(
+                    p for p in (spec.prefix, _list_dir(spec, source)) if p
+                )  # a list of folders: each under its own name, as SkyPilot uploads them
+                result = await bucket.upload_tree(Path(source), prefix)
+                sent += result.sent
+        except (StoreError, OSError) as exc:
+            await self.transition(SV.UPLOAD_FAILED, str(exc), last_error=str(exc))
+            raise ProvisionError(f"storage {self.id}: upload failed: {exc}") from None
+        await self.transition(
+            SV.READY, f"{sent} file(s) uploaded", files=sent, missing=False, last_error=None
+        )
+        if spec.sources:
+            env.progress(m.Progress(f"Storage {self.id}: {sent} changed file(s) uploaded."))
+        return m.OkReply(f"storage {self.id} is READY")
+
+    # -- deleting ------------------------------------------------------------------------
+
+    async def _remove(self, req: Remove) -> m.OkReply:
+        if not self.data.created or self.spec.external:
+            raise PermissionDenied(refusal(self.id, self.spec))
+        if self.state is not S.DELETING:
+            await self.transition(SV.DELETE, req.why)
+        await self._delete_bucket()
+        await self._forget(req.why)
+        return m.OkReply(
+            f"Deleted storage {self.id} (bucket {self.spec.store}://{self.spec.bucket})"
+        )
+
+    async def _delete_bucket(self) -> None:
+        bucket = self.bucket()
+        labels = await bucket.labels()
+        if labels is None:
+            return  # never made, or already gone
+        if not is_ours(labels, self.app.home_id()):
+            raise PermissionDenied(refusal(self.id, self.spec))
+        await bucket.delete()
+        self.log.info("storage_bucket_deleted", bucket=self.spec.bucket)
+
+    async def _forget(self, why: str) -> None:
+        await self.store.delete(self.row, why)
+        self.app.supervisor.forget(STORAGE, self.id)
+        self.gone = True
+
+
+def refusal(name: str, spec: StorageSpec) -> str:
+    return (
+        f"storage {name}: bucket {spec.store}://{spec.bucket} was not created by this stix, "
+        "so stix does not delete it (remove it with your cloud's own tools)"
+    )
+
+
+def _list_dir(spec: StorageSpec, source: str) -> str:
+    return os.path.basename(source.rstrip("/")) if spec.nested else ""

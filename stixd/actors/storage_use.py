@@ -1,0 +1,187 @@
+"""A launch's buckets: made READY by their storage actors, copied onto the nodes (COPY), and
+removed again when the launch fails (unless persistent)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from stixd.actors.specs import encode
+from stixd.actors.storage import STORAGE, Ensure, Remove, StorageData
+from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.storage.copy import copy_to_nodes
+from stixd.storage.plan import MountPlan, plan_mounts
+from stixd.storage.stores import StoreError, StoreKind
+from stixd.store.db import Row, RowExists
+from stixproto import messages as m
+from stixproto.errors import (
+    InternalError,
+    InvalidRequest,
+    ProvisionError,
+    StixError,
+    StorageNotFound,
+    error_from_code,
+)
+from stixproto.states import StorageStatus
+
+if TYPE_CHECKING:
+    from stixd.actors.cluster import ClusterActor
+    from stixd.app import App
+    from stixd.providers.base import NodeInfo
+    from stixproto.task import Task
+
+Emit = Callable[[Any], Awaitable[None]]
+
+
+ENDPOINT_ENV = {
+    StoreKind.S3: ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"),
+    StoreKind.GCS: ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"),
+    StoreKind.AZURE: ("AZURE_STORAGE_CONNECTION_STRING",),
+    StoreKind.R2: (),
+}
+
+
+def configured_stores(app: App) -> list[str]:
+    """The stores set up here (SkyPilot's "enabled storage clouds"): named in config
+    ``storage:`` or by the usual environment; stix asks no other store anything."""
+    import os
+
+    import msgspec
+
+    section = msgspec.to_builtins(app.config).get("storage") or {}
+    return [
+        kind.value
+        for kind, names in ENDPOINT_ENV.items()
+        if section.get(kind.value) or any(os.environ.get(n) for n in names)
+    ]
+
+
+def plans_for(
+    app: App, task: Task, cluster: str, owner: str | None, workspace: str | None
+) -> list[MountPlan]:
+    return plan_mounts(
+        task,
+        cluster=cluster,
+        configured=configured_stores(app),
+        owner=owner,
+        workspace=workspace,
+    )
+
+
+async def ask_storage(app: App, name: str, payload: Any, emit: Emit | None = None) -> Any:
+    """Hand ``payload`` to the storage's actor and wait for its final reply."""
+    row = await app.store.get(STORAGE, name)
+    if row is None:
+        raise StorageNotFound(f"storage {name!r} does not exist")
+    child = app.supervisor.get(STORAGE, name) or app.spawn(row)
+    reason = row.quarantined or child.failed
+    if reason is not None:
+        raise InternalError(f"storage {name} cannot run: {reason}")
+    send, receive = reply_channel()
+    if not app.supervisor.tell(STORAGE, name, Envelope(payload=payload, reply=send)):
+        raise InternalError(f"storage {name!r} has no actor")
+    async with receive:
+        async for item in receive:
+            if isinstance(item, m.ErrorReply):
+                raise error_from_code(item.code, item.message)
+            if isinstance(item, m.FINAL_REPLIES):
+                return item
+            if emit is not None:
+                await emit(item)
+    raise InternalError(f"storage {name!r} stopped before answering")
+
+
+async def _row_for(app: App, plan: MountPlan) -> Row:
+    spec = plan.storage
+    row = Row(
+        kind=STORAGE,
+        id=spec.name,
+        state=StorageStatus.INIT.value,
+        version=0,
+        spec=encode(spec),
+        data=encode(StorageData()),
+    )
+    try:
+        return await app.store.insert(row, "created", f"bucket {spec.store}://{spec.bucket}")
+    except RowExists:
+        found = await app.store.get(STORAGE, spec.name)
+        if found is None:
+            raise InternalError(f"storage {spec.name} vanished while it was made") from None
+        return found
+
+
+async def prepare_storage(
+    cluster: ClusterActor, task: Task, nodes: list[NodeInfo], env: Envelope
+) -> list[str]:
+    """Make every bucket mount of ``task`` READY and copy the COPY ones onto ``nodes`` (before
+    setup). Returns the storages this launch made; on failure the non-persistent ones it made
+    are deleted before the error goes on."""
+    app = cluster.app
+    plans = plans_for(app, task, cluster.id, cluster.spec.owner, cluster.spec.workspace)
+    if not plans:
+        return []
+    made: list[str] = []
+
+    async def relay(item: Any) -> None:
+        env.progress(item)
+
+    try:
+        for plan in plans:
+            if plan.storage.external and plan.storage.mode == "COPY" and not _named(task, plan):
+                continue  # the URI shorthand: read, never recorded
+            existed = await app.store.get(STORAGE, plan.storage.name) is not None
+            await _row_for(app, plan)
+            if not existed:
+                made.append(plan.storage.name)
+            try:
+                await ask_storage(app, plan.storage.name, Ensure(plan.storage, cluster.id), relay)
+            except (InvalidRequest, ProvisionError):
+                raise
+            except StixError as exc:  # the launch fails (and may be retried), its actor lives
+                raise ProvisionError(f"storage {plan.storage.name}: {exc.message}") from None
+        for plan in plans:  # every mode is COPY (`validate_mounts`)
+            spec = plan.storage
+            bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
+            try:
+                count = await copy_to_nodes(cluster.provider, nodes, bucket, spec.prefix, plan.dest)
+            except StoreError as exc:  # listing or signing: the launch fails in one line
+                raise ProvisionError(f"file_mounts.{plan.dest}: {exc.message}") from None
+            env.progress(
+                m.Progress(
+                    f"Copied {count} object(s) of {spec.store}://{spec.bucket} to {plan.dest}."
+                )
+            )
+    except BaseException:
+        await release_storage(
+            app, task, made, cluster.id, cluster.spec.owner, cluster.spec.workspace
+        )
+        raise
+    return made
+
+
+def _named(task: Task, plan: MountPlan) -> bool:
+    return not isinstance(task.file_mounts.get(plan.dest), str)
+
+
+async def release_storage(
+    app: App,
+    task: Task,
+    made: list[str],
+    cluster: str,
+    owner: str | None,
+    workspace: str | None,
+) -> None:
+    """A failed or cancelled launch: the non-persistent storages it made go, buckets too."""
+    import anyio
+
+    try:
+        plans = plans_for(app, task, cluster, owner, workspace)
+    except Exception:  # the task could not be planned: nothing was made
+        return
+    doomed = [p.storage.name for p in plans if p.storage.name in made and not p.storage.persistent]
+    with anyio.CancelScope(shield=True):
+        for name in doomed:
+            try:
+                await ask_storage(app, name, Remove(why=f"the launch of {cluster} failed"))
+            except Exception as exc:  # the leak reconciler finds what is left
+                app.log.warning("storage_release_failed", storage=name, error=str(exc))

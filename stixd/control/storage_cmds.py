@@ -1,0 +1,176 @@
+"""`stixctl storage ls | delete`: the storage actors' rows, each bucket looked at in its store.
+
+`ls` asks every listed bucket whether it still exists (all at once, bounded by a deadline): a
+bucket deleted outside stix shows MISSING, and its actor keeps that. `delete` hands each
+storage to its actor, which deletes the bucket only if this stix made it. `leaked_buckets`
+finds buckets carrying this home's label that no storage owns (`stixctl leaks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import anyio
+
+from stixd.actors.specs import data_or_none, spec_or_none
+from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours, refusal
+from stixd.actors.storage_use import ask_storage, configured_stores
+from stixd.app import App
+from stixd.control import ownership
+from stixd.storage.plan import StorageSpec
+from stixd.storage.stores import StoreError, StoreKind
+from stixd.store.db import Row
+from stixproto import messages as m
+from stixproto.errors import PermissionDenied, StorageNotFound
+
+Emit = Callable[[Any], Awaitable[None]]
+LOOK_SECONDS = 20.0
+"""How long `ls` waits for the stores to say which buckets exist; the rest show as stored."""
+
+STORAGE_REQUESTS = (m.StorageLs, m.StorageDelete)
+
+
+def record(row: Row, missing: bool | None = None) -> m.StorageRecord | None:
+    spec = spec_or_none(row, StorageSpec)
+    data = data_or_none(row, StorageData) or StorageData()
+    if spec is None:
+        return None
+    return m.StorageRecord(
+        name=row.id,
+        store=spec.store,
+        bucket=spec.bucket,
+        status=row.state,
+        mode=spec.mode,
+        persistent=spec.persistent,
+        created=data.created and not spec.external,
+        missing=data.missing if missing is None else missing,
+        source=", ".join(spec.sources)
+        or (f"{spec.store}://{spec.bucket}" if spec.external else ""),
+        created_at=row.created_at,
+        owner=spec.owner,
+        workspace=spec.workspace,
+        last_error=data.last_error,
+    )
+
+
+async def _rows(app: App, wanted: list[str]) -> list[Row]:
+    scope = ownership.scope(app, ownership.acts_on_all())
+    rows = [r for r in await app.store.rows(STORAGE) if scope.sees(r.spec)]
+    if wanted:
+        by_name = {r.id: r for r in rows}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise StorageNotFound(f"no storage {missing[0]!r} (see `stixctl storage ls`)")
+        rows = [by_name[n] for n in wanted]
+    return rows
+
+
+async def _exists(app: App, rows: list[Row]) -> dict[str, bool]:
+    """Which buckets the stores still have; a store that does not answer says nothing."""
+    found: dict[str, bool] = {}
+
+    async def look(row: Row) -> None:
+        spec = spec_or_none(row, StorageSpec)
+        if spec is None:
+            return
+        try:
+            bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
+            found[row.id] = await bucket.exists()
+        except (StoreError, OSError, ValueError) as exc:
+            app.log.warning("storage_look_failed", storage=row.id, error=str(exc))
+
+    with anyio.move_on_after(LOOK_SECONDS):
+        async with anyio.create_task_group() as tg:
+            for row in rows:
+                tg.start_soon(look, row)
+    return found
+
+
+async def storage_ls(app: App, req: m.StorageLs) -> m.StorageList:
+    rows = await _rows(app, list(req.names))
+    exists = await _exists(app, rows)
+    records = []
+    for row in rows:
+        seen = exists.get(row.id)
+        if seen is not None:
+            app.supervisor.tell(STORAGE, row.id, Observed(exists=seen))
+        found = record(row, None if seen is None else not seen)
+        if found is not None:
+            records.append(found)
+    return m.StorageList(storages=records)
+
+
+async def storage_delete(app: App, req: m.StorageDelete, emit: Emit) -> m.StorageList:
+    rows = await _rows(app, [] if req.all else list(req.names))
+    deleted: list[str] = []
+    skipped: list[str] = []
+    for row in rows:
+        ownership.check_acts(app, row, f"storage {row.id}", StorageNotFound(row.id))
+        spec = spec_or_none(row, StorageSpec)
+        data = data_or_none(row, StorageData) or StorageData()
+        if spec is not None and (spec.external or not data.created):
+            if not req.all:
+                raise PermissionDenied(refusal(row.id, spec))
+            skipped.append(refusal(row.id, spec))
+            continue
+        await emit(m.Progress(f"Deleting storage {row.id}..."))
+        await ask_storage(app, row.id, Remove())
+        deleted.append(row.id)
+    return m.StorageList(storages=[], deleted=deleted, skipped=skipped)
+
+
+async def dispatch(app: App, req: Any, emit: Emit) -> Any:
+    if isinstance(req, m.StorageLs):
+        return await storage_ls(app, req)
+    return await storage_delete(app, req, emit)
+
+
+async def bucket_leaks(
+    app: App, *, terminate: bool, only: Collection[str] = ()
+) -> tuple[list[m.LeakRecord], list[str]]:
+    """The leaked buckets as leak records (kind ``bucket``), and those deleted (``terminate``:
+    every one found, or only the ids in ``only``)."""
+    found = await leaked_buckets(app)
+    records = [
+        m.LeakRecord(infra=store, kind="bucket", id=f"{store}://{name}", region="-", cluster="-")
+        for store, name in found
+    ]
+    deleted: list[str] = []
+    for (store, name), rec in zip(found, records, strict=True):
+        if not terminate or (only and rec.id not in only):
+            continue
+        try:
+            await app.object_stores().bucket(StoreKind(store), name).delete()
+        except (StoreError, OSError) as exc:
+            app.log.warning("bucket_leak_delete_failed", bucket=rec.id, error=str(exc))
+            continue
+        app.log.warning("bucket_leak_deleted", bucket=rec.id)
+        deleted.append(rec.id)
+    return records, deleted
+
+
+async def leaked_buckets(app: App) -> list[tuple[str, str]]:
+    """(store, bucket) of every bucket labelled as this home's that no storage row owns."""
+    owned = {
+        (s.store, s.bucket)
+        for r in await app.store.rows(STORAGE)
+        if (s := spec_or_none(r, StorageSpec)) is not None
+    }
+    stores = app.object_stores()
+    leaked: list[tuple[str, str]] = []
+    for kind in map(StoreKind, configured_stores(app)):
+        try:
+            names = await stores.tagged(kind)
+        except (StoreError, OSError):
+            continue  # a store not set up here holds nothing of ours
+        for name in names:
+            if (kind.value, name) in owned:
+                continue
+            try:
+                labels = await stores.bucket(kind, name).labels()
+            except (StoreError, OSError):
+                continue
+            if is_ours(labels, app.home_id()):  # another home's bucket is never ours to touch
+                leaked.append((kind.value, name))
+    return leaked

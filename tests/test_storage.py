@@ -1,0 +1,273 @@
+"""Storage on the local infra against a real S3 (moto): COPY onto the node through signed URLs,
+`storage ls` after a bucket is deleted elsewhere, `storage delete` removing the bucket (and
+refusing one stix did not make), a failed launch leaving no bucket, and `kill -9` of stixd in
+the middle of an upload leaving none after the restart."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import stores_bed
+from tests.conftest import Stix, wait_until
+from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
+
+__all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
+
+
+def s3(emu: Emulator) -> Any:
+    import boto3  # type: ignore[import-untyped]
+
+    return boto3.client(
+        "s3",
+        endpoint_url=emu.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def buckets(emu: Emulator) -> set[str]:
+    return {b["Name"] for b in s3(emu).list_buckets()["Buckets"]}
+
+
+@pytest.fixture
+def sx(stix: Stix, moto_s3: Emulator) -> Iterator[Stix]:
+    """A stix home whose daemon reaches the moto server (and no real cloud). Its nodes share
+    the host's network: the emulator listens on the host's loopback, which a node in its own
+    namespace cannot reach (a real store's endpoint it can)."""
+    stix.env.update({k: v for k, v in moto_s3.env.items() if k != "HOME"})
+    stix.env["STIX__LOCAL__NETWORK"] = "host"
+    yield stix
+
+
+def launch(sx: Stix, task: Path, cluster: str, *extra: str) -> Any:
+    return sx.run("launch", "-c", cluster, str(task), "-y", *extra, timeout=120)
+
+
+def storages(sx: Stix) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in sx.json("storage", "ls")["storages"]}
+
+
+def test_copy_mode_puts_the_bucket_on_the_node_and_ls_delete_follow_the_real_bucket(
+    sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("alpha\n")
+    (data / "sub" / "b.txt").write_text("beta\n")
+    s3(moto_s3).create_bucket(Bucket="theirs-copy")
+    s3(moto_s3).put_object(Bucket="theirs-copy", Key="in/c.txt", Body=b"gamma\n")
+    task = task_file(
+        f"""
+file_mounts:
+  ~/data:
+    name: stix-copy-1
+    source: {data}
+    store: s3
+    mode: COPY
+  ~/theirs: s3://theirs-copy/in
+run: cat ~/data/a.txt ~/data/sub/b.txt ~/theirs/c.txt && echo out > ~/data/written.txt
+"""
+    )
+    done = launch(sx, task, "cp1")
+    assert done.returncode == 0, done.stderr
+    assert "stix-copy-1" in buckets(moto_s3)
+    keys = {o["Key"] for o in s3(moto_s3).list_objects_v2(Bucket="stix-copy-1")["Contents"]}
+    assert keys == {"a.txt", "sub/b.txt"}
+    wait_until(lambda: sx.job_status("cp1", 1) in ("SUCCEEDED", "FAILED"), timeout=60)
+    logs = sx.run("logs", "cp1", "1", "--no-follow", timeout=30).stdout
+    assert "alpha" in logs and "beta" in logs and "gamma" in logs
+    home = sx.node_dir("cp1")
+    assert (home / "data" / "written.txt").read_text() == "out\n"
+    assert sx.job_status("cp1", 1) == "SUCCEEDED"
+
+    listed = storages(sx)
+    assert set(listed) == {"stix-copy-1"}  # the URI shorthand is read, never recorded
+    assert listed["stix-copy-1"]["status"] == "READY" and listed["stix-copy-1"]["created"]
+    assert not listed["stix-copy-1"]["missing"]
+
+    # a bucket deleted behind stix's back shows so
+    client = s3(moto_s3)
+    for key in keys:
+        client.delete_object(Bucket="stix-copy-1", Key=key)
+    client.delete_bucket(Bucket="stix-copy-1")
+    assert storages(sx)["stix-copy-1"]["missing"]
+    assert "MISSING" in sx.run("storage", "ls", check=True).stdout
+
+    # delete forgets it (nothing left to delete in the store)
+    sx.run("storage", "delete", "stix-copy-1", "-y", check=True)
+    assert storages(sx) == {}
+    sx.run("down", "cp1", "-y", check=True, timeout=60)
+
+
+def test_storage_delete_removes_the_bucket_stix_made_and_refuses_one_it_did_not(
+    sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "x.bin").write_bytes(os.urandom(1024))
+    s3(moto_s3).create_bucket(Bucket="theirs-named")
+    task = task_file(
+        f"""
+file_mounts:
+  ~/mine:
+    name: stix-del-mine
+    source: {data}
+    mode: COPY
+  ~/theirs:
+    name: theirs-named
+    mode: COPY
+"""
+    )
+    done = launch(sx, task, "del1")
+    assert done.returncode == 0, done.stderr
+    listed = storages(sx)
+    assert listed["stix-del-mine"]["created"] and not listed["theirs-named"]["created"]
+    refused = sx.run("storage", "delete", "theirs-named", "-y")
+    assert refused.returncode != 0
+    assert "was not created by this stix" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "theirs-named" in buckets(moto_s3)
+    out = sx.run("storage", "delete", "-a", "-y", check=True).stdout
+    assert "Deleted 1 storage(s): stix-del-mine" in out and "Skipped" in out
+    assert "stix-del-mine" not in buckets(moto_s3)
+    assert "theirs-named" in buckets(moto_s3)
+    assert set(storages(sx)) == {"theirs-named"}
+    sx.run("down", "del1", "-y", check=True, timeout=60)
+
+
+def test_a_failed_launch_leaves_no_bucket_it_made(
+    sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    data = tmp_path / "f"
+    data.mkdir()
+    (data / "f.txt").write_text("f\n")
+    task = task_file(
+        f"""
+file_mounts:
+  ~/made:
+    name: stix-fail-made
+    source: {data}
+    persistent: false
+    mode: COPY
+  ~/gone: s3://no-such-bucket-here
+run: echo never
+"""
+    )
+    failed = launch(sx, task, "fail1")
+    assert failed.returncode != 0
+    assert "no-such-bucket-here" in failed.stderr
+    assert "stix-fail-made" not in buckets(moto_s3)
+    assert storages(sx) == {}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_upload_leaves_no_leaked_bucket_after_restart(
+    sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    data = tmp_path / "big"
+    data.mkdir()
+    for i in range(400):
+        (data / f"f{i:04d}.bin").write_bytes(os.urandom(16 * 1024))
+    task = task_file(
+        f"""
+file_mounts:
+  ~/big:
+    name: stix-kill-upload
+    source: {data}
+    mode: COPY
+run: echo never
+"""
+    )
+    proc = sx.popen("launch", "-c", "kill1", str(task), "-y")
+    try:
+        wait_until(lambda: "stix-kill-upload" in buckets(moto_s3), timeout=60, interval=0.02)
+        sx.kill_daemon()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    sx.run("status", check=True, timeout=60)  # the daemon starts again and reconciles
+
+    def settled() -> dict[str, Any] | None:
+        found = storages(sx).get("stix-kill-upload")
+        return found if found and found["status"] != "INIT" else None
+
+    record = wait_until(settled, timeout=90)
+    history = sx.json("events", "--kind", "storage", "stix-kill-upload")
+    assert any("restarted during the upload" in e["why"] for e in history), history
+    # the cut upload's bucket was removed; the resumed launch (if it got that far) made it anew
+    if record["status"] == "READY":
+        listed = s3(moto_s3).list_objects_v2(Bucket="stix-kill-upload", MaxKeys=1000)
+        assert listed["KeyCount"] == 400
+    else:
+        assert record["status"] == "INIT_FAILED", record
+        assert "stix-kill-upload" not in buckets(moto_s3)
+    leaks = json.loads(sx.run("leaks", "--json", check=True, timeout=60).stdout)
+    assert [x for x in leaks["leaks"] if x["kind"] == "bucket"] == []
+    sx.run("down", "kill1", "-y", timeout=60)
+    sx.run("storage", "delete", "stix-kill-upload", "-y", check=True)
+    assert "stix-kill-upload" not in buckets(moto_s3)
+
+
+def bucket_exists(emu: Emulator, kind: str, name: str) -> bool:
+    import asyncio
+
+    from stixd.storage.stores import StoreKind, open_stores
+
+    async def look() -> bool:
+        stores = open_stores(emu.config, emu.env, "0" * 8)
+        try:
+            return await stores.bucket(StoreKind(kind), name).exists()
+        finally:
+            await stores.aclose()
+
+    return asyncio.run(look())
+
+
+@pytest.mark.parametrize(("store", "fixture"), [("gcs", "fake_gcs"), ("azure", "azurite")])
+def test_copy_mode_on_gcs_and_azure_reads_on_the_node_and_delete_removes_the_bucket(
+    stix: Stix,
+    store: str,
+    fixture: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    task_file: Callable[[str], Path],
+) -> None:
+    emu: Emulator = request.getfixturevalue(fixture)
+    stix.env.update({k: v for k, v in emu.env.items() if k != "HOME"})
+    stix.env["GOOGLE_CLOUD_PROJECT"] = "stix-test"  # the daemon's config has no storage: yet
+    if store == "gcs":  # GCS signs URLs with a service-account key (the emulator never checks)
+        key = stores_bed.service_account_key(tmp_path / "sa.json")
+        stix.env["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)
+    stix.env["STIX__LOCAL__NETWORK"] = "host"
+    data = tmp_path / "src"
+    (data / "deep").mkdir(parents=True)
+    (data / "deep" / "hello.txt").write_text(f"hello from {store}\n")
+    name = f"stix-copy-{store}"
+    task = task_file(
+        f"""
+file_mounts:
+  ~/in:
+    name: {name}
+    source: {data}
+    store: {store}
+    mode: COPY
+run: cat ~/in/deep/hello.txt
+"""
+    )
+    done = launch(stix, task, f"cp-{store}")
+    assert done.returncode == 0, done.stderr
+    assert bucket_exists(emu, store, name)
+    wait_until(lambda: stix.job_status(f"cp-{store}", 1) == "SUCCEEDED", timeout=60)
+    logs = stix.run("logs", f"cp-{store}", "1", timeout=30).stdout
+    assert f"hello from {store}" in logs
+    assert storages(stix)[name]["store"] == store
+    stix.run("storage", "delete", name, "-y", check=True)
+    assert not bucket_exists(emu, store, name)
+    stix.run("down", f"cp-{store}", "-y", check=True, timeout=60)
