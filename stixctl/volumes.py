@@ -20,6 +20,8 @@ def read_volume(path: str) -> VolumeConfig:
         text = user_yaml.read_file(path)
     except OSError as exc:
         raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{path}: not a volume YAML file (it is not UTF-8 text)") from None
     try:
         doc = user_yaml.load(text)
     except user_yaml.YamlError as exc:

@@ -44,10 +44,12 @@ from stixd.actors.specs import (
     encode,
     state_of,
 )
+from stixd.actors.storage import StorageActor, StorageData
 from stixd.actors.volume import VolumeActor, VolumeData, VolumeSpec
 from stixd.control import handlers, jobs_cmds
 from stixd.runtime.actor import Actor
 from stixd.serve.seams import ScalerMemory
+from stixd.storage.plan import StorageSpec
 from stixd.store.db import Row
 from stixproto.errors import InternalError
 from stixproto.states import ClusterStatus, JobStatus, ManagedJobStatus, PoolStatus
@@ -73,6 +75,7 @@ ACTORS: dict[str, Any] = {  # each kind's actor class, built as `(row, app)`
     "service": ServiceActor,
     "replica": ReplicaActor,
     "volume": VolumeActor,
+    "storage": StorageActor,
 }
 
 
@@ -95,6 +98,7 @@ def _row(kind: str, spec: dict[str, Any], data: dict[str, Any]) -> Row:
         "job_pool": "READY",
         "service": "READY",
         "volume": "READY",
+        "storage": "READY",
     }[kind]
     return Row(kind=kind, id="7" if kind == "managed_job" else "c1", state=state, version=0,
                spec=spec, data=data)  # fmt: skip
@@ -125,6 +129,7 @@ EARLIER: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "service": ({"versions": [{"version": 1, "task": {"run": "x"}}]}, {"version": 1}),
     "replica": ({"service": "c1", "replica_id": 1, "version": 1, "port": 8080}, {}),
     "volume": ({"volume": {"name": "c1", "type": "k8s-hostpath", "infra": "local"}}, {}),
+    "storage": ({"name": "c1", "store": "s3", "bucket": "c1"}, {}),
 }
 
 
@@ -370,6 +375,23 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 workspace="team",
             ),
             VolumeData(where="kube-a/default/c1-x", error="e", users=["c1"]),
+        ),
+        "storage": (
+            StorageSpec(
+                name="c1",
+                store="s3",
+                bucket="c1",
+                prefix="sub",
+                sources=["/tmp/src"],
+                nested=True,
+                external=True,
+                persistent=False,
+                mode="COPY",
+                mount_cached={"--vfs-cache-max-size": "1G"},
+                owner="alice",
+                workspace="team",
+            ),
+            StorageData(created=True, missing=True, last_error="e", files=3, clusters=["c1"]),
         ),
     }
 
