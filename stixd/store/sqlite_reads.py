@@ -1,0 +1,131 @@
+"""The SQLite store's readers: a few read-only connections beside the one writer, so a read
+never queues behind a write's transaction, nor behind another read.
+
+The database is in WAL mode: a reader sees the database as of the last commit before its
+statement began (one statement is one read transaction: a consistent, committed snapshot) and
+never blocks the writer, nor is blocked by it. A write is answered only once committed
+(stixd/store/commits.py), so a read that a caller starts after its write returned sees it: a
+request reads its own writes. Nothing reads through a reader inside a write: a write's own
+statements run on the writer's thread, through its `Tx`.
+
+Each reader is an aiosqlite connection (a thread of its own; SQLite releases the GIL while it
+steps) with ``PRAGMA query_only``: a statement that would write is refused, never committed
+beside the writer. They hold nothing a `kill -9` could lose.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from stixd.store.backend import StoreUnavailable
+
+READERS = 4
+"""Read connections of a SQLite store by default (`daemon.store_readers`): a read is a few
+milliseconds on a thread, so a few let the readers of a hundred clients overlap on two cores
+without a thread each."""
+CLOSE_SECONDS = 5.0
+"""How long the close waits for the reads in flight to give their connections back."""
+
+
+class Readers:
+    """A fixed pool of read-only connections to one database file, lent one read at a time."""
+
+    def __init__(self, conns: list[aiosqlite.Connection]) -> None:
+        self._all = conns
+        self._idle = list(conns)
+        self._free = anyio.Semaphore(len(conns))
+        """Counts `_idle`: a reader is taken from the list only once this lets it."""
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("the store is closed: the daemon is stopping")
+
+    @asynccontextmanager
+    async def lend(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A reader to itself until the block ends; StoreUnavailable once the store closed."""
+        self._refuse_if_closed()
+        async with self._free:
+            self._refuse_if_closed()  # (closed while this one waited)
+            conn = self._idle.pop()
+            try:
+                yield conn
+            finally:
+                self._idle.append(conn)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of one statement, in one trip to a reader's thread."""
+        async with self.lend() as conn:
+            return list(await conn.execute_fetchall(sql, args))  # type: ignore[arg-type]
+
+    async def pages(self, sql: str, size: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The rows of one statement `size` at a time, all from the snapshot it began with
+        (the reader is held until the last page is taken, or the iteration is closed)."""
+        async with self.lend() as conn, conn.execute(sql) as cur:
+            while found := await cur.fetchmany(size):
+                yield list(found)  # type: ignore[arg-type]
+
+    async def trace(self, callback: Callable[[str], object]) -> None:
+        """Every statement any reader runs, given to `callback`."""
+        for conn in self._all:
+            await conn.set_trace_callback(callback)
+
+    async def close(self) -> None:
+        """Refuse new reads, wait (a few seconds at most) for those in flight, close all.
+        Once: the store's close and its opener's exit both call it."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CLOSE_SECONDS):
+                for _ in self._all:
+                    await self._free.acquire()  # never released: no read follows
+            for conn in self._all:
+                await conn.close()
+
+
+async def _open_reader(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)  # autocommit: a statement is
+    try:  # its own read transaction
+        await conn.execute("PRAGMA query_only=ON")
+        await conn.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await conn.close()
+        raise
+    return conn
+
+
+@asynccontextmanager
+async def open_readers(path: Path, count: int) -> AsyncIterator[Readers | None]:
+    """`count` readers of the WAL database at `path` (already made and migrated by the
+    writer), all closed on the way out; None for 0 (every read on the writer's connection)."""
+    if count <= 0:
+        yield None
+        return
+    conns: list[aiosqlite.Connection] = []
+    try:
+        for _ in range(count):
+            conns.append(await _open_reader(path))
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            for conn in conns:
+                await conn.close()
+        if isinstance(exc, sqlite3.Error | OSError):
+            raise StoreUnavailable(f"cannot open a reader of {path}: {exc}") from None
+        raise
+    readers = Readers(conns)
+    try:
+        yield readers
+    finally:
+        await readers.close()
