@@ -17,10 +17,13 @@ import pytest
 
 from stixd.control import handlers, serve_cmds
 from stixd.store.backend import StoreUnavailable, Tx
+from stixd.store.chosen import open_postgres
 from stixd.store.db import Row, Store, open_store
+from stixd.store.postgres import KEPT_FOR_READS, POOL_SIZE
 from stixd.store.sqlite import SqliteBackend
 from stixproto import messages as m
 from tests.app_support import app_on_store
+from tests.pg_server import PgServer
 
 pytestmark = pytest.mark.anyio
 
@@ -200,3 +203,30 @@ async def test_the_listings_read_as_many_statements_for_fifty_clusters_as_for_on
     one = await _statements(tmp_path / "one", 1)
     fifty = await _statements(tmp_path / "fifty", 50)
     assert fifty == one, (one, fifty)
+
+
+async def test_on_postgresql_reads_go_on_while_writes_hold_every_connection_they_may(
+    postgres: PgServer,
+) -> None:
+    async with open_postgres(postgres.fresh()) as store:
+        release = anyio.Event()
+        begun = 0
+
+        async def held(tx: Tx) -> None:
+            nonlocal begun
+            begun += 1
+            await tx.execute("INSERT INTO quarantine VALUES ('cluster', ?, 'x', 0)", (str(begun),))
+            await release.wait()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(POOL_SIZE + 2):  # more writes than the pool has connections
+                tg.start_soon(store.backend.write, held)
+            try:
+                with anyio.fail_after(30):  # a read waiting for a connection would never end
+                    while begun < POOL_SIZE - KEPT_FOR_READS:
+                        await anyio.sleep(0.01)
+                    assert await store._tuples("SELECT count(*) FROM quarantine") == [(0,)]
+                    assert begun == POOL_SIZE - KEPT_FOR_READS  # the others wait their turn
+            finally:
+                release.set()
+        assert await store._tuples("SELECT count(*) FROM quarantine") == [(POOL_SIZE + 2,)]
