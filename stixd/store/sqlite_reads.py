@@ -31,17 +31,19 @@ READERS = 4
 milliseconds on a thread, so a few let the readers of a hundred clients overlap on two cores
 without a thread each."""
 CLOSE_SECONDS = 5.0
-"""How long the close waits for the reads in flight to give their connections back."""
+"""How long the close waits for the reads queued to run."""
 
 
 class Readers:
-    """A fixed pool of read-only connections to one database file, lent one read at a time."""
+    """A fixed set of read-only connections to one database file. A read goes to the one with
+    the fewest reads queued: aiosqlite runs a connection's calls one after another on its
+    thread, so the reads queued on one are pipelined (its thread never idles between them
+    while the loop hands it the next), and each is one statement, its own read transaction."""
 
-    def __init__(self, conns: list[aiosqlite.Connection]) -> None:
+    def __init__(self, path: Path, conns: list[aiosqlite.Connection]) -> None:
+        self._path = path
         self._all = conns
-        self._idle = list(conns)
-        self._free = anyio.Semaphore(len(conns))
-        """Counts `_idle`: a reader is taken from the list only once this lets it."""
+        self._queued = [0] * len(conns)
         self._closed = False
 
     def __len__(self) -> int:
@@ -51,45 +53,42 @@ class Readers:
         if self._closed:
             raise StoreUnavailable("the store is closed: the daemon is stopping")
 
-    @asynccontextmanager
-    async def lend(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A reader to itself until the block ends; StoreUnavailable once the store closed."""
-        self._refuse_if_closed()
-        async with self._free:
-            self._refuse_if_closed()  # (closed while this one waited)
-            conn = self._idle.pop()
-            try:
-                yield conn
-            finally:
-                self._idle.append(conn)
-
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of one statement, in one trip to a reader's thread."""
-        async with self.lend() as conn:
-            return list(await conn.execute_fetchall(sql, args))  # type: ignore[arg-type]
+        self._refuse_if_closed()
+        i = min(range(len(self._all)), key=self._queued.__getitem__)
+        self._queued[i] += 1
+        try:
+            return list(await self._all[i].execute_fetchall(sql, args))  # type: ignore[arg-type]
+        finally:
+            self._queued[i] -= 1
 
     async def pages(self, sql: str, size: int) -> AsyncIterator[list[tuple[Any, ...]]]:
-        """The rows of one statement `size` at a time, all from the snapshot it began with
-        (the reader is held until the last page is taken, or the iteration is closed)."""
-        async with self.lend() as conn, conn.execute(sql) as cur:
-            while found := await cur.fetchmany(size):
-                yield list(found)  # type: ignore[arg-type]
+        """The rows of one statement `size` at a time, all from the snapshot it began with, on
+        a connection of its own for the iteration (a boot's): the shared ones never hold a
+        statement open, so a read on them always sees the latest commit."""
+        self._refuse_if_closed()
+        conn = await _open_reader(self._path)
+        try:
+            async with conn.execute(sql) as cur:
+                while found := await cur.fetchmany(size):
+                    yield list(found)  # type: ignore[arg-type]
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
     async def trace(self, callback: Callable[[str], object]) -> None:
-        """Every statement any reader runs, given to `callback`."""
+        """Every statement any shared reader runs, given to `callback`."""
         for conn in self._all:
             await conn.set_trace_callback(callback)
 
     async def close(self) -> None:
-        """Refuse new reads, wait (a few seconds at most) for those in flight, close all.
+        """Refuse new reads and close every reader, once the reads queued on it have run.
         Once: the store's close and its opener's exit both call it."""
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(CLOSE_SECONDS):
-                for _ in self._all:
-                    await self._free.acquire()  # never released: no read follows
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_SECONDS):
             for conn in self._all:
                 await conn.close()
 
@@ -124,7 +123,7 @@ async def open_readers(path: Path, count: int) -> AsyncIterator[Readers | None]:
         if isinstance(exc, sqlite3.Error | OSError):
             raise StoreUnavailable(f"cannot open a reader of {path}: {exc}") from None
         raise
-    readers = Readers(conns)
+    readers = Readers(path, conns)
     try:
         yield readers
     finally:
