@@ -1,5 +1,5 @@
 """The SQLite store's readers: a few read-only connections beside the one writer, so a read
-never queues behind a write's transaction, nor behind another read.
+never queues behind a write's transaction, and reads run on several threads side by side.
 
 The database is in WAL mode: a reader sees the database as of the last commit before its
 statement began (one statement is one read transaction: a consistent, committed snapshot) and
@@ -27,9 +27,8 @@ import anyio
 from stixd.store.backend import StoreUnavailable
 
 READERS = 4
-"""Read connections of a SQLite store by default (`daemon.store_readers`): a read is a few
-milliseconds on a thread, so a few let the readers of a hundred clients overlap on two cores
-without a thread each."""
+"""Read connections of a SQLite store by default (`daemon.store_readers`): a few let the reads
+of a hundred clients overlap on two cores without a thread each."""
 CLOSE_SECONDS = 5.0
 """How long the close waits for the reads queued to run."""
 
