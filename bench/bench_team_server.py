@@ -392,7 +392,7 @@ def main() -> None:
     p.add_argument("--launch-seconds", type=float, default=5.0)
     p.add_argument("--rps-seconds", type=float, default=5.0)
     p.add_argument("--rps-clusters", type=int, default=50)
-    p.add_argument("--readers", type=int, default=4, help="the store's read connections")
+    p.add_argument("--readers", type=int, default=2, help="the store's read connections")
     p.add_argument("--only-rps", action="store_true", help="part 3 alone")
     p.add_argument("--jobs", type=int, default=10_000, help="managed jobs for /metrics (0: skip)")
     p.add_argument("--no-skypilot", action="store_true")

@@ -26,9 +26,11 @@ import anyio
 
 from stixd.store.backend import StoreUnavailable
 
-READERS = 4
-"""Read connections of a SQLite store by default (`daemon.store_readers`): a few let the reads
-of a hundred clients overlap on two cores without a thread each."""
+READERS = 2
+"""Read connections of a SQLite store by default (`daemon.store_readers`): two, so a long read
+(a page of 2,000 jobs) never holds up every other. More threads than that fight the event loop
+for the GIL on two cores: 100 `status` clients measured 0.72-0.99x the one-connection store
+with 4, 1.1-1.4x with 1 (bench/bench_team_server.py)."""
 CLOSE_SECONDS = 5.0
 """How long the close waits for the reads queued to run."""
 
