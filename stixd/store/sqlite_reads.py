@@ -30,7 +30,7 @@ READERS = 2
 """Read connections of a SQLite store by default (`daemon.store_readers`): two, so a long read
 (a page of 2,000 jobs) never holds up every other. More threads than that fight the event loop
 for the GIL on two cores: 100 `status` clients measured 0.72-0.99x the one-connection store
-with 4, 1.1-1.4x with 1 (bench/bench_team_server.py)."""
+with 4, 1.1-1.4x with 1, 1.0-1.4x with 2 (bench/bench_team_server.py)."""
 CLOSE_SECONDS = 5.0
 """How long the close waits for the reads queued to run."""
 
