@@ -10,7 +10,11 @@
    ratios, over the socket and over HTTP (the request as a client sees it, in this process).
 3. ``status`` requests per second the server sustains with 100 concurrent clients (each a
    coroutine of this process, one request per connection, as stixctl does), over HTTP and over
-   the socket. The clients share the machine's cores with the daemon.
+   the socket, on a store of ``--rps-clusters`` (50) clusters: once with every read on the
+   store's one connection (``daemon.store_readers: 0``, the baseline, as before the readers)
+   and once with the default read connections beside the writer, each on a fresh home in the
+   same run; the ratios are to the baseline. The clients share the machine's cores with the
+   daemon. ``--only-rps`` runs this part alone.
 4. ``GET /metrics`` with ``--jobs`` (10,000) managed jobs RUNNING on the fake provider (30,000
    live actors: each job's, its cluster's and its cluster job's), against the same scrape of
    the empty server and against ``GET /api/v1/health``.
@@ -230,8 +234,15 @@ async def during_launches(home: Home, url: str, token: str, launch_s: float) -> 
 # -- 3. requests per second ----------------------------------------------------------------
 
 
-async def throughput(home: Home, url: str, token: str, seconds: float) -> None:
-    asks = _status_asks(home, url, token)
+async def throughput(home: Home, url: str, token: str, seconds: float) -> dict[str, float]:
+    from stixctl.aclient import acall
+    from stixproto import messages as m
+
+    every = m.Status(all_users=True)  # every cluster, whoever asks
+    asks: dict[str, Callable[[], Awaitable[Any]]] = {
+        "socket": lambda: acall(home.path, every, autostart=False, local=True),
+        "HTTP": lambda: _over_http(url, token, every),
+    }
     rates = {}
     for name, ask in asks.items():
         done = 0
@@ -259,6 +270,39 @@ async def throughput(home: Home, url: str, token: str, seconds: float) -> None:
             "as a client waits"
         )
     _say(f"   HTTP / socket: {rates['HTTP'] / rates['socket']:.2f}x")
+    return rates
+
+
+def reads_throughput(args: argparse.Namespace) -> None:
+    """Part 3 on one store connection (the baseline) and on the read connections."""
+    from bench.common import seed_stopped_clusters
+
+    _say(
+        f"\n3. status (-u, {args.rps_clusters} clusters) with {CLIENTS} concurrent clients for "
+        f"{args.rps_seconds:g} s each"
+    )
+    rates: dict[int, dict[str, float]] = {}
+    for readers in (0, args.readers):
+        with stix_home() as home:
+            asyncio.run(seed_stopped_clusters(home.path, args.rps_clusters))
+            home.env.update(
+                {
+                    "STIX__DAEMON__LOG_LEVEL": "warning",
+                    "STIX__DAEMON__STORE_READERS": str(readers),
+                }
+            )
+            home.ctl("daemon", "start")
+            url, token = _serve(home)
+            shown = "one connection (baseline)" if not readers else f"{readers} read connections"
+            _say(f"  store reads on {shown}:")
+            asyncio.run(throughput(home, url, token, 1.0))  # warm
+            rates[readers] = asyncio.run(throughput(home, url, token, args.rps_seconds))
+    for name in ("socket", "HTTP"):
+        base, now = rates[0][name], rates[args.readers][name]
+        _say(
+            f"   {name:<6} {args.readers} readers / one connection: {now / base:.2f}x "
+            f"({base:.0f} -> {now:.0f} status/s)"
+        )
 
 
 def _status_histogram(url: str, token: str) -> tuple[float, float]:
@@ -347,10 +391,16 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--launch-seconds", type=float, default=5.0)
     p.add_argument("--rps-seconds", type=float, default=5.0)
+    p.add_argument("--rps-clusters", type=int, default=50)
+    p.add_argument("--readers", type=int, default=2, help="the store's read connections")
+    p.add_argument("--only-rps", action="store_true", help="part 3 alone")
     p.add_argument("--jobs", type=int, default=10_000, help="managed jobs for /metrics (0: skip)")
     p.add_argument("--no-skypilot", action="store_true")
     p.add_argument("--skypilot-python", default=None)
     args = p.parse_args()
+    if args.only_rps:
+        reads_throughput(args)
+        return
     with stix_home() as home:
         home.env.update(
             {
@@ -363,8 +413,7 @@ def main() -> None:
         url, token = _serve(home)
         whole_processes(home, url, token, args)
         asyncio.run(during_launches(home, url, token, args.launch_seconds))
-        _say(f"\n3. status with {CLIENTS} concurrent clients for {args.rps_seconds:g} s each")
-        asyncio.run(throughput(home, url, token, args.rps_seconds))
+    reads_throughput(args)
     if args.jobs:
         metrics_at_scale(args.jobs, args.runs)
 

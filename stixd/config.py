@@ -91,6 +91,9 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     (one replica alone on its database)."""
     replica_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     """This replica's name among those on one database; None: this host's name and home."""
+    store_readers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
+    """Read-only connections of the SQLite store beside its one writer, so reads never wait
+    for writes (stixd/store/sqlite_reads.py); 0: every read on the writer's connection."""
 
 
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -100,7 +100,7 @@ async def serve(
     sock = socket_path(home)
     try:
         pyz = await anyio.to_thread.run_sync(build_agent_zipapp, home / "agent")
-        async with open_chosen(home, config.db) as store:
+        async with open_chosen(home, config.db, config.daemon.store_readers) as store:
             leases = store.leases = replicas.leases_for(config, home, store.backend)
             watch = RowWatch(store, poll=None if leases is None else replicas.WATCH_POLL)
             async with anyio.create_task_group() as tg:

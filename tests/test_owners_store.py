@@ -65,7 +65,7 @@ async def test_one_users_clusters_are_read_through_the_owner_index(tmp_path: Pat
     async with open_store(tmp_path / "state.db") as store:
         statements: list[str] = []
         assert isinstance(store.backend, SqliteBackend)
-        await store.backend.db.set_trace_callback(statements.append)
+        await store.backend.trace(statements.append)
         where = views.owned("alice", local=False, hidden=(), default="default")
         await views.live_clusters_of(store, where)
     db = sqlite3.connect(tmp_path / "state.db")

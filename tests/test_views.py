@@ -117,7 +117,7 @@ async def test_the_default_views_read_through_indexes(tmp_path: Path) -> None:
     async with open_store(tmp_path / "state.db") as store:
         statements: list[str] = []
         assert isinstance(store.backend, SqliteBackend)
-        await store.backend.db.set_trace_callback(statements.append)
+        await store.backend.trace(statements.append)
         await views.newest_managed_jobs(store, live_only=False, limit=50)
         await views.newest_managed_jobs(store, live_only=True, limit=50)
         await views.count_managed_jobs(store, live_only=True)

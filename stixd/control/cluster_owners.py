@@ -81,12 +81,13 @@ async def cluster_owners(app: App, clusters: Collection[str] | None = None) -> d
         held |= {worker_name(pool.id, i) for i in range(spec_of(pool, JobPoolSpec).workers)}
         for name in held:
             owners[name] = owner
+    shrunk: dict[str, Owner] = {}
     for name in clusters:
         for prefix, owner in prefixes.items():
             if name.startswith(prefix) and name[len(prefix) :].isdigit() and name not in owners:
-                row = await app.store.get("cluster", name)
-                if row is not None and not row.terminal:
-                    owners[name] = owner  # a worker of a size since shrunk
+                shrunk[name] = owner
+    for row in await views.clusters_named(app.store, list(shrunk), live_only=True):
+        owners[row.id] = shrunk[row.id]  # a worker of a size since shrunk
     for replica in await app.store.rows(REPLICA, include_terminal=False):
         rspec = spec_or_none(replica, ReplicaSpec)
         if rspec is not None:

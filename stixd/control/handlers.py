@@ -302,7 +302,11 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     rows, hidden = await _status_rows(app, req, scope)
     if req.refresh:
         await _refresh(app, [r.id for r in rows if not r.terminal], req, emit)
-        rows = [r for r in [await app.store.get("cluster", r.id) for r in rows] if r is not None]
+        now = {
+            r.id: r
+            for r in await views.clusters_named(app.store, [r.id for r in rows], live_only=False)
+        }
+        rows = [now[r.id] for r in rows if r.id in now]
         if not req.all:
             rows = [r for r in rows if not r.terminal]
     owners = await cluster_owners(app, [r.id for r in rows])
@@ -377,21 +381,42 @@ def _uid(crow: Row) -> str | None:
     return data.uid if data is not None else None
 
 
+def _jobs_prefix(crow: Row) -> str | None:
+    """What the ids of a cluster's jobs start with (`job_row_id`); None without a readable
+    uid (a damaged row: no jobs listed, as `quarantine.cluster_jobs`)."""
+    uid = _uid(crow)
+    return f"{crow.id}/{uid}/" if isinstance(uid, str) and uid else None
+
+
+def _prefixes_of(row_id: str) -> list[str]:
+    """Every `a/b/...` prefix of a job's id ending at a slash: its cluster's among them."""
+    return [row_id[: i + 1] for i, c in enumerate(row_id) if c == "/"][1:]
+
+
 async def queue(app: App, req: m.Queue, emit: Emit) -> m.JobList:
+    """Every cluster's jobs from one read of the clusters and one of their jobs (a query per
+    500 clusters), never a query per cluster."""
     scope = ownership.scope(app, req.all_users)
     if req.clusters:  # named: anyone's, but never one of a private workspace of others
-        clusters = []
+        found = await views.clusters_named(app.store, req.clusters, live_only=True)
+        by_name = {r.id: r for r in found if ownership.workspace_of(r.spec) not in scope.hidden}
         for name in req.clusters:
-            row = await app.store.get("cluster", name)
-            if row is None or row.terminal or ownership.workspace_of(row.spec) in scope.hidden:
+            if name not in by_name:
                 raise _missing(name)
-            clusters.append(row)
+        clusters = [by_name[name] for name in req.clusters]
     else:
         live = await app.store.rows("cluster", include_terminal=False)
         clusters = [r for r in live if scope.sees(r.spec)]
+    prefixes = {crow.id: _jobs_prefix(crow) for crow in clusters}
+    wanted = {p for p in prefixes.values() if p is not None}
+    jobs_of: dict[str, list[Row]] = {}
+    for jrow in await views.rows_under_each(app.store, "job", sorted(wanted)):
+        for prefix in _prefixes_of(jrow.id):
+            if prefix in wanted:
+                jobs_of.setdefault(prefix, []).append(jrow)
     jobs: list[m.JobRecord] = []
     for crow in clusters:
-        rows = await quarantine.cluster_jobs(app, crow.id, _uid(crow))
+        rows = jobs_of.get(prefixes[crow.id] or "", [])
         user = scope.user(crow.spec)
         for jrow in sorted(rows, key=lambda j: -quarantine.job_number(j.id)):
             if req.skip_finished and jrow.terminal:

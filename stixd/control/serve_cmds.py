@@ -27,6 +27,7 @@ from stixd.actors.specs import data_or_none, encode, spec_or_none, state_of
 from stixd.app import App
 from stixd.control import ownership, reached, serve_logs
 from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.store import views
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto import names
@@ -271,12 +272,15 @@ def replica_record(row: Row, spec: ReplicaSpec, data: ReplicaData) -> m.ReplicaR
 
 
 async def service_record(
-    app: App, row: Row, scope: ownership.Scope | None = None
+    app: App, row: Row, scope: ownership.Scope | None = None, replicas: list[Row] | None = None
 ) -> m.ServiceRecord:
+    """`replicas`: the service's replica rows, when the caller read them (else read here)."""
     spec = spec_or_none(row, ServiceSpec) or ServiceSpec()
     data = data_or_none(row, ServiceData) or ServiceData()
     records = []
-    for r in await app.store.rows(REPLICA, parent=row.id):
+    if replicas is None:
+        replicas = await app.store.rows(REPLICA, parent=row.id)
+    for r in replicas:
         rspec, rdata = spec_or_none(r, ReplicaSpec), data_or_none(r, ReplicaData)
         if rspec is not None and rdata is not None:
             records.append(replica_record(r, rspec, rdata))
@@ -313,7 +317,12 @@ async def serve_status(app: App, req: m.ServeStatus) -> m.ServiceList:
         rows = [r for r in rows if r.id in set(req.names)]
     else:
         rows = [r for r in rows if scope.sees(r.spec)]
-    return m.ServiceList(services=[await service_record(app, r, scope) for r in rows])
+    replicas: dict[str | None, list[Row]] = {}
+    for r in await views.children_of(app.store, REPLICA, [r.id for r in rows]):
+        replicas.setdefault(r.parent, []).append(r)  # every service's in one read
+    return m.ServiceList(
+        services=[await service_record(app, r, scope, replicas.get(r.id, [])) for r in rows]
+    )
 
 
 # -- down --------------------------------------------------------------------------------------

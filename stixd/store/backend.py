@@ -53,7 +53,12 @@ class Backend(Protocol):
         on, so the caller never misses a write that happened."""
         ...
 
-    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one statement, run outside every write's transaction, on the last
+        committed state (what a write answered before it began is there). SQLite runs it on a
+        read-only connection; PostgreSQL on a pooled connection of its own, in autocommit
+        (where the leases, PostgreSQL's alone, write through it)."""
+        ...
 
     def pages(self, sql: str, size: int) -> AsyncIterator[list[tuple[Any, ...]]]:
         """The rows of one query, `size` at a time."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from stixd.store.db import MIGRATIONS, Store, open_store
 from stixd.store.postgres import PgBackend, open_pool
+from stixd.store.sqlite_reads import READERS
 
 
 @asynccontextmanager
@@ -19,5 +20,8 @@ async def open_postgres(url: str, *, group: bool = False) -> AsyncIterator[Store
         yield Store(PgBackend(pool, group=group))
 
 
-def open_chosen(home: Path, db: str | None) -> AbstractAsyncContextManager[Store]:
-    return open_store(home / "state.db") if db is None else open_postgres(db)
+def open_chosen(
+    home: Path, db: str | None, readers: int = READERS
+) -> AbstractAsyncContextManager[Store]:
+    """`readers`: the SQLite store's read connections (`daemon.store_readers`)."""
+    return open_store(home / "state.db", readers) if db is None else open_postgres(db)

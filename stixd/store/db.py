@@ -21,6 +21,7 @@ import msgspec
 from stixd.store.backend import Backend, Conflict, StoreUnavailable, Tx
 from stixd.store.leases import Leases
 from stixd.store.sqlite import SqliteBackend, migrate
+from stixd.store.sqlite_reads import READERS, open_readers
 from stixproto.errors import InvalidRequest
 
 __all__ = ["StoreUnavailable"]  # raised by `open_store`, and by the other engines' openers
@@ -645,8 +646,9 @@ class Store:
 
 
 @asynccontextmanager
-async def open_store(path: Path) -> AsyncIterator[Store]:
-    """The SQLite store in the file `path` (made with its folder if missing), migrated."""
+async def open_store(path: Path, readers: int = READERS) -> AsyncIterator[Store]:
+    """The SQLite store in the file `path` (made with its folder if missing), migrated, with
+    `readers` read-only connections beside its writer (0: every read on the writer's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     async with aiosqlite.connect(path, isolation_level="DEFERRED") as db:
         await db.execute("PRAGMA journal_mode=WAL")
@@ -654,4 +656,5 @@ async def open_store(path: Path) -> AsyncIterator[Store]:
         await db.execute("PRAGMA busy_timeout=5000")
         await db.execute("PRAGMA secure_delete=ON")  # see SqliteBackend.forget_overwritten
         await migrate(db, MIGRATIONS)
-        yield Store(SqliteBackend(db, path))
+        async with open_readers(path, readers) as pool:
+            yield Store(SqliteBackend(db, path, pool))

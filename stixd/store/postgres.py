@@ -25,8 +25,10 @@ from stixd.store.commits import GroupCommit, _Write
 T = TypeVar("T")
 
 POOL_SIZE = 8
-"""Connections at most: reads never queue behind a write's transaction, and a database with
-the default 100 connections serves a dozen replicas."""
+"""Connections at most: a database with the default 100 connections serves a dozen replicas."""
+KEPT_FOR_READS = 2
+"""Connections of the pool writes never hold: a read (each on a pooled connection of its own,
+outside any write's transaction) never queues behind writes that hold the rest."""
 CONNECT_SECONDS = 10.0
 STATEMENT_SECONDS = 60.0
 """A statement the server has not answered by then fails its call, never the daemon."""
@@ -65,6 +67,7 @@ class PgBackend:
     def __init__(self, pool: Any, *, group: bool = False) -> None:
         self.pool = pool
         self.commits = GroupCommit(self._send) if group else None
+        self._writers = anyio.Semaphore(POOL_SIZE - KEPT_FOR_READS)
         self._closing = False
         self._writes = 0
         self._idle = anyio.Event()
@@ -88,6 +91,10 @@ class PgBackend:
     async def _once(self, work: Work[T]) -> T:
         """One try of a write. Begun, it ends and is answered (bounded by STATEMENT_SECONDS a
         statement); a connection lost while committing is `_AtCommit`: it may have been."""
+        async with self._writers:  # (waiting for it, the write has not begun: cancellable)
+            return await self._begun(work)
+
+    async def _begun(self, work: Work[T]) -> T:
         with anyio.CancelScope(shield=True):
             done: list[T] = []
             async with self.pool.acquire() as conn:
@@ -107,7 +114,7 @@ class PgBackend:
 
     async def _send(self, batch: list[_Write[Any]]) -> None:
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self._writers, self.pool.acquire() as conn, conn.transaction():
                 tx = PgTx(conn)
                 for w in batch:
                     try:

@@ -1,5 +1,6 @@
-"""The SQLite engine of the store (the default): one aiosqlite connection, writes in group
-commits on its thread, reads on the same connection."""
+"""The SQLite engine of the store (the default): one aiosqlite connection that writes, in group
+commits on its thread, and a few read-only connections beside it (stixd/store/sqlite_reads.py)
+that every read goes to, so no read waits for a write's transaction."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import anyio
 
 from stixd.store.backend import Conflict, StoreUnavailable, Work
 from stixd.store.commits import GroupCommit, _Write
+from stixd.store.sqlite_reads import Readers
 
 T = TypeVar("T")
 
@@ -94,10 +96,15 @@ def _truncate_wal(path: Path) -> None:
 
 
 class SqliteBackend:
-    def __init__(self, db: aiosqlite.Connection, path: Path | None = None) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, path: Path | None = None, readers: Readers | None = None
+    ) -> None:
         self.db = db
         self._path = path
         """The database file, for `forget_overwritten` (None: an in-memory store, no files)."""
+        self.readers = readers
+        """Where every read goes; None: to the writer's connection, in its queue behind the
+        writes (an in-memory store, or `daemon.store_readers: 0`)."""
         self.commits = GroupCommit(sender(db))
         """Every write is one function on the connection's thread, in a savepoint of a
         transaction shared with the writes waiting beside it, committed once: a rollback (a
@@ -107,13 +114,26 @@ class SqliteBackend:
         return await self.commits.write(work, after)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.readers is not None:
+            return await self.readers.fetch(sql, args)
         async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())  # type: ignore[arg-type]
 
     async def pages(self, sql: str, size: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+        if self.readers is not None:
+            async for page in self.readers.pages(sql, size):
+                yield page
+            return
         async with self.db.execute(sql) as cur:
             while found := await cur.fetchmany(size):
                 yield list(found)  # type: ignore[arg-type]
+
+    async def trace(self, callback: Callable[[str], object]) -> None:
+        """Every statement the store runs, on any of its connections, given to `callback`
+        (what tests count and explain)."""
+        await self.db.set_trace_callback(callback)
+        if self.readers is not None:
+            await self.readers.trace(callback)
 
     async def forget_overwritten(self) -> None:
         """Leave no copy of overwritten values in the files: ``secure_delete`` zeroes freed
@@ -132,6 +152,8 @@ class SqliteBackend:
     async def close(self) -> None:
         await self.commits.lock.acquire()  # never released: this store writes no more
         with anyio.CancelScope(shield=True):
+            if self.readers is not None:
+                await self.readers.close()
             await self.db.close()
 
 

@@ -17,8 +17,8 @@ MANAGED_JOB = "managed_job"
 PAGE = 500
 """Records per chunk of a streamed listing, and the most names asked in one query."""
 READ_PAGE = 2000
-"""Rows read per query of a streamed listing: each query waits its turn on the store's one
-connection behind the actors' writes, so a busy daemon answers sooner in fewer of them."""
+"""Rows read per query of a streamed listing: each query is a trip to a reader's thread, so a
+busy daemon answers sooner in fewer of them."""
 
 NUMBER = "CAST(a.id AS INTEGER)"
 """A managed job's number, as the indexes `managed_jobs_by_number` hold it."""
@@ -238,6 +238,38 @@ async def clusters_named(store: Store, names: Sequence[str], *, live_only: bool)
     if live_only:
         rows = [r for r in rows if not r.terminal]
     return sorted(rows, key=lambda r: (r.created_at, r.id))
+
+
+def _above(prefix: str) -> str:
+    """The first text after every one that starts with `prefix`."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+async def rows_under_each(store: Store, kind: str, prefixes: Sequence[str]) -> list[Row]:
+    """`Store.rows_under` for many prefixes (every cluster's jobs, `name/uid/`) in one query
+    per `PAGE` of them, not one per prefix: each prefix is a range of the primary key."""
+    rows: list[Row] = []
+    wanted = list(dict.fromkeys(p for p in prefixes if p))
+    for start in range(0, len(wanted), PAGE):
+        part = wanted[start : start + PAGE]
+        ranges = " OR ".join(["(a.kind = ? AND a.id >= ? AND a.id < ?)"] * len(part))
+        sql = f"{_SELECT} WHERE {ranges} ORDER BY a.created_at, a.id"
+        args = [x for p in part for x in (kind, p, _above(p))]
+        rows += await store._fetch(sql, args)
+    return rows
+
+
+async def children_of(store: Store, kind: str, parents: Sequence[str]) -> list[Row]:
+    """`Store.rows(kind, parent=...)` for many parents (every service's replicas) in one query
+    per `PAGE` of them, oldest first."""
+    rows: list[Row] = []
+    wanted = list(dict.fromkeys(parents))
+    for start in range(0, len(wanted), PAGE):
+        part = wanted[start : start + PAGE]
+        marks = ",".join("?" * len(part))
+        sql = f"{_SELECT} WHERE a.kind = ? AND a.parent IN ({marks}) ORDER BY a.created_at, a.id"
+        rows += await store._fetch(sql, [kind, *part])
+    return rows
 
 
 async def live_rows_not_of(store: Store, kinds: Collection[str]) -> list[Row]:
