@@ -7,5 +7,5 @@ command, so import time is part of every command's latency.
 VERSION = "0.1.0"
 """The release, as `stixctl --version` and the daemon's handshake report it (pyproject's)."""
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 """Bumped whenever a message changes shape. Client and daemon must agree exactly."""
