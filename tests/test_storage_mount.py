@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,6 +40,17 @@ def keys_in(emu: Emulator, store: str, bucket: str) -> set[str]:
             await stores.aclose()
 
     return anyio.run(listing)
+
+
+def bucket_exists(emu: Emulator, store: str, bucket: str) -> bool:
+    async def ask() -> bool:
+        stores = open_stores(emu.config, emu.env, "testhome")
+        try:
+            return await stores.bucket(StoreKind(store), bucket).exists()
+        finally:
+            await stores.aclose()
+
+    return anyio.run(ask)
 
 
 @pytest.fixture
@@ -140,6 +152,34 @@ file_mounts:
     stix.run("down", "dead", "-y", check=True, timeout=90)
     assert fuse_mounts_under(stix.home) == []
     assert keys_in(emu, store, f"stix-keep-{store}") == {"kept.txt"}  # the removal stopped at it
+
+
+@pytest.mark.parametrize("sx", ["s3"], indirect=True)
+def test_a_launch_on_a_node_without_rclone_fails_in_one_sentence_and_leaves_no_bucket(
+    sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    stix, emu, store = sx
+    stix.env["PATH"] = os.path.dirname(sys.executable)  # the node's agent inherits it
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "x.txt").write_text("x\n")
+    task = task_file(
+        f"""
+file_mounts:
+  ~/x:
+    name: stix-norclone-{store}
+    source: {data}
+    store: {store}
+    persistent: false
+    mode: MOUNT_CACHED
+run: echo never
+"""
+    )
+    done = stix.run("launch", "-c", "norc", str(task), "-y", timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "no rclone" in last and "apt-get install -y rclone fuse3" in last, done.stderr
+    assert not bucket_exists(emu, store, f"stix-norclone-{store}")  # released with the launch
 
 
 def test_a_node_without_rclone_is_told_how_to_install_it(

@@ -248,7 +248,8 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
     missing = missing_tools()
     if missing:
         raise RequestError(
-            "missing_tools", f"this node has no {' and no '.join(missing)} for MOUNT; {INSTALL}"
+            "missing_tools",
+            f"this node has no {' and no '.join(missing)} for a bucket mount; {INSTALL}",
         )
     dest = spec["dest"]
     folder = _folder(node_dir, dest)
