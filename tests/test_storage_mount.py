@@ -6,6 +6,7 @@ no FUSE mount behind; a node without rclone is told how to install it in one sen
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from stixd.agent import mount as agent_mount
 from stixd.agent.protocol import RequestError
 from stixd.providers.shared.fuse_mounts import fuse_mounts_under
+from stixd.storage.mount import node_keys
 from stixd.storage.stores import StoreKind, open_stores
 from tests.conftest import Stix, wait_until
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
@@ -40,6 +42,11 @@ def keys_in(emu: Emulator, store: str, bucket: str) -> set[str]:
             await stores.aclose()
 
     return anyio.run(listing)
+
+
+def mount_pids(node: Path) -> set[int]:
+    records = (node / ".stix" / agent_mount.MOUNTS_DIR).glob(f"*/{agent_mount.RECORD}")
+    return {int(json.loads(r.read_text())["pid"]) for r in records}
 
 
 def bucket_exists(emu: Emulator, store: str, bucket: str) -> bool:
@@ -119,6 +126,12 @@ run: |
     assert "out-m.txt" in keys_in(emu, store, mount_bucket)
     logs = stix.run("logs", "mnt", "1", "--no-follow", timeout=30).stdout
     assert logs.count("from the bucket") == 2
+
+    # a relaunch on the UP cluster keeps the mounts (and their rclone) its jobs may be using
+    pids = mount_pids(home)
+    again = stix.run("launch", "-c", "mnt", str(task), "-y", "-d", timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert mount_pids(home) == pids and len(pids) == 2
 
     stix.run("down", "mnt", "-y", check=True, timeout=90)
     assert fuse_mounts_under(stix.home) == []
@@ -203,6 +216,19 @@ def test_a_node_without_rclone_is_told_how_to_install_it(
     assert "no rclone" in message and "apt-get install -y rclone fuse3" in message
     assert message.count(". ") == 0 and "\n" not in message  # one sentence
     assert not (tmp_path / "m").exists() and not (tmp_path / agent_mount.MOUNTS_DIR).exists()
+
+
+def test_a_gcs_key_file_travels_as_its_content(tmp_path: Path) -> None:
+    key = tmp_path / "sa.json"
+    key.write_text('{\n  "type": "service_account",\n  "client_email": "a@b"\n}\n')
+    keys = node_keys({"service_account_file": str(key), "bucket_policy_only": "true"})
+    assert keys == {
+        "bucket_policy_only": "true",
+        "service_account_credentials": '{"type":"service_account","client_email":"a@b"}',
+    }
+    agent_mount.parse_mount(  # one line, as the agent's config needs it
+        {"dest": "/m", "remote": "google cloud storage", "keys": keys, "path": "b", "mode": "MOUNT"}
+    )
 
 
 @pytest.mark.parametrize(

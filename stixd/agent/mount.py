@@ -239,7 +239,10 @@ def _tail(path: Path) -> str:
 
 
 def _digest(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    """What makes a mount the same one again: not its keys, which a store may sign afresh for
+    each launch (an Azure SAS): a relaunch keeps the mount its running jobs use."""
+    same = {k: v for k, v in spec.items() if k != "keys"}
+    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()
 
 
 def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
