@@ -271,3 +271,28 @@ run: cat ~/in/deep/hello.txt
     stix.run("storage", "delete", name, "-y", check=True)
     assert not bucket_exists(emu, store, name)
     stix.run("down", f"cp-{store}", "-y", check=True, timeout=60)
+
+
+def test_a_bucket_mount_on_the_fake_infra_is_answered_as_a_node_answers_it(
+    sx: Stix, moto_s3: Emulator, task_file: Callable[[str], Path]
+) -> None:
+    """The fake infra (benchmarks, failover tests) keeps no files: a COPY or MOUNT of a bucket
+    is accepted there as a real node accepts it, not refused as an op it does not know."""
+    sx.env.update({"STIX__FAKE__ENABLED": "true", "STIX__FAKE__RUN_SECONDS": "0"})
+    s3(moto_s3).create_bucket(Bucket="theirs-fake")
+    s3(moto_s3).put_object(Bucket="theirs-fake", Key="a.txt", Body=b"alpha\n")
+    task = task_file(
+        """
+resources:
+  infra: fake
+file_mounts:
+  ~/copied: s3://theirs-fake
+  ~/mounted:
+    source: s3://theirs-fake
+    mode: MOUNT_CACHED
+run: "true"
+"""
+    )
+    done = launch(sx, task, "fk1")
+    assert done.returncode == 0, done.stderr
+    assert "unknown op" not in done.stderr

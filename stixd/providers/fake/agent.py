@@ -333,6 +333,23 @@ class FakeAgentClient(AgentClient):
         return {"ok": True}
 
 
+async def _fetch(client: FakeAgentClient, node: FakeNode, f: dict[str, Any]) -> dict[str, Any]:
+    """A COPY mount's download: a fake node keeps no files (as its file syncs), so it only
+    answers as the real agent does for the items it was handed."""
+    items = f.get("items")
+    if not isinstance(items, list):
+        raise AgentError("bad_request", 'the field "items" must be a list')
+    return {"files": len(items), "bytes": 0}
+
+
+async def _mount(client: FakeAgentClient, node: FakeNode, f: dict[str, Any]) -> dict[str, Any]:
+    """A bucket mount: a fake node has no FUSE; it answers as a real first mount does."""
+    dest = f.get("dest")
+    if not isinstance(dest, str) or not dest:
+        raise AgentError("bad_request", 'the field "dest" must be a path')
+    return {"dest": dest, "mounted": True}
+
+
 def _int(f: dict[str, Any], name: str, default: int | None = None) -> int:
     value = f.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -369,4 +386,6 @@ _OPS: dict[str, _Op] = {
     "autostop": FakeAgentClient._autostop,
     "upgrade": FakeAgentClient._upgrade,
     "shutdown": FakeAgentClient._shutdown,
+    "fetch": _fetch,
+    "mount": _mount,
 }
