@@ -221,12 +221,9 @@ class App:
         if self.stores is None:
             import os
 
-            import msgspec
-
             from stixd.storage.stores import open_stores
 
-            section = msgspec.to_builtins(self.config).get("storage") or {}
-            self.stores = open_stores(section, os.environ, self.home_id())
+            self.stores = open_stores(self.config.storage.stores(), os.environ, self.home_id())
         return self.stores
 
     def home_id(self) -> str:

@@ -46,9 +46,7 @@ def configured_stores(app: App) -> list[str]:
     ``storage:`` or by the usual environment; stix asks no other store anything."""
     import os
 
-    import msgspec
-
-    section = msgspec.to_builtins(app.config).get("storage") or {}
+    section = app.config.storage.stores()
     return [
         kind.value
         for kind, names in ENDPOINT_ENV.items()
