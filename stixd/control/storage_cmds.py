@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from stixd.actors.specs import data_or_none, spec_or_none
+from stixd.actors.specs import data_or_none, spec_or_none, state_of
 from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours, refusal
 from stixd.actors.storage_use import ask_storage, configured_stores
 from stixd.app import App
@@ -95,7 +95,7 @@ async def storage_ls(app: App, req: m.StorageLs) -> m.StorageList:
     records = []
     for row in rows:
         seen = exists.get(row.id)
-        if seen is False and row.state == StorageStatus.DELETING.value:
+        if seen is False and state_of(row, StorageStatus) is StorageStatus.DELETING:
             continue  # its bucket is gone and its actor is forgetting it (after a restart)
         if seen is not None:
             app.supervisor.tell(STORAGE, row.id, Observed(exists=seen))
