@@ -195,3 +195,24 @@ run: |
     assert (ck / "history").read_text().splitlines() == ["read=bucket-word"] * 2
     wait_until(lambda: "life-mj" not in buckets(moto_s3), timeout=30, interval=0.3)
     assert "life-mj" not in storages(sx)
+
+
+def test_a_leaked_bucket_is_only_reported_when_the_policy_does_not_delete(
+    sx: Stix, moto_s3: Emulator
+) -> None:
+    config = (sx.home / "config.yaml").read_text()
+    (sx.home / "config.yaml").write_text(
+        config.replace("delete_leaks: true", "delete_leaks: false")
+    )
+    sx.run("status", check=True, timeout=60)  # the daemon is up before the bucket is made
+    plant(moto_s3, sx.home, "life-reported")
+    hint = wait_until(
+        lambda: "life-reported" in (out := sx.run("status", check=True).stdout) and out,
+        timeout=30,
+        interval=0.3,
+    )
+    assert "1 leaked resource(s) no cluster owns (s3://life-reported)" in hint
+    assert "life-reported" in buckets(moto_s3)
+    log = (sx.home / "stixd.log").read_text()
+    assert "life-reported" in log and "bucket_leak_deleted" not in log
+    s3(moto_s3).delete_bucket(Bucket="life-reported")

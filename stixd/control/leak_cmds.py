@@ -134,8 +134,7 @@ async def scan_buckets(
         before = app.leak_report.leaks if app.leak_report else []
         kept = [r for r in before if r.kind != "bucket"]
         left = [r for r in found if r.id not in set(deleted)]
-        scanned_at = app.leak_report.scanned_at if app.leak_report else time.time()
-        app.leak_report = m.LeakList(leaks=kept + left, scanned_at=scanned_at)
+        app.leak_report = m.LeakList(leaks=kept + left, scanned_at=time.time())
     return found, deleted
 
 
