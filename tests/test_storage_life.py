@@ -118,13 +118,17 @@ file_mounts:
     name: life-keep
     source: {data}
     mode: COPY
+  ~/keep2:
+    name: life-keep2
+    source: {data}
+    mode: COPY
 run: cat ~/tmp/a.txt ~/keep/a.txt
 """
     )
     for cluster in ("life1", "life2"):
         done = sx.run("launch", "-c", cluster, str(task), "-y", timeout=120)
         assert done.returncode == 0, done.stderr
-    assert {"life-scratch", "life-keep"} <= buckets(moto_s3)
+    assert {"life-scratch", "life-keep", "life-keep2"} <= buckets(moto_s3)
 
     # the reconciler deletes a leaked bucket of this home's, not another home's nor an owned one
     plant(moto_s3, sx.home, "life-leaked")
@@ -138,20 +142,24 @@ run: cat ~/tmp/a.txt ~/keep/a.txt
     sx.run("down", "life2", "-y", check=True, timeout=60)
     wait_until(lambda: "life-scratch" not in storages(sx), timeout=30, interval=0.2)
     assert "life-scratch" not in buckets(moto_s3)
-    assert set(storages(sx)) == {"life-keep"} and "life-keep" in buckets(moto_s3)
+    assert set(storages(sx)) == {"life-keep", "life-keep2"}
+    assert {"life-keep", "life-keep2"} <= buckets(moto_s3)
     events = sx.json("events", "--kind", "storage", "life-scratch")
     assert any("its last cluster (life2) is gone" in e["why"] for e in events), events
 
-    # kill -9 after a delete removed the bucket but before it removed the record
+    # kill -9 after a delete removed the bucket but before it removed the record (life-keep),
+    # and after it wrote DELETING but before it touched the bucket (life-keep2)
     sx.kill_daemon()
     s3(moto_s3).delete_object(Bucket="life-keep", Key="a.txt")
     s3(moto_s3).delete_bucket(Bucket="life-keep")
-    sql(sx, "UPDATE actors SET state='DELETING' WHERE kind='storage' AND id='life-keep'")
-    assert storages(sx) == {}  # the restarted daemon finished the delete: no ghost
+    sql(sx, "UPDATE actors SET state='DELETING' WHERE kind='storage'")
+    assert "life-keep" not in storages(sx)  # its bucket is gone: never shown as a ghost
     wait_until(lambda: sql(sx, "SELECT id FROM actors WHERE kind='storage'") == [], timeout=30)
+    assert storages(sx) == {}  # the restarted daemon finished both deletes
     events = sx.json("events", "--kind", "storage", "life-keep")
     assert "deleted (finished after a restart)" in events[-1]["why"], events
     log = (sx.home / "stixd.log").read_text()
+    assert "life-keep2" not in buckets(moto_s3)
     assert "storage_reconcile_failed" not in log and "storage_prune_failed" not in log
     assert "life-elsewhere" in buckets(moto_s3)
 
