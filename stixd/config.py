@@ -183,8 +183,11 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 
     def stores(self) -> dict[str, dict[str, Any]]:
         """Each store's keys that are set (what `open_stores` reads), by store name."""
+        fields = {name: getattr(self, name) for name in self.__struct_fields__}
         return {
-            name: msgspec.to_builtins(getattr(self, name)) for name in ("s3", "r2", "gcs", "azure")
+            name: msgspec.to_builtins(value)
+            for name, value in fields.items()
+            if isinstance(value, msgspec.Struct)
         }
 
 
