@@ -66,6 +66,8 @@ class App:
     leak_report: m.LeakList | None = None
     """The last leak scan's findings (stixd.control.leak_cmds), for `status` to mention."""
     leak_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    bucket_seen: dict[str, float] = field(default_factory=dict)
+    """When this daemon first saw each unowned bucket of this home's (its leak grace)."""
     looks: dict[str, LookAbilities] = field(default_factory=dict)
     """Each provider's look-up abilities, by name (`look_abilities`)."""
     health: Ticker = field(default_factory=Ticker)
@@ -221,12 +223,9 @@ class App:
         if self.stores is None:
             import os
 
-            import msgspec
-
             from stixd.storage.stores import open_stores
 
-            section = msgspec.to_builtins(self.config).get("storage") or {}
-            self.stores = open_stores(section, os.environ, self.home_id())
+            self.stores = open_stores(self.config.storage.stores(), os.environ, self.home_id())
         return self.stores
 
     def home_id(self) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "DaemonConfig",
     "NodeCap",
     "RestartIntensity",
+    "StorageConfig",
     "config_to_dict",
     "default_config_path",
     "load_config",
@@ -130,6 +131,65 @@ class WorkspaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
 
 WorkspaceName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 
+Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[^\n\r\x00]+$")]
+Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=8192, pattern=r"^[^\n\r\x00]+$")]
+
+
+class S3StoreConfig(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
+    """S3 (and R2): where it is reached; credentials come from AWS's usual places."""
+
+    endpoint_url: Url | None = None
+    region: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,40}$")] | None = None
+
+
+class R2StoreConfig(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
+    endpoint_url: Url | None = None
+
+
+class GcsStoreConfig(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
+    endpoint: Url | None = None
+    project: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9.:-]{0,99}$")] | None = None
+    service_account_file: Text | None = None
+    use_metadata_server: bool = False
+
+
+class AzureStoreConfig(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
+    account: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]{1,64}$")] | None = None
+    key: Secret | None = None
+    endpoint: Url | None = None
+    connection_string: Secret | None = None
+
+
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """How the daemon reaches the object stores (beside the environment, which it also reads:
+    a key set here wins), and its policy for buckets no storage owns."""
+
+    s3: S3StoreConfig = msgspec.field(default_factory=S3StoreConfig)
+    r2: R2StoreConfig = msgspec.field(default_factory=R2StoreConfig)
+    gcs: GcsStoreConfig = msgspec.field(default_factory=GcsStoreConfig)
+    azure: AzureStoreConfig = msgspec.field(default_factory=AzureStoreConfig)
+    leak_check_minutes: PositiveFloat = 10.0
+    leak_min_age_minutes: NonNegativeFloat = 10.0
+    delete_leaks: bool = False
+
+    def stores(self) -> dict[str, dict[str, Any]]:
+        """Each store's keys that are set (what `open_stores` reads), by store name."""
+        fields = {name: getattr(self, name) for name in self.__struct_fields__}
+        return {
+            name: msgspec.to_builtins(value)
+            for name, value in fields.items()
+            if isinstance(value, msgspec.Struct)
+        }
+
 
 Section = TypeVar("Section", bound=msgspec.Struct)
 
@@ -149,6 +209,7 @@ class ConfigBase(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         autostop: AutostopConfig = msgspec.field(default_factory=AutostopConfig)
         daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
         api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+        storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
         allowed_clouds: tuple[str, ...] | None = None
         db: str | None = None
         workspaces: dict[str, WorkspaceConfig] = {}
@@ -174,6 +235,7 @@ _CORE_FIELDS = (
     "autostop",
     "daemon",
     "api",
+    "storage",
     "allowed_clouds",
     "db",
     "workspaces",
@@ -190,6 +252,7 @@ def config_schema(sections: Iterable[tuple[str, type[msgspec.Struct]]]) -> type[
         ("autostop", AutostopConfig, msgspec.field(default_factory=AutostopConfig)),
         ("daemon", DaemonConfig, msgspec.field(default_factory=DaemonConfig)),
         ("api", ApiConfig, msgspec.field(default_factory=ApiConfig)),
+        ("storage", StorageConfig, msgspec.field(default_factory=StorageConfig)),
         *((name, kind, msgspec.field(default_factory=kind)) for name, kind in sections),
         # None: every enabled infra may be used.
         (

@@ -215,8 +215,8 @@ def test_unknown_key_without_a_near_miss_lists_the_known_keys(user_home: Path) -
         load_config(user_home, env={}, overrides=[("client", {"zzz": 1})])
     assert str(err.value) == (
         "client: zzz: unknown key "
-        "(known keys here: autostop, daemon, api, local, aws, fake, kubernetes, allowed_clouds, "
-        "db, workspaces, active_workspace)"
+        "(known keys here: autostop, daemon, api, storage, local, aws, fake, kubernetes, "
+        "allowed_clouds, db, workspaces, active_workspace)"
     )
 
 

@@ -44,6 +44,7 @@ from stixd.actors.managed_job_events import MEvent as MEvent  # where callers fi
 from stixd.actors.managed_job_phases import bring_up, down_cluster, teardown, watch
 from stixd.actors.recovery import EAGER_NEXT_REGION
 from stixd.actors.specs import ManagedJobData, ManagedJobSpec
+from stixd.actors.storage_use import prune_storages
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -173,6 +174,7 @@ class ManagedJobActor(Actor):
         await self.transition(event, why, new_spec=spec, **data)
         if spec is not None:
             await self.store.forget_overwritten()
+            await prune_storages(self.app)  # its non-persistent buckets end with it
         self.note(f"{self.state.value}: {why}")
 
     # -- lifecycle -----------------------------------------------------------------------

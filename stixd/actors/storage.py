@@ -83,6 +83,12 @@ class Remove(msgspec.Struct, frozen=True):
     why: str = "storage delete"
 
 
+class Prune(msgspec.Struct, frozen=True):
+    """Some cluster went (down, or a managed job ended): forget the clusters gone for good; a
+    non-persistent storage stix made goes with the last of them (SkyPilot's
+    ``persistent: false``)."""
+
+
 class Observed(msgspec.Struct, frozen=True):
     """What a look at the real bucket found (``storage ls``): kept if it changed."""
 
@@ -129,6 +135,7 @@ class StorageActor(Actor):
                 await self._abandon_init()
             else:
                 await self._observe(await self.bucket().exists())
+                await self._prune()  # a down or job end the daemon did not live to follow
         except (StixError, OSError) as exc:  # the store is down, or refused: kept, and said
             self.log.warning("storage_reconcile_failed", error=str(exc))
             if self.state is S.INIT:
@@ -159,6 +166,12 @@ class StorageActor(Actor):
             return
         if isinstance(message, Observed):
             await self._observe(message.exists)
+            return
+        if isinstance(message, Prune):
+            try:
+                await self._prune()
+            except (StixError, OSError) as exc:  # kept; the next prune or boot tries again
+                self.log.warning("storage_prune_failed", error=str(exc))
             return
         if not isinstance(message, Envelope):
             return
@@ -225,6 +238,24 @@ class StorageActor(Actor):
 
     # -- deleting ------------------------------------------------------------------------
 
+    async def _prune(self) -> None:
+        if not self.data.clusters or self.state not in SETTLED:
+            return
+        held = await clusters_in_use(self.app)
+        if held is None:
+            return
+        left = [c for c in self.data.clusters if c in held]
+        if left == self.data.clusters:
+            return
+        gone = sorted(set(self.data.clusters) - set(left))
+        if left or self.spec.persistent or not self.data.created or self.spec.external:
+            await self.save(clusters=left)
+            return
+        why = f"not persistent, and its last cluster ({', '.join(gone)}) is gone"
+        await self.transition(SV.DELETE, why, clusters=[])
+        await self._delete_bucket()
+        await self._forget(why)
+
     async def _remove(self, req: Remove) -> m.OkReply:
         if not self.data.created or self.spec.external:
             raise PermissionDenied(refusal(self.id, self.spec))
@@ -250,6 +281,24 @@ class StorageActor(Actor):
         await self.store.delete(self.row, why)
         self.app.supervisor.forget(STORAGE, self.id)
         self.gone = True
+
+
+async def clusters_in_use(app: App) -> set[str] | None:
+    """Clusters a storage may still be wanted on: every cluster not terminated, and the own
+    cluster of every managed job not ended (torn down for a recovery, it comes back and reads
+    its buckets again). None while a quarantined managed job cannot say what it holds."""
+    from stixd.actors.managed_job import ManagedJobActor, cluster_name
+    from stixd.actors.specs import ManagedJobSpec, spec_or_none
+
+    held = {r.id for r in await app.store.rows("cluster", include_terminal=False)}
+    for row in await app.store.rows(ManagedJobActor.kind, include_terminal=False):
+        spec = spec_or_none(row, ManagedJobSpec)
+        if spec is not None:
+            if not spec.pool:
+                held.add(spec.cluster or cluster_name(spec.name, int(row.id)))
+        elif row.quarantined:
+            return None
+    return held
 
 
 def refusal(name: str, spec: StorageSpec) -> str:

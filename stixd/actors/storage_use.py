@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from stixd.actors.specs import encode
-from stixd.actors.storage import STORAGE, Ensure, Remove, StorageData
+from stixd.actors.specs import data_or_none, encode
+from stixd.actors.storage import STORAGE, Ensure, Prune, Remove, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
 from stixd.storage.mount import mount_on_nodes
@@ -47,9 +47,7 @@ def configured_stores(app: App) -> list[str]:
     ``storage:`` or by the usual environment; stix asks no other store anything."""
     import os
 
-    import msgspec
-
-    section = msgspec.to_builtins(app.config).get("storage") or {}
+    section = app.config.storage.stores()
     return [
         kind.value
         for kind, names in ENDPOINT_ENV.items()
@@ -194,3 +192,22 @@ async def release_storage(
                 await ask_storage(app, name, Remove(why=f"the launch of {cluster} failed"))
             except Exception as exc:  # the leak reconciler finds what is left
                 app.log.warning("storage_release_failed", storage=name, error=str(exc))
+
+
+async def prune_storages(app: App) -> None:
+    """A cluster went or a managed job ended: each storage that lists a cluster looks whether
+    its clusters are gone (a non-persistent one stix made goes with the last). Told, not
+    awaited; never raises into the caller's down."""
+    try:
+        rows = await app.store.rows(STORAGE)
+    except Exception as exc:  # the next boot's reconcile prunes as well
+        app.log.warning("storage_prune_failed", error=str(exc))
+        return
+    for row in rows:
+        data = data_or_none(row, StorageData)
+        if data is None or not data.clusters or row.quarantined:
+            continue
+        if app.supervisor.get(STORAGE, row.id) is None:
+            app.spawn(row)  # its reconcile prunes
+            continue
+        app.supervisor.tell(STORAGE, row.id, Prune())

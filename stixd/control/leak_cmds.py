@@ -23,7 +23,7 @@ from stixd.planner.pricing import Prices, hourly_price
 from stixd.providers.abilities import FindsLeaks, Leak, NeedsCredentials
 from stixd.store.db import Row
 from stixproto import messages as m
-from stixproto.errors import ProvisionError
+from stixproto.errors import ProvisionError, StixError
 
 Emit = Callable[[Any], Awaitable[None]]
 
@@ -84,9 +84,7 @@ async def scan(
     now = time.time()
     found = {n: p for n, p in finders(app).items() if not infras or n in infras}
     if not infras:  # buckets of this home's that no storage owns (stixd.control.storage_cmds)
-        from stixd.control.storage_cmds import bucket_leaks
-
-        buckets, deleted = await bucket_leaks(app, terminate=terminate, only=only)
+        buckets, deleted = await scan_buckets(app, terminate=terminate, only=only)
         if buckets and not found:
             return m.LeakList(leaks=buckets, terminated=deleted, scanned_at=now)
     if not found:
@@ -122,6 +120,24 @@ async def scan(
     return m.LeakList(leaks=records, terminated=terminated, skipped=skipped, scanned_at=now)
 
 
+async def scan_buckets(
+    app: App, *, terminate: bool, only: Collection[str] = ()
+) -> tuple[list[m.LeakRecord], list[str]]:
+    """The leaked buckets (and those deleted), which replace the buckets of the app's last
+    report."""
+    from stixd.control.storage_cmds import bucket_leaks
+
+    async with app.leak_lock:
+        found, deleted = await bucket_leaks(app, terminate=terminate, only=only)
+        for rec in found:
+            app.log.warning("leak_found", infra=rec.infra, kind=rec.kind, leak_id=rec.id)
+        before = app.leak_report.leaks if app.leak_report else []
+        kept = [r for r in before if r.kind != "bucket"]
+        left = [r for r in found if r.id not in set(deleted)]
+        app.leak_report = m.LeakList(leaks=kept + left, scanned_at=time.time())
+    return found, deleted
+
+
 async def _scan_one(
     app: App, infra: str, provider: FindsLeaks, terminate: bool, only: Collection[str]
 ) -> tuple[list[m.LeakRecord], list[str]]:
@@ -151,11 +167,28 @@ async def leaks_cmd(app: App, req: m.Leaks, emit: Emit) -> m.LeakList:
 
 async def watch(app: App) -> None:
     """The leak reconciler: for each provider that finds leaks, a scan every
-    ``check_every_s`` of its policy (terminating what it finds when the policy says so). Runs
+    ``check_every_s`` of its policy (terminating what it finds when the policy says so), and
+    the object stores' buckets on config ``storage:``'s policy. Runs
     until cancelled; a failed scan is logged and the next one tries again."""
     async with anyio.create_task_group() as tg:
         for infra, provider in finders(app).items():
             tg.start_soon(_watch_one, app, infra, provider)
+        tg.start_soon(_watch_buckets, app)
+
+
+async def _watch_buckets(app: App) -> None:
+    """Buckets' leaks, on config ``storage:``'s policy (asking only the stores set up here)."""
+    from stixd.actors.storage_use import configured_stores
+
+    policy = app.config.storage
+    while True:
+        await anyio.sleep(policy.leak_check_minutes * 60)
+        if not configured_stores(app):
+            continue
+        try:
+            await scan_buckets(app, terminate=policy.delete_leaks)
+        except (StixError, OSError) as exc:
+            app.log.warning("leak_check_failed", infra="buckets", error=str(exc))
 
 
 async def _watch_one(app: App, infra: str, provider: FindsLeaks) -> None:

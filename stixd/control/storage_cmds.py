@@ -8,12 +8,13 @@ finds buckets carrying this home's label that no storage owns (`stixctl leaks`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import anyio
 
-from stixd.actors.specs import data_or_none, spec_or_none
+from stixd.actors.specs import data_or_none, spec_or_none, state_of
 from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours, refusal
 from stixd.actors.storage_use import ask_storage, configured_stores
 from stixd.app import App
@@ -23,6 +24,7 @@ from stixd.storage.stores import StoreError, StoreKind
 from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import PermissionDenied, StorageNotFound
+from stixproto.states import StorageStatus
 
 Emit = Callable[[Any], Awaitable[None]]
 LOOK_SECONDS = 20.0
@@ -93,6 +95,8 @@ async def storage_ls(app: App, req: m.StorageLs) -> m.StorageList:
     records = []
     for row in rows:
         seen = exists.get(row.id)
+        if seen is False and state_of(row, StorageStatus) is StorageStatus.DELETING:
+            continue  # its bucket is gone and its actor is forgetting it (after a restart)
         if seen is not None:
             app.supervisor.tell(STORAGE, row.id, Observed(exists=seen))
         found = record(row, None if seen is None else not seen)
@@ -131,7 +135,7 @@ async def bucket_leaks(
 ) -> tuple[list[m.LeakRecord], list[str]]:
     """The leaked buckets as leak records (kind ``bucket``), and those deleted (``terminate``:
     every one found, or only the ids in ``only``)."""
-    found = await leaked_buckets(app)
+    found = await leaked_buckets(app, app.config.storage.leak_min_age_minutes * 60)
     records = [
         m.LeakRecord(infra=store, kind="bucket", id=f"{store}://{name}", region="-", cluster="-")
         for store, name in found
@@ -150,8 +154,19 @@ async def bucket_leaks(
     return records, deleted
 
 
-async def leaked_buckets(app: App) -> list[tuple[str, str]]:
-    """(store, bucket) of every bucket labelled as this home's that no storage row owns."""
+async def leaked_buckets(app: App, min_age_s: float = 0.0) -> list[tuple[str, str]]:
+    """(store, bucket) of every bucket labelled as this home's that no storage row owns, and
+    has owned none for ``min_age_s`` as far as this daemon has seen (not every store says when
+    a bucket was made; a launch writes its storage row before it makes the bucket)."""
+    now = time.time()
+    seen = app.bucket_seen
+    unowned = await _unowned_buckets(app)
+    for gone in set(seen) - {f"{k}://{n}" for k, n in unowned}:
+        del seen[gone]  # owned again, or deleted: its grace starts afresh if it comes back
+    return [(k, n) for k, n in unowned if now - seen.setdefault(f"{k}://{n}", now) >= min_age_s]
+
+
+async def _unowned_buckets(app: App) -> list[tuple[str, str]]:
     owned = {
         (s.store, s.bucket)
         for r in await app.store.rows(STORAGE)
