@@ -10,6 +10,7 @@ from stixd.actors.specs import encode
 from stixd.actors.storage import STORAGE, Ensure, Remove, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
+from stixd.storage.mount import mount_on_nodes
 from stixd.storage.plan import MountPlan, plan_mounts
 from stixd.storage.stores import StoreError, StoreKind
 from stixd.store.db import Row, RowExists
@@ -139,10 +140,18 @@ async def prepare_storage(
                 raise
             except StixError as exc:  # the launch fails (and may be retried), its actor lives
                 raise ProvisionError(f"storage {plan.storage.name}: {exc.message}") from None
-        for plan in plans:  # every mode is COPY (`validate_mounts`)
+        for plan in plans:
             spec = plan.storage
             bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
             try:
+                if spec.mode != "COPY":  # MOUNT / MOUNT_CACHED: rclone on the node
+                    await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
+                    env.progress(
+                        m.Progress(
+                            f"Mounted {spec.store}://{spec.bucket} at {plan.dest} ({spec.mode})."
+                        )
+                    )
+                    continue
                 count = await copy_to_nodes(cluster.provider, nodes, bucket, spec.prefix, plan.dest)
             except StoreError as exc:  # listing or signing: the launch fails in one line
                 raise ProvisionError(f"file_mounts.{plan.dest}: {exc.message}") from None

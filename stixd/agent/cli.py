@@ -22,6 +22,7 @@ from typing import Any
 from .buildinfo import current_build
 from .files import LOCK_FD_ENV, NodeFiles
 from .jobs import JobManager
+from .mount import clean_stale
 from .procs import boot_time
 from .runner import RunnerContext
 from .server import AgentServer, Exit, NodeIdentity
@@ -94,6 +95,9 @@ def serve(identity: NodeIdentity) -> int:
         return 0
 
     files.write_pid()
+    stale = clean_stale(identity.node_dir)  # a previous agent's mounts whose rclone died
+    if stale:
+        log.warning("stale_mounts_unmounted count=%d", stale)
     store = JobStore(files.db_path, create=True)
     notify_read, notify_write = os.pipe()
     os.set_blocking(notify_read, False)

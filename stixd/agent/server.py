@@ -35,6 +35,7 @@ from .idle import (
 )
 from .jobs import POLL_S, JobManager
 from .logs import LogChunk, read_log
+from .mount import mount, unmount_all
 from .protocol import (
     MAX_LINE,
     RequestError,
@@ -151,6 +152,7 @@ class AgentServer:
             "upgrade": self._upgrade,
             "shutdown": self._shutdown,
             "fetch": self._fetch,
+            "mount": self._mount,
         }
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -283,6 +285,7 @@ class AgentServer:
         self._stopping = True  # from here on no request is served, so no job can slip in
         command = load_self_stop(store)
         store.close()
+        unmount_all(self.identity.node_dir)  # before a `down` removes the folders they are in
         stop_node(
             self.identity.node_dir,
             autostop,
@@ -414,6 +417,12 @@ class AgentServer:
         """COPY mode: a bucket's objects from signed URLs into a folder (fetch.py)."""
         return Answer(ok(**await fetch(request)))
 
+    async def _mount(self, request: Request) -> Answer:
+        """MOUNT / MOUNT_CACHED: one bucket through rclone (mount.py), off the event loop."""
+        node_dir = self.identity.node_dir
+        loop = asyncio.get_running_loop()
+        return Answer(ok(**await loop.run_in_executor(None, mount, node_dir, request)))
+
     async def _cancel(self, request: Request) -> Answer:
         job_ids = get_optional_ints(request, "job_ids")
         if get_bool(request, "all", False):
@@ -489,4 +498,8 @@ class AgentServer:
     async def _shutdown(self, request: Request) -> Answer:
         if get_bool(request, "kill_jobs", False):
             await self.jobs.cancel_all_and_wait()
+            # the jobs are gone: their buckets' writes are flushed and the mounts go (a down
+            # then removes the node's files, never the bucket's through a mount left there)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, unmount_all, self.identity.node_dir)
         return Answer(ok(), then=Exit())

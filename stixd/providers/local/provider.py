@@ -47,6 +47,7 @@ from stixd.providers.local.node import (
     stix_prefixes,
 )
 from stixd.providers.shared.filesync import sync_path
+from stixd.providers.shared.fuse_mounts import unmount_under
 from stixproto.errors import ProvisionError
 from stixproto.paths import PathOutsideParent, child_path, path_under
 from stixproto.volumes import VolumeConfig
@@ -362,6 +363,8 @@ class LocalProvider:
             return  # never made by stix under root: nothing of stix's to delete
         if self.network is not None:
             self._remove_networks(sandbox)
+        if unmount_under(sandbox):  # a bucket still mounted: never delete through it
+            return
         # rmtree refuses a symlink (ignored here), so a link planted there is not followed out
         shutil.rmtree(sandbox, ignore_errors=True)
 

@@ -1,0 +1,400 @@
+"""MOUNT and MOUNT_CACHED on the node: one bucket per ``rclone mount``, flushed and unmounted.
+
+The daemon sends the rclone remote of one bucket (its type and keys, credentials scoped to the
+bucket as far as the store allows). The agent writes it to a private config (0600) in a folder of
+its own under the node directory (``mounts/<hash of the path>/``: config, cache, log, and a
+``mount.json`` record) and starts ``rclone mount`` in its own session, with rclone's remote
+control on a loopback port behind a random password (rclone 1.60 has no Unix-socket ``--rc``).
+
+- MOUNT: ``--vfs-cache-mode writes`` (a file may be opened for reading and writing).
+- MOUNT_CACHED: SkyPilot's flags (``--vfs-cache-mode full``, 10 s directory cache and cache
+  poll, ``--vfs-fast-fingerprint``) plus the task's ``config.mount_cached`` knobs.
+
+A job's final state is written only once every mount's write-back queue is empty
+(``flush_all``, called by the runner), so its writes are in the bucket when it counts as done.
+Mounts go at ``shutdown`` and autostop (``unmount_all``); an agent starting finds the mounts of
+one whose rclone died and unmounts them (``clean_stale``). Keys never reach a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .protocol import RequestError
+
+MOUNTS_DIR = "mounts"
+RECORD = "mount.json"
+INSTALL = (
+    "install them on the node with `sudo apt-get install -y rclone fuse3` (or your "
+    "distribution's packages) and launch again"
+)
+MODES = ("MOUNT", "MOUNT_CACHED")
+CACHED_FLAGS = (
+    "--vfs-cache-max-size",
+    "--vfs-cache-max-age",
+    "--vfs-write-back",
+    "--vfs-read-ahead",
+    "--buffer-size",
+    "--transfers",
+    "--dir-cache-time",
+)
+"""The ``config.mount_cached`` knobs the daemon may pass (``stixd.storage.plan.CACHE_KEYS``)."""
+_KNOB = re.compile(r"[0-9A-Za-z.]{1,32}")
+_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_REMOTE_TYPE = re.compile(r"[a-z][a-z0-9 ]{0,40}")
+MOUNT_WAIT_S = 20.0
+FLUSH_TIMEOUT_S = 900.0
+"""How long a finished job waits for its mounts' writes to reach the bucket."""
+UNMOUNT_FLUSH_S = 60.0
+POLL_S = 0.1
+_DROP_ENV = ("AWS_CA_BUNDLE", "STIX_NODE_DIR")
+"""Debian's rclone 1.60 fails on ``AWS_CA_BUNDLE`` ("unsupported transport"); the node marker
+would have a node shutdown kill rclone before its mount is unmounted."""
+
+log = logging.getLogger("stix_agent.mount")
+
+
+def missing_tools() -> list[str]:
+    """What this node lacks for a FUSE mount: rclone, fusermount, /dev/fuse."""
+    missing = []
+    if shutil.which("rclone") is None:
+        missing.append("rclone")
+    if shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
+        missing.append("fuse3 (fusermount3)")
+    if not os.path.exists("/dev/fuse"):
+        missing.append("/dev/fuse")
+    return missing
+
+
+def _allow_other() -> bool:
+    """``--allow-other`` is allowed for root, or for others when /etc/fuse.conf says so."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf", encoding="utf-8") as f:
+            return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounted(path: str) -> bool:
+    """Whether ``path`` is a mount point now (from /proc/self/mounts, which never blocks on a
+    dead FUSE endpoint the way a stat does)."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            return any(_unescape(line.split(" ")[1]) == path for line in f if " " in line)
+    except OSError:
+        return os.path.ismount(path)
+
+
+def _folder(node_dir: Path, dest: str) -> Path:
+    return node_dir / MOUNTS_DIR / hashlib.sha256(dest.encode()).hexdigest()[:16]
+
+
+def _records(node_dir: Path) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    root = node_dir / MOUNTS_DIR
+    if not root.is_dir():
+        return found
+    for folder in sorted(root.iterdir()):
+        try:
+            record = json.loads((folder / RECORD).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("dest"), str):
+            record["folder"] = str(folder)
+            found.append(record)
+    return found
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse_mount(request: dict[str, Any]) -> dict[str, Any]:
+    dest = request.get("dest")
+    remote = request.get("remote")
+    keys = request.get("keys")
+    path = request.get("path")
+    mode = request.get("mode")
+    flags = request.get("flags", {})
+    if not isinstance(dest, str) or not os.path.isabs(dest) or "\0" in dest:
+        raise RequestError("bad_request", 'mount needs "dest", an absolute path')
+    if not isinstance(remote, str) or not _REMOTE_TYPE.fullmatch(remote):
+        raise RequestError("bad_request", 'mount needs "remote", an rclone remote type')
+    if not isinstance(keys, dict) or not all(
+        isinstance(k, str) and _KEY.fullmatch(k) and isinstance(v, str) and "\n" not in v
+        for k, v in keys.items()
+    ):
+        raise RequestError("bad_request", 'mount needs "keys", rclone settings on one line each')
+    if not isinstance(path, str) or not path or "\n" in path or ".." in path.split("/"):
+        raise RequestError("bad_request", 'mount needs "path", the bucket and its prefix')
+    if mode not in MODES:
+        raise RequestError("bad_request", f'"mode" must be one of {", ".join(MODES)}')
+    if not isinstance(flags, dict) or not all(
+        k in CACHED_FLAGS and isinstance(v, str) and _KNOB.fullmatch(v) for k, v in flags.items()
+    ):
+        raise RequestError("bad_request", f'"flags" may set only {", ".join(CACHED_FLAGS)}')
+    return {
+        "dest": os.path.normpath(dest),
+        "remote": remote,
+        "keys": keys,
+        "path": path.strip("/"),
+        "mode": mode,
+        "flags": flags,
+    }
+
+
+def _write_config(folder: Path, remote: str, keys: dict[str, str]) -> Path:
+    config = folder / "rclone.conf"
+    lines = ["[stix]", f"type = {remote}", *(f"{k} = {v}" for k, v in sorted(keys.items()))]
+    fd = os.open(str(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(str(config), 0o600)
+    return config
+
+
+def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[str]:
+    argv = [
+        "rclone",
+        "mount",
+        f"stix:{spec['path']}",
+        spec["dest"],
+        "--config",
+        str(config),
+        "--log-file",
+        str(folder / "rclone.log"),
+        "--log-level",
+        "INFO",
+        "--cache-dir",
+        str(folder / "cache"),
+        "--rc",
+        "--rc-addr",
+        f"127.0.0.1:{port}",
+    ]
+    if _allow_other():
+        argv.append("--allow-other")
+    if spec["mode"] == "MOUNT":
+        argv += ["--vfs-cache-mode", "writes"]
+    else:  # SkyPilot's MOUNT_CACHED (sky/data/mounting_utils.py), then the task's knobs
+        argv += [
+            "--vfs-cache-mode",
+            "full",
+            "--dir-cache-time",
+            "10s",
+            "--vfs-cache-poll-interval",
+            "10s",
+            "--vfs-fast-fingerprint",
+        ]
+        for flag, value in sorted(spec["flags"].items()):
+            argv += [flag, value]
+    return argv
+
+
+def _environment(user: str, password: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    env["RCLONE_RC_USER"] = user
+    env["RCLONE_RC_PASS"] = password
+    return env
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errors = [ln for ln in lines if "ERROR" in ln or "CRITICAL" in ln or "Fatal" in ln]
+    return (errors or lines or ["no log"])[-1][-300:]
+
+
+def _digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """Mount one bucket (blocking: run it off the event loop). Idempotent for the same spec."""
+    spec = parse_mount(request)
+    missing = missing_tools()
+    if missing:
+        raise RequestError(
+            "missing_tools", f"this node has no {' and no '.join(missing)} for MOUNT; {INSTALL}"
+        )
+    dest = spec["dest"]
+    folder = _folder(node_dir, dest)
+    digest = _digest(spec)
+    for record in _records(node_dir):
+        if record["dest"] != dest:
+            continue
+        if record.get("digest") == digest and _alive(record.get("pid")) and mounted(dest):
+            return {"dest": dest, "mounted": False}
+        _unmount(record)
+    if mounted(dest):
+        raise RequestError("busy", f"{dest} is already a mount point that stix did not make")
+    os.makedirs(dest, exist_ok=True)
+    if os.listdir(dest):
+        raise RequestError("not_empty", f"cannot mount a bucket on {dest}: it is not empty")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(str(folder), 0o700)
+    config = _write_config(folder, spec["remote"], spec["keys"])
+    user, password = "stix", secrets.token_urlsafe(24)
+    port = _free_port()
+    log_file = folder / "rclone.log"
+    with open(os.devnull, "rb") as null_in, open(log_file, "ab") as out:
+        proc = subprocess.Popen(
+            _argv(spec, folder, config, port),
+            stdin=null_in,
+            stdout=out,
+            stderr=out,
+            env=_environment(user, password),
+            start_new_session=True,
+        )
+    record = {
+        "dest": dest,
+        "mode": spec["mode"],
+        "bucket": spec["path"],
+        "pid": proc.pid,
+        "port": port,
+        "user": user,
+        "password": password,
+        "digest": digest,
+    }
+    fd = os.open(str(folder / RECORD), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    deadline = time.monotonic() + MOUNT_WAIT_S
+    while not mounted(dest):
+        if proc.poll() is not None or not _alive(proc.pid) or time.monotonic() > deadline:
+            record["folder"] = str(folder)
+            _unmount(record)
+            raise RequestError(
+                "mount_failed",
+                f"rclone could not mount {spec['path']} on {dest}: {_tail(log_file)}",
+            )
+        time.sleep(POLL_S)
+    log.info("bucket_mounted dest=%s mode=%s pid=%d", dest, spec["mode"], proc.pid)
+    return {"dest": dest, "mounted": True}
+
+
+def _rc(record: dict[str, Any], method: str) -> dict[str, Any]:
+    token = base64.b64encode(f"{record['user']}:{record['password']}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{int(record['port'])}/{method}",
+        data=b"{}",
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"},
+        method="POST",
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as answer:
+        body = json.loads(answer.read())
+    return body if isinstance(body, dict) else {}
+
+
+def pending_uploads(record: dict[str, Any]) -> int:
+    """Uploads in progress or queued in the mount's write-back cache (rclone ``vfs/stats``)."""
+    cache = _rc(record, "vfs/stats").get("diskCache") or {}
+    return int(cache.get("uploadsInProgress", 0)) + int(cache.get("uploadsQueued", 0))
+
+
+def flush_all(node_dir: Path, timeout: float = FLUSH_TIMEOUT_S) -> str | None:
+    """Wait until every mount on the node has written its files to the bucket; a one-line
+    problem when one cannot be flushed within ``timeout`` (None when all are)."""
+    deadline = time.monotonic() + timeout
+    for record in _records(node_dir):
+        where = f"{record.get('bucket')} at {record['dest']}"
+        while True:
+            if not _alive(record.get("pid")):
+                return f"the mount of {where} ended before its writes were flushed"
+            try:
+                left = pending_uploads(record)
+            except (OSError, ValueError, urllib.error.URLError):
+                left = -1  # its remote control is not up yet or is busy: ask again
+            if left == 0:
+                break
+            if time.monotonic() > deadline:
+                return (
+                    f"writes to {where} were not flushed to the bucket within {timeout:.0f}s "
+                    f"({left if left >= 0 else 'unknown'} upload(s) pending); see "
+                    f"{record['folder']}/rclone.log"
+                )
+            time.sleep(POLL_S)
+    return None
+
+
+def _fusermount() -> str:
+    return shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
+
+
+def _unmount(record: dict[str, Any]) -> None:
+    """Unmount one mount (lazily if busy), wait for its rclone to exit, drop its folder."""
+    dest = record["dest"]
+    pid = record.get("pid")
+    if mounted(dest):
+        tool = _fusermount()
+        done = subprocess.run([tool, "-u", dest], capture_output=True, check=False)
+        if done.returncode != 0 and mounted(dest):
+            subprocess.run([tool, "-uz", dest], capture_output=True, check=False)
+    deadline = time.monotonic() + 10.0
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    if isinstance(pid, int) and _alive(pid):
+        os.kill(pid, 9)
+    shutil.rmtree(record["folder"], ignore_errors=True)
+    log.info("bucket_unmounted dest=%s", dest)
+
+
+def unmount_all(node_dir: Path) -> int:
+    """Flush (bounded) and unmount every mount of this node; how many there were."""
+    records = _records(node_dir)
+    if records:
+        problem = flush_all(node_dir, UNMOUNT_FLUSH_S)
+        if problem:
+            log.warning("unmount_unflushed %s", problem)
+    for record in records:
+        try:
+            _unmount(record)
+        except OSError:
+            log.exception("unmount_failed dest=%s", record["dest"])
+    return len(records)
+
+
+def clean_stale(node_dir: Path) -> int:
+    """At agent start: unmount what a previous agent mounted whose rclone is gone (a dead
+    endpoint); mounts still served stay for the jobs that use them."""
+    stale = [r for r in _records(node_dir) if not _alive(r.get("pid"))]
+    for record in stale:
+        try:
+            _unmount(record)
+        except OSError:
+            log.exception("stale_unmount_failed dest=%s", record["dest"])
+    return len(stale)

@@ -1,0 +1,69 @@
+"""MOUNT and MOUNT_CACHED from the daemon's side: hand each node's agent the rclone remote of
+one bucket (``Bucket.rclone_remote``) and have it mount the bucket at the task's path
+(``stixd/agent/mount.py``). The keys go over the agent's channel only, never into a log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+
+from stixd.agent_client import AgentError, AgentUnreachable
+from stixd.providers.base import NodeInfo, Provider
+from stixd.storage.copy import node_path
+from stixd.storage.plan import StorageSpec
+from stixd.storage.stores import Bucket, StoreError
+from stixproto.errors import ProvisionError
+
+MOUNT_DEADLINE_S = 90.0
+"""The agent waits up to 20 s for rclone's mount to appear; unmounting a stale one first may
+take longer."""
+
+
+def node_keys(keys: dict[str, str]) -> dict[str, str]:
+    """The remote's settings as a node can use them: a service-account key file on this
+    machine travels as its content (the node has no such file)."""
+    path = keys.get("service_account_file")
+    if path is None:
+        return keys
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read the GCS service-account key {path}: {exc}") from None
+    rest = {k: v for k, v in keys.items() if k != "service_account_file"}
+    return rest | {"service_account_credentials": json.dumps(content, separators=(",", ":"))}
+
+
+async def mount_on_nodes(
+    provider: Provider, nodes: list[NodeInfo], bucket: Bucket, spec: StorageSpec, dest: str
+) -> None:
+    """Mount ``spec``'s bucket (and prefix) at ``dest`` on every node; one line on failure."""
+    remote, keys = bucket.rclone_remote()
+    fields = {
+        "remote": remote,
+        "keys": node_keys(keys),
+        "path": "/".join(p for p in (spec.bucket, spec.prefix.strip("/")) if p),
+        "mode": spec.mode,
+        "flags": dict(spec.mount_cached) if spec.mode == "MOUNT_CACHED" else {},
+    }
+    failed: dict[int, str] = {}
+
+    async def one(node: NodeInfo) -> None:
+        where = node_path(provider, node, dest)
+        try:
+            await provider.connector(node).call(
+                "mount", deadline=MOUNT_DEADLINE_S, dest=where, **fields
+            )
+        except (AgentError, AgentUnreachable) as exc:
+            failed[node.rank] = str(exc)
+
+    async with anyio.create_task_group() as tg:
+        for node in nodes:
+            tg.start_soon(one, node)
+    if failed:
+        rank = min(failed)
+        raise ProvisionError(
+            f"mounting {spec.store}://{spec.bucket} at {dest} ({spec.mode}) on node {rank} "
+            f"failed: {failed[rank]}"
+        )

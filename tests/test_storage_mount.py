@@ -1,0 +1,208 @@
+"""MOUNT and MOUNT_CACHED on the local infra: rclone and FUSE for real against each store's
+emulator (S3 on moto, GCS on fake-gcs-server, Azure on azurite). A job reads and writes through
+both modes; the moment a MOUNT_CACHED job is SUCCEEDED its file is in the bucket; `down` leaves
+no FUSE mount behind; a node without rclone is told how to install it in one sentence."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from stixd.agent import mount as agent_mount
+from stixd.agent.protocol import RequestError
+from stixd.providers.shared.fuse_mounts import fuse_mounts_under
+from stixd.storage.stores import StoreKind, open_stores
+from tests.conftest import Stix, wait_until
+from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
+
+__all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
+
+EMULATORS = {"s3": "moto_s3", "gcs": "fake_gcs", "azure": "azurite"}
+
+
+def keys_in(emu: Emulator, store: str, bucket: str) -> set[str]:
+    """The bucket's keys as the emulator lists them right now, read by a client of this test
+    (not the daemon's)."""
+
+    async def listing() -> set[str]:
+        stores = open_stores(emu.config, emu.env, "testhome")
+        try:
+            return {o.key async for o in stores.bucket(StoreKind(store), bucket).objects()}
+        finally:
+            await stores.aclose()
+
+    return anyio.run(listing)
+
+
+@pytest.fixture
+def sx(stix: Stix, request: pytest.FixtureRequest) -> Iterator[tuple[Stix, Emulator, str]]:
+    """A stix home whose daemon reaches one store's emulator, its nodes on the host's network
+    (the emulator listens on the host's loopback). Whatever the test leaves mounted under the
+    home is unmounted before the home is removed, even when the test fails."""
+    store = str(request.param)
+    emu: Emulator = request.getfixturevalue(EMULATORS[store])
+    stix.env.update({k: v for k, v in emu.env.items() if k != "HOME"})
+    stix.env["STIX__LOCAL__NETWORK"] = "host"
+    if store == "gcs":  # the emulator's project (its config names it; the daemon reads env)
+        stix.env["GOOGLE_CLOUD_PROJECT"] = emu.config["gcs"]["project"]
+    try:
+        yield stix, emu, store
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            stix.run("down", "-a", "-y", timeout=60)
+        for point in fuse_mounts_under(stix.home):
+            subprocess.run(["fusermount3", "-uz", point], capture_output=True, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sx", ["s3", "gcs", "azure"], indirect=True)
+def test_a_job_reads_and_writes_through_mount_and_mount_cached_and_down_unmounts(
+    sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    stix, emu, store = sx
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from the bucket\n")
+    mount_bucket, cached_bucket = f"stix-mnt-{store}", f"stix-mc-{store}"
+    task = task_file(
+        f"""
+file_mounts:
+  ~/m:
+    name: {mount_bucket}
+    source: {data}
+    store: {store}
+    mode: MOUNT
+  ~/c:
+    name: {cached_bucket}
+    source: {data}
+    store: {store}
+    mode: MOUNT_CACHED
+    config:
+      mount_cached:
+        vfs_write_back: 3s
+run: |
+  set -e
+  cat ~/m/in.txt ~/c/in.txt
+  echo through-mount > ~/m/out-m.txt
+  echo through-cache > ~/c/out-c.txt
+"""
+    )
+    done = stix.run("launch", "-c", "mnt", str(task), "-y", "-d", timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert f"Mounted {store}://{cached_bucket}" in done.stdout + done.stderr
+    home = stix.node_dir("mnt")
+    assert sorted(fuse_mounts_under(home)) == [str(home / "c"), str(home / "m")]
+
+    # the moment the job counts as done, the write-back cache (3 s) has reached the bucket
+    wait_until(lambda: stix.job_status("mnt", 1) not in (None, "PENDING", "RUNNING"), timeout=90)
+    assert stix.job_status("mnt", 1) == "SUCCEEDED"
+    assert "out-c.txt" in keys_in(emu, store, cached_bucket)
+    assert "out-m.txt" in keys_in(emu, store, mount_bucket)
+    logs = stix.run("logs", "mnt", "1", "--no-follow", timeout=30).stdout
+    assert logs.count("from the bucket") == 2
+
+    stix.run("down", "mnt", "-y", check=True, timeout=90)
+    assert fuse_mounts_under(stix.home) == []
+    assert "out-c.txt" in keys_in(emu, store, cached_bucket)  # the bucket outlives the node
+
+
+@pytest.mark.parametrize("sx", ["s3"], indirect=True)
+def test_down_after_the_agent_died_unmounts_and_never_deletes_through_the_mount(
+    sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    stix, emu, store = sx
+    data = tmp_path / "keep"
+    data.mkdir()
+    (data / "kept.txt").write_text("kept\n")
+    task = task_file(
+        f"""
+file_mounts:
+  ~/k:
+    name: stix-keep-{store}
+    source: {data}
+    store: {store}
+    mode: MOUNT
+"""
+    )
+    stix.run("launch", "-c", "dead", str(task), "-y", check=True, timeout=120)
+    home = stix.node_dir("dead")
+    assert fuse_mounts_under(home) == [str(home / "k")]
+    for pid in stix.agents("dead"):  # its rclone lives on; only the agent could unmount
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not stix.agents("dead"), timeout=10)
+    stix.run("down", "dead", "-y", check=True, timeout=90)
+    assert fuse_mounts_under(stix.home) == []
+    assert keys_in(emu, store, f"stix-keep-{store}") == {"kept.txt"}  # the removal stopped at it
+
+
+def test_a_node_without_rclone_is_told_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    request = {
+        "dest": str(tmp_path / "m"),
+        "remote": "s3",
+        "keys": {"provider": "Other"},
+        "path": "bucket",
+        "mode": "MOUNT_CACHED",
+        "flags": {},
+    }
+    with pytest.raises(RequestError) as caught:
+        agent_mount.mount(tmp_path, request)
+    assert caught.value.code == "missing_tools"
+    message = caught.value.message
+    assert "no rclone" in message and "apt-get install -y rclone fuse3" in message
+    assert message.count(". ") == 0 and "\n" not in message  # one sentence
+    assert not (tmp_path / "m").exists() and not (tmp_path / agent_mount.MOUNTS_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("flags", {"--daemon": "x"}),  # only the mount_cached knobs
+        ("flags", {"--vfs-write-back": "1s --allow-root"}),
+        ("keys", {"secret_access_key": "a\n[other]"}),  # no second section smuggled in
+        ("path", "bucket/../../etc"),
+        ("dest", "relative/path"),
+    ],
+)
+def test_the_mount_op_refuses_what_could_escape_its_config(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    request: dict[str, object] = {
+        "dest": str(tmp_path / "m"),
+        "remote": "s3",
+        "keys": {"provider": "Other"},
+        "path": "bucket",
+        "mode": "MOUNT",
+        "flags": {},
+        field: value,
+    }
+    with pytest.raises(RequestError) as caught:
+        agent_mount.parse_mount(request)
+    assert caught.value.code == "bad_request"
+
+
+def test_flush_reports_a_mount_whose_rclone_is_gone_and_clean_stale_unmounts_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / agent_mount.MOUNTS_DIR / "abc"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    record = f'{{"dest": "{tmp_path / "m"}", "bucket": "b", "pid": {dead.pid}, "port": 1}}'
+    (folder / agent_mount.RECORD).write_text(record)
+    problem = agent_mount.flush_all(tmp_path, timeout=1.0)
+    assert problem is not None and "ended before its writes were flushed" in problem
+    assert agent_mount.clean_stale(tmp_path) == 1
+    assert not folder.exists() and agent_mount.flush_all(tmp_path) is None
+    assert os.path.isdir(tmp_path)
