@@ -14,9 +14,10 @@ mount's shape (name or its absence, source as a string or a list, store, persist
   (not storage) are dropped;
 - `setup` goes, and `run` lists and reads each mount path and writes into it.
 
-A mode the node side of this build does not run yet (MOUNT, MOUNT_CACHED: rclone on the node)
-runs as COPY, and its test id says so (`...-MOUNT-as-COPY`). The job must succeed and print
-what each mount holds.
+A mode the node side of this build does not run (none now; it was MOUNT and MOUNT_CACHED before
+rclone on the node) would run as COPY, its test id saying so (`...-MOUNT-as-COPY`). The job must
+succeed and print what each mount holds; what it writes through a MOUNT or MOUNT_CACHED mount is
+in the bucket once the job is done.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, TypeGuard
 import pytest
 import yaml
 
+from stixd.providers.shared.fuse_mounts import fuse_mounts_under
 from tests.conftest import Stix, kill_everything_under, wait_until
 from tests.shared_data import needs
 from tests.stores_bed import Emulator, gcs_server, moto_server, service_account_key
@@ -46,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STIX_SHARED", REPO.parent / "shared"))
 CORPUS = SHARED / "compat" / "skypilot-yamls"
 
-NODE_MODES = ("COPY",)
+NODE_MODES = ("COPY", "MOUNT", "MOUNT_CACHED")
 """The modes the node side of this build runs; another mode runs as COPY (said in the id)."""
 SCHEME_STORE = {"s3": "s3", "r2": "r2", "gs": "gcs"}
 STORE_SCHEME = {v: k for k, v in SCHEME_STORE.items()}
@@ -156,6 +158,10 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
             yield Bed(stix, s3, gcs, work)
         finally:
             with contextlib.suppress(subprocess.TimeoutExpired):
+                stix.run("down", "-a", "-y", timeout=90)
+            for point in fuse_mounts_under(home):  # a failed test's mounts, before the rmtree
+                subprocess.run(["fusermount3", "-uz", point], capture_output=True, check=False)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(
                     [sys.executable, "-m", "stixctl", "daemon", "stop"],
                     env=stix.env,
@@ -192,6 +198,8 @@ class Rewritten:
         self.doc: dict[str, Any] = {}
         self.expect: dict[str, list[str]] = {}  # node path → text the job must print from it
         self.files: set[str] = set()  # node paths that are one object, not a folder
+        self.through: dict[str, tuple[str, str, str]] = {}  # node path → (store, bucket, prefix)
+        # of a MOUNT or MOUNT_CACHED storage: what the job writes there reaches the bucket
 
 
 def rewrite(bed: Bed, doc: dict[str, Any], single: dict[str, bool], tag: str) -> Rewritten:
@@ -232,6 +240,8 @@ def rewrite(bed: Bed, doc: dict[str, Any], single: dict[str, bool], tag: str) ->
         mode = str(storage.get("mode") or "MOUNT").upper()
         if mode not in NODE_MODES:
             storage["mode"] = "COPY"
+        elif mode != "COPY":
+            out.through[path] = _where(bed, storage)
         out.expect.setdefault(path, [])
         mounts[dest] = storage
     lines = ["set -e"]
@@ -249,6 +259,39 @@ def rewrite(bed: Bed, doc: dict[str, Any], single: dict[str, bool], tag: str) ->
     task["run"] = "\n".join(lines) + "\n"
     out.doc = task
     return out
+
+
+def _where(bed: Bed, storage: dict[str, Any]) -> tuple[str, str, str]:
+    """(store, bucket, prefix) a rewritten storage mounts; a store left out is the first this
+    daemon has set up in SkyPilot's order (S3: moto)."""
+    source = storage.get("source")
+    if _is_uri(source):
+        scheme, _, rest = source.partition("://")
+        bucket, _, prefix = rest.partition("/")
+        return SCHEME_STORE[scheme], bucket, prefix
+    return str(storage.get("store") or "s3"), str(storage["name"]), ""
+
+
+def keys_in(bed: Bed, store: str, bucket: str) -> set[str]:
+    from stixd.storage.stores import StoreKind, open_stores
+
+    emu = bed.emulator(store)
+
+    async def listing() -> set[str]:
+        stores = open_stores(emu.config, emu.env, "f" * 8)
+        try:
+            return {o.key async for o in stores.bucket(StoreKind(store), bucket).objects()}
+        finally:
+            await stores.aclose()
+
+    return asyncio.run(listing())
+
+
+def _lands(bed: Bed, store: str, bucket: str, key: str) -> bool:
+    """`key` is in the bucket, or is within 30 s (polled; no figure of time is asserted)."""
+    with contextlib.suppress(AssertionError):
+        return bool(wait_until(lambda: key in keys_in(bed, store, bucket), 30, interval=0.5))
+    return False
 
 
 def _token(uri: str) -> str:
@@ -299,4 +342,9 @@ def test_corpus_storage_file_runs_on_local_against_the_emulators(bed: Bed, path:
                 assert on_node.is_file(), on_node
             else:
                 assert (on_node / f"written-{tag}.txt").read_text() == "wrote\n"
+        for where, (store, bucket, prefix) in plan.through.items():
+            # MOUNT's `--vfs-cache-mode writes` queues a file at FUSE's release, which the
+            # kernel sends after close() returns: the write may land just after the job's end
+            key = f"{prefix}/written-{tag}.txt".lstrip("/")
+            assert _lands(bed, store, bucket, key), f"{path.name}: {where} wrote no {key}\n{logs}"
         bed.stix.run("down", cluster, "-y", check=True, timeout=90)
