@@ -3,7 +3,7 @@ have each node's agent fetch them into the mount path (the node needs no cloud c
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -50,20 +50,37 @@ async def _batches(bucket: Bucket, prefix: str) -> list[list[list[str]]]:
     return [b for b in batches if b]
 
 
+async def _one_object(bucket: Bucket, prefix: str) -> str | None:
+    """A signed URL for the object named ``prefix`` itself (``/dst: s3://b/path/file``, which
+    SkyPilot copies as a file), when nothing lies under it as a folder."""
+    key = prefix.strip("/")
+    if not key:
+        return None
+    async for obj in bucket.objects(key):
+        if obj.key == key:
+            return await bucket.signed_get(key, URL_SECONDS)
+    return None
+
+
 async def copy_to_nodes(
     provider: Provider, nodes: list[NodeInfo], bucket: Bucket, prefix: str, dest: str
 ) -> int:
     """Fetch every object under ``prefix`` into ``dest`` on every node; the object count."""
     batches = await _batches(bucket, prefix)
+    single = None if batches else await _one_object(bucket, prefix)
     failed: dict[int, str] = {}
 
     async def one(node: NodeInfo) -> None:
         where = node_path(provider, node, dest)
+        todo = batches
+        if single is not None:  # the file lands at the mount path, fetched into its folder
+            todo = [[[PurePosixPath(where).name, single]]]
+            where = str(PurePosixPath(where).parent)
         agent = provider.connector(node)
         try:
-            if not batches:
+            if not todo:
                 await agent.call("fetch", dest=where, items=[], workers=1)
-            for items in batches:
+            for items in todo:
                 await agent.call(
                     "fetch", deadline=FETCH_DEADLINE_S, dest=where, items=items, workers=WORKERS
                 )
@@ -78,4 +95,4 @@ async def copy_to_nodes(
         raise ProvisionError(
             f"copying {bucket.kind}://{bucket.name} to {dest} on node {rank} failed: {failed[rank]}"
         )
-    return sum(len(b) for b in batches)
+    return sum(len(b) for b in batches) + (single is not None)
