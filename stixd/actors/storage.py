@@ -193,8 +193,8 @@ class StorageActor(Actor):
         spec = req.spec
         if (spec.store, spec.bucket) != (self.spec.store, self.spec.bucket):
             raise InvalidRequest(
-                f"storage {self.id} is the bucket {self.spec.store}://{self.spec.bucket}, "
-                f"not {spec.store}://{spec.bucket}; give this mount another name"
+                f"storage {self.id} is the bucket {self.spec.uri}, "
+                f"not {spec.uri}; give this mount another name"
             )
         clusters = sorted({*self.data.clusters, req.cluster})
         if self.state is not S.INIT:
@@ -206,9 +206,9 @@ class StorageActor(Actor):
             labels = await bucket.labels()
             if labels is None:
                 if spec.external:
-                    raise StoreError(f"bucket {spec.store}://{spec.bucket} does not exist")
+                    raise StoreError(f"bucket {spec.uri} does not exist")
                 await self.save(created=True, clusters=clusters)  # the intent, before the call
-                env.progress(m.Progress(f"Creating bucket {spec.store}://{spec.bucket}..."))
+                env.progress(m.Progress(f"Creating bucket {spec.uri}..."))
                 await bucket.create({LABEL_STORAGE: label_value(self.id)})  # + ours
             else:
                 await self.save(
@@ -263,9 +263,7 @@ class StorageActor(Actor):
             await self.transition(SV.DELETE, req.why)
         await self._delete_bucket()
         await self._forget(req.why)
-        return m.OkReply(
-            f"Deleted storage {self.id} (bucket {self.spec.store}://{self.spec.bucket})"
-        )
+        return m.OkReply(f"Deleted storage {self.id} (bucket {self.spec.uri})")
 
     async def _delete_bucket(self) -> None:
         bucket = self.bucket()
@@ -303,7 +301,7 @@ async def clusters_in_use(app: App) -> set[str] | None:
 
 def refusal(name: str, spec: StorageSpec) -> str:
     return (
-        f"storage {name}: bucket {spec.store}://{spec.bucket} was not created by this stix, "
+        f"storage {name}: bucket {spec.uri} was not created by this stix, "
         "so stix does not delete it (remove it with your cloud's own tools)"
     )
 

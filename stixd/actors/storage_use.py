@@ -101,7 +101,7 @@ async def _row_for(app: App, plan: MountPlan) -> Row:
         data=encode(StorageData()),
     )
     try:
-        return await app.store.insert(row, "created", f"bucket {spec.store}://{spec.bucket}")
+        return await app.store.insert(row, "created", f"bucket {spec.uri}")
     except RowExists:
         found = await app.store.get(STORAGE, spec.name)
         if found is None:
@@ -144,20 +144,12 @@ async def prepare_storage(
             try:
                 if spec.mode != "COPY":  # MOUNT / MOUNT_CACHED: rclone on the node
                     await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
-                    env.progress(
-                        m.Progress(
-                            f"Mounted {spec.store}://{spec.bucket} at {plan.dest} ({spec.mode})."
-                        )
-                    )
+                    env.progress(m.Progress(f"Mounted {spec.uri} at {plan.dest} ({spec.mode})."))
                     continue
                 count = await copy_to_nodes(cluster.provider, nodes, bucket, spec.prefix, plan.dest)
             except StoreError as exc:  # listing or signing: the launch fails in one line
                 raise ProvisionError(f"file_mounts.{plan.dest}: {exc.message}") from None
-            env.progress(
-                m.Progress(
-                    f"Copied {count} object(s) of {spec.store}://{spec.bucket} to {plan.dest}."
-                )
-            )
+            env.progress(m.Progress(f"Copied {count} object(s) of {spec.uri} to {plan.dest}."))
     except BaseException:
         await release_storage(
             app, task, made, cluster.id, cluster.spec.owner, cluster.spec.workspace

@@ -61,6 +61,10 @@ FLUSH_TIMEOUT_S = 900.0
 """How long a finished job waits for its mounts' writes to reach the bucket."""
 UNMOUNT_FLUSH_S = 60.0
 POLL_S = 0.1
+SETTLE_S = 1.0
+"""How long a mount must show no upload before its writes count as flushed: the kernel tells
+rclone a file is closed (FUSE release) after the writer's close() has returned, so a job that
+has just exited may have a file whose upload is not queued yet."""
 _DROP_ENV = ("AWS_CA_BUNDLE", "STIX_NODE_DIR")
 """Debian's rclone 1.60 fails on ``AWS_CA_BUNDLE`` ("unsupported transport"); the node marker
 would have a node shutdown kill rclone before its mount is unmounted."""
@@ -336,6 +340,7 @@ def flush_all(node_dir: Path, timeout: float = FLUSH_TIMEOUT_S) -> str | None:
     deadline = time.monotonic() + timeout
     for record in _records(node_dir):
         where = f"{record.get('bucket')} at {record['dest']}"
+        quiet_since: float | None = None
         while True:
             if not _alive(record.get("pid")):
                 return f"the mount of {where} ended before its writes were flushed"
@@ -343,9 +348,14 @@ def flush_all(node_dir: Path, timeout: float = FLUSH_TIMEOUT_S) -> str | None:
                 left = pending_uploads(record)
             except (OSError, ValueError, urllib.error.URLError):
                 left = -1  # its remote control is not up yet or is busy: ask again
-            if left == 0:
+            now = time.monotonic()
+            if left != 0:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= SETTLE_S:
                 break
-            if time.monotonic() > deadline:
+            if now > deadline:
                 return (
                     f"writes to {where} were not flushed to the bucket within {timeout:.0f}s "
                     f"({left if left >= 0 else 'unknown'} upload(s) pending); see "

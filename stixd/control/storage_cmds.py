@@ -47,8 +47,7 @@ def record(row: Row, missing: bool | None = None) -> m.StorageRecord | None:
         persistent=spec.persistent,
         created=data.created and not spec.external,
         missing=data.missing if missing is None else missing,
-        source=", ".join(spec.sources)
-        or (f"{spec.store}://{spec.bucket}" if spec.external else ""),
+        source=", ".join(spec.sources) or (f"{spec.uri}" if spec.external else ""),
         created_at=row.created_at,
         owner=spec.owner,
         workspace=spec.workspace,

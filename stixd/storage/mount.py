@@ -64,6 +64,5 @@ async def mount_on_nodes(
     if failed:
         rank = min(failed)
         raise ProvisionError(
-            f"mounting {spec.store}://{spec.bucket} at {dest} ({spec.mode}) on node {rank} "
-            f"failed: {failed[rank]}"
+            f"mounting {spec.uri} at {dest} ({spec.mode}) on node {rank} failed: {failed[rank]}"
         )

@@ -68,6 +68,12 @@ class StorageSpec(msgspec.Struct, frozen=True, kw_only=True):
     owner: str | None = None
     workspace: str | None = None
 
+    @property
+    def uri(self) -> str:
+        """The bucket as a task names it (``gs://`` for GCS; Azure's account is the store's)."""
+        scheme = {v: k for k, v in SCHEMES.items()}.get(self.store, self.store)
+        return f"{scheme}://{self.bucket}"
+
 
 class MountPlan(msgspec.Struct, frozen=True):
     dest: str
