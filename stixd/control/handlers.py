@@ -44,7 +44,7 @@ from stixd.control import (
     volume_cmds,
     workspaces,
 )
-from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
+from stixd.control.cluster_owners import OWNER_KINDS, Owner, cluster_owners, refuse_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.local_fit import check_fits_local
 from stixd.planner.offers import OfferIndex
@@ -278,14 +278,19 @@ async def _refresh(app: App, names: list[str], req: m.Status, emit: Emit) -> Non
             raise errors[name]
 
 
-async def _status_rows(app: App, req: m.Status, scope: ownership.Scope) -> tuple[list[Row], int]:
-    """The cluster rows `status` lists, and how many its limit left out."""
+async def _status_rows(
+    app: App, req: m.Status, scope: ownership.Scope, live: dict[str, list[Row]]
+) -> tuple[list[Row], int]:
+    """The cluster rows `status` lists, and how many its limit left out. `live`: the live rows
+    of `OWNER_KINDS`, and of clusters when every live one is listed (one statement for all)."""
     if req.clusters:  # named: anyone's, but never one of a private workspace of others
         rows = await views.clusters_named(app.store, req.clusters, live_only=not req.all)
         return [r for r in rows if ownership.workspace_of(r.spec) not in scope.hidden], 0
-    if req.limit is None or req.all:
-        rows = await app.store.rows("cluster", include_terminal=req.all)
+    if req.all:
+        rows = await app.store.rows("cluster", include_terminal=True)
         return [r for r in rows if scope.sees(r.spec)], 0
+    if req.limit is None:
+        return [r for r in live["cluster"] if scope.sees(r.spec)], 0
     if app.cluster_split is None:
         app.cluster_split = views.ClusterSplit(app.store)
     own, owned = await app.cluster_split.names()
@@ -299,7 +304,12 @@ async def _status_rows(app: App, req: m.Status, scope: ownership.Scope) -> tuple
 
 async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     scope = ownership.scope(app, req.all_users)
-    rows, hidden = await _status_rows(app, req, scope)
+    # The live rows of damaged flag, read once for every look-up below that lists them.
+    damaged = await views.damaged_rows(app.store)
+    every = not req.clusters and not req.all and req.limit is None
+    kinds = ("cluster", *OWNER_KINDS) if every else OWNER_KINDS
+    live = await views.live_of_kinds(app.store, kinds, damaged)
+    rows, hidden = await _status_rows(app, req, scope, live)
     if req.refresh:
         await _refresh(app, [r.id for r in rows if not r.terminal], req, emit)
         now = {
@@ -309,7 +319,9 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
         rows = [now[r.id] for r in rows if r.id in now]
         if not req.all:
             rows = [r for r in rows if not r.terminal]
-    owners = await cluster_owners(app, [r.id for r in rows])
+        damaged = await views.damaged_rows(app.store)  # the others too, as they are now
+        live = await views.live_of_kinds(app.store, OWNER_KINDS, damaged)
+    owners = await cluster_owners(app, [r.id for r in rows], live)
     open_all = every_port_infras(app)
     one = len(req.clusters) == 1  # `status --endpoint(s) NAME`: where its ports are reached
 
@@ -327,7 +339,7 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
 
     strays: list[m.ClusterRecord] = []
     admin = scope.principal.role is identity.Role.ADMIN  # damaged rows are an admin's to remove
-    for stray in await views.live_rows_not_of(app.store, KINDS) if admin else []:
+    for stray in await views.live_rows_not_of(app.store, KINDS, damaged) if admin else []:
         if not req.clusters or stray.id in req.clusters:
             why = stray.quarantined or f"no actor kind is called {stray.kind!r}"
             strays.append(_failed_cluster(stray, quarantine.explain(stray.kind, stray.id, why)))
