@@ -49,7 +49,7 @@ from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.local_fit import check_fits_local
 from stixd.planner.offers import OfferIndex
 from stixd.planner.target import cloud_spec
-from stixd.providers.abilities import ReachedElsewhere, ReachesEveryPort
+from stixd.providers.abilities import ReachedElsewhere
 from stixd.providers.base import NodeInfo
 from stixd.store import views
 from stixd.store.db import Row
@@ -190,9 +190,9 @@ def _failed_cluster(row: Row, why: str) -> m.ClusterRecord:
 
 def every_port_infras(app: App) -> set[str]:
     """The infras whose nodes share this machine's network (``ReachesEveryPort``): every
-    port of their clusters is reachable. Asked once per request (an isinstance on a
-    runtime-checkable protocol costs some 20 us, per cluster that adds up)."""
-    return {name for name, p in app.providers.items() if isinstance(p, ReachesEveryPort)}
+    port of their clusters is reachable. Asked once per request, of each provider's
+    abilities found once (an isinstance on a runtime-checkable protocol costs some 20 us)."""
+    return {name for name in app.providers if app.look_abilities(name).every_port}
 
 
 def ports_reached(app: App, row: Row, rec: m.ClusterRecord) -> m.ClusterRecord:
@@ -334,8 +334,8 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
             )
         return ports_reached(app, r, rec) if one and rec.ports else rec
 
-    def record(row: Row) -> m.ClusterRecord:
-        return quarantine.shown(app, row, made, _failed_cluster)
+    def records(some: list[Row]) -> list[m.ClusterRecord]:
+        return quarantine.shown_each(app, some, made, _failed_cluster, m.ClusterRecord)
 
     strays: list[m.ClusterRecord] = []
     admin = scope.principal.role is identity.Role.ADMIN  # damaged rows are an admin's to remove
@@ -346,12 +346,12 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     report = app.leak_report
     if req.stream:
         for start in range(0, len(rows), views.PAGE):
-            chunk = [record(r) for r in rows[start : start + views.PAGE]]
+            chunk = records(rows[start : start + views.PAGE])
             await emit(m.ClusterRows(clusters=chunk))
         if strays:
             await emit(m.ClusterRows(clusters=strays))
     return m.ClusterList(
-        clusters=[] if req.stream else [*map(record, rows), *strays],
+        clusters=[] if req.stream else [*records(rows), *strays],
         leaks=report.leaks if report else [],
         leaks_scanned_at=report.scanned_at if report else None,
         hidden=hidden,
