@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import anyio
@@ -212,8 +212,15 @@ def ports_reached(app: App, row: Row, rec: m.ClusterRecord) -> m.ClusterRecord:
 
 
 def cluster_record(
-    row: Row, owner: Owner | None = None, *, any_port: bool = False
+    row: Row,
+    owner: Owner | None = None,
+    *,
+    open_infras: Collection[str] = (),
+    user: str | None = None,
+    workspace: str | None = None,
 ) -> m.ClusterRecord:
+    """`row`'s line of `status`; `open_infras`: those whose every port is reached
+    (`every_port_infras`), `user` and `workspace` its columns of `status -u`."""
     data, spec = data_of(row, ClusterData), spec_of(row, ClusterSpec)
     placement = spec.placement
     autostop = data.autostop
@@ -236,8 +243,10 @@ def cluster_record(
         last_error=data.last_error,
         owner=owner.label if owner else None,
         ports=list((placement["ports"] if placement else spec.ports) or []),
-        any_port=any_port,
+        any_port=spec.provider in open_infras,
         activity=cluster_activity(row),
+        user=user,
+        workspace=workspace,
     )
 
 
@@ -326,12 +335,10 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     one = len(req.clusters) == 1  # `status --endpoint(s) NAME`: where its ports are reached
 
     def made(r: Row) -> m.ClusterRecord:
-        any_port = spec_of(r, ClusterSpec).provider in open_all
-        rec = cluster_record(r, owners.get(r.id), any_port=any_port)
-        if scope.all_users:
-            rec = msgspec.structs.replace(
-                rec, user=scope.user(r.spec), workspace=scope.workspace(r.spec)
-            )
+        user, workspace = scope.user(r.spec), scope.workspace(r.spec)  # None without -u
+        rec = cluster_record(
+            r, owners.get(r.id), open_infras=open_all, user=user, workspace=workspace
+        )
         return ports_reached(app, r, rec) if one and rec.ports else rec
 
     def records(some: list[Row]) -> list[m.ClusterRecord]:
