@@ -244,6 +244,7 @@ async def throughput(home: Home, url: str, token: str, seconds: float) -> dict[s
         "HTTP": lambda: _over_http(url, token, every),
     }
     rates = {}
+    pid = home.daemon_pid()
     for name, ask in asks.items():
         done = 0
         failed = 0
@@ -259,15 +260,16 @@ async def throughput(home: Home, url: str, token: str, seconds: float) -> dict[s
                     failed += 1
 
         sum0, count0 = _status_histogram(url, token)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
         rates[name] = done / (time.perf_counter() - t0)
+        cpu = (cpu_seconds(pid) - cpu0) / max(1, done)
         sum1, count1 = _status_histogram(url, token)
         inside = (sum1 - sum0) / max(1.0, count1 - count0)
         _say(
             f"   {name:<6} {rates[name]:7.0f} status/s ({failed} failed); each {ms(inside)} "
             f"inside the daemon on average (its histogram), {ms(CLIENTS / rates[name])} "
-            "as a client waits"
+            f"as a client waits, {cpu * 1e6:.0f} us of the daemon's CPU"
         )
     _say(f"   HTTP / socket: {rates['HTTP'] / rates['socket']:.2f}x")
     return rates

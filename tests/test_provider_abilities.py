@@ -177,8 +177,8 @@ def test_each_provider_has_the_abilities_it_declares_and_no_other(tmp_path: Path
 
 
 def test_a_providers_look_abilities_are_what_isinstance_says(tmp_path: Path) -> None:
-    """The health check's abilities, found once per provider, are the provider itself where
-    it has the ability and None where it has not."""
+    """The health check's abilities (and `status`'s every-port one), found once per provider,
+    are the provider itself where it has the ability and None where it has not."""
     aws = AwsProvider(tmp_path, env={})
     found = LookAbilities.of(aws)
     assert (found.machines, found.lost, found.errors, found.many) == (aws, aws, aws, aws)
@@ -187,4 +187,6 @@ def test_a_providers_look_abilities_are_what_isinstance_says(tmp_path: Path) -> 
     assert (found.machines, found.lost, found.errors, found.many) == (None, fake, None, fake)
     ssh = SshProvider(tmp_path, {})
     assert LookAbilities.of(ssh) == LookAbilities(machines=None, lost=None, errors=ssh)
-    assert LookAbilities.of(LocalProvider(tmp_path)) == LookAbilities(None, None, None)
+    local = LocalProvider(tmp_path)  # its nodes are this machine: every port is reached
+    assert LookAbilities.of(local) == LookAbilities(None, None, None, every_port=True)
+    assert not LookAbilities.of(aws).every_port and not LookAbilities.of(ssh).every_port

@@ -10,7 +10,7 @@ service owns its cluster.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from stixd.actors.job_pool import JobPoolActor, worker_name
@@ -27,6 +27,7 @@ from stixd.actors.specs import (
 from stixd.app import App
 from stixd.control.jobs_cmds import KIND, POOL, row_cluster
 from stixd.store import views
+from stixd.store.db import Row
 from stixproto import names
 from stixproto.errors import InvalidRequest
 
@@ -64,15 +65,27 @@ class Owner:
         )
 
 
-async def cluster_owners(app: App, clusters: Collection[str] | None = None) -> dict[str, Owner]:
+OWNER_KINDS = (POOL, REPLICA)
+"""The kinds whose live rows `cluster_owners` reads (besides the managed jobs' index)."""
+
+
+async def cluster_owners(
+    app: App,
+    clusters: Collection[str] | None = None,
+    live: Mapping[str, list[Row]] | None = None,
+) -> dict[str, Owner]:
     """Cluster name → its owner, for the clusters a live managed job or pool holds: among
     `clusters` (read through the jobs' index: only the jobs that may own one of them), or
-    among every live cluster when None."""
+    among every live cluster when None. `live`: the live rows of `OWNER_KINDS` as the caller
+    read them (`views.live_of_kinds`), else read here."""
     if clusters is None:
         clusters = [r.id for r in await app.store.rows("cluster", include_terminal=False)]
+    if live is None:
+        damaged = await views.damaged_rows(app.store)
+        live = await views.live_of_kinds(app.store, OWNER_KINDS, damaged)
     owners: dict[str, Owner] = {}
     prefixes: dict[str, Owner] = {}
-    for pool in await app.store.rows(POOL, include_terminal=False):
+    for pool in live[POOL]:
         if reason_of(app, pool) is not None or JobPoolActor.row_problem(pool) is not None:
             continue  # quarantined (or about to be): its columns may hold anything
         owner = Owner(POOL, pool.id)
@@ -88,7 +101,7 @@ async def cluster_owners(app: App, clusters: Collection[str] | None = None) -> d
                 shrunk[name] = owner
     for row in await views.clusters_named(app.store, list(shrunk), live_only=True):
         owners[row.id] = shrunk[row.id]  # a worker of a size since shrunk
-    for replica in await app.store.rows(REPLICA, include_terminal=False):
+    for replica in live[REPLICA]:
         rspec = spec_or_none(replica, ReplicaSpec)
         if rspec is not None:
             owners[replica_cluster(rspec.service, rspec.replica_id)] = Owner(SERVICE, rspec.service)

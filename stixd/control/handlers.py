@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import anyio
@@ -44,12 +44,12 @@ from stixd.control import (
     volume_cmds,
     workspaces,
 )
-from stixd.control.cluster_owners import Owner, cluster_owners, refuse_owned
+from stixd.control.cluster_owners import OWNER_KINDS, Owner, cluster_owners, refuse_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.local_fit import check_fits_local
 from stixd.planner.offers import OfferIndex
 from stixd.planner.target import cloud_spec
-from stixd.providers.abilities import ReachedElsewhere, ReachesEveryPort
+from stixd.providers.abilities import ReachedElsewhere
 from stixd.providers.base import NodeInfo
 from stixd.store import views
 from stixd.store.db import Row
@@ -190,9 +190,9 @@ def _failed_cluster(row: Row, why: str) -> m.ClusterRecord:
 
 def every_port_infras(app: App) -> set[str]:
     """The infras whose nodes share this machine's network (``ReachesEveryPort``): every
-    port of their clusters is reachable. Asked once per request (an isinstance on a
-    runtime-checkable protocol costs some 20 us, per cluster that adds up)."""
-    return {name for name, p in app.providers.items() if isinstance(p, ReachesEveryPort)}
+    port of their clusters is reachable. Asked once per request, of each provider's
+    abilities found once (an isinstance on a runtime-checkable protocol costs some 20 us)."""
+    return {name for name in app.providers if app.look_abilities(name).every_port}
 
 
 def ports_reached(app: App, row: Row, rec: m.ClusterRecord) -> m.ClusterRecord:
@@ -212,8 +212,15 @@ def ports_reached(app: App, row: Row, rec: m.ClusterRecord) -> m.ClusterRecord:
 
 
 def cluster_record(
-    row: Row, owner: Owner | None = None, *, any_port: bool = False
+    row: Row,
+    owner: Owner | None = None,
+    *,
+    open_infras: Collection[str] = (),
+    user: str | None = None,
+    workspace: str | None = None,
 ) -> m.ClusterRecord:
+    """`row`'s line of `status`; `open_infras`: those whose every port is reached
+    (`every_port_infras`), `user` and `workspace` its columns of `status -u`."""
     data, spec = data_of(row, ClusterData), spec_of(row, ClusterSpec)
     placement = spec.placement
     autostop = data.autostop
@@ -236,8 +243,10 @@ def cluster_record(
         last_error=data.last_error,
         owner=owner.label if owner else None,
         ports=list((placement["ports"] if placement else spec.ports) or []),
-        any_port=any_port,
+        any_port=spec.provider in open_infras,
         activity=cluster_activity(row),
+        user=user,
+        workspace=workspace,
     )
 
 
@@ -278,14 +287,19 @@ async def _refresh(app: App, names: list[str], req: m.Status, emit: Emit) -> Non
             raise errors[name]
 
 
-async def _status_rows(app: App, req: m.Status, scope: ownership.Scope) -> tuple[list[Row], int]:
-    """The cluster rows `status` lists, and how many its limit left out."""
+async def _status_rows(
+    app: App, req: m.Status, scope: ownership.Scope, live: dict[str, list[Row]]
+) -> tuple[list[Row], int]:
+    """The cluster rows `status` lists, and how many its limit left out. `live`: the live rows
+    of `OWNER_KINDS`, and of clusters when every live one is listed (one statement for all)."""
     if req.clusters:  # named: anyone's, but never one of a private workspace of others
         rows = await views.clusters_named(app.store, req.clusters, live_only=not req.all)
         return [r for r in rows if ownership.workspace_of(r.spec) not in scope.hidden], 0
-    if req.limit is None or req.all:
-        rows = await app.store.rows("cluster", include_terminal=req.all)
+    if req.all:
+        rows = await app.store.rows("cluster", include_terminal=True)
         return [r for r in rows if scope.sees(r.spec)], 0
+    if req.limit is None:
+        return [r for r in live["cluster"] if scope.sees(r.spec)], 0
     if app.cluster_split is None:
         app.cluster_split = views.ClusterSplit(app.store)
     own, owned = await app.cluster_split.names()
@@ -299,7 +313,12 @@ async def _status_rows(app: App, req: m.Status, scope: ownership.Scope) -> tuple
 
 async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
     scope = ownership.scope(app, req.all_users)
-    rows, hidden = await _status_rows(app, req, scope)
+    # The live rows of damaged flag, read once for every look-up below that lists them.
+    damaged = await views.damaged_rows(app.store)
+    every = not req.clusters and not req.all and req.limit is None
+    kinds = ("cluster", *OWNER_KINDS) if every else OWNER_KINDS
+    live = await views.live_of_kinds(app.store, kinds, damaged)
+    rows, hidden = await _status_rows(app, req, scope, live)
     if req.refresh:
         await _refresh(app, [r.id for r in rows if not r.terminal], req, emit)
         now = {
@@ -309,37 +328,37 @@ async def status(app: App, req: m.Status, emit: Emit) -> m.ClusterList:
         rows = [now[r.id] for r in rows if r.id in now]
         if not req.all:
             rows = [r for r in rows if not r.terminal]
-    owners = await cluster_owners(app, [r.id for r in rows])
+        damaged = await views.damaged_rows(app.store)  # the others too, as they are now
+        live = await views.live_of_kinds(app.store, OWNER_KINDS, damaged)
+    owners = await cluster_owners(app, [r.id for r in rows], live)
     open_all = every_port_infras(app)
     one = len(req.clusters) == 1  # `status --endpoint(s) NAME`: where its ports are reached
 
     def made(r: Row) -> m.ClusterRecord:
-        any_port = spec_of(r, ClusterSpec).provider in open_all
-        rec = cluster_record(r, owners.get(r.id), any_port=any_port)
-        if scope.all_users:
-            rec = msgspec.structs.replace(
-                rec, user=scope.user(r.spec), workspace=scope.workspace(r.spec)
-            )
+        user, workspace = scope.user(r.spec), scope.workspace(r.spec)  # None without -u
+        rec = cluster_record(
+            r, owners.get(r.id), open_infras=open_all, user=user, workspace=workspace
+        )
         return ports_reached(app, r, rec) if one and rec.ports else rec
 
-    def record(row: Row) -> m.ClusterRecord:
-        return quarantine.shown(app, row, made, _failed_cluster)
+    def records(some: list[Row]) -> list[m.ClusterRecord]:
+        return quarantine.shown_each(app, some, made, _failed_cluster, m.ClusterRecord)
 
     strays: list[m.ClusterRecord] = []
     admin = scope.principal.role is identity.Role.ADMIN  # damaged rows are an admin's to remove
-    for stray in await views.live_rows_not_of(app.store, KINDS) if admin else []:
+    for stray in await views.live_rows_not_of(app.store, KINDS, damaged) if admin else []:
         if not req.clusters or stray.id in req.clusters:
             why = stray.quarantined or f"no actor kind is called {stray.kind!r}"
             strays.append(_failed_cluster(stray, quarantine.explain(stray.kind, stray.id, why)))
     report = app.leak_report
     if req.stream:
         for start in range(0, len(rows), views.PAGE):
-            chunk = [record(r) for r in rows[start : start + views.PAGE]]
+            chunk = records(rows[start : start + views.PAGE])
             await emit(m.ClusterRows(clusters=chunk))
         if strays:
             await emit(m.ClusterRows(clusters=strays))
     return m.ClusterList(
-        clusters=[] if req.stream else [*map(record, rows), *strays],
+        clusters=[] if req.stream else [*records(rows), *strays],
         leaks=report.leaks if report else [],
         leaks_scanned_at=report.scanned_at if report else None,
         hidden=hidden,

@@ -120,6 +120,9 @@ class ControlServer:
         self.max_connections = limits.max_connections
         self.idle = limits.client_idle_seconds
         self.stall = limits.client_stall_seconds
+        self.hello_ok = encode(
+            m.HelloOk(protocol=PROTOCOL_VERSION, daemon_pid=os.getpid(), version=VERSION)
+        )  # the same for every connection: encoded once
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if len(str(self.path).encode()) > 104:
@@ -175,9 +178,10 @@ class ControlServer:
             self.refusing -= 1
 
     async def _send(self, stream: SocketStream, msg: Any) -> None:
+        """Send `msg` (or a frame already encoded) within the stall limit."""
         with anyio.move_on_after(self.stall) as waited:
             try:
-                await stream.send(encode(msg))
+                await stream.send(msg if isinstance(msg, bytes) else encode(msg))
             except _GONE as exc:
                 raise ClientGone() from exc
         if waited.cancelled_caught:
@@ -235,9 +239,7 @@ class ControlServer:
                 "and run the command again, or use the stixctl that came with it"
             )
         hello = decode(body, _HELLO)
-        await self._send(
-            stream, m.HelloOk(protocol=PROTOCOL_VERSION, daemon_pid=os.getpid(), version=VERSION)
-        )
+        await self._send(stream, self.hello_ok)
         body = await read_frame(reader, idle=self.idle)
         if body is None:
             return

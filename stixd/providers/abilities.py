@@ -154,6 +154,8 @@ class LookAbilities:
     lost: ReportsLostNodes | None
     errors: ReportsNodeErrors | None
     many: LooksUpMany | None = None
+    every_port: bool = False
+    """``ReachesEveryPort``: `status` asks it of every provider on every request."""
 
     @classmethod
     def of(cls, provider: object) -> LookAbilities:
@@ -162,6 +164,7 @@ class LookAbilities:
             lost=provider if isinstance(provider, ReportsLostNodes) else None,
             errors=provider if isinstance(provider, ReportsNodeErrors) else None,
             many=provider if isinstance(provider, LooksUpMany) else None,
+            every_port=isinstance(provider, ReachesEveryPort),
         )
 
 

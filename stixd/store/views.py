@@ -272,14 +272,43 @@ async def children_of(store: Store, kind: str, parents: Sequence[str]) -> list[R
     return rows
 
 
-async def live_rows_not_of(store: Store, kinds: Collection[str]) -> list[Row]:
+async def damaged_rows(store: Store) -> list[Row]:
+    """The live rows whose terminal flag is neither 0 nor 1 (the store's `_DAMAGED_FLAG`), for
+    a request to read once and hand to each look-up that must list them (`status` asked for
+    them four times: its clusters, pools, replicas and rows of no kind)."""
+    return await store._fetch(_DAMAGED_FLAG)
+
+
+async def live_of_kinds(
+    store: Store, kinds: Sequence[str], damaged: Sequence[Row]
+) -> dict[str, list[Row]]:
+    """`Store.rows(kind, include_terminal=False)` of each of `kinds` in one statement, with
+    the `damaged` rows of each (as `damaged_rows` read them), each kind's oldest first."""
+    marks = ",".join("?" * len(kinds))
+    sql = f"{_SELECT} WHERE a.terminal=0 AND a.kind IN ({marks}) ORDER BY a.created_at, a.id"
+    found: dict[str, list[Row]] = {kind: [] for kind in kinds}
+    for row in [*await store._fetch(sql, list(kinds)), *damaged]:
+        if row.kind in found:
+            found[row.kind].append(row)
+    if damaged:
+        for rows in found.values():
+            rows.sort(key=lambda r: (r.created_at, r.id))
+    return found
+
+
+async def live_rows_not_of(
+    store: Store, kinds: Collection[str], damaged: Sequence[Row] | None = None
+) -> list[Row]:
     """`Store.live_rows_not_of` as ranges of the live index between the known kinds: with a
-    `NOT IN`, SQLite reads every live row (tens of ms at 10,000 jobs) to find none."""
+    `NOT IN`, SQLite reads every live row (tens of ms at 10,000 jobs) to find none. `damaged`:
+    the rows `damaged_rows` read for this request (read here when not given)."""
     known = sorted(set(kinds))
     between = ["a.kind < ?", *["a.kind > ? AND a.kind < ?"] * (len(known) - 1), "a.kind > ?"]
     args = [known[0], *[k for pair in itertools.pairwise(known) for k in pair], known[-1]]
     ranges = " OR ".join(f"(a.terminal = 0 AND {b})" for b in between)  # one index range each
     sql = f"{_SELECT} WHERE {ranges} ORDER BY a.created_at"
     rows = await store._fetch(sql, args)
-    damaged = [r for r in await store._fetch(_DAMAGED_FLAG) if r.kind not in known]
-    return sorted([*rows, *damaged], key=lambda r: r.created_at) if damaged else rows
+    if damaged is None:
+        damaged = await damaged_rows(store)
+    strays = [r for r in damaged if r.kind not in known]
+    return sorted([*rows, *strays], key=lambda r: r.created_at) if strays else rows
