@@ -96,3 +96,64 @@ async def test_without_leases_the_store_writes_as_before(open_any: OpenStore) ->
         assert store.leases is None
         row = await store.insert(Row(kind="cluster", id="c", state="INIT", version=0), "made")
         await store.update(row, event="go", state="UP")
+
+
+async def test_a_dead_replicas_pools_and_their_jobs_land_together_among_three_survivors(
+    postgres: PgServer,
+) -> None:
+    url = postgres.fresh()
+    async with (
+        open_postgres(url) as dead,
+        open_postgres(url) as a,
+        open_postgres(url) as b,
+        open_postgres(url) as c,
+    ):
+        dead.leases = Leases(dead.backend, "dead", SECONDS)
+        groups: dict[str, list[str]] = {}
+        number = 0
+        for pool in ("p1", "p2", "p3", "p4"):
+            await dead.insert(Row(kind="job_pool", id=pool, state="READY", version=0), "made")
+            for _ in range(3):
+                number += 1
+                job = Row(kind="managed_job", id=str(number), state="PENDING", version=0)
+                job.spec = {"pool": pool}
+                await dead.insert(job, "made")
+                groups.setdefault(pool, []).append(str(number))
+        for alone in ("c1", "c2"):
+            await dead.insert(Row(kind="cluster", id=alone, state="UP", version=0), "made")
+        orphan = Row(kind="managed_job", id="99", state="PENDING", version=0)
+        orphan.spec = {"pool": "gone"}  # its pool is no more: any replica runs it
+        await dead.insert(orphan, "made")
+        survivors = {"a": a, "b": b, "c": c}
+        for name, store in survivors.items():
+            store.leases = Leases(store.backend, name, 60)
+        await _expire()
+
+        assert await a.leases.claim("job_pool", "p1")  # (as a request's spawn does)
+        assert not await b.leases.claim("managed_job", groups["p1"][0])  # p1 is a's
+        taken: dict[str, list[tuple[str, str]]] = {}
+
+        async def sweep(name: str) -> None:
+            leases = survivors[name].leases
+            assert leases is not None
+            taken[name] = await leases.claim_free(own_too=False)
+
+        async with anyio.create_task_group() as tg:  # b and c split the rest between them
+            tg.start_soon(sweep, "b")
+            tg.start_soon(sweep, "c")
+        p1_jobs = {("managed_job", j) for j in groups["p1"]}
+        assert not p1_jobs & {*taken["b"], *taken["c"]}
+        await sweep("a")
+        assert set(taken["a"]) == p1_jobs  # a's sweep takes the jobs of the pool it holds
+
+        owners = dict(
+            ((str(k), str(i)), str(o))
+            for k, i, o in await a.backend.fetch("SELECT kind, id, owner FROM leases")
+        )
+        assert len(owners) == 4 + 12 + 2 + 1 and "dead" not in owners.values()
+        for pool, jobs in groups.items():
+            assert {owners[("managed_job", j)] for j in jobs} == {owners[("job_pool", pool)]}
+        assert owners[("job_pool", "p1")] == "a"
+        for name, store in survivors.items():
+            assert store.leases is not None
+            assert set(store.leases.held) == {k for k, o in owners.items() if o == name}

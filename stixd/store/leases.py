@@ -9,6 +9,11 @@ the epoch it took (`check`, under a share lock the claim of another replica wait
 replica that was paused, or cut off, past its lease finds its write refused (`LostLease`) and
 stands its actor down, on top of the row's version check.
 
+A managed job of a live pool runs where its pool does: the pool and its jobs talk through
+in-process messages (a job asks for a worker, the pool tells it which). So its lease is claimed
+only by the replica that holds its pool's, after the pool's (`claim_free` takes the pools first,
+then their jobs): survivors that split a dead replica's leases never split a pool from its jobs.
+
 On SQLite (one daemon) none of this exists: the store has no `Leases` and pays nothing.
 """
 
@@ -29,6 +34,13 @@ class LostLease(Exception):
 
 
 Key = tuple[str, str]
+
+POOL_KIND = "job_pool"
+_IS_POOL_OF_A = (
+    f"p.kind = '{POOL_KIND}' AND p.terminal = 0 AND a.kind = 'managed_job' "
+    "AND p.id = json_extract(a.spec, '$.pool')"
+)
+_POOL_OF = f"JOIN actors p ON {_IS_POOL_OF_A}"
 
 
 class Leases:
@@ -79,17 +91,22 @@ class Leases:
 
     async def claim(self, kind: str, id_: str) -> bool:
         """Take the lease of an existing row if it has none, it expired, or it is this
-        replica's from before a restart; True if taken (the epoch bumped)."""
+        replica's from before a restart; True if taken (the epoch bumped). A job of a live pool
+        is taken only by the replica that holds its pool's lease (see the module)."""
 
         if (kind, id_) in self.held:
             return True
         found = await self.backend.fetch(
             "INSERT INTO leases (kind, id, owner, epoch, expires_at) "
-            f"VALUES (?, ?, ?, 1, {NOW} + ?) ON CONFLICT (kind, id) DO UPDATE SET "
+            f"SELECT ?, ?, ?, 1, {NOW} + ? WHERE NOT EXISTS ("
+            f"SELECT 1 FROM actors a {_POOL_OF} LEFT JOIN leases lp ON lp.kind = p.kind "
+            "AND lp.id = p.id WHERE a.kind = ? AND a.id = ? "
+            "AND (lp.owner IS NULL OR lp.owner <> ?)) "
+            "ON CONFLICT (kind, id) DO UPDATE SET "
             "owner = EXCLUDED.owner, epoch = leases.epoch + 1, expires_at = EXCLUDED.expires_at "
             f"WHERE leases.expires_at < {NOW} OR leases.owner = EXCLUDED.owner "
             "RETURNING epoch",
-            (kind, id_, self.owner, self.seconds),
+            (kind, id_, self.owner, self.seconds, kind, id_, self.owner),
         )
         if not found:
             return False
@@ -97,28 +114,42 @@ class Leases:
         return True
 
     async def claim_free(self, *, own_too: bool) -> list[Key]:
-        """Claim, in one statement, every live row's lease that is missing or expired (and,
-        with `own_too`, at a replica's start, those this replica held before): the keys newly
-        taken, whose actors this replica is now to run."""
+        """Claim every live row's lease that is missing or expired (and, with `own_too`, at a
+        replica's start, those this replica held before): the keys newly taken, whose actors
+        this replica is now to run. Two statements: every row but the jobs of live pools, then
+        the jobs of the pools this replica holds now (see the module)."""
         ours = " OR l.owner = ?" if own_too else ""
+        free = f"(l.kind IS NULL OR l.expires_at < {NOW}{ours})"
         args: list[Any] = [self.owner, self.seconds]
         if own_too:
             args.append(self.owner)
-        sql = (
-            "INSERT INTO leases (kind, id, owner, epoch, expires_at) "
+        rows = (
             f"SELECT a.kind, a.id, ?, 1, {NOW} + ? FROM actors a "
             "LEFT JOIN leases l ON l.kind = a.kind AND l.id = a.id "
-            f"WHERE a.terminal = 0 AND (l.kind IS NULL OR l.expires_at < {NOW}{ours}) "
-            "ON CONFLICT (kind, id) DO UPDATE SET owner = EXCLUDED.owner, "
-            "epoch = leases.epoch + 1, expires_at = EXCLUDED.expires_at "
-            f"WHERE leases.expires_at < {NOW} OR leases.owner = EXCLUDED.owner "
-            "RETURNING kind, id, epoch"
         )
-
-        taken = [(str(r[0]), str(r[1]), int(r[2])) for r in await self.backend.fetch(sql, args)]
-        for kind, id_, epoch in taken:
-            self.held[(kind, id_)] = epoch
-        return [(kind, id_) for kind, id_, _ in taken]
+        alone = (
+            f"{rows}WHERE a.terminal = 0 AND {free} AND NOT EXISTS "
+            f"(SELECT 1 FROM actors p WHERE {_IS_POOL_OF_A})"
+        )
+        followers = (
+            f"{rows}{_POOL_OF} JOIN leases lp ON lp.kind = p.kind AND lp.id = p.id "
+            f"AND lp.owner = ? WHERE a.terminal = 0 AND {free}"
+        )
+        taken: list[Key] = []
+        for select, more in ((alone, []), (followers, [self.owner])):
+            sql = (
+                f"INSERT INTO leases (kind, id, owner, epoch, expires_at) {select} "
+                "ON CONFLICT (kind, id) DO UPDATE SET owner = EXCLUDED.owner, "
+                "epoch = leases.epoch + 1, expires_at = EXCLUDED.expires_at "
+                f"WHERE leases.expires_at < {NOW} OR leases.owner = EXCLUDED.owner "
+                "RETURNING kind, id, epoch"
+            )
+            # the pool's owner comes before the rows' own: the JOIN precedes the WHERE
+            values = args[:2] + more + args[2:]
+            for r in await self.backend.fetch(sql, values):
+                self.held[(str(r[0]), str(r[1]))] = int(r[2])
+                taken.append((str(r[0]), str(r[1])))
+        return taken
 
     async def renew(self) -> list[Key]:
         """Push back the expiry of every lease this replica holds, in one UPDATE; the keys it
