@@ -125,18 +125,17 @@ async def test_a_dead_replicas_pools_and_their_jobs_land_together_among_three_su
         orphan.spec = {"pool": "gone"}  # its pool is no more: any replica runs it
         await dead.insert(orphan, "made")
         survivors = {"a": a, "b": b, "c": c}
+        held = {name: Leases(store.backend, name, 60) for name, store in survivors.items()}
         for name, store in survivors.items():
-            store.leases = Leases(store.backend, name, 60)
+            store.leases = held[name]
         await _expire()
 
-        assert await a.leases.claim("job_pool", "p1")  # (as a request's spawn does)
-        assert not await b.leases.claim("managed_job", groups["p1"][0])  # p1 is a's
+        assert await held["a"].claim("job_pool", "p1")  # (as a request's spawn does)
+        assert not await held["b"].claim("managed_job", groups["p1"][0])  # p1 is a's
         taken: dict[str, list[tuple[str, str]]] = {}
 
         async def sweep(name: str) -> None:
-            leases = survivors[name].leases
-            assert leases is not None
-            taken[name] = await leases.claim_free(own_too=False)
+            taken[name] = await held[name].claim_free(own_too=False)
 
         async with anyio.create_task_group() as tg:  # b and c split the rest between them
             tg.start_soon(sweep, "b")
@@ -154,6 +153,5 @@ async def test_a_dead_replicas_pools_and_their_jobs_land_together_among_three_su
         for pool, jobs in groups.items():
             assert {owners[("managed_job", j)] for j in jobs} == {owners[("job_pool", pool)]}
         assert owners[("job_pool", "p1")] == "a"
-        for name, store in survivors.items():
-            assert store.leases is not None
-            assert set(store.leases.held) == {k for k, o in owners.items() if o == name}
+        for name, leases in held.items():
+            assert set(leases.held) == {k for k, o in owners.items() if o == name}
