@@ -24,7 +24,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from stixd.app import VERSION, App
 from stixd.control.catalog_cmds import CATALOG_REQUESTS, check_client_catalog
+from stixd.control.identity import PRINCIPAL, Principal
 from stixd.control.loglimit import LogBudget
+from stixd.control.replica_auth import check_forwarded, forwarded_principal
 from stixd.runtime.actor import error_reply
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
@@ -235,6 +237,11 @@ class ControlServer:
                 "and run the command again, or use the stixctl that came with it"
             )
         hello = decode(body, _HELLO)
+        forwarder: Principal | None = None
+        if hello.replica is not None or hello.on_behalf is not None:  # another replica's
+            forwarder = forwarded_principal(
+                self.app.replica_secret, hello.replica or "", hello.on_behalf or ""
+            )
         await self._send(
             stream, m.HelloOk(protocol=PROTOCOL_VERSION, daemon_pid=os.getpid(), version=VERSION)
         )
@@ -242,7 +249,14 @@ class ControlServer:
         if body is None:
             return
         request = decode_request(body)
-        await self._serve_request(stream, reader, request, hello)
+        if forwarder is not None:
+            check_forwarded(self.app, forwarder, request)
+        token = PRINCIPAL.set(forwarder) if forwarder is not None else None
+        try:
+            await self._serve_request(stream, reader, request, hello)
+        finally:
+            if token is not None:
+                PRINCIPAL.reset(token)
 
     async def _serve_request(
         self,
