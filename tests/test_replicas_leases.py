@@ -98,7 +98,7 @@ async def test_without_leases_the_store_writes_as_before(open_any: OpenStore) ->
         await store.update(row, event="go", state="UP")
 
 
-async def test_a_dead_replicas_pools_and_their_jobs_land_together_among_three_survivors(
+async def test_a_dead_replicas_pools_and_services_land_with_their_jobs_and_replicas_among_three(
     postgres: PgServer,
 ) -> None:
     url = postgres.fresh()
@@ -119,6 +119,10 @@ async def test_a_dead_replicas_pools_and_their_jobs_land_together_among_three_su
                 job.spec = {"pool": pool}
                 await dead.insert(job, "made")
                 groups.setdefault(pool, []).append(str(number))
+        await dead.insert(Row(kind="service", id="web", state="READY", version=0), "made")
+        for n in ("1", "2", "3"):
+            replica = Row(kind="replica", id=f"web/{n}", state="READY", version=0, parent="web")
+            await dead.insert(replica, "made")
         for alone in ("c1", "c2"):
             await dead.insert(Row(kind="cluster", id=alone, state="UP", version=0), "made")
         orphan = Row(kind="managed_job", id="99", state="PENDING", version=0)
@@ -131,7 +135,9 @@ async def test_a_dead_replicas_pools_and_their_jobs_land_together_among_three_su
         await _expire()
 
         assert await held["a"].claim("job_pool", "p1")  # (as a request's spawn does)
+        assert await held["a"].claim("service", "web")
         assert not await held["b"].claim("managed_job", groups["p1"][0])  # p1 is a's
+        assert not await held["c"].claim("replica", "web/1")  # and so is web
         taken: dict[str, list[tuple[str, str]]] = {}
 
         async def sweep(name: str) -> None:
@@ -140,18 +146,21 @@ async def test_a_dead_replicas_pools_and_their_jobs_land_together_among_three_su
         async with anyio.create_task_group() as tg:  # b and c split the rest between them
             tg.start_soon(sweep, "b")
             tg.start_soon(sweep, "c")
-        p1_jobs = {("managed_job", j) for j in groups["p1"]}
-        assert not p1_jobs & {*taken["b"], *taken["c"]}
+        followers = {("managed_job", j) for j in groups["p1"]}
+        followers |= {("replica", f"web/{n}") for n in ("1", "2", "3")}
+        assert not followers & {*taken["b"], *taken["c"]}
         await sweep("a")
-        assert set(taken["a"]) == p1_jobs  # a's sweep takes the jobs of the pool it holds
+        assert set(taken["a"]) == followers  # a's sweep takes the followers of what it holds
 
         owners = dict(
             ((str(k), str(i)), str(o))
             for k, i, o in await a.backend.fetch("SELECT kind, id, owner FROM leases")
         )
-        assert len(owners) == 4 + 12 + 2 + 1 and "dead" not in owners.values()
+        assert len(owners) == 4 + 12 + 4 + 2 + 1 and "dead" not in owners.values()
         for pool, jobs in groups.items():
             assert {owners[("managed_job", j)] for j in jobs} == {owners[("job_pool", pool)]}
+        replicas = {o for (kind, _), o in owners.items() if kind == "replica"}
+        assert replicas == {owners[("service", "web")]}
         assert owners[("job_pool", "p1")] == "a"
         for name, leases in held.items():
             assert set(leases.held) == {k for k, o in owners.items() if o == name}

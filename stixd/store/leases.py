@@ -9,10 +9,12 @@ the epoch it took (`check`, under a share lock the claim of another replica wait
 replica that was paused, or cut off, past its lease finds its write refused (`LostLease`) and
 stands its actor down, on top of the row's version check.
 
-A managed job of a live pool runs where its pool does: the pool and its jobs talk through
-in-process messages (a job asks for a worker, the pool tells it which). So its lease is claimed
-only by the replica that holds its pool's, after the pool's (`claim_free` takes the pools first,
-then their jobs): survivors that split a dead replica's leases never split a pool from its jobs.
+A managed job of a live pool runs where its pool does, and a service's replica where its
+service does: they talk through in-process messages (a job asks its pool for a worker, the pool
+tells it which; a replica tells its service it changed). So the lease of such a follower is
+claimed only by the replica that holds its leader's, after the leader's (`claim_free` takes the
+others first, then the followers of what it holds): survivors that split a dead replica's
+leases never split a pool from its jobs nor a service from its replicas.
 
 On SQLite (one daemon) none of this exists: the store has no `Leases` and pays nothing.
 """
@@ -35,12 +37,13 @@ class LostLease(Exception):
 
 Key = tuple[str, str]
 
-POOL_KIND = "job_pool"
-_IS_POOL_OF_A = (
-    f"p.kind = '{POOL_KIND}' AND p.terminal = 0 AND a.kind = 'managed_job' "
-    "AND p.id = json_extract(a.spec, '$.pool')"
+_LEADER_OF_A = (
+    "p.terminal = 0 AND ("
+    "(a.kind = 'managed_job' AND p.kind = 'job_pool' AND p.id = json_extract(a.spec, '$.pool'))"
+    " OR (a.kind = 'replica' AND p.kind = 'service' AND p.id = a.parent))"
 )
-_POOL_OF = f"JOIN actors p ON {_IS_POOL_OF_A}"
+"""`p` is the live actor `a` follows: a pool job's pool, a service replica's service."""
+_LEADER = f"JOIN actors p ON {_LEADER_OF_A}"
 
 
 class Leases:
@@ -91,15 +94,16 @@ class Leases:
 
     async def claim(self, kind: str, id_: str) -> bool:
         """Take the lease of an existing row if it has none, it expired, or it is this
-        replica's from before a restart; True if taken (the epoch bumped). A job of a live pool
-        is taken only by the replica that holds its pool's lease (see the module)."""
+        replica's from before a restart; True if taken (the epoch bumped). A follower (a job of a
+        live pool, a replica of a live service) is taken only by the replica that holds its
+        leader's lease (see the module)."""
 
         if (kind, id_) in self.held:
             return True
         found = await self.backend.fetch(
             "INSERT INTO leases (kind, id, owner, epoch, expires_at) "
             f"SELECT ?, ?, ?, 1, {NOW} + ? WHERE NOT EXISTS ("
-            f"SELECT 1 FROM actors a {_POOL_OF} LEFT JOIN leases lp ON lp.kind = p.kind "
+            f"SELECT 1 FROM actors a {_LEADER} LEFT JOIN leases lp ON lp.kind = p.kind "
             "AND lp.id = p.id WHERE a.kind = ? AND a.id = ? "
             "AND (lp.owner IS NULL OR lp.owner <> ?)) "
             "ON CONFLICT (kind, id) DO UPDATE SET "
@@ -116,8 +120,8 @@ class Leases:
     async def claim_free(self, *, own_too: bool) -> list[Key]:
         """Claim every live row's lease that is missing or expired (and, with `own_too`, at a
         replica's start, those this replica held before): the keys newly taken, whose actors
-        this replica is now to run. Two statements: every row but the jobs of live pools, then
-        the jobs of the pools this replica holds now (see the module)."""
+        this replica is now to run. Two statements: every row but the followers of live leaders,
+        then the followers of the leaders this replica holds now (see the module)."""
         ours = " OR l.owner = ?" if own_too else ""
         free = f"(l.kind IS NULL OR l.expires_at < {NOW}{ours})"
         args: list[Any] = [self.owner, self.seconds]
@@ -129,10 +133,10 @@ class Leases:
         )
         alone = (
             f"{rows}WHERE a.terminal = 0 AND {free} AND NOT EXISTS "
-            f"(SELECT 1 FROM actors p WHERE {_IS_POOL_OF_A})"
+            f"(SELECT 1 FROM actors p WHERE {_LEADER_OF_A})"
         )
         followers = (
-            f"{rows}{_POOL_OF} JOIN leases lp ON lp.kind = p.kind AND lp.id = p.id "
+            f"{rows}{_LEADER} JOIN leases lp ON lp.kind = p.kind AND lp.id = p.id "
             f"AND lp.owner = ? WHERE a.terminal = 0 AND {free}"
         )
         taken: list[Key] = []
@@ -144,7 +148,7 @@ class Leases:
                 f"WHERE leases.expires_at < {NOW} OR leases.owner = EXCLUDED.owner "
                 "RETURNING kind, id, epoch"
             )
-            # the pool's owner comes before the rows' own: the JOIN precedes the WHERE
+            # the leader's owner comes before the rows' own: the JOIN precedes the WHERE
             values = args[:2] + more + args[2:]
             for r in await self.backend.fetch(sql, values):
                 self.held[(str(r[0]), str(r[1]))] = int(r[2])
