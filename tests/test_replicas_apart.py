@@ -6,7 +6,8 @@ over A's socket once it does not. A forward over the socket carries the user it 
 trusted only behind the deployment's secret, and A checks it again: a user's request for
 another user's cluster, and a path that is not that user's upload on A, are refused by A.
 
-One pair of daemons for the module; the tests run in order (A's API is stopped by the last).
+One pair of daemons for the module, and alice's cluster w1 on A; A's API is stopped by the last
+test.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def apart(postgres: PgServer) -> Iterator[Apart]:
             s.run("daemon", "start", check=True)
             s.run("api", "start", "--port", "0", check=True)
         pair = Pair(a, b, url.rsplit("/", 1)[1], postgres)
-        yield Apart(pair, (_url(a), _url(b)), make_token(a, "alice", "user"))
+        apart = Apart(pair, (_url(a), _url(b)), make_token(a, "alice", "user"))
+        apart.alice_a.run("launch", "-c", "w1", "-y", "true", check=True)  # A runs w1
+        yield apart
     finally:
         for s in (b, a):
             _stop(s)
@@ -76,9 +79,10 @@ def _tree(s: Stix) -> Path:
     return tree
 
 
-def _launch_through_b(apart: Apart, code: Path, job: int) -> str:
-    """alice's launch of `cat data.txt` in `code` on w1 (A's), sent to B; job `job`'s log,
-    read on A (whose nodes B does not reach) by its admin."""
+def _launch_through_b(apart: Apart, code: Path) -> str:
+    """alice's launch of `cat data.txt` in `code` on w1 (A's), sent to B; its job's log, read
+    on A (whose nodes B does not reach) by its admin."""
+    job = max(apart.a.jobs("w1")) + 1
     apart.alice_b.run(
         "launch", "-c", "w1", "-d", "-y", "--workdir", str(code), "cat data.txt", check=True
     )
@@ -89,19 +93,18 @@ def _launch_through_b(apart: Apart, code: Path, job: int) -> str:
 def test_a_workdir_sent_to_b_for_a_cluster_a_runs_is_handed_to_a_and_runs_there(
     apart: Apart, tmp_path: Path
 ) -> None:
-    apart.alice_a.run("launch", "-c", "w1", "-y", "true", check=True)
     assert apart.owner("cluster", "w1") == apart.owner_name(apart.a)
     code = tmp_path / "code"
     code.mkdir()
     (code / "data.txt").write_text("version one\n")
     (code / "same.txt").write_text("never changes\n")
-    assert "version one" in _launch_through_b(apart, code, 2)
+    assert "version one" in _launch_through_b(apart, code)
     assert apart.hops("cluster", "w1") == [_url(apart.a)]  # over HTTP
     on_a, on_b = _tree(apart.a), _tree(apart.b)  # each replica's own copy
     assert sorted(p.name for p in on_a.iterdir()) == ["data.txt", "same.txt"]
     kept = (on_a / "same.txt").stat().st_ino
     (code / "data.txt").write_text("version two\n")
-    assert "version two" in _launch_through_b(apart, code, 3)
+    assert "version two" in _launch_through_b(apart, code)
     assert (on_a / "same.txt").stat().st_ino == kept  # not handed over again
     assert (on_b / "data.txt").read_text() == (on_a / "data.txt").read_text() == "version two\n"
 
@@ -130,11 +133,12 @@ def test_a_forward_over_the_socket_carries_the_user_and_the_owner_checks_it(
     code = tmp_path / "code"
     code.mkdir()
     (code / "data.txt").write_text("version three\n")
-    assert "version three" in _launch_through_b(apart, code, 4)
+    assert "version three" in _launch_through_b(apart, code)
     assert apart.hops("cluster", "w1")[-1] == str(socket_path(apart.a.home))
     alice, bob = Principal("alice", Role.USER), Principal("bob", Role.USER)
+    before = sorted(apart.a.jobs("w1"))
     ran = _as(apart, alice, m.Exec(cluster="w1", task=Task(run="true"), detach=True))
-    assert ran.job_id == 5  # alice's own cluster: run, as alice
+    assert ran.job_id == before[-1] + 1  # alice's own cluster: run, as alice
     with pytest.raises(PermissionDenied, match="alice"):
         _as(apart, bob, m.Exec(cluster="w1", task=Task(run="true"), detach=True))
     with pytest.raises(Unauthenticated, match="replica secret"):  # a plain client's claim
@@ -142,4 +146,4 @@ def test_a_forward_over_the_socket_carries_the_user_and_the_owner_checks_it(
     elsewhere = m.Exec(cluster="w1", task=Task(run="true", workdir=str(code)), detach=True)
     with pytest.raises(InvalidRequest, match="a path on the server"):  # not alice's upload on A
         _as(apart, alice, elsewhere)
-    assert sorted(apart.a.jobs("w1")) == [1, 2, 3, 4, 5]
+    assert sorted(apart.a.jobs("w1")) == [*before, ran.job_id]  # nothing more ran

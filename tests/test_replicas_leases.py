@@ -7,6 +7,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from stixd.store.backend import Tx
 from stixd.store.chosen import open_postgres
 from stixd.store.db import Row
 from stixd.store.leases import Leases, LostLease
@@ -57,10 +58,34 @@ async def test_a_paused_replica_learns_at_its_renewal_which_leases_it_lost(
         b.leases = Leases(b.backend, "b", SECONDS)
         for n in ("1", "2"):
             await a.insert(Row(kind="cluster", id=n, state="INIT", version=0), "created")
+        assert await a.leases.renew() == []  # (a lease just taken is judged from the next)
         await _expire()
         assert await b.leases.claim("cluster", "1")
         assert await a.leases.renew() == [("cluster", "1")]  # "2" is a's still: renewed
         assert not await b.leases.claim("cluster", "2")
+
+
+async def test_a_lease_taken_while_a_renewal_runs_is_not_counted_lost(
+    postgres: PgServer,
+) -> None:
+    async with open_postgres(postgres.fresh()) as a:
+        leases = a.leases = Leases(a.backend, "a", 60)
+        inside, commit = anyio.Event(), anyio.Event()
+
+        async def work(tx: Tx) -> None:  # an insert's transaction, its lease taken, still open
+            await leases.take(tx, "cluster", "c1")
+            inside.set()
+            await commit.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.backend.write, work)
+            await inside.wait()
+            try:
+                lost = await leases.renew()  # its UPDATE cannot see the lease yet
+            finally:
+                commit.set()
+        assert lost == []
+        assert await leases.renew() == [] and leases.holds("cluster", "c1")
 
 
 async def test_a_restarted_replica_takes_its_own_leases_back_at_once_and_fences_its_past(

@@ -48,6 +48,7 @@ async def hand_over(request: Any, send: Send) -> Any:
 
 async def push(source: str, send: Send) -> str:
     """Push the file or directory `source` of this replica to the owner; its path there."""
+    source = os.path.expanduser(source)  # (a client of this replica's socket is its user)
     if not os.path.isabs(source):
         raise InvalidRequest(f"the task names {source[:200]!r}: give an absolute path")
     plan = await anyio.to_thread.run_sync(_plan, source)

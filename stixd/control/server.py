@@ -4,6 +4,10 @@ Nothing a client sends can take the daemon down: a bad frame gets one `ErrorRepl
 problem and the connection is closed; every other connection carries on. Whatever goes wrong in
 one connection (silence, a bomb, a vanished or stalled client, a bug of ours) ends that
 connection only; lines a client can cause are logged within a budget.
+
+Whoever reaches the socket is the daemon's own user, an admin; but a hello carrying the
+deployment's replica secret is another replica's forward, and its request runs as the user
+that replica asked for (stixd/control/replica_auth.py), checked again here.
 """
 
 from __future__ import annotations

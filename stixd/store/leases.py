@@ -54,6 +54,12 @@ class Leases:
         self.owner = owner
         self.seconds = seconds
         self.held: dict[Key, int] = {}
+        self.fresh: set[Key] = set()
+        """Taken since the last renewal began: maybe not committed when its UPDATE looked."""
+
+    def _hold(self, key: Key, epoch: int) -> None:
+        self.held[key] = epoch
+        self.fresh.add(key)
 
     def holds(self, kind: str, id_: str) -> bool:
         return (kind, id_) in self.held
@@ -71,7 +77,7 @@ class Leases:
             (kind, id_, self.owner, self.seconds),
         )
         assert found is not None
-        self.held[(kind, id_)] = int(found[0])
+        self._hold((kind, id_), int(found[0]))
 
     async def check(self, tx: Tx, kind: str, id_: str) -> None:
         """Refuse the write (`LostLease`) unless this replica still holds the lease at the
@@ -114,7 +120,7 @@ class Leases:
         )
         if not found:
             return False
-        self.held[(kind, id_)] = int(found[0][0])
+        self._hold((kind, id_), int(found[0][0]))
         return True
 
     async def claim_free(self, *, own_too: bool) -> list[Key]:
@@ -151,19 +157,26 @@ class Leases:
             # the leader's owner comes before the rows' own: the JOIN precedes the WHERE
             values = args[:2] + more + args[2:]
             for r in await self.backend.fetch(sql, values):
-                self.held[(str(r[0]), str(r[1]))] = int(r[2])
+                self._hold((str(r[0]), str(r[1])), int(r[2]))
                 taken.append((str(r[0]), str(r[1])))
         return taken
 
     async def renew(self) -> list[Key]:
         """Push back the expiry of every lease this replica holds, in one UPDATE; the keys it
         held and holds no more (taken over while this replica was paused or cut off)."""
+        fresh, self.fresh = self.fresh, set()
         found = await self.backend.fetch(
             f"UPDATE leases SET expires_at = {NOW} + ? WHERE owner = ? RETURNING kind, id, epoch",
             (self.seconds, self.owner),
         )
         still = {(str(r[0]), str(r[1])): int(r[2]) for r in found}
-        lost = [key for key, epoch in self.held.items() if still.get(key) != epoch]
+        # a lease taken since the last renewal is judged at the next: its transaction (an
+        # insert's) may not have committed when this UPDATE looked, and it runs a full term
+        lost = [
+            key
+            for key, epoch in self.held.items()
+            if still.get(key) != epoch and key not in fresh and key not in self.fresh
+        ]
         for key in lost:
             del self.held[key]
         return lost
