@@ -12,7 +12,8 @@ them, measures, and starts it again (it then stands by): the roles swap every ro
 Before the rounds, the cost of a forward: whole-process `exec -d` on a cluster the first
 replica runs, sent to it directly, through the second over the socket (no HTTP API served),
 and through the second over HTTP (both serving the API), as medians and ratios to the direct
-one and to `python -c pass`.
+one and to `python -c pass`; and an `exec -d` with a workdir through the second, whose files
+are handed to the first: the first time (all of them) and after (none changed).
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def _forward_costs(
     floor = statistics.median(_timed([sys.executable, "-c", "pass"]) for _ in range(n))
     exec_ = ["exec", name, "-d", "true"]
     direct_s, over_socket = _interleaved(pair, exec_, n)
+    workdir = Path(tempfile.mkdtemp(prefix="stxw", dir="/tmp"))
+    for i in range(200):  # 200 files of 20 KiB: a small project
+        (workdir / f"f{i}.py").write_bytes(os.urandom(20 * 1024))
+    with_workdir = ["exec", name, "-d", "--workdir", str(workdir), "true"]
+    t0 = time.perf_counter()
+    pair[1].run(*with_workdir, check=True)  # the first: every file handed to the owner
+    first = time.perf_counter() - t0
+    direct_w, over_w = _interleaved(pair, with_workdir, n)  # then only what changed: nothing
+    shutil.rmtree(workdir)
     for s in pair:
         s.run("api", "start", "--port", "0", check=True)
     served = "SELECT count(*) FROM replicas WHERE api IS NOT NULL"
@@ -74,6 +84,9 @@ def _forward_costs(
             f"  through the second over {label:<6}: {t:.3f}s, x{t / direct:.2f} of direct "
             f"({direct:.3f}s), x{t / floor:.2f} of the floor"
         )
+    print(f"exec -d --workdir (200 files, 4 MiB) through the second over the socket, its files "
+          f"handed to the first: the first time x{first / direct_w:.2f} of direct "
+          f"({direct_w:.3f}s), unchanged after x{over_w / direct_w:.2f}")  # fmt: skip
 
 
 def _timed(command: list[str]) -> float:

@@ -35,6 +35,11 @@ class Hello(Msg, tag="hello", frozen=True):
     catalog_dir: b.LocalPath | None = None
     """The client's ``STIX_CATALOG_DIR`` made absolute (`stixproto.paths.client_catalog_dir`);
     a request answered from the catalog is refused when it names another than the daemon's."""
+    replica: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    """Another stixd replica forwarding a request (stixd/control/forward.py): the deployment's
+    replica secret, which the daemon checks; a client sends none."""
+    on_behalf: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    """With `replica`: ``NAME ROLE`` of whom that replica took the request from."""
 
 
 class HelloOk(Msg, tag="hello_ok", frozen=True):

@@ -9,12 +9,14 @@ submitted, and the asking replica follows its logs as for its own clusters (the 
 reachable from every replica). Reads never come here: every replica answers them from the
 shared database.
 
-Over HTTP (whenever the owner serves its API: the one path that works between hosts) the
-request carries the deployment's replica secret (made once in the shared database) and the
-principal it is asked for (stixd/control/replica_auth.py): the owner trusts that principal
-only behind the secret, so a client's token can never pose as a replica. A replica that
-serves no HTTP API is reached on its Unix socket, which only a replica of the same host can
-open (as before HTTP forwarding existed).
+Over HTTP (whenever the owner serves its API: the one path that works between hosts) or over
+the owner's Unix socket (a replica that serves no HTTP API, reached from its own host only),
+the request carries the deployment's replica secret (made once in the shared database) and the
+principal it is asked for (stixd/control/replica_auth.py): in two headers, or in the socket's
+hello. The owner trusts that principal only behind the secret, so neither a client's token nor
+a plain client of the socket can pose as a replica, and checks the request again as that
+principal's. The files a request names (a workdir, local mounts) are handed to the owner first
+(stixd/control/handoff.py).
 """
 
 from __future__ import annotations
@@ -80,18 +82,30 @@ async def call(address: str, request: Any, emit: Emit, hop: Hop | None = None) -
         if hop is None:
             raise DaemonUnavailable(f"the replica at {address} is reached over HTTP only")
         return await _over_http(address, request, emit, hop)
-    return await _over_socket(address, request, emit)
+    return await _over_socket(address, request, emit, hop)
 
 
-async def _over_socket(address: str, request: Any, emit: Emit) -> Any:
+def _on_behalf(principal: Principal) -> str:
+    return f"{principal.name} {principal.role.value}"
+
+
+async def _over_socket(address: str, request: Any, emit: Emit, hop: Hop | None) -> Any:
     body = request_body(request, tasks_checked=True)
+    hello = m.Hello(protocol=PROTOCOL_VERSION, client="stixd")
+    if hop is not None:  # as the user who asked, not as the owner's own admin
+        hello = m.Hello(
+            protocol=PROTOCOL_VERSION,
+            client="stixd",
+            replica=hop.secret,
+            on_behalf=_on_behalf(hop.principal),
+        )
     try:
         with anyio.fail_after(CONNECT_SECONDS):
             stream = await anyio.connect_unix(address)
     except (OSError, TimeoutError) as exc:
         raise _unreachable(address, exc) from None
     async with stream:
-        await stream.send(encode(m.Hello(protocol=PROTOCOL_VERSION, client="stixd")))
+        await stream.send(encode(hello))
         await stream.send(HEADER.pack(len(body)) + body)
         reader = BufferedByteReceiveStream(stream)
 
@@ -109,7 +123,7 @@ async def _over_http(url: str, request: Any, emit: Emit, hop: Hop) -> Any:
     headers = {
         PROTOCOL_HEADER: str(PROTOCOL_VERSION),
         REPLICA_HEADER: hop.secret,
-        ON_BEHALF_HEADER: f"{hop.principal.name} {hop.principal.role.value}",
+        ON_BEHALF_HEADER: _on_behalf(hop.principal),
         "Content-Type": FRAMES,
     }
     tls: ssl.SSLContext | bool = True

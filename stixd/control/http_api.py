@@ -31,7 +31,12 @@ from stixd.control.loglimit import LogBudget
 from stixd.control.metrics_http import METRICS_PATH, serve_metrics
 from stixd.control.reached import REACHED
 from stixd.control.remote_paths import refuse_local_paths
-from stixd.control.replica_auth import ON_BEHALF_HEADER, REPLICA_HEADER, forwarded_principal
+from stixd.control.replica_auth import (
+    ON_BEHALF_HEADER,
+    REPLICA_HEADER,
+    check_forwarded,
+    forwarded_principal,
+)
 from stixd.control.server import ClientGone, _cause
 from stixd.control.uploads import user_root
 from stixd.dashboard import Dashboard, Gate
@@ -194,7 +199,7 @@ class HttpApi:
             on_behalf = request.headers.get(ON_BEHALF_HEADER, "")
             principal = forwarded_principal(self.app.replica_secret, replica, on_behalf)
             req = decode_request(await self._body(request))
-            authorize(principal, req)  # (its paths are the forwarding replica's: checked there)
+            check_forwarded(self.app, principal, req)
             return principal, req
         bearer = _bearer(request.headers.get("Authorization"))
         if bearer is None:

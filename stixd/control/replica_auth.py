@@ -1,12 +1,20 @@
 """How a replica proves a request it forwards is its own (stixd/control/forward.py): the
-deployment's replica secret in one header, the principal it took the request from in another.
-The HTTP API trusts that principal only behind the secret, so no client token poses as one."""
+deployment's replica secret, and the principal it took the request from; over HTTP in two
+headers, over the Unix socket in the connection's hello (`Hello.replica`, `Hello.on_behalf`).
+The owner trusts that principal only behind the secret, so no client token (nor a plain client
+of the socket) poses as one, and checks the request again as that principal's: its role, and
+the local paths it names (the forwarding replica handed the owner those files first: they are
+the principal's uploads there, stixd/control/handoff.py)."""
 
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
-from stixd.control.identity import Principal, Role
+from stixd.app import App
+from stixd.control.identity import Principal, Role, authorize
+from stixd.control.remote_paths import refuse_local_paths
+from stixd.control.uploads import user_root
 from stixproto.errors import Unauthenticated
 
 REPLICA_HEADER = "Stix-Replica"
@@ -34,3 +42,10 @@ def forwarded_principal(secret: str | None, given: str, on_behalf: str) -> Princ
     if not name or len(name) > MAX_NAME or chosen is None:
         raise Unauthenticated(f"a forwarded request needs {ON_BEHALF_HEADER}: NAME ROLE")
     return Principal(name=name, role=chosen)
+
+
+def check_forwarded(app: App, principal: Principal, req: Any) -> None:
+    """The owner's own checks of a forwarded request: the principal's role may send it, and
+    it names no local path but that principal's uploads on this replica."""
+    authorize(principal, req)
+    refuse_local_paths(req, user_root(app, principal.name))

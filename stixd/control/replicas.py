@@ -19,7 +19,7 @@ import anyio
 
 from stixd.app import App
 from stixd.config import Config
-from stixd.control import forward
+from stixd.control import forward, handoff
 from stixd.control.identity import PRINCIPAL
 from stixd.store.backend import Backend
 from stixd.store.leases import NOW, Leases
@@ -118,6 +118,10 @@ ADDRESS = f"SELECT address, api FROM replicas WHERE name = ? AND seen_at >= {NOW
 Emit = Callable[[Any], Awaitable[None]]
 
 
+async def _quiet(item: Any) -> None:
+    """An upload's answer is its final reply alone."""
+
+
 def elsewhere(
     app: App, leases: Leases
 ) -> Callable[[str, str, Any, Emit], Awaitable[tuple[bool, Any]]]:
@@ -142,10 +146,15 @@ def elsewhere(
                 f"{leases.seconds:g}s: try again once another replica took it over"
             )
         socket_path, api = found[0]
-        hop = None
-        if api and app.replica_secret is not None:  # HTTP: the path that works between hosts
-            hop = forward.Hop(app.replica_secret, PRINCIPAL.get(), app.config.api.certfile)
-        address = str(api) if hop is not None else str(socket_path)
+        if app.replica_secret is None:  # (read at the start of every replica with leases)
+            raise DaemonUnavailable("this replica has not read the deployment's secret yet")
+        hop = forward.Hop(app.replica_secret, PRINCIPAL.get(), app.config.api.certfile)
+        address = str(api or socket_path)  # HTTP when served: the path between hosts
+
+        async def send(asked: Any) -> Any:
+            return await forward.call(address, asked, _quiet, hop)
+
+        request = await handoff.hand_over(request, send)
         app.log.info("forwarded", kind=kind, id=id_, to=owner, via=address)
         return True, await forward.call(address, request, emit, hop)
 

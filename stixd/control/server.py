@@ -4,6 +4,10 @@ Nothing a client sends can take the daemon down: a bad frame gets one `ErrorRepl
 problem and the connection is closed; every other connection carries on. Whatever goes wrong in
 one connection (silence, a bomb, a vanished or stalled client, a bug of ours) ends that
 connection only; lines a client can cause are logged within a budget.
+
+Whoever reaches the socket is the daemon's own user, an admin; but a hello carrying the
+deployment's replica secret is another replica's forward, and its request runs as the user
+that replica asked for (stixd/control/replica_auth.py), checked again here.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from stixd.app import VERSION, App
 from stixd.control.catalog_cmds import CATALOG_REQUESTS, check_client_catalog
+from stixd.control.identity import PRINCIPAL, Principal
 from stixd.control.loglimit import LogBudget
+from stixd.control.replica_auth import check_forwarded, forwarded_principal
 from stixd.runtime.actor import error_reply
 from stixproto import PROTOCOL_VERSION
 from stixproto import messages as m
@@ -239,12 +245,24 @@ class ControlServer:
                 "and run the command again, or use the stixctl that came with it"
             )
         hello = decode(body, _HELLO)
+        forwarder: Principal | None = None
+        if hello.replica is not None or hello.on_behalf is not None:  # another replica's
+            forwarder = forwarded_principal(
+                self.app.replica_secret, hello.replica or "", hello.on_behalf or ""
+            )
         await self._send(stream, self.hello_ok)
         body = await read_frame(reader, idle=self.idle)
         if body is None:
             return
         request = decode_request(body)
-        await self._serve_request(stream, reader, request, hello)
+        if forwarder is not None:
+            check_forwarded(self.app, forwarder, request)
+        token = PRINCIPAL.set(forwarder) if forwarder is not None else None
+        try:
+            await self._serve_request(stream, reader, request, hello)
+        finally:
+            if token is not None:
+                PRINCIPAL.reset(token)
 
     async def _serve_request(
         self,

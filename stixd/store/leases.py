@@ -9,6 +9,13 @@ the epoch it took (`check`, under a share lock the claim of another replica wait
 replica that was paused, or cut off, past its lease finds its write refused (`LostLease`) and
 stands its actor down, on top of the row's version check.
 
+A managed job of a live pool runs where its pool does, and a service's replica where its
+service does: they talk through in-process messages (a job asks its pool for a worker, the pool
+tells it which; a replica tells its service it changed). So the lease of such a follower is
+claimed only by the replica that holds its leader's, after the leader's (`claim_free` takes the
+others first, then the followers of what it holds): survivors that split a dead replica's
+leases never split a pool from its jobs nor a service from its replicas.
+
 On SQLite (one daemon) none of this exists: the store has no `Leases` and pays nothing.
 """
 
@@ -30,6 +37,14 @@ class LostLease(Exception):
 
 Key = tuple[str, str]
 
+_LEADER_OF_A = (
+    "p.terminal = 0 AND ("
+    "(a.kind = 'managed_job' AND p.kind = 'job_pool' AND p.id = json_extract(a.spec, '$.pool'))"
+    " OR (a.kind = 'replica' AND p.kind = 'service' AND p.id = a.parent))"
+)
+"""`p` is the live actor `a` follows: a pool job's pool, a service replica's service."""
+_LEADER = f"JOIN actors p ON {_LEADER_OF_A}"
+
 
 class Leases:
     """The leases this replica (`owner`) holds, by (kind, id), with the epoch it took each at."""
@@ -39,6 +54,12 @@ class Leases:
         self.owner = owner
         self.seconds = seconds
         self.held: dict[Key, int] = {}
+        self.fresh: set[Key] = set()
+        """Taken since the last renewal began: maybe not committed when its UPDATE looked."""
+
+    def _hold(self, key: Key, epoch: int) -> None:
+        self.held[key] = epoch
+        self.fresh.add(key)
 
     def holds(self, kind: str, id_: str) -> bool:
         return (kind, id_) in self.held
@@ -56,7 +77,7 @@ class Leases:
             (kind, id_, self.owner, self.seconds),
         )
         assert found is not None
-        self.held[(kind, id_)] = int(found[0])
+        self._hold((kind, id_), int(found[0]))
 
     async def check(self, tx: Tx, kind: str, id_: str) -> None:
         """Refuse the write (`LostLease`) unless this replica still holds the lease at the
@@ -79,56 +100,83 @@ class Leases:
 
     async def claim(self, kind: str, id_: str) -> bool:
         """Take the lease of an existing row if it has none, it expired, or it is this
-        replica's from before a restart; True if taken (the epoch bumped)."""
+        replica's from before a restart; True if taken (the epoch bumped). A follower (a job of a
+        live pool, a replica of a live service) is taken only by the replica that holds its
+        leader's lease (see the module)."""
 
         if (kind, id_) in self.held:
             return True
         found = await self.backend.fetch(
             "INSERT INTO leases (kind, id, owner, epoch, expires_at) "
-            f"VALUES (?, ?, ?, 1, {NOW} + ?) ON CONFLICT (kind, id) DO UPDATE SET "
+            f"SELECT ?, ?, ?, 1, {NOW} + ? WHERE NOT EXISTS ("
+            f"SELECT 1 FROM actors a {_LEADER} LEFT JOIN leases lp ON lp.kind = p.kind "
+            "AND lp.id = p.id WHERE a.kind = ? AND a.id = ? "
+            "AND (lp.owner IS NULL OR lp.owner <> ?)) "
+            "ON CONFLICT (kind, id) DO UPDATE SET "
             "owner = EXCLUDED.owner, epoch = leases.epoch + 1, expires_at = EXCLUDED.expires_at "
             f"WHERE leases.expires_at < {NOW} OR leases.owner = EXCLUDED.owner "
             "RETURNING epoch",
-            (kind, id_, self.owner, self.seconds),
+            (kind, id_, self.owner, self.seconds, kind, id_, self.owner),
         )
         if not found:
             return False
-        self.held[(kind, id_)] = int(found[0][0])
+        self._hold((kind, id_), int(found[0][0]))
         return True
 
     async def claim_free(self, *, own_too: bool) -> list[Key]:
-        """Claim, in one statement, every live row's lease that is missing or expired (and,
-        with `own_too`, at a replica's start, those this replica held before): the keys newly
-        taken, whose actors this replica is now to run."""
+        """Claim every live row's lease that is missing or expired (and, with `own_too`, at a
+        replica's start, those this replica held before): the keys newly taken, whose actors
+        this replica is now to run. Two statements: every row but the followers of live leaders,
+        then the followers of the leaders this replica holds now (see the module)."""
         ours = " OR l.owner = ?" if own_too else ""
+        free = f"(l.kind IS NULL OR l.expires_at < {NOW}{ours})"
         args: list[Any] = [self.owner, self.seconds]
         if own_too:
             args.append(self.owner)
-        sql = (
-            "INSERT INTO leases (kind, id, owner, epoch, expires_at) "
+        rows = (
             f"SELECT a.kind, a.id, ?, 1, {NOW} + ? FROM actors a "
             "LEFT JOIN leases l ON l.kind = a.kind AND l.id = a.id "
-            f"WHERE a.terminal = 0 AND (l.kind IS NULL OR l.expires_at < {NOW}{ours}) "
-            "ON CONFLICT (kind, id) DO UPDATE SET owner = EXCLUDED.owner, "
-            "epoch = leases.epoch + 1, expires_at = EXCLUDED.expires_at "
-            f"WHERE leases.expires_at < {NOW} OR leases.owner = EXCLUDED.owner "
-            "RETURNING kind, id, epoch"
         )
-
-        taken = [(str(r[0]), str(r[1]), int(r[2])) for r in await self.backend.fetch(sql, args)]
-        for kind, id_, epoch in taken:
-            self.held[(kind, id_)] = epoch
-        return [(kind, id_) for kind, id_, _ in taken]
+        alone = (
+            f"{rows}WHERE a.terminal = 0 AND {free} AND NOT EXISTS "
+            f"(SELECT 1 FROM actors p WHERE {_LEADER_OF_A})"
+        )
+        followers = (
+            f"{rows}{_LEADER} JOIN leases lp ON lp.kind = p.kind AND lp.id = p.id "
+            f"AND lp.owner = ? WHERE a.terminal = 0 AND {free}"
+        )
+        taken: list[Key] = []
+        for select, more in ((alone, []), (followers, [self.owner])):
+            sql = (
+                f"INSERT INTO leases (kind, id, owner, epoch, expires_at) {select} "
+                "ON CONFLICT (kind, id) DO UPDATE SET owner = EXCLUDED.owner, "
+                "epoch = leases.epoch + 1, expires_at = EXCLUDED.expires_at "
+                f"WHERE leases.expires_at < {NOW} OR leases.owner = EXCLUDED.owner "
+                "RETURNING kind, id, epoch"
+            )
+            # the leader's owner comes before the rows' own: the JOIN precedes the WHERE
+            values = args[:2] + more + args[2:]
+            for r in await self.backend.fetch(sql, values):
+                self._hold((str(r[0]), str(r[1])), int(r[2]))
+                taken.append((str(r[0]), str(r[1])))
+        return taken
 
     async def renew(self) -> list[Key]:
         """Push back the expiry of every lease this replica holds, in one UPDATE; the keys it
         held and holds no more (taken over while this replica was paused or cut off)."""
+        fresh, self.fresh = self.fresh, set()
         found = await self.backend.fetch(
             f"UPDATE leases SET expires_at = {NOW} + ? WHERE owner = ? RETURNING kind, id, epoch",
             (self.seconds, self.owner),
         )
         still = {(str(r[0]), str(r[1])): int(r[2]) for r in found}
-        lost = [key for key, epoch in self.held.items() if still.get(key) != epoch]
+        # a lease taken since the last renewal is judged at the next: its transaction (an
+        # insert's) may not have committed when this UPDATE looked, and it runs a full term
+        lost = [
+            key
+            for key, epoch in self.held.items()
+            if still.get(key) != epoch and key not in fresh and key not in self.fresh
+        ]
         for key in lost:
             del self.held[key]
         return lost
