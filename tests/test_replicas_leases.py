@@ -150,6 +150,14 @@ async def test_a_dead_replicas_pools_and_services_land_with_their_jobs_and_repli
             await dead.insert(replica, "made")
         for alone in ("c1", "c2"):
             await dead.insert(Row(kind="cluster", id=alone, state="UP", version=0), "made")
+            for n in ("1", "2"):
+                job = Row(kind="job", id=f"{alone}/u{alone}/{n}", state="RUNNING", version=0)
+                job.parent = f"u{alone}"
+                await dead.insert(job, "made")
+        await dead.insert(Row(kind="cluster", id="c3", state="UP", version=0), "made")
+        await dead.insert(Row(kind="cluster", id="c3x", state="UP", version=0), "made")
+        job = Row(kind="job", id="c3x/u/1", state="RUNNING", version=0, parent="u")
+        await dead.insert(job, "made")  # of c3x, not of c3 (a prefix of its name)
         orphan = Row(kind="managed_job", id="99", state="PENDING", version=0)
         orphan.spec = {"pool": "gone"}  # its pool is no more: any replica runs it
         await dead.insert(orphan, "made")
@@ -161,6 +169,8 @@ async def test_a_dead_replicas_pools_and_services_land_with_their_jobs_and_repli
 
         assert await held["a"].claim("job_pool", "p1")  # (as a request's spawn does)
         assert await held["a"].claim("service", "web")
+        assert await held["a"].claim("cluster", "c1")
+        assert not await held["b"].claim("job", "c1/uc1/1")  # c1 is a's
         assert not await held["b"].claim("managed_job", groups["p1"][0])  # p1 is a's
         assert not await held["c"].claim("replica", "web/1")  # and so is web
         taken: dict[str, list[tuple[str, str]]] = {}
@@ -173,6 +183,7 @@ async def test_a_dead_replicas_pools_and_services_land_with_their_jobs_and_repli
             tg.start_soon(sweep, "c")
         followers = {("managed_job", j) for j in groups["p1"]}
         followers |= {("replica", f"web/{n}") for n in ("1", "2", "3")}
+        followers |= {("job", f"c1/uc1/{n}") for n in ("1", "2")}
         assert not followers & {*taken["b"], *taken["c"]}
         await sweep("a")
         assert set(taken["a"]) == followers  # a's sweep takes the followers of what it holds
@@ -181,7 +192,14 @@ async def test_a_dead_replicas_pools_and_services_land_with_their_jobs_and_repli
             ((str(k), str(i)), str(o))
             for k, i, o in await a.backend.fetch("SELECT kind, id, owner FROM leases")
         )
-        assert len(owners) == 4 + 12 + 4 + 2 + 1 and "dead" not in owners.values()
+        assert len(owners) == 4 + 12 + 4 + 2 + 4 + 2 + 1 + 1 and "dead" not in owners.values()
+        for cluster in ("c1", "c2", "c3x"):
+            jobs = {
+                o
+                for (kind, i), o in owners.items()
+                if kind == "job" and i.startswith(f"{cluster}/")
+            }
+            assert jobs == {owners[("cluster", cluster)]}
         for pool, jobs in groups.items():
             assert {owners[("managed_job", j)] for j in jobs} == {owners[("job_pool", pool)]}
         replicas = {o for (kind, _), o in owners.items() if kind == "replica"}

@@ -9,12 +9,14 @@ the epoch it took (`check`, under a share lock the claim of another replica wait
 replica that was paused, or cut off, past its lease finds its write refused (`LostLease`) and
 stands its actor down, on top of the row's version check.
 
-A managed job of a live pool runs where its pool does, and a service's replica where its
-service does: they talk through in-process messages (a job asks its pool for a worker, the pool
-tells it which; a replica tells its service it changed). So the lease of such a follower is
+A managed job of a live pool runs where its pool does, a service's replica where its service
+does, and a cluster's job where its cluster does: they talk through in-process messages (a job
+asks its pool for a worker, the pool tells it which; a replica tells its service it changed; a
+cluster's health rounds and launches reach its jobs). So the lease of such a follower is
 claimed only by the replica that holds its leader's, after the leader's (`claim_free` takes the
 others first, then the followers of what it holds): survivors that split a dead replica's
-leases never split a pool from its jobs nor a service from its replicas.
+leases never split a pool from its jobs, a service from its replicas nor a cluster from its
+jobs.
 
 On SQLite (one daemon) none of this exists: the store has no `Leases` and pays nothing.
 """
@@ -40,9 +42,11 @@ Key = tuple[str, str]
 _LEADER_OF_A = (
     "p.terminal = 0 AND ("
     "(a.kind = 'managed_job' AND p.kind = 'job_pool' AND p.id = json_extract(a.spec, '$.pool'))"
-    " OR (a.kind = 'replica' AND p.kind = 'service' AND p.id = a.parent))"
+    " OR (a.kind = 'replica' AND p.kind = 'service' AND p.id = a.parent)"
+    " OR (a.kind = 'job' AND p.kind = 'cluster' AND p.id = split_part(a.id, '/', 1)))"
 )
-"""`p` is the live actor `a` follows: a pool job's pool, a service replica's service."""
+"""`p` is the live actor `a` follows: a pool job's pool, a service replica's service, a
+cluster job's cluster (its id is `cluster/uid/number`; leases exist only on PostgreSQL)."""
 _LEADER = f"JOIN actors p ON {_LEADER_OF_A}"
 
 
