@@ -194,12 +194,12 @@ async def test_a_dead_replicas_pools_and_services_land_with_their_jobs_and_repli
         )
         assert len(owners) == 4 + 12 + 4 + 2 + 4 + 2 + 1 + 1 and "dead" not in owners.values()
         for cluster in ("c1", "c2", "c3x"):
-            jobs = {
+            runners = {
                 o
                 for (kind, i), o in owners.items()
                 if kind == "job" and i.startswith(f"{cluster}/")
             }
-            assert jobs == {owners[("cluster", cluster)]}
+            assert runners == {owners[("cluster", cluster)]}
         for pool, jobs in groups.items():
             assert {owners[("managed_job", j)] for j in jobs} == {owners[("job_pool", pool)]}
         replicas = {o for (kind, _), o in owners.items() if kind == "replica"}
