@@ -3,13 +3,24 @@ storage actor's transition table."""
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from stixd.actors.storage import STORAGE_TRANSITIONS, SV
+from stixd.agent_client import AgentError
+from stixd.providers.base import NodeInfo, NodeStatus, Provider
 from stixd.storage.plan import MountPlan, plan_mounts
-from stixproto.errors import InvalidTask
+from stixd.storage.stores import Bucket
+from stixd.storage.stores.base import ObjectInfo
+from stixproto.errors import InvalidTask, ProvisionError
 from stixproto.states import StorageStatus as S
 from stixproto.task import Task
 
@@ -120,9 +131,6 @@ def test_the_agent_refuses_an_object_key_that_would_leave_the_mount(key: str) ->
 
 @pytest.mark.anyio
 async def test_the_agent_fetches_signed_urls_into_place(tmp_path: Path) -> None:
-    import http.server
-    import threading
-
     from stixd.agent.fetch import fetch
 
     served = tmp_path / "served"
@@ -150,3 +158,194 @@ async def test_the_agent_fetches_signed_urls_into_place(tmp_path: Path) -> None:
     assert got == {"files": 1, "bytes": 3}
     assert (dest / "deep" / "x.txt").read_text() == "one"
     assert [p.name for p in (dest / "deep").iterdir()] == ["x.txt"]  # no partial file left
+
+
+class _Misbehaving(http.server.BaseHTTPRequestHandler):
+    """Serves ``/ok/…`` (200), ``/flaky/…`` (a 500 on the first GET of each path, then 200),
+    ``/cut/…`` (a body cut short, every time) and anything else as 404; counts GETs by path."""
+
+    hits: Counter[str] = Counter()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.hits[self.path] += 1
+        if self.path.startswith("/flaky/") and self.hits[self.path] == 1:
+            self.send_error(500)
+        elif self.path.startswith(("/ok/", "/flaky/")):
+            self._body(b"two", len(b"two"))
+        elif self.path.startswith("/cut/"):
+            self._body(b"short", 100)
+            self.close_connection = True
+        else:
+            self.send_error(404)
+
+    def _body(self, data: bytes, length: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stixd.agent import fetch
+
+    monkeypatch.setattr(fetch, "BACKOFF_S", (0.01, 0.01))
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("quick_retries")
+async def test_the_agent_tries_a_500_again_and_the_object_lands(
+    tmp_path: Path, misbehaving: str
+) -> None:
+    from stixd.agent.fetch import fetch
+
+    url = f"{misbehaving}/flaky/{tmp_path.name}"
+    got = await fetch({"dest": str(tmp_path), "items": [["a/b.txt", url]], "workers": 1})
+    assert got == {"files": 1, "bytes": 3}
+    assert (tmp_path / "a" / "b.txt").read_text() == "two"
+    assert _Misbehaving.hits[url.removeprefix(misbehaving)] == 2
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_download_that_keeps_breaking_leaves_no_partial_and_names_its_key(
+    tmp_path: Path, misbehaving: str
+) -> None:
+    from stixd.agent.fetch import fetch
+    from stixd.agent.protocol import RequestError
+
+    cut = f"/cut/{tmp_path.name}"
+    gone = f"/gone/{tmp_path.name}"
+    items = [["d/cut.bin", misbehaving + cut], ["d/ok.txt", f"{misbehaving}/ok/x"]]
+    with pytest.raises(RequestError) as caught:
+        await fetch({"dest": str(tmp_path), "items": items, "workers": 2})
+    assert caught.value.code == "fetch_failed"
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("1 object(s) not fetched; d/cut.bin: ")
+    assert _Misbehaving.hits[cut] == 3  # tried, then twice again
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["ok.txt"]
+
+    with pytest.raises(RequestError) as caught:  # a refusal is final at once
+        await fetch({"dest": str(tmp_path), "items": [["e/gone", misbehaving + gone]]})
+    assert "e/gone: HTTP Error 404" in str(caught.value)
+    assert _Misbehaving.hits[gone] == 1
+    assert list((tmp_path / "e").iterdir()) == []
+
+
+class _CountingBucket:
+    """A fake bucket (a store here would only add a server): lists the keys it holds and
+    records each signing in ``events``, beside the agents' fetches."""
+
+    kind = "s3"
+    name = "b"
+
+    def __init__(self, sizes: dict[str, int], events: list[tuple[str, ...]]) -> None:
+        self.sizes = sizes
+        self.events = events
+
+    async def objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        for key, size in self.sizes.items():
+            if key.startswith(prefix):
+                yield ObjectInfo(key, size, "")
+
+    async def signed_get(self, key: str, seconds: int) -> str:
+        self.events.append(("sign", key))
+        return f"http://127.0.0.1:1/{key}?expires={seconds}"
+
+
+class _RecordingNodes:
+    """A fake provider whose nodes' agents record each fetch (the real agent is tested above)."""
+
+    name = "fake"
+
+    def __init__(self, events: list[tuple[str, ...]], fail_rank: int | None = None) -> None:
+        self.events = events
+        self.fail_rank = fail_rank
+
+    def resolve_dest(self, node: NodeInfo, dest: str) -> Path:
+        return Path(f"/n{node.rank}{dest}")
+
+    def connector(self, node: NodeInfo) -> _RecordingNodes._Agent:
+        return self._Agent(self, node.rank)
+
+    class _Agent:
+        def __init__(self, nodes: _RecordingNodes, rank: int) -> None:
+            self.nodes, self.rank = nodes, rank
+
+        async def call(self, op: str, *, deadline: float = 10.0, **fields: Any) -> dict[str, Any]:
+            keys = tuple(key for key, _ in fields["items"])
+            self.nodes.events.append((op, str(self.rank), fields["dest"], *keys))
+            await anyio.lowlevel.checkpoint()  # the other node's fetch runs meanwhile
+            if self.rank == self.nodes.fail_rank:
+                raise AgentError("fetch_failed", f"1 object(s) not fetched; {keys[0]}: cut")
+            return {"files": len(keys), "bytes": 0}
+
+
+def _nodes(count: int) -> list[NodeInfo]:
+    return [NodeInfo(r, "127.0.0.1", NodeStatus.RUNNING, "/s", "/w", "/h") for r in range(count)]
+
+
+@pytest.mark.anyio
+async def test_copy_signs_each_batch_just_before_every_node_fetches_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stixd.storage import copy
+
+    monkeypatch.setattr(copy, "BATCH", 3)
+    monkeypatch.setattr(copy, "BATCH_BYTES", 10)
+    sizes = {"p/k0": 4, "p/k1": 4, "p/k2": 4, "p/k3": 1, "p/k4": 1, "p/dir/": 0}
+    sizes |= {"p/k5": 1, "p/big": 20, "p/k7": 1, "other": 1}
+    events: list[tuple[str, ...]] = []
+    bucket = cast(Bucket, _CountingBucket(sizes, events))
+    nodes = cast(Provider, _RecordingNodes(events))
+
+    assert await copy.copy_to_nodes(nodes, _nodes(2), bucket, "p/", "/mnt") == 8
+    batches = [["k0", "k1"], ["k2", "k3", "k4"], ["k5"], ["big"], ["k7"]]  # count, bytes
+    expected: list[tuple[str, ...]] = []
+    for keys in batches:  # signed, then fetched by both nodes, before the next is signed
+        expected += [("sign", f"p/{k}") for k in keys]
+        expected += sorted(("fetch", str(r), f"/n{r}/mnt", *keys) for r in (0, 1))
+    got = events[:]
+    for at in range(len(got) - 1):  # the two nodes' fetches of a batch in either order
+        if got[at][0] == got[at + 1][0] == "fetch":
+            got[at : at + 2] = sorted(got[at : at + 2])
+    assert got == expected
+
+    events.clear()  # a node that fails ends the copy: the next batch is never signed
+    failing = cast(Provider, _RecordingNodes(events, fail_rank=1))
+    with pytest.raises(ProvisionError, match=r"^copying s3://b to /mnt on node 1 failed: .* k0"):
+        await copy.copy_to_nodes(failing, _nodes(2), bucket, "p", "/mnt")
+    assert [e for e in events if e[0] == "sign"] == [("sign", "p/k0"), ("sign", "p/k1")]
+
+
+@pytest.mark.anyio
+async def test_copy_of_one_object_lands_as_the_mount_file_and_of_nothing_as_an_empty_folder() -> (
+    None
+):
+    from stixd.storage.copy import copy_to_nodes
+
+    events: list[tuple[str, ...]] = []
+    bucket = cast(Bucket, _CountingBucket({"data/f.bin": 5}, events))
+    nodes = cast(Provider, _RecordingNodes(events))
+    assert await copy_to_nodes(nodes, _nodes(1), bucket, "data/f.bin", "/mnt/x.bin") == 1
+    assert events == [("sign", "data/f.bin"), ("fetch", "0", "/n0/mnt", "x.bin")]
+    events.clear()
+    assert await copy_to_nodes(nodes, _nodes(1), bucket, "empty", "/mnt/e") == 0
+    assert events == [("fetch", "0", "/n0/mnt/e")]

@@ -2,15 +2,20 @@
 
 The daemon lists the bucket and signs one short-lived GET per object, so the node holds no
 cloud credentials. Downloads run on a bounded pool of threads; each lands in a temporary file
-renamed into place, so a half-fetched object is never seen under its own name. A key that would
-leave the folder (``..``, an absolute path) is refused.
+renamed into place, so a half-fetched object is never seen under its own name. An object whose
+download breaks (no connection, a cut body, a 5xx) is tried again a few times; a refusal (403,
+404) is not. On final failure its temporary file is removed. A key that would leave the folder
+(``..``, an absolute path) is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import shutil
+import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +28,8 @@ MAX_OBJECTS = 20_000
 MAX_WORKERS = 16
 TIMEOUT_S = 120.0
 CHUNK = 1 << 20
+BACKOFF_S = (0.5, 2.0)
+"""The pauses before the second and third try of an object whose download broke."""
 
 
 def _target(root: Path, key: str) -> Path:
@@ -56,14 +63,48 @@ def parse_items(request: dict[str, Any]) -> tuple[Path, list[tuple[Path, str]], 
     return root, parsed, workers
 
 
+def _transient(exc: BaseException) -> bool:
+    """Whether trying again may help: the store's own failure or a broken connection; not a
+    refusal (an expired or wrong URL, a missing object) nor a local disk error."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code == 429
+    return isinstance(
+        exc, urllib.error.URLError | ConnectionError | TimeoutError | http.client.HTTPException
+    )
+
+
+def _download_once(path: Path, partial: Path, url: str) -> int:
+    try:
+        answer = urllib.request.urlopen(url, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # its body is the store's error page: the connection goes now
+        raise
+    with answer, open(partial, "wb") as out:
+        shutil.copyfileobj(answer, out, CHUNK)
+        size = out.tell()
+        expected = answer.headers.get("Content-Length", "")
+        if expected.isdigit() and int(expected) != size:  # read(n) ends quietly on a cut body
+            raise http.client.IncompleteRead(b"", int(expected) - size)
+    os.replace(partial, path)
+    return size
+
+
 def _download(path: Path, url: str) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.stix-part")
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as answer, open(partial, "wb") as out:
-        shutil.copyfileobj(answer, out, CHUNK)
-        size = out.tell()
-    os.replace(partial, path)
-    return size
+    for pause in BACKOFF_S:
+        try:
+            return _download_once(path, partial, url)
+        except Exception as exc:
+            if not _transient(exc):
+                partial.unlink(missing_ok=True)
+                raise
+        time.sleep(pause)
+    try:
+        return _download_once(path, partial, url)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 async def fetch(request: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +117,7 @@ async def fetch(request: dict[str, Any]) -> dict[str, Any]:
     failed = [(items[i][0], r) for i, r in enumerate(results) if isinstance(r, BaseException)]
     if failed:
         path, exc = failed[0]
-        raise RequestError(
-            "fetch_failed", f"{len(failed)} object(s) not fetched; {path.name}: {exc}"
-        )
+        key = path.relative_to(root).as_posix()
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise RequestError("fetch_failed", f"{len(failed)} object(s) not fetched; {key}: {why}")
     return {"files": len(items), "bytes": sum(r for r in results if isinstance(r, int))}

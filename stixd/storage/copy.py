@@ -1,8 +1,12 @@
 """COPY mode from the daemon's side: list the bucket, sign a short-lived GET per object, and
-have each node's agent fetch them into the mount path (the node needs no cloud credentials)."""
+have each node's agent fetch them into the mount path (the node needs no cloud credentials).
+Listing, signing and fetching go one bounded batch at a time, so a long copy never sends an
+expired URL and a huge bucket is never held in memory."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
@@ -16,6 +20,9 @@ from stixproto.errors import ProvisionError
 
 BATCH = 2_000
 """Objects per agent request (its limit is 20,000; a batch's line stays well under 16 MiB)."""
+BATCH_BYTES = 2 << 30
+"""Bytes per agent request (an object larger goes alone): each batch is signed just before it
+is sent, so at 8 downloads at once a batch must finish within ``URL_SECONDS`` on a slow link."""
 URL_SECONDS = 900
 """How long a signed URL lives: long enough for one batch on a slow link, no longer."""
 WORKERS = 8
@@ -36,18 +43,27 @@ def node_path(provider: Provider, node: NodeInfo, dest: str) -> str:
     return resolve_dest(node, dest)
 
 
-async def _batches(bucket: Bucket, prefix: str) -> list[list[list[str]]]:
-    """The bucket's objects under ``prefix`` as [key relative to it, signed URL] batches."""
+async def _batches(bucket: Bucket, prefix: str) -> AsyncGenerator[list[list[str]], None]:
+    """The bucket's objects under ``prefix`` as [key relative to it, signed URL] batches, read
+    and signed one batch at a time as the caller asks for the next: no URL is older than the
+    batch before it took, and only one batch is held."""
     base = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    batches: list[list[list[str]]] = [[]]
+    keys: list[str] = []
+    size = 0
+
+    async def signed() -> list[list[str]]:
+        return [[k[len(base) :], await bucket.signed_get(k, URL_SECONDS)] for k in keys]
+
     async for obj in bucket.objects(base):
         if obj.key.endswith("/"):
             continue  # a folder marker: the folder is made by its files
-        if len(batches[-1]) >= BATCH:
-            batches.append([])
-        url = await bucket.signed_get(obj.key, URL_SECONDS)
-        batches[-1].append([obj.key[len(base) :], url])
-    return [b for b in batches if b]
+        if keys and (len(keys) >= BATCH or size + obj.size > BATCH_BYTES):
+            yield await signed()
+            keys, size = [], 0
+        keys.append(obj.key)
+        size += max(obj.size, 0)
+    if keys:
+        yield await signed()
 
 
 async def _one_object(bucket: Bucket, prefix: str) -> str | None:
@@ -65,34 +81,44 @@ async def _one_object(bucket: Bucket, prefix: str) -> str | None:
 async def copy_to_nodes(
     provider: Provider, nodes: list[NodeInfo], bucket: Bucket, prefix: str, dest: str
 ) -> int:
-    """Fetch every object under ``prefix`` into ``dest`` on every node; the object count."""
-    batches = await _batches(bucket, prefix)
-    single = None if batches else await _one_object(bucket, prefix)
+    """Fetch every object under ``prefix`` into ``dest`` on every node; the object count.
+
+    Each batch goes to every node at once and the next is listed and signed only when all have
+    fetched it; the first node to fail ends the copy (the launch fails anyway)."""
+    wheres = {node.rank: node_path(provider, node, dest) for node in nodes}
     failed: dict[int, str] = {}
 
-    async def one(node: NodeInfo) -> None:
-        where = node_path(provider, node, dest)
-        todo = batches
-        if single is not None:  # the file lands at the mount path, fetched into its folder
-            todo = [[[PurePosixPath(where).name, single]]]
-            where = str(PurePosixPath(where).parent)
-        agent = provider.connector(node)
+    async def send(node: NodeInfo, where: str, items: list[list[str]]) -> None:
         try:
-            if not todo:
-                await agent.call("fetch", dest=where, items=[], workers=1)
-            for items in todo:
-                await agent.call(
-                    "fetch", deadline=FETCH_DEADLINE_S, dest=where, items=items, workers=WORKERS
-                )
+            await provider.connector(node).call(
+                "fetch", deadline=FETCH_DEADLINE_S, dest=where, items=items, workers=WORKERS
+            )
         except (AgentError, AgentUnreachable) as exc:
             failed[node.rank] = str(exc)
 
-    async with anyio.create_task_group() as tg:
-        for node in nodes:
-            tg.start_soon(one, node)
+    async def to_all(items: list[list[str]], single: str | None = None) -> None:
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                where = wheres[node.rank]
+                if single is not None:  # the file lands at the mount path, fetched into its folder
+                    items = [[PurePosixPath(where).name, single]]
+                    where = str(PurePosixPath(where).parent)
+                tg.start_soon(send, node, where, items)
+
+    count = 0
+    async with contextlib.aclosing(_batches(bucket, prefix)) as batches:
+        async for batch in batches:
+            count += len(batch)
+            await to_all(batch)
+            if failed:
+                break
+    if not count and not failed:  # nothing under it as a folder: the object itself, or nothing
+        single = await _one_object(bucket, prefix)
+        await to_all([], single)
+        count = int(single is not None)
     if failed:
         rank = min(failed)
         raise ProvisionError(
             f"copying {bucket.kind}://{bucket.name} to {dest} on node {rank} failed: {failed[rank]}"
         )
-    return sum(len(b) for b in batches) + (single is not None)
+    return count
