@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from stixproto.errors import InvalidRequest
+from stixd.providers.abilities import VolumeMount
+from stixd.providers.ssh.volumes import mount_script
+from stixproto.errors import InvalidRequest, InvalidTask
+from stixproto.task.envs import apply_env_overrides
+from stixproto.task.load import task_of_text
+from stixproto.volumes import VolumeConfig
 from tests.conftest import Stix, kill_everything_under, wait_until
 
 VOLUME = "name: {name}\ntype: k8s-hostpath\ninfra: local\n"
@@ -216,6 +221,87 @@ def test_hostile_volume_files_are_refused_in_one_line(stix: Stix, text: str, say
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], refused.stderr
     assert not (stix.home / "up").exists()
+
+
+HOSTILE_SUB_PATHS = [
+    "x;touch pwned",
+    "$(touch pwned)",
+    "`touch pwned`",
+    "a b",
+    "a\nb",
+    "a/../..",
+    "..",
+    "a//b",
+    "./a",
+    "/etc",
+    "a\0b",
+    "x" * 256,
+]
+
+
+@pytest.mark.parametrize("sub_path", HOSTILE_SUB_PATHS)
+def test_a_hostile_sub_path_is_refused_in_one_line_where_the_task_is_read(sub_path: str) -> None:
+    import json
+
+    text = f"volumes:\n  /data:\n    name: shared\n    sub_path: {json.dumps(sub_path)}\nrun: x\n"
+    with pytest.raises(InvalidTask) as refused:
+        task_of_text(text, "task.yaml")
+    said = str(refused.value)
+    assert "\n" not in said and "volumes./data.sub_path:" in said, said
+
+
+@pytest.mark.parametrize(
+    ("volumes", "says"),
+    [
+        ("  /data: 'a;b'\n", "volume name 'a;b' is not valid"),
+        ("  /data:\n    name: '$(x)'\n", "volumes./data.name: volume name '$(x)'"),
+        ('  "/da\\nta": shared\n', "holds a control character"),
+    ],
+)
+def test_hostile_volume_names_and_mount_paths_are_refused_in_one_line(
+    volumes: str, says: str
+) -> None:
+    with pytest.raises(InvalidTask) as refused:
+        task_of_text(f"volumes:\n{volumes}run: x\n", "task.yaml")
+    assert "\n" not in str(refused.value) and says in str(refused.value), str(refused.value)
+
+
+def test_a_plain_sub_path_is_read() -> None:
+    task = task_of_text(
+        "volumes:\n  /data:\n    name: shared\n    sub_path: runs/v1.2_a-b\nrun: x\n", "t"
+    )
+    assert task.volumes == {"/data": {"name": "shared", "sub_path": "runs/v1.2_a-b"}}
+
+
+def test_a_null_env_in_a_sub_path_waits_for_its_value_and_that_value_is_checked() -> None:
+    text = "envs: {RUN: null}\nvolumes:\n  /d: {name: v, sub_path: runs/$RUN}\nrun: x\n"
+    task = task_of_text(text, "t")  # set later by --env; checked then
+    assert apply_env_overrides(task, {"RUN": "r1"}).volumes == {
+        "/d": {"name": "v", "sub_path": "runs/r1"}
+    }
+    with pytest.raises(InvalidTask, match=r"volumes\./d\.sub_path: 'runs/\$\(id\)'"):
+        apply_env_overrides(task, {"RUN": "$(id)"})
+
+
+def test_the_ssh_mount_script_quotes_every_value_so_nothing_in_them_runs(tmp_path: Path) -> None:
+    """Built past the task check (a value that got by it), run by a shell under a temp HOME."""
+    volume = VolumeConfig(name="shared", type="k8s-hostpath", infra="ssh/pool")
+    sub_path = "x;touch pwned1 $(touch pwned2) `touch pwned3` a\nb/c d"
+    dest = str(tmp_path / "mnt;touch pwned4 $(touch pwned5)")
+    script = mount_script(VolumeMount(volume, "/data", sub_path), dest)
+    done = subprocess.run(
+        ["sh", "-c", script],
+        cwd=tmp_path,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    ran = {"pwned1", "pwned2", "pwned3", "pwned4", "pwned5"} & {p.name for p in tmp_path.rglob("*")}
+    assert not ran, f"commands ran: {sorted(ran)}"
+    made = tmp_path / ".stix/volumes/shared" / sub_path
+    assert made.is_dir() and Path(dest).resolve() == made.resolve()
 
 
 def test_over_http_each_user_sees_and_deletes_only_their_own_volumes(stix: Stix) -> None:

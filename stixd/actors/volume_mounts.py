@@ -22,6 +22,7 @@ from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import InternalError, InvalidRequest, InvalidTask, error_from_code
 from stixproto.task import Task
+from stixproto.task.storage import check_sub_path
 
 if TYPE_CHECKING:
     from stixd.app import App
@@ -50,10 +51,8 @@ def named_volumes(task: Task) -> list[Named]:
             name, sub_path = spec["name"], spec.get("sub_path")
         if not names.is_valid(name, "volume"):
             raise InvalidTask(f"{where}: volume name {names.shown(name)} is not valid")
-        if sub_path is not None and (
-            sub_path.startswith("/") or "\0" in sub_path or ".." in sub_path.split("/")
-        ):
-            raise InvalidTask(f"{where}.sub_path: {sub_path[:60]!r} must stay inside the volume")
+        if sub_path is not None:  # checked again here: a task may come by any road
+            check_sub_path(sub_path, f"{where}.sub_path")
         out.append(Named(dest, name, sub_path))
     return out
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 
+from stixproto import names
 from stixproto.bounds import MAX_GB
+from stixproto.task import subst
 from stixproto.task._fields import choice, describe, fail, join
 from stixproto.task.model import Storage
 
@@ -16,6 +19,9 @@ BUCKET_SCHEMES = ("s3://", "gs://", "r2://", "cos://", "oci://", "nebius://", "c
 AZURE_HOST = ".blob.core.windows.net"
 GIT_WORKDIR_KEYS = ("url", "ref")
 VOLUME_KEYS = ("name", "sub_path", "size", "labels", "type", "infra", "use_existing", "config")
+SUB_PATH_MAX = 255
+_SUB_PATH_PART = re.compile(r"[A-Za-z0-9._-]+")
+MOUNT_PATH_MAX = 1024
 
 
 class GitWorkdir(msgspec.Struct, frozen=True):
@@ -125,18 +131,59 @@ def check_workdir(workdir: str | dict[str, Any], path: str = "workdir") -> None:
         git_workdir(workdir, path)
 
 
-def check_volumes(volumes: dict[str, str | dict[str, Any]], path: str = "volumes") -> None:
+def check_sub_path(sub_path: str, path: str, plain: dict[str, str] | None = None) -> None:
+    """A folder inside the volume, hostile input: it ends up in a path on a node (and in a
+    shell command line there), so only a relative path of plain characters passes."""
+    seen = subst.substitute_text(sub_path, plain) if plain else sub_path
+    parts = seen.split("/")
+    if (
+        len(seen) > SUB_PATH_MAX
+        or not all(_SUB_PATH_PART.fullmatch(p) for p in parts)
+        or any(p in (".", "..") for p in parts)
+    ):
+        fail(
+            path,
+            f"{names.shown(sub_path)} is not a folder inside the volume: expected a relative "
+            f"path of letters, digits, '.', '_', '-' and '/' (no '..', no empty part), "
+            f"at most {SUB_PATH_MAX} characters",
+        )
+
+
+def _check_volume_name(name: str, path: str, plain: dict[str, str]) -> None:
+    if not names.is_valid(subst.substitute_text(name, plain) if plain else name, "volume"):
+        fail(path, f"volume name {names.shown(name)} is not valid: {names.rule('volume')}")
+
+
+def check_volumes(
+    volumes: dict[str, str | dict[str, Any]],
+    path: str = "volumes",
+    pending: frozenset[str] = frozenset(),
+) -> None:
+    """``pending``: envs and secrets written as null, set later by ``--env``/``--secret`` (the
+    task is checked again then); a reference to one stands for a plain word meanwhile."""
+    plain = dict.fromkeys(pending, "x")
     for mount, spec in volumes.items():
         where = join(path, mount)
         if not mount.strip():
             fail(path, "expected a mount path as each key, got an empty string")
+        if len(mount) > MOUNT_PATH_MAX or any(ord(c) < 32 or ord(c) == 127 for c in mount):
+            fail(
+                path,
+                f"mount path {names.shown(mount)} holds a control character or is longer than "
+                f"{MOUNT_PATH_MAX} characters",
+            )
         if isinstance(spec, str):
             if not spec.strip():
                 fail(where, "expected a volume name, got an empty string")
+            _check_volume_name(spec, where, plain)
             continue
         for key in ("name", "sub_path", "type", "infra"):
             if key in spec and not isinstance(spec[key], str):
                 fail(join(where, key), f"expected a string, got {describe(spec[key])}")
+        if "name" in spec:
+            _check_volume_name(spec["name"], join(where, "name"), plain)
+        if "sub_path" in spec:
+            check_sub_path(spec["sub_path"], join(where, "sub_path"), plain)
         if "size" in spec and (
             isinstance(spec["size"], bool) or not isinstance(spec["size"], str | int)
         ):

@@ -31,8 +31,8 @@ FOLDER = ".stix/volumes"
 TIMEOUT_S = 60.0
 
 _MOUNT = """set -e
-src=$HOME/{folder}; dest={dest}
-mkdir -p "$src" && chmod 770 "$HOME/{top}"
+src="$HOME"/{folder}; dest={dest}
+mkdir -p "$src" && chmod 770 "$HOME"/{top}
 mkdir -p "$(dirname "$dest")"
 if [ -L "$dest" ]; then rm -f "$dest"
 elif [ -d "$dest" ]; then
@@ -48,6 +48,14 @@ def folder(volume: VolumeConfig, sub_path: str | None = None) -> str:
         child_path(PurePosixPath(FOLDER), volume.name)
     )  # one component: the name never climbs out
     return f"{path}/{sub_path.strip('/')}" if sub_path else path
+
+
+def mount_script(m: VolumeMount, dest: str) -> str:
+    """The shell script linking ``dest`` to the volume's folder on a host; every value in it
+    is quoted (a task's ``sub_path`` and mount path are hostile input)."""
+    return _MOUNT.format(
+        folder=quote(folder(m.volume, m.sub_path)), top=quote(folder(m.volume)), dest=quote(dest)
+    )
 
 
 class HoldsVolumes:
@@ -110,9 +118,5 @@ class HoldsVolumes:
     async def mount_volumes(self, node: NodeInfo, mounts: Sequence[VolumeMount]) -> None:
         host = self._host_of(node)
         for m in mounts:
-            script = _MOUNT.format(
-                folder=folder(m.volume, m.sub_path),
-                top=folder(m.volume),
-                dest=quote(resolve_dest(node, m.dest)),
-            )
+            script = mount_script(m, resolve_dest(node, m.dest))
             await self._on_each([host], script, f"volume {m.volume.name} not mounted at {m.dest}")
