@@ -1,6 +1,7 @@
 """`stixctl storage ls [--json]` and `stixctl storage delete NAMES|-a [-y]`: the buckets tasks
 mount. `ls` looks at each bucket in its store (one deleted elsewhere shows MISSING); `delete`
-asks first (as `down` does), then deletes the buckets stix created and forgets the storages.
+asks first (as `down` does), then deletes the buckets stix created and forgets the storages
+(one named that stix did not create is forgotten, its bucket left as is).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def cmd_delete(home: Path, a: argparse.Namespace) -> int:
             print("No storage to delete.")
             return 0
         ask(
-            f"Deleting {len(names)} storage(s) and their buckets: {', '.join(names)}. Proceed?",
+            f"Deleting {len(names)} storage(s) and the buckets stix created: {', '.join(names)}. "
+            "Proceed?",
             False,
         )
     reply: m.StorageList = call(home, req, on_event)
@@ -99,6 +101,7 @@ def render(records: list[m.StorageRecord]) -> str:
     lines = [table(["NAME", "BUCKET", "SOURCE", "CREATED", "MODE", "PERSISTENT", "STATUS"], rows)]
     if any(s.missing for s in records):
         lines.append(
-            "* MISSING: the bucket was deleted outside stix; `stixctl storage delete` forgets it."
+            "* MISSING: the bucket was deleted outside stix; `stixctl storage delete NAME` "
+            "forgets it."
         )
     return "\n".join(lines)

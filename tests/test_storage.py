@@ -1,7 +1,8 @@
 """Storage on the local infra against a real S3 (moto): COPY onto the node through signed URLs,
 `storage ls` after a bucket is deleted elsewhere, `storage delete` removing the bucket (and
-refusing one stix did not make), a failed launch leaving no bucket, and `kill -9` of stixd in
-the middle of an upload leaving none after the restart."""
+only forgetting one stix did not make), another user's launch refused its storage, a failed
+launch leaving no bucket, and `kill -9` of stixd in the middle of an upload leaving none after
+the restart."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ run: cat ~/data/a.txt ~/data/sub/b.txt ~/theirs/c.txt && echo out > ~/data/writt
     sx.run("down", "cp1", "-y", check=True, timeout=60)
 
 
-def test_storage_delete_removes_the_bucket_stix_made_and_refuses_one_it_did_not(
+def test_storage_delete_removes_the_bucket_stix_made_and_only_forgets_one_it_did_not(
     sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
 ) -> None:
     data = tmp_path / "d"
@@ -122,6 +123,7 @@ file_mounts:
     mode: COPY
   ~/theirs:
     name: theirs-named
+    source: s3://theirs-named
     mode: COPY
 """
     )
@@ -129,17 +131,53 @@ file_mounts:
     assert done.returncode == 0, done.stderr
     listed = storages(sx)
     assert listed["stix-del-mine"]["created"] and not listed["theirs-named"]["created"]
-    refused = sx.run("storage", "delete", "theirs-named", "-y")
-    assert refused.returncode != 0
-    assert "was not created by this stix" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
-    assert "theirs-named" in buckets(moto_s3)
     out = sx.run("storage", "delete", "-a", "-y", check=True).stdout
     assert "Deleted 1 storage(s): stix-del-mine" in out and "Skipped" in out
     assert "stix-del-mine" not in buckets(moto_s3)
-    assert "theirs-named" in buckets(moto_s3)
     assert set(storages(sx)) == {"theirs-named"}
+    # named, the external one's record goes (as SkyPilot's) and its bucket stays
+    forgot = sx.run("storage", "delete", "theirs-named", "-y", check=True)
+    assert "left as is" in forgot.stderr, forgot.stderr
+    assert storages(sx) == {}
+    assert "theirs-named" in buckets(moto_s3)
     sx.run("down", "del1", "-y", check=True, timeout=60)
+
+
+def test_over_http_a_launch_naming_another_users_storage_is_refused(
+    sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    from tests.test_http_api import Remote, make_token, serve_http
+
+    url = serve_http(sx)
+    alice = Remote(sx, url, make_token(sx, "alice", "user"))
+    bob = Remote(sx, url, make_token(sx, "bob", "user"))
+    data = tmp_path / "a"
+    data.mkdir()
+    (data / "a.txt").write_text("alice's\n")
+    task = task_file(
+        f"""
+file_mounts:
+  ~/data:
+    name: stix-alices
+    source: {data}
+    mode: COPY
+"""
+    )
+    made = alice.run("launch", "-c", "al1", str(task), "-y")
+    assert made.returncode == 0, made.stderr
+    before = sx.json("storage", "ls")["storages"]
+    assert [(s["name"], s["owner"]) for s in before] == [("stix-alices", "alice")]
+    (data / "b.txt").write_text("bob's\n")
+    refused = bob.run("launch", "-c", "bo1", str(task), "-y")
+    assert refused.returncode != 0
+    assert "storage stix-alices belongs to alice" in refused.stderr, refused.stderr
+    assert sx.json("storage", "ls")["storages"] == before  # owner, spec and state unchanged
+    keys = {o["Key"] for o in s3(moto_s3).list_objects_v2(Bucket="stix-alices")["Contents"]}
+    assert keys == {"a.txt"}  # nothing of bob's uploaded
+    gone = bob.run("storage", "delete", "stix-alices", "-y")
+    assert gone.returncode != 0 and "stix-alices" in buckets(moto_s3)
+    for who, cluster in ((bob, "bo1"), (alice, "al1")):
+        who.run("down", cluster, "-y")
 
 
 def test_a_failed_launch_leaves_no_bucket_it_made(

@@ -2,7 +2,9 @@
 
 The actor makes the bucket when stix must (labelled ``stix-storage``/``stix-home``, the intent
 ``created`` written before the call), uploads the local sources (only what changed), and is
-READY. A delete is written as DELETING before the bucket is touched. At every start it looks
+READY. A storage is its owner's: another user's launch naming it is refused (its owner never
+changes). A delete is written as DELETING before the bucket is touched; one stix did not make is
+only forgotten, its bucket left as is (SkyPilot's). At every start it looks
 at the real bucket: a bucket gone behind stix's back is marked ``missing``; a create or upload
 cut short by a daemon restart (state INIT) removes the bucket it made, so nothing leaks.
 """
@@ -190,7 +192,18 @@ class StorageActor(Actor):
     # -- making it ready -----------------------------------------------------------------
 
     async def _ensure(self, req: Ensure, env: Envelope) -> m.OkReply:
-        spec = req.spec
+        owner = self.spec.owner or local_owner()
+        launcher = req.spec.owner or local_owner()
+        if launcher != owner:  # a user launches with their own storages only (admins too:
+            # the launching cluster keeps its owner, never its requester's role)
+            raise PermissionDenied(
+                f"storage {self.id} belongs to {owner}; user {launcher} may launch only with "
+                "their own (give this mount another name)"
+            )
+        # the record keeps who made it and where, whatever a later launch's spec says
+        spec = msgspec.structs.replace(
+            req.spec, owner=self.spec.owner, workspace=self.spec.workspace
+        )
         if (spec.store, spec.bucket) != (self.spec.store, self.spec.bucket):
             raise InvalidRequest(
                 f"storage {self.id} is the bucket {self.spec.uri}, "
@@ -257,8 +270,9 @@ class StorageActor(Actor):
         await self._forget(why)
 
     async def _remove(self, req: Remove) -> m.OkReply:
-        if not self.data.created or self.spec.external:
-            raise PermissionDenied(refusal(self.id, self.spec))
+        if not self.data.created or self.spec.external:  # as SkyPilot: the record goes only
+            await self._forget(f"{req.why}: record only, bucket {self.spec.uri} left as is")
+            return m.OkReply(forgot(self.id, self.spec))
         if self.state is not S.DELETING:
             await self.transition(SV.DELETE, req.why)
         await self._delete_bucket()
@@ -303,6 +317,25 @@ def refusal(name: str, spec: StorageSpec) -> str:
     return (
         f"storage {name}: bucket {spec.uri} was not created by this stix, "
         "so stix does not delete it (remove it with your cloud's own tools)"
+    )
+
+
+def local_owner() -> str:
+    """Whose a spec naming no owner is (one from before owners were kept): the daemon's own
+    user, as `stixd.control.identity.LOCAL_OWNER` says (the layers keep actors from importing
+    it)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid with no passwd entry (some containers)
+        return f"uid{os.getuid()}"
+
+
+def forgot(name: str, spec: StorageSpec) -> str:
+    return (
+        f"Forgot storage {name}; its bucket {spec.uri} was not created by this stix "
+        "and is left as is"
     )
 
 

@@ -18,6 +18,7 @@ from stixproto import messages as m
 from stixproto.errors import (
     InternalError,
     InvalidRequest,
+    PermissionDenied,
     ProvisionError,
     StixError,
     StorageNotFound,
@@ -134,8 +135,8 @@ async def prepare_storage(
                 made.append(plan.storage.name)
             try:
                 await ask_storage(app, plan.storage.name, Ensure(plan.storage, cluster.id), relay)
-            except (InvalidRequest, ProvisionError):
-                raise
+            except (InvalidRequest, PermissionDenied, ProvisionError):
+                raise  # another user's storage, too: refused in its own words, not retried
             except StixError as exc:  # the launch fails (and may be retried), its actor lives
                 raise ProvisionError(f"storage {plan.storage.name}: {exc.message}") from None
         for plan in plans:

@@ -2,7 +2,8 @@
 
 `ls` asks every listed bucket whether it still exists (all at once, bounded by a deadline): a
 bucket deleted outside stix shows MISSING, and its actor keeps that. `delete` hands each
-storage to its actor, which deletes the bucket only if this stix made it. `leaked_buckets`
+storage to its actor, which deletes the bucket only if this stix made it (one named that stix
+did not make is forgotten, its bucket left as is, as SkyPilot does). `leaked_buckets`
 finds buckets carrying this home's label that no storage owns (`stixctl leaks`).
 """
 
@@ -23,7 +24,7 @@ from stixd.storage.plan import StorageSpec
 from stixd.storage.stores import StoreError, StoreKind
 from stixd.store.db import Row
 from stixproto import messages as m
-from stixproto.errors import PermissionDenied, StorageNotFound
+from stixproto.errors import StorageNotFound
 from stixproto.states import StorageStatus
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -113,9 +114,12 @@ async def storage_delete(app: App, req: m.StorageDelete, emit: Emit) -> m.Storag
         spec = spec_or_none(row, StorageSpec)
         data = data_or_none(row, StorageData) or StorageData()
         if spec is not None and (spec.external or not data.created):
-            if not req.all:
-                raise PermissionDenied(refusal(row.id, spec))
-            skipped.append(refusal(row.id, spec))
+            if req.all:  # `-a` deletes what stix made; one not made is forgotten only by name
+                skipped.append(refusal(row.id, spec))
+                continue
+            reply: m.OkReply = await ask_storage(app, row.id, Remove())
+            await emit(m.Progress(reply.message))  # forgotten, its bucket left as is
+            deleted.append(row.id)
             continue
         await emit(m.Progress(f"Deleting storage {row.id}..."))
         await ask_storage(app, row.id, Remove())
