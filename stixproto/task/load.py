@@ -130,11 +130,7 @@ def check_task(task: Task) -> None:
         check_resources(task.resources)
     check_file_mounts(task.file_mounts)
     if task.volumes is not None:
-        given = {} if isinstance(task.secrets, list) else task.secrets
-        later = {k for k, v in {**task.envs, **given}.items() if v is None}
-        if isinstance(task.secrets, list):
-            later.update(task.secrets)  # set later from the client's environment
-        check_volumes(task.volumes, pending=frozenset(later))
+        check_volumes(task.volumes)
     if task.service is not None:
         check_service(task.service)
     if task.pool is not None:

@@ -131,10 +131,10 @@ def check_workdir(workdir: str | dict[str, Any], path: str = "workdir") -> None:
         git_workdir(workdir, path)
 
 
-def check_sub_path(sub_path: str, path: str, plain: dict[str, str] | None = None) -> None:
+def check_sub_path(sub_path: str, path: str, *, unsubstituted: bool = False) -> None:
     """A folder inside the volume, hostile input: it ends up in a path on a node (and in a
     shell command line there), so only a relative path of plain characters passes."""
-    seen = subst.substitute_text(sub_path, plain) if plain else sub_path
+    seen = _as_words(sub_path) if unsubstituted else sub_path
     parts = seen.split("/")
     if (
         len(seen) > SUB_PATH_MAX
@@ -149,19 +149,21 @@ def check_sub_path(sub_path: str, path: str, plain: dict[str, str] | None = None
         )
 
 
-def _check_volume_name(name: str, path: str, plain: dict[str, str]) -> None:
-    if not names.is_valid(subst.substitute_text(name, plain) if plain else name, "volume"):
+def _as_words(text: str) -> str:
+    """``text`` with each env reference left in it standing for a plain word: the declared
+    envs are already in; one left is null or undeclared, set later by ``--env`` (SkyPilot's
+    own tests pass volume names that way), and the task is checked again with its value."""
+    return subst.references_as_words(text)
+
+
+def _check_volume_name(name: str, path: str) -> None:
+    if not names.is_valid(_as_words(name), "volume"):
         fail(path, f"volume name {names.shown(name)} is not valid: {names.rule('volume')}")
 
 
-def check_volumes(
-    volumes: dict[str, str | dict[str, Any]],
-    path: str = "volumes",
-    pending: frozenset[str] = frozenset(),
-) -> None:
-    """``pending``: envs and secrets written as null, set later by ``--env``/``--secret`` (the
-    task is checked again then); a reference to one stands for a plain word meanwhile."""
-    plain = dict.fromkeys(pending, "x")
+def check_volumes(volumes: dict[str, str | dict[str, Any]], path: str = "volumes") -> None:
+    """Where the task is read: an env reference left in a name or sub_path (null or undeclared,
+    set later by ``--env``) stands for a plain word until the task is checked with its value."""
     for mount, spec in volumes.items():
         where = join(path, mount)
         if not mount.strip():
@@ -175,15 +177,15 @@ def check_volumes(
         if isinstance(spec, str):
             if not spec.strip():
                 fail(where, "expected a volume name, got an empty string")
-            _check_volume_name(spec, where, plain)
+            _check_volume_name(spec, where)
             continue
         for key in ("name", "sub_path", "type", "infra"):
             if key in spec and not isinstance(spec[key], str):
                 fail(join(where, key), f"expected a string, got {describe(spec[key])}")
         if "name" in spec:
-            _check_volume_name(spec["name"], join(where, "name"), plain)
+            _check_volume_name(spec["name"], join(where, "name"))
         if "sub_path" in spec:
-            check_sub_path(spec["sub_path"], join(where, "sub_path"), plain)
+            check_sub_path(spec["sub_path"], join(where, "sub_path"), unsubstituted=True)
         if "size" in spec and (
             isinstance(spec["size"], bool) or not isinstance(spec["size"], str | int)
         ):

@@ -41,6 +41,11 @@ class _Budget:
                     raise _TooLong
 
 
+def references_as_words(text: str) -> str:
+    """``text`` with every `$NAME` / `${NAME}` left in it as the plain word ``x``."""
+    return _pattern().sub("x", text) if "$" in text else text
+
+
 def substitute_text(text: str, values: Mapping[str, str], budget: _Budget | None = None) -> str:
     if "$" not in text:
         return text
