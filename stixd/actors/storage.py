@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from stixd.login_name import login_name
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -192,8 +193,8 @@ class StorageActor(Actor):
     # -- making it ready -----------------------------------------------------------------
 
     async def _ensure(self, req: Ensure, env: Envelope) -> m.OkReply:
-        owner = self.spec.owner or local_owner()
-        launcher = req.spec.owner or local_owner()
+        owner = self.spec.owner or login_name()
+        launcher = req.spec.owner or login_name()
         if launcher != owner:  # a user launches with their own storages only (admins too:
             # the launching cluster keeps its owner, never its requester's role)
             raise PermissionDenied(
@@ -318,18 +319,6 @@ def refusal(name: str, spec: StorageSpec) -> str:
         f"storage {name}: bucket {spec.uri} was not created by this stix, "
         "so stix does not delete it (remove it with your cloud's own tools)"
     )
-
-
-def local_owner() -> str:
-    """Whose a spec naming no owner is (one from before owners were kept): the daemon's own
-    user, as `stixd.control.identity.LOCAL_OWNER` says (the layers keep actors from importing
-    it)."""
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:  # a uid with no passwd entry (some containers)
-        return f"uid{os.getuid()}"
 
 
 def forgot(name: str, spec: StorageSpec) -> str:

@@ -15,13 +15,13 @@ import contextvars
 import enum
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
 
 from stixd.app import App
+from stixd.login_name import login_name
 from stixd.store import identity as rows
 from stixproto import messages as m
 from stixproto.errors import PermissionDenied, Unauthenticated
@@ -48,16 +48,7 @@ class Principal:
     """The token the request came with (None: the Unix socket)."""
 
 
-def _login_name() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:  # a uid with no passwd entry (some containers)
-        return f"uid{os.getuid()}"
-
-
-LOCAL_OWNER = Principal(name=_login_name(), role=Role.ADMIN)
+LOCAL_OWNER = Principal(name=login_name(), role=Role.ADMIN)
 """Whoever reaches the Unix socket: its peer's uid is the daemon's own (stixd.control.server)."""
 
 PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar(
