@@ -1,7 +1,9 @@
-"""COPY on the SSH infra: a job on a real sshd host (tests/sshbed.py) reads a bucket through
-the signed URLs its agent fetches, with no store credentials on the host. The S3 emulator
-(moto) listens on the root side of the bed's bridge, the one address both the daemon and the
-host's namespace reach."""
+"""Buckets on the SSH infra, on a real sshd host (tests/sshbed.py) whose jobs run as the pool's
+unprivileged login: COPY reads a bucket through the signed URLs its agent fetches, with no store
+credentials on the host; MOUNT and MOUNT_CACHED put the distro's rclone on FUSE inside the
+host's own namespaces, and the job reads and writes through both. The S3 emulator (moto)
+listens on the root side of the bed's bridge, the one address both the daemon and the host's
+namespace reach."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stix
-from tests.sshbed import USER, SshBed, bed_fixture
+from tests.conftest import Stix, wait_until
+from tests.sshbed import USER, USER_ID, SshBed, bed_fixture
 from tests.stores_bed import Emulator, running
-from tests.test_storage import buckets
+from tests.test_storage import buckets, s3
 
 hosts = bed_fixture(1, scope="module")
 
@@ -34,18 +36,23 @@ def moto_bridge(hosts: SshBed) -> Iterator[Emulator]:
         yield emu
 
 
-def test_a_job_on_an_ssh_host_reads_a_bucket_it_has_no_credentials_for(
-    stix: Stix, hosts: SshBed, moto_bridge: Emulator, tmp_path: Path
-) -> None:
-    host = hosts.hosts[0]
+def on_the_bed(stix: Stix, hosts: SshBed, moto_bridge: Emulator) -> None:
+    """Point the daemon at the bridge's moto and at a pool of the bed's host, logged in to as
+    its unprivileged user."""
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
         stix.env.pop(name, None)
     stix.env.update(moto_bridge.env)
     config = f"storage:\n  s3: {{endpoint_url: '{moto_bridge.url}'}}\n"
     (stix.home / "config.yaml").write_text(config)
     (stix.home / "ssh_node_pools.yaml").write_text(
-        f"bed:\n  user: {USER}\n  identity_file: {hosts.key}\n  hosts: [{host.ip}]\n"
+        f"bed:\n  user: {USER}\n  identity_file: {hosts.key}\n  hosts: [{hosts.hosts[0].ip}]\n"
     )
+
+
+def test_a_job_on_an_ssh_host_reads_a_bucket_it_has_no_credentials_for(
+    stix: Stix, hosts: SshBed, moto_bridge: Emulator, tmp_path: Path
+) -> None:
+    on_the_bed(stix, hosts, moto_bridge)
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
     (data / "sub" / "word.txt").write_text("over-ssh\n")
@@ -73,3 +80,75 @@ run: |
     stix.run("down", "sc", "-y", check=True, timeout=60)
     stix.run("storage", "delete", "stix-ssh-copy", "-y", check=True, timeout=60)
     assert "stix-ssh-copy" not in buckets(moto_bridge)
+
+
+def keys(emu: Emulator, bucket: str) -> set[str]:
+    listing = s3(emu).list_objects_v2(Bucket=bucket).get("Contents") or []
+    return {str(o["Key"]) for o in listing}
+
+
+@pytest.mark.slow
+def test_a_non_root_job_on_an_ssh_host_reads_and_writes_through_mount_and_mount_cached(
+    stix: Stix, hosts: SshBed, moto_bridge: Emulator, tmp_path: Path
+) -> None:
+    on_the_bed(stix, hosts, moto_bridge)
+    host = hosts.hosts[0]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from-the-bucket\n")
+    task = tmp_path / "m.yaml"
+    task.write_text(
+        f"""
+resources:
+  infra: ssh/bed
+file_mounts:
+  ~/m:
+    name: stix-ssh-mount
+    source: {data}
+    store: s3
+    mode: MOUNT
+  ~/c:
+    name: stix-ssh-cached
+    source: {data}
+    store: s3
+    mode: MOUNT_CACHED
+    config:
+      mount_cached:
+        vfs_write_back: 3s
+run: |
+  set -e
+  echo uid-$(id -u) $(cat ~/m/in.txt) $(cat ~/c/in.txt)
+  echo via-mount > ~/m/out-m.txt
+  echo via-cache > ~/c/out-c.txt
+"""
+    )
+    done = stix.run("launch", "-c", "sm", "-y", "-d", str(task), timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "Mounted s3://stix-ssh-cached" in done.stdout + done.stderr
+    # the mounts live in the host's own mount namespace, made by its unprivileged user
+    mounts = host.exec("sh", "-c", f"cat /proc/$(cat {host.dir}/sshd.pid)/mounts").stdout
+    points = [line.split()[1] for line in mounts.splitlines() if " fuse.rclone " in line]
+    assert sorted(points) == [f"/home/{USER}/c", f"/home/{USER}/m"], mounts
+
+    # SUCCEEDED only once the write-back cache (3 s) reached the bucket
+    wait_until(lambda: stix.job_status("sm", 1) not in (None, "PENDING", "RUNNING"), timeout=90)
+    assert stix.job_status("sm", 1) == "SUCCEEDED"
+    assert "out-c.txt" in keys(moto_bridge, "stix-ssh-cached")
+    assert "out-m.txt" in keys(moto_bridge, "stix-ssh-mount")
+    logs = stix.run("logs", "sm", "1", "--no-follow", timeout=30).stdout
+    assert f"uid-{USER_ID} from-the-bucket from-the-bucket" in logs
+
+    stix.run("down", "sm", "-y", check=True, timeout=90)
+    mounts = host.exec("sh", "-c", f"cat /proc/$(cat {host.dir}/sshd.pid)/mounts").stdout
+    assert " fuse.rclone " not in mounts  # down unmounted both
+    assert not [pid for pid in host.pids() if "rclone" in _cmdline(pid)]
+    assert "out-c.txt" in keys(moto_bridge, "stix-ssh-cached")  # the bucket outlives the node
+    stix.run("storage", "delete", "stix-ssh-mount", "stix-ssh-cached", "-y", check=True)
+    assert not {"stix-ssh-mount", "stix-ssh-cached"} & buckets(moto_bridge)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
