@@ -9,7 +9,8 @@ two test runs on one machine never share names) and makes:
   the veth pair ``vstixt<k>h<i>`` (root side) / ``eth0`` (host side); its own sshd on port 22
   inside a private UTS + mount namespace, so the host has its own hostname (``stixt<k>h<i>``)
   and its own ``/root`` (a bind mount of ``<bed>/<name>/home``); hosts listed in ``nopy`` have
-  no ``python3`` (an overlay on ``/usr/bin`` with whiteouts for ``python3*``).
+  no ``python3`` (an overlay on ``/usr/bin`` with whiteouts for ``python3*``), and those in
+  ``hide`` lack the ``/usr/bin`` commands named there (``hide={2: ("rclone",)}``) the same way.
 
 Hosts reach each other and nothing else (no default route). Teardown kills every process in
 each namespace (``ip netns pids`` lists exactly those: sshd, sessions, agents, jobs), deletes
@@ -30,7 +31,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ class Host:
     dir: Path
     has_python: bool
     port: int = SSH_PORT
+    hidden: tuple[str, ...] = ()
+    """Commands of /usr/bin this host does not have (whiteouts, like python3 without it)."""
 
     @property
     def home(self) -> Path:
@@ -205,11 +208,11 @@ class SshBed:
     def host(self, index: int) -> Host:
         return self.hosts[index - 1]
 
-    def add_host(self, *, python: bool = True) -> Host:
+    def add_host(self, *, python: bool = True, hidden: Iterable[str] = ()) -> Host:
         index = len(self.hosts) + 1
         ip = self.subnet.replace(".0/24", f".{10 + index}")
         name = f"{PREFIX}{self.slot}h{index}"
-        host = Host(index, name, ip, f"v{name}", self.root / name, python)
+        host = Host(index, name, ip, f"v{name}", self.root / name, python, hidden=tuple(hidden))
         self.hosts.append(host)  # before anything is made, so teardown sees it
         _make_host(self, host)
         return host
@@ -262,11 +265,12 @@ def start_sshd(host: Host) -> None:
     """(Re)start the host's sshd in a fresh private UTS + mount namespace; wait for its port."""
     d = host.dir
     hide = ""
-    if not host.has_python:
+    if not host.has_python or host.hidden:
         upper, work = d / "ub-up", d / "ub-work"
         upper.mkdir(exist_ok=True)
         work.mkdir(exist_ok=True)
-        for exe in Path("/usr/bin").glob("python3*"):
+        gone = [] if host.has_python else list(Path("/usr/bin").glob("python3*"))
+        for exe in [*gone, *(Path("/usr/bin", n) for n in host.hidden)]:
             whiteout = upper / exe.name
             if not whiteout.exists():
                 os.mknod(whiteout, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
@@ -330,8 +334,11 @@ def _clean_slot(slot: int) -> None:
             _run("ip", "link", "del", link, check=False)
 
 
-def hosts_up(n: int, *, nopy: Iterable[int] = ()) -> SshBed:
-    """Make ``n`` hosts (1-based ``nopy`` indices get no python3); torn down on any failure."""
+def hosts_up(
+    n: int, *, nopy: Iterable[int] = (), hide: Mapping[int, Iterable[str]] | None = None
+) -> SshBed:
+    """Make ``n`` hosts (1-based ``nopy`` indices get no python3, ``hide`` maps an index to the
+    /usr/bin commands it lacks); torn down on any failure."""
     reason = unavailable_reason()
     if reason:
         raise RuntimeError(reason)
@@ -353,7 +360,7 @@ def hosts_up(n: int, *, nopy: Iterable[int] = ()) -> SshBed:
         _run("ip", "addr", "add", bed.subnet.replace(".0/24", ".1/24"), "dev", bed.bridge)
         _run("ip", "link", "set", bed.bridge, "up")
         for i in range(1, n + 1):
-            bed.add_host(python=i not in no_python)
+            bed.add_host(python=i not in no_python, hidden=(hide or {}).get(i, ()))
     except BaseException:
         hosts_down(bed)
         raise
@@ -398,12 +405,14 @@ def _pids_if_exists(host: Host) -> list[int]:
 
 
 @contextlib.contextmanager
-def ssh_hosts(n: int, *, nopy: Iterable[int] = ()) -> Iterator[SshBed]:
+def ssh_hosts(
+    n: int, *, nopy: Iterable[int] = (), hide: Mapping[int, Iterable[str]] | None = None
+) -> Iterator[SshBed]:
     """A bed for a ``with`` block (or a fixture); skips the test when beds cannot be made."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    bed = hosts_up(n, nopy=nopy)
+    bed = hosts_up(n, nopy=nopy, hide=hide)
     try:
         yield bed
     finally:
@@ -412,13 +421,20 @@ def ssh_hosts(n: int, *, nopy: Iterable[int] = ()) -> Iterator[SshBed]:
         assert not left, f"the SSH test bed left things behind: {left}"
 
 
-def bed_fixture(n: int, *, nopy: Iterable[int] = (), scope: Any = "session") -> Any:
+def bed_fixture(
+    n: int,
+    *,
+    nopy: Iterable[int] = (),
+    hide: Mapping[int, Iterable[str]] | None = None,
+    scope: Any = "session",
+) -> Any:
     """A pytest fixture giving a bed of ``n`` hosts: ``hosts = bed_fixture(3, nopy=[3])``."""
     no_python = tuple(nopy)
+    hidden = {i: tuple(names) for i, names in (hide or {}).items()}
 
     @pytest.fixture(scope=scope)
     def _bed() -> Iterator[SshBed]:
-        with ssh_hosts(n, nopy=no_python) as bed:
+        with ssh_hosts(n, nopy=no_python, hide=hidden) as bed:
             yield bed
 
     return _bed

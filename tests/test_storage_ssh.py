@@ -11,14 +11,18 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
+from stixd.providers.shared.fuse_tools import PROBE, install_command, parse_facts
+from stixd.providers.shared.ssh_transport import SshConnection, SshTarget
 from tests.conftest import Stix, wait_until
 from tests.sshbed import USER, USER_ID, SshBed, bed_fixture
 from tests.stores_bed import Emulator, running
 from tests.test_storage import buckets, s3
 
-hosts = bed_fixture(1, scope="module")
+hosts = bed_fixture(2, hide={2: ("rclone",)}, scope="module")
+"""Host 1 has the machine's rclone and fuse3; host 2 has fuse3 but no rclone."""
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +156,71 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_mount_on_a_host_without_rclone_is_refused_in_one_sentence_when_it_cannot_install(
+    stix: Stix, hosts: SshBed, moto_bridge: Emulator, tmp_path: Path
+) -> None:
+    on_the_bed(stix, hosts, moto_bridge)
+    bare = hosts.hosts[1]  # its login is no sudoer (the machine has no sudo): nothing installs
+    pools = f"bare:\n  user: {USER}\n  identity_file: {hosts.key}\n  hosts: [{bare.ip}]\n"
+    (stix.home / "ssh_node_pools.yaml").write_text(pools)
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "x.txt").write_text("x\n")
+    task = tmp_path / "bare.yaml"
+    task.write_text(
+        f"""
+resources:
+  infra: ssh/bare
+file_mounts:
+  ~/x:
+    name: stix-ssh-norclone
+    source: {data}
+    store: s3
+    persistent: false
+    mode: MOUNT
+run: echo never
+"""
+    )
+    done = stix.run("launch", "-c", "nr", "-y", str(task), timeout=180)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "no rclone" in last and "apt-get install -y rclone fuse3" in last, done.stderr
+    assert "stix-ssh-norclone" not in buckets(moto_bridge)  # released with the launch
+    stix.run("down", "nr", "-y", check=True, timeout=60)
+
+
+def test_the_install_decision_on_real_hosts_follows_the_login_and_what_is_missing(
+    hosts: SshBed,
+) -> None:
+    """The probe run on the bed's hosts; what would be installed is decided, never run (an
+    install needs the network, which the hosts lack)."""
+
+    async def facts(index: int, user: str) -> str:
+        host = hosts.hosts[index]
+        target = SshTarget(host=host.ip, user=user, identity_file=str(hosts.key))
+        conn = SshConnection(target)
+        try:
+            status, out, _ = await conn.run(PROBE, timeout=30)
+        finally:
+            await conn.close()
+        assert status == 0
+        return out
+
+    full, bare_root, bare_user = (
+        anyio.run(facts, 0, "root"),
+        anyio.run(facts, 1, "root"),
+        anyio.run(facts, 1, USER),
+    )
+    assert parse_facts(full).missing == ()
+    assert install_command(parse_facts(full), allowed=True) is None
+    root = parse_facts(bare_root)
+    assert (root.missing, root.root, root.manager) == (("rclone",), True, "apt-get")
+    command = install_command(root, allowed=True)
+    assert command is not None and "apt-get install -y -q rclone" in command
+    assert "sudo" not in command and "fuse3" not in command  # root; fusermount3 is there
+    assert install_command(root, allowed=False) is None  # a pool with install_packages: false
+    user = parse_facts(bare_user)
+    assert (user.missing, user.root, user.sudo) == (("rclone",), False, False)
+    assert install_command(user, allowed=True) is None

@@ -30,6 +30,7 @@ from stixd.planner.target import cloud_spec, task_ports
 from stixd.providers.base import NodeInfo, NodeStatus, ProvisionRequest
 from stixd.runtime.actor import error_reply
 from stixd.runtime.mailbox import Envelope
+from stixd.storage.mount import mounts_a_bucket
 from stixproto import messages as m
 from stixproto import names
 from stixproto.errors import (
@@ -351,6 +352,7 @@ async def provision(
             **(cluster.spec.placement or {}),
             "launch_id": cluster.data.uid,
             **volumes,
+            **({"fuse": True} if mounts_a_bucket(task) else {}),  # rclone + FUSE on the nodes
         },
         progress=lambda note: env.progress(m.Progress(note)),
     )

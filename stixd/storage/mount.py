@@ -15,10 +15,19 @@ from stixd.storage.copy import node_path
 from stixd.storage.plan import StorageSpec
 from stixd.storage.stores import Bucket, StoreError
 from stixproto.errors import ProvisionError
+from stixproto.task import Storage, Task
 
 MOUNT_DEADLINE_S = 90.0
 """The agent waits up to 20 s for rclone's mount to appear; unmounting a stale one first may
 take longer."""
+
+
+def mounts_a_bucket(task: Task | None) -> bool:
+    """Whether ``task`` mounts a bucket (MOUNT or MOUNT_CACHED): its nodes need rclone and FUSE,
+    which a provider installs or makes room for at launch (``resources["fuse"]``)."""
+    if task is None:
+        return False
+    return any(isinstance(v, Storage) and v.mount_mode != "COPY" for v in task.file_mounts.values())
 
 
 def node_keys(keys: dict[str, str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ from stixd.providers.aws.keys import ensure_local_key
 from stixd.providers.aws.records import Records
 from stixd.providers.base import Mount, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.shared.bootstrap import BootstrapError
+from stixd.providers.shared.fuse_tools import FUSE_RESOURCE
 from stixd.providers.shared.ssh_nodes import (
     TEST_HOSTS_ENV,
     WORKDIR,
@@ -124,6 +125,7 @@ class AwsNodes:
                     build=build,
                     num_gpus=num_gpus,
                     log=self.log,
+                    fuse=bool(req.resources.get(FUSE_RESOURCE)),
                 )
             except (SshError, BootstrapError) as exc:
                 errors[rank] = exc

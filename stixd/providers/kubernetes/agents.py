@@ -17,6 +17,7 @@ from stixd.providers.kubernetes.records import Where
 from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
 from stixd.providers.kubernetes.shapes import get
 from stixd.providers.shared.bootstrap import ensure_agent
+from stixd.providers.shared.fuse_tools import ensure_fuse_tools
 from stixd.providers.shared.ssh_nodes import WORKDIR, build_of
 from stixd.providers.shared.ssh_transport import quote
 from stixproto.errors import ProvisionError
@@ -78,6 +79,8 @@ async def start_agents(
             )
             workdir = f"{ep.home}/{WORKDIR}"
             await shell.run(f"mkdir -p {quote(workdir)}", timeout=30)
+            if asked.fuse:  # the task mounts a bucket: rclone + fuse3 into the image if need be
+                await ensure_fuse_tools(shell, allowed=True)
         except ProvisionError as exc:
             errors[rank] = exc
             return

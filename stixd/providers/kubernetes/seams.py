@@ -113,6 +113,8 @@ class PodRequest:
     ports: tuple[int, ...] = ()
     volumes: tuple[PodVolume, ...] = ()
     """The task's volumes (`stixd.providers.kubernetes.volumes`)."""
+    fuse: bool = False
+    """The task mounts a bucket: the pod needs FUSE (``podspec.fuse_access``)."""
 
     @classmethod
     def of(cls, placement: dict[str, Any]) -> PodRequest:
@@ -131,4 +133,5 @@ class PodRequest:
             image=image or None,
             ports=tuple(int(p) for p in placement.get("ports") or ()),
             volumes=tuple(PodVolume.of(v) for v in placement.get("volumes") or ()),
+            fuse=bool(placement.get("fuse")),
         )

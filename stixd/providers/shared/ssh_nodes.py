@@ -20,6 +20,7 @@ import structlog
 from stixd.agent_bundle import build_id
 from stixd.providers.base import NodeInfo, NodeStatus
 from stixd.providers.shared.bootstrap import ensure_agent
+from stixd.providers.shared.fuse_tools import ensure_fuse_tools
 from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_transport import (
     SshAuthError,
@@ -98,8 +99,11 @@ async def bootstrap_node(
     build: str,
     num_gpus: float,
     log: structlog.stdlib.BoundLogger,
+    fuse: bool = False,
 ) -> NodeInfo:
-    """An agent of ``build`` answering for ``cluster``/``rank`` on the host of ``conn``.
+    """An agent of ``build`` answering for ``cluster``/``rank`` on the host of ``conn``; with
+    ``fuse`` (the task mounts a bucket), rclone and fuse3 installed when the node lacks them
+    (a machine stix made: installing is always allowed, `fuse_tools`).
 
     Raises ``SshError`` (host unreachable) or ``BootstrapError`` (something wrong on the host).
     """
@@ -117,6 +121,10 @@ async def bootstrap_node(
     )
     workdir = f"{ep.home}/{WORKDIR}"
     await conn.run(f"mkdir -p {quote(workdir)}", timeout=30)
+    if fuse:
+        installed = await ensure_fuse_tools(conn, allowed=True)
+        if installed:
+            log.info("fuse_installed", cluster=cluster, rank=rank, command=installed)
     log.info(
         "ssh_node_ready",
         cluster=cluster,

@@ -16,6 +16,11 @@ through a bastion name it either as ``jump_host: [user@]host[:port]`` (logged in
 host's own key) or as an OpenSSH ``proxy_command`` (``%h``, ``%p``, ``%r`` and ``%%`` are
 expanded). Every error is one sentence naming the file, the pool and the key at fault.
 
+A pool may say ``install_packages: false``: stix then installs nothing on its hosts (a task that
+mounts a bucket on a host without rclone and fuse3 is refused in one sentence saying how to
+install them). By default a host whose login is root or a passwordless sudoer gets what a task
+needs installed (rclone and fuse3 for a bucket mount), as SkyPilot does for its own dependencies.
+
 ``Allocations`` records which cluster holds which host (``<stix home>/ssh_allocations.json``).
 """
 
@@ -38,7 +43,15 @@ from stixproto import user_yaml
 from stixproto.errors import ProvisionError
 
 _ROUTE_KEYS = ("jump_host", "proxy_command")
-_POOL_KEYS = ("user", "identity_file", "password", "port", "hosts", *_ROUTE_KEYS)
+_POOL_KEYS = (
+    "user",
+    "identity_file",
+    "password",
+    "port",
+    "hosts",
+    "install_packages",
+    *_ROUTE_KEYS,
+)
 _HOST_KEYS = ("ip", "user", "identity_file", "port", "password", *_ROUTE_KEYS)
 
 Fail = Callable[[str, str], "PoolError"]
@@ -52,6 +65,8 @@ class PoolError(ValueError):
 class SshPool(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     hosts: tuple[PoolHost, ...]
+    install_packages: bool = True
+    """Whether stix may install what a task needs (rclone, fuse3) on hosts that let it."""
 
 
 def load_pools(home: Path) -> dict[str, SshPool]:
@@ -111,7 +126,10 @@ def _pool(source: str, name: str, raw: Any) -> SshPool:
         if host.key in seen:
             raise fail(f"hosts.{i}", f"{host.key} is listed twice (also hosts.{seen[host.key]})")
         seen[host.key] = i
-    return SshPool(name=name, hosts=hosts)
+    install = raw.get("install_packages", True)
+    if not isinstance(install, bool):
+        raise fail("install_packages", f"expected true or false, not {install!r}")
+    return SshPool(name=name, hosts=hosts, install_packages=install)
 
 
 def _route(raw: dict[str, Any], fail: Fail) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from stixd.agent_client import AgentClient, AgentUnreachable
 from stixd.providers.abilities import HostReport, PoolHolding
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.shared.bootstrap import BootstrapError, ensure_agent, remote_node_dir
+from stixd.providers.shared.fuse_tools import FUSE_RESOURCE, ensure_fuse_tools
 from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_sync import Method, ssh_client_args
 from stixd.providers.shared.ssh_sync import sync as sync_mounts
@@ -301,6 +302,10 @@ class SshProvider(HoldsVolumes):
                 )
                 workdir = f"{ep.home}/{WORKDIR}"
                 await conn.run(f"mkdir -p {quote(workdir)}", timeout=30)
+                if req.resources.get(FUSE_RESOURCE):  # the task mounts a bucket
+                    installed = await ensure_fuse_tools(conn, allowed=pool.install_packages)
+                    if installed:
+                        self.log.info("ssh_fuse_installed", host=conn.host, command=installed)
             except (SshError, BootstrapError) as exc:
                 errors[rank] = exc
                 return
