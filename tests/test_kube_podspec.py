@@ -13,6 +13,8 @@ from stixd.providers.kubernetes.config import CustomMetadata, KubernetesConfig
 from stixd.providers.kubernetes.entry import build
 from stixd.providers.kubernetes.gpu_labels import NoGpuNodes, Selection, select
 from stixd.providers.kubernetes.podspec import (
+    FS_GROUP,
+    FUSE_VOLUME,
     IDLE,
     LABEL_CLUSTER,
     LABEL_LAUNCH,
@@ -26,7 +28,7 @@ from stixd.providers.kubernetes.podspec import (
     overridden_keys,
     pod_name,
 )
-from stixd.providers.kubernetes.seams import CONTAINER, PodRequest
+from stixd.providers.kubernetes.seams import CONTAINER, PodRequest, PodVolume
 from stixd.providers.registry import BuildContext
 from tests.kube_fake.nodes import GPU_LABEL_SCHEMES
 
@@ -134,6 +136,42 @@ def test_pod_config_is_merged_in_but_the_node_keeps_what_it_must_be() -> None:
     assert pod["metadata"]["annotations"] == {"note": "x"}
     task_image = manifest(PodRequest(cpus=1, memory_gb=1, image="task/img"), PLAN, config)
     assert container(task_image)["image"] == "task/img"  # image_id: docker:... over both
+
+
+def test_a_pod_of_a_task_mounting_a_bucket_gets_the_fuse_device_and_sys_admin() -> None:
+    pod = manifest(PodRequest(cpus=1, memory_gb=1, fuse=True), PLAN, KubernetesConfig())
+    c = container(pod)
+    assert c["securityContext"] == {"capabilities": {"add": ["SYS_ADMIN"]}}
+    device = {"name": FUSE_VOLUME, "hostPath": {"path": "/dev/fuse", "type": "CharDevice"}}
+    assert pod["spec"]["volumes"] == [device]
+    assert c["volumeMounts"] == [{"name": FUSE_VOLUME, "mountPath": "/dev/fuse"}]
+    theirs = {
+        "spec": {"containers": [{"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}]}
+    }
+    kept = manifest(
+        PodRequest(cpus=1, memory_gb=1, fuse=True), PLAN, KubernetesConfig(pod_config=theirs)
+    )
+    assert container(kept)["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "SYS_ADMIN"]
+    privileged = KubernetesConfig(fuse="privileged")
+    whole = manifest(PodRequest(cpus=1, memory_gb=1, fuse=True), PLAN, privileged)
+    assert container(whole)["securityContext"] == {"privileged": True}
+    assert "volumes" not in whole["spec"]  # a privileged container has every device
+    plain = manifest(PodRequest(cpus=1, memory_gb=1), PLAN, KubernetesConfig())
+    assert "securityContext" not in container(plain) and "volumes" not in plain["spec"]
+
+
+def test_a_pod_with_volumes_runs_with_a_group_that_may_write_them_unless_pod_config_says() -> None:
+    claim = (PodVolume(dest="/data", claim="data-1"),)
+    pod = manifest(PodRequest(cpus=1, memory_gb=1, volumes=claim), PLAN, KubernetesConfig())
+    assert pod["spec"]["securityContext"] == {
+        "fsGroup": FS_GROUP,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
+    theirs = KubernetesConfig(pod_config={"spec": {"securityContext": {"fsGroup": 2000}}})
+    own = manifest(PodRequest(cpus=1, memory_gb=1, volumes=claim), PLAN, theirs)
+    assert own["spec"]["securityContext"]["fsGroup"] == 2000
+    bare = manifest(PodRequest(cpus=1, memory_gb=1), PLAN, KubernetesConfig())
+    assert "securityContext" not in bare["spec"]
 
 
 def test_merge_goes_key_by_key_containers_by_position_and_named_lists_by_name() -> None:

@@ -1,18 +1,32 @@
 """`stixctl volumes` on Kubernetes: claims made, adopted and mounted by the pods of a cluster,
-checked with kubectl against the fake API server (tests/kube_fake), from outside stix."""
+checked with kubectl against the fake API server (tests/kube_fake), from outside stix; and a
+bucket mounted in a pod (the fake's pods are processes on this machine, so rclone mounts
+for real on /dev/fuse, the S3 emulator on its loopback).
+
+What the fake cannot show: it mounts no volume into a pod and runs every pod as the test's
+own user (root), applying neither ``runAsUser`` nor ``fsGroup``. So a non-root job writing a
+claim is shown only as far as stix's part goes: the pod asks for ``fsGroup`` (the kubelet's
+part, giving the claim to that group, is a real cluster's); a non-root job writing a volume is
+proven on SSH hosts (tests/test_volumes_ssh.py) and locally (tests/test_volumes.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stixd.providers.kubernetes.owner import owner_of
-from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
-from tests.conftest import Stix
+from stixd.providers.kubernetes.podspec import FS_GROUP, FUSE_VOLUME, LABEL_CLUSTER
+from stixd.providers.shared.fuse_mounts import fuse_mounts_under
+from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
+from tests.stores_bed import Emulator, moto_s3
+from tests.test_storage import s3
 from tests.test_volumes import stix as _module_stix  # noqa: F401 - one daemon for the module
 from tests.test_volumes import volumes, write
 
@@ -51,11 +65,21 @@ run: echo mounted
 """
 
 
+__all__ = ["moto_s3"]  # the module's S3 emulator
+
+
 @pytest.fixture(scope="module")
-def k8s(_module_stix: Stix, kube: FakeProcess) -> Iterator[Stix]:  # noqa: F811
+def k8s(_module_stix: Stix, kube: FakeProcess, moto_s3: Emulator) -> Iterator[Stix]:  # noqa: F811
     _module_stix.env["KUBECONFIG"] = str(kube.kubeconfig)
+    _module_stix.env.update({k: v for k, v in moto_s3.env.items() if k != "HOME"})
     _module_stix.run("check", check=True, timeout=60)
-    yield _module_stix
+    try:
+        yield _module_stix
+    finally:  # a failed test's bucket mounts, before the fake removes its pods' folders
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _module_stix.run("down", "-a", "-y", timeout=60)
+        for point in fuse_mounts_under(kube.workdir):
+            subprocess.run(["fusermount3", "-uz", point], capture_output=True, check=False)
 
 
 def claims(kube: FakeProcess) -> dict[str, dict[str, Any]]:
@@ -97,6 +121,9 @@ def test_claims_are_made_adopted_mounted_by_the_pods_and_only_stixs_deleted(
     assert sources[mounts["/weights"][0]]["persistentVolumeClaim"] == {"claimName": "weights"}
     assert mounts["/weights"][1] == "v1"
     assert sources[mounts["/scratch"][0]]["hostPath"]["path"] == "/tmp/stix-scratch"
+    group = pod["spec"]["securityContext"]
+    assert (group["fsGroup"], group["fsGroupChangePolicy"]) == (FS_GROUP, "OnRootMismatch")
+    assert FUSE_VOLUME not in sources  # no bucket mounted: no FUSE device either
     assert volumes(k8s)["data"]["used_by"] == ["kv"]
     moved = TASK.replace("/data: data", "/elsewhere: data")
     again = k8s.run("launch", "-y", "-c", "kv", write(k8s, "moved.yaml", moved), timeout=60)
@@ -123,3 +150,49 @@ def test_a_claim_stix_did_not_make_is_not_taken_over(k8s: Stix, kube: FakeProces
     assert volumes(k8s)["taken"]["status"] == "NOT_READY"
     k8s.run("volumes", "delete", "taken", "-y", check=True)
     assert name in claims(kube)  # still theirs
+
+
+@pytest.mark.slow
+def test_a_pod_mounting_a_bucket_gets_fuse_and_its_job_reads_and_writes_through_it(
+    k8s: Stix, kube: FakeProcess, moto_s3: Emulator, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("in-the-bucket\n")
+    task = f"""
+resources:
+  infra: k8s
+  cpus: 1
+file_mounts:
+  ~/c:
+    name: stix-kube-cached
+    source: {data}
+    store: s3
+    mode: MOUNT_CACHED
+    config:
+      mount_cached:
+        vfs_write_back: 2s
+run: |
+  set -e
+  echo read-$(cat ~/c/in.txt)
+  echo from-a-pod > ~/c/out.txt
+"""
+    done = k8s.run("launch", "-y", "-d", "-c", "kb", write(k8s, "kb.yaml", task), timeout=180)
+    assert done.returncode == 0, done.stderr
+    pod = kube.kubectl_json("get", "pods", "-l", f"{LABEL_CLUSTER}=kb")["items"][0]
+    container = pod["spec"]["containers"][0]
+    assert container["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+    sources = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert sources[FUSE_VOLUME]["hostPath"] == {"path": "/dev/fuse", "type": "CharDevice"}
+    assert {"name": FUSE_VOLUME, "mountPath": "/dev/fuse"} in container["volumeMounts"]
+    assert len(fuse_mounts_under(kube.workdir)) == 1  # rclone's, in the pod's home
+
+    wait_until(lambda: k8s.job_status("kb", 1) not in (None, "PENDING", "RUNNING"), timeout=90)
+    assert k8s.job_status("kb", 1) == "SUCCEEDED"
+    listing = s3(moto_s3).list_objects_v2(Bucket="stix-kube-cached").get("Contents") or []
+    assert "out.txt" in {o["Key"] for o in listing}  # flushed before the job counted as done
+    logs = k8s.run("logs", "kb", "1", "--no-follow", timeout=30).stdout
+    assert "read-in-the-bucket" in logs
+    k8s.run("down", "kb", "-y", check=True, timeout=90)
+    assert fuse_mounts_under(kube.workdir) == []
+    k8s.run("storage", "delete", "stix-kube-cached", "-y", check=True, timeout=60)

@@ -17,6 +17,8 @@
 - ``ports``: how a task's ports are exposed: ``loadbalancer`` (default), ``nodeport`` or
   ``podip`` (reachable only from inside the cluster's network).
 - ``image``: the pod image when the task names none (must have python3 for the agent).
+- ``fuse``: how the pods of a task that mounts a bucket get FUSE: ``device`` (the node's
+  /dev/fuse as a hostPath and the ``SYS_ADMIN`` capability) or ``privileged``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import msgspec
 from stixproto.bounds import MAX_SECONDS
 
 PortMode = Literal["loadbalancer", "nodeport", "podip"]
+FuseMode = Literal["device", "privileged"]
 Autoscaler = Literal["gke", "karpenter", "coreweave", "generic"]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
 DEFAULT_IMAGE = "python:3.11-slim"
@@ -56,3 +59,4 @@ class KubernetesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     )
     ports: PortMode = "loadbalancer"
     image: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] = DEFAULT_IMAGE
+    fuse: FuseMode = "device"

@@ -48,6 +48,12 @@ IDLE = [
 """The container's command: wait, and end at once on SIGTERM (a bare ``sleep`` as PID 1 ignores
 it, and every delete would wait out the grace period); its pid is written down for the agent."""
 
+FS_GROUP = 1000
+"""The group a pod with volumes runs with and its volumes are given to (SkyPilot's pods, with
+``fsGroupChangePolicy: OnRootMismatch``): a job of a non-root image user can write a claim."""
+FUSE_VOLUME = "stix-fuse"
+"""The node's /dev/fuse, in a pod whose task mounts a bucket (``fuse: device``)."""
+
 RESTART_POLICY = "Never"
 """The pod's ``restartPolicy``, whatever ``pod_config`` says."""
 
@@ -253,6 +259,24 @@ def pod_volumes(volumes: Iterable[PodVolume]) -> tuple[list[dict[str, Any]], lis
     return specs, mounts
 
 
+def fuse_access(spec: dict[str, Any], container: dict[str, Any], mode: str) -> None:
+    """What rclone needs to mount a bucket in the pod: the node's /dev/fuse and the right to
+    mount (``SYS_ADMIN``), or a privileged container (``kubernetes.fuse: privileged``). SkyPilot
+    0.14 proxies fusermount through a privileged DaemonSet of its own image instead; stix ships
+    no image, so the pod itself gets the device, as SkyPilot's pods did before (its
+    smarter-device-manager handed out /dev/fuse, the pod added ``SYS_ADMIN``)."""
+    security = container.setdefault("securityContext", {})
+    if mode == "privileged":
+        security["privileged"] = True
+        return
+    caps = security.setdefault("capabilities", {})
+    caps["add"] = [*dict.fromkeys([*(caps.get("add") or []), "SYS_ADMIN"])]
+    device = {"name": FUSE_VOLUME, "hostPath": {"path": "/dev/fuse", "type": "CharDevice"}}
+    spec["volumes"] = merge(spec.get("volumes") or [], [device])
+    mount = {"name": FUSE_VOLUME, "mountPath": "/dev/fuse"}
+    container["volumeMounts"] = merge(container.get("volumeMounts") or [], [mount])
+
+
 def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[str, Any]:
     """The pod for rank ``plan.rank`` of ``plan.cluster``."""
     defaults: dict[str, Any] = {
@@ -293,6 +317,10 @@ def manifest(req: PodRequest, plan: PodPlan, config: KubernetesConfig) -> dict[s
         volumes, mounts = pod_volumes(req.volumes)
         spec["volumes"] = merge(spec.get("volumes") or [], volumes)
         container["volumeMounts"] = merge(container.get("volumeMounts") or [], mounts)
+        group = {"fsGroup": FS_GROUP, "fsGroupChangePolicy": "OnRootMismatch"}
+        spec["securityContext"] = merge(group, spec.get("securityContext") or {})  # theirs wins
+    if req.fuse:
+        fuse_access(spec, container, config.fuse)
     if plan.selection is not None:
         spec["affinity"] = _require(spec.get("affinity") or {}, plan.selection)
     spec["serviceAccountName"] = account_of(config.remote_identity)  # made by identity.ensure
