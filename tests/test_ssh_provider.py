@@ -98,7 +98,7 @@ def test_pool_file_in_skypilot_form_becomes_typed_hosts(tmp_path: Path) -> None:
         (
             {"gpus": {"hosts": ["a"], "users": "u"}},
             "ssh_node_pools.yaml: pool gpus: users: unknown key (expected one of user, "
-            "identity_file, password, port, hosts, jump_host, proxy_command)",
+            "identity_file, password, port, hosts, jump_host, proxy_command, install_packages)",
         ),
         (
             {"gpus": {"hosts": [{"ip": "a", "key": "k"}]}},

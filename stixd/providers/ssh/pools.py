@@ -49,8 +49,8 @@ _POOL_KEYS = (
     "password",
     "port",
     "hosts",
-    "install_packages",
     *_ROUTE_KEYS,
+    "install_packages",
 )
 _HOST_KEYS = ("ip", "user", "identity_file", "port", "password", *_ROUTE_KEYS)
 
