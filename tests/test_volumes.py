@@ -324,6 +324,14 @@ def test_over_http_each_user_sees_and_deletes_only_their_own_volumes(stix: Stix)
     alice.run("volumes", "delete", "alices", "-y", check=True)
     assert "alices" not in volumes(stix)
 
+    node_disk = "name: nodedisk\ntype: k8s-hostpath\ninfra: k8s\nconfig:\n  host_path: /var/lib\n"
+    spec = write(stix, "h.yaml", node_disk)
+    refused = alice.run("volumes", "apply", spec, "-y")  # a hostPath into pods: admins only
+    assert refused.returncode == 7 and len(refused.stderr.strip().splitlines()) == 1
+    assert "only an admin may make one" in refused.stderr
+    everyones = {v["name"] for v in stix.json("volumes", "ls", "-u")}
+    assert "nodedisk" not in everyones  # (an admin's is made: tests/test_volumes_kube.py)
+
 
 EPHEMERAL = """
 volumes:

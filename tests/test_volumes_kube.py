@@ -1,5 +1,6 @@
 """`stixctl volumes` on Kubernetes: claims made, adopted and mounted by the pods of a cluster,
-checked with kubectl against the fake API server (tests/kube_fake), from outside stix."""
+and ephemeral ones made for a cluster and deleted at its down, checked with kubectl against the
+fake API server (tests/kube_fake), from outside stix."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from stixd.providers.kubernetes.owner import owner_of
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER
+from stixproto.volumes import ephemeral_name
 from tests.conftest import Stix
 from tests.kube_fake.process import FakeProcess
 from tests.test_volumes import stix as _module_stix  # noqa: F401 - one daemon for the module
@@ -123,3 +125,46 @@ def test_a_claim_stix_did_not_make_is_not_taken_over(k8s: Stix, kube: FakeProces
     assert volumes(k8s)["taken"]["status"] == "NOT_READY"
     k8s.run("volumes", "delete", "taken", "-y", check=True)
     assert name in claims(kube)  # still theirs
+
+
+EPHEMERAL = """
+resources:
+  infra: k8s
+  cpus: 1
+volumes:
+  /scratch:
+    size: 1Gi
+    labels: {team: ml}
+    config: {storage_class_name: standard}
+run: echo mounted
+"""
+
+
+def test_an_ephemeral_claim_is_made_for_its_cluster_mounted_and_deleted_at_its_down(
+    k8s: Stix, kube: FakeProcess
+) -> None:
+    two = EPHEMERAL.replace("cpus: 1", "cpus: 1\nnum_nodes: 2")
+    refused = k8s.run("launch", "-y", "-c", "ke2", write(k8s, "two.yaml", two))
+    assert refused.returncode == 2 and "ReadWriteOnce is not supported for multi-node" in (
+        refused.stderr
+    )
+    name = ephemeral_name("ke", "/scratch")
+    made = f"{name}-{owner_of(k8s.home)}"
+    launched = k8s.run("launch", "-y", "-c", "ke", write(k8s, "eph.yaml", EPHEMERAL), timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    claim = claims(kube)[made]
+    assert claim["metadata"]["labels"]["team"] == "ml"
+    assert claim["metadata"]["labels"][LABEL_CLUSTER] == "ke"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = kube.kubectl_json("get", "pods", "-l", f"{LABEL_CLUSTER}=ke")["items"][0]
+    mount = next(
+        m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/scratch"
+    )
+    source = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    assert source["persistentVolumeClaim"] == {"claimName": made}
+    shown = volumes(k8s)[name]
+    assert shown["is_ephemeral"] and shown["status"] == "IN_USE" and shown["used_by"] == ["ke"]
+    k8s.run("down", "-y", "ke", check=True, timeout=60)
+    assert made not in claims(kube)
+    assert name not in volumes(k8s)
