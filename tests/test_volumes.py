@@ -356,6 +356,9 @@ def test_an_ephemeral_volume_is_made_for_its_cluster_written_and_removed_at_down
     shown = volumes(stix)[name]
     assert shown["is_ephemeral"] and shown["status"] == "IN_USE" and shown["used_by"] == ["eph"]
     assert "EPHEMERAL" in stix.run("volumes", "ls", check=True).stdout
+    borrow = write(stix, "b.yaml", f"volumes:\n  /x: {name}\nrun: echo never\n")
+    refused = stix.run("launch", "-c", "borrower", "-y", borrow)
+    assert refused.returncode == 2 and "the ephemeral volume of cluster eph" in refused.stderr
     kept = stix.run("volumes", "delete", "-a", "-y", check=True)  # goes with its cluster only
     assert name in volumes(stix) and "No volumes" in kept.stdout
     stix.run("down", "eph", "-y", check=True)

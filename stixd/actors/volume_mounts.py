@@ -98,6 +98,16 @@ def _named(dest: str, spec: str | dict[str, Any]) -> Named:
     return Named(dest, name, sub_path)
 
 
+def _check_not_ephemeral(v: Named, row: Row, cluster: str | None = None) -> None:
+    """An ephemeral volume is its cluster's alone: another task may not name it."""
+    owner = row.spec.get("cluster")
+    if owner is not None and owner != cluster:
+        raise InvalidTask(
+            f"volumes.{v.dest}: volume {v.name} is the ephemeral volume of cluster {owner}, "
+            "removed with it; make one to share with `stixctl volumes apply`"
+        )
+
+
 async def check_task(app: App, task: Task, infra: str, pool: str | None) -> None:
     """Refuse, before anything is launched, a task naming a volume that does not exist or
     lives on another infra than ``infra``/``pool`` (where the task will run), or an ephemeral
@@ -112,6 +122,7 @@ async def check_task(app: App, task: Task, infra: str, pool: str | None) -> None
                 f"volumes.{v.dest}: volume {v.name!r} does not exist; make it with "
                 "`stixctl volumes apply FILE`"
             )
+        _check_not_ephemeral(v, row)
         volume = config_of(msgspec.convert(row.spec, VolumeSpec))
         if volume.cloud != infra or (volume.where is not None and volume.where != pool):
             raise InvalidTask(
@@ -140,6 +151,9 @@ async def task_mounts(
             await ask_volume(app, volume.name, Attach(cluster))
             mounts.append(VolumeMount(volume=volume, dest=v.dest, cluster=cluster))
             continue
+        row = await app.store.get(VOLUME, v.name)
+        if row is not None:
+            _check_not_ephemeral(v, row, cluster)
         await ask_volume(app, v.name, Attach(cluster))
         row = await app.store.get(VOLUME, v.name)
         if row is None:
