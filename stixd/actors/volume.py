@@ -21,6 +21,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
 from stixd.actors.specs import _Record
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 
 VOLUME = "volume"
 MAX_USERS = 1000
+PRUNE_WAIT_S = 60.0
+"""How long a `down` waits for its ephemeral volumes to be removed (an infra that does not
+answer: the volumes' actors go on trying, and their next reconcile too)."""
 """Clusters remembered as having mounted a volume (the oldest are forgotten first)."""
 
 
@@ -248,11 +252,14 @@ async def prune_ephemeral(app: App, cluster: str | None = None) -> None:
     except Exception as exc:
         app.log.warning("volume_prune_failed", error=str(exc))
         return
-    for row in rows:
-        owner = row.spec.get("cluster")
-        if owner is None or (cluster is not None and owner != cluster) or row.quarantined:
-            continue
-        try:
-            await ask_volume(app, row.id, Prune())
-        except StixError as exc:
-            app.log.warning("volume_prune_failed", volume=row.id, error=exc.message)
+    with anyio.move_on_after(PRUNE_WAIT_S) as waited:
+        for row in rows:
+            owner = row.spec.get("cluster")
+            if owner is None or (cluster is not None and owner != cluster) or row.quarantined:
+                continue
+            try:
+                await ask_volume(app, row.id, Prune())
+            except StixError as exc:
+                app.log.warning("volume_prune_failed", volume=row.id, error=exc.message)
+    if waited.cancelled_caught:  # the actors finish on their own; a down does not wait longer
+        app.log.warning("volume_prune_slow", cluster=cluster, waited_s=PRUNE_WAIT_S)
