@@ -115,7 +115,6 @@ def _record(row: Row, live: set[str], scope: ownership.Scope) -> m.VolumeRecord:
     used_by = [u for u in data.users if u in live]
     state = state_of(row, V)
     status = V.IN_USE if state is V.READY and used_by else state or V.NOT_READY
-    cluster = spec.cluster
     return m.VolumeRecord(
         name=row.id,
         type=volume.type,
@@ -129,7 +128,7 @@ def _record(row: Row, live: set[str], scope: ownership.Scope) -> m.VolumeRecord:
         workspace=scope.workspace(row.spec),
         error=data.error,
         use_existing=volume.use_existing,
-        is_ephemeral=cluster is not None,
+        is_ephemeral=spec.cluster is not None,
     )
 
 
