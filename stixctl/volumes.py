@@ -1,5 +1,6 @@
 """`stixctl volumes apply FILE | ls | delete NAMES|-a` (SkyPilot's `sky volumes`): volumes that
-outlive clusters, mounted by a task's `volumes:` key."""
+outlive clusters, mounted by a task's `volumes:` key; `ls` shows too the ephemeral ones a
+launch made for its cluster (a `volumes:` entry with a size), as SkyPilot does."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def render(records: list[m.VolumeRecord]) -> str:
     from stixctl.render import ago, table
 
     users = any(r.user is not None for r in records)
+    ephemeral = any(r.is_ephemeral for r in records)  # SkyPilot's IS_EPHEMERAL column
     rows = []
     for r in records:
         row = [
@@ -44,8 +46,10 @@ def render(records: list[m.VolumeRecord]) -> str:
             ", ".join(r.used_by) or "-",
             ago(r.created_at) if r.created_at else "-",
         ]
+        row = [*row, "yes" if r.is_ephemeral else "-"] if ephemeral else row
         rows.append([*row, r.user or "-"] if users else row)
     head = ["NAME", "TYPE", "INFRA", "SIZE", "STATUS", "USED BY", "CREATED"]
+    head = [*head, "EPHEMERAL"] if ephemeral else head
     text = table([*head, "USER"] if users else head, rows)
     errors = [f"{r.name}: {r.error}" for r in records if r.error]
     return "\n".join([text, *errors])

@@ -631,6 +631,8 @@ class VolumeRecord(msgspec.Struct, frozen=True):
     workspace: str | None = None
     error: str | None = None
     use_existing: bool = False
+    is_ephemeral: bool = False
+    """Made by a launch for its cluster (the one in ``used_by``) and removed at its `down`."""
 
 
 class VolumeList(Msg, tag="volume_list", frozen=True):

@@ -5,11 +5,17 @@ SkyPilot's types are ``k8s-pvc`` (a PersistentVolumeClaim), ``k8s-hostpath`` (a 
 the node) and ``runpod-network-volume``. stix runs a ``k8s-hostpath`` volume on its own nodes
 too (``infra: local`` or ``ssh/<pool>``): a directory under stix's folder on the node, named by
 the volume, so a volume's name never picks a path outside that folder.
+
+A task's ``volumes:`` entry with a ``size`` (SkyPilot's ephemeral volume: ``/mnt/x: {size: 10Gi,
+labels: ..., type: k8s-pvc, config: {access_mode: ...}}``) names no volume: the launch makes one
+for its cluster (`ephemeral`), named ``<cluster>-<hash of the mount path>`` as SkyPilot names
+it, and the cluster's `down` removes it.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from typing import Annotated, Any, Literal
 
@@ -190,3 +196,61 @@ def from_yaml(doc: Any) -> VolumeConfig:
     except msgspec.ValidationError as exc:
         text = str(exc).replace("`$.", "`").replace("`$", "`")
         raise InvalidRequest(f"volume YAML: {text}") from None
+
+
+EPHEMERAL_TYPES = (PVC,)
+"""SkyPilot's ``EPHEMERAL_VOLUME_TYPES``: a volume made for a cluster is a claim on Kubernetes
+(and a folder of stix's on its own nodes, whatever the task says)."""
+EPHEMERAL_KEYS = ("size", "type", "labels", "config", "name", "sub_path")
+
+
+def ephemeral_name(cluster: str, dest: str) -> str:
+    """SkyPilot's ``<cluster>-<md5(path)[:6]>``; a cluster name too long for that keeps its
+    first letters and hashes both, so two clusters never share a volume."""
+    digest = hashlib.md5(dest.encode(), usedforsecurity=False).hexdigest()[:6]
+    if len(cluster) + 7 <= names.MAX_NAME_LENGTH:
+        return f"{cluster}-{digest}"
+    both = hashlib.md5(f"{cluster}\0{dest}".encode(), usedforsecurity=False).hexdigest()[:6]
+    return f"{cluster[: names.MAX_NAME_LENGTH - 7]}-{both}"
+
+
+def ephemeral(
+    spec: dict[str, Any], cluster: str, dest: str, infra: str, num_nodes: int = 1
+) -> VolumeConfig:
+    """The volume a task's ``{size: ...}`` entry at ``dest`` stands for, made for ``cluster``
+    on ``infra`` (``local``, ``ssh/POOL``, ``k8s[/CONTEXT]``); `InvalidRequest` in one line for
+    a size, type or config SkyPilot would refuse too."""
+    kind = spec.get("type")
+    if kind is not None and (not isinstance(kind, str) or kind.lower() not in EPHEMERAL_TYPES):
+        shown = str(kind)[:40]
+        raise InvalidRequest(
+            f"ephemeral volume type {shown!r} is not supported; use {', '.join(EPHEMERAL_TYPES)}"
+        )
+    size = spec.get("size")
+    if not isinstance(size, str | int) or isinstance(size, bool):
+        raise InvalidRequest(f"ephemeral volume size {str(size)[:32]!r} is not a size like '10Gi'")
+    try:
+        parse_size(size)
+    except ValueError as exc:
+        raise InvalidRequest(f"ephemeral volume {exc}") from None
+    on_kube = infra.partition("/")[0].lower() in KUBERNETES
+    doc: dict[str, Any] = {
+        "name": ephemeral_name(cluster, dest),
+        "type": PVC if on_kube else HOSTPATH,
+        "infra": infra,
+        "size": size,
+    }
+    if spec.get("labels"):
+        doc["labels"] = spec["labels"]
+    if on_kube and spec.get("config"):  # storage class, access mode: a claim's, nowhere else
+        doc["config"] = spec["config"]
+    volume = from_yaml(doc)
+    if volume.config.host_path is not None:
+        raise InvalidRequest("an ephemeral volume is a claim: config.host_path is not for it")
+    access = volume.config.access_mode or "ReadWriteOnce"
+    if on_kube and num_nodes > 1 and access in ("ReadWriteOnce", "ReadWriteOncePod"):
+        raise InvalidRequest(
+            f"access mode {access} is not supported for multi-node tasks: give the ephemeral "
+            "volume config.access_mode: ReadWriteMany"
+        )
+    return volume

@@ -5,7 +5,8 @@ are apart). Replica A serves a service; B lists it, reads its logs and takes it 
 A; a forged forward with a user's token is refused; users own pools, and a pool that names no
 owner (made before pools kept one) is every user's of its workspace; A killed with SIGKILL
 while it runs a service has it taken over by B within the lease bound, the replica and the
-balancer still running, nothing launched twice.
+balancer still running, nothing launched twice. Volume and storage requests reach the replica
+whose actor runs the record (issue 19, item 4).
 
 One pair of daemons for the module (the kill is the last test). Both homes see the same local
 nodes and balancers: B's `clusters` and `serve` folders are links to A's (a cloud account and a
@@ -155,6 +156,36 @@ def test_users_own_pools_and_a_pool_without_owner_is_its_workspaces(
     wait_until(lambda: served.a.json("jobs", "pool", "status") == [], timeout=30)
     ended = f"SELECT state FROM actors WHERE kind = 'managed_job' AND id = '{job}'"
     wait_until(lambda: served.sql(ended) == "CANCELLED", timeout=30)  # with its pool
+
+
+def test_volume_and_storage_requests_reach_the_replica_that_runs_their_actor(
+    served: Served, task_file: Callable[[str], Path]
+) -> None:
+    a, b = served.a, served.b
+    local = task_file("name: repv\ntype: k8s-hostpath\ninfra: local\n")
+    a.run("volumes", "apply", str(local), "-y", check=True)  # A's folder, A's actor
+    assert served.owner("volume", "repv") == served.owner_name(a)
+    assert (a.home / "volumes" / "repv").is_dir()
+    claim = task_file("name: repc\ntype: k8s-pvc\ninfra: k8s/none\nsize: 1\n")
+    a.run("volumes", "apply", str(claim), "-y")  # NOT_READY: no such context
+    again = b.run("volumes", "apply", str(claim), "-y")  # made again by A's actor, not B
+    assert again.returncode != 0 and "no Kubernetes context none" in again.stderr
+    b.run("volumes", "delete", "repv", "repc", "-y", check=True)
+    assert not (a.home / "volumes" / "repv").exists()
+    assert served.sql("SELECT count(*) FROM actors WHERE kind = 'volume'") == "0"
+    assert [h["via"] for h in served.forwarded(b, "volume", "repc")] == [served.url_a] * 2
+    assert [h["via"] for h in served.forwarded(b, "volume", "repv")] == [served.url_a]
+
+    spec = '{"name": "repb", "store": "s3", "bucket": "repb", "external": true}'
+    served.sql(  # a storage whose actor A is to run (as a launch on A makes it)
+        "INSERT INTO actors (kind, id, state, version, spec, data, created_at, updated_at) "
+        f"VALUES ('storage', 'repb', 'READY', 1, '{spec}', '{{}}', 0, 0); "
+        "INSERT INTO leases (kind, id, owner, epoch, expires_at) VALUES ('storage', 'repb', "
+        f"'{served.owner_name(a)}', 1, extract(epoch from clock_timestamp()) + 3600)"
+    )
+    b.run("storage", "delete", "repb", "-y", check=True)
+    assert served.sql("SELECT count(*) FROM actors WHERE kind = 'storage'") == "0"
+    assert [h["via"] for h in served.forwarded(b, "storage", "repb")] == [served.url_a]
 
 
 @pytest.mark.slow

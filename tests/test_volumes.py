@@ -323,3 +323,75 @@ def test_over_http_each_user_sees_and_deletes_only_their_own_volumes(stix: Stix)
     assert read_only.returncode != 0 and len(read_only.stderr.strip().splitlines()) == 1
     alice.run("volumes", "delete", "alices", "-y", check=True)
     assert "alices" not in volumes(stix)
+
+    node_disk = "name: nodedisk\ntype: k8s-hostpath\ninfra: k8s\nconfig:\n  host_path: /var/lib\n"
+    spec = write(stix, "h.yaml", node_disk)
+    refused = alice.run("volumes", "apply", spec, "-y")  # a hostPath into pods: admins only
+    assert refused.returncode == 7 and len(refused.stderr.strip().splitlines()) == 1
+    assert "only an admin may make one" in refused.stderr
+    everyones = {v["name"] for v in stix.json("volumes", "ls", "-u")}
+    assert "nodedisk" not in everyones  # (an admin's is made: tests/test_volumes_kube.py)
+
+
+EPHEMERAL = """
+volumes:
+  /scratch:
+    size: 1Gi
+    labels: {team: ml}
+run: |
+  echo "written by $(id -u)" > ~/scratch/note && cat ~/scratch/note
+"""
+
+
+def test_an_ephemeral_volume_is_made_for_its_cluster_written_and_removed_at_down(
+    stix: Stix,
+) -> None:
+    from stixproto.volumes import ephemeral_name
+
+    name = ephemeral_name("eph", "/scratch")
+    folder = stix.home / "clusters" / "eph" / "volumes" / name
+    ran = stix.run("launch", "-c", "eph", "-y", write(stix, "e.yaml", EPHEMERAL))
+    assert ran.returncode == 0, ran.stderr
+    assert "written by" in ran.stdout and (folder / "note").read_text().startswith("written by")
+    shown = volumes(stix)[name]
+    assert shown["is_ephemeral"] and shown["status"] == "IN_USE" and shown["used_by"] == ["eph"]
+    assert "EPHEMERAL" in stix.run("volumes", "ls", check=True).stdout
+    borrow = write(stix, "b.yaml", f"volumes:\n  /x: {name}\nrun: echo never\n")
+    refused = stix.run("launch", "-c", "borrower", "-y", borrow)
+    assert refused.returncode == 2 and "the ephemeral volume of cluster eph" in refused.stderr
+    kept = stix.run("volumes", "delete", "-a", "-y", check=True)  # goes with its cluster only
+    assert name in volumes(stix) and "No volumes" in kept.stdout
+    stix.run("down", "eph", "-y", check=True)
+    assert name not in volumes(stix) and not folder.exists()
+
+
+def test_an_ephemeral_volume_recorded_but_whose_cluster_never_was_is_removed_at_restart(
+    stix: Stix,
+) -> None:
+    """As a daemon killed with SIGKILL after writing the volume's row and making its folder,
+    before its cluster's launch recorded anything: no leak once the daemon is back."""
+    import json
+    import sqlite3
+
+    volume = {"name": "ghost-abc123", "type": "k8s-hostpath", "infra": "local"}
+    folder = stix.home / "clusters" / "ghost" / "volumes" / "ghost-abc123"
+    folder.mkdir(parents=True)
+    stix.run("daemon", "stop", check=True)
+    spec = json.dumps({"volume": volume, "cluster": "ghost"})
+    with sqlite3.connect(stix.home / "state.db") as db:
+        db.execute(
+            "INSERT INTO actors (kind, id, state, version, spec, data, created_at, updated_at) "
+            "VALUES ('volume', 'ghost-abc123', 'NOT_READY', 1, ?, '{}', 0, 0)",
+            (spec,),
+        )
+    assert wait_until(lambda: "ghost-abc123" not in volumes(stix), timeout=20)
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("size", ["inf", "-1", "1e999Gi", "-1Gi", "1.5.5Gi", "0"])
+def test_a_hostile_ephemeral_size_is_refused_in_one_line(size: str) -> None:
+    text = f"volumes:\n  /scratch:\n    size: {size!r}\nrun: x\n"
+    with pytest.raises(InvalidTask) as refused:
+        task_of_text(text, "task.yaml")
+    said = str(refused.value)
+    assert "\n" not in said and "volumes./scratch.size:" in said, said

@@ -7,7 +7,9 @@ What the fake cannot show: it mounts no volume into a pod and runs every pod as 
 own user (root), applying neither ``runAsUser`` nor ``fsGroup``. So a non-root job writing a
 claim is shown only as far as stix's part goes: the pod asks for ``fsGroup`` (the kubelet's
 part, giving the claim to that group, is a real cluster's); a non-root job writing a volume is
-proven on SSH hosts (tests/test_volumes_ssh.py) and locally (tests/test_volumes.py)."""
+proven on SSH hosts (tests/test_volumes_ssh.py) and locally (tests/test_volumes.py).
+
+Also ephemeral claims made for a cluster and deleted at its down."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pytest
 from stixd.providers.kubernetes.owner import owner_of
 from stixd.providers.kubernetes.podspec import FS_GROUP, FUSE_VOLUME, LABEL_CLUSTER
 from stixd.providers.shared.fuse_mounts import fuse_mounts_under
+from stixproto.volumes import ephemeral_name
 from tests.conftest import Stix, wait_until
 from tests.kube_fake.process import FakeProcess
 from tests.stores_bed import Emulator, moto_s3
@@ -196,3 +199,46 @@ run: |
     k8s.run("down", "kb", "-y", check=True, timeout=90)
     assert fuse_mounts_under(kube.workdir) == []
     k8s.run("storage", "delete", "stix-kube-cached", "-y", check=True, timeout=60)
+
+
+EPHEMERAL = """
+resources:
+  infra: k8s
+  cpus: 1
+volumes:
+  /scratch:
+    size: 1Gi
+    labels: {team: ml}
+    config: {storage_class_name: standard}
+run: echo mounted
+"""
+
+
+def test_an_ephemeral_claim_is_made_for_its_cluster_mounted_and_deleted_at_its_down(
+    k8s: Stix, kube: FakeProcess
+) -> None:
+    two = EPHEMERAL.replace("cpus: 1", "cpus: 1\nnum_nodes: 2")
+    refused = k8s.run("launch", "-y", "-c", "ke2", write(k8s, "two.yaml", two))
+    assert refused.returncode == 2 and "ReadWriteOnce is not supported for multi-node" in (
+        refused.stderr
+    )
+    name = ephemeral_name("ke", "/scratch")
+    made = f"{name}-{owner_of(k8s.home)}"
+    launched = k8s.run("launch", "-y", "-c", "ke", write(k8s, "eph.yaml", EPHEMERAL), timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    claim = claims(kube)[made]
+    assert claim["metadata"]["labels"]["team"] == "ml"
+    assert claim["metadata"]["labels"][LABEL_CLUSTER] == "ke"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = kube.kubectl_json("get", "pods", "-l", f"{LABEL_CLUSTER}=ke")["items"][0]
+    mount = next(
+        m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/scratch"
+    )
+    source = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    assert source["persistentVolumeClaim"] == {"claimName": made}
+    shown = volumes(k8s)[name]
+    assert shown["is_ephemeral"] and shown["status"] == "IN_USE" and shown["used_by"] == ["ke"]
+    k8s.run("down", "-y", "ke", check=True, timeout=60)
+    assert made not in claims(kube)
+    assert name not in volumes(k8s)

@@ -18,6 +18,7 @@ from stixd.actors.cluster_phases import Phase, interrupt, start_phase
 from stixd.actors.cluster_states import C, ClusterEvent, E
 from stixd.actors.job import JobEvent
 from stixd.actors.storage_use import prune_storages
+from stixd.actors.volume import prune_ephemeral
 from stixd.providers.abilities import CannotStop
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
@@ -104,6 +105,7 @@ async def terminate(cluster: ClusterActor, why: str) -> m.OkReply:
         await cluster.transition(E.TERMINATED, why, nodes=[])
         await cluster._end_jobs(JobEvent.CANCELLED, ended_why(why, "terminated"))
         await prune_storages(cluster.app)  # a non-persistent bucket goes with its last cluster
+        await prune_ephemeral(cluster.app, cluster.id)  # its ephemeral volumes go with it
     cluster.cancel_timer("autostop")
     return m.OkReply(f"cluster {cluster.id} terminated")
 

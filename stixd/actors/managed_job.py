@@ -45,6 +45,7 @@ from stixd.actors.managed_job_phases import bring_up, down_cluster, teardown, wa
 from stixd.actors.recovery import EAGER_NEXT_REGION
 from stixd.actors.specs import ManagedJobData, ManagedJobSpec
 from stixd.actors.storage_use import prune_storages
+from stixd.actors.volume import prune_ephemeral
 from stixd.runtime.actor import Actor
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
@@ -175,6 +176,7 @@ class ManagedJobActor(Actor):
         if spec is not None:
             await self.store.forget_overwritten()
             await prune_storages(self.app)  # its non-persistent buckets end with it
+            await prune_ephemeral(self.app)  # and its clusters' ephemeral volumes
         self.note(f"{self.state.value}: {why}")
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -7,6 +7,11 @@ The state is READY or NOT_READY (written before the volume is made, so a daemon 
 finishes making it); IN_USE is what `volumes ls` shows for a READY volume a live cluster
 mounts, computed from the clusters' rows, never stored (a cluster that ends frees the volume
 without telling it). A deleted volume leaves no row.
+
+An ephemeral volume (a task's ``{size: ...}`` entry, `stixd.actors.volume_mounts`) is made by
+its cluster's launch and names that cluster in its spec: its row is written before anything is
+made, so a daemon killed in between finds it at restart, makes it again (idempotent) or, its
+cluster gone, removes it (`Prune`); the cluster's `down` prunes it at once.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
 from stixd.actors.specs import _Record
@@ -35,6 +41,9 @@ if TYPE_CHECKING:
 
 VOLUME = "volume"
 MAX_USERS = 1000
+PRUNE_WAIT_S = 60.0
+"""How long a `down` waits for its ephemeral volumes to be removed (an infra that does not
+answer: the volumes' actors go on trying, and their next reconcile too)."""
 """Clusters remembered as having mounted a volume (the oldest are forgotten first)."""
 
 
@@ -56,6 +65,8 @@ class VolumeSpec(_Record, frozen=True, kw_only=True):
     """The `VolumeConfig` as applied (checked again when read: `config`)."""
     owner: str | None = None
     workspace: str | None = None
+    cluster: str | None = None
+    """An ephemeral volume's cluster: made by its launch, removed with it (None: applied)."""
 
 
 class VolumeData(_Record, frozen=True, kw_only=True):
@@ -80,6 +91,12 @@ class Attach:
 @dataclass(frozen=True)
 class Remove:
     """`volumes delete`: remove it from its infra (unless adopted) and end."""
+
+
+@dataclass(frozen=True)
+class Prune:
+    """An ephemeral volume whose cluster is gone (and held by no live managed job) is removed;
+    answered with whether it was."""
 
 
 LIVE_JOB_CLUSTERS = (
@@ -156,6 +173,8 @@ class VolumeActor(Actor):
         return config_of(self.spec)
 
     async def reconcile(self) -> None:
+        if self.spec.cluster is not None:
+            self.tell(Prune())  # its cluster may have gone while the daemon was away
         if self.state is V.NOT_READY and self.data.error is None:
             self.tell(Make())  # made before a restart, or not yet: finish it
 
@@ -165,6 +184,11 @@ class VolumeActor(Actor):
         elif isinstance(message, Make) and not self.gone:
             with contextlib.suppress(StixError):  # recorded as its error: `volumes ls` shows it
                 await self._make()
+        elif isinstance(message, Prune) and not self.gone:
+            try:
+                await self._prune()
+            except StixError as exc:  # the next prune (a down, a restart) tries again
+                self.log.warning("volume_prune_failed", volume=self.id, error=exc.message)
 
     async def _request(self, req: Any) -> Any:
         if isinstance(req, Make):
@@ -174,12 +198,14 @@ class VolumeActor(Actor):
             return await self._attach(req.cluster)
         if isinstance(req, Remove):
             return await self._remove()
+        if isinstance(req, Prune):
+            return m.OkReply("removed" if await self._prune() else "kept")
         raise InvalidRequest(f"volume actor cannot handle {type(req).__name__}")
 
     async def _make(self) -> None:
         volume = self.config
         try:
-            where = await provider_for(self.app, volume).make_volume(volume)
+            where = await provider_for(self.app, volume).make_volume(volume, self.spec.cluster)
         except StixError as exc:
             await self.transition(VE.FAILED, exc.message, error=exc.message)
             raise
@@ -200,9 +226,40 @@ class VolumeActor(Actor):
         users = [u for u in self.data.users if u in live]
         if users:
             raise users_error(self.id, users)
-        if self.state is V.READY or self.data.where:
-            await provider_for(self.app, volume).remove_volume(volume)
+        if self.state is V.READY or self.data.where or self.spec.cluster is not None:
+            await provider_for(self.app, volume).remove_volume(volume, self.spec.cluster)
         await self.store.delete(self.row, "deleted")
         self.gone = True
         kept = " (adopted with use_existing: left in place)" if volume.use_existing else ""
         return m.OkReply(f"Volume {self.id} deleted{kept}.")
+
+    async def _prune(self) -> bool:
+        cluster = self.spec.cluster
+        if cluster is None or cluster in await live_users(self.store):
+            return False
+        await self._remove()
+        return True
+
+
+async def prune_ephemeral(app: App, cluster: str | None = None) -> None:
+    """A cluster went (``cluster``), or a managed job ended (None: every cluster): each
+    ephemeral volume of it whose cluster is gone for good is removed. Never raises into the
+    caller's down: a failure is logged, and the volume's next reconcile prunes it."""
+    from stixd.actors.volume_mounts import ask_volume
+
+    try:
+        rows = await app.store.rows(VOLUME)
+    except Exception as exc:
+        app.log.warning("volume_prune_failed", error=str(exc))
+        return
+    with anyio.move_on_after(PRUNE_WAIT_S) as waited:
+        for row in rows:
+            owner = row.spec.get("cluster")
+            if owner is None or (cluster is not None and owner != cluster) or row.quarantined:
+                continue
+            try:
+                await ask_volume(app, row.id, Prune())
+            except StixError as exc:
+                app.log.warning("volume_prune_failed", volume=row.id, error=exc.message)
+    if waited.cancelled_caught:  # the actors finish on their own; a down does not wait longer
+        app.log.warning("volume_prune_slow", cluster=cluster, waited_s=PRUNE_WAIT_S)

@@ -4,7 +4,8 @@
 bucket deleted outside stix shows MISSING, and its actor keeps that. `delete` hands each
 storage to its actor, which deletes the bucket only if this stix made it (one named that stix
 did not make is forgotten, its bucket left as is, as SkyPilot does). `leaked_buckets`
-finds buckets carrying this home's label that no storage owns (`stixctl leaks`).
+finds buckets carrying this home's label that no storage owns (`stixctl leaks`). With several
+replicas, `delete` of a storage whose actor another replica runs is answered by that replica.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ async def storage_delete(app: App, req: m.StorageDelete, emit: Emit) -> m.Storag
     skipped: list[str] = []
     for row in rows:
         ownership.check_acts(app, row, f"storage {row.id}", StorageNotFound(row.id))
+        if app.elsewhere is not None:  # its actor runs on another replica: deleted there
+            forwarded, theirs = await app.elsewhere(STORAGE, row.id, req, emit)
+            if forwarded:
+                deleted.extend(theirs.deleted)
+                skipped.extend(theirs.skipped)
+                continue
         spec = spec_or_none(row, StorageSpec)
         data = data_or_none(row, StorageData) or StorageData()
         if spec is not None and (spec.external or not data.created):

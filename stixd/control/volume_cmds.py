@@ -1,5 +1,11 @@
 """`stixctl volumes apply | ls | delete` (SkyPilot's `sky volumes`): one actor per volume
-(`stixd.actors.volume`); a listing reads the volume rows and the live clusters once each."""
+(`stixd.actors.volume`); a listing reads the volume rows and the live clusters once each.
+
+With several replicas, `apply` of a volume that exists and `delete` go to the replica whose
+actor runs the volume (`App.elsewhere`): its folder or claim is made and removed there. A
+``k8s-hostpath`` volume on Kubernetes mounts a folder of the nodes' own disk into pods, so only
+an admin may make one (on local and SSH nodes it is a folder of stix's: anyone may).
+"""
 
 from __future__ import annotations
 
@@ -22,9 +28,11 @@ from stixd.actors.volume import (
 from stixd.actors.volume_mounts import ask_volume
 from stixd.app import App
 from stixd.control import ownership
+from stixd.control.identity import PRINCIPAL, Role
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
-from stixproto.errors import InvalidRequest, StixError
+from stixproto.errors import InvalidRequest, PermissionDenied, StixError
+from stixproto.volumes import HOSTPATH, VolumeConfig
 from stixproto.volumes import VolumeStatus as V
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -43,8 +51,27 @@ def _missing(name: str) -> InvalidRequest:
     return InvalidRequest(f"volume {name!r} does not exist (`stixctl volumes ls`)")
 
 
+def _check_may_make(volume: VolumeConfig) -> None:
+    """A hostPath into the pods of a Kubernetes cluster is the nodes' disk: admins only."""
+    principal = PRINCIPAL.get()
+    if volume.type == HOSTPATH and volume.cloud == "kubernetes" and principal.role != Role.ADMIN:
+        raise PermissionDenied(
+            f"volume {volume.name}: a k8s-hostpath volume on Kubernetes mounts the nodes' own "
+            f"disk into pods, so only an admin may make one (user {principal.name} has role "
+            f"{principal.role.value}); use a k8s-pvc volume"
+        )
+
+
+async def _elsewhere(app: App, name: str, req: Any, emit: Emit) -> tuple[bool, Any]:
+    """(True, the reply) when another live replica runs the volume's actor and answered."""
+    if app.elsewhere is None:
+        return False, None
+    return await app.elsewhere(VOLUME, name, req, emit)
+
+
 async def apply(app: App, req: m.VolumesApply, emit: Emit) -> m.OkReply:
     volume = req.volume
+    _check_may_make(volume)
     made = ownership.made_for(app, [(layer.source, layer.values) for layer in req.config])
     spec = VolumeSpec(
         volume=msgspec.to_builtins(volume), owner=made.owner, workspace=made.workspace
@@ -72,6 +99,10 @@ async def apply(app: App, req: m.VolumesApply, emit: Emit) -> m.OkReply:
             ) from None
         if state_of(found, V) is V.READY:
             return m.OkReply(f"Volume {volume.name} already exists and is READY.")
+        forwarded, theirs = await _elsewhere(app, volume.name, req, emit)
+        if forwarded:
+            answer: m.OkReply = theirs
+            return answer
     await emit(m.Progress(f"Making volume {volume.name} on {volume.infra or volume.cloud}..."))
     reply: m.OkReply = await ask_volume(app, volume.name, Make())
     return reply
@@ -97,6 +128,7 @@ def _record(row: Row, live: set[str], scope: ownership.Scope) -> m.VolumeRecord:
         workspace=scope.workspace(row.spec),
         error=data.error,
         use_existing=volume.use_existing,
+        is_ephemeral=spec.cluster is not None,
     )
 
 
@@ -117,9 +149,12 @@ async def ls(app: App, req: m.VolumesList) -> m.VolumeList:
 async def delete(app: App, req: m.VolumesDelete, emit: Emit) -> m.OkReply:
     if req.all == bool(req.names):
         raise InvalidRequest("name the volumes to delete, or -a for all of yours (not both)")
-    if req.all:
+    if req.all:  # an ephemeral volume of a live cluster goes with it, not with `-a`
+        live = await live_users(app.store)
         rows = [
-            r for r in await app.store.rows(VOLUME) if ownership.acts_on_all() or ownership.mine(r)
+            r
+            for r in await app.store.rows(VOLUME)
+            if (ownership.acts_on_all() or ownership.mine(r)) and r.spec.get("cluster") not in live
         ]
     else:
         rows = []
@@ -136,7 +171,11 @@ async def delete(app: App, req: m.VolumesDelete, emit: Emit) -> m.OkReply:
             raise users_error(row.id, users)
     done: list[str] = []
     for row in rows:
-        reply: m.OkReply = await ask_volume(app, row.id, Remove())
+        forwarded, reply = await _elsewhere(app, row.id, req, emit)
+        if forwarded:  # its own progress line was relayed; the final one says the count
+            done.append(row.id)
+            continue
+        reply = await ask_volume(app, row.id, Remove())
         child = app.supervisor.get(VOLUME, row.id)
         if child is not None:
             await child.finished.wait()  # the name is free for the next apply

@@ -339,19 +339,22 @@ class VolumeMount:
     volume: VolumeConfig
     dest: str
     sub_path: str | None = None
+    cluster: str | None = None
+    """The cluster an ephemeral volume was made for (None: one `volumes apply` made)."""
 
 
 @runtime_checkable
 class HasVolumes(Protocol):
-    """Volumes that outlive clusters (`stixctl volumes`): made once, mounted by each launch."""
+    """Volumes that outlive clusters (`stixctl volumes`): made once, mounted by each launch; and
+    ephemeral ones (``cluster`` given), made for one cluster and removed at its `down`."""
 
-    async def make_volume(self, volume: VolumeConfig) -> str:
+    async def make_volume(self, volume: VolumeConfig, cluster: str | None = None) -> str:
         """Make ``volume`` (or, ``use_existing``, find it); where it is (a folder or a claim).
         Idempotent: a second call finds what the first made."""
         ...
 
-    async def remove_volume(self, volume: VolumeConfig) -> None:
-        """Remove what `make_volume` made (never what ``use_existing`` adopted)."""
+    async def remove_volume(self, volume: VolumeConfig, cluster: str | None = None) -> None:
+        """Remove what `make_volume` made (never what ``use_existing`` adopted); idempotent."""
         ...
 
     def launch_resources(self, mounts: Sequence[VolumeMount]) -> dict[str, Any]:

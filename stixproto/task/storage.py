@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from stixproto import names
+from stixproto import volumes as volume_types
 from stixproto.bounds import MAX_GB
 from stixproto.task import subst
 from stixproto.task._fields import choice, describe, fail, join
@@ -195,6 +196,18 @@ def check_volumes(volumes: dict[str, str | dict[str, Any]], path: str = "volumes
             )
         if isinstance(spec.get("size"), int) and not 1 <= spec["size"] <= MAX_GB:
             fail(join(where, "size"), f"expected a size from 1 to {MAX_GB} GB, got {spec['size']}")
+        if isinstance(spec.get("size"), str) and "$" not in spec["size"]:  # else: with its value
+            try:
+                volume_types.parse_size(spec["size"])
+            except ValueError as exc:
+                fail(join(where, "size"), str(exc))
+        kind = spec.get("type")
+        if "size" in spec and kind is not None and kind.lower() not in volume_types.EPHEMERAL_TYPES:
+            fail(
+                join(where, "type"),
+                f"an ephemeral volume (one with a size) is of type "
+                f"{', '.join(volume_types.EPHEMERAL_TYPES)}, not {kind[:40]!r}",
+            )
         labels = spec.get("labels")
         if labels is not None and not (
             isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())

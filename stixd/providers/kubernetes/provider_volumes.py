@@ -47,14 +47,15 @@ class HoldsVolumes:
             raise ProvisionError(f"no Kubernetes context {context} (contexts: {known})")
         return context, volume.config.namespace or self.namespace(context)
 
-    async def make_volume(self, volume: VolumeConfig) -> str:
+    async def make_volume(self, volume: VolumeConfig, cluster: str | None = None) -> str:
         await self.clients.refresh()
         context, namespace = self._volume_context(volume)
         if volume.type == HOSTPATH:
             return f"{context}: hostPath {volume.config.host_path}"
-        return await volumes.make_claim(await self.api(context), namespace, volume, self.owner)
+        api = await self.api(context)
+        return await volumes.make_claim(api, namespace, volume, self.owner, cluster)
 
-    async def remove_volume(self, volume: VolumeConfig) -> None:
+    async def remove_volume(self, volume: VolumeConfig, cluster: str | None = None) -> None:
         if volume.type == HOSTPATH:
             return
         await self.clients.refresh()

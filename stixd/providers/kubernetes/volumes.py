@@ -3,6 +3,9 @@ namespace (``config.namespace``, else the context's), labelled as stix's and thi
 ``use_existing`` one adopts the claim of that name and is never deleted. A ``k8s-hostpath``
 volume makes nothing: the pods mount ``config.host_path`` (``DirectoryOrCreate``).
 
+An ephemeral volume (a task's ``{size: ...}`` entry) is a claim made the same way for one
+cluster, labelled with the cluster too, and deleted at its `down`.
+
 A launch mounts them through the pod spec (``pod_volumes``: the pods exist only once, so the
 volumes are known before they are made); a claim must be in the pods' namespace.
 """
@@ -14,7 +17,7 @@ from typing import Any
 
 from stixd.providers.abilities import VolumeMount
 from stixd.providers.kubernetes.api import KubeApi, KubeApiError, path
-from stixd.providers.kubernetes.podspec import LABEL_OWNER, label_value, object_name
+from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_OWNER, label_value, object_name
 from stixproto.errors import ProvisionError
 from stixproto.volumes import HOSTPATH, VolumeConfig
 
@@ -29,8 +32,10 @@ def claim_name(volume: VolumeConfig, owner: str) -> str:
     return volume.name if volume.use_existing else object_name(volume.name, owner, "")
 
 
-def claim_manifest(volume: VolumeConfig, owner: str) -> dict[str, Any]:
+def claim_manifest(volume: VolumeConfig, owner: str, cluster: str | None = None) -> dict[str, Any]:
     labels = {**volume.labels, LABEL_VOLUME: label_value(volume.name), LABEL_OWNER: owner}
+    if cluster is not None:
+        labels[LABEL_CLUSTER] = label_value(cluster)
     spec: dict[str, Any] = {
         "accessModes": [volume.config.access_mode or DEFAULT_ACCESS],
         "resources": {"requests": {"storage": f"{volume.size_gb}Gi"}},
@@ -63,7 +68,9 @@ async def _get(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | None
         raise
 
 
-async def make_claim(api: KubeApi, namespace: str, volume: VolumeConfig, owner: str) -> str:
+async def make_claim(
+    api: KubeApi, namespace: str, volume: VolumeConfig, owner: str, cluster: str | None = None
+) -> str:
     """Make (or find again) the volume's claim; ``context/namespace/claim``."""
     name = claim_name(volume, owner)
     where = f"{api.context}/{namespace}/{name}"
@@ -76,7 +83,9 @@ async def make_claim(api: KubeApi, namespace: str, volume: VolumeConfig, owner: 
         return where
     try:
         await api.call(
-            "POST", path("namespaces", namespace, RESOURCE), body=claim_manifest(volume, owner)
+            "POST",
+            path("namespaces", namespace, RESOURCE),
+            body=claim_manifest(volume, owner, cluster),
         )
     except KubeApiError as exc:
         if exc.status != 409:

@@ -378,18 +378,23 @@ class LocalProvider:
 
     # -- volumes (`stixctl volumes`): stixd/providers/local/volumes.py ---------------------
 
-    async def make_volume(self, volume: VolumeConfig) -> str:
-        return await anyio.to_thread.run_sync(volumes.make, self.volumes_root, volume)
+    def _volumes_of(self, cluster: str | None) -> Path:
+        """``<home>/volumes``; an ephemeral volume's is its cluster's own folder, so the
+        cluster's `down` (`remove_sandbox`) takes it along."""
+        return self.volumes_root if cluster is None else self.cluster_dir(cluster) / "volumes"
 
-    async def remove_volume(self, volume: VolumeConfig) -> None:
-        await anyio.to_thread.run_sync(volumes.remove, self.volumes_root, volume)
+    async def make_volume(self, volume: VolumeConfig, cluster: str | None = None) -> str:
+        return await anyio.to_thread.run_sync(volumes.make, self._volumes_of(cluster), volume)
+
+    async def remove_volume(self, volume: VolumeConfig, cluster: str | None = None) -> None:
+        await anyio.to_thread.run_sync(volumes.remove, self._volumes_of(cluster), volume)
 
     def launch_resources(self, mounts: Sequence[VolumeMount]) -> dict[str, Any]:
         return {}  # linked into each node once it is made (`mount_volumes`)
 
     async def mount_volumes(self, node: NodeInfo, mounts: Sequence[VolumeMount]) -> None:
-        dests = [(self.resolve_dest(node, v.dest), v) for v in mounts]
-        await anyio.to_thread.run_sync(volumes.mount_all, self.volumes_root, dests)
+        dests = [(self._volumes_of(v.cluster), self.resolve_dest(node, v.dest), v) for v in mounts]
+        await anyio.to_thread.run_sync(volumes.mount_all, dests)
 
     async def sync(self, node: NodeInfo, mounts: list[Mount]) -> int:
         copied = 0

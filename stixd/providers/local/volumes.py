@@ -2,8 +2,10 @@
 component, `child_path`), linked into each node's sandbox at the task's mount path.
 
 Every local node is a sandbox of this machine, so one folder serves every node and every
-cluster: what one job writes, the next reads. The folder belongs to the daemon's user, who
-runs the nodes' jobs, and is made writable by them whatever the daemon's umask.
+cluster: what one job writes, the next reads. An ephemeral volume (made for one cluster) is a
+folder under that cluster's own, ``<home>/clusters/<cluster>/volumes``, gone with it. The
+folder belongs to the daemon's user, who runs the nodes' jobs, and is made writable by them
+whatever the daemon's umask.
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ def remove(root: Path, volume: VolumeConfig) -> None:
 
 
 def mount(root: Path, dest: Path, m: VolumeMount) -> None:
-    """Link ``dest`` (in a node's sandbox) to the volume's folder (or its ``sub_path``)."""
+    """Link ``dest`` (in a node's sandbox) to the volume's folder (or its ``sub_path``); an
+    ephemeral volume's folder is made again if a failed launch's cleanup took it."""
+    if m.cluster is not None:
+        make(root, m.volume)
     source = folder(root, m.volume)
     if not source.is_dir() or source.is_symlink():
         raise ProvisionError(f"volume {m.volume.name} has no folder at {source}; apply it again")
@@ -79,6 +84,7 @@ def mount(root: Path, dest: Path, m: VolumeMount) -> None:
     os.symlink(source, dest, target_is_directory=True)
 
 
-def mount_all(root: Path, dests: Sequence[tuple[Path, VolumeMount]]) -> None:
-    for dest, m in dests:
+def mount_all(dests: Sequence[tuple[Path, Path, VolumeMount]]) -> None:
+    """Each (volumes' root, dest, mount)."""
+    for root, dest, m in dests:
         mount(root, dest, m)

@@ -3,6 +3,10 @@ folder ``~/.stix/volumes/<name>`` of the login user on every host of the pool (n
 the volume's name, a plain stix name), linked at the task's mount path on each node that
 mounts it. The login user runs the jobs and owns the folder, so they can write to it; what a
 job writes stays on its host (a pool's hosts share no disk). A part of ``SshProvider``.
+
+An ephemeral volume (made for one cluster) is a folder in each node's own directory,
+``~/.stix/nodes/<cluster>-<rank>/volumes/<name>``, made as the node mounts it and removed with
+the node's directory at `down`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import anyio
 
 from stixd.providers.abilities import VolumeMount
 from stixd.providers.base import NodeInfo
+from stixd.providers.shared.bootstrap import remote_node_dir
 from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_sync import resolve_dest
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, quote
@@ -42,19 +47,26 @@ ln -s "$src" "$dest"
 """
 
 
-def folder(volume: VolumeConfig, sub_path: str | None = None) -> str:
-    """``.stix/volumes/<name>[/<sub_path>]``, relative to the login user's home."""
+def folder(
+    volume: VolumeConfig, sub_path: str | None = None, node: tuple[str, int] | None = None
+) -> str:
+    """``.stix/volumes/<name>[/<sub_path>]``, relative to the login user's home; an ephemeral
+    volume's on ``node`` (cluster, rank): ``.stix/nodes/<cluster>-<rank>/volumes/<name>``."""
+    base = FOLDER if node is None else remote_node_dir(".stix", *node) + "/volumes"
     path = str(
-        child_path(PurePosixPath(FOLDER), volume.name)
+        child_path(PurePosixPath(base), volume.name)
     )  # one component: the name never climbs out
     return f"{path}/{sub_path.strip('/')}" if sub_path else path
 
 
-def mount_script(m: VolumeMount, dest: str) -> str:
+def mount_script(m: VolumeMount, dest: str, rank: int = 0) -> str:
     """The shell script linking ``dest`` to the volume's folder on a host; every value in it
     is quoted (a task's ``sub_path`` and mount path are hostile input)."""
+    node = None if m.cluster is None else (m.cluster, rank)
     return _MOUNT.format(
-        folder=quote(folder(m.volume, m.sub_path)), top=quote(folder(m.volume)), dest=quote(dest)
+        folder=quote(folder(m.volume, m.sub_path, node)),
+        top=quote(folder(m.volume, None, node)),
+        dest=quote(dest),
     )
 
 
@@ -94,7 +106,9 @@ class HoldsVolumes:
             more = f" (and {len(failed) - 1} more host(s))" if len(failed) > 1 else ""
             raise ProvisionError(f"{what} on host {key}: {failed[key]}{more}")
 
-    async def make_volume(self, volume: VolumeConfig) -> str:
+    async def make_volume(self, volume: VolumeConfig, cluster: str | None = None) -> str:
+        if cluster is not None:  # made on each node's host as it mounts it
+            return f"~/.stix/nodes/{cluster}-<rank>/volumes/{volume.name} on each node"
         hosts = self._volume_hosts(volume)
         path = folder(volume)
         if volume.use_existing:
@@ -105,9 +119,9 @@ class HoldsVolumes:
             await self._on_each(hosts, make, f"volume {volume.name} could not be made")
         return f"~/{path} on {len(hosts)} host(s) of ssh pool {volume.where}"
 
-    async def remove_volume(self, volume: VolumeConfig) -> None:
-        if volume.use_existing:
-            return
+    async def remove_volume(self, volume: VolumeConfig, cluster: str | None = None) -> None:
+        if volume.use_existing or cluster is not None:
+            return  # adopted; or ephemeral: gone with its nodes' directories at `down`
         path = folder(volume)
         remove = f"cd && {{ test -L {quote(path)} || rm -rf -- {quote(path)}; }}"
         await self._on_each(self._volume_hosts(volume), remove, f"volume {volume.name} stays")
@@ -118,5 +132,5 @@ class HoldsVolumes:
     async def mount_volumes(self, node: NodeInfo, mounts: Sequence[VolumeMount]) -> None:
         host = self._host_of(node)
         for m in mounts:
-            script = mount_script(m, resolve_dest(node, m.dest))
+            script = mount_script(m, resolve_dest(node, m.dest), node.rank)
             await self._on_each([host], script, f"volume {m.volume.name} not mounted at {m.dest}")
