@@ -224,3 +224,27 @@ def test_a_leaked_bucket_is_only_reported_when_the_policy_does_not_delete(
     log = (sx.home / "stixd.log").read_text()
     assert "life-reported" in log and "bucket_leak_deleted" not in log
     s3(moto_s3).delete_bucket(Bucket="life-reported")
+
+
+def test_the_leak_grace_runs_from_the_bucket_s_creation_by_the_store_s_clock(
+    sx: Stix, moto_s3: Emulator
+) -> None:
+    """A bucket of this home's that no storage owns is a leak only once it is older than the
+    grace by its own CreationDate: one made an hour ago (backdated by the emulator) goes at
+    the first look, one made now stays (an in-flight launch may be about to record it)."""
+    config = (sx.home / "config.yaml").read_text()
+    (sx.home / "config.yaml").write_text(
+        config.replace("leak_min_age_minutes: 0", "leak_min_age_minutes: 30")
+    )
+    sx.run("status", check=True, timeout=60)  # the daemon is up before the buckets are made
+    plant(moto_s3, sx.home, "life-young")
+    moto_s3.clock.write_text("3600")
+    try:
+        plant(moto_s3, sx.home, "life-old")
+    finally:
+        moto_s3.clock.write_text("0")
+    wait_until(lambda: "life-old" not in buckets(moto_s3), timeout=30, interval=0.3)
+    assert "life-young" in buckets(moto_s3)  # seen by the same look, and too young
+    log = (sx.home / "stixd.log").read_text()
+    assert "s3://life-old" in log and "s3://life-young" not in log
+    s3(moto_s3).delete_bucket(Bucket="life-young")

@@ -60,6 +60,32 @@ def bucket_exists(emu: Emulator, store: str, bucket: str) -> bool:
     return anyio.run(ask)
 
 
+@pytest.mark.parametrize("store", ["s3", "gcs", "azure"])
+def test_each_store_says_when_a_bucket_was_made_by_its_own_clock(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """The leak reconciler's grace runs from this (tests/test_storage_life.py shows the grace)."""
+    import time
+
+    emu: Emulator = request.getfixturevalue(EMULATORS[store])
+
+    async def ask() -> tuple[float | None, float | None]:
+        stores = open_stores(emu.config, emu.env, "testhome")
+        try:
+            bucket = stores.bucket(StoreKind(store), f"stix-born-{store}")
+            await bucket.create({})
+            made = await bucket.created()
+            await bucket.delete()
+            return made, await bucket.created()
+        finally:
+            await stores.aclose()
+
+    before = time.time()
+    made, after_delete = anyio.run(ask)
+    assert made is not None and before - 60 <= made <= time.time() + 60  # same machine's clock
+    assert after_delete is None
+
+
 @pytest.fixture
 def sx(stix: Stix, request: pytest.FixtureRequest) -> Iterator[tuple[Stix, Emulator, str]]:
     """A stix home whose daemon reaches one store's emulator, its nodes on the host's network

@@ -158,25 +158,32 @@ async def bucket_leaks(
 
 
 async def leaked_buckets(app: App, min_age_s: float = 0.0) -> list[tuple[str, str]]:
-    """(store, bucket) of every bucket labelled as this home's that no storage row owns, and
-    has owned none for ``min_age_s`` as far as this daemon has seen (not every store says when
-    a bucket was made; a launch writes its storage row before it makes the bucket)."""
+    """(store, bucket) of every bucket labelled as this home's that no storage row owns and
+    that is at least ``min_age_s`` old by its store's creation time (a launch writes its
+    storage row before it makes the bucket, and a bucket just made by one a restart cut short
+    is old only after the grace: a restart never starts the grace afresh). A store that does
+    not say when a bucket was made has it aged from when this daemon first saw it."""
     now = time.time()
     seen = app.bucket_seen
     unowned = await _unowned_buckets(app)
-    for gone in set(seen) - {f"{k}://{n}" for k, n in unowned}:
-        del seen[gone]  # owned again, or deleted: its grace starts afresh if it comes back
-    return [(k, n) for k, n in unowned if now - seen.setdefault(f"{k}://{n}", now) >= min_age_s]
+    for gone in set(seen) - {f"{k}://{n}" for k, n, _ in unowned}:
+        del seen[gone]  # owned again, or deleted: forgotten
+    return [
+        (k, n)
+        for k, n, made in unowned
+        if now - (made if made is not None else seen.setdefault(f"{k}://{n}", now)) >= min_age_s
+    ]
 
 
-async def _unowned_buckets(app: App) -> list[tuple[str, str]]:
+async def _unowned_buckets(app: App) -> list[tuple[str, str, float | None]]:
+    """(store, bucket, when it was made) of this home's buckets no storage row owns."""
     owned = {
         (s.store, s.bucket)
         for r in await app.store.rows(STORAGE)
         if (s := spec_or_none(r, StorageSpec)) is not None
     }
     stores = app.object_stores()
-    leaked: list[tuple[str, str]] = []
+    leaked: list[tuple[str, str, float | None]] = []
     for kind in map(StoreKind, configured_stores(app)):
         try:
             names = await stores.tagged(kind)
@@ -185,10 +192,13 @@ async def _unowned_buckets(app: App) -> list[tuple[str, str]]:
         for name in names:
             if (kind.value, name) in owned:
                 continue
+            bucket = stores.bucket(kind, name)
             try:
-                labels = await stores.bucket(kind, name).labels()
+                labels = await bucket.labels()
+                if not is_ours(labels, app.home_id()):  # another home's is never ours to touch
+                    continue
+                made = await bucket.created()
             except (StoreError, OSError):
                 continue
-            if is_ours(labels, app.home_id()):  # another home's bucket is never ours to touch
-                leaked.append((kind.value, name))
+            leaked.append((kind.value, name, made))
     return leaked
