@@ -131,13 +131,19 @@ file_mounts:
     assert done.returncode == 0, done.stderr
     listed = storages(sx)
     assert listed["stix-del-mine"]["created"] and not listed["theirs-named"]["created"]
-    out = sx.run("storage", "delete", "-a", "-y", check=True).stdout
-    assert "Deleted 1 storage(s): stix-del-mine" in out and "Skipped" in out
+    # without -y, -a asks first naming every storage (as `sky storage delete -a`); "n" keeps all
+    no = sx.run("storage", "delete", "-a", input="n\n")
+    assert no.returncode == 1, no.stderr
+    assert "Deleting 2 storage(s): stix-del-mine, theirs-named" in no.stderr
+    assert "only forgotten, their buckets kept: theirs-named" in no.stderr
+    assert set(storages(sx)) == {"stix-del-mine", "theirs-named"}
+    # -a deletes the bucket stix made and forgets (never deletes) the one it did not, by name
+    done = sx.run("storage", "delete", "-a", input="y\n", check=True)
+    assert "Deleted 2 storage(s): stix-del-mine, theirs-named" in done.stdout
+    assert "Forgot storage theirs-named; its bucket s3://theirs-named was not" in done.stderr
     assert "stix-del-mine" not in buckets(moto_s3)
-    assert set(storages(sx)) == {"theirs-named"}
-    # named, the external one's record goes (as SkyPilot's) and its bucket stays
-    forgot = sx.run("storage", "delete", "theirs-named", "-y", check=True)
-    assert "left as is" in forgot.stderr, forgot.stderr
+    assert "theirs-named" in buckets(moto_s3)
+    assert storages(sx) == {}
     assert storages(sx) == {}
     assert "theirs-named" in buckets(moto_s3)
     sx.run("down", "del1", "-y", check=True, timeout=60)

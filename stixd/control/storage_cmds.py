@@ -1,10 +1,11 @@
 """`stixctl storage ls | delete`: the storage actors' rows, each bucket looked at in its store.
 
 `ls` asks every listed bucket whether it still exists (all at once, bounded by a deadline): a
-bucket deleted outside stix shows MISSING, and its actor keeps that. `delete` hands each
-storage to its actor, which deletes the bucket only if this stix made it (one named that stix
-did not make is forgotten, its bucket left as is, as SkyPilot does). `leaked_buckets`
-finds buckets carrying this home's label that no storage owns (`stixctl leaks`).
+bucket deleted outside stix shows MISSING, and its actor keeps that. `delete` (by name or `-a`)
+hands each storage to its actor, which deletes the bucket only if this stix made it (one that
+stix did not make is forgotten, its bucket left as is and said so by name, as SkyPilot does).
+`leaked_buckets` finds buckets carrying this home's label that no storage owns (`stixctl
+leaks`), old enough by their store's creation time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import anyio
 
 from stixd.actors.specs import data_or_none, spec_or_none, state_of
-from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours, refusal
+from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours
 from stixd.actors.storage_use import ask_storage, configured_stores
 from stixd.app import App
 from stixd.control import ownership
@@ -108,23 +109,20 @@ async def storage_ls(app: App, req: m.StorageLs) -> m.StorageList:
 async def storage_delete(app: App, req: m.StorageDelete, emit: Emit) -> m.StorageList:
     rows = await _rows(app, [] if req.all else list(req.names))
     deleted: list[str] = []
-    skipped: list[str] = []
     for row in rows:
         ownership.check_acts(app, row, f"storage {row.id}", StorageNotFound(row.id))
         spec = spec_or_none(row, StorageSpec)
         data = data_or_none(row, StorageData) or StorageData()
         if spec is not None and (spec.external or not data.created):
-            if req.all:  # `-a` deletes what stix made; one not made is forgotten only by name
-                skipped.append(refusal(row.id, spec))
-                continue
+            # named or by `-a`, as SkyPilot: the record goes, the bucket stix did not make stays
             reply: m.OkReply = await ask_storage(app, row.id, Remove())
-            await emit(m.Progress(reply.message))  # forgotten, its bucket left as is
+            await emit(m.Progress(reply.message))  # said per name: forgotten, bucket left as is
             deleted.append(row.id)
             continue
         await emit(m.Progress(f"Deleting storage {row.id}..."))
         await ask_storage(app, row.id, Remove())
         deleted.append(row.id)
-    return m.StorageList(storages=[], deleted=deleted, skipped=skipped)
+    return m.StorageList(storages=[], deleted=deleted)
 
 
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
