@@ -135,7 +135,8 @@ class StorageActor(Actor):
                 await self._delete_bucket()
                 await self._forget("deleted (finished after a restart)")
             elif self.state is S.INIT:
-                await self._abandon_init()
+                if not self._fresh():
+                    await self._abandon_init()
             else:
                 await self._observe(await self.bucket().exists())
                 await self._prune()  # a down or job end the daemon did not live to follow
@@ -144,6 +145,11 @@ class StorageActor(Actor):
             if self.state is S.INIT:
                 why = f"stixd restarted during the upload, and cleaning up failed: {exc}"
                 await self.transition(SV.INIT_FAILED, why, last_error=why)
+
+    def _fresh(self) -> bool:
+        """A row a launch of this daemon's life just wrote, its first Ensure on the way: not
+        one a restart cut short (nothing was made yet)."""
+        return self.row.created_at >= self.app.started_at and not self.data.created
 
     async def _abandon_init(self) -> None:
         """A create or upload that a restart cut short: the bucket it made goes (a resumed
