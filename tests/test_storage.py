@@ -64,6 +64,7 @@ def test_copy_mode_puts_the_bucket_on_the_node_and_ls_delete_follow_the_real_buc
     (data / "sub" / "b.txt").write_text("beta\n")
     s3(moto_s3).create_bucket(Bucket="theirs-copy")
     s3(moto_s3).put_object(Bucket="theirs-copy", Key="in/c.txt", Body=b"gamma\n")
+    sx.env["R2_ENDPOINT_URL"] = moto_s3.url  # R2: S3's API at its own endpoint (moto here)
     task = task_file(
         f"""
 file_mounts:
@@ -72,8 +73,13 @@ file_mounts:
     source: {data}
     store: s3
     mode: COPY
+  ~/r2:
+    name: stix-copy-r2
+    source: {data}/sub
+    store: r2
+    mode: COPY
   ~/theirs: s3://theirs-copy/in
-run: cat ~/data/a.txt ~/data/sub/b.txt ~/theirs/c.txt && echo out > ~/data/written.txt
+run: cat ~/data/a.txt ~/data/sub/b.txt ~/theirs/c.txt ~/r2/b.txt && echo out > ~/data/written.txt
 """
     )
     done = launch(sx, task, "cp1")
@@ -83,13 +89,17 @@ run: cat ~/data/a.txt ~/data/sub/b.txt ~/theirs/c.txt && echo out > ~/data/writt
     assert keys == {"a.txt", "sub/b.txt"}
     wait_until(lambda: sx.job_status("cp1", 1) in ("SUCCEEDED", "FAILED"), timeout=60)
     logs = sx.run("logs", "cp1", "1", "--no-follow", timeout=30).stdout
-    assert "alpha" in logs and "beta" in logs and "gamma" in logs
+    assert "alpha" in logs and logs.count("beta") == 2 and "gamma" in logs
     home = sx.node_dir("cp1")
     assert (home / "data" / "written.txt").read_text() == "out\n"
     assert sx.job_status("cp1", 1) == "SUCCEEDED"
 
     listed = storages(sx)
-    assert set(listed) == {"stix-copy-1"}  # the URI shorthand is read, never recorded
+    assert set(listed) == {"stix-copy-1", "stix-copy-r2"}  # a URI shorthand is never recorded
+    assert listed["stix-copy-r2"]["store"] == "r2" and listed["stix-copy-r2"]["created"]
+    sx.run("storage", "delete", "stix-copy-r2", "-y", check=True)
+    assert "stix-copy-r2" not in buckets(moto_s3)
+    listed = storages(sx)
     assert listed["stix-copy-1"]["status"] == "READY" and listed["stix-copy-1"]["created"]
     assert not listed["stix-copy-1"]["missing"]
 
