@@ -350,3 +350,90 @@ run: "true"
     done = launch(sx, task, "fk1")
     assert done.returncode == 0, done.stderr
     assert "unknown op" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_cancelled_managed_job_leaves_only_its_persistent_buckets(
+    sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    """`jobs cancel` during the upload of its bucket (STARTING) and while RUNNING, and `down`
+    during a plain launch's upload: the non-persistent bucket goes (and the storage's record),
+    cut mid-upload, the persistent one stays."""
+    from tests.test_managed_jobs import managed
+
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "x.txt").write_text("x\n")
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(800):
+        (big / f"f{i:04d}.bin").write_bytes(os.urandom(8 * 1024))
+
+    def job(tag: str, source: Path) -> Path:
+        return task_file(
+            f"""
+name: {tag}
+file_mounts:
+  ~/keep:
+    name: {tag}-keep
+    source: {small}
+    mode: COPY
+  ~/tmp:
+    name: {tag}-tmp
+    source: {source}
+    persistent: false
+    mode: COPY
+run: sleep 300
+"""
+        )
+
+    def ended(job_id: int) -> bool:
+        return managed(sx, job_id)["status"] == "CANCELLED"
+
+    # 1: cancelled while its non-persistent bucket is being uploaded
+    sx.run("jobs", "launch", "-d", "-y", str(job("mjup", big)), check=True, timeout=60)
+    wait_until(
+        lambda: (
+            storages(sx).get("mjup-tmp", {}).get("status") == "INIT"
+            and "mjup-tmp" in buckets(moto_s3)
+        ),
+        timeout=60,
+        interval=0.05,
+    )
+    sx.run("jobs", "cancel", "-y", "1", check=True, timeout=60)
+    # 2: cancelled while RUNNING
+    sx.run("jobs", "launch", "-d", "-y", str(job("mjrun", small)), check=True, timeout=60)
+    wait_until(lambda: managed(sx, 2)["status"] == "RUNNING", timeout=90, interval=0.2)
+    sx.run("jobs", "cancel", "-y", "2", check=True, timeout=60)
+
+    # 3: a plain launch interrupted by `down` during the upload (Ctrl-C of its client leaves
+    # a launch running, as SkyPilot's)
+    proc = sx.popen("launch", "-c", "lup", str(job("lup", big)), "-y")
+    try:
+        wait_until(
+            lambda: (
+                storages(sx).get("lup-tmp", {}).get("status") == "INIT"
+                and "lup-tmp" in buckets(moto_s3)
+            ),
+            timeout=60,
+            interval=0.05,
+        )
+        sx.run("down", "lup", "-y", check=True, timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+    wait_until(lambda: ended(1) and ended(2), timeout=90, interval=0.3)
+    gone = {"mjup-tmp", "mjrun-tmp", "lup-tmp"}
+    kept = {"mjup-keep", "mjrun-keep", "lup-keep"}
+    wait_until(lambda: not gone & buckets(moto_s3), timeout=60, interval=0.3)
+    wait_until(lambda: not gone & set(storages(sx)), timeout=30, interval=0.3)
+    assert kept <= buckets(moto_s3)
+    assert kept <= set(storages(sx))
+    cut = sx.json("events", "--kind", "storage", "lup-tmp")
+    assert "went away during the upload" in cut[1]["why"], cut
+    upload = sx.json("events", "--kind", "storage", "mjup-tmp")
+    assert [e["to_state"] for e in upload if e["to_state"]] == ["INIT", "UPLOAD_FAILED", "DELETING"]
+    assert "went away during the upload" in upload[1]["why"], upload  # cut, not finished
+    for name in sorted(kept):
+        sx.run("storage", "delete", name, "-y", check=True)
