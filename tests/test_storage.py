@@ -400,6 +400,7 @@ run: sleep 300
         timeout=60,
         interval=0.05,
     )
+    assert managed(sx, 1)["status"] == "STARTING"
     sx.run("jobs", "cancel", "-y", "1", check=True, timeout=60)
     # 2: cancelled while RUNNING
     sx.run("jobs", "launch", "-d", "-y", str(job("mjrun", small)), check=True, timeout=60)
