@@ -460,7 +460,7 @@ class Client:
 
     def storage_delete(self, storages: Names = (), *, all: bool = False) -> m.StorageList:
         """Delete the buckets stix created for these storages (or all of yours) and forget
-        them; a bucket stix did not create is refused (with ``all``: skipped, saying why)."""
+        them; a storage whose bucket stix did not create is only forgotten, its bucket kept."""
         return self._run(ops.storage_delete(storages, all))
 
     def workspaces_ls(self) -> list[m.WorkspaceRecord]:

@@ -1,7 +1,8 @@
 """`stixctl storage ls [--json]` and `stixctl storage delete NAMES|-a [-y]`: the buckets tasks
 mount. `ls` looks at each bucket in its store (one deleted elsewhere shows MISSING); `delete`
-asks first (as `down` does), then deletes the buckets stix created and forgets the storages
-(one named that stix did not create is forgotten, its bucket left as is).
+asks first (naming every storage, as `sky storage delete` does), then deletes the buckets stix
+created and forgets the storages (one that stix did not create is forgotten, its bucket left as
+is, by name or with `-a`).
 """
 
 from __future__ import annotations
@@ -54,15 +55,13 @@ def cmd_delete(home: Path, a: argparse.Namespace) -> int:
     req = m.StorageDelete(names=list(a.storages), all=a.all)
     if not a.yes:
         listed: m.StorageList = call(home, m.StorageLs(names=list(a.storages)), on_event)
-        names = [s.name for s in listed.storages if s.created or not a.all]
-        if not names:
+        if not listed.storages:
             print("No storage to delete.")
             return 0
-        ask(
-            f"Deleting {len(names)} storage(s) and the buckets stix created: {', '.join(names)}. "
-            "Proceed?",
-            False,
-        )
+        names = ", ".join(s.name for s in listed.storages)
+        kept = [s.name for s in listed.storages if not s.created]
+        also = f" (only forgotten, their buckets kept: {', '.join(kept)})" if kept else ""
+        ask(f"Deleting {len(listed.storages)} storage(s): {names}{also}. Proceed?", False)
     reply: m.StorageList = call(home, req, on_event)
     if a.json:
         print_json(reply)

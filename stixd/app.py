@@ -67,7 +67,8 @@ class App:
     """The last leak scan's findings (stixd.control.leak_cmds), for `status` to mention."""
     leak_lock: anyio.Lock = field(default_factory=anyio.Lock)
     bucket_seen: dict[str, float] = field(default_factory=dict)
-    """When this daemon first saw each unowned bucket of this home's (its leak grace)."""
+    """When this daemon first saw each unowned bucket of this home's whose store did not say
+    when it was made (the leak grace runs from the store's creation time when it does)."""
     looks: dict[str, LookAbilities] = field(default_factory=dict)
     """Each provider's look-up abilities, by name (`look_abilities`)."""
     health: Ticker = field(default_factory=Ticker)

@@ -55,6 +55,8 @@ class Emulator:
         self.env: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_signal = signal.SIGTERM
+        self.clock = self.dir / "clock"
+        """moto: seconds a bucket made now is backdated by (tests.moto_clock)."""
 
     def start(self, argv: list[str], probe: str, env: dict[str, str] | None = None) -> None:
         log = open(self.dir / "log", "wb")  # noqa: SIM115 (kept by the child)
@@ -136,8 +138,9 @@ def moto_server() -> Iterator[Emulator]:
         "HOME": str(emu.dir),  # no ~/.aws or ~/.cloudflare of the machine's
     }
     emu.config = {"s3": {"endpoint_url": emu.url}, "r2": {"endpoint_url": emu.url}}
-    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(emu.port)]
-    with running(emu, argv, "/moto-api/"):
+    argv = [sys.executable, "-m", "tests.moto_clock", str(emu.clock)]
+    argv += ["-H", "127.0.0.1", "-p", str(emu.port)]
+    with running(emu, argv, "/moto-api/", env={**os.environ, "PYTHONPATH": str(REPO)}):
         yield emu
 
 

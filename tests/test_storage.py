@@ -64,6 +64,7 @@ def test_copy_mode_puts_the_bucket_on_the_node_and_ls_delete_follow_the_real_buc
     (data / "sub" / "b.txt").write_text("beta\n")
     s3(moto_s3).create_bucket(Bucket="theirs-copy")
     s3(moto_s3).put_object(Bucket="theirs-copy", Key="in/c.txt", Body=b"gamma\n")
+    sx.env["R2_ENDPOINT_URL"] = moto_s3.url  # R2: S3's API at its own endpoint (moto here)
     task = task_file(
         f"""
 file_mounts:
@@ -72,8 +73,13 @@ file_mounts:
     source: {data}
     store: s3
     mode: COPY
+  ~/r2:
+    name: stix-copy-r2
+    source: {data}/sub
+    store: r2
+    mode: COPY
   ~/theirs: s3://theirs-copy/in
-run: cat ~/data/a.txt ~/data/sub/b.txt ~/theirs/c.txt && echo out > ~/data/written.txt
+run: cat ~/data/a.txt ~/data/sub/b.txt ~/theirs/c.txt ~/r2/b.txt && echo out > ~/data/written.txt
 """
     )
     done = launch(sx, task, "cp1")
@@ -83,13 +89,17 @@ run: cat ~/data/a.txt ~/data/sub/b.txt ~/theirs/c.txt && echo out > ~/data/writt
     assert keys == {"a.txt", "sub/b.txt"}
     wait_until(lambda: sx.job_status("cp1", 1) in ("SUCCEEDED", "FAILED"), timeout=60)
     logs = sx.run("logs", "cp1", "1", "--no-follow", timeout=30).stdout
-    assert "alpha" in logs and "beta" in logs and "gamma" in logs
+    assert "alpha" in logs and logs.count("beta") == 2 and "gamma" in logs
     home = sx.node_dir("cp1")
     assert (home / "data" / "written.txt").read_text() == "out\n"
     assert sx.job_status("cp1", 1) == "SUCCEEDED"
 
     listed = storages(sx)
-    assert set(listed) == {"stix-copy-1"}  # the URI shorthand is read, never recorded
+    assert set(listed) == {"stix-copy-1", "stix-copy-r2"}  # a URI shorthand is never recorded
+    assert listed["stix-copy-r2"]["store"] == "r2" and listed["stix-copy-r2"]["created"]
+    sx.run("storage", "delete", "stix-copy-r2", "-y", check=True)
+    assert "stix-copy-r2" not in buckets(moto_s3)
+    listed = storages(sx)
     assert listed["stix-copy-1"]["status"] == "READY" and listed["stix-copy-1"]["created"]
     assert not listed["stix-copy-1"]["missing"]
 
@@ -131,13 +141,19 @@ file_mounts:
     assert done.returncode == 0, done.stderr
     listed = storages(sx)
     assert listed["stix-del-mine"]["created"] and not listed["theirs-named"]["created"]
-    out = sx.run("storage", "delete", "-a", "-y", check=True).stdout
-    assert "Deleted 1 storage(s): stix-del-mine" in out and "Skipped" in out
+    # without -y, -a asks first naming every storage (as `sky storage delete -a`); "n" keeps all
+    no = sx.run("storage", "delete", "-a", input="n\n")
+    assert no.returncode == 1, no.stderr
+    assert "Deleting 2 storage(s): stix-del-mine, theirs-named" in no.stderr
+    assert "only forgotten, their buckets kept: theirs-named" in no.stderr
+    assert set(storages(sx)) == {"stix-del-mine", "theirs-named"}
+    # -a deletes the bucket stix made and forgets (never deletes) the one it did not, by name
+    done = sx.run("storage", "delete", "-a", input="y\n", check=True)
+    assert "Deleted 2 storage(s): stix-del-mine, theirs-named" in done.stdout
+    assert "Forgot storage theirs-named; its bucket s3://theirs-named was not" in done.stderr
     assert "stix-del-mine" not in buckets(moto_s3)
-    assert set(storages(sx)) == {"theirs-named"}
-    # named, the external one's record goes (as SkyPilot's) and its bucket stays
-    forgot = sx.run("storage", "delete", "theirs-named", "-y", check=True)
-    assert "left as is" in forgot.stderr, forgot.stderr
+    assert "theirs-named" in buckets(moto_s3)
+    assert storages(sx) == {}
     assert storages(sx) == {}
     assert "theirs-named" in buckets(moto_s3)
     sx.run("down", "del1", "-y", check=True, timeout=60)
@@ -334,3 +350,91 @@ run: "true"
     done = launch(sx, task, "fk1")
     assert done.returncode == 0, done.stderr
     assert "unknown op" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_cancelled_managed_job_leaves_only_its_persistent_buckets(
+    sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    """`jobs cancel` during the upload of its bucket (STARTING) and while RUNNING, and `down`
+    during a plain launch's upload: the non-persistent bucket goes (and the storage's record),
+    cut mid-upload, the persistent one stays."""
+    from tests.test_managed_jobs import managed
+
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "x.txt").write_text("x\n")
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(800):
+        (big / f"f{i:04d}.bin").write_bytes(os.urandom(8 * 1024))
+
+    def job(tag: str, source: Path) -> Path:
+        return task_file(
+            f"""
+name: {tag}
+file_mounts:
+  ~/keep:
+    name: {tag}-keep
+    source: {small}
+    mode: COPY
+  ~/tmp:
+    name: {tag}-tmp
+    source: {source}
+    persistent: false
+    mode: COPY
+run: sleep 300
+"""
+        )
+
+    def ended(job_id: int) -> bool:
+        return managed(sx, job_id)["status"] == "CANCELLED"
+
+    # 1: cancelled while its non-persistent bucket is being uploaded
+    sx.run("jobs", "launch", "-d", "-y", str(job("mjup", big)), check=True, timeout=60)
+    wait_until(
+        lambda: (
+            storages(sx).get("mjup-tmp", {}).get("status") == "INIT"
+            and "mjup-tmp" in buckets(moto_s3)
+        ),
+        timeout=60,
+        interval=0.05,
+    )
+    assert managed(sx, 1)["status"] == "STARTING"
+    sx.run("jobs", "cancel", "-y", "1", check=True, timeout=60)
+    # 2: cancelled while RUNNING
+    sx.run("jobs", "launch", "-d", "-y", str(job("mjrun", small)), check=True, timeout=60)
+    wait_until(lambda: managed(sx, 2)["status"] == "RUNNING", timeout=90, interval=0.2)
+    sx.run("jobs", "cancel", "-y", "2", check=True, timeout=60)
+
+    # 3: a plain launch interrupted by `down` during the upload (Ctrl-C of its client leaves
+    # a launch running, as SkyPilot's)
+    proc = sx.popen("launch", "-c", "lup", str(job("lup", big)), "-y")
+    try:
+        wait_until(
+            lambda: (
+                storages(sx).get("lup-tmp", {}).get("status") == "INIT"
+                and "lup-tmp" in buckets(moto_s3)
+            ),
+            timeout=60,
+            interval=0.05,
+        )
+        sx.run("down", "lup", "-y", check=True, timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+    wait_until(lambda: ended(1) and ended(2), timeout=90, interval=0.3)
+    gone = {"mjup-tmp", "mjrun-tmp", "lup-tmp"}
+    kept = {"mjup-keep", "mjrun-keep", "lup-keep"}
+    wait_until(lambda: not gone & buckets(moto_s3), timeout=60, interval=0.3)
+    wait_until(lambda: not gone & set(storages(sx)), timeout=30, interval=0.3)
+    assert kept <= buckets(moto_s3)
+    assert kept <= set(storages(sx))
+    cut = sx.json("events", "--kind", "storage", "lup-tmp")
+    assert "went away during the upload" in cut[1]["why"], cut
+    upload = sx.json("events", "--kind", "storage", "mjup-tmp")
+    assert [e["to_state"] for e in upload if e["to_state"]] == ["INIT", "UPLOAD_FAILED", "DELETING"]
+    assert "went away during the upload" in upload[1]["why"], upload  # cut, not finished
+    for name in sorted(kept):
+        sx.run("storage", "delete", name, "-y", check=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 
 from stixd.config import ConfigError, load_config
+from stixd.providers.local.node import kill_marked
+from stixd.providers.shared.fuse_mounts import fuse_mounts_under
 from tests.conftest import Stix, wait_until
 from tests.stores_bed import Emulator, moto_s3
 from tests.test_managed_jobs import kill_node, managed
@@ -77,7 +80,11 @@ def sx(stix: Stix, moto_s3: Emulator) -> Iterator[Stix]:
         "  leak_min_age_minutes: 0\n"
         "  delete_leaks: true\n"
     )
-    yield stix
+    try:
+        yield stix
+    finally:  # a mount a failed test left behind goes before the home does
+        for point in fuse_mounts_under(stix.home):
+            subprocess.run(["fusermount3", "-uz", point], capture_output=True, check=False)
 
 
 def plant(emu: Emulator, home: Path | None, name: str) -> None:
@@ -165,10 +172,16 @@ run: cat ~/tmp/a.txt ~/keep/a.txt
 
 
 @pytest.mark.slow
-def test_a_recovered_managed_job_reads_its_bucket_again_and_its_end_deletes_it(
+def test_a_recovered_managed_job_reads_its_mounted_bucket_and_volume_and_its_end_deletes_it(
     sx: Stix, moto_s3: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
 ) -> None:
+    """One managed job with a MOUNT bucket, a COPY bucket and a volume, its node killed mid-run:
+    the recovered run reads the copy again and what the first run wrote through the mount and
+    onto the volume; the job's end deletes the buckets (not persistent) and frees the volume."""
     sx.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
+    volume = sx.home / "vol.yaml"
+    volume.write_text("name: life-vol\ntype: k8s-hostpath\ninfra: local\n")
+    sx.run("volumes", "apply", str(volume), "-y", check=True, timeout=60)
     data = tmp_path / "data"
     data.mkdir()
     (data / "word.txt").write_text("bucket-word\n")
@@ -182,27 +195,60 @@ file_mounts:
     name: life-mj
     source: {data}
     persistent: false
+    mode: MOUNT
+  ~/cp:
+    name: life-mjc
+    source: {data}
+    persistent: false
     mode: COPY
+volumes:
+  /vol: life-vol
 run: |
-  echo "read=$(cat ~/in/word.txt)" >> {ck}/history
-  n=$(cat {ck}/step 2>/dev/null || echo 0)
-  while [ $n -lt 6 ]; do n=$((n+1)); echo $n > {ck}/step; sleep 0.4; done
+  set -e
+  b=$(ls ~/in | grep -c '^run-' || true)
+  v=$(cat ~/vol/runs 2>/dev/null | wc -l)
+  echo "read=$(cat ~/in/word.txt) copied=$(cat ~/cp/word.txt) bucket=$b volume=$v" \\
+    >> {ck}/history
+  echo "$SKYPILOT_TASK_ID" > ~/in/run-$(date +%s%N)
+  echo run >> ~/vol/runs
+  if [ "$v" -eq 0 ]; then sleep 300; fi  # the first run waits for its node to be killed
 """
     )
     sx.run("jobs", "launch", "-d", "-y", str(task), check=True, timeout=120)
-    wait_until(lambda: (ck / "step").exists() and int((ck / "step").read_text()) >= 2, timeout=60)
+
+    def written() -> bool:  # through the mount into the bucket, and onto the volume
+        if "life-mj" not in buckets(moto_s3):
+            return False
+        found = s3(moto_s3).list_objects_v2(Bucket="life-mj").get("Contents") or []
+        runs = sx.home / "volumes" / "life-vol" / "runs"
+        return any(o["Key"].startswith("run-") for o in found) and runs.exists()
+
+    wait_until(written, timeout=60, interval=0.3)
     assert kill_node(sx, "mjb-1") > 0
+    kill_marked(sx.node_dir("mjb-1").parent)  # its rclone too: a preemption takes the machine
     wait_until(lambda: managed(sx, 1)["recoveries"] == 1, timeout=30, interval=0.2)
-    assert "life-mj" in buckets(moto_s3)  # the recovery keeps it
+    assert {"life-mj", "life-mjc"} <= buckets(moto_s3)  # the recovery keeps them
     job = wait_until(
         lambda: (j := managed(sx, 1))["status"] in ("SUCCEEDED", "FAILED") and j,
         timeout=90,
         interval=0.3,
     )
     assert job["status"] == "SUCCEEDED", sx.run("jobs", "logs", "1", "--controller").stdout
-    assert (ck / "history").read_text().splitlines() == ["read=bucket-word"] * 2
-    wait_until(lambda: "life-mj" not in buckets(moto_s3), timeout=30, interval=0.3)
-    assert "life-mj" not in storages(sx)
+    assert (ck / "history").read_text().splitlines() == [
+        "read=bucket-word copied=bucket-word bucket=0 volume=0",
+        "read=bucket-word copied=bucket-word bucket=1 volume=1",
+    ]
+    wait_until(lambda: not {"life-mj", "life-mjc"} & buckets(moto_s3), timeout=30, interval=0.3)
+    assert not {"life-mj", "life-mjc"} & set(storages(sx))
+    events = sx.json("events", "--kind", "storage", "life-mj")
+    assert not [e for e in events if "restarted" in e["why"]], events  # no restart happened
+    assert fuse_mounts_under(sx.home) == []  # the killed node's mount went with its teardown
+    wait_until(lambda: volume_status(sx, "life-vol") == "READY", timeout=30)  # freed
+    sx.run("volumes", "delete", "life-vol", "-y", check=True)
+
+
+def volume_status(sx: Stix, name: str) -> str:
+    return next(str(v["status"]) for v in sx.json("volumes", "ls") if v["name"] == name)
 
 
 def test_a_leaked_bucket_is_only_reported_when_the_policy_does_not_delete(
@@ -224,3 +270,27 @@ def test_a_leaked_bucket_is_only_reported_when_the_policy_does_not_delete(
     log = (sx.home / "stixd.log").read_text()
     assert "life-reported" in log and "bucket_leak_deleted" not in log
     s3(moto_s3).delete_bucket(Bucket="life-reported")
+
+
+def test_the_leak_grace_runs_from_the_bucket_s_creation_by_the_store_s_clock(
+    sx: Stix, moto_s3: Emulator
+) -> None:
+    """A bucket of this home's that no storage owns is a leak only once it is older than the
+    grace by its own CreationDate: one made an hour ago (backdated by the emulator) goes at
+    the first look, one made now stays (an in-flight launch may be about to record it)."""
+    config = (sx.home / "config.yaml").read_text()
+    (sx.home / "config.yaml").write_text(
+        config.replace("leak_min_age_minutes: 0", "leak_min_age_minutes: 30")
+    )
+    sx.run("status", check=True, timeout=60)  # the daemon is up before the buckets are made
+    plant(moto_s3, sx.home, "life-young")
+    moto_s3.clock.write_text("3600")
+    try:
+        plant(moto_s3, sx.home, "life-old")
+    finally:
+        moto_s3.clock.write_text("0")
+    wait_until(lambda: "life-old" not in buckets(moto_s3), timeout=30, interval=0.3)
+    assert "life-young" in buckets(moto_s3)  # seen by the same look, and too young
+    log = (sx.home / "stixd.log").read_text()
+    assert "s3://life-old" in log and "s3://life-young" not in log
+    s3(moto_s3).delete_bucket(Bucket="life-young")

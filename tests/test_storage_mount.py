@@ -60,6 +60,32 @@ def bucket_exists(emu: Emulator, store: str, bucket: str) -> bool:
     return anyio.run(ask)
 
 
+@pytest.mark.parametrize("store", ["s3", "gcs", "azure"])
+def test_each_store_says_when_a_bucket_was_made_by_its_own_clock(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """The leak reconciler's grace runs from this (tests/test_storage_life.py shows the grace)."""
+    import time
+
+    emu: Emulator = request.getfixturevalue(EMULATORS[store])
+
+    async def ask() -> tuple[float | None, float | None]:
+        stores = open_stores(emu.config, emu.env, "testhome")
+        try:
+            bucket = stores.bucket(StoreKind(store), f"stix-born-{store}")
+            await bucket.create({})
+            made = await bucket.created()
+            await bucket.delete()
+            return made, await bucket.created()
+        finally:
+            await stores.aclose()
+
+    before = time.time()
+    made, after_delete = anyio.run(ask)
+    assert made is not None and before - 60 <= made <= time.time() + 60  # same machine's clock
+    assert after_delete is None
+
+
 @pytest.fixture
 def sx(stix: Stix, request: pytest.FixtureRequest) -> Iterator[tuple[Stix, Emulator, str]]:
     """A stix home whose daemon reaches one store's emulator, its nodes on the host's network
@@ -69,6 +95,8 @@ def sx(stix: Stix, request: pytest.FixtureRequest) -> Iterator[tuple[Stix, Emula
     emu: Emulator = request.getfixturevalue(EMULATORS[store])
     stix.env.update({k: v for k, v in emu.env.items() if k != "HOME"})
     stix.env["STIX__LOCAL__NETWORK"] = "host"
+    if store == "s3":  # R2 too: S3's API at its own endpoint, the same moto here
+        stix.env["R2_ENDPOINT_URL"] = emu.url
     if store == "gcs":  # the emulator's project (its config names it; the daemon reads env)
         stix.env["GOOGLE_CLOUD_PROJECT"] = emu.config["gcs"]["project"]
     try:
@@ -90,9 +118,22 @@ def test_a_job_reads_and_writes_through_mount_and_mount_cached_and_down_unmounts
     data.mkdir()
     (data / "in.txt").write_text("from the bucket\n")
     mount_bucket, cached_bucket = f"stix-mnt-{store}", f"stix-mc-{store}"
+    r2 = store == "s3"  # one R2 case, MOUNT_CACHED, beside S3's (the same emulator)
+    r2_mount = (
+        f"""
+  ~/r:
+    name: stix-mc-r2
+    source: {data}
+    store: r2
+    mode: MOUNT_CACHED
+"""
+        if r2
+        else ""
+    )
+    r2_run = "  cat ~/r/in.txt && echo through-r2 > ~/r/out-r.txt\n" if r2 else ""
     task = task_file(
         f"""
-file_mounts:
+file_mounts:{r2_mount}
   ~/m:
     name: {mount_bucket}
     source: {data}
@@ -111,28 +152,30 @@ run: |
   cat ~/m/in.txt ~/c/in.txt
   echo through-mount > ~/m/out-m.txt
   echo through-cache > ~/c/out-c.txt
-"""
+{r2_run}"""
     )
     done = stix.run("launch", "-c", "mnt", str(task), "-y", "-d", timeout=180)
     assert done.returncode == 0, done.stderr
     scheme = {"gcs": "gs"}.get(store, store)  # as a task names the bucket
     assert f"Mounted {scheme}://{cached_bucket}" in done.stdout + done.stderr
     home = stix.node_dir("mnt")
-    assert sorted(fuse_mounts_under(home)) == [str(home / "c"), str(home / "m")]
+    assert sorted(fuse_mounts_under(home)) == [str(home / d) for d in ("c", "m", "r")[: 2 + r2]]
 
     # the moment the job counts as done, the write-back cache (3 s) has reached the bucket
     wait_until(lambda: stix.job_status("mnt", 1) not in (None, "PENDING", "RUNNING"), timeout=90)
     assert stix.job_status("mnt", 1) == "SUCCEEDED"
     assert "out-c.txt" in keys_in(emu, store, cached_bucket)
     assert "out-m.txt" in keys_in(emu, store, mount_bucket)
+    if r2:
+        assert "out-r.txt" in keys_in(emu, "r2", "stix-mc-r2")
     logs = stix.run("logs", "mnt", "1", "--no-follow", timeout=30).stdout
-    assert logs.count("from the bucket") == 2
+    assert logs.count("from the bucket") == 2 + r2
 
     # a relaunch on the UP cluster keeps the mounts (and their rclone) its jobs may be using
     pids = mount_pids(home)
     again = stix.run("launch", "-c", "mnt", str(task), "-y", "-d", timeout=120)
     assert again.returncode == 0, again.stderr
-    assert mount_pids(home) == pids and len(pids) == 2
+    assert mount_pids(home) == pids and len(pids) == 2 + r2
 
     stix.run("down", "mnt", "-y", check=True, timeout=90)
     assert fuse_mounts_under(stix.home) == []

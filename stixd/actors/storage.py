@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
 from stixd.login_name import login_name
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from stixd.app import App
 
 STORAGE = "storage"
+CALLER_POLL_SECONDS = 0.2
+"""How often an upload looks whether its launch still waits for it."""
 
 
 class StorageEvent(enum.Enum):
@@ -135,7 +138,8 @@ class StorageActor(Actor):
                 await self._delete_bucket()
                 await self._forget("deleted (finished after a restart)")
             elif self.state is S.INIT:
-                await self._abandon_init()
+                if not self._fresh():
+                    await self._abandon_init()
             else:
                 await self._observe(await self.bucket().exists())
                 await self._prune()  # a down or job end the daemon did not live to follow
@@ -144,6 +148,11 @@ class StorageActor(Actor):
             if self.state is S.INIT:
                 why = f"stixd restarted during the upload, and cleaning up failed: {exc}"
                 await self.transition(SV.INIT_FAILED, why, last_error=why)
+
+    def _fresh(self) -> bool:
+        """A row a launch of this daemon's life just wrote, its first Ensure on the way: not
+        one a restart cut short (nothing was made yet)."""
+        return self.row.created_at >= self.app.started_at and not self.data.created
 
     async def _abandon_init(self) -> None:
         """A create or upload that a restart cut short: the bucket it made goes (a resumed
@@ -234,15 +243,18 @@ class StorageActor(Actor):
             raise ProvisionError(f"storage {self.id}: {exc}") from None
         sent = 0
         try:
-            for source in spec.sources:
-                prefix = "/".join(
-                    p for p in (spec.prefix, _list_dir(spec, source)) if p
-                )  # a list of folders: each under its own name, as SkyPilot uploads them
-                result = await bucket.upload_tree(Path(source), prefix)
-                sent += result.sent
+            with anyio.CancelScope() as cut:  # the launch went away (cancelled, or failed)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_cancel_when_caller_gone, env, cut)
+                    sent = await _upload(bucket, spec)
+                    tg.cancel_scope.cancel()
         except (StoreError, OSError) as exc:
             await self.transition(SV.UPLOAD_FAILED, str(exc), last_error=str(exc))
             raise ProvisionError(f"storage {self.id}: upload failed: {exc}") from None
+        if cut.cancelled_caught:
+            why = "the launch that wanted it went away during the upload"
+            await self.transition(SV.UPLOAD_FAILED, why, last_error=why)
+            raise ProvisionError(f"storage {self.id}: {why}")
         await self.transition(
             SV.READY, f"{sent} file(s) uploaded", files=sent, missing=False, last_error=None
         )
@@ -326,6 +338,26 @@ def forgot(name: str, spec: StorageSpec) -> str:
         f"Forgot storage {name}; its bucket {spec.uri} was not created by this stix "
         "and is left as is"
     )
+
+
+async def _upload(bucket: Bucket, spec: StorageSpec) -> int:
+    sent = 0
+    for source in spec.sources:
+        prefix = "/".join(
+            p for p in (spec.prefix, _list_dir(spec, source)) if p
+        )  # a list of folders: each under its own name, as SkyPilot uploads them
+        sent += (await bucket.upload_tree(Path(source), prefix)).sent
+    return sent
+
+
+async def _cancel_when_caller_gone(env: Envelope, scope: anyio.CancelScope) -> None:
+    """Cut the upload once nobody waits for its answer: a cancelled launch or managed job
+    does not leave its storage uploading for nothing (its release deletes the bucket next)."""
+    if env.reply is None:
+        return
+    while env.reply.statistics().open_receive_streams:
+        await anyio.sleep(CALLER_POLL_SECONDS)
+    scope.cancel()
 
 
 def _list_dir(spec: StorageSpec, source: str) -> str:

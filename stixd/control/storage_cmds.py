@@ -1,10 +1,11 @@
 """`stixctl storage ls | delete`: the storage actors' rows, each bucket looked at in its store.
 
 `ls` asks every listed bucket whether it still exists (all at once, bounded by a deadline): a
-bucket deleted outside stix shows MISSING, and its actor keeps that. `delete` hands each
-storage to its actor, which deletes the bucket only if this stix made it (one named that stix
-did not make is forgotten, its bucket left as is, as SkyPilot does). `leaked_buckets`
-finds buckets carrying this home's label that no storage owns (`stixctl leaks`). With several
+bucket deleted outside stix shows MISSING, and its actor keeps that. `delete` (by name or `-a`)
+hands each storage to its actor, which deletes the bucket only if this stix made it (one that
+stix did not make is forgotten, its bucket left as is and said so by name, as SkyPilot does).
+`leaked_buckets` finds buckets carrying this home's label that no storage owns (`stixctl
+leaks`), old enough by their store's creation time. With several
 replicas, `delete` of a storage whose actor another replica runs is answered by that replica.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import anyio
 
 from stixd.actors.specs import data_or_none, spec_or_none, state_of
-from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours, refusal
+from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours
 from stixd.actors.storage_use import ask_storage, configured_stores
 from stixd.app import App
 from stixd.control import ownership
@@ -109,29 +110,25 @@ async def storage_ls(app: App, req: m.StorageLs) -> m.StorageList:
 async def storage_delete(app: App, req: m.StorageDelete, emit: Emit) -> m.StorageList:
     rows = await _rows(app, [] if req.all else list(req.names))
     deleted: list[str] = []
-    skipped: list[str] = []
     for row in rows:
         ownership.check_acts(app, row, f"storage {row.id}", StorageNotFound(row.id))
         if app.elsewhere is not None:  # its actor runs on another replica: deleted there
             forwarded, theirs = await app.elsewhere(STORAGE, row.id, req, emit)
             if forwarded:
                 deleted.extend(theirs.deleted)
-                skipped.extend(theirs.skipped)
                 continue
         spec = spec_or_none(row, StorageSpec)
         data = data_or_none(row, StorageData) or StorageData()
         if spec is not None and (spec.external or not data.created):
-            if req.all:  # `-a` deletes what stix made; one not made is forgotten only by name
-                skipped.append(refusal(row.id, spec))
-                continue
+            # named or by `-a`, as SkyPilot: the record goes, the bucket stix did not make stays
             reply: m.OkReply = await ask_storage(app, row.id, Remove())
-            await emit(m.Progress(reply.message))  # forgotten, its bucket left as is
+            await emit(m.Progress(reply.message))  # said per name: forgotten, bucket left as is
             deleted.append(row.id)
             continue
         await emit(m.Progress(f"Deleting storage {row.id}..."))
         await ask_storage(app, row.id, Remove())
         deleted.append(row.id)
-    return m.StorageList(storages=[], deleted=deleted, skipped=skipped)
+    return m.StorageList(storages=[], deleted=deleted)
 
 
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
@@ -165,25 +162,32 @@ async def bucket_leaks(
 
 
 async def leaked_buckets(app: App, min_age_s: float = 0.0) -> list[tuple[str, str]]:
-    """(store, bucket) of every bucket labelled as this home's that no storage row owns, and
-    has owned none for ``min_age_s`` as far as this daemon has seen (not every store says when
-    a bucket was made; a launch writes its storage row before it makes the bucket)."""
+    """(store, bucket) of every bucket labelled as this home's that no storage row owns and
+    that is at least ``min_age_s`` old by its store's creation time (a launch writes its
+    storage row before it makes the bucket, and a bucket just made by one a restart cut short
+    is old only after the grace: a restart never starts the grace afresh). A store that does
+    not say when a bucket was made has it aged from when this daemon first saw it."""
     now = time.time()
     seen = app.bucket_seen
     unowned = await _unowned_buckets(app)
-    for gone in set(seen) - {f"{k}://{n}" for k, n in unowned}:
-        del seen[gone]  # owned again, or deleted: its grace starts afresh if it comes back
-    return [(k, n) for k, n in unowned if now - seen.setdefault(f"{k}://{n}", now) >= min_age_s]
+    for gone in set(seen) - {f"{k}://{n}" for k, n, _ in unowned}:
+        del seen[gone]  # owned again, or deleted: forgotten
+    return [
+        (k, n)
+        for k, n, made in unowned
+        if now - (made if made is not None else seen.setdefault(f"{k}://{n}", now)) >= min_age_s
+    ]
 
 
-async def _unowned_buckets(app: App) -> list[tuple[str, str]]:
+async def _unowned_buckets(app: App) -> list[tuple[str, str, float | None]]:
+    """(store, bucket, when it was made) of this home's buckets no storage row owns."""
     owned = {
         (s.store, s.bucket)
         for r in await app.store.rows(STORAGE)
         if (s := spec_or_none(r, StorageSpec)) is not None
     }
     stores = app.object_stores()
-    leaked: list[tuple[str, str]] = []
+    leaked: list[tuple[str, str, float | None]] = []
     for kind in map(StoreKind, configured_stores(app)):
         try:
             names = await stores.tagged(kind)
@@ -192,10 +196,13 @@ async def _unowned_buckets(app: App) -> list[tuple[str, str]]:
         for name in names:
             if (kind.value, name) in owned:
                 continue
+            bucket = stores.bucket(kind, name)
             try:
-                labels = await stores.bucket(kind, name).labels()
+                labels = await bucket.labels()
+                if not is_ours(labels, app.home_id()):  # another home's is never ours to touch
+                    continue
+                made = await bucket.created()
             except (StoreError, OSError):
                 continue
-            if is_ours(labels, app.home_id()):  # another home's bucket is never ours to touch
-                leaked.append((kind.value, name))
+            leaked.append((kind.value, name, made))
     return leaked

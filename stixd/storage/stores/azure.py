@@ -21,7 +21,7 @@ import hmac
 import io
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -264,6 +264,17 @@ class AzureBucket:
     async def owned(self) -> bool:
         labels = await self.labels()
         return labels is not None and labels.get(LABEL_HOME) == self.home_id
+
+    async def created(self) -> float | None:
+        try:
+            headers, _ = await self._a.request(
+                "GET", f"{self._url}?restype=container", self.name, "read"
+            )
+        except BucketMissing:
+            return None
+        with contextlib.suppress(TypeError, ValueError):  # no creation time: made or relabelled
+            return parsedate_to_datetime(headers.get("last-modified", "")).timestamp()
+        return None
 
     async def delete(self) -> None:
         labels = await self.labels()

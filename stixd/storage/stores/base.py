@@ -131,6 +131,10 @@ class Bucket(Protocol):
     async def owned(self) -> bool:
         """Whether the bucket exists and carries our ``stix-home``."""
 
+    async def created(self) -> float | None:
+        """When the bucket was made (epoch seconds, by the store's clock: S3 ``CreationDate``,
+        GCS ``timeCreated``, Azure the container's ``Last-Modified``), None when it is gone."""
+
     async def delete(self) -> None:
         """Every object, then the bucket; ``NotOurs`` when we did not make it, nothing when it
         is already gone."""

@@ -240,6 +240,12 @@ class GcsBucket:
         labels = await self.labels()
         return labels is not None and labels.get(LABEL_HOME) == self.home_id
 
+    async def created(self) -> float | None:
+        found = await self._bucket()
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # gone, or no time said
+            return datetime.datetime.fromisoformat(str((found or {})["timeCreated"])).timestamp()
+        return None
+
     async def delete(self) -> None:
         labels = await self.labels()
         if labels is None:

@@ -270,6 +270,19 @@ class S3Bucket:
         labels = await self.labels()
         return labels is not None and labels.get(LABEL_HOME) == self.home_id
 
+    async def created(self) -> float | None:
+        params: dict[str, Any] = {"Prefix": self.name, "MaxBuckets": PAGE_SIZE}
+        for _ in range(self.max_pages):  # S3 says a bucket's CreationDate only in the listing
+            page = await self._call("list", "list_buckets", **params)
+            for b in page.get("Buckets") or []:
+                if b.get("Name") == self.name and hasattr(b.get("CreationDate"), "timestamp"):
+                    return float(b["CreationDate"].timestamp())
+            token = page.get("ContinuationToken")
+            if not token or token == params.get("ContinuationToken"):
+                return None
+            params["ContinuationToken"] = token
+        return None
+
     async def delete(self) -> None:
         labels = await self.labels()
         if labels is None:
