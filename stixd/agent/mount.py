@@ -81,6 +81,8 @@ _DROP_ENV = ("AWS_CA_BUNDLE", "STIX_NODE_DIR")
 would have a node shutdown kill rclone before its mount is unmounted."""
 
 log = logging.getLogger("stix_agent.mount")
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""The rclone processes this agent started, kept to be reaped when their mount goes."""
 
 
 def missing_tools() -> list[str]:
@@ -341,6 +343,7 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
             env=_environment(user, password),
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     record = {
         "dest": dest,
         "mode": spec["mode"],
@@ -441,6 +444,10 @@ def _unmount(record: dict[str, Any]) -> None:
         time.sleep(POLL_S)
     if ours and isinstance(pid, int) and _serves(pid, folder):
         os.kill(pid, 9)
+    child = _children.pop(pid, None) if isinstance(pid, int) else None
+    if child is not None:  # ours: reaped, not left a zombie
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
     with contextlib.suppress(OSError):
         (folder / CONFIG).unlink()
     shutil.rmtree(folder, ignore_errors=True)
