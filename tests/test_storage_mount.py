@@ -161,7 +161,13 @@ file_mounts:
     mode: MOUNT
 """
     )
-    stix.run("launch", "-c", "dead", str(task), "-y", check=True, timeout=120)
+    # the daemon on a session token: STS makes no federation token of it, so (node_credentials
+    # auto) the node gets the daemon's keys, and the launch and the daemon's log say so
+    stix.env["AWS_SESSION_TOKEN"] = "daemon-session"
+    done = stix.run("launch", "-c", "dead", str(task), "-y", check=True, timeout=120)
+    said = "the nodes got the daemon's own S3 keys for bucket 'stix-keep-s3'"
+    assert said in done.stdout + done.stderr
+    assert "storage_node_credentials" in (stix.home / "stixd.log").read_text()
     home = stix.node_dir("dead")
     assert fuse_mounts_under(home) == [str(home / "k")]
     for pid in stix.agents("dead"):  # its rclone lives on; only the agent could unmount

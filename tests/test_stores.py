@@ -440,17 +440,63 @@ async def test_node_credentials_are_sts_ones_for_this_bucket_only(moto_s3: Emula
     )
 
 
-@pytest.mark.parametrize("mode", ["auto", "scoped", "daemon"])
+ROLE = "arn:aws:iam::123456789012:role/stix-nodes"
+
+
+async def test_a_role_allowing_an_hour_gives_the_nodes_an_hour(moto_s3: Emulator) -> None:
+    """AWS refuses AssumeRole beyond the role's MaxSessionDuration (an hour when the daemon is
+    itself a role's session); moto does not, so this one answer is made up on the way."""
+    env = {**moto_s3.env, "AWS_SESSION_TOKEN": "daemon-session"}
+    s3 = {**moto_s3.config["s3"], "node_role_arn": ROLE, "node_credentials": "scoped"}
+    stores = open_stores({**moto_s3.config, "s3": s3}, env, HOME)
+    asked: list[int] = []
+
+    def max_session(params: dict[str, Any], **_: Any) -> Any:
+        asked.append(int(params["body"]["DurationSeconds"]))
+        if asked[-1] <= 3600:
+            return None
+        text = "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+        error = {"Error": {"Code": "ValidationError", "Message": text}}
+        return FakeHttp(400), {**error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+    try:
+        bucket = stores.bucket(StoreKind.S3, "b", "us-east-1")
+        clients: Any = getattr(bucket, "_clients")  # noqa: B009 (the store's STS client)
+        sts = await clients._sts_client()
+        sts.meta.events.register("before-call.sts.AssumeRole", max_session)
+        remote = await bucket.rclone_remote()
+        assert asked == [12 * 3600, 3600] and remote.valid_s == 3600
+        assert remote.keys["session_token"] and remote.note is None
+    finally:
+        await stores.aclose()
+
+
+class FakeHttp:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.headers: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("mode", ["auto", "scoped", "daemon", "role"])
 async def test_a_daemon_on_session_credentials_falls_back_only_as_configured(
     moto_s3: Emulator, mode: str
 ) -> None:
     """STS gives no federation token for temporary credentials: ``auto`` hands the daemon's
-    keys and says so, ``scoped`` refuses in one line, ``daemon`` asks no STS at all."""
+    keys and says so, ``scoped`` refuses in one line, ``daemon`` asks no STS at all; with a
+    role to assume, the nodes get that role's credentials for the bucket."""
     env = {**moto_s3.env, "AWS_SESSION_TOKEN": "daemon-session"}
-    config = {**moto_s3.config, "s3": {**moto_s3.config["s3"], "node_credentials": mode}}
-    stores = open_stores(config, env, HOME)
+    s3 = {**moto_s3.config["s3"], "node_credentials": "scoped" if mode == "role" else mode}
+    if mode == "role":
+        s3["node_role_arn"] = ROLE
+    stores = open_stores({**moto_s3.config, "s3": s3}, env, HOME)
     try:
         bucket = stores.bucket(StoreKind.S3, "b", "us-east-1")
+        if mode == "role":
+            remote = await bucket.rclone_remote()
+            assert remote.keys["session_token"] not in ("", "daemon-session")
+            assert remote.keys["access_key_id"] != "testing" and remote.note is None
+            assert remote.valid_s == 12 * 3600
+            return
         if mode == "scoped":
             with pytest.raises(StoreError, match="no bucket-scoped credentials") as refused:
                 await bucket.rclone_remote()

@@ -75,6 +75,9 @@ NODE_CREDENTIALS_S = 12 * 3600
 STS_MIN_S, STS_MAX_S = 900, 129600
 """What STS allows GetFederationToken (an IAM user's keys: 15 minutes to 36 hours)."""
 NODE_MODES = ("auto", "scoped", "daemon")
+ROLE_CHAIN_S = 3600
+"""What AssumeRole always allows (a role's shortest MaxSessionDuration, and AWS's cap when the
+caller is itself a role's session)."""
 
 
 def partition(region: str) -> str:
@@ -333,35 +336,47 @@ class S3Clients:
             )
         policy = json.dumps(bucket_policy(bucket, region), separators=(",", ":"))
         name = f"stix-{bucket}"[:32]  # GetFederationToken's Name: 2-32 of [\w+=,.@-]
-        sts = await self._sts_client()
         what = "AssumeRole" if self.node_role else "GetFederationToken"
+        seconds = self.node_seconds
         try:
-            if self.node_role:
-                answer = await sts.assume_role(
-                    RoleArn=self.node_role,
-                    RoleSessionName=name,
-                    Policy=policy,
-                    DurationSeconds=self.node_seconds,
-                )
-            else:
-                answer = await sts.get_federation_token(
-                    Name=name, Policy=policy, DurationSeconds=self.node_seconds
-                )
+            keys = await self._sts_call(name, policy, seconds)
+        except ClientError as exc:
+            err = exc.response.get("Error") or {}
+            text = one_line(err.get("Message") or "", 200)
+            if not (self.node_role and seconds > ROLE_CHAIN_S and "DurationSeconds" in text):
+                raise StoreError(f"STS refused {what}: {err.get('Code') or '?'}: {text}") from None
+            # the role allows less (its MaxSessionDuration; an hour when the daemon itself
+            # runs on a role's session): the most every role allows
+            seconds = ROLE_CHAIN_S
+            try:
+                keys = await self._sts_call(name, policy, seconds)
+            except ClientError as again:
+                err = again.response.get("Error") or {}
+                text = one_line(err.get("Message") or "", 200)
+                raise StoreError(f"STS refused {what}: {err.get('Code') or '?'}: {text}") from None
+        except _ERRORS as exc:
+            raise StoreError(f"STS {what} failed: {one_line(exc, 200)}") from None
+        return RcloneRemote("s3", keys, valid_s=seconds)
+
+    async def _sts_call(self, name: str, policy: str, seconds: int) -> dict[str, str]:
+        sts = await self._sts_client()
+        if self.node_role:
+            answer = await sts.assume_role(
+                RoleArn=self.node_role, RoleSessionName=name, Policy=policy, DurationSeconds=seconds
+            )
+        else:
+            answer = await sts.get_federation_token(
+                Name=name, Policy=policy, DurationSeconds=seconds
+            )
+        try:
             cred = answer["Credentials"]
-            keys = {
+            return {
                 "access_key_id": str(cred["AccessKeyId"]),
                 "secret_access_key": str(cred["SecretAccessKey"]),
                 "session_token": str(cred["SessionToken"]),
             }
-        except ClientError as exc:
-            err = exc.response.get("Error") or {}
-            text = one_line(err.get("Message") or "", 200)
-            raise StoreError(f"STS refused {what}: {err.get('Code') or '?'}: {text}") from None
-        except _ERRORS as exc:
-            raise StoreError(f"STS {what} failed: {one_line(exc, 200)}") from None
         except (KeyError, TypeError):
-            raise StoreError(f"STS {what} answered no credentials") from None
-        return RcloneRemote("s3", keys, valid_s=self.node_seconds)
+            raise StoreError("STS answered no credentials") from None
 
     async def tagged(self, home_id: str, max_pages: int = MAX_PAGES) -> list[str]:
         client = await self.client(None)
