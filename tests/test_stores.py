@@ -426,13 +426,16 @@ async def test_node_credentials_are_sts_ones_for_this_bucket_only(moto_s3: Emula
         [params] = sent
         body = params["body"]
         assert body["DurationSeconds"] == 1800 and body["Name"] == "stix-some-bucket"
-        assert json.loads(body["Policy"])["Statement"] == [
-            {
-                "Effect": "Allow",
-                "Action": "s3:*",
-                "Resource": ["arn:aws:s3:::some-bucket", "arn:aws:s3:::some-bucket/*"],
-            }
-        ]
+        s3, kms = json.loads(body["Policy"])["Statement"]
+        assert s3 == {
+            "Effect": "Allow",
+            "Action": "s3:*",
+            "Resource": ["arn:aws:s3:::some-bucket", "arn:aws:s3:::some-bucket/*"],
+        }
+        assert kms["Resource"] == "*" and kms["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+        assert kms["Condition"] == {
+            "StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}
+        }
     finally:
         await stores.aclose()
     assert s3_store.bucket_policy("b", "cn-north-1")["Statement"][0]["Resource"][0] == (

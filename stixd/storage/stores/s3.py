@@ -13,7 +13,8 @@ one. R2 has one region, "auto" (us-east-1 to the S3 API).
 
 A node's rclone gets credentials for its one bucket only (``node_credentials``): STS
 GetFederationToken (or AssumeRole with ``storage.s3.node_role_arn``) with an inline session
-policy allowing S3 on ``arn:aws:s3:::BUCKET`` and ``BUCKET/*`` only, lasting
+policy allowing S3 on ``arn:aws:s3:::BUCKET`` and ``BUCKET/*`` only (and the KMS key of an
+SSE-KMS bucket, through S3 only), lasting
 ``storage.s3.node_credentials_seconds``. ``storage.s3.node_credentials``: ``auto`` (the
 default) hands the daemon's own keys when STS refuses, saying so in one line; ``scoped``
 fails the mount instead; ``daemon`` always hands the daemon's keys. R2 has no STS: its nodes
@@ -93,9 +94,19 @@ def bucket_policy(bucket: str, region: str) -> dict[str, Any]:
     """The session policy of a node's credentials: S3 on this bucket and its objects only (the
     credentials can do what both this and the daemon's own policy allow)."""
     arn = f"arn:{partition(region)}:s3:::{bucket}"
+    # an SSE-KMS bucket's objects need its key, through S3 only (so for this bucket only)
+    kms = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
     return {
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": [arn, f"{arn}/*"]}],
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": [arn, f"{arn}/*"]},
+            {
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": "*",
+                "Condition": kms,
+            },
+        ],
     }
 
 
