@@ -147,8 +147,8 @@ class S3StoreConfig(
     endpoint_url: Url | None = None
     region: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,40}$")] | None = None
     # what a node's rclone gets: auto|scoped (STS, bucket-scoped) or daemon (the daemon's keys)
-    node_credentials: Literal["auto", "scoped", "daemon"] = "auto"
-    node_credentials_seconds: Annotated[int, msgspec.Meta(ge=900, le=129600)] = 43200
+    node_credentials: Literal["auto", "scoped", "daemon"] | None = None  # null: auto
+    node_credentials_seconds: Annotated[int, msgspec.Meta(ge=900, le=129600)] | None = None
     node_role_arn: RoleArn | None = None
 
 
@@ -174,7 +174,7 @@ class AzureStoreConfig(
     key: Secret | None = None
     endpoint: Url | None = None
     connection_string: Secret | None = None
-    node_credentials_seconds: Annotated[int, msgspec.Meta(ge=900, le=604800)] = 43200
+    node_credentials_seconds: Annotated[int, msgspec.Meta(ge=900, le=604800)] | None = None
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
