@@ -405,6 +405,10 @@ async def test_a_region_the_store_will_not_tell_is_a_one_line_error() -> None:
             with pytest.raises(AccessDenied, match="find its region") as refused:
                 await stores.bucket(StoreKind.S3, "b").rclone_remote()
             assert "\n" not in str(refused.value)
+            server.mode, server.region = "endless", "../../etc x"  # a region that is none
+            with pytest.raises(BadAnswer, match="names no region") as bad:
+                await stores.bucket(StoreKind.S3, "b").signed_get("k", 60)
+            assert "\n" not in str(bad.value)
         finally:
             await stores.aclose()
 
@@ -537,6 +541,7 @@ class Hostile:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
+        self.region = "us-east-1"
         self.pages = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -567,7 +572,7 @@ class Hostile:
                 text="<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>"
             )
         if request.method == "HEAD":  # S3's HeadBucket (a bucket's region), not a page
-            return web.Response(headers={"x-amz-bucket-region": "us-east-1"})
+            return web.Response(headers={"x-amz-bucket-region": self.region})
         self.pages += 1
         token = f"t{self.pages}"
         if "storage/v1" in request.path:

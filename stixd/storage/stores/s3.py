@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ NODE_CREDENTIALS_S = 12 * 3600
 STS_MIN_S, STS_MAX_S = 900, 129600
 """What STS allows GetFederationToken (an IAM user's keys: 15 minutes to 36 hours)."""
 NODE_MODES = ("auto", "scoped", "daemon")
+_REGION = re.compile(r"[a-z0-9-]{1,40}")
 ROLE_CHAIN_S = 3600
 """What AssumeRole always allows (a role's shortest MaxSessionDuration, and AWS's cap when the
 caller is itself a role's session)."""
@@ -270,6 +272,10 @@ class S3Clients:
                 found = await self._ask_region(bucket)
                 if found is None:
                     return self.creds.region
+                if not _REGION.fullmatch(found):
+                    raise BadAnswer(
+                        f"bucket {bucket!r}: the store names no region but {found!r}"[:300]
+                    )
                 self.regions[bucket] = found
             return found
 
