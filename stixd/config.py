@@ -136,6 +136,9 @@ Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[^\
 Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=8192, pattern=r"^[^\n\r\x00]+$")]
 
 
+RoleArn = Annotated[str, msgspec.Meta(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+$")]
+
+
 class S3StoreConfig(
     msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
 ):
@@ -143,6 +146,10 @@ class S3StoreConfig(
 
     endpoint_url: Url | None = None
     region: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,40}$")] | None = None
+    # what a node's rclone gets: auto|scoped (STS, bucket-scoped) or daemon (the daemon's keys)
+    node_credentials: Literal["auto", "scoped", "daemon"] | None = None  # null: auto
+    node_credentials_seconds: Annotated[int, msgspec.Meta(ge=900, le=129600)] | None = None
+    node_role_arn: RoleArn | None = None
 
 
 class R2StoreConfig(
@@ -167,6 +174,7 @@ class AzureStoreConfig(
     key: Secret | None = None
     endpoint: Url | None = None
     connection_string: Secret | None = None
+    node_credentials_seconds: Annotated[int, msgspec.Meta(ge=900, le=604800)] | None = None
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

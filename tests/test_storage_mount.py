@@ -9,19 +9,23 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import boto3  # type: ignore[import-untyped]
 import pytest
 
 from stixd.agent import mount as agent_mount
 from stixd.agent.protocol import RequestError
 from stixd.providers.shared.fuse_mounts import fuse_mounts_under
 from stixd.storage.mount import node_keys
-from stixd.storage.stores import StoreKind, open_stores
+from stixd.storage.stores import LABEL_STORAGE, RcloneRemote, StoreKind, open_stores
 from tests.conftest import Stix, wait_until
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
@@ -200,7 +204,13 @@ file_mounts:
     mode: MOUNT
 """
     )
-    stix.run("launch", "-c", "dead", str(task), "-y", check=True, timeout=120)
+    # the daemon on a session token: STS makes no federation token of it, so (node_credentials
+    # auto) the node gets the daemon's keys, and the launch and the daemon's log say so
+    stix.env["AWS_SESSION_TOKEN"] = "daemon-session"
+    done = stix.run("launch", "-c", "dead", str(task), "-y", check=True, timeout=120)
+    said = "the nodes got the daemon's own S3 keys for bucket 'stix-keep-s3'"
+    assert said in done.stdout + done.stderr
+    assert "storage_node_credentials" in (stix.home / "stixd.log").read_text()
     home = stix.node_dir("dead")
     assert fuse_mounts_under(home) == [str(home / "k")]
     for pid in stix.agents("dead"):  # its rclone lives on; only the agent could unmount
@@ -316,3 +326,133 @@ def test_flush_reports_a_mount_whose_rclone_is_gone_and_clean_stale_unmounts_it(
     assert agent_mount.clean_stale(tmp_path) == 1
     assert not folder.exists() and agent_mount.flush_all(tmp_path) is None
     assert os.path.isdir(tmp_path)
+
+
+# -- the node's copy of the keys: private, renewed, and gone with its mount -----------------
+
+
+def s3_mount_request(emu: Emulator, bucket: str, dest: Path) -> dict[str, object]:
+    """What the daemon sends an agent for a MOUNT of ``bucket`` (made, holding ``in.txt``)."""
+
+    async def remote() -> RcloneRemote:
+        stores = open_stores(emu.config, emu.env, "testhome")
+        try:
+            found = stores.bucket(StoreKind.S3, bucket)
+            if not await found.exists():
+                await found.create({LABEL_STORAGE: bucket})
+            return await found.rclone_remote()
+        finally:
+            await stores.aclose()
+
+    got = anyio.run(remote)
+    boto = bare_s3(emu)
+    boto.put_object(Bucket=bucket, Key="in.txt", Body=b"through scoped keys\n")
+    boto.close()
+    request: dict[str, object] = {
+        "dest": str(dest),
+        "remote": got.type,
+        "keys": got.keys,
+        "path": bucket,
+        "mode": "MOUNT",
+        "flags": {},
+    }
+    if got.valid_s is not None:
+        request["valid_s"] = got.valid_s
+    return request
+
+
+def bare_s3(emu: Emulator) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=emu.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def only_folder(node_dir: Path) -> Path:
+    [folder] = (node_dir / agent_mount.MOUNTS_DIR).iterdir()
+    return folder
+
+
+def record_of(folder: Path) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads((folder / agent_mount.RECORD).read_text())
+    return found
+
+
+@pytest.fixture
+def node_dir(tmp_path: Path) -> Iterator[Path]:
+    """An agent's state folder; whatever a test leaves mounted under ``tmp_path`` goes."""
+    found = tmp_path / "node" / ".stix"
+    found.mkdir(parents=True, mode=0o700)
+    try:
+        yield found
+    finally:
+        agent_mount.unmount_all(found)
+        for point in fuse_mounts_under(tmp_path):
+            subprocess.run(["fusermount3", "-uz", point], capture_output=True, check=False)
+
+
+def test_a_mounts_keys_stay_private_are_renewed_when_ending_and_go_with_it(
+    moto_s3: Emulator, node_dir: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "node" / "data"  # the job's side: nothing of stix's is written there
+    request = s3_mount_request(moto_s3, "stix-node-keys", dest)
+    assert agent_mount.mount(node_dir, request) == {"dest": str(dest), "mounted": True}
+    assert (dest / "in.txt").read_text() == "through scoped keys\n"  # rclone on STS keys
+    folder = only_folder(node_dir)
+    config = folder / agent_mount.CONFIG
+    assert "session_token = " in config.read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+    assert list(dest.rglob(agent_mount.CONFIG)) == []
+    first = record_of(folder)
+    assert first["expires_at"] > time.time() + 12 * 3600 - 600
+
+    # asked again: the mount its jobs may use is kept while its keys last
+    assert agent_mount.mount(node_dir, request)["mounted"] is False
+    # its keys end in a minute: made afresh with the new ones
+    (folder / agent_mount.RECORD).write_text(json.dumps({**first, "expires_at": time.time() + 60}))
+    assert agent_mount.mount(node_dir, request)["mounted"] is True
+    assert record_of(only_folder(node_dir))["pid"] != first["pid"]
+    assert not agent_mount._alive(first["pid"])
+
+    assert agent_mount.unmount_all(node_dir) == 1
+    assert not agent_mount.mounted(str(dest))
+    assert list(node_dir.rglob(agent_mount.CONFIG)) == []
+    assert list((node_dir / agent_mount.MOUNTS_DIR).iterdir()) == []
+
+
+def test_an_agent_starting_removes_the_keys_of_mounts_no_rclone_serves(
+    moto_s3: Emulator, node_dir: Path, tmp_path: Path
+) -> None:
+    kept = tmp_path / "node" / "kept"
+    cut = tmp_path / "node" / "cut"
+    agent_mount.mount(node_dir, s3_mount_request(moto_s3, "stix-node-orphans", kept))
+    kept_folder = only_folder(node_dir)
+    agent_mount.mount(node_dir, s3_mount_request(moto_s3, "stix-node-orphans", cut))
+    [cut_folder] = [f for f in (node_dir / agent_mount.MOUNTS_DIR).iterdir() if f != kept_folder]
+    rclone = record_of(cut_folder)["pid"]
+    (cut_folder / agent_mount.RECORD).unlink()  # an agent stopped before recording its mount
+    bare = node_dir / agent_mount.MOUNTS_DIR / "0123456789abcdef"  # a config, no rclone
+    bare.mkdir(mode=0o700)
+    (bare / agent_mount.CONFIG).write_text("[stix]\ntype = s3\n")
+    reused = node_dir / agent_mount.MOUNTS_DIR / "fedcba9876543210"  # its pid is another's
+    reused.mkdir(mode=0o700)
+    (reused / agent_mount.CONFIG).write_text("[stix]\ntype = s3\n")
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        record = {"dest": str(tmp_path / "gone"), "pid": other.pid, "port": 1}
+        (reused / agent_mount.RECORD).write_text(json.dumps(record))
+
+        assert agent_mount.clean_stale(node_dir) == 3
+        assert other.poll() is None  # not an rclone of ours: left alone
+    finally:
+        other.kill()
+        other.wait()
+    assert not agent_mount.mounted(str(cut)) and not agent_mount._alive(rclone)
+    assert sorted((node_dir / agent_mount.MOUNTS_DIR).iterdir()) == [kept_folder]
+    assert agent_mount.mounted(str(kept))  # still served: its jobs keep it
+    assert (kept / "in.txt").read_text() == "through scoped keys\n"

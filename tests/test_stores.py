@@ -28,6 +28,7 @@ from stixd.storage.stores import (
     Bucket,
     BucketMissing,
     NotOurs,
+    RcloneRemote,
     StoreError,
     StoreKind,
     Stores,
@@ -36,6 +37,7 @@ from stixd.storage.stores import (
     open_stores,
 )
 from stixd.storage.stores import azure as azure_store
+from stixd.storage.stores import s3 as s3_store
 from tests import stores_bed
 from tests.stores_bed import Emulator, free_port
 
@@ -272,8 +274,14 @@ async def test_r2_is_the_s3_api_at_its_own_endpoint(moto_s3: Emulator, tmp_path:
         await bucket.create({LABEL_STORAGE: "r2"})
         assert (await bucket.upload_tree(tmp_path)).sent == 1
         assert bucket.name in await stores.tagged(StoreKind.R2)
-        kind, conf = bucket.rclone_remote()
-        assert (kind, conf["provider"], conf["endpoint"]) == ("s3", "Cloudflare", moto_s3.url)
+        remote = await bucket.rclone_remote()
+        conf = remote.keys
+        assert (remote.type, conf["provider"], conf["endpoint"]) == (
+            "s3",
+            "Cloudflare",
+            moto_s3.url,
+        )
+        assert conf["access_key_id"] == "testing" and remote.note is None  # R2 has no STS
         await bucket.delete()
     no_endpoint = {k: v for k, v in moto_s3.config.items() if k != "r2"}
     stores = open_stores(no_endpoint, moto_s3.env, HOME)
@@ -282,13 +290,29 @@ async def test_r2_is_the_s3_api_at_its_own_endpoint(moto_s3: Emulator, tmp_path:
     await stores.aclose()
 
 
+async def rclone_run(tmp_path: Path, remote: RcloneRemote, *args: str) -> str:
+    """The distro's rclone (README command 2) run with nothing but ``remote`` as its config."""
+    rclone = shutil.which("rclone")
+    assert rclone is not None, "rclone is not installed: run README command 2"
+    lines = [f"type = {remote.type}"] + [f"{k} = {v}" for k, v in sorted(remote.keys.items())]
+    config = tmp_path / "rclone.conf"
+    config.write_text("[r]\n" + "\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone 1.60 bug
+    done = await anyio.run_process(
+        [rclone, "--config", str(config), "--retries", "1", *args], env=env
+    )
+    return done.stdout.decode()
+
+
+async def rclone_lists(tmp_path: Path, name: str, remote: RcloneRemote) -> list[str]:
+    return (await rclone_run(tmp_path, remote, "lsf", "-R", f"r:{name}")).split()
+
+
 async def test_rclone_reads_and_writes_the_bucket_with_its_remote(
     kind: StoreKind, emulator: Emulator, tmp_path: Path
 ) -> None:
     """The distro's rclone (README command 2), configured with nothing but ``rclone_remote``,
     lists the bucket and writes into it."""
-    rclone = shutil.which("rclone")
-    assert rclone is not None, "rclone is not installed: run README command 2"
     (tmp_path / "up").mkdir()
     (tmp_path / "up" / "x.txt").write_text("from the daemon")
     (tmp_path / "node.txt").write_text("from a node")
@@ -296,16 +320,17 @@ async def test_rclone_reads_and_writes_the_bucket_with_its_remote(
         bucket = stores.bucket(kind, fresh(kind))
         await bucket.create({LABEL_STORAGE: "rc"})
         await bucket.upload_tree(tmp_path / "up")
-        remote, conf = bucket.rclone_remote()
-        lines = [f"type = {remote}"] + [f"{k} = {v}" for k, v in sorted(conf.items())]
-        config = tmp_path / "rclone.conf"
-        config.write_text("[r]\n" + "\n".join(lines) + "\n")
-        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone 1.60 bug
-        base = [rclone, "--config", str(config), "--retries", "1"]
-        listed = await anyio.run_process([*base, "lsf", "-R", f"r:{bucket.name}"], env=env)
-        assert listed.stdout.decode().split() == ["x.txt"]
-        await anyio.run_process(
-            [*base, "copyto", str(tmp_path / "node.txt"), f"r:{bucket.name}/node.txt"], env=env
+        remote = await bucket.rclone_remote()
+        conf = remote.keys
+        assert remote.note is None
+        if kind is StoreKind.S3:  # STS credentials for this bucket, not the daemon's keys
+            assert conf["access_key_id"] != "testing" and conf["session_token"]
+            assert remote.valid_s == 12 * 3600
+        if kind is StoreKind.AZURE:  # 12 hours, not a week; no append or tag rights
+            assert remote.valid_s == 12 * 3600 and "sp=rwdl&" in conf["sas_url"]
+        assert await rclone_lists(tmp_path, bucket.name, remote) == ["x.txt"]
+        await rclone_run(
+            tmp_path, remote, "copyto", str(tmp_path / "node.txt"), f"r:{bucket.name}/node.txt"
         )
         assert await keys_of(bucket) == {"x.txt", "node.txt"}
         if kind is StoreKind.AZURE:  # the container SAS opens that container only
@@ -316,6 +341,198 @@ async def test_rclone_reads_and_writes_the_bucket_with_its_remote(
         await bucket.delete()
 
 
+# -- a bucket's own region; the nodes' credentials ------------------------------------------
+
+
+def bare_s3(emu: Emulator, region: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=emu.url,
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+async def test_a_bucket_made_elsewhere_is_read_in_its_own_region(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stix's default region is us-east-1; the bucket (a ``s3://`` source) is in eu-west-1:
+    its region is asked once, and the client, the signed URLs and rclone all use it."""
+    name = fresh(StoreKind.S3)
+    bare = bare_s3(moto_s3, "eu-west-1")
+    bare.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    bare.put_object(Bucket=name, Key="data/in.txt", Body=b"from eu-west-1")
+    asked: list[str] = []
+    ask = s3_store.S3Clients._ask_region
+
+    async def counted(self: s3_store.S3Clients, bucket: str) -> str | None:
+        asked.append(bucket)
+        return await ask(self, bucket)
+
+    monkeypatch.setattr(s3_store.S3Clients, "_ask_region", counted)
+    try:
+        async with opened(moto_s3) as stores:
+            bucket = stores.bucket(StoreKind.S3, name)
+            assert await bucket.exists()
+            assert await keys_of(bucket) == {"data/in.txt"}
+            get = await bucket.signed_get("data/in.txt", 60)
+            assert "%2Feu-west-1%2Fs3%2F" in get  # X-Amz-Credential's scope
+            async with aiohttp.ClientSession() as plain, plain.get(get) as answer:
+                assert answer.status == 200 and await answer.read() == b"from eu-west-1"
+            remote = await bucket.rclone_remote()
+            assert remote.keys["region"] == "eu-west-1"
+            assert sorted(await rclone_lists(tmp_path, name, remote)) == ["data/", "data/in.txt"]
+            again = stores.bucket(StoreKind.S3, name)  # another Bucket, the same daemon
+            assert (await again.rclone_remote()).keys["region"] == "eu-west-1"
+            assert asked == [name]  # asked once for the daemon's life
+            missing = stores.bucket(StoreKind.S3, fresh(StoreKind.S3))
+            assert not await missing.exists()  # no region yet: the default, not remembered
+            await missing.create({LABEL_STORAGE: "here"})
+            assert (await missing.rclone_remote()).keys["region"] == "us-east-1"
+            await missing.delete()
+    finally:
+        bare.delete_object(Bucket=name, Key="data/in.txt")
+        bare.delete_bucket(Bucket=name)
+        bare.close()
+
+
+async def test_a_region_the_store_will_not_tell_is_a_one_line_error() -> None:
+    async with hostile("readonly") as server:  # refuses HeadBucket with no region header
+        config, env = server.config(StoreKind.S3)
+        stores = open_stores(config, env, HOME)
+        try:
+            with pytest.raises(AccessDenied, match="find its region") as refused:
+                await stores.bucket(StoreKind.S3, "b").rclone_remote()
+            assert "\n" not in str(refused.value)
+            server.mode, server.region = "endless", "../../etc x"  # a region that is none
+            with pytest.raises(BadAnswer, match="names no region") as bad:
+                await stores.bucket(StoreKind.S3, "b").signed_get("k", 60)
+            assert "\n" not in str(bad.value)
+        finally:
+            await stores.aclose()
+
+
+async def test_node_credentials_are_sts_ones_for_this_bucket_only(moto_s3: Emulator) -> None:
+    config = {**moto_s3.config, "s3": {**moto_s3.config["s3"], "node_credentials_seconds": 1800}}
+    sent: list[dict[str, Any]] = []
+    stores = open_stores(config, moto_s3.env, HOME)
+    try:
+        bucket = stores.bucket(StoreKind.S3, "some-bucket", "us-east-1")
+        clients: Any = getattr(bucket, "_clients")  # noqa: B009 (the store's STS client)
+        sts = await clients._sts_client()
+        sts.meta.events.register(
+            "before-call.sts.GetFederationToken", lambda params, **_: sent.append(params)
+        )
+        remote = await bucket.rclone_remote()
+        assert remote.valid_s == 1800 and remote.keys["session_token"]
+        assert remote.keys["access_key_id"] != "testing"
+        [params] = sent
+        body = params["body"]
+        assert body["DurationSeconds"] == 1800 and body["Name"] == "stix-some-bucket"
+        s3, kms = json.loads(body["Policy"])["Statement"]
+        assert s3 == {
+            "Effect": "Allow",
+            "Action": "s3:*",
+            "Resource": ["arn:aws:s3:::some-bucket", "arn:aws:s3:::some-bucket/*"],
+        }
+        assert kms["Resource"] == "*" and kms["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+        assert kms["Condition"] == {
+            "StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}
+        }
+    finally:
+        await stores.aclose()
+    assert s3_store.bucket_policy("b", "cn-north-1")["Statement"][0]["Resource"][0] == (
+        "arn:aws-cn:s3:::b"
+    )
+
+
+ROLE = "arn:aws:iam::123456789012:role/stix-nodes"
+
+
+async def test_a_role_allowing_an_hour_gives_the_nodes_an_hour(moto_s3: Emulator) -> None:
+    """AWS refuses AssumeRole beyond the role's MaxSessionDuration (an hour when the daemon is
+    itself a role's session); moto does not, so this one answer is made up on the way."""
+    env = {**moto_s3.env, "AWS_SESSION_TOKEN": "daemon-session"}
+    s3 = {**moto_s3.config["s3"], "node_role_arn": ROLE, "node_credentials": "scoped"}
+    stores = open_stores({**moto_s3.config, "s3": s3}, env, HOME)
+    asked: list[int] = []
+
+    def max_session(params: dict[str, Any], **_: Any) -> Any:
+        asked.append(int(params["body"]["DurationSeconds"]))
+        if asked[-1] <= 3600:
+            return None
+        text = "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+        error = {"Error": {"Code": "ValidationError", "Message": text}}
+        return FakeHttp(400), {**error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+    try:
+        bucket = stores.bucket(StoreKind.S3, "b", "us-east-1")
+        clients: Any = getattr(bucket, "_clients")  # noqa: B009 (the store's STS client)
+        sts = await clients._sts_client()
+        sts.meta.events.register("before-call.sts.AssumeRole", max_session)
+        remote = await bucket.rclone_remote()
+        assert asked == [12 * 3600, 3600] and remote.valid_s == 3600
+        assert remote.keys["session_token"] and remote.note is None
+    finally:
+        await stores.aclose()
+
+
+class FakeHttp:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.headers: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("mode", ["auto", "scoped", "daemon", "role"])
+async def test_a_daemon_on_session_credentials_falls_back_only_as_configured(
+    moto_s3: Emulator, mode: str
+) -> None:
+    """STS gives no federation token for temporary credentials: ``auto`` hands the daemon's
+    keys and says so, ``scoped`` refuses in one line, ``daemon`` asks no STS at all; with a
+    role to assume, the nodes get that role's credentials for the bucket."""
+    env = {**moto_s3.env, "AWS_SESSION_TOKEN": "daemon-session"}
+    s3 = {**moto_s3.config["s3"], "node_credentials": "scoped" if mode == "role" else mode}
+    if mode == "role":
+        s3["node_role_arn"] = ROLE
+    stores = open_stores({**moto_s3.config, "s3": s3}, env, HOME)
+    try:
+        bucket = stores.bucket(StoreKind.S3, "b", "us-east-1")
+        if mode == "role":
+            remote = await bucket.rclone_remote()
+            assert remote.keys["session_token"] not in ("", "daemon-session")
+            assert remote.keys["access_key_id"] != "testing" and remote.note is None
+            assert remote.valid_s == 12 * 3600
+            return
+        if mode == "scoped":
+            with pytest.raises(StoreError, match="no bucket-scoped credentials") as refused:
+                await bucket.rclone_remote()
+            assert "\n" not in str(refused.value) and "node_role_arn" in str(refused.value)
+            return
+        remote = await bucket.rclone_remote()
+        assert remote.keys["session_token"] == "daemon-session"
+        assert remote.keys["access_key_id"] == "testing" and remote.valid_s is None
+        if mode == "daemon":
+            assert remote.note is None
+        else:
+            assert remote.note is not None and "daemon's own S3 keys" in remote.note
+            assert "temporary credentials" in remote.note and "\n" not in remote.note
+    finally:
+        await stores.aclose()
+
+
+async def test_a_refused_sts_call_falls_back_and_says_why() -> None:
+    async with hostile("readonly") as server:  # answers STS (a POST) AccessDenied
+        config, env = server.config(StoreKind.S3)
+        stores = open_stores(config, env, HOME)
+        try:
+            remote = await stores.bucket(StoreKind.S3, "b", "us-east-1").rclone_remote()
+            assert remote.keys["access_key_id"] == "k" and "session_token" not in remote.keys
+            assert remote.note is not None and "GetFederationToken" in remote.note
+        finally:
+            await stores.aclose()
+
+
 # -- hostile stores ------------------------------------------------------------------------
 
 
@@ -324,6 +541,7 @@ class Hostile:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
+        self.region = "us-east-1"
         self.pages = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -353,6 +571,8 @@ class Hostile:
             return web.Response(
                 text="<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>"
             )
+        if request.method == "HEAD":  # S3's HeadBucket (a bucket's region), not a page
+            return web.Response(headers={"x-amz-bucket-region": self.region})
         self.pages += 1
         token = f"t{self.pages}"
         if "storage/v1" in request.path:

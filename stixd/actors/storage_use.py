@@ -144,8 +144,11 @@ async def prepare_storage(
             bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
             try:
                 if spec.mode != "COPY":  # MOUNT / MOUNT_CACHED: rclone on the node
-                    await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
-                    env.progress(m.Progress(f"Mounted {spec.uri} at {plan.dest} ({spec.mode})."))
+                    note = await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
+                    if note:  # the nodes got the daemon's keys: said, not silent
+                        app.log.warning("storage_node_credentials", storage=spec.name, note=note)
+                    said = f"Mounted {spec.uri} at {plan.dest} ({spec.mode})."
+                    env.progress(m.Progress(f"{said} Note: {note}." if note else said))
                     continue
                 count = await copy_to_nodes(cluster.provider, nodes, bucket, spec.prefix, plan.dest)
             except StoreError as exc:  # listing or signing: the launch fails in one line

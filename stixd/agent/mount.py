@@ -1,10 +1,14 @@
 """MOUNT and MOUNT_CACHED on the node: one bucket per ``rclone mount``, flushed and unmounted.
 
 The daemon sends the rclone remote of one bucket (its type and keys, credentials scoped to the
-bucket as far as the store allows). The agent writes it to a private config (0600) in a folder of
-its own under the node directory (``mounts/<hash of the path>/``: config, cache, log, and a
-``mount.json`` record) and starts ``rclone mount`` in its own session, with rclone's remote
-control on a loopback port behind a random password (rclone 1.60 has no Unix-socket ``--rc``).
+bucket as far as the store allows, and ``valid_s``, how long they last). The agent writes it to a
+private config (0600) in a folder of its own (0700) under its node directory, the agent's own
+state folder, never the job's working directory (``mounts/<hash of the path>/``: config, cache,
+log, and a ``mount.json`` record); the folder, keys and all, goes when the mount is unmounted,
+and an agent starting (``clean_stale``) removes the folders of mounts no rclone serves any more
+(a crash between writing the config and recording the mount included). It starts
+``rclone mount`` in its own session, with rclone's remote control on a loopback port behind a
+random password (rclone 1.60 has no Unix-socket ``--rc``).
 
 - MOUNT: ``--vfs-cache-mode writes`` (a file may be opened for reading and writing).
 - MOUNT_CACHED: SkyPilot's flags (``--vfs-cache-mode full``, 10 s directory cache and cache
@@ -13,12 +17,15 @@ control on a loopback port behind a random password (rclone 1.60 has no Unix-soc
 A job's final state is written only once every mount's write-back queue is empty
 (``flush_all``, called by the runner), so its writes are in the bucket when it counts as done.
 Mounts go at ``shutdown`` and autostop (``unmount_all``); an agent starting finds the mounts of
-one whose rclone died and unmounts them (``clean_stale``). Keys never reach a log.
+one whose rclone died and unmounts them (``clean_stale``). Asked again for a mount it has, the
+agent keeps it (its jobs may be using it) unless its keys end within ``RENEW_S`` (or a quarter of
+the new keys' lifetime): then it mounts afresh with the new keys. Keys never reach a log.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,6 +45,10 @@ from .protocol import RequestError
 
 MOUNTS_DIR = "mounts"
 RECORD = "mount.json"
+CONFIG = "rclone.conf"
+RENEW_S = 3600.0
+"""A mount whose keys end sooner than this is made afresh when a launch asks for it again."""
+MAX_VALID_S = 30 * 24 * 3600
 INSTALL = (
     "install them on the node with `sudo apt-get install -y rclone fuse3` (or your "
     "distribution's packages) and launch again"
@@ -70,6 +81,8 @@ _DROP_ENV = ("AWS_CA_BUNDLE", "STIX_NODE_DIR")
 would have a node shutdown kill rclone before its mount is unmounted."""
 
 log = logging.getLogger("stix_agent.mount")
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""The rclone processes this agent started, kept to be reaped when their mount goes."""
 
 
 def missing_tools() -> list[str]:
@@ -111,6 +124,30 @@ def mounted(path: str) -> bool:
 
 def _folder(node_dir: Path, dest: str) -> Path:
     return node_dir / MOUNTS_DIR / hashlib.sha256(dest.encode()).hexdigest()[:16]
+
+
+def _argv_of(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0")]
+    except OSError:
+        return []
+
+
+def _serves(pid: Any, folder: Path) -> bool:
+    """Whether ``pid`` is a live rclone running with ``folder``'s config (not a process that
+    took a dead rclone's pid)."""
+    return _alive(pid) and str(folder / CONFIG) in _argv_of(int(pid))
+
+
+def _rclones_of(folder: Path) -> list[int]:
+    """The live rclone processes running with ``folder``'s config."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and _serves(int(entry.name), folder):
+                found.append(int(entry.name))
+    return found
 
 
 def _records(node_dir: Path) -> list[dict[str, Any]]:
@@ -169,7 +206,13 @@ def parse_mount(request: dict[str, Any]) -> dict[str, Any]:
         k in CACHED_FLAGS and isinstance(v, str) and _KNOB.fullmatch(v) for k, v in flags.items()
     ):
         raise RequestError("bad_request", f'"flags" may set only {", ".join(CACHED_FLAGS)}')
+    valid_s = request.get("valid_s")
+    if valid_s is not None and (
+        not isinstance(valid_s, int) or isinstance(valid_s, bool) or not 0 < valid_s <= MAX_VALID_S
+    ):
+        raise RequestError("bad_request", '"valid_s" must be the keys\' lifetime in seconds')
     return {
+        "valid_s": valid_s,
         "dest": os.path.normpath(dest),
         "remote": remote,
         "keys": keys,
@@ -180,7 +223,7 @@ def parse_mount(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_config(folder: Path, remote: str, keys: dict[str, str]) -> Path:
-    config = folder / "rclone.conf"
+    config = folder / CONFIG
     lines = ["[stix]", f"type = {remote}", *(f"{k} = {v}" for k, v in sorted(keys.items()))]
     fd = os.open(str(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -243,10 +286,20 @@ def _tail(path: Path) -> str:
 
 
 def _digest(spec: dict[str, Any]) -> str:
-    """What makes a mount the same one again: not its keys, which a store may sign afresh for
-    each launch (an Azure SAS): a relaunch keeps the mount its running jobs use."""
-    same = {k: v for k, v in spec.items() if k != "keys"}
+    """What makes a mount the same one again: not its keys, which a store makes afresh for
+    each launch (an Azure SAS, STS credentials): a relaunch keeps the mount its running jobs
+    use (while its keys last: ``_lasts``)."""
+    same = {k: v for k, v in spec.items() if k not in ("keys", "valid_s")}
     return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()
+
+
+def _lasts(record: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether a mount's keys last long enough to keep it for another launch."""
+    expires = record.get("expires_at")
+    if not isinstance(expires, (int, float)):
+        return True  # keys with no end (a store's own, an emulator's anonymous access)
+    margin = RENEW_S if spec["valid_s"] is None else min(RENEW_S, spec["valid_s"] / 4)
+    return expires - time.time() > margin
 
 
 def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +317,8 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
     for record in _records(node_dir):
         if record["dest"] != dest:
             continue
-        if record.get("digest") == digest and _alive(record.get("pid")) and mounted(dest):
+        serving = _serves(record.get("pid"), Path(record["folder"])) and mounted(dest)
+        if record.get("digest") == digest and serving and _lasts(record, spec):
             return {"dest": dest, "mounted": False}
         _unmount(record)
     if mounted(dest):
@@ -272,7 +326,9 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
     os.makedirs(dest, exist_ok=True)
     if os.listdir(dest):
         raise RequestError("not_empty", f"cannot mount a bucket on {dest}: it is not empty")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(str(folder.parent), 0o700)
+    folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(str(folder), 0o700)
     config = _write_config(folder, spec["remote"], spec["keys"])
     user, password = "stix", secrets.token_urlsafe(24)
@@ -287,6 +343,7 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
             env=_environment(user, password),
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     record = {
         "dest": dest,
         "mode": spec["mode"],
@@ -296,6 +353,7 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
         "user": user,
         "password": password,
         "digest": digest,
+        "expires_at": time.time() + spec["valid_s"] if spec["valid_s"] else None,
     }
     fd = os.open(str(folder / RECORD), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -342,7 +400,7 @@ def flush_all(node_dir: Path, timeout: float = FLUSH_TIMEOUT_S) -> str | None:
         where = f"{record.get('bucket')} at {record['dest']}"
         quiet_since: float | None = None
         while True:
-            if not _alive(record.get("pid")):
+            if not _serves(record.get("pid"), Path(record["folder"])):
                 return f"the mount of {where} ended before its writes were flushed"
             try:
                 left = pending_uploads(record)
@@ -370,20 +428,29 @@ def _fusermount() -> str:
 
 
 def _unmount(record: dict[str, Any]) -> None:
-    """Unmount one mount (lazily if busy), wait for its rclone to exit, drop its folder."""
+    """Unmount one mount (lazily if busy), wait for its rclone to exit, drop its folder (its
+    config and keys first)."""
     dest = record["dest"]
+    folder = Path(record["folder"])
     pid = record.get("pid")
+    ours = _serves(pid, folder)  # a dead rclone's pid may be another process's by now
     if mounted(dest):
         tool = _fusermount()
         done = subprocess.run([tool, "-u", dest], capture_output=True, check=False)
         if done.returncode != 0 and mounted(dest):
             subprocess.run([tool, "-uz", dest], capture_output=True, check=False)
     deadline = time.monotonic() + 10.0
-    while _alive(pid) and time.monotonic() < deadline:
+    while ours and _alive(pid) and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    if isinstance(pid, int) and _alive(pid):
+    if ours and isinstance(pid, int) and _serves(pid, folder):
         os.kill(pid, 9)
-    shutil.rmtree(record["folder"], ignore_errors=True)
+    child = _children.pop(pid, None) if isinstance(pid, int) else None
+    if child is not None:  # ours: reaped, not left a zombie
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+    with contextlib.suppress(OSError):
+        (folder / CONFIG).unlink()
+    shutil.rmtree(folder, ignore_errors=True)
     log.info("bucket_unmounted dest=%s", dest)
 
 
@@ -402,13 +469,37 @@ def unmount_all(node_dir: Path) -> int:
     return len(records)
 
 
+def _orphans(node_dir: Path) -> list[dict[str, Any]]:
+    """Mount folders with no record (an agent stopped between writing a config and recording
+    its mount), as records of whatever rclone still runs with their config."""
+    root = node_dir / MOUNTS_DIR
+    if not root.is_dir():
+        return []
+    recorded = {Path(r["folder"]) for r in _records(node_dir)}
+    found: list[dict[str, Any]] = []
+    for folder in sorted(p for p in root.iterdir() if p not in recorded):
+        pids = _rclones_of(folder) if folder.is_dir() else []
+        argv = _argv_of(pids[0]) if pids else []
+        dest = argv[3] if len(argv) > 3 and argv[1:2] == ["mount"] else ""
+        found.append({"dest": dest, "folder": str(folder), "pid": pids[0] if pids else None})
+    return found
+
+
 def clean_stale(node_dir: Path) -> int:
     """At agent start: unmount what a previous agent mounted whose rclone is gone (a dead
-    endpoint); mounts still served stay for the jobs that use them."""
-    stale = [r for r in _records(node_dir) if not _alive(r.get("pid"))]
+    endpoint) and remove its folder, keys and all, and the folders no mount was recorded
+    for; mounts still served stay for the jobs that use them."""
+    stale = [
+        r for r in _records(node_dir) if not _serves(r.get("pid"), Path(r["folder"]))
+    ] + _orphans(node_dir)
     for record in stale:
         try:
-            _unmount(record)
+            if record["dest"]:
+                _unmount(record)
+            else:
+                shutil.rmtree(record["folder"], ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.unlink(record["folder"])  # a stray file, not a folder
         except OSError:
             log.exception("stale_unmount_failed dest=%s", record["dest"])
     return len(stale)

@@ -1,6 +1,9 @@
 """MOUNT and MOUNT_CACHED from the daemon's side: hand each node's agent the rclone remote of
-one bucket (``Bucket.rclone_remote``) and have it mount the bucket at the task's path
-(``stixd/agent/mount.py``). The keys go over the agent's channel only, never into a log."""
+one bucket (``Bucket.rclone_remote``: credentials scoped to that bucket and short-lived where
+the store can make them) and have it mount the bucket at the task's path
+(``stixd/agent/mount.py``). The keys go over the agent's channel only, never into a log; how
+long they last (``valid_s``) goes with them, so an agent renews a mount whose keys are ending
+when the next launch asks for it."""
 
 from __future__ import annotations
 
@@ -46,16 +49,20 @@ def node_keys(keys: dict[str, str]) -> dict[str, str]:
 
 async def mount_on_nodes(
     provider: Provider, nodes: list[NodeInfo], bucket: Bucket, spec: StorageSpec, dest: str
-) -> None:
-    """Mount ``spec``'s bucket (and prefix) at ``dest`` on every node; one line on failure."""
-    remote, keys = bucket.rclone_remote()
-    fields = {
-        "remote": remote,
-        "keys": node_keys(keys),
+) -> str | None:
+    """Mount ``spec``'s bucket (and prefix) at ``dest`` on every node; one line on failure.
+    Returns the store's note when the nodes got less than bucket-scoped credentials (for the
+    daemon's log and the user), else None."""
+    remote = await bucket.rclone_remote()
+    fields: dict[str, object] = {
+        "remote": remote.type,
+        "keys": node_keys(remote.keys),
         "path": "/".join(p for p in (spec.bucket, spec.prefix.strip("/")) if p),
         "mode": spec.mode,
         "flags": dict(spec.mount_cached) if spec.mode == "MOUNT_CACHED" else {},
     }
+    if remote.valid_s is not None:
+        fields["valid_s"] = remote.valid_s
     failed: dict[int, str] = {}
 
     async def one(node: NodeInfo) -> None:
@@ -75,3 +82,4 @@ async def mount_on_nodes(
         raise ProvisionError(
             f"mounting {spec.uri} at {dest} ({spec.mode}) on node {rank} failed: {failed[rank]}"
         )
+    return remote.note

@@ -22,6 +22,7 @@ from stixd.storage.stores.base import (
     BucketMissing,
     NotOurs,
     ObjectInfo,
+    RcloneRemote,
     StoreError,
     StoreKind,
     Stores,
@@ -41,6 +42,7 @@ __all__ = [
     "BucketMissing",
     "NotOurs",
     "ObjectInfo",
+    "RcloneRemote",
     "StoreError",
     "StoreKind",
     "StoreUnreachable",
@@ -73,8 +75,9 @@ class _Stores:
 
     def _s3_clients(self, kind: StoreKind) -> S3Clients:
         if kind not in self._s3:
+            section = _section(self.config, kind)
             self._s3[kind] = S3Clients(
-                kind, s3_credentials(kind, _section(self.config, kind), self.env)
+                kind, s3_credentials(kind, section, self.env), section, self.env
             )
         return self._s3[kind]
 

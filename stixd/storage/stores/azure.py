@@ -39,6 +39,7 @@ from stixd.storage.stores.base import (
     BucketMissing,
     NotOurs,
     ObjectInfo,
+    RcloneRemote,
     StoreError,
     StoreKind,
     UploadResult,
@@ -53,8 +54,13 @@ SINGLE_PUT = 64 << 20
 ``BLOCK``-sized blocks, their MD5 computed on the way and set on the blob."""
 BLOCK = 8 << 20
 MAX_LISTING_BYTES = 32 << 20
-RCLONE_SAS_S = 7 * 24 * 3600
-"""How long the container SAS handed to a node's rclone lasts."""
+RCLONE_SAS_S = 12 * 3600
+"""How long the container SAS handed to a node's rclone lasts unless
+``storage.azure.node_credentials_seconds`` says (at most ``MAX_RCLONE_SAS_S``)."""
+MAX_RCLONE_SAS_S = 7 * 24 * 3600
+RCLONE_PERMISSIONS = "rwdl"
+"""What a mount (MOUNT and MOUNT_CACHED alike are read-write) does in its container: read,
+write (create and overwrite blobs, their blocks), delete and list; no append or tags."""
 _HEADERS = (
     "Content-Encoding",
     "Content-Language",
@@ -108,6 +114,8 @@ class AzureAccount:
         self.endpoint = str(endpoint).rstrip("/")
         self.sessions = Sessions()
         self.digests = tree.Digests()
+        seconds = int(section.get("node_credentials_seconds") or RCLONE_SAS_S)
+        self.node_seconds = max(60, min(seconds, MAX_RCLONE_SAS_S))
 
     def authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
         """Add ``x-ms-date``, ``x-ms-version`` and the Shared Key ``Authorization`` header."""
@@ -399,9 +407,12 @@ class AzureBucket:
         BlockBlob`` (Azure requires it on every Put Blob)."""
         return f"{self._blob_url(key)}?{self._a.sas('b', f'{self.name}/{key}', 'cw', seconds)}"
 
-    def container_sas_url(self, seconds: int = RCLONE_SAS_S) -> str:
+    def container_sas_url(self, seconds: int, permissions: str = RCLONE_PERMISSIONS) -> str:
         """The container's URL with a SAS that reads, writes, lists and deletes only in it."""
-        return f"{self._url}?{self._a.sas('c', self.name, 'racwdl', seconds)}"
+        return f"{self._url}?{self._a.sas('c', self.name, permissions, seconds)}"
 
-    def rclone_remote(self) -> tuple[str, dict[str, str]]:
-        return "azureblob", {"sas_url": self.container_sas_url()}
+    async def rclone_remote(self) -> RcloneRemote:
+        seconds = self._a.node_seconds
+        return RcloneRemote(
+            "azureblob", {"sas_url": self.container_sas_url(seconds)}, valid_s=seconds
+        )

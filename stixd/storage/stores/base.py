@@ -51,6 +51,19 @@ class UploadResult(msgspec.Struct, frozen=True):
     bytes_sent: int
 
 
+class RcloneRemote(msgspec.Struct, frozen=True):
+    """What a node's rclone needs to reach one bucket: the remote's type and config keys, with
+    credentials scoped to the bucket as far as the store allows."""
+
+    type: str
+    keys: dict[str, str]
+    valid_s: int | None = None
+    """How long the credentials in ``keys`` last from now (None: as long as the daemon's)."""
+    note: str | None = None
+    """One line for the daemon's log and the user when the node got less than asked (the
+    daemon's own keys because STS refused bucket-scoped ones)."""
+
+
 class StoreError(StixError):
     """A store call failed; the message is one line that says which bucket and why."""
 
@@ -158,8 +171,9 @@ class Bucket(Protocol):
 
     async def signed_put(self, key: str, seconds: int) -> str: ...
 
-    def rclone_remote(self) -> tuple[str, dict[str, str]]:
-        """``(rclone remote type, config keys)`` reaching this bucket from a node."""
+    async def rclone_remote(self) -> RcloneRemote:
+        """The rclone remote reaching this bucket from a node, with short-lived credentials
+        scoped to it where the store can make them."""
 
 
 class Stores(Protocol):

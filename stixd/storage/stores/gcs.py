@@ -42,6 +42,7 @@ from stixd.storage.stores.base import (
     BucketMissing,
     NotOurs,
     ObjectInfo,
+    RcloneRemote,
     StoreError,
     StoreKind,
     UploadResult,
@@ -53,6 +54,7 @@ from stixd.storage.stores.http import Sessions, as_dict, failure, unreachable
 GOOGLE = "https://storage.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/devstorage.full_control"
 MAX_SIGNED_S = 7 * 24 * 3600
+GCS_REMOTE = "google cloud storage"
 DELETERS = 8
 
 
@@ -377,19 +379,20 @@ class GcsBucket:
     async def signed_put(self, key: str, seconds: int) -> str:
         return self._sign("PUT", key, seconds)
 
-    def rclone_remote(self) -> tuple[str, dict[str, str]]:
+    async def rclone_remote(self) -> RcloneRemote:
         """A service-account key where one is configured (GCS scopes keys per project, not per
         bucket, short of a credential access boundary, which this does not make); against an
-        emulator, anonymous access at its endpoint."""
+        emulator, anonymous access at its endpoint. Not a short-lived access token: Google's
+        last at most an hour and rclone cannot renew one without the key or a refresh token,
+        so a mount would stop reading after an hour."""
         conf: dict[str, str] = {"bucket_policy_only": "true"}
         if self._c.project:
             conf["project_number"] = self._c.project
         if self._c.emulator is not None:
             # rclone's endpoint is the JSON API's root, not the host
             endpoint = f"{self._c.emulator}/storage/v1/"
-            return "google cloud storage", conf | {"anonymous": "true", "endpoint": endpoint}
+            return RcloneRemote(GCS_REMOTE, conf | {"anonymous": "true", "endpoint": endpoint})
         if self._c.service_file is not None:
-            return "google cloud storage", conf | {
-                "service_account_file": os.fspath(self._c.service_file)
-            }
-        return "google cloud storage", conf | {"env_auth": "true"}
+            key_file = os.fspath(self._c.service_file)
+            return RcloneRemote(GCS_REMOTE, conf | {"service_account_file": key_file})
+        return RcloneRemote(GCS_REMOTE, conf | {"env_auth": "true"})

@@ -6,6 +6,20 @@ metadata service. The endpoint is ``storage.s3.endpoint_url``, else ``AWS_ENDPOI
 else ``AWS_ENDPOINT_URL``; R2 takes ``storage.r2.endpoint_url`` (its account's endpoint) and the
 ``r2`` profile of ``~/.cloudflare/r2.credentials`` when that file exists, as SkyPilot does.
 
+A bucket stix did not make (a ``s3://`` source) may live in any region: its region is asked
+once (HeadBucket's ``x-amz-bucket-region``, which S3 sends on a 200, a 301 and a 403 alike)
+and kept for the daemon's life, so its client, signed URLs and a node's rclone use the right
+one. R2 has one region, "auto" (us-east-1 to the S3 API).
+
+A node's rclone gets credentials for its one bucket only (``node_credentials``): STS
+GetFederationToken (or AssumeRole with ``storage.s3.node_role_arn``) with an inline session
+policy allowing S3 on ``arn:aws:s3:::BUCKET`` and ``BUCKET/*`` only (and the KMS key of an
+SSE-KMS bucket, through S3 only), lasting
+``storage.s3.node_credentials_seconds``. ``storage.s3.node_credentials``: ``auto`` (the
+default) hands the daemon's own keys when STS refuses, saying so in one line; ``scoped``
+fails the mount instead; ``daemon`` always hands the daemon's keys. R2 has no STS: its nodes
+get the daemon's R2 keys (make them a token scoped to the bucket in Cloudflare's dashboard).
+
 Files up to ``MULTIPART`` are sent in one PUT; bigger ones in ``PART``-sized parts, as the AWS
 CLI does, so an object's ETag is the same whichever of the two sent it and ``upload_tree``
 can compare without reading the object back.
@@ -15,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +56,7 @@ from stixd.storage.stores.base import (
     BucketMissing,
     NotOurs,
     ObjectInfo,
+    RcloneRemote,
     StoreError,
     StoreKind,
     StoreUnreachable,
@@ -55,6 +72,56 @@ _MISSING = frozenset({"NoSuchBucket", "404", "NotFound"})
 _DENIED = frozenset(
     {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 )
+NODE_CREDENTIALS_S = 12 * 3600
+"""How long a node's bucket-scoped credentials last unless ``node_credentials_seconds`` says."""
+STS_MIN_S, STS_MAX_S = 900, 129600
+"""What STS allows GetFederationToken (an IAM user's keys: 15 minutes to 36 hours)."""
+NODE_MODES = ("auto", "scoped", "daemon")
+_REGION = re.compile(r"[a-z0-9-]{1,40}")
+ROLE_CHAIN_S = 3600
+"""What AssumeRole always allows (a role's shortest MaxSessionDuration, and AWS's cap when the
+caller is itself a role's session)."""
+
+
+def partition(region: str) -> str:
+    """The ARN partition of ``region`` (``aws``, ``aws-cn``, ``aws-us-gov``)."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def bucket_policy(bucket: str, region: str) -> dict[str, Any]:
+    """The session policy of a node's credentials: S3 on this bucket and its objects only (the
+    credentials can do what both this and the daemon's own policy allow)."""
+    arn = f"arn:{partition(region)}:s3:::{bucket}"
+    # an SSE-KMS bucket's objects need its key, through S3 only (so for this bucket only)
+    kms = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": [arn, f"{arn}/*"]},
+            {
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": "*",
+                "Condition": kms,
+            },
+        ],
+    }
+
+
+def sts_endpoint(section: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """Where STS is asked: ``AWS_ENDPOINT_URL_STS``, else ``AWS_ENDPOINT_URL``, else the S3
+    endpoint when it is not AWS's (an emulator or an S3-alike answering STS itself)."""
+    return (
+        env.get("AWS_ENDPOINT_URL_STS")
+        or env.get("AWS_ENDPOINT_URL")
+        or section.get("endpoint_url")
+        or env.get("AWS_ENDPOINT_URL_S3")
+        or None
+    )
 
 
 def _config(path_style: bool, r2: bool) -> AioConfig:
@@ -69,6 +136,9 @@ def _config(path_style: bool, r2: bool) -> AioConfig:
         read_timeout=60,
         max_pool_connections=32,
         s3={"addressing_style": "path"} if path_style else None,
+        # SigV4 everywhere, signed URLs too (botocore may presign with SigV2, which the newer
+        # regions and R2 refuse): a URL is signed for the bucket's own region
+        signature_version="s3v4",
     )
 
 
@@ -134,9 +204,17 @@ _ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 
 
 class S3Clients:
-    """One aiobotocore S3 client per region, opened on first use, closed by ``aclose``."""
+    """One aiobotocore S3 client per region, opened on first use, closed by ``aclose``; the
+    region of each bucket asked once; STS for the nodes' credentials."""
 
-    def __init__(self, kind: StoreKind, creds: AwsCredentials) -> None:
+    def __init__(
+        self,
+        kind: StoreKind,
+        creds: AwsCredentials,
+        section: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        section = section or {}
         self.kind = kind
         self.creds = creds
         self._session = AioSession()
@@ -144,6 +222,20 @@ class S3Clients:
         self._clients: dict[str, Any] = {}
         self._lock = anyio.Lock()
         self.digests = tree.Digests()
+        self.regions: dict[str, str] = {}
+        """Each bucket's region as S3 said it (kept for the daemon's life)."""
+        self._region_locks: dict[str, anyio.Lock] = {}
+        self.node_mode = str(section.get("node_credentials") or "auto")
+        if self.node_mode not in NODE_MODES:
+            raise StoreError(
+                f"{kind.value}: node_credentials must be one of {', '.join(NODE_MODES)}"
+            )
+        seconds = int(section.get("node_credentials_seconds") or NODE_CREDENTIALS_S)
+        self.node_seconds = max(STS_MIN_S, min(seconds, STS_MAX_S))
+        role = section.get("node_role_arn")
+        self.node_role = str(role) if role else None
+        self.sts_endpoint = sts_endpoint(section, env or {})
+        self._sts: Any = None
 
     async def client(self, region: str | None) -> Any:
         region = region or self.creds.region
@@ -164,6 +256,144 @@ class S3Clients:
                 )
                 self._clients[region] = found
             return found
+
+    async def region_of(self, bucket: str) -> str:
+        """``bucket``'s region, asked once (HeadBucket); the default region for a bucket that
+        does not exist yet (not kept: stix may make it)."""
+        if self.kind is StoreKind.R2:
+            return self.creds.region
+        found = self.regions.get(bucket)
+        if found is not None:
+            return found
+        lock = self._region_locks.setdefault(bucket, anyio.Lock())
+        async with lock:
+            found = self.regions.get(bucket)
+            if found is None:
+                found = await self._ask_region(bucket)
+                if found is None:
+                    return self.creds.region
+                if not _REGION.fullmatch(found):
+                    raise BadAnswer(
+                        f"bucket {bucket!r}: the store names no region but {found!r}"[:300]
+                    )
+                self.regions[bucket] = found
+            return found
+
+    async def _ask_region(self, bucket: str) -> str | None:
+        client = await self.client(None)
+        try:
+            answer = await client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            meta = exc.response.get("ResponseMetadata") or {}
+            region = (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region") or (
+                exc.response.get("Error") or {}
+            ).get("Region")
+            if region:
+                return str(region)
+            error = classify(exc, bucket, "find its region")
+            if isinstance(error, BucketMissing):
+                return None
+            raise error from None
+        except _ERRORS as exc:
+            raise classify(exc, bucket, "find its region") from None
+        headers = (answer.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+        region = answer.get("BucketRegion") or headers.get("x-amz-bucket-region")
+        # an S3-alike that names no region serves every bucket from its one endpoint
+        return str(region) if region else self.creds.region
+
+    def daemon_keys(self) -> dict[str, str]:
+        c = self.creds
+        keys = {"access_key_id": c.access_key_id, "secret_access_key": c.secret_access_key}
+        if c.session_token:
+            keys["session_token"] = c.session_token
+        return keys
+
+    async def node_credentials(self, bucket: str, region: str) -> RcloneRemote:
+        """The keys a node's rclone gets for ``bucket`` (an ``RcloneRemote`` of them alone):
+        bucket-scoped and short-lived from STS unless ``node_credentials`` says otherwise."""
+        if self.kind is StoreKind.R2 or self.node_mode == "daemon":
+            return RcloneRemote("s3", self.daemon_keys())
+        try:
+            return await self._mint(bucket, region)
+        except StoreError as exc:
+            if self.node_mode == "scoped":
+                raise StoreError(
+                    f"no bucket-scoped credentials for the nodes: {exc.message} (set "
+                    "storage.s3.node_credentials: auto to hand them the daemon's keys instead)"
+                ) from None
+            note = (
+                f"the nodes got the daemon's own S3 keys for bucket {bucket!r}, not credentials "
+                f"scoped to it: {exc.message}"
+            )
+            return RcloneRemote("s3", self.daemon_keys(), note=note)
+
+    async def _sts_client(self) -> Any:
+        async with self._lock:
+            if self._sts is None:
+                c = self.creds
+                self._sts = await self._stack.enter_async_context(
+                    self._session.create_client(
+                        "sts",
+                        region_name=c.region,
+                        endpoint_url=self.sts_endpoint,
+                        aws_access_key_id=c.access_key_id,
+                        aws_secret_access_key=c.secret_access_key,
+                        aws_session_token=c.session_token,
+                        config=_config(False, False),
+                    )
+                )
+            return self._sts
+
+    async def _mint(self, bucket: str, region: str) -> RcloneRemote:
+        if self.creds.session_token and self.node_role is None:
+            raise StoreError(
+                "the daemon runs on temporary credentials (a session token), and STS makes "
+                "federation tokens only from an IAM user's own keys; set "
+                "storage.s3.node_role_arn to a role it may assume"
+            )
+        policy = json.dumps(bucket_policy(bucket, region), separators=(",", ":"))
+        name = f"stix-{bucket}"[:32]  # GetFederationToken's Name: 2-32 of [\w+=,.@-]
+        what = "AssumeRole" if self.node_role else "GetFederationToken"
+        seconds = self.node_seconds
+        try:
+            keys = await self._sts_call(name, policy, seconds)
+        except ClientError as exc:
+            err = exc.response.get("Error") or {}
+            text = one_line(err.get("Message") or "", 200)
+            if not (self.node_role and seconds > ROLE_CHAIN_S and "DurationSeconds" in text):
+                raise StoreError(f"STS refused {what}: {err.get('Code') or '?'}: {text}") from None
+            # the role allows less (its MaxSessionDuration; an hour when the daemon itself
+            # runs on a role's session): the most every role allows
+            seconds = ROLE_CHAIN_S
+            try:
+                keys = await self._sts_call(name, policy, seconds)
+            except ClientError as again:
+                err = again.response.get("Error") or {}
+                text = one_line(err.get("Message") or "", 200)
+                raise StoreError(f"STS refused {what}: {err.get('Code') or '?'}: {text}") from None
+        except _ERRORS as exc:
+            raise StoreError(f"STS {what} failed: {one_line(exc, 200)}") from None
+        return RcloneRemote("s3", keys, valid_s=seconds)
+
+    async def _sts_call(self, name: str, policy: str, seconds: int) -> dict[str, str]:
+        sts = await self._sts_client()
+        if self.node_role:
+            answer = await sts.assume_role(
+                RoleArn=self.node_role, RoleSessionName=name, Policy=policy, DurationSeconds=seconds
+            )
+        else:
+            answer = await sts.get_federation_token(
+                Name=name, Policy=policy, DurationSeconds=seconds
+            )
+        try:
+            cred = answer["Credentials"]
+            return {
+                "access_key_id": str(cred["AccessKeyId"]),
+                "secret_access_key": str(cred["SecretAccessKey"]),
+                "session_token": str(cred["SessionToken"]),
+            }
+        except (KeyError, TypeError):
+            raise StoreError("STS answered no credentials") from None
 
     async def tagged(self, home_id: str, max_pages: int = MAX_PAGES) -> list[str]:
         client = await self.client(None)
@@ -202,7 +432,8 @@ class S3Clients:
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
-        if clients:
+        self._sts, sts = None, self._sts
+        if clients or sts is not None:
             with anyio.CancelScope(shield=True):
                 await self._stack.aclose()
         self._stack = contextlib.AsyncExitStack()
@@ -217,8 +448,15 @@ class S3Bucket:
         self.max_pages = MAX_PAGES
         self._clients = clients
 
+    async def _region(self) -> str:
+        """The region named when this bucket was asked for, else the one S3 says it is in."""
+        return self.region or await self._clients.region_of(self.name)
+
     async def _call(self, what: str, operation: str, **params: Any) -> Any:
-        client = await self._clients.client(self.region)
+        client = await self._clients.client(await self._region())
+        return await self._on(client, what, operation, **params)
+
+    async def _on(self, client: Any, what: str, operation: str, **params: Any) -> Any:
         try:
             return await getattr(client, operation)(**params)
         except _ERRORS as exc:
@@ -236,11 +474,15 @@ class S3Bucket:
         region = self.region or self._clients.creds.region
         if self.kind is StoreKind.S3 and region != "us-east-1":
             params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        client = await self._clients.client(region)
         try:
-            await self._call("create", "create_bucket", **params)
+            await self._on(client, "create", "create_bucket", **params)
         except StoreError as exc:
             if "BucketAlreadyOwnedByYou" not in str(exc):
                 raise
+        else:
+            if self.kind is StoreKind.S3:
+                self._clients.regions[self.name] = region
         found = await self.labels()
         if found and found.get(LABEL_HOME) not in (None, self.home_id):
             raise NotOurs(f"bucket {self.name!r} exists and another stix home made it")
@@ -299,6 +541,7 @@ class S3Bucket:
             await self._remove(batch)
         with contextlib.suppress(BucketMissing):
             await self._call("delete", "delete_bucket", Bucket=self.name)
+        self._clients.regions.pop(self.name, None)  # the name may be made again elsewhere
 
     async def _remove(self, keys: Sequence[str]) -> None:
         for i in range(0, len(keys), PAGE_SIZE):
@@ -392,7 +635,7 @@ class S3Bucket:
         )
 
     async def _presign(self, method: str, key: str, seconds: int) -> str:
-        client = await self._clients.client(self.region)
+        client = await self._clients.client(await self._region())
         url: str = await client.generate_presigned_url(
             method, Params={"Bucket": self.name, "Key": key}, ExpiresIn=int(seconds)
         )
@@ -404,20 +647,14 @@ class S3Bucket:
     async def signed_put(self, key: str, seconds: int) -> str:
         return await self._presign("put_object", key, seconds)
 
-    def rclone_remote(self) -> tuple[str, dict[str, str]]:
+    async def rclone_remote(self) -> RcloneRemote:
         c = self._clients.creds
         provider = {StoreKind.R2: "Cloudflare"}.get(
             self.kind, "AWS" if c.endpoint_url is None else "Other"
         )
-        conf = {
-            "provider": provider,
-            "env_auth": "false",
-            "access_key_id": c.access_key_id,
-            "secret_access_key": c.secret_access_key,
-            "region": self.region or c.region,
-        }
-        if c.session_token:
-            conf["session_token"] = c.session_token
+        region = await self._region()
+        creds = await self._clients.node_credentials(self.name, region)
+        conf = {"provider": provider, "env_auth": "false", "region": region} | creds.keys
         if c.endpoint_url:
             conf["endpoint"] = c.endpoint_url
-        return "s3", conf
+        return RcloneRemote("s3", conf, creds.valid_s, creds.note)
