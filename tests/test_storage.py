@@ -190,6 +190,12 @@ file_mounts:
     assert sx.json("storage", "ls")["storages"] == before  # owner, spec and state unchanged
     keys = {o["Key"] for o in s3(moto_s3).list_objects_v2(Bucket="stix-alices")["Contents"]}
     assert keys == {"a.txt"}  # nothing of bob's uploaded
+    # nor by the bucket's URI: as a named MOUNT (it would get the keys) or the COPY shorthand
+    for mount in ("{name: bobs, source: s3://stix-alices, mode: MOUNT}", "s3://stix-alices"):
+        uri = task_file(f"file_mounts:\n  ~/data: {mount}\nrun: ls ~/data\n")
+        refused = bob.run("launch", "-c", "bo2", str(uri), "-y")
+        assert refused.returncode == 7, refused.stderr
+        assert "bucket s3://stix-alices (storage stix-alices) belongs to alice" in refused.stderr
     gone = bob.run("storage", "delete", "stix-alices", "-y")
     assert gone.returncode != 0 and "stix-alices" in buckets(moto_s3)
     for who, cluster in ((bob, "bo1"), (alice, "al1")):

@@ -319,6 +319,10 @@ def test_over_http_each_user_sees_and_deletes_only_their_own_volumes(stix: Stix)
     assert "alice" in carol.run("volumes", "ls", "-u", check=True).stdout
     refused = carol.run("volumes", "delete", "alices", "-y")
     assert refused.returncode != 0 and "belongs to alice" in refused.stderr
+    borrow = write(stix, "c.yaml", "volumes:\n  /x: alices\nrun: echo carol > /x/n\n")
+    for how in (("launch", "-c", "carols"), ("jobs", "launch")):  # mounting it: alice's too
+        used = carol.run(*how, borrow, "-y")
+        assert used.returncode == 7 and "volume alices belongs to alice" in used.stderr
     read_only = viewer.run("volumes", "delete", "alices", "-y")
     assert read_only.returncode != 0 and len(read_only.stderr.strip().splitlines()) == 1
     alice.run("volumes", "delete", "alices", "-y", check=True)
