@@ -33,6 +33,7 @@ from stixd.storage.stores import (
     StoreKind,
     Stores,
     StoreUnreachable,
+    configured,
     label_value,
     open_stores,
 )
@@ -682,3 +683,57 @@ async def test_gcs_without_credentials_says_what_to_set_and_asks_no_metadata_ser
         assert "\n" not in str(missing.value)
     finally:
         await stores.aclose()
+
+
+def test_a_store_is_set_up_when_its_credentials_resolve_from_files_or_environment(
+    tmp_path: Path,
+) -> None:
+    """SkyPilot's "enabled storage clouds": an AWS profile file, Azure's account and key, a GCS
+    key file or gcloud's ADC file each count, read without the network; a file written later
+    is seen at the next call (the answer is cached on the files' stats)."""
+    env = {"HOME": str(tmp_path)}
+    assert configured({}, env) == []
+    aws = tmp_path / ".aws"
+    aws.mkdir()
+    keys = "aws_access_key_id = k\naws_secret_access_key = s\n"
+    (aws / "credentials").write_text(f"[team]\n{keys}")
+    assert configured({}, env) == []  # the default profile has no keys
+    assert configured({}, {**env, "AWS_PROFILE": "team"}) == ["s3"]
+    (aws / "credentials").write_text(f"[default]\n{keys}")
+    assert configured({}, env) == ["s3"]
+    azure = {"AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_KEY": "a2V5"}
+    assert configured({}, {**env, **azure}) == ["s3", "azure"]
+    key = tmp_path / "sa.json"
+    assert "gcs" not in configured({}, {**env, "GOOGLE_APPLICATION_CREDENTIALS": str(key)})
+    key.write_text("{}")
+    assert "gcs" in configured({}, {**env, "GOOGLE_APPLICATION_CREDENTIALS": str(key)})
+    adc = tmp_path / "gcloud" / "application_default_credentials.json"
+    adc.parent.mkdir()
+    adc.write_text("{}")
+    assert configured({}, {**env, "CLOUDSDK_CONFIG": str(adc.parent)}) == ["s3", "gcs"]
+    r2 = {**env, "R2_ENDPOINT_URL": "https://acct.r2.cloudflarestorage.com"}
+    assert configured({"azure": {"account": "a", "key": "a2V5"}}, r2) == ["s3", "azure", "r2"]
+
+
+async def test_a_bucket_whose_labels_are_refused_is_said_and_skipped_not_the_whole_scan(
+    moto_s3: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(moto_s3) as stores:
+        mine, refused = (stores.bucket(StoreKind.S3, fresh(StoreKind.S3)) for _ in range(2))
+        for bucket in (mine, refused):
+            await bucket.create({LABEL_STORAGE: bucket.name})
+        labels = s3_store.S3Bucket.labels
+
+        async def denied(self: s3_store.S3Bucket) -> dict[str, str] | None:
+            if self.name == refused.name:  # as a bucket whose policy denies GetBucketTagging
+                raise AccessDenied(f"s3: reading the tags of {self.name} was denied")
+            return await labels(self)
+
+        monkeypatch.setattr(s3_store.S3Bucket, "labels", denied)
+        said: list[tuple[str, str]] = []
+        found = await stores.tagged(StoreKind.S3, lambda name, why: said.append((name, why)))
+        monkeypatch.undo()
+        assert mine.name in found and refused.name not in found
+        assert said == [(refused.name, f"s3: reading the tags of {refused.name} was denied")]
+        for bucket in (mine, refused):
+            await bucket.delete()

@@ -12,7 +12,7 @@ from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
 from stixd.storage.mount import mount_on_nodes
 from stixd.storage.plan import MountPlan, plan_mounts
-from stixd.storage.stores import StoreError, StoreKind
+from stixd.storage.stores import StoreError, StoreKind, configured
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto.errors import (
@@ -35,25 +35,13 @@ if TYPE_CHECKING:
 Emit = Callable[[Any], Awaitable[None]]
 
 
-ENDPOINT_ENV = {
-    StoreKind.S3: ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"),
-    StoreKind.GCS: ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"),
-    StoreKind.AZURE: ("AZURE_STORAGE_CONNECTION_STRING",),
-    StoreKind.R2: ("R2_ENDPOINT_URL",),
-}
-
-
 def configured_stores(app: App) -> list[str]:
     """The stores set up here (SkyPilot's "enabled storage clouds"): named in config
-    ``storage:`` or by the usual environment; stix asks no other store anything."""
+    ``storage:`` or whose credentials resolve (`stores.configured`); stix asks no other store
+    anything."""
     import os
 
-    section = app.config.storage.stores()
-    return [
-        kind.value
-        for kind, names in ENDPOINT_ENV.items()
-        if section.get(kind.value) or any(os.environ.get(n) for n in names)
-    ]
+    return configured(app.config.storage.stores(), os.environ)
 
 
 def plans_for(

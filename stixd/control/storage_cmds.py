@@ -188,11 +188,16 @@ async def _unowned_buckets(app: App) -> list[tuple[str, str, float | None]]:
     }
     stores = app.object_stores()
     leaked: list[tuple[str, str, float | None]] = []
+
+    def unread(name: str, why: str) -> None:  # skipped, said: the others are still looked at
+        app.log.warning("bucket_labels_unread", bucket=name, error=why)
+
     for kind in map(StoreKind, configured_stores(app)):
         try:
-            names = await stores.tagged(kind)
-        except (StoreError, OSError):
-            continue  # a store not set up here holds nothing of ours
+            names = await stores.tagged(kind, unread)
+        except (StoreError, OSError) as exc:  # this store's leaks are unknown, said so
+            app.log.warning("bucket_leak_scan_failed", store=kind.value, error=str(exc))
+            continue
         for name in names:
             if (kind.value, name) in owned:
                 continue

@@ -176,12 +176,18 @@ class Bucket(Protocol):
         scoped to it where the store can make them."""
 
 
+Skipped = Callable[[str, str], None]
+"""Told (bucket, why) of a bucket a listing could not look at."""
+
+
 class Stores(Protocol):
     home_id: str
 
     def bucket(self, kind: StoreKind, name: str, region: str | None = None) -> Bucket: ...
 
-    async def tagged(self, kind: StoreKind) -> list[str]:
-        """The buckets of ``kind`` carrying our ``stix-home`` label."""
+    async def tagged(self, kind: StoreKind, unread: Skipped | None = None) -> list[str]:
+        """The buckets of ``kind`` carrying our ``stix-home`` label. A bucket whose labels
+        cannot be read (denied to these keys) is told to ``unread`` (name, why) and skipped:
+        it never hides the others."""
 
     async def aclose(self) -> None: ...

@@ -58,12 +58,12 @@ GCS_REMOTE = "google cloud storage"
 DELETERS = 8
 
 
-def _service_file(section: Mapping[str, Any], env: Mapping[str, str]) -> Path | None:
+def service_file(section: Mapping[str, Any], env: Mapping[str, str]) -> Path | None:
     given = section.get("service_account_file") or env.get("GOOGLE_APPLICATION_CREDENTIALS")
     return Path(str(given)).expanduser() if given else None
 
 
-def _adc_file(env: Mapping[str, str]) -> Path | None:
+def adc_file(env: Mapping[str, str]) -> Path | None:
     """gcloud's application default credentials file, when there is one."""
     home = Path(env.get("HOME") or Path.home())
     root = Path(env["CLOUDSDK_CONFIG"]) if env.get("CLOUDSDK_CONFIG") else home / ".config/gcloud"
@@ -82,7 +82,7 @@ class GcsClient:
             emulator = f"http://{emulator}"
         self.emulator: str | None = str(emulator).rstrip("/") if emulator else None
         self.root = self.emulator or GOOGLE
-        self.service_file = _service_file(section, env) or _adc_file(env)
+        self.service_file = service_file(section, env) or adc_file(env)
         self.metadata = bool(section.get("use_metadata_server"))
         """Whether tokens may come from the GCE metadata server (only on a GCE machine: asked
         anywhere else it would hang until its timeout)."""

@@ -57,6 +57,7 @@ from stixd.storage.stores.base import (
     NotOurs,
     ObjectInfo,
     RcloneRemote,
+    Skipped,
     StoreError,
     StoreKind,
     StoreUnreachable,
@@ -395,7 +396,9 @@ class S3Clients:
         except (KeyError, TypeError):
             raise StoreError("STS answered no credentials") from None
 
-    async def tagged(self, home_id: str, max_pages: int = MAX_PAGES) -> list[str]:
+    async def tagged(
+        self, home_id: str, max_pages: int = MAX_PAGES, unread: Skipped | None = None
+    ) -> list[str]:
         client = await self.client(None)
         names: list[tuple[str, str | None]] = []
         params: dict[str, Any] = {"MaxBuckets": PAGE_SIZE}
@@ -420,7 +423,12 @@ class S3Clients:
 
         async def check(name: str, region: str | None) -> None:
             async with limit:
-                labels = await S3Bucket(self, name, region, home_id).labels()
+                try:
+                    labels = await S3Bucket(self, name, region, home_id).labels()
+                except StoreError as exc:  # one bucket denied to us hides none of the others
+                    if unread is not None:
+                        unread(name, exc.message)
+                    return
             if labels is not None and labels.get(LABEL_HOME) == home_id:
                 ours.append(name)
 
