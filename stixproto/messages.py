@@ -446,14 +446,17 @@ class ServeDown(Msg, tag="serve_down", frozen=True):
 
 
 class StorageLs(Msg, tag="storage_ls", frozen=True):
-    """The storages and their buckets, each looked at in its store now."""
+    """The storages and their buckets, each looked at in its store now. A name may be a glob
+    (``"imagenet*"``: the caller's own storages it matches)."""
 
     names: list[str] = []
+    missing_ok: bool = False
+    """A name matching none is told in the reply's ``failed``, not refused."""
 
 
 class StorageDelete(Msg, tag="storage_delete", frozen=True):
     """Delete the buckets stix created for these storages (``all``: every one of the caller's)
-    and forget the storages."""
+    and forget the storages; each name (or glob) failing is told in ``failed``, the rest go."""
 
     names: list[str] = []
     all: bool = False
@@ -476,6 +479,9 @@ class StorageRecord(msgspec.Struct, frozen=True):
     owner: str | None = None
     workspace: str | None = None
     last_error: str | None = None
+    updated_at: float = 0.0
+    clusters: list[str] = []
+    """The clusters (launches) using it (SkyPilot's COMMAND column: the last use)."""
 
 
 class StorageList(Msg, tag="storage_list", frozen=True):
@@ -483,6 +489,8 @@ class StorageList(Msg, tag="storage_list", frozen=True):
     deleted: list[str] = []
     skipped: list[str] = []
     """With ``all``: storages left alone, each with why (a bucket stix did not create)."""
+    failed: list[str] = []
+    """``NAME: why`` of each name that matched nothing or could not be deleted."""
 
 
 # -- users and tokens (stixd/control/identity_cmds.py) -----------------------------------------

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -141,20 +144,57 @@ file_mounts:
     assert done.returncode == 0, done.stderr
     listed = storages(sx)
     assert listed["stix-del-mine"]["created"] and not listed["theirs-named"]["created"]
+    shown = sx.run("storage", "ls", check=True).stdout.splitlines()  # SkyPilot's columns
+    assert shown[0].split() == ["NAME", "UPDATED", "STORE", "COMMAND", "STATUS"]
+    assert "S3" in shown[1].split() and "stixctl launch -c del1" in shown[1]
+    verbose = sx.run("storage", "ls", "-v", check=True).stdout  # stix's own, commands in full
+    assert "BUCKET" in verbose and "PERSISTENT" in verbose and "stixctl launch -c del1" in verbose
     # without -y, -a asks first naming every storage (as `sky storage delete -a`); "n" keeps all
     no = sx.run("storage", "delete", "-a", input="n\n")
     assert no.returncode == 1, no.stderr
     assert "Deleting 2 storage(s): stix-del-mine, theirs-named" in no.stderr
     assert "only forgotten, their buckets kept: theirs-named" in no.stderr
     assert set(storages(sx)) == {"stix-del-mine", "theirs-named"}
-    # -a deletes the bucket stix made and forgets (never deletes) the one it did not, by name
-    done = sx.run("storage", "delete", "-a", input="y\n", check=True)
-    assert "Deleted 2 storage(s): stix-del-mine, theirs-named" in done.stdout
-    assert "Forgot storage theirs-named; its bucket s3://theirs-named was not" in done.stderr
+    # -a deletes the bucket stix made and forgets (never deletes) the one it did not, by name;
+    # a storage made while it asks was not asked about, so it stays
+    asking = subprocess.Popen(
+        [sys.executable, "-m", "stixctl", "storage", "delete", "-a"],
+        env=sx.env,
+        cwd=sx.home,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert asking.stdin is not None and asking.stderr is not None
+    said = b""
+    for _ in range(600):  # at most 60 s for the question
+        if b"Proceed?" in said:
+            break
+        if select.select([asking.stderr], [], [], 0.1)[0]:
+            chunk = os.read(asking.stderr.fileno(), 4096)
+            if not chunk:  # it ended without asking: said below
+                break
+            said += chunk
+    assert b"Deleting 2 storage(s)" in said, said
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "l.txt").write_text("late\n")
+    mount = f"{{name: stix-del-late, source: {late}, mode: COPY}}"
+    made = launch(sx, task_file(f"file_mounts:\n  ~/late: {mount}\n"), "del1")
+    assert made.returncode == 0, made.stderr
+    out, err = asking.communicate(b"y\n", timeout=120)
+    assert asking.returncode == 0, err
+    assert b"Deleted 2 storage(s): stix-del-mine, theirs-named" in out
+    assert b"Forgot storage theirs-named; its bucket s3://theirs-named was not" in err
     assert "stix-del-mine" not in buckets(moto_s3)
     assert "theirs-named" in buckets(moto_s3)
-    assert storages(sx) == {}
-    assert storages(sx) == {}
+    assert set(storages(sx)) == {"stix-del-late"}
+    # globs as `sky storage delete "imagenet*"`; a name that fails is said, the others go on
+    done = sx.run("storage", "delete", "nosuch", "stix-del-*", "-y")
+    assert done.returncode == 1, done.stderr
+    assert "Failed: no storage 'nosuch'" in done.stderr
+    assert "Deleted 1 storage(s): stix-del-late" in done.stdout
+    assert storages(sx) == {} and "stix-del-late" not in buckets(moto_s3)
     assert "theirs-named" in buckets(moto_s3)
     sx.run("down", "del1", "-y", check=True, timeout=60)
 

@@ -11,6 +11,7 @@ replicas, `delete` of a storage whose actor another replica runs is answered by 
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -26,7 +27,7 @@ from stixd.storage.plan import StorageSpec
 from stixd.storage.stores import StoreError, StoreKind
 from stixd.store.db import Row
 from stixproto import messages as m
-from stixproto.errors import StorageNotFound
+from stixproto.errors import StixError, StorageNotFound
 from stixproto.states import StorageStatus
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -55,19 +56,37 @@ def record(row: Row, missing: bool | None = None) -> m.StorageRecord | None:
         owner=spec.owner,
         workspace=spec.workspace,
         last_error=data.last_error,
+        updated_at=row.updated_at,
+        clusters=list(data.clusters),
     )
 
 
-async def _rows(app: App, wanted: list[str]) -> list[Row]:
+GLOB = frozenset("*?[")
+
+
+async def _select(app: App, wanted: list[str]) -> tuple[list[Row], list[str]]:
+    """The storages ``wanted`` names (all the caller sees when it names none), each once, and
+    the names matching none. A glob (``"imagenet*"``, `fnmatch`, as `sky storage delete`)
+    matches the caller's own storages only; a plain name, any the caller sees."""
     scope = ownership.scope(app, ownership.acts_on_all())
     rows = [r for r in await app.store.rows(STORAGE) if scope.sees(r.spec)]
-    if wanted:
-        by_name = {r.id: r for r in rows}
-        missing = [n for n in wanted if n not in by_name]
-        if missing:
-            raise StorageNotFound(f"no storage {missing[0]!r} (see `stixctl storage ls`)")
-        rows = [by_name[n] for n in wanted]
-    return rows
+    if not wanted:
+        return rows, []
+    found: dict[str, Row] = {}
+    unmatched: list[str] = []
+    for name in dict.fromkeys(wanted):
+        if GLOB.isdisjoint(name):
+            hits = [r for r in rows if r.id == name]
+        else:
+            hits = [r for r in rows if ownership.mine(r) and fnmatch.fnmatchcase(r.id, name)]
+        if not hits:
+            unmatched.append(name)
+        found.update((r.id, r) for r in hits)
+    return list(found.values()), unmatched
+
+
+def _not_found(name: str) -> str:
+    return f"no storage {name!r} (see `stixctl storage ls`)"
 
 
 async def _exists(app: App, rows: list[Row]) -> dict[str, bool]:
@@ -92,7 +111,9 @@ async def _exists(app: App, rows: list[Row]) -> dict[str, bool]:
 
 
 async def storage_ls(app: App, req: m.StorageLs) -> m.StorageList:
-    rows = await _rows(app, list(req.names))
+    rows, unmatched = await _select(app, list(req.names))
+    if unmatched and not req.missing_ok:
+        raise StorageNotFound(_not_found(unmatched[0]))
     exists = await _exists(app, rows)
     records = []
     for row in rows:
@@ -104,31 +125,45 @@ async def storage_ls(app: App, req: m.StorageLs) -> m.StorageList:
         found = record(row, None if seen is None else not seen)
         if found is not None:
             records.append(found)
-    return m.StorageList(storages=records)
+    return m.StorageList(storages=records, failed=[_not_found(n) for n in unmatched])
 
 
 async def storage_delete(app: App, req: m.StorageDelete, emit: Emit) -> m.StorageList:
-    rows = await _rows(app, [] if req.all else list(req.names))
+    """Each storage named (or matched) is deleted in turn; one that fails is told in
+    ``failed`` and the others still go."""
+    rows, unmatched = await _select(app, [] if req.all else list(req.names))
+    failed = [_not_found(n) for n in unmatched]
     deleted: list[str] = []
     for row in rows:
-        ownership.check_acts(app, row, f"storage {row.id}", StorageNotFound(row.id))
-        if app.elsewhere is not None:  # its actor runs on another replica: deleted there
-            forwarded, theirs = await app.elsewhere(STORAGE, row.id, req, emit)
-            if forwarded:
-                deleted.extend(theirs.deleted)
-                continue
-        spec = spec_or_none(row, StorageSpec)
-        data = data_or_none(row, StorageData) or StorageData()
-        if spec is not None and (spec.external or not data.created):
-            # named or by `-a`, as SkyPilot: the record goes, the bucket stix did not make stays
-            reply: m.OkReply = await ask_storage(app, row.id, Remove())
-            await emit(m.Progress(reply.message))  # said per name: forgotten, bucket left as is
-            deleted.append(row.id)
+        try:
+            done, theirs = await _delete_one(app, row, emit)
+        except StixError as exc:
+            failed.append(f"{row.id}: {exc.message}")
             continue
-        await emit(m.Progress(f"Deleting storage {row.id}..."))
-        await ask_storage(app, row.id, Remove())
-        deleted.append(row.id)
-    return m.StorageList(storages=[], deleted=deleted)
+        deleted += done
+        failed += theirs
+    return m.StorageList(storages=[], deleted=deleted, failed=failed)
+
+
+async def _delete_one(app: App, row: Row, emit: Emit) -> tuple[list[str], list[str]]:
+    """(deleted, failed) of one storage."""
+    ownership.check_acts(app, row, f"storage {row.id}", StorageNotFound(_not_found(row.id)))
+    if app.elsewhere is not None:  # its actor runs on another replica: deleted there
+        forwarded, theirs = await app.elsewhere(
+            STORAGE, row.id, m.StorageDelete(names=[row.id]), emit
+        )
+        if forwarded:
+            return list(theirs.deleted), list(theirs.failed)
+    spec = spec_or_none(row, StorageSpec)
+    data = data_or_none(row, StorageData) or StorageData()
+    if spec is not None and (spec.external or not data.created):
+        # named or by `-a`, as SkyPilot: the record goes, the bucket stix did not make stays
+        reply: m.OkReply = await ask_storage(app, row.id, Remove())
+        await emit(m.Progress(reply.message))  # said per name: forgotten, bucket left as is
+        return [row.id], []
+    await emit(m.Progress(f"Deleting storage {row.id}..."))
+    await ask_storage(app, row.id, Remove())
+    return [row.id], []
 
 
 async def dispatch(app: App, req: Any, emit: Emit) -> Any:
