@@ -26,6 +26,7 @@ from stixd.actors.specs import (
     spec_of,
 )
 from stixd.actors.syncing import validate_mounts
+from stixd.actors.volume_mounts import check_task as check_task_volumes
 from stixd.app import VERSION, App
 from stixd.config import ConfigError
 from stixd.control import (
@@ -44,7 +45,7 @@ from stixd.control import (
     workspaces,
 )
 from stixd.control.cluster_owners import OWNER_KINDS, Owner, cluster_owners, refuse_owned
-from stixd.control.task_data import check_task as check_task_data
+from stixd.control.task_data import check_owned
 from stixd.planner.catalog import KNOWN_CLOUDS
 from stixd.planner.local_fit import check_fits_local
 from stixd.planner.offers import OfferIndex
@@ -130,8 +131,9 @@ async def launch(app: App, req: m.Launch, emit: Emit) -> Any:
     named = [task_resources.placement(c).cloud for c in alternatives]
     if any(named) or not _fits_here(app, req.task):  # a local launch waits on no cloud's API
         await app.refresh_catalogs(only=named)  # a context that cannot be used is refused by name
+    await check_owned(app, req.task)
     _check_task(app, req.task, made.workspace)
-    await check_task_data(app, req.task, *app.target(req.task))
+    await check_task_volumes(app, req.task, *app.target(req.task))
     await _check_cloud_plan(app, req.task, emit)
     req = msgspec.structs.replace(req, owner=made.owner, workspace=made.workspace)
     try:
@@ -613,7 +615,8 @@ async def _jobs(app: App, req: Any, emit: Emit) -> Any:
         except ConfigError as exc:
             raise InvalidConfig(str(exc)) from None
         for task in req.tasks if req.pool is None else []:
-            await check_task_data(app, task, *app.target(task))
+            await check_owned(app, task)
+            await check_task_volumes(app, task, *app.target(task))
         return await jobs_cmds.jobs_launch(app, req, emit, lambda task: _check_task(app, task))
     if isinstance(req, m.JobsQueue):
         return await jobs_cmds.jobs_queue(app, req, emit)

@@ -20,13 +20,14 @@ from stixproto.errors import InvalidTask
 from stixproto.task import Task
 
 
-async def check_task(app: App, task: Task, infra: str, pool: str | None) -> None:
+async def check_owned(app: App, task: Task) -> None:
+    """Refuse ``task`` if it names a volume or a stix bucket the requester may not act on
+    (checked first: whose it is comes before where it may run)."""
     for v in volume_mounts.named_volumes(task):
         row = await app.store.get(VOLUME, v.name)
         if row is not None:
             gone = InvalidTask(f"volumes.{v.dest}: volume {v.name!r} does not exist")
             ownership.check_acts(app, row, f"volume {v.name}", gone)
-    await volume_mounts.check_task(app, task, infra, pool)
     await _check_buckets(app, task)
 
 
