@@ -319,9 +319,17 @@ def test_over_http_each_user_sees_and_deletes_only_their_own_volumes(stix: Stix)
     assert "alice" in carol.run("volumes", "ls", "-u", check=True).stdout
     refused = carol.run("volumes", "delete", "alices", "-y")
     assert refused.returncode != 0 and "belongs to alice" in refused.stderr
-    borrow = write(stix, "c.yaml", "volumes:\n  /x: alices\nrun: echo carol > /x/n\n")
-    for how in (("launch", "-c", "carols"), ("jobs", "launch")):  # mounting it: alice's too
-        used = carol.run(*how, borrow, "-y")
+    uses = "volumes:\n  /x: alices\nrun: echo carol > /x/n\n"
+    borrow = write(stix, "c.yaml", uses)
+    served = write(stix, "s.yaml", f"service: {{readiness_probe: /, ports: 8080}}\n{uses}")
+    pooled = write(stix, "p.yaml", f"name: carolp\npool: {{workers: 1}}\n{uses}")
+    for how, task in (  # mounting it: alice's too, by any road
+        (("launch", "-c", "carols"), borrow),
+        (("jobs", "launch"), borrow),
+        (("serve", "up"), served),
+        (("jobs", "pool", "apply"), pooled),
+    ):
+        used = carol.run(*how, task, "-y")
         assert used.returncode == 7 and "volume alices belongs to alice" in used.stderr
     read_only = viewer.run("volumes", "delete", "alices", "-y")
     assert read_only.returncode != 0 and len(read_only.stderr.strip().splitlines()) == 1

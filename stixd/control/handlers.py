@@ -623,6 +623,7 @@ async def _jobs(app: App, req: Any, emit: Emit) -> Any:
     if isinstance(req, m.JobsCancel):
         return await jobs_cmds.jobs_cancel(app, req)
     if isinstance(req, m.PoolApply):
+        await check_owned(app, req.task)
         return await jobs_cmds.pool_apply(app, req, lambda task: _check_task(app, task))
     if isinstance(req, m.PoolStatusReq):
         return await jobs_cmds.pool_status(app, req)
@@ -670,6 +671,7 @@ async def _handle(app: App, req: Any, emit: Emit) -> Any:
                 app.config_for([(layer.source, layer.values) for layer in req.config])
             except ConfigError as exc:
                 raise InvalidConfig(str(exc)) from None
+            await check_owned(app, req.task)
         return await serve_cmds.dispatch(app, req, emit, lambda task: _check_task(app, task))
     if isinstance(req, m.Launch):
         return await launch(app, req, emit)
