@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests import stores_bed
-from tests.conftest import Stix, wait_until
+from tests.conftest import Stix, reap, wait_until
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
@@ -244,7 +244,7 @@ run: echo never
         wait_until(lambda: "stix-kill-upload" in buckets(moto_s3), timeout=60, interval=0.02)
         sx.kill_daemon()
     finally:
-        proc.kill()
+        reap(proc)
         proc.communicate(timeout=30)
     sx.run("status", check=True, timeout=60)  # the daemon starts again and reconciles
 
@@ -421,7 +421,7 @@ run: sleep 300
         )
         sx.run("down", "lup", "-y", check=True, timeout=60)
     finally:
-        proc.kill()
+        reap(proc)
         proc.communicate(timeout=30)
 
     wait_until(lambda: ended(1) and ended(2), timeout=90, interval=0.3)

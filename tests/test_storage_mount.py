@@ -26,7 +26,7 @@ from stixd.agent.protocol import RequestError
 from stixd.providers.shared.fuse_mounts import fuse_mounts_under
 from stixd.storage.mount import node_keys
 from stixd.storage.stores import LABEL_STORAGE, RcloneRemote, StoreKind, open_stores
-from tests.conftest import Stix, wait_until
+from tests.conftest import Stix, reap, wait_until
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
@@ -450,7 +450,7 @@ def test_an_agent_starting_removes_the_keys_of_mounts_no_rclone_serves(
         assert agent_mount.clean_stale(node_dir) == 3
         assert other.poll() is None  # not an rclone of ours: left alone
     finally:
-        other.kill()
+        reap(other)
         other.wait()
     assert not agent_mount.mounted(str(cut)) and not agent_mount._alive(rclone)
     assert sorted((node_dir / agent_mount.MOUNTS_DIR).iterdir()) == [kept_folder]
