@@ -105,6 +105,20 @@ def test_mounts_stix_cannot_plan_are_refused_in_one_line(mount: str, says: str) 
     assert says in caught.value.message and "\n" not in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("storage", "says"),
+    [
+        ("name: bkt-x\n    mount_options: --allow-other", "mount_options: unknown key"),
+    ],
+)
+def test_storage_keys_outside_skypilots_schema_are_refused_when_the_task_is_read(
+    storage: str, says: str
+) -> None:
+    with pytest.raises(InvalidTask) as caught:
+        Task.from_yaml(f"file_mounts:\n  /d:\n    {storage}\n")
+    assert says in caught.value.message and "\n" not in caught.value.message
+
+
 def test_the_storage_transition_table_is_exactly_skypilots_states_plus_deleting() -> None:
     settled = (S.READY, S.INIT_FAILED, S.UPLOAD_FAILED)
     expected = {

@@ -88,7 +88,6 @@ class Storage(_Shape):
     store: str | None = None
     persistent: bool | None = None
     mode: str | None = None
-    mount_options: str | None = None
     config: dict[str, Any] | None = None
 
     @property
