@@ -68,12 +68,93 @@ def test_named_storage_defaults_and_a_list_source_lands_under_each_name(tmp_path
     [p] = plans(
         "file_mounts:\n  /d:\n    name: bkt-two\n"
         f"    source: [{tmp_path / 'a'}, {tmp_path / 'b'}]\n"
-        "    config:\n      mount_cached:\n        vfs_cache_max_size: 10G\n        transfers: 8\n"
     )
     spec = p.storage
     assert spec.mode == "MOUNT" and spec.persistent and not spec.external and spec.nested
     assert spec.sources == [str(tmp_path / "a"), str(tmp_path / "b")]
-    assert spec.mount_cached == {"--vfs-cache-max-size": "10G", "--transfers": "8"}
+    assert spec.mount_cached == {}  # MOUNT: no MOUNT_CACHED knobs
+
+
+def test_mount_cached_knobs_are_skypilots_and_map_to_its_rclone_flags() -> None:
+    knobs = (
+        "transfers: 8\n        buffer_size: 64m\n        vfs_cache_max_age: 1h30m\n"
+        "        vfs_read_ahead: 128M\n        vfs_read_chunk_size: 32m\n"
+        "        vfs_read_chunk_streams: 0\n        vfs_write_back: +5s\n        read_only: true"
+    )
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    mode: mount_cached\n"
+        f"    config:\n      mount_cached:\n        {knobs}\n"
+    )
+    assert p.storage.mount_cached == {
+        "--transfers": "8",
+        "--checkers": "16",  # SkyPilot's min(2t, 30 + 1.2t)
+        "--buffer-size": "64M",
+        "--vfs-cache-max-size": "10G",  # SkyPilot's default when unset
+        "--vfs-cache-max-age": "1h30m",  # durations keep their case: M is months
+        "--vfs-read-ahead": "128M",
+        "--vfs-read-chunk-size": "32M",
+        "--vfs-read-chunk-streams": "0",
+        "--vfs-write-back": "5s",
+        "--read-only": "true",
+    }
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    mode: MOUNT_CACHED\n"
+        "    config:\n      mount_cached:\n        read_only: false\n        transfers: 100\n"
+    )
+    assert p.storage.mount_cached == {
+        "--vfs-cache-max-size": "10G",
+        "--vfs-write-back": "1s",
+        "--transfers": "100",
+        "--checkers": "150",
+    }
+
+
+def test_the_agent_takes_every_knob_flag_and_read_only_as_a_switch(tmp_path: Path) -> None:
+    from stixd.agent import mount as agent_mount
+    from stixd.agent.protocol import RequestError
+
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    mode: MOUNT_CACHED\n"
+        "    config:\n      mount_cached:\n        read_only: true\n        transfers: 2\n"
+        "        vfs_read_chunk_size: 8M\n        vfs_read_chunk_streams: 4\n"
+    )
+    spec = agent_mount.parse_mount(
+        {
+            "dest": "/m",
+            "remote": "s3",
+            "keys": {},
+            "path": "b",
+            "mode": "MOUNT_CACHED",
+            "flags": p.storage.mount_cached,
+        }
+    )
+    argv = agent_mount._argv(spec, tmp_path, tmp_path / "c", 1)
+    tail = argv[argv.index("--vfs-fast-fingerprint") + 1 :]
+    assert tail == [
+        "--checkers",
+        "4",
+        "--read-only",
+        "--transfers",
+        "2",
+        "--vfs-cache-max-size",
+        "10G",
+        "--vfs-read-chunk-size",
+        "8M",
+        "--vfs-read-chunk-streams",
+        "4",
+        "--vfs-write-back",
+        "1s",
+    ]
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    config:\n      mount: {read_only: true}\n"
+    )
+    assert p.storage.mount_cached == {"--read-only": "true"}  # SkyPilot's MOUNT read_only
+    request = {"dest": "/m", "remote": "s3", "keys": {}, "path": "b", "mode": "MOUNT"}
+    spec = agent_mount.parse_mount(request | {"flags": p.storage.mount_cached})
+    argv = agent_mount._argv(spec, tmp_path, tmp_path / "c", 1)
+    assert argv[argv.index("writes") + 1 :] == ["--read-only"]
+    with pytest.raises(RequestError):  # a switch is sent as "true" only
+        agent_mount.parse_mount(request | {"flags": {"--read-only": "false"}})
 
 
 def test_a_nameless_local_source_gets_a_stable_bucket_name(tmp_path: Path) -> None:
@@ -88,14 +169,6 @@ def test_a_nameless_local_source_gets_a_stable_bucket_name(tmp_path: Path) -> No
         ("/d: oci://b", "not supported by this build"),
         ("/d:\n    name: Bad_Name\n    mode: COPY", "bucket name 'Bad_Name' is not valid"),
         ("/d:\n    name: bkt-x\n    source: /no/such/dir", "is not a folder on this machine"),
-        (
-            "/d:\n    name: bkt-x\n    config:\n      mount_cached:\n        nope: 1",
-            "unknown setting",
-        ),
-        (
-            "/d:\n    name: bkt-x\n    config:\n      mount_cached:\n        transfers: 1; rm",
-            "expected a number or size",
-        ),
         ("/d:\n    source: s3://b-one\n    store: gcs", "does not match the source"),
     ],
 )
@@ -105,10 +178,50 @@ def test_mounts_stix_cannot_plan_are_refused_in_one_line(mount: str, says: str) 
     assert says in caught.value.message and "\n" not in caught.value.message
 
 
+CACHED = "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount_cached:"
+
+
 @pytest.mark.parametrize(
     ("storage", "says"),
     [
         ("name: bkt-x\n    mount_options: --allow-other", "mount_options: unknown key"),
+        (f"{CACHED}\n        nope: 1", "unknown setting 'nope'"),
+        (f"{CACHED}\n        dir_cache_time: 10s", "unknown setting 'dir_cache_time'"),
+        (f"{CACHED}\n        transfers: 0", "transfers: expected an integer from 1 to 4096, got 0"),
+        (f"{CACHED}\n        transfers: -1", "expected an integer from 1 to 4096, got -1"),
+        (f"{CACHED}\n        transfers: 1e999", "transfers: expected an integer >= 1, got '1e999'"),
+        (f"{CACHED}\n        transfers: .nan", "expected an integer >= 1, got nan"),
+        (f"{CACHED}\n        transfers: 1; rm", "expected an integer >= 1, got '1; rm'"),
+        (f"{CACHED}\n        transfers: .inf", "expected an integer >= 1, got inf"),
+        (f"{CACHED}\n        transfers: 4097", "from 1 to 4096, got 4097"),
+        (f"{CACHED}\n        transfers: 99999999999999999999", "is too large"),
+        (f"{CACHED}\n        transfers: true", "expected an integer >= 1, got true"),
+        (f"{CACHED}\n        vfs_read_chunk_streams: -1", "from 0 to 4096, got -1"),
+        (f"{CACHED}\n        vfs_cache_max_size: inf", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_cache_max_size: .inf", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_cache_max_size: 1e999", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_cache_max_size: -1", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_cache_max_size: 10", "expected an rclone size"),  # an int
+        (f"{CACHED}\n        buffer_size: 10GiB", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_read_ahead: {'9' * 10_000!r}", "at most 32 characters"),
+        (f"{CACHED}\n        vfs_write_back: {'s' * 10_000}", "at most 32 characters"),
+        (f"{CACHED}\n        vfs_write_back: -1", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: nan", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: 5 s", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_cache_max_age: {{a: {{b: 1}}}}", "got a map"),
+        (f"{CACHED}\n        read_only: yes please", "read_only: expected true or false"),
+        (f"{CACHED}\n        read_only: 1", "expected true or false, got 1"),
+        ("name: b-1\n    config:\n      mount_cached: [1]", "expected a map of settings"),
+        (
+            "name: bkt-x\n    config:\n      mount_cached: {transfers: 2}",
+            "config.mount_cached can be set only with mode MOUNT_CACHED, not MOUNT",
+        ),
+        (
+            "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount: {read_only: true}",
+            "config.mount can be set only with mode MOUNT, not MOUNT_CACHED",
+        ),
+        ("name: b-1\n    config:\n      mount: {read_only: 2}", "expected true or false"),
+        ('name: b-1\n    config:\n      mount: {"x\\ny": 1}', r"unknown setting 'x\ny'"),
     ],
 )
 def test_storage_keys_outside_skypilots_schema_are_refused_when_the_task_is_read(

@@ -59,7 +59,7 @@ async def mount_on_nodes(
         "keys": node_keys(remote.keys),
         "path": "/".join(p for p in (spec.bucket, spec.prefix.strip("/")) if p),
         "mode": spec.mode,
-        "flags": dict(spec.mount_cached) if spec.mode == "MOUNT_CACHED" else {},
+        "flags": dict(spec.mount_cached) if spec.mode != "COPY" else {},
     }
     if remote.valid_s is not None:
         fields["valid_s"] = remote.valid_s

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import msgspec
 
 from stixproto.errors import InvalidTask
 from stixproto.task import Storage, Task
+from stixproto.task.storage import check_storage_config, mount_cached_settings
 
 SCHEMES = {"s3": "s3", "gs": "gcs", "r2": "r2"}
 """URI scheme → store, for the stores this build talks to (Azure is an https URL)."""
@@ -33,17 +33,21 @@ STORE_ORDER = ("s3", "gcs", "azure", "r2")
 CLOUD_STORE = {"aws": "s3", "gcp": "gcs", "azure": "azure", "cloudflare": "r2"}
 MODES = ("MOUNT", "COPY", "MOUNT_CACHED")
 CACHE_KEYS = {
+    "transfers": "--transfers",
+    "buffer_size": "--buffer-size",
     "vfs_cache_max_size": "--vfs-cache-max-size",
     "vfs_cache_max_age": "--vfs-cache-max-age",
-    "vfs_write_back": "--vfs-write-back",
     "vfs_read_ahead": "--vfs-read-ahead",
-    "buffer_size": "--buffer-size",
-    "transfers": "--transfers",
-    "dir_cache_time": "--dir-cache-time",
+    "vfs_read_chunk_size": "--vfs-read-chunk-size",
+    "vfs_read_chunk_streams": "--vfs-read-chunk-streams",
+    "vfs_write_back": "--vfs-write-back",
+    "read_only": "--read-only",
 }
-"""`config.mount_cached` keys stix passes to rclone (SkyPilot's knobs, rclone's flags)."""
+"""`config.mount_cached` keys (checked where the task is read: ``stixproto.task.storage``) →
+rclone flags, as SkyPilot's ``MountCachedConfig.to_rclone_flags`` maps them."""
+CACHE_DEFAULTS = {"--vfs-cache-max-size": "10G", "--vfs-write-back": "1s"}
+"""What SkyPilot's MOUNT_CACHED sets when the task does not."""
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_KNOB = re.compile(r"[0-9A-Za-z.]{1,32}")
 
 
 class StorageSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,7 +68,7 @@ class StorageSpec(msgspec.Struct, frozen=True, kw_only=True):
     persistent: bool = True
     mode: str = "MOUNT"
     mount_cached: dict[str, str] = {}
-    """rclone flag → value, from ``config.mount_cached`` (validated)."""
+    """rclone flag → value, from ``config.mount_cached`` (``config.mount`` for MOUNT; checked)."""
     owner: str | None = None
     workspace: str | None = None
 
@@ -118,24 +122,28 @@ def default_store(task: Task, configured: Sequence[str]) -> str:
     return "s3"
 
 
-def cache_flags(config: Mapping[str, Any] | None, where: str) -> dict[str, str]:
-    """``config.mount_cached`` as rclone flags; an unknown key or odd value is refused."""
-    knobs = (config or {}).get("mount_cached") or {}
-    if not isinstance(knobs, Mapping):
-        raise InvalidTask(f"{where}.config.mount_cached: expected a map of settings")
-    flags: dict[str, str] = {}
-    for key, value in knobs.items():
-        flag = CACHE_KEYS.get(str(key))
-        if flag is None:
-            known = ", ".join(CACHE_KEYS)
-            raise InvalidTask(f"{where}.config.mount_cached.{key}: unknown setting; known: {known}")
-        text = str(value)
-        if isinstance(value, bool) or not _KNOB.fullmatch(text):
-            raise InvalidTask(
-                f"{where}.config.mount_cached.{key}: expected a number or size like 10G, "
-                f"got {text[:40]!r}"
-            )
-        flags[flag] = text
+def cache_flags(src: Storage) -> dict[str, str]:
+    """A storage's rclone flags (flag → value), as SkyPilot's mounting_utils sets them: for
+    MOUNT_CACHED sizes upper-cased, ``--checkers`` following ``--transfers``, ``--read-only`` when
+    asked, SkyPilot's defaults for the cache size and write-back delay; for MOUNT only
+    ``--read-only`` (``config.mount.read_only``)."""
+    if src.mount_mode != "MOUNT_CACHED":  # MOUNT's one setting: SkyPilot's config.mount.read_only
+        mount = (src.config or {}).get("mount") or {}
+        return {"--read-only": "true"} if mount.get("read_only") is True else {}
+    flags = dict(CACHE_DEFAULTS)
+    for key, value in mount_cached_settings(src).items():
+        flag = CACHE_KEYS[key]
+        if isinstance(value, bool):
+            if value:
+                flags[flag] = "true"
+            continue
+        flags[flag] = (
+            str(value).upper()
+            if key.endswith("size") or key == "vfs_read_ahead"
+            else str(value).replace("+", "")
+        )
+        if key == "transfers":
+            flags["--checkers"] = str(max(int(min(value * 2, 30 + value * 1.2)), 4))
     return flags
 
 
@@ -176,6 +184,7 @@ def plan_mount(
         )
         return MountPlan(dest, msgspec.structs.replace(spec, owner=owner, workspace=workspace))
     mode = src.mount_mode
+    check_storage_config(src, where)
     if mode not in MODES:
         raise InvalidTask(f"{where}.mode: expected one of {', '.join(MODES)}, got {src.mode!r}")
     sources = src.sources()
@@ -209,7 +218,7 @@ def plan_mount(
         external=external,
         persistent=persistent,
         mode=mode,
-        mount_cached=cache_flags(src.config, where),
+        mount_cached=cache_flags(src),
         owner=owner,
         workspace=workspace,
     )
