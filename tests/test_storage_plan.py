@@ -109,6 +109,52 @@ def test_mount_cached_knobs_are_skypilots_and_map_to_its_rclone_flags() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("preset", "flags"),
+    [
+        (
+            "MODEL_CHECKPOINT_RO",
+            {
+                "--vfs-read-chunk-streams": "16",
+                "--vfs-read-chunk-size": "32M",
+                "--read-only": "true",
+            },
+        ),
+        (
+            "model_checkpoint_rw",  # case-insensitive, as SkyPilot's enum
+            {"--vfs-read-chunk-streams": "16", "--vfs-read-chunk-size": "32M", "--transfers": "8"}
+            | {"--checkers": "16"},
+        ),
+        (
+            "DATASET_RO",
+            {"--vfs-read-chunk-streams": "0", "--vfs-read-chunk-size": "8M", "--read-only": "true"},
+        ),
+        (
+            "Dataset_RW",
+            {"--vfs-read-chunk-streams": "0", "--vfs-read-chunk-size": "8M", "--transfers": "16"}
+            | {"--checkers": "32"},
+        ),
+    ],
+)
+def test_a_storage_type_preset_sets_skypilots_knobs(preset: str, flags: dict[str, str]) -> None:
+    text = f"file_mounts:\n  /d:\n    name: bkt-x\n    mode: MOUNT_CACHED\n    type: {preset}\n"
+    defaults = {"--vfs-cache-max-size": "10G", "--vfs-write-back": "1s"}
+    assert plans(text)[0].storage.mount_cached == defaults | flags
+
+
+def test_knobs_the_task_sets_win_over_its_preset() -> None:
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    mode: MOUNT_CACHED\n    type: DATASET_RO\n"
+        "    config:\n      mount_cached: {read_only: false, vfs_read_chunk_size: 16m}\n"
+    )
+    assert p.storage.mount_cached == {
+        "--vfs-cache-max-size": "10G",
+        "--vfs-write-back": "1s",
+        "--vfs-read-chunk-streams": "0",
+        "--vfs-read-chunk-size": "16M",
+    }
+
+
 def test_the_agent_takes_every_knob_flag_and_read_only_as_a_switch(tmp_path: Path) -> None:
     from stixd.agent import mount as agent_mount
     from stixd.agent.protocol import RequestError
@@ -221,6 +267,17 @@ CACHED = "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount_cached:"
             "config.mount can be set only with mode MOUNT, not MOUNT_CACHED",
         ),
         ("name: b-1\n    config:\n      mount: {read_only: 2}", "expected true or false"),
+        ("name: b-1\n    mode: MOUNT_CACHED\n    type: DATASET", "unknown type 'DATASET'"),
+        (
+            "name: b-1\n    type: DATASET_RO",
+            "type can be set only with mode MOUNT_CACHED, not MOUNT",
+        ),
+        (
+            "name: b-1\n    mode: COPY\n    type: DATASET_RO",
+            "only with mode MOUNT_CACHED, not COPY",
+        ),
+        (f"name: b-1\n    mode: MOUNT_CACHED\n    type: {'x' * 10_000}", "unknown type 'xxx"),
+        ("name: b-1\n    mode: MOUNT_CACHED\n    type: [DATASET_RO]", "type"),
         ('name: b-1\n    config:\n      mount: {"x\\ny": 1}', r"unknown setting 'x\ny'"),
     ],
 )

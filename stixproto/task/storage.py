@@ -39,6 +39,23 @@ MOUNT_CACHED_KNOBS = {
 key → kind of value. ``count`` an integer >= 1, ``streams`` an integer >= 0, ``size`` rclone's
 size (digits and one unit of B K M G T P, either case), ``duration`` rclone's duration (``1s``,
 ``1h30m``, ``.5``), ``flag`` a boolean."""
+PRESETS: dict[str, dict[str, Any]] = {
+    "MODEL_CHECKPOINT_RO": {
+        "vfs_read_chunk_streams": 16,
+        "vfs_read_chunk_size": "32M",
+        "read_only": True,
+    },
+    "MODEL_CHECKPOINT_RW": {
+        "vfs_read_chunk_streams": 16,
+        "vfs_read_chunk_size": "32M",
+        "transfers": 8,
+    },
+    "DATASET_RO": {"vfs_read_chunk_streams": 0, "vfs_read_chunk_size": "8M", "read_only": True},
+    "DATASET_RW": {"vfs_read_chunk_streams": 0, "vfs_read_chunk_size": "8M", "transfers": 16},
+}
+"""A storage's ``type:`` (case-insensitive, MOUNT_CACHED only) → the ``config.mount_cached``
+settings it stands for, SkyPilot 0.14.1's ``_MOUNT_CACHED_PRESET_CONFIGS``; a knob the task
+sets itself wins over its preset's."""
 MOUNT_KEYS = ("read_only", "hf_mount_args")
 """``config.mount`` (MOUNT mode) in SkyPilot's schema."""
 KNOB_MAX_CHARS = 32
@@ -168,6 +185,17 @@ def check_storage_config(storage: Storage, path: str) -> None:
     known keys with values of their kind, each only in its own mode."""
     config = storage.config or {}
     mode = storage.mount_mode
+    if storage.type is not None:
+        where = join(path, "type")
+        if storage.type.upper() not in PRESETS:
+            hint = near(storage.type.upper(), PRESETS)
+            fail(
+                where,
+                f"unknown type {describe(storage.type)}; expected one of {', '.join(PRESETS)}",
+                hint,
+            )
+        if mode != "MOUNT_CACHED":
+            fail(where, f"type can be set only with mode MOUNT_CACHED, not {mode}")
     cached = config.get("mount_cached")
     where = join(join(path, "config"), "mount_cached")
     if cached is not None:
@@ -207,8 +235,10 @@ def check_storage_config(storage: Storage, path: str) -> None:
 
 
 def mount_cached_settings(storage: Storage) -> dict[str, Any]:
-    """The checked ``config.mount_cached`` settings of ``storage`` (knob → value)."""
-    cached = (storage.config or {}).get("mount_cached") or {}
+    """The checked ``config.mount_cached`` settings of ``storage`` (knob → value) over those of
+    its ``type`` preset."""
+    cached = PRESETS[storage.type.upper()] if storage.type is not None else {}
+    cached = cached | ((storage.config or {}).get("mount_cached") or {})
     return {k: cached[k] for k in MOUNT_CACHED_KNOBS if k in cached}
 
 
