@@ -41,6 +41,24 @@ def test_uri_shorthand_copies_an_existing_bucket_it_never_owns() -> None:
     assert spec.external and spec.mode == "COPY" and spec.persistent
 
 
+def test_existing_buckets_follow_their_stores_own_name_rules() -> None:
+    long_gcs = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 30])  # 222 characters
+    got = plans(
+        "file_mounts:\n  /g: gs://my_data_bucket/x\n  /s: s3://my.data.bucket\n"
+        f"  /l: gs://{long_gcs}\n  /r: r2://a.b-c\n"
+        "  /a: https://acct.blob.core.windows.net/my-container-1\n"
+        "  /n:\n    name: named\n    source: gs://another_bucket\n    mode: MOUNT\n"
+    )
+    assert [(p.storage.store, p.storage.bucket) for p in got] == [
+        ("gcs", "my_data_bucket"),
+        ("s3", "my.data.bucket"),
+        ("gcs", long_gcs),
+        ("r2", "a.b-c"),
+        ("azure", "my-container-1"),
+        ("gcs", "another_bucket"),
+    ]
+
+
 def test_azure_https_and_gs_uris_name_their_store() -> None:
     got = plans(
         "file_mounts:\n  /a: https://acct.blob.core.windows.net/cont/x\n  /g: gs://gbucket\n"
@@ -214,6 +232,27 @@ def test_a_nameless_local_source_gets_a_stable_bucket_name(tmp_path: Path) -> No
     [
         ("/d: oci://b", "not supported by this build"),
         ("/d:\n    name: Bad_Name\n    mode: COPY", "bucket name 'Bad_Name' is not valid"),
+        ("/d:\n    name: my_bkt\n    store: gcs", "'my_bkt' is not valid for a new bucket"),
+        ("/d:\n    name: my.bkt\n    store: azure", "'my.bkt' is not valid for azure"),
+        ("/d: s3://my_bucket", "'my_bucket' is not valid for s3"),
+        ("/d: r2://My-Bucket", "'My-Bucket' is not valid for r2"),
+        ("/d: s3://a..b", "'a..b' is not valid for s3"),
+        ("/d: s3://192.168.5.4", "not valid for s3"),
+        ("/d: s3://xn--abc", "not valid for s3"),
+        ("/d: gs://a..b", "'a..b' is not valid for gcs"),
+        ("/d: gs://a.-b", "not valid for gcs"),
+        ("/d: gs://google-data", "not valid for gcs"),
+        ("/d: gs://goog-data", "not valid for gcs"),
+        (f"/d: gs://{'a' * 64}.b", "not valid for gcs"),  # a part over 63
+        (f"/d: gs://{'a' * 64}", "is not valid for gcs"),  # 64+ needs dots
+        (f"/d: gs://{'a.' * 111}b", "not valid for gcs"),  # 223 characters
+        ("/d: gs://ab", "not valid for gcs"),
+        ('/d: "gs://a\\x07b"', "not valid for gcs"),
+        (f"/d: gs://{'x' * 10_000}", "... (10000 characters) is not valid"),
+        ("/d: https://acct.blob.core.windows.net/a--b", "'a--b' is not valid for azure"),
+        ("/d: https://acct.blob.core.windows.net/ab-", "not valid for azure"),
+        ("/d: https://acct.blob.core.windows.net/my_c", "not valid for azure"),
+        ("/d:\n    source: https://acct.blob.core.windows.net/a.b", "source: bucket name 'a.b'"),
         ("/d:\n    name: bkt-x\n    source: /no/such/dir", "is not a folder on this machine"),
         ("/d:\n    source: s3://b-one\n    store: gcs", "does not match the source"),
     ],

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from stixproto import names
 from stixproto.errors import InvalidTask
 from stixproto.task import Storage, Task
 from stixproto.task.storage import check_storage_config, mount_cached_settings
@@ -47,7 +48,30 @@ CACHE_KEYS = {
 rclone flags, as SkyPilot's ``MountCachedConfig.to_rclone_flags`` maps them."""
 CACHE_DEFAULTS = {"--vfs-cache-max-size": "10G", "--vfs-write-back": "1s"}
 """What SkyPilot's MOUNT_CACHED sets when the task does not."""
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_NEW_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+"""A bucket stix makes, on any store: 3 to 63 lowercase letters, digits, '-' and '.'."""
+_IP = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
+_S3_RULE = (
+    "3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit, "
+    "no '..', not an IP address"
+)
+_RULES = {
+    "s3": (re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"), _S3_RULE),
+    "r2": (re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"), _S3_RULE),
+    "gcs": (
+        re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"),
+        "3 to 222 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter "
+        "or digit, at most 63 between dots, no '..', '.-' or '-.', no 'goog' prefix nor "
+        "'google', not an IP address",
+    ),
+    "azure": (
+        re.compile(r"(?=[a-z0-9-]{3,63}$)[a-z0-9](?:-?[a-z0-9])*"),
+        "3 to 63 lowercase letters, digits or '-', starting with a letter or digit, every '-' "
+        "between letters or digits",
+    ),
+}
+"""Each store's own rule for a bucket (container) that exists, as SkyPilot 0.14.1's
+``validate_name`` of each store checks it (sky/data/storage.py); R2 is S3-compatible."""
 
 
 class StorageSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,11 +126,37 @@ def split_uri(uri: str, where: str) -> tuple[str, str, str]:
     return store, bucket, prefix.strip("/")
 
 
-def check_bucket(bucket: str, where: str) -> str:
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+def _breaks(store: str, bucket: str) -> bool:
+    pattern, _rule = _RULES[store]
+    if not pattern.fullmatch(bucket) or ".." in bucket or _IP.fullmatch(bucket):
+        return True
+    if store in ("s3", "r2"):
+        return bucket.startswith("xn--") or bucket.endswith(("-s3alias", "--ol-s3"))
+    if store == "gcs":
+        return (
+            "-." in bucket
+            or ".-" in bucket
+            or any(len(part) > 63 for part in bucket.split("."))
+            or bucket.startswith("goog")
+            or any(word in bucket for word in ("google", "g00gle", "go0gle", "g0ogle"))
+        )
+    return False
+
+
+def check_bucket(bucket: str, where: str, store: str, *, new: bool) -> str:
+    """``bucket`` if it can name a bucket of ``store``: one stix makes (``new``) follows stix's
+    rule and the store's; one that exists (a URI source) only its store's own rule."""
+    shown = names.shown(bucket)
+    if store not in _RULES:
+        raise InvalidTask(f"{where}: {store!r} buckets are not supported by this build")
+    if new and not _NEW_BUCKET.fullmatch(bucket):
         raise InvalidTask(
-            f"{where}: bucket name {bucket!r} is not valid: 3 to 63 lowercase letters, digits, "
-            "'-' or '.', starting and ending with a letter or digit"
+            f"{where}: bucket name {shown} is not valid for a new bucket: 3 to 63 lowercase "
+            "letters, digits, '-' or '.', starting and ending with a letter or digit"
+        )
+    if _breaks(store, bucket):
+        raise InvalidTask(
+            f"{where}: bucket name {shown} is not valid for {store}: {_RULES[store][1]}"
         )
     return bucket
 
@@ -175,7 +225,7 @@ def plan_mount(
     if isinstance(src, str):  # the URI shorthand: copy an existing bucket
         store, bucket, prefix = split_uri(src, where)
         spec = StorageSpec(
-            name=check_bucket(bucket, where),
+            name=check_bucket(bucket, where, store, new=False),
             store=store,
             bucket=bucket,
             prefix=prefix,
@@ -205,7 +255,8 @@ def plan_mount(
             )
         bucket = src.name or generated_name(cluster, dest)
         local = [_local(s, f"{where}.source") for s in sources]
-    check_bucket(bucket, f"{where}.name" if src.name else where)
+    named = f"{where}.source" if external else f"{where}.name" if src.name else where
+    check_bucket(bucket, named, store, new=not external)
     name = src.name or bucket  # a named storage reading a URI source keeps its name
     persistent = True if external else src.is_persistent
     spec = StorageSpec(
