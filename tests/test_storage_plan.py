@@ -80,6 +80,33 @@ def test_store_absent_follows_the_task_cloud_then_the_first_configured_then_s3(
     assert plans(on_azure, ("gcs",))[0].storage.store == "gcs"  # azure not set up here
 
 
+def test_the_launchs_chosen_cloud_picks_the_store_and_the_new_buckets_region(
+    tmp_path: Path,
+) -> None:
+    text = (
+        f"file_mounts:\n  /d:\n    name: bkt-one\n    source: {tmp_path}\n"
+        "  /n:\n    name: bkt-two\n    store: s3\n"  # a store named: its default region
+        "  /u:\n    source: s3://existing\n    mode: MOUNT\n"  # an existing bucket: where it is
+        "resources:\n  cloud: aws\n  region: us-west-2\n"
+    )
+    task = Task.from_yaml(text)
+
+    def chosen(cloud: str | None, region: str | None, *configured: str) -> list[Any]:
+        got = plan_mounts(task, cluster="c1", configured=configured, cloud=cloud, region=region)
+        return [(p.storage.store, p.storage.region) for p in got]
+
+    both = ("s3", "gcs")
+    assert chosen("gcp", "europe-west4", *both) == [
+        ("gcs", "europe-west4"),  # the optimizer's pick, not the requested aws
+        ("s3", None),
+        ("s3", None),
+    ]
+    assert chosen("aws", "eu-west-1", *both)[0] == ("s3", "eu-west-1")
+    assert chosen("gcp", "europe-west4", "s3")[0] == ("s3", None)  # GCS not set up here
+    assert chosen("local", None, "gcs", "s3")[0] == ("s3", None)  # off the clouds: first set up
+    assert chosen(None, None, *both)[0] == ("s3", "us-west-2")  # no launch: the task's own
+
+
 def test_named_storage_defaults_and_a_list_source_lands_under_each_name(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -8,8 +8,10 @@ SkyPilot's rules, carried over (sky/data/storage.py, sky/task.py 0.14.1):
   them (each lands under its own base name), or a bucket URI (then the bucket is not stix's);
   ``name`` alone names a bucket stix creates if it is missing. ``mode`` defaults to MOUNT,
   ``persistent`` to true.
-- The store, when absent: the URI's scheme; else the store of the cloud the task asks for when
-  stix can reach that store; else the first store configured here (S3 when none is).
+- The store, when absent: the URI's scheme; else the store of the cloud the launch chose (the
+  optimizer's pick; the task's own cloud when none is given) when stix can reach that store, its
+  bucket made in the launch's region; else the first store configured here (S3 when none is), in
+  its default region.
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ class StorageSpec(msgspec.Struct, frozen=True, kw_only=True):
     mode: str = "MOUNT"
     mount_cached: dict[str, str] = {}
     """rclone flag → value, from ``config.mount_cached`` (``config.mount`` for MOUNT; checked)."""
+    region: str | None = None
+    """Where stix makes the bucket if it is missing: the launch's region when the store was
+    chosen from its cloud (SkyPilot's ``best_resources.region``); None: the store's default."""
     owner: str | None = None
     workspace: str | None = None
 
@@ -161,15 +166,26 @@ def check_bucket(bucket: str, where: str, store: str, *, new: bool) -> str:
     return bucket
 
 
-def default_store(task: Task, configured: Sequence[str]) -> str:
-    """SkyPilot's choice when a storage names no store (see the module's docstring)."""
-    wanted = CLOUD_STORE.get((task.resources_or_default().cloud or "").lower())
+def default_store(
+    task: Task,
+    configured: Sequence[str],
+    cloud: str | None = None,
+    region: str | None = None,
+) -> tuple[str, str | None]:
+    """SkyPilot's choice (``Task._get_preferred_store``) when a storage names no store: the
+    store and the region to make its bucket in. ``cloud``/``region``: the launch's chosen
+    infra (the optimizer's pick); without them, the task's own ``resources``. A cloud whose
+    store is not set up here gives the first store that is, in its default region (None)."""
+    if cloud is None:
+        resources = task.resources_or_default()
+        cloud, region = resources.cloud, resources.region
+    wanted = CLOUD_STORE.get((cloud or "").lower())
     if wanted is not None and wanted in configured:
-        return wanted
+        return wanted, region
     for store in STORE_ORDER:
         if store in configured:
-            return store
-    return "s3"
+            return store, None
+    return "s3", None
 
 
 def cache_flags(src: Storage) -> dict[str, str]:
@@ -220,6 +236,7 @@ def plan_mount(
     configured: Sequence[str],
     owner: str | None = None,
     workspace: str | None = None,
+    chosen: tuple[str | None, str | None] = (None, None),
 ) -> MountPlan:
     where = f"file_mounts.{dest}"
     if isinstance(src, str):  # the URI shorthand: copy an existing bucket
@@ -241,13 +258,17 @@ def plan_mount(
     uri = sources[0] if len(sources) == 1 and "://" in sources[0] else None
     external = uri is not None
     prefix = ""
+    region: str | None = None
     if uri is not None:
         store, bucket, prefix = split_uri(uri, f"{where}.source")
         if src.store is not None and SCHEMES.get(src.store, src.store) != store:
             raise InvalidTask(f"{where}.store: {src.store!r} does not match the source {uri!r}")
         local: list[str] = []
     else:
-        store = src.store.lower() if src.store else default_store(task, configured)
+        if src.store:  # named: the store's default region, as SkyPilot's construct() makes it
+            store = src.store.lower()
+        else:
+            store, region = default_store(task, configured, *chosen)
         if store not in STORE_ORDER:
             raise InvalidTask(
                 f"{where}.store: {store!r} buckets are not supported by this build; "
@@ -270,6 +291,7 @@ def plan_mount(
         persistent=persistent,
         mode=mode,
         mount_cached=cache_flags(src),
+        region=region,
         owner=owner,
         workspace=workspace,
     )
@@ -283,8 +305,12 @@ def plan_mounts(
     configured: Sequence[str],
     owner: str | None = None,
     workspace: str | None = None,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> list[MountPlan]:
-    """Every bucket mount of ``task`` (local-path mounts are synced, not planned here)."""
+    """Every bucket mount of ``task`` (local-path mounts are synced, not planned here).
+    ``cloud``/``region``: where the launch runs (the optimizer's pick), which chooses the store
+    and the region of a bucket stix makes for a storage naming no store (`default_store`)."""
     plans = []
     for dest, src in task.file_mounts.items():
         if isinstance(src, str) and "://" not in src:
@@ -298,6 +324,7 @@ def plan_mounts(
                 configured=configured,
                 owner=owner,
                 workspace=workspace,
+                chosen=(cloud, region),
             )
         )
     seen: dict[str, StorageSpec] = {}
