@@ -70,6 +70,10 @@ CACHED_FLAGS = (
 """The ``config.mount_cached`` flags the daemon may pass (``stixd.storage.plan.CACHE_KEYS``);
 ``--read-only`` is a switch, sent with the value ``true``."""
 SWITCHES = ("--read-only",)
+NEWER_FLAGS = ("--vfs-read-chunk-streams",)
+"""Knobs an older rclone lacks (rclone 1.68 added this one; Debian's rclone is 1.60): left out
+there, and said in the mount's answer (``dropped``): a read-speed hint, not what the mount is."""
+_knows: dict[str, bool] = {}
 _KNOB = re.compile(r"[0-9A-Za-z.]{1,32}")
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _REMOTE_TYPE = re.compile(r"[a-z][a-z0-9 ]{0,40}")
@@ -280,6 +284,23 @@ def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[s
     return argv
 
 
+def rclone_knows(flag: str) -> bool:
+    """Whether this node's rclone takes ``flag`` (its ``mount --help``, asked once)."""
+    if flag not in _knows:
+        try:
+            shown = subprocess.run(
+                ["rclone", "mount", "--help"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=_environment("", ""),
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            shown = ""
+        _knows[flag] = f"{flag} " in shown
+    return _knows[flag]
+
+
 def _environment(user: str, password: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
     env["RCLONE_RC_USER"] = user
@@ -341,6 +362,11 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
     os.chmod(str(folder.parent), 0o700)
     folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(str(folder), 0o700)
+    dropped = [f for f in NEWER_FLAGS if f in spec["flags"] and not rclone_knows(f)]
+    if dropped:
+        kept = {k: v for k, v in spec["flags"].items() if k not in dropped}
+        spec = {**spec, "flags": kept}
+        log.info("rclone_flags_dropped dest=%s flags=%s", dest, ",".join(dropped))
     config = _write_config(folder, spec["remote"], spec["keys"])
     user, password = "stix", secrets.token_urlsafe(24)
     port = _free_port()
@@ -380,7 +406,7 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
             )
         time.sleep(POLL_S)
     log.info("bucket_mounted dest=%s mode=%s pid=%d", dest, spec["mode"], proc.pid)
-    return {"dest": dest, "mounted": True}
+    return {"dest": dest, "mounted": True} | ({"dropped": dropped} if dropped else {})
 
 
 def _rc(record: dict[str, Any], method: str) -> dict[str, Any]:
