@@ -456,3 +456,34 @@ def test_an_agent_starting_removes_the_keys_of_mounts_no_rclone_serves(
     assert sorted((node_dir / agent_mount.MOUNTS_DIR).iterdir()) == [kept_folder]
     assert agent_mount.mounted(str(kept))  # still served: its jobs keep it
     assert (kept / "in.txt").read_text() == "through scoped keys\n"
+
+
+def test_a_read_only_preset_mounts_read_only_and_a_knob_rclone_lacks_is_left_out_and_said(
+    moto_s3: Emulator, node_dir: Path, tmp_path: Path
+) -> None:
+    from stixd.storage.plan import plan_mounts
+    from stixproto.task import Task
+
+    task = Task.from_yaml(
+        "file_mounts:\n  /d:\n    name: stix-node-preset\n    mode: MOUNT_CACHED\n"
+        "    type: MODEL_CHECKPOINT_RO\n"
+    )
+    [plan] = plan_mounts(task, cluster="c1", configured=("s3",))
+    dest = tmp_path / "node" / "weights"
+    request = s3_mount_request(moto_s3, "stix-node-preset", dest)
+    request |= {"mode": "MOUNT_CACHED", "flags": plan.storage.mount_cached}
+    reply = agent_mount.mount(node_dir, request)
+    streams = "--vfs-read-chunk-streams"  # rclone 1.68's: Debian's 1.60 has none
+    lacks = (
+        streams
+        not in subprocess.run(
+            ["rclone", "mount", "--help"], capture_output=True, text=True, check=False
+        ).stdout
+    )
+    assert reply == {"dest": str(dest), "mounted": True} | ({"dropped": [streams]} if lacks else {})
+    argv = agent_mount._argv_of(record_of(only_folder(node_dir))["pid"])
+    assert ("--read-only" in argv, streams in argv) == (True, not lacks)
+    assert (dest / "in.txt").read_text() == "through scoped keys\n"
+    with pytest.raises(OSError):
+        (dest / "out.txt").write_text("refused")
+    assert agent_mount.unmount_all(node_dir) == 1

@@ -388,6 +388,7 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 persistent=False,
                 mode="COPY",
                 mount_cached={"--vfs-cache-max-size": "1G"},
+                region="eu-west-1",
                 owner="alice",
                 workspace="team",
             ),

@@ -232,6 +232,9 @@ class StorageActor(Actor):
                     raise StoreError(f"bucket {spec.uri} does not exist")
                 await self.save(created=True, clusters=clusters)  # the intent, before the call
                 env.progress(m.Progress(f"Creating bucket {spec.uri}..."))
+                if spec.region:  # made in the launch's region (then used through it)
+                    kind = StoreKind(spec.store)
+                    bucket = self.app.object_stores().bucket(kind, spec.bucket, spec.region)
                 await bucket.create({LABEL_STORAGE: label_value(self.id)})  # + ours
             else:
                 await self.save(

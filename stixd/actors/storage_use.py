@@ -57,14 +57,23 @@ def configured_stores(app: App) -> list[str]:
 
 
 def plans_for(
-    app: App, task: Task, cluster: str, owner: str | None, workspace: str | None
+    app: App,
+    task: Task,
+    cluster: str,
+    owner: str | None,
+    workspace: str | None,
+    chosen: tuple[str | None, str | None] = (None, None),
 ) -> list[MountPlan]:
+    """``chosen``: the launch's cloud and region (SkyPilot's best_resources), which pick the
+    store and the new bucket's region of a storage naming no store."""
     return plan_mounts(
         task,
         cluster=cluster,
         configured=configured_stores(app),
         owner=owner,
         workspace=workspace,
+        cloud=chosen[0],
+        region=chosen[1],
     )
 
 
@@ -117,7 +126,9 @@ async def prepare_storage(
     setup). Returns the storages this launch made; on failure the non-persistent ones it made
     are deleted before the error goes on."""
     app = cluster.app
-    plans = plans_for(app, task, cluster.id, cluster.spec.owner, cluster.spec.workspace)
+    made_as = cluster.spec  # where the launch runs: the optimizer's pick, as provisioned
+    chosen = (made_as.provider, (made_as.placement or {}).get("region"))
+    plans = plans_for(app, task, cluster.id, made_as.owner, made_as.workspace, chosen)
     if not plans:
         return []
     made: list[str] = []

@@ -10,7 +10,8 @@ and an agent starting (``clean_stale``) removes the folders of mounts no rclone 
 ``rclone mount`` in its own session, with rclone's remote control on a loopback port behind a
 random password (rclone 1.60 has no Unix-socket ``--rc``).
 
-- MOUNT: ``--vfs-cache-mode writes`` (a file may be opened for reading and writing).
+- MOUNT: ``--vfs-cache-mode writes`` (a file may be opened for reading and writing), and
+  ``--read-only`` when the task's ``config.mount.read_only`` asks.
 - MOUNT_CACHED: SkyPilot's flags (``--vfs-cache-mode full``, 10 s directory cache and cache
   poll, ``--vfs-fast-fingerprint``) plus the task's ``config.mount_cached`` knobs.
 
@@ -55,15 +56,24 @@ INSTALL = (
 )
 MODES = ("MOUNT", "MOUNT_CACHED")
 CACHED_FLAGS = (
+    "--transfers",
+    "--checkers",
+    "--buffer-size",
     "--vfs-cache-max-size",
     "--vfs-cache-max-age",
-    "--vfs-write-back",
     "--vfs-read-ahead",
-    "--buffer-size",
-    "--transfers",
-    "--dir-cache-time",
+    "--vfs-read-chunk-size",
+    "--vfs-read-chunk-streams",
+    "--vfs-write-back",
+    "--read-only",
 )
-"""The ``config.mount_cached`` knobs the daemon may pass (``stixd.storage.plan.CACHE_KEYS``)."""
+"""The ``config.mount_cached`` flags the daemon may pass (``stixd.storage.plan.CACHE_KEYS``);
+``--read-only`` is a switch, sent with the value ``true``."""
+SWITCHES = ("--read-only",)
+NEWER_FLAGS = ("--vfs-read-chunk-streams",)
+"""Knobs an older rclone lacks (rclone 1.68 added this one; Debian's rclone is 1.60): left out
+there, and said in the mount's answer (``dropped``): a read-speed hint, not what the mount is."""
+_knows: dict[str, bool] = {}
 _KNOB = re.compile(r"[0-9A-Za-z.]{1,32}")
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _REMOTE_TYPE = re.compile(r"[a-z][a-z0-9 ]{0,40}")
@@ -203,7 +213,11 @@ def parse_mount(request: dict[str, Any]) -> dict[str, Any]:
     if mode not in MODES:
         raise RequestError("bad_request", f'"mode" must be one of {", ".join(MODES)}')
     if not isinstance(flags, dict) or not all(
-        k in CACHED_FLAGS and isinstance(v, str) and _KNOB.fullmatch(v) for k, v in flags.items()
+        k in CACHED_FLAGS
+        and isinstance(v, str)
+        and _KNOB.fullmatch(v)
+        and (k not in SWITCHES or v == "true")
+        for k, v in flags.items()
     ):
         raise RequestError("bad_request", f'"flags" may set only {", ".join(CACHED_FLAGS)}')
     valid_s = request.get("valid_s")
@@ -252,8 +266,9 @@ def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[s
     ]
     if _allow_other():
         argv.append("--allow-other")
-    if spec["mode"] == "MOUNT":
+    if spec["mode"] == "MOUNT":  # and SkyPilot's config.mount.read_only
         argv += ["--vfs-cache-mode", "writes"]
+        argv += [flag for flag in SWITCHES if spec["flags"].get(flag) == "true"]
     else:  # SkyPilot's MOUNT_CACHED (sky/data/mounting_utils.py), then the task's knobs
         argv += [
             "--vfs-cache-mode",
@@ -265,8 +280,25 @@ def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[s
             "--vfs-fast-fingerprint",
         ]
         for flag, value in sorted(spec["flags"].items()):
-            argv += [flag, value]
+            argv += [flag] if flag in SWITCHES else [flag, value]
     return argv
+
+
+def rclone_knows(flag: str) -> bool:
+    """Whether this node's rclone takes ``flag`` (its ``mount --help``, asked once)."""
+    if flag not in _knows:
+        try:
+            shown = subprocess.run(
+                ["rclone", "mount", "--help"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=_environment("", ""),
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            shown = ""
+        _knows[flag] = f"{flag} " in shown
+    return _knows[flag]
 
 
 def _environment(user: str, password: str) -> dict[str, str]:
@@ -330,6 +362,11 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
     os.chmod(str(folder.parent), 0o700)
     folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(str(folder), 0o700)
+    dropped = [f for f in NEWER_FLAGS if f in spec["flags"] and not rclone_knows(f)]
+    if dropped:
+        kept = {k: v for k, v in spec["flags"].items() if k not in dropped}
+        spec = {**spec, "flags": kept}
+        log.info("rclone_flags_dropped dest=%s flags=%s", dest, ",".join(dropped))
     config = _write_config(folder, spec["remote"], spec["keys"])
     user, password = "stix", secrets.token_urlsafe(24)
     port = _free_port()
@@ -369,7 +406,7 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
             )
         time.sleep(POLL_S)
     log.info("bucket_mounted dest=%s mode=%s pid=%d", dest, spec["mode"], proc.pid)
-    return {"dest": dest, "mounted": True}
+    return {"dest": dest, "mounted": True} | ({"dropped": dropped} if dropped else {})
 
 
 def _rc(record: dict[str, Any], method: str) -> dict[str, Any]:

@@ -51,28 +51,33 @@ async def mount_on_nodes(
     provider: Provider, nodes: list[NodeInfo], bucket: Bucket, spec: StorageSpec, dest: str
 ) -> str | None:
     """Mount ``spec``'s bucket (and prefix) at ``dest`` on every node; one line on failure.
-    Returns the store's note when the nodes got less than bucket-scoped credentials (for the
-    daemon's log and the user), else None."""
+    Returns the store's note when the nodes got less than bucket-scoped credentials, and says
+    a knob a node's rclone is too old for (for the daemon's log and the user), else None."""
     remote = await bucket.rclone_remote()
     fields: dict[str, object] = {
         "remote": remote.type,
         "keys": node_keys(remote.keys),
         "path": "/".join(p for p in (spec.bucket, spec.prefix.strip("/")) if p),
         "mode": spec.mode,
-        "flags": dict(spec.mount_cached) if spec.mode == "MOUNT_CACHED" else {},
+        "flags": dict(spec.mount_cached) if spec.mode != "COPY" else {},
     }
     if remote.valid_s is not None:
         fields["valid_s"] = remote.valid_s
     failed: dict[int, str] = {}
+    dropped: set[str] = set()
 
     async def one(node: NodeInfo) -> None:
         where = node_path(provider, node, dest)
         try:
-            await provider.connector(node).call(
+            reply = await provider.connector(node).call(
                 "mount", deadline=MOUNT_DEADLINE_S, dest=where, **fields
             )
         except (AgentError, AgentUnreachable) as exc:
             failed[node.rank] = str(exc)
+            return
+        flags = reply.get("dropped")
+        if isinstance(flags, list):
+            dropped.update(str(f)[:40] for f in flags[:10])
 
     async with anyio.create_task_group() as tg:
         for node in nodes:
@@ -82,4 +87,7 @@ async def mount_on_nodes(
         raise ProvisionError(
             f"mounting {spec.uri} at {dest} ({spec.mode}) on node {rank} failed: {failed[rank]}"
         )
+    if dropped:  # a read-speed hint the node's rclone is too old for (it needs 1.68)
+        older = f"the node's rclone is too old for {', '.join(sorted(dropped))}, left out"
+        return f"{remote.note}; {older}" if remote.note else older
     return remote.note
