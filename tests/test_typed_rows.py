@@ -373,6 +373,7 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 volume={"name": "c1", "type": "k8s-pvc", "size": "2Gi"},
                 owner="alice",
                 workspace="team",
+                cluster="c1",
             ),
             VolumeData(where="kube-a/default/c1-x", error="e", users=["c1"]),
         ),
