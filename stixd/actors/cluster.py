@@ -56,6 +56,7 @@ from stixd.actors.cluster_retry import (
 from stixd.actors.cluster_states import CLUSTER_TRANSITIONS, C, E
 from stixd.actors.cluster_states import ClusterEvent as ClusterEvent  # where callers find it
 from stixd.actors.job import ClusterGone, JobEvent
+from stixd.actors.mount_keys import RenewMountKeys, renew_due, schedule_renewal
 from stixd.actors.specs import ClusterData, ClusterSpec, state_of
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, Provider
@@ -138,6 +139,7 @@ class ClusterActor(Actor):
     async def reconcile(self) -> None:
         if self.state is C.TERMINATED:
             return
+        schedule_renewal(self)  # the mounts' keys, renewed when due (at once if overdue)
         if busy(self):  # a stop or down was under way
             self.tell(FinishIntent())
             return
@@ -172,6 +174,8 @@ class ClusterActor(Actor):
             await finish_intent(self)
         elif isinstance(message, AutostopTick):
             await autostop_tick(self)
+        elif isinstance(message, RenewMountKeys):
+            await renew_due(self)
         elif isinstance(message, HealthTick):
             if self.state in (C.UP, C.INIT) and not self.data.pending_launch:
                 await observe(self, "health check")
