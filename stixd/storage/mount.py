@@ -28,6 +28,9 @@ take longer."""
 KEYS_DEADLINE_S = 20.0
 SESSION_KEYS = ("access_key_id", "secret_access_key", "session_token")
 """What a renewal sends: the keys alone (the agent's ``mount_keys`` takes nothing else)."""
+LEFT_OUT = ("not_mounted", "not_renewable")
+"""A node's refusals that end its part in a renewal: its mount went (the node was replaced, or
+stopped), or it was made with keys in rclone's config (by an agent before renewals)."""
 
 
 def mounts_a_bucket(task: Task | None) -> bool:
@@ -114,7 +117,7 @@ async def renew_on_nodes(
     provider: Provider, nodes: list[NodeInfo], bucket: Bucket, dest: str
 ) -> Renewal:
     """Fresh keys for the mount at ``dest`` on every node that has it; a node with no such
-    mount (replaced, or unmounted) is left out."""
+    mount, or none that can take them (``LEFT_OUT``), is left out."""
     remote = await bucket.rclone_remote()  # StoreError goes to the caller
     if not renewable(remote) or remote.valid_s is None:
         return Renewal(None, 0, [])
@@ -131,7 +134,7 @@ async def renew_on_nodes(
             )
             took.append(node.rank)
         except AgentError as exc:
-            if exc.code != "not_mounted":
+            if exc.code not in LEFT_OUT:
                 failed.append(f"node {node.rank}: {exc}")
         except AgentUnreachable as exc:
             failed.append(f"node {node.rank}: {exc}")
