@@ -269,6 +269,8 @@ file_mounts:
     assert record_of(folder)["pid"] == before["pid"]  # the same rclone: nothing remounted
     assert (stix.node_dir("renew") / "r" / "r.txt").read_text() == "renewed\n"
     assert "mount_keys_renewed" in (stix.home / "stixd.log").read_text()
+    stix.run("down", "renew", "-y", check=True, timeout=90)
+    assert not cluster_data(stix, "renew").get("mount_keys")  # gone with the nodes
 
 
 @pytest.mark.parametrize("sx", ["s3"], indirect=True)
