@@ -520,7 +520,23 @@ def test_a_mounts_keys_stay_private_are_renewed_in_place_and_go_with_it(
             agent_mount.mount_keys(node_dir, bad)
         assert refused.value.code == code
 
-    assert agent_mount.unmount_all(node_dir) == 1
+    # keys a running rclone cannot take afresh (an Azure SAS; here S3 with no keys at all) are
+    # kept while they last and mounted afresh by a launch asking again once they end soon
+    anon = tmp_path / "node" / "anon"
+    settings = request["keys"]
+    assert isinstance(settings, dict)
+    plain = {k: v for k, v in settings.items() if k not in SESSION_KEYS}
+    asked = {**request, "dest": str(anon), "keys": plain}
+    assert agent_mount.mount(node_dir, asked)["mounted"] is True
+    [other] = [f for f in (node_dir / agent_mount.MOUNTS_DIR).iterdir() if f != folder]
+    kept = record_of(other)
+    assert kept["renewable"] is False and not (other / agent_mount.KEYS).exists()
+    assert agent_mount.mount(node_dir, asked)["mounted"] is False
+    (other / agent_mount.RECORD).write_text(json.dumps({**kept, "expires_at": time.time() + 60}))
+    assert agent_mount.mount(node_dir, asked)["mounted"] is True
+    assert record_of(other)["pid"] != kept["pid"] and not agent_mount._alive(kept["pid"])
+
+    assert agent_mount.unmount_all(node_dir) == 2
     assert not agent_mount.mounted(str(dest))
     assert list(node_dir.rglob(agent_mount.CONFIG)) == list(node_dir.rglob(agent_mount.KEYS)) == []
     assert list((node_dir / agent_mount.MOUNTS_DIR).iterdir()) == []
