@@ -1,7 +1,9 @@
 """MOUNT and MOUNT_CACHED on the local infra: rclone and FUSE for real against each store's
 emulator (S3 on moto, GCS on fake-gcs-server, Azure on azurite). A job reads and writes through
 both modes; the moment a MOUNT_CACHED job is SUCCEEDED its file is in the bucket; `down` leaves
-no FUSE mount behind; a node without rclone is told how to install it in one sentence."""
+no FUSE mount behind; a node without rclone is told how to install it in one sentence; a mount's
+S3 keys are renewed under its running rclone (moto refusing the old ones), by a daemon restarted
+after ``kill -9`` too."""
 
 from __future__ import annotations
 
