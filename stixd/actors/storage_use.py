@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from stixd.actors.mount_keys import note_mount
 from stixd.actors.specs import data_or_none, encode
 from stixd.actors.storage import STORAGE, Ensure, Prune, Remove, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
-from stixd.storage.mount import mount_on_nodes
+from stixd.storage.mount import mount_on_nodes, renewable
 from stixd.storage.plan import MountPlan, plan_mounts
 from stixd.storage.stores import StoreError, StoreKind
 from stixd.store.db import Row, RowExists
@@ -155,7 +156,10 @@ async def prepare_storage(
             bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
             try:
                 if spec.mode != "COPY":  # MOUNT / MOUNT_CACHED: rclone on the node
-                    note = await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
+                    remote = await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
+                    lasts = remote.valid_s if renewable(remote) else None  # renewed before then
+                    await note_mount(cluster, spec.store, spec.bucket, plan.dest, lasts)
+                    note = remote.note
                     if note:  # the nodes got the daemon's keys: said, not silent
                         app.log.warning("storage_node_credentials", storage=spec.name, note=note)
                     said = f"Mounted {spec.uri} at {plan.dest} ({spec.mode})."
