@@ -192,8 +192,8 @@ async def _ignore_files_sent(conn: SshConnection, dest: str, plan: RsyncPlan) ->
     node lacks, or has with another size or mtime (what rsync's quick check compares, here to
     the nanosecond). Only then is ``--delete-after`` needed, whose extra pass over the node's
     tree reading its per-directory ignore files costs rsync 3.4+ a path walk per file (about
-    three times a no-change sync of 10,000 files); otherwise deleting as it goes sees the same ignore
-    files. A node that cannot be asked gets the safe answer: yes."""
+    three times a no-change sync of 10,000 files); otherwise deleting as it goes sees the same
+    ignore files. A node that cannot be asked gets the safe answer: yes."""
     if not plan.ignore_files:
         return False  # no ignore file arrives; the node's own ones stay as they are
     name = quote(plan.ignore_name)
