@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from stixd.actors.storage import StorageActor
+from stixd.app import App
+from stixd.runtime.mailbox import Envelope
+from stixd.storage.plan import StorageSpec
+from stixd.store.db import Row
 from tests import stores_bed
+from tests.app_support import app_on_store
 from tests.conftest import Stix, wait_until
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
@@ -438,3 +446,80 @@ run: sleep 300
     assert "went away during the upload" in upload[1]["why"], upload  # cut, not finished
     for name in sorted(kept):
         sx.run("storage", "delete", name, "-y", check=True)
+
+
+# -- the storage actor in-process (no daemon) on the module's moto: its record's cases --------
+
+
+@asynccontextmanager
+async def storage_app(home: Path, emu: Emulator) -> AsyncIterator[App]:
+    """The app on ``home``'s store, its object stores on ``emu`` (no actor runs on its own)."""
+    from stixd.storage.stores import open_stores
+
+    home.mkdir(exist_ok=True)
+    async with app_on_store(home) as app:
+        app.stores = open_stores(emu.config, emu.env, app.home_id())
+        try:
+            yield app
+        finally:
+            await app.stores.aclose()
+
+
+async def storage_actor(app: App, spec: StorageSpec) -> StorageActor:
+    """The actor of ``spec``'s record (inserted INIT, as a launch inserts it, if new)."""
+    from stixd.actors.specs import encode
+    from stixd.actors.storage import STORAGE, StorageData
+
+    row = await app.store.get(STORAGE, spec.name)
+    if row is None:
+        fresh = Row(
+            kind=STORAGE,
+            id=spec.name,
+            state="INIT",
+            version=0,
+            spec=encode(spec),
+            data=encode(StorageData()),
+        )
+        row = await app.store.insert(fresh, "created", "test")
+    return StorageActor(row, app)
+
+
+async def tell(actor: StorageActor, payload: Any) -> None:
+    await actor.handle(Envelope(payload=payload))
+
+
+def local_spec(name: str, source: Path, **fields: Any) -> StorageSpec:
+    return StorageSpec(name=name, store="s3", bucket=name, sources=[str(source)], **fields)
+
+
+def test_a_restart_during_a_re_sync_keeps_the_bucket_and_its_objects(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
+    """A relaunch or recovery sends a READY storage back to INIT to upload again; a daemon
+    killed then (or stopped: nothing ends the sync) must not take the bucket for one the cut
+    sync made: the bucket and what is in it (a job's checkpoints) stay."""
+    from stixd.actors.storage import SV, Ensure
+
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    spec = local_spec("stix-resync-kept", data)
+
+    async def scenario() -> tuple[str, str]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            actor = await storage_actor(app, spec)
+            await tell(actor, Ensure(spec, "c1"))
+            assert actor.state.value == "READY"
+            # the relaunch's sync, cut right after it wrote INIT (as `_ensure` writes it)
+            await actor.transition(SV.SYNC, "launch on c2")
+        async with storage_app(tmp_path / "home", moto_s3) as app:  # the restarted daemon
+            again = await storage_actor(app, spec)
+            await again.reconcile()
+            return again.state.value, str(again.data.last_error)
+
+    state, why = anyio.run(scenario)
+    assert state == "UPLOAD_FAILED" and "kept" in why, why
+    body = s3(moto_s3).get_object(Bucket="stix-resync-kept", Key="a.txt")["Body"].read()
+    assert body == b"a\n"
+    s3(moto_s3).delete_object(Bucket="stix-resync-kept", Key="a.txt")
+    s3(moto_s3).delete_bucket(Bucket="stix-resync-kept")

@@ -6,7 +6,8 @@ READY. A storage is its owner's: another user's launch naming it is refused (its
 changes). A delete is written as DELETING before the bucket is touched; one stix did not make is
 only forgotten, its bucket left as is (SkyPilot's). At every start it looks
 at the real bucket: a bucket gone behind stix's back is marked ``missing``; a create or upload
-cut short by a daemon restart (state INIT) removes the bucket it made, so nothing leaks.
+cut short by a daemon restart (state INIT) removes the bucket that very sync made, so nothing
+leaks; a re-sync of a bucket already there (a relaunch, a recovery) keeps it and its objects.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ STORAGE_TRANSITIONS: dict[tuple[S, StorageEvent], S] = {
 class StorageData(msgspec.Struct, frozen=True, kw_only=True):
     created: bool = False
     """stix made (or was about to make) the bucket: only then may it delete it."""
+    made_by_sync: bool = False
+    """The sync under way (state INIT) makes the bucket: a restart that cuts it removes it. A
+    re-sync of a bucket already there never does (its objects may be a job's checkpoints)."""
     missing: bool = False
     """The bucket was not there when last looked at (deleted behind stix's back)."""
     last_error: str | None = None
@@ -159,7 +163,7 @@ class StorageActor(Actor):
         launch asks again and makes it afresh); one it did not make keeps what was uploaded.
         The record stays, failed, so the launch that wanted it still finds it."""
         why = "stixd restarted during the upload"
-        if self.data.created and not self.spec.external:
+        if self.data.made_by_sync and not self.spec.external:
             labels = await self.bucket().labels()
             if labels is not None and LABEL_HOME not in labels:
                 # made, but cut before its labels were written: finish the create, so the
@@ -167,8 +171,9 @@ class StorageActor(Actor):
                 await self.bucket().create({LABEL_STORAGE: label_value(self.id)})
             await self._delete_bucket()
             why += "; the bucket it made was removed"
-            await self.transition(SV.INIT_FAILED, why, last_error=why)
+            await self.transition(SV.INIT_FAILED, why, last_error=why, made_by_sync=False)
             return
+        why += "; the bucket and its objects were kept"
         await self.transition(SV.UPLOAD_FAILED, why, last_error=why)
 
     async def handle(self, message: Any) -> None:
@@ -230,12 +235,14 @@ class StorageActor(Actor):
             if labels is None:
                 if spec.external:
                     raise StoreError(f"bucket {spec.uri} does not exist")
-                await self.save(created=True, clusters=clusters)  # the intent, before the call
+                # the intent, before the call
+                await self.save(created=True, made_by_sync=True, clusters=clusters)
                 env.progress(m.Progress(f"Creating bucket {spec.uri}..."))
                 await bucket.create({LABEL_STORAGE: label_value(self.id)})  # + ours
             else:
                 await self.save(
                     created=is_ours(labels, self.app.home_id()) and not spec.external,
+                    made_by_sync=False,
                     clusters=clusters,
                 )
         except (StoreError, OSError) as exc:
@@ -256,7 +263,12 @@ class StorageActor(Actor):
             await self.transition(SV.UPLOAD_FAILED, why, last_error=why)
             raise ProvisionError(f"storage {self.id}: {why}")
         await self.transition(
-            SV.READY, f"{sent} file(s) uploaded", files=sent, missing=False, last_error=None
+            SV.READY,
+            f"{sent} file(s) uploaded",
+            files=sent,
+            missing=False,
+            last_error=None,
+            made_by_sync=False,
         )
         if spec.sources:
             env.progress(m.Progress(f"Storage {self.id}: {sent} changed file(s) uploaded."))
