@@ -18,7 +18,7 @@ import pytest
 
 from stixd.actors.storage import StorageActor
 from stixd.app import App
-from stixd.runtime.mailbox import Envelope
+from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.plan import StorageSpec
 from stixd.store.db import Row
 from tests import stores_bed
@@ -523,3 +523,36 @@ def test_a_restart_during_a_re_sync_keeps_the_bucket_and_its_objects(
     assert body == b"a\n"
     s3(moto_s3).delete_object(Bucket="stix-resync-kept", Key="a.txt")
     s3(moto_s3).delete_bucket(Bucket="stix-resync-kept")
+
+
+def test_a_delete_of_a_bucket_whose_labels_changed_forgets_it_and_leaves_the_bucket(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
+    """The bucket stix made had its tag set replaced (or was deleted and its name made again
+    by someone else): a delete leaves it as is and forgets the record, never stuck DELETING."""
+    from stixd.actors.storage import STORAGE, Ensure, Remove
+
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    spec = local_spec("stix-relabelled", data)
+
+    async def scenario() -> tuple[str, bool]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            actor = await storage_actor(app, spec)
+            await tell(actor, Ensure(spec, "c1"))
+            assert actor.data.created
+            s3(moto_s3).put_bucket_tagging(
+                Bucket="stix-relabelled", Tagging={"TagSet": [{"Key": "team", "Value": "x"}]}
+            )
+            send, receive = reply_channel()
+            await actor.handle(Envelope(payload=Remove(), reply=send))
+            async with receive:
+                said = [item async for item in receive]
+            return str(said[-1]), await app.store.get(STORAGE, spec.name) is None
+
+    said, forgotten = anyio.run(scenario)
+    assert forgotten and "left as is" in said, said
+    assert "stix-relabelled" in buckets(moto_s3)
+    s3(moto_s3).delete_object(Bucket="stix-relabelled", Key="a.txt")
+    s3(moto_s3).delete_bucket(Bucket="stix-relabelled")

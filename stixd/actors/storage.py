@@ -29,6 +29,7 @@ from stixd.storage.stores import (
     LABEL_HOME,
     LABEL_STORAGE,
     Bucket,
+    NotOurs,
     StoreError,
     StoreKind,
     label_value,
@@ -139,8 +140,8 @@ class StorageActor(Actor):
     async def reconcile(self) -> None:
         try:
             if self.state is S.DELETING:
-                await self._delete_bucket()
-                await self._forget("deleted (finished after a restart)")
+                kept = await self._delete_bucket()
+                await self._forget(kept or "deleted (finished after a restart)")
             elif self.state is S.INIT:
                 if not self._fresh():
                     await self._abandon_init()
@@ -169,8 +170,8 @@ class StorageActor(Actor):
                 # made, but cut before its labels were written: finish the create, so the
                 # bucket is known as ours, then remove it
                 await self.bucket().create({LABEL_STORAGE: label_value(self.id)})
-            await self._delete_bucket()
-            why += "; the bucket it made was removed"
+            kept = await self._delete_bucket()
+            why += f"; {kept}" if kept else "; the bucket it made was removed"
             await self.transition(SV.INIT_FAILED, why, last_error=why, made_by_sync=False)
             return
         why += "; the bucket and its objects were kept"
@@ -291,8 +292,8 @@ class StorageActor(Actor):
             return
         why = f"not persistent, and its last cluster ({', '.join(gone)}) is gone"
         await self.transition(SV.DELETE, why, clusters=[])
-        await self._delete_bucket()
-        await self._forget(why)
+        kept = await self._delete_bucket()
+        await self._forget(f"{why}; {kept}" if kept else why)
 
     async def _remove(self, req: Remove) -> m.OkReply:
         if not self.data.created or self.spec.external:  # as SkyPilot: the record goes only
@@ -300,19 +301,33 @@ class StorageActor(Actor):
             return m.OkReply(forgot(self.id, self.spec))
         if self.state is not S.DELETING:
             await self.transition(SV.DELETE, req.why)
-        await self._delete_bucket()
+        kept = await self._delete_bucket()
+        if kept:
+            await self._forget(f"{req.why}: {kept}")
+            return m.OkReply(f"Forgot storage {self.id}; {kept}")
         await self._forget(req.why)
         return m.OkReply(f"Deleted storage {self.id} (bucket {self.spec.uri})")
 
-    async def _delete_bucket(self) -> None:
+    async def _delete_bucket(self) -> str | None:
+        """Delete the bucket if it is still this home's; when its labels say it is not any
+        more (its tags replaced, or deleted elsewhere and the name made again by someone else)
+        it is left as is and the reason returned, so the record can go (not stuck DELETING)."""
         bucket = self.bucket()
         labels = await bucket.labels()
         if labels is None:
-            return  # never made, or already gone
-        if not is_ours(labels, self.app.home_id()):
-            raise PermissionDenied(refusal(self.id, self.spec))
-        await bucket.delete()
+            return None  # never made, or already gone
+        try:
+            if not is_ours(labels, self.app.home_id()):
+                raise NotOurs(refusal(self.id, self.spec))
+            await bucket.delete()
+        except NotOurs:
+            self.log.warning("storage_bucket_not_ours", bucket=self.spec.bucket)
+            return (
+                f"bucket {self.spec.uri} no longer carries this stix's label, so it is "
+                "left as is (remove it with your cloud's own tools)"
+            )
         self.log.info("storage_bucket_deleted", bucket=self.spec.bucket)
+        return None
 
     async def _forget(self, why: str) -> None:
         await self.store.delete(self.row, why)
