@@ -556,3 +556,31 @@ def test_a_delete_of_a_bucket_whose_labels_changed_forgets_it_and_leaves_the_buc
     assert "stix-relabelled" in buckets(moto_s3)
     s3(moto_s3).delete_object(Bucket="stix-relabelled", Key="a.txt")
     s3(moto_s3).delete_bucket(Bucket="stix-relabelled")
+
+
+def test_a_named_storage_on_a_bucket_whose_tags_are_unreadable_is_ready(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A public or cross-account bucket one may read but not tag (GetBucketTagging denied;
+    moto has no bucket policies to deny it, so its tag read is refused here): a storage
+    reading it by URI is READY, and only forgotten by its delete."""
+    from stixd.actors.storage import Ensure
+    from stixd.storage.stores import AccessDenied
+    from stixd.storage.stores.s3 import S3Bucket
+
+    s3(moto_s3).create_bucket(Bucket="stix-untaggable")
+
+    async def denied(self: S3Bucket) -> dict[str, str] | None:
+        raise AccessDenied(f"s3://{self.name}: GetBucketTagging denied")
+
+    monkeypatch.setattr(S3Bucket, "labels", denied)
+    spec = StorageSpec(name="untag", store="s3", bucket="stix-untaggable", external=True)
+
+    async def scenario() -> str:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            actor = await storage_actor(app, spec)
+            await tell(actor, Ensure(spec, "c1"))
+            return str(actor.state.value)
+
+    assert anyio.run(scenario) == "READY"
+    s3(moto_s3).delete_bucket(Bucket="stix-untaggable")

@@ -232,10 +232,13 @@ class StorageActor(Actor):
             await self.save(spec=spec)
         bucket = self.bucket(spec)
         try:
-            labels = await bucket.labels()
-            if labels is None:
-                if spec.external:
+            if spec.external:  # a bucket named by URI: read, never its tags (often unreadable)
+                if not await bucket.exists():
                     raise StoreError(f"bucket {spec.uri} does not exist")
+                labels: dict[str, str] | None = {}
+            else:
+                labels = await bucket.labels()
+            if labels is None:
                 # the intent, before the call
                 await self.save(created=True, made_by_sync=True, clusters=clusters)
                 env.progress(m.Progress(f"Creating bucket {spec.uri}..."))
