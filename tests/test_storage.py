@@ -584,3 +584,40 @@ def test_a_named_storage_on_a_bucket_whose_tags_are_unreadable_is_ready(
 
     assert anyio.run(scenario) == "READY"
     s3(moto_s3).delete_bucket(Bucket="stix-untaggable")
+
+
+def test_a_failed_launch_drops_only_its_cluster_from_a_storage_another_launch_mounts(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
+    """Two launches at once each found no record and each counted the storage as made; the one
+    that fails releases it: its cluster is dropped, the bucket stays for the other; the last
+    one's failure deletes it (not persistent)."""
+    from stixd.actors.specs import data_or_none
+    from stixd.actors.storage import STORAGE, Ensure, StorageData
+    from stixd.actors.storage_use import ask_storage, plans_for, release_storage
+    from stixproto.task import Task
+
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    task = Task.from_yaml(
+        f"file_mounts:\n  ~/d:\n    name: stix-shared-made\n    source: {data}\n"
+        "    store: s3\n    persistent: false\n    mode: COPY\n"
+    )
+
+    async def scenario() -> tuple[list[str], bool]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            for cluster in ("c1", "c2"):
+                [plan] = plans_for(app, task, cluster, None, None)
+                await storage_actor(app, plan.storage)  # the record, as the launch writes it
+                await ask_storage(app, plan.storage.name, Ensure(plan.storage, cluster))
+            await release_storage(app, task, ["stix-shared-made"], "c1", None, None)
+            row = await app.store.get(STORAGE, "stix-shared-made")
+            assert row is not None and "stix-shared-made" in buckets(moto_s3)
+            kept = (data_or_none(row, StorageData) or StorageData()).clusters
+            await release_storage(app, task, ["stix-shared-made"], "c2", None, None)
+            return kept, await app.store.get(STORAGE, "stix-shared-made") is None
+
+    kept, forgotten = anyio.run(scenario)
+    assert kept == ["c2"] and forgotten
+    assert "stix-shared-made" not in buckets(moto_s3)

@@ -94,6 +94,15 @@ class Remove(msgspec.Struct, frozen=True):
     why: str = "storage delete"
 
 
+class Release(msgspec.Struct, frozen=True):
+    """A failed or cancelled launch on ``cluster`` gives the storage up (payload of an
+    Envelope): that cluster is dropped; the storage (and the bucket stix made) goes only when no
+    other cluster mounts it: two launches may each have thought they made it."""
+
+    cluster: str
+    why: str
+
+
 class Prune(msgspec.Struct, frozen=True):
     """Some cluster went (down, or a managed job ended): forget the clusters gone for good; a
     non-persistent storage stix made goes with the last of them (SkyPilot's
@@ -197,6 +206,8 @@ class StorageActor(Actor):
             message.answer(await self._ensure(message.payload, message))
         elif isinstance(message.payload, Remove):
             message.answer(await self._remove(message.payload))
+        elif isinstance(message.payload, Release):
+            message.answer(await self._release(message.payload))
 
     async def _observe(self, exists: bool) -> None:
         if self.data.missing == (not exists):
@@ -297,6 +308,13 @@ class StorageActor(Actor):
         await self.transition(SV.DELETE, why, clusters=[])
         kept = await self._delete_bucket()
         await self._forget(f"{why}; {kept}" if kept else why)
+
+    async def _release(self, req: Release) -> m.OkReply:
+        left = [c for c in self.data.clusters if c != req.cluster]
+        if left:  # another launch made it ready for its own cluster meanwhile: kept for it
+            await self.save(clusters=left)
+            return m.OkReply(f"storage {self.id} kept: {', '.join(left)} mount(s) it")
+        return await self._remove(Remove(why=req.why))
 
     async def _remove(self, req: Remove) -> m.OkReply:
         if not self.data.created or self.spec.external:  # as SkyPilot: the record goes only
