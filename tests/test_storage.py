@@ -621,3 +621,42 @@ def test_a_failed_launch_drops_only_its_cluster_from_a_storage_another_launch_mo
     kept, forgotten = anyio.run(scenario)
     assert kept == ["c2"] and forgotten
     assert "stix-shared-made" not in buckets(moto_s3)
+
+
+def test_a_recovery_s_launch_uploads_nothing_and_keeps_the_record_s_source(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
+    """A managed job's recovery plans its task without the local sources (SkyPilot uploads
+    them once): the object the job changed keeps the job's content, and `storage ls` still
+    shows the source; a URI source is kept as written."""
+    from stixd.actors.storage import Ensure
+    from stixd.actors.storage_use import plans_for
+    from stixd.storage.plan import without_local_sources
+    from stixproto.task import Storage, Task
+
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "w.txt").write_text("local\n")
+    task = Task.from_yaml(
+        f"file_mounts:\n  ~/d:\n    name: stix-recovered\n    source: {data}\n"
+        "    store: s3\n  ~/u:\n    name: uri\n    source: s3://some-bucket/x\n"
+    )
+    again = without_local_sources(task)
+    uri = again.file_mounts["~/u"]
+    assert isinstance(uri, Storage) and uri.source == "s3://some-bucket/x"
+
+    async def scenario() -> list[str]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            [plan, _] = plans_for(app, task, "c1", None, None)
+            actor = await storage_actor(app, plan.storage)
+            await tell(actor, Ensure(plan.storage, "c1"))
+            s3(moto_s3).put_object(Bucket="stix-recovered", Key="w.txt", Body=b"job\n")
+            [plan, _] = plans_for(app, again, "c1", None, None)
+            await tell(actor, Ensure(plan.storage, "c1"))
+            assert actor.state.value == "READY"
+            return actor.spec.sources
+
+    assert anyio.run(scenario) == [str(data)]
+    assert s3(moto_s3).get_object(Bucket="stix-recovered", Key="w.txt")["Body"].read() == b"job\n"
+    s3(moto_s3).delete_object(Bucket="stix-recovered", Key="w.txt")
+    s3(moto_s3).delete_bucket(Bucket="stix-recovered")

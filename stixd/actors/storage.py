@@ -237,10 +237,13 @@ class StorageActor(Actor):
                 f"not {spec.uri}; give this mount another name"
             )
         clusters = sorted({*self.data.clusters, req.cluster})
+        kept = spec  # a launch with nothing to upload (a managed job's recovery) keeps the
+        if not spec.sources:  # record's sources, which `storage ls` shows
+            kept = msgspec.structs.replace(spec, sources=self.spec.sources, nested=self.spec.nested)
         if self.state is not S.INIT:
-            await self.transition(SV.SYNC, f"launch on {req.cluster}", new_spec=spec)
+            await self.transition(SV.SYNC, f"launch on {req.cluster}", new_spec=kept)
         else:
-            await self.save(spec=spec)
+            await self.save(spec=kept)
         bucket = self.bucket(spec)
         try:
             if spec.external:  # a bucket named by URI: read, never its tags (often unreadable)
