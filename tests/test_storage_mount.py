@@ -382,6 +382,26 @@ def test_flush_reports_a_mount_whose_rclone_is_gone_and_clean_stale_unmounts_it(
     assert os.path.isdir(tmp_path)
 
 
+def test_a_job_s_end_waits_only_for_the_mounts_its_task_declared(tmp_path: Path) -> None:
+    """The daemon hands each node its job's bucket mount paths; the end of a job waits only
+    for those: another job's mount (here one that can never flush) does not hold it."""
+    from stixd.agent.protocol import parse_submit
+
+    folder = tmp_path / agent_mount.MOUNTS_DIR / "other"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    other = tmp_path / "other"
+    record = {"dest": str(other), "bucket": "b", "pid": dead.pid, "port": 1}
+    (folder / agent_mount.RECORD).write_text(json.dumps(record))
+    request = {"job_id": 1, "node_rank": 1, "mounts": {"0": [str(other)], "1": ["/m/./mine"]}}
+    spec = parse_submit(request, default_rank=0, default_ip="127.0.0.1", cluster="c")
+    assert spec.mounts == ["/m/./mine"]
+    assert agent_mount.flush_all(tmp_path, timeout=1.0, dests=spec.mounts) is None
+    problem = agent_mount.flush_all(tmp_path, timeout=1.0, dests=[f"{other}/"])
+    assert problem is not None and "ended before its writes were flushed" in problem
+
+
 # -- the node's copy of the keys: private, renewed, and gone with its mount -----------------
 
 

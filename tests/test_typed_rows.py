@@ -393,7 +393,14 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 owner="alice",
                 workspace="team",
             ),
-            StorageData(created=True, missing=True, last_error="e", files=3, clusters=["c1"]),
+            StorageData(
+                created=True,
+                made_by_sync=True,
+                missing=True,
+                last_error="e",
+                files=3,
+                clusters=["c1"],
+            ),
         ),
     }
 

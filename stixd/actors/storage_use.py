@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from stixd.actors.mount_keys import note_mount
 from stixd.actors.specs import data_or_none, encode
-from stixd.actors.storage import STORAGE, Ensure, Prune, Remove, StorageData
+from stixd.actors.storage import STORAGE, Ensure, Prune, Release, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
 from stixd.storage.mount import mount_on_nodes, renewable
@@ -189,7 +189,9 @@ async def release_storage(
     owner: str | None,
     workspace: str | None,
 ) -> None:
-    """A failed or cancelled launch: the non-persistent storages it made go, buckets too."""
+    """A failed or cancelled launch: the non-persistent storages it made go, buckets too,
+    unless another cluster mounts one meanwhile (a concurrent launch that also thought it made
+    it): then only this cluster is dropped from it."""
     import anyio
 
     try:
@@ -200,7 +202,8 @@ async def release_storage(
     with anyio.CancelScope(shield=True):
         for name in doomed:
             try:
-                await ask_storage(app, name, Remove(why=f"the launch of {cluster} failed"))
+                why = f"the launch of {cluster} failed"
+                await ask_storage(app, name, Release(cluster=cluster, why=why))
             except Exception as exc:  # the leak reconciler finds what is left
                 app.log.warning("storage_release_failed", storage=name, error=str(exc))
 

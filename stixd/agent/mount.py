@@ -549,11 +549,18 @@ def pending_uploads(record: dict[str, Any]) -> int:
     return int(cache.get("uploadsInProgress", 0)) + int(cache.get("uploadsQueued", 0))
 
 
-def flush_all(node_dir: Path, timeout: float = FLUSH_TIMEOUT_S) -> str | None:
-    """Wait until every mount on the node has written its files to the bucket; a one-line
-    problem when one cannot be flushed within ``timeout`` (None when all are)."""
+def flush_all(
+    node_dir: Path, timeout: float = FLUSH_TIMEOUT_S, dests: list[str] | None = None
+) -> str | None:
+    """Wait until every mount on the node (only those at ``dests``, a job's own, when given)
+    has written its files to the bucket; a one-line problem when one cannot be flushed within
+    ``timeout`` (None when all are). Another job writing steadily to a shared mount never
+    holds a job that declared no such mount."""
     deadline = time.monotonic() + timeout
+    wanted = None if dests is None else {os.path.normpath(d) for d in dests}
     for record in _records(node_dir):
+        if wanted is not None and os.path.normpath(record["dest"]) not in wanted:
+            continue
         where = f"{record.get('bucket')} at {record['dest']}"
         quiet_since: float | None = None
         while True:

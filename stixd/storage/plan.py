@@ -335,3 +335,16 @@ def plan_mounts(
                 f"file_mounts: storage {plan.storage.name!r} is named twice for different buckets"
             )
     return plans
+
+
+def without_local_sources(task: Task) -> Task:
+    """``task`` with each bucket mount's local ``source`` dropped: a managed job's recovery
+    mounts the bucket its first launch uploaded, as SkyPilot (which uploads once at
+    ``jobs launch``); uploading the folder again would overwrite what the job wrote there, or
+    fail the recovery if the folder is gone. The bucket, its name and its store stay the same."""
+    mounts: dict[str, str | Storage] = {}
+    for dest, src in task.file_mounts.items():
+        if isinstance(src, Storage) and not any("://" in s for s in src.sources()):
+            src = msgspec.structs.replace(src, source=None)
+        mounts[dest] = src
+    return msgspec.structs.replace(task, file_mounts=mounts)
