@@ -100,7 +100,7 @@ def _node_ready(home: Home, cluster: str) -> list[dict[str, Any]]:
     return lines
 
 
-def _wait_jobs(home: Home, cluster: str, count: int, within: float = 60.0) -> list[dict]:
+def wait_jobs(home: Home, cluster: str, count: int, within: float = 60.0) -> list[dict]:
     """The queue once `count` jobs have ended (raises if they do not)."""
     deadline = time.monotonic() + within
     while True:
@@ -113,7 +113,7 @@ def _wait_jobs(home: Home, cluster: str, count: int, within: float = 60.0) -> li
         time.sleep(0.1)
 
 
-def _launch_streaming(home: Home, cluster: str, task: Path) -> tuple[float, list[tuple]]:
+def launch_streaming(home: Home, cluster: str, task: Path) -> tuple[float, list[tuple]]:
     """`launch -d`, stamping each progress line (stderr) as it arrives; (start, stamps)."""
     t0 = time.time()
     proc = subprocess.Popen(
@@ -128,6 +128,14 @@ def _launch_streaming(home: Home, cluster: str, task: Path) -> tuple[float, list
     if proc.wait() != 0:
         raise SystemExit(f"launch {cluster} failed:\n" + "\n".join(s for _, s in stamps))
     return t0, stamps
+
+
+def write_pool(home: Home, bed: SshBed) -> None:
+    """The home's SSH node pool `POOL`: every host of the bed, as root with the bed's key."""
+    ips = "".join(f"    - {h.ip}\n" for h in bed.hosts)
+    (home.path / "ssh_node_pools.yaml").write_text(
+        f"{POOL}:\n  user: root\n  identity_file: {bed.key}\n  hosts:\n{ips}"
+    )
 
 
 def _down(home: Home, cluster: str) -> None:
@@ -161,8 +169,8 @@ class LaunchFigures:
 
 
 def _launch(home: Home, cluster: str, task: Path) -> LaunchFigures:
-    t0, _ = _launch_streaming(home, cluster, task)
-    _wait_jobs(home, cluster, 1)
+    t0, _ = launch_streaming(home, cluster, task)
+    wait_jobs(home, cluster, 1)
     ev = home.events(cluster)
     nodes = _node_ready(home, cluster)
     if len(nodes) != 3:
@@ -198,7 +206,7 @@ def _concurrent_exec(home: Home, bed: SshBed, cluster: str, n: int) -> dict[str,
     ]
     wall, runs = _parallel(cmds, home.env)
     accepted = [r for r in runs if r[3] == 0]
-    jobs = _wait_jobs(home, cluster, before + len(accepted))
+    jobs = wait_jobs(home, cluster, before + len(accepted))
     by_id = {j["job_id"]: j for j in jobs}
     latencies = []
     for t0, _, out, _ in accepted:
@@ -241,39 +249,44 @@ def _make_tree(root: Path, files: int) -> list[Path]:
     return made
 
 
-def _rsync_argvs(bed: SshBed, tree: Path, dest: str) -> list[list[str]]:
+def rsync_argvs(bed: SshBed, tree: Path, dest: str) -> list[list[str]]:
     shell = " ".join(["ssh", "-i", str(bed.key), *SSH_OPTS])
     return [["rsync", "-a", "-e", shell, f"{tree}/", f"root@{h.ip}:{dest}/"] for h in bed.hosts]
 
 
-def _plain_rsync(bed: SshBed, tree: Path, dest: str) -> tuple[float, float]:
-    """Plain rsync to the 3 hosts in parallel, and one host after another (own copies)."""
-    parallel, runs = _parallel(_rsync_argvs(bed, tree, f"parallel_{dest}"))
+def plain_rsync(
+    bed: SshBed, tree: Path, dest: str, *, serial: bool = True
+) -> tuple[float, float | None]:
+    """Plain rsync to the 3 hosts in parallel, and (`serial`) one host after another (own
+    copies: ``parallel_DEST``, ``serial_DEST``); the wall time of each."""
+    parallel, runs = _parallel(rsync_argvs(bed, tree, f"parallel_{dest}"))
     _check_all(runs, "plain rsync")
-    runs = [_timed(argv) for argv in _rsync_argvs(bed, tree, f"serial_{dest}")]
+    if not serial:
+        return parallel, None
+    runs = [_timed(argv) for argv in rsync_argvs(bed, tree, f"serial_{dest}")]
     _check_all(runs, "plain rsync")
     return parallel, sum(r[1] for r in runs)
 
 
-def _daemon_sync(home: Home, cluster: str, task: Path) -> tuple[float, int]:
+def daemon_sync(home: Home, cluster: str, task: Path) -> tuple[float, int]:
     """Seconds between the progress line before the sync and the "Synced" one; files copied."""
-    _, stamps = _launch_streaming(home, cluster, task)
+    _, stamps = launch_streaming(home, cluster, task)
     began = next(t for t, s in stamps if "agents ready" in s or "syncing files" in s)
     ended, line = next((t, s) for t, s in stamps if "Synced" in s)
     found = _COPIED.search(line)
     return ended - began, int(found.group(1)) if found else -1
 
 
-def _sync_round(
+def sync_round(
     home: Home, bed: SshBed, tree: Path, task: Path, dest: str, into: dict, daemon_first: bool
 ) -> None:
     """One sync by the daemon and one by plain rsync (in the order given: the load of this
     machine drifts, so rounds alternate who goes first)."""
     if daemon_first:
-        ours, copied = _daemon_sync(home, "sync", task)
-    parallel, serial = _plain_rsync(bed, tree, dest)
+        ours, copied = daemon_sync(home, "sync", task)
+    parallel, serial = plain_rsync(bed, tree, dest)
     if not daemon_first:
-        ours, copied = _daemon_sync(home, "sync", task)
+        ours, copied = daemon_sync(home, "sync", task)
     for key, value in (("parallel", parallel), ("serial", serial), ("ours", ours)):
         into.setdefault(key, []).append(value)
     into.setdefault("copied", []).append(copied)
@@ -291,12 +304,12 @@ def _sync(home: Home, bed: SshBed, files: int, rounds: int) -> tuple[dict, dict]
     for r in range(rounds):
         for host in bed.hosts:
             shutil.rmtree(host.home / "sky_workdir", ignore_errors=True)
-        _sync_round(home, bed, tree, task, f"cold{r}", cold, r % 2 == 1)
+        sync_round(home, bed, tree, task, f"cold{r}", cold, r % 2 == 1)
     for r in range(rounds):
         with made[r * 7].open("ab") as f:
             f.write(b"changed\n")
-        _sync_round(home, bed, tree, task, f"cold{rounds - 1}", one, r % 2 == 1)
-    _wait_jobs(home, "sync", 2 * rounds)
+        sync_round(home, bed, tree, task, f"cold{rounds - 1}", one, r % 2 == 1)
+    wait_jobs(home, "sync", 2 * rounds)
     _down(home, "sync")
     return cold, one
 
@@ -339,10 +352,7 @@ def main() -> None:
     bed = hosts_up(3)
     try:
         with stix_home() as home:
-            ips = "".join(f"    - {h.ip}\n" for h in bed.hosts)
-            (home.path / "ssh_node_pools.yaml").write_text(
-                f"{POOL}:\n  user: root\n  identity_file: {bed.key}\n  hosts:\n{ips}"
-            )
+            write_pool(home, bed)
             home.ctl("daemon", "start")
             one = median([_timed(_ssh(bed, bed.hosts[0].ip, "true"))[1] for _ in range(5)])
             three = median(

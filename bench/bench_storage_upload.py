@@ -11,8 +11,8 @@ temporary directory, then sent to a moto S3 server on loopback (tests/stores_bed
 - plain ``rsync -a`` into a local directory, cold and again (the floor of copying the bytes).
 
 Printed as ratios to the baselines of the same run; nothing asserts on time. moto is a Python
-server and is the bottleneck for both S3 uploaders alike. ``--files 1000 --mib 64`` is a quick
-run.
+server and is the bottleneck for both S3 uploaders alike. ``--small`` (``--files 1000 --mib
+64``) is a quick run.
 """
 
 from __future__ import annotations
@@ -176,7 +176,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--files", type=int, default=10_000)
     p.add_argument("--mib", type=int, default=1024)
+    p.add_argument("--small", action="store_true", help="a quick run: --files 1000 --mib 64")
     args = p.parse_args()
+    if args.small:
+        args.files, args.mib = 1000, 64
     if not 2 <= args.files <= 1_000_000 or not 1 <= args.mib <= 64 * 1024:
         p.error("--files in 2..1000000, --mib in 1..65536")
     work = Path(tempfile.mkdtemp(prefix="stix-bench-upload-"))

@@ -44,6 +44,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     check_marks(item)  # a test that needs ../shared: skipped without it, failed under CI
 
 
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc`` if it still runs, wait for it and close its pipes: a test's ``finally``
+    that only kills leaves a running child and open pipes, whose warnings land on a later
+    test of the same worker."""
+    proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError, ValueError):
+        proc.communicate(timeout=10)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout

@@ -57,6 +57,8 @@ class Emulator:
         self.stop_signal = signal.SIGTERM
         self.clock = self.dir / "clock"
         """moto: seconds a bucket made now is backdated by (tests.moto_clock)."""
+        self.revoked = self.dir / "revoked"
+        """moto: access key ids it refuses, one a line (tests.moto_clock)."""
 
     def start(self, argv: list[str], probe: str, env: dict[str, str] | None = None) -> None:
         log = open(self.dir / "log", "wb")  # noqa: SIM115 (kept by the child)

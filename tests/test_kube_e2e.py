@@ -19,7 +19,7 @@ import pytest
 from stixd.providers.kubernetes.owner import owner_of
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, LABEL_OWNER, pod_name
 from stixd.providers.local.netns import unavailable_reason
-from tests.conftest import Stix, wait_until
+from tests.conftest import Stix, reap, wait_until
 from tests.kube_fake.process import FakeProcess
 from tests.test_managed_jobs import managed
 
@@ -224,7 +224,7 @@ def test_a_daemon_killed_mid_launch_leaves_no_duplicate_and_no_orphan_pod(
         wait_until(lambda: objects(fake, "crash"), timeout=60, interval=0.01)
         k8s.kill_daemon()
     finally:
-        launch.kill()
+        reap(launch)
         launch.communicate(timeout=30)
     k8s.run("status", check=True)  # a new daemon takes the launch up again
     wait_until(lambda: k8s.clusters().get("crash", {}).get("status") == "UP", timeout=90)
@@ -282,7 +282,7 @@ def test_logs_of_a_job_on_a_pod_stream_as_it_prints_and_exit_by_how_it_ended(
         go.touch()
         rest, err = follow.communicate(timeout=60)
     finally:
-        follow.kill()
+        reap(follow)
     assert "second" in rest, rest
     assert follow.returncode not in (0, None) and "FAILED" in err, (follow.returncode, err)
     k8s.run("down", "-y", "lg", check=True, timeout=60)

@@ -24,7 +24,7 @@ import pytest
 from stixd.providers.kubernetes.owner import owner_of
 from stixd.providers.kubernetes.podspec import LABEL_CLUSTER, pod_name
 from stixproto.errors import ProvisionError
-from tests.conftest import Stix, wait_until
+from tests.conftest import Stix, reap, wait_until
 from tests.kube_fake.process import FakeProcess
 
 BOUND_S = 25.0
@@ -548,7 +548,7 @@ def test_a_daemon_killed_while_pods_are_made_then_down_at_once_leaves_no_orphan_
         wait_until(lambda: objects(fake, "crash"), timeout=60, interval=0.01)
         k8s.kill_daemon()
     finally:
-        launch.kill()
+        reap(launch)
         launch.communicate(timeout=30)
     k8s.run("status", check=True)  # a new daemon, the launch taken up again
     names = [o["metadata"]["name"] for o in objects(fake, "crash") if o["kind"] == "Pod"]
@@ -574,7 +574,7 @@ def test_a_daemon_killed_while_pods_are_made_resumes_with_no_duplicate(
         wait_until(lambda: objects(fake, "again"), timeout=60, interval=0.01)
         k8s.kill_daemon()
     finally:
-        launch.kill()
+        reap(launch)
         launch.communicate(timeout=30)
     k8s.run("status", check=True)
     try:

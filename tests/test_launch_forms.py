@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, Stix, wait_until
+from tests.conftest import REPO, Stix, reap, wait_until
 
 CATALOGS = Path(os.environ.get("STIX_CATALOG_DIR") or REPO.parent / "shared" / "catalogs")
 
@@ -177,7 +177,7 @@ def test_a_retrying_launch_shows_init_with_its_error_and_down_ends_it(
         stix.run("down", "w", "-y", check=True)
         _, err = client.communicate(timeout=30)
     finally:
-        client.kill()
+        reap(client)
     assert client.returncode == 5 and "stopped waiting for capacity" in err
     assert "w" not in stix.clusters()
 
@@ -190,9 +190,9 @@ def test_ctrl_c_of_a_retrying_launch_stops_its_retries(
     try:
         wait_until(lambda: waiting(stix, "c"), timeout=30, interval=0.2)
         client.send_signal(signal.SIGINT)
-        _, err = client.communicate(timeout=30)
+        _, err = client.communicate(timeout=60)
     finally:
-        client.kill()
+        reap(client)
     assert client.returncode == 130 and "stops retrying" in err
 
     def stopped() -> bool:
@@ -216,7 +216,7 @@ def test_a_restarted_daemon_goes_on_retrying_until_down(
         stix.kill_daemon()
         client.communicate(timeout=30)  # its daemon is gone: the client ends, the launch not
     finally:
-        client.kill()
+        reap(client)
 
     def retries() -> int:
         return [e["event"] for e in stix.json("events", "k")].count("retry")

@@ -13,8 +13,9 @@ import pytest
 
 from stixd.agent_bundle import build_agent_zipapp
 from stixd.providers.base import Block, CapacityError, Mount, NodeStatus, ProvisionRequest
-from stixd.providers.shared.ssh_sync import Method
+from stixd.providers.shared.ssh_sync import Method, _ignore_files_sent
 from stixd.providers.shared.ssh_transport import SshSettings
+from stixd.providers.shared.syncfilter import rsync_plan
 from stixd.providers.ssh.pools import PoolError, load_pools, parse_pools
 from stixd.providers.ssh.provider import SshProvider
 from tests.sshbed import SshBed, bed_fixture, start_sshd
@@ -308,6 +309,22 @@ async def test_ssh_sync_sends_what_the_shared_filter_keeps_and_spares_excluded_o
     await provider.sync(node, mount, method=method)
     assert (remote / "logs" / "run.txt").exists() and not (remote / "stray.py").exists()
     assert (remote / "outputs" / "model.bin").exists()
+    if method == "rsync":  # the node has the ignore files rsync would send: delete as it goes
+        conn, dest = provider.connection(provider._host_of(node)), f"/root/filtered-{method}"
+        assert not await _ignore_files_sent(conn, dest, rsync_plan(src))
+        os.utime(src / "src" / ".gitignore", ns=(0, 10**9 * 86400 + 1))
+        assert await _ignore_files_sent(conn, dest, rsync_plan(src))
+    # an ignore file that arrives with this very sync already spares what it names
+    (remote / "results").mkdir()
+    (remote / "results" / "eval.json").write_text("an output the new rules name\n")
+    (src / "src" / "deep" / ".gitignore").write_text("!x.tmp\nscratch/\n")
+    (remote / "src" / "deep" / "scratch").mkdir()
+    (remote / "src" / "deep" / "scratch" / "a.txt").write_text("named one level down\n")
+    (src / ".gitignore").write_text(GITIGNORE + "results/\n")
+    await provider.sync(node, mount, method=method)
+    assert (remote / "results" / "eval.json").exists()
+    assert (remote / "src" / "deep" / "scratch" / "a.txt").exists()
+    assert (remote / ".gitignore").read_text() == GITIGNORE + "results/\n"
 
 
 async def test_an_unreachable_host_is_reported_while_the_others_are_fine(

@@ -11,14 +11,22 @@ import os
 import select
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from stixd.actors.storage import StorageActor
+from stixd.app import App
+from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.storage.plan import StorageSpec
+from stixd.store.db import Row
 from tests import stores_bed
-from tests.conftest import Stix, wait_until
+from tests.app_support import app_on_store
+from tests.conftest import Stix, reap, wait_until
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
@@ -290,7 +298,7 @@ run: echo never
         wait_until(lambda: "stix-kill-upload" in buckets(moto_s3), timeout=60, interval=0.02)
         sx.kill_daemon()
     finally:
-        proc.kill()
+        reap(proc)
         proc.communicate(timeout=30)
     sx.run("status", check=True, timeout=60)  # the daemon starts again and reconciles
 
@@ -467,7 +475,7 @@ run: sleep 300
         )
         sx.run("down", "lup", "-y", check=True, timeout=60)
     finally:
-        proc.kill()
+        reap(proc)
         proc.communicate(timeout=30)
 
     wait_until(lambda: ended(1) and ended(2), timeout=90, interval=0.3)
@@ -484,3 +492,217 @@ run: sleep 300
     assert "went away during the upload" in upload[1]["why"], upload  # cut, not finished
     for name in sorted(kept):
         sx.run("storage", "delete", name, "-y", check=True)
+
+
+# -- the storage actor in-process (no daemon) on the module's moto: its record's cases --------
+
+
+@asynccontextmanager
+async def storage_app(home: Path, emu: Emulator) -> AsyncIterator[App]:
+    """The app on ``home``'s store, its object stores on ``emu`` (no actor runs on its own)."""
+    from stixd.storage.stores import open_stores
+
+    home.mkdir(exist_ok=True)
+    async with app_on_store(home) as app:
+        app.stores = open_stores(emu.config, emu.env, app.home_id())
+        try:
+            yield app
+        finally:
+            await app.stores.aclose()
+
+
+async def storage_actor(app: App, spec: StorageSpec) -> StorageActor:
+    """The actor of ``spec``'s record (inserted INIT, as a launch inserts it, if new)."""
+    from stixd.actors.specs import encode
+    from stixd.actors.storage import STORAGE, StorageData
+
+    row = await app.store.get(STORAGE, spec.name)
+    if row is None:
+        fresh = Row(
+            kind=STORAGE,
+            id=spec.name,
+            state="INIT",
+            version=0,
+            spec=encode(spec),
+            data=encode(StorageData()),
+        )
+        row = await app.store.insert(fresh, "created", "test")
+    return StorageActor(row, app)
+
+
+async def tell(actor: StorageActor, payload: Any) -> None:
+    await actor.handle(Envelope(payload=payload))
+
+
+def local_spec(name: str, source: Path, **fields: Any) -> StorageSpec:
+    return StorageSpec(name=name, store="s3", bucket=name, sources=[str(source)], **fields)
+
+
+def test_a_restart_during_a_re_sync_keeps_the_bucket_and_its_objects(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
+    """A relaunch or recovery sends a READY storage back to INIT to upload again; a daemon
+    killed then (or stopped: nothing ends the sync) must not take the bucket for one the cut
+    sync made: the bucket and what is in it (a job's checkpoints) stay."""
+    from stixd.actors.storage import SV, Ensure
+
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    spec = local_spec("stix-resync-kept", data)
+
+    async def scenario() -> tuple[str, str]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            actor = await storage_actor(app, spec)
+            await tell(actor, Ensure(spec, "c1"))
+            assert actor.state.value == "READY"
+            # the relaunch's sync, cut right after it wrote INIT (as `_ensure` writes it)
+            await actor.transition(SV.SYNC, "launch on c2")
+        async with storage_app(tmp_path / "home", moto_s3) as app:  # the restarted daemon
+            again = await storage_actor(app, spec)
+            await again.reconcile()
+            return again.state.value, str(again.data.last_error)
+
+    state, why = anyio.run(scenario)
+    assert state == "UPLOAD_FAILED" and "kept" in why, why
+    body = s3(moto_s3).get_object(Bucket="stix-resync-kept", Key="a.txt")["Body"].read()
+    assert body == b"a\n"
+    s3(moto_s3).delete_object(Bucket="stix-resync-kept", Key="a.txt")
+    s3(moto_s3).delete_bucket(Bucket="stix-resync-kept")
+
+
+def test_a_delete_of_a_bucket_whose_labels_changed_forgets_it_and_leaves_the_bucket(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
+    """The bucket stix made had its tag set replaced (or was deleted and its name made again
+    by someone else): a delete leaves it as is and forgets the record, never stuck DELETING."""
+    from stixd.actors.storage import STORAGE, Ensure, Remove
+
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    spec = local_spec("stix-relabelled", data)
+
+    async def scenario() -> tuple[str, bool]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            actor = await storage_actor(app, spec)
+            await tell(actor, Ensure(spec, "c1"))
+            assert actor.data.created
+            s3(moto_s3).put_bucket_tagging(
+                Bucket="stix-relabelled", Tagging={"TagSet": [{"Key": "team", "Value": "x"}]}
+            )
+            send, receive = reply_channel()
+            await actor.handle(Envelope(payload=Remove(), reply=send))
+            async with receive:
+                said = [item async for item in receive]
+            return str(said[-1]), await app.store.get(STORAGE, spec.name) is None
+
+    said, forgotten = anyio.run(scenario)
+    assert forgotten and "left as is" in said, said
+    assert "stix-relabelled" in buckets(moto_s3)
+    s3(moto_s3).delete_object(Bucket="stix-relabelled", Key="a.txt")
+    s3(moto_s3).delete_bucket(Bucket="stix-relabelled")
+
+
+def test_a_named_storage_on_a_bucket_whose_tags_are_unreadable_is_ready(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A public or cross-account bucket one may read but not tag (GetBucketTagging denied;
+    moto has no bucket policies to deny it, so its tag read is refused here): a storage
+    reading it by URI is READY, and only forgotten by its delete."""
+    from stixd.actors.storage import Ensure
+    from stixd.storage.stores import AccessDenied
+    from stixd.storage.stores.s3 import S3Bucket
+
+    s3(moto_s3).create_bucket(Bucket="stix-untaggable")
+
+    async def denied(self: S3Bucket) -> dict[str, str] | None:
+        raise AccessDenied(f"s3://{self.name}: GetBucketTagging denied")
+
+    monkeypatch.setattr(S3Bucket, "labels", denied)
+    spec = StorageSpec(name="untag", store="s3", bucket="stix-untaggable", external=True)
+
+    async def scenario() -> str:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            actor = await storage_actor(app, spec)
+            await tell(actor, Ensure(spec, "c1"))
+            return str(actor.state.value)
+
+    assert anyio.run(scenario) == "READY"
+    s3(moto_s3).delete_bucket(Bucket="stix-untaggable")
+
+
+def test_a_failed_launch_drops_only_its_cluster_from_a_storage_another_launch_mounts(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
+    """Two launches at once each found no record and each counted the storage as made; the one
+    that fails releases it: its cluster is dropped, the bucket stays for the other; the last
+    one's failure deletes it (not persistent)."""
+    from stixd.actors.specs import data_or_none
+    from stixd.actors.storage import STORAGE, Ensure, StorageData
+    from stixd.actors.storage_use import ask_storage, plans_for, release_storage
+    from stixproto.task import Task
+
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    task = Task.from_yaml(
+        f"file_mounts:\n  ~/d:\n    name: stix-shared-made\n    source: {data}\n"
+        "    store: s3\n    persistent: false\n    mode: COPY\n"
+    )
+
+    async def scenario() -> tuple[list[str], bool]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            for cluster in ("c1", "c2"):
+                [plan] = plans_for(app, task, cluster, None, None)
+                await storage_actor(app, plan.storage)  # the record, as the launch writes it
+                await ask_storage(app, plan.storage.name, Ensure(plan.storage, cluster))
+            await release_storage(app, task, ["stix-shared-made"], "c1", None, None)
+            row = await app.store.get(STORAGE, "stix-shared-made")
+            assert row is not None and "stix-shared-made" in buckets(moto_s3)
+            kept = (data_or_none(row, StorageData) or StorageData()).clusters
+            await release_storage(app, task, ["stix-shared-made"], "c2", None, None)
+            return kept, await app.store.get(STORAGE, "stix-shared-made") is None
+
+    kept, forgotten = anyio.run(scenario)
+    assert kept == ["c2"] and forgotten
+    assert "stix-shared-made" not in buckets(moto_s3)
+
+
+def test_a_recovery_s_launch_uploads_nothing_and_keeps_the_record_s_source(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
+    """A managed job's recovery plans its task without the local sources (SkyPilot uploads
+    them once): the object the job changed keeps the job's content, and `storage ls` still
+    shows the source; a URI source is kept as written."""
+    from stixd.actors.storage import Ensure
+    from stixd.actors.storage_use import plans_for
+    from stixd.storage.plan import without_local_sources
+    from stixproto.task import Storage, Task
+
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "w.txt").write_text("local\n")
+    task = Task.from_yaml(
+        f"file_mounts:\n  ~/d:\n    name: stix-recovered\n    source: {data}\n"
+        "    store: s3\n  ~/u:\n    name: uri\n    source: s3://some-bucket/x\n"
+    )
+    again = without_local_sources(task)
+    uri = again.file_mounts["~/u"]
+    assert isinstance(uri, Storage) and uri.source == "s3://some-bucket/x"
+
+    async def scenario() -> list[str]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            [plan, _] = plans_for(app, task, "c1", None, None)
+            actor = await storage_actor(app, plan.storage)
+            await tell(actor, Ensure(plan.storage, "c1"))
+            s3(moto_s3).put_object(Bucket="stix-recovered", Key="w.txt", Body=b"job\n")
+            [plan, _] = plans_for(app, again, "c1", None, None)
+            await tell(actor, Ensure(plan.storage, "c1"))
+            assert actor.state.value == "READY"
+            return actor.spec.sources
+
+    assert anyio.run(scenario) == [str(data)]
+    assert s3(moto_s3).get_object(Bucket="stix-recovered", Key="w.txt")["Body"].read() == b"job\n"
+    s3(moto_s3).delete_object(Bucket="stix-recovered", Key="w.txt")
+    s3(moto_s3).delete_bucket(Bucket="stix-recovered")

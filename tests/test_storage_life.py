@@ -177,7 +177,9 @@ def test_a_recovered_managed_job_reads_its_mounted_bucket_and_volume_and_its_end
 ) -> None:
     """One managed job with a MOUNT bucket, a COPY bucket and a volume, its node killed mid-run:
     the recovered run reads the copy again and what the first run wrote through the mount and
-    onto the volume; the job's end deletes the buckets (not persistent) and frees the volume."""
+    onto the volume (the recovery does not upload the local source again over the object the
+    job changed, as SkyPilot uploads it once); the job's end deletes the buckets (not
+    persistent) and frees the volume."""
     sx.env["STIX__DAEMON__HEALTH_CHECK_SECONDS"] = "1"
     volume = sx.home / "vol.yaml"
     volume.write_text("name: life-vol\ntype: k8s-hostpath\ninfra: local\n")
@@ -211,7 +213,7 @@ run: |
     >> {ck}/history
   echo "$SKYPILOT_TASK_ID" > ~/in/run-$(date +%s%N)
   echo run >> ~/vol/runs
-  if [ "$v" -eq 0 ]; then sleep 300; fi  # the first run waits for its node to be killed
+  if [ "$v" -eq 0 ]; then echo job-word > ~/in/word.txt; sleep 300; fi  # killed meanwhile
 """
     )
     sx.run("jobs", "launch", "-d", "-y", str(task), check=True, timeout=120)
@@ -221,7 +223,12 @@ run: |
             return False
         found = s3(moto_s3).list_objects_v2(Bucket="life-mj").get("Contents") or []
         runs = sx.home / "volumes" / "life-vol" / "runs"
-        return any(o["Key"].startswith("run-") for o in found) and runs.exists()
+        word = s3(moto_s3).get_object(Bucket="life-mj", Key="word.txt")["Body"].read()
+        return (
+            any(o["Key"].startswith("run-") for o in found)
+            and runs.exists()
+            and word == b"job-word\n"
+        )
 
     wait_until(written, timeout=60, interval=0.3)
     assert kill_node(sx, "mjb-1") > 0
@@ -236,7 +243,7 @@ run: |
     assert job["status"] == "SUCCEEDED", sx.run("jobs", "logs", "1", "--controller").stdout
     assert (ck / "history").read_text().splitlines() == [
         "read=bucket-word copied=bucket-word bucket=0 volume=0",
-        "read=bucket-word copied=bucket-word bucket=1 volume=1",
+        "read=job-word copied=bucket-word bucket=1 volume=1",
     ]
     wait_until(lambda: not {"life-mj", "life-mjc"} & buckets(moto_s3), timeout=30, interval=0.3)
     assert not {"life-mj", "life-mjc"} & set(storages(sx))

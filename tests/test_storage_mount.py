@@ -1,7 +1,9 @@
 """MOUNT and MOUNT_CACHED on the local infra: rclone and FUSE for real against each store's
 emulator (S3 on moto, GCS on fake-gcs-server, Azure on azurite). A job reads and writes through
 both modes; the moment a MOUNT_CACHED job is SUCCEEDED its file is in the bucket; `down` leaves
-no FUSE mount behind; a node without rclone is told how to install it in one sentence."""
+no FUSE mount behind; a node without rclone is told how to install it in one sentence; a mount's
+S3 keys are renewed under its running rclone (moto refusing the old ones), by a daemon restarted
+after ``kill -9`` too."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -24,9 +27,9 @@ import pytest
 from stixd.agent import mount as agent_mount
 from stixd.agent.protocol import RequestError
 from stixd.providers.shared.fuse_mounts import fuse_mounts_under
-from stixd.storage.mount import node_keys
+from stixd.storage.mount import SESSION_KEYS, node_keys
 from stixd.storage.stores import LABEL_STORAGE, RcloneRemote, StoreKind, open_stores
-from tests.conftest import Stix, wait_until
+from tests.conftest import Stix, reap, wait_until
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
@@ -221,6 +224,57 @@ file_mounts:
     assert keys_in(emu, store, f"stix-keep-{store}") == {"kept.txt"}  # the removal stopped at it
 
 
+def cluster_data(stix: Stix, cluster: str, data: dict[str, Any] | None = None) -> Any:
+    """The cluster's stored data (the daemon stopped, to write ``data`` in its place)."""
+    with contextlib.closing(sqlite3.connect(stix.home / "state.db")) as db, db:
+        if data is not None:
+            update = "UPDATE actors SET data=? WHERE kind='cluster' AND id=?"
+            db.execute(update, (json.dumps(data), cluster))
+        [(text,)] = db.execute("SELECT data FROM actors WHERE kind='cluster' AND id=?", (cluster,))
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("sx", ["s3"], indirect=True)
+def test_a_mounts_keys_are_renewed_when_due_by_a_daemon_restarted_after_kill_9(
+    sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    stix, _, store = sx
+    data = tmp_path / "renew"
+    data.mkdir()
+    (data / "r.txt").write_text("renewed\n")
+    task = task_file(
+        f"""
+file_mounts:
+  ~/r:
+    name: stix-renew-{store}
+    source: {data}
+    store: {store}
+    mode: MOUNT
+"""
+    )
+    stix.run("launch", "-c", "renew", str(task), "-y", check=True, timeout=120)
+    stored = cluster_data(stix, "renew")
+    [entry] = stored["mount_keys"]
+    assert (entry["store"], entry["bucket"], entry["dest"]) == (store, f"stix-renew-{store}", "~/r")
+    # renewed at two thirds of the keys' 12 h
+    assert entry["renew_at"] - entry["expires_at"] == pytest.approx(-4 * 3600, abs=5)
+    [folder] = (stix.state_dir("renew") / agent_mount.MOUNTS_DIR).iterdir()
+    before = record_of(folder)
+
+    # the daemon dies and stays down past the renewal time: the restarted one renews at once
+    stix.kill_daemon()
+    cluster_data(stix, "renew", {**stored, "mount_keys": [{**entry, "renew_at": time.time()}]})
+    assert "renew" in stix.clusters()  # a daemon again, the cluster's actor re-armed
+    wait_until(lambda: record_of(folder)["expires_at"] > before["expires_at"], timeout=30)
+    [again] = cluster_data(stix, "renew")["mount_keys"]
+    assert again["renew_at"] > time.time() + 7 * 3600 and again["failures"] == 0
+    assert record_of(folder)["pid"] == before["pid"]  # the same rclone: nothing remounted
+    assert (stix.node_dir("renew") / "r" / "r.txt").read_text() == "renewed\n"
+    assert "mount_keys_renewed" in (stix.home / "stixd.log").read_text()
+    stix.run("down", "renew", "-y", check=True, timeout=90)
+    assert not cluster_data(stix, "renew").get("mount_keys")  # gone with the nodes
+
+
 @pytest.mark.parametrize("sx", ["s3"], indirect=True)
 def test_a_launch_on_a_node_without_rclone_fails_in_one_sentence_and_leaves_no_bucket(
     sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
@@ -328,6 +382,26 @@ def test_flush_reports_a_mount_whose_rclone_is_gone_and_clean_stale_unmounts_it(
     assert os.path.isdir(tmp_path)
 
 
+def test_a_job_s_end_waits_only_for_the_mounts_its_task_declared(tmp_path: Path) -> None:
+    """The daemon hands each node its job's bucket mount paths; the end of a job waits only
+    for those: another job's mount (here one that can never flush) does not hold it."""
+    from stixd.agent.protocol import parse_submit
+
+    folder = tmp_path / agent_mount.MOUNTS_DIR / "other"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    other = tmp_path / "other"
+    record = {"dest": str(other), "bucket": "b", "pid": dead.pid, "port": 1}
+    (folder / agent_mount.RECORD).write_text(json.dumps(record))
+    request = {"job_id": 1, "node_rank": 1, "mounts": {"0": [str(other)], "1": ["/m/./mine"]}}
+    spec = parse_submit(request, default_rank=0, default_ip="127.0.0.1", cluster="c")
+    assert spec.mounts == ["/m/./mine"]
+    assert agent_mount.flush_all(tmp_path, timeout=1.0, dests=spec.mounts) is None
+    problem = agent_mount.flush_all(tmp_path, timeout=1.0, dests=[f"{other}/"])
+    assert problem is not None and "ended before its writes were flushed" in problem
+
+
 # -- the node's copy of the keys: private, renewed, and gone with its mount -----------------
 
 
@@ -394,34 +468,99 @@ def node_dir(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["fusermount3", "-uz", point], capture_output=True, check=False)
 
 
-def test_a_mounts_keys_stay_private_are_renewed_when_ending_and_go_with_it(
-    moto_s3: Emulator, node_dir: Path, tmp_path: Path
+def session_keys(request: dict[str, object]) -> dict[str, str]:
+    keys = request["keys"]
+    assert isinstance(keys, dict)
+    return {k: v for k, v in keys.items() if k in SESSION_KEYS}
+
+
+def test_a_mounts_keys_stay_private_are_renewed_in_place_and_go_with_it(
+    moto_s3: Emulator, node_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(agent_mount, "REREAD_S", 1.0)  # rclone's SDK reads the keys each second
     dest = tmp_path / "node" / "data"  # the job's side: nothing of stix's is written there
-    request = s3_mount_request(moto_s3, "stix-node-keys", dest)
+    bucket = "stix-node-keys"
+    request = s3_mount_request(moto_s3, bucket, dest)
     assert agent_mount.mount(node_dir, request) == {"dest": str(dest), "mounted": True}
     assert (dest / "in.txt").read_text() == "through scoped keys\n"  # rclone on STS keys
     folder = only_folder(node_dir)
-    config = folder / agent_mount.CONFIG
-    assert "session_token = " in config.read_text()
-    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    config, keys = folder / agent_mount.CONFIG, folder / agent_mount.KEYS
+    assert "session_token" not in config.read_text()  # only in the file the SDK re-reads
+    first = session_keys(request)
+    assert json.loads(keys.read_text())["SessionToken"] == first["session_token"]
+    for private in (config, keys, folder / agent_mount.AWS_CONFIG):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
-    assert list(dest.rglob(agent_mount.CONFIG)) == []
-    first = record_of(folder)
-    assert first["expires_at"] > time.time() + 12 * 3600 - 600
+    assert list(dest.rglob(agent_mount.CONFIG)) == list(dest.rglob(agent_mount.KEYS)) == []
+    before = record_of(folder)
+    assert before["expires_at"] > time.time() + 12 * 3600 - 600
 
-    # asked again: the mount its jobs may use is kept while its keys last
-    assert agent_mount.mount(node_dir, request)["mounted"] is False
-    # its keys end in a minute: made afresh with the new ones
-    (folder / agent_mount.RECORD).write_text(json.dumps({**first, "expires_at": time.time() + 60}))
-    assert agent_mount.mount(node_dir, request)["mounted"] is True
-    assert record_of(only_folder(node_dir))["pid"] != first["pid"]
-    assert not agent_mount._alive(first["pid"])
+    # the first keys are revoked (as if they ended); the daemon sends fresh ones: the same
+    # rclone takes them and a write made after lands
+    moto_s3.revoked.write_text(first["access_key_id"] + "\n")
+    try:
+        old = boto3.client(
+            "s3",
+            endpoint_url=moto_s3.url,
+            region_name="us-east-1",
+            aws_access_key_id=first["access_key_id"],
+            aws_secret_access_key=first["secret_access_key"],
+            aws_session_token=first["session_token"],
+        )
+        with pytest.raises(old.exceptions.ClientError, match="InvalidAccessKeyId"):
+            old.list_objects_v2(Bucket=bucket)
+        old.close()
+        # (moto's STS answers the same keys every time: these stand for the next ones)
+        renewed = {"access_key_id": "STIXRENEWED", "secret_access_key": "s", "session_token": "t"}
+        renewal = {"dest": str(dest), "keys": renewed, "valid_s": request["valid_s"]}
+        answer = agent_mount.mount_keys(node_dir, renewal)
+        assert answer["renewed"] is True and answer["expires_at"] > before["expires_at"]
+        (dest / "after.txt").write_text("written after the renewal\n")
+        wait_until(lambda: "after.txt" in keys_in(moto_s3, "s3", bucket), timeout=60)
+    finally:
+        moto_s3.revoked.write_text("")
+    assert record_of(folder)["pid"] == before["pid"] and agent_mount.mounted(str(dest))
+    assert json.loads(keys.read_text())["AccessKeyId"] == "STIXRENEWED"
 
-    assert agent_mount.unmount_all(node_dir) == 1
+    # a launch asking again for the same mount renews its keys in place too: no remount
+    again = s3_mount_request(moto_s3, bucket, dest)
+    assert agent_mount.mount(node_dir, again)["mounted"] is False
+    assert json.loads(keys.read_text())["AccessKeyId"] == session_keys(again)["access_key_id"]
+    assert record_of(folder)["pid"] == before["pid"]
+
+    # renewal is for a live, renewable mount only, in bounded, checked input
+    elsewhere = {**renewal, "dest": str(tmp_path / "nothing")}
+    for bad, code in (
+        (elsewhere, "not_mounted"),
+        ({**renewal, "keys": {**renewed, "endpoint": "http://x"}}, "bad_request"),
+        ({**renewal, "keys": {"access_key_id": "a\nb", "secret_access_key": "s"}}, "bad_request"),
+        ({**renewal, "valid_s": 0}, "bad_request"),
+        ({**renewal, "dest": "relative"}, "bad_request"),
+    ):
+        with pytest.raises(RequestError) as refused:
+            agent_mount.mount_keys(node_dir, bad)
+        assert refused.value.code == code
+
+    # keys a running rclone cannot take afresh (an Azure SAS; here S3 with no keys at all) are
+    # kept while they last and mounted afresh by a launch asking again once they end soon
+    anon = tmp_path / "node" / "anon"
+    settings = request["keys"]
+    assert isinstance(settings, dict)
+    plain = {k: v for k, v in settings.items() if k not in SESSION_KEYS}
+    asked = {**request, "dest": str(anon), "keys": plain}
+    assert agent_mount.mount(node_dir, asked)["mounted"] is True
+    [other] = [f for f in (node_dir / agent_mount.MOUNTS_DIR).iterdir() if f != folder]
+    kept = record_of(other)
+    assert kept["renewable"] is False and not (other / agent_mount.KEYS).exists()
+    assert agent_mount.mount(node_dir, asked)["mounted"] is False
+    (other / agent_mount.RECORD).write_text(json.dumps({**kept, "expires_at": time.time() + 60}))
+    assert agent_mount.mount(node_dir, asked)["mounted"] is True
+    assert record_of(other)["pid"] != kept["pid"] and not agent_mount._alive(kept["pid"])
+
+    assert agent_mount.unmount_all(node_dir) == 2
     assert not agent_mount.mounted(str(dest))
-    assert list(node_dir.rglob(agent_mount.CONFIG)) == []
+    assert list(node_dir.rglob(agent_mount.CONFIG)) == list(node_dir.rglob(agent_mount.KEYS)) == []
     assert list((node_dir / agent_mount.MOUNTS_DIR).iterdir()) == []
 
 
@@ -450,9 +589,40 @@ def test_an_agent_starting_removes_the_keys_of_mounts_no_rclone_serves(
         assert agent_mount.clean_stale(node_dir) == 3
         assert other.poll() is None  # not an rclone of ours: left alone
     finally:
-        other.kill()
+        reap(other)
         other.wait()
     assert not agent_mount.mounted(str(cut)) and not agent_mount._alive(rclone)
     assert sorted((node_dir / agent_mount.MOUNTS_DIR).iterdir()) == [kept_folder]
     assert agent_mount.mounted(str(kept))  # still served: its jobs keep it
     assert (kept / "in.txt").read_text() == "through scoped keys\n"
+
+
+def test_a_read_only_preset_mounts_read_only_and_a_knob_rclone_lacks_is_left_out_and_said(
+    moto_s3: Emulator, node_dir: Path, tmp_path: Path
+) -> None:
+    from stixd.storage.plan import plan_mounts
+    from stixproto.task import Task
+
+    task = Task.from_yaml(
+        "file_mounts:\n  /d:\n    name: stix-node-preset\n    mode: MOUNT_CACHED\n"
+        "    type: MODEL_CHECKPOINT_RO\n"
+    )
+    [plan] = plan_mounts(task, cluster="c1", configured=("s3",))
+    dest = tmp_path / "node" / "weights"
+    request = s3_mount_request(moto_s3, "stix-node-preset", dest)
+    request |= {"mode": "MOUNT_CACHED", "flags": plan.storage.mount_cached}
+    reply = agent_mount.mount(node_dir, request)
+    streams = "--vfs-read-chunk-streams"  # rclone 1.68's: Debian's 1.60 has none
+    lacks = (
+        streams
+        not in subprocess.run(
+            ["rclone", "mount", "--help"], capture_output=True, text=True, check=False
+        ).stdout
+    )
+    assert reply == {"dest": str(dest), "mounted": True} | ({"dropped": [streams]} if lacks else {})
+    argv = agent_mount._argv_of(record_of(only_folder(node_dir))["pid"])
+    assert ("--read-only" in argv, streams in argv) == (True, not lacks)
+    assert (dest / "in.txt").read_text() == "through scoped keys\n"
+    with pytest.raises(OSError):
+        (dest / "out.txt").write_text("refused")
+    assert agent_mount.unmount_all(node_dir) == 1

@@ -41,6 +41,24 @@ def test_uri_shorthand_copies_an_existing_bucket_it_never_owns() -> None:
     assert spec.external and spec.mode == "COPY" and spec.persistent
 
 
+def test_existing_buckets_follow_their_stores_own_name_rules() -> None:
+    long_gcs = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 30])  # 222 characters
+    got = plans(
+        "file_mounts:\n  /g: gs://my_data_bucket/x\n  /s: s3://my.data.bucket\n"
+        f"  /l: gs://{long_gcs}\n  /r: r2://a.b-c\n"
+        "  /a: https://acct.blob.core.windows.net/my-container-1\n"
+        "  /n:\n    name: named\n    source: gs://another_bucket\n    mode: MOUNT\n"
+    )
+    assert [(p.storage.store, p.storage.bucket) for p in got] == [
+        ("gcs", "my_data_bucket"),
+        ("s3", "my.data.bucket"),
+        ("gcs", long_gcs),
+        ("r2", "a.b-c"),
+        ("azure", "my-container-1"),
+        ("gcs", "another_bucket"),
+    ]
+
+
 def test_azure_https_and_gs_uris_name_their_store() -> None:
     got = plans(
         "file_mounts:\n  /a: https://acct.blob.core.windows.net/cont/x\n  /g: gs://gbucket\n"
@@ -62,18 +80,172 @@ def test_store_absent_follows_the_task_cloud_then_the_first_configured_then_s3(
     assert plans(on_azure, ("gcs",))[0].storage.store == "gcs"  # azure not set up here
 
 
+def test_the_launchs_chosen_cloud_picks_the_store_and_the_new_buckets_region(
+    tmp_path: Path,
+) -> None:
+    text = (
+        f"file_mounts:\n  /d:\n    name: bkt-one\n    source: {tmp_path}\n"
+        "  /n:\n    name: bkt-two\n    store: s3\n"  # a store named: its default region
+        "  /u:\n    source: s3://existing\n    mode: MOUNT\n"  # an existing bucket: where it is
+        "resources:\n  cloud: aws\n  region: us-west-2\n"
+    )
+    task = Task.from_yaml(text)
+
+    def chosen(cloud: str | None, region: str | None, *configured: str) -> list[Any]:
+        got = plan_mounts(task, cluster="c1", configured=configured, cloud=cloud, region=region)
+        return [(p.storage.store, p.storage.region) for p in got]
+
+    both = ("s3", "gcs")
+    assert chosen("gcp", "europe-west4", *both) == [
+        ("gcs", "europe-west4"),  # the optimizer's pick, not the requested aws
+        ("s3", None),
+        ("s3", None),
+    ]
+    assert chosen("aws", "eu-west-1", *both)[0] == ("s3", "eu-west-1")
+    assert chosen("gcp", "europe-west4", "s3")[0] == ("s3", None)  # GCS not set up here
+    assert chosen("local", None, "gcs", "s3")[0] == ("s3", None)  # off the clouds: first set up
+    assert chosen(None, None, *both)[0] == ("s3", "us-west-2")  # no launch: the task's own
+
+
 def test_named_storage_defaults_and_a_list_source_lands_under_each_name(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     [p] = plans(
         "file_mounts:\n  /d:\n    name: bkt-two\n"
         f"    source: [{tmp_path / 'a'}, {tmp_path / 'b'}]\n"
-        "    config:\n      mount_cached:\n        vfs_cache_max_size: 10G\n        transfers: 8\n"
     )
     spec = p.storage
     assert spec.mode == "MOUNT" and spec.persistent and not spec.external and spec.nested
     assert spec.sources == [str(tmp_path / "a"), str(tmp_path / "b")]
-    assert spec.mount_cached == {"--vfs-cache-max-size": "10G", "--transfers": "8"}
+    assert spec.mount_cached == {}  # MOUNT: no MOUNT_CACHED knobs
+
+
+def test_mount_cached_knobs_are_skypilots_and_map_to_its_rclone_flags() -> None:
+    knobs = (
+        "transfers: 8\n        buffer_size: 64m\n        vfs_cache_max_age: 1h30m\n"
+        "        vfs_read_ahead: 128M\n        vfs_read_chunk_size: 32m\n"
+        "        vfs_read_chunk_streams: 0\n        vfs_write_back: +5s\n        read_only: true"
+    )
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    mode: mount_cached\n"
+        f"    config:\n      mount_cached:\n        {knobs}\n"
+    )
+    assert p.storage.mount_cached == {
+        "--transfers": "8",
+        "--checkers": "16",  # SkyPilot's min(2t, 30 + 1.2t)
+        "--buffer-size": "64M",
+        "--vfs-cache-max-size": "10G",  # SkyPilot's default when unset
+        "--vfs-cache-max-age": "1h30m",  # durations keep their case: M is months
+        "--vfs-read-ahead": "128M",
+        "--vfs-read-chunk-size": "32M",
+        "--vfs-read-chunk-streams": "0",
+        "--vfs-write-back": "5s",
+        "--read-only": "true",
+    }
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    mode: MOUNT_CACHED\n"
+        "    config:\n      mount_cached:\n        read_only: false\n        transfers: 100\n"
+    )
+    assert p.storage.mount_cached == {
+        "--vfs-cache-max-size": "10G",
+        "--vfs-write-back": "1s",
+        "--transfers": "100",
+        "--checkers": "150",
+    }
+
+
+@pytest.mark.parametrize(
+    ("preset", "flags"),
+    [
+        (
+            "MODEL_CHECKPOINT_RO",
+            {
+                "--vfs-read-chunk-streams": "16",
+                "--vfs-read-chunk-size": "32M",
+                "--read-only": "true",
+            },
+        ),
+        (
+            "model_checkpoint_rw",  # case-insensitive, as SkyPilot's enum
+            {"--vfs-read-chunk-streams": "16", "--vfs-read-chunk-size": "32M", "--transfers": "8"}
+            | {"--checkers": "16"},
+        ),
+        (
+            "DATASET_RO",
+            {"--vfs-read-chunk-streams": "0", "--vfs-read-chunk-size": "8M", "--read-only": "true"},
+        ),
+        (
+            "Dataset_RW",
+            {"--vfs-read-chunk-streams": "0", "--vfs-read-chunk-size": "8M", "--transfers": "16"}
+            | {"--checkers": "32"},
+        ),
+    ],
+)
+def test_a_storage_type_preset_sets_skypilots_knobs(preset: str, flags: dict[str, str]) -> None:
+    text = f"file_mounts:\n  /d:\n    name: bkt-x\n    mode: MOUNT_CACHED\n    type: {preset}\n"
+    defaults = {"--vfs-cache-max-size": "10G", "--vfs-write-back": "1s"}
+    assert plans(text)[0].storage.mount_cached == defaults | flags
+
+
+def test_knobs_the_task_sets_win_over_its_preset() -> None:
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    mode: MOUNT_CACHED\n    type: DATASET_RO\n"
+        "    config:\n      mount_cached: {read_only: false, vfs_read_chunk_size: 16m}\n"
+    )
+    assert p.storage.mount_cached == {
+        "--vfs-cache-max-size": "10G",
+        "--vfs-write-back": "1s",
+        "--vfs-read-chunk-streams": "0",
+        "--vfs-read-chunk-size": "16M",
+    }
+
+
+def test_the_agent_takes_every_knob_flag_and_read_only_as_a_switch(tmp_path: Path) -> None:
+    from stixd.agent import mount as agent_mount
+    from stixd.agent.protocol import RequestError
+
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    mode: MOUNT_CACHED\n"
+        "    config:\n      mount_cached:\n        read_only: true\n        transfers: 2\n"
+        "        vfs_read_chunk_size: 8M\n        vfs_read_chunk_streams: 4\n"
+    )
+    spec = agent_mount.parse_mount(
+        {
+            "dest": "/m",
+            "remote": "s3",
+            "keys": {},
+            "path": "b",
+            "mode": "MOUNT_CACHED",
+            "flags": p.storage.mount_cached,
+        }
+    )
+    argv = agent_mount._argv(spec, tmp_path, tmp_path / "c", 1)
+    tail = argv[argv.index("--vfs-fast-fingerprint") + 1 :]
+    assert tail == [
+        "--checkers",
+        "4",
+        "--read-only",
+        "--transfers",
+        "2",
+        "--vfs-cache-max-size",
+        "10G",
+        "--vfs-read-chunk-size",
+        "8M",
+        "--vfs-read-chunk-streams",
+        "4",
+        "--vfs-write-back",
+        "1s",
+    ]
+    [p] = plans(
+        "file_mounts:\n  /d:\n    name: bkt-x\n    config:\n      mount: {read_only: true}\n"
+    )
+    assert p.storage.mount_cached == {"--read-only": "true"}  # SkyPilot's MOUNT read_only
+    request = {"dest": "/m", "remote": "s3", "keys": {}, "path": "b", "mode": "MOUNT"}
+    spec = agent_mount.parse_mount(request | {"flags": p.storage.mount_cached})
+    argv = agent_mount._argv(spec, tmp_path, tmp_path / "c", 1)
+    assert argv[argv.index("writes") + 1 :] == ["--read-only"]
+    with pytest.raises(RequestError):  # a switch is sent as "true" only
+        agent_mount.parse_mount(request | {"flags": {"--read-only": "false"}})
 
 
 def test_a_nameless_local_source_gets_a_stable_bucket_name(tmp_path: Path) -> None:
@@ -87,21 +259,99 @@ def test_a_nameless_local_source_gets_a_stable_bucket_name(tmp_path: Path) -> No
     [
         ("/d: oci://b", "not supported by this build"),
         ("/d:\n    name: Bad_Name\n    mode: COPY", "bucket name 'Bad_Name' is not valid"),
+        ("/d:\n    name: my_bkt\n    store: gcs", "'my_bkt' is not valid for a new bucket"),
+        ("/d:\n    name: my.bkt\n    store: azure", "'my.bkt' is not valid for azure"),
+        ("/d: s3://my_bucket", "'my_bucket' is not valid for s3"),
+        ("/d: r2://My-Bucket", "'My-Bucket' is not valid for r2"),
+        ("/d: s3://a..b", "'a..b' is not valid for s3"),
+        ("/d: s3://192.168.5.4", "not valid for s3"),
+        ("/d: s3://xn--abc", "not valid for s3"),
+        ("/d: gs://a..b", "'a..b' is not valid for gcs"),
+        ("/d: gs://a.-b", "not valid for gcs"),
+        ("/d: gs://google-data", "not valid for gcs"),
+        ("/d: gs://goog-data", "not valid for gcs"),
+        (f"/d: gs://{'a' * 64}.b", "not valid for gcs"),  # a part over 63
+        (f"/d: gs://{'a' * 64}", "is not valid for gcs"),  # 64+ needs dots
+        (f"/d: gs://{'a.' * 111}b", "not valid for gcs"),  # 223 characters
+        ("/d: gs://ab", "not valid for gcs"),
+        ('/d: "gs://a\\x07b"', "not valid for gcs"),
+        (f"/d: gs://{'x' * 10_000}", "... (10000 characters) is not valid"),
+        ("/d: https://acct.blob.core.windows.net/a--b", "'a--b' is not valid for azure"),
+        ("/d: https://acct.blob.core.windows.net/ab-", "not valid for azure"),
+        ("/d: https://acct.blob.core.windows.net/my_c", "not valid for azure"),
+        ("/d:\n    source: https://acct.blob.core.windows.net/a.b", "source: bucket name 'a.b'"),
         ("/d:\n    name: bkt-x\n    source: /no/such/dir", "is not a folder on this machine"),
-        (
-            "/d:\n    name: bkt-x\n    config:\n      mount_cached:\n        nope: 1",
-            "unknown setting",
-        ),
-        (
-            "/d:\n    name: bkt-x\n    config:\n      mount_cached:\n        transfers: 1; rm",
-            "expected a number or size",
-        ),
         ("/d:\n    source: s3://b-one\n    store: gcs", "does not match the source"),
     ],
 )
 def test_mounts_stix_cannot_plan_are_refused_in_one_line(mount: str, says: str) -> None:
     with pytest.raises(InvalidTask) as caught:
         plans(f"file_mounts:\n  {mount}\n")
+    assert says in caught.value.message and "\n" not in caught.value.message
+
+
+CACHED = "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount_cached:"
+
+
+@pytest.mark.parametrize(
+    ("storage", "says"),
+    [
+        ("name: bkt-x\n    mount_options: --allow-other", "mount_options: unknown key"),
+        (f"{CACHED}\n        nope: 1", "unknown setting 'nope'"),
+        (f"{CACHED}\n        dir_cache_time: 10s", "unknown setting 'dir_cache_time'"),
+        (f"{CACHED}\n        transfers: 0", "transfers: expected an integer from 1 to 4096, got 0"),
+        (f"{CACHED}\n        transfers: -1", "expected an integer from 1 to 4096, got -1"),
+        (f"{CACHED}\n        transfers: 1e999", "transfers: expected an integer >= 1, got '1e999'"),
+        (f"{CACHED}\n        transfers: .nan", "expected an integer >= 1, got nan"),
+        (f"{CACHED}\n        transfers: 1; rm", "expected an integer >= 1, got '1; rm'"),
+        (f"{CACHED}\n        transfers: .inf", "expected an integer >= 1, got inf"),
+        (f"{CACHED}\n        transfers: 4097", "from 1 to 4096, got 4097"),
+        (f"{CACHED}\n        transfers: 99999999999999999999", "is too large"),
+        (f"{CACHED}\n        transfers: true", "expected an integer >= 1, got true"),
+        (f"{CACHED}\n        vfs_read_chunk_streams: -1", "from 0 to 4096, got -1"),
+        (f"{CACHED}\n        vfs_cache_max_size: inf", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_cache_max_size: .inf", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_cache_max_size: 1e999", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_cache_max_size: -1", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_cache_max_size: 10", "expected an rclone size"),  # an int
+        (f"{CACHED}\n        buffer_size: 10GiB", "expected an rclone size"),
+        (f"{CACHED}\n        vfs_read_ahead: {'9' * 10_000!r}", "at most 32 characters"),
+        (f"{CACHED}\n        vfs_write_back: {'s' * 10_000}", "at most 32 characters"),
+        (f"{CACHED}\n        vfs_write_back: -1", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: nan", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: 5 s", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_cache_max_age: {{a: {{b: 1}}}}", "got a map"),
+        (f"{CACHED}\n        read_only: yes please", "read_only: expected true or false"),
+        (f"{CACHED}\n        read_only: 1", "expected true or false, got 1"),
+        ("name: b-1\n    config:\n      mount_cached: [1]", "expected a map of settings"),
+        (
+            "name: bkt-x\n    config:\n      mount_cached: {transfers: 2}",
+            "config.mount_cached can be set only with mode MOUNT_CACHED, not MOUNT",
+        ),
+        (
+            "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount: {read_only: true}",
+            "config.mount can be set only with mode MOUNT, not MOUNT_CACHED",
+        ),
+        ("name: b-1\n    config:\n      mount: {read_only: 2}", "expected true or false"),
+        ("name: b-1\n    mode: MOUNT_CACHED\n    type: DATASET", "unknown type 'DATASET'"),
+        (
+            "name: b-1\n    type: DATASET_RO",
+            "type can be set only with mode MOUNT_CACHED, not MOUNT",
+        ),
+        (
+            "name: b-1\n    mode: COPY\n    type: DATASET_RO",
+            "only with mode MOUNT_CACHED, not COPY",
+        ),
+        (f"name: b-1\n    mode: MOUNT_CACHED\n    type: {'x' * 10_000}", "unknown type 'xxx"),
+        ("name: b-1\n    mode: MOUNT_CACHED\n    type: [DATASET_RO]", "type"),
+        ('name: b-1\n    config:\n      mount: {"x\\ny": 1}', r"unknown setting 'x\ny'"),
+    ],
+)
+def test_storage_keys_outside_skypilots_schema_are_refused_when_the_task_is_read(
+    storage: str, says: str
+) -> None:
+    with pytest.raises(InvalidTask) as caught:
+        Task.from_yaml(f"file_mounts:\n  /d:\n    {storage}\n")
     assert says in caught.value.message and "\n" not in caught.value.message
 
 

@@ -131,7 +131,7 @@ run: |
     assert "Mounted s3://stix-ssh-cached" in done.stdout + done.stderr
     # the mounts live in the host's own mount namespace, made by its unprivileged user
     mounts = host.exec("sh", "-c", f"cat /proc/$(cat {host.dir}/sshd.pid)/mounts").stdout
-    points = [line.split()[1] for line in mounts.splitlines() if " fuse.rclone " in line]
+    points = _rclone_mounts_of_the_host(mounts)
     assert sorted(points) == [f"/home/{USER}/c", f"/home/{USER}/m"], mounts
 
     # SUCCEEDED only once the write-back cache (3 s) reached the bucket
@@ -144,11 +144,18 @@ run: |
 
     stix.run("down", "sm", "-y", check=True, timeout=90)
     mounts = host.exec("sh", "-c", f"cat /proc/$(cat {host.dir}/sshd.pid)/mounts").stdout
-    assert " fuse.rclone " not in mounts  # down unmounted both
+    assert _rclone_mounts_of_the_host(mounts) == []  # down unmounted both
     assert not [pid for pid in host.pids() if "rclone" in _cmdline(pid)]
     assert "out-c.txt" in keys(moto_bridge, "stix-ssh-cached")  # the bucket outlives the node
     stix.run("storage", "delete", "stix-ssh-mount", "stix-ssh-cached", "-y", check=True)
     assert not {"stix-ssh-mount", "stix-ssh-cached"} & buckets(moto_bridge)
+
+
+def _rclone_mounts_of_the_host(mounts: str) -> list[str]:
+    """The rclone mounts under the host user's home: the host's namespace also sees mounts
+    other tests running beside this one make on this machine (propagated from the root's)."""
+    points = [line.split()[1] for line in mounts.splitlines() if " fuse.rclone " in line]
+    return [p for p in points if p.startswith(f"/home/{USER}/")]
 
 
 def _cmdline(pid: int) -> str:

@@ -23,7 +23,7 @@ from stixd.store.backend import Tx
 from stixd.store.commits import GroupCommit
 from stixd.store.db import Row, RowExists, StaleWrite, Unstorable, open_store
 from stixd.store.sqlite import SqliteBackend, sender
-from tests.conftest import OpenStore
+from tests.conftest import OpenStore, reap
 
 
 @pytest.fixture
@@ -196,7 +196,7 @@ def test_kill_9_loses_no_write_its_caller_was_told_of(tmp_path: Path) -> None:
             told.append(line.strip())
         proc.send_signal(signal.SIGKILL)
     finally:
-        proc.kill()
+        reap(proc)
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()

@@ -9,11 +9,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
+from stixd.providers.shared import ssh_sync
 from stixd.providers.shared.filesync import sync_path
 from stixd.providers.shared.ssh_sync import rsync_filters
-from stixd.providers.shared.syncfilter import SyncFilter, rsync_exclude_list
+from stixd.providers.shared.syncfilter import RsyncPlan, SyncFilter, rsync_exclude_list, rsync_plan
 from tests.conftest import Stix
 
 TREE = [
@@ -169,6 +171,36 @@ def test_rsync_sends_exactly_what_the_local_copy_sends(tmp_path: Path) -> None:
     subprocess.run(argv, check=True)
     sync_path(src, local)
     assert files(dst) == files(local) == sent_by_rules(src) | {"outputs/model.bin"}
+
+
+@pytest.mark.anyio
+async def test_nodes_syncing_one_tree_at_once_share_one_walk_and_the_next_sync_walks_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = make_tree(tmp_path / "src", {".gitignore": GITIGNORE, **NESTED})
+    walked: list[Path] = []
+
+    def counted(root: Path) -> RsyncPlan:
+        walked.append(root)
+        return rsync_plan(root)
+
+    monkeypatch.setattr(ssh_sync, "rsync_plan", counted)
+    walks = ssh_sync.Walks()
+    plans: list[RsyncPlan] = []
+
+    async def node() -> None:
+        plans.append(await walks.plan(src))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(node)
+    assert walked == [src]
+    assert plans == [rsync_plan(src)] * 3
+    assert plans[0].exclude == rsync_exclude_list(src)
+    assert set(plans[0].ignore_files) == {".gitignore", *NESTED}
+    (src / ".gitignore").write_text(GITIGNORE + "a.py\n")
+    later = await walks.plan(src)
+    assert walked == [src, src] and b"/a.py\n" in later.exclude
 
 
 def test_a_local_launch_syncs_the_workdir_through_the_filter(

@@ -373,6 +373,7 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 volume={"name": "c1", "type": "k8s-pvc", "size": "2Gi"},
                 owner="alice",
                 workspace="team",
+                cluster="c1",
             ),
             VolumeData(where="kube-a/default/c1-x", error="e", users=["c1"]),
         ),
@@ -388,10 +389,18 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 persistent=False,
                 mode="COPY",
                 mount_cached={"--vfs-cache-max-size": "1G"},
+                region="eu-west-1",
                 owner="alice",
                 workspace="team",
             ),
-            StorageData(created=True, missing=True, last_error="e", files=3, clusters=["c1"]),
+            StorageData(
+                created=True,
+                made_by_sync=True,
+                missing=True,
+                last_error="e",
+                files=3,
+                clusters=["c1"],
+            ),
         ),
     }
 

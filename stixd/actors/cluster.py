@@ -56,6 +56,8 @@ from stixd.actors.cluster_retry import (
 from stixd.actors.cluster_states import CLUSTER_TRANSITIONS, C, E
 from stixd.actors.cluster_states import ClusterEvent as ClusterEvent  # where callers find it
 from stixd.actors.job import ClusterGone, JobEvent
+from stixd.actors.mount_keys import ENDED as MOUNTS_ENDED
+from stixd.actors.mount_keys import RenewMountKeys, renew_due, schedule_renewal
 from stixd.actors.specs import ClusterData, ClusterSpec, state_of
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, Provider
@@ -108,7 +110,8 @@ class ClusterActor(Actor):
         **data: Any,
     ) -> Any:
         """Only INIT resumes a launch: leaving it any other way (down, stop, found gone) drops
-        the stored request too, which holds the task's secrets."""
+        the stored request too, which holds the task's secrets. Stopped or gone, the cluster
+        forgets its mounts' keys (``mount_keys``)."""
         dropped = (
             self.machine.next(self.state, event) is not C.INIT
             and "pending_launch" not in data
@@ -116,6 +119,9 @@ class ClusterActor(Actor):
         )
         if dropped:
             data["pending_launch"] = None
+        ended = self.machine.next(self.state, event) in MOUNTS_ENDED and self.data.mount_keys
+        if ended:  # the mounts went with the nodes: no keys of theirs to renew
+            data.setdefault("mount_keys", [])
         state = await super().transition(event, why, new_spec=new_spec, **data)
         if dropped:
             end_wait(self, state)
@@ -138,6 +144,7 @@ class ClusterActor(Actor):
     async def reconcile(self) -> None:
         if self.state is C.TERMINATED:
             return
+        schedule_renewal(self)  # the mounts' keys, renewed when due (at once if overdue)
         if busy(self):  # a stop or down was under way
             self.tell(FinishIntent())
             return
@@ -172,6 +179,8 @@ class ClusterActor(Actor):
             await finish_intent(self)
         elif isinstance(message, AutostopTick):
             await autostop_tick(self)
+        elif isinstance(message, RenewMountKeys):
+            await renew_due(self)
         elif isinstance(message, HealthTick):
             if self.state in (C.UP, C.INIT) and not self.data.pending_launch:
                 await observe(self, "health check")

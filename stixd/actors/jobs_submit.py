@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stixd.actors.specs import JobData, JobSpec, encode
+from stixd.storage.copy import node_path
 from stixd.store.db import Row, RowExists
 from stixproto.states import JobStatus
 from stixproto.task import Task, resolved_envs, secret_names
@@ -73,6 +74,11 @@ async def create_job(
         "num_nodes": task.num_nodes,
         # a gang with a setup step: every node sets up, then all start `run` together
         "gang": task.num_nodes > 1 and with_setup and task.setup is not None,
+        # each node's bucket mount paths: a job's end waits for its own mounts' writes only
+        "mounts": {
+            str(n.rank): [node_path(cluster.provider, n, d) for d in task.storage_mounts()]
+            for n in nodes
+        },
         "cluster_info": {
             "cluster_name": cluster.id,
             "cloud": provider,

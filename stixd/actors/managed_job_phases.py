@@ -27,6 +27,7 @@ from stixd.actors.managed_job_events import (
 )
 from stixd.actors.recovery import relaunch_hints
 from stixd.actors.specs import ClusterData, JobData, JobSpec, data_or_none, spec_or_none, state_of
+from stixd.storage.plan import without_local_sources
 from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import InvalidConfig, InvalidRequest, InvalidTask, ProvisionError, StixError
@@ -48,6 +49,8 @@ async def bring_up(managed: ManagedJobActor) -> None:
         managed.tell(adopted)
         return
     task = managed._task()
+    if managed.state is S.RECOVERING:  # its buckets were uploaded by its first launch
+        task = without_local_sources(task)
     spec = managed.spec
     task_id = managed._task_id()
     req: m.Launch | m.Exec

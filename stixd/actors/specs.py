@@ -79,6 +79,18 @@ class PendingLaunch(_Record, frozen=True, kw_only=True):
     job_id: JobId | None = None
 
 
+class MountKeys(_Record, frozen=True, kw_only=True):
+    """A bucket mounted on a cluster's nodes with keys that end (``stixd.actors.mount_keys``)."""
+
+    store: str
+    bucket: str
+    dest: str
+    """The task's path of the mount (each node's own: ``stixd.storage.copy.node_path``)."""
+    expires_at: float
+    renew_at: float
+    failures: int = 0
+
+
 class ClusterData(_Record, frozen=True, kw_only=True):
     uid: str | None = None
     """Which launch of the name (its jobs' rows are under `name/uid/`)."""
@@ -104,6 +116,8 @@ class ClusterData(_Record, frozen=True, kw_only=True):
     launch_files: str | None = None
     quarantine: str | None = None
     """Why an earlier row of the name was removed while quarantined."""
+    mount_keys: list[MountKeys] = []
+    """The bucket mounts whose keys the daemon renews before they end."""
 
 
 # -- job on a cluster ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ READY. A storage is its owner's: another user's launch naming it is refused (its
 changes). A delete is written as DELETING before the bucket is touched; one stix did not make is
 only forgotten, its bucket left as is (SkyPilot's). At every start it looks
 at the real bucket: a bucket gone behind stix's back is marked ``missing``; a create or upload
-cut short by a daemon restart (state INIT) removes the bucket it made, so nothing leaks.
+cut short by a daemon restart (state INIT) removes the bucket that very sync made, so nothing
+leaks; a re-sync of a bucket already there (a relaunch, a recovery) keeps it and its objects.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from stixd.storage.stores import (
     LABEL_HOME,
     LABEL_STORAGE,
     Bucket,
+    NotOurs,
     StoreError,
     StoreKind,
     label_value,
@@ -67,6 +69,9 @@ STORAGE_TRANSITIONS: dict[tuple[S, StorageEvent], S] = {
 class StorageData(msgspec.Struct, frozen=True, kw_only=True):
     created: bool = False
     """stix made (or was about to make) the bucket: only then may it delete it."""
+    made_by_sync: bool = False
+    """The sync under way (state INIT) makes the bucket: a restart that cuts it removes it. A
+    re-sync of a bucket already there never does (its objects may be a job's checkpoints)."""
     missing: bool = False
     """The bucket was not there when last looked at (deleted behind stix's back)."""
     last_error: str | None = None
@@ -87,6 +92,15 @@ class Remove(msgspec.Struct, frozen=True):
     """Delete the bucket (if stix made it) and forget the storage (payload of an Envelope)."""
 
     why: str = "storage delete"
+
+
+class Release(msgspec.Struct, frozen=True):
+    """A failed or cancelled launch on ``cluster`` gives the storage up (payload of an
+    Envelope): that cluster is dropped; the storage (and the bucket stix made) goes only when no
+    other cluster mounts it: two launches may each have thought they made it."""
+
+    cluster: str
+    why: str
 
 
 class Prune(msgspec.Struct, frozen=True):
@@ -135,8 +149,8 @@ class StorageActor(Actor):
     async def reconcile(self) -> None:
         try:
             if self.state is S.DELETING:
-                await self._delete_bucket()
-                await self._forget("deleted (finished after a restart)")
+                kept = await self._delete_bucket()
+                await self._forget(kept or "deleted (finished after a restart)")
             elif self.state is S.INIT:
                 if not self._fresh():
                     await self._abandon_init()
@@ -159,16 +173,17 @@ class StorageActor(Actor):
         launch asks again and makes it afresh); one it did not make keeps what was uploaded.
         The record stays, failed, so the launch that wanted it still finds it."""
         why = "stixd restarted during the upload"
-        if self.data.created and not self.spec.external:
+        if self.data.made_by_sync and not self.spec.external:
             labels = await self.bucket().labels()
             if labels is not None and LABEL_HOME not in labels:
                 # made, but cut before its labels were written: finish the create, so the
                 # bucket is known as ours, then remove it
                 await self.bucket().create({LABEL_STORAGE: label_value(self.id)})
-            await self._delete_bucket()
-            why += "; the bucket it made was removed"
-            await self.transition(SV.INIT_FAILED, why, last_error=why)
+            kept = await self._delete_bucket()
+            why += f"; {kept}" if kept else "; the bucket it made was removed"
+            await self.transition(SV.INIT_FAILED, why, last_error=why, made_by_sync=False)
             return
+        why += "; the bucket and its objects were kept"
         await self.transition(SV.UPLOAD_FAILED, why, last_error=why)
 
     async def handle(self, message: Any) -> None:
@@ -191,6 +206,8 @@ class StorageActor(Actor):
             message.answer(await self._ensure(message.payload, message))
         elif isinstance(message.payload, Remove):
             message.answer(await self._remove(message.payload))
+        elif isinstance(message.payload, Release):
+            message.answer(await self._release(message.payload))
 
     async def _observe(self, exists: bool) -> None:
         if self.data.missing == (not exists):
@@ -220,22 +237,33 @@ class StorageActor(Actor):
                 f"not {spec.uri}; give this mount another name"
             )
         clusters = sorted({*self.data.clusters, req.cluster})
+        kept = spec  # a launch with nothing to upload (a managed job's recovery) keeps the
+        if not spec.sources:  # record's sources, which `storage ls` shows
+            kept = msgspec.structs.replace(spec, sources=self.spec.sources, nested=self.spec.nested)
         if self.state is not S.INIT:
-            await self.transition(SV.SYNC, f"launch on {req.cluster}", new_spec=spec)
+            await self.transition(SV.SYNC, f"launch on {req.cluster}", new_spec=kept)
         else:
-            await self.save(spec=spec)
+            await self.save(spec=kept)
         bucket = self.bucket(spec)
         try:
-            labels = await bucket.labels()
-            if labels is None:
-                if spec.external:
+            if spec.external:  # a bucket named by URI: read, never its tags (often unreadable)
+                if not await bucket.exists():
                     raise StoreError(f"bucket {spec.uri} does not exist")
-                await self.save(created=True, clusters=clusters)  # the intent, before the call
+                labels: dict[str, str] | None = {}
+            else:
+                labels = await bucket.labels()
+            if labels is None:
+                # the intent, before the call
+                await self.save(created=True, made_by_sync=True, clusters=clusters)
                 env.progress(m.Progress(f"Creating bucket {spec.uri}..."))
+                if spec.region:  # made in the launch's region (then used through it)
+                    kind = StoreKind(spec.store)
+                    bucket = self.app.object_stores().bucket(kind, spec.bucket, spec.region)
                 await bucket.create({LABEL_STORAGE: label_value(self.id)})  # + ours
             else:
                 await self.save(
                     created=is_ours(labels, self.app.home_id()) and not spec.external,
+                    made_by_sync=False,
                     clusters=clusters,
                 )
         except (StoreError, OSError) as exc:
@@ -256,7 +284,12 @@ class StorageActor(Actor):
             await self.transition(SV.UPLOAD_FAILED, why, last_error=why)
             raise ProvisionError(f"storage {self.id}: {why}")
         await self.transition(
-            SV.READY, f"{sent} file(s) uploaded", files=sent, missing=False, last_error=None
+            SV.READY,
+            f"{sent} file(s) uploaded",
+            files=sent,
+            missing=False,
+            last_error=None,
+            made_by_sync=False,
         )
         if spec.sources:
             env.progress(m.Progress(f"Storage {self.id}: {sent} changed file(s) uploaded."))
@@ -279,8 +312,15 @@ class StorageActor(Actor):
             return
         why = f"not persistent, and its last cluster ({', '.join(gone)}) is gone"
         await self.transition(SV.DELETE, why, clusters=[])
-        await self._delete_bucket()
-        await self._forget(why)
+        kept = await self._delete_bucket()
+        await self._forget(f"{why}; {kept}" if kept else why)
+
+    async def _release(self, req: Release) -> m.OkReply:
+        left = [c for c in self.data.clusters if c != req.cluster]
+        if left:  # another launch made it ready for its own cluster meanwhile: kept for it
+            await self.save(clusters=left)
+            return m.OkReply(f"storage {self.id} kept: {', '.join(left)} mount(s) it")
+        return await self._remove(Remove(why=req.why))
 
     async def _remove(self, req: Remove) -> m.OkReply:
         if not self.data.created or self.spec.external:  # as SkyPilot: the record goes only
@@ -288,19 +328,33 @@ class StorageActor(Actor):
             return m.OkReply(forgot(self.id, self.spec))
         if self.state is not S.DELETING:
             await self.transition(SV.DELETE, req.why)
-        await self._delete_bucket()
+        kept = await self._delete_bucket()
+        if kept:
+            await self._forget(f"{req.why}: {kept}")
+            return m.OkReply(f"Forgot storage {self.id}; {kept}")
         await self._forget(req.why)
         return m.OkReply(f"Deleted storage {self.id} (bucket {self.spec.uri})")
 
-    async def _delete_bucket(self) -> None:
+    async def _delete_bucket(self) -> str | None:
+        """Delete the bucket if it is still this home's; when its labels say it is not any
+        more (its tags replaced, or deleted elsewhere and the name made again by someone else)
+        it is left as is and the reason returned, so the record can go (not stuck DELETING)."""
         bucket = self.bucket()
         labels = await bucket.labels()
         if labels is None:
-            return  # never made, or already gone
-        if not is_ours(labels, self.app.home_id()):
-            raise PermissionDenied(refusal(self.id, self.spec))
-        await bucket.delete()
+            return None  # never made, or already gone
+        try:
+            if not is_ours(labels, self.app.home_id()):
+                raise NotOurs(refusal(self.id, self.spec))
+            await bucket.delete()
+        except NotOurs:
+            self.log.warning("storage_bucket_not_ours", bucket=self.spec.bucket)
+            return (
+                f"bucket {self.spec.uri} no longer carries this stix's label, so it is "
+                "left as is (remove it with your cloud's own tools)"
+            )
         self.log.info("storage_bucket_deleted", bucket=self.spec.bucket)
+        return None
 
     async def _forget(self, why: str) -> None:
         await self.store.delete(self.row, why)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from stixd.actors.mount_keys import note_mount
 from stixd.actors.specs import data_or_none, encode
-from stixd.actors.storage import STORAGE, Ensure, Prune, Remove, StorageData
+from stixd.actors.storage import STORAGE, Ensure, Prune, Release, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
-from stixd.storage.mount import mount_on_nodes
+from stixd.storage.mount import mount_on_nodes, renewable
 from stixd.storage.plan import MountPlan, plan_mounts
 from stixd.storage.stores import StoreError, StoreKind, configured
 from stixd.store.db import Row, RowExists
@@ -45,14 +46,23 @@ def configured_stores(app: App) -> list[str]:
 
 
 def plans_for(
-    app: App, task: Task, cluster: str, owner: str | None, workspace: str | None
+    app: App,
+    task: Task,
+    cluster: str,
+    owner: str | None,
+    workspace: str | None,
+    chosen: tuple[str | None, str | None] = (None, None),
 ) -> list[MountPlan]:
+    """``chosen``: the launch's cloud and region (SkyPilot's best_resources), which pick the
+    store and the new bucket's region of a storage naming no store."""
     return plan_mounts(
         task,
         cluster=cluster,
         configured=configured_stores(app),
         owner=owner,
         workspace=workspace,
+        cloud=chosen[0],
+        region=chosen[1],
     )
 
 
@@ -105,7 +115,9 @@ async def prepare_storage(
     setup). Returns the storages this launch made; on failure the non-persistent ones it made
     are deleted before the error goes on."""
     app = cluster.app
-    plans = plans_for(app, task, cluster.id, cluster.spec.owner, cluster.spec.workspace)
+    made_as = cluster.spec  # where the launch runs: the optimizer's pick, as provisioned
+    chosen = (made_as.provider, (made_as.placement or {}).get("region"))
+    plans = plans_for(app, task, cluster.id, made_as.owner, made_as.workspace, chosen)
     if not plans:
         return []
     made: list[str] = []
@@ -132,7 +144,10 @@ async def prepare_storage(
             bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
             try:
                 if spec.mode != "COPY":  # MOUNT / MOUNT_CACHED: rclone on the node
-                    note = await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
+                    remote = await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
+                    lasts = remote.valid_s if renewable(remote) else None  # renewed before then
+                    await note_mount(cluster, spec.store, spec.bucket, plan.dest, lasts)
+                    note = remote.note
                     if note:  # the nodes got the daemon's keys: said, not silent
                         app.log.warning("storage_node_credentials", storage=spec.name, note=note)
                     said = f"Mounted {spec.uri} at {plan.dest} ({spec.mode})."
@@ -162,7 +177,9 @@ async def release_storage(
     owner: str | None,
     workspace: str | None,
 ) -> None:
-    """A failed or cancelled launch: the non-persistent storages it made go, buckets too."""
+    """A failed or cancelled launch: the non-persistent storages it made go, buckets too,
+    unless another cluster mounts one meanwhile (a concurrent launch that also thought it made
+    it): then only this cluster is dropped from it."""
     import anyio
 
     try:
@@ -173,7 +190,8 @@ async def release_storage(
     with anyio.CancelScope(shield=True):
         for name in doomed:
             try:
-                await ask_storage(app, name, Remove(why=f"the launch of {cluster} failed"))
+                why = f"the launch of {cluster} failed"
+                await ask_storage(app, name, Release(cluster=cluster, why=why))
             except Exception as exc:  # the leak reconciler finds what is left
                 app.log.warning("storage_release_failed", storage=name, error=str(exc))
 

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from stixd.actors.specs import _Record
+from stixd.actors.specs import _Record, spec_or_none
 from stixd.providers.abilities import HasVolumes
 from stixd.runtime.actor import Actor, BadRow
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope
 from stixd.store import views
-from stixd.store.db import Store
+from stixd.store.db import Row, Store
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest, StixError
 from stixproto.volumes import VolumeConfig
@@ -111,6 +111,13 @@ async def live_users(store: Store) -> set[str]:
     live = await views.live_clusters_of(store, views.EVERY)
     live.update(str(r[0]) for r in await store._tuples(LIVE_JOB_CLUSTERS) if r[0])
     return live
+
+
+def ephemeral_of(row: Row) -> str | None:
+    """The cluster whose ephemeral volume ``row`` is, read through its spec (None: a volume
+    of its own, or a spec no stix wrote)."""
+    spec = spec_or_none(row, VolumeSpec)
+    return None if spec is None else spec.cluster
 
 
 def users_error(name: str, users: list[str]) -> InvalidRequest:
@@ -254,7 +261,7 @@ async def prune_ephemeral(app: App, cluster: str | None = None) -> None:
         return
     with anyio.move_on_after(PRUNE_WAIT_S) as waited:
         for row in rows:
-            owner = row.spec.get("cluster")
+            owner = ephemeral_of(row)
             if owner is None or (cluster is not None and owner != cluster) or row.quarantined:
                 continue
             try:

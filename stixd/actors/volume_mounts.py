@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stixd.actors.jobs_submit import infra_label
-from stixd.actors.specs import ClusterSpec
+from stixd.actors.specs import ClusterSpec, state_of
 from stixd.actors.volume import (
     VOLUME,
     Attach,
@@ -24,6 +24,7 @@ from stixd.actors.volume import (
     Remove,
     VolumeSpec,
     config_of,
+    ephemeral_of,
     provider_for,
 )
 from stixd.providers.abilities import HasVolumes, VolumeMount
@@ -100,7 +101,7 @@ def _named(dest: str, spec: str | dict[str, Any]) -> Named:
 
 def _check_not_ephemeral(v: Named, row: Row, cluster: str | None = None) -> None:
     """An ephemeral volume is its cluster's alone: another task may not name it."""
-    owner = row.spec.get("cluster")
+    owner = ephemeral_of(row)
     if owner is not None and owner != cluster:
         raise InvalidTask(
             f"volumes.{v.dest}: volume {v.name} is the ephemeral volume of cluster {owner}, "
@@ -202,7 +203,7 @@ async def ephemeral_volume(app: App, cluster: str, e: Ephemeral, num_nodes: int)
                 f"{mine.volume.get('size')}, not as this task says; launch on a new cluster"
             ) from None
         row = had
-    if row.state != V.READY.value:
+    if state_of(row, V) is not V.READY:
         await ask_volume(app, volume.name, Make())
     return volume
 

@@ -10,7 +10,8 @@ and an agent starting (``clean_stale``) removes the folders of mounts no rclone 
 ``rclone mount`` in its own session, with rclone's remote control on a loopback port behind a
 random password (rclone 1.60 has no Unix-socket ``--rc``).
 
-- MOUNT: ``--vfs-cache-mode writes`` (a file may be opened for reading and writing).
+- MOUNT: ``--vfs-cache-mode writes`` (a file may be opened for reading and writing), and
+  ``--read-only`` when the task's ``config.mount.read_only`` asks.
 - MOUNT_CACHED: SkyPilot's flags (``--vfs-cache-mode full``, 10 s directory cache and cache
   poll, ``--vfs-fast-fingerprint``) plus the task's ``config.mount_cached`` knobs.
 
@@ -20,6 +21,14 @@ Mounts go at ``shutdown`` and autostop (``unmount_all``); an agent starting find
 one whose rclone died and unmounts them (``clean_stale``). Asked again for a mount it has, the
 agent keeps it (its jobs may be using it) unless its keys end within ``RENEW_S`` (or a quarter of
 the new keys' lifetime): then it mounts afresh with the new keys. Keys never reach a log.
+
+Renewable keys (S3's and R2's session keys, which end after ``valid_s``) are not written into
+rclone's config: rclone reads them through the AWS SDK's ``credential_process`` (its s3 backend
+with ``env_auth``, a profile in a config file of the mount's folder) as ``cat`` of ``keys.json``
+(0600) there, the SDK's JSON with an ``Expiration`` at most ``REREAD_S`` ahead, so the SDK reads
+the file again that often. The daemon sends fresh keys before the old end (``mount_keys``, or a
+launch asking for the same mount again): they replace the file and the running rclone takes them
+within ``REREAD_S``, with no remount and nothing a job sees.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -46,6 +56,23 @@ from .protocol import RequestError
 MOUNTS_DIR = "mounts"
 RECORD = "mount.json"
 CONFIG = "rclone.conf"
+KEYS = "keys.json"
+AWS_CONFIG = "aws.conf"
+REREAD_S = 300.0
+"""How long rclone uses renewable keys before it reads ``keys.json`` again (at most)."""
+_SESSION_KEYS = ("access_key_id", "secret_access_key", "session_token")
+_AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+)
+"""Not passed to an rclone on renewable keys: its SDK takes only the mount's own profile."""
 RENEW_S = 3600.0
 """A mount whose keys end sooner than this is made afresh when a launch asks for it again."""
 MAX_VALID_S = 30 * 24 * 3600
@@ -55,15 +82,24 @@ INSTALL = (
 )
 MODES = ("MOUNT", "MOUNT_CACHED")
 CACHED_FLAGS = (
+    "--transfers",
+    "--checkers",
+    "--buffer-size",
     "--vfs-cache-max-size",
     "--vfs-cache-max-age",
-    "--vfs-write-back",
     "--vfs-read-ahead",
-    "--buffer-size",
-    "--transfers",
-    "--dir-cache-time",
+    "--vfs-read-chunk-size",
+    "--vfs-read-chunk-streams",
+    "--vfs-write-back",
+    "--read-only",
 )
-"""The ``config.mount_cached`` knobs the daemon may pass (``stixd.storage.plan.CACHE_KEYS``)."""
+"""The ``config.mount_cached`` flags the daemon may pass (``stixd.storage.plan.CACHE_KEYS``);
+``--read-only`` is a switch, sent with the value ``true``."""
+SWITCHES = ("--read-only",)
+NEWER_FLAGS = ("--vfs-read-chunk-streams",)
+"""Knobs an older rclone lacks (rclone 1.68 added this one; Debian's rclone is 1.60): left out
+there, and said in the mount's answer (``dropped``): a read-speed hint, not what the mount is."""
+_knows: dict[str, bool] = {}
 _KNOB = re.compile(r"[0-9A-Za-z.]{1,32}")
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _REMOTE_TYPE = re.compile(r"[a-z][a-z0-9 ]{0,40}")
@@ -203,7 +239,11 @@ def parse_mount(request: dict[str, Any]) -> dict[str, Any]:
     if mode not in MODES:
         raise RequestError("bad_request", f'"mode" must be one of {", ".join(MODES)}')
     if not isinstance(flags, dict) or not all(
-        k in CACHED_FLAGS and isinstance(v, str) and _KNOB.fullmatch(v) for k, v in flags.items()
+        k in CACHED_FLAGS
+        and isinstance(v, str)
+        and _KNOB.fullmatch(v)
+        and (k not in SWITCHES or v == "true")
+        for k, v in flags.items()
     ):
         raise RequestError("bad_request", f'"flags" may set only {", ".join(CACHED_FLAGS)}')
     valid_s = request.get("valid_s")
@@ -222,13 +262,54 @@ def parse_mount(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write_config(folder: Path, remote: str, keys: dict[str, str]) -> Path:
-    config = folder / CONFIG
-    lines = ["[stix]", f"type = {remote}", *(f"{k} = {v}" for k, v in sorted(keys.items()))]
-    fd = os.open(str(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _private(path: Path, text: str) -> None:
+    """Write ``path`` (0600) whole at once: a reader sees the old content or the new."""
+    part = path.with_name(path.name + ".part")
+    fd = os.open(str(part), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.chmod(str(config), 0o600)
+        f.write(text)
+    os.chmod(str(part), 0o600)
+    os.replace(part, path)
+
+
+def renewable(spec: dict[str, Any]) -> bool:
+    """Keys that end and can be replaced under a running rclone: an S3 API's session keys."""
+    keys = spec["keys"]
+    return (
+        spec["remote"] == "s3"
+        and spec["valid_s"] is not None
+        and "access_key_id" in keys
+        and "secret_access_key" in keys
+    )
+
+
+def _write_keys(folder: Path, keys: dict[str, str], valid_s: int) -> float:
+    """The session keys as ``credential_process`` answers them; when they end."""
+    expires_at = time.time() + valid_s
+    reread = min(expires_at - min(300.0, valid_s / 10), time.time() + REREAD_S)
+    answer = {
+        "Version": 1,
+        "AccessKeyId": keys["access_key_id"],
+        "SecretAccessKey": keys["secret_access_key"],
+        "Expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reread)),
+    }
+    if keys.get("session_token"):
+        answer["SessionToken"] = keys["session_token"]
+    _private(folder / KEYS, json.dumps(answer))
+    return expires_at
+
+
+def _write_config(folder: Path, spec: dict[str, Any]) -> Path:
+    config = folder / CONFIG
+    keys = dict(spec["keys"])
+    if renewable(spec):  # read through the SDK's credential_process: replaceable
+        keys = {k: v for k, v in keys.items() if k not in _SESSION_KEYS}
+        aws = folder / AWS_CONFIG
+        keys |= {"env_auth": "true", "profile": "stix", "shared_credentials_file": str(aws)}
+        process = f"cat {shlex.quote(str(folder / KEYS))}"
+        _private(aws, f"[profile stix]\ncredential_process = {process}\n")
+    lines = ["[stix]", f"type = {spec['remote']}", *(f"{k} = {v}" for k, v in sorted(keys.items()))]
+    _private(config, "\n".join(lines) + "\n")
     return config
 
 
@@ -252,8 +333,9 @@ def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[s
     ]
     if _allow_other():
         argv.append("--allow-other")
-    if spec["mode"] == "MOUNT":
+    if spec["mode"] == "MOUNT":  # and SkyPilot's config.mount.read_only
         argv += ["--vfs-cache-mode", "writes"]
+        argv += [flag for flag in SWITCHES if spec["flags"].get(flag) == "true"]
     else:  # SkyPilot's MOUNT_CACHED (sky/data/mounting_utils.py), then the task's knobs
         argv += [
             "--vfs-cache-mode",
@@ -265,12 +347,30 @@ def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[s
             "--vfs-fast-fingerprint",
         ]
         for flag, value in sorted(spec["flags"].items()):
-            argv += [flag, value]
+            argv += [flag] if flag in SWITCHES else [flag, value]
     return argv
 
 
-def _environment(user: str, password: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+def rclone_knows(flag: str) -> bool:
+    """Whether this node's rclone takes ``flag`` (its ``mount --help``, asked once)."""
+    if flag not in _knows:
+        try:
+            shown = subprocess.run(
+                ["rclone", "mount", "--help"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=_environment("", "", False),
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            shown = ""
+        _knows[flag] = f"{flag} " in shown
+    return _knows[flag]
+
+
+def _environment(user: str, password: str, session_keys: bool) -> dict[str, str]:
+    drop = _DROP_ENV + _AWS_ENV if session_keys else _DROP_ENV
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["RCLONE_RC_USER"] = user
     env["RCLONE_RC_PASS"] = password
     return env
@@ -318,7 +418,11 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
         if record["dest"] != dest:
             continue
         serving = _serves(record.get("pid"), Path(record["folder"])) and mounted(dest)
-        if record.get("digest") == digest and serving and _lasts(record, spec):
+        same = record.get("digest") == digest and serving
+        if same and record.get("renewable") and renewable(spec):
+            _renew(record, spec["keys"], spec["valid_s"])  # the running rclone takes them
+            return {"dest": dest, "mounted": False}
+        if same and _lasts(record, spec):
             return {"dest": dest, "mounted": False}
         _unmount(record)
     if mounted(dest):
@@ -330,7 +434,15 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
     os.chmod(str(folder.parent), 0o700)
     folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(str(folder), 0o700)
-    config = _write_config(folder, spec["remote"], spec["keys"])
+    dropped = [f for f in NEWER_FLAGS if f in spec["flags"] and not rclone_knows(f)]
+    if dropped:
+        kept = {k: v for k, v in spec["flags"].items() if k not in dropped}
+        spec = {**spec, "flags": kept}
+        log.info("rclone_flags_dropped dest=%s flags=%s", dest, ",".join(dropped))
+    expires_at = time.time() + spec["valid_s"] if spec["valid_s"] else None
+    if renewable(spec):
+        expires_at = _write_keys(folder, spec["keys"], spec["valid_s"])
+    config = _write_config(folder, spec)
     user, password = "stix", secrets.token_urlsafe(24)
     port = _free_port()
     log_file = folder / "rclone.log"
@@ -340,7 +452,7 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
             stdin=null_in,
             stdout=out,
             stderr=out,
-            env=_environment(user, password),
+            env=_environment(user, password, renewable(spec)),
             start_new_session=True,
         )
     _children[proc.pid] = proc
@@ -353,11 +465,10 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
         "user": user,
         "password": password,
         "digest": digest,
-        "expires_at": time.time() + spec["valid_s"] if spec["valid_s"] else None,
+        "expires_at": expires_at,
+        "renewable": renewable(spec),
     }
-    fd = os.open(str(folder / RECORD), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(record, f)
+    _private(folder / RECORD, json.dumps(record))
     deadline = time.monotonic() + MOUNT_WAIT_S
     while not mounted(dest):
         if proc.poll() is not None or not _alive(proc.pid) or time.monotonic() > deadline:
@@ -369,7 +480,53 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
             )
         time.sleep(POLL_S)
     log.info("bucket_mounted dest=%s mode=%s pid=%d", dest, spec["mode"], proc.pid)
-    return {"dest": dest, "mounted": True}
+    return {"dest": dest, "mounted": True} | ({"dropped": dropped} if dropped else {})
+
+
+def _renew(record: dict[str, Any], keys: dict[str, str], valid_s: int) -> float:
+    folder = Path(record["folder"])
+    expires_at = _write_keys(folder, keys, valid_s)
+    kept = {k: v for k, v in record.items() if k != "folder"}
+    _private(folder / RECORD, json.dumps(kept | {"expires_at": expires_at}))
+    log.info("bucket_keys_renewed dest=%s valid_s=%d", record["dest"], valid_s)
+    return expires_at
+
+
+def parse_mount_keys(request: dict[str, Any]) -> dict[str, Any]:
+    dest = request.get("dest")
+    keys = request.get("keys")
+    valid_s = request.get("valid_s")
+    if not isinstance(dest, str) or not os.path.isabs(dest) or "\0" in dest:
+        raise RequestError("bad_request", 'mount_keys needs "dest", an absolute path')
+    if not isinstance(keys, dict) or not all(
+        k in _SESSION_KEYS and isinstance(v, str) and v and len(v) <= 4096 and "\n" not in v
+        for k, v in keys.items()
+    ):
+        raise RequestError(
+            "bad_request", f'"keys" may hold only {", ".join(_SESSION_KEYS)}, each one line'
+        )
+    if "access_key_id" not in keys or "secret_access_key" not in keys:
+        raise RequestError("bad_request", "mount_keys needs an access key id and its secret")
+    if not isinstance(valid_s, int) or isinstance(valid_s, bool) or not 0 < valid_s <= MAX_VALID_S:
+        raise RequestError("bad_request", '"valid_s" must be the keys\' lifetime in seconds')
+    return {"dest": os.path.normpath(dest), "keys": keys, "valid_s": valid_s}
+
+
+def mount_keys(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """Hand a running mount fresh keys (blocking, brief): its rclone reads them within
+    ``REREAD_S``; the mount, its cache and the jobs using it stay as they are."""
+    spec = parse_mount_keys(request)
+    dest = spec["dest"]
+    for record in _records(node_dir):
+        if record["dest"] != dest:
+            continue
+        if not (_serves(record.get("pid"), Path(record["folder"])) and mounted(dest)):
+            break
+        if not record.get("renewable"):
+            raise RequestError("not_renewable", f"the mount at {dest} has keys that do not end")
+        expires_at = _renew(record, spec["keys"], spec["valid_s"])
+        return {"dest": dest, "renewed": True, "expires_at": expires_at}
+    raise RequestError("not_mounted", f"no bucket is mounted at {dest}")
 
 
 def _rc(record: dict[str, Any], method: str) -> dict[str, Any]:
@@ -392,11 +549,18 @@ def pending_uploads(record: dict[str, Any]) -> int:
     return int(cache.get("uploadsInProgress", 0)) + int(cache.get("uploadsQueued", 0))
 
 
-def flush_all(node_dir: Path, timeout: float = FLUSH_TIMEOUT_S) -> str | None:
-    """Wait until every mount on the node has written its files to the bucket; a one-line
-    problem when one cannot be flushed within ``timeout`` (None when all are)."""
+def flush_all(
+    node_dir: Path, timeout: float = FLUSH_TIMEOUT_S, dests: list[str] | None = None
+) -> str | None:
+    """Wait until every mount on the node (only those at ``dests``, a job's own, when given)
+    has written its files to the bucket; a one-line problem when one cannot be flushed within
+    ``timeout`` (None when all are). Another job writing steadily to a shared mount never
+    holds a job that declared no such mount."""
     deadline = time.monotonic() + timeout
+    wanted = None if dests is None else {os.path.normpath(d) for d in dests}
     for record in _records(node_dir):
+        if wanted is not None and os.path.normpath(record["dest"]) not in wanted:
+            continue
         where = f"{record.get('bucket')} at {record['dest']}"
         quiet_since: float | None = None
         while True:
@@ -448,8 +612,9 @@ def _unmount(record: dict[str, Any]) -> None:
     if child is not None:  # ours: reaped, not left a zombie
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=5)
-    with contextlib.suppress(OSError):
-        (folder / CONFIG).unlink()
+    for secret in (KEYS, CONFIG):
+        with contextlib.suppress(OSError):
+            (folder / secret).unlink()
     shutil.rmtree(folder, ignore_errors=True)
     log.info("bucket_unmounted dest=%s", dest)
 

@@ -143,6 +143,13 @@ def parse_submit(request: Request, *, default_rank: int, default_ip: str, cluste
     cluster_info = request.get("cluster_info") or {}
     if not isinstance(cluster_info, dict):
         raise _ill_typed("cluster_info", "an object")
+    mounts = request.get("mounts")  # {node rank: [bucket mount paths]}, this node's taken
+    if mounts is not None:
+        if not isinstance(mounts, dict):
+            raise _ill_typed("mounts", "an object of node rank to mount paths")
+        mounts = mounts.get(str(get_int(request, "node_rank", default_rank))) or []
+        if not isinstance(mounts, list) or not all(isinstance(d, str) for d in mounts):
+            raise _ill_typed("mounts", "an object of node rank to mount paths")
     num_gpus = get_float(request, "num_gpus", 0.0)
     if num_gpus < 0:
         raise _ill_typed("num_gpus", "zero or more")
@@ -161,4 +168,5 @@ def parse_submit(request: Request, *, default_rank: int, default_ip: str, cluste
         cluster_info=cluster_info,
         gang=get_bool(request, "gang", False),
         secrets=secrets,
+        mounts=mounts,
     )

@@ -168,11 +168,11 @@ def _wait_at_gate(spec: JobSpec, ctx: RunnerContext, store: JobStore) -> bool:
     return True
 
 
-def _flushed(ctx: RunnerContext, final: JobState) -> JobState:
-    """A job counts as finished once the buckets mounted on its node hold what it wrote
-    (MOUNT_CACHED writes back later): wait for their write-back queues to empty; one that does
-    not within the bound fails the job, saying so in its log."""
-    problem = flush_all(ctx.node_dir)
+def _flushed(spec: JobSpec, ctx: RunnerContext, final: JobState) -> JobState:
+    """A job counts as finished once the buckets its task mounts on its node hold what it
+    wrote (MOUNT_CACHED writes back later): wait for their write-back queues to empty; one that
+    does not within the bound fails the job, saying so in its log."""
+    problem = flush_all(ctx.node_dir, dests=spec.mounts)
     if problem is None:
         return final
     print(f"stix-agent: {problem}; the job is marked failed", file=sys.stderr, flush=True)
@@ -203,18 +203,18 @@ def _run_job(spec: JobSpec, ctx: RunnerContext) -> int:
             return 0  # cancelled, or another runner claimed the job first
         code = _run_stage(spec.setup, _environment(spec, ctx, setup=True), cwd, ctx.job_umask)
         if code != 0:
-            final = _flushed(ctx, JobState.FAILED_SETUP)
+            final = _flushed(spec, ctx, JobState.FAILED_SETUP)
             move(final, exit_code=code, ended_at=time.time())
             return 0
         if spec.gang and not _wait_at_gate(spec, ctx, store):
             return 0  # the job ended (cancelled) while its gang was still setting up
     if spec.run is None:
-        move(_flushed(ctx, JobState.SUCCEEDED), exit_code=0, ended_at=time.time(), **claim)
+        move(_flushed(spec, ctx, JobState.SUCCEEDED), exit_code=0, ended_at=time.time(), **claim)
         return 0
     _mark_run_start(ctx, job_id)
     if not move(JobState.RUNNING, started_at=time.time(), **claim):
         return 0
     code = _run_stage(spec.run, _environment(spec, ctx, setup=False), cwd, ctx.job_umask)
-    final = _flushed(ctx, JobState.SUCCEEDED if code == 0 else JobState.FAILED)
+    final = _flushed(spec, ctx, JobState.SUCCEEDED if code == 0 else JobState.FAILED)
     move(final, exit_code=code, ended_at=time.time())
     return 0

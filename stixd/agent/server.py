@@ -35,7 +35,7 @@ from .idle import (
 )
 from .jobs import POLL_S, JobManager
 from .logs import LogChunk, read_log
-from .mount import mount, unmount_all
+from .mount import mount, mount_keys, unmount_all
 from .protocol import (
     MAX_LINE,
     RequestError,
@@ -153,6 +153,7 @@ class AgentServer:
             "shutdown": self._shutdown,
             "fetch": self._fetch,
             "mount": self._mount,
+            "mount_keys": self._mount_keys,
         }
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -422,6 +423,12 @@ class AgentServer:
         node_dir = self.identity.node_dir
         loop = asyncio.get_running_loop()
         return Answer(ok(**await loop.run_in_executor(None, mount, node_dir, request)))
+
+    async def _mount_keys(self, request: Request) -> Answer:
+        """Fresh keys for a running mount (mount.py), before its old ones end."""
+        node_dir = self.identity.node_dir
+        loop = asyncio.get_running_loop()
+        return Answer(ok(**await loop.run_in_executor(None, mount_keys, node_dir, request)))
 
     async def _cancel(self, request: Request) -> Answer:
         job_ids = get_optional_ints(request, "job_ids")

@@ -27,6 +27,9 @@ class JobSpec:
     """Wait after setup until the daemon releases every node of the job together."""
     secrets: list[str] = dataclasses.field(default_factory=list)
     """Names in ``envs`` that are secrets: the queue forgets their values once the job started."""
+    mounts: list[str] | None = None
+    """Where the task mounts buckets on this node: a job's end waits for those mounts' writes
+    only (None, from an older daemon: every mount of the node)."""
 
     def without_secrets(self) -> JobSpec | None:
         """This spec with the secrets' values dropped; None when it holds none."""

@@ -22,6 +22,7 @@ from stixd.actors.volume import (
     VolumeData,
     VolumeSpec,
     config_of,
+    ephemeral_of,
     live_users,
     users_error,
 )
@@ -154,7 +155,7 @@ async def delete(app: App, req: m.VolumesDelete, emit: Emit) -> m.OkReply:
         rows = [
             r
             for r in await app.store.rows(VOLUME)
-            if (ownership.acts_on_all() or ownership.mine(r)) and r.spec.get("cluster") not in live
+            if (ownership.acts_on_all() or ownership.mine(r)) and ephemeral_of(r) not in live
         ]
     else:
         rows = []

@@ -8,8 +8,10 @@ SkyPilot's rules, carried over (sky/data/storage.py, sky/task.py 0.14.1):
   them (each lands under its own base name), or a bucket URI (then the bucket is not stix's);
   ``name`` alone names a bucket stix creates if it is missing. ``mode`` defaults to MOUNT,
   ``persistent`` to true.
-- The store, when absent: the URI's scheme; else the store of the cloud the task asks for when
-  stix can reach that store; else the first store configured here (S3 when none is).
+- The store, when absent: the URI's scheme; else the store of the cloud the launch chose (the
+  optimizer's pick; the task's own cloud when none is given) when stix can reach that store, its
+  bucket made in the launch's region; else the first store configured here (S3 when none is), in
+  its default region.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import msgspec
 
+from stixproto import names
 from stixproto.errors import InvalidTask
 from stixproto.task import Storage, Task
+from stixproto.task.storage import check_storage_config, mount_cached_settings
 
 SCHEMES = {"s3": "s3", "gs": "gcs", "r2": "r2"}
 """URI scheme → store, for the stores this build talks to (Azure is an https URL)."""
@@ -33,17 +36,44 @@ STORE_ORDER = ("s3", "gcs", "azure", "r2")
 CLOUD_STORE = {"aws": "s3", "gcp": "gcs", "azure": "azure", "cloudflare": "r2"}
 MODES = ("MOUNT", "COPY", "MOUNT_CACHED")
 CACHE_KEYS = {
+    "transfers": "--transfers",
+    "buffer_size": "--buffer-size",
     "vfs_cache_max_size": "--vfs-cache-max-size",
     "vfs_cache_max_age": "--vfs-cache-max-age",
-    "vfs_write_back": "--vfs-write-back",
     "vfs_read_ahead": "--vfs-read-ahead",
-    "buffer_size": "--buffer-size",
-    "transfers": "--transfers",
-    "dir_cache_time": "--dir-cache-time",
+    "vfs_read_chunk_size": "--vfs-read-chunk-size",
+    "vfs_read_chunk_streams": "--vfs-read-chunk-streams",
+    "vfs_write_back": "--vfs-write-back",
+    "read_only": "--read-only",
 }
-"""`config.mount_cached` keys stix passes to rclone (SkyPilot's knobs, rclone's flags)."""
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_KNOB = re.compile(r"[0-9A-Za-z.]{1,32}")
+"""`config.mount_cached` keys (checked where the task is read: ``stixproto.task.storage``) →
+rclone flags, as SkyPilot's ``MountCachedConfig.to_rclone_flags`` maps them."""
+CACHE_DEFAULTS = {"--vfs-cache-max-size": "10G", "--vfs-write-back": "1s"}
+"""What SkyPilot's MOUNT_CACHED sets when the task does not."""
+_NEW_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+"""A bucket stix makes, on any store: 3 to 63 lowercase letters, digits, '-' and '.'."""
+_IP = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
+_S3_RULE = (
+    "3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit, "
+    "no '..', not an IP address"
+)
+_RULES = {
+    "s3": (re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"), _S3_RULE),
+    "r2": (re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"), _S3_RULE),
+    "gcs": (
+        re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"),
+        "3 to 222 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter "
+        "or digit, at most 63 between dots, no '..', '.-' or '-.', no 'goog' prefix nor "
+        "'google', not an IP address",
+    ),
+    "azure": (
+        re.compile(r"(?=[a-z0-9-]{3,63}$)[a-z0-9](?:-?[a-z0-9])*"),
+        "3 to 63 lowercase letters, digits or '-', starting with a letter or digit, every '-' "
+        "between letters or digits",
+    ),
+}
+"""Each store's own rule for a bucket (container) that exists, as SkyPilot 0.14.1's
+``validate_name`` of each store checks it (sky/data/storage.py); R2 is S3-compatible."""
 
 
 class StorageSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,7 +94,10 @@ class StorageSpec(msgspec.Struct, frozen=True, kw_only=True):
     persistent: bool = True
     mode: str = "MOUNT"
     mount_cached: dict[str, str] = {}
-    """rclone flag → value, from ``config.mount_cached`` (validated)."""
+    """rclone flag → value, from ``config.mount_cached`` (``config.mount`` for MOUNT; checked)."""
+    region: str | None = None
+    """Where stix makes the bucket if it is missing: the launch's region when the store was
+    chosen from its cloud (SkyPilot's ``best_resources.region``); None: the store's default."""
     owner: str | None = None
     workspace: str | None = None
 
@@ -98,44 +131,85 @@ def split_uri(uri: str, where: str) -> tuple[str, str, str]:
     return store, bucket, prefix.strip("/")
 
 
-def check_bucket(bucket: str, where: str) -> str:
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+def _breaks(store: str, bucket: str) -> bool:
+    pattern, _rule = _RULES[store]
+    if not pattern.fullmatch(bucket) or ".." in bucket or _IP.fullmatch(bucket):
+        return True
+    if store in ("s3", "r2"):
+        return bucket.startswith("xn--") or bucket.endswith(("-s3alias", "--ol-s3"))
+    if store == "gcs":
+        return (
+            "-." in bucket
+            or ".-" in bucket
+            or any(len(part) > 63 for part in bucket.split("."))
+            or bucket.startswith("goog")
+            or any(word in bucket for word in ("google", "g00gle", "go0gle", "g0ogle"))
+        )
+    return False
+
+
+def check_bucket(bucket: str, where: str, store: str, *, new: bool) -> str:
+    """``bucket`` if it can name a bucket of ``store``: one stix makes (``new``) follows stix's
+    rule and the store's; one that exists (a URI source) only its store's own rule."""
+    shown = names.shown(bucket)
+    if store not in _RULES:
+        raise InvalidTask(f"{where}: {store!r} buckets are not supported by this build")
+    if new and not _NEW_BUCKET.fullmatch(bucket):
         raise InvalidTask(
-            f"{where}: bucket name {bucket!r} is not valid: 3 to 63 lowercase letters, digits, "
-            "'-' or '.', starting and ending with a letter or digit"
+            f"{where}: bucket name {shown} is not valid for a new bucket: 3 to 63 lowercase "
+            "letters, digits, '-' or '.', starting and ending with a letter or digit"
+        )
+    if _breaks(store, bucket):
+        raise InvalidTask(
+            f"{where}: bucket name {shown} is not valid for {store}: {_RULES[store][1]}"
         )
     return bucket
 
 
-def default_store(task: Task, configured: Sequence[str]) -> str:
-    """SkyPilot's choice when a storage names no store (see the module's docstring)."""
-    wanted = CLOUD_STORE.get((task.resources_or_default().cloud or "").lower())
+def default_store(
+    task: Task,
+    configured: Sequence[str],
+    cloud: str | None = None,
+    region: str | None = None,
+) -> tuple[str, str | None]:
+    """SkyPilot's choice (``Task._get_preferred_store``) when a storage names no store: the
+    store and the region to make its bucket in. ``cloud``/``region``: the launch's chosen
+    infra (the optimizer's pick); without them, the task's own ``resources``. A cloud whose
+    store is not set up here gives the first store that is, in its default region (None)."""
+    if cloud is None:
+        resources = task.resources_or_default()
+        cloud, region = resources.cloud, resources.region
+    wanted = CLOUD_STORE.get((cloud or "").lower())
     if wanted is not None and wanted in configured:
-        return wanted
+        return wanted, region
     for store in STORE_ORDER:
         if store in configured:
-            return store
-    return "s3"
+            return store, None
+    return "s3", None
 
 
-def cache_flags(config: Mapping[str, Any] | None, where: str) -> dict[str, str]:
-    """``config.mount_cached`` as rclone flags; an unknown key or odd value is refused."""
-    knobs = (config or {}).get("mount_cached") or {}
-    if not isinstance(knobs, Mapping):
-        raise InvalidTask(f"{where}.config.mount_cached: expected a map of settings")
-    flags: dict[str, str] = {}
-    for key, value in knobs.items():
-        flag = CACHE_KEYS.get(str(key))
-        if flag is None:
-            known = ", ".join(CACHE_KEYS)
-            raise InvalidTask(f"{where}.config.mount_cached.{key}: unknown setting; known: {known}")
-        text = str(value)
-        if isinstance(value, bool) or not _KNOB.fullmatch(text):
-            raise InvalidTask(
-                f"{where}.config.mount_cached.{key}: expected a number or size like 10G, "
-                f"got {text[:40]!r}"
-            )
-        flags[flag] = text
+def cache_flags(src: Storage) -> dict[str, str]:
+    """A storage's rclone flags (flag → value), as SkyPilot's mounting_utils sets them: for
+    MOUNT_CACHED sizes upper-cased, ``--checkers`` following ``--transfers``, ``--read-only`` when
+    asked, SkyPilot's defaults for the cache size and write-back delay; for MOUNT only
+    ``--read-only`` (``config.mount.read_only``)."""
+    if src.mount_mode != "MOUNT_CACHED":  # MOUNT's one setting: SkyPilot's config.mount.read_only
+        mount = (src.config or {}).get("mount") or {}
+        return {"--read-only": "true"} if mount.get("read_only") is True else {}
+    flags = dict(CACHE_DEFAULTS)
+    for key, value in mount_cached_settings(src).items():
+        flag = CACHE_KEYS[key]
+        if isinstance(value, bool):
+            if value:
+                flags[flag] = "true"
+            continue
+        flags[flag] = (
+            str(value).upper()
+            if key.endswith("size") or key == "vfs_read_ahead"
+            else str(value).replace("+", "")
+        )
+        if key == "transfers":
+            flags["--checkers"] = str(max(int(min(value * 2, 30 + value * 1.2)), 4))
     return flags
 
 
@@ -162,12 +236,13 @@ def plan_mount(
     configured: Sequence[str],
     owner: str | None = None,
     workspace: str | None = None,
+    chosen: tuple[str | None, str | None] = (None, None),
 ) -> MountPlan:
     where = f"file_mounts.{dest}"
     if isinstance(src, str):  # the URI shorthand: copy an existing bucket
         store, bucket, prefix = split_uri(src, where)
         spec = StorageSpec(
-            name=check_bucket(bucket, where),
+            name=check_bucket(bucket, where, store, new=False),
             store=store,
             bucket=bucket,
             prefix=prefix,
@@ -176,19 +251,24 @@ def plan_mount(
         )
         return MountPlan(dest, msgspec.structs.replace(spec, owner=owner, workspace=workspace))
     mode = src.mount_mode
+    check_storage_config(src, where)
     if mode not in MODES:
         raise InvalidTask(f"{where}.mode: expected one of {', '.join(MODES)}, got {src.mode!r}")
     sources = src.sources()
     uri = sources[0] if len(sources) == 1 and "://" in sources[0] else None
     external = uri is not None
     prefix = ""
+    region: str | None = None
     if uri is not None:
         store, bucket, prefix = split_uri(uri, f"{where}.source")
         if src.store is not None and SCHEMES.get(src.store, src.store) != store:
             raise InvalidTask(f"{where}.store: {src.store!r} does not match the source {uri!r}")
         local: list[str] = []
     else:
-        store = src.store.lower() if src.store else default_store(task, configured)
+        if src.store:  # named: the store's default region, as SkyPilot's construct() makes it
+            store = src.store.lower()
+        else:
+            store, region = default_store(task, configured, *chosen)
         if store not in STORE_ORDER:
             raise InvalidTask(
                 f"{where}.store: {store!r} buckets are not supported by this build; "
@@ -196,7 +276,8 @@ def plan_mount(
             )
         bucket = src.name or generated_name(cluster, dest)
         local = [_local(s, f"{where}.source") for s in sources]
-    check_bucket(bucket, f"{where}.name" if src.name else where)
+    named = f"{where}.source" if external else f"{where}.name" if src.name else where
+    check_bucket(bucket, named, store, new=not external)
     name = src.name or bucket  # a named storage reading a URI source keeps its name
     persistent = True if external else src.is_persistent
     spec = StorageSpec(
@@ -209,7 +290,8 @@ def plan_mount(
         external=external,
         persistent=persistent,
         mode=mode,
-        mount_cached=cache_flags(src.config, where),
+        mount_cached=cache_flags(src),
+        region=region,
         owner=owner,
         workspace=workspace,
     )
@@ -223,8 +305,12 @@ def plan_mounts(
     configured: Sequence[str],
     owner: str | None = None,
     workspace: str | None = None,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> list[MountPlan]:
-    """Every bucket mount of ``task`` (local-path mounts are synced, not planned here)."""
+    """Every bucket mount of ``task`` (local-path mounts are synced, not planned here).
+    ``cloud``/``region``: where the launch runs (the optimizer's pick), which chooses the store
+    and the region of a bucket stix makes for a storage naming no store (`default_store`)."""
     plans = []
     for dest, src in task.file_mounts.items():
         if isinstance(src, str) and "://" not in src:
@@ -238,6 +324,7 @@ def plan_mounts(
                 configured=configured,
                 owner=owner,
                 workspace=workspace,
+                chosen=(cloud, region),
             )
         )
     seen: dict[str, StorageSpec] = {}
@@ -248,3 +335,16 @@ def plan_mounts(
                 f"file_mounts: storage {plan.storage.name!r} is named twice for different buckets"
             )
     return plans
+
+
+def without_local_sources(task: Task) -> Task:
+    """``task`` with each bucket mount's local ``source`` dropped: a managed job's recovery
+    mounts the bucket its first launch uploaded, as SkyPilot (which uploads once at
+    ``jobs launch``); uploading the folder again would overwrite what the job wrote there, or
+    fail the recovery if the folder is gone. The bucket, its name and its store stay the same."""
+    mounts: dict[str, str | Storage] = {}
+    for dest, src in task.file_mounts.items():
+        if isinstance(src, Storage) and not any("://" in s for s in src.sources()):
+            src = msgspec.structs.replace(src, source=None)
+        mounts[dest] = src
+    return msgspec.structs.replace(task, file_mounts=mounts)

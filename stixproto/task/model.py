@@ -88,7 +88,8 @@ class Storage(_Shape):
     store: str | None = None
     persistent: bool | None = None
     mode: str | None = None
-    mount_options: str | None = None
+    type: str | None = None
+    """A MOUNT_CACHED preset (SkyPilot's FileMountType): `stixproto.task.storage.PRESETS`."""
     config: dict[str, Any] | None = None
 
     @property

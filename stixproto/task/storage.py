@@ -11,7 +11,7 @@ from stixproto import names
 from stixproto import volumes as volume_types
 from stixproto.bounds import MAX_GB
 from stixproto.task import subst
-from stixproto.task._fields import choice, describe, fail, join
+from stixproto.task._fields import choice, describe, fail, join, near
 from stixproto.task.model import Storage
 
 MODES = ("mount", "copy", "mount_cached")
@@ -23,6 +23,58 @@ VOLUME_KEYS = ("name", "sub_path", "size", "labels", "type", "infra", "use_exist
 SUB_PATH_MAX = 255
 _SUB_PATH_PART = re.compile(r"[A-Za-z0-9._-]+")
 MOUNT_PATH_MAX = 1024
+
+MOUNT_CACHED_KNOBS = {
+    "transfers": "count",
+    "buffer_size": "size",
+    "vfs_cache_max_size": "size",
+    "vfs_cache_max_age": "duration",
+    "vfs_read_ahead": "size",
+    "vfs_read_chunk_size": "size",
+    "vfs_read_chunk_streams": "streams",
+    "vfs_write_back": "duration",
+    "read_only": "flag",
+}
+"""``config.mount_cached`` as SkyPilot 0.14.1's storage schema has it (sky/utils/schemas.py):
+key → kind of value. ``count`` an integer >= 1, ``streams`` an integer >= 0, ``size`` rclone's
+size (digits and one unit of B K M G T P, either case), ``duration`` rclone's duration (``1s``,
+``1h30m``, ``.5``), ``flag`` a boolean."""
+PRESETS: dict[str, dict[str, Any]] = {
+    "MODEL_CHECKPOINT_RO": {
+        "vfs_read_chunk_streams": 16,
+        "vfs_read_chunk_size": "32M",
+        "read_only": True,
+    },
+    "MODEL_CHECKPOINT_RW": {
+        "vfs_read_chunk_streams": 16,
+        "vfs_read_chunk_size": "32M",
+        "transfers": 8,
+    },
+    "DATASET_RO": {"vfs_read_chunk_streams": 0, "vfs_read_chunk_size": "8M", "read_only": True},
+    "DATASET_RW": {"vfs_read_chunk_streams": 0, "vfs_read_chunk_size": "8M", "transfers": 16},
+}
+"""A storage's ``type:`` (case-insensitive, MOUNT_CACHED only) → the ``config.mount_cached``
+settings it stands for, SkyPilot 0.14.1's ``_MOUNT_CACHED_PRESET_CONFIGS``; a knob the task
+sets itself wins over its preset's."""
+MOUNT_KEYS = ("read_only", "hf_mount_args")
+"""``config.mount`` (MOUNT mode) in SkyPilot's schema."""
+KNOB_MAX_CHARS = 32
+KNOB_MAX_INT = 4096
+"""Stix's bounds beyond SkyPilot's schema (which has none): rclone reads these into 64-bit
+numbers, and no node runs 4096 parallel transfers or read streams."""
+_RCLONE_SIZE = re.compile(r"[0-9]+([bkmgtp]|[BKMGTP])?")
+_RCLONE_DURATION = re.compile(
+    r"(?:(?:\+?(?:\d+(?:\.\d+)?|\.\d+)(?:ms|[smhdwMy]))+|(\+?(?:\d+(?:\.\d+)?|\.\d+)))"
+)
+"""SkyPilot's rclone size and duration patterns; a duration may not be negative here (SkyPilot's
+allows ``-1s``, which rclone would take as "never" or refuse)."""
+_KIND_WORDS = {
+    "count": "an integer >= 1",
+    "streams": "an integer >= 0",
+    "size": "an rclone size like 10G, 512M or 1024 (digits and one of B K M G T P)",
+    "duration": "an rclone duration like 5s, 1h30m or 0.5 (not negative)",
+    "flag": "true or false",
+}
 
 
 class GitWorkdir(msgspec.Struct, frozen=True):
@@ -97,6 +149,97 @@ def check_storage(storage: Storage, path: str) -> None:
         choice(storage.mode, MODES, join(path, "mode"), "mode", upper=True)
     if storage.store is not None:
         choice(storage.store, STORES, join(path, "store"), "store")
+    check_storage_config(storage, path)
+
+
+def _check_knob(key: str, value: Any, path: str) -> None:
+    kind = MOUNT_CACHED_KNOBS[key]
+    where = join(path, key)
+    expected = _KIND_WORDS[kind]
+    if kind == "flag":
+        if not isinstance(value, bool):
+            fail(where, f"expected {expected}, got {describe(value)}")
+        return
+    if kind in ("count", "streams"):
+        low = 1 if kind == "count" else 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(where, f"expected {expected}, got {describe(value)}")
+        if not low <= value <= KNOB_MAX_INT:
+            fail(where, f"expected an integer from {low} to {KNOB_MAX_INT}, got {value}")
+        return
+    pattern = _RCLONE_SIZE if kind == "size" else _RCLONE_DURATION
+    if (
+        not isinstance(value, str)
+        or len(value) > KNOB_MAX_CHARS
+        or not value.isascii()
+        or not pattern.fullmatch(value)
+    ):
+        fail(
+            where,
+            f"expected {expected} of at most {KNOB_MAX_CHARS} characters, got {describe(value)}",
+        )
+
+
+def check_storage_config(storage: Storage, path: str) -> None:
+    """``config.mount_cached`` and ``config.mount`` as SkyPilot's schema and Storage check them:
+    known keys with values of their kind, each only in its own mode."""
+    config = storage.config or {}
+    mode = storage.mount_mode
+    if storage.type is not None:
+        where = join(path, "type")
+        if storage.type.upper() not in PRESETS:
+            hint = near(storage.type.upper(), PRESETS)
+            fail(
+                where,
+                f"unknown type {describe(storage.type)}; expected one of {', '.join(PRESETS)}",
+                hint,
+            )
+        if mode != "MOUNT_CACHED":
+            fail(where, f"type can be set only with mode MOUNT_CACHED, not {mode}")
+    cached = config.get("mount_cached")
+    where = join(join(path, "config"), "mount_cached")
+    if cached is not None:
+        if not isinstance(cached, dict):
+            fail(where, f"expected a map of settings, got {describe(cached)}")
+        for key, value in cached.items():
+            if key not in MOUNT_CACHED_KNOBS:
+                hint = near(str(key), MOUNT_CACHED_KNOBS)
+                fail(
+                    where,
+                    f"unknown setting {describe(key)}; known: {', '.join(MOUNT_CACHED_KNOBS)}",
+                    hint,
+                )
+            _check_knob(key, value, where)
+        if mode != "MOUNT_CACHED":
+            fail(where, f"config.mount_cached can be set only with mode MOUNT_CACHED, not {mode}")
+    mount = config.get("mount")
+    where = join(join(path, "config"), "mount")
+    if mount is not None:
+        if not isinstance(mount, dict):
+            fail(where, f"expected a map of settings, got {describe(mount)}")
+        for key in mount:
+            if key not in MOUNT_KEYS:
+                fail(where, f"unknown setting {describe(key)}; known: {', '.join(MOUNT_KEYS)}")
+        if "read_only" in mount and not isinstance(mount["read_only"], bool):
+            fail(
+                join(where, "read_only"),
+                f"expected true or false, got {describe(mount['read_only'])}",
+            )
+        args = mount.get("hf_mount_args")
+        if args is not None and not (
+            isinstance(args, list) and all(isinstance(a, str) for a in args)
+        ):
+            fail(join(where, "hf_mount_args"), "expected a list of strings")
+        if mode != "MOUNT":
+            fail(where, f"config.mount can be set only with mode MOUNT, not {mode}")
+
+
+def mount_cached_settings(storage: Storage) -> dict[str, Any]:
+    """The checked ``config.mount_cached`` settings of ``storage`` (knob → value) over those of
+    its ``type`` preset."""
+    cached = PRESETS[storage.type.upper()] if storage.type is not None else {}
+    cached = cached | ((storage.config or {}).get("mount_cached") or {})
+    return {k: cached[k] for k in MOUNT_CACHED_KNOBS if k in cached}
 
 
 def null_storage_names(raw_mounts: Any, path: str = "file_mounts") -> None:

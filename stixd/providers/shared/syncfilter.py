@@ -18,11 +18,20 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["GITIGNORE", "GIT_EXCLUDE", "SKYIGNORE", "SyncFilter", "rsync_exclude_list"]
+__all__ = [
+    "GITIGNORE",
+    "GIT_EXCLUDE",
+    "SKYIGNORE",
+    "RsyncPlan",
+    "SyncFilter",
+    "rsync_exclude_list",
+    "rsync_plan",
+]
 
 SKYIGNORE = ".skyignore"
 GITIGNORE = ".gitignore"
@@ -204,9 +213,36 @@ def _rsync_literal(rel: str) -> str:
     return "/" + rel
 
 
+class RsyncPlan(NamedTuple):
+    """What one walk of a source tells an rsync of it."""
+
+    exclude: bytes
+    """The entries the rules drop, one anchored pattern a line (`rsync_exclude_list`)."""
+    ignore_name: str
+    """The name of the ignore files that decide (`SyncFilter.ignore_file`)."""
+    ignore_files: dict[str, tuple[int, int]]
+    """Each ignore file that is sent: relative path →
+    (size, mtime in ns); (-1, -1) when it is not a regular file."""
+
+
+def rsync_plan(root: Path) -> RsyncPlan:
+    """The exclude list and the ignore files sent, in one walk of ``root``."""
+    rules = SyncFilter(root)
+    dropped: list[str] = []
+    ignore_files: dict[str, tuple[int, int]] = {}
+    for rel, _, kept in rules.walk():
+        if not kept:
+            dropped.append(_rsync_literal(rel))
+        elif rel.rsplit("/", 1)[-1] == rules.ignore_file:
+            st = (root / rel).lstat()
+            regular = stat.S_ISREG(st.st_mode)
+            ignore_files[rel] = (st.st_size, st.st_mtime_ns) if regular else (-1, -1)
+    exclude = b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in dropped)
+    return RsyncPlan(exclude, rules.ignore_file, ignore_files)
+
+
 def rsync_exclude_list(root: Path) -> bytes:
     """The entries of ``root`` the rules drop, one anchored rsync pattern a line (for
     ``--exclude-from``; not ``--from0``, which would also split the ignore files rsync reads
     for the receiving side at NULs), so rsync sends exactly what the local copy sends."""
-    dropped = [_rsync_literal(rel) for rel, _, kept in SyncFilter(root).walk() if not kept]
-    return b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in dropped)
+    return rsync_plan(root).exclude

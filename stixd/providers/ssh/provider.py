@@ -26,7 +26,7 @@ from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, Provi
 from stixd.providers.shared.bootstrap import BootstrapError, ensure_agent, remote_node_dir
 from stixd.providers.shared.fuse_tools import FUSE_RESOURCE, ensure_fuse_tools
 from stixd.providers.shared.ssh_hosts import PoolHost
-from stixd.providers.shared.ssh_sync import Method, ssh_client_args
+from stixd.providers.shared.ssh_sync import Method, Walks, ssh_client_args
 from stixd.providers.shared.ssh_sync import sync as sync_mounts
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshSettings, quote
 from stixd.providers.ssh.leftovers import Leftover, Leftovers, reap
@@ -106,6 +106,7 @@ class SshProvider(HoldsVolumes):
         self._conns: dict[str, SshConnection] = {}
         self._stale: list[SshConnection] = []
         """Connections made with credentials the pool file no longer gives; closed soon."""
+        self._walks = Walks()
 
     # -- hosts and connections -----------------------------------------------------------
 
@@ -436,7 +437,7 @@ class SshProvider(HoldsVolumes):
 
     async def sync(self, node: NodeInfo, mounts: list[Mount], method: Method = "auto") -> int:
         host = self._host_of(node)
-        return await sync_mounts(self.connection(host), host, node, mounts, method)
+        return await sync_mounts(self.connection(host), host, node, mounts, method, self._walks)
 
     def connector(self, node: NodeInfo) -> AgentClient:
         conn = self.connection(self._host_of(node))

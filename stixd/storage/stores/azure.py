@@ -54,9 +54,12 @@ SINGLE_PUT = 64 << 20
 ``BLOCK``-sized blocks, their MD5 computed on the way and set on the blob."""
 BLOCK = 8 << 20
 MAX_LISTING_BYTES = 32 << 20
-RCLONE_SAS_S = 12 * 3600
+RCLONE_SAS_S = 7 * 24 * 3600
 """How long the container SAS handed to a node's rclone lasts unless
-``storage.azure.node_credentials_seconds`` says (at most ``MAX_RCLONE_SAS_S``)."""
+``storage.azure.node_credentials_seconds`` says (at most ``MAX_RCLONE_SAS_S``): as long as
+allowed, since rclone 1.60's azureblob reads its ``sas_url`` once, when it starts (no
+``env_auth``, nothing it re-reads), so a mount cannot be handed a new one and stops when it ends
+(S3's keys are renewed under the running mount instead: ``stixd.actors.mount_keys``)."""
 MAX_RCLONE_SAS_S = 7 * 24 * 3600
 RCLONE_PERMISSIONS = "rwdl"
 """What a mount (MOUNT and MOUNT_CACHED alike are read-write) does in its container: read,
