@@ -40,6 +40,7 @@ from stixd.actors.specs import (
     JobSpec,
     ManagedJobData,
     ManagedJobSpec,
+    MountKeys,
     PendingLaunch,
     encode,
     state_of,
@@ -249,6 +250,11 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 launch_spec="s",
                 launch_files="f",
                 quarantine="why",
+                mount_keys=[
+                    MountKeys(
+                        store="s3", bucket="b", dest="~/m", expires_at=9.0, renew_at=6.0, failures=1
+                    )
+                ],
             ),
         ),
         "job": (
