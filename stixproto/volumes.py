@@ -94,6 +94,19 @@ class VolumeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
         return None if self.size is None else parse_size(self.size)
 
 
+def volume_infra(provider: str, pool: str | None) -> str:
+    """The ``infra:`` of a volume made where a cluster runs on ``provider``/``pool`` (a
+    Kubernetes context or an SSH pool qualifies it; elsewhere the pool is not a volume's)."""
+    head = "k8s" if provider == "kubernetes" else provider
+    return f"{head}/{pool}" if pool and provider in ("kubernetes", "ssh") else head
+
+
+def mounts_node_disk(v: VolumeConfig) -> bool:
+    """Whether ``v`` mounts a Kubernetes node's own disk into pods (a host path there): on a
+    team server only an admin may make one."""
+    return v.type == HOSTPATH and infra_parts(v)[0] == "kubernetes"
+
+
 def infra_parts(v: VolumeConfig) -> tuple[str, str | None]:
     if v.infra is None:
         return "kubernetes", None  # SkyPilot's default for both Kubernetes types

@@ -75,12 +75,6 @@ def ephemeral_config(e: Ephemeral, cluster: str, infra: str, num_nodes: int) -> 
         raise InvalidTask(f"volumes.{e.dest}: {exc.message}") from None
 
 
-def infra_of(provider: str, pool: str | None) -> str:
-    """The ``infra:`` of a volume made where a cluster runs on ``provider``/``pool``."""
-    head = "k8s" if provider == "kubernetes" else provider
-    return f"{head}/{pool}" if pool and provider in ("kubernetes", "ssh") else head
-
-
 def named_volumes(task: Task) -> list[Named]:
     """The applied volumes ``task`` mounts, by name (ephemeral ones: `task_volumes`)."""
     return [v for v in task_volumes(task) if isinstance(v, Named)]
@@ -115,7 +109,7 @@ async def check_task(app: App, task: Task, infra: str, pool: str | None) -> None
     one that could not be made there."""
     for e in task_volumes(task):
         if isinstance(e, Ephemeral):
-            ephemeral_config(e, "check", infra_of(infra, pool), task.num_nodes)
+            ephemeral_config(e, "check", volume_types.volume_infra(infra, pool), task.num_nodes)
     for v in named_volumes(task):
         row = await app.store.get(VOLUME, v.name)
         if row is None:
@@ -174,7 +168,7 @@ async def ephemeral_volume(app: App, cluster: str, e: Ephemeral, num_nodes: int)
     if found is None:
         raise InternalError(f"cluster {cluster} has no row to make its volumes for")
     c = msgspec.convert(found.spec, ClusterSpec)
-    volume = ephemeral_config(e, cluster, infra_of(c.provider, c.pool), num_nodes)
+    volume = ephemeral_config(e, cluster, volume_types.volume_infra(c.provider, c.pool), num_nodes)
     spec = VolumeSpec(
         volume=msgspec.to_builtins(volume), owner=c.owner, workspace=c.workspace, cluster=cluster
     )

@@ -33,7 +33,7 @@ from stixd.control.identity import PRINCIPAL, Role
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto.errors import InvalidRequest, PermissionDenied, StixError
-from stixproto.volumes import HOSTPATH, VolumeConfig
+from stixproto.volumes import VolumeConfig, mounts_node_disk
 from stixproto.volumes import VolumeStatus as V
 
 Emit = Callable[[Any], Awaitable[None]]
@@ -55,7 +55,7 @@ def _missing(name: str) -> InvalidRequest:
 def _check_may_make(volume: VolumeConfig) -> None:
     """A hostPath into the pods of a Kubernetes cluster is the nodes' disk: admins only."""
     principal = PRINCIPAL.get()
-    if volume.type == HOSTPATH and volume.cloud == "kubernetes" and principal.role != Role.ADMIN:
+    if mounts_node_disk(volume) and principal.role != Role.ADMIN:
         raise PermissionDenied(
             f"volume {volume.name}: a k8s-hostpath volume on Kubernetes mounts the nodes' own "
             f"disk into pods, so only an admin may make one (user {principal.name} has role "
