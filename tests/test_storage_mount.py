@@ -125,7 +125,7 @@ def test_a_job_reads_and_writes_through_mount_and_mount_cached_and_down_unmounts
     data.mkdir()
     (data / "in.txt").write_text("from the bucket\n")
     mount_bucket, cached_bucket = f"stix-mnt-{store}", f"stix-mc-{store}"
-    r2 = store == "s3"  # one R2 case, MOUNT_CACHED, beside S3's (the same emulator)
+    r2 = 2 if store == "s3" else 0  # R2's two mount modes beside S3's (the same emulator)
     r2_mount = (
         f"""
   ~/r:
@@ -133,11 +133,21 @@ def test_a_job_reads_and_writes_through_mount_and_mount_cached_and_down_unmounts
     source: {data}
     store: r2
     mode: MOUNT_CACHED
+  ~/s:
+    name: stix-mnt-r2
+    source: {data}
+    store: r2
+    mode: MOUNT
 """
         if r2
         else ""
     )
-    r2_run = "  cat ~/r/in.txt && echo through-r2 > ~/r/out-r.txt\n" if r2 else ""
+    r2_run = (
+        "  cat ~/r/in.txt ~/s/in.txt\n"
+        "  echo through-r2 > ~/r/out-r.txt && echo through-r2 > ~/s/out-s.txt\n"
+        if r2
+        else ""
+    )
     task = task_file(
         f"""
 file_mounts:{r2_mount}
@@ -166,7 +176,8 @@ run: |
     scheme = {"gcs": "gs"}.get(store, store)  # as a task names the bucket
     assert f"Mounted {scheme}://{cached_bucket}" in done.stdout + done.stderr
     home = stix.node_dir("mnt")
-    assert sorted(fuse_mounts_under(home)) == [str(home / d) for d in ("c", "m", "r")[: 2 + r2]]
+    points = [str(home / d) for d in ("c", "m", "r", "s")[: 2 + r2]]
+    assert sorted(fuse_mounts_under(home)) == points
 
     # the moment the job counts as done, the write-back cache (3 s) has reached the bucket
     wait_until(lambda: stix.job_status("mnt", 1) not in (None, "PENDING", "RUNNING"), timeout=90)
@@ -175,6 +186,7 @@ run: |
     assert "out-m.txt" in keys_in(emu, store, mount_bucket)
     if r2:
         assert "out-r.txt" in keys_in(emu, "r2", "stix-mc-r2")
+        assert "out-s.txt" in keys_in(emu, "r2", "stix-mnt-r2")
     logs = stix.run("logs", "mnt", "1", "--no-follow", timeout=30).stdout
     assert logs.count("from the bucket") == 2 + r2
 
