@@ -3,11 +3,10 @@ checked with kubectl against the fake API server (tests/kube_fake), from outside
 bucket mounted in a pod (the fake's pods are processes on this machine, so rclone mounts
 for real on /dev/fuse, the S3 emulator on its loopback).
 
-What the fake cannot show: it mounts no volume into a pod and runs every pod as the test's
-own user (root), applying neither ``runAsUser`` nor ``fsGroup``. So a non-root job writing a
-claim is shown only as far as stix's part goes: the pod asks for ``fsGroup`` (the kubelet's
-part, giving the claim to that group, is a real cluster's); a non-root job writing a volume is
-proven on SSH hosts (tests/test_volumes_ssh.py) and locally (tests/test_volumes.py).
+The fake runs a pod as its ``securityContext`` says (``runAsUser``, ``runAsGroup``,
+``fsGroup``) and bind-mounts a claim's folder at its mount path in the pod's own mount
+namespace, given to ``fsGroup`` first as a kubelet does: a job of a non-root user
+(``pod_config``) writes a claim, and the next job reads it.
 
 Also ephemeral claims made for a cluster and deleted at its down."""
 
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +242,45 @@ def test_an_ephemeral_claim_is_made_for_its_cluster_mounted_and_deleted_at_its_d
     k8s.run("down", "-y", "ke", check=True, timeout=60)
     assert made not in claims(kube)
     assert name not in volumes(k8s)
+
+
+SHARED = "name: shared\ntype: k8s-pvc\nsize: 1Gi\nconfig: {storage_class_name: standard}\n"
+NON_ROOT = """
+resources:
+  infra: k8s
+  cpus: 1
+volumes:
+  /stix-shared: shared
+run: |
+  set -e
+  echo "user $(id -u) groups $(id -G)"
+  echo from-1000 > /stix-shared/out.txt
+"""
+
+
+def test_a_non_root_job_writes_a_claim_given_to_fs_group_and_the_next_job_reads_it(
+    k8s: Stix, kube: FakeProcess
+) -> None:
+    as_user = {"runAsUser": 1000, "runAsGroup": 3000}
+    k8s.env["STIX__KUBERNETES__POD_CONFIG"] = json.dumps({"spec": {"securityContext": as_user}})
+    k8s.run("daemon", "stop", timeout=30)  # started without the setting
+    try:
+        k8s.run("volumes", "apply", write(k8s, "shared.yaml", SHARED), "-y", check=True)
+        launched = k8s.run("launch", "-y", "-c", "kn", write(k8s, "kn.yaml", NON_ROOT), timeout=120)
+        assert launched.returncode == 0, launched.stderr
+        assert f"user 1000 groups 3000 {FS_GROUP}" in launched.stdout, launched.stdout
+        read = k8s.run("exec", "kn", "cat /stix-shared/out.txt; id -u", timeout=60)
+        assert read.returncode == 0, read.stderr
+        assert "from-1000\n1000" in read.stdout, read.stdout
+        uid = claims(kube)[f"shared-{owner_of(k8s.home)}"]["metadata"]["uid"]
+        written = kube.state / "claims" / uid / "out.txt"  # the claim's folder, on this machine
+        assert written.read_text() == "from-1000\n"
+        made = os.stat(written)
+        assert (made.st_uid, made.st_gid) == (1000, FS_GROUP)  # the claim's setgid group
+        assert not os.path.exists("/stix-shared/out.txt")  # mounted in the pod only
+    finally:
+        k8s.run("down", "-y", "kn", timeout=60)
+        k8s.run("volumes", "delete", "shared", "-y", timeout=60)
+        del k8s.env["STIX__KUBERNETES__POD_CONFIG"]
+        k8s.run("daemon", "stop", timeout=30)
+    assert not os.path.exists("/stix-shared")  # the fake's mount point, gone with the pod

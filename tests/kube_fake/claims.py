@@ -9,11 +9,14 @@ as a class with ``volumeBindingMode: Immediate`` and a provisioner binds it: ``s
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from tests.kube_fake.meta import Obj, new_metadata
 from tests.kube_fake.store import Store
 
 RESOURCE = "persistentvolumeclaims"
+DIRECTORY_TYPES = ("", "Directory", "DirectoryOrCreate")
+"""The hostPath types the fake mounts (a device such as /dev/fuse the pod reaches as it is)."""
 
 
 def new_claim(body: Obj, namespace: str) -> Obj:
@@ -59,3 +62,26 @@ def pod_level_message(nodes: int, problem: str) -> str:
         f"0/{nodes} nodes are available: {problem}. preemption: 0/{nodes} nodes are available: "
         f"{nodes} Preemption is not helpful for scheduling."
     )
+
+
+def pod_mounts(store: Store, root: Path, pod: Obj) -> list[tuple[Path, str, bool]]:
+    """(folder on this machine, mount path, whether a claim) of each claim and folder hostPath
+    the pod's container mounts: a bound claim is a folder the fake keeps per claim (by its uid,
+    so a claim made again under the same name starts empty), a ``subPath`` a folder in it."""
+    namespace = pod["metadata"]["namespace"]
+    sources: dict[str, tuple[Path, bool]] = {}
+    for volume in pod["spec"].get("volumes") or []:
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        host_path = volume.get("hostPath") or {}
+        host = host_path.get("path") if host_path.get("type", "") in DIRECTORY_TYPES else None
+        found = store.find(RESOURCE, namespace, claim) if claim else None
+        if found is not None:
+            sources[volume["name"]] = (root / "claims" / found["metadata"]["uid"], True)
+        elif host:
+            sources[volume["name"]] = (Path(host), False)
+    mounts = []
+    for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+        if (source := sources.get(mount.get("name", ""))) is not None:
+            folder, is_claim = source
+            mounts.append((folder / mount.get("subPath", ""), mount["mountPath"], is_claim))
+    return mounts

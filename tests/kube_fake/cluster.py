@@ -15,7 +15,7 @@ from typing import Any
 
 from stixd.providers.local.netns import NodeNetworks
 from tests.kube_fake import events, pods
-from tests.kube_fake.claims import claim_problem, pod_level_message
+from tests.kube_fake.claims import claim_problem, pod_level_message, pod_mounts
 from tests.kube_fake.faults import Faults
 from tests.kube_fake.meta import Obj, timestamp
 from tests.kube_fake.nodes import default_nodes, failed_scheduling_message, why_not
@@ -126,7 +126,8 @@ class KubeFake:
             f"Successfully assigned {meta['namespace']}/{meta['name']} to {node_name}",
             component="default-scheduler",
         )
-        kubelet = Kubelet(Sandbox(self.root, pod, self.networks))
+        mounts = pod_mounts(self.store, self.root, pod)
+        kubelet = Kubelet(Sandbox(self.root, pod, self.networks, mounts))
         self.kubelets[meta["uid"]] = kubelet
         kubelet.task = self.spawn(self._run(pod, kubelet))
 
