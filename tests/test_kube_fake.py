@@ -136,7 +136,7 @@ def test_kubectl_cp_copies_a_tree_into_the_pod_and_back(kube: FakeProcess) -> No
 
 
 def test_delete_marks_the_pod_then_removes_it_after_the_grace_period(kube: FakeProcess) -> None:
-    slow_to_stop = ["sh", "-c", "trap 'sleep 0.6; exit 0' TERM; while :; do sleep 0.05; done"]
+    slow_to_stop = ["sh", "-c", "trap 'sleep 3; exit 0' TERM; while :; do sleep 0.05; done"]
     apply(kube, pod_manifest("slow", slow_to_stop))
     wait_until(lambda: phase(kube, "slow") == "Running", timeout=10)
     kube.kubectl("delete", "pod", "slow", "--wait=false")
@@ -144,7 +144,7 @@ def test_delete_marks_the_pod_then_removes_it_after_the_grace_period(kube: FakeP
     assert marked["deletionTimestamp"] and marked["deletionGracePeriodSeconds"] == 30
     gone = kube.kubectl("get", "pod", "slow", check=False)
     assert gone.returncode == 0  # still there while its process finishes its trap
-    wait_until(lambda: kube.kubectl("get", "pod", "slow", check=False).returncode == 1, 10)
+    wait_until(lambda: kube.kubectl("get", "pod", "slow", check=False).returncode == 1, 20)
     assert kube.pod_processes() == []
 
 
