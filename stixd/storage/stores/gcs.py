@@ -56,6 +56,12 @@ SCOPE = "https://www.googleapis.com/auth/devstorage.full_control"
 MAX_SIGNED_S = 7 * 24 * 3600
 GCS_REMOTE = "google cloud storage"
 DELETERS = 8
+STS = "https://sts.googleapis.com/v1/token"
+TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+NODE_ROLE = "inRole:roles/storage.objectAdmin"
+"""What a downscoped token may do in its bucket (no more than the daemon's own token may)."""
+MAX_TOKEN = 4096
 
 
 def service_file(section: Mapping[str, Any], env: Mapping[str, str]) -> Path | None:
@@ -69,6 +75,55 @@ def adc_file(env: Mapping[str, str]) -> Path | None:
     root = Path(env["CLOUDSDK_CONFIG"]) if env.get("CLOUDSDK_CONFIG") else home / ".config/gcloud"
     found = root / "application_default_credentials.json"
     return found if found.is_file() else None
+
+
+def access_boundary(bucket: str) -> dict[str, Any]:
+    """A Credential Access Boundary (Google's ``accessBoundary``) that keeps a token to the
+    objects of ``bucket``."""
+    rule = {
+        "availableResource": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+        "availablePermissions": [NODE_ROLE],
+    }
+    return {"accessBoundary": {"accessBoundaryRules": [rule]}}
+
+
+async def downscope(
+    session: aiohttp.ClientSession, endpoint: str, source: str, source_s: int, bucket: str
+) -> tuple[str, int]:
+    """Exchange the access token ``source`` (good for ``source_s`` more seconds) at Google's
+    Security Token Service for one kept to ``bucket``; the token and how long it lasts (the
+    answer's ``expires_in``, else the source's, as Google's libraries take it). One line on
+    failure."""
+    form = {
+        "grant_type": EXCHANGE,
+        "requested_token_type": TOKEN_TYPE,
+        "subject_token_type": TOKEN_TYPE,
+        "subject_token": source,
+        "options": quote(json.dumps(access_boundary(bucket), separators=(",", ":")), safe=""),
+    }
+    what = "downscope a token"
+    try:
+        async with session.post(endpoint, data=form) as answer:
+            if answer.status >= 300:
+                raise await failure(answer, bucket, what)
+            found = as_dict(json.loads(await answer.read()), bucket, what)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise unreachable(exc, bucket, what) from None
+    token, lasts = found.get("access_token"), found.get("expires_in", source_s)
+    if not (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN and token.isprintable()):
+        raise BadAnswer(f"{what} for bucket {bucket!r}: STS answered no usable access_token")
+    if not isinstance(lasts, int) or isinstance(lasts, bool) or lasts <= 0:
+        raise BadAnswer(f"{what} for bucket {bucket!r}: STS answered no usable expires_in")
+    return token, min(lasts, source_s)
+
+
+def rclone_token(token: str, valid_s: int, now: float) -> str:
+    """The ``token`` setting of rclone's GCS backend for an access token without a refresh
+    token: one JSON line. rclone 1.60 uses it until ``expiry`` and then reads its config file
+    again for a newer one (a renewal writes it there)."""
+    expiry = datetime.datetime.fromtimestamp(now + valid_s, datetime.UTC)
+    doc = {"access_token": token, "token_type": "Bearer", "expiry": expiry.isoformat()}
+    return json.dumps(doc, separators=(",", ":"))
 
 
 class GcsClient:
