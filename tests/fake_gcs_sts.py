@@ -14,17 +14,23 @@ The STS side checks a request as Google documents it: a form with the token-exch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
 
+from tests.stores_bed import free_port
+
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+DAEMON = "daemon-token"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 RESOURCE = re.compile(r"^//storage\.googleapis\.com/projects/_/buckets/([a-z0-9._-]{3,222})$")
 BUCKET_PATH = re.compile(r"^/(?:upload/|download/)?storage/v1/b/([^/]+)(?:/|$)")
@@ -45,12 +51,22 @@ class FakeSts:
     def app(self, upstream: str | None = None) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/token", self.token)
+        app.router.add_post("/oauth2/token", self.oauth)
         if upstream is not None:
             self.upstream = upstream.rstrip("/")
             app.router.add_route("*", "/storage/{tail:.*}", self.forward)
             app.router.add_route("*", "/upload/{tail:.*}", self.forward)
             app.router.add_route("*", "/download/{tail:.*}", self.forward)
         return app
+
+    async def oauth(self, request: web.Request) -> web.Response:
+        """Google's OAuth token endpoint for a service-account key's signed assertion (the
+        key's ``token_uri``): the daemon's own token, ``DAEMON``, unchecked."""
+        form = await request.post()
+        if form.get("grant_type") != JWT_BEARER or not form.get("assertion"):
+            return _error(400, "invalid_grant", "not a service-account assertion")
+        answer = {"access_token": DAEMON, "expires_in": 3600, "token_type": "Bearer"}
+        return web.json_response(answer)
 
     async def token(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
@@ -115,3 +131,16 @@ class FakeSts:
 def _error(status: int, error: str, description: str) -> web.Response:
     body: dict[str, Any] = {"error": error, "error_description": description}
     return web.json_response(body, status=status)
+
+
+@contextlib.asynccontextmanager
+async def served(fake: FakeSts, upstream: str | None = None) -> AsyncIterator[str]:
+    """``fake`` served on loopback (and GCS through it when ``upstream`` is given): its URL."""
+    runner = web.AppRunner(fake.app(upstream))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

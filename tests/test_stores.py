@@ -22,6 +22,7 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 from aiohttp import web
 
+from stixd.storage.mount import renewable
 from stixd.storage.stores import (
     LABEL_HOME,
     LABEL_STORAGE,
@@ -43,7 +44,7 @@ from stixd.storage.stores import azure as azure_store
 from stixd.storage.stores import gcs as gcs_store
 from stixd.storage.stores import s3 as s3_store
 from tests import stores_bed
-from tests.fake_gcs_sts import FakeSts
+from tests.fake_gcs_sts import FakeSts, served
 from tests.stores_bed import Emulator, free_port
 
 pytestmark = pytest.mark.anyio
@@ -743,25 +744,12 @@ async def test_a_bucket_whose_labels_are_refused_is_said_and_skipped_not_the_who
             await bucket.delete()
 
 
-@contextlib.asynccontextmanager
-async def fake_sts(fake: FakeSts, upstream: str | None = None) -> AsyncIterator[str]:
-    """``fake`` served on loopback (and GCS through it when ``upstream`` is given): its URL."""
-    runner = web.AppRunner(fake.app(upstream))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
 async def test_gcs_downscopes_a_token_to_one_bucket_at_google_sts() -> None:
     """The daemon's access token is exchanged for one its Credential Access Boundary keeps to
     one bucket, as Google's STS takes the request; a token STS does not know is refused in one
     line."""
     fake = FakeSts({"daemon-token"}, lifetime=1800)
-    async with fake_sts(fake) as url, aiohttp.ClientSession() as session:
+    async with served(fake) as url, aiohttp.ClientSession() as session:
         endpoint = f"{url}/v1/token"
         token, valid_s = await gcs_store.downscope(session, endpoint, "daemon-token", 3000, "b-1")
         assert fake.issued[token][0] == "b-1" and valid_s == 1800
@@ -813,7 +801,7 @@ async def test_rclone_takes_a_renewed_gcs_token_from_its_config(
 
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone 1.60 bug
     argv = [rclone, "rcd", "--rc-no-auth", f"--rc-addr=127.0.0.1:{port}", "--config", str(config)]
-    async with fake_sts(fake, fake_gcs.url) as gcs_url, aiohttp.ClientSession() as client:
+    async with served(fake, fake_gcs.url) as gcs_url, aiohttp.ClientSession() as client:
         sts = f"{gcs_url}/v1/token"
         first, first_s = await gcs_store.downscope(client, sts, "daemon-token", 3600, name)
         started = time.time()
@@ -841,3 +829,39 @@ async def test_rclone_takes_a_renewed_gcs_token_from_its_config(
             proc.terminate()
             await proc.wait()
             await proc.aclose()
+
+
+async def test_gcs_nodes_get_a_token_scoped_to_their_bucket_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    """``rclone_remote`` hands a node a token downscoped to its bucket, with its lifetime to
+    renew it by, and no key; ``node_credentials: daemon`` the key; when STS refuses, ``auto``
+    the key with a note saying so and ``scoped`` a one-line error."""
+    fake = FakeSts({"daemon-token"}, lifetime=1800)
+    async with served(fake) as url:
+        key = stores_bed.service_account_key(tmp_path / "sa.json")
+        doc = json.loads(key.read_text()) | {"token_uri": f"{url}/oauth2/token"}
+        key.write_text(json.dumps(doc))
+
+        async def remote(mode: str) -> RcloneRemote:
+            section = {"project": "p", "service_account_file": str(key), "node_credentials": mode}
+            stores = open_stores({"gcs": section | {"sts_endpoint": f"{url}/v1/token"}}, {}, HOME)
+            try:
+                return await stores.bucket(StoreKind.GCS, "b-2").rclone_remote()
+            finally:
+                await stores.aclose()
+
+        scoped = await remote("auto")
+        token = json.loads(scoped.keys["token"])["access_token"]
+        assert fake.issued[token][0] == "b-2" and scoped.valid_s == 1800
+        assert renewable(scoped) and scoped.note is None
+        assert not [k for k in scoped.keys if "service_account" in k]
+        daemon = await remote("daemon")
+        assert daemon.keys["service_account_file"] == str(key) and not renewable(daemon)
+        fake.sources = set()  # STS refuses the daemon's token
+        fallback = await remote("auto")
+        assert "service_account_file" in fallback.keys and "token" not in fallback.keys
+        assert fallback.note is not None and "not a token scoped to it" in fallback.note
+        with pytest.raises(StoreError, match="node_credentials: auto") as refused:
+            await remote("scoped")
+        assert "\n" not in str(refused.value)
