@@ -165,6 +165,9 @@ class GcsStoreConfig(
     project: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9.:-]{0,99}$")] | None = None
     service_account_file: Text | None = None
     use_metadata_server: bool = False
+    # what a node's rclone gets: auto|scoped (an STS token kept to the bucket) or daemon (the key)
+    node_credentials: Literal["auto", "scoped", "daemon"] | None = None  # null: auto
+    sts_endpoint: Url | None = None  # null: Google's
 
 
 class AzureStoreConfig(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import boto3  # type: ignore[import-untyped]
 import pytest
@@ -29,7 +30,9 @@ from stixd.agent.protocol import RequestError
 from stixd.providers.shared.fuse_mounts import fuse_mounts_under
 from stixd.storage.mount import SESSION_KEYS, node_keys
 from stixd.storage.stores import LABEL_STORAGE, RcloneRemote, StoreKind, open_stores
+from stixd.storage.stores import gcs as gcs_store
 from tests.conftest import Stix, reap, wait_until
+from tests.fake_gcs_sts import FakeSts, served
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
@@ -638,3 +641,71 @@ def test_a_read_only_preset_mounts_read_only_and_a_knob_rclone_lacks_is_left_out
     with pytest.raises(OSError):
         (dest / "out.txt").write_text("refused")
     assert agent_mount.unmount_all(node_dir) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_a_gcs_mount_on_a_bucket_scoped_token_takes_a_renewed_one_in_place(
+    fake_gcs: Emulator, node_dir: Path, tmp_path: Path
+) -> None:
+    """A GCS mount made with a token kept to its bucket (no key on the node) reads through
+    it; a renewal writes the next token into the mount's rclone config, and once the first
+    ends (the fake GCS refuses it from then on) the same rclone writes with the next."""
+    bucket, dest = "stix-node-token", tmp_path / "node" / "gdata"
+    async with aiohttp.ClientSession() as client:
+        made = await client.post(
+            f"{fake_gcs.url}/storage/v1/b", params={"project": "p"}, json={"name": bucket}
+        )
+        assert made.status == 200, await made.text()
+        up = await client.post(
+            f"{fake_gcs.url}/upload/storage/v1/b/{bucket}/o",
+            params={"uploadType": "media", "name": "in.txt"},
+            data=b"through a scoped token\n",
+        )
+        assert up.status == 200, await up.text()
+    fake = FakeSts({"daemon-token"}, lifetime=20)  # rclone takes it as ended 10 s early
+    async with served(fake, fake_gcs.url) as url, aiohttp.ClientSession() as client:
+
+        async def mint() -> tuple[str, int]:
+            return await gcs_store.downscope(
+                client, f"{url}/v1/token", "daemon-token", 3600, bucket
+            )
+
+        first, valid_s = await mint()
+        started = time.time()
+        line = gcs_store.rclone_token(first, valid_s, started)
+        keys = {"bucket_policy_only": "true", "endpoint": f"{url}/storage/v1/", "token": line}
+        request = {
+            "dest": str(dest), "remote": "google cloud storage", "keys": keys,
+            "path": bucket, "mode": "MOUNT", "valid_s": valid_s,
+        }  # fmt: skip
+        answer = await anyio.to_thread.run_sync(agent_mount.mount, node_dir, request)
+        assert answer == {"dest": str(dest), "mounted": True}
+        read = await anyio.to_thread.run_sync((dest / "in.txt").read_text)  # off this loop
+        assert read == "through a scoped token\n"
+        folder = only_folder(node_dir)
+        pid = record_of(folder)["pid"]
+        config = folder / agent_mount.CONFIG
+        assert first in config.read_text() and "service_account" not in config.read_text()
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+        fake.lifetime = 3600
+        second, second_s = await mint()
+        token = gcs_store.rclone_token(second, second_s, 0)  # the node stamps its own end
+        renewal = {"dest": str(dest), "keys": {"token": token}, "valid_s": second_s}
+        done = await anyio.to_thread.run_sync(agent_mount.mount_keys, node_dir, renewal)
+        assert done["renewed"] is True
+        text = config.read_text()
+        assert second in text and first not in text and "1970" not in text  # its own clock
+        del fake.issued[first]  # as if it ended: the fake GCS refuses it from now on
+        await anyio.sleep(max(0.0, started + valid_s - 10 + 1 - time.time()))
+        await anyio.to_thread.run_sync((dest / "after.txt").write_text, "written after renewal\n")
+        await anyio.to_thread.run_sync(
+            lambda: wait_until(lambda: "after.txt" in keys_in(fake_gcs, "gcs", bucket), 60)
+        )
+        assert not [r for r in fake.refused if bucket in r]
+        assert record_of(folder)["pid"] == pid and agent_mount.mounted(str(dest))
+        for bad in ({"token": "not json"}, {"token": "a\nb"}, {"token": line, "endpoint": "x"}):
+            with pytest.raises(RequestError) as refused:
+                agent_mount.mount_keys(node_dir, {**renewal, "keys": bad})
+            assert refused.value.code == "bad_request"

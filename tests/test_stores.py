@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 from aiohttp import web
 
+from stixd.storage.mount import renewable
 from stixd.storage.stores import (
     LABEL_HOME,
     LABEL_STORAGE,
@@ -38,8 +41,10 @@ from stixd.storage.stores import (
     open_stores,
 )
 from stixd.storage.stores import azure as azure_store
+from stixd.storage.stores import gcs as gcs_store
 from stixd.storage.stores import s3 as s3_store
 from tests import stores_bed
+from tests.fake_gcs_sts import FakeSts, served
 from tests.stores_bed import Emulator, free_port
 
 pytestmark = pytest.mark.anyio
@@ -737,3 +742,126 @@ async def test_a_bucket_whose_labels_are_refused_is_said_and_skipped_not_the_who
         assert said == [(refused.name, f"s3: reading the tags of {refused.name} was denied")]
         for bucket in (mine, refused):
             await bucket.delete()
+
+
+async def test_gcs_downscopes_a_token_to_one_bucket_at_google_sts() -> None:
+    """The daemon's access token is exchanged for one its Credential Access Boundary keeps to
+    one bucket, as Google's STS takes the request; a token STS does not know is refused in one
+    line."""
+    fake = FakeSts({"daemon-token"}, lifetime=1800)
+    async with served(fake) as url, aiohttp.ClientSession() as session:
+        endpoint = f"{url}/v1/token"
+        token, valid_s = await gcs_store.downscope(session, endpoint, "daemon-token", 3000, "b-1")
+        assert fake.issued[token][0] == "b-1" and valid_s == 1800
+        sent = json.loads(urllib.parse.unquote(fake.forms[-1]["options"]))
+        assert sent == gcs_store.access_boundary("b-1")
+        # the source token ends first: so does its downscoped one
+        _, shorter = await gcs_store.downscope(session, endpoint, "daemon-token", 600, "b-1")
+        assert shorter == 600
+        with pytest.raises(AccessDenied, match="invalid or expired") as refused:
+            await gcs_store.downscope(session, endpoint, "stolen", 3000, "b-1")
+        assert "\n" not in str(refused.value)
+
+
+async def test_rclone_takes_a_renewed_gcs_token_from_its_config(
+    fake_gcs: Emulator, tmp_path: Path
+) -> None:
+    """rclone 1.60 reaches a bucket with a downscoped access token alone (no refresh token, no
+    key) and, when the token nears its end, reads its config file again and takes the newer
+    one written there: a running mount can be renewed. The fake GCS in front of the emulator
+    lets a token through only for its own bucket and refuses the first once it is replaced."""
+    name = f"stix-tok-{next(_names)}"
+    async with aiohttp.ClientSession() as session:
+        made = await session.post(
+            f"{fake_gcs.url}/storage/v1/b", params={"project": "p"}, json={"name": name}
+        )
+        assert made.status == 200, await made.text()
+        up = await session.post(
+            f"{fake_gcs.url}/upload/storage/v1/b/{name}/o",
+            params={"uploadType": "media", "name": "x.txt"},
+            data=b"hi",
+        )
+        assert up.status == 200, await up.text()
+    fake = FakeSts({"daemon-token"}, lifetime=16)  # rclone takes it as ended 10 s early
+    rclone = shutil.which("rclone")
+    assert rclone is not None, "rclone is not installed: run README command 2"
+    config, port = tmp_path / "rclone.conf", free_port()
+
+    def write(token: str, valid_s: int) -> None:
+        line = gcs_store.rclone_token(token, valid_s, time.time())
+        text = "[r]\ntype = google cloud storage\nbucket_policy_only = true\n"
+        text += f"endpoint = {gcs_url}/storage/v1/\ntoken = {line}\n"
+        (tmp_path / "part").write_text(text)
+        os.replace(tmp_path / "part", config)
+
+    async def listed(client: aiohttp.ClientSession, bucket: str) -> tuple[int, str]:
+        asked = {"fs": "r:", "remote": bucket}
+        async with client.post(f"http://127.0.0.1:{port}/operations/list", json=asked) as got:
+            return got.status, await got.text()
+
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone 1.60 bug
+    argv = [rclone, "rcd", "--rc-no-auth", f"--rc-addr=127.0.0.1:{port}", "--config", str(config)]
+    async with served(fake, fake_gcs.url) as gcs_url, aiohttp.ClientSession() as client:
+        sts = f"{gcs_url}/v1/token"
+        first, first_s = await gcs_store.downscope(client, sts, "daemon-token", 3600, name)
+        started = time.time()
+        write(first, first_s)
+        proc = await anyio.open_process(argv, env=env)
+        try:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    if (await listed(client, name))[0] < 500:
+                        break
+                await anyio.sleep(0.1)
+            status, text = await listed(client, name)
+            assert status == 200 and "x.txt" in text, text
+            status, _ = await listed(client, "other-bucket")
+            assert status != 200  # the token is for its bucket alone
+            fake.lifetime = 3600
+            second, second_s = await gcs_store.downscope(client, sts, "daemon-token", 3600, name)
+            write(second, second_s)
+            del fake.issued[first]  # replaced: the fake GCS refuses it from now on
+            await anyio.sleep(max(0.0, started + first_s - 10 + 1 - time.time()))
+            status, text = await listed(client, name)
+            assert status == 200 and "x.txt" in text, text
+            assert not [r for r in fake.refused if name in r]
+        finally:
+            proc.terminate()
+            await proc.wait()
+            await proc.aclose()
+
+
+async def test_gcs_nodes_get_a_token_scoped_to_their_bucket_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    """``rclone_remote`` hands a node a token downscoped to its bucket, with its lifetime to
+    renew it by, and no key; ``node_credentials: daemon`` the key; when STS refuses, ``auto``
+    the key with a note saying so and ``scoped`` a one-line error."""
+    fake = FakeSts({"daemon-token"}, lifetime=1800)
+    async with served(fake) as url:
+        key = stores_bed.service_account_key(tmp_path / "sa.json")
+        doc = json.loads(key.read_text()) | {"token_uri": f"{url}/oauth2/token"}
+        key.write_text(json.dumps(doc))
+
+        async def remote(mode: str) -> RcloneRemote:
+            section = {"project": "p", "service_account_file": str(key), "node_credentials": mode}
+            stores = open_stores({"gcs": section | {"sts_endpoint": f"{url}/v1/token"}}, {}, HOME)
+            try:
+                return await stores.bucket(StoreKind.GCS, "b-2").rclone_remote()
+            finally:
+                await stores.aclose()
+
+        scoped = await remote("auto")
+        token = json.loads(scoped.keys["token"])["access_token"]
+        assert fake.issued[token][0] == "b-2" and scoped.valid_s == 1800
+        assert renewable(scoped) and scoped.note is None
+        assert not [k for k in scoped.keys if "service_account" in k]
+        daemon = await remote("daemon")
+        assert daemon.keys["service_account_file"] == str(key) and not renewable(daemon)
+        fake.sources = set()  # STS refuses the daemon's token
+        fallback = await remote("auto")
+        assert "service_account_file" in fallback.keys and "token" not in fallback.keys
+        assert fallback.note is not None and "not a token scoped to it" in fallback.note
+        with pytest.raises(StoreError, match="node_credentials: auto") as refused:
+            await remote("scoped")
+        assert "\n" not in str(refused.value)

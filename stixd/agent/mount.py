@@ -61,6 +61,9 @@ AWS_CONFIG = "aws.conf"
 REREAD_S = 300.0
 """How long rclone uses renewable keys before it reads ``keys.json`` again (at most)."""
 _SESSION_KEYS = ("access_key_id", "secret_access_key", "session_token")
+GCS = "google cloud storage"
+MAX_TOKEN_LINE = 8192
+"""A GCS access token's ``token`` setting (one JSON line) is at most this long."""
 _AWS_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -273,14 +276,41 @@ def _private(path: Path, text: str) -> None:
 
 
 def renewable(spec: dict[str, Any]) -> bool:
-    """Keys that end and can be replaced under a running rclone: an S3 API's session keys."""
+    """Keys that end and can be replaced under a running rclone: an S3 API's session keys, or
+    a GCS access token (rclone reads its config again for a newer one when it ends)."""
     keys = spec["keys"]
-    return (
-        spec["remote"] == "s3"
-        and spec["valid_s"] is not None
-        and "access_key_id" in keys
-        and "secret_access_key" in keys
-    )
+    if spec["valid_s"] is None:
+        return False
+    if spec["remote"] == GCS:
+        return "token" in keys
+    return spec["remote"] == "s3" and "access_key_id" in keys and "secret_access_key" in keys
+
+
+def _stamped(token: str, valid_s: int) -> str:
+    """A GCS ``token`` setting whose ``expiry`` this node's clock says (``valid_s`` from
+    now), as one JSON line; a token that is not one refused."""
+    try:
+        doc = json.loads(token)
+    except ValueError:
+        doc = None
+    if not (isinstance(doc, dict) and isinstance(doc.get("access_token"), str)):
+        raise RequestError("bad_request", '"token" must be an rclone access token (JSON)')
+    expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + valid_s))
+    kept = {"access_token": doc["access_token"], "token_type": "Bearer", "expiry": expiry}
+    return json.dumps(kept, separators=(",", ":"))
+
+
+def _write_token(folder: Path, token: str, valid_s: int) -> float:
+    """A renewed GCS token into the mount's rclone config, in place of the old one (rclone
+    writes the file too, the same token back): when it ends."""
+    config = folder / CONFIG
+    lines = config.read_text().splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("token = ")]
+    if len(at) != 1:
+        raise RequestError("not_renewable", "the mount's rclone config holds no access token")
+    lines[at[0]] = f"token = {_stamped(token, valid_s)}"
+    _private(config, "\n".join(lines) + "\n")
+    return time.time() + valid_s
 
 
 def _write_keys(folder: Path, keys: dict[str, str], valid_s: int) -> float:
@@ -302,7 +332,9 @@ def _write_keys(folder: Path, keys: dict[str, str], valid_s: int) -> float:
 def _write_config(folder: Path, spec: dict[str, Any]) -> Path:
     config = folder / CONFIG
     keys = dict(spec["keys"])
-    if renewable(spec):  # read through the SDK's credential_process: replaceable
+    if renewable(spec) and spec["remote"] == GCS:
+        keys["token"] = _stamped(keys["token"], spec["valid_s"])
+    elif renewable(spec):  # read through the SDK's credential_process: replaceable
         keys = {k: v for k, v in keys.items() if k not in _SESSION_KEYS}
         aws = folder / AWS_CONFIG
         keys |= {"env_auth": "true", "profile": "stix", "shared_credentials_file": str(aws)}
@@ -440,7 +472,7 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
         spec = {**spec, "flags": kept}
         log.info("rclone_flags_dropped dest=%s flags=%s", dest, ",".join(dropped))
     expires_at = time.time() + spec["valid_s"] if spec["valid_s"] else None
-    if renewable(spec):
+    if renewable(spec) and spec["remote"] != GCS:
         expires_at = _write_keys(folder, spec["keys"], spec["valid_s"])
     config = _write_config(folder, spec)
     user, password = "stix", secrets.token_urlsafe(24)
@@ -485,7 +517,10 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
 
 def _renew(record: dict[str, Any], keys: dict[str, str], valid_s: int) -> float:
     folder = Path(record["folder"])
-    expires_at = _write_keys(folder, keys, valid_s)
+    if "token" in keys:
+        expires_at = _write_token(folder, keys["token"], valid_s)
+    else:
+        expires_at = _write_keys(folder, keys, valid_s)
     kept = {k: v for k, v in record.items() if k != "folder"}
     _private(folder / RECORD, json.dumps(kept | {"expires_at": expires_at}))
     log.info("bucket_keys_renewed dest=%s valid_s=%d", record["dest"], valid_s)
@@ -498,14 +533,19 @@ def parse_mount_keys(request: dict[str, Any]) -> dict[str, Any]:
     valid_s = request.get("valid_s")
     if not isinstance(dest, str) or not os.path.isabs(dest) or "\0" in dest:
         raise RequestError("bad_request", 'mount_keys needs "dest", an absolute path')
-    if not isinstance(keys, dict) or not all(
+    if isinstance(keys, dict) and set(keys) == {"token"}:  # a GCS access token
+        token = keys["token"]
+        if not (isinstance(token, str) and len(token) <= MAX_TOKEN_LINE and "\n" not in token):
+            raise RequestError("bad_request", '"token" must be one line')
+    elif not isinstance(keys, dict) or not all(
         k in _SESSION_KEYS and isinstance(v, str) and v and len(v) <= 4096 and "\n" not in v
         for k, v in keys.items()
     ):
         raise RequestError(
-            "bad_request", f'"keys" may hold only {", ".join(_SESSION_KEYS)}, each one line'
+            "bad_request",
+            f'"keys" may hold only {", ".join(_SESSION_KEYS)} or a token, each one line',
         )
-    if "access_key_id" not in keys or "secret_access_key" not in keys:
+    elif "access_key_id" not in keys or "secret_access_key" not in keys:
         raise RequestError("bad_request", "mount_keys needs an access key id and its secret")
     if not isinstance(valid_s, int) or isinstance(valid_s, bool) or not 0 < valid_s <= MAX_VALID_S:
         raise RequestError("bad_request", '"valid_s" must be the keys\' lifetime in seconds')

@@ -20,6 +20,7 @@ from stixd.providers.base import NodeInfo, Provider
 from stixd.storage.copy import node_path
 from stixd.storage.plan import StorageSpec
 from stixd.storage.stores import Bucket, RcloneRemote, StoreError
+from stixd.storage.stores.gcs import GCS_REMOTE
 from stixproto.errors import ProvisionError
 from stixproto.task import Storage, Task
 
@@ -27,8 +28,9 @@ MOUNT_DEADLINE_S = 90.0
 """The agent waits up to 20 s for rclone's mount to appear; unmounting a stale one first may
 take longer."""
 KEYS_DEADLINE_S = 20.0
-SESSION_KEYS = ("access_key_id", "secret_access_key", "session_token")
-"""What a renewal sends: the keys alone (the agent's ``mount_keys`` takes nothing else)."""
+SESSION_KEYS = ("access_key_id", "secret_access_key", "session_token", "token")
+"""What a renewal sends: the keys alone, S3's or a GCS access token (the agent's
+``mount_keys`` takes nothing else)."""
 LEFT_OUT = ("not_mounted", "not_renewable")
 """A node's refusals that end its part in a renewal: its mount went (the node was replaced, or
 stopped), or it was made with keys in rclone's config (by an agent before renewals)."""
@@ -116,10 +118,14 @@ class Renewal(NamedTuple):
 
 def renewable(remote: RcloneRemote) -> bool:
     """Keys a running mount can take afresh (the agent's ``mount.renewable``: S3's and R2's
-    session keys); a store's others (an Azure SAS, a GCS key file) last as they are."""
+    session keys, a GCS access token); a store's others (an Azure SAS, a GCS key file) last
+    as they are."""
+    if remote.valid_s is None:
+        return False
+    if remote.type == GCS_REMOTE:
+        return "token" in remote.keys
     return (
         remote.type == "s3"
-        and remote.valid_s is not None
         and "access_key_id" in remote.keys
         and "secret_access_key" in remote.keys
     )

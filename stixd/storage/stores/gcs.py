@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,13 @@ SCOPE = "https://www.googleapis.com/auth/devstorage.full_control"
 MAX_SIGNED_S = 7 * 24 * 3600
 GCS_REMOTE = "google cloud storage"
 DELETERS = 8
+NODE_MODES = ("auto", "scoped", "daemon")
+STS = "https://sts.googleapis.com/v1/token"
+TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+NODE_ROLE = "inRole:roles/storage.objectAdmin"
+"""What a downscoped token may do in its bucket (no more than the daemon's own token may)."""
+MAX_TOKEN = 4096
 
 
 def service_file(section: Mapping[str, Any], env: Mapping[str, str]) -> Path | None:
@@ -69,6 +77,55 @@ def adc_file(env: Mapping[str, str]) -> Path | None:
     root = Path(env["CLOUDSDK_CONFIG"]) if env.get("CLOUDSDK_CONFIG") else home / ".config/gcloud"
     found = root / "application_default_credentials.json"
     return found if found.is_file() else None
+
+
+def access_boundary(bucket: str) -> dict[str, Any]:
+    """A Credential Access Boundary (Google's ``accessBoundary``) that keeps a token to the
+    objects of ``bucket``."""
+    rule = {
+        "availableResource": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+        "availablePermissions": [NODE_ROLE],
+    }
+    return {"accessBoundary": {"accessBoundaryRules": [rule]}}
+
+
+async def downscope(
+    session: aiohttp.ClientSession, endpoint: str, source: str, source_s: int, bucket: str
+) -> tuple[str, int]:
+    """Exchange the access token ``source`` (good for ``source_s`` more seconds) at Google's
+    Security Token Service for one kept to ``bucket``; the token and how long it lasts (the
+    answer's ``expires_in``, else the source's, as Google's libraries take it). One line on
+    failure."""
+    form = {
+        "grant_type": EXCHANGE,
+        "requested_token_type": TOKEN_TYPE,
+        "subject_token_type": TOKEN_TYPE,
+        "subject_token": source,
+        "options": quote(json.dumps(access_boundary(bucket), separators=(",", ":")), safe=""),
+    }
+    what = "downscope a token"
+    try:
+        async with session.post(endpoint, data=form) as answer:
+            if answer.status >= 300:
+                raise await failure(answer, bucket, what)
+            found = as_dict(json.loads(await answer.read()), bucket, what)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise unreachable(exc, bucket, what) from None
+    token, lasts = found.get("access_token"), found.get("expires_in", source_s)
+    if not (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN and token.isprintable()):
+        raise BadAnswer(f"{what} for bucket {bucket!r}: STS answered no usable access_token")
+    if not isinstance(lasts, int) or isinstance(lasts, bool) or lasts <= 0:
+        raise BadAnswer(f"{what} for bucket {bucket!r}: STS answered no usable expires_in")
+    return token, min(lasts, source_s)
+
+
+def rclone_token(token: str, valid_s: int, now: float) -> str:
+    """The ``token`` setting of rclone's GCS backend for an access token without a refresh
+    token: one JSON line. rclone 1.60 uses it until ``expiry`` and then reads its config file
+    again for a newer one (a renewal writes it there)."""
+    expiry = datetime.datetime.fromtimestamp(now + valid_s, datetime.UTC)
+    doc = {"access_token": token, "token_type": "Bearer", "expiry": expiry.isoformat()}
+    return json.dumps(doc, separators=(",", ":"))
 
 
 class GcsClient:
@@ -94,6 +151,10 @@ class GcsClient:
         self.sessions = Sessions()
         self.digests = tree.Digests()
         self._token: Token | None = None
+        self.node_mode = str(section.get("node_credentials") or "auto")
+        if self.node_mode not in NODE_MODES:
+            raise StoreError(f"gcs: node_credentials must be one of {', '.join(NODE_MODES)}")
+        self.sts_endpoint = str(section.get("sts_endpoint") or STS)
 
     def key(self) -> dict[str, Any] | None:
         """The service-account key, when the credentials are one."""
@@ -125,6 +186,19 @@ class GcsClient:
         except Exception as exc:  # gcloud-aio-auth raises bare exceptions of many kinds
             raise StoreError(f"gcs: no usable credentials: {exc}".splitlines()[0]) from None
         return {"Authorization": f"Bearer {token}"}
+
+    async def node_token(self, bucket: str) -> tuple[str, int]:
+        """An access token kept to ``bucket`` (a Credential Access Boundary on the daemon's
+        own, exchanged at STS) and how long it lasts; one line when there is none."""
+        auth = (await self.headers()).get("Authorization", "")
+        left = 0
+        if self._token is not None:  # headers() made it and got its token
+            acquired = self._token.access_token_acquired_at.timestamp()
+            left = int(acquired + self._token.access_token_duration - time.time())
+        if not auth.startswith("Bearer ") or left <= 60:
+            raise StoreError("gcs: the daemon's own access token is about to end")
+        session = self.sessions.get()
+        return await downscope(session, self.sts_endpoint, auth[7:], left, bucket)
 
     async def request(
         self,
@@ -380,11 +454,11 @@ class GcsBucket:
         return self._sign("PUT", key, seconds)
 
     async def rclone_remote(self) -> RcloneRemote:
-        """A service-account key where one is configured (GCS scopes keys per project, not per
-        bucket, short of a credential access boundary, which this does not make); against an
-        emulator, anonymous access at its endpoint. Not a short-lived access token: Google's
-        last at most an hour and rclone cannot renew one without the key or a refresh token,
-        so a mount would stop reading after an hour."""
+        """An access token kept to this bucket (``node_token``), renewed before its end
+        (``stixd.storage.mount.renew_on_nodes``: rclone reads its config again for it), unless
+        ``storage.gcs.node_credentials`` is ``daemon`` or, on ``auto``, STS refused one: then
+        the service-account key where one is configured (project-wide, with a note saying
+        so); against an emulator, anonymous access at its endpoint."""
         conf: dict[str, str] = {"bucket_policy_only": "true"}
         if self._c.project:
             conf["project_number"] = self._c.project
@@ -392,7 +466,25 @@ class GcsBucket:
             # rclone's endpoint is the JSON API's root, not the host
             endpoint = f"{self._c.emulator}/storage/v1/"
             return RcloneRemote(GCS_REMOTE, conf | {"anonymous": "true", "endpoint": endpoint})
+        note = None
+        if self._c.node_mode != "daemon":
+            try:
+                token, valid_s = await self._c.node_token(self.name)
+            except StoreError as exc:
+                if self._c.node_mode == "scoped":
+                    raise StoreError(
+                        f"no token scoped to bucket {self.name!r} for the nodes: {exc.message} "
+                        "(set storage.gcs.node_credentials: auto to hand them the daemon's "
+                        "credentials instead)"
+                    ) from None
+                note = (
+                    f"the nodes got the daemon's own GCS credentials for bucket {self.name!r}, "
+                    f"not a token scoped to it: {exc.message}"
+                )
+            else:
+                keys = conf | {"token": rclone_token(token, valid_s, time.time())}
+                return RcloneRemote(GCS_REMOTE, keys, valid_s=valid_s)
         if self._c.service_file is not None:
             key_file = os.fspath(self._c.service_file)
-            return RcloneRemote(GCS_REMOTE, conf | {"service_account_file": key_file})
-        return RcloneRemote(GCS_REMOTE, conf | {"env_auth": "true"})
+            return RcloneRemote(GCS_REMOTE, conf | {"service_account_file": key_file}, note=note)
+        return RcloneRemote(GCS_REMOTE, conf | {"env_auth": "true"}, note=note)

@@ -1,0 +1,146 @@
+"""A fake of Google's Security Token Service (``sts.googleapis.com/v1/token``) for downscoping
+an access token with a Credential Access Boundary, and a fake of GCS's side of it: a loopback
+proxy in front of fake-gcs-server (which reads no credentials) that lets a request through
+only with a token the fake STS issued, before it ends, for the one bucket its boundary names.
+
+The STS side checks a request as Google documents it: a form with the token-exchange
+``grant_type``, access-token ``requested_token_type`` and ``subject_token_type``, a known
+``subject_token``, and ``options`` the URL-encoded JSON of ``{"accessBoundary":
+{"accessBoundaryRules": [{"availableResource": "//storage.googleapis.com/projects/_/buckets/B",
+"availablePermissions": ["inRole:..."]}]}}``. It answers ``access_token``,
+``issued_token_type``, ``token_type`` and ``expires_in`` (``lifetime``), or Google's
+``{"error": ..., "error_description": ...}`` with HTTP 400 or 401.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+
+from tests.stores_bed import free_port
+
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+DAEMON = "daemon-token"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+RESOURCE = re.compile(r"^//storage\.googleapis\.com/projects/_/buckets/([a-z0-9._-]{3,222})$")
+BUCKET_PATH = re.compile(r"^/(?:upload/|download/)?storage/v1/b/([^/]+)(?:/|$)")
+_HOP = {"host", "content-length", "transfer-encoding", "connection", "authorization"}
+
+
+class FakeSts:
+    """Issued tokens (token -> bucket, end), the requests seen, and the proxy's refusals."""
+
+    def __init__(self, sources: set[str], lifetime: int = 3600) -> None:
+        self.sources = sources
+        self.lifetime = lifetime
+        self.issued: dict[str, tuple[str, float]] = {}
+        self.forms: list[dict[str, str]] = []
+        self.refused: list[str] = []
+        self.upstream = ""
+
+    def app(self, upstream: str | None = None) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/token", self.token)
+        app.router.add_post("/oauth2/token", self.oauth)
+        if upstream is not None:
+            self.upstream = upstream.rstrip("/")
+            app.router.add_route("*", "/storage/{tail:.*}", self.forward)
+            app.router.add_route("*", "/upload/{tail:.*}", self.forward)
+            app.router.add_route("*", "/download/{tail:.*}", self.forward)
+        return app
+
+    async def oauth(self, request: web.Request) -> web.Response:
+        """Google's OAuth token endpoint for a service-account key's signed assertion (the
+        key's ``token_uri``): the daemon's own token, ``DAEMON``, unchecked."""
+        form = await request.post()
+        if form.get("grant_type") != JWT_BEARER or not form.get("assertion"):
+            return _error(400, "invalid_grant", "not a service-account assertion")
+        answer = {"access_token": DAEMON, "expires_in": 3600, "token_type": "Bearer"}
+        return web.json_response(answer)
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.forms.append(form)
+        if form.get("grant_type") != EXCHANGE:
+            return _error(400, "unsupported_grant_type", "grant_type is not token-exchange")
+        for name in ("requested_token_type", "subject_token_type"):
+            if form.get(name) != ACCESS_TOKEN:
+                return _error(400, "invalid_request", f"{name} must be an access token")
+        if form.get("subject_token") not in self.sources:
+            return _error(401, "invalid_grant", "The subject_token is invalid or expired")
+        try:
+            options = json.loads(unquote(form.get("options", "")))
+            rules = options["accessBoundary"]["accessBoundaryRules"]
+            (rule,) = rules  # what this fake issues: one bucket
+            found = RESOURCE.match(rule["availableResource"])
+            permissions = rule["availablePermissions"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "invalid_request", "options is not a Credential Access Boundary")
+        if (
+            found is None
+            or not permissions
+            or not all(
+                isinstance(p, str) and p.startswith("inRole:roles/storage.") for p in permissions
+            )
+        ):
+            return _error(400, "invalid_request", "the boundary names no bucket or no role")
+        token = "ya29.fake-" + secrets.token_urlsafe(24)
+        self.issued[token] = (found.group(1), time.time() + self.lifetime)
+        answer = {
+            "access_token": token,
+            "issued_token_type": ACCESS_TOKEN,
+            "token_type": "Bearer",
+            "expires_in": self.lifetime,
+        }
+        return web.json_response(answer)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        bucket, ends = self.issued.get(bearer, ("", 0.0))
+        asked = BUCKET_PATH.match(request.path)
+        if ends <= time.time() or asked is None or asked.group(1) != bucket:
+            self.refused.append(f"{request.method} {request.path} {bearer[:16]}")
+            return web.json_response({"error": {"code": 401, "message": "denied"}}, status=401)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                self.upstream + request.path_qs,
+                data=await request.read(),
+                headers=headers,
+            ) as answer,
+        ):
+            body = await answer.read()
+            ctype = answer.headers.get("Content-Type", "")
+            return web.Response(
+                status=answer.status, body=body, headers={"Content-Type": ctype} if ctype else {}
+            )
+
+
+def _error(status: int, error: str, description: str) -> web.Response:
+    body: dict[str, Any] = {"error": error, "error_description": description}
+    return web.json_response(body, status=status)
+
+
+@contextlib.asynccontextmanager
+async def served(fake: FakeSts, upstream: str | None = None) -> AsyncIterator[str]:
+    """``fake`` served on loopback (and GCS through it when ``upstream`` is given): its URL."""
+    runner = web.AppRunner(fake.app(upstream))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
