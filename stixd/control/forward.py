@@ -21,6 +21,7 @@ principal's. The files a request names (a workdir, local mounts) are handed to t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 from collections.abc import Awaitable, Callable
@@ -105,8 +106,11 @@ async def _over_socket(address: str, request: Any, emit: Emit, hop: Hop | None) 
     except (OSError, TimeoutError) as exc:
         raise _unreachable(address, exc) from None
     async with stream:
-        await stream.send(encode(hello))
-        await stream.send(HEADER.pack(len(body)) + body)
+        # the hello and the request in one write: a replica that refuses the hello answers and
+        # closes, and a second write could meet the closed socket instead of the answer; a
+        # refusal before it read all of a large request is read below, where it says why
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stream.send(encode(hello) + HEADER.pack(len(body)) + body)
         reader = BufferedByteReceiveStream(stream)
 
         async def frame() -> bytes | None:
