@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,3 +250,19 @@ def fake_gcs() -> Iterator[Emulator]:
 def azurite() -> Iterator[Emulator]:
     with azurite_server() as emu:
         yield emu
+
+
+async def gcs_bucket_holding(emu: Emulator, bucket: str, key: str, data: bytes) -> None:
+    """Make ``bucket`` on the GCS emulator with one object ``key`` holding ``data``, over its
+    JSON API (no stix code in between)."""
+    async with aiohttp.ClientSession() as client:
+        made = await client.post(
+            f"{emu.url}/storage/v1/b", params={"project": "p"}, json={"name": bucket}
+        )
+        assert made.status == 200, await made.text()
+        up = await client.post(
+            f"{emu.url}/upload/storage/v1/b/{bucket}/o",
+            params={"uploadType": "media", "name": key},
+            data=data,
+        )
+        assert up.status == 200, await up.text()

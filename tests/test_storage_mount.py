@@ -33,7 +33,7 @@ from stixd.storage.stores import LABEL_STORAGE, RcloneRemote, StoreKind, open_st
 from stixd.storage.stores import gcs as gcs_store
 from tests.conftest import Stix, reap, wait_until
 from tests.fake_gcs_sts import FakeSts, served
-from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
+from tests.stores_bed import Emulator, azurite, fake_gcs, gcs_bucket_holding, moto_s3
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
 
@@ -652,17 +652,7 @@ async def test_a_gcs_mount_on_a_bucket_scoped_token_takes_a_renewed_one_in_place
     it; a renewal writes the next token into the mount's rclone config, and once the first
     ends (the fake GCS refuses it from then on) the same rclone writes with the next."""
     bucket, dest = "stix-node-token", tmp_path / "node" / "gdata"
-    async with aiohttp.ClientSession() as client:
-        made = await client.post(
-            f"{fake_gcs.url}/storage/v1/b", params={"project": "p"}, json={"name": bucket}
-        )
-        assert made.status == 200, await made.text()
-        up = await client.post(
-            f"{fake_gcs.url}/upload/storage/v1/b/{bucket}/o",
-            params={"uploadType": "media", "name": "in.txt"},
-            data=b"through a scoped token\n",
-        )
-        assert up.status == 200, await up.text()
+    await gcs_bucket_holding(fake_gcs, bucket, "in.txt", b"through a scoped token\n")
     fake = FakeSts({"daemon-token"}, lifetime=20)  # rclone takes it as ended 10 s early
     async with served(fake, fake_gcs.url) as url, aiohttp.ClientSession() as client:
 

@@ -771,17 +771,7 @@ async def test_rclone_takes_a_renewed_gcs_token_from_its_config(
     one written there: a running mount can be renewed. The fake GCS in front of the emulator
     lets a token through only for its own bucket and refuses the first once it is replaced."""
     name = f"stix-tok-{next(_names)}"
-    async with aiohttp.ClientSession() as session:
-        made = await session.post(
-            f"{fake_gcs.url}/storage/v1/b", params={"project": "p"}, json={"name": name}
-        )
-        assert made.status == 200, await made.text()
-        up = await session.post(
-            f"{fake_gcs.url}/upload/storage/v1/b/{name}/o",
-            params={"uploadType": "media", "name": "x.txt"},
-            data=b"hi",
-        )
-        assert up.status == 200, await up.text()
+    await stores_bed.gcs_bucket_holding(fake_gcs, name, "x.txt", b"hi")
     fake = FakeSts({"daemon-token"}, lifetime=16)  # rclone takes it as ended 10 s early
     rclone = shutil.which("rclone")
     assert rclone is not None, "rclone is not installed: run README command 2"
