@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -102,7 +103,6 @@ SWITCHES = ("--read-only",)
 NEWER_FLAGS = ("--vfs-read-chunk-streams",)
 """Knobs an older rclone lacks (rclone 1.68 added this one; Debian's rclone is 1.60): left out
 there, and said in the mount's answer (``dropped``): a read-speed hint, not what the mount is."""
-_knows: dict[str, bool] = {}
 _KNOB = re.compile(r"[0-9A-Za-z.]{1,32}")
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _REMOTE_TYPE = re.compile(r"[a-z][a-z0-9 ]{0,40}")
@@ -385,19 +385,21 @@ def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[s
 
 def rclone_knows(flag: str) -> bool:
     """Whether this node's rclone takes ``flag`` (its ``mount --help``, asked once)."""
-    if flag not in _knows:
-        try:
-            shown = subprocess.run(
-                ["rclone", "mount", "--help"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                env=_environment("", "", False),
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            shown = ""
-        _knows[flag] = f"{flag} " in shown
-    return _knows[flag]
+    return f"{flag} " in _mount_help()
+
+
+@functools.cache
+def _mount_help() -> str:
+    try:
+        return subprocess.run(
+            ["rclone", "mount", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_environment("", "", False),
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def _environment(user: str, password: str, session_keys: bool) -> dict[str, str]:
