@@ -268,6 +268,11 @@ def test_wrong_type_names_the_file_the_key_and_what_was_expected(
             "expected one of 'critical', 'debug', 'error', 'info', 'warning', got 'verbose'",
         ),
         (
+            {"kubernetes": {"fuse": "yes"}},
+            "kubernetes.fuse",
+            "expected one of 'device', 'privileged', got 'yes'",
+        ),
+        (
             {"autostop": 5},
             "autostop",
             "expected a mapping with keys grace_minutes, default_idle_minutes, got 5",

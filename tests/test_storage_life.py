@@ -38,6 +38,12 @@ __all__ = ["moto_s3"]  # the module's one emulator
         ({"leak_check_minutes": 0}, "storage.leak_check_minutes"),
         ({"delete_leaks": "yes"}, "storage.delete_leaks"),
         ({"s3": "http://x"}, "storage.s3"),
+        ({"s3": {"node_credentials_seconds": float("inf")}}, "storage.s3.node_credentials_seconds"),
+        ({"s3": {"node_credentials_seconds": 60}}, "storage.s3.node_credentials_seconds"),
+        ({"s3": {"node_credentials_seconds": "12h"}}, "storage.s3.node_credentials_seconds"),
+        ({"s3": {"node_credentials": "always"}}, "storage.s3.node_credentials"),
+        ({"gcs": {"node_credentials": ["scoped"]}}, "storage.gcs.node_credentials"),
+        ({"azure": {"node_credentials_seconds": 10**9}}, "storage.azure.node_credentials_seconds"),
     ],
 )
 def test_a_bad_storage_section_is_refused_in_one_line(
