@@ -752,7 +752,7 @@ async def test_gcs_downscopes_a_token_to_one_bucket_at_google_sts() -> None:
     async with served(fake) as url, aiohttp.ClientSession() as session:
         endpoint = f"{url}/v1/token"
         token, valid_s = await gcs_store.downscope(session, endpoint, "daemon-token", 3000, "b-1")
-        assert fake.issued[token][0] == "b-1" and valid_s == 1800
+        assert fake.issued[token][0] == {"b-1"} and valid_s == 1800
         sent = json.loads(urllib.parse.unquote(fake.forms[-1]["options"]))
         assert sent == gcs_store.access_boundary("b-1")
         # the source token ends first: so does its downscoped one
@@ -843,7 +843,7 @@ async def test_gcs_nodes_get_a_token_scoped_to_their_bucket_unless_told_otherwis
 
         scoped = await remote("auto")
         token = json.loads(scoped.keys["token"])["access_token"]
-        assert fake.issued[token][0] == "b-2" and scoped.valid_s == 1800
+        assert fake.issued[token][0] == {"b-2"} and scoped.valid_s == 1800
         assert renewable(scoped) and scoped.note is None
         assert not [k for k in scoped.keys if "service_account" in k]
         daemon = await remote("daemon")
