@@ -439,7 +439,7 @@ def _instance_ends(host: Host, cluster: str, rank: int = 0) -> None:
 
 
 @pytest.mark.slow
-def test_a_bucket_for_an_aws_job_is_made_in_its_region_and_mounted_with_keys_for_it_alone(
+def test_a_bucket_for_an_aws_job_is_made_in_its_region_mounted_on_its_node_and_gone_after_down(
     stix: Stix,
     aws: AwsBed,
     hosts: SshBed,
@@ -450,9 +450,11 @@ def test_a_bucket_for_an_aws_job_is_made_in_its_region_and_mounted_with_keys_for
     """A storage naming no store, on a launch placed in us-west-2 (not the default region):
     its bucket is made there, as SkyPilot makes a task's bucket in the cluster's region; the
     job reads and writes it through rclone's FUSE mount (MOUNT, the default) on its node, whose
-    rclone got the bucket's region and STS keys for that bucket; `down` deletes the
+    rclone got the bucket's region and STS session keys (not the daemon's); `down` deletes the
     non-persistent bucket. S3 is the moto on the bed's bridge, the one address both the daemon
-    and the instance's namespace reach; EC2 stays the bed's moto (STS too)."""
+    and the instance's namespace reach; EC2 stays the bed's moto (STS too). The mount ends with
+    the instance (stix asks the node nothing at down, as SkyPilot): the sshd host standing in
+    for it outlives it, so the test ends it there as EC2 would."""
     _use(stix, aws, hosts)
     config = f"storage:\n  s3: {{endpoint_url: '{moto_bridge.url}'}}\n"
     (stix.home / "config.yaml").write_text(config)
@@ -482,7 +484,7 @@ def test_a_bucket_for_an_aws_job_is_made_in_its_region_and_mounted_with_keys_for
     remote = (folder / "rclone.conf").read_text().splitlines()
     assert {"region = us-west-2", f"endpoint = {moto_bridge.url}", "env_auth = true"} <= {*remote}
     assert not [line for line in remote if "secret" in line or "testing" in line]
-    keys = json.loads((folder / "keys.json").read_text())  # STS keys for this bucket alone
+    keys = json.loads((folder / "keys.json").read_text())  # minted by STS for the bucket
     assert keys["SessionToken"] and keys["AccessKeyId"] != "testing"
 
     stix.run("down", "w", "-y", check=True, timeout=120)
