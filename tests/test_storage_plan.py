@@ -17,7 +17,13 @@ import pytest
 from stixd.actors.storage import STORAGE_TRANSITIONS, SV
 from stixd.agent_client import AgentError
 from stixd.providers.base import NodeInfo, NodeStatus, Provider
-from stixd.storage.plan import MountPlan, plan_mounts
+from stixd.storage.plan import (
+    MountPlan,
+    StorageSpec,
+    generated_name,
+    plan_mounts,
+    unnamed_stores,
+)
 from stixd.storage.stores import Bucket
 from stixd.storage.stores.base import ObjectInfo
 from stixproto.errors import InvalidTask, ProvisionError
@@ -105,6 +111,40 @@ def test_the_launchs_chosen_cloud_picks_the_store_and_the_new_buckets_region(
     assert chosen("gcp", "europe-west4", "s3")[0] == ("s3", None)  # GCS not set up here
     assert chosen("local", None, "gcs", "s3")[0] == ("s3", None)  # off the clouds: first set up
     assert chosen(None, None, *both)[0] == ("s3", "us-west-2")  # no launch: the task's own
+
+
+def test_an_existing_storage_keeps_its_store_when_the_launch_lands_on_another_cloud(
+    tmp_path: Path,
+) -> None:
+    """SkyPilot reuses an existing storage's store: a record saying s3 (named or nameless) wins
+    over the gcp launch's gcs; a store the task names, or a name with no record, does not."""
+    text = (
+        f"file_mounts:\n  /d:\n    name: bkt-one\n    source: {tmp_path}\n"
+        f"  /g:\n    source: {tmp_path}\n"  # nameless: its generated name is its record's
+        "  /n:\n    name: bkt-two\n    store: gcs\n"  # named: the task's word
+        "  /f:\n    name: bkt-new\n"  # no record: the launch's cloud
+    )
+    task = Task.from_yaml(text)
+    nameless = generated_name("c1", "/g")
+    assert unnamed_stores(task, "c1") == ["bkt-one", nameless, "bkt-new"]
+    records = {
+        name: StorageSpec(name=name, store="s3", bucket=name, region="us-east-2")
+        for name in ("bkt-one", nameless, "bkt-two")
+    }
+    got = plan_mounts(
+        task,
+        cluster="c1",
+        configured=("s3", "gcs"),
+        cloud="gcp",
+        region="europe-west4",
+        records=records,
+    )
+    assert [(p.storage.store, p.storage.region) for p in got] == [
+        ("s3", "us-east-2"),
+        ("s3", "us-east-2"),
+        ("gcs", None),
+        ("gcs", "europe-west4"),
+    ]
 
 
 def test_named_storage_defaults_and_a_list_source_lands_under_each_name(tmp_path: Path) -> None:
