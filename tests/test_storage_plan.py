@@ -360,6 +360,15 @@ CACHED = "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount_cached:"
         (f"{CACHED}\n        vfs_write_back: -1", "expected an rclone duration"),
         (f"{CACHED}\n        vfs_write_back: nan", "expected an rclone duration"),
         (f"{CACHED}\n        vfs_write_back: 5 s", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: 1h", "at most 5m (300s): a job's end and a down"),
+        (f"{CACHED}\n        vfs_write_back: 99999h", "vfs_write_back: at most 5m (300s)"),
+        (f"{CACHED}\n        vfs_write_back: 4m60.5s", "at most 5m (300s)"),
+        (f"{CACHED}\n        vfs_write_back: '301'", "at most 5m (300s)"),
+        (f"{CACHED}\n        vfs_write_back: {'9' * 31}s", "at most 5m (300s)"),
+        (f"{CACHED}\n        vfs_write_back: .inf", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: 1e309", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: inf", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: -1s", "expected an rclone duration"),
         (f"{CACHED}\n        vfs_cache_max_age: {{a: {{b: 1}}}}", "got a map"),
         (f"{CACHED}\n        read_only: yes please", "read_only: expected true or false"),
         (f"{CACHED}\n        read_only: 1", "expected true or false, got 1"),
@@ -393,6 +402,23 @@ def test_storage_keys_outside_skypilots_schema_are_refused_when_the_task_is_read
     with pytest.raises(InvalidTask) as caught:
         Task.from_yaml(f"file_mounts:\n  /d:\n    {storage}\n")
     assert says in caught.value.message and "\n" not in caught.value.message
+
+
+def test_a_write_back_up_to_the_cap_is_read_and_the_agent_counts_it_alike() -> None:
+    """The task reader and the node agent (which imports nothing of stixproto) read an rclone
+    duration the same way and keep the same cap: the agent's flush waits for what the task
+    reader let through."""
+    from stixd.agent import mount as agent_mount
+    from stixproto.task.storage import WRITE_BACK_MAX_S, duration_seconds
+
+    assert agent_mount.WRITE_BACK_MAX_S == WRITE_BACK_MAX_S
+    durations = {"5m": 300, "300": 300, "4m59.5s": 299.5, "1h": 3600, "1.5s": 1.5}
+    durations |= {"100ms": 0.1, ".5": 0.5, "1w": 604800, "2M": 5184000, "1y": 31536000}
+    for text, seconds in durations.items():
+        assert duration_seconds(text) == pytest.approx(seconds), text
+        assert agent_mount.write_back_s({"--vfs-write-back": text}) == pytest.approx(seconds)
+    [p] = plans(f"file_mounts:\n  /d:\n    {CACHED}\n        vfs_write_back: 4m60s\n")
+    assert p.storage.mount_cached["--vfs-write-back"] == "4m60s"
 
 
 def test_the_storage_transition_table_is_exactly_skypilots_states_plus_deleting() -> None:
