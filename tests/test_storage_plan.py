@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 
 from stixd.actors.storage import STORAGE_TRANSITIONS, SV
@@ -22,6 +23,7 @@ from stixd.storage.plan import (
     StorageSpec,
     generated_name,
     plan_mounts,
+    split_uri,
     unnamed_stores,
 )
 from stixd.storage.stores import Bucket
@@ -314,7 +316,7 @@ def test_a_nameless_local_source_gets_a_stable_bucket_name(tmp_path: Path) -> No
         (f"/d: gs://{'a' * 64}", "is not valid for gcs"),  # 64+ needs dots
         (f"/d: gs://{'a.' * 111}b", "not valid for gcs"),  # 223 characters
         ("/d: gs://ab", "not valid for gcs"),
-        ('/d: "gs://a\\x07b"', "not valid for gcs"),
+        ('/d: "gs://a\\x07b"', "may not hold a control character"),
         (f"/d: gs://{'x' * 10_000}", "... (10000 characters) is not valid"),
         ("/d: https://acct.blob.core.windows.net/a--b", "'a--b' is not valid for azure"),
         ("/d: https://acct.blob.core.windows.net/ab-", "not valid for azure"),
@@ -328,6 +330,38 @@ def test_mounts_stix_cannot_plan_are_refused_in_one_line(mount: str, says: str) 
     with pytest.raises(InvalidTask) as caught:
         plans(f"file_mounts:\n  {mount}\n")
     assert says in caught.value.message and "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("s3://bkt/../x", "may not have '.', '..' or empty parts, got 's3://bkt/../x'"),
+        ("r2://bkt/..", "'.', '..' or empty parts"),
+        ("gs://bkt/a/./b", "'.', '..' or empty parts"),
+        ("s3://bkt/a//b", "'.', '..' or empty parts"),
+        ("https://acct.blob.core.windows.net/cont/../x", "'.', '..' or empty parts"),
+        ("s3://bkt/a\nb", "may not hold a control character, got 's3://bkt/a\\nb'"),
+        ("gs://bkt/a\tb", "control character"),
+        ("s3://bkt/a\x7f", "control character"),
+        ("s3://bkt\r/a", "control character"),
+    ],
+)
+def test_a_bucket_path_that_names_no_place_in_the_bucket_is_refused_when_read(
+    uri: str, says: str
+) -> None:
+    """``stixctl validate`` (the task reader) refuses it in one line, as the shorthand and as a
+    storage's source, before any node is up; the planner refuses it too (a task decoded from
+    the wire). A dotted name part (``a.b``, ``..c``) and outer slashes are fine."""
+    quoted = msgspec.json.encode(uri).decode()
+    for mount in (quoted, f"\n    name: bkt-x\n    source: {quoted}"):
+        with pytest.raises(InvalidTask) as caught:
+            Task.from_yaml(f"file_mounts:\n  /d: {mount}\n")
+        assert says in caught.value.message and "\n" not in caught.value.message
+    with pytest.raises(InvalidTask) as caught:
+        split_uri(uri, "file_mounts./d")
+    assert says in caught.value.message and "\n" not in caught.value.message
+    [p] = plans("file_mounts:\n  /d: gs://bkt/a.b/..c/x./\n")
+    assert (p.storage.bucket, p.storage.prefix) == ("bkt", "a.b/..c/x.")
 
 
 CACHED = "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount_cached:"

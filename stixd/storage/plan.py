@@ -28,7 +28,11 @@ import msgspec
 from stixproto import names
 from stixproto.errors import InvalidTask
 from stixproto.task import Storage, Task
-from stixproto.task.storage import check_storage_config, mount_cached_settings
+from stixproto.task.storage import (
+    bucket_path_problem,
+    check_storage_config,
+    mount_cached_settings,
+)
 
 SCHEMES = {"s3": "s3", "gs": "gcs", "r2": "r2"}
 """URI scheme → store, for the stores this build talks to (Azure is an https URL)."""
@@ -116,7 +120,11 @@ class MountPlan(msgspec.Struct, frozen=True):
 
 
 def split_uri(uri: str, where: str) -> tuple[str, str, str]:
-    """(store, bucket, prefix) of a bucket URI; a store this build lacks is refused in one line."""
+    """(store, bucket, prefix) of a bucket URI; a store this build lacks, or a prefix that cannot
+    name a place in the bucket (`bucket_path_problem`), is refused in one line."""
+    problem = bucket_path_problem(uri)
+    if problem:
+        raise InvalidTask(f"{where}: {problem}")
     scheme, _, rest = uri.partition("://")
     lowered = scheme.lower()
     if lowered == "https" and AZURE_HOST in rest.split("/", 1)[0].lower():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -105,13 +106,36 @@ def is_bucket_url(text: str) -> bool:
     return "://" in text
 
 
+def bucket_path_problem(url: str) -> str | None:
+    """Why a bucket URL cannot name a place in its bucket (None when it can): a control
+    character anywhere, or a path inside the bucket with a ``.``, ``..`` or empty part (a mount
+    could not hold it, and a copy would match no object). Outer slashes are dropped, as the
+    planner drops them (``stixd.storage.plan.split_uri``, which asks this too)."""
+    if any(unicodedata.category(c) == "Cc" for c in url):
+        return f"a bucket URL may not hold a control character, got {describe(url)}"
+    rest = url.split("://", 1)[-1]
+    if url.lower().startswith("https://"):  # Azure: the account's host, then the container
+        rest = rest.partition("/")[2]
+    _bucket, _, prefix = rest.strip("/").partition("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        return (
+            f"the path inside a bucket may not have '.', '..' or empty parts, got {describe(url)}"
+        )
+    return None
+
+
 def _check_url(url: str, path: str) -> None:
     lowered = url.lower()
+    problem = bucket_path_problem(url)
     if lowered.startswith(BUCKET_SCHEMES):
         if not url.split("://", 1)[1].strip("/"):
             fail(path, f"expected a bucket name after the scheme, got {url!r}")
+        if problem:
+            fail(path, problem)
         return
     if lowered.startswith("https://") and AZURE_HOST in lowered.split("/")[2]:
+        if problem:
+            fail(path, problem)
         return
     scheme = url.split("://", 1)[0] + "://"
     fail(
