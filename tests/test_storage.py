@@ -654,7 +654,7 @@ def test_a_failed_launch_drops_only_its_cluster_from_a_storage_another_launch_mo
     async def scenario() -> tuple[list[str], bool]:
         async with storage_app(tmp_path / "home", moto_s3) as app:
             for cluster in ("c1", "c2"):
-                [plan] = plans_for(app, task, cluster, None, None)
+                [plan] = await plans_for(app, task, cluster, None, None)
                 await storage_actor(app, plan.storage)  # the record, as the launch writes it
                 await ask_storage(app, plan.storage.name, Ensure(plan.storage, cluster))
             await release_storage(app, task, ["stix-shared-made"], "c1", None, None)
@@ -693,11 +693,11 @@ def test_a_recovery_s_launch_uploads_nothing_and_keeps_the_record_s_source(
 
     async def scenario() -> list[str]:
         async with storage_app(tmp_path / "home", moto_s3) as app:
-            [plan, _] = plans_for(app, task, "c1", None, None)
+            [plan, _] = await plans_for(app, task, "c1", None, None)
             actor = await storage_actor(app, plan.storage)
             await tell(actor, Ensure(plan.storage, "c1"))
             s3(moto_s3).put_object(Bucket="stix-recovered", Key="w.txt", Body=b"job\n")
-            [plan, _] = plans_for(app, again, "c1", None, None)
+            [plan, _] = await plans_for(app, again, "c1", None, None)
             await tell(actor, Ensure(plan.storage, "c1"))
             assert actor.state.value == "READY"
             return actor.spec.sources
@@ -706,3 +706,34 @@ def test_a_recovery_s_launch_uploads_nothing_and_keeps_the_record_s_source(
     assert s3(moto_s3).get_object(Bucket="stix-recovered", Key="w.txt")["Body"].read() == b"job\n"
     s3(moto_s3).delete_object(Bucket="stix-recovered", Key="w.txt")
     s3(moto_s3).delete_bucket(Bucket="stix-recovered")
+
+
+def test_a_relaunch_on_another_cloud_keeps_the_storage_s_store(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage naming no store made on aws (s3) and launched again on gcp (a managed job's
+    recovery that moved, or a relaunch elsewhere) keeps its s3 bucket: planned from its record,
+    not refused by its actor for a gcs bucket."""
+    from stixd.actors import storage_use
+    from stixd.actors.storage import Ensure
+    from stixproto.task import Task
+
+    monkeypatch.setattr(storage_use, "configured_stores", lambda app: ["s3", "gcs"])
+    data = tmp_path / "src"
+    data.mkdir()
+    task = Task.from_yaml(f"file_mounts:\n  ~/d:\n    name: stix-moved\n    source: {data}\n")
+
+    async def scenario() -> list[tuple[str, str | None, str]]:
+        said = []
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            for cloud in ("aws", "gcp"):
+                chosen = (cloud, "us-east-1" if cloud == "aws" else "europe-west4")
+                [plan] = await storage_use.plans_for(app, task, "c1", None, None, chosen)
+                actor = await storage_actor(app, plan.storage)
+                await tell(actor, Ensure(plan.storage, "c1"))
+                said.append((plan.storage.store, plan.storage.region, actor.state.value))
+        return said
+
+    assert anyio.run(scenario) == [("s3", "us-east-1", "READY"), ("s3", "us-east-1", "READY")]
+    assert "stix-moved" in buckets(moto_s3)
+    s3(moto_s3).delete_bucket(Bucket="stix-moved")

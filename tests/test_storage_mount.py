@@ -359,6 +359,7 @@ def test_a_gcs_key_file_travels_as_its_content(tmp_path: Path) -> None:
     [
         ("flags", {"--daemon": "x"}),  # only the mount_cached knobs
         ("flags", {"--vfs-write-back": "1s --allow-root"}),
+        ("flags", {"--vfs-write-back": "301s"}),  # over the task reader's cap
         ("keys", {"secret_access_key": "a\n[other]"}),  # no second section smuggled in
         ("path", "bucket/../../etc"),
         ("dest", "relative/path"),
@@ -415,6 +416,74 @@ def test_a_job_s_end_waits_only_for_the_mounts_its_task_declared(tmp_path: Path)
     assert agent_mount.flush_all(tmp_path, timeout=1.0, dests=spec.mounts) is None
     problem = agent_mount.flush_all(tmp_path, timeout=1.0, dests=[f"{other}/"])
     assert problem is not None and "ended before its writes were flushed" in problem
+
+
+def test_a_flush_waits_for_the_mount_s_write_back_delay_on_top_of_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount whose write-back delay is 90 s uploads a job's file only after it: a job's end
+    (and a down) waits for the delay plus its own bound, and says the sum when it gives up; a
+    record with no delay (an older agent's) counts the longest allowed. On a fake clock."""
+    clock = [0.0]
+
+    class FakeTime:
+        @staticmethod
+        def monotonic() -> float:
+            return clock[0]
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            clock[0] += seconds
+
+    monkeypatch.setattr(agent_mount, "time", FakeTime)
+    monkeypatch.setattr(agent_mount, "_serves", lambda pid, folder: True)
+    drained_at = [100.0]  # the write-back delay, then the upload
+    monkeypatch.setattr(agent_mount, "pending_uploads", lambda r: int(clock[0] < drained_at[0]))
+    folder = tmp_path / agent_mount.MOUNTS_DIR / "wb"
+    folder.mkdir(parents=True)
+    record = {"dest": str(tmp_path / "m"), "bucket": "b", "pid": 1, "port": 1}
+    (folder / agent_mount.RECORD).write_text(json.dumps(record | {"write_back_s": 90.0}))
+    assert agent_mount.flush_all(tmp_path, timeout=60.0) is None
+    clock[0], drained_at[0] = 0.0, 1e9  # never drains: given up after the bound plus the delay
+    problem = agent_mount.flush_all(tmp_path, timeout=60.0)
+    assert problem is not None and "within 150s" in problem and 150 <= clock[0] < 151
+    (folder / agent_mount.RECORD).write_text(json.dumps(record))
+    problem = agent_mount.flush_all(tmp_path, timeout=60.0)
+    assert problem is not None and f"within {60 + agent_mount.WRITE_BACK_MAX_S:.0f}s" in problem
+
+
+def test_a_stop_waits_for_the_agent_s_flush_before_it_takes_the_node_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent answers ``shutdown`` only after flushing its mounts (``unmount_all``: the
+    unmount bound plus the write-back delay): a stop giving up sooner would go on to kill it and
+    remove the node's folders under writes still pending."""
+    from stixd.providers.base import NodeInfo, NodeStatus
+    from stixd.providers.local.provider import LocalProvider
+
+    asked: list[float] = []
+    provider = LocalProvider(tmp_path)
+    running = [True]
+
+    class Agent:
+        async def call(self, op: str, *, deadline: float = 10.0, **fields: Any) -> dict[str, Any]:
+            asked.append(deadline)
+            running[0] = False
+            return {}
+
+    async def query(cluster: str) -> list[NodeInfo]:
+        status = NodeStatus.RUNNING if running[0] else NodeStatus.STOPPED
+        return [NodeInfo(0, "127.0.0.1", status, "", str(tmp_path), str(tmp_path))]
+
+    async def no_leftovers(cluster: str) -> None:
+        return None
+
+    monkeypatch.setattr(provider, "query", query)
+    monkeypatch.setattr(provider, "connector", lambda node: Agent())
+    monkeypatch.setattr(provider, "_kill_leftovers", no_leftovers)
+    anyio.run(provider.stop, "c1")
+    assert len(asked) == 1
+    assert asked[0] > agent_mount.UNMOUNT_FLUSH_S + agent_mount.WRITE_BACK_MAX_S
 
 
 # -- the node's copy of the keys: private, renewed, and gone with its mount -----------------

@@ -7,12 +7,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from stixd.actors.mount_keys import note_mount
-from stixd.actors.specs import data_or_none, encode
+from stixd.actors.specs import data_or_none, encode, spec_or_none
 from stixd.actors.storage import STORAGE, Ensure, Prune, Release, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
 from stixd.storage.mount import mount_on_nodes, renewable
-from stixd.storage.plan import MountPlan, plan_mounts
+from stixd.storage.plan import MountPlan, StorageSpec, plan_mounts, unnamed_stores
 from stixd.storage.stores import StoreError, StoreKind, configured
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
@@ -45,7 +45,7 @@ def configured_stores(app: App) -> list[str]:
     return configured(app.config.storage.stores(), os.environ)
 
 
-def plans_for(
+async def plans_for(
     app: App,
     task: Task,
     cluster: str,
@@ -54,7 +54,14 @@ def plans_for(
     chosen: tuple[str | None, str | None] = (None, None),
 ) -> list[MountPlan]:
     """``chosen``: the launch's cloud and region (SkyPilot's best_resources), which pick the
-    store and the new bucket's region of a storage naming no store."""
+    store and the new bucket's region of a storage naming no store, unless its record exists:
+    then the record's store and region (a relaunch or recovery on another cloud keeps it)."""
+    records: dict[str, StorageSpec] = {}
+    for name in unnamed_stores(task, cluster):
+        row = await app.store.get(STORAGE, name)
+        spec = None if row is None else spec_or_none(row, StorageSpec)
+        if spec is not None:
+            records[name] = spec
     return plan_mounts(
         task,
         cluster=cluster,
@@ -63,6 +70,7 @@ def plans_for(
         workspace=workspace,
         cloud=chosen[0],
         region=chosen[1],
+        records=records,
     )
 
 
@@ -117,7 +125,7 @@ async def prepare_storage(
     app = cluster.app
     made_as = cluster.spec  # where the launch runs: the optimizer's pick, as provisioned
     chosen = (made_as.provider, (made_as.placement or {}).get("region"))
-    plans = plans_for(app, task, cluster.id, made_as.owner, made_as.workspace, chosen)
+    plans = await plans_for(app, task, cluster.id, made_as.owner, made_as.workspace, chosen)
     if not plans:
         return []
     made: list[str] = []
@@ -183,7 +191,7 @@ async def release_storage(
     import anyio
 
     try:
-        plans = plans_for(app, task, cluster, owner, workspace)
+        plans = await plans_for(app, task, cluster, owner, workspace)
     except Exception:  # the task could not be planned: nothing was made
         return
     doomed = [p.storage.name for p in plans if p.storage.name in made and not p.storage.persistent]
