@@ -239,7 +239,11 @@ class S3Clients:
         self.node_seconds = max(low, min(seconds, high))
         self.r2_api = str(section.get("api_endpoint") or r2.API)
         self.r2_token = r2.api_token(section, env or {})
-        self.r2_account = r2.account_id(section, env or {}, creds.endpoint_url or "")
+        self.r2_account = (
+            r2.account_id(section, env or {}, creds.endpoint_url or "")
+            if kind is StoreKind.R2
+            else None
+        )
         self._http = Sessions()
         role = section.get("node_role_arn")
         self.node_role = str(role) if role else None
