@@ -18,7 +18,9 @@ SSE-KMS bucket, through S3 only), lasting
 ``storage.s3.node_credentials_seconds``. ``storage.s3.node_credentials``: ``auto`` (the
 default) hands the daemon's own keys when STS refuses, saying so in one line; ``scoped``
 fails the mount instead; ``daemon`` always hands the daemon's keys. R2 has no STS: its nodes
-get the daemon's R2 keys (make them a token scoped to the bucket in Cloudflare's dashboard).
+get Cloudflare's temporary credentials for the one bucket (``r2.py``: ``storage.r2.api_token``
+or ``CLOUDFLARE_API_TOKEN``), lasting ``storage.r2.node_credentials_seconds``, with the same
+three ``storage.r2.node_credentials`` modes (``auto`` falls back when no token is known).
 
 Files up to ``MULTIPART`` are sent in one PUT; bigger ones in ``PART``-sized parts, as the AWS
 CLI does, so an object's ETag is the same whichever of the two sent it and ``upload_tree``
@@ -46,7 +48,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 
 from stixd.providers.aws.credentials import AwsCredentials, CredentialsMissing, resolve
-from stixd.storage.stores import tree
+from stixd.storage.stores import r2, tree
 from stixd.storage.stores.base import (
     LABEL_HOME,
     MAX_PAGES,
@@ -66,6 +68,7 @@ from stixd.storage.stores.base import (
     label_value,
     one_line,
 )
+from stixd.storage.stores.http import Sessions
 
 MULTIPART = 8 << 20
 PART = 8 << 20
@@ -232,7 +235,16 @@ class S3Clients:
                 f"{kind.value}: node_credentials must be one of {', '.join(NODE_MODES)}"
             )
         seconds = int(section.get("node_credentials_seconds") or NODE_CREDENTIALS_S)
-        self.node_seconds = max(STS_MIN_S, min(seconds, STS_MAX_S))
+        low, high = (r2.R2_MIN_S, r2.R2_MAX_S) if kind is StoreKind.R2 else (STS_MIN_S, STS_MAX_S)
+        self.node_seconds = max(low, min(seconds, high))
+        self.r2_api = str(section.get("api_endpoint") or r2.API)
+        self.r2_token = r2.api_token(section, env or {})
+        self.r2_account = (
+            r2.account_id(section, env or {}, creds.endpoint_url or "")
+            if kind is StoreKind.R2
+            else None
+        )
+        self._http = Sessions()
         role = section.get("node_role_arn")
         self.node_role = str(role) if role else None
         self.sts_endpoint = sts_endpoint(section, env or {})
@@ -312,21 +324,48 @@ class S3Clients:
     async def node_credentials(self, bucket: str, region: str) -> RcloneRemote:
         """The keys a node's rclone gets for ``bucket`` (an ``RcloneRemote`` of them alone):
         bucket-scoped and short-lived from STS unless ``node_credentials`` says otherwise."""
-        if self.kind is StoreKind.R2 or self.node_mode == "daemon":
+        if self.node_mode == "daemon":
             return RcloneRemote("s3", self.daemon_keys())
         try:
+            if self.kind is StoreKind.R2:
+                return await self._r2_mint(bucket)
             return await self._mint(bucket, region)
         except StoreError as exc:
+            kind = self.kind.value
             if self.node_mode == "scoped":
                 raise StoreError(
                     f"no bucket-scoped credentials for the nodes: {exc.message} (set "
-                    "storage.s3.node_credentials: auto to hand them the daemon's keys instead)"
+                    f"storage.{kind}.node_credentials: auto to hand them the daemon's keys "
+                    "instead)"
                 ) from None
             note = (
-                f"the nodes got the daemon's own S3 keys for bucket {bucket!r}, not credentials "
-                f"scoped to it: {exc.message}"
+                f"the nodes got the daemon's own {kind.upper()} keys for bucket {bucket!r}, "
+                f"not credentials scoped to it: {exc.message}"
             )
             return RcloneRemote("s3", self.daemon_keys(), note=note)
+
+    async def _r2_mint(self, bucket: str) -> RcloneRemote:
+        """Cloudflare's temporary credentials for ``bucket`` alone (``r2.py``)."""
+        if self.r2_token is None:
+            raise StoreError(
+                "no Cloudflare API token to ask for temporary credentials (set "
+                "storage.r2.api_token or CLOUDFLARE_API_TOKEN)"
+            )
+        if self.r2_account is None:
+            raise StoreError(
+                "no Cloudflare account id (set storage.r2.account_id, or an endpoint_url of "
+                "https://ACCOUNT_ID.r2.cloudflarestorage.com)"
+            )
+        keys = await r2.temp_credentials(
+            self._http.get(),
+            self.r2_api,
+            self.r2_token,
+            self.r2_account,
+            bucket,
+            self.creds.access_key_id,
+            self.node_seconds,
+        )
+        return RcloneRemote("s3", keys, valid_s=self.node_seconds)
 
     async def _sts_client(self) -> Any:
         async with self._lock:
@@ -439,6 +478,7 @@ class S3Clients:
         return sorted(ours)
 
     async def aclose(self) -> None:
+        await self._http.aclose()
         clients, self._clients = self._clients, {}
         self._sts, sts = None, self._sts
         if clients or sts is not None:
