@@ -293,6 +293,7 @@ file_mounts:
 run: echo never
 """
     )
+    sx.env["STIX__STORAGE__LEAK_MIN_AGE_MINUTES"] = "0"  # a leaked bucket is reported at once
     proc = sx.popen("launch", "-c", "kill1", str(task), "-y")
     try:
         wait_until(lambda: "stix-kill-upload" in buckets(moto_s3), timeout=60, interval=0.02)
