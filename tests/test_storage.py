@@ -707,3 +707,36 @@ def test_a_recovery_s_launch_uploads_nothing_and_keeps_the_record_s_source(
     assert s3(moto_s3).get_object(Bucket="stix-recovered", Key="w.txt")["Body"].read() == b"job\n"
     s3(moto_s3).delete_object(Bucket="stix-recovered", Key="w.txt")
     s3(moto_s3).delete_bucket(Bucket="stix-recovered")
+
+
+def test_the_leak_reconciler_spares_a_bucket_a_launch_recorded_after_its_scan(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launch writes its storage row for a bucket between the reconciler's scan and its
+    delete: the rows are read again before each delete, and the bucket is now the launch's."""
+    from stixd.control import storage_cmds
+    from stixd.storage.stores import LABEL_STORAGE, StoreKind
+
+    for key, value in moto_s3.env.items():  # the stores the reconciler scans: set up here
+        monkeypatch.setenv(key, value)
+    scan = storage_cmds.leaked_buckets
+    spec = StorageSpec(name="stix-leak-race", store="s3", bucket="stix-leak-race")
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            bucket = app.object_stores().bucket(StoreKind.S3, spec.bucket)
+            await bucket.create({LABEL_STORAGE: spec.name})  # this home's, and no row owns it
+
+            async def then_a_launch(app: App, min_age_s: float = 0.0) -> list[tuple[str, str]]:
+                found = await scan(app, 0.0)
+                await storage_actor(app, spec)  # the launch's row, written after the scan
+                return found
+
+            monkeypatch.setattr(storage_cmds, "leaked_buckets", then_a_launch)
+            records, deleted = await storage_cmds.bucket_leaks(app, terminate=True)
+            return [r.id for r in records], deleted
+
+    found, deleted = anyio.run(scenario)
+    assert found == ["s3://stix-leak-race"] and deleted == []
+    assert "stix-leak-race" in buckets(moto_s3)
+    s3(moto_s3).delete_bucket(Bucket="stix-leak-race")

@@ -186,6 +186,9 @@ async def bucket_leaks(
     for (store, name), rec in zip(found, records, strict=True):
         if not terminate or (only and rec.id not in only):
             continue
+        if (store, name) in await _owned(app):  # a launch recorded it since the scan: its own
+            app.log.info("bucket_leak_owned_again", bucket=rec.id)
+            continue
         try:
             await app.object_stores().bucket(StoreKind(store), name).delete()
         except (StoreError, OSError) as exc:
@@ -214,13 +217,18 @@ async def leaked_buckets(app: App, min_age_s: float = 0.0) -> list[tuple[str, st
     ]
 
 
-async def _unowned_buckets(app: App) -> list[tuple[str, str, float | None]]:
-    """(store, bucket, when it was made) of this home's buckets no storage row owns."""
-    owned = {
+async def _owned(app: App) -> set[tuple[str, str]]:
+    """(store, bucket) of every storage row, read now."""
+    return {
         (s.store, s.bucket)
         for r in await app.store.rows(STORAGE)
         if (s := spec_or_none(r, StorageSpec)) is not None
     }
+
+
+async def _unowned_buckets(app: App) -> list[tuple[str, str, float | None]]:
+    """(store, bucket, when it was made) of this home's buckets no storage row owns."""
+    owned = await _owned(app)
     stores = app.object_stores()
     leaked: list[tuple[str, str, float | None]] = []
 
