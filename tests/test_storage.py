@@ -740,3 +740,65 @@ def test_the_leak_reconciler_spares_a_bucket_a_launch_recorded_after_its_scan(
     assert found == ["s3://stix-leak-race"] and deleted == []
     assert "stix-leak-race" in buckets(moto_s3)
     s3(moto_s3).delete_bucket(Bucket="stix-leak-race")
+
+
+def test_a_damaged_storage_row_is_listed_deletable_and_owns_its_bucket(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two storages whose rows were damaged (a field of the wrong type; a spec that is no JSON
+    object): `storage ls` lists each failed with why, their buckets are no leaks, and `storage
+    delete` removes each: the bucket its spec still names and its labels prove its own goes,
+    the other is left to the leak scan."""
+    import sqlite3
+
+    from stixd.actors.storage import Ensure
+    from stixd.control import storage_cmds
+    from stixproto import messages as m
+
+    for key, value in moto_s3.env.items():  # the stores the leak scan looks at
+        monkeypatch.setenv(key, value)
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    names = ("stix-hurt-named", "stix-hurt-lost")
+
+    async def make() -> None:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            for name in names:
+                spec = local_spec(name, data)
+                await tell(await storage_actor(app, spec), Ensure(spec, "c1"))
+
+    anyio.run(make)
+    hurt = {"name": names[0], "store": "s3", "bucket": names[0], "sources": 5}
+    with sqlite3.connect(tmp_path / "home" / "state.db") as db:
+        db.execute("UPDATE actors SET spec=? WHERE id=?", (json.dumps(hurt), names[0]))
+        db.execute("UPDATE actors SET spec='[1, 2]' WHERE id=?", (names[1],))
+
+    async def restarted() -> tuple[Any, ...]:
+        said: list[Any] = []
+
+        async def emit(item: Any) -> None:
+            said.append(item)
+
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            leaks_before = await storage_cmds.leaked_buckets(app)
+            listed = await storage_cmds.storage_ls(app, m.StorageLs())
+            gone = await storage_cmds.storage_delete(app, m.StorageDelete(names=[*names]), emit)
+            left = await storage_cmds.storage_ls(app, m.StorageLs())
+            return leaks_before, listed, gone, said, left, await storage_cmds.leaked_buckets(app)
+
+    leaks_before, listed, gone, said, left, leaks_after = anyio.run(restarted)
+    assert leaks_before == []
+    shown = {s.name: s for s in listed.storages}
+    assert set(shown) == set(names)
+    for name in names:
+        assert f"remove it with `stixctl storage delete {name}`" in str(shown[name].last_error)
+    assert (shown[names[0]].store, shown[names[0]].bucket) == ("s3", names[0])
+    assert gone.deleted == [*names] and gone.failed == [], gone
+    assert left.storages == []
+    notes = " ".join(str(getattr(x, "message", x)) for x in said)
+    assert f"Its bucket s3://{names[0]} was deleted" in notes, notes
+    assert names[0] not in buckets(moto_s3)
+    assert leaks_after == [("s3", names[1])]  # known by its labels only: the leak scan's now
+    s3(moto_s3).delete_object(Bucket=names[1], Key="a.txt")
+    s3(moto_s3).delete_bucket(Bucket=names[1])

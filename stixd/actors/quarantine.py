@@ -57,6 +57,7 @@ _WHAT = {
     "managed_job": "managed job",
     "job_pool": "pool",
     "volume": "volume",
+    "storage": "storage",
 }
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][-_.A-Za-z0-9]{0,199}")
 
@@ -88,6 +89,8 @@ def remove_command(kind: str, id_: str) -> str:
     if kind == "job":
         cluster, job_id = job_parts(id_)
         return f"stixctl cancel {cluster} {job_id}"
+    if kind == "storage":
+        return f"stixctl storage delete {id_}"
     return f"stixctl down {id_}"
 
 
@@ -297,10 +300,17 @@ async def _pool(app: App, row: Row) -> list[str]:
     return notes
 
 
+async def _storage(app: App, row: Row) -> list[str]:
+    from stixd.actors.storage import remove_damaged_bucket
+
+    return await remove_damaged_bucket(app, row)
+
+
 _TEARDOWNS: dict[str, Callable[[App, Row], Awaitable[list[str]]]] = {
     "cluster": _cluster,
     "managed_job": _managed_job,
     "job_pool": _pool,
+    "storage": _storage,
 }
 """A job is cancelled on its nodes by its cluster (`ClusterActor`), which then removes it."""
 
