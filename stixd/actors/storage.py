@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,6 @@ from stixproto.states import StorageStatus as S
 
 if TYPE_CHECKING:
     from stixd.app import App
-    from stixd.store.db import Row
 
 STORAGE = "storage"
 CALLER_POLL_SECONDS = 0.2
@@ -380,44 +378,6 @@ async def clusters_in_use(app: App) -> set[str] | None:
         elif row.quarantined:
             return None
     return held
-
-
-_MADE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-"""A bucket name stix makes (``plan.py``): all a damaged row may point a delete at."""
-
-
-def raw_bucket(row: Row) -> tuple[str, str] | None:
-    """(store, bucket) as the spec of a row that does not decode still names them, if it names
-    a store stix has and a bucket name stix could have made; None otherwise."""
-    store, bucket = row.spec.get("store"), row.spec.get("bucket")
-    if store not in {k.value for k in StoreKind} or not isinstance(bucket, str):
-        return None
-    return (str(store), bucket) if _MADE_NAME.fullmatch(bucket) else None
-
-
-async def remove_damaged_bucket(app: App, row: Row) -> list[str]:
-    """A damaged storage row being removed (`quarantine.remove`): its bucket goes only when its
-    labels prove stix made it for this very storage (this home's, ``stix-storage`` its name)
-    and no other storage names it; otherwise it is left, and said."""
-    from stixd.actors.specs import spec_or_none
-
-    found = raw_bucket(row)
-    if found is None:
-        return ["its bucket is not known from the row, so it was left: `stixctl leaks` finds it"]
-    store, name = found
-    uri = f"{store}://{name}"
-    for other in await app.store.rows(STORAGE):
-        spec = spec_or_none(other, StorageSpec)
-        if other.id != row.id and spec is not None and (spec.store, spec.bucket) == found:
-            return [f"its bucket {uri} is storage {other.id}'s too, so it was left"]
-    bucket = app.object_stores().bucket(StoreKind(store), name)
-    labels = await bucket.labels()
-    if labels is None:
-        return []
-    if not is_ours(labels, app.home_id()) or labels.get(LABEL_STORAGE) != label_value(row.id):
-        return [f"its bucket {uri} was not made by stix for it, so it was left as is"]
-    await bucket.delete()
-    return [f"its bucket {uri} was deleted"]
 
 
 def refusal(name: str, spec: StorageSpec) -> str:

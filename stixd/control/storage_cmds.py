@@ -21,7 +21,7 @@ import anyio
 
 from stixd.actors import quarantine
 from stixd.actors.specs import data_or_none, spec_or_none, state_of
-from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours, raw_bucket
+from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours
 from stixd.actors.storage_use import ask_storage, configured_stores
 from stixd.app import App
 from stixd.control import ownership
@@ -67,7 +67,7 @@ def record(row: Row, missing: bool | None = None) -> m.StorageRecord:
 def damaged(row: Row, why: str) -> m.StorageRecord:
     """A row that cannot be shown or run (quarantined): listed failed, with why and how to
     remove it, and the bucket its spec still names."""
-    store, bucket = raw_bucket(row) or ("?", "?")
+    store, bucket = quarantine.raw_bucket(row) or ("?", "?")
     return m.StorageRecord(
         name=row.id,
         store=store,
@@ -254,7 +254,7 @@ async def _owners(app: App) -> tuple[set[tuple[str, str]], set[str]]:
             owned.add((spec.store, spec.bucket))
             continue
         names.add(label_value(r.id))
-        if (raw := raw_bucket(r)) is not None:
+        if (raw := quarantine.raw_bucket(r)) is not None:
             owned.add(raw)
     return owned, names
 
