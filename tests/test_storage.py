@@ -794,6 +794,9 @@ def test_a_damaged_storage_row_is_listed_deletable_and_owns_its_bucket(
     for name in names:
         assert f"remove it with `stixctl storage delete {name}`" in str(shown[name].last_error)
     assert (shown[names[0]].store, shown[names[0]].bucket) == ("s3", names[0])
+    from stixctl.storage import render
+
+    assert f"* {names[1]}: quarantined: " in render(list(listed.storages))  # the table says why
     assert gone.deleted == [*names] and gone.failed == [], gone
     assert left.storages == []
     notes = " ".join(str(getattr(x, "message", x)) for x in said)
