@@ -274,24 +274,63 @@ async def test_a_missing_bucket_is_one_line_errors_or_none(
         assert "\n" not in str(listing.value)
 
 
-async def test_r2_is_the_s3_api_at_its_own_endpoint(moto_s3: Emulator, tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def r2_refusing_tags(upstream: str) -> AsyncIterator[str]:
+    """``upstream`` (moto) behind the fault proxy (tests/awsfault.py) answering every bucket
+    tagging call as R2 does: 501 NotImplemented (R2's S3 API has no bucket tags)."""
+    from tests.awsfault import make_app
+
+    port = free_port()
+    runner = web.AppRunner(make_app(upstream))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    refused = "<Error><Code>NotImplemented</Code><Message>tagging</Message></Error>"
+    try:
+        async with aiohttp.ClientSession() as session:
+            rule = {"query": "tagging", "status": 501, "body": refused}
+            async with session.post(f"{url}/_fault", json=rule) as answer:
+                assert answer.status == 200
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+async def test_r2_is_the_s3_api_at_its_own_endpoint_and_keeps_its_labels_in_the_bucket(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
     (tmp_path / "f.txt").write_text("r2")
-    async with opened(moto_s3) as stores:
-        bucket = stores.bucket(StoreKind.R2, fresh(StoreKind.R2))
-        await bucket.create({LABEL_STORAGE: "r2"})
-        assert (await bucket.upload_tree(tmp_path)).sent == 1
-        assert bucket.name in await stores.tagged(StoreKind.R2)
-        remote = await bucket.rclone_remote()
-        conf = remote.keys
-        assert (remote.type, conf["provider"], conf["endpoint"]) == (
-            "s3",
-            "Cloudflare",
-            moto_s3.url,
-        )
-        # no Cloudflare API token here: the daemon's keys, said (scoped ones: further down)
-        assert conf["access_key_id"] == "testing"
-        assert "no Cloudflare API token" in str(remote.note)
-        await bucket.delete()
+    (tmp_path / s3_store.MARKER).write_text("{}")  # a local file of that name replaces nothing
+    r2 = StoreKind.R2
+    async with r2_refusing_tags(moto_s3.url) as url:
+        config = {**moto_s3.config, "r2": {"endpoint_url": url}}
+        stores = open_stores(config, moto_s3.env, HOME)
+        other = open_stores(config, moto_s3.env, OTHER_HOME)
+        try:
+            bucket = stores.bucket(r2, fresh(r2))
+            await bucket.create({LABEL_STORAGE: "r2"})
+            assert await bucket.labels() == {LABEL_STORAGE: "r2", LABEL_HOME: HOME}
+            assert (await bucket.upload_tree(tmp_path)).sent == 1
+            assert await keys_of(bucket) == {"f.txt"}  # the labels are no object of the user's
+            (tmp_path / "f.txt").rename(tmp_path / "g.txt")
+            pruned = await bucket.upload_tree(tmp_path, delete=True)
+            assert (pruned.sent, pruned.deleted) == (1, 1) and await bucket.owned()
+            assert bucket.name in await stores.tagged(r2)
+            assert bucket.name not in await other.tagged(r2)
+            with pytest.raises(NotOurs):
+                await other.bucket(r2, bucket.name).delete()
+            remote = await bucket.rclone_remote()
+            conf = remote.keys
+            assert (remote.type, conf["provider"], conf["endpoint"]) == ("s3", "Cloudflare", url)
+            # no Cloudflare API token here: the daemon's keys, said (scoped ones: further down)
+            assert conf["access_key_id"] == "testing"
+            assert "no Cloudflare API token" in str(remote.note)
+            await bucket.delete()  # its labels too: else the bucket could not go
+            assert not bare_exists(r2, moto_s3, bucket.name)
+            assert await bucket.labels() is None
+        finally:
+            await stores.aclose()
+            await other.aclose()
     no_endpoint = {k: v for k, v in moto_s3.config.items() if k != "r2"}
     stores = open_stores(no_endpoint, moto_s3.env, HOME)
     with pytest.raises(StoreError, match=r"storage\.r2\.endpoint_url"):

@@ -8,11 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 from stixd.actors.mount_keys import note_mount
 from stixd.actors.specs import data_or_none, encode, spec_or_none
-from stixd.actors.storage import STORAGE, Ensure, Prune, Release, StorageData
+from stixd.actors.storage import STORAGE, Ensure, Prune, Release, Remove, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
 from stixd.storage.mount import mount_on_nodes, renewable
-from stixd.storage.plan import MountPlan, StorageSpec, plan_mounts, unnamed_stores
+from stixd.storage.plan import (
+    MountPlan,
+    StorageSpec,
+    is_bucket_mount,
+    plan_mounts,
+    unnamed_stores,
+)
 from stixd.storage.stores import StoreError, StoreKind, configured
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
@@ -56,6 +62,8 @@ async def plans_for(
     """``chosen``: the launch's cloud and region (SkyPilot's best_resources), which pick the
     store and the new bucket's region of a storage naming no store, unless its record exists:
     then the record's store and region (a relaunch or recovery on another cloud keeps it)."""
+    if not any(map(is_bucket_mount, task.file_mounts.values())):
+        return []  # no store asked about (nor its client library loaded) for a plain task
     records: dict[str, StorageSpec] = {}
     for name in unnamed_stores(task, cluster):
         row = await app.store.get(STORAGE, name)
@@ -82,7 +90,15 @@ async def ask_storage(app: App, name: str, payload: Any, emit: Emit | None = Non
     child = app.supervisor.get(STORAGE, name) or app.spawn(row)
     reason = row.quarantined or child.failed
     if reason is not None:
-        raise InternalError(f"storage {name} cannot run: {reason}")
+        from stixd.actors import quarantine
+
+        if isinstance(payload, Remove):  # a damaged row can still be deleted, as `down` does
+            said = await quarantine.remove(app, row, reason)
+            settled = await app.store.get(STORAGE, name)
+            if settled is not None:  # a deleted storage leaves no row: its name is free again
+                await app.store.delete(settled, "deleted")
+            return m.OkReply(said)
+        raise quarantine.refusal(row, reason)
     send, receive = reply_channel()
     if not app.supervisor.tell(STORAGE, name, Envelope(payload=payload, reply=send)):
         raise InternalError(f"storage {name!r} has no actor")

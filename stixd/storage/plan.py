@@ -312,6 +312,11 @@ def plan_mount(
     return MountPlan(dest, spec)
 
 
+def is_bucket_mount(src: str | Storage) -> bool:
+    """Whether a file mount's source is a bucket's (a storage, or a bucket URI), not a path."""
+    return not isinstance(src, str) or "://" in src
+
+
 def plan_mounts(
     task: Task,
     *,
@@ -330,7 +335,7 @@ def plan_mounts(
     then its store and region."""
     plans = []
     for dest, src in task.file_mounts.items():
-        if isinstance(src, str) and "://" not in src:
+        if not is_bucket_mount(src):
             continue
         plans.append(
             plan_mount(

@@ -22,6 +22,12 @@ get Cloudflare's temporary credentials for the one bucket (``r2.py``: ``storage.
 or ``CLOUDFLARE_API_TOKEN``), lasting ``storage.r2.node_credentials_seconds``, with the same
 three ``storage.r2.node_credentials`` modes (``auto`` falls back when no token is known).
 
+R2 has no bucket tags (its S3 API implements neither PutBucketTagging nor GetBucketTagging):
+an R2 bucket's labels are the JSON object ``MARKER`` in the bucket itself, written by
+``create``, read by ``labels`` (and so by ``tagged``, one bounded read per bucket), left out of
+every listing (so a COPY never downloads it and an upload with ``delete`` never removes it),
+never overwritten by an upload, and removed last by ``delete``, just before the bucket.
+
 Files up to ``MULTIPART`` are sent in one PUT; bigger ones in ``PART``-sized parts, as the AWS
 CLI does, so an object's ETag is the same whichever of the two sent it and ``upload_tree``
 can compare without reading the object back.
@@ -70,6 +76,10 @@ from stixd.storage.stores.base import (
 )
 from stixd.storage.stores.http import Sessions
 
+MARKER = ".stix-labels"
+"""The object holding an R2 bucket's labels (R2 has no bucket tags)."""
+MARKER_MAX = 4096
+"""The most of a marker read: a bigger one is not stix's (its labels are two short values)."""
 MULTIPART = 8 << 20
 PART = 8 << 20
 _MISSING = frozenset({"NoSuchBucket", "404", "NotFound"})
@@ -487,6 +497,11 @@ class S3Clients:
         self._stack = contextlib.AsyncExitStack()
 
 
+def _sparing_marker(ignore: Callable[[str], bool] | None) -> Callable[[str], bool]:
+    """``ignore``, and a local file that would land on an R2 bucket's ``MARKER``."""
+    return lambda rel: rel == MARKER or (ignore is not None and ignore(rel))
+
+
 class S3Bucket:
     def __init__(self, clients: S3Clients, name: str, region: str | None, home_id: str) -> None:
         self.kind = clients.kind
@@ -535,6 +550,10 @@ class S3Bucket:
         if found and found.get(LABEL_HOME) not in (None, self.home_id):
             raise NotOurs(f"bucket {self.name!r} exists and another stix home made it")
         tags = {k: label_value(v) for k, v in labels.items()} | {LABEL_HOME: self.home_id}
+        if self.kind is StoreKind.R2:
+            body = json.dumps(tags, sort_keys=True).encode()
+            await self._call("label", "put_object", Bucket=self.name, Key=MARKER, Body=body)
+            return
         await self._call(
             "tag",
             "put_bucket_tagging",
@@ -543,6 +562,8 @@ class S3Bucket:
         )
 
     async def labels(self) -> dict[str, str] | None:
+        if self.kind is StoreKind.R2:
+            return await self._marker_labels()
         try:
             answer = await self._call("read tags", "get_bucket_tagging", Bucket=self.name)
         except BucketMissing:
@@ -555,6 +576,34 @@ class S3Bucket:
             return {str(t["Key"]): str(t["Value"]) for t in answer.get("TagSet") or []}
         except (KeyError, TypeError):
             raise BadAnswer(f"bucket {self.name!r}: the store's tags make no sense") from None
+
+    async def _marker_labels(self) -> dict[str, str] | None:
+        """An R2 bucket's labels from its ``MARKER``: {} when it has none (or one that is not
+        stix's: unreadable, too big, not a JSON object of strings), None when it is gone."""
+        try:
+            answer = await self._call(
+                "read labels",
+                "get_object",
+                Bucket=self.name,
+                Key=MARKER,
+                Range=f"bytes=0-{MARKER_MAX}",
+            )
+            data = await answer["Body"].read()
+        except BucketMissing:
+            return None
+        except StoreError as exc:
+            if "NoSuchKey" in str(exc) or "InvalidRange" in str(exc):  # none, or an empty one
+                return {}
+            raise
+        except (*_ERRORS, OSError) as exc:  # the body broke off
+            raise classify(exc, self.name, "read labels") from None
+        try:
+            found = json.loads(data) if len(data) <= MARKER_MAX else None
+        except ValueError:
+            return {}
+        if not isinstance(found, dict):
+            return {}
+        return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
 
     async def owned(self) -> bool:
         labels = await self.labels()
@@ -587,6 +636,8 @@ class S3Bucket:
                 batch = []
         if batch:
             await self._remove(batch)
+        if self.kind is StoreKind.R2:  # its labels last: a cut delete is still ours to finish
+            await self._remove([MARKER])
         with contextlib.suppress(BucketMissing):
             await self._call("delete", "delete_bucket", Bucket=self.name)
         self._clients.regions.pop(self.name, None)  # the name may be made again elsewhere
@@ -603,10 +654,13 @@ class S3Bucket:
 
     async def objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         params: dict[str, Any] = {"Bucket": self.name, "MaxKeys": PAGE_SIZE, "Prefix": prefix}
+        hidden = MARKER if self.kind is StoreKind.R2 else None
         for _ in range(self.max_pages):
             page = await self._call("list", "list_objects_v2", **params)
             try:
                 for o in page.get("Contents") or []:
+                    if o["Key"] == hidden:
+                        continue
                     yield ObjectInfo(
                         str(o["Key"]), int(o["Size"]), str(o.get("ETag", "")).strip('"')
                     )
@@ -671,6 +725,8 @@ class S3Bucket:
         ignore: Callable[[str], bool] | None = None,
         delete: bool = False,
     ) -> UploadResult:
+        if self.kind is StoreKind.R2 and not tree.norm_prefix(prefix):  # never over its labels
+            ignore = _sparing_marker(ignore)
         return await tree.upload(
             root,
             prefix,
