@@ -290,6 +290,47 @@ file_mounts:
     assert not cluster_data(stix, "renew").get("mount_keys")  # gone with the nodes
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sx", ["s3"], indirect=True)
+def test_start_mounts_the_buckets_a_stop_unmounted(
+    sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    """A stop unmounts every bucket (flushing it); `start` mounts them again with fresh keys
+    and their renewal armed, so a job after it reads and writes the bucket, not an empty
+    folder where it was."""
+    stix, emu, store = sx
+    data = tmp_path / "life"
+    data.mkdir()
+    (data / "in.txt").write_text("still the bucket\n")
+    bucket = f"stix-life-{store}"
+    task = task_file(
+        f"""
+file_mounts:
+  ~/m:
+    name: {bucket}
+    source: {data}
+    store: {store}
+    mode: MOUNT
+"""
+    )
+    stix.run("launch", "-c", "life", str(task), "-y", check=True, timeout=120)
+    stix.run("stop", "life", "-y", check=True, timeout=90)
+    assert fuse_mounts_under(stix.home) == [] and not cluster_data(stix, "life")["mount_keys"]
+    started = stix.run("start", "life", "-y", timeout=120)
+    assert started.returncode == 0, started.stderr
+    home = stix.node_dir("life")
+    assert fuse_mounts_under(home) == [str(home / "m")]
+    [keys] = cluster_data(stix, "life")["mount_keys"]  # renewed again, as at launch
+    assert keys["dest"] == "~/m"
+    stix.run("exec", "life", "-d", "set -e; cat ~/m/in.txt; echo back > ~/m/new.txt", check=True)
+    wait_until(lambda: stix.job_status("life", 1) not in (None, "PENDING", "RUNNING"), timeout=60)
+    assert stix.job_status("life", 1) == "SUCCEEDED"
+    wait_until(lambda: keys_in(emu, store, bucket) == {"in.txt", "new.txt"}, timeout=30)
+    assert "still the bucket" in stix.run("logs", "life", "1", "--no-follow", timeout=30).stdout
+    stix.run("down", "life", "-y", check=True, timeout=90)
+    assert not cluster_data(stix, "life").get("bucket_mounts")  # gone with the nodes
+
+
 @pytest.mark.parametrize("sx", ["s3"], indirect=True)
 def test_a_launch_on_a_node_without_rclone_fails_in_one_sentence_and_leaves_no_bucket(
     sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
