@@ -297,7 +297,8 @@ def test_start_mounts_the_buckets_a_stop_unmounted(
 ) -> None:
     """A stop unmounts every bucket (flushing it); `start` mounts them again with fresh keys
     and their renewal armed, so a job after it reads and writes the bucket, not an empty
-    folder where it was."""
+    folder where it was. An `exec`'d job (its task declares no mount) counts as done only once
+    its writes through the cluster's mounts are in the bucket."""
     stix, emu, store = sx
     data = tmp_path / "life"
     data.mkdir()
@@ -311,6 +312,14 @@ file_mounts:
     source: {data}
     store: {store}
     mode: MOUNT
+  ~/c:
+    name: {bucket}
+    source: {data}
+    store: {store}
+    mode: MOUNT_CACHED
+    config:
+      mount_cached:
+        vfs_write_back: 3s
 """
     )
     stix.run("launch", "-c", "life", str(task), "-y", check=True, timeout=120)
@@ -319,13 +328,14 @@ file_mounts:
     started = stix.run("start", "life", "-y", timeout=120)
     assert started.returncode == 0, started.stderr
     home = stix.node_dir("life")
-    assert fuse_mounts_under(home) == [str(home / "m")]
-    [keys] = cluster_data(stix, "life")["mount_keys"]  # renewed again, as at launch
-    assert keys["dest"] == "~/m"
-    stix.run("exec", "life", "-d", "set -e; cat ~/m/in.txt; echo back > ~/m/new.txt", check=True)
+    assert sorted(fuse_mounts_under(home)) == [str(home / "c"), str(home / "m")]
+    keys = cluster_data(stix, "life")["mount_keys"]  # renewed again, as at launch
+    assert sorted(k["dest"] for k in keys) == ["~/c", "~/m"]
+    run = "set -e; cat ~/m/in.txt; echo back > ~/m/new.txt; echo cached > ~/c/cached.txt"
+    stix.run("exec", "life", "-d", run, check=True)
     wait_until(lambda: stix.job_status("life", 1) not in (None, "PENDING", "RUNNING"), timeout=60)
     assert stix.job_status("life", 1) == "SUCCEEDED"
-    wait_until(lambda: keys_in(emu, store, bucket) == {"in.txt", "new.txt"}, timeout=30)
+    assert keys_in(emu, store, bucket) == {"in.txt", "new.txt", "cached.txt"}  # flushed first
     assert "still the bucket" in stix.run("logs", "life", "1", "--no-follow", timeout=30).stdout
     stix.run("down", "life", "-y", check=True, timeout=90)
     assert not cluster_data(stix, "life").get("bucket_mounts")  # gone with the nodes

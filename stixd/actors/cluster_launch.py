@@ -407,7 +407,9 @@ async def exec_task(cluster: ClusterActor, req: m.Exec, env: Envelope) -> m.Laun
     if req.task.workdir:
         await sync_task_files(cluster.provider, cluster.nodes, req.task, env, file_mounts=False)
     job_id = await allocate_job_id(cluster)
-    await create_job(cluster, job_id, req.task, with_setup=False, task_id=req.task_id)
+    await create_job(
+        cluster, job_id, req.task, with_setup=False, task_id=req.task_id, cluster_mounts=True
+    )
     env.progress(m.JobSubmitted(cluster.id, job_id))
     return m.LaunchResult(cluster=cluster.id, job_id=job_id, job_status="INIT")
 
