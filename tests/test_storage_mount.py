@@ -320,13 +320,21 @@ file_mounts:
     config:
       mount_cached:
         vfs_write_back: 3s
+  ~/g:
+    name: stix-gone-{store}
+    source: {data}
+    store: {store}
+    mode: MOUNT
 """
     )
     stix.run("launch", "-c", "life", str(task), "-y", check=True, timeout=120)
     stix.run("stop", "life", "-y", check=True, timeout=90)
     assert fuse_mounts_under(stix.home) == [] and not cluster_data(stix, "life")["mount_keys"]
+    # a storage deleted while the cluster is stopped is not mounted again, and said
+    stix.run("storage", "delete", f"stix-gone-{store}", "-y", check=True, timeout=60)
     started = stix.run("start", "life", "-y", timeout=120)
     assert started.returncode == 0, started.stderr
+    assert f"Storage stix-gone-{store} was deleted" in started.stdout + started.stderr
     home = stix.node_dir("life")
     assert sorted(fuse_mounts_under(home)) == [str(home / "c"), str(home / "m")]
     keys = cluster_data(stix, "life")["mount_keys"]  # renewed again, as at launch

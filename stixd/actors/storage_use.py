@@ -198,10 +198,18 @@ async def remount(
     it had mounted (``bucket_mounts``; those at ``skip`` excepted, which the launch's own task
     mounts) is mounted again with keys minted afresh, their renewal armed as at launch. A
     stop unmounted them all (flushing their writes): without this a job would read and write
-    an empty folder where the bucket was."""
+    an empty folder where the bucket was. A storage deleted meanwhile (`storage delete`) is
+    not mounted, said, and forgotten here."""
     skipped = set(skip)
     for entry in list(cluster.data.bucket_mounts):
         if entry.dest in skipped:
+            continue
+        if await cluster.app.store.get(STORAGE, entry.name) is None:
+            said = f"Storage {entry.name} was deleted: nothing mounted at {entry.dest}."
+            env.progress(m.Progress(said))
+            cluster.log.warning("bucket_mount_dropped", storage=entry.name, dest=entry.dest)
+            kept = [b for b in cluster.data.bucket_mounts if b.dest != entry.dest]
+            await cluster.save(bucket_mounts=kept)
             continue
         spec = StorageSpec(
             name=entry.name,
