@@ -140,4 +140,6 @@ def render(records: list[m.StorageRecord], verbose: bool = False) -> str:
             "* MISSING: the bucket was deleted outside stix; `stixctl storage delete NAME` "
             "forgets it."
         )
+    # a damaged row (mode "?", stixd storage_cmds.damaged): why, and the command removing it
+    lines += [f"* {s.name}: {s.last_error}" for s in records if s.mode == "?" and s.last_error]
     return "\n".join(lines)

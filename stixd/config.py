@@ -155,7 +155,15 @@ class S3StoreConfig(
 class R2StoreConfig(
     msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
 ):
+    """R2: its S3 endpoint, and Cloudflare's API for the nodes' temporary credentials."""
+
     endpoint_url: Url | None = None
+    # what a node's rclone gets: auto|scoped (temporary keys for that bucket) or daemon
+    node_credentials: Literal["auto", "scoped", "daemon"] | None = None  # null: auto
+    node_credentials_seconds: Annotated[int, msgspec.Meta(ge=900, le=604800)] | None = None
+    api_token: Secret | None = None  # null: CLOUDFLARE_API_TOKEN
+    api_endpoint: Url | None = None  # null: https://api.cloudflare.com/client/v4
+    account_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")] | None = None
 
 
 class GcsStoreConfig(

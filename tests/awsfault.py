@@ -15,7 +15,9 @@ for states moto never reports, such as a spot interruption's reason), ``GET /_fa
 returns the rules left, the ``Action``s seen (with their regions) and the held requests
 ``waiting`` / ``forwarded``, ``GET /_fault/forms`` every request's form as seen (what each
 call asked for), ``DELETE /_fault`` clears all. A ``match`` value of null matches a form
-without that field (a listing's first page has no ``NextToken``).
+without that field (a listing's first page has no ``NextToken``). S3 names its operations in the
+query instead (``PUT /bucket?tagging``): a rule with ``query`` (and no ``action``) matches a
+request carrying that query parameter.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ERROR_XML = (
 )
 _REGION = re.compile(r"Credential=[^/]+/\d+/([a-z0-9-]+)/")  # SigV4's credential scope
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
 def make_app(upstream: str) -> web.Application:
@@ -48,9 +51,9 @@ def make_app(upstream: str) -> web.Application:
     app = web.Application()
 
     async def client(app: web.Application) -> Any:
-        app["session"] = aiohttp.ClientSession()
+        app[SESSION] = aiohttp.ClientSession()
         yield
-        await app["session"].close()
+        await app[SESSION].close()
 
     app.cleanup_ctx.append(client)
 
@@ -90,7 +93,7 @@ def make_app(upstream: str) -> web.Application:
 
     async def relay(req: web.Request, body: bytes) -> web.Response:
         headers = {k: v for k, v in req.headers.items() if k.lower() not in _HOP_HEADERS}
-        session: aiohttp.ClientSession = req.app["session"]
+        session: aiohttp.ClientSession = req.app[SESSION]
         async with session.request(
             req.method, upstream + req.path_qs, data=body, headers=headers
         ) as answer:
@@ -129,7 +132,9 @@ def make_app(upstream: str) -> web.Application:
             regions.append(region)
             forms.append(form)
         for rule in rules:
-            if rule["action"] != action or rule["times"] == 0:
+            if rule.get("action") != action or rule["times"] == 0:
+                continue
+            if rule.get("query") is not None and rule["query"] not in req.query:
                 continue
             if rule.get("region") not in (None, region):
                 continue

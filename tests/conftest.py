@@ -148,6 +148,8 @@ class Stix:
         self.home = home
         self.env = {**os.environ, "STIX_HOME": str(home), "STIX__AUTOSTOP__GRACE_MINUTES": "10"}
         self.env.pop("STIX_CATALOG_DIR", None)
+        self.argv = [sys.executable, "-m", "stixctl"]
+        """How stixctl is run (tests/as_user.py runs it as another user)."""
 
     def run(
         self,
@@ -158,7 +160,7 @@ class Stix:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "stixctl", *args],
+            [*self.argv, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -177,7 +179,7 @@ class Stix:
         stdin = yes_stdin()
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "stixctl", *args],
+                [*self.argv, *args],
                 env=self.env,
                 stdin=stdin,
                 stdout=subprocess.PIPE,

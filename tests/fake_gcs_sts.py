@@ -1,13 +1,14 @@
 """A fake of Google's Security Token Service (``sts.googleapis.com/v1/token``) for downscoping
 an access token with a Credential Access Boundary, and a fake of GCS's side of it: a loopback
 proxy in front of fake-gcs-server (which reads no credentials) that lets a request through
-only with a token the fake STS issued, before it ends, for the one bucket its boundary names.
+only with a token the fake STS issued, before it ends, for a bucket its boundary names.
 
 The STS side checks a request as Google documents it: a form with the token-exchange
 ``grant_type``, access-token ``requested_token_type`` and ``subject_token_type``, a known
 ``subject_token``, and ``options`` the URL-encoded JSON of ``{"accessBoundary":
 {"accessBoundaryRules": [{"availableResource": "//storage.googleapis.com/projects/_/buckets/B",
-"availablePermissions": ["inRole:..."]}]}}``. It answers ``access_token``,
+"availablePermissions": ["inRole:..."]}]}}`` (one to ten rules, as Google allows; a rule's
+``availabilityCondition`` is taken and not enforced). It answers ``access_token``,
 ``issued_token_type``, ``token_type`` and ``expires_in`` (``lifetime``), or Google's
 ``{"error": ..., "error_description": ...}`` with HTTP 400 or 401.
 """
@@ -38,12 +39,12 @@ _HOP = {"host", "content-length", "transfer-encoding", "connection", "authorizat
 
 
 class FakeSts:
-    """Issued tokens (token -> bucket, end), the requests seen, and the proxy's refusals."""
+    """Issued tokens (token -> buckets, end), the requests seen, and the proxy's refusals."""
 
     def __init__(self, sources: set[str], lifetime: int = 3600) -> None:
         self.sources = sources
         self.lifetime = lifetime
-        self.issued: dict[str, tuple[str, float]] = {}
+        self.issued: dict[str, tuple[frozenset[str], float]] = {}
         self.forms: list[dict[str, str]] = []
         self.refused: list[str] = []
         self.upstream = ""
@@ -81,21 +82,23 @@ class FakeSts:
         try:
             options = json.loads(unquote(form.get("options", "")))
             rules = options["accessBoundary"]["accessBoundaryRules"]
-            (rule,) = rules  # what this fake issues: one bucket
-            found = RESOURCE.match(rule["availableResource"])
-            permissions = rule["availablePermissions"]
+            if not isinstance(rules, list) or not 1 <= len(rules) <= 10:
+                raise ValueError("one to ten rules")
+            found = [RESOURCE.match(rule["availableResource"]) for rule in rules]
+            permissions = [p for rule in rules for p in rule["availablePermissions"]]
         except (ValueError, KeyError, TypeError):
             return _error(400, "invalid_request", "options is not a Credential Access Boundary")
         if (
-            found is None
-            or not permissions
+            not all(found)
+            or not all(rule["availablePermissions"] for rule in rules)
             or not all(
                 isinstance(p, str) and p.startswith("inRole:roles/storage.") for p in permissions
             )
         ):
             return _error(400, "invalid_request", "the boundary names no bucket or no role")
         token = "ya29.fake-" + secrets.token_urlsafe(24)
-        self.issued[token] = (found.group(1), time.time() + self.lifetime)
+        buckets = frozenset(match.group(1) for match in found if match is not None)
+        self.issued[token] = (buckets, time.time() + self.lifetime)
         answer = {
             "access_token": token,
             "issued_token_type": ACCESS_TOKEN,
@@ -106,9 +109,9 @@ class FakeSts:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        bucket, ends = self.issued.get(bearer, ("", 0.0))
+        buckets, ends = self.issued.get(bearer, (frozenset(), 0.0))
         asked = BUCKET_PATH.match(request.path)
-        if ends <= time.time() or asked is None or asked.group(1) != bucket:
+        if ends <= time.time() or asked is None or asked.group(1) not in buckets:
             self.refused.append(f"{request.method} {request.path} {bearer[:16]}")
             return web.json_response({"error": {"code": 401, "message": "denied"}}, status=401)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}

@@ -6,13 +6,21 @@ other answer is moto's own.
 
 Keys can be revoked too: a request signed with an access key id listed (one a line) in the file
 ``revoked`` beside FILE is refused (403 InvalidAccessKeyId) as AWS refuses expired or deleted
-keys, which moto itself never does; a test proves that way which keys a client signs with."""
+keys, which moto itself never does; a test proves that way which keys a client signs with.
+
+And keys can be kept to one bucket: the JSON file ``scoped`` beside FILE maps an access key id
+to ``{"bucket", "expires_at", "permission"}`` (``tests.fake_r2_api`` writes it as it mints R2
+temporary credentials); a request signed with such a key on any other bucket, on no bucket
+(ListBuckets), after its end, or writing with a read-only permission is refused (403
+AccessDenied / ExpiredToken) as R2 refuses it. moto enforces no session policy of its own."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,33 +41,69 @@ def backdate(clock: Path) -> None:
     models.FakeBucket.__init__ = init  # type: ignore[method-assign]
 
 
-def revocable(revoked: Path) -> None:
+def _key_id(environ: dict[str, Any]) -> str | None:
+    """The access key id a request is signed with (header or presigned query)."""
+    found = re.search(r"Credential=([^/,\s]+)", environ.get("HTTP_AUTHORIZATION", ""))
+    if found is None:
+        found = re.search(r"X-Amz-Credential=([^/%&]+)", environ.get("QUERY_STRING", ""))
+    return found.group(1) if found else None
+
+
+def _refusal(start_response: Any, code: str, message: str) -> list[bytes]:
+    body = (
+        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+        f"<Message>{message}</Message></Error>"
+    ).encode()
+    start_response("403 Forbidden", [("Content-Type", "application/xml")])
+    return [body]
+
+
+def _scope_refuses(scoped: Path, environ: dict[str, Any], key: str) -> tuple[str, str] | None:
+    try:
+        scopes = json.loads(scoped.read_text() or "{}")
+    except (OSError, ValueError):
+        return None
+    scope = scopes.get(key)
+    if not isinstance(scope, dict):
+        return None
+    asked = environ.get("PATH_INFO", "/").lstrip("/").split("/", 1)[0]
+    if asked != scope["bucket"]:
+        return "AccessDenied", f"these credentials reach bucket {scope['bucket']} only"
+    if time.time() >= float(scope["expires_at"]):
+        return "ExpiredToken", "The provided token has expired."
+    reads = environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+    if scope.get("permission", "").endswith("read-only") and not reads:
+        return "AccessDenied", "these credentials may only read"
+    return None
+
+
+def enforcing(revoked: Path, scoped: Path) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
     serve = DomainDispatcherApplication.__call__
 
     def call(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
-        found = re.search(r"Credential=([^/,\s]+)", environ.get("HTTP_AUTHORIZATION", ""))
+        key = _key_id(environ)
+        if key is None:
+            return serve(self, environ, start_response)
         try:
             refused = set(revoked.read_text().split())
         except OSError:
             refused = set()
-        if found is None or found.group(1) not in refused:
-            return serve(self, environ, start_response)
-        body = (
-            b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidAccessKeyId</Code>"
-            b"<Message>The AWS Access Key Id you provided does not exist in our records."
-            b"</Message></Error>"
-        )
-        start_response("403 Forbidden", [("Content-Type", "application/xml")])
-        return [body]
+        if key in refused:
+            text = "The AWS Access Key Id you provided does not exist in our records."
+            return _refusal(start_response, "InvalidAccessKeyId", text)
+        out_of_scope = _scope_refuses(scoped, environ, key)
+        if out_of_scope is not None:
+            return _refusal(start_response, *out_of_scope)
+        return serve(self, environ, start_response)
 
     DomainDispatcherApplication.__call__ = call  # type: ignore[method-assign]
 
 
 def main(argv: list[str]) -> None:
     backdate(Path(argv[0]))
-    revocable(Path(argv[0]).with_name("revoked"))
+    enforcing(Path(argv[0]).with_name("revoked"), Path(argv[0]).with_name("scoped"))
     from moto.server import main as serve
 
     serve(argv[1:])

@@ -60,6 +60,8 @@ class Emulator:
         """moto: seconds a bucket made now is backdated by (tests.moto_clock)."""
         self.revoked = self.dir / "revoked"
         """moto: access key ids it refuses, one a line (tests.moto_clock)."""
+        self.scoped = self.dir / "scoped"
+        """moto: access key ids kept to one bucket, JSON (tests.moto_clock, tests.fake_r2_api)."""
 
     def start(self, argv: list[str], probe: str, env: dict[str, str] | None = None) -> None:
         log = open(self.dir / "log", "wb")  # noqa: SIM115 (kept by the child)

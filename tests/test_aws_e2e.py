@@ -11,10 +11,15 @@ import signal
 from getpass import getuser
 from pathlib import Path
 
+import pytest
+
 from tests.awsbed import AwsBed, aws_fixtures
 from tests.conftest import REPO, Stix, processes_mentioning, wait_until
 from tests.sshbed import Host, SshBed, bed_fixture
+from tests.stores_bed import Emulator
 from tests.test_managed_jobs import managed
+from tests.test_storage import buckets, s3
+from tests.test_storage_ssh import moto_bridge  # noqa: F401 (a fixture)
 
 hosts = bed_fixture(2, scope="module")
 aws_server, aws = aws_fixtures()
@@ -411,3 +416,81 @@ def test_status_refresh_asks_ec2_about_all_clusters_together(
     assert aws.seen().count("DescribeInstances") - before <= 2
     for name in names:
         stix.run("down", name, "-y", check=True, timeout=120)
+
+
+def _host_mounts(host: Host) -> list[str]:
+    """The rclone mounts under root's home in the host's own mount namespace (its sshd's)."""
+    text = host.exec("sh", "-c", f"cat /proc/$(cat {host.dir}/sshd.pid)/mounts").stdout
+    points = [line.split()[1] for line in text.splitlines() if " fuse.rclone " in line]
+    return [p for p in points if p.startswith("/root/")]
+
+
+def _instance_ends(host: Host, cluster: str, rank: int = 0) -> None:
+    """EC2's end of the instance for the node's mounts: its rclone and the FUSE mount go with
+    the machine (the sshd host that stands in for it stays; see ``_machine_gone``)."""
+    on_host = set(host.pids())
+    for pid in set(processes_mentioning(f"/.stix/nodes/{cluster}-{rank}/mounts/")) & on_host:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _machine_gone(host, cluster, rank)
+    sshd = (host.dir / "sshd.pid").read_text().strip()
+    for point in _host_mounts(host):
+        host.exec("nsenter", "-t", sshd, "-m", "umount", "-l", point)
+
+
+@pytest.mark.slow
+def test_a_bucket_for_an_aws_job_is_made_in_its_region_mounted_on_its_node_and_gone_after_down(
+    stix: Stix,
+    aws: AwsBed,
+    hosts: SshBed,
+    moto_bridge: Emulator,  # noqa: F811 (the fixture)
+    task_file,
+    tmp_path: Path,
+) -> None:
+    """A storage naming no store, on a launch placed in us-west-2 (not the default region):
+    its bucket is made there, as SkyPilot makes a task's bucket in the cluster's region; the
+    job reads and writes it through rclone's FUSE mount (MOUNT, the default) on its node, whose
+    rclone got the bucket's region and STS session keys (not the daemon's); `down` deletes the
+    non-persistent bucket. S3 is the moto on the bed's bridge, the one address both the daemon
+    and the instance's namespace reach; EC2 stays the bed's moto (STS too). Before EC2 ends the
+    instance, `down` asks its agent to flush and unmount the bucket (as on every infra), so no
+    mount is left on the sshd host standing in for it; the test then ends the rest there as
+    EC2 would."""
+    _use(stix, aws, hosts)
+    config = f"storage:\n  s3: {{endpoint_url: '{moto_bridge.url}'}}\n"
+    (stix.home / "config.yaml").write_text(config)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from-the-bucket\n")
+    path = task_file(
+        "resources:\n  infra: aws/us-west-2\n"
+        f"file_mounts:\n  ~/w:\n    name: stix-aws-west\n    source: {data}\n"
+        "    persistent: false\n"
+        "run: |\n  set -e\n  echo read-$(cat ~/w/in.txt)\n  echo from-the-job > ~/w/out.txt\n"
+    )
+    out = stix.run("launch", "-c", "w", "-y", str(path), timeout=180)
+    assert out.returncode == 0, out.stderr + (stix.home / "stixd.log").read_text()[-3000:]
+    assert "read-from-the-bucket" in out.stdout
+    assert stix.clusters()["w"]["infra"] == "aws/us-west-2"
+    assert len(aws.live_instances("w", region="us-west-2")) == 1
+    west = s3(moto_bridge)
+    assert west.get_bucket_location(Bucket="stix-aws-west")["LocationConstraint"] == "us-west-2"
+    head = west.head_bucket(Bucket="stix-aws-west")["ResponseMetadata"]["HTTPHeaders"]
+    assert head["x-amz-bucket-region"] == "us-west-2"
+    got = west.get_object(Bucket="stix-aws-west", Key="out.txt")["Body"].read()
+    assert got == b"from-the-job\n"  # the job's write, through the mount
+    host = hosts.hosts[0]
+    assert _host_mounts(host) == ["/root/w"]
+    [folder] = (host.home / ".stix" / "nodes" / "w-0" / "mounts").iterdir()
+    remote = (folder / "rclone.conf").read_text().splitlines()
+    assert {"region = us-west-2", f"endpoint = {moto_bridge.url}", "env_auth = true"} <= {*remote}
+    assert not [line for line in remote if "secret" in line or "testing" in line]
+    keys = json.loads((folder / "keys.json").read_text())  # minted by STS for the bucket
+    assert keys["SessionToken"] and keys["AccessKeyId"] != "testing"
+
+    stix.run("down", "w", "-y", check=True, timeout=120)
+    # the bucket goes with its last cluster, after `down` answers (told, not awaited)
+    wait_until(lambda: "stix-aws-west" not in buckets(moto_bridge), timeout=60, interval=0.3)
+    assert aws.live_instances("w", region="us-west-2") == []
+    assert _host_mounts(host) == []  # flushed and unmounted by its agent before EC2's end
+    _instance_ends(host, "w")

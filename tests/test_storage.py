@@ -293,6 +293,7 @@ file_mounts:
 run: echo never
 """
     )
+    sx.env["STIX__STORAGE__LEAK_MIN_AGE_MINUTES"] = "0"  # a leaked bucket is reported at once
     proc = sx.popen("launch", "-c", "kill1", str(task), "-y")
     try:
         wait_until(lambda: "stix-kill-upload" in buckets(moto_s3), timeout=60, interval=0.02)
@@ -654,7 +655,7 @@ def test_a_failed_launch_drops_only_its_cluster_from_a_storage_another_launch_mo
     async def scenario() -> tuple[list[str], bool]:
         async with storage_app(tmp_path / "home", moto_s3) as app:
             for cluster in ("c1", "c2"):
-                [plan] = plans_for(app, task, cluster, None, None)
+                [plan] = await plans_for(app, task, cluster, None, None)
                 await storage_actor(app, plan.storage)  # the record, as the launch writes it
                 await ask_storage(app, plan.storage.name, Ensure(plan.storage, cluster))
             await release_storage(app, task, ["stix-shared-made"], "c1", None, None)
@@ -693,11 +694,11 @@ def test_a_recovery_s_launch_uploads_nothing_and_keeps_the_record_s_source(
 
     async def scenario() -> list[str]:
         async with storage_app(tmp_path / "home", moto_s3) as app:
-            [plan, _] = plans_for(app, task, "c1", None, None)
+            [plan, _] = await plans_for(app, task, "c1", None, None)
             actor = await storage_actor(app, plan.storage)
             await tell(actor, Ensure(plan.storage, "c1"))
             s3(moto_s3).put_object(Bucket="stix-recovered", Key="w.txt", Body=b"job\n")
-            [plan, _] = plans_for(app, again, "c1", None, None)
+            [plan, _] = await plans_for(app, again, "c1", None, None)
             await tell(actor, Ensure(plan.storage, "c1"))
             assert actor.state.value == "READY"
             return actor.spec.sources
@@ -706,3 +707,132 @@ def test_a_recovery_s_launch_uploads_nothing_and_keeps_the_record_s_source(
     assert s3(moto_s3).get_object(Bucket="stix-recovered", Key="w.txt")["Body"].read() == b"job\n"
     s3(moto_s3).delete_object(Bucket="stix-recovered", Key="w.txt")
     s3(moto_s3).delete_bucket(Bucket="stix-recovered")
+
+
+def test_a_relaunch_on_another_cloud_keeps_the_storage_s_store(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage naming no store made on aws (s3) and launched again on gcp (a managed job's
+    recovery that moved, or a relaunch elsewhere) keeps its s3 bucket: planned from its record,
+    not refused by its actor for a gcs bucket."""
+    from stixd.actors import storage_use
+    from stixd.actors.storage import Ensure
+    from stixproto.task import Task
+
+    monkeypatch.setattr(storage_use, "configured_stores", lambda app: ["s3", "gcs"])
+    data = tmp_path / "src"
+    data.mkdir()
+    task = Task.from_yaml(f"file_mounts:\n  ~/d:\n    name: stix-moved\n    source: {data}\n")
+
+    async def scenario() -> list[tuple[str, str | None, str]]:
+        said = []
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            for cloud in ("aws", "gcp"):
+                chosen = (cloud, "us-east-1" if cloud == "aws" else "europe-west4")
+                [plan] = await storage_use.plans_for(app, task, "c1", None, None, chosen)
+                actor = await storage_actor(app, plan.storage)
+                await tell(actor, Ensure(plan.storage, "c1"))
+                said.append((plan.storage.store, plan.storage.region, actor.state.value))
+        return said
+
+    assert anyio.run(scenario) == [("s3", "us-east-1", "READY"), ("s3", "us-east-1", "READY")]
+    assert "stix-moved" in buckets(moto_s3)
+    s3(moto_s3).delete_bucket(Bucket="stix-moved")
+
+
+def test_the_leak_reconciler_spares_a_bucket_a_launch_recorded_after_its_scan(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launch writes its storage row for a bucket between the reconciler's scan and its
+    delete: the rows are read again before each delete, and the bucket is now the launch's."""
+    from stixd.control import storage_cmds
+    from stixd.storage.stores import LABEL_STORAGE, StoreKind
+
+    for key, value in moto_s3.env.items():  # the stores the reconciler scans: set up here
+        monkeypatch.setenv(key, value)
+    scan = storage_cmds.leaked_buckets
+    spec = StorageSpec(name="stix-leak-race", store="s3", bucket="stix-leak-race")
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            bucket = app.object_stores().bucket(StoreKind.S3, spec.bucket)
+            await bucket.create({LABEL_STORAGE: spec.name})  # this home's, and no row owns it
+
+            async def then_a_launch(app: App, min_age_s: float = 0.0) -> list[tuple[str, str]]:
+                found = await scan(app, 0.0)
+                await storage_actor(app, spec)  # the launch's row, written after the scan
+                return found
+
+            monkeypatch.setattr(storage_cmds, "leaked_buckets", then_a_launch)
+            records, deleted = await storage_cmds.bucket_leaks(app, terminate=True)
+            return [r.id for r in records], deleted
+
+    found, deleted = anyio.run(scenario)
+    assert found == ["s3://stix-leak-race"] and deleted == []
+    assert "stix-leak-race" in buckets(moto_s3)
+    s3(moto_s3).delete_bucket(Bucket="stix-leak-race")
+
+
+def test_a_damaged_storage_row_is_listed_deletable_and_owns_its_bucket(
+    moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two storages whose rows were damaged (a field of the wrong type; a spec that is no JSON
+    object): `storage ls` lists each failed with why, their buckets are no leaks, and `storage
+    delete` removes each: the bucket its spec still names and its labels prove its own goes,
+    the other is left to the leak scan."""
+    import sqlite3
+
+    from stixd.actors.storage import Ensure
+    from stixd.control import storage_cmds
+    from stixproto import messages as m
+
+    for key, value in moto_s3.env.items():  # the stores the leak scan looks at
+        monkeypatch.setenv(key, value)
+    data = tmp_path / "src"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    names = ("stix-hurt-named", "stix-hurt-lost")
+
+    async def make() -> None:
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            for name in names:
+                spec = local_spec(name, data)
+                await tell(await storage_actor(app, spec), Ensure(spec, "c1"))
+
+    anyio.run(make)
+    hurt = {"name": names[0], "store": "s3", "bucket": names[0], "sources": 5}
+    with sqlite3.connect(tmp_path / "home" / "state.db") as db:
+        db.execute("UPDATE actors SET spec=? WHERE id=?", (json.dumps(hurt), names[0]))
+        db.execute("UPDATE actors SET spec='[1, 2]' WHERE id=?", (names[1],))
+
+    async def restarted() -> tuple[Any, ...]:
+        said: list[Any] = []
+
+        async def emit(item: Any) -> None:
+            said.append(item)
+
+        async with storage_app(tmp_path / "home", moto_s3) as app:
+            leaks_before = await storage_cmds.leaked_buckets(app)
+            listed = await storage_cmds.storage_ls(app, m.StorageLs())
+            gone = await storage_cmds.storage_delete(app, m.StorageDelete(names=[*names]), emit)
+            left = await storage_cmds.storage_ls(app, m.StorageLs())
+            return leaks_before, listed, gone, said, left, await storage_cmds.leaked_buckets(app)
+
+    leaks_before, listed, gone, said, left, leaks_after = anyio.run(restarted)
+    assert leaks_before == []
+    shown = {s.name: s for s in listed.storages}
+    assert set(shown) == set(names)
+    for name in names:
+        assert f"remove it with `stixctl storage delete {name}`" in str(shown[name].last_error)
+    assert (shown[names[0]].store, shown[names[0]].bucket) == ("s3", names[0])
+    from stixctl.storage import render
+
+    assert f"* {names[1]}: quarantined: " in render(list(listed.storages))  # the table says why
+    assert gone.deleted == [*names] and gone.failed == [], gone
+    assert left.storages == []
+    notes = " ".join(str(getattr(x, "message", x)) for x in said)
+    assert f"Its bucket s3://{names[0]} was deleted" in notes, notes
+    assert names[0] not in buckets(moto_s3)
+    assert leaks_after == [("s3", names[1])]  # known by its labels only: the leak scan's now
+    s3(moto_s3).delete_object(Bucket=names[1], Key="a.txt")
+    s3(moto_s3).delete_bucket(Bucket=names[1])

@@ -3,7 +3,8 @@ emulator (S3 on moto, GCS on fake-gcs-server, Azure on azurite). A job reads and
 both modes; the moment a MOUNT_CACHED job is SUCCEEDED its file is in the bucket; `down` leaves
 no FUSE mount behind; a node without rclone is told how to install it in one sentence; a mount's
 S3 keys are renewed under its running rclone (moto refusing the old ones), by a daemon restarted
-after ``kill -9`` too."""
+after ``kill -9`` too. R2 mounts get Cloudflare's temporary keys for their one bucket (from
+tests/fake_r2_api.py; moto refuses them on any other bucket), renewed the same way."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from stixd.providers.shared.fuse_mounts import fuse_mounts_under
 from stixd.storage.mount import SESSION_KEYS, node_keys
 from stixd.storage.stores import LABEL_STORAGE, RcloneRemote, StoreKind, open_stores
 from stixd.storage.stores import gcs as gcs_store
+from tests import fake_r2_api
 from tests.conftest import Stix, reap, wait_until
 from tests.fake_gcs_sts import FakeSts, served
 from tests.stores_bed import Emulator, azurite, fake_gcs, gcs_bucket_holding, moto_s3
@@ -96,6 +98,30 @@ def test_each_store_says_when_a_bucket_was_made_by_its_own_clock(
     assert after_delete is None
 
 
+@pytest.fixture(scope="module")
+def r2_api(moto_s3: Emulator) -> Iterator[str]:
+    """The fake Cloudflare API (one process for the module), minting R2 keys moto keeps to
+    their bucket: its base URL."""
+    with fake_r2_api.r2_api_process(moto_s3) as url:
+        yield url
+
+
+def r2_node_keys(node_state: Path, dest: str) -> dict[str, str]:
+    """The keys the node's rclone reads for the mount at ``dest`` (``~/x``), as rclone's SDK
+    reads them (``credential_process``'s answer)."""
+    for folder in (node_state / agent_mount.MOUNTS_DIR).iterdir():
+        if record_of(folder)["dest"].endswith(dest.removeprefix("~")):
+            found: dict[str, str] = json.loads((folder / agent_mount.KEYS).read_text())
+            return found
+    raise AssertionError(f"no mount at {dest} on the node")
+
+
+def moto_scope(emu: Emulator, key_id: str) -> dict[str, Any] | None:
+    """The bucket (and end) moto keeps a minted R2 key to; None for a key it does not keep."""
+    found: dict[str, Any] | None = json.loads(emu.scoped.read_text() or "{}").get(key_id)
+    return found
+
+
 @pytest.fixture
 def sx(stix: Stix, request: pytest.FixtureRequest) -> Iterator[tuple[Stix, Emulator, str]]:
     """A stix home whose daemon reaches one store's emulator, its nodes on the host's network
@@ -105,8 +131,11 @@ def sx(stix: Stix, request: pytest.FixtureRequest) -> Iterator[tuple[Stix, Emula
     emu: Emulator = request.getfixturevalue(EMULATORS[store])
     stix.env.update({k: v for k, v in emu.env.items() if k != "HOME"})
     stix.env["STIX__LOCAL__NETWORK"] = "host"
-    if store == "s3":  # R2 too: S3's API at its own endpoint, the same moto here
-        stix.env["R2_ENDPOINT_URL"] = emu.url
+    if store == "s3":  # R2 too: S3's API at its own endpoint, the same moto here, and
+        stix.env["R2_ENDPOINT_URL"] = emu.url  # its nodes' keys from the fake Cloudflare API
+        stix.env["STIX__STORAGE__R2__API_ENDPOINT"] = request.getfixturevalue("r2_api")
+        stix.env["STIX__STORAGE__R2__ACCOUNT_ID"] = fake_r2_api.ACCOUNT
+        stix.env["CLOUDFLARE_API_TOKEN"] = fake_r2_api.TOKEN
     if store == "gcs":  # the emulator's project (its config names it; the daemon reads env)
         stix.env["GOOGLE_CLOUD_PROJECT"] = emu.config["gcs"]["project"]
     try:
@@ -192,6 +221,27 @@ run: |
         assert "out-s.txt" in keys_in(emu, "r2", "stix-mnt-r2")
     logs = stix.run("logs", "mnt", "1", "--no-follow", timeout=30).stdout
     assert logs.count("from the bucket") == 2 + r2
+    if r2:  # the job read and wrote R2 on Cloudflare's temporary keys for each bucket alone
+        assert "daemon's own R2 keys" not in done.stdout + done.stderr
+        state = stix.state_dir("mnt")
+        for dest, r2_bucket, other in (
+            ("~/s", "stix-mnt-r2", "stix-mc-r2"),
+            ("~/r", "stix-mc-r2", "stix-mnt-r2"),
+        ):
+            keys = r2_node_keys(state, dest)
+            assert keys["AccessKeyId"] != "testing" and keys["SessionToken"]
+            assert (moto_scope(emu, keys["AccessKeyId"]) or {}).get("bucket") == r2_bucket
+            scoped = boto3.client(
+                "s3",
+                endpoint_url=emu.url,
+                region_name="us-east-1",
+                aws_access_key_id=keys["AccessKeyId"],
+                aws_secret_access_key=keys["SecretAccessKey"],
+                aws_session_token=keys["SessionToken"],
+            )
+            with pytest.raises(scoped.exceptions.ClientError, match="AccessDenied"):
+                scoped.list_objects_v2(Bucket=other)
+            scoped.close()
 
     # a relaunch on the UP cluster keeps the mounts (and their rclone) its jobs may be using
     pids = mount_pids(home)
@@ -249,11 +299,13 @@ def cluster_data(stix: Stix, cluster: str, data: dict[str, Any] | None = None) -
     return json.loads(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sx", ["s3"], indirect=True)
 def test_a_mounts_keys_are_renewed_when_due_by_a_daemon_restarted_after_kill_9(
     sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
 ) -> None:
-    stix, _, store = sx
+    """S3's keys and R2's (Cloudflare's temporary credentials for its bucket) alike."""
+    stix, emu, store = sx
     data = tmp_path / "renew"
     data.mkdir()
     (data / "r.txt").write_text("renewed\n")
@@ -265,26 +317,49 @@ file_mounts:
     source: {data}
     store: {store}
     mode: MOUNT
+  ~/q:
+    name: stix-renew-r2
+    source: {data}
+    store: r2
+    mode: MOUNT
 """
     )
     stix.run("launch", "-c", "renew", str(task), "-y", check=True, timeout=120)
     stored = cluster_data(stix, "renew")
-    [entry] = stored["mount_keys"]
-    assert (entry["store"], entry["bucket"], entry["dest"]) == (store, f"stix-renew-{store}", "~/r")
-    # renewed at two thirds of the keys' 12 h
-    assert entry["renew_at"] - entry["expires_at"] == pytest.approx(-4 * 3600, abs=5)
-    [folder] = (stix.state_dir("renew") / agent_mount.MOUNTS_DIR).iterdir()
-    before = record_of(folder)
+    entries = sorted(stored["mount_keys"], key=lambda e: e["dest"])
+    assert [(e["store"], e["bucket"], e["dest"]) for e in entries] == [
+        ("r2", "stix-renew-r2", "~/q"),
+        (store, f"stix-renew-{store}", "~/r"),
+    ]
+    for entry in entries:  # renewed at two thirds of the keys' 12 h
+        assert entry["renew_at"] - entry["expires_at"] == pytest.approx(-4 * 3600, abs=5)
+    mounts = stix.state_dir("renew") / agent_mount.MOUNTS_DIR
+    folders = {record_of(f)["dest"][-1]: f for f in mounts.iterdir()}
+    before = {d: record_of(f) for d, f in folders.items()}
+    r2_before = r2_node_keys(stix.state_dir("renew"), "~/q")["AccessKeyId"]
 
     # the daemon dies and stays down past the renewal time: the restarted one renews at once
     stix.kill_daemon()
-    cluster_data(stix, "renew", {**stored, "mount_keys": [{**entry, "renew_at": time.time()}]})
+    due = [{**e, "renew_at": time.time()} for e in entries]
+    cluster_data(stix, "renew", {**stored, "mount_keys": due})
     assert "renew" in stix.clusters()  # a daemon again, the cluster's actor re-armed
-    wait_until(lambda: record_of(folder)["expires_at"] > before["expires_at"], timeout=30)
-    [again] = cluster_data(stix, "renew")["mount_keys"]
-    assert again["renew_at"] > time.time() + 7 * 3600 and again["failures"] == 0
-    assert record_of(folder)["pid"] == before["pid"]  # the same rclone: nothing remounted
-    assert (stix.node_dir("renew") / "r" / "r.txt").read_text() == "renewed\n"
+
+    def all_renewed() -> bool:  # on the nodes, and then in the cluster's row
+        if any(record_of(f)["expires_at"] <= before[d]["expires_at"] for d, f in folders.items()):
+            return False
+        later = time.time() + 7 * 3600
+        return all(e["renew_at"] > later for e in cluster_data(stix, "renew")["mount_keys"])
+
+    wait_until(all_renewed, timeout=60)  # a loaded machine's restart and two renewals
+    again = cluster_data(stix, "renew")["mount_keys"]
+    assert len(again) == 2
+    assert [e["failures"] for e in again] == [0, 0]
+    for d, folder in folders.items():
+        assert record_of(folder)["pid"] == before[d]["pid"]  # the same rclone: no remount
+        assert (stix.node_dir("renew") / d / "r.txt").read_text() == "renewed\n"
+    r2_after = r2_node_keys(stix.state_dir("renew"), "~/q")["AccessKeyId"]
+    assert r2_after not in (r2_before, "testing")  # fresh temporary keys, for that bucket
+    assert (moto_scope(emu, r2_after) or {}).get("bucket") == "stix-renew-r2"
     assert "mount_keys_renewed" in (stix.home / "stixd.log").read_text()
     stix.run("down", "renew", "-y", check=True, timeout=90)
     assert not cluster_data(stix, "renew").get("mount_keys")  # gone with the nodes
@@ -418,6 +493,7 @@ def test_a_gcs_key_file_travels_as_its_content(tmp_path: Path) -> None:
     [
         ("flags", {"--daemon": "x"}),  # only the mount_cached knobs
         ("flags", {"--vfs-write-back": "1s --allow-root"}),
+        ("flags", {"--vfs-write-back": "301s"}),  # over the task reader's cap
         ("keys", {"secret_access_key": "a\n[other]"}),  # no second section smuggled in
         ("path", "bucket/../../etc"),
         ("dest", "relative/path"),
@@ -474,6 +550,74 @@ def test_a_job_s_end_waits_only_for_the_mounts_its_task_declared(tmp_path: Path)
     assert agent_mount.flush_all(tmp_path, timeout=1.0, dests=spec.mounts) is None
     problem = agent_mount.flush_all(tmp_path, timeout=1.0, dests=[f"{other}/"])
     assert problem is not None and "ended before its writes were flushed" in problem
+
+
+def test_a_flush_waits_for_the_mount_s_write_back_delay_on_top_of_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount whose write-back delay is 90 s uploads a job's file only after it: a job's end
+    (and a down) waits for the delay plus its own bound, and says the sum when it gives up; a
+    record with no delay (an older agent's) counts the longest allowed. On a fake clock."""
+    clock = [0.0]
+
+    class FakeTime:
+        @staticmethod
+        def monotonic() -> float:
+            return clock[0]
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            clock[0] += seconds
+
+    monkeypatch.setattr(agent_mount, "time", FakeTime)
+    monkeypatch.setattr(agent_mount, "_serves", lambda pid, folder: True)
+    drained_at = [100.0]  # the write-back delay, then the upload
+    monkeypatch.setattr(agent_mount, "pending_uploads", lambda r: int(clock[0] < drained_at[0]))
+    folder = tmp_path / agent_mount.MOUNTS_DIR / "wb"
+    folder.mkdir(parents=True)
+    record = {"dest": str(tmp_path / "m"), "bucket": "b", "pid": 1, "port": 1}
+    (folder / agent_mount.RECORD).write_text(json.dumps(record | {"write_back_s": 90.0}))
+    assert agent_mount.flush_all(tmp_path, timeout=60.0) is None
+    clock[0], drained_at[0] = 0.0, 1e9  # never drains: given up after the bound plus the delay
+    problem = agent_mount.flush_all(tmp_path, timeout=60.0)
+    assert problem is not None and "within 150s" in problem and 150 <= clock[0] < 151
+    (folder / agent_mount.RECORD).write_text(json.dumps(record))
+    problem = agent_mount.flush_all(tmp_path, timeout=60.0)
+    assert problem is not None and f"within {60 + agent_mount.WRITE_BACK_MAX_S:.0f}s" in problem
+
+
+def test_a_stop_waits_for_the_agent_s_flush_before_it_takes_the_node_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent answers ``shutdown`` only after flushing its mounts (``unmount_all``: the
+    unmount bound plus the write-back delay): a stop giving up sooner would go on to kill it and
+    remove the node's folders under writes still pending."""
+    from stixd.providers.base import NodeInfo, NodeStatus
+    from stixd.providers.local.provider import LocalProvider
+
+    asked: list[float] = []
+    provider = LocalProvider(tmp_path)
+    running = [True]
+
+    class Agent:
+        async def call(self, op: str, *, deadline: float = 10.0, **fields: Any) -> dict[str, Any]:
+            asked.append(deadline)
+            running[0] = False
+            return {}
+
+    async def query(cluster: str) -> list[NodeInfo]:
+        status = NodeStatus.RUNNING if running[0] else NodeStatus.STOPPED
+        return [NodeInfo(0, "127.0.0.1", status, "", str(tmp_path), str(tmp_path))]
+
+    async def no_leftovers(cluster: str) -> None:
+        return None
+
+    monkeypatch.setattr(provider, "query", query)
+    monkeypatch.setattr(provider, "connector", lambda node: Agent())
+    monkeypatch.setattr(provider, "_kill_leftovers", no_leftovers)
+    anyio.run(provider.stop, "c1")
+    assert len(asked) == 1
+    assert asked[0] > agent_mount.UNMOUNT_FLUSH_S + agent_mount.WRITE_BACK_MAX_S
 
 
 # -- the node's copy of the keys: private, renewed, and gone with its mount -----------------

@@ -12,12 +12,20 @@ from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 
 from stixd.actors.storage import STORAGE_TRANSITIONS, SV
 from stixd.agent_client import AgentError
 from stixd.providers.base import NodeInfo, NodeStatus, Provider
-from stixd.storage.plan import MountPlan, plan_mounts
+from stixd.storage.plan import (
+    MountPlan,
+    StorageSpec,
+    generated_name,
+    plan_mounts,
+    split_uri,
+    unnamed_stores,
+)
 from stixd.storage.stores import Bucket
 from stixd.storage.stores.base import ObjectInfo
 from stixproto.errors import InvalidTask, ProvisionError
@@ -105,6 +113,40 @@ def test_the_launchs_chosen_cloud_picks_the_store_and_the_new_buckets_region(
     assert chosen("gcp", "europe-west4", "s3")[0] == ("s3", None)  # GCS not set up here
     assert chosen("local", None, "gcs", "s3")[0] == ("s3", None)  # off the clouds: first set up
     assert chosen(None, None, *both)[0] == ("s3", "us-west-2")  # no launch: the task's own
+
+
+def test_an_existing_storage_keeps_its_store_when_the_launch_lands_on_another_cloud(
+    tmp_path: Path,
+) -> None:
+    """SkyPilot reuses an existing storage's store: a record saying s3 (named or nameless) wins
+    over the gcp launch's gcs; a store the task names, or a name with no record, does not."""
+    text = (
+        f"file_mounts:\n  /d:\n    name: bkt-one\n    source: {tmp_path}\n"
+        f"  /g:\n    source: {tmp_path}\n"  # nameless: its generated name is its record's
+        "  /n:\n    name: bkt-two\n    store: gcs\n"  # named: the task's word
+        "  /f:\n    name: bkt-new\n"  # no record: the launch's cloud
+    )
+    task = Task.from_yaml(text)
+    nameless = generated_name("c1", "/g")
+    assert unnamed_stores(task, "c1") == ["bkt-one", nameless, "bkt-new"]
+    records = {
+        name: StorageSpec(name=name, store="s3", bucket=name, region="us-east-2")
+        for name in ("bkt-one", nameless, "bkt-two")
+    }
+    got = plan_mounts(
+        task,
+        cluster="c1",
+        configured=("s3", "gcs"),
+        cloud="gcp",
+        region="europe-west4",
+        records=records,
+    )
+    assert [(p.storage.store, p.storage.region) for p in got] == [
+        ("s3", "us-east-2"),
+        ("s3", "us-east-2"),
+        ("gcs", None),
+        ("gcs", "europe-west4"),
+    ]
 
 
 def test_named_storage_defaults_and_a_list_source_lands_under_each_name(tmp_path: Path) -> None:
@@ -274,7 +316,7 @@ def test_a_nameless_local_source_gets_a_stable_bucket_name(tmp_path: Path) -> No
         (f"/d: gs://{'a' * 64}", "is not valid for gcs"),  # 64+ needs dots
         (f"/d: gs://{'a.' * 111}b", "not valid for gcs"),  # 223 characters
         ("/d: gs://ab", "not valid for gcs"),
-        ('/d: "gs://a\\x07b"', "not valid for gcs"),
+        ('/d: "gs://a\\x07b"', "may not hold a control character"),
         (f"/d: gs://{'x' * 10_000}", "... (10000 characters) is not valid"),
         ("/d: https://acct.blob.core.windows.net/a--b", "'a--b' is not valid for azure"),
         ("/d: https://acct.blob.core.windows.net/ab-", "not valid for azure"),
@@ -288,6 +330,38 @@ def test_mounts_stix_cannot_plan_are_refused_in_one_line(mount: str, says: str) 
     with pytest.raises(InvalidTask) as caught:
         plans(f"file_mounts:\n  {mount}\n")
     assert says in caught.value.message and "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("s3://bkt/../x", "may not have '.', '..' or empty parts, got 's3://bkt/../x'"),
+        ("r2://bkt/..", "'.', '..' or empty parts"),
+        ("gs://bkt/a/./b", "'.', '..' or empty parts"),
+        ("s3://bkt/a//b", "'.', '..' or empty parts"),
+        ("https://acct.blob.core.windows.net/cont/../x", "'.', '..' or empty parts"),
+        ("s3://bkt/a\nb", "may not hold a control character, got 's3://bkt/a\\nb'"),
+        ("gs://bkt/a\tb", "control character"),
+        ("s3://bkt/a\x7f", "control character"),
+        ("s3://bkt\r/a", "control character"),
+    ],
+)
+def test_a_bucket_path_that_names_no_place_in_the_bucket_is_refused_when_read(
+    uri: str, says: str
+) -> None:
+    """``stixctl validate`` (the task reader) refuses it in one line, as the shorthand and as a
+    storage's source, before any node is up; the planner refuses it too (a task decoded from
+    the wire). A dotted name part (``a.b``, ``..c``) and outer slashes are fine."""
+    quoted = msgspec.json.encode(uri).decode()
+    for mount in (quoted, f"\n    name: bkt-x\n    source: {quoted}"):
+        with pytest.raises(InvalidTask) as caught:
+            Task.from_yaml(f"file_mounts:\n  /d: {mount}\n")
+        assert says in caught.value.message and "\n" not in caught.value.message
+    with pytest.raises(InvalidTask) as caught:
+        split_uri(uri, "file_mounts./d")
+    assert says in caught.value.message and "\n" not in caught.value.message
+    [p] = plans("file_mounts:\n  /d: gs://bkt/a.b/..c/x./\n")
+    assert (p.storage.bucket, p.storage.prefix) == ("bkt", "a.b/..c/x.")
 
 
 CACHED = "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount_cached:"
@@ -320,6 +394,15 @@ CACHED = "name: bkt-x\n    mode: MOUNT_CACHED\n    config:\n      mount_cached:"
         (f"{CACHED}\n        vfs_write_back: -1", "expected an rclone duration"),
         (f"{CACHED}\n        vfs_write_back: nan", "expected an rclone duration"),
         (f"{CACHED}\n        vfs_write_back: 5 s", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: 1h", "at most 5m (300s): a job's end and a down"),
+        (f"{CACHED}\n        vfs_write_back: 99999h", "vfs_write_back: at most 5m (300s)"),
+        (f"{CACHED}\n        vfs_write_back: 4m60.5s", "at most 5m (300s)"),
+        (f"{CACHED}\n        vfs_write_back: '301'", "at most 5m (300s)"),
+        (f"{CACHED}\n        vfs_write_back: {'9' * 31}s", "at most 5m (300s)"),
+        (f"{CACHED}\n        vfs_write_back: .inf", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: 1e309", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: inf", "expected an rclone duration"),
+        (f"{CACHED}\n        vfs_write_back: -1s", "expected an rclone duration"),
         (f"{CACHED}\n        vfs_cache_max_age: {{a: {{b: 1}}}}", "got a map"),
         (f"{CACHED}\n        read_only: yes please", "read_only: expected true or false"),
         (f"{CACHED}\n        read_only: 1", "expected true or false, got 1"),
@@ -353,6 +436,23 @@ def test_storage_keys_outside_skypilots_schema_are_refused_when_the_task_is_read
     with pytest.raises(InvalidTask) as caught:
         Task.from_yaml(f"file_mounts:\n  /d:\n    {storage}\n")
     assert says in caught.value.message and "\n" not in caught.value.message
+
+
+def test_a_write_back_up_to_the_cap_is_read_and_the_agent_counts_it_alike() -> None:
+    """The task reader and the node agent (which imports nothing of stixproto) read an rclone
+    duration the same way and keep the same cap: the agent's flush waits for what the task
+    reader let through."""
+    from stixd.agent import mount as agent_mount
+    from stixproto.task.storage import WRITE_BACK_MAX_S, duration_seconds
+
+    assert agent_mount.WRITE_BACK_MAX_S == WRITE_BACK_MAX_S
+    durations = {"5m": 300, "300": 300, "4m59.5s": 299.5, "1h": 3600, "1.5s": 1.5}
+    durations |= {"100ms": 0.1, ".5": 0.5, "1w": 604800, "2M": 5184000, "1y": 31536000}
+    for text, seconds in durations.items():
+        assert duration_seconds(text) == pytest.approx(seconds), text
+        assert agent_mount.write_back_s({"--vfs-write-back": text}) == pytest.approx(seconds)
+    [p] = plans(f"file_mounts:\n  /d:\n    {CACHED}\n        vfs_write_back: 4m60s\n")
+    assert p.storage.mount_cached["--vfs-write-back"] == "4m60s"
 
 
 def test_the_storage_transition_table_is_exactly_skypilots_states_plus_deleting() -> None:

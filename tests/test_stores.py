@@ -42,8 +42,9 @@ from stixd.storage.stores import (
 )
 from stixd.storage.stores import azure as azure_store
 from stixd.storage.stores import gcs as gcs_store
+from stixd.storage.stores import r2 as r2_store
 from stixd.storage.stores import s3 as s3_store
-from tests import stores_bed
+from tests import fake_r2_api, stores_bed
 from tests.fake_gcs_sts import FakeSts, served
 from tests.stores_bed import Emulator, free_port
 
@@ -273,22 +274,63 @@ async def test_a_missing_bucket_is_one_line_errors_or_none(
         assert "\n" not in str(listing.value)
 
 
-async def test_r2_is_the_s3_api_at_its_own_endpoint(moto_s3: Emulator, tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def r2_refusing_tags(upstream: str) -> AsyncIterator[str]:
+    """``upstream`` (moto) behind the fault proxy (tests/awsfault.py) answering every bucket
+    tagging call as R2 does: 501 NotImplemented (R2's S3 API has no bucket tags)."""
+    from tests.awsfault import make_app
+
+    port = free_port()
+    runner = web.AppRunner(make_app(upstream))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    refused = "<Error><Code>NotImplemented</Code><Message>tagging</Message></Error>"
+    try:
+        async with aiohttp.ClientSession() as session:
+            rule = {"query": "tagging", "status": 501, "body": refused}
+            async with session.post(f"{url}/_fault", json=rule) as answer:
+                assert answer.status == 200
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+async def test_r2_is_the_s3_api_at_its_own_endpoint_and_keeps_its_labels_in_the_bucket(
+    moto_s3: Emulator, tmp_path: Path
+) -> None:
     (tmp_path / "f.txt").write_text("r2")
-    async with opened(moto_s3) as stores:
-        bucket = stores.bucket(StoreKind.R2, fresh(StoreKind.R2))
-        await bucket.create({LABEL_STORAGE: "r2"})
-        assert (await bucket.upload_tree(tmp_path)).sent == 1
-        assert bucket.name in await stores.tagged(StoreKind.R2)
-        remote = await bucket.rclone_remote()
-        conf = remote.keys
-        assert (remote.type, conf["provider"], conf["endpoint"]) == (
-            "s3",
-            "Cloudflare",
-            moto_s3.url,
-        )
-        assert conf["access_key_id"] == "testing" and remote.note is None  # R2 has no STS
-        await bucket.delete()
+    (tmp_path / s3_store.MARKER).write_text("{}")  # a local file of that name replaces nothing
+    r2 = StoreKind.R2
+    async with r2_refusing_tags(moto_s3.url) as url:
+        config = {**moto_s3.config, "r2": {"endpoint_url": url}}
+        stores = open_stores(config, moto_s3.env, HOME)
+        other = open_stores(config, moto_s3.env, OTHER_HOME)
+        try:
+            bucket = stores.bucket(r2, fresh(r2))
+            await bucket.create({LABEL_STORAGE: "r2"})
+            assert await bucket.labels() == {LABEL_STORAGE: "r2", LABEL_HOME: HOME}
+            assert (await bucket.upload_tree(tmp_path)).sent == 1
+            assert await keys_of(bucket) == {"f.txt"}  # the labels are no object of the user's
+            (tmp_path / "f.txt").rename(tmp_path / "g.txt")
+            pruned = await bucket.upload_tree(tmp_path, delete=True)
+            assert (pruned.sent, pruned.deleted) == (1, 1) and await bucket.owned()
+            assert bucket.name in await stores.tagged(r2)
+            assert bucket.name not in await other.tagged(r2)
+            with pytest.raises(NotOurs):
+                await other.bucket(r2, bucket.name).delete()
+            remote = await bucket.rclone_remote()
+            conf = remote.keys
+            assert (remote.type, conf["provider"], conf["endpoint"]) == ("s3", "Cloudflare", url)
+            # no Cloudflare API token here: the daemon's keys, said (scoped ones: further down)
+            assert conf["access_key_id"] == "testing"
+            assert "no Cloudflare API token" in str(remote.note)
+            await bucket.delete()  # its labels too: else the bucket could not go
+            assert not bare_exists(r2, moto_s3, bucket.name)
+            assert await bucket.labels() is None
+        finally:
+            await stores.aclose()
+            await other.aclose()
     no_endpoint = {k: v for k, v in moto_s3.config.items() if k != "r2"}
     stores = open_stores(no_endpoint, moto_s3.env, HOME)
     with pytest.raises(StoreError, match=r"storage\.r2\.endpoint_url"):
@@ -752,7 +794,7 @@ async def test_gcs_downscopes_a_token_to_one_bucket_at_google_sts() -> None:
     async with served(fake) as url, aiohttp.ClientSession() as session:
         endpoint = f"{url}/v1/token"
         token, valid_s = await gcs_store.downscope(session, endpoint, "daemon-token", 3000, "b-1")
-        assert fake.issued[token][0] == "b-1" and valid_s == 1800
+        assert fake.issued[token][0] == {"b-1"} and valid_s == 1800
         sent = json.loads(urllib.parse.unquote(fake.forms[-1]["options"]))
         assert sent == gcs_store.access_boundary("b-1")
         # the source token ends first: so does its downscoped one
@@ -843,7 +885,7 @@ async def test_gcs_nodes_get_a_token_scoped_to_their_bucket_unless_told_otherwis
 
         scoped = await remote("auto")
         token = json.loads(scoped.keys["token"])["access_token"]
-        assert fake.issued[token][0] == "b-2" and scoped.valid_s == 1800
+        assert fake.issued[token][0] == {"b-2"} and scoped.valid_s == 1800
         assert renewable(scoped) and scoped.note is None
         assert not [k for k in scoped.keys if "service_account" in k]
         daemon = await remote("daemon")
@@ -855,3 +897,157 @@ async def test_gcs_nodes_get_a_token_scoped_to_their_bucket_unless_told_otherwis
         with pytest.raises(StoreError, match="node_credentials: auto") as refused:
             await remote("scoped")
         assert "\n" not in str(refused.value)
+
+
+# -- R2: Cloudflare's temporary credentials, kept to one bucket (tests/fake_r2_api.py) -----
+
+
+def r2_config(emu: Emulator, api: str, **knobs: Any) -> dict[str, Any]:
+    r2 = {**emu.config["r2"], "api_endpoint": api, "api_token": fake_r2_api.TOKEN}
+    return {**emu.config, "r2": {**r2, "account_id": fake_r2_api.ACCOUNT, **knobs}}
+
+
+def r2_client(emu: Emulator, keys: dict[str, str]) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=emu.url,
+        region_name="us-east-1",
+        aws_access_key_id=keys["access_key_id"],
+        aws_secret_access_key=keys["secret_access_key"],
+        aws_session_token=keys["session_token"],
+    )
+
+
+async def test_r2_nodes_get_temporary_keys_for_their_one_bucket(moto_s3: Emulator) -> None:
+    """Fresh keys from Cloudflare's API for each mount, asked as documented; moto (told by the
+    fake) takes them on their bucket and refuses them anywhere else."""
+    fake = fake_r2_api.FakeR2Api("testing", moto_s3.scoped)
+    async with fake_r2_api.served(fake) as api:
+        config = r2_config(moto_s3, api, node_credentials_seconds=1800)
+        stores = open_stores(config, moto_s3.env, HOME)
+        try:
+            mine, other = (
+                stores.bucket(StoreKind.R2, "stix-r2-mine"),
+                stores.bucket(StoreKind.R2, "stix-r2-other"),
+            )
+            for b in (mine, other):
+                await b.create({LABEL_STORAGE: b.name})
+            remote = await mine.rclone_remote()
+            again = await mine.rclone_remote()
+        finally:
+            await stores.aclose()
+    assert fake.asked[0] == {
+        "bucket": "stix-r2-mine",
+        "parentAccessKeyId": "testing",
+        "permission": "object-read-write",
+        "ttlSeconds": 1800,
+    }
+    assert remote.type == "s3" and remote.keys["provider"] == "Cloudflare"
+    assert remote.valid_s == 1800 and remote.note is None and renewable(remote)
+    assert remote.keys["access_key_id"] == fake.minted[0] != "testing"
+    assert again.keys["access_key_id"] == fake.minted[1] != fake.minted[0]  # fresh each time
+    client = r2_client(moto_s3, remote.keys)
+    try:
+        client.put_object(Bucket="stix-r2-mine", Key="k", Body=b"scoped")
+        assert client.get_object(Bucket="stix-r2-mine", Key="k")["Body"].read() == b"scoped"
+        for refused in (
+            lambda: client.put_object(Bucket="stix-r2-other", Key="k", Body=b"x"),
+            lambda: client.list_objects_v2(Bucket="stix-r2-other"),
+            client.list_buckets,
+        ):
+            with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
+                refused()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("mode", ["auto", "scoped"])
+async def test_r2_api_answers_of_any_kind_end_in_one_line_fallback_or_refusal(
+    moto_s3: Emulator, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No token, a wrong one, garbage, a refusal, missing keys, a huge body or no answer at
+    all: ``auto`` hands the daemon's keys with one line saying why, ``scoped`` fails in one."""
+    monkeypatch.setattr(r2_store, "ASK_WITHIN_S", 1.0)
+    fake = fake_r2_api.FakeR2Api("testing", moto_s3.scoped)
+    cases: dict[str, tuple[str, dict[str, Any], str]] = {
+        "no token": ("ok", {"api_token": None}, "no Cloudflare API token"),
+        "wrong token": ("ok", {"api_token": "nope"}, "10000: Authentication error"),
+        "no account": ("ok", {"account_id": None}, "no Cloudflare account id"),
+        "garbage": ("garbage", {}, "answered garbage (HTTP 200)"),
+        "refuse": ("refuse", {}, "10042: R2 temporary credentials are not enabled"),
+        "missing": ("missing", {}, "no usable secretAccessKey"),
+        "huge": ("huge", {}, "more than 64 KiB"),
+        "silent": ("silent", {}, "did not answer within 1 s"),
+        "unreachable": ("ok", {"api_endpoint": f"http://127.0.0.1:{free_port()}"}, "unreachable"),
+    }
+    async with fake_r2_api.served(fake) as api:
+        for case, (answers, knobs, said) in cases.items():
+            fake.mode = answers
+            config = r2_config(moto_s3, api, node_credentials=mode, **knobs)
+            config["r2"] = {k: v for k, v in config["r2"].items() if v is not None}
+            stores = open_stores(config, moto_s3.env, HOME)
+            try:
+                bucket = stores.bucket(StoreKind.R2, "stix-r2-hostile")
+                with anyio.fail_after(10):
+                    if mode == "scoped":
+                        with pytest.raises(StoreError) as refused:
+                            await bucket.rclone_remote()
+                        line = refused.value.message
+                        assert "storage.r2.node_credentials: auto" in line, case
+                    else:
+                        remote = await bucket.rclone_remote()
+                        assert remote.keys["access_key_id"] == "testing", case
+                        assert remote.valid_s is None, case
+                        line = remote.note or ""
+                        assert line.startswith("the nodes got the daemon's own R2 keys"), case
+            finally:
+                await stores.aclose()
+            assert said in line and "\n" not in line and len(line) < 500, (case, line)
+
+
+async def test_the_fake_r2_api_answers_cloudflare_s_own_sdk_as_cloudflare_does(
+    tmp_path: Path,
+) -> None:
+    """The fake, proven with a client stix did not write: Cloudflare's Python SDK gets keys
+    from it, and its own typed errors for what Cloudflare refuses."""
+    import cloudflare
+
+    fake = fake_r2_api.FakeR2Api("parent-key", tmp_path / "scoped")
+
+    def create(client: cloudflare.Cloudflare, **changed: Any) -> Any:
+        asked: dict[str, Any] = {
+            "account_id": fake_r2_api.ACCOUNT,
+            "bucket": "stix-sdk",
+            "parent_access_key_id": "parent-key",
+            "permission": "object-read-write",
+            "ttl_seconds": 3600,
+        }
+        return client.r2.temporary_credentials.create(**(asked | changed))
+
+    async with fake_r2_api.served(fake) as api:
+
+        def calls() -> None:
+            good = cloudflare.Cloudflare(api_token=fake_r2_api.TOKEN, base_url=api, max_retries=0)
+            bad = cloudflare.Cloudflare(api_token="wrong", base_url=api, max_retries=0)
+            with good, bad:
+                keys = create(good)
+                assert keys is not None and keys.access_key_id == fake.minted[0]
+                assert keys.secret_access_key and keys.session_token
+                scope = json.loads((tmp_path / "scoped").read_text())[keys.access_key_id]
+                assert scope["bucket"] == "stix-sdk" and scope["expires_at"] > time.time() + 3500
+                with pytest.raises(cloudflare.AuthenticationError):
+                    create(bad)
+                with pytest.raises(cloudflare.PermissionDeniedError):
+                    create(good, account_id="f" * 32)
+                for wrong in (
+                    {"permission": "everything"},
+                    {"ttl_seconds": 604801},
+                    {"ttl_seconds": 0},
+                    {"parent_access_key_id": "someone-else"},
+                    {"bucket": "Not_A_Bucket"},
+                ):
+                    with pytest.raises(cloudflare.BadRequestError):
+                        create(good, **wrong)
+
+        await anyio.to_thread.run_sync(calls)
+    assert len(fake.minted) == 1

@@ -22,6 +22,7 @@ from stixd.actors.volume import prune_ephemeral
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.abilities import CannotStop
 from stixd.providers.base import NodeInfo, NodeStatus
+from stixd.providers.shared.fuse_mounts import SHUTDOWN_DEADLINE_S
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto import names
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor
 
 RESTARTED = "finishing it after a daemon restart"
-FLUSH_WITHIN_S = 90.0
-"""How long a stop or down waits for the nodes' agents to flush and unmount the buckets: an
-agent flushes for up to a minute (``stixd.agent.mount.UNMOUNT_FLUSH_S``), then unmounts."""
 
 
 async def down(cluster: ClusterActor, env: Envelope) -> m.OkReply | None:
@@ -103,7 +101,7 @@ def end_idle(cluster: ClusterActor, down: bool, why: str) -> None:
 async def flush_mounts(cluster: ClusterActor) -> None:
     """Before the nodes of a cluster with bucket mounts stop or go, on whatever provider: each
     running node's agent ends its jobs, flushes what they wrote through the mounts to the
-    buckets and unmounts (its ``shutdown``), all nodes at once and bounded (``FLUSH_WITHIN_S``).
+    buckets and unmounts (its ``shutdown``), all nodes at once, within ``SHUTDOWN_DEADLINE_S``.
     A node that cannot be reached, or takes longer, is left to the provider's end all the same.
     (A Kubernetes pod's deletion or an EC2 stop would otherwise end rclone with writes still
     in its write-back cache; local and SSH providers ask the same again, finding it done.)"""
@@ -114,12 +112,12 @@ async def flush_mounts(cluster: ClusterActor) -> None:
     async def one(node: NodeInfo) -> None:
         try:
             agent = cluster.provider.connector(node)
-            await agent.call("shutdown", deadline=FLUSH_WITHIN_S, kill_jobs=True)
+            await agent.call("shutdown", deadline=SHUTDOWN_DEADLINE_S, kill_jobs=True)
             flushed.append(node.rank)
         except (AgentError, AgentUnreachable, OSError) as exc:
             cluster.log.warning("mounts_unflushed", rank=node.rank, error=str(exc)[:300])
 
-    with anyio.move_on_after(FLUSH_WITHIN_S) as scope:
+    with anyio.move_on_after(SHUTDOWN_DEADLINE_S) as scope:
         try:
             nodes = await cluster.provider.query(cluster.id)
         except (StixError, OSError) as exc:
@@ -130,7 +128,7 @@ async def flush_mounts(cluster: ClusterActor) -> None:
                 if node.status is NodeStatus.RUNNING:
                     tg.start_soon(one, node)
     if scope.cancelled_caught:
-        cluster.log.warning("mounts_unflushed", error=f"not done in {FLUSH_WITHIN_S:.0f}s")
+        cluster.log.warning("mounts_unflushed", error=f"not done in {SHUTDOWN_DEADLINE_S:.0f}s")
     elif flushed:
         cluster.log.info("mounts_flushed", nodes=len(flushed))
 

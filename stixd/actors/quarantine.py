@@ -57,6 +57,7 @@ _WHAT = {
     "managed_job": "managed job",
     "job_pool": "pool",
     "volume": "volume",
+    "storage": "storage",
 }
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][-_.A-Za-z0-9]{0,199}")
 
@@ -88,6 +89,8 @@ def remove_command(kind: str, id_: str) -> str:
     if kind == "job":
         cluster, job_id = job_parts(id_)
         return f"stixctl cancel {cluster} {job_id}"
+    if kind == "storage":
+        return f"stixctl storage delete {id_}"
     return f"stixctl down {id_}"
 
 
@@ -297,10 +300,53 @@ async def _pool(app: App, row: Row) -> list[str]:
     return notes
 
 
+_MADE_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+"""A bucket name stix makes (``stixd.storage.plan``): all a damaged row may point a delete at."""
+
+
+def raw_bucket(row: Row) -> tuple[str, str] | None:
+    """(store, bucket) as a storage row's spec that does not decode still names them, if it
+    names a store stix has and a bucket name stix could have made; None otherwise."""
+    from stixd.storage.stores import StoreKind
+
+    store, bucket = row.spec.get("store"), row.spec.get("bucket")
+    if store not in {k.value for k in StoreKind} or not isinstance(bucket, str):
+        return None
+    return (str(store), bucket) if _MADE_BUCKET.fullmatch(bucket) else None
+
+
+async def _storage(app: App, row: Row) -> list[str]:
+    """Its bucket goes only when its labels prove stix made it for this very storage (this
+    home's, ``stix-storage`` its name) and no other storage names it; else it is left, said."""
+    from stixd.actors.specs import spec_or_none
+    from stixd.actors.storage import STORAGE, is_ours
+    from stixd.storage.plan import StorageSpec
+    from stixd.storage.stores import LABEL_STORAGE, StoreKind, label_value
+
+    found = raw_bucket(row)
+    if found is None:
+        return ["its bucket is not known from the row, so it was left: `stixctl leaks` finds it"]
+    store, name = found
+    uri = f"{store}://{name}"
+    for other in await app.store.rows(STORAGE):
+        spec = spec_or_none(other, StorageSpec)
+        if other.id != row.id and spec is not None and (spec.store, spec.bucket) == found:
+            return [f"its bucket {uri} is storage {other.id}'s too, so it was left"]
+    bucket = app.object_stores().bucket(StoreKind(store), name)
+    labels = await bucket.labels()
+    if labels is None:
+        return []
+    if not is_ours(labels, app.home_id()) or labels.get(LABEL_STORAGE) != label_value(row.id):
+        return [f"its bucket {uri} was not made by stix for it, so it was left as is"]
+    await bucket.delete()
+    return [f"its bucket {uri} was deleted"]
+
+
 _TEARDOWNS: dict[str, Callable[[App, Row], Awaitable[list[str]]]] = {
     "cluster": _cluster,
     "managed_job": _managed_job,
     "job_pool": _pool,
+    "storage": _storage,
 }
 """A job is cancelled on its nodes by its cluster (`ClusterActor`), which then removes it."""
 

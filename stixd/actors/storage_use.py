@@ -7,12 +7,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from stixd.actors.mount_keys import note_mount
-from stixd.actors.specs import BucketMount, data_or_none, encode
-from stixd.actors.storage import STORAGE, Ensure, Prune, Release, StorageData
+from stixd.actors.specs import BucketMount, data_or_none, encode, spec_or_none
+from stixd.actors.storage import STORAGE, Ensure, Prune, Release, Remove, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
 from stixd.storage.mount import mount_on_nodes, renewable
-from stixd.storage.plan import MountPlan, StorageSpec, plan_mounts
+from stixd.storage.plan import (
+    MountPlan,
+    StorageSpec,
+    is_bucket_mount,
+    plan_mounts,
+    unnamed_stores,
+)
 from stixd.storage.stores import StoreError, StoreKind, configured
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
@@ -45,7 +51,7 @@ def configured_stores(app: App) -> list[str]:
     return configured(app.config.storage.stores(), os.environ)
 
 
-def plans_for(
+async def plans_for(
     app: App,
     task: Task,
     cluster: str,
@@ -54,7 +60,16 @@ def plans_for(
     chosen: tuple[str | None, str | None] = (None, None),
 ) -> list[MountPlan]:
     """``chosen``: the launch's cloud and region (SkyPilot's best_resources), which pick the
-    store and the new bucket's region of a storage naming no store."""
+    store and the new bucket's region of a storage naming no store, unless its record exists:
+    then the record's store and region (a relaunch or recovery on another cloud keeps it)."""
+    if not any(map(is_bucket_mount, task.file_mounts.values())):
+        return []  # no store asked about (nor its client library loaded) for a plain task
+    records: dict[str, StorageSpec] = {}
+    for name in unnamed_stores(task, cluster):
+        row = await app.store.get(STORAGE, name)
+        spec = None if row is None else spec_or_none(row, StorageSpec)
+        if spec is not None:
+            records[name] = spec
     return plan_mounts(
         task,
         cluster=cluster,
@@ -63,6 +78,7 @@ def plans_for(
         workspace=workspace,
         cloud=chosen[0],
         region=chosen[1],
+        records=records,
     )
 
 
@@ -74,7 +90,15 @@ async def ask_storage(app: App, name: str, payload: Any, emit: Emit | None = Non
     child = app.supervisor.get(STORAGE, name) or app.spawn(row)
     reason = row.quarantined or child.failed
     if reason is not None:
-        raise InternalError(f"storage {name} cannot run: {reason}")
+        from stixd.actors import quarantine
+
+        if isinstance(payload, Remove):  # a damaged row can still be deleted, as `down` does
+            said = await quarantine.remove(app, row, reason)
+            settled = await app.store.get(STORAGE, name)
+            if settled is not None:  # a deleted storage leaves no row: its name is free again
+                await app.store.delete(settled, "deleted")
+            return m.OkReply(said)
+        raise quarantine.refusal(row, reason)
     send, receive = reply_channel()
     if not app.supervisor.tell(STORAGE, name, Envelope(payload=payload, reply=send)):
         raise InternalError(f"storage {name!r} has no actor")
@@ -117,7 +141,7 @@ async def prepare_storage(
     app = cluster.app
     made_as = cluster.spec  # where the launch runs: the optimizer's pick, as provisioned
     chosen = (made_as.provider, (made_as.placement or {}).get("region"))
-    plans = plans_for(app, task, cluster.id, made_as.owner, made_as.workspace, chosen)
+    plans = await plans_for(app, task, cluster.id, made_as.owner, made_as.workspace, chosen)
     if not plans:
         return []
     made: list[str] = []
@@ -240,7 +264,7 @@ async def release_storage(
     import anyio
 
     try:
-        plans = plans_for(app, task, cluster, owner, workspace)
+        plans = await plans_for(app, task, cluster, owner, workspace)
     except Exception:  # the task could not be planned: nothing was made
         return
     doomed = [p.storage.name for p in plans if p.storage.name in made and not p.storage.persistent]

@@ -108,8 +108,19 @@ _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _REMOTE_TYPE = re.compile(r"[a-z][a-z0-9 ]{0,40}")
 MOUNT_WAIT_S = 20.0
 FLUSH_TIMEOUT_S = 900.0
-"""How long a finished job waits for its mounts' writes to reach the bucket."""
+"""How long a finished job waits for its mounts' writes to reach the bucket, on top of the
+longest write-back delay among them (``write_back_s``)."""
 UNMOUNT_FLUSH_S = 60.0
+"""The same for an unmount (``down``, autostop), on top of the write-back delay."""
+WRITE_BACK_MAX_S = 300.0
+"""The longest ``--vfs-write-back`` a mount may have: the task reader's bound
+(``stixproto.task.storage.WRITE_BACK_MAX_S``, the same number); longer is refused here too."""
+RCLONE_WRITE_BACK_S = 5.0
+"""rclone's own ``--vfs-write-back`` (MOUNT, which sets none)."""
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|[smhdwMy]?)")
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
+_UNIT_S = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNIT_S |= {"M": 2592000, "y": 31536000}
 POLL_S = 0.1
 SETTLE_S = 1.0
 """How long a mount must show no upload before its writes count as flushed: the kernel tells
@@ -249,6 +260,10 @@ def parse_mount(request: dict[str, Any]) -> dict[str, Any]:
         for k, v in flags.items()
     ):
         raise RequestError("bad_request", f'"flags" may set only {", ".join(CACHED_FLAGS)}')
+    if write_back_s(flags) > WRITE_BACK_MAX_S:
+        raise RequestError(
+            "bad_request", f'"--vfs-write-back" may be at most {WRITE_BACK_MAX_S:.0f}s'
+        )
     valid_s = request.get("valid_s")
     if valid_s is not None and (
         not isinstance(valid_s, int) or isinstance(valid_s, bool) or not 0 < valid_s <= MAX_VALID_S
@@ -263,6 +278,17 @@ def parse_mount(request: dict[str, Any]) -> dict[str, Any]:
         "mode": mode,
         "flags": flags,
     }
+
+
+def write_back_s(flags: dict[str, Any]) -> float:
+    """A mount's write-back delay in seconds (its ``--vfs-write-back``, an rclone duration;
+    rclone's own default without one); a value that is not a duration counts as infinite."""
+    value = flags.get("--vfs-write-back")
+    if value is None:
+        return RCLONE_WRITE_BACK_S
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
+        return float("inf")
+    return sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(value))
 
 
 def _private(path: Path, text: str) -> None:
@@ -501,6 +527,7 @@ def mount(node_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
         "digest": digest,
         "expires_at": expires_at,
         "renewable": renewable(spec),
+        "write_back_s": write_back_s(spec["flags"]),
     }
     _private(folder / RECORD, json.dumps(record))
     deadline = time.monotonic() + MOUNT_WAIT_S
@@ -596,13 +623,15 @@ def flush_all(
 ) -> str | None:
     """Wait until every mount on the node (only those at ``dests``, a job's own, when given)
     has written its files to the bucket; a one-line problem when one cannot be flushed within
-    ``timeout`` (None when all are). Another job writing steadily to a shared mount never
-    holds a job that declared no such mount."""
-    deadline = time.monotonic() + timeout
+    ``timeout`` plus the longest write-back delay among them (None when all are). Another job
+    writing steadily to a shared mount never holds a job that declared no such mount."""
     wanted = None if dests is None else {os.path.normpath(d) for d in dests}
-    for record in _records(node_dir):
-        if wanted is not None and os.path.normpath(record["dest"]) not in wanted:
-            continue
+    records = [
+        r for r in _records(node_dir) if wanted is None or os.path.normpath(r["dest"]) in wanted
+    ]
+    timeout += max((_delay(r) for r in records), default=0.0)
+    deadline = time.monotonic() + timeout
+    for record in records:
         where = f"{record.get('bucket')} at {record['dest']}"
         quiet_since: float | None = None
         while True:
@@ -627,6 +656,14 @@ def flush_all(
                 )
             time.sleep(POLL_S)
     return None
+
+
+def _delay(record: dict[str, Any]) -> float:
+    """A recorded mount's write-back delay (the longest allowed for a record without one)."""
+    delay = record.get("write_back_s")
+    if isinstance(delay, int | float) and not isinstance(delay, bool) and delay >= 0:
+        return min(float(delay), WRITE_BACK_MAX_S)
+    return WRITE_BACK_MAX_S
 
 
 def _fusermount() -> str:

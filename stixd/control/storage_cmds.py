@@ -12,19 +12,21 @@ replicas, `delete` of a storage whose actor another replica runs is answered by 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import anyio
 
+from stixd.actors import quarantine
 from stixd.actors.specs import data_or_none, spec_or_none, state_of
 from stixd.actors.storage import STORAGE, Observed, Remove, StorageData, is_ours
 from stixd.actors.storage_use import ask_storage, configured_stores
 from stixd.app import App
 from stixd.control import ownership
 from stixd.storage.plan import StorageSpec
-from stixd.storage.stores import StoreError, StoreKind
+from stixd.storage.stores import LABEL_STORAGE, StoreError, StoreKind, label_value
 from stixd.store.db import Row
 from stixproto import messages as m
 from stixproto.errors import StixError, StorageNotFound
@@ -37,11 +39,12 @@ LOOK_SECONDS = 20.0
 STORAGE_REQUESTS = (m.StorageLs, m.StorageDelete)
 
 
-def record(row: Row, missing: bool | None = None) -> m.StorageRecord | None:
+def record(row: Row, missing: bool | None = None) -> m.StorageRecord:
+    """The row's record; ``ValueError`` for a row whose spec no stix writes."""
     spec = spec_or_none(row, StorageSpec)
     data = data_or_none(row, StorageData) or StorageData()
     if spec is None:
-        return None
+        raise ValueError("its spec is not a storage's")
     return m.StorageRecord(
         name=row.id,
         store=spec.store,
@@ -58,6 +61,26 @@ def record(row: Row, missing: bool | None = None) -> m.StorageRecord | None:
         last_error=data.last_error,
         updated_at=row.updated_at,
         clusters=list(data.clusters),
+    )
+
+
+def damaged(row: Row, why: str) -> m.StorageRecord:
+    """A row that cannot be shown or run (quarantined): listed failed, with why and how to
+    remove it, and the bucket its spec still names."""
+    store, bucket = quarantine.raw_bucket(row) or ("?", "?")
+    return m.StorageRecord(
+        name=row.id,
+        store=store,
+        bucket=bucket,
+        status=StorageStatus.INIT_FAILED.value,
+        mode="?",
+        persistent=True,
+        created=False,
+        missing=False,
+        created_at=row.created_at,
+        owner=ownership.recorded_owner(row.spec),
+        last_error=why,
+        updated_at=row.updated_at,
     )
 
 
@@ -122,9 +145,8 @@ async def storage_ls(app: App, req: m.StorageLs) -> m.StorageList:
             continue  # its bucket is gone and its actor is forgetting it (after a restart)
         if seen is not None:
             app.supervisor.tell(STORAGE, row.id, Observed(exists=seen))
-        found = record(row, None if seen is None else not seen)
-        if found is not None:
-            records.append(found)
+        build = functools.partial(record, missing=None if seen is None else not seen)
+        records.append(quarantine.shown(app, row, build, damaged))
     return m.StorageList(storages=records, failed=[_not_found(n) for n in unmatched])
 
 
@@ -162,7 +184,10 @@ async def _delete_one(app: App, row: Row, emit: Emit) -> tuple[list[str], list[s
         await emit(m.Progress(reply.message))  # said per name: forgotten, bucket left as is
         return [row.id], []
     await emit(m.Progress(f"Deleting storage {row.id}..."))
-    await ask_storage(app, row.id, Remove())
+    hurt = spec is None or quarantine.reason_of(app, row) is not None
+    reply = await ask_storage(app, row.id, Remove())
+    if hurt:  # removed as quarantined: what became of its bucket is said
+        await emit(m.Progress(reply.message))
     return [row.id], []
 
 
@@ -185,6 +210,9 @@ async def bucket_leaks(
     deleted: list[str] = []
     for (store, name), rec in zip(found, records, strict=True):
         if not terminate or (only and rec.id not in only):
+            continue
+        if (store, name) in await _owned(app):  # a launch recorded it since the scan: its own
+            app.log.info("bucket_leak_owned_again", bucket=rec.id)
             continue
         try:
             await app.object_stores().bucket(StoreKind(store), name).delete()
@@ -214,13 +242,30 @@ async def leaked_buckets(app: App, min_age_s: float = 0.0) -> list[tuple[str, st
     ]
 
 
+async def _owners(app: App) -> tuple[set[tuple[str, str]], set[str]]:
+    """(store, bucket) of every storage row, read now (a damaged row's as its spec still names
+    it), and the label values of the damaged rows' names: a bucket labelled with one is
+    theirs, whatever their spec lost."""
+    owned: set[tuple[str, str]] = set()
+    names: set[str] = set()
+    for r in await app.store.rows(STORAGE):
+        spec = spec_or_none(r, StorageSpec)
+        if spec is not None:
+            owned.add((spec.store, spec.bucket))
+            continue
+        names.add(label_value(r.id))
+        if (raw := quarantine.raw_bucket(r)) is not None:
+            owned.add(raw)
+    return owned, names
+
+
+async def _owned(app: App) -> set[tuple[str, str]]:
+    return (await _owners(app))[0]
+
+
 async def _unowned_buckets(app: App) -> list[tuple[str, str, float | None]]:
     """(store, bucket, when it was made) of this home's buckets no storage row owns."""
-    owned = {
-        (s.store, s.bucket)
-        for r in await app.store.rows(STORAGE)
-        if (s := spec_or_none(r, StorageSpec)) is not None
-    }
+    owned, damaged_names = await _owners(app)
     stores = app.object_stores()
     leaked: list[tuple[str, str, float | None]] = []
 
@@ -241,6 +286,8 @@ async def _unowned_buckets(app: App) -> list[tuple[str, str, float | None]]:
                 labels = await bucket.labels()
                 if not is_ours(labels, app.home_id()):  # another home's is never ours to touch
                     continue
+                if labels is not None and labels.get(LABEL_STORAGE) in damaged_names:
+                    continue  # a damaged storage row's, deleted with it
                 made = await bucket.created()
             except (StoreError, OSError):
                 continue

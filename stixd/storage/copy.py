@@ -14,7 +14,7 @@ import anyio
 
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, Provider
-from stixd.providers.shared.ssh_sync import resolve_dest
+from stixd.providers.shared.dests import resolve_dest
 from stixd.storage.stores import Bucket
 from stixproto.errors import ProvisionError
 

@@ -20,7 +20,6 @@ from stixd.providers.base import NodeInfo, Provider
 from stixd.storage.copy import node_path
 from stixd.storage.plan import StorageSpec
 from stixd.storage.stores import Bucket, RcloneRemote, StoreError
-from stixd.storage.stores.gcs import GCS_REMOTE
 from stixproto.errors import ProvisionError
 from stixproto.task import Storage, Task
 
@@ -120,6 +119,8 @@ def renewable(remote: RcloneRemote) -> bool:
     """Keys a running mount can take afresh (the agent's ``mount.renewable``: S3's and R2's
     session keys, a GCS access token); a store's others (an Azure SAS, a GCS key file) last
     as they are."""
+    from stixd.storage.stores.gcs import GCS_REMOTE  # the store is in use: loaded already
+
     if remote.valid_s is None:
         return False
     if remote.type == GCS_REMOTE:

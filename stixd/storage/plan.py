@@ -8,10 +8,12 @@ SkyPilot's rules, carried over (sky/data/storage.py, sky/task.py 0.14.1):
   them (each lands under its own base name), or a bucket URI (then the bucket is not stix's);
   ``name`` alone names a bucket stix creates if it is missing. ``mode`` defaults to MOUNT,
   ``persistent`` to true.
-- The store, when absent: the URI's scheme; else the store of the cloud the launch chose (the
-  optimizer's pick; the task's own cloud when none is given) when stix can reach that store, its
-  bucket made in the launch's region; else the first store configured here (S3 when none is), in
-  its default region.
+- The store, when absent: the URI's scheme; else the store (and region) of the storage record of
+  that name when one exists (SkyPilot reuses an existing storage's store: a relaunch or a managed
+  job's recovery on another cloud keeps its bucket); else the store of the cloud the launch chose
+  (the optimizer's pick; the task's own cloud when none is given) when stix can reach that store,
+  its bucket made in the launch's region; else the first store configured here (S3 when none
+  is), in its default region.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
 from stixproto import names
 from stixproto.errors import InvalidTask
 from stixproto.task import Storage, Task
-from stixproto.task.storage import check_storage_config, mount_cached_settings
+from stixproto.task.storage import (
+    bucket_path_problem,
+    check_storage_config,
+    mount_cached_settings,
+)
 
 SCHEMES = {"s3": "s3", "gs": "gcs", "r2": "r2"}
 """URI scheme → store, for the stores this build talks to (Azure is an https URL)."""
@@ -114,7 +120,11 @@ class MountPlan(msgspec.Struct, frozen=True):
 
 
 def split_uri(uri: str, where: str) -> tuple[str, str, str]:
-    """(store, bucket, prefix) of a bucket URI; a store this build lacks is refused in one line."""
+    """(store, bucket, prefix) of a bucket URI; a store this build lacks, or a prefix that cannot
+    name a place in the bucket (`bucket_path_problem`), is refused in one line."""
+    problem = bucket_path_problem(uri)
+    if problem:
+        raise InvalidTask(f"{where}: {problem}")
     scheme, _, rest = uri.partition("://")
     lowered = scheme.lower()
     if lowered == "https" and AZURE_HOST in rest.split("/", 1)[0].lower():
@@ -237,6 +247,7 @@ def plan_mount(
     owner: str | None = None,
     workspace: str | None = None,
     chosen: tuple[str | None, str | None] = (None, None),
+    records: Mapping[str, StorageSpec] | None = None,
 ) -> MountPlan:
     where = f"file_mounts.{dest}"
     if isinstance(src, str):  # the URI shorthand: copy an existing bucket
@@ -265,8 +276,12 @@ def plan_mount(
             raise InvalidTask(f"{where}.store: {src.store!r} does not match the source {uri!r}")
         local: list[str] = []
     else:
+        bucket = src.name or generated_name(cluster, dest)
+        record = (records or {}).get(bucket)
         if src.store:  # named: the store's default region, as SkyPilot's construct() makes it
             store = src.store.lower()
+        elif record is not None:  # the storage exists: its store, wherever this launch runs
+            store, region = record.store, record.region
         else:
             store, region = default_store(task, configured, *chosen)
         if store not in STORE_ORDER:
@@ -274,7 +289,6 @@ def plan_mount(
                 f"{where}.store: {store!r} buckets are not supported by this build; "
                 f"use one of {', '.join(STORE_ORDER)}"
             )
-        bucket = src.name or generated_name(cluster, dest)
         local = [_local(s, f"{where}.source") for s in sources]
     named = f"{where}.source" if external else f"{where}.name" if src.name else where
     check_bucket(bucket, named, store, new=not external)
@@ -298,6 +312,11 @@ def plan_mount(
     return MountPlan(dest, spec)
 
 
+def is_bucket_mount(src: str | Storage) -> bool:
+    """Whether a file mount's source is a bucket's (a storage, or a bucket URI), not a path."""
+    return not isinstance(src, str) or "://" in src
+
+
 def plan_mounts(
     task: Task,
     *,
@@ -307,13 +326,16 @@ def plan_mounts(
     workspace: str | None = None,
     cloud: str | None = None,
     region: str | None = None,
+    records: Mapping[str, StorageSpec] | None = None,
 ) -> list[MountPlan]:
     """Every bucket mount of ``task`` (local-path mounts are synced, not planned here).
     ``cloud``/``region``: where the launch runs (the optimizer's pick), which chooses the store
-    and the region of a bucket stix makes for a storage naming no store (`default_store`)."""
+    and the region of a bucket stix makes for a storage naming no store (`default_store`),
+    unless ``records`` (the storage records by name, `unnamed_stores`) has one of that name:
+    then its store and region."""
     plans = []
     for dest, src in task.file_mounts.items():
-        if isinstance(src, str) and "://" not in src:
+        if not is_bucket_mount(src):
             continue
         plans.append(
             plan_mount(
@@ -325,6 +347,7 @@ def plan_mounts(
                 owner=owner,
                 workspace=workspace,
                 chosen=(cloud, region),
+                records=records,
             )
         )
     seen: dict[str, StorageSpec] = {}
@@ -335,6 +358,17 @@ def plan_mounts(
                 f"file_mounts: storage {plan.storage.name!r} is named twice for different buckets"
             )
     return plans
+
+
+def unnamed_stores(task: Task, cluster: str) -> list[str]:
+    """The storage names of ``task``'s mounts that name no store and read no bucket URI: the
+    records whose store `plan_mounts` takes when they exist (``records``)."""
+    found = []
+    for dest, src in task.file_mounts.items():
+        uri = isinstance(src, Storage) and any("://" in s for s in src.sources())
+        if isinstance(src, Storage) and not src.store and not uri:
+            found.append(src.name or generated_name(cluster, dest))
+    return found
 
 
 def without_local_sources(task: Task) -> Task:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -68,6 +69,25 @@ _RCLONE_DURATION = re.compile(
 )
 """SkyPilot's rclone size and duration patterns; a duration may not be negative here (SkyPilot's
 allows ``-1s``, which rclone would take as "never" or refuse)."""
+_DURATION_PART = re.compile(r"\+?(\d+(?:\.\d+)?|\.\d+)(ms|[smhdwMy]?)")
+_UNIT_S = {
+    "": 1.0,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    "M": 2592000.0,
+    "y": 31536000.0,
+}
+"""rclone's duration units in seconds (its ``fs.Duration``: Go's units plus d, w, M, y; a bare
+number is seconds)."""
+WRITE_BACK_MAX_S = 300
+"""Stix's bound on ``vfs_write_back`` (SkyPilot has none): a job counts as finished, and a
+``down`` or autostop unmounts, only once the writes are in the bucket, and both wait for the
+write-back delay on top of their own bounds (``stixd.agent.mount``, which keeps the same
+number): a longer delay would hold every job's end and every ``down`` that long."""
 _KIND_WORDS = {
     "count": "an integer >= 1",
     "streams": "an integer >= 0",
@@ -86,13 +106,36 @@ def is_bucket_url(text: str) -> bool:
     return "://" in text
 
 
+def bucket_path_problem(url: str) -> str | None:
+    """Why a bucket URL cannot name a place in its bucket (None when it can): a control
+    character anywhere, or a path inside the bucket with a ``.``, ``..`` or empty part (a mount
+    could not hold it, and a copy would match no object). Outer slashes are dropped, as the
+    planner drops them (``stixd.storage.plan.split_uri``, which asks this too)."""
+    if any(unicodedata.category(c) == "Cc" for c in url):
+        return f"a bucket URL may not hold a control character, got {describe(url)}"
+    rest = url.split("://", 1)[-1]
+    if url.lower().startswith("https://"):  # Azure: the account's host, then the container
+        rest = rest.partition("/")[2]
+    _bucket, _, prefix = rest.strip("/").partition("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        return (
+            f"the path inside a bucket may not have '.', '..' or empty parts, got {describe(url)}"
+        )
+    return None
+
+
 def _check_url(url: str, path: str) -> None:
     lowered = url.lower()
+    problem = bucket_path_problem(url)
     if lowered.startswith(BUCKET_SCHEMES):
         if not url.split("://", 1)[1].strip("/"):
             fail(path, f"expected a bucket name after the scheme, got {url!r}")
+        if problem:
+            fail(path, problem)
         return
     if lowered.startswith("https://") and AZURE_HOST in lowered.split("/")[2]:
+        if problem:
+            fail(path, problem)
         return
     scheme = url.split("://", 1)[0] + "://"
     fail(
@@ -180,6 +223,20 @@ def _check_knob(key: str, value: Any, path: str) -> None:
         )
 
 
+def duration_seconds(text: str) -> float:
+    """An rclone duration (``_RCLONE_DURATION``, checked first) in seconds."""
+    return sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(text))
+
+
+def _check_write_back(value: str, where: str) -> None:
+    if duration_seconds(value) > WRITE_BACK_MAX_S:
+        fail(
+            where,
+            f"at most {WRITE_BACK_MAX_S // 60}m ({WRITE_BACK_MAX_S}s): a job's end and a down "
+            f"wait for the write-back; got {describe(value)}",
+        )
+
+
 def check_storage_config(storage: Storage, path: str) -> None:
     """``config.mount_cached`` and ``config.mount`` as SkyPilot's schema and Storage check them:
     known keys with values of their kind, each only in its own mode."""
@@ -210,6 +267,8 @@ def check_storage_config(storage: Storage, path: str) -> None:
                     hint,
                 )
             _check_knob(key, value, where)
+            if key == "vfs_write_back":
+                _check_write_back(value, join(where, key))
         if mode != "MOUNT_CACHED":
             fail(where, f"config.mount_cached can be set only with mode MOUNT_CACHED, not {mode}")
     mount = config.get("mount")

@@ -56,7 +56,7 @@ from stixd.providers.kubernetes.provider_ports import ExposesPorts
 from stixd.providers.kubernetes.provider_volumes import HoldsVolumes
 from stixd.providers.kubernetes.records import Records, Where
 from stixd.providers.kubernetes.seams import PodRef, PodRequest, PodShell
-from stixd.providers.shared.ssh_sync import resolve_dest
+from stixd.providers.shared.dests import resolve_dest
 from stixproto import names
 from stixproto.errors import ProvisionError
 

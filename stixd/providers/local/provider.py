@@ -47,7 +47,7 @@ from stixd.providers.local.node import (
     stix_prefixes,
 )
 from stixd.providers.shared.filesync import sync_path
-from stixd.providers.shared.fuse_mounts import unmount_under
+from stixd.providers.shared.fuse_mounts import SHUTDOWN_DEADLINE_S, unmount_under
 from stixproto.errors import ProvisionError
 from stixproto.paths import PathOutsideParent, child_path, path_under
 from stixproto.volumes import VolumeConfig
@@ -335,7 +335,9 @@ class LocalProvider:
         for node in await self.query(cluster):
             if node.status is NodeStatus.RUNNING:
                 with contextlib.suppress(AgentUnreachable):
-                    await self.connector(node).call("shutdown", deadline=15, kill_jobs=True)
+                    await self.connector(node).call(
+                        "shutdown", deadline=SHUTDOWN_DEADLINE_S, kill_jobs=True
+                    )
         # the agent replies before it exits: wait until none answers
         with anyio.move_on_after(10):
             while any(n.status is NodeStatus.RUNNING for n in await self.query(cluster)):

@@ -5,7 +5,9 @@ Every local node is a sandbox of this machine, so one folder serves every node a
 cluster: what one job writes, the next reads. An ephemeral volume (made for one cluster) is a
 folder under that cluster's own, ``<home>/clusters/<cluster>/volumes``, gone with it. The
 folder belongs to the daemon's user, who runs the nodes' jobs, and is made writable by them
-whatever the daemon's umask.
+whatever the daemon's umask. That user need not be root: a folder it cannot make, or an adopted
+(``use_existing``) one it cannot read and write, is refused in one line at ``apply``, not left
+to a job that fails on it.
 """
 
 from __future__ import annotations
@@ -30,17 +32,29 @@ def folder(root: Path, volume: VolumeConfig) -> Path:
 
 
 def make(root: Path, volume: VolumeConfig) -> str:
-    """The volume's folder, made if missing (``use_existing``: it must be there)."""
+    """The volume's folder, made if missing (``use_existing``: it must be there). One line
+    when the daemon's user cannot make it, or cannot read and write it."""
     d = folder(root, volume)
     if d.is_symlink():
         raise ProvisionError(f"volume {volume.name}: {d} is a symlink; stix will not follow it")
     if volume.use_existing:
         if not d.is_dir():
             raise ProvisionError(f"volume {volume.name} does not exist at {d} (use_existing)")
-        return str(d)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    d.mkdir(mode=FOLDER_MODE, exist_ok=True)
-    os.chmod(d, FOLDER_MODE)  # the umask must not leave the job's user unable to write
+    else:
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            d.mkdir(mode=FOLDER_MODE, exist_ok=True)
+            os.chmod(d, FOLDER_MODE)  # the umask must not leave the job's user unable to write
+        except OSError as exc:
+            raise ProvisionError(
+                f"volume {volume.name}: cannot make its folder {d} as uid {os.getuid()}: "
+                f"{exc.strerror or exc}"
+            ) from None
+    if not os.access(d, os.R_OK | os.W_OK | os.X_OK):
+        raise ProvisionError(
+            f"volume {volume.name}: its folder {d} is not readable and writable by uid "
+            f"{os.getuid()}, who runs the jobs"
+        )
     return str(d)
 
 
@@ -85,6 +99,13 @@ def mount(root: Path, dest: Path, m: VolumeMount) -> None:
 
 
 def mount_all(dests: Sequence[tuple[Path, Path, VolumeMount]]) -> None:
-    """Each (volumes' root, dest, mount)."""
+    """Each (volumes' root, dest, mount); one line for a folder or link the daemon's user
+    cannot make."""
     for root, dest, m in dests:
-        mount(root, dest, m)
+        try:
+            mount(root, dest, m)
+        except OSError as exc:
+            raise ProvisionError(
+                f"volumes: cannot link volume {m.volume.name} at {m.dest} as uid "
+                f"{os.getuid()}: {exc.strerror or exc}"
+            ) from None

@@ -9,6 +9,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from stixd.agent.mount import UNMOUNT_FLUSH_S, WRITE_BACK_MAX_S
+
+SHUTDOWN_DEADLINE_S = 15.0 + UNMOUNT_FLUSH_S + WRITE_BACK_MAX_S
+"""How long a stop or down waits for a node agent's ``shutdown`` answer: the agent ends its
+jobs, then flushes every mount's writes (at most ``UNMOUNT_FLUSH_S`` plus the longest
+write-back delay a task may set) before it answers and unmounts; a stop that gave up sooner
+would remove the node's folders, unmounting under writes still pending."""
+
 
 def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

@@ -20,6 +20,7 @@ import anyio
 import asyncssh
 
 from stixd.providers.base import Mount, NodeInfo
+from stixd.providers.shared.dests import resolve_dest
 from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshTimeout, quote
 from stixd.providers.shared.syncfilter import RsyncPlan, SyncFilter, rsync_plan
@@ -27,15 +28,6 @@ from stixd.providers.shared.syncfilter import RsyncPlan, SyncFilter, rsync_plan
 Method = Literal["auto", "rsync", "sftp"]
 SYNC_TIMEOUT_S = 600.0
 _TRANSFERRED = re.compile(r"Number of (?:regular )?files transferred: ([\d,.]+)")
-
-
-def resolve_dest(node: NodeInfo, dest: str) -> str:
-    """``~/x`` lands in the node's home, ``/x`` where it says, relative paths in the workdir."""
-    if dest == "~" or dest.startswith("~/"):
-        return node.home.rstrip("/") + dest[1:]
-    if dest.startswith("/"):
-        return dest
-    return f"{node.workdir.rstrip('/')}/{dest}"
 
 
 class Walks:

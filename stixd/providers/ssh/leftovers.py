@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from stixd.agent_client import AgentError, AgentUnreachable
+from stixd.providers.shared.fuse_mounts import SHUTDOWN_DEADLINE_S
 from stixd.providers.shared.ssh_transport import SshConnection, quote
 from stixd.providers.ssh.pools import locked_json
 
@@ -76,7 +77,8 @@ async def reap(
         if left.socket:
             agent = conn.agent_client(left.socket, f"{left.cluster}-{left.rank}@{conn.host}")
             with contextlib.suppress(AgentUnreachable, AgentError):
-                await agent.call("shutdown", deadline=15, kill_jobs=True)  # jobs end first
+                # jobs end first, then the mounts flush
+                await agent.call("shutdown", deadline=SHUTDOWN_DEADLINE_S, kill_jobs=True)
             with anyio.move_on_after(GONE_WITHIN_S):
                 while True:  # it answers before it exits
                     try:

@@ -24,6 +24,7 @@ from stixd.agent_client import AgentClient, AgentUnreachable
 from stixd.providers.abilities import HostReport, PoolHolding
 from stixd.providers.base import CheckResult, Mount, NodeInfo, NodeStatus, ProvisionRequest
 from stixd.providers.shared.bootstrap import BootstrapError, ensure_agent, remote_node_dir
+from stixd.providers.shared.fuse_mounts import SHUTDOWN_DEADLINE_S
 from stixd.providers.shared.fuse_tools import FUSE_RESOURCE, ensure_fuse_tools
 from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_sync import Method, Walks, ssh_client_args
@@ -393,7 +394,9 @@ class SshProvider(HoldsVolumes):
         for node in await self.query(cluster):
             if node.status is NodeStatus.RUNNING:
                 with contextlib.suppress(AgentUnreachable):
-                    await self.connector(node).call("shutdown", deadline=15, kill_jobs=True)
+                    await self.connector(node).call(
+                        "shutdown", deadline=SHUTDOWN_DEADLINE_S, kill_jobs=True
+                    )
         # the agent replies before it exits: wait until none answers
         with anyio.move_on_after(STOP_WITHIN_S):
             while any(n.status is NodeStatus.RUNNING for n in await self.query(cluster)):

@@ -21,8 +21,8 @@ import anyio
 from stixd.providers.abilities import VolumeMount
 from stixd.providers.base import NodeInfo
 from stixd.providers.shared.bootstrap import remote_node_dir
+from stixd.providers.shared.dests import resolve_dest
 from stixd.providers.shared.ssh_hosts import PoolHost
-from stixd.providers.shared.ssh_sync import resolve_dest
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, quote
 from stixproto.errors import InvalidConfig, ProvisionError
 from stixproto.paths import child_path

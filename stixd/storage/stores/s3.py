@@ -18,7 +18,15 @@ SSE-KMS bucket, through S3 only), lasting
 ``storage.s3.node_credentials_seconds``. ``storage.s3.node_credentials``: ``auto`` (the
 default) hands the daemon's own keys when STS refuses, saying so in one line; ``scoped``
 fails the mount instead; ``daemon`` always hands the daemon's keys. R2 has no STS: its nodes
-get the daemon's R2 keys (make them a token scoped to the bucket in Cloudflare's dashboard).
+get Cloudflare's temporary credentials for the one bucket (``r2.py``: ``storage.r2.api_token``
+or ``CLOUDFLARE_API_TOKEN``), lasting ``storage.r2.node_credentials_seconds``, with the same
+three ``storage.r2.node_credentials`` modes (``auto`` falls back when no token is known).
+
+R2 has no bucket tags (its S3 API implements neither PutBucketTagging nor GetBucketTagging):
+an R2 bucket's labels are the JSON object ``MARKER`` in the bucket itself, written by
+``create``, read by ``labels`` (and so by ``tagged``, one bounded read per bucket), left out of
+every listing (so a COPY never downloads it and an upload with ``delete`` never removes it),
+never overwritten by an upload, and removed last by ``delete``, just before the bucket.
 
 Files up to ``MULTIPART`` are sent in one PUT; bigger ones in ``PART``-sized parts, as the AWS
 CLI does, so an object's ETag is the same whichever of the two sent it and ``upload_tree``
@@ -46,7 +54,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 
 from stixd.providers.aws.credentials import AwsCredentials, CredentialsMissing, resolve
-from stixd.storage.stores import tree
+from stixd.storage.stores import r2, tree
 from stixd.storage.stores.base import (
     LABEL_HOME,
     MAX_PAGES,
@@ -66,7 +74,12 @@ from stixd.storage.stores.base import (
     label_value,
     one_line,
 )
+from stixd.storage.stores.http import Sessions
 
+MARKER = ".stix-labels"
+"""The object holding an R2 bucket's labels (R2 has no bucket tags)."""
+MARKER_MAX = 4096
+"""The most of a marker read: a bigger one is not stix's (its labels are two short values)."""
 MULTIPART = 8 << 20
 PART = 8 << 20
 _MISSING = frozenset({"NoSuchBucket", "404", "NotFound"})
@@ -232,7 +245,16 @@ class S3Clients:
                 f"{kind.value}: node_credentials must be one of {', '.join(NODE_MODES)}"
             )
         seconds = int(section.get("node_credentials_seconds") or NODE_CREDENTIALS_S)
-        self.node_seconds = max(STS_MIN_S, min(seconds, STS_MAX_S))
+        low, high = (r2.R2_MIN_S, r2.R2_MAX_S) if kind is StoreKind.R2 else (STS_MIN_S, STS_MAX_S)
+        self.node_seconds = max(low, min(seconds, high))
+        self.r2_api = str(section.get("api_endpoint") or r2.API)
+        self.r2_token = r2.api_token(section, env or {})
+        self.r2_account = (
+            r2.account_id(section, env or {}, creds.endpoint_url or "")
+            if kind is StoreKind.R2
+            else None
+        )
+        self._http = Sessions()
         role = section.get("node_role_arn")
         self.node_role = str(role) if role else None
         self.sts_endpoint = sts_endpoint(section, env or {})
@@ -312,21 +334,48 @@ class S3Clients:
     async def node_credentials(self, bucket: str, region: str) -> RcloneRemote:
         """The keys a node's rclone gets for ``bucket`` (an ``RcloneRemote`` of them alone):
         bucket-scoped and short-lived from STS unless ``node_credentials`` says otherwise."""
-        if self.kind is StoreKind.R2 or self.node_mode == "daemon":
+        if self.node_mode == "daemon":
             return RcloneRemote("s3", self.daemon_keys())
         try:
+            if self.kind is StoreKind.R2:
+                return await self._r2_mint(bucket)
             return await self._mint(bucket, region)
         except StoreError as exc:
+            kind = self.kind.value
             if self.node_mode == "scoped":
                 raise StoreError(
                     f"no bucket-scoped credentials for the nodes: {exc.message} (set "
-                    "storage.s3.node_credentials: auto to hand them the daemon's keys instead)"
+                    f"storage.{kind}.node_credentials: auto to hand them the daemon's keys "
+                    "instead)"
                 ) from None
             note = (
-                f"the nodes got the daemon's own S3 keys for bucket {bucket!r}, not credentials "
-                f"scoped to it: {exc.message}"
+                f"the nodes got the daemon's own {kind.upper()} keys for bucket {bucket!r}, "
+                f"not credentials scoped to it: {exc.message}"
             )
             return RcloneRemote("s3", self.daemon_keys(), note=note)
+
+    async def _r2_mint(self, bucket: str) -> RcloneRemote:
+        """Cloudflare's temporary credentials for ``bucket`` alone (``r2.py``)."""
+        if self.r2_token is None:
+            raise StoreError(
+                "no Cloudflare API token to ask for temporary credentials (set "
+                "storage.r2.api_token or CLOUDFLARE_API_TOKEN)"
+            )
+        if self.r2_account is None:
+            raise StoreError(
+                "no Cloudflare account id (set storage.r2.account_id, or an endpoint_url of "
+                "https://ACCOUNT_ID.r2.cloudflarestorage.com)"
+            )
+        keys = await r2.temp_credentials(
+            self._http.get(),
+            self.r2_api,
+            self.r2_token,
+            self.r2_account,
+            bucket,
+            self.creds.access_key_id,
+            self.node_seconds,
+        )
+        return RcloneRemote("s3", keys, valid_s=self.node_seconds)
 
     async def _sts_client(self) -> Any:
         async with self._lock:
@@ -439,12 +488,18 @@ class S3Clients:
         return sorted(ours)
 
     async def aclose(self) -> None:
+        await self._http.aclose()
         clients, self._clients = self._clients, {}
         self._sts, sts = None, self._sts
         if clients or sts is not None:
             with anyio.CancelScope(shield=True):
                 await self._stack.aclose()
         self._stack = contextlib.AsyncExitStack()
+
+
+def _sparing_marker(ignore: Callable[[str], bool] | None) -> Callable[[str], bool]:
+    """``ignore``, and a local file that would land on an R2 bucket's ``MARKER``."""
+    return lambda rel: rel == MARKER or (ignore is not None and ignore(rel))
 
 
 class S3Bucket:
@@ -495,6 +550,10 @@ class S3Bucket:
         if found and found.get(LABEL_HOME) not in (None, self.home_id):
             raise NotOurs(f"bucket {self.name!r} exists and another stix home made it")
         tags = {k: label_value(v) for k, v in labels.items()} | {LABEL_HOME: self.home_id}
+        if self.kind is StoreKind.R2:
+            body = json.dumps(tags, sort_keys=True).encode()
+            await self._call("label", "put_object", Bucket=self.name, Key=MARKER, Body=body)
+            return
         await self._call(
             "tag",
             "put_bucket_tagging",
@@ -503,6 +562,8 @@ class S3Bucket:
         )
 
     async def labels(self) -> dict[str, str] | None:
+        if self.kind is StoreKind.R2:
+            return await self._marker_labels()
         try:
             answer = await self._call("read tags", "get_bucket_tagging", Bucket=self.name)
         except BucketMissing:
@@ -515,6 +576,34 @@ class S3Bucket:
             return {str(t["Key"]): str(t["Value"]) for t in answer.get("TagSet") or []}
         except (KeyError, TypeError):
             raise BadAnswer(f"bucket {self.name!r}: the store's tags make no sense") from None
+
+    async def _marker_labels(self) -> dict[str, str] | None:
+        """An R2 bucket's labels from its ``MARKER``: {} when it has none (or one that is not
+        stix's: unreadable, too big, not a JSON object of strings), None when it is gone."""
+        try:
+            answer = await self._call(
+                "read labels",
+                "get_object",
+                Bucket=self.name,
+                Key=MARKER,
+                Range=f"bytes=0-{MARKER_MAX}",
+            )
+            data = await answer["Body"].read()
+        except BucketMissing:
+            return None
+        except StoreError as exc:
+            if "NoSuchKey" in str(exc) or "InvalidRange" in str(exc):  # none, or an empty one
+                return {}
+            raise
+        except (*_ERRORS, OSError) as exc:  # the body broke off
+            raise classify(exc, self.name, "read labels") from None
+        try:
+            found = json.loads(data) if len(data) <= MARKER_MAX else None
+        except ValueError:
+            return {}
+        if not isinstance(found, dict):
+            return {}
+        return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
 
     async def owned(self) -> bool:
         labels = await self.labels()
@@ -547,6 +636,8 @@ class S3Bucket:
                 batch = []
         if batch:
             await self._remove(batch)
+        if self.kind is StoreKind.R2:  # its labels last: a cut delete is still ours to finish
+            await self._remove([MARKER])
         with contextlib.suppress(BucketMissing):
             await self._call("delete", "delete_bucket", Bucket=self.name)
         self._clients.regions.pop(self.name, None)  # the name may be made again elsewhere
@@ -563,10 +654,13 @@ class S3Bucket:
 
     async def objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         params: dict[str, Any] = {"Bucket": self.name, "MaxKeys": PAGE_SIZE, "Prefix": prefix}
+        hidden = MARKER if self.kind is StoreKind.R2 else None
         for _ in range(self.max_pages):
             page = await self._call("list", "list_objects_v2", **params)
             try:
                 for o in page.get("Contents") or []:
+                    if o["Key"] == hidden:
+                        continue
                     yield ObjectInfo(
                         str(o["Key"]), int(o["Size"]), str(o.get("ETag", "")).strip('"')
                     )
@@ -631,6 +725,8 @@ class S3Bucket:
         ignore: Callable[[str], bool] | None = None,
         delete: bool = False,
     ) -> UploadResult:
+        if self.kind is StoreKind.R2 and not tree.norm_prefix(prefix):  # never over its labels
+            ignore = _sparing_marker(ignore)
         return await tree.upload(
             root,
             prefix,
