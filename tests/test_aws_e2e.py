@@ -452,9 +452,10 @@ def test_a_bucket_for_an_aws_job_is_made_in_its_region_mounted_on_its_node_and_g
     job reads and writes it through rclone's FUSE mount (MOUNT, the default) on its node, whose
     rclone got the bucket's region and STS session keys (not the daemon's); `down` deletes the
     non-persistent bucket. S3 is the moto on the bed's bridge, the one address both the daemon
-    and the instance's namespace reach; EC2 stays the bed's moto (STS too). The mount ends with
-    the instance (stix asks the node nothing at down, as SkyPilot): the sshd host standing in
-    for it outlives it, so the test ends it there as EC2 would."""
+    and the instance's namespace reach; EC2 stays the bed's moto (STS too). Before EC2 ends the
+    instance, `down` asks its agent to flush and unmount the bucket (as on every infra), so no
+    mount is left on the sshd host standing in for it; the test then ends the rest there as
+    EC2 would."""
     _use(stix, aws, hosts)
     config = f"storage:\n  s3: {{endpoint_url: '{moto_bridge.url}'}}\n"
     (stix.home / "config.yaml").write_text(config)
@@ -491,5 +492,5 @@ def test_a_bucket_for_an_aws_job_is_made_in_its_region_mounted_on_its_node_and_g
     # the bucket goes with its last cluster, after `down` answers (told, not awaited)
     wait_until(lambda: "stix-aws-west" not in buckets(moto_bridge), timeout=60, interval=0.3)
     assert aws.live_instances("w", region="us-west-2") == []
+    assert _host_mounts(host) == []  # flushed and unmounted by its agent before EC2's end
     _instance_ends(host, "w")
-    assert _host_mounts(host) == []

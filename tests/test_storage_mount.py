@@ -365,6 +365,65 @@ file_mounts:
     assert not cluster_data(stix, "renew").get("mount_keys")  # gone with the nodes
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sx", ["s3"], indirect=True)
+def test_start_mounts_the_buckets_a_stop_unmounted(
+    sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    """A stop unmounts every bucket (flushing it); `start` mounts them again with fresh keys
+    and their renewal armed, so a job after it reads and writes the bucket, not an empty
+    folder where it was. An `exec`'d job (its task declares no mount) counts as done only once
+    its writes through the cluster's mounts are in the bucket."""
+    stix, emu, store = sx
+    data = tmp_path / "life"
+    data.mkdir()
+    (data / "in.txt").write_text("still the bucket\n")
+    bucket = f"stix-life-{store}"
+    task = task_file(
+        f"""
+file_mounts:
+  ~/m:
+    name: {bucket}
+    source: {data}
+    store: {store}
+    mode: MOUNT
+  ~/c:
+    name: {bucket}
+    source: {data}
+    store: {store}
+    mode: MOUNT_CACHED
+    config:
+      mount_cached:
+        vfs_write_back: 3s
+  ~/g:
+    name: stix-gone-{store}
+    source: {data}
+    store: {store}
+    mode: MOUNT
+"""
+    )
+    stix.run("launch", "-c", "life", str(task), "-y", check=True, timeout=120)
+    stix.run("stop", "life", "-y", check=True, timeout=90)
+    assert fuse_mounts_under(stix.home) == [] and not cluster_data(stix, "life")["mount_keys"]
+    # a storage deleted while the cluster is stopped is not mounted again, and said
+    stix.run("storage", "delete", f"stix-gone-{store}", "-y", check=True, timeout=60)
+    started = stix.run("start", "life", "-y", timeout=120)
+    assert started.returncode == 0, started.stderr
+    assert f"Storage stix-gone-{store} was deleted" in started.stdout + started.stderr
+    home = stix.node_dir("life")
+    assert sorted(fuse_mounts_under(home)) == [str(home / "c"), str(home / "m")]
+    keys = cluster_data(stix, "life")["mount_keys"]  # renewed again, as at launch
+    assert sorted(k["dest"] for k in keys) == ["~/c", "~/m"]
+    run = "set -e; cat ~/m/in.txt; echo back > ~/m/new.txt; echo cached > ~/c/cached.txt"
+    stix.run("exec", "life", "-d", run, check=True)
+    wait_until(lambda: stix.job_status("life", 1) not in (None, "PENDING", "RUNNING"), timeout=60)
+    assert stix.job_status("life", 1) == "SUCCEEDED"
+    assert keys_in(emu, store, bucket) == {"in.txt", "new.txt", "cached.txt"}  # flushed first
+    assert "still the bucket" in stix.run("logs", "life", "1", "--no-follow", timeout=30).stdout
+    stix.run("down", "life", "-y", check=True, timeout=90)
+    assert not cluster_data(stix, "life").get("bucket_mounts")  # gone with the nodes
+
+
 @pytest.mark.parametrize("sx", ["s3"], indirect=True)
 def test_a_launch_on_a_node_without_rclone_fails_in_one_sentence_and_leaves_no_bucket(
     sx: tuple[Stix, Emulator, str], tmp_path: Path, task_file: Callable[[str], Path]

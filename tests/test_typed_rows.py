@@ -32,6 +32,7 @@ from stixd.actors.service_rows import (
 )
 from stixd.actors.specs import (
     Autostop,
+    BucketMount,
     ClusterData,
     ClusterSpec,
     JobData,
@@ -253,6 +254,17 @@ def _full_records() -> dict[str, tuple[msgspec.Struct, msgspec.Struct]]:
                 mount_keys=[
                     MountKeys(
                         store="s3", bucket="b", dest="~/m", expires_at=9.0, renew_at=6.0, failures=1
+                    )
+                ],
+                bucket_mounts=[
+                    BucketMount(
+                        dest="~/m",
+                        name="b",
+                        store="s3",
+                        bucket="b",
+                        prefix="p",
+                        mode="MOUNT_CACHED",
+                        flags={"--vfs-write-back": "3s"},
                     )
                 ],
             ),

@@ -1,7 +1,8 @@
 """`stixctl volumes` on Kubernetes: claims made, adopted and mounted by the pods of a cluster,
 checked with kubectl against the fake API server (tests/kube_fake), from outside stix; and a
 bucket mounted in a pod (the fake's pods are processes on this machine, so rclone mounts
-for real on /dev/fuse, the S3 emulator on its loopback).
+for real on /dev/fuse, the S3 emulator on its loopback), whose write-back cache `down` flushes
+before the pod is deleted.
 
 The fake runs a pod as its ``securityContext`` says (``runAsUser``, ``runAsGroup``,
 ``fsGroup``) and bind-mounts a claim's folder at its mount path in the pod's own mount
@@ -174,7 +175,7 @@ file_mounts:
     mode: MOUNT_CACHED
     config:
       mount_cached:
-        vfs_write_back: 2s
+        vfs_write_back: 3s
 run: |
   set -e
   echo read-$(cat ~/c/in.txt)
@@ -196,8 +197,14 @@ run: |
     assert "out.txt" in {o["Key"] for o in listing}  # flushed before the job counted as done
     logs = k8s.run("logs", "kb", "1", "--no-follow", timeout=30).stdout
     assert "read-in-the-bucket" in logs
+    # a file closed just before `down` is still in the write-back cache (3 s): the down asks
+    # the pod's agent to flush and unmount before the pod is deleted (SIGTERM to rclone too)
+    [point] = fuse_mounts_under(kube.workdir)
+    Path(point, "late.txt").write_text("closed just before down\n")
     k8s.run("down", "kb", "-y", check=True, timeout=90)
     assert fuse_mounts_under(kube.workdir) == []
+    listing = s3(moto_s3).list_objects_v2(Bucket="stix-kube-cached").get("Contents") or []
+    assert "late.txt" in {o["Key"] for o in listing}
     k8s.run("storage", "delete", "stix-kube-cached", "-y", check=True, timeout=60)
 
 

@@ -59,6 +59,7 @@ from stixd.actors.job import ClusterGone, JobEvent
 from stixd.actors.mount_keys import ENDED as MOUNTS_ENDED
 from stixd.actors.mount_keys import RenewMountKeys, renew_due, schedule_renewal
 from stixd.actors.specs import ClusterData, ClusterSpec, state_of
+from stixd.actors.storage_use import remount
 from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.base import NodeInfo, Provider
 from stixd.runtime.actor import Actor
@@ -66,7 +67,7 @@ from stixd.runtime.clock import Clock
 from stixd.runtime.machine import Machine
 from stixd.runtime.mailbox import Envelope, Mailbox
 from stixproto import messages as m
-from stixproto.errors import ClusterNotFound, InvalidRequest, JobNotFound
+from stixproto.errors import ClusterNotFound, InvalidRequest, JobNotFound, ProvisionError
 from stixproto.states import ClusterStatus, JobStatus
 
 if TYPE_CHECKING:
@@ -122,6 +123,9 @@ class ClusterActor(Actor):
         ended = self.machine.next(self.state, event) in MOUNTS_ENDED and self.data.mount_keys
         if ended:  # the mounts went with the nodes: no keys of theirs to renew
             data.setdefault("mount_keys", [])
+        gone = self.machine.next(self.state, event) is C.TERMINATED and self.data.bucket_mounts
+        if gone:  # kept across a stop to mount again at start; not past the nodes' end
+            data.setdefault("bucket_mounts", [])
         state = await super().transition(event, why, new_spec=new_spec, **data)
         if dropped:
             end_wait(self, state)
@@ -251,6 +255,12 @@ class ClusterActor(Actor):
     async def _bring_up(self, req: m.Start, env: Envelope) -> m.OkReply:
         num_nodes = self.spec.num_nodes
         nodes = await provision(self, num_nodes, env)
+        try:  # the stop unmounted the buckets: mounted again before a job can use the folders
+            await remount(self, nodes, env)
+        except ProvisionError as exc:  # the next launch mounts them again (not `--fast`'s skip)
+            why = f"start of {self.id}: {exc.message}"
+            await self.transition(E.PROVISION_FAILED, why, last_error=why, launch_files=None)
+            raise ProvisionError(why) from None
         await apply_autostop_request(self, req.idle_minutes, req.down, nodes)
         await self.transition(E.PROVISIONED, "started", up_since=time.time(), last_error=None)
         schedule_autostop(self)

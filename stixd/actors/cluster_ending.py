@@ -19,11 +19,14 @@ from stixd.actors.cluster_states import C, ClusterEvent, E
 from stixd.actors.job import JobEvent
 from stixd.actors.storage_use import prune_storages
 from stixd.actors.volume import prune_ephemeral
+from stixd.agent_client import AgentError, AgentUnreachable
 from stixd.providers.abilities import CannotStop
+from stixd.providers.base import NodeInfo, NodeStatus
+from stixd.providers.shared.fuse_mounts import SHUTDOWN_DEADLINE_S
 from stixd.runtime.mailbox import Envelope
 from stixproto import messages as m
 from stixproto import names
-from stixproto.errors import ClusterNotUp, ProvisionError
+from stixproto.errors import ClusterNotUp, ProvisionError, StixError
 
 if TYPE_CHECKING:
     from stixd.actors.cluster import ClusterActor
@@ -95,9 +98,45 @@ def end_idle(cluster: ClusterActor, down: bool, why: str) -> None:
         begin_stop(cluster, f"autostop: {why}")
 
 
+async def flush_mounts(cluster: ClusterActor) -> None:
+    """Before the nodes of a cluster with bucket mounts stop or go, on whatever provider: each
+    running node's agent ends its jobs, flushes what they wrote through the mounts to the
+    buckets and unmounts (its ``shutdown``), all nodes at once, within ``SHUTDOWN_DEADLINE_S``.
+    A node that cannot be reached, or takes longer, is left to the provider's end all the same.
+    (A Kubernetes pod's deletion or an EC2 stop would otherwise end rclone with writes still
+    in its write-back cache; local and SSH providers ask the same again, finding it done.)"""
+    if not cluster.data.bucket_mounts:
+        return
+    flushed: list[int] = []
+
+    async def one(node: NodeInfo) -> None:
+        try:
+            agent = cluster.provider.connector(node)
+            await agent.call("shutdown", deadline=SHUTDOWN_DEADLINE_S, kill_jobs=True)
+            flushed.append(node.rank)
+        except (AgentError, AgentUnreachable, OSError) as exc:
+            cluster.log.warning("mounts_unflushed", rank=node.rank, error=str(exc)[:300])
+
+    with anyio.move_on_after(SHUTDOWN_DEADLINE_S) as scope:
+        try:
+            nodes = await cluster.provider.query(cluster.id)
+        except (StixError, OSError) as exc:
+            cluster.log.warning("mounts_unflushed", error=str(exc)[:300])
+            return
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                if node.status is NodeStatus.RUNNING:
+                    tg.start_soon(one, node)
+    if scope.cancelled_caught:
+        cluster.log.warning("mounts_unflushed", error=f"not done in {SHUTDOWN_DEADLINE_S:.0f}s")
+    elif flushed:
+        cluster.log.info("mounts_flushed", nodes=len(flushed))
+
+
 async def terminate(cluster: ClusterActor, why: str) -> m.OkReply:
     """Shielded: a terminate begun is finished and recorded, even as the daemon stops."""
     with anyio.CancelScope(shield=True):
+        await flush_mounts(cluster)
         try:
             await cluster.provider.terminate(cluster.id)
         except (ProvisionError, OSError) as exc:
@@ -112,6 +151,7 @@ async def terminate(cluster: ClusterActor, why: str) -> m.OkReply:
 
 async def stop_nodes(cluster: ClusterActor, why: str) -> m.OkReply:
     """Not shielded: a `down` may interrupt it (the STOPPING row says what to finish)."""
+    await flush_mounts(cluster)
     try:
         await cluster.provider.stop(cluster.id)
     except (ProvisionError, OSError) as exc:

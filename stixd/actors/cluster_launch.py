@@ -22,7 +22,7 @@ from stixd.actors.failover import launch_with_failover, may_run_on
 from stixd.actors.jobs_submit import create_job, infra_label
 from stixd.actors.launch_spec import files_digest, spec_digest
 from stixd.actors.specs import ClusterSpec, PendingLaunch, decode, encode
-from stixd.actors.storage_use import prepare_storage, release_storage
+from stixd.actors.storage_use import prepare_storage, release_storage, remount
 from stixd.actors.syncing import sync_task_files, validate_mounts
 from stixd.actors.volume_mounts import launch_resources, mount_task_volumes
 from stixd.planner.local_fit import check_fits_local, local_offer
@@ -303,6 +303,7 @@ async def _finish_launch(
     try:
         await sync_task_files(cluster.provider, nodes, req.task, env, file_mounts=True)
         await mount_task_volumes(cluster.app, cluster.id, cluster.provider, nodes, req.task, env)
+        await remount(cluster, nodes, env, skip=req.task.storage_mounts())  # a stopped one's
     except BaseException:
         spec = cluster.spec
         await release_storage(cluster.app, req.task, made, cluster.id, spec.owner, spec.workspace)
@@ -343,6 +344,7 @@ async def provision(
     where = infra_label(cluster.spec.provider, cluster.spec.pool)
     env.progress(m.Progress(f"Provisioning {num_nodes} node(s) on {where} for {cluster.id}..."))
     volumes = await launch_resources(cluster.app, cluster.id, cluster.provider, task)
+    remounts = bool(cluster.data.bucket_mounts)  # a stopped cluster's, mounted again
     request = ProvisionRequest(
         cluster.id,
         num_nodes,
@@ -352,7 +354,7 @@ async def provision(
             **(cluster.spec.placement or {}),
             "launch_id": cluster.data.uid,
             **volumes,
-            **({"fuse": True} if mounts_a_bucket(task) else {}),  # rclone + FUSE on the nodes
+            **({"fuse": True} if mounts_a_bucket(task) or remounts else {}),  # rclone + FUSE
         },
         progress=lambda note: env.progress(m.Progress(note)),
     )
@@ -405,7 +407,9 @@ async def exec_task(cluster: ClusterActor, req: m.Exec, env: Envelope) -> m.Laun
     if req.task.workdir:
         await sync_task_files(cluster.provider, cluster.nodes, req.task, env, file_mounts=False)
     job_id = await allocate_job_id(cluster)
-    await create_job(cluster, job_id, req.task, with_setup=False, task_id=req.task_id)
+    await create_job(
+        cluster, job_id, req.task, with_setup=False, task_id=req.task_id, cluster_mounts=True
+    )
     env.progress(m.JobSubmitted(cluster.id, job_id))
     return m.LaunchResult(cluster=cluster.id, job_id=job_id, job_status="INIT")
 

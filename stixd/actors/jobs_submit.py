@@ -55,12 +55,18 @@ async def create_job(
     *,
     with_setup: bool,
     task_id: str | None = None,
+    cluster_mounts: bool = False,
 ) -> Row:
-    """Insert the job row (idempotent by id) and start its actor."""
+    """Insert the job row (idempotent by id) and start its actor. ``cluster_mounts``: the job
+    writes through the cluster's bucket mounts too (an ``exec``'d one: its task declares none,
+    its end waits for them all)."""
     uid = cluster.data.uid
     assert uid is not None  # every launch writes one before its first job
     provider = cluster.spec.provider
     nodes = cluster.nodes[: task.num_nodes]
+    dests = list(task.storage_mounts())
+    if cluster_mounts:
+        dests += [b.dest for b in cluster.data.bucket_mounts if b.dest not in dests]
     submit: dict[str, Any] = {
         "job_id": job_id,
         "name": task.name,
@@ -75,10 +81,7 @@ async def create_job(
         # a gang with a setup step: every node sets up, then all start `run` together
         "gang": task.num_nodes > 1 and with_setup and task.setup is not None,
         # each node's bucket mount paths: a job's end waits for its own mounts' writes only
-        "mounts": {
-            str(n.rank): [node_path(cluster.provider, n, d) for d in task.storage_mounts()]
-            for n in nodes
-        },
+        "mounts": {str(n.rank): [node_path(cluster.provider, n, d) for d in dests] for n in nodes},
         "cluster_info": {
             "cluster_name": cluster.id,
             "cloud": provider,

@@ -91,6 +91,23 @@ class MountKeys(_Record, frozen=True, kw_only=True):
     failures: int = 0
 
 
+class BucketMount(_Record, frozen=True, kw_only=True):
+    """A bucket mounted (MOUNT or MOUNT_CACHED) on a cluster's nodes: what mounts it again when
+    the cluster's nodes come back (``storage_use.remount``), and what an ``exec``'d job's end
+    waits for (MOUNT_CACHED)."""
+
+    dest: str
+    """The task's path of the mount (each node's own: ``stixd.storage.copy.node_path``)."""
+    name: str
+    """The storage's name (its record's)."""
+    store: str
+    bucket: str
+    prefix: str = ""
+    mode: str = "MOUNT"
+    flags: dict[str, str] = {}
+    """The mount's rclone knobs (``StorageSpec.mount_cached``)."""
+
+
 class ClusterData(_Record, frozen=True, kw_only=True):
     uid: str | None = None
     """Which launch of the name (its jobs' rows are under `name/uid/`)."""
@@ -118,6 +135,8 @@ class ClusterData(_Record, frozen=True, kw_only=True):
     """Why an earlier row of the name was removed while quarantined."""
     mount_keys: list[MountKeys] = []
     """The bucket mounts whose keys the daemon renews before they end."""
+    bucket_mounts: list[BucketMount] = []
+    """Every bucket mounted on the nodes, kept across a stop (mounted again at ``start``)."""
 
 
 # -- job on a cluster ------------------------------------------------------------------------

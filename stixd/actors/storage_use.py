@@ -3,11 +3,11 @@ removed again when the launch fails (unless persistent)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from stixd.actors.mount_keys import note_mount
-from stixd.actors.specs import data_or_none, encode, spec_or_none
+from stixd.actors.specs import BucketMount, data_or_none, encode, spec_or_none
 from stixd.actors.storage import STORAGE, Ensure, Prune, Release, Remove, StorageData
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.storage.copy import copy_to_nodes
@@ -166,17 +166,10 @@ async def prepare_storage(
         for plan in plans:
             spec = plan.storage
             bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
+            if spec.mode != "COPY":  # MOUNT / MOUNT_CACHED: rclone on the node
+                await mount_bucket(cluster, nodes, spec, plan.dest, env)
+                continue
             try:
-                if spec.mode != "COPY":  # MOUNT / MOUNT_CACHED: rclone on the node
-                    remote = await mount_on_nodes(cluster.provider, nodes, bucket, spec, plan.dest)
-                    lasts = remote.valid_s if renewable(remote) else None  # renewed before then
-                    await note_mount(cluster, spec.store, spec.bucket, plan.dest, lasts)
-                    note = remote.note
-                    if note:  # the nodes got the daemon's keys: said, not silent
-                        app.log.warning("storage_node_credentials", storage=spec.name, note=note)
-                    said = f"Mounted {spec.uri} at {plan.dest} ({spec.mode})."
-                    env.progress(m.Progress(f"{said} Note: {note}." if note else said))
-                    continue
                 count = await copy_to_nodes(cluster.provider, nodes, bucket, spec.prefix, plan.dest)
             except StoreError as exc:  # listing or signing: the launch fails in one line
                 raise ProvisionError(f"file_mounts.{plan.dest}: {exc.message}") from None
@@ -187,6 +180,70 @@ async def prepare_storage(
         )
         raise
     return made
+
+
+async def mount_bucket(
+    cluster: ClusterActor, nodes: list[NodeInfo], spec: StorageSpec, dest: str, env: Envelope
+) -> None:
+    """Mount ``spec``'s bucket at ``dest`` on ``nodes`` with freshly minted keys, arm their
+    renewal, and record the mount in the cluster's row (``bucket_mounts``: what ``remount``
+    mounts again after a stop). One line on failure."""
+    app = cluster.app
+    bucket = app.object_stores().bucket(StoreKind(spec.store), spec.bucket)
+    try:
+        remote = await mount_on_nodes(cluster.provider, nodes, bucket, spec, dest)
+    except StoreError as exc:  # minting the keys: the launch (or start) fails in one line
+        raise ProvisionError(f"file_mounts.{dest}: {exc.message}") from None
+    lasts = remote.valid_s if renewable(remote) else None  # renewed before then
+    await note_mount(cluster, spec.store, spec.bucket, dest, lasts)
+    entry = BucketMount(
+        dest=dest,
+        name=spec.name,
+        store=spec.store,
+        bucket=spec.bucket,
+        prefix=spec.prefix,
+        mode=spec.mode,
+        flags=dict(spec.mount_cached),
+    )
+    kept = [b for b in cluster.data.bucket_mounts if b.dest != dest] + [entry]
+    if kept != cluster.data.bucket_mounts:
+        await cluster.save(bucket_mounts=kept)
+    note = remote.note
+    if note:  # the nodes got the daemon's keys: said, not silent
+        app.log.warning("storage_node_credentials", storage=spec.name, note=note)
+    said = f"Mounted {spec.uri} at {dest} ({spec.mode})."
+    env.progress(m.Progress(f"{said} Note: {note}." if note else said))
+
+
+async def remount(
+    cluster: ClusterActor, nodes: list[NodeInfo], env: Envelope, skip: Iterable[str] = ()
+) -> None:
+    """The cluster's nodes are back (``start``, or a launch of a stopped cluster): every bucket
+    it had mounted (``bucket_mounts``; those at ``skip`` excepted, which the launch's own task
+    mounts) is mounted again with keys minted afresh, their renewal armed as at launch. A
+    stop unmounted them all (flushing their writes): without this a job would read and write
+    an empty folder where the bucket was. A storage deleted meanwhile (`storage delete`) is
+    not mounted, said, and forgotten here."""
+    skipped = set(skip)
+    for entry in list(cluster.data.bucket_mounts):
+        if entry.dest in skipped:
+            continue
+        if await cluster.app.store.get(STORAGE, entry.name) is None:
+            said = f"Storage {entry.name} was deleted: nothing mounted at {entry.dest}."
+            env.progress(m.Progress(said))
+            cluster.log.warning("bucket_mount_dropped", storage=entry.name, dest=entry.dest)
+            kept = [b for b in cluster.data.bucket_mounts if b.dest != entry.dest]
+            await cluster.save(bucket_mounts=kept)
+            continue
+        spec = StorageSpec(
+            name=entry.name,
+            store=entry.store,
+            bucket=entry.bucket,
+            prefix=entry.prefix,
+            mode=entry.mode,
+            mount_cached=dict(entry.flags),
+        )
+        await mount_bucket(cluster, nodes, spec, entry.dest, env)
 
 
 def _named(task: Task, plan: MountPlan) -> bool:
