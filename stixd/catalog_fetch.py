@@ -14,8 +14,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
 import anyio
 import anyio.to_thread
 import msgspec
@@ -29,6 +29,9 @@ from stixd.planner.catalog import (
 )
 from stixd.planner.catalog.names import KNOWN_CLOUDS, normalize_cloud
 from stixproto.reports import FileResult
+
+if TYPE_CHECKING:
+    import aiohttp  # loaded by `update`: a daemon that never fetches a catalog does not pay for it
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -115,6 +118,8 @@ async def _fetch_one(
     relative: str,
     file_timeout: float,
 ) -> FileResult:
+    import aiohttp  # the session's: loaded already
+
     url = f"{base_url.rstrip('/')}/{SCHEMA}/{relative}"
     dest = dest_root / relative
     try:
@@ -168,6 +173,8 @@ async def update(
     results: list[FileResult | None] = [None] * len(files)
     limiter = anyio.CapacityLimiter(_CONCURRENCY)
     headers = {"User-Agent": "stix-catalog-fetch"}
+    import aiohttp
+
     async with aiohttp.ClientSession(headers=headers) as session:
 
         async def run(i: int, relative: str) -> None:

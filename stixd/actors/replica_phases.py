@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import anyio
 import msgspec
 
@@ -41,6 +40,8 @@ from stixproto.task.resources import port_ranges
 from stixproto.task.service import Probe, effective_probe
 
 if TYPE_CHECKING:
+    import aiohttp  # loaded by the first probe: a daemon serving nothing does not pay for it
+
     from stixd.actors.replica import ReplicaActor
 
 PORT_ENV = "STIX_SERVE_PORT"
@@ -307,6 +308,8 @@ async def _probe_loop(replica: ReplicaActor, url: str | None, probe: Probe) -> N
     config = replica.app.config.daemon
     if url is None:
         url = await await_address(replica)
+    import aiohttp
+
     async with aiohttp.ClientSession() as session:
         while True:
             ok, detail = await probe_once(session, url, probe)
@@ -319,6 +322,8 @@ async def _probe_loop(replica: ReplicaActor, url: str | None, probe: Probe) -> N
 
 async def probe_once(session: aiohttp.ClientSession, url: str, probe: Probe) -> tuple[bool, str]:
     """One readiness probe: (passed, what happened)."""
+    import aiohttp  # the session's: loaded already
+
     timeout = aiohttp.ClientTimeout(total=probe.timeout_seconds)
     started = time.monotonic()
     try:
