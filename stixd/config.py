@@ -170,6 +170,7 @@ class GcsStoreConfig(
     msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
 ):
     endpoint: Url | None = None
+    api_endpoint: Url | None = None  # the JSON API's root when not Google's; credentials sent
     project: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9.:-]{0,99}$")] | None = None
     service_account_file: Text | None = None
     use_metadata_server: bool = False

@@ -1,7 +1,8 @@
 """A fake of Google's Security Token Service (``sts.googleapis.com/v1/token``) for downscoping
 an access token with a Credential Access Boundary, and a fake of GCS's side of it: a loopback
 proxy in front of fake-gcs-server (which reads no credentials) that lets a request through
-only with a token the fake STS issued, before it ends, for a bucket its boundary names.
+only with a token the fake STS issued, before it ends, for a bucket its boundary names (or
+with a source token, the daemon's own, for anything).
 
 The STS side checks a request as Google documents it: a form with the token-exchange
 ``grant_type``, access-token ``requested_token_type`` and ``subject_token_type``, a known
@@ -45,6 +46,10 @@ class FakeSts:
         self.sources = sources
         self.lifetime = lifetime
         self.issued: dict[str, tuple[frozenset[str], float]] = {}
+        self.roles: dict[str, list[str]] = {}
+        """Each issued token's boundary's permissions."""
+        self.exchanging = True
+        """False: every exchange is refused as Google refuses a caller lacking the right."""
         self.forms: list[dict[str, str]] = []
         self.refused: list[str] = []
         self.upstream = ""
@@ -61,10 +66,12 @@ class FakeSts:
         return app
 
     async def oauth(self, request: web.Request) -> web.Response:
-        """Google's OAuth token endpoint for a service-account key's signed assertion (the
-        key's ``token_uri``): the daemon's own token, ``DAEMON``, unchecked."""
+        """Google's OAuth token endpoint for a service-account key's signed assertion or for
+        gcloud's user credentials' refresh token (the ``token_uri`` of either): the daemon's
+        own token, ``DAEMON``, unchecked."""
         form = await request.post()
-        if form.get("grant_type") != JWT_BEARER or not form.get("assertion"):
+        user = form.get("grant_type") == "refresh_token" and form.get("refresh_token")
+        if not user and (form.get("grant_type") != JWT_BEARER or not form.get("assertion")):
             return _error(400, "invalid_grant", "not a service-account assertion")
         answer = {"access_token": DAEMON, "expires_in": 3600, "token_type": "Bearer"}
         return web.json_response(answer)
@@ -77,6 +84,8 @@ class FakeSts:
         for name in ("requested_token_type", "subject_token_type"):
             if form.get(name) != ACCESS_TOKEN:
                 return _error(400, "invalid_request", f"{name} must be an access token")
+        if not self.exchanging:
+            return _error(403, "access_denied", "The caller does not have permission")
         if form.get("subject_token") not in self.sources:
             return _error(401, "invalid_grant", "The subject_token is invalid or expired")
         try:
@@ -99,6 +108,7 @@ class FakeSts:
         token = "ya29.fake-" + secrets.token_urlsafe(24)
         buckets = frozenset(match.group(1) for match in found if match is not None)
         self.issued[token] = (buckets, time.time() + self.lifetime)
+        self.roles[token] = [str(p) for p in permissions]
         answer = {
             "access_token": token,
             "issued_token_type": ACCESS_TOKEN,
@@ -111,7 +121,13 @@ class FakeSts:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
         buckets, ends = self.issued.get(bearer, (frozenset(), 0.0))
         asked = BUCKET_PATH.match(request.path)
-        if ends <= time.time() or asked is None or asked.group(1) not in buckets:
+        viewer = self.roles.get(bearer) == ["inRole:roles/storage.objectViewer"]
+        if bearer in self.sources:  # the daemon's own token: its project's every bucket
+            pass
+        elif viewer and request.method != "GET":  # a read-only boundary reads, nothing else
+            self.refused.append(f"{request.method} {request.path} {bearer[:16]}")
+            return web.json_response({"error": {"code": 403, "message": "read-only"}}, status=403)
+        elif ends <= time.time() or asked is None or asked.group(1) not in buckets:
             self.refused.append(f"{request.method} {request.path} {bearer[:16]}")
             return web.json_response({"error": {"code": 401, "message": "denied"}}, status=401)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}

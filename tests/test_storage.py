@@ -27,6 +27,7 @@ from stixd.store.db import Row
 from tests import stores_bed
 from tests.app_support import app_on_store
 from tests.conftest import Stix, reap, wait_until
+from tests.fake_gcs_sts import FakeSts, served
 from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
@@ -380,6 +381,56 @@ run: cat ~/in/deep/hello.txt
     stix.run("storage", "delete", name, "-y", check=True)
     assert not bucket_exists(emu, store, name)
     stix.run("down", f"cp-{store}", "-y", check=True, timeout=60)
+
+
+def test_a_gcs_copy_on_gcloud_user_credentials_reads_with_a_read_only_bucket_token(
+    stix: Stix, fake_gcs: Emulator, tmp_path: Path, task_file: Callable[[str], Path]
+) -> None:
+    """With gcloud's user credentials (ADC) there is no key to sign URLs: the `gs://` COPY
+    shorthand still puts the bucket on the node, read with a token STS downscoped to reading
+    that bucket alone, which no file of the home (nodes, logs) holds; STS refusing fails the
+    launch in one line. The fake STS fronts the emulator and admits only its tokens."""
+    name = "stix-copy-adc"
+    anyio.run(stores_bed.gcs_bucket_holding, fake_gcs, name, "deep/hello.txt", b"via a token\n")
+    fake = FakeSts({"daemon-token"})
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(served(fake, fake_gcs.url)) as url,
+    ):
+        adc = tmp_path / "gcloud" / "application_default_credentials.json"
+        adc.parent.mkdir()
+        user = {"type": "authorized_user", "client_id": "c", "client_secret": "s"}
+        adc.write_text(
+            json.dumps(user | {"refresh_token": "r", "token_uri": f"{url}/oauth2/token"})
+        )
+        for gone in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST"):
+            stix.env.pop(gone, None)
+        stix.env |= {
+            "CLOUDSDK_CONFIG": str(adc.parent),
+            "GOOGLE_CLOUD_PROJECT": "stix-test",
+            "STIX__STORAGE__GCS__API_ENDPOINT": url,
+            "STIX__STORAGE__GCS__STS_ENDPOINT": f"{url}/v1/token",
+            "STIX__LOCAL__NETWORK": "host",
+        }
+        task = task_file(f"file_mounts:\n  ~/in: gs://{name}\nrun: cat ~/in/deep/hello.txt\n")
+        done = launch(stix, task, "cp-adc")
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: stix.job_status("cp-adc", 1) == "SUCCEEDED", timeout=60)
+        assert "via a token" in stix.run("logs", "cp-adc", "1", timeout=30).stdout
+        viewer = ["inRole:roles/storage.objectViewer"]
+        handed = [t for t, role in fake.roles.items() if role == viewer]
+        assert handed and all(fake.issued[t][0] == {name} for t in handed)
+        assert not [r for r in fake.refused if name in r]
+        for path in (p for p in stix.home.rglob("*") if p.is_file() and not p.is_symlink()):
+            text = path.read_bytes()
+            assert not [t for t in handed if t.encode() in text], path
+        fake.exchanging = False
+        refused = launch(stix, task, "cp-adc-2")
+        assert refused.returncode != 0
+        said = [line for line in refused.stderr.splitlines() if "no read-only token" in line]
+        assert len(said) == 1 and "permission" in said[0], refused.stderr
+        for cluster in ("cp-adc", "cp-adc-2"):
+            stix.run("down", cluster, "-y", timeout=60)
 
 
 def test_a_bucket_mount_on_the_fake_infra_is_answered_as_a_node_answers_it(

@@ -32,6 +32,7 @@ from stixd.providers.shared.fuse_mounts import fuse_mounts_under
 from stixd.storage.mount import SESSION_KEYS, node_keys
 from stixd.storage.stores import LABEL_STORAGE, RcloneRemote, StoreKind, open_stores
 from stixd.storage.stores import gcs as gcs_store
+from stixd.storage.stores import s3 as s3_store
 from tests import fake_r2_api
 from tests.conftest import Stix, reap, wait_until
 from tests.fake_gcs_sts import FakeSts, served
@@ -623,13 +624,15 @@ def test_a_stop_waits_for_the_agent_s_flush_before_it_takes_the_node_away(
 # -- the node's copy of the keys: private, renewed, and gone with its mount -----------------
 
 
-def s3_mount_request(emu: Emulator, bucket: str, dest: Path) -> dict[str, object]:
+def s3_mount_request(
+    emu: Emulator, bucket: str, dest: Path, kind: StoreKind = StoreKind.S3
+) -> dict[str, object]:
     """What the daemon sends an agent for a MOUNT of ``bucket`` (made, holding ``in.txt``)."""
 
     async def remote() -> RcloneRemote:
         stores = open_stores(emu.config, emu.env, "testhome")
         try:
-            found = stores.bucket(StoreKind.S3, bucket)
+            found = stores.bucket(kind, bucket)
             if not await found.exists():
                 await found.create({LABEL_STORAGE: bucket})
             return await found.rclone_remote()
@@ -690,6 +693,32 @@ def session_keys(request: dict[str, object]) -> dict[str, str]:
     keys = request["keys"]
     assert isinstance(keys, dict)
     return {k: v for k, v in keys.items() if k in SESSION_KEYS}
+
+
+def test_an_r2_mount_hides_the_labels_object_from_the_job(
+    moto_s3: Emulator, node_dir: Path, tmp_path: Path
+) -> None:
+    """R2 keeps stix's labels in ``.stix-labels`` at the bucket's root: rclone mounts the root
+    excluding it, so the job can neither list, read nor delete it; a sub-path's
+    mount (where no marker lies) and an S3 mount keep every name."""
+    assert agent_mount.R2_MARKER == s3_store.MARKER
+    dest = tmp_path / "node" / "r2"
+    bucket = "stix-r2-marker"
+    request = s3_mount_request(moto_s3, bucket, dest, StoreKind.R2)
+    spec = agent_mount.parse_mount(request)
+    argv = agent_mount._argv(spec, tmp_path, tmp_path / "c", 1)
+    assert argv[argv.index("--exclude") + 1] == "/.stix-labels"
+    for other in ({**spec, "path": f"{bucket}/sub"}, {**spec, "keys": {"provider": "AWS"}}):
+        assert "--exclude" not in agent_mount._argv(other, tmp_path, tmp_path / "c", 1)
+    assert agent_mount.mount(node_dir, request)["mounted"] is True
+    assert sorted(p.name for p in dest.iterdir()) == ["in.txt"]
+    with pytest.raises(FileNotFoundError):
+        (dest / ".stix-labels").unlink()
+    with pytest.raises(FileNotFoundError):
+        (dest / ".stix-labels").read_bytes()
+    agent_mount.unmount_all(node_dir)  # anything the mount did reaches the bucket first
+    labels = bare_s3(moto_s3).get_object(Bucket=bucket, Key=".stix-labels")["Body"].read()
+    assert json.loads(labels).get(LABEL_STORAGE) == bucket
 
 
 def test_a_mounts_keys_stay_private_are_renewed_in_place_and_go_with_it(

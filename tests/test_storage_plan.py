@@ -8,7 +8,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -512,16 +512,24 @@ async def test_the_agent_fetches_signed_urls_into_place(tmp_path: Path) -> None:
 
 class _Misbehaving(http.server.BaseHTTPRequestHandler):
     """Serves ``/ok/…`` (200), ``/flaky/…`` (a 500 on the first GET of each path, then 200),
-    ``/cut/…`` (a body cut short, every time) and anything else as 404; counts GETs by path."""
+    ``/cut/…`` (a body cut short, every time), ``/moved/…`` (a redirect to ``/ok/moved``) and
+    anything else as 404; counts GETs and keeps the Authorization header by path."""
 
     hits: Counter[str] = Counter()
+    auth: ClassVar[dict[str, str | None]] = {}
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
         self.hits[self.path] += 1
-        if self.path.startswith("/flaky/") and self.hits[self.path] == 1:
+        self.auth[self.path] = self.headers.get("Authorization")
+        if self.path.startswith("/moved/"):
+            self.send_response(302)
+            self.send_header("Location", "/ok/moved")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path.startswith("/flaky/") and self.hits[self.path] == 1:
             self.send_error(500)
         elif self.path.startswith(("/ok/", "/flaky/")):
             self._body(b"two", len(b"two"))
@@ -549,6 +557,24 @@ def misbehaving() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.mark.anyio
+async def test_the_agent_sends_a_bearer_token_with_each_get_and_never_on_a_redirect(
+    misbehaving: str, tmp_path: Path
+) -> None:
+    from stixd.agent.fetch import fetch, parse_bearer
+    from stixd.agent.protocol import RequestError
+
+    items = [["a", f"{misbehaving}/ok/tok"], ["b", f"{misbehaving}/moved/tok"]]
+    got = await fetch({"dest": str(tmp_path), "items": items, "workers": 1, "bearer": "ya29.t"})
+    assert got == {"files": 2, "bytes": 6} and (tmp_path / "b").read_text() == "two"
+    seen = _Misbehaving.auth
+    assert seen["/ok/tok"] == seen["/moved/tok"] == "Bearer ya29.t"
+    assert seen["/ok/moved"] is None  # where a redirect points is not sent the token
+    for bad in ("t\r\nX-Evil: 1", "", "a b", 5, "t\u00e9", "t" * 5000):
+        with pytest.raises(RequestError, match="bearer"):
+            parse_bearer({"bearer": bad})
 
 
 @pytest.fixture

@@ -6,6 +6,10 @@ renamed into place, so a half-fetched object is never seen under its own name. A
 download breaks (no connection, a cut body, a 5xx) is tried again a few times; a refusal (403,
 404) is not. On final failure its temporary file is removed. A key that would leave the folder
 (``..``, an absolute path) is refused.
+
+A request may carry ``bearer``, a token the daemon got kept to the bucket for reading (GCS
+without a key to sign with): each GET sends it as ``Authorization: Bearer``, never on a
+redirect. It is held in memory for this request only: never written, never logged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .protocol import RequestError
 MAX_OBJECTS = 20_000
 """Objects per request (the daemon sends larger buckets in batches)."""
 MAX_WORKERS = 16
+MAX_BEARER = 4096
 TIMEOUT_S = 120.0
 CHUNK = 1 << 20
 BACKOFF_S = (0.5, 2.0)
@@ -37,6 +42,21 @@ def _target(root: Path, key: str) -> Path:
     if not parts or any(p in (".", "..") for p in parts) or key.startswith("/"):
         raise RequestError("bad_request", f"object key {key[:80]!r} cannot be placed under {root}")
     return root.joinpath(*parts)
+
+
+def parse_bearer(request: dict[str, Any]) -> str | None:
+    bearer = request.get("bearer")
+    if bearer is None:
+        return None
+    if (
+        not isinstance(bearer, str)
+        or not 0 < len(bearer) <= MAX_BEARER
+        or not bearer.isascii()
+        or not bearer.isprintable()
+        or " " in bearer
+    ):
+        raise RequestError("bad_request", '"bearer" must be a token of printable ASCII')
+    return bearer
 
 
 def parse_items(request: dict[str, Any]) -> tuple[Path, list[tuple[Path, str]], int]:
@@ -73,9 +93,12 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
-def _download_once(path: Path, partial: Path, url: str) -> int:
+def _download_once(path: Path, partial: Path, url: str, bearer: str | None) -> int:
+    asked = urllib.request.Request(url)
+    if bearer is not None:  # not on a redirect: urllib copies only the redirected headers
+        asked.add_unredirected_header("Authorization", f"Bearer {bearer}")
     try:
-        answer = urllib.request.urlopen(url, timeout=TIMEOUT_S)
+        answer = urllib.request.urlopen(asked, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as exc:
         exc.close()  # its body is the store's error page: the connection goes now
         raise
@@ -89,19 +112,19 @@ def _download_once(path: Path, partial: Path, url: str) -> int:
     return size
 
 
-def _download(path: Path, url: str) -> int:
+def _download(path: Path, url: str, bearer: str | None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.stix-part")
     for pause in BACKOFF_S:
         try:
-            return _download_once(path, partial, url)
+            return _download_once(path, partial, url, bearer)
         except Exception as exc:
             if not _transient(exc):
                 partial.unlink(missing_ok=True)
                 raise
         time.sleep(pause)
     try:
-        return _download_once(path, partial, url)
+        return _download_once(path, partial, url, bearer)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -109,10 +132,11 @@ def _download(path: Path, url: str) -> int:
 
 async def fetch(request: dict[str, Any]) -> dict[str, Any]:
     root, items, workers = parse_items(request)
+    bearer = parse_bearer(request)
     root.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(max_workers=min(workers, max(len(items), 1))) as pool:
-        tasks = [loop.run_in_executor(pool, _download, path, url) for path, url in items]
+        tasks = [loop.run_in_executor(pool, _download, path, url, bearer) for path, url in items]
         results = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [(items[i][0], r) for i, r in enumerate(results) if isinstance(r, BaseException)]
     if failed:

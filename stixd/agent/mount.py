@@ -14,6 +14,8 @@ random password (rclone 1.60 has no Unix-socket ``--rc``).
   ``--read-only`` when the task's ``config.mount.read_only`` asks.
 - MOUNT_CACHED: SkyPilot's flags (``--vfs-cache-mode full``, 10 s directory cache and cache
   poll, ``--vfs-fast-fingerprint``) plus the task's ``config.mount_cached`` knobs.
+- Either, of an R2 bucket's root: ``--exclude /.stix-labels``, so the job neither sees nor
+  deletes the object that holds stix's labels there (R2 has no bucket tags).
 
 A job's final state is written only once every mount's write-back queue is empty
 (``flush_all``, called by the runner), so its writes are in the bucket when it counts as done.
@@ -63,6 +65,8 @@ REREAD_S = 300.0
 """How long rclone uses renewable keys before it reads ``keys.json`` again (at most)."""
 _SESSION_KEYS = ("access_key_id", "secret_access_key", "session_token")
 GCS = "google cloud storage"
+R2_MARKER = ".stix-labels"
+"""The object holding an R2 bucket's labels at its root (``stixd.storage.stores.s3.MARKER``)."""
 MAX_TOKEN_LINE = 8192
 """A GCS access token's ``token`` setting (one JSON line) is at most this long."""
 _AWS_ENV = (
@@ -371,6 +375,12 @@ def _write_config(folder: Path, spec: dict[str, Any]) -> Path:
     return config
 
 
+def _r2_root(spec: dict[str, Any]) -> bool:
+    """Whether the mount is an R2 bucket's root, where its labels object lies."""
+    r2 = spec["remote"] == "s3" and spec["keys"].get("provider") == "Cloudflare"
+    return r2 and "/" not in spec["path"]
+
+
 def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[str]:
     argv = [
         "rclone",
@@ -391,6 +401,8 @@ def _argv(spec: dict[str, Any], folder: Path, config: Path, port: int) -> list[s
     ]
     if _allow_other():
         argv.append("--allow-other")
+    if _r2_root(spec):  # stix's labels: not the job's to see, delete or overwrite
+        argv += ["--exclude", f"/{R2_MARKER}"]
     if spec["mode"] == "MOUNT":  # and SkyPilot's config.mount.read_only
         argv += ["--vfs-cache-mode", "writes"]
         argv += [flag for flag in SWITCHES if spec["flags"].get(flag) == "true"]

@@ -11,7 +11,12 @@ Signed URLs are V4 (``GOOG4-RSA-SHA256``), signed with the service-account key
 (``storage.gcs.service_account_file`` or ``GOOGLE_APPLICATION_CREDENTIALS``), as Google
 documents them. fake-gcs-server does not check signatures: against it (with a throw-away key)
 the tests prove the URL's host, path and query and that a bare client downloads and uploads
-with it, not that Google would accept the signature. There is no signed URL without a key.
+with it, not that Google would accept the signature. There is no signed URL without a key:
+COPY then hands a node a read-only token downscoped to the bucket (``read_token``) and the
+JSON API's media URLs (``media_url``) instead.
+
+``storage.gcs.api_endpoint`` names another root for the JSON API than Google's (a Private
+Service Connect endpoint, a proxy); unlike an emulator's, credentials are sent to it.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 NODE_ROLE = "inRole:roles/storage.objectAdmin"
 """What a downscoped token may do in its bucket (no more than the daemon's own token may)."""
+READ_ROLE = "inRole:roles/storage.objectViewer"
+"""What a COPY's token may do in its bucket: read objects, nothing else."""
 MAX_TOKEN = 4096
 
 
@@ -79,18 +86,23 @@ def adc_file(env: Mapping[str, str]) -> Path | None:
     return found if found.is_file() else None
 
 
-def access_boundary(bucket: str) -> dict[str, Any]:
+def access_boundary(bucket: str, role: str = NODE_ROLE) -> dict[str, Any]:
     """A Credential Access Boundary (Google's ``accessBoundary``) that keeps a token to the
-    objects of ``bucket``."""
+    objects of ``bucket``, with ``role`` on them."""
     rule = {
         "availableResource": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
-        "availablePermissions": [NODE_ROLE],
+        "availablePermissions": [role],
     }
     return {"accessBoundary": {"accessBoundaryRules": [rule]}}
 
 
 async def downscope(
-    session: aiohttp.ClientSession, endpoint: str, source: str, source_s: int, bucket: str
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    source: str,
+    source_s: int,
+    bucket: str,
+    role: str = NODE_ROLE,
 ) -> tuple[str, int]:
     """Exchange the access token ``source`` (good for ``source_s`` more seconds) at Google's
     Security Token Service for one kept to ``bucket``; the token and how long it lasts (the
@@ -101,7 +113,7 @@ async def downscope(
         "requested_token_type": TOKEN_TYPE,
         "subject_token_type": TOKEN_TYPE,
         "subject_token": source,
-        "options": quote(json.dumps(access_boundary(bucket), separators=(",", ":")), safe=""),
+        "options": quote(json.dumps(access_boundary(bucket, role), separators=(",", ":")), safe=""),
     }
     what = "downscope a token"
     try:
@@ -138,7 +150,9 @@ class GcsClient:
         if emulator and "://" not in str(emulator):
             emulator = f"http://{emulator}"
         self.emulator: str | None = str(emulator).rstrip("/") if emulator else None
-        self.root = self.emulator or GOOGLE
+        api = section.get("api_endpoint")
+        self.api: str | None = str(api).rstrip("/") if api and not self.emulator else None
+        self.root = self.emulator or self.api or GOOGLE
         self.service_file = service_file(section, env) or adc_file(env)
         self.metadata = bool(section.get("use_metadata_server"))
         """Whether tokens may come from the GCE metadata server (only on a GCE machine: asked
@@ -187,9 +201,10 @@ class GcsClient:
             raise StoreError(f"gcs: no usable credentials: {exc}".splitlines()[0]) from None
         return {"Authorization": f"Bearer {token}"}
 
-    async def node_token(self, bucket: str) -> tuple[str, int]:
-        """An access token kept to ``bucket`` (a Credential Access Boundary on the daemon's
-        own, exchanged at STS) and how long it lasts; one line when there is none."""
+    async def node_token(self, bucket: str, role: str = NODE_ROLE) -> tuple[str, int]:
+        """An access token kept to ``bucket`` with ``role`` (a Credential Access Boundary on
+        the daemon's own, exchanged at STS) and how long it lasts; one line when there is
+        none."""
         auth = (await self.headers()).get("Authorization", "")
         left = 0
         if self._token is not None:  # headers() made it and got its token
@@ -198,7 +213,7 @@ class GcsClient:
         if not auth.startswith("Bearer ") or left <= 60:
             raise StoreError("gcs: the daemon's own access token is about to end")
         session = self.sessions.get()
-        return await downscope(session, self.sts_endpoint, auth[7:], left, bucket)
+        return await downscope(session, self.sts_endpoint, auth[7:], left, bucket, role)
 
     async def request(
         self,
@@ -453,6 +468,30 @@ class GcsBucket:
     async def signed_put(self, key: str, seconds: int) -> str:
         return self._sign("PUT", key, seconds)
 
+    def signs(self) -> bool:
+        """Whether ``signed_get`` can sign (a service-account key is configured)."""
+        return self._c.key() is not None
+
+    def media_url(self, key: str) -> str:
+        """The JSON API's URL of the object's content: a GET with ``read_token`` reads it."""
+        return f"{self._object_url(key)}?alt=media"
+
+    async def read_token(self) -> str | None:
+        """A token that may only read this bucket's objects (``roles/storage.objectViewer``
+        under a Credential Access Boundary, exchanged at STS) and that lasts as long as the
+        daemon's own (at most an hour); None against an emulator, which reads none. One line
+        when STS refuses."""
+        if self._c.emulator is not None:
+            return None
+        try:
+            token, _ = await self._c.node_token(self.name, READ_ROLE)
+        except StoreError as exc:
+            raise type(exc)(
+                f"no read-only token for bucket {self.name!r} (no service-account key to sign "
+                f"URLs with): {exc.message}"
+            ) from None
+        return token
+
     async def rclone_remote(self) -> RcloneRemote:
         """An access token kept to this bucket (``node_token``), renewed before its end
         (``stixd.storage.mount.renew_on_nodes``: rclone reads its config again for it), unless
@@ -466,6 +505,8 @@ class GcsBucket:
             # rclone's endpoint is the JSON API's root, not the host
             endpoint = f"{self._c.emulator}/storage/v1/"
             return RcloneRemote(GCS_REMOTE, conf | {"anonymous": "true", "endpoint": endpoint})
+        if self._c.api is not None:
+            conf["endpoint"] = f"{self._c.api}/storage/v1/"
         note = None
         if self._c.node_mode != "daemon":
             try:
