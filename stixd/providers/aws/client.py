@@ -20,17 +20,16 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
-from aiobotocore.session import AioSession  # type: ignore[import-untyped]
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
-from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 
 from stixd.providers.aws.credentials import AwsCredentials
 from stixd.providers.aws.errors import AwsTransientError, Where, classify
+
+if TYPE_CHECKING:  # aiobotocore is loaded by the first client: a daemon on no EC2 skips it
+    from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 
 ATTEMPTS = 4
 BACKOFF_INITIAL_S = 0.5
@@ -43,6 +42,8 @@ fewer, e.g. 500 volumes)."""
 
 
 def client_config() -> AioConfig:
+    from aiobotocore.config import AioConfig
+
     return AioConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=CONNECT_TIMEOUT_S,
@@ -60,7 +61,7 @@ class Ec2Clients:
         self.creds = creds
         self.log = log
         self.page_size = page_size
-        self._session = AioSession()
+        self._session: Any = None  # an AioSession, made with the first client
         self._stack = contextlib.AsyncExitStack()
         self._clients: dict[str, Any] = {}
         self._lock = anyio.Lock()
@@ -72,6 +73,10 @@ class Ec2Clients:
             found = self._clients.get(region)
             if found is None:
                 began = time.perf_counter()
+                if self._session is None:
+                    from aiobotocore.session import AioSession  # type: ignore[import-untyped]
+
+                    self._session = AioSession()
                 c = self.creds
                 found = await self._stack.enter_async_context(
                     self._session.create_client(
@@ -92,6 +97,9 @@ class Ec2Clients:
 
     async def call(self, where: Where, operation: str, **params: Any) -> dict[str, Any]:
         """``operation`` in ``where.region``; a classified ``ProvisionError`` when it fails."""
+        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]  # loaded with the client
+        from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
+
         client = await self.client(where.region)
         method = getattr(client, operation)
         delay = BACKOFF_INITIAL_S

@@ -9,13 +9,14 @@ type everywhere, refused credentials block the whole cloud. Throttling and AWS's
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
-from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
+from typing import TYPE_CHECKING, Any
 
 from stixd.providers.base import Block, CapacityError
 from stixproto.errors import ProvisionError
+
+if TYPE_CHECKING:  # botocore is loaded by the clients whose failures are classified here
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+    from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 
 ZONE_CAPACITY = frozenset(
     {
@@ -146,6 +147,9 @@ def classify(
     exc: ClientError | BotoCoreError | ResponseParserError, operation: str, where: Where
 ) -> ProvisionError:
     """The stix error for a failed EC2 call, naming the call and what it was about."""
+    from botocore.exceptions import BotoCoreError
+    from botocore.parsers import ResponseParserError
+
     if isinstance(exc, BotoCoreError):  # no answer at all: endpoint down, DNS, timeout
         return AwsTransientError(
             type(exc).__name__, f"AWS {operation} in {where.region} got no answer: {exc}"

@@ -10,8 +10,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import asyncssh
-
 from stixd.providers.aws.client import Ec2Clients
 from stixd.providers.aws.errors import Where, aws_code
 from stixproto.errors import ProvisionError
@@ -21,6 +19,8 @@ KEY_FILE = "keys/stix-aws-ed25519"
 
 def ensure_local_key(home: Path) -> tuple[Path, str]:
     """(private key path, OpenSSH public key) of the stix-owned key, made if missing."""
+    import asyncssh  # the key is made or read once per daemon: no need to load it at start
+
     private = home / KEY_FILE
     public = private.with_name(private.name + ".pub")
     if not private.exists():

@@ -14,16 +14,21 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import anyio
-import asyncssh
 
 from stixd.providers.base import Mount, NodeInfo
 from stixd.providers.shared.dests import resolve_dest
+from stixd.providers.shared.lazy import lazy_module
 from stixd.providers.shared.ssh_hosts import PoolHost
 from stixd.providers.shared.ssh_transport import SshConnection, SshError, SshTimeout, quote
 from stixd.providers.shared.syncfilter import RsyncPlan, SyncFilter, rsync_plan
+
+if TYPE_CHECKING:
+    import asyncssh
+else:  # loaded by the first connection (stixd.providers.shared.ssh_transport)
+    asyncssh = lazy_module("asyncssh")
 
 Method = Literal["auto", "rsync", "sftp"]
 SYNC_TIMEOUT_S = 600.0

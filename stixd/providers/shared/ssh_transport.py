@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import re
 import secrets
 import shlex
@@ -23,17 +24,22 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
-import asyncssh
 from anyio.abc import ByteStream
 
 from stixd.agent_client import AgentClient
+from stixd.providers.shared.lazy import lazy_module
 
 SESSION_CHANNELS = 8
 """Concurrent command/SFTP channels per connection: OpenSSH's MaxSessions defaults to 10.
 Agent streams are not sessions and are not limited by it."""
+
+if TYPE_CHECKING:
+    import asyncssh
+else:  # loaded by the first connection: a daemon with no SSH host does not pay for it
+    asyncssh = lazy_module("asyncssh")
 
 
 class SshError(OSError):
@@ -127,14 +133,20 @@ class SshSettings:
         return self.keepalive_interval * self.keepalive_count_max + 1.0
 
 
-class _Watch(asyncssh.SSHClient):
-    """Tells its manager when the connection ends, whatever ended it."""
+@functools.cache
+def _watch() -> Callable[[Callable[[Exception | None], None]], asyncssh.SSHClient]:
+    """The client class of every connection (made at the first: it subclasses asyncssh's)."""
 
-    def __init__(self, on_lost: Callable[[Exception | None], None]) -> None:
-        self._on_lost = on_lost
+    class Watch(asyncssh.SSHClient):
+        """Tells its manager when the connection ends, whatever ended it."""
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._on_lost(exc)
+        def __init__(self, on_lost: Callable[[Exception | None], None]) -> None:
+            self._on_lost = on_lost
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._on_lost(exc)
+
+    return Watch
 
 
 class SshConnection:
@@ -243,7 +255,7 @@ class SshConnection:
             options["proxy_command"] = t.expanded_proxy_command()
         try:
             conn, _ = await asyncssh.create_connection(
-                lambda: _Watch(self._on_lost), t.host, **options
+                lambda: _watch()(self._on_lost), t.host, **options
             )
         except asyncssh.PermissionDenied:
             raise SshAuthError(
