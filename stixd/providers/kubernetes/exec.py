@@ -22,17 +22,20 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import anyio
 from yarl import URL
 
 from stixd.providers.kubernetes.api import AnswerTooLarge, read_capped, tls_problem
 from stixd.providers.kubernetes.seams import PodRef
 from stixd.providers.kubernetes.shapes import get, maps
+from stixd.providers.shared.lazy import lazy_module
 from stixproto.errors import ProvisionError
 
 if TYPE_CHECKING:
+    import aiohttp
     from kubernetes_asyncio.client import ApiClient
+else:  # loaded by the first pod exec: a daemon with no Kubernetes does not pay for it
+    aiohttp = lazy_module("aiohttp")
 
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255

@@ -20,7 +20,6 @@ import contextlib
 from collections import deque
 from typing import TYPE_CHECKING
 
-import aiohttp
 import anyio
 from anyio.abc import ByteStream
 
@@ -49,9 +48,13 @@ from stixd.providers.kubernetes.inpod.relay import (
     WINDOW_BYTES,
 )
 from stixd.providers.kubernetes.seams import PodRef
+from stixd.providers.shared.lazy import lazy_module
 
 if TYPE_CHECKING:
+    import aiohttp
     from kubernetes_asyncio.client import ApiClient
+else:  # loaded by the first pod exec: a daemon with no Kubernetes does not pay for it
+    aiohttp = lazy_module("aiohttp")
 
 START_WITHIN_S = 20.0
 SEND_SIZE = 1024 * 1024  # per DATA frame the daemon sends (the relay takes up to 16 MiB)
