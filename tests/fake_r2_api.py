@@ -9,8 +9,8 @@ optional ``prefixes`` / ``objects`` lists (else 400). It answers Cloudflare's en
 (``success``, ``errors``, ``messages``, ``result``) with fresh random keys, and writes each key's
 bucket, end and permission to the moto emulator's ``scoped`` file, where ``tests.moto_clock``
 refuses the key on any other bucket and after its end: keys it mints really are kept to their
-bucket. ``mode`` makes it hostile instead (garbage, a refusal, fields missing, a huge body, no
-answer at all).
+bucket. ``mode`` makes it hostile instead (garbage, JSON nested too deep, a refusal, fields
+missing, a huge body, no answer at all).
 
 Run in the test's loop with ``served(fake)``, or as its own process (``python -m
 tests.fake_r2_api PORT ACCOUNT TOKEN PARENT SCOPED``, ``r2_api_process``) for a daemon.
@@ -39,7 +39,7 @@ TOKEN = "fake-cloudflare-api-token"
 PERMISSIONS = ("admin-read-write", "admin-read-only", "object-read-write", "object-read-only")
 MAX_TTL_S = 604800
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-MODES = ("ok", "garbage", "refuse", "missing", "huge", "silent")
+MODES = ("ok", "garbage", "deep", "refuse", "missing", "huge", "silent")
 
 
 class FakeR2Api:
@@ -125,6 +125,8 @@ class FakeR2Api:
             await anyio.sleep(3600)  # never answers; the client's bound ends the wait
         if self.mode == "garbage":
             return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
+        if self.mode == "deep":  # JSON nested past the parser's depth, well inside 64 KiB
+            return web.Response(text="[" * 60_000, content_type="application/json")
         if self.mode == "refuse":
             return _error(200, 10042, "R2 temporary credentials\nare not enabled")
         if self.mode == "missing":

@@ -608,6 +608,8 @@ class Hostile:
     async def answer(self, request: web.Request) -> web.Response:
         if self.mode == "garbage":
             return web.Response(text="<html><body>502 bad gateway, maybe", status=200)
+        if self.mode == "deep":  # JSON nested past any parser's depth (json: RecursionError)
+            return web.Response(text="[" * 100_000, content_type="application/json")
         if self.mode == "readonly":  # lists an empty bucket, refuses every write
             await request.read()
             if request.method != "GET":
@@ -654,8 +656,11 @@ async def hostile(mode: str) -> AsyncIterator[Hostile]:
         await runner.cleanup()
 
 
-async def test_a_store_answering_garbage_is_a_one_line_bad_answer(kind: StoreKind) -> None:
-    async with hostile("garbage") as server:
+@pytest.mark.parametrize("mode", ["garbage", "deep"])
+async def test_a_store_answering_garbage_is_a_one_line_bad_answer(
+    kind: StoreKind, mode: str
+) -> None:
+    async with hostile(mode) as server:
         config, env = server.config(kind)
         stores = open_stores(config, env, HOME)
         try:
@@ -974,6 +979,7 @@ async def test_r2_api_answers_of_any_kind_end_in_one_line_fallback_or_refusal(
         "wrong token": ("ok", {"api_token": "nope"}, "10000: Authentication error"),
         "no account": ("ok", {"account_id": None}, "no Cloudflare account id"),
         "garbage": ("garbage", {}, "answered garbage (HTTP 200)"),
+        "deep": ("deep", {}, "answered garbage (HTTP 200)"),
         "refuse": ("refuse", {}, "10042: R2 temporary credentials are not enabled"),
         "missing": ("missing", {}, "no usable secretAccessKey"),
         "huge": ("huge", {}, "more than 64 KiB"),

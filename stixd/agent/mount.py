@@ -212,7 +212,7 @@ def _records(node_dir: Path) -> list[dict[str, Any]]:
     for folder in sorted(root.iterdir()):
         try:
             record = json.loads((folder / RECORD).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(record, dict) and isinstance(record.get("dest"), str):
             record["folder"] = str(folder)
@@ -321,7 +321,7 @@ def _stamped(token: str, valid_s: int) -> str:
     now), as one JSON line; a token that is not one refused."""
     try:
         doc = json.loads(token)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     if not (isinstance(doc, dict) and isinstance(doc.get("access_token"), str)):
         raise RequestError("bad_request", '"token" must be an rclone access token (JSON)')

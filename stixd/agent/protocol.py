@@ -44,7 +44,7 @@ def encode(reply: Reply) -> bytes:
 def decode_request(line: bytes) -> Request:
     try:
         request = json.loads(line)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; too deep
         raise RequestError("bad_json", f"the request line is not valid JSON: {exc}") from None
     if not isinstance(request, dict):
         raise RequestError("bad_request", "a request must be a JSON object")

@@ -51,7 +51,7 @@ def node_keys(keys: dict[str, str]) -> dict[str, str]:
         return keys
     try:
         content = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise StoreError(f"cannot read the GCS service-account key {path}: {exc}") from None
     rest = {k: v for k, v in keys.items() if k != "service_account_file"}
     return rest | {"service_account_credentials": json.dumps(content, separators=(",", ":"))}

@@ -261,6 +261,7 @@ def test_malformed_requests_get_error_replies_and_the_agent_keeps_serving(
 
     assert code_of(b"this is not json\n") == "bad_json"
     assert code_of(b"\xff\xfe\n") == "bad_json"
+    assert code_of(b"[" * 50_000 + b"\n") == "bad_json"  # nested past the parser's depth
     assert code_of(b"[1, 2]\n") == "bad_request"
     assert code_of(b'{"no_op": 1}\n') == "bad_request"
     assert code_of(b'{"op": "fly"}\n') == "unknown_op"

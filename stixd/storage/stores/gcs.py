@@ -121,7 +121,7 @@ async def downscope(
             if answer.status >= 300:
                 raise await failure(answer, bucket, what)
             found = as_dict(json.loads(await answer.read()), bucket, what)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
         raise unreachable(exc, bucket, what) from None
     token, lasts = found.get("access_token"), found.get("expires_in", source_s)
     if not (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN and token.isprintable()):
@@ -240,7 +240,7 @@ class GcsClient:
                     return {}
                 text = await answer.read()
                 return as_dict(json.loads(text) if text.strip() else {}, bucket, what)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
             raise unreachable(exc, bucket, what) from None
 
     async def tagged(self, home_id: str, max_pages: int = MAX_PAGES) -> list[str]:

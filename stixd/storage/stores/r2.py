@@ -95,7 +95,7 @@ async def temp_credentials(
 def _keys(raw: bytes, status: int) -> dict[str, str]:
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # garbage, or nested past the parser's depth
         raise StoreError(f"Cloudflare's API answered garbage (HTTP {status})") from None
     if not isinstance(doc, dict):
         raise StoreError(f"Cloudflare's API answered garbage (HTTP {status})")

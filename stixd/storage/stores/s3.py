@@ -599,7 +599,7 @@ class S3Bucket:
             raise classify(exc, self.name, "read labels") from None
         try:
             found = json.loads(data) if len(data) <= MARKER_MAX else None
-        except ValueError:
+        except (ValueError, RecursionError):  # also a marker nested past the parser's depth
             return {}
         if not isinstance(found, dict):
             return {}
