@@ -53,7 +53,12 @@ class AgentClient:
             ) from None
         except (OSError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError) as exc:
             raise AgentUnreachable(f"agent {self.name} is unreachable: {exc}") from None
-        reply: dict[str, Any] = json.loads(raw)
+        try:
+            reply = json.loads(raw)
+        except (ValueError, RecursionError):  # garbage, or nested past the parser's depth
+            reply = None
+        if not isinstance(reply, dict):  # whatever answers on the agent's socket, it is no agent
+            raise AgentError("bad_reply", f"agent {self.name} answered garbage to {op!r}")
         if not reply.get("ok"):
             raise AgentError(str(reply.get("code", "error")), str(reply.get("error", reply)))
         return reply

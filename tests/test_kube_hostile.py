@@ -670,6 +670,7 @@ TROUBLES: dict[str, tuple[bytes, str | None]] = {
     "a_number": (b"7", None),
     "wrong_types": (b'{"metadata": 1, "status": "x"}', None),
     "a_phase_that_is_a_map": (b'{"status": {"phase": {"a": 1}}}', None),
+    "nested_too_deep": (b"[" * 50_000, None),
     "huge": (b'{"status": {"phase": "Failed"}, "pad": "' + b"p" * 3 * 2**20 + b'"}', None),
     "being_deleted": (
         b'{"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}',
@@ -724,6 +725,13 @@ async def test_a_hostile_pod_answer_on_the_exec_trouble_path_is_read_as_nothing_
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_an_exit_status_nested_past_the_parser_s_depth_is_an_unreadable_failure() -> None:
+    from stixd.providers.kubernetes.exec import read_status
+
+    status = read_status(b"[" * 50_000)
+    assert status["status"] == "Failure" and "unreadable exit status" in status["message"]
 
 
 # -- what the ports code reads of a Service (and the head pod) the API answered ----------------

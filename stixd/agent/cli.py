@@ -165,7 +165,7 @@ def ask_hello(path: Path, timeout: float = 1.0) -> dict[str, Any] | None:
             sock.sendall(b'{"op":"hello"}\n')
             reply = sock.makefile("rb").readline()
         answer = json.loads(reply)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return answer if isinstance(answer, dict) and answer.get("ok") else None
 

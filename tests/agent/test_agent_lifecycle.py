@@ -13,6 +13,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
+import pytest
+
 from stixd.agent_bundle import build_agent_zipapp, build_id
 
 from .conftest import AgentClient, Agents, eventually, pid_alive, wait_gone
@@ -318,3 +322,30 @@ def test_shutdown_with_kill_jobs_cancels_running_jobs_and_exits(agents: Agents) 
     assert not pid_alive(runner)
     agents.start(node)
     assert agents.client(node).job(1)["state"] == "CANCELLED"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "answer", [b"not json\n", b"[1, 2]\n", b"[" * 50_000 + b"\n", b"\xff\xfe\n"]
+)
+async def test_whatever_answers_on_an_agent_s_socket_the_daemon_gets_one_agent_error(
+    tmp_path: Path, answer: bytes
+) -> None:
+    """A job can put its own server where the agent's socket was: the daemon's client reads
+    its garbage as one AgentError, never a crash of the caller."""
+    from stixd.agent_client import AgentError, unix_agent
+
+    path = str(tmp_path / "agent.sock")
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(answer)
+
+    listener = await anyio.create_unix_listener(path)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        with pytest.raises(AgentError) as bad:
+            await unix_agent(path).call("hello", deadline=5)
+        assert bad.value.code == "bad_reply" and "\n" not in str(bad.value)
+        tg.cancel_scope.cancel()

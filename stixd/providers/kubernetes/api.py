@@ -287,7 +287,7 @@ class KubeApi:
         answer: dict[str, Any] | None
         try:
             decoded = json.loads(raw) if raw else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # garbage, or nested past the parser's depth
             decoded = None
         if isinstance(decoded, dict):
             answer = decoded

@@ -72,7 +72,7 @@ def read_status(data: bytes) -> dict[str, Any]:
     """The final ``Status`` of channel 3 (one that cannot be read is a failure saying so)."""
     try:
         status = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         status = None
     if not isinstance(status, dict):
         return {"status": "Failure", "message": f"unreadable exit status {data[:100]!r}"}
@@ -241,8 +241,8 @@ async def pod_trouble(client: ApiClient, pod: PodRef) -> str | None:
                 if answer.status != 200:
                     return None
                 body = json.loads(await read_capped(answer, MAX_POD_BYTES))
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, AnswerTooLarge):
-        return None
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, RecursionError, AnswerTooLarge):
+        return None  # RecursionError: JSON nested past the parser's depth
     if get(body, "metadata", "deletionTimestamp"):
         return "is being deleted"
     phase = get(body, "status", "phase")

@@ -102,7 +102,7 @@ async def run_plugin(
         raise PluginError(f"credential plugin {name} exited with {code}{why}")
     try:
         data = json.loads(out)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise PluginError(f"credential plugin {name} did not print an ExecCredential") from None
     if not isinstance(data, dict) or not isinstance(data.get("status"), dict):
         raise PluginError(f"credential plugin {name} printed no ExecCredential status")
