@@ -9,7 +9,7 @@ from stixd.actors import quarantine
 from stixd.runtime.mailbox import Envelope, reply_channel
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
-from stixproto.errors import ClusterNotFound, InternalError, error_from_code
+from stixproto.errors import ClusterNotFound, InternalError, StixError, error_from_code
 from stixproto.states import ClusterStatus as C
 
 if TYPE_CHECKING:
@@ -55,17 +55,56 @@ async def ask_cluster(
         if isinstance(payload, m.Status):
             return m.OkReply()  # a refresh has nothing to look at
         raise quarantine.refusal(row, reason)
+    return await final_reply(app, "cluster", name, payload, emit)
+
+
+async def final_reply(
+    app: App, kind: str, name: str, payload: Any, emit: Emit | None = None
+) -> Any:
+    """Hand ``payload`` to the running actor ``kind``/``name`` and wait for its final reply,
+    relaying what comes before it to ``emit`` (dropped without one); an error reply is raised."""
     send, receive = reply_channel()
-    if not app.supervisor.tell("cluster", name, Envelope(payload=payload, reply=send)):
-        raise InternalError(f"cluster {name!r} has no actor")
+    if not app.supervisor.tell(kind, name, Envelope(payload=payload, reply=send)):
+        raise InternalError(f"{kind} {name!r} has no actor")
     async with receive:
         async for item in receive:
             if isinstance(item, m.ErrorReply):
                 raise error_from_code(item.code, item.message)
             if isinstance(item, m.FINAL_REPLIES):
                 return item
-            await emit(item)
-    raise InternalError(f"cluster {name!r} stopped before answering")
+            if emit is not None:
+                await emit(item)
+    raise InternalError(f"{kind} {name!r} stopped before answering")
+
+
+async def ask_record(
+    app: App,
+    kind: str,
+    name: str,
+    payload: Any,
+    *,
+    missing: StixError,
+    removing: bool,
+    emit: Emit | None = None,
+) -> Any:
+    """Ask the actor of a stored storage or volume (started if needed) and wait for its final
+    reply; ``missing`` is raised when there is no such row. A damaged row (quarantined, or
+    its actor failed) refuses every request but a removal (``removing``), which removes it as
+    `down` removes a damaged cluster, and frees its name."""
+    row = await app.store.get(kind, name)
+    if row is None:
+        raise missing
+    child = app.supervisor.get(kind, name) or app.spawn(row)
+    reason = row.quarantined or child.failed
+    if reason is not None:
+        if not removing:
+            raise quarantine.refusal(row, reason)
+        said = await quarantine.remove(app, row, reason)
+        settled = await app.store.get(kind, name)
+        if settled is not None:  # a removed record leaves no row: its name is free again
+            await app.store.delete(settled, "deleted")
+        return m.OkReply(said)
+    return await final_reply(app, kind, name, payload, emit)
 
 
 async def _stray(app: App, name: str) -> Row | None:

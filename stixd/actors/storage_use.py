@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from stixd.actors.mount_keys import note_mount
 from stixd.actors.specs import BucketMount, data_or_none, encode, spec_or_none
 from stixd.actors.storage import STORAGE, Ensure, Prune, Release, Remove, StorageData
-from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.runtime.mailbox import Envelope
 from stixd.storage.copy import copy_to_nodes
 from stixd.storage.mount import mount_on_nodes, renewable
 from stixd.storage.plan import (
@@ -29,7 +29,6 @@ from stixproto.errors import (
     ProvisionError,
     StixError,
     StorageNotFound,
-    error_from_code,
 )
 from stixproto.states import StorageStatus
 
@@ -84,33 +83,13 @@ async def plans_for(
 
 async def ask_storage(app: App, name: str, payload: Any, emit: Emit | None = None) -> Any:
     """Hand ``payload`` to the storage's actor and wait for its final reply."""
-    row = await app.store.get(STORAGE, name)
-    if row is None:
-        raise StorageNotFound(f"storage {name!r} does not exist")
-    child = app.supervisor.get(STORAGE, name) or app.spawn(row)
-    reason = row.quarantined or child.failed
-    if reason is not None:
-        from stixd.actors import quarantine
+    from stixd.actors.asks import ask_record
 
-        if isinstance(payload, Remove):  # a damaged row can still be deleted, as `down` does
-            said = await quarantine.remove(app, row, reason)
-            settled = await app.store.get(STORAGE, name)
-            if settled is not None:  # a deleted storage leaves no row: its name is free again
-                await app.store.delete(settled, "deleted")
-            return m.OkReply(said)
-        raise quarantine.refusal(row, reason)
-    send, receive = reply_channel()
-    if not app.supervisor.tell(STORAGE, name, Envelope(payload=payload, reply=send)):
-        raise InternalError(f"storage {name!r} has no actor")
-    async with receive:
-        async for item in receive:
-            if isinstance(item, m.ErrorReply):
-                raise error_from_code(item.code, item.message)
-            if isinstance(item, m.FINAL_REPLIES):
-                return item
-            if emit is not None:
-                await emit(item)
-    raise InternalError(f"storage {name!r} stopped before answering")
+    missing = StorageNotFound(f"storage {name!r} does not exist")
+    removing = isinstance(payload, Remove)  # a damaged row can still be deleted
+    return await ask_record(
+        app, STORAGE, name, payload, missing=missing, removing=removing, emit=emit
+    )
 
 
 async def _row_for(app: App, plan: MountPlan) -> Row:

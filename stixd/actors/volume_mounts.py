@@ -29,12 +29,12 @@ from stixd.actors.volume import (
 )
 from stixd.providers.abilities import HasVolumes, VolumeMount
 from stixd.providers.base import NodeInfo, Provider
-from stixd.runtime.mailbox import Envelope, reply_channel
+from stixd.runtime.mailbox import Envelope
 from stixd.store.db import Row, RowExists
 from stixproto import messages as m
 from stixproto import names
 from stixproto import volumes as volume_types
-from stixproto.errors import InternalError, InvalidRequest, InvalidTask, error_from_code
+from stixproto.errors import InternalError, InvalidRequest, InvalidTask
 from stixproto.task import Task
 from stixproto.task.storage import check_sub_path
 from stixproto.volumes import VolumeConfig
@@ -229,30 +229,8 @@ async def mount_task_volumes(
 
 async def ask_volume(app: App, name: str, payload: Any) -> Any:
     """Send a request to the volume's actor and wait for its final reply."""
-    from stixd.actors import quarantine
+    from stixd.actors.asks import ask_record
 
-    row = await app.store.get(VOLUME, name)
-    if row is None:
-        raise InvalidRequest(f"volume {name!r} does not exist (`stixctl volumes ls`)")
-    child = app.supervisor.get(VOLUME, name)
-    if child is None:
-        child = app.spawn(row)
-    reason = row.quarantined or child.failed
-    if reason is not None:
-        if isinstance(payload, Remove):  # a damaged row can still be removed, as `down` does
-            said = await quarantine.remove(app, row, reason)
-            settled = await app.store.get(VOLUME, name)
-            if settled is not None:  # a deleted volume leaves no row: its name is free again
-                await app.store.delete(settled, "deleted")
-            return m.OkReply(said)
-        raise quarantine.refusal(row, reason)
-    send, receive = reply_channel()
-    if not app.supervisor.tell(VOLUME, name, Envelope(payload=payload, reply=send)):
-        raise InternalError(f"volume {name!r} has no actor")
-    async with receive:
-        async for item in receive:
-            if isinstance(item, m.ErrorReply):
-                raise error_from_code(item.code, item.message)
-            if isinstance(item, m.FINAL_REPLIES):
-                return item
-    raise InternalError(f"volume {name!r} stopped before answering")
+    missing = InvalidRequest(f"volume {name!r} does not exist (`stixctl volumes ls`)")
+    removing = isinstance(payload, Remove)  # a damaged row can still be removed
+    return await ask_record(app, VOLUME, name, payload, missing=missing, removing=removing)
