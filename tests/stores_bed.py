@@ -268,3 +268,19 @@ async def gcs_bucket_holding(emu: Emulator, bucket: str, key: str, data: bytes) 
             data=data,
         )
         assert up.status == 200, await up.text()
+
+
+def s3_client(emu: Emulator, region: str = "us-east-1", keys: dict[str, str] | None = None) -> Any:
+    """A plain boto3 S3 client of the moto emulator (no stix code in between): its own test
+    keys, or ``keys`` (rclone's names: access_key_id, secret_access_key, session_token)."""
+    import boto3  # type: ignore[import-untyped]
+
+    found = keys or {"access_key_id": "testing", "secret_access_key": "testing"}
+    return boto3.client(
+        "s3",
+        endpoint_url=emu.url,
+        region_name=region,
+        aws_access_key_id=found["access_key_id"],
+        aws_secret_access_key=found["secret_access_key"],
+        aws_session_token=found.get("session_token"),
+    )

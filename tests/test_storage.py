@@ -28,21 +28,13 @@ from tests import stores_bed
 from tests.app_support import app_on_store
 from tests.conftest import Stix, reap, wait_until
 from tests.fake_gcs_sts import FakeSts, served
-from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3
+from tests.stores_bed import Emulator, azurite, fake_gcs, moto_s3, s3_client
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
 
 
 def s3(emu: Emulator) -> Any:
-    import boto3  # type: ignore[import-untyped]
-
-    return boto3.client(
-        "s3",
-        endpoint_url=emu.url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return s3_client(emu)
 
 
 def buckets(emu: Emulator) -> set[str]:

@@ -23,7 +23,6 @@ from typing import Any
 
 import aiohttp
 import anyio
-import boto3  # type: ignore[import-untyped]
 import pytest
 
 from stixd.agent import mount as agent_mount
@@ -36,7 +35,14 @@ from stixd.storage.stores import s3 as s3_store
 from tests import fake_r2_api
 from tests.conftest import Stix, reap, wait_until
 from tests.fake_gcs_sts import FakeSts, served
-from tests.stores_bed import Emulator, azurite, fake_gcs, gcs_bucket_holding, moto_s3
+from tests.stores_bed import (
+    Emulator,
+    azurite,
+    fake_gcs,
+    gcs_bucket_holding,
+    moto_s3,
+    s3_client,
+)
 
 __all__ = ["azurite", "fake_gcs", "moto_s3"]  # the module's emulator fixtures
 
@@ -232,13 +238,13 @@ run: |
             keys = r2_node_keys(state, dest)
             assert keys["AccessKeyId"] != "testing" and keys["SessionToken"]
             assert (moto_scope(emu, keys["AccessKeyId"]) or {}).get("bucket") == r2_bucket
-            scoped = boto3.client(
-                "s3",
-                endpoint_url=emu.url,
-                region_name="us-east-1",
-                aws_access_key_id=keys["AccessKeyId"],
-                aws_secret_access_key=keys["SecretAccessKey"],
-                aws_session_token=keys["SessionToken"],
+            scoped = s3_client(
+                emu,
+                keys={
+                    "access_key_id": keys["AccessKeyId"],
+                    "secret_access_key": keys["SecretAccessKey"],
+                    "session_token": keys["SessionToken"],
+                },
             )
             with pytest.raises(scoped.exceptions.ClientError, match="AccessDenied"):
                 scoped.list_objects_v2(Bucket=other)
@@ -640,7 +646,7 @@ def s3_mount_request(
             await stores.aclose()
 
     got = anyio.run(remote)
-    boto = bare_s3(emu)
+    boto = s3_client(emu)
     boto.put_object(Bucket=bucket, Key="in.txt", Body=b"through scoped keys\n")
     boto.close()
     request: dict[str, object] = {
@@ -654,16 +660,6 @@ def s3_mount_request(
     if got.valid_s is not None:
         request["valid_s"] = got.valid_s
     return request
-
-
-def bare_s3(emu: Emulator) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=emu.url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 def only_folder(node_dir: Path) -> Path:
@@ -717,7 +713,7 @@ def test_an_r2_mount_hides_the_labels_object_from_the_job(
     with pytest.raises(FileNotFoundError):
         (dest / ".stix-labels").read_bytes()
     agent_mount.unmount_all(node_dir)  # anything the mount did reaches the bucket first
-    labels = bare_s3(moto_s3).get_object(Bucket=bucket, Key=".stix-labels")["Body"].read()
+    labels = s3_client(moto_s3).get_object(Bucket=bucket, Key=".stix-labels")["Body"].read()
     assert json.loads(labels).get(LABEL_STORAGE) == bucket
 
 
@@ -747,14 +743,7 @@ def test_a_mounts_keys_stay_private_are_renewed_in_place_and_go_with_it(
     # rclone takes them and a write made after lands
     moto_s3.revoked.write_text(first["access_key_id"] + "\n")
     try:
-        old = boto3.client(
-            "s3",
-            endpoint_url=moto_s3.url,
-            region_name="us-east-1",
-            aws_access_key_id=first["access_key_id"],
-            aws_secret_access_key=first["secret_access_key"],
-            aws_session_token=first["session_token"],
-        )
+        old = s3_client(moto_s3, keys=first)
         with pytest.raises(old.exceptions.ClientError, match="InvalidAccessKeyId"):
             old.list_objects_v2(Bucket=bucket)
         old.close()

@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import anyio
-import boto3  # type: ignore[import-untyped]
 import pytest
 from aiohttp import web
 
@@ -96,13 +95,7 @@ def bare_exists(kind: StoreKind, emu: Emulator, name: str, sas: str = "") -> boo
     """Whether the emulator holds bucket ``name``, asked with no stix code in the way (Azure:
     through a container SAS made before, since azurite answers nothing unsigned)."""
     if kind in (StoreKind.S3, StoreKind.R2):
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=emu.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        s3 = stores_bed.s3_client(emu)
         try:
             s3.head_bucket(Bucket=name)
         except s3.exceptions.ClientError:
@@ -392,23 +385,13 @@ async def test_rclone_reads_and_writes_the_bucket_with_its_remote(
 # -- a bucket's own region; the nodes' credentials ------------------------------------------
 
 
-def bare_s3(emu: Emulator, region: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=emu.url,
-        region_name=region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
 async def test_a_bucket_made_elsewhere_is_read_in_its_own_region(
     moto_s3: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """stix's default region is us-east-1; the bucket (a ``s3://`` source) is in eu-west-1:
     its region is asked once, and the client, the signed URLs and rclone all use it."""
     name = fresh(StoreKind.S3)
-    bare = bare_s3(moto_s3, "eu-west-1")
+    bare = stores_bed.s3_client(moto_s3, "eu-west-1")
     bare.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     bare.put_object(Bucket=name, Key="data/in.txt", Body=b"from eu-west-1")
     asked: list[str] = []
@@ -912,17 +895,6 @@ def r2_config(emu: Emulator, api: str, **knobs: Any) -> dict[str, Any]:
     return {**emu.config, "r2": {**r2, "account_id": fake_r2_api.ACCOUNT, **knobs}}
 
 
-def r2_client(emu: Emulator, keys: dict[str, str]) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=emu.url,
-        region_name="us-east-1",
-        aws_access_key_id=keys["access_key_id"],
-        aws_secret_access_key=keys["secret_access_key"],
-        aws_session_token=keys["session_token"],
-    )
-
-
 async def test_r2_nodes_get_temporary_keys_for_their_one_bucket(moto_s3: Emulator) -> None:
     """Fresh keys from Cloudflare's API for each mount, asked as documented; moto (told by the
     fake) takes them on their bucket and refuses them anywhere else."""
@@ -951,7 +923,7 @@ async def test_r2_nodes_get_temporary_keys_for_their_one_bucket(moto_s3: Emulato
     assert remote.valid_s == 1800 and remote.note is None and renewable(remote)
     assert remote.keys["access_key_id"] == fake.minted[0] != "testing"
     assert again.keys["access_key_id"] == fake.minted[1] != fake.minted[0]  # fresh each time
-    client = r2_client(moto_s3, remote.keys)
+    client = stores_bed.s3_client(moto_s3, keys=remote.keys)
     try:
         client.put_object(Bucket="stix-r2-mine", Key="k", Body=b"scoped")
         assert client.get_object(Bucket="stix-r2-mine", Key="k")["Body"].read() == b"scoped"
